@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+
+import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
+import {Provider} from "./types/Provider.sol";
+
+/// @title ProviderRegistry
+/// @notice See the documentation in {IProviderRegistry}.
+contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /// @dev Longest peer id accepted; real libp2p peer ids are about 52 characters.
+    uint256 internal constant MAX_PEER_ID_LENGTH = 128;
+
+    /// @dev Longest metadata accepted, to bound what readers of the registry must download.
+    uint256 internal constant MAX_METADATA_LENGTH = 4096;
+
+    /// @inheritdoc IProviderRegistry
+    IERC20 public immutable override stakingToken;
+
+    /// @inheritdoc IProviderRegistry
+    uint256 public immutable override minStake;
+
+    /// @inheritdoc IProviderRegistry
+    uint64 public immutable override unbondingPeriod;
+
+    /// @inheritdoc IProviderRegistry
+    address public immutable override admin;
+
+    /// @inheritdoc IProviderRegistry
+    address public override leaseManager;
+
+    mapping(address provider => Provider.Record record) private _providers;
+    mapping(bytes32 peerIdHash => address provider) private _providerOfPeer;
+
+    /// @param stakingToken_ The ERC-20 token providers stake.
+    /// @param minStake_ Stake needed for new leases.
+    /// @param unbondingPeriod_ Seconds between an unstake request and its withdrawal; must be longer
+    /// than the lease manager's longest heartbeat timeout (the deploy module checks it).
+    /// @param admin_ The account allowed to wire the lease manager, once.
+    constructor(IERC20 stakingToken_, uint256 minStake_, uint64 unbondingPeriod_, address admin_) {
+        if (address(stakingToken_) == address(0) || admin_ == address(0)) revert ProviderRegistry_ZeroAddress();
+        if (unbondingPeriod_ == 0) revert ProviderRegistry_InvalidUnbondingPeriod(unbondingPeriod_);
+        stakingToken = stakingToken_;
+        minStake = minStake_;
+        unbondingPeriod = unbondingPeriod_;
+        admin = admin_;
+    }
+
+    modifier onlyLeaseManager() {
+        if (msg.sender != leaseManager) revert ProviderRegistry_CallerNotLeaseManager(msg.sender);
+        _;
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                              VIEW FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IProviderRegistry
+    function getProvider(address provider) external view override returns (Provider.View memory view_) {
+        Provider.Record storage p = _providers[provider];
+        view_ = Provider.View({
+            registered: p.registered,
+            eligible: _isEligible(p),
+            peerId: p.peerId,
+            metadata: p.metadata,
+            stake: p.stake,
+            locked: p.locked,
+            unbonding: p.unbonding,
+            unbondingEndsAt: p.unbondingEndsAt,
+            leasesOpened: p.leasesOpened,
+            leasesCompleted: p.leasesCompleted,
+            leasesSlashed: p.leasesSlashed,
+            secondsServed: p.secondsServed
+        });
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function providerOfPeer(string calldata peerId) external view override returns (address) {
+        return _providerOfPeer[keccak256(bytes(peerId))];
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function freeStake(address provider) external view override returns (uint256) {
+        return _freeStake(_providers[provider]);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function isEligible(address provider) external view override returns (bool) {
+        return _isEligible(_providers[provider]);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                           PROVIDER FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IProviderRegistry
+    function register(string calldata peerId, string calldata metadata, uint256 amount) external override nonReentrant {
+        Provider.Record storage p = _providers[msg.sender];
+
+        // Check: the caller is new and its profile is well formed.
+        if (p.registered) revert ProviderRegistry_AlreadyRegistered(msg.sender);
+        bytes32 peerHash = _checkProfile(peerId, metadata);
+
+        // Effect: record the provider and bind its peer id.
+        p.registered = true;
+        p.peerId = peerId;
+        p.metadata = metadata;
+        _providerOfPeer[peerHash] = msg.sender;
+        emit ProviderRegistered(msg.sender, peerId, metadata);
+
+        // Effect and interaction: the initial stake, if any.
+        if (amount > 0) _stake(p, amount);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function updateProfile(string calldata peerId, string calldata metadata) external override {
+        Provider.Record storage p = _providers[msg.sender];
+
+        // Check: the caller is registered and its new profile is well formed.
+        if (!p.registered) revert ProviderRegistry_NotRegistered(msg.sender);
+        bytes32 oldHash = keccak256(bytes(p.peerId));
+        bytes32 newHash = keccak256(bytes(peerId));
+        if (newHash != oldHash) _checkProfile(peerId, metadata);
+        else _checkMetadata(metadata);
+
+        // Effect: move the peer id binding.
+        delete _providerOfPeer[oldHash];
+        _providerOfPeer[newHash] = msg.sender;
+        p.peerId = peerId;
+        p.metadata = metadata;
+        emit ProfileUpdated(msg.sender, peerId, metadata);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function stake(uint256 amount) external override nonReentrant {
+        Provider.Record storage p = _providers[msg.sender];
+
+        // Check: the caller is registered.
+        if (!p.registered) revert ProviderRegistry_NotRegistered(msg.sender);
+
+        // Effect and interaction.
+        _stake(p, amount);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function requestUnstake(uint256 amount) external override {
+        Provider.Record storage p = _providers[msg.sender];
+
+        // Check: only free stake can start unbonding, so collateral of open leases never can.
+        if (amount == 0) revert ProviderRegistry_ZeroAmount();
+        uint256 free = _freeStake(p);
+        if (amount > free) revert ProviderRegistry_InsufficientFreeStake(msg.sender, amount, free);
+
+        // Effect: the whole unbonding amount waits a full period from now.
+        p.unbonding += SafeCast.toUint128(amount);
+        uint64 availableAt = uint64(block.timestamp) + unbondingPeriod;
+        p.unbondingEndsAt = availableAt;
+        emit UnstakeRequested(msg.sender, amount, p.unbonding, availableAt);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function withdraw() external override nonReentrant {
+        Provider.Record storage p = _providers[msg.sender];
+
+        // Check: something is unbonding and its period has passed.
+        uint256 amount = p.unbonding;
+        if (amount == 0) revert ProviderRegistry_NothingUnbonding(msg.sender);
+        if (block.timestamp < p.unbondingEndsAt) revert ProviderRegistry_StillUnbonding(msg.sender, p.unbondingEndsAt);
+
+        // Effect: the unbonded stake leaves the registry's books.
+        p.stake -= uint128(amount);
+        p.unbonding = 0;
+        p.unbondingEndsAt = 0;
+        emit Withdrawn(msg.sender, amount);
+
+        // Interaction: pay the provider.
+        stakingToken.safeTransfer(msg.sender, amount);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                         LEASE MANAGER FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @inheritdoc IProviderRegistry
+    function setLeaseManager(address leaseManager_) external override {
+        // Check: only the admin, only once, never zero.
+        if (msg.sender != admin) revert ProviderRegistry_CallerNotAdmin(msg.sender);
+        if (leaseManager != address(0)) revert ProviderRegistry_LeaseManagerAlreadySet(leaseManager);
+        if (leaseManager_ == address(0)) revert ProviderRegistry_ZeroAddress();
+
+        // Effect.
+        leaseManager = leaseManager_;
+        emit LeaseManagerSet(leaseManager_);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function lockCollateral(address provider, uint256 leaseId, uint256 amount) external override onlyLeaseManager {
+        Provider.Record storage p = _providers[provider];
+
+        // Check: the provider may take new leases and its free stake covers the collateral.
+        if (!p.registered) revert ProviderRegistry_NotRegistered(provider);
+        if (!_isEligible(p)) revert ProviderRegistry_BelowMinStake(provider, p.stake - p.unbonding, minStake);
+        uint256 free = _freeStake(p);
+        if (amount > free) revert ProviderRegistry_InsufficientFreeStake(provider, amount, free);
+
+        // Effect.
+        p.locked += uint128(amount);
+        p.leasesOpened += 1;
+        emit CollateralLocked(provider, leaseId, amount);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function releaseCollateral(
+        address provider,
+        uint256 leaseId,
+        uint256 amount,
+        bool completed,
+        uint64 secondsServed
+    ) external override onlyLeaseManager {
+        Provider.Record storage p = _providers[provider];
+
+        // Check: the lease manager releases only what it locked.
+        if (amount > p.locked) revert ProviderRegistry_InsufficientLocked(provider, amount, p.locked);
+
+        // Effect.
+        p.locked -= uint128(amount);
+        if (completed) p.leasesCompleted += 1;
+        emit CollateralReleased(provider, leaseId, amount, completed);
+        _recordService(p, provider, secondsServed);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function slashCollateral(
+        address provider,
+        uint256 leaseId,
+        uint256 amount,
+        Provider.SlashPayout calldata payout,
+        uint64 secondsServed
+    ) external override onlyLeaseManager nonReentrant {
+        Provider.Record storage p = _providers[provider];
+
+        // Check: the lease manager slashes only what it locked, and pays out exactly that.
+        if (amount > p.locked) revert ProviderRegistry_InsufficientLocked(provider, amount, p.locked);
+        assert(payout.tenantAmount + payout.callerAmount + payout.treasuryAmount == amount);
+
+        // Effect: the collateral leaves both the locked amount and the stake.
+        p.locked -= uint128(amount);
+        p.stake -= uint128(amount);
+        p.leasesSlashed += 1;
+        emit CollateralSlashed(
+            provider,
+            leaseId,
+            amount,
+            payout.tenantAmount,
+            payout.callerAmount,
+            payout.treasuryAmount
+        );
+        _recordService(p, provider, secondsServed);
+
+        // Interaction: pay the tenant, the caller and the treasury.
+        if (payout.tenantAmount > 0) stakingToken.safeTransfer(payout.tenant, payout.tenantAmount);
+        if (payout.callerAmount > 0) stakingToken.safeTransfer(payout.caller, payout.callerAmount);
+        if (payout.treasuryAmount > 0) stakingToken.safeTransfer(payout.treasury, payout.treasuryAmount);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function recordService(address provider, uint64 secondsServed) external override onlyLeaseManager {
+        _recordService(_providers[provider], provider, secondsServed);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                           INTERNAL FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    function _stake(Provider.Record storage p, uint256 amount) internal {
+        // Check.
+        if (amount == 0) revert ProviderRegistry_ZeroAmount();
+        if (amount > type(uint128).max - p.stake) revert ProviderRegistry_AmountTooLarge(amount);
+
+        // Effect.
+        p.stake += uint128(amount);
+        emit Staked(msg.sender, amount, p.stake);
+
+        // Interaction: pull the tokens.
+        stakingToken.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    function _recordService(Provider.Record storage p, address provider, uint64 secondsServed) internal {
+        if (secondsServed == 0) return;
+        p.secondsServed += secondsServed;
+        emit ServiceRecorded(provider, secondsServed, p.secondsServed);
+    }
+
+    function _checkProfile(string calldata peerId, string calldata metadata) internal view returns (bytes32 peerHash) {
+        uint256 length = bytes(peerId).length;
+        if (length == 0 || length > MAX_PEER_ID_LENGTH) revert ProviderRegistry_InvalidPeerId(length);
+        peerHash = keccak256(bytes(peerId));
+        address owner = _providerOfPeer[peerHash];
+        if (owner != address(0)) revert ProviderRegistry_PeerIdTaken(peerId, owner);
+        _checkMetadata(metadata);
+    }
+
+    function _checkMetadata(string calldata metadata) internal pure {
+        uint256 length = bytes(metadata).length;
+        if (length > MAX_METADATA_LENGTH) revert ProviderRegistry_MetadataTooLong(length, MAX_METADATA_LENGTH);
+    }
+
+    function _freeStake(Provider.Record storage p) internal view returns (uint256) {
+        return p.stake - p.unbonding - p.locked;
+    }
+
+    function _isEligible(Provider.Record storage p) internal view returns (bool) {
+        return p.registered && p.stake - p.unbonding >= minStake;
+    }
+}

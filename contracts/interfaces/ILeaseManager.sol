@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
+import {Lease} from "../types/Lease.sol";
+import {IProviderRegistry} from "./IProviderRegistry.sol";
+
+/// @title ILeaseManager
+/// @notice Escrow for GPU leases. A tenant opens a lease with a provider's signed quote and a
+/// deposit; the provider proves liveness with batched heartbeats and earns per second of
+/// heartbeat-covered time; anyone may slash a provider that misses its heartbeat timeout.
+/// Every state change emits an event, so any lease and job can be rebuilt from logs alone.
+interface ILeaseManager {
+    /*//////////////////////////////////////////////////////////////
+                                 EVENTS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Emitted when a lease opens. `predecessor` is the failed lease of the same job it
+    /// continues, or zero.
+    event LeaseOpened(
+        uint256 indexed leaseId,
+        bytes32 indexed jobId,
+        address indexed provider,
+        address tenant,
+        uint256 predecessor,
+        uint256 deposit,
+        uint64 endsAt,
+        Lease.Quote quote
+    );
+
+    /// @notice Emitted for each lease a heartbeat transaction covers.
+    event HeartbeatRecorded(uint256 indexed leaseId, uint64 timestamp);
+
+    /// @notice Emitted when a heartbeat commits the lease's latest checkpoint CID.
+    event CheckpointCommitted(uint256 indexed leaseId, string cid);
+
+    /// @notice Emitted when earned tokens move from a lease's deposit to its provider's claimable balance.
+    event EarningsSettled(uint256 indexed leaseId, address indexed provider, uint256 amount, uint64 settledUntil);
+
+    /// @notice Emitted when a provider withdraws its claimable balance.
+    event EarningsClaimed(address indexed provider, uint256 amount);
+
+    /// @notice Emitted when the tenant adds to a lease's deposit.
+    event LeaseToppedUp(uint256 indexed leaseId, uint256 amount, uint256 deposit, uint64 endsAt);
+
+    /// @notice Emitted when the tenant closes a lease: its money is settled and refunded, and the
+    /// lease waits in `Closing` for the provider's acknowledging heartbeat or a slash.
+    event LeaseCloseRequested(uint256 indexed leaseId, uint256 refund);
+
+    /// @notice Emitted when the provider acknowledges a close with a heartbeat before its deadline.
+    event LeaseClosed(uint256 indexed leaseId);
+
+    /// @notice Emitted when the provider finishes a lease with its result.
+    event LeaseCompleted(uint256 indexed leaseId, string resultCid, uint256 refund);
+
+    /// @notice Emitted when a lease whose deposit or maximum duration ran out is settled.
+    event LeaseExpired(uint256 indexed leaseId, uint256 refund);
+
+    /// @notice Emitted when a lease is slashed for a missed heartbeat.
+    event LeaseSlashed(
+        uint256 indexed leaseId,
+        address indexed caller,
+        uint256 refund,
+        uint256 compensation,
+        uint256 reward,
+        uint256 treasuryAmount
+    );
+
+    /// @notice Emitted when a provider cancels a quote nonce before anyone used it.
+    event NonceInvalidated(address indexed provider, uint256 nonce);
+
+    /*//////////////////////////////////////////////////////////////
+                                 ERRORS
+    //////////////////////////////////////////////////////////////*/
+
+    error LeaseManager_ZeroAddress();
+    error LeaseManager_InvalidShares(uint16 tenantShareBps, uint16 callerShareBps);
+    error LeaseManager_InvalidMaxHeartbeatTimeout(uint64 maxHeartbeatTimeout, uint64 unbondingPeriod);
+    error LeaseManager_QuoteExpired(uint64 expiry, uint256 timestamp);
+    error LeaseManager_CallerNotTenant(uint256 leaseId, address caller);
+    error LeaseManager_CallerNotQuoteTenant(address tenant, address caller);
+    error LeaseManager_CallerNotProvider(uint256 leaseId, address caller);
+    error LeaseManager_InvalidSignature(address provider);
+    error LeaseManager_NonceUsed(address provider, uint256 nonce);
+    error LeaseManager_InvalidQuote(string reason);
+    error LeaseManager_DepositTooSmall(uint256 deposit, uint256 pricePerSecond);
+    error LeaseManager_AmountTooLarge(uint256 amount);
+    error LeaseManager_ZeroAmount();
+    error LeaseManager_InvalidPredecessor(uint256 predecessor);
+    error LeaseManager_LeaseNotActive(uint256 leaseId, Lease.Status status);
+    error LeaseManager_LeaseExpired(uint256 leaseId, uint64 endsAt);
+    error LeaseManager_LeaseSlashable(uint256 leaseId, uint64 deadline);
+    error LeaseManager_HeartbeatNotMissed(uint256 leaseId, uint64 deadline);
+    error LeaseManager_LengthMismatch(uint256 leaseIds, uint256 checkpointCids);
+    error LeaseManager_CidTooLong(uint256 length, uint256 maxLength);
+    error LeaseManager_LeaseNotExpired(uint256 leaseId, uint64 endsAt);
+
+    /*//////////////////////////////////////////////////////////////
+                              VIEW FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice The ERC-20 token tenants pay in.
+    function paymentToken() external view returns (IERC20);
+
+    /// @notice The registry that holds providers' stake and collateral.
+    function registry() external view returns (IProviderRegistry);
+
+    /// @notice Share of a slashed collateral paid to the tenant, in basis points.
+    function tenantShareBps() external view returns (uint16);
+
+    /// @notice Share of a slashed collateral paid to whoever calls the slash, in basis points.
+    function callerShareBps() external view returns (uint16);
+
+    /// @notice Receives the rest of a slashed collateral; the burn address when burning.
+    function treasury() external view returns (address);
+
+    /// @notice Longest heartbeat timeout a quote may set; shorter than the registry's unbonding period.
+    function maxHeartbeatTimeout() external view returns (uint64);
+
+    /// @notice Number of leases opened so far; lease ids run from 1 to this.
+    function leaseCount() external view returns (uint256);
+
+    /// @notice A lease with its derived fields: whether it has expired unsettled, whether it can be
+    /// slashed now, its slash deadline, and what its provider has earned but not settled.
+    function getLease(uint256 leaseId) external view returns (Lease.View memory);
+
+    /// @notice Tokens a provider can claim without settling any lease.
+    function claimable(address provider) external view returns (uint256);
+
+    /// @notice Whether a provider's quote nonce was used or invalidated.
+    function isNonceUsed(address provider, uint256 nonce) external view returns (bool);
+
+    /// @notice The EIP-712 digest a provider signs for `quote`.
+    function hashQuote(Lease.Quote calldata quote) external view returns (bytes32);
+
+    /*//////////////////////////////////////////////////////////////
+                            TENANT FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Opens a lease with a provider's signed quote, pulling `deposit` payment tokens from
+    /// the caller and locking the quote's collateral from the provider's stake.
+    /// @dev Emits {LeaseOpened} (and {IProviderRegistry.CollateralLocked}).
+    ///
+    /// Requirements:
+    /// - The caller is the quote's tenant, the quote has not expired and its nonce is unused.
+    /// - `signature` is the provider's EIP-712 signature of the quote for this chain and contract.
+    /// - The quote's price, heartbeat timeout (at most {maxHeartbeatTimeout}) and max duration are
+    ///   not zero, and its amounts fit in 96 bits.
+    /// - `deposit` pays for at least one second.
+    /// - The provider is eligible and its free stake covers the collateral.
+    /// - `predecessor` is zero, or a lease of the caller for the same job that is no longer `Active`.
+    ///
+    /// @param quote The provider's quote.
+    /// @param signature The provider's signature of the quote (65 bytes, or ERC-1271 for contracts).
+    /// @param deposit Payment tokens to escrow; more can be added with {topUp}.
+    /// @param predecessor The lease of the same job this one continues, or zero.
+    /// @return leaseId The new lease's id.
+    function openLease(
+        Lease.Quote calldata quote,
+        bytes calldata signature,
+        uint256 deposit,
+        uint256 predecessor
+    ) external returns (uint256 leaseId);
+
+    /// @notice {openLease}, approving the deposit with an ERC-2612 permit in the same transaction.
+    /// @dev A permit that fails (for example because someone front-ran it) is ignored; the deposit
+    /// transfer then succeeds only if the allowance is already in place.
+    function openLeaseWithPermit(
+        Lease.Quote calldata quote,
+        bytes calldata signature,
+        uint256 deposit,
+        uint256 predecessor,
+        Lease.Permit calldata permit
+    ) external returns (uint256 leaseId);
+
+    /// @notice Adds `amount` to a lease's deposit, extending how long it is funded.
+    /// @dev Emits {LeaseToppedUp}.
+    ///
+    /// Requirements:
+    /// - The caller is the lease's tenant and `amount` is not zero.
+    /// - The lease is `Active`, has not expired, and is not slashable.
+    function topUp(uint256 leaseId, uint256 amount) external;
+
+    /// @notice Ends a lease early: the provider keeps what its heartbeats covered, the rest of the
+    /// deposit is refunded at once, and the lease waits in `Closing` until the provider acknowledges
+    /// with a heartbeat (collateral released) or misses its deadline (slashable). A lease that has
+    /// already expired is settled as `Expired` instead.
+    /// @dev Emits {LeaseCloseRequested}, or {LeaseExpired}.
+    ///
+    /// Requirements:
+    /// - The caller is the lease's tenant and the lease is `Active`.
+    /// - The lease is not slashable (slash it instead).
+    function close(uint256 leaseId) external;
+
+    /*//////////////////////////////////////////////////////////////
+                           PROVIDER FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Records a heartbeat for each of the caller's leases in one transaction, optionally
+    /// committing each lease's latest checkpoint CID. Leases that can no longer take a heartbeat
+    /// (ended, slashable, or expired) are skipped, an expired one being settled; a `Closing` lease
+    /// is acknowledged and becomes `Closed`.
+    /// @dev Emits {HeartbeatRecorded} per lease, {CheckpointCommitted} per non-empty CID, and
+    /// {LeaseClosed} or {LeaseExpired} where they apply.
+    ///
+    /// Requirements:
+    /// - The caller is the provider of every lease in `leaseIds`.
+    /// - `checkpointCids` is empty or as long as `leaseIds`, and each CID is at most 256 bytes.
+    ///
+    /// @param leaseIds The leases to heartbeat.
+    /// @param checkpointCids For each lease, the latest checkpoint CID, or "" for none.
+    function heartbeat(uint256[] calldata leaseIds, string[] calldata checkpointCids) external;
+
+    /// @notice Settles what the caller's leases in `leaseIds` earned up to their last heartbeat
+    /// (settling expired ones in full), then pays the caller its whole claimable balance.
+    /// @dev Emits {EarningsSettled} per lease with earnings, and {EarningsClaimed}.
+    ///
+    /// Requirements:
+    /// - The caller is the provider of every lease in `leaseIds` (which may be empty).
+    ///
+    /// @return amount The tokens paid.
+    function claim(uint256[] calldata leaseIds) external returns (uint256 amount);
+
+    /// @notice Ends a lease with its result: the provider is paid up to now (or the lease's end),
+    /// the tenant refunded the rest, and the collateral released.
+    /// @dev Emits {LeaseCompleted}.
+    ///
+    /// Requirements:
+    /// - The caller is the lease's provider and the lease is `Active` and not slashable.
+    /// - `resultCid` is at most 256 bytes long.
+    function finish(uint256 leaseId, string calldata resultCid) external;
+
+    /// @notice Cancels one of the caller's quote nonces so the quote can never be used.
+    /// @dev Emits {NonceInvalidated}.
+    function invalidateNonce(uint256 nonce) external;
+
+    /*//////////////////////////////////////////////////////////////
+                            ANYONE FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Slashes a lease whose provider missed its heartbeat timeout. The provider is paid up
+    /// to its last heartbeat, the tenant refunded the rest (unless already refunded by a close) and
+    /// compensated from the collateral, the caller rewarded, and the remainder sent to the treasury.
+    /// @dev Emits {LeaseSlashed} (and {IProviderRegistry.CollateralSlashed}).
+    ///
+    /// Requirements:
+    /// - The lease is `Active` or `Closing`.
+    /// - Block time is past its last heartbeat plus its heartbeat timeout, and for an `Active`
+    ///   lease that deadline fell before the lease's end.
+    function slashMissedHeartbeat(uint256 leaseId) external;
+
+    /// @notice Settles an `Active` lease whose deposit or maximum duration ran out: the provider is
+    /// paid to the end, the tenant refunded any dust, and the collateral released.
+    /// @dev Emits {LeaseExpired}.
+    ///
+    /// Requirements:
+    /// - The lease is `Active` and has expired without being slashable.
+    function settleExpired(uint256 leaseId) external;
+}

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
+import {Provider} from "../types/Provider.sol";
+
+/// @title IProviderRegistry
+/// @notice Providers register their libp2p peer id, stake the staking token, and lock part of that
+/// stake as collateral for each lease they serve. Only the lease manager locks, releases and slashes.
+interface IProviderRegistry {
+    /*//////////////////////////////////////////////////////////////
+                                 EVENTS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Emitted once, when the admin wires the registry to its lease manager.
+    event LeaseManagerSet(address indexed leaseManager);
+
+    /// @notice Emitted when a provider registers.
+    event ProviderRegistered(address indexed provider, string peerId, string metadata);
+
+    /// @notice Emitted when a provider changes its peer id or metadata.
+    event ProfileUpdated(address indexed provider, string peerId, string metadata);
+
+    /// @notice Emitted when stake is added.
+    event Staked(address indexed provider, uint256 amount, uint256 totalStake);
+
+    /// @notice Emitted when a provider starts unbonding part of its stake.
+    event UnstakeRequested(address indexed provider, uint256 amount, uint256 totalUnbonding, uint64 availableAt);
+
+    /// @notice Emitted when unbonded stake is paid back to the provider.
+    event Withdrawn(address indexed provider, uint256 amount);
+
+    /// @notice Emitted when collateral is locked for a lease.
+    event CollateralLocked(address indexed provider, uint256 indexed leaseId, uint256 amount);
+
+    /// @notice Emitted when a lease ends without a slash and its collateral is unlocked.
+    event CollateralReleased(address indexed provider, uint256 indexed leaseId, uint256 amount, bool completed);
+
+    /// @notice Emitted when a lease's collateral is slashed and paid out.
+    event CollateralSlashed(
+        address indexed provider,
+        uint256 indexed leaseId,
+        uint256 amount,
+        uint256 tenantAmount,
+        uint256 callerAmount,
+        uint256 treasuryAmount
+    );
+
+    /// @notice Emitted when seconds of service are added to a provider's counter.
+    event ServiceRecorded(address indexed provider, uint64 seconds_, uint64 totalSecondsServed);
+
+    /*//////////////////////////////////////////////////////////////
+                                 ERRORS
+    //////////////////////////////////////////////////////////////*/
+
+    error ProviderRegistry_CallerNotAdmin(address caller);
+    error ProviderRegistry_CallerNotLeaseManager(address caller);
+    error ProviderRegistry_LeaseManagerAlreadySet(address leaseManager);
+    error ProviderRegistry_ZeroAddress();
+    error ProviderRegistry_AlreadyRegistered(address provider);
+    error ProviderRegistry_NotRegistered(address provider);
+    error ProviderRegistry_InvalidPeerId(uint256 length);
+    error ProviderRegistry_MetadataTooLong(uint256 length, uint256 maxLength);
+    error ProviderRegistry_PeerIdTaken(string peerId, address owner);
+    error ProviderRegistry_ZeroAmount();
+    error ProviderRegistry_AmountTooLarge(uint256 amount);
+    error ProviderRegistry_InsufficientFreeStake(address provider, uint256 requested, uint256 free);
+    error ProviderRegistry_BelowMinStake(address provider, uint256 activeStake, uint256 minStake);
+    error ProviderRegistry_NothingUnbonding(address provider);
+    error ProviderRegistry_StillUnbonding(address provider, uint64 availableAt);
+    error ProviderRegistry_InsufficientLocked(address provider, uint256 requested, uint256 locked);
+    error ProviderRegistry_InvalidUnbondingPeriod(uint64 unbondingPeriod);
+
+    /*//////////////////////////////////////////////////////////////
+                              VIEW FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice The ERC-20 token providers stake.
+    function stakingToken() external view returns (IERC20);
+
+    /// @notice The only contract allowed to lock, release and slash collateral.
+    function leaseManager() external view returns (address);
+
+    /// @notice The account that wired the registry to its lease manager.
+    function admin() external view returns (address);
+
+    /// @notice Stake (not counting unbonding stake) a provider needs for new leases.
+    function minStake() external view returns (uint256);
+
+    /// @notice Seconds between an unstake request and the withdrawal it allows.
+    function unbondingPeriod() external view returns (uint64);
+
+    /// @notice Everything known about a provider, counters included.
+    /// @param provider The provider's address.
+    function getProvider(address provider) external view returns (Provider.View memory);
+
+    /// @notice The address registered with a libp2p peer id, or zero.
+    /// @param peerId The peer id in its string form.
+    function providerOfPeer(string calldata peerId) external view returns (address);
+
+    /// @notice Stake that is neither locked as collateral nor unbonding.
+    function freeStake(address provider) external view returns (uint256);
+
+    /// @notice Whether a provider is registered and its active stake reaches `minStake`.
+    function isEligible(address provider) external view returns (bool);
+
+    /*//////////////////////////////////////////////////////////////
+                           PROVIDER FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Registers the caller as a provider, binding it to a libp2p peer id, and stakes `amount`.
+    /// @dev Emits {ProviderRegistered}, and {Staked} when `amount` is not zero.
+    ///
+    /// Requirements:
+    /// - The caller is not registered yet.
+    /// - `peerId` is 1 to 128 bytes long and not bound to another provider.
+    /// - `metadata` is at most 4096 bytes long.
+    /// - The caller approved `amount` staking tokens to the registry.
+    ///
+    /// @param peerId The provider's libp2p peer id, in its string form.
+    /// @param metadata Free-form description (JSON by convention: region, contact, hardware summary).
+    /// @param amount Staking tokens to stake at once; may be zero.
+    function register(string calldata peerId, string calldata metadata, uint256 amount) external;
+
+    /// @notice Changes the caller's peer id and metadata.
+    /// @dev Emits {ProfileUpdated}.
+    ///
+    /// Requirements:
+    /// - The caller is registered.
+    /// - `peerId` and `metadata` meet the limits of {register}.
+    function updateProfile(string calldata peerId, string calldata metadata) external;
+
+    /// @notice Adds `amount` to the caller's stake.
+    /// @dev Emits {Staked}.
+    ///
+    /// Requirements:
+    /// - The caller is registered and `amount` is not zero.
+    /// - The caller approved `amount` staking tokens to the registry.
+    function stake(uint256 amount) external;
+
+    /// @notice Starts unbonding `amount` of free stake. It stays slashable, and counted in the stake,
+    /// until {withdraw}; each request restarts the unbonding period for the whole unbonding amount.
+    /// @dev Emits {UnstakeRequested}.
+    ///
+    /// Requirements:
+    /// - `amount` is not zero and at most {freeStake}.
+    function requestUnstake(uint256 amount) external;
+
+    /// @notice Pays all unbonded stake back to the caller once the unbonding period has passed.
+    /// @dev Emits {Withdrawn}.
+    ///
+    /// Requirements:
+    /// - Something is unbonding and the unbonding period has passed.
+    function withdraw() external;
+
+    /*//////////////////////////////////////////////////////////////
+                         LEASE MANAGER FUNCTIONS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @notice Wires the registry to its lease manager, once.
+    /// @dev Emits {LeaseManagerSet}.
+    ///
+    /// Requirements:
+    /// - The caller is the admin, the lease manager is not set yet and `leaseManager_` is not zero.
+    function setLeaseManager(address leaseManager_) external;
+
+    /// @notice Locks `amount` of a provider's free stake as a lease's collateral and counts the lease.
+    /// @dev Emits {CollateralLocked}.
+    ///
+    /// Requirements:
+    /// - The caller is the lease manager.
+    /// - The provider is eligible and its free stake covers `amount`.
+    function lockCollateral(address provider, uint256 leaseId, uint256 amount) external;
+
+    /// @notice Unlocks a lease's collateral when it ends without a slash, and records its service.
+    /// @dev Emits {CollateralReleased} and {ServiceRecorded}.
+    ///
+    /// Requirements:
+    /// - The caller is the lease manager and `amount` is at most the provider's locked stake.
+    ///
+    /// @param completed Whether the provider finished the lease with a result.
+    /// @param secondsServed Seconds of service paid by this final settlement.
+    function releaseCollateral(
+        address provider,
+        uint256 leaseId,
+        uint256 amount,
+        bool completed,
+        uint64 secondsServed
+    ) external;
+
+    /// @notice Removes a lease's collateral from the provider's stake and pays it out, and records
+    /// the lease's last paid service.
+    /// @dev Emits {CollateralSlashed} and {ServiceRecorded}.
+    ///
+    /// Requirements:
+    /// - The caller is the lease manager and `amount` is at most the provider's locked stake.
+    /// - The payout amounts add up to `amount`.
+    function slashCollateral(
+        address provider,
+        uint256 leaseId,
+        uint256 amount,
+        Provider.SlashPayout calldata payout,
+        uint64 secondsServed
+    ) external;
+
+    /// @notice Adds seconds of paid service to a provider's counter.
+    /// @dev Emits {ServiceRecorded}.
+    ///
+    /// Requirements:
+    /// - The caller is the lease manager.
+    function recordService(address provider, uint64 secondsServed) external;
+}
