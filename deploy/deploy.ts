@@ -1,0 +1,161 @@
+import { mkdir, writeFile } from "node:fs/promises";
+import {
+  getAddress,
+  zeroAddress,
+  type Abi,
+  type Account,
+  type Address,
+  type Chain,
+  type Hex,
+  type PublicClient,
+  type Transport,
+  type WalletClient,
+} from "viem";
+
+import {
+  devTokenAbi,
+  devTokenBytecode,
+  leaseManagerAbi,
+  leaseManagerBytecode,
+  providerRegistryAbi,
+  providerRegistryBytecode,
+} from "../sdk/generated/abis.ts";
+import { deploymentPath, deploymentToJson, type Deployment } from "../sdk/chain/deployments.ts";
+
+/** What a deployment can be tuned with; every field has a default for local networks. */
+export interface DeployParameters {
+  /** An existing staking token; a fresh dev token when absent. */
+  stakingToken?: Address;
+  /** An existing payment token; a fresh dev token when absent (it may equal the staking token). */
+  paymentToken?: Address;
+  minStake: bigint;
+  /** Seconds; must exceed `maxHeartbeatTimeout` (the contract checks it). */
+  unbondingPeriod: number;
+  tenantShareBps: number;
+  callerShareBps: number;
+  /** Receives the rest of each slash; the zero address burns it. */
+  treasury: Address;
+  /** Seconds; the longest heartbeat timeout a quote may set. */
+  maxHeartbeatTimeout: number;
+}
+
+/**
+ * Local defaults. Half of a slashed collateral compensates the tenant and a tenth rewards whoever
+ * calls the slash (enough to pay a keeper's gas many times over on an L2); the rest is burned so
+ * that no party profits from a provider's failure beyond its loss. Heartbeat timeouts up to an
+ * hour, and a week of unbonding so stake always outlives every slash window.
+ */
+export const defaultDeployParameters: DeployParameters = {
+  minStake: 100n * 10n ** 18n,
+  unbondingPeriod: 7 * 24 * 3600,
+  tenantShareBps: 5_000,
+  callerShareBps: 1_000,
+  treasury: zeroAddress,
+  maxHeartbeatTimeout: 3600,
+};
+
+export type DeployProgress = { step: string; address: Address; txHash: Hex };
+
+export interface DeployBatonParameters {
+  walletClient: WalletClient<Transport, Chain, Account>;
+  publicClient: PublicClient;
+  parameters?: Partial<DeployParameters>;
+  onProgress?: (event: DeployProgress) => void;
+}
+
+/**
+ * Deploys the registry, the lease manager and (unless given) dev tokens, wires them together and
+ * returns the deployment record. Works against the in-process Hardhat chain, `hardhat node` on
+ * loopback, or any RPC URL, as long as the clients point there.
+ *
+ * @example
+ * const deployment = await deployBaton({ walletClient, publicClient });
+ * await writeDeployment("deployments", deployment);
+ */
+export async function deployBaton({
+  walletClient,
+  publicClient,
+  parameters: overrides = {},
+  onProgress,
+}: DeployBatonParameters): Promise<Deployment> {
+  const parameters: DeployParameters = { ...defaultDeployParameters, ...overrides };
+  if (parameters.unbondingPeriod <= parameters.maxHeartbeatTimeout) {
+    throw new Error(
+      `unbondingPeriod (${parameters.unbondingPeriod} s) must exceed maxHeartbeatTimeout (${parameters.maxHeartbeatTimeout} s), or unbonding stake could escape a slash`,
+    );
+  }
+  const deployer = walletClient.account.address;
+  const chainId = await publicClient.getChainId();
+  const startBlock = await publicClient.getBlockNumber();
+
+  const deploy = async (step: string, abi: Abi, bytecode: Hex, args: readonly unknown[]): Promise<Address> => {
+    const txHash = await walletClient.deployContract({ abi, bytecode, args });
+    const receipt = await publicClient.waitForTransactionReceipt({ hash: txHash });
+    if (receipt.status !== "success" || !receipt.contractAddress) {
+      throw new Error(`deploying ${step} failed in transaction ${txHash}`);
+    }
+    const address = getAddress(receipt.contractAddress);
+    onProgress?.({ step, address, txHash });
+    return address;
+  };
+
+  const devTokens = parameters.stakingToken === undefined || parameters.paymentToken === undefined;
+  const stakingToken =
+    parameters.stakingToken ?? (await deploy("staking token (dev)", devTokenAbi, devTokenBytecode, ["Baton Stake", "BSTK"]));
+  const paymentToken =
+    parameters.paymentToken ?? (await deploy("payment token (dev)", devTokenAbi, devTokenBytecode, ["Baton Pay", "BPAY"]));
+  const providerRegistry = await deploy("ProviderRegistry", providerRegistryAbi, providerRegistryBytecode, [
+    stakingToken,
+    parameters.minStake,
+    BigInt(parameters.unbondingPeriod),
+    deployer,
+  ]);
+  const leaseManager = await deploy("LeaseManager", leaseManagerAbi, leaseManagerBytecode, [
+    paymentToken,
+    providerRegistry,
+    parameters.tenantShareBps,
+    parameters.callerShareBps,
+    parameters.treasury,
+    BigInt(parameters.maxHeartbeatTimeout),
+  ]);
+
+  const txHash = await walletClient.writeContract({
+    address: providerRegistry,
+    abi: providerRegistryAbi,
+    functionName: "setLeaseManager",
+    args: [leaseManager],
+  });
+  const receipt = await publicClient.waitForTransactionReceipt({ hash: txHash });
+  if (receipt.status !== "success") throw new Error(`wiring the registry failed in transaction ${txHash}`);
+  onProgress?.({ step: "registry wired to lease manager", address: providerRegistry, txHash });
+
+  const treasury = await publicClient.readContract({
+    address: leaseManager,
+    abi: leaseManagerAbi,
+    functionName: "treasury",
+  });
+  return {
+    chainId,
+    deployer,
+    deployBlock: startBlock + 1n,
+    deployedAt: new Date().toISOString(),
+    contracts: { providerRegistry, leaseManager, stakingToken, paymentToken },
+    parameters: {
+      minStake: parameters.minStake,
+      unbondingPeriod: parameters.unbondingPeriod,
+      tenantShareBps: parameters.tenantShareBps,
+      callerShareBps: parameters.callerShareBps,
+      treasury,
+      maxHeartbeatTimeout: parameters.maxHeartbeatTimeout,
+      devTokens,
+    },
+  };
+}
+
+/** Writes `<dir>/<chainId>.json` and returns its path. */
+export async function writeDeployment(dir: string, deployment: Deployment): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const file = deploymentPath(dir, deployment.chainId);
+  await writeFile(file, JSON.stringify(deploymentToJson(deployment), null, 2) + "\n");
+  return file;
+}
