@@ -101,9 +101,11 @@ export async function deployBaton({
 
   const devTokens = parameters.stakingToken === undefined || parameters.paymentToken === undefined;
   const stakingToken =
-    parameters.stakingToken ?? (await deploy("staking token (dev)", devTokenAbi, devTokenBytecode, ["Baton Stake", "BSTK"]));
+    parameters.stakingToken ??
+    (await deploy("staking token (dev)", devTokenAbi, devTokenBytecode, ["Baton Stake", "BSTK"]));
   const paymentToken =
-    parameters.paymentToken ?? (await deploy("payment token (dev)", devTokenAbi, devTokenBytecode, ["Baton Pay", "BPAY"]));
+    parameters.paymentToken ??
+    (await deploy("payment token (dev)", devTokenAbi, devTokenBytecode, ["Baton Pay", "BPAY"]));
   const providerRegistry = await deploy("ProviderRegistry", providerRegistryAbi, providerRegistryBytecode, [
     stakingToken,
     parameters.minStake,

@@ -8,7 +8,16 @@
  * Hardhat's first development account.
  */
 import { parseArgs } from "node:util";
-import { createPublicClient, createWalletClient, defineChain, getAddress, http, isAddress, isHex, type Address } from "viem";
+import {
+  createPublicClient,
+  createWalletClient,
+  defineChain,
+  getAddress,
+  http,
+  isAddress,
+  isHex,
+  type Address,
+} from "viem";
 import { privateKeyToAccount, type Account } from "viem/accounts";
 
 import { deployBaton, writeDeployment, type DeployParameters } from "./deploy.ts";

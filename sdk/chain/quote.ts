@@ -42,7 +42,12 @@ export function quoteDomain(chainId: number, leaseManager: Address): TypedDataDo
 
 /** The digest a provider signs, equal to `LeaseManager.hashQuote(quote)`. */
 export function hashQuote(chainId: number, leaseManager: Address, quote: Quote): Hex {
-  return hashTypedData({ domain: quoteDomain(chainId, leaseManager), types: quoteTypes, primaryType: "Quote", message: quote });
+  return hashTypedData({
+    domain: quoteDomain(chainId, leaseManager),
+    types: quoteTypes,
+    primaryType: "Quote",
+    message: quote,
+  });
 }
 
 /**
@@ -51,6 +56,16 @@ export function hashQuote(chainId: number, leaseManager: Address, quote: Quote):
  * @example
  * const signature = await signQuote(account, 31337, deployment.contracts.leaseManager, quote);
  */
-export async function signQuote(account: LocalAccount, chainId: number, leaseManager: Address, quote: Quote): Promise<Hex> {
-  return account.signTypedData({ domain: quoteDomain(chainId, leaseManager), types: quoteTypes, primaryType: "Quote", message: quote });
+export async function signQuote(
+  account: LocalAccount,
+  chainId: number,
+  leaseManager: Address,
+  quote: Quote,
+): Promise<Hex> {
+  return account.signTypedData({
+    domain: quoteDomain(chainId, leaseManager),
+    types: quoteTypes,
+    primaryType: "Quote",
+    message: quote,
+  });
 }

@@ -81,11 +81,46 @@ beforeAll(async () => {
   expect(deployment).toEqual(written);
 
   const { stakingToken, paymentToken, providerRegistry, leaseManager } = deployment.contracts;
-  await send(wallet(deployer).writeContract({ address: stakingToken, abi: devTokenAbi, functionName: "mint", args: [provider.address, parseEther("1000")] }));
-  await send(wallet(deployer).writeContract({ address: paymentToken, abi: devTokenAbi, functionName: "mint", args: [tenant.address, parseEther("100")] }));
-  await send(wallet(provider).writeContract({ address: stakingToken, abi: devTokenAbi, functionName: "approve", args: [providerRegistry, parseEther("1000")] }));
-  await send(wallet(provider).writeContract({ address: providerRegistry, abi: providerRegistryAbi, functionName: "register", args: ["12D3KooWTestProvider", '{"region":"loopback"}', parseEther("500")] }));
-  await send(wallet(tenant).writeContract({ address: paymentToken, abi: devTokenAbi, functionName: "approve", args: [leaseManager, parseEther("10")] }));
+  await send(
+    wallet(deployer).writeContract({
+      address: stakingToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [provider.address, parseEther("1000")],
+    }),
+  );
+  await send(
+    wallet(deployer).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [tenant.address, parseEther("100")],
+    }),
+  );
+  await send(
+    wallet(provider).writeContract({
+      address: stakingToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [providerRegistry, parseEther("1000")],
+    }),
+  );
+  await send(
+    wallet(provider).writeContract({
+      address: providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "register",
+      args: ["12D3KooWTestProvider", '{"region":"loopback"}', parseEther("500")],
+    }),
+  );
+  await send(
+    wallet(tenant).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [leaseManager, parseEther("10")],
+    }),
+  );
 });
 
 afterAll(async () => {
@@ -99,17 +134,32 @@ describe("a lease's life on hardhat node, through viem", () => {
 
   it("binds the provider to its peer id and stake", async () => {
     const { providerRegistry } = deployment.contracts;
-    const view = await publicClient.readContract({ address: providerRegistry, abi: providerRegistryAbi, functionName: "getProvider", args: [provider.address] });
+    const view = await publicClient.readContract({
+      address: providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "getProvider",
+      args: [provider.address],
+    });
     expect(view.registered).toBe(true);
     expect(view.eligible).toBe(true);
     expect(view.stake).toBe(parseEther("500"));
-    const owner = await publicClient.readContract({ address: providerRegistry, abi: providerRegistryAbi, functionName: "providerOfPeer", args: ["12D3KooWTestProvider"] });
+    const owner = await publicClient.readContract({
+      address: providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "providerOfPeer",
+      args: ["12D3KooWTestProvider"],
+    });
     expect(owner).toBe(provider.address);
   });
 
   it("hashes quotes exactly as the contract does", async () => {
     const { quote } = await quoteFor(jobId, 99n);
-    const onChain = await publicClient.readContract({ address: deployment.contracts.leaseManager, abi: leaseManagerAbi, functionName: "hashQuote", args: [quote] });
+    const onChain = await publicClient.readContract({
+      address: deployment.contracts.leaseManager,
+      abi: leaseManagerAbi,
+      functionName: "hashQuote",
+      args: [quote],
+    });
     expect(onChain).toBe(hashQuote(hardhat.id, deployment.contracts.leaseManager, quote));
   });
 
@@ -117,7 +167,14 @@ describe("a lease's life on hardhat node, through viem", () => {
     const { leaseManager, paymentToken, providerRegistry } = deployment.contracts;
     const { quote, signature } = await quoteFor(jobId, 1n);
     const deposit = parseEther("1");
-    const opened = await send(wallet(tenant).writeContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "openLease", args: [quote, signature, deposit, 0n] }));
+    const opened = await send(
+      wallet(tenant).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "openLease",
+        args: [quote, signature, deposit, 0n],
+      }),
+    );
     const openedEvent = events(opened).find((e) => e.eventName === "LeaseOpened");
     if (openedEvent?.eventName !== "LeaseOpened") throw new Error("no LeaseOpened event");
     firstLease = openedEvent.args.leaseId;
@@ -128,30 +185,61 @@ describe("a lease's life on hardhat node, through viem", () => {
     const test = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
     await test.increaseTime({ seconds: 20 });
     const cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
-    const beat = await send(wallet(provider).writeContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "heartbeat", args: [[firstLease], [cid]] }));
+    const beat = await send(
+      wallet(provider).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "heartbeat",
+        args: [[firstLease], [cid]],
+      }),
+    );
     const beatEvents = events(beat);
     expect(beatEvents.map((e) => e.eventName)).toEqual(["HeartbeatRecorded", "CheckpointCommitted"]);
     const committed = beatEvents[1];
     if (committed?.eventName !== "CheckpointCommitted") throw new Error("no CheckpointCommitted event");
     expect(committed.args.cid).toBe(cid);
 
-    const lease = await publicClient.readContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "getLease", args: [firstLease] });
+    const lease = await publicClient.readContract({
+      address: leaseManager,
+      abi: leaseManagerAbi,
+      functionName: "getLease",
+      args: [firstLease],
+    });
     const covered = BigInt(lease.lastHeartbeat - lease.settledUntil);
     expect(covered).toBeGreaterThanOrEqual(20n);
     expect(lease.earned).toBe(covered * quote.pricePerSecond);
 
     const before = await balanceOf(paymentToken, provider.address);
-    await send(wallet(provider).writeContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "claim", args: [[firstLease]] }));
+    await send(
+      wallet(provider).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "claim",
+        args: [[firstLease]],
+      }),
+    );
     expect((await balanceOf(paymentToken, provider.address)) - before).toBe(lease.earned);
 
     const tenantBefore = await balanceOf(paymentToken, tenant.address);
-    const finished = await send(wallet(provider).writeContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "finish", args: [firstLease, "bafkresult"] }));
+    const finished = await send(
+      wallet(provider).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "finish",
+        args: [firstLease, "bafkresult"],
+      }),
+    );
     const completed = events(finished).find((e) => e.eventName === "LeaseCompleted");
     if (completed?.eventName !== "LeaseCompleted") throw new Error("no LeaseCompleted event");
     expect(completed.args.resultCid).toBe("bafkresult");
     expect((await balanceOf(paymentToken, tenant.address)) - tenantBefore).toBe(completed.args.refund);
 
-    const view = await publicClient.readContract({ address: providerRegistry, abi: providerRegistryAbi, functionName: "getProvider", args: [provider.address] });
+    const view = await publicClient.readContract({
+      address: providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "getProvider",
+      args: [provider.address],
+    });
     expect(view.leasesCompleted).toBe(1n);
     expect(view.locked).toBe(0n);
     expect(view.secondsServed).toBeGreaterThanOrEqual(20n);
@@ -162,7 +250,12 @@ describe("a lease's life on hardhat node, through viem", () => {
     const { quote, signature } = await quoteFor(jobId, 2n);
     const deposit = parseEther("2");
     const block = await publicClient.getBlock();
-    const nonce = await publicClient.readContract({ address: paymentToken, abi: devTokenAbi, functionName: "nonces", args: [tenant.address] });
+    const nonce = await publicClient.readContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "nonces",
+      args: [tenant.address],
+    });
     const permitSignature = await tenant.signTypedData({
       domain: { name: "Baton Pay", version: "1", chainId: hardhat.id, verifyingContract: paymentToken },
       types: {
@@ -175,11 +268,24 @@ describe("a lease's life on hardhat node, through viem", () => {
         ],
       },
       primaryType: "Permit",
-      message: { owner: tenant.address, spender: leaseManager, value: deposit, nonce, deadline: block.timestamp + 600n },
+      message: {
+        owner: tenant.address,
+        spender: leaseManager,
+        value: deposit,
+        nonce,
+        deadline: block.timestamp + 600n,
+      },
     });
     const { r, s, v } = parseSignature(permitSignature);
     const permit = { deadline: block.timestamp + 600n, v: Number(v), r, s };
-    const opened = await send(wallet(tenant).writeContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "openLeaseWithPermit", args: [quote, signature, deposit, firstLease, permit] }));
+    const opened = await send(
+      wallet(tenant).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "openLeaseWithPermit",
+        args: [quote, signature, deposit, firstLease, permit],
+      }),
+    );
     const openedEvent = events(opened).find((e) => e.eventName === "LeaseOpened");
     if (openedEvent?.eventName !== "LeaseOpened") throw new Error("no LeaseOpened event");
     expect(openedEvent.args.predecessor).toBe(firstLease);
@@ -187,14 +293,27 @@ describe("a lease's life on hardhat node, through viem", () => {
 
     // Not yet: the heartbeat timeout has not passed.
     await expect(
-      publicClient.simulateContract({ account: keeper, address: leaseManager, abi: leaseManagerAbi, functionName: "slashMissedHeartbeat", args: [leaseId] }),
+      publicClient.simulateContract({
+        account: keeper,
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "slashMissedHeartbeat",
+        args: [leaseId],
+      }),
     ).rejects.toThrow(/LeaseManager_HeartbeatNotMissed/);
 
     const test = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
     await test.increaseTime({ seconds: 61 });
     await test.mine({ blocks: 1 });
     const tenantPayBefore = await balanceOf(paymentToken, tenant.address);
-    const slashed = await send(wallet(keeper).writeContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "slashMissedHeartbeat", args: [leaseId] }));
+    const slashed = await send(
+      wallet(keeper).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "slashMissedHeartbeat",
+        args: [leaseId],
+      }),
+    );
     const slashEvent = events(slashed).find((e) => e.eventName === "LeaseSlashed");
     if (slashEvent?.eventName !== "LeaseSlashed") throw new Error("no LeaseSlashed event");
     expect(slashEvent.args.compensation).toBe((quote.collateral * 5_000n) / 10_000n);
@@ -209,7 +328,12 @@ describe("a lease's life on hardhat node, through viem", () => {
       (await balanceOf(paymentToken, provider.address)) +
       (await balanceOf(paymentToken, leaseManager));
     expect(total).toBe(parseEther("100"));
-    const claimable = await publicClient.readContract({ address: leaseManager, abi: leaseManagerAbi, functionName: "claimable", args: [provider.address] });
+    const claimable = await publicClient.readContract({
+      address: leaseManager,
+      abi: leaseManagerAbi,
+      functionName: "claimable",
+      args: [provider.address],
+    });
     expect(await balanceOf(paymentToken, leaseManager)).toBe(claimable);
   });
 });
