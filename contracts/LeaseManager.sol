@@ -57,7 +57,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     uint256 public override leaseCount;
 
     mapping(uint256 leaseId => Lease.Record record) private _leases;
-    mapping(address provider => uint256 amount) private _claimable;
+    mapping(address provider => Lease.ProviderAccount account) private _accounts;
     mapping(address provider => mapping(uint256 word => uint256 bits)) private _nonceBitmap;
 
     /// @param paymentToken_ The ERC-20 token tenants pay in.
@@ -135,7 +135,12 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc ILeaseManager
     function claimable(address provider) external view override returns (uint256) {
-        return _claimable[provider];
+        return _accounts[provider].claimable;
+    }
+
+    /// @inheritdoc ILeaseManager
+    function secondsServed(address provider) external view override returns (uint64) {
+        return _accounts[provider].secondsServed;
     }
 
     /// @inheritdoc ILeaseManager
@@ -222,11 +227,10 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
 
         // Effect: pay the heartbeat-covered time, refund the rest, and wait for the provider.
         r.status = Lease.Status.Closing;
-        (uint256 refund, uint64 secondsServed) = _settleFinal(leaseId, r, r.lastHeartbeat);
+        uint256 refund = _settleFinal(leaseId, r, r.lastHeartbeat);
         emit LeaseCloseRequested(leaseId, refund);
 
-        // Interaction: count the service and refund the tenant.
-        registry.recordService(r.provider, secondsServed);
+        // Interaction: refund the tenant.
         if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
     }
 
@@ -275,14 +279,15 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
                 emit LeaseClosed(leaseId);
 
                 // Interaction: free its collateral.
-                registry.releaseCollateral(msg.sender, leaseId, r.collateral, false, 0);
+                registry.releaseCollateral(msg.sender, leaseId, r.collateral, false);
             }
         }
     }
 
     /// @inheritdoc ILeaseManager
     function claim(uint256[] calldata leaseIds) external override nonReentrant returns (uint256 amount) {
-        uint64 secondsServed;
+        uint256 earnedTotal;
+        uint64 secondsTotal;
         for (uint256 i = 0; i < leaseIds.length; ++i) {
             uint256 leaseId = leaseIds[i];
             Lease.Record storage r = _leases[leaseId];
@@ -303,18 +308,19 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             uint256 earned = uint256(until - from) * r.pricePerSecond;
             r.deposit -= uint96(earned);
             r.settledUntil = until;
-            secondsServed += until - from;
-            _claimable[msg.sender] += earned;
+            earnedTotal += earned;
+            secondsTotal += until - from;
             emit EarningsSettled(leaseId, msg.sender, earned, until);
         }
 
-        // Effect: empty the claimable balance.
-        amount = _claimable[msg.sender];
-        _claimable[msg.sender] = 0;
+        // Effect: count the service and empty the claimable balance, in one write.
+        Lease.ProviderAccount storage account = _accounts[msg.sender];
+        amount = account.claimable + earnedTotal;
+        account.claimable = 0;
+        account.secondsServed += secondsTotal;
         emit EarningsClaimed(msg.sender, amount);
 
-        // Interaction: count the service and pay the provider.
-        if (secondsServed > 0) registry.recordService(msg.sender, secondsServed);
+        // Interaction: pay the provider.
         if (amount > 0) paymentToken.safeTransfer(msg.sender, amount);
     }
 
@@ -332,11 +338,11 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         uint32 end = block.timestamp < r.endsAt ? uint32(block.timestamp) : r.endsAt;
         r.status = Lease.Status.Completed;
         r.lastHeartbeat = end;
-        (uint256 refund, uint64 secondsServed) = _settleFinal(leaseId, r, end);
+        uint256 refund = _settleFinal(leaseId, r, end);
         emit LeaseCompleted(leaseId, resultCid, refund);
 
         // Interaction: free the collateral and refund the tenant.
-        registry.releaseCollateral(msg.sender, leaseId, r.collateral, true, secondsServed);
+        registry.releaseCollateral(msg.sender, leaseId, r.collateral, true);
         if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
     }
 
@@ -364,7 +370,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         // Effect: pay the provider to its last heartbeat and refund the tenant the rest (a closing
         // lease was settled already, so both are zero then).
         r.status = Lease.Status.Slashed;
-        (uint256 refund, uint64 secondsServed) = _settleFinal(leaseId, r, r.lastHeartbeat);
+        uint256 refund = _settleFinal(leaseId, r, r.lastHeartbeat);
         uint256 collateral = r.collateral;
         Provider.SlashPayout memory payout = Provider.SlashPayout({
             tenant: r.tenant,
@@ -385,7 +391,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         );
 
         // Interaction: pay out the collateral and refund the tenant.
-        registry.slashCollateral(r.provider, leaseId, collateral, payout, secondsServed);
+        registry.slashCollateral(r.provider, leaseId, collateral, payout);
         if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
     }
 
@@ -486,30 +492,26 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     function _settleExpired(uint256 leaseId, Lease.Record storage r) internal {
         // Effect.
         r.status = Lease.Status.Expired;
-        (uint256 refund, uint64 secondsServed) = _settleFinal(leaseId, r, r.endsAt);
+        uint256 refund = _settleFinal(leaseId, r, r.endsAt);
         emit LeaseExpired(leaseId, refund);
 
         // Interaction.
-        registry.releaseCollateral(r.provider, leaseId, r.collateral, false, secondsServed);
+        registry.releaseCollateral(r.provider, leaseId, r.collateral, false);
         if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
     }
 
     /// @dev Credits the provider with everything earned up to `until` and empties the deposit.
     /// @return refund What is left of the deposit for the tenant.
-    /// @return secondsServed The seconds of service this settlement paid.
-    function _settleFinal(
-        uint256 leaseId,
-        Lease.Record storage r,
-        uint32 until
-    ) internal returns (uint256 refund, uint64 secondsServed) {
+    function _settleFinal(uint256 leaseId, Lease.Record storage r, uint32 until) internal returns (uint256 refund) {
         uint32 from = r.settledUntil;
         uint256 deposit = r.deposit;
         uint256 earned;
         if (until > from) {
-            secondsServed = until - from;
-            earned = secondsServed * uint256(r.pricePerSecond);
+            earned = uint256(until - from) * r.pricePerSecond;
             r.settledUntil = until;
-            _claimable[r.provider] += earned;
+            Lease.ProviderAccount storage account = _accounts[r.provider];
+            account.claimable += uint192(earned);
+            account.secondsServed += until - from;
             emit EarningsSettled(leaseId, r.provider, earned, until);
         }
         refund = deposit - earned;

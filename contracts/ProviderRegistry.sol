@@ -4,8 +4,8 @@ pragma solidity 0.8.37;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
+import {ILeaseManager} from "./interfaces/ILeaseManager.sol";
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 import {Provider} from "./types/Provider.sol";
 
@@ -76,7 +76,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             leasesOpened: p.leasesOpened,
             leasesCompleted: p.leasesCompleted,
             leasesSlashed: p.leasesSlashed,
-            secondsServed: p.secondsServed
+            secondsServed: leaseManager == address(0) ? 0 : ILeaseManager(leaseManager).secondsServed(provider)
         });
     }
 
@@ -158,7 +158,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         if (amount > free) revert ProviderRegistry_InsufficientFreeStake(msg.sender, amount, free);
 
         // Effect: the whole unbonding amount waits a full period from now.
-        p.unbonding += SafeCast.toUint128(amount);
+        p.unbonding += uint96(amount);
         uint64 availableAt = uint64(block.timestamp) + unbondingPeriod;
         p.unbondingEndsAt = availableAt;
         emit UnstakeRequested(msg.sender, amount, p.unbonding, availableAt);
@@ -174,7 +174,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         if (block.timestamp < p.unbondingEndsAt) revert ProviderRegistry_StillUnbonding(msg.sender, p.unbondingEndsAt);
 
         // Effect: the unbonded stake leaves the registry's books.
-        p.stake -= uint128(amount);
+        p.stake -= uint96(amount);
         p.unbonding = 0;
         p.unbondingEndsAt = 0;
         emit Withdrawn(msg.sender, amount);
@@ -210,7 +210,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         if (amount > free) revert ProviderRegistry_InsufficientFreeStake(provider, amount, free);
 
         // Effect.
-        p.locked += uint128(amount);
+        p.locked += uint96(amount);
         p.leasesOpened += 1;
         emit CollateralLocked(provider, leaseId, amount);
     }
@@ -220,8 +220,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         address provider,
         uint256 leaseId,
         uint256 amount,
-        bool completed,
-        uint64 secondsServed
+        bool completed
     ) external override onlyLeaseManager {
         Provider.Record storage p = _providers[provider];
 
@@ -229,10 +228,9 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         if (amount > p.locked) revert ProviderRegistry_InsufficientLocked(provider, amount, p.locked);
 
         // Effect.
-        p.locked -= uint128(amount);
+        p.locked -= uint96(amount);
         if (completed) p.leasesCompleted += 1;
         emit CollateralReleased(provider, leaseId, amount, completed);
-        _recordService(p, provider, secondsServed);
     }
 
     /// @inheritdoc IProviderRegistry
@@ -240,8 +238,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         address provider,
         uint256 leaseId,
         uint256 amount,
-        Provider.SlashPayout calldata payout,
-        uint64 secondsServed
+        Provider.SlashPayout calldata payout
     ) external override onlyLeaseManager nonReentrant {
         Provider.Record storage p = _providers[provider];
 
@@ -250,8 +247,8 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         assert(payout.tenantAmount + payout.callerAmount + payout.treasuryAmount == amount);
 
         // Effect: the collateral leaves both the locked amount and the stake.
-        p.locked -= uint128(amount);
-        p.stake -= uint128(amount);
+        p.locked -= uint96(amount);
+        p.stake -= uint96(amount);
         p.leasesSlashed += 1;
         emit CollateralSlashed(
             provider,
@@ -261,17 +258,11 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             payout.callerAmount,
             payout.treasuryAmount
         );
-        _recordService(p, provider, secondsServed);
 
         // Interaction: pay the tenant, the caller and the treasury.
         if (payout.tenantAmount > 0) stakingToken.safeTransfer(payout.tenant, payout.tenantAmount);
         if (payout.callerAmount > 0) stakingToken.safeTransfer(payout.caller, payout.callerAmount);
         if (payout.treasuryAmount > 0) stakingToken.safeTransfer(payout.treasury, payout.treasuryAmount);
-    }
-
-    /// @inheritdoc IProviderRegistry
-    function recordService(address provider, uint64 secondsServed) external override onlyLeaseManager {
-        _recordService(_providers[provider], provider, secondsServed);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -281,20 +272,14 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     function _stake(Provider.Record storage p, uint256 amount) internal {
         // Check.
         if (amount == 0) revert ProviderRegistry_ZeroAmount();
-        if (amount > type(uint128).max - p.stake) revert ProviderRegistry_AmountTooLarge(amount);
+        if (amount > type(uint96).max - p.stake) revert ProviderRegistry_AmountTooLarge(amount);
 
         // Effect.
-        p.stake += uint128(amount);
+        p.stake += uint96(amount);
         emit Staked(msg.sender, amount, p.stake);
 
         // Interaction: pull the tokens.
         stakingToken.safeTransferFrom(msg.sender, address(this), amount);
-    }
-
-    function _recordService(Provider.Record storage p, address provider, uint64 secondsServed) internal {
-        if (secondsServed == 0) return;
-        p.secondsServed += secondsServed;
-        emit ServiceRecorded(provider, secondsServed, p.secondsServed);
     }
 
     function _checkProfile(string calldata peerId, string calldata metadata) internal view returns (bytes32 peerHash) {

@@ -128,6 +128,9 @@ interface ILeaseManager {
     /// @notice Tokens a provider can claim without settling any lease.
     function claimable(address provider) external view returns (uint256);
 
+    /// @notice Seconds of service a provider has been paid for, across all its leases.
+    function secondsServed(address provider) external view returns (uint64);
+
     /// @notice Whether a provider's quote nonce was used or invalidated.
     function isNonceUsed(address provider, uint256 nonce) external view returns (bool);
 

@@ -47,9 +47,6 @@ interface IProviderRegistry {
         uint256 treasuryAmount
     );
 
-    /// @notice Emitted when seconds of service are added to a provider's counter.
-    event ServiceRecorded(address indexed provider, uint64 seconds_, uint64 totalSecondsServed);
-
     /*//////////////////////////////////////////////////////////////
                                  ERRORS
     //////////////////////////////////////////////////////////////*/
@@ -91,7 +88,8 @@ interface IProviderRegistry {
     /// @notice Seconds between an unstake request and the withdrawal it allows.
     function unbondingPeriod() external view returns (uint64);
 
-    /// @notice Everything known about a provider, counters included.
+    /// @notice Everything known about a provider, counters included (seconds served are read from
+    /// the lease manager, which keeps them).
     /// @param provider The provider's address.
     function getProvider(address provider) external view returns (Provider.View memory);
 
@@ -173,25 +171,17 @@ interface IProviderRegistry {
     /// - The provider is eligible and its free stake covers `amount`.
     function lockCollateral(address provider, uint256 leaseId, uint256 amount) external;
 
-    /// @notice Unlocks a lease's collateral when it ends without a slash, and records its service.
-    /// @dev Emits {CollateralReleased} and {ServiceRecorded}.
+    /// @notice Unlocks a lease's collateral when it ends without a slash.
+    /// @dev Emits {CollateralReleased}.
     ///
     /// Requirements:
     /// - The caller is the lease manager and `amount` is at most the provider's locked stake.
     ///
     /// @param completed Whether the provider finished the lease with a result.
-    /// @param secondsServed Seconds of service paid by this final settlement.
-    function releaseCollateral(
-        address provider,
-        uint256 leaseId,
-        uint256 amount,
-        bool completed,
-        uint64 secondsServed
-    ) external;
+    function releaseCollateral(address provider, uint256 leaseId, uint256 amount, bool completed) external;
 
-    /// @notice Removes a lease's collateral from the provider's stake and pays it out, and records
-    /// the lease's last paid service.
-    /// @dev Emits {CollateralSlashed} and {ServiceRecorded}.
+    /// @notice Removes a lease's collateral from the provider's stake and pays it out.
+    /// @dev Emits {CollateralSlashed}.
     ///
     /// Requirements:
     /// - The caller is the lease manager and `amount` is at most the provider's locked stake.
@@ -200,14 +190,6 @@ interface IProviderRegistry {
         address provider,
         uint256 leaseId,
         uint256 amount,
-        Provider.SlashPayout calldata payout,
-        uint64 secondsServed
+        Provider.SlashPayout calldata payout
     ) external;
-
-    /// @notice Adds seconds of paid service to a provider's counter.
-    /// @dev Emits {ServiceRecorded}.
-    ///
-    /// Requirements:
-    /// - The caller is the lease manager.
-    function recordService(address provider, uint64 secondsServed) external;
 }

@@ -81,6 +81,13 @@ library Lease {
         bytes32 jobId;
     }
 
+    /// @notice What the lease manager owes a provider, and the service it was paid for, in one slot
+    /// so that a claim or settlement updates both with a single write.
+    struct ProviderAccount {
+        uint192 claimable;
+        uint64 secondsServed;
+    }
+
     /// @notice A lease as returned by views, with the derived fields a client needs.
     struct View {
         address provider;

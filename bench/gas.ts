@@ -1,0 +1,356 @@
+/**
+ * `npm run bench:gas`: gas per LeaseManager operation on a local Hardhat (EDR) chain, beside
+ * Sablier's published figures, written to bench/results/gas.json.
+ *
+ * Figures are execution gas: the receipt's gasUsed minus the 21,000 intrinsic cost of any
+ * transaction (calldata stays included), which is how Sablier's references are counted.
+ */
+import {
+  createPublicClient,
+  createTestClient,
+  createWalletClient,
+  decodeEventLog,
+  http,
+  keccak256,
+  parseEther,
+  parseSignature,
+  toHex,
+  type Hex,
+  type TransactionReceipt,
+} from "viem";
+import { hardhat } from "viem/chains";
+
+import { deployBaton } from "../deploy/deploy.ts";
+import { devAccount, startLocalChain } from "../deploy/local-chain.ts";
+import { signQuote, type Quote } from "../sdk/chain/quote.ts";
+import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../sdk/generated/abis.ts";
+import { median, printTable, writeResults, type Figure } from "./report.ts";
+
+const INTRINSIC = 21_000n;
+const deployer = devAccount(0);
+const provider = devAccount(1);
+const tenant = devAccount(2);
+const keeper = devAccount(3);
+
+const chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
+try {
+  const publicClient = createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl), pollingInterval: 20 });
+  const testClient = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
+  const wallet = (account: typeof deployer) =>
+    createWalletClient({ chain: hardhat, account, transport: http(chain.rpcUrl) });
+  const deployment = await deployBaton({ walletClient: wallet(deployer), publicClient });
+  const { leaseManager, providerRegistry, stakingToken, paymentToken } = deployment.contracts;
+
+  const send = async (hash: Promise<Hex>): Promise<TransactionReceipt> => {
+    const receipt = await publicClient.waitForTransactionReceipt({ hash: await hash });
+    if (receipt.status !== "success") throw new Error(`transaction ${receipt.transactionHash} reverted`);
+    return receipt;
+  };
+  const gas = (receipt: TransactionReceipt): number => Number(receipt.gasUsed - INTRINSIC);
+
+  await send(
+    wallet(deployer).writeContract({
+      address: stakingToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [provider.address, parseEther("10000")],
+    }),
+  );
+  await send(
+    wallet(deployer).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [tenant.address, parseEther("10000")],
+    }),
+  );
+  await send(
+    wallet(provider).writeContract({
+      address: stakingToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [providerRegistry, parseEther("10000")],
+    }),
+  );
+  await send(
+    wallet(provider).writeContract({
+      address: providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "register",
+      args: ["12D3KooWGasBench", "{}", parseEther("5000")],
+    }),
+  );
+  const approveGas = gas(
+    await send(
+      wallet(tenant).writeContract({
+        address: paymentToken,
+        abi: devTokenAbi,
+        functionName: "approve",
+        args: [leaseManager, parseEther("10000")],
+      }),
+    ),
+  );
+
+  let nonce = 0n;
+  const quote = async (jobId: string): Promise<{ quote: Quote; signature: Hex }> => {
+    const block = await publicClient.getBlock();
+    const q: Quote = {
+      provider: provider.address,
+      tenant: tenant.address,
+      jobId: keccak256(toHex(jobId)),
+      resources: keccak256(toHex("gpu:1xH100")),
+      pricePerSecond: parseEther("0.0001"),
+      collateral: parseEther("10"),
+      heartbeatPeriod: 30n,
+      heartbeatTimeout: 600n,
+      maxDuration: 86_400n,
+      expiry: block.timestamp + 600n,
+      nonce: nonce++,
+    };
+    return { quote: q, signature: await signQuote(provider, hardhat.id, leaseManager, q) };
+  };
+  const leaseIdOf = (receipt: TransactionReceipt): bigint => {
+    for (const log of receipt.logs) {
+      if (log.address.toLowerCase() !== leaseManager.toLowerCase()) continue;
+      const event = decodeEventLog({ abi: leaseManagerAbi, data: log.data, topics: log.topics });
+      if (event.eventName === "LeaseOpened") return event.args.leaseId;
+    }
+    throw new Error("no LeaseOpened event");
+  };
+
+  // Open 70 leases with an allowance; the first also pays for a fresh nonce bitmap word.
+  const openGas: number[] = [];
+  const leases: bigint[] = [];
+  for (let i = 0; i < 70; i++) {
+    const { quote: q, signature } = await quote(`job-${i}`);
+    const receipt = await send(
+      wallet(tenant).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "openLease",
+        args: [q, signature, parseEther("1"), 0n],
+      }),
+    );
+    openGas.push(gas(receipt));
+    leases.push(leaseIdOf(receipt));
+  }
+
+  const permitGas: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const { quote: q, signature } = await quote(`permit-job-${i}`);
+    const block = await publicClient.getBlock();
+    const permitNonce = await publicClient.readContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "nonces",
+      args: [tenant.address],
+    });
+    const deposit = parseEther("1");
+    const signed = await tenant.signTypedData({
+      domain: { name: "Baton Pay", version: "1", chainId: hardhat.id, verifyingContract: paymentToken },
+      types: {
+        Permit: [
+          { name: "owner", type: "address" },
+          { name: "spender", type: "address" },
+          { name: "value", type: "uint256" },
+          { name: "nonce", type: "uint256" },
+          { name: "deadline", type: "uint256" },
+        ],
+      },
+      primaryType: "Permit",
+      message: {
+        owner: tenant.address,
+        spender: leaseManager,
+        value: deposit,
+        nonce: permitNonce,
+        deadline: block.timestamp + 600n,
+      },
+    });
+    const { r, s, v } = parseSignature(signed);
+    const receipt = await send(
+      wallet(tenant).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "openLeaseWithPermit",
+        args: [q, signature, deposit, 0n, { deadline: block.timestamp + 600n, v: Number(v), r, s }],
+      }),
+    );
+    permitGas.push(gas(receipt));
+  }
+
+  // The permits above replaced the standing allowance; restore it for the top-up below.
+  await send(
+    wallet(tenant).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [leaseManager, parseEther("10000")],
+    }),
+  );
+
+  const heartbeat = async (ids: bigint[], cids: string[] = []): Promise<number> => {
+    await testClient.increaseTime({ seconds: 30 });
+    return gas(
+      await send(
+        wallet(provider).writeContract({
+          address: leaseManager,
+          abi: leaseManagerAbi,
+          functionName: "heartbeat",
+          args: [ids, cids],
+        }),
+      ),
+    );
+  };
+  const cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+  const hb1 = await heartbeat(leases.slice(0, 1));
+  const hb16 = await heartbeat(leases.slice(0, 16));
+  const hb64 = await heartbeat(leases.slice(0, 64));
+  const hb16Cids = await heartbeat(leases.slice(0, 16), Array(16).fill(cid));
+
+  // First-ever figures pay one-time costs (a zero storage slot or token balance becoming non-zero);
+  // the steady figures, the medians of later repetitions, are what a running provider pays.
+  const claim = async (ids: bigint[]): Promise<number> =>
+    gas(
+      await send(
+        wallet(provider).writeContract({
+          address: leaseManager,
+          abi: leaseManagerAbi,
+          functionName: "claim",
+          args: [ids],
+        }),
+      ),
+    );
+  const claimFirst = await claim(leases.slice(0, 1));
+  const claim1: number[] = [];
+  const claim16: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    await heartbeat(leases.slice(0, 16));
+    claim1.push(await claim(leases.slice(0, 1)));
+    claim16.push(await claim(leases.slice(1, 17)));
+  }
+  const topUp = gas(
+    await send(
+      wallet(tenant).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "topUp",
+        args: [leases[1]!, parseEther("1")],
+      }),
+    ),
+  );
+  const close = gas(
+    await send(
+      wallet(tenant).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "close",
+        args: [leases[20]!],
+      }),
+    ),
+  );
+  const closeAck = await heartbeat([leases[20]!]);
+  const finish = gas(
+    await send(
+      wallet(provider).writeContract({
+        address: leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "finish",
+        args: [leases[21]!, cid],
+      }),
+    ),
+  );
+  await testClient.increaseTime({ seconds: 700 });
+  await testClient.mine({ blocks: 1 });
+  const slashes: number[] = [];
+  for (const leaseId of leases.slice(30, 36)) {
+    slashes.push(
+      gas(
+        await send(
+          wallet(keeper).writeContract({
+            address: leaseManager,
+            abi: leaseManagerAbi,
+            functionName: "slashMissedHeartbeat",
+            args: [leaseId],
+          }),
+        ),
+      ),
+    );
+  }
+
+  const sablier = (value: number, label: string) => ({ value, label: `Sablier ${label}` });
+  const figures: Figure[] = [
+    { name: "approve (payment token, once)", value: approveGas, unit: "gas" },
+    {
+      name: "openLease, first (new nonce word)",
+      value: openGas[0]!,
+      unit: "gas",
+      reference: sablier(164_000, "createWithDurations max"),
+    },
+    {
+      name: "openLease (median of 69)",
+      value: median(openGas.slice(1)),
+      unit: "gas",
+      reference: sablier(117_000, "createWithDurations min"),
+      target: { value: 150_000, atMost: true },
+    },
+    {
+      name: "openLeaseWithPermit (median of 5)",
+      value: median(permitGas),
+      unit: "gas",
+      reference: sablier(164_000, "createWithDurations max"),
+      target: { value: 150_000, atMost: true },
+      note: "the permit itself (signature check, nonce, allowance) is included",
+    },
+    { name: "heartbeat, 1 lease", value: hb1, unit: "gas" },
+    { name: "heartbeat, 16 leases (total)", value: hb16, unit: "gas" },
+    {
+      name: "heartbeat, 16 leases (per lease)",
+      value: Math.round(hb16 / 16),
+      unit: "gas",
+      target: { value: 8_000, atMost: true },
+    },
+    { name: "heartbeat, 64 leases (per lease)", value: Math.round(hb64 / 64), unit: "gas" },
+    {
+      name: "heartbeat, 16 leases + CIDs (per lease)",
+      value: Math.round(hb16Cids / 16),
+      unit: "gas",
+      note: "a 59-character CIDv1 committed per lease",
+    },
+    { name: "claim, 1 lease, first ever", value: claimFirst, unit: "gas" },
+    {
+      name: "claim, 1 lease (median of 5)",
+      value: median(claim1),
+      unit: "gas",
+      reference: sablier(49_000, "Flow withdrawMax"),
+      target: { value: 60_000, atMost: true },
+    },
+    { name: "claim, 16 leases (median of 5)", value: median(claim16), unit: "gas" },
+    {
+      name: "claim, 16 leases (per lease)",
+      value: Math.round(median(claim16) / 16),
+      unit: "gas",
+      reference: sablier(30_000, "Lockup withdraw max"),
+    },
+    { name: "topUp", value: topUp, unit: "gas" },
+    { name: "close (tenant)", value: close, unit: "gas" },
+    { name: "heartbeat acknowledging a close", value: closeAck, unit: "gas" },
+    { name: "finish", value: finish, unit: "gas" },
+    {
+      name: "slashMissedHeartbeat, first ever",
+      value: slashes[0]!,
+      unit: "gas",
+      note: "pays for the keeper's, the tenant's and the treasury's first staking-token balances",
+    },
+    {
+      name: "slashMissedHeartbeat (median of 5 later)",
+      value: median(slashes.slice(1)),
+      unit: "gas",
+      target: { value: 120_000, atMost: true },
+    },
+  ];
+  printTable("Gas per operation (execution gas = gasUsed − 21,000)", figures);
+  const file = await writeResults("gas", { counting: "gasUsed - 21000 intrinsic; calldata included", figures });
+  console.log(`\nwrote ${file}`);
+} finally {
+  await chain.stop();
+}
