@@ -1,0 +1,194 @@
+import { z } from "zod";
+
+import { jobSpecSchema } from "../job-spec.ts";
+import {
+  addressSchema,
+  bytes32Schema,
+  hexSchema,
+  peerIdSchema,
+  timestampMsSchema,
+  uintSchema,
+} from "./schema-types.ts";
+
+/*//////////////////////////////////////////////////////////////
+                              OFFERS
+//////////////////////////////////////////////////////////////*/
+
+export const gpuInfoSchema = z.object({
+  index: z.number().int().min(0).max(255),
+  model: z.string().min(1).max(128),
+  vramMiB: z.number().int().nonnegative(),
+  /** A stand-in GPU for tests and development: never on by default, always labelled. */
+  fake: z.boolean(),
+});
+
+/** A provider's signed advertisement, published on the offers topic. */
+export const offerSchema = z.object({
+  chainId: z.number().int().positive(),
+  leaseManager: addressSchema,
+  provider: addressSchema,
+  peerId: peerIdSchema,
+  /** Increases with every offer of this provider, so receivers keep only the newest. */
+  seq: z.number().int().nonnegative(),
+  gpus: z.array(gpuInfoSchema).max(64),
+  gpusFree: z.number().int().nonnegative(),
+  /** Whether it takes jobs that ask for no GPU. */
+  cpuJobs: z.boolean(),
+  /** Price per second of a lease: `base + perGpu × gpus`, in payment-token base units. */
+  price: z.object({ basePerSecond: uintSchema, perGpuPerSecond: uintSchema }),
+  collateralPerLease: uintSchema,
+  /** Off-chain heartbeat period on lease sessions. */
+  heartbeatMs: z.number().int().positive(),
+  /** On-chain heartbeat period and timeout its quotes carry. */
+  chainHeartbeatPeriodS: z.number().int().positive(),
+  chainHeartbeatTimeoutS: z.number().int().positive(),
+  maxDurationS: z.number().int().positive(),
+  expiresAt: timestampMsSchema,
+});
+export type Offer = z.output<typeof offerSchema>;
+
+/*//////////////////////////////////////////////////////////////
+                            BID → QUOTE
+//////////////////////////////////////////////////////////////*/
+
+export const requirementsSchema = z.object({
+  gpus: z.number().int().min(0).max(64),
+  gpuModel: z.string().max(128).optional(),
+  minVramMiB: z.number().int().positive().optional(),
+});
+
+export const bidSchema = z.object({
+  chainId: z.number().int().positive(),
+  leaseManager: addressSchema,
+  jobId: bytes32Schema,
+  tenant: addressSchema,
+  requirements: requirementsSchema,
+  maxPricePerSecond: uintSchema,
+  durationS: z.number().int().positive(),
+});
+export type Bid = z.output<typeof bidSchema>;
+
+export const quoteWireSchema = z.object({
+  provider: addressSchema,
+  tenant: addressSchema,
+  jobId: bytes32Schema,
+  resources: bytes32Schema,
+  pricePerSecond: uintSchema,
+  collateral: uintSchema,
+  heartbeatPeriod: uintSchema,
+  heartbeatTimeout: uintSchema,
+  maxDuration: uintSchema,
+  expiry: uintSchema,
+  nonce: uintSchema,
+});
+
+export const refusalReasons = [
+  "no-capacity",
+  "price-below-floor",
+  "requirements-not-met",
+  "bad-request",
+  "unknown-tenant",
+  "rate-limited",
+  "draining",
+  "internal",
+] as const;
+export type RefusalReason = (typeof refusalReasons)[number];
+
+export const bidResponseSchema = z.discriminatedUnion("kind", [
+  z.object({
+    kind: z.literal("quote"),
+    quote: quoteWireSchema,
+    signature: hexSchema,
+    /** The GPUs reserved for this quote until it expires. */
+    gpus: z.array(z.number().int().nonnegative()).max(64),
+  }),
+  z.object({ kind: z.literal("refusal"), reason: z.enum(refusalReasons), message: z.string().max(512) }),
+]);
+export type BidResponse = z.output<typeof bidResponseSchema>;
+
+/*//////////////////////////////////////////////////////////////
+                          LEASE SESSION
+//////////////////////////////////////////////////////////////*/
+
+/**
+ * Proof that the tenant's libp2p peer speaks for its Ethereum address: an EIP-191 signature of
+ * {@link tenantAuthText}, fresh within a few minutes.
+ */
+export const tenantAuthSchema = z.object({
+  address: addressSchema,
+  at: timestampMsSchema,
+  signature: hexSchema,
+});
+
+/** The text a tenant signs with its Ethereum key to open or re-attach to a lease session. */
+export function tenantAuthText(leaseId: bigint, peerId: string, at: number): string {
+  return `Baton lease session\nlease: ${leaseId}\npeer: ${peerId}\nat: ${at}`;
+}
+
+const leaseIdSchema = uintSchema;
+
+export const tenantMessageSchemas = {
+  /** Starts the job of a lease just opened on chain. */
+  start: z.object({
+    leaseId: leaseIdSchema,
+    auth: tenantAuthSchema,
+    spec: jobSpecSchema,
+    /** A checkpoint to resume from (filled by the checkpoints protocol). */
+    resume: z.object({ cid: z.string().min(1).max(256) }).optional(),
+  }),
+  /** Re-attaches to a running lease, e.g. after the tenant restarted. */
+  attach: z.object({ leaseId: leaseIdSchema, auth: tenantAuthSchema, afterSeq: z.number().int().nonnegative() }),
+  /** Acknowledges a checkpoint the tenant now holds. */
+  "checkpoint-ack": z.object({ leaseId: leaseIdSchema, cid: z.string().min(1).max(256) }),
+} as const;
+
+export const progressSchema = z.object({
+  step: z.number().int().nonnegative().optional(),
+  total: z.number().int().positive().optional(),
+  message: z.string().max(256).optional(),
+});
+export type Progress = z.output<typeof progressSchema>;
+
+export const jobStates = ["starting", "running", "exited"] as const;
+
+export const providerMessageSchemas = {
+  accepted: z.object({ leaseId: leaseIdSchema, startedAt: timestampMsSchema, resumed: z.boolean() }),
+  refused: z.object({ leaseId: leaseIdSchema.optional(), reason: z.string().max(64), message: z.string().max(512) }),
+  heartbeat: z.object({
+    leaseId: leaseIdSchema,
+    seq: z.number().int().nonnegative(),
+    at: timestampMsSchema,
+    state: z.enum(jobStates),
+    progress: progressSchema.optional(),
+  }),
+  log: z.object({
+    leaseId: leaseIdSchema,
+    seq: z.number().int().nonnegative(),
+    at: timestampMsSchema,
+    stream: z.enum(["stdout", "stderr", "node"]),
+    line: z.string().max(4096),
+  }),
+  checkpoint: z.object({
+    leaseId: leaseIdSchema,
+    seq: z.number().int().nonnegative(),
+    cid: z.string().min(1).max(256),
+    name: z.string().max(256),
+    step: z.number().int().nonnegative().optional(),
+    size: z.number().int().nonnegative(),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  }),
+  result: z.object({
+    leaseId: leaseIdSchema,
+    seq: z.number().int().nonnegative(),
+    exitCode: z.number().int().nullable(),
+    signal: z.string().max(16).nullable(),
+    reason: z.string().max(64),
+    outputCid: z.string().max(256).optional(),
+    finishedAt: timestampMsSchema,
+  }),
+} as const;
+
+export type TenantMessageType = keyof typeof tenantMessageSchemas;
+export type ProviderMessageType = keyof typeof providerMessageSchemas;
+export type TenantMessage<T extends TenantMessageType> = z.output<(typeof tenantMessageSchemas)[T]>;
+export type ProviderMessage<T extends ProviderMessageType> = z.output<(typeof providerMessageSchemas)[T]>;

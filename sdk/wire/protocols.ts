@@ -1,0 +1,28 @@
+/**
+ * Every libp2p protocol id and gossipsub topic Baton speaks, with the largest message each accepts.
+ * Versioned so that incompatible changes get a new id instead of confusing old peers.
+ */
+export const PROTOCOL_PREFIX = "/baton";
+
+export const protocols = {
+  /** Request/response: a tenant's bid, answered by a signed quote or a reasoned refusal. */
+  bid: `${PROTOCOL_PREFIX}/bid/1.0.0`,
+  /** Long-lived stream: a lease's job spec in, heartbeats, logs, checkpoints and the result out. */
+  lease: `${PROTOCOL_PREFIX}/lease/1.0.0`,
+} as const;
+
+export const topics = {
+  /** Gossipsub: providers' signed offers. */
+  offers: `${PROTOCOL_PREFIX}/offers/1.0.0`,
+} as const;
+
+/**
+ * Size limits, in bytes, of one framed message. A job spec with its env fits in 64 KiB; an offer
+ * lists at most a few dozen GPUs; log lines are capped by the node before they are sent.
+ */
+export const maxMessageBytes = {
+  offer: 16 * 1024,
+  bid: 16 * 1024,
+  quote: 8 * 1024,
+  lease: 64 * 1024,
+} as const;
