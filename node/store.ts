@@ -1,0 +1,277 @@
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { DatabaseSync } from "node:sqlite";
+
+/**
+ * The node's memory across crashes: quotes it signed, leases it serves and their jobs, in SQLite
+ * (Node's built-in `node:sqlite`, so nothing native is compiled at install). Every write is a single
+ * statement or an explicit transaction, with the WAL journal and `synchronous=FULL`, so a SIGKILL
+ * at any instant leaves either the old or the new row, never half of one.
+ */
+
+/** Where a lease stands on this node. */
+export type LeaseState =
+  /** Opened on chain, session accepted, job not yet started (fetching inputs, resume checkpoint). */
+  | "preparing"
+  | "running"
+  /** The job process ended; the result waits to be finished on chain. */
+  | "exited"
+  /** `finish` landed on chain. */
+  | "finished"
+  /** The chain says the lease ended without us (closed, slashed, expired): job killed, GPUs freed. */
+  | "fenced"
+  /** The job could not be started or was lost (e.g. the node restarted while it ran). */
+  | "failed";
+
+export interface LeaseRow {
+  leaseId: bigint;
+  jobId: string;
+  tenant: string;
+  tenantPeer: string;
+  state: LeaseState;
+  gpus: number[];
+  spec: unknown;
+  workDir: string;
+  pid: number | null;
+  startedAt: number;
+  endedAt: number | null;
+  exitCode: number | null;
+  reason: string | null;
+  chainPeriodS: number;
+  lastChainHeartbeat: number | null;
+  pendingCheckpointCid: string | null;
+  resultCid: string | null;
+}
+
+export interface QuoteRow {
+  nonce: bigint;
+  jobId: string;
+  tenant: string;
+  gpus: number[];
+  expiresAt: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quotes (
+  nonce TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  gpus TEXT NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+  lease_id TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  tenant_peer TEXT NOT NULL,
+  state TEXT NOT NULL,
+  gpus TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  work_dir TEXT NOT NULL,
+  pid INTEGER,
+  started_at INTEGER NOT NULL,
+  ended_at INTEGER,
+  exit_code INTEGER,
+  reason TEXT,
+  chain_period_s INTEGER NOT NULL,
+  last_chain_heartbeat INTEGER,
+  pending_checkpoint_cid TEXT,
+  result_cid TEXT
+);
+CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
+`;
+
+interface LeaseRecord {
+  lease_id: string;
+  job_id: string;
+  tenant: string;
+  tenant_peer: string;
+  state: LeaseState;
+  gpus: string;
+  spec: string;
+  work_dir: string;
+  pid: number | null;
+  started_at: number;
+  ended_at: number | null;
+  exit_code: number | null;
+  reason: string | null;
+  chain_period_s: number;
+  last_chain_heartbeat: number | null;
+  pending_checkpoint_cid: string | null;
+  result_cid: string | null;
+}
+
+function toLease(r: LeaseRecord): LeaseRow {
+  return {
+    leaseId: BigInt(r.lease_id),
+    jobId: r.job_id,
+    tenant: r.tenant,
+    tenantPeer: r.tenant_peer,
+    state: r.state,
+    gpus: JSON.parse(r.gpus) as number[],
+    spec: JSON.parse(r.spec) as unknown,
+    workDir: r.work_dir,
+    pid: r.pid,
+    startedAt: r.started_at,
+    endedAt: r.ended_at,
+    exitCode: r.exit_code,
+    reason: r.reason,
+    chainPeriodS: r.chain_period_s,
+    lastChainHeartbeat: r.last_chain_heartbeat,
+    pendingCheckpointCid: r.pending_checkpoint_cid,
+    resultCid: r.result_cid,
+  };
+}
+
+/** States in which the node still owes the lease something (heartbeats, a result, a kill). */
+export const LIVE_STATES: readonly LeaseState[] = ["preparing", "running", "exited"];
+
+export class NodeStore {
+  readonly #db: DatabaseSync;
+
+  constructor(file: string) {
+    if (file !== ":memory:") mkdirSync(path.dirname(file), { recursive: true });
+    this.#db = new DatabaseSync(file);
+    this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
+    this.#db.exec(SCHEMA);
+  }
+
+  close(): void {
+    this.#db.close();
+  }
+
+  /** Runs `fn` in one transaction: all of its writes land, or none. */
+  transaction<T>(fn: () => T): T {
+    this.#db.exec("BEGIN IMMEDIATE");
+    try {
+      const result = fn();
+      this.#db.exec("COMMIT");
+      return result;
+    } catch (error) {
+      this.#db.exec("ROLLBACK");
+      throw error;
+    }
+  }
+
+  /** The next quote nonce: strictly increasing across restarts, so no nonce is ever signed twice. */
+  nextNonce(): bigint {
+    return this.transaction(() => {
+      const row = this.#db.prepare("SELECT value FROM meta WHERE key = 'next_nonce'").get() as
+        { value: string } | undefined;
+      const nonce = row ? BigInt(row.value) : 0n;
+      this.#db
+        .prepare(
+          "INSERT INTO meta (key, value) VALUES ('next_nonce', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .run((nonce + 1n).toString());
+      return nonce;
+    });
+  }
+
+  getMeta(key: string): string | undefined {
+    return (this.#db.prepare("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined)?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.#db
+      .prepare("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+      .run(key, value);
+  }
+
+  saveQuote(quote: QuoteRow): void {
+    this.#db
+      .prepare("INSERT INTO quotes (nonce, job_id, tenant, gpus, expires_at) VALUES (?, ?, ?, ?, ?)")
+      .run(quote.nonce.toString(), quote.jobId, quote.tenant, JSON.stringify(quote.gpus), quote.expiresAt);
+  }
+
+  getQuote(nonce: bigint): QuoteRow | undefined {
+    const r = this.#db.prepare("SELECT * FROM quotes WHERE nonce = ?").get(nonce.toString()) as
+      { nonce: string; job_id: string; tenant: string; gpus: string; expires_at: number } | undefined;
+    if (!r) return undefined;
+    return {
+      nonce: BigInt(r.nonce),
+      jobId: r.job_id,
+      tenant: r.tenant,
+      gpus: JSON.parse(r.gpus) as number[],
+      expiresAt: r.expires_at,
+    };
+  }
+
+  /** Forgets quotes that expired before `now` (ms). */
+  pruneQuotes(now: number): void {
+    this.#db.prepare("DELETE FROM quotes WHERE expires_at < ?").run(now);
+  }
+
+  insertLease(lease: LeaseRow): void {
+    this.#db
+      .prepare(
+        `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
+           exit_code, reason, chain_period_s, last_chain_heartbeat, pending_checkpoint_cid, result_cid)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        lease.leaseId.toString(),
+        lease.jobId,
+        lease.tenant,
+        lease.tenantPeer,
+        lease.state,
+        JSON.stringify(lease.gpus),
+        JSON.stringify(lease.spec),
+        lease.workDir,
+        lease.pid,
+        lease.startedAt,
+        lease.endedAt,
+        lease.exitCode,
+        lease.reason,
+        lease.chainPeriodS,
+        lease.lastChainHeartbeat,
+        lease.pendingCheckpointCid,
+        lease.resultCid,
+      );
+  }
+
+  getLease(leaseId: bigint): LeaseRow | undefined {
+    const r = this.#db.prepare("SELECT * FROM leases WHERE lease_id = ?").get(leaseId.toString()) as
+      LeaseRecord | undefined;
+    return r ? toLease(r) : undefined;
+  }
+
+  /** Leases in the given states, oldest first. */
+  leases(states: readonly LeaseState[] = LIVE_STATES): LeaseRow[] {
+    const placeholders = states.map(() => "?").join(", ");
+    const rows = this.#db
+      .prepare(`SELECT * FROM leases WHERE state IN (${placeholders}) ORDER BY started_at`)
+      .all(...states) as unknown as LeaseRecord[];
+    return rows.map(toLease);
+  }
+
+  /** Updates some fields of a lease. */
+  updateLease(leaseId: bigint, patch: Partial<Omit<LeaseRow, "leaseId">>): void {
+    const columns: Record<string, string> = {
+      jobId: "job_id",
+      tenant: "tenant",
+      tenantPeer: "tenant_peer",
+      state: "state",
+      gpus: "gpus",
+      spec: "spec",
+      workDir: "work_dir",
+      pid: "pid",
+      startedAt: "started_at",
+      endedAt: "ended_at",
+      exitCode: "exit_code",
+      reason: "reason",
+      chainPeriodS: "chain_period_s",
+      lastChainHeartbeat: "last_chain_heartbeat",
+      pendingCheckpointCid: "pending_checkpoint_cid",
+      resultCid: "result_cid",
+    };
+    const entries = Object.entries(patch).filter(([key]) => key in columns);
+    if (entries.length === 0) return;
+    const sets = entries.map(([key]) => `${columns[key]} = ?`).join(", ");
+    const values = entries.map(([key, value]) =>
+      key === "gpus" || key === "spec" ? JSON.stringify(value) : (value as string | number | null),
+    );
+    this.#db.prepare(`UPDATE leases SET ${sets} WHERE lease_id = ?`).run(...values, leaseId.toString());
+  }
+}
