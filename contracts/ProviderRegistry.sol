@@ -20,6 +20,10 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     /// @dev Longest metadata accepted, to bound what readers of the registry must download.
     uint256 internal constant MAX_METADATA_LENGTH = 4096;
 
+    /// @dev A year: longer would only risk stake that can never be withdrawn (the timestamp sum
+    /// overflowing), and no lease's slash window comes close.
+    uint64 internal constant MAX_UNBONDING_PERIOD = 365 days;
+
     /// @inheritdoc IProviderRegistry
     IERC20 public immutable override stakingToken;
 
@@ -45,7 +49,9 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     /// @param admin_ The account allowed to wire the lease manager, once.
     constructor(IERC20 stakingToken_, uint256 minStake_, uint64 unbondingPeriod_, address admin_) {
         if (address(stakingToken_) == address(0) || admin_ == address(0)) revert ProviderRegistry_ZeroAddress();
-        if (unbondingPeriod_ == 0) revert ProviderRegistry_InvalidUnbondingPeriod(unbondingPeriod_);
+        if (unbondingPeriod_ == 0 || unbondingPeriod_ > MAX_UNBONDING_PERIOD) {
+            revert ProviderRegistry_InvalidUnbondingPeriod(unbondingPeriod_);
+        }
         stakingToken = stakingToken_;
         minStake = minStake_;
         unbondingPeriod = unbondingPeriod_;

@@ -137,8 +137,10 @@ interface IProviderRegistry {
     /// - The caller approved `amount` staking tokens to the registry.
     function stake(uint256 amount) external;
 
-    /// @notice Starts unbonding `amount` of free stake. It stays slashable, and counted in the stake,
-    /// until {withdraw}; each request restarts the unbonding period for the whole unbonding amount.
+    /// @notice Starts unbonding `amount` of free stake; each request restarts the unbonding period for
+    /// the whole unbonding amount, which stays counted in the stake until {withdraw}. Only stake not
+    /// locked as collateral can unbond, so every open lease's collateral stays here, slashable, until
+    /// that lease ends: unstaking cannot escape a slash.
     /// @dev Emits {UnstakeRequested}.
     ///
     /// Requirements:

@@ -4,9 +4,9 @@ pragma solidity 0.8.37;
 /// @title Provider
 /// @notice Types of the provider registry.
 library Provider {
-    /// @notice A provider as stored. `stake` includes `unbonding`, which stays slashable until it is
-    /// withdrawn; `locked` is collateral promised to open leases and never exceeds
-    /// `stake - unbonding`. Amounts are uint96 (79 billion tokens of 18 decimals) so that opening a
+    /// @notice A provider as stored. `stake` includes `unbonding` until it is withdrawn; `locked` is
+    /// collateral promised to open leases and never exceeds `stake - unbonding`, so a slash always
+    /// finds its collateral. Amounts are uint96 (79 billion tokens of 18 decimals) so that opening a
     /// lease writes a single slot here (measured by `npm run bench:gas`).
     struct Record {
         // Slot 0: written by every lease open and end.

@@ -1,0 +1,154 @@
+import {
+  BaseError as ViemBaseError,
+  ContractFunctionRevertedError,
+  createPublicClient,
+  createWalletClient,
+  defineChain,
+  http,
+  type Abi,
+  type Account,
+  type Chain,
+  type ContractFunctionArgs,
+  type ContractFunctionName,
+  type Hash,
+  type PublicClient,
+  type TransactionReceipt,
+  type Transport,
+  type WalletClient,
+} from "viem";
+
+import { ChainError, UserError } from "../errors.ts";
+import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
+import type { Deployment } from "./deployments.ts";
+
+/** Every custom error a Baton transaction can revert with, so reverts decode to their names. */
+export const batonErrorsAbi = [...leaseManagerAbi, ...providerRegistryAbi, ...devTokenAbi].filter(
+  (item) => item.type === "error",
+);
+
+export interface ChainClient {
+  chain: Chain;
+  deployment: Deployment;
+  publicClient: PublicClient<Transport, Chain>;
+  /** Present when the client has an account to sign with. */
+  walletClient: WalletClient<Transport, Chain, Account> | undefined;
+}
+
+export interface CreateChainClientParameters {
+  rpcUrl: string;
+  deployment: Deployment;
+  account?: Account;
+  /** How often to poll for receipts and events; loopback chains answer in a few ms. */
+  pollingIntervalMs?: number;
+}
+
+/**
+ * Viem clients for one Baton deployment.
+ *
+ * @example
+ * const chain = createChainClient({ rpcUrl: "http://127.0.0.1:8545", deployment, account });
+ */
+export function createChainClient({
+  rpcUrl,
+  deployment,
+  account,
+  pollingIntervalMs = 250,
+}: CreateChainClientParameters): ChainClient {
+  const chain = defineChain({
+    id: deployment.chainId,
+    name: `chain-${deployment.chainId}`,
+    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+    rpcUrls: { default: { http: [rpcUrl] } },
+  });
+  const transport = http(rpcUrl, { retryCount: 2, timeout: 15_000 });
+  const publicClient = createPublicClient({ chain, transport, pollingInterval: pollingIntervalMs });
+  const walletClient = account
+    ? createWalletClient({ chain, account, transport, pollingInterval: pollingIntervalMs })
+    : undefined;
+  return { chain, deployment, publicClient, walletClient };
+}
+
+/**
+ * Checks that the RPC endpoint answers and serves the deployment's chain.
+ *
+ * @throws {ChainError} when nothing answers; {UserError} when it is another chain.
+ */
+export async function checkChain(client: ChainClient, signal?: AbortSignal): Promise<void> {
+  let chainId: number;
+  try {
+    chainId = await client.publicClient.getChainId();
+  } catch (cause) {
+    throw new ChainError(`no JSON-RPC node answers at ${client.chain.rpcUrls.default.http[0]}`, { cause });
+  }
+  signal?.throwIfAborted();
+  if (chainId !== client.deployment.chainId) {
+    throw new UserError(
+      `wrong chain: the RPC serves chain ${chainId}, the deployment is for ${client.deployment.chainId}`,
+    );
+  }
+}
+
+/** The name and arguments of a Baton custom error inside a viem error, if any. */
+export function revertOf(error: unknown): { name: string; args: readonly unknown[] } | undefined {
+  if (!(error instanceof ViemBaseError)) return undefined;
+  const reverted = error.walk((e) => e instanceof ContractFunctionRevertedError);
+  if (reverted instanceof ContractFunctionRevertedError && reverted.data?.errorName) {
+    return { name: reverted.data.errorName, args: reverted.data.args ?? [] };
+  }
+  return undefined;
+}
+
+export interface WriteParameters<
+  abi extends Abi,
+  functionName extends ContractFunctionName<abi, "nonpayable" | "payable">,
+> {
+  address: `0x${string}`;
+  abi: abi;
+  functionName: functionName;
+  args: ContractFunctionArgs<abi, "nonpayable" | "payable", functionName>;
+  signal?: AbortSignal;
+}
+
+/**
+ * Simulates, sends and waits for a contract write. A revert becomes a {@link ChainError} whose
+ * message names the contract's custom error, e.g. `LeaseManager_HeartbeatNotMissed(3, 1700000060)`.
+ */
+export async function writeContract<
+  const abi extends Abi,
+  functionName extends ContractFunctionName<abi, "nonpayable" | "payable">,
+>(client: ChainClient, parameters: WriteParameters<abi, functionName>): Promise<TransactionReceipt> {
+  const wallet = client.walletClient;
+  if (!wallet) throw new UserError("this client has no account to send transactions with");
+  const { address, abi, functionName, args, signal } = parameters;
+  const fullAbi = [...abi, ...batonErrorsAbi] as unknown as abi;
+  let hash: Hash;
+  try {
+    const { request } = await client.publicClient.simulateContract({
+      account: wallet.account,
+      address,
+      abi: fullAbi,
+      functionName,
+      args,
+    } as never);
+    signal?.throwIfAborted();
+    hash = await wallet.writeContract(request as never);
+  } catch (cause) {
+    const revert = revertOf(cause);
+    const what = `${String(functionName)} failed`;
+    if (revert) {
+      throw new ChainError(`${what}: ${revert.name}(${revert.args.map(String).join(", ")})`, { cause });
+    }
+    throw new ChainError(what, { cause, details: cause instanceof ViemBaseError ? cause.shortMessage : String(cause) });
+  }
+  const receipt = await client.publicClient.waitForTransactionReceipt({ hash });
+  if (receipt.status !== "success") throw new ChainError(`${String(functionName)} reverted in ${hash}`);
+  return receipt;
+}
+
+export const contracts = (deployment: Deployment) =>
+  ({
+    leaseManager: { address: deployment.contracts.leaseManager, abi: leaseManagerAbi },
+    registry: { address: deployment.contracts.providerRegistry, abi: providerRegistryAbi },
+    stakingToken: { address: deployment.contracts.stakingToken, abi: devTokenAbi },
+    paymentToken: { address: deployment.contracts.paymentToken, abi: devTokenAbi },
+  }) as const;
