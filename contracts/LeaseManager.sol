@@ -376,7 +376,8 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             tenant: r.tenant,
             tenantAmount: (collateral * tenantShareBps) / BPS,
             caller: msg.sender,
-            callerAmount: (collateral * callerShareBps) / BPS,
+            // A provider slashing its own lease gets no reward: its loss stays the whole collateral.
+            callerAmount: msg.sender == r.provider ? 0 : (collateral * callerShareBps) / BPS,
             treasury: treasury,
             treasuryAmount: 0
         });
@@ -475,6 +476,10 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         }
         if (quote.maxDuration == 0 || block.timestamp + quote.maxDuration > type(uint32).max) {
             revert LeaseManager_InvalidQuote("max duration out of range");
+        }
+        // A timeout as long as the lease would make it unslashable and pay it without a single heartbeat.
+        if (quote.heartbeatTimeout >= quote.maxDuration) {
+            revert LeaseManager_InvalidQuote("heartbeat timeout not shorter than max duration");
         }
         if (deposit < quote.pricePerSecond) revert LeaseManager_DepositTooSmall(deposit, quote.pricePerSecond);
         if (deposit > type(uint96).max) revert LeaseManager_AmountTooLarge(deposit);

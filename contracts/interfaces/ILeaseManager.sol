@@ -149,7 +149,8 @@ interface ILeaseManager {
     /// - The caller is the quote's tenant, the quote has not expired and its nonce is unused.
     /// - `signature` is the provider's EIP-712 signature of the quote for this chain and contract.
     /// - The quote's price, heartbeat timeout (at most {maxHeartbeatTimeout}) and max duration are
-    ///   not zero, and its amounts fit in 96 bits.
+    ///   not zero, the heartbeat period is at most the timeout and the timeout shorter than the max
+    ///   duration, and its amounts fit in 96 bits.
     /// - `deposit` pays for at least one second.
     /// - The provider is eligible and its free stake covers the collateral.
     /// - `predecessor` is zero, or a lease of the caller for the same job that is no longer `Active`.
@@ -209,7 +210,8 @@ interface ILeaseManager {
     ///
     /// Requirements:
     /// - The caller is the provider of every lease in `leaseIds`.
-    /// - `checkpointCids` is empty or as long as `leaseIds`, and each CID is at most 256 bytes.
+    /// - `checkpointCids` is empty or as long as `leaseIds`, and each CID committed (that of an
+    ///   `Active` lease taking the heartbeat) is at most 256 bytes; the others are ignored.
     ///
     /// @param leaseIds The leases to heartbeat.
     /// @param checkpointCids For each lease, the latest checkpoint CID, or "" for none.
@@ -244,7 +246,8 @@ interface ILeaseManager {
 
     /// @notice Slashes a lease whose provider missed its heartbeat timeout. The provider is paid up
     /// to its last heartbeat, the tenant refunded the rest (unless already refunded by a close) and
-    /// compensated from the collateral, the caller rewarded, and the remainder sent to the treasury.
+    /// compensated from the collateral, the caller rewarded (unless it is the provider itself), and the
+    /// remainder sent to the treasury.
     /// @dev Emits {LeaseSlashed} (and {IProviderRegistry.CollateralSlashed}).
     ///
     /// Requirements:

@@ -1,0 +1,141 @@
+import { readFile, writeFile } from "node:fs/promises";
+
+import { bootstrap } from "@libp2p/bootstrap";
+import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
+import { gossipsub, type GossipSub } from "@libp2p/gossipsub";
+import { identify, type Identify } from "@libp2p/identify";
+import type { Libp2p, PeerId, PrivateKey } from "@libp2p/interface";
+import { kadDHT, passthroughMapper, removePrivateAddressesMapper, type KadDHT } from "@libp2p/kad-dht";
+import { noise } from "@libp2p/noise";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { ping, type Ping } from "@libp2p/ping";
+import { tcp } from "@libp2p/tcp";
+import { yamux } from "@libp2p/yamux";
+import { multiaddr } from "@multiformats/multiaddr";
+import { createLibp2p } from "libp2p";
+
+import { UserError } from "../errors.ts";
+import { PROTOCOL_PREFIX } from "../wire/protocols.ts";
+
+export type BatonServices = {
+  identify: Identify;
+  ping: Ping;
+  pubsub: GossipSub;
+  dht: KadDHT;
+};
+
+export type BatonHost = Libp2p<BatonServices>;
+
+export interface CreateBatonHostOptions {
+  /** The peer's identity; see {@link loadOrCreatePeerKey}. */
+  privateKey: PrivateKey;
+  /** Where to listen; loopback with a free port unless told otherwise. */
+  listen?: string[];
+  /** Full `/ip4/…/tcp/…/p2p/<id>` multiaddrs of peers to join through. */
+  bootstrap?: string[];
+  /**
+   * Which addresses the DHT keeps. kad-dht's default drops loopback and private ones, which leaves
+   * a local or LAN network with empty routing tables: `"all"` keeps them, `"public"` is for the
+   * open internet.
+   */
+  dhtAddresses?: "all" | "public";
+}
+
+/**
+ * The libp2p host every Baton peer runs: TCP, Noise, Yamux, identify, ping, gossipsub, and a private
+ * kad-dht (`/baton/kad/1.0.0`, so it never mixes with the public IPFS DHT), discovering peers from
+ * a bootstrap list. Listens on loopback by default.
+ *
+ * @example
+ * const host = await createBatonHost({ privateKey: await loadOrCreatePeerKey("data/peer.key") });
+ */
+export async function createBatonHost({
+  privateKey,
+  listen = ["/ip4/127.0.0.1/tcp/0"],
+  bootstrap: bootstrapList = [],
+  dhtAddresses = "all",
+}: CreateBatonHostOptions): Promise<BatonHost> {
+  for (const address of bootstrapList) parseBootstrapAddress(address);
+  return createLibp2p({
+    privateKey,
+    addresses: { listen },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    // An empty list makes @libp2p/bootstrap throw; it also dials only once, hence `keepConnected`.
+    peerDiscovery: bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList, timeout: 100 })] : [],
+    services: {
+      identify: identify(),
+      // kad-dht checks contacts with the same service, so one outbound ping stream is not enough.
+      ping: ping({ maxOutboundStreams: 4 }),
+      pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),
+      dht: kadDHT({
+        protocol: `${PROTOCOL_PREFIX}/kad/1.0.0`,
+        // Serve the DHT from the start: client mode waits for a public address that a local network never sees.
+        clientMode: false,
+        peerInfoMapper: dhtAddresses === "all" ? passthroughMapper : removePrivateAddressesMapper,
+        allowQueryWithZeroPeers: true,
+      }),
+    },
+  });
+}
+
+/** Parses a bootstrap multiaddr, which must name the peer (`…/p2p/<id>`). */
+export function parseBootstrapAddress(address: string): { peerId: PeerId; address: ReturnType<typeof multiaddr> } {
+  let parsed;
+  try {
+    parsed = multiaddr(address);
+  } catch (cause) {
+    throw new UserError(`bootstrap address is not a multiaddr: ${address}`, { cause });
+  }
+  const id = parsed.getComponents().find((c) => c.name === "p2p")?.value;
+  if (!id) throw new UserError(`bootstrap address must end in /p2p/<peer id>: ${address}`);
+  return { peerId: peerIdFromString(id), address: parsed };
+}
+
+/**
+ * Keeps dialling the given peers while they are not connected. @libp2p/bootstrap dials each once,
+ * at start, so a bootstrap peer that was not up yet would otherwise never be found.
+ *
+ * @returns a function that stops the loop.
+ */
+export function keepConnected(host: BatonHost, addresses: string[], intervalMs = 1_000): () => void {
+  const targets = addresses.map(parseBootstrapAddress);
+  let dialling = false;
+  const tick = async (): Promise<void> => {
+    if (dialling) return;
+    dialling = true;
+    try {
+      await Promise.all(
+        targets
+          .filter(({ peerId }) => !peerId.equals(host.peerId) && host.getConnections(peerId).length === 0)
+          .map(({ address }) =>
+            host.dial(address, { signal: AbortSignal.timeout(intervalMs * 2) }).catch(() => undefined),
+          ),
+      );
+    } finally {
+      dialling = false;
+    }
+  };
+  void tick();
+  const timer = setInterval(() => void tick(), intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/**
+ * Reads the peer key from `file`, or creates one (Ed25519, mode 0600) when the file does not
+ * exist, so a node keeps its peer id across restarts.
+ */
+export async function loadOrCreatePeerKey(file: string): Promise<PrivateKey> {
+  try {
+    return privateKeyFromProtobuf(new Uint8Array(await readFile(file)));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") {
+      throw new UserError(`cannot read the peer key ${file}`, { cause: error });
+    }
+  }
+  const key = await generateKeyPair("Ed25519");
+  await writeFile(file, privateKeyToProtobuf(key), { mode: 0o600, flag: "wx" });
+  return key;
+}
