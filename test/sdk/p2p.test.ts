@@ -1,0 +1,128 @@
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import { peerIdFromPrivateKey } from "@libp2p/peer-id";
+import { mkdtemp, rm, stat } from "node:fs/promises";
+import { createServer } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+
+import { createBatonHost, keepConnected, loadOrCreatePeerKey, type BatonHost } from "../../sdk/p2p/host.ts";
+import { readMessages, request, serve, writeMessage } from "../../sdk/wire/framing.ts";
+
+const hosts: BatonHost[] = [];
+const stops: (() => void)[] = [];
+afterEach(async () => {
+  for (const stop of stops.splice(0)) stop();
+  await Promise.all(hosts.splice(0).map((h) => h.stop()));
+});
+
+async function host(options: Partial<Parameters<typeof createBatonHost>[0]> = {}): Promise<BatonHost> {
+  const h = await createBatonHost({ privateKey: await generateKeyPair("Ed25519"), ...options });
+  hosts.push(h);
+  return h;
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+const until = async (condition: () => boolean, timeoutMs: number): Promise<void> => {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 25));
+  }
+};
+
+describe("Baton libp2p host", () => {
+  it("listens on loopback only, and keeps its peer id across restarts", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "baton-peer-"));
+    try {
+      const file = path.join(dir, "peer.key");
+      const key = await loadOrCreatePeerKey(file);
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+      const again = await loadOrCreatePeerKey(file);
+      expect(peerIdFromPrivateKey(again).equals(peerIdFromPrivateKey(key))).toBe(true);
+      const h = await host({ privateKey: key });
+      expect(h.getMultiaddrs().map((a) => a.toString())).toEqual([
+        expect.stringMatching(new RegExp(`^/ip4/127\\.0\\.0\\.1/tcp/\\d+/p2p/${h.peerId.toString()}$`)),
+      ]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("finds a bootstrap peer that came up after it did", async () => {
+    const keyA = await generateKeyPair("Ed25519");
+    const port = await freePort();
+    const addressA = `/ip4/127.0.0.1/tcp/${port}/p2p/${peerIdFromPrivateKey(keyA).toString()}`;
+    const b = await host({ bootstrap: [addressA] });
+    stops.push(keepConnected(b, [addressA], 200));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(b.getConnections().length).toBe(0);
+    const a = await host({ privateKey: keyA, listen: [`/ip4/127.0.0.1/tcp/${port}`] });
+    await until(() => b.getConnections(a.peerId).length > 0, 10_000);
+  });
+
+  it("delivers gossip across a relay peer and finds peers through the private DHT", async () => {
+    const a = await host();
+    const bootstrap = [a.getMultiaddrs()[0]!.toString()];
+    const b = await host({ bootstrap });
+    const c = await host({ bootstrap });
+    stops.push(keepConnected(b, bootstrap), keepConnected(c, bootstrap));
+    for (const h of [a, b, c]) h.services.pubsub.subscribe("/baton/test/1.0.0");
+    const received: string[] = [];
+    c.services.pubsub.addEventListener("message", (event) => {
+      if (event.detail.topic === "/baton/test/1.0.0") received.push(new TextDecoder().decode(event.detail.data));
+    });
+    await until(() => a.services.pubsub.getSubscribers("/baton/test/1.0.0").length === 2, 10_000);
+    await until(() => c.services.pubsub.getSubscribers("/baton/test/1.0.0").length >= 1, 10_000);
+    await b.services.pubsub.publish("/baton/test/1.0.0", new TextEncoder().encode("offer-1"));
+    await until(() => received.includes("offer-1"), 10_000);
+
+    const found = await c.peerRouting.findPeer(b.peerId, { signal: AbortSignal.timeout(10_000) });
+    expect(found.multiaddrs.map((m) => m.toString())).toContain(b.getMultiaddrs()[0]!.toString().split("/p2p/")[0]);
+  });
+
+  it("answers framed requests and resets streams that exceed the size limit", async () => {
+    const server = await host();
+    const client = await host();
+    await serve(server, "/baton/echo/1.0.0", async (message) => new Uint8Array([...message].reverse()), {
+      maxBytes: 1024,
+      timeoutMs: 5_000,
+    });
+    const address = server.getMultiaddrs()[0]!;
+    const reply = await request(client, address, "/baton/echo/1.0.0", new Uint8Array([1, 2, 3]), {
+      maxBytes: 1024,
+      signal: AbortSignal.timeout(10_000),
+    });
+    expect([...reply]).toEqual([3, 2, 1]);
+    await expect(
+      request(client, address, "/baton/echo/1.0.0", new Uint8Array(4096), {
+        maxBytes: 8192,
+        signal: AbortSignal.timeout(10_000),
+      }),
+    ).rejects.toThrow();
+  });
+
+  it("streams pushed messages until the sender closes", async () => {
+    const server = await host();
+    const client = await host();
+    await server.handle("/baton/push/1.0.0", async (stream) => {
+      for (let i = 0; i < 5; i++) await writeMessage(stream, new Uint8Array([i]));
+      await stream.close();
+    });
+    const stream = await client.dialProtocol(server.getMultiaddrs()[0]!, "/baton/push/1.0.0");
+    // The server wrote and closed before the dial even resolved: the reader must still end.
+    const got: number[] = [];
+    for await (const message of readMessages(stream, 16)) got.push(message[0]!);
+    expect(got).toEqual([0, 1, 2, 3, 4]);
+
+    const rtt = await client.services.ping.ping(server.peerId, { signal: AbortSignal.timeout(5_000) });
+    expect(rtt).toBeGreaterThanOrEqual(0);
+  });
+});
