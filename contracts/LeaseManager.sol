@@ -376,7 +376,8 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             tenant: r.tenant,
             tenantAmount: (collateral * tenantShareBps) / BPS,
             caller: msg.sender,
-            // A provider slashing its own lease gets no reward: its loss stays the whole collateral.
+            // No reward for slashing one's own lease from the provider's address (from another address a
+            // provider can still collect it: the caller share bounds what self-slashing recovers).
             callerAmount: msg.sender == r.provider ? 0 : (collateral * callerShareBps) / BPS,
             treasury: treasury,
             treasuryAmount: 0
@@ -477,7 +478,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         if (quote.maxDuration == 0 || block.timestamp + quote.maxDuration > type(uint32).max) {
             revert LeaseManager_InvalidQuote("max duration out of range");
         }
-        // A timeout as long as the lease would make it unslashable and pay it without a single heartbeat.
+        // A timeout as long as the lease would leave it unslashable for its whole life.
         if (quote.heartbeatTimeout >= quote.maxDuration) {
             revert LeaseManager_InvalidQuote("heartbeat timeout not shorter than max duration");
         }

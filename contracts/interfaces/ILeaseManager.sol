@@ -219,7 +219,8 @@ interface ILeaseManager {
 
     /// @notice Settles what the caller's leases in `leaseIds` earned up to their last heartbeat
     /// (settling expired ones in full), then pays the caller its whole claimable balance.
-    /// @dev Emits {EarningsSettled} per lease with earnings, and {EarningsClaimed}.
+    /// @dev Emits {EarningsSettled} per lease with earnings, {LeaseExpired} (and
+    /// {IProviderRegistry.CollateralReleased}) per expired lease it settles, and {EarningsClaimed}.
     ///
     /// Requirements:
     /// - The caller is the provider of every lease in `leaseIds` (which may be empty).

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
+import {LeaseManager} from "../../../contracts/LeaseManager.sol";
+import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
+import {ILeaseManager} from "../../../contracts/interfaces/ILeaseManager.sol";
+import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
+import {Lease} from "../../../contracts/types/Lease.sol";
+
+import {LeaseManagerTest} from "./LeaseManagerTest.sol";
+
+contract Constructor_Test is LeaseManagerTest {
+    address internal constant BURN = 0x000000000000000000000000000000000000dEaD;
+
+    function _deploy(
+        IERC20 token,
+        IProviderRegistry registry_,
+        uint16 tenantShare,
+        uint16 callerShare,
+        address treasury,
+        uint64 maxTimeout
+    ) internal returns (LeaseManager) {
+        return new LeaseManager(token, registry_, tenantShare, callerShare, treasury, maxTimeout);
+    }
+
+    function _invalidTimeout(uint64 maxTimeout, uint64 unbonding) internal pure returns (bytes memory) {
+        return
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidMaxHeartbeatTimeout.selector, maxTimeout, unbonding);
+    }
+
+    function test_RevertWhen_PaymentTokenZero() external {
+        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_ZeroAddress.selector));
+        _deploy(IERC20(address(0)), registry, 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_RevertWhen_RegistryZero() external {
+        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_ZeroAddress.selector));
+        _deploy(paymentToken, IProviderRegistry(address(0)), 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_RevertWhen_RegistryNotAContract() external {
+        vm.expectRevert();
+        _deploy(paymentToken, IProviderRegistry(address(0xBEEF)), 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_RevertWhen_SharesExceedAll() external {
+        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidShares.selector, 9_000, 1_001));
+        _deploy(paymentToken, registry, 9_000, 1_001, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_RevertWhen_SharesOverflowUint16Sum() external {
+        // Each share fits in 16 bits; their sum is computed wide.
+        vm.expectRevert(
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidShares.selector, type(uint16).max, type(uint16).max)
+        );
+        _deploy(paymentToken, registry, type(uint16).max, type(uint16).max, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_WhenSharesAddUpToAll() external {
+        LeaseManager m = _deploy(paymentToken, registry, 7_500, 2_500, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        assertEq(m.tenantShareBps(), 7_500, "tenantShareBps");
+        assertEq(m.callerShareBps(), 2_500, "callerShareBps");
+    }
+
+    function test_RevertWhen_MaxHeartbeatTimeoutZero() external {
+        vm.expectRevert(_invalidTimeout(0, UNBONDING_PERIOD));
+        _deploy(paymentToken, registry, 0, 0, TREASURY, 0);
+    }
+
+    function test_RevertWhen_MaxHeartbeatTimeoutEqualsUnbondingPeriod() external {
+        vm.expectRevert(_invalidTimeout(UNBONDING_PERIOD, UNBONDING_PERIOD));
+        _deploy(paymentToken, registry, 0, 0, TREASURY, UNBONDING_PERIOD);
+    }
+
+    function test_RevertWhen_MaxHeartbeatTimeoutAboveUnbondingPeriod() external {
+        vm.expectRevert(_invalidTimeout(UNBONDING_PERIOD + 1, UNBONDING_PERIOD));
+        _deploy(paymentToken, registry, 0, 0, TREASURY, UNBONDING_PERIOD + 1);
+    }
+
+    function test_RevertWhen_MaxHeartbeatTimeoutAboveUint24() external {
+        // With an unbonding period long enough that only the 24-bit storage limit applies.
+        uint64 unbonding = uint64(type(uint24).max) + 100;
+        ProviderRegistry longRegistry = new ProviderRegistry(stakingToken, MIN_STAKE, unbonding, admin);
+        uint64 maxTimeout = uint64(type(uint24).max) + 1;
+        vm.expectRevert(_invalidTimeout(maxTimeout, unbonding));
+        _deploy(paymentToken, longRegistry, 0, 0, TREASURY, maxTimeout);
+    }
+
+    function test_WhenMaxHeartbeatTimeoutAtUint24() external {
+        uint64 unbonding = uint64(type(uint24).max) + 100;
+        ProviderRegistry longRegistry = new ProviderRegistry(stakingToken, MIN_STAKE, unbonding, admin);
+        LeaseManager m = _deploy(paymentToken, longRegistry, 0, 0, TREASURY, type(uint24).max);
+        assertEq(m.maxHeartbeatTimeout(), type(uint24).max, "maxHeartbeatTimeout");
+    }
+
+    function test_WhenMaxHeartbeatTimeoutJustBelowUnbondingPeriod() external {
+        LeaseManager m = _deploy(paymentToken, registry, 0, 0, TREASURY, UNBONDING_PERIOD - 1);
+        assertEq(m.maxHeartbeatTimeout(), UNBONDING_PERIOD - 1, "maxHeartbeatTimeout");
+    }
+
+    function test_WhenParametersValid() external {
+        LeaseManager m = _deploy(paymentToken, registry, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        assertEq(address(m.paymentToken()), address(paymentToken), "paymentToken");
+        assertEq(address(m.registry()), address(registry), "registry");
+        assertEq(m.tenantShareBps(), TENANT_SHARE_BPS, "tenantShareBps");
+        assertEq(m.callerShareBps(), CALLER_SHARE_BPS, "callerShareBps");
+        assertEq(m.treasury(), TREASURY, "treasury");
+        assertEq(m.maxHeartbeatTimeout(), MAX_HEARTBEAT_TIMEOUT, "maxHeartbeatTimeout");
+        assertEq(m.leaseCount(), 0, "leaseCount");
+    }
+
+    function test_WhenTreasuryZero() external {
+        // A separate deployment whose treasury share is burned.
+        ProviderRegistry registry2 = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
+        LeaseManager m = _deploy(paymentToken, registry2, TENANT_SHARE_BPS, CALLER_SHARE_BPS, address(0), MAX_HEARTBEAT_TIMEOUT);
+        assertEq(m.treasury(), BURN, "zero treasury means the burn address");
+        registry2.setLeaseManager(address(m));
+        stakingToken.mint(provider, PROVIDER_STAKE);
+        vm.startPrank(provider);
+        stakingToken.approve(address(registry2), PROVIDER_STAKE);
+        registry2.register("12D3KooWProvider", "{}", PROVIDER_STAKE);
+        vm.stopPrank();
+        vm.prank(tenant);
+        paymentToken.approve(address(m), DEPOSIT);
+
+        Lease.Quote memory q = _defaultQuote();
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(PROVIDER_KEY, m.hashQuote(q));
+        vm.prank(tenant);
+        uint256 id = m.openLease(q, abi.encodePacked(r, s, v), DEPOSIT, 0);
+        vm.warp(T0 + HEARTBEAT_TIMEOUT + 1);
+        vm.prank(keeper);
+        m.slashMissedHeartbeat(id);
+        assertEq(stakingToken.balanceOf(BURN), COLLATERAL - COLLATERAL / 2 - COLLATERAL / 10, "burned");
+        assertEq(stakingToken.balanceOf(address(0)), 0, "nothing sent to zero");
+    }
+
+    function testFuzz_Constructor_Shares(uint16 tenantShare, uint16 callerShare) external {
+        if (uint256(tenantShare) + callerShare > 10_000) {
+            vm.expectRevert(
+                abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidShares.selector, tenantShare, callerShare)
+            );
+            _deploy(paymentToken, registry, tenantShare, callerShare, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        } else {
+            LeaseManager m = _deploy(paymentToken, registry, tenantShare, callerShare, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+            assertEq(m.tenantShareBps(), tenantShare, "tenantShareBps");
+            assertEq(m.callerShareBps(), callerShare, "callerShareBps");
+        }
+    }
+
+    function testFuzz_Constructor_MaxHeartbeatTimeout(uint64 maxTimeout) external {
+        maxTimeout = uint64(bound(maxTimeout, 0, 2 * UNBONDING_PERIOD));
+        if (maxTimeout == 0 || maxTimeout >= UNBONDING_PERIOD) {
+            vm.expectRevert(_invalidTimeout(maxTimeout, UNBONDING_PERIOD));
+            _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
+        } else {
+            LeaseManager m = _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
+            assertEq(m.maxHeartbeatTimeout(), maxTimeout, "maxHeartbeatTimeout");
+        }
+    }
+}

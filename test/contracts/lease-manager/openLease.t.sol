@@ -1,0 +1,859 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
+
+import {LeaseManager} from "../../../contracts/LeaseManager.sol";
+import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
+import {ILeaseManager} from "../../../contracts/interfaces/ILeaseManager.sol";
+import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
+import {Lease} from "../../../contracts/types/Lease.sol";
+
+import {LeaseManagerTest} from "./LeaseManagerTest.sol";
+import {Erc1271Wallet} from "./Mocks.sol";
+
+contract OpenLease_Test is LeaseManagerTest {
+    /*//////////////////////////////////////////////////////////////
+                                 HELPERS
+    //////////////////////////////////////////////////////////////*/
+
+    /// @dev Expects `openLease(quote, provider's signature, deposit, predecessor)` by the tenant to
+    /// revert with `revertData`.
+    function _expectOpenRevert(Lease.Quote memory q, uint256 deposit, uint256 predecessor, bytes memory revertData) internal {
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.prank(q.tenant);
+        vm.expectRevert(revertData);
+        manager.openLease(q, sig, deposit, predecessor);
+    }
+
+    function _invalidQuote(string memory reason) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidQuote.selector, reason);
+    }
+
+    function _invalidSignature(address signer) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidSignature.selector, signer);
+    }
+
+    function _invalidPredecessor(uint256 id) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidPredecessor.selector, id);
+    }
+
+    /// @dev A fresh copy of `q` with its signed field number `field` (0 to 8) changed, the quote
+    /// staying well formed.
+    function _altered(Lease.Quote memory q, uint256 field) internal pure returns (Lease.Quote memory a) {
+        a = Lease.Quote({
+            provider: q.provider,
+            tenant: q.tenant,
+            jobId: q.jobId,
+            resources: q.resources,
+            pricePerSecond: q.pricePerSecond,
+            collateral: q.collateral,
+            heartbeatPeriod: q.heartbeatPeriod,
+            heartbeatTimeout: q.heartbeatTimeout,
+            maxDuration: q.maxDuration,
+            expiry: q.expiry,
+            nonce: q.nonce
+        });
+        if (field == 0) a.jobId = keccak256("another job");
+        else if (field == 1) a.resources = keccak256("gpu:8xH100-80GB");
+        else if (field == 2) a.pricePerSecond = q.pricePerSecond - 1;
+        else if (field == 3) a.collateral = q.collateral - 1;
+        else if (field == 4) a.heartbeatPeriod = q.heartbeatPeriod + 1;
+        else if (field == 5) a.heartbeatTimeout = q.heartbeatTimeout + 1;
+        else if (field == 6) a.maxDuration = q.maxDuration + 1;
+        else if (field == 7) a.expiry = q.expiry + 1;
+        else a.nonce = q.nonce + 1000;
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                             CALLER AND QUOTE
+    //////////////////////////////////////////////////////////////*/
+
+    function test_RevertWhen_CallerNotQuoteTenant() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.prank(otherTenant);
+        vm.expectRevert(
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_CallerNotQuoteTenant.selector, tenant, otherTenant)
+        );
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_QuoteRewrittenForOtherTenant() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        q.tenant = otherTenant;
+        vm.prank(otherTenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_QuoteExpired() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.warp(uint256(q.expiry) + 1);
+        vm.prank(tenant);
+        vm.expectRevert(
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_QuoteExpired.selector, q.expiry, uint256(q.expiry) + 1)
+        );
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_WhenQuoteUsedAtExactlyItsExpiry() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        vm.warp(q.expiry);
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(_lease(id).lastHeartbeat, q.expiry, "opened at the expiry");
+        assertEq(_lease(id).endsAt, uint256(q.expiry) + FUNDED_SECONDS, "endsAt counts from the open");
+    }
+
+    function test_RevertWhen_PriceZero() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.pricePerSecond = 0;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("zero price"));
+    }
+
+    function test_RevertWhen_PriceAboveUint96() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.pricePerSecond = uint256(type(uint96).max) + 1;
+        _expectOpenRevert(q, uint256(type(uint96).max) + 1, 0, _invalidQuote("price too large"));
+    }
+
+    function test_RevertWhen_CollateralAboveUint96() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.collateral = uint256(type(uint96).max) + 1;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("collateral too large"));
+    }
+
+    function test_RevertWhen_HeartbeatTimeoutZero() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = 0;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout out of range"));
+    }
+
+    function test_RevertWhen_HeartbeatTimeoutAboveMax() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = MAX_HEARTBEAT_TIMEOUT + 1;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout out of range"));
+    }
+
+    function test_WhenHeartbeatTimeoutEqualsMax() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = MAX_HEARTBEAT_TIMEOUT;
+        q.maxDuration = MAX_HEARTBEAT_TIMEOUT + 1; // the timeout must be shorter
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(_lease(id).heartbeatTimeout, MAX_HEARTBEAT_TIMEOUT, "heartbeatTimeout");
+        assertEq(_lease(id).deadline, T0 + MAX_HEARTBEAT_TIMEOUT, "deadline");
+    }
+
+    function test_RevertWhen_HeartbeatPeriodZero() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatPeriod = 0;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat period out of range"));
+    }
+
+    function test_RevertWhen_HeartbeatPeriodAboveTimeout() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatPeriod = q.heartbeatTimeout + 1;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat period out of range"));
+    }
+
+    function test_WhenHeartbeatPeriodEqualsTimeout() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatPeriod = q.heartbeatTimeout;
+        uint256 id = _open(q, DEPOSIT, 0);
+        _assertStatus(id, Lease.Status.Active);
+    }
+
+    function test_RevertWhen_MaxDurationZero() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.maxDuration = 0;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("max duration out of range"));
+    }
+
+    function test_RevertWhen_MaxDurationBeyondUint32Time() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.maxDuration = uint64(type(uint32).max - T0 + 1);
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("max duration out of range"));
+    }
+
+    function test_WhenMaxDurationReachesUint32Time() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.maxDuration = uint64(type(uint32).max - T0);
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(_lease(id).maxEnd, type(uint32).max, "maxEnd");
+        assertEq(_lease(id).endsAt, T0 + FUNDED_SECONDS, "endsAt");
+    }
+
+    function test_RevertWhen_HeartbeatTimeoutEqualsMaxDuration() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = q.maxDuration;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+    }
+
+    function test_RevertWhen_HeartbeatTimeoutAboveMaxDuration() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.maxDuration = HEARTBEAT_TIMEOUT - 1;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+    }
+
+    function test_RevertWhen_HeartbeatTimeoutAtMaxAboveMaxDuration() external {
+        // Within the manager's maximum, but longer than the lease may run.
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = MAX_HEARTBEAT_TIMEOUT;
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+    }
+
+    function test_WhenHeartbeatTimeoutJustBelowMaxDuration() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.maxDuration = HEARTBEAT_TIMEOUT + 1;
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(_lease(id).maxEnd, T0 + HEARTBEAT_TIMEOUT + 1, "maxEnd");
+        assertEq(_lease(id).endsAt, T0 + HEARTBEAT_TIMEOUT + 1, "endsAt");
+        assertEq(_lease(id).deadline, T0 + HEARTBEAT_TIMEOUT, "deadline one second before the end");
+    }
+
+    function testFuzz_RevertWhen_HeartbeatTimeoutNotShorterThanMaxDuration(
+        uint256 timeout,
+        uint256 maxDuration
+    ) external {
+        timeout = bound(timeout, 1, MAX_HEARTBEAT_TIMEOUT);
+        maxDuration = bound(maxDuration, 1, timeout);
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = uint64(timeout);
+        q.heartbeatPeriod = 1;
+        q.maxDuration = uint64(maxDuration);
+        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+    }
+
+    function test_RevertWhen_DepositZero() external {
+        Lease.Quote memory q = _defaultQuote();
+        _expectOpenRevert(
+            q,
+            0,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_DepositTooSmall.selector, 0, PRICE)
+        );
+    }
+
+    function test_RevertWhen_DepositBelowOneSecond() external {
+        Lease.Quote memory q = _defaultQuote();
+        _expectOpenRevert(
+            q,
+            PRICE - 1,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_DepositTooSmall.selector, PRICE - 1, PRICE)
+        );
+    }
+
+    function test_WhenDepositPaysExactlyOneSecond() external {
+        _ensureProvider();
+        uint256 id = _open(_defaultQuote(), PRICE, 0);
+        assertEq(_lease(id).endsAt, T0 + 1, "endsAt");
+    }
+
+    function test_RevertWhen_DepositAboveUint96() external {
+        Lease.Quote memory q = _defaultQuote();
+        uint256 deposit = uint256(type(uint96).max) + 1;
+        _expectOpenRevert(
+            q,
+            deposit,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_AmountTooLarge.selector, deposit)
+        );
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                SIGNATURE
+    //////////////////////////////////////////////////////////////*/
+
+    function test_RevertWhen_SignedByOtherKey() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(OTHER_PROVIDER_KEY, q);
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_SignatureEmpty() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, "", DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_SignatureWrongLength() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(PROVIDER_KEY, manager.hashQuote(q));
+        bytes memory sig = abi.encodePacked(r, s, v, uint8(0));
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_SignatureMalleated() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(PROVIDER_KEY, manager.hashQuote(q));
+        // The other valid (high-s) form of the same signature; OpenZeppelin's ECDSA rejects it.
+        uint256 n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+        bytes memory sig = abi.encodePacked(r, bytes32(n - uint256(s)), v == 27 ? uint8(28) : uint8(27));
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_AnySignedFieldAltered() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        for (uint256 field = 0; field < 9; ++field) {
+            Lease.Quote memory a = _altered(q, field);
+            vm.prank(tenant);
+            vm.expectRevert(_invalidSignature(provider));
+            manager.openLease(a, sig, DEPOSIT, 0);
+        }
+        // The unaltered quote still opens.
+        vm.prank(tenant);
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function testFuzz_RevertWhen_SignedFieldAltered(uint256 field) external {
+        field = bound(field, 0, 8);
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        Lease.Quote memory a = _altered(q, field);
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(a, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_ProviderFieldAltered() external {
+        _ensureProvider();
+        _ensureOtherProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        q.provider = otherProvider;
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(otherProvider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_QuoteSignedForOtherChainId() external {
+        // Chain ids are set explicitly: the optimizer may re-read `block.chainid` instead of
+        // keeping it in a local variable.
+        _ensureProvider();
+        vm.chainId(1002);
+        Lease.Quote memory q = _defaultQuote();
+        vm.chainId(1001);
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.chainId(1002);
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+
+        // Signed for this chain, the same quote opens.
+        bytes memory good = _sign(PROVIDER_KEY, q);
+        vm.prank(tenant);
+        manager.openLease(q, good, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_QuoteReplayedOnOtherChainId() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        // The same contract at the same address on a fork with another chain id.
+        vm.chainId(block.chainid + 1);
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_QuoteSignedForOtherDeployment() external {
+        // A second, fully working deployment where the provider is registered and the tenant approved.
+        ProviderRegistry registry2 = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
+        LeaseManager manager2 = new LeaseManager(
+            paymentToken,
+            registry2,
+            TENANT_SHARE_BPS,
+            CALLER_SHARE_BPS,
+            TREASURY,
+            MAX_HEARTBEAT_TIMEOUT
+        );
+        registry2.setLeaseManager(address(manager2));
+        stakingToken.mint(provider, PROVIDER_STAKE);
+        vm.startPrank(provider);
+        stakingToken.approve(address(registry2), PROVIDER_STAKE);
+        registry2.register("12D3KooWProvider", "{}", PROVIDER_STAKE);
+        vm.stopPrank();
+        vm.prank(tenant);
+        paymentToken.approve(address(manager2), type(uint256).max);
+
+        Lease.Quote memory q = _defaultQuote();
+        assertTrue(manager.hashQuote(q) != manager2.hashQuote(q), "digests differ per deployment");
+
+        // Signed for `manager`, used on `manager2`.
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager2.openLease(q, sig, DEPOSIT, 0);
+
+        // Signed for `manager2`, it opens there, and still cannot be used on `manager`.
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(PROVIDER_KEY, manager2.hashQuote(q));
+        bytes memory sig2 = abi.encodePacked(r, s, v);
+        vm.prank(tenant);
+        manager2.openLease(q, sig2, DEPOSIT, 0);
+        _ensureProvider();
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig2, DEPOSIT, 0);
+    }
+
+    function test_WhenProviderIsErc1271Contract() external {
+        Erc1271Wallet wallet = new Erc1271Wallet();
+        _registerProvider(address(wallet), "12D3KooWWallet", PROVIDER_STAKE);
+        Lease.Quote memory q = _quote(address(wallet), tenant, JOB);
+        wallet.approveDigest(manager.hashQuote(q));
+        vm.prank(tenant);
+        uint256 id = manager.openLease(q, "any bytes", DEPOSIT, 0);
+        assertEq(_lease(id).provider, address(wallet), "provider");
+        assertEq(registry.getProvider(address(wallet)).locked, COLLATERAL, "collateral locked");
+    }
+
+    function test_RevertWhen_Erc1271ContractRejects() external {
+        Erc1271Wallet wallet = new Erc1271Wallet();
+        _registerProvider(address(wallet), "12D3KooWWallet", PROVIDER_STAKE);
+        Lease.Quote memory q = _quote(address(wallet), tenant, JOB);
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(address(wallet)));
+        manager.openLease(q, "any bytes", DEPOSIT, 0);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                  NONCE
+    //////////////////////////////////////////////////////////////*/
+
+    function test_RevertWhen_QuoteReused() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.prank(tenant);
+        manager.openLease(q, sig, DEPOSIT, 0);
+        vm.prank(tenant);
+        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_NonceUsed.selector, provider, q.nonce));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_QuoteReusedAfterLeaseEnded() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.prank(tenant);
+        uint256 id = manager.openLease(q, sig, DEPOSIT, 0);
+        _finishAt(id, T0 + 10);
+        vm.prank(tenant);
+        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_NonceUsed.selector, provider, q.nonce));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_OtherQuoteWithUsedNonce() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        _open(q, DEPOSIT, 0);
+        Lease.Quote memory q2 = _quote(provider, tenant, OTHER_JOB);
+        q2.nonce = q.nonce;
+        _expectOpenRevert(
+            q2,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_NonceUsed.selector, provider, q.nonce)
+        );
+    }
+
+    function test_RevertWhen_NonceInvalidated() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        vm.prank(provider);
+        manager.invalidateNonce(q.nonce);
+        _expectOpenRevert(
+            q,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_NonceUsed.selector, provider, q.nonce)
+        );
+    }
+
+    function test_WhenOtherProviderUsedSameNonce() external {
+        _ensureProvider();
+        _ensureOtherProvider();
+        Lease.Quote memory q = _defaultQuote();
+        Lease.Quote memory q2 = _quote(otherProvider, tenant, OTHER_JOB);
+        q2.nonce = q.nonce;
+        _open(q2, DEPOSIT, 0);
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(id, 2, "second lease");
+        assertTrue(manager.isNonceUsed(provider, q.nonce), "provider's nonce used");
+        assertTrue(manager.isNonceUsed(otherProvider, q.nonce), "other provider's nonce used");
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                             PROVIDER STAKE
+    //////////////////////////////////////////////////////////////*/
+
+    function test_RevertGiven_ProviderNotRegistered() external {
+        Lease.Quote memory q = _defaultQuote();
+        _expectOpenRevert(
+            q,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_NotRegistered.selector, provider)
+        );
+    }
+
+    function test_RevertGiven_ProviderBelowMinStake() external {
+        _registerProvider(provider, "12D3KooWProvider", MIN_STAKE - 1);
+        Lease.Quote memory q = _defaultQuote();
+        q.collateral = 1;
+        _expectOpenRevert(
+            q,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(
+                IProviderRegistry.ProviderRegistry_BelowMinStake.selector,
+                provider,
+                MIN_STAKE - 1,
+                MIN_STAKE
+            )
+        );
+    }
+
+    function test_RevertGiven_ProviderUnbondingBelowMinStake() external {
+        _ensureProvider();
+        vm.prank(provider);
+        registry.requestUnstake(PROVIDER_STAKE - MIN_STAKE + 1);
+        Lease.Quote memory q = _defaultQuote();
+        _expectOpenRevert(
+            q,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(
+                IProviderRegistry.ProviderRegistry_BelowMinStake.selector,
+                provider,
+                MIN_STAKE - 1,
+                MIN_STAKE
+            )
+        );
+    }
+
+    function test_RevertGiven_CollateralAboveFreeStake() external {
+        _registerProvider(provider, "12D3KooWProvider", MIN_STAKE);
+        Lease.Quote memory q = _defaultQuote();
+        q.collateral = MIN_STAKE + 1;
+        _expectOpenRevert(
+            q,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(
+                IProviderRegistry.ProviderRegistry_InsufficientFreeStake.selector,
+                provider,
+                MIN_STAKE + 1,
+                MIN_STAKE
+            )
+        );
+    }
+
+    function test_RevertGiven_FreeStakeLockedByOtherLeases() external {
+        _ensureProvider();
+        // PROVIDER_STAKE covers exactly six collaterals.
+        for (uint256 i = 0; i < 6; ++i) _open(_defaultQuote(), DEPOSIT, 0);
+        assertEq(registry.freeStake(provider), 0, "no free stake left");
+        Lease.Quote memory q = _defaultQuote();
+        _expectOpenRevert(
+            q,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(
+                IProviderRegistry.ProviderRegistry_InsufficientFreeStake.selector,
+                provider,
+                COLLATERAL,
+                0
+            )
+        );
+    }
+
+    function test_WhenCollateralZero() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.collateral = 0;
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(_lease(id).collateral, 0, "collateral");
+        _assertProvider(PROVIDER_STAKE, 0, 1, 0, 0, 0);
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                               PREDECESSOR
+    //////////////////////////////////////////////////////////////*/
+
+    function test_RevertWhen_PredecessorDoesNotExist() external {
+        _ensureProvider();
+        _expectOpenRevert(_defaultQuote(), DEPOSIT, 1, _invalidPredecessor(1));
+    }
+
+    function test_RevertWhen_PredecessorOfOtherTenant() external {
+        _ensureProvider();
+        uint256 id = _open(_quote(provider, otherTenant, JOB), DEPOSIT, 0);
+        _finishAt(id, T0 + 10);
+        _expectOpenRevert(_defaultQuote(), DEPOSIT, id, _invalidPredecessor(id));
+    }
+
+    function test_RevertWhen_PredecessorOfOtherJob() external {
+        uint256 id = _completedLease();
+        _expectOpenRevert(_quote(provider, tenant, OTHER_JOB), DEPOSIT, id, _invalidPredecessor(id));
+    }
+
+    function test_RevertWhen_PredecessorActive() external {
+        uint256 id = _openLease();
+        _expectOpenRevert(_defaultQuote(), DEPOSIT, id, _invalidPredecessor(id));
+    }
+
+    function test_RevertWhen_PredecessorActiveButSlashable() external {
+        uint256 id = _openLease();
+        vm.warp(T0 + 61);
+        assertTrue(_lease(id).slashable, "predecessor slashable");
+        // It must be slashed first: an unslashed dead lease is still `Active`.
+        _expectOpenRevert(_defaultQuote(), DEPOSIT, id, _invalidPredecessor(id));
+    }
+
+    function test_RevertWhen_PredecessorActiveButExpired() external {
+        uint256 id = _openShortLease();
+        vm.warp(T0 + 30);
+        assertTrue(_lease(id).expired, "predecessor expired");
+        _expectOpenRevert(_defaultQuote(), DEPOSIT, id, _invalidPredecessor(id));
+    }
+
+    /// @dev Opens the default quote at `now_` (the current time) as successor of `predecessor`.
+    function _assertOpensAfter(uint256 predecessor, uint256 now_) internal {
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.LeaseOpened(
+            predecessor + 1,
+            JOB,
+            provider,
+            tenant,
+            predecessor,
+            DEPOSIT,
+            uint64(now_ + FUNDED_SECONDS),
+            q
+        );
+        vm.prank(tenant);
+        uint256 id = manager.openLease(q, sig, DEPOSIT, predecessor);
+        assertEq(id, predecessor + 1, "successor id");
+        _assertStatus(id, Lease.Status.Active);
+        assertEq(_lease(id).jobId, JOB, "same job");
+        assertEq(_lease(id).lastHeartbeat, now_, "opened now");
+    }
+
+    function test_GivenPredecessorClosing() external {
+        _assertOpensAfter(_closingLease(), T0 + 20);
+    }
+
+    function test_GivenPredecessorCompleted() external {
+        _assertOpensAfter(_completedLease(), T0 + 20);
+    }
+
+    function test_GivenPredecessorClosed() external {
+        _assertOpensAfter(_closedLease(), T0 + 30);
+    }
+
+    function test_GivenPredecessorExpired() external {
+        _assertOpensAfter(_expiredLease(), T0 + 40);
+    }
+
+    function test_GivenPredecessorSlashed() external {
+        _assertOpensAfter(_slashedLease(), T0 + 71);
+    }
+
+    function test_WhenPredecessorContinuedTwice() external {
+        uint256 id = _slashedLease();
+        _open(_defaultQuote(), DEPOSIT, id);
+        // Nothing stops a second lease from naming the same predecessor.
+        uint256 id3 = _open(_defaultQuote(), DEPOSIT, id);
+        assertEq(id3, 3, "third lease");
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                                 DEPOSIT
+    //////////////////////////////////////////////////////////////*/
+
+    function test_RevertWhen_AllowanceInsufficient() external {
+        _ensureProvider();
+        vm.prank(tenant);
+        paymentToken.approve(address(manager), DEPOSIT - 1);
+        _expectOpenRevert(
+            _defaultQuote(),
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(
+                IERC20Errors.ERC20InsufficientAllowance.selector,
+                address(manager),
+                DEPOSIT - 1,
+                DEPOSIT
+            )
+        );
+    }
+
+    function test_RevertWhen_BalanceInsufficient() external {
+        _ensureProvider();
+        address poorTenant = address(0x9009);
+        _fundTenant(poorTenant, DEPOSIT - 1);
+        _expectOpenRevert(
+            _quote(provider, poorTenant, JOB),
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, poorTenant, DEPOSIT - 1, DEPOSIT)
+        );
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                               HAPPY PATHS
+    //////////////////////////////////////////////////////////////*/
+
+    function test_WhenAllChecksPass() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.LeaseOpened(1, JOB, provider, tenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), q);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.CollateralLocked(provider, 1, COLLATERAL);
+        _expectPayTransfer(tenant, address(manager), DEPOSIT);
+        vm.prank(tenant);
+        uint256 id = manager.openLease(q, sig, DEPOSIT, 0);
+
+        assertEq(id, 1, "lease id");
+        assertEq(manager.leaseCount(), 1, "leaseCount");
+        assertTrue(manager.isNonceUsed(provider, q.nonce), "nonce used");
+
+        Lease.View memory l = _lease(id);
+        assertEq(l.provider, provider, "provider");
+        assertEq(l.tenant, tenant, "tenant");
+        assertEq(l.jobId, JOB, "jobId");
+        assertEq(uint256(l.status), uint256(Lease.Status.Active), "status");
+        assertFalse(l.expired, "expired");
+        assertFalse(l.slashable, "slashable");
+        assertEq(l.lastHeartbeat, T0, "lastHeartbeat");
+        assertEq(l.deadline, T0 + HEARTBEAT_TIMEOUT, "deadline");
+        assertEq(l.endsAt, T0 + FUNDED_SECONDS, "endsAt");
+        assertEq(l.maxEnd, T0 + MAX_DURATION, "maxEnd");
+        assertEq(l.settledUntil, T0, "settledUntil");
+        assertEq(l.heartbeatTimeout, HEARTBEAT_TIMEOUT, "heartbeatTimeout");
+        assertEq(l.pricePerSecond, PRICE, "pricePerSecond");
+        assertEq(l.collateral, COLLATERAL, "collateral");
+        assertEq(l.deposit, DEPOSIT, "deposit");
+        assertEq(l.earned, 0, "earned");
+
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 0);
+        assertEq(stakingToken.balanceOf(address(registry)), PROVIDER_STAKE, "registry keeps the stake");
+        _assertProvider(PROVIDER_STAKE, COLLATERAL, 1, 0, 0, 0);
+        assertEq(registry.freeStake(provider), PROVIDER_STAKE - COLLATERAL, "free stake");
+        _assertConserved();
+    }
+
+    function test_WhenDepositOutlastsMaxDuration() external {
+        _ensureProvider();
+        uint256 deposit = PRICE * (MAX_DURATION + 500);
+        uint256 id = _open(_defaultQuote(), deposit, 0);
+        assertEq(_lease(id).endsAt, T0 + MAX_DURATION, "endsAt capped at maxEnd");
+        assertEq(_lease(id).deposit, deposit, "whole deposit escrowed");
+    }
+
+    function test_WhenDepositNotMultipleOfPrice() external {
+        _ensureProvider();
+        uint256 id = _open(_defaultQuote(), DEPOSIT + PRICE - 1, 0);
+        assertEq(_lease(id).endsAt, T0 + FUNDED_SECONDS, "endsAt rounds down");
+        assertEq(_lease(id).deposit, DEPOSIT + PRICE - 1, "deposit");
+    }
+
+    function test_WhenSeveralLeasesOpened() external {
+        _ensureProvider();
+        _ensureOtherProvider();
+        uint256 a = _open(_defaultQuote(), DEPOSIT, 0);
+        uint256 b = _open(_quote(otherProvider, otherTenant, OTHER_JOB), DEPOSIT * 2, 0);
+        assertEq(a, 1, "first id");
+        assertEq(b, 2, "second id");
+        assertEq(manager.leaseCount(), 2, "leaseCount");
+        assertEq(_lease(b).provider, otherProvider, "second provider");
+        assertEq(_lease(b).tenant, otherTenant, "second tenant");
+        assertEq(_lease(b).endsAt, T0 + 2 * FUNDED_SECONDS, "second endsAt");
+        assertEq(paymentToken.balanceOf(address(manager)), DEPOSIT * 3, "escrow");
+        _assertConserved();
+    }
+
+    function testFuzz_OpenLease(uint256 price, uint256 deposit, uint256 maxDuration, uint256 collateral) external {
+        price = bound(price, 1, type(uint96).max);
+        deposit = bound(deposit, price, type(uint96).max);
+        maxDuration = bound(maxDuration, HEARTBEAT_TIMEOUT + 1, type(uint32).max - T0);
+        collateral = bound(collateral, 0, PROVIDER_STAKE);
+        _ensureProvider();
+        paymentToken.mint(tenant, deposit);
+
+        Lease.Quote memory q = _defaultQuote();
+        q.pricePerSecond = price;
+        q.maxDuration = uint64(maxDuration);
+        q.collateral = collateral;
+        uint256 id = _open(q, deposit, 0);
+
+        uint256 funded = T0 + deposit / price;
+        uint256 maxEnd = T0 + maxDuration;
+        Lease.View memory l = _lease(id);
+        assertEq(l.endsAt, funded < maxEnd ? funded : maxEnd, "endsAt = min(funded, maxEnd)");
+        assertEq(l.maxEnd, maxEnd, "maxEnd");
+        assertEq(l.deposit, deposit, "deposit");
+        assertEq(l.pricePerSecond, price, "price");
+        assertEq(l.collateral, collateral, "collateral");
+        assertGe(l.endsAt, T0 + 1, "funded for at least one second");
+        assertEq(paymentToken.balanceOf(tenant), TENANT_FUNDS, "tenant paid the deposit");
+        assertEq(paymentToken.balanceOf(address(manager)), deposit, "escrow");
+        assertEq(registry.getProvider(provider).locked, collateral, "locked");
+    }
+
+    function testFuzz_RevertWhen_QuoteExpired(uint256 delay) external {
+        delay = bound(delay, 1, 365 days);
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        uint256 time = uint256(q.expiry) + delay;
+        vm.warp(time);
+        vm.prank(tenant);
+        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_QuoteExpired.selector, q.expiry, time));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function testFuzz_RevertWhen_DepositTooSmall(uint256 price, uint256 deposit) external {
+        price = bound(price, 1, type(uint96).max);
+        deposit = bound(deposit, 0, price - 1);
+        Lease.Quote memory q = _defaultQuote();
+        q.pricePerSecond = price;
+        _expectOpenRevert(
+            q,
+            deposit,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_DepositTooSmall.selector, deposit, price)
+        );
+    }
+}
