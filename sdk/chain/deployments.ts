@@ -3,6 +3,8 @@ import path from "node:path";
 import { getAddress, isAddress, type Address } from "viem";
 import { z } from "zod";
 
+import { UserError } from "../errors.ts";
+
 const address = z
   .string()
   .refine((value) => isAddress(value), "not an address")
@@ -62,20 +64,30 @@ export function deploymentPath(dir: string, chainId: number): string {
  * console.log(deployment.contracts.leaseManager);
  */
 export async function loadDeployment(dir: string, chainId: number): Promise<Deployment> {
-  const file = deploymentPath(dir, chainId);
+  return loadDeploymentFile(deploymentPath(dir, chainId));
+}
+
+/** Reads and validates one deployment file. */
+export async function loadDeploymentFile(file: string): Promise<Deployment> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
   } catch (cause) {
-    throw new Error(`no deployment for chain ${chainId}: ${file} cannot be read; deploy first`, { cause });
+    throw new UserError(`no deployment at ${file}: deploy first (npm run deploy)`, { cause });
   }
-  return parseDeployment(JSON.parse(text), file);
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (cause) {
+    throw new UserError(`${file} is not JSON`, { cause });
+  }
+  return parseDeployment(json, file);
 }
 
 export function parseDeployment(value: unknown, source = "deployment"): Deployment {
   const parsed = deploymentSchema.safeParse(value);
   if (!parsed.success) {
-    throw new Error(`${source} is not a valid Baton deployment: ${z.prettifyError(parsed.error)}`);
+    throw new UserError(`${source} is not a valid Baton deployment`, { details: z.prettifyError(parsed.error) });
   }
   return parsed.data;
 }

@@ -152,7 +152,12 @@ export type Progress = z.output<typeof progressSchema>;
 export const jobStates = ["starting", "running", "exited"] as const;
 
 export const providerMessageSchemas = {
-  accepted: z.object({ leaseId: leaseIdSchema, startedAt: timestampMsSchema, resumed: z.boolean() }),
+  accepted: z.object({
+    leaseId: leaseIdSchema,
+    seq: z.number().int().nonnegative(),
+    startedAt: timestampMsSchema,
+    resumed: z.boolean(),
+  }),
   refused: z.object({ leaseId: leaseIdSchema.optional(), reason: z.string().max(64), message: z.string().max(512) }),
   heartbeat: z.object({
     leaseId: leaseIdSchema,

@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+/**
+ * The `baton` command: `baton provider …` (and, as the project grows, `job`, `audit`, `devnet`).
+ * Thin over sdk/ and node/: it parses arguments, calls them, and prints for people.
+ */
+import { printError } from "./output.ts";
+import { providerCommands } from "./provider.ts";
+
+const groups: Record<string, Record<string, { run: (args: string[]) => Promise<void>; help: string }>> = {
+  provider: providerCommands,
+};
+
+function usage(): string {
+  const lines = ["usage: baton <group> <command> [options]", ""];
+  for (const [group, commands] of Object.entries(groups)) {
+    for (const [name, { help }] of Object.entries(commands)) lines.push(`  baton ${group} ${name.padEnd(10)} ${help}`);
+  }
+  lines.push(
+    "",
+    "Every command takes --data-dir (default .baton/provider). Keys: BATON_KEYSTORE_PASSWORD, or BATON_PROVIDER_KEY in development.",
+  );
+  return lines.join("\n");
+}
+
+const [group, command, ...rest] = process.argv.slice(2);
+const selected = group === undefined ? undefined : groups[group]?.[command ?? ""];
+if (!selected) {
+  console.error(usage());
+  process.exit(group === undefined || group === "--help" || group === "-h" ? 0 : 2);
+}
+try {
+  await selected.run(rest);
+} catch (error) {
+  printError(error);
+  process.exit(1);
+}

@@ -1,0 +1,146 @@
+import type { PeerId } from "@libp2p/interface";
+import { keccak256, toHex } from "viem";
+
+import { signQuote, type Quote } from "../sdk/chain/quote.ts";
+import { ProtocolError } from "../sdk/errors.ts";
+import { offerPrice } from "../sdk/p2p/offers.ts";
+import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
+import { serve } from "../sdk/wire/framing.ts";
+import { bidSchema, type Bid, type BidResponse, type RefusalReason } from "../sdk/wire/messages.ts";
+import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
+import { chainNow, type NodeComponents } from "./components.ts";
+import { BID_RATE_LIMIT, BID_READ_TIMEOUT_MS, QUOTE_TTL_S } from "./constants.ts";
+
+/** The GPU reservation of a quote, named by its nonce, until the lease takes it over. */
+export const quoteHolder = (nonce: bigint): string => `quote:${nonce}`;
+
+/** A canonical description of what a quote reserves; its hash goes into the quote. */
+export function resourcesHash(models: string[]): `0x${string}` {
+  return keccak256(toHex(JSON.stringify({ gpus: models.length, models })));
+}
+
+class Refusal extends Error {
+  readonly reason: RefusalReason;
+  constructor(reason: RefusalReason, message: string) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+export interface Bids {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Answers bids on `/baton/bid/1.0.0` with a signed EIP-712 quote that `LeaseManager.openLease`
+ * accepts (fresh nonce, short expiry, GPUs reserved until it expires) or a reasoned refusal. Every
+ * refusal is one log line; a peer that floods gets `rate-limited` and costs nothing else.
+ */
+export function bids(components: NodeComponents, onCapacityChange: () => void): Bids {
+  const { host, config, store, gpus, account, chain, log, metrics, peerKey } = components;
+  const recent = new Map<string, number[]>();
+
+  /** How far over the limit a peer is in the current window: 0 within it, 1 for the first bid over. */
+  const overLimit = (peer: PeerId): number => {
+    const now = Date.now();
+    const key = peer.toString();
+    const times = (recent.get(key) ?? []).filter((t) => now - t < BID_RATE_LIMIT.windowMs);
+    times.push(now);
+    recent.set(key, times);
+    if (recent.size > 10_000) recent.clear();
+    return Math.max(0, times.length - BID_RATE_LIMIT.count);
+  };
+
+  const quoteFor = async (bid: Bid): Promise<BidResponse> => {
+    if (components.draining.value) throw new Refusal("draining", "the node is shutting down");
+    const { chainId, contracts } = chain.deployment;
+    if (bid.chainId !== chainId || bid.leaseManager !== contracts.leaseManager) {
+      throw new Refusal("bad-request", `this node serves chain ${chainId}, lease manager ${contracts.leaseManager}`);
+    }
+    const { requirements } = bid;
+    if (requirements.gpus === 0 && !config.cpuJobs)
+      throw new Refusal("requirements-not-met", "this node takes GPU jobs only");
+    if (!gpus.canEverSatisfy(requirements)) {
+      throw new Refusal(
+        "requirements-not-met",
+        `this node has no ${requirements.gpus} GPU(s) matching the requirements`,
+      );
+    }
+    if (bid.durationS > config.maxDurationS) {
+      throw new Refusal("requirements-not-met", `longest lease here is ${config.maxDurationS} s`);
+    }
+    if (bid.durationS <= config.chainHeartbeatTimeoutS) {
+      throw new Refusal(
+        "requirements-not-met",
+        `duration must exceed the heartbeat timeout (${config.chainHeartbeatTimeoutS} s)`,
+      );
+    }
+    const price = offerPrice(config, requirements.gpus);
+    if (bid.maxPricePerSecond < price) throw new Refusal("price-below-floor", `price here is ${price} per second`);
+    if (store.leases().length >= config.maxLeases)
+      throw new Refusal("no-capacity", "the node runs its maximum of leases");
+
+    const nonce = store.nextNonce();
+    const expiry = chainNow(components) + QUOTE_TTL_S;
+    const reserved = gpus.reserve(quoteHolder(nonce), requirements, Date.now() + QUOTE_TTL_S * 1000);
+    if (!reserved) throw new Refusal("no-capacity", "no matching GPU is free");
+    const models = reserved.map((index) => gpus.all.find((g) => g.index === index)!.model);
+    const quote: Quote = {
+      provider: account.address,
+      tenant: bid.tenant,
+      jobId: bid.jobId,
+      resources: resourcesHash(models),
+      pricePerSecond: price,
+      collateral: config.collateralPerLease,
+      heartbeatPeriod: BigInt(config.chainHeartbeatPeriodS),
+      heartbeatTimeout: BigInt(config.chainHeartbeatTimeoutS),
+      maxDuration: BigInt(bid.durationS),
+      expiry: BigInt(expiry),
+      nonce,
+    };
+    store.saveQuote({ nonce, jobId: bid.jobId, tenant: bid.tenant, gpus: reserved, expiresAt: (expiry + 60) * 1000 });
+    onCapacityChange();
+    const signature = await signQuote(account, chainId, contracts.leaseManager, quote);
+    return { kind: "quote", quote, signature, gpus: reserved };
+  };
+
+  const handle = async (message: Uint8Array, remotePeer: PeerId): Promise<Uint8Array> => {
+    let response: BidResponse;
+    const over = overLimit(remotePeer);
+    try {
+      if (over > 0) throw new Refusal("rate-limited", "too many bids; slow down");
+      const opened = await openMessage(message, {
+        maxBytes: maxMessageBytes.bid,
+        types: ["bid"],
+        from: remotePeer.toString(),
+      });
+      response = await quoteFor(parseBody(bidSchema, opened));
+      metrics.inc("baton_bids_total", "Bids received, by outcome", { outcome: "quoted" });
+      log.info("quoted", {
+        peer: remotePeer.toString(),
+        nonce: response.kind === "quote" ? response.quote.nonce : null,
+      });
+    } catch (error) {
+      const reason: RefusalReason =
+        error instanceof Refusal ? error.reason : error instanceof ProtocolError ? "bad-request" : "internal";
+      const text = error instanceof ProtocolError ? error.shortMessage : (error as Error).message;
+      response = { kind: "refusal", reason, message: text.slice(0, 512) };
+      metrics.inc("baton_bids_total", "Bids received, by outcome", { outcome: reason });
+      // A flooding peer gets one log line per window, not one per bid.
+      if (reason !== "rate-limited" || over === 1) {
+        log.info("bid refused", { peer: remotePeer.toString(), reason, message: text });
+      }
+    }
+    return sealMessage(peerKey, host.peerId.toString(), "bid-response", response);
+  };
+
+  return {
+    start: () =>
+      serve(host, protocols.bid, handle, {
+        maxBytes: maxMessageBytes.bid,
+        timeoutMs: BID_READ_TIMEOUT_MS,
+      }),
+    stop: () => host.unhandle(protocols.bid),
+  };
+}

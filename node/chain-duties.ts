@@ -1,0 +1,146 @@
+import { contracts, writeContract } from "../sdk/chain/client.ts";
+import type { NodeComponents } from "./components.ts";
+import { CHAIN_POLL_MS } from "./constants.ts";
+import type { Leases } from "./leases.ts";
+import type { LeaseRow } from "./store.ts";
+
+/** LeaseManager's `Lease.Status` values, as `getLease` returns them. */
+export const leaseStatus = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
+
+export interface ChainDuties {
+  start(): void;
+  stop(): Promise<void>;
+  /** Runs one round now (tests and shutdown use it). */
+  tick(): Promise<void>;
+}
+
+/**
+ * The node's duties on chain, run every second: one batched heartbeat transaction for all leases
+ * whose on-chain period is due (carrying each lease's latest checkpoint CID), `finish` for jobs
+ * that ended, periodic claims, and fencing: a lease the chain says has ended (closed, slashed,
+ * expired) gets its job killed and its GPUs freed at once. Transactions are sent one at a time, so
+ * the account's nonces never race.
+ */
+export function chainDuties(components: NodeComponents, leases: Leases): ChainDuties {
+  const { chain, store, log, metrics, account, config, chainClock } = components;
+  const { leaseManager } = contracts(chain.deployment);
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> = Promise.resolve();
+  let lastClaim = Date.now();
+  const ended = new Set<bigint>();
+
+  const syncClock = async (): Promise<number> => {
+    const block = await chain.publicClient.getBlock();
+    const local = Math.floor(Date.now() / 1000);
+    // A chain never runs behind the wall clock in a way that matters to us; a local chain moved
+    // forward by tests (evm_increaseTime) runs ahead, and quotes must expire by its time.
+    chainClock.offsetS = Math.max(0, Number(block.timestamp) - local);
+    return local + chainClock.offsetS;
+  };
+
+  const heartbeat = async (due: LeaseRow[]): Promise<void> => {
+    const ids = due.map((l) => l.leaseId);
+    const cids = due.map((l) => l.pendingCheckpointCid ?? "");
+    try {
+      await writeContract(chain, {
+        ...leaseManager,
+        functionName: "heartbeat",
+        args: [ids, cids.some((c) => c) ? cids : []],
+      });
+      const now = Math.floor(Date.now() / 1000);
+      for (const lease of due)
+        store.updateLease(lease.leaseId, { lastChainHeartbeat: now, pendingCheckpointCid: null });
+      metrics.inc("baton_chain_heartbeats_total", "On-chain heartbeat transactions", { outcome: "ok" });
+      metrics.inc("baton_chain_heartbeat_leases_total", "Leases covered by on-chain heartbeats", {}, ids.length);
+    } catch (error) {
+      metrics.inc("baton_chain_heartbeats_total", "On-chain heartbeat transactions", { outcome: "failed" });
+      log.warn("on-chain heartbeat failed", { leases: ids, error });
+    }
+  };
+
+  const finish = async (lease: LeaseRow): Promise<void> => {
+    const resultCid =
+      lease.resultCid ?? `baton-result:v1:exit=${lease.exitCode ?? "signal"}:${lease.reason ?? "exited"}`;
+    try {
+      await writeContract(chain, { ...leaseManager, functionName: "finish", args: [lease.leaseId, resultCid] });
+      store.updateLease(lease.leaseId, { state: "finished", resultCid });
+      log.info("lease finished on chain", { leaseId: lease.leaseId, resultCid });
+      metrics.inc("baton_leases_finished_total", "Leases finished on chain");
+      ended.add(lease.leaseId);
+      await leases.release(lease.leaseId);
+    } catch (error) {
+      log.warn("finish failed; will retry", { leaseId: lease.leaseId, error });
+    }
+  };
+
+  const round = async (): Promise<void> => {
+    const now = await syncClock();
+    const live = store.leases(["preparing", "running", "exited"]);
+    const due: LeaseRow[] = [];
+    for (const lease of live) {
+      const onChain = await chain.publicClient.readContract({
+        ...leaseManager,
+        functionName: "getLease",
+        args: [lease.leaseId],
+      });
+      const status = leaseStatus[onChain.status] ?? "None";
+      if (status === "Closing") {
+        // The tenant left: acknowledge with one heartbeat (it frees our collateral), then stop the job.
+        await heartbeat([lease]);
+        await leases.fence(lease.leaseId, "closed by the tenant");
+        ended.add(lease.leaseId);
+        continue;
+      }
+      if (status !== "Active" || onChain.expired || onChain.slashable) {
+        const why = onChain.slashable ? "slashable" : onChain.expired ? "expired" : status.toLowerCase();
+        await leases.fence(lease.leaseId, `lease ${why} on chain`);
+        ended.add(lease.leaseId);
+        continue;
+      }
+      if (lease.state === "exited") {
+        await finish(lease);
+        continue;
+      }
+      const last = lease.lastChainHeartbeat ?? Number(onChain.lastHeartbeat);
+      if (now - last >= lease.chainPeriodS || lease.pendingCheckpointCid) due.push(lease);
+    }
+    if (due.length > 0) await heartbeat(due);
+
+    metrics.set("baton_leases_active", "Leases this node is serving", store.leases(["preparing", "running"]).length);
+    if (Date.now() - lastClaim >= config.claimIntervalMs) {
+      lastClaim = Date.now();
+      const ids = [...store.leases(["preparing", "running", "exited"]).map((l) => l.leaseId), ...ended];
+      try {
+        const receipt = await writeContract(chain, { ...leaseManager, functionName: "claim", args: [ids] });
+        ended.clear();
+        log.info("claimed earnings", { leases: ids.length, tx: receipt.transactionHash });
+        metrics.inc("baton_claims_total", "Claim transactions");
+      } catch (error) {
+        log.warn("claim failed", { error });
+      }
+    }
+    const claimable = await chain.publicClient.readContract({
+      ...leaseManager,
+      functionName: "claimable",
+      args: [account.address],
+    });
+    metrics.set("baton_claimable_wei", "Earnings settled and not yet claimed", Number(claimable));
+  };
+
+  const tick = (): Promise<void> => {
+    running = running.then(round).catch((error: unknown) => log.warn("chain round failed", { error }));
+    return running;
+  };
+
+  return {
+    start() {
+      timer = setInterval(() => void tick(), CHAIN_POLL_MS);
+      void tick();
+    },
+    async stop() {
+      clearInterval(timer);
+      await running;
+    },
+    tick,
+  };
+}

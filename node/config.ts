@@ -1,0 +1,86 @@
+import { readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
+import { z } from "zod";
+
+import { UserError } from "../sdk/errors.ts";
+import {
+  CHAIN_HEARTBEAT_PERIOD_S,
+  CHAIN_HEARTBEAT_TIMEOUT_S,
+  CLAIM_INTERVAL_MS,
+  HEARTBEAT_MS,
+  OFFER_REFRESH_MS,
+} from "./constants.ts";
+
+const wei = z.union([z.string().regex(/^\d+$/), z.number().int().nonnegative()]).transform((value) => BigInt(value));
+
+/** The provider node's config file (`<dataDir>/config.yaml`), validated when the node starts. */
+export const nodeConfigSchema = z
+  .object({
+    /** JSON-RPC endpoint of the chain. */
+    rpcUrl: z.string().url(),
+    /** The deployment file (`deployments/<chainId>.json`) of the contracts to use. */
+    deployment: z.string().min(1),
+    /** A v3 keystore file, relative to the data dir; BATON_PROVIDER_KEY overrides it in development. */
+    keystore: z.string().default("key.json"),
+    listen: z.array(z.string()).default(["/ip4/127.0.0.1/tcp/0"]),
+    bootstrap: z.array(z.string()).default([]),
+    /** "all" keeps loopback/private addresses in the DHT (local networks); "public" for the internet. */
+    dhtAddresses: z.enum(["all", "public"]).default("all"),
+    /** Prometheus metrics on 127.0.0.1:<port>; 0 picks a free port, null turns them off. */
+    metricsPort: z.number().int().min(0).max(65_535).nullable().default(0),
+    gpus: z.union([z.literal("auto"), z.object({ fake: z.string() }).strict()]).default("auto"),
+    /** Serve jobs that need no GPU (also what lets a GPU-less machine start). */
+    cpuJobs: z.boolean().default(false),
+    /** Run jobs under bubblewrap, or (never for untrusted tenants) directly. */
+    sandbox: z.enum(["bwrap", "unsafe-none"]).default("bwrap"),
+    /** Cores and memory a job may use at most, whatever it asks for. */
+    jobLimits: z
+      .object({ cpus: z.number().positive().default(1), memoryMiB: z.number().int().positive().default(2048) })
+      .default({ cpus: 1, memoryMiB: 2048 }),
+    price: z.object({ basePerSecond: wei, perGpuPerSecond: wei }),
+    collateralPerLease: wei,
+    heartbeatMs: z.number().int().min(50).default(HEARTBEAT_MS),
+    chainHeartbeatPeriodS: z.number().int().positive().default(CHAIN_HEARTBEAT_PERIOD_S),
+    chainHeartbeatTimeoutS: z.number().int().positive().default(CHAIN_HEARTBEAT_TIMEOUT_S),
+    maxDurationS: z
+      .number()
+      .int()
+      .positive()
+      .default(24 * 3600),
+    maxLeases: z.number().int().positive().default(16),
+    offerRefreshMs: z.number().int().min(100).default(OFFER_REFRESH_MS),
+    claimIntervalMs: z.number().int().min(1_000).default(CLAIM_INTERVAL_MS),
+  })
+  .strict()
+  .refine((c) => c.chainHeartbeatTimeoutS > c.chainHeartbeatPeriodS, {
+    message: "chainHeartbeatTimeoutS must exceed chainHeartbeatPeriodS",
+  });
+
+export type NodeConfig = z.output<typeof nodeConfigSchema>;
+export type NodeConfigInput = z.input<typeof nodeConfigSchema>;
+
+export const CONFIG_FILE = "config.yaml";
+
+/** Reads and validates `<dataDir>/config.yaml`. */
+export async function loadNodeConfig(dataDir: string): Promise<NodeConfig> {
+  const file = path.join(dataDir, CONFIG_FILE);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (cause) {
+    throw new UserError(`no provider config at ${file}: run \`baton provider init\` first`, { cause });
+  }
+  const parsed = nodeConfigSchema.safeParse(parseYaml(text));
+  if (!parsed.success) throw new UserError(`${file} is invalid`, { details: z.prettifyError(parsed.error) });
+  return parsed.data;
+}
+
+/** Writes a config file (refusing to overwrite one). */
+export async function writeNodeConfig(dataDir: string, config: NodeConfigInput): Promise<string> {
+  const file = path.join(dataDir, CONFIG_FILE);
+  const checked = nodeConfigSchema.safeParse(config);
+  if (!checked.success) throw new UserError("invalid provider config", { details: z.prettifyError(checked.error) });
+  await writeFile(file, stringifyYaml(config), { flag: "wx" });
+  return file;
+}

@@ -1,0 +1,400 @@
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+
+import type { Connection, Stream } from "@libp2p/interface";
+import { parseEventLogs, type Address } from "viem";
+
+import { contracts } from "../sdk/chain/client.ts";
+import { ProtocolError } from "../sdk/errors.ts";
+import { parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
+import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
+import { readMessages, writeMessage } from "../sdk/wire/framing.ts";
+import {
+  progressSchema,
+  tenantMessageSchemas,
+  type Progress,
+  type ProviderMessage,
+  type ProviderMessageType,
+} from "../sdk/wire/messages.ts";
+import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
+import { verifyTenantAuth } from "../sdk/wire/tenant-auth.ts";
+import { quoteHolder } from "./bids.ts";
+import type { NodeComponents } from "./components.ts";
+import { SESSION_OPEN_TIMEOUT_MS, SESSION_REPLAY_MESSAGES } from "./constants.ts";
+import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
+import type { LeaseRow } from "./store.ts";
+
+/** A line a job prints on stdout to report progress: `BATON_PROGRESS {"step":10,"total":100}`. */
+export const PROGRESS_PREFIX = "BATON_PROGRESS ";
+
+const LEASE_STATUS_ACTIVE = 1;
+
+const leaseHolder = (leaseId: bigint): string => `lease:${leaseId}`;
+
+/** Refuses a session with a reason the tenant can act on. */
+class SessionRefusal extends Error {
+  readonly reason: string;
+  constructor(reason: string, message: string) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+/**
+ * One lease's job as the node runs it: the process, the numbered messages it produced (kept for a
+ * tenant that re-attaches), and the sessions currently watching.
+ */
+class LeaseRuntime {
+  readonly leaseId: bigint;
+  seq = 0;
+  state: "starting" | "running" | "exited" = "starting";
+  progress: Progress | undefined;
+  job: JobProcess | undefined;
+  exit: JobExit | undefined;
+  readonly replay: { seq: number; bytes: Uint8Array }[] = [];
+  readonly sessions = new Set<Stream>();
+  heartbeatTimer: NodeJS.Timeout | undefined;
+
+  constructor(leaseId: bigint) {
+    this.leaseId = leaseId;
+  }
+}
+
+export interface Leases {
+  start(): Promise<void>;
+  /** Stops taking sessions; running jobs keep running until `killAll`. */
+  stop(): Promise<void>;
+  /** Relaunches jobs of live leases after a restart. */
+  recover(): Promise<void>;
+  /** Kills a lease's job because the chain says the lease ended without us (fencing). */
+  fence(leaseId: bigint, reason: string): Promise<void>;
+  /** Frees a finished lease's GPUs and closes its sessions. */
+  release(leaseId: bigint): Promise<void>;
+  /** Kills every job (shutdown). */
+  killAll(reason: string): Promise<void>;
+  /** Leases with a job process. */
+  running(): bigint[];
+}
+
+export interface LeasesInit {
+  /** Called when a job ends, with its exit; the chain duties finish the lease. */
+  onExit: (leaseId: bigint, exit: JobExit) => void;
+  /** Called when GPUs are taken or freed, so the offer is refreshed. */
+  onCapacityChange: () => void;
+}
+
+/**
+ * The lease session protocol (`/baton/lease/1.0.0`) and the jobs behind it. A tenant opens a stream,
+ * proves it is the lease's tenant, and either starts the job (first time) or re-attaches (after its
+ * own restart). The node checks the lease on chain before running anything, then streams signed
+ * heartbeats, log lines, progress and the result.
+ */
+export function leases(components: NodeComponents, init: LeasesInit): Leases {
+  const { host, peerKey, chain, store, gpus, config, log, metrics, account } = components;
+  const runtimes = new Map<bigint, LeaseRuntime>();
+  const me = host.peerId.toString();
+  const { leaseManager } = contracts(chain.deployment);
+
+  const send = async (stream: Stream, bytes: Uint8Array): Promise<void> => {
+    try {
+      await writeMessage(stream, bytes, AbortSignal.timeout(5_000));
+    } catch {
+      stream.abort(new Error("session write failed"));
+    }
+  };
+
+  /** Numbers, signs, records (unless ephemeral) and sends a message to every watching session. */
+  const emit = async <T extends ProviderMessageType>(
+    runtime: LeaseRuntime,
+    type: T,
+    body: Omit<ProviderMessage<T>, "seq" | "leaseId">,
+    ephemeral = false,
+  ): Promise<void> => {
+    const seq = ++runtime.seq;
+    const bytes = await sealMessage(peerKey, me, type, { ...body, leaseId: runtime.leaseId, seq });
+    if (!ephemeral) {
+      runtime.replay.push({ seq, bytes });
+      if (runtime.replay.length > SESSION_REPLAY_MESSAGES) runtime.replay.shift();
+    }
+    await Promise.all([...runtime.sessions].map((stream) => send(stream, bytes)));
+  };
+
+  const heartbeat = (runtime: LeaseRuntime): void => {
+    void emit(
+      runtime,
+      "heartbeat",
+      { at: Date.now(), state: runtime.state, ...(runtime.progress ? { progress: runtime.progress } : {}) },
+      true,
+    );
+    metrics.inc("baton_session_heartbeats_total", "Off-chain heartbeats sent on lease sessions");
+  };
+
+  const onLine = (runtime: LeaseRuntime, stream: "stdout" | "stderr", line: string): void => {
+    if (stream === "stdout" && line.startsWith(PROGRESS_PREFIX)) {
+      try {
+        runtime.progress = progressSchema.parse(JSON.parse(line.slice(PROGRESS_PREFIX.length)));
+        return;
+      } catch {
+        // Not a valid progress report: pass it on as an ordinary line.
+      }
+    }
+    void emit(runtime, "log", { at: Date.now(), stream, line: line.slice(0, 4096) });
+  };
+
+  const realGpus = (indices: number[]): { gpus: number[]; gpuUuids: string[] } => {
+    const real = indices.map((i) => gpus.all.find((g) => g.index === i)).filter((g) => g !== undefined && !g.fake);
+    return { gpus: real.map((g) => g!.index), gpuUuids: real.map((g) => g!.uuid) };
+  };
+
+  const launch = async (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec, relaunch: boolean): Promise<void> => {
+    const job = await startJob({
+      leaseId: row.leaseId.toString(),
+      command: spec.command,
+      env: spec.env,
+      workDir: row.workDir,
+      // Fake GPUs have no device to bind; real ones are named by UUID, which CUDA resolves
+      // whatever numbering the sandbox's device nodes give them.
+      ...realGpus(row.gpus),
+      network: spec.network,
+      limits: {
+        cpuCores: Math.min(spec.resources.cpus, config.jobLimits.cpus),
+        memoryBytes: Math.min(spec.resources.memoryMiB, config.jobLimits.memoryMiB) * 1024 * 1024,
+        wallTimeMs: spec.maxDurationS * 1000,
+      },
+      runtimeBinds: [nodeRuntimeBind()],
+      sandbox: config.sandbox,
+      logger: log.child(`job.${row.leaseId}`),
+      onLine: (stream, line) => onLine(runtime, stream, line),
+    });
+    runtime.job = job;
+    runtime.state = "running";
+    store.updateLease(row.leaseId, { state: "running", pid: job.pid });
+    metrics.inc("baton_jobs_started_total", "Jobs started", { relaunch: String(relaunch) });
+    log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch });
+    void job.exited.then(async (exit) => {
+      runtime.exit = exit;
+      runtime.state = "exited";
+      clearInterval(runtime.heartbeatTimer);
+      const current = store.getLease(row.leaseId);
+      if (current?.state === "fenced") return;
+      store.updateLease(row.leaseId, {
+        state: "exited",
+        pid: null,
+        exitCode: exit.code,
+        reason: exit.reason,
+        endedAt: Date.now(),
+      });
+      log.info("job exited", { leaseId: row.leaseId, code: exit.code, signal: exit.signal, reason: exit.reason });
+      await emit(runtime, "result", {
+        exitCode: exit.code,
+        signal: exit.signal,
+        reason: exit.reason,
+        finishedAt: Date.now(),
+      });
+      init.onExit(row.leaseId, exit);
+    });
+  };
+
+  const runtimeFor = (leaseId: bigint): LeaseRuntime => {
+    let runtime = runtimes.get(leaseId);
+    if (!runtime) {
+      runtime = new LeaseRuntime(leaseId);
+      runtimes.set(leaseId, runtime);
+      const r = runtime;
+      r.heartbeatTimer = setInterval(() => heartbeat(r), config.heartbeatMs);
+    }
+    return runtime;
+  };
+
+  /** Reads the lease from the chain and checks it is active, ours, and the tenant's. */
+  const checkLease = async (leaseId: bigint, tenant: Address): Promise<void> => {
+    const lease = await chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
+    if (lease.provider !== account.address)
+      throw new SessionRefusal("not-our-lease", `lease ${leaseId} is not served by this provider`);
+    if (lease.tenant !== tenant)
+      throw new SessionRefusal("not-your-lease", `lease ${leaseId} belongs to another tenant`);
+    if (lease.status !== LEASE_STATUS_ACTIVE || lease.expired || lease.slashable) {
+      throw new SessionRefusal("lease-not-active", `lease ${leaseId} is not active on chain`);
+    }
+  };
+
+  /** The GPUs the lease's quote reserved, found through the quote nonce in its LeaseOpened event. */
+  const reservedGpus = async (leaseId: bigint, spec: JobSpec): Promise<number[]> => {
+    const logs = await chain.publicClient.getContractEvents({
+      ...leaseManager,
+      eventName: "LeaseOpened",
+      args: { leaseId },
+      fromBlock: chain.deployment.deployBlock,
+    });
+    const opened = parseEventLogs({ abi: leaseManager.abi, logs, eventName: "LeaseOpened" })[0];
+    if (!opened) throw new SessionRefusal("lease-not-active", `no LeaseOpened event for lease ${leaseId}`);
+    const nonce = opened.args.quote.nonce;
+    const quote = store.getQuote(nonce);
+    const wanted = spec.resources.gpus;
+    const committed = gpus.commit(quoteHolder(nonce), leaseHolder(leaseId));
+    const indices =
+      committed ??
+      gpus.reserve(leaseHolder(leaseId), {
+        gpus: wanted,
+        ...(spec.resources.gpuModel ? { gpuModel: spec.resources.gpuModel } : {}),
+      });
+    if (!indices) throw new SessionRefusal("no-capacity", "the quote's GPUs are no longer free");
+    if (indices.length !== wanted || (quote && quote.gpus.length !== wanted)) {
+      gpus.release(leaseHolder(leaseId));
+      throw new SessionRefusal(
+        "spec-mismatch",
+        `the spec asks for ${wanted} GPU(s); the quote was for ${quote?.gpus.length ?? indices.length}`,
+      );
+    }
+    return indices;
+  };
+
+  const attach = async (runtime: LeaseRuntime, stream: Stream, afterSeq: number): Promise<void> => {
+    for (const { seq, bytes } of runtime.replay) if (seq > afterSeq) await send(stream, bytes);
+    runtime.sessions.add(stream);
+    stream.addEventListener("close", () => runtime.sessions.delete(stream), { once: true });
+  };
+
+  const handleSession = async (stream: Stream, connection: Connection): Promise<void> => {
+    const remote = connection.remotePeer.toString();
+    const messages = readMessages(stream, maxMessageBytes.lease);
+    const refuse = async (reason: string, message: string, leaseId?: bigint): Promise<void> => {
+      log.info("session refused", { peer: remote, reason, message, leaseId });
+      metrics.inc("baton_sessions_refused_total", "Lease sessions refused", { reason });
+      const body = { reason, message, ...(leaseId === undefined ? {} : { leaseId }) };
+      await send(stream, await sealMessage(peerKey, me, "refused", body));
+      await stream.close().catch(() => undefined);
+    };
+    let leaseId: bigint | undefined;
+    try {
+      const first = await Promise.race([
+        messages.next(),
+        new Promise<never>((_, reject) =>
+          setTimeout(
+            () => reject(new SessionRefusal("timeout", "no session message in time")),
+            SESSION_OPEN_TIMEOUT_MS,
+          ).unref(),
+        ),
+      ]);
+      if (first.done) return;
+      const opened = await openMessage(first.value, {
+        maxBytes: maxMessageBytes.lease,
+        types: ["start", "attach"],
+        from: remote,
+      });
+      const body =
+        opened.type === "start"
+          ? parseBody(tenantMessageSchemas.start, opened)
+          : parseBody(tenantMessageSchemas.attach, opened);
+      leaseId = body.leaseId;
+      const tenant = await verifyTenantAuth(body.auth, body.leaseId, remote);
+      if (components.draining.value && !runtimes.has(body.leaseId))
+        throw new SessionRefusal("draining", "the node is shutting down");
+      await checkLease(body.leaseId, tenant);
+
+      const existing = runtimes.get(body.leaseId);
+      if (opened.type === "attach" || existing) {
+        if (!existing) throw new SessionRefusal("unknown-lease", `lease ${body.leaseId} has no job on this node`);
+        const afterSeq = "afterSeq" in body ? body.afterSeq : 0;
+        await attach(existing, stream, afterSeq);
+        log.info("tenant attached", { leaseId: body.leaseId, peer: remote, afterSeq });
+      } else {
+        const spec = parseJobSpec((body as { spec: unknown }).spec, "job spec");
+        const indices = await reservedGpus(body.leaseId, spec);
+        const runtime = runtimeFor(body.leaseId);
+        const workDir = path.join(components.dataDir, "jobs", body.leaseId.toString(), "work");
+        await mkdir(workDir, { recursive: true });
+        const row: LeaseRow = {
+          leaseId: body.leaseId,
+          jobId: "",
+          tenant,
+          tenantPeer: remote,
+          state: "preparing",
+          gpus: indices,
+          spec,
+          workDir,
+          pid: null,
+          startedAt: Date.now(),
+          endedAt: null,
+          exitCode: null,
+          reason: null,
+          chainPeriodS: config.chainHeartbeatPeriodS,
+          lastChainHeartbeat: null,
+          pendingCheckpointCid: null,
+          resultCid: null,
+        };
+        store.insertLease(row);
+        init.onCapacityChange();
+        await attach(runtime, stream, 0);
+        await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: false });
+        await launch(runtime, row, spec, false);
+      }
+      // Keep reading the tenant's messages (acknowledgements) until the session ends.
+      for await (const bytes of messages) {
+        const message = await openMessage(bytes, {
+          maxBytes: maxMessageBytes.lease,
+          types: ["checkpoint-ack"],
+          from: remote,
+        });
+        parseBody(tenantMessageSchemas["checkpoint-ack"], message);
+      }
+    } catch (error) {
+      if (error instanceof SessionRefusal) await refuse(error.reason, error.message, leaseId);
+      else if (error instanceof ProtocolError) await refuse("bad-request", error.shortMessage, leaseId);
+      else {
+        log.warn("session failed", { peer: remote, leaseId, error });
+        await refuse("internal", "the node could not serve this session", leaseId);
+      }
+    }
+  };
+
+  const stopRuntime = async (leaseId: bigint, reason: "killed" | "aborted"): Promise<void> => {
+    const runtime = runtimes.get(leaseId);
+    if (!runtime) return;
+    clearInterval(runtime.heartbeatTimer);
+    if (runtime.job && !runtime.exit) await runtime.job.kill(reason);
+    for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
+    runtimes.delete(leaseId);
+    gpus.release(leaseHolder(leaseId));
+    init.onCapacityChange();
+  };
+
+  return {
+    start: () =>
+      host.handle(protocols.lease, (stream, connection) => void handleSession(stream, connection), {
+        maxInboundStreams: 256,
+      }),
+    stop: () => host.unhandle(protocols.lease),
+    async recover() {
+      for (const row of store.leases(["preparing", "running"])) {
+        // The job died with the previous node process (bubblewrap's --die-with-parent): run it again
+        // in the same work dir, where it finds whatever it saved, and tell the tenant what happened.
+        gpus.adopt(leaseHolder(row.leaseId), row.gpus);
+        const runtime = runtimeFor(row.leaseId);
+        const spec = parseJobSpec(row.spec, `stored spec of lease ${row.leaseId}`);
+        await emit(runtime, "log", {
+          at: Date.now(),
+          stream: "node",
+          line: "the provider node restarted; the job was relaunched",
+        });
+        log.warn("relaunching job after restart", { leaseId: row.leaseId, previousPid: row.pid });
+        await launch(runtime, row, spec, true);
+      }
+      for (const row of store.leases(["exited"])) gpus.adopt(leaseHolder(row.leaseId), row.gpus);
+    },
+    async fence(leaseId, reason) {
+      const row = store.getLease(leaseId);
+      if (!row || row.state === "fenced" || row.state === "finished") return;
+      store.updateLease(leaseId, { state: "fenced", reason, endedAt: Date.now() });
+      log.warn("lease ended on chain; job stopped", { leaseId, reason });
+      metrics.inc("baton_leases_fenced_total", "Leases whose job was stopped because the chain ended them");
+      await stopRuntime(leaseId, "killed");
+    },
+    release: (leaseId) => stopRuntime(leaseId, "killed"),
+    async killAll(reason) {
+      log.info("stopping all jobs", { reason });
+      await Promise.all([...runtimes.keys()].map((id) => stopRuntime(id, "aborted")));
+    },
+    running: () => [...runtimes.values()].filter((r) => r.job && !r.exit).map((r) => r.leaseId),
+  };
+}

@@ -1,0 +1,68 @@
+import { publishOffer } from "../sdk/p2p/offers.ts";
+import type { Offer } from "../sdk/wire/messages.ts";
+import type { NodeComponents } from "./components.ts";
+import { OFFER_TTL_MS } from "./constants.ts";
+
+export interface OfferPublisher {
+  start(): void;
+  stop(): void;
+  /** Publishes now, e.g. because capacity changed. */
+  refresh(): void;
+  /** The offer as it would be published now. */
+  current(): Offer;
+}
+
+/**
+ * Advertises the node on the offers topic: periodically, and at once (debounced) whenever its free
+ * capacity changes. Sequence numbers are milliseconds, so they keep increasing across restarts.
+ */
+export function offerPublisher(components: NodeComponents): OfferPublisher {
+  const { host, peerKey, config, gpus, chain, account, log, store } = components;
+  let timer: NodeJS.Timeout | undefined;
+  let pending: NodeJS.Timeout | undefined;
+  let lastSeq = 0;
+
+  const current = (): Offer => {
+    const seq = Math.max(Date.now(), lastSeq + 1);
+    lastSeq = seq;
+    const full = components.draining.value || store.leases(["preparing", "running"]).length >= config.maxLeases;
+    return {
+      chainId: chain.deployment.chainId,
+      leaseManager: chain.deployment.contracts.leaseManager,
+      provider: account.address,
+      peerId: host.peerId.toString(),
+      seq,
+      gpus: gpus.all.map(({ index, model, vramMiB, fake }) => ({ index, model, vramMiB, fake })),
+      gpusFree: full ? 0 : gpus.free().length,
+      cpuJobs: config.cpuJobs && !full,
+      price: { basePerSecond: config.price.basePerSecond, perGpuPerSecond: config.price.perGpuPerSecond },
+      collateralPerLease: config.collateralPerLease,
+      heartbeatMs: config.heartbeatMs,
+      chainHeartbeatPeriodS: config.chainHeartbeatPeriodS,
+      chainHeartbeatTimeoutS: config.chainHeartbeatTimeoutS,
+      maxDurationS: config.maxDurationS,
+      expiresAt: Date.now() + OFFER_TTL_MS,
+    };
+  };
+
+  const publish = (): void => {
+    const offer = current();
+    publishOffer(host, peerKey, offer).catch((error: unknown) => log.warn("offer publish failed", { error }));
+  };
+
+  return {
+    start() {
+      publish();
+      timer = setInterval(publish, config.offerRefreshMs);
+    },
+    stop() {
+      clearInterval(timer);
+      clearTimeout(pending);
+    },
+    refresh() {
+      clearTimeout(pending);
+      pending = setTimeout(publish, 50);
+    },
+    current,
+  };
+}

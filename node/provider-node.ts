@@ -1,0 +1,192 @@
+import path from "node:path";
+
+import { peerIdFromPrivateKey } from "@libp2p/peer-id";
+
+import { checkChain, contracts, createChainClient } from "../sdk/chain/client.ts";
+import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
+import { UserError } from "../sdk/errors.ts";
+import { createLogger, type Logger } from "../sdk/logger.ts";
+import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
+import { bids } from "./bids.ts";
+import { chainDuties } from "./chain-duties.ts";
+import type { NodeComponents } from "./components.ts";
+import { loadNodeConfig, type NodeConfig } from "./config.ts";
+import { DRAIN_TIMEOUT_MS } from "./constants.ts";
+import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
+import { loadAccount } from "./keystore.ts";
+import { leases } from "./leases.ts";
+import { Metrics, serveMetrics } from "./metrics.ts";
+import { offerPublisher } from "./offers.ts";
+import { detectSandbox } from "./sandbox/detect.ts";
+import { NodeStore } from "./store.ts";
+
+/** The file names a node keeps in its data dir. */
+export const DATA_FILES = { peerKey: "peer.key", database: "node.db" } as const;
+
+export interface StartProviderNodeOptions {
+  dataDir: string;
+  /** Overrides the config file (tests). */
+  config?: NodeConfig;
+  /** Development key (BATON_PROVIDER_KEY); otherwise the keystore with `password`. */
+  privateKey?: string;
+  password?: string;
+  log?: Logger;
+}
+
+export interface ProviderNode {
+  components: NodeComponents;
+  addresses: string[];
+  metricsPort: number | undefined;
+  /** Stops taking bids and sessions, keeps running leases (and their heartbeats) until they end or the timeout passes, then stops. */
+  drain(timeoutMs?: number): Promise<void>;
+  /** Stops everything now; running jobs are killed. */
+  stop(): Promise<void>;
+}
+
+async function machineGpus(config: NodeConfig, log: Logger): Promise<Gpu[]> {
+  if (config.gpus !== "auto") {
+    log.warn("using FAKE GPUs: for tests and development only; offers label them as fake", { spec: config.gpus.fake });
+    return fakeGpus(config.gpus.fake);
+  }
+  const found = await detectGpus();
+  if (found.length === 0 && !config.cpuJobs) {
+    throw new UserError(
+      "no GPU found (nvidia-smi is missing or lists none): set `cpuJobs: true` to serve CPU jobs, or `gpus: { fake: 2xFakeGPU }` for tests",
+    );
+  }
+  return found;
+}
+
+/**
+ * Starts a provider node from its data dir: checks the chain, the registration and the sandbox
+ * before it announces anything, then runs offers, bids, lease sessions and its on-chain duties, and
+ * relaunches the jobs of leases it was serving when it last stopped.
+ */
+export async function startProviderNode(options: StartProviderNodeOptions): Promise<ProviderNode> {
+  const { dataDir } = options;
+  const log = options.log ?? createLogger("node");
+  const config = options.config ?? (await loadNodeConfig(dataDir));
+  const deployment = await loadDeploymentFile(path.resolve(dataDir, config.deployment));
+  const account = await loadAccount({
+    keystore: path.resolve(dataDir, config.keystore),
+    ...(options.password === undefined ? {} : { password: options.password }),
+    ...(options.privateKey === undefined ? {} : { privateKey: options.privateKey }),
+  });
+  const chain = createChainClient({ rpcUrl: config.rpcUrl, deployment, account, pollingIntervalMs: 100 });
+  await checkChain(chain);
+
+  const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
+  const peerId = peerIdFromPrivateKey(peerKey).toString();
+  const registered = await chain.publicClient.readContract({
+    ...contracts(deployment).registry,
+    functionName: "getProvider",
+    args: [account.address],
+  });
+  if (!registered.registered) {
+    throw new UserError(`${account.address} is not registered: run \`baton provider register --stake N\` first`);
+  }
+  if (registered.peerId !== peerId) {
+    throw new UserError(
+      `${account.address} is registered with peer id ${registered.peerId}, but this node's is ${peerId}`,
+    );
+  }
+  if (!registered.eligible) log.warn("stake is below the minimum: tenants will ignore this node's offers", {});
+
+  if (config.sandbox === "bwrap") {
+    const sandbox = await detectSandbox();
+    if (sandbox.kind === "none") {
+      throw new UserError(
+        "bubblewrap (bwrap) is not installed: install it (apt-get install bubblewrap), or set `sandbox: unsafe-none` to run jobs unsandboxed (never for untrusted tenants)",
+      );
+    }
+  } else {
+    log.warn("UNSAFE: jobs run WITHOUT a sandbox; they can read this machine's files and reach its network", {});
+  }
+
+  const gpuList = await machineGpus(config, log);
+  let onCapacityChange = (): void => {};
+  const gpus = new GpuAllocator(gpuList, () => onCapacityChange());
+  const store = new NodeStore(path.join(dataDir, DATA_FILES.database));
+  const metrics = new Metrics();
+  const host = await createBatonHost({
+    privateKey: peerKey,
+    listen: config.listen,
+    bootstrap: config.bootstrap,
+    dhtAddresses: config.dhtAddresses,
+  });
+  const stopDialling = keepConnected(host, config.bootstrap);
+  const components: NodeComponents = {
+    config,
+    dataDir,
+    host,
+    peerKey,
+    account,
+    chain,
+    store,
+    gpus,
+    metrics,
+    log,
+    chainClock: { offsetS: 0 },
+    draining: { value: false },
+  };
+
+  const offers = offerPublisher(components);
+  onCapacityChange = () => offers.refresh();
+  const bidService = bids(components, () => offers.refresh());
+  // Jobs that end are finished on chain at the next duty round (within a second).
+  const leaseService = leases(components, {
+    onExit: () => void duties.tick(),
+    onCapacityChange: () => offers.refresh(),
+  });
+  const duties = chainDuties(components, leaseService);
+  const metricsServer = config.metricsPort === null ? undefined : await serveMetrics(metrics, config.metricsPort);
+  metrics.set("baton_gpus", "GPUs on this node", gpuList.length);
+
+  await leaseService.recover();
+  await bidService.start();
+  await leaseService.start();
+  duties.start();
+  offers.start();
+  log.info("provider node started", {
+    address: account.address,
+    peerId,
+    addresses: host.getMultiaddrs().map((a) => a.toString()),
+    gpus: gpuList.map((g) => `${g.index}:${g.model}${g.fake ? " (fake)" : ""}`),
+    metricsPort: metricsServer?.port,
+  });
+
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    offers.stop();
+    stopDialling();
+    await bidService.stop().catch(() => undefined);
+    await leaseService.stop().catch(() => undefined);
+    await duties.stop();
+    await leaseService.killAll("node stopping");
+    await metricsServer?.close();
+    await host.stop();
+    store.close();
+    log.info("provider node stopped", {});
+  };
+
+  return {
+    components,
+    addresses: host.getMultiaddrs().map((a) => a.toString()),
+    metricsPort: metricsServer?.port,
+    async drain(timeoutMs = DRAIN_TIMEOUT_MS) {
+      components.draining.value = true;
+      offers.refresh();
+      log.info("draining: no new leases; waiting for running ones", {
+        running: leaseService.running().length,
+        timeoutMs,
+      });
+      const deadline = Date.now() + timeoutMs;
+      while (leaseService.running().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+      await duties.tick();
+      await stop();
+    },
+    stop,
+  };
+}

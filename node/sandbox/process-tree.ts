@@ -1,0 +1,84 @@
+import { readdirSync, readFileSync } from "node:fs";
+
+/** One process as `/proc/<pid>/stat` describes it. */
+export interface ProcessEntry {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  /** R, S, D, Z (zombie: dead, waiting to be reaped), … */
+  state: string;
+  /** Clock ticks after boot when it started: with the pid, names one process even after pid reuse. */
+  startTime: number;
+}
+
+/**
+ * A snapshot of every process this one can see, from `/proc`. Processes that exit while it is
+ * read are skipped. Linux only, like the rest of the sandbox.
+ */
+export function processTable(): ProcessEntry[] {
+  const entries: ProcessEntry[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${name}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    entries.push({
+      pid: Number(name),
+      ppid: Number(fields[1]),
+      pgid: Number(fields[2]),
+      state: fields[0] ?? "",
+      startTime: Number(fields[19]),
+    });
+  }
+  return entries;
+}
+
+/** Pids of every process below `root` (its children, their children, …), not `root` itself. */
+export function descendants(root: number, table: ProcessEntry[] = processTable()): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of table) {
+    const list = children.get(entry.ppid);
+    if (list) list.push(entry.pid);
+    else children.set(entry.ppid, [entry.pid]);
+  }
+  const found: number[] = [];
+  const queue = [...(children.get(root) ?? [])];
+  while (queue.length > 0) {
+    const pid = queue.shift()!;
+    found.push(pid);
+    queue.push(...(children.get(pid) ?? []));
+  }
+  return found;
+}
+
+/**
+ * Whether the process `pid` that started at `startTime` still runs: false once it is a zombie or
+ * gone (and its pid possibly reused).
+ */
+export function stillRunning(pid: number, startTime: number, table: ProcessEntry[] = processTable()): boolean {
+  const entry = table.find((e) => e.pid === pid);
+  return entry !== undefined && entry.startTime === startTime && entry.state !== "Z";
+}
+
+/** Pids of the live (not zombie) members of process group `pgid`. */
+export function groupMembers(pgid: number, table: ProcessEntry[] = processTable()): number[] {
+  return table.filter((entry) => entry.pgid === pgid && entry.state !== "Z").map((entry) => entry.pid);
+}
+
+/**
+ * Sends `signal` to a pid (or, negative, a process group); false when there is no such process or
+ * it may not be signalled. Never throws: it runs from timers, where a throw would take the node down.
+ */
+export function trySignal(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,867 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync, realpathSync } from "node:fs";
+import { chmod, lchown, lstat, mkdir } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
+import path from "node:path";
+import type { Readable } from "node:stream";
+
+import { createLogger, type Logger } from "../../sdk/logger.ts";
+import {
+  bwrapArgs,
+  ETC_FILES,
+  ETC_NETWORK_FILES,
+  gpuDeviceBinds,
+  systemEntries,
+  type SandboxBind,
+  type SandboxDataFile,
+} from "./bwrap-args.ts";
+import {
+  DEFAULT_CPU_CORES,
+  DEFAULT_MEMORY_BYTES,
+  DEFAULT_WALL_TIME_MS,
+  JOB_NICENESS,
+  KILL_GRACE_MS,
+  LINE_MAX_BYTES,
+  LOG_MAX_BYTES,
+  NOBODY_GID,
+  NOBODY_UID,
+  OUTPUT_DRAIN_MS,
+  SANDBOX_BIN_DIR,
+  SANDBOX_HOSTNAME,
+  SANDBOX_PATH,
+  SANDBOX_START_TIMEOUT_MS,
+  SANDBOX_TEARDOWN_MS,
+  SANDBOX_WORK_DIR,
+} from "./constants.ts";
+import { compareVersions, detectSandbox, resolveExecutable, type DetectedSandbox } from "./detect.ts";
+import {
+  BubblewrapMissingError,
+  InvalidJobOptionsError,
+  SandboxSetupError,
+  SandboxToolMissingError,
+} from "./errors.ts";
+import { BoundedLog, LineSplitter } from "./output.ts";
+import { descendants, groupMembers, processTable, stillRunning, trySignal, type ProcessEntry } from "./process-tree.ts";
+
+/**
+ * `bwrap`: the job runs in a bubblewrap sandbox. `unsafe-none`: it runs as a plain process (same
+ * env, limits, user and process group, but it sees and can read everything its uid can); only for
+ * development and for one's own jobs.
+ */
+export type SandboxKind = "bwrap" | "unsafe-none";
+
+/** Why a job ended. */
+export type ExitReason =
+  /** It ended by itself (any exit code or signal the runner did not send). */
+  | "exited"
+  /** `kill()` was called. */
+  | "killed"
+  /** It ran past `limits.wallTimeMs`. */
+  | "wall-time"
+  /** It failed while allocating beyond `limits.memoryBytes` (best effort: see `startJob`). */
+  | "memory"
+  /** The `signal` passed to `startJob` was aborted. */
+  | "aborted";
+
+/** The reasons a caller may give to `kill()`. */
+export type KillReason = "killed" | "wall-time" | "aborted";
+
+export interface JobExit {
+  /** Exit code, or null when the job died of a signal. */
+  code: number | null;
+  /** The signal that ended the job, e.g. "SIGKILL", or null. */
+  signal: NodeJS.Signals | null;
+  reason: ExitReason;
+  /** From the start of the sandbox to the job's exit. */
+  durationMs: number;
+}
+
+export interface JobLimits {
+  /** Private writable memory (heap, anonymous mappings) of each process, in bytes. */
+  memoryBytes?: number;
+  /** CPU cores the job may run on; fractions round up. A cap, not a reservation. */
+  cpuCores?: number;
+  /** Exactly which cores (overrides the runner's choice); a node scheduling many jobs spreads them. */
+  cpuSet?: number[];
+  /** The job is stopped (reason "wall-time") after this long. */
+  wallTimeMs?: number;
+}
+
+export interface StartJobOptions {
+  /** Names the log file; letters, digits, `.`, `_` and `-`. */
+  leaseId: string;
+  /** argv; `command[0]` is looked up on the sandbox's PATH. */
+  command: string[];
+  /** Extra environment of the job. Names `^[A-Z_][A-Z0-9_]*$`; names the runner sets are refused. */
+  env?: Record<string, string>;
+  /**
+   * Host path of the job's work dir, created if missing: the only place the job can write. The
+   * runner makes `checkpoints/`, `resume/`, `output/` and `tmp/` in it. Its parent dirs must be
+   * searchable (`x`) by the job's user.
+   */
+  workDir: string;
+  /** Host indices of the job's GPUs (nvidia-smi's `index`); none by default. */
+  gpus?: number[];
+  /** The same GPUs' UUIDs (`GPU-…`), in the same order; when given they name the GPUs in `CUDA_VISIBLE_DEVICES`. */
+  gpuUuids?: string[];
+  /** Whether the job may use the host's network; false gives it only its own loopback. */
+  network?: boolean;
+  limits?: JobLimits;
+  /** Host files bound read-only into the sandbox, e.g. {@link nodeRuntimeBind}. */
+  runtimeBinds?: SandboxBind[];
+  sandbox: SandboxKind;
+  /** Who the job runs as. Default: nobody (65534) when the node is root, else the node's own user. Never root. */
+  user?: { uid: number; gid: number };
+  /** Default: `<workDir>/../<leaseId>.log`, outside the job's reach. */
+  logPath?: string;
+  /** Bound of the log on disk, both files together. */
+  logMaxBytes?: number;
+  lineMaxBytes?: number;
+  killGraceMs?: number;
+  /** bubblewrap binary: a path, or a name looked up on PATH. */
+  bwrapPath?: string;
+  logger?: Logger;
+  signal?: AbortSignal;
+  /** Each line the job prints, without its newline, capped at `lineMaxBytes`. */
+  onLine?: (stream: "stdout" | "stderr", line: string) => void;
+}
+
+export interface JobProcess {
+  readonly leaseId: string;
+  /**
+   * Host pid of the process-group leader: bubblewrap's outer process in `bwrap` mode (the job is
+   * below it, in its own pid namespace), the job itself in `unsafe-none` mode.
+   */
+  readonly pid: number;
+  readonly sandbox: SandboxKind;
+  readonly logPath: string;
+  /** Env names and values the job was started with (for the node's records; may hold tenant secrets). */
+  readonly env: Readonly<Record<string, string>>;
+  /** Resolves once no process of the job runs any more and its output is in the log. Never rejects. */
+  readonly exited: Promise<JobExit>;
+  /**
+   * Stops the job: SIGTERM to every process of the job, SIGKILL to all of them after the grace
+   * period. The first reason given wins. Resolves like `exited`.
+   */
+  kill(reason?: KillReason): Promise<JobExit>;
+}
+
+/** Sub-directories the runner creates in the work dir, and the env variables naming them. */
+export const WORK_SUBDIRS = {
+  checkpoints: "BATON_CHECKPOINT_DIR",
+  resume: "BATON_RESUME_DIR",
+  output: "BATON_OUTPUT_DIR",
+} as const;
+
+/** Env names the runner sets itself; a job may not override them. Any `BATON_*` is refused too. */
+export const RESERVED_ENV = new Set([
+  "PATH",
+  "HOME",
+  "TMPDIR",
+  "USER",
+  "LOGNAME",
+  "CUDA_VISIBLE_DEVICES",
+  "NVIDIA_VISIBLE_DEVICES",
+  "CUDA_DEVICE_ORDER",
+]);
+
+const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
+const LEASE_ID = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/;
+
+/** The minimum memory limit: below it bubblewrap itself cannot set up the sandbox. */
+const MIN_MEMORY_BYTES = 32 * 1024 * 1024;
+
+/**
+ * What a job prints on stderr when an allocation fails under RLIMIT_DATA: glibc's strerror,
+ * Python's MemoryError, C++'s bad_alloc, V8's "allocation failed" / "heap out of memory", GNU
+ * tools' "memory exhausted".
+ */
+const OUT_OF_MEMORY =
+  /cannot allocate memory|out of memory|memory exhausted|MemoryError|bad_alloc|allocation failed|ENOMEM/i;
+
+/** Last lines of stderr looked at by the out-of-memory check. */
+const STDERR_TAIL_LINES = 20;
+
+/**
+ * The sandbox's first process: says "started" on fd 3 (so the runner can tell a sandbox that
+ * failed to set up from a job that failed), closes the runner's fds and becomes the job. `exec`
+ * looks the command up on the job's PATH; a missing command exits 127 like in any shell.
+ */
+const START_SHIM = 'printf R >&3 && exec 3>&- 4>&- 5>&- 6>&- 7>&- && exec "$@"';
+
+/** Binds this process's Node binary at /opt/baton/bin/node, so that a JS job can run `node`. */
+export function nodeRuntimeBind(): SandboxBind {
+  return { hostPath: process.execPath, sandboxPath: `${SANDBOX_BIN_DIR}/node` };
+}
+
+/**
+ * Checks a job's extra environment: names `^[A-Z_][A-Z0-9_]*$`, none the runner sets itself
+ * ({@link RESERVED_ENV}, `BATON_*`), no NUL in values.
+ *
+ * @throws {InvalidJobOptionsError}
+ */
+export function validateJobEnv(env: Record<string, string>): void {
+  for (const [name, value] of Object.entries(env)) {
+    if (!ENV_NAME.test(name)) {
+      throw new InvalidJobOptionsError(`invalid env name "${name}"`, {
+        details: "names are upper-case letters, digits and _",
+      });
+    }
+    if (name.startsWith("BATON_") || RESERVED_ENV.has(name)) {
+      throw new InvalidJobOptionsError(`env ${name} is set by the node and cannot be overridden`);
+    }
+    if (typeof value !== "string" || value.includes("\0")) {
+      throw new InvalidJobOptionsError(`env ${name} must be a string without NUL bytes`);
+    }
+  }
+}
+
+/**
+ * `CUDA_VISIBLE_DEVICES` for a job. With UUIDs, those (right whatever the device numbering).
+ * Without, in `bwrap` mode the sandbox holds only the job's `/dev/nvidia<i>` nodes, and the CUDA
+ * driver numbers the GPUs it can open from 0 (as in a container given some GPUs' device nodes, or
+ * a Slurm job with constrained devices): a job leased host GPUs 0 and 2 sees them as 0 and 1. In
+ * `unsafe-none` mode every GPU is visible, so the host indices are used. No GPUs: "" (none).
+ */
+export function cudaVisibleDevices(
+  sandbox: SandboxKind,
+  gpus: readonly number[],
+  gpuUuids?: readonly string[],
+): string {
+  if (gpuUuids !== undefined && gpuUuids.length > 0) return gpuUuids.join(",");
+  if (sandbox === "bwrap") return gpus.map((_, ordinal) => ordinal).join(",");
+  return gpus.join(",");
+}
+
+/** The CPUs this process may run on (`Cpus_allowed_list`). */
+export function allowedCpus(): number[] {
+  const status = readFileSync("/proc/self/status", "utf8");
+  const list = /^Cpus_allowed_list:\s*(.+)$/m.exec(status)?.[1]?.trim() ?? "0";
+  return list.split(",").flatMap((part) => {
+    const [from, to] = part.split("-").map(Number);
+    if (to === undefined) return [from!];
+    return Array.from({ length: to - from! + 1 }, (_, i) => from! + i);
+  });
+}
+
+/**
+ * The cores a job with `cores` cores is pinned to: the highest-numbered ones this process may use,
+ * leaving the low cores (where interrupts and the node itself tend to run) for the node. Jobs are
+ * not given distinct cores: pass `cpuSet` for that.
+ */
+export function chooseCpus(cores: number, allowed: number[] = allowedCpus()): number[] {
+  const count = Math.min(Math.max(1, Math.ceil(cores)), allowed.length);
+  return allowed.slice(allowed.length - count);
+}
+
+/** Waits for `promise` to settle, or `ms`, whichever comes first. */
+async function within(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([promise, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function signalName(number: number): NodeJS.Signals | null {
+  for (const [name, value] of Object.entries(osConstants.signals)) if (value === number) return name as NodeJS.Signals;
+  return null;
+}
+
+function checkPlainString(value: string, what: string): void {
+  if (typeof value !== "string" || value.includes("\0")) {
+    throw new InvalidJobOptionsError(`${what} must be a string without NUL bytes`);
+  }
+}
+
+/** Validates options and fills in defaults; throws before anything is created. */
+function resolveOptions(options: StartJobOptions) {
+  const { leaseId, command, workDir, sandbox } = options;
+  if (!LEASE_ID.test(leaseId)) throw new InvalidJobOptionsError(`invalid lease id "${leaseId}"`);
+  if (sandbox !== "bwrap" && sandbox !== "unsafe-none") {
+    throw new InvalidJobOptionsError(`sandbox must be "bwrap" or "unsafe-none", got "${String(sandbox)}"`);
+  }
+  if (!Array.isArray(command) || command.length === 0 || command[0] === "") {
+    throw new InvalidJobOptionsError("command must be a non-empty argv array");
+  }
+  command.forEach((arg, i) => checkPlainString(arg, `command[${i}]`));
+  checkPlainString(workDir, "workDir");
+  if (!path.isAbsolute(workDir) || path.resolve(workDir) === "/") {
+    throw new InvalidJobOptionsError(`workDir must be an absolute path other than /, got "${workDir}"`);
+  }
+  const env = options.env ?? {};
+  validateJobEnv(env);
+
+  const gpus = options.gpus ?? [];
+  if (!gpus.every((gpu) => Number.isInteger(gpu) && gpu >= 0 && gpu < 1024) || new Set(gpus).size !== gpus.length) {
+    throw new InvalidJobOptionsError(`gpus must be distinct GPU indices, got ${JSON.stringify(gpus)}`);
+  }
+  if (options.gpuUuids !== undefined) {
+    if (options.gpuUuids.length !== gpus.length || !options.gpuUuids.every((uuid) => /^[A-Za-z0-9-]+$/.test(uuid))) {
+      throw new InvalidJobOptionsError("gpuUuids must name each of gpus, in order");
+    }
+  }
+
+  const limits = options.limits ?? {};
+  const memoryBytes = limits.memoryBytes ?? DEFAULT_MEMORY_BYTES;
+  const cpuCores = limits.cpuCores ?? DEFAULT_CPU_CORES;
+  const wallTimeMs = limits.wallTimeMs ?? DEFAULT_WALL_TIME_MS;
+  if (!Number.isSafeInteger(memoryBytes) || memoryBytes < MIN_MEMORY_BYTES) {
+    throw new InvalidJobOptionsError(`limits.memoryBytes must be an integer of at least ${MIN_MEMORY_BYTES}`);
+  }
+  if (!(cpuCores > 0) || !Number.isFinite(cpuCores))
+    throw new InvalidJobOptionsError("limits.cpuCores must be positive");
+  if (!(wallTimeMs > 0) || !Number.isFinite(wallTimeMs))
+    throw new InvalidJobOptionsError("limits.wallTimeMs must be positive");
+  const cpus = limits.cpuSet ?? chooseCpus(cpuCores);
+  if (cpus.length === 0 || !cpus.every((cpu) => Number.isInteger(cpu) && cpu >= 0)) {
+    throw new InvalidJobOptionsError("limits.cpuSet must list CPU numbers");
+  }
+
+  const runtimeBinds = (options.runtimeBinds ?? []).map((bind) => {
+    checkPlainString(bind.hostPath, "runtimeBinds.hostPath");
+    checkPlainString(bind.sandboxPath, "runtimeBinds.sandboxPath");
+    const target = path.posix.normalize(bind.sandboxPath);
+    const reserved = ["/", "/proc", "/dev", "/etc", "/usr", "/tmp", "/var", SANDBOX_WORK_DIR];
+    if (
+      !path.posix.isAbsolute(bind.sandboxPath) ||
+      target !== bind.sandboxPath ||
+      reserved.some((dir) => target === dir || (dir !== "/" && target.startsWith(`${dir}/`)))
+    ) {
+      throw new InvalidJobOptionsError(`runtime bind target "${bind.sandboxPath}" is not allowed`, {
+        details: "use a normalised absolute path outside /, /proc, /dev, /etc, /usr, /tmp, /var and /work",
+      });
+    }
+    let hostPath: string;
+    try {
+      hostPath = realpathSync(bind.hostPath);
+    } catch (cause) {
+      throw new InvalidJobOptionsError(`runtime bind source "${bind.hostPath}" does not exist`, { cause });
+    }
+    return { hostPath, sandboxPath: target };
+  });
+
+  const isRoot = process.getuid?.() === 0;
+  const self = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+  const user = options.user ?? (isRoot ? { uid: NOBODY_UID, gid: NOBODY_GID } : self);
+  if (!Number.isInteger(user.uid) || !Number.isInteger(user.gid) || user.uid < 0 || user.gid < 0) {
+    throw new InvalidJobOptionsError("user.uid and user.gid must be non-negative integers");
+  }
+  if (user.uid === 0 || user.gid === 0) throw new InvalidJobOptionsError("jobs never run as root (uid or gid 0)");
+  if (!isRoot && (user.uid !== self.uid || user.gid !== self.gid)) {
+    throw new InvalidJobOptionsError(`only a node running as root can run jobs as another user (uid ${user.uid})`);
+  }
+
+  const resolvedWorkDir = path.resolve(workDir);
+  return {
+    leaseId,
+    command,
+    sandbox,
+    env,
+    gpus,
+    gpuUuids: options.gpuUuids,
+    network: options.network ?? false,
+    memoryBytes,
+    cpus,
+    wallTimeMs,
+    runtimeBinds,
+    user,
+    switchUser: isRoot,
+    workDir: resolvedWorkDir,
+    logPath: options.logPath ?? path.join(path.dirname(resolvedWorkDir), `${leaseId}.log`),
+    logMaxBytes: options.logMaxBytes ?? LOG_MAX_BYTES,
+    lineMaxBytes: options.lineMaxBytes ?? LINE_MAX_BYTES,
+    killGraceMs: options.killGraceMs ?? KILL_GRACE_MS,
+    bwrapPath: options.bwrapPath ?? "bwrap",
+    logger: options.logger ?? createLogger("node.sandbox"),
+    signal: options.signal,
+    onLine: options.onLine,
+  };
+}
+
+/**
+ * Creates the work dir and its sub-dirs, owned by the job's user and closed to everyone else. An
+ * entry of a previous run that is not a plain directory (a symlink the job left to trick a later
+ * chown) is refused, and nothing is followed: only these five dirs are chowned, never their contents.
+ */
+async function prepareWorkDir(workDir: string, user: { uid: number; gid: number }, chown: boolean): Promise<void> {
+  await mkdir(workDir, { recursive: true, mode: 0o700 });
+  for (const dir of [workDir, ...[...Object.keys(WORK_SUBDIRS), "tmp"].map((sub) => path.join(workDir, sub))]) {
+    try {
+      await mkdir(dir, { mode: 0o700 });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    const stat = await lstat(dir);
+    if (!stat.isDirectory()) throw new InvalidJobOptionsError(`${dir} exists and is not a directory`);
+    if (chown) await lchown(dir, user.uid, user.gid);
+    await chmod(dir, 0o700);
+  }
+}
+
+/** The job's environment: its own variables, then the ones the runner sets (which win). */
+function jobEnv(
+  resolved: ReturnType<typeof resolveOptions>,
+  where: { workDir: string; path: string },
+  userName: string,
+): Record<string, string> {
+  const { workDir } = where;
+  return {
+    ...resolved.env,
+    PATH: where.path,
+    HOME: workDir,
+    TMPDIR: path.join(workDir, "tmp"),
+    USER: userName,
+    LOGNAME: userName,
+    BATON_LEASE_ID: resolved.leaseId,
+    BATON_WORK_DIR: workDir,
+    BATON_CHECKPOINT_DIR: path.join(workDir, "checkpoints"),
+    BATON_RESUME_DIR: path.join(workDir, "resume"),
+    BATON_OUTPUT_DIR: path.join(workDir, "output"),
+    CUDA_VISIBLE_DEVICES: cudaVisibleDevices(resolved.sandbox, resolved.gpus, resolved.gpuUuids),
+    // NVIDIA's container tooling reads this one; "void" is its word for "no GPU".
+    NVIDIA_VISIBLE_DEVICES: resolved.gpus.length === 0 ? "void" : resolved.gpus.join(","),
+    // CUDA's default order is "fastest first"; PCI order is nvidia-smi's, which the node leases by.
+    CUDA_DEVICE_ORDER: "PCI_BUS_ID",
+  };
+}
+
+/**
+ * /etc/passwd, /etc/group and /etc/hosts of the sandbox: root, nobody and the job's user (home
+ * /work), nothing of the host's accounts. Programs that look their user up (Python's
+ * `getpass.getuser()`, `whoami`, ssh) then work.
+ */
+function identityFiles(user: { uid: number; gid: number }, userName: string): SandboxDataFile[] {
+  const home = SANDBOX_WORK_DIR;
+  const passwd = ["root:x:0:0:root:/root:/usr/sbin/nologin"];
+  if (user.uid === NOBODY_UID) {
+    passwd.push(`nobody:x:${NOBODY_UID}:${user.gid}:Baton job:${home}:/bin/sh`);
+  } else {
+    passwd.push(`${userName}:x:${user.uid}:${user.gid}:Baton job:${home}:/bin/sh`);
+    passwd.push(`nobody:x:${NOBODY_UID}:${NOBODY_GID}:nobody:/nonexistent:/usr/sbin/nologin`);
+  }
+  const group = ["root:x:0:", `nogroup:x:${NOBODY_GID}:`];
+  if (user.gid !== NOBODY_GID) group.push(`${userName}:x:${user.gid}:`);
+  return [
+    { sandboxPath: "/etc/passwd", content: passwd.join("\n") + "\n" },
+    { sandboxPath: "/etc/group", content: group.join("\n") + "\n" },
+    {
+      sandboxPath: "/etc/hosts",
+      content: `127.0.0.1\tlocalhost ${SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
+    },
+  ];
+}
+
+const bwrapCache = new Map<string, Promise<DetectedSandbox>>();
+
+/** `detectSandbox` once per bwrap path: its version decides which options can be used. */
+function detectOnce(bwrapPath: string): Promise<DetectedSandbox> {
+  let found = bwrapCache.get(bwrapPath);
+  if (!found) {
+    found = detectSandbox({ bwrapPath });
+    bwrapCache.set(bwrapPath, found);
+    // Only a found bwrap is remembered: one installed while the node runs is picked up.
+    void found.then(
+      (result) => result.kind === "none" && bwrapCache.delete(bwrapPath),
+      () => bwrapCache.delete(bwrapPath),
+    );
+  }
+  return found;
+}
+
+async function requireTool(name: string): Promise<string> {
+  const found = await resolveExecutable(name);
+  if (found === undefined) {
+    throw new SandboxToolMissingError(`${name} is not installed`, {
+      details: `the job runner needs ${name} (util-linux or coreutils) on PATH`,
+    });
+  }
+  return found;
+}
+
+/**
+ * Starts a job in a sandbox and resolves once it runs (the sandbox is set up and the command is
+ * being executed). The job then runs until it exits, `kill()` is called, its wall time passes, or
+ * `signal` aborts; `exited` says which.
+ *
+ * What the job gets:
+ * - **Files.** `bwrap`: the host's /usr, /bin, /lib… and a few /etc files read-only, a fresh /proc,
+ *   a minimal /dev with only its own GPUs' nodes, `runtimeBinds` read-only, and its work dir,
+ *   read-write, at /work (its cwd and HOME; `tmp/` is also at /tmp). Nothing else of the host:
+ *   not /root, /home, the node's data, other jobs' dirs. `unsafe-none`: the host as its uid sees it.
+ * - **Env.** Only `env` plus what the runner sets: PATH, HOME, TMPDIR, USER, LOGNAME,
+ *   BATON_LEASE_ID, BATON_WORK_DIR, BATON_CHECKPOINT_DIR, BATON_RESUME_DIR, BATON_OUTPUT_DIR,
+ *   CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER.
+ * - **User.** nobody (65534) when the node is root; never root. No capabilities; in `bwrap` mode
+ *   it cannot create further user namespaces (bwrap ≥ 0.8).
+ * - **Network.** `bwrap` without `network`: its own namespace with only loopback.
+ *
+ * Limits, and how far each one holds:
+ * - **Memory** is RLIMIT_DATA (`prlimit --data`), per process: private writable memory (heap,
+ *   anonymous mmap). Not RLIMIT_AS: that counts reserved address space, and V8 (about 1 GiB just
+ *   to start) and the CUDA driver (which maps GPU memory into the address space) reserve far more
+ *   than they use. It does not cover files in /dev/shm, and a job of many processes gets the
+ *   limit per process; a cgroup (`memory.max`) would cover both, and is the next step. An
+ *   allocation past the limit fails with ENOMEM; the runtime decides what happens then, so the
+ *   reason "memory" is a best guess: a non-zero exit whose last stderr lines carry a known
+ *   out-of-memory message (glibc, Python, C++, V8, GNU tools). A job that crashes without one (a C
+ *   program that ignores malloc's NULL and segfaults) reports "exited" with its code or signal.
+ * - **CPU** is a cap, not a reservation: the job is pinned (`taskset`) to `ceil(cpuCores)` cores,
+ *   the highest-numbered ones unless `cpuSet` says otherwise, which other jobs and the node may
+ *   share; and it runs at nice 10 so the node's heartbeats win. The affinity is advisory: a job
+ *   can widen it again with sched_setaffinity; only a cgroup (`cpu.max`) would hold it.
+ * - **Wall time**: a timer kills the job (reason "wall-time").
+ * - **Processes**: a job is over when its main process exits; what it left running is killed
+ *   then, and `exited` resolves only once none of it runs. In `bwrap` mode all its processes
+ *   live in its pid namespace, which the kernel empties when the sandbox's pid 1 exits, right
+ *   after the main process; and the sandbox dies with the node (`--die-with-parent`). In
+ *   `unsafe-none` mode the process group and the process tree are signalled, but a process that
+ *   left both (a double-forked daemon) survives. The sandbox's pid 1 is left for the host's init
+ *   to reap: run the node under an init that reaps orphans (systemd, or `docker run --init`), not
+ *   as pid 1 of a container, or one zombie per job accumulates.
+ *
+ * Exit status: bwrap reports a job killed by signal N as exit code 128+N; the runner turns that
+ * back into `signal`, so a job that itself exits with 130 reads as SIGINT, as in a shell.
+ *
+ * @throws {BubblewrapMissingError} `bwrap` mode without bubblewrap.
+ * @throws {SandboxSetupError} the sandbox could not be set up (e.g. user namespaces forbidden).
+ * @throws {SandboxToolMissingError} taskset, nice, prlimit or sh is missing.
+ * @throws {InvalidJobOptionsError} invalid options.
+ *
+ * @example
+ * const job = await startJob({
+ *   leaseId: "42", command: ["python3", "train.py"], workDir: "/var/lib/baton/leases/42/work",
+ *   gpus: [0], sandbox: "bwrap", limits: { memoryBytes: 16 * 2 ** 30, cpuCores: 4, wallTimeMs: 3_600_000 },
+ *   onLine: (stream, line) => session.send({ stream, line }),
+ * });
+ * const { code, reason } = await job.exited;
+ */
+export async function startJob(options: StartJobOptions): Promise<JobProcess> {
+  options.signal?.throwIfAborted();
+  const resolved = resolveOptions(options);
+  const { logger, sandbox } = resolved;
+
+  let bwrapPath: string | undefined;
+  let disableUserns = false;
+  let sizedTmpfs = false;
+  if (sandbox === "bwrap") {
+    const detected = await detectOnce(resolved.bwrapPath);
+    if (detected.kind === "none") throw new BubblewrapMissingError(resolved.bwrapPath);
+    bwrapPath = detected.path;
+    disableUserns = compareVersions(detected.version, "0.8.0") >= 0;
+    sizedTmpfs = compareVersions(detected.version, "0.6.0") >= 0;
+  }
+  const taskset = await requireTool("taskset");
+  const nice = await requireTool("nice");
+  const prlimit = await requireTool("prlimit");
+  const sh = await requireTool("/bin/sh");
+
+  await prepareWorkDir(resolved.workDir, resolved.user, resolved.switchUser);
+  const userName = resolved.user.uid === NOBODY_UID ? "nobody" : "baton";
+
+  // The devices of GPUs the node leased but this machine does not have (fake GPUs) are skipped.
+  const devices = gpuDeviceBinds(resolved.gpus);
+  const missing = resolved.gpus.filter((gpu) => !devices.some((device) => device.sandboxPath === `/dev/nvidia${gpu}`));
+  if (sandbox === "bwrap" && missing.length > 0) {
+    logger.warn("GPU device nodes missing; the job will not see these GPUs", {
+      leaseId: resolved.leaseId,
+      gpus: missing,
+    });
+  }
+
+  let env: Record<string, string>;
+  let chain: string[];
+  let dataFiles: { fd: number; file: SandboxDataFile }[] = [];
+  let argsText = "";
+  if (sandbox === "bwrap") {
+    env = jobEnv(resolved, { workDir: SANDBOX_WORK_DIR, path: SANDBOX_PATH }, userName);
+    dataFiles = identityFiles(resolved.user, userName).map((file, i) => ({ fd: 5 + i, file }));
+    const args = bwrapArgs({
+      workDir: resolved.workDir,
+      network: resolved.network,
+      env,
+      system: systemEntries(),
+      etcFiles: resolved.network ? [...ETC_FILES, ...ETC_NETWORK_FILES] : ETC_FILES,
+      devices,
+      runtimeBinds: resolved.runtimeBinds,
+      dataFiles,
+      disableUserns,
+      // /dev/shm may hold as much as the job's memory limit (shared memory is memory it uses).
+      ...(sizedTmpfs ? { shmBytes: resolved.memoryBytes } : {}),
+    });
+    argsText = args.map((arg) => `${arg}\0`).join("");
+    chain = [bwrapPath!, "--args", "4", "--", "/bin/sh", "-c", START_SHIM, "baton-job", ...resolved.command];
+  } else {
+    logger.warn(
+      "UNSAFE: running a job WITHOUT A SANDBOX (sandbox: unsafe-none). It can read every file its user can, " +
+        "see every GPU and use the network. Never do this with a tenant's job; install bubblewrap instead.",
+      { leaseId: resolved.leaseId },
+    );
+    // Runtime binds cannot be mounted here: their host dirs go first on PATH instead.
+    const binDirs = resolved.runtimeBinds
+      .filter((bind) => path.posix.dirname(bind.sandboxPath) === SANDBOX_BIN_DIR)
+      .map((bind) => path.dirname(bind.hostPath));
+    const hostPath = [...new Set(binDirs), ...SANDBOX_PATH.split(":").slice(1)].join(":");
+    env = jobEnv(resolved, { workDir: resolved.workDir, path: hostPath }, userName);
+    chain = [sh, "-c", START_SHIM, "baton-job", ...resolved.command];
+  }
+  const argv = [
+    "-c",
+    resolved.cpus.join(","),
+    nice,
+    "-n",
+    String(JOB_NICENESS),
+    prlimit,
+    `--data=${resolved.memoryBytes}`,
+    "--core=0",
+    "--",
+    ...chain,
+  ];
+
+  const log = new BoundedLog(resolved.logPath, resolved.logMaxBytes);
+  const startedAt = Date.now();
+  let child: ChildProcess;
+  try {
+    child = spawn(taskset, argv, {
+      cwd: sandbox === "bwrap" ? "/" : resolved.workDir,
+      env: sandbox === "bwrap" ? { PATH: "/usr/bin:/bin" } : env,
+      // A new session, hence a new process group led by the child: the group is what gets signalled.
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe", "pipe", ...(sandbox === "bwrap" ? ["pipe", "pipe", "pipe", "pipe"] : [])] as (
+        "ignore" | "pipe"
+      )[],
+      ...(resolved.switchUser ? { uid: resolved.user.uid, gid: resolved.user.gid } : {}),
+    });
+  } catch (cause) {
+    log.close();
+    throw new SandboxSetupError("could not spawn the job", { cause });
+  }
+
+  // Feed bubblewrap its options and data files; ignore EPIPE if it dies before reading them.
+  const feed = (fd: number, data: string): void => {
+    const stream = child.stdio[fd] as NodeJS.WritableStream & { on(event: "error", cb: () => void): void };
+    stream.on("error", () => {});
+    stream.end(data);
+  };
+  if (sandbox === "bwrap") {
+    feed(4, argsText);
+    for (const { fd, file } of dataFiles) feed(fd, file.content);
+  }
+
+  // Output: lines to onLine and the log; held back until the job runs (before that it is bwrap's).
+  let running = false;
+  const held: { stream: "stdout" | "stderr"; line: string }[] = [];
+  const stderrTail: string[] = [];
+  let onLineFailed = false;
+  let logFailed = false;
+  const deliver = (stream: "stdout" | "stderr", line: string): void => {
+    try {
+      log.append(`${new Date().toISOString()} ${stream} ${line}\n`);
+    } catch (error) {
+      if (!logFailed) logger.error("cannot write the job's log", { leaseId: resolved.leaseId, error });
+      logFailed = true;
+    }
+    try {
+      resolved.onLine?.(stream, line);
+    } catch (error) {
+      if (!onLineFailed)
+        logger.warn("onLine threw; further errors are not logged", { leaseId: resolved.leaseId, error });
+      onLineFailed = true;
+    }
+  };
+  const onLine = (stream: "stdout" | "stderr") => (line: string) => {
+    if (stream === "stderr") {
+      stderrTail.push(line);
+      if (stderrTail.length > STDERR_TAIL_LINES) stderrTail.shift();
+    }
+    if (running) deliver(stream, line);
+    else held.push({ stream, line });
+  };
+  const flushLog = (): void => {
+    try {
+      log.flush();
+    } catch (error) {
+      if (!logFailed) logger.error("cannot write the job's log", { leaseId: resolved.leaseId, error });
+      logFailed = true;
+    }
+  };
+  const splitters = {
+    stdout: new LineSplitter(resolved.lineMaxBytes, onLine("stdout")),
+    stderr: new LineSplitter(resolved.lineMaxBytes, onLine("stderr")),
+  };
+  for (const stream of ["stdout", "stderr"] as const) {
+    const readable = child[stream] as Readable;
+    readable.on("data", (chunk: Buffer) => {
+      splitters[stream].push(chunk);
+      flushLog();
+    });
+    readable.on("error", () => {});
+  }
+
+  // Stopping: SIGTERM to the job's processes, SIGKILL to everything after the grace period.
+  const pid = child.pid;
+  let exitedAt: number | undefined;
+  let killReason: KillReason | undefined;
+  let graceTimer: NodeJS.Timeout | undefined;
+  const jobProcesses = (): number[] => {
+    if (pid === undefined) return [];
+    const table = processTable();
+    const below = descendants(pid, table);
+    if (sandbox === "unsafe-none") return [pid, ...below];
+    // bwrap: below the outer bwrap is the sandbox's pid 1 (bwrap's reaper), which ignores SIGTERM
+    // from outside; the job is below it. SIGTERM to the outer bwrap would kill it, and with it the
+    // whole sandbox at once, without any grace.
+    const inits = new Set(table.filter((entry) => entry.ppid === pid).map((entry) => entry.pid));
+    return below.filter((p) => !inits.has(p));
+  };
+  const killAll = (): void => {
+    if (pid === undefined || exitedAt !== undefined) return;
+    // The group leader first, so that it dies of the SIGKILL rather than exit on seeing its
+    // children die; the processes below it are listed before, while they are still its descendants.
+    const below = descendants(pid);
+    trySignal(-pid, "SIGKILL");
+    trySignal(pid, "SIGKILL");
+    for (const p of below) trySignal(p, "SIGKILL");
+  };
+  const terminate = (): void => {
+    if (pid === undefined || exitedAt !== undefined) return;
+    const targets = jobProcesses();
+    if (targets.length === 0) return killAll();
+    if (sandbox === "unsafe-none") trySignal(-pid, "SIGTERM");
+    for (const p of targets) trySignal(p, "SIGTERM");
+  };
+
+  // Wait for the job to run, or for the sandbox to fail.
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once("exit", (code, signal) => {
+      exitedAt = Date.now();
+      resolve({ code, signal });
+    });
+  });
+  const closed = new Promise<void>((resolve) => child.once("close", () => resolve()));
+  let started = false;
+  let sandboxInits: ProcessEntry[] = [];
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new SandboxSetupError(`the sandbox did not start within ${SANDBOX_START_TIMEOUT_MS} ms`)),
+        SANDBOX_START_TIMEOUT_MS,
+      );
+      const onAbort = (): void => reject(resolved.signal!.reason);
+      resolved.signal?.addEventListener("abort", onAbort, { once: true });
+      const done = (): void => {
+        clearTimeout(timer);
+        resolved.signal?.removeEventListener("abort", onAbort);
+      };
+      (child.stdio[3] as Readable).once("data", () => {
+        started = true;
+        // The sandbox's pid 1: the job is over only once it is (see `exited`).
+        if (sandbox === "bwrap" && pid !== undefined) {
+          sandboxInits = processTable().filter((entry) => entry.ppid === pid);
+        }
+        done();
+        resolve();
+      });
+      child.once("error", (cause) => {
+        done();
+        reject(new SandboxSetupError("could not spawn the job", { cause, details: cause.message }));
+      });
+      void exit.then(async ({ code, signal }) => {
+        // 'close' comes after every stdio stream ended, so the start marker, if sent, has been read.
+        await within(closed, OUTPUT_DRAIN_MS);
+        if (started) return;
+        done();
+        splitters.stderr.end();
+        const said = held
+          .filter((entry) => entry.stream === "stderr")
+          .map((entry) => entry.line)
+          .join("\n");
+        const hint = /Permission denied/.test(said)
+          ? "\n(the work dir and each of its parent dirs must be searchable by the job's user)"
+          : /namespace|uid map|setting up/i.test(said)
+            ? "\n(unprivileged user namespaces may be disabled: sysctl kernel.unprivileged_userns_clone, " +
+              "user.max_user_namespaces, or AppArmor's kernel.apparmor_restrict_unprivileged_userns)"
+            : "";
+        reject(
+          new SandboxSetupError(`the sandbox failed to start (exit ${code ?? signal})`, {
+            details: (said || "nothing printed") + hint,
+          }),
+        );
+      });
+    });
+  } catch (error) {
+    // Leave nothing behind: the sandbox is killed and reaped before the error is thrown.
+    killAll();
+    await within(exit, 5_000);
+    log.close();
+    throw error;
+  }
+  running = true;
+  for (const { stream, line } of held.splice(0)) deliver(stream, line);
+  flushLog();
+
+  const wallTimer = setTimeout(() => void kill("wall-time"), resolved.wallTimeMs);
+  const onAbort = (): void => void kill("aborted");
+  resolved.signal?.addEventListener("abort", onAbort, { once: true });
+  if (resolved.signal?.aborted) onAbort();
+
+  const exited: Promise<JobExit> = (async () => {
+    let { code, signal } = await exit;
+    clearTimeout(wallTimer);
+    clearTimeout(graceTimer);
+    resolved.signal?.removeEventListener("abort", onAbort);
+    // The exit is reported once nothing of the job runs any more, so that its GPUs and memory are
+    // free when the node hands them on. SIGKILL takes effect asynchronously and no event says when
+    // a process that is not our child is gone, hence the polling.
+    // - unsafe-none: whatever is left of the process group is killed now.
+    // - bwrap: the outer bwrap exits as soon as the job's first process has, while the sandbox's
+    //   pid 1 may still be tearing the namespace down (killing what the job left running). The
+    //   kernel lets pid 1 become a zombie only once every other process of the namespace is gone.
+    const deadline = Date.now() + SANDBOX_TEARDOWN_MS;
+    const leftovers = (): boolean =>
+      sandbox === "unsafe-none"
+        ? groupMembers(pid!).length > 0
+        : sandboxInits.some((init) => stillRunning(init.pid, init.startTime));
+    if (pid !== undefined && (sandbox === "bwrap" || trySignal(-pid, "SIGKILL"))) {
+      while (leftovers() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      if (leftovers()) logger.warn("processes of the job are still dying", { leaseId: resolved.leaseId });
+    }
+    await within(closed, OUTPUT_DRAIN_MS);
+    for (const stream of ["stdout", "stderr"] as const) {
+      (child[stream] as Readable).destroy();
+      splitters[stream].end();
+    }
+    try {
+      log.close();
+    } catch (error) {
+      logger.error("cannot write the job's log", { leaseId: resolved.leaseId, error });
+    }
+    if (sandbox === "bwrap" && signal === null && code !== null && code > 128 && signalName(code - 128) !== null) {
+      signal = signalName(code - 128);
+      code = null;
+    }
+    let reason: ExitReason = killReason ?? "exited";
+    if (reason === "exited" && code !== 0 && OUT_OF_MEMORY.test(stderrTail.join("\n"))) reason = "memory";
+    return { code, signal, reason, durationMs: (exitedAt ?? Date.now()) - startedAt };
+  })();
+
+  function kill(reason: KillReason = "killed"): Promise<JobExit> {
+    if (exitedAt === undefined && killReason === undefined) {
+      killReason = reason;
+      terminate();
+      graceTimer = setTimeout(killAll, resolved.killGraceMs);
+    }
+    return exited;
+  }
+
+  return {
+    leaseId: resolved.leaseId,
+    pid: pid!,
+    sandbox,
+    logPath: resolved.logPath,
+    env,
+    exited,
+    kill,
+  };
+}

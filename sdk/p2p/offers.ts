@@ -1,0 +1,92 @@
+import type { Address } from "viem";
+
+import { contracts, type ChainClient } from "../chain/client.ts";
+import { ProtocolError } from "../errors.ts";
+import { openMessage, parseBody, sealMessage } from "../wire/envelope.ts";
+import { offerSchema, type Offer } from "../wire/messages.ts";
+import { maxMessageBytes, topics } from "../wire/protocols.ts";
+import type { BatonHost } from "./host.ts";
+import type { PrivateKey } from "@libp2p/interface";
+
+/** Price per second of a lease with `gpus` GPUs under `offer`. */
+export function offerPrice(offer: Pick<Offer, "price">, gpus: number): bigint {
+  return offer.price.basePerSecond + offer.price.perGpuPerSecond * BigInt(gpus);
+}
+
+/** Publishes a signed offer on the offers topic. */
+export async function publishOffer(host: BatonHost, key: PrivateKey, offer: Offer): Promise<void> {
+  const bytes = await sealMessage(key, host.peerId.toString(), "offer", offer);
+  await host.services.pubsub.publish(topics.offers, bytes);
+}
+
+/** How long a provider's registry binding is trusted before it is read again. */
+const BINDING_TTL_MS = 30_000;
+
+/**
+ * Checks offers against the chain: the peer id must be registered to the offer's address, and that
+ * provider eligible (stake at least `minStake`). Answers are cached for a short while, so a flood of
+ * offers costs one RPC call per provider per half minute.
+ */
+export function createBindingChecker(chain: ChainClient): (peerId: string, provider: Address) => Promise<boolean> {
+  const cache = new Map<string, { ok: boolean; at: number }>();
+  const { registry } = contracts(chain.deployment);
+  return async (peerId, provider) => {
+    const key = `${peerId}:${provider}`;
+    const cached = cache.get(key);
+    if (cached && Date.now() - cached.at < BINDING_TTL_MS) return cached.ok;
+    const [owner, eligible] = await Promise.all([
+      chain.publicClient.readContract({ ...registry, functionName: "providerOfPeer", args: [peerId] }),
+      chain.publicClient.readContract({ ...registry, functionName: "isEligible", args: [provider] }),
+    ]);
+    const ok = owner === provider && eligible;
+    if (cache.size > 10_000) cache.clear();
+    cache.set(key, { ok, at: Date.now() });
+    return ok;
+  };
+}
+
+export interface WatchOffersParameters {
+  host: BatonHost;
+  chain: ChainClient;
+  onOffer: (offer: Offer) => void;
+  /** Offers dropped for a reason (bad signature, unbound peer, other chain…). */
+  onError?: (error: Error) => void;
+}
+
+/**
+ * Subscribes to the offers topic and reports each verified offer: signed by the peer it names,
+ * for this chain and lease manager, not expired, newer than the last one from that peer, and from a
+ * peer the registry binds to the offer's address with enough stake. Everything else is dropped.
+ *
+ * @returns a function that stops watching.
+ * @example
+ * const unwatch = watchOffers({ host, chain, onOffer: (o) => console.log(o.peerId, o.gpusFree) });
+ */
+export function watchOffers({ host, chain, onOffer, onError }: WatchOffersParameters): () => void {
+  const checkBinding = createBindingChecker(chain);
+  const lastSeq = new Map<string, number>();
+  const { leaseManager } = chain.deployment.contracts;
+  const onMessage = (event: CustomEvent<{ topic: string; data: Uint8Array }>): void => {
+    if (event.detail.topic !== topics.offers) return;
+    void (async () => {
+      const opened = await openMessage(event.detail.data, { maxBytes: maxMessageBytes.offer, types: ["offer"] });
+      const offer = parseBody(offerSchema, opened);
+      if (offer.peerId !== opened.from) throw new ProtocolError("offer signed by another peer than it names");
+      if (offer.chainId !== chain.deployment.chainId || offer.leaseManager !== leaseManager) {
+        throw new ProtocolError("offer for another deployment", { details: `${offer.chainId}/${offer.leaseManager}` });
+      }
+      if (offer.expiresAt < Date.now()) return;
+      if ((lastSeq.get(offer.peerId) ?? -1) >= offer.seq) return;
+      if (!(await checkBinding(offer.peerId, offer.provider))) {
+        throw new ProtocolError("offer from a peer not registered to its address, or under the minimum stake", {
+          details: `${offer.peerId} / ${offer.provider}`,
+        });
+      }
+      lastSeq.set(offer.peerId, offer.seq);
+      onOffer(offer);
+    })().catch((error: unknown) => onError?.(error as Error));
+  };
+  host.services.pubsub.subscribe(topics.offers);
+  host.services.pubsub.addEventListener("message", onMessage as never);
+  return () => host.services.pubsub.removeEventListener("message", onMessage as never);
+}

@@ -1,0 +1,112 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { createInterface } from "node:readline";
+
+export const root = path.resolve(import.meta.dirname, "../..");
+
+/** A child process a test started, with its output lines kept for assertions and debugging. */
+export interface Spawned {
+  child: ChildProcess;
+  pid: number;
+  lines: string[];
+  /** Resolves with the first line matching `pattern` (or rejects after `timeoutMs` or on exit). */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when gone. Safe to call twice. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+const started = new Set<Spawned>();
+
+/** Runs a TypeScript entry point of the project under this Node, as its own process. */
+export function spawnScript(script: string, args: string[], env: Record<string, string> = {}): Spawned {
+  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", path.join(root, script), ...args], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const lines: string[] = [];
+  const waiters = new Set<{ pattern: RegExp; resolve: (line: string) => void }>();
+  const onLine = (line: string): void => {
+    lines.push(line);
+    if (lines.length > 5_000) lines.shift();
+    for (const waiter of waiters) {
+      if (waiter.pattern.test(line)) {
+        waiters.delete(waiter);
+        waiter.resolve(line);
+      }
+    }
+  };
+  createInterface({ input: child.stdout! }).on("line", onLine);
+  createInterface({ input: child.stderr! }).on("line", onLine);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  const spawned: Spawned = {
+    child,
+    pid: child.pid!,
+    lines,
+    waitFor(pattern, timeoutMs = 60_000) {
+      const seen = lines.find((line) => pattern.test(line));
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const waiter = { pattern, resolve };
+        waiters.add(waiter);
+        const timer = setTimeout(() => {
+          waiters.delete(waiter);
+          reject(
+            new Error(`timed out waiting for ${pattern} from ${script}; last lines:\n${lines.slice(-30).join("\n")}`),
+          );
+        }, timeoutMs);
+        void exited.then(() => {
+          if (!waiters.has(waiter)) return;
+          clearTimeout(timer);
+          waiters.delete(waiter);
+          reject(
+            new Error(`${script} exited while waiting for ${pattern}; last lines:\n${lines.slice(-30).join("\n")}`),
+          );
+        });
+      });
+    },
+    exited,
+    async stop(graceMs = 5_000) {
+      started.delete(spawned);
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGCONT");
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+  started.add(spawned);
+  return spawned;
+}
+
+/** Stops every process this test file started and has not stopped yet (use in afterAll). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...started].map((s) => s.stop(2_000)));
+}
+
+/** Whether a process with this pid exists. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Polls `condition` every 50 ms until true, or throws after `timeoutMs`. */
+export async function until(
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what = "condition",
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,159 @@
+import { keccak256, parseEther, toHex } from "viem";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { contracts, writeContract } from "../../sdk/chain/client.ts";
+import { watchOffers } from "../../sdk/p2p/offers.ts";
+import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
+import { openLeaseSession, requestQuote, type ProviderEvent } from "../../sdk/wire/clients.ts";
+import type { Offer } from "../../sdk/wire/messages.ts";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr } from "@multiformats/multiaddr";
+import { isAlive, until } from "../helpers/processes.ts";
+import { startMarket, type Market, type Tenant } from "../helpers/market.ts";
+
+let market: Market;
+let tenant: Tenant;
+const offers = new Map<string, Offer>();
+
+beforeAll(async () => {
+  market = await startMarket({ providers: 2 });
+  tenant = await market.tenant(0);
+  watchOffers({ host: tenant.host, chain: tenant.chain, onOffer: (offer) => offers.set(offer.peerId, offer) });
+  await until(() => offers.size === 2, 30_000, "offers from both providers");
+}, 180_000);
+
+afterAll(async () => {
+  await market?.stop();
+});
+
+async function openLease(providerIndex: number, jobName: string, durationS = 600) {
+  const provider = market.providers[providerIndex]!;
+  const jobId = keccak256(toHex(jobName));
+  const { leaseManager, paymentToken } = contracts(market.deployment);
+  const response = await requestQuote(
+    tenant.host,
+    peerIdFromString(provider.peerId),
+    tenant.key,
+    {
+      chainId: market.deployment.chainId,
+      leaseManager: leaseManager.address,
+      jobId,
+      tenant: tenant.account.address,
+      requirements: { gpus: 1 },
+      maxPricePerSecond: parseEther("0.001"),
+      durationS,
+    },
+    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
+  );
+  if (response.kind !== "quote") throw new Error(`refused: ${response.reason}: ${response.message}`);
+  const deposit = response.quote.pricePerSecond * BigInt(durationS);
+  await writeContract(tenant.chain, {
+    ...paymentToken,
+    functionName: "approve",
+    args: [leaseManager.address, deposit],
+  });
+  const receipt = await writeContract(tenant.chain, {
+    ...leaseManager,
+    functionName: "openLease",
+    args: [response.quote, response.signature, deposit, 0n],
+  });
+  const leaseId = BigInt(
+    receipt.logs.find((l) => l.address.toLowerCase() === leaseManager.address.toLowerCase())!.topics[1]!,
+  );
+  return { leaseId, provider, quote: response.quote };
+}
+
+describe("provider node (two processes, real chain, loopback libp2p)", () => {
+  it("announces signed offers that the registry binds, labelled with fake GPUs", () => {
+    for (const provider of market.providers) {
+      const offer = offers.get(provider.peerId)!;
+      expect(offer.provider).toBe(provider.account.address);
+      expect(offer.gpus).toEqual([{ index: 0, model: "FakeGPU", vramMiB: 24576, fake: true }]);
+      expect(offer.gpusFree).toBe(1);
+    }
+  });
+
+  it("quotes a bid, runs the job in the sandbox, streams heartbeats, progress, logs and the result, then finishes and claims on chain", async () => {
+    const { leaseId, provider } = await openLease(0, "job-happy");
+    const auth = await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
+    const session = await openLeaseSession(
+      tenant.host,
+      peerIdFromString(provider.peerId),
+      tenant.key,
+      {
+        type: "start",
+        body: {
+          leaseId,
+          auth,
+          spec: {
+            name: "hello",
+            command: [
+              "sh",
+              "-c",
+              'echo hello from $BATON_LEASE_ID; for i in 1 2 3; do echo "BATON_PROGRESS {\\"step\\":$i,\\"total\\":3}"; sleep 0.7; done; echo done',
+            ],
+            env: {},
+            inputs: [],
+            resources: { gpus: 1, cpus: 1, memoryMiB: 256 },
+            network: false,
+            maxDurationS: 60,
+          },
+        },
+      },
+      { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
+    );
+    const events: ProviderEvent[] = [];
+    for await (const event of session.messages) {
+      events.push(event);
+      if (event.type === "result" || event.type === "refused") break;
+    }
+    await session.close();
+    const types = events.map((e) => e.type);
+    expect(types[0]).toBe("accepted");
+    expect(types.at(-1)).toBe("result");
+    const lines = events.flatMap((e) => (e.type === "log" ? [e.body.line] : []));
+    expect(lines).toEqual([`hello from ${leaseId}`, "done"]);
+    const beats = events.flatMap((e) => (e.type === "heartbeat" ? [e.body] : []));
+    expect(beats.length).toBeGreaterThanOrEqual(3);
+    expect(beats.some((b) => b.progress?.step === 2 && b.progress.total === 3)).toBe(true);
+    const seqs = events.flatMap((e) => ("seq" in e.body ? [e.body.seq] : []));
+    expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
+    const result = events.at(-1)!;
+    expect(result.type === "result" && result.body.exitCode).toBe(0);
+
+    const { leaseManager } = contracts(market.deployment);
+    await until(
+      async () => {
+        const lease = await tenant.chain.publicClient.readContract({
+          ...leaseManager,
+          functionName: "getLease",
+          args: [leaseId],
+        });
+        return lease.status === 3;
+      },
+      20_000,
+      "lease completed on chain",
+    );
+    const heartbeats = await tenant.chain.publicClient.getContractEvents({
+      ...leaseManager,
+      eventName: "HeartbeatRecorded",
+      args: { leaseId },
+      fromBlock: 0n,
+    });
+    expect(heartbeats.length).toBeGreaterThanOrEqual(1);
+    await until(
+      async () => {
+        const claims = await tenant.chain.publicClient.getContractEvents({
+          ...leaseManager,
+          eventName: "EarningsClaimed",
+          args: { provider: provider.account.address },
+          fromBlock: 0n,
+        });
+        return claims.some((c) => c.args.amount! > 0n);
+      },
+      20_000,
+      "a claim with earnings",
+    );
+    expect(isAlive(provider.process!.pid)).toBe(true);
+  });
+});
