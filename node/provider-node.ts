@@ -1,3 +1,4 @@
+import { chmod, stat } from "node:fs/promises";
 import path from "node:path";
 
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
@@ -101,6 +102,14 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     }
   } else {
     log.warn("UNSAFE: jobs run WITHOUT a sandbox; they can read this machine's files and reach its network", {});
+  }
+
+  // Jobs run as an unprivileged user under <dataDir>/jobs: the data dir must let it pass through
+  // (search, not list), while keys inside stay 0600.
+  const mode = (await stat(dataDir)).mode & 0o777;
+  if ((mode & 0o011) !== 0o011) {
+    await chmod(dataDir, mode | 0o011);
+    log.info("made the data dir searchable by job users (not listable)", { dataDir, mode: (mode | 0o011).toString(8) });
   }
 
   const gpuList = await machineGpus(config, log);

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
@@ -64,6 +64,8 @@ export interface StartMarketOptions {
  */
 export async function startMarket({ providers: count, config = {}, configFor }: StartMarketOptions): Promise<Market> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "baton-market-"));
+  // Provider jobs run as an unprivileged user: it must be able to pass through to their work dirs.
+  await chmod(dir, 0o711);
   const chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
   const hosts: BatonHost[] = [];
   const stops: (() => void)[] = [];

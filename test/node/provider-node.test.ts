@@ -109,6 +109,9 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
     }
     await session.close();
     const types = events.map((e) => e.type);
+    const refused = events.filter((e) => e.type === "refused");
+    if (refused.length > 0) console.error(provider.process!.lines.filter((l) => l.includes("warn")).join("\n"));
+    expect(refused).toEqual([]);
     expect(types[0]).toBe("accepted");
     expect(types.at(-1)).toBe("result");
     const lines = events.flatMap((e) => (e.type === "log" ? [e.body.line] : []));
