@@ -8,6 +8,9 @@ import { openLeaseSession, requestQuote, type ProviderEvent } from "../../sdk/wi
 import type { Offer } from "../../sdk/wire/messages.ts";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
+import path from "node:path";
+
+import { NodeStore } from "../../node/store.ts";
 import { isAlive, until } from "../helpers/processes.ts";
 import { startMarket, type Market, type Tenant } from "../helpers/market.ts";
 
@@ -90,7 +93,7 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
             command: [
               "sh",
               "-c",
-              'echo hello from $BATON_LEASE_ID; for i in 1 2 3; do echo "BATON_PROGRESS {\\"step\\":$i,\\"total\\":3}"; sleep 0.7; done; echo done',
+              'echo hello from $BATON_LEASE_ID; for i in 1 2 3; do echo "BATON_PROGRESS {\\"step\\":$i,\\"total\\":3}"; sleep 1.5; done; echo done',
             ],
             env: {},
             inputs: [],
@@ -159,4 +162,117 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
     );
     expect(isAlive(provider.process!.pid)).toBe(true);
   });
+
+  it("kills the job at once when the chain says its lease was slashed", async () => {
+    const { leaseId, provider } = await openLease(0, "job-fenced");
+    const session = await startJob(provider, leaseId, LONG_JOB);
+    await firstLog(session.messages, /^tick/);
+    const node = provider.process!;
+    const store = new NodeStore(path.join(provider.dataDir, "node.db"));
+    const pid = store.getLease(leaseId)!.pid!;
+    expect(isAlive(pid)).toBe(true);
+
+    // Freeze the node so it misses its on-chain heartbeats, move chain time past the timeout, slash.
+    node.child.kill("SIGSTOP");
+    try {
+      await market.test.increaseTime({ seconds: 10 });
+      await market.test.mine({ blocks: 1 });
+      const { leaseManager } = contracts(market.deployment);
+      await writeContract(market.admin, { ...leaseManager, functionName: "slashMissedHeartbeat", args: [leaseId] });
+    } finally {
+      node.child.kill("SIGCONT");
+    }
+    await node.waitFor(new RegExp(`"msg":"lease ended on chain; job stopped","leaseId":"${leaseId}"`), 20_000);
+    await until(() => store.getLease(leaseId)!.state === "fenced", 10_000, "lease fenced in the node's store");
+    await until(() => !isAlive(pid), 15_000, "job process gone");
+    store.close();
+    await session.close();
+  });
+
+  it("keeps its lease and its duties across SIGKILL and restart, and lets the tenant re-attach", async () => {
+    const { leaseId, provider } = await openLease(1, "job-restart");
+    const session = await startJob(provider, leaseId, LONG_JOB);
+    await firstLog(session.messages, /^tick/);
+    await session.close();
+
+    const old = provider.process!;
+    old.child.kill("SIGKILL");
+    await old.exited;
+    const killedAt = (await tenant.chain.publicClient.getBlock()).timestamp;
+
+    await provider.start();
+    const auth = await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
+    const again = await openLeaseSession(
+      tenant.host,
+      peerIdFromString(provider.peerId),
+      tenant.key,
+      { type: "attach", body: { leaseId, auth, afterSeq: 0 } },
+      { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
+    );
+    await firstLog(again.messages, /the provider node restarted; the job was relaunched/);
+    await firstLog(again.messages, /^tick/);
+    await again.close();
+
+    const { leaseManager } = contracts(market.deployment);
+    await until(
+      async () => {
+        const beats = await tenant.chain.publicClient.getContractEvents({
+          ...leaseManager,
+          eventName: "HeartbeatRecorded",
+          args: { leaseId },
+          fromBlock: 0n,
+        });
+        return beats.some((b) => b.args.timestamp! > killedAt);
+      },
+      20_000,
+      "an on-chain heartbeat after the restart",
+    );
+    const lease = await tenant.chain.publicClient.readContract({
+      ...leaseManager,
+      functionName: "getLease",
+      args: [leaseId],
+    });
+    expect(lease.status).toBe(1);
+  });
 });
+
+const LONG_JOB = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"];
+
+async function startJob(provider: Market["providers"][number], leaseId: bigint, command: string[]) {
+  const auth = await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
+  return openLeaseSession(
+    tenant.host,
+    peerIdFromString(provider.peerId),
+    tenant.key,
+    {
+      type: "start",
+      body: {
+        leaseId,
+        auth,
+        spec: {
+          name: "long",
+          command,
+          env: {},
+          inputs: [],
+          resources: { gpus: 1, cpus: 1, memoryMiB: 256 },
+          network: false,
+          maxDurationS: 300,
+        },
+      },
+    },
+    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
+  );
+}
+
+/** Reads a session until a log line matches (a refusal or the end fails the test). */
+async function firstLog(messages: AsyncGenerator<ProviderEvent>, pattern: RegExp): Promise<string> {
+  for (;;) {
+    const next = await Promise.race([
+      messages.next(),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no log line ${pattern} in time`)), 30_000)),
+    ]);
+    if (next.done) throw new Error(`session ended before a log line ${pattern}`);
+    if (next.value.type === "refused") throw new Error(`refused: ${next.value.body.reason} ${next.value.body.message}`);
+    if (next.value.type === "log" && pattern.test(next.value.body.line)) return next.value.body.line;
+  }
+}
