@@ -1,0 +1,148 @@
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+import { createPublicClient, createWalletClient, http, parseEther } from "viem";
+import { hardhat } from "viem/chains";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
+import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import { contracts, createChainClient, writeContract } from "../../sdk/chain/client.ts";
+import { parseDeployment } from "../../sdk/chain/deployments.ts";
+import { spawnScript, stopAll } from "../helpers/processes.ts";
+
+let chain: LocalChain;
+let dir: string;
+let deploymentFile: string;
+let dataDir: string;
+let address: `0x${string}`;
+const env = { BATON_KEYSTORE_PASSWORD: "correct horse battery staple" };
+
+/** Runs `baton …` to completion and returns its exit code and output. */
+async function baton(args: string[], extraEnv: Record<string, string> = {}) {
+  const run = spawnScript("cli/baton.ts", args, { ...env, ...extraEnv });
+  const { code } = await run.exited;
+  return { code, output: run.lines.join("\n") };
+}
+
+beforeAll(async () => {
+  chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
+  dir = await mkdtemp(path.join(os.tmpdir(), "baton-cli-"));
+  await chmod(dir, 0o711);
+  const publicClient = createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl), pollingInterval: 50 });
+  const walletClient = createWalletClient({ chain: hardhat, account: devAccount(0), transport: http(chain.rpcUrl) });
+  deploymentFile = await writeDeployment(
+    path.join(dir, "deployments"),
+    await deployBaton({ walletClient, publicClient }),
+  );
+  dataDir = path.join(dir, "provider");
+}, 120_000);
+
+afterAll(async () => {
+  await stopAll();
+  await chain?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("baton provider (CLI)", () => {
+  it("init writes an encrypted keystore, a peer key and a config, and prints the identity", async () => {
+    const { code, output } = await baton([
+      "provider",
+      "init",
+      "--data-dir",
+      dataDir,
+      "--rpc-url",
+      chain.rpcUrl,
+      "--deployment",
+      deploymentFile,
+      "--fake-gpus",
+      "1xFakeGPU",
+    ]);
+    expect(code, output).toBe(0);
+    address = /address\s+(0x[0-9a-fA-F]{40})/.exec(output)![1] as `0x${string}`;
+    expect(output).toMatch(/peer id\s+12D3KooW/);
+    const keystore = JSON.parse(await readFile(path.join(dataDir, "key.json"), "utf8"));
+    expect(keystore.crypto.kdf).toBe("scrypt");
+    expect(keystore.address).toBe(address.slice(2).toLowerCase());
+  });
+
+  it("refuses to register without tokens, then registers and reports its stake", async () => {
+    const noTokens = await baton(["provider", "register", "--data-dir", dataDir, "--stake", "200"]);
+    expect(noTokens.code).toBe(1);
+    expect(noTokens.output).toContain("insufficient staking-token balance");
+
+    const deployment = parseDeployment(JSON.parse(await readFile(deploymentFile, "utf8")));
+    const funded = createChainClient({ rpcUrl: chain.rpcUrl, deployment, account: devAccount(0) });
+    await funded.walletClient!.sendTransaction({ to: address, value: parseEther("1") });
+    await writeContract(funded, {
+      ...contracts(deployment).stakingToken,
+      functionName: "mint",
+      args: [address, parseEther("300")],
+    });
+
+    const registered = await baton(["provider", "register", "--data-dir", dataDir, "--stake", "200"]);
+    expect(registered.code, registered.output).toBe(0);
+    expect(registered.output).toMatch(/registered 0x[0-9a-fA-F]{40} as 12D3KooW\w+ with a stake of 200/);
+
+    const status = await baton(["provider", "status", "--data-dir", dataDir, "--json"]);
+    expect(status.code, status.output).toBe(0);
+    const json = JSON.parse(status.output.slice(status.output.indexOf("{")));
+    expect(json.provider.stake).toBe(parseEther("200").toString());
+    expect(json.provider.registered).toBe(true);
+  });
+
+  it("unstakes into an unbonding period, and says why a withdrawal must wait", async () => {
+    const unstake = await baton(["provider", "unstake", "50", "--data-dir", dataDir]);
+    expect(unstake.code, unstake.output).toBe(0);
+    expect(unstake.output).toMatch(/unbonding 50; withdraw after \d{4}-/);
+    const withdraw = await baton(["provider", "withdraw", "--data-dir", dataDir]);
+    expect(withdraw.code).toBe(1);
+    expect(withdraw.output).toContain("ProviderRegistry_StillUnbonding");
+  });
+
+  it("names the problem when the RPC is down, the chain is wrong, or the key is unregistered", async () => {
+    const config = await readFile(path.join(dataDir, "config.yaml"), "utf8");
+    const noRpcDir = path.join(dir, "no-rpc");
+    const otherChainDir = path.join(dir, "other-chain");
+    for (const d of [noRpcDir, otherChainDir]) {
+      await mkdir(d, { recursive: true });
+      await copyFile(path.join(dataDir, "key.json"), path.join(d, "key.json"));
+    }
+    await writeFile(path.join(noRpcDir, "config.yaml"), config.replace(chain.rpcUrl, "http://127.0.0.1:9"));
+    const noRpc = await baton(["provider", "status", "--data-dir", noRpcDir]);
+    expect(noRpc.code).toBe(1);
+    expect(noRpc.output).toContain("no JSON-RPC node answers at http://127.0.0.1:9");
+
+    const other = JSON.parse(await readFile(deploymentFile, "utf8"));
+    other.chainId = 1;
+    const otherFile = path.join(otherChainDir, "deployment.json");
+    await writeFile(otherFile, JSON.stringify(other));
+    await writeFile(path.join(otherChainDir, "config.yaml"), config.replace(deploymentFile, otherFile));
+    const wrong = await baton(["provider", "status", "--data-dir", otherChainDir]);
+    expect(wrong.code).toBe(1);
+    expect(wrong.output).toContain("wrong chain: the RPC serves chain 31337, the deployment is for 1");
+
+    const unregistered = await baton(["provider", "start", "--data-dir", dataDir], {
+      BATON_PROVIDER_KEY: "0x" + "11".repeat(32),
+    });
+    expect(unregistered.code).toBe(1);
+    expect(unregistered.output).toMatch(
+      /0x[0-9a-fA-F]{40} is not registered: run `baton provider register --stake N` first/,
+    );
+  });
+
+  it("starts, serves metrics on loopback, and drains on SIGTERM", async () => {
+    const node = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], env);
+    const line = await node.waitFor(/metrics on http:\/\/127\.0\.0\.1:\d+\/metrics/, 60_000);
+    const url = /(http:\S+)/.exec(line)![1]!;
+    const metrics = await (await fetch(url)).text();
+    expect(metrics).toContain("# TYPE baton_gpus gauge");
+    expect(metrics).toContain("baton_gpus 1");
+    node.child.kill("SIGTERM");
+    const exit = await node.exited;
+    expect(exit.code).toBe(0);
+    expect(node.lines.join("\n")).toContain("SIGTERM: draining");
+    expect(node.lines.join("\n")).toContain('"msg":"provider node stopped"');
+  });
+});
