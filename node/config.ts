@@ -55,6 +55,13 @@ export const nodeConfigSchema = z
   .strict()
   .refine((c) => c.chainHeartbeatTimeoutS > c.chainHeartbeatPeriodS, {
     message: "chainHeartbeatTimeoutS must exceed chainHeartbeatPeriodS",
+  })
+  // The lease manager refuses a zero price; a node must never quote one.
+  .refine((c) => c.price.basePerSecond > 0n || (!c.cpuJobs && c.price.perGpuPerSecond > 0n), {
+    message: "price.basePerSecond must be positive for CPU jobs (and some price positive for GPU jobs)",
+  })
+  .refine((c) => c.maxDurationS > c.chainHeartbeatTimeoutS, {
+    message: "maxDurationS must exceed chainHeartbeatTimeoutS",
   });
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>;
