@@ -100,7 +100,7 @@ export async function startMarket({ providers: count, config = {}, configFor }: 
         price: { basePerSecond: "0", perGpuPerSecond: "1000000000000" },
         collateralPerLease: parseEther("10").toString(),
         chainHeartbeatPeriodS: 2,
-        chainHeartbeatTimeoutS: 6,
+        chainHeartbeatTimeoutS: 20,
         offerRefreshMs: 500,
         claimIntervalMs: 3_000,
         metricsPort: 0,

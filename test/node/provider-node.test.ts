@@ -175,7 +175,7 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
     // Freeze the node so it misses its on-chain heartbeats, move chain time past the timeout, slash.
     node.child.kill("SIGSTOP");
     try {
-      await market.test.increaseTime({ seconds: 10 });
+      await market.test.increaseTime({ seconds: 30 });
       await market.test.mine({ blocks: 1 });
       const { leaseManager } = contracts(market.deployment);
       await writeContract(market.admin, { ...leaseManager, functionName: "slashMissedHeartbeat", args: [leaseId] });
