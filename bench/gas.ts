@@ -9,11 +9,9 @@ import {
   createPublicClient,
   createTestClient,
   createWalletClient,
-  decodeEventLog,
   http,
   keccak256,
   parseEther,
-  parseSignature,
   toHex,
   type Hex,
   type TransactionReceipt,
@@ -22,6 +20,7 @@ import { hardhat } from "viem/chains";
 
 import { deployBaton } from "../deploy/deploy.ts";
 import { devAccount, startLocalChain } from "../deploy/local-chain.ts";
+import { leaseIdFromReceipt, signPermit } from "../sdk/chain/permit.ts";
 import { signQuote, type Quote } from "../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../sdk/generated/abis.ts";
 import { median, printTable, writeResults, type Figure } from "./report.ts";
@@ -109,15 +108,6 @@ try {
     };
     return { quote: q, signature: await signQuote(provider, hardhat.id, leaseManager, q) };
   };
-  const leaseIdOf = (receipt: TransactionReceipt): bigint => {
-    for (const log of receipt.logs) {
-      if (log.address.toLowerCase() !== leaseManager.toLowerCase()) continue;
-      const event = decodeEventLog({ abi: leaseManagerAbi, data: log.data, topics: log.topics });
-      if (event.eventName === "LeaseOpened") return event.args.leaseId;
-    }
-    throw new Error("no LeaseOpened event");
-  };
-
   // Open 70 leases with an allowance; the first also pays for a fresh nonce bitmap word.
   const openGas: number[] = [];
   const leases: bigint[] = [];
@@ -132,47 +122,26 @@ try {
       }),
     );
     openGas.push(gas(receipt));
-    leases.push(leaseIdOf(receipt));
+    leases.push(leaseIdFromReceipt(receipt, leaseManager));
   }
 
   const permitGas: number[] = [];
   for (let i = 0; i < 5; i++) {
     const { quote: q, signature } = await quote(`permit-job-${i}`);
-    const block = await publicClient.getBlock();
-    const permitNonce = await publicClient.readContract({
-      address: paymentToken,
-      abi: devTokenAbi,
-      functionName: "nonces",
-      args: [tenant.address],
-    });
     const deposit = parseEther("1");
-    const signed = await tenant.signTypedData({
-      domain: { name: "Baton Pay", version: "1", chainId: hardhat.id, verifyingContract: paymentToken },
-      types: {
-        Permit: [
-          { name: "owner", type: "address" },
-          { name: "spender", type: "address" },
-          { name: "value", type: "uint256" },
-          { name: "nonce", type: "uint256" },
-          { name: "deadline", type: "uint256" },
-        ],
-      },
-      primaryType: "Permit",
-      message: {
-        owner: tenant.address,
-        spender: leaseManager,
-        value: deposit,
-        nonce: permitNonce,
-        deadline: block.timestamp + 600n,
-      },
+    const block = await publicClient.getBlock();
+    const permit = await signPermit({ publicClient }, tenant, {
+      token: paymentToken,
+      spender: leaseManager,
+      value: deposit,
+      deadline: block.timestamp + 600n,
     });
-    const { r, s, v } = parseSignature(signed);
     const receipt = await send(
       wallet(tenant).writeContract({
         address: leaseManager,
         abi: leaseManagerAbi,
         functionName: "openLeaseWithPermit",
-        args: [q, signature, deposit, 0n, { deadline: block.timestamp + 600n, v: Number(v), r, s }],
+        args: [q, signature, deposit, 0n, permit],
       }),
     );
     permitGas.push(gas(receipt));

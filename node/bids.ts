@@ -135,11 +135,20 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     return sealMessage(peerKey, host.peerId.toString(), "bid-response", response);
   };
 
+  const unreadable = async (error: Error, remotePeer: PeerId): Promise<Uint8Array> => {
+    const message = error.name === "InvalidDataLengthError" ? "bid too large" : `unreadable bid (${error.name})`;
+    metrics.inc("baton_bids_total", "Bids received, by outcome", { outcome: "bad-request" });
+    log.info("bid refused", { peer: remotePeer.toString(), reason: "bad-request", message });
+    const refusal: BidResponse = { kind: "refusal", reason: "bad-request", message };
+    return sealMessage(peerKey, host.peerId.toString(), "bid-response", refusal);
+  };
+
   return {
     start: () =>
       serve(host, protocols.bid, handle, {
         maxBytes: maxMessageBytes.bid,
         timeoutMs: BID_READ_TIMEOUT_MS,
+        onUnreadable: unreadable,
       }),
     stop: () => host.unhandle(protocols.bid),
   };

@@ -209,6 +209,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   /** Reads the lease from the chain and checks it is active, ours, and the tenant's. */
   const checkLease = async (leaseId: bigint, tenant: Address): Promise<void> => {
     const lease = await chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
+    if (lease.status === 0) throw new SessionRefusal("unknown-lease", `lease ${leaseId} does not exist on chain`);
     if (lease.provider !== account.address)
       throw new SessionRefusal("not-our-lease", `lease ${leaseId} is not served by this provider`);
     if (lease.tenant !== tenant)
@@ -231,6 +232,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const nonce = opened.args.quote.nonce;
     const quote = store.getQuote(nonce);
     const wanted = spec.resources.gpus;
+    // Check before taking the quote's GPUs over, so a wrong spec leaves the reservation for a retry.
+    if (quote && quote.gpus.length !== wanted) {
+      throw new SessionRefusal(
+        "spec-mismatch",
+        `the spec asks for ${wanted} GPU(s); the quote was for ${quote.gpus.length}`,
+      );
+    }
     const committed = gpus.commit(quoteHolder(nonce), leaseHolder(leaseId));
     const indices =
       committed ??
@@ -239,7 +247,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         ...(spec.resources.gpuModel ? { gpuModel: spec.resources.gpuModel } : {}),
       });
     if (!indices) throw new SessionRefusal("no-capacity", "the quote's GPUs are no longer free");
-    if (indices.length !== wanted || (quote && quote.gpus.length !== wanted)) {
+    if (indices.length !== wanted) {
       gpus.release(leaseHolder(leaseId));
       throw new SessionRefusal(
         "spec-mismatch",

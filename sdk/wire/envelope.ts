@@ -108,7 +108,15 @@ export async function openMessage(bytes: Uint8Array, options: OpenMessageOptions
     });
   }
   const signature = Buffer.from(envelope.s, "base64");
-  const valid = await publicKeyOf(envelope.f).verify(signingInput(envelope.t, envelope.b), signature);
+  // Ed25519 signatures are 64 bytes; the verifier throws on other lengths instead of saying no.
+  const valid =
+    signature.byteLength === 64 &&
+    (await Promise.resolve()
+      .then(() => publicKeyOf(envelope.f).verify(signingInput(envelope.t, envelope.b), signature))
+      .catch((error: unknown) => {
+        if (error instanceof ProtocolError) throw error;
+        return false;
+      }));
   if (!valid) throw new ProtocolError("bad message signature", { details: `${envelope.t} from ${envelope.f}` });
   let body: unknown;
   try {

@@ -47,26 +47,46 @@ export interface ServeOptions {
   /** How long a peer may take to send its request. */
   timeoutMs: number;
   maxInboundStreams?: number;
+  /**
+   * Called when a request cannot even be read (too large, truncated, too slow); the bytes it
+   * returns, if any, are sent as the reply before the stream closes.
+   */
+  onUnreadable?: (error: Error, remotePeer: PeerId) => Promise<Uint8Array | undefined>;
 }
 
 /**
- * Answers one request per stream with `handler`. A request that is too large, too slow or that
- * makes the handler throw resets the stream; the handler decides what a refusal looks like.
+ * Answers one request per stream with `handler`. A request that cannot be read gets the reply of
+ * `onUnreadable`, if any; a handler that throws resets the stream (it decides what a refusal is).
  */
 export async function serve(
   host: BatonHost,
   protocol: string,
   handler: (message: Uint8Array, remotePeer: PeerId) => Promise<Uint8Array>,
-  { maxBytes, timeoutMs, maxInboundStreams = 64 }: ServeOptions,
+  { maxBytes, timeoutMs, maxInboundStreams = 64, onUnreadable }: ServeOptions,
 ): Promise<void> {
   await host.handle(
     protocol,
     async (stream, connection) => {
       const signal = AbortSignal.timeout(timeoutMs);
+      const framed = lpStream(stream, { maxDataLength: maxBytes });
+      let message: Uint8Array;
       try {
-        const framed = lpStream(stream, { maxDataLength: maxBytes });
-        const message = await framed.read({ signal });
-        await framed.write(await handler(message.subarray(), connection.remotePeer), { signal });
+        message = (await framed.read({ signal })).subarray();
+      } catch (error) {
+        const reply = await onUnreadable?.(error as Error, connection.remotePeer).catch(() => undefined);
+        if (!reply) {
+          stream.abort(error as Error);
+          return;
+        }
+        // Close (not abort) after the reply, or libp2p would drop it unsent.
+        await framed
+          .write(reply, { signal })
+          .then(() => stream.close({ signal }))
+          .catch(() => stream.abort(error as Error));
+        return;
+      }
+      try {
+        await framed.write(await handler(message, connection.remotePeer), { signal });
         await stream.close({ signal });
       } catch (error) {
         stream.abort(error as Error);

@@ -9,7 +9,6 @@ import {
   http,
   keccak256,
   parseEther,
-  parseSignature,
   toHex,
   type Address,
   type Hex,
@@ -22,6 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { loadDeployment, type Deployment } from "../../sdk/chain/deployments.ts";
+import { signPermit } from "../../sdk/chain/permit.ts";
 import { hashQuote, signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 
@@ -250,34 +250,12 @@ describe("a lease's life on hardhat node, through viem", () => {
     const { quote, signature } = await quoteFor(jobId, 2n);
     const deposit = parseEther("2");
     const block = await publicClient.getBlock();
-    const nonce = await publicClient.readContract({
-      address: paymentToken,
-      abi: devTokenAbi,
-      functionName: "nonces",
-      args: [tenant.address],
+    const permit = await signPermit({ publicClient }, tenant, {
+      token: paymentToken,
+      spender: leaseManager,
+      value: deposit,
+      deadline: block.timestamp + 600n,
     });
-    const permitSignature = await tenant.signTypedData({
-      domain: { name: "Baton Pay", version: "1", chainId: hardhat.id, verifyingContract: paymentToken },
-      types: {
-        Permit: [
-          { name: "owner", type: "address" },
-          { name: "spender", type: "address" },
-          { name: "value", type: "uint256" },
-          { name: "nonce", type: "uint256" },
-          { name: "deadline", type: "uint256" },
-        ],
-      },
-      primaryType: "Permit",
-      message: {
-        owner: tenant.address,
-        spender: leaseManager,
-        value: deposit,
-        nonce,
-        deadline: block.timestamp + 600n,
-      },
-    });
-    const { r, s, v } = parseSignature(permitSignature);
-    const permit = { deadline: block.timestamp + 600n, v: Number(v), r, s };
     const opened = await send(
       wallet(tenant).writeContract({
         address: leaseManager,

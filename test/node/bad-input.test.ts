@@ -408,18 +408,10 @@ describe("bad bids (real node processes, real chain, loopback libp2p)", () => {
     await expectBidRefused(mallory, gpuNode, new Uint8Array([0xff, 0xfe, 0x00, 0x7b]), "bad-request", /malformed/);
   }, 60_000);
 
-  it("resets a frame larger than the bid limit before reading it, then answers the same peer normally", async () => {
+  it("refuses a frame larger than the bid limit without reading it, then answers the same peer normally", async () => {
     const mallory = await rawPeer();
     const huge = utf8(JSON.stringify({ junk: "x".repeat(maxMessageBytes.bid + 1024) }));
-    const started = Date.now();
-    const error = await sendBidBytes(mallory, gpuNode, huge).then(
-      () => undefined,
-      (e: unknown) => e as Error,
-    );
-    expect(error).toBeInstanceOf(Error);
-    // Reset by the node at once, not left to our own 30 s timeout.
-    expect(error!.name).not.toMatch(/Abort|Timeout/);
-    expect(Date.now() - started).toBeLessThan(20_000);
+    await expectBidRefused(mallory, gpuNode, huge, "bad-request", /bid too large/);
     // The same peer is still served: its next, well-formed bid gets an answer.
     await expectBidRefused(mallory, gpuNode, sealBid(mallory, bidFor(SOMEONE)), "no-capacity");
   }, 60_000);
