@@ -123,6 +123,15 @@ describe("baton provider (CLI)", () => {
     expect(wrong.code).toBe(1);
     expect(wrong.output).toContain("wrong chain: the RPC serves chain 31337, the deployment is for 1");
 
+    // A registered node on a machine without GPUs, configured for GPU jobs only, refuses to start.
+    const noGpuDir = path.join(dir, "no-gpu");
+    await mkdir(noGpuDir, { recursive: true });
+    for (const file of ["key.json", "peer.key"]) await copyFile(path.join(dataDir, file), path.join(noGpuDir, file));
+    await writeFile(path.join(noGpuDir, "config.yaml"), config.replace(/gpus:\n\s+fake: 1xFakeGPU\n/, "gpus: auto\n"));
+    const noGpu = await baton(["provider", "start", "--data-dir", noGpuDir], { PATH: "/usr/bin:/bin" });
+    expect(noGpu.code).toBe(1);
+    expect(noGpu.output).toContain("no GPU found (nvidia-smi is missing or lists none)");
+
     const unregistered = await baton(["provider", "start", "--data-dir", dataDir], {
       BATON_PROVIDER_KEY: "0x" + "11".repeat(32),
     });
