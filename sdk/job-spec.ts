@@ -83,7 +83,7 @@ export function parseJobSpec(value: unknown, source = "job spec"): JobSpec {
  * Reads a job spec from a YAML or JSON file.
  *
  * @example
- * const spec = await loadJobSpec("examples/train.yaml");
+ * const spec = await loadJobSpec("examples/train/train.yaml");
  */
 export async function loadJobSpec(file: string): Promise<JobSpec> {
   let text: string;
