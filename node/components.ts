@@ -2,6 +2,7 @@ import type { PrivateKey } from "@libp2p/interface";
 import type { PrivateKeyAccount } from "viem/accounts";
 
 import type { ChainClient } from "../sdk/chain/client.ts";
+import type { IpfsNode } from "../sdk/ipfs/node.ts";
 import type { Logger } from "../sdk/logger.ts";
 import type { BatonHost } from "../sdk/p2p/host.ts";
 import type { NodeConfig } from "./config.ts";
@@ -17,6 +18,8 @@ export interface NodeComponents {
   config: NodeConfig;
   dataDir: string;
   host: BatonHost;
+  /** The embedded IPFS node on `host`, holding this node's checkpoints. */
+  ipfs: IpfsNode;
   peerKey: PrivateKey;
   account: PrivateKeyAccount;
   chain: ChainClient;

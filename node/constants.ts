@@ -42,3 +42,12 @@ export const SESSION_REPLAY_MESSAGES = 1_000;
 
 /** On SIGTERM, keep heartbeating running leases this long for them to finish before stopping. */
 export const DRAIN_TIMEOUT_MS = 60_000;
+
+/** Largest checkpoint a node publishes or resumes from: 8 GiB covers a 7B-parameter model's fp16 weights and Adam state shards. */
+export const MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3;
+
+/** How long a new provider may take to fetch the checkpoint it resumes from before refusing the lease. */
+export const RESUME_FETCH_TIMEOUT_MS = 10 * 60_000;
+
+/** Largest single input file a job may ask the node to fetch. */
+export const MAX_INPUT_BYTES = 4 * 1024 ** 3;

@@ -2,10 +2,12 @@ import { mkdir } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
+import { CID } from "multiformats/cid";
 import { parseEventLogs, type Address } from "viem";
 
 import { contracts } from "../sdk/chain/client.ts";
-import { ProtocolError } from "../sdk/errors.ts";
+import { BaseError, ProtocolError } from "../sdk/errors.ts";
+import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
 import { readMessages, writeMessage } from "../sdk/wire/framing.ts";
@@ -15,12 +17,21 @@ import {
   type Progress,
   type ProviderMessage,
   type ProviderMessageType,
+  type TenantMessage,
 } from "../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import { verifyTenantAuth } from "../sdk/wire/tenant-auth.ts";
 import { quoteHolder } from "./bids.ts";
+import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
+import { fetchInputs } from "./inputs.ts";
 import type { NodeComponents } from "./components.ts";
-import { SESSION_OPEN_TIMEOUT_MS, SESSION_REPLAY_MESSAGES } from "./constants.ts";
+import {
+  MAX_CHECKPOINT_BYTES,
+  MAX_INPUT_BYTES,
+  RESUME_FETCH_TIMEOUT_MS,
+  SESSION_OPEN_TIMEOUT_MS,
+  SESSION_REPLAY_MESSAGES,
+} from "./constants.ts";
 import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
 import type { LeaseRow } from "./store.ts";
 
@@ -54,6 +65,7 @@ class LeaseRuntime {
   readonly replay: { seq: number; bytes: Uint8Array }[] = [];
   readonly sessions = new Set<Stream>();
   heartbeatTimer: NodeJS.Timeout | undefined;
+  checkpoints: CheckpointWatcher | undefined;
 
   constructor(leaseId: bigint) {
     this.leaseId = leaseId;
@@ -168,6 +180,32 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     });
     runtime.job = job;
     runtime.state = "running";
+    if (row.jobKey) {
+      runtime.checkpoints = watchCheckpoints({
+        dir: path.join(row.workDir, "checkpoints"),
+        key: Buffer.from(row.jobKey, "base64"),
+        ipfs: components.ipfs,
+        maxBytes: MAX_CHECKPOINT_BYTES,
+        log: log.child(`checkpoints.${row.leaseId}`),
+        metrics,
+        onPublished: (checkpoint) => {
+          store.updateLease(row.leaseId, { pendingCheckpointCid: checkpoint.cid });
+          void emit(runtime, "checkpoint", {
+            cid: checkpoint.cid,
+            name: checkpoint.name,
+            ...(checkpoint.step === undefined ? {} : { step: checkpoint.step }),
+            size: checkpoint.size,
+            sha256: checkpoint.sha256,
+          });
+        },
+        onRejected: (name, reason) =>
+          void emit(runtime, "log", {
+            at: Date.now(),
+            stream: "node",
+            line: `checkpoint ${name} not published: ${reason}`,
+          }),
+      });
+    }
     store.updateLease(row.leaseId, { state: "running", pid: job.pid });
     metrics.inc("baton_jobs_started_total", "Jobs started", { relaunch: String(relaunch) });
     log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch });
@@ -175,24 +213,49 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       runtime.exit = exit;
       runtime.state = "exited";
       clearInterval(runtime.heartbeatTimer);
+      // Let the watcher publish what the job committed last before the result goes out.
+      await runtime.checkpoints?.settle();
       const current = store.getLease(row.leaseId);
       if (current?.state === "fenced") return;
+      log.info("job exited", { leaseId: row.leaseId, code: exit.code, signal: exit.signal, reason: exit.reason });
+      // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
+      const output = await publishOutput(row);
       store.updateLease(row.leaseId, {
         state: "exited",
         pid: null,
         exitCode: exit.code,
         reason: exit.reason,
         endedAt: Date.now(),
+        ...(output ? { resultCid: output.cid } : {}),
       });
-      log.info("job exited", { leaseId: row.leaseId, code: exit.code, signal: exit.signal, reason: exit.reason });
       await emit(runtime, "result", {
         exitCode: exit.code,
         signal: exit.signal,
         reason: exit.reason,
+        ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
         finishedAt: Date.now(),
       });
       init.onExit(row.leaseId, exit);
     });
+  };
+
+  /** Packs, encrypts and adds the job's output dir, so the tenant can fetch it by CID. */
+  const publishOutput = async (row: LeaseRow): Promise<{ cid: string; sha256: string } | undefined> => {
+    if (!row.jobKey) return undefined;
+    try {
+      const published = await publishCheckpoint(
+        components.ipfs,
+        Buffer.from(row.jobKey, "base64"),
+        path.join(row.workDir, "output"),
+        {
+          maxBytes: MAX_CHECKPOINT_BYTES,
+        },
+      );
+      return { cid: published.cid.toString(), sha256: published.plaintextSha256 };
+    } catch (error) {
+      log.warn("output not published", { leaseId: row.leaseId, error });
+      return undefined;
+    }
   };
 
   const runtimeFor = (leaseId: bigint): LeaseRuntime => {
@@ -307,7 +370,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         await attach(existing, stream, afterSeq);
         log.info("tenant attached", { leaseId: body.leaseId, peer: remote, afterSeq });
       } else {
-        const spec = parseJobSpec((body as { spec: unknown }).spec, "job spec");
+        const startBody = body as TenantMessage<"start">;
+        const spec = parseJobSpec(startBody.spec, "job spec");
         const indices = await reservedGpus(body.leaseId, spec);
         const runtime = runtimeFor(body.leaseId);
         const workDir = path.join(components.dataDir, "jobs", body.leaseId.toString(), "work");
@@ -330,11 +394,51 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           lastChainHeartbeat: null,
           pendingCheckpointCid: null,
           resultCid: null,
+          jobKey: startBody.key ?? null,
         };
+        if (startBody.resume && !startBody.key)
+          throw new SessionRefusal("bad-request", "a resume checkpoint needs the job key");
+        // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for
+        // the listen addresses it announced (identify), which bitswap can dial.
+        const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
+        const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${remote}`));
+        try {
+          await fetchInputs(components.ipfs, spec, workDir, {
+            providers: tenantAddresses,
+            maxBytes: MAX_INPUT_BYTES,
+            signal: AbortSignal.timeout(RESUME_FETCH_TIMEOUT_MS),
+          });
+        } catch (error) {
+          const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+          gpus.release(leaseHolder(body.leaseId));
+          throw new SessionRefusal("inputs-failed", `cannot fetch the job's inputs: ${reason}`);
+        }
+        if (startBody.resume) {
+          // Fetch, verify and decrypt the checkpoint before the job may start: a bad one is never resumed from.
+          try {
+            await restoreCheckpoint(
+              components.ipfs,
+              Buffer.from(startBody.key!, "base64"),
+              CID.parse(startBody.resume.cid),
+              path.join(workDir, "resume"),
+              {
+                expectedSha256: startBody.resume.sha256,
+                maxBytes: MAX_CHECKPOINT_BYTES,
+                providers: tenantAddresses,
+                signal: AbortSignal.timeout(RESUME_FETCH_TIMEOUT_MS),
+                pin: true,
+              },
+            );
+          } catch (error) {
+            const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+            gpus.release(leaseHolder(body.leaseId));
+            throw new SessionRefusal("resume-failed", `cannot resume from ${startBody.resume.cid}: ${reason}`);
+          }
+        }
         store.insertLease(row);
         init.onCapacityChange();
         await attach(runtime, stream, 0);
-        await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: false });
+        await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: startBody.resume !== undefined });
         await launch(runtime, row, spec, false);
       }
       // Keep reading the tenant's messages (acknowledgements) until the session ends.
@@ -361,6 +465,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     if (!runtime) return;
     clearInterval(runtime.heartbeatTimer);
     if (runtime.job && !runtime.exit) await runtime.job.kill(reason);
+    await runtime.checkpoints?.stop();
     for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
     runtimes.delete(leaseId);
     gpus.release(leaseHolder(leaseId));

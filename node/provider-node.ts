@@ -6,6 +6,7 @@ import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { checkChain, contracts, createChainClient } from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
 import { UserError } from "../sdk/errors.ts";
+import { createIpfsNode } from "../sdk/ipfs/node.ts";
 import { createLogger, type Logger } from "../sdk/logger.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { bids } from "./bids.ts";
@@ -22,7 +23,7 @@ import { detectSandbox } from "./sandbox/detect.ts";
 import { NodeStore } from "./store.ts";
 
 /** The file names a node keeps in its data dir. */
-export const DATA_FILES = { peerKey: "peer.key", database: "node.db" } as const;
+export const DATA_FILES = { peerKey: "peer.key", database: "node.db", ipfs: "ipfs" } as const;
 
 export interface StartProviderNodeOptions {
   dataDir: string;
@@ -117,17 +118,16 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
   const gpus = new GpuAllocator(gpuList, () => onCapacityChange());
   const store = new NodeStore(path.join(dataDir, DATA_FILES.database));
   const metrics = new Metrics();
-  const host = await createBatonHost({
-    privateKey: peerKey,
-    listen: config.listen,
-    bootstrap: config.bootstrap,
-    dhtAddresses: config.dhtAddresses,
-  });
+  // Bootstrap peers are dialled only once the IPFS node is on the host: bitswap ignores peers that
+  // were connected before it registered (seen with Helia 7.1.15).
+  const host = await createBatonHost({ privateKey: peerKey, listen: config.listen, dhtAddresses: config.dhtAddresses });
+  const ipfs = await createIpfsNode({ host, dir: path.join(dataDir, DATA_FILES.ipfs), log: log.child("ipfs") });
   const stopDialling = keepConnected(host, config.bootstrap);
   const components: NodeComponents = {
     config,
     dataDir,
     host,
+    ipfs,
     peerKey,
     account,
     chain,
@@ -175,6 +175,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     await duties.stop();
     await leaseService.killAll("node stopping");
     await metricsServer?.close();
+    await ipfs.stop();
     await host.stop();
     store.close();
     log.info("provider node stopped", {});

@@ -41,6 +41,8 @@ export interface LeaseRow {
   lastChainHeartbeat: number | null;
   pendingCheckpointCid: string | null;
   resultCid: string | null;
+  /** The job's checkpoint key (base64); kept so a restarted node can go on publishing checkpoints. */
+  jobKey: string | null;
 }
 
 export interface QuoteRow {
@@ -77,7 +79,8 @@ CREATE TABLE IF NOT EXISTS leases (
   chain_period_s INTEGER NOT NULL,
   last_chain_heartbeat INTEGER,
   pending_checkpoint_cid TEXT,
-  result_cid TEXT
+  result_cid TEXT,
+  job_key TEXT
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 `;
@@ -100,6 +103,7 @@ interface LeaseRecord {
   last_chain_heartbeat: number | null;
   pending_checkpoint_cid: string | null;
   result_cid: string | null;
+  job_key: string | null;
 }
 
 function toLease(r: LeaseRecord): LeaseRow {
@@ -121,6 +125,7 @@ function toLease(r: LeaseRecord): LeaseRow {
     lastChainHeartbeat: r.last_chain_heartbeat,
     pendingCheckpointCid: r.pending_checkpoint_cid,
     resultCid: r.result_cid,
+    jobKey: r.job_key,
   };
 }
 
@@ -207,8 +212,8 @@ export class NodeStore {
     this.#db
       .prepare(
         `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
-           exit_code, reason, chain_period_s, last_chain_heartbeat, pending_checkpoint_cid, result_cid)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           exit_code, reason, chain_period_s, last_chain_heartbeat, pending_checkpoint_cid, result_cid, job_key)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         lease.leaseId.toString(),
@@ -228,6 +233,7 @@ export class NodeStore {
         lease.lastChainHeartbeat,
         lease.pendingCheckpointCid,
         lease.resultCid,
+        lease.jobKey,
       );
   }
 
@@ -265,6 +271,7 @@ export class NodeStore {
       lastChainHeartbeat: "last_chain_heartbeat",
       pendingCheckpointCid: "pending_checkpoint_cid",
       resultCid: "result_cid",
+      jobKey: "job_key",
     };
     const entries = Object.entries(patch).filter(([key]) => key in columns);
     if (entries.length === 0) return;

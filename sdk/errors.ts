@@ -45,3 +45,42 @@ export class ProtocolError extends BaseError {
 export class ChainError extends BaseError {
   override name = "ChainError";
 }
+
+/**
+ * Nobody served a checkpoint's blocks within the stall timeout. A ProviderFaultError: the CID was
+ * announced by a peer that owes it (the provider that published it, or the tenant holding it for a
+ * re-lease), so its absence means that peer vanished or lied, and the caller moves on to another.
+ */
+export class CheckpointUnavailableError extends ProviderFaultError {
+  override name = "CheckpointUnavailableError";
+}
+
+/**
+ * A checkpoint's bytes failed verification: tampered, truncated, reordered or appended ciphertext,
+ * a malformed or truncated pack, a path that escapes the target, or a digest that does not match
+ * the announced one. Anything on the network can produce it, so it is a ProtocolError: drop it.
+ */
+export class CheckpointCorruptError extends ProtocolError {
+  override name = "CheckpointCorruptError";
+}
+
+/**
+ * The checkpoint was not sealed with this job key. A ProtocolError rather than a UserError: the key
+ * check lives in the (unencrypted) header, so a peer that alters the header causes it too.
+ */
+export class CheckpointKeyError extends ProtocolError {
+  override name = "CheckpointKeyError";
+}
+
+/** A checkpoint from the network is larger (bytes or files) than the caller allows. */
+export class CheckpointTooLargeError extends ProtocolError {
+  override name = "CheckpointTooLargeError";
+}
+
+/**
+ * A checkpoint directory cannot be packed: it holds a symlink, a device or another special file,
+ * an unusable name, or more files or bytes than allowed. The job wrote it, so it is the user's.
+ */
+export class CheckpointDirError extends UserError {
+  override name = "CheckpointDirError";
+}

@@ -13,6 +13,7 @@ import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { contracts, createChainClient, writeContract, type ChainClient } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey, type BatonHost } from "../../sdk/p2p/host.ts";
 import { writeNodeConfig, type NodeConfigInput } from "../../node/config.ts";
 import { DATA_FILES } from "../../node/provider-node.ts";
@@ -34,6 +35,8 @@ export interface Tenant {
   chain: ChainClient;
   host: BatonHost;
   key: PrivateKey;
+  /** The tenant's own IPFS store, when asked for. */
+  ipfs: IpfsNode | undefined;
 }
 
 export interface Market {
@@ -44,8 +47,8 @@ export interface Market {
   admin: ChainClient;
   test: TestClient;
   providers: ProviderHandle[];
-  /** A tenant with payment tokens and its own libp2p host, bootstrapped to the providers. */
-  tenant(index: number): Promise<Tenant>;
+  /** A tenant with payment tokens and its own libp2p host, bootstrapped to the providers (and an IPFS store in `ipfsDir`). */
+  tenant(index: number, options?: { ipfsDir?: string }): Promise<Tenant>;
   stop(): Promise<void>;
 }
 
@@ -68,6 +71,7 @@ export async function startMarket({ providers: count, config = {}, configFor }: 
   await chmod(dir, 0o711);
   const chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
   const hosts: BatonHost[] = [];
+  const ipfsNodes: IpfsNode[] = [];
   const stops: (() => void)[] = [];
   try {
     const deployerClient = createWalletClient({
@@ -148,7 +152,7 @@ export async function startMarket({ providers: count, config = {}, configFor }: 
       admin,
       test,
       providers,
-      async tenant(index) {
+      async tenant(index, options = {}) {
         const account = devAccount(10 + index);
         const tenantChain = createChainClient({ rpcUrl: chain.rpcUrl, deployment, account, pollingIntervalMs: 50 });
         await writeContract(admin, {
@@ -158,13 +162,17 @@ export async function startMarket({ providers: count, config = {}, configFor }: 
         });
         const key = await generateKeyPair("Ed25519");
         const bootstrap = providers.map((p) => p.address!).filter(Boolean);
-        const host = await createBatonHost({ privateKey: key, bootstrap });
+        // No dialling until the IPFS node is on the host: bitswap ignores peers connected before it.
+        const host = await createBatonHost({ privateKey: key });
         hosts.push(host);
+        const ipfs = options.ipfsDir ? await createIpfsNode({ host, dir: options.ipfsDir }) : undefined;
+        if (ipfs) ipfsNodes.push(ipfs);
         stops.push(keepConnected(host, bootstrap));
-        return { account, chain: tenantChain, host, key };
+        return { account, chain: tenantChain, host, key, ipfs };
       },
       async stop() {
         for (const stop of stops) stop();
+        await Promise.all(ipfsNodes.map((i) => i.stop()));
         await Promise.all(hosts.map((h) => h.stop()));
         await Promise.all(providers.map((p) => p.process?.stop()));
         await chain.stop();

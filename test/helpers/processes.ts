@@ -50,9 +50,16 @@ export function spawnScript(script: string, args: string[], env: Record<string, 
       const seen = lines.find((line) => pattern.test(line));
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
-        const waiter = { pattern, resolve };
+        // Clear the timer once resolved: a pending one keeps a script (a benchmark) alive.
+        const waiter = {
+          pattern,
+          resolve: (line: string) => {
+            clearTimeout(timer);
+            resolve(line);
+          },
+        };
         waiters.add(waiter);
-        const timer = setTimeout(() => {
+        const timer: NodeJS.Timeout = setTimeout(() => {
           waiters.delete(waiter);
           reject(
             new Error(`timed out waiting for ${pattern} from ${script}; last lines:\n${lines.slice(-30).join("\n")}`),

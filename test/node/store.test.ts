@@ -32,6 +32,7 @@ const lease = (leaseId: bigint): LeaseRow => ({
   lastChainHeartbeat: null,
   pendingCheckpointCid: null,
   resultCid: null,
+  jobKey: null,
 });
 
 describe("node store", () => {

@@ -1,0 +1,125 @@
+import { watch, type FSWatcher } from "node:fs";
+import { readdir } from "node:fs/promises";
+import path from "node:path";
+
+import { CID } from "multiformats/cid";
+
+import { BaseError } from "../sdk/errors.ts";
+import { publishCheckpoint } from "../sdk/ipfs/checkpoint.ts";
+import type { IpfsNode } from "../sdk/ipfs/node.ts";
+import type { Logger } from "../sdk/logger.ts";
+import type { Metrics } from "./metrics.ts";
+
+/** A checkpoint the node published: what the lease session announces. */
+export interface PublishedCheckpoint {
+  cid: string;
+  name: string;
+  step: number | undefined;
+  size: number;
+  sha256: string;
+}
+
+export interface WatchCheckpointsInit {
+  /** Host path of the job's `$BATON_CHECKPOINT_DIR`. */
+  dir: string;
+  key: Uint8Array;
+  ipfs: IpfsNode;
+  maxBytes: number;
+  log: Logger;
+  metrics: Metrics;
+  onPublished: (checkpoint: PublishedCheckpoint) => void;
+  /** Announced when a committed checkpoint cannot be published (too large, unreadable). */
+  onRejected: (name: string, reason: string) => void;
+  /** How many published checkpoints stay pinned here; older ones are unpinned. */
+  keep?: number;
+}
+
+export interface CheckpointWatcher {
+  /** Scans once more and waits until everything committed so far is published. */
+  settle(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** `step-000100` → 100; names without digits have no step. */
+export function stepOf(name: string): number | undefined {
+  const digits = /(\d+)$/.exec(name)?.[1];
+  return digits === undefined ? undefined : Number(digits);
+}
+
+/**
+ * Publishes each checkpoint a job commits. The job commits by renaming a finished directory into
+ * its checkpoint dir under a name not starting with `.`; the watcher hears the rename through
+ * file-system events (no polling), then packs, encrypts, adds and pins the directory, one at a
+ * time in name order, and reports it. In-progress (`.`-named) directories are never touched.
+ */
+export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher {
+  const { dir, key, ipfs, maxBytes, log, metrics, onPublished, onRejected, keep = 3 } = init;
+  const seen = new Set<string>();
+  const pinned: string[] = [];
+  let watcher: FSWatcher | undefined;
+  let scanning: Promise<void> = Promise.resolve();
+  let again = false;
+  let stopped = false;
+  const abort = new AbortController();
+
+  const publish = async (name: string): Promise<void> => {
+    try {
+      const result = await publishCheckpoint(ipfs, key, path.join(dir, name), { maxBytes, signal: abort.signal, log });
+      const cid = result.cid.toString();
+      metrics.inc("baton_checkpoints_published_total", "Checkpoints published to IPFS");
+      metrics.inc("baton_checkpoint_bytes_total", "Bytes of checkpoints published", {}, result.size);
+      onPublished({ cid, name, step: stepOf(name), size: result.size, sha256: result.plaintextSha256 });
+      pinned.push(cid);
+      while (pinned.length > keep) {
+        const old = pinned.shift()!;
+        await ipfs.unpin(CID.parse(old)).catch(() => undefined);
+      }
+    } catch (error) {
+      if (stopped) return;
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // the job already deleted it
+      const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+      metrics.inc("baton_checkpoints_rejected_total", "Committed checkpoints that could not be published");
+      log.warn("checkpoint not published", { name, reason });
+      onRejected(name, reason);
+    }
+  };
+
+  const scan = async (): Promise<void> => {
+    do {
+      again = false;
+      const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+      const fresh = entries
+        .filter((e) => e.isDirectory() && !e.name.startsWith(".") && !seen.has(e.name))
+        .map((e) => e.name)
+        .sort();
+      for (const name of fresh) {
+        if (stopped) return;
+        seen.add(name);
+        await publish(name);
+      }
+    } while (again && !stopped);
+  };
+
+  const trigger = (): void => {
+    again = true;
+    scanning = scanning.then(scan);
+  };
+
+  watcher = watch(dir, () => trigger());
+  watcher.on("error", (error) => log.warn("checkpoint watcher failed", { error }));
+  trigger();
+
+  return {
+    async settle() {
+      trigger();
+      await scanning.catch(() => undefined);
+    },
+    async stop() {
+      stopped = true;
+      abort.abort();
+      watcher?.close();
+      watcher = undefined;
+      await scanning.catch(() => undefined);
+    },
+  };
+}

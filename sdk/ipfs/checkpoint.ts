@@ -1,0 +1,161 @@
+import { randomBytes } from "node:crypto";
+import { lstat, rename, rm } from "node:fs/promises";
+import path from "node:path";
+
+import type { Multiaddr } from "@multiformats/multiaddr";
+import type { CID } from "multiformats/cid";
+
+import { CheckpointCorruptError, UserError } from "../errors.ts";
+import { silentLogger, type Logger } from "../logger.ts";
+import { decryptStream, encryptStream } from "./crypto.ts";
+import type { IpfsNode } from "./node.ts";
+import { pack, unpack } from "./pack.ts";
+
+export interface PublishCheckpointParameters {
+  /** The most bytes the packed checkpoint may take. */
+  maxBytes: number;
+  /** The most files and directories. */
+  maxFiles?: number;
+  signal?: AbortSignal;
+  log?: Logger;
+}
+
+export interface PublishCheckpointReturnType {
+  cid: CID;
+  /** Ciphertext bytes: what peers fetch and stores hold. */
+  size: number;
+  /** Hex SHA-256 of the plaintext pack, to announce with the CID so a restore can check it. */
+  plaintextSha256: string;
+  /** Regular files in the checkpoint. */
+  files: number;
+}
+
+/**
+ * Packs a committed checkpoint directory, encrypts it with the job key, adds it to the local IPFS
+ * store and pins it, streaming end to end (one chunk of the checkpoint in memory at a time).
+ *
+ * @example
+ * const { cid, plaintextSha256 } = await publishCheckpoint(ipfs, jobKey, "ckpt/0007", { maxBytes: 8 * 2 ** 30 });
+ */
+export async function publishCheckpoint(
+  ipfs: IpfsNode,
+  key: Uint8Array,
+  dir: string,
+  { maxBytes, maxFiles, signal, log = silentLogger }: PublishCheckpointParameters,
+): Promise<PublishCheckpointReturnType> {
+  const started = performance.now();
+  const packed = await pack(dir, { maxBytes, maxFiles, signal });
+  let size = 0;
+  const sealed = async function* (): AsyncGenerator<Uint8Array> {
+    for await (const chunk of encryptStream(key, packed.stream)) {
+      size += chunk.byteLength;
+      yield chunk;
+    }
+  };
+  const cid = await ipfs.add(sealed(), { signal, pin: true });
+  const result = { cid, size, plaintextSha256: packed.sha256(), files: packed.files };
+  log.info("checkpoint published", {
+    cid: cid.toString(),
+    size,
+    files: packed.files,
+    ms: Math.round(performance.now() - started),
+  });
+  return result;
+}
+
+export interface RestoreCheckpointParameters {
+  /** The plaintext SHA-256 announced with the CID ({@link PublishCheckpointReturnType}). */
+  expectedSha256: string;
+  /** The most ciphertext (and so plaintext) bytes to accept. */
+  maxBytes: number;
+  maxFiles?: number;
+  signal?: AbortSignal;
+  /** Peers known to hold it (full multiaddrs with `/p2p/<id>`). */
+  providers?: Array<Multiaddr | string>;
+  /** The longest wait for the next block; see {@link FetchOptions}. */
+  stallTimeoutMs?: number;
+  /** Also pin the fetched checkpoint in the local store (once it verified). Default: false. */
+  pin?: boolean;
+  log?: Logger;
+}
+
+export interface RestoreCheckpointReturnType {
+  files: number;
+  /** Plaintext pack bytes. */
+  bytes: number;
+  sha256: string;
+}
+
+/**
+ * Fetches a checkpoint (from the local store, else from `providers` or connected peers), decrypts
+ * it, checks its digest and unpacks it into `targetDir`, streaming end to end. It unpacks into a
+ * temporary directory beside `targetDir` and renames it into place only once everything verified,
+ * so a failure leaves no `targetDir` behind. `targetDir` must not exist.
+ *
+ * @example
+ * await restoreCheckpoint(ipfs, jobKey, cid, process.env.BATON_RESUME_DIR!, {
+ *   expectedSha256, maxBytes: 8 * 2 ** 30, providers: [tenantAddress], signal: AbortSignal.timeout(600_000),
+ * });
+ */
+export async function restoreCheckpoint(
+  ipfs: IpfsNode,
+  key: Uint8Array,
+  cid: CID,
+  targetDir: string,
+  {
+    expectedSha256,
+    maxBytes,
+    maxFiles,
+    signal,
+    providers,
+    stallTimeoutMs,
+    pin = false,
+    log = silentLogger,
+  }: RestoreCheckpointParameters,
+): Promise<RestoreCheckpointReturnType> {
+  if (!/^[0-9a-f]{64}$/.test(expectedSha256)) throw new UserError("expectedSha256 must be 64 lowercase hex digits");
+  if (await exists(targetDir)) throw new UserError(`the restore target already exists: ${targetDir}`);
+  const started = performance.now();
+  const partial = path.join(
+    path.dirname(targetDir),
+    `.${path.basename(targetDir)}.partial-${randomBytes(6).toString("hex")}`,
+  );
+  const run = async (): Promise<RestoreCheckpointReturnType> => {
+    const fetched = ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes });
+    const result = await unpack(decryptStream(key, fetched), partial, { maxBytes, maxFiles, signal });
+    if (result.sha256 !== expectedSha256) {
+      throw new CheckpointCorruptError(`checkpoint ${cid} does not match its announced digest`, {
+        details: `expected ${expectedSha256}, got ${result.sha256}`,
+      });
+    }
+    if (pin) await ipfs.pin(cid, { signal });
+    try {
+      await rename(partial, targetDir);
+    } catch (cause) {
+      throw new UserError(`cannot move the restored checkpoint into ${targetDir}`, { cause });
+    }
+    log.info("checkpoint restored", {
+      cid: cid.toString(),
+      bytes: result.bytes,
+      files: result.files,
+      ms: Math.round(performance.now() - started),
+    });
+    return { files: result.files, bytes: result.bytes, sha256: result.sha256 };
+  };
+  try {
+    // Pinning what was fetched: keep gc away until the pin is in.
+    return await (pin ? ipfs.withGcPaused(run) : run());
+  } finally {
+    await rm(partial, { recursive: true, force: true });
+  }
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await lstat(file);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw error;
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * Defaults for the checkpoint layer, each with the reason it is what it is.
+ */
+
+const MiB = 1024 * 1024;
+
+/**
+ * UnixFS leaf size. Bitswap refuses messages over 4 MiB, a single 6 MiB block never arrives, and
+ * Kubo refuses blocks over 1 MiB without `allow-big-block`: 1 MiB leaves pass everywhere and match
+ * @helia/unixfs's own default.
+ */
+export const BLOCK_SIZE = MiB;
+
+/**
+ * Plaintext bytes per sealed chunk. 1 MiB keeps the overhead (16-byte tag) at 0.0015 % and bounds
+ * the plaintext a reader buffers before it can check the chunk.
+ */
+export const ENCRYPTION_CHUNK_SIZE = MiB;
+
+/** The largest chunk size a reader accepts from a header: bounds its buffer, whatever a peer says. */
+export const MAX_ENCRYPTION_CHUNK_SIZE = 16 * MiB;
+
+/**
+ * How long a fetch may go without receiving a block before it counts as unavailable. It is a
+ * stall timeout, not a deadline: a large checkpoint moving at 5 MiB/s gets a leaf every 200 ms,
+ * while a CID nobody has never delivers its root. 30 s covers a loaded machine's first dial.
+ */
+export const DEFAULT_STALL_TIMEOUT_MS = 30_000;
+
+/** The most entries (files and directories) a checkpoint may hold unless the caller says otherwise. */
+export const DEFAULT_MAX_FILES = 100_000;
+
+/** Linux's PATH_MAX: a pack path longer than this could not be created anyway. */
+export const MAX_PATH_BYTES = 4_096;
+
+/** Linux's NAME_MAX. */
+export const MAX_NAME_BYTES = 255;
+
+/** Read size for checkpoint files: one leaf, so the importer rarely has to join pieces. */
+export const FILE_READ_SIZE = MiB;
+
+/** One Kubo RPC call (a 1 MiB block, a pin of a local DAG) on a healthy node takes well under this. */
+export const DEFAULT_KUBO_CALL_TIMEOUT_MS = 60_000;
+
+/** Blocks uploaded to Kubo at once: enough to hide per-request latency without flooding the node. */
+export const KUBO_PUT_CONCURRENCY = 4;

@@ -1,0 +1,296 @@
+import path from "node:path";
+
+import { withBitswap } from "@helia/bitswap";
+import type { HeliaWithLibp2p } from "@helia/libp2p";
+import { unixfs } from "@helia/unixfs";
+import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
+import { FsBlockstore } from "blockstore-fs";
+import { FsDatastore } from "datastore-fs";
+import { createHeliaLight, type Helia } from "helia";
+import type { CID } from "multiformats/cid";
+
+import { CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
+import { silentLogger, type Logger } from "../logger.ts";
+import type { BatonHost, BatonServices } from "../p2p/host.ts";
+import { fixedSizeChunks, type ByteSource } from "./bytes.ts";
+import { BLOCK_SIZE, DEFAULT_STALL_TIMEOUT_MS } from "./constants.ts";
+import { hasLocalDag, leafSkippingWalker } from "./dag.ts";
+
+export interface CreateIpfsNodeParameters {
+  /** Our libp2p host: the IPFS node adds bitswap to it and leaves it running when it stops. */
+  host: BatonHost;
+  /** Where blocks (`blocks/`) and pins and other records (`datastore/`) live. One process per dir. */
+  dir: string;
+  log?: Logger;
+}
+
+export interface FetchOptions {
+  signal?: AbortSignal;
+  /**
+   * Peers known to hold the DAG, as full `/ip4/…/tcp/…/p2p/<id>` multiaddrs. There are no content
+   * routers, so without them only already-connected peers are asked.
+   */
+  providers?: Array<Multiaddr | string>;
+  /** The longest wait for the next block before giving up with CheckpointUnavailableError. */
+  stallTimeoutMs?: number;
+  /** Refuse (CheckpointTooLargeError) a file that declares or delivers more bytes than this. */
+  maxBytes?: number;
+}
+
+export interface IpfsNode {
+  /** The Helia node underneath, for what this interface does not cover. */
+  readonly helia: Helia;
+  readonly host: BatonHost;
+  /**
+   * Imports a byte stream as a UnixFS file (CIDv1, raw 1 MiB leaves) into the local store; with
+   * `pin`, also pins it before a {@link gc} can get in between.
+   */
+  add(source: ByteSource, options?: { signal?: AbortSignal; pin?: boolean }): Promise<CID>;
+  /**
+   * Pins a DAG that is already in the local store (it never fetches: see {@link fetchAndPin});
+   * CheckpointUnavailableError if a block is missing. Pinning twice is a no-op.
+   */
+  pin(cid: CID, options?: { signal?: AbortSignal }): Promise<void>;
+  /** Removes the pin, if any; the blocks go at the next {@link gc}. */
+  unpin(cid: CID, options?: { signal?: AbortSignal }): Promise<void>;
+  /** Whether `cid` has a pin of its own (not merely a pinned parent). */
+  isPinned(cid: CID, options?: { signal?: AbortSignal }): Promise<boolean>;
+  /** Whether the whole DAG is in the local store (no network). */
+  has(cid: CID, options?: { signal?: AbortSignal }): Promise<boolean>;
+  /**
+   * Streams a UnixFS file, fetching missing blocks from `providers` (or connected peers) by
+   * bitswap and keeping them in the local store (unpinned).
+   */
+  cat(cid: CID, options?: FetchOptions): AsyncGenerator<Uint8Array>;
+  /**
+   * Fetches the whole file into the local store, refusing it past `maxBytes`, then pins it; a
+   * {@link gc} waits until it is done, so it cannot delete fetched blocks before the pin.
+   */
+  fetchAndPin(cid: CID, options: FetchOptions & { maxBytes: number }): Promise<{ bytes: number }>;
+  /**
+   * Deletes every unpinned block, fetched ones included. It waits for running `add({ pin })`,
+   * `fetchAndPin` and {@link withGcPaused} work, and holds off new work until it is done.
+   */
+  gc(options?: { signal?: AbortSignal }): Promise<void>;
+  /**
+   * Runs `work` with {@link gc} held off: for fetching something and then pinning it. `work` must
+   * not call `add({ pin })`, `fetchAndPin` or `withGcPaused` itself: with a gc waiting, it would wait
+   * for itself.
+   */
+  withGcPaused<T>(work: () => Promise<T>): Promise<T>;
+  /** Stops the IPFS node (bitswap, stores); the host keeps running. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts an embedded IPFS node (Helia) with file-system stores under `dir`, on the given Baton
+ * host: bitswap only, no public bootstrap, no content routers, no gateways, no WebRTC. Helia 7
+ * cannot take an existing libp2p instance, so a mixin hands it ours (as in the libp2p spike, §6).
+ * One IPFS node per host: bitswap's protocol handlers can be registered once.
+ *
+ * @example
+ * const ipfs = await createIpfsNode({ host, dir: "data/ipfs" });
+ * try { const cid = await ipfs.add(stream, { pin: true }); } finally { await ipfs.stop(); }
+ */
+export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIpfsNodeParameters): Promise<IpfsNode> {
+  const helia = createHeliaLight({
+    blockstore: new FsBlockstore(path.join(dir, "blocks")),
+    datastore: new FsDatastore(path.join(dir, "datastore")),
+  });
+  Object.defineProperty(helia, "libp2p", { value: host, enumerable: true, configurable: true });
+  // Marks the host as ours: Helia neither starts nor stops it.
+  helia.addMixin({ name: "existing-libp2p" });
+  withBitswap(helia as HeliaWithLibp2p<BatonServices>);
+  await helia.start();
+  const fs = unixfs(helia);
+  const gate = gcGate();
+  let stopped: Promise<void> | undefined;
+
+  // A pin of its own for `cid`. (Helia's `pins.isPinned` also says yes for a block that is only
+  // part of another pinned DAG.)
+  const hasPin = (cid: CID, signal: AbortSignal | undefined): Promise<boolean> =>
+    helia.pins.get(cid, { signal }).then(
+      () => true,
+      (error: Error) => {
+        if (error.name === "NotFoundError") return false;
+        throw error;
+      },
+    );
+
+  async function* cat(cid: CID, options: FetchOptions = {}): AsyncGenerator<Uint8Array> {
+    const { signal, maxBytes, stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS } = options;
+    signal?.throwIfAborted();
+    const providers = (options.providers ?? []).map((p) => (typeof p === "string" ? multiaddr(p) : p));
+    const guard = stallGuard(stallTimeoutMs, signal);
+    const fetchOptions = { signal: guard.signal, providers };
+    let bytes = 0;
+    try {
+      guard.arm();
+      if (maxBytes !== undefined) {
+        // The root declares the file size: refuse before fetching a single leaf.
+        const stats = await fs.stat(cid, fetchOptions);
+        if (stats.type === "directory") throw new CheckpointCorruptError(`${cid} is a directory, not a checkpoint`);
+        if (stats.size > BigInt(maxBytes)) {
+          throw new CheckpointTooLargeError(`checkpoint ${cid} is ${stats.size} bytes, more than ${maxBytes}`);
+        }
+      }
+      for await (const chunk of fs.cat(cid, fetchOptions)) {
+        guard.disarm();
+        bytes += chunk.byteLength;
+        if (maxBytes !== undefined && bytes > maxBytes) {
+          throw new CheckpointTooLargeError(`checkpoint ${cid} delivered more than ${maxBytes} bytes`);
+        }
+        yield chunk;
+        guard.arm();
+      }
+      guard.disarm();
+    } catch (error) {
+      throw guard.translate(error, cid, providers);
+    } finally {
+      guard.release();
+    }
+  }
+
+  const node: IpfsNode = {
+    helia,
+    host,
+    add(source, { signal, pin = false } = {}) {
+      return gate.shared(async () => {
+        const started = performance.now();
+        const cid = await fs.addByteStream(source, {
+          signal,
+          cidVersion: 1,
+          rawLeaves: true,
+          chunker: (stream) => fixedSizeChunks(stream, BLOCK_SIZE),
+        });
+        log.debug("added", { cid: cid.toString(), ms: Math.round(performance.now() - started) });
+        if (pin) await node.pin(cid, { signal });
+        return cid;
+      });
+    },
+    async pin(cid, { signal } = {}) {
+      if (await hasPin(cid, signal)) return;
+      // Helia counts a block as pinned as it walks, and writes the pin record only at the end:
+      // a walk that fails half-way would leave blocks that gc never frees. So check first.
+      if (!(await hasLocalDag(helia, cid, signal))) {
+        throw new CheckpointUnavailableError(`cannot pin ${cid}: not all of it is in the local store`);
+      }
+      const started = performance.now();
+      try {
+        // offline: pins.add would otherwise fetch missing blocks, slowly and without a stall timeout.
+        const options = { signal, offline: true, walker: leafSkippingWalker };
+        for await (const pinned of helia.pins.add(cid, options)) void pinned;
+      } catch (error) {
+        if ((error as Error).name !== "AlreadyPinnedError") throw error;
+      }
+      log.debug("pinned", { cid: cid.toString(), ms: Math.round(performance.now() - started) });
+    },
+    async unpin(cid, { signal } = {}) {
+      if (!(await hasPin(cid, signal))) return;
+      const options = { signal, offline: true, walker: leafSkippingWalker };
+      for await (const unpinned of helia.pins.rm(cid, options)) void unpinned;
+      log.debug("unpinned", { cid: cid.toString() });
+    },
+    isPinned: (cid, { signal } = {}) => hasPin(cid, signal),
+    has: (cid, { signal } = {}) => hasLocalDag(helia, cid, signal),
+    cat,
+    fetchAndPin(cid, options) {
+      return gate.shared(async () => {
+        const started = performance.now();
+        let bytes = 0;
+        for await (const chunk of cat(cid, options)) bytes += chunk.byteLength;
+        await node.pin(cid, { signal: options.signal });
+        log.info("fetched and pinned", { cid: cid.toString(), bytes, ms: Math.round(performance.now() - started) });
+        return { bytes };
+      });
+    },
+    gc({ signal } = {}) {
+      return gate.exclusive(async () => {
+        const started = performance.now();
+        await helia.gc({ signal });
+        log.debug("gc done", { ms: Math.round(performance.now() - started) });
+      });
+    },
+    withGcPaused: (work) => gate.shared(work),
+    stop() {
+      stopped ??= helia.stop().then(() => undefined);
+      return stopped;
+    },
+  };
+  return node;
+}
+
+/**
+ * Keeps gc away from blocks that are fetched or added but not pinned yet: Helia's gc deletes every
+ * unpinned block, and a DAG is pinned only once all of it is here. Work holds the gate shared, gc
+ * exclusively; a waiting gc goes before new work, so a stream of fetches cannot starve it.
+ */
+function gcGate() {
+  let holders = 0;
+  let exclusive: Promise<void> | undefined;
+  const drained: Array<() => void> = [];
+  return {
+    async shared<T>(work: () => Promise<T>): Promise<T> {
+      while (exclusive) await exclusive;
+      holders++;
+      try {
+        return await work();
+      } finally {
+        if (--holders === 0) for (const wake of drained.splice(0)) wake();
+      }
+    },
+    async exclusive<T>(work: () => Promise<T>): Promise<T> {
+      while (exclusive) await exclusive;
+      let release!: () => void;
+      exclusive = new Promise<void>((resolve) => (release = resolve));
+      try {
+        while (holders > 0) await new Promise<void>((resolve) => drained.push(resolve));
+        return await work();
+      } finally {
+        exclusive = undefined;
+        release();
+      }
+    },
+  };
+}
+
+/**
+ * A timer that aborts a fetch when no block arrives for `ms`: armed while we wait on the network,
+ * disarmed while the consumer works on what it got. `translate` turns what the fetch threw into
+ * the error the caller should see: its own abort reason, CheckpointUnavailableError on a stall.
+ */
+function stallGuard(ms: number, outer: AbortSignal | undefined) {
+  const stall = new AbortController();
+  // Aborted when the consumer stops early, so bitswap drops wants it no longer needs.
+  const done = new AbortController();
+  const signal = AbortSignal.any([stall.signal, done.signal, ...(outer ? [outer] : [])]);
+  let timer: NodeJS.Timeout | undefined;
+  return {
+    signal,
+    arm() {
+      clearTimeout(timer);
+      timer = setTimeout(() => stall.abort(new Error("stalled")), ms);
+    },
+    disarm() {
+      clearTimeout(timer);
+    },
+    release() {
+      clearTimeout(timer);
+      done.abort(new Error("fetch finished"));
+    },
+    translate(error: unknown, cid: CID, providers: Multiaddr[]): unknown {
+      if (outer?.aborted) return outer.reason;
+      if (stall.signal.aborted) {
+        return new CheckpointUnavailableError(`no peer delivered checkpoint ${cid} (stalled for ${ms} ms)`, {
+          details: providers.length > 0 ? `providers: ${providers.join(", ")}` : "no providers were given",
+          cause: error,
+        });
+      }
+      const name = (error as Error).name;
+      if (["NotUnixFSError", "NotAFileError", "NoContentError", "OverReadError", "UnderReadError"].includes(name)) {
+        return new CheckpointCorruptError(`${cid} is not a well-formed checkpoint file`, { cause: error });
+      }
+      return error;
+    },
+  };
+}
