@@ -21,7 +21,8 @@ export async function fetchInputs(
   for (const input of spec.inputs) {
     const target = path.join(workDir, input.path);
     await mkdir(path.dirname(target), { recursive: true, mode: 0o755 });
-    const file = await open(target, "wx", 0o644);
+    // "w": a start retried after a refusal finds the earlier attempt's copy, and replaces it.
+    const file = await open(target, "w", 0o644);
     try {
       for await (const chunk of ipfs.cat(CID.parse(input.cid), { providers, maxBytes, signal }))
         await file.write(chunk);

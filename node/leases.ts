@@ -373,7 +373,6 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         const startBody = body as TenantMessage<"start">;
         const spec = parseJobSpec(startBody.spec, "job spec");
         const indices = await reservedGpus(body.leaseId, spec);
-        const runtime = runtimeFor(body.leaseId);
         const workDir = path.join(components.dataDir, "jobs", body.leaseId.toString(), "work");
         await mkdir(workDir, { recursive: true });
         const row: LeaseRow = {
@@ -435,6 +434,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
             throw new SessionRefusal("resume-failed", `cannot resume from ${startBody.resume.cid}: ${reason}`);
           }
         }
+        // Only now, with inputs and checkpoint in place, does the lease get a runtime (and heartbeats).
+        const runtime = runtimeFor(body.leaseId);
         store.insertLease(row);
         init.onCapacityChange();
         await attach(runtime, stream, 0);

@@ -33,6 +33,8 @@ let reference: string;
 const key = generateJobKey();
 const keyBase64 = Buffer.from(key).toString("base64");
 const jobId = keccak256(toHex("checkpointed-training"));
+/** The checkpoints the tenant holds, from the hand-off test. */
+const safe: { cid: string; sha256: string; step: number }[] = [];
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "baton-ckpt-test-"));
@@ -129,7 +131,7 @@ describe("checkpoints that outlive their provider", () => {
     const [a, b] = market.providers as [ProviderHandle, ProviderHandle];
     const first = await lease(a, 0n);
     const sessionA = await start(a, first);
-    const safe: { cid: string; sha256: string; step: number }[] = [];
+    safe.length = 0;
     for await (const event of sessionA.messages) {
       if (event.type === "refused") throw new Error(`refused: ${event.body.message}`);
       if (event.type !== "checkpoint") continue;
@@ -193,5 +195,55 @@ describe("checkpoints that outlive their provider", () => {
       await reopened.stop();
       await host.stop();
     }
+  });
+
+  it("never resumes from a checkpoint that does not verify: wrong digest or wrong key is refused", async () => {
+    const b = market.providers[1]!;
+    const last = safe.at(-1)!;
+    const { leaseManager } = contracts(market.deployment);
+    const leaseId = await lease(b, 0n);
+    const attempts: { resume: { cid: string; sha256: string }; key: string; expect: RegExp }[] = [
+      {
+        resume: { cid: last.cid, sha256: "00".repeat(32) },
+        key: keyBase64,
+        expect: /does not match its announced digest/,
+      },
+      { resume: last, key: Buffer.from(generateJobKey()).toString("base64"), expect: /cannot resume from/ },
+    ];
+    for (const attempt of attempts) {
+      const session = await openLeaseSession(
+        tenant.host,
+        peerIdFromString(b.peerId),
+        tenant.key,
+        {
+          type: "start",
+          body: {
+            leaseId,
+            auth: await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString()),
+            key: attempt.key,
+            resume: attempt.resume,
+            spec: {
+              name: "train",
+              command: ["node", "train.mjs"],
+              env: TRAIN_ENV,
+              inputs: [{ cid: scriptCid, path: "train.mjs" }],
+              resources: { gpus: 0, cpus: 1, memoryMiB: 256 },
+              network: false,
+              maxDurationS: 300,
+            },
+          },
+        },
+        { address: multiaddr(b.address!), signal: AbortSignal.timeout(30_000) },
+      );
+      const first = await session.messages.next();
+      await session.close();
+      expect(first.done).toBe(false);
+      const event = first.value!;
+      expect(event.type).toBe("refused");
+      if (event.type !== "refused") continue;
+      expect(event.body.reason).toBe("resume-failed");
+      expect(event.body.message).toMatch(attempt.expect);
+    }
+    await writeContract(tenant.chain, { ...leaseManager, functionName: "close", args: [leaseId] });
   });
 });
