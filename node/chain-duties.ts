@@ -109,6 +109,17 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     metrics.set("baton_leases_active", "Leases this node is serving", store.leases(["preparing", "running"]).length);
     if (Date.now() - lastClaim >= config.claimIntervalMs) {
       lastClaim = Date.now();
+      // Read at claim time only: a metric is not worth an RPC call every second.
+      const claimable = await chain.publicClient.readContract({
+        ...leaseManager,
+        functionName: "claimable",
+        args: [account.address],
+      });
+      metrics.set(
+        "baton_claimable_wei",
+        "Earnings settled and not yet claimed, before the last claim",
+        Number(claimable),
+      );
       const ids = [...store.leases(["preparing", "running", "exited"]).map((l) => l.leaseId), ...ended];
       try {
         const receipt = await writeContract(chain, { ...leaseManager, functionName: "claim", args: [ids] });
@@ -119,12 +130,6 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         log.warn("claim failed", { error });
       }
     }
-    const claimable = await chain.publicClient.readContract({
-      ...leaseManager,
-      functionName: "claimable",
-      args: [account.address],
-    });
-    metrics.set("baton_claimable_wei", "Earnings settled and not yet claimed", Number(claimable));
   };
 
   const tick = (): Promise<void> => {
