@@ -1,7 +1,16 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, realpathSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  statSync,
+} from "node:fs";
 import { chmod, lchown, lstat, mkdir } from "node:fs/promises";
-import { constants as osConstants } from "node:os";
+import { constants as osConstants, tmpdir } from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
 
@@ -189,9 +198,34 @@ const STDERR_TAIL_LINES = 20;
  */
 const START_SHIM = 'printf R >&3 && exec 3>&- 4>&- 5>&- 6>&- 7>&- && exec "$@"';
 
-/** Binds this process's Node binary at /opt/baton/bin/node, so that a JS job can run `node`. */
+/** Whether `file` can be read and run by any user: world-executable file, world-searchable parents. */
+function reachableByAnyone(file: string): boolean {
+  if ((statSync(file).mode & 0o005) !== 0o005) return false;
+  for (let dir = path.dirname(file); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    if ((statSync(dir).mode & 0o001) === 0) return false;
+  }
+  return true;
+}
+
+/**
+ * Binds this process's Node binary at /opt/baton/bin/node, so that a JS job can run `node`. The
+ * job's user (nobody) must be able to reach the binary, which it cannot inside a private checkout
+ * (a 0700 directory); then a copy is made once, world-readable, under the system's temp dir.
+ */
 export function nodeRuntimeBind(): SandboxBind {
-  return { hostPath: process.execPath, sandboxPath: `${SANDBOX_BIN_DIR}/node` };
+  const sandboxPath = `${SANDBOX_BIN_DIR}/node`;
+  const real = realpathSync(process.execPath);
+  if (reachableByAnyone(real)) return { hostPath: real, sandboxPath };
+  const dir = path.join(tmpdir(), `baton-runtime-${process.getuid?.() ?? 0}`);
+  const copy = path.join(dir, `node-${process.version}`);
+  if (!existsSync(copy)) {
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    const partial = `${copy}.${process.pid}.partial`;
+    copyFileSync(real, partial);
+    chmodSync(partial, 0o755);
+    renameSync(partial, copy);
+  }
+  return { hostPath: copy, sandboxPath };
 }
 
 /**

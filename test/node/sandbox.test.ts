@@ -1,4 +1,5 @@
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { constants } from "node:fs";
+import { access, chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -212,7 +213,11 @@ describe("startJob", () => {
     expect(await job.exited).toMatchObject({ code: 0 });
     const seen = (await readFile(path.join(workDir, "output", "read.txt"), "utf8")).trim().split("\n");
     expect(seen).toContain(`${secret} ${readable ? "seen" : "hidden"}`);
-    expect(seen).toContain(`${path.join(repoRoot, "package.json")} ${readable ? "seen" : "hidden"}`);
+    // The checkout may be private (a 0700 clone): then even the unsafe mode cannot read it, by permissions alone.
+    const repoOpen = await access(path.join(repoRoot, "package.json"), constants.R_OK)
+      .then(() => repoReachableByOthers())
+      .catch(() => false);
+    expect(seen).toContain(`${path.join(repoRoot, "package.json")} ${readable && repoOpen ? "seen" : "hidden"}`);
     if (sandbox === "bwrap") expect(seen).toEqual(targets.map((t) => `${t} hidden`));
   });
 
@@ -499,3 +504,11 @@ describe("chooseCpus", () => {
     expect(chooseCpus(8, [0, 1])).toEqual([0, 1]);
   });
 });
+
+/** Whether every directory above the repo lets other users pass (so the job's user could read it). */
+async function repoReachableByOthers(): Promise<boolean> {
+  for (let dir = repoRoot; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    if (((await stat(dir)).mode & 0o001) === 0) return false;
+  }
+  return true;
+}
