@@ -84,3 +84,21 @@ export class CheckpointTooLargeError extends ProtocolError {
 export class CheckpointDirError extends UserError {
   override name = "CheckpointDirError";
 }
+
+/** The job spent its budget: no more deposits or top-ups are allowed. Every lease was settled first. */
+export class BudgetExhaustedError extends UserError {
+  override name = "BudgetExhaustedError";
+}
+
+/**
+ * The job could not be kept running: more providers failed it than its retry limit allows, or the
+ * job itself exited with an error. `cause` says which.
+ */
+export class JobFailedError extends BaseError {
+  override name = "JobFailedError";
+}
+
+/** The job was cancelled by its tenant. */
+export class JobCancelledError extends UserError {
+  override name = "JobCancelledError";
+}

@@ -1,4 +1,6 @@
 import { readFile } from "node:fs/promises";
+import path from "node:path";
+
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 
@@ -79,13 +81,25 @@ export function parseJobSpec(value: unknown, source = "job spec"): JobSpec {
   return parsed.data;
 }
 
+/** A job spec read from a file, with the local files its inputs name. */
+export interface JobFile {
+  spec: JobSpec;
+  /**
+   * Inputs given as `{ file, path }` in the file rather than `{ cid, path }`: work-dir path → local
+   * file (resolved against the spec file's directory). The SDK adds them to IPFS and fills in CIDs.
+   */
+  files: Record<string, string>;
+}
+
+const fileInputSchema = z.object({ file: z.string().min(1).max(4096), path: z.string() }).strict();
+
 /**
- * Reads a job spec from a YAML or JSON file.
+ * Reads a job spec from a YAML or JSON file. Inputs may name a local `file` instead of a `cid`.
  *
  * @example
- * const spec = await loadJobSpec("examples/train/train.yaml");
+ * const { spec, files } = await readJobFile("examples/train/train.yaml");
  */
-export async function loadJobSpec(file: string): Promise<JobSpec> {
+export async function readJobFile(file: string): Promise<JobFile> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -101,5 +115,20 @@ export async function loadJobSpec(file: string): Promise<JobSpec> {
   } catch (cause) {
     throw new UserError(`job spec ${file} is not valid YAML or JSON`, { cause });
   }
-  return parseJobSpec(value, `job spec ${file}`);
+  const files: Record<string, string> = {};
+  if (value && typeof value === "object" && Array.isArray((value as { inputs?: unknown }).inputs)) {
+    const object = value as { inputs: unknown[] };
+    object.inputs = object.inputs.filter((input) => {
+      const local = fileInputSchema.safeParse(input);
+      if (!local.success) return true;
+      files[local.data.path] = path.resolve(path.dirname(file), local.data.file);
+      return false;
+    });
+  }
+  const spec = parseJobSpec(value, `job spec ${file}`);
+  for (const target of Object.keys(files)) {
+    // The same path rules as CID inputs: checked by parsing it as one.
+    parseJobSpec({ ...spec, inputs: [{ cid: "placeholder", path: target }] }, `job spec ${file}`);
+  }
+  return { spec, files };
 }

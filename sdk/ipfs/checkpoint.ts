@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { lstat, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
@@ -158,4 +158,45 @@ async function exists(file: string): Promise<boolean> {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
     throw error;
   }
+}
+
+export interface VerifyCheckpointParameters {
+  expectedSha256: string;
+  maxBytes: number;
+  providers?: Array<Multiaddr | string>;
+  stallTimeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * Makes a checkpoint *safe* for its tenant: fetches it into the local store and pins it, then
+ * checks that it decrypts with the job key (every chunk authenticated) to the announced plaintext
+ * digest, without writing the plaintext anywhere. A checkpoint that fails is unpinned again.
+ *
+ * @throws {CheckpointCorruptError}, {CheckpointKeyError}, {CheckpointTooLargeError} or
+ * {CheckpointUnavailableError}, by what went wrong.
+ * @example
+ * await verifyCheckpoint(ipfs, jobKey, cid, { expectedSha256, maxBytes: 8 * 2 ** 30, providers });
+ */
+export async function verifyCheckpoint(
+  ipfs: IpfsNode,
+  key: Uint8Array,
+  cid: CID,
+  { expectedSha256, maxBytes, providers, stallTimeoutMs, signal }: VerifyCheckpointParameters,
+): Promise<{ bytes: number }> {
+  const { bytes } = await ipfs.fetchAndPin(cid, { maxBytes, providers, stallTimeoutMs, signal });
+  try {
+    const hash = createHash("sha256");
+    for await (const chunk of decryptStream(key, ipfs.cat(cid, { signal, maxBytes }))) hash.update(chunk);
+    const sha256 = hash.digest("hex");
+    if (sha256 !== expectedSha256) {
+      throw new CheckpointCorruptError(`checkpoint ${cid} does not match its announced digest`, {
+        details: `expected ${expectedSha256}, got ${sha256}`,
+      });
+    }
+  } catch (error) {
+    await ipfs.unpin(cid).catch(() => undefined);
+    throw error;
+  }
+  return { bytes };
 }

@@ -3,7 +3,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 
-import { loadJobSpec } from "../../sdk/job-spec.ts";
+import { readJobFile } from "../../sdk/job-spec.ts";
 import {
   cleanUp,
   completedCheckpoints,
@@ -48,10 +48,10 @@ const startTrain = (dirs: ProviderDirs, env: Record<string, string> = {}) =>
 
 describe("examples/pytorch/train.py", () => {
   it("has a job spec that asks for one GPU and runs train.py", async () => {
-    const spec = await loadJobSpec(specFile);
+    const { spec, files } = await readJobFile(specFile);
+    expect(files).toEqual({ "train.py": script });
     expect(spec).toMatchObject({
       command: ["python3", "train.py"],
-      inputs: [],
       resources: { gpus: 1 },
       network: false,
     });

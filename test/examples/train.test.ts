@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { PROGRESS_PREFIX } from "../../node/leases.ts";
 import { detectSandbox } from "../../node/sandbox/detect.ts";
 import { nodeRuntimeBind, startJob, type JobProcess } from "../../node/sandbox/runner.ts";
-import { loadJobSpec } from "../../sdk/job-spec.ts";
+import { readJobFile } from "../../sdk/job-spec.ts";
 import { silentLogger } from "../../sdk/logger.ts";
 import { progressSchema } from "../../sdk/wire/messages.ts";
 import {
@@ -294,8 +294,8 @@ describe("examples/train/train.mjs", () => {
     skip,
   }) => {
     skip(sandbox.kind !== "bwrap", "bubblewrap is not installed");
-    const spec = await loadJobSpec(specFile);
-    expect(spec).toMatchObject({ command: ["node", "train.mjs"], inputs: [], resources: { gpus: 0 } });
+    const { spec } = await readJobFile(specFile);
+    expect(spec).toMatchObject({ command: ["node", "train.mjs"], resources: { gpus: 0 } });
     // The same job run directly, flat out: the sandbox must not change a bit of it.
     const reference = await straightResult({ ...spec.env, TRAIN_STEP_DELAY_MS: "0" });
 

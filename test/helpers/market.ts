@@ -13,6 +13,8 @@ import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { contracts, createChainClient, writeContract, type ChainClient } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { createBatonClient, type BatonClient } from "../../sdk/client.ts";
+import type { Logger } from "../../sdk/logger.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey, type BatonHost } from "../../sdk/p2p/host.ts";
 import { writeNodeConfig, type NodeConfigInput } from "../../node/config.ts";
@@ -49,6 +51,11 @@ export interface Market {
   providers: ProviderHandle[];
   /** A tenant with payment tokens and its own libp2p host, bootstrapped to the providers (and an IPFS store in `ipfsDir`). */
   tenant(index: number, options?: { ipfsDir?: string }): Promise<Tenant>;
+  /**
+   * An SDK client for tenant `index` (dev account 10 + index), its state in `dataDir`, bootstrapped
+   * to the providers. The market stops it, unless the test closed it first.
+   */
+  client(index: number, dataDir: string, options?: { log?: Logger }): Promise<BatonClient>;
   stop(): Promise<void>;
 }
 
@@ -73,6 +80,8 @@ export async function startMarket({ providers: count, config = {}, configFor }: 
   const hosts: BatonHost[] = [];
   const ipfsNodes: IpfsNode[] = [];
   const stops: (() => void)[] = [];
+  const clients: BatonClient[] = [];
+  const funded = new Set<number>();
   try {
     const deployerClient = createWalletClient({
       account: devAccount(0),
@@ -170,7 +179,29 @@ export async function startMarket({ providers: count, config = {}, configFor }: 
         stops.push(keepConnected(host, bootstrap));
         return { account, chain: tenantChain, host, key, ipfs };
       },
+      async client(index, dataDir, options = {}) {
+        const account = devAccount(10 + index);
+        if (!funded.has(index)) {
+          funded.add(index);
+          await writeContract(admin, {
+            ...paymentToken,
+            functionName: "mint",
+            args: [account.address, parseEther("1000")],
+          });
+        }
+        const client = await createBatonClient({
+          rpcUrl: chain.rpcUrl,
+          account,
+          deployment,
+          bootstrap: providers.map((p) => p.address!).filter(Boolean),
+          dataDir,
+          ...(options.log ? { log: options.log } : {}),
+        });
+        clients.push(client);
+        return client;
+      },
       async stop() {
+        await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
         for (const stop of stops) stop();
         await Promise.all(ipfsNodes.map((i) => i.stop()));
         await Promise.all(hosts.map((h) => h.stop()));

@@ -1,0 +1,132 @@
+import { peerIdFromString } from "@libp2p/peer-id";
+import type { Hex } from "viem";
+
+import type { BatonClient } from "../client.ts";
+import { contracts } from "../chain/client.ts";
+import type { Quote } from "../chain/quote.ts";
+import { BaseError, UserError } from "../errors.ts";
+import { requestQuote } from "../wire/clients.ts";
+import type { Offer } from "../wire/messages.ts";
+import type { FoundOffer, Requirements } from "./findOffers.ts";
+
+export interface BidParameters {
+  jobId: Hex;
+  /** Candidates, e.g. from `findOffers`; the first `fanout` are asked at once. */
+  offers: readonly FoundOffer[];
+  requirements: Requirements;
+  maxPricePerSecond: bigint;
+  /** How long the lease is meant to last, in seconds (the quote's max duration covers it). */
+  durationS: number;
+  /** How many providers to ask in parallel. Default 3. */
+  fanout?: number;
+  /** Longest wait for each answer. Default 5 s. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface QuoteChoice {
+  offer: Offer;
+  quote: Quote;
+  signature: Hex;
+  /** Round trip of the bid. */
+  latencyMs: number;
+  /** Leases the provider completed and had slashed, from the registry's counters. */
+  reputation: { completed: bigint; slashed: bigint };
+}
+
+export interface BidReturnType {
+  chosen: QuoteChoice;
+  /** Every quote received, best first. */
+  quotes: QuoteChoice[];
+  /** Providers that refused or did not answer, with why. */
+  refusals: { peerId: string; reason: string }[];
+}
+
+/**
+ * Sends a bid to several matching providers at once and picks a quote: the lowest price, then the
+ * better on-chain record (fewer slashes per completed lease), then the faster answer.
+ *
+ * @throws {UserError} when every provider refused or stayed silent.
+ * @example
+ * const { chosen } = await bid(client, { jobId, offers, requirements: { gpus: 1 }, maxPricePerSecond, durationS: 3600 });
+ */
+export async function bid(
+  client: BatonClient,
+  { jobId, offers, requirements, maxPricePerSecond, durationS, fanout = 3, timeoutMs = 5_000, signal }: BidParameters,
+): Promise<BidReturnType> {
+  const { leaseManager, registry } = contracts(client.chain.deployment);
+  const asked = offers.slice(0, fanout);
+  const refusals: BidReturnType["refusals"] = [];
+  const answers = await Promise.all(
+    asked.map(async ({ offer }): Promise<QuoteChoice | undefined> => {
+      const started = performance.now();
+      try {
+        const response = await requestQuote(
+          client.host,
+          peerIdFromString(offer.peerId),
+          client.peerKey,
+          {
+            chainId: client.chain.deployment.chainId,
+            leaseManager: leaseManager.address,
+            jobId,
+            tenant: client.account.address,
+            requirements: {
+              gpus: requirements.gpus,
+              ...(requirements.gpuModel ? { gpuModel: requirements.gpuModel } : {}),
+              ...(requirements.minVramMiB ? { minVramMiB: requirements.minVramMiB } : {}),
+            },
+            maxPricePerSecond,
+            durationS,
+          },
+          { signal: AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]) },
+        );
+        const latencyMs = performance.now() - started;
+        if (response.kind === "refusal") {
+          refusals.push({ peerId: offer.peerId, reason: `${response.reason}: ${response.message}` });
+          return undefined;
+        }
+        const record = await client.chain.publicClient.readContract({
+          ...registry,
+          functionName: "getProvider",
+          args: [response.quote.provider],
+        });
+        return {
+          offer,
+          quote: response.quote,
+          signature: response.signature as Hex,
+          latencyMs,
+          reputation: { completed: record.leasesCompleted, slashed: record.leasesSlashed },
+        };
+      } catch (error) {
+        signal?.throwIfAborted();
+        refusals.push({
+          peerId: offer.peerId,
+          reason: error instanceof BaseError ? error.shortMessage : (error as Error).message,
+        });
+        return undefined;
+      }
+    }),
+  );
+  const quotes = answers.filter((a): a is QuoteChoice => a !== undefined).sort(compareChoices);
+  const chosen = quotes[0];
+  if (!chosen) {
+    throw new UserError(`no provider quoted for this job (${asked.length} asked)`, {
+      details: refusals.map((r) => `${r.peerId}: ${r.reason}`).join("; "),
+    });
+  }
+  return { chosen, quotes, refusals };
+}
+
+/** Slashes per completed lease, scaled to compare without fractions; a new provider counts as clean. */
+function slashRate({ completed, slashed }: QuoteChoice["reputation"]): bigint {
+  return (slashed * 1_000_000n) / (completed + slashed + 1n);
+}
+
+function compareChoices(a: QuoteChoice, b: QuoteChoice): number {
+  if (a.quote.pricePerSecond !== b.quote.pricePerSecond)
+    return a.quote.pricePerSecond < b.quote.pricePerSecond ? -1 : 1;
+  const ra = slashRate(a.reputation);
+  const rb = slashRate(b.reputation);
+  if (ra !== rb) return ra < rb ? -1 : 1;
+  return a.latencyMs - b.latencyMs;
+}

@@ -1,0 +1,83 @@
+import type { BatonClient } from "../client.ts";
+import { offerPrice } from "../p2p/offers.ts";
+import type { Offer } from "../wire/messages.ts";
+import { UserError } from "../errors.ts";
+
+export interface Requirements {
+  gpus: number;
+  gpuModel?: string | undefined;
+  minVramMiB?: number | undefined;
+}
+
+export interface FindOffersParameters {
+  requirements: Requirements;
+  /** Highest price per second to accept, in payment-token base units. */
+  maxPricePerSecond?: bigint | undefined;
+  /** Provider addresses or peer ids to leave out (e.g. ones that failed this job). */
+  exclude?: readonly string[];
+  /** Wait until at least this many offers match. Default 1. */
+  minCount?: number;
+  /** Longest wait for `minCount` matching offers. Default 10 s. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface FoundOffer {
+  offer: Offer;
+  /** What a lease with these requirements costs per second under this offer. */
+  pricePerSecond: bigint;
+}
+
+/** Whether an offer can take a job with these requirements now, within the price. */
+export function offerMatches(offer: Offer, requirements: Requirements, maxPricePerSecond?: bigint): boolean {
+  if (requirements.gpus === 0 ? !offer.cpuJobs : offer.gpusFree < requirements.gpus) return false;
+  if (maxPricePerSecond !== undefined && offerPrice(offer, requirements.gpus) > maxPricePerSecond) return false;
+  if (requirements.gpus > 0) {
+    const fitting = offer.gpus.filter(
+      (gpu) =>
+        (!requirements.gpuModel || gpu.model.includes(requirements.gpuModel)) &&
+        (!requirements.minVramMiB || gpu.vramMiB >= requirements.minVramMiB),
+    );
+    if (fitting.length < requirements.gpus) return false;
+  }
+  return true;
+}
+
+/**
+ * The verified offers that match `requirements`, cheapest first, waiting up to `timeoutMs` for
+ * `minCount` of them (offers arrive by gossip every few seconds).
+ *
+ * @throws {UserError} when too few providers offer what is asked within the wait.
+ * @example
+ * const offers = await findOffers(client, { requirements: { gpus: 1 }, maxPricePerSecond: 10n ** 15n });
+ */
+export async function findOffers(
+  client: BatonClient,
+  { requirements, maxPricePerSecond, exclude = [], minCount = 1, timeoutMs = 10_000, signal }: FindOffersParameters,
+): Promise<FoundOffer[]> {
+  const excluded = new Set(exclude.map((e) => e.toLowerCase()));
+  const matching = (): FoundOffer[] =>
+    client.offers
+      .list()
+      .filter((offer) => !excluded.has(offer.provider.toLowerCase()) && !excluded.has(offer.peerId.toLowerCase()))
+      .filter((offer) => offerMatches(offer, requirements, maxPricePerSecond))
+      .map((offer) => ({ offer, pricePerSecond: offerPrice(offer, requirements.gpus) }))
+      .sort((a, b) => (a.pricePerSecond < b.pricePerSecond ? -1 : a.pricePerSecond > b.pricePerSecond ? 1 : 0));
+  const deadline = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]);
+  let found = matching();
+  while (found.length < minCount) {
+    try {
+      await client.offers.next(deadline);
+    } catch (error) {
+      signal?.throwIfAborted();
+      if ((error as Error).name !== "TimeoutError") throw error;
+      const want = `${requirements.gpus} GPU(s)${requirements.gpuModel ? ` (${requirements.gpuModel})` : ""}`;
+      throw new UserError(
+        `found ${found.length} provider offer(s) for ${want}${maxPricePerSecond === undefined ? "" : ` at ≤ ${maxPricePerSecond}/s`} within ${timeoutMs} ms; needed ${minCount}`,
+        { details: `offers seen: ${client.offers.list().length}, excluded: ${excluded.size}` },
+      );
+    }
+    found = matching();
+  }
+  return found;
+}

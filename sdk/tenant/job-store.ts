@@ -1,0 +1,137 @@
+import { mkdir, open, readdir, readFile, rename } from "node:fs/promises";
+import path from "node:path";
+
+import { z } from "zod";
+
+import { UserError } from "../errors.ts";
+import { jobSpecSchema } from "../job-spec.ts";
+
+const bigintString = z.string().regex(/^\d+$/);
+const hex32 = z.string().regex(/^0x[0-9a-f]{64}$/);
+
+const leaseRecordSchema = z.object({
+  leaseId: bigintString,
+  provider: z.string(),
+  peerId: z.string(),
+  /** The provider's listen addresses when the lease opened, to find it again after a restart. */
+  addresses: z.array(z.string()),
+  pricePerSecond: bigintString,
+  deposit: bigintString,
+  openedAt: z.number(),
+  /** Resumed from this checkpoint CID, if any. */
+  resumedFrom: z.string().optional(),
+  /** The last session message seen, to re-attach without replays. */
+  lastSeq: z.number().int().nonnegative(),
+  state: z.enum(["starting", "running", "failed", "completed", "cancelled"]),
+  endedAt: z.number().optional(),
+  /** Set once the lease is slashed (by us or anyone): what the tenant got back from the collateral. */
+  slash: z.object({ compensation: bigintString, refund: bigintString, tx: z.string() }).optional(),
+});
+
+const checkpointRecordSchema = z.object({
+  cid: z.string(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  name: z.string(),
+  step: z.number().int().nonnegative().optional(),
+  size: z.number().int().nonnegative(),
+  leaseId: bigintString,
+  at: z.number(),
+});
+
+export const jobRecordSchema = z.object({
+  version: z.literal(1),
+  jobId: hex32,
+  spec: jobSpecSchema,
+  /** The job's checkpoint key (base64). Kept in the tenant's own data dir (mode 0600), nowhere else. */
+  key: z.string(),
+  createdAt: z.number(),
+  state: z.enum(["running", "completed", "failed", "cancelled"]),
+  options: z.object({
+    maxPricePerSecond: bigintString.optional(),
+    budget: bigintString.optional(),
+    retryLimit: z.number().int().nonnegative(),
+    keepCheckpoints: z.number().int().positive(),
+    exclude: z.array(z.string()),
+  }),
+  leases: z.array(leaseRecordSchema),
+  /** Checkpoints the tenant holds (fetched, verified, pinned), oldest first. */
+  safe: z.array(checkpointRecordSchema),
+  /** Payment tokens deposited into leases so far (refunds not subtracted). */
+  deposited: bigintString,
+  handOffs: z.number().int().nonnegative(),
+  result: z
+    .object({
+      exitCode: z.number().int().nullable(),
+      reason: z.string(),
+      outputCid: z.string().optional(),
+      outputDir: z.string().optional(),
+      leaseId: bigintString,
+    })
+    .optional(),
+  error: z.string().optional(),
+});
+
+export type JobRecord = z.output<typeof jobRecordSchema>;
+export type LeaseRecord = JobRecord["leases"][number];
+export type CheckpointRecord = JobRecord["safe"][number];
+
+/** The tenant's job records: one JSON file per job, replaced atomically on every change. */
+export interface JobStore {
+  readonly dir: string;
+  get(jobId: string): Promise<JobRecord | undefined>;
+  list(): Promise<JobRecord[]>;
+  /** Writes the record durably (temp file, fsync, rename), so a crash leaves the old or the new one. */
+  save(record: JobRecord): Promise<void>;
+}
+
+/** Opens (creating) the job records under `dir`. */
+export async function openJobStore(dir: string): Promise<JobStore> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const file = (jobId: string): string => {
+    if (!/^0x[0-9a-f]{64}$/.test(jobId)) throw new UserError(`not a job id: ${jobId} (0x and 64 hex digits)`);
+    return path.join(dir, `${jobId}.json`);
+  };
+  const read = async (name: string): Promise<JobRecord | undefined> => {
+    let text: string;
+    try {
+      text = await readFile(name, "utf8");
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw error;
+    }
+    const parsed = jobRecordSchema.safeParse(JSON.parse(text));
+    if (!parsed.success)
+      throw new UserError(`job record ${name} is damaged`, { details: z.prettifyError(parsed.error) });
+    return parsed.data;
+  };
+  // One write at a time: two saves of a record racing on its temp file could interleave.
+  let writing: Promise<void> = Promise.resolve();
+  const write = async (record: JobRecord): Promise<void> => {
+    const target = file(record.jobId);
+    const temp = `${target}.${process.pid}.tmp`;
+    const handle = await open(temp, "w", 0o600);
+    try {
+      await handle.writeFile(JSON.stringify(record, null, 2));
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, target);
+  };
+  return {
+    dir,
+    get: (jobId) => read(file(jobId.toLowerCase())),
+    async list() {
+      const names = (await readdir(dir)).filter((n) => /^0x[0-9a-f]{64}\.json$/.test(n));
+      const records = await Promise.all(names.map((n) => read(path.join(dir, n))));
+      return records.filter((r): r is JobRecord => r !== undefined).sort((a, b) => a.createdAt - b.createdAt);
+    },
+    save(record) {
+      // A snapshot now: the caller goes on changing its record while the write waits its turn.
+      const snapshot = structuredClone(record);
+      const next = writing.then(() => write(snapshot));
+      writing = next.catch(() => undefined);
+      return next;
+    },
+  };
+}
