@@ -1,13 +1,17 @@
 #!/usr/bin/env node
 /**
- * The `baton` command: `baton provider …` (and, as the project grows, `job`, `audit`, `devnet`).
+ * The `baton` command: `baton provider …`, `baton job …`, `baton audit …` (and `devnet`).
  * Thin over sdk/ and node/: it parses arguments, calls them, and prints for people.
  */
+import { auditCommands } from "./audit.ts";
+import { jobCommands } from "./job.ts";
 import { printError } from "./output.ts";
 import { providerCommands } from "./provider.ts";
 
 const groups: Record<string, Record<string, { run: (args: string[]) => Promise<void>; help: string }>> = {
   provider: providerCommands,
+  job: jobCommands,
+  audit: auditCommands,
 };
 
 function usage(): string {
@@ -17,7 +21,9 @@ function usage(): string {
   }
   lines.push(
     "",
-    "Every command takes --data-dir (default .baton/provider). Keys: BATON_KEYSTORE_PASSWORD, or BATON_PROVIDER_KEY in development.",
+    "provider commands take --data-dir (default .baton/provider); keys: BATON_KEYSTORE_PASSWORD, or BATON_PROVIDER_KEY in development.",
+    "job commands take --data-dir (default .baton/tenant) and --network (default .baton/devnet/network.json, written by",
+    "`baton devnet`) or --rpc-url, --deployment and --bootstrap; keys: --keystore, or BATON_TENANT_KEY in development.",
   );
   return lines.join("\n");
 }

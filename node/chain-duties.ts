@@ -75,7 +75,8 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
 
   const round = async (): Promise<void> => {
     const now = await syncClock();
-    const live = store.leases(["preparing", "running", "exited"]);
+    // Failed starts too: their lease stays open until the tenant closes it, and the close needs our acknowledgement.
+    const live = store.leases(["preparing", "running", "exited", "failed"]);
     const due: LeaseRow[] = [];
     for (const lease of live) {
       const onChain = await chain.publicClient.readContract({
@@ -97,6 +98,7 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         ended.add(lease.leaseId);
         continue;
       }
+      if (lease.state === "failed") continue;
       if (lease.state === "exited") {
         await finish(lease);
         continue;

@@ -400,6 +400,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for
         // the listen addresses it announced (identify), which bitswap can dial.
         const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
+        // In the store from here on, so the chain duties heartbeat the lease while its inputs and
+        // checkpoint download (which can take minutes): the lease must not look abandoned meanwhile.
+        // A retried start after a failed one replaces the row.
+        store.insertLease(row);
+        const startFailed = (reason: string): void => {
+          gpus.release(leaseHolder(body.leaseId));
+          store.updateLease(body.leaseId, { state: "failed", reason, endedAt: Date.now() });
+        };
         const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${remote}`));
         try {
           await fetchInputs(components.ipfs, spec, workDir, {
@@ -409,7 +417,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           });
         } catch (error) {
           const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
-          gpus.release(leaseHolder(body.leaseId));
+          startFailed("inputs-failed");
           throw new SessionRefusal("inputs-failed", `cannot fetch the job's inputs: ${reason}`);
         }
         if (startBody.resume) {
@@ -430,13 +438,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
             );
           } catch (error) {
             const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
-            gpus.release(leaseHolder(body.leaseId));
+            startFailed("resume-failed");
             throw new SessionRefusal("resume-failed", `cannot resume from ${startBody.resume.cid}: ${reason}`);
           }
         }
-        // Only now, with inputs and checkpoint in place, does the lease get a runtime (and heartbeats).
+        // Only now, with inputs and checkpoint in place, does the lease get a runtime (and session heartbeats).
         const runtime = runtimeFor(body.leaseId);
-        store.insertLease(row);
         init.onCapacityChange();
         await attach(runtime, stream, 0);
         await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: startBody.resume !== undefined });
@@ -480,6 +487,16 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       }),
     stop: () => host.unhandle(protocols.lease),
     async recover() {
+      for (const row of store.leases(["preparing"])) {
+        if (row.pid !== null) continue;
+        // It died while fetching the job's inputs: the tenant re-leases elsewhere when it finds no job here.
+        gpus.release(leaseHolder(row.leaseId));
+        store.updateLease(row.leaseId, {
+          state: "failed",
+          reason: "node restarted before the job started",
+          endedAt: Date.now(),
+        });
+      }
       for (const row of store.leases(["preparing", "running"])) {
         // The job died with the previous node process (bubblewrap's --die-with-parent): run it again
         // in the same work dir, where it finds whatever it saved, and tell the tenant what happened.

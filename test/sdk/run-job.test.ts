@@ -1,4 +1,5 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
@@ -6,13 +7,15 @@ import { parseEther, type Address } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts } from "../../sdk/chain/client.ts";
+import { BudgetExhaustedError } from "../../sdk/errors.ts";
 import { runJob, type JobEvent, type JobHandle } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import type { JobSpecInput } from "../../sdk/job-spec.ts";
 import { devAccount } from "../../deploy/local-chain.ts";
 import { providerDirs, runToEnd, startExampleJob, tempDir } from "../helpers/example-jobs.ts";
 import { startMarket, type Market, type ProviderHandle } from "../helpers/market.ts";
-import { root } from "../helpers/processes.ts";
+import { privateKeyOf } from "../helpers/market.ts";
+import { root, spawnScript } from "../helpers/processes.ts";
 
 const TRAIN_ENV = { TRAIN_STEPS: "600", TRAIN_CHECKPOINT_EVERY: "50", TRAIN_SEED: "3" };
 const SCRIPT = path.join(root, "examples/train/train.mjs");
@@ -149,5 +152,156 @@ describe("runJob: hand-off to a new provider", () => {
     expect(after.staking).toBe(after.stakingSupply);
     expect(after.paymentSupply).toBe(before.paymentSupply);
     await victim.start();
+  });
+
+  it("(b) SIGKILL the replacement too: two hand-offs, same result", async () => {
+    const job = await runJob(client, spec("20"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    const first = serving(job);
+    first.process!.child.kill("SIGKILL");
+    const moved = await when("re-leased");
+    await when("checkpoint-safe", (e) => e.leaseId === moved.to);
+    const second = serving(job);
+    expect(second).not.toBe(first);
+    second.process!.child.kill("SIGKILL");
+    const result = await job.result();
+    expect(result.handOffs).toBe(2);
+    expect(new Set(result.leases.map((l) => l.provider)).size).toBe(3);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(reference);
+    const starts = events.filter((e) => e.type === "started");
+    expect(starts.map((e) => e.type === "started" && e.resumed)).toEqual([false, true, true]);
+    await job.settled();
+    expect(events.filter((e) => e.type === "slashed")).toHaveLength(2);
+    await Promise.all([first.start(), second.start()]);
+  });
+
+  it("(c) SIGSTOP until replaced, then SIGCONT: the old provider is fenced, its job killed, and there is one result", async () => {
+    const job = await runJob(client, spec("20"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+      failAfterMs: 3_000,
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    const frozen = serving(job);
+    frozen.process!.child.kill("SIGSTOP");
+    try {
+      const failed = await when("provider-failed");
+      expect(failed.provider).toBe(frozen.account.address);
+      await when("started", (e) => e.leaseId !== failed.leaseId);
+    } finally {
+      frozen.process!.child.kill("SIGCONT");
+    }
+    await frozen.process!.waitFor(/lease ended on chain; job stopped/, 30_000);
+    const result = await job.result();
+    expect(events.filter((e) => e.type === "completed")).toHaveLength(1);
+    expect(result.leases.at(-1)!.provider).not.toBe(frozen.account.address);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(reference);
+    // The frozen provider could not finish its old lease with a result: it was closed or slashed.
+    const { leaseManager } = contracts(market.deployment);
+    const old = await market.admin.publicClient.readContract({
+      ...leaseManager,
+      functionName: "getLease",
+      args: [BigInt(result.leases[0]!.leaseId)],
+    });
+    expect(["Closing", "Closed", "Slashed"]).toContain(
+      ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"][old.status],
+    );
+    await job.settled();
+  });
+
+  it("(e) a budget that runs out fails the job cleanly, its lease closed and the rest refunded", async () => {
+    const { paymentToken } = contracts(market.deployment);
+    const balance = () =>
+      market.admin.publicClient.readContract({
+        ...paymentToken,
+        functionName: "balanceOf",
+        args: [client.account.address],
+      });
+    const before = await balance();
+    const price = 1_000_000_000_000n;
+    const started = Date.now();
+    const job = await runJob(client, spec("20"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+      budget: price * 8n,
+    });
+    const { events } = recorder(job);
+    await expect(job.result()).rejects.toBeInstanceOf(BudgetExhaustedError);
+    const elapsedS = BigInt(Math.ceil((Date.now() - started) / 1000));
+    expect(events.at(-1)?.type).toBe("failed");
+    const record = await client.jobs.get(job.jobId);
+    expect(record?.state).toBe("failed");
+    const { leaseManager } = contracts(market.deployment);
+    const lease = await market.admin.publicClient.readContract({
+      ...leaseManager,
+      functionName: "getLease",
+      args: [BigInt(record!.leases[0]!.leaseId)],
+    });
+    expect(lease.status).not.toBe(1);
+    // Paid for the time used, not the whole deposit: the rest came back.
+    const spent = before - (await balance());
+    expect(spent).toBeLessThan(price * 8n);
+    expect(spent).toBeLessThanOrEqual(price * (elapsedS + 1n));
+  });
+
+  it("(f) with both cores busy for the whole job and no kill, there is no hand-off", async () => {
+    const burners: ChildProcess[] = Array.from({ length: os.availableParallelism() }, () =>
+      spawn(process.execPath, ["-e", "for (;;) {}"], { stdio: "ignore" }),
+    );
+    try {
+      const job = await runJob(client, spec("10"), {
+        maxPricePerSecond: parseEther("0.001"),
+        files: { "train.mjs": SCRIPT },
+      });
+      const { events } = recorder(job);
+      const result = await job.result();
+      expect(result.handOffs).toBe(0);
+      expect(events.filter((e) => e.type === "provider-failed")).toEqual([]);
+      expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(reference);
+    } finally {
+      for (const burner of burners) burner.kill("SIGKILL");
+    }
+  });
+});
+
+describe("tenant restart", () => {
+  it("(d) a killed `baton job run --watch` is picked up by `baton job watch`, which re-attaches and completes the job", async () => {
+    const dataDir = path.join(dir, "tenant-cli");
+    await market.client(1, path.join(dir, "tenant-fund"));
+    const specFile = path.join(dir, "train.yaml");
+    await writeFile(specFile, JSON.stringify({ ...spec("20"), inputs: [{ file: SCRIPT, path: "train.mjs" }] }));
+    const network = [
+      "--data-dir",
+      dataDir,
+      "--rpc-url",
+      market.chain.rpcUrl,
+      "--deployment",
+      market.deploymentFile,
+      ...market.providers.flatMap((p) => ["--bootstrap", p.address!]),
+    ];
+    const env = { BATON_TENANT_KEY: privateKeyOf(devAccount(11)) };
+    const first = spawnScript(
+      "cli/baton.ts",
+      ["job", "run", specFile, "--max-price", "0.001", "--watch", ...network],
+      env,
+    );
+    const idLine = await first.waitFor(/^job 0x[0-9a-f]{64}$/, 60_000);
+    const jobId = idLine.split(" ")[1]!;
+    await first.waitFor(/checkpoint step 100 safe/, 60_000);
+    first.child.kill("SIGKILL");
+    await first.exited;
+
+    const second = spawnScript("cli/baton.ts", ["job", "watch", jobId, ...network], env);
+    const exit = await second.exited;
+    expect(exit.code, second.lines.slice(-20).join("\n")).toBe(0);
+    expect(second.lines.join("\n")).toMatch(/completed \(exit 0\) after 0 hand-off/);
+    const record = JSON.parse(await readFile(path.join(dataDir, "jobs", `${jobId}.json`), "utf8"));
+    expect(record.state).toBe("completed");
+    expect(await readFile(path.join(record.result.outputDir, "result.json"), "utf8")).toBe(reference);
   });
 });

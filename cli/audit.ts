@@ -1,0 +1,339 @@
+import { parseArgs } from "node:util";
+
+import { createPublicClient, formatEther, getAddress, http, isAddress, type Address, type Hex } from "viem";
+
+import { auditJob, type AuditJobReturnType } from "../sdk/actions/auditJob.ts";
+import { auditLease, type AuditLeaseReturnType } from "../sdk/actions/auditLease.ts";
+import { auditProvider, type AuditProviderReturnType } from "../sdk/actions/auditProvider.ts";
+import type { AuditSnapshot, LeaseAudit } from "../sdk/actions/audit-events.ts";
+import { checkChain, createChainClient, type ChainClient } from "../sdk/chain/client.ts";
+import { loadDeployment, loadDeploymentFile, type Deployment } from "../sdk/chain/deployments.ts";
+import { ChainError, UserError } from "../sdk/errors.ts";
+import { table } from "./output.ts";
+
+const DEPLOYMENTS_DIR = "deployments";
+
+const options = {
+  "rpc-url": { type: "string", default: "http://127.0.0.1:8545" },
+  /** Defaults to deployments/<chainId>.json for the chain the RPC serves. */
+  deployment: { type: "string" },
+  json: { type: "boolean", default: false },
+} as const;
+
+interface AuditArgs {
+  target: string;
+  rpcUrl: string;
+  deployment: string | undefined;
+  json: boolean;
+}
+
+/** Parses `<target> [options]`, turning every mistake into a UserError that shows the usage. */
+function parse(args: string[], usage: string): AuditArgs {
+  const { values, positionals } = (() => {
+    try {
+      return parseArgs({ args, options, allowPositionals: true });
+    } catch (cause) {
+      throw new UserError((cause as Error).message, { details: usage, cause });
+    }
+  })();
+  const [target, ...extra] = positionals;
+  if (target === undefined || extra.length > 0) throw new UserError(usage);
+  return { target, rpcUrl: values["rpc-url"], deployment: values.deployment, json: values.json };
+}
+
+function parseLeaseId(text: string): bigint {
+  if (!/^\d+$/.test(text)) throw new UserError(`not a lease id: ${text} (lease ids are whole numbers from 1)`);
+  return BigInt(text);
+}
+
+function parseJobId(text: string): Hex {
+  if (!/^0x[0-9a-fA-F]{64}$/.test(text)) throw new UserError(`not a job id: ${text} (0x and 64 hex digits)`);
+  return text.toLowerCase() as Hex;
+}
+
+function parseProvider(text: string): Address {
+  if (!/^0x[0-9a-fA-F]{40}$/.test(text)) throw new UserError(`not an address: ${text} (0x and 40 hex digits)`);
+  if (!isAddress(text)) throw new UserError(`not an address: ${text} (its mixed-case checksum is wrong)`);
+  return getAddress(text);
+}
+
+/** A read-only client for the deployment at `rpcUrl`, found by the chain id it serves unless given. */
+async function connect({ rpcUrl, deployment: file }: AuditArgs): Promise<ChainClient> {
+  let deployment: Deployment;
+  if (file !== undefined) {
+    deployment = await loadDeploymentFile(file);
+  } else {
+    let chainId: number;
+    try {
+      chainId = await createPublicClient({ transport: http(rpcUrl, { retryCount: 0 }) }).getChainId();
+    } catch (cause) {
+      throw new ChainError(`no JSON-RPC node answers at ${rpcUrl}`, { cause });
+    }
+    deployment = await loadDeployment(DEPLOYMENTS_DIR, chainId);
+  }
+  const chain = createChainClient({ rpcUrl, deployment });
+  await checkChain(chain);
+  return chain;
+}
+
+/** JSON for machines: bigints as decimal strings, absent values as null. */
+function printJson(value: unknown): void {
+  console.log(
+    JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? v.toString() : v === undefined ? null : v), 2),
+  );
+}
+
+const tokens = (amount: bigint): string => formatEther(amount);
+const time = (unixSeconds: bigint): string => new Date(Number(unixSeconds) * 1000).toISOString();
+
+function duration(seconds: bigint): string {
+  const s = Number(seconds);
+  const parts: [number, string][] = [
+    [Math.floor(s / 86_400), "d"],
+    [Math.floor(s / 3_600) % 24, "h"],
+    [Math.floor(s / 60) % 60, "m"],
+    [s % 60, "s"],
+  ];
+  const first = parts.findIndex(([n]) => n > 0);
+  return first === -1
+    ? "0s"
+    : parts
+        .slice(first)
+        .map(([n, unit]) => `${n}${unit}`)
+        .join(" ");
+}
+
+const asOf = (snapshot: AuditSnapshot): string => `block ${snapshot.blockNumber}, ${time(snapshot.timestamp)}`;
+
+/** How a lease ended, through its transitions: `completed`, `closing→slashed`, `active (slashable)`. */
+function how(lease: LeaseAudit): string {
+  const path = lease.history.slice(1).map((change) => change.status);
+  if (path.length === 0) return lease.pending ? `active (${lease.pending})` : "active";
+  return path.join("→") + (lease.pending ? ` (${lease.pending})` : "");
+}
+
+function leaseRow(lease: LeaseAudit, now: bigint, who: string): string[] {
+  return [
+    String(lease.leaseId),
+    who,
+    time(lease.opened.timestamp),
+    lease.endedAt === undefined ? "-" : time(lease.endedAt),
+    how(lease),
+    duration((lease.endedAt ?? now) - lease.opened.timestamp),
+    tokens(lease.paidToProvider),
+    tokens(lease.refundedToTenant),
+    lease.slash ? tokens(lease.slash.collateral) : "-",
+    String(lease.checkpoints.length),
+  ];
+}
+
+const leaseHeader = (who: string): string[] => [
+  "lease",
+  who,
+  "opened",
+  "ended",
+  "how",
+  "duration",
+  "paid",
+  "refunded",
+  "slashed",
+  "checkpoints",
+];
+
+function printJob(job: AuditJobReturnType): void {
+  const forks = job.forks.map((fork) => `lease ${fork.predecessor} → ${fork.successors.join(", ")}`);
+  console.log(
+    table([
+      ["job", job.jobId],
+      ["tenant", job.tenants.join(", ")],
+      ["as of", asOf(job.asOf)],
+      ["lineage", `${job.lineage.length} lease(s), ${job.handOffs} hand-off(s)`],
+      ["forks", forks.length > 0 ? forks.join("; ") : "none"],
+      ["off the lineage", job.others.length > 0 ? job.others.map((l) => l.leaseId).join(", ") : "none"],
+    ]),
+  );
+  console.log("");
+  console.log(
+    table([
+      leaseHeader("provider"),
+      ...[...job.lineage, ...job.others].map((lease) => leaseRow(lease, job.asOf.timestamp, lease.provider)),
+    ]),
+  );
+  const t = job.totals;
+  const burned = job.lineage.concat(job.others).some((lease) => lease.slash?.burned);
+  console.log("");
+  console.log(
+    table([
+      ["started", time(job.startedAt.timestamp)],
+      ["ended", job.endedAt === undefined ? "still running" : time(job.endedAt)],
+      ["wall duration", duration(job.wallSeconds)],
+      ["deposited", tokens(t.deposited)],
+      ["paid to providers", `${tokens(t.paidToProviders)} (${t.secondsPaid} s of service)`],
+      ["refunded to tenant", tokens(t.refundedToTenant)],
+      ["still in escrow", tokens(t.escrowed)],
+      ["slashed collateral", tokens(t.slashedCollateral)],
+      ["  compensation to tenant", tokens(t.compensationToTenant)],
+      ["  rewards to slash callers", tokens(t.callerRewards)],
+      [burned ? "  burned" : "  to treasury", tokens(t.toTreasury)],
+      ["result", job.resultCid ?? "-"],
+    ]),
+  );
+  if (job.checkpoints.length > 0) {
+    console.log("");
+    console.log(
+      table([
+        ["checkpoint", "lease", "committed"],
+        ...job.checkpoints.map((c) => [c.cid, String(c.leaseId), time(c.at.timestamp)]),
+      ]),
+    );
+  }
+}
+
+function printLease(lease: AuditLeaseReturnType): void {
+  console.log(
+    table([
+      ["lease", String(lease.leaseId)],
+      ["job", lease.jobId],
+      ["tenant", lease.tenant],
+      ["provider", lease.provider],
+      ["predecessor", lease.predecessor === 0n ? "none" : String(lease.predecessor)],
+      ["as of", asOf(lease.asOf)],
+      ["opened", `${time(lease.opened.timestamp)} (block ${lease.opened.blockNumber}, tx ${lease.opened.txHash})`],
+      ["status", how(lease)],
+      ["ended", lease.endedAt === undefined ? "-" : time(lease.endedAt)],
+      ["price per second", tokens(lease.pricePerSecond)],
+      ["deposited", `${tokens(lease.deposited)} (${lease.topUps.length} top-up(s))`],
+      ["collateral", tokens(lease.collateral)],
+      ["heartbeat period / timeout", `${lease.heartbeatPeriod} s / ${lease.heartbeatTimeout} s`],
+      ["heartbeats", lease.heartbeats === 0 ? "0" : `${lease.heartbeats}, last at ${time(lease.lastHeartbeat)}`],
+      ["paid to provider", `${tokens(lease.paidToProvider)} (${lease.secondsPaid} s)`],
+      ["refunded to tenant", tokens(lease.refundedToTenant)],
+      ["still in escrow", tokens(lease.escrowed)],
+      ["result", lease.resultCid ?? "-"],
+    ]),
+  );
+  console.log("");
+  console.log(
+    table([
+      ["status", "at", "block", "refund", "tx"],
+      ...lease.history.map((c) => [
+        c.status,
+        time(c.at.timestamp),
+        String(c.at.blockNumber),
+        tokens(c.refund),
+        c.at.txHash,
+      ]),
+    ]),
+  );
+  if (lease.slash) {
+    const s = lease.slash;
+    console.log("");
+    console.log(
+      table([
+        ["slashed by", s.caller],
+        ["collateral taken", tokens(s.collateral)],
+        ["  compensation to tenant", tokens(s.compensation)],
+        ["  reward to caller", tokens(s.reward)],
+        [s.burned ? "  burned" : `  to treasury ${s.treasury}`, tokens(s.treasuryAmount)],
+      ]),
+    );
+  }
+  if (lease.topUps.length > 0) {
+    console.log("");
+    console.log(
+      table([
+        ["top-up", "deposit after", "funded until", "at"],
+        ...lease.topUps.map((u) => [tokens(u.amount), tokens(u.deposit), time(u.endsAt), time(u.at.timestamp)]),
+      ]),
+    );
+  }
+  if (lease.checkpoints.length > 0) {
+    console.log("");
+    console.log(table([["checkpoint", "committed"], ...lease.checkpoints.map((c) => [c.cid, time(c.at.timestamp)])]));
+  }
+}
+
+function printProvider(record: AuditProviderReturnType): void {
+  const o = record.outcomes;
+  const s = record.stake;
+  const registered = record.profile[0];
+  console.log(
+    table([
+      ["provider", record.provider],
+      ["peer id", record.peerId],
+      ["registered", registered ? time(registered.at.timestamp) : "-"],
+      ["as of", asOf(record.asOf)],
+      ["eligible", record.eligible ? "yes" : "no (stake below minimum)"],
+      ["stake", `${tokens(s.current)} (by events: ${tokens(s.fromEvents)})`],
+      ["  locked as collateral", tokens(s.locked)],
+      ["  unbonding", s.unbonding > 0n ? `${tokens(s.unbonding)} until ${time(s.unbondingEndsAt)}` : "0"],
+      ["  staked / withdrawn / slashed", `${tokens(s.staked)} / ${tokens(s.withdrawn)} / ${tokens(s.slashed)}`],
+      [
+        "leases",
+        `${record.leases.length}: ${o.completed} completed, ${o.closed} closed, ${o.expired} expired, ${o.slashed} slashed, ${o.active} active, ${o.closing} closing`,
+      ],
+      [
+        "registry counters",
+        `opened ${record.counters.leasesOpened}, completed ${record.counters.leasesCompleted}, slashed ${record.counters.leasesSlashed}, ${record.counters.secondsServed} s served`,
+      ],
+      ["earnings settled", tokens(record.earnings.settled)],
+      ["earnings claimed", `${tokens(record.earnings.claimed)} in ${record.earnings.claims.length} claim(s)`],
+      ["claimable now", tokens(record.earnings.claimableNow)],
+    ]),
+  );
+  if (record.leases.length > 0) {
+    console.log("");
+    console.log(
+      table([leaseHeader("job"), ...record.leases.map((lease) => leaseRow(lease, record.asOf.timestamp, lease.jobId))]),
+    );
+  }
+  if (record.slashes.length > 0) {
+    console.log("");
+    console.log(
+      table([
+        ["slashed lease", "at", "collateral", "to tenant", "to caller", "to treasury", "caller"],
+        ...record.slashes.map((slash) => [
+          String(slash.leaseId),
+          time(slash.at.timestamp),
+          tokens(slash.collateral),
+          tokens(slash.compensation),
+          tokens(slash.reward),
+          tokens(slash.treasuryAmount),
+          slash.caller,
+        ]),
+      ]),
+    );
+  }
+}
+
+const OPTIONS_USAGE = "[--rpc-url URL] [--deployment FILE] [--json]";
+
+async function job(args: string[]): Promise<void> {
+  const parsed = parse(args, `usage: baton audit job <jobId> ${OPTIONS_USAGE}`);
+  const jobId = parseJobId(parsed.target);
+  const result = await auditJob({ chain: await connect(parsed) }, { jobId });
+  if (parsed.json) printJson(result);
+  else printJob(result);
+}
+
+async function lease(args: string[]): Promise<void> {
+  const parsed = parse(args, `usage: baton audit lease <leaseId> ${OPTIONS_USAGE}`);
+  const leaseId = parseLeaseId(parsed.target);
+  const result = await auditLease({ chain: await connect(parsed) }, { leaseId });
+  if (parsed.json) printJson(result);
+  else printLease(result);
+}
+
+async function provider(args: string[]): Promise<void> {
+  const parsed = parse(args, `usage: baton audit provider <address> ${OPTIONS_USAGE}`);
+  const address = parseProvider(parsed.target);
+  const result = await auditProvider({ chain: await connect(parsed) }, { provider: address });
+  if (parsed.json) printJson(result);
+  else printProvider(result);
+}
+
+export const auditCommands: Record<string, { run: (args: string[]) => Promise<void>; help: string }> = {
+  job: { run: job, help: "a job's leases across providers, from chain events (<jobId>, --json)" },
+  lease: { run: lease, help: "one lease's terms, heartbeats, checkpoints, payments, end (<leaseId>, --json)" },
+  provider: { run: provider, help: "a provider's stake, leases, earnings and slashes (<address>, --json)" },
+};

@@ -1,0 +1,143 @@
+import { formatEther } from "viem";
+
+import { BaseError } from "../sdk/errors.ts";
+import type { JobEvent, JobHandle } from "../sdk/tenant/job-runner.ts";
+
+export interface JobDisplayOptions {
+  out?: NodeJS.WriteStream;
+  /** Redraw a status line in place (a terminal); otherwise one plain line per event. */
+  tty?: boolean;
+  /** One JSON object per event instead of text. */
+  json?: boolean;
+  /** Names for provider addresses (e.g. "provider-2" on a devnet). */
+  names?: Map<string, string>;
+  /** Show the job's own output lines. */
+  logs?: boolean;
+}
+
+/**
+ * A live view of a job a person can follow: a timeline of what happened across providers and, on a
+ * terminal, a status line kept at the bottom (state, provider, progress bar, safe checkpoints, cost
+ * so far, hand-offs). Off a terminal, plain lines, with progress every tenth of the job.
+ *
+ * @returns a function that stops the display.
+ */
+export function showJob(job: JobHandle, options: JobDisplayOptions = {}): () => void {
+  const out = options.out ?? process.stdout;
+  const tty = options.tty ?? Boolean(out.isTTY);
+  const start = Date.now();
+  const name = (address: string | undefined): string =>
+    address ? (options.names?.get(address.toLowerCase()) ?? `${address.slice(0, 8)}…`) : "-";
+  let lastDecile = -1;
+  let statusShown = false;
+
+  const clearStatus = (): void => {
+    if (tty && statusShown) out.write("\r\x1b[2K");
+    statusShown = false;
+  };
+  const drawStatus = (): void => {
+    if (!tty) return;
+    const s = job.status();
+    const bar = progressBar(s.step, s.total, 24);
+    const line =
+      `${s.state.padEnd(11)} lease ${s.leaseId ?? "-"} on ${name(s.provider)}  ${bar}  ` +
+      `safe ${s.safeCheckpoints}${s.lastSafeStep === undefined ? "" : ` (step ${s.lastSafeStep})`}  ` +
+      `cost ${formatEther(s.costSoFar)}  hand-offs ${s.handOffs}`;
+    out.write(`\r\x1b[2K${line.slice(0, (out.columns ?? 160) - 1)}`);
+    statusShown = true;
+  };
+  const print = (text: string): void => {
+    clearStatus();
+    out.write(`[+${((Date.now() - start) / 1000).toFixed(1).padStart(5)}s] ${text}\n`);
+    drawStatus();
+  };
+
+  const unsubscribe = job.on("*", (event) => {
+    if (options.json) {
+      out.write(JSON.stringify(event, jsonReplacer) + "\n");
+      return;
+    }
+    if (event.type === "progress") {
+      if (tty) return drawStatus();
+      const decile = event.total && event.step !== undefined ? Math.floor((10 * event.step) / event.total) : -1;
+      if (decile > lastDecile) {
+        lastDecile = decile;
+        print(`progress ${event.step}/${event.total}`);
+      }
+      return;
+    }
+    if (event.type === "log" && !options.logs) return;
+    const text = describe(event, name);
+    if (text) print(text);
+  });
+  const timer = tty ? setInterval(drawStatus, 250) : undefined;
+  timer?.unref();
+  return () => {
+    unsubscribe();
+    clearInterval(timer);
+    clearStatus();
+  };
+}
+
+/** One line of the timeline for an event. */
+export function describe(event: JobEvent, name: (address: string | undefined) => string): string | undefined {
+  switch (event.type) {
+    case "offers-found":
+      return `${event.count} matching offer(s)`;
+    case "lease-opened":
+      return (
+        `lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, ` +
+        `deposit ${formatEther(event.deposit)}${event.predecessor ? ` (continues lease ${event.predecessor})` : ""}`
+      );
+    case "started":
+      return event.resumed
+        ? `lease ${event.leaseId}: job resumed from step ${event.resumedFrom?.step ?? "?"} (${event.resumedFrom?.cid.slice(0, 16)}…)`
+        : `lease ${event.leaseId}: job started`;
+    case "checkpoint-safe":
+      return `checkpoint step ${event.step ?? "?"} safe: fetched, verified, pinned (${formatBytes(event.size)}, ${event.held} held)`;
+    case "checkpoint-rejected":
+      return `checkpoint ${event.cid.slice(0, 16)}… rejected: ${event.reason}`;
+    case "provider-suspect":
+      return `${name(event.provider)} suspect: ${event.reason}`;
+    case "provider-recovered":
+      return `${name(event.provider)} heard from again`;
+    case "provider-failed":
+      return `${name(event.provider)} FAILED (${event.reason}); last heard ${event.at - event.lastSeenAt} ms ago, at step ${event.lastStep ?? "?"}`;
+    case "re-leased":
+      return `handed off: lease ${event.from} → ${event.to} on ${name(event.provider)}, resuming from step ${event.resumeFrom?.step ?? 0}`;
+    case "top-up":
+      return `lease ${event.leaseId} topped up by ${formatEther(event.amount)}`;
+    case "slashed":
+      return `lease ${event.leaseId} slashed: ${name(event.provider)} lost collateral, tenant compensated ${formatEther(event.compensation)}`;
+    case "completed":
+      return `completed (exit ${event.result.exitCode}) after ${event.result.handOffs} hand-off(s); output in ${event.result.outputDir ?? "-"}`;
+    case "failed":
+      return `FAILED: ${event.error.shortMessage}`;
+    case "cancelled":
+      return "cancelled";
+    case "log":
+      return `  ${event.stream === "stderr" ? "!" : "|"} ${event.line}`;
+    case "progress":
+      return undefined;
+  }
+}
+
+export function progressBar(step: number | undefined, total: number | undefined, width: number): string {
+  if (step === undefined || !total) return `[${" ".repeat(width)}]`;
+  const filled = Math.min(width, Math.round((step / total) * width));
+  return `[${"█".repeat(filled)}${"░".repeat(width - filled)}] ${step}/${total}`;
+}
+
+function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+/** JSON with bigints as decimal strings and errors as their messages. */
+export function jsonReplacer(_key: string, value: unknown): unknown {
+  if (typeof value === "bigint") return value.toString();
+  if (value instanceof BaseError) return { name: value.name, message: value.shortMessage, details: value.details };
+  if (value instanceof Error) return { name: value.name, message: value.message };
+  return value;
+}

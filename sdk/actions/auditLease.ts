@@ -1,0 +1,40 @@
+import { maxUint256 } from "viem";
+
+import type { ChainClient } from "../chain/client.ts";
+import { UserError } from "../errors.ts";
+import { auditLeases, openAuditScope, type AuditSnapshot, type LeaseAudit } from "./audit-events.ts";
+
+export interface AuditLeaseParameters {
+  leaseId: bigint;
+  signal?: AbortSignal;
+}
+
+export type AuditLeaseReturnType = LeaseAudit & {
+  /** The block the audit read at. */
+  asOf: AuditSnapshot;
+};
+
+/**
+ * Rebuilds one lease's history from the lease manager's events alone: its terms, how and when it
+ * ended, what its provider was paid and its tenant refunded, its top-ups, heartbeats and
+ * checkpoints, and the details of a slash.
+ *
+ * @throws {UserError} when `leaseId` is out of range or was never opened in this deployment.
+ * @example
+ * const lease = await auditLease(client, { leaseId: 7n });
+ * console.log(lease.status, lease.paidToProvider, lease.checkpoints.map((c) => c.cid));
+ */
+export async function auditLease(
+  client: { chain: ChainClient },
+  { leaseId, signal }: AuditLeaseParameters,
+): Promise<AuditLeaseReturnType> {
+  if (leaseId < 1n || leaseId > maxUint256) {
+    throw new UserError(`not a lease id: ${leaseId} (lease ids are uint256 values from 1)`);
+  }
+  const scope = await openAuditScope(client.chain, signal);
+  const [lease] = await auditLeases(scope, { leaseId });
+  if (!lease) {
+    throw new UserError(`no lease ${leaseId} in this deployment (as of block ${scope.asOf.blockNumber})`);
+  }
+  return { ...lease, asOf: scope.asOf };
+}

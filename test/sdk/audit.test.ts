@@ -1,0 +1,617 @@
+import { execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+
+import {
+  createPublicClient,
+  createTestClient,
+  createWalletClient,
+  http,
+  keccak256,
+  parseEther,
+  toHex,
+  type Address,
+  type Hex,
+  type PublicClient,
+  type TransactionReceipt,
+} from "viem";
+import { hardhat } from "viem/chains";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
+import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import { BURN_ADDRESS } from "../../sdk/actions/audit-events.ts";
+import { auditJob } from "../../sdk/actions/auditJob.ts";
+import { auditLease } from "../../sdk/actions/auditLease.ts";
+import { auditProvider } from "../../sdk/actions/auditProvider.ts";
+import { createChainClient, type ChainClient } from "../../sdk/chain/client.ts";
+import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
+import { UserError } from "../../sdk/errors.ts";
+import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
+import { root, spawnScript, stopAll } from "../helpers/processes.ts";
+
+const deployer = devAccount(0);
+const providerA = devAccount(1);
+const providerB = devAccount(2);
+const tenant = devAccount(3);
+const keeper = devAccount(4);
+const providerC = devAccount(5);
+type Account = typeof deployer;
+
+const PRICE = parseEther("0.001");
+const COLLATERAL = parseEther("50");
+const STAKE = parseEther("500");
+const CID_A1 = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+const CID_A2 = "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+const CID_B1 = "bafybeie5gq4jxvzmsym6hjlwxej4rwdoxt7wadqvmmwbqi7r27fclha2va";
+const CID_B2 = "bafybeibml5uieyxa5tufngvg7fgwbkwvlsuntwbxgtskoqynbt7wlchmfm";
+const RESULT_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+
+let chain: LocalChain;
+let dir: string;
+let deploymentFile: string;
+let deployment: Deployment;
+let publicClient: PublicClient;
+let client: { chain: ChainClient };
+
+const wallet = (account: Account) => createWalletClient({ chain: hardhat, account, transport: http(chain.rpcUrl) });
+
+async function send(hash: Promise<Hex>): Promise<TransactionReceipt> {
+  const receipt = await publicClient.waitForTransactionReceipt({ hash: await hash });
+  expect(receipt.status).toBe("success");
+  return receipt;
+}
+
+const blockTime = async (receipt: TransactionReceipt): Promise<bigint> =>
+  (await publicClient.getBlock({ blockNumber: receipt.blockNumber })).timestamp;
+
+const balanceOf = (token: Address, who: Address) =>
+  publicClient.readContract({ address: token, abi: devTokenAbi, functionName: "balanceOf", args: [who] });
+
+async function advance(seconds: number): Promise<void> {
+  const test = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
+  await test.increaseTime({ seconds });
+  await test.mine({ blocks: 1 });
+}
+
+const manager = (account: Account) => ({ wallet: wallet(account), address: deployment.contracts.leaseManager });
+
+async function openLease(
+  provider: Account,
+  jobId: Hex,
+  nonce: bigint,
+  deposit: bigint,
+  predecessor: bigint,
+): Promise<{ leaseId: bigint; receipt: TransactionReceipt }> {
+  const block = await publicClient.getBlock();
+  const quote: Quote = {
+    provider: provider.address,
+    tenant: tenant.address,
+    jobId,
+    resources: keccak256(toHex("gpu:1xfake")),
+    pricePerSecond: PRICE,
+    collateral: COLLATERAL,
+    heartbeatPeriod: 10n,
+    heartbeatTimeout: 60n,
+    maxDuration: 3600n,
+    expiry: block.timestamp + 300n,
+    nonce,
+  };
+  const signature = await signQuote(provider, hardhat.id, deployment.contracts.leaseManager, quote);
+  const { wallet: w, address } = manager(tenant);
+  const receipt = await send(
+    w.writeContract({
+      address,
+      abi: leaseManagerAbi,
+      functionName: "openLease",
+      args: [quote, signature, deposit, predecessor],
+    }),
+  );
+  const leaseId = await publicClient.readContract({ address, abi: leaseManagerAbi, functionName: "leaseCount" });
+  return { leaseId, receipt };
+}
+
+async function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
+  const { wallet: w, address } = manager(provider);
+  return send(
+    w.writeContract({
+      address,
+      abi: leaseManagerAbi,
+      functionName: "heartbeat",
+      args: [[leaseId], cid === undefined ? [] : [cid]],
+    }),
+  );
+}
+
+async function closeLease(leaseId: bigint): Promise<TransactionReceipt> {
+  const { wallet: w, address } = manager(tenant);
+  return send(w.writeContract({ address, abi: leaseManagerAbi, functionName: "close", args: [leaseId] }));
+}
+
+async function claim(provider: Account, leaseIds: bigint[]): Promise<TransactionReceipt> {
+  const { wallet: w, address } = manager(provider);
+  return send(w.writeContract({ address, abi: leaseManagerAbi, functionName: "claim", args: [leaseIds] }));
+}
+
+/** Runs `baton …` to completion and returns its exit code and output. */
+async function baton(args: string[]): Promise<{ code: number | null; output: string }> {
+  const run = spawnScript("cli/baton.ts", args);
+  const { code } = await run.exited;
+  return { code, output: run.lines.join("\n") };
+}
+
+/** What the main scenario did, as measured on chain outside the audit. */
+interface Facts {
+  lease1: bigint;
+  lease2: bigint;
+  opened1: TransactionReceipt;
+  opened2: TransactionReceipt;
+  lastBeat1: bigint;
+  closedAt1: bigint;
+  closeRefund1: bigint;
+  finishedAt2: bigint;
+  /** Token balance changes over the whole scenario. */
+  delta: Record<
+    "tenantPay" | "tenantStake" | "providerAPay" | "providerBPay" | "keeperStake" | "burnedStake" | "registryStake",
+    bigint
+  >;
+}
+
+const JOB_ID = keccak256(toHex("job-audit"));
+let facts: Facts;
+
+beforeAll(async () => {
+  chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
+  dir = await mkdtemp(path.join(os.tmpdir(), "baton-audit-"));
+  publicClient = createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl), pollingInterval: 50 });
+  deployment = await deployBaton({ walletClient: wallet(deployer), publicClient });
+  deploymentFile = await writeDeployment(path.join(dir, "deployments"), deployment);
+  client = { chain: createChainClient({ rpcUrl: chain.rpcUrl, deployment, pollingIntervalMs: 50 }) };
+
+  const { stakingToken, paymentToken, providerRegistry, leaseManager } = deployment.contracts;
+  for (const [i, provider] of [providerA, providerB, providerC].entries()) {
+    await send(
+      wallet(deployer).writeContract({
+        address: stakingToken,
+        abi: devTokenAbi,
+        functionName: "mint",
+        args: [provider.address, STAKE],
+      }),
+    );
+    await send(
+      wallet(provider).writeContract({
+        address: stakingToken,
+        abi: devTokenAbi,
+        functionName: "approve",
+        args: [providerRegistry, STAKE],
+      }),
+    );
+    await send(
+      wallet(provider).writeContract({
+        address: providerRegistry,
+        abi: providerRegistryAbi,
+        functionName: "register",
+        args: [`12D3KooWAuditProvider${i}`, "{}", STAKE],
+      }),
+    );
+  }
+  await send(
+    wallet(deployer).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [tenant.address, parseEther("100")],
+    }),
+  );
+  await send(
+    wallet(tenant).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [leaseManager, parseEther("100")],
+    }),
+  );
+
+  const balances = async () => ({
+    tenantPay: await balanceOf(paymentToken, tenant.address),
+    tenantStake: await balanceOf(stakingToken, tenant.address),
+    providerAPay: await balanceOf(paymentToken, providerA.address),
+    providerBPay: await balanceOf(paymentToken, providerB.address),
+    keeperStake: await balanceOf(stakingToken, keeper.address),
+    burnedStake: await balanceOf(stakingToken, BURN_ADDRESS),
+    registryStake: await balanceOf(stakingToken, providerRegistry),
+  });
+  const before = await balances();
+
+  // Lease 1 on provider A: heartbeats with two checkpoints, a top-up, a claim, then the tenant
+  // hands the job on (close) and A never acknowledges, so it is slashed once its timeout passes.
+  const first = await openLease(providerA, JOB_ID, 1n, parseEther("1"), 0n);
+  const lease1 = first.leaseId;
+  await advance(20);
+  await heartbeat(providerA, lease1, CID_A1);
+  await send(
+    wallet(tenant).writeContract({
+      address: leaseManager,
+      abi: leaseManagerAbi,
+      functionName: "topUp",
+      args: [lease1, parseEther("0.5")],
+    }),
+  );
+  await advance(20);
+  await heartbeat(providerA, lease1, CID_A2);
+  await claim(providerA, [lease1]);
+  await advance(10);
+  const lastBeat1 = await blockTime(await heartbeat(providerA, lease1));
+  await advance(5);
+  const closedAt1 = await blockTime(await closeLease(lease1));
+  const closeRefund1 = (await balanceOf(paymentToken, tenant.address)) - (before.tenantPay - parseEther("1.5"));
+
+  // Lease 2 on provider B continues the job, heartbeats past lease 1's deadline, and finishes.
+  const second = await openLease(providerB, JOB_ID, 1n, parseEther("1"), lease1);
+  const lease2 = second.leaseId;
+  await advance(30);
+  await heartbeat(providerB, lease2, CID_B1);
+  await advance(40);
+  await heartbeat(providerB, lease2, CID_B2);
+  await send(
+    wallet(keeper).writeContract({
+      address: leaseManager,
+      abi: leaseManagerAbi,
+      functionName: "slashMissedHeartbeat",
+      args: [lease1],
+    }),
+  );
+  await advance(10);
+  const finished = await send(
+    wallet(providerB).writeContract({
+      address: leaseManager,
+      abi: leaseManagerAbi,
+      functionName: "finish",
+      args: [lease2, RESULT_CID],
+    }),
+  );
+  const finishedAt2 = await blockTime(finished);
+  await claim(providerA, []);
+  await claim(providerB, []);
+
+  const after = await balances();
+  facts = {
+    lease1,
+    lease2,
+    opened1: first.receipt,
+    opened2: second.receipt,
+    lastBeat1,
+    closedAt1,
+    closeRefund1,
+    finishedAt2,
+    delta: {
+      tenantPay: after.tenantPay - before.tenantPay,
+      tenantStake: after.tenantStake - before.tenantStake,
+      providerAPay: after.providerAPay - before.providerAPay,
+      providerBPay: after.providerBPay - before.providerBPay,
+      keeperStake: after.keeperStake - before.keeperStake,
+      burnedStake: after.burnedStake - before.burnedStake,
+      registryStake: after.registryStake - before.registryStake,
+    },
+  };
+});
+
+afterAll(async () => {
+  await stopAll();
+  await chain?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("auditJob", () => {
+  it("orders the job's leases into a lineage across providers, with totals equal to the token movements", async () => {
+    const job = await auditJob(client, { jobId: JOB_ID });
+    expect(job.lineage.map((l) => l.leaseId)).toEqual([facts.lease1, facts.lease2]);
+    expect(job.lineage.map((l) => l.provider)).toEqual([providerA.address, providerB.address]);
+    expect(job.lineage.map((l) => l.history.map((c) => c.status))).toEqual([
+      ["active", "closing", "slashed"],
+      ["active", "completed"],
+    ]);
+    expect(job.others).toEqual([]);
+    expect(job.forks).toEqual([]);
+    expect(job.handOffs).toBe(1);
+    expect(job.tenants).toEqual([tenant.address]);
+
+    expect(job.totals.paidToProviders).toBe(facts.delta.providerAPay + facts.delta.providerBPay);
+    expect(job.totals.refundedToTenant - job.totals.deposited).toBe(facts.delta.tenantPay);
+    expect(job.totals.deposited).toBe(parseEther("2.5"));
+    expect(job.totals.escrowed).toBe(0n);
+    expect(job.totals.slashedCollateral).toBe(COLLATERAL);
+    expect(job.totals.slashedCollateral).toBe(-facts.delta.registryStake);
+    expect(job.totals.compensationToTenant).toBe(facts.delta.tenantStake);
+    expect(job.totals.callerRewards).toBe(facts.delta.keeperStake);
+    expect(job.totals.toTreasury).toBe(facts.delta.burnedStake);
+    expect(job.totals.compensationToTenant).toBeGreaterThan(0n);
+    expect(job.totals.secondsPaid * PRICE).toBe(job.totals.paidToProviders);
+
+    expect(job.checkpoints.map((c) => [c.cid, c.leaseId])).toEqual([
+      [CID_A1, facts.lease1],
+      [CID_A2, facts.lease1],
+      [CID_B1, facts.lease2],
+      [CID_B2, facts.lease2],
+    ]);
+    expect(job.resultCid).toBe(RESULT_CID);
+    expect(job.startedAt.timestamp).toBe(await blockTime(facts.opened1));
+    expect(job.endedAt).toBe(facts.finishedAt2);
+    expect(job.wallSeconds).toBe(facts.finishedAt2 - (await blockTime(facts.opened1)));
+  });
+
+  it("refuses a job id no lease carries, and a malformed one", async () => {
+    await expect(auditJob(client, { jobId: keccak256(toHex("no-such-job")) })).rejects.toThrow(/no lease carries job/);
+    await expect(auditJob(client, { jobId: "0x1234" })).rejects.toBeInstanceOf(UserError);
+  });
+
+  it("stops at once when aborted", async () => {
+    await expect(auditJob(client, { jobId: JOB_ID, signal: AbortSignal.abort() })).rejects.toThrow(/abort/i);
+  });
+});
+
+describe("auditLease", () => {
+  it("rebuilds the slashed first lease: terms, top-up, heartbeats, checkpoints, payments and the slash", async () => {
+    const lease = await auditLease(client, { leaseId: facts.lease1 });
+    const openedAt = await blockTime(facts.opened1);
+    expect(lease).toMatchObject({
+      leaseId: facts.lease1,
+      jobId: JOB_ID,
+      tenant: tenant.address,
+      provider: providerA.address,
+      predecessor: 0n,
+      pricePerSecond: PRICE,
+      deposit: parseEther("1"),
+      deposited: parseEther("1.5"),
+      collateral: COLLATERAL,
+      heartbeatPeriod: 10n,
+      heartbeatTimeout: 60n,
+      status: "slashed",
+      heartbeats: 3,
+      lastHeartbeat: facts.lastBeat1,
+      endedAt: facts.closedAt1,
+      secondsPaid: facts.lastBeat1 - openedAt,
+      paidToProvider: facts.delta.providerAPay,
+      refundedToTenant: facts.closeRefund1,
+      escrowed: 0n,
+      resultCid: undefined,
+      pending: undefined,
+    });
+    expect(lease.opened).toMatchObject({
+      timestamp: openedAt,
+      blockNumber: facts.opened1.blockNumber,
+      txHash: facts.opened1.transactionHash,
+    });
+    expect(lease.paidToProvider).toBe(lease.secondsPaid * PRICE);
+    expect(lease.topUps.map((u) => u.amount)).toEqual([parseEther("0.5")]);
+    expect(lease.checkpoints.map((c) => c.cid)).toEqual([CID_A1, CID_A2]);
+    expect(lease.checkpoints[0]!.at.timestamp).toBeGreaterThan(openedAt);
+    expect(lease.slash).toMatchObject({
+      caller: keeper.address,
+      collateral: COLLATERAL,
+      compensation: facts.delta.tenantStake,
+      reward: facts.delta.keeperStake,
+      treasuryAmount: facts.delta.burnedStake,
+      burned: true,
+      refund: 0n,
+    });
+  });
+
+  it("rebuilds the completed second lease with its predecessor and result", async () => {
+    const lease = await auditLease(client, { leaseId: facts.lease2 });
+    const openedAt = await blockTime(facts.opened2);
+    expect(lease).toMatchObject({
+      provider: providerB.address,
+      predecessor: facts.lease1,
+      status: "completed",
+      heartbeats: 2,
+      endedAt: facts.finishedAt2,
+      secondsPaid: facts.finishedAt2 - openedAt,
+      paidToProvider: facts.delta.providerBPay,
+      refundedToTenant: parseEther("1") - facts.delta.providerBPay,
+      resultCid: RESULT_CID,
+      slash: undefined,
+    });
+    expect(lease.checkpoints.map((c) => c.cid)).toEqual([CID_B1, CID_B2]);
+  });
+
+  it("refuses a lease that was never opened", async () => {
+    await expect(auditLease(client, { leaseId: 999n })).rejects.toThrow(/no lease 999/);
+    await expect(auditLease(client, { leaseId: 0n })).rejects.toBeInstanceOf(UserError);
+  });
+});
+
+describe("auditProvider", () => {
+  it("counts provider A's slashed lease, its earnings and its lost stake", async () => {
+    const record = await auditProvider(client, { provider: providerA.address });
+    expect(record.leases.map((l) => l.leaseId)).toEqual([facts.lease1]);
+    expect(record.outcomes).toEqual({ active: 0, closing: 0, completed: 0, closed: 0, expired: 0, slashed: 1 });
+    expect(record.counters).toMatchObject({ leasesOpened: 1n, leasesCompleted: 0n, leasesSlashed: 1n });
+    expect(record.counters.secondsServed).toBe(record.leases[0]!.secondsPaid);
+    expect(record.earnings.settled).toBe(facts.delta.providerAPay);
+    expect(record.earnings.claimed).toBe(facts.delta.providerAPay);
+    expect(record.earnings.claims).toHaveLength(2);
+    expect(record.earnings.claimableNow).toBe(0n);
+    expect(record.stake.current).toBe(STAKE - COLLATERAL);
+    expect(record.stake.fromEvents).toBe(record.stake.current);
+    expect(record.stake.locked).toBe(0n);
+    expect(record.stake.lockedFromEvents).toBe(0n);
+    expect(record.stake.changes.map((c) => [c.kind, c.amount, c.leaseId])).toEqual([
+      ["staked", STAKE, undefined],
+      ["slashed", COLLATERAL, facts.lease1],
+    ]);
+    expect(record.slashes.map((s) => [s.leaseId, s.caller])).toEqual([[facts.lease1, keeper.address]]);
+    expect(record.peerId).toBe("12D3KooWAuditProvider0");
+    expect(record.profile.map((p) => p.peerId)).toEqual(["12D3KooWAuditProvider0"]);
+  });
+
+  it("counts provider B's completed lease", async () => {
+    const record = await auditProvider(client, { provider: providerB.address });
+    expect(record.outcomes).toEqual({ active: 0, closing: 0, completed: 1, closed: 0, expired: 0, slashed: 0 });
+    expect(record.counters).toMatchObject({ leasesOpened: 1n, leasesCompleted: 1n, leasesSlashed: 0n });
+    expect(record.earnings.claimed).toBe(facts.delta.providerBPay);
+    expect(record.stake.current).toBe(STAKE);
+    expect(record.slashes).toEqual([]);
+  });
+
+  it("refuses an address that never registered", async () => {
+    await expect(auditProvider(client, { provider: tenant.address })).rejects.toThrow(/not a registered provider/);
+  });
+});
+
+describe("baton audit (CLI)", () => {
+  const chainArgs = () => ["--rpc-url", chain.rpcUrl, "--deployment", deploymentFile];
+
+  it("prints the same job as auditJob with --json, bigints as decimal strings", async () => {
+    const job = await auditJob(client, { jobId: JOB_ID });
+    const { code, output } = await baton(["audit", "job", JOB_ID, "--json", ...chainArgs()]);
+    expect(code, output).toBe(0);
+    const printed = JSON.parse(output) as {
+      lineage: { leaseId: string; provider: string; paidToProvider: string }[];
+      handOffs: number;
+      totals: Record<string, string>;
+      checkpoints: { cid: string }[];
+      resultCid: string;
+      wallSeconds: string;
+    };
+    expect(printed.lineage.map((l) => [l.leaseId, l.provider, l.paidToProvider])).toEqual(
+      job.lineage.map((l) => [String(l.leaseId), l.provider, String(l.paidToProvider)]),
+    );
+    expect(printed.handOffs).toBe(1);
+    expect(printed.totals).toEqual(
+      Object.fromEntries(Object.entries(job.totals).map(([key, value]) => [key, String(value)])),
+    );
+    expect(printed.totals.paidToProviders).toBe(String(facts.delta.providerAPay + facts.delta.providerBPay));
+    expect(printed.checkpoints.map((c) => c.cid)).toEqual([CID_A1, CID_A2, CID_B1, CID_B2]);
+    expect(printed.resultCid).toBe(RESULT_CID);
+    expect(printed.wallSeconds).toBe(String(job.wallSeconds));
+  });
+
+  it("prints the lineage as a table for people", async () => {
+    const { code, output } = await baton(["audit", "job", JOB_ID, ...chainArgs()]);
+    expect(code, output).toBe(0);
+    expect(output).toMatch(/2 lease\(s\), 1 hand-off\(s\)/);
+    expect(output).toMatch(new RegExp(`^${facts.lease1}\\s+${providerA.address}\\s.*closing→slashed`, "m"));
+    expect(output).toMatch(new RegExp(`^${facts.lease2}\\s+${providerB.address}\\s.*completed`, "m"));
+    expect(output).toContain(RESULT_CID);
+  });
+
+  it("prints a lease and a provider", async () => {
+    const lease = await baton(["audit", "lease", String(facts.lease1), ...chainArgs()]);
+    expect(lease.code, lease.output).toBe(0);
+    expect(lease.output).toMatch(/slashed by\s+/);
+    expect(lease.output).toContain(CID_A2);
+    const provider = await baton(["audit", "provider", providerB.address, "--json", ...chainArgs()]);
+    expect(provider.code, provider.output).toBe(0);
+    expect(JSON.parse(provider.output)).toMatchObject({
+      outcomes: { completed: 1 },
+      counters: { leasesCompleted: "1" },
+    });
+  });
+
+  it("finds deployments/<chainId>.json by the chain id the RPC serves when --deployment is left out", async () => {
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      [
+        "--disable-warning=ExperimentalWarning",
+        path.join(root, "cli", "baton.ts"),
+        "audit",
+        "lease",
+        String(facts.lease2),
+        "--rpc-url",
+        chain.rpcUrl,
+        "--json",
+      ],
+      { cwd: dir },
+    );
+    expect(JSON.parse(stdout)).toMatchObject({ leaseId: String(facts.lease2), resultCid: RESULT_CID });
+  });
+
+  it("turns bad input into a clear error and exit code 1, and an unknown command into usage and 2", async () => {
+    const cases: [string[], RegExp][] = [
+      [["audit", "lease", "abc"], /error: not a lease id: abc/],
+      [["audit", "lease", "999", ...chainArgs()], /error: no lease 999/],
+      [["audit", "lease", "0", ...chainArgs()], /error: not a lease id: 0/],
+      [["audit", "job", "0x1234"], /error: not a job id: 0x1234/],
+      [["audit", "job", keccak256(toHex("nothing")), ...chainArgs()], /error: no lease carries job/],
+      [["audit", "provider", "0x1234"], /error: not an address: 0x1234/],
+      [["audit", "provider", tenant.address, ...chainArgs()], /error: .* is not a registered provider/],
+      [["audit", "lease"], /error: usage: baton audit lease <leaseId>/],
+      [["audit", "lease", "1", "--bogus"], /error: Unknown option '--bogus'/],
+      [["audit", "lease", "1", "--rpc-url", "http://127.0.0.1:1"], /error: no JSON-RPC node answers/],
+    ];
+    const results = await Promise.all(cases.map(([args]) => baton(args)));
+    for (const [i, [args, message]] of cases.entries()) {
+      const { code, output } = results[i]!;
+      expect(output, args.join(" ")).toMatch(message);
+      expect(code, args.join(" ")).toBe(1);
+    }
+    const unknown = await baton(["audit", "nonsense"]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.output).toMatch(/baton audit job/);
+  });
+});
+
+describe("a forked job", () => {
+  it("reports two leases continuing the same predecessor instead of failing, and the job as running", async () => {
+    const jobId = keccak256(toHex("job-fork"));
+    const origin = await openLease(providerC, jobId, 1n, parseEther("0.2"), 0n);
+    await advance(5);
+    await closeLease(origin.leaseId);
+    const left = await openLease(providerC, jobId, 2n, parseEther("0.2"), origin.leaseId);
+    const right = await openLease(providerC, jobId, 3n, parseEther("0.2"), origin.leaseId);
+
+    const job = await auditJob(client, { jobId });
+    expect(job.forks).toEqual([{ predecessor: origin.leaseId, successors: [left.leaseId, right.leaseId] }]);
+    expect(job.lineage.map((l) => l.leaseId)).toEqual([origin.leaseId, right.leaseId]);
+    expect(job.others.map((l) => l.leaseId)).toEqual([left.leaseId]);
+    expect(job.handOffs).toBe(1);
+    expect(job.endedAt).toBeUndefined();
+    expect(job.wallSeconds).toBe(job.asOf.timestamp - job.startedAt.timestamp);
+    expect(job.totals.escrowed).toBe(parseEther("0.4"));
+
+    // Once the unacknowledged close passes its deadline, the audit says the lease can be slashed.
+    await advance(61);
+    const closing = await auditLease(client, { leaseId: origin.leaseId });
+    expect(closing.status).toBe("closing");
+    expect(closing.pending).toBe("slashable");
+  });
+});
+
+describe("an expired lease", () => {
+  it("ends when its deposit ran out, not when someone settled it", async () => {
+    const jobId = keccak256(toHex("job-expiry"));
+    const { leaseId, receipt } = await openLease(providerC, jobId, 4n, PRICE * 10n, 0n);
+    const openedAt = await blockTime(receipt);
+    await advance(5);
+    await heartbeat(providerC, leaseId);
+    await advance(30);
+    expect((await auditLease(client, { leaseId })).pending).toBe("expired");
+    await send(
+      wallet(keeper).writeContract({
+        address: deployment.contracts.leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "settleExpired",
+        args: [leaseId],
+      }),
+    );
+
+    const lease = await auditLease(client, { leaseId });
+    expect(lease).toMatchObject({
+      status: "expired",
+      endsAt: openedAt + 10n,
+      endedAt: openedAt + 10n,
+      secondsPaid: 10n,
+      paidToProvider: PRICE * 10n,
+      refundedToTenant: 0n,
+      escrowed: 0n,
+      pending: undefined,
+    });
+    expect(lease.history.at(-1)!.at.timestamp).toBeGreaterThan(openedAt + 30n);
+    const record = await auditProvider(client, { provider: providerC.address });
+    expect(record.outcomes.expired).toBe(1);
+  });
+});
