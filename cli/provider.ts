@@ -122,7 +122,14 @@ async function register(args: string[]): Promise<void> {
 }
 
 async function start(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { ...common, bootstrap: { type: "string", multiple: true } } });
+  const { values } = parseArgs({
+    args,
+    options: {
+      ...common,
+      bootstrap: { type: "string", multiple: true },
+      "exit-with-stdin": { type: "boolean", default: false },
+    },
+  });
   const config = await loadNodeConfig(values["data-dir"]);
   config.bootstrap.push(...(values.bootstrap ?? []));
   const node = await startProviderNode({ dataDir: values["data-dir"], config, ...keyOptions() });
@@ -140,6 +147,20 @@ async function start(args: string[]): Promise<void> {
   };
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
+  if (values["exit-with-stdin"]) {
+    // Started by a supervisor (`baton devnet`) that holds our stdin: when it dies, even by SIGKILL,
+    // the pipe closes and we stop at once, jobs included, rather than live on as an orphan.
+    process.stdin.on("end", () => {
+      if (stopping) return;
+      stopping = true;
+      console.log("stdin closed: the supervisor is gone; stopping");
+      node.stop().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    });
+    process.stdin.resume();
+  }
 }
 
 async function status(args: string[]): Promise<void> {
@@ -237,7 +258,7 @@ async function withdraw(args: string[]): Promise<void> {
 export const providerCommands: Record<string, { run: (args: string[]) => Promise<void>; help: string }> = {
   init: { run: init, help: "create keys and a config file (--rpc-url, --deployment, --fake-gpus, --cpu-jobs, …)" },
   register: { run: register, help: "register with the peer id and stake (--stake N), or add stake" },
-  start: { run: start, help: "run the node (SIGTERM/Ctrl-C drains it)" },
+  start: { run: start, help: "run the node (SIGTERM/Ctrl-C drains it; --exit-with-stdin for supervisors)" },
   status: { run: status, help: "stake, leases, earnings, claimable (--json)" },
   unstake: { run: unstake, help: "start unbonding <amount> of free stake" },
   withdraw: { run: withdraw, help: "withdraw stake whose unbonding period passed" },

@@ -1,0 +1,244 @@
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+import { peerIdFromPrivateKey } from "@libp2p/peer-id";
+import { createPublicClient, createWalletClient, http, parseEther } from "viem";
+import type { HDAccount } from "viem/accounts";
+import { hardhat } from "viem/chains";
+
+import { writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
+import { detectGpus } from "../node/gpus.ts";
+import { DATA_FILES } from "../node/provider-node.ts";
+import { contracts, createChainClient, writeContract, type ChainClient } from "../sdk/chain/client.ts";
+import type { Deployment } from "../sdk/chain/deployments.ts";
+import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
+import { deployBaton, writeDeployment } from "./deploy.ts";
+import { devAccount, startLocalChain, type LocalChain } from "./local-chain.ts";
+import { spawnScript, type Spawned } from "./processes.ts";
+
+export interface DevnetProvider {
+  index: number;
+  /** A name for displays: `provider-<index>`. */
+  name: string;
+  account: HDAccount;
+  dataDir: string;
+  peerId: string;
+  /** Its full listen multiaddr (`…/p2p/<id>`), once started. */
+  address: string | undefined;
+  process: Spawned | undefined;
+  /** Starts (or restarts) the node process and waits until it listens. */
+  start(): Promise<void>;
+}
+
+export interface Devnet {
+  dir: string;
+  chain: LocalChain;
+  deployment: Deployment;
+  deploymentFile: string;
+  /** The chain client of the deployer, who can mint dev tokens. */
+  admin: ChainClient;
+  providers: DevnetProvider[];
+  /** Where the CLI finds this network (`baton job … --network <file>`). */
+  networkFile: string;
+  /** Mints payment tokens to `address` (dev tokens: anyone may mint). */
+  fund(address: `0x${string}`, amount: bigint): Promise<void>;
+  /** Stops every provider and the chain; with `keep`, leaves `dir` behind. */
+  stop(options?: { keep?: boolean }): Promise<void>;
+}
+
+export interface StartDevnetParameters {
+  providers: number;
+  /** Where everything lives; a fresh temp dir by default. */
+  dir?: string;
+  /** Node config for every provider (e.g. fast heartbeats), and per provider. */
+  config?: Partial<NodeConfigInput>;
+  configFor?: (index: number) => Partial<NodeConfigInput>;
+  /** Receives every provider's output lines, tagged with its name. */
+  onProviderLine?: (name: string, line: string) => void;
+  /** Progress while starting, for people. */
+  onStep?: (message: string) => void;
+  signal?: AbortSignal;
+}
+
+/** Registered stake per provider. */
+const PROVIDER_STAKE = parseEther("500");
+
+/**
+ * What a devnet provider runs with unless told otherwise: CPU jobs accepted (the example job needs
+ * no GPU), a price of 10⁻⁶ tokens per second, collateral of 10 tokens per lease, and on-chain
+ * heartbeats every 2 s with a 10 s timeout, so that a dead provider is slashable within seconds
+ * (a public chain would use the defaults: 30 s and 120 s).
+ */
+export const DEVNET_NODE_CONFIG = {
+  cpuJobs: true,
+  price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
+  collateralPerLease: parseEther("10").toString(),
+  chainHeartbeatPeriodS: 2,
+  chainHeartbeatTimeoutS: 10,
+  offerRefreshMs: 1_000,
+  claimIntervalMs: 10_000,
+} satisfies Partial<NodeConfigInput>;
+
+/**
+ * A whole Baton network on this machine: a local chain (Hardhat/EDR on 127.0.0.1), the contracts
+ * deployed, and N registered providers, each a separate `baton provider start` process with its own
+ * keys, ports, data dir and IPFS store. Providers use the machine's GPUs when `nvidia-smi` finds
+ * them and fake (labelled) ones otherwise. Each provider is tied to us through its stdin, so it
+ * stops when we do, however we die. Provider accounts are dev accounts 1…N.
+ *
+ * @example
+ * const devnet = await startDevnet({ providers: 3 });
+ * try { ... } finally { await devnet.stop(); }
+ */
+export async function startDevnet({
+  providers: count,
+  dir: givenDir,
+  config = {},
+  configFor,
+  onProviderLine,
+  onStep = () => {},
+  signal,
+}: StartDevnetParameters): Promise<Devnet> {
+  const dir = givenDir ?? (await mkdtemp(path.join(os.tmpdir(), "baton-devnet-")));
+  await mkdir(dir, { recursive: true });
+  // Provider jobs run as an unprivileged user: it must be able to pass through to their work dirs.
+  await chmod(dir, 0o711);
+  onStep("starting the local chain");
+  const chain = await startLocalChain({ signal: signal ?? AbortSignal.timeout(60_000) });
+  const providers: DevnetProvider[] = [];
+  try {
+    const deployerClient = createWalletClient({
+      account: devAccount(0),
+      transport: http(chain.rpcUrl),
+      chain: hardhat,
+    });
+    const publicClient = createPublicClient({ transport: http(chain.rpcUrl), chain: hardhat, pollingInterval: 50 });
+    onStep("deploying the contracts");
+    const deployment = await deployBaton({ walletClient: deployerClient, publicClient });
+    const deploymentFile = await writeDeployment(path.join(dir, "deployments"), deployment);
+    const admin = createChainClient({
+      rpcUrl: chain.rpcUrl,
+      deployment,
+      account: devAccount(0),
+      pollingIntervalMs: 50,
+    });
+    const { stakingToken, paymentToken, registry } = contracts(deployment);
+    const realGpus = (await detectGpus({ signal: AbortSignal.timeout(10_000) }).catch(() => [])).length > 0;
+    onStep(
+      realGpus ? "using this machine's GPUs" : "no nvidia-smi here: providers get one FAKE GPU each (labelled as fake)",
+    );
+
+    for (let index = 0; index < count; index++) {
+      signal?.throwIfAborted();
+      const account = devAccount(index + 1);
+      const name = `provider-${index + 1}`;
+      const dataDir = path.join(dir, name);
+      await mkdir(dataDir, { recursive: true, mode: 0o700 });
+      const peerId = peerIdFromPrivateKey(await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey))).toString();
+      await writeNodeConfig(dataDir, {
+        rpcUrl: chain.rpcUrl,
+        deployment: deploymentFile,
+        gpus: realGpus ? "auto" : { fake: "1xFakeGPU" },
+        sandbox: "bwrap",
+        metricsPort: 0,
+        ...DEVNET_NODE_CONFIG,
+        ...config,
+        ...configFor?.(index),
+      });
+      onStep(`registering ${name} (${account.address}) with a stake of 500`);
+      const client = createChainClient({ rpcUrl: chain.rpcUrl, deployment, account, pollingIntervalMs: 50 });
+      await writeContract(admin, {
+        ...stakingToken,
+        functionName: "mint",
+        args: [account.address, parseEther("1000")],
+      });
+      await writeContract(client, {
+        ...stakingToken,
+        functionName: "approve",
+        args: [registry.address, PROVIDER_STAKE],
+      });
+      await writeContract(client, { ...registry, functionName: "register", args: [peerId, "{}", PROVIDER_STAKE] });
+      const handle: DevnetProvider = {
+        index,
+        name,
+        account,
+        dataDir,
+        peerId,
+        address: undefined,
+        process: undefined,
+        async start() {
+          const bootstrap = providers.filter((p) => p !== handle && p.address).map((p) => p.address!);
+          const args = [
+            "provider",
+            "start",
+            "--exit-with-stdin",
+            "--data-dir",
+            dataDir,
+            ...bootstrap.flatMap((b) => ["--bootstrap", b]),
+          ];
+          const proc = spawnScript(
+            "cli/baton.ts",
+            args,
+            { BATON_PROVIDER_KEY: privateKeyOf(account) },
+            onProviderLine ? { onLine: (line) => onProviderLine(name, line) } : {},
+          );
+          handle.process = proc;
+          const line = await proc.waitFor(/provider node listening on /, 60_000);
+          handle.address = line.split("provider node listening on ")[1]!.split(",")[0]!.trim();
+        },
+      };
+      providers.push(handle);
+    }
+    for (const provider of providers) {
+      onStep(`starting ${provider.name}`);
+      await provider.start();
+    }
+
+    const networkFile = path.join(dir, "network.json");
+    await writeFile(
+      networkFile,
+      JSON.stringify(
+        {
+          rpcUrl: chain.rpcUrl,
+          deployment: path.relative(dir, deploymentFile),
+          bootstrap: providers.map((p) => p.address!),
+          names: Object.fromEntries(providers.map((p) => [p.account.address, p.name])),
+        },
+        null,
+        2,
+      ),
+    );
+    let stopped: Promise<void> | undefined;
+    return {
+      dir,
+      chain,
+      deployment,
+      deploymentFile,
+      admin,
+      providers,
+      networkFile,
+      async fund(address, amount) {
+        await writeContract(admin, { ...paymentToken, functionName: "mint", args: [address, amount] });
+      },
+      stop({ keep = false } = {}) {
+        stopped ??= (async () => {
+          await Promise.all(providers.map((p) => p.process?.stop()));
+          await chain.stop();
+          if (!keep && !givenDir) await rm(dir, { recursive: true, force: true });
+        })();
+        return stopped;
+      },
+    };
+  } catch (error) {
+    await Promise.all(providers.map((p) => p.process?.stop()));
+    await chain.stop();
+    throw error;
+  }
+}
+
+/** The raw key of a dev account, for BATON_PROVIDER_KEY / BATON_TENANT_KEY. */
+export function privateKeyOf(account: HDAccount): `0x${string}` {
+  const key = account.getHdKey().privateKey!;
+  return `0x${Buffer.from(key).toString("hex")}`;
+}

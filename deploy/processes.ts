@@ -1,0 +1,103 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { createInterface } from "node:readline";
+
+/** The project root: scripts are resolved against it and run from it. */
+export const root = path.resolve(import.meta.dirname, "..");
+
+/** A child process we started, with its output lines kept (for waiting on them, assertions and debugging). */
+export interface Spawned {
+  child: ChildProcess;
+  pid: number;
+  lines: string[];
+  /** Resolves with the first line matching `pattern` (or rejects after `timeoutMs` or on exit). */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when gone. Safe to call twice. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+const started = new Set<Spawned>();
+
+/** Runs a TypeScript entry point of the project under this Node, as its own process. */
+export function spawnScript(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+  options: { onLine?: (line: string) => void } = {},
+): Spawned {
+  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", path.join(root, script), ...args], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const lines: string[] = [];
+  const waiters = new Set<{ pattern: RegExp; resolve: (line: string) => void }>();
+  const onLine = (line: string): void => {
+    options.onLine?.(line);
+    lines.push(line);
+    if (lines.length > 5_000) lines.shift();
+    for (const waiter of waiters) {
+      if (waiter.pattern.test(line)) {
+        waiters.delete(waiter);
+        waiter.resolve(line);
+      }
+    }
+  };
+  createInterface({ input: child.stdout! }).on("line", onLine);
+  createInterface({ input: child.stderr! }).on("line", onLine);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  const spawned: Spawned = {
+    child,
+    pid: child.pid!,
+    lines,
+    waitFor(pattern, timeoutMs = 60_000) {
+      const seen = lines.find((line) => pattern.test(line));
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        // Clear the timer once resolved: a pending one keeps a script (a benchmark) alive.
+        const waiter = {
+          pattern,
+          resolve: (line: string) => {
+            clearTimeout(timer);
+            resolve(line);
+          },
+        };
+        waiters.add(waiter);
+        const timer: NodeJS.Timeout = setTimeout(() => {
+          waiters.delete(waiter);
+          reject(
+            new Error(`timed out waiting for ${pattern} from ${script}; last lines:\n${lines.slice(-30).join("\n")}`),
+          );
+        }, timeoutMs);
+        void exited.then(() => {
+          if (!waiters.has(waiter)) return;
+          clearTimeout(timer);
+          waiters.delete(waiter);
+          reject(
+            new Error(`${script} exited while waiting for ${pattern}; last lines:\n${lines.slice(-30).join("\n")}`),
+          );
+        });
+      });
+    },
+    exited,
+    async stop(graceMs = 5_000) {
+      started.delete(spawned);
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGCONT");
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+  started.add(spawned);
+  return spawned;
+}
+
+/** Stops every process this module started and has not stopped yet (tests call it in afterAll). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...started].map((s) => s.stop(2_000)));
+}
