@@ -140,7 +140,7 @@ const leaseHeader = (who: string): string[] => [
   "checkpoints",
 ];
 
-function printJob(job: AuditJobReturnType): void {
+export function printJob(job: AuditJobReturnType): void {
   const forks = job.forks.map((fork) => `lease ${fork.predecessor} → ${fork.successors.join(", ")}`);
   console.log(
     table([

@@ -4,6 +4,7 @@
  * Thin over sdk/ and node/: it parses arguments, calls them, and prints for people.
  */
 import { auditCommands } from "./audit.ts";
+import { devnetCommands } from "./devnet.ts";
 import { jobCommands } from "./job.ts";
 import { printError } from "./output.ts";
 import { providerCommands } from "./provider.ts";
@@ -11,6 +12,7 @@ import { providerCommands } from "./provider.ts";
 const groups: Record<string, Record<string, { run: (args: string[]) => Promise<void>; help: string }>> = {
   provider: providerCommands,
   job: jobCommands,
+  devnet: devnetCommands,
   audit: auditCommands,
 };
 
@@ -29,13 +31,16 @@ function usage(): string {
 }
 
 const [group, command, ...rest] = process.argv.slice(2);
-const selected = group === undefined ? undefined : groups[group]?.[command ?? ""];
+// `baton devnet` is the one group with a single command: `start` may be left out.
+const implicitStart = group === "devnet" && (command === undefined || command.startsWith("--"));
+const selected = group === undefined ? undefined : groups[group]?.[implicitStart ? "start" : (command ?? "")];
+const args = implicitStart && command !== undefined ? [command, ...rest] : rest;
 if (!selected) {
   console.error(usage());
   process.exit(group === undefined || group === "--help" || group === "-h" ? 0 : 2);
 }
 try {
-  await selected.run(rest);
+  await selected.run(args);
 } catch (error) {
   printError(error);
   process.exit(1);

@@ -1,62 +1,329 @@
 /**
- * `npm run demo`: starts a local chain on loopback, deploys Baton's contracts with the deploy
- * module, prints their addresses, and keeps the chain up until Ctrl-C (or exits at once with
- * `--exit`). The full market demo (providers, a job, a hand-off) grows from here.
+ * `npm run demo`: the whole market on this machine, and a provider failing under a running job.
+ *
+ * It starts a devnet (local chain, contracts, N provider processes), runs the example training job
+ * through the SDK, kills the serving provider part-way (SIGKILL, or SIGSTOP), and shows what
+ * follows: detection, re-lease, resume from the last safe checkpoint, completion. It checks the
+ * result against an uninterrupted run of the same job, waits for the dead lease's slash, prints
+ * the job's audit rebuilt from chain events, and a summary. Exit 0 when every check passed; no
+ * process is left behind either way.
  */
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { createPublicClient, createWalletClient, http } from "viem";
-import { hardhat } from "viem/chains";
 
-import { deployBaton, writeDeployment } from "../deploy/deploy.ts";
-import { devAccount, startLocalChain } from "../deploy/local-chain.ts";
+import { formatEther, parseEther } from "viem";
+
+import { printJob } from "../cli/audit.ts";
+import { jsonReplacer, showJob } from "../cli/job-display.ts";
+import { table } from "../cli/output.ts";
+import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
+import { devAccount } from "../deploy/local-chain.ts";
+import { auditJob } from "../sdk/actions/auditJob.ts";
+import { runJob, type JobEvent } from "../sdk/actions/runJob.ts";
+import { createBatonClient, type BatonClient } from "../sdk/client.ts";
+import { BaseError } from "../sdk/errors.ts";
+import { readJobFile, type JobSpec } from "../sdk/job-spec.ts";
 
 const { values } = parseArgs({
   options: {
-    port: { type: "string", default: "8545" },
-    exit: { type: "boolean", default: false },
-    out: { type: "string", default: path.join(".baton", "demo", "deployments") },
+    providers: { type: "string", default: "3" },
+    job: { type: "string", default: "examples/train/train.yaml" },
+    failure: { type: "string", default: "kill" },
+    "fail-after-checkpoints": { type: "string", default: "3" },
+    "checkpoint-every": { type: "string" },
+    steps: { type: "string" },
+    "heartbeat-ms": { type: "string", default: "500" },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", default: false },
   },
 });
 
-const port = Number(values.port);
-if (!Number.isInteger(port) || port < 0 || port > 65_535) {
-  console.error(`demo: --port must be a TCP port number, got ${values.port}`);
-  process.exit(1);
+if (values.help) {
+  console.log(`usage: npm run demo -- [options]
+  --providers N                provider daemons to start (default 3, at least 2)
+  --job FILE                   job spec (default examples/train/train.yaml)
+  --failure kill|stop|none     SIGKILL the serving provider, SIGSTOP it (SIGCONT after the hand-off), or nothing
+  --fail-after-checkpoints N   fail it once N checkpoints are safe with the tenant (default 3)
+  --checkpoint-every STEPS     the example job's checkpoint interval (TRAIN_CHECKPOINT_EVERY)
+  --steps STEPS                the example job's length (TRAIN_STEPS)
+  --heartbeat-ms MS            the providers' session heartbeat period (default 500)
+  --json                       events and the final summary as JSON lines`);
+  process.exit(0);
 }
 
-console.log("starting a local chain (Hardhat EDR) on 127.0.0.1 …");
-const chain = await startLocalChain({ port, signal: AbortSignal.timeout(60_000) }).catch((error: Error) => {
-  console.error(`demo: could not start the local chain: ${error.message}`);
-  process.exit(1);
-});
-let stopping = false;
-const stop = async (code: number): Promise<never> => {
-  if (!stopping) {
-    stopping = true;
-    await chain.stop();
-  }
-  process.exit(code);
+const fail = (message: string): never => {
+  console.error(`demo: ${message}`);
+  process.exit(2);
 };
-process.on("SIGINT", () => void stop(0));
-process.on("SIGTERM", () => void stop(0));
+const providerCount = Number(values.providers);
+if (!Number.isInteger(providerCount) || providerCount < 2 || providerCount > 16) fail("--providers must be 2…16");
+const failure = values.failure;
+if (failure !== "kill" && failure !== "stop" && failure !== "none") fail("--failure must be kill, stop or none");
+const failAfter = Number(values["fail-after-checkpoints"]);
+if (!Number.isInteger(failAfter) || failAfter < 1) fail("--fail-after-checkpoints must be a positive whole number");
+const heartbeatMs = Number(values["heartbeat-ms"]);
+if (!Number.isInteger(heartbeatMs) || heartbeatMs < 50) fail("--heartbeat-ms must be at least 50");
+for (const name of ["checkpoint-every", "steps"] as const) {
+  const value = values[name];
+  if (value !== undefined && !/^[1-9]\d*$/.test(value)) fail(`--${name} must be a positive whole number`);
+}
 
+const json = values.json;
+const say = (text: string): void => {
+  if (!json) console.log(text);
+};
+
+const { spec, files } = await readJobFile(values.job).catch((error: unknown) =>
+  fail(error instanceof BaseError ? error.message : String(error)),
+);
+if (values["checkpoint-every"]) spec.env.TRAIN_CHECKPOINT_EVERY = values["checkpoint-every"];
+if (values.steps) spec.env.TRAIN_STEPS = values.steps;
+
+let devnet: Devnet | undefined;
+let client: BatonClient | undefined;
+const pids: number[] = [];
+const shutdown = async (): Promise<void> => {
+  await client?.close().catch(() => undefined);
+  await devnet?.stop();
+};
+process.once("SIGINT", () => void shutdown().then(() => process.exit(130)));
+process.once("SIGTERM", () => void shutdown().then(() => process.exit(143)));
+
+const checks: { check: string; ok: boolean; detail: string }[] = [];
+let exitCode = 1;
 try {
-  console.log(`chain listening at ${chain.rpcUrl} (pid ${chain.pid})`);
-  const publicClient = createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl), pollingInterval: 50 });
-  const walletClient = createWalletClient({ chain: hardhat, account: devAccount(0), transport: http(chain.rpcUrl) });
-  console.log("deploying contracts …");
-  const deployment = await deployBaton({
-    walletClient,
-    publicClient,
-    onProgress: ({ step, address }) => console.log(`  ${step.padEnd(34)} ${address}`),
+  say(`Baton demo: ${providerCount} providers, job ${spec.name}, failure: ${failure}\n`);
+  devnet = await startDevnet({
+    providers: providerCount,
+    config: { heartbeatMs },
+    onStep: (message) => say(`  · ${message}`),
   });
-  const file = await writeDeployment(values.out, deployment);
-  console.log(`\ndeployment written to ${file}`);
-  console.log(`point tools at it with: --rpc-url ${chain.rpcUrl} --deployments ${values.out}`);
-  if (values.exit) await stop(0);
-  console.log("\nthe chain stays up; press Ctrl-C to stop it");
+  pids.push(devnet.chain.pid, ...devnet.providers.map((p) => p.process!.pid));
+  say(`  · network up: chain ${devnet.chain.rpcUrl}, ${providerCount} providers (pids ${pids.slice(1).join(", ")})\n`);
+
+  const tenant = devAccount(10);
+  await devnet.fund(tenant.address, parseEther("100"));
+  client = await createBatonClient({
+    rpcUrl: devnet.chain.rpcUrl,
+    account: tenant,
+    deployment: devnet.deployment,
+    bootstrap: devnet.providers.map((p) => p.address!),
+    dataDir: path.join(devnet.dir, "tenant"),
+  });
+  const names = new Map(devnet.providers.map((p) => [p.account.address.toLowerCase(), p.name]));
+
+  // The uninterrupted reference, run straight through on this machine while the market works.
+  const reference = runReference(spec, files);
+  reference.catch(() => undefined);
+
+  const job = await runJob(client, spec, { maxPricePerSecond: parseEther("0.001"), files });
+  say(`job ${job.jobId}\n`);
+  const events: JobEvent[] = [];
+  job.on("*", (event) => events.push(event));
+  const stopDisplay = showJob(job, { json, names });
+
+  let victim: DevnetProvider | undefined;
+  let failedAt: number | undefined;
+  if (failure !== "none") {
+    // Fail it between checkpoints (half an interval after the Nth safe one), where a failure costs work.
+    const every = Number(spec.env.TRAIN_CHECKPOINT_EVERY ?? 0);
+    await new Promise<void>((resolve) => {
+      let safeStep: number | undefined;
+      const offSafe = job.on("checkpoint-safe", (event) => {
+        if (events.filter((e) => e.type === "checkpoint-safe").length >= failAfter) safeStep ??= event.step ?? 0;
+      });
+      const offProgress = job.on("progress", (event) => {
+        if (safeStep === undefined || (event.step ?? 0) < safeStep + Math.floor(every / 2)) return;
+        offSafe();
+        offProgress();
+        resolve();
+      });
+      job.result().then(
+        () => resolve(),
+        () => resolve(),
+      );
+    });
+    victim = devnet.providers.find((p) => p.account.address === job.status().provider);
+    if (victim && job.status().state === "running") {
+      failedAt = Date.now();
+      const signal = failure === "kill" ? "SIGKILL" : "SIGSTOP";
+      if (!json) process.stdout.write(`\n  ✗ ${signal} → ${victim.name} (pid ${victim.process!.pid})\n\n`);
+      victim.process!.child.kill(signal);
+      if (failure === "stop") {
+        // Wake it once the job has moved on: it must find its lease gone and stop its copy of the job.
+        const stopped = victim;
+        job.on("started", () => void stopped.process!.child.kill("SIGCONT"));
+      }
+    }
+  }
+
+  let outcome: "completed" | "failed" = "completed";
+  try {
+    await job.result();
+  } catch {
+    outcome = "failed";
+  }
+  if (!json) process.stdout.write("\n  waiting for the dead lease's on-chain timeout, to slash it …\n");
+  await job.settled();
+  stopDisplay();
+
+  // The checks and the summary.
+  const result = await job.result().catch(() => undefined);
+  checks.push({ check: "job completed", ok: outcome === "completed", detail: outcome });
+  const failedEvent = events.find((e) => e.type === "provider-failed");
+  const resumed = events.find((e) => e.type === "started" && e.resumed);
+  const slashes = events.filter((e) => e.type === "slashed");
+  if (failure !== "none") {
+    checks.push({
+      check: "a hand-off happened",
+      ok: (result?.handOffs ?? 0) >= 1,
+      detail: `${result?.handOffs ?? 0} hand-off(s)`,
+    });
+    checks.push({
+      check: "the dead lease was slashed",
+      ok: slashes.length >= 1,
+      detail: slashes.map((s) => (s.type === "slashed" ? `lease ${s.leaseId}` : "")).join(", ") || "none",
+    });
+  }
+  const expected = await reference;
+  const got = result?.outputDir ? await treeDigest(result.outputDir) : undefined;
+  checks.push({
+    check: "result equals an uninterrupted run",
+    ok: got !== undefined && got === expected,
+    detail: got === expected ? `output digest ${got?.slice(0, 16)}…` : `got ${got}, expected ${expected}`,
+  });
+
+  const audit = await auditJob(client, { jobId: job.jobId });
+  if (!json) {
+    console.log("\nAudit of the job, rebuilt from chain events alone (`baton audit job <id>`):\n");
+    printJob(audit);
+  }
+  const detectMs = failedEvent && failedAt ? failedEvent.at - failedAt : undefined;
+  const resumeMs = resumed && failedAt ? resumed.at - failedAt : undefined;
+  const lostSteps =
+    failedEvent?.type === "provider-failed" && resumed?.type === "started" && failedEvent.lastStep !== undefined
+      ? failedEvent.lastStep - (resumed.resumedFrom?.step ?? 0)
+      : undefined;
+  const summary = {
+    jobId: job.jobId,
+    outcome,
+    handOffs: result?.handOffs ?? 0,
+    detectMs,
+    killToRunningMs: resumeMs,
+    workLostSteps: lostSteps,
+    checkpointEverySteps: Number(spec.env.TRAIN_CHECKPOINT_EVERY ?? NaN) || undefined,
+    paidToProviders: audit.totals.paidToProviders,
+    refundedToTenant: audit.totals.refundedToTenant,
+    slashedCollateral: audit.totals.slashedCollateral,
+    compensationToTenant: audit.totals.compensationToTenant,
+    checks,
+  };
+
+  await client.close();
+  client = undefined;
+  await devnet.stop();
+  const leftBehind = pids.filter(isAlive);
+  checks.push({
+    check: "no process left behind",
+    ok: leftBehind.length === 0,
+    detail: leftBehind.length === 0 ? `${pids.length} stopped` : `still running: ${leftBehind.join(", ")}`,
+  });
+
+  if (json) {
+    console.log(JSON.stringify({ summary }, jsonReplacer));
+  } else {
+    const ms = (v: number | undefined): string => (v === undefined ? "-" : `${(v / 1000).toFixed(2)} s`);
+    console.log("\nSummary\n");
+    console.log(
+      table([
+        ["time to detect (kill → failed)", ms(detectMs)],
+        ["time to resume (kill → running elsewhere)", ms(resumeMs)],
+        [
+          "work lost",
+          lostSteps === undefined
+            ? "-"
+            : `${lostSteps} steps (checkpoint every ${summary.checkpointEverySteps ?? "?"} steps)`,
+        ],
+        ["paid to providers", formatEther(summary.paidToProviders)],
+        ["refunded to the tenant", formatEther(summary.refundedToTenant)],
+        ["slashed collateral", formatEther(summary.slashedCollateral)],
+        ["  of which compensation to the tenant", formatEther(summary.compensationToTenant)],
+      ]),
+    );
+    console.log("");
+    console.log(
+      table([["check", "result", "detail"], ...checks.map((c) => [c.check, c.ok ? "ok" : "FAILED", c.detail])]),
+    );
+  }
+  exitCode = checks.every((c) => c.ok) ? 0 : 1;
 } catch (error) {
-  console.error(`demo: ${(error as Error).message}`);
-  await stop(1);
+  console.error(`demo failed: ${error instanceof BaseError ? error.message : (error as Error).stack}`);
+} finally {
+  await shutdown();
+}
+process.exit(exitCode);
+
+/**
+ * Runs the job once, straight through, as a plain child process in a temp dir with the same
+ * inputs and env (the example's pacing delay set to 0, which does not change its result), and
+ * returns the digest of its output dir.
+ */
+async function runReference(jobSpec: JobSpec, inputs: Record<string, string>): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "baton-demo-ref-"));
+  try {
+    for (const [target, file] of Object.entries(inputs)) {
+      await mkdir(path.dirname(path.join(dir, target)), { recursive: true });
+      await copyFile(file, path.join(dir, target));
+    }
+    const dirs = { checkpoints: "checkpoints", resume: "resume", output: "output" };
+    for (const sub of Object.values(dirs)) await mkdir(path.join(dir, sub));
+    const [command, ...args] = jobSpec.command;
+    const child = spawn(command === "node" ? process.execPath : command!, args, {
+      cwd: dir,
+      env: {
+        PATH: process.env.PATH ?? "/usr/bin:/bin",
+        ...jobSpec.env,
+        TRAIN_STEP_DELAY_MS: "0",
+        BATON_CHECKPOINT_DIR: path.join(dir, dirs.checkpoints),
+        BATON_RESUME_DIR: path.join(dir, dirs.resume),
+        BATON_OUTPUT_DIR: path.join(dir, dirs.output),
+      },
+      stdio: "ignore",
+    });
+    const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+    if (code !== 0) throw new Error(`the reference run exited with ${code}`);
+    return await treeDigest(path.join(dir, dirs.output));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** SHA-256 over a directory's file names and contents, in name order. */
+async function treeDigest(dir: string): Promise<string> {
+  const hash = createHash("sha256");
+  const walk = async (sub: string): Promise<void> => {
+    const entries = (await readdir(path.join(dir, sub), { withFileTypes: true })).sort((a, b) =>
+      a.name.localeCompare(b.name),
+    );
+    for (const entry of entries) {
+      const relative = path.join(sub, entry.name);
+      if (entry.isDirectory()) await walk(relative);
+      else hash.update(`${relative}\0`).update(await readFile(path.join(dir, relative)));
+    }
+  };
+  await walk("");
+  return hash.digest("hex");
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }

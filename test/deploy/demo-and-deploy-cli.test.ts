@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { parseDeployment } from "../../sdk/chain/deployments.ts";
+import { isAlive, spawnScript, until } from "../helpers/processes.ts";
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, "../..");
@@ -19,29 +20,89 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-describe("npm run demo (interim: chain + contracts)", () => {
-  it("starts a chain, deploys, prints the addresses and leaves no chain behind with --exit", async () => {
-    const out = path.join(dir, "demo");
-    const { stdout } = await run(process.execPath, ["scripts/demo.ts", "--exit", "--port", "0", "--out", out], {
-      cwd: root,
-      timeout: 90_000,
-    });
-    const pid = Number(/\(pid (\d+)\)/.exec(stdout)?.[1]);
-    expect(pid).toBeGreaterThan(0);
-    expect(isAlive(pid)).toBe(false);
-    const deployment = parseDeployment(JSON.parse(await readFile(path.join(out, "31337.json"), "utf8")));
-    expect(stdout).toContain(deployment.contracts.leaseManager);
-    expect(stdout).toContain(deployment.contracts.providerRegistry);
+describe("npm run demo", () => {
+  it("runs the market, kills the serving provider mid-job, hands off, verifies the result, slashes, and leaves no process behind", async () => {
+    const { stdout } = await run(
+      process.execPath,
+      [
+        "--disable-warning=ExperimentalWarning",
+        "scripts/demo.ts",
+        "--json",
+        "--steps",
+        "600",
+        "--checkpoint-every",
+        "100",
+        "--fail-after-checkpoints",
+        "2",
+      ],
+      { cwd: root, timeout: 240_000, maxBuffer: 64 * 1024 * 1024 },
+    );
+    const last = stdout.trim().split("\n").at(-1)!;
+    const { summary } = JSON.parse(last) as {
+      summary: {
+        outcome: string;
+        handOffs: number;
+        detectMs: number;
+        killToRunningMs: number;
+        workLostSteps: number;
+        slashedCollateral: string;
+        compensationToTenant: string;
+        checks: { check: string; ok: boolean; detail: string }[];
+      };
+    };
+    expect(summary.checks.filter((c) => !c.ok)).toEqual([]);
+    expect(summary.checks.map((c) => c.check)).toEqual([
+      "job completed",
+      "a hand-off happened",
+      "the dead lease was slashed",
+      "result equals an uninterrupted run",
+      "no process left behind",
+    ]);
+    expect(summary.handOffs).toBe(1);
+    expect(summary.detectMs).toBeGreaterThanOrEqual(0);
+    expect(summary.killToRunningMs).toBeGreaterThan(summary.detectMs);
+    expect(summary.workLostSteps).toBeGreaterThan(0);
+    expect(BigInt(summary.compensationToTenant)).toBeGreaterThan(0n);
+    // Every event line before the summary is JSON too, for machines.
+    for (const line of stdout.trim().split("\n").slice(0, -1)) {
+      if (line.startsWith("{")) expect(() => JSON.parse(line)).not.toThrow();
+    }
   });
+});
+
+describe("baton devnet", () => {
+  for (const how of ["SIGINT", "SIGKILL"] as const) {
+    it(`starts a network and, on ${how}, leaves no chain or provider behind`, async () => {
+      const devnetDir = path.join(dir, `devnet-${how}`);
+      const devnet = spawnScript("cli/baton.ts", ["devnet", "--providers", "2", "--dir", devnetDir]);
+      try {
+        await devnet.waitFor(/Ctrl-C stops everything/, 120_000);
+        const pids = devnet.lines.flatMap((line) => {
+          const match = /provider-\d+\s+0x[0-9a-fA-F]{40}\s+pid (\d+)/.exec(line);
+          return match ? [Number(match[1])] : [];
+        });
+        expect(pids).toHaveLength(2);
+        const network = JSON.parse(await readFile(path.join(devnetDir, "network.json"), "utf8"));
+        expect(network.bootstrap).toHaveLength(2);
+        const chainPort = Number(new URL(network.rpcUrl).port);
+        devnet.child.kill(how);
+        await devnet.exited;
+        await until(() => pids.every((pid) => !isAlive(pid)), 20_000, "providers stopped");
+        // The chain is gone too: nothing answers on its port.
+        await until(
+          () =>
+            fetch(`http://127.0.0.1:${chainPort}`, { method: "POST", body: "{}" }).then(
+              () => false,
+              () => true,
+            ),
+          20_000,
+          "chain stopped",
+        );
+      } finally {
+        await devnet.stop();
+      }
+    });
+  }
 });
 
 describe("npm run deploy", () => {
