@@ -305,3 +305,18 @@ describe("tenant restart", () => {
     expect(await readFile(path.join(record.result.outputDir, "result.json"), "utf8")).toBe(reference);
   });
 });
+
+describe("the README's SDK example", () => {
+  it("examples/sdk/run-job.ts runs as written against a devnet's network file", async () => {
+    const account = devAccount(12);
+    await market.fund(account.address, parseEther("1"));
+    const example = spawnScript(
+      "examples/sdk/run-job.ts",
+      ["--network", market.networkFile, "--steps", "300", "--data-dir", path.join(dir, "tenant-example")],
+      { BATON_TENANT_KEY: privateKeyOf(account) },
+    );
+    const exit = await example.exited;
+    expect(exit.code, example.lines.slice(-20).join("\n")).toBe(0);
+    expect(example.lines.join("\n")).toMatch(/^done after 0 hand-off\(s\): loss \d/m);
+  });
+});

@@ -1,0 +1,48 @@
+/**
+ * `npm run bench`: every benchmark, one after another, each in its own process (so one's load does
+ * not skew the next), then one summary table of every figure beside its reference and target,
+ * written to bench/results/summary.json. A benchmark that crashes is reported and the rest go on;
+ * nothing here fails for being slow.
+ */
+import { spawn } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+
+import { printTable, targetMet, writeResults, type Figure } from "./report.ts";
+
+const benches = [
+  { name: "gas", script: "bench/gas.ts" },
+  { name: "node", script: "bench/node.ts" },
+  { name: "checkpoint", script: "bench/checkpoint.ts" },
+  { name: "failover", script: "bench/failover.ts" },
+];
+
+const outcomes: { bench: string; exitCode: number | null; seconds: number }[] = [];
+for (const bench of benches) {
+  console.log(`\n=== ${bench.name} (${bench.script}) ===`);
+  const started = performance.now();
+  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", bench.script], {
+    stdio: "inherit",
+    cwd: path.resolve(import.meta.dirname, ".."),
+  });
+  const exitCode = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+  outcomes.push({ bench: bench.name, exitCode, seconds: Math.round((performance.now() - started) / 1000) });
+}
+
+const all: (Figure & { bench: string })[] = [];
+for (const bench of benches) {
+  const file = path.resolve(import.meta.dirname, "results", `${bench.name}.json`);
+  const outcome = outcomes.find((o) => o.bench === bench.name)!;
+  if (outcome.exitCode !== 0) continue;
+  const { figures } = JSON.parse(await readFile(file, "utf8")) as { figures: Figure[] };
+  for (const figure of figures) all.push({ ...figure, name: `${bench.name}: ${figure.name}`, bench: bench.name });
+}
+printTable(
+  "Summary of every benchmark",
+  all.filter((f) => f.reference || f.target),
+);
+const failed = outcomes.filter((o) => o.exitCode !== 0);
+for (const o of failed) console.log(`  ! ${o.bench} did not finish (exit ${o.exitCode}); its figures are missing`);
+const withTarget = all.filter((f) => f.target);
+console.log(`\n${withTarget.filter((f) => targetMet(f)).length} of ${withTarget.length} targets met`);
+console.log(`wrote ${await writeResults("summary", { runs: outcomes, figures: all })}`);
