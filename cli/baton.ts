@@ -8,11 +8,13 @@ import { devnetCommands } from "./devnet.ts";
 import { jobCommands } from "./job.ts";
 import { printError } from "./output.ts";
 import { providerCommands } from "./provider.ts";
+import { serveCommands } from "./serve.ts";
 
 const groups: Record<string, Record<string, { run: (args: string[]) => Promise<void>; help: string }>> = {
   provider: providerCommands,
   job: jobCommands,
   devnet: devnetCommands,
+  serve: serveCommands,
   audit: auditCommands,
 };
 
@@ -31,8 +33,8 @@ function usage(): string {
 }
 
 const [group, command, ...rest] = process.argv.slice(2);
-// `baton devnet` is the one group with a single command: `start` may be left out.
-const implicitStart = group === "devnet" && (command === undefined || command.startsWith("--"));
+// `baton devnet` and `baton serve` have a single command each: `start` is implied.
+const implicitStart = (group === "devnet" || group === "serve") && command !== "start";
 const selected = group === undefined ? undefined : groups[group]?.[implicitStart ? "start" : (command ?? "")];
 const args = implicitStart && command !== undefined ? [command, ...rest] : rest;
 if (!selected) {

@@ -31,7 +31,7 @@ export const networkFileSchema = z.object({
 });
 export type NetworkFile = z.output<typeof networkFileSchema>;
 
-const common = {
+export const common = {
   "data-dir": { type: "string", default: DEFAULT_DATA_DIR },
   network: { type: "string" },
   "rpc-url": { type: "string" },
@@ -43,7 +43,7 @@ const common = {
   verbose: { type: "boolean", default: false },
 } as const;
 
-type CommonValues = {
+export type CommonValues = {
   "data-dir": string;
   network?: string | undefined;
   "rpc-url"?: string | undefined;
@@ -69,7 +69,7 @@ async function readNetwork(file: string): Promise<NetworkFile | undefined> {
 }
 
 /** The tenant's client from the command line: the network file (a devnet's by default), overridden by flags. */
-async function connect(values: CommonValues): Promise<{ client: BatonClient; names: Map<string, string> }> {
+export async function connect(values: CommonValues): Promise<{ client: BatonClient; names: Map<string, string> }> {
   const network = await readNetwork(values.network ?? DEFAULT_NETWORK_FILE);
   if (values.network && !network) throw new UserError(`no network file at ${values.network}`);
   const rpcUrl = values["rpc-url"] ?? network?.rpcUrl;
@@ -103,7 +103,7 @@ function jobIdArg(text: string | undefined): Hex {
   return text.toLowerCase() as Hex;
 }
 
-function amount(text: string | undefined, what: string): bigint | undefined {
+export function amount(text: string | undefined, what: string): bigint | undefined {
   if (text === undefined) return undefined;
   if (!/^\d+(\.\d+)?$/.test(text)) throw new UserError(`${what} must be a token amount like 0.5, not ${text}`);
   return parseEther(text);

@@ -16,6 +16,7 @@ import { loadNodeConfig, type NodeConfig } from "./config.ts";
 import { DRAIN_TIMEOUT_MS } from "./constants.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
+import { httpProxy } from "./http-proxy.ts";
 import { leases } from "./leases.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
 import { offerPublisher } from "./offers.ts";
@@ -148,12 +149,14 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     onCapacityChange: () => offers.refresh(),
   });
   const duties = chainDuties(components, leaseService);
+  const proxy = httpProxy(components);
   const metricsServer = config.metricsPort === null ? undefined : await serveMetrics(metrics, config.metricsPort);
   metrics.set("baton_gpus", "GPUs on this node", gpuList.length);
 
   await leaseService.recover();
   await bidService.start();
   await leaseService.start();
+  await proxy.start();
   duties.start();
   offers.start();
   log.info("provider node started", {
@@ -172,6 +175,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     stopDialling();
     await bidService.stop().catch(() => undefined);
     await leaseService.stop().catch(() => undefined);
+    await proxy.stop().catch(() => undefined);
     await duties.stop();
     await leaseService.killAll("node stopping");
     await metricsServer?.close();

@@ -57,6 +57,11 @@ export const jobSpecSchema = z
     network: z.boolean().default(false),
     /** How often the job is expected to checkpoint, in seconds (a hint for scheduling and display). */
     checkpointIntervalS: z.number().positive().max(86_400).optional(),
+    /** For a server job (`serve`): the path that answers 200 once a replica may take traffic. */
+    service: z
+      .object({ readinessPath: z.string().startsWith("/").max(1024).default("/health") })
+      .strict()
+      .optional(),
     /** Longest the job may run, in seconds. */
     maxDurationS: z
       .number()

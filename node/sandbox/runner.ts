@@ -155,6 +155,9 @@ export interface JobProcess {
   kill(reason?: KillReason): Promise<JobExit>;
 }
 
+/** The Unix socket a server job listens on, in its work dir (`$BATON_HTTP_SOCKET`). */
+export const HTTP_SOCKET_NAME = "http.sock";
+
 /** Sub-directories the runner creates in the work dir, and the env variables naming them. */
 export const WORK_SUBDIRS = {
   checkpoints: "BATON_CHECKPOINT_DIR",
@@ -453,6 +456,9 @@ function jobEnv(
     BATON_CHECKPOINT_DIR: path.join(workDir, "checkpoints"),
     BATON_RESUME_DIR: path.join(workDir, "resume"),
     BATON_OUTPUT_DIR: path.join(workDir, "output"),
+    // A server job listens here (HTTP over a Unix socket in its work dir): the node proxies its
+    // tenant's requests to it, and the job needs no network at all.
+    BATON_HTTP_SOCKET: path.join(workDir, HTTP_SOCKET_NAME),
     CUDA_VISIBLE_DEVICES: cudaVisibleDevices(resolved.sandbox, resolved.gpus, resolved.gpuUuids),
     // NVIDIA's container tooling reads this one; "void" is its word for "no GPU".
     NVIDIA_VISIBLE_DEVICES: resolved.gpus.length === 0 ? "void" : resolved.gpus.join(","),
@@ -525,7 +531,7 @@ async function requireTool(name: string): Promise<string> {
  *   read-write, at /work (its cwd and HOME; `tmp/` is also at /tmp). Nothing else of the host:
  *   not /root, /home, the node's data, other jobs' dirs. `unsafe-none`: the host as its uid sees it.
  * - **Env.** Only `env` plus what the runner sets: PATH, HOME, TMPDIR, USER, LOGNAME,
- *   BATON_LEASE_ID, BATON_WORK_DIR, BATON_CHECKPOINT_DIR, BATON_RESUME_DIR, BATON_OUTPUT_DIR,
+ *   BATON_LEASE_ID, BATON_WORK_DIR, BATON_CHECKPOINT_DIR, BATON_RESUME_DIR, BATON_OUTPUT_DIR, BATON_HTTP_SOCKET,
  *   CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER.
  * - **User.** nobody (65534) when the node is root; never root. No capabilities; in `bwrap` mode
  *   it cannot create further user namespaces (bwrap ≥ 0.8).

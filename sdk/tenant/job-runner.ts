@@ -110,6 +110,8 @@ export interface JobStatus {
   state: "starting" | "running" | "handing-off" | "completed" | "failed" | "cancelled";
   leaseId: bigint | undefined;
   provider: Address | undefined;
+  /** The current provider's libp2p peer id. */
+  peerId: string | undefined;
   step: number | undefined;
   total: number | undefined;
   safeCheckpoints: number;
@@ -158,6 +160,8 @@ export interface RunJobOptions {
   retryLimit?: number;
   /** Provider addresses or peer ids never to use. */
   exclude?: string[];
+  /** More to leave out, asked at each lease (e.g. the providers already serving a service's other replicas). */
+  excludeProviders?: () => readonly string[];
   /** Safe checkpoints to keep pinned; older ones are unpinned. Default 3. */
   keepCheckpoints?: number;
   /** Where the output goes. Default `<dataDir>/jobs/<jobId>/output`. */
@@ -297,6 +301,7 @@ class JobRunner implements JobHandle {
       state: this.#state,
       leaseId: current ? BigInt(current.leaseId) : undefined,
       provider: current?.provider as Address | undefined,
+      peerId: current?.peerId,
       step: this.#step,
       total: this.#total,
       safeCheckpoints: this.#record.safe.length,
@@ -388,10 +393,11 @@ class JobRunner implements JobHandle {
       minVramMiB: spec.resources.minVramMiB,
     };
     const maxPricePerSecond = BigInt(options.maxPricePerSecond!);
+    const dynamic = "excludeProviders" in this.#options ? (this.#options.excludeProviders?.() ?? []) : [];
     const offers = await findOffers(this.#client, {
       requirements,
       maxPricePerSecond,
-      exclude: options.exclude,
+      exclude: [...options.exclude, ...dynamic],
       timeoutMs: 15_000,
       signal,
     });

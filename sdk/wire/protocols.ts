@@ -9,6 +9,8 @@ export const protocols = {
   bid: `${PROTOCOL_PREFIX}/bid/1.0.0`,
   /** Long-lived stream: a lease's job spec in, heartbeats, logs, checkpoints and the result out. */
   lease: `${PROTOCOL_PREFIX}/lease/1.0.0`,
+  /** One HTTP request and its response, between a tenant and the server job of its lease. */
+  http: `${PROTOCOL_PREFIX}/http/1.0.0`,
 } as const;
 
 export const topics = {
@@ -25,4 +27,6 @@ export const maxMessageBytes = {
   bid: 16 * 1024,
   quote: 8 * 1024,
   lease: 64 * 1024,
+  /** An HTTP head (method, path, headers), or one piece of a body. */
+  http: 64 * 1024,
 } as const;

@@ -1,0 +1,106 @@
+import http from "node:http";
+import path from "node:path";
+import { Readable } from "node:stream";
+
+import type { Connection, Stream } from "@libp2p/interface";
+
+import { BaseError } from "../sdk/errors.ts";
+import { protocols } from "../sdk/wire/protocols.ts";
+import { forwardable, httpRequestHeadSchema, readHttpMessage, writeHttpMessage } from "../sdk/wire/http.ts";
+import type { NodeComponents } from "./components.ts";
+import { HTTP_SOCKET_NAME } from "./sandbox/runner.ts";
+
+/** The largest request or response body the proxy passes, either way. */
+export const MAX_HTTP_BODY_BYTES = 64 * 1024 * 1024;
+
+export interface HttpProxy {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Serves `/baton/http/1.0.0`: a lease's tenant sends HTTP requests to the server job of its lease,
+ * which listens on `$BATON_HTTP_SOCKET` in its work dir; requests and responses stream through.
+ * Only the libp2p peer that started the lease may use it (the Noise handshake proves who it is),
+ * and only while the job runs.
+ */
+export function httpProxy(components: NodeComponents): HttpProxy {
+  const { host, store, log, metrics } = components;
+  const reply = async (stream: Stream, status: number, message: string): Promise<void> => {
+    const body = new TextEncoder().encode(JSON.stringify({ error: message }));
+    await writeHttpMessage(
+      stream,
+      { status, headers: [["content-type", "application/json"]] },
+      (async function* () {
+        yield body;
+      })(),
+      { maxBodyBytes: MAX_HTTP_BODY_BYTES },
+    );
+  };
+
+  const handle = async (stream: Stream, connection: Connection): Promise<void> => {
+    const started = performance.now();
+    let status = 0;
+    try {
+      const { head, body } = await readHttpMessage(stream, httpRequestHeadSchema, {
+        maxBodyBytes: MAX_HTTP_BODY_BYTES,
+      });
+      const row = store.getLease(BigInt(head.leaseId));
+      if (!row || row.tenantPeer !== connection.remotePeer.toString()) {
+        status = 403;
+        return await reply(stream, 403, `lease ${head.leaseId} is not this peer's lease on this node`);
+      }
+      if (row.state !== "running") {
+        status = 503;
+        return await reply(stream, 503, `lease ${head.leaseId} has no running job (${row.state})`);
+      }
+      const response = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const request = http.request({
+          socketPath: path.join(row.workDir, HTTP_SOCKET_NAME),
+          method: head.method,
+          path: head.path,
+          headers: Object.fromEntries(head.headers),
+        });
+        request.once("response", resolve);
+        request.once("error", reject);
+        Readable.from(body)
+          .once("error", (error) => request.destroy(error))
+          .pipe(request);
+      });
+      status = response.statusCode ?? 502;
+      const headers: [string, string][] = [];
+      for (let i = 0; i + 1 < response.rawHeaders.length; i += 2) {
+        headers.push([response.rawHeaders[i]!, response.rawHeaders[i + 1]!]);
+      }
+      await writeHttpMessage(stream, { status, headers: forwardable(headers) }, response, {
+        maxBodyBytes: MAX_HTTP_BODY_BYTES,
+      });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+      if (status === 0) {
+        // Nothing sent yet: say why. Once a response started, all we can do is cut the stream.
+        status = code === "ENOENT" || code === "ECONNREFUSED" ? 503 : 502;
+        const message =
+          status === 503 ? "the job's server is not listening (yet)" : `the job's server failed: ${reason}`;
+        await reply(stream, status, message).catch(() => undefined);
+      } else {
+        log.debug("http response cut", { error });
+        stream.abort(error as Error);
+        return;
+      }
+    } finally {
+      metrics.inc("baton_http_requests_total", "HTTP requests proxied to server jobs", { status: String(status) });
+      log.debug("http request", { status, ms: Math.round(performance.now() - started) });
+    }
+    await stream.close().catch(() => undefined);
+  };
+
+  return {
+    start: () =>
+      host.handle(protocols.http, (stream, connection) => void handle(stream, connection), {
+        maxInboundStreams: 1_024,
+      }),
+    stop: () => host.unhandle(protocols.http),
+  };
+}

@@ -1,0 +1,84 @@
+import { peerIdFromString } from "@libp2p/peer-id";
+
+import type { BatonClient } from "../client.ts";
+import { BaseError, ProviderFaultError } from "../errors.ts";
+import { httpResponseHeadSchema, readHttpMessage, writeHttpMessage } from "../wire/http.ts";
+import { protocols } from "../wire/protocols.ts";
+
+/** The request never reached the provider (no stream could be opened): it is safe to send again anywhere. */
+export class RequestNotSentError extends ProviderFaultError {
+  override name = "RequestNotSentError";
+}
+
+export interface LeaseFetchParameters {
+  peerId: string;
+  leaseId: bigint;
+  method: string;
+  /** Path and query, e.g. `/predict?text=hi`. */
+  path: string;
+  headers?: [string, string][];
+  body?: AsyncIterable<Uint8Array>;
+  /** Largest body accepted either way. Default 64 MiB. */
+  maxBodyBytes?: number;
+  signal?: AbortSignal;
+}
+
+export interface LeaseFetchResponse {
+  status: number;
+  headers: [string, string][];
+  body: AsyncGenerator<Uint8Array>;
+}
+
+/**
+ * Sends one HTTP request to the server job of a lease, through its provider node
+ * (`/baton/http/1.0.0`), streaming the body both ways.
+ *
+ * @throws {RequestNotSentError} when no stream to the provider could be opened; a
+ * {ProviderFaultError} when the stream broke after the request went out.
+ * @example
+ * const res = await leaseFetch(client, { peerId, leaseId, method: "GET", path: "/health" });
+ */
+export async function leaseFetch(
+  client: BatonClient,
+  { peerId, leaseId, method, path, headers = [], body, maxBodyBytes = 64 * 1024 * 1024, signal }: LeaseFetchParameters,
+): Promise<LeaseFetchResponse> {
+  let stream;
+  try {
+    stream = await client.host.dialProtocol(peerIdFromString(peerId), protocols.http, signal ? { signal } : {});
+  } catch (cause) {
+    throw new RequestNotSentError(`cannot reach the provider ${peerId}`, { cause });
+  }
+  const opened = stream;
+  const abort = (): void => opened.abort(new Error("request aborted"));
+  signal?.addEventListener("abort", abort, { once: true });
+  try {
+    const writing = writeHttpMessage(opened, { leaseId: leaseId.toString(), method, path, headers }, body, {
+      maxBodyBytes,
+      ...(signal ? { signal } : {}),
+    });
+    writing.catch(() => opened.abort(new Error("request body failed")));
+    const response = await readHttpMessage(opened, httpResponseHeadSchema, { maxBodyBytes });
+    await writing;
+    const stop = (): void => signal?.removeEventListener("abort", abort);
+    return {
+      status: response.head.status,
+      headers: response.head.headers,
+      body: (async function* () {
+        try {
+          yield* response.body;
+        } finally {
+          stop();
+          await opened.close().catch(() => undefined);
+        }
+      })(),
+    };
+  } catch (error) {
+    signal?.removeEventListener("abort", abort);
+    opened.abort(new Error("request failed"));
+    if (signal?.aborted) throw signal.reason;
+    throw new ProviderFaultError(`the request to lease ${leaseId} broke off`, {
+      cause: error,
+      details: error instanceof BaseError ? error.shortMessage : (error as Error).message,
+    });
+  }
+}

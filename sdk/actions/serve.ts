@@ -1,0 +1,398 @@
+import type { Address } from "viem";
+
+import type { BatonClient } from "../client.ts";
+import { BaseError, UserError } from "../errors.ts";
+import type { JobSpec, JobSpecInput } from "../job-spec.ts";
+import { parseJobSpec } from "../job-spec.ts";
+import type { JobHandle } from "../tenant/job-runner.ts";
+import { leaseFetch, RequestNotSentError, type LeaseFetchResponse } from "./leaseFetch.ts";
+import { runJob } from "./runJob.ts";
+
+/** A request failed on a replica after it went out, and was not sent again: doing so could repeat its effect. */
+export class RequestNotRetriedError extends BaseError {
+  override name = "RequestNotRetriedError";
+}
+
+/** No replica was ready within the request's deadline. */
+export class NoReplicaError extends BaseError {
+  override name = "NoReplicaError";
+}
+
+export interface ServeOptions {
+  replicas: number;
+  maxPricePerSecond: bigint;
+  /** Most payment tokens per replica (deposits, top-ups and replacements). */
+  budgetPerReplica?: bigint;
+  files?: Record<string, string>;
+  /** Hand-offs a replica may take before it is given up (and replaced by a fresh one). Default 10. */
+  retryLimit?: number;
+  heartbeatWindowMs?: number;
+  failAfterMs?: number;
+  /** How long a new replica may take to pass its readiness probe. Default 60 s. */
+  readinessTimeoutMs?: number;
+  /** Send an idempotent request to a second replica when the first has not answered in this long. */
+  hedgeAfterMs?: number;
+}
+
+export interface ServiceFetchOptions {
+  /** Allows retrying a request whose method is not idempotent (POST, PATCH). */
+  retryable?: boolean;
+  /** The whole request, retries included, must finish within this. Default 30 s. */
+  deadlineMs?: number;
+  signal?: AbortSignal;
+}
+
+export type ReplicaState = "starting" | "ready" | "suspect" | "replacing" | "stopped";
+
+export interface ReplicaStatus {
+  index: number;
+  jobId: string;
+  state: ReplicaState;
+  leaseId: bigint | undefined;
+  provider: Address | undefined;
+  outstanding: number;
+  served: number;
+  failed: number;
+  /** Smoothed response time of this replica. */
+  latencyMs: number | undefined;
+  handOffs: number;
+}
+
+export interface Service {
+  /** Sends a request to a healthy replica; see {@link ServiceFetchOptions} for retries. */
+  fetch(request: Request, options?: ServiceFetchOptions): Promise<Response>;
+  replicas(): ReplicaStatus[];
+  /** Resolves once `count` replicas are ready (or rejects after `timeoutMs`). */
+  ready(count?: number, timeoutMs?: number): Promise<void>;
+  /** Changes the number of replicas: new ones are leased, surplus ones cancelled. */
+  scale(replicas: number): Promise<void>;
+  /** Every replica's job, for its events (`re-leased`, `slashed`, …). */
+  jobs(): JobHandle[];
+  /** Cancels every replica (their leases are closed and refunded). */
+  close(): Promise<void>;
+}
+
+const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"]);
+/** The most request body kept for a retry; a larger idempotent request is sent once. */
+const MAX_RETRY_BODY_BYTES = 8 * 1024 * 1024;
+
+interface Replica {
+  index: number;
+  job: JobHandle;
+  state: ReplicaState;
+  outstanding: number;
+  served: number;
+  failed: number;
+  latencyMs: number | undefined;
+  /** Aborts the requests in flight on this replica's current lease (it became suspect or failed). */
+  inFlight: AbortController;
+}
+
+/**
+ * Serves a stateless server job as `replicas` replicas on as many distinct providers. Each replica
+ * is a job kept running by `runJob` (hand-off when its provider fails, slash at timeout); a new
+ * replica, or one moved to a new provider, gets traffic only once `spec.service.readinessPath`
+ * answers 200. `fetch` picks the ready replica with the fewest requests in flight, then the
+ * fastest; a replica that turns suspect stops getting traffic at once and its requests in flight
+ * are retried elsewhere when that is safe (idempotent methods, or `retryable`), within the
+ * request's deadline. Others fail with {@link RequestNotRetriedError}, never silently twice.
+ *
+ * @example
+ * const service = await serve(client, spec, { replicas: 3, maxPricePerSecond: parseEther("0.001"), files });
+ * await service.ready();
+ * const res = await service.fetch(new Request("http://service/predict?text=hello"));
+ */
+export async function serve(
+  client: BatonClient,
+  specInput: JobSpec | JobSpecInput,
+  options: ServeOptions,
+): Promise<Service> {
+  const spec = parseJobSpec(specInput);
+  if (!spec.service) throw new UserError("a served job needs `service` in its spec (at least `service: {}`)");
+  if (!Number.isInteger(options.replicas) || options.replicas < 1) throw new UserError("replicas must be 1 or more");
+  const readinessPath = spec.service.readinessPath;
+  const replicas: Replica[] = [];
+  let closing = false;
+  let nextIndex = 0;
+  const log = client.log.child("serve");
+
+  const providersOfOthers = (self: Replica | undefined) => () =>
+    replicas.filter((r) => r !== self && r.state !== "stopped").flatMap((r) => r.job?.status().provider ?? []);
+
+  const probe = async (replica: Replica): Promise<void> => {
+    const deadline = Date.now() + (options.readinessTimeoutMs ?? 60_000);
+    const leaseId = replica.job.status().leaseId;
+    while (!closing && Date.now() < deadline && replica.job.status().leaseId === leaseId) {
+      const { peerId } = replica.job.status();
+      if (peerId && leaseId !== undefined) {
+        try {
+          const res = await leaseFetch(client, {
+            peerId,
+            leaseId,
+            method: "GET",
+            path: readinessPath,
+            signal: AbortSignal.timeout(2_000),
+          });
+          for await (const piece of res.body) void piece;
+          if (res.status === 200) {
+            replica.state = "ready";
+            log.info("replica ready", { index: replica.index, leaseId });
+            return;
+          }
+        } catch (error) {
+          log.debug("readiness probe failed", { index: replica.index, error });
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  };
+
+  const add = async (): Promise<Replica> => {
+    const index = nextIndex++;
+    const placeholder = { state: "starting" } as Replica;
+    replicas.push(placeholder);
+    const job = await runJob(client, spec, {
+      maxPricePerSecond: options.maxPricePerSecond,
+      ...(options.budgetPerReplica === undefined ? {} : { budget: options.budgetPerReplica }),
+      ...(options.files ? { files: options.files } : {}),
+      retryLimit: options.retryLimit ?? 10,
+      ...(options.heartbeatWindowMs ? { heartbeatWindowMs: options.heartbeatWindowMs } : {}),
+      ...(options.failAfterMs ? { failAfterMs: options.failAfterMs } : {}),
+      excludeProviders: providersOfOthers(placeholder),
+    });
+    const replica = Object.assign(placeholder, {
+      index,
+      job,
+      state: "starting" as ReplicaState,
+      outstanding: 0,
+      served: 0,
+      failed: 0,
+      latencyMs: undefined,
+      inFlight: new AbortController(),
+    });
+    const cut = (state: ReplicaState): void => {
+      replica.state = state;
+      replica.inFlight.abort(new Error(`replica ${index} is ${state}`));
+      replica.inFlight = new AbortController();
+    };
+    job.on("started", () => void probe(replica));
+    job.on("provider-suspect", () => {
+      if (replica.state === "ready") cut("suspect");
+    });
+    job.on("provider-recovered", () => {
+      if (replica.state === "suspect") replica.state = "ready";
+    });
+    job.on("provider-failed", () => cut("replacing"));
+    job.on("re-leased", () => {
+      replica.state = "starting";
+    });
+    const ended = (): void => {
+      cut("stopped");
+      // A replica that gave up (retry limit, budget) is replaced by a fresh one: the count holds.
+      if (!closing && replicas.includes(replica)) {
+        replicas.splice(replicas.indexOf(replica), 1);
+        void add().catch((error: unknown) => log.warn("replacement replica failed to start", { error }));
+      }
+    };
+    job.on("failed", ended);
+    job.on("completed", ended);
+    // One lease at a time: the next replica must see this one's provider to stay off it.
+    await new Promise<void>((resolve) => {
+      const off = job.on("lease-opened", () => {
+        off();
+        resolve();
+      });
+      job.result().then(
+        () => resolve(),
+        () => resolve(),
+      );
+    });
+    return replica;
+  };
+
+  const pick = (tried: Set<Replica>): Replica | undefined => {
+    const ready = replicas.filter((r) => r.state === "ready");
+    const fresh = ready.filter((r) => !tried.has(r));
+    const pool = fresh.length > 0 ? fresh : ready;
+    return pool.sort((a, b) => a.outstanding - b.outstanding || (a.latencyMs ?? 0) - (b.latencyMs ?? 0))[0];
+  };
+
+  const attempt = async (
+    replica: Replica,
+    request: { method: string; path: string; headers: [string, string][]; body: Uint8Array[] | undefined },
+    stream: AsyncIterable<Uint8Array> | undefined,
+    signal: AbortSignal,
+  ): Promise<LeaseFetchResponse> => {
+    const { leaseId, peerId } = replica.job.status();
+    if (leaseId === undefined || !peerId) throw new RequestNotSentError("the replica has no lease");
+    const started = performance.now();
+    replica.outstanding++;
+    try {
+      const body =
+        stream ??
+        (request.body
+          ? (async function* () {
+              yield* request.body!;
+            })()
+          : undefined);
+      const response = await leaseFetch(client, {
+        peerId,
+        leaseId,
+        method: request.method,
+        path: request.path,
+        headers: request.headers,
+        ...(body ? { body } : {}),
+        signal: AbortSignal.any([signal, replica.inFlight.signal]),
+      });
+      const ms = performance.now() - started;
+      replica.latencyMs = replica.latencyMs === undefined ? ms : 0.8 * replica.latencyMs + 0.2 * ms;
+      replica.served++;
+      return response;
+    } catch (error) {
+      replica.failed++;
+      throw error;
+    } finally {
+      replica.outstanding--;
+    }
+  };
+
+  const service: Service = {
+    async fetch(request, fetchOptions = {}) {
+      const deadline = AbortSignal.any([
+        AbortSignal.timeout(fetchOptions.deadlineMs ?? 30_000),
+        ...(fetchOptions.signal ? [fetchOptions.signal] : []),
+      ]);
+      const url = new URL(request.url);
+      const method = request.method.toUpperCase();
+      const retryable = IDEMPOTENT.has(method) || fetchOptions.retryable === true;
+      const headers = [...request.headers.entries()];
+      // A body is kept for retries only when a retry may happen, and only up to a bound.
+      let kept: Uint8Array[] | undefined;
+      let stream: AsyncIterable<Uint8Array> | undefined;
+      if (request.body) {
+        if (retryable) {
+          const bytes = new Uint8Array(await request.arrayBuffer());
+          if (bytes.byteLength > MAX_RETRY_BODY_BYTES) {
+            throw new UserError(`a retryable request body may be at most ${MAX_RETRY_BODY_BYTES} bytes`);
+          }
+          kept = [bytes];
+        } else {
+          stream = request.body as unknown as AsyncIterable<Uint8Array>;
+        }
+      }
+      const head = { method, path: `${url.pathname}${url.search}`, headers, body: kept };
+      const tried = new Set<Replica>();
+      let lastError: unknown;
+      for (;;) {
+        if (deadline.aborted) {
+          throw new NoReplicaError(`no replica answered ${method} ${url.pathname} within the deadline`, {
+            cause: lastError,
+            details: lastError instanceof BaseError ? lastError.shortMessage : undefined,
+          });
+        }
+        const first = pick(tried);
+        if (!first) {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          continue;
+        }
+        tried.add(first);
+        const attempts = [attempt(first, head, stream, deadline)];
+        let hedge: NodeJS.Timeout | undefined;
+        if (retryable && options.hedgeAfterMs !== undefined) {
+          attempts.push(
+            new Promise<LeaseFetchResponse>((resolve, reject) => {
+              hedge = setTimeout(() => {
+                const second = pick(tried);
+                if (!second) return reject(new RequestNotSentError("no second replica to hedge on"));
+                tried.add(second);
+                attempt(second, head, undefined, deadline).then(resolve, reject);
+              }, options.hedgeAfterMs);
+            }),
+          );
+        }
+        try {
+          const response = await Promise.any(attempts);
+          return toResponse(response);
+        } catch (error) {
+          lastError = error instanceof AggregateError ? error.errors[0] : error;
+          const notSent = attempts.length === 1 && lastError instanceof RequestNotSentError;
+          if (!retryable && !notSent) {
+            throw new RequestNotRetriedError(
+              `${method} ${url.pathname} failed on replica ${first.index} after it was sent, and was not retried: ${method} is not idempotent (mark it retryable to allow a retry)`,
+              { cause: lastError },
+            );
+          }
+        } finally {
+          clearTimeout(hedge);
+        }
+      }
+    },
+    replicas: () =>
+      replicas
+        .filter((r) => r.job)
+        .map((r) => {
+          const status = r.job.status();
+          return {
+            index: r.index,
+            jobId: r.job.jobId,
+            state: r.state,
+            leaseId: status.leaseId,
+            provider: status.provider,
+            outstanding: r.outstanding,
+            served: r.served,
+            failed: r.failed,
+            latencyMs: r.latencyMs,
+            handOffs: status.handOffs,
+          };
+        }),
+    async ready(count = options.replicas, timeoutMs = 120_000) {
+      const deadline = Date.now() + timeoutMs;
+      while (replicas.filter((r) => r.state === "ready").length < count) {
+        if (Date.now() > deadline) throw new NoReplicaError(`fewer than ${count} replicas ready after ${timeoutMs} ms`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    },
+    async scale(count) {
+      if (!Number.isInteger(count) || count < 1) throw new UserError("replicas must be 1 or more");
+      options.replicas = count;
+      while (replicas.length < count) await add();
+      while (replicas.length > count) {
+        const surplus = replicas.pop()!;
+        surplus.state = "stopped";
+        await surplus.job.cancel();
+      }
+    },
+    jobs: () => replicas.filter((r) => r.job).map((r) => r.job),
+    async close() {
+      closing = true;
+      await Promise.all(
+        replicas.map(async (r) => {
+          r.state = "stopped";
+          await r.job?.cancel();
+        }),
+      );
+    },
+  };
+  for (let i = 0; i < options.replicas; i++) await add();
+  return service;
+}
+
+function toResponse(response: LeaseFetchResponse): Response {
+  const iterator = response.body[Symbol.asyncIterator]();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { value, done } = await iterator.next();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      } catch (error) {
+        controller.error(error);
+      }
+    },
+    async cancel() {
+      await iterator.return?.(undefined);
+    },
+  });
+  const noBody = response.status === 204 || response.status === 304;
+  return new Response(noBody ? null : body, { status: response.status, headers: response.headers });
+}

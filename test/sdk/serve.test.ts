@@ -1,0 +1,163 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import type { Server } from "node:http";
+import os from "node:os";
+import path from "node:path";
+
+import { parseEther } from "viem";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { startGateway } from "../../cli/serve.ts";
+import { serve, type Service } from "../../sdk/actions/serve.ts";
+import { readJobFile } from "../../sdk/job-spec.ts";
+import { startMarket, type Market, type ProviderHandle } from "../helpers/market.ts";
+import { root, until } from "../helpers/processes.ts";
+
+let market: Market;
+let dir: string;
+let service: Service;
+let gateway: Server;
+let base: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), "baton-serve-test-"));
+  market = await startMarket({
+    providers: 4,
+    config: {
+      cpuJobs: true,
+      price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
+      chainHeartbeatPeriodS: 1,
+      chainHeartbeatTimeoutS: 6,
+    },
+  });
+  const client = await market.client(0, path.join(dir, "tenant"));
+  const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
+  service = await serve(client, spec, {
+    replicas: 3,
+    maxPricePerSecond: parseEther("0.001"),
+    files,
+    failAfterMs: 3_000,
+  });
+  await service.ready(3, 120_000);
+  gateway = await startGateway(service, 0);
+  base = `http://127.0.0.1:${(gateway.address() as { port: number }).port}`;
+}, 300_000);
+
+afterAll(async () => {
+  gateway?.close();
+  await service?.close().catch(() => undefined);
+  await market?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** Steady load through the gateway from `workers` concurrent clients, until stopped. */
+function load(workers = 4) {
+  const results: { ok: boolean; status: number; lease: string | null; at: number; error?: string }[] = [];
+  let running = true;
+  const loops = Array.from({ length: workers }, async (_, w) => {
+    for (let i = 0; running; i++) {
+      try {
+        const res = await fetch(`${base}/predict?text=${encodeURIComponent(`hello ${w} ${i}`)}`);
+        const body = await res.text();
+        results.push({
+          ok: res.status === 200,
+          status: res.status,
+          lease: res.headers.get("x-baton-lease"),
+          at: Date.now(),
+          ...(res.status === 200 ? {} : { error: body }),
+        });
+      } catch (error) {
+        results.push({ ok: false, status: 0, lease: null, at: Date.now(), error: String(error) });
+      }
+    }
+  });
+  return {
+    results,
+    async stop() {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+function providerOf(index: number): ProviderHandle {
+  const replica = service.replicas()[index]!;
+  return market.providers.find((p) => p.account.address === replica.provider)!;
+}
+
+describe("serve: replicas on distinct providers behind the gateway", () => {
+  it("answers the same bytes from every replica, and shows its replicas on the status page", async () => {
+    const answers = new Set<string>();
+    const leases = new Set<string>();
+    for (let i = 0; i < 12; i++) {
+      const res = await fetch(`${base}/predict?text=deterministic`);
+      expect(res.status).toBe(200);
+      answers.add(await res.text());
+      leases.add(res.headers.get("x-baton-lease")!);
+    }
+    expect(answers.size).toBe(1);
+    expect(leases.size).toBeGreaterThan(1);
+    const status = (await (await fetch(`${base}/_baton/status.json`)).json()) as {
+      replicas: { provider: string; state: string }[];
+    };
+    expect(status.replicas).toHaveLength(3);
+    expect(new Set(status.replicas.map((r) => r.provider)).size).toBe(3);
+    expect(status.replicas.every((r) => r.state === "ready")).toBe(true);
+  });
+
+  it("SIGKILL of a replica under steady load: zero failed requests, the replica replaced, its lease slashed", async () => {
+    const victim = providerOf(0);
+    const job = service.jobs()[0]!;
+    const slashed = new Promise((resolve) => job.on("slashed", resolve));
+    const traffic = load();
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    victim.process!.child.kill("SIGKILL");
+    await until(() => service.replicas()[0]!.provider !== victim.account.address, 30_000, "replica moved");
+    await service.ready(3, 60_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    await traffic.stop();
+    expect(traffic.results.filter((r) => !r.ok)).toEqual([]);
+    expect(traffic.results.length).toBeGreaterThan(50);
+    const providers = service.replicas().map((r) => r.provider);
+    expect(new Set(providers).size).toBe(3);
+    expect(providers).not.toContain(victim.account.address);
+    await slashed;
+    await victim.start();
+  });
+
+  it("SIGSTOP of a replica: traffic moves away within the detection window and nothing fails", async () => {
+    const frozen = providerOf(1);
+    const frozenLease = String(service.replicas()[1]!.leaseId);
+    const traffic = load();
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const stoppedAt = Date.now();
+    frozen.process!.child.kill("SIGSTOP");
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 5_000));
+      await traffic.stop();
+    } finally {
+      frozen.process!.child.kill("SIGCONT");
+    }
+    expect(traffic.results.filter((r) => !r.ok)).toEqual([]);
+    // Nothing answered by the frozen replica after it was suspected (3 heartbeats, then a margin).
+    const late = traffic.results.filter((r) => r.lease === frozenLease && r.at > stoppedAt + 2_500);
+    expect(late).toEqual([]);
+    await service.ready(3, 60_000);
+  });
+
+  it("a POST in flight on a killed replica fails with a clear error, not silently twice", async () => {
+    const pending = fetch(`${base}/predict?delay=4000`, { method: "POST", body: JSON.stringify({ text: "once" }) });
+    await until(() => service.replicas().some((r) => r.outstanding > 0), 10_000, "POST in flight");
+    const busy = service.replicas().findIndex((r) => r.outstanding > 0);
+    const victim = providerOf(busy);
+    victim.process!.child.kill("SIGKILL");
+    const res = await pending;
+    expect(res.status).toBe(502);
+    expect(res.headers.get("x-baton-error")).toBe("RequestNotRetriedError");
+    expect(await res.text()).toMatch(/not retried: POST is not idempotent/);
+    // Sent once: only the killed replica saw it.
+    const attempts = service.replicas().reduce((sum, r) => sum + r.outstanding, 0);
+    expect(attempts).toBe(0);
+    await service.ready(3, 60_000);
+    await victim.start();
+  });
+});
