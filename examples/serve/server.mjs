@@ -15,6 +15,8 @@
  */
 import { rmSync } from "node:fs";
 import http from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
+import { URL } from "node:url";
 
 const FEATURES = 256;
 const HIDDEN = 32;
@@ -91,7 +93,7 @@ const server = http.createServer(async (req, res) => {
       return send(res, 400, { error: 'body must be JSON: {"text": "…"}' });
     }
   } else return send(res, 405, { error: "GET or POST" });
-  if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+  if (delay > 0) await sleep(delay);
   send(res, 200, predict(text));
 });
 
