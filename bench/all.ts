@@ -15,6 +15,7 @@ const benches = [
   { name: "node", script: "bench/node.ts" },
   { name: "checkpoint", script: "bench/checkpoint.ts" },
   { name: "failover", script: "bench/failover.ts" },
+  { name: "serve", script: "bench/serve.ts" },
 ];
 
 const outcomes: { bench: string; exitCode: number | null; seconds: number }[] = [];

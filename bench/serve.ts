@@ -1,0 +1,196 @@
+/**
+ * `npm run bench:serve`: the cost of Baton's serving path, and what a replica's death costs its
+ * clients. Writes bench/results/serve.json.
+ *
+ * - Direct: the example server job (examples/serve/server.mjs) run as a plain process on a Unix
+ *   socket, called over HTTP keep-alive: the floor.
+ * - Gateway: the same job as 3 replicas on a devnet's providers, called through `baton serve`'s
+ *   gateway (HTTP → SDK routing → libp2p stream → provider node → the job's socket, and back).
+ * - Failover: the gateway under the same load while one replica's provider is SIGKILLed; failed
+ *   requests, and p99 latency in the window from the kill until the replacement is ready.
+ *
+ * Each phase: `--requests` GET requests (default 2,000) from `--concurrency` clients (default 8).
+ * Target: gateway p50 ≤ 1.3 × direct p50; zero failed requests during the kill.
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+
+import { parseEther } from "viem";
+
+import { startGateway } from "../cli/serve.ts";
+import { startDevnet } from "../deploy/devnet.ts";
+import { devAccount } from "../deploy/local-chain.ts";
+import { serve } from "../sdk/actions/serve.ts";
+import { createBatonClient } from "../sdk/client.ts";
+import { readJobFile } from "../sdk/job-spec.ts";
+import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
+
+const { values } = parseArgs({
+  options: { requests: { type: "string", default: "2000" }, concurrency: { type: "string", default: "8" } },
+});
+const REQUESTS = Number(values.requests);
+const CONCURRENCY = Number(values.concurrency);
+
+interface Sample {
+  ms: number;
+  ok: boolean;
+  at: number;
+}
+
+/** Runs `count` requests from `CONCURRENCY` clients (or until `until` resolves), timing each. */
+async function drive(
+  send: (i: number) => Promise<boolean>,
+  count: number,
+  until?: Promise<unknown>,
+): Promise<{ samples: Sample[]; seconds: number }> {
+  const samples: Sample[] = [];
+  let next = 0;
+  let stop = false;
+  void until?.then(() => (stop = true));
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      while (!stop && (until ? true : next < count)) {
+        const i = next++;
+        const t0 = performance.now();
+        let ok = false;
+        try {
+          ok = await send(i);
+        } catch {
+          ok = false;
+        }
+        samples.push({ ms: performance.now() - t0, ok, at: Date.now() });
+      }
+    }),
+  );
+  return { samples, seconds: (performance.now() - started) / 1000 };
+}
+
+const figures: Figure[] = [];
+const tmp = await mkdtemp(path.join(os.tmpdir(), "baton-bench-serve-"));
+const socket = path.join(tmp, "direct.sock");
+const direct = spawn(process.execPath, [path.resolve(import.meta.dirname, "../examples/serve/server.mjs")], {
+  env: { ...process.env, BATON_HTTP_SOCKET: socket },
+  stdio: ["ignore", "pipe", "inherit"],
+});
+await new Promise<void>((resolve) => direct.stdout!.once("data", () => resolve()));
+const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
+const callDirect = (i: number): Promise<boolean> =>
+  new Promise((resolve, reject) => {
+    const req = http.get({ socketPath: socket, path: `/predict?text=hello%20${i}`, agent }, (res) => {
+      res.resume();
+      res.once("end", () => resolve(res.statusCode === 200));
+    });
+    req.once("error", reject);
+  });
+
+const devnet = await startDevnet({
+  providers: 4,
+  config: { chainHeartbeatPeriodS: 1, chainHeartbeatTimeoutS: 6 },
+  onStep: (m) => console.log(`  · ${m}`),
+});
+const tenant = devAccount(10);
+await devnet.fund(tenant.address, parseEther("100"));
+const client = await createBatonClient({
+  rpcUrl: devnet.chain.rpcUrl,
+  account: tenant,
+  deployment: devnet.deployment,
+  bootstrap: devnet.providers.map((p) => p.address!),
+  dataDir: path.join(devnet.dir, "tenant"),
+});
+try {
+  const { spec, files } = await readJobFile(path.resolve(import.meta.dirname, "../examples/serve/serve.yaml"));
+  const service = await serve(client, spec, {
+    replicas: 3,
+    maxPricePerSecond: parseEther("0.001"),
+    files,
+    failAfterMs: 3_000,
+  });
+  await service.ready(3, 120_000);
+  const gateway = await startGateway(service, 0);
+  const base = `http://127.0.0.1:${(gateway.address() as { port: number }).port}`;
+  const callGateway = async (i: number): Promise<boolean> => {
+    const res = await fetch(`${base}/predict?text=hello%20${i}`);
+    await res.arrayBuffer();
+    return res.status === 200;
+  };
+
+  // Warm both paths (connections, JIT), then measure.
+  await drive(callDirect, 200);
+  await drive(callGateway, 200);
+  const d = await drive(callDirect, REQUESTS);
+  const g = await drive(callGateway, REQUESTS);
+  const dMs = d.samples.map((s) => s.ms);
+  const gMs = g.samples.map((s) => s.ms);
+
+  // Failover: steady load, a replica's provider killed after 2 s, load until the replacement is ready + 2 s.
+  const victim = devnet.providers.find((p) => p.account.address === service.replicas()[0]!.provider)!;
+  let killedAt = 0;
+  let readyAt = 0;
+  const window = (async () => {
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    killedAt = Date.now();
+    victim.process!.child.kill("SIGKILL");
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await service.ready(3, 60_000);
+    readyAt = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+  })();
+  const f = await drive(callGateway, Infinity, window);
+  const inWindow = f.samples.filter((s) => s.at >= killedAt && s.at <= readyAt).map((s) => s.ms);
+  const failed = f.samples.filter((s) => !s.ok).length;
+
+  figures.push(
+    { name: "direct p50", value: median(dMs), unit: "ms", note: "the job alone, HTTP keep-alive on its Unix socket" },
+    { name: "direct p99", value: percentile(dMs, 99), unit: "ms" },
+    { name: "direct throughput", value: REQUESTS / d.seconds, unit: "req/s" },
+    {
+      name: "gateway p50",
+      value: median(gMs),
+      unit: "ms",
+      reference: { value: median(dMs), label: "direct p50" },
+      target: { value: 1.3 * median(dMs), atMost: true },
+      note: "3 replicas; a new libp2p stream per request (multistream-select), JSON head, two extra hops",
+    },
+    {
+      name: "gateway p99",
+      value: percentile(gMs, 99),
+      unit: "ms",
+      reference: { value: percentile(dMs, 99), label: "direct p99" },
+    },
+    {
+      name: "gateway throughput",
+      value: REQUESTS / g.seconds,
+      unit: "req/s",
+      reference: { value: REQUESTS / d.seconds, label: "direct" },
+    },
+    {
+      name: "failed requests during a replica kill",
+      value: failed,
+      unit: "requests",
+      target: { value: 0, atMost: true },
+      note: `${f.samples.length} requests; kill → replacement ready took ${((readyAt - killedAt) / 1000).toFixed(1)} s`,
+    },
+    {
+      name: "p99 in the failover window",
+      value: inWindow.length > 0 ? percentile(inWindow, 99) : 0,
+      unit: "ms",
+      reference: { value: percentile(gMs, 99), label: "steady p99" },
+      note: `${inWindow.length} requests between the kill and the replacement being ready`,
+    },
+  );
+  printTable(`Serving (${REQUESTS} requests, ${CONCURRENCY} clients, loopback)`, figures);
+  console.log(`\nwrote ${await writeResults("serve", { figures, requests: REQUESTS, concurrency: CONCURRENCY })}`);
+  gateway.close();
+  await service.close();
+} finally {
+  await client.close();
+  await devnet.stop();
+  direct.kill("SIGTERM");
+  agent.destroy();
+  await rm(tmp, { recursive: true, force: true });
+}
