@@ -19,17 +19,14 @@
  * and evicts its pods 300 s later; Akash has no automatic re-lease. Target: p50 kill → running
  * again ≤ 3 s; watching 1,000 leases under one core.
  */
-import path from "node:path";
 import { parseArgs } from "node:util";
 
 import { parseEther } from "viem";
 
 import { startDevnet } from "../deploy/devnet.ts";
-import { devAccount } from "../deploy/local-chain.ts";
 import { spawnScript } from "../deploy/processes.ts";
 import { runJob, type JobEvent } from "../sdk/actions/runJob.ts";
 import { watchLease, type LeaseWatch } from "../sdk/actions/watchLease.ts";
-import { createBatonClient } from "../sdk/client.ts";
 import { readJobFile } from "../sdk/job-spec.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
@@ -53,15 +50,7 @@ const devnet = await startDevnet({
   config: { heartbeatMs: 500 },
   onStep: (m) => console.log(`  · ${m}`),
 });
-const tenant = devAccount(10);
-await devnet.fund(tenant.address, parseEther("100"));
-const client = await createBatonClient({
-  rpcUrl: devnet.chain.rpcUrl,
-  account: tenant,
-  deployment: devnet.deployment,
-  bootstrap: devnet.providers.map((p) => p.address!),
-  dataDir: path.join(devnet.dir, "tenant"),
-});
+const client = await devnet.tenantClient();
 
 const figures: Figure[] = [];
 const capacity: { count: number; cores: number; rate: number }[] = [];

@@ -23,9 +23,7 @@ import { parseEther } from "viem";
 
 import { startGateway } from "../cli/serve.ts";
 import { startDevnet } from "../deploy/devnet.ts";
-import { devAccount } from "../deploy/local-chain.ts";
 import { serve } from "../sdk/actions/serve.ts";
-import { createBatonClient } from "../sdk/client.ts";
 import { readJobFile } from "../sdk/job-spec.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
@@ -93,15 +91,7 @@ const devnet = await startDevnet({
   config: { chainHeartbeatPeriodS: 1, chainHeartbeatTimeoutS: 6 },
   onStep: (m) => console.log(`  · ${m}`),
 });
-const tenant = devAccount(10);
-await devnet.fund(tenant.address, parseEther("100"));
-const client = await createBatonClient({
-  rpcUrl: devnet.chain.rpcUrl,
-  account: tenant,
-  deployment: devnet.deployment,
-  bootstrap: devnet.providers.map((p) => p.address!),
-  dataDir: path.join(devnet.dir, "tenant"),
-});
+const client = await devnet.tenantClient();
 try {
   const { spec, files } = await readJobFile(path.resolve(import.meta.dirname, "../examples/serve/serve.yaml"));
   const service = await serve(client, spec, {

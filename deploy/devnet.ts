@@ -12,6 +12,8 @@ import { detectGpus } from "../node/gpus.ts";
 import { DATA_FILES } from "../node/provider-node.ts";
 import { contracts, createChainClient, writeContract, type ChainClient } from "../sdk/chain/client.ts";
 import type { Deployment } from "../sdk/chain/deployments.ts";
+import { createBatonClient, type BatonClient } from "../sdk/client.ts";
+import type { Logger } from "../sdk/logger.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { deployBaton, writeDeployment } from "./deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "./local-chain.ts";
@@ -43,6 +45,11 @@ export interface Devnet {
   networkFile: string;
   /** Mints payment tokens to `address` (dev tokens: anyone may mint). */
   fund(address: `0x${string}`, amount: bigint): Promise<void>;
+  /**
+   * An SDK client for tenant dev account `10 + index`, funded with 100 payment tokens, bootstrapped
+   * to every provider, its state in `dataDir` (default `<dir>/tenant-<index>`).
+   */
+  tenantClient(options?: { index?: number; dataDir?: string; log?: Logger }): Promise<BatonClient>;
   /** Stops every provider and the chain; with `keep`, leaves `dir` behind. */
   stop(options?: { keep?: boolean }): Promise<void>;
 }
@@ -220,6 +227,22 @@ export async function startDevnet({
       networkFile,
       async fund(address, amount) {
         await writeContract(admin, { ...paymentToken, functionName: "mint", args: [address, amount] });
+      },
+      async tenantClient({ index = 0, dataDir = path.join(dir, `tenant-${index}`), log } = {}) {
+        const account = devAccount(10 + index);
+        await writeContract(admin, {
+          ...paymentToken,
+          functionName: "mint",
+          args: [account.address, parseEther("100")],
+        });
+        return createBatonClient({
+          rpcUrl: chain.rpcUrl,
+          account,
+          deployment,
+          bootstrap: providers.map((p) => p.address!),
+          dataDir,
+          ...(log ? { log } : {}),
+        });
       },
       stop({ keep = false } = {}) {
         stopped ??= (async () => {

@@ -21,10 +21,9 @@ import { printJob } from "../cli/audit.ts";
 import { jsonReplacer, showJob } from "../cli/job-display.ts";
 import { table } from "../cli/output.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
-import { devAccount } from "../deploy/local-chain.ts";
 import { auditJob } from "../sdk/actions/auditJob.ts";
 import { runJob, type JobEvent } from "../sdk/actions/runJob.ts";
-import { createBatonClient, type BatonClient } from "../sdk/client.ts";
+import type { BatonClient } from "../sdk/client.ts";
 import { BaseError } from "../sdk/errors.ts";
 import { readJobFile, type JobSpec } from "../sdk/job-spec.ts";
 
@@ -105,15 +104,7 @@ try {
   pids.push(devnet.chain.pid, ...devnet.providers.map((p) => p.process!.pid));
   say(`  · network up: chain ${devnet.chain.rpcUrl}, ${providerCount} providers (pids ${pids.slice(1).join(", ")})\n`);
 
-  const tenant = devAccount(10);
-  await devnet.fund(tenant.address, parseEther("100"));
-  client = await createBatonClient({
-    rpcUrl: devnet.chain.rpcUrl,
-    account: tenant,
-    deployment: devnet.deployment,
-    bootstrap: devnet.providers.map((p) => p.address!),
-    dataDir: path.join(devnet.dir, "tenant"),
-  });
+  client = await devnet.tenantClient({ dataDir: path.join(devnet.dir, "tenant") });
   const names = new Map(devnet.providers.map((p) => [p.account.address.toLowerCase(), p.name]));
 
   // The uninterrupted reference, run straight through on this machine while the market works.
