@@ -6,7 +6,13 @@ import type { Connection, Stream } from "@libp2p/interface";
 
 import { BaseError } from "../sdk/errors.ts";
 import { protocols } from "../sdk/wire/protocols.ts";
-import { forwardable, httpRequestHeadSchema, readHttpMessage, writeHttpMessage } from "../sdk/wire/http.ts";
+import {
+  forwardable,
+  httpRequestHeadSchema,
+  PROXY_HEADER,
+  readHttpMessage,
+  writeHttpMessage,
+} from "../sdk/wire/http.ts";
 import type { NodeComponents } from "./components.ts";
 import { HTTP_SOCKET_NAME } from "./sandbox/runner.ts";
 
@@ -26,11 +32,18 @@ export interface HttpProxy {
  */
 export function httpProxy(components: NodeComponents): HttpProxy {
   const { host, store, log, metrics } = components;
-  const reply = async (stream: Stream, status: number, message: string): Promise<void> => {
+  /** A reply of the node itself; `delivered` says whether the job may have seen the request. */
+  const reply = async (stream: Stream, status: number, message: string, delivered = false): Promise<void> => {
     const body = new TextEncoder().encode(JSON.stringify({ error: message }));
     await writeHttpMessage(
       stream,
-      { status, headers: [["content-type", "application/json"]] },
+      {
+        status,
+        headers: [
+          ["content-type", "application/json"],
+          [PROXY_HEADER, delivered ? "maybe-delivered" : "not-delivered"],
+        ],
+      },
       (async function* () {
         yield body;
       })(),
@@ -83,7 +96,7 @@ export function httpProxy(components: NodeComponents): HttpProxy {
         status = code === "ENOENT" || code === "ECONNREFUSED" ? 503 : 502;
         const message =
           status === 503 ? "the job's server is not listening (yet)" : `the job's server failed: ${reason}`;
-        await reply(stream, status, message).catch(() => undefined);
+        await reply(stream, status, message, status !== 503).catch(() => undefined);
       } else {
         log.debug("http response cut", { error });
         stream.abort(error as Error);

@@ -2,7 +2,7 @@ import { peerIdFromString } from "@libp2p/peer-id";
 
 import type { BatonClient } from "../client.ts";
 import { BaseError, ProviderFaultError } from "../errors.ts";
-import { httpResponseHeadSchema, readHttpMessage, writeHttpMessage } from "../wire/http.ts";
+import { httpResponseHeadSchema, PROXY_HEADER, readHttpMessage, writeHttpMessage } from "../wire/http.ts";
 import { protocols } from "../wire/protocols.ts";
 
 /** The request never reached the provider (no stream could be opened): it is safe to send again anywhere. */
@@ -33,8 +33,8 @@ export interface LeaseFetchResponse {
  * Sends one HTTP request to the server job of a lease, through its provider node
  * (`/baton/http/1.0.0`), streaming the body both ways.
  *
- * @throws {RequestNotSentError} when no stream to the provider could be opened; a
- * {ProviderFaultError} when the stream broke after the request went out.
+ * @throws {RequestNotSentError} when the request never reached the job (no stream to the provider,
+ * no job running there); a {ProviderFaultError} when it broke after the request went out.
  * @example
  * const res = await leaseFetch(client, { peerId, leaseId, method: "GET", path: "/health" });
  */
@@ -59,6 +59,13 @@ export async function leaseFetch(
     writing.catch(() => opened.abort(new Error("request body failed")));
     const response = await readHttpMessage(opened, httpResponseHeadSchema, { maxBodyBytes });
     await writing;
+    const proxied = response.head.headers.find(([name]) => name.toLowerCase() === PROXY_HEADER)?.[1];
+    if (proxied) {
+      const text: string[] = [];
+      for await (const piece of response.body) text.push(new TextDecoder().decode(piece));
+      const message = `the provider answered ${response.head.status} for lease ${leaseId}: ${text.join("")}`;
+      throw proxied === "not-delivered" ? new RequestNotSentError(message) : new ProviderFaultError(message);
+    }
     const stop = (): void => signal?.removeEventListener("abort", abort);
     return {
       status: response.head.status,
@@ -76,6 +83,7 @@ export async function leaseFetch(
     signal?.removeEventListener("abort", abort);
     opened.abort(new Error("request failed"));
     if (signal?.aborted) throw signal.reason;
+    if (error instanceof ProviderFaultError) throw error;
     throw new ProviderFaultError(`the request to lease ${leaseId} broke off`, {
       cause: error,
       details: error instanceof BaseError ? error.shortMessage : (error as Error).message,

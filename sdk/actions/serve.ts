@@ -73,6 +73,8 @@ export interface Service {
 }
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"]);
+/** A response body is read this far before it is handed on (see `attempt`). */
+const PREFETCH_BYTES = 64 * 1024;
 /** The most request body kept for a retry; a larger idempotent request is sent once. */
 const MAX_RETRY_BODY_BYTES = 8 * 1024 * 1024;
 
@@ -244,6 +246,25 @@ export async function serve(
         ...(body ? { body } : {}),
         signal: AbortSignal.any([signal, replica.inFlight.signal]),
       });
+      // Read the start of the body here: a small response is then whole before the caller sees
+      // it, so a replica dying mid-answer is still a retry, not a cut response.
+      const buffered: Uint8Array[] = [];
+      let size = 0;
+      let done = false;
+      const iterator = response.body[Symbol.asyncIterator]();
+      while (size < PREFETCH_BYTES) {
+        const next = await iterator.next();
+        if (next.done) {
+          done = true;
+          break;
+        }
+        buffered.push(next.value);
+        size += next.value.byteLength;
+      }
+      response.body = (async function* () {
+        yield* buffered;
+        if (!done) yield* { [Symbol.asyncIterator]: () => iterator };
+      })();
       const ms = performance.now() - started;
       replica.latencyMs = replica.latencyMs === undefined ? ms : 0.8 * replica.latencyMs + 0.2 * ms;
       replica.served++;

@@ -29,6 +29,13 @@ export const httpResponseHeadSchema = z.object({
 });
 export type HttpResponseHead = z.output<typeof httpResponseHeadSchema>;
 
+/**
+ * Set on a response the provider node wrote itself (no job, job not listening, job's server
+ * failed), never on the job's own: `not-delivered` means the job never saw the request, so it may
+ * be sent anywhere again; `maybe-delivered` means it may have.
+ */
+export const PROXY_HEADER = "x-baton-proxy";
+
 /** Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1). */
 export const HOP_BY_HOP = new Set([
   "connection",

@@ -35,7 +35,6 @@ beforeAll(async () => {
     replicas: 3,
     maxPricePerSecond: parseEther("0.001"),
     files,
-    failAfterMs: 3_000,
   });
   await service.ready(3, 120_000);
   gateway = await startGateway(service, 0);
@@ -159,5 +158,16 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     expect(attempts).toBe(0);
     await service.ready(3, 60_000);
     await victim.start();
+  });
+
+  it("scales down and up on request, on distinct providers", async () => {
+    await service.scale(2);
+    expect(service.replicas()).toHaveLength(2);
+    const res = await fetch(`${base}/predict?text=two`);
+    expect(res.status).toBe(200);
+    await service.scale(3);
+    await service.ready(3, 60_000);
+    const providers = service.replicas().map((r) => r.provider);
+    expect(new Set(providers).size).toBe(3);
   });
 });
