@@ -136,6 +136,22 @@ export async function startDevnet({
       realGpus ? "using this machine's GPUs" : "no nvidia-smi here: providers get one FAKE GPU each (labelled as fake)",
     );
 
+    const networkFile = path.join(dir, "network.json");
+    let networkWritten = false;
+    const writeNetwork = (): Promise<void> =>
+      writeFile(
+        networkFile,
+        JSON.stringify(
+          {
+            rpcUrl: chain.rpcUrl,
+            deployment: path.relative(dir, deploymentFile),
+            bootstrap: providers.filter((p) => p.address).map((p) => p.address!),
+            names: Object.fromEntries(providers.map((p) => [p.account.address, p.name])),
+          },
+          null,
+          2,
+        ),
+      );
     for (let index = 0; index < count; index++) {
       signal?.throwIfAborted();
       const account = devAccount(index + 1);
@@ -193,6 +209,8 @@ export async function startDevnet({
           handle.process = proc;
           const line = await proc.waitFor(/provider node listening on /, 60_000);
           handle.address = line.split("provider node listening on ")[1]!.split(",")[0]!.trim();
+          // A restarted provider listens on a new port: clients read the file for where to find it.
+          if (networkWritten) await writeNetwork();
         },
       };
       providers.push(handle);
@@ -202,20 +220,8 @@ export async function startDevnet({
       await provider.start();
     }
 
-    const networkFile = path.join(dir, "network.json");
-    await writeFile(
-      networkFile,
-      JSON.stringify(
-        {
-          rpcUrl: chain.rpcUrl,
-          deployment: path.relative(dir, deploymentFile),
-          bootstrap: providers.map((p) => p.address!),
-          names: Object.fromEntries(providers.map((p) => [p.account.address, p.name])),
-        },
-        null,
-        2,
-      ),
-    );
+    await writeNetwork();
+    networkWritten = true;
     let stopped: Promise<void> | undefined;
     return {
       dir,

@@ -402,8 +402,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
         // In the store from here on, so the chain duties heartbeat the lease while its inputs and
         // checkpoint download (which can take minutes): the lease must not look abandoned meanwhile.
-        // A retried start after a failed one replaces the row.
-        store.insertLease(row);
+        // A retried start after a failed one takes its row over.
+        if (store.getLease(row.leaseId)) store.updateLease(row.leaseId, { ...row });
+        else store.insertLease(row);
         const startFailed = (reason: string): void => {
           gpus.release(leaseHolder(body.leaseId));
           store.updateLease(body.leaseId, { state: "failed", reason, endedAt: Date.now() });

@@ -211,7 +211,7 @@ export class NodeStore {
   insertLease(lease: LeaseRow): void {
     this.#db
       .prepare(
-        `INSERT OR REPLACE INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
+        `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
            exit_code, reason, chain_period_s, last_chain_heartbeat, pending_checkpoint_cid, result_cid, job_key)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )

@@ -640,31 +640,27 @@ class JobRunner implements JobHandle {
   async #endLease(lease: LeaseRecord): Promise<void> {
     const leaseId = BigInt(lease.leaseId);
     const { leaseManager } = contracts(this.#client.chain.deployment);
-    const view = await this.#client.chain.publicClient.readContract({
-      ...leaseManager,
-      functionName: "getLease",
-      args: [leaseId],
-    });
-    const status = LEASE_STATUS[view.status];
-    if (status !== "Active") return;
-    if (view.slashable) return this.#slash(lease);
-    const functionName = view.expired ? "settleExpired" : "close";
-    try {
-      await this.#client.transact(() =>
-        writeContract(this.#client.chain, { ...leaseManager, functionName, args: [leaseId] }),
-      );
-    } catch (error) {
-      // It may have become slashable or ended between the read and the write; read again once.
-      if (revertOf(error)) {
-        const again = await this.#client.chain.publicClient.readContract({
-          ...leaseManager,
-          functionName: "getLease",
-          args: [leaseId],
-        });
-        if (again.slashable) return this.#slash(lease);
-        if (LEASE_STATUS[again.status] !== "Active") return;
+    // The lease can change under us (its deadline passes, its provider acknowledges or finishes):
+    // read, act, and on a revert read again, a few times, until it is no longer Active.
+    for (let attempt = 1; ; attempt++) {
+      const view = await this.#client.chain.publicClient.readContract({
+        ...leaseManager,
+        functionName: "getLease",
+        args: [leaseId],
+      });
+      if (LEASE_STATUS[view.status] !== "Active") return;
+      try {
+        if (view.slashable) return await this.#slash(lease);
+        const functionName = view.expired ? "settleExpired" : "close";
+        await this.#client.transact(() =>
+          writeContract(this.#client.chain, { ...leaseManager, functionName, args: [leaseId] }),
+        );
+        return;
+      } catch (error) {
+        if (!revertOf(error) || attempt >= 5) throw error;
+        this.#log.info("ending the lease raced with the chain; reading it again", { leaseId, error });
+        await new Promise((resolve) => setTimeout(resolve, 500));
       }
-      throw error;
     }
   }
 
