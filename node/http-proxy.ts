@@ -32,6 +32,8 @@ export interface HttpProxy {
  */
 export function httpProxy(components: NodeComponents): HttpProxy {
   const { host, store, log, metrics } = components;
+  // Connections to the jobs' sockets are reused across requests, as a reverse proxy does.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   /** A reply of the node itself; `delivered` says whether the job may have seen the request. */
   const reply = async (stream: Stream, status: number, message: string, delivered = false): Promise<void> => {
     const body = new TextEncoder().encode(JSON.stringify({ error: message }));
@@ -69,6 +71,7 @@ export function httpProxy(components: NodeComponents): HttpProxy {
       }
       const response = await new Promise<http.IncomingMessage>((resolve, reject) => {
         const request = http.request({
+          agent,
           socketPath: path.join(row.workDir, HTTP_SOCKET_NAME),
           method: head.method,
           path: head.path,
@@ -114,6 +117,9 @@ export function httpProxy(components: NodeComponents): HttpProxy {
       host.handle(protocols.http, (stream, connection) => void handle(stream, connection), {
         maxInboundStreams: 1_024,
       }),
-    stop: () => host.unhandle(protocols.http),
+    async stop() {
+      await host.unhandle(protocols.http);
+      agent.destroy();
+    },
   };
 }

@@ -44,7 +44,11 @@ export async function leaseFetch(
 ): Promise<LeaseFetchResponse> {
   let stream;
   try {
-    stream = await client.host.dialProtocol(peerIdFromString(peerId), protocols.http, signal ? { signal } : {});
+    // negotiateFully: false sends the protocol id with the request head: one round trip less per request.
+    stream = await client.host.dialProtocol(peerIdFromString(peerId), protocols.http, {
+      negotiateFully: false,
+      ...(signal ? { signal } : {}),
+    });
   } catch (cause) {
     throw new RequestNotSentError(`cannot reach the provider ${peerId}`, { cause });
   }

@@ -2,7 +2,7 @@ import type { Stream } from "@libp2p/interface";
 import { z } from "zod";
 
 import { ProtocolError } from "../errors.ts";
-import { readMessages, writeMessage } from "./framing.ts";
+import { readMessages, writeMessages } from "./framing.ts";
 import { maxMessageBytes } from "./protocols.ts";
 
 /**
@@ -60,18 +60,29 @@ export async function writeHttpMessage(
   body: AsyncIterable<Uint8Array> | undefined,
   { maxBodyBytes, signal }: { maxBodyBytes: number; signal?: AbortSignal },
 ): Promise<void> {
-  await writeMessage(stream, new TextEncoder().encode(JSON.stringify(head)), signal);
+  // Small messages go out together (head, body pieces, end), flushed every BODY_PIECE_BYTES or so.
+  let pending: Uint8Array[] = [new TextEncoder().encode(JSON.stringify(head))];
+  let pendingBytes = 0;
+  const flush = async (): Promise<void> => {
+    if (pending.length > 0) await writeMessages(stream, pending, signal);
+    pending = [];
+    pendingBytes = 0;
+  };
   let total = 0;
   if (body) {
     for await (const chunk of body) {
       total += chunk.byteLength;
       if (total > maxBodyBytes) throw new ProtocolError(`body larger than ${maxBodyBytes} bytes`);
       for (let offset = 0; offset < chunk.byteLength; offset += BODY_PIECE_BYTES) {
-        await writeMessage(stream, chunk.subarray(offset, offset + BODY_PIECE_BYTES), signal);
+        const piece = chunk.subarray(offset, offset + BODY_PIECE_BYTES);
+        pending.push(piece);
+        pendingBytes += piece.byteLength;
+        if (pendingBytes >= BODY_PIECE_BYTES) await flush();
       }
     }
   }
-  await writeMessage(stream, new Uint8Array(0), signal);
+  pending.push(new Uint8Array(0));
+  await flush();
 }
 
 /**
