@@ -95,6 +95,9 @@ export function revertOf(error: unknown): { name: string; args: readonly unknown
   if (reverted instanceof ContractFunctionRevertedError && reverted.data?.errorName) {
     return { name: reverted.data.errorName, args: reverted.data.args ?? [] };
   }
+  // viem sometimes cannot decode what Hardhat/EDR decoded already; its text names the error.
+  const named = /reverted with custom error '(\w+)\(([^)]*)\)'/.exec(error.details ?? "");
+  if (named) return { name: named[1]!, args: named[2] ? named[2].split(", ") : [] };
   return undefined;
 }
 

@@ -657,7 +657,7 @@ class JobRunner implements JobHandle {
         );
         return;
       } catch (error) {
-        if (!revertOf(error) || attempt >= 5) throw error;
+        if (!(error instanceof ChainError) || attempt >= 5) throw error;
         this.#log.info("ending the lease raced with the chain; reading it again", { leaseId, error });
         await new Promise((resolve) => setTimeout(resolve, 500));
       }

@@ -88,7 +88,10 @@ function serving(job: JobHandle): ProviderHandle {
   return handle;
 }
 
-/** Collects a job's events, and resolves `when` for the first event matching a predicate. */
+/**
+ * Collects a job's events, and resolves `when` for the first event matching a predicate; rejects
+ * with the job's error if it fails first, so a test shows why instead of timing out.
+ */
 function recorder(job: JobHandle) {
   const events: JobEvent[] = [];
   job.on("*", (event) => events.push(event));
@@ -96,7 +99,7 @@ function recorder(job: JobHandle) {
     type: T,
     predicate: (e: Extract<JobEvent, { type: T }>) => boolean = () => true,
   ) =>
-    new Promise<Extract<JobEvent, { type: T }>>((resolve) => {
+    new Promise<Extract<JobEvent, { type: T }>>((resolve, reject) => {
       const seen = events.find((e) => e.type === type && predicate(e as Extract<JobEvent, { type: T }>));
       if (seen) return resolve(seen as Extract<JobEvent, { type: T }>);
       const off = job.on(type, (event) => {
@@ -104,6 +107,7 @@ function recorder(job: JobHandle) {
         off();
         resolve(event as Extract<JobEvent, { type: T }>);
       });
+      if (type !== "failed") job.result().catch(reject);
     });
   return { events, when };
 }
