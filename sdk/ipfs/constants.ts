@@ -12,6 +12,17 @@ const MiB = 1024 * 1024;
 export const BLOCK_SIZE = MiB;
 
 /**
+ * Leaves a fetch asks for at once (the UnixFS exporter's `blockReadConcurrency`; its default is a
+ * whole DAG node's children, up to 174). Bitswap's sender reads and encodes every block of a
+ * want-list before it sends the first byte, so up to 174 MiB went out as one batch: the receiver
+ * sat idle meanwhile and the sender held it all in memory; fetching 1 GiB on a 2-vCPU machine,
+ * bitswap logged its 10 s stream timeouts, and once the fetch stalled for good. 32 keeps both ends
+ * busy (256 MiB fetches, interleaved runs: 8 and 16 were slower, 64 no faster) and bounds a batch
+ * to 32 MiB.
+ */
+export const FETCH_BLOCK_CONCURRENCY = 32;
+
+/**
  * Plaintext bytes per sealed chunk. 1 MiB keeps the overhead (16-byte tag) at 0.0015 % and bounds
  * the plaintext a reader buffers before it can check the chunk.
  */

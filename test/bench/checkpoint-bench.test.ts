@@ -1,0 +1,60 @@
+import { readFile } from "node:fs/promises";
+import { afterAll, describe, expect, it } from "vitest";
+
+import type { Figure } from "../../bench/report.ts";
+import { spawnScript, stopAll } from "../helpers/processes.ts";
+import { tempDir } from "../ipfs/helpers.ts";
+
+// `bench/checkpoint.ts --quick` end to end: a 16 MiB checkpoint and a short example job, real
+// processes and IPFS stores. It checks that every figure came out, not how fast anything was.
+describe("bench:checkpoint --quick", () => {
+  afterAll(stopAll);
+
+  it("writes every figure as a finite number, positive but for the two wall-time differences", async () => {
+    const out = await tempDir("bench-checkpoint-test");
+    try {
+      const bench = spawnScript("bench/checkpoint.ts", ["--quick", "--out", out.dir]);
+      const { code } = await bench.exited;
+      expect(code, bench.lines.slice(-40).join("\n")).toBe(0);
+
+      const result = JSON.parse(await readFile(`${out.dir}/checkpoint.json`, "utf8")) as {
+        sizesMiB: number[];
+        figures: Figure[];
+      };
+      expect(result.sizesMiB).toEqual([16]);
+      const names = result.figures.map((f) => f.name);
+      for (const expected of [
+        "16 MiB: raw SHA-256",
+        "16 MiB: raw AES-256-GCM",
+        "16 MiB: raw disk write + fsync",
+        "16 MiB: publish",
+        "16 MiB: raw loopback TCP",
+        "16 MiB: fetch provider → tenant",
+        "16 MiB: restore, blocks already local",
+        "16 MiB: fetch CPU time, provider",
+        "16 MiB: fetch CPU time, tenant",
+        "example job wall, no checkpoints",
+        "example job wall, checkpoints, no watcher",
+        "example job wall, checkpoints + watcher",
+        "example job: Baton capture overhead",
+        "example job: total checkpoint overhead",
+        "example job: publish time / wall time",
+      ]) {
+        expect(
+          names.some((name) => name.startsWith(expected)),
+          `${expected} in ${names.join(", ")}`,
+        ).toBe(true);
+      }
+      for (const figure of result.figures) {
+        expect(Number.isFinite(figure.value), figure.name).toBe(true);
+        // An overhead is the difference of two wall times of a job that takes under a second here:
+        // run-to-run noise can make it zero or negative. Everything else is a rate, a time or a share.
+        if (figure.name.endsWith("overhead")) expect(figure.value, figure.name).toBeGreaterThan(-100);
+        else expect(figure.value, figure.name).toBeGreaterThan(0);
+        if (figure.reference) expect(figure.reference.value, figure.name).toBeGreaterThan(0);
+      }
+    } finally {
+      await out.remove();
+    }
+  });
+});
