@@ -35,12 +35,13 @@
  * throughputs are in MB/s, sizes in MiB (150 MB/s = 143 MiB/s).
  *
  * What limits the fetch: CPU per byte, in JavaScript, on both ends; not the network, the block
- * size or flow control. On the 2-vCPU VM this was written on, loopback TCP between the same two
- * processes moved 0.5-1 GB/s while the fetch (256 MiB-1 GiB) ran at 30-47 MB/s, the tenant
- * spending ~19-24 ms of CPU per MiB and the provider ~15-20 ms. So even with the two sides fully
- * overlapped on their own cores the fetch could not pass ~45-55 MB/s (the fetch row's note works
- * this out from each run's CPU time); 150 MB/s needs under 7 ms per MiB on each side, a third of
- * today's. Where it goes (--cpu-prof of both processes, bitswap debug logs):
+ * size or flow control. On the 2-vCPU VM this was written on (runs without other load; other
+ * load lowers every figure and raises the CPU per MiB), loopback TCP between the same two
+ * processes moved 0.5-2 GB/s while the fetch (256 MiB-1 GiB) ran at 28-47 MB/s, the tenant spending
+ * ~19-26 ms of CPU per MiB and the provider ~15-22 ms. So even with the two sides fully
+ * overlapped on their own cores the fetch could not pass ~40-55 MB/s (the fetch row's note works
+ * this out from each run's CPU time); 150 MB/s needs under 7 ms per MiB on each side, a third to
+ * a quarter of today's. Where it goes (--cpu-prof of both processes, bitswap debug logs):
  * - tenant, about two thirds: restoreCheckpoint itself (the "blocks already local" row runs at
  *   ~80-120 MB/s and ~13 ms/MiB): the exporter copies every block once more (it-to-buffer), then
  *   AES-GCM decryption, SHA-256 of the pack, file writes, GC of the 1 MiB buffers; the other third
@@ -62,6 +63,12 @@
  * byte (the tenant sat idle for seconds; at 1 GiB it tripped bitswap's 10 s stream timeouts and
  * once stalled for good), now at most FETCH_BLOCK_CONCURRENCY = 32. What is left is inside
  * @helia/bitswap, libp2p and our single-threaded restore.
+ *
+ * Publish (~90-135 MB/s, a fifth of the slowest raw reference) is one event loop doing, per byte:
+ * a read into a fresh 1 MiB buffer, SHA-256 of the pack, AES-GCM in 1 MiB `update` calls (each a
+ * fresh 1 MiB output: see rawAesGcm), a copy into 1 MiB leaves, SHA-256 of each leaf for its CID,
+ * and a file per block written as temp file + rename; its profile (256 MiB) showed the loop busy
+ * ~75 % of the time, GC ~20 % of all of it, and the rest waiting on the file system.
  */
 import { createCipheriv, createHash, randomBytes, randomFillSync } from "node:crypto";
 import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
@@ -105,10 +112,10 @@ const LOCAL_RESTORE_MAX_MIB = 256;
 const MAX_FETCH_FAILURES = 2;
 
 /**
- * The example job: train.yaml's pace (10 ms a step) with 800 steps (train.yaml: 2000) and a
- * checkpoint every 80 (train.yaml: 200), so each run commits 10 checkpoints in about 9 s.
+ * The example job: train.yaml's pace (10 ms a step) with 600 steps (train.yaml: 2000) and a
+ * checkpoint every 60 (train.yaml: 200), so each run commits 10 checkpoints in about 7 s.
  */
-const TRAIN_FULL = { steps: 800, checkpointEvery: 80, stepDelayMs: 10, rounds: 2 };
+const TRAIN_FULL = { steps: 600, checkpointEvery: 60, stepDelayMs: 10, rounds: 2 };
 const TRAIN_QUICK = { steps: 100, checkpointEvery: 20, stepDelayMs: 2, rounds: 1 };
 
 const round = (value: number, digits = 1): number => Math.round(value * 10 ** digits) / 10 ** digits;
@@ -669,11 +676,14 @@ async function main(): Promise<void> {
           .then(step)
           .catch(() => undefined);
       }
-      await rm(work, { recursive: true, force: true });
+      // Retried: a publish or fetch cut short by Ctrl-C may still be writing into it for a moment.
+      await rm(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
     })());
   const onSignal = (signal: NodeJS.Signals): void => {
     console.error(`\n${signal}: cleaning up ${work}`);
-    void cleanUp().finally(() => process.exit(130));
+    void cleanUp()
+      .catch((error: unknown) => console.error(`could not remove ${work}:`, error))
+      .finally(() => process.exit(130));
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
