@@ -6,11 +6,17 @@ import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { formatUnits, parseUnits } from "viem";
 import { generatePrivateKey } from "viem/accounts";
 
-import { checkChain, contracts, createChainClient, writeContract, type ChainClient } from "../sdk/chain/client.ts";
+import {
+  checkChain,
+  contracts,
+  createChainClient,
+  leaseStatus,
+  writeContract,
+  type ChainClient,
+} from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
 import { UserError } from "../sdk/errors.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
-import { leaseStatus } from "../node/chain-duties.ts";
 import { loadNodeConfig, writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { loadAccount, writeKeystore } from "../node/keystore.ts";
 import { DATA_FILES, startProviderNode } from "../node/provider-node.ts";

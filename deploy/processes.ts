@@ -101,3 +101,13 @@ export function spawnScript(
 export async function stopAll(): Promise<void> {
   await Promise.all([...started].map((s) => s.stop(2_000)));
 }
+
+/** Whether a process with this pid exists. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,11 +1,8 @@
-import { contracts, writeContract } from "../sdk/chain/client.ts";
+import { contracts, leaseStatus, writeContract } from "../sdk/chain/client.ts";
 import type { NodeComponents } from "./components.ts";
 import { CHAIN_POLL_MS } from "./constants.ts";
 import type { Leases } from "./leases.ts";
 import type { LeaseRow } from "./store.ts";
-
-/** LeaseManager's `Lease.Status` values, as `getLease` returns them. */
-export const leaseStatus = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
 
 export interface ChainDuties {
   start(): void;

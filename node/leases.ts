@@ -5,7 +5,7 @@ import type { Connection, Stream } from "@libp2p/interface";
 import { CID } from "multiformats/cid";
 import { parseEventLogs, type Address } from "viem";
 
-import { contracts } from "../sdk/chain/client.ts";
+import { contracts, leaseStatus } from "../sdk/chain/client.ts";
 import { BaseError, ProtocolError } from "../sdk/errors.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
@@ -37,8 +37,6 @@ import type { LeaseRow } from "./store.ts";
 
 /** A line a job prints on stdout to report progress: `BATON_PROGRESS {"step":10,"total":100}`. */
 export const PROGRESS_PREFIX = "BATON_PROGRESS ";
-
-const LEASE_STATUS_ACTIVE = 1;
 
 const leaseHolder = (leaseId: bigint): string => `lease:${leaseId}`;
 
@@ -277,7 +275,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       throw new SessionRefusal("not-our-lease", `lease ${leaseId} is not served by this provider`);
     if (lease.tenant !== tenant)
       throw new SessionRefusal("not-your-lease", `lease ${leaseId} belongs to another tenant`);
-    if (lease.status !== LEASE_STATUS_ACTIVE || lease.expired || lease.slashable) {
+    if (leaseStatus[lease.status] !== "Active" || lease.expired || lease.slashable) {
       throw new SessionRefusal("lease-not-active", `lease ${leaseId} is not active on chain`);
     }
   };

@@ -21,6 +21,7 @@ import { printJob } from "../cli/audit.ts";
 import { jsonReplacer, showJob } from "../cli/job-display.ts";
 import { table } from "../cli/output.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
+import { isAlive } from "../deploy/processes.ts";
 import { auditJob } from "../sdk/actions/auditJob.ts";
 import { runJob, type JobEvent } from "../sdk/actions/runJob.ts";
 import type { BatonClient } from "../sdk/client.ts";
@@ -308,13 +309,4 @@ async function treeDigest(dir: string): Promise<string> {
   };
   await walk("");
   return hash.digest("hex");
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -1,6 +1,6 @@
 import type { Hex } from "viem";
 
-import { contracts, writeContract } from "../chain/client.ts";
+import { contracts, endingCall, leaseStatus, writeContract } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
 import { UserError } from "../errors.ts";
 
@@ -36,8 +36,9 @@ export async function cancelJob(
   open.endedAt = Date.now();
   await client.jobs.save(record);
   // Only an active lease can be closed; one that ended meanwhile is already settled.
-  if (view.status !== 1) return { closed: undefined };
-  const functionName = view.slashable ? "slashMissedHeartbeat" : view.expired ? "settleExpired" : "close";
-  await client.transact(() => writeContract(client.chain, { ...leaseManager, functionName, args: [leaseId] }));
+  if (leaseStatus[view.status] !== "Active") return { closed: undefined };
+  await client.transact(() =>
+    writeContract(client.chain, { ...leaseManager, functionName: endingCall(view), args: [leaseId] }),
+  );
   return { closed: leaseId };
 }

@@ -148,6 +148,20 @@ export async function writeContract<
   return receipt;
 }
 
+/** LeaseManager's `Lease.Status` values, in the order `getLease` numbers them. */
+export const leaseStatus = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
+
+/**
+ * How a tenant ends an `Active` lease it is leaving, by what the chain says of it: slash it if its
+ * deadline passed (a close would revert), settle it if its deposit ran out, else close it.
+ */
+export function endingCall(view: {
+  slashable: boolean;
+  expired: boolean;
+}): "slashMissedHeartbeat" | "settleExpired" | "close" {
+  return view.slashable ? "slashMissedHeartbeat" : view.expired ? "settleExpired" : "close";
+}
+
 export const contracts = (deployment: Deployment) =>
   ({
     leaseManager: { address: deployment.contracts.leaseManager, abi: leaseManagerAbi },

@@ -10,7 +10,7 @@ import { bid } from "../actions/bid.ts";
 import { findOffers } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
-import { contracts, revertOf, writeContract } from "../chain/client.ts";
+import { contracts, endingCall, leaseStatus, revertOf, writeContract } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
 import {
   BaseError,
@@ -26,9 +26,6 @@ import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { createEventQueue } from "./event-queue.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
-
-/** LeaseManager's `Lease.Status` values, as `getLease` returns them. */
-const LEASE_STATUS = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
 
 /** The largest checkpoint or output the tenant fetches: the same bound providers use. */
 const MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3;
@@ -648,10 +645,10 @@ class JobRunner implements JobHandle {
         functionName: "getLease",
         args: [leaseId],
       });
-      if (LEASE_STATUS[view.status] !== "Active") return;
+      if (leaseStatus[view.status] !== "Active") return;
       try {
-        if (view.slashable) return await this.#slash(lease);
-        const functionName = view.expired ? "settleExpired" : "close";
+        const functionName = endingCall(view);
+        if (functionName === "slashMissedHeartbeat") return await this.#slash(lease);
         await this.#client.transact(() =>
           writeContract(this.#client.chain, { ...leaseManager, functionName, args: [leaseId] }),
         );
@@ -672,7 +669,7 @@ class JobRunner implements JobHandle {
     const wait = async (): Promise<void> => {
       for (;;) {
         const view = await publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
-        const status = LEASE_STATUS[view.status];
+        const status = leaseStatus[view.status];
         if (status === "Slashed") return this.#recordSlash(lease);
         if (status !== "Active" && status !== "Closing") return;
         // The view answers for the latest block, which on an idle chain lags the clock: try when the

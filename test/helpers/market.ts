@@ -8,7 +8,7 @@ import { startDevnet, type Devnet, type DevnetProvider } from "../../deploy/devn
 import { devAccount } from "../../deploy/local-chain.ts";
 import type { NodeConfigInput } from "../../node/config.ts";
 import { createChainClient, type ChainClient } from "../../sdk/chain/client.ts";
-import { createBatonClient, type BatonClient } from "../../sdk/client.ts";
+import type { BatonClient } from "../../sdk/client.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { Logger } from "../../sdk/logger.ts";
 import { createBatonHost, keepConnected, type BatonHost } from "../../sdk/p2p/host.ts";
@@ -31,8 +31,8 @@ export interface Market extends Devnet {
   /** A tenant with payment tokens and its own libp2p host, bootstrapped to the providers (and an IPFS store in `ipfsDir`). */
   tenant(index: number, options?: { ipfsDir?: string }): Promise<Tenant>;
   /**
-   * An SDK client for tenant `index` (dev account 10 + index), its state in `dataDir`, bootstrapped
-   * to the providers. The market stops it, unless the test closed it first.
+   * `devnet.tenantClient` for tenant `index` (dev account 10 + index), its state in `dataDir`. The
+   * market stops it, unless the test closed it first.
    */
   client(index: number, dataDir: string, options?: { log?: Logger }): Promise<BatonClient>;
 }
@@ -100,14 +100,7 @@ export async function startMarket({ providers, config = {}, configFor }: StartMa
       return { account, chain, host, key, ipfs };
     },
     async client(index, dataDir, options = {}) {
-      const client = await createBatonClient({
-        rpcUrl: devnet.chain.rpcUrl,
-        account: await fund(index),
-        deployment: devnet.deployment,
-        bootstrap: bootstrap(),
-        dataDir,
-        ...(options.log ? { log: options.log } : {}),
-      });
+      const client = await devnet.tenantClient({ index, dataDir, ...(options.log ? { log: options.log } : {}) });
       clients.push(client);
       return client;
     },

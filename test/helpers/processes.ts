@@ -1,14 +1,4 @@
-export { root, spawnScript, stopAll, type Spawned } from "../../deploy/processes.ts";
-
-/** Whether a process with this pid exists. */
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+export { isAlive, root, spawnScript, stopAll, type Spawned } from "../../deploy/processes.ts";
 
 /** Polls `condition` every 50 ms until true, or throws after `timeoutMs`. */
 export async function until(
