@@ -2,7 +2,6 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { withBitswap } from "@helia/bitswap";
-import type { HeliaWithLibp2p } from "@helia/libp2p";
 import { unixfs, type CatOptions } from "@helia/unixfs";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import { FsBlockstore } from "blockstore-fs";
@@ -13,7 +12,7 @@ import type { CID } from "multiformats/cid";
 
 import { CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
-import type { BatonHost, BatonServices } from "../p2p/host.ts";
+import type { BatonHost } from "../p2p/host.ts";
 import { fixedSizeChunks, type ByteSource } from "./bytes.ts";
 import { BLOCK_SIZE, DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
 import { hasLocalDag, leafSkippingWalker } from "./dag.ts";
@@ -102,7 +101,7 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
   Object.defineProperty(helia, "libp2p", { value: host, enumerable: true, configurable: true });
   // Marks the host as ours: Helia neither starts nor stops it.
   helia.addMixin({ name: "existing-libp2p" });
-  withBitswap(helia as HeliaWithLibp2p<BatonServices>);
+  withBitswap(helia as Helia & { libp2p: BatonHost });
   await helia.start();
   const fs = unixfs(helia);
   const gate = gcGate();
