@@ -1,13 +1,14 @@
 import type { Hex } from "viem";
 
-import { contracts, endingCall, leaseStatus, writeContract } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
 import { UserError } from "../errors.ts";
+import { endLease } from "../tenant/lease-settlement.ts";
 
 /**
  * Cancels a job from its record, also while another process watches it: marks it cancelled (so no
- * watcher re-leases it) and closes its open lease on chain, refunding the unused deposit. The
- * provider sees the close and stops the job.
+ * watcher re-leases it) and ends its open lease on chain by the rule of `endLease` (closed and the
+ * unused deposit refunded, or slashed if its provider already missed its deadline). The provider
+ * sees the close and stops the job.
  *
  * @returns the lease it closed, if one was open.
  * @example
@@ -24,21 +25,16 @@ export async function cancelJob(
   const open = record.leases.at(-1);
   await client.jobs.save(record);
   if (!open || (open.state !== "starting" && open.state !== "running")) return { closed: undefined };
-  const { leaseManager } = contracts(client.chain.deployment);
-  const leaseId = BigInt(open.leaseId);
-  const view = await client.chain.publicClient.readContract({
-    ...leaseManager,
-    functionName: "getLease",
-    args: [leaseId],
-  });
   signal?.throwIfAborted();
   open.state = "cancelled";
   open.endedAt = Date.now();
   await client.jobs.save(record);
-  // Only an active lease can be closed; one that ended meanwhile is already settled.
-  if (leaseStatus[view.status] !== "Active") return { closed: undefined };
-  await client.transact(() =>
-    writeContract(client.chain, { ...leaseManager, functionName: endingCall(view), args: [leaseId] }),
-  );
-  return { closed: leaseId };
+  // Only an active lease is ended; one that ended meanwhile is already settled.
+  const ended = await endLease(client, { leaseId: BigInt(open.leaseId), ...(signal ? { signal } : {}) });
+  if (ended.call === "slashMissedHeartbeat") {
+    const { compensation, refund, tx } = ended.slash;
+    open.slash = { compensation: compensation.toString(), refund: refund.toString(), tx };
+    await client.jobs.save(record);
+  }
+  return { closed: ended.call === undefined ? undefined : BigInt(open.leaseId) };
 }

@@ -17,7 +17,7 @@ import {
   type WalletClient,
 } from "viem";
 
-import { ChainError, UserError } from "../errors.ts";
+import { BaseError, ChainError, UserError } from "../errors.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import type { Deployment } from "./deployments.ts";
 
@@ -88,8 +88,12 @@ export async function checkChain(client: ChainClient, signal?: AbortSignal): Pro
   }
 }
 
-/** The name and arguments of a Baton custom error inside a viem error, if any. */
+/**
+ * The name and arguments of a Baton custom error inside an error, if any: a viem error, or one of
+ * ours (a {@link ChainError} from {@link writeContract}) that carries it as its cause.
+ */
 export function revertOf(error: unknown): { name: string; args: readonly unknown[] } | undefined {
+  if (error instanceof BaseError) return revertOf(error.cause);
   if (!(error instanceof ViemBaseError)) return undefined;
   const reverted = error.walk((e) => e instanceof ContractFunctionRevertedError);
   if (reverted instanceof ContractFunctionRevertedError && reverted.data?.errorName) {
@@ -109,6 +113,12 @@ export interface WriteParameters<
   abi: abi;
   functionName: functionName;
   args: ContractFunctionArgs<abi, "nonpayable" | "payable", functionName>;
+  /**
+   * The block to simulate against. `latest` (the default) runs at the latest block's time, which
+   * lags the clock on an idle chain; calls that depend on a deadline simulate at `pending`, the time
+   * the next block will have (where the RPC supports it; elsewhere it answers as `latest`).
+   */
+  blockTag?: "latest" | "pending";
   signal?: AbortSignal;
 }
 
@@ -122,7 +132,7 @@ export async function writeContract<
 >(client: ChainClient, parameters: WriteParameters<abi, functionName>): Promise<TransactionReceipt> {
   const wallet = client.walletClient;
   if (!wallet) throw new UserError("this client has no account to send transactions with");
-  const { address, abi, functionName, args, signal } = parameters;
+  const { address, abi, functionName, args, blockTag, signal } = parameters;
   const fullAbi = [...abi, ...batonErrorsAbi] as unknown as abi;
   let hash: Hash;
   try {
@@ -132,6 +142,7 @@ export async function writeContract<
       abi: fullAbi,
       functionName,
       args,
+      ...(blockTag ? { blockTag } : {}),
     } as never);
     signal?.throwIfAborted();
     hash = await wallet.writeContract(request as never);
@@ -150,17 +161,6 @@ export async function writeContract<
 
 /** LeaseManager's `Lease.Status` values, in the order `getLease` numbers them. */
 export const leaseStatus = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
-
-/**
- * How a tenant ends an `Active` lease it is leaving, by what the chain says of it: slash it if its
- * deadline passed (a close would revert), settle it if its deposit ran out, else close it.
- */
-export function endingCall(view: {
-  slashable: boolean;
-  expired: boolean;
-}): "slashMissedHeartbeat" | "settleExpired" | "close" {
-  return view.slashable ? "slashMissedHeartbeat" : view.expired ? "settleExpired" : "close";
-}
 
 export const contracts = (deployment: Deployment) =>
   ({

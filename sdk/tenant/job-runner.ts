@@ -4,13 +4,13 @@ import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 
 import { CID } from "multiformats/cid";
-import { parseEventLogs, toHex, type Address, type Hex } from "viem";
+import { toHex, type Address, type Hex } from "viem";
 
 import { bid } from "../actions/bid.ts";
 import { findOffers } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
-import { contracts, endingCall, leaseStatus, revertOf, writeContract } from "../chain/client.ts";
+import { contracts, writeContract } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
 import {
   BaseError,
@@ -25,6 +25,7 @@ import { generateJobKey } from "../ipfs/crypto.ts";
 import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { createEventQueue } from "./event-queue.ts";
+import { endLease, slashWhenDue, type SlashRecord } from "./lease-settlement.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
 
 /** The largest checkpoint or output the tenant fetches: the same bound providers use. */
@@ -315,7 +316,14 @@ class JobRunner implements JobHandle {
 
   async settled(): Promise<void> {
     await this.#result.catch(() => undefined);
-    await Promise.all(this.#slashes);
+    const failed = (await Promise.allSettled(this.#slashes)).filter((s) => s.status === "rejected");
+    if (failed.length > 0) {
+      const reasons = failed.map((s) => (s.reason instanceof BaseError ? s.reason.shortMessage : String(s.reason)));
+      throw new ChainError(`${failed.length} lease(s) that should have been slashed were not`, {
+        details: reasons.join("; "),
+        cause: failed[0]!.reason,
+      });
+    }
   }
 
   async cancel(): Promise<void> {
@@ -629,95 +637,26 @@ class JobRunner implements JobHandle {
     }
   }
 
-  /**
-   * Ends a lease the tenant is leaving: `close` while it is active (settles its money; the provider
-   * acknowledges or is slashed later), `slash` at once when its deadline already passed,
-   * `settleExpired` when its deposit ran out. A lease already ended is left alone.
-   */
+  /** Ends a lease the tenant is leaving, by the one rule of `endLease`; notes a slash it made. */
   async #endLease(lease: LeaseRecord): Promise<void> {
-    const leaseId = BigInt(lease.leaseId);
-    const { leaseManager } = contracts(this.#client.chain.deployment);
-    // The lease can change under us (its deadline passes, its provider acknowledges or finishes):
-    // read, act, and on a revert read again, a few times, until it is no longer Active.
-    for (let attempt = 1; ; attempt++) {
-      const view = await this.#client.chain.publicClient.readContract({
-        ...leaseManager,
-        functionName: "getLease",
-        args: [leaseId],
-      });
-      if (leaseStatus[view.status] !== "Active") return;
-      try {
-        const functionName = endingCall(view);
-        if (functionName === "slashMissedHeartbeat") return await this.#slash(lease);
-        await this.#client.transact(() =>
-          writeContract(this.#client.chain, { ...leaseManager, functionName, args: [leaseId] }),
-        );
-        return;
-      } catch (error) {
-        if (!(error instanceof ChainError) || attempt >= 5) throw error;
-        this.#log.info("ending the lease raced with the chain; reading it again", { leaseId, error });
-        await new Promise((resolve) => setTimeout(resolve, 500));
-      }
-    }
+    const ended = await endLease(this.#client, { leaseId: BigInt(lease.leaseId) });
+    if (ended.call === "slashMissedHeartbeat") await this.#noteSlash(lease, ended.slash);
   }
 
-  /** Slashes the lease once its heartbeat deadline has passed (on chain time), unless it ends first. */
+  /**
+   * Slashes the lease once its deadline passes on chain, unless it ends first. A slash that never
+   * happens is not dropped: `settled()` rejects with it.
+   */
   #slashWhenDue(lease: LeaseRecord): void {
     const leaseId = BigInt(lease.leaseId);
-    const { leaseManager } = contracts(this.#client.chain.deployment);
-    const publicClient = this.#client.chain.publicClient;
-    const wait = async (): Promise<void> => {
-      for (;;) {
-        const view = await publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
-        const status = leaseStatus[view.status];
-        if (status === "Slashed") return this.#recordSlash(lease);
-        if (status !== "Active" && status !== "Closing") return;
-        // The view answers for the latest block, which on an idle chain lags the clock: try when the
-        // deadline has passed on the clock, and let the transaction's simulation decide.
-        const block = await publicClient.getBlock();
-        const chainNow = Math.max(Number(block.timestamp), Math.floor(Date.now() / 1000));
-        if (view.slashable || chainNow > Number(view.deadline)) {
-          try {
-            return await this.#slash(lease);
-          } catch (error) {
-            if (!revertOf(error)) throw error;
-          }
-        }
-        const waitMs = Math.min(5_000, Math.max(500, (Number(view.deadline) + 1 - chainNow) * 1000));
-        await new Promise((resolve) => setTimeout(resolve, waitMs).unref());
-      }
-    };
-    this.#slashes.push(
-      wait().catch((error: unknown) => this.#log.warn("slash failed", { leaseId: lease.leaseId, error })),
-    );
-  }
-
-  async #slash(lease: LeaseRecord): Promise<void> {
-    const leaseId = BigInt(lease.leaseId);
-    const { leaseManager } = contracts(this.#client.chain.deployment);
-    const receipt = await this.#client.transact(() =>
-      writeContract(this.#client.chain, { ...leaseManager, functionName: "slashMissedHeartbeat", args: [leaseId] }),
-    );
-    const event = parseEventLogs({ abi: leaseManager.abi, logs: receipt.logs, eventName: "LeaseSlashed" })[0];
-    if (!event) throw new ChainError(`slash of lease ${leaseId} emitted no LeaseSlashed event`);
-    await this.#noteSlash(lease, event.args.compensation, event.args.refund, receipt.transactionHash);
-  }
-
-  /** Someone else slashed it first: read what we got from its event. */
-  async #recordSlash(lease: LeaseRecord): Promise<void> {
-    const leaseId = BigInt(lease.leaseId);
-    const { leaseManager } = contracts(this.#client.chain.deployment);
-    const [event] = await this.#client.chain.publicClient.getContractEvents({
-      ...leaseManager,
-      eventName: "LeaseSlashed",
-      args: { leaseId },
-      fromBlock: this.#client.chain.deployment.deployBlock,
+    const slashed = slashWhenDue(this.#client, { leaseId, log: this.#log }).then(async (slash) => {
+      if (slash) await this.#noteSlash(lease, slash);
     });
-    if (!event) return;
-    await this.#noteSlash(lease, event.args.compensation!, event.args.refund!, event.transactionHash);
+    slashed.catch((error: unknown) => this.#log.warn("slash failed", { leaseId: lease.leaseId, error }));
+    this.#slashes.push(slashed);
   }
 
-  async #noteSlash(lease: LeaseRecord, compensation: bigint, refund: bigint, tx: Hex): Promise<void> {
+  async #noteSlash(lease: LeaseRecord, { compensation, refund, tx }: SlashRecord): Promise<void> {
     lease.slash = { compensation: compensation.toString(), refund: refund.toString(), tx };
     await this.#client.jobs.save(this.#record);
     this.#emit({

@@ -733,7 +733,13 @@ describe("the node keeps serving everyone else", () => {
       // The node's own clock: no bad input stalled it for long.
       expect(beats[i]!.at - beats[i - 1]!.at).toBeLessThan(5_000);
     }
-    expect(beats.every((b) => b.state === "running")).toBe(true);
+    // The runtime exists (and heartbeats) from acceptance; its job may take a beat or two to start on
+    // a loaded machine. Once running, it never reports anything else.
+    const states = beats.map((b) => b.state);
+    const running = states.indexOf("running");
+    expect(running).toBeGreaterThanOrEqual(0);
+    expect(states.slice(0, running).every((state) => state === "starting")).toBe(true);
+    expect(states.slice(running).every((state) => state === "running")).toBe(true);
     const seqs = events.flatMap((e) => ("seq" in e.body ? [e.body.seq] : []));
     expect(new Set(seqs).size).toBe(seqs.length);
     const lines = events.flatMap((e) => (e.type === "log" ? [e.body.line] : []));

@@ -6,7 +6,7 @@ import path from "node:path";
 import { parseEther, type Address } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { contracts } from "../../sdk/chain/client.ts";
+import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import { BudgetExhaustedError } from "../../sdk/errors.ts";
 import { runJob, type JobEvent, type JobHandle } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
@@ -15,7 +15,7 @@ import { devAccount } from "../../deploy/local-chain.ts";
 import { providerDirs, runToEnd, startExampleJob, tempDir } from "../helpers/example-jobs.ts";
 import { startMarket, type Market, type ProviderHandle } from "../helpers/market.ts";
 import { privateKeyOf } from "../helpers/market.ts";
-import { root, spawnScript } from "../helpers/processes.ts";
+import { root, spawnScript, until } from "../helpers/processes.ts";
 
 const TRAIN_ENV = { TRAIN_STEPS: "600", TRAIN_CHECKPOINT_EVERY: "50", TRAIN_SEED: "3" };
 const SCRIPT = path.join(root, "examples/train/train.mjs");
@@ -187,7 +187,9 @@ describe("runJob: hand-off to a new provider", () => {
     const job = await runJob(client, spec("20"), {
       maxPricePerSecond: parseEther("0.001"),
       files: { "train.mjs": SCRIPT },
-      failAfterMs: 3_000,
+      // As long a silence as the on-chain timeout (6 s): the hand-off meets the lease just as it turns
+      // slashable, and must end it either way (a close raced the deadline here and failed the job).
+      failAfterMs: 6_000,
     });
     const { events, when } = recorder(job);
     await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
@@ -216,6 +218,75 @@ describe("runJob: hand-off to a new provider", () => {
       ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"][old.status],
     );
     await job.settled();
+  });
+
+  it("(g) nine jobs on three providers: killing one moves exactly its jobs and slashes exactly its leases", async () => {
+    const { leaseManager } = contracts(market.deployment);
+    const jobs = await Promise.all(
+      Array.from({ length: 9 }, async (_, i) => {
+        // Spread the first leases evenly (three per provider); hand-offs may go anywhere.
+        const home = market.providers[i % 3]!;
+        let first = true;
+        // 30 s each: every job is still running when the last of them has its first safe checkpoint.
+        const job = await runJob(client, spec("50"), {
+          maxPricePerSecond: parseEther("0.001"),
+          files: { "train.mjs": SCRIPT },
+          excludeProviders: () => {
+            const others = first ? market.providers.filter((p) => p !== home).map((p) => p.account.address) : [];
+            first = false;
+            return others;
+          },
+        });
+        return { job, home, ...recorder(job) };
+      }),
+    );
+    await Promise.all(jobs.map(({ when }) => when("checkpoint-safe")));
+    const victim = market.providers[0]!;
+    for (const { job, home } of jobs) expect(serving(job)).toBe(home);
+    victim.process!.child.kill("SIGKILL");
+
+    const results = await Promise.all(jobs.map(({ job }) => job.result()));
+    await Promise.all(jobs.map(({ job }) => job.settled()));
+
+    const moved = jobs.filter(({ home }) => home === victim);
+    for (const [i, { home, events }] of jobs.entries()) {
+      const result = results[i]!;
+      expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(reference);
+      const failed = events.filter((e) => e.type === "provider-failed");
+      const slashed = events.filter((e) => e.type === "slashed");
+      if (home === victim) {
+        expect(result.handOffs).toBe(1);
+        expect(failed.map((e) => e.type === "provider-failed" && e.provider)).toEqual([victim.account.address]);
+        expect(slashed.map((e) => e.type === "slashed" && e.leaseId)).toEqual([BigInt(result.leases[0]!.leaseId)]);
+      } else {
+        expect(result.handOffs).toBe(0);
+        expect(failed).toEqual([]);
+        expect(slashed).toEqual([]);
+      }
+    }
+    // On chain, the same: the victim's three leases slashed, every other lease completed (providers
+    // finish on chain a moment after the tenant has the result).
+    const onChain = () =>
+      Promise.all(
+        results.flatMap((result) =>
+          result.leases.map(async (lease) => {
+            const view = await market.admin.publicClient.readContract({
+              ...leaseManager,
+              functionName: "getLease",
+              args: [BigInt(lease.leaseId)],
+            });
+            return { provider: lease.provider, status: leaseStatus[view.status] };
+          }),
+        ),
+      );
+    await until(async () => (await onChain()).every((s) => s.status !== "Active"), 60_000, "every lease ended");
+    const statuses = await onChain();
+    expect(moved).toHaveLength(3);
+    expect(statuses.filter((s) => s.status === "Slashed")).toHaveLength(3);
+    for (const { provider, status } of statuses) {
+      expect(status).toBe(provider === victim.account.address ? "Slashed" : "Completed");
+    }
+    await victim.start();
   });
 
   it("(e) a budget that runs out fails the job cleanly, its lease closed and the rest refunded", async () => {
