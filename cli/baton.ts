@@ -3,25 +3,25 @@
  * The `baton` command: `baton provider …`, `baton job …`, `baton audit …` (and `devnet`).
  * Thin over sdk/ and node/: it parses arguments, calls them, and prints for people.
  */
-import { auditCommands } from "./audit.ts";
-import { devnetCommands } from "./devnet.ts";
-import { jobCommands } from "./job.ts";
 import { printError } from "./output.ts";
-import { providerCommands } from "./provider.ts";
-import { serveCommands } from "./serve.ts";
 
-const groups: Record<string, Record<string, { run: (args: string[]) => Promise<void>; help: string }>> = {
-  provider: providerCommands,
-  job: jobCommands,
-  devnet: devnetCommands,
-  serve: serveCommands,
-  audit: auditCommands,
+type Commands = Record<string, { run: (args: string[]) => Promise<void>; help: string }>;
+
+// Each group is loaded only when used: `baton audit …` need not load libp2p, Helia and the node.
+const groups: Record<string, () => Promise<Commands>> = {
+  provider: async () => (await import("./provider.ts")).providerCommands,
+  job: async () => (await import("./job.ts")).jobCommands,
+  devnet: async () => (await import("./devnet.ts")).devnetCommands,
+  serve: async () => (await import("./serve.ts")).serveCommands,
+  audit: async () => (await import("./audit.ts")).auditCommands,
 };
 
-function usage(): string {
+async function usage(): Promise<string> {
   const lines = ["usage: baton <group> <command> [options]", ""];
-  for (const [group, commands] of Object.entries(groups)) {
-    for (const [name, { help }] of Object.entries(commands)) lines.push(`  baton ${group} ${name.padEnd(10)} ${help}`);
+  for (const [group, load] of Object.entries(groups)) {
+    for (const [name, { help }] of Object.entries(await load())) {
+      lines.push(`  baton ${group} ${name.padEnd(10)} ${help}`);
+    }
   }
   lines.push(
     "",
@@ -35,10 +35,11 @@ function usage(): string {
 const [group, command, ...rest] = process.argv.slice(2);
 // `baton devnet` and `baton serve` have a single command each: `start` is implied.
 const implicitStart = (group === "devnet" || group === "serve") && command !== "start";
-const selected = group === undefined ? undefined : groups[group]?.[implicitStart ? "start" : (command ?? "")];
+const load = group === undefined ? undefined : groups[group];
+const selected = load ? (await load())[implicitStart ? "start" : (command ?? "")] : undefined;
 const args = implicitStart && command !== undefined ? [command, ...rest] : rest;
 if (!selected) {
-  console.error(usage());
+  console.error(await usage());
   process.exit(group === undefined || group === "--help" || group === "-h" ? 0 : 2);
 }
 try {

@@ -79,8 +79,18 @@ describe("Baton libp2p host", () => {
     c.services.pubsub.addEventListener("message", (event) => {
       if (event.detail.topic === "/baton/test/1.0.0") received.push(new TextDecoder().decode(event.detail.data));
     });
-    await until(() => a.services.pubsub.getSubscribers("/baton/test/1.0.0").length === 2, 10_000);
-    await until(() => c.services.pubsub.getSubscribers("/baton/test/1.0.0").length >= 1, 10_000);
+    // The path the message takes, b → a → c, is in both meshes (formed on gossipsub's heartbeat, later
+    // on a loaded machine) before b publishes: a message sent earlier would travel only by gossip.
+    // The service's public interface leaves the mesh out; its implementation has it.
+    type WithMesh = { getMeshPeers(topic: string): string[] };
+    const meshOf = (h: typeof a) => (h.services.pubsub as unknown as WithMesh).getMeshPeers("/baton/test/1.0.0");
+    await until(
+      () =>
+        meshOf(b).includes(a.peerId.toString()) &&
+        meshOf(a).includes(c.peerId.toString()) &&
+        meshOf(c).includes(a.peerId.toString()),
+      30_000,
+    );
     await b.services.pubsub.publish("/baton/test/1.0.0", new TextEncoder().encode("offer-1"));
     await until(() => received.includes("offer-1"), 10_000);
 
