@@ -442,9 +442,26 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         // Effect: burn the nonce and record the lease.
         _useNonce(quote.provider, quote.nonce);
         leaseId = ++leaseCount;
+        uint32 endsAt = _recordLease(leaseId, quote, deposit);
+        emit LeaseOpened(leaseId, quote.jobId, quote.provider, msg.sender, predecessor, deposit, endsAt, quote);
+
+        // Interaction: lock the collateral (the registry checks the stake) and pull the deposit.
+        registry.lockCollateral(quote.provider, leaseId, quote.collateral);
+        paymentToken.safeTransferFrom(msg.sender, address(this), deposit);
+    }
+
+    /// @dev Records lease `leaseId` of `msg.sender` on the terms of `quote`, starting now. A function
+    /// of its own so that `_openLease` leaves stack room for the `LeaseOpened` emit under the legacy
+    /// code generator (the `default` build profile); the production build inlines it (same code).
+    /// @return endsAt When the deposit, or the maximum duration, runs out.
+    function _recordLease(
+        uint256 leaseId,
+        Lease.Quote calldata quote,
+        uint256 deposit
+    ) internal returns (uint32 endsAt) {
         uint32 now_ = uint32(block.timestamp);
         uint32 maxEnd = uint32(block.timestamp + quote.maxDuration);
-        uint32 endsAt = _endsAt(now_, deposit, quote.pricePerSecond, maxEnd);
+        endsAt = _endsAt(now_, deposit, quote.pricePerSecond, maxEnd);
         Lease.Record storage r = _leases[leaseId];
         r.provider = quote.provider;
         r.lastHeartbeat = now_;
@@ -458,11 +475,6 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         r.settledUntil = now_;
         r.maxEnd = maxEnd;
         r.jobId = quote.jobId;
-        emit LeaseOpened(leaseId, quote.jobId, quote.provider, msg.sender, predecessor, deposit, endsAt, quote);
-
-        // Interaction: lock the collateral (the registry checks the stake) and pull the deposit.
-        registry.lockCollateral(quote.provider, leaseId, quote.collateral);
-        paymentToken.safeTransferFrom(msg.sender, address(this), deposit);
     }
 
     function _checkQuote(Lease.Quote calldata quote, uint256 deposit) internal view {

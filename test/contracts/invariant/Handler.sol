@@ -595,7 +595,9 @@ contract Handler is Test {
         }
         uint256 replays;
         for (uint256 k = 0; k < REPLAY_KINDS; ++k) replays += replayAttempts[k];
-        figures = string.concat(
+        // Two concatenations, not one: twenty arguments are too deep for the stack of the legacy
+        // code generator (the `default` build profile).
+        string memory counts = string.concat(
             "leases=",
             _u2s(leaseCount),
             " slashes=",
@@ -605,7 +607,10 @@ contract Handler is Test {
             " unstakeRequests=",
             _u2s(unstakeRequests),
             " replaysRejected=",
-            _u2s(replays),
+            _u2s(replays)
+        );
+        figures = string.concat(
+            counts,
             " deposited=",
             _u2s(ghostDeposited),
             " refunded=",
@@ -623,12 +628,21 @@ contract Handler is Test {
                         INTERNAL: OPENING AND REPLAYS
     //////////////////////////////////////////////////////////////*/
 
+    /// @dev An open's parties, terms and signature, in memory rather than in locals: the legacy
+    /// code generator (the `default` build profile) reaches only 16 stack slots.
     struct OpenPlan {
         uint256 providerIndex;
         uint256 tenantIndex;
         address provider;
         address tenant;
+        uint256 jobIndex;
+        uint256 price;
+        uint256 collateral;
+        uint64 timeout;
+        uint64 period;
+        uint64 duration;
         uint256 deposit;
+        uint256 nonce;
         uint256 predecessor;
         bool predecessorValid;
         bool nonceAlreadySpent;
@@ -652,51 +666,50 @@ contract Handler is Test {
         plan.tenantIndex = _sub(parties, 8) % _tenants.length;
         plan.provider = _providers[plan.providerIndex];
         plan.tenant = _tenants[plan.tenantIndex];
-        uint256 jobIndex = _sub(parties, 16) % JOBS_PER_TENANT;
+        plan.jobIndex = _sub(parties, 16) % JOBS_PER_TENANT;
 
         // Terms.
-        uint256 price = bound(priceSeed, 1, MAX_PRICE);
-        uint256 collateral = collateralSeed % 8 == 0 ? 0 : bound(_sub(collateralSeed, 3), 1, MAX_COLLATERAL);
+        plan.price = bound(priceSeed, 1, MAX_PRICE);
+        plan.collateral = collateralSeed % 8 == 0 ? 0 : bound(_sub(collateralSeed, 3), 1, MAX_COLLATERAL);
         uint256 timeoutKind = timingSeed % 5;
-        uint64 timeout = timeoutKind == 0
+        plan.timeout = timeoutKind == 0
             ? uint64(bound(_sub(timingSeed, 8), 1 hours, manager.maxHeartbeatTimeout()))
             : timeoutKind < 3
                 ? uint64(bound(_sub(timingSeed, 8), 1, 5 minutes))
                 : uint64(bound(_sub(timingSeed, 8), 5 minutes, 1 hours));
-        uint64 period = uint64(bound(_sub(timingSeed, 72), 1, timeout));
-        uint64 duration = uint64(bound(_sub(timingSeed, 136), 1, _sub(timingSeed, 99) % 3 == 0 ? 2 hours : MAX_DURATION));
-        uint256 maxDeposit = price * (uint256(duration) + 600);
-        plan.deposit = depositSeed % 4 == 0 ? bound(depositSeed, price, maxDeposit) : bound(_sub(depositSeed, 1), price, maxDeposit);
+        plan.period = uint64(bound(_sub(timingSeed, 72), 1, plan.timeout));
+        plan.duration = uint64(bound(_sub(timingSeed, 136), 1, _sub(timingSeed, 99) % 3 == 0 ? 2 hours : MAX_DURATION));
+        uint256 maxDeposit = plan.price * (uint256(plan.duration) + 600);
+        plan.deposit = depositSeed % 4 == 0 ? bound(depositSeed, plan.price, maxDeposit) : bound(_sub(depositSeed, 1), plan.price, maxDeposit);
 
         // Nonce: usually fresh, sometimes one already spent, sometimes invalidated just before.
-        uint256 nonce;
         uint256 nonceMode = followUp ? nonceSeed % 32 : nonceSeed % 16;
         if (nonceMode == 0 && _spentNonces[plan.provider].length > 0) {
             uint256[] storage spent = _spentNonces[plan.provider];
-            nonce = spent[_sub(nonceSeed, 8) % spent.length];
+            plan.nonce = spent[_sub(nonceSeed, 8) % spent.length];
         } else if (nonceMode < 6) {
-            nonce = uint256(keccak256(abi.encode(nonceSeed, plan.provider, leaseCount))) >> 1; // sparse
+            plan.nonce = uint256(keccak256(abi.encode(nonceSeed, plan.provider, leaseCount))) >> 1; // sparse
         } else {
-            nonce = _nextNonce[plan.provider]++;
+            plan.nonce = _nextNonce[plan.provider]++;
         }
-        if (nonceMode == 1 && !nonceSpent[plan.provider][nonce]) {
+        if (nonceMode == 1 && !nonceSpent[plan.provider][plan.nonce]) {
             vm.prank(plan.provider);
-            manager.invalidateNonce(nonce);
-            _spendNonce(plan.provider, nonce);
+            manager.invalidateNonce(plan.nonce);
+            _spendNonce(plan.provider, plan.nonce);
         }
-        plan.nonceAlreadySpent = nonceSpent[plan.provider][nonce];
+        plan.nonceAlreadySpent = nonceSpent[plan.provider][plan.nonce];
 
         Lease.Quote memory q = _quote(
             plan.providerIndex,
             plan.tenantIndex,
-            price,
-            collateral,
-            timeout,
-            duration,
-            jobIndex,
-            nonce
+            plan.price,
+            plan.collateral,
+            plan.timeout,
+            plan.duration,
+            plan.jobIndex,
+            plan.nonce
         );
-        q.heartbeatPeriod = period;
+        q.heartbeatPeriod = plan.period;
         q.expiry = uint64(block.timestamp + bound(_sub(timingSeed, 200), 0, 1 hours));
 
         // Predecessor.
@@ -958,6 +971,19 @@ contract Handler is Test {
             for (uint256 j = 0; j < i; ++j) if (who[j] == who[i]) seen = true;
             if (!seen) paidOut += _drop(stakingToken.balanceOf(who[i]), balBefore[i]);
         }
+        _checkSlashPayouts(b, caller, balBefore, tenantPayBefore);
+        _recordSlash(id, caller, b, paidOut, registryBefore, stakeBefore);
+    }
+
+    /// @dev What a successful slash must have paid the caller and the tenant. (This and
+    /// {_recordSlash} are functions of their own so that {_trySlash} fits the 16 stack slots of
+    /// the legacy code generator, the `default` build profile.)
+    function _checkSlashPayouts(
+        Lease.View memory b,
+        address caller,
+        uint256[3] memory balBefore,
+        uint256 tenantPayBefore
+    ) internal {
         uint256 tenantShare = (b.collateral * manager.tenantShareBps()) / 10_000;
         // A provider slashing its own lease from its own address gets no reward (it goes to the treasury).
         uint256 callerShare = caller == b.provider ? 0 : (b.collateral * manager.callerShareBps()) / 10_000;
@@ -970,22 +996,30 @@ contract Handler is Test {
         if (paymentToken.balanceOf(b.tenant) + b.earned != tenantPayBefore + b.deposit) {
             _violate("slash refunded the tenant the wrong amount");
         }
+    }
 
-        _slashes.push(
-            SlashRecord({
-                leaseId: id,
-                caller: caller,
-                time: uint64(block.timestamp),
-                deadline: b.deadline,
-                endsAt: b.endsAt,
-                statusBefore: b.status,
-                collateral: b.collateral,
-                paidOut: paidOut,
-                registryDrop: _drop(registryBefore, stakingToken.balanceOf(address(registry))),
-                stakeDrop: _drop(stakeBefore, registry.getProvider(b.provider).stake),
-                unstakeRequestedWhileLive: g.unstakeRequestedWhileLive
-            })
-        );
+    /// @dev Appends the record of a successful slash, field by field (a struct literal of eleven
+    /// fields is too deep for the legacy code generator).
+    function _recordSlash(
+        uint256 id,
+        address caller,
+        Lease.View memory b,
+        uint256 paidOut,
+        uint256 registryBefore,
+        uint256 stakeBefore
+    ) internal {
+        SlashRecord storage r = _slashes.push();
+        r.leaseId = id;
+        r.caller = caller;
+        r.time = uint64(block.timestamp);
+        r.deadline = b.deadline;
+        r.endsAt = b.endsAt;
+        r.statusBefore = b.status;
+        r.collateral = b.collateral;
+        r.paidOut = paidOut;
+        r.registryDrop = _drop(registryBefore, stakingToken.balanceOf(address(registry)));
+        r.stakeDrop = _drop(stakeBefore, registry.getProvider(b.provider).stake);
+        r.unstakeRequestedWhileLive = _ghosts[id].unstakeRequestedWhileLive;
     }
 
     /*//////////////////////////////////////////////////////////////

@@ -1,0 +1,131 @@
+/**
+ * `npm run bench:setup`: what a newcomer's first two commands cost. Clones this checkout's HEAD into
+ * a temp dir, then runs `npm ci` and `npm test` there cold, phase by phase, and prints seconds per
+ * phase beside the targets, the size of `node_modules` and the tests each suite ran.
+ *
+ * `npm ci` is run as its two halves (`npm ci --ignore-scripts`, then `npm run prepare`, which is
+ * what `npm ci` runs after installing) and `npm test` as the scripts it chains, so each is timed on
+ * its own; the Solidity tests' compile is timed apart from their run. Commit first: uncommitted
+ * changes are not in the clone. Nothing here fails for being slow.
+ *
+ * Usage: npm run bench:setup [-- --keep]   (--keep leaves the clone for a look)
+ */
+import { spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs, stripVTControlCharacters } from "node:util";
+
+import { printTable, writeResults, type Figure } from "./report.ts";
+
+const root = path.resolve(import.meta.dirname, "..");
+const { values } = parseArgs({ options: { keep: { type: "boolean", default: false } } });
+
+const dir = await mkdtemp(path.join(os.tmpdir(), "baton-setup-"));
+const logFile = path.join(dir, "setup.log");
+const log = createWriteStream(logFile);
+const clone = path.join(dir, "baton");
+// The clone must not find this checkout's tools: its own install provides them, as on a new machine.
+const env: NodeJS.ProcessEnv = {
+  ...Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("npm_"))),
+  PATH: (process.env.PATH ?? "")
+    .split(path.delimiter)
+    .filter((entry) => !entry.startsWith(path.join(root, "node_modules")))
+    .join(path.delimiter),
+};
+
+interface Phase {
+  name: string;
+  seconds: number;
+  output: string;
+}
+
+/** Runs a command in the clone, its output appended to the log; resolves with its time and output. */
+async function phase(name: string, command: string, args: string[]): Promise<Phase> {
+  process.stdout.write(`… ${name}: ${command} ${args.join(" ")}\n`);
+  log.write(`\n=== ${name}: ${command} ${args.join(" ")}\n`);
+  const started = performance.now();
+  const child = spawn(command, args, { cwd: clone, env, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const collect = (chunk: Buffer): void => {
+    output += chunk.toString();
+    log.write(chunk);
+  };
+  child.stdout.on("data", collect);
+  child.stderr.on("data", collect);
+  const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+  const seconds = (performance.now() - started) / 1000;
+  if (code !== 0) {
+    console.error(output.split("\n").slice(-30).join("\n"));
+    throw new Error(`${name} failed (exit ${code}) after ${seconds.toFixed(0)} s; the whole log: ${logFile}`);
+  }
+  console.log(`  ${name}: ${seconds.toFixed(1)} s`);
+  return { name, seconds, output };
+}
+
+/** Tests a suite reported: mocha-style "N passing" (Solidity) or vitest's "Tests N passed". */
+function counted(output: string): string {
+  const text = stripVTControlCharacters(output);
+  const sol = /(\d+) passing/.exec(text);
+  const solFailed = /(\d+) failing/.exec(text);
+  if (sol) return `${sol[1]} passed, ${solFailed?.[1] ?? 0} failed`;
+  const ts = /^\s*Tests\s+(.*)$/m.exec(text);
+  return ts ? ts[1]!.trim() : "";
+}
+
+const phases: Phase[] = [];
+try {
+  await phase("clone", "git", ["clone", "--quiet", root, clone]);
+  phases.push(await phase("npm ci: dependencies", "npm", ["ci", "--ignore-scripts", "--no-audit", "--no-fund"]));
+  phases.push(await phase("npm ci: prepare (contracts, ABIs)", "npm", ["run", "prepare"]));
+  const du = await phase("node_modules size", "du", ["-sm", "node_modules"]);
+  const nodeModulesMb = Number(du.output.split(/\s/)[0]);
+
+  const pkg = JSON.parse(await readFile(path.join(clone, "package.json"), "utf8")) as {
+    scripts: Record<string, string>;
+  };
+  const testScripts = pkg.scripts.test!.split("&&").map((part) => {
+    const match = /^\s*npm run ([\w:-]+)\s*$/.exec(part);
+    if (!match) throw new Error(`cannot time the test script's part "${part.trim()}": expected "npm run <script>"`);
+    return match[1]!;
+  });
+  const suites: { name: string; tests: string }[] = [];
+  for (const script of testScripts) {
+    if (script === "test:sol") {
+      phases.push(await phase("npm test: Solidity test build", "npx", ["hardhat", "build", "--quiet"]));
+    }
+    const ran = await phase(`npm test: ${script}`, "npm", ["run", script]);
+    phases.push(ran);
+    if (script.startsWith("test:")) suites.push({ name: script, tests: counted(ran.output) });
+  }
+
+  const seconds = (prefix: string): number =>
+    Math.round(phases.filter((p) => p.name.startsWith(prefix)).reduce((sum, p) => sum + p.seconds, 0));
+  const figures: Figure[] = [
+    ...phases.map((p) => ({ name: p.name, value: Math.round(p.seconds), unit: "s" })),
+    { name: "npm ci (both halves)", value: seconds("npm ci"), unit: "s", target: { value: 90, atMost: true } },
+    {
+      name: "cold build: contracts + Solidity tests",
+      value: seconds("npm ci: prepare") + seconds("npm test: Solidity test build"),
+      unit: "s",
+      target: { value: 60, atMost: true },
+      note: "the production contracts that prepare builds, plus the dev-profile build of contracts and tests",
+    },
+    { name: "npm test (every part)", value: seconds("npm test"), unit: "s", target: { value: 180, atMost: true } },
+    {
+      name: "node_modules",
+      value: nodeModulesMb,
+      unit: "MB",
+      reference: { value: 834, label: "before trimming" },
+      target: { value: 700, atMost: true },
+    },
+  ];
+  printTable(`Set-up of a fresh clone (${os.availableParallelism()} cores)`, figures);
+  for (const suite of suites) console.log(`  ${suite.name}: ${suite.tests}`);
+  const written = await writeResults("setup", { figures, suites });
+  console.log(`\nwrote ${path.relative(root, written)}; the whole log: ${logFile}`);
+} finally {
+  log.end();
+  if (!values.keep) await rm(clone, { recursive: true, force: true });
+}

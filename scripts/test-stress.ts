@@ -1,0 +1,58 @@
+/**
+ * `npm run test:stress`: the TypeScript suite with CPU hogs beside it, as on a shared CI machine. A
+ * test that passes only on an idle machine waits on time instead of on events; this finds it.
+ *
+ * Usage: npm run test:stress [-- --hogs N] [-- <vitest arguments, e.g. a file>]
+ *
+ * Each hog is a busy loop in its own process that checks every few hundred milliseconds that this
+ * script still lives and exits when it does not, so none outlives the run, even after SIGKILL.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { parseArgs } from "node:util";
+
+const root = path.resolve(import.meta.dirname, "..");
+
+const { values, positionals } = parseArgs({
+  options: { hogs: { type: "string", default: "1" } },
+  allowPositionals: true,
+  strict: false,
+});
+const hogs = Number(values.hogs);
+if (!Number.isInteger(hogs) || hogs < 0 || hogs > 16) {
+  console.error(`--hogs takes a whole number from 0 to 16, not ${String(values.hogs)}`);
+  process.exit(2);
+}
+
+const HOG = `
+const parent = ${process.pid};
+for (let i = 0; ; i++) {
+  if (i % 50_000_000 === 0) {
+    try { process.kill(parent, 0); } catch { process.exit(0); }
+  }
+}`;
+
+const burners: ChildProcess[] = Array.from({ length: hogs }, () =>
+  spawn(process.execPath, ["-e", HOG], { stdio: "ignore" }),
+);
+const stopBurners = (): void => {
+  for (const burner of burners) burner.kill("SIGKILL");
+};
+process.on("exit", stopBurners);
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    stopBurners();
+    process.exit(130);
+  });
+}
+
+console.log(`test:stress: ${hogs} CPU hog(s) beside vitest (pids ${burners.map((b) => b.pid).join(", ")})`);
+const vitest = spawn(process.execPath, [path.join(root, "node_modules/vitest/vitest.mjs"), "run", ...positionals], {
+  cwd: root,
+  stdio: "inherit",
+});
+const code = await new Promise<number>((resolve) =>
+  vitest.once("exit", (exitCode, signal) => resolve(exitCode ?? (signal ? 1 : 0))),
+);
+stopBurners();
+process.exit(code);
