@@ -42,11 +42,11 @@ interface Phase {
 }
 
 /** Runs a command in the clone, its output appended to the log; resolves with its time and output. */
-async function phase(name: string, command: string, args: string[]): Promise<Phase> {
+async function phase(name: string, command: string, args: string[], cwd = clone): Promise<Phase> {
   process.stdout.write(`… ${name}: ${command} ${args.join(" ")}\n`);
   log.write(`\n=== ${name}: ${command} ${args.join(" ")}\n`);
   const started = performance.now();
-  const child = spawn(command, args, { cwd: clone, env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(command, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const collect = (chunk: Buffer): void => {
     output += chunk.toString();
@@ -54,7 +54,10 @@ async function phase(name: string, command: string, args: string[]): Promise<Pha
   };
   child.stdout.on("data", collect);
   child.stderr.on("data", collect);
-  const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("exit", resolve);
+  });
   const seconds = (performance.now() - started) / 1000;
   if (code !== 0) {
     console.error(output.split("\n").slice(-30).join("\n"));
@@ -76,7 +79,7 @@ function counted(output: string): string {
 
 const phases: Phase[] = [];
 try {
-  await phase("clone", "git", ["clone", "--quiet", root, clone]);
+  await phase("clone", "git", ["clone", "--quiet", root, clone], dir);
   phases.push(await phase("npm ci: dependencies", "npm", ["ci", "--ignore-scripts", "--no-audit", "--no-fund"]));
   phases.push(await phase("npm ci: prepare (contracts, ABIs)", "npm", ["run", "prepare"]));
   const du = await phase("node_modules size", "du", ["-sm", "node_modules"]);
