@@ -17,9 +17,8 @@ import {
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
 import { UserError } from "../sdk/errors.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
-import { loadNodeConfig, writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
+import { DATA_FILES, loadNodeConfig, writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { loadAccount, writeKeystore } from "../node/keystore.ts";
-import { DATA_FILES, startProviderNode } from "../node/provider-node.ts";
 import { NodeStore } from "../node/store.ts";
 import { table } from "./output.ts";
 
@@ -138,6 +137,8 @@ async function start(args: string[]): Promise<void> {
   });
   const config = await loadNodeConfig(values["data-dir"]);
   config.bootstrap.push(...(values.bootstrap ?? []));
+  // Loaded here: the node (libp2p, Helia, the sandbox) costs seconds that other commands need not pay.
+  const { startProviderNode } = await import("../node/provider-node.ts");
   const node = await startProviderNode({ dataDir: values["data-dir"], config, ...keyOptions() });
   console.log(`provider node listening on ${node.addresses.join(", ")}`);
   if (node.metricsPort !== undefined) console.log(`metrics on http://127.0.0.1:${node.metricsPort}/metrics`);

@@ -9,7 +9,7 @@ import { hardhat } from "viem/chains";
 
 import { writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { detectGpus } from "../node/gpus.ts";
-import { DATA_FILES } from "../node/provider-node.ts";
+import { DATA_FILES } from "../node/config.ts";
 import { contracts, createChainClient, writeContract, type ChainClient } from "../sdk/chain/client.ts";
 import type { Deployment } from "../sdk/chain/deployments.ts";
 import { createBatonClient, type BatonClient } from "../sdk/client.ts";

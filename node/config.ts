@@ -69,6 +69,9 @@ export type NodeConfigInput = z.input<typeof nodeConfigSchema>;
 
 export const CONFIG_FILE = "config.yaml";
 
+/** The files a provider keeps in its data dir, beside `CONFIG_FILE`. */
+export const DATA_FILES = { peerKey: "peer.key", database: "node.db", ipfs: "ipfs" } as const;
+
 /** Reads and validates `<dataDir>/config.yaml`. */
 export async function loadNodeConfig(dataDir: string): Promise<NodeConfig> {
   const file = path.join(dataDir, CONFIG_FILE);

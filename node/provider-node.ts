@@ -12,7 +12,7 @@ import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
 import type { NodeComponents } from "./components.ts";
-import { loadNodeConfig, type NodeConfig } from "./config.ts";
+import { DATA_FILES, loadNodeConfig, type NodeConfig } from "./config.ts";
 import { DRAIN_TIMEOUT_MS } from "./constants.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
@@ -24,8 +24,6 @@ import { detectSandbox } from "./sandbox/detect.ts";
 import { NodeStore } from "./store.ts";
 
 /** The file names a node keeps in its data dir. */
-export const DATA_FILES = { peerKey: "peer.key", database: "node.db", ipfs: "ipfs" } as const;
-
 export interface StartProviderNodeOptions {
   dataDir: string;
   /** Overrides the config file (tests). */
