@@ -1,0 +1,128 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+import type { Address } from "viem";
+import { afterAll, beforeAll } from "vitest";
+
+import { devAccount } from "../../deploy/local-chain.ts";
+import type { JobEvent, JobHandle } from "../../sdk/actions/runJob.ts";
+import { contracts } from "../../sdk/chain/client.ts";
+import type { JobSpecInput } from "../../sdk/job-spec.ts";
+import { providerDirs, runToEnd, startExampleJob, tempDir } from "./example-jobs.ts";
+import { startMarket, type Market, type ProviderHandle } from "./market.ts";
+import { root } from "./processes.ts";
+
+/** The example trainer, short: 600 steps, a checkpoint every 50. */
+export const TRAIN_ENV = { TRAIN_STEPS: "600", TRAIN_CHECKPOINT_EVERY: "50", TRAIN_SEED: "3" };
+export const SCRIPT = path.join(root, "examples/train/train.mjs");
+
+/** The example trainer as a CPU job whose steps take `delayMs` each. */
+export const trainSpec = (delayMs: string): JobSpecInput => ({
+  name: "train",
+  command: ["node", "train.mjs"],
+  env: { ...TRAIN_ENV, TRAIN_STEP_DELAY_MS: delayMs },
+  resources: { gpus: 0, cpus: 1, memoryMiB: 256 },
+  maxDurationS: 300,
+});
+
+export interface RunJobFixture {
+  market: Market;
+  /** A temp dir for the file's tenants, removed after it. */
+  dir: string;
+  /** The trainer's result.json from an uninterrupted run, outside any market. */
+  reference: string;
+}
+
+/**
+ * A three-provider market for the calling test file (CPU jobs, on-chain heartbeat every 1 s,
+ * timeout 6 s), started before its tests and stopped after them, and the reference result.
+ */
+export function useRunJobMarket(): RunJobFixture {
+  const fixture = {} as RunJobFixture;
+  beforeAll(async () => {
+    fixture.dir = await mkdtemp(path.join(os.tmpdir(), "baton-runjob-test-"));
+    const refDirs = await providerDirs(await tempDir("baton-ref-"), "ref");
+    fixture.reference = await runToEnd(startExampleJob([process.execPath, SCRIPT], refDirs, TRAIN_ENV), refDirs);
+    fixture.market = await startMarket({
+      providers: 3,
+      config: {
+        cpuJobs: true,
+        price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
+        chainHeartbeatPeriodS: 1,
+        chainHeartbeatTimeoutS: 6,
+      },
+    });
+  }, 240_000);
+  afterAll(async () => {
+    await fixture.market?.stop();
+    if (fixture.dir) await rm(fixture.dir, { recursive: true, force: true });
+  });
+  return fixture;
+}
+
+/**
+ * Every token holder's balance summed, and each token's supply, all at one block: the two must stay
+ * equal. (Read at the latest block one by one, a provider's claim landing between two reads would
+ * count its tokens twice or not at all.)
+ */
+export async function totals(
+  market: Market,
+): Promise<{ payment: bigint; staking: bigint; paymentSupply: bigint; stakingSupply: bigint }> {
+  const { leaseManager, registry, paymentToken, stakingToken } = contracts(market.deployment);
+  const holders: Address[] = [
+    ...Array.from({ length: 16 }, (_, i) => devAccount(i).address),
+    leaseManager.address,
+    registry.address,
+    market.deployment.parameters.treasury,
+  ];
+  const { publicClient } = market.admin;
+  const blockNumber = await publicClient.getBlockNumber();
+  const sum = async (token: typeof paymentToken): Promise<bigint> => {
+    let total = 0n;
+    for (const holder of holders) {
+      total += await publicClient.readContract({ ...token, functionName: "balanceOf", args: [holder], blockNumber });
+    }
+    return total;
+  };
+  const supply = (token: typeof paymentToken) =>
+    publicClient.readContract({ ...token, functionName: "totalSupply", blockNumber });
+  return {
+    payment: await sum(paymentToken),
+    staking: await sum(stakingToken),
+    paymentSupply: await supply(paymentToken),
+    stakingSupply: await supply(stakingToken),
+  };
+}
+
+/** The market's provider that serves the job now. */
+export function serving(market: Market, job: JobHandle): ProviderHandle {
+  const provider = job.status().provider;
+  const handle = market.providers.find((p) => p.account.address === provider);
+  if (!handle) throw new Error(`no provider ${provider}`);
+  return handle;
+}
+
+/**
+ * Collects a job's events, and resolves `when` for the first event matching a predicate; rejects
+ * with the job's error if it fails first, so a test shows why instead of timing out.
+ */
+export function recorder(job: JobHandle) {
+  const events: JobEvent[] = [];
+  job.on("*", (event) => events.push(event));
+  const when = <T extends JobEvent["type"]>(
+    type: T,
+    predicate: (e: Extract<JobEvent, { type: T }>) => boolean = () => true,
+  ) =>
+    new Promise<Extract<JobEvent, { type: T }>>((resolve, reject) => {
+      const seen = events.find((e) => e.type === type && predicate(e as Extract<JobEvent, { type: T }>));
+      if (seen) return resolve(seen as Extract<JobEvent, { type: T }>);
+      const off = job.on(type, (event) => {
+        if (!predicate(event as Extract<JobEvent, { type: T }>)) return;
+        off();
+        resolve(event as Extract<JobEvent, { type: T }>);
+      });
+      if (type !== "failed") job.result().catch(reject);
+    });
+  return { events, when };
+}

@@ -1,0 +1,72 @@
+import { readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+
+import { parseEther } from "viem";
+import { describe, expect, it } from "vitest";
+
+import { devAccount } from "../../deploy/local-chain.ts";
+import { privateKeyOf } from "../helpers/market.ts";
+import { spawnScript } from "../helpers/processes.ts";
+import { SCRIPT, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
+
+// The tenant side from outside the SDK: the CLI across a tenant restart, and the README example.
+const fixture = useRunJobMarket();
+
+describe("tenant restart", () => {
+  it("(d) a killed `baton job run --watch` is picked up by `baton job watch`, which re-attaches and completes the job", async () => {
+    const dataDir = path.join(fixture.dir, "tenant-cli");
+    await fixture.market.client(1, path.join(fixture.dir, "tenant-fund"));
+    const specFile = path.join(fixture.dir, "train.yaml");
+    await writeFile(specFile, JSON.stringify({ ...trainSpec("20"), inputs: [{ file: SCRIPT, path: "train.mjs" }] }));
+    const network = [
+      "--data-dir",
+      dataDir,
+      "--rpc-url",
+      fixture.market.chain.rpcUrl,
+      "--deployment",
+      fixture.market.deploymentFile,
+      ...fixture.market.providers.flatMap((p) => ["--bootstrap", p.address!]),
+    ];
+    const env = { BATON_TENANT_KEY: privateKeyOf(devAccount(11)) };
+    const first = spawnScript(
+      "cli/baton.ts",
+      ["job", "run", specFile, "--max-price", "0.001", "--watch", ...network],
+      env,
+    );
+    const idLine = await first.waitFor(/^job 0x[0-9a-f]{64}$/, 60_000);
+    const jobId = idLine.split(" ")[1]!;
+    await first.waitFor(/checkpoint step 100 safe/, 60_000);
+    first.child.kill("SIGKILL");
+    await first.exited;
+
+    const second = spawnScript("cli/baton.ts", ["job", "watch", jobId, ...network], env);
+    const exit = await second.exited;
+    expect(exit.code, second.lines.slice(-20).join("\n")).toBe(0);
+    expect(second.lines.join("\n")).toMatch(/completed \(exit 0\) after 0 hand-off/);
+    const record = JSON.parse(await readFile(path.join(dataDir, "jobs", `${jobId}.json`), "utf8"));
+    expect(record.state).toBe("completed");
+    expect(await readFile(path.join(record.result.outputDir, "result.json"), "utf8")).toBe(fixture.reference);
+  });
+});
+
+describe("the README's SDK example", () => {
+  it("examples/sdk/run-job.ts runs as written against a devnet's network file", async () => {
+    const account = devAccount(12);
+    await fixture.market.fund(account.address, parseEther("1"));
+    const example = spawnScript(
+      "examples/sdk/run-job.ts",
+      [
+        "--network",
+        fixture.market.networkFile,
+        "--steps",
+        "300",
+        "--data-dir",
+        path.join(fixture.dir, "tenant-example"),
+      ],
+      { BATON_TENANT_KEY: privateKeyOf(account) },
+    );
+    const exit = await example.exited;
+    expect(exit.code, example.lines.slice(-20).join("\n")).toBe(0);
+    expect(example.lines.join("\n")).toMatch(/^done after 0 hand-off\(s\): loss \d/m);
+  });
+});
