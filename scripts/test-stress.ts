@@ -9,18 +9,21 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
-import { parseArgs } from "node:util";
 
 const root = path.resolve(import.meta.dirname, "..");
 
-const { values, positionals } = parseArgs({
-  options: { hogs: { type: "string", default: "1" } },
-  allowPositionals: true,
-  strict: false,
-});
-const hogs = Number(values.hogs);
-if (!Number.isInteger(hogs) || hogs < 0 || hogs > 16) {
-  console.error(`--hogs takes a whole number from 0 to 16, not ${String(values.hogs)}`);
+// `--hogs N` is ours; every other argument goes to vitest as given (files, `-t <name>`, …).
+const args = process.argv.slice(2);
+let hogsArg = "1";
+const hogsAt = args.findIndex((arg) => arg === "--hogs" || arg.startsWith("--hogs="));
+if (hogsAt >= 0) {
+  const inline = args[hogsAt]!.startsWith("--hogs=");
+  hogsArg = inline ? args[hogsAt]!.slice("--hogs=".length) : (args[hogsAt + 1] ?? "");
+  args.splice(hogsAt, inline ? 1 : 2);
+}
+const hogs = Number(hogsArg);
+if (!/^\d+$/.test(hogsArg) || hogs > 16) {
+  console.error(`--hogs takes a whole number from 0 to 16, not "${hogsArg}"`);
   process.exit(2);
 }
 
@@ -47,7 +50,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
 }
 
 console.log(`test:stress: ${hogs} CPU hog(s) beside vitest (pids ${burners.map((b) => b.pid).join(", ")})`);
-const vitest = spawn(process.execPath, [path.join(root, "node_modules/vitest/vitest.mjs"), "run", ...positionals], {
+const vitest = spawn(process.execPath, [path.join(root, "node_modules/vitest/vitest.mjs"), "run", ...args], {
   cwd: root,
   stdio: "inherit",
 });
