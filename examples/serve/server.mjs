@@ -93,7 +93,11 @@ const server = http.createServer(async (req, res) => {
       return send(res, 400, { error: 'body must be JSON: {"text": "…"}' });
     }
   } else return send(res, 405, { error: "GET or POST" });
-  if (delay > 0) await sleep(delay);
+  if (delay > 0) {
+    // Said on stdout (the tenant sees it as a log line), so a caller can tell the request is here.
+    console.log(`holding ${req.method} /predict for ${delay} ms`);
+    await sleep(delay);
+  }
   send(res, 200, predict(text));
 });
 

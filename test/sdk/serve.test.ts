@@ -144,9 +144,19 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
   });
 
   it("a POST in flight on a killed replica fails with a clear error, not silently twice", async () => {
+    // The replica whose job has the POST: its job says so. (The gateway counts a request outstanding
+    // before the replica has it; on a loaded machine the kill could land before delivery, and an
+    // undelivered POST is rightly sent elsewhere.)
+    const holding = new Promise<bigint>((resolve) => {
+      for (const job of service.jobs()) {
+        job.on("log", (event) => {
+          if (event.line.startsWith("holding POST")) resolve(event.leaseId);
+        });
+      }
+    });
     const pending = fetch(`${base}/predict?delay=4000`, { method: "POST", body: JSON.stringify({ text: "once" }) });
-    await until(() => service.replicas().some((r) => r.outstanding > 0), 10_000, "POST in flight");
-    const busy = service.replicas().findIndex((r) => r.outstanding > 0);
+    const leaseId = await holding;
+    const busy = service.replicas().findIndex((r) => r.leaseId === leaseId);
     const victim = providerOf(busy);
     victim.process!.child.kill("SIGKILL");
     const res = await pending;
