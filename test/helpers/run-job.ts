@@ -35,10 +35,16 @@ export interface RunJobFixture {
 }
 
 /**
- * A three-provider market for the calling test file (CPU jobs, on-chain heartbeat every 1 s,
- * timeout 6 s), started before its tests and stopped after them, and the reference result.
+ * A three-provider market for the calling test file (CPU jobs, on-chain heartbeat every 1 s),
+ * started before its tests and stopped after them, and the reference result.
+ *
+ * The on-chain timeout is short (6 s) by default, so that tests of a slash do not wait long. A file
+ * that asserts no hand-off happens should ask for more: on a loaded machine an honest provider's
+ * heartbeat transactions can fall 6 s behind, and its lease then rightly turns slashable.
  */
-export function useRunJobMarket(): RunJobFixture {
+export function useRunJobMarket({
+  chainHeartbeatTimeoutS = 6,
+}: { chainHeartbeatTimeoutS?: number } = {}): RunJobFixture {
   const fixture = {} as RunJobFixture;
   beforeAll(async () => {
     fixture.dir = await mkdtemp(path.join(os.tmpdir(), "baton-runjob-test-"));
@@ -50,7 +56,7 @@ export function useRunJobMarket(): RunJobFixture {
         cpuJobs: true,
         price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
         chainHeartbeatPeriodS: 1,
-        chainHeartbeatTimeoutS: 6,
+        chainHeartbeatTimeoutS,
       },
     });
   }, 240_000);

@@ -10,7 +10,8 @@ import { spawnScript } from "../helpers/processes.ts";
 import { SCRIPT, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
 
 // The tenant side from outside the SDK: the CLI across a tenant restart, and the README example.
-const fixture = useRunJobMarket();
+// No test here waits for a slash, and (d) expects no hand-off: room for a loaded machine.
+const fixture = useRunJobMarket({ chainHeartbeatTimeoutS: 20 });
 
 describe("tenant restart", () => {
   it("(d) a killed `baton job run --watch` is picked up by `baton job watch`, which re-attaches and completes the job", async () => {

@@ -14,7 +14,8 @@ import { until } from "../helpers/processes.ts";
 import { recorder, SCRIPT, serving, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
 
 // Many jobs on few providers, a budget that runs out, a machine with no core to spare.
-const fixture = useRunJobMarket();
+// (f) and the untouched jobs of (g) expect no hand-off: room for a loaded machine.
+const fixture = useRunJobMarket({ chainHeartbeatTimeoutS: 20 });
 
 describe("runJob: many jobs, budgets, busy cores", () => {
   let client: BatonClient;
