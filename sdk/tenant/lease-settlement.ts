@@ -70,7 +70,7 @@ const SLASH_POLL_MAX_MS = 5_000;
  * How long past a lease's deadline (by the clock) a pending slash keeps trying before it reports
  * failure: longer than any chain's block time and an RPC outage worth waiting out.
  */
-export const SLASH_GIVE_UP_MS = 5 * 60_000;
+const SLASH_GIVE_UP_MS = 5 * 60_000;
 
 /**
  * The call that ends an `Active` lease at chain time `now`: a slash when its heartbeat deadline has
@@ -88,7 +88,7 @@ export function endingCall({ deadline, endsAt }: LeaseTimes, now: bigint): Endin
  * The chain time the next block will most likely have: the pending block's, where the RPC serves
  * one (EDR and geth do), else the later of the latest block's and the clock's.
  */
-export async function nextBlockTime(client: SettlementClient): Promise<bigint> {
+async function nextBlockTime(client: SettlementClient): Promise<bigint> {
   const { publicClient } = client.chain;
   const pending = await publicClient.getBlock({ blockTag: "pending" }).catch(() => undefined);
   if (pending) return pending.timestamp;
@@ -202,7 +202,7 @@ async function trySlash(client: SettlementClient, leaseId: bigint, signal?: Abor
 }
 
 /** The `LeaseSlashed` event of a lease someone slashed, if the chain has one. */
-export async function findSlash(client: SettlementClient, leaseId: bigint): Promise<SlashRecord | undefined> {
+async function findSlash(client: SettlementClient, leaseId: bigint): Promise<SlashRecord | undefined> {
   const { leaseManager } = contracts(client.chain.deployment);
   const [event] = await client.chain.publicClient.getContractEvents({
     ...leaseManager,
