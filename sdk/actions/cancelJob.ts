@@ -2,6 +2,7 @@ import type { Hex } from "viem";
 
 import type { BatonClient } from "../client.ts";
 import { UserError } from "../errors.ts";
+import { recordedSlash } from "../tenant/job-store.ts";
 import { endLease } from "../tenant/lease-settlement.ts";
 
 /**
@@ -32,8 +33,7 @@ export async function cancelJob(
   // Only an active lease is ended; one that ended meanwhile is already settled.
   const ended = await endLease(client, { leaseId: BigInt(open.leaseId), ...(signal ? { signal } : {}) });
   if (ended.call === "slashMissedHeartbeat") {
-    const { compensation, refund, tx } = ended.slash;
-    open.slash = { compensation: compensation.toString(), refund: refund.toString(), tx };
+    open.slash = recordedSlash(ended.slash);
     await client.jobs.save(record);
   }
   return { closed: ended.call === undefined ? undefined : BigInt(open.leaseId) };

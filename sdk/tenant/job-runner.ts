@@ -26,7 +26,7 @@ import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { createEventQueue } from "./event-queue.ts";
 import { endLease, slashWhenDue, type SlashRecord } from "./lease-settlement.ts";
-import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
+import { recordedSlash, type CheckpointRecord, type JobRecord, type LeaseRecord } from "./job-store.ts";
 
 /** The largest checkpoint or output the tenant fetches: the same bound providers use. */
 const MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3;
@@ -656,8 +656,9 @@ class JobRunner implements JobHandle {
     this.#slashes.push(slashed);
   }
 
-  async #noteSlash(lease: LeaseRecord, { compensation, refund, tx }: SlashRecord): Promise<void> {
-    lease.slash = { compensation: compensation.toString(), refund: refund.toString(), tx };
+  async #noteSlash(lease: LeaseRecord, slash: SlashRecord): Promise<void> {
+    const { compensation, refund, tx } = slash;
+    lease.slash = recordedSlash(slash);
     await this.#client.jobs.save(this.#record);
     this.#emit({
       type: "slashed",

@@ -75,6 +75,11 @@ export type JobRecord = z.output<typeof jobRecordSchema>;
 export type LeaseRecord = JobRecord["leases"][number];
 export type CheckpointRecord = JobRecord["safe"][number];
 
+/** A slash as a lease record keeps it (amounts as decimal strings). */
+export function recordedSlash(slash: { compensation: bigint; refund: bigint; tx: string }): LeaseRecord["slash"] {
+  return { compensation: slash.compensation.toString(), refund: slash.refund.toString(), tx: slash.tx };
+}
+
 /** The tenant's job records: one JSON file per job, replaced atomically on every change. */
 export interface JobStore {
   readonly dir: string;
