@@ -7,7 +7,7 @@ import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import { FsBlockstore } from "blockstore-fs";
 import { NextToLast } from "blockstore-fs/sharding";
 import { FsDatastore } from "datastore-fs";
-import { createHeliaLight, type Helia } from "helia";
+import type { Helia, HeliaInit } from "helia";
 import type { CID } from "multiformats/cid";
 
 import { CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
@@ -84,6 +84,21 @@ export interface IpfsNode {
 }
 
 /**
+ * What `createHeliaLight` constructs, loaded without the package index that exports it: the index
+ * also imports `@helia/libp2p` and `@helia/http` (WebRTC, UPnP, TLS, HTTP: about 800 modules and
+ * 0.7 s of CPU at every process start) though Baton uses neither. The class and its version stamp
+ * are modules beside the index; the package's exports map hides them, so they are found from where
+ * the index resolves (helia's version is pinned, and `test/ipfs` would fail if they moved).
+ */
+const heliaLight = Promise.all([
+  import(new URL("helia.js", import.meta.resolve("helia")).href),
+  import(new URL("version.js", import.meta.resolve("helia")).href),
+]).then(([classModule, versionModule]) => ({
+  Helia: (classModule as { Helia: new (init: HeliaInit & { name: string; version: string }) => Helia }).Helia,
+  ...(versionModule as { name: string; version: string }),
+}));
+
+/**
  * Starts an embedded IPFS node (Helia) with file-system stores under `dir`, on the given Baton
  * host: bitswap only, no public bootstrap, no content routers, no gateways, no WebRTC. Helia 7
  * cannot take an existing libp2p instance, so a mixin hands it ours (as in the libp2p spike, §6).
@@ -94,7 +109,10 @@ export interface IpfsNode {
  * try { const cid = await ipfs.add(stream, { pin: true }); } finally { await ipfs.stop(); }
  */
 export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIpfsNodeParameters): Promise<IpfsNode> {
-  const helia = createHeliaLight({
+  const { Helia: HeliaLight, name, version } = await heliaLight;
+  const helia: Helia = new HeliaLight({
+    name,
+    version,
     blockstore: new WholeReadFsBlockstore(path.join(dir, "blocks")),
     datastore: new FsDatastore(path.join(dir, "datastore")),
   });
