@@ -4,8 +4,8 @@ import { parseArgs } from "node:util";
 
 import { formatEther } from "viem";
 
-import { serve, NoReplicaError, RequestNotRetriedError, type Service } from "../sdk/actions/serve.ts";
-import { BaseError, UserError } from "../sdk/errors.ts";
+import { serve, type Service } from "../sdk/actions/serve.ts";
+import { NoReplicaError, RequestNotRetriedError, shortMessageOf, UserError } from "../sdk/errors.ts";
 import { readJobFile } from "../sdk/job-spec.ts";
 import { amount, common, connect } from "./job.ts";
 
@@ -45,7 +45,7 @@ export function startGateway(
         res.end();
       } catch (error) {
         const status = error instanceof RequestNotRetriedError ? 502 : error instanceof NoReplicaError ? 503 : 502;
-        const message = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+        const message = shortMessageOf(error);
         if (!res.headersSent) {
           res.writeHead(status, {
             "content-type": "application/json",

@@ -2,11 +2,11 @@ import type { PeerId } from "@libp2p/interface";
 import { keccak256, toHex } from "viem";
 
 import { signQuote, type Quote } from "../sdk/chain/quote.ts";
-import { ProtocolError } from "../sdk/errors.ts";
+import { ProtocolError, RefusalError } from "../sdk/errors.ts";
 import { offerPrice } from "../sdk/p2p/offers.ts";
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
 import { serve } from "../sdk/wire/framing.ts";
-import { bidSchema, type Bid, type BidResponse, type RefusalReason } from "../sdk/wire/messages.ts";
+import { bidSchema, type Bid, type BidResponse, type BidRefusalReason } from "../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
 import { BID_RATE_LIMIT, BID_READ_TIMEOUT_MS, QUOTE_TTL_S } from "./constants.ts";
@@ -19,13 +19,9 @@ export function resourcesHash(models: string[]): `0x${string}` {
   return keccak256(toHex(JSON.stringify({ gpus: models.length, models })));
 }
 
-class Refusal extends Error {
-  readonly reason: RefusalReason;
-  constructor(reason: RefusalReason, message: string) {
-    super(message);
-    this.reason = reason;
-  }
-}
+/** A refusal of a bid: only bid reasons are thrown while a bid is answered. */
+const bidRefusal = (reason: BidRefusalReason, message: string): RefusalError<BidRefusalReason> =>
+  new RefusalError(reason, message);
 
 export interface Bids {
   start(): Promise<void>;
@@ -53,38 +49,38 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
   };
 
   const quoteFor = async (bid: Bid): Promise<BidResponse> => {
-    if (components.draining.value) throw new Refusal("draining", "the node is shutting down");
+    if (components.draining.value) throw bidRefusal("draining", "the node is shutting down");
     const { chainId, contracts } = chain.deployment;
     if (bid.chainId !== chainId || bid.leaseManager !== contracts.leaseManager) {
-      throw new Refusal("bad-request", `this node serves chain ${chainId}, lease manager ${contracts.leaseManager}`);
+      throw bidRefusal("bad-request", `this node serves chain ${chainId}, lease manager ${contracts.leaseManager}`);
     }
     const { requirements } = bid;
     if (requirements.gpus === 0 && !config.cpuJobs)
-      throw new Refusal("requirements-not-met", "this node takes GPU jobs only");
+      throw bidRefusal("requirements-not-met", "this node takes GPU jobs only");
     if (!gpus.canEverSatisfy(requirements)) {
-      throw new Refusal(
+      throw bidRefusal(
         "requirements-not-met",
         `this node has no ${requirements.gpus} GPU(s) matching the requirements`,
       );
     }
     if (bid.durationS > config.maxDurationS) {
-      throw new Refusal("requirements-not-met", `longest lease here is ${config.maxDurationS} s`);
+      throw bidRefusal("requirements-not-met", `longest lease here is ${config.maxDurationS} s`);
     }
     if (bid.durationS <= config.chainHeartbeatTimeoutS) {
-      throw new Refusal(
+      throw bidRefusal(
         "requirements-not-met",
         `duration must exceed the heartbeat timeout (${config.chainHeartbeatTimeoutS} s)`,
       );
     }
     const price = offerPrice(config, requirements.gpus);
-    if (bid.maxPricePerSecond < price) throw new Refusal("price-below-floor", `price here is ${price} per second`);
+    if (bid.maxPricePerSecond < price) throw bidRefusal("price-below-floor", `price here is ${price} per second`);
     if (store.leases().length >= config.maxLeases)
-      throw new Refusal("no-capacity", "the node runs its maximum of leases");
+      throw bidRefusal("no-capacity", "the node runs its maximum of leases");
 
     const nonce = store.nextNonce();
     const expiry = chainNow(components) + QUOTE_TTL_S;
     const reserved = gpus.reserve(quoteHolder(nonce), requirements, Date.now() + QUOTE_TTL_S * 1000);
-    if (!reserved) throw new Refusal("no-capacity", "no matching GPU is free");
+    if (!reserved) throw bidRefusal("no-capacity", "no matching GPU is free");
     const models = reserved.map((index) => gpus.all.find((g) => g.index === index)!.model);
     const quote: Quote = {
       provider: account.address,
@@ -109,7 +105,7 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     let response: BidResponse;
     const over = overLimit(remotePeer);
     try {
-      if (over > 0) throw new Refusal("rate-limited", "too many bids; slow down");
+      if (over > 0) throw bidRefusal("rate-limited", "too many bids; slow down");
       const opened = await openMessage(message, {
         maxBytes: maxMessageBytes.bid,
         types: ["bid"],
@@ -122,8 +118,12 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
         nonce: response.kind === "quote" ? response.quote.nonce : null,
       });
     } catch (error) {
-      const reason: RefusalReason =
-        error instanceof Refusal ? error.reason : error instanceof ProtocolError ? "bad-request" : "internal";
+      const reason: BidRefusalReason =
+        error instanceof RefusalError
+          ? (error as RefusalError<BidRefusalReason>).reason
+          : error instanceof ProtocolError
+            ? "bad-request"
+            : "internal";
       const text = error instanceof ProtocolError ? error.shortMessage : (error as Error).message;
       response = { kind: "refusal", reason, message: text.slice(0, 512) };
       metrics.inc("baton_bids_total", "Bids received, by outcome", { outcome: reason });

@@ -4,7 +4,7 @@ import path from "node:path";
 
 import { CID } from "multiformats/cid";
 
-import { BaseError } from "../sdk/errors.ts";
+import { shortMessageOf } from "../sdk/errors.ts";
 import { publishCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import type { IpfsNode } from "../sdk/ipfs/node.ts";
 import type { Logger } from "../sdk/logger.ts";
@@ -77,7 +77,7 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
     } catch (error) {
       if (stopped) return;
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // the job already deleted it
-      const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+      const reason = shortMessageOf(error);
       metrics.inc("baton_checkpoints_rejected_total", "Committed checkpoints that could not be published");
       log.warn("checkpoint not published", { name, reason });
       onRejected(name, reason);

@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 
-import { UserError } from "../sdk/errors.ts";
+import { ProviderFaultError, UserError } from "../sdk/errors.ts";
 
 const run = promisify(execFile);
 
@@ -36,7 +36,7 @@ export function parseNvidiaSmi(csv: string): Gpu[] {
     .map((line) => {
       const [index, model, total, used, utilization, driver, uuid] = line.split(",").map((f) => f.trim());
       if (index === undefined || !/^\d+$/.test(index) || !model) {
-        throw new Error(`unexpected nvidia-smi line: ${line}`);
+        throw new ProviderFaultError(`unexpected nvidia-smi line: ${line}`);
       }
       return {
         index: Number(index),
@@ -70,7 +70,7 @@ export async function detectGpus({ nvidiaSmi = "nvidia-smi", signal }: DetectGpu
     return parseNvidiaSmi(stdout);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
-    throw new Error(`nvidia-smi failed: ${(error as Error).message}`, { cause: error });
+    throw new ProviderFaultError(`nvidia-smi failed: ${(error as Error).message}`, { cause: error });
   }
 }
 

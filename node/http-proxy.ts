@@ -4,7 +4,7 @@ import { Readable } from "node:stream";
 
 import type { Connection, Stream } from "@libp2p/interface";
 
-import { BaseError } from "../sdk/errors.ts";
+import { shortMessageOf } from "../sdk/errors.ts";
 import { protocols } from "../sdk/wire/protocols.ts";
 import {
   forwardable,
@@ -93,7 +93,7 @@ export function httpProxy(components: NodeComponents): HttpProxy {
       });
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+      const reason = shortMessageOf(error);
       if (status === 0) {
         // Nothing sent yet: say why. Once a response started, all we can do is cut the stream.
         status = code === "ENOENT" || code === "ECONNREFUSED" ? 503 : 502;

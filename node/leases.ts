@@ -6,7 +6,7 @@ import { CID } from "multiformats/cid";
 import { parseEventLogs, type Address } from "viem";
 
 import { contracts, leaseStatus } from "../sdk/chain/client.ts";
-import { BaseError, ProtocolError } from "../sdk/errors.ts";
+import { BaseError, ProtocolError, RefusalError, shortMessageOf } from "../sdk/errors.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
@@ -17,6 +17,7 @@ import {
   type Progress,
   type ProviderMessage,
   type ProviderMessageType,
+  type SessionRefusalReason,
   type TenantMessage,
 } from "../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
@@ -40,14 +41,9 @@ export const PROGRESS_PREFIX = "BATON_PROGRESS ";
 
 const leaseHolder = (leaseId: bigint): string => `lease:${leaseId}`;
 
-/** Refuses a session with a reason the tenant can act on. */
-class SessionRefusal extends Error {
-  readonly reason: string;
-  constructor(reason: string, message: string) {
-    super(message);
-    this.reason = reason;
-  }
-}
+/** A refusal of a session, with a reason the tenant can act on: only session reasons are thrown while a session opens. */
+const sessionRefusal = (reason: SessionRefusalReason, message: string): RefusalError<SessionRefusalReason> =>
+  new RefusalError(reason, message);
 
 /**
  * One lease's job as the node runs it: the process, the numbered messages it produced (kept for a
@@ -109,7 +105,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     try {
       await writeMessage(stream, bytes, AbortSignal.timeout(5_000));
     } catch {
-      stream.abort(new Error("session write failed"));
+      stream.abort(new BaseError("session write failed"));
     }
   };
 
@@ -270,13 +266,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   /** Reads the lease from the chain and checks it is active, ours, and the tenant's. */
   const checkLease = async (leaseId: bigint, tenant: Address): Promise<void> => {
     const lease = await chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
-    if (lease.status === 0) throw new SessionRefusal("unknown-lease", `lease ${leaseId} does not exist on chain`);
+    if (leaseStatus[lease.status] === "None")
+      throw sessionRefusal("unknown-lease", `lease ${leaseId} does not exist on chain`);
     if (lease.provider !== account.address)
-      throw new SessionRefusal("not-our-lease", `lease ${leaseId} is not served by this provider`);
-    if (lease.tenant !== tenant)
-      throw new SessionRefusal("not-your-lease", `lease ${leaseId} belongs to another tenant`);
+      throw sessionRefusal("not-our-lease", `lease ${leaseId} is not served by this provider`);
+    if (lease.tenant !== tenant) throw sessionRefusal("not-your-lease", `lease ${leaseId} belongs to another tenant`);
     if (leaseStatus[lease.status] !== "Active" || lease.expired || lease.slashable) {
-      throw new SessionRefusal("lease-not-active", `lease ${leaseId} is not active on chain`);
+      throw sessionRefusal("lease-not-active", `lease ${leaseId} is not active on chain`);
     }
   };
 
@@ -289,13 +285,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       fromBlock: chain.deployment.deployBlock,
     });
     const opened = parseEventLogs({ abi: leaseManager.abi, logs, eventName: "LeaseOpened" })[0];
-    if (!opened) throw new SessionRefusal("lease-not-active", `no LeaseOpened event for lease ${leaseId}`);
+    if (!opened) throw sessionRefusal("lease-not-active", `no LeaseOpened event for lease ${leaseId}`);
     const nonce = opened.args.quote.nonce;
     const quote = store.getQuote(nonce);
     const wanted = spec.resources.gpus;
     // Check before taking the quote's GPUs over, so a wrong spec leaves the reservation for a retry.
     if (quote && quote.gpus.length !== wanted) {
-      throw new SessionRefusal(
+      throw sessionRefusal(
         "spec-mismatch",
         `the spec asks for ${wanted} GPU(s); the quote was for ${quote.gpus.length}`,
       );
@@ -307,10 +303,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         gpus: wanted,
         ...(spec.resources.gpuModel ? { gpuModel: spec.resources.gpuModel } : {}),
       });
-    if (!indices) throw new SessionRefusal("no-capacity", "the quote's GPUs are no longer free");
+    if (!indices) throw sessionRefusal("no-capacity", "the quote's GPUs are no longer free");
     if (indices.length !== wanted) {
       gpus.release(leaseHolder(leaseId));
-      throw new SessionRefusal(
+      throw sessionRefusal(
         "spec-mismatch",
         `the spec asks for ${wanted} GPU(s); the quote was for ${quote?.gpus.length ?? indices.length}`,
       );
@@ -327,7 +323,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   const handleSession = async (stream: Stream, connection: Connection): Promise<void> => {
     const remote = connection.remotePeer.toString();
     const messages = readMessages(stream, maxMessageBytes.lease);
-    const refuse = async (reason: string, message: string, leaseId?: bigint): Promise<void> => {
+    const refuse = async (reason: SessionRefusalReason, message: string, leaseId?: bigint): Promise<void> => {
       log.info("session refused", { peer: remote, reason, message, leaseId });
       metrics.inc("baton_sessions_refused_total", "Lease sessions refused", { reason });
       const body = { reason, message, ...(leaseId === undefined ? {} : { leaseId }) };
@@ -340,7 +336,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         messages.next(),
         new Promise<never>((_, reject) =>
           setTimeout(
-            () => reject(new SessionRefusal("timeout", "no session message in time")),
+            () => reject(sessionRefusal("timeout", "no session message in time")),
             SESSION_OPEN_TIMEOUT_MS,
           ).unref(),
         ),
@@ -358,12 +354,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       leaseId = body.leaseId;
       const tenant = await verifyTenantAuth(body.auth, body.leaseId, remote);
       if (components.draining.value && !runtimes.has(body.leaseId))
-        throw new SessionRefusal("draining", "the node is shutting down");
+        throw sessionRefusal("draining", "the node is shutting down");
       await checkLease(body.leaseId, tenant);
 
       const existing = runtimes.get(body.leaseId);
       if (opened.type === "attach" || existing) {
-        if (!existing) throw new SessionRefusal("unknown-lease", `lease ${body.leaseId} has no job on this node`);
+        if (!existing) throw sessionRefusal("unknown-lease", `lease ${body.leaseId} has no job on this node`);
         const afterSeq = "afterSeq" in body ? body.afterSeq : 0;
         await attach(existing, stream, afterSeq);
         log.info("tenant attached", { leaseId: body.leaseId, peer: remote, afterSeq });
@@ -394,7 +390,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           jobKey: startBody.key ?? null,
         };
         if (startBody.resume && !startBody.key)
-          throw new SessionRefusal("bad-request", "a resume checkpoint needs the job key");
+          throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
         // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for
         // the listen addresses it announced (identify), which bitswap can dial.
         const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
@@ -415,9 +411,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
             signal: AbortSignal.timeout(RESUME_FETCH_TIMEOUT_MS),
           });
         } catch (error) {
-          const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+          const reason = shortMessageOf(error);
           startFailed("inputs-failed");
-          throw new SessionRefusal("inputs-failed", `cannot fetch the job's inputs: ${reason}`);
+          throw sessionRefusal("inputs-failed", `cannot fetch the job's inputs: ${reason}`);
         }
         if (startBody.resume) {
           // Fetch, verify and decrypt the checkpoint before the job may start: a bad one is never resumed from.
@@ -436,9 +432,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
               },
             );
           } catch (error) {
-            const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+            const reason = shortMessageOf(error);
             startFailed("resume-failed");
-            throw new SessionRefusal("resume-failed", `cannot resume from ${startBody.resume.cid}: ${reason}`);
+            throw sessionRefusal("resume-failed", `cannot resume from ${startBody.resume.cid}: ${reason}`);
           }
         }
         // Only now, with inputs and checkpoint in place, does the lease get a runtime (and session heartbeats).
@@ -458,8 +454,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         parseBody(tenantMessageSchemas["checkpoint-ack"], message);
       }
     } catch (error) {
-      if (error instanceof SessionRefusal) await refuse(error.reason, error.message, leaseId);
-      else if (error instanceof ProtocolError) await refuse("bad-request", error.shortMessage, leaseId);
+      if (error instanceof RefusalError) {
+        await refuse((error as RefusalError<SessionRefusalReason>).reason, error.message, leaseId);
+      } else if (error instanceof ProtocolError) await refuse("bad-request", error.shortMessage, leaseId);
       else {
         log.warn("session failed", { peer: remote, leaseId, error });
         await refuse("internal", "the node could not serve this session", leaseId);

@@ -1,7 +1,9 @@
+import type { BidRefusalReason, SessionRefusalReason } from "./wire/messages.ts";
+
 /**
- * Baton's errors. One base class, in the style of viem's BaseError: a short message for people,
- * optional details, the standard `cause`, and a fixed `name` per subclass. They are grouped by
- * what the caller should do about them:
+ * Baton's errors: every error the SDK and the node throw is one of these. One base class, in the
+ * style of viem's BaseError: a short message for people, optional details, the standard `cause`,
+ * and a fixed `name` per subclass. They are grouped by what the caller should do about them:
  *
  * - {@link ProviderFaultError}: the provider misbehaved or vanished; the SDK re-leases elsewhere.
  * - {@link UserError}: bad input or configuration; fix it and retry, nothing to re-lease.
@@ -24,6 +26,31 @@ export class BaseError extends Error {
     this.shortMessage = shortMessage;
     this.details = options.details;
   }
+
+  /**
+   * Follows this error's `cause` chain (this error first): the first error `match` accepts, or
+   * `undefined`; without `match`, the innermost cause. Like viem's `BaseError.walk`.
+   *
+   * @example
+   * const reverted = error.walk((e) => e instanceof ContractFunctionRevertedError);
+   */
+  walk(match?: (error: unknown) => boolean): unknown {
+    return walk(this, match);
+  }
+}
+
+/** {@link BaseError.walk} for any thrown value: ours, viem's, or a plain `Error` with a `cause`. */
+export function walk(error: unknown, match?: (error: unknown) => boolean): unknown {
+  if (match?.(error)) return error;
+  const cause = typeof error === "object" && error !== null ? (error as { cause?: unknown }).cause : undefined;
+  if (cause !== undefined) return walk(cause, match);
+  return match ? undefined : error;
+}
+
+/** What to tell a person about any thrown value: a Baton error's short message (no details), else its message. */
+export function shortMessageOf(error: unknown): string {
+  if (error instanceof BaseError) return error.shortMessage;
+  return error instanceof Error ? error.message : String(error);
 }
 
 /** The provider's fault: the job should move to another provider. */
@@ -101,4 +128,33 @@ export class JobFailedError extends BaseError {
 /** The job was cancelled by its tenant. */
 export class JobCancelledError extends UserError {
   override name = "JobCancelledError";
+}
+
+/**
+ * A node refuses a peer's bid or lease session, for a reason from the wire protocol's lists (the
+ * peer acts on it: another provider, or a fix on its side). The node answers with it and logs it.
+ */
+export class RefusalError<Reason extends BidRefusalReason | SessionRefusalReason> extends BaseError {
+  override name = "RefusalError";
+  readonly reason: Reason;
+
+  constructor(reason: Reason, message: string) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+/** The request never reached the provider (no stream could be opened): it is safe to send again anywhere. */
+export class RequestNotSentError extends ProviderFaultError {
+  override name = "RequestNotSentError";
+}
+
+/** A request failed on a replica after it went out, and was not sent again: doing so could repeat its effect. */
+export class RequestNotRetriedError extends BaseError {
+  override name = "RequestNotRetriedError";
+}
+
+/** No replica was ready within the request's deadline. */
+export class NoReplicaError extends BaseError {
+  override name = "NoReplicaError";
 }

@@ -4,6 +4,8 @@ import { access, stat } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 
+import { SandboxSetupError } from "./errors.ts";
+
 const run = promisify(execFile);
 
 /** What `detectSandbox` found. */
@@ -75,7 +77,7 @@ export async function detectSandbox({
   if (resolved === undefined) return { kind: "none" };
   const { stdout } = await run(resolved, ["--version"], { signal, timeout: 10_000 });
   const match = /(\d+\.\d+(?:\.\d+)?)/.exec(stdout);
-  if (!match) throw new Error(`unexpected output from ${resolved} --version: ${stdout.trim()}`);
+  if (!match) throw new SandboxSetupError(`unexpected output from ${resolved} --version: ${stdout.trim()}`);
   return { kind: "bwrap", version: match[1]!, path: resolved };
 }
 

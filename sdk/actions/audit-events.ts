@@ -6,6 +6,7 @@
 import type { Address, ContractEventArgs, ContractEventName, GetContractEventsReturnType, Hex } from "viem";
 
 import { contracts, type ChainClient } from "../chain/client.ts";
+import { BaseError } from "../errors.ts";
 import type { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 
 /** A lease's state, as `Lease.Status` names it (lower case); `None` never appears in an audit. */
@@ -288,7 +289,7 @@ interface MinedLog extends ChainPosition {
 /** The time of a log whose block time {@link loadBlockTimes} has fetched. */
 export function eventTime(scope: AuditScope, log: MinedLog): EventTime {
   const timestamp = scope.blockTimes.get(log.blockNumber);
-  if (timestamp === undefined) throw new Error(`block ${log.blockNumber} was not loaded before use`);
+  if (timestamp === undefined) throw new BaseError(`block ${log.blockNumber} was not loaded before use`);
   return { timestamp, blockNumber: log.blockNumber, logIndex: log.logIndex, txHash: log.transactionHash };
 }
 

@@ -4,7 +4,7 @@ import type { Hex } from "viem";
 import type { BatonClient } from "../client.ts";
 import { contracts } from "../chain/client.ts";
 import type { Quote } from "../chain/quote.ts";
-import { BaseError, UserError } from "../errors.ts";
+import { shortMessageOf, UserError } from "../errors.ts";
 import { requestQuote } from "../wire/clients.ts";
 import type { Offer } from "../wire/messages.ts";
 import type { FoundOffer, Requirements } from "./findOffers.ts";
@@ -101,7 +101,7 @@ export async function bid(
         signal?.throwIfAborted();
         refusals.push({
           peerId: offer.peerId,
-          reason: error instanceof BaseError ? error.shortMessage : (error as Error).message,
+          reason: shortMessageOf(error),
         });
         return undefined;
       }

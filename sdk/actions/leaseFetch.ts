@@ -1,14 +1,9 @@
 import { peerIdFromString } from "@libp2p/peer-id";
 
 import type { BatonClient } from "../client.ts";
-import { BaseError, ProviderFaultError } from "../errors.ts";
+import { BaseError, ProviderFaultError, RequestNotSentError, shortMessageOf } from "../errors.ts";
 import { httpResponseHeadSchema, PROXY_HEADER, readHttpMessage, writeHttpMessage } from "../wire/http.ts";
 import { protocols } from "../wire/protocols.ts";
-
-/** The request never reached the provider (no stream could be opened): it is safe to send again anywhere. */
-export class RequestNotSentError extends ProviderFaultError {
-  override name = "RequestNotSentError";
-}
 
 export interface LeaseFetchParameters {
   peerId: string;
@@ -53,14 +48,14 @@ export async function leaseFetch(
     throw new RequestNotSentError(`cannot reach the provider ${peerId}`, { cause });
   }
   const opened = stream;
-  const abort = (): void => opened.abort(new Error("request aborted"));
+  const abort = (): void => opened.abort(new BaseError("request aborted"));
   signal?.addEventListener("abort", abort, { once: true });
   try {
     const writing = writeHttpMessage(opened, { leaseId: leaseId.toString(), method, path, headers }, body, {
       maxBodyBytes,
       ...(signal ? { signal } : {}),
     });
-    writing.catch(() => opened.abort(new Error("request body failed")));
+    writing.catch(() => opened.abort(new BaseError("request body failed")));
     const response = await readHttpMessage(opened, httpResponseHeadSchema, { maxBodyBytes });
     await writing;
     const proxied = response.head.headers.find(([name]) => name.toLowerCase() === PROXY_HEADER)?.[1];
@@ -85,12 +80,12 @@ export async function leaseFetch(
     };
   } catch (error) {
     signal?.removeEventListener("abort", abort);
-    opened.abort(new Error("request failed"));
+    opened.abort(new BaseError("request failed"));
     if (signal?.aborted) throw signal.reason;
     if (error instanceof ProviderFaultError) throw error;
     throw new ProviderFaultError(`the request to lease ${leaseId} broke off`, {
       cause: error,
-      details: error instanceof BaseError ? error.shortMessage : (error as Error).message,
+      details: shortMessageOf(error),
     });
   }
 }

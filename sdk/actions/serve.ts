@@ -1,22 +1,19 @@
 import type { Address } from "viem";
 
 import type { BatonClient } from "../client.ts";
-import { BaseError, UserError } from "../errors.ts";
+import {
+  BaseError,
+  NoReplicaError,
+  ProviderFaultError,
+  RequestNotRetriedError,
+  RequestNotSentError,
+  UserError,
+} from "../errors.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
 import type { JobHandle } from "../tenant/job-runner.ts";
-import { leaseFetch, RequestNotSentError, type LeaseFetchResponse } from "./leaseFetch.ts";
+import { leaseFetch, type LeaseFetchResponse } from "./leaseFetch.ts";
 import { runJob } from "./runJob.ts";
-
-/** A request failed on a replica after it went out, and was not sent again: doing so could repeat its effect. */
-export class RequestNotRetriedError extends BaseError {
-  override name = "RequestNotRetriedError";
-}
-
-/** No replica was ready within the request's deadline. */
-export class NoReplicaError extends BaseError {
-  override name = "NoReplicaError";
-}
 
 export interface ServeOptions {
   replicas: number;
@@ -174,7 +171,7 @@ export async function serve(
     });
     const cut = (state: ReplicaState): void => {
       replica.state = state;
-      replica.inFlight.abort(new Error(`replica ${index} is ${state}`));
+      replica.inFlight.abort(new ProviderFaultError(`replica ${index} is ${state}`));
       replica.inFlight = new AbortController();
     };
     job.on("started", () => void probe(replica));

@@ -2,7 +2,7 @@ import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 
 import type { BatonClient } from "../client.ts";
-import { BaseError } from "../errors.ts";
+import { ProviderFaultError, shortMessageOf } from "../errors.ts";
 import { monitorLiveness, type LivenessOptions, type LivenessState } from "../tenant/liveness.ts";
 import { createEventQueue } from "../tenant/event-queue.ts";
 import { openLeaseSession, type LeaseSession, type ProviderEvent } from "../wire/clients.ts";
@@ -96,9 +96,7 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
       void read(session);
     } catch (error) {
       log.debug("session not opened", { error });
-      monitor.lost(
-        `cannot open a session: ${error instanceof BaseError ? error.shortMessage : (error as Error).message}`,
-      );
+      monitor.lost(`cannot open a session: ${shortMessageOf(error)}`);
       // Try again on the next heartbeat while the provider is only suspect.
       setTimeout(() => {
         connecting = false;
@@ -127,7 +125,7 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
         }
       }
     } catch (error) {
-      reason = `session lost: ${error instanceof BaseError ? error.shortMessage : (error as Error).message}`;
+      reason = `session lost: ${shortMessageOf(error)}`;
     }
     if (session === current) session = undefined;
     if (!finished) monitor.lost(reason);
@@ -139,7 +137,7 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
   return {
     [Symbol.asyncIterator]: () => queue[Symbol.asyncIterator](),
     async send(type, body) {
-      if (!session) throw new Error("no session open");
+      if (!session) throw new ProviderFaultError("no session open");
       await session.send(type, body);
     },
     async stop() {

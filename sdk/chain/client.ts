@@ -17,7 +17,7 @@ import {
   type WalletClient,
 } from "viem";
 
-import { BaseError, ChainError, UserError } from "../errors.ts";
+import { ChainError, UserError, walk } from "../errors.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import type { Deployment } from "./deployments.ts";
 
@@ -93,14 +93,14 @@ export async function checkChain(client: ChainClient, signal?: AbortSignal): Pro
  * ours (a {@link ChainError} from {@link writeContract}) that carries it as its cause.
  */
 export function revertOf(error: unknown): { name: string; args: readonly unknown[] } | undefined {
-  if (error instanceof BaseError) return revertOf(error.cause);
-  if (!(error instanceof ViemBaseError)) return undefined;
-  const reverted = error.walk((e) => e instanceof ContractFunctionRevertedError);
+  const viemError = walk(error, (e) => e instanceof ViemBaseError);
+  if (!(viemError instanceof ViemBaseError)) return undefined;
+  const reverted = viemError.walk((e) => e instanceof ContractFunctionRevertedError);
   if (reverted instanceof ContractFunctionRevertedError && reverted.data?.errorName) {
     return { name: reverted.data.errorName, args: reverted.data.args ?? [] };
   }
   // viem sometimes cannot decode what Hardhat/EDR decoded already; its text names the error.
-  const named = /reverted with custom error '(\w+)\(([^)]*)\)'/.exec(error.details ?? "");
+  const named = /reverted with custom error '(\w+)\(([^)]*)\)'/.exec(viemError.details ?? "");
   if (named) return { name: named[1]!, args: named[2] ? named[2].split(", ") : [] };
   return undefined;
 }

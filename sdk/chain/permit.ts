@@ -7,6 +7,7 @@ import {
   type TransactionReceipt,
 } from "viem";
 
+import { ChainError } from "../errors.ts";
 import { leaseManagerAbi } from "../generated/abis.ts";
 
 /** What `openLeaseWithPermit` takes after the quote: an ERC-2612 permit split into v, r, s. */
@@ -66,6 +67,6 @@ export async function signPermit(
 export function leaseIdFromReceipt(receipt: TransactionReceipt, leaseManager: Address): bigint {
   const logs = receipt.logs.filter((log) => log.address.toLowerCase() === leaseManager.toLowerCase());
   const opened = parseEventLogs({ abi: leaseManagerAbi, logs, eventName: "LeaseOpened" })[0];
-  if (!opened) throw new Error(`transaction ${receipt.transactionHash} opened no lease`);
+  if (!opened) throw new ChainError(`transaction ${receipt.transactionHash} opened no lease`);
   return opened.args.leaseId;
 }

@@ -18,6 +18,7 @@ import {
   ChainError,
   JobCancelledError,
   JobFailedError,
+  shortMessageOf,
   UserError,
 } from "../errors.ts";
 import { restoreCheckpoint, verifyCheckpoint } from "../ipfs/checkpoint.ts";
@@ -318,7 +319,7 @@ class JobRunner implements JobHandle {
     await this.#result.catch(() => undefined);
     const failed = (await Promise.allSettled(this.#slashes)).filter((s) => s.status === "rejected");
     if (failed.length > 0) {
-      const reasons = failed.map((s) => (s.reason instanceof BaseError ? s.reason.shortMessage : String(s.reason)));
+      const reasons = failed.map((s) => shortMessageOf(s.reason));
       throw new ChainError(`${failed.length} lease(s) that should have been slashed were not`, {
         details: reasons.join("; "),
         cause: failed[0]!.reason,
@@ -593,7 +594,7 @@ class JobRunner implements JobHandle {
         });
       } catch (error) {
         if (signal.aborted) return;
-        const reason = error instanceof BaseError ? error.shortMessage : (error as Error).message;
+        const reason = shortMessageOf(error);
         this.#log.warn("checkpoint not safe", { leaseId, cid: body.cid, error });
         this.#emit({ type: "checkpoint-rejected", leaseId, cid: body.cid, reason });
       }

@@ -3,7 +3,7 @@ import type { Multiaddr } from "@multiformats/multiaddr";
 import { recoverTypedDataAddress } from "viem";
 
 import { quoteDomain, quoteTypes } from "../chain/quote.ts";
-import { ProtocolError } from "../errors.ts";
+import { BaseError, ProtocolError } from "../errors.ts";
 import type { BatonHost } from "../p2p/host.ts";
 import { openMessage, parseBody, sealMessage } from "./envelope.ts";
 import { readMessages, request, writeMessage } from "./framing.ts";
@@ -109,7 +109,7 @@ export async function openLeaseSession<T extends "start" | "attach">(
   return {
     messages: messages(),
     send,
-    close: () => stream.close().catch(() => stream.abort(new Error("close failed"))),
+    close: () => stream.close().catch(() => stream.abort(new BaseError("close failed"))),
     stream,
   };
 }

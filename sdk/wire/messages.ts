@@ -82,7 +82,8 @@ export const quoteWireSchema = z.object({
   nonce: uintSchema,
 });
 
-export const refusalReasons = [
+/** Why a provider refuses a bid. */
+export const bidRefusalReasons = [
   "no-capacity",
   "price-below-floor",
   "requirements-not-met",
@@ -92,7 +93,7 @@ export const refusalReasons = [
   "draining",
   "internal",
 ] as const;
-export type RefusalReason = (typeof refusalReasons)[number];
+export type BidRefusalReason = (typeof bidRefusalReasons)[number];
 
 export const bidResponseSchema = z.discriminatedUnion("kind", [
   z.object({
@@ -102,7 +103,7 @@ export const bidResponseSchema = z.discriminatedUnion("kind", [
     /** The GPUs reserved for this quote until it expires. */
     gpus: z.array(z.number().int().nonnegative()).max(64),
   }),
-  z.object({ kind: z.literal("refusal"), reason: z.enum(refusalReasons), message: z.string().max(512) }),
+  z.object({ kind: z.literal("refusal"), reason: z.enum(bidRefusalReasons), message: z.string().max(512) }),
 ]);
 export type BidResponse = z.output<typeof bidResponseSchema>;
 
@@ -157,7 +158,41 @@ export const progressSchema = z.object({
 });
 export type Progress = z.output<typeof progressSchema>;
 
+/** What a lease's job is doing, as its heartbeats say. */
 export const jobStates = ["starting", "running", "exited"] as const;
+export type JobState = (typeof jobStates)[number];
+
+/**
+ * Why a provider refuses a lease session (and ends it). Which of them are the provider's doing, so
+ * that the tenant hands the job on, is the tenant's hand-off policy (`sdk/tenant/hand-off-policy.ts`).
+ */
+export const sessionRefusalReasons = [
+  /** No first message in time. */
+  "timeout",
+  /** The node is shutting down. */
+  "draining",
+  /** The chain has no such lease, or (on attach) this node runs no job for it. */
+  "unknown-lease",
+  /** The lease's provider is another node. */
+  "not-our-lease",
+  /** The lease's tenant is another account. */
+  "not-your-lease",
+  /** The lease ended, expired or turned slashable on chain. */
+  "lease-not-active",
+  /** The spec asks for other resources than the quote reserved. */
+  "spec-mismatch",
+  /** The quote's GPUs are no longer free. */
+  "no-capacity",
+  /** A malformed, unsigned or inconsistent message. */
+  "bad-request",
+  /** The job's inputs could not be fetched. */
+  "inputs-failed",
+  /** The checkpoint to resume from could not be fetched, verified or decrypted. */
+  "resume-failed",
+  /** Anything else that went wrong on the node. */
+  "internal",
+] as const;
+export type SessionRefusalReason = (typeof sessionRefusalReasons)[number];
 
 export const providerMessageSchemas = {
   accepted: z.object({
@@ -166,7 +201,11 @@ export const providerMessageSchemas = {
     startedAt: timestampMsSchema,
     resumed: z.boolean(),
   }),
-  refused: z.object({ leaseId: leaseIdSchema.optional(), reason: z.string().max(64), message: z.string().max(512) }),
+  refused: z.object({
+    leaseId: leaseIdSchema.optional(),
+    reason: z.enum(sessionRefusalReasons),
+    message: z.string().max(512),
+  }),
   heartbeat: z.object({
     leaseId: leaseIdSchema,
     seq: z.number().int().nonnegative(),
