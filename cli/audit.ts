@@ -18,6 +18,8 @@ const options = {
   /** Defaults to deployments/<chainId>.json for the chain the RPC serves. */
   deployment: { type: "string" },
   json: { type: "boolean", default: false },
+  /** `audit job` only: whose job, when more than one tenant used the id. */
+  tenant: { type: "string" },
 } as const;
 
 interface AuditArgs {
@@ -25,6 +27,7 @@ interface AuditArgs {
   rpcUrl: string;
   deployment: string | undefined;
   json: boolean;
+  tenant: string | undefined;
 }
 
 /** Parses `<target> [options]`, turning every mistake into a UserError that shows the usage. */
@@ -38,7 +41,7 @@ function parse(args: string[], usage: string): AuditArgs {
   })();
   const [target, ...extra] = positionals;
   if (target === undefined || extra.length > 0) throw new UserError(usage);
-  return { target, rpcUrl: values["rpc-url"], deployment: values.deployment, json: values.json };
+  return { target, rpcUrl: values["rpc-url"], deployment: values.deployment, json: values.json, tenant: values.tenant };
 }
 
 function parseLeaseId(text: string): bigint {
@@ -51,7 +54,7 @@ function parseJobId(text: string): Hex {
   return text.toLowerCase() as Hex;
 }
 
-function parseProvider(text: string): Address {
+function parseAddress(text: string): Address {
   if (!/^0x[0-9a-fA-F]{40}$/.test(text)) throw new UserError(`not an address: ${text} (0x and 40 hex digits)`);
   if (!isAddress(text)) throw new UserError(`not an address: ${text} (its mixed-case checksum is wrong)`);
   return getAddress(text);
@@ -141,14 +144,13 @@ const leaseHeader = (who: string): string[] => [
 ];
 
 export function printJob(job: AuditJobReturnType): void {
-  const forks = job.forks.map((fork) => `lease ${fork.predecessor} → ${fork.successors.join(", ")}`);
   console.log(
     table([
       ["job", job.jobId],
-      ["tenant", job.tenants.join(", ")],
+      ["tenant", job.tenant],
+      ...(job.otherTenants.length > 0 ? [["other tenants using the id (ignored)", job.otherTenants.join(", ")]] : []),
       ["as of", asOf(job.asOf)],
       ["lineage", `${job.lineage.length} lease(s), ${job.handOffs} hand-off(s)`],
-      ["forks", forks.length > 0 ? forks.join("; ") : "none"],
       ["off the lineage", job.others.length > 0 ? job.others.map((l) => l.leaseId).join(", ") : "none"],
     ]),
   );
@@ -309,9 +311,10 @@ function printProvider(record: AuditProviderReturnType): void {
 const OPTIONS_USAGE = "[--rpc-url URL] [--deployment FILE] [--json]";
 
 async function job(args: string[]): Promise<void> {
-  const parsed = parse(args, `usage: baton audit job <jobId> ${OPTIONS_USAGE}`);
+  const parsed = parse(args, `usage: baton audit job <jobId> [--tenant ADDRESS] ${OPTIONS_USAGE}`);
   const jobId = parseJobId(parsed.target);
-  const result = await auditJob({ chain: await connect(parsed) }, { jobId });
+  const tenant = parsed.tenant === undefined ? undefined : parseAddress(parsed.tenant);
+  const result = await auditJob({ chain: await connect(parsed) }, { jobId, ...(tenant ? { tenant } : {}) });
   if (parsed.json) printJson(result);
   else printJob(result);
 }
@@ -326,7 +329,7 @@ async function lease(args: string[]): Promise<void> {
 
 async function provider(args: string[]): Promise<void> {
   const parsed = parse(args, `usage: baton audit provider <address> ${OPTIONS_USAGE}`);
-  const address = parseProvider(parsed.target);
+  const address = parseAddress(parsed.target);
   const result = await auditProvider({ chain: await connect(parsed) }, { provider: address });
   if (parsed.json) printJson(result);
   else printProvider(result);

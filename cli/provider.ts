@@ -2,6 +2,7 @@ import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 
+import type { PrivateKey } from "@libp2p/interface";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { formatUnits, parseUnits } from "viem";
 import { generatePrivateKey } from "viem/accounts";
@@ -15,6 +16,7 @@ import {
   type ChainClient,
 } from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
+import { metadataWithPeerProof, verifyPeerProof } from "../sdk/chain/peer-proof.ts";
 import { UserError } from "../sdk/errors.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { DATA_FILES, loadNodeConfig, writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
@@ -35,14 +37,14 @@ function keyOptions(): { privateKey?: string; password?: string } {
   };
 }
 
-async function connect(dataDir: string): Promise<{ chain: ChainClient; peerId: string }> {
+async function connect(dataDir: string): Promise<{ chain: ChainClient; peerId: string; peerKey: PrivateKey }> {
   const config = await loadNodeConfig(dataDir);
   const deployment = await loadDeploymentFile(path.resolve(dataDir, config.deployment));
   const account = await loadAccount({ keystore: path.resolve(dataDir, config.keystore), ...keyOptions() });
   const chain = createChainClient({ rpcUrl: config.rpcUrl, deployment, account, pollingIntervalMs: 100 });
   await checkChain(chain);
-  const peerId = peerIdFromPrivateKey(await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey))).toString();
-  return { chain, peerId };
+  const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
+  return { chain, peerId: peerIdFromPrivateKey(peerKey).toString(), peerKey };
 }
 
 async function tokenAmount(chain: ChainClient, token: "stakingToken" | "paymentToken", text: string): Promise<bigint> {
@@ -107,9 +109,12 @@ async function register(args: string[]): Promise<void> {
     options: { ...common, stake: { type: "string" }, metadata: { type: "string", default: "{}" } },
   });
   if (!values.stake) throw new UserError("--stake N is required (in staking tokens)");
-  const { chain, peerId } = await connect(values["data-dir"]);
+  const { chain, peerId, peerKey } = await connect(values["data-dir"]);
   const { registry, stakingToken } = contracts(chain.deployment);
   const me = chain.walletClient!.account.address;
+  // Tenants trust our peer id only with this proof that its key is ours (see sdk/chain/peer-proof.ts).
+  const binding = { chainId: chain.deployment.chainId, registry: registry.address, provider: me };
+  const metadata = await metadataWithPeerProof(values.metadata, peerKey, binding);
   const amount = await tokenAmount(chain, "stakingToken", values.stake);
   const balance = await chain.publicClient.readContract({ ...stakingToken, functionName: "balanceOf", args: [me] });
   if (balance < amount) {
@@ -118,10 +123,14 @@ async function register(args: string[]): Promise<void> {
   await writeContract(chain, { ...stakingToken, functionName: "approve", args: [registry.address, amount] });
   const current = await chain.publicClient.readContract({ ...registry, functionName: "getProvider", args: [me] });
   if (current.registered) {
+    if (current.peerId !== peerId || !(await verifyPeerProof(peerId, current.metadata, binding))) {
+      await writeContract(chain, { ...registry, functionName: "updateProfile", args: [peerId, metadata] });
+      console.log(`updated the profile of ${me}: peer id ${peerId}, with its proof`);
+    }
     await writeContract(chain, { ...registry, functionName: "stake", args: [amount] });
     console.log(`added ${values.stake} to the stake of ${me}`);
   } else {
-    await writeContract(chain, { ...registry, functionName: "register", args: [peerId, values.metadata, amount] });
+    await writeContract(chain, { ...registry, functionName: "register", args: [peerId, metadata, amount] });
     console.log(`registered ${me} as ${peerId} with a stake of ${values.stake}`);
   }
 }

@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
@@ -51,6 +52,9 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     address public immutable override treasury;
 
     /// @inheritdoc ILeaseManager
+    uint64 public immutable override minHeartbeatTimeout;
+
+    /// @inheritdoc ILeaseManager
     uint64 public immutable override maxHeartbeatTimeout;
 
     /// @inheritdoc ILeaseManager
@@ -59,12 +63,16 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     mapping(uint256 leaseId => Lease.Record record) private _leases;
     mapping(address provider => Lease.ProviderAccount account) private _accounts;
     mapping(address provider => mapping(uint256 word => uint256 bits)) private _nonceBitmap;
+    mapping(uint256 leaseId => uint256 successor) private _successors;
+    mapping(address tenant => uint256 amount) private _credits;
 
     /// @param paymentToken_ The ERC-20 token tenants pay in.
     /// @param registry_ The provider registry; it must list this contract as its lease manager.
     /// @param tenantShareBps_ Share of a slashed collateral paid to the tenant.
     /// @param callerShareBps_ Share of a slashed collateral paid to the slash's caller.
     /// @param treasury_ Receives the rest of a slashed collateral; zero burns it.
+    /// @param minHeartbeatTimeout_ Shortest heartbeat timeout a quote may set: a few block times of
+    /// the chain, so that a heartbeat sent in time can be mined in time.
     /// @param maxHeartbeatTimeout_ Longest heartbeat timeout a quote may set; it must be shorter
     /// than the registry's unbonding period, so that stake outlives every lease's slash window.
     constructor(
@@ -73,6 +81,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         uint16 tenantShareBps_,
         uint16 callerShareBps_,
         address treasury_,
+        uint64 minHeartbeatTimeout_,
         uint64 maxHeartbeatTimeout_
     ) EIP712("Baton LeaseManager", "1") {
         if (address(paymentToken_) == address(0) || address(registry_) == address(0)) {
@@ -89,11 +98,15 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         ) {
             revert LeaseManager_InvalidMaxHeartbeatTimeout(maxHeartbeatTimeout_, unbondingPeriod);
         }
+        if (minHeartbeatTimeout_ < 2 || minHeartbeatTimeout_ > maxHeartbeatTimeout_) {
+            revert LeaseManager_InvalidMinHeartbeatTimeout(minHeartbeatTimeout_, maxHeartbeatTimeout_);
+        }
         paymentToken = paymentToken_;
         registry = registry_;
         tenantShareBps = tenantShareBps_;
         callerShareBps = callerShareBps_;
         treasury = treasury_ == address(0) ? BURN_ADDRESS : treasury_;
+        minHeartbeatTimeout = minHeartbeatTimeout_;
         maxHeartbeatTimeout = maxHeartbeatTimeout_;
     }
 
@@ -141,6 +154,16 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc ILeaseManager
     function secondsServed(address provider) external view override returns (uint64) {
         return _accounts[provider].secondsServed;
+    }
+
+    /// @inheritdoc ILeaseManager
+    function successorOf(uint256 leaseId) external view override returns (uint256) {
+        return _successors[leaseId];
+    }
+
+    /// @inheritdoc ILeaseManager
+    function creditOf(address tenant) external view override returns (uint256) {
+        return _credits[tenant];
     }
 
     /// @inheritdoc ILeaseManager
@@ -202,14 +225,22 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         uint256 deposit = uint256(r.deposit) + amount;
         if (deposit > type(uint96).max) revert LeaseManager_AmountTooLarge(amount);
 
+        uint32 endsAt = _endsAt(r.settledUntil, deposit, r.pricePerSecond, r.maxEnd);
+        // A lease set to expire cleanly (its deadline at or past its end) turns slashable if its
+        // end moves past the deadline: the provider must have half a timeout, at least one
+        // heartbeat period, to see the top-up and heartbeat.
+        uint64 deadline = _deadline(r);
+        if (deadline >= r.endsAt && endsAt > deadline && deadline < block.timestamp + r.heartbeatTimeout / 2) {
+            revert LeaseManager_TopUpTooLate(leaseId, deadline);
+        }
+
         // Effect: a bigger deposit funds the lease for longer, up to its maximum duration.
         r.deposit = uint96(deposit);
-        uint32 endsAt = _endsAt(r.settledUntil, deposit, r.pricePerSecond, r.maxEnd);
         r.endsAt = endsAt;
         emit LeaseToppedUp(leaseId, amount, deposit, endsAt);
 
         // Interaction.
-        paymentToken.safeTransferFrom(msg.sender, address(this), amount);
+        _pull(amount);
     }
 
     /// @inheritdoc ILeaseManager
@@ -225,13 +256,15 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             return;
         }
 
-        // Effect: pay the heartbeat-covered time, refund the rest, and wait for the provider.
+        // Effect: pay the heartbeat-covered time, refund the rest, and wait for the provider, who
+        // has a whole heartbeat timeout from now to acknowledge (the lease ends now: see {_deadline}).
         r.status = Lease.Status.Closing;
+        r.endsAt = uint32(block.timestamp);
         uint256 refund = _settleFinal(leaseId, r, r.lastHeartbeat);
         emit LeaseCloseRequested(leaseId, refund);
 
         // Interaction: refund the tenant.
-        if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
+        _refund(r.tenant, refund);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -343,7 +376,21 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
 
         // Interaction: free the collateral and refund the tenant.
         registry.releaseCollateral(msg.sender, leaseId, r.collateral, true);
-        if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
+        _refund(r.tenant, refund);
+    }
+
+    /// @inheritdoc ILeaseManager
+    function withdrawCredit() external override nonReentrant {
+        // Check.
+        uint256 amount = _credits[msg.sender];
+        if (amount == 0) revert LeaseManager_NothingCredited(msg.sender);
+
+        // Effect.
+        _credits[msg.sender] = 0;
+        emit CreditWithdrawn(msg.sender, amount);
+
+        // Interaction.
+        paymentToken.safeTransfer(msg.sender, amount);
     }
 
     /// @inheritdoc ILeaseManager
@@ -394,7 +441,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
 
         // Interaction: pay out the collateral and refund the tenant.
         registry.slashCollateral(r.provider, leaseId, collateral, payout);
-        if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
+        _refund(r.tenant, refund);
     }
 
     /// @inheritdoc ILeaseManager
@@ -422,11 +469,11 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         if (msg.sender != quote.tenant) revert LeaseManager_CallerNotQuoteTenant(quote.tenant, msg.sender);
         if (block.timestamp > quote.expiry) revert LeaseManager_QuoteExpired(quote.expiry, block.timestamp);
         _checkQuote(quote, deposit);
-        if (!SignatureChecker.isValidSignatureNow(quote.provider, hashQuote(quote), signature)) {
+        if (!_isValidSignature(quote.provider, hashQuote(quote), signature)) {
             revert LeaseManager_InvalidSignature(quote.provider);
         }
 
-        // Check: a predecessor is an ended lease of the same tenant and job.
+        // Check: a predecessor is an ended lease of the same tenant and job that nothing continues yet.
         if (predecessor != 0) {
             Lease.Record storage p = _leases[predecessor];
             if (
@@ -437,17 +484,20 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             ) {
                 revert LeaseManager_InvalidPredecessor(predecessor);
             }
+            uint256 successor = _successors[predecessor];
+            if (successor != 0) revert LeaseManager_PredecessorContinued(predecessor, successor);
         }
 
-        // Effect: burn the nonce and record the lease.
+        // Effect: burn the nonce and record the lease (and the job's one line of succession).
         _useNonce(quote.provider, quote.nonce);
         leaseId = ++leaseCount;
+        if (predecessor != 0) _successors[predecessor] = leaseId;
         uint32 endsAt = _recordLease(leaseId, quote, deposit);
         emit LeaseOpened(leaseId, quote.jobId, quote.provider, msg.sender, predecessor, deposit, endsAt, quote);
 
         // Interaction: lock the collateral (the registry checks the stake) and pull the deposit.
         registry.lockCollateral(quote.provider, leaseId, quote.collateral);
-        paymentToken.safeTransferFrom(msg.sender, address(this), deposit);
+        _pull(deposit);
     }
 
     /// @dev Records lease `leaseId` of `msg.sender` on the terms of `quote`, starting now. A function
@@ -478,21 +528,25 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     }
 
     function _checkQuote(Lease.Quote calldata quote, uint256 deposit) internal view {
-        if (quote.pricePerSecond == 0) revert LeaseManager_InvalidQuote("zero price");
-        if (quote.pricePerSecond > type(uint96).max) revert LeaseManager_InvalidQuote("price too large");
-        if (quote.collateral > type(uint96).max) revert LeaseManager_InvalidQuote("collateral too large");
-        if (quote.heartbeatTimeout == 0 || quote.heartbeatTimeout > maxHeartbeatTimeout) {
-            revert LeaseManager_InvalidQuote("heartbeat timeout out of range");
+        if (quote.pricePerSecond == 0 || quote.pricePerSecond > type(uint96).max) {
+            revert LeaseManager_PriceOutOfRange(quote.pricePerSecond);
         }
-        if (quote.heartbeatPeriod == 0 || quote.heartbeatPeriod > quote.heartbeatTimeout) {
-            revert LeaseManager_InvalidQuote("heartbeat period out of range");
+        if (quote.collateral > type(uint96).max) revert LeaseManager_CollateralTooLarge(quote.collateral);
+        if (quote.heartbeatTimeout < minHeartbeatTimeout || quote.heartbeatTimeout > maxHeartbeatTimeout) {
+            revert LeaseManager_HeartbeatTimeoutOutOfRange(
+                quote.heartbeatTimeout,
+                minHeartbeatTimeout,
+                maxHeartbeatTimeout
+            );
         }
-        if (quote.maxDuration == 0 || block.timestamp + quote.maxDuration > type(uint32).max) {
-            revert LeaseManager_InvalidQuote("max duration out of range");
+        // Two heartbeats per timeout at least: one late heartbeat (a slow block, a retry) must not
+        // make an honest provider slashable.
+        if (quote.heartbeatPeriod == 0 || quote.heartbeatPeriod > quote.heartbeatTimeout / 2) {
+            revert LeaseManager_HeartbeatPeriodOutOfRange(quote.heartbeatPeriod, quote.heartbeatTimeout);
         }
         // A timeout as long as the lease would leave it unslashable for its whole life.
-        if (quote.heartbeatTimeout >= quote.maxDuration) {
-            revert LeaseManager_InvalidQuote("heartbeat timeout not shorter than max duration");
+        if (quote.maxDuration <= quote.heartbeatTimeout || block.timestamp + quote.maxDuration > type(uint32).max) {
+            revert LeaseManager_MaxDurationOutOfRange(quote.maxDuration, quote.heartbeatTimeout);
         }
         if (deposit < quote.pricePerSecond) revert LeaseManager_DepositTooSmall(deposit, quote.pricePerSecond);
         if (deposit > type(uint96).max) revert LeaseManager_AmountTooLarge(deposit);
@@ -515,7 +569,37 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
 
         // Interaction.
         registry.releaseCollateral(r.provider, leaseId, r.collateral, false);
-        if (refund > 0) paymentToken.safeTransfer(r.tenant, refund);
+        _refund(r.tenant, refund);
+    }
+
+    /// @dev Pulls `amount` payment tokens from the caller, all of them: a token that takes a fee in
+    /// transit would leave the escrow promising more than it holds, and the last lease out unpaid.
+    function _pull(uint256 amount) internal {
+        uint256 balanceBefore = paymentToken.balanceOf(address(this));
+        paymentToken.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = paymentToken.balanceOf(address(this)) - balanceBefore;
+        if (received != amount) revert LeaseManager_UnsupportedToken(amount, received);
+    }
+
+    /// @dev Refunds `tenant` at once when it is the caller (its own transfer can only fail its own
+    /// call); otherwise credits it for {withdrawCredit}, so that a tenant that refuses tokens (a
+    /// blocklist, a reverting hook) can never block a provider's or a keeper's call.
+    function _refund(address tenant, uint256 amount) internal {
+        if (amount == 0) return;
+        if (tenant == msg.sender) {
+            paymentToken.safeTransfer(tenant, amount);
+            return;
+        }
+        _credits[tenant] += amount;
+        emit Credited(tenant, amount);
+    }
+
+    /// @dev An ECDSA signature of `signer` first (no code lookup for the usual EOA provider), then
+    /// ERC-1271 for a contract signer.
+    function _isValidSignature(address signer, bytes32 hash, bytes calldata signature) internal view returns (bool) {
+        (address recovered, ECDSA.RecoverError err, ) = ECDSA.tryRecoverCalldata(hash, signature);
+        if (err == ECDSA.RecoverError.NoError && recovered == signer) return true;
+        return SignatureChecker.isValidERC1271SignatureNowCalldata(signer, hash, signature);
     }
 
     /// @dev Credits the provider with everything earned up to `until` and empties the deposit.
@@ -553,8 +637,12 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         return fundedUntil < maxEnd ? uint32(fundedUntil) : maxEnd;
     }
 
+    /// @dev An active lease's provider must heartbeat within the timeout of its last heartbeat; a
+    /// closing lease's provider, within the timeout of the close (which set `endsAt`), so that a
+    /// close never shortens the time a provider has to answer.
     function _deadline(Lease.Record storage r) internal view returns (uint64) {
-        return uint64(r.lastHeartbeat) + r.heartbeatTimeout;
+        uint32 from = r.status == Lease.Status.Closing ? r.endsAt : r.lastHeartbeat;
+        return uint64(from) + r.heartbeatTimeout;
     }
 
     /// @dev An active lease is slashable once its deadline passed before the lease's end; a closing

@@ -40,7 +40,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     address public override leaseManager;
 
     mapping(address provider => Provider.Record record) private _providers;
-    mapping(bytes32 peerIdHash => address provider) private _providerOfPeer;
+    mapping(address account => uint256 amount) private _credits;
 
     /// @param stakingToken_ The ERC-20 token providers stake.
     /// @param minStake_ Stake needed for new leases.
@@ -87,8 +87,8 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc IProviderRegistry
-    function providerOfPeer(string calldata peerId) external view override returns (address) {
-        return _providerOfPeer[keccak256(bytes(peerId))];
+    function creditOf(address account) external view override returns (uint256) {
+        return _credits[account];
     }
 
     /// @inheritdoc IProviderRegistry
@@ -111,13 +111,12 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
 
         // Check: the caller is new and its profile is well formed.
         if (p.registered) revert ProviderRegistry_AlreadyRegistered(msg.sender);
-        bytes32 peerHash = _checkProfile(peerId, metadata);
+        _checkProfile(peerId, metadata);
 
-        // Effect: record the provider and bind its peer id.
+        // Effect: record the provider and its claimed peer id.
         p.registered = true;
         p.peerId = peerId;
         p.metadata = metadata;
-        _providerOfPeer[peerHash] = msg.sender;
         emit ProviderRegistered(msg.sender, peerId, metadata);
 
         // Effect and interaction: the initial stake, if any.
@@ -130,14 +129,9 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
 
         // Check: the caller is registered and its new profile is well formed.
         if (!p.registered) revert ProviderRegistry_NotRegistered(msg.sender);
-        bytes32 oldHash = keccak256(bytes(p.peerId));
-        bytes32 newHash = keccak256(bytes(peerId));
-        if (newHash != oldHash) _checkProfile(peerId, metadata);
-        else _checkMetadata(metadata);
+        _checkProfile(peerId, metadata);
 
-        // Effect: move the peer id binding.
-        delete _providerOfPeer[oldHash];
-        _providerOfPeer[newHash] = msg.sender;
+        // Effect.
         p.peerId = peerId;
         p.metadata = metadata;
         emit ProfileUpdated(msg.sender, peerId, metadata);
@@ -186,6 +180,20 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         emit Withdrawn(msg.sender, amount);
 
         // Interaction: pay the provider.
+        stakingToken.safeTransfer(msg.sender, amount);
+    }
+
+    /// @inheritdoc IProviderRegistry
+    function withdrawCredit() external override nonReentrant {
+        // Check.
+        uint256 amount = _credits[msg.sender];
+        if (amount == 0) revert ProviderRegistry_NothingCredited(msg.sender);
+
+        // Effect.
+        _credits[msg.sender] = 0;
+        emit CreditWithdrawn(msg.sender, amount);
+
+        // Interaction.
         stakingToken.safeTransfer(msg.sender, amount);
     }
 
@@ -250,7 +258,8 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
 
         // Check: the lease manager slashes only what it locked, and pays out exactly that.
         if (amount > p.locked) revert ProviderRegistry_InsufficientLocked(provider, amount, p.locked);
-        assert(payout.tenantAmount + payout.callerAmount + payout.treasuryAmount == amount);
+        uint256 paidOut = payout.tenantAmount + payout.callerAmount + payout.treasuryAmount;
+        if (paidOut != amount) revert ProviderRegistry_PayoutMismatch(amount, paidOut);
 
         // Effect: the collateral leaves both the locked amount and the stake.
         p.locked -= uint96(amount);
@@ -265,10 +274,12 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             payout.treasuryAmount
         );
 
-        // Interaction: pay the tenant, the caller and the treasury.
-        if (payout.tenantAmount > 0) stakingToken.safeTransfer(payout.tenant, payout.tenantAmount);
+        // Effect and interaction: the caller is paid at once; the tenant and the treasury (unless
+        // either is the caller) are credited, so that no recipient that refuses tokens can make
+        // the slash revert and keep a defaulting provider's collateral out of reach.
+        _payOrCredit(payout.tenant, payout.tenantAmount, payout.caller);
+        _payOrCredit(payout.treasury, payout.treasuryAmount, payout.caller);
         if (payout.callerAmount > 0) stakingToken.safeTransfer(payout.caller, payout.callerAmount);
-        if (payout.treasuryAmount > 0) stakingToken.safeTransfer(payout.treasury, payout.treasuryAmount);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -276,7 +287,9 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     function _stake(Provider.Record storage p, uint256 amount) internal {
-        // Check.
+        // Check: no stake before the registry is wired, so that no stake is ever at the mercy of
+        // whichever lease manager is wired in later.
+        if (leaseManager == address(0)) revert ProviderRegistry_NotWired();
         if (amount == 0) revert ProviderRegistry_ZeroAmount();
         if (amount > type(uint96).max - p.stake) revert ProviderRegistry_AmountTooLarge(amount);
 
@@ -284,21 +297,30 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         p.stake += uint96(amount);
         emit Staked(msg.sender, amount, p.stake);
 
-        // Interaction: pull the tokens.
+        // Interaction: pull the tokens, all of them: a token that takes a fee in transit would
+        // leave the books promising more than the registry holds.
+        uint256 balanceBefore = stakingToken.balanceOf(address(this));
         stakingToken.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = stakingToken.balanceOf(address(this)) - balanceBefore;
+        if (received != amount) revert ProviderRegistry_UnsupportedToken(amount, received);
     }
 
-    function _checkProfile(string calldata peerId, string calldata metadata) internal view returns (bytes32 peerHash) {
+    /// @dev Pays `amount` to `to` at once when `to` is the one calling (its own transfer can only
+    /// fail its own call); otherwise credits it for {withdrawCredit}.
+    function _payOrCredit(address to, uint256 amount, address caller) internal {
+        if (amount == 0) return;
+        if (to == caller) {
+            stakingToken.safeTransfer(to, amount);
+            return;
+        }
+        _credits[to] += amount;
+        emit Credited(to, amount);
+    }
+
+    function _checkProfile(string calldata peerId, string calldata metadata) internal pure {
         uint256 length = bytes(peerId).length;
         if (length == 0 || length > MAX_PEER_ID_LENGTH) revert ProviderRegistry_InvalidPeerId(length);
-        peerHash = keccak256(bytes(peerId));
-        address owner = _providerOfPeer[peerHash];
-        if (owner != address(0)) revert ProviderRegistry_PeerIdTaken(peerId, owner);
-        _checkMetadata(metadata);
-    }
-
-    function _checkMetadata(string calldata metadata) internal pure {
-        uint256 length = bytes(metadata).length;
+        length = bytes(metadata).length;
         if (length > MAX_METADATA_LENGTH) revert ProviderRegistry_MetadataTooLong(length, MAX_METADATA_LENGTH);
     }
 

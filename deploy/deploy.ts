@@ -35,6 +35,12 @@ export interface DeployParameters {
   callerShareBps: number;
   /** Receives the rest of each slash; the zero address burns it. */
   treasury: Address;
+  /**
+   * Seconds; the shortest heartbeat timeout a quote may set. A few block times at least, so that a
+   * heartbeat sent in time is mined in time: raise it on a chain with slow blocks (e.g. 60 on one
+   * with 12 s blocks).
+   */
+  minHeartbeatTimeout: number;
   /** Seconds; the longest heartbeat timeout a quote may set. */
   maxHeartbeatTimeout: number;
 }
@@ -43,7 +49,8 @@ export interface DeployParameters {
  * Local defaults. Half of a slashed collateral compensates the tenant and a tenth rewards whoever
  * calls the slash (enough to pay a keeper's gas many times over on an L2); the rest is burned so
  * that no party profits from a provider's failure beyond its loss. Heartbeat timeouts up to an
- * hour, and a week of unbonding so stake always outlives every slash window.
+ * hour (and no shorter than 4 s, for devnets that mine at once), and a week of unbonding so stake
+ * always outlives every slash window.
  */
 export const defaultDeployParameters: DeployParameters = {
   minStake: 100n * 10n ** 18n,
@@ -51,6 +58,7 @@ export const defaultDeployParameters: DeployParameters = {
   tenantShareBps: 5_000,
   callerShareBps: 1_000,
   treasury: zeroAddress,
+  minHeartbeatTimeout: 4,
   maxHeartbeatTimeout: 3600,
 };
 
@@ -79,6 +87,11 @@ export async function deployBaton({
   onProgress,
 }: DeployBatonParameters): Promise<Deployment> {
   const parameters: DeployParameters = { ...defaultDeployParameters, ...overrides };
+  if (parameters.minHeartbeatTimeout < 2 || parameters.minHeartbeatTimeout > parameters.maxHeartbeatTimeout) {
+    throw new Error(
+      `minHeartbeatTimeout (${parameters.minHeartbeatTimeout} s) must be at least 2 and at most maxHeartbeatTimeout (${parameters.maxHeartbeatTimeout} s)`,
+    );
+  }
   if (parameters.unbondingPeriod <= parameters.maxHeartbeatTimeout) {
     throw new Error(
       `unbondingPeriod (${parameters.unbondingPeriod} s) must exceed maxHeartbeatTimeout (${parameters.maxHeartbeatTimeout} s), or unbonding stake could escape a slash`,
@@ -118,6 +131,7 @@ export async function deployBaton({
     parameters.tenantShareBps,
     parameters.callerShareBps,
     parameters.treasury,
+    BigInt(parameters.minHeartbeatTimeout),
     BigInt(parameters.maxHeartbeatTimeout),
   ]);
 
@@ -148,6 +162,7 @@ export async function deployBaton({
       tenantShareBps: parameters.tenantShareBps,
       callerShareBps: parameters.callerShareBps,
       treasury,
+      minHeartbeatTimeout: parameters.minHeartbeatTimeout,
       maxHeartbeatTimeout: parameters.maxHeartbeatTimeout,
       devTokens,
     },

@@ -11,6 +11,7 @@ import { writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { detectGpus } from "../node/gpus.ts";
 import { DATA_FILES } from "../node/config.ts";
 import { contracts, createChainClient, writeContract, type ChainClient } from "../sdk/chain/client.ts";
+import { metadataWithPeerProof } from "../sdk/chain/peer-proof.ts";
 import type { Deployment } from "../sdk/chain/deployments.ts";
 import { createBatonClient, type BatonClient } from "../sdk/client.ts";
 import type { Logger } from "../sdk/logger.ts";
@@ -158,7 +159,8 @@ export async function startDevnet({
       const name = `provider-${index + 1}`;
       const dataDir = path.join(dir, name);
       await mkdir(dataDir, { recursive: true, mode: 0o700 });
-      const peerId = peerIdFromPrivateKey(await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey))).toString();
+      const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
+      const peerId = peerIdFromPrivateKey(peerKey).toString();
       await writeNodeConfig(dataDir, {
         rpcUrl: chain.rpcUrl,
         deployment: deploymentFile,
@@ -181,7 +183,12 @@ export async function startDevnet({
         functionName: "approve",
         args: [registry.address, PROVIDER_STAKE],
       });
-      await writeContract(client, { ...registry, functionName: "register", args: [peerId, "{}", PROVIDER_STAKE] });
+      const metadata = await metadataWithPeerProof("{}", peerKey, {
+        chainId: deployment.chainId,
+        registry: registry.address,
+        provider: account.address,
+      });
+      await writeContract(client, { ...registry, functionName: "register", args: [peerId, metadata, PROVIDER_STAKE] });
       const handle: DevnetProvider = {
         index,
         name,

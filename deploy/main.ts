@@ -36,6 +36,7 @@ const { values } = parseArgs({
     "tenant-share-bps": { type: "string" },
     "caller-share-bps": { type: "string" },
     treasury: { type: "string" },
+    "min-heartbeat-timeout": { type: "string" },
     "max-heartbeat-timeout": { type: "string" },
     help: { type: "boolean", short: "h" },
   },
@@ -44,7 +45,7 @@ const { values } = parseArgs({
 if (values.help) {
   console.log(`usage: npm run deploy -- [--rpc-url URL] [--out DIR] [--staking-token ADDR] [--payment-token ADDR]
        [--min-stake WEI] [--unbonding-period S] [--tenant-share-bps N] [--caller-share-bps N]
-       [--treasury ADDR] [--max-heartbeat-timeout S]
+       [--treasury ADDR] [--min-heartbeat-timeout S] [--max-heartbeat-timeout S]
 The deployer key is read from BATON_DEPLOYER_KEY (defaults to a dev account on chain ${LOCAL_CHAIN_ID}).`);
   process.exit(0);
 }
@@ -75,6 +76,7 @@ const parameters: Partial<DeployParameters> = Object.fromEntries(
     tenantShareBps: integerOption("tenant-share-bps", values["tenant-share-bps"]),
     callerShareBps: integerOption("caller-share-bps", values["caller-share-bps"]),
     treasury: addressOption("treasury", values.treasury),
+    minHeartbeatTimeout: integerOption("min-heartbeat-timeout", values["min-heartbeat-timeout"]),
     maxHeartbeatTimeout: integerOption("max-heartbeat-timeout", values["max-heartbeat-timeout"]),
   }).filter(([, value]) => value !== undefined),
 );

@@ -36,6 +36,15 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
   };
 
   const heartbeat = async (due: LeaseRow[]): Promise<void> => {
+    if (!(await heartbeatBatch(due)) && due.length > 1) {
+      // One lease whose heartbeat reverts must not leave the others unheartbeated and slashable:
+      // send them one by one, so only that one fails (the next round fences it if it ended).
+      for (const lease of due) await heartbeatBatch([lease]);
+    }
+  };
+
+  /** One heartbeat transaction for `due`; false if it failed. */
+  const heartbeatBatch = async (due: LeaseRow[]): Promise<boolean> => {
     const ids = due.map((l) => l.leaseId);
     const cids = due.map((l) => l.pendingCheckpointCid ?? "");
     try {
@@ -49,9 +58,24 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         store.updateLease(lease.leaseId, { lastChainHeartbeat: now, pendingCheckpointCid: null });
       metrics.inc("baton_chain_heartbeats_total", "On-chain heartbeat transactions", { outcome: "ok" });
       metrics.inc("baton_chain_heartbeat_leases_total", "Leases covered by on-chain heartbeats", {}, ids.length);
+      return true;
     } catch (error) {
       metrics.inc("baton_chain_heartbeats_total", "On-chain heartbeat transactions", { outcome: "failed" });
       log.warn("on-chain heartbeat failed", { leases: ids, error });
+      return false;
+    }
+  };
+
+  /** One claim transaction over `ids`; false if it failed. */
+  const claim = async (ids: bigint[]): Promise<boolean> => {
+    try {
+      const receipt = await writeContract(chain, { ...leaseManager, functionName: "claim", args: [ids] });
+      log.info("claimed earnings", { leases: ids.length, tx: receipt.transactionHash });
+      metrics.inc("baton_claims_total", "Claim transactions");
+      return true;
+    } catch (error) {
+      log.warn("claim failed", { leases: ids, error });
+      return false;
     }
   };
 
@@ -120,13 +144,11 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         Number(claimable),
       );
       const ids = [...store.leases(["preparing", "running", "exited"]).map((l) => l.leaseId), ...ended];
-      try {
-        const receipt = await writeContract(chain, { ...leaseManager, functionName: "claim", args: [ids] });
-        ended.clear();
-        log.info("claimed earnings", { leases: ids.length, tx: receipt.transactionHash });
-        metrics.inc("baton_claims_total", "Claim transactions");
-      } catch (error) {
-        log.warn("claim failed", { error });
+      // An ended lease is claimed once (the chain settled it when it ended; the claim only sweeps
+      // what was left), so one that cannot be settled never holds back the pay of the others.
+      ended.clear();
+      if (!(await claim(ids)) && ids.length > 1) {
+        for (const id of ids) await claim([id]);
       }
     }
   };

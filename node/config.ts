@@ -53,8 +53,10 @@ export const nodeConfigSchema = z
     claimIntervalMs: z.number().int().min(1_000).default(CLAIM_INTERVAL_MS),
   })
   .strict()
-  .refine((c) => c.chainHeartbeatTimeoutS > c.chainHeartbeatPeriodS, {
-    message: "chainHeartbeatTimeoutS must exceed chainHeartbeatPeriodS",
+  // The lease manager refuses quotes with fewer than two heartbeats per timeout: one late heartbeat
+  // must not make an honest provider slashable.
+  .refine((c) => c.chainHeartbeatTimeoutS >= 2 * c.chainHeartbeatPeriodS, {
+    message: "chainHeartbeatTimeoutS must be at least twice chainHeartbeatPeriodS",
   })
   // The lease manager refuses a zero price; a node must never quote one.
   .refine((c) => c.price.basePerSecond > 0n || (!c.cpuJobs && c.price.perGpuPerSecond > 0n), {

@@ -5,10 +5,12 @@ import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 
 import { checkChain, contracts, createChainClient } from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
+import { verifyPeerProof } from "../sdk/chain/peer-proof.ts";
 import { UserError } from "../sdk/errors.ts";
 import { createIpfsNode } from "../sdk/ipfs/node.ts";
 import { createLogger, type Logger } from "../sdk/logger.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
+import { pollUntil } from "../sdk/utils/retry.ts";
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
 import type { NodeComponents } from "./components.ts";
@@ -91,7 +93,23 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
       `${account.address} is registered with peer id ${registered.peerId}, but this node's is ${peerId}`,
     );
   }
+  const binding = {
+    chainId: deployment.chainId,
+    registry: contracts(deployment).registry.address,
+    provider: account.address,
+  };
+  if (!(await verifyPeerProof(peerId, registered.metadata, binding))) {
+    throw new UserError(
+      `${account.address} has no proof of its peer key in its registered metadata, so tenants would ignore its offers: run \`baton provider register --stake N\` again to add it`,
+    );
+  }
   if (!registered.eligible) log.warn("stake is below the minimum: tenants will ignore this node's offers", {});
+  const { minHeartbeatTimeout } = deployment.parameters;
+  if (config.chainHeartbeatTimeoutS < minHeartbeatTimeout) {
+    throw new UserError(
+      `chainHeartbeatTimeoutS (${config.chainHeartbeatTimeoutS} s) is below this deployment's minimum heartbeat timeout (${minHeartbeatTimeout} s): the lease manager would refuse every quote`,
+    );
+  }
 
   if (config.sandbox === "bwrap") {
     const sandbox = await detectSandbox();
@@ -194,8 +212,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
         running: leaseService.running().length,
         timeoutMs,
       });
-      const deadline = Date.now() + timeoutMs;
-      while (leaseService.running().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+      await pollUntil(() => leaseService.running().length === 0, { delayMs: 200, backoff: 1, timeoutMs });
       await duties.tick();
       await stop();
     },

@@ -193,7 +193,7 @@ try {
     detail: got === expected ? `output digest ${got?.slice(0, 16)}…` : `got ${got}, expected ${expected}`,
   });
 
-  const audit = await auditJob(client, { jobId: job.jobId });
+  const audit = await auditJob(client, { jobId: job.jobId, tenant: client.account.address });
   if (!json) {
     console.log("\nAudit of the job, rebuilt from chain events alone (`baton audit job <id>`):\n");
     printJob(audit);

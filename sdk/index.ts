@@ -30,6 +30,7 @@ export {
 } from "./actions/runJob.ts";
 export { attachJob, type AttachOptions } from "./actions/attachJob.ts";
 export { cancelJob } from "./actions/cancelJob.ts";
+export { withdrawCredit, type WithdrawCreditReturnType } from "./actions/withdrawCredit.ts";
 export { auditJob, type AuditJobParameters, type AuditJobReturnType } from "./actions/auditJob.ts";
 export { auditLease } from "./actions/auditLease.ts";
 export { auditProvider } from "./actions/auditProvider.ts";

@@ -11,6 +11,16 @@ import {IProviderRegistry} from "./IProviderRegistry.sol";
 /// deposit; the provider proves liveness with batched heartbeats and earns per second of
 /// heartbeat-covered time; anyone may slash a provider that misses its heartbeat timeout.
 /// Every state change emits an event, so any lease and job can be rebuilt from logs alone.
+///
+/// Money owed to a tenant is paid at once only in the tenant's own calls; in everyone else's
+/// (a provider's heartbeat, claim or finish, a keeper's slash or settlement) it is credited for the
+/// tenant to withdraw ({withdrawCredit}), so that a tenant whose address refuses tokens cannot block
+/// the provider's other leases or freeze its own lease's collateral.
+///
+/// Tokens: the payment token must be a plain ERC-20 (optionally with ERC-2612 permit, for
+/// {openLeaseWithPermit}). Tokens that take a fee in transit are refused when the deposit is
+/// pulled ({LeaseManager_UnsupportedToken}); rebasing tokens are not supported (the escrow's books
+/// would drift from its balance).
 interface ILeaseManager {
     /*//////////////////////////////////////////////////////////////
                                  EVENTS
@@ -67,6 +77,12 @@ interface ILeaseManager {
         uint256 treasuryAmount
     );
 
+    /// @notice Emitted when a refund is set aside for a tenant to withdraw with {withdrawCredit}.
+    event Credited(address indexed tenant, uint256 amount);
+
+    /// @notice Emitted when a tenant withdraws its credit.
+    event CreditWithdrawn(address indexed tenant, uint256 amount);
+
     /// @notice Emitted when a provider cancels a quote nonce before anyone used it.
     event NonceInvalidated(address indexed provider, uint256 nonce);
 
@@ -77,17 +93,52 @@ interface ILeaseManager {
     error LeaseManager_ZeroAddress();
     error LeaseManager_InvalidShares(uint16 tenantShareBps, uint16 callerShareBps);
     error LeaseManager_InvalidMaxHeartbeatTimeout(uint64 maxHeartbeatTimeout, uint64 unbondingPeriod);
+    error LeaseManager_InvalidMinHeartbeatTimeout(uint64 minHeartbeatTimeout, uint64 maxHeartbeatTimeout);
     error LeaseManager_QuoteExpired(uint64 expiry, uint256 timestamp);
     error LeaseManager_CallerNotTenant(uint256 leaseId, address caller);
     error LeaseManager_CallerNotQuoteTenant(address tenant, address caller);
     error LeaseManager_CallerNotProvider(uint256 leaseId, address caller);
     error LeaseManager_InvalidSignature(address provider);
     error LeaseManager_NonceUsed(address provider, uint256 nonce);
-    error LeaseManager_InvalidQuote(string reason);
+    /// @dev The quote's price per second is zero or does not fit in 96 bits.
+    /// @param pricePerSecond The quote's price.
+    error LeaseManager_PriceOutOfRange(uint256 pricePerSecond);
+    /// @dev The quote's collateral does not fit in 96 bits.
+    /// @param collateral The quote's collateral.
+    error LeaseManager_CollateralTooLarge(uint256 collateral);
+    /// @dev The quote's heartbeat timeout is outside [{minHeartbeatTimeout}, {maxHeartbeatTimeout}].
+    /// @param heartbeatTimeout The quote's timeout.
+    /// @param min The shortest timeout allowed.
+    /// @param max The longest timeout allowed.
+    error LeaseManager_HeartbeatTimeoutOutOfRange(uint64 heartbeatTimeout, uint64 min, uint64 max);
+    /// @dev The quote's heartbeat period is zero or more than half its timeout.
+    /// @param heartbeatPeriod The quote's period.
+    /// @param heartbeatTimeout The quote's timeout.
+    error LeaseManager_HeartbeatPeriodOutOfRange(uint64 heartbeatPeriod, uint64 heartbeatTimeout);
+    /// @dev The quote's max duration is not longer than its heartbeat timeout, or ends after 2106.
+    /// @param maxDuration The quote's max duration.
+    /// @param heartbeatTimeout The quote's timeout.
+    error LeaseManager_MaxDurationOutOfRange(uint64 maxDuration, uint64 heartbeatTimeout);
     error LeaseManager_DepositTooSmall(uint256 deposit, uint256 pricePerSecond);
     error LeaseManager_AmountTooLarge(uint256 amount);
     error LeaseManager_ZeroAmount();
     error LeaseManager_InvalidPredecessor(uint256 predecessor);
+    /// @dev Another lease already continues `predecessor`: a job has one line of succession.
+    /// @param predecessor The lease named as predecessor.
+    /// @param successor The lease that continues it.
+    error LeaseManager_PredecessorContinued(uint256 predecessor, uint256 successor);
+    /// @dev A top-up would move the end of a lease set to expire cleanly past a deadline its
+    /// provider has less than half a heartbeat timeout to meet.
+    /// @param leaseId The lease.
+    /// @param deadline The provider's heartbeat deadline.
+    error LeaseManager_TopUpTooLate(uint256 leaseId, uint64 deadline);
+    /// @dev The token moved another amount than asked (a fee-on-transfer token): not supported.
+    /// @param expected The amount pulled.
+    /// @param received The amount that arrived.
+    error LeaseManager_UnsupportedToken(uint256 expected, uint256 received);
+    /// @dev The caller has no credit to withdraw.
+    /// @param tenant The caller.
+    error LeaseManager_NothingCredited(address tenant);
     error LeaseManager_LeaseNotActive(uint256 leaseId, Lease.Status status);
     error LeaseManager_LeaseExpired(uint256 leaseId, uint64 endsAt);
     error LeaseManager_LeaseSlashable(uint256 leaseId, uint64 deadline);
@@ -115,6 +166,9 @@ interface ILeaseManager {
     /// @notice Receives the rest of a slashed collateral; the burn address when burning.
     function treasury() external view returns (address);
 
+    /// @notice Shortest heartbeat timeout a quote may set (a few block times of the chain).
+    function minHeartbeatTimeout() external view returns (uint64);
+
     /// @notice Longest heartbeat timeout a quote may set; shorter than the registry's unbonding period.
     function maxHeartbeatTimeout() external view returns (uint64);
 
@@ -130,6 +184,12 @@ interface ILeaseManager {
 
     /// @notice Seconds of service a provider has been paid for, across all its leases.
     function secondsServed(address provider) external view returns (uint64);
+
+    /// @notice The lease that continues `leaseId` (names it as predecessor), or zero.
+    function successorOf(uint256 leaseId) external view returns (uint256);
+
+    /// @notice Payment tokens credited to `tenant` (refunds from others' calls) to withdraw.
+    function creditOf(address tenant) external view returns (uint256);
 
     /// @notice Whether a provider's quote nonce was used or invalidated.
     function isNonceUsed(address provider, uint256 nonce) external view returns (bool);
@@ -148,12 +208,13 @@ interface ILeaseManager {
     /// Requirements:
     /// - The caller is the quote's tenant, the quote has not expired and its nonce is unused.
     /// - `signature` is the provider's EIP-712 signature of the quote for this chain and contract.
-    /// - The quote's price, heartbeat timeout (at most {maxHeartbeatTimeout}) and max duration are
-    ///   not zero, the heartbeat period is at most the timeout and the timeout shorter than the max
-    ///   duration, and its amounts fit in 96 bits.
-    /// - `deposit` pays for at least one second.
+    /// - The quote's price is not zero, its heartbeat timeout is within [{minHeartbeatTimeout},
+    ///   {maxHeartbeatTimeout}], its heartbeat period is not zero and at most half the timeout, the
+    ///   timeout is shorter than the max duration, and its amounts fit in 96 bits.
+    /// - `deposit` pays for at least one second, and all of it arrives (no fee-on-transfer token).
     /// - The provider is eligible and its free stake covers the collateral.
-    /// - `predecessor` is zero, or a lease of the caller for the same job that is no longer `Active`.
+    /// - `predecessor` is zero, or a lease of the caller for the same job that is no longer `Active`
+    ///   and that no other lease continues yet.
     ///
     /// @param quote The provider's quote.
     /// @param signature The provider's signature of the quote (65 bytes, or ERC-1271 for contracts).
@@ -182,13 +243,16 @@ interface ILeaseManager {
     /// @dev Emits {LeaseToppedUp}.
     ///
     /// Requirements:
-    /// - The caller is the lease's tenant and `amount` is not zero.
+    /// - The caller is the lease's tenant and `amount` is not zero, all of which arrives.
     /// - The lease is `Active`, has not expired, and is not slashable.
+    /// - If the lease was set to expire without a default and the top-up moves its end past the
+    ///   provider's deadline, that deadline is at least half a heartbeat timeout away.
     function topUp(uint256 leaseId, uint256 amount) external;
 
     /// @notice Ends a lease early: the provider keeps what its heartbeats covered, the rest of the
-    /// deposit is refunded at once, and the lease waits in `Closing` until the provider acknowledges
-    /// with a heartbeat (collateral released) or misses its deadline (slashable). A lease that has
+    /// deposit is refunded at once, and the lease ends now and waits in `Closing` until the provider
+    /// acknowledges with a heartbeat (collateral released) or lets a whole heartbeat timeout pass
+    /// from the close (slashable). A lease that has
     /// already expired is settled as `Expired` instead.
     /// @dev Emits {LeaseCloseRequested}, or {LeaseExpired}.
     ///
@@ -237,6 +301,13 @@ interface ILeaseManager {
     /// - `resultCid` is at most 256 bytes long.
     function finish(uint256 leaseId, string calldata resultCid) external;
 
+    /// @notice Pays the caller (a tenant) every refund credited to it.
+    /// @dev Emits {CreditWithdrawn}.
+    ///
+    /// Requirements:
+    /// - Something is credited to the caller.
+    function withdrawCredit() external;
+
     /// @notice Cancels one of the caller's quote nonces so the quote can never be used.
     /// @dev Emits {NonceInvalidated}.
     function invalidateNonce(uint256 nonce) external;
@@ -253,8 +324,8 @@ interface ILeaseManager {
     ///
     /// Requirements:
     /// - The lease is `Active` or `Closing`.
-    /// - Block time is past its last heartbeat plus its heartbeat timeout, and for an `Active`
-    ///   lease that deadline fell before the lease's end.
+    /// - Block time is past its deadline: for an `Active` lease its last heartbeat plus its heartbeat
+    ///   timeout, falling before the lease's end; for a `Closing` one the close plus the timeout.
     function slashMissedHeartbeat(uint256 leaseId) external;
 
     /// @notice Settles an `Active` lease whose deposit or maximum duration ran out: the provider is

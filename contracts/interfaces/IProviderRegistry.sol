@@ -8,6 +8,16 @@ import {Provider} from "../types/Provider.sol";
 /// @title IProviderRegistry
 /// @notice Providers register their libp2p peer id, stake the staking token, and lock part of that
 /// stake as collateral for each lease they serve. Only the lease manager locks, releases and slashes.
+///
+/// A registered peer id is a claim, not a proof: any number of providers may name the same one, so
+/// that nobody can lock the key's owner out by registering its id first. Clients trust a provider's
+/// peer id only with a proof of the peer key in its metadata (`peerProof`, an Ed25519 signature by
+/// the libp2p key over the provider's address, the chain and this registry), which the SDK checks
+/// before it trusts an offer.
+///
+/// Tokens: the staking token must be a plain ERC-20 (optionally with ERC-2612 permit). Tokens that
+/// take a fee in transit are refused ({ProviderRegistry_UnsupportedToken}); rebasing tokens are not
+/// supported (the books would drift from the balance).
 interface IProviderRegistry {
     /*//////////////////////////////////////////////////////////////
                                  EVENTS
@@ -37,6 +47,12 @@ interface IProviderRegistry {
     /// @notice Emitted when a lease ends without a slash and its collateral is unlocked.
     event CollateralReleased(address indexed provider, uint256 indexed leaseId, uint256 amount, bool completed);
 
+    /// @notice Emitted when tokens are set aside for `account` to withdraw with {withdrawCredit}.
+    event Credited(address indexed account, uint256 amount);
+
+    /// @notice Emitted when an account withdraws its credit.
+    event CreditWithdrawn(address indexed account, uint256 amount);
+
     /// @notice Emitted when a lease's collateral is slashed and paid out.
     event CollateralSlashed(
         address indexed provider,
@@ -59,7 +75,10 @@ interface IProviderRegistry {
     error ProviderRegistry_NotRegistered(address provider);
     error ProviderRegistry_InvalidPeerId(uint256 length);
     error ProviderRegistry_MetadataTooLong(uint256 length, uint256 maxLength);
-    error ProviderRegistry_PeerIdTaken(string peerId, address owner);
+    error ProviderRegistry_NotWired();
+    error ProviderRegistry_UnsupportedToken(uint256 expected, uint256 received);
+    error ProviderRegistry_PayoutMismatch(uint256 amount, uint256 paidOut);
+    error ProviderRegistry_NothingCredited(address account);
     error ProviderRegistry_ZeroAmount();
     error ProviderRegistry_AmountTooLarge(uint256 amount);
     error ProviderRegistry_InsufficientFreeStake(address provider, uint256 requested, uint256 free);
@@ -93,9 +112,8 @@ interface IProviderRegistry {
     /// @param provider The provider's address.
     function getProvider(address provider) external view returns (Provider.View memory);
 
-    /// @notice The address registered with a libp2p peer id, or zero.
-    /// @param peerId The peer id in its string form.
-    function providerOfPeer(string calldata peerId) external view returns (address);
+    /// @notice Staking tokens set aside for `account` (slash compensation, treasury shares) to withdraw.
+    function creditOf(address account) external view returns (uint256);
 
     /// @notice Stake that is neither locked as collateral nor unbonding.
     function freeStake(address provider) external view returns (uint256);
@@ -112,9 +130,10 @@ interface IProviderRegistry {
     ///
     /// Requirements:
     /// - The caller is not registered yet.
-    /// - `peerId` is 1 to 128 bytes long and not bound to another provider.
+    /// - `peerId` is 1 to 128 bytes long (other providers may claim the same one: see above).
     /// - `metadata` is at most 4096 bytes long.
-    /// - The caller approved `amount` staking tokens to the registry.
+    /// - When `amount` is not zero: the registry is wired to its lease manager, and the caller
+    ///   approved `amount` staking tokens to the registry, all of which arrive.
     ///
     /// @param peerId The provider's libp2p peer id, in its string form.
     /// @param metadata Free-form description (JSON by convention: region, contact, hardware summary).
@@ -133,8 +152,8 @@ interface IProviderRegistry {
     /// @dev Emits {Staked}.
     ///
     /// Requirements:
-    /// - The caller is registered and `amount` is not zero.
-    /// - The caller approved `amount` staking tokens to the registry.
+    /// - The caller is registered, the registry is wired and `amount` is not zero.
+    /// - The caller approved `amount` staking tokens to the registry, all of which arrive.
     function stake(uint256 amount) external;
 
     /// @notice Starts unbonding `amount` of free stake; each request restarts the unbonding period for
@@ -154,11 +173,19 @@ interface IProviderRegistry {
     /// - Something is unbonding and the unbonding period has passed.
     function withdraw() external;
 
+    /// @notice Pays the caller everything credited to it.
+    /// @dev Emits {CreditWithdrawn}.
+    ///
+    /// Requirements:
+    /// - Something is credited to the caller.
+    function withdrawCredit() external;
+
     /*//////////////////////////////////////////////////////////////
                          LEASE MANAGER FUNCTIONS
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice Wires the registry to its lease manager, once.
+    /// @notice Wires the registry to its lease manager, once. Nobody can stake before: stake
+    /// never waits on a lease manager that its owner has not seen.
     /// @dev Emits {LeaseManagerSet}.
     ///
     /// Requirements:
@@ -182,8 +209,10 @@ interface IProviderRegistry {
     /// @param completed Whether the provider finished the lease with a result.
     function releaseCollateral(address provider, uint256 leaseId, uint256 amount, bool completed) external;
 
-    /// @notice Removes a lease's collateral from the provider's stake and pays it out.
-    /// @dev Emits {CollateralSlashed}.
+    /// @notice Removes a lease's collateral from the provider's stake and pays it out: the caller's
+    /// reward at once; the tenant's compensation and the treasury's share at once to whichever of
+    /// them is the caller, and otherwise as credit ({withdrawCredit}), so no recipient can block it.
+    /// @dev Emits {CollateralSlashed}, and {Credited} per credit.
     ///
     /// Requirements:
     /// - The caller is the lease manager and `amount` is at most the provider's locked stake.

@@ -418,7 +418,10 @@ export async function auditLeases(scope: AuditScope, selector: LeaseSelector): P
         opened.timestamp,
         beats.map((log) => log.args.timestamp),
       );
-      const deadline = lastHeartbeat + quote.heartbeatTimeout;
+      // A closed lease's provider has a whole timeout from the close to acknowledge it (the
+      // contract's rule); a running one, from its last heartbeat.
+      const closedAt = history.find((change) => change.status === "closing")?.at.timestamp;
+      const deadline = (closedAt ?? lastHeartbeat) + quote.heartbeatTimeout;
 
       const leaseSettlements = settlementsOf.get(leaseId) ?? [];
       const paidToProvider = sumAmounts(leaseSettlements.map((log) => log.args.amount));

@@ -1,4 +1,4 @@
-import { isHex, size, type Address, type Hex } from "viem";
+import { isAddressEqual, isHex, size, type Address, type Hex } from "viem";
 
 import type { ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
@@ -17,14 +17,13 @@ import {
 export interface AuditJobParameters {
   /** The job id every lease of the job carries (bytes32). */
   jobId: Hex;
+  /**
+   * The tenant whose job it is. Job ids are chosen by tenants, so anyone can open leases under
+   * another tenant's id; only the tenant's own leases make its job. Needed only when more than one
+   * tenant used the id.
+   */
+  tenant?: Address;
   signal?: AbortSignal;
-}
-
-/** A lease that more than one later lease names as its predecessor. */
-export interface JobFork {
-  predecessor: bigint;
-  /** The leases continuing it, by id. */
-  successors: bigint[];
 }
 
 export type JobCheckpoint = CheckpointCommit & { leaseId: bigint };
@@ -33,16 +32,20 @@ export interface AuditJobReturnType {
   jobId: Hex;
   /** The block the audit read at. */
   asOf: AuditSnapshot;
-  /** Tenants that opened leases with this job id: one, unless two tenants chose the same id. */
-  tenants: Address[];
+  /** The tenant whose job this is: every lease below is its own. */
+  tenant: Address;
+  /** Other tenants that opened leases under the same job id (ignored: not their job). */
+  otherTenants: Address[];
   /**
    * The chain of leases that carried the job, first to last, across providers: the final lease
    * (the latest completed one, or else the latest opened) and its predecessors.
    */
   lineage: LeaseAudit[];
-  /** Leases with this job id off the lineage: other branches of a fork, or restarts without a predecessor. */
+  /**
+   * The tenant's leases with this job id off the lineage: restarts without a predecessor. (A lease
+   * has at most one successor on chain, so the job never forks.)
+   */
   others: LeaseAudit[];
-  forks: JobFork[];
   /** Times the job moved to another lease: `lineage.length - 1`. */
   handOffs: number;
   /** The first lease's opening. */
@@ -60,11 +63,13 @@ export interface AuditJobReturnType {
 }
 
 /**
- * Rebuilds a job from chain events alone: every lease opened with its job id, put in order by
- * their predecessor links into the lineage that carried the job from provider to provider, with
- * each lease's audit and the job's totals.
+ * Rebuilds a job from chain events alone: every lease its tenant opened with its job id, put in
+ * order by their predecessor links into the lineage that carried the job from provider to
+ * provider, with each lease's audit and the job's totals. Leases other tenants opened under the
+ * same id are left out: a job id is only unique per tenant.
  *
- * @throws {UserError} when `jobId` is not a bytes32 or no lease carries it.
+ * @throws {UserError} when `jobId` is not a bytes32, no lease of the tenant carries it, or more
+ * than one tenant used it and `tenant` does not say whose job to audit.
  * @example
  * const job = await auditJob(client, { jobId: "0x5f…" });
  * for (const lease of job.lineage) console.log(lease.leaseId, lease.provider, lease.status);
@@ -72,27 +77,29 @@ export interface AuditJobReturnType {
  */
 export async function auditJob(
   client: { chain: ChainClient },
-  { jobId, signal }: AuditJobParameters,
+  { jobId, tenant, signal }: AuditJobParameters,
 ): Promise<AuditJobReturnType> {
   if (!isHex(jobId, { strict: true }) || size(jobId) !== 32) {
     throw new UserError(`not a job id: ${jobId} (0x and 64 hex digits)`);
   }
   const scope = await openAuditScope(client.chain, signal);
-  const leases = await auditLeases(scope, { jobId });
+  const all = await auditLeases(scope, { jobId });
+  const tenants = [...new Set(all.map((lease) => lease.tenant))];
+  if (all.length === 0) throw new UserError(`no lease carries job ${jobId} (as of block ${scope.asOf.blockNumber})`);
+  if (tenant === undefined && tenants.length > 1) {
+    throw new UserError(
+      `job ${jobId} is used by ${tenants.length} tenants (${tenants.join(", ")}): say whose job to audit`,
+    );
+  }
+  const owner = tenant ?? tenants[0]!;
+  const leases = all.filter((lease) => isAddressEqual(lease.tenant, owner));
   const first = leases[0];
-  if (!first) throw new UserError(`no lease carries job ${jobId} (as of block ${scope.asOf.blockNumber})`);
+  if (!first)
+    throw new UserError(`no lease of tenant ${owner} carries job ${jobId} (as of block ${scope.asOf.blockNumber})`);
 
   const byId = new Map(leases.map((lease) => [lease.leaseId, lease]));
-  const successors = new Map<bigint, bigint[]>();
-  for (const lease of leases) {
-    if (lease.predecessor === 0n) continue;
-    const ids = successors.get(lease.predecessor) ?? [];
-    ids.push(lease.leaseId);
-    successors.set(lease.predecessor, ids);
-  }
-
-  // Walking back from the final lease always gives one chain (each lease names one predecessor,
-  // opened before it), however the job forked on the way.
+  // Walking back from the final lease gives the job's one line of succession: each lease names one
+  // predecessor of the same tenant, opened before it (the lease manager checks both).
   const final = leases.findLast((lease) => lease.status === "completed") ?? leases.at(-1)!;
   const lineage: LeaseAudit[] = [];
   for (let lease: LeaseAudit | undefined = final; lease; lease = byId.get(lease.predecessor)) {
@@ -107,12 +114,10 @@ export async function auditJob(
   return {
     jobId,
     asOf: scope.asOf,
-    tenants: [...new Set(leases.map((lease) => lease.tenant))],
+    tenant: first.tenant,
+    otherTenants: tenants.filter((other) => !isAddressEqual(other, owner)),
     lineage,
     others: leases.filter((lease) => !onLineage.has(lease.leaseId)),
-    forks: [...successors]
-      .filter(([, ids]) => ids.length > 1)
-      .map(([predecessor, ids]) => ({ predecessor, successors: ids })),
     handOffs: lineage.length - 1,
     startedAt: first.opened,
     endedAt,

@@ -33,6 +33,7 @@ export const deploymentSchema = z.object({
     tenantShareBps: z.number().int().min(0).max(10_000),
     callerShareBps: z.number().int().min(0).max(10_000),
     treasury: address,
+    minHeartbeatTimeout: z.number().int().positive(),
     maxHeartbeatTimeout: z.number().int().positive(),
     devTokens: z.boolean(),
   }),

@@ -1,6 +1,7 @@
 import type { Address } from "viem";
 
 import { contracts, type ChainClient } from "../chain/client.ts";
+import { verifyPeerProof } from "../chain/peer-proof.ts";
 import { ProtocolError } from "../errors.ts";
 import { openMessage, parseBody, sealMessage } from "../wire/envelope.ts";
 import { offerSchema, type Offer } from "../wire/messages.ts";
@@ -23,9 +24,11 @@ export async function publishOffer(host: BatonHost, key: PrivateKey, offer: Offe
 const BINDING_TTL_MS = 30_000;
 
 /**
- * Checks offers against the chain: the peer id must be registered to the offer's address, and that
- * provider eligible (stake at least `minStake`). Answers are cached for a short while, so a flood of
- * offers costs one RPC call per provider per half minute.
+ * Checks offers against the chain: the provider at the offer's address must be eligible (stake at
+ * least `minStake`), claim this peer id, and prove it with a signature by the peer key in its
+ * metadata (see `chain/peer-proof.ts`: the registry lets anyone claim any peer id, so the claim
+ * alone proves nothing). Answers are cached for a short while, so a flood of offers costs one RPC
+ * call per provider per half minute.
  */
 export function createBindingChecker(chain: ChainClient): (peerId: string, provider: Address) => Promise<boolean> {
   const cache = new Map<string, { ok: boolean; at: number }>();
@@ -34,11 +37,15 @@ export function createBindingChecker(chain: ChainClient): (peerId: string, provi
     const key = `${peerId}:${provider}`;
     const cached = cache.get(key);
     if (cached && Date.now() - cached.at < BINDING_TTL_MS) return cached.ok;
-    const [owner, eligible] = await Promise.all([
-      chain.publicClient.readContract({ ...registry, functionName: "providerOfPeer", args: [peerId] }),
-      chain.publicClient.readContract({ ...registry, functionName: "isEligible", args: [provider] }),
-    ]);
-    const ok = owner === provider && eligible;
+    const view = await chain.publicClient.readContract({ ...registry, functionName: "getProvider", args: [provider] });
+    const ok =
+      view.eligible &&
+      view.peerId === peerId &&
+      (await verifyPeerProof(peerId, view.metadata, {
+        chainId: chain.deployment.chainId,
+        registry: registry.address,
+        provider,
+      }));
     if (cache.size > 10_000) cache.clear();
     cache.set(key, { ok, at: Date.now() });
     return ok;
@@ -78,7 +85,7 @@ export function watchOffers({ host, chain, onOffer, onError }: WatchOffersParame
       if (offer.expiresAt < Date.now()) return;
       if ((lastSeq.get(offer.peerId) ?? -1) >= offer.seq) return;
       if (!(await checkBinding(offer.peerId, offer.provider))) {
-        throw new ProtocolError("offer from a peer not registered to its address, or under the minimum stake", {
+        throw new ProtocolError("offer from a peer its address does not prove to own, or under the minimum stake", {
           details: `${offer.peerId} / ${offer.provider}`,
         });
       }

@@ -85,23 +85,10 @@ async function openLease(
   nonce: bigint,
   deposit: bigint,
   predecessor: bigint,
+  as: Account = tenant,
 ): Promise<{ leaseId: bigint; receipt: TransactionReceipt }> {
-  const block = await publicClient.getBlock();
-  const quote: Quote = {
-    provider: provider.address,
-    tenant: tenant.address,
-    jobId,
-    resources: keccak256(toHex("gpu:1xfake")),
-    pricePerSecond: PRICE,
-    collateral: COLLATERAL,
-    heartbeatPeriod: 10n,
-    heartbeatTimeout: 60n,
-    maxDuration: 3600n,
-    expiry: block.timestamp + 300n,
-    nonce,
-  };
-  const signature = await signQuote(provider, hardhat.id, deployment.contracts.leaseManager, quote);
-  const { wallet: w, address } = manager(tenant);
+  const { quote, signature } = await signedQuote(provider, jobId, nonce, as);
+  const { wallet: w, address } = manager(as);
   const receipt = await send(
     w.writeContract({
       address,
@@ -112,6 +99,29 @@ async function openLease(
   );
   const leaseId = await publicClient.readContract({ address, abi: leaseManagerAbi, functionName: "leaseCount" });
   return { leaseId, receipt };
+}
+
+async function signedQuote(
+  provider: Account,
+  jobId: Hex,
+  nonce: bigint,
+  as: Account,
+): Promise<{ quote: Quote; signature: Hex }> {
+  const block = await publicClient.getBlock();
+  const quote: Quote = {
+    provider: provider.address,
+    tenant: as.address,
+    jobId,
+    resources: keccak256(toHex("gpu:1xfake")),
+    pricePerSecond: PRICE,
+    collateral: COLLATERAL,
+    heartbeatPeriod: 10n,
+    heartbeatTimeout: 60n,
+    maxDuration: 3600n,
+    expiry: block.timestamp + 300n,
+    nonce,
+  };
+  return { quote, signature: await signQuote(provider, hardhat.id, deployment.contracts.leaseManager, quote) };
 }
 
 async function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
@@ -215,14 +225,23 @@ beforeAll(async () => {
     }),
   );
 
+  const registryCredit = (who: Address) =>
+    publicClient.readContract({
+      address: providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "creditOf",
+      args: [who],
+    });
   const balances = async () => ({
     tenantPay: await balanceOf(paymentToken, tenant.address),
     tenantStake: await balanceOf(stakingToken, tenant.address),
     providerAPay: await balanceOf(paymentToken, providerA.address),
     providerBPay: await balanceOf(paymentToken, providerB.address),
     keeperStake: await balanceOf(stakingToken, keeper.address),
-    burnedStake: await balanceOf(stakingToken, BURN_ADDRESS),
-    registryStake: await balanceOf(stakingToken, providerRegistry),
+    // The treasury's share of a keeper's slash is credited in the registry (burned there, as no
+    // one can withdraw the burn address's credit).
+    burnedStake: (await balanceOf(stakingToken, BURN_ADDRESS)) + (await registryCredit(BURN_ADDRESS)),
+    registryStake: (await balanceOf(stakingToken, providerRegistry)) - (await registryCredit(BURN_ADDRESS)),
   });
   const before = await balances();
 
@@ -276,6 +295,12 @@ beforeAll(async () => {
   const finishedAt2 = await blockTime(finished);
   await claim(providerA, []);
   await claim(providerB, []);
+  // The keeper's slash and the provider's finish credited the tenant: it takes its credit out.
+  for (const address of [leaseManager, providerRegistry]) {
+    await send(
+      wallet(tenant).writeContract({ address, abi: leaseManagerAbi, functionName: "withdrawCredit", args: [] }),
+    );
+  }
 
   const after = await balances();
   facts = {
@@ -315,9 +340,9 @@ describe("auditJob", () => {
       ["active", "completed"],
     ]);
     expect(job.others).toEqual([]);
-    expect(job.forks).toEqual([]);
     expect(job.handOffs).toBe(1);
-    expect(job.tenants).toEqual([tenant.address]);
+    expect(job.tenant).toBe(tenant.address);
+    expect(job.otherTenants).toEqual([]);
 
     expect(job.totals.paidToProviders).toBe(facts.delta.providerAPay + facts.delta.providerBPay);
     expect(job.totals.refundedToTenant - job.totals.deposited).toBe(facts.delta.tenantPay);
@@ -555,25 +580,55 @@ describe("baton audit (CLI)", () => {
   });
 });
 
-describe("a forked job", () => {
-  it("reports two leases continuing the same predecessor instead of failing, and the job as running", async () => {
-    const jobId = keccak256(toHex("job-fork"));
+describe("a job id another tenant also uses", () => {
+  it("audits only the tenant's own leases, and the chain lets no lease continue one twice", async () => {
+    const jobId = keccak256(toHex("job-hijacked"));
     const origin = await openLease(providerC, jobId, 1n, parseEther("0.2"), 0n);
     await advance(5);
     await closeLease(origin.leaseId);
-    const left = await openLease(providerC, jobId, 2n, parseEther("0.2"), origin.leaseId);
-    const right = await openLease(providerC, jobId, 3n, parseEther("0.2"), origin.leaseId);
+    const next = await openLease(providerC, jobId, 2n, parseEther("0.2"), origin.leaseId);
+    // A second lease continuing the same one would fork the job: the lease manager refuses it.
+    const { quote, signature } = await signedQuote(providerC, jobId, 3n, tenant);
+    await expect(
+      publicClient.simulateContract({
+        account: tenant,
+        address: deployment.contracts.leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "openLease",
+        args: [quote, signature, parseEther("0.2"), origin.leaseId],
+      }),
+    ).rejects.toThrow(/LeaseManager_PredecessorContinued/);
 
-    const job = await auditJob(client, { jobId });
-    expect(job.forks).toEqual([{ predecessor: origin.leaseId, successors: [left.leaseId, right.leaseId] }]);
-    expect(job.lineage.map((l) => l.leaseId)).toEqual([origin.leaseId, right.leaseId]);
-    expect(job.others.map((l) => l.leaseId)).toEqual([left.leaseId]);
-    expect(job.handOffs).toBe(1);
-    expect(job.endedAt).toBeUndefined();
-    expect(job.wallSeconds).toBe(job.asOf.timestamp - job.startedAt.timestamp);
-    expect(job.totals.escrowed).toBe(parseEther("0.4"));
+    // Someone else opens leases under the same job id (anyone may choose any id).
+    await send(
+      wallet(deployer).writeContract({
+        address: deployment.contracts.paymentToken,
+        abi: devTokenAbi,
+        functionName: "mint",
+        args: [keeper.address, parseEther("1")],
+      }),
+    );
+    await send(
+      wallet(keeper).writeContract({
+        address: deployment.contracts.paymentToken,
+        abi: devTokenAbi,
+        functionName: "approve",
+        args: [deployment.contracts.leaseManager, parseEther("1")],
+      }),
+    );
+    const hostile = await openLease(providerC, jobId, 3n, parseEther("0.2"), 0n, keeper);
 
-    // Once the unacknowledged close passes its deadline, the audit says the lease can be slashed.
+    await expect(auditJob(client, { jobId })).rejects.toThrow(/used by 2 tenants/);
+    const job = await auditJob(client, { jobId, tenant: tenant.address });
+    expect(job.tenant).toBe(tenant.address);
+    expect(job.otherTenants).toEqual([keeper.address]);
+    expect(job.lineage.map((l) => l.leaseId)).toEqual([origin.leaseId, next.leaseId]);
+    expect(job.others).toEqual([]);
+    expect(job.totals.deposited).toBe(parseEther("0.4"));
+    const theirs = await auditJob(client, { jobId, tenant: keeper.address });
+    expect(theirs.lineage.map((l) => l.leaseId)).toEqual([hostile.leaseId]);
+
+    // A closed lease's provider has a whole timeout from the close to acknowledge; then it is slashable.
     await advance(61);
     const closing = await auditLease(client, { leaseId: origin.leaseId });
     expect(closing.status).toBe("closing");

@@ -128,7 +128,7 @@ describe("endingCall", () => {
 
 describe("endLease on a chain whose latest block lags the clock", () => {
   it("slashes a lease that turned slashable since the latest block, instead of failing a close", async () => {
-    const leaseId = await openTestLease(2);
+    const leaseId = await openTestLease(4);
     await pastDeadline(leaseId);
     // The view still answers for the last block, mined before the deadline.
     const stale = await viewOf(leaseId);
@@ -157,7 +157,7 @@ describe("endLease on a chain whose latest block lags the clock", () => {
 
 describe("slashWhenDue", () => {
   it("waits for chain time to pass the deadline of a closed lease its provider never acknowledged, then slashes it", async () => {
-    const leaseId = await openTestLease(3);
+    const leaseId = await openTestLease(4);
     expect((await endLease(client, { leaseId })).call).toBe("close");
 
     const slash = await slashWhenDue(client, { leaseId, log: silentLogger, signal: AbortSignal.timeout(60_000) });
@@ -181,7 +181,7 @@ describe("slashWhenDue", () => {
   });
 
   it("ends and then slashes a lease left active, once it is due", async () => {
-    const leaseId = await openTestLease(2);
+    const leaseId = await openTestLease(4);
     await pastDeadline(leaseId);
 
     const slash = await slashWhenDue(client, { leaseId, log: silentLogger, signal: AbortSignal.timeout(60_000) });
