@@ -15,6 +15,7 @@ import path from "node:path";
 import type { Readable } from "node:stream";
 
 import { createLogger, type Logger } from "../../sdk/logger.ts";
+import { pollUntil } from "../../sdk/utils/retry.ts";
 import {
   bwrapArgs,
   ETC_FILES,
@@ -858,13 +859,12 @@ export async function startJob(options: StartJobOptions): Promise<JobProcess> {
     // - bwrap: the outer bwrap exits as soon as the job's first process has, while the sandbox's
     //   pid 1 may still be tearing the namespace down (killing what the job left running). The
     //   kernel lets pid 1 become a zombie only once every other process of the namespace is gone.
-    const deadline = Date.now() + SANDBOX_TEARDOWN_MS;
     const leftovers = (): boolean =>
       sandbox === "unsafe-none"
         ? groupMembers(pid!).length > 0
         : sandboxInits.some((init) => stillRunning(init.pid, init.startTime));
     if (pid !== undefined && (sandbox === "bwrap" || trySignal(-pid, "SIGKILL"))) {
-      while (leftovers() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await pollUntil(() => !leftovers(), { delayMs: 10, backoff: 1, timeoutMs: SANDBOX_TEARDOWN_MS });
       if (leftovers()) logger.warn("processes of the job are still dying", { leaseId: resolved.leaseId });
     }
     await within(closed, OUTPUT_DRAIN_MS);

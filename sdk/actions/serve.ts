@@ -1,3 +1,5 @@
+import { once, setMaxListeners } from "node:events";
+
 import type { Address } from "viem";
 
 import type { BatonClient } from "../client.ts";
@@ -12,6 +14,7 @@ import {
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
 import type { JobHandle } from "../tenant/job-runner.ts";
+import { poll, type Look } from "../utils/retry.ts";
 import { leaseFetch, type LeaseFetchResponse } from "./leaseFetch.ts";
 import { runJob } from "./runJob.ts";
 
@@ -29,6 +32,11 @@ export interface ServeOptions {
   readinessTimeoutMs?: number;
   /** Send an idempotent request to a second replica when the first has not answered in this long. */
   hedgeAfterMs?: number;
+  /**
+   * Closes the service when it aborts (as `close()`). While `serve` is still starting its replicas,
+   * it stops there, closes what it started and rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
 }
 
 export interface ServiceFetchOptions {
@@ -110,39 +118,61 @@ export async function serve(
   if (!spec.service) throw new UserError("a served job needs `service` in its spec (at least `service: {}`)");
   if (!Number.isInteger(options.replicas) || options.replicas < 1) throw new UserError("replicas must be 1 or more");
   const readinessPath = spec.service.readinessPath;
+  const { signal } = options;
   const replicas: Replica[] = [];
   let closing = false;
   let nextIndex = 0;
   const log = client.log.child("serve");
+  /** Fires "change" whenever a replica's state changes: what `ready()` and a waiting `fetch` wait for. */
+  const changes = new EventTarget();
+  // Every request waiting for a ready replica listens: no count of them is a leak.
+  setMaxListeners(0, changes);
+
+  const setState = (replica: Replica, state: ReplicaState): void => {
+    replica.state = state;
+    changes.dispatchEvent(new Event("change"));
+  };
+
+  /** Resolves at the next change of any replica's state; rejects when `wait` aborts first. */
+  const nextChange = async (wait: AbortSignal): Promise<void> => {
+    await once(changes, "change", { signal: wait });
+  };
 
   const providersOfOthers = (self: Replica | undefined) => () =>
     replicas.filter((r) => r !== self && r.state !== "stopped").flatMap((r) => r.job?.status().provider ?? []);
 
+  /**
+   * Probes a replica's readiness path until it answers 200 (the replica is ready then), its lease
+   * changes, the service closes or the readiness timeout passes.
+   */
   const probe = async (replica: Replica): Promise<void> => {
-    const deadline = Date.now() + (options.readinessTimeoutMs ?? 60_000);
     const leaseId = replica.job.status().leaseId;
-    while (!closing && Date.now() < deadline && replica.job.status().leaseId === leaseId) {
-      const { peerId } = replica.job.status();
-      if (peerId && leaseId !== undefined) {
-        try {
-          const res = await leaseFetch(client, {
-            peerId,
-            leaseId,
-            method: "GET",
-            path: readinessPath,
-            signal: AbortSignal.timeout(2_000),
-          });
-          for await (const piece of res.body) void piece;
-          if (res.status === 200) {
-            replica.state = "ready";
-            log.info("replica ready", { index: replica.index, leaseId });
-            return;
+    const ready = await poll(
+      async (): Promise<Look<boolean>> => {
+        if (closing || replica.job.status().leaseId !== leaseId) return { done: true, value: false };
+        const { peerId } = replica.job.status();
+        if (peerId && leaseId !== undefined) {
+          try {
+            const res = await leaseFetch(client, {
+              peerId,
+              leaseId,
+              method: "GET",
+              path: readinessPath,
+              signal: AbortSignal.timeout(2_000),
+            });
+            for await (const piece of res.body) void piece;
+            if (res.status === 200) return { done: true, value: true };
+          } catch (error) {
+            log.debug("readiness probe failed", { index: replica.index, error });
           }
-        } catch (error) {
-          log.debug("readiness probe failed", { index: replica.index, error });
         }
-      }
-      await new Promise((resolve) => setTimeout(resolve, 200));
+        return { done: false };
+      },
+      { delayMs: 200, backoff: 1, timeoutMs: options.readinessTimeoutMs ?? 60_000 },
+    );
+    if (ready) {
+      setState(replica, "ready");
+      log.info("replica ready", { index: replica.index, leaseId });
     }
   };
 
@@ -170,7 +200,7 @@ export async function serve(
       inFlight: new AbortController(),
     });
     const cut = (state: ReplicaState): void => {
-      replica.state = state;
+      setState(replica, state);
       replica.inFlight.abort(new ProviderFaultError(`replica ${index} is ${state}`));
       replica.inFlight = new AbortController();
     };
@@ -179,12 +209,10 @@ export async function serve(
       if (replica.state === "ready") cut("suspect");
     });
     job.on("provider-recovered", () => {
-      if (replica.state === "suspect") replica.state = "ready";
+      if (replica.state === "suspect") setState(replica, "ready");
     });
     job.on("provider-failed", () => cut("replacing"));
-    job.on("re-leased", () => {
-      replica.state = "starting";
-    });
+    job.on("re-leased", () => setState(replica, "starting"));
     const ended = (): void => {
       cut("stopped");
       // A replica that gave up (retry limit, budget) is replaced by a fresh one: the count holds.
@@ -310,7 +338,8 @@ export async function serve(
         }
         const first = pick(tried);
         if (!first) {
-          await new Promise((resolve) => setTimeout(resolve, 50));
+          // No replica is ready: wait for one to become so (the deadline is checked above).
+          await nextChange(deadline).catch(() => undefined);
           continue;
         }
         tried.add(first);
@@ -364,10 +393,16 @@ export async function serve(
           };
         }),
     async ready(count = options.replicas, timeoutMs = 120_000) {
-      const deadline = Date.now() + timeoutMs;
+      const timeout = AbortSignal.timeout(timeoutMs);
+      const wait = AbortSignal.any([timeout, ...(signal ? [signal] : [])]);
       while (replicas.filter((r) => r.state === "ready").length < count) {
-        if (Date.now() > deadline) throw new NoReplicaError(`fewer than ${count} replicas ready after ${timeoutMs} ms`);
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        try {
+          await nextChange(wait);
+        } catch (error) {
+          signal?.throwIfAborted();
+          if (timeout.aborted) throw new NoReplicaError(`fewer than ${count} replicas ready after ${timeoutMs} ms`);
+          throw error;
+        }
       }
     },
     async scale(count) {
@@ -376,7 +411,7 @@ export async function serve(
       while (replicas.length < count) await add();
       while (replicas.length > count) {
         const surplus = replicas.pop()!;
-        surplus.state = "stopped";
+        setState(surplus, "stopped");
         await surplus.job.cancel();
       }
     },
@@ -385,13 +420,23 @@ export async function serve(
       closing = true;
       await Promise.all(
         replicas.map(async (r) => {
-          r.state = "stopped";
+          setState(r, "stopped");
           await r.job?.cancel();
         }),
       );
     },
   };
-  for (let i = 0; i < options.replicas; i++) await add();
+  const stopIfAborted = async (): Promise<void> => {
+    if (!signal?.aborted) return;
+    await service.close();
+    signal.throwIfAborted();
+  };
+  for (let i = 0; i < options.replicas; i++) {
+    await stopIfAborted();
+    await add();
+  }
+  await stopIfAborted();
+  signal?.addEventListener("abort", () => void service.close(), { once: true });
   return service;
 }
 

@@ -8,6 +8,7 @@ import { createEventQueue } from "../tenant/event-queue.ts";
 import { openLeaseSession, type LeaseSession, type ProviderEvent } from "../wire/clients.ts";
 import type { TenantMessage } from "../wire/messages.ts";
 import { signTenantAuth } from "../wire/tenant-auth.ts";
+import { withRetry } from "../utils/retry.ts";
 
 export type LeaseWatchEvent =
   ProviderEvent | { type: "liveness"; body: { state: LivenessState; reason: string; lastSeenAt: number } };
@@ -80,9 +81,20 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
   }
 
   let connecting = false;
+  /** Opens the session; while the provider is only suspect, a failed open is tried again every heartbeat. */
   const connect = async (): Promise<void> => {
     if (connecting || finished) return;
     connecting = true;
+    await withRetry(open, {
+      delayMs: livenessOptions.heartbeatMs,
+      backoff: 1,
+      unref: true,
+      ...(signal ? { signal } : {}),
+    }).catch(() => undefined);
+    connecting = false;
+  };
+  const open = async (attempt: number): Promise<void> => {
+    if (attempt > 1 && (finished || monitor.state === "failed" || session)) return;
     try {
       const auth = await signTenantAuth(client.account, leaseId, client.host.peerId.toString());
       const first = started
@@ -91,20 +103,14 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
       session = await openLeaseSession(client.host, peer, client.peerKey, first, {
         signal: AbortSignal.any([AbortSignal.timeout(10_000), ...(signal ? [signal] : [])]),
       });
-      started = true;
-      monitor.heard();
-      void read(session);
     } catch (error) {
       log.debug("session not opened", { error });
       monitor.lost(`cannot open a session: ${shortMessageOf(error)}`);
-      // Try again on the next heartbeat while the provider is only suspect.
-      setTimeout(() => {
-        connecting = false;
-        if (!finished && monitor.state !== "failed" && !session) void connect();
-      }, livenessOptions.heartbeatMs).unref();
-      return;
+      throw error;
     }
-    connecting = false;
+    started = true;
+    monitor.heard();
+    void read(session);
   };
 
   const read = async (current: LeaseSession): Promise<void> => {

@@ -3,6 +3,7 @@ import { BaseError as ViemBaseError, parseEventLogs, type Hex } from "viem";
 import { contracts, leaseStatus, revertOf, writeContract, type ChainClient } from "../chain/client.ts";
 import { ChainError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { poll, withRetry, type Look } from "../utils/retry.ts";
 
 /**
  * Ending a lease the tenant leaves, and slashing it when its provider missed its deadline: one rule
@@ -112,9 +113,8 @@ export async function endLease(
 ): Promise<EndLeaseResult> {
   const { leaseManager } = contracts(client.chain.deployment);
   let instead: EndingCall | undefined;
-  for (let attempt = 1; ; attempt++) {
-    signal?.throwIfAborted();
-    try {
+  return withRetry(
+    async () => {
       const view = await readLease(client, leaseId);
       const status = leaseStatus[view.status] ?? "None";
       if (status !== "Active") return { call: undefined, status };
@@ -125,15 +125,21 @@ export async function endLease(
         writeContract(client.chain, { ...leaseManager, functionName: call, args: [leaseId], blockTag: "pending" }),
       );
       return { call };
-    } catch (error) {
-      if (!isChainFailure(error) || attempt >= END_ATTEMPTS) throw error;
-      const revert = revertOf(error);
-      instead = revert ? INSTEAD[revert.name] : undefined;
-      if (revert && !instead && revert.name !== "LeaseManager_LeaseNotActive") throw error;
+    },
+    {
+      attempts: END_ATTEMPTS,
+      shouldRetry: (error) => {
+        if (!isChainFailure(error)) return false;
+        const revert = revertOf(error);
+        instead = revert ? INSTEAD[revert.name] : undefined;
+        return !revert || instead !== undefined || revert.name === "LeaseManager_LeaseNotActive";
+      },
       // A known race is settled by the next attempt at once; anything else gets a pause first.
-      if (!instead) await pause(RETRY_PAUSE_MS, signal);
-    }
-  }
+      delayMs: () => (instead ? 0 : RETRY_PAUSE_MS),
+      unref: true,
+      ...(signal ? { signal } : {}),
+    },
+  );
 }
 
 /**
@@ -150,26 +156,28 @@ export async function slashWhenDue(
 ): Promise<SlashRecord | undefined> {
   let giveUpAt = Date.now() + SLASH_GIVE_UP_MS;
   let lastError: unknown;
-  for (;;) {
-    signal?.throwIfAborted();
-    let step: SlashStep;
-    try {
-      step = await trySlash(client, leaseId, signal);
-    } catch (error) {
-      if (!isChainFailure(error)) throw error;
-      log.info("slash not done yet; trying again", { leaseId, error: error.shortMessage });
-      step = { waitMs: RETRY_PAUSE_MS, error };
-    }
-    if ("done" in step) return step.done;
-    if (step.deadline !== undefined) giveUpAt = Math.max(giveUpAt, Number(step.deadline) * 1000 + SLASH_GIVE_UP_MS);
-    lastError = step.error ?? lastError;
-    if (Date.now() > giveUpAt) {
-      throw new ChainError(`lease ${leaseId} is still not slashed ${SLASH_GIVE_UP_MS / 1000} s past its deadline`, {
-        cause: lastError,
-      });
-    }
-    await pause(step.waitMs, signal);
-  }
+  return poll(
+    async (): Promise<Look<SlashRecord | undefined>> => {
+      let step: SlashStep;
+      try {
+        step = await trySlash(client, leaseId, signal);
+      } catch (error) {
+        if (!isChainFailure(error)) throw error;
+        log.info("slash not done yet; trying again", { leaseId, error: error.shortMessage });
+        step = { waitMs: RETRY_PAUSE_MS, error };
+      }
+      if ("done" in step) return { done: true, value: step.done };
+      if (step.deadline !== undefined) giveUpAt = Math.max(giveUpAt, Number(step.deadline) * 1000 + SLASH_GIVE_UP_MS);
+      lastError = step.error ?? lastError;
+      if (Date.now() > giveUpAt) {
+        throw new ChainError(`lease ${leaseId} is still not slashed ${SLASH_GIVE_UP_MS / 1000} s past its deadline`, {
+          cause: lastError,
+        });
+      }
+      return { done: false, waitMs: step.waitMs };
+    },
+    { unref: true, ...(signal ? { signal } : {}) },
+  );
 }
 
 type SlashStep = { done: SlashRecord | undefined } | { waitMs: number; deadline?: bigint; error?: unknown };
@@ -237,19 +245,4 @@ function isChainFailure(error: unknown): error is ChainError | ViemBaseError {
 function readLease(client: SettlementClient, leaseId: bigint) {
   const { leaseManager } = contracts(client.chain.deployment);
   return client.chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
-}
-
-function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    timer.unref();
-    signal?.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(timer);
-        reject(signal.reason);
-      },
-      { once: true },
-    );
-  });
 }

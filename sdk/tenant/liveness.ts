@@ -1,6 +1,7 @@
 import type { PeerId } from "@libp2p/interface";
 
 import type { BatonHost } from "../p2p/host.ts";
+import { poll, type Look } from "../utils/retry.ts";
 
 export type LivenessState = "alive" | "suspect" | "failed";
 
@@ -76,7 +77,8 @@ export function monitorLiveness(
     if (pinging) return;
     pinging = true;
     try {
-      while (!stopped && state === "suspect") {
+      await poll(async (): Promise<Look<void>> => {
+        if (stopped || state !== "suspect") return { done: true, value: undefined };
         const started = Date.now();
         try {
           await host.services.ping.ping(peer, { signal: AbortSignal.timeout(pingTimeoutMs) });
@@ -86,15 +88,16 @@ export function monitorLiveness(
           const name = (error as Error).name;
           if (name !== "TimeoutError" && name !== "AbortError") {
             set("failed", `unreachable: ${(error as Error).message}`);
-            return;
+            return { done: true, value: undefined };
           }
         }
         if (silenceCounts() && Date.now() - suspectSince >= failAfterMs) {
           set("failed", `no message for ${Date.now() - lastSeenAt} ms`);
-          return;
+          return { done: true, value: undefined };
         }
-        await new Promise((resolve) => setTimeout(resolve, Math.max(0, options.heartbeatMs - (Date.now() - started))));
-      }
+        // One ping per heartbeat period.
+        return { done: false, waitMs: options.heartbeatMs - (Date.now() - started) };
+      });
     } finally {
       pinging = false;
     }
