@@ -91,7 +91,8 @@ contract Handler is Test {
     uint256 internal constant A_WITHDRAW = 11;
     uint256 internal constant A_WARP = 12;
     uint256 internal constant A_WARP_TO_BOUNDARY = 13;
-    uint256 internal constant ACTIONS = 14;
+    uint256 internal constant A_WITHDRAW_CREDIT = 14;
+    uint256 internal constant ACTIONS = 15;
 
     /*//////////////////////////////////////////////////////////////
                                 CONSTANTS
@@ -153,6 +154,9 @@ contract Handler is Test {
     mapping(uint256 leaseId => Lease.View) internal _snapshots;
     mapping(address provider => uint256[]) internal _leasesOfProvider;
     mapping(address tenant => mapping(bytes32 jobId => uint256[])) internal _leasesOfJob;
+    /// Leases opened naming each lease as predecessor (must stay at most one), and the first one.
+    mapping(uint256 leaseId => uint256) public successorsOpened;
+    mapping(uint256 leaseId => uint256) public ghostSuccessor;
 
     SlashRecord[] internal _slashes;
     /// Slash calls on a lease that had already been slashed, and how many of them succeeded.
@@ -349,7 +353,8 @@ contract Handler is Test {
         bool expectOk = caller == b.tenant &&
             b.status == Lease.Status.Active &&
             !b.slashable &&
-            block.timestamp < b.endsAt;
+            block.timestamp < b.endsAt &&
+            !_topUpTooLate(b, amount);
 
         vm.prank(caller);
         try manager.topUp(id, amount) {
@@ -363,6 +368,17 @@ contract Handler is Test {
         } catch (bytes memory err) {
             if (expectOk) _violate(string.concat("topUp of a running lease reverted: ", _sel(err)));
         }
+    }
+
+    /// @dev Whether a top-up of `amount` would revive, with less than half a timeout left, the
+    /// deadline of a lease set to expire before it (the rule {LeaseManager.topUp} enforces).
+    function _topUpTooLate(Lease.View memory b, uint256 amount) internal view returns (bool) {
+        uint256 funded = uint256(b.settledUntil) + (uint256(b.deposit) + amount) / b.pricePerSecond;
+        uint256 newEnd = funded < b.maxEnd ? funded : b.maxEnd;
+        return
+            b.deadline >= b.endsAt &&
+            newEnd > b.deadline &&
+            b.deadline < block.timestamp + uint256(b.heartbeatTimeout) / 2;
     }
 
     /// @notice The tenant (rarely someone else) closes a lease.
@@ -385,6 +401,9 @@ contract Handler is Test {
             if (paymentToken.balanceOf(b.tenant) + b.earned != tenantBefore + b.deposit) {
                 _violate("close refunded other than deposit minus heartbeat-covered earnings");
             }
+            if (a.status == Lease.Status.Closing && a.deadline != block.timestamp + b.heartbeatTimeout) {
+                _violate("close did not give the provider a whole timeout to acknowledge");
+            }
         } catch (bytes memory err) {
             if (expectOk) _violate(string.concat("close of an Active, non-slashable lease reverted: ", _sel(err)));
         }
@@ -400,7 +419,7 @@ contract Handler is Test {
         string memory cid = longCid ? string(new bytes(257)) : CID;
         bool expectOk = caller == b.provider && b.status == Lease.Status.Active && !b.slashable && !longCid;
         uint256 claimableBefore = manager.claimable(b.provider);
-        uint256 tenantBefore = paymentToken.balanceOf(b.tenant);
+        uint256 tenantBefore = _paymentOwedTo(b.tenant);
         uint256 end = block.timestamp < b.endsAt ? block.timestamp : b.endsAt;
         uint256 earned = end > b.settledUntil ? (end - b.settledUntil) * b.pricePerSecond : 0;
 
@@ -411,7 +430,7 @@ contract Handler is Test {
             Lease.View memory a = manager.getLease(id);
             if (a.status != Lease.Status.Completed) _violate("finish did not complete the lease");
             if (manager.claimable(b.provider) != claimableBefore + earned) _violate("finish credited the wrong earnings");
-            if (paymentToken.balanceOf(b.tenant) + earned != tenantBefore + b.deposit) _violate("finish refunded the wrong amount");
+            if (_paymentOwedTo(b.tenant) + earned != tenantBefore + b.deposit) _violate("finish refunded the wrong amount");
         } catch (bytes memory err) {
             if (expectOk) _violate(string.concat("finish of a healthy lease reverted: ", _sel(err)));
         }
@@ -434,13 +453,13 @@ contract Handler is Test {
         if (id == 0) id = _pickLease(leaseSeed);
         if (id == 0) return;
         Lease.View memory b = manager.getLease(id);
-        uint256 tenantBefore = paymentToken.balanceOf(b.tenant);
+        uint256 tenantBefore = _paymentOwedTo(b.tenant);
         vm.prank(_callers[callerSeed % _callers.length]);
         try manager.settleExpired(id) {
             ++successes[A_SETTLE_EXPIRED];
             if (!b.expired) _violate("settleExpired succeeded on a lease that had not expired");
             if (manager.getLease(id).status != Lease.Status.Expired) _violate("settleExpired did not expire the lease");
-            if (paymentToken.balanceOf(b.tenant) + b.earned != tenantBefore + b.deposit) _violate("settleExpired refunded the wrong amount");
+            if (_paymentOwedTo(b.tenant) + b.earned != tenantBefore + b.deposit) _violate("settleExpired refunded the wrong amount");
         } catch (bytes memory err) {
             if (b.expired) _violate(string.concat("settleExpired of an expired lease reverted: ", _sel(err)));
         }
@@ -504,6 +523,36 @@ contract Handler is Test {
         }
     }
 
+    /// @notice A tenant (or the treasury) withdraws what was credited to it: refunds in the lease
+    /// manager, slash compensation in the registry. Each must succeed exactly when there is some.
+    function withdrawCredit(uint256 accountSeed) external tracked(A_WITHDRAW_CREDIT) {
+        address account = accountSeed % 8 == 0 ? treasury : _tenants[accountSeed % _tenants.length];
+        uint256 credit = manager.creditOf(account);
+        uint256 balanceBefore = paymentToken.balanceOf(account);
+        vm.prank(account);
+        try manager.withdrawCredit() {
+            ++successes[A_WITHDRAW_CREDIT];
+            if (credit == 0) _violate("withdrawCredit paid out with nothing credited");
+            if (paymentToken.balanceOf(account) != balanceBefore + credit || manager.creditOf(account) != 0) {
+                _violate("withdrawCredit paid other than the credit");
+            }
+        } catch (bytes memory err) {
+            if (credit != 0) _violate(string.concat("withdrawCredit of a credit reverted: ", _sel(err)));
+        }
+
+        credit = registry.creditOf(account);
+        balanceBefore = stakingToken.balanceOf(account);
+        vm.prank(account);
+        try registry.withdrawCredit() {
+            if (credit == 0) _violate("registry withdrawCredit paid out with nothing credited");
+            if (stakingToken.balanceOf(account) != balanceBefore + credit || registry.creditOf(account) != 0) {
+                _violate("registry withdrawCredit paid other than the credit");
+            }
+        } catch (bytes memory err) {
+            if (credit != 0) _violate(string.concat("registry withdrawCredit of a credit reverted: ", _sel(err)));
+        }
+    }
+
     /// @notice Lets time pass: mostly seconds to minutes, sometimes past heartbeat timeouts of
     /// any length, and rarely past the unbonding period.
     function warp(uint256 seed) external tracked(A_WARP) {
@@ -548,6 +597,13 @@ contract Handler is Test {
         return _tenants;
     }
 
+    /// @notice Everyone the registry may owe a credit: the tenants, every slash caller, the treasury.
+    function creditors() public view returns (address[] memory all) {
+        all = new address[](_callers.length + 1);
+        for (uint256 i = 0; i < _callers.length; ++i) all[i] = _callers[i];
+        all[_callers.length] = treasury;
+    }
+
     function ghost(uint256 leaseId) external view returns (LeaseGhost memory) {
         return _ghosts[leaseId];
     }
@@ -587,7 +643,8 @@ contract Handler is Test {
             "requestUnstake",
             "withdraw",
             "warp",
-            "warpToBoundary"
+            "warpToBoundary",
+            "withdrawCredit"
         ];
         line = "calls (ok/total):";
         for (uint256 i = 0; i < ACTIONS; ++i) {
@@ -675,9 +732,9 @@ contract Handler is Test {
         plan.timeout = timeoutKind == 0
             ? uint64(bound(_sub(timingSeed, 8), 1 hours, manager.maxHeartbeatTimeout()))
             : timeoutKind < 3
-                ? uint64(bound(_sub(timingSeed, 8), 1, 5 minutes))
+                ? uint64(bound(_sub(timingSeed, 8), manager.minHeartbeatTimeout(), 5 minutes))
                 : uint64(bound(_sub(timingSeed, 8), 5 minutes, 1 hours));
-        plan.period = uint64(bound(_sub(timingSeed, 72), 1, plan.timeout));
+        plan.period = uint64(bound(_sub(timingSeed, 72), 1, plan.timeout / 2));
         plan.duration = uint64(bound(_sub(timingSeed, 136), 1, _sub(timingSeed, 99) % 3 == 0 ? 2 hours : MAX_DURATION));
         uint256 maxDeposit = plan.price * (uint256(plan.duration) + 600);
         plan.deposit = depositSeed % 4 == 0 ? bound(depositSeed, plan.price, maxDeposit) : bound(_sub(depositSeed, 1), plan.price, maxDeposit);
@@ -729,6 +786,10 @@ contract Handler is Test {
                 _violate("a quote opened with a spent nonce or a used digest");
             }
             if (!plan.predecessorValid) _violate("openLease accepted an invalid predecessor");
+            if (plan.predecessor != 0) {
+                if (++successorsOpened[plan.predecessor] == 1) ghostSuccessor[plan.predecessor] = id;
+                if (manager.successorOf(plan.predecessor) != id) _violate("successorOf does not name the new lease");
+            }
             _recordOpen(id, q, plan.deposit, plan.digest);
             _replay(q, plan);
         } catch (bytes memory err) {
@@ -738,6 +799,9 @@ contract Handler is Test {
             }
             if (s == ILeaseManager.LeaseManager_InvalidPredecessor.selector && plan.predecessorValid) {
                 _violate("openLease rejected a valid predecessor");
+            }
+            if (s == ILeaseManager.LeaseManager_PredecessorContinued.selector && plan.predecessorValid) {
+                _violate("openLease rejected a predecessor that nothing continued");
             }
             if (s == ILeaseManager.LeaseManager_InvalidSignature.selector) {
                 _violate("openLease rejected a correctly signed quote");
@@ -750,9 +814,10 @@ contract Handler is Test {
     function _replay(Lease.Quote memory q, OpenPlan memory plan) internal {
         uint256 pred = plan.predecessor;
 
-        // 1. The same quote again, by the same tenant, on the same contract.
+        // 1. The same quote again, by the same tenant, on the same contract (without the
+        // predecessor, which the first open now continues: only the nonce must stop it).
         vm.prank(plan.tenant);
-        try manager.openLease(q, plan.signature, plan.deposit, pred) returns (uint256 id) {
+        try manager.openLease(q, plan.signature, plan.deposit, 0) returns (uint256 id) {
             _replaySucceeded(REPLAY_SAME_QUOTE, id, q, plan.deposit);
         } catch (bytes memory err) {
             _replayFailed(REPLAY_SAME_QUOTE, err, ILeaseManager.LeaseManager_NonceUsed.selector);
@@ -855,7 +920,12 @@ contract Handler is Test {
             if (mode == 0) id = leaseCount + 1 + (_sub(seed, 8) % 3); // never opened
             else id = _sub(seed, 8) % leaseCount + 1; // whatever it is
             Lease.View memory v = manager.getLease(id);
-            valid = v.tenant == tenant && v.jobId == jobId && v.status != Lease.Status.None && v.status != Lease.Status.Active;
+            valid =
+                v.tenant == tenant &&
+                v.jobId == jobId &&
+                v.status != Lease.Status.None &&
+                v.status != Lease.Status.Active &&
+                manager.successorOf(id) == 0;
             return (id, valid);
         }
         uint256[] storage own = _leasesOfJob[tenant][jobId];
@@ -867,7 +937,8 @@ contract Handler is Test {
         uint256 k = _sub(seed, 8) % ended;
         for (uint256 i = 0; i < own.length; ++i) {
             if (manager.getLease(own[i]).status != Lease.Status.Active) {
-                if (k == 0) return (own[i], true);
+                // One successor per lease: an ended lease already continued is no longer valid.
+                if (k == 0) return (own[i], manager.successorOf(own[i]) == 0);
                 --k;
             }
         }
@@ -892,7 +963,7 @@ contract Handler is Test {
                 resources: keccak256("gpu:1xH100-80GB"),
                 pricePerSecond: price,
                 collateral: collateral,
-                heartbeatPeriod: timeout,
+                heartbeatPeriod: timeout / 2,
                 heartbeatTimeout: timeout,
                 maxDuration: duration,
                 expiry: uint64(block.timestamp + 5 minutes),
@@ -945,13 +1016,14 @@ contract Handler is Test {
         if (repeat) ++repeatSlashAttempts;
         bool expectOk = _isLive(b.status) && b.slashable;
 
-        // Staking-token balances of the recipients (each counted once, even if the caller is the tenant).
+        // Staking tokens held by or credited to the recipients (each counted once, even if the caller
+        // is the tenant); what the registry holds beyond its credits.
         address[3] memory who = [b.tenant, caller, treasury];
         uint256[3] memory balBefore;
-        for (uint256 i = 0; i < 3; ++i) balBefore[i] = stakingToken.balanceOf(who[i]);
-        uint256 registryBefore = stakingToken.balanceOf(address(registry));
+        for (uint256 i = 0; i < 3; ++i) balBefore[i] = _stakeOwedTo(who[i]);
+        uint256 registryBefore = stakingToken.balanceOf(address(registry)) - _registryCredits();
         uint256 stakeBefore = registry.getProvider(b.provider).stake;
-        uint256 tenantPayBefore = paymentToken.balanceOf(b.tenant);
+        uint256 tenantPayBefore = _paymentOwedTo(b.tenant);
 
         vm.prank(caller);
         try manager.slashMissedHeartbeat(id) {
@@ -969,7 +1041,7 @@ contract Handler is Test {
         for (uint256 i = 0; i < 3; ++i) {
             bool seen;
             for (uint256 j = 0; j < i; ++j) if (who[j] == who[i]) seen = true;
-            if (!seen) paidOut += _drop(stakingToken.balanceOf(who[i]), balBefore[i]);
+            if (!seen) paidOut += _drop(_stakeOwedTo(who[i]), balBefore[i]);
         }
         _checkSlashPayouts(b, caller, balBefore, tenantPayBefore);
         _recordSlash(id, caller, b, paidOut, registryBefore, stakeBefore);
@@ -987,13 +1059,13 @@ contract Handler is Test {
         uint256 tenantShare = (b.collateral * manager.tenantShareBps()) / 10_000;
         // A provider slashing its own lease from its own address gets no reward (it goes to the treasury).
         uint256 callerShare = caller == b.provider ? 0 : (b.collateral * manager.callerShareBps()) / 10_000;
-        if (caller != b.tenant && stakingToken.balanceOf(caller) != balBefore[1] + callerShare) {
+        if (caller != b.tenant && _stakeOwedTo(caller) != balBefore[1] + callerShare) {
             _violate("slash paid the caller the wrong share");
         }
-        if (caller != b.tenant && stakingToken.balanceOf(b.tenant) != balBefore[0] + tenantShare) {
+        if (caller != b.tenant && _stakeOwedTo(b.tenant) != balBefore[0] + tenantShare) {
             _violate("slash paid the tenant the wrong share");
         }
-        if (paymentToken.balanceOf(b.tenant) + b.earned != tenantPayBefore + b.deposit) {
+        if (_paymentOwedTo(b.tenant) + b.earned != tenantPayBefore + b.deposit) {
             _violate("slash refunded the tenant the wrong amount");
         }
     }
@@ -1017,7 +1089,7 @@ contract Handler is Test {
         r.statusBefore = b.status;
         r.collateral = b.collateral;
         r.paidOut = paidOut;
-        r.registryDrop = _drop(registryBefore, stakingToken.balanceOf(address(registry)));
+        r.registryDrop = _drop(registryBefore, stakingToken.balanceOf(address(registry)) - _registryCredits());
         r.stakeDrop = _drop(stakeBefore, registry.getProvider(b.provider).stake);
         r.unstakeRequestedWhileLive = _ghosts[id].unstakeRequestedWhileLive;
     }
@@ -1092,8 +1164,10 @@ contract Handler is Test {
 
     /// @dev The view's derived flags, recomputed from the documented rules.
     function _checkDerivedFields(Lease.View memory v) internal {
-        uint256 deadline = uint256(v.lastHeartbeat) + v.heartbeatTimeout;
-        if (v.deadline != deadline) _violate("deadline is not last heartbeat plus timeout");
+        // A closing lease's provider has a whole timeout from the close, which set endsAt.
+        uint256 from = v.status == Lease.Status.Closing ? v.endsAt : v.lastHeartbeat;
+        uint256 deadline = from + v.heartbeatTimeout;
+        if (v.deadline != deadline) _violate("deadline is not last heartbeat (close, when closing) plus timeout");
         bool slashable;
         bool expired;
         if (v.status == Lease.Status.Active) {
@@ -1202,6 +1276,22 @@ contract Handler is Test {
         s.paymentToken.mint(t, TENANT_FUNDS);
         vm.prank(t);
         s.paymentToken.approve(address(s.manager), type(uint256).max);
+    }
+
+    /// @dev Payment tokens `who` holds or may withdraw from the manager.
+    function _paymentOwedTo(address who) internal view returns (uint256) {
+        return paymentToken.balanceOf(who) + manager.creditOf(who);
+    }
+
+    /// @dev Staking tokens `who` holds or may withdraw from the registry.
+    function _stakeOwedTo(address who) internal view returns (uint256) {
+        return stakingToken.balanceOf(who) + registry.creditOf(who);
+    }
+
+    /// @dev Everything the registry has credited and not yet paid.
+    function _registryCredits() internal view returns (uint256 total) {
+        address[] memory all = creditors();
+        for (uint256 i = 0; i < all.length; ++i) total += registry.creditOf(all[i]);
     }
 
     function _sum(DevToken token, address[] storage who) internal view returns (uint256 total) {

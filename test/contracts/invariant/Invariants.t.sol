@@ -33,6 +33,7 @@ contract InvariantsTest is Base {
             TENANT_SHARE_BPS,
             CALLER_SHARE_BPS,
             TREASURY,
+            MIN_HEARTBEAT_TIMEOUT,
             MAX_HEARTBEAT_TIMEOUT
         );
         otherRegistry.setLeaseManager(address(otherManager));
@@ -43,7 +44,7 @@ contract InvariantsTest is Base {
             TREASURY
         );
 
-        bytes4[] memory selectors = new bytes4[](14);
+        bytes4[] memory selectors = new bytes4[](15);
         selectors[0] = Handler.openLease.selector;
         selectors[1] = Handler.openFollowUp.selector;
         selectors[2] = Handler.heartbeat.selector;
@@ -58,6 +59,7 @@ contract InvariantsTest is Base {
         selectors[11] = Handler.withdraw.selector;
         selectors[12] = Handler.warp.selector;
         selectors[13] = Handler.warpToBoundary.selector;
+        selectors[14] = Handler.withdrawCredit.selector;
         targetContract(address(handler));
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
     }
@@ -71,24 +73,39 @@ contract InvariantsTest is Base {
                                INVARIANTS
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice The manager's payment tokens are exactly the deposits of all leases plus what every
-    /// provider can claim: no lease is under-funded and no token is stranded.
-    function invariant_managerBalanceEqualsDepositsPlusClaimable() public view {
+    /// @notice The manager's payment tokens are exactly the deposits of all leases, plus what every
+    /// provider can claim, plus the refunds credited to tenants: no lease is under-funded, no
+    /// credit unbacked, and no token is stranded.
+    function invariant_managerBalanceEqualsDepositsClaimableAndCredits() public view {
         uint256 n = handler.leaseCount();
         assertEq(manager.leaseCount(), n, "lease count");
         uint256 total;
         for (uint256 id = 1; id <= n; ++id) total += manager.getLease(id).deposit;
         address[] memory providers = handler.providers();
         for (uint256 i = 0; i < providers.length; ++i) total += manager.claimable(providers[i]);
-        assertEq(paymentToken.balanceOf(address(manager)), total, "manager balance != deposits + claimable");
+        total += _managerCredits();
+        assertEq(paymentToken.balanceOf(address(manager)), total, "manager balance != deposits + claimable + credits");
     }
 
-    /// @notice The registry holds exactly the providers' stake.
-    function invariant_registryBalanceEqualsStake() public view {
+    /// @notice The registry holds exactly the providers' stake plus the slash shares credited to
+    /// tenants and the treasury.
+    function invariant_registryBalanceEqualsStakeAndCredits() public view {
         address[] memory providers = handler.providers();
         uint256 total;
         for (uint256 i = 0; i < providers.length; ++i) total += registry.getProvider(providers[i]).stake;
-        assertEq(stakingToken.balanceOf(address(registry)), total, "registry balance != sum of stake");
+        address[] memory creditors = handler.creditors();
+        for (uint256 i = 0; i < creditors.length; ++i) total += registry.creditOf(creditors[i]);
+        assertEq(stakingToken.balanceOf(address(registry)), total, "registry balance != stake + credits");
+    }
+
+    /// @notice A lease is continued at most once: at most one open ever succeeded naming it as
+    /// predecessor, and `successorOf` names that one.
+    function invariant_oneSuccessorPerLease() public view {
+        uint256 n = handler.leaseCount();
+        for (uint256 id = 1; id <= n; ++id) {
+            assertLe(handler.successorsOpened(id), 1, string.concat("lease continued twice, lease ", _u2s(id)));
+            assertEq(manager.successorOf(id), handler.ghostSuccessor(id), string.concat("successorOf, lease ", _u2s(id)));
+        }
     }
 
     /// @notice Each provider's locked stake is the collateral of its Active and Closing leases, and
@@ -175,7 +192,7 @@ contract InvariantsTest is Base {
     }
 
     /// @notice Payment tokens are conserved: all deposits are refunded to tenants, claimed by
-    /// providers, or still held by the manager.
+    /// providers, or still held by the manager (deposits, claimable earnings, credited refunds).
     function invariant_moneyIsConserved() public view {
         assertEq(
             handler.ghostDeposited(),
@@ -208,7 +225,11 @@ contract InvariantsTest is Base {
                 refunds += g.deposited - earned;
             }
         }
-        assertEq(refunds, handler.ghostRefunded(), "refunds implied by the leases != refunds received");
+        assertEq(
+            refunds,
+            handler.ghostRefunded() + _managerCredits(),
+            "refunds implied by the leases != refunds received + credited"
+        );
         address[] memory providers = handler.providers();
         uint256 claimable;
         for (uint256 i = 0; i < providers.length; ++i) claimable += manager.claimable(providers[i]);
@@ -244,6 +265,12 @@ contract InvariantsTest is Base {
         assertEq(a.collateral, b.collateral, string.concat(m, "collateral"));
         assertEq(a.deposit, b.deposit, string.concat(m, "deposit"));
         assertEq(a.earned, b.earned, string.concat(m, "earned"));
+    }
+
+    /// @dev The refunds the manager credited its tenants and they have not withdrawn.
+    function _managerCredits() internal view returns (uint256 total) {
+        address[] memory tenants = handler.tenants();
+        for (uint256 i = 0; i < tenants.length; ++i) total += manager.creditOf(tenants[i]);
     }
 
     function _u2s(uint256 value) internal pure returns (string memory) {

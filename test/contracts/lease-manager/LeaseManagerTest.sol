@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {LeaseManager} from "../../../contracts/LeaseManager.sol";
+import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {ILeaseManager} from "../../../contracts/interfaces/ILeaseManager.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
 import {Lease} from "../../../contracts/types/Lease.sol";
 import {Provider} from "../../../contracts/types/Provider.sol";
+import {DevToken} from "../../../contracts/token/DevToken.sol";
 
 import {Base} from "../utils/Base.t.sol";
 
@@ -107,6 +110,26 @@ abstract contract LeaseManagerTest is Base {
     /*//////////////////////////////////////////////////////////////
                                  ACTIONS
     //////////////////////////////////////////////////////////////*/
+
+    /// @dev Replaces Base's deployment with one over other tokens (the mocks: a blocklist, a receive
+    /// hook, a transfer fee), wired as Base wires it, with both tenants funded and approved.
+    function _redeploy(DevToken stakingToken_, DevToken paymentToken_) internal {
+        stakingToken = stakingToken_;
+        paymentToken = paymentToken_;
+        registry = new ProviderRegistry(stakingToken_, MIN_STAKE, UNBONDING_PERIOD, admin);
+        manager = new LeaseManager(
+            paymentToken_,
+            registry,
+            TENANT_SHARE_BPS,
+            CALLER_SHARE_BPS,
+            TREASURY,
+            MIN_HEARTBEAT_TIMEOUT,
+            MAX_HEARTBEAT_TIMEOUT
+        );
+        registry.setLeaseManager(address(manager));
+        _fundTenant(tenant, TENANT_FUNDS);
+        _fundTenant(otherTenant, TENANT_FUNDS);
+    }
 
     /// @dev Registers `provider` with `PROVIDER_STAKE` unless it is registered already.
     function _ensureProvider() internal {
@@ -213,16 +236,22 @@ abstract contract LeaseManagerTest is Base {
                                ACCOUNTING
     //////////////////////////////////////////////////////////////*/
 
-    /// @dev The escrow holds exactly what it owes: unearned deposits plus unclaimed earnings.
+    /// @dev The escrow holds exactly what it owes: unearned deposits, unclaimed earnings and the
+    /// tenants' credited refunds; the registry, the stakes and the credited slash shares.
     function _assertConserved() internal view {
         uint256 owed = manager.claimable(provider) + manager.claimable(otherProvider);
+        owed += manager.creditOf(tenant) + manager.creditOf(otherTenant);
         uint256 count = manager.leaseCount();
         for (uint256 id = 1; id <= count; ++id) owed += manager.getLease(id).deposit;
         assertEq(paymentToken.balanceOf(address(manager)), owed, "escrow balance == what it owes");
         assertEq(
             stakingToken.balanceOf(address(registry)),
-            registry.getProvider(provider).stake + registry.getProvider(otherProvider).stake,
-            "registry balance == stakes"
+            registry.getProvider(provider).stake +
+                registry.getProvider(otherProvider).stake +
+                registry.creditOf(tenant) +
+                registry.creditOf(otherTenant) +
+                registry.creditOf(TREASURY),
+            "registry balance == stakes + credits"
         );
     }
 
@@ -233,6 +262,12 @@ abstract contract LeaseManagerTest is Base {
         assertEq(paymentToken.balanceOf(provider), providerBal, "provider payment balance");
         assertEq(paymentToken.balanceOf(address(manager)), managerBal, "escrow payment balance");
         assertEq(manager.claimable(provider), claimable_, "provider claimable");
+    }
+
+    /// @dev Asserts what the escrow holds for the tenant to withdraw: refunds that arose in other
+    /// parties' calls (a provider's, a keeper's) are credited, never pushed.
+    function _assertCredit(uint256 credit) internal view {
+        assertEq(manager.creditOf(tenant), credit, "tenant credit");
     }
 
     /// @dev Asserts the provider's registry record: stake, locked collateral and counters. Seconds

@@ -140,9 +140,10 @@ contract Claim_Test is LeaseManagerTest {
         assertEq(_claim(provider, _ids(id)), 10 * PRICE, "paid to the last heartbeat");
         _assertStatus(id, Lease.Status.Active);
 
-        // The slash then refunds the whole rest and pays the provider nothing more.
+        // The keeper's slash then credits the tenant the whole rest and pays the provider nothing more.
         _slashAt(id, T0 + 100);
-        _assertPayments(TENANT_FUNDS - 10 * PRICE, 10 * PRICE, 0, 0);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 10 * PRICE, DEPOSIT - 10 * PRICE, 0);
+        _assertCredit(DEPOSIT - 10 * PRICE);
         _assertConserved();
     }
 
@@ -283,7 +284,12 @@ contract Claim_Test is LeaseManagerTest {
         // Ending the lease: provider and tenant share exactly the deposit.
         _finishAt(id, t + 1);
         claimed += _claim(provider, _noIds());
-        assertEq(claimed + paymentToken.balanceOf(tenant), TENANT_FUNDS + deposit, "deposit conserved");
+        // The finish credits the tenant its refund, to withdraw.
+        assertEq(
+            claimed + paymentToken.balanceOf(tenant) + manager.creditOf(tenant),
+            TENANT_FUNDS + deposit,
+            "deposit conserved"
+        );
         assertEq(claimed, (t + 1 - T0) * price, "paid to the finish");
         assertEq(manager.secondsServed(provider), t + 1 - T0, "served to the finish");
         _assertConserved();

@@ -102,7 +102,8 @@ contract Close_Test is LeaseManagerTest {
         assertEq(l.deposit, 0, "deposit emptied");
         assertEq(l.settledUntil, T0 + 10, "settled to the last heartbeat");
         assertEq(l.lastHeartbeat, T0 + 10, "lastHeartbeat unchanged");
-        assertEq(l.deadline, T0 + 70, "deadline for the acknowledgement");
+        assertEq(l.endsAt, T0 + 20, "the lease ends at the close");
+        assertEq(l.deadline, T0 + 20 + HEARTBEAT_TIMEOUT, "a whole timeout from the close to acknowledge");
         assertFalse(l.slashable, "not slashable yet");
         assertFalse(l.expired, "not expired");
         assertEq(l.earned, 0, "earned");
@@ -134,9 +135,40 @@ contract Close_Test is LeaseManagerTest {
         uint256 id = _openLease();
         _closeAt(id, T0 + HEARTBEAT_TIMEOUT);
         _assertStatus(id, Lease.Status.Closing);
-        assertFalse(_lease(id).slashable, "not slashable at the deadline");
+        assertEq(_lease(id).deadline, T0 + 2 * HEARTBEAT_TIMEOUT, "deadline a timeout after the close");
         vm.warp(T0 + HEARTBEAT_TIMEOUT + 1);
+        assertFalse(_lease(id).slashable, "not slashable past the old deadline");
+        vm.warp(T0 + 2 * HEARTBEAT_TIMEOUT);
+        assertFalse(_lease(id).slashable, "not slashable at the new deadline");
+        vm.warp(T0 + 2 * HEARTBEAT_TIMEOUT + 1);
         assertTrue(_lease(id).slashable, "slashable a second later");
+    }
+
+    /// @dev Issue #11 point 4: a close one second before the provider's deadline used to leave it
+    /// that one second to acknowledge, or lose 60 % of its collateral; now it has a whole timeout.
+    function test_GivenActiveJustBeforeDeadline_GivesProviderAFullTimeout() external {
+        uint256 id = _openLease();
+        _heartbeatAt(id, T0 + 10);
+        _closeAt(id, T0 + 69);
+        assertEq(_lease(id).deadline, T0 + 69 + HEARTBEAT_TIMEOUT, "deadline a timeout after the close");
+
+        // Past the old deadline (last heartbeat + timeout), the provider is not in default.
+        vm.warp(T0 + 71);
+        assertFalse(_lease(id).slashable, "not slashable past the old deadline");
+        vm.prank(keeper);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ILeaseManager.LeaseManager_HeartbeatNotMissed.selector,
+                id,
+                T0 + 69 + HEARTBEAT_TIMEOUT
+            )
+        );
+        manager.slashMissedHeartbeat(id);
+
+        // It acknowledges in its own time and gets its collateral back.
+        _heartbeatAt(id, T0 + 69 + HEARTBEAT_TIMEOUT);
+        _assertStatus(id, Lease.Status.Closed);
+        _assertProvider(PROVIDER_STAKE, 0, 1, 0, 0, 10);
     }
 
     function test_GivenActiveAfterClaim() external {

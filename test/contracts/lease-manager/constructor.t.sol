@@ -22,12 +22,26 @@ contract Constructor_Test is LeaseManagerTest {
         address treasury,
         uint64 maxTimeout
     ) internal returns (LeaseManager) {
-        return new LeaseManager(token, registry_, tenantShare, callerShare, treasury, maxTimeout);
+        return new LeaseManager(token, registry_, tenantShare, callerShare, treasury, MIN_HEARTBEAT_TIMEOUT, maxTimeout);
+    }
+
+    function _deployWithTimeouts(uint64 minTimeout, uint64 maxTimeout) internal returns (LeaseManager) {
+        return
+            new LeaseManager(paymentToken, registry, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, minTimeout, maxTimeout);
     }
 
     function _invalidTimeout(uint64 maxTimeout, uint64 unbonding) internal pure returns (bytes memory) {
         return
             abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidMaxHeartbeatTimeout.selector, maxTimeout, unbonding);
+    }
+
+    function _invalidMinTimeout(uint64 minTimeout, uint64 maxTimeout) internal pure returns (bytes memory) {
+        return
+            abi.encodeWithSelector(
+                ILeaseManager.LeaseManager_InvalidMinHeartbeatTimeout.selector,
+                minTimeout,
+                maxTimeout
+            );
     }
 
     function test_RevertWhen_PaymentTokenZero() external {
@@ -100,6 +114,34 @@ contract Constructor_Test is LeaseManagerTest {
         assertEq(m.maxHeartbeatTimeout(), UNBONDING_PERIOD - 1, "maxHeartbeatTimeout");
     }
 
+    /// @dev Issue #11 point 4: a quote's timeout has a floor of a few block times, itself at least
+    /// two seconds (a period of at most half the timeout must be at least one second).
+    function test_RevertWhen_MinHeartbeatTimeoutZero() external {
+        vm.expectRevert(_invalidMinTimeout(0, MAX_HEARTBEAT_TIMEOUT));
+        _deployWithTimeouts(0, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_RevertWhen_MinHeartbeatTimeoutOne() external {
+        vm.expectRevert(_invalidMinTimeout(1, MAX_HEARTBEAT_TIMEOUT));
+        _deployWithTimeouts(1, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_RevertWhen_MinHeartbeatTimeoutAboveMax() external {
+        vm.expectRevert(_invalidMinTimeout(MAX_HEARTBEAT_TIMEOUT + 1, MAX_HEARTBEAT_TIMEOUT));
+        _deployWithTimeouts(MAX_HEARTBEAT_TIMEOUT + 1, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function test_WhenMinHeartbeatTimeoutTwo() external {
+        LeaseManager m = _deployWithTimeouts(2, MAX_HEARTBEAT_TIMEOUT);
+        assertEq(m.minHeartbeatTimeout(), 2, "minHeartbeatTimeout");
+    }
+
+    function test_WhenMinHeartbeatTimeoutEqualsMax() external {
+        LeaseManager m = _deployWithTimeouts(MAX_HEARTBEAT_TIMEOUT, MAX_HEARTBEAT_TIMEOUT);
+        assertEq(m.minHeartbeatTimeout(), MAX_HEARTBEAT_TIMEOUT, "minHeartbeatTimeout");
+        assertEq(m.maxHeartbeatTimeout(), MAX_HEARTBEAT_TIMEOUT, "maxHeartbeatTimeout");
+    }
+
     function test_WhenParametersValid() external {
         LeaseManager m = _deploy(paymentToken, registry, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, MAX_HEARTBEAT_TIMEOUT);
         assertEq(address(m.paymentToken()), address(paymentToken), "paymentToken");
@@ -107,6 +149,7 @@ contract Constructor_Test is LeaseManagerTest {
         assertEq(m.tenantShareBps(), TENANT_SHARE_BPS, "tenantShareBps");
         assertEq(m.callerShareBps(), CALLER_SHARE_BPS, "callerShareBps");
         assertEq(m.treasury(), TREASURY, "treasury");
+        assertEq(m.minHeartbeatTimeout(), MIN_HEARTBEAT_TIMEOUT, "minHeartbeatTimeout");
         assertEq(m.maxHeartbeatTimeout(), MAX_HEARTBEAT_TIMEOUT, "maxHeartbeatTimeout");
         assertEq(m.leaseCount(), 0, "leaseCount");
     }
@@ -132,7 +175,9 @@ contract Constructor_Test is LeaseManagerTest {
         vm.warp(T0 + HEARTBEAT_TIMEOUT + 1);
         vm.prank(keeper);
         m.slashMissedHeartbeat(id);
-        assertEq(stakingToken.balanceOf(BURN), COLLATERAL - COLLATERAL / 2 - COLLATERAL / 10, "burned");
+        // The treasury is not the slash's caller, so its share is credited to 0xdEaD in the
+        // registry, where nobody can ever withdraw it: burned all the same.
+        assertEq(registry2.creditOf(BURN), COLLATERAL - COLLATERAL / 2 - COLLATERAL / 10, "burned (credited to 0xdEaD)");
         assertEq(stakingToken.balanceOf(address(0)), 0, "nothing sent to zero");
     }
 
@@ -154,9 +199,23 @@ contract Constructor_Test is LeaseManagerTest {
         if (maxTimeout == 0 || maxTimeout >= UNBONDING_PERIOD) {
             vm.expectRevert(_invalidTimeout(maxTimeout, UNBONDING_PERIOD));
             _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
+        } else if (maxTimeout < MIN_HEARTBEAT_TIMEOUT) {
+            vm.expectRevert(_invalidMinTimeout(MIN_HEARTBEAT_TIMEOUT, maxTimeout));
+            _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
         } else {
             LeaseManager m = _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
             assertEq(m.maxHeartbeatTimeout(), maxTimeout, "maxHeartbeatTimeout");
+        }
+    }
+
+    function testFuzz_Constructor_MinHeartbeatTimeout(uint64 minTimeout) external {
+        minTimeout = uint64(bound(minTimeout, 0, 2 * MAX_HEARTBEAT_TIMEOUT));
+        if (minTimeout < 2 || minTimeout > MAX_HEARTBEAT_TIMEOUT) {
+            vm.expectRevert(_invalidMinTimeout(minTimeout, MAX_HEARTBEAT_TIMEOUT));
+            _deployWithTimeouts(minTimeout, MAX_HEARTBEAT_TIMEOUT);
+        } else {
+            LeaseManager m = _deployWithTimeouts(minTimeout, MAX_HEARTBEAT_TIMEOUT);
+            assertEq(m.minHeartbeatTimeout(), minTimeout, "minHeartbeatTimeout");
         }
     }
 }

@@ -105,7 +105,8 @@ contract Finish_Test is LeaseManagerTest {
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseCompleted(id, CID, refund);
         _expectReleased(id, true);
-        _expectPayTransfer(address(manager), tenant, refund);
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.Credited(tenant, refund);
         vm.prank(provider);
         manager.finish(id, CID);
 
@@ -116,7 +117,10 @@ contract Finish_Test is LeaseManagerTest {
         assertEq(l.deposit, 0, "deposit emptied");
         assertEq(l.earned, 0, "earned");
         assertFalse(l.slashable, "slashable");
-        _assertPayments(TENANT_FUNDS - 40 * PRICE, 0, 40 * PRICE, 40 * PRICE);
+        // The provider's call credits the tenant's refund (pull): a tenant that refuses tokens
+        // cannot make the finish revert.
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 40 * PRICE);
+        _assertCredit(refund);
         _assertProvider(PROVIDER_STAKE, 0, 1, 1, 0, 40);
         assertEq(registry.freeStake(provider), PROVIDER_STAKE, "collateral free");
         _assertConserved();
@@ -135,10 +139,11 @@ contract Finish_Test is LeaseManagerTest {
         vm.prank(provider);
         manager.finish(id, CID);
         VmExt.Log[] memory logs = vmx.getRecordedLogs();
-        // LeaseCompleted, CollateralReleased and the refund's Transfer; nothing earned.
+        // LeaseCompleted, CollateralReleased and the refund's Credited; nothing earned.
         assertEq(logs.length, 3, "no EarningsSettled");
         _assertStatus(id, Lease.Status.Completed);
-        _assertPayments(TENANT_FUNDS, 0, 0, 0);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 0);
+        _assertCredit(DEPOSIT);
         _assertProvider(PROVIDER_STAKE, 0, 1, 1, 0, 0);
     }
 
@@ -150,7 +155,8 @@ contract Finish_Test is LeaseManagerTest {
         _expectSettled(id, 30 * PRICE, T0 + 80);
         vm.prank(provider);
         manager.finish(id, CID);
-        _assertPayments(TENANT_FUNDS - 80 * PRICE, 50 * PRICE, 30 * PRICE, 30 * PRICE);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 50 * PRICE, DEPOSIT - 50 * PRICE, 30 * PRICE);
+        _assertCredit(DEPOSIT - 80 * PRICE);
         _assertProvider(PROVIDER_STAKE, 0, 1, 1, 0, 80);
         _assertConserved();
     }
@@ -223,7 +229,8 @@ contract Finish_Test is LeaseManagerTest {
         uint256 paidUntil = finishAt < endsAt ? finishAt : endsAt;
         uint256 earned = (paidUntil - T0) * price;
         assertEq(manager.claimable(provider), earned, "earned = served seconds * price");
-        assertEq(paymentToken.balanceOf(tenant), TENANT_FUNDS + deposit - earned, "tenant refunded the rest");
+        assertEq(paymentToken.balanceOf(tenant), TENANT_FUNDS, "nothing pushed to the tenant");
+        assertEq(manager.creditOf(tenant), deposit - earned, "the rest credited to the tenant");
         _assertStatus(id, Lease.Status.Completed);
         _assertProvider(PROVIDER_STAKE, 0, 1, 1, 0, paidUntil - T0);
         _assertConserved();

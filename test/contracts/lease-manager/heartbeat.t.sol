@@ -279,11 +279,14 @@ contract Heartbeat_Test is LeaseManagerTest {
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseExpired(id, PRICE / 2);
         _expectReleased(id, false);
-        _expectPayTransfer(address(manager), tenant, PRICE / 2);
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.Credited(tenant, PRICE / 2);
         _heartbeat(provider, id);
 
         _assertStatus(id, Lease.Status.Expired);
-        _assertPayments(TENANT_FUNDS - SHORT_DEPOSIT, 0, SHORT_DEPOSIT, SHORT_DEPOSIT);
+        // The provider's heartbeat credits the dust to the tenant; it never pushes it.
+        _assertPayments(TENANT_FUNDS - SHORT_DEPOSIT - PRICE / 2, 0, SHORT_DEPOSIT + PRICE / 2, SHORT_DEPOSIT);
+        _assertCredit(PRICE / 2);
         _assertConserved();
     }
 
@@ -292,7 +295,7 @@ contract Heartbeat_Test is LeaseManagerTest {
     //////////////////////////////////////////////////////////////*/
 
     function test_GivenClosingBeforeDeadline() external {
-        uint256 id = _closingLease(); // deadline T0 + 70
+        uint256 id = _closingLease(); // closed at T0 + 20: deadline T0 + 80
         assertEq(registry.getProvider(provider).locked, COLLATERAL, "collateral locked while closing");
         vm.warp(T0 + 30);
         vm.expectEmit(address(manager));
@@ -316,7 +319,7 @@ contract Heartbeat_Test is LeaseManagerTest {
 
     function test_GivenClosingAtExactlyDeadline() external {
         uint256 id = _closingLease();
-        vm.warp(T0 + 10 + HEARTBEAT_TIMEOUT);
+        vm.warp(T0 + 20 + HEARTBEAT_TIMEOUT);
         _heartbeat(provider, id);
         _assertStatus(id, Lease.Status.Closed);
         assertEq(registry.getProvider(provider).locked, 0, "released");
@@ -332,9 +335,20 @@ contract Heartbeat_Test is LeaseManagerTest {
         _assertStatus(id, Lease.Status.Closed);
     }
 
-    function test_GivenClosingPastDeadline() external {
+    /// @dev Issue #11 point 4: the close (T0+20) gives the provider a whole timeout; past its last
+    /// heartbeat plus the timeout (T0+70), which used to be its deadline, it can still acknowledge.
+    function test_GivenClosingPastLastHeartbeatPlusTimeout() external {
         uint256 id = _closingLease();
         vm.warp(T0 + 10 + HEARTBEAT_TIMEOUT + 1);
+        assertFalse(_lease(id).slashable, "not slashable");
+        _heartbeat(provider, id);
+        _assertStatus(id, Lease.Status.Closed);
+        assertEq(registry.getProvider(provider).locked, 0, "released");
+    }
+
+    function test_GivenClosingPastDeadline() external {
+        uint256 id = _closingLease();
+        vm.warp(T0 + 20 + HEARTBEAT_TIMEOUT + 1);
         _assertSkipped(id);
         _assertStatus(id, Lease.Status.Closing);
         assertTrue(_lease(id).slashable, "slashable");
@@ -404,7 +418,7 @@ contract Heartbeat_Test is LeaseManagerTest {
     /// @dev A heartbeat is taken iff it comes before the lease's end and no later than its deadline;
     /// otherwise an expired lease is settled and a slashable one left alone.
     function testFuzz_Heartbeat(uint256 timeout, uint256 funded, uint256 delay) external {
-        timeout = bound(timeout, 1, MAX_HEARTBEAT_TIMEOUT);
+        timeout = bound(timeout, MIN_HEARTBEAT_TIMEOUT, MAX_HEARTBEAT_TIMEOUT);
         funded = bound(funded, 1, MAX_DURATION);
         delay = bound(delay, 0, 2 * MAX_HEARTBEAT_TIMEOUT);
         _ensureProvider();

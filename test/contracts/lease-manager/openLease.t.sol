@@ -26,8 +26,22 @@ contract OpenLease_Test is LeaseManagerTest {
         manager.openLease(q, sig, deposit, predecessor);
     }
 
-    function _invalidQuote(string memory reason) internal pure returns (bytes memory) {
-        return abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidQuote.selector, reason);
+    function _timeoutOutOfRange(uint256 timeout) internal pure returns (bytes memory) {
+        return
+            abi.encodeWithSelector(
+                ILeaseManager.LeaseManager_HeartbeatTimeoutOutOfRange.selector,
+                timeout,
+                MIN_HEARTBEAT_TIMEOUT,
+                MAX_HEARTBEAT_TIMEOUT
+            );
+    }
+
+    function _periodOutOfRange(uint256 period, uint256 timeout) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(ILeaseManager.LeaseManager_HeartbeatPeriodOutOfRange.selector, period, timeout);
+    }
+
+    function _maxDurationOutOfRange(uint256 maxDuration, uint256 timeout) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(ILeaseManager.LeaseManager_MaxDurationOutOfRange.selector, maxDuration, timeout);
     }
 
     function _invalidSignature(address signer) internal pure returns (bytes memory) {
@@ -114,31 +128,60 @@ contract OpenLease_Test is LeaseManagerTest {
     function test_RevertWhen_PriceZero() external {
         Lease.Quote memory q = _defaultQuote();
         q.pricePerSecond = 0;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("zero price"));
+        _expectOpenRevert(q, DEPOSIT, 0, abi.encodeWithSelector(ILeaseManager.LeaseManager_PriceOutOfRange.selector, 0));
     }
 
     function test_RevertWhen_PriceAboveUint96() external {
         Lease.Quote memory q = _defaultQuote();
         q.pricePerSecond = uint256(type(uint96).max) + 1;
-        _expectOpenRevert(q, uint256(type(uint96).max) + 1, 0, _invalidQuote("price too large"));
+        _expectOpenRevert(
+            q,
+            uint256(type(uint96).max) + 1,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_PriceOutOfRange.selector, q.pricePerSecond)
+        );
     }
 
     function test_RevertWhen_CollateralAboveUint96() external {
         Lease.Quote memory q = _defaultQuote();
         q.collateral = uint256(type(uint96).max) + 1;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("collateral too large"));
+        _expectOpenRevert(
+            q,
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_CollateralTooLarge.selector, q.collateral)
+        );
     }
 
     function test_RevertWhen_HeartbeatTimeoutZero() external {
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatTimeout = 0;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout out of range"));
+        _expectOpenRevert(q, DEPOSIT, 0, _timeoutOutOfRange(0));
+    }
+
+    /// @dev Issue #11 point 4: a timeout of a second or two is one no provider can meet on a chain
+    /// with 2 s blocks; the manager's floor refuses it.
+    function test_RevertWhen_HeartbeatTimeoutBelowMin() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = MIN_HEARTBEAT_TIMEOUT - 1;
+        q.heartbeatPeriod = 1;
+        _expectOpenRevert(q, DEPOSIT, 0, _timeoutOutOfRange(MIN_HEARTBEAT_TIMEOUT - 1));
+    }
+
+    function test_WhenHeartbeatTimeoutEqualsMin() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = MIN_HEARTBEAT_TIMEOUT;
+        q.heartbeatPeriod = MIN_HEARTBEAT_TIMEOUT / 2;
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(_lease(id).heartbeatTimeout, MIN_HEARTBEAT_TIMEOUT, "heartbeatTimeout");
+        assertEq(_lease(id).deadline, T0 + MIN_HEARTBEAT_TIMEOUT, "deadline");
     }
 
     function test_RevertWhen_HeartbeatTimeoutAboveMax() external {
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatTimeout = MAX_HEARTBEAT_TIMEOUT + 1;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout out of range"));
+        _expectOpenRevert(q, DEPOSIT, 0, _timeoutOutOfRange(MAX_HEARTBEAT_TIMEOUT + 1));
     }
 
     function test_WhenHeartbeatTimeoutEqualsMax() external {
@@ -154,33 +197,65 @@ contract OpenLease_Test is LeaseManagerTest {
     function test_RevertWhen_HeartbeatPeriodZero() external {
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatPeriod = 0;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat period out of range"));
+        _expectOpenRevert(q, DEPOSIT, 0, _periodOutOfRange(0, HEARTBEAT_TIMEOUT));
     }
 
     function test_RevertWhen_HeartbeatPeriodAboveTimeout() external {
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatPeriod = q.heartbeatTimeout + 1;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat period out of range"));
+        _expectOpenRevert(q, DEPOSIT, 0, _periodOutOfRange(HEARTBEAT_TIMEOUT + 1, HEARTBEAT_TIMEOUT));
     }
 
-    function test_WhenHeartbeatPeriodEqualsTimeout() external {
-        _ensureProvider();
+    /// @dev Issue #11 point 4: a period equal to the timeout left a one-second window (accepted
+    /// before); now two heartbeats must fit in every timeout.
+    function test_RevertWhen_HeartbeatPeriodEqualsTimeout() external {
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatPeriod = q.heartbeatTimeout;
+        _expectOpenRevert(q, DEPOSIT, 0, _periodOutOfRange(HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT));
+    }
+
+    function test_RevertWhen_HeartbeatPeriodAboveHalfTimeout() external {
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatPeriod = q.heartbeatTimeout / 2 + 1;
+        _expectOpenRevert(q, DEPOSIT, 0, _periodOutOfRange(HEARTBEAT_TIMEOUT / 2 + 1, HEARTBEAT_TIMEOUT));
+    }
+
+    function test_RevertWhen_HeartbeatPeriodAboveHalfOddTimeout() external {
+        // Half of 61 rounds down: 30 fits, 31 does not.
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = 61;
+        q.heartbeatPeriod = 31;
+        _expectOpenRevert(q, DEPOSIT, 0, _periodOutOfRange(31, 61));
+    }
+
+    function test_WhenHeartbeatPeriodEqualsHalfTimeout() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatPeriod = q.heartbeatTimeout / 2;
         uint256 id = _open(q, DEPOSIT, 0);
         _assertStatus(id, Lease.Status.Active);
+    }
+
+    function testFuzz_RevertWhen_HeartbeatPeriodAboveHalfTimeout(uint256 timeout, uint256 period) external {
+        timeout = bound(timeout, MIN_HEARTBEAT_TIMEOUT, MAX_HEARTBEAT_TIMEOUT);
+        period = bound(period, timeout / 2 + 1, type(uint64).max);
+        Lease.Quote memory q = _defaultQuote();
+        q.heartbeatTimeout = uint64(timeout);
+        q.heartbeatPeriod = uint64(period);
+        q.maxDuration = uint64(timeout + 1);
+        _expectOpenRevert(q, DEPOSIT, 0, _periodOutOfRange(period, timeout));
     }
 
     function test_RevertWhen_MaxDurationZero() external {
         Lease.Quote memory q = _defaultQuote();
         q.maxDuration = 0;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("max duration out of range"));
+        _expectOpenRevert(q, DEPOSIT, 0, _maxDurationOutOfRange(0, HEARTBEAT_TIMEOUT));
     }
 
     function test_RevertWhen_MaxDurationBeyondUint32Time() external {
         Lease.Quote memory q = _defaultQuote();
         q.maxDuration = uint64(type(uint32).max - T0 + 1);
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("max duration out of range"));
+        _expectOpenRevert(q, DEPOSIT, 0, _maxDurationOutOfRange(q.maxDuration, HEARTBEAT_TIMEOUT));
     }
 
     function test_WhenMaxDurationReachesUint32Time() external {
@@ -195,20 +270,20 @@ contract OpenLease_Test is LeaseManagerTest {
     function test_RevertWhen_HeartbeatTimeoutEqualsMaxDuration() external {
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatTimeout = q.maxDuration;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+        _expectOpenRevert(q, DEPOSIT, 0, _maxDurationOutOfRange(MAX_DURATION, MAX_DURATION));
     }
 
     function test_RevertWhen_HeartbeatTimeoutAboveMaxDuration() external {
         Lease.Quote memory q = _defaultQuote();
         q.maxDuration = HEARTBEAT_TIMEOUT - 1;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+        _expectOpenRevert(q, DEPOSIT, 0, _maxDurationOutOfRange(HEARTBEAT_TIMEOUT - 1, HEARTBEAT_TIMEOUT));
     }
 
     function test_RevertWhen_HeartbeatTimeoutAtMaxAboveMaxDuration() external {
         // Within the manager's maximum, but longer than the lease may run.
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatTimeout = MAX_HEARTBEAT_TIMEOUT;
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+        _expectOpenRevert(q, DEPOSIT, 0, _maxDurationOutOfRange(MAX_DURATION, MAX_HEARTBEAT_TIMEOUT));
     }
 
     function test_WhenHeartbeatTimeoutJustBelowMaxDuration() external {
@@ -225,14 +300,14 @@ contract OpenLease_Test is LeaseManagerTest {
         uint256 timeout,
         uint256 maxDuration
     ) external {
-        timeout = bound(timeout, 1, MAX_HEARTBEAT_TIMEOUT);
-        maxDuration = bound(maxDuration, 1, timeout);
+        timeout = bound(timeout, MIN_HEARTBEAT_TIMEOUT, MAX_HEARTBEAT_TIMEOUT);
+        maxDuration = bound(maxDuration, 0, timeout);
         _ensureProvider();
         Lease.Quote memory q = _defaultQuote();
         q.heartbeatTimeout = uint64(timeout);
         q.heartbeatPeriod = 1;
         q.maxDuration = uint64(maxDuration);
-        _expectOpenRevert(q, DEPOSIT, 0, _invalidQuote("heartbeat timeout not shorter than max duration"));
+        _expectOpenRevert(q, DEPOSIT, 0, _maxDurationOutOfRange(maxDuration, timeout));
     }
 
     function test_RevertWhen_DepositZero() external {
@@ -391,6 +466,7 @@ contract OpenLease_Test is LeaseManagerTest {
             TENANT_SHARE_BPS,
             CALLER_SHARE_BPS,
             TREASURY,
+            MIN_HEARTBEAT_TIMEOUT,
             MAX_HEARTBEAT_TIMEOUT
         );
         registry2.setLeaseManager(address(manager2));
@@ -667,6 +743,12 @@ contract OpenLease_Test is LeaseManagerTest {
         assertEq(_lease(id).lastHeartbeat, now_, "opened now");
     }
 
+    function test_WhenNoPredecessor_SuccessorOfIsZero() external {
+        uint256 id = _openLease();
+        assertEq(manager.successorOf(id), 0, "not continued");
+        assertEq(manager.successorOf(0), 0, "no lease zero");
+    }
+
     function test_GivenPredecessorClosing() external {
         _assertOpensAfter(_closingLease(), T0 + 20);
     }
@@ -687,12 +769,53 @@ contract OpenLease_Test is LeaseManagerTest {
         _assertOpensAfter(_slashedLease(), T0 + 71);
     }
 
-    function test_WhenPredecessorContinuedTwice() external {
+    /// @dev Issue #11 point 3: an ended lease is continued once; a second lease naming it (a fork
+    /// of the job's line, which an audit could take for the job's final lease) is refused.
+    function test_RevertWhen_PredecessorContinued() external {
         uint256 id = _slashedLease();
-        _open(_defaultQuote(), DEPOSIT, id);
-        // Nothing stops a second lease from naming the same predecessor.
-        uint256 id3 = _open(_defaultQuote(), DEPOSIT, id);
-        assertEq(id3, 3, "third lease");
+        uint256 successor = _open(_defaultQuote(), DEPOSIT, id);
+        assertEq(manager.successorOf(id), successor, "successorOf");
+        _expectOpenRevert(
+            _defaultQuote(),
+            DEPOSIT,
+            id,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_PredecessorContinued.selector, id, successor)
+        );
+    }
+
+    function test_RevertWhen_PredecessorContinued_GivenSuccessorEnded() external {
+        // The successor's own end does not free its predecessor: the line has moved on.
+        uint256 id = _completedLease();
+        uint256 successor = _open(_defaultQuote(), DEPOSIT, id);
+        _finishAt(successor, T0 + 30);
+        _expectOpenRevert(
+            _defaultQuote(),
+            DEPOSIT,
+            id,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_PredecessorContinued.selector, id, successor)
+        );
+    }
+
+    function test_WhenSuccessorIsContinuedInTurn() external {
+        // A line of succession: 1 <- 2 <- 3.
+        uint256 first = _completedLease();
+        uint256 second = _open(_defaultQuote(), DEPOSIT, first);
+        _finishAt(second, T0 + 30);
+        uint256 third = _open(_defaultQuote(), DEPOSIT, second);
+        assertEq(manager.successorOf(first), second, "first -> second");
+        assertEq(manager.successorOf(second), third, "second -> third");
+        assertEq(manager.successorOf(third), 0, "third not continued");
+    }
+
+    function test_WhenOtherTenantOpensUnderSameJobId() external {
+        // Job ids are not owned: another tenant may open under the same id, but can neither
+        // continue this tenant's lease nor use up its one successor.
+        uint256 id = _completedLease();
+        _open(_quote(provider, otherTenant, JOB), DEPOSIT, 0);
+        _expectOpenRevert(_quote(provider, otherTenant, JOB), DEPOSIT, id, _invalidPredecessor(id));
+        assertEq(manager.successorOf(id), 0, "still not continued");
+        uint256 successor = _open(_defaultQuote(), DEPOSIT, id);
+        assertEq(manager.successorOf(id), successor, "the tenant continues its own lease");
     }
 
     /*//////////////////////////////////////////////////////////////

@@ -239,7 +239,7 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
         bytes memory sig = _sign(PROVIDER_KEY, q);
         Lease.Permit memory permit = _validPermit();
         vm.prank(permitTenant);
-        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidQuote.selector, "zero price"));
+        vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_PriceOutOfRange.selector, 0));
         manager.openLeaseWithPermit(q, sig, DEPOSIT, 0, permit);
     }
 
@@ -250,8 +250,9 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
         vm.prank(permitTenant);
         vm.expectRevert(
             abi.encodeWithSelector(
-                ILeaseManager.LeaseManager_InvalidQuote.selector,
-                "heartbeat timeout not shorter than max duration"
+                ILeaseManager.LeaseManager_MaxDurationOutOfRange.selector,
+                q.maxDuration,
+                q.heartbeatTimeout
             )
         );
         manager.openLeaseWithPermit(q, sig, DEPOSIT, 0, permit);
@@ -287,7 +288,15 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
     function _deployPlain() internal returns (PlainToken token, LeaseManager manager2) {
         token = new PlainToken();
         ProviderRegistry registry2 = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        manager2 = new LeaseManager(token, registry2, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        manager2 = new LeaseManager(
+            token,
+            registry2,
+            TENANT_SHARE_BPS,
+            CALLER_SHARE_BPS,
+            TREASURY,
+            MIN_HEARTBEAT_TIMEOUT,
+            MAX_HEARTBEAT_TIMEOUT
+        );
         registry2.setLeaseManager(address(manager2));
         stakingToken.mint(provider, PROVIDER_STAKE);
         vm.startPrank(provider);

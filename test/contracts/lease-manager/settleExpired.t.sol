@@ -125,9 +125,27 @@ contract SettleExpired_Test is LeaseManagerTest {
         vm.warp(T0 + 1000);
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseExpired(id, PRICE - 1);
-        _expectPayTransfer(address(manager), tenant, PRICE - 1);
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.Credited(tenant, PRICE - 1);
         _settle(id);
+        // A keeper's settlement credits the tenant's refund; it never pushes it.
+        _assertPayments(TENANT_FUNDS - SHORT_DEPOSIT - PRICE + 1, 0, SHORT_DEPOSIT + PRICE - 1, SHORT_DEPOSIT);
+        _assertCredit(PRICE - 1);
+        _assertConserved();
+    }
+
+    function test_GivenPastEndWithDust_WhenCallerIsTenant() external {
+        // In its own call the tenant is refunded at once: only its own call can fail on it.
+        _ensureProvider();
+        uint256 id = _open(_defaultQuote(), SHORT_DEPOSIT + PRICE - 1, 0);
+        vm.warp(T0 + 1000);
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.LeaseExpired(id, PRICE - 1);
+        _expectPayTransfer(address(manager), tenant, PRICE - 1);
+        vm.prank(tenant);
+        manager.settleExpired(id);
         _assertPayments(TENANT_FUNDS - SHORT_DEPOSIT, 0, SHORT_DEPOSIT, SHORT_DEPOSIT);
+        _assertCredit(0);
         _assertConserved();
     }
 
@@ -145,7 +163,8 @@ contract SettleExpired_Test is LeaseManagerTest {
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseExpired(id, DEPOSIT - 100 * PRICE);
         _settle(id);
-        _assertPayments(TENANT_FUNDS - 100 * PRICE, 0, 100 * PRICE, 100 * PRICE);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 100 * PRICE);
+        _assertCredit(DEPOSIT - 100 * PRICE);
         _assertProvider(PROVIDER_STAKE, 0, 1, 0, 0, 100);
         _assertConserved();
     }
@@ -187,7 +206,7 @@ contract SettleExpired_Test is LeaseManagerTest {
     function testFuzz_SettleExpired(uint256 price, uint256 deposit, uint256 maxDuration, uint256 delay) external {
         price = bound(price, 1, 1e24);
         deposit = bound(deposit, price, price * 2 * MAX_DURATION);
-        maxDuration = bound(maxDuration, 2, MAX_DURATION);
+        maxDuration = bound(maxDuration, MIN_HEARTBEAT_TIMEOUT + 1, MAX_DURATION);
         delay = bound(delay, 0, 30 days);
         paymentToken.mint(tenant, deposit);
         _ensureProvider();
@@ -210,7 +229,8 @@ contract SettleExpired_Test is LeaseManagerTest {
 
         uint256 earned = (endsAt - T0) * price;
         assertEq(manager.claimable(provider), earned, "paid to the end");
-        assertEq(paymentToken.balanceOf(tenant), TENANT_FUNDS + deposit - earned, "refunded the rest");
+        assertEq(paymentToken.balanceOf(tenant), TENANT_FUNDS, "nothing pushed to the tenant");
+        assertEq(manager.creditOf(tenant), deposit - earned, "the rest credited");
         _assertStatus(id, Lease.Status.Expired);
         _assertProvider(PROVIDER_STAKE, 0, 1, 0, 0, endsAt - T0);
         _assertConserved();

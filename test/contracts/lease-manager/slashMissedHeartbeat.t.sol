@@ -31,10 +31,14 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         );
     }
 
+    /// @dev After a keeper's slash: the keeper is paid its reward at once, the tenant's compensation
+    /// and the treasury's share are credited in the registry (no transfer to either).
     function _assertStakePayout(uint256 tenantAmount, uint256 keeperAmount, uint256 treasuryAmount) internal view {
-        assertEq(stakingToken.balanceOf(tenant), tenantAmount, "tenant compensation");
-        assertEq(stakingToken.balanceOf(keeper), keeperAmount, "caller reward");
-        assertEq(stakingToken.balanceOf(TREASURY), treasuryAmount, "treasury");
+        assertEq(registry.creditOf(tenant), tenantAmount, "tenant compensation credited");
+        assertEq(stakingToken.balanceOf(tenant), 0, "nothing pushed to the tenant");
+        assertEq(stakingToken.balanceOf(keeper), keeperAmount, "caller reward paid");
+        assertEq(registry.creditOf(TREASURY), treasuryAmount, "treasury share credited");
+        assertEq(stakingToken.balanceOf(TREASURY), 0, "nothing pushed to the treasury");
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -100,16 +104,26 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         _expectNotMissed(id, T0 + HEARTBEAT_TIMEOUT);
     }
 
+    /// @dev A closing lease's deadline is a whole timeout after the close (T0+20), not after the
+    /// last heartbeat (T0+10).
     function test_RevertGiven_ClosingBeforeDeadline() external {
         uint256 id = _closingLease();
-        vm.warp(T0 + 69);
-        _expectNotMissed(id, T0 + 70);
+        vm.warp(T0 + 79);
+        _expectNotMissed(id, T0 + 80);
     }
 
     function test_RevertGiven_ClosingAtExactlyDeadline() external {
         uint256 id = _closingLease();
-        vm.warp(T0 + 70);
-        _expectNotMissed(id, T0 + 70);
+        vm.warp(T0 + 80);
+        _expectNotMissed(id, T0 + 80);
+    }
+
+    /// @dev Issue #11 point 4: past the old deadline (last heartbeat + timeout) a closing lease is
+    /// not slashable; the close gave the provider a timeout of its own.
+    function test_RevertGiven_ClosingPastLastHeartbeatPlusTimeout() external {
+        uint256 id = _closingLease();
+        vm.warp(T0 + 71);
+        _expectNotMissed(id, T0 + 80);
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -127,10 +141,13 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         emit ILeaseManager.LeaseSlashed(id, keeper, refund, TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         vm.expectEmit(address(registry));
         emit IProviderRegistry.CollateralSlashed(provider, id, COLLATERAL, TENANT_CUT, CALLER_CUT, TREASURY_CUT);
-        _expectStakeTransfer(address(registry), tenant, TENANT_CUT);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Credited(tenant, TENANT_CUT);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Credited(TREASURY, TREASURY_CUT);
         _expectStakeTransfer(address(registry), keeper, CALLER_CUT);
-        _expectStakeTransfer(address(registry), TREASURY, TREASURY_CUT);
-        _expectPayTransfer(address(manager), tenant, refund);
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.Credited(tenant, refund);
         vm.prank(keeper);
         manager.slashMissedHeartbeat(id);
 
@@ -140,10 +157,12 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         assertEq(l.settledUntil, T0 + 10, "paid to the last heartbeat");
         assertFalse(l.slashable, "not slashable twice");
         assertEq(l.earned, 0, "earned");
-        _assertPayments(TENANT_FUNDS - 10 * PRICE, 0, 10 * PRICE, 10 * PRICE);
+        // A keeper's call credits the tenant's refund and compensation; nothing is pushed to it.
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 10 * PRICE);
+        _assertCredit(refund);
         assertEq(paymentToken.balanceOf(keeper), 0, "keeper gets no payment tokens");
         _assertStakePayout(TENANT_CUT, CALLER_CUT, TREASURY_CUT);
-        assertEq(stakingToken.balanceOf(address(registry)), PROVIDER_STAKE - COLLATERAL, "registry");
+        assertEq(stakingToken.balanceOf(address(registry)), PROVIDER_STAKE - CALLER_CUT, "registry");
         _assertProvider(PROVIDER_STAKE - COLLATERAL, 0, 1, 0, 1, 10);
         _assertConserved();
     }
@@ -155,7 +174,8 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         emit ILeaseManager.LeaseSlashed(id, keeper, DEPOSIT, TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         vm.prank(keeper);
         manager.slashMissedHeartbeat(id);
-        _assertPayments(TENANT_FUNDS, 0, 0, 0);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 0);
+        _assertCredit(DEPOSIT);
         _assertStakePayout(TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         _assertProvider(PROVIDER_STAKE - COLLATERAL, 0, 1, 0, 1, 0);
     }
@@ -169,7 +189,8 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         vm.prank(keeper);
         manager.slashMissedHeartbeat(id);
         _assertStatus(id, Lease.Status.Slashed);
-        _assertPayments(TENANT_FUNDS - 500 * PRICE, 0, 500 * PRICE, 500 * PRICE);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 500 * PRICE);
+        _assertCredit(DEPOSIT - 500 * PRICE);
     }
 
     function test_GivenActiveEndedByMaxDurationWithoutHeartbeat() external {
@@ -186,7 +207,8 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         emit ILeaseManager.LeaseSlashed(id, keeper, DEPOSIT, TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         vm.prank(keeper);
         manager.slashMissedHeartbeat(id);
-        _assertPayments(TENANT_FUNDS, 0, 0, 0);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 0, DEPOSIT, 0);
+        _assertCredit(DEPOSIT);
         _assertProvider(PROVIDER_STAKE - COLLATERAL, 0, 1, 0, 1, 0);
         _assertConserved();
     }
@@ -200,7 +222,8 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         emit ILeaseManager.LeaseSlashed(id, keeper, DEPOSIT - 10 * PRICE, TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         vm.prank(keeper);
         manager.slashMissedHeartbeat(id);
-        _assertPayments(TENANT_FUNDS - 10 * PRICE, 10 * PRICE, 0, 0);
+        _assertPayments(TENANT_FUNDS - DEPOSIT, 10 * PRICE, DEPOSIT - 10 * PRICE, 0);
+        _assertCredit(DEPOSIT - 10 * PRICE);
         _assertProvider(PROVIDER_STAKE - COLLATERAL, 0, 1, 0, 1, 10);
         _assertConserved();
     }
@@ -211,7 +234,7 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
 
     function test_GivenClosingMissedDeadline() external {
         uint256 id = _closingLease();
-        vm.warp(T0 + 71);
+        vm.warp(T0 + 81);
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseSlashed(id, keeper, 0, TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         vm.expectEmit(address(registry));
@@ -220,8 +243,9 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         manager.slashMissedHeartbeat(id);
 
         _assertStatus(id, Lease.Status.Slashed);
-        // The money moved at the close; nothing more now.
+        // The money moved at the close (refunded at once: the tenant closed); nothing more now.
         _assertPayments(TENANT_FUNDS - 10 * PRICE, 0, 10 * PRICE, 10 * PRICE);
+        _assertCredit(0);
         _assertStakePayout(TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         _assertProvider(PROVIDER_STAKE - COLLATERAL, 0, 1, 0, 1, 10);
         _assertConserved();
@@ -229,10 +253,10 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
 
     function test_GivenClosingWhoseLeaseWouldHaveExpired() external {
         // Funded for 30 s (deadline 60 would have let it expire unslashed), but closed at 10 and
-        // never acknowledged: the close makes the deadline binding.
+        // never acknowledged: the close sets a binding deadline, a timeout after the close.
         uint256 id = _openShortLease();
         _closeAt(id, T0 + 10);
-        vm.warp(T0 + HEARTBEAT_TIMEOUT + 1);
+        vm.warp(T0 + 10 + HEARTBEAT_TIMEOUT + 1);
         vm.prank(keeper);
         manager.slashMissedHeartbeat(id);
         _assertStatus(id, Lease.Status.Slashed);
@@ -248,8 +272,13 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         vm.warp(T0 + 61);
         vm.prank(tenant);
         manager.slashMissedHeartbeat(id);
+        // In its own call the tenant is paid at once: compensation, reward and refund.
         assertEq(stakingToken.balanceOf(tenant), TENANT_CUT + CALLER_CUT, "compensation and reward");
-        assertEq(stakingToken.balanceOf(TREASURY), TREASURY_CUT, "treasury");
+        assertEq(registry.creditOf(tenant), 0, "nothing credited to the tenant");
+        assertEq(paymentToken.balanceOf(tenant), TENANT_FUNDS, "deposit refunded at once");
+        _assertCredit(0);
+        assertEq(registry.creditOf(TREASURY), TREASURY_CUT, "treasury credited");
+        _assertConserved();
     }
 
     function test_WhenCallerIsProvider() external {
@@ -259,13 +288,18 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         emit ILeaseManager.LeaseSlashed(id, provider, DEPOSIT, TENANT_CUT, 0, CALLER_CUT + TREASURY_CUT);
         vm.expectEmit(address(registry));
         emit IProviderRegistry.CollateralSlashed(provider, id, COLLATERAL, TENANT_CUT, 0, CALLER_CUT + TREASURY_CUT);
-        _expectStakeTransfer(address(registry), tenant, TENANT_CUT);
-        _expectStakeTransfer(address(registry), TREASURY, CALLER_CUT + TREASURY_CUT);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Credited(tenant, TENANT_CUT);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Credited(TREASURY, CALLER_CUT + TREASURY_CUT);
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.Credited(tenant, DEPOSIT);
         vm.prank(provider);
         manager.slashMissedHeartbeat(id);
         assertEq(stakingToken.balanceOf(provider), 0, "no reward for slashing itself");
-        assertEq(stakingToken.balanceOf(tenant), TENANT_CUT, "tenant compensation unchanged");
-        assertEq(stakingToken.balanceOf(TREASURY), CALLER_CUT + TREASURY_CUT, "the reward goes to the treasury");
+        assertEq(registry.creditOf(tenant), TENANT_CUT, "tenant compensation unchanged (credited)");
+        assertEq(registry.creditOf(TREASURY), CALLER_CUT + TREASURY_CUT, "the reward goes to the treasury");
+        _assertCredit(DEPOSIT);
         _assertProvider(PROVIDER_STAKE - COLLATERAL, 0, 1, 0, 1, 0);
         _assertConserved();
     }
@@ -322,7 +356,7 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
             _assertStatus(id, Lease.Status.Slashed);
             uint256 earned = (beat - T0) * PRICE;
             assertEq(manager.claimable(provider), earned, "paid to the last heartbeat");
-            assertEq(paymentToken.balanceOf(tenant), TENANT_FUNDS - earned, "refunded the rest");
+            assertEq(manager.creditOf(tenant), DEPOSIT - earned, "the rest credited to the tenant");
             _assertStakePayout(TENANT_CUT, CALLER_CUT, TREASURY_CUT);
         }
         _assertConserved();
@@ -333,7 +367,7 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         uint256 id = _openShortLease(); // ends at T0+30, deadline T0+60
         closeAt = bound(closeAt, T0, T0 + 29);
         _closeAt(id, closeAt);
-        uint256 deadline = T0 + HEARTBEAT_TIMEOUT;
+        uint256 deadline = closeAt + HEARTBEAT_TIMEOUT;
         time = bound(time, closeAt, deadline + 1000);
         vm.warp(time);
         if (time <= deadline) {
@@ -363,6 +397,7 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
             uint16(tenantShare),
             uint16(callerShare),
             TREASURY,
+            MIN_HEARTBEAT_TIMEOUT,
             MAX_HEARTBEAT_TIMEOUT
         );
         registry2.setLeaseManager(address(manager2));
@@ -391,10 +426,10 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
 
         uint256 tenantAmount = (collateral * tenantShare) / 10_000;
         uint256 callerAmount = callerIsProvider ? 0 : (collateral * callerShare) / 10_000;
-        assertEq(stakingToken.balanceOf(tenant), tenantAmount, "tenant");
-        assertEq(stakingToken.balanceOf(caller), callerAmount, "caller");
-        assertEq(stakingToken.balanceOf(TREASURY), collateral - tenantAmount - callerAmount, "treasury");
-        assertEq(stakingToken.balanceOf(address(registry2)), PROVIDER_STAKE - collateral, "registry");
+        assertEq(registry2.creditOf(tenant), tenantAmount, "tenant (credited)");
+        assertEq(stakingToken.balanceOf(caller), callerAmount, "caller (paid)");
+        assertEq(registry2.creditOf(TREASURY), collateral - tenantAmount - callerAmount, "treasury (credited)");
+        assertEq(stakingToken.balanceOf(address(registry2)), PROVIDER_STAKE - callerAmount, "registry");
         assertEq(registry2.getProvider(provider).stake, PROVIDER_STAKE - collateral, "stake");
         assertEq(registry2.getProvider(provider).locked, 0, "locked");
     }

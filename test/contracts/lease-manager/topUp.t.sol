@@ -187,6 +187,7 @@ contract TopUp_Test is LeaseManagerTest {
         // The surplus comes back at the end.
         for (uint256 t = T0 + 50; t < T0 + MAX_DURATION; t += 50) _heartbeatAt(id, t);
         vm.warp(T0 + MAX_DURATION);
+        vm.prank(tenant);
         manager.settleExpired(id);
         _assertPayments(TENANT_FUNDS - PRICE * MAX_DURATION, 0, PRICE * MAX_DURATION, PRICE * MAX_DURATION);
     }
@@ -225,6 +226,96 @@ contract TopUp_Test is LeaseManagerTest {
         vm.warp(T0 + HEARTBEAT_TIMEOUT + 1);
         assertTrue(_lease(id).slashable, "slashable");
         assertFalse(_lease(id).expired, "not expired");
+    }
+
+    /*//////////////////////////////////////////////////////////////
+                      TOP-UPS THAT REVIVE THE DEADLINE
+    //////////////////////////////////////////////////////////////*/
+    // Issue #11 point 4. A lease funded for 50 s ends at T0+50, before its first deadline (T0+60):
+    // it is set to expire cleanly. A top-up that moves its end past T0+60 makes that deadline
+    // binding again, so the provider must have half a timeout (30 s) left to see it and heartbeat.
+
+    uint256 internal constant CLEAN_DEPOSIT = PRICE * 50;
+
+    function _openCleanlyExpiringLease() internal returns (uint256 id) {
+        _ensureProvider();
+        id = _open(_defaultQuote(), CLEAN_DEPOSIT, 0);
+        assertGe(_lease(id).deadline, _lease(id).endsAt, "set to expire cleanly");
+    }
+
+    function test_RevertGiven_ExpiringCleanly_WhenTopUpLeavesUnderHalfATimeout() external {
+        uint256 id = _openCleanlyExpiringLease();
+        vm.warp(T0 + 31); // 29 s before the deadline
+        _expectTopUpRevert(
+            id,
+            AMOUNT,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_TopUpTooLate.selector, id, T0 + HEARTBEAT_TIMEOUT)
+        );
+    }
+
+    function test_RevertGiven_ExpiringCleanly_WhenTopUpOneSecondBeforeEnd() external {
+        uint256 id = _openCleanlyExpiringLease();
+        vm.warp(T0 + 49);
+        _expectTopUpRevert(
+            id,
+            AMOUNT,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_TopUpTooLate.selector, id, T0 + HEARTBEAT_TIMEOUT)
+        );
+    }
+
+    function test_GivenExpiringCleanly_WhenTopUpLeavesExactlyHalfATimeout() external {
+        uint256 id = _openCleanlyExpiringLease();
+        vm.warp(T0 + 30); // 30 s before the deadline
+        vm.prank(tenant);
+        manager.topUp(id, AMOUNT);
+        assertEq(_lease(id).endsAt, T0 + 350, "extended past the deadline");
+        // The provider heartbeats within the half timeout it was left.
+        _heartbeatAt(id, T0 + HEARTBEAT_TIMEOUT);
+        assertFalse(_lease(id).slashable, "alive");
+    }
+
+    function test_GivenExpiringCleanly_WhenTopUpKeepsEndWithinDeadline() external {
+        // Late, but the end stays at or before the deadline: the lease still expires cleanly.
+        uint256 id = _openCleanlyExpiringLease();
+        vm.warp(T0 + 45);
+        vm.prank(tenant);
+        manager.topUp(id, PRICE * 10);
+        assertEq(_lease(id).endsAt, T0 + HEARTBEAT_TIMEOUT, "ends at the deadline");
+        vm.warp(T0 + HEARTBEAT_TIMEOUT);
+        assertTrue(_lease(id).expired, "expires without a heartbeat");
+        assertFalse(_lease(id).slashable, "never slashable");
+    }
+
+    function test_GivenExpiringCleanly_WhenHeartbeatMovedTheDeadline() external {
+        // After a heartbeat at T0+40 the deadline is T0+100: a top-up at T0+45 leaves 55 s.
+        uint256 id = _openCleanlyExpiringLease();
+        _heartbeatAt(id, T0 + 40);
+        vm.warp(T0 + 45);
+        vm.prank(tenant);
+        manager.topUp(id, AMOUNT);
+        assertEq(_lease(id).endsAt, T0 + 350, "extended");
+    }
+
+    /// @dev Whenever it is accepted, a top-up of a lease set to expire cleanly leaves the provider
+    /// either no new deadline to meet or at least half a timeout to meet it.
+    function testFuzz_TopUp_NeverRevivesADeadlineTooLate(uint256 time, uint256 amount) external {
+        uint256 id = _openCleanlyExpiringLease();
+        time = bound(time, T0, T0 + 49);
+        amount = bound(amount, 1, PRICE * 1000);
+        vm.warp(time);
+        uint256 deadline = T0 + HEARTBEAT_TIMEOUT;
+        uint256 newEnd = T0 + (CLEAN_DEPOSIT + amount) / PRICE;
+        if (newEnd > deadline && deadline < time + HEARTBEAT_TIMEOUT / 2) {
+            _expectTopUpRevert(
+                id,
+                amount,
+                abi.encodeWithSelector(ILeaseManager.LeaseManager_TopUpTooLate.selector, id, deadline)
+            );
+        } else {
+            vm.prank(tenant);
+            manager.topUp(id, amount);
+            assertTrue(newEnd <= deadline || deadline - time >= HEARTBEAT_TIMEOUT / 2, "time left to heartbeat");
+        }
     }
 
     /*//////////////////////////////////////////////////////////////

@@ -114,7 +114,8 @@ contract Views_Test is LeaseManagerTest {
         Lease.View memory l = _lease(id);
         assertEq(uint256(l.status), uint256(Lease.Status.Closing), "status");
         assertEq(l.earned, 0, "settled at the close");
-        assertEq(l.deadline, T0 + 70, "deadline");
+        assertEq(l.endsAt, T0 + 20, "ended at the close");
+        assertEq(l.deadline, T0 + 20 + HEARTBEAT_TIMEOUT, "deadline: a whole timeout from the close");
         assertFalse(l.slashable, "slashable");
         assertFalse(l.expired, "expired");
         vm.warp(T0 + 10_000);

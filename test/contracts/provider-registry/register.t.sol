@@ -45,14 +45,32 @@ contract Register_ProviderRegistry_Test is ProviderRegistryBase {
         registry.register(peerId, METADATA, 0);
     }
 
-    function test_RevertWhen_PeerIdIsBoundToAnotherProvider() public {
-        _registerProvider(otherProvider, PEER_ID, STAKE);
-
-        vm.expectRevert(
-            abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_PeerIdTaken.selector, PEER_ID, otherProvider)
-        );
-        vm.prank(provider);
+    /// @dev Issue #11 point 2: a squatter that registers someone's peer id first, for free, does
+    /// not lock its owner out (a peer id is a claim; the proof of the key lives in the metadata).
+    function test_WhenPeerIdIsClaimedByAnotherProvider() public {
+        address squatter = address(0x5A77);
+        vm.prank(squatter);
         registry.register(PEER_ID, METADATA, 0);
+
+        _fund(provider, STAKE);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.ProviderRegistered(provider, PEER_ID, NEW_METADATA);
+        vm.prank(provider);
+        registry.register(PEER_ID, NEW_METADATA, STAKE);
+
+        assertEq(registry.getProvider(provider).peerId, PEER_ID, "owner registered with its peer id");
+        assertTrue(registry.isEligible(provider), "owner eligible");
+        assertEq(registry.getProvider(squatter).peerId, PEER_ID, "the squatter's claim stays, harmless");
+        _assertBooks(provider, STAKE, 0, 0);
+    }
+
+    function test_WhenPeerIdIsClaimedByManyProviders() public {
+        _registerProvider(otherProvider, PEER_ID, STAKE);
+        _registerProvider(keeper, PEER_ID, 0);
+        _registerDefault(STAKE);
+        assertEq(registry.getProvider(provider).peerId, PEER_ID, "provider");
+        assertEq(registry.getProvider(otherProvider).peerId, PEER_ID, "otherProvider");
+        assertEq(registry.getProvider(keeper).peerId, PEER_ID, "keeper");
     }
 
     function test_RevertWhen_MetadataIsTooLong() public {
@@ -127,19 +145,6 @@ contract Register_ProviderRegistry_Test is ProviderRegistryBase {
         assertTrue(v.registered, "registered");
         assertEq(v.peerId, peerId, "peerId");
         assertEq(v.metadata, metadata, "metadata");
-        assertEq(registry.providerOfPeer(peerId), provider, "providerOfPeer");
-    }
-
-    function test_WhenPeerIdWasReleasedByAnotherProvider() public {
-        _registerProvider(otherProvider, PEER_ID, 0);
-        vm.prank(otherProvider);
-        registry.updateProfile(OTHER_PEER_ID, METADATA);
-
-        vm.prank(provider);
-        registry.register(PEER_ID, METADATA, 0);
-
-        assertEq(registry.providerOfPeer(PEER_ID), provider, "released peer id rebound");
-        assertEq(registry.providerOfPeer(OTHER_PEER_ID), otherProvider, "other binding kept");
     }
 
     function test_WhenAmountIsZero() public {
@@ -163,7 +168,6 @@ contract Register_ProviderRegistry_Test is ProviderRegistryBase {
         assertFalse(v.eligible, "eligible");
         assertEq(v.peerId, PEER_ID, "peerId");
         assertEq(v.metadata, NEW_METADATA, "metadata");
-        assertEq(registry.providerOfPeer(PEER_ID), provider, "providerOfPeer");
         _assertBooks(provider, 0, 0, 0);
         _assertCounters(provider, 0, 0, 0);
         assertEq(stakingToken.balanceOf(address(registry)), 0, "registry balance");
@@ -189,7 +193,6 @@ contract Register_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(v.peerId, PEER_ID, "peerId");
         assertEq(v.metadata, NEW_METADATA, "metadata");
         assertEq(v.unbondingEndsAt, 0, "unbondingEndsAt");
-        assertEq(registry.providerOfPeer(PEER_ID), provider, "providerOfPeer");
         _assertBooks(provider, STAKE, 0, 0);
         _assertCounters(provider, 0, 0, 0);
         assertEq(stakingToken.balanceOf(address(registry)), STAKE, "registry balance");
@@ -227,7 +230,6 @@ contract Register_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(v.eligible, amount >= MIN_STAKE, "eligible");
         assertEq(v.peerId, peerId, "peerId");
         assertEq(v.metadata, metadata, "metadata");
-        assertEq(registry.providerOfPeer(peerId), provider, "providerOfPeer");
         _assertBooks(provider, amount, 0, 0);
         assertEq(stakingToken.balanceOf(address(registry)), amount, "registry balance");
         assertEq(stakingToken.balanceOf(provider), 0, "provider balance");

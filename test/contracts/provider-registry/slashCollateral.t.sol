@@ -26,6 +26,10 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
         return _payout(TENANT_AMOUNT, CALLER_AMOUNT, TREASURY_AMOUNT);
     }
 
+    function _mismatch(uint256 amount, uint256 paidOut) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_PayoutMismatch.selector, amount, paidOut);
+    }
+
     function test_RevertWhen_CallerNotLeaseManager() public {
         Provider.SlashPayout memory payout = _defaultPayout();
 
@@ -65,7 +69,8 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     function test_RevertWhen_PayoutAddsUpToLess() public {
         Provider.SlashPayout memory payout = _payout(TENANT_AMOUNT, CALLER_AMOUNT, TREASURY_AMOUNT - 1);
 
-        vm.expectRevert(_panic(0x01));
+        // Issue #11 point 7: a named error, no longer an assert's Panic(0x01).
+        vm.expectRevert(_mismatch(COLLATERAL, COLLATERAL - 1));
         vm.prank(address(manager));
         registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
     }
@@ -73,7 +78,7 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     function test_RevertWhen_PayoutAddsUpToMore() public {
         Provider.SlashPayout memory payout = _payout(TENANT_AMOUNT, CALLER_AMOUNT + 1, TREASURY_AMOUNT);
 
-        vm.expectRevert(_panic(0x01));
+        vm.expectRevert(_mismatch(COLLATERAL, COLLATERAL + 1));
         vm.prank(address(manager));
         registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
     }
@@ -95,14 +100,16 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
         if (tenantAmount + callerAmount + treasuryAmount == COLLATERAL) treasuryAmount += 1;
         Provider.SlashPayout memory payout = _payout(tenantAmount, callerAmount, treasuryAmount);
 
-        vm.expectRevert(_panic(0x01));
+        vm.expectRevert(_mismatch(COLLATERAL, tenantAmount + callerAmount + treasuryAmount));
         vm.prank(address(manager));
         registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
     }
 
-    function test_RevertWhen_TenantIsZeroAddress() public {
+    function test_RevertWhen_TenantIsZeroAddressAndCaller() public {
+        // Paid at once only as the caller; the lease manager never names the zero address.
         Provider.SlashPayout memory payout = _defaultPayout();
         payout.tenant = address(0);
+        payout.caller = address(0);
 
         vm.expectRevert(abi.encodeWithSelector(IERC20Errors.ERC20InvalidReceiver.selector, address(0)));
         vm.prank(address(manager));
@@ -118,14 +125,6 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
         registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
     }
 
-    function test_RevertWhen_TreasuryIsZeroAddress() public {
-        Provider.SlashPayout memory payout = _defaultPayout();
-        payout.treasury = address(0);
-
-        vm.expectRevert(abi.encodeWithSelector(IERC20Errors.ERC20InvalidReceiver.selector, address(0)));
-        vm.prank(address(manager));
-        registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
-    }
 
     function test_RevertWhen_TokenReentersRegistry() public {
         (ReentrantToken token, ProviderRegistry reg) = _reentrantRegistry();
@@ -159,42 +158,50 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             CALLER_AMOUNT,
             TREASURY_AMOUNT
         );
-        vm.expectEmit(address(stakingToken));
-        emit IERC20.Transfer(address(registry), tenant, TENANT_AMOUNT);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Credited(tenant, TENANT_AMOUNT);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Credited(TREASURY, TREASURY_AMOUNT);
         vm.expectEmit(address(stakingToken));
         emit IERC20.Transfer(address(registry), keeper, CALLER_AMOUNT);
-        vm.expectEmit(address(stakingToken));
-        emit IERC20.Transfer(address(registry), TREASURY, TREASURY_AMOUNT);
         vm.prank(address(manager));
         registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
 
         _assertBooks(provider, STAKE - COLLATERAL, 0, COLLATERAL);
         assertEq(registry.freeStake(provider), freeBefore, "free stake unchanged");
         _assertCounters(provider, 1, 0, 1);
-        assertEq(stakingToken.balanceOf(tenant), TENANT_AMOUNT, "tenant paid");
+        // The caller is paid at once; the tenant and the treasury are credited (pull).
+        assertEq(registry.creditOf(tenant), TENANT_AMOUNT, "tenant credited");
+        assertEq(stakingToken.balanceOf(tenant), 0, "nothing pushed to the tenant");
         assertEq(stakingToken.balanceOf(keeper), CALLER_AMOUNT, "caller paid");
-        assertEq(stakingToken.balanceOf(TREASURY), TREASURY_AMOUNT, "treasury paid");
-        assertEq(stakingToken.balanceOf(address(registry)), STAKE - COLLATERAL, "registry balance");
+        assertEq(registry.creditOf(TREASURY), TREASURY_AMOUNT, "treasury credited");
+        assertEq(stakingToken.balanceOf(TREASURY), 0, "nothing pushed to the treasury");
+        assertEq(
+            stakingToken.balanceOf(address(registry)),
+            STAKE - COLLATERAL + TENANT_AMOUNT + TREASURY_AMOUNT,
+            "registry balance: stake and credits"
+        );
         assertEq(stakingToken.balanceOf(provider), 0, "provider not paid");
     }
 
-    /// @dev The registry emits {CollateralSlashed} and nothing else (the lease manager counts seconds
-    /// served); the other events are the three payout transfers.
+    /// @dev The registry emits {CollateralSlashed} and a {Credited} per credit, nothing else (the
+    /// lease manager counts seconds served); the other event is the caller's transfer.
     function test_SlashCollateral_EmitsNoOtherEvent() public {
         vmLogs.recordLogs();
         _slash(provider, LEASE_ID, COLLATERAL, _defaultPayout());
 
         VmLogs.Log[] memory logs = vmLogs.getRecordedLogs();
         assertEq(_countLogs(logs, address(registry), IProviderRegistry.CollateralSlashed.selector), 1, "slashed");
-        assertEq(_countLogs(logs, address(stakingToken), IERC20.Transfer.selector), 3, "three transfers");
+        assertEq(_countLogs(logs, address(registry), IProviderRegistry.Credited.selector), 2, "two credits");
+        assertEq(_countLogs(logs, address(stakingToken), IERC20.Transfer.selector), 1, "one transfer");
         assertEq(logs.length, 4, "no other event");
         _assertCounters(provider, 1, 0, 1);
     }
 
     function test_WhenPayoutAmountIsZero() public {
-        // A zero amount skips its transfer, so a zero recipient for it is harmless.
-        Provider.SlashPayout memory payout = _payout(COLLATERAL, 0, 0);
-        payout.caller = address(0);
+        // A zero amount is neither paid nor credited, so a zero recipient for it is harmless.
+        Provider.SlashPayout memory payout = _payout(0, COLLATERAL, 0);
+        payout.tenant = address(0);
         payout.treasury = address(0);
 
         vmLogs.recordLogs();
@@ -203,8 +210,51 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
 
         VmLogs.Log[] memory logs = vmLogs.getRecordedLogs();
         assertEq(_countLogs(logs, address(stakingToken), IERC20.Transfer.selector), 1, "one transfer");
-        assertEq(stakingToken.balanceOf(tenant), COLLATERAL, "tenant paid everything");
+        assertEq(_countLogs(logs, address(registry), IProviderRegistry.Credited.selector), 0, "no credit");
+        assertEq(stakingToken.balanceOf(keeper), COLLATERAL, "caller paid everything");
+        assertEq(registry.creditOf(address(0)), 0, "nothing credited to zero");
         _assertBooks(provider, STAKE - COLLATERAL, 0, 0);
+    }
+
+    /// @dev Issue #11 point 1: the tenant's share is paid at once only when the tenant is the one
+    /// slashing (its own transfer can only fail its own call).
+    function test_WhenTenantIsCaller() public {
+        Provider.SlashPayout memory payout = _defaultPayout();
+        payout.caller = tenant;
+
+        vm.expectEmit(address(stakingToken));
+        emit IERC20.Transfer(address(registry), tenant, TENANT_AMOUNT);
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Credited(TREASURY, TREASURY_AMOUNT);
+        vm.expectEmit(address(stakingToken));
+        emit IERC20.Transfer(address(registry), tenant, CALLER_AMOUNT);
+        vm.prank(address(manager));
+        registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
+
+        assertEq(stakingToken.balanceOf(tenant), TENANT_AMOUNT + CALLER_AMOUNT, "tenant paid at once");
+        assertEq(registry.creditOf(tenant), 0, "nothing credited to the tenant");
+        assertEq(registry.creditOf(TREASURY), TREASURY_AMOUNT, "treasury credited");
+    }
+
+    function test_WhenTreasuryIsCaller() public {
+        Provider.SlashPayout memory payout = _defaultPayout();
+        payout.caller = TREASURY;
+
+        vm.prank(address(manager));
+        registry.slashCollateral(provider, LEASE_ID, COLLATERAL, payout);
+
+        assertEq(stakingToken.balanceOf(TREASURY), TREASURY_AMOUNT + CALLER_AMOUNT, "treasury paid at once");
+        assertEq(registry.creditOf(TREASURY), 0, "nothing credited to the treasury");
+        assertEq(registry.creditOf(tenant), TENANT_AMOUNT, "tenant credited");
+    }
+
+    function test_WhenTenantAndTreasuryCreditedTwice() public {
+        // Credits add up across slashes.
+        _lock(provider, LEASE_ID + 1, COLLATERAL);
+        _slash(provider, LEASE_ID, COLLATERAL, _defaultPayout());
+        _slash(provider, LEASE_ID + 1, COLLATERAL, _defaultPayout());
+        assertEq(registry.creditOf(tenant), 2 * TENANT_AMOUNT, "tenant");
+        assertEq(registry.creditOf(TREASURY), 2 * TREASURY_AMOUNT, "treasury");
     }
 
     function test_WhenAmountIsZero() public {
@@ -267,10 +317,10 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
         _assertBooks(otherProvider, stakeAmount - slashAmount, lockAmount - slashAmount, unbondingAmount);
         assertEq(registry.freeStake(otherProvider), freeBefore, "free stake unchanged");
         _assertCounters(otherProvider, 1, 0, 1);
-        assertEq(stakingToken.balanceOf(tenant), tenantAmount, "tenant paid");
+        assertEq(registry.creditOf(tenant), tenantAmount, "tenant credited");
         assertEq(stakingToken.balanceOf(keeper), callerAmount, "caller paid");
-        assertEq(stakingToken.balanceOf(TREASURY), treasuryAmount, "treasury paid");
-        assertEq(stakingToken.balanceOf(address(registry)), registryBefore - slashAmount, "registry paid out");
+        assertEq(registry.creditOf(TREASURY), treasuryAmount, "treasury credited");
+        assertEq(stakingToken.balanceOf(address(registry)), registryBefore - callerAmount, "registry paid the caller");
         // The first provider's books are untouched.
         _assertBooks(provider, STAKE, COLLATERAL, 0);
     }

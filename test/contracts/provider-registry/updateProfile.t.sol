@@ -35,16 +35,17 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
         registry.updateProfile(peerId, NEW_METADATA);
     }
 
-    function test_RevertWhen_NewPeerIdIsBoundToAnotherProvider() public {
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                IProviderRegistry.ProviderRegistry_PeerIdTaken.selector,
-                OTHER_PEER_ID,
-                otherProvider
-            )
-        );
+    /// @dev Issue #11 point 2: a peer id another provider claimed (maybe a squatter) can still be
+    /// moved to; neither claim disturbs the other.
+    function test_WhenNewPeerIdIsClaimedByAnotherProvider() public {
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.ProfileUpdated(provider, OTHER_PEER_ID, NEW_METADATA);
         vm.prank(provider);
         registry.updateProfile(OTHER_PEER_ID, NEW_METADATA);
+
+        assertEq(registry.getProvider(provider).peerId, OTHER_PEER_ID, "provider moved to the claimed id");
+        assertEq(registry.getProvider(otherProvider).peerId, OTHER_PEER_ID, "other claim kept");
+        _assertBooks(provider, STAKE, COLLATERAL, 0);
     }
 
     function test_RevertWhen_PeerIdChangesAndMetadataIsTooLong() public {
@@ -84,9 +85,7 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(v.metadata, NEW_METADATA, "metadata");
         assertTrue(v.registered, "registered");
         assertTrue(v.eligible, "eligible");
-        assertEq(registry.providerOfPeer(NEW_PEER_ID), provider, "new peer id bound");
-        assertEq(registry.providerOfPeer(PEER_ID), address(0), "old peer id released");
-        assertEq(registry.providerOfPeer(OTHER_PEER_ID), otherProvider, "other binding kept");
+        assertEq(registry.getProvider(otherProvider).peerId, OTHER_PEER_ID, "other provider's peer id kept");
         _assertBooks(provider, STAKE, COLLATERAL, 0);
         _assertCounters(provider, 1, 0, 0);
     }
@@ -97,8 +96,8 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
 
         _registerProvider(keeper, PEER_ID, 0);
 
-        assertEq(registry.providerOfPeer(PEER_ID), keeper, "old peer id taken over");
-        assertEq(registry.providerOfPeer(NEW_PEER_ID), provider, "new peer id kept");
+        assertEq(registry.getProvider(keeper).peerId, PEER_ID, "old peer id taken over");
+        assertEq(registry.getProvider(provider).peerId, NEW_PEER_ID, "new peer id kept");
     }
 
     function test_WhenPeerIdChangesAndProfileIsAtTheLimits() public {
@@ -111,7 +110,6 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
         Provider.View memory v = registry.getProvider(provider);
         assertEq(v.peerId, peerId, "peerId");
         assertEq(v.metadata, metadata, "metadata");
-        assertEq(registry.providerOfPeer(peerId), provider, "new peer id bound");
     }
 
     function test_WhenPeerIdStaysTheSame() public {
@@ -123,7 +121,6 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
         Provider.View memory v = registry.getProvider(provider);
         assertEq(v.peerId, PEER_ID, "peerId");
         assertEq(v.metadata, NEW_METADATA, "metadata");
-        assertEq(registry.providerOfPeer(PEER_ID), provider, "peer id still bound");
         _assertBooks(provider, STAKE, COLLATERAL, 0);
         _assertCounters(provider, 1, 0, 0);
     }
@@ -133,7 +130,6 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
         registry.updateProfile(PEER_ID, "");
 
         assertEq(registry.getProvider(provider).metadata, "", "metadata cleared");
-        assertEq(registry.providerOfPeer(PEER_ID), provider, "peer id still bound");
     }
 
     function testFuzz_UpdateProfile(uint256 peerIdLength, uint256 metadataLength) public {
@@ -151,7 +147,5 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
         Provider.View memory v = registry.getProvider(provider);
         assertEq(v.peerId, peerId, "peerId");
         assertEq(v.metadata, metadata, "metadata");
-        assertEq(registry.providerOfPeer(peerId), provider, "new peer id bound");
-        assertEq(registry.providerOfPeer(PEER_ID), address(0), "old peer id released");
     }
 }

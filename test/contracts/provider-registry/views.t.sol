@@ -99,23 +99,22 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
     }
 
     /*//////////////////////////////////////////////////////////////
-                              providerOfPeer
+                                 creditOf
     //////////////////////////////////////////////////////////////*/
 
-    function test_ProviderOfPeer_WhenPeerIdNotBound() public view {
-        assertEq(registry.providerOfPeer(PEER_ID), address(0), "unbound");
-        assertEq(registry.providerOfPeer(""), address(0), "empty");
+    function test_CreditOf_WhenNothingCredited() public view {
+        assertEq(registry.creditOf(tenant), 0, "tenant");
+        assertEq(registry.creditOf(TREASURY), 0, "treasury");
     }
 
-    function test_ProviderOfPeer_WhenPeerIdBound() public {
-        _registerDefault(0);
-        _registerProvider(otherProvider, OTHER_PEER_ID, 0);
+    function test_CreditOf_GivenASlashByAnotherCaller() public {
+        _registerDefault(STAKE);
+        _lock(provider, LEASE_ID, COLLATERAL);
+        _slash(provider, LEASE_ID, COLLATERAL, _payout(25e18, 5e18, 20e18));
 
-        assertEq(registry.providerOfPeer(PEER_ID), provider, "provider");
-        assertEq(registry.providerOfPeer(OTHER_PEER_ID), otherProvider, "otherProvider");
-        // Exact bytes only: no case folding, no trimming.
-        assertEq(registry.providerOfPeer("12d3koowprovider"), address(0), "other case");
-        assertEq(registry.providerOfPeer("12D3KooWProvider "), address(0), "trailing space");
+        assertEq(registry.creditOf(tenant), 25e18, "tenant's compensation credited");
+        assertEq(registry.creditOf(TREASURY), 20e18, "treasury's share credited");
+        assertEq(registry.creditOf(keeper), 0, "the caller was paid at once");
     }
 
     /*//////////////////////////////////////////////////////////////

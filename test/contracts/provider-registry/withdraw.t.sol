@@ -166,7 +166,13 @@ contract Withdraw_ProviderRegistry_Test is ProviderRegistryBase {
 
         _assertBooks(provider, STAKE - COLLATERAL - MIN_STAKE, 0, 0);
         assertEq(stakingToken.balanceOf(provider), MIN_STAKE, "provider paid the whole unbonding amount");
-        assertEq(stakingToken.balanceOf(address(registry)), STAKE - COLLATERAL - MIN_STAKE, "registry balance");
+        // The tenant's compensation waits, credited, in the registry.
+        assertEq(
+            stakingToken.balanceOf(address(registry)),
+            STAKE - COLLATERAL - MIN_STAKE + COLLATERAL,
+            "registry balance: what is left of the stake, and the tenant's credit"
+        );
+        assertEq(registry.creditOf(tenant), COLLATERAL, "tenant credited");
     }
 
     function testFuzz_Withdraw(uint256 stakeAmount, uint256 lockAmount, uint256 amount, uint256 extra) public {

@@ -16,6 +16,7 @@ abstract contract Base is Test {
     uint64 internal constant UNBONDING_PERIOD = 7 days;
     uint16 internal constant TENANT_SHARE_BPS = 5_000;
     uint16 internal constant CALLER_SHARE_BPS = 1_000;
+    uint64 internal constant MIN_HEARTBEAT_TIMEOUT = 4;
     uint64 internal constant MAX_HEARTBEAT_TIMEOUT = 1 days;
     address internal constant TREASURY = address(0x7EA5);
 
@@ -55,6 +56,7 @@ abstract contract Base is Test {
             TENANT_SHARE_BPS,
             CALLER_SHARE_BPS,
             TREASURY,
+            MIN_HEARTBEAT_TIMEOUT,
             MAX_HEARTBEAT_TIMEOUT
         );
         registry.setLeaseManager(address(manager));
