@@ -5,7 +5,7 @@ import { createPublicClient, formatEther, getAddress, http, isAddress, type Addr
 import { auditJob, type AuditJobReturnType } from "../sdk/actions/auditJob.ts";
 import { auditLease, type AuditLeaseReturnType } from "../sdk/actions/auditLease.ts";
 import { auditProvider, type AuditProviderReturnType } from "../sdk/actions/auditProvider.ts";
-import type { AuditSnapshot, LeaseAudit } from "../sdk/actions/audit-events.ts";
+import type { AuditSnapshot, LeaseAudit } from "../sdk/chain/audit-events.ts";
 import { checkChain, createChainClient, type ChainClient } from "../sdk/chain/client.ts";
 import { loadDeployment, loadDeploymentFile, type Deployment } from "../sdk/chain/deployments.ts";
 import { ChainError, UserError } from "../sdk/errors.ts";

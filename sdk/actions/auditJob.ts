@@ -1,7 +1,5 @@
 import { isAddressEqual, isHex, size, type Address, type Hex } from "viem";
 
-import type { ChainClient } from "../chain/client.ts";
-import { UserError } from "../errors.ts";
 import {
   auditLeases,
   byChainOrder,
@@ -12,7 +10,9 @@ import {
   type EventTime,
   type LeaseAudit,
   type LeaseTotals,
-} from "./audit-events.ts";
+} from "../chain/audit-events.ts";
+import type { ChainClient } from "../chain/client.ts";
+import { UserError } from "../errors.ts";
 
 export interface AuditJobParameters {
   /** The job id every lease of the job carries (bytes32). */

@@ -1,8 +1,8 @@
 import { maxUint256 } from "viem";
 
+import { auditLeases, openAuditScope, type AuditSnapshot, type LeaseAudit } from "../chain/audit-events.ts";
 import type { ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
-import { auditLeases, openAuditScope, type AuditSnapshot, type LeaseAudit } from "./audit-events.ts";
 
 export interface AuditLeaseParameters {
   leaseId: bigint;

@@ -1,7 +1,5 @@
 import { getAddress, isAddress, type Address } from "viem";
 
-import { contracts, type ChainClient } from "../chain/client.ts";
-import { UserError } from "../errors.ts";
 import {
   auditLeases,
   byChainOrder,
@@ -19,7 +17,9 @@ import {
   type LeaseSlash,
   type LeaseStatus,
   type LeaseTotals,
-} from "./audit-events.ts";
+} from "../chain/audit-events.ts";
+import { contracts, type ChainClient } from "../chain/client.ts";
+import { UserError } from "../errors.ts";
 
 export interface AuditProviderParameters {
   provider: Address;

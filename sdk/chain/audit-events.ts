@@ -5,14 +5,14 @@
  */
 import type { Address, ContractEventArgs, ContractEventName, GetContractEventsReturnType, Hex } from "viem";
 
-import { contracts, type ChainClient } from "../chain/client.ts";
 import { BaseError } from "../errors.ts";
 import type { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
+import { contracts, leaseStatus, type ChainClient, type ChainLeaseStatus } from "./client.ts";
 
 /** A lease's state, as `Lease.Status` names it (lower case); `None` never appears in an audit. */
-export type LeaseStatus = "active" | "closing" | "completed" | "closed" | "expired" | "slashed";
+export type LeaseStatus = Lowercase<Exclude<ChainLeaseStatus, "None">>;
 
-const leaseStatuses: readonly LeaseStatus[] = ["active", "closing", "completed", "closed", "expired", "slashed"];
+const leaseStatuses = leaseStatus.filter((s) => s !== "None").map((s) => s.toLowerCase() as LeaseStatus);
 
 /** The block an audit reads at: every event up to it, every view at it. */
 export interface AuditSnapshot {

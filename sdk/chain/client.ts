@@ -159,8 +159,9 @@ export async function writeContract<
   return receipt;
 }
 
-/** LeaseManager's `Lease.Status` values, in the order `getLease` numbers them. */
+/** LeaseManager's `Lease.Status` values, in the order `getLease` numbers them: the one list of lease statuses. */
 export const leaseStatus = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
+export type ChainLeaseStatus = (typeof leaseStatus)[number];
 
 export const contracts = (deployment: Deployment) =>
   ({

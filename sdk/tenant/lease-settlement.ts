@@ -1,6 +1,13 @@
 import { BaseError as ViemBaseError, parseEventLogs, type Hex } from "viem";
 
-import { contracts, leaseStatus, revertOf, writeContract, type ChainClient } from "../chain/client.ts";
+import {
+  contracts,
+  leaseStatus,
+  revertOf,
+  writeContract,
+  type ChainClient,
+  type ChainLeaseStatus,
+} from "../chain/client.ts";
 import { ChainError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { poll, withRetry, type Look } from "../utils/retry.ts";
@@ -37,7 +44,7 @@ export type EndLeaseResult =
   | { call: "close" | "settleExpired" }
   | { call: "slashMissedHeartbeat"; slash: SlashRecord }
   /** It was no longer `Active` when read: someone (its provider, another process) ended it. */
-  | { call: undefined; status: (typeof leaseStatus)[number] };
+  | { call: undefined; status: ChainLeaseStatus };
 
 /** What the settlement functions need of a tenant's client. */
 export interface SettlementClient {

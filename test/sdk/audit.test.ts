@@ -22,7 +22,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
-import { BURN_ADDRESS } from "../../sdk/actions/audit-events.ts";
+import { BURN_ADDRESS } from "../../sdk/chain/audit-events.ts";
 import { auditJob } from "../../sdk/actions/auditJob.ts";
 import { auditLease } from "../../sdk/actions/auditLease.ts";
 import { auditProvider } from "../../sdk/actions/auditProvider.ts";
