@@ -7,6 +7,7 @@ import { parseEther } from "viem";
 import { privateKeyOf, startDevnet } from "../deploy/devnet.ts";
 import { devAccount } from "../deploy/local-chain.ts";
 import { UserError } from "../sdk/errors.ts";
+import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import { DEFAULT_NETWORK_FILE } from "./job.ts";
 
 const DEFAULT_DIR = path.dirname(DEFAULT_NETWORK_FILE);
@@ -22,7 +23,7 @@ async function devnetCommand(args: string[]): Promise<void> {
     options: {
       providers: { type: "string", default: "3" },
       dir: { type: "string", default: DEFAULT_DIR },
-      "heartbeat-ms": { type: "string", default: "500" },
+      "heartbeat-ms": { type: "string", default: String(SESSION_HEARTBEAT_MS) },
       logs: { type: "boolean", default: false },
     },
   });

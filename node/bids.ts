@@ -9,7 +9,6 @@ import { serve } from "../sdk/wire/framing.ts";
 import { bidSchema, type Bid, type BidResponse, type BidRefusalReason } from "../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
-import { BID_RATE_LIMIT, BID_READ_TIMEOUT_MS, QUOTE_TTL_S } from "./constants.ts";
 
 /** The GPU reservation of a quote, named by its nonce, until the lease takes it over. */
 export const quoteHolder = (nonce: bigint): string => `quote:${nonce}`;
@@ -41,11 +40,11 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
   const overLimit = (peer: PeerId): number => {
     const now = Date.now();
     const key = peer.toString();
-    const times = (recent.get(key) ?? []).filter((t) => now - t < BID_RATE_LIMIT.windowMs);
+    const times = (recent.get(key) ?? []).filter((t) => now - t < config.bidRateLimit.windowMs);
     times.push(now);
     recent.set(key, times);
     if (recent.size > 10_000) recent.clear();
-    return Math.max(0, times.length - BID_RATE_LIMIT.count);
+    return Math.max(0, times.length - config.bidRateLimit.count);
   };
 
   const quoteFor = async (bid: Bid): Promise<BidResponse> => {
@@ -78,8 +77,8 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
       throw bidRefusal("no-capacity", "the node runs its maximum of leases");
 
     const nonce = store.nextNonce();
-    const expiry = chainNow(components) + QUOTE_TTL_S;
-    const reserved = gpus.reserve(quoteHolder(nonce), requirements, Date.now() + QUOTE_TTL_S * 1000);
+    const expiry = chainNow(components) + config.quoteTtlS;
+    const reserved = gpus.reserve(quoteHolder(nonce), requirements, Date.now() + config.quoteTtlS * 1000);
     if (!reserved) throw bidRefusal("no-capacity", "no matching GPU is free");
     const models = reserved.map((index) => gpus.all.find((g) => g.index === index)!.model);
     const quote: Quote = {
@@ -147,7 +146,7 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     start: () =>
       serve(host, protocols.bid, handle, {
         maxBytes: maxMessageBytes.bid,
-        timeoutMs: BID_READ_TIMEOUT_MS,
+        timeoutMs: config.bidReadTimeoutMs,
         onUnreadable: unreadable,
       }),
     stop: () => host.unhandle(protocols.bid),

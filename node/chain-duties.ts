@@ -1,6 +1,5 @@
 import { contracts, leaseStatus, writeContract } from "../sdk/chain/client.ts";
 import type { NodeComponents } from "./components.ts";
-import { CHAIN_POLL_MS } from "./constants.ts";
 import type { Leases } from "./leases.ts";
 import type { LeaseRow } from "./store.ts";
 
@@ -160,7 +159,7 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
 
   return {
     start() {
-      timer = setInterval(() => void tick(), CHAIN_POLL_MS);
+      timer = setInterval(() => void tick(), config.chainPollMs);
       void tick();
     },
     async stop() {

@@ -4,12 +4,22 @@ import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
 import { z } from "zod";
 
 import { UserError } from "../sdk/errors.ts";
+import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import {
+  BID_RATE_LIMIT,
+  BID_READ_TIMEOUT_MS,
   CHAIN_HEARTBEAT_PERIOD_S,
   CHAIN_HEARTBEAT_TIMEOUT_S,
+  CHAIN_POLL_MS,
   CLAIM_INTERVAL_MS,
-  HEARTBEAT_MS,
+  DRAIN_TIMEOUT_MS,
+  MAX_INPUT_BYTES,
   OFFER_REFRESH_MS,
+  OFFER_TTL_MS,
+  QUOTE_TTL_S,
+  RESUME_FETCH_TIMEOUT_MS,
+  SESSION_OPEN_TIMEOUT_MS,
+  SESSION_REPLAY_MESSAGES,
 } from "./constants.ts";
 
 const wei = z.union([z.string().regex(/^\d+$/), z.number().int().nonnegative()]).transform((value) => BigInt(value));
@@ -40,7 +50,8 @@ export const nodeConfigSchema = z
       .default({ cpus: 1, memoryMiB: 2048 }),
     price: z.object({ basePerSecond: wei, perGpuPerSecond: wei }),
     collateralPerLease: wei,
-    heartbeatMs: z.number().int().min(50).default(HEARTBEAT_MS),
+    /** Off-chain heartbeat period on lease sessions. */
+    heartbeatMs: z.number().int().min(50).default(SESSION_HEARTBEAT_MS),
     chainHeartbeatPeriodS: z.number().int().positive().default(CHAIN_HEARTBEAT_PERIOD_S),
     chainHeartbeatTimeoutS: z.number().int().positive().default(CHAIN_HEARTBEAT_TIMEOUT_S),
     maxDurationS: z
@@ -50,7 +61,20 @@ export const nodeConfigSchema = z
       .default(24 * 3600),
     maxLeases: z.number().int().positive().default(16),
     offerRefreshMs: z.number().int().min(100).default(OFFER_REFRESH_MS),
+    offerTtlMs: z.number().int().min(100).default(OFFER_TTL_MS),
+    quoteTtlS: z.number().int().positive().default(QUOTE_TTL_S),
+    chainPollMs: z.number().int().min(100).default(CHAIN_POLL_MS),
     claimIntervalMs: z.number().int().min(1_000).default(CLAIM_INTERVAL_MS),
+    bidRateLimit: z
+      .object({ count: z.number().int().positive(), windowMs: z.number().int().positive() })
+      .default({ ...BID_RATE_LIMIT }),
+    bidReadTimeoutMs: z.number().int().positive().default(BID_READ_TIMEOUT_MS),
+    sessionOpenTimeoutMs: z.number().int().positive().default(SESSION_OPEN_TIMEOUT_MS),
+    sessionReplayMessages: z.number().int().nonnegative().default(SESSION_REPLAY_MESSAGES),
+    drainTimeoutMs: z.number().int().nonnegative().default(DRAIN_TIMEOUT_MS),
+    resumeFetchTimeoutMs: z.number().int().positive().default(RESUME_FETCH_TIMEOUT_MS),
+    /** Largest single input file a job may ask for. */
+    maxInputBytes: z.number().int().positive().default(MAX_INPUT_BYTES),
   })
   .strict()
   // The lease manager refuses quotes with fewer than two heartbeats per timeout: one late heartbeat

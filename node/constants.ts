@@ -1,10 +1,8 @@
 /**
- * Defaults of the provider node, each with the reason it is what it is. Every one can be changed
- * in the node's config file.
+ * Defaults of the provider node, each with the reason it is what it is. Every one can be changed in
+ * the node's config file: `node/config.ts` has the key beside it. (The session heartbeat's default
+ * is the protocol's, `SESSION_HEARTBEAT_MS` in `sdk/wire/protocols.ts`.)
  */
-
-/** Off-chain heartbeat on lease sessions: DESIGN.md's 500 ms lets a tenant suspect a dead provider within ~1.5 s. */
-export const HEARTBEAT_MS = 500;
 
 /**
  * On-chain heartbeat period. A transaction per period per provider (batched over all its leases);
@@ -42,9 +40,6 @@ export const SESSION_REPLAY_MESSAGES = 1_000;
 
 /** On SIGTERM, keep heartbeating running leases this long for them to finish before stopping. */
 export const DRAIN_TIMEOUT_MS = 60_000;
-
-/** Largest checkpoint a node publishes or resumes from: 8 GiB covers a 7B-parameter model's fp16 weights and Adam state shards. */
-export const MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3;
 
 /** How long a new provider may take to fetch the checkpoint it resumes from before refusing the lease. */
 export const RESUME_FETCH_TIMEOUT_MS = 10 * 60_000;

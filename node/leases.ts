@@ -8,6 +8,7 @@ import { parseEventLogs, type Address } from "viem";
 import { contracts, leaseStatus } from "../sdk/chain/client.ts";
 import { BaseError, ProtocolError, RefusalError, shortMessageOf } from "../sdk/errors.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
+import { MAX_CHECKPOINT_BYTES } from "../sdk/ipfs/constants.ts";
 import { parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
 import { readMessages, writeMessage } from "../sdk/wire/framing.ts";
@@ -26,13 +27,6 @@ import { quoteHolder } from "./bids.ts";
 import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
 import { fetchInputs } from "./inputs.ts";
 import type { NodeComponents } from "./components.ts";
-import {
-  MAX_CHECKPOINT_BYTES,
-  MAX_INPUT_BYTES,
-  RESUME_FETCH_TIMEOUT_MS,
-  SESSION_OPEN_TIMEOUT_MS,
-  SESSION_REPLAY_MESSAGES,
-} from "./constants.ts";
 import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
 import type { LeaseRow } from "./store.ts";
 
@@ -120,7 +114,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const bytes = await sealMessage(peerKey, me, type, { ...body, leaseId: runtime.leaseId, seq });
     if (!ephemeral) {
       runtime.replay.push({ seq, bytes });
-      if (runtime.replay.length > SESSION_REPLAY_MESSAGES) runtime.replay.shift();
+      if (runtime.replay.length > config.sessionReplayMessages) runtime.replay.shift();
     }
     await Promise.all([...runtime.sessions].map((stream) => send(stream, bytes)));
   };
@@ -337,7 +331,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         new Promise<never>((_, reject) =>
           setTimeout(
             () => reject(sessionRefusal("timeout", "no session message in time")),
-            SESSION_OPEN_TIMEOUT_MS,
+            config.sessionOpenTimeoutMs,
           ).unref(),
         ),
       ]);
@@ -407,8 +401,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         try {
           await fetchInputs(components.ipfs, spec, workDir, {
             providers: tenantAddresses,
-            maxBytes: MAX_INPUT_BYTES,
-            signal: AbortSignal.timeout(RESUME_FETCH_TIMEOUT_MS),
+            maxBytes: config.maxInputBytes,
+            signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
           });
         } catch (error) {
           const reason = shortMessageOf(error);
@@ -427,7 +421,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
                 expectedSha256: startBody.resume.sha256,
                 maxBytes: MAX_CHECKPOINT_BYTES,
                 providers: tenantAddresses,
-                signal: AbortSignal.timeout(RESUME_FETCH_TIMEOUT_MS),
+                signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
                 pin: true,
               },
             );

@@ -1,7 +1,6 @@
 import { publishOffer } from "../sdk/p2p/offers.ts";
 import type { Offer } from "../sdk/wire/messages.ts";
 import type { NodeComponents } from "./components.ts";
-import { OFFER_TTL_MS } from "./constants.ts";
 
 export interface OfferPublisher {
   start(): void;
@@ -41,7 +40,7 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
       chainHeartbeatPeriodS: config.chainHeartbeatPeriodS,
       chainHeartbeatTimeoutS: config.chainHeartbeatTimeoutS,
       maxDurationS: config.maxDurationS,
-      expiresAt: Date.now() + OFFER_TTL_MS,
+      expiresAt: Date.now() + config.offerTtlMs,
     };
   };
 

@@ -15,7 +15,6 @@ import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
 import type { NodeComponents } from "./components.ts";
 import { DATA_FILES, loadNodeConfig, type NodeConfig } from "./config.ts";
-import { DRAIN_TIMEOUT_MS } from "./constants.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
 import { httpProxy } from "./http-proxy.ts";
@@ -205,7 +204,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     components,
     addresses: host.getMultiaddrs().map((a) => a.toString()),
     metricsPort: metricsServer?.port,
-    async drain(timeoutMs = DRAIN_TIMEOUT_MS) {
+    async drain(timeoutMs = config.drainTimeoutMs) {
       components.draining.value = true;
       offers.refresh();
       log.info("draining: no new leases; waiting for running ones", {

@@ -38,6 +38,12 @@ export const MAX_ENCRYPTION_CHUNK_SIZE = 16 * MiB;
  */
 export const DEFAULT_STALL_TIMEOUT_MS = 30_000;
 
+/**
+ * The largest checkpoint (or job output) a provider publishes or resumes from, and a tenant fetches:
+ * 8 GiB covers a 7B-parameter model's fp16 weights and Adam state shards.
+ */
+export const MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3;
+
 /** The most entries (files and directories) a checkpoint may hold unless the caller says otherwise. */
 export const DEFAULT_MAX_FILES = 100_000;
 

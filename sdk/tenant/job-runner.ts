@@ -22,15 +22,14 @@ import {
   UserError,
 } from "../errors.ts";
 import { restoreCheckpoint, verifyCheckpoint } from "../ipfs/checkpoint.ts";
+import { MAX_CHECKPOINT_BYTES } from "../ipfs/constants.ts";
 import { generateJobKey } from "../ipfs/crypto.ts";
 import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
+import { SESSION_HEARTBEAT_MS } from "../wire/protocols.ts";
 import { createEventQueue } from "./event-queue.ts";
 import { endLease, slashWhenDue, type SlashRecord } from "./lease-settlement.ts";
 import { recordedSlash, type CheckpointRecord, type JobRecord, type LeaseRecord } from "./job-store.ts";
-
-/** The largest checkpoint or output the tenant fetches: the same bound providers use. */
-const MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3;
 
 /** How long to wait for the next block of a checkpoint before giving up on it (the job goes on). */
 const CHECKPOINT_STALL_MS = 30_000;
@@ -842,7 +841,7 @@ class JobRunner implements JobHandle {
   }
 
   #offerHeartbeatMs(peerId: string): number {
-    return this.#client.offers.list().find((o) => o.peerId === peerId)?.heartbeatMs ?? 500;
+    return this.#client.offers.list().find((o) => o.peerId === peerId)?.heartbeatMs ?? SESSION_HEARTBEAT_MS;
   }
 
   #finished(): boolean {

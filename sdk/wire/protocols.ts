@@ -30,3 +30,10 @@ export const maxMessageBytes = {
   /** An HTTP head (method, path, headers), or one piece of a body. */
   http: 64 * 1024,
 } as const;
+
+/**
+ * Default period of the off-chain heartbeats on a lease session: DESIGN.md's 500 ms lets a tenant
+ * suspect a dead provider within ~1.5 s. A provider may choose another (its offers say which); a
+ * tenant that has not seen its offer assumes this one.
+ */
+export const SESSION_HEARTBEAT_MS = 500;
