@@ -9,6 +9,7 @@ import {ILeaseManager} from "../../../contracts/interfaces/ILeaseManager.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
 import {Lease} from "../../../contracts/types/Lease.sol";
 
+import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
 import {LeaseManagerTest} from "./LeaseManagerTest.sol";
 import {Erc1271Wallet} from "./Mocks.sol";
 
@@ -509,6 +510,40 @@ contract OpenLease_Test is LeaseManagerTest {
         assertEq(registry.getProvider(address(wallet)).locked, COLLATERAL, "collateral locked");
     }
 
+    /// @dev Issue #11 point 7: the ECDSA signature is tried first, whatever code the provider's
+    /// address has. An EOA with code (EIP-7702 delegation) whose code does not implement ERC-1271
+    /// still opens leases with its key's signature; before, any code meant ERC-1271 only.
+    function test_WhenProviderIsEoaWithCode() external {
+        _ensureProvider();
+        vm.etch(provider, hex"00"); // code that answers every call with nothing
+        Lease.Quote memory q = _defaultQuote();
+        uint256 id = _open(q, DEPOSIT, 0);
+        assertEq(_lease(id).provider, provider, "provider");
+        _assertStatus(id, Lease.Status.Active);
+    }
+
+    function test_RevertWhen_EoaWithCodeSignedWithOtherKey() external {
+        _ensureProvider();
+        vm.etch(provider, hex"00");
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(OTHER_PROVIDER_KEY, q);
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_WhenErc1271ContractGetsAnEcdsaShapedSignature() external {
+        // 65 bytes that recover to some other address: the contract's own answer decides.
+        Erc1271Wallet wallet = new Erc1271Wallet();
+        _registerProvider(address(wallet), "12D3KooWWallet", PROVIDER_STAKE);
+        Lease.Quote memory q = _quote(address(wallet), tenant, JOB);
+        wallet.approveDigest(manager.hashQuote(q));
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        vm.prank(tenant);
+        uint256 id = manager.openLease(q, sig, DEPOSIT, 0);
+        assertEq(_lease(id).provider, address(wallet), "provider");
+    }
+
     function test_RevertWhen_Erc1271ContractRejects() external {
         Erc1271Wallet wallet = new Erc1271Wallet();
         _registerProvider(address(wallet), "12D3KooWWallet", PROVIDER_STAKE);
@@ -837,6 +872,31 @@ contract OpenLease_Test is LeaseManagerTest {
                 DEPOSIT
             )
         );
+    }
+
+    /// @dev Issue #11 point 6: a token that delivers less than the deposit (a transfer fee) would
+    /// leave the escrow promising more than it holds; the open is refused.
+    function test_RevertWhen_TokenTakesFee() external {
+        FeeOnTransferToken feeToken = new FeeOnTransferToken("Fee Pay", "FPAY", 100);
+        _redeploy(stakingToken, feeToken);
+        _ensureProvider();
+        _expectOpenRevert(
+            _defaultQuote(),
+            DEPOSIT,
+            0,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_UnsupportedToken.selector, DEPOSIT, DEPOSIT - DEPOSIT / 100)
+        );
+        assertEq(feeToken.balanceOf(address(manager)), 0, "nothing escrowed");
+        assertEq(manager.leaseCount(), 0, "no lease");
+    }
+
+    function test_WhenTokenTakesNoFee() external {
+        // The same token with its fee off is a plain ERC-20.
+        FeeOnTransferToken feeToken = new FeeOnTransferToken("Fee Pay", "FPAY", 0);
+        _redeploy(stakingToken, feeToken);
+        uint256 id = _openLease();
+        assertEq(feeToken.balanceOf(address(manager)), DEPOSIT, "escrowed");
+        assertEq(_lease(id).deposit, DEPOSIT, "deposit");
     }
 
     function test_RevertWhen_BalanceInsufficient() external {

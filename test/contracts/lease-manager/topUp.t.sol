@@ -6,6 +6,7 @@ import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.so
 import {ILeaseManager} from "../../../contracts/interfaces/ILeaseManager.sol";
 import {Lease} from "../../../contracts/types/Lease.sol";
 
+import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
 import {LeaseManagerTest} from "./LeaseManagerTest.sol";
 
 contract TopUp_Test is LeaseManagerTest {
@@ -135,6 +136,22 @@ contract TopUp_Test is LeaseManagerTest {
                 AMOUNT
             )
         );
+    }
+
+    /// @dev Issue #11 point 6: a token that starts taking a fee after the lease opened (as USDT
+    /// may) is refused on the top-up, which would otherwise credit more than arrived.
+    function test_RevertWhen_TokenTakesFee() external {
+        FeeOnTransferToken feeToken = new FeeOnTransferToken("Fee Pay", "FPAY", 0);
+        _redeploy(stakingToken, feeToken);
+        uint256 id = _openLease();
+        feeToken.setFeeBps(100);
+        _expectTopUpRevert(
+            id,
+            AMOUNT,
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_UnsupportedToken.selector, AMOUNT, AMOUNT - AMOUNT / 100)
+        );
+        assertEq(_lease(id).deposit, DEPOSIT, "deposit unchanged");
+        assertEq(feeToken.balanceOf(address(manager)), DEPOSIT, "escrow unchanged");
     }
 
     /*//////////////////////////////////////////////////////////////

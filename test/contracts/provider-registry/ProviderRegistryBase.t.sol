@@ -8,6 +8,7 @@ import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
 import {Provider} from "../../../contracts/types/Provider.sol";
 
+import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
 import {Base} from "../utils/Base.t.sol";
 
 /// @notice The log-recording cheatcodes, which the shared `Vm` interface leaves out. EDR serves them
@@ -150,6 +151,24 @@ abstract contract ProviderRegistryBase is Base {
         token = new ReentrantToken();
         reg = new ProviderRegistry(IERC20(address(token)), MIN_STAKE, UNBONDING_PERIOD, admin);
         reg.setLeaseManager(address(manager));
+    }
+
+    /// @dev A registry not wired to any lease manager yet, as the deployment leaves it for a moment.
+    function _unwiredRegistry() internal returns (ProviderRegistry reg) {
+        reg = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
+        stakingToken.mint(provider, STAKE);
+        vm.prank(provider);
+        stakingToken.approve(address(reg), type(uint256).max);
+    }
+
+    /// @dev A wired registry over a token that burns 1 % of every transfer, `provider` funded with it.
+    function _feeRegistry() internal returns (FeeOnTransferToken token, ProviderRegistry reg) {
+        token = new FeeOnTransferToken("Fee Stake", "FSTK", 100);
+        reg = new ProviderRegistry(IERC20(address(token)), MIN_STAKE, UNBONDING_PERIOD, admin);
+        reg.setLeaseManager(address(manager));
+        token.mint(provider, STAKE);
+        vm.prank(provider);
+        token.approve(address(reg), type(uint256).max);
     }
 
     /*//////////////////////////////////////////////////////////////

@@ -9,6 +9,7 @@ import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
 import {Provider} from "../../../contracts/types/Provider.sol";
 
+import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
 import {ProviderRegistryBase, ReentrantToken, VmLogs} from "./ProviderRegistryBase.t.sol";
 
 contract Register_ProviderRegistry_Test is ProviderRegistryBase {
@@ -120,6 +121,37 @@ contract Register_ProviderRegistry_Test is ProviderRegistryBase {
         );
         vm.prank(provider);
         registry.register(PEER_ID, METADATA, STAKE);
+    }
+
+    /// @dev Issue #11 point 5: registering is open before the wiring; staking is not.
+    function test_RevertGiven_RegistryNotWired_WhenAmountIsNotZero() public {
+        ProviderRegistry reg = _unwiredRegistry();
+        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_NotWired.selector));
+        vm.prank(provider);
+        reg.register(PEER_ID, METADATA, STAKE);
+    }
+
+    function test_GivenRegistryNotWired_WhenAmountIsZero() public {
+        ProviderRegistry reg = _unwiredRegistry();
+        vm.prank(provider);
+        reg.register(PEER_ID, METADATA, 0);
+        assertTrue(reg.getProvider(provider).registered, "registered without stake");
+        assertEq(stakingToken.balanceOf(address(reg)), 0, "holds nothing");
+    }
+
+    /// @dev Issue #11 point 6.
+    function test_RevertWhen_TokenTakesFee() public {
+        (, ProviderRegistry reg) = _feeRegistry();
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IProviderRegistry.ProviderRegistry_UnsupportedToken.selector,
+                STAKE,
+                STAKE - STAKE / 100
+            )
+        );
+        vm.prank(provider);
+        reg.register(PEER_ID, METADATA, STAKE);
+        assertFalse(reg.getProvider(provider).registered, "not registered");
     }
 
     function test_RevertWhen_TokenReentersRegistry() public {

@@ -8,6 +8,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
 
+import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
 import {ProviderRegistryBase, ReentrantToken} from "./ProviderRegistryBase.t.sol";
 
 contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
@@ -17,6 +18,60 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
         vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_NotRegistered.selector, provider));
         vm.prank(provider);
         registry.stake(STAKE);
+    }
+
+    /// @dev Issue #11 point 5: no stake before the registry is wired, so no stake is ever at the
+    /// mercy of whichever lease manager is wired in later.
+    function test_RevertGiven_RegistryNotWired() public {
+        ProviderRegistry reg = _unwiredRegistry();
+        vm.prank(provider);
+        reg.register(PEER_ID, METADATA, 0);
+
+        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_NotWired.selector));
+        vm.prank(provider);
+        reg.stake(STAKE);
+    }
+
+    function test_GivenRegistryWiredAfterRegistering() public {
+        ProviderRegistry reg = _unwiredRegistry();
+        vm.prank(provider);
+        reg.register(PEER_ID, METADATA, 0);
+        reg.setLeaseManager(address(manager));
+
+        vm.prank(provider);
+        reg.stake(STAKE);
+        assertEq(reg.freeStake(provider), STAKE, "staked once wired");
+        assertEq(stakingToken.balanceOf(address(reg)), STAKE, "registry balance");
+    }
+
+    /// @dev Issue #11 point 6: a token that takes a fee in transit would leave the books promising
+    /// more stake than the registry holds.
+    function test_RevertWhen_TokenTakesFee() public {
+        (FeeOnTransferToken token, ProviderRegistry reg) = _feeRegistry();
+        vm.prank(provider);
+        reg.register(PEER_ID, METADATA, 0);
+
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IProviderRegistry.ProviderRegistry_UnsupportedToken.selector,
+                COLLATERAL,
+                COLLATERAL - COLLATERAL / 100
+            )
+        );
+        vm.prank(provider);
+        reg.stake(COLLATERAL);
+        assertEq(token.balanceOf(address(reg)), 0, "nothing kept");
+    }
+
+    function test_WhenTokenTakesNoFeeOnThisAmount() public {
+        // A fee that rounds to zero takes nothing: all of the amount arrives, so it is accepted.
+        (FeeOnTransferToken token, ProviderRegistry reg) = _feeRegistry();
+        vm.prank(provider);
+        reg.register(PEER_ID, METADATA, 0);
+        vm.prank(provider);
+        reg.stake(99);
+        assertEq(token.balanceOf(address(reg)), 99, "all arrived");
+        assertEq(reg.freeStake(provider), 99, "staked");
     }
 
     function test_RevertWhen_AmountIsZero() public {
