@@ -1,7 +1,8 @@
 import { formatEther } from "viem";
 
 import { BaseError } from "../sdk/errors.ts";
-import type { JobEvent, JobHandle } from "../sdk/tenant/job-runner.ts";
+import type { JobEvent } from "../sdk/tenant/job-events.ts";
+import type { JobHandle } from "../sdk/tenant/job-handle.ts";
 
 export interface JobDisplayOptions {
   out?: NodeJS.WriteStream;

@@ -13,7 +13,7 @@ import { createBatonClient, type BatonClient } from "../sdk/client.ts";
 import { UserError } from "../sdk/errors.ts";
 import { readJobFile } from "../sdk/job-spec.ts";
 import { createLogger } from "../sdk/logger.ts";
-import type { JobHandle } from "../sdk/tenant/job-runner.ts";
+import type { JobHandle } from "../sdk/tenant/job-handle.ts";
 import { jsonReplacer, showJob } from "./job-display.ts";
 import { table } from "./output.ts";
 

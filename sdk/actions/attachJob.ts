@@ -1,9 +1,11 @@
 import type { Hex } from "viem";
 
 import type { BatonClient } from "../client.ts";
-import { resumeJob, type AttachOptions, type JobHandle } from "../tenant/job-runner.ts";
+import { UserError } from "../errors.ts";
+import type { AttachOptions, JobHandle } from "../tenant/job-handle.ts";
+import { driveJob } from "../tenant/job-runner.ts";
 
-export type { AttachOptions } from "../tenant/job-runner.ts";
+export type { AttachOptions } from "../tenant/job-handle.ts";
 
 /**
  * Re-attaches to a job this client's data dir knows, e.g. after the tenant process restarted: it
@@ -16,6 +18,8 @@ export type { AttachOptions } from "../tenant/job-runner.ts";
  * const job = await attachJob(client, jobId);
  * for await (const event of job) console.log(event.type);
  */
-export function attachJob(client: BatonClient, jobId: Hex, options: AttachOptions = {}): Promise<JobHandle> {
-  return resumeJob(client, jobId, options);
+export async function attachJob(client: BatonClient, jobId: Hex, options: AttachOptions = {}): Promise<JobHandle> {
+  const record = await client.jobs.get(jobId);
+  if (!record) throw new UserError(`no job ${jobId} in ${client.jobs.dir}`);
+  return driveJob(client, record, options);
 }

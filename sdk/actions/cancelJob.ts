@@ -2,8 +2,7 @@ import type { Hex } from "viem";
 
 import type { BatonClient } from "../client.ts";
 import { UserError } from "../errors.ts";
-import { recordedSlash } from "../tenant/job-store.ts";
-import { endLease } from "../tenant/lease-settlement.ts";
+import { endRecordedLease } from "../tenant/job-settlement.ts";
 
 /**
  * Cancels a job from its record, also while another process watches it: marks it cancelled (so no
@@ -31,10 +30,6 @@ export async function cancelJob(
   open.endedAt = Date.now();
   await client.jobs.save(record);
   // Only an active lease is ended; one that ended meanwhile is already settled.
-  const ended = await endLease(client, { leaseId: BigInt(open.leaseId), ...(signal ? { signal } : {}) });
-  if (ended.call === "slashMissedHeartbeat") {
-    open.slash = recordedSlash(ended.slash);
-    await client.jobs.save(record);
-  }
+  const ended = await endRecordedLease(client, record, open, signal ? { signal } : {});
   return { closed: ended.call === undefined ? undefined : BigInt(open.leaseId) };
 }

@@ -1,8 +1,20 @@
-import type { BatonClient } from "../client.ts";
-import type { JobSpec, JobSpecInput } from "../job-spec.ts";
-import { startJob, type JobHandle, type RunJobOptions } from "../tenant/job-runner.ts";
+import { randomBytes } from "node:crypto";
+import { createReadStream } from "node:fs";
 
-export type { JobEvent, JobEventType, JobHandle, JobResult, JobStatus, RunJobOptions } from "../tenant/job-runner.ts";
+import { toHex } from "viem";
+
+import type { BatonClient } from "../client.ts";
+import { UserError } from "../errors.ts";
+import { generateJobKey } from "../ipfs/crypto.ts";
+import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
+import { DEFAULT_KEEP_CHECKPOINTS } from "../tenant/checkpoint-replicator.ts";
+import { DEFAULT_RETRY_LIMIT } from "../tenant/hand-off-policy.ts";
+import type { JobHandle, RunJobOptions } from "../tenant/job-handle.ts";
+import { driveJob } from "../tenant/job-runner.ts";
+import type { JobRecord } from "../tenant/job-store.ts";
+
+export type { JobEvent, JobEventType, JobResult } from "../tenant/job-events.ts";
+export type { JobHandle, JobStatus, RunJobOptions } from "../tenant/job-handle.ts";
 
 /**
  * Runs a job on the market and keeps it running: finds offers, bids, opens a lease, starts the job
@@ -18,6 +30,44 @@ export type { JobEvent, JobEventType, JobHandle, JobResult, JobStatus, RunJobOpt
  * job.on("re-leased", (e) => console.log(`moved to ${e.provider}, resuming from step ${e.resumeFrom?.step}`));
  * const { outputDir } = await job.result();
  */
-export function runJob(client: BatonClient, spec: JobSpec | JobSpecInput, options: RunJobOptions): Promise<JobHandle> {
-  return startJob(client, spec, options);
+export async function runJob(
+  client: BatonClient,
+  specInput: JobSpec | JobSpecInput,
+  options: RunJobOptions,
+): Promise<JobHandle> {
+  const spec = parseJobSpec(specInput);
+  if (options.checkpointIntervalS !== undefined) spec.checkpointIntervalS = options.checkpointIntervalS;
+  if (options.maxPricePerSecond <= 0n) throw new UserError("maxPricePerSecond must be positive");
+  if (options.budget !== undefined && options.budget <= 0n) throw new UserError("budget must be positive");
+  const jobId = options.jobId ?? toHex(randomBytes(32));
+  if (await client.jobs.get(jobId)) throw new UserError(`job ${jobId} already exists; attach to it instead`);
+  for (const [target, file] of Object.entries(options.files ?? {})) {
+    const cid = await client.ipfs.add(createReadStream(file), {
+      pin: true,
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    spec.inputs.push({ cid: cid.toString(), path: target });
+  }
+  parseJobSpec(spec);
+  const record: JobRecord = {
+    version: 1,
+    jobId,
+    spec,
+    key: Buffer.from(generateJobKey()).toString("base64"),
+    createdAt: Date.now(),
+    state: "running",
+    options: {
+      maxPricePerSecond: options.maxPricePerSecond.toString(),
+      ...(options.budget === undefined ? {} : { budget: options.budget.toString() }),
+      retryLimit: options.retryLimit ?? DEFAULT_RETRY_LIMIT,
+      keepCheckpoints: options.keepCheckpoints ?? DEFAULT_KEEP_CHECKPOINTS,
+      exclude: options.exclude ?? [],
+    },
+    leases: [],
+    safe: [],
+    deposited: "0",
+    handOffs: 0,
+  };
+  await client.jobs.save(record);
+  return driveJob(client, record, options);
 }

@@ -13,7 +13,7 @@ import {
 } from "../errors.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
-import type { JobHandle } from "../tenant/job-runner.ts";
+import type { JobHandle } from "../tenant/job-handle.ts";
 import { poll, type Look } from "../utils/retry.ts";
 import { leaseFetch, type LeaseFetchResponse } from "./leaseFetch.ts";
 import { runJob } from "./runJob.ts";

@@ -1,10 +1,12 @@
 import { mkdir, open, readdir, readFile, rename } from "node:fs/promises";
 import path from "node:path";
 
+import type { Hex } from "viem";
 import { z } from "zod";
 
-import { UserError } from "../errors.ts";
+import { JobCancelledError, JobFailedError, UserError } from "../errors.ts";
 import { jobSpecSchema } from "../job-spec.ts";
+import type { JobResult } from "./job-events.ts";
 
 const bigintString = z.string().regex(/^\d+$/);
 const hex32 = z.string().regex(/^0x[0-9a-f]{64}$/);
@@ -78,6 +80,31 @@ export type CheckpointRecord = JobRecord["safe"][number];
 /** A slash as a lease record keeps it (amounts as decimal strings). */
 export function recordedSlash(slash: { compensation: bigint; refund: bigint; tx: string }): LeaseRecord["slash"] {
   return { compensation: slash.compensation.toString(), refund: slash.refund.toString(), tx: slash.tx };
+}
+
+/**
+ * How a job that ended says it did, from its record: its result when it completed.
+ *
+ * @throws {JobCancelledError} when it was cancelled; {JobFailedError} when it failed, or never ended.
+ */
+export function storedResult(record: JobRecord): JobResult {
+  const { result, state } = record;
+  if (state === "completed" && result) {
+    return {
+      jobId: record.jobId as Hex,
+      exitCode: result.exitCode,
+      reason: result.reason,
+      outputDir: result.outputDir,
+      outputCid: result.outputCid,
+      leaseId: BigInt(result.leaseId),
+      handOffs: record.handOffs,
+      leases: record.leases,
+    };
+  }
+  if (state === "cancelled") throw new JobCancelledError("the job was cancelled");
+  throw new JobFailedError(`the job ${state === "failed" ? "failed" : "has no result"}`, {
+    details: record.error ?? "",
+  });
 }
 
 /** The tenant's job records: one JSON file per job, replaced atomically on every change. */

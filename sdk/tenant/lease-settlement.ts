@@ -14,7 +14,8 @@ import { poll, withRetry, type Look } from "../utils/retry.ts";
 
 /**
  * Ending a lease the tenant leaves, and slashing it when its provider missed its deadline: one rule
- * for the job runner, `cancelJob` and every replica of a service.
+ * for the job runner, `cancelJob` and every replica of a service. A job's leases are ended and
+ * slashed through `job-settlement.ts`, which records each slash in the job's record.
  *
  * Every deadline is in chain time, and no read tells what the chain's time will be when a
  * transaction lands: a view answers for the latest block, which on an idle devnet lags the clock by

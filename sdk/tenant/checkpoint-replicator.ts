@@ -1,0 +1,126 @@
+import { mkdir, rm } from "node:fs/promises";
+import path from "node:path";
+
+import { CID } from "multiformats/cid";
+
+import type { LeaseWatch } from "../actions/watchLease.ts";
+import type { BatonClient } from "../client.ts";
+import { shortMessageOf } from "../errors.ts";
+import { restoreCheckpoint, verifyCheckpoint } from "../ipfs/checkpoint.ts";
+import { MAX_CHECKPOINT_BYTES } from "../ipfs/constants.ts";
+import type { Logger } from "../logger.ts";
+import type { ProviderMessage } from "../wire/messages.ts";
+import type { JobEvents } from "./job-events.ts";
+import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
+
+/** Safe checkpoints a job keeps pinned unless its options say otherwise; older ones are unpinned. */
+export const DEFAULT_KEEP_CHECKPOINTS = 3;
+
+/** How long to wait for the next block of a checkpoint before giving up on it (the job goes on). */
+const CHECKPOINT_STALL_MS = 30_000;
+
+export interface CheckpointReplicatorInit {
+  client: BatonClient;
+  record: JobRecord;
+  events: JobEvents;
+  log: Logger;
+}
+
+/**
+ * Copies a job's checkpoints off its provider as they are announced: each is fetched into the
+ * tenant's own IPFS store, verified against its announced digest (which decrypts it with the job's
+ * key) and pinned; then it is *safe*: recorded, acknowledged to the provider, and what a hand-off
+ * resumes from. Only the newest `keepCheckpoints` stay pinned. One checkpoint at a time, in the
+ * order announced. The job's output comes the same way, once, at its end.
+ */
+export class CheckpointReplicator {
+  readonly #client: BatonClient;
+  readonly #record: JobRecord;
+  readonly #events: JobEvents;
+  readonly #log: Logger;
+  /** The job's checkpoint key. */
+  readonly #key: Uint8Array;
+  /** The replications started so far, one after another. */
+  #queue: Promise<void> = Promise.resolve();
+
+  constructor({ client, record, events, log }: CheckpointReplicatorInit) {
+    this.#client = client;
+    this.#record = record;
+    this.#events = events;
+    this.#log = log;
+    this.#key = Buffer.from(record.key, "base64");
+  }
+
+  /**
+   * Makes an announced checkpoint safe, after those announced before it; `signal` abandons it (the
+   * tenant left the lease). A checkpoint that cannot be made safe is reported and skipped.
+   */
+  replicate(lease: LeaseRecord, body: ProviderMessage<"checkpoint">, watch: LeaseWatch, signal: AbortSignal): void {
+    const leaseId = BigInt(lease.leaseId);
+    this.#queue = this.#queue.then(async () => {
+      if (signal.aborted) return;
+      try {
+        await verifyCheckpoint(this.#client.ipfs, this.#key, CID.parse(body.cid), {
+          expectedSha256: body.sha256,
+          maxBytes: MAX_CHECKPOINT_BYTES,
+          providers: providerAddresses(lease),
+          stallTimeoutMs: CHECKPOINT_STALL_MS,
+          signal,
+        });
+        const held = await this.#hold(lease, body);
+        await watch.send("checkpoint-ack", { leaseId, cid: body.cid }).catch(() => undefined);
+        this.#events.emit({ type: "checkpoint-safe", leaseId, cid: body.cid, step: body.step, size: body.size, held });
+      } catch (error) {
+        if (signal.aborted) return;
+        this.#log.warn("checkpoint not safe", { leaseId, cid: body.cid, error });
+        this.#events.emit({ type: "checkpoint-rejected", leaseId, cid: body.cid, reason: shortMessageOf(error) });
+      }
+    });
+  }
+
+  /** Resolves once every replication started so far has ended. */
+  drained(): Promise<void> {
+    return this.#queue;
+  }
+
+  /**
+   * Fetches the job's output, announced in its result, into `outputDir` (replacing what is there),
+   * verified against its digest and pinned.
+   */
+  async fetchOutput(lease: LeaseRecord, output: { cid: string; sha256: string }, outputDir: string): Promise<void> {
+    await rm(outputDir, { recursive: true, force: true });
+    await mkdir(path.dirname(outputDir), { recursive: true });
+    await restoreCheckpoint(this.#client.ipfs, this.#key, CID.parse(output.cid), outputDir, {
+      expectedSha256: output.sha256,
+      maxBytes: MAX_CHECKPOINT_BYTES,
+      providers: providerAddresses(lease),
+      stallTimeoutMs: CHECKPOINT_STALL_MS,
+      pin: true,
+    });
+  }
+
+  /** Records a verified checkpoint as safe and unpins those past the newest `keepCheckpoints`; returns how many are held. */
+  async #hold(lease: LeaseRecord, body: ProviderMessage<"checkpoint">): Promise<number> {
+    const safe: CheckpointRecord = {
+      cid: body.cid,
+      sha256: body.sha256,
+      name: body.name,
+      ...(body.step === undefined ? {} : { step: body.step }),
+      size: body.size,
+      leaseId: lease.leaseId,
+      at: Date.now(),
+    };
+    this.#record.safe.push(safe);
+    const keep = this.#record.options.keepCheckpoints;
+    const dropped = this.#record.safe.splice(0, Math.max(0, this.#record.safe.length - keep));
+    lease.lastSeq = Math.max(lease.lastSeq, body.seq);
+    await this.#client.jobs.save(this.#record);
+    for (const old of dropped) await this.#client.ipfs.unpin(CID.parse(old.cid)).catch(() => undefined);
+    return this.#record.safe.length;
+  }
+}
+
+/** Where a lease's provider serves blocks: its listen addresses, as dialable multiaddrs. */
+function providerAddresses(lease: LeaseRecord): string[] {
+  return lease.addresses.map((address) => `${address}/p2p/${lease.peerId}`);
+}

@@ -1,0 +1,120 @@
+import { BudgetExhaustedError, JobFailedError } from "../errors.ts";
+import type { SessionRefusalReason } from "../wire/messages.ts";
+import type { JobRecord, LeaseRecord } from "./job-store.ts";
+
+/**
+ * The hand-off policy: which refusals move a job to another provider, which providers a new lease
+ * avoids, how many hand-offs a job may take, how long it looks for offers, and what it deposits
+ * within its budget. Numbers and pure functions: the job runner asks them, and nothing here talks
+ * to the network or the chain.
+ */
+
+/** Hand-offs a job may take before it fails, unless its options say otherwise. */
+export const DEFAULT_RETRY_LIMIT = 3;
+
+/** How long a new lease waits for a matching offer: providers re-publish theirs every few seconds. */
+export const OFFER_TIMEOUT_MS = 15_000;
+
+/** A lease is topped up this long before its deposit runs out. */
+export const TOP_UP_MARGIN_MS = 5_000;
+
+/**
+ * Whose doing each session refusal is. The provider's (or bad luck's) moves the job to another
+ * provider, which may do better; the tenant's means the job as asked runs nowhere, so it fails.
+ */
+export const refusalFault: Readonly<Record<SessionRefusalReason, "provider" | "tenant">> = {
+  timeout: "provider",
+  draining: "provider",
+  "unknown-lease": "provider",
+  "not-our-lease": "tenant",
+  "not-your-lease": "tenant",
+  "lease-not-active": "provider",
+  "spec-mismatch": "tenant",
+  "no-capacity": "provider",
+  "bad-request": "tenant",
+  "inputs-failed": "provider",
+  "resume-failed": "provider",
+  internal: "provider",
+};
+
+/** Whether a provider's refusal of the job's session moves the job on (else the job fails). */
+export function isProviderRefusal(reason: SessionRefusalReason): boolean {
+  return refusalFault[reason] === "provider";
+}
+
+/**
+ * The providers (addresses or peer ids) a new lease avoids: the user's list and every provider that
+ * failed the job, both kept in its record, and `others` (a service's other replicas, say).
+ */
+export function providersToAvoid(record: Pick<JobRecord, "options">, others: readonly string[] = []): string[] {
+  return [...record.options.exclude, ...others];
+}
+
+/**
+ * Counts a hand-off on the job's record, and excludes the provider that failed for the rest of the
+ * job. Returns the error to fail the job with when that was one hand-off past its retry limit.
+ */
+export function countHandOff(
+  record: Pick<JobRecord, "options" | "handOffs">,
+  failed: Pick<LeaseRecord, "provider">,
+  reason: string,
+): JobFailedError | undefined {
+  record.options.exclude.push(failed.provider);
+  record.handOffs += 1;
+  if (record.handOffs <= record.options.retryLimit) return undefined;
+  return new JobFailedError(
+    `${record.handOffs} providers failed this job; its retry limit is ${record.options.retryLimit}`,
+    { details: `last: ${reason}` },
+  );
+}
+
+type BudgetView = Pick<JobRecord, "options" | "spec" | "deposited">;
+
+/**
+ * The deposit of a new lease at `price` per second: the job's whole maximum duration, or what is left
+ * of its budget when that is less.
+ *
+ * @throws {BudgetExhaustedError} when what is left of the budget does not pay one second.
+ */
+export function leaseDeposit(record: BudgetView, price: bigint): bigint {
+  const { budget } = record.options;
+  const deposit = price * BigInt(record.spec.maxDurationS);
+  if (budget === undefined) return deposit;
+  const left = BigInt(budget) - BigInt(record.deposited);
+  if (left < price)
+    throw new BudgetExhaustedError(`the budget of ${budget} is spent; a new lease needs at least ${price}`);
+  return left < deposit ? left : deposit;
+}
+
+/**
+ * A top-up of a running lease: another whole maximum duration at its price, or what is left of the
+ * budget when that is less; `undefined` when that does not pay one second (the job fails then).
+ */
+export function topUpAmount(record: BudgetView, lease: Pick<LeaseRecord, "pricePerSecond">): bigint | undefined {
+  const { budget } = record.options;
+  const price = BigInt(lease.pricePerSecond);
+  let amount = price * BigInt(record.spec.maxDurationS);
+  if (budget !== undefined) {
+    const left = BigInt(budget) - BigInt(record.deposited);
+    if (left < amount) amount = left;
+  }
+  return amount < price ? undefined : amount;
+}
+
+/** When (ms since epoch) to top a lease up: {@link TOP_UP_MARGIN_MS} before its deposit runs out. */
+export function topUpAt(lease: Pick<LeaseRecord, "deposit" | "pricePerSecond" | "openedAt">): number {
+  const fundedMs = Number((BigInt(lease.deposit) * 1000n) / BigInt(lease.pricePerSecond));
+  return lease.openedAt + fundedMs - TOP_UP_MARGIN_MS;
+}
+
+/** What a lease has cost: its price for each whole second from its opening to its end (or `now`), at most its deposit. */
+export function leaseCost(
+  lease: Pick<LeaseRecord, "pricePerSecond" | "deposit" | "openedAt" | "endedAt">,
+  now = Date.now(),
+): bigint {
+  const end = lease.endedAt ?? now;
+  const seconds = BigInt(Math.max(0, Math.floor((end - lease.openedAt) / 1000)));
+  const cost = BigInt(lease.pricePerSecond) * seconds;
+  const deposit = BigInt(lease.deposit);
+  return cost < deposit ? cost : deposit;
+}

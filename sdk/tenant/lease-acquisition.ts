@@ -1,0 +1,105 @@
+import type { Address, Hex } from "viem";
+
+import { bid } from "../actions/bid.ts";
+import { findOffers } from "../actions/findOffers.ts";
+import { openLease } from "../actions/openLease.ts";
+import type { BatonClient } from "../client.ts";
+import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid } from "./hand-off-policy.ts";
+import type { JobEvents } from "./job-events.ts";
+import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
+
+export interface AcquireLeaseParameters {
+  jobId: Hex;
+  record: JobRecord;
+  events: JobEvents;
+  /** The lease this one continues (its provider failed), if any. */
+  predecessor: LeaseRecord | undefined;
+  /** The safe checkpoint the job resumes from on the new lease, if any. */
+  resume: CheckpointRecord | undefined;
+  /** More providers to avoid, asked now (a service's other replicas). */
+  avoid: readonly string[];
+  signal: AbortSignal;
+}
+
+/**
+ * Finds offers for the job, bids, and opens a lease with the provider chosen, at a deposit the
+ * hand-off policy sets; the lease joins the job's record (saved) as `starting`.
+ *
+ * @throws {UserError} when no provider offers or quotes what the job needs in time.
+ * @throws {BudgetExhaustedError} when the budget cannot pay for a new lease.
+ */
+export async function acquireLease(
+  client: BatonClient,
+  { jobId, record, events, predecessor, resume, avoid, signal }: AcquireLeaseParameters,
+): Promise<LeaseRecord> {
+  const { spec, options } = record;
+  const requirements = {
+    gpus: spec.resources.gpus,
+    gpuModel: spec.resources.gpuModel,
+    minVramMiB: spec.resources.minVramMiB,
+  };
+  const maxPricePerSecond = BigInt(options.maxPricePerSecond!);
+  const offers = await findOffers(client, {
+    requirements,
+    maxPricePerSecond,
+    exclude: providersToAvoid(record, avoid),
+    timeoutMs: OFFER_TIMEOUT_MS,
+    signal,
+  });
+  events.emit({ type: "offers-found", count: offers.length });
+  const { chosen } = await bid(client, {
+    jobId,
+    offers,
+    requirements,
+    maxPricePerSecond,
+    durationS: spec.maxDurationS,
+    signal,
+  });
+  const price = chosen.quote.pricePerSecond;
+  const deposit = leaseDeposit(record, price);
+  const predecessorId = predecessor ? BigInt(predecessor.leaseId) : 0n;
+  const { leaseId } = await openLease(client, {
+    quote: chosen.quote,
+    signature: chosen.signature,
+    deposit,
+    predecessor: predecessorId,
+    signal,
+  });
+  const known = await client.host.peerStore.get(chosen.offer.peerId as never).catch(() => undefined);
+  const lease: LeaseRecord = {
+    leaseId: leaseId.toString(),
+    provider: chosen.quote.provider,
+    peerId: chosen.offer.peerId,
+    addresses: (known?.addresses ?? []).map((a) => a.multiaddr.toString()),
+    pricePerSecond: price.toString(),
+    deposit: deposit.toString(),
+    openedAt: Date.now(),
+    lastSeq: 0,
+    state: "starting",
+    ...(resume ? { resumedFrom: resume.cid } : {}),
+  };
+  record.leases.push(lease);
+  record.deposited = (BigInt(record.deposited) + deposit).toString();
+  await client.jobs.save(record);
+  const provider: Address = chosen.quote.provider;
+  events.emit({
+    type: "lease-opened",
+    leaseId,
+    provider,
+    peerId: chosen.offer.peerId,
+    pricePerSecond: price,
+    deposit,
+    predecessor: predecessorId,
+  });
+  if (predecessor) {
+    events.emit({
+      type: "re-leased",
+      from: predecessorId,
+      to: leaseId,
+      provider,
+      ...(resume ? { resumeFrom: { cid: resume.cid, step: resume.step } } : {}),
+      handOffs: record.handOffs,
+    });
+  }
+  return lease;
+}

@@ -1,0 +1,82 @@
+import { contracts, writeContract } from "../chain/client.ts";
+import type { BatonClient } from "../client.ts";
+import { BudgetExhaustedError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
+import { topUpAmount, topUpAt } from "./hand-off-policy.ts";
+import type { JobEvents } from "./job-events.ts";
+import type { JobRecord, LeaseRecord } from "./job-store.ts";
+
+export interface LeaseTopUpsInit {
+  client: BatonClient;
+  record: JobRecord;
+  events: JobEvents;
+  log: Logger;
+  /** The budget cannot pay another second of the lease: the job must fail with this. */
+  onBudgetSpent: (error: BudgetExhaustedError) => void;
+}
+
+/**
+ * Keeps the lease the job runs on funded: shortly before its deposit runs out it is topped up, by
+ * as much as the hand-off policy allows within the budget. A top-up that fails is logged, and the
+ * lease then runs to the end of what it has.
+ */
+export class LeaseTopUps {
+  readonly #client: BatonClient;
+  readonly #record: JobRecord;
+  readonly #events: JobEvents;
+  readonly #log: Logger;
+  readonly #onBudgetSpent: (error: BudgetExhaustedError) => void;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor({ client, record, events, log, onBudgetSpent }: LeaseTopUpsInit) {
+    this.#client = client;
+    this.#record = record;
+    this.#events = events;
+    this.#log = log;
+    this.#onBudgetSpent = onBudgetSpent;
+  }
+
+  /** Tops `lease` up when it is due (in place of any top-up scheduled before), and so on until `stop()`. */
+  schedule(lease: LeaseRecord): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => void this.#topUp(lease), Math.max(0, topUpAt(lease) - Date.now()));
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearTimeout(this.#timer);
+  }
+
+  async #topUp(lease: LeaseRecord): Promise<void> {
+    const amount = topUpAmount(this.#record, lease);
+    if (amount === undefined) {
+      const { budget } = this.#record.options;
+      this.#onBudgetSpent(
+        new BudgetExhaustedError(`the budget of ${budget} is spent; lease ${lease.leaseId} cannot be extended`),
+      );
+      return;
+    }
+    try {
+      const { leaseManager, paymentToken } = contracts(this.#client.chain.deployment);
+      await this.#client.transact(async () => {
+        await writeContract(this.#client.chain, {
+          ...paymentToken,
+          functionName: "approve",
+          args: [leaseManager.address, amount],
+        });
+        await writeContract(this.#client.chain, {
+          ...leaseManager,
+          functionName: "topUp",
+          args: [BigInt(lease.leaseId), amount],
+        });
+      });
+      lease.deposit = (BigInt(lease.deposit) + amount).toString();
+      this.#record.deposited = (BigInt(this.#record.deposited) + amount).toString();
+      await this.#client.jobs.save(this.#record);
+      this.#events.emit({ type: "top-up", leaseId: BigInt(lease.leaseId), amount });
+      this.schedule(lease);
+    } catch (error) {
+      this.#log.warn("top-up failed", { leaseId: lease.leaseId, error });
+    }
+  }
+}
