@@ -2,6 +2,7 @@ import { mkdir } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
+import type { Multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
 import { parseEventLogs, type Address } from "viem";
 
@@ -314,147 +315,218 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     stream.addEventListener("close", () => runtime.sessions.delete(stream), { once: true });
   };
 
+  /** The session's first message, `start` or `attach`, read within the open timeout and checked. */
+  const readOpening = async (
+    messages: AsyncIterator<Uint8Array>,
+    remote: string,
+  ): Promise<
+    { type: "start"; body: TenantMessage<"start"> } | { type: "attach"; body: TenantMessage<"attach"> } | undefined
+  > => {
+    const first = await Promise.race([
+      messages.next(),
+      new Promise<never>((_, reject) =>
+        setTimeout(
+          () => reject(sessionRefusal("timeout", "no session message in time")),
+          config.sessionOpenTimeoutMs,
+        ).unref(),
+      ),
+    ]);
+    if (first.done) return undefined;
+    const opened = await openMessage(first.value, {
+      maxBytes: maxMessageBytes.lease,
+      types: ["start", "attach"],
+      from: remote,
+    });
+    return opened.type === "start"
+      ? { type: "start", body: parseBody(tenantMessageSchemas.start, opened) }
+      : { type: "attach", body: parseBody(tenantMessageSchemas.attach, opened) };
+  };
+
+  /**
+   * Who opens the session: the lease's tenant, by its signed proof, for a lease of ours that is
+   * active on chain; while the node drains, only for a job it runs. Returns the tenant's address.
+   */
+  const authorize = async (body: TenantMessage<"attach" | "start">, remote: string): Promise<Address> => {
+    const tenant = await verifyTenantAuth(body.auth, body.leaseId, remote);
+    if (components.draining.value && !runtimes.has(body.leaseId)) {
+      throw sessionRefusal("draining", "the node is shutting down");
+    }
+    await checkLease(body.leaseId, tenant);
+    return tenant;
+  };
+
+  /** A tenant back on a running job: what it missed after `afterSeq` is replayed, then it follows live. */
+  const reattach = async (stream: Stream, remote: string, leaseId: bigint, afterSeq: number): Promise<void> => {
+    const runtime = runtimes.get(leaseId);
+    if (!runtime) throw sessionRefusal("unknown-lease", `lease ${leaseId} has no job on this node`);
+    await attach(runtime, stream, afterSeq);
+    log.info("tenant attached", { leaseId, peer: remote, afterSeq });
+  };
+
+  /**
+   * The job of a lease just opened: its GPUs reserved, the lease recorded, its inputs and the
+   * checkpoint it resumes from fetched, and only then launched (the tenant gets `accepted` first).
+   */
+  const startSession = async (
+    stream: Stream,
+    connection: Connection,
+    body: TenantMessage<"start">,
+    tenant: Address,
+  ): Promise<void> => {
+    const spec = parseJobSpec(body.spec, "job spec");
+    const row = await recordLease(body, spec, tenant, connection.remotePeer.toString());
+    // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for the
+    // listen addresses it announced (identify), which bitswap can dial.
+    const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
+    const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
+    await fetchJobInputs(row, spec, tenantAddresses);
+    if (body.resume) await restoreResume(row, body.resume, tenantAddresses);
+    // Only now, with inputs and checkpoint in place, does the lease get a runtime (and session heartbeats).
+    const runtime = runtimeFor(body.leaseId);
+    init.onCapacityChange();
+    await attach(runtime, stream, 0);
+    await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: body.resume !== undefined });
+    await launch(runtime, row, spec, false);
+  };
+
+  /**
+   * Takes the quote's GPUs for the lease and records it, `preparing`, in the store: from there the
+   * chain duties heartbeat it while its inputs and checkpoint download (which can take minutes), so
+   * the lease does not look abandoned meanwhile. A retried start after a failed one takes its row over.
+   */
+  const recordLease = async (
+    body: TenantMessage<"start">,
+    spec: JobSpec,
+    tenant: Address,
+    tenantPeer: string,
+  ): Promise<LeaseRow> => {
+    const indices = await reservedGpus(body.leaseId, spec);
+    const workDir = path.join(components.dataDir, "jobs", body.leaseId.toString(), "work");
+    await mkdir(workDir, { recursive: true });
+    const row: LeaseRow = {
+      leaseId: body.leaseId,
+      jobId: "",
+      tenant,
+      tenantPeer,
+      state: "preparing",
+      gpus: indices,
+      spec,
+      workDir,
+      pid: null,
+      startedAt: Date.now(),
+      endedAt: null,
+      exitCode: null,
+      reason: null,
+      chainPeriodS: config.chainHeartbeatPeriodS,
+      lastChainHeartbeat: null,
+      pendingCheckpointCid: null,
+      resultCid: null,
+      jobKey: body.key ?? null,
+    };
+    if (body.resume && !body.key) throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
+    if (store.getLease(row.leaseId)) store.updateLease(row.leaseId, { ...row });
+    else store.insertLease(row);
+    return row;
+  };
+
+  /** A start that failed before its job ran: its GPUs are freed and its row marked failed. */
+  const startFailed = (leaseId: bigint, reason: "inputs-failed" | "resume-failed"): void => {
+    gpus.release(leaseHolder(leaseId));
+    store.updateLease(leaseId, { state: "failed", reason, endedAt: Date.now() });
+  };
+
+  /** Fetches the job's inputs by CID into its work dir, from the tenant or any peer that has them. */
+  const fetchJobInputs = async (row: LeaseRow, spec: JobSpec, tenantAddresses: Multiaddr[]): Promise<void> => {
+    try {
+      await fetchInputs(components.ipfs, spec, row.workDir, {
+        providers: tenantAddresses,
+        maxBytes: config.maxInputBytes,
+        signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
+      });
+    } catch (error) {
+      startFailed(row.leaseId, "inputs-failed");
+      throw sessionRefusal("inputs-failed", `cannot fetch the job's inputs: ${shortMessageOf(error)}`);
+    }
+  };
+
+  /** Fetches, verifies and decrypts the checkpoint to resume from into `resume/`: a bad one is never resumed from. */
+  const restoreResume = async (
+    row: LeaseRow,
+    resume: NonNullable<TenantMessage<"start">["resume"]>,
+    tenantAddresses: Multiaddr[],
+  ): Promise<void> => {
+    try {
+      await restoreCheckpoint(
+        components.ipfs,
+        Buffer.from(row.jobKey!, "base64"),
+        CID.parse(resume.cid),
+        path.join(row.workDir, "resume"),
+        {
+          expectedSha256: resume.sha256,
+          maxBytes: MAX_CHECKPOINT_BYTES,
+          providers: tenantAddresses,
+          signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
+          pin: true,
+        },
+      );
+    } catch (error) {
+      startFailed(row.leaseId, "resume-failed");
+      throw sessionRefusal("resume-failed", `cannot resume from ${resume.cid}: ${shortMessageOf(error)}`);
+    }
+  };
+
+  /** Reads the tenant's further messages (checkpoint acknowledgements) until the session ends. */
+  const readAcks = async (messages: AsyncIterable<Uint8Array>, remote: string): Promise<void> => {
+    for await (const bytes of messages) {
+      const message = await openMessage(bytes, {
+        maxBytes: maxMessageBytes.lease,
+        types: ["checkpoint-ack"],
+        from: remote,
+      });
+      parseBody(tenantMessageSchemas["checkpoint-ack"], message);
+    }
+  };
+
+  /** Why a session failed, as its tenant is told: a refusal's own reason, else bad-request or internal. */
+  const refusalFor = (error: unknown, remote: string, leaseId: bigint | undefined) => {
+    if (error instanceof RefusalError) {
+      return { reason: (error as RefusalError<SessionRefusalReason>).reason, message: error.message };
+    }
+    if (error instanceof ProtocolError) return { reason: "bad-request" as const, message: error.shortMessage };
+    log.warn("session failed", { peer: remote, leaseId, error });
+    return { reason: "internal" as const, message: "the node could not serve this session" };
+  };
+
+  /** Tells the tenant why its session is refused (signed, logged, counted), and ends it. */
+  const refuse = async (stream: Stream, remote: string, error: unknown, leaseId: bigint | undefined): Promise<void> => {
+    const { reason, message } = refusalFor(error, remote, leaseId);
+    log.info("session refused", { peer: remote, reason, message, leaseId });
+    metrics.inc("baton_sessions_refused_total", "Lease sessions refused", { reason });
+    const body = { reason, message, ...(leaseId === undefined ? {} : { leaseId }) };
+    await send(stream, await sealMessage(peerKey, me, "refused", body));
+    await stream.close().catch(() => undefined);
+  };
+
+  /**
+   * One lease session: the opening message is read and its tenant authorized (proof, chain, not
+   * draining); then the tenant re-attaches to the lease's job, or the job is started; then its
+   * acknowledgements are read until the session ends. Anything that fails refuses the session.
+   */
   const handleSession = async (stream: Stream, connection: Connection): Promise<void> => {
     const remote = connection.remotePeer.toString();
     const messages = readMessages(stream, maxMessageBytes.lease);
-    const refuse = async (reason: SessionRefusalReason, message: string, leaseId?: bigint): Promise<void> => {
-      log.info("session refused", { peer: remote, reason, message, leaseId });
-      metrics.inc("baton_sessions_refused_total", "Lease sessions refused", { reason });
-      const body = { reason, message, ...(leaseId === undefined ? {} : { leaseId }) };
-      await send(stream, await sealMessage(peerKey, me, "refused", body));
-      await stream.close().catch(() => undefined);
-    };
     let leaseId: bigint | undefined;
     try {
-      const first = await Promise.race([
-        messages.next(),
-        new Promise<never>((_, reject) =>
-          setTimeout(
-            () => reject(sessionRefusal("timeout", "no session message in time")),
-            config.sessionOpenTimeoutMs,
-          ).unref(),
-        ),
-      ]);
-      if (first.done) return;
-      const opened = await openMessage(first.value, {
-        maxBytes: maxMessageBytes.lease,
-        types: ["start", "attach"],
-        from: remote,
-      });
-      const body =
-        opened.type === "start"
-          ? parseBody(tenantMessageSchemas.start, opened)
-          : parseBody(tenantMessageSchemas.attach, opened);
-      leaseId = body.leaseId;
-      const tenant = await verifyTenantAuth(body.auth, body.leaseId, remote);
-      if (components.draining.value && !runtimes.has(body.leaseId))
-        throw sessionRefusal("draining", "the node is shutting down");
-      await checkLease(body.leaseId, tenant);
-
-      const existing = runtimes.get(body.leaseId);
-      if (opened.type === "attach" || existing) {
-        if (!existing) throw sessionRefusal("unknown-lease", `lease ${body.leaseId} has no job on this node`);
-        const afterSeq = "afterSeq" in body ? body.afterSeq : 0;
-        await attach(existing, stream, afterSeq);
-        log.info("tenant attached", { leaseId: body.leaseId, peer: remote, afterSeq });
-      } else {
-        const startBody = body as TenantMessage<"start">;
-        const spec = parseJobSpec(startBody.spec, "job spec");
-        const indices = await reservedGpus(body.leaseId, spec);
-        const workDir = path.join(components.dataDir, "jobs", body.leaseId.toString(), "work");
-        await mkdir(workDir, { recursive: true });
-        const row: LeaseRow = {
-          leaseId: body.leaseId,
-          jobId: "",
-          tenant,
-          tenantPeer: remote,
-          state: "preparing",
-          gpus: indices,
-          spec,
-          workDir,
-          pid: null,
-          startedAt: Date.now(),
-          endedAt: null,
-          exitCode: null,
-          reason: null,
-          chainPeriodS: config.chainHeartbeatPeriodS,
-          lastChainHeartbeat: null,
-          pendingCheckpointCid: null,
-          resultCid: null,
-          jobKey: startBody.key ?? null,
-        };
-        if (startBody.resume && !startBody.key)
-          throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
-        // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for
-        // the listen addresses it announced (identify), which bitswap can dial.
-        const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
-        // In the store from here on, so the chain duties heartbeat the lease while its inputs and
-        // checkpoint download (which can take minutes): the lease must not look abandoned meanwhile.
-        // A retried start after a failed one takes its row over.
-        if (store.getLease(row.leaseId)) store.updateLease(row.leaseId, { ...row });
-        else store.insertLease(row);
-        const startFailed = (reason: string): void => {
-          gpus.release(leaseHolder(body.leaseId));
-          store.updateLease(body.leaseId, { state: "failed", reason, endedAt: Date.now() });
-        };
-        const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${remote}`));
-        try {
-          await fetchInputs(components.ipfs, spec, workDir, {
-            providers: tenantAddresses,
-            maxBytes: config.maxInputBytes,
-            signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
-          });
-        } catch (error) {
-          const reason = shortMessageOf(error);
-          startFailed("inputs-failed");
-          throw sessionRefusal("inputs-failed", `cannot fetch the job's inputs: ${reason}`);
-        }
-        if (startBody.resume) {
-          // Fetch, verify and decrypt the checkpoint before the job may start: a bad one is never resumed from.
-          try {
-            await restoreCheckpoint(
-              components.ipfs,
-              Buffer.from(startBody.key!, "base64"),
-              CID.parse(startBody.resume.cid),
-              path.join(workDir, "resume"),
-              {
-                expectedSha256: startBody.resume.sha256,
-                maxBytes: MAX_CHECKPOINT_BYTES,
-                providers: tenantAddresses,
-                signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
-                pin: true,
-              },
-            );
-          } catch (error) {
-            const reason = shortMessageOf(error);
-            startFailed("resume-failed");
-            throw sessionRefusal("resume-failed", `cannot resume from ${startBody.resume.cid}: ${reason}`);
-          }
-        }
-        // Only now, with inputs and checkpoint in place, does the lease get a runtime (and session heartbeats).
-        const runtime = runtimeFor(body.leaseId);
-        init.onCapacityChange();
-        await attach(runtime, stream, 0);
-        await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: startBody.resume !== undefined });
-        await launch(runtime, row, spec, false);
-      }
-      // Keep reading the tenant's messages (acknowledgements) until the session ends.
-      for await (const bytes of messages) {
-        const message = await openMessage(bytes, {
-          maxBytes: maxMessageBytes.lease,
-          types: ["checkpoint-ack"],
-          from: remote,
-        });
-        parseBody(tenantMessageSchemas["checkpoint-ack"], message);
-      }
+      const opening = await readOpening(messages, remote);
+      if (!opening) return;
+      leaseId = opening.body.leaseId;
+      const tenant = await authorize(opening.body, remote);
+      if (opening.type === "attach") await reattach(stream, remote, leaseId, opening.body.afterSeq);
+      else if (runtimes.has(leaseId)) await reattach(stream, remote, leaseId, 0);
+      else await startSession(stream, connection, opening.body, tenant);
+      await readAcks(messages, remote);
     } catch (error) {
-      if (error instanceof RefusalError) {
-        await refuse((error as RefusalError<SessionRefusalReason>).reason, error.message, leaseId);
-      } else if (error instanceof ProtocolError) await refuse("bad-request", error.shortMessage, leaseId);
-      else {
-        log.warn("session failed", { peer: remote, leaseId, error });
-        await refuse("internal", "the node could not serve this session", leaseId);
-      }
+      await refuse(stream, remote, error, leaseId);
     }
   };
 

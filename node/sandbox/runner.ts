@@ -10,12 +10,10 @@ import {
   statSync,
 } from "node:fs";
 import { chmod, lchown, lstat, mkdir } from "node:fs/promises";
-import { constants as osConstants, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import path from "node:path";
-import type { Readable } from "node:stream";
 
 import { createLogger, type Logger } from "../../sdk/logger.ts";
-import { pollUntil } from "../../sdk/utils/retry.ts";
 import {
   bwrapArgs,
   ETC_FILES,
@@ -35,12 +33,9 @@ import {
   LOG_MAX_BYTES,
   NOBODY_GID,
   NOBODY_UID,
-  OUTPUT_DRAIN_MS,
   SANDBOX_BIN_DIR,
   SANDBOX_HOSTNAME,
   SANDBOX_PATH,
-  SANDBOX_START_TIMEOUT_MS,
-  SANDBOX_TEARDOWN_MS,
   SANDBOX_WORK_DIR,
 } from "./constants.ts";
 import { compareVersions, detectSandbox, resolveExecutable, type DetectedSandbox } from "./detect.ts";
@@ -50,8 +45,8 @@ import {
   SandboxSetupError,
   SandboxToolMissingError,
 } from "./errors.ts";
-import { BoundedLog, LineSplitter } from "./output.ts";
-import { descendants, groupMembers, processTable, stillRunning, trySignal, type ProcessEntry } from "./process-tree.ts";
+import { JobOutput } from "./job-output.ts";
+import { awaitSandboxStart, ChildEnd, RunningJob } from "./job-process.ts";
 
 /**
  * `bwrap`: the job runs in a bubblewrap sandbox. `unsafe-none`: it runs as a plain process (same
@@ -185,17 +180,6 @@ const LEASE_ID = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/;
 const MIN_MEMORY_BYTES = 32 * 1024 * 1024;
 
 /**
- * What a job prints on stderr when an allocation fails under RLIMIT_DATA: glibc's strerror,
- * Python's MemoryError, C++'s bad_alloc, V8's "allocation failed" / "heap out of memory", GNU
- * tools' "memory exhausted".
- */
-const OUT_OF_MEMORY =
-  /cannot allocate memory|out of memory|memory exhausted|MemoryError|bad_alloc|allocation failed|ENOMEM/i;
-
-/** Last lines of stderr looked at by the out-of-memory check. */
-const STDERR_TAIL_LINES = 20;
-
-/**
  * The sandbox's first process: says "started" on fd 3 (so the runner can tell a sandbox that
  * failed to set up from a job that failed), closes the runner's fds and becomes the job. `exec`
  * looks the command up on the job's PATH; a missing command exits 127 like in any shell.
@@ -292,26 +276,14 @@ export function chooseCpus(cores: number, allowed: number[] = allowedCpus()): nu
   return allowed.slice(allowed.length - count);
 }
 
-/** Waits for `promise` to settle, or `ms`, whichever comes first. */
-async function within(promise: Promise<unknown>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([promise, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function signalName(number: number): NodeJS.Signals | null {
-  for (const [name, value] of Object.entries(osConstants.signals)) if (value === number) return name as NodeJS.Signals;
-  return null;
-}
-
 function checkPlainString(value: string, what: string): void {
   if (typeof value !== "string" || value.includes("\0")) {
     throw new InvalidJobOptionsError(`${what} must be a string without NUL bytes`);
   }
 }
+
+/** A job's options, checked and with defaults filled in. */
+export type ResolvedJobOptions = ReturnType<typeof resolveOptions>;
 
 /** Validates options and fills in defaults; throws before anything is created. */
 function resolveOptions(options: StartJobOptions) {
@@ -440,7 +412,7 @@ async function prepareWorkDir(workDir: string, user: { uid: number; gid: number 
 
 /** The job's environment: its own variables, then the ones the runner sets (which win). */
 function jobEnv(
-  resolved: ReturnType<typeof resolveOptions>,
+  resolved: ResolvedJobOptions,
   where: { workDir: string; path: string },
   userName: string,
 ): Record<string, string> {
@@ -581,327 +553,167 @@ async function requireTool(name: string): Promise<string> {
 export async function startJob(options: StartJobOptions): Promise<JobProcess> {
   options.signal?.throwIfAborted();
   const resolved = resolveOptions(options);
-  const { logger, sandbox } = resolved;
+  const tools = await findTools(resolved);
+  await prepareWorkDir(resolved.workDir, resolved.user, resolved.switchUser);
+  const command = sandboxCommand(resolved, tools);
+  const output = new JobOutput(resolved);
+  const startedAt = Date.now();
+  const child = spawnSandbox(tools.taskset, command, resolved, output);
+  output.read(child);
+  const end = new ChildEnd(child);
+  const sandboxInits = await awaitSandboxStart(child, resolved, output, end);
+  return new RunningJob(child, resolved, { output, end, sandboxInits, env: command.env, startedAt });
+}
 
-  let bwrapPath: string | undefined;
-  let disableUserns = false;
-  let sizedTmpfs = false;
+/** The host tools a job starts with; in `bwrap` mode, bubblewrap and the options its version has. */
+interface SandboxTools {
+  bwrap: { path: string; disableUserns: boolean; sizedTmpfs: boolean } | undefined;
+  taskset: string;
+  nice: string;
+  prlimit: string;
+  sh: string;
+}
+
+async function findTools({ sandbox, bwrapPath }: ResolvedJobOptions): Promise<SandboxTools> {
+  let bwrap: SandboxTools["bwrap"];
   if (sandbox === "bwrap") {
-    const detected = await detectOnce(resolved.bwrapPath);
-    if (detected.kind === "none") throw new BubblewrapMissingError(resolved.bwrapPath);
-    bwrapPath = detected.path;
-    disableUserns = compareVersions(detected.version, "0.8.0") >= 0;
-    sizedTmpfs = compareVersions(detected.version, "0.6.0") >= 0;
+    const detected = await detectOnce(bwrapPath);
+    if (detected.kind === "none") throw new BubblewrapMissingError(bwrapPath);
+    bwrap = {
+      path: detected.path,
+      disableUserns: compareVersions(detected.version, "0.8.0") >= 0,
+      sizedTmpfs: compareVersions(detected.version, "0.6.0") >= 0,
+    };
   }
   const taskset = await requireTool("taskset");
   const nice = await requireTool("nice");
   const prlimit = await requireTool("prlimit");
   const sh = await requireTool("/bin/sh");
+  return { bwrap, taskset, nice, prlimit, sh };
+}
 
-  await prepareWorkDir(resolved.workDir, resolved.user, resolved.switchUser);
+/**
+ * How the job is started: its environment, the argv of `taskset` (pinned cores, then `nice`, then
+ * `prlimit`, then bubblewrap or `sh` running the start shim), and what bubblewrap reads on its fds.
+ */
+interface SandboxCommand {
+  env: Record<string, string>;
+  argv: string[];
+  feeds: { fd: number; data: string }[];
+}
+
+function sandboxCommand(resolved: ResolvedJobOptions, tools: SandboxTools): SandboxCommand {
   const userName = resolved.user.uid === NOBODY_UID ? "nobody" : "baton";
-
-  // The devices of GPUs the node leased but this machine does not have (fake GPUs) are skipped.
-  const devices = gpuDeviceBinds(resolved.gpus);
-  const missing = resolved.gpus.filter((gpu) => !devices.some((device) => device.sandboxPath === `/dev/nvidia${gpu}`));
-  if (sandbox === "bwrap" && missing.length > 0) {
-    logger.warn("GPU device nodes missing; the job will not see these GPUs", {
-      leaseId: resolved.leaseId,
-      gpus: missing,
-    });
-  }
-
-  let env: Record<string, string>;
-  let chain: string[];
-  let dataFiles: { fd: number; file: SandboxDataFile }[] = [];
-  let argsText = "";
-  if (sandbox === "bwrap") {
-    env = jobEnv(resolved, { workDir: SANDBOX_WORK_DIR, path: SANDBOX_PATH }, userName);
-    dataFiles = identityFiles(resolved.user, userName).map((file, i) => ({ fd: 5 + i, file }));
-    const args = bwrapArgs({
-      workDir: resolved.workDir,
-      network: resolved.network,
-      env,
-      system: systemEntries(),
-      etcFiles: resolved.network ? [...ETC_FILES, ...ETC_NETWORK_FILES] : ETC_FILES,
-      devices,
-      runtimeBinds: resolved.runtimeBinds,
-      dataFiles,
-      disableUserns,
-      // /dev/shm may hold as much as the job's memory limit (shared memory is memory it uses).
-      ...(sizedTmpfs ? { shmBytes: resolved.memoryBytes } : {}),
-    });
-    argsText = args.map((arg) => `${arg}\0`).join("");
-    chain = [bwrapPath!, "--args", "4", "--", "/bin/sh", "-c", START_SHIM, "baton-job", ...resolved.command];
-  } else {
-    logger.warn(
-      "UNSAFE: running a job WITHOUT A SANDBOX (sandbox: unsafe-none). It can read every file its user can, " +
-        "see every GPU and use the network. Never do this with a tenant's job; install bubblewrap instead.",
-      { leaseId: resolved.leaseId },
-    );
-    // Runtime binds cannot be mounted here: their host dirs go first on PATH instead.
-    const binDirs = resolved.runtimeBinds
-      .filter((bind) => path.posix.dirname(bind.sandboxPath) === SANDBOX_BIN_DIR)
-      .map((bind) => path.dirname(bind.hostPath));
-    const hostPath = [...new Set(binDirs), ...SANDBOX_PATH.split(":").slice(1)].join(":");
-    env = jobEnv(resolved, { workDir: resolved.workDir, path: hostPath }, userName);
-    chain = [sh, "-c", START_SHIM, "baton-job", ...resolved.command];
-  }
+  const { env, chain, feeds } = tools.bwrap
+    ? bwrapCommand(resolved, tools.bwrap, userName)
+    : unsandboxedCommand(resolved, tools.sh, userName);
   const argv = [
     "-c",
     resolved.cpus.join(","),
-    nice,
+    tools.nice,
     "-n",
     String(JOB_NICENESS),
-    prlimit,
+    tools.prlimit,
     `--data=${resolved.memoryBytes}`,
     "--core=0",
     "--",
     ...chain,
   ];
+  return { env, argv, feeds };
+}
 
-  const log = new BoundedLog(resolved.logPath, resolved.logMaxBytes);
-  const startedAt = Date.now();
+/** The job under bubblewrap: every sandbox flag comes from `bwrapArgs`, read by bubblewrap on fd 4. */
+function bwrapCommand(
+  resolved: ResolvedJobOptions,
+  bwrap: NonNullable<SandboxTools["bwrap"]>,
+  userName: string,
+): Omit<SandboxCommand, "argv"> & { chain: string[] } {
+  // The devices of GPUs the node leased but this machine does not have (fake GPUs) are skipped.
+  const devices = gpuDeviceBinds(resolved.gpus);
+  const missing = resolved.gpus.filter((gpu) => !devices.some((device) => device.sandboxPath === `/dev/nvidia${gpu}`));
+  if (missing.length > 0) {
+    resolved.logger.warn("GPU device nodes missing; the job will not see these GPUs", {
+      leaseId: resolved.leaseId,
+      gpus: missing,
+    });
+  }
+  const env = jobEnv(resolved, { workDir: SANDBOX_WORK_DIR, path: SANDBOX_PATH }, userName);
+  const dataFiles = identityFiles(resolved.user, userName).map((file, i) => ({ fd: 5 + i, file }));
+  const args = bwrapArgs({
+    workDir: resolved.workDir,
+    network: resolved.network,
+    env,
+    system: systemEntries(),
+    etcFiles: resolved.network ? [...ETC_FILES, ...ETC_NETWORK_FILES] : ETC_FILES,
+    devices,
+    runtimeBinds: resolved.runtimeBinds,
+    dataFiles,
+    disableUserns: bwrap.disableUserns,
+    // /dev/shm may hold as much as the job's memory limit (shared memory is memory it uses).
+    ...(bwrap.sizedTmpfs ? { shmBytes: resolved.memoryBytes } : {}),
+  });
+  return {
+    env,
+    chain: [bwrap.path, "--args", "4", "--", "/bin/sh", "-c", START_SHIM, "baton-job", ...resolved.command],
+    feeds: [
+      { fd: 4, data: args.map((arg) => `${arg}\0`).join("") },
+      ...dataFiles.map(({ fd, file }) => ({ fd, data: file.content })),
+    ],
+  };
+}
+
+/** The job as a plain process (`unsafe-none`): the same env, limits and user, no isolation. */
+function unsandboxedCommand(
+  resolved: ResolvedJobOptions,
+  sh: string,
+  userName: string,
+): Omit<SandboxCommand, "argv"> & { chain: string[] } {
+  resolved.logger.warn(
+    "UNSAFE: running a job WITHOUT A SANDBOX (sandbox: unsafe-none). It can read every file its user can, " +
+      "see every GPU and use the network. Never do this with a tenant's job; install bubblewrap instead.",
+    { leaseId: resolved.leaseId },
+  );
+  // Runtime binds cannot be mounted here: their host dirs go first on PATH instead.
+  const binDirs = resolved.runtimeBinds
+    .filter((bind) => path.posix.dirname(bind.sandboxPath) === SANDBOX_BIN_DIR)
+    .map((bind) => path.dirname(bind.hostPath));
+  const hostPath = [...new Set(binDirs), ...SANDBOX_PATH.split(":").slice(1)].join(":");
+  const env = jobEnv(resolved, { workDir: resolved.workDir, path: hostPath }, userName);
+  return { env, chain: [sh, "-c", START_SHIM, "baton-job", ...resolved.command], feeds: [] };
+}
+
+/**
+ * Spawns `taskset` with the job's command as the leader of a new process group, and feeds
+ * bubblewrap its options and data files.
+ */
+function spawnSandbox(
+  taskset: string,
+  { env, argv, feeds }: SandboxCommand,
+  resolved: ResolvedJobOptions,
+  output: JobOutput,
+): ChildProcess {
+  const bwrap = resolved.sandbox === "bwrap";
   let child: ChildProcess;
   try {
     child = spawn(taskset, argv, {
-      cwd: sandbox === "bwrap" ? "/" : resolved.workDir,
-      env: sandbox === "bwrap" ? { PATH: "/usr/bin:/bin" } : env,
+      cwd: bwrap ? "/" : resolved.workDir,
+      env: bwrap ? { PATH: "/usr/bin:/bin" } : env,
       // A new session, hence a new process group led by the child: the group is what gets signalled.
       detached: true,
-      stdio: ["ignore", "pipe", "pipe", "pipe", ...(sandbox === "bwrap" ? ["pipe", "pipe", "pipe", "pipe"] : [])] as (
+      stdio: ["ignore", "pipe", "pipe", "pipe", ...(bwrap ? ["pipe", "pipe", "pipe", "pipe"] : [])] as (
         "ignore" | "pipe"
       )[],
       ...(resolved.switchUser ? { uid: resolved.user.uid, gid: resolved.user.gid } : {}),
     });
   } catch (cause) {
-    log.close();
+    output.closeLog();
     throw new SandboxSetupError("could not spawn the job", { cause });
   }
-
-  // Feed bubblewrap its options and data files; ignore EPIPE if it dies before reading them.
-  const feed = (fd: number, data: string): void => {
+  // Ignore EPIPE: bubblewrap may die before it reads them.
+  for (const { fd, data } of feeds) {
     const stream = child.stdio[fd] as NodeJS.WritableStream & { on(event: "error", cb: () => void): void };
     stream.on("error", () => {});
     stream.end(data);
-  };
-  if (sandbox === "bwrap") {
-    feed(4, argsText);
-    for (const { fd, file } of dataFiles) feed(fd, file.content);
   }
-
-  // Output: lines to onLine and the log; held back until the job runs (before that it is bwrap's).
-  let running = false;
-  const held: { stream: "stdout" | "stderr"; line: string }[] = [];
-  const stderrTail: string[] = [];
-  let onLineFailed = false;
-  let logFailed = false;
-  const deliver = (stream: "stdout" | "stderr", line: string): void => {
-    try {
-      log.append(`${new Date().toISOString()} ${stream} ${line}\n`);
-    } catch (error) {
-      if (!logFailed) logger.error("cannot write the job's log", { leaseId: resolved.leaseId, error });
-      logFailed = true;
-    }
-    try {
-      resolved.onLine?.(stream, line);
-    } catch (error) {
-      if (!onLineFailed)
-        logger.warn("onLine threw; further errors are not logged", { leaseId: resolved.leaseId, error });
-      onLineFailed = true;
-    }
-  };
-  const onLine = (stream: "stdout" | "stderr") => (line: string) => {
-    if (stream === "stderr") {
-      stderrTail.push(line);
-      if (stderrTail.length > STDERR_TAIL_LINES) stderrTail.shift();
-    }
-    if (running) deliver(stream, line);
-    else held.push({ stream, line });
-  };
-  const flushLog = (): void => {
-    try {
-      log.flush();
-    } catch (error) {
-      if (!logFailed) logger.error("cannot write the job's log", { leaseId: resolved.leaseId, error });
-      logFailed = true;
-    }
-  };
-  const splitters = {
-    stdout: new LineSplitter(resolved.lineMaxBytes, onLine("stdout")),
-    stderr: new LineSplitter(resolved.lineMaxBytes, onLine("stderr")),
-  };
-  for (const stream of ["stdout", "stderr"] as const) {
-    const readable = child[stream] as Readable;
-    readable.on("data", (chunk: Buffer) => {
-      splitters[stream].push(chunk);
-      flushLog();
-    });
-    readable.on("error", () => {});
-  }
-
-  // Stopping: SIGTERM to the job's processes, SIGKILL to everything after the grace period.
-  const pid = child.pid;
-  let exitedAt: number | undefined;
-  let killReason: KillReason | undefined;
-  let graceTimer: NodeJS.Timeout | undefined;
-  const jobProcesses = (): number[] => {
-    if (pid === undefined) return [];
-    const table = processTable();
-    const below = descendants(pid, table);
-    if (sandbox === "unsafe-none") return [pid, ...below];
-    // bwrap: below the outer bwrap is the sandbox's pid 1 (bwrap's reaper), which ignores SIGTERM
-    // from outside; the job is below it. SIGTERM to the outer bwrap would kill it, and with it the
-    // whole sandbox at once, without any grace.
-    const inits = new Set(table.filter((entry) => entry.ppid === pid).map((entry) => entry.pid));
-    return below.filter((p) => !inits.has(p));
-  };
-  const killAll = (): void => {
-    if (pid === undefined || exitedAt !== undefined) return;
-    // The group leader first, so that it dies of the SIGKILL rather than exit on seeing its
-    // children die; the processes below it are listed before, while they are still its descendants.
-    const below = descendants(pid);
-    trySignal(-pid, "SIGKILL");
-    trySignal(pid, "SIGKILL");
-    for (const p of below) trySignal(p, "SIGKILL");
-  };
-  const terminate = (): void => {
-    if (pid === undefined || exitedAt !== undefined) return;
-    const targets = jobProcesses();
-    if (targets.length === 0) return killAll();
-    if (sandbox === "unsafe-none") trySignal(-pid, "SIGTERM");
-    for (const p of targets) trySignal(p, "SIGTERM");
-  };
-
-  // Wait for the job to run, or for the sandbox to fail.
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once("exit", (code, signal) => {
-      exitedAt = Date.now();
-      resolve({ code, signal });
-    });
-  });
-  const closed = new Promise<void>((resolve) => child.once("close", () => resolve()));
-  let started = false;
-  let sandboxInits: ProcessEntry[] = [];
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new SandboxSetupError(`the sandbox did not start within ${SANDBOX_START_TIMEOUT_MS} ms`)),
-        SANDBOX_START_TIMEOUT_MS,
-      );
-      const onAbort = (): void => reject(resolved.signal!.reason);
-      resolved.signal?.addEventListener("abort", onAbort, { once: true });
-      const done = (): void => {
-        clearTimeout(timer);
-        resolved.signal?.removeEventListener("abort", onAbort);
-      };
-      (child.stdio[3] as Readable).once("data", () => {
-        started = true;
-        // The sandbox's pid 1: the job is over only once it is (see `exited`).
-        if (sandbox === "bwrap" && pid !== undefined) {
-          sandboxInits = processTable().filter((entry) => entry.ppid === pid);
-        }
-        done();
-        resolve();
-      });
-      child.once("error", (cause) => {
-        done();
-        reject(new SandboxSetupError("could not spawn the job", { cause, details: cause.message }));
-      });
-      void exit.then(async ({ code, signal }) => {
-        // 'close' comes after every stdio stream ended, so the start marker, if sent, has been read.
-        await within(closed, OUTPUT_DRAIN_MS);
-        if (started) return;
-        done();
-        splitters.stderr.end();
-        const said = held
-          .filter((entry) => entry.stream === "stderr")
-          .map((entry) => entry.line)
-          .join("\n");
-        const hint = /Permission denied/.test(said)
-          ? "\n(the work dir and each of its parent dirs must be searchable by the job's user)"
-          : /namespace|uid map|setting up/i.test(said)
-            ? "\n(unprivileged user namespaces may be disabled: sysctl kernel.unprivileged_userns_clone, " +
-              "user.max_user_namespaces, or AppArmor's kernel.apparmor_restrict_unprivileged_userns)"
-            : "";
-        reject(
-          new SandboxSetupError(`the sandbox failed to start (exit ${code ?? signal})`, {
-            details: (said || "nothing printed") + hint,
-          }),
-        );
-      });
-    });
-  } catch (error) {
-    // Leave nothing behind: the sandbox is killed and reaped before the error is thrown.
-    killAll();
-    await within(exit, 5_000);
-    log.close();
-    throw error;
-  }
-  running = true;
-  for (const { stream, line } of held.splice(0)) deliver(stream, line);
-  flushLog();
-
-  const wallTimer = setTimeout(() => void kill("wall-time"), resolved.wallTimeMs);
-  const onAbort = (): void => void kill("aborted");
-  resolved.signal?.addEventListener("abort", onAbort, { once: true });
-  if (resolved.signal?.aborted) onAbort();
-
-  const exited: Promise<JobExit> = (async () => {
-    let { code, signal } = await exit;
-    clearTimeout(wallTimer);
-    clearTimeout(graceTimer);
-    resolved.signal?.removeEventListener("abort", onAbort);
-    // The exit is reported once nothing of the job runs any more, so that its GPUs and memory are
-    // free when the node hands them on. SIGKILL takes effect asynchronously and no event says when
-    // a process that is not our child is gone, hence the polling.
-    // - unsafe-none: whatever is left of the process group is killed now.
-    // - bwrap: the outer bwrap exits as soon as the job's first process has, while the sandbox's
-    //   pid 1 may still be tearing the namespace down (killing what the job left running). The
-    //   kernel lets pid 1 become a zombie only once every other process of the namespace is gone.
-    const leftovers = (): boolean =>
-      sandbox === "unsafe-none"
-        ? groupMembers(pid!).length > 0
-        : sandboxInits.some((init) => stillRunning(init.pid, init.startTime));
-    if (pid !== undefined && (sandbox === "bwrap" || trySignal(-pid, "SIGKILL"))) {
-      await pollUntil(() => !leftovers(), { delayMs: 10, backoff: 1, timeoutMs: SANDBOX_TEARDOWN_MS });
-      if (leftovers()) logger.warn("processes of the job are still dying", { leaseId: resolved.leaseId });
-    }
-    await within(closed, OUTPUT_DRAIN_MS);
-    for (const stream of ["stdout", "stderr"] as const) {
-      (child[stream] as Readable).destroy();
-      splitters[stream].end();
-    }
-    try {
-      log.close();
-    } catch (error) {
-      logger.error("cannot write the job's log", { leaseId: resolved.leaseId, error });
-    }
-    if (sandbox === "bwrap" && signal === null && code !== null && code > 128 && signalName(code - 128) !== null) {
-      signal = signalName(code - 128);
-      code = null;
-    }
-    let reason: ExitReason = killReason ?? "exited";
-    if (reason === "exited" && code !== 0 && OUT_OF_MEMORY.test(stderrTail.join("\n"))) reason = "memory";
-    return { code, signal, reason, durationMs: (exitedAt ?? Date.now()) - startedAt };
-  })();
-
-  function kill(reason: KillReason = "killed"): Promise<JobExit> {
-    if (exitedAt === undefined && killReason === undefined) {
-      killReason = reason;
-      terminate();
-      graceTimer = setTimeout(killAll, resolved.killGraceMs);
-    }
-    return exited;
-  }
-
-  return {
-    leaseId: resolved.leaseId,
-    pid: pid!,
-    sandbox,
-    logPath: resolved.logPath,
-    env,
-    exited,
-    kill,
-  };
+  return child;
 }
