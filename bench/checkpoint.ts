@@ -82,6 +82,7 @@ import { generateKeyPair } from "@libp2p/crypto/keys";
 import { multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
 
+import { spawnScript, stopAll, type Spawned } from "../deploy/processes.ts";
 import { watchCheckpoints } from "../node/checkpoints.ts";
 import { Metrics } from "../node/metrics.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
@@ -89,7 +90,6 @@ import { generateJobKey } from "../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
 import { silentLogger, type Logger } from "../sdk/logger.ts";
 import { createBatonHost, type BatonHost } from "../sdk/p2p/host.ts";
-import { spawnScript, stopAll, type Spawned } from "../test/helpers/processes.ts";
 import { median, printTable, writeResults, type Figure } from "./report.ts";
 
 const MiB = 2 ** 20;

@@ -16,7 +16,7 @@ import { keccak256, parseEther, toHex } from "viem";
 import { contracts, writeContract } from "../sdk/chain/client.ts";
 import { openLeaseSession, requestQuote } from "../sdk/wire/clients.ts";
 import { signTenantAuth } from "../sdk/wire/tenant-auth.ts";
-import { startMarket, type Tenant } from "../test/helpers/market.ts";
+import { startMarket, type Tenant } from "../deploy/market.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
 const LEASES = 10;

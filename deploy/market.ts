@@ -1,0 +1,113 @@
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import type { PrivateKey } from "@libp2p/interface";
+import { createTestClient, http, parseEther, type TestClient } from "viem";
+import type { HDAccount } from "viem/accounts";
+import { hardhat } from "viem/chains";
+
+import type { NodeConfigInput } from "../node/config.ts";
+import { createChainClient, type ChainClient } from "../sdk/chain/client.ts";
+import type { BatonClient } from "../sdk/client.ts";
+import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
+import type { Logger } from "../sdk/logger.ts";
+import { createBatonHost, keepConnected, type BatonHost } from "../sdk/p2p/host.ts";
+import { startDevnet, type Devnet, type DevnetProvider } from "./devnet.ts";
+import { devAccount } from "./local-chain.ts";
+
+export type ProviderHandle = DevnetProvider;
+
+export interface Tenant {
+  account: HDAccount;
+  chain: ChainClient;
+  host: BatonHost;
+  key: PrivateKey;
+  /** The tenant's own IPFS store, when asked for. */
+  ipfs: IpfsNode | undefined;
+}
+
+export interface Market extends Devnet {
+  test: TestClient;
+  /** A tenant with payment tokens and its own libp2p host, bootstrapped to the providers (and an IPFS store in `ipfsDir`). */
+  tenant(index: number, options?: { ipfsDir?: string }): Promise<Tenant>;
+  /**
+   * `devnet.tenantClient` for tenant `index` (dev account 10 + index), its state in `dataDir`. The
+   * market stops it, unless the test closed it first.
+   */
+  client(index: number, dataDir: string, options?: { log?: Logger }): Promise<BatonClient>;
+}
+
+export interface StartMarketOptions {
+  providers: number;
+  /** Node config overrides, e.g. fast heartbeats for tests. */
+  config?: Partial<NodeConfigInput>;
+  /** Config overrides for one provider. */
+  configFor?: (index: number) => Partial<NodeConfigInput>;
+}
+
+/**
+ * A devnet for a test or a benchmark (fake GPUs, fast on-chain heartbeats: period 2 s, timeout
+ * 20 s), plus tenants: dev accounts 10 and up, funded with payment tokens on first use.
+ */
+export async function startMarket({ providers, config = {}, configFor }: StartMarketOptions): Promise<Market> {
+  const devnet = await startDevnet({
+    providers,
+    config: {
+      gpus: { fake: "1xFakeGPU" },
+      cpuJobs: false,
+      price: { basePerSecond: "0", perGpuPerSecond: "1000000000000" },
+      collateralPerLease: parseEther("10").toString(),
+      chainHeartbeatPeriodS: 2,
+      chainHeartbeatTimeoutS: 20,
+      offerRefreshMs: 500,
+      claimIntervalMs: 3_000,
+      ...config,
+    },
+    ...(configFor ? { configFor } : {}),
+  });
+  const hosts: BatonHost[] = [];
+  const ipfsNodes: IpfsNode[] = [];
+  const stops: (() => void)[] = [];
+  const clients: BatonClient[] = [];
+  const funded = new Set<number>();
+  const fund = async (index: number): Promise<HDAccount> => {
+    const account = devAccount(10 + index);
+    if (!funded.has(index)) {
+      funded.add(index);
+      await devnet.fund(account.address, parseEther("1000"));
+    }
+    return account;
+  };
+  const bootstrap = (): string[] => devnet.providers.map((p) => p.address!).filter(Boolean);
+  return {
+    ...devnet,
+    test: createTestClient({ mode: "hardhat", transport: http(devnet.chain.rpcUrl), chain: hardhat }),
+    async tenant(index, options = {}) {
+      const account = await fund(index);
+      const chain = createChainClient({
+        rpcUrl: devnet.chain.rpcUrl,
+        deployment: devnet.deployment,
+        account,
+        pollingIntervalMs: 50,
+      });
+      const key = await generateKeyPair("Ed25519");
+      // No dialling until the IPFS node is on the host: bitswap ignores peers connected before it.
+      const host = await createBatonHost({ privateKey: key });
+      hosts.push(host);
+      const ipfs = options.ipfsDir ? await createIpfsNode({ host, dir: options.ipfsDir }) : undefined;
+      if (ipfs) ipfsNodes.push(ipfs);
+      stops.push(keepConnected(host, bootstrap()));
+      return { account, chain, host, key, ipfs };
+    },
+    async client(index, dataDir, options = {}) {
+      const client = await devnet.tenantClient({ index, dataDir, ...(options.log ? { log: options.log } : {}) });
+      clients.push(client);
+      return client;
+    },
+    async stop() {
+      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+      for (const stop of stops) stop();
+      await Promise.all(ipfsNodes.map((i) => i.stop()));
+      await Promise.all(hosts.map((h) => h.stop()));
+      await devnet.stop();
+    },
+  };
+}
