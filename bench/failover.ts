@@ -25,9 +25,7 @@ import { parseEther } from "viem";
 
 import { startDevnet } from "../deploy/devnet.ts";
 import { spawnScript } from "../deploy/processes.ts";
-import { runJob, type JobEvent } from "../sdk/actions/runJob.ts";
-import { watchLease, type LeaseWatch } from "../sdk/actions/watchLease.ts";
-import { readJobFile } from "../sdk/job-spec.ts";
+import { readJobFile, runJob, watchLease, type JobEvent, type LeaseWatch } from "../sdk/index.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
 const { values } = parseArgs({

@@ -23,8 +23,7 @@ import { parseEther } from "viem";
 
 import { startGateway } from "../cli/serve.ts";
 import { startDevnet } from "../deploy/devnet.ts";
-import { serve } from "../sdk/actions/serve.ts";
-import { readJobFile } from "../sdk/job-spec.ts";
+import { readJobFile, serve } from "../sdk/index.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
 const { values } = parseArgs({

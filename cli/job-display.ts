@@ -1,8 +1,6 @@
 import { formatEther } from "viem";
 
-import { BaseError } from "../sdk/errors.ts";
-import type { JobEvent } from "../sdk/tenant/job-events.ts";
-import type { JobHandle } from "../sdk/tenant/job-handle.ts";
+import { BaseError, type JobEvent, type JobHandle } from "../sdk/index.ts";
 
 export interface JobDisplayOptions {
   out?: NodeJS.WriteStream;

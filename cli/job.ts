@@ -6,14 +6,17 @@ import { formatEther, isHex, parseEther, type Hex } from "viem";
 import { z } from "zod";
 
 import { loadAccount } from "../node/keystore.ts";
-import { attachJob } from "../sdk/actions/attachJob.ts";
-import { cancelJob } from "../sdk/actions/cancelJob.ts";
-import { runJob } from "../sdk/actions/runJob.ts";
-import { createBatonClient, type BatonClient } from "../sdk/client.ts";
-import { UserError } from "../sdk/errors.ts";
-import { readJobFile } from "../sdk/job-spec.ts";
-import { createLogger } from "../sdk/logger.ts";
-import type { JobHandle } from "../sdk/tenant/job-handle.ts";
+import {
+  attachJob,
+  cancelJob,
+  createBatonClient,
+  createLogger,
+  readJobFile,
+  runJob,
+  UserError,
+  type BatonClient,
+  type JobHandle,
+} from "../sdk/index.ts";
 import { jsonReplacer, showJob } from "./job-display.ts";
 import { table } from "./output.ts";
 

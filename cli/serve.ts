@@ -4,9 +4,15 @@ import { parseArgs } from "node:util";
 
 import { formatEther } from "viem";
 
-import { serve, type Service } from "../sdk/actions/serve.ts";
-import { NoReplicaError, RequestNotRetriedError, shortMessageOf, UserError } from "../sdk/errors.ts";
-import { readJobFile } from "../sdk/job-spec.ts";
+import {
+  NoReplicaError,
+  readJobFile,
+  RequestNotRetriedError,
+  serve,
+  shortMessageOf,
+  UserError,
+  type Service,
+} from "../sdk/index.ts";
 import { amount, common, connect } from "./job.ts";
 
 /** The gateway's own pages live under this prefix; everything else goes to the service. */

@@ -10,11 +10,17 @@ import { hardhat } from "viem/chains";
 import { writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { detectGpus } from "../node/gpus.ts";
 import { DATA_FILES } from "../node/config.ts";
-import { contracts, createChainClient, writeContract, type ChainClient } from "../sdk/chain/client.ts";
 import { metadataWithPeerProof } from "../sdk/chain/peer-proof.ts";
-import type { Deployment } from "../sdk/chain/deployments.ts";
-import { createBatonClient, type BatonClient } from "../sdk/client.ts";
-import type { Logger } from "../sdk/logger.ts";
+import {
+  contracts,
+  createBatonClient,
+  createChainClient,
+  writeContract,
+  type BatonClient,
+  type ChainClient,
+  type Deployment,
+  type Logger,
+} from "../sdk/index.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { deployBaton, writeDeployment } from "./deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "./local-chain.ts";

@@ -5,10 +5,8 @@ import type { HDAccount } from "viem/accounts";
 import { hardhat } from "viem/chains";
 
 import type { NodeConfigInput } from "../node/config.ts";
-import { createChainClient, type ChainClient } from "../sdk/chain/client.ts";
-import type { BatonClient } from "../sdk/client.ts";
+import { createChainClient, type BatonClient, type ChainClient, type Logger } from "../sdk/index.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
-import type { Logger } from "../sdk/logger.ts";
 import { createBatonHost, keepConnected, type BatonHost } from "../sdk/p2p/host.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "./devnet.ts";
 import { devAccount } from "./local-chain.ts";

@@ -22,11 +22,15 @@ import { jsonReplacer, showJob } from "../cli/job-display.ts";
 import { table } from "../cli/output.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
 import { isAlive } from "../deploy/processes.ts";
-import { auditJob } from "../sdk/actions/auditJob.ts";
-import { runJob, type JobEvent } from "../sdk/actions/runJob.ts";
-import type { BatonClient } from "../sdk/client.ts";
-import { BaseError } from "../sdk/errors.ts";
-import { readJobFile, type JobSpec } from "../sdk/job-spec.ts";
+import {
+  auditJob,
+  BaseError,
+  readJobFile,
+  runJob,
+  type BatonClient,
+  type JobEvent,
+  type JobSpec,
+} from "../sdk/index.ts";
 
 const { values } = parseArgs({
   options: {

@@ -1,5 +1,10 @@
 /**
- * Baton's SDK: a client and plain actions over it, in the style of viem.
+ * Baton's SDK: a client and plain actions over it, in the style of viem. Everything a script needs
+ * is exported here: the client and its actions (jobs, services, audits), errors, job specs, chain
+ * access and the contracts' ABIs; the CLI's tenant commands and the devnet use it too. The provider
+ * node imports the modules it uses directly (mostly internals: wire protocol, IPFS, p2p), so that a
+ * provider process does not load the tenant side; so do the light commands (`baton audit`,
+ * `baton provider`), which must start without libp2p and Helia.
  *
  * @example
  * import { createBatonClient, runJob, readJobFile } from "baton/sdk";
@@ -30,9 +35,33 @@ export {
 } from "./actions/runJob.ts";
 export { attachJob, type AttachOptions } from "./actions/attachJob.ts";
 export { cancelJob } from "./actions/cancelJob.ts";
+export {
+  serve,
+  type ReplicaState,
+  type ReplicaStatus,
+  type ServeOptions,
+  type Service,
+  type ServiceFetchOptions,
+} from "./actions/serve.ts";
+export { leaseFetch, type LeaseFetchParameters, type LeaseFetchResponse } from "./actions/leaseFetch.ts";
 export { withdrawCredit, type WithdrawCreditReturnType } from "./actions/withdrawCredit.ts";
 export { auditJob, type AuditJobParameters, type AuditJobReturnType } from "./actions/auditJob.ts";
-export { auditLease } from "./actions/auditLease.ts";
-export { auditProvider } from "./actions/auditProvider.ts";
+export { auditLease, type AuditLeaseParameters, type AuditLeaseReturnType } from "./actions/auditLease.ts";
+export { auditProvider, type AuditProviderParameters, type AuditProviderReturnType } from "./actions/auditProvider.ts";
+export type { AuditSnapshot, LeaseAudit, LeaseStatus } from "./chain/audit-events.ts";
+export {
+  checkChain,
+  contracts,
+  createChainClient,
+  leaseStatus,
+  revertOf,
+  writeContract,
+  type ChainClient,
+  type ChainLeaseStatus,
+  type CreateChainClientParameters,
+} from "./chain/client.ts";
+export { loadDeployment, loadDeploymentFile, type Deployment } from "./chain/deployments.ts";
+export { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "./generated/abis.ts";
+export { createLogger, silentLogger, type CreateLoggerOptions, type Logger, type LogLevel } from "./logger.ts";
 export { readJobFile, parseJobSpec, type JobFile, type JobSpec, type JobSpecInput } from "./job-spec.ts";
 export * from "./errors.ts";
