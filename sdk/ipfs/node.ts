@@ -10,7 +10,7 @@ import { FsDatastore } from "datastore-fs";
 import type { Helia, HeliaInit } from "helia";
 import type { CID } from "multiformats/cid";
 
-import { CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
+import { BaseError, CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
 import { fixedSizeChunks, type ByteSource } from "./bytes.ts";
@@ -325,14 +325,14 @@ function stallGuard(ms: number, outer: AbortSignal | undefined) {
     signal,
     arm() {
       clearTimeout(timer);
-      timer = setTimeout(() => stall.abort(new Error("stalled")), ms);
+      timer = setTimeout(() => stall.abort(new BaseError("stalled")), ms);
     },
     disarm() {
       clearTimeout(timer);
     },
     release() {
       clearTimeout(timer);
-      done.abort(new Error("fetch finished"));
+      done.abort(new BaseError("fetch finished"));
     },
     translate(error: unknown, cid: CID, providers: Multiaddr[]): unknown {
       if (outer?.aborted) return outer.reason;
