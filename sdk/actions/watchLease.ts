@@ -85,12 +85,8 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
   const connect = async (): Promise<void> => {
     if (connecting || finished) return;
     connecting = true;
-    await withRetry(open, {
-      delayMs: livenessOptions.heartbeatMs,
-      backoff: 1,
-      unref: true,
-      ...(signal ? { signal } : {}),
-    }).catch(() => undefined);
+    // No signal here: an abort finishes the watch, and a finished watch opens nothing more.
+    await withRetry(open, { delayMs: livenessOptions.heartbeatMs, backoff: 1, unref: true }).catch(() => undefined);
     connecting = false;
   };
   const open = async (attempt: number): Promise<void> => {
