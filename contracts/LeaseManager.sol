@@ -70,7 +70,8 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     /// @param registry_ The provider registry; it must list this contract as its lease manager.
     /// @param tenantShareBps_ Share of a slashed collateral paid to the tenant.
     /// @param callerShareBps_ Share of a slashed collateral paid to the slash's caller.
-    /// @param treasury_ Receives the rest of a slashed collateral; zero burns it.
+    /// @param treasury_ Receives the rest of a slashed collateral, credited in the registry for it to
+    /// withdraw (unless it calls the slash itself); zero burns it (credit nobody can withdraw).
     /// @param minHeartbeatTimeout_ Shortest heartbeat timeout a quote may set: a few block times of
     /// the chain, so that a heartbeat sent in time can be mined in time.
     /// @param maxHeartbeatTimeout_ Longest heartbeat timeout a quote may set; it must be shorter

@@ -32,7 +32,8 @@ export interface JobHandle extends AsyncIterable<JobEvent> {
   result(): Promise<JobResult>;
   /**
    * Resolves once every lease the job used is settled on chain: each failed provider's lease slashed
-   * (once its timeout passed) or acknowledged by it. Call after `result()` to see the compensation.
+   * (once its timeout passed) or acknowledged by it, and every refund or compensation credited to
+   * the tenant meanwhile withdrawn (`withdrawCredit`). Call after `result()` to see the compensation.
    */
   settled(): Promise<void>;
   /** Ends the job: closes its lease (unused deposit refunded) and stops watching. */

@@ -2,6 +2,7 @@ import path from "node:path";
 
 import type { Address, Hex } from "viem";
 
+import { withdrawCredit } from "../actions/withdrawCredit.ts";
 import type { BatonClient } from "../client.ts";
 import { BaseError, JobCancelledError, JobFailedError, UserError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
@@ -137,7 +138,13 @@ class JobRunner implements JobHandle {
 
   async settled(): Promise<void> {
     await this.#result.catch(() => undefined);
-    await this.#slashes.settled();
+    try {
+      await this.#slashes.settled();
+    } finally {
+      // A provider's finish and a keeper's slash credit the tenant's refunds instead of paying them
+      // (so that no tenant can block them): take them back once the job's leases are settled.
+      await withdrawCredit(this.#client);
+    }
   }
 
   async cancel(): Promise<void> {
