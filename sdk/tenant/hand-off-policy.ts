@@ -18,6 +18,9 @@ export const OFFER_TIMEOUT_MS = 15_000;
 /** A lease is topped up this long before its deposit runs out. */
 export const TOP_UP_MARGIN_MS = 5_000;
 
+/** How soon a failed top-up is tried again, until the deposit runs out. */
+export const TOP_UP_RETRY_MS = 1_000;
+
 /**
  * Whose doing each session refusal is. The provider's (or bad luck's) moves the job to another
  * provider, which may do better; the tenant's means the job as asked runs nowhere, so it fails.

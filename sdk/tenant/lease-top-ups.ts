@@ -2,7 +2,7 @@ import { contracts, writeContract } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
 import { BudgetExhaustedError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
-import { topUpAmount, topUpAt } from "./hand-off-policy.ts";
+import { TOP_UP_MARGIN_MS, TOP_UP_RETRY_MS, topUpAmount, topUpAt } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { JobRecord, LeaseRecord } from "./job-store.ts";
 
@@ -76,7 +76,15 @@ export class LeaseTopUps {
       this.#events.emit({ type: "top-up", leaseId: BigInt(lease.leaseId), amount });
       this.schedule(lease);
     } catch (error) {
-      this.#log.warn("top-up failed", { leaseId: lease.leaseId, error });
+      // A top-up can fail for a moment (the chain refuses one that would move the end past a
+      // deadline under half a timeout away, until the provider's next heartbeat): try again each
+      // second until the deposit runs out.
+      const retry = Date.now() + TOP_UP_RETRY_MS < topUpAt(lease) + TOP_UP_MARGIN_MS;
+      this.#log.warn(retry ? "top-up failed; trying again" : "top-up failed", { leaseId: lease.leaseId, error });
+      if (retry) {
+        this.#timer = setTimeout(() => void this.#topUp(lease), TOP_UP_RETRY_MS);
+        this.#timer.unref();
+      }
     }
   }
 }
