@@ -171,8 +171,14 @@ class JobRunner implements JobHandle {
   }
 
   async #drive(): Promise<JobResult> {
+    if (this.#record.state !== "running") {
+      // A job that ended before this handle (an attach after the fact): its outcome as recorded,
+      // its record untouched, and no events to wait for.
+      this.#state = this.#record.state;
+      this.#events.end();
+      return storedResult(this.#record);
+    }
     try {
-      if (this.#record.state !== "running") return storedResult(this.#record);
       // Leases that failed before a restart may still be waiting for their slash.
       for (const lease of this.#record.leases) if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
       return await this.#run();

@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import { BudgetExhaustedError } from "../../sdk/errors.ts";
+import { attachJob } from "../../sdk/actions/attachJob.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { until } from "../helpers/processes.ts";
@@ -129,6 +130,13 @@ describe("runJob: many jobs, budgets, busy cores", () => {
     const spent = before - (await balance());
     expect(spent).toBeLessThan(price * 8n);
     expect(spent).toBeLessThanOrEqual(price * (elapsedS + 1n));
+
+    // Attached afterwards, the failed job stays failed, with its reason, and its events end.
+    const again = await attachJob(client, job.jobId);
+    await expect(again.result()).rejects.toThrow(record!.error!);
+    expect(again.status().state).toBe("failed");
+    expect((await client.jobs.get(job.jobId))?.error).toBe(record!.error);
+    for await (const event of again) throw new Error(`an ended job emitted ${event.type}`);
   });
 
   it("(f) with both cores busy for the whole job and no kill, there is no hand-off", async () => {
@@ -145,6 +153,12 @@ describe("runJob: many jobs, budgets, busy cores", () => {
       expect(result.handOffs).toBe(0);
       expect(events.filter((e) => e.type === "provider-failed")).toEqual([]);
       expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+
+      // Attached afterwards, the completed job gives its stored result at once and ends its events.
+      const again = await attachJob(client, job.jobId);
+      expect((await again.result()).outputCid).toBe(result.outputCid);
+      expect(again.status().state).toBe("completed");
+      for await (const event of again) throw new Error(`an ended job emitted ${event.type}`);
     } finally {
       for (const burner of burners) burner.kill("SIGKILL");
     }
