@@ -49,7 +49,11 @@ describe("runJob: many jobs, budgets, busy cores", () => {
     );
     await Promise.all(jobs.map(({ when }) => when("checkpoint-safe")));
     const victim = fixture.market.providers[0]!;
-    for (const { job, home } of jobs) expect(serving(fixture.market, job)).toBe(home);
+    for (const { job, home, events } of jobs) {
+      // A hand-off before the kill would be a false suspicion (or a lease ended early): say which.
+      expect(events.filter((e) => e.type === "provider-failed")).toEqual([]);
+      expect(serving(fixture.market, job)).toBe(home);
+    }
     victim.process!.child.kill("SIGKILL");
     // Back for the next test even if this one fails.
     onTestFinished(() => victim.start());
