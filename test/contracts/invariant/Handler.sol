@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
+
 import {LeaseManager} from "../../../contracts/LeaseManager.sol";
 import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {DevToken} from "../../../contracts/token/DevToken.sol";
@@ -211,17 +213,17 @@ contract Handler is Test {
         for (uint256 i = 0; i < _providerKeys.length; ++i) {
             address p = vm.addr(_providerKeys[i]);
             _providers.push(p);
-            string memory peerId = string.concat("12D3KooWInvariantProvider", _u2s(i));
+            string memory peerId = string.concat("12D3KooWInvariantProvider", Strings.toString(i));
             _register(sut, p, peerId);
             _register(other, p, peerId);
-            vm.label(p, string.concat("provider", _u2s(i)));
+            vm.label(p, string.concat("provider", Strings.toString(i)));
         }
         for (uint256 i = 0; i < 3; ++i) {
             address t = vm.addr(0x7E4A47 + i);
             _tenants.push(t);
             _fund(sut, t);
             _fund(other, t);
-            vm.label(t, string.concat("tenant", _u2s(i)));
+            vm.label(t, string.concat("tenant", Strings.toString(i)));
         }
         for (uint256 i = 0; i < _tenants.length; ++i) _callers.push(_tenants[i]);
         for (uint256 i = 0; i < _providers.length; ++i) _callers.push(_providers[i]);
@@ -648,7 +650,7 @@ contract Handler is Test {
         ];
         line = "calls (ok/total):";
         for (uint256 i = 0; i < ACTIONS; ++i) {
-            line = string.concat(line, " ", names[i], "=", _u2s(successes[i]), "/", _u2s(calls[i]));
+            line = string.concat(line, " ", names[i], "=", Strings.toString(successes[i]), "/", Strings.toString(calls[i]));
         }
         uint256 replays;
         for (uint256 k = 0; k < REPLAY_KINDS; ++k) replays += replayAttempts[k];
@@ -656,28 +658,28 @@ contract Handler is Test {
         // code generator (the `default` build profile).
         string memory counts = string.concat(
             "leases=",
-            _u2s(leaseCount),
+            Strings.toString(leaseCount),
             " slashes=",
-            _u2s(_slashes.length),
+            Strings.toString(_slashes.length),
             " repeatSlashAttempts=",
-            _u2s(repeatSlashAttempts),
+            Strings.toString(repeatSlashAttempts),
             " unstakeRequests=",
-            _u2s(unstakeRequests),
+            Strings.toString(unstakeRequests),
             " replaysRejected=",
-            _u2s(replays)
+            Strings.toString(replays)
         );
         figures = string.concat(
             counts,
             " deposited=",
-            _u2s(ghostDeposited),
+            Strings.toString(ghostDeposited),
             " refunded=",
-            _u2s(ghostRefunded),
+            Strings.toString(ghostRefunded),
             " claimed=",
-            _u2s(ghostClaimed),
+            Strings.toString(ghostClaimed),
             " secondsElapsed=",
-            _u2s(maxTimeWarped),
+            Strings.toString(maxTimeWarped),
             " violations=",
-            _u2s(violations)
+            Strings.toString(violations)
         );
     }
 
@@ -869,7 +871,7 @@ contract Handler is Test {
     function _replaySucceeded(uint256 kind, uint256 id, Lease.Quote memory q, uint256 deposit) internal {
         ++replayAttempts[kind];
         ++replaySuccesses[kind];
-        _violate(string.concat("quote replay succeeded, kind ", _u2s(kind)));
+        _violate(string.concat("quote replay succeeded, kind ", Strings.toString(kind)));
         // Keep the books complete so that the other invariants still describe the system.
         _recordOpen(id, q, deposit, bytes32(0));
     }
@@ -1311,7 +1313,7 @@ contract Handler is Test {
     }
 
     function _violate(string memory what) internal {
-        if (violations == 0) firstViolation = string.concat(what, " (at t=", _u2s(block.timestamp), ")");
+        if (violations == 0) firstViolation = string.concat(what, " (at t=", Strings.toString(block.timestamp), ")");
         ++violations;
     }
 
@@ -1347,18 +1349,5 @@ contract Handler is Test {
     /// edge values, whose shifted bits would all be zero.
     function _sub(uint256 seed, uint256 salt) internal pure returns (uint256) {
         return uint256(keccak256(abi.encode(seed, salt)));
-    }
-
-    function _u2s(uint256 value) internal pure returns (string memory) {
-        if (value == 0) return "0";
-        uint256 digits;
-        for (uint256 v = value; v != 0; v /= 10) ++digits;
-        bytes memory buffer = new bytes(digits);
-        while (value != 0) {
-            --digits;
-            buffer[digits] = bytes1(uint8(48 + (value % 10)));
-            value /= 10;
-        }
-        return string(buffer);
     }
 }

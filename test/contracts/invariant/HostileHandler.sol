@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
+
 import {LeaseManager} from "../../../contracts/LeaseManager.sol";
 import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {DevToken} from "../../../contracts/token/DevToken.sol";
@@ -94,7 +96,7 @@ contract HostileHandler is Test {
             stakingToken.mint(p, STAKE);
             vm.startPrank(p);
             stakingToken.approve(address(registry), type(uint256).max);
-            registry.register(string.concat("12D3KooWHostileProvider", _u2s(i)), "{}", STAKE);
+            registry.register(string.concat("12D3KooWHostileProvider", Strings.toString(i)), "{}", STAKE);
             vm.stopPrank();
         }
 
@@ -109,7 +111,7 @@ contract HostileHandler is Test {
             paymentToken.mint(t, TENANT_FUNDS);
             vm.prank(t);
             paymentToken.approve(address(manager), type(uint256).max);
-            vm.label(t, string.concat("tenant", _u2s(i)));
+            vm.label(t, string.concat("tenant", Strings.toString(i)));
         }
         _keepers.push(address(0x5EE9E4));
         _keepers.push(address(0x5EE9E5));
@@ -341,7 +343,7 @@ contract HostileHandler is Test {
             caller = _keepers[id % _keepers.length];
             data = abi.encodeCall(manager.settleExpired, (id));
         } else if (late) {
-            return string.concat("lease neither slashable nor expired long after its end, lease ", _u2s(id));
+            return string.concat("lease neither slashable nor expired long after its end, lease ", Strings.toString(id));
         } else if (v.status == Lease.Status.Active) {
             data = abi.encodeCall(manager.finish, (id, CID));
         } else {
@@ -351,10 +353,10 @@ contract HostileHandler is Test {
         }
         vm.prank(caller);
         (bool ok, bytes memory err) = address(manager).call(data);
-        if (!ok) return string.concat("a lease could not be ended without its tenant (", _sel(err), "), lease ", _u2s(id));
+        if (!ok) return string.concat("a lease could not be ended without its tenant (", _sel(err), "), lease ", Strings.toString(id));
         Lease.Status s = manager.getLease(id).status;
         if (s == Lease.Status.Active || s == Lease.Status.Closing) {
-            return string.concat("a lease did not end, lease ", _u2s(id));
+            return string.concat("a lease did not end, lease ", Strings.toString(id));
         }
         return "";
     }
@@ -412,37 +414,16 @@ contract HostileHandler is Test {
     }
 
     function _violate(string memory what) internal {
-        if (violations == 0) firstViolation = string.concat(what, " (at t=", _u2s(block.timestamp), ")");
+        if (violations == 0) firstViolation = string.concat(what, " (at t=", Strings.toString(block.timestamp), ")");
         ++violations;
     }
 
     function _sel(bytes memory err) internal pure returns (string memory) {
         if (err.length < 4) return "empty revert";
-        bytes memory hexChars = "0123456789abcdef";
-        bytes memory out = new bytes(10);
-        out[0] = "0";
-        out[1] = "x";
-        for (uint256 i = 0; i < 4; ++i) {
-            out[2 + 2 * i] = hexChars[uint8(err[i]) >> 4];
-            out[3 + 2 * i] = hexChars[uint8(err[i]) & 0x0f];
-        }
-        return string(out);
+        return Strings.toHexString(uint32(bytes4(err)), 4);
     }
 
     function _sub(uint256 seed, uint256 salt) internal pure returns (uint256) {
         return uint256(keccak256(abi.encode(seed, salt)));
-    }
-
-    function _u2s(uint256 value) internal pure returns (string memory) {
-        if (value == 0) return "0";
-        uint256 digits;
-        for (uint256 v = value; v != 0; v /= 10) ++digits;
-        bytes memory buffer = new bytes(digits);
-        while (value != 0) {
-            --digits;
-            buffer[digits] = bytes1(uint8(48 + (value % 10)));
-            value /= 10;
-        }
-        return string(buffer);
     }
 }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
+
 import {LeaseManager} from "../../../contracts/LeaseManager.sol";
 import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {DevToken} from "../../../contracts/token/DevToken.sol";
@@ -103,8 +105,8 @@ contract InvariantsTest is Base {
     function invariant_oneSuccessorPerLease() public view {
         uint256 n = handler.leaseCount();
         for (uint256 id = 1; id <= n; ++id) {
-            assertLe(handler.successorsOpened(id), 1, string.concat("lease continued twice, lease ", _u2s(id)));
-            assertEq(manager.successorOf(id), handler.ghostSuccessor(id), string.concat("successorOf, lease ", _u2s(id)));
+            assertLe(handler.successorsOpened(id), 1, string.concat("lease continued twice, lease ", Strings.toString(id)));
+            assertEq(manager.successorOf(id), handler.ghostSuccessor(id), string.concat("successorOf, lease ", Strings.toString(id)));
         }
     }
 
@@ -133,7 +135,7 @@ contract InvariantsTest is Base {
         uint256 count = handler.slashCount();
         for (uint256 i = 0; i < count; ++i) {
             Handler.SlashRecord memory s = handler.slashRecord(i);
-            assertGe(s.time, uint256(s.deadline) + 1, string.concat("lease slashed at or before its deadline, lease ", _u2s(s.leaseId)));
+            assertGe(s.time, uint256(s.deadline) + 1, string.concat("lease slashed at or before its deadline, lease ", Strings.toString(s.leaseId)));
             if (s.statusBefore == Lease.Status.Active) {
                 assertLe(uint256(s.deadline) + 1, s.endsAt, "Active lease slashed although its deadline was not before its end");
             }
@@ -171,7 +173,7 @@ contract InvariantsTest is Base {
             Handler.SlashRecord memory s = handler.slashRecord(i);
             string memory which = string.concat(
                 s.unstakeRequestedWhileLive ? " (unstake requested while live), lease " : ", lease ",
-                _u2s(s.leaseId)
+                Strings.toString(s.leaseId)
             );
             assertEq(s.paidOut, s.collateral, string.concat("slash paid out less than the collateral", which));
             assertEq(s.registryDrop, s.collateral, string.concat("registry balance did not drop by the collateral", which));
@@ -184,8 +186,8 @@ contract InvariantsTest is Base {
     /// and no open ever succeeded with a used digest or a spent nonce.
     function invariant_quoteCannotBeReplayed() public view {
         for (uint256 k = 0; k < 5; ++k) {
-            assertEq(handler.replaySuccesses(k), 0, string.concat("quote replay succeeded, kind ", _u2s(k)));
-            assertEq(handler.replayWrongReasons(k), 0, string.concat("replay rejected for an unexpected reason, kind ", _u2s(k)));
+            assertEq(handler.replaySuccesses(k), 0, string.concat("quote replay succeeded, kind ", Strings.toString(k)));
+            assertEq(handler.replayWrongReasons(k), 0, string.concat("replay rejected for an unexpected reason, kind ", Strings.toString(k)));
             assertEq(handler.replayAttempts(k), handler.digestsRecorded(), "replays not attempted after every open");
         }
         assertEq(handler.quoteReuseSuccesses(), 0, "a used digest or spent nonce opened a lease");
@@ -215,13 +217,13 @@ contract InvariantsTest is Base {
             uint256 earned = (uint256(v.settledUntil) - g.openedAt) * v.pricePerSecond;
             earnings += earned;
             if (v.status == Lease.Status.Active) {
-                assertEq(v.deposit + earned, g.deposited, string.concat("live lease's deposit + earned != paid in, lease ", _u2s(id)));
+                assertEq(v.deposit + earned, g.deposited, string.concat("live lease's deposit + earned != paid in, lease ", Strings.toString(id)));
                 uint256 funded = uint256(v.settledUntil) + v.deposit / v.pricePerSecond;
                 assertEq(v.endsAt, funded < v.maxEnd ? funded : v.maxEnd, "endsAt != min(funded until, maxEnd)");
                 assertLe(v.settledUntil, v.lastHeartbeat, "settled past the last heartbeat");
             } else {
-                assertEq(v.deposit, 0, string.concat("ended or closing lease still holds a deposit, lease ", _u2s(id)));
-                assertLe(earned, g.deposited, string.concat("provider earned more than was paid in, lease ", _u2s(id)));
+                assertEq(v.deposit, 0, string.concat("ended or closing lease still holds a deposit, lease ", Strings.toString(id)));
+                assertLe(earned, g.deposited, string.concat("provider earned more than was paid in, lease ", Strings.toString(id)));
                 refunds += g.deposited - earned;
             }
         }
@@ -248,7 +250,7 @@ contract InvariantsTest is Base {
     //////////////////////////////////////////////////////////////*/
 
     function _assertSameLease(Lease.View memory a, Lease.View memory b, uint256 id) internal pure {
-        string memory m = string.concat("ended lease changed, lease ", _u2s(id), ": ");
+        string memory m = string.concat("ended lease changed, lease ", Strings.toString(id), ": ");
         assertEq(a.provider, b.provider, string.concat(m, "provider"));
         assertEq(a.tenant, b.tenant, string.concat(m, "tenant"));
         assertEq(a.jobId, b.jobId, string.concat(m, "jobId"));
@@ -271,18 +273,5 @@ contract InvariantsTest is Base {
     function _managerCredits() internal view returns (uint256 total) {
         address[] memory tenants = handler.tenants();
         for (uint256 i = 0; i < tenants.length; ++i) total += manager.creditOf(tenants[i]);
-    }
-
-    function _u2s(uint256 value) internal pure returns (string memory) {
-        if (value == 0) return "0";
-        uint256 digits;
-        for (uint256 v = value; v != 0; v /= 10) ++digits;
-        bytes memory buffer = new bytes(digits);
-        while (value != 0) {
-            --digits;
-            buffer[digits] = bytes1(uint8(48 + (value % 10)));
-            value /= 10;
-        }
-        return string(buffer);
     }
 }

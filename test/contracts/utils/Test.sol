@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
+
 import {Vm} from "./Vm.sol";
 
 /// @notice A small stand-in for forge-std's Test: assertions, `bound`, and the invariant target
@@ -32,7 +34,7 @@ abstract contract Test {
     }
 
     function assertEq(uint256 a, uint256 b, string memory message) internal pure {
-        if (a != b) revert AssertionFailed(string.concat(message, ": ", _str(a), " != ", _str(b)));
+        if (a != b) revert AssertionFailed(string.concat(message, ": ", Strings.toString(a), " != ", Strings.toString(b)));
     }
 
     function assertEq(address a, address b, string memory message) internal pure {
@@ -54,11 +56,11 @@ abstract contract Test {
     }
 
     function assertLe(uint256 a, uint256 b, string memory message) internal pure {
-        if (a > b) revert AssertionFailed(string.concat(message, ": ", _str(a), " > ", _str(b)));
+        if (a > b) revert AssertionFailed(string.concat(message, ": ", Strings.toString(a), " > ", Strings.toString(b)));
     }
 
     function assertGe(uint256 a, uint256 b, string memory message) internal pure {
-        if (a < b) revert AssertionFailed(string.concat(message, ": ", _str(a), " < ", _str(b)));
+        if (a < b) revert AssertionFailed(string.concat(message, ": ", Strings.toString(a), " < ", Strings.toString(b)));
     }
 
     /*//////////////////////////////////////////////////////////////
@@ -100,18 +102,5 @@ abstract contract Test {
 
     function targetSenders() public view returns (address[] memory) {
         return _targetedSenders;
-    }
-
-    function _str(uint256 value) private pure returns (string memory) {
-        if (value == 0) return "0";
-        uint256 digits;
-        for (uint256 v = value; v != 0; v /= 10) ++digits;
-        bytes memory buffer = new bytes(digits);
-        while (value != 0) {
-            --digits;
-            buffer[digits] = bytes1(uint8(48 + (value % 10)));
-            value /= 10;
-        }
-        return string(buffer);
     }
 }
