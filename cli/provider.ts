@@ -16,7 +16,7 @@ import {
   type ChainClient,
 } from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
-import { metadataWithPeerProof, verifyPeerProof } from "../sdk/chain/peer-proof.ts";
+import { metadataWithPeerProof, peerBinding, verifyPeerProof } from "../sdk/chain/peer-proof.ts";
 import { UserError } from "../sdk/errors.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { DATA_FILES, loadNodeConfig, writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
@@ -113,7 +113,7 @@ async function register(args: string[]): Promise<void> {
   const { registry, stakingToken } = contracts(chain.deployment);
   const me = chain.walletClient!.account.address;
   // Tenants trust our peer id only with this proof that its key is ours (see sdk/chain/peer-proof.ts).
-  const binding = { chainId: chain.deployment.chainId, registry: registry.address, provider: me };
+  const binding = peerBinding(chain.deployment, me);
   const metadata = await metadataWithPeerProof(values.metadata, peerKey, binding);
   const amount = await tokenAmount(chain, "stakingToken", values.stake);
   const balance = await chain.publicClient.readContract({ ...stakingToken, functionName: "balanceOf", args: [me] });

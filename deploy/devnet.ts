@@ -10,7 +10,7 @@ import { hardhat } from "viem/chains";
 import { writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { detectGpus } from "../node/gpus.ts";
 import { DATA_FILES } from "../node/config.ts";
-import { metadataWithPeerProof } from "../sdk/chain/peer-proof.ts";
+import { metadataWithPeerProof, peerBinding } from "../sdk/chain/peer-proof.ts";
 import {
   contracts,
   createBatonClient,
@@ -189,11 +189,7 @@ export async function startDevnet({
         functionName: "approve",
         args: [registry.address, PROVIDER_STAKE],
       });
-      const metadata = await metadataWithPeerProof("{}", peerKey, {
-        chainId: deployment.chainId,
-        registry: registry.address,
-        provider: account.address,
-      });
+      const metadata = await metadataWithPeerProof("{}", peerKey, peerBinding(deployment, account.address));
       await writeContract(client, { ...registry, functionName: "register", args: [peerId, metadata, PROVIDER_STAKE] });
       const handle: DevnetProvider = {
         index,

@@ -5,7 +5,7 @@ import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 
 import { checkChain, contracts, createChainClient } from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
-import { verifyPeerProof } from "../sdk/chain/peer-proof.ts";
+import { peerBinding, verifyPeerProof } from "../sdk/chain/peer-proof.ts";
 import { UserError } from "../sdk/errors.ts";
 import { createIpfsNode } from "../sdk/ipfs/node.ts";
 import { createLogger, type Logger } from "../sdk/logger.ts";
@@ -92,12 +92,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
       `${account.address} is registered with peer id ${registered.peerId}, but this node's is ${peerId}`,
     );
   }
-  const binding = {
-    chainId: deployment.chainId,
-    registry: contracts(deployment).registry.address,
-    provider: account.address,
-  };
-  if (!(await verifyPeerProof(peerId, registered.metadata, binding))) {
+  if (!(await verifyPeerProof(peerId, registered.metadata, peerBinding(deployment, account.address)))) {
     throw new UserError(
       `${account.address} has no proof of its peer key in its registered metadata, so tenants would ignore its offers: run \`baton provider register --stake N\` again to add it`,
     );

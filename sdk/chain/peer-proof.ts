@@ -3,6 +3,7 @@ import { peerIdFromString } from "@libp2p/peer-id";
 import { bytesToHex, hexToBytes, isHex, type Address, type Hex } from "viem";
 
 import { UserError } from "../errors.ts";
+import type { Deployment } from "./deployments.ts";
 
 /**
  * The registry lets any provider claim any peer id (so that nobody can lock the key's owner out by
@@ -13,6 +14,11 @@ export interface PeerBinding {
   chainId: number;
   registry: Address;
   provider: Address;
+}
+
+/** The binding of `provider` in `deployment`'s registry. */
+export function peerBinding(deployment: Pick<Deployment, "chainId" | "contracts">, provider: Address): PeerBinding {
+  return { chainId: deployment.chainId, registry: deployment.contracts.providerRegistry, provider };
 }
 
 /** The metadata field (`metadata` is a JSON object) that carries the proof. */

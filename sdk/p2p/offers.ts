@@ -1,7 +1,7 @@
 import type { Address } from "viem";
 
 import { contracts, type ChainClient } from "../chain/client.ts";
-import { verifyPeerProof } from "../chain/peer-proof.ts";
+import { peerBinding, verifyPeerProof } from "../chain/peer-proof.ts";
 import { ProtocolError } from "../errors.ts";
 import { openMessage, parseBody, sealMessage } from "../wire/envelope.ts";
 import { offerSchema, type Offer } from "../wire/messages.ts";
@@ -41,11 +41,7 @@ export function createBindingChecker(chain: ChainClient): (peerId: string, provi
     const ok =
       view.eligible &&
       view.peerId === peerId &&
-      (await verifyPeerProof(peerId, view.metadata, {
-        chainId: chain.deployment.chainId,
-        registry: registry.address,
-        provider,
-      }));
+      (await verifyPeerProof(peerId, view.metadata, peerBinding(chain.deployment, provider)));
     if (cache.size > 10_000) cache.clear();
     cache.set(key, { ok, at: Date.now() });
     return ok;

@@ -10,7 +10,7 @@ import { deployBaton } from "../../deploy/deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { contracts, createChainClient, writeContract, type ChainClient } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
-import { metadataWithPeerProof, verifyPeerProof, type PeerBinding } from "../../sdk/chain/peer-proof.ts";
+import { metadataWithPeerProof, peerBinding, verifyPeerProof, type PeerBinding } from "../../sdk/chain/peer-proof.ts";
 import { createBindingChecker } from "../../sdk/p2p/offers.ts";
 
 const registry: Address = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
@@ -80,9 +80,7 @@ describe("a squatted peer id", () => {
   it("locks nobody out: the owner registers after the squatter, and only the owner's offers are trusted", async () => {
     const key = await generateKeyPair("Ed25519");
     const peerId = peerIdFromPrivateKey(key).toString();
-    const { registry } = contracts(deployment);
-    const ownBinding = { chainId: deployment.chainId, registry: registry.address, provider: owner.address };
-    const ownMetadata = await metadataWithPeerProof("{}", key, ownBinding);
+    const ownMetadata = await metadataWithPeerProof("{}", key, peerBinding(deployment, owner.address));
     // The squatter claims the id first, with stake, and a copy of the owner's proof.
     const squatterChain = await register(squatter, peerId, ownMetadata);
     await register(owner, peerId, ownMetadata);
