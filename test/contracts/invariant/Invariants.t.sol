@@ -75,10 +75,30 @@ contract InvariantsTest is Base {
                                INVARIANTS
     //////////////////////////////////////////////////////////////*/
 
+    /// @notice Every invariant below, after every call. One `invariant_` function rather than one
+    /// each: the runner plays a whole campaign (256 sequences of 50 calls) per `invariant_`
+    /// function, so eleven of them cost eleven campaigns, 100 s of CPU in each `npm test`, where
+    /// one campaign checks all eleven after every call. A failure names the broken invariant. The
+    /// checks build their messages only once a comparison fails, for the same reason: strings cost
+    /// more gas than the comparisons, after each of the campaign's 12,800 calls.
+    function invariant_all() public view {
+        _managerBalanceEqualsDepositsClaimableAndCredits();
+        _registryBalanceEqualsStakeAndCredits();
+        _oneSuccessorPerLease();
+        _lockedEqualsLiveCollateral();
+        _slashOnlyAfterDeadlineAndOnce();
+        _endedLeasesNeverChange();
+        _unstakeCannotEscapeSlash();
+        _quoteCannotBeReplayed();
+        _moneyIsConserved();
+        _leaseBooksBalance();
+        _handlerExpectationsHold();
+    }
+
     /// @notice The manager's payment tokens are exactly the deposits of all leases, plus what every
     /// provider can claim, plus the refunds credited to tenants: no lease is under-funded, no
     /// credit unbacked, and no token is stranded.
-    function invariant_managerBalanceEqualsDepositsClaimableAndCredits() public view {
+    function _managerBalanceEqualsDepositsClaimableAndCredits() internal view {
         uint256 n = handler.leaseCount();
         assertEq(manager.leaseCount(), n, "lease count");
         uint256 total;
@@ -91,7 +111,7 @@ contract InvariantsTest is Base {
 
     /// @notice The registry holds exactly the providers' stake plus the slash shares credited to
     /// tenants and the treasury.
-    function invariant_registryBalanceEqualsStakeAndCredits() public view {
+    function _registryBalanceEqualsStakeAndCredits() internal view {
         address[] memory providers = handler.providers();
         uint256 total;
         for (uint256 i = 0; i < providers.length; ++i) total += registry.getProvider(providers[i]).stake;
@@ -102,17 +122,20 @@ contract InvariantsTest is Base {
 
     /// @notice A lease is continued at most once: at most one open ever succeeded naming it as
     /// predecessor, and `successorOf` names that one.
-    function invariant_oneSuccessorPerLease() public view {
+    function _oneSuccessorPerLease() internal view {
         uint256 n = handler.leaseCount();
         for (uint256 id = 1; id <= n; ++id) {
-            assertLe(handler.successorsOpened(id), 1, string.concat("lease continued twice, lease ", Strings.toString(id)));
-            assertEq(manager.successorOf(id), handler.ghostSuccessor(id), string.concat("successorOf, lease ", Strings.toString(id)));
+            uint256 opened = handler.successorsOpened(id);
+            if (opened > 1) assertLe(opened, 1, string.concat("lease continued twice, lease ", Strings.toString(id)));
+            uint256 successor = manager.successorOf(id);
+            uint256 expected = handler.ghostSuccessor(id);
+            if (successor != expected) assertEq(successor, expected, string.concat("successorOf, lease ", Strings.toString(id)));
         }
     }
 
     /// @notice Each provider's locked stake is the collateral of its Active and Closing leases, and
     /// never exceeds its stake net of unbonding.
-    function invariant_lockedEqualsLiveCollateral() public view {
+    function _lockedEqualsLiveCollateral() internal view {
         address[] memory providers = handler.providers();
         uint256[] memory live = new uint256[](providers.length);
         uint256 n = handler.leaseCount();
@@ -131,11 +154,13 @@ contract InvariantsTest is Base {
 
     /// @notice Every slash happened strictly after the lease's deadline (and, for an Active lease,
     /// with that deadline before the lease's end), and no lease was slashed twice.
-    function invariant_slashOnlyAfterDeadlineAndOnce() public view {
+    function _slashOnlyAfterDeadlineAndOnce() internal view {
         uint256 count = handler.slashCount();
         for (uint256 i = 0; i < count; ++i) {
             Handler.SlashRecord memory s = handler.slashRecord(i);
-            assertGe(s.time, uint256(s.deadline) + 1, string.concat("lease slashed at or before its deadline, lease ", Strings.toString(s.leaseId)));
+            if (s.time <= s.deadline) {
+                assertGe(s.time, uint256(s.deadline) + 1, string.concat("lease slashed at or before its deadline, lease ", Strings.toString(s.leaseId)));
+            }
             if (s.statusBefore == Lease.Status.Active) {
                 assertLe(uint256(s.deadline) + 1, s.endsAt, "Active lease slashed although its deadline was not before its end");
             }
@@ -145,7 +170,7 @@ contract InvariantsTest is Base {
     }
 
     /// @notice A Completed, Closed, Expired or Slashed lease never changes again.
-    function invariant_endedLeasesNeverChange() public view {
+    function _endedLeasesNeverChange() internal view {
         uint256 n = handler.leaseCount();
         for (uint256 id = 1; id <= n; ++id) {
             if (!handler.ghost(id).snapped) continue;
@@ -157,7 +182,7 @@ contract InvariantsTest is Base {
     /// live lease is still in the provider's stake net of unbonding, no unstake beyond the free
     /// stake and no early withdrawal ever succeeded, and every slash paid out the full collateral,
     /// including the slashes of leases whose provider asked to unstake while they were live.
-    function invariant_unstakeCannotEscapeSlash() public view {
+    function _unstakeCannotEscapeSlash() internal view {
         uint256 n = handler.leaseCount();
         for (uint256 id = 1; id <= n; ++id) {
             Lease.View memory v = manager.getLease(id);
@@ -171,6 +196,7 @@ contract InvariantsTest is Base {
         uint256 count = handler.slashCount();
         for (uint256 i = 0; i < count; ++i) {
             Handler.SlashRecord memory s = handler.slashRecord(i);
+            if (s.paidOut == s.collateral && s.registryDrop == s.collateral && s.stakeDrop == s.collateral) continue;
             string memory which = string.concat(
                 s.unstakeRequestedWhileLive ? " (unstake requested while live), lease " : ", lease ",
                 Strings.toString(s.leaseId)
@@ -184,18 +210,21 @@ contract InvariantsTest is Base {
     /// @notice A signed quote opens at most one lease: replaying it (same quote, another tenant,
     /// rewritten tenant, another deployment, another chain id) always failed, for the right reason,
     /// and no open ever succeeded with a used digest or a spent nonce.
-    function invariant_quoteCannotBeReplayed() public view {
+    function _quoteCannotBeReplayed() internal view {
+        uint256 digests = handler.digestsRecorded();
         for (uint256 k = 0; k < 5; ++k) {
-            assertEq(handler.replaySuccesses(k), 0, string.concat("quote replay succeeded, kind ", Strings.toString(k)));
-            assertEq(handler.replayWrongReasons(k), 0, string.concat("replay rejected for an unexpected reason, kind ", Strings.toString(k)));
-            assertEq(handler.replayAttempts(k), handler.digestsRecorded(), "replays not attempted after every open");
+            uint256 successes = handler.replaySuccesses(k);
+            if (successes != 0) assertEq(successes, 0, string.concat("quote replay succeeded, kind ", Strings.toString(k)));
+            uint256 wrong = handler.replayWrongReasons(k);
+            if (wrong != 0) assertEq(wrong, 0, string.concat("replay rejected for an unexpected reason, kind ", Strings.toString(k)));
+            assertEq(handler.replayAttempts(k), digests, "replays not attempted after every open");
         }
         assertEq(handler.quoteReuseSuccesses(), 0, "a used digest or spent nonce opened a lease");
     }
 
     /// @notice Payment tokens are conserved: all deposits are refunded to tenants, claimed by
     /// providers, or still held by the manager (deposits, claimable earnings, credited refunds).
-    function invariant_moneyIsConserved() public view {
+    function _moneyIsConserved() internal view {
         assertEq(
             handler.ghostDeposited(),
             handler.ghostRefunded() + handler.ghostClaimed() + paymentToken.balanceOf(address(manager)),
@@ -206,7 +235,7 @@ contract InvariantsTest is Base {
     /// @notice Per lease: a live lease's deposit is what was paid in minus what its provider earned
     /// (settled time times price), and funds it exactly until endsAt; an ended lease holds nothing;
     /// over all leases, refunds and provider earnings match the tokens that actually moved.
-    function invariant_leaseBooksBalance() public view {
+    function _leaseBooksBalance() internal view {
         uint256 n = handler.leaseCount();
         uint256 refunds;
         uint256 earnings;
@@ -217,13 +246,19 @@ contract InvariantsTest is Base {
             uint256 earned = (uint256(v.settledUntil) - g.openedAt) * v.pricePerSecond;
             earnings += earned;
             if (v.status == Lease.Status.Active) {
-                assertEq(v.deposit + earned, g.deposited, string.concat("live lease's deposit + earned != paid in, lease ", Strings.toString(id)));
+                if (v.deposit + earned != g.deposited) {
+                    assertEq(v.deposit + earned, g.deposited, string.concat("live lease's deposit + earned != paid in, lease ", Strings.toString(id)));
+                }
                 uint256 funded = uint256(v.settledUntil) + v.deposit / v.pricePerSecond;
                 assertEq(v.endsAt, funded < v.maxEnd ? funded : v.maxEnd, "endsAt != min(funded until, maxEnd)");
                 assertLe(v.settledUntil, v.lastHeartbeat, "settled past the last heartbeat");
             } else {
-                assertEq(v.deposit, 0, string.concat("ended or closing lease still holds a deposit, lease ", Strings.toString(id)));
-                assertLe(earned, g.deposited, string.concat("provider earned more than was paid in, lease ", Strings.toString(id)));
+                if (v.deposit != 0) {
+                    assertEq(v.deposit, 0, string.concat("ended or closing lease still holds a deposit, lease ", Strings.toString(id)));
+                }
+                if (earned > g.deposited) {
+                    assertLe(earned, g.deposited, string.concat("provider earned more than was paid in, lease ", Strings.toString(id)));
+                }
                 refunds += g.deposited - earned;
             }
         }
@@ -241,15 +276,19 @@ contract InvariantsTest is Base {
     /// @notice Every per-call expectation the handler checks held (see the handler's actions):
     /// liveness (a healthy heartbeat, a due slash or settlement never reverts), exact refunds and
     /// payouts, no late heartbeat rescuing a provider, predecessors, and the view's derived fields.
-    function invariant_handlerExpectationsHold() public view {
-        assertEq(handler.violations(), 0, handler.firstViolation());
+    function _handlerExpectationsHold() internal view {
+        uint256 violations = handler.violations();
+        if (violations != 0) assertEq(violations, 0, handler.firstViolation());
     }
 
     /*//////////////////////////////////////////////////////////////
                                  HELPERS
     //////////////////////////////////////////////////////////////*/
 
+    /// @dev Compares the encodings first and names the changed fields only on a difference: the
+    /// messages cost more to build than the comparison, after every call of the campaign.
     function _assertSameLease(Lease.View memory a, Lease.View memory b, uint256 id) internal pure {
+        if (keccak256(abi.encode(a)) == keccak256(abi.encode(b))) return;
         string memory m = string.concat("ended lease changed, lease ", Strings.toString(id), ": ");
         assertEq(a.provider, b.provider, string.concat(m, "provider"));
         assertEq(a.tenant, b.tenant, string.concat(m, "tenant"));
