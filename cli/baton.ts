@@ -3,7 +3,13 @@
  * The `baton` command: `baton provider …`, `baton job …`, `baton audit …` (and `devnet`).
  * Thin over sdk/ and node/: it parses arguments, calls them, and prints for people.
  */
+import module from "node:module";
+
 import { printError } from "./output.ts";
+
+// V8 keeps the compiled code of every module it loads in the OS temp dir, keyed by content: each
+// later `baton` process (a provider, a CLI call) then starts with about 0.2 s less CPU.
+module.enableCompileCache();
 
 type Commands = Record<string, { run: (args: string[]) => Promise<void>; help: string }>;
 
