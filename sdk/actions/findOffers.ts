@@ -13,8 +13,10 @@ export interface FindOffersParameters {
   requirements: Requirements;
   /** Highest price per second to accept, in payment-token base units. */
   maxPricePerSecond?: bigint | undefined;
-  /** Provider addresses or peer ids to leave out (e.g. ones that failed this job). */
+  /** Provider addresses or peer ids to leave out (e.g. the one that just failed this job). */
   exclude?: readonly string[];
+  /** Provider addresses or peer ids whose offers come after every other (e.g. ones that failed this job before). */
+  lastResort?: readonly string[];
   /** Wait until at least this many offers match. Default 1. */
   minCount?: number;
   /** Longest wait for `minCount` matching offers. Default 10 s. */
@@ -26,6 +28,8 @@ export interface FoundOffer {
   offer: Offer;
   /** What a lease with these requirements costs per second under this offer. */
   pricePerSecond: bigint;
+  /** Whether the provider was on the `lastResort` list. */
+  lastResort: boolean;
 }
 
 /** Whether an offer can take a job with these requirements now, within the price. */
@@ -44,7 +48,8 @@ export function offerMatches(offer: Offer, requirements: Requirements, maxPriceP
 }
 
 /**
- * The verified offers that match `requirements`, cheapest first, waiting up to `timeoutMs` for
+ * The verified offers that match `requirements`, cheapest first (those of `lastResort` providers
+ * after all others), waiting up to `timeoutMs` for
  * `minCount` of them (offers arrive by gossip every few seconds).
  *
  * @throws {UserError} when too few providers offer what is asked within the wait.
@@ -53,16 +58,32 @@ export function offerMatches(offer: Offer, requirements: Requirements, maxPriceP
  */
 export async function findOffers(
   client: BatonClient,
-  { requirements, maxPricePerSecond, exclude = [], minCount = 1, timeoutMs = 10_000, signal }: FindOffersParameters,
+  {
+    requirements,
+    maxPricePerSecond,
+    exclude = [],
+    lastResort = [],
+    minCount = 1,
+    timeoutMs = 10_000,
+    signal,
+  }: FindOffersParameters,
 ): Promise<FoundOffer[]> {
-  const excluded = new Set(exclude.map((e) => e.toLowerCase()));
+  const listed = (list: readonly string[]) => {
+    const set = new Set(list.map((e) => e.toLowerCase()));
+    return (offer: Offer): boolean => set.has(offer.provider.toLowerCase()) || set.has(offer.peerId.toLowerCase());
+  };
+  const excluded = listed(exclude);
+  const late = listed(lastResort);
   const matching = (): FoundOffer[] =>
     client.offers
       .list()
-      .filter((offer) => !excluded.has(offer.provider.toLowerCase()) && !excluded.has(offer.peerId.toLowerCase()))
-      .filter((offer) => offerMatches(offer, requirements, maxPricePerSecond))
-      .map((offer) => ({ offer, pricePerSecond: offerPrice(offer, requirements.gpus) }))
-      .sort((a, b) => (a.pricePerSecond < b.pricePerSecond ? -1 : a.pricePerSecond > b.pricePerSecond ? 1 : 0));
+      .filter((offer) => !excluded(offer) && offerMatches(offer, requirements, maxPricePerSecond))
+      .map((offer) => ({ offer, pricePerSecond: offerPrice(offer, requirements.gpus), lastResort: late(offer) }))
+      .sort(
+        (a, b) =>
+          Number(a.lastResort) - Number(b.lastResort) ||
+          (a.pricePerSecond < b.pricePerSecond ? -1 : a.pricePerSecond > b.pricePerSecond ? 1 : 0),
+      );
   const deadline = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]);
   let found = matching();
   while (found.length < minCount) {
@@ -74,7 +95,7 @@ export async function findOffers(
       const want = `${requirements.gpus} GPU(s)${requirements.gpuModel ? ` (${requirements.gpuModel})` : ""}`;
       throw new UserError(
         `found ${found.length} provider offer(s) for ${want}${maxPricePerSecond === undefined ? "" : ` at ≤ ${maxPricePerSecond}/s`} within ${timeoutMs} ms; needed ${minCount}`,
-        { details: `offers seen: ${client.offers.list().length}, excluded: ${excluded.size}` },
+        { details: `offers seen: ${client.offers.list().length}, excluded: ${new Set(exclude).size}` },
       );
     }
     found = matching();

@@ -46,23 +46,29 @@ export function isProviderRefusal(reason: SessionRefusalReason): boolean {
 }
 
 /**
- * The providers (addresses or peer ids) a new lease avoids: the user's list and every provider that
- * failed the job, both kept in its record, and `others` (a service's other replicas, say).
+ * The providers (addresses or peer ids) a new lease avoids: it never goes to the user's list, to
+ * `others` (a service's other replicas, say) or to the provider that failed the job last; the
+ * providers that failed it before come last, after every other offer. One that failed earlier and
+ * offers again (restarted, back online) beats no provider at all, which would stall a job, or a
+ * service's replica for good, once every other provider had failed it or served a sibling.
  */
-export function providersToAvoid(record: Pick<JobRecord, "options">, others: readonly string[] = []): string[] {
-  return [...record.options.exclude, ...others];
+export function providersToAvoid(
+  record: Pick<JobRecord, "options" | "leases">,
+  others: readonly string[] = [],
+): { exclude: string[]; lastResort: string[] } {
+  const failed = record.leases.filter((lease) => lease.state === "failed").map((lease) => lease.provider);
+  const exclude = [...new Set([...record.options.exclude, ...failed.slice(-1), ...others])];
+  return { exclude, lastResort: [...new Set(failed)].filter((provider) => !exclude.includes(provider)) };
 }
 
 /**
- * Counts a hand-off on the job's record, and excludes the provider that failed for the rest of the
- * job. Returns the error to fail the job with when that was one hand-off past its retry limit.
+ * Counts a hand-off on the job's record. Returns the error to fail the job with when that was one
+ * hand-off past its retry limit.
  */
 export function countHandOff(
   record: Pick<JobRecord, "options" | "handOffs">,
-  failed: Pick<LeaseRecord, "provider">,
   reason: string,
 ): JobFailedError | undefined {
-  record.options.exclude.push(failed.provider);
   record.handOffs += 1;
   if (record.handOffs <= record.options.retryLimit) return undefined;
   return new JobFailedError(

@@ -270,7 +270,7 @@ class JobRunner implements JobHandle {
       this.#stopRequest = { kind: "cancel", reason: new JobCancelledError("the job was cancelled") };
       throw this.#stopRequest.reason;
     }
-    const pastLimit = countHandOff(this.#record, lease, reason);
+    const pastLimit = countHandOff(this.#record, reason);
     await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
     await this.#client.jobs.save(this.#record);
     if (!lease.slash) this.#slashes.add(lease);

@@ -42,14 +42,18 @@ export async function acquireLease(
   const offers = await findOffers(client, {
     requirements,
     maxPricePerSecond,
-    exclude: providersToAvoid(record, avoid),
+    ...providersToAvoid(record, avoid),
     timeoutMs: OFFER_TIMEOUT_MS,
     signal,
   });
   events.emit({ type: "offers-found", count: offers.length });
+  const preferred = offers.filter((offer) => !offer.lastResort);
+  if (preferred.length === 0) {
+    client.log.warn("only providers that failed this job before offer: trying them again", { jobId });
+  }
   const { chosen } = await bid(client, {
     jobId,
-    offers,
+    offers: preferred.length > 0 ? preferred : offers,
     requirements,
     maxPricePerSecond,
     durationS: spec.maxDurationS,

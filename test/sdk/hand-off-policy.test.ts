@@ -13,11 +13,14 @@ import {
   topUpAmount,
   topUpAt,
 } from "../../sdk/tenant/hand-off-policy.ts";
-import type { JobRecord } from "../../sdk/tenant/job-store.ts";
+import type { JobRecord, LeaseRecord } from "../../sdk/tenant/job-store.ts";
 import { sessionRefusalReasons } from "../../sdk/wire/messages.ts";
 
 /** The parts of a job's record the policy reads: a 100 s job, 3 hand-offs allowed, `budget` if given. */
-function jobRecord(budget?: bigint, deposited = 0n): Pick<JobRecord, "options" | "spec" | "deposited" | "handOffs"> {
+function jobRecord(
+  budget?: bigint,
+  deposited = 0n,
+): Pick<JobRecord, "options" | "spec" | "deposited" | "handOffs" | "leases"> {
   return {
     spec: parseJobSpec({ command: ["true"], maxDurationS: 100 }),
     options: {
@@ -29,6 +32,22 @@ function jobRecord(budget?: bigint, deposited = 0n): Pick<JobRecord, "options" |
     },
     deposited: deposited.toString(),
     handOffs: 0,
+    leases: [],
+  };
+}
+
+/** A lease of the job's record with `provider`, ended in `state`. */
+function lease(provider: string, state: LeaseRecord["state"]): LeaseRecord {
+  return {
+    leaseId: "1",
+    provider,
+    peerId: "12D3KooW",
+    addresses: [],
+    pricePerSecond: "1",
+    deposit: "1",
+    openedAt: 0,
+    lastSeq: 0,
+    state,
   };
 }
 
@@ -49,20 +68,33 @@ describe("refusals", () => {
 });
 
 describe("exclusion and the retry limit", () => {
-  it("avoids the user's list, every provider that failed the job, and the others asked for", () => {
+  it("avoids the user's list, the provider that failed the job last, and the others asked for", () => {
     const record = jobRecord();
-    countHandOff(record, { provider: "0xfailed" }, "gone");
-    expect(providersToAvoid(record, ["0xreplica"])).toEqual(["0xuser-excluded", "0xfailed", "0xreplica"]);
-    expect(providersToAvoid(record)).toEqual(["0xuser-excluded", "0xfailed"]);
+    record.leases.push(lease("0xfailed", "failed"), lease("0xdone", "completed"), lease("0xnow", "running"));
+    expect(providersToAvoid(record, ["0xreplica"])).toEqual({
+      exclude: ["0xuser-excluded", "0xfailed", "0xreplica"],
+      lastResort: [],
+    });
+    expect(providersToAvoid(record).exclude).toEqual(["0xuser-excluded", "0xfailed"]);
+  });
+
+  it("asks the providers that failed the job before only as a last resort", () => {
+    const record = jobRecord();
+    record.leases.push(lease("0xfirst", "failed"), lease("0xsecond", "failed"), lease("0xreplica", "failed"));
+    record.leases.push(lease("0xfirst", "failed"), lease("0xthird", "failed"));
+    expect(providersToAvoid(record, ["0xreplica"])).toEqual({
+      exclude: ["0xuser-excluded", "0xthird", "0xreplica"],
+      lastResort: ["0xfirst", "0xsecond"],
+    });
   });
 
   it("allows as many hand-offs as the retry limit, and fails the job at the next one", () => {
     const record = jobRecord();
     for (let i = 1; i <= 3; i++) {
-      expect(countHandOff(record, { provider: `0xp${i}` }, "gone")).toBeUndefined();
+      expect(countHandOff(record, "gone")).toBeUndefined();
       expect(record.handOffs).toBe(i);
     }
-    const tooMany = countHandOff(record, { provider: "0xp4" }, "connection refused");
+    const tooMany = countHandOff(record, "connection refused");
     expect(tooMany).toBeInstanceOf(JobFailedError);
     expect(tooMany?.shortMessage).toBe("4 providers failed this job; its retry limit is 3");
     expect(tooMany?.details).toBe("last: connection refused");
