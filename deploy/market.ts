@@ -35,6 +35,8 @@ export interface Market extends Devnet {
 
 export interface StartMarketOptions {
   providers: number;
+  /** Where the devnet lives; a fresh temp dir by default. */
+  dir?: string;
   /** Node config overrides, e.g. fast heartbeats for tests. */
   config?: Partial<NodeConfigInput>;
   /** Config overrides for one provider. */
@@ -45,9 +47,10 @@ export interface StartMarketOptions {
  * A devnet for a test or a benchmark (fake GPUs, fast on-chain heartbeats: period 2 s, timeout
  * 20 s), plus tenants: dev accounts 10 and up, funded with payment tokens on first use.
  */
-export async function startMarket({ providers, config = {}, configFor }: StartMarketOptions): Promise<Market> {
+export async function startMarket({ providers, dir, config = {}, configFor }: StartMarketOptions): Promise<Market> {
   const devnet = await startDevnet({
     providers,
+    ...(dir ? { dir } : {}),
     config: {
       gpus: { fake: "1xFakeGPU" },
       cpuJobs: false,

@@ -17,6 +17,8 @@ import type { NodeStore } from "./store.ts";
 export interface NodeComponents {
   config: NodeConfig;
   dataDir: string;
+  /** Where job work dirs live: `<dataDir>/jobs` unless the job user cannot reach it (see `prepareJobsDir`). */
+  jobsDir: string;
   host: BatonHost;
   /** The embedded IPFS node on `host`, holding this node's checkpoints. */
   ipfs: IpfsNode;

@@ -42,6 +42,12 @@ export const nodeConfigSchema = z
     gpus: z.union([z.literal("auto"), z.object({ fake: z.string() }).strict()]).default("auto"),
     /** Serve jobs that need no GPU (also what lets a GPU-less machine start). */
     cpuJobs: z.boolean().default(false),
+    /**
+     * Where job work dirs live. Default: `<dataDir>/jobs`, or a directory under /var/lib/baton/jobs
+     * when the job user (nobody, for a node running as root) cannot pass through a directory above the
+     * data dir, such as a 0700 home.
+     */
+    jobsDir: z.string().min(1).optional(),
     /** Run jobs under bubblewrap, or (never for untrusted tenants) directly. */
     sandbox: z.enum(["bwrap", "unsafe-none"]).default("bwrap"),
     /** Cores and memory a job may use at most, whatever it asks for. */

@@ -401,7 +401,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     tenantPeer: string,
   ): Promise<LeaseRow> => {
     const indices = await reservedGpus(body.leaseId, spec);
-    const workDir = path.join(components.dataDir, "jobs", body.leaseId.toString(), "work");
+    const workDir = path.join(components.jobsDir, body.leaseId.toString(), "work");
     await mkdir(workDir, { recursive: true });
     const row: LeaseRow = {
       leaseId: body.leaseId,

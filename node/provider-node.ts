@@ -1,4 +1,3 @@
-import { chmod, stat } from "node:fs/promises";
 import path from "node:path";
 
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
@@ -20,7 +19,9 @@ import { loadAccount } from "./keystore.ts";
 import { httpProxy } from "./http-proxy.ts";
 import { leases } from "./leases.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
+import { prepareJobsDir } from "./jobs-dir.ts";
 import { offerPublisher } from "./offers.ts";
+import { NOBODY_GID, NOBODY_UID } from "./sandbox/constants.ts";
 import { detectSandbox } from "./sandbox/detect.ts";
 import { NodeStore } from "./store.ts";
 
@@ -116,13 +117,12 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     log.warn("UNSAFE: jobs run WITHOUT a sandbox; they can read this machine's files and reach its network", {});
   }
 
-  // Jobs run as an unprivileged user under <dataDir>/jobs: the data dir must let it pass through
-  // (search, not list), while keys inside stay 0600.
-  const mode = (await stat(dataDir)).mode & 0o777;
-  if ((mode & 0o011) !== 0o011) {
-    await chmod(dataDir, mode | 0o011);
-    log.info("made the data dir searchable by job users (not listable)", { dataDir, mode: (mode | 0o011).toString(8) });
-  }
+  const jobsDir = await prepareJobsDir({
+    dataDir,
+    configured: config.jobsDir,
+    jobUser: process.getuid?.() === 0 ? { uid: NOBODY_UID, gid: NOBODY_GID } : undefined,
+    log,
+  });
 
   const gpuList = await machineGpus(config, log);
   let onCapacityChange = (): void => {};
@@ -137,6 +137,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
   const components: NodeComponents = {
     config,
     dataDir,
+    jobsDir,
     host,
     ipfs,
     peerKey,

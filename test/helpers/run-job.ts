@@ -6,6 +6,7 @@ import type { Address } from "viem";
 import { afterAll, beforeAll } from "vitest";
 
 import { devAccount } from "../../deploy/local-chain.ts";
+import { fallbackJobsDir } from "../../node/jobs-dir.ts";
 import type { JobEvent, JobHandle } from "../../sdk/actions/runJob.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { JobSpecInput } from "../../sdk/job-spec.ts";
@@ -44,7 +45,15 @@ export interface RunJobFixture {
  */
 export function useRunJobMarket({
   chainHeartbeatTimeoutS = 6,
-}: { chainHeartbeatTimeoutS?: number } = {}): RunJobFixture {
+  privateParent = false,
+}: {
+  chainHeartbeatTimeoutS?: number;
+  /**
+   * Put the devnet (its providers' data dirs) under a 0700 directory, as a checkout in root's home
+   * is: jobs, which run as nobody, cannot reach work dirs there, and the nodes must put them elsewhere.
+   */
+  privateParent?: boolean;
+} = {}): RunJobFixture {
   const fixture = {} as RunJobFixture;
   beforeAll(async () => {
     fixture.dir = await mkdtemp(path.join(os.tmpdir(), "baton-runjob-test-"));
@@ -52,6 +61,8 @@ export function useRunJobMarket({
     fixture.reference = await runToEnd(startExampleJob([process.execPath, SCRIPT], refDirs, TRAIN_ENV), refDirs);
     fixture.market = await startMarket({
       providers: 3,
+      // mkdtemp makes fixture.dir 0700.
+      ...(privateParent ? { dir: path.join(fixture.dir, "devnet") } : {}),
       config: {
         cpuJobs: true,
         price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
@@ -61,7 +72,12 @@ export function useRunJobMarket({
     });
   }, 240_000);
   afterAll(async () => {
+    // Work dirs a node put outside its data dir (see node/jobs-dir.ts) are the test's to remove.
+    const outside = privateParent
+      ? await Promise.all((fixture.market?.providers ?? []).map((p) => fallbackJobsDir(p.dataDir)))
+      : [];
     await fixture.market?.stop();
+    await Promise.all(outside.map((dir) => rm(dir, { recursive: true, force: true })));
     if (fixture.dir) await rm(fixture.dir, { recursive: true, force: true });
   });
   return fixture;

@@ -1,17 +1,19 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 import { parseEther } from "viem";
 import { describe, expect, it } from "vitest";
 
 import { devAccount } from "../../deploy/local-chain.ts";
+import { fallbackJobsDir } from "../../node/jobs-dir.ts";
 import { privateKeyOf } from "../helpers/market.ts";
 import { spawnScript } from "../helpers/processes.ts";
 import { SCRIPT, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
 
 // The tenant side from outside the SDK: the CLI across a tenant restart, and the README example.
-// No test here waits for a slash, and (d) expects no hand-off: room for a loaded machine.
-const fixture = useRunJobMarket({ chainHeartbeatTimeoutS: 20 });
+// No test here waits for a slash, and (d) expects no hand-off: room for a loaded machine. The devnet
+// sits under a 0700 directory, as a checkout in root's home does (issue 13 found every job refused).
+const fixture = useRunJobMarket({ chainHeartbeatTimeoutS: 20, privateParent: true });
 
 describe("tenant restart", () => {
   it("(d) a killed `baton job run --watch` is picked up by `baton job watch`, which re-attaches and completes the job", async () => {
@@ -47,6 +49,13 @@ describe("tenant restart", () => {
     const record = JSON.parse(await readFile(path.join(dataDir, "jobs", `${jobId}.json`), "utf8"));
     expect(record.state).toBe("completed");
     expect(await readFile(path.join(record.result.outputDir, "result.json"), "utf8")).toBe(fixture.reference);
+    // Run as root, the job ran as nobody, who cannot pass the 0700 dir above the provider's data dir:
+    // its work dir was where nobody can reach it.
+    if (process.getuid?.() === 0) {
+      const provider = fixture.market.providers.find((p) => p.account.address === record.leases[0].provider)!;
+      const workDir = path.join(await fallbackJobsDir(provider.dataDir), record.leases[0].leaseId, "work");
+      expect((await stat(workDir)).isDirectory()).toBe(true);
+    }
   });
 });
 
