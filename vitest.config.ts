@@ -1,8 +1,10 @@
-import { defineConfig } from "vitest/config";
+import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // The npm package's test packs and installs Baton (minutes): `npm run test:package`, run by CI.
+    exclude: [...configDefaults.exclude, "test/package/**"],
     // Tests start real chains, nodes and IPFS stores: give them time, and never retry a failure.
     testTimeout: 120_000,
     hookTimeout: 120_000,
