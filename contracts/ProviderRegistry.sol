@@ -34,10 +34,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     uint64 public immutable override unbondingPeriod;
 
     /// @inheritdoc IProviderRegistry
-    address public immutable override admin;
-
-    /// @inheritdoc IProviderRegistry
-    address public override leaseManager;
+    address public immutable override leaseManager;
 
     mapping(address provider => Provider.Record record) private _providers;
     mapping(address account => uint256 amount) private _credits;
@@ -46,16 +43,18 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     /// @param minStake_ Stake needed for new leases.
     /// @param unbondingPeriod_ Seconds between an unstake request and its withdrawal; must be longer
     /// than the lease manager's longest heartbeat timeout (the deploy module checks it).
-    /// @param admin_ The account allowed to wire the lease manager, once.
-    constructor(IERC20 stakingToken_, uint256 minStake_, uint64 unbondingPeriod_, address admin_) {
-        if (address(stakingToken_) == address(0) || admin_ == address(0)) revert ProviderRegistry_ZeroAddress();
+    /// @param leaseManager_ The lease manager, named before it exists: the deployer's next contract
+    /// address, whose constructor checks that this registry names it (so a pair wired otherwise
+    /// cannot be deployed, and no stake ever waits here for a lease manager wired in later).
+    constructor(IERC20 stakingToken_, uint256 minStake_, uint64 unbondingPeriod_, address leaseManager_) {
+        if (address(stakingToken_) == address(0) || leaseManager_ == address(0)) revert ProviderRegistry_ZeroAddress();
         if (unbondingPeriod_ == 0 || unbondingPeriod_ > MAX_UNBONDING_PERIOD) {
             revert ProviderRegistry_InvalidUnbondingPeriod(unbondingPeriod_);
         }
         stakingToken = stakingToken_;
         minStake = minStake_;
         unbondingPeriod = unbondingPeriod_;
-        admin = admin_;
+        leaseManager = leaseManager_;
     }
 
     modifier onlyLeaseManager() {
@@ -82,7 +81,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             leasesOpened: p.leasesOpened,
             leasesCompleted: p.leasesCompleted,
             leasesSlashed: p.leasesSlashed,
-            secondsServed: leaseManager == address(0) ? 0 : ILeaseManager(leaseManager).secondsServed(provider)
+            secondsServed: ILeaseManager(leaseManager).secondsServed(provider)
         });
     }
 
@@ -202,18 +201,6 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IProviderRegistry
-    function setLeaseManager(address leaseManager_) external override {
-        // Check: only the admin, only once, never zero.
-        if (msg.sender != admin) revert ProviderRegistry_CallerNotAdmin(msg.sender);
-        if (leaseManager != address(0)) revert ProviderRegistry_LeaseManagerAlreadySet(leaseManager);
-        if (leaseManager_ == address(0)) revert ProviderRegistry_ZeroAddress();
-
-        // Effect.
-        leaseManager = leaseManager_;
-        emit LeaseManagerSet(leaseManager_);
-    }
-
-    /// @inheritdoc IProviderRegistry
     function lockCollateral(address provider, uint256 leaseId, uint256 amount) external override onlyLeaseManager {
         Provider.Record storage p = _providers[provider];
 
@@ -287,9 +274,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     function _stake(Provider.Record storage p, uint256 amount) internal {
-        // Check: no stake before the registry is wired, so that no stake is ever at the mercy of
-        // whichever lease manager is wired in later.
-        if (leaseManager == address(0)) revert ProviderRegistry_NotWired();
+        // Check.
         if (amount == 0) revert ProviderRegistry_ZeroAmount();
         if (amount > type(uint96).max - p.stake) revert ProviderRegistry_AmountTooLarge(amount);
 

@@ -91,6 +91,11 @@ interface ILeaseManager {
     //////////////////////////////////////////////////////////////*/
 
     error LeaseManager_ZeroAddress();
+    /// @dev The registry given to the constructor names another lease manager than the one being
+    /// deployed: the registry must be deployed with this contract's address.
+    /// @param registry The registry given.
+    /// @param leaseManager The lease manager that registry names.
+    error LeaseManager_RegistryWiredElsewhere(address registry, address leaseManager);
     error LeaseManager_InvalidShares(uint16 tenantShareBps, uint16 callerShareBps);
     error LeaseManager_InvalidMaxHeartbeatTimeout(uint64 maxHeartbeatTimeout, uint64 unbondingPeriod);
     error LeaseManager_InvalidMinHeartbeatTimeout(uint64 minHeartbeatTimeout, uint64 maxHeartbeatTimeout);

@@ -80,16 +80,6 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(registry.getProvider(otherProvider).secondsServed, 0, "other provider");
     }
 
-    function test_GetProvider_GivenNoLeaseManager() public {
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        vm.prank(provider);
-        fresh.register(PEER_ID, METADATA, 0);
-
-        Provider.View memory v = fresh.getProvider(provider);
-        assertTrue(v.registered, "registered");
-        assertEq(v.secondsServed, 0, "secondsServed");
-    }
-
     function test_GetProvider_EligibleMatchesIsEligible() public {
         _registerDefault(MIN_STAKE);
         assertEq(registry.getProvider(provider).eligible, registry.isEligible(provider), "eligible at min stake");
@@ -155,12 +145,12 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
     }
 
     function test_IsEligible_GivenMinStakeZeroAndProviderNotRegistered() public {
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, admin);
+        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, address(manager));
         assertFalse(fresh.isEligible(provider), "unregistered never eligible");
     }
 
     function test_IsEligible_GivenMinStakeZeroAndNoStake() public {
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, admin);
+        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, address(manager));
         vm.prank(provider);
         fresh.register(PEER_ID, METADATA, 0);
         assertTrue(fresh.isEligible(provider), "registered with zero min stake");
@@ -207,7 +197,6 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(address(registry.stakingToken()), address(stakingToken), "stakingToken");
         assertEq(registry.minStake(), MIN_STAKE, "minStake");
         assertEq(registry.unbondingPeriod(), UNBONDING_PERIOD, "unbondingPeriod");
-        assertEq(registry.admin(), admin, "admin");
         assertEq(registry.leaseManager(), address(manager), "leaseManager");
     }
 }
