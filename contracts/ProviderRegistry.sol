@@ -74,7 +74,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             eligible: _isEligible(p),
             peerId: p.peerId,
             metadata: p.metadata,
-            stake: p.stake,
+            stake: uint256(p.bonded) + p.unbonding,
             locked: p.locked,
             unbonding: p.unbonding,
             unbondingEndsAt: p.unbondingEndsAt,
@@ -156,7 +156,9 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         uint256 free = _freeStake(p);
         if (amount > free) revert ProviderRegistry_InsufficientFreeStake(msg.sender, amount, free);
 
-        // Effect: the whole unbonding amount waits a full period from now.
+        // Effect: the amount leaves the bonded stake, and the whole unbonding amount waits a full
+        // period from now.
+        p.bonded -= uint96(amount);
         p.unbonding += uint96(amount);
         uint64 availableAt = uint64(block.timestamp) + unbondingPeriod;
         p.unbondingEndsAt = availableAt;
@@ -173,7 +175,6 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         if (block.timestamp < p.unbondingEndsAt) revert ProviderRegistry_StillUnbonding(msg.sender, p.unbondingEndsAt);
 
         // Effect: the unbonded stake leaves the registry's books.
-        p.stake -= uint96(amount);
         p.unbonding = 0;
         p.unbondingEndsAt = 0;
         emit Withdrawn(msg.sender, amount);
@@ -206,7 +207,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
 
         // Check: the provider may take new leases and its free stake covers the collateral.
         if (!p.registered) revert ProviderRegistry_NotRegistered(provider);
-        if (!_isEligible(p)) revert ProviderRegistry_BelowMinStake(provider, p.stake - p.unbonding, minStake);
+        if (!_isEligible(p)) revert ProviderRegistry_BelowMinStake(provider, p.bonded, minStake);
         uint256 free = _freeStake(p);
         if (amount > free) revert ProviderRegistry_InsufficientFreeStake(provider, amount, free);
 
@@ -248,9 +249,10 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         uint256 paidOut = payout.tenantAmount + payout.callerAmount + payout.treasuryAmount;
         if (paidOut != amount) revert ProviderRegistry_PayoutMismatch(amount, paidOut);
 
-        // Effect: the collateral leaves both the locked amount and the stake.
+        // Effect: the collateral leaves both the locked amount and the bonded stake (which it never
+        // exceeds: unbonding stake is never locked).
         p.locked -= uint96(amount);
-        p.stake -= uint96(amount);
+        p.bonded -= uint96(amount);
         p.leasesSlashed += 1;
         emit CollateralSlashed(
             provider,
@@ -274,13 +276,14 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     function _stake(Provider.Record storage p, uint256 amount) internal {
-        // Check.
+        // Check: the whole stake, unbonding included, stays within 96 bits (all of it may unbond).
         if (amount == 0) revert ProviderRegistry_ZeroAmount();
-        if (amount > type(uint96).max - p.stake) revert ProviderRegistry_AmountTooLarge(amount);
+        uint256 total = uint256(p.bonded) + p.unbonding;
+        if (amount > type(uint96).max - total) revert ProviderRegistry_AmountTooLarge(amount);
 
         // Effect.
-        p.stake += uint96(amount);
-        emit Staked(msg.sender, amount, p.stake);
+        p.bonded += uint96(amount);
+        emit Staked(msg.sender, amount, total + amount);
 
         // Interaction: pull the tokens, all of them: a token that takes a fee in transit would
         // leave the books promising more than the registry holds.
@@ -310,10 +313,10 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     }
 
     function _freeStake(Provider.Record storage p) internal view returns (uint256) {
-        return p.stake - p.unbonding - p.locked;
+        return p.bonded - p.locked;
     }
 
     function _isEligible(Provider.Record storage p) internal view returns (bool) {
-        return p.registered && p.stake - p.unbonding >= minStake;
+        return p.registered && p.bonded >= minStake;
     }
 }

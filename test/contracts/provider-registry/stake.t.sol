@@ -93,6 +93,18 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
         registry.stake(1);
     }
 
+    /// @dev Unbonding stake is kept apart from the bonded stake but still counts: the whole stake
+    /// must stay within 96 bits, since all of it may come to unbond.
+    function test_RevertWhen_StakeWouldExceedUint96Max_GivenStakeUnbonding() public {
+        _registerDefault(MAX_UINT96);
+        _requestUnstake(provider, MAX_UINT96 - MIN_STAKE);
+        _fund(provider, 1);
+
+        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_AmountTooLarge.selector, 1));
+        vm.prank(provider);
+        registry.stake(1);
+    }
+
     function testFuzz_RevertWhen_StakeWouldExceedUint96Max(uint256 initial, uint256 amount) public {
         initial = bound(initial, 0, MAX_UINT96);
         amount = bound(amount, MAX_UINT96 - initial + 1, type(uint256).max);
@@ -187,6 +199,21 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
         registry.stake(1);
 
         _assertBooks(provider, MAX_UINT96, 0, 0);
+    }
+
+    /// @dev Stake added while some unbonds joins the bonded stake; the event's total and the view's
+    /// stake both count the unbonding part.
+    function test_WhenStakeIsUnbonding() public {
+        _registerDefault(STAKE);
+        _requestUnstake(provider, COLLATERAL);
+        _fund(provider, COLLATERAL);
+
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Staked(provider, COLLATERAL, STAKE + COLLATERAL);
+        vm.prank(provider);
+        registry.stake(COLLATERAL);
+
+        _assertBooks(provider, STAKE + COLLATERAL, 0, COLLATERAL);
     }
 
     function testFuzz_Stake(uint256 initial, uint256 amount) public {
