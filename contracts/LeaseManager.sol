@@ -502,7 +502,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         emit LeaseOpened(leaseId, quote.jobId, quote.provider, msg.sender, predecessor, deposit, endsAt, quote);
 
         // Interaction: lock the collateral (the registry checks the stake) and pull the deposit.
-        registry.lockCollateral(quote.provider, leaseId, quote.collateral);
+        registry.lockCollateral(quote.provider, quote.collateral);
         _pull(deposit);
     }
 

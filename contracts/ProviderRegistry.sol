@@ -202,7 +202,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IProviderRegistry
-    function lockCollateral(address provider, uint256 leaseId, uint256 amount) external override onlyLeaseManager {
+    function lockCollateral(address provider, uint256 amount) external override onlyLeaseManager {
         Provider.Record storage p = _providers[provider];
 
         // Check: the provider may take new leases and its free stake covers the collateral.
@@ -214,7 +214,6 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         // Effect.
         p.locked += uint96(amount);
         p.leasesOpened += 1;
-        emit CollateralLocked(provider, leaseId, amount);
     }
 
     /// @inheritdoc IProviderRegistry

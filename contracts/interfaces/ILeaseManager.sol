@@ -208,7 +208,7 @@ interface ILeaseManager {
 
     /// @notice Opens a lease with a provider's signed quote, pulling `deposit` payment tokens from
     /// the caller and locking the quote's collateral from the provider's stake.
-    /// @dev Emits {LeaseOpened} (and {IProviderRegistry.CollateralLocked}).
+    /// @dev Emits {LeaseOpened}.
     ///
     /// Requirements:
     /// - The caller is the quote's tenant, the quote has not expired and its nonce is unused.

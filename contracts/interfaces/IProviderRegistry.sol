@@ -38,9 +38,6 @@ interface IProviderRegistry {
     /// @notice Emitted when unbonded stake is paid back to the provider.
     event Withdrawn(address indexed provider, uint256 amount);
 
-    /// @notice Emitted when collateral is locked for a lease.
-    event CollateralLocked(address indexed provider, uint256 indexed leaseId, uint256 amount);
-
     /// @notice Emitted when a lease ends without a slash and its collateral is unlocked.
     event CollateralReleased(address indexed provider, uint256 indexed leaseId, uint256 amount, bool completed);
 
@@ -177,12 +174,16 @@ interface IProviderRegistry {
     //////////////////////////////////////////////////////////////*/
 
     /// @notice Locks `amount` of a provider's free stake as a lease's collateral and counts the lease.
-    /// @dev Emits {CollateralLocked}.
+    /// @dev Emits no event: the lease manager's {ILeaseManager.LeaseOpened}, in the same transaction,
+    /// names the lease, the provider and the collateral, which is all a lock would say.
     ///
     /// Requirements:
     /// - The caller is the lease manager.
     /// - The provider is eligible and its free stake covers `amount`.
-    function lockCollateral(address provider, uint256 leaseId, uint256 amount) external;
+    ///
+    /// @param provider The provider whose stake backs the lease.
+    /// @param amount The lease's collateral, in staking tokens.
+    function lockCollateral(address provider, uint256 amount) external;
 
     /// @notice Unlocks a lease's collateral when it ends without a slash.
     /// @dev Emits {CollateralReleased}.

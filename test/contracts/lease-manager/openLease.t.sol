@@ -912,8 +912,6 @@ contract OpenLease_Test is LeaseManagerTest {
 
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseOpened(1, JOB, provider, tenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), q);
-        vm.expectEmit(address(registry));
-        emit IProviderRegistry.CollateralLocked(provider, 1, COLLATERAL);
         _expectPayTransfer(tenant, address(manager), DEPOSIT);
         vm.prank(tenant);
         uint256 id = manager.openLease(q, sig, DEPOSIT, 0);

@@ -102,8 +102,6 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
         emit Approval(permitTenant, address(manager), DEPOSIT);
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseOpened(1, JOB, provider, permitTenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), q);
-        vm.expectEmit(address(registry));
-        emit IProviderRegistry.CollateralLocked(provider, 1, COLLATERAL);
         _expectPayTransfer(permitTenant, address(manager), DEPOSIT);
         vm.prank(permitTenant);
         uint256 id = manager.openLeaseWithPermit(q, sig, DEPOSIT, 0, permit);

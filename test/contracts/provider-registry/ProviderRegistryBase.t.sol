@@ -97,9 +97,9 @@ abstract contract ProviderRegistryBase is Base {
         _registerProvider(provider, PEER_ID, amount);
     }
 
-    function _lock(address who, uint256 leaseId, uint256 amount) internal {
+    function _lock(address who, uint256 amount) internal {
         vm.prank(address(manager));
-        registry.lockCollateral(who, leaseId, amount);
+        registry.lockCollateral(who, amount);
     }
 
     function _release(address who, uint256 leaseId, uint256 amount, bool completed) internal {

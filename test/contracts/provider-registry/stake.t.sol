@@ -39,10 +39,10 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
             abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_CallerNotLeaseManager.selector, address(manager))
         );
         vm.prank(address(manager));
-        reg.lockCollateral(provider, LEASE_ID, COLLATERAL);
+        reg.lockCollateral(provider, COLLATERAL);
 
         vm.prank(address(mgr));
-        reg.lockCollateral(provider, LEASE_ID, COLLATERAL);
+        reg.lockCollateral(provider, COLLATERAL);
         assertEq(reg.freeStake(provider), STAKE - COLLATERAL, "locked by its own lease manager");
     }
 
@@ -159,7 +159,7 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_Stake() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _requestUnstake(provider, COLLATERAL);
         _fund(provider, COLLATERAL);
 
