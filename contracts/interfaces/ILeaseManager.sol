@@ -27,7 +27,8 @@ interface ILeaseManager {
     //////////////////////////////////////////////////////////////*/
 
     /// @notice Emitted when a lease opens. `predecessor` is the failed lease of the same job it
-    /// continues, or zero.
+    /// continues, or zero. It is also the record of the collateral locked in the registry
+    /// (`quote.collateral`), for which the registry emits no event of its own.
     event LeaseOpened(
         uint256 indexed leaseId,
         bytes32 indexed jobId,
