@@ -67,7 +67,8 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     mapping(address tenant => uint256 amount) private _credits;
 
     /// @param paymentToken_ The ERC-20 token tenants pay in.
-    /// @param registry_ The provider registry; it must list this contract as its lease manager.
+    /// @param registry_ The provider registry; it must name this contract as its lease manager (the
+    /// deploy module gives it this contract's address before deploying it).
     /// @param tenantShareBps_ Share of a slashed collateral paid to the tenant.
     /// @param callerShareBps_ Share of a slashed collateral paid to the slash's caller.
     /// @param treasury_ Receives the rest of a slashed collateral, credited in the registry for it to
@@ -88,6 +89,10 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         if (address(paymentToken_) == address(0) || address(registry_) == address(0)) {
             revert LeaseManager_ZeroAddress();
         }
+        // The pair is wired at deployment or not at all: a registry that names another lease manager
+        // would refuse every lock from this one, and hold stake for a manager that never works.
+        address wiredTo = registry_.leaseManager();
+        if (wiredTo != address(this)) revert LeaseManager_RegistryWiredElsewhere(address(registry_), wiredTo);
         if (uint256(tenantShareBps_) + callerShareBps_ > BPS) {
             revert LeaseManager_InvalidShares(tenantShareBps_, callerShareBps_);
         }
@@ -497,7 +502,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         emit LeaseOpened(leaseId, quote.jobId, quote.provider, msg.sender, predecessor, deposit, endsAt, quote);
 
         // Interaction: lock the collateral (the registry checks the stake) and pull the deposit.
-        registry.lockCollateral(quote.provider, leaseId, quote.collateral);
+        registry.lockCollateral(quote.provider, quote.collateral);
         _pull(deposit);
     }
 

@@ -34,10 +34,7 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     uint64 public immutable override unbondingPeriod;
 
     /// @inheritdoc IProviderRegistry
-    address public immutable override admin;
-
-    /// @inheritdoc IProviderRegistry
-    address public override leaseManager;
+    address public immutable override leaseManager;
 
     mapping(address provider => Provider.Record record) private _providers;
     mapping(address account => uint256 amount) private _credits;
@@ -46,16 +43,18 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     /// @param minStake_ Stake needed for new leases.
     /// @param unbondingPeriod_ Seconds between an unstake request and its withdrawal; must be longer
     /// than the lease manager's longest heartbeat timeout (the deploy module checks it).
-    /// @param admin_ The account allowed to wire the lease manager, once.
-    constructor(IERC20 stakingToken_, uint256 minStake_, uint64 unbondingPeriod_, address admin_) {
-        if (address(stakingToken_) == address(0) || admin_ == address(0)) revert ProviderRegistry_ZeroAddress();
+    /// @param leaseManager_ The lease manager, named before it exists: the deployer's next contract
+    /// address, whose constructor checks that this registry names it (so a pair wired otherwise
+    /// cannot be deployed, and no stake ever waits here for a lease manager wired in later).
+    constructor(IERC20 stakingToken_, uint256 minStake_, uint64 unbondingPeriod_, address leaseManager_) {
+        if (address(stakingToken_) == address(0) || leaseManager_ == address(0)) revert ProviderRegistry_ZeroAddress();
         if (unbondingPeriod_ == 0 || unbondingPeriod_ > MAX_UNBONDING_PERIOD) {
             revert ProviderRegistry_InvalidUnbondingPeriod(unbondingPeriod_);
         }
         stakingToken = stakingToken_;
         minStake = minStake_;
         unbondingPeriod = unbondingPeriod_;
-        admin = admin_;
+        leaseManager = leaseManager_;
     }
 
     modifier onlyLeaseManager() {
@@ -75,14 +74,14 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
             eligible: _isEligible(p),
             peerId: p.peerId,
             metadata: p.metadata,
-            stake: p.stake,
+            stake: uint256(p.bonded) + p.unbonding,
             locked: p.locked,
             unbonding: p.unbonding,
             unbondingEndsAt: p.unbondingEndsAt,
             leasesOpened: p.leasesOpened,
             leasesCompleted: p.leasesCompleted,
             leasesSlashed: p.leasesSlashed,
-            secondsServed: leaseManager == address(0) ? 0 : ILeaseManager(leaseManager).secondsServed(provider)
+            secondsServed: ILeaseManager(leaseManager).secondsServed(provider)
         });
     }
 
@@ -157,7 +156,9 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         uint256 free = _freeStake(p);
         if (amount > free) revert ProviderRegistry_InsufficientFreeStake(msg.sender, amount, free);
 
-        // Effect: the whole unbonding amount waits a full period from now.
+        // Effect: the amount leaves the bonded stake, and the whole unbonding amount waits a full
+        // period from now.
+        p.bonded -= uint96(amount);
         p.unbonding += uint96(amount);
         uint64 availableAt = uint64(block.timestamp) + unbondingPeriod;
         p.unbondingEndsAt = availableAt;
@@ -174,7 +175,6 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         if (block.timestamp < p.unbondingEndsAt) revert ProviderRegistry_StillUnbonding(msg.sender, p.unbondingEndsAt);
 
         // Effect: the unbonded stake leaves the registry's books.
-        p.stake -= uint96(amount);
         p.unbonding = 0;
         p.unbondingEndsAt = 0;
         emit Withdrawn(msg.sender, amount);
@@ -202,31 +202,18 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     /// @inheritdoc IProviderRegistry
-    function setLeaseManager(address leaseManager_) external override {
-        // Check: only the admin, only once, never zero.
-        if (msg.sender != admin) revert ProviderRegistry_CallerNotAdmin(msg.sender);
-        if (leaseManager != address(0)) revert ProviderRegistry_LeaseManagerAlreadySet(leaseManager);
-        if (leaseManager_ == address(0)) revert ProviderRegistry_ZeroAddress();
-
-        // Effect.
-        leaseManager = leaseManager_;
-        emit LeaseManagerSet(leaseManager_);
-    }
-
-    /// @inheritdoc IProviderRegistry
-    function lockCollateral(address provider, uint256 leaseId, uint256 amount) external override onlyLeaseManager {
+    function lockCollateral(address provider, uint256 amount) external override onlyLeaseManager {
         Provider.Record storage p = _providers[provider];
 
         // Check: the provider may take new leases and its free stake covers the collateral.
         if (!p.registered) revert ProviderRegistry_NotRegistered(provider);
-        if (!_isEligible(p)) revert ProviderRegistry_BelowMinStake(provider, p.stake - p.unbonding, minStake);
+        if (!_isEligible(p)) revert ProviderRegistry_BelowMinStake(provider, p.bonded, minStake);
         uint256 free = _freeStake(p);
         if (amount > free) revert ProviderRegistry_InsufficientFreeStake(provider, amount, free);
 
         // Effect.
         p.locked += uint96(amount);
         p.leasesOpened += 1;
-        emit CollateralLocked(provider, leaseId, amount);
     }
 
     /// @inheritdoc IProviderRegistry
@@ -261,9 +248,10 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
         uint256 paidOut = payout.tenantAmount + payout.callerAmount + payout.treasuryAmount;
         if (paidOut != amount) revert ProviderRegistry_PayoutMismatch(amount, paidOut);
 
-        // Effect: the collateral leaves both the locked amount and the stake.
+        // Effect: the collateral leaves both the locked amount and the bonded stake (which it never
+        // exceeds: unbonding stake is never locked).
         p.locked -= uint96(amount);
-        p.stake -= uint96(amount);
+        p.bonded -= uint96(amount);
         p.leasesSlashed += 1;
         emit CollateralSlashed(
             provider,
@@ -287,15 +275,14 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     //////////////////////////////////////////////////////////////*/
 
     function _stake(Provider.Record storage p, uint256 amount) internal {
-        // Check: no stake before the registry is wired, so that no stake is ever at the mercy of
-        // whichever lease manager is wired in later.
-        if (leaseManager == address(0)) revert ProviderRegistry_NotWired();
+        // Check: the whole stake, unbonding included, stays within 96 bits (all of it may unbond).
         if (amount == 0) revert ProviderRegistry_ZeroAmount();
-        if (amount > type(uint96).max - p.stake) revert ProviderRegistry_AmountTooLarge(amount);
+        uint256 total = uint256(p.bonded) + p.unbonding;
+        if (amount > type(uint96).max - total) revert ProviderRegistry_AmountTooLarge(amount);
 
         // Effect.
-        p.stake += uint96(amount);
-        emit Staked(msg.sender, amount, p.stake);
+        p.bonded += uint96(amount);
+        emit Staked(msg.sender, amount, total + amount);
 
         // Interaction: pull the tokens, all of them: a token that takes a fee in transit would
         // leave the books promising more than the registry holds.
@@ -325,10 +312,10 @@ contract ProviderRegistry is IProviderRegistry, ReentrancyGuardTransient {
     }
 
     function _freeStake(Provider.Record storage p) internal view returns (uint256) {
-        return p.stake - p.unbonding - p.locked;
+        return p.bonded - p.locked;
     }
 
     function _isEligible(Provider.Record storage p) internal view returns (bool) {
-        return p.registered && p.stake - p.unbonding >= minStake;
+        return p.registered && p.bonded >= minStake;
     }
 }

@@ -1,6 +1,7 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import {
   getAddress,
+  getContractAddress,
   zeroAddress,
   type Abi,
   type Account,
@@ -72,9 +73,9 @@ export interface DeployBatonParameters {
 }
 
 /**
- * Deploys the registry, the lease manager and (unless given) dev tokens, wires them together and
- * returns the deployment record. Works against the in-process Hardhat chain, `hardhat node` on
- * loopback, or any RPC URL, as long as the clients point there.
+ * Deploys (unless given) dev tokens, then the registry and the lease manager, wired together at
+ * construction, and returns the deployment record. Works against the in-process Hardhat chain,
+ * `hardhat node` on loopback, or any RPC URL, as long as the clients point there.
  *
  * @example
  * const deployment = await deployBaton({ walletClient, publicClient });
@@ -101,8 +102,19 @@ export async function deployBaton({
   const chainId = await publicClient.getChainId();
   const startBlock = await publicClient.getBlockNumber();
 
-  const deploy = async (step: string, abi: Abi, bytecode: Hex, args: readonly unknown[]): Promise<Address> => {
-    const txHash = await walletClient.deployContract({ abi, bytecode, args });
+  const deploy = async (
+    step: string,
+    abi: Abi,
+    bytecode: Hex,
+    args: readonly unknown[],
+    nonce?: number,
+  ): Promise<Address> => {
+    const txHash = await walletClient.deployContract({
+      abi,
+      bytecode,
+      args,
+      ...(nonce === undefined ? {} : { nonce }),
+    });
     const receipt = await publicClient.waitForTransactionReceipt({ hash: txHash });
     if (receipt.status !== "success" || !receipt.contractAddress) {
       throw new Error(`deploying ${step} failed in transaction ${txHash}`);
@@ -119,31 +131,33 @@ export async function deployBaton({
   const paymentToken =
     parameters.paymentToken ??
     (await deploy("payment token (dev)", devTokenAbi, devTokenBytecode, ["Baton Pay", "BPAY"]));
-  const providerRegistry = await deploy("ProviderRegistry", providerRegistryAbi, providerRegistryBytecode, [
-    stakingToken,
-    parameters.minStake,
-    BigInt(parameters.unbondingPeriod),
-    deployer,
-  ]);
-  const leaseManager = await deploy("LeaseManager", leaseManagerAbi, leaseManagerBytecode, [
-    paymentToken,
-    providerRegistry,
-    parameters.tenantShareBps,
-    parameters.callerShareBps,
-    parameters.treasury,
-    BigInt(parameters.minHeartbeatTimeout),
-    BigInt(parameters.maxHeartbeatTimeout),
-  ]);
-
-  const txHash = await walletClient.writeContract({
-    address: providerRegistry,
-    abi: providerRegistryAbi,
-    functionName: "setLeaseManager",
-    args: [leaseManager],
-  });
-  const receipt = await publicClient.waitForTransactionReceipt({ hash: txHash });
-  if (receipt.status !== "success") throw new Error(`wiring the registry failed in transaction ${txHash}`);
-  onProgress?.({ step: "registry wired to lease manager", address: providerRegistry, txHash });
+  // The registry takes the lease manager's address before the manager exists: the deployer's
+  // contract after the registry. Both are sent with those nonces, so that nothing the deployer
+  // sends meanwhile can move the manager elsewhere; the manager's constructor checks the pair.
+  const nonce = await publicClient.getTransactionCount({ address: deployer, blockTag: "pending" });
+  const expectedLeaseManager = getContractAddress({ from: deployer, nonce: BigInt(nonce + 1) });
+  const providerRegistry = await deploy(
+    "ProviderRegistry",
+    providerRegistryAbi,
+    providerRegistryBytecode,
+    [stakingToken, parameters.minStake, BigInt(parameters.unbondingPeriod), expectedLeaseManager],
+    nonce,
+  );
+  const leaseManager = await deploy(
+    "LeaseManager",
+    leaseManagerAbi,
+    leaseManagerBytecode,
+    [
+      paymentToken,
+      providerRegistry,
+      parameters.tenantShareBps,
+      parameters.callerShareBps,
+      parameters.treasury,
+      BigInt(parameters.minHeartbeatTimeout),
+      BigInt(parameters.maxHeartbeatTimeout),
+    ],
+    nonce + 1,
+  );
 
   const treasury = await publicClient.readContract({
     address: leaseManager,

@@ -27,7 +27,8 @@ interface ILeaseManager {
     //////////////////////////////////////////////////////////////*/
 
     /// @notice Emitted when a lease opens. `predecessor` is the failed lease of the same job it
-    /// continues, or zero.
+    /// continues, or zero. It is also the record of the collateral locked in the registry
+    /// (`quote.collateral`), for which the registry emits no event of its own.
     event LeaseOpened(
         uint256 indexed leaseId,
         bytes32 indexed jobId,
@@ -91,6 +92,11 @@ interface ILeaseManager {
     //////////////////////////////////////////////////////////////*/
 
     error LeaseManager_ZeroAddress();
+    /// @dev The registry given to the constructor names another lease manager than the one being
+    /// deployed: the registry must be deployed with this contract's address.
+    /// @param registry The registry given.
+    /// @param leaseManager The lease manager that registry names.
+    error LeaseManager_RegistryWiredElsewhere(address registry, address leaseManager);
     error LeaseManager_InvalidShares(uint16 tenantShareBps, uint16 callerShareBps);
     error LeaseManager_InvalidMaxHeartbeatTimeout(uint64 maxHeartbeatTimeout, uint64 unbondingPeriod);
     error LeaseManager_InvalidMinHeartbeatTimeout(uint64 minHeartbeatTimeout, uint64 maxHeartbeatTimeout);
@@ -203,7 +209,7 @@ interface ILeaseManager {
 
     /// @notice Opens a lease with a provider's signed quote, pulling `deposit` payment tokens from
     /// the caller and locking the quote's collateral from the provider's stake.
-    /// @dev Emits {LeaseOpened} (and {IProviderRegistry.CollateralLocked}).
+    /// @dev Emits {LeaseOpened}.
     ///
     /// Requirements:
     /// - The caller is the quote's tenant, the quote has not expired and its nonce is unused.

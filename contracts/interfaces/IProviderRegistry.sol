@@ -23,9 +23,6 @@ interface IProviderRegistry {
                                  EVENTS
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice Emitted once, when the admin wires the registry to its lease manager.
-    event LeaseManagerSet(address indexed leaseManager);
-
     /// @notice Emitted when a provider registers.
     event ProviderRegistered(address indexed provider, string peerId, string metadata);
 
@@ -40,9 +37,6 @@ interface IProviderRegistry {
 
     /// @notice Emitted when unbonded stake is paid back to the provider.
     event Withdrawn(address indexed provider, uint256 amount);
-
-    /// @notice Emitted when collateral is locked for a lease.
-    event CollateralLocked(address indexed provider, uint256 indexed leaseId, uint256 amount);
 
     /// @notice Emitted when a lease ends without a slash and its collateral is unlocked.
     event CollateralReleased(address indexed provider, uint256 indexed leaseId, uint256 amount, bool completed);
@@ -67,15 +61,12 @@ interface IProviderRegistry {
                                  ERRORS
     //////////////////////////////////////////////////////////////*/
 
-    error ProviderRegistry_CallerNotAdmin(address caller);
     error ProviderRegistry_CallerNotLeaseManager(address caller);
-    error ProviderRegistry_LeaseManagerAlreadySet(address leaseManager);
     error ProviderRegistry_ZeroAddress();
     error ProviderRegistry_AlreadyRegistered(address provider);
     error ProviderRegistry_NotRegistered(address provider);
     error ProviderRegistry_InvalidPeerId(uint256 length);
     error ProviderRegistry_MetadataTooLong(uint256 length, uint256 maxLength);
-    error ProviderRegistry_NotWired();
     error ProviderRegistry_UnsupportedToken(uint256 expected, uint256 received);
     error ProviderRegistry_PayoutMismatch(uint256 amount, uint256 paidOut);
     error ProviderRegistry_NothingCredited(address account);
@@ -95,11 +86,9 @@ interface IProviderRegistry {
     /// @notice The ERC-20 token providers stake.
     function stakingToken() external view returns (IERC20);
 
-    /// @notice The only contract allowed to lock, release and slash collateral.
+    /// @notice The only contract allowed to lock, release and slash collateral, fixed at deployment:
+    /// its constructor refuses a registry that names another.
     function leaseManager() external view returns (address);
-
-    /// @notice The account that wired the registry to its lease manager.
-    function admin() external view returns (address);
 
     /// @notice Stake (not counting unbonding stake) a provider needs for new leases.
     function minStake() external view returns (uint256);
@@ -132,8 +121,8 @@ interface IProviderRegistry {
     /// - The caller is not registered yet.
     /// - `peerId` is 1 to 128 bytes long (other providers may claim the same one: see above).
     /// - `metadata` is at most 4096 bytes long.
-    /// - When `amount` is not zero: the registry is wired to its lease manager, and the caller
-    ///   approved `amount` staking tokens to the registry, all of which arrive.
+    /// - When `amount` is not zero: the caller approved `amount` staking tokens to the registry, all
+    ///   of which arrive.
     ///
     /// @param peerId The provider's libp2p peer id, in its string form.
     /// @param metadata Free-form description (JSON by convention: region, contact, hardware summary).
@@ -152,7 +141,7 @@ interface IProviderRegistry {
     /// @dev Emits {Staked}.
     ///
     /// Requirements:
-    /// - The caller is registered, the registry is wired and `amount` is not zero.
+    /// - The caller is registered and `amount` is not zero.
     /// - The caller approved `amount` staking tokens to the registry, all of which arrive.
     function stake(uint256 amount) external;
 
@@ -184,21 +173,17 @@ interface IProviderRegistry {
                          LEASE MANAGER FUNCTIONS
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice Wires the registry to its lease manager, once. Nobody can stake before: stake
-    /// never waits on a lease manager that its owner has not seen.
-    /// @dev Emits {LeaseManagerSet}.
-    ///
-    /// Requirements:
-    /// - The caller is the admin, the lease manager is not set yet and `leaseManager_` is not zero.
-    function setLeaseManager(address leaseManager_) external;
-
     /// @notice Locks `amount` of a provider's free stake as a lease's collateral and counts the lease.
-    /// @dev Emits {CollateralLocked}.
+    /// @dev Emits no event: the lease manager's {ILeaseManager.LeaseOpened}, in the same transaction,
+    /// names the lease, the provider and the collateral, which is all a lock would say.
     ///
     /// Requirements:
     /// - The caller is the lease manager.
     /// - The provider is eligible and its free stake covers `amount`.
-    function lockCollateral(address provider, uint256 leaseId, uint256 amount) external;
+    ///
+    /// @param provider The provider whose stake backs the lease.
+    /// @param amount The lease's collateral, in staking tokens.
+    function lockCollateral(address provider, uint256 amount) external;
 
     /// @notice Unlocks a lease's collateral when it ends without a slash.
     /// @dev Emits {CollateralReleased}.

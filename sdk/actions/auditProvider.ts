@@ -71,7 +71,10 @@ export interface AuditProviderReturnType {
     slashed: bigint;
     /** `staked - withdrawn - slashed`: equals `current` unless the events and the view disagree. */
     fromEvents: bigint;
-    /** Collateral locked minus released minus slashed, by the registry's events: equals `locked`. */
+    /**
+     * Collateral locked (each lease's, from its `LeaseOpened`) minus released minus slashed (the
+     * registry's events): equals `locked`.
+     */
     lockedFromEvents: bigint;
     changes: StakeChange[];
   };
@@ -130,31 +133,19 @@ export async function auditProvider(
   }
   signal?.throwIfAborted();
 
-  const [
-    leases,
-    claimableNow,
-    registrations,
-    updates,
-    stakes,
-    unstakes,
-    withdrawals,
-    locks,
-    releases,
-    slashes,
-    claims,
-  ] = await Promise.all([
-    auditLeases(scope, { provider }),
-    client.chain.publicClient.readContract({ ...leaseManager, functionName: "claimable", args: [provider], ...at }),
-    registryEvents(scope, "ProviderRegistered", { provider }),
-    registryEvents(scope, "ProfileUpdated", { provider }),
-    registryEvents(scope, "Staked", { provider }),
-    registryEvents(scope, "UnstakeRequested", { provider }),
-    registryEvents(scope, "Withdrawn", { provider }),
-    registryEvents(scope, "CollateralLocked", { provider }),
-    registryEvents(scope, "CollateralReleased", { provider }),
-    registryEvents(scope, "CollateralSlashed", { provider }),
-    managerEvents(scope, "EarningsClaimed", { provider }),
-  ]);
+  const [leases, claimableNow, registrations, updates, stakes, unstakes, withdrawals, releases, slashes, claims] =
+    await Promise.all([
+      auditLeases(scope, { provider }),
+      client.chain.publicClient.readContract({ ...leaseManager, functionName: "claimable", args: [provider], ...at }),
+      registryEvents(scope, "ProviderRegistered", { provider }),
+      registryEvents(scope, "ProfileUpdated", { provider }),
+      registryEvents(scope, "Staked", { provider }),
+      registryEvents(scope, "UnstakeRequested", { provider }),
+      registryEvents(scope, "Withdrawn", { provider }),
+      registryEvents(scope, "CollateralReleased", { provider }),
+      registryEvents(scope, "CollateralSlashed", { provider }),
+      managerEvents(scope, "EarningsClaimed", { provider }),
+    ]);
   await loadBlockTimes(
     scope,
     [registrations, updates, stakes, unstakes, withdrawals, slashes, claims].flatMap((logs) =>
@@ -200,7 +191,9 @@ export async function auditProvider(
       slashed,
       fromEvents: staked - withdrawn - slashed,
       lockedFromEvents:
-        sumAmounts(locks.map((log) => log.args.amount)) - sumAmounts(releases.map((log) => log.args.amount)) - slashed,
+        sumAmounts(leases.map((lease) => lease.collateral)) -
+        sumAmounts(releases.map((log) => log.args.amount)) -
+        slashed,
       changes,
     },
     leases,

@@ -479,6 +479,9 @@ describe("auditProvider", () => {
     expect(record.counters).toMatchObject({ leasesOpened: 1n, leasesCompleted: 1n, leasesSlashed: 0n });
     expect(record.earnings.claimed).toBe(facts.delta.providerBPay);
     expect(record.stake.current).toBe(STAKE);
+    // Locked by its LeaseOpened (the collateral), released by the registry's CollateralReleased.
+    expect(record.stake.locked).toBe(0n);
+    expect(record.stake.lockedFromEvents).toBe(0n);
     expect(record.slashes).toEqual([]);
   });
 

@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
-import {LeaseManager} from "../../../contracts/LeaseManager.sol";
-import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {DevToken} from "../../../contracts/token/DevToken.sol";
 
 import {BlocklistToken} from "../mocks/BlocklistToken.sol";
@@ -25,17 +23,7 @@ abstract contract HostileInvariantsTest is Base {
         super.setUp();
         HostileHandler.Refusal refusal;
         (stakingToken, paymentToken, refusal) = _deployTokens();
-        registry = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        manager = new LeaseManager(
-            paymentToken,
-            registry,
-            TENANT_SHARE_BPS,
-            CALLER_SHARE_BPS,
-            TREASURY,
-            MIN_HEARTBEAT_TIMEOUT,
-            MAX_HEARTBEAT_TIMEOUT
-        );
-        registry.setLeaseManager(address(manager));
+        (registry, manager) = _deployPair(stakingToken, paymentToken);
         handler = new HostileHandler(
             HostileHandler.System(manager, registry, stakingToken, paymentToken, refusal, address(this), TREASURY),
             TENANTS

@@ -28,17 +28,7 @@ contract InvariantsTest is Base {
 
         otherStakingToken = new DevToken("Other Stake", "OSTK");
         otherPaymentToken = new DevToken("Other Pay", "OPAY");
-        otherRegistry = new ProviderRegistry(otherStakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        otherManager = new LeaseManager(
-            otherPaymentToken,
-            otherRegistry,
-            TENANT_SHARE_BPS,
-            CALLER_SHARE_BPS,
-            TREASURY,
-            MIN_HEARTBEAT_TIMEOUT,
-            MAX_HEARTBEAT_TIMEOUT
-        );
-        otherRegistry.setLeaseManager(address(otherManager));
+        (otherRegistry, otherManager) = _deployPair(otherStakingToken, otherPaymentToken);
 
         handler = new Handler(
             Handler.System(manager, registry, stakingToken, paymentToken),

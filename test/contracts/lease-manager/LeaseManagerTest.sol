@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
-import {LeaseManager} from "../../../contracts/LeaseManager.sol";
-import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {ILeaseManager} from "../../../contracts/interfaces/ILeaseManager.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
 import {Lease} from "../../../contracts/types/Lease.sol";
@@ -116,17 +114,7 @@ abstract contract LeaseManagerTest is Base {
     function _redeploy(DevToken stakingToken_, DevToken paymentToken_) internal {
         stakingToken = stakingToken_;
         paymentToken = paymentToken_;
-        registry = new ProviderRegistry(stakingToken_, MIN_STAKE, UNBONDING_PERIOD, admin);
-        manager = new LeaseManager(
-            paymentToken_,
-            registry,
-            TENANT_SHARE_BPS,
-            CALLER_SHARE_BPS,
-            TREASURY,
-            MIN_HEARTBEAT_TIMEOUT,
-            MAX_HEARTBEAT_TIMEOUT
-        );
-        registry.setLeaseManager(address(manager));
+        (registry, manager) = _deployPair(stakingToken_, paymentToken_);
         _fundTenant(tenant, TENANT_FUNDS);
         _fundTenant(otherTenant, TENANT_FUNDS);
     }

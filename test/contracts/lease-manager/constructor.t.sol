@@ -7,12 +7,22 @@ import {LeaseManager} from "../../../contracts/LeaseManager.sol";
 import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {ILeaseManager} from "../../../contracts/interfaces/ILeaseManager.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
+import {DevToken} from "../../../contracts/token/DevToken.sol";
 import {Lease} from "../../../contracts/types/Lease.sol";
 
 import {LeaseManagerTest} from "./LeaseManagerTest.sol";
 
 contract Constructor_Test is LeaseManagerTest {
     address internal constant BURN = 0x000000000000000000000000000000000000dEaD;
+
+    /// @dev A registry wired to the next contract this test creates: the lease manager each test
+    /// deploys first.
+    ProviderRegistry internal fresh;
+
+    function setUp() public override {
+        super.setUp();
+        fresh = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, _nextButOneAddress());
+    }
 
     function _deploy(
         IERC20 token,
@@ -26,8 +36,12 @@ contract Constructor_Test is LeaseManagerTest {
     }
 
     function _deployWithTimeouts(uint64 minTimeout, uint64 maxTimeout) internal returns (LeaseManager) {
+        return new LeaseManager(paymentToken, fresh, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, minTimeout, maxTimeout);
+    }
+
+    function _wiredElsewhere(IProviderRegistry registry_, address wiredTo) internal pure returns (bytes memory) {
         return
-            new LeaseManager(paymentToken, registry, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, minTimeout, maxTimeout);
+            abi.encodeWithSelector(ILeaseManager.LeaseManager_RegistryWiredElsewhere.selector, registry_, wiredTo);
     }
 
     function _invalidTimeout(uint64 maxTimeout, uint64 unbonding) internal pure returns (bytes memory) {
@@ -46,7 +60,7 @@ contract Constructor_Test is LeaseManagerTest {
 
     function test_RevertWhen_PaymentTokenZero() external {
         vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_ZeroAddress.selector));
-        _deploy(IERC20(address(0)), registry, 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        _deploy(IERC20(address(0)), fresh, 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
     }
 
     function test_RevertWhen_RegistryZero() external {
@@ -59,9 +73,32 @@ contract Constructor_Test is LeaseManagerTest {
         _deploy(paymentToken, IProviderRegistry(address(0xBEEF)), 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
     }
 
+    /// @dev Issue #11 point 5: the pair is wired at deployment, so a registry that names another lease
+    /// manager (here, Base's) can never be paired with a new one.
+    function test_RevertWhen_RegistryWiredToAnotherManager() external {
+        vm.expectRevert(_wiredElsewhere(registry, address(manager)));
+        _deploy(paymentToken, registry, 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    /// @dev A deployer that creates another contract between the registry and the manager (the
+    /// address the registry names goes to it) gets a reverted deployment, never a mis-wired pair.
+    function test_RevertWhen_AnotherContractTookTheManagersAddress() external {
+        new DevToken("Squatter", "SQT");
+        vm.expectRevert(_wiredElsewhere(fresh, fresh.leaseManager()));
+        _deploy(paymentToken, fresh, 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
+    function testFuzz_RevertWhen_RegistryWiredElsewhere(address wiredTo) external {
+        if (wiredTo == address(0) || wiredTo == _nextButOneAddress()) wiredTo = address(manager);
+        ProviderRegistry miswired = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, wiredTo);
+
+        vm.expectRevert(_wiredElsewhere(miswired, wiredTo));
+        _deploy(paymentToken, miswired, 0, 0, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+    }
+
     function test_RevertWhen_SharesExceedAll() external {
         vm.expectRevert(abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidShares.selector, 9_000, 1_001));
-        _deploy(paymentToken, registry, 9_000, 1_001, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        _deploy(paymentToken, fresh, 9_000, 1_001, TREASURY, MAX_HEARTBEAT_TIMEOUT);
     }
 
     function test_RevertWhen_SharesOverflowUint16Sum() external {
@@ -69,34 +106,34 @@ contract Constructor_Test is LeaseManagerTest {
         vm.expectRevert(
             abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidShares.selector, type(uint16).max, type(uint16).max)
         );
-        _deploy(paymentToken, registry, type(uint16).max, type(uint16).max, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        _deploy(paymentToken, fresh, type(uint16).max, type(uint16).max, TREASURY, MAX_HEARTBEAT_TIMEOUT);
     }
 
     function test_WhenSharesAddUpToAll() external {
-        LeaseManager m = _deploy(paymentToken, registry, 7_500, 2_500, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        LeaseManager m = _deploy(paymentToken, fresh, 7_500, 2_500, TREASURY, MAX_HEARTBEAT_TIMEOUT);
         assertEq(m.tenantShareBps(), 7_500, "tenantShareBps");
         assertEq(m.callerShareBps(), 2_500, "callerShareBps");
     }
 
     function test_RevertWhen_MaxHeartbeatTimeoutZero() external {
         vm.expectRevert(_invalidTimeout(0, UNBONDING_PERIOD));
-        _deploy(paymentToken, registry, 0, 0, TREASURY, 0);
+        _deploy(paymentToken, fresh, 0, 0, TREASURY, 0);
     }
 
     function test_RevertWhen_MaxHeartbeatTimeoutEqualsUnbondingPeriod() external {
         vm.expectRevert(_invalidTimeout(UNBONDING_PERIOD, UNBONDING_PERIOD));
-        _deploy(paymentToken, registry, 0, 0, TREASURY, UNBONDING_PERIOD);
+        _deploy(paymentToken, fresh, 0, 0, TREASURY, UNBONDING_PERIOD);
     }
 
     function test_RevertWhen_MaxHeartbeatTimeoutAboveUnbondingPeriod() external {
         vm.expectRevert(_invalidTimeout(UNBONDING_PERIOD + 1, UNBONDING_PERIOD));
-        _deploy(paymentToken, registry, 0, 0, TREASURY, UNBONDING_PERIOD + 1);
+        _deploy(paymentToken, fresh, 0, 0, TREASURY, UNBONDING_PERIOD + 1);
     }
 
     function test_RevertWhen_MaxHeartbeatTimeoutAboveUint24() external {
         // With an unbonding period long enough that only the 24-bit storage limit applies.
         uint64 unbonding = uint64(type(uint24).max) + 100;
-        ProviderRegistry longRegistry = new ProviderRegistry(stakingToken, MIN_STAKE, unbonding, admin);
+        ProviderRegistry longRegistry = new ProviderRegistry(stakingToken, MIN_STAKE, unbonding, _nextButOneAddress());
         uint64 maxTimeout = uint64(type(uint24).max) + 1;
         vm.expectRevert(_invalidTimeout(maxTimeout, unbonding));
         _deploy(paymentToken, longRegistry, 0, 0, TREASURY, maxTimeout);
@@ -104,13 +141,13 @@ contract Constructor_Test is LeaseManagerTest {
 
     function test_WhenMaxHeartbeatTimeoutAtUint24() external {
         uint64 unbonding = uint64(type(uint24).max) + 100;
-        ProviderRegistry longRegistry = new ProviderRegistry(stakingToken, MIN_STAKE, unbonding, admin);
+        ProviderRegistry longRegistry = new ProviderRegistry(stakingToken, MIN_STAKE, unbonding, _nextButOneAddress());
         LeaseManager m = _deploy(paymentToken, longRegistry, 0, 0, TREASURY, type(uint24).max);
         assertEq(m.maxHeartbeatTimeout(), type(uint24).max, "maxHeartbeatTimeout");
     }
 
     function test_WhenMaxHeartbeatTimeoutJustBelowUnbondingPeriod() external {
-        LeaseManager m = _deploy(paymentToken, registry, 0, 0, TREASURY, UNBONDING_PERIOD - 1);
+        LeaseManager m = _deploy(paymentToken, fresh, 0, 0, TREASURY, UNBONDING_PERIOD - 1);
         assertEq(m.maxHeartbeatTimeout(), UNBONDING_PERIOD - 1, "maxHeartbeatTimeout");
     }
 
@@ -143,9 +180,10 @@ contract Constructor_Test is LeaseManagerTest {
     }
 
     function test_WhenParametersValid() external {
-        LeaseManager m = _deploy(paymentToken, registry, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+        LeaseManager m = _deploy(paymentToken, fresh, TENANT_SHARE_BPS, CALLER_SHARE_BPS, TREASURY, MAX_HEARTBEAT_TIMEOUT);
         assertEq(address(m.paymentToken()), address(paymentToken), "paymentToken");
-        assertEq(address(m.registry()), address(registry), "registry");
+        assertEq(address(m.registry()), address(fresh), "registry");
+        assertEq(fresh.leaseManager(), address(m), "the registry names the manager");
         assertEq(m.tenantShareBps(), TENANT_SHARE_BPS, "tenantShareBps");
         assertEq(m.callerShareBps(), CALLER_SHARE_BPS, "callerShareBps");
         assertEq(m.treasury(), TREASURY, "treasury");
@@ -156,10 +194,9 @@ contract Constructor_Test is LeaseManagerTest {
 
     function test_WhenTreasuryZero() external {
         // A separate deployment whose treasury share is burned.
-        ProviderRegistry registry2 = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
+        ProviderRegistry registry2 = fresh;
         LeaseManager m = _deploy(paymentToken, registry2, TENANT_SHARE_BPS, CALLER_SHARE_BPS, address(0), MAX_HEARTBEAT_TIMEOUT);
         assertEq(m.treasury(), BURN, "zero treasury means the burn address");
-        registry2.setLeaseManager(address(m));
         stakingToken.mint(provider, PROVIDER_STAKE);
         vm.startPrank(provider);
         stakingToken.approve(address(registry2), PROVIDER_STAKE);
@@ -186,9 +223,9 @@ contract Constructor_Test is LeaseManagerTest {
             vm.expectRevert(
                 abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidShares.selector, tenantShare, callerShare)
             );
-            _deploy(paymentToken, registry, tenantShare, callerShare, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+            _deploy(paymentToken, fresh, tenantShare, callerShare, TREASURY, MAX_HEARTBEAT_TIMEOUT);
         } else {
-            LeaseManager m = _deploy(paymentToken, registry, tenantShare, callerShare, TREASURY, MAX_HEARTBEAT_TIMEOUT);
+            LeaseManager m = _deploy(paymentToken, fresh, tenantShare, callerShare, TREASURY, MAX_HEARTBEAT_TIMEOUT);
             assertEq(m.tenantShareBps(), tenantShare, "tenantShareBps");
             assertEq(m.callerShareBps(), callerShare, "callerShareBps");
         }
@@ -198,12 +235,12 @@ contract Constructor_Test is LeaseManagerTest {
         maxTimeout = uint64(bound(maxTimeout, 0, 2 * UNBONDING_PERIOD));
         if (maxTimeout == 0 || maxTimeout >= UNBONDING_PERIOD) {
             vm.expectRevert(_invalidTimeout(maxTimeout, UNBONDING_PERIOD));
-            _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
+            _deploy(paymentToken, fresh, 0, 0, TREASURY, maxTimeout);
         } else if (maxTimeout < MIN_HEARTBEAT_TIMEOUT) {
             vm.expectRevert(_invalidMinTimeout(MIN_HEARTBEAT_TIMEOUT, maxTimeout));
-            _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
+            _deploy(paymentToken, fresh, 0, 0, TREASURY, maxTimeout);
         } else {
-            LeaseManager m = _deploy(paymentToken, registry, 0, 0, TREASURY, maxTimeout);
+            LeaseManager m = _deploy(paymentToken, fresh, 0, 0, TREASURY, maxTimeout);
             assertEq(m.maxHeartbeatTimeout(), maxTimeout, "maxHeartbeatTimeout");
         }
     }

@@ -460,17 +460,7 @@ contract OpenLease_Test is LeaseManagerTest {
 
     function test_RevertWhen_QuoteSignedForOtherDeployment() external {
         // A second, fully working deployment where the provider is registered and the tenant approved.
-        ProviderRegistry registry2 = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        LeaseManager manager2 = new LeaseManager(
-            paymentToken,
-            registry2,
-            TENANT_SHARE_BPS,
-            CALLER_SHARE_BPS,
-            TREASURY,
-            MIN_HEARTBEAT_TIMEOUT,
-            MAX_HEARTBEAT_TIMEOUT
-        );
-        registry2.setLeaseManager(address(manager2));
+        (ProviderRegistry registry2, LeaseManager manager2) = _deployPair(stakingToken, paymentToken);
         stakingToken.mint(provider, PROVIDER_STAKE);
         vm.startPrank(provider);
         stakingToken.approve(address(registry2), PROVIDER_STAKE);
@@ -922,8 +912,6 @@ contract OpenLease_Test is LeaseManagerTest {
 
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseOpened(1, JOB, provider, tenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), q);
-        vm.expectEmit(address(registry));
-        emit IProviderRegistry.CollateralLocked(provider, 1, COLLATERAL);
         _expectPayTransfer(tenant, address(manager), DEPOSIT);
         vm.prank(tenant);
         uint256 id = manager.openLease(q, sig, DEPOSIT, 0);

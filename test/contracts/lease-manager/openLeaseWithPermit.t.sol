@@ -102,8 +102,6 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
         emit Approval(permitTenant, address(manager), DEPOSIT);
         vm.expectEmit(address(manager));
         emit ILeaseManager.LeaseOpened(1, JOB, provider, permitTenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), q);
-        vm.expectEmit(address(registry));
-        emit IProviderRegistry.CollateralLocked(provider, 1, COLLATERAL);
         _expectPayTransfer(permitTenant, address(manager), DEPOSIT);
         vm.prank(permitTenant);
         uint256 id = manager.openLeaseWithPermit(q, sig, DEPOSIT, 0, permit);
@@ -287,17 +285,8 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
 
     function _deployPlain() internal returns (PlainToken token, LeaseManager manager2) {
         token = new PlainToken();
-        ProviderRegistry registry2 = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        manager2 = new LeaseManager(
-            token,
-            registry2,
-            TENANT_SHARE_BPS,
-            CALLER_SHARE_BPS,
-            TREASURY,
-            MIN_HEARTBEAT_TIMEOUT,
-            MAX_HEARTBEAT_TIMEOUT
-        );
-        registry2.setLeaseManager(address(manager2));
+        ProviderRegistry registry2;
+        (registry2, manager2) = _deployPair(stakingToken, token);
         stakingToken.mint(provider, PROVIDER_STAKE);
         vm.startPrank(provider);
         stakingToken.approve(address(registry2), PROVIDER_STAKE);

@@ -390,7 +390,12 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
         collateral = bound(collateral, 0, PROVIDER_STAKE);
         tenantShare = bound(tenantShare, 0, 10_000);
         callerShare = bound(callerShare, 0, 10_000 - tenantShare);
-        ProviderRegistry registry2 = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
+        ProviderRegistry registry2 = new ProviderRegistry(
+            stakingToken,
+            MIN_STAKE,
+            UNBONDING_PERIOD,
+            _nextButOneAddress()
+        );
         LeaseManager manager2 = new LeaseManager(
             paymentToken,
             registry2,
@@ -400,7 +405,6 @@ contract SlashMissedHeartbeat_Test is LeaseManagerTest {
             MIN_HEARTBEAT_TIMEOUT,
             MAX_HEARTBEAT_TIMEOUT
         );
-        registry2.setLeaseManager(address(manager2));
         stakingToken.mint(provider, PROVIDER_STAKE);
         vm.startPrank(provider);
         stakingToken.approve(address(registry2), PROVIDER_STAKE);

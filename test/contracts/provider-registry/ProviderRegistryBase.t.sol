@@ -97,9 +97,9 @@ abstract contract ProviderRegistryBase is Base {
         _registerProvider(provider, PEER_ID, amount);
     }
 
-    function _lock(address who, uint256 leaseId, uint256 amount) internal {
+    function _lock(address who, uint256 amount) internal {
         vm.prank(address(manager));
-        registry.lockCollateral(who, leaseId, amount);
+        registry.lockCollateral(who, amount);
     }
 
     function _release(address who, uint256 leaseId, uint256 amount, bool completed) internal {
@@ -145,27 +145,18 @@ abstract contract ProviderRegistryBase is Base {
         return string(b);
     }
 
-    /// @dev A deployment of the registry over a token that can reenter it; the test contract is its
-    /// admin and the Base lease manager's address its lease manager.
+    /// @dev A deployment of the registry over a token that can reenter it, naming the Base lease
+    /// manager's address as its lease manager (the tests act as that manager with `vm.prank`).
     function _reentrantRegistry() internal returns (ReentrantToken token, ProviderRegistry reg) {
         token = new ReentrantToken();
-        reg = new ProviderRegistry(IERC20(address(token)), MIN_STAKE, UNBONDING_PERIOD, admin);
-        reg.setLeaseManager(address(manager));
+        reg = new ProviderRegistry(IERC20(address(token)), MIN_STAKE, UNBONDING_PERIOD, address(manager));
     }
 
-    /// @dev A registry not wired to any lease manager yet, as the deployment leaves it for a moment.
-    function _unwiredRegistry() internal returns (ProviderRegistry reg) {
-        reg = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        stakingToken.mint(provider, STAKE);
-        vm.prank(provider);
-        stakingToken.approve(address(reg), type(uint256).max);
-    }
-
-    /// @dev A wired registry over a token that burns 1 % of every transfer, `provider` funded with it.
+    /// @dev A registry over a token that burns 1 % of every transfer, naming the Base lease manager,
+    /// `provider` funded with that token.
     function _feeRegistry() internal returns (FeeOnTransferToken token, ProviderRegistry reg) {
         token = new FeeOnTransferToken("Fee Stake", "FSTK", 100);
-        reg = new ProviderRegistry(IERC20(address(token)), MIN_STAKE, UNBONDING_PERIOD, admin);
-        reg.setLeaseManager(address(manager));
+        reg = new ProviderRegistry(IERC20(address(token)), MIN_STAKE, UNBONDING_PERIOD, address(manager));
         token.mint(provider, STAKE);
         vm.prank(provider);
         token.approve(address(reg), type(uint256).max);

@@ -12,12 +12,15 @@ contract Constructor_ProviderRegistry_Test is ProviderRegistryBase {
     /// @dev The registry's MAX_UNBONDING_PERIOD.
     uint64 internal constant MAX_UNBONDING_PERIOD = 365 days;
 
+    /// @dev A lease manager's address, for registries that are never used.
+    address internal constant LEASE_MANAGER = address(0x1EA5E);
+
     function test_RevertWhen_StakingTokenIsZeroAddress() public {
         vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_ZeroAddress.selector));
-        new ProviderRegistry(IERC20(address(0)), MIN_STAKE, UNBONDING_PERIOD, admin);
+        new ProviderRegistry(IERC20(address(0)), MIN_STAKE, UNBONDING_PERIOD, LEASE_MANAGER);
     }
 
-    function test_RevertWhen_AdminIsZeroAddress() public {
+    function test_RevertWhen_LeaseManagerIsZeroAddress() public {
         vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_ZeroAddress.selector));
         new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, address(0));
     }
@@ -26,7 +29,7 @@ contract Constructor_ProviderRegistry_Test is ProviderRegistryBase {
         vm.expectRevert(
             abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_InvalidUnbondingPeriod.selector, uint64(0))
         );
-        new ProviderRegistry(stakingToken, MIN_STAKE, 0, admin);
+        new ProviderRegistry(stakingToken, MIN_STAKE, 0, LEASE_MANAGER);
     }
 
     function test_RevertWhen_UnbondingPeriodExceedsMax() public {
@@ -36,7 +39,7 @@ contract Constructor_ProviderRegistry_Test is ProviderRegistryBase {
                 MAX_UNBONDING_PERIOD + 1
             )
         );
-        new ProviderRegistry(stakingToken, MIN_STAKE, MAX_UNBONDING_PERIOD + 1, admin);
+        new ProviderRegistry(stakingToken, MIN_STAKE, MAX_UNBONDING_PERIOD + 1, LEASE_MANAGER);
     }
 
     /// @dev A period long enough to overflow the uint64 end of unbonding is refused at deployment,
@@ -47,11 +50,11 @@ contract Constructor_ProviderRegistry_Test is ProviderRegistryBase {
         vm.expectRevert(
             abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_InvalidUnbondingPeriod.selector, unbondingPeriod_)
         );
-        new ProviderRegistry(stakingToken, MIN_STAKE, unbondingPeriod_, admin);
+        new ProviderRegistry(stakingToken, MIN_STAKE, unbondingPeriod_, LEASE_MANAGER);
     }
 
     function test_WhenUnbondingPeriodIsExactlyMax() public {
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, MIN_STAKE, MAX_UNBONDING_PERIOD, admin);
+        ProviderRegistry fresh = new ProviderRegistry(stakingToken, MIN_STAKE, MAX_UNBONDING_PERIOD, LEASE_MANAGER);
         assertEq(fresh.unbondingPeriod(), MAX_UNBONDING_PERIOD, "unbondingPeriod");
     }
 
@@ -59,21 +62,20 @@ contract Constructor_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(address(registry.stakingToken()), address(stakingToken), "stakingToken");
         assertEq(registry.minStake(), MIN_STAKE, "minStake");
         assertEq(registry.unbondingPeriod(), UNBONDING_PERIOD, "unbondingPeriod");
-        assertEq(registry.admin(), admin, "admin");
-        // Base wired the lease manager after deployment.
+        // Base deployed the pair as the deploy module does: wired from the start.
         assertEq(registry.leaseManager(), address(manager), "leaseManager");
+        assertEq(address(manager.registry()), address(registry), "the lease manager names the registry");
     }
 
-    function testFuzz_Constructor(uint256 minStake_, uint64 unbondingPeriod_, address admin_) public {
+    function testFuzz_Constructor(uint256 minStake_, uint64 unbondingPeriod_, address leaseManager_) public {
         unbondingPeriod_ = uint64(bound(unbondingPeriod_, 1, MAX_UNBONDING_PERIOD));
-        if (admin_ == address(0)) admin_ = address(0xAD);
+        if (leaseManager_ == address(0)) leaseManager_ = LEASE_MANAGER;
 
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, minStake_, unbondingPeriod_, admin_);
+        ProviderRegistry fresh = new ProviderRegistry(stakingToken, minStake_, unbondingPeriod_, leaseManager_);
 
         assertEq(address(fresh.stakingToken()), address(stakingToken), "stakingToken");
         assertEq(fresh.minStake(), minStake_, "minStake");
         assertEq(fresh.unbondingPeriod(), unbondingPeriod_, "unbondingPeriod");
-        assertEq(fresh.admin(), admin_, "admin");
-        assertEq(fresh.leaseManager(), address(0), "leaseManager unset");
+        assertEq(fresh.leaseManager(), leaseManager_, "leaseManager set from the start");
     }
 }

@@ -13,7 +13,7 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_CallerNotLeaseManager.selector, provider)
         );
         vm.prank(provider);
-        registry.lockCollateral(provider, LEASE_ID, COLLATERAL);
+        registry.lockCollateral(provider, COLLATERAL);
     }
 
     function testFuzz_RevertWhen_CallerNotLeaseManager(address caller) public {
@@ -24,13 +24,13 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_CallerNotLeaseManager.selector, caller)
         );
         vm.prank(caller);
-        registry.lockCollateral(provider, LEASE_ID, COLLATERAL);
+        registry.lockCollateral(provider, COLLATERAL);
     }
 
     function test_RevertGiven_ProviderNotRegistered() public {
         vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_NotRegistered.selector, provider));
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID, 0);
+        registry.lockCollateral(provider, 0);
     }
 
     function test_RevertGiven_StakeBelowMinStake() public {
@@ -45,7 +45,7 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             )
         );
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID, 1);
+        registry.lockCollateral(provider, 1);
     }
 
     function test_RevertGiven_UnbondingTookActiveStakeBelowMinStake() public {
@@ -62,12 +62,12 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             )
         );
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID, 1);
+        registry.lockCollateral(provider, 1);
     }
 
     function test_RevertGiven_SlashTookStakeBelowMinStake() public {
         _registerDefault(MIN_STAKE + COLLATERAL - 1);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _slash(provider, LEASE_ID, COLLATERAL, _payout(0, 0, COLLATERAL));
 
         vm.expectRevert(
@@ -79,7 +79,7 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             )
         );
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID + 1, 1);
+        registry.lockCollateral(provider, 1);
     }
 
     function test_RevertWhen_AmountExceedsFreeStake() public {
@@ -94,12 +94,12 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             )
         );
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID, STAKE + 1);
+        registry.lockCollateral(provider, STAKE + 1);
     }
 
     function test_RevertGiven_CollateralAlreadyLocked() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, STAKE - COLLATERAL);
+        _lock(provider, STAKE - COLLATERAL);
 
         vm.expectRevert(
             abi.encodeWithSelector(
@@ -110,7 +110,7 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             )
         );
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID + 1, COLLATERAL + 1);
+        registry.lockCollateral(provider, COLLATERAL + 1);
     }
 
     function test_RevertGiven_UnbondingLeavesTooLittleFreeStake() public {
@@ -126,18 +126,19 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
             )
         );
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID, MIN_STAKE + 1);
+        registry.lockCollateral(provider, MIN_STAKE + 1);
     }
 
     function test_LockCollateral() public {
         _registerDefault(STAKE);
         _requestUnstake(provider, COLLATERAL);
 
-        vm.expectEmit(address(registry));
-        emit IProviderRegistry.CollateralLocked(provider, LEASE_ID, COLLATERAL);
+        vmLogs.recordLogs();
         vm.prank(address(manager));
-        registry.lockCollateral(provider, LEASE_ID, COLLATERAL);
+        registry.lockCollateral(provider, COLLATERAL);
 
+        // The lease manager's LeaseOpened says it all: the lease, the provider, the collateral.
+        assertEq(vmLogs.getRecordedLogs().length, 0, "no event");
         _assertBooks(provider, STAKE, COLLATERAL, COLLATERAL);
         _assertCounters(provider, 1, 0, 0);
         assertTrue(registry.isEligible(provider), "eligible");
@@ -147,7 +148,7 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     function test_WhenAmountEqualsFreeStake() public {
         _registerDefault(STAKE);
 
-        _lock(provider, LEASE_ID, STAKE);
+        _lock(provider, STAKE);
 
         _assertBooks(provider, STAKE, STAKE, 0);
         assertEq(registry.freeStake(provider), 0, "no free stake");
@@ -158,9 +159,7 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     function test_WhenAmountIsZero() public {
         _registerDefault(STAKE);
 
-        vm.expectEmit(address(registry));
-        emit IProviderRegistry.CollateralLocked(provider, LEASE_ID, 0);
-        _lock(provider, LEASE_ID, 0);
+        _lock(provider, 0);
 
         _assertBooks(provider, STAKE, 0, 0);
         _assertCounters(provider, 1, 0, 0);
@@ -169,9 +168,9 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     function test_WhenSeveralLeasesLockCollateral() public {
         _registerDefault(STAKE);
 
-        _lock(provider, 1, COLLATERAL);
-        _lock(provider, 2, COLLATERAL);
-        _lock(provider, 3, 2 * COLLATERAL);
+        _lock(provider, COLLATERAL);
+        _lock(provider, COLLATERAL);
+        _lock(provider, 2 * COLLATERAL);
 
         _assertBooks(provider, STAKE, 4 * COLLATERAL, 0);
         _assertCounters(provider, 3, 0, 0);
@@ -192,9 +191,7 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
         uint256 active = stakeAmount - unbondingAmount;
         first = bound(first, 0, active);
 
-        vm.expectEmit(address(registry));
-        emit IProviderRegistry.CollateralLocked(provider, 1, first);
-        _lock(provider, 1, first);
+        _lock(provider, first);
         _assertBooks(provider, stakeAmount, first, unbondingAmount);
 
         uint256 free = active - first;
@@ -209,11 +206,11 @@ contract LockCollateral_ProviderRegistry_Test is ProviderRegistryBase {
                 )
             );
             vm.prank(address(manager));
-            registry.lockCollateral(provider, 2, second);
+            registry.lockCollateral(provider, second);
             _assertBooks(provider, stakeAmount, first, unbondingAmount);
             _assertCounters(provider, 1, 0, 0);
         } else {
-            _lock(provider, 2, second);
+            _lock(provider, second);
             _assertBooks(provider, stakeAmount, first + second, unbondingAmount);
             _assertCounters(provider, 2, 0, 0);
         }

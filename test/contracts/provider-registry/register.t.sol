@@ -123,20 +123,18 @@ contract Register_ProviderRegistry_Test is ProviderRegistryBase {
         registry.register(PEER_ID, METADATA, STAKE);
     }
 
-    /// @dev Issue #11 point 5: registering is open before the wiring; staking is not.
-    function test_RevertGiven_RegistryNotWired_WhenAmountIsNotZero() public {
-        ProviderRegistry reg = _unwiredRegistry();
-        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_NotWired.selector));
-        vm.prank(provider);
+    /// @dev Issue #11 point 5: the registry is wired at construction, so registering with stake
+    /// works straight after deployment.
+    function test_GivenFreshDeployment_WhenAmountIsNotZero() public {
+        (ProviderRegistry reg, ) = _deployPair(stakingToken, paymentToken);
+        stakingToken.mint(provider, STAKE);
+        vm.startPrank(provider);
+        stakingToken.approve(address(reg), type(uint256).max);
         reg.register(PEER_ID, METADATA, STAKE);
-    }
+        vm.stopPrank();
 
-    function test_GivenRegistryNotWired_WhenAmountIsZero() public {
-        ProviderRegistry reg = _unwiredRegistry();
-        vm.prank(provider);
-        reg.register(PEER_ID, METADATA, 0);
-        assertTrue(reg.getProvider(provider).registered, "registered without stake");
-        assertEq(stakingToken.balanceOf(address(reg)), 0, "holds nothing");
+        assertTrue(reg.isEligible(provider), "registered and eligible");
+        assertEq(stakingToken.balanceOf(address(reg)), STAKE, "registry balance");
     }
 
     /// @dev Issue #11 point 6.

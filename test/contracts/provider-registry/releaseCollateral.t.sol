@@ -11,7 +11,7 @@ contract ReleaseCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     function setUp() public override {
         super.setUp();
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
     }
 
     function test_RevertWhen_CallerNotLeaseManager() public {
@@ -89,7 +89,7 @@ contract ReleaseCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     }
 
     function test_WhenAmountIsPartOfLocked() public {
-        _lock(provider, LEASE_ID + 1, 2 * COLLATERAL);
+        _lock(provider, 2 * COLLATERAL);
 
         _release(provider, LEASE_ID, COLLATERAL, true);
         _assertBooks(provider, STAKE, 2 * COLLATERAL, 0);
@@ -119,7 +119,7 @@ contract ReleaseCollateral_ProviderRegistry_Test is ProviderRegistryBase {
         stakeAmount = bound(stakeAmount, MIN_STAKE, MAX_UINT96);
         lockAmount = bound(lockAmount, 0, stakeAmount);
         _registerProvider(otherProvider, OTHER_PEER_ID, stakeAmount);
-        _lock(otherProvider, 1, lockAmount);
+        _lock(otherProvider, lockAmount);
         releaseAmount = bound(releaseAmount, 0, lockAmount + 1);
 
         if (releaseAmount > lockAmount) {

@@ -40,7 +40,7 @@ contract RequestUnstake_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_RevertGiven_CollateralIsLocked() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
 
         vm.expectRevert(
             abi.encodeWithSelector(
@@ -72,7 +72,7 @@ contract RequestUnstake_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_RequestUnstake() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         uint64 availableAt = uint64(T0) + UNBONDING_PERIOD;
 
         vm.expectEmit(address(registry));
@@ -91,7 +91,7 @@ contract RequestUnstake_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_WhenAmountEqualsFreeStake() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
 
         _requestUnstake(provider, STAKE - COLLATERAL);
 
@@ -130,7 +130,7 @@ contract RequestUnstake_ProviderRegistry_Test is ProviderRegistryBase {
         lockAmount = bound(lockAmount, 0, stakeAmount - 1);
         amount = bound(amount, 1, stakeAmount - lockAmount);
         _registerDefault(stakeAmount);
-        _lock(provider, LEASE_ID, lockAmount);
+        _lock(provider, lockAmount);
 
         vm.expectEmit(address(registry));
         emit IProviderRegistry.UnstakeRequested(provider, amount, amount, uint64(T0) + UNBONDING_PERIOD);
@@ -150,7 +150,7 @@ contract RequestUnstake_ProviderRegistry_Test is ProviderRegistryBase {
         lockAmount = bound(lockAmount, 0, stakeAmount);
         unbondingAmount = bound(unbondingAmount, 0, stakeAmount - lockAmount);
         _registerDefault(stakeAmount);
-        _lock(provider, LEASE_ID, lockAmount);
+        _lock(provider, lockAmount);
         if (unbondingAmount > 0) _requestUnstake(provider, unbondingAmount);
         uint256 free = stakeAmount - lockAmount - unbondingAmount;
         amount = bound(amount, free + 1, type(uint256).max);

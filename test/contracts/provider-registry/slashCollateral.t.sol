@@ -19,7 +19,7 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
     function setUp() public override {
         super.setUp();
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
     }
 
     function _defaultPayout() internal view returns (Provider.SlashPayout memory) {
@@ -134,7 +134,7 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
         reg.register(PEER_ID, METADATA, STAKE);
         vm.stopPrank();
         vm.prank(address(manager));
-        reg.lockCollateral(provider, LEASE_ID, COLLATERAL);
+        reg.lockCollateral(provider, COLLATERAL);
         // On the payout transfer, the token calls a guarded function of the registry.
         token.arm(address(reg), abi.encodeCall(IProviderRegistry.stake, (1)));
         Provider.SlashPayout memory payout = _defaultPayout();
@@ -250,7 +250,7 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_WhenTenantAndTreasuryCreditedTwice() public {
         // Credits add up across slashes.
-        _lock(provider, LEASE_ID + 1, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _slash(provider, LEASE_ID, COLLATERAL, _defaultPayout());
         _slash(provider, LEASE_ID + 1, COLLATERAL, _defaultPayout());
         assertEq(registry.creditOf(tenant), 2 * TENANT_AMOUNT, "tenant");
@@ -269,7 +269,7 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_WhenStakeDropsBelowMinStake() public {
         _registerProvider(otherProvider, OTHER_PEER_ID, MIN_STAKE);
-        _lock(otherProvider, LEASE_ID + 1, COLLATERAL);
+        _lock(otherProvider, COLLATERAL);
         assertTrue(registry.isEligible(otherProvider), "eligible before");
 
         _slash(otherProvider, LEASE_ID + 1, COLLATERAL, _defaultPayout());
@@ -298,7 +298,7 @@ contract SlashCollateral_ProviderRegistry_Test is ProviderRegistryBase {
 
         _registerProvider(otherProvider, OTHER_PEER_ID, stakeAmount);
         if (unbondingAmount > 0) _requestUnstake(otherProvider, unbondingAmount);
-        _lock(otherProvider, 1, lockAmount);
+        _lock(otherProvider, lockAmount);
         uint256 freeBefore = registry.freeStake(otherProvider);
         uint256 registryBefore = stakingToken.balanceOf(address(registry));
 

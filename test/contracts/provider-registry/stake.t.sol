@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
+import {LeaseManager} from "../../../contracts/LeaseManager.sol";
 import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {IProviderRegistry} from "../../../contracts/interfaces/IProviderRegistry.sol";
 
@@ -20,28 +21,29 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
         registry.stake(STAKE);
     }
 
-    /// @dev Issue #11 point 5: no stake before the registry is wired, so no stake is ever at the
-    /// mercy of whichever lease manager is wired in later.
-    function test_RevertGiven_RegistryNotWired() public {
-        ProviderRegistry reg = _unwiredRegistry();
-        vm.prank(provider);
+    /// @dev Issue #11 point 5: the registry is wired at construction, so there is no moment at which
+    /// stake could wait on a lease manager wired in later: staking works straight after deployment,
+    /// and the stake is at once lockable by the lease manager deployed with it, and by nobody else.
+    function test_GivenFreshDeployment() public {
+        (ProviderRegistry reg, LeaseManager mgr) = _deployPair(stakingToken, paymentToken);
+        stakingToken.mint(provider, STAKE);
+        vm.startPrank(provider);
+        stakingToken.approve(address(reg), type(uint256).max);
         reg.register(PEER_ID, METADATA, 0);
-
-        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_NotWired.selector));
-        vm.prank(provider);
         reg.stake(STAKE);
-    }
-
-    function test_GivenRegistryWiredAfterRegistering() public {
-        ProviderRegistry reg = _unwiredRegistry();
-        vm.prank(provider);
-        reg.register(PEER_ID, METADATA, 0);
-        reg.setLeaseManager(address(manager));
-
-        vm.prank(provider);
-        reg.stake(STAKE);
-        assertEq(reg.freeStake(provider), STAKE, "staked once wired");
+        vm.stopPrank();
+        assertEq(reg.freeStake(provider), STAKE, "staked at once");
         assertEq(stakingToken.balanceOf(address(reg)), STAKE, "registry balance");
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_CallerNotLeaseManager.selector, address(manager))
+        );
+        vm.prank(address(manager));
+        reg.lockCollateral(provider, COLLATERAL);
+
+        vm.prank(address(mgr));
+        reg.lockCollateral(provider, COLLATERAL);
+        assertEq(reg.freeStake(provider), STAKE - COLLATERAL, "locked by its own lease manager");
     }
 
     /// @dev Issue #11 point 6: a token that takes a fee in transit would leave the books promising
@@ -84,6 +86,18 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_RevertWhen_StakeWouldExceedUint96Max() public {
         _registerDefault(MAX_UINT96);
+        _fund(provider, 1);
+
+        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_AmountTooLarge.selector, 1));
+        vm.prank(provider);
+        registry.stake(1);
+    }
+
+    /// @dev Unbonding stake is kept apart from the bonded stake but still counts: the whole stake
+    /// must stay within 96 bits, since all of it may come to unbond.
+    function test_RevertWhen_StakeWouldExceedUint96Max_GivenStakeUnbonding() public {
+        _registerDefault(MAX_UINT96);
+        _requestUnstake(provider, MAX_UINT96 - MIN_STAKE);
         _fund(provider, 1);
 
         vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.ProviderRegistry_AmountTooLarge.selector, 1));
@@ -145,7 +159,7 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_Stake() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _requestUnstake(provider, COLLATERAL);
         _fund(provider, COLLATERAL);
 
@@ -185,6 +199,21 @@ contract Stake_ProviderRegistry_Test is ProviderRegistryBase {
         registry.stake(1);
 
         _assertBooks(provider, MAX_UINT96, 0, 0);
+    }
+
+    /// @dev Stake added while some unbonds joins the bonded stake; the event's total and the view's
+    /// stake both count the unbonding part.
+    function test_WhenStakeIsUnbonding() public {
+        _registerDefault(STAKE);
+        _requestUnstake(provider, COLLATERAL);
+        _fund(provider, COLLATERAL);
+
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.Staked(provider, COLLATERAL, STAKE + COLLATERAL);
+        vm.prank(provider);
+        registry.stake(COLLATERAL);
+
+        _assertBooks(provider, STAKE + COLLATERAL, 0, COLLATERAL);
     }
 
     function testFuzz_Stake(uint256 initial, uint256 amount) public {

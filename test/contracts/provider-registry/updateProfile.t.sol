@@ -11,7 +11,7 @@ contract UpdateProfile_ProviderRegistry_Test is ProviderRegistryBase {
         super.setUp();
         _registerDefault(STAKE);
         _registerProvider(otherProvider, OTHER_PEER_ID, STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
     }
 
     function test_RevertGiven_CallerNotRegistered() public {

@@ -35,9 +35,9 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
         _fund(provider, STAKE);
         vm.prank(provider);
         registry.register(PEER_ID, NEW_METADATA, STAKE);
-        _lock(provider, 1, COLLATERAL);
-        _lock(provider, 2, COLLATERAL);
-        _lock(provider, 3, COLLATERAL);
+        _lock(provider, COLLATERAL);
+        _lock(provider, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _release(provider, 1, COLLATERAL, true);
         _release(provider, 2, COLLATERAL, false);
         _slash(provider, 3, COLLATERAL, _payout(COLLATERAL, 0, 0));
@@ -80,16 +80,6 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(registry.getProvider(otherProvider).secondsServed, 0, "other provider");
     }
 
-    function test_GetProvider_GivenNoLeaseManager() public {
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        vm.prank(provider);
-        fresh.register(PEER_ID, METADATA, 0);
-
-        Provider.View memory v = fresh.getProvider(provider);
-        assertTrue(v.registered, "registered");
-        assertEq(v.secondsServed, 0, "secondsServed");
-    }
-
     function test_GetProvider_EligibleMatchesIsEligible() public {
         _registerDefault(MIN_STAKE);
         assertEq(registry.getProvider(provider).eligible, registry.isEligible(provider), "eligible at min stake");
@@ -109,7 +99,7 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_CreditOf_GivenASlashByAnotherCaller() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _slash(provider, LEASE_ID, COLLATERAL, _payout(25e18, 5e18, 20e18));
 
         assertEq(registry.creditOf(tenant), 25e18, "tenant's compensation credited");
@@ -128,7 +118,7 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
     function test_FreeStake_GivenProviderRegistered() public {
         _registerDefault(STAKE);
         assertEq(registry.freeStake(provider), STAKE, "all free");
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         assertEq(registry.freeStake(provider), STAKE - COLLATERAL, "after lock");
         _requestUnstake(provider, 2 * COLLATERAL);
         assertEq(registry.freeStake(provider), STAKE - 3 * COLLATERAL, "after unstake request");
@@ -140,7 +130,7 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
         lockAmount = bound(lockAmount, 0, stakeAmount - unbondingAmount);
         _registerDefault(stakeAmount);
         if (unbondingAmount > 0) _requestUnstake(provider, unbondingAmount);
-        _lock(provider, LEASE_ID, lockAmount);
+        _lock(provider, lockAmount);
 
         assertEq(registry.freeStake(provider), stakeAmount - unbondingAmount - lockAmount, "free stake");
         assertTrue(registry.isEligible(provider), "eligible");
@@ -155,12 +145,12 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
     }
 
     function test_IsEligible_GivenMinStakeZeroAndProviderNotRegistered() public {
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, admin);
+        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, address(manager));
         assertFalse(fresh.isEligible(provider), "unregistered never eligible");
     }
 
     function test_IsEligible_GivenMinStakeZeroAndNoStake() public {
-        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, admin);
+        ProviderRegistry fresh = new ProviderRegistry(stakingToken, 0, UNBONDING_PERIOD, address(manager));
         vm.prank(provider);
         fresh.register(PEER_ID, METADATA, 0);
         assertTrue(fresh.isEligible(provider), "registered with zero min stake");
@@ -186,7 +176,7 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_IsEligible_WhenCollateralIsLocked() public {
         _registerDefault(MIN_STAKE);
-        _lock(provider, LEASE_ID, MIN_STAKE);
+        _lock(provider, MIN_STAKE);
         assertTrue(registry.isEligible(provider), "locked stake counts");
     }
 
@@ -207,7 +197,6 @@ contract Views_ProviderRegistry_Test is ProviderRegistryBase {
         assertEq(address(registry.stakingToken()), address(stakingToken), "stakingToken");
         assertEq(registry.minStake(), MIN_STAKE, "minStake");
         assertEq(registry.unbondingPeriod(), UNBONDING_PERIOD, "unbondingPeriod");
-        assertEq(registry.admin(), admin, "admin");
         assertEq(registry.leaseManager(), address(manager), "leaseManager");
     }
 }

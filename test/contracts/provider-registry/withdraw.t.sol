@@ -142,7 +142,7 @@ contract Withdraw_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_GivenCollateralIsLocked() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _requestUnstake(provider, STAKE - COLLATERAL);
         vm.warp(ENDS_AT);
 
@@ -156,7 +156,7 @@ contract Withdraw_ProviderRegistry_Test is ProviderRegistryBase {
 
     function test_GivenCollateralWasSlashedWhileUnbonding() public {
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _requestUnstake(provider, MIN_STAKE);
         _slash(provider, LEASE_ID, COLLATERAL, _payout(COLLATERAL, 0, 0));
         vm.warp(ENDS_AT);
@@ -181,7 +181,7 @@ contract Withdraw_ProviderRegistry_Test is ProviderRegistryBase {
         amount = bound(amount, 1, stakeAmount - lockAmount);
         extra = bound(extra, 0, 3650 days);
         _registerDefault(stakeAmount);
-        _lock(provider, LEASE_ID, lockAmount);
+        _lock(provider, lockAmount);
         _requestUnstake(provider, amount);
         vm.warp(ENDS_AT + extra);
 

@@ -18,7 +18,7 @@ contract WithdrawCredit_ProviderRegistry_Test is ProviderRegistryBase {
     function setUp() public override {
         super.setUp();
         _registerDefault(STAKE);
-        _lock(provider, LEASE_ID, COLLATERAL);
+        _lock(provider, COLLATERAL);
     }
 
     /// @dev A keeper's slash: the tenant and the treasury are credited.
@@ -63,7 +63,7 @@ contract WithdrawCredit_ProviderRegistry_Test is ProviderRegistryBase {
         reg.register(PEER_ID, METADATA, STAKE);
         vm.stopPrank();
         vm.startPrank(address(manager));
-        reg.lockCollateral(provider, LEASE_ID, COLLATERAL);
+        reg.lockCollateral(provider, COLLATERAL);
         reg.slashCollateral(provider, LEASE_ID, COLLATERAL, _payout(COLLATERAL, 0, 0));
         vm.stopPrank();
         // On the payout, the token calls a guarded function of the registry.
@@ -101,7 +101,7 @@ contract WithdrawCredit_ProviderRegistry_Test is ProviderRegistryBase {
     }
 
     function test_GivenCreditedBySeveralSlashes() public {
-        _lock(provider, LEASE_ID + 1, COLLATERAL);
+        _lock(provider, COLLATERAL);
         _slashByKeeper();
         _slash(provider, LEASE_ID + 1, COLLATERAL, _payout(TENANT_AMOUNT, CALLER_AMOUNT, TREASURY_AMOUNT));
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
 import {LeaseManager} from "../../../contracts/LeaseManager.sol";
 import {ProviderRegistry} from "../../../contracts/ProviderRegistry.sol";
 import {DevToken} from "../../../contracts/token/DevToken.sol";
@@ -34,7 +36,6 @@ abstract contract Base is Test {
     ProviderRegistry internal registry;
     LeaseManager internal manager;
 
-    address internal admin = address(this);
     address internal provider;
     address internal otherProvider;
     address internal tenant = address(0x7E4A47);
@@ -49,17 +50,7 @@ abstract contract Base is Test {
 
         stakingToken = new DevToken("Baton Stake", "BSTK");
         paymentToken = new DevToken("Baton Pay", "BPAY");
-        registry = new ProviderRegistry(stakingToken, MIN_STAKE, UNBONDING_PERIOD, admin);
-        manager = new LeaseManager(
-            paymentToken,
-            registry,
-            TENANT_SHARE_BPS,
-            CALLER_SHARE_BPS,
-            TREASURY,
-            MIN_HEARTBEAT_TIMEOUT,
-            MAX_HEARTBEAT_TIMEOUT
-        );
-        registry.setLeaseManager(address(manager));
+        (registry, manager) = _deployPair(stakingToken, paymentToken);
 
         provider = vm.addr(PROVIDER_KEY);
         otherProvider = vm.addr(OTHER_PROVIDER_KEY);
@@ -76,6 +67,30 @@ abstract contract Base is Test {
     /*//////////////////////////////////////////////////////////////
                                  HELPERS
     //////////////////////////////////////////////////////////////*/
+
+    /// @dev Deploys a registry and its lease manager wired as the deploy module wires them: the
+    /// registry is built with the address the manager will have, this contract's next-but-one.
+    function _deployPair(
+        IERC20 stakingToken_,
+        IERC20 paymentToken_
+    ) internal returns (ProviderRegistry registry_, LeaseManager manager_) {
+        registry_ = new ProviderRegistry(stakingToken_, MIN_STAKE, UNBONDING_PERIOD, _nextButOneAddress());
+        manager_ = new LeaseManager(
+            paymentToken_,
+            registry_,
+            TENANT_SHARE_BPS,
+            CALLER_SHARE_BPS,
+            TREASURY,
+            MIN_HEARTBEAT_TIMEOUT,
+            MAX_HEARTBEAT_TIMEOUT
+        );
+    }
+
+    /// @dev The address of the contract this one creates after the next: the lease manager's, for a
+    /// registry about to be created.
+    function _nextButOneAddress() internal view returns (address) {
+        return vm.computeCreateAddress(address(this), vm.getNonce(address(this)) + 1);
+    }
 
     function _fundTenant(address who, uint256 amount) internal {
         paymentToken.mint(who, amount);
