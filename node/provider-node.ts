@@ -19,12 +19,12 @@ import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
 import { httpProxy } from "./http-proxy.ts";
 import { leases } from "./leases.ts";
+import { lockDataDir } from "./lock.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
 import { offerPublisher } from "./offers.ts";
 import { detectSandbox } from "./sandbox/detect.ts";
 import { NodeStore } from "./store.ts";
 
-/** The file names a node keeps in its data dir. */
 export interface StartProviderNodeOptions {
   dataDir: string;
   /** Overrides the config file (tests). */
@@ -68,6 +68,22 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
   const { dataDir } = options;
   const log = options.log ?? createLogger("node");
   const config = options.config ?? (await loadNodeConfig(dataDir));
+  const lock = lockDataDir(dataDir);
+  try {
+    return await startLocked(options, config, log, () => lock.release());
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
+}
+
+/** {@link startProviderNode} once the data dir is ours: `unlock` lets it go when the node stops. */
+async function startLocked(
+  { dataDir, ...options }: StartProviderNodeOptions,
+  config: NodeConfig,
+  log: Logger,
+  unlock: () => void,
+): Promise<ProviderNode> {
   const deployment = await loadDeploymentFile(path.resolve(dataDir, config.deployment));
   const account = await loadAccount({
     keystore: path.resolve(dataDir, config.keystore),
@@ -192,6 +208,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     await ipfs.stop();
     await host.stop();
     store.close();
+    unlock();
     log.info("provider node stopped", {});
   };
 

@@ -154,4 +154,27 @@ describe("baton provider (CLI)", () => {
     expect(node.lines.join("\n")).toContain("SIGTERM: draining");
     expect(node.lines.join("\n")).toContain('"msg":"provider node stopped"');
   });
+
+  it("refuses a second node on the same data dir, naming the first; a SIGKILLed node's dir is free at once", async () => {
+    const first = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], env);
+    await first.waitFor(/provider node listening on /, 60_000);
+    const second = await baton(["provider", "start", "--data-dir", dataDir]);
+    expect(second.code).toBe(1);
+    expect(second.output).toContain(
+      `error: the data dir ${dataDir} is in use by another baton provider (pid ${first.pid}); stop it first`,
+    );
+    expect(first.child.exitCode).toBeNull();
+
+    first.child.kill("SIGKILL");
+    await first.exited;
+    // Its pid file is left behind; the lock itself went with the process.
+    expect((await readFile(path.join(dataDir, "node.pid"), "utf8")).trim()).toBe(String(first.pid));
+    const next = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], env);
+    await next.waitFor(/provider node listening on /, 60_000);
+    expect((await readFile(path.join(dataDir, "node.pid"), "utf8")).trim()).toBe(String(next.pid));
+    next.child.kill("SIGTERM");
+    expect((await next.exited).code).toBe(0);
+    // Stopped cleanly, it let the data dir go: no pid file names it any more.
+    await expect(readFile(path.join(dataDir, "node.pid"), "utf8")).rejects.toThrow(/ENOENT/);
+  });
 });
