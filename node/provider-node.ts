@@ -14,7 +14,7 @@ import { pollUntil } from "../sdk/utils/retry.ts";
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
 import type { NodeComponents } from "./components.ts";
-import { DATA_FILES, loadNodeConfig, type NodeConfig } from "./config.ts";
+import { DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
 import { httpProxy } from "./http-proxy.ts";
@@ -32,6 +32,7 @@ export interface StartProviderNodeOptions {
   /** Development key (BATON_PROVIDER_KEY); otherwise the keystore with `password`. */
   privateKey?: string;
   password?: string;
+  /** Where the node logs; by default JSON lines on stderr at the config's level (BATON_LOG_LEVEL overrides it). */
   log?: Logger;
 }
 
@@ -66,8 +67,8 @@ async function machineGpus(config: NodeConfig, log: Logger): Promise<Gpu[]> {
  */
 export async function startProviderNode(options: StartProviderNodeOptions): Promise<ProviderNode> {
   const { dataDir } = options;
-  const log = options.log ?? createLogger("node");
   const config = options.config ?? (await loadNodeConfig(dataDir));
+  const log = options.log ?? createLogger("node", { level: nodeLogLevel(config) });
   const lock = lockDataDir(dataDir);
   try {
     return await startLocked(options, config, log, () => lock.release());

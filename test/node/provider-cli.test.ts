@@ -177,4 +177,22 @@ describe("baton provider (CLI)", () => {
     // Stopped cleanly, it let the data dir go: no pid file names it any more.
     await expect(readFile(path.join(dataDir, "node.pid"), "utf8")).rejects.toThrow(/ENOENT/);
   });
+
+  it("logs at BATON_LOG_LEVEL, and refuses one that names no level", async () => {
+    const wrong = await baton(["provider", "start", "--data-dir", dataDir], { BATON_LOG_LEVEL: "verbose" });
+    expect(wrong.code).toBe(1);
+    expect(wrong.output).toContain('error: BATON_LOG_LEVEL must be one of debug, info, warn, error, not "verbose"');
+
+    const node = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], {
+      ...env,
+      BATON_LOG_LEVEL: "warn",
+    });
+    await node.waitFor(/provider node listening on /, 60_000);
+    node.child.kill("SIGTERM");
+    expect((await node.exited).code).toBe(0);
+    const levels = node.lines.flatMap((line) => (line.startsWith("{") ? [JSON.parse(line).level as string] : []));
+    // The fake GPUs are warned about; "provider node started" and "… stopped" (info) are not written.
+    expect(levels).toContain("warn");
+    expect(levels.filter((level) => level === "info" || level === "debug")).toEqual([]);
+  });
 });
