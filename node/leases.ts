@@ -127,7 +127,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       { at: Date.now(), state: runtime.state, ...(runtime.progress ? { progress: runtime.progress } : {}) },
       true,
     );
-    metrics.inc("baton_session_heartbeats_total", "Off-chain heartbeats sent on lease sessions");
+    metrics.sessionHeartbeats.inc();
   };
 
   const onLine = (runtime: LeaseRuntime, stream: "stdout" | "stderr", line: string): void => {
@@ -196,7 +196,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       });
     }
     store.updateLease(row.leaseId, { state: "running", pid: job.pid });
-    metrics.inc("baton_jobs_started_total", "Jobs started", { relaunch: String(relaunch) });
+    metrics.jobsStarted.inc({ relaunch: String(relaunch) });
     log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch });
     void job.exited.then(async (exit) => {
       runtime.exit = exit;
@@ -501,7 +501,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   const refuse = async (stream: Stream, remote: string, error: unknown, leaseId: bigint | undefined): Promise<void> => {
     const { reason, message } = refusalFor(error, remote, leaseId);
     log.info("session refused", { peer: remote, reason, message, leaseId });
-    metrics.inc("baton_sessions_refused_total", "Lease sessions refused", { reason });
+    metrics.sessionsRefused.inc({ reason });
     const body = { reason, message, ...(leaseId === undefined ? {} : { leaseId }) };
     await send(stream, await sealMessage(peerKey, me, "refused", body));
     await stream.close().catch(() => undefined);
@@ -580,7 +580,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       if (!row || row.state === "fenced" || row.state === "finished") return;
       store.updateLease(leaseId, { state: "fenced", reason, endedAt: Date.now() });
       log.warn("lease ended on chain; job stopped", { leaseId, reason });
-      metrics.inc("baton_leases_fenced_total", "Leases whose job was stopped because the chain ended them");
+      metrics.leasesFenced.inc();
       await stopRuntime(leaseId, "killed");
     },
     release: (leaseId) => stopRuntime(leaseId, "killed"),

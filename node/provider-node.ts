@@ -13,7 +13,7 @@ import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/
 import { pollUntil } from "../sdk/utils/retry.ts";
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
-import type { NodeComponents } from "./components.ts";
+import { chainNow, type NodeComponents } from "./components.ts";
 import { DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
@@ -145,7 +145,11 @@ async function startLocked(
   let onCapacityChange = (): void => {};
   const gpus = new GpuAllocator(gpuList, () => onCapacityChange());
   const store = new NodeStore(path.join(dataDir, DATA_FILES.database));
-  const metrics = new Metrics();
+  const chainClock = { offsetS: 0 };
+  const metrics = new Metrics({
+    gasBalance: () => chain.publicClient.getBalance({ address: account.address }),
+    chainNow: () => chainNow({ chainClock }),
+  });
   // Bootstrap peers are dialled only once the IPFS node is on the host: bitswap ignores peers that
   // were connected before it registered (seen with Helia 7.1.15).
   const host = await createBatonHost({ privateKey: peerKey, listen: config.listen, dhtAddresses: config.dhtAddresses });
@@ -163,7 +167,7 @@ async function startLocked(
     gpus,
     metrics,
     log,
-    chainClock: { offsetS: 0 },
+    chainClock,
     draining: { value: false },
   };
 
@@ -178,7 +182,7 @@ async function startLocked(
   const duties = chainDuties(components, leaseService);
   const proxy = httpProxy(components);
   const metricsServer = config.metricsPort === null ? undefined : await serveMetrics(metrics, config.metricsPort);
-  metrics.set("baton_gpus", "GPUs on this node", gpuList.length);
+  metrics.gpus.set(gpuList.length);
 
   await leaseService.recover();
   await bidService.start();

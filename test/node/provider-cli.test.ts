@@ -148,6 +148,22 @@ describe("baton provider (CLI)", () => {
     const metrics = await (await fetch(url)).text();
     expect(metrics).toContain("# TYPE baton_gpus gauge");
     expect(metrics).toContain("baton_gpus 1");
+    // The process metrics every exporter has, and the series an operator alerts on (their values
+    // under load are asserted with a running lease, in test/sdk/run-job-drain.test.ts).
+    expect(metrics).toContain("# TYPE process_cpu_user_seconds_total counter");
+    expect(metrics).toContain("# TYPE nodejs_eventloop_lag_seconds gauge");
+    for (const histogram of [
+      "baton_chain_heartbeat_seconds",
+      "baton_bid_seconds",
+      "baton_checkpoint_publish_seconds",
+    ]) {
+      expect(metrics).toContain(`# TYPE ${histogram} histogram`);
+    }
+    expect(metrics).toContain("# TYPE baton_lease_heartbeat_timeout_seconds gauge");
+    // Funded with 1 ETH before registering, which cost some gas.
+    const gas = Number(/^baton_gas_balance_eth (\S+)$/m.exec(metrics)?.[1]);
+    expect(gas).toBeGreaterThan(0.9);
+    expect(gas).toBeLessThan(1);
     node.child.kill("SIGTERM");
     const exit = await node.exited;
     expect(exit.code).toBe(0);
