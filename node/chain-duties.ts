@@ -98,7 +98,7 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
   const round = async (): Promise<void> => {
     const now = await syncClock();
     // Failed starts too: their lease stays open until the tenant closes it, and the close needs our acknowledgement.
-    const live = store.leases(["preparing", "running", "exited", "failed"]);
+    const live = store.leases(["preparing", "running", "exited", "failed", "handed-back"]);
     const due: LeaseRow[] = [];
     const deadlines = new Map<bigint, number>();
     for (const lease of live) {
@@ -109,6 +109,16 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
       });
       const status = leaseStatus[onChain.status] ?? "None";
       if (status === "Active" || status === "Closing") deadlines.set(lease.leaseId, Number(onChain.deadline));
+      if (status === "Closing" && lease.state === "handed-back") {
+        // The tenant took the hand-back: acknowledge its close (the lease then ends `Closed`, our
+        // collateral freed). Until the acknowledgement lands it is tried again every round.
+        if (await heartbeatBatch([lease])) {
+          store.updateLease(lease.leaseId, { state: "fenced" });
+          log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
+          ended.add(lease.leaseId);
+        }
+        continue;
+      }
       if (status === "Closing") {
         // The tenant left: acknowledge with one heartbeat (it frees our collateral), then stop the job.
         await heartbeat([lease]);
@@ -123,6 +133,12 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         continue;
       }
       if (lease.state === "failed") continue;
+      if (lease.state === "handed-back" && Date.now() - (lease.endedAt ?? 0) >= config.handBackTimeoutMs) {
+        // No close came (the tenant is gone, or its SDK does not hand off on a refusal): end the
+        // lease here, so that it does not turn slashable once this node has stopped.
+        await finish(lease);
+        continue;
+      }
       if (lease.state === "exited") {
         await finish(lease);
         continue;

@@ -13,7 +13,9 @@ import {
   CHAIN_HEARTBEAT_TIMEOUT_S,
   CHAIN_POLL_MS,
   CLAIM_INTERVAL_MS,
+  DRAIN_OUTPUT_LINGER_MS,
   DRAIN_TIMEOUT_MS,
+  HAND_BACK_TIMEOUT_MS,
   MAX_INPUT_BYTES,
   OFFER_REFRESH_MS,
   OFFER_TTL_MS,
@@ -72,7 +74,12 @@ export const nodeConfigSchema = z
     bidReadTimeoutMs: z.number().int().positive().default(BID_READ_TIMEOUT_MS),
     sessionOpenTimeoutMs: z.number().int().positive().default(SESSION_OPEN_TIMEOUT_MS),
     sessionReplayMessages: z.number().int().nonnegative().default(SESSION_REPLAY_MESSAGES),
+    /** On SIGTERM, how long running leases may go on before they are handed back to their tenants. */
     drainTimeoutMs: z.number().int().nonnegative().default(DRAIN_TIMEOUT_MS),
+    /** How long a handed-back lease waits for its tenant's close before the node finishes it itself. */
+    handBackTimeoutMs: z.number().int().positive().default(HAND_BACK_TIMEOUT_MS),
+    /** After a drain in which jobs ended, how long their outputs stay served before the node stops. */
+    drainOutputLingerMs: z.number().int().nonnegative().default(DRAIN_OUTPUT_LINGER_MS),
     /** The least severe log lines written; the BATON_LOG_LEVEL environment variable overrides it. */
     logLevel: z.enum(logLevels).default("info"),
     resumeFetchTimeoutMs: z.number().int().positive().default(RESUME_FETCH_TIMEOUT_MS),

@@ -64,6 +64,11 @@ export class Metrics {
     help: "Leases whose job was stopped because the chain ended them",
     registers: [this.registry],
   });
+  readonly leasesHandedBack = new Counter({
+    name: "baton_leases_handed_back_total",
+    help: "Leases handed back to their tenants because the drain's grace ended before their jobs did",
+    registers: [this.registry],
+  });
   readonly leasesFinished = new Counter({
     name: "baton_leases_finished_total",
     help: "Leases finished on chain",

@@ -10,7 +10,7 @@ import { UserError } from "../sdk/errors.ts";
 import { createIpfsNode } from "../sdk/ipfs/node.ts";
 import { createLogger, type Logger } from "../sdk/logger.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
-import { pollUntil } from "../sdk/utils/retry.ts";
+import { pollUntil, sleep } from "../sdk/utils/retry.ts";
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
@@ -40,8 +40,15 @@ export interface ProviderNode {
   components: NodeComponents;
   addresses: string[];
   metricsPort: number | undefined;
-  /** Stops taking bids and sessions, keeps running leases (and their heartbeats) until they end or the timeout passes, then stops. */
-  drain(timeoutMs?: number): Promise<void>;
+  /**
+   * Drains the node, then stops it: no new bids or leases from now on; running leases go on (jobs
+   * running, heartbeated) for `graceMs` (default: the config's `drainTimeoutMs`) in case they end,
+   * and if they all do, their outputs are served `drainOutputLingerMs` more; otherwise each lease
+   * still running is handed back (its tenant told, its job stopped), and the node waits, at most
+   * twice `handBackTimeoutMs`, for each to end on chain: the tenant's close acknowledged, or the
+   * lease finished by the node itself.
+   */
+  drain(graceMs?: number): Promise<void>;
   /** Stops everything now; running jobs are killed. */
   stop(): Promise<void>;
 }
@@ -221,14 +228,30 @@ async function startLocked(
     components,
     addresses: host.getMultiaddrs().map((a) => a.toString()),
     metricsPort: metricsServer?.port,
-    async drain(timeoutMs = config.drainTimeoutMs) {
+    async drain(graceMs = config.drainTimeoutMs) {
       components.draining.value = true;
       offers.refresh();
-      log.info("draining: no new leases; waiting for running ones", {
-        running: leaseService.running().length,
-        timeoutMs,
-      });
-      await pollUntil(() => leaseService.running().length === 0, { delayMs: 200, backoff: 1, timeoutMs });
+      // Owed: a job running or starting, a result to finish on chain, a hand-back to see through.
+      const settled = (): boolean => store.leases().length === 0;
+      const pace = { delayMs: 200, backoff: 1 } as const;
+      const serving = store.leases().map((lease) => lease.leaseId);
+      log.info("draining: no new leases; running ones may finish", { leases: serving.length, graceMs });
+      if (await pollUntil(settled, { ...pace, timeoutMs: graceMs })) {
+        if (serving.some((leaseId) => store.getLease(leaseId)?.state === "finished")) {
+          log.info("jobs ended during the drain: serving their outputs a while longer", {
+            lingerMs: config.drainOutputLingerMs,
+          });
+          await sleep(config.drainOutputLingerMs);
+        }
+      } else {
+        log.info("drain grace over: handing the leases still running back to their tenants", {
+          leases: store.leases().length,
+        });
+        await leaseService.handBack();
+        // The chain duties acknowledge each tenant's close, or finish the lease after
+        // handBackTimeoutMs; as long again lets that finish land (it is retried every round).
+        await pollUntil(settled, { ...pace, timeoutMs: 2 * config.handBackTimeoutMs });
+      }
       await duties.tick();
       await stop();
     },

@@ -23,7 +23,13 @@ export type LeaseState =
   /** The chain says the lease ended without us (closed, slashed, expired): job killed, GPUs freed. */
   | "fenced"
   /** The job could not be started or was lost (e.g. the node restarted while it ran). */
-  | "failed";
+  | "failed"
+  /**
+   * Given back while the node drained: the tenant was told (a `draining` refusal on its session) and
+   * the job stopped. The node heartbeats the lease until the tenant's close, which it acknowledges
+   * (then `fenced`), or finishes it itself if no close comes (then `finished`).
+   */
+  | "handed-back";
 
 export interface LeaseRow {
   leaseId: bigint;
@@ -174,8 +180,8 @@ function toLease(r: LeaseRecord): LeaseRow {
   };
 }
 
-/** States in which the node still owes the lease something (heartbeats, a result, a kill). */
-export const LIVE_STATES: readonly LeaseState[] = ["preparing", "running", "exited"];
+/** States in which the node still owes the lease something (heartbeats, a result, a kill, an acknowledgement). */
+export const LIVE_STATES: readonly LeaseState[] = ["preparing", "running", "exited", "handed-back"];
 
 export class NodeStore {
   readonly #db: DatabaseSync;

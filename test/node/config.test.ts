@@ -35,3 +35,12 @@ describe("the node's log level", () => {
     expect(parsed.error?.issues[0]?.path).toEqual(["logLevel"]);
   });
 });
+
+describe("the drain's settings", () => {
+  it("default to a minute of grace, 30 s for a tenant's close after a hand-back, 10 s to serve outputs", () => {
+    const config = nodeConfigSchema.parse(minimal);
+    expect(config.drainTimeoutMs).toBe(60_000);
+    expect(config.handBackTimeoutMs).toBe(30_000);
+    expect(config.drainOutputLingerMs).toBe(10_000);
+  });
+});

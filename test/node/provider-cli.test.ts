@@ -160,6 +160,7 @@ describe("baton provider (CLI)", () => {
       expect(metrics).toContain(`# TYPE ${histogram} histogram`);
     }
     expect(metrics).toContain("# TYPE baton_lease_heartbeat_timeout_seconds gauge");
+    expect(metrics).toContain("baton_leases_handed_back_total 0");
     // Funded with 1 ETH before registering, which cost some gas.
     const gas = Number(/^baton_gas_balance_eth (\S+)$/m.exec(metrics)?.[1]);
     expect(gas).toBeGreaterThan(0.9);
