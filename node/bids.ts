@@ -101,6 +101,7 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
   };
 
   const handle = async (message: Uint8Array, remotePeer: PeerId): Promise<Uint8Array> => {
+    const took = metrics.bidSeconds.startTimer();
     let response: BidResponse;
     const over = overLimit(remotePeer);
     try {
@@ -111,7 +112,7 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
         from: remotePeer.toString(),
       });
       response = await quoteFor(parseBody(bidSchema, opened));
-      metrics.inc("baton_bids_total", "Bids received, by outcome", { outcome: "quoted" });
+      metrics.bids.inc({ outcome: "quoted" });
       log.info("quoted", {
         peer: remotePeer.toString(),
         nonce: response.kind === "quote" ? response.quote.nonce : null,
@@ -125,18 +126,20 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
             : "internal";
       const text = error instanceof ProtocolError ? error.shortMessage : (error as Error).message;
       response = { kind: "refusal", reason, message: text.slice(0, 512) };
-      metrics.inc("baton_bids_total", "Bids received, by outcome", { outcome: reason });
+      metrics.bids.inc({ outcome: reason });
       // A flooding peer gets one log line per window, not one per bid.
       if (reason !== "rate-limited" || over === 1) {
         log.info("bid refused", { peer: remotePeer.toString(), reason, message: text });
       }
     }
-    return sealMessage(peerKey, host.peerId.toString(), "bid-response", response);
+    const sealed = await sealMessage(peerKey, host.peerId.toString(), "bid-response", response);
+    took({ kind: response.kind });
+    return sealed;
   };
 
   const unreadable = async (error: Error, remotePeer: PeerId): Promise<Uint8Array> => {
     const message = error.name === "InvalidDataLengthError" ? "bid too large" : `unreadable bid (${error.name})`;
-    metrics.inc("baton_bids_total", "Bids received, by outcome", { outcome: "bad-request" });
+    metrics.bids.inc({ outcome: "bad-request" });
     log.info("bid refused", { peer: remotePeer.toString(), reason: "bad-request", message });
     const refusal: BidResponse = { kind: "refusal", reason: "bad-request", message };
     return sealMessage(peerKey, host.peerId.toString(), "bid-response", refusal);

@@ -47,19 +47,21 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     const ids = due.map((l) => l.leaseId);
     const cids = due.map((l) => l.pendingCheckpointCid ?? "");
     try {
+      const took = metrics.chainHeartbeatSeconds.startTimer();
       await writeContract(chain, {
         ...leaseManager,
         functionName: "heartbeat",
         args: [ids, cids.some((c) => c) ? cids : []],
       });
+      took();
       const now = Math.floor(Date.now() / 1000);
       for (const lease of due)
         store.updateLease(lease.leaseId, { lastChainHeartbeat: now, pendingCheckpointCid: null });
-      metrics.inc("baton_chain_heartbeats_total", "On-chain heartbeat transactions", { outcome: "ok" });
-      metrics.inc("baton_chain_heartbeat_leases_total", "Leases covered by on-chain heartbeats", {}, ids.length);
+      metrics.chainHeartbeats.inc({ outcome: "ok" });
+      metrics.chainHeartbeatLeases.inc(ids.length);
       return true;
     } catch (error) {
-      metrics.inc("baton_chain_heartbeats_total", "On-chain heartbeat transactions", { outcome: "failed" });
+      metrics.chainHeartbeats.inc({ outcome: "failed" });
       log.warn("on-chain heartbeat failed", { leases: ids, error });
       return false;
     }
@@ -70,7 +72,7 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     try {
       const receipt = await writeContract(chain, { ...leaseManager, functionName: "claim", args: [ids] });
       log.info("claimed earnings", { leases: ids.length, tx: receipt.transactionHash });
-      metrics.inc("baton_claims_total", "Claim transactions");
+      metrics.claims.inc();
       return true;
     } catch (error) {
       log.warn("claim failed", { leases: ids, error });
@@ -85,7 +87,7 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
       await writeContract(chain, { ...leaseManager, functionName: "finish", args: [lease.leaseId, resultCid] });
       store.updateLease(lease.leaseId, { state: "finished", resultCid });
       log.info("lease finished on chain", { leaseId: lease.leaseId, resultCid });
-      metrics.inc("baton_leases_finished_total", "Leases finished on chain");
+      metrics.leasesFinished.inc();
       ended.add(lease.leaseId);
       await leases.release(lease.leaseId);
     } catch (error) {
@@ -96,8 +98,9 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
   const round = async (): Promise<void> => {
     const now = await syncClock();
     // Failed starts too: their lease stays open until the tenant closes it, and the close needs our acknowledgement.
-    const live = store.leases(["preparing", "running", "exited", "failed"]);
+    const live = store.leases(["preparing", "running", "exited", "failed", "handed-back"]);
     const due: LeaseRow[] = [];
+    const deadlines = new Map<bigint, number>();
     for (const lease of live) {
       const onChain = await chain.publicClient.readContract({
         ...leaseManager,
@@ -105,6 +108,17 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         args: [lease.leaseId],
       });
       const status = leaseStatus[onChain.status] ?? "None";
+      if (status === "Active" || status === "Closing") deadlines.set(lease.leaseId, Number(onChain.deadline));
+      if (status === "Closing" && lease.state === "handed-back") {
+        // The tenant took the hand-back: acknowledge its close (the lease then ends `Closed`, our
+        // collateral freed). Until the acknowledgement lands it is tried again every round.
+        if (await heartbeatBatch([lease])) {
+          store.updateLease(lease.leaseId, { state: "fenced" });
+          log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
+          ended.add(lease.leaseId);
+        }
+        continue;
+      }
       if (status === "Closing") {
         // The tenant left: acknowledge with one heartbeat (it frees our collateral), then stop the job.
         await heartbeat([lease]);
@@ -119,6 +133,12 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         continue;
       }
       if (lease.state === "failed") continue;
+      if (lease.state === "handed-back" && Date.now() - (lease.endedAt ?? 0) >= config.handBackTimeoutMs) {
+        // No close came (the tenant is gone, or its SDK does not hand off on a refusal): end the
+        // lease here, so that it does not turn slashable once this node has stopped.
+        await finish(lease);
+        continue;
+      }
       if (lease.state === "exited") {
         await finish(lease);
         continue;
@@ -128,7 +148,8 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     }
     if (due.length > 0) await heartbeat(due);
 
-    metrics.set("baton_leases_active", "Leases this node is serving", store.leases(["preparing", "running"]).length);
+    metrics.leasesActive.set(store.leases(["preparing", "running"]).length);
+    metrics.setLeaseDeadlines(deadlines);
     if (Date.now() - lastClaim >= config.claimIntervalMs) {
       lastClaim = Date.now();
       // Read at claim time only: a metric is not worth an RPC call every second.
@@ -137,11 +158,7 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         functionName: "claimable",
         args: [account.address],
       });
-      metrics.set(
-        "baton_claimable_wei",
-        "Earnings settled and not yet claimed, before the last claim",
-        Number(claimable),
-      );
+      metrics.claimableWei.set(Number(claimable));
       const ids = [...store.leases(["preparing", "running", "exited"]).map((l) => l.leaseId), ...ended];
       // An ended lease is claimed once (the chain settled it when it ended; the claim only sweeps
       // what was left), so one that cannot be settled never holds back the pay of the others.

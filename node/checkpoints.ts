@@ -63,11 +63,13 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
   const abort = new AbortController();
 
   const publish = async (name: string): Promise<void> => {
+    const took = metrics.checkpointPublishSeconds.startTimer();
     try {
       const result = await publishCheckpoint(ipfs, key, path.join(dir, name), { maxBytes, signal: abort.signal, log });
       const cid = result.cid.toString();
-      metrics.inc("baton_checkpoints_published_total", "Checkpoints published to IPFS");
-      metrics.inc("baton_checkpoint_bytes_total", "Bytes of checkpoints published", {}, result.size);
+      took();
+      metrics.checkpointsPublished.inc();
+      metrics.checkpointBytes.inc(result.size);
       onPublished({ cid, name, step: stepOf(name), size: result.size, sha256: result.plaintextSha256 });
       pinned.push(cid);
       while (pinned.length > keep) {
@@ -78,7 +80,7 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
       if (stopped) return;
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // the job already deleted it
       const reason = shortMessageOf(error);
-      metrics.inc("baton_checkpoints_rejected_total", "Committed checkpoints that could not be published");
+      metrics.checkpointsRejected.inc();
       log.warn("checkpoint not published", { name, reason });
       onRejected(name, reason);
     }

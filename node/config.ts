@@ -4,6 +4,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
 import { z } from "zod";
 
 import { UserError } from "../sdk/errors.ts";
+import { logLevels, type LogLevel } from "../sdk/logger.ts";
 import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import {
   BID_RATE_LIMIT,
@@ -12,7 +13,9 @@ import {
   CHAIN_HEARTBEAT_TIMEOUT_S,
   CHAIN_POLL_MS,
   CLAIM_INTERVAL_MS,
+  DRAIN_OUTPUT_LINGER_MS,
   DRAIN_TIMEOUT_MS,
+  HAND_BACK_TIMEOUT_MS,
   MAX_INPUT_BYTES,
   OFFER_REFRESH_MS,
   OFFER_TTL_MS,
@@ -77,7 +80,14 @@ export const nodeConfigSchema = z
     bidReadTimeoutMs: z.number().int().positive().default(BID_READ_TIMEOUT_MS),
     sessionOpenTimeoutMs: z.number().int().positive().default(SESSION_OPEN_TIMEOUT_MS),
     sessionReplayMessages: z.number().int().nonnegative().default(SESSION_REPLAY_MESSAGES),
+    /** On SIGTERM, how long running leases may go on before they are handed back to their tenants. */
     drainTimeoutMs: z.number().int().nonnegative().default(DRAIN_TIMEOUT_MS),
+    /** How long a handed-back lease waits for its tenant's close before the node finishes it itself. */
+    handBackTimeoutMs: z.number().int().positive().default(HAND_BACK_TIMEOUT_MS),
+    /** After a drain in which jobs ended, how long their outputs stay served before the node stops. */
+    drainOutputLingerMs: z.number().int().nonnegative().default(DRAIN_OUTPUT_LINGER_MS),
+    /** The least severe log lines written; the BATON_LOG_LEVEL environment variable overrides it. */
+    logLevel: z.enum(logLevels).default("info"),
     resumeFetchTimeoutMs: z.number().int().positive().default(RESUME_FETCH_TIMEOUT_MS),
     /** Largest single input file a job may ask for. */
     maxInputBytes: z.number().int().positive().default(MAX_INPUT_BYTES),
@@ -116,6 +126,20 @@ export async function loadNodeConfig(dataDir: string): Promise<NodeConfig> {
   const parsed = nodeConfigSchema.safeParse(parseYaml(text));
   if (!parsed.success) throw new UserError(`${file} is invalid`, { details: z.prettifyError(parsed.error) });
   return parsed.data;
+}
+
+/**
+ * The node's log level: `BATON_LOG_LEVEL` from `env` when set (so an operator can turn on debug
+ * lines for one run without editing the config), else the config's `logLevel`.
+ *
+ * @throws {UserError} when `BATON_LOG_LEVEL` names no level.
+ */
+export function nodeLogLevel(config: Pick<NodeConfig, "logLevel">, env: NodeJS.ProcessEnv = process.env): LogLevel {
+  const fromEnv = env.BATON_LOG_LEVEL;
+  if (fromEnv === undefined || fromEnv === "") return config.logLevel;
+  const level = logLevels.find((l) => l === fromEnv);
+  if (!level) throw new UserError(`BATON_LOG_LEVEL must be one of ${logLevels.join(", ")}, not "${fromEnv}"`);
+  return level;
 }
 
 /** Writes a config file (refusing to overwrite one). */

@@ -38,8 +38,29 @@ export const SESSION_OPEN_TIMEOUT_MS = 10_000;
 /** Messages kept per lease so a re-attaching tenant can catch up on what it missed. */
 export const SESSION_REPLAY_MESSAGES = 1_000;
 
-/** On SIGTERM, keep heartbeating running leases this long for them to finish before stopping. */
+/**
+ * The drain's grace: on SIGTERM, running leases go on (heartbeated, their jobs running) this long,
+ * for them to finish; then each is handed back (see below). A minute lets short jobs end, and a
+ * supervisor's stop timeout must cover it plus the hand-back (`deploy/baton-provider.service`).
+ */
 export const DRAIN_TIMEOUT_MS = 60_000;
+
+/**
+ * How long a lease handed back at the end of a drain waits for its tenant's close, which the node
+ * acknowledges, before the node finishes the lease itself (so that it ends cleanly rather than
+ * turning slashable once the node is gone). The SDK closes as soon as it is told: one transaction,
+ * a few blocks on any chain plus an RPC retry, well within 30 s.
+ */
+export const HAND_BACK_TIMEOUT_MS = 30_000;
+
+/**
+ * After a drain in which jobs ended, how long the node goes on serving before it stops: a finished
+ * job's output lives only in this node's IPFS store until its tenant, told by the result, fetches
+ * it. Nothing tells the node that the fetch is done (the tenant leaves the session on the result),
+ * so it waits this long: an output of tens of MB comes over in a second or two even on a loaded
+ * machine; a larger one needs a longer linger.
+ */
+export const DRAIN_OUTPUT_LINGER_MS = 10_000;
 
 /** How long a new provider may take to fetch the checkpoint it resumes from before refusing the lease. */
 export const RESUME_FETCH_TIMEOUT_MS = 10 * 60_000;

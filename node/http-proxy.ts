@@ -106,7 +106,7 @@ export function httpProxy(components: NodeComponents): HttpProxy {
         return;
       }
     } finally {
-      metrics.inc("baton_http_requests_total", "HTTP requests proxied to server jobs", { status: String(status) });
+      metrics.httpRequests.inc({ status: String(status) });
       log.debug("http request", { status, ms: Math.round(performance.now() - started) });
     }
     await stream.close().catch(() => undefined);

@@ -31,6 +31,15 @@ import type { NodeComponents } from "./components.ts";
 import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
 import type { LeaseRow } from "./store.ts";
 
+/** What a tenant is told when its lease is handed back at the end of a drain's grace. */
+const HAND_BACK_MESSAGE = "the node is shutting down and its drain grace ended: the lease is handed back";
+
+/**
+ * How a handed-back lease is recorded: why, and the result its `finish` carries should the tenant
+ * never close it (a marker, like the one for a job without output, not an IPFS CID).
+ */
+const HANDED_BACK = { reason: "provider draining", resultCid: "baton-result:v1:handed-back:draining" } as const;
+
 /** A line a job prints on stdout to report progress: `BATON_PROGRESS {"step":10,"total":100}`. */
 export const PROGRESS_PREFIX = "BATON_PROGRESS ";
 
@@ -71,10 +80,15 @@ export interface Leases {
   fence(leaseId: bigint, reason: string): Promise<void>;
   /** Frees a finished lease's GPUs and closes its sessions. */
   release(leaseId: bigint): Promise<void>;
+  /**
+   * Gives every lease whose job has not ended back to its tenant (the end of a drain's grace): the
+   * starts under way are refused, each tenant is told on its session (a `draining` refusal, so that
+   * it hands the job on at once), and the job is stopped. The chain duties then acknowledge each
+   * tenant's close, or finish the lease (see `handed-back` in `store.ts`).
+   */
+  handBack(): Promise<void>;
   /** Kills every job (shutdown). */
   killAll(reason: string): Promise<void>;
-  /** Leases with a job process. */
-  running(): bigint[];
 }
 
 export interface LeasesInit {
@@ -93,6 +107,10 @@ export interface LeasesInit {
 export function leases(components: NodeComponents, init: LeasesInit): Leases {
   const { host, peerKey, chain, store, gpus, config, log, metrics, account } = components;
   const runtimes = new Map<bigint, LeaseRuntime>();
+  /** Starts under way (inputs and checkpoint downloading): a hand-back waits until each has launched or failed. */
+  const starting = new Set<Promise<void>>();
+  /** Aborted by the hand-back: downloads under way stop, and their starts are refused as `draining`. */
+  const handingBack = new AbortController();
   const me = host.peerId.toString();
   const { leaseManager } = contracts(chain.deployment);
 
@@ -127,7 +145,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       { at: Date.now(), state: runtime.state, ...(runtime.progress ? { progress: runtime.progress } : {}) },
       true,
     );
-    metrics.inc("baton_session_heartbeats_total", "Off-chain heartbeats sent on lease sessions");
+    metrics.sessionHeartbeats.inc();
   };
 
   const onLine = (runtime: LeaseRuntime, stream: "stdout" | "stderr", line: string): void => {
@@ -196,7 +214,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       });
     }
     store.updateLease(row.leaseId, { state: "running", pid: job.pid });
-    metrics.inc("baton_jobs_started_total", "Jobs started", { relaunch: String(relaunch) });
+    metrics.jobsStarted.inc({ relaunch: String(relaunch) });
     log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch });
     void job.exited.then(async (exit) => {
       runtime.exit = exit;
@@ -205,7 +223,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       // Let the watcher publish what the job committed last before the result goes out.
       await runtime.checkpoints?.settle();
       const current = store.getLease(row.leaseId);
-      if (current?.state === "fenced") return;
+      // Stopped because the chain ended the lease, or because the node handed it back: no result.
+      if (current?.state === "fenced" || current?.state === "handed-back") return;
       log.info("job exited", { leaseId: row.leaseId, code: exit.code, signal: exit.signal, reason: exit.reason });
       // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
       const output = await publishOutput(row);
@@ -381,6 +400,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
     await fetchJobInputs(row, spec, tenantAddresses);
     if (body.resume) await restoreResume(row, body.resume, tenantAddresses);
+    if (handingBack.signal.aborted) throw startHandedBack(row.leaseId);
     // Only now, with inputs and checkpoint in place, does the lease get a runtime (and session heartbeats).
     const runtime = runtimeFor(body.leaseId);
     init.onCapacityChange();
@@ -435,15 +455,23 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     store.updateLease(leaseId, { state: "failed", reason, endedAt: Date.now() });
   };
 
+  /** A start the hand-back overtook: its GPUs are freed, its lease handed back, and the refusal to send returned. */
+  const startHandedBack = (leaseId: bigint): RefusalError<SessionRefusalReason> => {
+    gpus.release(leaseHolder(leaseId));
+    store.updateLease(leaseId, { state: "handed-back", ...HANDED_BACK, endedAt: Date.now() });
+    return sessionRefusal("draining", HAND_BACK_MESSAGE);
+  };
+
   /** Fetches the job's inputs by CID into its work dir, from the tenant or any peer that has them. */
   const fetchJobInputs = async (row: LeaseRow, spec: JobSpec, tenantAddresses: Multiaddr[]): Promise<void> => {
     try {
       await fetchInputs(components.ipfs, spec, row.workDir, {
         providers: tenantAddresses,
         maxBytes: config.maxInputBytes,
-        signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
+        signal: AbortSignal.any([AbortSignal.timeout(config.resumeFetchTimeoutMs), handingBack.signal]),
       });
     } catch (error) {
+      if (handingBack.signal.aborted) throw startHandedBack(row.leaseId);
       startFailed(row.leaseId, "inputs-failed");
       throw sessionRefusal("inputs-failed", `cannot fetch the job's inputs: ${shortMessageOf(error)}`);
     }
@@ -465,11 +493,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           expectedSha256: resume.sha256,
           maxBytes: MAX_CHECKPOINT_BYTES,
           providers: tenantAddresses,
-          signal: AbortSignal.timeout(config.resumeFetchTimeoutMs),
+          signal: AbortSignal.any([AbortSignal.timeout(config.resumeFetchTimeoutMs), handingBack.signal]),
           pin: true,
         },
       );
     } catch (error) {
+      if (handingBack.signal.aborted) throw startHandedBack(row.leaseId);
       startFailed(row.leaseId, "resume-failed");
       throw sessionRefusal("resume-failed", `cannot resume from ${resume.cid}: ${shortMessageOf(error)}`);
     }
@@ -501,7 +530,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   const refuse = async (stream: Stream, remote: string, error: unknown, leaseId: bigint | undefined): Promise<void> => {
     const { reason, message } = refusalFor(error, remote, leaseId);
     log.info("session refused", { peer: remote, reason, message, leaseId });
-    metrics.inc("baton_sessions_refused_total", "Lease sessions refused", { reason });
+    metrics.sessionsRefused.inc({ reason });
     const body = { reason, message, ...(leaseId === undefined ? {} : { leaseId }) };
     await send(stream, await sealMessage(peerKey, me, "refused", body));
     await stream.close().catch(() => undefined);
@@ -523,10 +552,20 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       const tenant = await authorize(opening.body, remote);
       if (opening.type === "attach") await reattach(stream, remote, leaseId, opening.body.afterSeq);
       else if (runtimes.has(leaseId)) await reattach(stream, remote, leaseId, 0);
-      else await startSession(stream, connection, opening.body, tenant);
+      else await track(startSession(stream, connection, opening.body, tenant));
       await readAcks(messages, remote);
     } catch (error) {
       await refuse(stream, remote, error, leaseId);
+    }
+  };
+
+  /** Keeps `start` among the starts under way until it settles. */
+  const track = async (start: Promise<void>): Promise<void> => {
+    starting.add(start);
+    try {
+      await start;
+    } finally {
+      starting.delete(start);
     }
   };
 
@@ -580,14 +619,34 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       if (!row || row.state === "fenced" || row.state === "finished") return;
       store.updateLease(leaseId, { state: "fenced", reason, endedAt: Date.now() });
       log.warn("lease ended on chain; job stopped", { leaseId, reason });
-      metrics.inc("baton_leases_fenced_total", "Leases whose job was stopped because the chain ended them");
+      metrics.leasesFenced.inc();
       await stopRuntime(leaseId, "killed");
     },
     release: (leaseId) => stopRuntime(leaseId, "killed"),
+    async handBack() {
+      handingBack.abort();
+      await Promise.allSettled([...starting]);
+      // A job that already exited keeps its result: the chain duties finish its lease with it.
+      const rows = store.leases(["preparing", "running"]).filter((row) => !runtimes.get(row.leaseId)?.exit);
+      await Promise.all(
+        rows.map(async ({ leaseId }) => {
+          // Recorded first: the job's exit, which the stop below brings, then sends no result.
+          store.updateLease(leaseId, { state: "handed-back", ...HANDED_BACK, pid: null, endedAt: Date.now() });
+          metrics.leasesHandedBack.inc();
+          log.info("lease handed back to its tenant", { leaseId });
+          const runtime = runtimes.get(leaseId);
+          if (runtime) {
+            const body = { reason: "draining" as const, message: HAND_BACK_MESSAGE, leaseId };
+            const refusal = await sealMessage(peerKey, me, "refused", body);
+            await Promise.all([...runtime.sessions].map((stream) => send(stream, refusal)));
+          }
+          await stopRuntime(leaseId, "aborted");
+        }),
+      );
+    },
     async killAll(reason) {
       log.info("stopping all jobs", { reason });
       await Promise.all([...runtimes.keys()].map((id) => stopRuntime(id, "aborted")));
     },
-    running: () => [...runtimes.values()].filter((r) => r.job && !r.exit).map((r) => r.leaseId),
   };
 }

@@ -9,15 +9,16 @@ import { UserError } from "../sdk/errors.ts";
 import { createIpfsNode } from "../sdk/ipfs/node.ts";
 import { createLogger, type Logger } from "../sdk/logger.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
-import { pollUntil } from "../sdk/utils/retry.ts";
+import { pollUntil, sleep } from "../sdk/utils/retry.ts";
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
-import type { NodeComponents } from "./components.ts";
-import { DATA_FILES, loadNodeConfig, type NodeConfig } from "./config.ts";
+import { chainNow, type NodeComponents } from "./components.ts";
+import { DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
 import { httpProxy } from "./http-proxy.ts";
 import { leases } from "./leases.ts";
+import { lockDataDir } from "./lock.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
 import { prepareJobsDir } from "./jobs-dir.ts";
 import { offerPublisher } from "./offers.ts";
@@ -25,7 +26,6 @@ import { NOBODY_GID, NOBODY_UID } from "./sandbox/constants.ts";
 import { detectSandbox } from "./sandbox/detect.ts";
 import { NodeStore } from "./store.ts";
 
-/** The file names a node keeps in its data dir. */
 export interface StartProviderNodeOptions {
   dataDir: string;
   /** Overrides the config file (tests). */
@@ -33,6 +33,7 @@ export interface StartProviderNodeOptions {
   /** Development key (BATON_PROVIDER_KEY); otherwise the keystore with `password`. */
   privateKey?: string;
   password?: string;
+  /** Where the node logs; by default JSON lines on stderr at the config's level (BATON_LOG_LEVEL overrides it). */
   log?: Logger;
 }
 
@@ -40,8 +41,15 @@ export interface ProviderNode {
   components: NodeComponents;
   addresses: string[];
   metricsPort: number | undefined;
-  /** Stops taking bids and sessions, keeps running leases (and their heartbeats) until they end or the timeout passes, then stops. */
-  drain(timeoutMs?: number): Promise<void>;
+  /**
+   * Drains the node, then stops it: no new bids or leases from now on; running leases go on (jobs
+   * running, heartbeated) for `graceMs` (default: the config's `drainTimeoutMs`) in case they end,
+   * and if they all do, their outputs are served `drainOutputLingerMs` more; otherwise each lease
+   * still running is handed back (its tenant told, its job stopped), and the node waits, at most
+   * twice `handBackTimeoutMs`, for each to end on chain: the tenant's close acknowledged, or the
+   * lease finished by the node itself.
+   */
+  drain(graceMs?: number): Promise<void>;
   /** Stops everything now; running jobs are killed. */
   stop(): Promise<void>;
 }
@@ -67,8 +75,24 @@ async function machineGpus(config: NodeConfig, log: Logger): Promise<Gpu[]> {
  */
 export async function startProviderNode(options: StartProviderNodeOptions): Promise<ProviderNode> {
   const { dataDir } = options;
-  const log = options.log ?? createLogger("node");
   const config = options.config ?? (await loadNodeConfig(dataDir));
+  const log = options.log ?? createLogger("node", { level: nodeLogLevel(config) });
+  const lock = lockDataDir(dataDir);
+  try {
+    return await startLocked(options, config, log, () => lock.release());
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
+}
+
+/** {@link startProviderNode} once the data dir is ours: `unlock` lets it go when the node stops. */
+async function startLocked(
+  { dataDir, ...options }: StartProviderNodeOptions,
+  config: NodeConfig,
+  log: Logger,
+  unlock: () => void,
+): Promise<ProviderNode> {
   const deployment = await loadDeploymentFile(path.resolve(dataDir, config.deployment));
   const account = await loadAccount({
     keystore: path.resolve(dataDir, config.keystore),
@@ -128,7 +152,11 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
   let onCapacityChange = (): void => {};
   const gpus = new GpuAllocator(gpuList, () => onCapacityChange());
   const store = new NodeStore(path.join(dataDir, DATA_FILES.database));
-  const metrics = new Metrics();
+  const chainClock = { offsetS: 0 };
+  const metrics = new Metrics({
+    gasBalance: () => chain.publicClient.getBalance({ address: account.address }),
+    chainNow: () => chainNow({ chainClock }),
+  });
   // Bootstrap peers are dialled only once the IPFS node is on the host: bitswap ignores peers that
   // were connected before it registered (seen with Helia 7.1.15).
   const host = await createBatonHost({ privateKey: peerKey, listen: config.listen, dhtAddresses: config.dhtAddresses });
@@ -147,7 +175,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     gpus,
     metrics,
     log,
-    chainClock: { offsetS: 0 },
+    chainClock,
     draining: { value: false },
   };
 
@@ -162,7 +190,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
   const duties = chainDuties(components, leaseService);
   const proxy = httpProxy(components);
   const metricsServer = config.metricsPort === null ? undefined : await serveMetrics(metrics, config.metricsPort);
-  metrics.set("baton_gpus", "GPUs on this node", gpuList.length);
+  metrics.gpus.set(gpuList.length);
 
   await leaseService.recover();
   await bidService.start();
@@ -193,6 +221,7 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     await ipfs.stop();
     await host.stop();
     store.close();
+    unlock();
     log.info("provider node stopped", {});
   };
 
@@ -200,14 +229,30 @@ export async function startProviderNode(options: StartProviderNodeOptions): Prom
     components,
     addresses: host.getMultiaddrs().map((a) => a.toString()),
     metricsPort: metricsServer?.port,
-    async drain(timeoutMs = config.drainTimeoutMs) {
+    async drain(graceMs = config.drainTimeoutMs) {
       components.draining.value = true;
       offers.refresh();
-      log.info("draining: no new leases; waiting for running ones", {
-        running: leaseService.running().length,
-        timeoutMs,
-      });
-      await pollUntil(() => leaseService.running().length === 0, { delayMs: 200, backoff: 1, timeoutMs });
+      // Owed: a job running or starting, a result to finish on chain, a hand-back to see through.
+      const settled = (): boolean => store.leases().length === 0;
+      const pace = { delayMs: 200, backoff: 1 } as const;
+      const serving = store.leases().map((lease) => lease.leaseId);
+      log.info("draining: no new leases; running ones may finish", { leases: serving.length, graceMs });
+      if (await pollUntil(settled, { ...pace, timeoutMs: graceMs })) {
+        if (serving.some((leaseId) => store.getLease(leaseId)?.state === "finished")) {
+          log.info("jobs ended during the drain: serving their outputs a while longer", {
+            lingerMs: config.drainOutputLingerMs,
+          });
+          await sleep(config.drainOutputLingerMs);
+        }
+      } else {
+        log.info("drain grace over: handing the leases still running back to their tenants", {
+          leases: store.leases().length,
+        });
+        await leaseService.handBack();
+        // The chain duties acknowledge each tenant's close, or finish the lease after
+        // handBackTimeoutMs; as long again lets that finish land (it is retried every round).
+        await pollUntil(settled, { ...pace, timeoutMs: 2 * config.handBackTimeoutMs });
+      }
       await duties.tick();
       await stop();
     },

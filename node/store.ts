@@ -2,6 +2,8 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
 
+import { UserError } from "../sdk/errors.ts";
+
 /**
  * The node's memory across crashes: quotes it signed, leases it serves and their jobs, in SQLite
  * (Node's built-in `node:sqlite`, so nothing native is compiled at install). Every write is a single
@@ -21,7 +23,13 @@ export type LeaseState =
   /** The chain says the lease ended without us (closed, slashed, expired): job killed, GPUs freed. */
   | "fenced"
   /** The job could not be started or was lost (e.g. the node restarted while it ran). */
-  | "failed";
+  | "failed"
+  /**
+   * Given back while the node drained: the tenant was told (a `draining` refusal on its session) and
+   * the job stopped. The node heartbeats the lease until the tenant's close, which it acknowledges
+   * (then `fenced`), or finishes it itself if no close comes (then `finished`).
+   */
+  | "handed-back";
 
 export interface LeaseRow {
   leaseId: bigint;
@@ -53,7 +61,18 @@ export interface QuoteRow {
   expiresAt: number;
 }
 
-const SCHEMA = `
+/**
+ * The schema, as the steps that build it: step N (counted from 1) takes a database from version
+ * N - 1 to version N, and `PRAGMA user_version` says which version a database is at. A change to
+ * the layout is a new step at the end; a step, once released, is never edited, since databases out
+ * there were built by it.
+ *
+ * Step 1 is the layout from before versions were recorded, word for word: run on a database of
+ * that time (version 0, its tables already there), its `IF NOT EXISTS` clauses leave the tables
+ * and their rows as they are, and only the version is written.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quotes (
   nonce TEXT PRIMARY KEY,
@@ -83,7 +102,39 @@ CREATE TABLE IF NOT EXISTS leases (
   job_key TEXT
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
-`;
+`,
+];
+
+/** The schema version this code reads and writes. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Brings `db` up to the version of `steps` (default {@link MIGRATIONS}): the steps it lacks run in
+ * one transaction with the new version, so a crash or a failing step leaves the database exactly as
+ * it was. A database newer than the steps is refused rather than guessed at.
+ *
+ * @returns the version the database was at before.
+ * @throws {UserError} when the database is newer than this code.
+ */
+export function migrate(db: DatabaseSync, file: string, steps: readonly string[] = MIGRATIONS): number {
+  const { user_version: found } = db.prepare("PRAGMA user_version").get() as { user_version: number };
+  if (found > steps.length) {
+    throw new UserError(
+      `${file} is at schema version ${found}, newer than this baton reads (${steps.length}): run the baton that wrote it, or a newer one`,
+    );
+  }
+  if (found === steps.length) return found;
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    for (let version = found + 1; version <= steps.length; version++) db.exec(steps[version - 1]!);
+    db.exec(`PRAGMA user_version = ${steps.length}`);
+    db.exec("COMMIT");
+  } catch (error) {
+    db.exec("ROLLBACK");
+    throw error;
+  }
+  return found;
+}
 
 interface LeaseRecord {
   lease_id: string;
@@ -129,8 +180,8 @@ function toLease(r: LeaseRecord): LeaseRow {
   };
 }
 
-/** States in which the node still owes the lease something (heartbeats, a result, a kill). */
-export const LIVE_STATES: readonly LeaseState[] = ["preparing", "running", "exited"];
+/** States in which the node still owes the lease something (heartbeats, a result, a kill, an acknowledgement). */
+export const LIVE_STATES: readonly LeaseState[] = ["preparing", "running", "exited", "handed-back"];
 
 export class NodeStore {
   readonly #db: DatabaseSync;
@@ -139,7 +190,12 @@ export class NodeStore {
     if (file !== ":memory:") mkdirSync(path.dirname(file), { recursive: true });
     this.#db = new DatabaseSync(file);
     this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
-    this.#db.exec(SCHEMA);
+    try {
+      migrate(this.#db, file);
+    } catch (error) {
+      this.#db.close();
+      throw error;
+    }
   }
 
   close(): void {

@@ -63,6 +63,14 @@ export class UserError extends BaseError {
   override name = "UserError";
 }
 
+/**
+ * Another node process already runs on this data dir. Two nodes on one dir would sign quotes from
+ * the same nonce counter and heartbeat the same leases: the second refuses to start instead.
+ */
+export class DataDirInUseError extends UserError {
+  override name = "DataDirInUseError";
+}
+
 /** A message from the network failed its schema, size limit or signature. */
 export class ProtocolError extends BaseError {
   override name = "ProtocolError";

@@ -3,7 +3,9 @@
  * operator can grep them and a log shipper can parse them. Secrets never go in fields: job keys
  * and private keys are not logged anywhere.
  */
-export type LogLevel = "debug" | "info" | "warn" | "error";
+/** The levels, least severe first: a logger writes its own level and those after it. */
+export const logLevels = ["debug", "info", "warn", "error"] as const;
+export type LogLevel = (typeof logLevels)[number];
 
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 

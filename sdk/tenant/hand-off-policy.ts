@@ -46,6 +46,14 @@ export function isProviderRefusal(reason: SessionRefusalReason): boolean {
 }
 
 /**
+ * Why the job moves on after a provider's refusal, as its `provider-failed` event says. A draining
+ * provider does not refuse the job: it gives a running lease back, and the reason says so.
+ */
+export function refusalHandOffReason(reason: SessionRefusalReason, message: string): string {
+  return reason === "draining" ? `provider draining: ${message}` : `refused: ${message}`;
+}
+
+/**
  * The providers (addresses or peer ids) a new lease avoids: it never goes to the user's list, to
  * `others` (a service's other replicas, say) or to the provider that failed the job last; the
  * providers that failed it before come last, after every other offer. One that failed earlier and

@@ -8,7 +8,7 @@ import { BaseError, JobCancelledError, JobFailedError, UserError } from "../erro
 import type { Logger } from "../logger.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { CheckpointReplicator } from "./checkpoint-replicator.ts";
-import { countHandOff, isProviderRefusal, leaseCost } from "./hand-off-policy.ts";
+import { countHandOff, isProviderRefusal, leaseCost, refusalHandOffReason } from "./hand-off-policy.ts";
 import type { AttachOptions, JobHandle, JobState, JobStatus, RunJobOptions } from "./job-handle.ts";
 import { JobEvents, type JobEvent, type JobEventListener, type JobEventType, type JobResult } from "./job-events.ts";
 import { endOpenLeases, endRecordedLease, PendingSlashes, type OnSlash } from "./job-settlement.ts";
@@ -219,7 +219,7 @@ class JobRunner implements JobHandle {
           if (!isProviderRefusal(outcome.reason)) {
             throw new UserError(`the provider refused the job: ${outcome.message}`, { details: outcome.reason });
           }
-          await this.#handOff(lease, `refused: ${outcome.message}`, Date.now());
+          await this.#handOff(lease, refusalHandOffReason(outcome.reason, outcome.message), Date.now());
           break;
         case "failed":
           await this.#handOff(lease, outcome.reason, outcome.lastSeenAt);

@@ -163,13 +163,18 @@ export const jobStates = ["starting", "running", "exited"] as const;
 export type JobState = (typeof jobStates)[number];
 
 /**
- * Why a provider refuses a lease session (and ends it). Which of them are the provider's doing, so
- * that the tenant hands the job on, is the tenant's hand-off policy (`sdk/tenant/hand-off-policy.ts`).
+ * Why a provider refuses a lease session (and ends it): when the session opens, or, for `draining`
+ * only, later on a running lease. Which of them are the provider's doing, so that the tenant hands
+ * the job on, is the tenant's hand-off policy (`sdk/tenant/hand-off-policy.ts`).
  */
 export const sessionRefusalReasons = [
   /** No first message in time. */
   "timeout",
-  /** The node is shutting down. */
+  /**
+   * The node is shutting down: it opens no new session, and once its drain grace ends it sends this
+   * on the session of each lease still running, stops the job and ends the lease (acknowledging the
+   * tenant's close, or finishing it itself), so that the tenant hands the job on at once.
+   */
   "draining",
   /** The chain has no such lease, or (on attach) this node runs no job for it. */
   "unknown-lease",

@@ -11,7 +11,7 @@ import type { JobEvent, JobHandle } from "../../sdk/actions/runJob.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { JobSpecInput } from "../../sdk/job-spec.ts";
 import { providerDirs, runToEnd, startExampleJob, tempDir } from "./example-jobs.ts";
-import { startMarket, type Market, type ProviderHandle } from "./market.ts";
+import { startMarket, type Market, type ProviderHandle, type StartMarketOptions } from "./market.ts";
 import { root } from "./processes.ts";
 
 /** The example trainer, short: 600 steps, a checkpoint every 50. */
@@ -36,8 +36,9 @@ export interface RunJobFixture {
 }
 
 /**
- * A three-provider market for the calling test file (CPU jobs, on-chain heartbeat every 1 s),
- * started before its tests and stopped after them, and the reference result.
+ * A three-provider market for the calling test file (CPU jobs, on-chain heartbeat every 1 s, and
+ * `configFor`'s settings per provider), started before its tests and stopped after them, and the
+ * reference result.
  *
  * The on-chain timeout is short (6 s) by default, so that tests of a slash do not wait long. A file
  * that asserts no hand-off happens should ask for more: on a loaded machine an honest provider's
@@ -46,6 +47,7 @@ export interface RunJobFixture {
 export function useRunJobMarket({
   chainHeartbeatTimeoutS = 6,
   privateParent = false,
+  configFor,
 }: {
   chainHeartbeatTimeoutS?: number;
   /**
@@ -53,6 +55,7 @@ export function useRunJobMarket({
    * is: jobs, which run as nobody, cannot reach work dirs there, and the nodes must put them elsewhere.
    */
   privateParent?: boolean;
+  configFor?: StartMarketOptions["configFor"];
 } = {}): RunJobFixture {
   const fixture = {} as RunJobFixture;
   beforeAll(async () => {
@@ -69,6 +72,7 @@ export function useRunJobMarket({
         chainHeartbeatPeriodS: 1,
         chainHeartbeatTimeoutS,
       },
+      ...(configFor ? { configFor } : {}),
     });
   }, 240_000);
   afterAll(async () => {

@@ -148,10 +148,68 @@ describe("baton provider (CLI)", () => {
     const metrics = await (await fetch(url)).text();
     expect(metrics).toContain("# TYPE baton_gpus gauge");
     expect(metrics).toContain("baton_gpus 1");
+    // The process metrics every exporter has, and the series an operator alerts on (their values
+    // under load are asserted with a running lease, in test/sdk/run-job-drain.test.ts).
+    expect(metrics).toContain("# TYPE process_cpu_user_seconds_total counter");
+    expect(metrics).toContain("# TYPE nodejs_eventloop_lag_seconds gauge");
+    for (const histogram of [
+      "baton_chain_heartbeat_seconds",
+      "baton_bid_seconds",
+      "baton_checkpoint_publish_seconds",
+    ]) {
+      expect(metrics).toContain(`# TYPE ${histogram} histogram`);
+    }
+    expect(metrics).toContain("# TYPE baton_lease_heartbeat_timeout_seconds gauge");
+    expect(metrics).toContain("baton_leases_handed_back_total 0");
+    // Funded with 1 ETH before registering, which cost some gas.
+    const gas = Number(/^baton_gas_balance_eth (\S+)$/m.exec(metrics)?.[1]);
+    expect(gas).toBeGreaterThan(0.9);
+    expect(gas).toBeLessThan(1);
     node.child.kill("SIGTERM");
     const exit = await node.exited;
     expect(exit.code).toBe(0);
     expect(node.lines.join("\n")).toContain("SIGTERM: draining");
     expect(node.lines.join("\n")).toContain('"msg":"provider node stopped"');
+  });
+
+  it("refuses a second node on the same data dir, naming the first; a SIGKILLed node's dir is free at once", async () => {
+    const first = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], env);
+    await first.waitFor(/provider node listening on /, 60_000);
+    const second = await baton(["provider", "start", "--data-dir", dataDir]);
+    expect(second.code).toBe(1);
+    expect(second.output).toContain(
+      `error: the data dir ${dataDir} is in use by another baton provider (pid ${first.pid}); stop it first`,
+    );
+    expect(first.child.exitCode).toBeNull();
+
+    first.child.kill("SIGKILL");
+    await first.exited;
+    // Its pid file is left behind; the lock itself went with the process.
+    expect((await readFile(path.join(dataDir, "node.pid"), "utf8")).trim()).toBe(String(first.pid));
+    const next = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], env);
+    await next.waitFor(/provider node listening on /, 60_000);
+    expect((await readFile(path.join(dataDir, "node.pid"), "utf8")).trim()).toBe(String(next.pid));
+    next.child.kill("SIGTERM");
+    expect((await next.exited).code).toBe(0);
+    // Stopped cleanly, it let the data dir go: no pid file names it any more.
+    await expect(readFile(path.join(dataDir, "node.pid"), "utf8")).rejects.toThrow(/ENOENT/);
+  });
+
+  it("logs at BATON_LOG_LEVEL, and refuses one that names no level", async () => {
+    const wrong = await baton(["provider", "start", "--data-dir", dataDir], { BATON_LOG_LEVEL: "verbose" });
+    expect(wrong.code).toBe(1);
+    expect(wrong.output).toContain('error: BATON_LOG_LEVEL must be one of debug, info, warn, error, not "verbose"');
+
+    const node = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], {
+      ...env,
+      BATON_LOG_LEVEL: "warn",
+    });
+    await node.waitFor(/provider node listening on /, 60_000);
+    node.child.kill("SIGTERM");
+    expect((await node.exited).code).toBe(0);
+    const levels = node.lines.flatMap((line) => (line.startsWith("{") ? [JSON.parse(line).level as string] : []));
+    // The fake GPUs are warned about; "provider node started" and "… stopped" (info) are not written.
+    expect(levels).toContain("warn");
+    expect(levels.filter((level) => level === "info" || level === "debug")).toEqual([]);
   });
 });

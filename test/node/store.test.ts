@@ -2,9 +2,11 @@ import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 
-import { NodeStore, type LeaseRow } from "../../node/store.ts";
+import { migrate, MIGRATIONS, NodeStore, SCHEMA_VERSION, type LeaseRow } from "../../node/store.ts";
+import { UserError } from "../../sdk/errors.ts";
 
 let dir: string;
 beforeEach(async () => {
@@ -98,5 +100,145 @@ describe("node store", () => {
     const next = store.nextNonce();
     expect(next).toBeGreaterThan(seen[seen.length - 1]!);
     store.close();
+  });
+});
+
+/** node.db's layout before schema versions were recorded (user_version 0), word for word as that node wrote it. */
+const UNVERSIONED_SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quotes (
+  nonce TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  gpus TEXT NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+  lease_id TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  tenant_peer TEXT NOT NULL,
+  state TEXT NOT NULL,
+  gpus TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  work_dir TEXT NOT NULL,
+  pid INTEGER,
+  started_at INTEGER NOT NULL,
+  ended_at INTEGER,
+  exit_code INTEGER,
+  reason TEXT,
+  chain_period_s INTEGER NOT NULL,
+  last_chain_heartbeat INTEGER,
+  pending_checkpoint_cid TEXT,
+  result_cid TEXT,
+  job_key TEXT
+);
+CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
+`;
+
+const userVersion = (db: DatabaseSync): number =>
+  (db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version;
+
+const tables = (db: DatabaseSync): string[] =>
+  (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map(
+    (r) => r.name,
+  );
+
+describe("node store schema versions", () => {
+  it("upgrades a node.db from before schema versions to the current one, keeping every row", () => {
+    const file = path.join(dir, "node.db");
+    const old = new DatabaseSync(file);
+    // As the node of that time opened it, and wrote to it.
+    old.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;");
+    old.exec(UNVERSIONED_SCHEMA);
+    old.exec(`
+      INSERT INTO meta (key, value) VALUES ('next_nonce', '17');
+      INSERT INTO quotes (nonce, job_id, tenant, gpus, expires_at) VALUES ('16', '0x01', '0x02', '[0]', 1700000000000);
+      INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
+        exit_code, reason, chain_period_s, last_chain_heartbeat, pending_checkpoint_cid, result_cid, job_key)
+      VALUES ('9', '', '0x0000000000000000000000000000000000000001', '12D3KooWTenant', 'running', '[0]',
+        '{"command":["train"]}', '/data/jobs/9/work', 4242, 1700000000000, NULL, NULL, NULL, 30, 1700000001,
+        'bafycheckpoint', NULL, 'a2V5');
+    `);
+    expect(userVersion(old)).toBe(0);
+    old.close();
+
+    const store = new NodeStore(file);
+    expect(store.nextNonce()).toBe(17n);
+    expect(store.getQuote(16n)).toEqual({
+      nonce: 16n,
+      jobId: "0x01",
+      tenant: "0x02",
+      gpus: [0],
+      expiresAt: 1700000000000,
+    });
+    expect(store.leases()).toEqual([
+      {
+        leaseId: 9n,
+        jobId: "",
+        tenant: "0x0000000000000000000000000000000000000001",
+        tenantPeer: "12D3KooWTenant",
+        state: "running",
+        gpus: [0],
+        spec: { command: ["train"] },
+        workDir: "/data/jobs/9/work",
+        pid: 4242,
+        startedAt: 1700000000000,
+        endedAt: null,
+        exitCode: null,
+        reason: null,
+        chainPeriodS: 30,
+        lastChainHeartbeat: 1700000001,
+        pendingCheckpointCid: "bafycheckpoint",
+        resultCid: null,
+        jobKey: "a2V5",
+      },
+    ]);
+    store.close();
+
+    const upgraded = new DatabaseSync(file);
+    expect(userVersion(upgraded)).toBe(SCHEMA_VERSION);
+    expect(tables(upgraded)).toEqual(["leases", "meta", "quotes"]);
+    upgraded.close();
+  });
+
+  it("creates a new node.db at the current version", () => {
+    const file = path.join(dir, "node.db");
+    new NodeStore(file).close();
+    const db = new DatabaseSync(file);
+    expect(userVersion(db)).toBe(SCHEMA_VERSION);
+    expect(tables(db)).toEqual(["leases", "meta", "quotes"]);
+    db.close();
+  });
+
+  it("runs the missing steps in one transaction: one that fails leaves the database as it was", () => {
+    const file = path.join(dir, "node.db");
+    const db = new DatabaseSync(file);
+    expect(migrate(db, file)).toBe(0);
+    const failing = [...MIGRATIONS, "CREATE TABLE later (x INTEGER);", "INSERT INTO nowhere VALUES (1);"];
+    expect(() => migrate(db, file, failing)).toThrow(/no such table: nowhere/);
+    expect(userVersion(db)).toBe(MIGRATIONS.length);
+    expect(tables(db)).not.toContain("later");
+
+    expect(migrate(db, file, [...MIGRATIONS, "CREATE TABLE later (x INTEGER);"])).toBe(MIGRATIONS.length);
+    expect(userVersion(db)).toBe(MIGRATIONS.length + 1);
+    expect(tables(db)).toContain("later");
+    db.close();
+  });
+
+  it("refuses a node.db written by a newer baton, and leaves it untouched", () => {
+    const file = path.join(dir, "node.db");
+    const newer = new DatabaseSync(file);
+    newer.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 1}`);
+    newer.close();
+    const open = () => new NodeStore(file);
+    expect(open).toThrow(UserError);
+    expect(open).toThrow(
+      `${file} is at schema version ${SCHEMA_VERSION + 1}, newer than this baton reads (${SCHEMA_VERSION}): run the baton that wrote it, or a newer one`,
+    );
+    const db = new DatabaseSync(file);
+    expect(userVersion(db)).toBe(SCHEMA_VERSION + 1);
+    expect(tables(db)).toEqual([]);
+    db.close();
   });
 });

@@ -9,6 +9,7 @@ import {
   leaseDeposit,
   providersToAvoid,
   refusalFault,
+  refusalHandOffReason,
   TOP_UP_MARGIN_MS,
   topUpAmount,
   topUpAt,
@@ -64,6 +65,13 @@ describe("refusals", () => {
     for (const reason of ["not-our-lease", "not-your-lease", "spec-mismatch", "bad-request"] as const) {
       expect(isProviderRefusal(reason), reason).toBe(false);
     }
+  });
+
+  it("says a draining provider gave the lease back, and any other provider refused", () => {
+    expect(refusalHandOffReason("draining", "the node is shutting down")).toBe(
+      "provider draining: the node is shutting down",
+    );
+    expect(refusalHandOffReason("resume-failed", "cannot resume from bafy")).toBe("refused: cannot resume from bafy");
   });
 });
 

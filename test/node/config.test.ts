@@ -1,0 +1,46 @@
+import { describe, expect, it } from "vitest";
+
+import { nodeConfigSchema, nodeLogLevel } from "../../node/config.ts";
+import { UserError } from "../../sdk/errors.ts";
+
+const minimal = {
+  rpcUrl: "http://127.0.0.1:8545",
+  deployment: "deployments/31337.json",
+  price: { basePerSecond: "1", perGpuPerSecond: "1" },
+  collateralPerLease: "1",
+};
+
+describe("the node's log level", () => {
+  it("is info unless the config says otherwise", () => {
+    expect(nodeLogLevel(nodeConfigSchema.parse(minimal), {})).toBe("info");
+    expect(nodeLogLevel(nodeConfigSchema.parse({ ...minimal, logLevel: "warn" }), {})).toBe("warn");
+  });
+
+  it("comes from BATON_LOG_LEVEL when it is set, over the config", () => {
+    const config = nodeConfigSchema.parse({ ...minimal, logLevel: "warn" });
+    expect(nodeLogLevel(config, { BATON_LOG_LEVEL: "debug" })).toBe("debug");
+    expect(nodeLogLevel(config, { BATON_LOG_LEVEL: "" })).toBe("warn");
+  });
+
+  it("refuses a BATON_LOG_LEVEL that names no level, saying which ones exist", () => {
+    const config = nodeConfigSchema.parse(minimal);
+    const read = () => nodeLogLevel(config, { BATON_LOG_LEVEL: "verbose" });
+    expect(read).toThrow(UserError);
+    expect(read).toThrow('BATON_LOG_LEVEL must be one of debug, info, warn, error, not "verbose"');
+  });
+
+  it("refuses a logLevel in the config that names no level", () => {
+    const parsed = nodeConfigSchema.safeParse({ ...minimal, logLevel: "loud" });
+    expect(parsed.success).toBe(false);
+    expect(parsed.error?.issues[0]?.path).toEqual(["logLevel"]);
+  });
+});
+
+describe("the drain's settings", () => {
+  it("default to a minute of grace, 30 s for a tenant's close after a hand-back, 10 s to serve outputs", () => {
+    const config = nodeConfigSchema.parse(minimal);
+    expect(config.drainTimeoutMs).toBe(60_000);
+    expect(config.handBackTimeoutMs).toBe(30_000);
+    expect(config.drainOutputLingerMs).toBe(10_000);
+  });
+});
