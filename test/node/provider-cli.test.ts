@@ -190,7 +190,8 @@ describe("baton provider (CLI)", () => {
     await next.waitFor(/provider node listening on /, 60_000);
     expect((await readFile(path.join(dataDir, "node.pid"), "utf8")).trim()).toBe(String(next.pid));
     next.child.kill("SIGTERM");
-    expect((await next.exited).code).toBe(0);
+    const nextExit = await next.exited;
+    expect(nextExit, next.lines.slice(-15).join("\n")).toEqual({ code: 0, signal: null });
     // Stopped cleanly, it let the data dir go: no pid file names it any more.
     await expect(readFile(path.join(dataDir, "node.pid"), "utf8")).rejects.toThrow(/ENOENT/);
   });
@@ -206,7 +207,8 @@ describe("baton provider (CLI)", () => {
     });
     await node.waitFor(/provider node listening on /, 60_000);
     node.child.kill("SIGTERM");
-    expect((await node.exited).code).toBe(0);
+    const exit = await node.exited;
+    expect(exit, node.lines.slice(-15).join("\n")).toEqual({ code: 0, signal: null });
     const levels = node.lines.flatMap((line) => (line.startsWith("{") ? [JSON.parse(line).level as string] : []));
     // The fake GPUs are warned about; "provider node started" and "… stopped" (info) are not written.
     expect(levels).toContain("warn");
