@@ -2,7 +2,7 @@ import eslint from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/", "artifacts/", "cache/", "sdk/generated/", "coverage/", "bench/results/"] },
+  { ignores: ["node_modules/", "artifacts/", "cache/", "sdk/generated/", "coverage/", "bench/results/", ".baton/"] },
   eslint.configs.recommended,
   ...tseslint.configs.strict,
   {
