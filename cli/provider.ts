@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { access, copyFile, mkdir } from "node:fs/promises";
+import { access, copyFile, mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 
 import type { Command } from "commander";
@@ -84,7 +84,7 @@ interface InitOptions extends ProviderOptions, NetworkOptions {
 async function init(options: InitOptions): Promise<void> {
   const { dataDir } = options;
   const [
-    { DATA_FILES, writeNodeConfig },
+    { CONFIG_FILE, DATA_FILES, writeNodeConfig },
     { loadOrCreatePeerKey },
     { peerIdFromPrivateKey },
     accounts,
@@ -96,28 +96,14 @@ async function init(options: InitOptions): Promise<void> {
     import("viem/accounts"),
     import("../node/keystore.ts"),
   ]);
-  for (const file of ["config.yaml", KEYSTORE]) {
+  for (const file of [CONFIG_FILE, KEYSTORE]) {
     if (await exists(path.join(dataDir, file))) {
       throw new UserError(`${dataDir} is already set up (it has ${file}): use it as it is, or give another --data-dir`);
     }
   }
   const network = await resolveNetwork(options);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const keystore = path.join(dataDir, KEYSTORE);
-  let address: string;
-  if (process.env.BATON_PROVIDER_KEY) {
-    address = (await loadAccount({ privateKey: process.env.BATON_PROVIDER_KEY })).address;
-  } else if (options.keystore !== undefined) {
-    // An existing key (`baton key new`): it must open with the password the node will be given.
-    const password = await keystorePassword(options, { keystore: options.keystore });
-    address = (await loadAccount({ keystore: options.keystore, password })).address;
-    await copyFile(options.keystore, keystore, constants.COPYFILE_EXCL);
-  } else {
-    const privateKey = accounts.generatePrivateKey();
-    address = accounts.privateKeyToAccount(privateKey).address;
-    await writeNewKeystore(keystore, privateKey, () => keystorePassword(options, { keystore, confirm: true }));
-  }
-  const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
+  // The config first: writing it checks it, before a key is made for a node that could not start.
   const file = await writeNodeConfig(dataDir, {
     rpcUrl: network.rpcUrl,
     deployment: network.deployment,
@@ -130,6 +116,27 @@ async function init(options: InitOptions): Promise<void> {
     price: { basePerSecond: options.priceBase, perGpuPerSecond: options.pricePerGpu },
     collateralPerLease: options.collateral,
   });
+  const keystore = path.join(dataDir, KEYSTORE);
+  let address: string;
+  try {
+    if (process.env.BATON_PROVIDER_KEY) {
+      address = (await loadAccount({ privateKey: process.env.BATON_PROVIDER_KEY })).address;
+    } else if (options.keystore !== undefined) {
+      // An existing key (`baton key new`): it must open with the password the node will be given.
+      const password = await keystorePassword(options, { keystore: options.keystore });
+      address = (await loadAccount({ keystore: options.keystore, password })).address;
+      await copyFile(options.keystore, keystore, constants.COPYFILE_EXCL);
+    } else {
+      const privateKey = accounts.generatePrivateKey();
+      address = accounts.privateKeyToAccount(privateKey).address;
+      await writeNewKeystore(keystore, privateKey, () => keystorePassword(options, { keystore, confirm: true }));
+    }
+  } catch (error) {
+    // No half-made data dir (a config without its key), which a second `init` would refuse.
+    await rm(file, { force: true });
+    throw error;
+  }
+  const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
   const peerId = peerIdFromPrivateKey(peerKey).toString();
   if (options.json) return printJson({ config: file, address, peerId });
   console.log(`wrote ${file}`);
@@ -337,7 +344,7 @@ export function providerCommands(program: Command): void {
           .option("--keystore <file>", "use this existing keystore (`baton key new`) instead of a new key")
           .option("--listen <multiaddr>", "where the node listens (repeatable; default /ip4/127.0.0.1/tcp/0)", collect)
           .option("--fake-gpus <spec>", "advertise fake GPUs, e.g. 1xFakeGPU (tests and development only)")
-          .option("--cpu-jobs", "also serve jobs that need no GPU")
+          .option("--cpu-jobs", "also serve jobs that need no GPU (priced by --price-base, which must be above 0)")
           .option("--unsafe-no-sandbox", "run jobs without bubblewrap (never for untrusted tenants)")
           .option("--price-base <wei>", "price per second of any lease, in payment-token base units", "0")
           .option("--price-per-gpu <wei>", "price per GPU per second, in payment-token base units", "1000000000000")
@@ -345,7 +352,8 @@ export function providerCommands(program: Command): void {
       ),
     ),
     [
-      "baton provider init --fake-gpus 1xFakeGPU --cpu-jobs          # on the devnet (its network file)",
+      "baton provider init --fake-gpus 1xFakeGPU          # on a devnet: its network file says where",
+      "baton provider init --cpu-jobs --price-base 1000000000000 --data-dir .baton/cpu-provider",
       "baton provider init --rpc-url http://127.0.0.1:8545 --deployment deployments/31337.json",
       "baton provider init --keystore provider.json --network net.json --data-dir /var/lib/baton",
     ],
