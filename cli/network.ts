@@ -56,12 +56,13 @@ export function networkFileOption(): Option {
 /**
  * Adds the options every command that talks to a network takes, the one way they all find it:
  * `--network <file>` (or BATON_NETWORK), by default the devnet's network file when there is one;
- * `--rpc-url`, `--deployment` and `--bootstrap` override what the file says.
+ * `--rpc-url`, `--deployment` and `--bootstrap` override what the file says (an RPC URL without
+ * `--network` leaves the devnet's file out: it names another network).
  */
 export function networkOptions(command: Command, { bootstrap = true }: { bootstrap?: boolean } = {}): Command {
   command
     .addOption(networkFileOption())
-    .option("--rpc-url <url>", "the chain's JSON-RPC endpoint, instead of the network file's")
+    .option("--rpc-url <url>", "the chain's JSON-RPC endpoint, instead of the network file's (or the devnet's)")
     .option(
       "--deployment <file>",
       `the contracts' deployment file, instead of the network file's (else ${DEPLOYMENTS_DIR}/<chain id>.json)`,
@@ -100,13 +101,17 @@ export async function readNetworkFile(file: string): Promise<NetworkFile | undef
   return { ...parsed.data, deployment: path.resolve(path.dirname(file), parsed.data.deployment) };
 }
 
-/** The network file a command reads: the one named, else the devnet's when it exists. */
+/**
+ * The network file a command reads: the one named, else the devnet's when it exists, unless an RPC
+ * URL says the network is another one (the devnet's peers and deployment would be the wrong ones).
+ */
 async function networkFileOf(options: NetworkOptions): Promise<NetworkFile | undefined> {
   if (options.network !== undefined) {
     const network = await readNetworkFile(options.network);
     if (!network) throw new UserError(`no network file at ${options.network}`);
     return network;
   }
+  if (options.rpcUrl !== undefined) return undefined;
   const exists = await access(DEFAULT_NETWORK_FILE).then(
     () => true,
     () => false,
