@@ -1,4 +1,4 @@
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -79,7 +79,15 @@ describe("baton provider (CLI)", () => {
     expect(keystore.address).toBe(address.slice(2).toLowerCase());
   });
 
-  it("refuses to set up a data dir twice, in one line", async () => {
+  it("refuses to set up a data dir twice, and leaves nothing behind when it cannot make the key", async () => {
+    const noPassword = path.join(dir, "no-password");
+    const failed = await baton(
+      ["provider", "init", "--data-dir", noPassword, "--rpc-url", chain.rpcUrl, "--deployment", deploymentFile],
+      { BATON_KEYSTORE_PASSWORD: "" },
+    );
+    expectOneLine(failed, /^error: the password for .*key\.json is empty$/);
+    expect(await readdir(noPassword)).toEqual([]);
+
     const again = await baton(["provider", "init", "--data-dir", dataDir, "--rpc-url", chain.rpcUrl]);
     expectOneLine(
       again,
