@@ -2,7 +2,18 @@ import eslint from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/", "artifacts/", "cache/", "sdk/generated/", "coverage/", "bench/results/", "dist/"] },
+  {
+    ignores: [
+      "node_modules/",
+      "artifacts/",
+      "cache/",
+      "sdk/generated/",
+      "coverage/",
+      "bench/results/",
+      "dist/",
+      ".baton/",
+    ],
+  },
   eslint.configs.recommended,
   ...tseslint.configs.strict,
   {

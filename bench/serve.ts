@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 
 import { parseEther } from "viem";
 
-import { startGateway } from "../cli/serve.ts";
+import { startGateway } from "../cli/gateway.ts";
 import { startDevnet } from "../deploy/devnet.ts";
 import { readJobFile, serve } from "../sdk/index.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";

@@ -1,342 +1,89 @@
-import { parseArgs } from "node:util";
+import type { Command } from "commander";
 
-import { createPublicClient, formatEther, getAddress, http, isAddress, type Address, type Hex } from "viem";
+import type { ChainClient } from "../sdk/chain/client.ts";
+import { networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
+import { printJson } from "./output.ts";
+import { addressArg, checkedAddress, examples, jobIdArg, leaseIdArg } from "./program.ts";
 
-import { auditJob, type AuditJobReturnType } from "../sdk/actions/auditJob.ts";
-import { auditLease, type AuditLeaseReturnType } from "../sdk/actions/auditLease.ts";
-import { auditProvider, type AuditProviderReturnType } from "../sdk/actions/auditProvider.ts";
-import type { AuditSnapshot, LeaseAudit } from "../sdk/chain/audit-events.ts";
-import { checkChain, createChainClient, type ChainClient } from "../sdk/chain/client.ts";
-import { loadDeployment, loadDeploymentFile, type Deployment } from "../sdk/chain/deployments.ts";
-import { ChainError, UserError } from "../sdk/errors.ts";
-import { table } from "./output.ts";
-
-const DEPLOYMENTS_DIR = "deployments";
-
-const options = {
-  "rpc-url": { type: "string", default: "http://127.0.0.1:8545" },
-  /** Defaults to deployments/<chainId>.json for the chain the RPC serves. */
-  deployment: { type: "string" },
-  json: { type: "boolean", default: false },
-  /** `audit job` only: whose job, when more than one tenant used the id. */
-  tenant: { type: "string" },
-} as const;
-
-interface AuditArgs {
-  target: string;
-  rpcUrl: string;
-  deployment: string | undefined;
-  json: boolean;
-  tenant: string | undefined;
+interface AuditOptions extends NetworkOptions {
+  json?: boolean;
+  tenant?: `0x${string}`;
 }
 
-/** Parses `<target> [options]`, turning every mistake into a UserError that shows the usage. */
-function parse(args: string[], usage: string): AuditArgs {
-  const { values, positionals } = (() => {
-    try {
-      return parseArgs({ args, options, allowPositionals: true });
-    } catch (cause) {
-      throw new UserError((cause as Error).message, { details: usage, cause });
-    }
-  })();
-  const [target, ...extra] = positionals;
-  if (target === undefined || extra.length > 0) throw new UserError(usage);
-  return { target, rpcUrl: values["rpc-url"], deployment: values.deployment, json: values.json, tenant: values.tenant };
-}
-
-function parseLeaseId(text: string): bigint {
-  if (!/^\d+$/.test(text)) throw new UserError(`not a lease id: ${text} (lease ids are whole numbers from 1)`);
-  return BigInt(text);
-}
-
-function parseJobId(text: string): Hex {
-  if (!/^0x[0-9a-fA-F]{64}$/.test(text)) throw new UserError(`not a job id: ${text} (0x and 64 hex digits)`);
-  return text.toLowerCase() as Hex;
-}
-
-function parseAddress(text: string): Address {
-  if (!/^0x[0-9a-fA-F]{40}$/.test(text)) throw new UserError(`not an address: ${text} (0x and 40 hex digits)`);
-  if (!isAddress(text)) throw new UserError(`not an address: ${text} (its mixed-case checksum is wrong)`);
-  return getAddress(text);
-}
-
-/** A read-only client for the deployment at `rpcUrl`, found by the chain id it serves unless given. */
-async function connect({ rpcUrl, deployment: file }: AuditArgs): Promise<ChainClient> {
-  let deployment: Deployment;
-  if (file !== undefined) {
-    deployment = await loadDeploymentFile(file);
-  } else {
-    let chainId: number;
-    try {
-      chainId = await createPublicClient({ transport: http(rpcUrl, { retryCount: 0 }) }).getChainId();
-    } catch (cause) {
-      throw new ChainError(`no JSON-RPC node answers at ${rpcUrl}`, { cause });
-    }
-    deployment = await loadDeployment(DEPLOYMENTS_DIR, chainId);
-  }
-  const chain = createChainClient({ rpcUrl, deployment });
+/** A read-only client for the network's deployment (see cli/network.ts), checked to be on its chain. */
+async function connect(options: AuditOptions): Promise<{ chain: ChainClient }> {
+  const network = await resolveNetwork(options);
+  const [{ checkChain, createChainClient }, { loadDeploymentFile }] = await Promise.all([
+    import("../sdk/chain/client.ts"),
+    import("../sdk/chain/deployments.ts"),
+  ]);
+  const chain = createChainClient({ rpcUrl: network.rpcUrl, deployment: await loadDeploymentFile(network.deployment) });
   await checkChain(chain);
-  return chain;
+  return { chain };
 }
 
-/** JSON for machines: bigints as decimal strings, absent values as null. */
-function printJson(value: unknown): void {
-  console.log(
-    JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? v.toString() : v === undefined ? null : v), 2),
+async function job(jobId: `0x${string}`, options: AuditOptions): Promise<void> {
+  const tenant = options.tenant === undefined ? undefined : await checkedAddress(options.tenant);
+  const { auditJob } = await import("../sdk/actions/auditJob.ts");
+  const result = await auditJob(await connect(options), { jobId, ...(tenant ? { tenant } : {}) });
+  if (options.json) return printJson(result);
+  (await import("./audit-report.ts")).printJob(result);
+}
+
+async function lease(leaseId: bigint, options: AuditOptions): Promise<void> {
+  const { auditLease } = await import("../sdk/actions/auditLease.ts");
+  const result = await auditLease(await connect(options), { leaseId });
+  if (options.json) return printJson(result);
+  (await import("./audit-report.ts")).printLease(result);
+}
+
+async function provider(address: `0x${string}`, options: AuditOptions): Promise<void> {
+  const checked = await checkedAddress(address);
+  const { auditProvider } = await import("../sdk/actions/auditProvider.ts");
+  const result = await auditProvider(await connect(options), { provider: checked });
+  if (options.json) return printJson(result);
+  (await import("./audit-report.ts")).printProvider(result);
+}
+
+/** Options every audit takes: the network, and JSON for machines. */
+function auditOptions(command: Command): Command {
+  return networkOptions(command, { bootstrap: false }).option(
+    "--json",
+    "print the audit as JSON (amounts as decimal strings)",
   );
 }
 
-const tokens = (amount: bigint): string => formatEther(amount);
-const time = (unixSeconds: bigint): string => new Date(Number(unixSeconds) * 1000).toISOString();
-
-function duration(seconds: bigint): string {
-  const s = Number(seconds);
-  const parts: [number, string][] = [
-    [Math.floor(s / 86_400), "d"],
-    [Math.floor(s / 3_600) % 24, "h"],
-    [Math.floor(s / 60) % 60, "m"],
-    [s % 60, "s"],
-  ];
-  const first = parts.findIndex(([n]) => n > 0);
-  return first === -1
-    ? "0s"
-    : parts
-        .slice(first)
-        .map(([n, unit]) => `${n}${unit}`)
-        .join(" ");
+/** `baton audit …`: jobs, leases and providers rebuilt from chain events alone. */
+export function auditCommands(program: Command): void {
+  const audit = program
+    .command("audit")
+    .description("rebuild a job, a lease or a provider from chain events alone: who served, how long, who was paid");
+  examples(
+    auditOptions(
+      audit
+        .command("job")
+        .description("a job's leases across providers, in order, with payments, slashes and checkpoints")
+        .argument("<jobId>", "the job id (0x and 64 hex digits)", jobIdArg)
+        .option("--tenant <address>", "whose job, when more than one tenant used the id", addressArg),
+    ),
+    ["baton audit job 0x5f…", "baton audit job 0x5f… --network .baton/devnet/network.json --json"],
+  ).action(job);
+  examples(
+    auditOptions(
+      audit
+        .command("lease")
+        .description("one lease's terms, heartbeats, checkpoints, payments and end")
+        .argument("<leaseId>", "the lease id (a whole number from 1)", leaseIdArg),
+    ),
+    ["baton audit lease 1", "baton audit lease 1 --rpc-url http://127.0.0.1:8545 --json"],
+  ).action(lease);
+  examples(
+    auditOptions(
+      audit
+        .command("provider")
+        .description("a provider's stake, leases, earnings and slashes")
+        .argument("<address>", "the provider's address", addressArg),
+    ),
+    ["baton audit provider 0x7099…79C8", "baton audit provider 0x7099…79C8 --json"],
+  ).action(provider);
 }
-
-const asOf = (snapshot: AuditSnapshot): string => `block ${snapshot.blockNumber}, ${time(snapshot.timestamp)}`;
-
-/** How a lease ended, through its transitions: `completed`, `closing→slashed`, `active (slashable)`. */
-function how(lease: LeaseAudit): string {
-  const path = lease.history.slice(1).map((change) => change.status);
-  if (path.length === 0) return lease.pending ? `active (${lease.pending})` : "active";
-  return path.join("→") + (lease.pending ? ` (${lease.pending})` : "");
-}
-
-function leaseRow(lease: LeaseAudit, now: bigint, who: string): string[] {
-  return [
-    String(lease.leaseId),
-    who,
-    time(lease.opened.timestamp),
-    lease.endedAt === undefined ? "-" : time(lease.endedAt),
-    how(lease),
-    duration((lease.endedAt ?? now) - lease.opened.timestamp),
-    tokens(lease.paidToProvider),
-    tokens(lease.refundedToTenant),
-    lease.slash ? tokens(lease.slash.collateral) : "-",
-    String(lease.checkpoints.length),
-  ];
-}
-
-const leaseHeader = (who: string): string[] => [
-  "lease",
-  who,
-  "opened",
-  "ended",
-  "how",
-  "duration",
-  "paid",
-  "refunded",
-  "slashed",
-  "checkpoints",
-];
-
-export function printJob(job: AuditJobReturnType): void {
-  console.log(
-    table([
-      ["job", job.jobId],
-      ["tenant", job.tenant],
-      ...(job.otherTenants.length > 0 ? [["other tenants using the id (ignored)", job.otherTenants.join(", ")]] : []),
-      ["as of", asOf(job.asOf)],
-      ["lineage", `${job.lineage.length} lease(s), ${job.handOffs} hand-off(s)`],
-      ["off the lineage", job.others.length > 0 ? job.others.map((l) => l.leaseId).join(", ") : "none"],
-    ]),
-  );
-  console.log("");
-  console.log(
-    table([
-      leaseHeader("provider"),
-      ...[...job.lineage, ...job.others].map((lease) => leaseRow(lease, job.asOf.timestamp, lease.provider)),
-    ]),
-  );
-  const t = job.totals;
-  const burned = job.lineage.concat(job.others).some((lease) => lease.slash?.burned);
-  console.log("");
-  console.log(
-    table([
-      ["started", time(job.startedAt.timestamp)],
-      ["ended", job.endedAt === undefined ? "still running" : time(job.endedAt)],
-      ["wall duration", duration(job.wallSeconds)],
-      ["deposited", tokens(t.deposited)],
-      ["paid to providers", `${tokens(t.paidToProviders)} (${t.secondsPaid} s of service)`],
-      ["refunded to tenant", tokens(t.refundedToTenant)],
-      ["still in escrow", tokens(t.escrowed)],
-      ["slashed collateral", tokens(t.slashedCollateral)],
-      ["  compensation to tenant", tokens(t.compensationToTenant)],
-      ["  rewards to slash callers", tokens(t.callerRewards)],
-      [burned ? "  burned" : "  to treasury", tokens(t.toTreasury)],
-      ["result", job.resultCid ?? "-"],
-    ]),
-  );
-  if (job.checkpoints.length > 0) {
-    console.log("");
-    console.log(
-      table([
-        ["checkpoint", "lease", "committed"],
-        ...job.checkpoints.map((c) => [c.cid, String(c.leaseId), time(c.at.timestamp)]),
-      ]),
-    );
-  }
-}
-
-function printLease(lease: AuditLeaseReturnType): void {
-  console.log(
-    table([
-      ["lease", String(lease.leaseId)],
-      ["job", lease.jobId],
-      ["tenant", lease.tenant],
-      ["provider", lease.provider],
-      ["predecessor", lease.predecessor === 0n ? "none" : String(lease.predecessor)],
-      ["as of", asOf(lease.asOf)],
-      ["opened", `${time(lease.opened.timestamp)} (block ${lease.opened.blockNumber}, tx ${lease.opened.txHash})`],
-      ["status", how(lease)],
-      ["ended", lease.endedAt === undefined ? "-" : time(lease.endedAt)],
-      ["price per second", tokens(lease.pricePerSecond)],
-      ["deposited", `${tokens(lease.deposited)} (${lease.topUps.length} top-up(s))`],
-      ["collateral", tokens(lease.collateral)],
-      ["heartbeat period / timeout", `${lease.heartbeatPeriod} s / ${lease.heartbeatTimeout} s`],
-      ["heartbeats", lease.heartbeats === 0 ? "0" : `${lease.heartbeats}, last at ${time(lease.lastHeartbeat)}`],
-      ["paid to provider", `${tokens(lease.paidToProvider)} (${lease.secondsPaid} s)`],
-      ["refunded to tenant", tokens(lease.refundedToTenant)],
-      ["still in escrow", tokens(lease.escrowed)],
-      ["result", lease.resultCid ?? "-"],
-    ]),
-  );
-  console.log("");
-  console.log(
-    table([
-      ["status", "at", "block", "refund", "tx"],
-      ...lease.history.map((c) => [
-        c.status,
-        time(c.at.timestamp),
-        String(c.at.blockNumber),
-        tokens(c.refund),
-        c.at.txHash,
-      ]),
-    ]),
-  );
-  if (lease.slash) {
-    const s = lease.slash;
-    console.log("");
-    console.log(
-      table([
-        ["slashed by", s.caller],
-        ["collateral taken", tokens(s.collateral)],
-        ["  compensation to tenant", tokens(s.compensation)],
-        ["  reward to caller", tokens(s.reward)],
-        [s.burned ? "  burned" : `  to treasury ${s.treasury}`, tokens(s.treasuryAmount)],
-      ]),
-    );
-  }
-  if (lease.topUps.length > 0) {
-    console.log("");
-    console.log(
-      table([
-        ["top-up", "deposit after", "funded until", "at"],
-        ...lease.topUps.map((u) => [tokens(u.amount), tokens(u.deposit), time(u.endsAt), time(u.at.timestamp)]),
-      ]),
-    );
-  }
-  if (lease.checkpoints.length > 0) {
-    console.log("");
-    console.log(table([["checkpoint", "committed"], ...lease.checkpoints.map((c) => [c.cid, time(c.at.timestamp)])]));
-  }
-}
-
-function printProvider(record: AuditProviderReturnType): void {
-  const o = record.outcomes;
-  const s = record.stake;
-  const registered = record.profile[0];
-  console.log(
-    table([
-      ["provider", record.provider],
-      ["peer id", record.peerId],
-      ["registered", registered ? time(registered.at.timestamp) : "-"],
-      ["as of", asOf(record.asOf)],
-      ["eligible", record.eligible ? "yes" : "no (stake below minimum)"],
-      ["stake", `${tokens(s.current)} (by events: ${tokens(s.fromEvents)})`],
-      ["  locked as collateral", tokens(s.locked)],
-      ["  unbonding", s.unbonding > 0n ? `${tokens(s.unbonding)} until ${time(s.unbondingEndsAt)}` : "0"],
-      ["  staked / withdrawn / slashed", `${tokens(s.staked)} / ${tokens(s.withdrawn)} / ${tokens(s.slashed)}`],
-      [
-        "leases",
-        `${record.leases.length}: ${o.completed} completed, ${o.closed} closed, ${o.expired} expired, ${o.slashed} slashed, ${o.active} active, ${o.closing} closing`,
-      ],
-      [
-        "registry counters",
-        `opened ${record.counters.leasesOpened}, completed ${record.counters.leasesCompleted}, slashed ${record.counters.leasesSlashed}, ${record.counters.secondsServed} s served`,
-      ],
-      ["earnings settled", tokens(record.earnings.settled)],
-      ["earnings claimed", `${tokens(record.earnings.claimed)} in ${record.earnings.claims.length} claim(s)`],
-      ["claimable now", tokens(record.earnings.claimableNow)],
-    ]),
-  );
-  if (record.leases.length > 0) {
-    console.log("");
-    console.log(
-      table([leaseHeader("job"), ...record.leases.map((lease) => leaseRow(lease, record.asOf.timestamp, lease.jobId))]),
-    );
-  }
-  if (record.slashes.length > 0) {
-    console.log("");
-    console.log(
-      table([
-        ["slashed lease", "at", "collateral", "to tenant", "to caller", "to treasury", "caller"],
-        ...record.slashes.map((slash) => [
-          String(slash.leaseId),
-          time(slash.at.timestamp),
-          tokens(slash.collateral),
-          tokens(slash.compensation),
-          tokens(slash.reward),
-          tokens(slash.treasuryAmount),
-          slash.caller,
-        ]),
-      ]),
-    );
-  }
-}
-
-const OPTIONS_USAGE = "[--rpc-url URL] [--deployment FILE] [--json]";
-
-async function job(args: string[]): Promise<void> {
-  const parsed = parse(args, `usage: baton audit job <jobId> [--tenant ADDRESS] ${OPTIONS_USAGE}`);
-  const jobId = parseJobId(parsed.target);
-  const tenant = parsed.tenant === undefined ? undefined : parseAddress(parsed.tenant);
-  const result = await auditJob({ chain: await connect(parsed) }, { jobId, ...(tenant ? { tenant } : {}) });
-  if (parsed.json) printJson(result);
-  else printJob(result);
-}
-
-async function lease(args: string[]): Promise<void> {
-  const parsed = parse(args, `usage: baton audit lease <leaseId> ${OPTIONS_USAGE}`);
-  const leaseId = parseLeaseId(parsed.target);
-  const result = await auditLease({ chain: await connect(parsed) }, { leaseId });
-  if (parsed.json) printJson(result);
-  else printLease(result);
-}
-
-async function provider(args: string[]): Promise<void> {
-  const parsed = parse(args, `usage: baton audit provider <address> ${OPTIONS_USAGE}`);
-  const address = parseAddress(parsed.target);
-  const result = await auditProvider({ chain: await connect(parsed) }, { provider: address });
-  if (parsed.json) printJson(result);
-  else printProvider(result);
-}
-
-export const auditCommands: Record<string, { run: (args: string[]) => Promise<void>; help: string }> = {
-  job: { run: job, help: "a job's leases across providers, from chain events (<jobId>, --json)" },
-  lease: { run: lease, help: "one lease's terms, heartbeats, checkpoints, payments, end (<leaseId>, --json)" },
-  provider: { run: provider, help: "a provider's stake, leases, earnings and slashes (<address>, --json)" },
-};

@@ -1,56 +1,69 @@
 #!/usr/bin/env node
 /**
- * The `baton` command: `baton provider …`, `baton job …`, `baton audit …` (and `devnet`).
- * Thin over sdk/ and node/: it parses arguments, calls them, and prints for people.
+ * The `baton` command: `baton devnet`, `baton provider …`, `baton job …`, `baton serve`,
+ * `baton audit …`, `baton key …`. Thin over sdk/ and node/: it parses arguments, calls them, and
+ * prints for people (or JSON with `--json`).
+ *
+ * The command line is parsed by commander: it has no dependencies, gives per-command help, typo
+ * suggestions and `--version` for free, and is the most used CLI library for Node. Each command's
+ * module loads only what its definitions need; the heavy parts (viem, libp2p, Helia, the node) are
+ * imported inside the action that uses them, so `--help`, `--version` and `job list` start at once.
  */
 import module from "node:module";
 
-import { printError } from "./output.ts";
+import type { Command } from "commander";
 
 // V8 keeps the compiled code of every module it loads in the OS temp dir, keyed by content: each
 // later `baton` process (a provider, a CLI call) then starts with about 0.2 s less CPU.
 module.enableCompileCache();
 
-type Commands = Record<string, { run: (args: string[]) => Promise<void>; help: string }>;
+// Imported once the cache is on: static imports would all be loaded before it.
+const { readFileSync } = await import("node:fs");
+const { auditCommands } = await import("./audit.ts");
+const { devnetCommands } = await import("./devnet.ts");
+const { jobCommands } = await import("./job.ts");
+const { keyCommands } = await import("./key.ts");
+const { BatonCommand, examples, runProgram, UsageError } = await import("./program.ts");
+const { providerCommands } = await import("./provider.ts");
+const { serveCommands } = await import("./serve.ts");
 
-// Each group is loaded only when used: `baton audit …` need not load libp2p, Helia and the node.
-const groups: Record<string, () => Promise<Commands>> = {
-  provider: async () => (await import("./provider.ts")).providerCommands,
-  job: async () => (await import("./job.ts")).jobCommands,
-  devnet: async () => (await import("./devnet.ts")).devnetCommands,
-  serve: async () => (await import("./serve.ts")).serveCommands,
-  audit: async () => (await import("./audit.ts")).auditCommands,
+const { version } = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+  version: string;
 };
 
-async function usage(): Promise<string> {
-  const lines = ["usage: baton <group> <command> [options]", ""];
-  for (const [group, load] of Object.entries(groups)) {
-    for (const [name, { help }] of Object.entries(await load())) {
-      lines.push(`  baton ${group} ${name.padEnd(10)} ${help}`);
-    }
-  }
-  lines.push(
-    "",
-    "provider commands take --data-dir (default .baton/provider); keys: BATON_KEYSTORE_PASSWORD, or BATON_PROVIDER_KEY in development.",
-    "job commands take --data-dir (default .baton/tenant) and --network (default .baton/devnet/network.json, written by",
-    "`baton devnet`) or --rpc-url, --deployment and --bootstrap; keys: --keystore, or BATON_TENANT_KEY in development.",
+const program = new BatonCommand("baton")
+  .description("rent GPUs from anyone; a dropped provider means a pause, not lost work")
+  .version(version, "-V, --version", "print the version")
+  .option("--debug", "print the stack of an error (also BATON_DEBUG=1)")
+  .addHelpText(
+    "after",
+    `
+Every command that talks to a network reads .baton/devnet/network.json (written by \`baton devnet\`)
+unless given --network FILE or BATON_NETWORK; --rpc-url, --deployment and --bootstrap override it.
+Commands that report take --json. Exit codes: 0 ok, 1 failure, 2 usage error.`,
   );
-  return lines.join("\n");
-}
 
-const [group, command, ...rest] = process.argv.slice(2);
-// `baton devnet` and `baton serve` have a single command each: `start` is implied.
-const implicitStart = (group === "devnet" || group === "serve") && command !== "start";
-const load = group === undefined ? undefined : groups[group];
-const selected = load ? (await load())[implicitStart ? "start" : (command ?? "")] : undefined;
-const args = implicitStart && command !== undefined ? [command, ...rest] : rest;
-if (!selected) {
-  console.error(await usage());
-  process.exit(group === undefined || group === "--help" || group === "-h" ? 0 : 2);
-}
-try {
-  await selected.run(args);
-} catch (error) {
-  printError(error);
-  process.exit(1);
-}
+devnetCommands(program);
+providerCommands(program);
+jobCommands(program);
+serveCommands(program);
+auditCommands(program);
+keyCommands(program);
+
+examples(
+  program
+    .command("help")
+    .description("show the help of a command")
+    .argument("[command...]", "the command, e.g. `job run`"),
+  ["baton help", "baton help job run"],
+).action((words: string[]) => {
+  let command: Command = program;
+  for (const word of words) {
+    const next = command.commands.find((c) => c.name() === word || c.aliases().includes(word));
+    if (!next) throw new UsageError(`unknown command: baton ${words.join(" ")}; see \`baton --help\``);
+    command = next;
+  }
+  command.outputHelp();
+});
+
+await runProgram(program);

@@ -1,73 +1,191 @@
 import { rm } from "node:fs/promises";
 import path from "node:path";
-import { parseArgs } from "node:util";
 
-import { parseEther } from "viem";
+import type { Command } from "commander";
 
-import { privateKeyOf, startDevnet } from "../deploy/devnet.ts";
-import { devAccount } from "../deploy/local-chain.ts";
 import { UserError } from "../sdk/errors.ts";
 import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
-import { DEFAULT_NETWORK_FILE } from "./job.ts";
+import { DEFAULT_NETWORK_FILE, networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
+import { printJson } from "./output.ts";
+import { addressArg, checkedAddress, examples, integerIn, tokenAmount } from "./program.ts";
 
 const DEFAULT_DIR = path.dirname(DEFAULT_NETWORK_FILE);
 
+/** The local chain's id (Hardhat's): `devnet fund` refuses any other, where dev account 0 is no one's faucet. */
+const LOCAL_CHAIN_ID = 31337;
+
+interface StartOptions {
+  providers: number;
+  dir: string;
+  heartbeatMs: number;
+  logs?: boolean;
+  json?: boolean;
+}
+
 /**
  * `baton devnet`: a complete local network that stays up until Ctrl-C. Everything lives in `--dir`
- * (default .baton/devnet, emptied first: it belongs to the devnet), including the network file the
- * `baton job` commands read by default.
+ * (emptied first: it belongs to the devnet), including the network file every command reads by
+ * default. With `--json`, the progress goes to stderr and stdout gets the network, once, when ready.
  */
-async function devnetCommand(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      providers: { type: "string", default: "3" },
-      dir: { type: "string", default: DEFAULT_DIR },
-      "heartbeat-ms": { type: "string", default: String(SESSION_HEARTBEAT_MS) },
-      logs: { type: "boolean", default: false },
-    },
-  });
-  const count = Number(values.providers);
-  if (!Number.isInteger(count) || count < 1 || count > 32) throw new UserError("--providers must be 1…32");
-  const heartbeatMs = Number(values["heartbeat-ms"]);
-  if (!Number.isInteger(heartbeatMs) || heartbeatMs < 50) throw new UserError("--heartbeat-ms must be at least 50");
-  const dir = path.resolve(values.dir);
+async function start(options: StartOptions): Promise<void> {
+  const [{ privateKeyOf, startDevnet, DEVNET_KEYSTORE_PASSWORD }, { devAccount }, { parseEther }] = await Promise.all([
+    import("../deploy/devnet.ts"),
+    import("../deploy/local-chain.ts"),
+    import("viem"),
+  ]);
+  const dir = path.resolve(options.dir);
   await rm(dir, { recursive: true, force: true });
+  const say = (text: string): boolean => (options.json ? process.stderr : process.stdout).write(`${text}\n`);
   const devnet = await startDevnet({
-    providers: count,
+    providers: options.providers,
     dir,
-    config: { heartbeatMs },
-    onStep: (message) => console.log(`  · ${message}`),
-    ...(values.logs ? { onProviderLine: (name: string, line: string) => console.log(`[${name}] ${line}`) } : {}),
+    config: { heartbeatMs: options.heartbeatMs },
+    onStep: (message) => say(`  · ${message}`),
+    ...(options.logs ? { onProviderLine: (name: string, line: string) => say(`[${name}] ${line}`) } : {}),
   });
   const tenant = devAccount(10);
   await devnet.fund(tenant.address, parseEther("1000"));
-  const networkFile = path.relative(process.cwd(), devnet.networkFile);
+  const relative = (file: string): string => path.relative(process.cwd(), file);
+  const networkFile = relative(devnet.networkFile);
   const isDefault = path.resolve(DEFAULT_NETWORK_FILE) === devnet.networkFile;
   const networkFlag = isDefault ? "" : ` --network ${networkFile}`;
-  console.log(`
-devnet up: chain ${devnet.chain.rpcUrl} (chain id ${devnet.deployment.chainId}), ${count} provider(s)
+  if (options.json) {
+    printJson({
+      rpcUrl: devnet.chain.rpcUrl,
+      chainId: devnet.deployment.chainId,
+      networkFile,
+      deployment: relative(devnet.deploymentFile),
+      keystorePassword: DEVNET_KEYSTORE_PASSWORD,
+      providers: devnet.providers.map((p) => ({
+        name: p.name,
+        address: p.account.address,
+        pid: p.process!.pid,
+        multiaddr: p.address,
+        dataDir: relative(p.dataDir),
+      })),
+      tenant: { address: tenant.address, privateKey: privateKeyOf(tenant) },
+    });
+  } else {
+    const first = devnet.providers[0]!;
+    say(`
+devnet up: chain ${devnet.chain.rpcUrl} (chain id ${devnet.deployment.chainId}), ${options.providers} provider(s)
 ${devnet.providers.map((p) => `  ${p.name}  ${p.account.address}  pid ${p.process!.pid}  ${p.address}`).join("\n")}
 
-network file: ${networkFile}  ${isDefault ? "(the baton job commands read it by default)" : "(give it to the baton job commands with --network)"}
+network file: ${networkFile}  ${isDefault ? "(every baton command reads it by default)" : "(give it to baton commands with --network, or BATON_NETWORK)"}
+provider keystores: <provider dir>/key.json, password "${DEVNET_KEYSTORE_PASSWORD}"
 tenant account ${tenant.address}, funded with 1000 payment tokens. In another terminal:
 
   export BATON_TENANT_KEY=${privateKeyOf(tenant)}
   npm run baton -- job run examples/train/train.yaml --max-price 0.001 --watch${networkFlag}
-  npm run baton -- audit job <job id> --rpc-url ${devnet.chain.rpcUrl} --deployment ${path.relative(process.cwd(), devnet.deploymentFile)}
+  npm run baton -- audit job <job id>${networkFlag}
+  BATON_KEYSTORE_PASSWORD=${DEVNET_KEYSTORE_PASSWORD} npm run baton -- provider status --data-dir ${relative(first.dataDir)}
+  npm run baton -- devnet fund <address>${networkFlag}      # payment and staking tokens, and ETH
 
-From a script: createBatonClient({ rpcUrl: "${devnet.chain.rpcUrl}", deployment: "${path.relative(process.cwd(), devnet.deploymentFile)}", bootstrap: <the addresses above>, account, dataDir })
+From a script: createBatonClient({ rpcUrl: "${devnet.chain.rpcUrl}", deployment: "${relative(devnet.deploymentFile)}", bootstrap: <the addresses above>, account, dataDir })
 (see examples/sdk/run-job.ts). Ctrl-C stops everything this started.`);
+  }
 
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);
     process.once("SIGTERM", resolve);
   });
-  console.log("stopping the devnet …");
+  say("stopping the devnet …");
   await devnet.stop({ keep: true });
-  console.log("stopped");
+  say("stopped");
 }
 
-export const devnetCommands = {
-  start: { run: devnetCommand, help: "a local chain, contracts and N providers, until Ctrl-C: [--providers 3]" },
-};
+interface FundOptions extends NetworkOptions {
+  tokens: string;
+  stakingTokens: string;
+  eth: string;
+  json?: boolean;
+}
+
+/**
+ * `baton devnet fund`: dev tokens (anyone may mint them) and ETH from the devnet's deployer, dev
+ * account 0, whose key every Hardhat chain shares. Only on a local chain with dev tokens.
+ */
+async function fund(to: `0x${string}`, options: FundOptions): Promise<void> {
+  const address = await checkedAddress(to);
+  const network = await resolveNetwork(options);
+  const [{ checkChain, contracts, createChainClient, writeContract }, { loadDeploymentFile }, { devAccount }, viem] =
+    await Promise.all([
+      import("../sdk/chain/client.ts"),
+      import("../sdk/chain/deployments.ts"),
+      import("../deploy/local-chain.ts"),
+      import("viem"),
+    ]);
+  const deployment = await loadDeploymentFile(network.deployment);
+  if (deployment.chainId !== LOCAL_CHAIN_ID || !deployment.parameters.devTokens) {
+    throw new UserError(
+      `devnet fund mints dev tokens on a local chain (id ${LOCAL_CHAIN_ID}); this network is chain ${deployment.chainId}` +
+        (deployment.parameters.devTokens ? "" : " with real tokens"),
+    );
+  }
+  const admin = createChainClient({
+    rpcUrl: network.rpcUrl,
+    deployment,
+    account: devAccount(0),
+    pollingIntervalMs: 50,
+  });
+  await checkChain(admin);
+  const { paymentToken, stakingToken } = contracts(deployment);
+  const amounts = {
+    paymentTokens: viem.parseEther(options.tokens),
+    stakingTokens: viem.parseEther(options.stakingTokens),
+    eth: viem.parseEther(options.eth),
+  };
+  if (amounts.paymentTokens > 0n) {
+    await writeContract(admin, { ...paymentToken, functionName: "mint", args: [address, amounts.paymentTokens] });
+  }
+  if (amounts.stakingTokens > 0n) {
+    await writeContract(admin, { ...stakingToken, functionName: "mint", args: [address, amounts.stakingTokens] });
+  }
+  if (amounts.eth > 0n) {
+    const hash = await admin.walletClient!.sendTransaction({ to: address, value: amounts.eth });
+    await admin.publicClient.waitForTransactionReceipt({ hash });
+  }
+  if (options.json) return printJson({ address, ...amounts });
+  console.log(
+    `funded ${address}: ${options.tokens} payment tokens, ${options.stakingTokens} staking tokens, ${options.eth} ETH`,
+  );
+}
+
+/** `baton devnet`: a whole network on this machine, and `baton devnet fund` for its accounts. */
+export function devnetCommands(program: Command): void {
+  const devnet = program
+    .command("devnet")
+    .description("a local chain, the contracts and N provider nodes, until Ctrl-C; and dev tokens for any account");
+  examples(
+    devnet
+      .command("start", { isDefault: true })
+      .description("start the devnet (what `baton devnet` alone does) and print how to use it")
+      .option("--providers <n>", "provider nodes to start", integerIn("--providers", 1, 32), 3)
+      .option("--dir <dir>", "where everything lives (emptied first)", DEFAULT_DIR)
+      .option(
+        "--heartbeat-ms <ms>",
+        "the providers' off-chain session heartbeat period",
+        integerIn("--heartbeat-ms", 50, 60_000),
+        SESSION_HEARTBEAT_MS,
+      )
+      .option("--logs", "show the providers' logs")
+      .option("--json", "print the network as JSON once it is up (progress goes to stderr)"),
+    ["baton devnet", "baton devnet --providers 5 --dir /tmp/devnet --json"],
+  ).action(start);
+  examples(
+    networkOptions(
+      devnet
+        .command("fund")
+        .description(
+          "mint dev payment and staking tokens to an address and send it ETH, from the deployer (dev account 0)",
+        )
+        .argument("<address>", "the account to fund", addressArg)
+        .option("--tokens <n>", "payment tokens to mint", tokenAmount("--tokens"), "1000")
+        .option("--staking-tokens <n>", "staking tokens to mint", tokenAmount("--staking-tokens"), "1000")
+        .option("--eth <n>", "ETH to send, for gas", tokenAmount("--eth"), "10")
+        .option("--json", "print what was sent as JSON"),
+      { bootstrap: false },
+    ),
+    ["baton devnet fund 0x7099…79C8", "baton devnet fund 0x7099…79C8 --tokens 50 --staking-tokens 0 --eth 1 --json"],
+  ).action(fund);
+}

@@ -1,6 +1,9 @@
 import { formatEther } from "viem";
 
-import { BaseError, type JobEvent, type JobHandle } from "../sdk/index.ts";
+import { handOffCount } from "../sdk/hand-offs.ts";
+import type { JobEvent, JobHandle } from "../sdk/index.ts";
+import type { JobRecord } from "../sdk/tenant/job-store.ts";
+import { describeError, jsonLine, table } from "./output.ts";
 
 export interface JobDisplayOptions {
   out?: NodeJS.WriteStream;
@@ -53,7 +56,7 @@ export function showJob(job: JobHandle, options: JobDisplayOptions = {}): () => 
 
   const unsubscribe = job.on("*", (event) => {
     if (options.json) {
-      out.write(JSON.stringify(event, jsonReplacer) + "\n");
+      out.write(jsonLine(event));
       return;
     }
     if (event.type === "progress") {
@@ -111,7 +114,7 @@ export function describe(event: JobEvent, name: (address: string | undefined) =>
     case "completed":
       return `completed (exit ${event.result.exitCode}) after ${event.result.handOffs} hand-off(s); output in ${event.result.outputDir ?? "-"}`;
     case "failed":
-      return `FAILED: ${event.error.shortMessage}`;
+      return `FAILED: ${describeError(event.error)}`;
     case "cancelled":
       return "cancelled";
     case "log":
@@ -133,10 +136,28 @@ function formatBytes(bytes: number): string {
   return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
 }
 
-/** JSON with bigints as decimal strings and errors as their messages. */
-export function jsonReplacer(_key: string, value: unknown): unknown {
-  if (typeof value === "bigint") return value.toString();
-  if (value instanceof BaseError) return { name: value.name, message: value.shortMessage, details: value.details };
-  if (value instanceof Error) return { name: value.name, message: value.message };
-  return value;
+/** A job's record for people: its state (and why it failed), its leases across providers, then totals. */
+export function summary(record: JobRecord, names: Map<string, string>): string {
+  const rows: (string | number | bigint)[][] = [
+    ["lease", "provider", "state", "ran", "price/s", "deposit", "compensation"],
+  ];
+  for (const lease of record.leases) {
+    const ran = ((lease.endedAt ?? Date.now()) - lease.openedAt) / 1000;
+    rows.push([
+      lease.leaseId,
+      names.get(lease.provider.toLowerCase()) ?? lease.provider,
+      lease.state,
+      `${ran.toFixed(1)} s`,
+      formatEther(BigInt(lease.pricePerSecond)),
+      formatEther(BigInt(lease.deposit)),
+      lease.slash ? formatEther(BigInt(lease.slash.compensation)) : "-",
+    ]);
+  }
+  const lines = [
+    `job ${record.jobId}: ${record.state}${record.error ? `: ${record.error}` : ""}`,
+    table(rows),
+    `${handOffCount(record.leases)} hand-off(s), safe checkpoints held ${record.safe.length}, deposited ${formatEther(BigInt(record.deposited))}`,
+  ];
+  if (record.result?.outputDir) lines.push(`output: ${record.result.outputDir}`);
+  return lines.join("\n");
 }

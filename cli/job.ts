@@ -1,128 +1,88 @@
-import { readFile } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import path from "node:path";
-import { parseArgs } from "node:util";
 
-import { formatEther, isHex, parseEther, type Hex } from "viem";
-import { z } from "zod";
+import type { Command } from "commander";
 
-import { loadAccount } from "../node/keystore.ts";
-import {
-  attachJob,
-  cancelJob,
-  createBatonClient,
-  createLogger,
-  readJobFile,
-  runJob,
-  UserError,
-  type BatonClient,
-  type JobHandle,
-} from "../sdk/index.ts";
-import { jsonReplacer, showJob } from "./job-display.ts";
-import { table } from "./output.ts";
+import { handOffCount } from "../sdk/hand-offs.ts";
+import type { BatonClient, JobHandle } from "../sdk/index.ts";
+import { UserError } from "../sdk/errors.ts";
+import type { JobRecord, JobStore } from "../sdk/tenant/job-store.ts";
+import { openAccount, passwordOption, type PasswordOptions } from "./key.ts";
+import { networkFileOption, networkNames, networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
+import { jsonLine, printJson, table } from "./output.ts";
+import { examples, integerIn, jobIdArg, tokenAmount } from "./program.ts";
 
 const DEFAULT_DATA_DIR = path.join(".baton", "tenant");
-/** Written by `baton devnet`: where its chain, deployment and providers are. */
-export const DEFAULT_NETWORK_FILE = path.join(".baton", "devnet", "network.json");
 
-export const networkFileSchema = z.object({
-  rpcUrl: z.string().url(),
-  /** The deployment JSON, relative to the network file. */
-  deployment: z.string(),
-  bootstrap: z.array(z.string()),
-  /** Provider address → a name for displays. */
-  names: z.record(z.string(), z.string()).default({}),
-});
-export type NetworkFile = z.output<typeof networkFileSchema>;
-
-export const common = {
-  "data-dir": { type: "string", default: DEFAULT_DATA_DIR },
-  network: { type: "string" },
-  "rpc-url": { type: "string" },
-  deployment: { type: "string" },
-  bootstrap: { type: "string", multiple: true },
-  keystore: { type: "string" },
-  json: { type: "boolean", default: false },
-  logs: { type: "boolean", default: false },
-  verbose: { type: "boolean", default: false },
-} as const;
-
-export type CommonValues = {
-  "data-dir": string;
-  network?: string | undefined;
-  "rpc-url"?: string | undefined;
-  deployment?: string | undefined;
-  bootstrap?: string[] | undefined;
-  keystore?: string | undefined;
-  json: boolean;
-  logs: boolean;
-  verbose: boolean;
-};
-
-async function readNetwork(file: string): Promise<NetworkFile | undefined> {
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw new UserError(`cannot read ${file}`, { cause: error });
-  }
-  const parsed = networkFileSchema.safeParse(JSON.parse(text));
-  if (!parsed.success) throw new UserError(`${file} is not a network file`, { details: z.prettifyError(parsed.error) });
-  return { ...parsed.data, deployment: path.resolve(path.dirname(file), parsed.data.deployment) };
+/** The options of every command that acts as a tenant. */
+export interface TenantOptions extends NetworkOptions, PasswordOptions {
+  dataDir: string;
+  keystore?: string;
+  json?: boolean;
+  logs?: boolean;
+  verbose?: boolean;
 }
 
-/** The tenant's client from the command line: the network file (a devnet's by default), overridden by flags. */
-export async function connect(values: CommonValues): Promise<{ client: BatonClient; names: Map<string, string> }> {
-  const network = await readNetwork(values.network ?? DEFAULT_NETWORK_FILE);
-  if (values.network && !network) throw new UserError(`no network file at ${values.network}`);
-  const rpcUrl = values["rpc-url"] ?? network?.rpcUrl;
-  const deployment = values.deployment ?? network?.deployment;
-  const bootstrap = values.bootstrap ?? network?.bootstrap ?? [];
-  if (!rpcUrl || !deployment) {
-    throw new UserError(
-      `no network: start one with \`baton devnet\` (it writes ${DEFAULT_NETWORK_FILE}), or give --rpc-url and --deployment`,
-    );
+/** Adds the options of a command that acts as a tenant: its data dir, its key, the network, output. */
+export function tenantOptions(command: Command): Command {
+  command
+    .option("--data-dir <dir>", "the tenant's state: its job records, checkpoints and libp2p key", DEFAULT_DATA_DIR)
+    .option("--keystore <file>", "the tenant's key (else BATON_TENANT_KEY, a raw key for development)");
+  passwordOption(command);
+  networkOptions(command);
+  return command
+    .option("--json", "print events and results as JSON lines")
+    .option("--logs", "show the job's own output")
+    .option("--verbose", "log what the SDK does");
+}
+
+/** The tenant's client from the command line: the network (see cli/network.ts) and the key. */
+export async function connect(options: TenantOptions): Promise<{ client: BatonClient; names: Map<string, string> }> {
+  const network = await resolveNetwork(options);
+  if (network.bootstrap.length === 0) {
+    throw new UserError("no peers to join the network through: give --bootstrap MULTIADDR, or --network FILE");
   }
-  if (bootstrap.length === 0) throw new UserError("no peers to join through: give --bootstrap <multiaddr>");
-  const account = await loadAccount({
-    ...(values.keystore ? { keystore: values.keystore } : {}),
-    ...(process.env.BATON_TENANT_KEY ? { privateKey: process.env.BATON_TENANT_KEY } : {}),
-    ...(process.env.BATON_KEYSTORE_PASSWORD ? { password: process.env.BATON_KEYSTORE_PASSWORD } : {}),
-  });
+  const account = await openAccount(options, { keystore: options.keystore, devKeyVariable: "BATON_TENANT_KEY" });
+  const { createBatonClient, createLogger } = await import("../sdk/index.ts");
   const client = await createBatonClient({
-    rpcUrl,
+    rpcUrl: network.rpcUrl,
     account,
-    deployment,
-    bootstrap,
-    dataDir: values["data-dir"],
-    log: createLogger("tenant", { level: values.verbose ? "info" : "warn" }),
+    deployment: network.deployment,
+    bootstrap: network.bootstrap,
+    dataDir: options.dataDir,
+    log: createLogger("tenant", { level: options.verbose ? "info" : "warn" }),
   });
-  const names = new Map(Object.entries(network?.names ?? {}).map(([a, n]) => [a.toLowerCase(), n]));
-  return { client, names };
+  return { client, names: network.names };
 }
 
-function jobIdArg(text: string | undefined): Hex {
-  if (!text || !isHex(text) || text.length !== 66) throw new UserError("give a job id: 0x followed by 64 hex digits");
-  return text.toLowerCase() as Hex;
+/** The job records of a data dir, read without the network; `undefined` when it has none yet. */
+async function localJobs(dataDir: string): Promise<JobStore | undefined> {
+  const dir = path.join(dataDir, "jobs");
+  if (
+    !(await access(dir).then(
+      () => true,
+      () => false,
+    ))
+  )
+    return undefined;
+  const { openJobStore } = await import("../sdk/tenant/job-store.ts");
+  return openJobStore(dir);
 }
 
-export function amount(text: string | undefined, what: string): bigint | undefined {
-  if (text === undefined) return undefined;
-  if (!/^\d+(\.\d+)?$/.test(text)) throw new UserError(`${what} must be a token amount like 0.5, not ${text}`);
-  return parseEther(text);
+/** A job's record without its checkpoint key: what `--json` shows (the key stays in the data dir). */
+function shown(record: JobRecord): Omit<JobRecord, "key"> {
+  const copy: Partial<JobRecord> = { ...record };
+  delete copy.key;
+  return copy as Omit<JobRecord, "key">;
 }
 
 /**
- * Follows a job to its end: live display, Ctrl-C detaches (the job goes on; `baton job watch`
- * picks it up), and a summary at the end. Waits for due slashes so the compensation shows.
+ * Follows a job to its end: live display, Ctrl-C detaches (the job goes on; `baton job watch` picks
+ * it up), and a summary at the end. Waits for due slashes so the compensation shows.
  */
-async function follow(
-  client: BatonClient,
-  job: JobHandle,
-  values: CommonValues,
-  names: Map<string, string>,
-): Promise<void> {
-  const stop = showJob(job, { json: values.json, logs: values.logs, names });
+async function follow(client: BatonClient, job: JobHandle, options: TenantOptions, names: Map<string, string>) {
+  const { showJob, summary } = await import("./job-display.ts");
+  const stop = showJob(job, { json: options.json, logs: options.logs, names });
   const onSignal = (): void => {
     process.stderr.write(`\ndetaching; the job goes on. Follow it again with: baton job watch ${job.jobId}\n`);
     void job.detach();
@@ -134,74 +94,37 @@ async function follow(
   } finally {
     process.off("SIGINT", onSignal);
     stop();
-    if (!values.json) process.stdout.write(summary(await client.jobs.get(job.jobId), names) + "\n");
+    const record = await client.jobs.get(job.jobId);
+    if (!options.json && record) process.stdout.write(summary(record, names) + "\n");
     await client.close();
   }
 }
 
-/** The job's record as a table: lineage across providers, then totals. */
-export function summary(record: Awaited<ReturnType<BatonClient["jobs"]["get"]>>, names: Map<string, string>): string {
-  if (!record) return "";
-  const rows: (string | number | bigint)[][] = [
-    ["lease", "provider", "state", "ran", "price/s", "deposit", "compensation"],
-  ];
-  for (const lease of record.leases) {
-    const ran = ((lease.endedAt ?? Date.now()) - lease.openedAt) / 1000;
-    rows.push([
-      lease.leaseId,
-      names.get(lease.provider.toLowerCase()) ?? lease.provider,
-      lease.state,
-      `${ran.toFixed(1)} s`,
-      formatEther(BigInt(lease.pricePerSecond)),
-      formatEther(BigInt(lease.deposit)),
-      lease.slash ? formatEther(BigInt(lease.slash.compensation)) : "-",
-    ]);
-  }
-  const lines = [
-    `job ${record.jobId}: ${record.state}${record.error ? ` (${record.error})` : ""}`,
-    table(rows),
-    `hand-offs ${record.handOffs}, safe checkpoints held ${record.safe.length}, deposited ${formatEther(BigInt(record.deposited))}`,
-  ];
-  if (record.result?.outputDir) lines.push(`output: ${record.result.outputDir}`);
-  return lines.join("\n");
+interface RunOptions extends TenantOptions {
+  maxPrice: string;
+  budget?: string;
+  watch?: boolean;
+  retryLimit: number;
 }
 
-async function run(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      ...common,
-      "max-price": { type: "string" },
-      budget: { type: "string" },
-      watch: { type: "boolean", default: false },
-      "retry-limit": { type: "string", default: "3" },
-    },
-  });
-  const file = positionals[0];
-  if (!file)
-    throw new UserError("usage: baton job run <spec.yaml> --max-price <tokens/s> [--budget <tokens>] [--watch]");
+async function run(file: string, options: RunOptions): Promise<void> {
+  const [{ readJobFile, runJob }, { parseEther }] = await Promise.all([import("../sdk/index.ts"), import("viem")]);
   const { spec, files } = await readJobFile(file);
-  const maxPricePerSecond = amount(values["max-price"], "--max-price");
-  if (maxPricePerSecond === undefined) throw new UserError("give --max-price: the most to pay per second, in tokens");
-  const budget = amount(values.budget, "--budget");
-  const retryLimit = Number(values["retry-limit"]);
-  if (!Number.isInteger(retryLimit) || retryLimit < 0) throw new UserError("--retry-limit must be a whole number");
-  const { client, names } = await connect(values);
+  const { client, names } = await connect(options);
   let job: JobHandle;
   try {
     job = await runJob(client, spec, {
-      maxPricePerSecond,
-      ...(budget === undefined ? {} : { budget }),
+      maxPricePerSecond: parseEther(options.maxPrice),
+      ...(options.budget === undefined ? {} : { budget: parseEther(options.budget) }),
       files,
-      retryLimit,
+      retryLimit: options.retryLimit,
     });
   } catch (error) {
     await client.close();
     throw error;
   }
-  process.stdout.write(values.json ? JSON.stringify({ jobId: job.jobId }) + "\n" : `job ${job.jobId}\n`);
-  if (values.watch) return follow(client, job, values, names);
+  process.stdout.write(options.json ? jsonLine({ jobId: job.jobId }) : `job ${job.jobId}\n`);
+  if (options.watch) return follow(client, job, options, names);
   // Without --watch: wait until the job runs, then leave it; `baton job watch` follows it later.
   await new Promise<void>((resolve, reject) => {
     job.on("started", () => resolve());
@@ -209,71 +132,137 @@ async function run(args: string[]): Promise<void> {
   });
   await job.detach();
   await client.close();
-  process.stdout.write(`started; follow it with: baton job watch ${job.jobId}\n`);
+  if (!options.json) process.stdout.write(`started; follow it with: baton job watch ${job.jobId}\n`);
 }
 
-async function watch(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: common });
-  const jobId = jobIdArg(positionals[0]);
-  const { client, names } = await connect(values);
-  let job: JobHandle;
-  try {
-    job = await attachJob(client, jobId);
-  } catch (error) {
-    await client.close();
-    throw error;
+/**
+ * A job that ended is reported from its record, without the network; a running one is followed
+ * (re-attaching to its provider, or handing it on if that provider is gone).
+ */
+async function watch(jobId: `0x${string}`, options: TenantOptions): Promise<void> {
+  const record = await (await localJobs(options.dataDir))?.get(jobId);
+  if (!record) throw new UserError(`no job ${jobId} in ${options.dataDir} (each data dir keeps its own jobs)`);
+  if (record.state === "running") {
+    const { attachJob } = await import("../sdk/index.ts");
+    const { client, names } = await connect(options);
+    let job: JobHandle;
+    try {
+      job = await attachJob(client, jobId);
+    } catch (error) {
+      await client.close();
+      throw error;
+    }
+    return follow(client, job, options, names);
   }
-  return follow(client, job, values, names);
+  if (options.json) printJson(shown(record));
+  else {
+    const { summary } = await import("./job-display.ts");
+    process.stdout.write(summary(record, await networkNames(options)) + "\n");
+  }
+  if (record.state === "failed")
+    throw new UserError(`job ${jobId} failed: ${record.error ?? "no reason was recorded"}`);
+  if (record.state === "cancelled") throw new UserError(`job ${jobId} was cancelled`);
 }
 
-async function cancel(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: common });
-  const jobId = jobIdArg(positionals[0]);
-  const { client } = await connect(values);
+async function cancel(jobId: `0x${string}`, options: TenantOptions): Promise<void> {
+  const record = await (await localJobs(options.dataDir))?.get(jobId);
+  if (!record) throw new UserError(`no job ${jobId} in ${options.dataDir} (each data dir keeps its own jobs)`);
+  if (record.state !== "running") throw new UserError(`job ${jobId} already ended: ${record.state}`);
+  const { cancelJob } = await import("../sdk/index.ts");
+  const { client } = await connect(options);
   try {
     const { closed } = await cancelJob(client, { jobId });
-    process.stdout.write(
-      values.json
-        ? JSON.stringify({ jobId, closed }, jsonReplacer) + "\n"
-        : `job ${jobId} cancelled${closed === undefined ? "" : `; lease ${closed} closed, unused deposit refunded`}\n`,
-    );
+    if (options.json) printJson({ jobId, closed });
+    else {
+      const lease = closed === undefined ? "" : `; lease ${closed} closed, unused deposit refunded`;
+      process.stdout.write(`job ${jobId} cancelled${lease}\n`);
+    }
   } finally {
     await client.close();
   }
 }
 
-async function list(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: common });
-  const { client, names } = await connect(values);
-  try {
-    const records = await client.jobs.list();
-    if (values.json) {
-      // The job keys stay in the data dir: listing jobs must not print secrets.
-      const shown = records.map((record) => ({ ...record, key: undefined }));
-      process.stdout.write(JSON.stringify(shown) + "\n");
-      return;
-    }
-    const rows: string[][] = [["job", "name", "state", "leases", "hand-offs", "provider now"]];
-    for (const r of records) {
-      const last = r.leases.at(-1);
-      rows.push([
-        r.jobId,
-        r.spec.name,
-        r.state,
-        String(r.leases.length),
-        String(r.handOffs),
-        last ? (names.get(last.provider.toLowerCase()) ?? last.provider) : "-",
-      ]);
-    }
-    process.stdout.write(table(rows) + "\n");
-  } finally {
-    await client.close();
+/** The data dir's job records, with no key and no network: the provider names come from the network file if any. */
+async function list(options: Pick<TenantOptions, "dataDir" | "json" | "network">): Promise<void> {
+  const records = (await (await localJobs(options.dataDir))?.list()) ?? [];
+  if (options.json) return printJson(records.map(shown));
+  if (records.length === 0) {
+    process.stdout.write(`no jobs in ${options.dataDir}; start one with: baton job run <spec.yaml> --max-price N\n`);
+    return;
   }
+  const names = await networkNames(options);
+  const rows: string[][] = [["job", "name", "state", "leases", "hand-offs", "provider now"]];
+  for (const record of records) {
+    const last = record.leases.at(-1);
+    rows.push([
+      record.jobId,
+      record.spec.name,
+      record.state,
+      String(record.leases.length),
+      String(handOffCount(record.leases)),
+      last ? (names.get(last.provider.toLowerCase()) ?? last.provider) : "-",
+    ]);
+  }
+  process.stdout.write(table(rows) + "\n");
 }
 
-export const jobCommands = {
-  run: { run: run, help: "run a job from a spec file: --max-price <tokens/s> [--budget <tokens>] [--watch]" },
-  watch: { run: watch, help: "follow a job (re-attaches after a restart): <job id>" },
-  cancel: { run: cancel, help: "cancel a job and close its lease: <job id>" },
-  list: { run: list, help: "list the jobs in the data dir" },
-};
+/** `baton job …`: run, follow, cancel and list jobs. */
+export function jobCommands(program: Command): void {
+  const job = program.command("job").description("run jobs on the network and follow them across providers");
+
+  examples(
+    tenantOptions(
+      job
+        .command("run")
+        .description("run a job from a spec file: lease a provider, send the job, and (with --watch) follow it")
+        .argument("<spec>", "the job spec (YAML or JSON)")
+        .requiredOption(
+          "--max-price <tokens>",
+          "the most to pay per second, in payment tokens",
+          tokenAmount("--max-price"),
+        )
+        .option("--budget <tokens>", "the most to spend on the job in all", tokenAmount("--budget"))
+        .option("--watch", "follow the job to its end (Ctrl-C detaches; `baton job watch` follows it again)")
+        .option(
+          "--retry-limit <n>",
+          "how many providers may fail the job before it fails",
+          integerIn("--retry-limit", 0, 1000),
+          3,
+        ),
+    ),
+    [
+      "baton job run examples/train/train.yaml --max-price 0.001 --watch",
+      "baton job run train.yaml --max-price 0.001 --budget 1 --keystore tenant.json --network net.json",
+    ],
+  ).action(run);
+
+  examples(
+    tenantOptions(
+      job
+        .command("watch")
+        .description("follow a job to its end (re-attaches after a restart); an ended job's outcome, offline")
+        .argument("<jobId>", "the job id `baton job run` printed", jobIdArg),
+    ),
+    ["baton job watch 0x5f…", "baton job watch 0x5f… --json"],
+  ).action(watch);
+
+  examples(
+    tenantOptions(
+      job
+        .command("cancel")
+        .description("cancel a job: close its lease (the unused deposit is refunded)")
+        .argument("<jobId>", "the job id", jobIdArg),
+    ),
+    ["baton job cancel 0x5f…"],
+  ).action(cancel);
+
+  examples(
+    job
+      .command("list")
+      .description("list the jobs in the data dir (offline: no key, no chain)")
+      .option("--data-dir <dir>", "the tenant's state", DEFAULT_DATA_DIR)
+      .addOption(networkFileOption())
+      .option("--json", "print the job records (without their keys) as JSON"),
+    ["baton job list", "baton job list --data-dir .baton/tenant --json"],
+  ).action(list);
+}

@@ -1,16 +1,76 @@
-import { BaseError } from "../sdk/errors.ts";
+import { BaseError, walk } from "../sdk/errors.ts";
 
-/** Prints an error for a person: the short message, then details; stack traces only with BATON_DEBUG=1. */
-export function printError(error: unknown): void {
-  if (error instanceof BaseError) {
-    console.error(`error: ${error.shortMessage}`);
-    if (error.details) console.error(`  ${error.details.split("\n").join("\n  ")}`);
-  } else if (error instanceof Error) {
-    console.error(`error: ${error.message}`);
-  } else {
-    console.error(`error: ${String(error)}`);
+/** JSON for machines: bigints as decimal strings, errors as their messages, absent values as null. */
+export function jsonReplacer(_key: string, value: unknown): unknown {
+  if (typeof value === "bigint") return value.toString();
+  if (value instanceof BaseError) return { name: value.name, message: value.shortMessage, details: value.details };
+  if (value instanceof Error) return { name: value.name, message: value.message };
+  return value === undefined ? null : value;
+}
+
+/** What `--json` prints for a command's report: one JSON document on stdout. */
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value, jsonReplacer, 2) + "\n");
+}
+
+/** One JSON object on one line, for a stream of events (JSON Lines). */
+export function jsonLine(value: unknown): string {
+  return JSON.stringify(value, jsonReplacer) + "\n";
+}
+
+/**
+ * The address a failure found already taken (EADDRINUSE), if that is what it is: from the socket's
+ * error itself, or from the text of an error that only quotes it (libp2p's listen failure does).
+ */
+function addressInUse(error: unknown): string | undefined {
+  const found = walk(error, (e) => {
+    const { code, message } = (e ?? {}) as { code?: unknown; message?: unknown };
+    return code === "EADDRINUSE" || (typeof message === "string" && message.includes("EADDRINUSE"));
+  }) as { address?: string; port?: number; message?: string } | undefined;
+  if (!found) return undefined;
+  if (found.port !== undefined) return `${found.address ?? "127.0.0.1"}:${found.port}`;
+  return /address already in use (\S+)/.exec(found.message ?? "")?.[1] ?? "an address";
+}
+
+/**
+ * What to tell a person about a failure, in one line. A port already taken is said as such, with
+ * what to do, wherever it came from (a gateway, a node's listen address, its metrics).
+ */
+export function describeError(error: unknown): string {
+  const inUse = addressInUse(error);
+  if (inUse) {
+    return (
+      `${inUse} is already in use: stop the program listening there, or choose another port ` +
+      "(baton serve --port; a provider's listen and metricsPort in its config.yaml)"
+    );
   }
-  if (process.env.BATON_DEBUG === "1" && error instanceof Error) console.error(error.stack);
+  if (error instanceof BaseError) {
+    // Details (a schema's complaints, the last of several failures) stay on the same line.
+    const details = error.details
+      ?.split("\n")
+      .map((line) => line.trim())
+      .filter(Boolean)
+      .join(" ");
+    return details ? `${error.shortMessage} (${details})` : error.shortMessage;
+  }
+  // viem's errors carry a short message too; their full one spans many lines.
+  const short = (error as { shortMessage?: unknown } | undefined)?.shortMessage;
+  if (typeof short === "string") return short;
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split("\n")[0]!;
+}
+
+/**
+ * Prints a failure for a person: one line, `error: …`. With `debug` (`--debug`, `BATON_DEBUG=1`),
+ * the stack of the error and of every cause below it follows.
+ */
+export function printError(error: unknown, { debug = false }: { debug?: boolean } = {}): void {
+  process.stderr.write(`error: ${describeError(error)}\n`);
+  if (!debug) return;
+  for (let e: unknown = error; e !== undefined; e = (e as { cause?: unknown }).cause) {
+    process.stderr.write(`${e === error ? "" : "caused by: "}${e instanceof Error ? e.stack : String(e)}\n`);
+    if (typeof e !== "object" || e === null) break;
+  }
 }
 
 /** A table with aligned columns, for terminal output. */

@@ -22,6 +22,7 @@ import {
   providerRegistryBytecode,
 } from "../sdk/generated/abis.ts";
 import { deploymentPath, deploymentToJson, type Deployment } from "../sdk/chain/deployments.ts";
+import { UserError } from "../sdk/errors.ts";
 
 /** What a deployment can be tuned with; every field has a default for local networks. */
 export interface DeployParameters {
@@ -63,6 +64,44 @@ export const defaultDeployParameters: DeployParameters = {
   maxHeartbeatTimeout: 3600,
 };
 
+/** The longest unbonding period the registry accepts (its MAX_UNBONDING_PERIOD). */
+const MAX_UNBONDING_PERIOD = 365 * 24 * 3600;
+/** The longest heartbeat timeout the lease manager accepts (a uint24). */
+const MAX_HEARTBEAT_TIMEOUT = 2 ** 24 - 1;
+
+/**
+ * The parameters a deployment would use (the defaults, overridden), checked against what the
+ * contracts' constructors accept, so that a bad value is refused before any transaction.
+ *
+ * @throws {UserError} naming the parameter and its range.
+ */
+export function checkDeployParameters(overrides: Partial<DeployParameters>): DeployParameters {
+  const parameters: DeployParameters = { ...defaultDeployParameters, ...overrides };
+  const { minHeartbeatTimeout, maxHeartbeatTimeout, unbondingPeriod, tenantShareBps, callerShareBps } = parameters;
+  if (maxHeartbeatTimeout < 1 || maxHeartbeatTimeout > MAX_HEARTBEAT_TIMEOUT) {
+    throw new UserError(`maxHeartbeatTimeout (${maxHeartbeatTimeout} s) must be 1 to ${MAX_HEARTBEAT_TIMEOUT} s`);
+  }
+  if (minHeartbeatTimeout < 2 || minHeartbeatTimeout > maxHeartbeatTimeout) {
+    throw new UserError(
+      `minHeartbeatTimeout (${minHeartbeatTimeout} s) must be at least 2 and at most maxHeartbeatTimeout (${maxHeartbeatTimeout} s)`,
+    );
+  }
+  if (unbondingPeriod <= maxHeartbeatTimeout) {
+    throw new UserError(
+      `unbondingPeriod (${unbondingPeriod} s) must exceed maxHeartbeatTimeout (${maxHeartbeatTimeout} s), or unbonding stake could escape a slash`,
+    );
+  }
+  if (unbondingPeriod > MAX_UNBONDING_PERIOD) {
+    throw new UserError(`unbondingPeriod (${unbondingPeriod} s) must be at most ${MAX_UNBONDING_PERIOD} s (365 days)`);
+  }
+  if (tenantShareBps + callerShareBps > 10_000) {
+    throw new UserError(
+      `tenantShareBps + callerShareBps (${tenantShareBps} + ${callerShareBps}) must be at most 10000 (all of a slash)`,
+    );
+  }
+  return parameters;
+}
+
 export type DeployProgress = { step: string; address: Address; txHash: Hex };
 
 export interface DeployBatonParameters {
@@ -87,17 +126,7 @@ export async function deployBaton({
   parameters: overrides = {},
   onProgress,
 }: DeployBatonParameters): Promise<Deployment> {
-  const parameters: DeployParameters = { ...defaultDeployParameters, ...overrides };
-  if (parameters.minHeartbeatTimeout < 2 || parameters.minHeartbeatTimeout > parameters.maxHeartbeatTimeout) {
-    throw new Error(
-      `minHeartbeatTimeout (${parameters.minHeartbeatTimeout} s) must be at least 2 and at most maxHeartbeatTimeout (${parameters.maxHeartbeatTimeout} s)`,
-    );
-  }
-  if (parameters.unbondingPeriod <= parameters.maxHeartbeatTimeout) {
-    throw new Error(
-      `unbondingPeriod (${parameters.unbondingPeriod} s) must exceed maxHeartbeatTimeout (${parameters.maxHeartbeatTimeout} s), or unbonding stake could escape a slash`,
-    );
-  }
+  const parameters = checkDeployParameters(overrides);
   const deployer = walletClient.account.address;
   const chainId = await publicClient.getChainId();
   const startBlock = await publicClient.getBlockNumber();

@@ -9,6 +9,7 @@ import { hardhat } from "viem/chains";
 
 import { writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { detectGpus } from "../node/gpus.ts";
+import { writeKeystore } from "../node/keystore.ts";
 import { DATA_FILES } from "../node/config.ts";
 import { metadataWithPeerProof, peerBinding } from "../sdk/chain/peer-proof.ts";
 import {
@@ -77,6 +78,20 @@ export interface StartDevnetParameters {
 
 /** Registered stake per provider. */
 const PROVIDER_STAKE = parseEther("500");
+
+/**
+ * The password of every devnet provider's keystore (`<data dir>/key.json`), so that the provider
+ * commands open a devnet provider like any other (`BATON_KEYSTORE_PASSWORD=devnet baton provider
+ * status --data-dir .baton/devnet/provider-1`). Development only: the keys are Hardhat's well-known
+ * accounts anyway.
+ */
+export const DEVNET_KEYSTORE_PASSWORD = "devnet";
+
+/**
+ * scrypt's cost for those keystores: their password is public, so the default cost (about a second
+ * and 256 MiB per key) would buy nothing but a slower devnet.
+ */
+const DEVNET_SCRYPT_N = 2 ** 12;
 
 /**
  * What a devnet provider runs with unless told otherwise: CPU jobs accepted (the example job needs
@@ -167,12 +182,19 @@ export async function startDevnet({
       await mkdir(dataDir, { recursive: true, mode: 0o700 });
       const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
       const peerId = peerIdFromPrivateKey(peerKey).toString();
+      await writeKeystore(
+        path.join(dataDir, "key.json"),
+        privateKeyOf(account),
+        DEVNET_KEYSTORE_PASSWORD,
+        DEVNET_SCRYPT_N,
+      );
       await writeNodeConfig(dataDir, {
         rpcUrl: chain.rpcUrl,
         deployment: deploymentFile,
         gpus: realGpus ? "auto" : { fake: "1xFakeGPU" },
         sandbox: "bwrap",
         metricsPort: 0,
+        keystore: "key.json",
         ...DEVNET_NODE_CONFIG,
         ...config,
         ...configFor?.(index),

@@ -5,116 +5,134 @@
  *   BATON_DEPLOYER_KEY=0x… npm run deploy -- --rpc-url https://rpc.example --staking-token 0x… --payment-token 0x…
  *
  * The deployer key comes from BATON_DEPLOYER_KEY; on a local chain (id 31337) it defaults to
- * Hardhat's first development account.
+ * Hardhat's first development account. Exit codes as `baton`'s: 0 deployed, 1 failed (no node at
+ * the URL, a transaction refused), 2 usage error (an unknown option, a value out of range).
  */
-import { parseArgs } from "node:util";
-import {
-  createPublicClient,
-  createWalletClient,
-  defineChain,
-  getAddress,
-  http,
-  isAddress,
-  isHex,
-  type Address,
-} from "viem";
+import { createPublicClient, createWalletClient, defineChain, getAddress, http, isAddress, isHex } from "viem";
 import { privateKeyToAccount, type Account } from "viem/accounts";
 
-import { deployBaton, writeDeployment, type DeployParameters } from "./deploy.ts";
+import { printJson } from "../cli/output.ts";
+import { BatonCommand, examples, integerIn, runProgram, UsageError, wholeNumber } from "../cli/program.ts";
+import { deploymentToJson } from "../sdk/chain/deployments.ts";
+import { ChainError, UserError } from "../sdk/errors.ts";
+import { checkDeployParameters, deployBaton, writeDeployment, type DeployParameters } from "./deploy.ts";
 import { devAccount } from "./local-chain.ts";
 
 const LOCAL_CHAIN_ID = 31337;
 
-const { values } = parseArgs({
-  options: {
-    "rpc-url": { type: "string", default: "http://127.0.0.1:8545" },
-    out: { type: "string", default: "deployments" },
-    "staking-token": { type: "string" },
-    "payment-token": { type: "string" },
-    "min-stake": { type: "string" },
-    "unbonding-period": { type: "string" },
-    "tenant-share-bps": { type: "string" },
-    "caller-share-bps": { type: "string" },
-    treasury: { type: "string" },
-    "min-heartbeat-timeout": { type: "string" },
-    "max-heartbeat-timeout": { type: "string" },
-    help: { type: "boolean", short: "h" },
-  },
-});
-
-if (values.help) {
-  console.log(`usage: npm run deploy -- [--rpc-url URL] [--out DIR] [--staking-token ADDR] [--payment-token ADDR]
-       [--min-stake WEI] [--unbonding-period S] [--tenant-share-bps N] [--caller-share-bps N]
-       [--treasury ADDR] [--min-heartbeat-timeout S] [--max-heartbeat-timeout S]
-The deployer key is read from BATON_DEPLOYER_KEY (defaults to a dev account on chain ${LOCAL_CHAIN_ID}).`);
-  process.exit(0);
+interface DeployOptions {
+  rpcUrl: string;
+  out: string;
+  json?: boolean;
+  stakingToken?: `0x${string}`;
+  paymentToken?: `0x${string}`;
+  minStake?: bigint;
+  unbondingPeriod?: number;
+  tenantShareBps?: number;
+  callerShareBps?: number;
+  treasury?: `0x${string}`;
+  minHeartbeatTimeout?: number;
+  maxHeartbeatTimeout?: number;
 }
 
-function fail(message: string): never {
-  console.error(`deploy: ${message}`);
-  process.exit(1);
+const address =
+  (name: string) =>
+  (value: string): `0x${string}` => {
+    if (!isAddress(value)) throw new UsageError(`--${name} is not an address: ${value}`);
+    return getAddress(value);
+  };
+
+function wei(value: string): bigint {
+  if (!/^\d+$/.test(value)) throw new UsageError(`--min-stake must be a whole number of base units, not ${value}`);
+  return BigInt(value);
 }
 
-function addressOption(name: string, value: string | undefined): Address | undefined {
-  if (value === undefined) return undefined;
-  if (!isAddress(value)) fail(`--${name} is not an address: ${value}`);
-  return getAddress(value);
+const seconds = (name: string) => wholeNumber(`--${name}`);
+const bps = (name: string) => integerIn(`--${name}`, 0, 10_000);
+
+async function deploy(options: DeployOptions): Promise<void> {
+  const { rpcUrl, out, json, ...given } = options;
+  const overrides = Object.fromEntries(
+    Object.entries(given).filter(([, value]) => value !== undefined),
+  ) as Partial<DeployParameters>;
+  try {
+    checkDeployParameters(overrides);
+  } catch (error) {
+    if (error instanceof UserError) throw new UsageError(error.shortMessage);
+    throw error;
+  }
+  const probe = createPublicClient({ transport: http(rpcUrl, { retryCount: 0 }) });
+  let chainId: number;
+  try {
+    chainId = await probe.getChainId();
+  } catch (cause) {
+    throw new ChainError(`no JSON-RPC node answers at ${rpcUrl}`, { cause });
+  }
+  let account: Account;
+  const key = process.env.BATON_DEPLOYER_KEY;
+  if (key !== undefined) {
+    if (!isHex(key) || key.length !== 66) {
+      throw new UsageError("BATON_DEPLOYER_KEY must be a 0x-prefixed 32-byte hex private key");
+    }
+    account = privateKeyToAccount(key);
+  } else if (chainId === LOCAL_CHAIN_ID) {
+    account = devAccount(0);
+  } else {
+    throw new UsageError(`chain ${chainId} is not a local chain: set BATON_DEPLOYER_KEY`);
+  }
+
+  const chain = defineChain({
+    id: chainId,
+    name: `chain-${chainId}`,
+    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+    rpcUrls: { default: { http: [rpcUrl] } },
+  });
+  const deployment = await deployBaton({
+    walletClient: createWalletClient({ chain, account, transport: http(rpcUrl) }),
+    publicClient: createPublicClient({ chain, transport: http(rpcUrl) }),
+    parameters: overrides,
+    // With --json, stdout carries the deployment alone: progress goes to stderr.
+    onProgress: ({ step, address }) => (json ? console.error : console.log)(`  ${step.padEnd(34)} ${address}`),
+  });
+  const file = await writeDeployment(out, deployment);
+  if (json) return printJson({ file, ...deploymentToJson(deployment) });
+  console.log(`deployed to chain ${chainId}; wrote ${file}`);
 }
 
-function integerOption(name: string, value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  if (!/^\d+$/.test(value)) fail(`--${name} must be a non-negative integer, got ${value}`);
-  return Number(value);
-}
+const program = new BatonCommand("npm run deploy --")
+  .description("deploy Baton's contracts to a chain and write deployments/<chainId>.json")
+  .option("--rpc-url <url>", "the chain's JSON-RPC endpoint", "http://127.0.0.1:8545")
+  .option("--out <dir>", "where to write <chainId>.json", "deployments")
+  .option("--staking-token <address>", "an existing staking token (default: a new dev token)", address("staking-token"))
+  .option("--payment-token <address>", "an existing payment token (default: a new dev token)", address("payment-token"))
+  .option("--min-stake <wei>", "the least stake that makes a provider eligible, in base units", wei)
+  .option(
+    "--unbonding-period <s>",
+    "seconds stake waits after unstaking (above the longest heartbeat timeout)",
+    seconds("unbonding-period"),
+  )
+  .option("--tenant-share-bps <n>", "a slash's share that compensates the tenant", bps("tenant-share-bps"))
+  .option("--caller-share-bps <n>", "a slash's share that rewards its caller", bps("caller-share-bps"))
+  .option("--treasury <address>", "receives the rest of a slash (default: burned)", address("treasury"))
+  .option(
+    "--min-heartbeat-timeout <s>",
+    "the shortest heartbeat timeout a quote may set",
+    seconds("min-heartbeat-timeout"),
+  )
+  .option(
+    "--max-heartbeat-timeout <s>",
+    "the longest heartbeat timeout a quote may set",
+    seconds("max-heartbeat-timeout"),
+  )
+  .option("--json", "print the deployment as JSON (progress goes to stderr)")
+  .addHelpText(
+    "after",
+    `\nThe deployer key is read from BATON_DEPLOYER_KEY (a dev account on chain ${LOCAL_CHAIN_ID} when unset).`,
+  )
+  .action(deploy);
+examples(program, [
+  "npm run deploy",
+  "BATON_DEPLOYER_KEY=0x… npm run deploy -- --rpc-url https://rpc.example --staking-token 0x… --payment-token 0x…",
+]);
 
-const parameters: Partial<DeployParameters> = Object.fromEntries(
-  Object.entries({
-    stakingToken: addressOption("staking-token", values["staking-token"]),
-    paymentToken: addressOption("payment-token", values["payment-token"]),
-    minStake: values["min-stake"] === undefined ? undefined : BigInt(integerOption("min-stake", values["min-stake"])!),
-    unbondingPeriod: integerOption("unbonding-period", values["unbonding-period"]),
-    tenantShareBps: integerOption("tenant-share-bps", values["tenant-share-bps"]),
-    callerShareBps: integerOption("caller-share-bps", values["caller-share-bps"]),
-    treasury: addressOption("treasury", values.treasury),
-    minHeartbeatTimeout: integerOption("min-heartbeat-timeout", values["min-heartbeat-timeout"]),
-    maxHeartbeatTimeout: integerOption("max-heartbeat-timeout", values["max-heartbeat-timeout"]),
-  }).filter(([, value]) => value !== undefined),
-);
-
-const rpcUrl = values["rpc-url"];
-const probe = createPublicClient({ transport: http(rpcUrl, { retryCount: 0 }) });
-let chainId: number;
-try {
-  chainId = await probe.getChainId();
-} catch (cause) {
-  fail(`no JSON-RPC node answers at ${rpcUrl} (${(cause as Error).message.split("\n")[0]})`);
-}
-
-let account: Account;
-const key = process.env.BATON_DEPLOYER_KEY;
-if (key !== undefined) {
-  if (!isHex(key) || key.length !== 66) fail("BATON_DEPLOYER_KEY must be a 0x-prefixed 32-byte hex private key");
-  account = privateKeyToAccount(key);
-} else if (chainId === LOCAL_CHAIN_ID) {
-  account = devAccount(0);
-} else {
-  fail(`chain ${chainId} is not a local chain: set BATON_DEPLOYER_KEY`);
-}
-
-const chain = defineChain({
-  id: chainId,
-  name: `chain-${chainId}`,
-  nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
-  rpcUrls: { default: { http: [rpcUrl] } },
-});
-const publicClient = createPublicClient({ chain, transport: http(rpcUrl) });
-const walletClient = createWalletClient({ chain, account, transport: http(rpcUrl) });
-
-const deployment = await deployBaton({
-  walletClient,
-  publicClient,
-  parameters,
-  onProgress: ({ step, address }) => console.log(`  ${step.padEnd(34)} ${address}`),
-});
-const file = await writeDeployment(values.out, deployment);
-console.log(`deployed to chain ${chainId}; wrote ${file}`);
+await runProgram(program);

@@ -10,33 +10,45 @@ export interface Spawned {
   child: ChildProcess;
   pid: number;
   lines: string[];
+  /** The same lines, by the stream they came on (for checking what goes where). */
+  stdout: string[];
+  stderr: string[];
   /** Resolves with the first line matching `pattern` (or rejects after `timeoutMs` or on exit). */
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Like `exited`, once its output is read to the end too (what a test of a command's output waits for). */
+  closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves when gone. Safe to call twice. */
   stop(graceMs?: number): Promise<void>;
 }
 
 const started = new Set<Spawned>();
 
-/** Runs a TypeScript entry point of the project under this Node, as its own process. */
+/**
+ * Runs a TypeScript entry point of the project under this Node, as its own process, in the project
+ * root unless `cwd` says otherwise.
+ */
 export function spawnScript(
   script: string,
   args: string[],
   env: Record<string, string> = {},
-  options: { onLine?: (line: string) => void } = {},
+  options: { onLine?: (line: string) => void; cwd?: string } = {},
 ): Spawned {
   const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", path.join(root, script), ...args], {
-    cwd: root,
+    cwd: options.cwd ?? root,
     env: { ...process.env, ...env },
     stdio: ["pipe", "pipe", "pipe"],
   });
   const lines: string[] = [];
   const waiters = new Set<{ pattern: RegExp; resolve: (line: string) => void }>();
+  // The last lines only: a provider logs for as long as it runs.
+  const keep = (kept: string[], line: string): void => {
+    kept.push(line);
+    if (kept.length > 5_000) kept.shift();
+  };
   const onLine = (line: string): void => {
     options.onLine?.(line);
-    lines.push(line);
-    if (lines.length > 5_000) lines.shift();
+    keep(lines, line);
     for (const waiter of waiters) {
       if (waiter.pattern.test(line)) {
         waiters.delete(waiter);
@@ -44,15 +56,28 @@ export function spawnScript(
       }
     }
   };
-  createInterface({ input: child.stdout! }).on("line", onLine);
-  createInterface({ input: child.stderr! }).on("line", onLine);
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  createInterface({ input: child.stdout! }).on("line", (line) => {
+    keep(stdout, line);
+    onLine(line);
+  });
+  createInterface({ input: child.stderr! }).on("line", (line) => {
+    keep(stderr, line);
+    onLine(line);
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("close", (code, signal) => resolve({ code, signal })),
   );
   const spawned: Spawned = {
     child,
     pid: child.pid!,
     lines,
+    stdout,
+    stderr,
     waitFor(pattern, timeoutMs = 60_000) {
       const seen = lines.find((line) => pattern.test(line));
       if (seen) return Promise.resolve(seen);
@@ -83,6 +108,7 @@ export function spawnScript(
       });
     },
     exited,
+    closed,
     async stop(graceMs = 5_000) {
       started.delete(spawned);
       if (child.exitCode !== null || child.signalCode !== null) return;

@@ -17,9 +17,9 @@ import { parseArgs } from "node:util";
 
 import { formatEther, parseEther } from "viem";
 
-import { printJob } from "../cli/audit.ts";
-import { jsonReplacer, showJob } from "../cli/job-display.ts";
-import { table } from "../cli/output.ts";
+import { printJob } from "../cli/audit-report.ts";
+import { showJob } from "../cli/job-display.ts";
+import { jsonReplacer, table } from "../cli/output.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
 import { isAlive } from "../deploy/processes.ts";
 import {

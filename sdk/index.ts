@@ -62,6 +62,7 @@ export {
 } from "./chain/client.ts";
 export { loadDeployment, loadDeploymentFile, type Deployment } from "./chain/deployments.ts";
 export { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "./generated/abis.ts";
+export { handOffCount } from "./hand-offs.ts";
 export { createLogger, silentLogger, type CreateLoggerOptions, type Logger, type LogLevel } from "./logger.ts";
 export { readJobFile, parseJobSpec, type JobFile, type JobSpec, type JobSpecInput } from "./job-spec.ts";
 export * from "./errors.ts";

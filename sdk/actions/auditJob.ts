@@ -13,6 +13,7 @@ import {
 } from "../chain/audit-events.ts";
 import type { ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
+import { handOffCount } from "../hand-offs.ts";
 
 export interface AuditJobParameters {
   /** The job id every lease of the job carries (bytes32). */
@@ -46,7 +47,7 @@ export interface AuditJobReturnType {
    * has at most one successor on chain, so the job never forks.)
    */
   others: LeaseAudit[];
-  /** Times the job moved to another lease: `lineage.length - 1`. */
+  /** Times the job moved to another lease (see {@link handOffCount}). */
   handOffs: number;
   /** The first lease's opening. */
   startedAt: EventTime;
@@ -118,7 +119,7 @@ export async function auditJob(
     otherTenants: tenants.filter((other) => !isAddressEqual(other, owner)),
     lineage,
     others: leases.filter((lease) => !onLineage.has(lease.leaseId)),
-    handOffs: lineage.length - 1,
+    handOffs: handOffCount(lineage),
     startedAt: first.opened,
     endedAt,
     wallSeconds: (endedAt ?? scope.asOf.timestamp) - first.opened.timestamp,

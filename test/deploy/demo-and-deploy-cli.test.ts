@@ -3,14 +3,15 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+
+import { parseEther } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { parseDeployment } from "../../sdk/chain/deployments.ts";
-import { isAlive, spawnScript, until } from "../helpers/processes.ts";
+import { isAlive, root, spawnScript, until } from "../helpers/processes.ts";
 
 const run = promisify(execFile);
-const root = path.resolve(import.meta.dirname, "../..");
 let dir: string;
 
 beforeAll(async () => {
@@ -71,16 +72,48 @@ describe("npm run demo", () => {
 });
 
 describe("baton devnet", () => {
+  /** `baton …` against the devnet, to completion. */
+  async function baton(args: string[], env: Record<string, string> = {}) {
+    const run = spawnScript("cli/baton.ts", args, env);
+    const { code } = await run.closed;
+    return { code, stdout: run.stdout.join("\n"), output: run.lines.join("\n") };
+  }
+
   for (const how of ["SIGINT", "SIGKILL"] as const) {
-    it(`starts a network and, on ${how}, leaves no chain or provider behind`, async () => {
+    // One run prints for people, the other prints the network as JSON.
+    const json = how === "SIGKILL";
+    it(`starts a network${json ? " (--json)" : ""} and, on ${how}, leaves no chain or provider behind`, async () => {
       const devnetDir = path.join(dir, `devnet-${how}`);
-      const devnet = spawnScript("cli/baton.ts", ["devnet", "--providers", "2", "--dir", devnetDir]);
+      const devnet = spawnScript("cli/baton.ts", [
+        "devnet",
+        "--providers",
+        "2",
+        "--dir",
+        devnetDir,
+        ...(json ? ["--json"] : []),
+      ]);
       try {
-        await devnet.waitFor(/Ctrl-C stops everything/, 120_000);
-        const pids = devnet.lines.flatMap((line) => {
-          const match = /provider-\d+\s+0x[0-9a-fA-F]{40}\s+pid (\d+)/.exec(line);
-          return match ? [Number(match[1])] : [];
-        });
+        let pids: number[];
+        if (json) {
+          await devnet.waitFor(/^}$/, 120_000);
+          const printed = JSON.parse(devnet.stdout.join("\n")) as {
+            networkFile: string;
+            keystorePassword: string;
+            providers: { name: string; pid: number; dataDir: string }[];
+          };
+          expect(printed.networkFile).toBe(path.relative(root, path.join(devnetDir, "network.json")));
+          expect(printed.keystorePassword).toBe("devnet");
+          expect(printed.providers.map((p) => p.name)).toEqual(["provider-1", "provider-2"]);
+          pids = printed.providers.map((p) => p.pid);
+        } else {
+          await devnet.waitFor(/Ctrl-C stops everything/, 120_000);
+          pids = devnet.lines.flatMap((line) => {
+            const match = /provider-\d+\s+0x[0-9a-fA-F]{40}\s+pid (\d+)/.exec(line);
+            return match ? [Number(match[1])] : [];
+          });
+          expect(devnet.lines).toContain('provider keystores: <provider dir>/key.json, password "devnet"');
+          await usableWithTheProviderCommands(devnetDir);
+        }
         expect(pids).toHaveLength(2);
         const network = JSON.parse(await readFile(path.join(devnetDir, "network.json"), "utf8"));
         expect(network.bootstrap).toHaveLength(2);
@@ -102,6 +135,23 @@ describe("baton devnet", () => {
         await devnet.stop();
       }
     });
+  }
+
+  /** A devnet provider opens with the documented password; `devnet fund` pays from the network file. */
+  async function usableWithTheProviderCommands(devnetDir: string): Promise<void> {
+    const network = path.join(devnetDir, "network.json");
+    const status = await baton(["provider", "status", "--data-dir", path.join(devnetDir, "provider-1"), "--json"], {
+      BATON_KEYSTORE_PASSWORD: "devnet",
+    });
+    expect(status.code, status.output).toBe(0);
+    expect(JSON.parse(status.stdout)).toMatchObject({
+      address: devAccount(1).address,
+      provider: { registered: true, stake: parseEther("500").toString() },
+    });
+    const someone = devAccount(15).address;
+    const funded = await baton(["devnet", "fund", someone, "--network", network, "--eth", "0", "--json"]);
+    expect(funded.code, funded.output).toBe(0);
+    expect(JSON.parse(funded.stdout)).toMatchObject({ address: someone, paymentTokens: parseEther("1000").toString() });
   }
 });
 
@@ -130,6 +180,20 @@ describe("npm run deploy", () => {
     expect(deployment.parameters.devTokens).toBe(true);
   });
 
+  it("prints the deployment as JSON with --json, its progress on stderr", async () => {
+    const out = path.join(dir, "deploy-json");
+    const { stdout, stderr } = await run(
+      process.execPath,
+      ["deploy/main.ts", "--rpc-url", chain.rpcUrl, "--out", out, "--json"],
+      { cwd: root, timeout: 60_000 },
+    );
+    const printed = JSON.parse(stdout) as { file: string; chainId: number; contracts: Record<string, string> };
+    expect(printed.file).toBe(path.join(out, "31337.json"));
+    expect(printed.chainId).toBe(31337);
+    expect(parseDeployment(JSON.parse(await readFile(printed.file, "utf8"))).contracts).toEqual(printed.contracts);
+    expect(stderr).toContain("LeaseManager");
+  });
+
   it("says clearly when no node answers", async () => {
     const failed = run(process.execPath, ["deploy/main.ts", "--rpc-url", "http://127.0.0.1:9", "--out", dir], {
       cwd: root,
@@ -140,11 +204,21 @@ describe("npm run deploy", () => {
     });
   });
 
-  it("refuses a bad parameter before touching the chain", async () => {
-    const failed = run(process.execPath, ["deploy/main.ts", "--rpc-url", chain.rpcUrl, "--treasury", "0x1234"], {
-      cwd: root,
-      timeout: 60_000,
-    });
-    await expect(failed).rejects.toMatchObject({ stderr: expect.stringContaining("--treasury is not an address") });
+  it("refuses an unknown option or a bad value before touching the chain: one line, exit code 2", async () => {
+    const cases: [string[], string][] = [
+      [["--treasury", "0x1234"], "error: --treasury is not an address: 0x1234\n"],
+      [["--bogus"], "error: unknown option '--bogus'; see `npm run deploy -- --help`\n"],
+      [
+        ["--unbonding-period", "10"],
+        "error: unbondingPeriod (10 s) must exceed maxHeartbeatTimeout (3600 s), or unbonding stake could escape a slash\n",
+      ],
+    ];
+    for (const [args, stderr] of cases) {
+      const failed = run(process.execPath, ["deploy/main.ts", "--rpc-url", chain.rpcUrl, ...args], {
+        cwd: root,
+        timeout: 60_000,
+      });
+      await expect(failed, args.join(" ")).rejects.toMatchObject({ code: 2, stderr, stdout: "" });
+    }
   });
 });

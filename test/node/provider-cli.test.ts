@@ -1,4 +1,5 @@
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 
@@ -19,11 +20,22 @@ let dataDir: string;
 let address: `0x${string}`;
 const env = { BATON_KEYSTORE_PASSWORD: "correct horse battery staple" };
 
-/** Runs `baton …` to completion and returns its exit code and output. */
+/** Runs `baton …` to completion and returns its exit code and output (`errors`: its stderr lines). */
 async function baton(args: string[], extraEnv: Record<string, string> = {}) {
   const run = spawnScript("cli/baton.ts", args, { ...env, ...extraEnv });
-  const { code } = await run.exited;
-  return { code, output: run.lines.join("\n") };
+  const { code } = await run.closed;
+  return { code, output: run.lines.join("\n"), stdout: run.stdout.join("\n"), errors: run.stderr };
+}
+
+/**
+ * A usual mistake: exit code 1 and one plain line saying what to do, no stack trace (besides the
+ * JSON log lines a node that started writes before it fails).
+ */
+function expectOneLine(result: Awaited<ReturnType<typeof baton>>, message: RegExp): void {
+  expect(result.code, result.output).toBe(1);
+  const plain = result.errors.filter((line) => !line.startsWith("{"));
+  expect(plain, result.output).toHaveLength(1);
+  expect(plain[0], result.output).toMatch(message);
 }
 
 beforeAll(async () => {
@@ -65,6 +77,22 @@ describe("baton provider (CLI)", () => {
     const keystore = JSON.parse(await readFile(path.join(dataDir, "key.json"), "utf8"));
     expect(keystore.crypto.kdf).toBe("scrypt");
     expect(keystore.address).toBe(address.slice(2).toLowerCase());
+  });
+
+  it("refuses to set up a data dir twice, and leaves nothing behind when it cannot make the key", async () => {
+    const noPassword = path.join(dir, "no-password");
+    const failed = await baton(
+      ["provider", "init", "--data-dir", noPassword, "--rpc-url", chain.rpcUrl, "--deployment", deploymentFile],
+      { BATON_KEYSTORE_PASSWORD: "" },
+    );
+    expectOneLine(failed, /^error: the password for .*key\.json is empty$/);
+    expect(await readdir(noPassword)).toEqual([]);
+
+    const again = await baton(["provider", "init", "--data-dir", dataDir, "--rpc-url", chain.rpcUrl]);
+    expectOneLine(
+      again,
+      /^error: .*provider is already set up \(it has config\.yaml\): use it as it is, or give another --data-dir$/,
+    );
   });
 
   it("refuses to register without tokens, then registers and reports its stake", async () => {
@@ -139,6 +167,91 @@ describe("baton provider (CLI)", () => {
     expect(unregistered.output).toMatch(
       /0x[0-9a-fA-F]{40} is not registered: run `baton provider register --stake N` first/,
     );
+  });
+
+  it("says in one line what is wrong: the keystore password, a port in use", async () => {
+    const wrongPassword = await baton(["provider", "status", "--data-dir", dataDir], {
+      BATON_KEYSTORE_PASSWORD: "not the password",
+    });
+    expectOneLine(wrongPassword, /^error: wrong keystore password$/);
+
+    const busy = net.createServer();
+    await new Promise<void>((resolve) => busy.listen(0, "127.0.0.1", resolve));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      const busyDir = path.join(dir, "busy-port");
+      await mkdir(busyDir, { recursive: true });
+      for (const file of ["key.json", "peer.key"]) await copyFile(path.join(dataDir, file), path.join(busyDir, file));
+      const config = await readFile(path.join(dataDir, "config.yaml"), "utf8");
+      await writeFile(
+        path.join(busyDir, "config.yaml"),
+        config.replace("/ip4/127.0.0.1/tcp/0", `/ip4/127.0.0.1/tcp/${port}`),
+      );
+      const inUse = await baton(["provider", "start", "--data-dir", busyDir]);
+      expectOneLine(
+        inUse,
+        new RegExp(
+          `^error: 127\\.0\\.0\\.1:${port} is already in use: stop the program listening there, or choose another port`,
+        ),
+      );
+    } finally {
+      busy.close();
+    }
+  });
+
+  it("takes a key made by `baton key new`, funded by `baton devnet fund`, with --password-file", async () => {
+    const passwordFile = path.join(dir, "password.txt");
+    await writeFile(passwordFile, "another passphrase\n");
+    const keystore = path.join(dir, "keys", "provider-2.json");
+    const made = await baton(["key", "new", "--out", keystore, "--password-file", passwordFile, "--json"]);
+    expect(made.code, made.output).toBe(0);
+    const key = JSON.parse(made.stdout) as { address: `0x${string}`; keystore: string };
+    expect(key.keystore).toBe(keystore);
+    expect(JSON.parse(await readFile(keystore, "utf8")).address).toBe(key.address.slice(2).toLowerCase());
+    const again = await baton(["key", "new", "--out", keystore, "--password-file", passwordFile]);
+    expectOneLine(again, /^error: .*provider-2\.json already exists: a keystore is never overwritten/);
+
+    // The network as a devnet's network file gives it: `devnet fund` and `provider init` read it.
+    const network = path.join(dir, "network.json");
+    await writeFile(
+      network,
+      JSON.stringify({ rpcUrl: chain.rpcUrl, deployment: path.relative(dir, deploymentFile), bootstrap: [] }),
+    );
+    const funded = await baton(["devnet", "fund", key.address, "--network", network, "--tokens", "5", "--json"]);
+    expect(funded.code, funded.output).toBe(0);
+    expect(JSON.parse(funded.stdout)).toEqual({
+      address: key.address,
+      paymentTokens: parseEther("5").toString(),
+      stakingTokens: parseEther("1000").toString(),
+      eth: parseEther("10").toString(),
+    });
+
+    // The file's password wins over BATON_KEYSTORE_PASSWORD (set to the first provider's here).
+    const secondDir = path.join(dir, "provider-2");
+    const withPassword = ["--data-dir", secondDir, "--password-file", passwordFile];
+    const init = await baton([
+      "provider",
+      "init",
+      "--keystore",
+      keystore,
+      "--network",
+      network,
+      "--fake-gpus",
+      "1xFakeGPU",
+      "--json",
+      ...withPassword,
+    ]);
+    expect(init.code, init.output).toBe(0);
+    expect(JSON.parse(init.stdout)).toMatchObject({ address: key.address, peerId: expect.stringMatching(/^12D3KooW/) });
+    const registered = await baton(["provider", "register", "--stake", "150", "--json", ...withPassword]);
+    expect(registered.code, registered.output).toBe(0);
+    expect(JSON.parse(registered.stdout)).toMatchObject({ address: key.address, registered: true });
+    const status = await baton(["provider", "status", "--json", ...withPassword]);
+    expect(status.code, status.output).toBe(0);
+    expect(JSON.parse(status.stdout)).toMatchObject({
+      address: key.address,
+      provider: { registered: true, stake: parseEther("150").toString() },
+    });
   });
 
   it("starts, serves metrics on loopback, and drains on SIGTERM", async () => {

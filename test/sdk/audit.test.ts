@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -147,9 +147,12 @@ async function claim(provider: Account, leaseIds: bigint[]): Promise<Transaction
 }
 
 /** Runs `baton …` to completion and returns its exit code and output. */
-async function baton(args: string[]): Promise<{ code: number | null; output: string }> {
-  const run = spawnScript("cli/baton.ts", args);
-  const { code } = await run.exited;
+async function baton(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; output: string }> {
+  const run = spawnScript("cli/baton.ts", args, env);
+  const { code } = await run.closed;
   return { code, output: run.lines.join("\n") };
 }
 
@@ -558,28 +561,43 @@ describe("baton audit (CLI)", () => {
     expect(JSON.parse(stdout)).toMatchObject({ leaseId: String(facts.lease2), resultCid: RESULT_CID });
   });
 
-  it("turns bad input into a clear error and exit code 1, and an unknown command into usage and 2", async () => {
-    const cases: [string[], RegExp][] = [
-      [["audit", "lease", "abc"], /error: not a lease id: abc/],
-      [["audit", "lease", "999", ...chainArgs()], /error: no lease 999/],
-      [["audit", "lease", "0", ...chainArgs()], /error: not a lease id: 0/],
-      [["audit", "job", "0x1234"], /error: not a job id: 0x1234/],
-      [["audit", "job", keccak256(toHex("nothing")), ...chainArgs()], /error: no lease carries job/],
-      [["audit", "provider", "0x1234"], /error: not an address: 0x1234/],
-      [["audit", "provider", tenant.address, ...chainArgs()], /error: .* is not a registered provider/],
-      [["audit", "lease"], /error: usage: baton audit lease <leaseId>/],
-      [["audit", "lease", "1", "--bogus"], /error: Unknown option '--bogus'/],
-      [["audit", "lease", "1", "--rpc-url", "http://127.0.0.1:1"], /error: no JSON-RPC node answers/],
+  it("reads the chain and the deployment from a network file: --network or BATON_NETWORK", async () => {
+    const networkFile = path.join(dir, "network.json");
+    await writeFile(
+      networkFile,
+      JSON.stringify({ rpcUrl: chain.rpcUrl, deployment: path.relative(dir, deploymentFile), bootstrap: [] }),
+    );
+    const [flag, env] = await Promise.all([
+      baton(["audit", "job", JOB_ID, "--network", networkFile, "--json"]),
+      baton(["audit", "lease", String(facts.lease2), "--json"], { BATON_NETWORK: networkFile }),
+    ]);
+    expect(flag.code, flag.output).toBe(0);
+    expect(JSON.parse(flag.output)).toMatchObject({ jobId: JOB_ID, handOffs: 1 });
+    expect(env.code, env.output).toBe(0);
+    expect(JSON.parse(env.output)).toMatchObject({ leaseId: String(facts.lease2), resultCid: RESULT_CID });
+  });
+
+  it("turns bad input into one line and exit code 2, what the chain refuses into one line and 1", async () => {
+    const cases: [string[], RegExp, number][] = [
+      [["audit", "lease", "abc"], /^error: not a lease id: abc/, 2],
+      [["audit", "lease", "999", ...chainArgs()], /^error: no lease 999/, 1],
+      [["audit", "lease", "0"], /^error: not a lease id: 0/, 2],
+      [["audit", "job", "0x1234"], /^error: not a job id: 0x1234/, 2],
+      [["audit", "job", keccak256(toHex("nothing")), ...chainArgs()], /^error: no lease carries job/, 1],
+      [["audit", "provider", "0x1234"], /^error: not an address: 0x1234/, 2],
+      [["audit", "provider", tenant.address, ...chainArgs()], /^error: .* is not a registered provider/, 1],
+      [["audit", "lease"], /^error: missing required argument 'leaseId'; see `baton audit lease --help`/, 2],
+      [["audit", "lease", "1", "--bogus"], /^error: unknown option '--bogus'/, 2],
+      [["audit", "lease", "1", "--rpc-url", "http://127.0.0.1:1"], /^error: no JSON-RPC node answers/, 1],
+      [["audit", "nonsense"], /^error: unknown command 'nonsense'; see `baton audit --help`/, 2],
     ];
     const results = await Promise.all(cases.map(([args]) => baton(args)));
-    for (const [i, [args, message]] of cases.entries()) {
+    for (const [i, [args, message, exitCode]] of cases.entries()) {
       const { code, output } = results[i]!;
       expect(output, args.join(" ")).toMatch(message);
-      expect(code, args.join(" ")).toBe(1);
+      expect(output.split("\n"), args.join(" ")).toHaveLength(1);
+      expect(code, args.join(" ")).toBe(exitCode);
     }
-    const unknown = await baton(["audit", "nonsense"]);
-    expect(unknown.code).toBe(2);
-    expect(unknown.output).toMatch(/baton audit job/);
   });
 });
 

@@ -48,6 +48,10 @@ describe("tenant restart", () => {
     expect(second.lines.join("\n")).toMatch(/completed \(exit 0\) after 0 hand-off/);
     const record = JSON.parse(await readFile(path.join(dataDir, "jobs", `${jobId}.json`), "utf8"));
     expect(record.state).toBe("completed");
+    // The job's record, listed from the data dir alone: no key, no network.
+    const list = spawnScript("cli/baton.ts", ["job", "list", "--data-dir", dataDir, "--json"]);
+    expect((await list.closed).code, list.lines.join("\n")).toBe(0);
+    expect(JSON.parse(list.stdout.join("\n"))).toMatchObject([{ jobId, state: "completed" }]);
     expect(await readFile(path.join(record.result.outputDir, "result.json"), "utf8")).toBe(fixture.reference);
     // Run as root, the job ran as nobody, who cannot pass the 0700 dir above the provider's data dir:
     // its work dir was where nobody can reach it.

@@ -6,7 +6,7 @@ import path from "node:path";
 import { parseEther } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { startGateway } from "../../cli/serve.ts";
+import { startGateway } from "../../cli/gateway.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
 import { startMarket, type Market, type ProviderHandle } from "../helpers/market.ts";
