@@ -45,6 +45,12 @@ async function start(options: StartOptions): Promise<void> {
   });
   const tenant = devAccount(10);
   await devnet.fund(tenant.address, parseEther("1000"));
+  // Before saying the devnet is up: whoever reads that may signal at once, and a signal that lands
+  // before its handler would kill this process outright, leaving the clean stop undone.
+  const stopped = new Promise<void>((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
   const relative = (file: string): string => path.relative(process.cwd(), file);
   const networkFile = relative(devnet.networkFile);
   const isDefault = path.resolve(DEFAULT_NETWORK_FILE) === devnet.networkFile;
@@ -85,10 +91,7 @@ From a script: createBatonClient({ rpcUrl: "${devnet.chain.rpcUrl}", deployment:
 (see examples/sdk/run-job.ts). Ctrl-C stops everything this started.`);
   }
 
-  await new Promise<void>((resolve) => {
-    process.once("SIGINT", resolve);
-    process.once("SIGTERM", resolve);
-  });
+  await stopped;
   say("stopping the devnet …");
   await devnet.stop({ keep: true });
   say("stopped");

@@ -201,20 +201,24 @@ async function start(options: ProviderOptions & { bootstrap?: string[]; exitWith
     ...(process.env.BATON_PROVIDER_KEY ? { privateKey: process.env.BATON_PROVIDER_KEY } : {}),
     ...(password === undefined ? {} : { password }),
   });
-  console.log(`provider node listening on ${node.addresses.join(", ")}`);
-  if (node.metricsPort !== undefined) console.log(`metrics on http://127.0.0.1:${node.metricsPort}/metrics`);
   let stopping = false;
   const shutdown = (signal: string): void => {
     if (stopping) return;
     stopping = true;
-    console.log(`${signal}: draining (no new leases; running ones keep their heartbeats until they end)`);
+    console.log(
+      `${signal}: draining (no new leases; running ones go on for up to ${config.drainTimeoutMs / 1000} s, then are handed back to their tenants)`,
+    );
     node.drain().then(
       () => process.exit(0),
       () => process.exit(1),
     );
   };
+  // Before the line that says we are up: a supervisor may signal as soon as it reads it, and a
+  // SIGTERM that lands before the handler kills the process outright (seen under load in tests).
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
+  console.log(`provider node listening on ${node.addresses.join(", ")}`);
+  if (node.metricsPort !== undefined) console.log(`metrics on http://127.0.0.1:${node.metricsPort}/metrics`);
   if (options.exitWithStdin) {
     // Started by a supervisor (`baton devnet`) that holds our stdin: when it dies, even by SIGKILL,
     // the pipe closes and we stop at once, jobs included, rather than live on as an orphan.
@@ -244,7 +248,7 @@ async function status(options: ProviderOptions): Promise<void> {
   const provider = await chain.publicClient.readContract({ ...registry, functionName: "getProvider", args: [me] });
   const claimable = await chain.publicClient.readContract({ ...leaseManager, functionName: "claimable", args: [me] });
   const store = new NodeStore(path.join(options.dataDir, DATA_FILES.database));
-  const rows = store.leases(["preparing", "running", "exited", "finished", "fenced", "failed"]);
+  const rows = store.leases(["preparing", "running", "exited", "finished", "fenced", "failed", "handed-back"]);
   store.close();
   const leases = await Promise.all(
     rows.slice(-20).map(async (row) => {

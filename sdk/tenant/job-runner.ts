@@ -337,7 +337,9 @@ class JobRunner implements JobHandle {
         ? error
         : new JobFailedError("the job failed", { cause: error, details: String(error) });
     this.#record.state = "failed";
-    this.#record.error = failure.shortMessage;
+    // The reason as people read it later (`baton job watch` of a failed job): with its details, which
+    // for an error not of ours are all there is ("the job failed" alone says nothing).
+    this.#record.error = failure.details ? `${failure.shortMessage} (${failure.details})` : failure.shortMessage;
     await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
     await this.#client.jobs.save(this.#record);
     this.#enter("failed");
