@@ -82,7 +82,7 @@ async function searchable(dir: string): Promise<void> {
 }
 
 /** The first directory from `/` down to `dir` that `user` may not search, by its mode bits. */
-async function blockingDir(
+export async function blockingDir(
   dir: string,
   user: { uid: number; gid: number },
 ): Promise<{ dir: string; mode: number } | undefined> {

@@ -6,6 +6,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { DRAIN_OUTPUT_LINGER_MS, DRAIN_TIMEOUT_MS, HAND_BACK_TIMEOUT_MS } from "../../node/constants.ts";
+import { blockingDir } from "../../node/jobs-dir.ts";
 import { KILL_GRACE_MS } from "../../node/sandbox/constants.ts";
 
 const run = promisify(execFile);
@@ -18,6 +19,14 @@ function installed(command: string, why: string): boolean {
   if (!found) console.warn(`${command} is not installed: skipping ${why}`);
   return found;
 }
+
+// The job's user runs this checkout's Node and modules, as the unit's user runs /opt/baton: a
+// checkout it cannot reach (a clone in a 0700 home or temp dir) cannot stand in for that.
+const blocked = await blockingDir(root, { uid: 65534, gid: 65534 });
+if (blocked)
+  console.warn(
+    `nobody cannot reach this checkout (${blocked.dir} is mode ${blocked.mode.toString(8)}): skipping the sandbox under the unit's user`,
+  );
 
 /** The unit's `[Service]` settings: each key with its values, in order (a key may be given twice). */
 async function serviceSettings(): Promise<Map<string, string[]>> {
@@ -104,6 +113,7 @@ describe("deploy/baton-provider.service", () => {
   if (!asRoot) console.warn("not root: skipping the sandbox under the unit's user and privileges");
   it.skipIf(
     !asRoot ||
+      blocked !== undefined ||
       !installed("setpriv", "the sandbox under the unit's privileges") ||
       !installed("bwrap", "the sandbox under the unit's privileges"),
   )(
