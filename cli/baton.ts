@@ -18,7 +18,6 @@ import type { Command } from "commander";
 module.enableCompileCache();
 
 // Imported once the cache is on: static imports would all be loaded before it.
-const { readFileSync } = await import("node:fs");
 const { auditCommands } = await import("./audit.ts");
 const { devnetCommands } = await import("./devnet.ts");
 const { jobCommands } = await import("./job.ts");
@@ -27,9 +26,8 @@ const { BatonCommand, examples, runProgram, UsageError } = await import("./progr
 const { providerCommands } = await import("./provider.ts");
 const { serveCommands } = await import("./serve.ts");
 
-const { version } = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
-  version: string;
-};
+// By the package's own name: from cli/ in a checkout and from dist/cli/ in the npm package alike.
+const { version } = module.createRequire(import.meta.url)("baton/package.json") as { version: string };
 
 const program = new BatonCommand("baton")
   .description("rent GPUs from anyone; a dropped provider means a pause, not lost work")

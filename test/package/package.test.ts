@@ -83,10 +83,12 @@ console.log(JSON.stringify({
     expect(JSON.parse(stdout).abis).toBeGreaterThan(0);
     const types = await readFile(path.join(app, "node_modules/baton/dist/sdk/index.d.ts"), "utf8");
     expect(types).toMatch(/createBatonClient/);
-    const bin = await run(path.join(app, "node_modules/.bin/baton"), [], { cwd: app, env }).catch(
-      (error: { stdout: string; stderr: string }) => error,
-    );
-    expect(`${bin.stdout}${bin.stderr}`).toMatch(/baton job/);
+    const bin = path.join(app, "node_modules/.bin/baton");
+    const { version } = JSON.parse(await readFile(path.join(root, "package.json"), "utf8")) as { version: string };
+    expect((await run(bin, ["--version"], { cwd: app, env })).stdout.trim()).toBe(version);
+    const help = (await run(bin, ["--help"], { cwd: app, env })).stdout;
+    expect(help).toMatch(/^Usage: baton/);
+    expect(help).toMatch(/\bjob\b/);
   });
 
   it("runs a job on a devnet from a plain script that imports it", async () => {
