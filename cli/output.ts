@@ -1,4 +1,4 @@
-import { BaseError, walk } from "../sdk/errors.ts";
+import { BaseError, oneLineOf, walk } from "../sdk/errors.ts";
 
 /** JSON for machines: bigints as decimal strings, errors as their messages, absent values as null. */
 export function jsonReplacer(_key: string, value: unknown): unknown {
@@ -44,15 +44,8 @@ export function describeError(error: unknown): string {
       "(baton serve --port; a provider's listen and metricsPort in its config.yaml)"
     );
   }
-  if (error instanceof BaseError) {
-    // Details (a schema's complaints, the last of several failures) stay on the same line.
-    const details = error.details
-      ?.split("\n")
-      .map((line) => line.trim())
-      .filter(Boolean)
-      .join(" ");
-    return details ? `${error.shortMessage} (${details})` : error.shortMessage;
-  }
+  // Details (a schema's complaints, the last of several failures) stay on the same line.
+  if (error instanceof BaseError) return oneLineOf(error);
   // viem's errors carry a short message too; their full one spans many lines.
   const short = (error as { shortMessage?: unknown } | undefined)?.shortMessage;
   if (typeof short === "string") return short;

@@ -53,6 +53,16 @@ export function shortMessageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** One of our errors on one line: its short message, then its details (joined, in parentheses). */
+export function oneLineOf(error: BaseError): string {
+  const details = error.details
+    ?.split("\n")
+    .map((line) => line.trim())
+    .filter(Boolean)
+    .join(" ");
+  return details ? `${error.shortMessage} (${details})` : error.shortMessage;
+}
+
 /** The provider's fault: the job should move to another provider. */
 export class ProviderFaultError extends BaseError {
   override name = "ProviderFaultError";

@@ -4,7 +4,7 @@ import type { Address, Hex } from "viem";
 
 import { withdrawCredit } from "../actions/withdrawCredit.ts";
 import type { BatonClient } from "../client.ts";
-import { BaseError, JobCancelledError, JobFailedError, UserError } from "../errors.ts";
+import { BaseError, JobCancelledError, JobFailedError, oneLineOf, UserError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { CheckpointReplicator } from "./checkpoint-replicator.ts";
@@ -339,7 +339,7 @@ class JobRunner implements JobHandle {
     this.#record.state = "failed";
     // The reason as people read it later (`baton job watch` of a failed job): with its details, which
     // for an error not of ours are all there is ("the job failed" alone says nothing).
-    this.#record.error = failure.details ? `${failure.shortMessage} (${failure.details})` : failure.shortMessage;
+    this.#record.error = oneLineOf(failure);
     await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
     await this.#client.jobs.save(this.#record);
     this.#enter("failed");
