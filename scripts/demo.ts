@@ -281,7 +281,7 @@ async function runReference(jobSpec: JobSpec, inputs: Record<string, string>): P
     }
     const dirs = { checkpoints: "checkpoints", resume: "resume", output: "output" };
     for (const sub of Object.values(dirs)) await mkdir(path.join(dir, sub));
-    const [command, ...args] = jobSpec.command;
+    const [command, ...args] = jobSpec.command ?? [];
     const child = spawn(command === "node" ? process.execPath : command!, args, {
       cwd: dir,
       env: {

@@ -5,6 +5,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 
 import { UserError } from "./errors.ts";
+import { MAX_IMAGE_REFERENCE_LENGTH, parseImageReference } from "./images/reference.ts";
 
 /** A job spec file larger than this is refused before it is parsed. */
 export const MAX_JOB_SPEC_BYTES = 64 * 1024;
@@ -14,6 +15,25 @@ const envNameSchema = z
   .regex(/^[A-Z_][A-Z0-9_]*$/, "env names are upper-case letters, digits and _")
   .refine((name) => !name.startsWith("BATON_"), "BATON_* variables are set by the node");
 
+const imageReferenceSchema = z
+  .string()
+  .max(MAX_IMAGE_REFERENCE_LENGTH)
+  .superRefine((text, context) => {
+    try {
+      parseImageReference(text);
+    } catch (error) {
+      context.addIssue({ code: "custom", message: (error as Error).message });
+    }
+  });
+
+/**
+ * The container image a job runs in: a registry reference (pinned to a digest by the SDK when the
+ * job is submitted, so every lease of the job runs the same image), or the IPFS CID of an OCI image
+ * layout (`baton image add`), fetched like an input from the tenant or any peer that holds it.
+ */
+export const jobImageSchema = z.union([imageReferenceSchema, z.object({ cid: z.string().min(1).max(256) }).strict()]);
+export type JobImage = z.output<typeof jobImageSchema>;
+
 /**
  * What a job needs and how to run it. Validated at every boundary: when a tenant loads a file, and
  * again when a provider receives it.
@@ -21,8 +41,19 @@ const envNameSchema = z
 export const jobSpecSchema = z
   .object({
     name: z.string().min(1).max(128).default("job"),
-    /** argv: `command[0]` is looked up on the sandbox's PATH. */
-    command: z.array(z.string().max(4096)).min(1).max(256),
+    /**
+     * A container image to run the job in; without one the job runs against the provider's own
+     * system (read-only) in a bubblewrap sandbox.
+     */
+    image: jobImageSchema.optional(),
+    /**
+     * argv: `command[0]` is looked up on the sandbox's PATH. Required without an image; with one it
+     * replaces the image's entrypoint and command (as Kubernetes' `command` does), and the image's
+     * own are run when it is left out.
+     */
+    command: z.array(z.string().max(4096)).min(1).max(256).optional(),
+    /** With an image: the working directory, instead of the image's. */
+    workdir: z.string().startsWith("/").max(1024).optional(),
     env: z.record(envNameSchema, z.string().max(8192)).default({}),
     /** Files fetched by CID into the job's work dir before it starts. */
     inputs: z
@@ -70,7 +101,15 @@ export const jobSpecSchema = z
       .max(30 * 86_400)
       .default(3600),
   })
-  .strict();
+  .strict()
+  .refine((spec) => spec.image !== undefined || spec.command !== undefined, {
+    message: "a job without an image needs a command",
+    path: ["command"],
+  })
+  .refine((spec) => spec.image !== undefined || spec.workdir === undefined, {
+    message: "workdir is for image jobs (a process job always starts in its work dir)",
+    path: ["workdir"],
+  });
 
 export type JobSpec = z.output<typeof jobSpecSchema>;
 export type JobSpecInput = z.input<typeof jobSpecSchema>;

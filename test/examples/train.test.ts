@@ -320,7 +320,7 @@ describe("examples/train/train.mjs", () => {
       lines.length = 0;
       const job = await startJob({
         leaseId: name,
-        command: spec.command,
+        command: spec.command!,
         env: { ...spec.env, TRAIN_STEP_DELAY_MS: delayMs },
         workDir,
         sandbox: "bwrap",
