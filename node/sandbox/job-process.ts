@@ -244,7 +244,7 @@ function killTree(pid: number): void {
 }
 
 /** Waits for `promise` to settle, or `ms`, whichever comes first. */
-async function within(promise: Promise<unknown>, ms: number): Promise<void> {
+export async function within(promise: Promise<unknown>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([promise, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
@@ -253,7 +253,7 @@ async function within(promise: Promise<unknown>, ms: number): Promise<void> {
   }
 }
 
-function signalName(number: number): NodeJS.Signals | null {
+export function signalName(number: number): NodeJS.Signals | null {
   for (const [name, value] of Object.entries(osConstants.signals)) if (value === number) return name as NodeJS.Signals;
   return null;
 }

@@ -131,14 +131,19 @@ export interface StartJobOptions {
   onLine?: (stream: "stdout" | "stderr", line: string) => void;
 }
 
+/** What every job runner takes: all of {@link StartJobOptions} but how the job is run. */
+export type JobBasicsOptions = Omit<StartJobOptions, "command" | "sandbox" | "runtimeBinds" | "bwrapPath">;
+
 export interface JobProcess {
   readonly leaseId: string;
   /**
    * Host pid of the process-group leader: bubblewrap's outer process in `bwrap` mode (the job is
-   * below it, in its own pid namespace), the job itself in `unsafe-none` mode.
+   * below it, in its own pid namespace), the job itself in `unsafe-none` mode, the attached
+   * `podman start` for an image job.
    */
   readonly pid: number;
-  readonly sandbox: SandboxKind;
+  /** How the job runs: a sandbox kind, or `podman` for an image job. */
+  readonly sandbox: SandboxKind | "podman";
   readonly logPath: string;
   /** Env names and values the job was started with (for the node's records; may hold tenant secrets). */
   readonly env: Readonly<Record<string, string>>;
@@ -246,12 +251,12 @@ export function validateJobEnv(env: Record<string, string>): void {
  * `unsafe-none` mode every GPU is visible, so the host indices are used. No GPUs: "" (none).
  */
 export function cudaVisibleDevices(
-  sandbox: SandboxKind,
+  sandbox: SandboxKind | "podman",
   gpus: readonly number[],
   gpuUuids?: readonly string[],
 ): string {
   if (gpuUuids !== undefined && gpuUuids.length > 0) return gpuUuids.join(",");
-  if (sandbox === "bwrap") return gpus.map((_, ordinal) => ordinal).join(",");
+  if (sandbox !== "unsafe-none") return gpus.map((_, ordinal) => ordinal).join(",");
   return gpus.join(",");
 }
 
@@ -285,17 +290,64 @@ function checkPlainString(value: string, what: string): void {
 /** A job's options, checked and with defaults filled in. */
 export type ResolvedJobOptions = ReturnType<typeof resolveOptions>;
 
-/** Validates options and fills in defaults; throws before anything is created. */
-function resolveOptions(options: StartJobOptions) {
-  const { leaseId, command, workDir, sandbox } = options;
-  if (!LEASE_ID.test(leaseId)) throw new InvalidJobOptionsError(`invalid lease id "${leaseId}"`);
-  if (sandbox !== "bwrap" && sandbox !== "unsafe-none") {
-    throw new InvalidJobOptionsError(`sandbox must be "bwrap" or "unsafe-none", got "${String(sandbox)}"`);
-  }
+/** What every runner checks of a job's options, with defaults filled in. */
+export type ResolvedJobBasics = ReturnType<typeof resolveJobBasics>;
+
+/** Checks an argv: non-empty, strings without NUL. */
+export function checkCommand(command: readonly string[]): void {
   if (!Array.isArray(command) || command.length === 0 || command[0] === "") {
     throw new InvalidJobOptionsError("command must be a non-empty argv array");
   }
   command.forEach((arg, i) => checkPlainString(arg, `command[${i}]`));
+}
+
+/** Validates options and fills in defaults; throws before anything is created. */
+function resolveOptions(options: StartJobOptions) {
+  const { command, sandbox } = options;
+  if (sandbox !== "bwrap" && sandbox !== "unsafe-none") {
+    throw new InvalidJobOptionsError(`sandbox must be "bwrap" or "unsafe-none", got "${String(sandbox)}"`);
+  }
+  checkCommand(command);
+  const basics = resolveJobBasics(options);
+  const runtimeBinds = (options.runtimeBinds ?? []).map((bind) => {
+    checkPlainString(bind.hostPath, "runtimeBinds.hostPath");
+    checkPlainString(bind.sandboxPath, "runtimeBinds.sandboxPath");
+    const target = path.posix.normalize(bind.sandboxPath);
+    const reserved = ["/", "/proc", "/dev", "/etc", "/usr", "/tmp", "/var", SANDBOX_WORK_DIR];
+    if (
+      !path.posix.isAbsolute(bind.sandboxPath) ||
+      target !== bind.sandboxPath ||
+      reserved.some((dir) => target === dir || (dir !== "/" && target.startsWith(`${dir}/`)))
+    ) {
+      throw new InvalidJobOptionsError(`runtime bind target "${bind.sandboxPath}" is not allowed`, {
+        details: "use a normalised absolute path outside /, /proc, /dev, /etc, /usr, /tmp, /var and /work",
+      });
+    }
+    let hostPath: string;
+    try {
+      hostPath = realpathSync(bind.hostPath);
+    } catch (cause) {
+      throw new InvalidJobOptionsError(`runtime bind source "${bind.hostPath}" does not exist`, { cause });
+    }
+    return { hostPath, sandboxPath: target };
+  });
+
+  return {
+    ...basics,
+    command,
+    sandbox,
+    runtimeBinds,
+    bwrapPath: options.bwrapPath ?? "bwrap",
+  };
+}
+
+/**
+ * Validates what every runner takes (lease id, env, GPUs, limits, user, work dir) and fills in
+ * defaults; throws before anything is created.
+ */
+export function resolveJobBasics(options: JobBasicsOptions) {
+  const { leaseId, workDir } = options;
+  if (!LEASE_ID.test(leaseId)) throw new InvalidJobOptionsError(`invalid lease id "${leaseId}"`);
   checkPlainString(workDir, "workDir");
   if (!path.isAbsolute(workDir) || path.resolve(workDir) === "/") {
     throw new InvalidJobOptionsError(`workDir must be an absolute path other than /, got "${workDir}"`);
@@ -329,29 +381,6 @@ function resolveOptions(options: StartJobOptions) {
     throw new InvalidJobOptionsError("limits.cpuSet must list CPU numbers");
   }
 
-  const runtimeBinds = (options.runtimeBinds ?? []).map((bind) => {
-    checkPlainString(bind.hostPath, "runtimeBinds.hostPath");
-    checkPlainString(bind.sandboxPath, "runtimeBinds.sandboxPath");
-    const target = path.posix.normalize(bind.sandboxPath);
-    const reserved = ["/", "/proc", "/dev", "/etc", "/usr", "/tmp", "/var", SANDBOX_WORK_DIR];
-    if (
-      !path.posix.isAbsolute(bind.sandboxPath) ||
-      target !== bind.sandboxPath ||
-      reserved.some((dir) => target === dir || (dir !== "/" && target.startsWith(`${dir}/`)))
-    ) {
-      throw new InvalidJobOptionsError(`runtime bind target "${bind.sandboxPath}" is not allowed`, {
-        details: "use a normalised absolute path outside /, /proc, /dev, /etc, /usr, /tmp, /var and /work",
-      });
-    }
-    let hostPath: string;
-    try {
-      hostPath = realpathSync(bind.hostPath);
-    } catch (cause) {
-      throw new InvalidJobOptionsError(`runtime bind source "${bind.hostPath}" does not exist`, { cause });
-    }
-    return { hostPath, sandboxPath: target };
-  });
-
   const isRoot = process.getuid?.() === 0;
   const self = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
   const user = options.user ?? (isRoot ? { uid: NOBODY_UID, gid: NOBODY_GID } : self);
@@ -366,8 +395,6 @@ function resolveOptions(options: StartJobOptions) {
   const resolvedWorkDir = path.resolve(workDir);
   return {
     leaseId,
-    command,
-    sandbox,
     env,
     gpus,
     gpuUuids: options.gpuUuids,
@@ -375,7 +402,6 @@ function resolveOptions(options: StartJobOptions) {
     memoryBytes,
     cpus,
     wallTimeMs,
-    runtimeBinds,
     user,
     switchUser: isRoot,
     workDir: resolvedWorkDir,
@@ -383,7 +409,6 @@ function resolveOptions(options: StartJobOptions) {
     logMaxBytes: options.logMaxBytes ?? LOG_MAX_BYTES,
     lineMaxBytes: options.lineMaxBytes ?? LINE_MAX_BYTES,
     killGraceMs: options.killGraceMs ?? KILL_GRACE_MS,
-    bwrapPath: options.bwrapPath ?? "bwrap",
     logger: options.logger ?? createLogger("node.sandbox"),
     signal: options.signal,
     onLine: options.onLine,
@@ -395,7 +420,7 @@ function resolveOptions(options: StartJobOptions) {
  * entry of a previous run that is not a plain directory (a symlink the job left to trick a later
  * chown) is refused, and nothing is followed: only these five dirs are chowned, never their contents.
  */
-async function prepareWorkDir(workDir: string, user: { uid: number; gid: number }, chown: boolean): Promise<void> {
+export async function prepareWorkDir(workDir: string, user: { uid: number; gid: number }, chown: boolean): Promise<void> {
   await mkdir(workDir, { recursive: true, mode: 0o700 });
   for (const dir of [workDir, ...[...Object.keys(WORK_SUBDIRS), "tmp"].map((sub) => path.join(workDir, sub))]) {
     try {
@@ -411,8 +436,8 @@ async function prepareWorkDir(workDir: string, user: { uid: number; gid: number 
 }
 
 /** The job's environment: its own variables, then the ones the runner sets (which win). */
-function jobEnv(
-  resolved: ResolvedJobOptions,
+export function jobEnv(
+  resolved: Pick<ResolvedJobBasics, "env" | "leaseId" | "gpus" | "gpuUuids"> & { sandbox: SandboxKind | "podman" },
   where: { workDir: string; path: string },
   userName: string,
 ): Record<string, string> {
