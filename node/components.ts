@@ -6,6 +6,7 @@ import type { IpfsNode } from "../sdk/ipfs/node.ts";
 import type { Logger } from "../sdk/logger.ts";
 import type { BatonHost } from "../sdk/p2p/host.ts";
 import type { NodeConfig } from "./config.ts";
+import type { Containers } from "./containers/setup.ts";
 import type { GpuAllocator } from "./gpus.ts";
 import type { Metrics } from "./metrics.ts";
 import type { NodeStore } from "./store.ts";
@@ -22,6 +23,8 @@ export interface NodeComponents {
   host: BatonHost;
   /** The embedded IPFS node on `host`, holding this node's checkpoints. */
   ipfs: IpfsNode;
+  /** Podman and the image cache, when this node runs image jobs. */
+  containers: Containers | undefined;
   peerKey: PrivateKey;
   account: PrivateKeyAccount;
   chain: ChainClient;

@@ -53,6 +53,27 @@ export const nodeConfigSchema = z
     jobsDir: z.string().min(1).optional(),
     /** Run jobs under bubblewrap, or (never for untrusted tenants) directly. */
     sandbox: z.enum(["bwrap", "unsafe-none"]).default("bwrap"),
+    /** Image jobs: containers run by Podman, images in the node's own store. */
+    containers: z
+      .object({
+        /** "auto": on when Podman is installed. Off: image jobs are not offered, and refused. */
+        enabled: z.union([z.literal("auto"), z.boolean()]).default("auto"),
+        podmanPath: z.string().min(1).default("podman"),
+        /** OCI runtime; runc works where crun refuses (hybrid cgroup hosts). */
+        runtime: z.string().min(1).default("runc"),
+        /** The node's image and container store; default `<dataDir>/containers/storage`. */
+        storageDir: z.string().min(1).optional(),
+        /** `registries.conf` for pulls (mirrors, insecure registries); default the system's. */
+        registriesConf: z.string().min(1).optional(),
+        /** The store's bound: least recently used images beyond it are removed. */
+        imageCacheGiB: z.number().positive().default(50),
+        /** The largest image (unpacked) the node accepts. */
+        maxImageGiB: z.number().positive().default(20),
+        /** Longest a pull may take: a registry that hangs fails the start after it. */
+        pullTimeoutS: z.number().int().positive().default(1800),
+      })
+      .strict()
+      .prefault({}),
     /** Cores and memory a job may use at most, whatever it asks for. */
     jobLimits: z
       .object({ cpus: z.number().positive().default(1), memoryMiB: z.number().int().positive().default(2048) })

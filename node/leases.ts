@@ -26,6 +26,8 @@ import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import { verifyTenantAuth } from "../sdk/wire/tenant-auth.ts";
 import { quoteHolder } from "./bids.ts";
 import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
+import { startContainerJob } from "./containers/container-job.ts";
+import { ImageRefusedError, type HeldImage } from "./containers/images.ts";
 import { fetchInputs } from "./inputs.ts";
 import type { NodeComponents } from "./components.ts";
 import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
@@ -64,6 +66,8 @@ class LeaseRuntime {
   readonly sessions = new Set<Stream>();
   heartbeatTimer: NodeJS.Timeout | undefined;
   checkpoints: CheckpointWatcher | undefined;
+  /** An image job's image, held in the cache while the job runs. */
+  image: HeldImage | undefined;
 
   constructor(leaseId: bigint) {
     this.leaseId = leaseId;
@@ -165,10 +169,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     return { gpus: real.map((g) => g!.index), gpuUuids: real.map((g) => g!.uuid) };
   };
 
-  const launch = async (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec, relaunch: boolean): Promise<void> => {
-    const job = await startJob({
+  /** Starts the job: in a container of its image (held in `runtime.image`), or in the sandbox. */
+  const startRuntimeJob = (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec): Promise<JobProcess> => {
+    const common = {
       leaseId: row.leaseId.toString(),
-      command: spec.command,
       env: spec.env,
       workDir: row.workDir,
       // Fake GPUs have no device to bind; real ones are named by UUID, which CUDA resolves
@@ -180,11 +184,58 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         memoryBytes: Math.min(spec.resources.memoryMiB, config.jobLimits.memoryMiB) * 1024 * 1024,
         wallTimeMs: spec.maxDurationS * 1000,
       },
-      runtimeBinds: [nodeRuntimeBind()],
-      sandbox: config.sandbox,
       logger: log.child(`job.${row.leaseId}`),
-      onLine: (stream, line) => onLine(runtime, stream, line),
-    });
+      onLine: (stream: "stdout" | "stderr", line: string) => onLine(runtime, stream, line),
+    };
+    if (spec.image !== undefined) {
+      if (!runtime.image || !components.containers) throw new BaseError("an image job was launched without its image");
+      return startContainerJob({
+        ...common,
+        podman: components.containers.podman,
+        image: runtime.image.id,
+        node: components.containers.node,
+        ...(spec.command ? { command: spec.command } : {}),
+        ...(spec.workdir ? { workdir: spec.workdir } : {}),
+      });
+    }
+    return startJob({ ...common, command: spec.command!, runtimeBinds: [nodeRuntimeBind()], sandbox: config.sandbox });
+  };
+
+  /**
+   * The image of an image job, from the node's cache (pulled or fetched by CID first if need be),
+   * held until the job ends. Refused with the cause when it cannot be had.
+   */
+  const acquireImage = async (
+    row: LeaseRow,
+    spec: JobSpec,
+    providers: Multiaddr[],
+  ): Promise<HeldImage | undefined> => {
+    if (spec.image === undefined) return undefined;
+    if (!components.containers) {
+      startFailed(row.leaseId, "image-failed");
+      throw sessionRefusal("image-failed", "this provider runs no image jobs (no Podman)");
+    }
+    try {
+      return await components.containers.images.acquire(spec.image, {
+        providers,
+        signal: AbortSignal.any([AbortSignal.timeout(config.containers.pullTimeoutS * 1000), handingBack.signal]),
+      });
+    } catch (error) {
+      if (handingBack.signal.aborted) throw startHandedBack(row.leaseId);
+      startFailed(row.leaseId, "image-failed");
+      if (!(error instanceof ImageRefusedError)) throw error;
+      throw sessionRefusal(error.anywhere ? "image-refused" : "image-failed", error.shortMessage);
+    }
+  };
+
+  const launch = async (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec, relaunch: boolean): Promise<void> => {
+    let job: JobProcess;
+    try {
+      job = await startRuntimeJob(runtime, row, spec);
+    } catch (error) {
+      runtime.image?.release();
+      throw error;
+    }
     runtime.job = job;
     runtime.state = "running";
     if (row.jobKey) {
@@ -219,6 +270,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     void job.exited.then(async (exit) => {
       runtime.exit = exit;
       runtime.state = "exited";
+      runtime.image?.release();
       clearInterval(runtime.heartbeatTimer);
       // Let the watcher publish what the job committed last before the result goes out.
       await runtime.checkpoints?.settle();
@@ -400,9 +452,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
     await fetchJobInputs(row, spec, tenantAddresses);
     if (body.resume) await restoreResume(row, body.resume, tenantAddresses);
-    if (handingBack.signal.aborted) throw startHandedBack(row.leaseId);
-    // Only now, with inputs and checkpoint in place, does the lease get a runtime (and session heartbeats).
+    const image = await acquireImage(row, spec, tenantAddresses);
+    if (handingBack.signal.aborted) {
+      image?.release();
+      throw startHandedBack(row.leaseId);
+    }
+    // Only now, with inputs, checkpoint and image in place, does the lease get a runtime (and session heartbeats).
     const runtime = runtimeFor(body.leaseId);
+    runtime.image = image;
     init.onCapacityChange();
     await attach(runtime, stream, 0);
     await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: body.resume !== undefined });
@@ -450,7 +507,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /** A start that failed before its job ran: its GPUs are freed and its row marked failed. */
-  const startFailed = (leaseId: bigint, reason: "inputs-failed" | "resume-failed"): void => {
+  const startFailed = (leaseId: bigint, reason: "inputs-failed" | "resume-failed" | "image-failed"): void => {
     gpus.release(leaseHolder(leaseId));
     store.updateLease(leaseId, { state: "failed", reason, endedAt: Date.now() });
   };
@@ -610,6 +667,15 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           line: "the provider node restarted; the job was relaunched",
         });
         log.warn("relaunching job after restart", { leaseId: row.leaseId, previousPid: row.pid });
+        // The image is in the cache still (it was held while the job ran): no network needed.
+        if (spec.image !== undefined) {
+          try {
+            runtime.image = await acquireImage(row, spec, []);
+          } catch (error) {
+            log.error("job not relaunched: its image is gone", { leaseId: row.leaseId, error });
+            continue;
+          }
+        }
         await launch(runtime, row, spec, true);
       }
       for (const row of store.leases(["exited"])) gpus.adopt(leaseHolder(row.leaseId), row.gpus);

@@ -20,6 +20,7 @@ import { httpProxy } from "./http-proxy.ts";
 import { leases } from "./leases.ts";
 import { lockDataDir } from "./lock.ts";
 import { Metrics, serveMetrics } from "./metrics.ts";
+import { setUpContainers } from "./containers/setup.ts";
 import { prepareJobsDir } from "./jobs-dir.ts";
 import { offerPublisher } from "./offers.ts";
 import { NOBODY_GID, NOBODY_UID } from "./sandbox/constants.ts";
@@ -162,12 +163,14 @@ async function startLocked(
   const host = await createBatonHost({ privateKey: peerKey, listen: config.listen, dhtAddresses: config.dhtAddresses });
   const ipfs = await createIpfsNode({ host, dir: path.join(dataDir, DATA_FILES.ipfs), log: log.child("ipfs") });
   const stopDialling = keepConnected(host, config.bootstrap);
+  const containers = await setUpContainers(config, { dataDir, ipfs, node: host.peerId.toString(), log });
   const components: NodeComponents = {
     config,
     dataDir,
     jobsDir,
     host,
     ipfs,
+    containers,
     peerKey,
     account,
     chain,
@@ -217,6 +220,7 @@ async function startLocked(
     await proxy.stop().catch(() => undefined);
     await duties.stop();
     await leaseService.killAll("node stopping");
+    await containers?.close();
     await metricsServer?.close();
     await ipfs.stop();
     await host.stop();

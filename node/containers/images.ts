@@ -13,9 +13,18 @@ import type { JobImage } from "../../sdk/job-spec.ts";
 import type { Logger } from "../../sdk/logger.ts";
 import { lastLine, PodmanError, type Podman } from "./podman.ts";
 
-/** Why an image was refused; the tenant is told the message. */
+/**
+ * Why an image was refused; the tenant is told the message. `anywhere`: no provider could run the
+ * image as given (not pinned, not in its registry), so the job fails rather than moving on.
+ */
 export class ImageRefusedError extends UserError {
   override name = "ImageRefusedError";
+  readonly anywhere: boolean;
+
+  constructor(message: string, options: { details?: string; cause?: unknown; anywhere?: boolean } = {}) {
+    super(message, options);
+    this.anywhere = options.anywhere ?? false;
+  }
 }
 
 export interface ImageCacheInit {
@@ -176,6 +185,7 @@ export class ImageCache {
     const parsed = parseImageReference(reference);
     if (parsed.digest === undefined) {
       throw new ImageRefusedError(`image ${reference} is not pinned to a digest`, {
+        anywhere: true,
         details:
           "the SDK pins a tag to its digest when the job is submitted: submit through it, or write name@sha256:…",
       });
@@ -201,7 +211,7 @@ export class ImageCache {
     try {
       cid = CID.parse(cidText);
     } catch (cause) {
-      throw new ImageRefusedError(`image CID ${cidText} is not a CID`, { cause });
+      throw new ImageRefusedError(`image CID ${cidText} is not a CID`, { cause, anywhere: true });
     }
     const { ipfs, podman, maxImageBytes } = this.#init;
     const layouts = path.join(this.#init.dir, "layouts");
@@ -243,14 +253,19 @@ export class ImageCache {
     }
     const said =
       error instanceof PodmanError ? lastLine(error.stderr) : error instanceof Error ? error.message : String(error);
-    const cause = /manifest unknown|name unknown|not found|no such image|unknown blob/i.test(said)
+    const missing = /manifest unknown|name unknown|not found|no such image/i.test(said);
+    const cause = missing
       ? "it does not exist"
       : /digest did not match|does not match digest|manifest digest/i.test(said)
         ? "its content does not match its digest"
         : /no image found in (manifest|image index) for architecture/i.test(said)
           ? `it has no variant for this provider's platform (linux/${HOST_ARCH[process.arch] ?? process.arch})`
           : said;
-    return new ImageRefusedError(`image ${image} cannot be used: ${cause}`, { details: said, cause: error });
+    return new ImageRefusedError(`image ${image} cannot be used: ${cause}`, {
+      details: said,
+      cause: error,
+      anywhere: missing,
+    });
   }
 
   /** Checks a pulled image (platform, size); one that fails is removed before the refusal. */

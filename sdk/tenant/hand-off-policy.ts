@@ -37,6 +37,8 @@ export const refusalFault: Readonly<Record<SessionRefusalReason, "provider" | "t
   "bad-request": "tenant",
   "inputs-failed": "provider",
   "resume-failed": "provider",
+  "image-refused": "tenant",
+  "image-failed": "provider",
   internal: "provider",
 };
 

@@ -194,6 +194,16 @@ export const sessionRefusalReasons = [
   "inputs-failed",
   /** The checkpoint to resume from could not be fetched, verified or decrypted. */
   "resume-failed",
+  /**
+   * The job's image cannot run anywhere as given: not pinned to a digest, not a CID, or not in its
+   * registry.
+   */
+  "image-refused",
+  /**
+   * This provider could not get the job's image or run it: the registry timed out or failed, the
+   * image is over this provider's size limit or for another platform, or it runs no image jobs.
+   */
+  "image-failed",
   /** Anything else that went wrong on the node. */
   "internal",
 ] as const;

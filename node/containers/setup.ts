@@ -1,0 +1,66 @@
+import { rm } from "node:fs/promises";
+import path from "node:path";
+
+import type { IpfsNode } from "../../sdk/ipfs/node.ts";
+import type { Logger } from "../../sdk/logger.ts";
+import type { NodeConfig } from "../config.ts";
+import { removeNodeContainers } from "./container-job.ts";
+import { ImageCache } from "./images.ts";
+import { defaultRunRoot, Podman, PodmanMissingError } from "./podman.ts";
+
+/** What image jobs run with: Podman over the node's store, the image cache, and the node's label. */
+export interface Containers {
+  podman: Podman;
+  images: ImageCache;
+  /** Labels the node's containers, so that a restarted node finds its own. */
+  node: string;
+  /** Once the node's jobs are stopped: removes the runroot, which holds only running containers' state. */
+  close(): Promise<void>;
+}
+
+/**
+ * Sets up image jobs as configured: undefined when they are off (`enabled: false`, or `auto` on a
+ * machine without Podman). Containers an earlier run of the node left (it was killed with SIGKILL)
+ * are removed, so that its leases' jobs can be relaunched in fresh ones.
+ *
+ * @throws {PodmanMissingError} `enabled: true` without Podman.
+ */
+export async function setUpContainers(
+  { containers: config }: NodeConfig,
+  { dataDir, ipfs, node, log }: { dataDir: string; ipfs: IpfsNode; node: string; log: Logger },
+): Promise<Containers | undefined> {
+  if (config.enabled === false) return undefined;
+  const root = config.storageDir ?? path.join(dataDir, "containers", "storage");
+  let podman: Podman;
+  try {
+    podman = await Podman.open({
+      podmanPath: config.podmanPath,
+      runtime: config.runtime,
+      root,
+      runroot: defaultRunRoot(root),
+      ...(config.registriesConf ? { registriesConf: config.registriesConf } : {}),
+    });
+  } catch (error) {
+    if (error instanceof PodmanMissingError && config.enabled === "auto") {
+      log.info("Podman is not installed: this node runs process jobs only", {});
+      return undefined;
+    }
+    throw error;
+  }
+  await removeNodeContainers(podman, node, log);
+  const images = await ImageCache.open({
+    podman,
+    ipfs,
+    dir: path.join(dataDir, "containers"),
+    cacheBytes: config.imageCacheGiB * 2 ** 30,
+    maxImageBytes: config.maxImageGiB * 2 ** 30,
+    pullTimeoutMs: config.pullTimeoutS * 1000,
+    log: log.child("images"),
+  });
+  return {
+    podman,
+    images,
+    node,
+    close: () => rm(podman.init.runroot, { recursive: true, force: true }),
+  };
+}
