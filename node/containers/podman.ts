@@ -90,9 +90,23 @@ export class Podman {
     return new Podman(resolved, init);
   }
 
-  /** The global options, then `args`. */
+  /**
+   * The global options, then `args`. `overlay.skip_mount_home`: otherwise Podman bind-mounts the
+   * store's `overlay/` dir onto itself and leaves that mount behind, and the data dir cannot be
+   * removed.
+   */
   argv(args: readonly string[]): string[] {
-    return ["--root", this.init.root, "--runroot", this.init.runroot, "--runtime", this.init.runtime, ...args];
+    return [
+      "--root",
+      this.init.root,
+      "--runroot",
+      this.init.runroot,
+      "--runtime",
+      this.init.runtime,
+      "--storage-opt",
+      "overlay.skip_mount_home=true",
+      ...args,
+    ];
   }
 
   get env(): NodeJS.ProcessEnv {
