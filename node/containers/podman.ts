@@ -91,9 +91,10 @@ export class Podman {
   }
 
   /**
-   * The global options, then `args`. `overlay.skip_mount_home`: otherwise Podman bind-mounts the
-   * store's `overlay/` dir onto itself and leaves that mount behind, and the data dir cannot be
-   * removed.
+   * The global options, then `args`. `--tmpdir`: libpod's state of the store's containers stays
+   * with the store, not in /run/libpod beside the operator's own. `overlay.skip_mount_home`:
+   * otherwise Podman bind-mounts the store's `overlay/` dir onto itself and leaves that mount
+   * behind, and the data dir cannot be removed.
    */
   argv(args: readonly string[]): string[] {
     return [
@@ -101,6 +102,8 @@ export class Podman {
       this.init.root,
       "--runroot",
       this.init.runroot,
+      "--tmpdir",
+      path.join(this.init.runroot, "libpod"),
       "--runtime",
       this.init.runtime,
       "--storage-opt",
