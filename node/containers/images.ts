@@ -39,6 +39,8 @@ export interface ImageCacheInit {
   /** Longest a pull (or a fetch by CID) may take; a registry that hangs fails the start after it. */
   pullTimeoutMs: number;
   log: Logger;
+  /** False when the store does not exist yet: there is nothing in it to match the index against. */
+  storeUsed?: boolean;
 }
 
 /** An image ready to run, held in the cache until `release()`. */
@@ -98,7 +100,10 @@ export class ImageCache {
       if ((error as NodeJS.ErrnoException).code !== "ENOENT")
         init.log.warn("image index unreadable; starting empty", { error });
     }
-    const { stdout } = await init.podman.run(["images", "--all", "--format", "{{.ID}}", "--no-trunc"]);
+    const { stdout } =
+      init.storeUsed === false
+        ? { stdout: "" }
+        : await init.podman.run(["images", "--all", "--format", "{{.ID}}", "--no-trunc"]);
     const present = new Set(
       stdout
         .split("\n")
