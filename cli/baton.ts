@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `baton` command: `baton devnet`, `baton provider …`, `baton job …`, `baton serve`,
- * `baton audit …`, `baton key …`. Thin over sdk/ and node/: it parses arguments, calls them, and
- * prints for people (or JSON with `--json`).
+ * The `baton` command: `baton devnet`, `baton provider …`, `baton job …`, `baton image …`,
+ * `baton serve`, `baton audit …`, `baton key …`. Thin over sdk/ and node/: it parses arguments,
+ * calls them, and prints for people (or JSON with `--json`).
  *
  * The command line is parsed by commander: it has no dependencies, gives per-command help, typo
  * suggestions and `--version` for free, and is the most used CLI library for Node. Each command's
@@ -20,6 +20,7 @@ module.enableCompileCache();
 // Imported once the cache is on: static imports would all be loaded before it.
 const { auditCommands } = await import("./audit.ts");
 const { devnetCommands } = await import("./devnet.ts");
+const { imageCommands } = await import("./image.ts");
 const { jobCommands } = await import("./job.ts");
 const { keyCommands } = await import("./key.ts");
 const { BatonCommand, examples, runProgram, UsageError } = await import("./program.ts");
@@ -44,6 +45,7 @@ Commands that report take --json. Exit codes: 0 ok, 1 failure, 2 usage error.`,
 devnetCommands(program);
 providerCommands(program);
 jobCommands(program);
+imageCommands(program);
 serveCommands(program);
 auditCommands(program);
 keyCommands(program);

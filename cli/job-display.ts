@@ -1,9 +1,10 @@
 import { formatEther } from "viem";
 
 import { handOffCount } from "../sdk/hand-offs.ts";
+import { imageKey } from "../sdk/images/reference.ts";
 import type { JobEvent, JobHandle } from "../sdk/index.ts";
 import type { JobRecord } from "../sdk/tenant/job-store.ts";
-import { describeError, jsonLine, table } from "./output.ts";
+import { describeError, formatBytes, jsonLine, table } from "./output.ts";
 
 export interface JobDisplayOptions {
   out?: NodeJS.WriteStream;
@@ -130,13 +131,7 @@ export function progressBar(step: number | undefined, total: number | undefined,
   return `[${"█".repeat(filled)}${"░".repeat(width - filled)}] ${step}/${total}`;
 }
 
-function formatBytes(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
-  return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
-}
-
-/** A job's record for people: its state (and why it failed), its leases across providers, then totals. */
+/** A job's record for people: its state (and why it failed), its image, its leases across providers, then totals. */
 export function summary(record: JobRecord, names: Map<string, string>): string {
   const rows: (string | number | bigint)[][] = [
     ["lease", "provider", "state", "ran", "price/s", "deposit", "compensation"],
@@ -155,6 +150,8 @@ export function summary(record: JobRecord, names: Map<string, string>): string {
   }
   const lines = [
     `job ${record.jobId}: ${record.state}${record.error ? `: ${record.error}` : ""}`,
+    // The image as every lease ran it: pinned at submit, which the chain cannot show (it carries no spec).
+    ...(record.spec.image === undefined ? [] : [`image ${imageKey(record.spec.image)}`]),
     table(rows),
     `${handOffCount(record.leases)} hand-off(s), safe checkpoints held ${record.safe.length}, deposited ${formatEther(BigInt(record.deposited))}`,
   ];

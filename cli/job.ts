@@ -12,7 +12,7 @@ import { networkFileOption, networkNames, networkOptions, resolveNetwork, type N
 import { jsonLine, printJson, table } from "./output.ts";
 import { examples, integerIn, jobIdArg, tokenAmount } from "./program.ts";
 
-const DEFAULT_DATA_DIR = path.join(".baton", "tenant");
+export const DEFAULT_DATA_DIR = path.join(".baton", "tenant");
 
 /** The options of every command that acts as a tenant. */
 export interface TenantOptions extends NetworkOptions, PasswordOptions {

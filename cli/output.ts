@@ -79,3 +79,11 @@ export function table(rows: (string | number | bigint)[][]): string {
     )
     .join("\n");
 }
+
+/** A size for people: bytes, KiB, MiB or GiB. */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
+  if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+}

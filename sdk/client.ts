@@ -13,6 +13,9 @@ import { watchOffers } from "./p2p/offers.ts";
 import { openJobStore, type JobStore } from "./tenant/job-store.ts";
 import type { Offer } from "./wire/messages.ts";
 
+/** The tenant's IPFS store, inside its data dir: `baton image add` opens it without the rest of the client. */
+export const TENANT_IPFS_DIR = "ipfs";
+
 export interface CreateBatonClientParameters {
   /** JSON-RPC endpoint of the chain the deployment lives on. */
   rpcUrl: string;
@@ -96,7 +99,7 @@ export async function createBatonClient({
   let ipfs: IpfsNode;
   try {
     // Before any dial: bitswap ignores peers that connected before it registered.
-    ipfs = await createIpfsNode({ host, dir: path.join(dataDir, "ipfs"), log: log.child("ipfs") });
+    ipfs = await createIpfsNode({ host, dir: path.join(dataDir, TENANT_IPFS_DIR), log: log.child("ipfs") });
   } catch (error) {
     await host.stop();
     throw error;

@@ -73,6 +73,24 @@ export class UserError extends BaseError {
   override name = "UserError";
 }
 
+/** Why an image reference could not be pinned to a digest. */
+export type ImageResolutionFailure = "not-found" | "unauthorized" | "unreachable" | "timeout" | "bad-response";
+
+/**
+ * A registry reference could not be pinned to a digest when a job was submitted: the image or its
+ * tag does not exist, the registry wants credentials, cannot be reached or did not answer in time,
+ * or answered something that is not a manifest with a sha256 digest. The job is not submitted.
+ */
+export class ImageResolutionError extends UserError {
+  override name = "ImageResolutionError";
+  readonly reason: ImageResolutionFailure;
+
+  constructor(reason: ImageResolutionFailure, shortMessage: string, options: BaseErrorOptions = {}) {
+    super(shortMessage, options);
+    this.reason = reason;
+  }
+}
+
 /**
  * Another node process already runs on this data dir. Two nodes on one dir would sign quotes from
  * the same nonce counter and heartbeat the same leases: the second refuses to start instead.

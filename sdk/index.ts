@@ -15,6 +15,7 @@
  */
 export { createBatonClient, type BatonClient, type CreateBatonClientParameters, type OfferBook } from "./client.ts";
 export {
+  compareOffers,
   findOffers,
   offerMatches,
   type FindOffersParameters,
@@ -64,5 +65,29 @@ export { loadDeployment, loadDeploymentFile, type Deployment } from "./chain/dep
 export { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "./generated/abis.ts";
 export { handOffCount } from "./hand-offs.ts";
 export { createLogger, silentLogger, type CreateLoggerOptions, type Logger, type LogLevel } from "./logger.ts";
-export { readJobFile, parseJobSpec, type JobFile, type JobSpec, type JobSpecInput } from "./job-spec.ts";
+export { readJobFile, parseJobSpec, type JobFile, type JobImage, type JobSpec, type JobSpecInput } from "./job-spec.ts";
+export {
+  formatImageReference,
+  imageKey,
+  isLoopbackRegistry,
+  parseImageReference,
+  pinImageReference,
+  type ImageDigest,
+  type ImageReference,
+} from "./images/reference.ts";
+export {
+  pinJobImage,
+  resolveImageDigest,
+  RESOLVE_TIMEOUT_MS,
+  type ResolveImageDigestOptions,
+  type ResolveImageDigestReturnType,
+} from "./images/registry.ts";
+export {
+  addImageLayout,
+  checkImageLayout,
+  type AddImageLayoutParameters,
+  type AddImageLayoutReturnType,
+  type ImageLayout,
+} from "./images/layout.ts";
+export type { JobRuntime } from "./wire/messages.ts";
 export * from "./errors.ts";

@@ -1,12 +1,16 @@
 import type { BatonClient } from "../client.ts";
+import { imageKey } from "../images/reference.ts";
+import type { JobImage } from "../job-spec.ts";
 import { offerPrice } from "../p2p/offers.ts";
-import type { Offer } from "../wire/messages.ts";
+import type { JobRuntime, Offer } from "../wire/messages.ts";
 import { UserError } from "../errors.ts";
 
 export interface Requirements {
   gpus: number;
   gpuModel?: string | undefined;
   minVramMiB?: number | undefined;
+  /** How the job runs: `podman` for a job with an image. Default `process`. */
+  runtime?: JobRuntime | undefined;
 }
 
 export interface FindOffersParameters {
@@ -17,6 +21,8 @@ export interface FindOffersParameters {
   exclude?: readonly string[];
   /** Provider addresses or peer ids whose offers come after every other (e.g. ones that failed this job before). */
   lastResort?: readonly string[];
+  /** The job's image: offers of providers that hold it already come before the others of their rank. */
+  image?: JobImage | undefined;
   /** Wait until at least this many offers match. Default 1. */
   minCount?: number;
   /** Longest wait for `minCount` matching offers. Default 10 s. */
@@ -30,10 +36,13 @@ export interface FoundOffer {
   pricePerSecond: bigint;
   /** Whether the provider was on the `lastResort` list. */
   lastResort: boolean;
+  /** Whether the provider holds the job's image already (false for a job without one). */
+  holdsImage: boolean;
 }
 
 /** Whether an offer can take a job with these requirements now, within the price. */
 export function offerMatches(offer: Offer, requirements: Requirements, maxPricePerSecond?: bigint): boolean {
+  if (!offer.runtimes.includes(requirements.runtime ?? "process")) return false;
   if (requirements.gpus === 0 ? !offer.cpuJobs : offer.gpusFree < requirements.gpus) return false;
   if (maxPricePerSecond !== undefined && offerPrice(offer, requirements.gpus) > maxPricePerSecond) return false;
   if (requirements.gpus > 0) {
@@ -48,9 +57,22 @@ export function offerMatches(offer: Offer, requirements: Requirements, maxPriceP
 }
 
 /**
- * The verified offers that match `requirements`, cheapest first (those of `lastResort` providers
- * after all others), waiting up to `timeoutMs` for
- * `minCount` of them (offers arrive by gossip every few seconds).
+ * The order offers are tried in: `lastResort` providers after all others; within each, those that
+ * hold the job's image first (a pull of a large image can take longer than the job's first
+ * checkpoint interval); then the cheapest.
+ */
+export function compareOffers(a: FoundOffer, b: FoundOffer): number {
+  return (
+    Number(a.lastResort) - Number(b.lastResort) ||
+    Number(b.holdsImage) - Number(a.holdsImage) ||
+    (a.pricePerSecond < b.pricePerSecond ? -1 : a.pricePerSecond > b.pricePerSecond ? 1 : 0)
+  );
+}
+
+/**
+ * The verified offers that match `requirements`, in the order {@link compareOffers} gives (cheapest
+ * first, those of `lastResort` providers after all others, holders of `image` first within each),
+ * waiting up to `timeoutMs` for `minCount` of them (offers arrive by gossip every few seconds).
  *
  * @throws {UserError} when too few providers offer what is asked within the wait.
  * @example
@@ -63,6 +85,7 @@ export async function findOffers(
     maxPricePerSecond,
     exclude = [],
     lastResort = [],
+    image,
     minCount = 1,
     timeoutMs = 10_000,
     signal,
@@ -74,16 +97,18 @@ export async function findOffers(
   };
   const excluded = listed(exclude);
   const late = listed(lastResort);
+  const key = image === undefined ? undefined : imageKey(image);
   const matching = (): FoundOffer[] =>
     client.offers
       .list()
       .filter((offer) => !excluded(offer) && offerMatches(offer, requirements, maxPricePerSecond))
-      .map((offer) => ({ offer, pricePerSecond: offerPrice(offer, requirements.gpus), lastResort: late(offer) }))
-      .sort(
-        (a, b) =>
-          Number(a.lastResort) - Number(b.lastResort) ||
-          (a.pricePerSecond < b.pricePerSecond ? -1 : a.pricePerSecond > b.pricePerSecond ? 1 : 0),
-      );
+      .map((offer) => ({
+        offer,
+        pricePerSecond: offerPrice(offer, requirements.gpus),
+        lastResort: late(offer),
+        holdsImage: key !== undefined && offer.images.includes(key),
+      }))
+      .sort(compareOffers);
   const deadline = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]);
   let found = matching();
   while (found.length < minCount) {
@@ -92,7 +117,9 @@ export async function findOffers(
     } catch (error) {
       signal?.throwIfAborted();
       if ((error as Error).name !== "TimeoutError") throw error;
-      const want = `${requirements.gpus} GPU(s)${requirements.gpuModel ? ` (${requirements.gpuModel})` : ""}`;
+      const want =
+        `${requirements.gpus} GPU(s)${requirements.gpuModel ? ` (${requirements.gpuModel})` : ""}` +
+        (requirements.runtime && requirements.runtime !== "process" ? ` with the ${requirements.runtime} runtime` : "");
       throw new UserError(
         `found ${found.length} provider offer(s) for ${want}${maxPricePerSecond === undefined ? "" : ` at ≤ ${maxPricePerSecond}/s`} within ${timeoutMs} ms; needed ${minCount}`,
         { details: `offers seen: ${client.offers.list().length}, excluded: ${new Set(exclude).size}` },

@@ -5,6 +5,7 @@ import { toHex } from "viem";
 
 import type { BatonClient } from "../client.ts";
 import { UserError } from "../errors.ts";
+import { pinJobImage } from "../images/registry.ts";
 import { generateJobKey } from "../ipfs/crypto.ts";
 import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
 import { DEFAULT_KEEP_CHECKPOINTS } from "../tenant/checkpoint-replicator.ts";
@@ -22,9 +23,11 @@ export type { JobHandle, JobStatus, RunJobOptions } from "../tenant/job-handle.t
  * pinned (then it is *safe*). When the provider fails, the job moves to another provider and resumes
  * from the last safe checkpoint; the failed lease is closed at once and slashed once its on-chain
  * timeout passes. The job's record lives in the client's data dir, so `attachJob` can pick it up
- * after a restart.
+ * after a restart. A registry image is pinned to the digest its tag names now, before anything
+ * else: the record, and every lease of the job, hand-offs included, run that digest.
  *
- * @throws {UserError} for a bad spec or options; later failures arrive through the handle.
+ * @throws {UserError} for a bad spec or options, or an image that cannot be pinned
+ * (`ImageResolutionError`); later failures arrive through the handle.
  * @example
  * const job = await runJob(client, spec, { maxPricePerSecond: parseEther("0.001"), files: { "train.mjs": "examples/train/train.mjs" } });
  * job.on("re-leased", (e) => console.log(`moved to ${e.provider}, resuming from step ${e.resumeFrom?.step}`));
@@ -41,6 +44,8 @@ export async function runJob(
   if (options.budget !== undefined && options.budget <= 0n) throw new UserError("budget must be positive");
   const jobId = options.jobId ?? toHex(randomBytes(32));
   if (await client.jobs.get(jobId)) throw new UserError(`job ${jobId} already exists; attach to it instead`);
+  // Before anything is added or leased: the record, and with it every lease, runs this digest.
+  if (spec.image !== undefined) spec.image = await pinJobImage(spec.image, { signal: options.signal });
   for (const [target, file] of Object.entries(options.files ?? {})) {
     const cid = await client.ipfs.add(createReadStream(file), {
       pin: true,

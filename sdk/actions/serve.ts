@@ -11,6 +11,7 @@ import {
   RequestNotSentError,
   UserError,
 } from "../errors.ts";
+import { pinJobImage } from "../images/registry.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
 import type { JobHandle } from "../tenant/job-handle.ts";
@@ -119,6 +120,8 @@ export async function serve(
   if (!Number.isInteger(options.replicas) || options.replicas < 1) throw new UserError("replicas must be 1 or more");
   const readinessPath = spec.service.readinessPath;
   const { signal } = options;
+  // Once for the service: a replica added or replaced later runs the image the first ones run.
+  if (spec.image !== undefined) spec.image = await pinJobImage(spec.image, { signal });
   const replicas: Replica[] = [];
   let closing = false;
   let nextIndex = 0;

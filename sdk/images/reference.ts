@@ -1,4 +1,5 @@
 import { UserError } from "../errors.ts";
+import type { JobImage } from "../job-spec.ts";
 
 /**
  * A container image reference, as Docker and Podman read one (the grammar of
@@ -33,9 +34,10 @@ export function isLoopbackRegistry(registry: string): boolean {
 }
 
 function isDomain(part: string): boolean {
+  // A bracketed IPv6 address has colons of its own: `[::1]:5000`.
+  if (/^\[[0-9a-fA-F:.]+\](?::\d{1,5})?$/.test(part)) return true;
   const [host, port, ...rest] = part.split(":");
   if (rest.length > 0 || (port !== undefined && !/^\d{1,5}$/.test(port))) return false;
-  if (host === "[::1]") return true;
   return host!.split(".").every((label) => DOMAIN_COMPONENT.test(label));
 }
 
@@ -56,7 +58,8 @@ export function parseImageReference(text: string): ImageReference {
     });
   };
   if (typeof text !== "string" || text.length === 0) return fail("it is empty");
-  if (text.length > MAX_IMAGE_REFERENCE_LENGTH) return fail(`it is longer than ${MAX_IMAGE_REFERENCE_LENGTH} characters`);
+  if (text.length > MAX_IMAGE_REFERENCE_LENGTH)
+    return fail(`it is longer than ${MAX_IMAGE_REFERENCE_LENGTH} characters`);
   let rest = text;
   let digest: ImageDigest | undefined;
   const at = rest.indexOf("@");
@@ -96,4 +99,19 @@ export function formatImageReference({ registry, repository, tag, digest }: Imag
 /** The reference pinned to a digest, without its tag: what every lease of a job runs. */
 export function pinImageReference(reference: ImageReference, digest: ImageDigest): string {
   return `${reference.registry}/${reference.repository}@${digest}`;
+}
+
+/**
+ * The key under which providers list the images they hold (an offer's `images`): a registry
+ * reference in full and pinned, `registry/repository@sha256:…` (a reference without a digest keeps
+ * its tag, and matches no provider's key), or `cid:<cid>` for an OCI layout added to IPFS.
+ *
+ * @example
+ * imageKey("busybox@sha256:" + "ab".repeat(32)) // "docker.io/library/busybox@sha256:abab…"
+ * imageKey({ cid: "bafy…" }) // "cid:bafy…"
+ */
+export function imageKey(image: JobImage): string {
+  if (typeof image !== "string") return `cid:${image.cid}`;
+  const reference = parseImageReference(image);
+  return reference.digest ? pinImageReference(reference, reference.digest) : formatImageReference(reference);
 }

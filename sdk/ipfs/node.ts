@@ -38,6 +38,12 @@ export interface FetchOptions {
   maxBytes?: number;
 }
 
+/** A file to import into a UnixFS directory: where it goes in the directory, and its bytes. */
+export interface DirectoryFile {
+  path: string;
+  content: ByteSource;
+}
+
 export interface IpfsNode {
   /** The Helia node underneath, for what this interface does not cover. */
   readonly helia: Helia;
@@ -47,6 +53,15 @@ export interface IpfsNode {
    * `pin`, also pins it before a {@link gc} can get in between.
    */
   add(source: ByteSource, options?: { signal?: AbortSignal; pin?: boolean }): Promise<CID>;
+  /**
+   * Imports files as one UnixFS directory (each file chunked as {@link add} does; `path`s relative,
+   * `/`-separated, parents made as needed) and returns the directory's CID; with `pin`, also pins
+   * it before a {@link gc} can get in between.
+   */
+  addDirectory(
+    files: Iterable<DirectoryFile> | AsyncIterable<DirectoryFile>,
+    options?: { signal?: AbortSignal; pin?: boolean },
+  ): Promise<CID>;
   /**
    * Pins a DAG that is already in the local store (it never fetches: see {@link fetchAndPin});
    * CheckpointUnavailableError if a block is missing. Pinning twice is a no-op.
@@ -191,6 +206,25 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
         log.debug("added", { cid: cid.toString(), ms: Math.round(performance.now() - started) });
         if (pin) await node.pin(cid, { signal });
         return cid;
+      });
+    },
+    addDirectory(files, { signal, pin = false } = {}) {
+      return gate.shared(async () => {
+        const started = performance.now();
+        let root: CID | undefined;
+        const entries = fs.addAll(files, {
+          signal,
+          cidVersion: 1,
+          rawLeaves: true,
+          chunker: (stream) => fixedSizeChunks(stream, BLOCK_SIZE),
+          wrapWithDirectory: true,
+        });
+        // The wrapping directory comes last, with the empty path.
+        for await (const entry of entries) if (entry.path === "") root = entry.cid;
+        if (!root) throw new BaseError("the UnixFS importer made no directory");
+        log.debug("added directory", { cid: root.toString(), ms: Math.round(performance.now() - started) });
+        if (pin) await node.pin(root, { signal });
+        return root;
       });
     },
     async pin(cid, { signal } = {}) {

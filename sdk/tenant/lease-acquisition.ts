@@ -1,7 +1,7 @@
 import type { Address, Hex } from "viem";
 
 import { bid } from "../actions/bid.ts";
-import { findOffers } from "../actions/findOffers.ts";
+import { findOffers, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import type { BatonClient } from "../client.ts";
 import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid } from "./hand-off-policy.ts";
@@ -33,15 +33,17 @@ export async function acquireLease(
   { jobId, record, events, predecessor, resume, avoid, signal }: AcquireLeaseParameters,
 ): Promise<LeaseRecord> {
   const { spec, options } = record;
-  const requirements = {
+  const requirements: Requirements = {
     gpus: spec.resources.gpus,
     gpuModel: spec.resources.gpuModel,
     minVramMiB: spec.resources.minVramMiB,
+    runtime: spec.image === undefined ? "process" : "podman",
   };
   const maxPricePerSecond = BigInt(options.maxPricePerSecond!);
   const offers = await findOffers(client, {
     requirements,
     maxPricePerSecond,
+    image: spec.image,
     ...providersToAvoid(record, avoid),
     timeoutMs: OFFER_TIMEOUT_MS,
     signal,

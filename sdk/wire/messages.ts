@@ -22,6 +22,13 @@ export const gpuInfoSchema = z.object({
   fake: z.boolean(),
 });
 
+/**
+ * How a provider can run a job: `process`, a command in a bubblewrap sandbox against its own
+ * system; `podman`, a container image (a job spec's `image`).
+ */
+export const jobRuntimes = ["process", "podman"] as const;
+export type JobRuntime = (typeof jobRuntimes)[number];
+
 /** A provider's signed advertisement, published on the offers topic. */
 export const offerSchema = z.object({
   chainId: z.number().int().positive(),
@@ -43,6 +50,13 @@ export const offerSchema = z.object({
   chainHeartbeatPeriodS: z.number().int().positive(),
   chainHeartbeatTimeoutS: z.number().int().positive(),
   maxDurationS: z.number().int().positive(),
+  /** How it runs jobs; an offer from before images were added runs processes only. */
+  runtimes: z.array(z.enum(jobRuntimes)).max(8).default(["process"]),
+  /**
+   * The images it holds already (`imageKey`: a pinned `registry/repository@sha256:…` or
+   * `cid:<cid>`): a job in one of them starts without a pull.
+   */
+  images: z.array(z.string().max(600)).max(64).default([]),
   expiresAt: timestampMsSchema,
 });
 export type Offer = z.output<typeof offerSchema>;

@@ -20,10 +20,11 @@ export const topics = {
 
 /**
  * Size limits, in bytes, of one framed message. A job spec with its env fits in 64 KiB; an offer
- * lists at most a few dozen GPUs; log lines are capped by the node before they are sent.
+ * lists at most 64 GPUs and 64 image keys of up to 600 characters (about 45 KiB in its envelope at
+ * most); log lines are capped by the node before they are sent.
  */
 export const maxMessageBytes = {
-  offer: 16 * 1024,
+  offer: 64 * 1024,
   bid: 16 * 1024,
   quote: 8 * 1024,
   lease: 64 * 1024,

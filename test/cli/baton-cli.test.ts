@@ -106,7 +106,7 @@ describe("help", () => {
     for (const result of [help, bare]) {
       expect(result.code).toBe(0);
       expect(result.stderr).toBe("");
-      for (const group of ["devnet", "provider", "job", "serve", "audit", "key", "help"]) {
+      for (const group of ["devnet", "provider", "job", "image", "serve", "audit", "key", "help"]) {
         expect(result.stdout).toMatch(new RegExp(`^  ${group}\\b`, "m"));
       }
       expect(result.stdout).toContain("Exit codes: 0 ok, 1 failure, 2 usage error");
@@ -129,6 +129,7 @@ describe("help", () => {
       ["job", "watch"],
       ["job", "cancel"],
       ["job", "list"],
+      ["image", "add"],
       ["serve"],
       ["audit", "job"],
       ["audit", "lease"],
