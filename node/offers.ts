@@ -34,6 +34,8 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
       gpus: gpus.all.map(({ index, model, vramMiB, fake }) => ({ index, model, vramMiB, fake })),
       gpusFree: full ? 0 : gpus.free().length,
       cpuJobs: config.cpuJobs && !full,
+      runtimes: components.containers ? ["process", "podman"] : ["process"],
+      images: components.containers?.images.keys() ?? [],
       price: { basePerSecond: config.price.basePerSecond, perGpuPerSecond: config.price.perGpuPerSecond },
       collateralPerLease: config.collateralPerLease,
       heartbeatMs: config.heartbeatMs,

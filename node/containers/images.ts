@@ -6,8 +6,7 @@ import type { Multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
 
 import { UserError } from "../../sdk/errors.ts";
-import { imageKeyOf } from "../../sdk/images/key.ts";
-import { parseImageReference } from "../../sdk/images/reference.ts";
+import { imageKey, parseImageReference } from "../../sdk/images/reference.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { JobImage } from "../../sdk/job-spec.ts";
 import type { Logger } from "../../sdk/logger.ts";
@@ -141,7 +140,7 @@ export class ImageCache {
     image: JobImage,
     { providers, signal }: { providers: Multiaddr[]; signal: AbortSignal },
   ): Promise<HeldImage> {
-    const key = imageKeyOf(image);
+    const key = imageKey(image);
     let entry = this.#entries.get(key);
     if (!entry) {
       // Two leases of the same new image share one pull.

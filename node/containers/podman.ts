@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
+import { mkdir } from "node:fs/promises";
 import path from "node:path";
 
 import { ProviderFaultError } from "../../sdk/errors.ts";
@@ -81,6 +82,7 @@ export class Podman {
         `the container runroot ${init.runroot} is longer than ${MAX_RUNROOT_LENGTH} characters`,
       );
     }
+    await mkdir(init.runroot, { recursive: true, mode: 0o700 });
     const resolved = await resolveExecutable(init.podmanPath);
     if (resolved === undefined) {
       throw new PodmanMissingError(`${init.podmanPath} is not installed`, {
@@ -119,9 +121,16 @@ export class Podman {
     };
   }
 
-  /** Starts Podman with `args`, its output piped. */
+  /**
+   * Starts Podman with `args`, its output piped. In the runroot: conmon (on cgroup v1) writes an
+   * `oom` file into its working directory when a container is OOM-killed, and it inherits ours.
+   */
   spawn(args: readonly string[]): ChildProcess {
-    return spawn(this.path, this.argv(args), { env: this.env, stdio: ["ignore", "pipe", "pipe"] });
+    return spawn(this.path, this.argv(args), {
+      cwd: this.init.runroot,
+      env: this.env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
   }
 
   /**

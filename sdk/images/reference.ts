@@ -1,3 +1,5 @@
+import { CID } from "multiformats/cid";
+
 import { UserError } from "../errors.ts";
 import type { JobImage } from "../job-spec.ts";
 
@@ -111,7 +113,16 @@ export function pinImageReference(reference: ImageReference, digest: ImageDigest
  * imageKey({ cid: "bafy…" }) // "cid:bafy…"
  */
 export function imageKey(image: JobImage): string {
-  if (typeof image !== "string") return `cid:${image.cid}`;
+  if (typeof image !== "string") return `cid:${cidV1(image.cid)}`;
   const reference = parseImageReference(image);
   return reference.digest ? pinImageReference(reference, reference.digest) : formatImageReference(reference);
+}
+
+/** A CID in its v1 form, so that a v0 and a v1 of the same content are one key; text that is no CID as it is. */
+function cidV1(text: string): string {
+  try {
+    return CID.parse(text).toV1().toString();
+  } catch {
+    return text;
+  }
 }

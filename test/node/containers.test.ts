@@ -1,0 +1,291 @@
+import { once } from "node:events";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { buildImages, type BuiltImage } from "../../scripts/build-images.ts";
+import { removeNodeContainers, startContainerJob } from "../../node/containers/container-job.ts";
+import { ImageCache, ImageRefusedError } from "../../node/containers/images.ts";
+import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
+import type { IpfsNode } from "../../sdk/ipfs/node.ts";
+import { silentLogger } from "../../sdk/logger.ts";
+import { installed, startRegistry, type Registry } from "../helpers/registry.ts";
+import { throwawayPodman } from "../helpers/podman.ts";
+
+const missing = ["podman", "docker-registry", "busybox"].filter((tool) => !installed(tool));
+
+/**
+ * The provider's image side with real parts: a registry on loopback, images built here with no
+ * download, Podman running them. The whole market with image jobs is in test/sdk/run-image-job.test.ts.
+ */
+describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.join(", ") || "podman"})`, () => {
+  let dir: string;
+  let registry: Registry;
+  let busybox: BuiltImage;
+  let registriesConf: string;
+  const stores: Podman[] = [];
+
+  /** Podman over a fresh store of its own, as a node has. */
+  const openPodman = async (name: string): Promise<Podman> => {
+    const root = path.join(dir, name);
+    const podman = await Podman.open({
+      podmanPath: "podman",
+      runtime: "runc",
+      root,
+      runroot: defaultRunRoot(root),
+      registriesConf,
+    });
+    stores.push(podman);
+    return podman;
+  };
+
+  /** A cache over its own store; it never fetches by CID here (the market test does). */
+  const openCache = async (
+    name: string,
+    options: { cacheBytes?: number; maxImageBytes?: number; pullTimeoutMs?: number } = {},
+  ) => {
+    const podman = await openPodman(name);
+    const cache = await ImageCache.open({
+      podman,
+      ipfs: undefined as unknown as IpfsNode,
+      dir: path.join(dir, `${name}-cache`),
+      cacheBytes: options.cacheBytes ?? 2 ** 30,
+      maxImageBytes: options.maxImageBytes ?? 2 ** 30,
+      pullTimeoutMs: options.pullTimeoutMs ?? 60_000,
+      log: silentLogger,
+    });
+    return { podman, cache };
+  };
+
+  const imagesIn = async (podman: Podman): Promise<string[]> =>
+    (await podman.run(["images", "--format", "{{.ID}}"])).stdout.split("\n").filter(Boolean);
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), "baton-containers-test-"));
+    registry = await startRegistry();
+    registriesConf = path.join(dir, "registries.conf");
+    await writeFile(registriesConf, `[[registry]]\nlocation = "${registry.address}"\ninsecure = true\n`);
+    busybox = (await buildImages({ registry: registry.address })).find((image) => image.name === "busybox")!;
+  }, 300_000);
+
+  afterAll(async () => {
+    for (const podman of stores) {
+      // No container of any test is left, whatever it did.
+      const left = await podman.run(["ps", "--all", "--format", "{{.Names}}"]).catch(() => ({ stdout: "" }));
+      expect(left.stdout.trim()).toBe("");
+      await podman.run(["rmi", "--all", "--force"]).catch(() => {});
+      await rm(podman.init.runroot, { recursive: true, force: true });
+    }
+    await registry?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("runs a job as nobody, with the BATON_* env, a read-only root, only its work dir writable and no network", async () => {
+    const { podman, cache } = await openCache("run");
+    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
+    const lines: string[] = [];
+    const job = await startContainerJob({
+      podman,
+      image: held.id,
+      node: "test",
+      leaseId: "1",
+      workDir: path.join(dir, "jobs/1/work"),
+      command: [
+        "sh",
+        "-c",
+        "id -u; echo $BATON_CHECKPOINT_DIR; touch /x || echo ro; echo hi > /work/output/f; ls /sys/class/net; exit 3",
+      ],
+      onLine: (_, line) => lines.push(line),
+    });
+    const exit = await job.exited;
+    held.release();
+    expect(exit).toMatchObject({ code: 3, signal: null, reason: "exited" });
+    expect(lines).toEqual(expect.arrayContaining(["65534", "/work/checkpoints", "ro", "lo"]));
+    expect(lines).not.toContain("eth0");
+    expect(await readFile(path.join(dir, "jobs/1/work/output/f"), "utf8")).toBe("hi\n");
+    expect(job.sandbox).toBe("podman");
+  });
+
+  it("with network: true the job has a network interface", async () => {
+    const { podman, cache } = await openCache("net");
+    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
+    const lines: string[] = [];
+    const job = await startContainerJob({
+      podman,
+      image: held.id,
+      node: "test",
+      leaseId: "2",
+      network: true,
+      workDir: path.join(dir, "jobs/2/work"),
+      command: ["ls", "/sys/class/net"],
+      onLine: (_, line) => lines.push(line),
+    });
+    expect(await job.exited).toMatchObject({ code: 0 });
+    held.release();
+    expect(lines.length).toBeGreaterThan(1);
+  });
+
+  it("over its memory limit the job is killed and the reason is memory", async () => {
+    const { podman, cache } = await openCache("memory");
+    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
+    const job = await startContainerJob({
+      podman,
+      image: held.id,
+      node: "test",
+      leaseId: "3",
+      workDir: path.join(dir, "jobs/3/work"),
+      limits: { memoryBytes: 64 * 2 ** 20 },
+      // The shell holds 200 MB of command output in memory.
+      command: ["sh", "-c", 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'],
+    });
+    expect(await job.exited).toMatchObject({ reason: "memory", signal: "SIGKILL" });
+    held.release();
+  });
+
+  it("kill() passes SIGTERM to the job through the container's init; the wall time stops it too", async () => {
+    const { podman, cache } = await openCache("kill");
+    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
+    const lines: string[] = [];
+    const start = (leaseId: string, wallTimeMs?: number) =>
+      startContainerJob({
+        podman,
+        image: held.id,
+        node: "test",
+        leaseId,
+        workDir: path.join(dir, `jobs/${leaseId}/work`),
+        killGraceMs: 5_000,
+        ...(wallTimeMs ? { limits: { wallTimeMs } } : {}),
+        command: ["sh", "-c", 'trap "echo term; exit 9" TERM; echo up; while :; do sleep 0.1; done'],
+        onLine: (_, line) => lines.push(line),
+      });
+    const killed = await start("4");
+    await expect.poll(() => lines.includes("up"), { timeout: 30_000 }).toBe(true);
+    expect(await killed.kill()).toMatchObject({ code: 9, reason: "killed" });
+    expect(lines).toContain("term");
+    const timed = await start("5", 1_500);
+    expect(await timed.exited).toMatchObject({ code: 9, reason: "wall-time" });
+    held.release();
+  });
+
+  it("a restarted node removes the containers its previous run left", async () => {
+    const { podman, cache } = await openCache("restart");
+    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
+    const job = await startContainerJob({
+      podman,
+      image: held.id,
+      node: "node-a",
+      leaseId: "6",
+      workDir: path.join(dir, "jobs/6/work"),
+      command: ["sleep", "600"],
+    });
+    expect(await removeNodeContainers(podman, "node-b", silentLogger)).toBe(0);
+    expect(await removeNodeContainers(podman, "node-a", silentLogger)).toBe(1);
+    expect((await job.exited).signal).toBe("SIGKILL");
+    held.release();
+  });
+
+  it("refuses, naming the cause, an image not pinned, not in the registry, too large, or from a registry that hangs; and leaves no image", async () => {
+    const { podman, cache } = await openCache("refusals", { pullTimeoutMs: 3_000, maxImageBytes: 100_000 });
+    const acquire = (image: string) => cache.acquire(image, { providers: [], signal: AbortSignal.timeout(60_000) });
+    await expect(acquire(`${registry.address}/baton/busybox:latest`)).rejects.toMatchObject({
+      anywhere: true,
+      shortMessage: expect.stringMatching(/not pinned to a digest/),
+    });
+    await expect(acquire(`${registry.address}/baton/busybox@sha256:${"0".repeat(64)}`)).rejects.toMatchObject({
+      anywhere: true,
+      shortMessage: expect.stringMatching(/does not exist/),
+    });
+    await expect(acquire(busybox.pushedRef!)).rejects.toMatchObject({
+      anywhere: false,
+      shortMessage: expect.stringMatching(/over this provider's limit/),
+    });
+    const hanging = net.createServer(() => {});
+    hanging.listen(0, "127.0.0.1");
+    await once(hanging, "listening");
+    const { port } = hanging.address() as net.AddressInfo;
+    try {
+      await expect(acquire(`127.0.0.1:${port}/baton/busybox@${busybox.digest}`)).rejects.toMatchObject({
+        shortMessage: expect.stringMatching(/within 3 s/),
+      });
+    } finally {
+      hanging.close();
+    }
+    expect(await imagesIn(podman)).toEqual([]);
+    expect(cache.keys()).toEqual([]);
+  });
+
+  it("refuses an image for another platform", async () => {
+    const builder = await throwawayPodman();
+    try {
+      // No RUN step: nothing of arm64 has to run here to build it.
+      const context = path.join(builder.dir, "context");
+      await mkdir(context);
+      await writeFile(path.join(context, "Containerfile"), "FROM scratch\nCOPY Containerfile /f\n");
+      await builder.podman(["build", "--arch", "arm64", "--format", "oci", "-t", "localhost/arm:1", context]);
+      const digestFile = path.join(builder.dir, "digest");
+      await builder.podman([
+        "push",
+        "--tls-verify=false",
+        "--digestfile",
+        digestFile,
+        "localhost/arm:1",
+        `docker://${registry.address}/baton/arm:1`,
+      ]);
+      const digest = (await readFile(digestFile, "utf8")).trim();
+      const { podman, cache } = await openCache("platform");
+      await expect(
+        cache.acquire(`${registry.address}/baton/arm@${digest}`, {
+          providers: [],
+          signal: AbortSignal.timeout(60_000),
+        }),
+      ).rejects.toThrow(/is for linux\/arm64; this provider runs linux\/amd64/);
+      expect(await imagesIn(podman)).toEqual([]);
+    } finally {
+      await builder.remove();
+    }
+  });
+
+  it("evicts the least recently used image past its bound, never one in use", async () => {
+    const [, train] = await buildImages({ registry: registry.address });
+    const { podman, cache } = await openCache("evict", { cacheBytes: train!.sizeBytes + 1 });
+    const signal = AbortSignal.timeout(120_000);
+    const first = await cache.acquire(busybox.pushedRef!, { providers: [], signal });
+    const second = await cache.acquire(train!.pushedRef!, { providers: [], signal });
+    // Both in use: both kept, over the bound.
+    expect((await imagesIn(podman)).length).toBe(2);
+    first.release();
+    await expect.poll(async () => (await imagesIn(podman)).length, { timeout: 30_000 }).toBe(1);
+    expect(cache.keys()).toEqual([train!.pushedRef]);
+    second.release();
+  });
+
+  it("refuses a blob whose content does not match its digest", async () => {
+    // Last: it spoils the busybox layer in the registry for every later pull.
+    const manifest = JSON.parse(
+      await readFile(
+        path.join(
+          registry.dir,
+          "data/docker/registry/v2/blobs/sha256",
+          busybox.digest!.slice(7, 9),
+          busybox.digest!.slice(7),
+          "data",
+        ),
+        "utf8",
+      ),
+    ) as { layers: { digest: string }[] };
+    const layer = manifest.layers[0]!.digest.slice(7);
+    const blob = path.join(registry.dir, "data/docker/registry/v2/blobs/sha256", layer.slice(0, 2), layer, "data");
+    const bytes = await readFile(blob);
+    bytes[bytes.length - 100] = bytes[bytes.length - 100]! ^ 0xff;
+    await writeFile(blob, bytes);
+    const { podman, cache } = await openCache("tampered");
+    await expect(
+      cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) }),
+    ).rejects.toThrow(/does not match its digest/);
+    expect(await imagesIn(podman)).toEqual([]);
+    expect(await readdir(path.join(dir, "tampered-cache"))).toEqual(["images.json"]);
+  });
+});
