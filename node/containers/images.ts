@@ -1,4 +1,4 @@
-import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 import { unixfs } from "@helia/unixfs";
@@ -199,11 +199,7 @@ export class ImageCache {
         signal,
         timeoutMs: this.#init.pullTimeoutMs,
       });
-      return stdout
-        .trim()
-        .split("\n")
-        .at(-1)!
-        .replace(/^sha256:/, "");
+      return imageIdOf(stdout);
     } catch (error) {
       throw this.#pullFailure(reference, error, signal);
     }
@@ -228,13 +224,23 @@ export class ImageCache {
         await ipfs.pin(cid, { signal });
         return found;
       });
-      const source = kind === "directory" ? `oci:${target}` : `oci-archive:${target}`;
-      const { stdout } = await podman.run(["pull", "--quiet", source], { signal, timeoutMs: this.#init.pullTimeoutMs });
-      return stdout
-        .trim()
-        .split("\n")
-        .at(-1)!
-        .replace(/^sha256:/, "");
+      // Podman names an image pulled from a layout after its path, and refuses upper-case letters
+      // in a name: the layout is pulled through a link at a lower-case path (runroot/layouts/<cid>).
+      const links = path.join(podman.init.runroot, "layouts");
+      await mkdir(links, { recursive: true, mode: 0o700 });
+      const link = path.join(links, cid.toString());
+      await rm(link, { force: true });
+      await symlink(target, link);
+      try {
+        const source = kind === "directory" ? `oci:${link}` : `oci-archive:${link}`;
+        const { stdout } = await podman.run(["pull", "--quiet", source], {
+          signal,
+          timeoutMs: this.#init.pullTimeoutMs,
+        });
+        return imageIdOf(stdout);
+      } finally {
+        await rm(link, { force: true });
+      }
     } catch (error) {
       await ipfs.unpin(cid).catch(() => {});
       if (error instanceof ImageRefusedError) throw error;
@@ -323,6 +329,11 @@ export class ImageCache {
     await writeFile(`${file}.tmp`, JSON.stringify(Object.fromEntries(this.#entries)), { mode: 0o600 });
     await rename(`${file}.tmp`, file);
   }
+}
+
+/** The image id `podman pull --quiet` prints last. */
+function imageIdOf(pullOutput: string): string {
+  return (pullOutput.trim().split("\n").at(-1) ?? "").replace(/^sha256:/, "");
 }
 
 function formatGiB(bytes: number): string {

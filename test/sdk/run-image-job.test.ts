@@ -1,0 +1,146 @@
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+import { parseEther } from "viem";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+
+import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
+import { buildImages, type BuiltImage } from "../../scripts/build-images.ts";
+import { runJob } from "../../sdk/actions/runJob.ts";
+import type { BatonClient } from "../../sdk/client.ts";
+import { addImageLayout } from "../../sdk/images/layout.ts";
+import type { JobSpecInput } from "../../sdk/job-spec.ts";
+import { installed, startRegistry, type Registry } from "../helpers/registry.ts";
+import { recorder, serving, TRAIN_ENV, useRunJobMarket } from "../helpers/run-job.ts";
+import type { ProviderHandle } from "../helpers/market.ts";
+
+// Image jobs through the whole market: a real registry on loopback, images built here, three
+// providers running them with Podman; a provider SIGKILLed under a running image job.
+
+const missing = ["podman", "docker-registry", "busybox"].filter((tool) => !installed(tool));
+
+/** Where the providers' registries.conf is: written once the registry's port is known, before any pull. */
+const registriesConf = path.join(os.tmpdir(), `baton-image-jobs-${process.pid}.conf`);
+
+const setup = {} as { registry: Registry; train: BuiltImage; busybox: BuiltImage; ociDir: string };
+
+/** Containers in a provider's own store (see node/containers/setup.ts). */
+const containersOf = async (provider: ProviderHandle): Promise<string[]> => {
+  const root = path.join(provider.dataDir, "containers", "storage");
+  const podman = await Podman.open({ podmanPath: "podman", runtime: "runc", root, runroot: defaultRunRoot(root) });
+  const { stdout } = await podman.run(["ps", "--all", "--format", "{{.Names}}"]);
+  return stdout.split("\n").filter(Boolean);
+};
+
+describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.join(", ") || "podman"})`, () => {
+  beforeAll(async () => {
+    setup.registry = await startRegistry();
+    await writeFile(registriesConf, `[[registry]]\nlocation = "${setup.registry.address}"\ninsecure = true\n`);
+    setup.ociDir = await mkdtemp(path.join(os.tmpdir(), "baton-oci-"));
+    const built = await buildImages({ registry: setup.registry.address, ociDir: setup.ociDir });
+    setup.train = built.find((image) => image.name === "train")!;
+    setup.busybox = built.find((image) => image.name === "busybox")!;
+  }, 300_000);
+
+  const fixture = useRunJobMarket({ configFor: () => ({ containers: { registriesConf } }) });
+
+  afterAll(async () => {
+    await setup.registry?.stop();
+    await rm(registriesConf, { force: true });
+    if (setup.ociDir) await rm(setup.ociDir, { recursive: true, force: true });
+  });
+
+  let client: BatonClient;
+  beforeAll(async () => {
+    client = await fixture.market.client(0, path.join(fixture.dir, "tenant-images"));
+  });
+
+  /** The example trainer in its image: the image's own command, train.yaml's settings. */
+  const trainImageSpec = (image: string): JobSpecInput => ({
+    name: "train-image",
+    image,
+    env: { ...TRAIN_ENV, TRAIN_STEP_DELAY_MS: "20" },
+    resources: { gpus: 0, cpus: 1, memoryMiB: 256 },
+    maxDurationS: 300,
+  });
+
+  it("a job given by tag runs pinned to its digest; SIGKILL its provider and it resumes on another from the same image, to the uninterrupted result", async () => {
+    const job = await runJob(client, trainImageSpec(`${setup.registry.address}/baton/train:latest`), {
+      maxPricePerSecond: parseEther("0.001"),
+    });
+    const pinned = `${setup.registry.address}/baton/train@${setup.train.digest}`;
+    expect((await client.jobs.get(job.jobId))?.spec.image).toBe(pinned);
+    const { when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    const victim = serving(fixture.market, job);
+    victim.process!.child.kill("SIGKILL");
+    // Back for the next test even if this one fails; a restarted node removes the container its
+    // killed run left (conmon keeps a container running when the node dies).
+    let back = false;
+    onTestFinished(async () => {
+      if (!back) await victim.start();
+    });
+
+    const failed = await when("provider-failed");
+    const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
+    const result = await job.result();
+    await job.settled();
+
+    expect(restarted.resumed).toBe(true);
+    expect(result.handOffs).toBe(1);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    // Every lease of the job ran the pinned image: the one the record carries.
+    expect((await client.jobs.get(job.jobId))?.spec.image).toBe(pinned);
+    const successor = fixture.market.providers.find((p) => p.account.address === result.leases.at(-1)!.provider)!;
+    expect(successor.account.address).not.toBe(victim.account.address);
+    const cached = JSON.parse(
+      await readFile(path.join(successor.dataDir, "containers", "images.json"), "utf8"),
+    ) as Record<string, unknown>;
+    expect(Object.keys(cached)).toContain(pinned);
+
+    expect(await containersOf(victim)).toHaveLength(1);
+    back = true;
+    await victim.start();
+    // It removed the container its killed run left; it relaunched the job (its lease was still
+    // running when it died) and then stopped it, once the chain said the lease had ended.
+    await expect.poll(() => containersOf(victim), { timeout: 60_000, interval: 500 }).toEqual([]);
+  });
+
+  it("an image that is not in the registry fails the job at once, naming it", async () => {
+    const absent = `${setup.registry.address}/baton/train@sha256:${"1".repeat(64)}`;
+    const job = await runJob(client, trainImageSpec(absent), { maxPricePerSecond: parseEther("0.001") });
+    const error = await job.result().then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(error?.message).toMatch(/does not exist/);
+    expect((await client.jobs.get(job.jobId))?.handOffs).toBe(0);
+  });
+
+  it("an image given by CID runs with the registry stopped: the provider fetches the OCI layout from the tenant", async () => {
+    const { cid } = await addImageLayout(client, { path: path.join(setup.ociDir, "busybox") });
+    await setup.registry.stop();
+    const job = await runJob(
+      client,
+      {
+        name: "busybox-by-cid",
+        image: { cid },
+        command: ["sh", "-c", 'echo "from $(cat /etc/hostname 2>/dev/null || echo the image)" > $BATON_OUTPUT_DIR/said.txt'],
+        resources: { gpus: 0, cpus: 1, memoryMiB: 128 },
+        maxDurationS: 120,
+      },
+      { maxPricePerSecond: parseEther("0.001") },
+    );
+    const { events } = recorder(job);
+    const result = await job.result().catch((error: unknown) => {
+      throw new Error(`${String(error)}: ${JSON.stringify(events.filter((e) => e.type === "provider-failed").map((e) => ("reason" in e ? e.reason : "")))}`);
+    });
+    expect(result.exitCode).toBe(0);
+    expect(await readFile(path.join(result.outputDir!, "said.txt"), "utf8")).toMatch(/^from /);
+  });
+
+  it("no container is left on any provider", async () => {
+    for (const provider of fixture.market.providers) expect(await containersOf(provider)).toEqual([]);
+  });
+});
