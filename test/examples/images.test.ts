@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chown, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chown, cp, mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -20,6 +20,7 @@ import {
 import { readJobFile } from "../../sdk/job-spec.ts";
 import { cleanUp, providerDirs, runToEnd, startExampleJob, tempDir } from "../helpers/example-jobs.ts";
 import { root } from "../helpers/processes.ts";
+import { startRegistry, type Registry } from "../helpers/registry.ts";
 
 // The images of scripts/build-images.ts, built here into a podman storage of the test's own, run
 // by real podman as a provider would run an image job (no network, read-only, as nobody, the work
@@ -98,44 +99,6 @@ describe("sharedLibraries", () => {
   });
 });
 
-/** A docker-registry on 127.0.0.1, storing in `dir`; stopped by its pid. */
-interface Registry {
-  address: string;
-  pid: number;
-  stop(): Promise<void>;
-}
-
-// test/helpers/registry.ts (startRegistry) is not in main yet: the least of it, here.
-async function startRegistry(dir: string): Promise<Registry> {
-  const config = path.join(dir, "config.yml");
-  await mkdir(dir, { recursive: true });
-  await writeFile(
-    config,
-    // Port 0: the kernel picks a free port, and the registry logs which.
-    `version: 0.1\nlog: { level: info }\nstorage: { filesystem: { rootdirectory: ${dir}/data } }\nhttp: { addr: "127.0.0.1:0" }\n`,
-  );
-  const child = spawn("docker-registry", ["serve", config], { stdio: ["ignore", "ignore", "pipe"] });
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const lines: string[] = [];
-  const address = await new Promise<string>((resolve, reject) => {
-    // Read to the end, not just to the line: a full pipe would stall the registry.
-    createInterface({ input: child.stderr }).on("line", (line) => {
-      lines.push(line);
-      const match = /msg="listening on (127\.0\.0\.1:\d+)"/.exec(line);
-      if (match) resolve(match[1]!);
-    });
-    void exited.then(() => reject(new Error(`docker-registry exited:\n${lines.join("\n")}`)));
-  });
-  return {
-    address,
-    pid: child.pid!,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGTERM");
-      await exited;
-    },
-  };
-}
-
 interface ContainerRun {
   code: number | null;
   stdout: string[];
@@ -210,7 +173,7 @@ describe("images built by scripts/build-images.ts", () => {
     base = await mkdtemp(path.join(os.tmpdir(), "baton-images-test-"));
     storage = { root: path.join(base, "storage/root"), runroot: path.join(base, "storage/runroot") };
     storages.push(storage);
-    registry = await startRegistry(path.join(base, "registry"));
+    registry = await startRegistry();
     const started = performance.now();
     const built = await buildImages({
       storage,
