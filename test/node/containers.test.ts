@@ -7,8 +7,13 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { buildImages, type BuiltImage } from "../../scripts/build-images.ts";
-import { removeNodeContainers, startContainerJob } from "../../node/containers/container-job.ts";
-import { ImageCache, ImageRefusedError } from "../../node/containers/images.ts";
+import {
+  CONTAINER_DRIVER_DIR,
+  gpuOptions,
+  removeNodeContainers,
+  startContainerJob,
+} from "../../node/containers/container-job.ts";
+import { ImageCache } from "../../node/containers/images.ts";
 import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import { silentLogger } from "../../sdk/logger.ts";
@@ -287,5 +292,34 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     ).rejects.toThrow(/does not match its digest/);
     expect(await imagesIn(podman)).toEqual([]);
     expect(await readdir(path.join(dir, "tampered-cache"))).toEqual(["images.json"]);
+  });
+});
+
+describe("gpuOptions: only the lease's GPUs in the container", () => {
+  it("names each GPU by CDI where the host has a spec, by UUID when known", () => {
+    expect(gpuOptions([0, 2], ["GPU-a", "GPU-b"], { cdi: true })).toEqual([
+      "--device",
+      "nvidia.com/gpu=GPU-a",
+      "--device",
+      "nvidia.com/gpu=GPU-b",
+    ]);
+    expect(gpuOptions([1], undefined, { cdi: true })).toEqual(["--device", "nvidia.com/gpu=1"]);
+    expect(gpuOptions([], undefined, { cdi: true })).toEqual([]);
+  });
+
+  it("without CDI: the GPUs' device nodes that exist, and the driver's libraries read-only in /usr/local/nvidia/lib64", () => {
+    const ldconfig = [
+      "\tlibcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+      "\tlibcuda.so.1 (libc6) => /usr/lib/i386-linux-gnu/libcuda.so.1",
+      "\tlibnvidia-ml.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+      "\tlibc.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libc.so.6",
+    ].join("\n");
+    // This machine has no /dev/nvidia* nodes: only the libraries are given.
+    expect(gpuOptions([0], undefined, { cdi: false, ldconfig })).toEqual([
+      "--volume",
+      `/usr/lib/x86_64-linux-gnu/libcuda.so.1:${CONTAINER_DRIVER_DIR}/libcuda.so.1:ro`,
+      "--volume",
+      `/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1:${CONTAINER_DRIVER_DIR}/libnvidia-ml.so.1:ro`,
+    ]);
   });
 });
