@@ -8,15 +8,18 @@ import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vites
 import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
 import { buildImages, type BuiltImage } from "../../scripts/build-images.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
+import { serve } from "../../sdk/actions/serve.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { addImageLayout } from "../../sdk/images/layout.ts";
 import type { JobSpecInput } from "../../sdk/job-spec.ts";
+import { until } from "../helpers/processes.ts";
 import { installed, startRegistry, type Registry } from "../helpers/registry.ts";
 import { recorder, serving, TRAIN_ENV, useRunJobMarket } from "../helpers/run-job.ts";
 import type { ProviderHandle } from "../helpers/market.ts";
 
-// Image jobs through the whole market: a real registry on loopback, images built here, three
-// providers running them with Podman; a provider SIGKILLed under a running image job.
+// Image jobs through the whole market: a real registry on loopback, images built here, two
+// providers running them with Podman and one running processes only (its offers name no podman
+// runtime, so no image job is ever leased to it); a provider SIGKILLed under a running image job.
 
 const missing = ["podman", "docker-registry", "busybox"].filter((tool) => !installed(tool));
 
@@ -43,7 +46,11 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
     setup.busybox = built.find((image) => image.name === "busybox")!;
   }, 300_000);
 
-  const fixture = useRunJobMarket({ configFor: () => ({ containers: { registriesConf } }) });
+  /** Provider 2 runs processes only, as every provider before image jobs. */
+  const PROCESS_ONLY = 2;
+  const fixture = useRunJobMarket({
+    configFor: (index) => ({ containers: index === PROCESS_ONLY ? { enabled: false } : { registriesConf } }),
+  });
 
   afterAll(async () => {
     await setup.registry?.stop();
@@ -107,6 +114,35 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
     await expect.poll(() => containersOf(victim), { timeout: 60_000, interval: 500 }).toEqual([]);
   });
 
+  it("a tag the registry does not have: runJob and serve throw before any record is written", async () => {
+    const before = (await client.jobs.list()).length;
+    const nope = `${setup.registry.address}/baton/train:nope`;
+    const options = { maxPricePerSecond: parseEther("0.001") };
+    await expect(runJob(client, trainImageSpec(nope), options)).rejects.toMatchObject({
+      name: "ImageResolutionError",
+      reason: "not-found",
+    });
+    await expect(
+      serve(client, { ...trainImageSpec(nope), service: {} }, { ...options, replicas: 1 }),
+    ).rejects.toMatchObject({ name: "ImageResolutionError", reason: "not-found" });
+    expect(await client.jobs.list()).toHaveLength(before);
+  });
+
+  it("serve pins the tag before its first replica's job", async () => {
+    const before = new Set((await client.jobs.list()).map((record) => record.jobId));
+    const controller = new AbortController();
+    const serving = serve(
+      client,
+      { ...trainImageSpec(`${setup.registry.address}/baton/busybox:latest`), command: ["sleep", "600"], service: {} },
+      { replicas: 1, maxPricePerSecond: parseEther("0.001"), signal: controller.signal },
+    ).catch((error: unknown) => error);
+    const replicaJob = async () => (await client.jobs.list()).find((record) => !before.has(record.jobId));
+    await until(async () => (await replicaJob()) !== undefined, 30_000, "the replica's job record");
+    expect((await replicaJob())?.spec.image).toBe(`${setup.registry.address}/baton/busybox@${setup.busybox.digest}`);
+    controller.abort(new Error("test over"));
+    expect(await serving).toMatchObject({ message: "test over" });
+  });
+
   it("an image that is not in the registry fails the job at once, naming it", async () => {
     const absent = `${setup.registry.address}/baton/train@sha256:${"1".repeat(64)}`;
     const job = await runJob(client, trainImageSpec(absent), { maxPricePerSecond: parseEther("0.001") });
@@ -126,7 +162,11 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
       {
         name: "busybox-by-cid",
         image: { cid },
-        command: ["sh", "-c", 'echo "from $(cat /etc/hostname 2>/dev/null || echo the image)" > $BATON_OUTPUT_DIR/said.txt'],
+        command: [
+          "sh",
+          "-c",
+          'echo "from $(cat /etc/hostname 2>/dev/null || echo the image)" > $BATON_OUTPUT_DIR/said.txt',
+        ],
         resources: { gpus: 0, cpus: 1, memoryMiB: 128 },
         maxDurationS: 120,
       },
@@ -134,13 +174,21 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
     );
     const { events } = recorder(job);
     const result = await job.result().catch((error: unknown) => {
-      throw new Error(`${String(error)}: ${JSON.stringify(events.filter((e) => e.type === "provider-failed").map((e) => ("reason" in e ? e.reason : "")))}`);
+      throw new Error(
+        `${String(error)}: ${JSON.stringify(events.filter((e) => e.type === "provider-failed").map((e) => ("reason" in e ? e.reason : "")))}`,
+      );
     });
     expect(result.exitCode).toBe(0);
     expect(await readFile(path.join(result.outputDir!, "said.txt"), "utf8")).toMatch(/^from /);
   });
 
-  it("no container is left on any provider", async () => {
-    for (const provider of fixture.market.providers) expect(await containersOf(provider)).toEqual([]);
+  it("no image job was leased to the process-only provider, and no container is left on any provider", async () => {
+    const processOnly = fixture.market.providers[PROCESS_ONLY]!.account.address;
+    const leases = (await client.jobs.list()).flatMap((record) => record.leases);
+    expect(leases.length).toBeGreaterThan(0);
+    expect(leases.filter((lease) => lease.provider === processOnly)).toEqual([]);
+    for (const [index, provider] of fixture.market.providers.entries()) {
+      if (index !== PROCESS_ONLY) await expect.poll(() => containersOf(provider), { timeout: 30_000 }).toEqual([]);
+    }
   });
 });
