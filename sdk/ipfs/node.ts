@@ -10,6 +10,7 @@ import { FsDatastore } from "datastore-fs";
 import type { Helia, HeliaInit } from "helia";
 import type { CID } from "multiformats/cid";
 
+import { bitswapResendFix } from "./bitswap-resend.ts";
 import { BaseError, CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
@@ -124,7 +125,7 @@ const heliaLight = Promise.all([
  * try { const cid = await ipfs.add(stream, { pin: true }); } finally { await ipfs.stop(); }
  */
 export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIpfsNodeParameters): Promise<IpfsNode> {
-  const { Helia: HeliaLight, name, version } = await heliaLight;
+  const [{ Helia: HeliaLight, name, version }] = await Promise.all([heliaLight, bitswapResendFix]);
   const helia: Helia = new HeliaLight({
     name,
     version,

@@ -208,6 +208,21 @@ describe("checkpoints over IPFS between two nodes", () => {
     expect(await b.ipfs.has(cid)).toBe(false);
   });
 
+  it("fetches again from the same peer right after a gc deleted what it fetched (bitswap resends a block asked for again)", async () => {
+    const fourth = path.join(work.dir, "checkpoint-4");
+    await writeTree(fourth, [{ path: "weights.bin", size: 3 * 2 ** 20 }]);
+    const { cid } = await publishCheckpoint(a.ipfs, key, fourth, { maxBytes: GiB });
+    const fetch = () => b.ipfs.fetchAndPin(cid, { maxBytes: GiB, providers: [a.address], stallTimeoutMs: 4_000 });
+    await fetch();
+    await b.ipfs.unpin(cid);
+    await b.ipfs.gc();
+    expect(await b.ipfs.has(cid)).toBe(false);
+    // Within A's 5 s do-not-resend window: without the fix this stalled until the timeout.
+    expect((await fetch()).bytes).toBeGreaterThan(3 * 2 ** 20);
+    await b.ipfs.unpin(cid);
+    await b.ipfs.gc();
+  });
+
   it("after A is gone, B restores from its own store, with no providers", async () => {
     await stopPeer(a);
     peers.splice(peers.indexOf(a), 1);
