@@ -66,4 +66,8 @@ examples(
   command.outputHelp();
 });
 
+const { surviveUnhandledRejections } = await import("./output.ts");
+const { createLogger } = await import("../sdk/logger.ts");
+surviveUnhandledRejections(createLogger("process"));
+
 await runProgram(program);

@@ -1,4 +1,5 @@
 import { BaseError, oneLineOf, walk } from "../sdk/errors.ts";
+import type { Logger } from "../sdk/logger.ts";
 
 /** JSON for machines: bigints as decimal strings, errors as their messages, absent values as null. */
 export function jsonReplacer(_key: string, value: unknown): unknown {
@@ -86,4 +87,16 @@ export function formatBytes(bytes: number): string {
   if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
   if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
   return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+/**
+ * Logs a promise rejected with no handler, and lets the process carry on. Such a rejection is a bug
+ * (seen: bitswap's `Want was aborted` surfacing after a fetch gave up), and Node's default, exiting,
+ * would take a provider's running jobs or a tenant's watched jobs down with it; what failed has
+ * already failed, and nothing waits on it.
+ */
+export function surviveUnhandledRejections(log: Logger): void {
+  process.on("unhandledRejection", (reason) => {
+    log.error("unhandled promise rejection (a bug); carrying on", { error: reason });
+  });
 }

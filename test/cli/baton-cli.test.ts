@@ -1,6 +1,8 @@
+import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { promisify } from "node:util";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -249,5 +251,22 @@ describe("job records, offline", () => {
     expect(JSON.parse(json.stdout)).toMatchObject({ jobId: FAILED_JOB, state: "failed" });
     expect(completed.code, completed.stderr).toBe(0);
     expect(completed.stdout).toMatch(/^1 hand-off\(s\)/m);
+  });
+});
+
+describe("a promise rejected with no handler", () => {
+  it("is logged as a bug, and the process carries on", async () => {
+    const script = [
+      `import { surviveUnhandledRejections } from ${JSON.stringify(path.join(root, "cli/output.ts"))};`,
+      `import { createLogger } from ${JSON.stringify(path.join(root, "sdk/logger.ts"))};`,
+      `surviveUnhandledRejections(createLogger("process"));`,
+      `Promise.reject(new Error("Want was aborted"));`,
+      `setTimeout(() => console.log("still running"), 200);`,
+    ].join("\n");
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script]);
+    expect(stdout.trim()).toBe("still running");
+    const line = JSON.parse(stderr.trim().split("\n").at(-1)!) as { level: string; msg: string; error?: unknown };
+    expect(line).toMatchObject({ level: "error", msg: expect.stringMatching(/unhandled promise rejection/) });
+    expect(JSON.stringify(line)).toMatch(/Want was aborted/);
   });
 });
