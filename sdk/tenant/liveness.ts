@@ -103,17 +103,25 @@ export function monitorLiveness(
     }
   };
 
-  const timer = setInterval(
-    () => {
-      if (!silenceCounts()) return;
-      if (state === "alive" && Date.now() - lastSeenAt > suspectAfterMs) {
-        set("suspect", `no heartbeat for ${Date.now() - lastSeenAt} ms`);
-      } else if (state === "suspect" && Date.now() - suspectSince >= failAfterMs) {
-        set("failed", `no message for ${Date.now() - lastSeenAt} ms`);
-      }
-    },
-    Math.max(20, Math.floor(options.heartbeatMs / 4)),
-  );
+  const tickMs = Math.max(20, Math.floor(options.heartbeatMs / 4));
+  let lastTick = Date.now();
+  const timer = setInterval(() => {
+    const now = Date.now();
+    const late = now - lastTick - tickMs;
+    lastTick = now;
+    // This process was stalled (a checkpoint decrypted, a GC pause, a loaded machine): what the
+    // provider sent meanwhile is still unread in the socket. Count no silence until it is read.
+    if (late > options.heartbeatMs) {
+      lastSeenAt = Math.max(lastSeenAt, now - options.heartbeatMs);
+      return;
+    }
+    if (!silenceCounts()) return;
+    if (state === "alive" && Date.now() - lastSeenAt > suspectAfterMs) {
+      set("suspect", `no heartbeat for ${Date.now() - lastSeenAt} ms`);
+    } else if (state === "suspect" && Date.now() - suspectSince >= failAfterMs) {
+      set("failed", `no message for ${Date.now() - lastSeenAt} ms`);
+    }
+  }, tickMs);
   timer.unref();
 
   const stop = (): void => {

@@ -1,0 +1,69 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
+import { monitorLiveness, type LivenessEvent } from "../../sdk/tenant/liveness.ts";
+
+/** Keeps this process's event loop busy for `ms`, as decrypting a large checkpoint does. */
+function stall(ms: number): void {
+  const until = Date.now() + ms;
+  while (Date.now() < until);
+}
+
+describe("liveness: the tenant's own stalls are not the provider's silence", () => {
+  let host: BatonHost;
+  let other: BatonHost;
+
+  beforeAll(async () => {
+    [host, other] = await Promise.all([
+      createBatonHost({ privateKey: await generateKeyPair("Ed25519") }),
+      createBatonHost({ privateKey: await generateKeyPair("Ed25519") }),
+    ]);
+    await host.dial(other.getMultiaddrs()[0]!);
+  });
+
+  afterAll(async () => {
+    await Promise.all([host?.stop(), other?.stop()]);
+  });
+
+  it("a provider heartbeating throughout is not suspected across a 2 s stall of the tenant's event loop", async () => {
+    const events: LivenessEvent[] = [];
+    const monitor = monitorLiveness(host, other.peerId, { heartbeatMs: 100 }, (event) => events.push(event));
+    // The provider's heartbeats, from another process as over the network: what it sent during the
+    // stall waits in the pipe, and is read only after this process's timers have run.
+    const provider = spawn(process.execPath, ["-e", "setInterval(() => process.stdout.write('h'), 100)"]);
+    provider.stdout.on("data", () => monitor.heard());
+    await once(provider.stdout, "data");
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // In the check phase, as work done on data just read: the next loop turn runs timers (the
+      // monitor's check) before it reads what arrived meanwhile.
+      await new Promise<void>((resolve) =>
+        setImmediate(() => {
+          stall(2_000);
+          resolve();
+        }),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(events).toEqual([]);
+      expect(monitor.state).toBe("alive");
+    } finally {
+      provider.kill();
+      monitor.stop();
+    }
+  });
+
+  it("a provider that goes silent is still suspected after three heartbeats", async () => {
+    const events: LivenessEvent[] = [];
+    const monitor = monitorLiveness(host, other.peerId, { heartbeatMs: 100 }, (event) => events.push(event));
+    try {
+      await expect.poll(() => events[0]?.state, { timeout: 5_000, interval: 20 }).toBe("suspect");
+      expect(events[0]!.reason).toMatch(/no heartbeat for \d+ ms/);
+    } finally {
+      monitor.stop();
+    }
+  });
+});
