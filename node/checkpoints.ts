@@ -50,7 +50,8 @@ export function stepOf(name: string): number | undefined {
  * Publishes each checkpoint a job commits. The job commits by renaming a finished directory into
  * its checkpoint dir under a name not starting with `.`; the watcher hears the rename through
  * file-system events (no polling), then packs, encrypts, adds and pins the directory, one at a
- * time in name order, and reports it. In-progress (`.`-named) directories are never touched.
+ * time, and reports it. When several were committed since the last publish, only the newest (last
+ * in name order) is published. In-progress (`.`-named) directories are never touched.
  */
 export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher {
   const { dir, key, ipfs, maxBytes, log, metrics, onPublished, onRejected, keep = 3 } = init;
@@ -94,11 +95,15 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
         .filter((e) => e.isDirectory() && !e.name.startsWith(".") && !seen.has(e.name))
         .map((e) => e.name)
         .sort();
-      for (const name of fresh) {
-        if (stopped) return;
-        seen.add(name);
-        await publish(name);
-      }
+      // Only the newest: a job that commits faster than checkpoints publish would otherwise queue
+      // a backlog, published oldest first while the job deletes them, and a resume would always
+      // start from a stale one. Those it supersedes are never published.
+      const newest = fresh.pop();
+      for (const name of fresh) seen.add(name);
+      if (fresh.length > 0) log.info("checkpoints superseded before they were published", { names: fresh, newest });
+      if (newest === undefined || stopped) return;
+      seen.add(newest);
+      await publish(newest);
     } while (again && !stopped);
   };
 

@@ -205,11 +205,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
    * The image of an image job, from the node's cache (pulled or fetched by CID first if need be),
    * held until the job ends. Refused with the cause when it cannot be had.
    */
-  const acquireImage = async (
-    row: LeaseRow,
-    spec: JobSpec,
-    providers: Multiaddr[],
-  ): Promise<HeldImage | undefined> => {
+  const acquireImage = async (row: LeaseRow, spec: JobSpec, providers: Multiaddr[]): Promise<HeldImage | undefined> => {
     if (spec.image === undefined) return undefined;
     if (!components.containers) {
       startFailed(row.leaseId, "image-failed");
@@ -272,8 +268,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       runtime.state = "exited";
       runtime.image?.release();
       clearInterval(runtime.heartbeatTimer);
-      // Let the watcher publish what the job committed last before the result goes out.
-      await runtime.checkpoints?.settle();
+      // The job is over: a checkpoint still publishing is dropped, never delaying the result (a
+      // large one takes seconds, and no tenant resumes a job that ended from it).
+      await runtime.checkpoints?.stop();
       const current = store.getLease(row.leaseId);
       // Stopped because the chain ended the lease, or because the node handed it back: no result.
       if (current?.state === "fenced" || current?.state === "handed-back") return;

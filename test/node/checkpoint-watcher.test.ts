@@ -1,0 +1,66 @@
+import { mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { watchCheckpoints, type PublishedCheckpoint } from "../../node/checkpoints.ts";
+import { Metrics } from "../../node/metrics.ts";
+import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
+import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
+import { silentLogger } from "../../sdk/logger.ts";
+import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
+
+describe("the checkpoint watcher under a backlog", () => {
+  let dir: string;
+  let host: BatonHost;
+  let ipfs: IpfsNode;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), "baton-watcher-test-"));
+    host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
+    ipfs = await createIpfsNode({ host, dir: path.join(dir, "ipfs") });
+  });
+
+  afterAll(async () => {
+    await ipfs?.stop();
+    await host?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Commits a checkpoint as the contract says: written aside, then renamed into place. */
+  const commit = async (checkpoints: string, name: string): Promise<void> => {
+    const staging = path.join(checkpoints, `.${name}`);
+    await mkdir(staging);
+    await writeFile(path.join(staging, "state.json"), JSON.stringify({ name }));
+    await rename(staging, path.join(checkpoints, name));
+  };
+
+  it("publishes the newest committed checkpoint and never the ones it superseded", async () => {
+    const checkpoints = path.join(dir, "checkpoints");
+    await mkdir(checkpoints);
+    for (const step of [100, 200, 300, 400]) await commit(checkpoints, `step-${String(step).padStart(6, "0")}`);
+    const published: PublishedCheckpoint[] = [];
+    const watcher = watchCheckpoints({
+      dir: checkpoints,
+      key: generateJobKey(),
+      ipfs,
+      maxBytes: 2 ** 20,
+      log: silentLogger,
+      metrics: new Metrics(),
+      onPublished: (checkpoint) => published.push(checkpoint),
+      onRejected: (name, reason) => {
+        throw new Error(`${name} rejected: ${reason}`);
+      },
+    });
+    try {
+      await watcher.settle();
+      expect(published.map((c) => c.step)).toEqual([400]);
+      await commit(checkpoints, "step-000500");
+      await expect.poll(() => published.map((c) => c.step), { timeout: 10_000 }).toEqual([400, 500]);
+    } finally {
+      await watcher.stop();
+    }
+  });
+});
