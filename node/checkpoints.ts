@@ -1,4 +1,4 @@
-import { watch, type FSWatcher } from "node:fs";
+import { existsSync, watch, type FSWatcher } from "node:fs";
 import { readdir } from "node:fs/promises";
 import path from "node:path";
 
@@ -79,7 +79,8 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
       }
     } catch (error) {
       if (stopped) return;
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // the job already deleted it
+      // The job deleted it while it was packed (the contract lets it delete old checkpoints).
+      if ((error as NodeJS.ErrnoException).code === "ENOENT" || !existsSync(path.join(dir, name))) return;
       const reason = shortMessageOf(error);
       metrics.checkpointsRejected.inc();
       log.warn("checkpoint not published", { name, reason });
