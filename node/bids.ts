@@ -9,6 +9,7 @@ import { serve } from "../sdk/wire/framing.ts";
 import { bidSchema, type Bid, type BidResponse, type BidRefusalReason } from "../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
+import { diskTooFull } from "./disk.ts";
 
 /** The GPU reservation of a quote, named by its nonce, until the lease takes it over. */
 export const quoteHolder = (nonce: bigint): string => `quote:${nonce}`;
@@ -75,6 +76,8 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     if (bid.maxPricePerSecond < price) throw bidRefusal("price-below-floor", `price here is ${price} per second`);
     if (store.leases().length >= config.maxLeases)
       throw bidRefusal("no-capacity", "the node runs its maximum of leases");
+    const disk = diskTooFull(components);
+    if (disk !== undefined) throw bidRefusal("no-capacity", disk);
 
     const nonce = store.nextNonce();
     const expiry = chainNow(components) + config.quoteTtlS;

@@ -112,6 +112,11 @@ export const nodeConfigSchema = z
     resumeFetchTimeoutMs: z.number().int().positive().default(RESUME_FETCH_TIMEOUT_MS),
     /** Largest single input file a job may ask for. */
     maxInputBytes: z.number().int().positive().default(MAX_INPUT_BYTES),
+    /**
+     * Free disk below which the node takes no new lease (bids refused, offers full): jobs,
+     * checkpoints and images need room. Raise it for jobs with large checkpoints.
+     */
+    minFreeDiskGiB: z.number().nonnegative().default(1),
   })
   .strict()
   // The lease manager refuses quotes with fewer than two heartbeats per timeout: one late heartbeat

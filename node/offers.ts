@@ -1,6 +1,7 @@
 import { publishOffer } from "../sdk/p2p/offers.ts";
 import type { Offer } from "../sdk/wire/messages.ts";
 import type { NodeComponents } from "./components.ts";
+import { diskTooFull } from "./disk.ts";
 
 export interface OfferPublisher {
   start(): void;
@@ -24,7 +25,10 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
   const current = (): Offer => {
     const seq = Math.max(Date.now(), lastSeq + 1);
     lastSeq = seq;
-    const full = components.draining.value || store.leases(["preparing", "running"]).length >= config.maxLeases;
+    const full =
+      components.draining.value ||
+      store.leases(["preparing", "running"]).length >= config.maxLeases ||
+      diskTooFull(components) !== undefined;
     return {
       chainId: chain.deployment.chainId,
       leaseManager: chain.deployment.contracts.leaseManager,
