@@ -12,7 +12,9 @@ describe("a nearly full disk", () => {
 
   it("free space is the least of the jobs dir's and the data dir's file systems, as statfs reports", () => {
     const free = (dir: string) => statfsSync(dir).bavail * statfsSync(dir).bsize;
-    expect(freeDiskBytes(dirs)).toBe(Math.min(free(dirs.jobsDir), free(dirs.dataDir)));
+    const got = freeDiskBytes(dirs);
+    // Others write to the same disk meanwhile: equal within 1 %.
+    expect(Math.abs(got - Math.min(free(dirs.jobsDir), free(dirs.dataDir)))).toBeLessThan(got / 100);
   });
 
   it("stops new leases below minFreeDiskGiB, saying how much is free and how much it wants", () => {
