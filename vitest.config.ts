@@ -3,8 +3,9 @@ import { configDefaults, defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
-    // The npm package's test packs and installs Baton (minutes): `npm run test:package`, run by CI.
-    exclude: [...configDefaults.exclude, "test/package/**"],
+    // The npm package's test packs and installs Baton, and the container image's builds it (minutes
+    // each): `npm run test:package` and `npm run test:deploy`, which CI runs.
+    exclude: [...configDefaults.exclude, "test/package/**", "test/deploy/containerfile.test.ts"],
     // Tests start real chains, nodes and IPFS stores: give them time, and never retry a failure.
     testTimeout: 120_000,
     hookTimeout: 120_000,
