@@ -1,5 +1,5 @@
 import { existsSync, watch, type FSWatcher } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 
 import { CID } from "multiformats/cid";
@@ -37,6 +37,12 @@ export interface WatchCheckpointsInit {
 export interface CheckpointWatcher {
   /** Scans once more and waits until everything committed so far is published. */
   settle(): Promise<void>;
+  /**
+   * The tenant holds the checkpoint `cid` (it is safe): those published before it are unpinned and
+   * deleted from this node's store and from the job's checkpoint dir, so a long job does not fill
+   * the disk. The safe one and any newer stay.
+   */
+  acknowledged(cid: string): void;
   stop(): Promise<void>;
 }
 
@@ -56,7 +62,8 @@ export function stepOf(name: string): number | undefined {
 export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher {
   const { dir, key, ipfs, maxBytes, log, metrics, onPublished, onRejected, keep = 3 } = init;
   const seen = new Set<string>();
-  const pinned: string[] = [];
+  /** Published and still pinned here, oldest first. */
+  const pinned: { cid: string; name: string }[] = [];
   let watcher: FSWatcher | undefined;
   let scanning: Promise<void> = Promise.resolve();
   let again = false;
@@ -72,11 +79,8 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
       metrics.checkpointsPublished.inc();
       metrics.checkpointBytes.inc(result.size);
       onPublished({ cid, name, step: stepOf(name), size: result.size, sha256: result.plaintextSha256 });
-      pinned.push(cid);
-      while (pinned.length > keep) {
-        const old = pinned.shift()!;
-        await ipfs.unpin(CID.parse(old)).catch(() => undefined);
-      }
+      pinned.push({ cid, name });
+      if (pinned.length > keep) await drop(pinned.splice(0, pinned.length - keep));
     } catch (error) {
       if (stopped) return;
       // The job deleted it while it was packed (the contract lets it delete old checkpoints).
@@ -86,6 +90,15 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
       log.warn("checkpoint not published", { name, reason });
       onRejected(name, reason);
     }
+  };
+
+  /** Unpins checkpoints, deletes their dirs from the job's checkpoint dir, and has the store collect them. */
+  const drop = async (checkpoints: { cid: string; name: string }[]): Promise<void> => {
+    for (const { cid, name } of checkpoints) {
+      await ipfs.unpin(CID.parse(cid)).catch(() => undefined);
+      await rm(path.join(dir, name), { recursive: true, force: true }).catch(() => undefined);
+    }
+    if (checkpoints.length > 0) ipfs.gcSoon();
   };
 
   const scan = async (): Promise<void> => {
@@ -118,6 +131,10 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
   trigger();
 
   return {
+    acknowledged(cid) {
+      const index = pinned.findIndex((checkpoint) => checkpoint.cid === cid);
+      if (index > 0) void drop(pinned.splice(0, index));
+    },
     async settle() {
       trigger();
       await scanning.catch(() => undefined);

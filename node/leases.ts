@@ -559,14 +559,17 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /** Reads the tenant's further messages (checkpoint acknowledgements) until the session ends. */
-  const readAcks = async (messages: AsyncIterable<Uint8Array>, remote: string): Promise<void> => {
+  const readAcks = async (messages: AsyncIterable<Uint8Array>, remote: string, leaseId: bigint): Promise<void> => {
     for await (const bytes of messages) {
       const message = await openMessage(bytes, {
         maxBytes: maxMessageBytes.lease,
         types: ["checkpoint-ack"],
         from: remote,
       });
-      parseBody(tenantMessageSchemas["checkpoint-ack"], message);
+      const ack = parseBody(tenantMessageSchemas["checkpoint-ack"], message);
+      // The tenant holds it: what came before it can go from this node's disk. Only for the lease
+      // this session was authorized for: no one else's acknowledgement prunes a lease.
+      if (ack.leaseId === leaseId) runtimes.get(leaseId)?.checkpoints?.acknowledged(ack.cid);
     }
   };
 
@@ -607,7 +610,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       if (opening.type === "attach") await reattach(stream, remote, leaseId, opening.body.afterSeq);
       else if (runtimes.has(leaseId)) await reattach(stream, remote, leaseId, 0);
       else await track(startSession(stream, connection, opening.body, tenant));
-      await readAcks(messages, remote);
+      await readAcks(messages, remote, leaseId);
     } catch (error) {
       await refuse(stream, remote, error, leaseId);
     }

@@ -90,6 +90,11 @@ export interface IpfsNode {
    */
   gc(options?: { signal?: AbortSignal }): Promise<void>;
   /**
+   * Asks for a {@link gc} without waiting for it: after unpinning, so that what was unpinned leaves
+   * the disk. Requests made while one runs are served by one more gc after it; failures are logged.
+   */
+  gcSoon(): void;
+  /**
    * Runs `work` with {@link gc} held off: for fetching something and then pinning it. `work` must
    * not call `add({ pin })`, `fetchAndPin` or `withGcPaused` itself: with a gc waiting, it would wait
    * for itself.
@@ -140,6 +145,7 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
   const fs = unixfs(helia);
   const gate = gcGate();
   let stopped: Promise<void> | undefined;
+  let gcState: "idle" | "running" | "again" = "idle";
 
   // A pin of its own for `cid`. (Helia's `pins.isPinned` also says yes for a block that is only
   // part of another pinned DAG.)
@@ -270,6 +276,23 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
         await helia.gc({ signal });
         log.debug("gc done", { ms: Math.round(performance.now() - started) });
       });
+    },
+    gcSoon() {
+      if (gcState === "idle") {
+        gcState = "running";
+        const run = (): void => {
+          void node
+            .gc()
+            .catch((error: unknown) => log.warn("gc failed", { error }))
+            .then(() => {
+              if (gcState === "again" && !stopped) {
+                gcState = "running";
+                run();
+              } else gcState = "idle";
+            });
+        };
+        run();
+      } else gcState = "again";
     },
     withGcPaused: (work) => gate.shared(work),
     stop() {

@@ -31,7 +31,8 @@ export interface CheckpointReplicatorInit {
  * tenant's own IPFS store, verified against its announced digest (which decrypts it with the job's
  * key) and pinned; then it is *safe*: recorded, acknowledged to the provider, and what a hand-off
  * resumes from. Only the newest `keepCheckpoints` stay pinned. One checkpoint at a time, in the
- * order announced. The job's output comes the same way, once, at its end.
+ * order announced; one still waiting when a newer one is announced is skipped. The job's output
+ * comes the same way, once, at its end.
  */
 export class CheckpointReplicator {
   readonly #client: BatonClient;
@@ -42,6 +43,8 @@ export class CheckpointReplicator {
   readonly #key: Uint8Array;
   /** The replications started so far, one after another. */
   #queue: Promise<void> = Promise.resolve();
+  /** Per lease, the sequence number of the newest checkpoint announced. */
+  readonly #newest = new Map<string, number>();
 
   constructor({ client, record, events, log }: CheckpointReplicatorInit) {
     this.#client = client;
@@ -57,8 +60,14 @@ export class CheckpointReplicator {
    */
   replicate(lease: LeaseRecord, body: ProviderMessage<"checkpoint">, watch: LeaseWatch, signal: AbortSignal): void {
     const leaseId = BigInt(lease.leaseId);
+    this.#newest.set(lease.leaseId, Math.max(this.#newest.get(lease.leaseId) ?? 0, body.seq));
     this.#queue = this.#queue.then(async () => {
       if (signal.aborted) return;
+      // A newer one was announced while this one waited: fetching this one would only delay it.
+      if (body.seq < this.#newest.get(lease.leaseId)!) {
+        this.#log.info("checkpoint superseded before it was fetched", { leaseId, cid: body.cid });
+        return;
+      }
       try {
         await verifyCheckpoint(this.#client.ipfs, this.#key, CID.parse(body.cid), {
           expectedSha256: body.sha256,
@@ -116,6 +125,8 @@ export class CheckpointReplicator {
     lease.lastSeq = Math.max(lease.lastSeq, body.seq);
     await this.#client.jobs.save(this.#record);
     for (const old of dropped) await this.#client.ipfs.unpin(CID.parse(old.cid)).catch(() => undefined);
+    // Unpinned is not deleted: the store collects them, or a long job fills the tenant's disk.
+    if (dropped.length > 0) this.#client.ipfs.gcSoon();
     return this.#record.safe.length;
   }
 }

@@ -1,8 +1,9 @@
-import { mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
 import { generateKeyPair } from "@libp2p/crypto/keys";
+import { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { watchCheckpoints, type PublishedCheckpoint } from "../../node/checkpoints.ts";
@@ -59,6 +60,39 @@ describe("the checkpoint watcher under a backlog", () => {
       expect(published.map((c) => c.step)).toEqual([400]);
       await commit(checkpoints, "step-000500");
       await expect.poll(() => published.map((c) => c.step), { timeout: 10_000 }).toEqual([400, 500]);
+    } finally {
+      await watcher.stop();
+    }
+  });
+
+  it("once the tenant holds a checkpoint, those before it leave the node's store and the job's dir", async () => {
+    const checkpoints = path.join(dir, "acknowledged");
+    await mkdir(checkpoints);
+    const published: PublishedCheckpoint[] = [];
+    const watcher = watchCheckpoints({
+      dir: checkpoints,
+      key: generateJobKey(),
+      ipfs,
+      maxBytes: 2 ** 20,
+      log: silentLogger,
+      metrics: new Metrics(),
+      onPublished: (checkpoint) => published.push(checkpoint),
+      onRejected: (name, reason) => {
+        throw new Error(`${name} rejected: ${reason}`);
+      },
+    });
+    try {
+      for (const step of [1, 2, 3]) {
+        await commit(checkpoints, `step-00000${step}`);
+        await expect.poll(() => published.length, { timeout: 10_000 }).toBe(step);
+      }
+      const [first, second, third] = published.map((c) => CID.parse(c.cid));
+      watcher.acknowledged(published[1]!.cid);
+      await expect.poll(() => ipfs.has(first!), { timeout: 10_000 }).toBe(false);
+      expect(await ipfs.isPinned(first!)).toBe(false);
+      expect(await ipfs.isPinned(second!)).toBe(true);
+      expect(await ipfs.isPinned(third!)).toBe(true);
+      expect((await readdir(checkpoints)).sort()).toEqual(["step-000002", "step-000003"]);
     } finally {
       await watcher.stop();
     }
