@@ -21,7 +21,7 @@ import {
   type KillReason,
   type ResolvedJobBasics,
 } from "../sandbox/runner.ts";
-import type { Podman } from "./podman.ts";
+import { PodmanError, type Podman } from "./podman.ts";
 
 /** The label naming the node a container belongs to: a restarted node finds its own by it. */
 export const NODE_LABEL = "io.baton.node";
@@ -47,8 +47,12 @@ const MAX_JOB_NOFILE = 65_536;
  */
 const MAX_JOB_NPROC = 16_384;
 
-/** How often the start of a container is checked while `podman start` sets it up. */
-const START_POLL_MS = 50;
+/** What Podman's init (catatonit) prints, exiting 1, when the job's command is missing or not executable. */
+const CATATONIT_NOT_FOUND = /catatonit.*failed to exec pid1: No such file or directory/;
+const CATATONIT_NOT_EXECUTABLE = /catatonit.*failed to exec pid1: Permission denied/;
+
+/** How often `podman wait` checks whether a container it waits for runs yet. */
+const START_POLL_MS = 20;
 
 /**
  * CPU weight of a job's container, half the default 1024: the node's heartbeats win the CPU over a
@@ -149,6 +153,8 @@ function createArgs(
   return [
     "--name",
     containerName(basics.leaseId),
+    // A container of an earlier attempt at this lease (a start that failed half-way) goes.
+    "--replace",
     "--label",
     `${NODE_LABEL}=${options.node}`,
     "--label",
@@ -266,8 +272,6 @@ export async function startContainerJob(options: ContainerJobOptions): Promise<J
   delete env.PATH;
   const ldconfig =
     basics.gpus.length > 0 ? execFileSync("ldconfig", ["-p"], { encoding: "utf8", timeout: 10_000 }) : "";
-  // A container of an earlier attempt at this lease (a start that failed half-way) goes first.
-  await podman.run(["rm", "--force", "--ignore", "--time", "0", name]);
   try {
     await podman.run(["create", ...createArgs(options, basics, env, await findInit(), ldconfig)], {
       signal: options.signal,
@@ -283,14 +287,15 @@ export async function startContainerJob(options: ContainerJobOptions): Promise<J
   const child = podman.spawn(["start", "--attach", name]);
   output.read(child);
   const end = new ChildEnd(child);
-  await awaitStarted(podman, name, end, output, basics.signal);
-  return new ContainerJob(child, basics, { podman, name, output, end, env, startedAt });
+  const execFailure = await awaitStarted(podman, name, end, output, basics.signal);
+  return new ContainerJob(child, basics, { podman, name, output, end, env, startedAt, execFailure });
 }
 
 /**
  * Waits until the container has started (its process ran, however briefly). When `podman start`
- * exits first with the container never started (the runtime refused it), or the start is not seen
- * in time, the container is removed and the error thrown with what Podman said.
+ * exits first with the container never started, a command the image lacks or cannot run returns
+ * its shell exit code (127, 126), and anything else (the runtime refused the container), or a start
+ * not seen in time, removes the container and throws with what Podman said.
  */
 async function awaitStarted(
   podman: Podman,
@@ -298,33 +303,41 @@ async function awaitStarted(
   end: ChildEnd,
   output: JobOutput,
   signal: AbortSignal | undefined,
-): Promise<void> {
-  const deadline = Date.now() + SANDBOX_START_TIMEOUT_MS;
-  const started = async (): Promise<boolean> => {
-    const { stdout } = await podman.run(["inspect", "--format", "{{.State.StartedAt.Unix}}", name]);
-    return Number(stdout.trim()) > 0;
-  };
+): Promise<number | undefined> {
+  const stop = new AbortController();
   try {
-    for (;;) {
-      signal?.throwIfAborted();
-      if (await started()) return;
-      if (end.exitedAt !== undefined) {
-        await within(end.closed, OUTPUT_DRAIN_MS);
-        if (await started()) return;
-        throw new SandboxSetupError("the job's container failed to start", {
-          details: output.setupErrors() || "podman printed nothing",
-        });
-      }
-      if (Date.now() > deadline) {
-        throw new SandboxSetupError(`the job's container did not start within ${SANDBOX_START_TIMEOUT_MS} ms`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, START_POLL_MS));
-    }
+    // One `podman wait` rather than a poll of `podman inspect`s: each Podman call costs 0.1–0.4 s.
+    const running = podman
+      .run(["wait", "--condition", "running", "--interval", `${START_POLL_MS}ms`, name], {
+        signal: AbortSignal.any([stop.signal, ...(signal ? [signal] : [])]),
+        timeoutMs: SANDBOX_START_TIMEOUT_MS,
+      })
+      .then(() => "running" as const);
+    const exited = end.exit.then(() => "exited" as const);
+    if ((await Promise.race([running, exited])) === "running") return undefined;
+    // Over before the wait saw it run: started and ended at once, or never started at all.
+    stop.abort();
+    await running.catch(() => undefined);
+    signal?.throwIfAborted();
+    await within(end.closed, OUTPUT_DRAIN_MS);
+    const { stdout } = await podman.run(["inspect", "--format", "{{.State.StartedAt.Unix}}", name]);
+    if (Number(stdout.trim()) > 0) return undefined;
+    const said = output.setupErrors();
+    // The job's own mistake, not the provider's: its command is not in the image, or cannot be
+    // run. It ends as a process job's does in a shell, 127 or 126, with Podman's words in its log.
+    if (/executable file not found|command that was not found|no such file or directory/i.test(said)) return 127;
+    if (/permission denied/i.test(said)) return 126;
+    throw new SandboxSetupError("the job's container failed to start", { details: said || "podman printed nothing" });
   } catch (error) {
+    stop.abort();
     await podman.run(["rm", "--force", "--time", "0", name]).catch(() => {});
     await end.exit;
     output.closeLog();
-    throw error;
+    throw error instanceof PodmanError && !signal?.aborted
+      ? new SandboxSetupError(`the job's container did not start within ${SANDBOX_START_TIMEOUT_MS} ms`, {
+          cause: error,
+        })
+      : error;
   }
 }
 
@@ -345,6 +358,7 @@ class ContainerJob implements JobProcess {
   readonly #startedAt: number;
   readonly #wallTimer: NodeJS.Timeout;
   readonly #onAbort = (): void => void this.kill("aborted");
+  readonly #execFailure: number | undefined;
   #killReason: KillReason | undefined;
 
   constructor(
@@ -357,6 +371,8 @@ class ContainerJob implements JobProcess {
       end: ChildEnd;
       env: Record<string, string>;
       startedAt: number;
+      /** The exit code of a command that could not be run at all (see `awaitStarted`). */
+      execFailure: number | undefined;
     },
   ) {
     this.leaseId = basics.leaseId;
@@ -370,6 +386,7 @@ class ContainerJob implements JobProcess {
     this.#output = parts.output;
     this.#end = parts.end;
     this.#startedAt = parts.startedAt;
+    this.#execFailure = parts.execFailure;
     this.#output.run();
     this.#wallTimer = setTimeout(() => void this.kill("wall-time"), basics.wallTimeMs);
     this.exited = this.#reportExit();
@@ -396,24 +413,29 @@ class ContainerJob implements JobProcess {
     this.#basics.signal?.removeEventListener("abort", this.#onAbort);
     await within(this.#end.closed, OUTPUT_DRAIN_MS);
     this.#output.finish(this.#child);
-    let state = { code: attached.code, oomKilled: false };
-    try {
-      const { stdout } = await this.#podman.run([
-        "inspect",
-        "--format",
-        "{{.State.ExitCode}} {{.State.OOMKilled}}",
-        this.#name,
-      ]);
-      const [code, oom] = stdout.trim().split(" ");
-      state = { code: Number(code), oomKilled: oom === "true" };
-    } catch (error) {
-      this.#basics.logger.warn("container state unreadable", { leaseId: this.leaseId, error });
+    let state = { code: this.#execFailure ?? attached.code, oomKilled: false };
+    if (this.#execFailure === undefined) {
+      try {
+        const { stdout } = await this.#podman.run([
+          "inspect",
+          "--format",
+          "{{.State.ExitCode}} {{.State.OOMKilled}}",
+          this.#name,
+        ]);
+        const [code, oom] = stdout.trim().split(" ");
+        state = { code: Number(code), oomKilled: oom === "true" };
+      } catch (error) {
+        this.#basics.logger.warn("container state unreadable", { leaseId: this.leaseId, error });
+      }
     }
     // The container goes whatever happened: stopped if `podman start` died before it did.
     await this.#podman
       .run(["rm", "--force", "--time", "0", this.#name])
       .catch((error: unknown) => this.#basics.logger.warn("container not removed", { leaseId: this.leaseId, error }));
     let code: number | null = state.code;
+    // Podman's init could not run the job's command: 127 or 126, as a shell (and a process job) says.
+    if (code === 1 && this.#output.saysOnStderr(CATATONIT_NOT_FOUND)) code = 127;
+    else if (code === 1 && this.#output.saysOnStderr(CATATONIT_NOT_EXECUTABLE)) code = 126;
     let signal: NodeJS.Signals | null = null;
     if (code !== null && code > 128 && signalName(code - 128) !== null) {
       signal = signalName(code - 128);

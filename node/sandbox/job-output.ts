@@ -85,7 +85,12 @@ export class JobOutput {
 
   /** Whether the last lines of stderr say that an allocation failed. */
   saysOutOfMemory(): boolean {
-    return OUT_OF_MEMORY.test(this.#stderrTail.join("\n"));
+    return this.saysOnStderr(OUT_OF_MEMORY);
+  }
+
+  /** Whether the last lines of stderr match `pattern`. */
+  saysOnStderr(pattern: RegExp): boolean {
+    return pattern.test(this.#stderrTail.join("\n"));
   }
 
   /** Ends reading: the streams are destroyed and their last partial lines delivered; the log is closed. */

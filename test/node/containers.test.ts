@@ -114,6 +114,24 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     expect(job.sandbox).toBe("podman");
   });
 
+  it("a command the image does not have ends the job with 127, as in a shell, saying so in its log", async () => {
+    const { podman, cache } = await openCache("missing-command");
+    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
+    const lines: string[] = [];
+    const job = await startContainerJob({
+      podman,
+      image: held.id,
+      node: "test",
+      leaseId: "7",
+      workDir: path.join(dir, "jobs/7/work"),
+      command: ["no-such-program"],
+      onLine: (_, line) => lines.push(line),
+    });
+    expect(await job.exited).toMatchObject({ code: 127, reason: "exited" });
+    held.release();
+    expect(lines.join("\n")).toMatch(/failed to exec pid1: No such file or directory|no-such-program.*not found/);
+  });
+
   it("with network: true the job has a network interface", async () => {
     const { podman, cache } = await openCache("net");
     const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
