@@ -602,6 +602,7 @@ const dir = await mkdtemp(path.join(os.tmpdir(), "baton-bench-image-"));
 await chmod(dir, 0o711);
 cleanups.push({ what: dir, run: () => rm(dir, { recursive: true, force: true }) });
 try {
+  progress(`working in ${dir}`);
   progress("starting a registry on loopback");
   const registry: Registry = await startRegistry();
   cleanups.push({ what: "the registry", run: () => registry.stop() });
