@@ -16,6 +16,7 @@ const benches = [
   { name: "checkpoint", script: "bench/checkpoint.ts" },
   { name: "failover", script: "bench/failover.ts" },
   { name: "serve", script: "bench/serve.ts" },
+  { name: "image", script: "bench/image.ts" },
 ];
 
 const outcomes: { bench: string; exitCode: number | null; seconds: number }[] = [];
