@@ -447,9 +447,20 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // listen addresses it announced (identify), which bitswap can dial.
     const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
     const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
-    await fetchJobInputs(row, spec, tenantAddresses);
-    if (body.resume) await restoreResume(row, body.resume, tenantAddresses);
-    const image = await acquireImage(row, spec, tenantAddresses);
+    // The image is pulled while the inputs and the checkpoint arrive: a cold pull takes seconds to
+    // minutes, and a hand-off waits on the slowest of the three, not on their sum.
+    const pulling = acquireImage(row, spec, tenantAddresses);
+    // Awaited below whichever way the fetches go; never an unhandled rejection meanwhile.
+    pulling.catch(() => undefined);
+    try {
+      await fetchJobInputs(row, spec, tenantAddresses);
+      if (body.resume) await restoreResume(row, body.resume, tenantAddresses);
+    } catch (error) {
+      // The fetch's failure is what the tenant is told; the image, had or not, is let go.
+      (await pulling.catch(() => undefined))?.release();
+      throw error;
+    }
+    const image = await pulling;
     if (handingBack.signal.aborted) {
       image?.release();
       throw startHandedBack(row.leaseId);

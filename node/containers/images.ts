@@ -79,6 +79,8 @@ export class ImageCache {
   readonly #entries: Map<string, Entry>;
   readonly #inUse = new Map<string, number>();
   readonly #pulls = new Map<string, Promise<Entry>>();
+  #saving: Promise<void> = Promise.resolve();
+  #evicting: Promise<void> = Promise.resolve();
 
   private constructor(init: ImageCacheInit, entries: Map<string, Entry>) {
     this.#init = init;
@@ -154,7 +156,7 @@ export class ImageCache {
     entry.lastUsedAt = Date.now();
     this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
     await this.#save();
-    void this.#evict();
+    this.#evictSoon();
     let released = false;
     return {
       id: entry.id,
@@ -165,7 +167,7 @@ export class ImageCache {
         const left = (this.#inUse.get(key) ?? 1) - 1;
         if (left > 0) this.#inUse.set(key, left);
         else this.#inUse.delete(key);
-        void this.#evict();
+        this.#evictSoon();
       },
     };
   }
@@ -303,6 +305,13 @@ export class ImageCache {
     return { id, sizeBytes, lastUsedAt: Date.now() };
   }
 
+  /** Evicts after any eviction under way (one at a time); a failure is logged, never thrown. */
+  #evictSoon(): void {
+    this.#evicting = this.#evicting
+      .then(() => this.#evict())
+      .catch((error: unknown) => this.#init.log.warn("image eviction failed", { error }));
+  }
+
   /** Removes least recently used images not in use until the cache fits its bound. */
   async #evict(): Promise<void> {
     let total = [...this.#entries.values()].reduce((sum, entry) => sum + entry.sizeBytes, 0);
@@ -311,6 +320,8 @@ export class ImageCache {
       .sort(([, a], [, b]) => a.lastUsedAt - b.lastUsedAt);
     for (const [key, entry] of candidates) {
       if (total <= this.#init.cacheBytes) break;
+      // Taken (or replaced) while an earlier image was removed: it stays.
+      if (this.#inUse.has(key) || this.#entries.get(key) !== entry) continue;
       this.#entries.delete(key);
       total -= entry.sizeBytes;
       try {
@@ -324,10 +335,18 @@ export class ImageCache {
     await this.#save();
   }
 
-  async #save(): Promise<void> {
+  /**
+   * Writes the index (atomically: a temp file renamed over it), after any write under way: two
+   * writes at once would rename the same temp file twice.
+   */
+  #save(): Promise<void> {
     const file = path.join(this.#init.dir, INDEX_FILE);
-    await writeFile(`${file}.tmp`, JSON.stringify(Object.fromEntries(this.#entries)), { mode: 0o600 });
-    await rename(`${file}.tmp`, file);
+    const write = this.#saving.then(async () => {
+      await writeFile(`${file}.tmp`, JSON.stringify(Object.fromEntries(this.#entries)), { mode: 0o600 });
+      await rename(`${file}.tmp`, file);
+    });
+    this.#saving = write.catch(() => undefined);
+    return write;
   }
 }
 

@@ -15,7 +15,7 @@ export interface Containers {
   images: ImageCache;
   /** Labels the node's containers, so that a restarted node finds its own. */
   node: string;
-  /** Once the node's jobs are stopped: removes the runroot, which holds only running containers' state. */
+  /** Once the node's jobs are stopped: removes the runroot, which holds only containers' state, if none is left. */
   close(): Promise<void>;
 }
 
@@ -65,6 +65,12 @@ export async function setUpContainers(
     podman,
     images,
     node,
-    close: () => rm(podman.init.runroot, { recursive: true, force: true }),
+    async close() {
+      // Only with no container left: a container still stopping needs its runroot state, or
+      // Podman cannot clean it up (seen: a killed node's container left half-removed).
+      const { stdout } = await podman.run(["ps", "--all", "--quiet"]).catch(() => ({ stdout: "?" }));
+      if (stdout.trim() === "") await rm(podman.init.runroot, { recursive: true, force: true });
+      else log.warn("containers left at stop; the runroot is kept", { runroot: podman.init.runroot });
+    },
   };
 }

@@ -32,6 +32,8 @@ export interface QuoteChoice {
   latencyMs: number;
   /** Leases the provider completed and had slashed, from the registry's counters. */
   reputation: { completed: bigint; slashed: bigint };
+  /** Whether its offer lists the job's image: it starts without pulling it. */
+  holdsImage: boolean;
 }
 
 export interface BidReturnType {
@@ -43,8 +45,9 @@ export interface BidReturnType {
 }
 
 /**
- * Sends a bid to several matching providers at once and picks a quote: the lowest price, then the
- * better on-chain record (fewer slashes per completed lease), then the faster answer.
+ * Sends a bid to several matching providers at once and picks a quote: the lowest price, then one
+ * that holds the job's image (a cold pull can take minutes), then the better on-chain record (fewer
+ * slashes per completed lease), then the faster answer.
  *
  * @throws {UserError} when every provider refused or stayed silent.
  * @example
@@ -58,7 +61,7 @@ export async function bid(
   const asked = offers.slice(0, fanout);
   const refusals: BidReturnType["refusals"] = [];
   const answers = await Promise.all(
-    asked.map(async ({ offer }): Promise<QuoteChoice | undefined> => {
+    asked.map(async ({ offer, holdsImage }): Promise<QuoteChoice | undefined> => {
       const started = performance.now();
       try {
         const response = await requestQuote(
@@ -96,6 +99,7 @@ export async function bid(
           signature: response.signature as Hex,
           latencyMs,
           reputation: { completed: record.leasesCompleted, slashed: record.leasesSlashed },
+          holdsImage,
         };
       } catch (error) {
         signal?.throwIfAborted();
@@ -125,6 +129,7 @@ function slashRate({ completed, slashed }: QuoteChoice["reputation"]): bigint {
 function compareChoices(a: QuoteChoice, b: QuoteChoice): number {
   if (a.quote.pricePerSecond !== b.quote.pricePerSecond)
     return a.quote.pricePerSecond < b.quote.pricePerSecond ? -1 : 1;
+  if (a.holdsImage !== b.holdsImage) return a.holdsImage ? -1 : 1;
   const ra = slashRate(a.reputation);
   const rb = slashRate(b.reputation);
   if (ra !== rb) return ra < rb ? -1 : 1;

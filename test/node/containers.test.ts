@@ -114,6 +114,22 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     expect(job.sandbox).toBe("podman");
   });
 
+  it("takes and gives back the same image many times at once without losing its index", async () => {
+    const { cache } = await openCache("busy");
+    const signal = AbortSignal.timeout(60_000);
+    const held = await Promise.all(
+      Array.from({ length: 10 }, () => cache.acquire(busybox.pushedRef!, { providers: [], signal })),
+    );
+    for (let round = 0; round < 20; round++) {
+      held.pop()!.release();
+      held.unshift(await cache.acquire(busybox.pushedRef!, { providers: [], signal }));
+    }
+    for (const one of held) one.release();
+    expect(cache.keys()).toEqual([busybox.pushedRef]);
+    const index = JSON.parse(await readFile(path.join(dir, "busy-cache", "images.json"), "utf8")) as object;
+    expect(Object.keys(index)).toEqual([busybox.pushedRef]);
+  });
+
   it("a command the image does not have ends the job with 127, as in a shell, saying so in its log", async () => {
     const { podman, cache } = await openCache("missing-command");
     const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
