@@ -420,7 +420,11 @@ export function resolveJobBasics(options: JobBasicsOptions) {
  * entry of a previous run that is not a plain directory (a symlink the job left to trick a later
  * chown) is refused, and nothing is followed: only these five dirs are chowned, never their contents.
  */
-export async function prepareWorkDir(workDir: string, user: { uid: number; gid: number }, chown: boolean): Promise<void> {
+export async function prepareWorkDir(
+  workDir: string,
+  user: { uid: number; gid: number },
+  chown: boolean,
+): Promise<void> {
   await mkdir(workDir, { recursive: true, mode: 0o700 });
   for (const dir of [workDir, ...[...Object.keys(WORK_SUBDIRS), "tmp"].map((sub) => path.join(workDir, sub))]) {
     try {
