@@ -144,7 +144,14 @@ describe("runJob: a provider drained by SIGTERM", () => {
     expect((await victim.process!.exited).code).toBe(0);
     const log = victim.process!.lines.join("\n");
     expect(log).toContain(`"msg":"lease handed back to its tenant","leaseId":"${leaseId}"`);
-    expect(log).toContain(`"msg":"hand-back acknowledged: the tenant closed the lease","leaseId":"${leaseId}"`);
+    // The tenant's close is acknowledged by the node (Closing → Closed); or, when the lease's deposit
+    // had run out by the time the close landed (a loaded machine delays top-ups), the close itself
+    // ends it Closed and the node only sees it ended. Either way it is Closed and nobody is slashed.
+    expect(log).toMatch(
+      new RegExp(
+        `"msg":"(hand-back acknowledged: the tenant closed the lease|lease ended on chain; job stopped)","leaseId":"${leaseId}"`,
+      ),
+    );
 
     const result = await job.result();
     expect(result.handOffs).toBe(1);
