@@ -21,7 +21,7 @@ import {
   type KillReason,
   type ResolvedJobBasics,
 } from "../sandbox/runner.ts";
-import { PodmanError, type Podman } from "./podman.ts";
+import type { Podman } from "./podman.ts";
 
 /** The label naming the node a container belongs to: a restarted node finds its own by it. */
 export const NODE_LABEL = "io.baton.node";
@@ -155,6 +155,8 @@ function createArgs(
     containerName(basics.leaseId),
     // A container of an earlier attempt at this lease (a start that failed half-way) goes.
     "--replace",
+    // Removed by `podman start --attach` as it exits: no Podman call of ours after the job.
+    "--rm",
     "--label",
     `${NODE_LABEL}=${options.node}`,
     "--label",
@@ -293,9 +295,8 @@ export async function startContainerJob(options: ContainerJobOptions): Promise<J
 
 /**
  * Waits until the container has started (its process ran, however briefly). When `podman start`
- * exits first with the container never started, a command the image lacks or cannot run returns
- * its shell exit code (127, 126), and anything else (the runtime refused the container), or a start
- * not seen in time, removes the container and throws with what Podman said.
+ * reports that the runtime could not start it, a command the image lacks or cannot run returns its
+ * shell exit code (127, 126); anything else removes the container and throws with what Podman said.
  */
 async function awaitStarted(
   podman: Podman,
@@ -307,22 +308,34 @@ async function awaitStarted(
   const stop = new AbortController();
   try {
     // One `podman wait` rather than a poll of `podman inspect`s: each Podman call costs 0.1–0.4 s.
+    // It fails when the container ran and was removed (`--rm`) before it looked.
     const running = podman
       .run(["wait", "--condition", "running", "--interval", `${START_POLL_MS}ms`, name], {
         signal: AbortSignal.any([stop.signal, ...(signal ? [signal] : [])]),
         timeoutMs: SANDBOX_START_TIMEOUT_MS,
       })
-      .then(() => "running" as const);
+      .then(
+        () => "running" as const,
+        () => "unknown" as const,
+      );
     const exited = end.exit.then(() => "exited" as const);
-    if ((await Promise.race([running, exited])) === "running") return undefined;
-    // Over before the wait saw it run: started and ended at once, or never started at all.
-    stop.abort();
-    await running.catch(() => undefined);
+    let seen = await Promise.race([running, exited]);
     signal?.throwIfAborted();
+    if (seen === "running") return undefined;
+    if (seen === "unknown") {
+      // Gone already (a job that ran at once), or Podman failed to answer: a moment for the former.
+      seen = await Promise.race([
+        exited,
+        new Promise<"unknown">((resolve) => setTimeout(() => resolve("unknown"), 2_000)),
+      ]);
+      if (seen === "unknown") return undefined;
+    }
+    stop.abort();
+    const { code } = await end.exit;
     await within(end.closed, OUTPUT_DRAIN_MS);
-    const { stdout } = await podman.run(["inspect", "--format", "{{.State.StartedAt.Unix}}", name]);
-    if (Number(stdout.trim()) > 0) return undefined;
     const said = output.setupErrors();
+    // `podman start` says 125 when the runtime could not start the container at all.
+    if (code !== 125 || !/unable to start container/i.test(said)) return undefined;
     // The job's own mistake, not the provider's: its command is not in the image, or cannot be
     // run. It ends as a process job's does in a shell, 127 or 126, with Podman's words in its log.
     if (/executable file not found|command that was not found|no such file or directory/i.test(said)) return 127;
@@ -330,14 +343,10 @@ async function awaitStarted(
     throw new SandboxSetupError("the job's container failed to start", { details: said || "podman printed nothing" });
   } catch (error) {
     stop.abort();
-    await podman.run(["rm", "--force", "--time", "0", name]).catch(() => {});
+    await podman.run(["rm", "--force", "--ignore", "--time", "0", name]).catch(() => {});
     await end.exit;
     output.closeLog();
-    throw error instanceof PodmanError && !signal?.aborted
-      ? new SandboxSetupError(`the job's container did not start within ${SANDBOX_START_TIMEOUT_MS} ms`, {
-          cause: error,
-        })
-      : error;
+    throw error;
   }
 }
 
@@ -413,26 +422,14 @@ class ContainerJob implements JobProcess {
     this.#basics.signal?.removeEventListener("abort", this.#onAbort);
     await within(this.#end.closed, OUTPUT_DRAIN_MS);
     this.#output.finish(this.#child);
-    let state = { code: this.#execFailure ?? attached.code, oomKilled: false };
-    if (this.#execFailure === undefined) {
-      try {
-        const { stdout } = await this.#podman.run([
-          "inspect",
-          "--format",
-          "{{.State.ExitCode}} {{.State.OOMKilled}}",
-          this.#name,
-        ]);
-        const [code, oom] = stdout.trim().split(" ");
-        state = { code: Number(code), oomKilled: oom === "true" };
-      } catch (error) {
-        this.#basics.logger.warn("container state unreadable", { leaseId: this.leaseId, error });
-      }
+    // `podman start --attach` exits with the container's own exit code, once it has removed the
+    // container (`--rm`). Only a `podman start` that died itself leaves the container behind.
+    if (attached.signal !== null) {
+      await this.#podman
+        .run(["rm", "--force", "--ignore", "--time", "0", this.#name])
+        .catch((error: unknown) => this.#basics.logger.warn("container not removed", { leaseId: this.leaseId, error }));
     }
-    // The container goes whatever happened: stopped if `podman start` died before it did.
-    await this.#podman
-      .run(["rm", "--force", "--time", "0", this.#name])
-      .catch((error: unknown) => this.#basics.logger.warn("container not removed", { leaseId: this.leaseId, error }));
-    let code: number | null = state.code;
+    let code: number | null = this.#execFailure ?? attached.code;
     // Podman's init could not run the job's command: 127 or 126, as a shell (and a process job) says.
     if (code === 1 && this.#output.saysOnStderr(CATATONIT_NOT_FOUND)) code = 127;
     else if (code === 1 && this.#output.saysOnStderr(CATATONIT_NOT_EXECUTABLE)) code = 126;
@@ -442,12 +439,9 @@ class ContainerJob implements JobProcess {
       code = null;
     }
     let reason: ExitReason = this.#killReason ?? "exited";
-    // On cgroup v1 Podman does not always see the OOM kill: a SIGKILL nobody here sent, in a
-    // container with a memory limit, is the kernel's OOM killer.
-    if (
-      reason === "exited" &&
-      (state.oomKilled || signal === "SIGKILL" || (code !== 0 && this.#output.saysOutOfMemory()))
-    ) {
+    // A SIGKILL nobody here sent, in a container with a memory limit, is the kernel's OOM killer
+    // (Podman's own OOMKilled flag is not set on cgroup v1 hosts, so it is not asked).
+    if (reason === "exited" && (signal === "SIGKILL" || (code !== 0 && this.#output.saysOutOfMemory()))) {
       reason = "memory";
     }
     return { code, signal, reason, durationMs: (this.#end.exitedAt ?? Date.now()) - this.#startedAt };
