@@ -30,6 +30,21 @@ describe("the checkpoint watcher under a backlog", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  /** A watcher as the node starts one for a job, reporting what it publishes into `published`. */
+  const watch = (checkpoints: string, published: PublishedCheckpoint[]) =>
+    watchCheckpoints({
+      dir: checkpoints,
+      key: generateJobKey(),
+      ipfs,
+      maxBytes: 2 ** 20,
+      log: silentLogger,
+      metrics: new Metrics(),
+      onPublished: (checkpoint) => published.push(checkpoint),
+      onRejected: (name, reason) => {
+        throw new Error(`${name} rejected: ${reason}`);
+      },
+    });
+
   /** Commits a checkpoint as the contract says: written aside, then renamed into place. */
   const commit = async (checkpoints: string, name: string): Promise<void> => {
     const staging = path.join(checkpoints, `.${name}`);
@@ -43,18 +58,7 @@ describe("the checkpoint watcher under a backlog", () => {
     await mkdir(checkpoints);
     for (const step of [100, 200, 300, 400]) await commit(checkpoints, `step-${String(step).padStart(6, "0")}`);
     const published: PublishedCheckpoint[] = [];
-    const watcher = watchCheckpoints({
-      dir: checkpoints,
-      key: generateJobKey(),
-      ipfs,
-      maxBytes: 2 ** 20,
-      log: silentLogger,
-      metrics: new Metrics(),
-      onPublished: (checkpoint) => published.push(checkpoint),
-      onRejected: (name, reason) => {
-        throw new Error(`${name} rejected: ${reason}`);
-      },
-    });
+    const watcher = watch(checkpoints, published);
     try {
       await watcher.settle();
       expect(published.map((c) => c.step)).toEqual([400]);
@@ -69,18 +73,7 @@ describe("the checkpoint watcher under a backlog", () => {
     const checkpoints = path.join(dir, "acknowledged");
     await mkdir(checkpoints);
     const published: PublishedCheckpoint[] = [];
-    const watcher = watchCheckpoints({
-      dir: checkpoints,
-      key: generateJobKey(),
-      ipfs,
-      maxBytes: 2 ** 20,
-      log: silentLogger,
-      metrics: new Metrics(),
-      onPublished: (checkpoint) => published.push(checkpoint),
-      onRejected: (name, reason) => {
-        throw new Error(`${name} rejected: ${reason}`);
-      },
-    });
+    const watcher = watch(checkpoints, published);
     try {
       for (const step of [1, 2, 3]) {
         await commit(checkpoints, `step-00000${step}`);

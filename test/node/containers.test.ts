@@ -12,6 +12,7 @@ import {
   gpuOptions,
   removeNodeContainers,
   startContainerJob,
+  type ContainerJobOptions,
 } from "../../node/containers/container-job.ts";
 import { ImageCache } from "../../node/containers/images.ts";
 import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
@@ -88,22 +89,33 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  it("runs a job as nobody, with the BATON_* env, a read-only root, only its work dir writable and no network", async () => {
-    const { podman, cache } = await openCache("run");
+  /**
+   * A busybox job run as a node runs it, on a store of its own: the job, the lines it printed, and
+   * the cache's hold on the image (release it once the job is over).
+   */
+  const runBusybox = async (store: string, leaseId: string, options: Partial<ContainerJobOptions>) => {
+    const { podman, cache } = await openCache(store);
     const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
     const lines: string[] = [];
     const job = await startContainerJob({
       podman,
       image: held.id,
       node: "test",
-      leaseId: "1",
-      workDir: path.join(dir, "jobs/1/work"),
+      leaseId,
+      workDir: path.join(dir, `jobs/${leaseId}/work`),
+      onLine: (_, line) => lines.push(line),
+      ...options,
+    });
+    return { job, lines, held, podman };
+  };
+
+  it("runs a job as nobody, with the BATON_* env, a read-only root, only its work dir writable and no network", async () => {
+    const { job, lines, held } = await runBusybox("run", "1", {
       command: [
         "sh",
         "-c",
         "id -u; echo $BATON_CHECKPOINT_DIR; touch /x || echo ro; echo hi > /work/output/f; ls /sys/class/net; exit 3",
       ],
-      onLine: (_, line) => lines.push(line),
     });
     const exit = await job.exited;
     held.release();
@@ -131,51 +143,21 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
   });
 
   it("a command the image does not have ends the job with 127, as in a shell, saying so in its log", async () => {
-    const { podman, cache } = await openCache("missing-command");
-    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
-    const lines: string[] = [];
-    const job = await startContainerJob({
-      podman,
-      image: held.id,
-      node: "test",
-      leaseId: "7",
-      workDir: path.join(dir, "jobs/7/work"),
-      command: ["no-such-program"],
-      onLine: (_, line) => lines.push(line),
-    });
+    const { job, lines, held } = await runBusybox("missing-command", "7", { command: ["no-such-program"] });
     expect(await job.exited).toMatchObject({ code: 127, reason: "exited" });
     held.release();
     expect(lines.join("\n")).toMatch(/failed to exec pid1: No such file or directory|no-such-program.*not found/);
   });
 
   it("with network: true the job has a network interface", async () => {
-    const { podman, cache } = await openCache("net");
-    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
-    const lines: string[] = [];
-    const job = await startContainerJob({
-      podman,
-      image: held.id,
-      node: "test",
-      leaseId: "2",
-      network: true,
-      workDir: path.join(dir, "jobs/2/work"),
-      command: ["ls", "/sys/class/net"],
-      onLine: (_, line) => lines.push(line),
-    });
+    const { job, lines, held } = await runBusybox("net", "2", { network: true, command: ["ls", "/sys/class/net"] });
     expect(await job.exited).toMatchObject({ code: 0 });
     held.release();
     expect(lines.length).toBeGreaterThan(1);
   });
 
   it("over its memory limit the job is killed and the reason is memory", async () => {
-    const { podman, cache } = await openCache("memory");
-    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
-    const job = await startContainerJob({
-      podman,
-      image: held.id,
-      node: "test",
-      leaseId: "3",
-      workDir: path.join(dir, "jobs/3/work"),
+    const { job, held } = await runBusybox("memory", "3", {
       limits: { memoryBytes: 64 * 2 ** 20 },
       // The shell holds 200 MB of command output in memory.
       command: ["sh", "-c", 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'],
@@ -185,41 +167,23 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
   });
 
   it("kill() passes SIGTERM to the job through the container's init; the wall time stops it too", async () => {
-    const { podman, cache } = await openCache("kill");
-    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
-    const lines: string[] = [];
-    const start = (leaseId: string, wallTimeMs?: number) =>
-      startContainerJob({
-        podman,
-        image: held.id,
-        node: "test",
-        leaseId,
-        workDir: path.join(dir, `jobs/${leaseId}/work`),
-        killGraceMs: 5_000,
-        ...(wallTimeMs ? { limits: { wallTimeMs } } : {}),
-        command: ["sh", "-c", 'trap "echo term; exit 9" TERM; echo up; while :; do sleep 0.1; done'],
-        onLine: (_, line) => lines.push(line),
-      });
-    const killed = await start("4");
-    await expect.poll(() => lines.includes("up"), { timeout: 30_000 }).toBe(true);
-    expect(await killed.kill()).toMatchObject({ code: 9, reason: "killed" });
-    expect(lines).toContain("term");
-    const timed = await start("5", 1_500);
-    expect(await timed.exited).toMatchObject({ code: 9, reason: "wall-time" });
-    held.release();
+    const trapping = (wallTimeMs?: number): Partial<ContainerJobOptions> => ({
+      killGraceMs: 5_000,
+      ...(wallTimeMs ? { limits: { wallTimeMs } } : {}),
+      command: ["sh", "-c", 'trap "echo term; exit 9" TERM; echo up; while :; do sleep 0.1; done'],
+    });
+    const killed = await runBusybox("kill", "4", trapping());
+    await expect.poll(() => killed.lines.includes("up"), { timeout: 30_000 }).toBe(true);
+    expect(await killed.job.kill()).toMatchObject({ code: 9, reason: "killed" });
+    expect(killed.lines).toContain("term");
+    killed.held.release();
+    const timed = await runBusybox("wall-time", "5", trapping(1_500));
+    expect(await timed.job.exited).toMatchObject({ code: 9, reason: "wall-time" });
+    timed.held.release();
   });
 
   it("a restarted node removes the containers its previous run left", async () => {
-    const { podman, cache } = await openCache("restart");
-    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
-    const job = await startContainerJob({
-      podman,
-      image: held.id,
-      node: "node-a",
-      leaseId: "6",
-      workDir: path.join(dir, "jobs/6/work"),
-      command: ["sleep", "600"],
-    });
+    const { job, held, podman } = await runBusybox("restart", "6", { node: "node-a", command: ["sleep", "600"] });
     expect(await removeNodeContainers(podman, "node-b", silentLogger)).toBe(0);
     expect(await removeNodeContainers(podman, "node-a", silentLogger)).toBe(1);
     expect((await job.exited).signal).toBe("SIGKILL");
