@@ -147,7 +147,8 @@ export async function resolveImageDigest(
 
 /**
  * Where a registry's API is: Docker Hub's at `registry-1.docker.io`, every other at its own host;
- * over HTTPS, except a registry on this machine, over plain HTTP (as Docker and Podman treat one).
+ * over HTTPS, except a registry on this machine, over plain HTTP (as Docker treats one; a provider's
+ * Podman needs such a registry marked `insecure` in its registries.conf).
  *
  * @example
  * registryEndpoint("docker.io") // "https://registry-1.docker.io"
