@@ -56,7 +56,10 @@ export const nodeConfigSchema = z
     /** Image jobs: containers run by Podman, images in the node's own store. */
     containers: z
       .object({
-        /** "auto": on when Podman is installed. Off: image jobs are not offered, and refused. */
+        /**
+         * "auto": on when Podman is installed and the node runs as root (rootless Podman is
+         * untried: `true` turns it on anyway). Off: image jobs are not offered, and refused.
+         */
         enabled: z.union([z.literal("auto"), z.boolean()]).default("auto"),
         podmanPath: z.string().min(1).default("podman"),
         /** OCI runtime; runc works where crun refuses (hybrid cgroup hosts). */

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import path from "node:path";
 
 import { ProviderFaultError } from "../../sdk/errors.ts";
@@ -44,11 +45,14 @@ export interface PodmanInit {
 const MAX_RUNROOT_LENGTH = 50;
 
 /**
- * The runroot of a node's store: short (Podman's limit), one per store, and on /run, which the
- * system empties at boot as a runroot must be (it holds the state of running containers only).
+ * The runroot of a node's store: short (Podman's limit), one per store, and where the system
+ * empties it at boot as a runroot must be (it holds the state of running containers only): /run for
+ * root, the user's runtime dir (or the temp dir) otherwise, as rootless Podman does.
  */
 export function defaultRunRoot(root: string): string {
-  return `/run/baton/${createHash("sha256").update(path.resolve(root)).digest("hex").slice(0, 16)}`;
+  const id = createHash("sha256").update(path.resolve(root)).digest("hex").slice(0, 16);
+  if (process.getuid?.() === 0) return `/run/baton/${id}`;
+  return path.join(process.env.XDG_RUNTIME_DIR ?? tmpdir(), `baton-${id}`);
 }
 
 /** What a finished Podman command printed. */
@@ -82,12 +86,16 @@ export class Podman {
         `the container runroot ${init.runroot} is longer than ${MAX_RUNROOT_LENGTH} characters`,
       );
     }
-    await mkdir(init.runroot, { recursive: true, mode: 0o700 });
     const resolved = await resolveExecutable(init.podmanPath);
     if (resolved === undefined) {
       throw new PodmanMissingError(`${init.podmanPath} is not installed`, {
         details: "image jobs need Podman (apt-get install podman runc), or set containers.enabled: false",
       });
+    }
+    try {
+      await mkdir(init.runroot, { recursive: true, mode: 0o700 });
+    } catch (cause) {
+      throw new ProviderFaultError(`cannot create the container runroot ${init.runroot}`, { cause });
     }
     return new Podman(resolved, init);
   }

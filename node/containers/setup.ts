@@ -21,7 +21,7 @@ export interface Containers {
 
 /**
  * Sets up image jobs as configured: undefined when they are off (`enabled: false`, or `auto` on a
- * machine without Podman). Containers an earlier run of the node left (it was killed with SIGKILL)
+ * machine without Podman, or in a node that is not root). Containers an earlier run of the node left (it was killed with SIGKILL)
  * are removed, so that its leases' jobs can be relaunched in fresh ones.
  *
  * @throws {PodmanMissingError} `enabled: true` without Podman.
@@ -31,6 +31,12 @@ export async function setUpContainers(
   { dataDir, ipfs, node, log }: { dataDir: string; ipfs: IpfsNode; node: string; log: Logger },
 ): Promise<Containers | undefined> {
   if (config.enabled === false) return undefined;
+  // Rootless Podman needs subordinate ids for the job's user (nobody) and was not tried: a node that
+  // is not root runs image jobs only when told to.
+  if (config.enabled === "auto" && process.getuid?.() !== 0) {
+    log.info("image jobs are off: the node is not root (set containers.enabled: true for rootless Podman)", {});
+    return undefined;
+  }
   const root = config.storageDir ?? path.join(dataDir, "containers", "storage");
   let podman: Podman;
   try {
@@ -42,11 +48,10 @@ export async function setUpContainers(
       ...(config.registriesConf ? { registriesConf: config.registriesConf } : {}),
     });
   } catch (error) {
-    if (error instanceof PodmanMissingError && config.enabled === "auto") {
-      log.info("Podman is not installed: this node runs process jobs only", {});
-      return undefined;
-    }
-    throw error;
+    if (config.enabled !== "auto") throw error;
+    if (error instanceof PodmanMissingError) log.info("Podman is not installed: this node runs process jobs only", {});
+    else log.warn("image jobs are off: Podman cannot be used here", { error });
+    return undefined;
   }
   // A store never used holds no container nor image: no need to ask Podman (two calls, ~0.2 s).
   const used = existsSync(root);
