@@ -8,11 +8,12 @@ import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vites
 import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
 import { buildImages, type BuiltImage } from "../../scripts/build-images.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
+import { startGateway } from "../../cli/gateway.ts";
 import { serve } from "../../sdk/actions/serve.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { addImageLayout } from "../../sdk/images/layout.ts";
-import type { JobSpecInput } from "../../sdk/job-spec.ts";
-import { until } from "../helpers/processes.ts";
+import { readJobFile, type JobSpecInput } from "../../sdk/job-spec.ts";
+import { root, until } from "../helpers/processes.ts";
 import { installed, startRegistry, type Registry } from "../helpers/registry.ts";
 import { recorder, serving, TRAIN_ENV, useRunJobMarket } from "../helpers/run-job.ts";
 import type { ProviderHandle } from "../helpers/market.ts";
@@ -179,6 +180,34 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
     });
     expect(result.exitCode).toBe(0);
     expect(await readFile(path.join(result.outputDir!, "said.txt"), "utf8")).toMatch(/^from /);
+  });
+
+  it("a service in an image answers through the gateway: it listens on $BATON_HTTP_SOCKET in /work, which the node's proxy dials", async () => {
+    const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
+    // The classifier in the train image (which has Node), with the registry stopped: the image is
+    // cached on the providers from the first test.
+    const service = await serve(
+      client,
+      {
+        ...spec,
+        image: `${setup.registry.address}/baton/train@${setup.train.digest}`,
+        command: ["node", "/work/server.mjs"],
+      },
+      { replicas: 1, maxPricePerSecond: parseEther("0.001"), files },
+    );
+    const gateway = await startGateway(service, 0);
+    try {
+      await service.ready(1, 60_000);
+      const response = await fetch(
+        `http://127.0.0.1:${(gateway.address() as { port: number }).port}/predict?text=hello`,
+      );
+      expect(response.status).toBe(200);
+      expect(response.headers.get("x-baton-lease")).toMatch(/^\d+$/);
+      expect(await response.json()).toHaveProperty("label");
+    } finally {
+      gateway.close();
+      await service.close();
+    }
   });
 
   it("no image job was leased to the process-only provider, and no container is left on any provider", async () => {
