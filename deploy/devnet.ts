@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -11,6 +12,7 @@ import { writeNodeConfig, type NodeConfigInput } from "../node/config.ts";
 import { detectGpus } from "../node/gpus.ts";
 import { writeKeystore } from "../node/keystore.ts";
 import { DATA_FILES } from "../node/config.ts";
+import { defaultRunRoot, Podman } from "../node/containers/podman.ts";
 import { metadataWithPeerProof, peerBinding } from "../sdk/chain/peer-proof.ts";
 import {
   contracts,
@@ -284,6 +286,9 @@ export async function startDevnet({
       stop({ keep = false } = {}) {
         stopped ??= (async () => {
           await Promise.all(providers.map((p) => p.process?.stop()));
+          // A provider stopped with SIGKILL (a test's victim, or one past its stop timeout) leaves
+          // its Podman runroot in /run: the devnet's own, so it goes with it.
+          await Promise.all(providers.map((p) => removeRunRoot(p.dataDir)));
           await chain.stop();
           if (!keep && !givenDir) await rm(dir, { recursive: true, force: true });
         })();
@@ -295,6 +300,22 @@ export async function startDevnet({
     await chain.stop();
     throw error;
   }
+}
+
+/**
+ * Removes a stopped provider's container runroot (see `defaultRunRoot`) unless a container of its
+ * store is still there: Podman needs the runroot to clean that one up.
+ */
+async function removeRunRoot(dataDir: string): Promise<void> {
+  const root = path.join(dataDir, "containers", "storage");
+  const runroot = defaultRunRoot(root);
+  if (!existsSync(runroot)) return;
+  const podman = await Podman.open({ podmanPath: "podman", runtime: "runc", root, runroot }).catch(() => undefined);
+  const left = await podman?.run(["ps", "--all", "--quiet"]).then(
+    ({ stdout }) => stdout.trim(),
+    () => "?",
+  );
+  if (left === "") await rm(runroot, { recursive: true, force: true });
 }
 
 /** The raw key of a dev account, for BATON_PROVIDER_KEY / BATON_TENANT_KEY. */

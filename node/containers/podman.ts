@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdir } from "node:fs/promises";
+import { mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 
@@ -92,11 +92,6 @@ export class Podman {
         details: "image jobs need Podman (apt-get install podman runc), or set containers.enabled: false",
       });
     }
-    try {
-      await mkdir(init.runroot, { recursive: true, mode: 0o700 });
-    } catch (cause) {
-      throw new ProviderFaultError(`cannot create the container runroot ${init.runroot}`, { cause });
-    }
     return new Podman(resolved, init);
   }
 
@@ -134,6 +129,8 @@ export class Podman {
    * `oom` file into its working directory when a container is OOM-killed, and it inherits ours.
    */
   spawn(args: readonly string[]): ChildProcess {
+    // Made at first use, not at open: a node that never runs an image job leaves nothing in /run.
+    mkdirSync(this.init.runroot, { recursive: true, mode: 0o700 });
     return spawn(this.path, this.argv(args), {
       cwd: this.init.runroot,
       env: this.env,

@@ -71,6 +71,7 @@ export async function setUpContainers(
     images,
     node,
     async close() {
+      if (!existsSync(podman.init.runroot)) return;
       // Only with no container left: a container still stopping needs its runroot state, or
       // Podman cannot clean it up (seen: a killed node's container left half-removed).
       const { stdout } = await podman.run(["ps", "--all", "--quiet"]).catch(() => ({ stdout: "?" }));
