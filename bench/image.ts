@@ -39,7 +39,7 @@ import { parseEther } from "viem";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
 import { startContainerJob } from "../node/containers/container-job.ts";
 import { ImageCache } from "../node/containers/images.ts";
-import { defaultRunRoot, Podman } from "../node/containers/podman.ts";
+import { defaultRunRoot, Podman, storeArgs } from "../node/containers/podman.ts";
 import { buildImages, PODMAN_ULIMITS, type BuiltImage } from "../scripts/build-images.ts";
 import {
   readJobFile,
@@ -151,19 +151,9 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
 // ---------------------------------------------------------------------------------------------
 // Part 1: pull + start, Baton vs. Podman alone.
 
-/** Podman's global flags as the node's Podman passes them (node/containers/podman.ts `argv`). */
-function storeArgs(root: string): string[] {
-  const runroot = defaultRunRoot(root);
-  return [
-    "--root",
-    root,
-    "--runroot",
-    runroot,
-    "--tmpdir",
-    path.join(runroot, "libpod"),
-    "--storage-opt",
-    "overlay.skip_mount_home=true",
-  ];
+/** Podman's global flags as the node's Podman passes them, runc included. */
+function nodeStoreArgs(root: string): string[] {
+  return storeArgs({ root, runroot: defaultRunRoot(root), runtime: "runc" });
 }
 
 /** Runs `podman` (its registries.conf ours) and returns its stdout; rejects with its stderr. */
@@ -188,7 +178,7 @@ function podmanCli(args: string[], registriesConf: string): Promise<string> {
 /** Removes every container of a store (stopping those that run). */
 async function removeContainers(root: string, registriesConf: string): Promise<void> {
   if (!existsSync(root)) return;
-  await podmanCli([...storeArgs(root), "--runtime", "runc", "rm", "--all", "--force", "--time", "0"], registriesConf);
+  await podmanCli([...nodeStoreArgs(root), "rm", "--all", "--force", "--time", "0"], registriesConf);
 }
 
 /**
@@ -215,7 +205,7 @@ async function processesGone(root: string): Promise<void> {
 async function removeStore(root: string, registriesConf: string, more: string[] = []): Promise<void> {
   if (existsSync(root)) {
     await removeContainers(root, registriesConf);
-    await podmanCli([...storeArgs(root), "rmi", "--all", "--force"], registriesConf);
+    await podmanCli([...nodeStoreArgs(root), "rmi", "--all", "--force"], registriesConf);
     await processesGone(root);
   }
   for (const dir of [root, defaultRunRoot(root), ...more]) await rm(dir, { recursive: true, force: true });
@@ -230,13 +220,7 @@ interface PodmanCall {
 /** A node's Podman and image cache over a fresh store, every `run` timed into `calls`. */
 async function batonStore(dir: string, name: string, registriesConf: string) {
   const root = path.join(dir, name);
-  const podman = await Podman.open({
-    podmanPath: "podman",
-    runtime: "runc",
-    root,
-    runroot: defaultRunRoot(root),
-    registriesConf,
-  });
+  const podman = await Podman.open({ root, registriesConf });
   const calls: PodmanCall[] = [];
   const run = podman.run.bind(podman);
   podman.run = async (args, options) => {
@@ -330,16 +314,13 @@ interface PodmanRun {
 
 /** `podman pull` (cold; `image` is the reference) and `podman run`, or the run alone (`image` is the id). */
 async function podmanAlone(root: string, image: string, registriesConf: string, cold: boolean): Promise<PodmanRun> {
-  const global = storeArgs(root);
+  const global = nodeStoreArgs(root);
   const t0 = performance.now();
   const id = cold
     ? (await podmanCli([...global, "pull", "--quiet", image], registriesConf)).trim().split("\n").at(-1)!
     : image;
   const t1 = performance.now();
-  await podmanCli(
-    [...global, "run", "--rm", "--runtime", "runc", ...PODMAN_ULIMITS, "--network", "none", id, ...COMMAND],
-    registriesConf,
-  );
+  await podmanCli([...global, "run", "--rm", ...PODMAN_ULIMITS, "--network", "none", id, ...COMMAND], registriesConf);
   const t2 = performance.now();
   return { id, pullMs: t1 - t0, runMs: t2 - t1, totalMs: t2 - t0 };
 }
@@ -556,7 +537,7 @@ async function restart(provider: DevnetProvider, registriesConf: string): Promis
   const root = path.join(provider.dataDir, "containers", "storage");
   const deadline = Date.now() + 30_000;
   while (existsSync(root) && Date.now() < deadline) {
-    const left = await podmanCli([...storeArgs(root), "ps", "--all", "--quiet"], registriesConf);
+    const left = await podmanCli([...nodeStoreArgs(root), "ps", "--all", "--quiet"], registriesConf);
     if (left.trim() === "") break;
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
@@ -569,13 +550,7 @@ async function restart(provider: DevnetProvider, registriesConf: string): Promis
 async function warmProvider(provider: DevnetProvider, image: string, registriesConf: string): Promise<void> {
   await provider.process?.stop();
   const root = path.join(provider.dataDir, "containers", "storage");
-  const podman = await Podman.open({
-    podmanPath: "podman",
-    runtime: "runc",
-    root,
-    runroot: defaultRunRoot(root),
-    registriesConf,
-  });
+  const podman = await Podman.open({ root, registriesConf });
   const cache = await ImageCache.open({
     podman,
     ipfs: undefined as unknown as IpfsNode,

@@ -310,7 +310,7 @@ async function removeRunRoot(dataDir: string): Promise<void> {
   const root = path.join(dataDir, "containers", "storage");
   const runroot = defaultRunRoot(root);
   if (!existsSync(runroot)) return;
-  const podman = await Podman.open({ podmanPath: "podman", runtime: "runc", root, runroot }).catch(() => undefined);
+  const podman = await Podman.open({ root, runroot }).catch(() => undefined);
   const left = await podman?.run(["ps", "--all", "--quiet"]).then(
     ({ stdout }) => stdout.trim(),
     () => "?",

@@ -55,6 +55,22 @@ export function defaultRunRoot(root: string): string {
   return path.join(process.env.XDG_RUNTIME_DIR ?? tmpdir(), `baton-${id}`);
 }
 
+/** Podman's global options for a node's store (see {@link Podman.argv} for why each). */
+export function storeArgs({ root, runroot, runtime }: Pick<PodmanInit, "root" | "runroot" | "runtime">): string[] {
+  return [
+    "--root",
+    root,
+    "--runroot",
+    runroot,
+    "--tmpdir",
+    path.join(runroot, "libpod"),
+    "--runtime",
+    runtime,
+    "--storage-opt",
+    "overlay.skip_mount_home=true",
+  ];
+}
+
 /** What a finished Podman command printed. */
 export interface PodmanOutput {
   stdout: string;
@@ -76,11 +92,18 @@ export class Podman {
   }
 
   /**
-   * Finds Podman.
+   * Finds Podman for the store at `root`: `podman` on PATH, runc, and the store's
+   * {@link defaultRunRoot}, unless given.
    *
    * @throws {PodmanMissingError} when it is not installed.
    */
-  static async open(init: PodmanInit): Promise<Podman> {
+  static async open(given: Pick<PodmanInit, "root"> & Partial<PodmanInit>): Promise<Podman> {
+    const init: PodmanInit = {
+      podmanPath: "podman",
+      runtime: "runc",
+      runroot: defaultRunRoot(given.root),
+      ...given,
+    };
     if (init.runroot.length > MAX_RUNROOT_LENGTH) {
       throw new ProviderFaultError(
         `the container runroot ${init.runroot} is longer than ${MAX_RUNROOT_LENGTH} characters`,
@@ -102,19 +125,7 @@ export class Podman {
    * behind, and the data dir cannot be removed.
    */
   argv(args: readonly string[]): string[] {
-    return [
-      "--root",
-      this.init.root,
-      "--runroot",
-      this.init.runroot,
-      "--tmpdir",
-      path.join(this.init.runroot, "libpod"),
-      "--runtime",
-      this.init.runtime,
-      "--storage-opt",
-      "overlay.skip_mount_home=true",
-      ...args,
-    ];
+    return [...storeArgs(this.init), ...args];
   }
 
   get env(): NodeJS.ProcessEnv {

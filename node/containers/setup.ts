@@ -7,7 +7,7 @@ import type { Logger } from "../../sdk/logger.ts";
 import type { NodeConfig } from "../config.ts";
 import { removeNodeContainers } from "./container-job.ts";
 import { ImageCache } from "./images.ts";
-import { defaultRunRoot, Podman, PodmanMissingError } from "./podman.ts";
+import { Podman, PodmanMissingError } from "./podman.ts";
 
 /** What image jobs run with: Podman over the node's store, the image cache, and the node's label. */
 export interface Containers {
@@ -44,7 +44,6 @@ export async function setUpContainers(
       podmanPath: config.podmanPath,
       runtime: config.runtime,
       root,
-      runroot: defaultRunRoot(root),
       ...(config.registriesConf ? { registriesConf: config.registriesConf } : {}),
     });
   } catch (error) {

@@ -15,7 +15,7 @@ import {
   type ContainerJobOptions,
 } from "../../node/containers/container-job.ts";
 import { ImageCache } from "../../node/containers/images.ts";
-import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
+import { Podman } from "../../node/containers/podman.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import { silentLogger } from "../../sdk/logger.ts";
 import { installed, startRegistry, type Registry } from "../helpers/registry.ts";
@@ -37,13 +37,7 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
   /** Podman over a fresh store of its own, as a node has. */
   const openPodman = async (name: string): Promise<Podman> => {
     const root = path.join(dir, name);
-    const podman = await Podman.open({
-      podmanPath: "podman",
-      runtime: "runc",
-      root,
-      runroot: defaultRunRoot(root),
-      registriesConf,
-    });
+    const podman = await Podman.open({ root, registriesConf });
     stores.push(podman);
     return podman;
   };

@@ -5,7 +5,7 @@ import path from "node:path";
 import { parseEther } from "viem";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
-import { defaultRunRoot, Podman } from "../../node/containers/podman.ts";
+import { Podman } from "../../node/containers/podman.ts";
 import { buildImages, type BuiltImage } from "../../scripts/build-images.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import { startGateway } from "../../cli/gateway.ts";
@@ -32,7 +32,7 @@ const setup = {} as { registry: Registry; train: BuiltImage; busybox: BuiltImage
 /** Containers in a provider's own store (see node/containers/setup.ts). */
 const containersOf = async (provider: ProviderHandle): Promise<string[]> => {
   const root = path.join(provider.dataDir, "containers", "storage");
-  const podman = await Podman.open({ podmanPath: "podman", runtime: "runc", root, runroot: defaultRunRoot(root) });
+  const podman = await Podman.open({ root });
   const { stdout } = await podman.run(["ps", "--all", "--format", "{{.Names}}"]);
   return stdout.split("\n").filter(Boolean);
 };
