@@ -123,9 +123,9 @@ export async function totals(
 
 /** The market's provider that serves the job now. */
 export function serving(market: Market, job: JobHandle): ProviderHandle {
-  const provider = job.status().provider;
+  const { provider, state } = job.status();
   const handle = market.providers.find((p) => p.account.address === provider);
-  if (!handle) throw new Error(`no provider ${provider}`);
+  if (!handle) throw new Error(`job ${job.jobId} is served by no provider of the market (${state}, ${provider})`);
   return handle;
 }
 

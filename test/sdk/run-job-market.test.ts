@@ -32,8 +32,9 @@ describe("runJob: many jobs, budgets, busy cores", () => {
         // Spread the first leases evenly (three per provider); hand-offs may go anywhere.
         const home = fixture.market.providers[i % 3]!;
         let first = true;
-        // 30 s each: every job is still running when the last of them has its first safe checkpoint.
-        const job = await runJob(client, trainSpec("50"), {
+        // 60 s each: every job is still running when the last of them has its first safe checkpoint
+        // (at 30 s each, a full run on a loaded machine found the first job already finished).
+        const job = await runJob(client, trainSpec("100"), {
           maxPricePerSecond: parseEther("0.001"),
           files: { "train.mjs": SCRIPT },
           excludeProviders: () => {
