@@ -10,6 +10,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     retry: 0,
+    globalSetup: ["test/global-setup.ts"],
     // Four files at once on CI's two cores: most tests wait on heartbeats, timeouts and job steps
     // (one file at a time keeps the cores ~40% busy), and every test must pass on a loaded machine.
     maxWorkers: 4,

@@ -186,10 +186,13 @@ async function register(options: ProviderOptions & { stake: string; metadata: st
   for (const line of done) console.log(line);
 }
 
-async function start(options: ProviderOptions & { bootstrap?: string[]; exitWithStdin?: boolean }): Promise<void> {
+async function start(
+  options: ProviderOptions & { bootstrap?: string[]; listen?: string[]; exitWithStdin?: boolean },
+): Promise<void> {
   const { loadNodeConfig } = await import("../node/config.ts");
   const config = await loadNodeConfig(options.dataDir);
   config.bootstrap.push(...(options.bootstrap ?? []));
+  if (options.listen) config.listen = options.listen;
   const password = process.env.BATON_PROVIDER_KEY
     ? undefined
     : await keystorePassword(options, { keystore: path.resolve(options.dataDir, config.keystore) });
@@ -380,6 +383,7 @@ export function providerCommands(program: Command): void {
         .command("start")
         .description("run the node until SIGTERM or Ctrl-C, which drain it (no new leases; running ones end)")
         .option("--bootstrap <multiaddr>", "a peer to join through, besides the config's (repeatable)", collect)
+        .option("--listen <multiaddr>", "where the node listens, instead of the config's (repeatable)", collect)
         .option("--exit-with-stdin", "stop when stdin closes (for supervisors such as `baton devnet`)"),
       { json: false },
     ),

@@ -225,24 +225,37 @@ export async function startDevnet({
         process: undefined,
         async start() {
           const bootstrap = providers.filter((p) => p !== handle && p.address).map((p) => p.address!);
-          const args = [
-            "provider",
-            "start",
-            "--exit-with-stdin",
-            "--data-dir",
-            dataDir,
-            ...bootstrap.flatMap((b) => ["--bootstrap", b]),
-          ];
-          const proc = spawnScript(
-            "cli/baton.ts",
-            args,
-            { BATON_PROVIDER_KEY: privateKeyOf(account) },
-            onProviderLine ? { onLine: (line) => onProviderLine(name, line) } : {},
-          );
+          const launch = (listen: string | undefined): Spawned => {
+            const args = [
+              "provider",
+              "start",
+              "--exit-with-stdin",
+              "--data-dir",
+              dataDir,
+              ...(listen ? ["--listen", listen] : []),
+              ...bootstrap.flatMap((b) => ["--bootstrap", b]),
+            ];
+            return spawnScript(
+              "cli/baton.ts",
+              args,
+              { BATON_PROVIDER_KEY: privateKeyOf(account) },
+              onProviderLine ? { onLine: (line) => onProviderLine(name, line) } : {},
+            );
+          };
+          // A restart listens where the node listened before, as a real provider's fixed port does:
+          // peers that bootstrapped from that address (clients, other providers) dial it again. Only
+          // when the port was taken meanwhile does it take a new one; clients that read the network
+          // file then find it there.
+          const previous = handle.address?.replace(/\/p2p\/.*$/, "");
+          let proc = launch(previous);
           handle.process = proc;
-          const line = await proc.waitFor(/provider node listening on /, 60_000);
+          const line = await proc.waitFor(/provider node listening on /, 60_000).catch(async (error: unknown) => {
+            if (!previous || !proc.lines.some((l) => l.includes("is already in use"))) throw error;
+            proc = launch(undefined);
+            handle.process = proc;
+            return proc.waitFor(/provider node listening on /, 60_000);
+          });
           handle.address = line.split("provider node listening on ")[1]!.split(",")[0]!.trim();
-          // A restarted provider listens on a new port: clients read the file for where to find it.
           if (networkWritten) await writeNetwork();
         },
       };

@@ -26,7 +26,8 @@ const started = new Set<Spawned>();
 
 /**
  * Runs a TypeScript entry point of the project under this Node, as its own process, in the project
- * root unless `cwd` says otherwise.
+ * root unless `cwd` says otherwise. `cli/baton.ts` runs from the bundle that `BATON_CLI_BUNDLE` names
+ * when set (the tests build one: scripts/bundle-cli.ts).
  */
 export function spawnScript(
   script: string,
@@ -34,7 +35,9 @@ export function spawnScript(
   env: Record<string, string> = {},
   options: { onLine?: (line: string) => void; cwd?: string } = {},
 ): Spawned {
-  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", path.join(root, script), ...args], {
+  const bundle = script === "cli/baton.ts" ? process.env.BATON_CLI_BUNDLE : undefined;
+  const entry = bundle ?? path.join(root, script);
+  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", entry, ...args], {
     cwd: options.cwd ?? root,
     env: { ...process.env, ...env },
     stdio: ["pipe", "pipe", "pipe"],
