@@ -1,13 +1,15 @@
 import type { Command } from "commander";
 
 import type { ChainClient } from "../sdk/chain/client.ts";
+import type { LogScanProgress } from "../sdk/chain/logs.ts";
 import { networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
 import { printJson } from "./output.ts";
-import { addressArg, checkedAddress, examples, jobIdArg, leaseIdArg } from "./program.ts";
+import { addressArg, checkedAddress, examples, integerIn, jobIdArg, leaseIdArg } from "./program.ts";
 
 interface AuditOptions extends NetworkOptions {
   json?: boolean;
   tenant?: `0x${string}`;
+  maxLogRange?: number;
 }
 
 /** A read-only client for the network's deployment (see cli/network.ts), checked to be on its chain. */
@@ -17,22 +19,54 @@ async function connect(options: AuditOptions): Promise<{ chain: ChainClient }> {
     import("../sdk/chain/client.ts"),
     import("../sdk/chain/deployments.ts"),
   ]);
-  const chain = createChainClient({ rpcUrl: network.rpcUrl, deployment: await loadDeploymentFile(network.deployment) });
+  const chain = createChainClient({
+    rpcUrl: network.rpcUrl,
+    deployment: await loadDeploymentFile(network.deployment),
+    ...(options.maxLogRange ? { maxLogRange: BigInt(options.maxLogRange) } : {}),
+  });
   await checkChain(chain);
   return { chain };
+}
+
+/**
+ * Reports a long scan on stderr (stdout stays the audit's), once a second: an audit of a public
+ * chain reads its events in many pages. A scan that ends within a second prints nothing.
+ */
+function showProgress(): (progress: LogScanProgress) => void {
+  const scans = new Map<string, LogScanProgress>();
+  let shown = Date.now();
+  return (progress) => {
+    scans.set(progress.what, progress);
+    if (Date.now() - shown < 1_000) return;
+    shown = Date.now();
+    let scanned = 0n;
+    let total = 0n;
+    for (const scan of scans.values()) {
+      scanned += scan.scanned;
+      total += scan.total;
+    }
+    const reading = [...scans.values()].filter((scan) => scan.scanned < scan.total).map((scan) => scan.what);
+    process.stderr.write(
+      `reading events: ${scanned} of ${total} blocks${reading.length ? ` (${reading.join(", ")})` : ""}\n`,
+    );
+  };
 }
 
 async function job(jobId: `0x${string}`, options: AuditOptions): Promise<void> {
   const tenant = options.tenant === undefined ? undefined : await checkedAddress(options.tenant);
   const { auditJob } = await import("../sdk/actions/auditJob.ts");
-  const result = await auditJob(await connect(options), { jobId, ...(tenant ? { tenant } : {}) });
+  const result = await auditJob(await connect(options), {
+    jobId,
+    ...(tenant ? { tenant } : {}),
+    onProgress: showProgress(),
+  });
   if (options.json) return printJson(result);
   (await import("./audit-report.ts")).printJob(result);
 }
 
 async function lease(leaseId: bigint, options: AuditOptions): Promise<void> {
   const { auditLease } = await import("../sdk/actions/auditLease.ts");
-  const result = await auditLease(await connect(options), { leaseId });
+  const result = await auditLease(await connect(options), { leaseId, onProgress: showProgress() });
   if (options.json) return printJson(result);
   (await import("./audit-report.ts")).printLease(result);
 }
@@ -40,17 +74,20 @@ async function lease(leaseId: bigint, options: AuditOptions): Promise<void> {
 async function provider(address: `0x${string}`, options: AuditOptions): Promise<void> {
   const checked = await checkedAddress(address);
   const { auditProvider } = await import("../sdk/actions/auditProvider.ts");
-  const result = await auditProvider(await connect(options), { provider: checked });
+  const result = await auditProvider(await connect(options), { provider: checked, onProgress: showProgress() });
   if (options.json) return printJson(result);
   (await import("./audit-report.ts")).printProvider(result);
 }
 
-/** Options every audit takes: the network, and JSON for machines. */
+/** Options every audit takes: the network, how it reads events, and JSON for machines. */
 function auditOptions(command: Command): Command {
-  return networkOptions(command, { bootstrap: false }).option(
-    "--json",
-    "print the audit as JSON (amounts as decimal strings)",
-  );
+  return networkOptions(command, { bootstrap: false })
+    .option(
+      "--max-log-range <blocks>",
+      "the widest block range one eth_getLogs asks for (default 10000; a public RPC may allow less)",
+      integerIn("--max-log-range", 1, 1_000_000_000),
+    )
+    .option("--json", "print the audit as JSON (amounts as decimal strings)");
 }
 
 /** `baton audit …`: jobs, leases and providers rebuilt from chain events alone. */

@@ -32,6 +32,8 @@ export const nodeConfigSchema = z
   .object({
     /** JSON-RPC endpoint of the chain. */
     rpcUrl: z.string().url(),
+    /** The widest block range one `eth_getLogs` asks for; lower it for an RPC that allows less. */
+    maxLogRange: z.number().int().positive().default(10_000),
     /** The deployment file (`deployments/<chainId>.json`) of the contracts to use. */
     deployment: z.string().min(1),
     /** A v3 keystore file, relative to the data dir; BATON_PROVIDER_KEY overrides it in development. */

@@ -7,6 +7,7 @@ import { CID } from "multiformats/cid";
 import { parseEventLogs, type Address } from "viem";
 
 import { contracts, leaseStatus } from "../sdk/chain/client.ts";
+import { findLastLog } from "../sdk/chain/logs.ts";
 import { BaseError, ProtocolError, RefusalError, shortMessageOf } from "../sdk/errors.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { MAX_CHECKPOINT_BYTES } from "../sdk/ipfs/constants.ts";
@@ -341,13 +342,23 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
 
   /** The GPUs the lease's quote reserved, found through the quote nonce in its LeaseOpened event. */
   const reservedGpus = async (leaseId: bigint, spec: JobSpec): Promise<number[]> => {
-    const logs = await chain.publicClient.getContractEvents({
-      ...leaseManager,
-      eventName: "LeaseOpened",
-      args: { leaseId },
-      fromBlock: chain.deployment.deployBlock,
-    });
-    const opened = parseEventLogs({ abi: leaseManager.abi, logs, eventName: "LeaseOpened" })[0];
+    // Read back from the newest block: the lease was opened moments ago, the deployment maybe years.
+    const log = await findLastLog(
+      (range) =>
+        chain.publicClient.getContractEvents({
+          ...leaseManager,
+          eventName: "LeaseOpened",
+          args: { leaseId },
+          ...range,
+        }),
+      {
+        what: `the opening of lease ${leaseId}`,
+        fromBlock: chain.deployment.deployBlock,
+        toBlock: await chain.publicClient.getBlockNumber(),
+        maxRange: chain.maxLogRange,
+      },
+    );
+    const opened = log && parseEventLogs({ abi: leaseManager.abi, logs: [log], eventName: "LeaseOpened" })[0];
     if (!opened) throw sessionRefusal("lease-not-active", `no LeaseOpened event for lease ${leaseId}`);
     const nonce = opened.args.quote.nonce;
     const quote = store.getQuote(nonce);

@@ -100,7 +100,13 @@ async function startLocked(
     ...(options.password === undefined ? {} : { password: options.password }),
     ...(options.privateKey === undefined ? {} : { privateKey: options.privateKey }),
   });
-  const chain = createChainClient({ rpcUrl: config.rpcUrl, deployment, account, pollingIntervalMs: 100 });
+  const chain = createChainClient({
+    rpcUrl: config.rpcUrl,
+    deployment,
+    account,
+    pollingIntervalMs: 100,
+    maxLogRange: BigInt(config.maxLogRange),
+  });
   await checkChain(chain);
 
   const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));

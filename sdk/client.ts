@@ -35,6 +35,8 @@ export interface CreateBatonClientParameters {
   log?: Logger;
   /** How often to poll the chain for receipts; loopback chains answer in a few ms. */
   pollingIntervalMs?: number;
+  /** The widest block range one `eth_getLogs` asks for. Default 10,000 blocks. */
+  maxLogRange?: bigint;
   signal?: AbortSignal;
 }
 
@@ -87,10 +89,17 @@ export async function createBatonClient({
   listen = ["/ip4/127.0.0.1/tcp/0"],
   log = silentLogger,
   pollingIntervalMs = 100,
+  maxLogRange,
   signal,
 }: CreateBatonClientParameters): Promise<BatonClient> {
   const resolved = typeof deployment === "string" ? await loadDeploymentFile(deployment) : deployment;
-  const chain = createChainClient({ rpcUrl, deployment: resolved, account, pollingIntervalMs });
+  const chain = createChainClient({
+    rpcUrl,
+    deployment: resolved,
+    account,
+    pollingIntervalMs,
+    ...(maxLogRange ? { maxLogRange } : {}),
+  });
   await checkChain(chain, signal);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const jobs = await openJobStore(path.join(dataDir, "jobs"));

@@ -11,6 +11,7 @@ import {
   type LeaseAudit,
   type LeaseTotals,
 } from "../chain/audit-events.ts";
+import type { LogScanProgress } from "../chain/logs.ts";
 import type { ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
 import { handOffCount } from "../hand-offs.ts";
@@ -25,6 +26,8 @@ export interface AuditJobParameters {
    */
   tenant?: Address;
   signal?: AbortSignal;
+  /** Told after each page of blocks read: an audit of a long chain reads many (sdk/chain/logs.ts). */
+  onProgress?: (progress: LogScanProgress) => void;
 }
 
 export type JobCheckpoint = CheckpointCommit & { leaseId: bigint };
@@ -78,12 +81,12 @@ export interface AuditJobReturnType {
  */
 export async function auditJob(
   client: { chain: ChainClient },
-  { jobId, tenant, signal }: AuditJobParameters,
+  { jobId, tenant, signal, onProgress }: AuditJobParameters,
 ): Promise<AuditJobReturnType> {
   if (!isHex(jobId, { strict: true }) || size(jobId) !== 32) {
     throw new UserError(`not a job id: ${jobId} (0x and 64 hex digits)`);
   }
-  const scope = await openAuditScope(client.chain, signal);
+  const scope = await openAuditScope(client.chain, signal, onProgress);
   const all = await auditLeases(scope, { jobId });
   const tenants = [...new Set(all.map((lease) => lease.tenant))];
   if (all.length === 0) throw new UserError(`no lease carries job ${jobId} (as of block ${scope.asOf.blockNumber})`);

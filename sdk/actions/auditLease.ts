@@ -1,12 +1,15 @@
 import { maxUint256 } from "viem";
 
 import { auditLeases, openAuditScope, type AuditSnapshot, type LeaseAudit } from "../chain/audit-events.ts";
+import type { LogScanProgress } from "../chain/logs.ts";
 import type { ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
 
 export interface AuditLeaseParameters {
   leaseId: bigint;
   signal?: AbortSignal;
+  /** Told after each page of blocks read: an audit of a long chain reads many (sdk/chain/logs.ts). */
+  onProgress?: (progress: LogScanProgress) => void;
 }
 
 export type AuditLeaseReturnType = LeaseAudit & {
@@ -26,12 +29,12 @@ export type AuditLeaseReturnType = LeaseAudit & {
  */
 export async function auditLease(
   client: { chain: ChainClient },
-  { leaseId, signal }: AuditLeaseParameters,
+  { leaseId, signal, onProgress }: AuditLeaseParameters,
 ): Promise<AuditLeaseReturnType> {
   if (leaseId < 1n || leaseId > maxUint256) {
     throw new UserError(`not a lease id: ${leaseId} (lease ids are uint256 values from 1)`);
   }
-  const scope = await openAuditScope(client.chain, signal);
+  const scope = await openAuditScope(client.chain, signal, onProgress);
   const [lease] = await auditLeases(scope, { leaseId });
   if (!lease) {
     throw new UserError(`no lease ${leaseId} in this deployment (as of block ${scope.asOf.blockNumber})`);

@@ -18,12 +18,15 @@ import {
   type LeaseStatus,
   type LeaseTotals,
 } from "../chain/audit-events.ts";
+import type { LogScanProgress } from "../chain/logs.ts";
 import { contracts, type ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
 
 export interface AuditProviderParameters {
   provider: Address;
   signal?: AbortSignal;
+  /** Told after each page of blocks read: an audit of a long chain reads many (sdk/chain/logs.ts). */
+  onProgress?: (progress: LogScanProgress) => void;
 }
 
 /** A registration or profile update. */
@@ -114,11 +117,11 @@ export interface AuditProviderReturnType {
  */
 export async function auditProvider(
   client: { chain: ChainClient },
-  { provider: given, signal }: AuditProviderParameters,
+  { provider: given, signal, onProgress }: AuditProviderParameters,
 ): Promise<AuditProviderReturnType> {
   if (!isAddress(given)) throw new UserError(`not an address: ${given}`);
   const provider = getAddress(given);
-  const scope = await openAuditScope(client.chain, signal);
+  const scope = await openAuditScope(client.chain, signal, onProgress);
   const { registry, leaseManager } = contracts(client.chain.deployment);
   const at = { blockNumber: scope.asOf.blockNumber };
 

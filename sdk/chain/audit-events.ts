@@ -8,6 +8,7 @@ import type { Address, ContractEventArgs, ContractEventName, GetContractEventsRe
 import { BaseError } from "../errors.ts";
 import type { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import { contracts, leaseStatus, type ChainClient, type ChainLeaseStatus } from "./client.ts";
+import { scanLogs, type LogScanProgress } from "./logs.ts";
 
 /** A lease's state, as `Lease.Status` names it (lower case); `None` never appears in an audit. */
 export type LeaseStatus = Lowercase<Exclude<ChainLeaseStatus, "None">>;
@@ -148,6 +149,8 @@ export interface AuditScope {
   signal: AbortSignal | undefined;
   /** Block timestamps by block number, filled by {@link loadBlockTimes}. */
   blockTimes: Map<bigint, bigint>;
+  /** Told after each page of blocks an event scan reads (a scan of a long chain takes many). */
+  onProgress: ((progress: LogScanProgress) => void) | undefined;
 }
 
 /** Which leases to audit: indexed topics of `LeaseOpened`, so the node filters them. */
@@ -192,31 +195,45 @@ export type RegistryLogs<name extends RegistryEventName> = GetContractEventsRetu
  * @example
  * const scope = await openAuditScope(client.chain, signal);
  */
-export async function openAuditScope(chain: ChainClient, signal?: AbortSignal): Promise<AuditScope> {
+export async function openAuditScope(
+  chain: ChainClient,
+  signal?: AbortSignal,
+  onProgress?: (progress: LogScanProgress) => void,
+): Promise<AuditScope> {
   signal?.throwIfAborted();
   const head = await chain.publicClient.getBlock({ blockTag: "latest" });
   signal?.throwIfAborted();
   const asOf = { blockNumber: head.number, timestamp: head.timestamp };
-  return { chain, asOf, signal, blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]) };
+  return { chain, asOf, signal, blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]), onProgress };
 }
 
-/** Logs of one event of `contract`, from the deployment's block to the audit's block. */
+/** Logs of one event of `contract`, from `fromBlock` (by default the deployment's) to the audit's block. */
 async function contractEvents(
   scope: AuditScope,
   contract: "leaseManager" | "registry",
   eventName: string,
   args: unknown,
+  fromBlock = scope.chain.deployment.deployBlock,
 ): Promise<unknown> {
-  scope.signal?.throwIfAborted();
   // Typed by the two wrappers below: viem cannot resolve an event name generic over two ABIs.
-  return scope.chain.publicClient.getContractEvents({
-    ...contracts(scope.chain.deployment)[contract],
-    eventName,
-    args,
-    fromBlock: scope.chain.deployment.deployBlock,
-    toBlock: scope.asOf.blockNumber,
-    strict: true,
-  } as never);
+  return scanLogs(
+    (range) =>
+      scope.chain.publicClient.getContractEvents({
+        ...contracts(scope.chain.deployment)[contract],
+        eventName,
+        args,
+        ...range,
+        strict: true,
+      } as never),
+    {
+      what: eventName,
+      fromBlock,
+      toBlock: scope.asOf.blockNumber,
+      maxRange: scope.chain.maxLogRange,
+      ...(scope.signal ? { signal: scope.signal } : {}),
+      ...(scope.onProgress ? { onProgress: scope.onProgress } : {}),
+    },
+  );
 }
 
 /** Logs of one `LeaseManager` event, filtered on its indexed `args`. */
@@ -224,8 +241,9 @@ export async function managerEvents<const name extends ManagerEventName>(
   scope: AuditScope,
   eventName: name,
   args?: ContractEventArgs<ManagerAbi, name>,
+  fromBlock?: bigint,
 ): Promise<ManagerLogs<name>> {
-  return (await contractEvents(scope, "leaseManager", eventName, args)) as ManagerLogs<name>;
+  return (await contractEvents(scope, "leaseManager", eventName, args, fromBlock)) as ManagerLogs<name>;
 }
 
 /** Logs of one `ProviderRegistry` event, filtered on its indexed `args`. */
@@ -249,18 +267,24 @@ type PerLeaseEventName =
   | "LeaseExpired"
   | "LeaseSlashed";
 
-/** Logs of one per-lease event for the given leases, filtered by the node on the lease-id topic. */
+/**
+ * Logs of one per-lease event for the given leases, filtered by the node on the lease-id topic,
+ * from `fromBlock` (the first of those leases' openings: none of their events is older).
+ */
 async function perLeaseEvents<const name extends PerLeaseEventName>(
   scope: AuditScope,
   eventName: name,
   leaseIds: readonly bigint[],
+  fromBlock: bigint,
 ): Promise<ManagerLogs<name>> {
   const slices: bigint[][] = [];
   for (let i = 0; i < leaseIds.length; i += LEASE_IDS_PER_QUERY) {
     slices.push(leaseIds.slice(i, i + LEASE_IDS_PER_QUERY));
   }
   const results = await Promise.all(
-    slices.map((slice) => managerEvents(scope, eventName, { leaseId: slice } as ContractEventArgs<ManagerAbi, name>)),
+    slices.map((slice) =>
+      managerEvents(scope, eventName, { leaseId: slice } as ContractEventArgs<ManagerAbi, name>, fromBlock),
+    ),
   );
   return results.flat() as ManagerLogs<name>;
 }
@@ -334,18 +358,19 @@ export async function auditLeases(scope: AuditScope, selector: LeaseSelector): P
   const openings = await managerEvents(scope, "LeaseOpened", selector);
   if (openings.length === 0) return [];
   const ids = openings.map((log) => log.args.leaseId);
+  const first = openings.reduce((min, log) => (log.blockNumber < min ? log.blockNumber : min), scope.asOf.blockNumber);
 
   const [heartbeats, commits, settlements, topUps, closeRequests, closes, completions, expiries, slashes] =
     await Promise.all([
-      perLeaseEvents(scope, "HeartbeatRecorded", ids),
-      perLeaseEvents(scope, "CheckpointCommitted", ids),
-      perLeaseEvents(scope, "EarningsSettled", ids),
-      perLeaseEvents(scope, "LeaseToppedUp", ids),
-      perLeaseEvents(scope, "LeaseCloseRequested", ids),
-      perLeaseEvents(scope, "LeaseClosed", ids),
-      perLeaseEvents(scope, "LeaseCompleted", ids),
-      perLeaseEvents(scope, "LeaseExpired", ids),
-      perLeaseEvents(scope, "LeaseSlashed", ids),
+      perLeaseEvents(scope, "HeartbeatRecorded", ids, first),
+      perLeaseEvents(scope, "CheckpointCommitted", ids, first),
+      perLeaseEvents(scope, "EarningsSettled", ids, first),
+      perLeaseEvents(scope, "LeaseToppedUp", ids, first),
+      perLeaseEvents(scope, "LeaseCloseRequested", ids, first),
+      perLeaseEvents(scope, "LeaseClosed", ids, first),
+      perLeaseEvents(scope, "LeaseCompleted", ids, first),
+      perLeaseEvents(scope, "LeaseExpired", ids, first),
+      perLeaseEvents(scope, "LeaseSlashed", ids, first),
     ]);
   scope.signal?.throwIfAborted();
 

@@ -20,6 +20,7 @@ import {
 import { ChainError, UserError, walk } from "../errors.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import type { Deployment } from "./deployments.ts";
+import { DEFAULT_MAX_LOG_RANGE } from "./logs.ts";
 
 /** Every custom error a Baton transaction can revert with, so reverts decode to their names. */
 export const batonErrorsAbi = [...leaseManagerAbi, ...providerRegistryAbi, ...devTokenAbi].filter(
@@ -32,6 +33,8 @@ export interface ChainClient {
   publicClient: PublicClient<Transport, Chain>;
   /** Present when the client has an account to sign with. */
   walletClient: WalletClient<Transport, Chain, Account> | undefined;
+  /** The widest block range one `eth_getLogs` asks for (scans go in pages: sdk/chain/logs.ts). */
+  maxLogRange: bigint;
 }
 
 export interface CreateChainClientParameters {
@@ -40,6 +43,8 @@ export interface CreateChainClientParameters {
   account?: Account;
   /** How often to poll for receipts and events; loopback chains answer in a few ms. */
   pollingIntervalMs?: number;
+  /** The widest block range one `eth_getLogs` asks for. Default 10,000 blocks, what public RPC nodes commonly accept. */
+  maxLogRange?: bigint;
 }
 
 /**
@@ -53,7 +58,9 @@ export function createChainClient({
   deployment,
   account,
   pollingIntervalMs = 250,
+  maxLogRange = DEFAULT_MAX_LOG_RANGE,
 }: CreateChainClientParameters): ChainClient {
+  if (maxLogRange < 1n) throw new UserError(`the largest log range must be at least 1 block, not ${maxLogRange}`);
   const chain = defineChain({
     id: deployment.chainId,
     name: `chain-${deployment.chainId}`,
@@ -65,7 +72,7 @@ export function createChainClient({
   const walletClient = account
     ? createWalletClient({ chain, account, transport, pollingInterval: pollingIntervalMs })
     : undefined;
-  return { chain, deployment, publicClient, walletClient };
+  return { chain, deployment, publicClient, walletClient, maxLogRange };
 }
 
 /**

@@ -8,6 +8,7 @@ import {
   type ChainClient,
   type ChainLeaseStatus,
 } from "../chain/client.ts";
+import { findLastLog } from "../chain/logs.ts";
 import { ChainError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { poll, withRetry, type Look } from "../utils/retry.ts";
@@ -220,12 +221,17 @@ async function trySlash(client: SettlementClient, leaseId: bigint, signal?: Abor
 /** The `LeaseSlashed` event of a lease someone slashed, if the chain has one. */
 async function findSlash(client: SettlementClient, leaseId: bigint): Promise<SlashRecord | undefined> {
   const { leaseManager } = contracts(client.chain.deployment);
-  const [event] = await client.chain.publicClient.getContractEvents({
-    ...leaseManager,
-    eventName: "LeaseSlashed",
-    args: { leaseId },
-    fromBlock: client.chain.deployment.deployBlock,
-  });
+  const { publicClient, deployment, maxLogRange } = client.chain;
+  const event = await findLastLog(
+    (range) =>
+      publicClient.getContractEvents({ ...leaseManager, eventName: "LeaseSlashed", args: { leaseId }, ...range }),
+    {
+      what: `the slash of lease ${leaseId}`,
+      fromBlock: deployment.deployBlock,
+      toBlock: await publicClient.getBlockNumber(),
+      maxRange: maxLogRange,
+    },
+  );
   if (!event) return undefined;
   return { compensation: event.args.compensation!, refund: event.args.refund!, tx: event.transactionHash };
 }
