@@ -18,7 +18,15 @@ import {
   type WorkDir,
   type WorkDirs,
 } from "../../node/work-dirs.ts";
-import { diskQuotaBytes, formatDiskQuota, MAX_JOB_DISK_GIB } from "../../sdk/job-spec.ts";
+import { UserError } from "../../sdk/errors.ts";
+import {
+  DEFAULT_JOB_DISK_GIB,
+  diskQuotaBytes,
+  formatDiskQuota,
+  jobDiskGiB,
+  MAX_JOB_DISK_GIB,
+  parseJobSpec,
+} from "../../sdk/job-spec.ts";
 import { silentLogger } from "../../sdk/logger.ts";
 
 const run = promisify(execFile);
@@ -82,6 +90,15 @@ describe("disk quota arithmetic and parsing", () => {
     expect(next % MiB).toBe(0);
     expect(next).toBeGreaterThanOrEqual(Math.ceil((QUOTA * QUOTA) / 56_026_112));
     expect(next).toBeLessThan(QUOTA + 16 * MiB);
+  });
+
+  it("takes a spec's diskGiB from 64 MiB to 64 TiB, fractions included, and 10 GiB when it names none", () => {
+    const spec = (resources: Record<string, unknown>) => ({ command: ["true"], resources: { gpus: 0, ...resources } });
+    expect(jobDiskGiB(parseJobSpec(spec({})))).toBe(DEFAULT_JOB_DISK_GIB);
+    expect(jobDiskGiB(parseJobSpec(spec({ diskGiB: 0.5 })))).toBe(0.5);
+    for (const diskGiB of [1 / 32, 0, -1, MAX_JOB_DISK_GIB + 1, "10"]) {
+      expect(() => parseJobSpec(spec({ diskGiB }))).toThrow(UserError);
+    }
   });
 
   it("reads mount points from mountinfo, its octal escapes undone", () => {
