@@ -112,7 +112,7 @@ export const jobSpecSchema = z
         /**
          * The job's disk quota, in GiB (fractions allowed: 0.5 is 512 MiB): what its work dir may
          * hold, its inputs, resume checkpoint, checkpoints, output and `tmp/` included. A job that
-         * goes over it fails with the reason `disk` (see "Jobs" in the README for how providers
+         * goes over it fails with the reason `disk` (see "Disk quotas" in the README for how providers
          * enforce it); a provider refuses a bid for more than its `maxJobDiskGiB`. Left out:
          * {@link DEFAULT_JOB_DISK_GIB} (see {@link jobDiskGiB}).
          */
