@@ -169,6 +169,7 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
           try {
             await mountQuotaFileSystem(image, work, quotaBytes);
           } catch (error) {
+            // What failed is the error to report; whatever the cleanup leaves, the next start's prune takes.
             await removeNow(leaseId).catch(() => undefined);
             throw error;
           }
