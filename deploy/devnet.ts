@@ -13,6 +13,8 @@ import { detectGpus } from "../node/gpus.ts";
 import { writeKeystore } from "../node/keystore.ts";
 import { DATA_FILES } from "../node/config.ts";
 import { defaultRunRoot, Podman } from "../node/containers/podman.ts";
+import { fallbackJobsDir } from "../node/jobs-dir.ts";
+import { releaseQuotaFileSystems } from "../node/work-dirs.ts";
 import { metadataWithPeerProof, peerBinding } from "../sdk/chain/peer-proof.ts";
 import {
   contracts,
@@ -24,6 +26,7 @@ import {
   type Deployment,
   type Logger,
 } from "../sdk/index.ts";
+import { silentLogger } from "../sdk/logger.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { deployBaton, writeDeployment } from "./deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "./local-chain.ts";
@@ -300,8 +303,14 @@ export async function startDevnet({
         stopped ??= (async () => {
           await Promise.all(providers.map((p) => p.process?.stop()));
           // A provider stopped with SIGKILL (a test's victim, or one past its stop timeout) leaves
-          // its Podman runroot in /run: the devnet's own, so it goes with it.
+          // its Podman runroot in /run, and its leases' work dirs' file systems mounted: the
+          // devnet's own, so they go with it.
           await Promise.all(providers.map((p) => removeRunRoot(p.dataDir)));
+          for (const p of providers) {
+            for (const jobs of [p.dataDir, await fallbackJobsDir(p.dataDir)]) {
+              await releaseQuotaFileSystems(jobs, silentLogger);
+            }
+          }
           await chain.stop();
           if (!keep && !givenDir) await rm(dir, { recursive: true, force: true });
         })();

@@ -3,6 +3,7 @@ import { keccak256, toHex } from "viem";
 
 import { signQuote, type Quote } from "../sdk/chain/quote.ts";
 import { ProtocolError, RefusalError } from "../sdk/errors.ts";
+import { DEFAULT_JOB_DISK_GIB, diskQuotaBytes, formatDiskQuota } from "../sdk/job-spec.ts";
 import { offerPrice } from "../sdk/p2p/offers.ts";
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
 import { serve } from "../sdk/wire/framing.ts";
@@ -74,9 +75,17 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     }
     const price = offerPrice(config, requirements.gpus);
     if (bid.maxPricePerSecond < price) throw bidRefusal("price-below-floor", `price here is ${price} per second`);
+    // A bid that names no quota (from before quotas) is for a spec that names none either.
+    const diskGiB = requirements.diskGiB ?? DEFAULT_JOB_DISK_GIB;
+    if (diskGiB > config.maxJobDiskGiB) {
+      throw bidRefusal(
+        "requirements-not-met",
+        `the job asks for a ${formatDiskQuota(diskQuotaBytes(diskGiB))} disk quota; this node gives a job at most ${config.maxJobDiskGiB} GiB`,
+      );
+    }
     if (store.leases().length >= config.maxLeases)
       throw bidRefusal("no-capacity", "the node runs its maximum of leases");
-    const disk = diskTooFull(components);
+    const disk = diskTooFull(components, diskQuotaBytes(diskGiB));
     if (disk !== undefined) throw bidRefusal("no-capacity", disk);
 
     const nonce = store.nextNonce();

@@ -10,6 +10,7 @@ import type { Containers } from "./containers/setup.ts";
 import type { GpuAllocator } from "./gpus.ts";
 import type { Metrics } from "./metrics.ts";
 import type { NodeStore } from "./store.ts";
+import type { WorkDirs } from "./work-dirs.ts";
 
 /**
  * What the node's services are built over (js-libp2p style: each service is a factory taking its
@@ -20,6 +21,8 @@ export interface NodeComponents {
   dataDir: string;
   /** Where job work dirs live: `<dataDir>/jobs` unless the job user cannot reach it (see `prepareJobsDir`). */
   jobsDir: string;
+  /** The leases' work dirs under `jobsDir`, each with its job's disk quota. */
+  workDirs: WorkDirs;
   host: BatonHost;
   /** The embedded IPFS node on `host`, holding this node's checkpoints. */
   ipfs: IpfsNode;

@@ -17,6 +17,7 @@ import {
   DRAIN_TIMEOUT_MS,
   HAND_BACK_TIMEOUT_MS,
   MAX_INPUT_BYTES,
+  MAX_JOB_DISK_GIB,
   OFFER_REFRESH_MS,
   OFFER_TTL_MS,
   QUOTE_TTL_S,
@@ -122,6 +123,16 @@ export const nodeConfigSchema = z
      * checkpoints and images need room. Raise it for jobs with large checkpoints.
      */
     minFreeDiskGiB: z.number().nonnegative().default(1),
+    /** The largest disk quota (`resources.diskGiB`) a job gets here: a bid for more is refused. */
+    maxJobDiskGiB: z.number().positive().default(MAX_JOB_DISK_GIB),
+    /**
+     * How a job's disk quota holds. `mount`: its work dir is a file system of its own, of the
+     * quota's size (a sparse file, ext4, loop-mounted; needs root), so writes past it fail with
+     * ENOSPC. `watch`: the node measures the work dir's usage every 2 s and stops a job over its
+     * quota. `auto`: `mount` when the node runs as root and the machine has loop devices and
+     * mkfs.ext4, else `watch`.
+     */
+    diskQuota: z.enum(["auto", "mount", "watch"]).default("auto"),
   })
   .strict()
   // The lease manager refuses quotes with fewer than two heartbeats per timeout: one late heartbeat

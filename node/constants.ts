@@ -67,3 +67,24 @@ export const RESUME_FETCH_TIMEOUT_MS = 10 * 60_000;
 
 /** Largest single input file a job may ask the node to fetch. */
 export const MAX_INPUT_BYTES = 4 * 1024 ** 3;
+
+/**
+ * The largest disk quota (`resources.diskGiB`) the node gives a job; a bid for more is refused. A
+ * provider's disk holds the quotas of all its leases and its image cache: 100 GiB lets a job keep a
+ * large model and its checkpoints on a machine with a 1–2 TB disk.
+ */
+export const MAX_JOB_DISK_GIB = 100;
+
+/**
+ * How often the usage of a work dir is measured where the node cannot give it a file system of its
+ * own (not root): a job writing at disk speed goes at most a few GiB over before it is stopped, and
+ * a walk of a small tree every 2 s costs nothing.
+ */
+export const DISK_USAGE_INTERVAL_MS = 2_000;
+
+/**
+ * The pause after a measurement is at least this many times as long as the measurement took: a
+ * job that makes millions of files makes each walk slow, and the node then spends at most a tenth
+ * of one thread on walking it.
+ */
+export const DISK_USAGE_PAUSE_FACTOR = 10;

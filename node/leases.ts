@@ -1,4 +1,3 @@
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
@@ -11,7 +10,7 @@ import { findLastLog } from "../sdk/chain/logs.ts";
 import { BaseError, ProtocolError, RefusalError, shortMessageOf } from "../sdk/errors.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { MAX_CHECKPOINT_BYTES } from "../sdk/ipfs/constants.ts";
-import { parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
+import { diskQuotaBytes, formatDiskQuota, jobDiskGiB, parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
 import { readMessages, writeMessage } from "../sdk/wire/framing.ts";
 import {
@@ -33,6 +32,7 @@ import { fetchInputs } from "./inputs.ts";
 import type { NodeComponents } from "./components.ts";
 import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
 import type { LeaseRow } from "./store.ts";
+import type { WorkDir } from "./work-dirs.ts";
 
 /** What a tenant is told when its lease is handed back at the end of a drain's grace. */
 const HAND_BACK_MESSAGE = "the node is shutting down and its drain grace ended: the lease is handed back";
@@ -63,6 +63,8 @@ class LeaseRuntime {
   progress: Progress | undefined;
   job: JobProcess | undefined;
   exit: JobExit | undefined;
+  /** Settles once the job's exit is handled: result recorded and sent, work dir removed. */
+  ended: Promise<void> | undefined;
   readonly replay: { seq: number; bytes: Uint8Array }[] = [];
   readonly sessions = new Set<Stream>();
   heartbeatTimer: NodeJS.Timeout | undefined;
@@ -110,7 +112,7 @@ export interface LeasesInit {
  * heartbeats, log lines, progress and the result.
  */
 export function leases(components: NodeComponents, init: LeasesInit): Leases {
-  const { host, peerKey, chain, store, gpus, config, log, metrics, account } = components;
+  const { host, peerKey, chain, store, gpus, config, log, metrics, account, workDirs } = components;
   const runtimes = new Map<bigint, LeaseRuntime>();
   /** Starts under way (inputs and checkpoint downloading): a hand-back waits until each has launched or failed. */
   const starting = new Set<Promise<void>>();
@@ -171,11 +173,16 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /** Starts the job: in a container of its image (held in `runtime.image`), or in the sandbox. */
-  const startRuntimeJob = (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec): Promise<JobProcess> => {
+  const startRuntimeJob = (
+    runtime: LeaseRuntime,
+    row: LeaseRow,
+    spec: JobSpec,
+    workDir: WorkDir,
+  ): Promise<JobProcess> => {
     const common = {
       leaseId: row.leaseId.toString(),
       env: spec.env,
-      workDir: row.workDir,
+      workDir: workDir.path,
       // Fake GPUs have no device to bind; real ones are named by UUID, which CUDA resolves
       // whatever numbering the sandbox's device nodes give them.
       ...realGpus(row.gpus),
@@ -225,10 +232,16 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
   };
 
-  const launch = async (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec, relaunch: boolean): Promise<void> => {
+  const launch = async (
+    runtime: LeaseRuntime,
+    row: LeaseRow,
+    spec: JobSpec,
+    workDir: WorkDir,
+    relaunch: boolean,
+  ): Promise<void> => {
     let job: JobProcess;
     try {
-      job = await startRuntimeJob(runtime, row, spec);
+      job = await startRuntimeJob(runtime, row, spec, workDir);
     } catch (error) {
       runtime.image?.release();
       throw error;
@@ -237,7 +250,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     runtime.state = "running";
     if (row.jobKey) {
       runtime.checkpoints = watchCheckpoints({
-        dir: path.join(row.workDir, "checkpoints"),
+        dir: path.join(workDir.path, "checkpoints"),
         key: Buffer.from(row.jobKey, "base64"),
         ipfs: components.ipfs,
         maxBytes: MAX_CHECKPOINT_BYTES,
@@ -264,47 +277,70 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     store.updateLease(row.leaseId, { state: "running", pid: job.pid });
     metrics.jobsStarted.inc({ relaunch: String(relaunch) });
     log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch });
-    void job.exited.then(async (exit) => {
-      runtime.exit = exit;
-      runtime.state = "exited";
-      runtime.image?.release();
-      clearInterval(runtime.heartbeatTimer);
-      // The job is over: a checkpoint still publishing is dropped, never delaying the result (a
-      // large one takes seconds, and no tenant resumes a job that ended from it).
-      await runtime.checkpoints?.stop();
-      const current = store.getLease(row.leaseId);
-      // Stopped because the chain ended the lease, or because the node handed it back: no result.
-      if (current?.state === "fenced" || current?.state === "handed-back") return;
-      log.info("job exited", { leaseId: row.leaseId, code: exit.code, signal: exit.signal, reason: exit.reason });
-      // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
-      const output = await publishOutput(row);
-      store.updateLease(row.leaseId, {
-        state: "exited",
-        pid: null,
-        exitCode: exit.code,
-        reason: exit.reason,
-        endedAt: Date.now(),
-        ...(output ? { resultCid: output.cid } : {}),
-      });
-      await emit(runtime, "result", {
-        exitCode: exit.code,
-        signal: exit.signal,
-        reason: exit.reason,
-        ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
-        finishedAt: Date.now(),
-      });
-      init.onExit(row.leaseId, exit);
+    runtime.ended = workDirs
+      .supervise(job, workDir)
+      .then(async (exit) => {
+        await jobEnded(runtime, row, workDir, exit);
+        // Nothing reads the work dir any more: the output is published, the checkpoint watcher stopped.
+        await workDirs.remove(row.leaseId);
+      })
+      .catch((error: unknown) => log.error("a job's exit was not handled", { leaseId: row.leaseId, error }));
+  };
+
+  /**
+   * The job exited: its image and checkpoints let go, and unless the lease already ended without
+   * it, its output published and its result recorded and sent to the tenant.
+   */
+  const jobEnded = async (runtime: LeaseRuntime, row: LeaseRow, workDir: WorkDir, exit: JobExit): Promise<void> => {
+    runtime.exit = exit;
+    runtime.state = "exited";
+    runtime.image?.release();
+    clearInterval(runtime.heartbeatTimer);
+    // The job is over: a checkpoint still publishing is dropped, never delaying the result (a
+    // large one takes seconds, and no tenant resumes a job that ended from it).
+    await runtime.checkpoints?.stop();
+    const current = store.getLease(row.leaseId);
+    // Stopped because the chain ended the lease, or because the node handed it back: no result.
+    if (current?.state === "fenced" || current?.state === "handed-back") return;
+    log.info("job exited", {
+      leaseId: row.leaseId,
+      code: exit.code,
+      signal: exit.signal,
+      reason: exit.reason,
+      ...(exit.detail ? { detail: exit.detail } : {}),
     });
+    // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
+    const output = await publishOutput(row, workDir);
+    store.updateLease(row.leaseId, {
+      state: "exited",
+      pid: null,
+      exitCode: exit.code,
+      reason: exit.reason,
+      endedAt: Date.now(),
+      ...(output ? { resultCid: output.cid } : {}),
+    });
+    await emit(runtime, "result", {
+      exitCode: exit.code,
+      signal: exit.signal,
+      // The tenant is told which limit a `disk` exit went over: `disk: the job used more than its 1 GiB disk quota`.
+      reason: exit.detail ? `${exit.reason}: ${exit.detail}` : exit.reason,
+      ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
+      finishedAt: Date.now(),
+    });
+    init.onExit(row.leaseId, exit);
   };
 
   /** Packs, encrypts and adds the job's output dir, so the tenant can fetch it by CID. */
-  const publishOutput = async (row: LeaseRow): Promise<{ cid: string; sha256: string } | undefined> => {
+  const publishOutput = async (
+    row: LeaseRow,
+    workDir: WorkDir,
+  ): Promise<{ cid: string; sha256: string } | undefined> => {
     if (!row.jobKey) return undefined;
     try {
       const published = await publishCheckpoint(
         components.ipfs,
         Buffer.from(row.jobKey, "base64"),
-        path.join(row.workDir, "output"),
+        path.join(workDir.path, "output"),
         {
           maxBytes: MAX_CHECKPOINT_BYTES,
         },
@@ -453,7 +489,34 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     tenant: Address,
   ): Promise<void> => {
     const spec = parseJobSpec(body.spec, "job spec");
+    if (jobDiskGiB(spec) > config.maxJobDiskGiB) {
+      throw sessionRefusal(
+        "spec-mismatch",
+        `the spec asks for a ${formatDiskQuota(diskQuotaBytes(jobDiskGiB(spec)))} disk quota; this provider gives a job at most ${config.maxJobDiskGiB} GiB`,
+      );
+    }
     const row = await recordLease(body, spec, tenant, connection.remotePeer.toString());
+    try {
+      await prepareAndLaunch(stream, connection, body, row, spec);
+    } catch (error) {
+      // The job never ran: nothing needs its work dir.
+      if (runtimes.get(body.leaseId)?.job === undefined) await workDirs.remove(body.leaseId);
+      throw error;
+    }
+  };
+
+  /**
+   * The start of a lease recorded: its work dir made with its quota, its inputs, the checkpoint it
+   * resumes from and its image fetched, then its job launched.
+   */
+  const prepareAndLaunch = async (
+    stream: Stream,
+    connection: Connection,
+    body: TenantMessage<"start">,
+    row: LeaseRow,
+    spec: JobSpec,
+  ): Promise<void> => {
+    const workDir = await makeWorkDir(row, spec);
     // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for the
     // listen addresses it announced (identify), which bitswap can dial.
     const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
@@ -464,12 +527,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // Awaited below whichever way the fetches go; never an unhandled rejection meanwhile.
     pulling.catch(() => undefined);
     try {
-      await fetchJobInputs(row, spec, tenantAddresses);
-      if (body.resume) await restoreResume(row, body.resume, tenantAddresses);
+      await fetchJobInputs(row, spec, workDir, tenantAddresses);
+      if (body.resume) await restoreResume(row, body.resume, workDir, tenantAddresses);
     } catch (error) {
-      // The fetch's failure is what the tenant is told; the image, had or not, is let go.
+      // The fetch's failure is what the tenant is told (unless it ran out of the job's quota); the
+      // image, had or not, is let go.
       (await pulling.catch(() => undefined))?.release();
-      throw error;
+      throw (await quotaTooSmall(workDir, error)) ?? error;
     }
     const image = await pulling;
     if (handingBack.signal.aborted) {
@@ -482,7 +546,37 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     init.onCapacityChange();
     await attach(runtime, stream, 0);
     await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: body.resume !== undefined });
-    await launch(runtime, row, spec, false);
+    await launch(runtime, row, spec, workDir, false);
+  };
+
+  /** The lease's work dir, with the spec's disk quota; a start refused (`internal`) when it cannot be made. */
+  const makeWorkDir = async (row: LeaseRow, spec: JobSpec): Promise<WorkDir> => {
+    try {
+      return await workDirs.create(row.leaseId, diskQuotaBytes(jobDiskGiB(spec)));
+    } catch (error) {
+      gpus.release(leaseHolder(row.leaseId));
+      store.updateLease(row.leaseId, { state: "failed", reason: "work dir not made", endedAt: Date.now() });
+      throw error;
+    }
+  };
+
+  /**
+   * A refusal saying that the job's inputs and resume checkpoint do not fit in its disk quota, when
+   * that is why they could not be fetched: the same spec fails so on every provider, so the job fails
+   * (`spec-mismatch`) rather than moving on.
+   */
+  const quotaTooSmall = async (
+    workDir: WorkDir,
+    error: unknown,
+  ): Promise<RefusalError<SessionRefusalReason> | undefined> => {
+    const reason = error instanceof RefusalError ? (error as RefusalError<SessionRefusalReason>).reason : undefined;
+    if (reason !== "inputs-failed" && reason !== "resume-failed") return undefined;
+    const excess = await workDirs.overQuota(workDir).catch(() => undefined);
+    if (excess === undefined) return undefined;
+    return sessionRefusal(
+      "spec-mismatch",
+      `the job's inputs and resume checkpoint do not fit in its ${formatDiskQuota(workDir.quotaBytes)} disk quota`,
+    );
   };
 
   /**
@@ -497,8 +591,6 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     tenantPeer: string,
   ): Promise<LeaseRow> => {
     const indices = await reservedGpus(body.leaseId, spec);
-    const workDir = path.join(components.jobsDir, body.leaseId.toString(), "work");
-    await mkdir(workDir, { recursive: true });
     const row: LeaseRow = {
       leaseId: body.leaseId,
       jobId: "",
@@ -507,7 +599,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       state: "preparing",
       gpus: indices,
       spec,
-      workDir,
+      // Recorded before the work dir is made: a node killed meanwhile finds it at its next start.
+      workDir: workDirs.pathOf(body.leaseId),
       pid: null,
       startedAt: Date.now(),
       endedAt: null,
@@ -539,9 +632,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /** Fetches the job's inputs by CID into its work dir, from the tenant or any peer that has them. */
-  const fetchJobInputs = async (row: LeaseRow, spec: JobSpec, tenantAddresses: Multiaddr[]): Promise<void> => {
+  const fetchJobInputs = async (
+    row: LeaseRow,
+    spec: JobSpec,
+    workDir: WorkDir,
+    tenantAddresses: Multiaddr[],
+  ): Promise<void> => {
     try {
-      await fetchInputs(components.ipfs, spec, row.workDir, {
+      await fetchInputs(components.ipfs, spec, workDir.path, {
         providers: tenantAddresses,
         maxBytes: config.maxInputBytes,
         signal: AbortSignal.any([AbortSignal.timeout(config.resumeFetchTimeoutMs), handingBack.signal]),
@@ -557,6 +655,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   const restoreResume = async (
     row: LeaseRow,
     resume: NonNullable<TenantMessage<"start">["resume"]>,
+    workDir: WorkDir,
     tenantAddresses: Multiaddr[],
   ): Promise<void> => {
     try {
@@ -564,7 +663,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         components.ipfs,
         Buffer.from(row.jobKey!, "base64"),
         CID.parse(resume.cid),
-        path.join(row.workDir, "resume"),
+        path.join(workDir.path, "resume"),
         {
           expectedSha256: resume.sha256,
           maxBytes: MAX_CHECKPOINT_BYTES,
@@ -653,6 +752,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     if (!runtime) return;
     clearInterval(runtime.heartbeatTimer);
     if (runtime.job && !runtime.exit) await runtime.job.kill(reason);
+    // Its exit handled: the result sent (or not, for a lease that ended without it), the work dir removed.
+    await runtime.ended;
     await runtime.checkpoints?.stop();
     for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
     runtimes.delete(leaseId);
@@ -677,6 +778,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           endedAt: Date.now(),
         });
       }
+      // The work dirs of leases that ended (a node killed by SIGKILL removed none): only the jobs
+      // relaunched below need theirs.
+      const relaunched = new Set(store.leases(["preparing", "running"]).map((row) => row.leaseId));
+      await workDirs.prune((leaseId) => !relaunched.has(leaseId) && store.getLease(leaseId) !== undefined);
       for (const row of store.leases(["preparing", "running"])) {
         // The job died with the previous node process (bubblewrap's --die-with-parent): run it again
         // in the same work dir, where it finds whatever it saved, and tell the tenant what happened.
@@ -695,10 +800,19 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
             runtime.image = await acquireImage(row, spec, []);
           } catch (error) {
             log.error("job not relaunched: its image is gone", { leaseId: row.leaseId, error });
+            await workDirs.remove(row.leaseId);
             continue;
           }
         }
-        await launch(runtime, row, spec, true);
+        let workDir: WorkDir;
+        try {
+          workDir = await workDirs.reopen(row.leaseId, diskQuotaBytes(jobDiskGiB(spec)));
+        } catch (error) {
+          log.error("job not relaunched: its work dir cannot be mounted again", { leaseId: row.leaseId, error });
+          runtime.image?.release();
+          continue;
+        }
+        await launch(runtime, row, spec, workDir, true);
       }
       for (const row of store.leases(["exited"])) gpus.adopt(leaseHolder(row.leaseId), row.gpus);
     },

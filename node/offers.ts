@@ -40,6 +40,7 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
       cpuJobs: config.cpuJobs && !full,
       runtimes: components.containers ? ["process", "podman"] : ["process"],
       images: components.containers?.images.keys() ?? [],
+      maxJobDiskGiB: config.maxJobDiskGiB,
       price: { basePerSecond: config.price.basePerSecond, perGpuPerSecond: config.price.perGpuPerSecond },
       collateralPerLease: config.collateralPerLease,
       heartbeatMs: config.heartbeatMs,

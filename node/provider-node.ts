@@ -26,6 +26,7 @@ import { offerPublisher } from "./offers.ts";
 import { NOBODY_GID, NOBODY_UID } from "./sandbox/constants.ts";
 import { detectSandbox } from "./sandbox/detect.ts";
 import { NodeStore } from "./store.ts";
+import { openWorkDirs } from "./work-dirs.ts";
 
 export interface StartProviderNodeOptions {
   dataDir: string;
@@ -154,6 +155,7 @@ async function startLocked(
     jobUser: process.getuid?.() === 0 ? { uid: NOBODY_UID, gid: NOBODY_GID } : undefined,
     log,
   });
+  const workDirs = await openWorkDirs({ jobsDir, diskQuota: config.diskQuota, log });
 
   const gpuList = await machineGpus(config, log);
   let onCapacityChange = (): void => {};
@@ -174,6 +176,7 @@ async function startLocked(
     config,
     dataDir,
     jobsDir,
+    workDirs,
     host,
     ipfs,
     containers,

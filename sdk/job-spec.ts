@@ -10,6 +10,33 @@ import { MAX_IMAGE_REFERENCE_LENGTH, parseImageReference } from "./images/refere
 /** A job spec file larger than this is refused before it is parsed. */
 export const MAX_JOB_SPEC_BYTES = 64 * 1024;
 
+/**
+ * Disk quota of a job that does not state one (`resources.diskGiB`): room for a model of a few GB,
+ * its checkpoints and a data set shard, while a job that forgot to ask cannot fill a provider's disk.
+ */
+export const DEFAULT_JOB_DISK_GIB = 10;
+
+/** The smallest disk quota, 64 MiB: below it the file system a provider makes for the work dir is mostly its own bookkeeping. */
+export const MIN_JOB_DISK_GIB = 1 / 16;
+
+/** The largest disk quota a spec may ask for (64 TiB); each provider caps it lower (`maxJobDiskGiB`). */
+export const MAX_JOB_DISK_GIB = 64 * 1024;
+
+/** A disk quota in bytes: `diskGiB` rounded up to whole MiB. */
+export function diskQuotaBytes(diskGiB: number): number {
+  return Math.ceil(diskGiB * 1024) * 2 ** 20;
+}
+
+/** A job's disk quota in GiB: its spec's `resources.diskGiB`, or {@link DEFAULT_JOB_DISK_GIB}. */
+export function jobDiskGiB(spec: { resources: { diskGiB?: number | undefined } }): number {
+  return spec.resources.diskGiB ?? DEFAULT_JOB_DISK_GIB;
+}
+
+/** A disk quota as people read it: whole GiB as such (`10 GiB`), anything else in MiB (`64 MiB`). */
+export function formatDiskQuota(bytes: number): string {
+  return bytes % 2 ** 30 === 0 ? `${bytes / 2 ** 30} GiB` : `${Math.ceil(bytes / 2 ** 20)} MiB`;
+}
+
 const envNameSchema = z
   .string()
   .regex(/^[A-Z_][A-Z0-9_]*$/, "env names are upper-case letters, digits and _")
@@ -82,6 +109,14 @@ export const jobSpecSchema = z
           .positive()
           .max(16 * 1024 * 1024)
           .default(1024),
+        /**
+         * The job's disk quota, in GiB (fractions allowed: 0.5 is 512 MiB): what its work dir may
+         * hold, its inputs, resume checkpoint, checkpoints, output and `tmp/` included. A job that
+         * goes over it fails with the reason `disk` (see "Disk quotas" in the README for how providers
+         * enforce it); a provider refuses a bid for more than its `maxJobDiskGiB`. Left out:
+         * {@link DEFAULT_JOB_DISK_GIB} (see {@link jobDiskGiB}).
+         */
+        diskGiB: z.number().min(MIN_JOB_DISK_GIB).max(MAX_JOB_DISK_GIB).optional(),
       })
       .default({ gpus: 0, cpus: 1, memoryMiB: 1024 }),
     /** Whether the job may reach the network; off unless asked for. */

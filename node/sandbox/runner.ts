@@ -65,11 +65,13 @@ export type ExitReason =
   | "wall-time"
   /** It failed while allocating beyond `limits.memoryBytes` (best effort: see `startJob`). */
   | "memory"
+  /** It went over its work dir's disk quota (see `node/work-dirs.ts`). */
+  | "disk"
   /** The `signal` passed to `startJob` was aborted. */
   | "aborted";
 
 /** The reasons a caller may give to `kill()`. */
-export type KillReason = "killed" | "wall-time" | "aborted";
+export type KillReason = "killed" | "wall-time" | "disk" | "aborted";
 
 export interface JobExit {
   /** Exit code, or null when the job died of a signal. */
@@ -77,6 +79,8 @@ export interface JobExit {
   /** The signal that ended the job, e.g. "SIGKILL", or null. */
   signal: NodeJS.Signals | null;
   reason: ExitReason;
+  /** What the tenant is told beside the reason, where it needs saying: the quota a `disk` exit went over. */
+  detail?: string;
   /** From the start of the sandbox to the job's exit. */
   durationMs: number;
 }

@@ -77,6 +77,7 @@ export async function bid(
               gpus: requirements.gpus,
               ...(requirements.gpuModel ? { gpuModel: requirements.gpuModel } : {}),
               ...(requirements.minVramMiB ? { minVramMiB: requirements.minVramMiB } : {}),
+              ...(requirements.diskGiB ? { diskGiB: requirements.diskGiB } : {}),
             },
             maxPricePerSecond,
             durationS,

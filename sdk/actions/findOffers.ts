@@ -9,6 +9,8 @@ export interface Requirements {
   gpus: number;
   gpuModel?: string | undefined;
   minVramMiB?: number | undefined;
+  /** The job's disk quota in GiB (`resources.diskGiB`): offers that give a job less are left out. */
+  diskGiB?: number | undefined;
   /** How the job runs: `podman` for a job with an image. Default `process`. */
   runtime?: JobRuntime | undefined;
 }
@@ -45,6 +47,13 @@ export function offerMatches(offer: Offer, requirements: Requirements, maxPriceP
   if (!offer.runtimes.includes(requirements.runtime ?? "process")) return false;
   if (requirements.gpus === 0 ? !offer.cpuJobs : offer.gpusFree < requirements.gpus) return false;
   if (maxPricePerSecond !== undefined && offerPrice(offer, requirements.gpus) > maxPricePerSecond) return false;
+  if (
+    requirements.diskGiB !== undefined &&
+    offer.maxJobDiskGiB !== undefined &&
+    requirements.diskGiB > offer.maxJobDiskGiB
+  ) {
+    return false;
+  }
   if (requirements.gpus > 0) {
     const fitting = offer.gpus.filter(
       (gpu) =>

@@ -4,6 +4,7 @@ import { bid } from "../actions/bid.ts";
 import { findOffers, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import type { BatonClient } from "../client.ts";
+import { jobDiskGiB } from "../job-spec.ts";
 import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
@@ -37,6 +38,7 @@ export async function acquireLease(
     gpus: spec.resources.gpus,
     gpuModel: spec.resources.gpuModel,
     minVramMiB: spec.resources.minVramMiB,
+    diskGiB: jobDiskGiB(spec),
     runtime: spec.image === undefined ? "process" : "podman",
   };
   const maxPricePerSecond = BigInt(options.maxPricePerSecond!);

@@ -57,6 +57,8 @@ export const offerSchema = z.object({
    * `cid:<cid>`): a job in one of them starts without a pull.
    */
   images: z.array(z.string().max(600)).max(64).default([]),
+  /** The largest disk quota it gives a job (its `maxJobDiskGiB`); an offer from before quotas names none. */
+  maxJobDiskGiB: z.number().positive().optional(),
   expiresAt: timestampMsSchema,
 });
 export type Offer = z.output<typeof offerSchema>;
@@ -69,6 +71,8 @@ export const requirementsSchema = z.object({
   gpus: z.number().int().min(0).max(64),
   gpuModel: z.string().max(128).optional(),
   minVramMiB: z.number().int().positive().optional(),
+  /** The job's disk quota (`resources.diskGiB`); a bid from before quotas names none, and gets the spec's default. */
+  diskGiB: z.number().positive().optional(),
 });
 
 export const bidSchema = z.object({
@@ -198,7 +202,11 @@ export const sessionRefusalReasons = [
   "not-your-lease",
   /** The lease ended, expired or turned slashable on chain. */
   "lease-not-active",
-  /** The spec asks for other resources than the quote reserved. */
+  /**
+   * The spec asks for other resources than the quote reserved, or for a larger disk quota than this
+   * provider gives a job (`maxJobDiskGiB`), or its inputs and resume checkpoint do not fit in its
+   * own disk quota.
+   */
   "spec-mismatch",
   /** The quote's GPUs are no longer free. */
   "no-capacity",

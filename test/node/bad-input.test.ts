@@ -5,7 +5,7 @@ import { multiaddr } from "@multiformats/multiaddr";
 import { keccak256, parseEther, toHex, type Address } from "viem";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { BID_RATE_LIMIT, SESSION_OPEN_TIMEOUT_MS } from "../../node/constants.ts";
+import { BID_RATE_LIMIT, MAX_JOB_DISK_GIB, SESSION_OPEN_TIMEOUT_MS } from "../../node/constants.ts";
 import { contracts, writeContract } from "../../sdk/chain/client.ts";
 import type { JobSpec } from "../../sdk/job-spec.ts";
 import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
@@ -496,13 +496,19 @@ describe("bad bids (real node processes, real chain, loopback libp2p)", () => {
     );
   }, 60_000);
 
-  it("refuses requirements beyond the node: more GPUs, a model or VRAM it lacks, a CPU job on a GPU-only node", async () => {
+  it("refuses requirements beyond the node: more GPUs, a model or VRAM it lacks, a CPU job on a GPU-only node, a disk quota over its cap", async () => {
     const tenant = tenantB.account.address;
     const cases: { requirements: Bid["requirements"]; message: RegExp }[] = [
       { requirements: { gpus: 8 }, message: /no 8 GPU/ },
       { requirements: { gpus: 1, gpuModel: "H100" }, message: /no 1 GPU/ },
       { requirements: { gpus: 1, minVramMiB: 1_000_000 }, message: /no 1 GPU/ },
       { requirements: { gpus: 0 }, message: /GPU jobs only/ },
+      {
+        requirements: { gpus: 1, diskGiB: MAX_JOB_DISK_GIB + 1 },
+        message: new RegExp(
+          `a ${MAX_JOB_DISK_GIB + 1} GiB disk quota; this node gives a job at most ${MAX_JOB_DISK_GIB} GiB`,
+        ),
+      },
     ];
     for (const { requirements, message } of cases) {
       await expectBidRefused(
@@ -636,6 +642,22 @@ describe("bad lease sessions (real node processes, real chain, loopback libp2p)"
     await expectSessionRefused(one.messages, peerB, cpuNode, ["spec-mismatch", "no-capacity"]);
     const eight = await startSession(tenantB, cpuNode, bLeaseId, auth, jobSpec("echo greedier", 8));
     await expectSessionRefused(eight.messages, peerB, cpuNode, ["spec-mismatch", "no-capacity"]);
+  }, 60_000);
+
+  it("refuses a spec asking for a larger disk quota than the node gives a job: spec-mismatch", async () => {
+    const auth = await signTenantAuth(tenantB.account, bLeaseId, peerB.id);
+    const spec = jobSpec("echo roomy", 0);
+    const roomy = await startSession(tenantB, cpuNode, bLeaseId, auth, {
+      ...spec,
+      resources: { ...spec.resources, diskGiB: MAX_JOB_DISK_GIB * 2 },
+    });
+    await expectSessionRefused(
+      roomy.messages,
+      peerB,
+      cpuNode,
+      ["spec-mismatch"],
+      new RegExp(`this provider gives a job at most ${MAX_JOB_DISK_GIB} GiB`),
+    );
   }, 60_000);
 
   it("refuses malformed, tampered, misattributed, wrongly typed, schema-failing and oversized session messages", async () => {

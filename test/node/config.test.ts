@@ -44,3 +44,23 @@ describe("the drain's settings", () => {
     expect(config.drainOutputLingerMs).toBe(10_000);
   });
 });
+
+describe("job disk quotas", () => {
+  it("give a job at most 100 GiB, held as the machine allows, unless the config says otherwise", () => {
+    const config = nodeConfigSchema.parse(minimal);
+    expect(config.maxJobDiskGiB).toBe(100);
+    expect(config.diskQuota).toBe("auto");
+    expect(nodeConfigSchema.parse({ ...minimal, maxJobDiskGiB: 0.5, diskQuota: "watch" })).toMatchObject({
+      maxJobDiskGiB: 0.5,
+      diskQuota: "watch",
+    });
+  });
+
+  it("refuse a cap that is not positive and a way of holding them that does not exist", () => {
+    for (const bad of [{ maxJobDiskGiB: 0 }, { diskQuota: "xfs" }]) {
+      const parsed = nodeConfigSchema.safeParse({ ...minimal, ...bad });
+      expect(parsed.success).toBe(false);
+      expect(parsed.error?.issues[0]?.path).toEqual(Object.keys(bad));
+    }
+  });
+});

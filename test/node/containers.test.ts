@@ -1,4 +1,5 @@
 import { once } from "node:events";
+import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -16,12 +17,15 @@ import {
 } from "../../node/containers/container-job.ts";
 import { ImageCache } from "../../node/containers/images.ts";
 import { Podman } from "../../node/containers/podman.ts";
+import { DISK_IMAGE, loopDevices, mountPoints } from "../../node/disk-quota.ts";
+import { openWorkDirs, quotaEnforcement, releaseQuotaFileSystems } from "../../node/work-dirs.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import { silentLogger } from "../../sdk/logger.ts";
 import { installed, startRegistry, type Registry } from "../helpers/registry.ts";
 import { throwawayPodman } from "../helpers/podman.ts";
 
 const missing = ["podman", "docker-registry", "busybox"].filter((tool) => !installed(tool));
+const quotasMount = (await quotaEnforcement("auto")) === "mount";
 
 /**
  * The provider's image side with real parts: a registry on loopback, images built here with no
@@ -80,6 +84,7 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
       await rm(podman.init.runroot, { recursive: true, force: true });
     }
     await registry?.stop();
+    if (dir) await releaseQuotaFileSystems(dir, silentLogger);
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
@@ -159,6 +164,30 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     expect(await job.exited).toMatchObject({ reason: "memory", signal: "SIGKILL" });
     held.release();
   });
+
+  it.skipIf(!quotasMount)(
+    "past its disk quota /work refuses the job's writes and the reason is disk; removed, its file system leaves nothing",
+    async () => {
+      const jobsDir = path.join(dir, "quota-jobs");
+      await mkdir(jobsDir);
+      const workDirs = await openWorkDirs({ jobsDir, diskQuota: "mount", log: silentLogger });
+      const workDir = await workDirs.create(8n, 64 * 2 ** 20);
+      const { job, lines, held } = await runBusybox("disk", "8", {
+        workDir: workDir.path,
+        command: ["sh", "-c", "dd if=/dev/zero of=/work/big bs=1M count=100"],
+      });
+      const exit = await workDirs.supervise(job, workDir);
+      held.release();
+      expect(exit).toMatchObject({ code: 1, reason: "disk", detail: "the job used more than its 64 MiB disk quota" });
+      expect(lines.join("\n")).toMatch(/No space left on device/);
+
+      await workDirs.remove(8n);
+      const image = path.join(path.dirname(workDir.path), DISK_IMAGE);
+      expect((await mountPoints()).filter((mountPoint) => mountPoint === workDir.path)).toEqual([]);
+      expect((await loopDevices()).filter((loop) => loop.backingFile.startsWith(image))).toEqual([]);
+      expect(existsSync(image) || existsSync(workDir.path)).toBe(false);
+    },
+  );
 
   it("kill() passes SIGTERM to the job through the container's init; the wall time stops it too", async () => {
     const trapping = (wallTimeMs?: number): Partial<ContainerJobOptions> => ({

@@ -23,4 +23,12 @@ describe("a nearly full disk", () => {
       /^the provider's disk is nearly full \([\d.]+ GiB free, it takes new leases with 1000000\.0 GiB\)$/,
     );
   });
+
+  it("stops a lease whose disk quota the free disk cannot hold beside minFreeDiskGiB, naming both", () => {
+    const free = freeDiskBytes(dirs);
+    expect(diskTooFull(withMinimum(0), 2 ** 20)).toBeUndefined();
+    expect(diskTooFull(withMinimum(1), free * 2)).toMatch(
+      /^the provider's disk has [\d.]+ GiB free, too little for the job's \d+ [MG]iB disk quota and the 1\.0 GiB it keeps free$/,
+    );
+  });
 });

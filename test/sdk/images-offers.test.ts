@@ -88,6 +88,17 @@ describe("offers: runtimes and images", () => {
       false,
     ]);
   });
+
+  it("a job's disk quota matches only offers that give a job that much; an offer from before quotas names none and matches", () => {
+    const small = offer(1, { maxJobDiskGiB: 10 });
+    const large = offer(2, { maxJobDiskGiB: 100 });
+    const unnamed = offer(3);
+    expect(unnamed.maxJobDiskGiB).toBeUndefined();
+    const offers = [small, large, unnamed];
+    expect(offers.map((o) => offerMatches(o, { gpus: 1, diskGiB: 50 }))).toEqual([false, true, true]);
+    expect(offers.map((o) => offerMatches(o, { gpus: 1, diskGiB: 10 }))).toEqual([true, true, true]);
+    expect(offers.map((o) => offerMatches(o, { gpus: 1 }))).toEqual([true, true, true]);
+  });
 });
 
 /** A client whose offer book holds `offers`, and gets no more: all findOffers reads of a client. */

@@ -1,0 +1,252 @@
+import { existsSync } from "node:fs";
+import { mkdir, readdir, realpath, rm } from "node:fs/promises";
+import path from "node:path";
+
+import { UserError } from "../sdk/errors.ts";
+import { formatDiskQuota } from "../sdk/job-spec.ts";
+import type { Logger } from "../sdk/logger.ts";
+import {
+  DISK_IMAGE,
+  fileSystemFull,
+  loopDevices,
+  mountPoints,
+  mountQuotaFileSystem,
+  remountQuotaFileSystem,
+  removeQuotaFileSystem,
+} from "./disk-quota.ts";
+import { diskUsage, watchDiskUsage } from "./disk-usage.ts";
+import { resolveExecutable } from "./sandbox/detect.ts";
+import type { JobExit, JobProcess } from "./sandbox/runner.ts";
+
+/**
+ * How a job's disk quota holds. `mount`: its work dir is a file system of the quota's size (see
+ * `disk-quota.ts`), so a write past it fails with ENOSPC. `watch`: the node measures the work dir's
+ * usage every few seconds and stops the job once it is over (a job writing fast goes that much over
+ * first).
+ */
+export type DiskQuotaEnforcement = "mount" | "watch";
+
+/** A lease's work dir, and how its quota holds. */
+export interface WorkDir {
+  path: string;
+  quotaBytes: number;
+  enforcement: DiskQuotaEnforcement;
+}
+
+/** How a work dir went over its quota: too many bytes, or (a file system of its own) too many files. */
+export type QuotaExcess = "bytes" | "inodes";
+
+/** What the tenant of a job that went over its quota is told beside the reason `disk` (short: the result's reason holds 64 characters). */
+export function quotaExcessDetail(quotaBytes: number, excess: QuotaExcess): string {
+  const quota = formatDiskQuota(quotaBytes);
+  return excess === "bytes"
+    ? `the job used more than its ${quota} disk quota`
+    : `the job ran out of inodes in its ${quota} disk quota`;
+}
+
+export interface WorkDirs {
+  /** How the quotas of new work dirs hold on this node. */
+  readonly enforcement: DiskQuotaEnforcement;
+  /** Where a lease's work dir is: `<jobsDir>/<lease>/work`, the jobs dir's real path. */
+  pathOf(leaseId: bigint): string;
+  /**
+   * Makes a lease's work dir, empty, with its quota: in `mount` mode a
+   * file system of its own is mounted on it. What an earlier start of the lease left is removed first.
+   */
+  create(leaseId: bigint, quotaBytes: number): Promise<WorkDir>;
+  /**
+   * A lease's work dir as the node's previous run left it, for its job to run again there: its file
+   * system still mounted (or mounted again, after a reboot); a work dir without one (made by a node
+   * that watched its quotas) is watched.
+   */
+  reopen(leaseId: bigint, quotaBytes: number): Promise<WorkDir>;
+  /** Whether the work dir went over its quota: its file system is full, or its usage is over. */
+  overQuota(dir: WorkDir): Promise<QuotaExcess | undefined>;
+  /**
+   * The job's exit, with the reason `disk` and its detail when it went over its work dir's quota:
+   * in `watch` mode it is stopped as soon as its usage is seen over; in either mode, a job that
+   * failed (non-zero exit, or a signal) with its work dir over its quota (in `mount` mode: its file
+   * system full, so a write failed with ENOSPC) ran out of disk, a best guess as for `memory`.
+   */
+  supervise(job: JobProcess, dir: WorkDir): Promise<JobExit>;
+  /**
+   * Removes a lease's work dir: its file system unmounted, its loop device freed, its image
+   * deleted, then the dir itself. The job's log, beside it, stays. Never rejects: what could not be
+   * removed is logged, and {@link WorkDirs.prune} tries again at the next start.
+   */
+  remove(leaseId: bigint): Promise<void>;
+  /**
+   * Removes the work dir of every lease under the jobs dir that `ended` says is over (at start: a
+   * node killed by SIGKILL removed none of its own). Directories that are not a lease's are left.
+   */
+  prune(ended: (leaseId: bigint) => boolean): Promise<void>;
+}
+
+export interface OpenWorkDirsParameters {
+  jobsDir: string;
+  /** The config's `diskQuota`. */
+  diskQuota: "auto" | DiskQuotaEnforcement;
+  log: Logger;
+}
+
+/**
+ * How quotas hold on this machine: `mount` where the node runs as root and has loop devices,
+ * mkfs.ext4, mount, umount and losetup; `watch` otherwise, unless the config says.
+ *
+ * @throws {UserError} when `mount` is asked for where it cannot work.
+ */
+export async function quotaEnforcement(asked: OpenWorkDirsParameters["diskQuota"]): Promise<DiskQuotaEnforcement> {
+  if (asked === "watch") return "watch";
+  const missing = [];
+  if (process.getuid?.() !== 0) missing.push("root");
+  if (!existsSync("/dev/loop-control")) missing.push("loop devices (/dev/loop-control)");
+  for (const tool of ["mkfs.ext4", "mount", "umount", "losetup"]) {
+    if ((await resolveExecutable(tool)) === undefined) missing.push(tool);
+  }
+  if (missing.length === 0) return "mount";
+  if (asked === "auto") return "watch";
+  throw new UserError(`diskQuota is mount, but this node lacks ${missing.join(", ")}`, {
+    details:
+      "a quota file system is loop-mounted on each work dir: run the node as root with e2fsprogs and util-linux, or set diskQuota: watch",
+  });
+}
+
+/** Lease directories under the jobs dir are named by lease id. */
+const LEASE_DIR = /^\d+$/;
+
+/** The lease work dirs under `jobsDir` (see {@link WorkDirs}), their quotas held as `diskQuota` says. */
+export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsParameters): Promise<WorkDirs> {
+  const enforcement = await quotaEnforcement(diskQuota);
+  // Mount points are compared with the kernel's mount table, which has the real path.
+  const root = await realpath(jobsDir);
+  log.info("job disk quotas", {
+    enforcement,
+    ...(diskQuota === "auto" && enforcement === "watch" ? { why: "not root, or no loop devices or e2fsprogs" } : {}),
+  });
+  const leaseDir = (leaseId: bigint): string => path.join(root, leaseId.toString());
+  const paths = (leaseId: bigint) => ({
+    work: path.join(leaseDir(leaseId), "work"),
+    image: path.join(leaseDir(leaseId), DISK_IMAGE),
+  });
+
+  /** One change at a time per lease: a removal never runs into a start that makes the work dir again. */
+  const queues = new Map<bigint, Promise<unknown>>();
+  const serialized = <T>(leaseId: bigint, task: () => Promise<T>): Promise<T> => {
+    const next = (queues.get(leaseId) ?? Promise.resolve()).then(task, task);
+    const settled = next.catch(() => undefined);
+    queues.set(leaseId, settled);
+    void settled.then(() => queues.get(leaseId) === settled && queues.delete(leaseId));
+    return next;
+  };
+
+  const removeNow = async (leaseId: bigint): Promise<void> => {
+    const { work, image } = paths(leaseId);
+    await removeQuotaFileSystem(image, work, log);
+    await rm(work, { recursive: true, force: true });
+  };
+
+  const remove = (leaseId: bigint): Promise<void> =>
+    serialized(leaseId, () => removeNow(leaseId)).catch((error: unknown) =>
+      log.warn("work dir not removed; the next start tries again", { leaseId, error }),
+    );
+
+  const overQuota = async (dir: WorkDir): Promise<QuotaExcess | undefined> =>
+    dir.enforcement === "mount"
+      ? fileSystemFull(dir.path)
+      : (await diskUsage(dir.path)) > dir.quotaBytes
+        ? "bytes"
+        : undefined;
+
+  return {
+    enforcement,
+    pathOf: (leaseId) => paths(leaseId).work,
+    create: (leaseId, quotaBytes) =>
+      serialized(leaseId, async () => {
+        const { work, image } = paths(leaseId);
+        await removeNow(leaseId);
+        await mkdir(work, { recursive: true });
+        if (enforcement === "mount") {
+          try {
+            await mountQuotaFileSystem(image, work, quotaBytes);
+          } catch (error) {
+            // What failed is the error to report; whatever the cleanup leaves, the next start's prune takes.
+            await removeNow(leaseId).catch(() => undefined);
+            throw error;
+          }
+        }
+        return { path: work, quotaBytes, enforcement };
+      }),
+    reopen: (leaseId, quotaBytes) =>
+      serialized(leaseId, async () => {
+        const { work, image } = paths(leaseId);
+        if ((await mountPoints()).includes(work)) return { path: work, quotaBytes, enforcement: "mount" };
+        if (enforcement === "mount" && existsSync(image)) {
+          await remountQuotaFileSystem(image, work);
+          return { path: work, quotaBytes, enforcement: "mount" };
+        }
+        await mkdir(work, { recursive: true });
+        return { path: work, quotaBytes, enforcement: "watch" };
+      }),
+    overQuota,
+    async supervise(job, dir) {
+      const unwatch =
+        dir.enforcement === "watch"
+          ? watchDiskUsage({
+              dir: dir.path,
+              quotaBytes: dir.quotaBytes,
+              onOver: (usage) => {
+                log.info("job over its disk quota: stopping it", {
+                  leaseId: job.leaseId,
+                  usage,
+                  quota: dir.quotaBytes,
+                });
+                void job.kill("disk");
+              },
+              onError: (error) => log.warn("work dir usage not measured", { leaseId: job.leaseId, error }),
+            })
+          : undefined;
+      const exit = await job.exited;
+      unwatch?.();
+      if (exit.reason === "disk") return { ...exit, detail: quotaExcessDetail(dir.quotaBytes, "bytes") };
+      if (exit.reason !== "exited" || (exit.code === 0 && exit.signal === null)) return exit;
+      const excess = await overQuota(dir).catch((error: unknown) => {
+        log.warn("work dir usage not measured", { leaseId: job.leaseId, error });
+        return undefined;
+      });
+      return excess ? { ...exit, reason: "disk", detail: quotaExcessDetail(dir.quotaBytes, excess) } : exit;
+    },
+    remove,
+    async prune(ended) {
+      const names = await readdir(root).catch(() => []);
+      const leases = names
+        .filter((name) => LEASE_DIR.test(name))
+        .map(BigInt)
+        .filter(ended);
+      const over = leases.filter((leaseId) => existsSync(paths(leaseId).work) || existsSync(paths(leaseId).image));
+      if (over.length > 0) log.info("removing the work dirs of leases that ended", { count: over.length });
+      for (const leaseId of over) await remove(leaseId);
+    },
+  };
+}
+
+/**
+ * Unmounts every quota file system under `dir` and frees the loop devices of images under it, for a
+ * whole tree that is about to go (a devnet's data, once its providers stopped: one killed by SIGKILL
+ * leaves its leases' file systems mounted).
+ */
+export async function releaseQuotaFileSystems(dir: string, log: Logger): Promise<void> {
+  const root = await realpath(dir).catch(() => undefined);
+  if (root === undefined) return;
+  const under = (file: string): boolean => file.startsWith(`${root}${path.sep}`);
+  // Only lease work dirs: Podman's own mounts under a provider's data dir are Podman's to undo.
+  const workDir = (mountPoint: string): boolean =>
+    path.basename(mountPoint) === "work" && LEASE_DIR.test(path.basename(path.dirname(mountPoint)));
+  const mounted = (await mountPoints()).filter((mountPoint) => under(mountPoint) && workDir(mountPoint));
+  const images = (await loopDevices())
+    .map((loop) => loop.backingFile.replace(/ \(deleted\)$/, ""))
+    .filter((image) => under(image) && path.basename(image) === DISK_IMAGE);
+  for (const work of mounted) {
+    await removeQuotaFileSystem(path.join(path.dirname(work), DISK_IMAGE), work, log);
+  }
+  for (const image of images) await removeQuotaFileSystem(image, path.join(path.dirname(image), "work"), log);
+}
