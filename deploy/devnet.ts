@@ -71,9 +71,9 @@ export interface StartDevnetParameters {
   providers: number;
   /** Where everything lives; a fresh temp dir by default. */
   dir?: string;
-  /** Node config for every provider (e.g. fast heartbeats), and per provider. */
+  /** Node config for every provider (e.g. fast heartbeats), and per provider (told the chain's URL). */
   config?: Partial<NodeConfigInput>;
-  configFor?: (index: number) => Partial<NodeConfigInput>;
+  configFor?: (index: number, chain: { rpcUrl: string }) => Partial<NodeConfigInput>;
   /** Receives every provider's output lines, tagged with its name. */
   onProviderLine?: (name: string, line: string) => void;
   /** Progress while starting, for people. */
@@ -202,7 +202,7 @@ export async function startDevnet({
         keystore: "key.json",
         ...DEVNET_NODE_CONFIG,
         ...config,
-        ...configFor?.(index),
+        ...configFor?.(index, { rpcUrl: chain.rpcUrl }),
       });
       onStep(`registering ${name} (${account.address}) with a stake of 500`);
       const client = createChainClient({ rpcUrl: chain.rpcUrl, deployment, account, pollingIntervalMs: 50 });

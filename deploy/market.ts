@@ -40,7 +40,7 @@ export interface StartMarketOptions {
   /** Node config overrides, e.g. fast heartbeats for tests. */
   config?: Partial<NodeConfigInput>;
   /** Config overrides for one provider. */
-  configFor?: (index: number) => Partial<NodeConfigInput>;
+  configFor?: (index: number, chain: { rpcUrl: string }) => Partial<NodeConfigInput>;
 }
 
 /**

@@ -31,8 +31,11 @@ const wei = z.union([z.string().regex(/^\d+$/), z.number().int().nonnegative()])
 /** The provider node's config file (`<dataDir>/config.yaml`), validated when the node starts. */
 export const nodeConfigSchema = z
   .object({
-    /** JSON-RPC endpoint of the chain. */
-    rpcUrl: z.string().url(),
+    /**
+     * JSON-RPC endpoint of the chain, or a list of them: requests go to the last one that answered
+     * and move to the next when it fails (sdk/chain/transport.ts).
+     */
+    rpcUrl: z.union([z.string().url(), z.array(z.string().url()).min(1)]),
     /** The widest block range one `eth_getLogs` asks for; lower it for an RPC that allows less. */
     maxLogRange: z.number().int().positive().default(10_000),
     /** The deployment file (`deployments/<chainId>.json`) of the contracts to use. */

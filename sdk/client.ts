@@ -17,8 +17,8 @@ import type { Offer } from "./wire/messages.ts";
 export const TENANT_IPFS_DIR = "ipfs";
 
 export interface CreateBatonClientParameters {
-  /** JSON-RPC endpoint of the chain the deployment lives on. */
-  rpcUrl: string;
+  /** The JSON-RPC endpoint of the deployment's chain, or several to fail over between (see `createChainClient`). */
+  rpcUrl: string | readonly string[];
   /** The tenant's Ethereum account: it pays for leases and signs session proofs. */
   account: LocalAccount;
   /** The deployment, or the path of its JSON file (`deployments/<chainId>.json`). */

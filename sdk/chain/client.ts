@@ -21,6 +21,7 @@ import { ChainError, UserError, walk } from "../errors.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import type { Deployment } from "./deployments.ts";
 import { DEFAULT_MAX_LOG_RANGE } from "./logs.ts";
+import { stickyFallback } from "./transport.ts";
 
 /** Every custom error a Baton transaction can revert with, so reverts decode to their names. */
 export const batonErrorsAbi = [...leaseManagerAbi, ...providerRegistryAbi, ...devTokenAbi].filter(
@@ -38,7 +39,11 @@ export interface ChainClient {
 }
 
 export interface CreateChainClientParameters {
-  rpcUrl: string;
+  /**
+   * The chain's JSON-RPC endpoint, or several: requests go to the last one that answered, and to
+   * the next when it fails ({@link stickyFallback}).
+   */
+  rpcUrl: string | readonly string[];
   deployment: Deployment;
   account?: Account;
   /** How often to poll for receipts and events; loopback chains answer in a few ms. */
@@ -61,13 +66,15 @@ export function createChainClient({
   maxLogRange = DEFAULT_MAX_LOG_RANGE,
 }: CreateChainClientParameters): ChainClient {
   if (maxLogRange < 1n) throw new UserError(`the largest log range must be at least 1 block, not ${maxLogRange}`);
+  const urls = typeof rpcUrl === "string" ? [rpcUrl] : [...rpcUrl];
+  if (urls.length === 0) throw new UserError("no RPC URL given");
   const chain = defineChain({
     id: deployment.chainId,
     name: `chain-${deployment.chainId}`,
     nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
-    rpcUrls: { default: { http: [rpcUrl] } },
+    rpcUrls: { default: { http: urls } },
   });
-  const transport = http(rpcUrl, { retryCount: 2, timeout: 15_000 });
+  const transport = urls.length === 1 ? http(urls[0], { retryCount: 2, timeout: 15_000 }) : stickyFallback(urls);
   const publicClient = createPublicClient({ chain, transport, pollingInterval: pollingIntervalMs });
   const walletClient = account
     ? createWalletClient({ chain, account, transport, pollingInterval: pollingIntervalMs })
@@ -85,7 +92,7 @@ export async function checkChain(client: ChainClient, signal?: AbortSignal): Pro
   try {
     chainId = await client.publicClient.getChainId();
   } catch (cause) {
-    throw new ChainError(`no JSON-RPC node answers at ${client.chain.rpcUrls.default.http[0]}`, { cause });
+    throw new ChainError(`no JSON-RPC node answers at ${client.chain.rpcUrls.default.http.join(" or ")}`, { cause });
   }
   signal?.throwIfAborted();
   if (chainId !== client.deployment.chainId) {

@@ -18,10 +18,14 @@ export type RpcFault =
 
 export interface RpcProxy {
   url: string;
+  /** Where requests go; settable, for a proxy started before its chain. */
+  target: string;
   /** Every request received, in order (a batch counts each of its calls). */
   requests: ProxiedRequest[];
   /** Applies `fault` to the next `count` calls of `method` (`*`: any method). */
   fail(method: string, fault: RpcFault, count?: number): void;
+  /** Ends every fault: requests held by a black hole are dropped, new ones forwarded. */
+  heal(): void;
   stop(): Promise<void>;
 }
 
@@ -41,7 +45,7 @@ interface Call {
  * A JSON-RPC proxy on 127.0.0.1 in front of a chain, for tests of what public endpoints do: cap
  * `eth_getLogs` ranges and fail chosen calls. Everything else is forwarded unchanged.
  */
-export async function startRpcProxy(target: string, options: RpcProxyOptions = {}): Promise<RpcProxy> {
+export async function startRpcProxy(target = "", options: RpcProxyOptions = {}): Promise<RpcProxy> {
   const requests: ProxiedRequest[] = [];
   const faults: { method: string; fault: RpcFault; left: number }[] = [];
   const sockets = new Set<Socket>();
@@ -65,7 +69,11 @@ export async function startRpcProxy(target: string, options: RpcProxyOptions = {
   };
 
   const forward = async (body: string): Promise<string> => {
-    const response = await fetch(target, { method: "POST", headers: { "content-type": "application/json" }, body });
+    const response = await fetch(proxy.target, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
     return response.text();
   };
 
@@ -121,11 +129,17 @@ export async function startRpcProxy(target: string, options: RpcProxyOptions = {
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
 
-  return {
+  const proxy: RpcProxy = {
     url: `http://127.0.0.1:${port}`,
+    target,
     requests,
     fail(method, fault, count = 1) {
       faults.push({ method, fault, left: count });
+    },
+    heal() {
+      faults.length = 0;
+      for (const response of held) response.destroy();
+      held.clear();
     },
     async stop() {
       for (const response of held) response.destroy();
@@ -133,4 +147,5 @@ export async function startRpcProxy(target: string, options: RpcProxyOptions = {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+  return proxy;
 }
