@@ -1,6 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
+import { parseGwei } from "viem";
 import { z } from "zod";
 
 import { UserError } from "../sdk/errors.ts";
@@ -38,6 +39,14 @@ export const nodeConfigSchema = z
     rpcUrl: z.union([z.string().url(), z.array(z.string().url()).min(1)]),
     /** The widest block range one `eth_getLogs` asks for; lower it for an RPC that allows less. */
     maxLogRange: z.number().int().positive().default(10_000),
+    /**
+     * The most the node pays per gas, in gwei, however high fees spike (its transactions wait for
+     * fees to come down); null: no cap. Its heartbeats wait too, so set it above the fees a lease
+     * must be able to pay within its heartbeat timeout.
+     */
+    maxFeePerGasGwei: z.number().positive().nullable().default(null),
+    /** A transaction not mined after this long is sent again, with 12.5% more fee within the cap. */
+    resendTxAfterS: z.number().positive().default(30),
     /** The deployment file (`deployments/<chainId>.json`) of the contracts to use. */
     deployment: z.string().min(1),
     /** A v3 keystore file, relative to the data dir; BATON_PROVIDER_KEY overrides it in development. */
@@ -179,6 +188,17 @@ export async function loadNodeConfig(dataDir: string): Promise<NodeConfig> {
  *
  * @throws {UserError} when `BATON_LOG_LEVEL` names no level.
  */
+/** The fee cap and resend interval of the node's transactions, as `createChainClient` takes them. */
+export function chainFeeOptions(config: Pick<NodeConfig, "maxFeePerGasGwei" | "resendTxAfterS">): {
+  maxFeePerGas?: bigint;
+  replaceAfterMs: number;
+} {
+  return {
+    ...(config.maxFeePerGasGwei === null ? {} : { maxFeePerGas: parseGwei(String(config.maxFeePerGasGwei)) }),
+    replaceAfterMs: config.resendTxAfterS * 1_000,
+  };
+}
+
 export function nodeLogLevel(config: Pick<NodeConfig, "logLevel">, env: NodeJS.ProcessEnv = process.env): LogLevel {
   const fromEnv = env.BATON_LOG_LEVEL;
   if (fromEnv === undefined || fromEnv === "") return config.logLevel;

@@ -13,7 +13,7 @@ import { pollUntil, sleep } from "../sdk/utils/retry.ts";
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
-import { DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
+import { chainFeeOptions, DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
 import { httpProxy } from "./http-proxy.ts";
@@ -107,6 +107,7 @@ async function startLocked(
     account,
     pollingIntervalMs: 100,
     maxLogRange: BigInt(config.maxLogRange),
+    ...chainFeeOptions(config),
   });
   await checkChain(chain);
 

@@ -37,6 +37,10 @@ export interface CreateBatonClientParameters {
   pollingIntervalMs?: number;
   /** The widest block range one `eth_getLogs` asks for. Default 10,000 blocks. */
   maxLogRange?: bigint;
+  /** The most wei per gas the tenant's transactions may pay. Default: no cap. */
+  maxFeePerGas?: bigint;
+  /** Send a transaction again (12.5% more fee, within the cap) when not mined after this long. Default 30 s. */
+  replaceAfterMs?: number;
   signal?: AbortSignal;
 }
 
@@ -90,6 +94,8 @@ export async function createBatonClient({
   log = silentLogger,
   pollingIntervalMs = 100,
   maxLogRange,
+  maxFeePerGas,
+  replaceAfterMs,
   signal,
 }: CreateBatonClientParameters): Promise<BatonClient> {
   const resolved = typeof deployment === "string" ? await loadDeploymentFile(deployment) : deployment;
@@ -99,6 +105,8 @@ export async function createBatonClient({
     account,
     pollingIntervalMs,
     ...(maxLogRange ? { maxLogRange } : {}),
+    ...(maxFeePerGas ? { maxFeePerGas } : {}),
+    ...(replaceAfterMs ? { replaceAfterMs } : {}),
   });
   await checkChain(chain, signal);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });

@@ -4,13 +4,13 @@ import {
   createPublicClient,
   createWalletClient,
   defineChain,
+  encodeFunctionData,
   http,
   type Abi,
   type Account,
   type Chain,
   type ContractFunctionArgs,
   type ContractFunctionName,
-  type Hash,
   type PublicClient,
   type TransactionReceipt,
   type Transport,
@@ -21,6 +21,7 @@ import { ChainError, UserError, walk } from "../errors.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import type { Deployment } from "./deployments.ts";
 import { DEFAULT_MAX_LOG_RANGE } from "./logs.ts";
+import { sendUntilMined, type FeePolicy } from "./send.ts";
 import { stickyFallback } from "./transport.ts";
 
 /** Every custom error a Baton transaction can revert with, so reverts decode to their names. */
@@ -36,6 +37,8 @@ export interface ChainClient {
   walletClient: WalletClient<Transport, Chain, Account> | undefined;
   /** The widest block range one `eth_getLogs` asks for (scans go in pages: sdk/chain/logs.ts). */
   maxLogRange: bigint;
+  /** The fee cap and resend interval of every transaction {@link writeContract} sends. */
+  fees: FeePolicy;
 }
 
 export interface CreateChainClientParameters {
@@ -50,6 +53,10 @@ export interface CreateChainClientParameters {
   pollingIntervalMs?: number;
   /** The widest block range one `eth_getLogs` asks for. Default 10,000 blocks, what public RPC nodes commonly accept. */
   maxLogRange?: bigint;
+  /** The most wei per gas a transaction may pay, however high fees go. Default: no cap. */
+  maxFeePerGas?: bigint;
+  /** Send a transaction again (fees 12.5% higher, within the cap) when not mined after this long. Default 30 s. */
+  replaceAfterMs?: number;
 }
 
 /**
@@ -64,6 +71,8 @@ export function createChainClient({
   account,
   pollingIntervalMs = 250,
   maxLogRange = DEFAULT_MAX_LOG_RANGE,
+  maxFeePerGas,
+  replaceAfterMs = 30_000,
 }: CreateChainClientParameters): ChainClient {
   if (maxLogRange < 1n) throw new UserError(`the largest log range must be at least 1 block, not ${maxLogRange}`);
   const urls = typeof rpcUrl === "string" ? [rpcUrl] : [...rpcUrl];
@@ -79,7 +88,7 @@ export function createChainClient({
   const walletClient = account
     ? createWalletClient({ chain, account, transport, pollingInterval: pollingIntervalMs })
     : undefined;
-  return { chain, deployment, publicClient, walletClient, maxLogRange };
+  return { chain, deployment, publicClient, walletClient, maxLogRange, fees: { maxFeePerGas, replaceAfterMs } };
 }
 
 /**
@@ -148,9 +157,9 @@ export async function writeContract<
   if (!wallet) throw new UserError("this client has no account to send transactions with");
   const { address, abi, functionName, args, blockTag, signal } = parameters;
   const fullAbi = [...abi, ...batonErrorsAbi] as unknown as abi;
-  let hash: Hash;
+  let receipt: TransactionReceipt;
   try {
-    const { request } = await client.publicClient.simulateContract({
+    await client.publicClient.simulateContract({
       account: wallet.account,
       address,
       abi: fullAbi,
@@ -159,7 +168,8 @@ export async function writeContract<
       ...(blockTag ? { blockTag } : {}),
     } as never);
     signal?.throwIfAborted();
-    hash = await wallet.writeContract(request as never);
+    const data = encodeFunctionData({ abi: fullAbi, functionName, args } as never);
+    receipt = await sendUntilMined(client.publicClient, wallet, client.fees, { to: address, data, signal });
   } catch (cause) {
     const revert = revertOf(cause);
     const what = `${String(functionName)} failed`;
@@ -168,8 +178,9 @@ export async function writeContract<
     }
     throw new ChainError(what, { cause, details: cause instanceof ViemBaseError ? cause.shortMessage : String(cause) });
   }
-  const receipt = await client.publicClient.waitForTransactionReceipt({ hash });
-  if (receipt.status !== "success") throw new ChainError(`${String(functionName)} reverted in ${hash}`);
+  if (receipt.status !== "success") {
+    throw new ChainError(`${String(functionName)} reverted in ${receipt.transactionHash}`);
+  }
   return receipt;
 }
 

@@ -1,0 +1,134 @@
+/**
+ * Sending a transaction until it is mined, on chains where that is not a given: a node may drop it,
+ * a connection may break after it was sent, and a fee spike may leave it underpriced in the mempool.
+ * The transaction keeps its nonce throughout, so at most one of its versions is ever mined.
+ */
+import {
+  BaseError as ViemBaseError,
+  HttpRequestError,
+  keccak256,
+  NonceTooLowError,
+  TimeoutError,
+  WaitForTransactionReceiptTimeoutError,
+  type Account,
+  type Chain,
+  type Hash,
+  type Hex,
+  type PublicClient,
+  type TransactionReceipt,
+  type Transport,
+  type WalletClient,
+} from "viem";
+
+import { walk } from "../errors.ts";
+
+/** What a client may pay for gas, and when it sends a transaction again. */
+export interface FeePolicy {
+  /** The most wei per gas any transaction may pay (EIP-1559 `maxFeePerGas`, or a legacy gas price). None by default. */
+  maxFeePerGas: bigint | undefined;
+  /** A transaction not mined after this long is sent again, with 12.5% more fee while the cap allows. */
+  replaceAfterMs: number;
+}
+
+/** What the transaction does, and where. */
+export interface SendParameters {
+  to: `0x${string}`;
+  data: Hex;
+  signal?: AbortSignal | undefined;
+  /** Told each time the transaction is sent again, and why. */
+  onResend?: ((resend: { attempt: number; hash: Hash; maxFeePerGas: bigint; capped: boolean }) => void) | undefined;
+}
+
+interface Fees {
+  maxFeePerGas?: bigint;
+  maxPriorityFeePerGas?: bigint;
+  gasPrice?: bigint;
+}
+
+/** What a node must see to take a replacement: more than 10% on every fee (geth's rule). */
+const BUMP_NUMERATOR = 1125n;
+const BUMP_DENOMINATOR = 1000n;
+
+/** The fee that limits what a transaction pays per gas. */
+const feeOf = (fees: Fees): bigint => fees.maxFeePerGas ?? fees.gasPrice ?? 0n;
+
+/** The fees at most `cap` per gas. */
+function capped(fees: Fees, cap: bigint | undefined): Fees {
+  if (cap === undefined) return fees;
+  const min = (a: bigint | undefined) => (a === undefined ? undefined : a < cap ? a : cap);
+  return {
+    ...(fees.maxFeePerGas !== undefined ? { maxFeePerGas: min(fees.maxFeePerGas)! } : {}),
+    ...(fees.maxPriorityFeePerGas !== undefined ? { maxPriorityFeePerGas: min(fees.maxPriorityFeePerGas)! } : {}),
+    ...(fees.gasPrice !== undefined ? { gasPrice: min(fees.gasPrice)! } : {}),
+  };
+}
+
+/** Every fee 12.5% higher (at least 1 wei), then capped. */
+function bumped(fees: Fees, cap: bigint | undefined): Fees {
+  const up = (a: bigint | undefined) => (a === undefined ? undefined : (a * BUMP_NUMERATOR) / BUMP_DENOMINATOR + 1n);
+  return capped(
+    {
+      ...(fees.maxFeePerGas !== undefined ? { maxFeePerGas: up(fees.maxFeePerGas)! } : {}),
+      ...(fees.maxPriorityFeePerGas !== undefined ? { maxPriorityFeePerGas: up(fees.maxPriorityFeePerGas)! } : {}),
+      ...(fees.gasPrice !== undefined ? { gasPrice: up(fees.gasPrice)! } : {}),
+    },
+    cap,
+  );
+}
+
+/** Whether a failed send may still have reached the node: the connection, not the node, failed. */
+const maybeSent = (error: unknown): boolean =>
+  walk(error, (e) => e instanceof HttpRequestError || e instanceof TimeoutError) !== undefined;
+
+/** Whether the node already has this nonce: an earlier version of ours is pending or mined. */
+const nonceTaken = (error: unknown): boolean =>
+  walk(error, (e) => e instanceof NonceTooLowError) !== undefined ||
+  walk(
+    error,
+    (e) => e instanceof ViemBaseError && /already known|replacement transaction underpriced/i.test(e.message),
+  ) !== undefined;
+
+/**
+ * Signs and sends a transaction, and resends it (same nonce, fees 12.5% higher up to the cap) every
+ * `replaceAfterMs` until one version is mined; resolves with that version's receipt. A send whose
+ * connection failed counts as sent (the node may have it): it is sent again at the next round.
+ */
+export async function sendUntilMined(
+  publicClient: PublicClient<Transport, Chain>,
+  wallet: WalletClient<Transport, Chain, Account>,
+  fees: FeePolicy,
+  { to, data, signal, onResend }: SendParameters,
+): Promise<TransactionReceipt> {
+  const prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
+  let current = capped(prepared as Fees, fees.maxFeePerGas);
+  const sent: Hash[] = [];
+  for (let attempt = 1; ; attempt++) {
+    signal?.throwIfAborted();
+    const serializedTransaction = await wallet.signTransaction({ ...prepared, ...current } as never);
+    const hash = keccak256(serializedTransaction);
+    if (!sent.includes(hash)) sent.push(hash);
+    try {
+      await publicClient.sendRawTransaction({ serializedTransaction });
+    } catch (error) {
+      if (!maybeSent(error) && !(attempt > 1 && nonceTaken(error))) throw error;
+    }
+    try {
+      return await publicClient.waitForTransactionReceipt({ hash, timeout: fees.replaceAfterMs });
+    } catch (error) {
+      if (!(error instanceof WaitForTransactionReceiptTimeoutError)) throw error;
+    }
+    // An earlier version may have been mined meanwhile.
+    for (const earlier of sent) {
+      const receipt = await publicClient.getTransactionReceipt({ hash: earlier }).catch(() => undefined);
+      if (receipt) return receipt;
+    }
+    const next = bumped(current, fees.maxFeePerGas);
+    onResend?.({
+      attempt: attempt + 1,
+      hash,
+      maxFeePerGas: feeOf(next),
+      capped: feeOf(next) === feeOf(current),
+    });
+    current = next;
+  }
+}

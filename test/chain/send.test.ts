@@ -1,0 +1,138 @@
+import { createPublicClient, createTestClient, createWalletClient, http, parseEther, parseTransaction } from "viem";
+import { hardhat } from "viem/chains";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { deployBaton } from "../../deploy/deploy.ts";
+import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import { createChainClient, writeContract } from "../../sdk/chain/client.ts";
+import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { devTokenAbi } from "../../sdk/generated/abis.ts";
+import { until } from "../helpers/processes.ts";
+import { startRpcProxy, type RpcProxy } from "../helpers/rpc-proxy.ts";
+
+// Transactions on chains that do not mine every one at once: a send lost on the way, and fees that
+// rise past what a transaction offered. Each keeps its nonce until one version is mined.
+const sender = devAccount(7);
+
+let chain: LocalChain;
+let proxy: RpcProxy;
+let deployment: Deployment;
+
+const testClient = () => createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
+const publicClient = () => createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl) });
+
+beforeAll(async () => {
+  chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
+  deployment = await deployBaton({
+    walletClient: createWalletClient({ chain: hardhat, account: devAccount(0), transport: http(chain.rpcUrl) }),
+    publicClient: publicClient(),
+  });
+  proxy = await startRpcProxy(chain.rpcUrl);
+}, 120_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await chain?.stop();
+});
+
+/** A mint through the proxy, by a client that resends after `replaceAfterMs`. */
+const mint = (options: { replaceAfterMs: number; maxFeePerGas?: bigint }) =>
+  writeContract(
+    createChainClient({ rpcUrl: proxy.url, deployment, account: sender, pollingIntervalMs: 50, ...options }),
+    {
+      address: deployment.contracts.paymentToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [sender.address, parseEther("1")],
+    },
+  );
+
+/** The transactions sent through the proxy since `from`, decoded. */
+const sends = (from: number) =>
+  proxy.requests
+    .slice(from)
+    .filter((r) => r.method === "eth_sendRawTransaction")
+    .map((r) => parseTransaction(r.params[0] as `0x${string}`));
+
+/**
+ * Every 200 ms, mines a block as `next` says: with that base fee, with the chain's own (`{}`), or
+ * none yet (`undefined`); until stopped.
+ */
+function mineAt(next: () => { baseFee?: bigint } | undefined): () => Promise<void> {
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const block = next();
+      if (block?.baseFee !== undefined) await testClient().setNextBlockBaseFeePerGas({ baseFeePerGas: block.baseFee });
+      if (block) await testClient().mine({ blocks: 1 });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  })();
+  return async () => {
+    running = false;
+    await loop;
+  };
+}
+
+describe("writeContract on a chain that does not take every transaction at once", () => {
+  it("sends again a transaction whose send was lost on the way", async () => {
+    const from = proxy.requests.length;
+    proxy.fail("eth_sendRawTransaction", "drop");
+    const receipt = await mint({ replaceAfterMs: 1_000 });
+    expect(receipt.status).toBe("success");
+    const sent = sends(from);
+    expect(sent).toHaveLength(2);
+    expect(sent[1]!.nonce).toBe(sent[0]!.nonce);
+  });
+
+  it("replaces a transaction that fees outgrew, with 12.5% more each time, until one is mined", async () => {
+    const { maxFeePerGas: offered } = await publicClient().estimateFeesPerGas();
+    const high = offered * 3n;
+    await testClient().setAutomine(false);
+    const from = proxy.requests.length;
+    // No block until the transaction is out; then every block costs three times what it offered.
+    const stop = mineAt(() => (sends(from).length > 0 ? { baseFee: high } : undefined));
+    try {
+      const receipt = await mint({ replaceAfterMs: 300, maxFeePerGas: high * 2n });
+      expect(receipt.status).toBe("success");
+      const sent = sends(from);
+      expect(sent.length).toBeGreaterThan(2);
+      expect(new Set(sent.map((tx) => tx.nonce)).size).toBe(1);
+      for (const [i, tx] of sent.entries()) {
+        if (i > 0) expect(tx.maxFeePerGas! * 1000n).toBeGreaterThanOrEqual(sent[i - 1]!.maxFeePerGas! * 1125n);
+      }
+      const mined = await publicClient().getTransaction({ hash: receipt.transactionHash });
+      expect(mined.maxFeePerGas!).toBeGreaterThanOrEqual(high);
+      expect(mined.maxFeePerGas!).toBeLessThanOrEqual(high * 2n);
+    } finally {
+      await stop();
+      await testClient().setAutomine(true);
+    }
+  });
+
+  it("never offers more than its cap: the transaction waits until fees come down", async () => {
+    const { maxFeePerGas: offered } = await publicClient().estimateFeesPerGas();
+    const cap = offered * 2n;
+    let spike = true;
+    await testClient().setAutomine(false);
+    const from = proxy.requests.length;
+    const stop = mineAt(() => (sends(from).length === 0 ? undefined : spike ? { baseFee: cap * 2n } : {}));
+    try {
+      const minted = mint({ replaceAfterMs: 300, maxFeePerGas: cap });
+      // Sent at the cap and sent again while the spike lasts: never above it.
+      await until(
+        () => sends(from).filter((tx) => tx.maxFeePerGas === cap).length >= 3,
+        30_000,
+        "three sends at the cap",
+      );
+      expect(await Promise.race([minted.then(() => "mined"), Promise.resolve("pending")])).toBe("pending");
+      spike = false;
+      const receipt = await minted;
+      expect(receipt.status).toBe("success");
+      expect(sends(from).every((tx) => tx.maxFeePerGas! <= cap)).toBe(true);
+    } finally {
+      await stop();
+      await testClient().setAutomine(true);
+    }
+  });
+});
