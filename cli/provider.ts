@@ -45,7 +45,7 @@ async function providerAccount(options: ProviderOptions, keystore: string) {
 /** The node's chain client and peer identity, from its data dir, checked to be on the deployment's chain. */
 async function connect(options: ProviderOptions): Promise<{ chain: ChainClient; peerId: string; peerKey: PrivateKey }> {
   const [
-    { chainFeeOptions, DATA_FILES, loadNodeConfig },
+    { chainClientOptions, DATA_FILES, loadNodeConfig },
     { checkChain, createChainClient },
     { loadDeploymentFile },
     host,
@@ -60,14 +60,7 @@ async function connect(options: ProviderOptions): Promise<{ chain: ChainClient; 
   const config = await loadNodeConfig(options.dataDir);
   const deployment = await loadDeploymentFile(path.resolve(options.dataDir, config.deployment));
   const account = await providerAccount(options, config.keystore);
-  const chain = createChainClient({
-    rpcUrl: config.rpcUrl,
-    deployment,
-    account,
-    pollingIntervalMs: 100,
-    maxLogRange: BigInt(config.maxLogRange),
-    ...chainFeeOptions(config),
-  });
+  const chain = createChainClient({ ...chainClientOptions(config), deployment, account });
   await checkChain(chain);
   const peerKey = await host.loadOrCreatePeerKey(path.join(options.dataDir, DATA_FILES.peerKey));
   return { chain, peerId: peer.peerIdFromPrivateKey(peerKey).toString(), peerKey };

@@ -188,12 +188,20 @@ export async function loadNodeConfig(dataDir: string): Promise<NodeConfig> {
  *
  * @throws {UserError} when `BATON_LOG_LEVEL` names no level.
  */
-/** The fee cap and resend interval of the node's transactions, as `createChainClient` takes them. */
-export function chainFeeOptions(config: Pick<NodeConfig, "maxFeePerGasGwei" | "resendTxAfterS">): {
+/** How the node talks to its chain, as `createChainClient` takes it (less the deployment and account). */
+export function chainClientOptions(
+  config: Pick<NodeConfig, "rpcUrl" | "maxLogRange" | "maxFeePerGasGwei" | "resendTxAfterS">,
+): {
+  rpcUrl: string | string[];
+  pollingIntervalMs: number;
+  maxLogRange: bigint;
   maxFeePerGas?: bigint;
   replaceAfterMs: number;
 } {
   return {
+    rpcUrl: config.rpcUrl,
+    pollingIntervalMs: 100,
+    maxLogRange: BigInt(config.maxLogRange),
     ...(config.maxFeePerGasGwei === null ? {} : { maxFeePerGas: parseGwei(String(config.maxFeePerGasGwei)) }),
     replaceAfterMs: config.resendTxAfterS * 1_000,
   };

@@ -13,7 +13,7 @@ import { pollUntil, sleep } from "../sdk/utils/retry.ts";
 import { bids } from "./bids.ts";
 import { chainDuties } from "./chain-duties.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
-import { chainFeeOptions, DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
+import { chainClientOptions, DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
 import { httpProxy } from "./http-proxy.ts";
@@ -101,14 +101,7 @@ async function startLocked(
     ...(options.password === undefined ? {} : { password: options.password }),
     ...(options.privateKey === undefined ? {} : { privateKey: options.privateKey }),
   });
-  const chain = createChainClient({
-    rpcUrl: config.rpcUrl,
-    deployment,
-    account,
-    pollingIntervalMs: 100,
-    maxLogRange: BigInt(config.maxLogRange),
-    ...chainFeeOptions(config),
-  });
+  const chain = createChainClient({ ...chainClientOptions(config), deployment, account });
   await checkChain(chain);
 
   const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
