@@ -6,7 +6,7 @@ import type { Multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
 
 import { UserError } from "../../sdk/errors.ts";
-import { imageKey, parseImageReference } from "../../sdk/images/reference.ts";
+import { imageKey, parseImageReference, type ImageDigest } from "../../sdk/images/reference.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { JobImage } from "../../sdk/job-spec.ts";
 import type { Logger } from "../../sdk/logger.ts";
@@ -40,6 +40,25 @@ export interface ImageCacheInit {
   log: Logger;
   /** False when the store does not exist yet: there is nothing in it to match the index against. */
   storeUsed?: boolean;
+}
+
+/**
+ * Why a job's spec cannot run on a lease whose quote named `leaseImage` (the manifest digest the
+ * node signed for; undefined for a process job), or undefined when nothing the spec says contradicts
+ * it. A registry reference is checked by its `@sha256:` here; a layout by CID, whose manifest is
+ * known only once fetched, by {@link ImageCache.acquire}.
+ */
+export function imageMismatch(image: JobImage | undefined, leaseImage: ImageDigest | undefined): string | undefined {
+  if (image === undefined) {
+    return leaseImage === undefined ? undefined : `the lease was opened for image ${leaseImage}; the spec runs none`;
+  }
+  const key = imageKey(image);
+  if (leaseImage === undefined) return `the spec runs image ${key}; the lease was opened for a job without one`;
+  if (typeof image !== "string") return undefined;
+  const { digest } = parseImageReference(image);
+  // Unpinned: the cache refuses it, whatever the lease says.
+  if (digest === undefined || digest === leaseImage) return undefined;
+  return `the spec runs image ${key}; the lease was opened for ${leaseImage}`;
 }
 
 /** An image ready to run, held in the cache until `release()`. */
@@ -134,13 +153,15 @@ export class ImageCache {
   }
 
   /**
-   * The job's image, pulled or fetched unless cached, and held (not evicted) until released.
+   * The job's image, pulled or fetched unless cached, checked to be the manifest `digest` names
+   * (the lease's image, which the node signed for), and held (not evicted) until released.
    *
-   * @throws {ImageRefusedError} the image cannot be had or fails a check; the message says why.
+   * @throws {ImageRefusedError} the image cannot be had, fails a check, or is another manifest than
+   * `digest`; the message says why.
    */
   async acquire(
     image: JobImage,
-    { providers, signal }: { providers: Multiaddr[]; signal: AbortSignal },
+    { digest, providers, signal }: { digest: ImageDigest; providers: Multiaddr[]; signal: AbortSignal },
   ): Promise<HeldImage> {
     const key = imageKey(image);
     let entry = this.#entries.get(key);
@@ -155,10 +176,8 @@ export class ImageCache {
     }
     entry.lastUsedAt = Date.now();
     this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
-    await this.#save();
-    this.#evictSoon();
     let released = false;
-    return {
+    const held: HeldImage = {
       id: entry.id,
       key,
       release: () => {
@@ -170,6 +189,44 @@ export class ImageCache {
         this.#evictSoon();
       },
     };
+    // Held while it is checked, so that no eviction removes it meanwhile.
+    try {
+      await this.#checkDigest(entry.id, key, digest);
+      await this.#save();
+    } catch (error) {
+      held.release();
+      throw error;
+    }
+    this.#evictSoon();
+    return held;
+  }
+
+  /**
+   * Checks that the image in the store is the manifest `digest`: one of the manifests Podman
+   * recorded it under when it was pulled (Podman checks each against its digest as it pulls; an
+   * image pulled by an index's digest is recorded under the index's and its platform manifest's).
+   * Asked of the store at every start, not of the cache's index, so that what runs is what the
+   * lease names.
+   */
+  async #checkDigest(id: string, key: string, digest: ImageDigest): Promise<void> {
+    const { stdout } = await this.#init.podman.run([
+      "image",
+      "inspect",
+      "--format",
+      "{{.Digest}}{{range .RepoDigests}} {{.}}{{end}}",
+      id,
+    ]);
+    const recorded = new Set(
+      stdout
+        .trim()
+        .split(/\s+/)
+        .map((name) => name.slice(name.lastIndexOf("@") + 1)),
+    );
+    if (recorded.has(digest)) return;
+    throw new ImageRefusedError(`image ${key} is not ${digest}, the image the lease was opened for`, {
+      details: `its manifests: ${[...recorded].join(", ")}`,
+      anywhere: true,
+    });
   }
 
   async #fetch(image: JobImage, key: string, providers: Multiaddr[], signal: AbortSignal): Promise<Entry> {

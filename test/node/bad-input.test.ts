@@ -2,7 +2,7 @@ import { generateKeyPair } from "@libp2p/crypto/keys";
 import type { PrivateKey } from "@libp2p/interface";
 import { peerIdFromPrivateKey, peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
-import { keccak256, parseEther, toHex, type Address } from "viem";
+import { keccak256, parseEther, toHex, zeroHash, type Address } from "viem";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { BID_RATE_LIMIT, SESSION_OPEN_TIMEOUT_MS } from "../../node/constants.ts";
@@ -96,6 +96,7 @@ function bidFor(tenant: Address, overrides: Partial<Bid> = {}): Bid {
     jobId: keccak256(toHex(`bad-input-${++jobCounter}`)),
     tenant,
     requirements: { gpus: 1 },
+    image: zeroHash,
     maxPricePerSecond: parseEther("0.001"),
     durationS: LEASE_S,
     ...overrides,
