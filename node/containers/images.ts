@@ -73,6 +73,12 @@ interface Entry {
   id: string;
   sizeBytes: number;
   lastUsedAt: number;
+  /**
+   * The manifests Podman recorded the image under when it was pulled (it checks each against its
+   * digest as it pulls; an image pulled by an index's digest is recorded under the index's and its
+   * platform manifest's): the digests a lease may name it by.
+   */
+  digests: string[];
 }
 
 /** The platform Podman names for this host: images for another one cannot run here. */
@@ -130,7 +136,10 @@ export class ImageCache {
         .map((id) => id.trim().replace(/^sha256:/, ""))
         .filter(Boolean),
     );
-    const entries = new Map(Object.entries(saved).filter(([, entry]) => present.has(entry.id)));
+    // An entry without digests is from before they were recorded: its image is pulled again.
+    const entries = new Map(
+      Object.entries(saved).filter(([, entry]) => present.has(entry.id) && Array.isArray(entry.digests)),
+    );
     const known = new Set([...entries.values()].map((entry) => entry.id));
     const strays = [...present].filter((id) => !known.has(id));
     if (strays.length > 0) {
@@ -174,10 +183,19 @@ export class ImageCache {
       }
       entry = await pull;
     }
+    // What was pulled (now or for an earlier lease) must be the manifest the lease names.
+    if (!entry.digests.includes(digest)) {
+      throw new ImageRefusedError(`image ${key} is not ${digest}, the image the lease was opened for`, {
+        details: `it was pulled as ${entry.digests.join(", ")}`,
+        anywhere: true,
+      });
+    }
     entry.lastUsedAt = Date.now();
     this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
+    await this.#save();
+    this.#evictSoon();
     let released = false;
-    const held: HeldImage = {
+    return {
       id: entry.id,
       key,
       release: () => {
@@ -189,44 +207,6 @@ export class ImageCache {
         this.#evictSoon();
       },
     };
-    // Held while it is checked, so that no eviction removes it meanwhile.
-    try {
-      await this.#checkDigest(entry.id, key, digest);
-      await this.#save();
-    } catch (error) {
-      held.release();
-      throw error;
-    }
-    this.#evictSoon();
-    return held;
-  }
-
-  /**
-   * Checks that the image in the store is the manifest `digest`: one of the manifests Podman
-   * recorded it under when it was pulled (Podman checks each against its digest as it pulls; an
-   * image pulled by an index's digest is recorded under the index's and its platform manifest's).
-   * Asked of the store at every start, not of the cache's index, so that what runs is what the
-   * lease names.
-   */
-  async #checkDigest(id: string, key: string, digest: ImageDigest): Promise<void> {
-    const { stdout } = await this.#init.podman.run([
-      "image",
-      "inspect",
-      "--format",
-      "{{.Digest}}{{range .RepoDigests}} {{.}}{{end}}",
-      id,
-    ]);
-    const recorded = new Set(
-      stdout
-        .trim()
-        .split(/\s+/)
-        .map((name) => name.slice(name.lastIndexOf("@") + 1)),
-    );
-    if (recorded.has(digest)) return;
-    throw new ImageRefusedError(`image ${key} is not ${digest}, the image the lease was opened for`, {
-      details: `its manifests: ${[...recorded].join(", ")}`,
-      anywhere: true,
-    });
   }
 
   async #fetch(image: JobImage, key: string, providers: Multiaddr[], signal: AbortSignal): Promise<Entry> {
@@ -337,16 +317,21 @@ export class ImageCache {
     });
   }
 
-  /** Checks a pulled image (platform, size); one that fails is removed before the refusal. */
+  /**
+   * Checks a pulled image (platform, size) and records the manifests it was pulled as; one that
+   * fails is removed before the refusal.
+   */
   async #check(id: string, key: string): Promise<Entry> {
     const { stdout } = await this.#init.podman.run([
       "image",
       "inspect",
       "--format",
-      "{{.Os}} {{.Architecture}} {{.Size}}",
+      "{{.Os}} {{.Architecture}} {{.Size}} {{.Digest}}{{range .RepoDigests}} {{.}}{{end}}",
       id,
     ]);
-    const [os, arch, size] = stdout.trim().split(" ");
+    const [os, arch, size, ...names] = stdout.trim().split(/\s+/);
+    // `.Digest` is a bare digest, each of `.RepoDigests` a `name@digest`.
+    const digests = [...new Set(names.map((name) => name.slice(name.lastIndexOf("@") + 1)))];
     const sizeBytes = Number(size);
     const hostArch = HOST_ARCH[process.arch] ?? process.arch;
     let refusal: string | undefined;
@@ -359,7 +344,7 @@ export class ImageCache {
       await this.#init.podman.run(["rmi", "--force", id]).catch(() => {});
       throw new ImageRefusedError(refusal);
     }
-    return { id, sizeBytes, lastUsedAt: Date.now() };
+    return { id, sizeBytes, lastUsedAt: Date.now(), digests };
   }
 
   /** Evicts after any eviction under way (one at a time); a failure is logged, never thrown. */

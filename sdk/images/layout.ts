@@ -14,7 +14,7 @@ import type { BatonClient } from "../client.ts";
 import { shortMessageOf, UserError } from "../errors.ts";
 import type { DirectoryFile } from "../ipfs/node.ts";
 import type { ImageDigest } from "./reference.ts";
-import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES } from "./registry.ts";
+import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES, RESOLVE_TIMEOUT_MS } from "./registry.ts";
 
 /**
  * OCI image layouts (the image-spec's `image-layout.md`): a directory with an `oci-layout` file,
@@ -168,7 +168,8 @@ export async function checkImageLayout(dir: string, { signal }: { signal?: Abort
  * The manifest digest of the image in an OCI layout added to IPFS (`image: { cid }`): the one
  * entry of its `index.json`, which is what Podman pulls from a layout named without a tag. A job's
  * quotes carry it as the lease's `image`. Reads `index.json` from the client's store (the tenant
- * that added the layout holds it), or from connected peers.
+ * that added the layout holds it), or from connected peers, for as long as a registry reference's
+ * resolution may take ({@link RESOLVE_TIMEOUT_MS}).
  *
  * @throws {UserError} when the CID is not a layout directory with a readable `index.json` that
  * lists exactly one image.
@@ -192,18 +193,19 @@ export async function layoutManifestDigest(
   } catch (cause) {
     return fail("it is not a CID", cause);
   }
+  const reading = AbortSignal.any([AbortSignal.timeout(RESOLVE_TIMEOUT_MS), ...(signal ? [signal] : [])]);
   let bytes: Uint8Array;
   try {
     const fs = unixfs(client.ipfs.helia);
-    const stat = await fs.stat(root, { ...(signal ? { signal } : {}) });
+    const stat = await fs.stat(root, { signal: reading });
     if (stat.type !== "directory") return fail("it is not a directory");
     let entry: CID | undefined;
-    for await (const child of fs.ls(root, { ...(signal ? { signal } : {}) })) {
+    for await (const child of fs.ls(root, { signal: reading })) {
       if (child.name === "index.json") entry = child.cid;
     }
     if (!entry) return fail("it has no index.json");
     const chunks: Uint8Array[] = [];
-    for await (const chunk of client.ipfs.cat(entry, { maxBytes: MAX_MANIFEST_BYTES, ...(signal ? { signal } : {}) })) {
+    for await (const chunk of client.ipfs.cat(entry, { maxBytes: MAX_MANIFEST_BYTES, signal: reading })) {
       chunks.push(chunk);
     }
     bytes = Buffer.concat(chunks);
