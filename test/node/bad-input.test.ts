@@ -639,6 +639,19 @@ describe("bad lease sessions (real node processes, real chain, loopback libp2p)"
     await expectSessionRefused(eight.messages, peerB, cpuNode, ["spec-mismatch", "no-capacity"]);
   }, 60_000);
 
+  it("refuses a spec that runs an image on a lease whose quote named none, before pulling anything", async () => {
+    const auth = await signTenantAuth(tenantB.account, bLeaseId, peerB.id);
+    const image = `127.0.0.1:5000/baton/busybox@sha256:${"ab".repeat(32)}`;
+    const session = await startSession(tenantB, cpuNode, bLeaseId, auth, { ...jobSpec("echo boxed", 0), image });
+    await expectSessionRefused(
+      session.messages,
+      peerB,
+      cpuNode,
+      ["spec-mismatch"],
+      new RegExp(`the spec runs image ${image}; the lease was opened for a job without one`),
+    );
+  }, 60_000);
+
   it("refuses malformed, tampered, misattributed, wrongly typed, schema-failing and oversized session messages", async () => {
     const mallory = await rawPeer();
     const otherKey = await generateKeyPair("Ed25519");
