@@ -12,7 +12,9 @@ import {
   http,
   keccak256,
   parseEther,
+  sha256,
   toHex,
+  zeroHash,
   type Hex,
   type TransactionReceipt,
 } from "viem";
@@ -93,13 +95,15 @@ try {
   );
 
   let nonce = 0n;
-  const quote = async (jobId: string): Promise<{ quote: Quote; signature: Hex }> => {
+  /** A process job's quote names no image (zero); an image job's, its manifest digest. */
+  const quote = async (jobId: string, image: Hex = zeroHash): Promise<{ quote: Quote; signature: Hex }> => {
     const block = await publicClient.getBlock();
     const q: Quote = {
       provider: provider.address,
       tenant: tenant.address,
       jobId: keccak256(toHex(jobId)),
       resources: keccak256(toHex("gpu:1xH100")),
+      image,
       pricePerSecond: parseEther("0.0001"),
       collateral: parseEther("10"),
       heartbeatPeriod: 30n,
@@ -125,6 +129,24 @@ try {
     );
     openGas.push(gas(receipt));
     leases.push(leaseIdFromReceipt(receipt, leaseManager));
+  }
+
+  // An image job's quote carries a digest, whose non-zero calldata bytes cost more than zeros.
+  const imageOpenGas: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const { quote: q, signature } = await quote(`image-job-${i}`, sha256(toHex(`manifest-${i}`)));
+    imageOpenGas.push(
+      gas(
+        await send(
+          wallet(tenant).writeContract({
+            address: leaseManager,
+            abi: leaseManagerAbi,
+            functionName: "openLease",
+            args: [q, signature, parseEther("1"), 0n],
+          }),
+        ),
+      ),
+    );
   }
 
   const permitGas: number[] = [];
@@ -269,6 +291,12 @@ try {
       unit: "gas",
       reference: sablier(117_000, "createWithDurations min"),
       target: { value: 150_000, atMost: true },
+    },
+    {
+      name: "openLease, image job (median of 5)",
+      value: median(imageOpenGas),
+      unit: "gas",
+      note: "the quote names an image by its manifest digest (the process job's above names none)",
     },
     {
       name: "openLeaseWithPermit (median of 5)",

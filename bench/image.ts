@@ -42,6 +42,7 @@ import { ImageCache } from "../node/containers/images.ts";
 import { defaultRunRoot, Podman, storeArgs } from "../node/containers/podman.ts";
 import { buildImages, PODMAN_ULIMITS, type BuiltImage } from "../scripts/build-images.ts";
 import {
+  parseImageReference,
   readJobFile,
   runJob,
   type BatonClient,
@@ -273,7 +274,11 @@ async function batonRun(store: Awaited<ReturnType<typeof batonStore>>, image: st
   store.calls.length = 0;
   const leaseId = String(++leaseCounter);
   const t0 = performance.now();
-  const held = await store.cache.acquire(image, { providers: [], signal: AbortSignal.timeout(STEP_TIMEOUT_MS) });
+  const held = await store.cache.acquire(image, {
+    digest: parseImageReference(image).digest!,
+    providers: [],
+    signal: AbortSignal.timeout(STEP_TIMEOUT_MS),
+  });
   const t1 = performance.now();
   try {
     const job = await startContainerJob({
@@ -561,7 +566,11 @@ async function warmProvider(provider: DevnetProvider, image: string, registriesC
     log: silentLogger,
     storeUsed: existsSync(root),
   });
-  const held = await cache.acquire(image, { providers: [], signal: AbortSignal.timeout(STEP_TIMEOUT_MS) });
+  const held = await cache.acquire(image, {
+    digest: parseImageReference(image).digest!,
+    providers: [],
+    signal: AbortSignal.timeout(STEP_TIMEOUT_MS),
+  });
   // acquire() writes the index again once it returned, as release() does: one after the other.
   await cacheSettled();
   held.release();

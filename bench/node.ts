@@ -11,7 +11,7 @@ import { readFile } from "node:fs/promises";
 
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
-import { keccak256, parseEther, toHex } from "viem";
+import { keccak256, parseEther, toHex, zeroHash } from "viem";
 
 import { contracts, writeContract } from "../sdk/chain/client.ts";
 import { openLeaseSession, requestQuote } from "../sdk/wire/clients.ts";
@@ -64,6 +64,7 @@ try {
     jobId: keccak256(toHex(job)),
     tenant: tenant.account.address,
     requirements: { gpus: 0 },
+    image: zeroHash,
     maxPricePerSecond: parseEther("0.001"),
     durationS: 600,
   });

@@ -29,6 +29,9 @@ function duration(seconds: bigint): string {
 
 const asOf = (snapshot: AuditSnapshot): string => `block ${snapshot.blockNumber}, ${time(snapshot.timestamp)}`;
 
+/** A lease's image: its manifest digest, or that it ran none. */
+const imageOf = (lease: LeaseAudit): string => lease.image ?? "none (a process job)";
+
 /** How a lease ended, through its transitions: `completed`, `closing→slashed`, `active (slashable)`. */
 function how(lease: LeaseAudit): string {
   const path = lease.history.slice(1).map((change) => change.status);
@@ -65,6 +68,10 @@ const leaseHeader = (who: string): string[] => [
 ];
 
 export function printJob(job: AuditJobReturnType): void {
+  const leases = [...job.lineage, ...job.others];
+  // One image for the whole job is what the SDK leases; several are shown lease by lease.
+  const images = new Set(leases.map(imageOf));
+  const [image] = images;
   console.log(
     table([
       ["job", job.jobId],
@@ -73,15 +80,17 @@ export function printJob(job: AuditJobReturnType): void {
       ["as of", asOf(job.asOf)],
       ["lineage", `${job.lineage.length} lease(s), ${job.handOffs} hand-off(s)`],
       ["off the lineage", job.others.length > 0 ? job.others.map((l) => l.leaseId).join(", ") : "none"],
+      ["image", images.size === 1 ? `${image!} (every lease)` : `${images.size} different ones (below)`],
     ]),
   );
   console.log("");
   console.log(
-    table([
-      leaseHeader("provider"),
-      ...[...job.lineage, ...job.others].map((lease) => leaseRow(lease, job.asOf.timestamp, lease.provider)),
-    ]),
+    table([leaseHeader("provider"), ...leases.map((lease) => leaseRow(lease, job.asOf.timestamp, lease.provider))]),
   );
+  if (images.size > 1) {
+    console.log("");
+    console.log(table([["lease", "image"], ...leases.map((lease) => [String(lease.leaseId), imageOf(lease)])]));
+  }
   const t = job.totals;
   const burned = job.lineage.concat(job.others).some((lease) => lease.slash?.burned);
   console.log("");
@@ -120,6 +129,7 @@ export function printLease(lease: AuditLeaseReturnType): void {
       ["tenant", lease.tenant],
       ["provider", lease.provider],
       ["predecessor", lease.predecessor === 0n ? "none" : String(lease.predecessor)],
+      ["image", imageOf(lease)],
       ["as of", asOf(lease.asOf)],
       ["opened", `${time(lease.opened.timestamp)} (block ${lease.opened.blockNumber}, tx ${lease.opened.txHash})`],
       ["status", how(lease)],

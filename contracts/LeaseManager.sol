@@ -22,9 +22,9 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
     /// @dev The EIP-712 type of {Lease.Quote}; the SDK builds the same type from the generated ABI.
     bytes32 internal constant QUOTE_TYPEHASH =
         keccak256(
-            "Quote(address provider,address tenant,bytes32 jobId,bytes32 resources,uint256 pricePerSecond,"
-            "uint256 collateral,uint64 heartbeatPeriod,uint64 heartbeatTimeout,uint64 maxDuration,uint64 expiry,"
-            "uint256 nonce)"
+            "Quote(address provider,address tenant,bytes32 jobId,bytes32 resources,bytes32 image,"
+            "uint256 pricePerSecond,uint256 collateral,uint64 heartbeatPeriod,uint64 heartbeatTimeout,"
+            "uint64 maxDuration,uint64 expiry,uint256 nonce)"
         );
 
     /// @dev Tokens sent here are burned: most ERC-20s refuse transfers to the zero address.
@@ -499,7 +499,16 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         leaseId = ++leaseCount;
         if (predecessor != 0) _successors[predecessor] = leaseId;
         uint32 endsAt = _recordLease(leaseId, quote, deposit);
-        emit LeaseOpened(leaseId, quote.jobId, quote.provider, msg.sender, predecessor, deposit, endsAt, quote);
+        emit LeaseOpened(
+            leaseId,
+            quote.jobId,
+            quote.provider,
+            msg.sender,
+            predecessor,
+            deposit,
+            endsAt,
+            _termsOf(quote)
+        );
 
         // Interaction: lock the collateral (the registry checks the stake) and pull the deposit.
         registry.lockCollateral(quote.provider, quote.collateral);
@@ -531,6 +540,23 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         r.settledUntil = now_;
         r.maxEnd = maxEnd;
         r.jobId = quote.jobId;
+    }
+
+    /// @dev The quote less its parties and job, for `LeaseOpened`. A function of its own for the same
+    /// reason as {_recordLease}: the legacy code generator holds every member on the stack at once.
+    function _termsOf(Lease.Quote calldata quote) internal pure returns (Lease.Terms memory) {
+        return
+            Lease.Terms({
+                resources: quote.resources,
+                image: quote.image,
+                pricePerSecond: quote.pricePerSecond,
+                collateral: quote.collateral,
+                heartbeatPeriod: quote.heartbeatPeriod,
+                heartbeatTimeout: quote.heartbeatTimeout,
+                maxDuration: quote.maxDuration,
+                expiry: quote.expiry,
+                nonce: quote.nonce
+            });
     }
 
     function _checkQuote(Lease.Quote calldata quote, uint256 deposit) internal view {

@@ -1,5 +1,5 @@
 import type { PeerId } from "@libp2p/interface";
-import { keccak256, toHex } from "viem";
+import { keccak256, toHex, zeroHash } from "viem";
 
 import { signQuote, type Quote } from "../sdk/chain/quote.ts";
 import { ProtocolError, RefusalError } from "../sdk/errors.ts";
@@ -31,8 +31,9 @@ export interface Bids {
 
 /**
  * Answers bids on `/baton/bid/1.0.0` with a signed EIP-712 quote that `LeaseManager.openLease`
- * accepts (fresh nonce, short expiry, GPUs reserved until it expires) or a reasoned refusal. Every
- * refusal is one log line; a peer that floods gets `rate-limited` and costs nothing else.
+ * accepts (fresh nonce, short expiry, GPUs reserved until it expires, the bid's image) or a
+ * reasoned refusal. Every refusal is one log line; a peer that floods gets `rate-limited` and costs
+ * nothing else.
  */
 export function bids(components: NodeComponents, onCapacityChange: () => void): Bids {
   const { host, config, store, gpus, account, chain, log, metrics, peerKey } = components;
@@ -56,6 +57,9 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
       throw bidRefusal("bad-request", `this node serves chain ${chainId}, lease manager ${contracts.leaseManager}`);
     }
     const { requirements } = bid;
+    if (bid.image !== zeroHash && !components.containers) {
+      throw bidRefusal("requirements-not-met", "this node runs no image jobs (no Podman)");
+    }
     if (requirements.gpus === 0 && !config.cpuJobs)
       throw bidRefusal("requirements-not-met", "this node takes GPU jobs only");
     if (!gpus.canEverSatisfy(requirements)) {
@@ -98,6 +102,9 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
       tenant: bid.tenant,
       jobId: bid.jobId,
       resources: resourcesHash(models),
+      // The image the tenant's job runs, by its manifest digest: the node runs no other for the
+      // lease, checking the spec and the pulled image against it before the job starts.
+      image: bid.image,
       pricePerSecond: price,
       collateral: config.collateralPerLease,
       heartbeatPeriod: BigInt(config.chainHeartbeatPeriodS),

@@ -8,6 +8,8 @@ import { parseEventLogs, type Address } from "viem";
 import { contracts, leaseStatus } from "../sdk/chain/client.ts";
 import { findLastLog } from "../sdk/chain/logs.ts";
 import { BaseError, ProtocolError, RefusalError, shortMessageOf } from "../sdk/errors.ts";
+import { imageDigestFromBytes32 } from "../sdk/images/digest.ts";
+import type { ImageDigest } from "../sdk/images/reference.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { MAX_CHECKPOINT_BYTES } from "../sdk/ipfs/constants.ts";
 import { diskQuotaBytes, formatDiskQuota, jobDiskGiB, parseJobSpec, type JobSpec } from "../sdk/job-spec.ts";
@@ -27,7 +29,7 @@ import { verifyTenantAuth } from "../sdk/wire/tenant-auth.ts";
 import { quoteHolder } from "./bids.ts";
 import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
 import { startContainerJob } from "./containers/container-job.ts";
-import { ImageRefusedError, type HeldImage } from "./containers/images.ts";
+import { imageMismatch, ImageRefusedError, type HeldImage } from "./containers/images.ts";
 import { fetchInputs } from "./inputs.ts";
 import type { NodeComponents } from "./components.ts";
 import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
@@ -211,16 +213,24 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
 
   /**
    * The image of an image job, from the node's cache (pulled or fetched by CID first if need be),
-   * held until the job ends. Refused with the cause when it cannot be had.
+   * checked to be `leaseImage`, the manifest the lease's quote named, and held until the job ends.
+   * Refused with the cause when it cannot be had or is another image.
    */
-  const acquireImage = async (row: LeaseRow, spec: JobSpec, providers: Multiaddr[]): Promise<HeldImage | undefined> => {
+  const acquireImage = async (
+    row: LeaseRow,
+    spec: JobSpec,
+    leaseImage: ImageDigest | undefined,
+    providers: Multiaddr[],
+  ): Promise<HeldImage | undefined> => {
     if (spec.image === undefined) return undefined;
     if (!components.containers) {
       startFailed(row.leaseId, "image-failed");
       throw sessionRefusal("image-failed", "this provider runs no image jobs (no Podman)");
     }
+    if (leaseImage === undefined) throw new BaseError("an image job's lease was not checked to name an image");
     try {
       return await components.containers.images.acquire(spec.image, {
+        digest: leaseImage,
         providers,
         signal: AbortSignal.any([AbortSignal.timeout(config.containers.pullTimeoutS * 1000), handingBack.signal]),
       });
@@ -376,8 +386,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
   };
 
-  /** The GPUs the lease's quote reserved, found through the quote nonce in its LeaseOpened event. */
-  const reservedGpus = async (leaseId: bigint, spec: JobSpec): Promise<number[]> => {
+  /**
+   * What the lease's quote said that the node needs and the lease manager keeps only in the
+   * lease's `LeaseOpened` event: its nonce (which names the GPUs the quote reserved) and its image.
+   */
+  const leaseOpening = async (leaseId: bigint): Promise<{ nonce: bigint; image: ImageDigest | undefined }> => {
     // Read back from the newest block: the lease was opened moments ago, the deployment maybe years.
     const log = await findLastLog(
       (range) =>
@@ -396,7 +409,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     );
     const opened = log && parseEventLogs({ abi: leaseManager.abi, logs: [log], eventName: "LeaseOpened" })[0];
     if (!opened) throw sessionRefusal("lease-not-active", `no LeaseOpened event for lease ${leaseId}`);
-    const nonce = opened.args.quote.nonce;
+    return { nonce: opened.args.terms.nonce, image: imageDigestFromBytes32(opened.args.terms.image) };
+  };
+
+  /** The GPUs the lease's quote (by its nonce) reserved, taken over by the lease. */
+  const reservedGpus = (leaseId: bigint, nonce: bigint, spec: JobSpec): number[] => {
     const quote = store.getQuote(nonce);
     const wanted = spec.resources.gpus;
     // Check before taking the quote's GPUs over, so a wrong spec leaves the reservation for a retry.
@@ -495,9 +512,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         `the spec asks for a ${formatDiskQuota(diskQuotaBytes(jobDiskGiB(spec)))} disk quota; this provider gives a job at most ${config.maxJobDiskGiB} GiB`,
       );
     }
-    const row = await recordLease(body, spec, tenant, connection.remotePeer.toString());
+    const opening = await leaseOpening(body.leaseId);
+    // The node signed for one image (or none): a spec that says otherwise is refused before
+    // anything is reserved or fetched.
+    const mismatch = imageMismatch(spec.image, opening.image);
+    if (mismatch !== undefined) throw sessionRefusal("spec-mismatch", mismatch);
+    const row = await recordLease(body, spec, tenant, connection.remotePeer.toString(), opening.nonce);
     try {
-      await prepareAndLaunch(stream, connection, body, row, spec);
+      await prepareAndLaunch(stream, connection, body, row, spec, opening.image);
     } catch (error) {
       // The job never ran: nothing needs its work dir.
       if (runtimes.get(body.leaseId)?.job === undefined) await workDirs.remove(body.leaseId);
@@ -507,7 +529,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
 
   /**
    * The start of a lease recorded: its work dir made with its quota, its inputs, the checkpoint it
-   * resumes from and its image fetched, then its job launched.
+   * resumes from and its image (the one the lease names) fetched, then its job launched.
    */
   const prepareAndLaunch = async (
     stream: Stream,
@@ -515,6 +537,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     body: TenantMessage<"start">,
     row: LeaseRow,
     spec: JobSpec,
+    leaseImage: ImageDigest | undefined,
   ): Promise<void> => {
     const workDir = await makeWorkDir(row, spec);
     // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for the
@@ -523,7 +546,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
     // The image is pulled while the inputs and the checkpoint arrive: a cold pull takes seconds to
     // minutes, and a hand-off waits on the slowest of the three, not on their sum.
-    const pulling = acquireImage(row, spec, tenantAddresses);
+    const pulling = acquireImage(row, spec, leaseImage, tenantAddresses);
     // Awaited below whichever way the fetches go; never an unhandled rejection meanwhile.
     pulling.catch(() => undefined);
     try {
@@ -589,8 +612,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     spec: JobSpec,
     tenant: Address,
     tenantPeer: string,
+    nonce: bigint,
   ): Promise<LeaseRow> => {
-    const indices = await reservedGpus(body.leaseId, spec);
+    const indices = reservedGpus(body.leaseId, nonce, spec);
     const row: LeaseRow = {
       leaseId: body.leaseId,
       jobId: "",
@@ -794,12 +818,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           line: "the provider node restarted; the job was relaunched",
         });
         log.warn("relaunching job after restart", { leaseId: row.leaseId, previousPid: row.pid });
-        // The image is in the cache still (it was held while the job ran): no network needed.
+        // The image is in the cache still (it was held while the job ran): no fetch needed, and
+        // it is checked against the lease's image again, as at every start.
         if (spec.image !== undefined) {
           try {
-            runtime.image = await acquireImage(row, spec, []);
+            runtime.image = await acquireImage(row, spec, (await leaseOpening(row.leaseId)).image, []);
           } catch (error) {
-            log.error("job not relaunched: its image is gone", { leaseId: row.leaseId, error });
+            log.error("job not relaunched: its image is gone or not the lease's", { leaseId: row.leaseId, error });
             await workDirs.remove(row.leaseId);
             continue;
           }

@@ -85,9 +85,11 @@ export {
 export {
   addImageLayout,
   checkImageLayout,
+  layoutManifestDigest,
   type AddImageLayoutParameters,
   type AddImageLayoutReturnType,
   type ImageLayout,
 } from "./images/layout.ts";
+export { imageDigestFromBytes32, imageDigestToBytes32, jobImageDigest } from "./images/digest.ts";
 export type { JobRuntime } from "./wire/messages.ts";
 export * from "./errors.ts";

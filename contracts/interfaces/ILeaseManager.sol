@@ -26,9 +26,11 @@ interface ILeaseManager {
                                  EVENTS
     //////////////////////////////////////////////////////////////*/
 
-    /// @notice Emitted when a lease opens. `predecessor` is the failed lease of the same job it
-    /// continues, or zero. It is also the record of the collateral locked in the registry
-    /// (`quote.collateral`), for which the registry emits no event of its own.
+    /// @notice Emitted when a lease opens, with its quote: the provider and the job id as topics, the
+    /// tenant (the caller) once, and the rest of the quote as `terms`, among them `terms.image`, the
+    /// image the provider committed to run (the lease manager keeps it nowhere else). `predecessor` is
+    /// the failed lease of the same job it continues, or zero. It is also the record of the collateral
+    /// locked in the registry (`terms.collateral`), for which the registry emits no event of its own.
     event LeaseOpened(
         uint256 indexed leaseId,
         bytes32 indexed jobId,
@@ -37,7 +39,7 @@ interface ILeaseManager {
         uint256 predecessor,
         uint256 deposit,
         uint64 endsAt,
-        Lease.Quote quote
+        Lease.Terms terms
     );
 
     /// @notice Emitted for each lease a heartbeat transaction covers.

@@ -31,6 +31,9 @@ library Lease {
     /// @param tenant The only account that may open a lease with this quote.
     /// @param jobId The tenant's job identifier; every lease of one job shares it.
     /// @param resources Hash of the canonical resource description (GPUs, VRAM, CPU, memory).
+    /// @param image The SHA-256 digest of the OCI manifest (or image index) of the container image the
+    /// lease runs, the `sha256:` of a pinned reference or of an image layout's `index.json` entry; zero
+    /// for a job that runs no image. The provider signs it, so it commits to running that image only.
     /// @param pricePerSecond Payment tokens earned per second of heartbeat-covered service.
     /// @param collateral Staking tokens locked from the provider's stake for the lease's life.
     /// @param heartbeatPeriod Seconds between the provider's on-chain heartbeats (informational).
@@ -43,6 +46,21 @@ library Lease {
         address tenant;
         bytes32 jobId;
         bytes32 resources;
+        bytes32 image;
+        uint256 pricePerSecond;
+        uint256 collateral;
+        uint64 heartbeatPeriod;
+        uint64 heartbeatTimeout;
+        uint64 maxDuration;
+        uint64 expiry;
+        uint256 nonce;
+    }
+
+    /// @notice A quote's terms: everything in {Quote} but the parties and the job, which `LeaseOpened`
+    /// carries once each (the provider and the job id as indexed topics). See {Quote} for each field.
+    struct Terms {
+        bytes32 resources;
+        bytes32 image;
         uint256 pricePerSecond;
         uint256 collateral;
         uint64 heartbeatPeriod;

@@ -6,7 +6,7 @@ import type { Multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
 
 import { UserError } from "../../sdk/errors.ts";
-import { imageKey, parseImageReference } from "../../sdk/images/reference.ts";
+import { imageKey, parseImageReference, type ImageDigest } from "../../sdk/images/reference.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { JobImage } from "../../sdk/job-spec.ts";
 import type { Logger } from "../../sdk/logger.ts";
@@ -42,6 +42,25 @@ export interface ImageCacheInit {
   storeUsed?: boolean;
 }
 
+/**
+ * Why a job's spec cannot run on a lease whose quote named `leaseImage` (the manifest digest the
+ * node signed for; undefined for a process job), or undefined when nothing the spec says contradicts
+ * it. A registry reference is checked by its `@sha256:` here; a layout by CID, whose manifest is
+ * known only once fetched, by {@link ImageCache.acquire}.
+ */
+export function imageMismatch(image: JobImage | undefined, leaseImage: ImageDigest | undefined): string | undefined {
+  if (image === undefined) {
+    return leaseImage === undefined ? undefined : `the lease was opened for image ${leaseImage}; the spec runs none`;
+  }
+  const key = imageKey(image);
+  if (leaseImage === undefined) return `the spec runs image ${key}; the lease was opened for a job without one`;
+  if (typeof image !== "string") return undefined;
+  const { digest } = parseImageReference(image);
+  // Unpinned: the cache refuses it, whatever the lease says.
+  if (digest === undefined || digest === leaseImage) return undefined;
+  return `the spec runs image ${key}; the lease was opened for ${leaseImage}`;
+}
+
 /** An image ready to run, held in the cache until `release()`. */
 export interface HeldImage {
   /** Podman's image id. */
@@ -54,6 +73,12 @@ interface Entry {
   id: string;
   sizeBytes: number;
   lastUsedAt: number;
+  /**
+   * The manifests Podman recorded the image under when it was pulled (it checks each against its
+   * digest as it pulls; an image pulled by an index's digest is recorded under the index's and its
+   * platform manifest's): the digests a lease may name it by.
+   */
+  digests: string[];
 }
 
 /** The platform Podman names for this host: images for another one cannot run here. */
@@ -111,7 +136,10 @@ export class ImageCache {
         .map((id) => id.trim().replace(/^sha256:/, ""))
         .filter(Boolean),
     );
-    const entries = new Map(Object.entries(saved).filter(([, entry]) => present.has(entry.id)));
+    // An entry without digests is from before they were recorded: its image is pulled again.
+    const entries = new Map(
+      Object.entries(saved).filter(([, entry]) => present.has(entry.id) && Array.isArray(entry.digests)),
+    );
     const known = new Set([...entries.values()].map((entry) => entry.id));
     const strays = [...present].filter((id) => !known.has(id));
     if (strays.length > 0) {
@@ -134,13 +162,15 @@ export class ImageCache {
   }
 
   /**
-   * The job's image, pulled or fetched unless cached, and held (not evicted) until released.
+   * The job's image, pulled or fetched unless cached, checked to be the manifest `digest` names
+   * (the lease's image, which the node signed for), and held (not evicted) until released.
    *
-   * @throws {ImageRefusedError} the image cannot be had or fails a check; the message says why.
+   * @throws {ImageRefusedError} the image cannot be had, fails a check, or is another manifest than
+   * `digest`; the message says why.
    */
   async acquire(
     image: JobImage,
-    { providers, signal }: { providers: Multiaddr[]; signal: AbortSignal },
+    { digest, providers, signal }: { digest: ImageDigest; providers: Multiaddr[]; signal: AbortSignal },
   ): Promise<HeldImage> {
     const key = imageKey(image);
     let entry = this.#entries.get(key);
@@ -152,6 +182,13 @@ export class ImageCache {
         this.#pulls.set(key, pull);
       }
       entry = await pull;
+    }
+    // What was pulled (now or for an earlier lease) must be the manifest the lease names.
+    if (!entry.digests.includes(digest)) {
+      throw new ImageRefusedError(`image ${key} is not ${digest}, the image the lease was opened for`, {
+        details: `it was pulled as ${entry.digests.join(", ")}`,
+        anywhere: true,
+      });
     }
     entry.lastUsedAt = Date.now();
     this.#inUse.set(key, (this.#inUse.get(key) ?? 0) + 1);
@@ -280,16 +317,21 @@ export class ImageCache {
     });
   }
 
-  /** Checks a pulled image (platform, size); one that fails is removed before the refusal. */
+  /**
+   * Checks a pulled image (platform, size) and records the manifests it was pulled as; one that
+   * fails is removed before the refusal.
+   */
   async #check(id: string, key: string): Promise<Entry> {
     const { stdout } = await this.#init.podman.run([
       "image",
       "inspect",
       "--format",
-      "{{.Os}} {{.Architecture}} {{.Size}}",
+      "{{.Os}} {{.Architecture}} {{.Size}} {{.Digest}}{{range .RepoDigests}} {{.}}{{end}}",
       id,
     ]);
-    const [os, arch, size] = stdout.trim().split(" ");
+    const [os, arch, size, ...names] = stdout.trim().split(/\s+/);
+    // `.Digest` is a bare digest, each of `.RepoDigests` a `name@digest`.
+    const digests = [...new Set(names.map((name) => name.slice(name.lastIndexOf("@") + 1)))];
     const sizeBytes = Number(size);
     const hostArch = HOST_ARCH[process.arch] ?? process.arch;
     let refusal: string | undefined;
@@ -302,7 +344,7 @@ export class ImageCache {
       await this.#init.podman.run(["rmi", "--force", id]).catch(() => {});
       throw new ImageRefusedError(refusal);
     }
-    return { id, sizeBytes, lastUsedAt: Date.now() };
+    return { id, sizeBytes, lastUsedAt: Date.now(), digests };
   }
 
   /** Evicts after any eviction under way (one at a time); a failure is logged, never thrown. */

@@ -1,5 +1,5 @@
 import { peerIdFromString } from "@libp2p/peer-id";
-import type { Hex } from "viem";
+import { zeroHash, type Hex } from "viem";
 
 import type { BatonClient } from "../client.ts";
 import { contracts } from "../chain/client.ts";
@@ -14,6 +14,11 @@ export interface BidParameters {
   /** Candidates, e.g. from `findOffers`; the first `fanout` are asked at once. */
   offers: readonly FoundOffer[];
   requirements: Requirements;
+  /**
+   * The manifest digest of the job's image as a quote carries it (`imageDigestToBytes32` of
+   * `jobImageDigest`); default zero, a process job. A quote that names another image is refused.
+   */
+  image?: Hex;
   maxPricePerSecond: bigint;
   /** How long the lease is meant to last, in seconds (the quote's max duration covers it). */
   durationS: number;
@@ -45,9 +50,10 @@ export interface BidReturnType {
 }
 
 /**
- * Sends a bid to several matching providers at once and picks a quote: the lowest price, then one
- * that holds the job's image (a cold pull can take minutes), then the better on-chain record (fewer
- * slashes per completed lease), then the faster answer.
+ * Sends a bid to several matching providers at once and picks a quote (each checked to match the
+ * bid, its image included: see `requestQuote`): the lowest price, then one that holds the job's
+ * image (a cold pull can take minutes), then the better on-chain record (fewer slashes per
+ * completed lease), then the faster answer.
  *
  * @throws {UserError} when every provider refused or stayed silent.
  * @example
@@ -55,7 +61,17 @@ export interface BidReturnType {
  */
 export async function bid(
   client: BatonClient,
-  { jobId, offers, requirements, maxPricePerSecond, durationS, fanout = 3, timeoutMs = 5_000, signal }: BidParameters,
+  {
+    jobId,
+    offers,
+    requirements,
+    image = zeroHash,
+    maxPricePerSecond,
+    durationS,
+    fanout = 3,
+    timeoutMs = 5_000,
+    signal,
+  }: BidParameters,
 ): Promise<BidReturnType> {
   const { leaseManager, registry } = contracts(client.chain.deployment);
   const asked = offers.slice(0, fanout);
@@ -79,6 +95,7 @@ export async function bid(
               ...(requirements.minVramMiB ? { minVramMiB: requirements.minVramMiB } : {}),
               ...(requirements.diskGiB ? { diskGiB: requirements.diskGiB } : {}),
             },
+            image,
             maxPricePerSecond,
             durationS,
           },

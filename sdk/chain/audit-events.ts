@@ -7,6 +7,8 @@ import type { Address, ContractEventArgs, ContractEventName, GetContractEventsRe
 
 import { BaseError } from "../errors.ts";
 import type { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
+import { imageDigestFromBytes32 } from "../images/digest.ts";
+import type { ImageDigest } from "../images/reference.ts";
 import { contracts, leaseStatus, type ChainClient, type ChainLeaseStatus } from "./client.ts";
 import { scanLogs, type LogScanProgress } from "./logs.ts";
 
@@ -84,6 +86,12 @@ export interface LeaseAudit {
   predecessor: bigint;
   /** Hash of the canonical resource description the quote priced. */
   resources: Hex;
+  /**
+   * The image the provider signed to run: the SHA-256 digest of its manifest (`sha256:…`, a
+   * registry reference's `@sha256:` or an OCI layout's `index.json` entry); undefined for a job that
+   * runs no image.
+   */
+  image: ImageDigest | undefined;
   pricePerSecond: bigint;
   /** The deposit at opening. */
   deposit: bigint;
@@ -404,7 +412,7 @@ export async function auditLeases(scope: AuditScope, selector: LeaseSelector): P
 
   return openings
     .map((opening): LeaseAudit => {
-      const { leaseId, jobId, provider, tenant, predecessor, deposit, quote } = opening.args;
+      const { leaseId, jobId, provider, tenant, predecessor, deposit, terms } = opening.args;
       const opened = eventTime(scope, opening);
       const leaseTopUps = (topUpsOf.get(leaseId) ?? []).sort(byChainOrder).map((log): TopUp => ({
         amount: log.args.amount,
@@ -446,7 +454,7 @@ export async function auditLeases(scope: AuditScope, selector: LeaseSelector): P
       // A closed lease's provider has a whole timeout from the close to acknowledge it (the
       // contract's rule); a running one, from its last heartbeat.
       const closedAt = history.find((change) => change.status === "closing")?.at.timestamp;
-      const deadline = (closedAt ?? lastHeartbeat) + quote.heartbeatTimeout;
+      const deadline = (closedAt ?? lastHeartbeat) + terms.heartbeatTimeout;
 
       const leaseSettlements = settlementsOf.get(leaseId) ?? [];
       const paidToProvider = sumAmounts(leaseSettlements.map((log) => log.args.amount));
@@ -477,14 +485,15 @@ export async function auditLeases(scope: AuditScope, selector: LeaseSelector): P
         tenant,
         provider,
         predecessor,
-        resources: quote.resources,
-        pricePerSecond: quote.pricePerSecond,
+        resources: terms.resources,
+        image: imageDigestFromBytes32(terms.image),
+        pricePerSecond: terms.pricePerSecond,
         deposit,
         deposited,
-        collateral: quote.collateral,
-        heartbeatPeriod: quote.heartbeatPeriod,
-        heartbeatTimeout: quote.heartbeatTimeout,
-        maxDuration: quote.maxDuration,
+        collateral: terms.collateral,
+        heartbeatPeriod: terms.heartbeatPeriod,
+        heartbeatTimeout: terms.heartbeatTimeout,
+        maxDuration: terms.maxDuration,
         opened,
         status,
         history,

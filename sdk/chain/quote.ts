@@ -10,6 +10,7 @@ export const quoteTypes = {
     { name: "tenant", type: "address" },
     { name: "jobId", type: "bytes32" },
     { name: "resources", type: "bytes32" },
+    { name: "image", type: "bytes32" },
     { name: "pricePerSecond", type: "uint256" },
     { name: "collateral", type: "uint256" },
     { name: "heartbeatPeriod", type: "uint64" },
@@ -26,6 +27,12 @@ export interface Quote {
   tenant: Address;
   jobId: Hex;
   resources: Hex;
+  /**
+   * The SHA-256 digest of the manifest of the image the lease runs, as bytes32
+   * (`imageDigestToBytes32`); zero for a process job. The provider signs it: it runs no other image
+   * for the lease.
+   */
+  image: Hex;
   pricePerSecond: bigint;
   collateral: bigint;
   heartbeatPeriod: bigint;

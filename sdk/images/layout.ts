@@ -6,13 +6,15 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 
+import { unixfs } from "@helia/unixfs";
+import { CID } from "multiformats/cid";
 import { z } from "zod";
 
 import type { BatonClient } from "../client.ts";
-import { UserError } from "../errors.ts";
+import { shortMessageOf, UserError } from "../errors.ts";
 import type { DirectoryFile } from "../ipfs/node.ts";
 import type { ImageDigest } from "./reference.ts";
-import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES } from "./registry.ts";
+import { IMAGE_MANIFEST_MEDIA_TYPES, INDEX_MEDIA_TYPES, RESOLVE_TIMEOUT_MS } from "./registry.ts";
 
 /**
  * OCI image layouts (the image-spec's `image-layout.md`): a directory with an `oci-layout` file,
@@ -160,6 +162,71 @@ export async function checkImageLayout(dir: string, { signal }: { signal?: Abort
     blobs: [...sizes].map(([digest, size]) => ({ digest: digest as ImageDigest, size })),
     bytes,
   };
+}
+
+/**
+ * The manifest digest of the image in an OCI layout added to IPFS (`image: { cid }`): the one
+ * entry of its `index.json`, which is what Podman pulls from a layout named without a tag. A job's
+ * quotes carry it as the lease's `image`. Reads `index.json` from the client's store (the tenant
+ * that added the layout holds it), or from connected peers, for as long as a registry reference's
+ * resolution may take ({@link RESOLVE_TIMEOUT_MS}).
+ *
+ * @throws {UserError} when the CID is not a layout directory with a readable `index.json` that
+ * lists exactly one image.
+ * @example
+ * const digest = await layoutManifestDigest(client, "bafybei…"); // "sha256:…"
+ */
+export async function layoutManifestDigest(
+  client: Pick<BatonClient, "ipfs">,
+  cid: string,
+  { signal }: { signal?: AbortSignal } = {},
+): Promise<ImageDigest> {
+  const fail = (why: string, cause?: unknown): never => {
+    throw new UserError(`image ${cid} is not an OCI image layout a job can run: ${why}`, {
+      details: "add one with `baton image add DIR` (or addImageLayout), which checks it first",
+      ...(cause === undefined ? {} : { cause }),
+    });
+  };
+  let root: CID;
+  try {
+    root = CID.parse(cid);
+  } catch (cause) {
+    return fail("it is not a CID", cause);
+  }
+  const reading = AbortSignal.any([AbortSignal.timeout(RESOLVE_TIMEOUT_MS), ...(signal ? [signal] : [])]);
+  let bytes: Uint8Array;
+  try {
+    const fs = unixfs(client.ipfs.helia);
+    const stat = await fs.stat(root, { signal: reading });
+    if (stat.type !== "directory") return fail("it is not a directory");
+    let entry: CID | undefined;
+    for await (const child of fs.ls(root, { signal: reading })) {
+      if (child.name === "index.json") entry = child.cid;
+    }
+    if (!entry) return fail("it has no index.json");
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of client.ipfs.cat(entry, { maxBytes: MAX_MANIFEST_BYTES, signal: reading })) {
+      chunks.push(chunk);
+    }
+    bytes = Buffer.concat(chunks);
+  } catch (error) {
+    signal?.throwIfAborted();
+    if (error instanceof UserError) throw error;
+    return fail(`its index.json cannot be read (${shortMessageOf(error)})`, error);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (cause) {
+    return fail("its index.json is not JSON", cause);
+  }
+  const index = indexSchema.safeParse(json);
+  if (!index.success) return fail(`its index.json is not an OCI index (${index.error.issues[0]!.message})`);
+  const [only, ...more] = index.data.manifests;
+  if (!only || more.length > 0) {
+    return fail(`its index.json lists ${index.data.manifests.length} images; a job's layout holds exactly one`);
+  }
+  return only.digest as ImageDigest;
 }
 
 export interface AddImageLayoutParameters {

@@ -4,6 +4,7 @@ import { bid } from "../actions/bid.ts";
 import { findOffers, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import type { BatonClient } from "../client.ts";
+import { imageDigestToBytes32, jobImageDigest } from "../images/digest.ts";
 import { jobDiskGiB } from "../job-spec.ts";
 import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
@@ -24,9 +25,11 @@ export interface AcquireLeaseParameters {
 
 /**
  * Finds offers for the job, bids, and opens a lease with the provider chosen, at a deposit the
- * hand-off policy sets; the lease joins the job's record (saved) as `starting`.
+ * hand-off policy sets; the lease joins the job's record (saved) as `starting`. Its quote names the
+ * job's image by its manifest digest, as every lease of the job does.
  *
- * @throws {UserError} when no provider offers or quotes what the job needs in time.
+ * @throws {UserError} when no provider offers or quotes what the job needs in time, or the job's
+ * image has no manifest digest to name (see `jobImageDigest`).
  * @throws {BudgetExhaustedError} when the budget cannot pay for a new lease.
  */
 export async function acquireLease(
@@ -42,6 +45,8 @@ export async function acquireLease(
     runtime: spec.image === undefined ? "process" : "podman",
   };
   const maxPricePerSecond = BigInt(options.maxPricePerSecond!);
+  // Every lease of the job names the same manifest, so every provider signs for the same image.
+  const image = imageDigestToBytes32(await jobImageDigest(client, spec.image, { signal }));
   const offers = await findOffers(client, {
     requirements,
     maxPricePerSecond,
@@ -59,6 +64,7 @@ export async function acquireLease(
     jobId,
     offers: preferred.length > 0 ? preferred : offers,
     requirements,
+    image,
     maxPricePerSecond,
     durationS: spec.maxDurationS,
     signal,

@@ -21,7 +21,8 @@ import { maxMessageBytes, protocols } from "./protocols.ts";
 
 /**
  * Sends a bid to one provider and returns its verified answer: a quote whose EIP-712 signature
- * recovers to the provider it names and that matches the bid, or a refusal.
+ * recovers to the provider it names and that matches the bid (tenant, job, price, image), or a
+ * refusal.
  *
  * @throws {ProtocolError} when the answer is malformed, badly signed, or does not match the bid.
  */
@@ -47,6 +48,12 @@ export async function requestQuote(
     const { quote } = response;
     if (quote.tenant !== bid.tenant || quote.jobId !== bid.jobId || quote.pricePerSecond > bid.maxPricePerSecond) {
       throw new ProtocolError("quote does not match the bid");
+    }
+    // The lease would commit the provider to another image than the job's: never opened.
+    if (quote.image !== bid.image) {
+      throw new ProtocolError("quote names another image than the bid", {
+        details: `quoted ${quote.image}, asked for ${bid.image}`,
+      });
     }
     const signer = await recoverTypedDataAddress({
       domain: quoteDomain(bid.chainId, bid.leaseManager),

@@ -81,6 +81,11 @@ export const bidSchema = z.object({
   jobId: bytes32Schema,
   tenant: addressSchema,
   requirements: requirementsSchema,
+  /**
+   * The manifest digest of the job's image (bytes32, as the quote carries it), zero for a process
+   * job: the quote names it, and the provider runs that image only.
+   */
+  image: bytes32Schema,
   maxPricePerSecond: uintSchema,
   durationS: z.number().int().positive(),
 });
@@ -91,6 +96,7 @@ export const quoteWireSchema = z.object({
   tenant: addressSchema,
   jobId: bytes32Schema,
   resources: bytes32Schema,
+  image: bytes32Schema,
   pricePerSecond: uintSchema,
   collateral: uintSchema,
   heartbeatPeriod: uintSchema,

@@ -9,7 +9,9 @@ import {
   http,
   keccak256,
   parseEther,
+  sha256,
   toHex,
+  zeroHash,
   type Address,
   type Hex,
   type PublicClient,
@@ -53,13 +55,17 @@ function events(receipt: TransactionReceipt) {
 const balanceOf = (token: Address, who: Address) =>
   publicClient.readContract({ address: token, abi: devTokenAbi, functionName: "balanceOf", args: [who] });
 
-async function quoteFor(jobId: Hex, nonce: bigint): Promise<{ quote: Quote; signature: Hex }> {
+/** An image job's image, as its quote carries it: the SHA-256 of a manifest. */
+const image = sha256(toHex("an OCI image manifest"));
+
+async function quoteFor(jobId: Hex, nonce: bigint, quoted: Hex = image): Promise<{ quote: Quote; signature: Hex }> {
   const block = await publicClient.getBlock();
   const quote: Quote = {
     provider: provider.address,
     tenant: tenant.address,
     jobId,
     resources: keccak256(toHex("gpu:1xfake")),
+    image: quoted,
     pricePerSecond: parseEther("0.001"),
     collateral: parseEther("50"),
     heartbeatPeriod: 10n,
@@ -146,15 +152,17 @@ describe("a lease's life on hardhat node, through viem", () => {
     expect(view.peerId).toBe("12D3KooWTestProvider");
   });
 
-  it("hashes quotes exactly as the contract does", async () => {
-    const { quote } = await quoteFor(jobId, 99n);
-    const onChain = await publicClient.readContract({
-      address: deployment.contracts.leaseManager,
-      abi: leaseManagerAbi,
-      functionName: "hashQuote",
-      args: [quote],
-    });
-    expect(onChain).toBe(hashQuote(hardhat.id, deployment.contracts.leaseManager, quote));
+  it("hashes quotes exactly as the contract does, with an image or none", async () => {
+    for (const quoted of [image, zeroHash]) {
+      const { quote } = await quoteFor(jobId, 99n, quoted);
+      const onChain = await publicClient.readContract({
+        address: deployment.contracts.leaseManager,
+        abi: leaseManagerAbi,
+        functionName: "hashQuote",
+        args: [quote],
+      });
+      expect(onChain).toBe(hashQuote(hardhat.id, deployment.contracts.leaseManager, quote));
+    }
   });
 
   it("opens, heartbeats with a checkpoint, claims and finishes", async () => {
@@ -174,6 +182,8 @@ describe("a lease's life on hardhat node, through viem", () => {
     firstLease = openedEvent.args.leaseId;
     expect(openedEvent.args.jobId).toBe(jobId);
     expect(openedEvent.args.provider).toBe(provider.address);
+    expect(openedEvent.args.tenant).toBe(tenant.address);
+    expect(openedEvent.args.terms).toMatchObject({ image, resources: quote.resources, nonce: 1n });
     expect(await balanceOf(paymentToken, leaseManager)).toBe(deposit);
 
     const test = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });

@@ -2,7 +2,7 @@ import { generateKeyPair } from "@libp2p/crypto/keys";
 import type { PrivateKey } from "@libp2p/interface";
 import { peerIdFromPrivateKey, peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
-import { keccak256, parseEther, toHex, type Address } from "viem";
+import { keccak256, parseEther, toHex, zeroHash, type Address } from "viem";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { BID_RATE_LIMIT, MAX_JOB_DISK_GIB, SESSION_OPEN_TIMEOUT_MS } from "../../node/constants.ts";
@@ -96,6 +96,7 @@ function bidFor(tenant: Address, overrides: Partial<Bid> = {}): Bid {
     jobId: keccak256(toHex(`bad-input-${++jobCounter}`)),
     tenant,
     requirements: { gpus: 1 },
+    image: zeroHash,
     maxPricePerSecond: parseEther("0.001"),
     durationS: LEASE_S,
     ...overrides,
@@ -657,6 +658,19 @@ describe("bad lease sessions (real node processes, real chain, loopback libp2p)"
       cpuNode,
       ["spec-mismatch"],
       new RegExp(`this provider gives a job at most ${MAX_JOB_DISK_GIB} GiB`),
+    );
+  }, 60_000);
+
+  it("refuses a spec that runs an image on a lease whose quote named none, before pulling anything", async () => {
+    const auth = await signTenantAuth(tenantB.account, bLeaseId, peerB.id);
+    const image = `127.0.0.1:5000/baton/busybox@sha256:${"ab".repeat(32)}`;
+    const session = await startSession(tenantB, cpuNode, bLeaseId, auth, { ...jobSpec("echo boxed", 0), image });
+    await expectSessionRefused(
+      session.messages,
+      peerB,
+      cpuNode,
+      ["spec-mismatch"],
+      new RegExp(`the spec runs image ${image}; the lease was opened for a job without one`),
     );
   }, 60_000);
 

@@ -5,7 +5,7 @@ import path from "node:path";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
-import { keccak256, parseEther, toHex } from "viem";
+import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts, writeContract } from "../../sdk/chain/client.ts";
@@ -74,6 +74,7 @@ async function lease(provider: ProviderHandle, predecessor: bigint): Promise<big
       jobId,
       tenant: tenant.account.address,
       requirements: { gpus: 0 },
+      image: zeroHash,
       maxPricePerSecond: parseEther("0.001"),
       durationS: 600,
     },

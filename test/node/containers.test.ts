@@ -15,7 +15,7 @@ import {
   startContainerJob,
   type ContainerJobOptions,
 } from "../../node/containers/container-job.ts";
-import { ImageCache } from "../../node/containers/images.ts";
+import { ImageCache, imageMismatch } from "../../node/containers/images.ts";
 import { Podman } from "../../node/containers/podman.ts";
 import { DISK_IMAGE, loopDevices, mountPoints } from "../../node/disk-quota.ts";
 import { openWorkDirs, quotaEnforcement, releaseQuotaFileSystems } from "../../node/work-dirs.ts";
@@ -94,7 +94,11 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
    */
   const runBusybox = async (store: string, leaseId: string, options: Partial<ContainerJobOptions>) => {
     const { podman, cache } = await openCache(store);
-    const held = await cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) });
+    const held = await cache.acquire(busybox.pushedRef!, {
+      digest: busybox.digest!,
+      providers: [],
+      signal: AbortSignal.timeout(60_000),
+    });
     const lines: string[] = [];
     const job = await startContainerJob({
       podman,
@@ -129,11 +133,13 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     const { cache } = await openCache("busy");
     const signal = AbortSignal.timeout(60_000);
     const held = await Promise.all(
-      Array.from({ length: 10 }, () => cache.acquire(busybox.pushedRef!, { providers: [], signal })),
+      Array.from({ length: 10 }, () =>
+        cache.acquire(busybox.pushedRef!, { digest: busybox.digest!, providers: [], signal }),
+      ),
     );
     for (let round = 0; round < 20; round++) {
       held.pop()!.release();
-      held.unshift(await cache.acquire(busybox.pushedRef!, { providers: [], signal }));
+      held.unshift(await cache.acquire(busybox.pushedRef!, { digest: busybox.digest!, providers: [], signal }));
     }
     for (const one of held) one.release();
     expect(cache.keys()).toEqual([busybox.pushedRef]);
@@ -219,7 +225,7 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     // which on a loaded machine took more than 3 s.
     const hangs = await openCache("refusals-hang", { pullTimeoutMs: 3_000 });
     const acquire = (image: string, from = cache) =>
-      from.acquire(image, { providers: [], signal: AbortSignal.timeout(60_000) });
+      from.acquire(image, { digest: busybox.digest!, providers: [], signal: AbortSignal.timeout(60_000) });
     await expect(acquire(`${registry.address}/baton/busybox:latest`)).rejects.toMatchObject({
       anywhere: true,
       shortMessage: expect.stringMatching(/not pinned to a digest/),
@@ -249,6 +255,77 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     }
   });
 
+  it("refuses to hand out an image as another manifest than the lease's, and keeps it for its own", async () => {
+    const { podman, cache } = await openCache("other-manifest");
+    const signal = AbortSignal.timeout(60_000);
+    const other = `sha256:${"1".repeat(64)}` as const;
+    await expect(cache.acquire(busybox.pushedRef!, { digest: other, providers: [], signal })).rejects.toMatchObject({
+      name: "ImageRefusedError",
+      anywhere: true,
+      shortMessage: `image ${busybox.pushedRef!} is not ${other}, the image the lease was opened for`,
+    });
+    // Pulled and checked: it is the image its reference names, cached, and not held.
+    expect(cache.keys()).toEqual([busybox.pushedRef]);
+    expect((await imagesIn(podman)).length).toBe(1);
+    const held = await cache.acquire(busybox.pushedRef!, { digest: busybox.digest!, providers: [], signal });
+    held.release();
+  });
+
+  it("takes an image pulled by its index's digest as that index: what a multi-platform reference names", async () => {
+    const builder = await throwawayPodman();
+    try {
+      const digestFile = path.join(builder.dir, "digest");
+      await builder.podman(["manifest", "create", "localhost/list:1"]);
+      await builder.podman([
+        "manifest",
+        "add",
+        "--tls-verify=false",
+        "localhost/list:1",
+        `docker://${busybox.pushedRef!}`,
+      ]);
+      await builder.podman([
+        "manifest",
+        "push",
+        "--all",
+        "--tls-verify=false",
+        "--digestfile",
+        digestFile,
+        "localhost/list:1",
+        `docker://${registry.address}/baton/list:1`,
+      ]);
+      const index = (await readFile(digestFile, "utf8")).trim() as `sha256:${string}`;
+      expect(index).not.toBe(busybox.digest);
+      const { cache } = await openCache("index");
+      const signal = AbortSignal.timeout(60_000);
+      const held = await cache.acquire(`${registry.address}/baton/list@${index}`, {
+        digest: index,
+        providers: [],
+        signal,
+      });
+      held.release();
+    } finally {
+      await builder.remove();
+    }
+  });
+
+  it("imageMismatch: a spec's image against the lease's, before anything is pulled", () => {
+    const pinned = `${registry.address}/baton/busybox@${busybox.digest!}`;
+    const other = `sha256:${"2".repeat(64)}` as const;
+    expect(imageMismatch(undefined, undefined)).toBeUndefined();
+    expect(imageMismatch(pinned, busybox.digest)).toBeUndefined();
+    expect(imageMismatch(pinned, other)).toBe(`the spec runs image ${pinned}; the lease was opened for ${other}`);
+    expect(imageMismatch(pinned, undefined)).toBe(
+      `the spec runs image ${pinned}; the lease was opened for a job without one`,
+    );
+    expect(imageMismatch(undefined, other)).toBe(`the lease was opened for image ${other}; the spec runs none`);
+    // A layout's manifest is known once it is fetched: the cache checks it then.
+    expect(
+      imageMismatch({ cid: "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi" }, other),
+    ).toBeUndefined();
+    // Not pinned: the cache refuses it whatever the lease names.
+    expect(imageMismatch(`${registry.address}/baton/busybox:latest`, other)).toBeUndefined();
+  });
+
   it("refuses an image for another platform", async () => {
     const builder = await throwawayPodman();
     try {
@@ -270,6 +347,7 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
       const { podman, cache } = await openCache("platform");
       await expect(
         cache.acquire(`${registry.address}/baton/arm@${digest}`, {
+          digest: digest as `sha256:${string}`,
           providers: [],
           signal: AbortSignal.timeout(60_000),
         }),
@@ -284,8 +362,8 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     const [, train] = await buildImages({ registry: registry.address });
     const { podman, cache } = await openCache("evict", { cacheBytes: train!.sizeBytes + 1 });
     const signal = AbortSignal.timeout(120_000);
-    const first = await cache.acquire(busybox.pushedRef!, { providers: [], signal });
-    const second = await cache.acquire(train!.pushedRef!, { providers: [], signal });
+    const first = await cache.acquire(busybox.pushedRef!, { digest: busybox.digest!, providers: [], signal });
+    const second = await cache.acquire(train!.pushedRef!, { digest: train!.digest!, providers: [], signal });
     // Both in use: both kept, over the bound.
     expect((await imagesIn(podman)).length).toBe(2);
     first.release();
@@ -315,7 +393,11 @@ describe.skipIf(missing.length > 0)(`image jobs on a provider (needs ${missing.j
     await writeFile(blob, bytes);
     const { podman, cache } = await openCache("tampered");
     await expect(
-      cache.acquire(busybox.pushedRef!, { providers: [], signal: AbortSignal.timeout(60_000) }),
+      cache.acquire(busybox.pushedRef!, {
+        digest: busybox.digest!,
+        providers: [],
+        signal: AbortSignal.timeout(60_000),
+      }),
     ).rejects.toThrow(/does not match its digest/);
     expect(await imagesIn(podman)).toEqual([]);
     expect(await readdir(path.join(dir, "tampered-cache"))).toEqual(["images.json"]);

@@ -8,7 +8,7 @@ import { multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
 import * as raw from "multiformats/codecs/raw";
 import { sha256 } from "multiformats/hashes/sha2";
-import { keccak256, parseEther, toHex } from "viem";
+import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { DISK_IMAGE, loopDevices, mountPoints } from "../../node/disk-quota.ts";
@@ -102,6 +102,7 @@ async function openLease(jobName: string) {
       jobId,
       tenant: tenant.account.address,
       requirements: { gpus: 0, diskGiB: QUOTA_GIB },
+      image: zeroHash,
       maxPricePerSecond: parseEther("0.001"),
       durationS,
     },

@@ -1,4 +1,4 @@
-import { keccak256, parseEther, toHex } from "viem";
+import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts, writeContract } from "../../sdk/chain/client.ts";
@@ -43,6 +43,7 @@ async function openLease(providerIndex: number, jobName: string, durationS = 600
       jobId,
       tenant: tenant.account.address,
       requirements: { gpus: 1 },
+      image: zeroHash,
       maxPricePerSecond: parseEther("0.001"),
       durationS,
     },

@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -12,6 +13,7 @@ import {
   keccak256,
   parseEther,
   toHex,
+  zeroHash,
   type Address,
   type Hex,
   type PublicClient,
@@ -30,6 +32,7 @@ import { createChainClient, type ChainClient } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
 import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { UserError } from "../../sdk/errors.ts";
+import { imageDigestToBytes32 } from "../../sdk/images/digest.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 import { root, spawnScript, stopAll } from "../helpers/processes.ts";
 
@@ -86,8 +89,9 @@ async function openLease(
   deposit: bigint,
   predecessor: bigint,
   as: Account = tenant,
+  image: Hex = zeroHash,
 ): Promise<{ leaseId: bigint; receipt: TransactionReceipt }> {
-  const { quote, signature } = await signedQuote(provider, jobId, nonce, as);
+  const { quote, signature } = await signedQuote(provider, jobId, nonce, as, image);
   const { wallet: w, address } = manager(as);
   const receipt = await send(
     w.writeContract({
@@ -106,6 +110,7 @@ async function signedQuote(
   jobId: Hex,
   nonce: bigint,
   as: Account,
+  image: Hex = zeroHash,
 ): Promise<{ quote: Quote; signature: Hex }> {
   const block = await publicClient.getBlock();
   const quote: Quote = {
@@ -113,6 +118,7 @@ async function signedQuote(
     tenant: as.address,
     jobId,
     resources: keccak256(toHex("gpu:1xfake")),
+    image,
     pricePerSecond: PRICE,
     collateral: COLLATERAL,
     heartbeatPeriod: 10n,
@@ -391,6 +397,7 @@ describe("auditLease", () => {
       tenant: tenant.address,
       provider: providerA.address,
       predecessor: 0n,
+      image: undefined,
       pricePerSecond: PRICE,
       deposit: parseEther("1"),
       deposited: parseEther("1.5"),
@@ -689,5 +696,71 @@ describe("an expired lease", () => {
     expect(lease.history.at(-1)!.at.timestamp).toBeGreaterThan(openedAt + 30n);
     const record = await auditProvider(client, { provider: providerC.address });
     expect(record.outcomes.expired).toBe(1);
+  });
+});
+
+describe("an image job", () => {
+  const chainArgs = () => ["--rpc-url", chain.rpcUrl, "--deployment", deploymentFile];
+  /** Manifest digests, as `sha256:…` and as quotes carry them. */
+  const train = `sha256:${createHash("sha256").update("train manifest").digest("hex")}` as const;
+  const other = `sha256:${createHash("sha256").update("another manifest").digest("hex")}` as const;
+
+  it("shows each lease's image digest from the chain alone: auditJob, auditLease and baton audit (text and --json)", async () => {
+    const jobId = keccak256(toHex("job-image"));
+    const first = await openLease(providerC, jobId, 5n, parseEther("0.2"), 0n, tenant, imageDigestToBytes32(train));
+    await closeLease(first.leaseId);
+    const second = await openLease(
+      providerC,
+      jobId,
+      6n,
+      parseEther("0.2"),
+      first.leaseId,
+      tenant,
+      imageDigestToBytes32(train),
+    );
+
+    const job = await auditJob(client, { jobId });
+    expect(job.lineage.map((lease) => [lease.leaseId, lease.image])).toEqual([
+      [first.leaseId, train],
+      [second.leaseId, train],
+    ]);
+    expect((await auditLease(client, { leaseId: second.leaseId })).image).toBe(train);
+
+    const json = await baton(["audit", "job", jobId, "--json", ...chainArgs()]);
+    expect(json.code, json.output).toBe(0);
+    const printed = JSON.parse(json.output) as { lineage: { image?: string }[] };
+    expect(printed.lineage.map((lease) => lease.image)).toEqual([train, train]);
+    const text = await baton(["audit", "job", jobId, ...chainArgs()]);
+    expect(text.code, text.output).toBe(0);
+    expect(text.output).toMatch(new RegExp(`^image\\s+${train} \\(every lease\\)$`, "m"));
+    const lease = await baton(["audit", "lease", String(second.leaseId), ...chainArgs()]);
+    expect(lease.output).toMatch(new RegExp(`^image\\s+${train}$`, "m"));
+
+    // A process job's leases name no image: null in the JSON, said so in the text.
+    const processJob = await baton(["audit", "job", JOB_ID, "--json", ...chainArgs()]);
+    const processPrinted = JSON.parse(processJob.output) as { lineage: { image?: string | null }[] };
+    expect(processPrinted.lineage.map((lease) => lease.image)).toEqual([null, null]);
+    const processText = await baton(["audit", "job", JOB_ID, ...chainArgs()]);
+    expect(processText.output).toMatch(/^image\s+none \(a process job\) \(every lease\)$/m);
+  });
+
+  it("shows lease by lease the images of a job whose leases ran different ones (the chain allows it; the SDK never does)", async () => {
+    const jobId = keccak256(toHex("job-two-images"));
+    const first = await openLease(providerC, jobId, 7n, parseEther("0.2"), 0n, tenant, imageDigestToBytes32(train));
+    await closeLease(first.leaseId);
+    const second = await openLease(
+      providerC,
+      jobId,
+      8n,
+      parseEther("0.2"),
+      first.leaseId,
+      tenant,
+      imageDigestToBytes32(other),
+    );
+    const text = await baton(["audit", "job", jobId, ...chainArgs()]);
+    expect(text.code, text.output).toBe(0);
+    expect(text.output).toMatch(/^image\s+2 different ones \(below\)$/m);
+    expect(text.output).toMatch(new RegExp(`^${first.leaseId}\\s+${train}$`, "m"));
+    expect(text.output).toMatch(new RegExp(`^${second.leaseId}\\s+${other}$`, "m"));
   });
 });

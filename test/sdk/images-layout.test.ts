@@ -11,7 +11,8 @@ import { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { UserError } from "../../sdk/errors.ts";
-import { addImageLayout, checkImageLayout } from "../../sdk/images/layout.ts";
+import { jobImageDigest } from "../../sdk/images/digest.ts";
+import { addImageLayout, checkImageLayout, layoutManifestDigest } from "../../sdk/images/layout.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
 import { throwawayPodman, type ThrowawayPodman } from "../helpers/podman.ts";
@@ -196,6 +197,26 @@ describe.skipIf(!installed("podman"))(
       const archive = path.join(work, "not-layout.tar");
       await tar(["-cf", archive, "-C", dir, "."]);
       await refused(archive, /^\S+not-layout.tar \(unpacked\) is not a usable OCI image layout: it has no oci-layout/);
+    });
+
+    it("layoutManifestDigest: the one image its index.json lists, which is what a job by CID names in its quotes", async () => {
+      const added = await addImageLayout({ ipfs }, { path: layout });
+      const { digest } = added.manifests[0]!;
+      expect(await layoutManifestDigest({ ipfs }, added.cid)).toBe(digest);
+      expect(await jobImageDigest({ ipfs }, { cid: added.cid })).toBe(digest);
+    });
+
+    it("layoutManifestDigest refuses a layout of two images, a file, and text that is no CID", async () => {
+      const two = await copy("two-images");
+      await podman.buildBusybox("localhost/layout-test:two", "two");
+      await podman.podman(["push", "localhost/layout-test:two", `oci:${two}:two`]);
+      const { cid } = await addImageLayout({ ipfs }, { path: two });
+      await expect(layoutManifestDigest({ ipfs }, cid)).rejects.toThrow(
+        /index.json lists 2 images; a job's layout holds exactly one/,
+      );
+      const file = await ipfs.add([new TextEncoder().encode("not a layout")], { pin: true });
+      await expect(layoutManifestDigest({ ipfs }, file.toString())).rejects.toThrow(/it is not a directory/);
+      await expect(layoutManifestDigest({ ipfs }, "not-a-cid")).rejects.toThrow(/it is not a CID/);
     });
   },
 );

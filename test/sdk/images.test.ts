@@ -7,9 +7,12 @@ import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 
+import { zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import type { BatonClient } from "../../sdk/client.ts";
 import { ImageResolutionError, UserError } from "../../sdk/errors.ts";
+import { imageDigestFromBytes32, imageDigestToBytes32, jobImageDigest } from "../../sdk/images/digest.ts";
 import {
   formatImageReference,
   imageKey,
@@ -103,6 +106,26 @@ describe("parseImageReference: as Docker reads a reference", () => {
     );
     // Not pinned: it keeps its tag, and so matches no provider's key.
     expect(imageKey("busybox")).toBe("docker.io/library/busybox");
+  });
+});
+
+describe("a job's image as its quotes name it", () => {
+  /** A registry reference is named by its own digest: no store is read (a layout by CID: images-layout.test.ts). */
+  const noStore = {} as Pick<BatonClient, "ipfs">;
+
+  it("a pinned reference by its digest, a process job by nothing; as bytes32, zero for nothing, both ways", async () => {
+    expect(await jobImageDigest(noStore, `127.0.0.1:5000/baton/train:v1@${DIGEST}`)).toBe(DIGEST);
+    expect(await jobImageDigest(noStore, undefined)).toBeUndefined();
+    expect(imageDigestToBytes32(DIGEST)).toBe(`0x${"ab".repeat(32)}`);
+    expect(imageDigestToBytes32(undefined)).toBe(zeroHash);
+    expect(imageDigestFromBytes32(`0x${"AB".repeat(32)}`)).toBe(DIGEST);
+    expect(imageDigestFromBytes32(zeroHash)).toBeUndefined();
+  });
+
+  it("refuses a reference that is not pinned: every lease of a job must name the same image", async () => {
+    await expect(jobImageDigest(noStore, "127.0.0.1:5000/baton/train:v1")).rejects.toThrow(
+      /image 127.0.0.1:5000\/baton\/train:v1 is not pinned to a digest/,
+    );
   });
 });
 

@@ -1,4 +1,4 @@
-import { createPublicClient, createWalletClient, http, keccak256, parseEther, toHex, type Hex } from "viem";
+import { createPublicClient, createWalletClient, http, keccak256, parseEther, toHex, zeroHash, type Hex } from "viem";
 import { hardhat } from "viem/chains";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -84,6 +84,7 @@ async function openTestLease(timeoutS: number): Promise<bigint> {
     tenant: tenant.address,
     jobId: keccak256(toHex(`job-${nonce}`)),
     resources: keccak256(toHex("gpu:1xfake")),
+    image: zeroHash,
     pricePerSecond: parseEther("0.0001"),
     collateral: parseEther("10"),
     heartbeatPeriod: 1n,

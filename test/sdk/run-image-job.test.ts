@@ -2,17 +2,28 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
-import { parseEther } from "viem";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr } from "@multiformats/multiaddr";
+import { keccak256, parseEther, toHex } from "viem";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { Podman } from "../../node/containers/podman.ts";
 import { buildImages, type BuiltImage } from "../../scripts/build-images.ts";
+import { auditJob } from "../../sdk/actions/auditJob.ts";
+import { bid } from "../../sdk/actions/bid.ts";
+import { findOffers } from "../../sdk/actions/findOffers.ts";
+import { openLease } from "../../sdk/actions/openLease.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
+import { watchLease } from "../../sdk/actions/watchLease.ts";
+import { contracts } from "../../sdk/chain/client.ts";
 import { startGateway } from "../../cli/gateway.ts";
 import { serve } from "../../sdk/actions/serve.ts";
 import type { BatonClient } from "../../sdk/client.ts";
+import { imageDigestToBytes32 } from "../../sdk/images/digest.ts";
 import { addImageLayout } from "../../sdk/images/layout.ts";
-import { readJobFile, type JobSpecInput } from "../../sdk/job-spec.ts";
+import type { ImageDigest } from "../../sdk/images/reference.ts";
+import { parseJobSpec, readJobFile, type JobSpecInput } from "../../sdk/job-spec.ts";
+import { requestQuote } from "../../sdk/wire/clients.ts";
 import { root, until } from "../helpers/processes.ts";
 import { installed, startRegistry, type Registry } from "../helpers/registry.ts";
 import { recorder, serving, TRAIN_ENV, useRunJobMarket } from "../helpers/run-job.ts";
@@ -98,8 +109,11 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
     expect(restarted.resumed).toBe(true);
     expect(result.handOffs).toBe(1);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
-    // Every lease of the job ran the pinned image: the one the record carries.
+    // Every lease of the job ran the pinned image: the one the record carries, and the one the chain
+    // says each lease's provider signed for, which an auditor reads from the chain alone.
     expect((await client.jobs.get(job.jobId))?.spec.image).toBe(pinned);
+    const audit = await auditJob(client, { jobId: job.jobId });
+    expect(audit.lineage.map((lease) => lease.image)).toEqual([setup.train.digest, setup.train.digest]);
     const successor = fixture.market.providers.find((p) => p.account.address === result.leases.at(-1)!.provider)!;
     expect(successor.account.address).not.toBe(victim.account.address);
     const cached = JSON.parse(
@@ -180,6 +194,71 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
     });
     expect(result.exitCode).toBe(0);
     expect(await readFile(path.join(result.outputDir!, "said.txt"), "utf8")).toMatch(/^from /);
+    // The lease names the manifest the layout's index.json lists: the registry's, for the same image.
+    const audit = await auditJob(client, { jobId: job.jobId });
+    expect(audit.lineage.map((lease) => lease.image)).toEqual([setup.busybox.digest]);
+  });
+
+  /**
+   * A lease opened through the SDK's own bid for an image job of `image`, whose session is then
+   * started with `spec` (not what the quote named): the provider's refusal.
+   */
+  const startOnLeaseFor = async (image: ImageDigest, spec: JobSpecInput & { name: string }) => {
+    const requirements = { gpus: 0, runtime: "podman" as const };
+    const maxPricePerSecond = parseEther("0.001");
+    const offers = await findOffers(client, { requirements, maxPricePerSecond, timeoutMs: 15_000 });
+    const { chosen } = await bid(client, {
+      jobId: keccak256(toHex(spec.name)),
+      offers,
+      requirements,
+      image: imageDigestToBytes32(image),
+      maxPricePerSecond,
+      durationS: 120,
+    });
+    expect(chosen.quote.image).toBe(imageDigestToBytes32(image));
+    const { leaseId } = await openLease(client, {
+      quote: chosen.quote,
+      signature: chosen.signature,
+      deposit: chosen.quote.pricePerSecond * 120n,
+    });
+    const watch = watchLease(client, {
+      leaseId,
+      peerId: chosen.offer.peerId,
+      start: { spec: parseJobSpec(spec) },
+      liveness: { heartbeatMs: 500 },
+    });
+    for await (const event of watch) {
+      if (event.type === "refused" || event.type === "accepted") return event;
+    }
+    throw new Error("the session ended without an answer");
+  };
+
+  it("a provider refuses a lease whose quote named another image than the spec runs: a pinned one at once, a layout once fetched", async () => {
+    const pinnedBusybox = `${setup.registry.address}/baton/busybox@${setup.busybox.digest!}`;
+    const command = { command: ["true"], resources: { gpus: 0, cpus: 1, memoryMiB: 64 }, maxDurationS: 60 };
+    const byReference = await startOnLeaseFor(setup.train.digest!, {
+      name: "wrong-reference",
+      image: pinnedBusybox,
+      ...command,
+    });
+    expect(byReference).toMatchObject({
+      type: "refused",
+      body: {
+        reason: "spec-mismatch",
+        message: `the spec runs image ${pinnedBusybox}; the lease was opened for ${setup.train.digest!}`,
+      },
+    });
+    // A layout's manifest is known once it is fetched and pulled: then it is checked, and refused
+    // as an image that runs nowhere on this lease.
+    const { cid } = await addImageLayout(client, { path: path.join(setup.ociDir, "busybox") });
+    const byCid = await startOnLeaseFor(setup.train.digest!, { name: "wrong-layout", image: { cid }, ...command });
+    expect(byCid).toMatchObject({
+      type: "refused",
+      body: {
+        reason: "image-refused",
+        message: expect.stringMatching(`is not ${setup.train.digest!}, the image the lease was opened for`),
+      },
+    });
   });
 
   it("a service in an image answers through the gateway: it listens on $BATON_HTTP_SOCKET in /work, which the node's proxy dials", async () => {
@@ -208,6 +287,31 @@ describe.skipIf(missing.length > 0)(`image jobs on the market (needs ${missing.j
       gateway.close();
       await service.close();
     }
+  });
+
+  it("the process-only provider quotes no image job, whatever the bid's offers said", async () => {
+    const processOnly = fixture.market.providers[PROCESS_ONLY]!;
+    const response = await requestQuote(
+      client.host,
+      peerIdFromString(processOnly.peerId),
+      client.peerKey,
+      {
+        chainId: fixture.market.deployment.chainId,
+        leaseManager: contracts(fixture.market.deployment).leaseManager.address,
+        jobId: keccak256(toHex("an image job for a process-only provider")),
+        tenant: client.account.address,
+        requirements: { gpus: 0 },
+        image: imageDigestToBytes32(setup.busybox.digest!),
+        maxPricePerSecond: parseEther("0.001"),
+        durationS: 120,
+      },
+      { address: multiaddr(processOnly.address!), signal: AbortSignal.timeout(10_000) },
+    );
+    expect(response).toEqual({
+      kind: "refusal",
+      reason: "requirements-not-met",
+      message: "this node runs no image jobs (no Podman)",
+    });
   });
 
   it("no image job was leased to the process-only provider, and no container is left on any provider", async () => {

@@ -3,7 +3,7 @@ import path from "node:path";
 
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
-import { keccak256, parseEther, toHex } from "viem";
+import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { runJob } from "../../sdk/actions/runJob.ts";
@@ -87,6 +87,7 @@ describe("runJob: a provider drained by SIGTERM", () => {
         jobId: keccak256(toHex("a job for a draining node")),
         tenant: client.account.address,
         requirements: { gpus: 0 },
+        image: zeroHash,
         maxPricePerSecond: parseEther("0.001"),
         durationS: 300,
       },

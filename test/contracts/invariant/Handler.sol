@@ -76,7 +76,8 @@ contract Handler is Test {
     uint256 internal constant REPLAY_REWRITTEN_TENANT = 2; // quote's tenant rewritten, same signature
     uint256 internal constant REPLAY_OTHER_DEPLOYMENT = 3; // a second, independent LeaseManager
     uint256 internal constant REPLAY_OTHER_CHAIN = 4; // same contract, another chain id
-    uint256 internal constant REPLAY_KINDS = 5;
+    uint256 internal constant REPLAY_REWRITTEN_IMAGE = 5; // quote's image rewritten, same signature
+    uint256 internal constant REPLAY_KINDS = 6;
 
     /// @dev Action indices for the call counters.
     uint256 internal constant A_OPEN = 0;
@@ -113,9 +114,9 @@ contract Handler is Test {
 
     bytes32 internal constant QUOTE_TYPEHASH =
         keccak256(
-            "Quote(address provider,address tenant,bytes32 jobId,bytes32 resources,uint256 pricePerSecond,"
-            "uint256 collateral,uint64 heartbeatPeriod,uint64 heartbeatTimeout,uint64 maxDuration,uint64 expiry,"
-            "uint256 nonce)"
+            "Quote(address provider,address tenant,bytes32 jobId,bytes32 resources,bytes32 image,"
+            "uint256 pricePerSecond,uint256 collateral,uint64 heartbeatPeriod,uint64 heartbeatTimeout,"
+            "uint64 maxDuration,uint64 expiry,uint256 nonce)"
         );
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -866,6 +867,17 @@ contract Handler is Test {
             _replayFailed(REPLAY_OTHER_CHAIN, err, ILeaseManager.LeaseManager_InvalidSignature.selector);
         }
         if (block.chainid != chainId) _violate("handler failed to restore the chain id");
+
+        // 6. The tenant swaps the image for another (or names one in a process job's quote) and
+        // reuses the signature: the provider committed to one image only.
+        Lease.Quote memory reimaged = _copy(q);
+        reimaged.image = keccak256(abi.encode(q.image));
+        vm.prank(plan.tenant);
+        try manager.openLease(reimaged, plan.signature, plan.deposit, 0) returns (uint256 id) {
+            _replaySucceeded(REPLAY_REWRITTEN_IMAGE, id, reimaged, plan.deposit);
+        } catch (bytes memory err) {
+            _replayFailed(REPLAY_REWRITTEN_IMAGE, err, ILeaseManager.LeaseManager_InvalidSignature.selector);
+        }
     }
 
     function _replaySucceeded(uint256 kind, uint256 id, Lease.Quote memory q, uint256 deposit) internal {
@@ -957,12 +969,15 @@ contract Handler is Test {
         uint256 nonce
     ) internal view returns (Lease.Quote memory) {
         address tenant = _tenants[tenantIndex];
+        bytes32 jobId = keccak256(abi.encode("job", tenant, jobIndex));
         return
             Lease.Quote({
                 provider: _providers[providerIndex],
                 tenant: tenant,
-                jobId: keccak256(abi.encode("job", tenant, jobIndex)),
+                jobId: jobId,
                 resources: keccak256("gpu:1xH100-80GB"),
+                // Half the jobs run an image, the same one for every lease of the job.
+                image: uint256(jobId) % 2 == 0 ? bytes32(0) : sha256(abi.encode("manifest", jobId)),
                 pricePerSecond: price,
                 collateral: collateral,
                 heartbeatPeriod: timeout / 2,
@@ -979,8 +994,8 @@ contract Handler is Test {
         );
         bytes32 structHash = keccak256(
             bytes.concat(
-                abi.encode(QUOTE_TYPEHASH, q.provider, q.tenant, q.jobId, q.resources, q.pricePerSecond, q.collateral),
-                abi.encode(q.heartbeatPeriod, q.heartbeatTimeout, q.maxDuration, q.expiry, q.nonce)
+                abi.encode(QUOTE_TYPEHASH, q.provider, q.tenant, q.jobId, q.resources, q.image, q.pricePerSecond),
+                abi.encode(q.collateral, q.heartbeatPeriod, q.heartbeatTimeout, q.maxDuration, q.expiry, q.nonce)
             )
         );
         return keccak256(abi.encodePacked("\x19\x01", domain, structHash));
@@ -997,6 +1012,7 @@ contract Handler is Test {
             tenant: q.tenant,
             jobId: q.jobId,
             resources: q.resources,
+            image: q.image,
             pricePerSecond: q.pricePerSecond,
             collateral: q.collateral,
             heartbeatPeriod: q.heartbeatPeriod,

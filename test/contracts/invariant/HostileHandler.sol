@@ -135,6 +135,7 @@ contract HostileHandler is Test {
             tenant: t,
             jobId: keccak256(abi.encode(t, leaseCount)),
             resources: keccak256("gpu:1xH100-80GB"),
+            image: bytes32(0),
             pricePerSecond: price,
             collateral: bound(_sub(priceSeed, 1), 0, MAX_COLLATERAL),
             heartbeatPeriod: uint64(bound(_sub(timingSeed, 2), 1, timeout / 2)),

@@ -198,11 +198,11 @@ contract InvariantsTest is Base {
     }
 
     /// @notice A signed quote opens at most one lease: replaying it (same quote, another tenant,
-    /// rewritten tenant, another deployment, another chain id) always failed, for the right reason,
-    /// and no open ever succeeded with a used digest or a spent nonce.
+    /// rewritten tenant, another deployment, another chain id, rewritten image) always failed, for
+    /// the right reason, and no open ever succeeded with a used digest or a spent nonce.
     function _quoteCannotBeReplayed() internal view {
         uint256 digests = handler.digestsRecorded();
-        for (uint256 k = 0; k < 5; ++k) {
+        for (uint256 k = 0; k < 6; ++k) {
             uint256 successes = handler.replaySuccesses(k);
             if (successes != 0) assertEq(successes, 0, string.concat("quote replay succeeded, kind ", Strings.toString(k)));
             uint256 wrong = handler.replayWrongReasons(k);

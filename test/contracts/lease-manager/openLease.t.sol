@@ -53,7 +53,7 @@ contract OpenLease_Test is LeaseManagerTest {
         return abi.encodeWithSelector(ILeaseManager.LeaseManager_InvalidPredecessor.selector, id);
     }
 
-    /// @dev A fresh copy of `q` with its signed field number `field` (0 to 8) changed, the quote
+    /// @dev A fresh copy of `q` with its signed field number `field` (0 to 9) changed, the quote
     /// staying well formed.
     function _altered(Lease.Quote memory q, uint256 field) internal pure returns (Lease.Quote memory a) {
         a = Lease.Quote({
@@ -61,6 +61,7 @@ contract OpenLease_Test is LeaseManagerTest {
             tenant: q.tenant,
             jobId: q.jobId,
             resources: q.resources,
+            image: q.image,
             pricePerSecond: q.pricePerSecond,
             collateral: q.collateral,
             heartbeatPeriod: q.heartbeatPeriod,
@@ -71,12 +72,13 @@ contract OpenLease_Test is LeaseManagerTest {
         });
         if (field == 0) a.jobId = keccak256("another job");
         else if (field == 1) a.resources = keccak256("gpu:8xH100-80GB");
-        else if (field == 2) a.pricePerSecond = q.pricePerSecond - 1;
-        else if (field == 3) a.collateral = q.collateral - 1;
-        else if (field == 4) a.heartbeatPeriod = q.heartbeatPeriod + 1;
-        else if (field == 5) a.heartbeatTimeout = q.heartbeatTimeout + 1;
-        else if (field == 6) a.maxDuration = q.maxDuration + 1;
-        else if (field == 7) a.expiry = q.expiry + 1;
+        else if (field == 2) a.image = q.image == IMAGE ? bytes32(0) : IMAGE;
+        else if (field == 3) a.pricePerSecond = q.pricePerSecond - 1;
+        else if (field == 4) a.collateral = q.collateral - 1;
+        else if (field == 5) a.heartbeatPeriod = q.heartbeatPeriod + 1;
+        else if (field == 6) a.heartbeatTimeout = q.heartbeatTimeout + 1;
+        else if (field == 7) a.maxDuration = q.maxDuration + 1;
+        else if (field == 8) a.expiry = q.expiry + 1;
         else a.nonce = q.nonce + 1000;
     }
 
@@ -395,7 +397,7 @@ contract OpenLease_Test is LeaseManagerTest {
         _ensureProvider();
         Lease.Quote memory q = _defaultQuote();
         bytes memory sig = _sign(PROVIDER_KEY, q);
-        for (uint256 field = 0; field < 9; ++field) {
+        for (uint256 field = 0; field < 10; ++field) {
             Lease.Quote memory a = _altered(q, field);
             vm.prank(tenant);
             vm.expectRevert(_invalidSignature(provider));
@@ -407,7 +409,7 @@ contract OpenLease_Test is LeaseManagerTest {
     }
 
     function testFuzz_RevertWhen_SignedFieldAltered(uint256 field) external {
-        field = bound(field, 0, 8);
+        field = bound(field, 0, 9);
         _ensureProvider();
         Lease.Quote memory q = _defaultQuote();
         bytes memory sig = _sign(PROVIDER_KEY, q);
@@ -425,6 +427,42 @@ contract OpenLease_Test is LeaseManagerTest {
         q.provider = otherProvider;
         vm.prank(tenant);
         vm.expectRevert(_invalidSignature(otherProvider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function test_RevertWhen_ImageChangedAfterSigning() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.image = IMAGE;
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        bytes32[2] memory others = [sha256("another manifest"), bytes32(0)];
+        for (uint256 i = 0; i < others.length; ++i) {
+            q.image = others[i];
+            vm.prank(tenant);
+            vm.expectRevert(_invalidSignature(provider));
+            manager.openLease(q, sig, DEPOSIT, 0);
+        }
+    }
+
+    function test_RevertWhen_ImageAddedToProcessJobQuote() external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        q.image = IMAGE;
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
+        manager.openLease(q, sig, DEPOSIT, 0);
+    }
+
+    function testFuzz_RevertWhen_ImageChangedAfterSigning(bytes32 signed, bytes32 sent) external {
+        vm.assume(signed != sent);
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.image = signed;
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        q.image = sent;
+        vm.prank(tenant);
+        vm.expectRevert(_invalidSignature(provider));
         manager.openLease(q, sig, DEPOSIT, 0);
     }
 
@@ -758,7 +796,7 @@ contract OpenLease_Test is LeaseManagerTest {
             predecessor,
             DEPOSIT,
             uint64(now_ + FUNDED_SECONDS),
-            q
+            _terms(q)
         );
         vm.prank(tenant);
         uint256 id = manager.openLease(q, sig, DEPOSIT, predecessor);
@@ -911,7 +949,7 @@ contract OpenLease_Test is LeaseManagerTest {
         bytes memory sig = _sign(PROVIDER_KEY, q);
 
         vm.expectEmit(address(manager));
-        emit ILeaseManager.LeaseOpened(1, JOB, provider, tenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), q);
+        emit ILeaseManager.LeaseOpened(1, JOB, provider, tenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), _terms(q));
         _expectPayTransfer(tenant, address(manager), DEPOSIT);
         vm.prank(tenant);
         uint256 id = manager.openLease(q, sig, DEPOSIT, 0);
@@ -942,6 +980,23 @@ contract OpenLease_Test is LeaseManagerTest {
         assertEq(stakingToken.balanceOf(address(registry)), PROVIDER_STAKE, "registry keeps the stake");
         _assertProvider(PROVIDER_STAKE, COLLATERAL, 1, 0, 0, 0);
         assertEq(registry.freeStake(provider), PROVIDER_STAKE - COLLATERAL, "free stake");
+        _assertConserved();
+    }
+
+    function testFuzz_WhenQuoteNamesAnImage(bytes32 image) external {
+        _ensureProvider();
+        Lease.Quote memory q = _defaultQuote();
+        q.image = image;
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+
+        vm.expectEmit(address(manager));
+        emit ILeaseManager.LeaseOpened(1, JOB, provider, tenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), _terms(q));
+        vm.prank(tenant);
+        uint256 id = manager.openLease(q, sig, DEPOSIT, 0);
+
+        // The image is the event's alone: the lease's record and terms are those of any other quote.
+        assertEq(_lease(id).endsAt, T0 + FUNDED_SECONDS, "endsAt");
+        _assertProvider(PROVIDER_STAKE, COLLATERAL, 1, 0, 0, 0);
         _assertConserved();
     }
 

@@ -101,7 +101,7 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
         vm.expectEmit(address(paymentToken));
         emit Approval(permitTenant, address(manager), DEPOSIT);
         vm.expectEmit(address(manager));
-        emit ILeaseManager.LeaseOpened(1, JOB, provider, permitTenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), q);
+        emit ILeaseManager.LeaseOpened(1, JOB, provider, permitTenant, 0, DEPOSIT, uint64(T0 + FUNDED_SECONDS), _terms(q));
         _expectPayTransfer(permitTenant, address(manager), DEPOSIT);
         vm.prank(permitTenant);
         uint256 id = manager.openLeaseWithPermit(q, sig, DEPOSIT, 0, permit);

@@ -10,9 +10,9 @@ contract Views_Test is LeaseManagerTest {
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
     bytes32 internal constant QUOTE_TYPEHASH =
         keccak256(
-            "Quote(address provider,address tenant,bytes32 jobId,bytes32 resources,uint256 pricePerSecond,"
-            "uint256 collateral,uint64 heartbeatPeriod,uint64 heartbeatTimeout,uint64 maxDuration,uint64 expiry,"
-            "uint256 nonce)"
+            "Quote(address provider,address tenant,bytes32 jobId,bytes32 resources,bytes32 image,"
+            "uint256 pricePerSecond,uint256 collateral,uint64 heartbeatPeriod,uint64 heartbeatTimeout,"
+            "uint64 maxDuration,uint64 expiry,uint256 nonce)"
         );
 
     /// @dev The EIP-712 digest of `q`, built field by field without the contract's code.
@@ -24,8 +24,8 @@ contract Views_Test is LeaseManagerTest {
         // the legacy code generator (`default` build profile).
         bytes32 structHash = keccak256(
             bytes.concat(
-                abi.encode(QUOTE_TYPEHASH, q.provider, q.tenant, q.jobId, q.resources, q.pricePerSecond, q.collateral),
-                abi.encode(q.heartbeatPeriod, q.heartbeatTimeout, q.maxDuration, q.expiry, q.nonce)
+                abi.encode(QUOTE_TYPEHASH, q.provider, q.tenant, q.jobId, q.resources, q.image, q.pricePerSecond),
+                abi.encode(q.collateral, q.heartbeatPeriod, q.heartbeatTimeout, q.maxDuration, q.expiry, q.nonce)
             )
         );
         return keccak256(abi.encodePacked("\x19\x01", domainSeparator, structHash));
@@ -181,7 +181,7 @@ contract Views_Test is LeaseManagerTest {
     function test_HashQuote_WhenAnyFieldChanges() external {
         Lease.Quote memory q = _defaultQuote();
         bytes32 base = manager.hashQuote(q);
-        for (uint256 field = 0; field < 11; ++field) {
+        for (uint256 field = 0; field < 12; ++field) {
             Lease.Quote memory a = _defaultQuote();
             a.nonce = q.nonce;
             a.expiry = q.expiry;
@@ -189,12 +189,13 @@ contract Views_Test is LeaseManagerTest {
             else if (field == 1) a.tenant = otherTenant;
             else if (field == 2) a.jobId = OTHER_JOB;
             else if (field == 3) a.resources = bytes32(0);
-            else if (field == 4) a.pricePerSecond += 1;
-            else if (field == 5) a.collateral += 1;
-            else if (field == 6) a.heartbeatPeriod += 1;
-            else if (field == 7) a.heartbeatTimeout += 1;
-            else if (field == 8) a.maxDuration += 1;
-            else if (field == 9) a.expiry += 1;
+            else if (field == 4) a.image = IMAGE;
+            else if (field == 5) a.pricePerSecond += 1;
+            else if (field == 6) a.collateral += 1;
+            else if (field == 7) a.heartbeatPeriod += 1;
+            else if (field == 8) a.heartbeatTimeout += 1;
+            else if (field == 9) a.maxDuration += 1;
+            else if (field == 10) a.expiry += 1;
             else a.nonce += 1;
             assertTrue(manager.hashQuote(a) != base, "every field is signed");
             assertEq(manager.hashQuote(a), _digest(a, block.chainid, address(manager)), "digest");

@@ -27,6 +27,8 @@ abstract contract Base is Test {
     uint64 internal constant HEARTBEAT_PERIOD = 10;
     uint64 internal constant HEARTBEAT_TIMEOUT = 60;
     uint64 internal constant MAX_DURATION = 1 hours;
+    /// @dev An image job's image: the SHA-256 of an OCI manifest, as a quote carries it.
+    bytes32 internal constant IMAGE = sha256("an OCI image manifest");
 
     uint256 internal constant PROVIDER_KEY = 0xA11CE;
     uint256 internal constant OTHER_PROVIDER_KEY = 0xB0B;
@@ -117,6 +119,7 @@ abstract contract Base is Test {
                 tenant: tenant_,
                 jobId: jobId,
                 resources: keccak256("gpu:1xH100-80GB"),
+                image: bytes32(0),
                 pricePerSecond: PRICE,
                 collateral: COLLATERAL,
                 heartbeatPeriod: HEARTBEAT_PERIOD,
@@ -124,6 +127,22 @@ abstract contract Base is Test {
                 maxDuration: MAX_DURATION,
                 expiry: uint64(block.timestamp + 5 minutes),
                 nonce: nextNonce++
+            });
+    }
+
+    /// @dev What `LeaseOpened` records of `quote` besides its parties and job.
+    function _terms(Lease.Quote memory quote) internal pure returns (Lease.Terms memory) {
+        return
+            Lease.Terms({
+                resources: quote.resources,
+                image: quote.image,
+                pricePerSecond: quote.pricePerSecond,
+                collateral: quote.collateral,
+                heartbeatPeriod: quote.heartbeatPeriod,
+                heartbeatTimeout: quote.heartbeatTimeout,
+                maxDuration: quote.maxDuration,
+                expiry: quote.expiry,
+                nonce: quote.nonce
             });
     }
 
