@@ -51,7 +51,8 @@ try {
   }
   const head = await provider.getBlockNumber();
   const manager = LeaseManager__factory.connect(deployment.contracts.leaseManager, provider);
-  // Any ERC-20 has these two views; the dev token's bindings include them.
+  // decimals() and symbol(): optional in ERC-20, but every common token has them; the dev token's
+  // bindings include them.
   const paymentToken = DevToken__factory.connect(deployment.contracts.paymentToken, provider);
 
   const lease = await manager.getLease(leaseId, { blockTag: head });
