@@ -32,11 +32,17 @@ beforeAll(async () => {
   await run("mkdir", [app]);
   await writeFile(path.join(app, "package.json"), JSON.stringify({ name: "app", private: true, type: "module" }));
   // --omit=peer: React Native, which only peer dependencies of Helia's libp2p ask for (see README).
+  // ethers, the optional peer that `baton/ethers` imports, is the app's own dependency, as in an
+  // ethers user's project; the version is Baton's, which the npm cache holds.
+  const { devDependencies } = JSON.parse(await readFile(path.join(root, "package.json"), "utf8")) as {
+    devDependencies: Record<string, string>;
+  };
   await run(
     "npm",
     [
       "install",
       path.join(dir, tarball),
+      `ethers@${devDependencies.ethers}`,
       "--omit=peer",
       "--omit=optional",
       "--no-audit",
@@ -57,7 +63,7 @@ afterAll(async () => {
 });
 
 describe("the npm package", () => {
-  it("exports the SDK, the node and the ABIs, with type declarations, and a `baton` bin", async () => {
+  it("exports the SDK, the node, the ABIs and ethers bindings, with type declarations, and a `baton` bin", async () => {
     const probe = path.join(app, "probe.mjs");
     await writeFile(
       probe,
@@ -65,11 +71,16 @@ describe("the npm package", () => {
 import * as alias from "baton/sdk";
 import { startProviderNode } from "baton/node";
 import * as abis from "baton/abis";
+import { Contract } from "ethers";
+import * as bindings from "baton/ethers";
 console.log(JSON.stringify({
   same: sdk === alias,
   sdk: ["createBatonClient", "runJob", "serve", "auditJob"].filter((name) => typeof sdk[name] === "function"),
   node: typeof startProviderNode,
   abis: Object.keys(abis).filter((name) => name.endsWith("Abi")).length,
+  ethers: Object.keys(bindings).filter((name) => name.endsWith("__factory")).sort(),
+  // A contract of the app's own ethers: the bindings import the peer, not a copy of their own.
+  appEthers: bindings.LeaseManager__factory.connect("0x0000000000000000000000000000000000000001") instanceof Contract,
 }));
 `,
     );
@@ -79,10 +90,17 @@ console.log(JSON.stringify({
       sdk: ["createBatonClient", "runJob", "serve", "auditJob"],
       node: "function",
       abis: expect.any(Number),
+      ethers: ["DevToken__factory", "LeaseManager__factory", "ProviderRegistry__factory"],
+      appEthers: true,
     });
     expect(JSON.parse(stdout).abis).toBeGreaterThan(0);
     const types = await readFile(path.join(app, "node_modules/baton/dist/sdk/index.d.ts"), "utf8");
     expect(types).toMatch(/createBatonClient/);
+    const ethersTypes = await readFile(
+      path.join(app, "node_modules/baton/dist/sdk/generated/ethers/index.d.ts"),
+      "utf8",
+    );
+    expect(ethersTypes).toMatch(/LeaseManager__factory/);
     const bin = path.join(app, "node_modules/.bin/baton");
     const { version } = JSON.parse(await readFile(path.join(root, "package.json"), "utf8")) as { version: string };
     expect((await run(bin, ["--version"], { cwd: app, env })).stdout.trim()).toBe(version);
