@@ -2,7 +2,15 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
-import { formatUnits, HDNodeWallet, id, JsonRpcProvider, parseEther, type ContractTransactionResponse } from "ethers";
+import {
+  formatUnits,
+  HDNodeWallet,
+  id,
+  JsonRpcProvider,
+  parseEther,
+  ZeroHash,
+  type ContractTransactionResponse,
+} from "ethers";
 import { createPublicClient, createWalletClient, http } from "viem";
 import { hardhat } from "viem/chains";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -93,6 +101,7 @@ beforeAll(async () => {
         tenant: tenant.address,
         jobId: id(`job-ethers-${provider.address}-${nonce}`),
         resources: id("gpu:1xfake"),
+        image: ZeroHash,
         pricePerSecond: parseEther("0.001"),
         collateral: COLLATERAL,
         heartbeatPeriod: 10n,
