@@ -2,6 +2,7 @@ import path from "node:path";
 
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 
+import { chainBlockTime, heartbeatTimingProblem } from "../sdk/chain/block-time.ts";
 import { checkChain, contracts, createChainClient } from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
 import { peerBinding, verifyPeerProof } from "../sdk/chain/peer-proof.ts";
@@ -100,8 +101,28 @@ async function startLocked(
     ...(options.password === undefined ? {} : { password: options.password }),
     ...(options.privateKey === undefined ? {} : { privateKey: options.privateKey }),
   });
-  const chain = createChainClient({ rpcUrl: config.rpcUrl, deployment, account, pollingIntervalMs: 100 });
+  const chain = createChainClient({
+    rpcUrl: config.rpcUrl,
+    deployment,
+    account,
+    pollingIntervalMs: 100,
+    ...(config.blockTimeS === undefined ? {} : { blockTimeS: config.blockTimeS }),
+  });
   await checkChain(chain);
+  const blockTimeS = await chainBlockTime(chain);
+  const timing = heartbeatTimingProblem({
+    periodS: config.chainHeartbeatPeriodS,
+    timeoutS: config.chainHeartbeatTimeoutS,
+    blockTimeS,
+  });
+  if (timing) {
+    throw new UserError(
+      `chainHeartbeatTimeoutS (${config.chainHeartbeatTimeoutS} s) is too short for this chain: ${timing}` +
+        (config.blockTimeS === undefined
+          ? " (block time estimated from recent blocks; set blockTimeS to state it)"
+          : ""),
+    );
+  }
 
   const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
   const peerId = peerIdFromPrivateKey(peerKey).toString();
@@ -207,6 +228,7 @@ async function startLocked(
     addresses: host.getMultiaddrs().map((a) => a.toString()),
     gpus: gpuList.map((g) => `${g.index}:${g.model}${g.fake ? " (fake)" : ""}`),
     metricsPort: metricsServer?.port,
+    blockTimeS,
   });
 
   let stopped = false;

@@ -35,6 +35,11 @@ export interface CreateBatonClientParameters {
   log?: Logger;
   /** How often to poll the chain for receipts; loopback chains answer in a few ms. */
   pollingIntervalMs?: number;
+  /**
+   * The chain's block time in seconds, if known; otherwise estimated from recent blocks when first
+   * needed. Quotes whose heartbeat timeout the block time makes unmeetable are refused.
+   */
+  blockTimeS?: number;
   signal?: AbortSignal;
 }
 
@@ -87,10 +92,17 @@ export async function createBatonClient({
   listen = ["/ip4/127.0.0.1/tcp/0"],
   log = silentLogger,
   pollingIntervalMs = 100,
+  blockTimeS,
   signal,
 }: CreateBatonClientParameters): Promise<BatonClient> {
   const resolved = typeof deployment === "string" ? await loadDeploymentFile(deployment) : deployment;
-  const chain = createChainClient({ rpcUrl, deployment: resolved, account, pollingIntervalMs });
+  const chain = createChainClient({
+    rpcUrl,
+    deployment: resolved,
+    account,
+    pollingIntervalMs,
+    ...(blockTimeS === undefined ? {} : { blockTimeS }),
+  });
   await checkChain(chain, signal);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const jobs = await openJobStore(path.join(dataDir, "jobs"));

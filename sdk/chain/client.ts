@@ -32,6 +32,8 @@ export interface ChainClient {
   publicClient: PublicClient<Transport, Chain>;
   /** Present when the client has an account to sign with. */
   walletClient: WalletClient<Transport, Chain, Account> | undefined;
+  /** The chain's block time in seconds, when known (see `chainBlockTime`, which estimates it otherwise). */
+  blockTimeS?: number;
 }
 
 export interface CreateChainClientParameters {
@@ -40,6 +42,8 @@ export interface CreateChainClientParameters {
   account?: Account;
   /** How often to poll for receipts and events; loopback chains answer in a few ms. */
   pollingIntervalMs?: number;
+  /** The chain's block time in seconds, when known; it is estimated from recent blocks otherwise. */
+  blockTimeS?: number;
 }
 
 /**
@@ -53,6 +57,7 @@ export function createChainClient({
   deployment,
   account,
   pollingIntervalMs = 250,
+  blockTimeS,
 }: CreateChainClientParameters): ChainClient {
   const chain = defineChain({
     id: deployment.chainId,
@@ -65,7 +70,7 @@ export function createChainClient({
   const walletClient = account
     ? createWalletClient({ chain, account, transport, pollingInterval: pollingIntervalMs })
     : undefined;
-  return { chain, deployment, publicClient, walletClient };
+  return { chain, deployment, publicClient, walletClient, ...(blockTimeS === undefined ? {} : { blockTimeS }) };
 }
 
 /**
