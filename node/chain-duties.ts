@@ -42,7 +42,10 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
   let gasLow = false;
 
   const syncClock = async (): Promise<number> => {
-    const block = await chain.publicClient.getBlock();
+    // The pending block's time is the time the next block would have: on a quiet chain the latest
+    // block's stands still, and heartbeats, which count their period in chain time, would wait for
+    // a block that only they would bring. (An RPC that answers `pending` as `latest` is no worse.)
+    const block = await chain.publicClient.getBlock({ blockTag: "pending" });
     const local = Math.floor(Date.now() / 1000);
     // A chain never runs behind the wall clock in a way that matters to us; a local chain moved
     // forward by tests (evm_increaseTime) runs ahead, and quotes must expire by its time.
@@ -167,7 +170,8 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     const now = await syncClock();
     // Failed starts too: their lease stays open until the tenant closes it, and the close needs our acknowledgement.
     const live = store.leases(["preparing", "running", "exited", "failed", "handed-back"]);
-    const due: LeaseRow[] = [];
+    /** Leases that could take a heartbeat this round, with the seconds since their last. */
+    const heartbeatable: { lease: LeaseRow; age: number; pending: boolean }[] = [];
     const deadlines = new Map<bigint, number>();
     /** What each lease still active on chain has earned and not settled. */
     const earned = new Map<bigint, bigint>();
@@ -209,15 +213,20 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         // No close came for a handed-back lease (the tenant is gone, or its SDK does not hand off on
         // a refusal): end it here, so that it does not turn slashable once this node has stopped.
         (lease.state === "handed-back" && Date.now() - (lease.endedAt ?? 0) >= config.handBackTimeoutMs);
+      // A lease about to end commits its last checkpoints first: a finished lease takes no heartbeat.
       if (ending && !pending) {
         await finish(lease);
         continue;
       }
       earned.set(lease.leaseId, onChain.earned);
-      // A lease about to end commits its last checkpoints first: a finished lease takes no heartbeat.
       const last = lease.lastChainHeartbeat ?? Number(onChain.lastHeartbeat);
-      if (now - last >= lease.chainPeriodS || pending) due.push(lease);
+      heartbeatable.push({ lease, age: now - last, pending });
     }
+    // When one lease is due, those past half their period come along: leases opened at different
+    // times would otherwise each be due in a different round, and cost a transaction each.
+    const due = heartbeatable.some(({ lease, age, pending }) => pending || age >= lease.chainPeriodS)
+      ? heartbeatable.filter(({ lease, age, pending }) => pending || age >= lease.chainPeriodS / 2).map((h) => h.lease)
+      : [];
     if (due.length > 0) await heartbeat(due, now);
 
     metrics.leasesActive.set(store.leases(["preparing", "running"]).length);
