@@ -3,27 +3,36 @@
  * not skew the next), then one summary table of every figure beside its reference and target,
  * written to bench/results/summary.json. A benchmark that crashes is reported and the rest go on;
  * nothing here fails for being slow.
+ *
+ * `--block-time S` goes to every benchmark that runs a market on a chain (node, failover, serve,
+ * image): their chain mines a block every S seconds. Gas per operation does not depend on it, and
+ * the checkpoint benchmark uses no chain.
  */
 import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
+import { parseArgs } from "node:util";
 
+import { blockTimeArg } from "../cli/program.ts";
 import { printTable, targetMet, writeResults, type Figure } from "./report.ts";
 
+const { values } = parseArgs({ options: { "block-time": { type: "string", default: "0" } } });
+const blockTime = String(blockTimeArg()(values["block-time"]));
+
 const benches = [
-  { name: "gas", script: "bench/gas.ts" },
-  { name: "node", script: "bench/node.ts" },
-  { name: "checkpoint", script: "bench/checkpoint.ts" },
-  { name: "failover", script: "bench/failover.ts" },
-  { name: "serve", script: "bench/serve.ts" },
-  { name: "image", script: "bench/image.ts" },
+  { name: "gas", script: "bench/gas.ts", args: [] },
+  { name: "node", script: "bench/node.ts", args: ["--block-time", blockTime] },
+  { name: "checkpoint", script: "bench/checkpoint.ts", args: [] },
+  { name: "failover", script: "bench/failover.ts", args: ["--block-time", blockTime] },
+  { name: "serve", script: "bench/serve.ts", args: ["--block-time", blockTime] },
+  { name: "image", script: "bench/image.ts", args: ["--block-time", blockTime] },
 ];
 
 const outcomes: { bench: string; exitCode: number | null; seconds: number }[] = [];
 for (const bench of benches) {
   console.log(`\n=== ${bench.name} (${bench.script}) ===`);
   const started = performance.now();
-  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", bench.script], {
+  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", bench.script, ...bench.args], {
     stdio: "inherit",
     cwd: path.resolve(import.meta.dirname, ".."),
   });

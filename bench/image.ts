@@ -25,7 +25,8 @@
  * Target: Baton's pull + start ≤ 1.2 × Podman alone (cold and warm); an image job's median hand-off
  * (image cached on the new provider) ≤ 1.1 × a process job's, to `started` and to the first line. Needs podman, runc, docker-registry
  * and busybox-static. Everything it made (stores, containers, providers, the registry) is removed
- * when it ends, however it ends.
+ * when it ends, however it ends. `--block-time S` runs the devnet's chain with a block every S
+ * seconds (default 0: mined at once).
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -36,6 +37,7 @@ import { parseArgs } from "node:util";
 
 import { parseEther } from "viem";
 
+import { blockTimeArg } from "../cli/program.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
 import { startContainerJob } from "../node/containers/container-job.ts";
 import { ImageCache } from "../node/containers/images.ts";
@@ -60,8 +62,10 @@ const { values } = parseArgs({
     trials: { type: "string", default: "3" },
     kills: { type: "string", default: "3" },
     "pad-mib": { type: "string", default: "150" },
+    "block-time": { type: "string", default: "0" },
   },
 });
+const blockTimeS = blockTimeArg()(values["block-time"]);
 const trials = Number(values.trials);
 const kills = Number(values.kills);
 const padMiB = Number(values["pad-mib"]);
@@ -648,6 +652,7 @@ try {
   console.log(`\nHand-off, process job vs. image job (${kills} kills each)`);
   const devnet = await startDevnet({
     providers: 4,
+    blockTimeS,
     dir: path.join(dir, "devnet"),
     config: { heartbeatMs: 500, containers: { registriesConf } },
     onStep: progress,

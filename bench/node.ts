@@ -5,23 +5,37 @@
  * - off-chain heartbeat delivery latency: provider's send time (in the signed heartbeat) to the
  *   tenant's receipt, same clock;
  * - bid → quote round trip, from opening the stream to a verified quote;
- * - the node's CPU (share of one core) and RSS, idle and with 10 active leases.
+ * - the node's CPU (share of one core) and RSS, idle and with 10 active leases;
+ * - the transactions the node sends: idle (target 0: no heartbeat without a lease, no claim with
+ *   nothing owed), over a minute that spans six claim intervals of the devnet's; and with 10 live
+ *   leases, per lease per day (heartbeats are batched over all leases, so this falls with more).
+ *
+ * `--block-time S` runs the chain with a block every S seconds (default 0: mined at once).
  */
 import { readFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
 
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import { keccak256, parseEther, toHex, zeroHash } from "viem";
 
+import { blockTimeArg } from "../cli/program.ts";
+import { DEVNET_NODE_CONFIG } from "../deploy/devnet.ts";
+import { loadNodeConfig } from "../node/config.ts";
 import { contracts, writeContract } from "../sdk/chain/client.ts";
 import { openLeaseSession, requestQuote } from "../sdk/wire/clients.ts";
 import { signTenantAuth } from "../sdk/wire/tenant-auth.ts";
 import { startMarket, type Tenant } from "../deploy/market.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
+const { values } = parseArgs({ options: { "block-time": { type: "string", default: "0" } } });
+const blockTimeS = blockTimeArg()(values["block-time"]);
+
 const LEASES = 10;
-const HEARTBEAT_SAMPLE_MS = 10_000;
-const CPU_WINDOW_MS = 10_000;
+/** Long enough for several on-chain heartbeats (every 2 s) to count transactions per lease. */
+const BUSY_WINDOW_MS = 30_000;
+/** A minute: six of the devnet's claim intervals, when an idle node used to send a claim each. */
+const IDLE_WINDOW_MS = 60_000;
 const TICKS_PER_SECOND = 100;
 
 async function cpuSeconds(pid: number): Promise<number> {
@@ -34,24 +48,36 @@ async function rssMiB(pid: number): Promise<number> {
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) / 1024;
 }
 
-async function footprint(pid: number): Promise<{ cpuPercent: number; rssMiB: number }> {
+/** The node's CPU and RSS over `windowMs`, and the transactions its account sent meanwhile. */
+async function footprint(
+  pid: number,
+  windowMs: number,
+  transactionsSent: () => Promise<number>,
+): Promise<{ cpuPercent: number; rssMiB: number; transactions: number }> {
   const before = await cpuSeconds(pid);
-  await new Promise((r) => setTimeout(r, CPU_WINDOW_MS));
+  const sentBefore = await transactionsSent();
+  await new Promise((r) => setTimeout(r, windowMs));
   const after = await cpuSeconds(pid);
-  return { cpuPercent: ((after - before) / (CPU_WINDOW_MS / 1000)) * 100, rssMiB: await rssMiB(pid) };
+  const transactions = (await transactionsSent()) - sentBefore;
+  return { cpuPercent: ((after - before) / (windowMs / 1000)) * 100, rssMiB: await rssMiB(pid), transactions };
 }
 
 const market = await startMarket({
   providers: 1,
+  blockTimeS,
   config: {
     cpuJobs: true,
     maxLeases: 16,
-    claimIntervalMs: 60_000,
+    claimIntervalMs: DEVNET_NODE_CONFIG.claimIntervalMs,
     price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
   },
 });
 try {
   const provider = market.providers[0]!;
+  const { chainHeartbeatPeriodS: heartbeatPeriodS } = await loadNodeConfig(provider.dataDir);
+  // Pending included: a transaction sent counts before it is mined.
+  const transactionsSent = (): Promise<number> =>
+    market.admin.publicClient.getTransactionCount({ address: provider.account.address, blockTag: "pending" });
   const peer = peerIdFromString(provider.peerId);
   const address = multiaddr(provider.address!);
   const { leaseManager, paymentToken } = contracts(market.deployment);
@@ -69,8 +95,8 @@ try {
     durationS: 600,
   });
 
-  console.log("measuring the idle node …");
-  const idle = await footprint(provider.process!.pid);
+  console.log("measuring the idle node for a minute …");
+  const idle = await footprint(provider.process!.pid, IDLE_WINDOW_MS, transactionsSent);
 
   // Bid → quote: 20 per tenant stays under the node's per-peer rate limit.
   console.log("measuring bid → quote round trips …");
@@ -136,12 +162,9 @@ try {
     })().catch(() => undefined);
   }
 
-  console.log("sampling heartbeats and the node's footprint with 10 leases …");
+  console.log("sampling heartbeats, transactions and the node's footprint with 10 leases …");
   latencies.length = 0;
-  const [busy] = await Promise.all([
-    footprint(provider.process!.pid),
-    new Promise((r) => setTimeout(r, HEARTBEAT_SAMPLE_MS)),
-  ]);
+  const busy = await footprint(provider.process!.pid, BUSY_WINDOW_MS, transactionsSent);
   const sample = [...latencies];
   for (const session of sessions) await session.close();
 
@@ -164,9 +187,24 @@ try {
     { name: "node RSS, idle", value: idle.rssMiB, unit: "MiB" },
     { name: `node CPU, ${LEASES} active leases`, value: busy.cpuPercent, unit: "% of a core" },
     { name: `node RSS, ${LEASES} active leases`, value: busy.rssMiB, unit: "MiB" },
+    {
+      name: "transactions an idle node sends per minute",
+      value: idle.transactions / (IDLE_WINDOW_MS / 60_000),
+      unit: "tx/min",
+      target: { value: 0, atMost: true },
+      note: `${idle.transactions} in ${IDLE_WINDOW_MS / 1000} s, claim interval ${DEVNET_NODE_CONFIG.claimIntervalMs / 1000} s; ${(idle.transactions / (IDLE_WINDOW_MS / 86_400_000)).toFixed(0)} a day`,
+    },
+    {
+      name: "transactions per live lease per day",
+      value: Math.round(busy.transactions / LEASES / (BUSY_WINDOW_MS / 86_400_000)),
+      unit: "tx/day",
+      note: `${busy.transactions} in ${BUSY_WINDOW_MS / 1000} s with ${LEASES} leases: batched heartbeats every ${heartbeatPeriodS} s, and claims; at the default 30 s period, 2,880 a day for all of a node's leases together`,
+    },
   ];
   printTable("Provider node (loopback, one machine)", figures);
-  console.log(`\nwrote ${await writeResults("node", { figures, heartbeatLatenciesMs: sample, bidRttsMs: rtts })}`);
+  console.log(
+    `\nwrote ${await writeResults("node", { blockTimeS, figures, heartbeatLatenciesMs: sample, bidRttsMs: rtts })}`,
+  );
 } finally {
   await market.stop();
 }

@@ -10,7 +10,8 @@
  *   requests, and p99 latency in the window from the kill until the replacement is ready.
  *
  * Each phase: `--requests` GET requests (default 2,000) from `--concurrency` clients (default 8).
- * Target: gateway p50 ≤ 1.3 × direct p50; zero failed requests during the kill.
+ * Target: gateway p50 ≤ 1.3 × direct p50; zero failed requests during the kill. `--block-time S`
+ * runs the devnet's chain with a block every S seconds (default 0: mined at once).
  */
 import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -22,13 +23,19 @@ import { parseArgs } from "node:util";
 import { parseEther } from "viem";
 
 import { startGateway } from "../cli/gateway.ts";
-import { startDevnet } from "../deploy/devnet.ts";
+import { blockTimeArg } from "../cli/program.ts";
+import { chainHeartbeatsFor, startDevnet } from "../deploy/devnet.ts";
 import { readJobFile, serve } from "../sdk/index.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
 const { values } = parseArgs({
-  options: { requests: { type: "string", default: "2000" }, concurrency: { type: "string", default: "8" } },
+  options: {
+    requests: { type: "string", default: "2000" },
+    concurrency: { type: "string", default: "8" },
+    "block-time": { type: "string", default: "0" },
+  },
 });
+const blockTimeS = blockTimeArg()(values["block-time"]);
 const REQUESTS = Number(values.requests);
 const CONCURRENCY = Number(values.concurrency);
 
@@ -87,7 +94,8 @@ const callDirect = (i: number): Promise<boolean> =>
 
 const devnet = await startDevnet({
   providers: 4,
-  config: { chainHeartbeatPeriodS: 1, chainHeartbeatTimeoutS: 6 },
+  blockTimeS,
+  config: chainHeartbeatsFor(blockTimeS, { periodS: 1, timeoutS: 6 }),
   onStep: (m) => console.log(`  · ${m}`),
 });
 const client = await devnet.tenantClient();

@@ -7,7 +7,7 @@ import { UserError } from "../sdk/errors.ts";
 import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import { DEFAULT_NETWORK_FILE, networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
 import { printJson } from "./output.ts";
-import { addressArg, checkedAddress, examples, integerIn, tokenAmount } from "./program.ts";
+import { addressArg, blockTimeArg, checkedAddress, examples, integerIn, tokenAmount } from "./program.ts";
 
 const DEFAULT_DIR = path.dirname(DEFAULT_NETWORK_FILE);
 
@@ -18,6 +18,7 @@ interface StartOptions {
   providers: number;
   dir: string;
   heartbeatMs: number;
+  blockTime: number;
   logs?: boolean;
   json?: boolean;
 }
@@ -38,6 +39,7 @@ async function start(options: StartOptions): Promise<void> {
   const say = (text: string): boolean => (options.json ? process.stderr : process.stdout).write(`${text}\n`);
   const devnet = await startDevnet({
     providers: options.providers,
+    blockTimeS: options.blockTime,
     dir,
     config: { heartbeatMs: options.heartbeatMs },
     onStep: (message) => say(`  · ${message}`),
@@ -59,6 +61,7 @@ async function start(options: StartOptions): Promise<void> {
     printJson({
       rpcUrl: devnet.chain.rpcUrl,
       chainId: devnet.deployment.chainId,
+      blockTimeS: devnet.blockTimeS,
       networkFile,
       deployment: relative(devnet.deploymentFile),
       keystorePassword: DEVNET_KEYSTORE_PASSWORD,
@@ -74,7 +77,7 @@ async function start(options: StartOptions): Promise<void> {
   } else {
     const first = devnet.providers[0]!;
     say(`
-devnet up: chain ${devnet.chain.rpcUrl} (chain id ${devnet.deployment.chainId}), ${options.providers} provider(s)
+devnet up: chain ${devnet.chain.rpcUrl} (chain id ${devnet.deployment.chainId}, ${devnet.blockTimeS > 0 ? `a block every ${devnet.blockTimeS} s` : "each transaction mined at once"}), ${options.providers} provider(s)
 ${devnet.providers.map((p) => `  ${p.name}  ${p.account.address}  pid ${p.process!.pid}  ${p.address}`).join("\n")}
 
 network file: ${networkFile}  ${isDefault ? "(every baton command reads it by default)" : "(give it to baton commands with --network, or BATON_NETWORK)"}
@@ -171,9 +174,15 @@ export function devnetCommands(program: Command): void {
         integerIn("--heartbeat-ms", 50, 60_000),
         SESSION_HEARTBEAT_MS,
       )
+      .option(
+        "--block-time <s>",
+        "seconds between blocks, as on a public chain (2 on most L2s, 12 on Ethereum); 0 mines each transaction at once",
+        blockTimeArg(),
+        0,
+      )
       .option("--logs", "show the providers' logs")
       .option("--json", "print the network as JSON once it is up (progress goes to stderr)"),
-    ["baton devnet", "baton devnet --providers 5 --dir /tmp/devnet --json"],
+    ["baton devnet", "baton devnet --providers 5 --dir /tmp/devnet --json", "baton devnet --block-time 2"],
   ).action(start);
   examples(
     networkOptions(

@@ -96,6 +96,23 @@ export function integerIn(name: string, min: number, max: number): (text: string
   };
 }
 
+/** The longest block time a devnet takes: Ethereum's 12 s, with room for slower chains. */
+const MAX_BLOCK_TIME_S = 60;
+
+/**
+ * An option's parser for a chain's block time in seconds: 0 (each transaction mined at once) to
+ * 60, fractions allowed (0.25 for Arbitrum's blocks).
+ */
+export function blockTimeArg(name = "--block-time"): (text: string) => number {
+  return (text) => {
+    const value = Number(text);
+    if (!/^\d+(\.\d+)?$/.test(text) || value > MAX_BLOCK_TIME_S) {
+      throw new UsageError(`${name} must be a number of seconds from 0 to ${MAX_BLOCK_TIME_S}, not ${text}`);
+    }
+    return value;
+  };
+}
+
 /** An option's parser for an amount of tokens (`0.5`, `1000`): checked here, converted where the token's decimals are known. */
 export function tokenAmount(name: string): (text: string) => string {
   return (text) => {

@@ -21,6 +21,7 @@ import {
   providerRegistryAbi,
   providerRegistryBytecode,
 } from "../sdk/generated/abis.ts";
+import { estimateBlockTime, minHeartbeatTimeout } from "../sdk/chain/block-time.ts";
 import { deploymentPath, deploymentToJson, type Deployment } from "../sdk/chain/deployments.ts";
 import { UserError } from "../sdk/errors.ts";
 
@@ -71,19 +72,34 @@ const MAX_HEARTBEAT_TIMEOUT = 2 ** 24 - 1;
 
 /**
  * The parameters a deployment would use (the defaults, overridden), checked against what the
- * contracts' constructors accept, so that a bad value is refused before any transaction.
+ * contracts' constructors accept, so that a bad value is refused before any transaction; with the
+ * chain's block time, also that the shortest heartbeat timeout allowed can be kept on it (with the
+ * shortest period, 1 s: see `minHeartbeatTimeout` in sdk/chain/block-time.ts).
  *
  * @throws {UserError} naming the parameter and its range.
  */
-export function checkDeployParameters(overrides: Partial<DeployParameters>): DeployParameters {
+export function checkDeployParameters(overrides: Partial<DeployParameters>, blockTimeS?: number): DeployParameters {
   const parameters: DeployParameters = { ...defaultDeployParameters, ...overrides };
-  const { minHeartbeatTimeout, maxHeartbeatTimeout, unbondingPeriod, tenantShareBps, callerShareBps } = parameters;
+  const {
+    minHeartbeatTimeout: shortest,
+    maxHeartbeatTimeout,
+    unbondingPeriod,
+    tenantShareBps,
+    callerShareBps,
+  } = parameters;
   if (maxHeartbeatTimeout < 1 || maxHeartbeatTimeout > MAX_HEARTBEAT_TIMEOUT) {
     throw new UserError(`maxHeartbeatTimeout (${maxHeartbeatTimeout} s) must be 1 to ${MAX_HEARTBEAT_TIMEOUT} s`);
   }
-  if (minHeartbeatTimeout < 2 || minHeartbeatTimeout > maxHeartbeatTimeout) {
+  if (shortest < 2 || shortest > maxHeartbeatTimeout) {
     throw new UserError(
-      `minHeartbeatTimeout (${minHeartbeatTimeout} s) must be at least 2 and at most maxHeartbeatTimeout (${maxHeartbeatTimeout} s)`,
+      `minHeartbeatTimeout (${shortest} s) must be at least 2 and at most maxHeartbeatTimeout (${maxHeartbeatTimeout} s)`,
+    );
+  }
+  if (blockTimeS !== undefined && shortest < minHeartbeatTimeout(1, blockTimeS)) {
+    throw new UserError(
+      `minHeartbeatTimeout (${shortest} s) is too short for a chain with ${blockTimeS} s blocks: quotes could set ` +
+        `timeouts that honest providers cannot keep; it must be at least ${Math.ceil(minHeartbeatTimeout(1, blockTimeS))} s ` +
+        `(two gaps of a 1 s heartbeat period plus a block)`,
     );
   }
   if (unbondingPeriod <= maxHeartbeatTimeout) {
@@ -108,6 +124,8 @@ export interface DeployBatonParameters {
   walletClient: WalletClient<Transport, Chain, Account>;
   publicClient: PublicClient;
   parameters?: Partial<DeployParameters>;
+  /** The chain's block time in seconds, when known; it is estimated from recent blocks otherwise. */
+  blockTimeS?: number;
   onProgress?: (event: DeployProgress) => void;
 }
 
@@ -124,9 +142,10 @@ export async function deployBaton({
   walletClient,
   publicClient,
   parameters: overrides = {},
+  blockTimeS,
   onProgress,
 }: DeployBatonParameters): Promise<Deployment> {
-  const parameters = checkDeployParameters(overrides);
+  const parameters = checkDeployParameters(overrides, blockTimeS ?? (await estimateBlockTime(publicClient)));
   const deployer = walletClient.account.address;
   const chainId = await publicClient.getChainId();
   const startBlock = await publicClient.getBlockNumber();

@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
-import { createPublicClient, createWalletClient, http, parseEther } from "viem";
+import { createPublicClient, createTestClient, createWalletClient, http, parseEther } from "viem";
 import type { HDAccount } from "viem/accounts";
 import { hardhat } from "viem/chains";
 
@@ -15,6 +15,7 @@ import { DATA_FILES } from "../node/config.ts";
 import { defaultRunRoot, Podman } from "../node/containers/podman.ts";
 import { fallbackJobsDir } from "../node/jobs-dir.ts";
 import { releaseQuotaFileSystems } from "../node/work-dirs.ts";
+import { minHeartbeatTimeout } from "../sdk/chain/block-time.ts";
 import { metadataWithPeerProof, peerBinding } from "../sdk/chain/peer-proof.ts";
 import {
   contracts,
@@ -28,7 +29,7 @@ import {
 } from "../sdk/index.ts";
 import { silentLogger } from "../sdk/logger.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
-import { deployBaton, writeDeployment } from "./deploy.ts";
+import { defaultDeployParameters, deployBaton, writeDeployment } from "./deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "./local-chain.ts";
 import { spawnScript, type Spawned } from "./processes.ts";
 
@@ -49,6 +50,8 @@ export interface DevnetProvider {
 export interface Devnet {
   dir: string;
   chain: LocalChain;
+  /** Seconds between blocks (interval mining), or 0: each transaction mined at once. */
+  blockTimeS: number;
   deployment: Deployment;
   deploymentFile: string;
   /** The chain client of the deployer, who can mint dev tokens. */
@@ -69,6 +72,12 @@ export interface Devnet {
 
 export interface StartDevnetParameters {
   providers: number;
+  /**
+   * Seconds between blocks, as on a public chain (2 on most L2s, 12 on Ethereum); 0, the default,
+   * mines each transaction at once. The setup (deployment, registrations) is mined at once either
+   * way; the chain switches to a block every `blockTimeS` before the providers start.
+   */
+  blockTimeS?: number;
   /** Where everything lives; a fresh temp dir by default. */
   dir?: string;
   /** Node config for every provider (e.g. fast heartbeats), and per provider (told the chain's URL). */
@@ -101,8 +110,9 @@ const DEVNET_SCRYPT_N = 2 ** 12;
 /**
  * What a devnet provider runs with unless told otherwise: CPU jobs accepted (the example job needs
  * no GPU), a price of 10⁻⁶ tokens per second, collateral of 10 tokens per lease, and on-chain
- * heartbeats every 2 s with a 10 s timeout, so that a dead provider is slashable within seconds
- * (a public chain would use the defaults: 30 s and 120 s).
+ * heartbeats every 2 s with a 10 s timeout (on slow blocks, what {@link chainHeartbeatsFor} raises
+ * them to), so that a dead provider is slashable within seconds (a public chain would use the
+ * defaults: 30 s and 120 s).
  */
 export const DEVNET_NODE_CONFIG = {
   cpuJobs: true,
@@ -113,6 +123,27 @@ export const DEVNET_NODE_CONFIG = {
   offerRefreshMs: 1_000,
   claimIntervalMs: 10_000,
 } satisfies Partial<NodeConfigInput>;
+
+/**
+ * On-chain heartbeat settings no faster than a chain with `blockTimeS` blocks can keep: the period
+ * at least a block (a faster one only sends a heartbeat per block anyway), the timeout at least
+ * `minHeartbeatTimeout` of it. At 12 s blocks the devnet's 2 s / 10 s become 12 s / 48 s.
+ */
+export function chainHeartbeatsFor(
+  blockTimeS: number,
+  { periodS, timeoutS }: { periodS: number; timeoutS: number },
+): Pick<NodeConfigInput, "chainHeartbeatPeriodS" | "chainHeartbeatTimeoutS"> {
+  const period = Math.max(periodS, Math.ceil(blockTimeS));
+  return {
+    chainHeartbeatPeriodS: period,
+    chainHeartbeatTimeoutS: Math.max(timeoutS, Math.ceil(minHeartbeatTimeout(period, blockTimeS))),
+  };
+}
+
+/** The devnet deployment's shortest heartbeat timeout: the default, or what the block time needs for a 1 s period. */
+function devnetMinHeartbeatTimeout(blockTimeS: number): number {
+  return Math.max(defaultDeployParameters.minHeartbeatTimeout, Math.ceil(minHeartbeatTimeout(1, blockTimeS)));
+}
 
 /**
  * A whole Baton network on this machine: a local chain (Hardhat/EDR on 127.0.0.1), the contracts
@@ -127,6 +158,7 @@ export const DEVNET_NODE_CONFIG = {
  */
 export async function startDevnet({
   providers: count,
+  blockTimeS = 0,
   dir: givenDir,
   config = {},
   configFor,
@@ -149,13 +181,19 @@ export async function startDevnet({
     });
     const publicClient = createPublicClient({ transport: http(chain.rpcUrl), chain: hardhat, pollingInterval: 50 });
     onStep("deploying the contracts");
-    const deployment = await deployBaton({ walletClient: deployerClient, publicClient });
+    const deployment = await deployBaton({
+      walletClient: deployerClient,
+      publicClient,
+      parameters: { minHeartbeatTimeout: devnetMinHeartbeatTimeout(blockTimeS) },
+      blockTimeS,
+    });
     const deploymentFile = await writeDeployment(path.join(dir, "deployments"), deployment);
     const admin = createChainClient({
       rpcUrl: chain.rpcUrl,
       deployment,
       account: devAccount(0),
       pollingIntervalMs: 50,
+      blockTimeS,
     });
     const { stakingToken, paymentToken, registry } = contracts(deployment);
     const realGpus = (await detectGpus({ signal: AbortSignal.timeout(10_000) }).catch(() => [])).length > 0;
@@ -201,11 +239,22 @@ export async function startDevnet({
         metricsPort: 0,
         keystore: "key.json",
         ...DEVNET_NODE_CONFIG,
+        ...chainHeartbeatsFor(blockTimeS, {
+          periodS: DEVNET_NODE_CONFIG.chainHeartbeatPeriodS,
+          timeoutS: DEVNET_NODE_CONFIG.chainHeartbeatTimeoutS,
+        }),
+        blockTimeS,
         ...config,
         ...configFor?.(index, { rpcUrl: chain.rpcUrl }),
       });
       onStep(`registering ${name} (${account.address}) with a stake of 500`);
-      const client = createChainClient({ rpcUrl: chain.rpcUrl, deployment, account, pollingIntervalMs: 50 });
+      const client = createChainClient({
+        rpcUrl: chain.rpcUrl,
+        deployment,
+        account,
+        pollingIntervalMs: 50,
+        blockTimeS,
+      });
       await writeContract(admin, {
         ...stakingToken,
         functionName: "mint",
@@ -264,6 +313,13 @@ export async function startDevnet({
       };
       providers.push(handle);
     }
+    if (blockTimeS > 0) {
+      onStep(`mining a block every ${blockTimeS} s from now on`);
+      // Hardhat's own methods (anvil has them too): the devnet is the only place that uses them.
+      const test = createTestClient({ mode: "hardhat", transport: http(chain.rpcUrl), chain: hardhat });
+      await test.setAutomine(false);
+      await test.setIntervalMining({ interval: blockTimeS });
+    }
     for (const provider of providers) {
       onStep(`starting ${provider.name}`);
       await provider.start();
@@ -275,6 +331,7 @@ export async function startDevnet({
     return {
       dir,
       chain,
+      blockTimeS,
       deployment,
       deploymentFile,
       admin,
@@ -296,6 +353,7 @@ export async function startDevnet({
           deployment,
           bootstrap: providers.map((p) => p.address!),
           dataDir,
+          blockTimeS,
           ...(log ? { log } : {}),
         });
       },

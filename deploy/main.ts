@@ -12,7 +12,15 @@ import { createPublicClient, createWalletClient, defineChain, getAddress, http, 
 import { privateKeyToAccount, type Account } from "viem/accounts";
 
 import { printJson } from "../cli/output.ts";
-import { BatonCommand, examples, integerIn, runProgram, UsageError, wholeNumber } from "../cli/program.ts";
+import {
+  BatonCommand,
+  blockTimeArg,
+  examples,
+  integerIn,
+  runProgram,
+  UsageError,
+  wholeNumber,
+} from "../cli/program.ts";
 import { deploymentToJson } from "../sdk/chain/deployments.ts";
 import { ChainError, UserError } from "../sdk/errors.ts";
 import { checkDeployParameters, deployBaton, writeDeployment, type DeployParameters } from "./deploy.ts";
@@ -24,6 +32,7 @@ interface DeployOptions {
   rpcUrl: string;
   out: string;
   json?: boolean;
+  blockTime?: number;
   stakingToken?: `0x${string}`;
   paymentToken?: `0x${string}`;
   minStake?: bigint;
@@ -51,12 +60,12 @@ const seconds = (name: string) => wholeNumber(`--${name}`);
 const bps = (name: string) => integerIn(`--${name}`, 0, 10_000);
 
 async function deploy(options: DeployOptions): Promise<void> {
-  const { rpcUrl, out, json, ...given } = options;
+  const { rpcUrl, out, json, blockTime, ...given } = options;
   const overrides = Object.fromEntries(
     Object.entries(given).filter(([, value]) => value !== undefined),
   ) as Partial<DeployParameters>;
   try {
-    checkDeployParameters(overrides);
+    checkDeployParameters(overrides, blockTime);
   } catch (error) {
     if (error instanceof UserError) throw new UsageError(error.shortMessage);
     throw error;
@@ -91,6 +100,7 @@ async function deploy(options: DeployOptions): Promise<void> {
     walletClient: createWalletClient({ chain, account, transport: http(rpcUrl) }),
     publicClient: createPublicClient({ chain, transport: http(rpcUrl) }),
     parameters: overrides,
+    ...(blockTime === undefined ? {} : { blockTimeS: blockTime }),
     // With --json, stdout carries the deployment alone: progress goes to stderr.
     onProgress: ({ step, address }) => (json ? console.error : console.log)(`  ${step.padEnd(34)} ${address}`),
   });
@@ -123,6 +133,11 @@ const program = new BatonCommand("npm run deploy --")
     "--max-heartbeat-timeout <s>",
     "the longest heartbeat timeout a quote may set",
     seconds("max-heartbeat-timeout"),
+  )
+  .option(
+    "--block-time <s>",
+    "the chain's block time in seconds (default: estimated from its recent blocks); heartbeat timeouts it makes unmeetable are refused",
+    blockTimeArg(),
   )
   .option("--json", "print the deployment as JSON (progress goes to stderr)")
   .addHelpText(

@@ -8,7 +8,7 @@ import type { NodeConfigInput } from "../node/config.ts";
 import { createChainClient, type BatonClient, type ChainClient, type Logger } from "../sdk/index.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
 import { createBatonHost, keepConnected, type BatonHost } from "../sdk/p2p/host.ts";
-import { startDevnet, type Devnet, type DevnetProvider } from "./devnet.ts";
+import { chainHeartbeatsFor, startDevnet, type Devnet, type DevnetProvider } from "./devnet.ts";
 import { devAccount } from "./local-chain.ts";
 
 export type ProviderHandle = DevnetProvider;
@@ -35,6 +35,8 @@ export interface Market extends Devnet {
 
 export interface StartMarketOptions {
   providers: number;
+  /** Seconds between blocks (interval mining); 0, the default, mines each transaction at once. */
+  blockTimeS?: number;
   /** Where the devnet lives; a fresh temp dir by default. */
   dir?: string;
   /** Node config overrides, e.g. fast heartbeats for tests. */
@@ -45,19 +47,26 @@ export interface StartMarketOptions {
 
 /**
  * A devnet for a test or a benchmark (fake GPUs, fast on-chain heartbeats: period 2 s, timeout
- * 20 s), plus tenants: dev accounts 10 and up, funded with payment tokens on first use.
+ * 20 s, or what slow blocks need), plus tenants: dev accounts 10 and up, funded with payment tokens
+ * on first use.
  */
-export async function startMarket({ providers, dir, config = {}, configFor }: StartMarketOptions): Promise<Market> {
+export async function startMarket({
+  providers,
+  blockTimeS = 0,
+  dir,
+  config = {},
+  configFor,
+}: StartMarketOptions): Promise<Market> {
   const devnet = await startDevnet({
     providers,
+    blockTimeS,
     ...(dir ? { dir } : {}),
     config: {
       gpus: { fake: "1xFakeGPU" },
       cpuJobs: false,
       price: { basePerSecond: "0", perGpuPerSecond: "1000000000000" },
       collateralPerLease: parseEther("10").toString(),
-      chainHeartbeatPeriodS: 2,
-      chainHeartbeatTimeoutS: 20,
+      ...chainHeartbeatsFor(blockTimeS, { periodS: 2, timeoutS: 20 }),
       offerRefreshMs: 500,
       claimIntervalMs: 3_000,
       ...config,
@@ -88,6 +97,7 @@ export async function startMarket({ providers, dir, config = {}, configFor }: St
         deployment: devnet.deployment,
         account,
         pollingIntervalMs: 50,
+        blockTimeS,
       });
       const key = await generateKeyPair("Ed25519");
       // No dialling until the IPFS node is on the host: bitswap ignores peers connected before it.

@@ -1,3 +1,5 @@
+import { formatEther, type TransactionReceipt } from "viem";
+
 import { contracts, leaseStatus, writeContract } from "../sdk/chain/client.ts";
 import type { NodeComponents } from "./components.ts";
 import type { Leases } from "./leases.ts";
@@ -11,11 +13,19 @@ export interface ChainDuties {
 }
 
 /**
+ * Checkpoint CIDs one heartbeat commits per lease at most: after an RPC outage a lease may have a
+ * backlog, and one transaction stays a bounded size; the rest go in the next rounds.
+ */
+const MAX_CIDS_PER_HEARTBEAT = 16;
+
+/**
  * The node's duties on chain, run every second: one batched heartbeat transaction for all leases
- * whose on-chain period is due (carrying each lease's latest checkpoint CID), `finish` for jobs
- * that ended, periodic claims, and fencing: a lease the chain says has ended (closed, slashed,
- * expired) gets its job killed and its GPUs freed at once. Transactions are sent one at a time, so
- * the account's nonces never race.
+ * whose on-chain period is due (committing every checkpoint CID published since the last, in order),
+ * `finish` for jobs that ended, claims, and fencing: a lease the chain says has ended (closed,
+ * slashed, expired) gets its job killed and its GPUs freed at once. Transactions are sent one at a
+ * time, so the account's nonces never race. A node with no lease sends nothing: heartbeats are for
+ * live leases only, and a claim goes out only when earnings are owed (at least `claimMinAmount`).
+ * After each transaction it checks its gas balance and warns once it falls below `lowGasBalance`.
  */
 export function chainDuties(components: NodeComponents, leases: Leases): ChainDuties {
   const { chain, store, log, metrics, account, config, chainClock } = components;
@@ -23,10 +33,19 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
   let lastClaim = Date.now();
-  const ended = new Set<bigint>();
+  /** Leases that ended since the last claim, with what they had earned unsettled (an expired one settles at its claim). */
+  const ended = new Map<bigint, bigint>();
+  /** The last transaction's cost in wei, to say how many more the gas balance pays for. */
+  let lastTransactionCost: bigint | undefined;
+  /** Whether a transaction was mined since the gas balance was last read (the first round reads it too). */
+  let spentGas = true;
+  let gasLow = false;
 
   const syncClock = async (): Promise<number> => {
-    const block = await chain.publicClient.getBlock();
+    // The pending block's time is the time the next block would have: on a quiet chain the latest
+    // block's stands still, and heartbeats, which count their period in chain time, would wait for
+    // a block that only they would bring. (An RPC that answers `pending` as `latest` is no worse.)
+    const block = await chain.publicClient.getBlock({ blockTag: "pending" });
     const local = Math.floor(Date.now() / 1000);
     // A chain never runs behind the wall clock in a way that matters to us; a local chain moved
     // forward by tests (evm_increaseTime) runs ahead, and quotes must expire by its time.
@@ -34,35 +53,81 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     return local + chainClock.offsetS;
   };
 
-  const heartbeat = async (due: LeaseRow[]): Promise<void> => {
-    if (!(await heartbeatBatch(due)) && due.length > 1) {
-      // One lease whose heartbeat reverts must not leave the others unheartbeated and slashable:
-      // send them one by one, so only that one fails (the next round fences it if it ended).
-      for (const lease of due) await heartbeatBatch([lease]);
+  const sent = (receipt: TransactionReceipt): TransactionReceipt => {
+    lastTransactionCost = receipt.gasUsed * receipt.effectiveGasPrice;
+    spentGas = true;
+    return receipt;
+  };
+
+  const checkGas = async (): Promise<void> => {
+    if (!spentGas) return;
+    const balance = await chain.publicClient.getBalance({ address: account.address });
+    spentGas = false;
+    const low = balance < config.lowGasBalance;
+    if (low && !gasLow) {
+      log.warn("gas balance low: top up this account before it runs dry, or its leases turn slashable", {
+        address: account.address,
+        balanceEth: formatEther(balance),
+        lowGasBalanceEth: formatEther(config.lowGasBalance),
+        ...(lastTransactionCost ? { transactionsLeft: Number(balance / lastTransactionCost) } : {}),
+      });
+    }
+    gasLow = low;
+  };
+
+  /**
+   * Heartbeats `due` in one transaction; if it fails, one lease at a time, so that one lease whose
+   * heartbeat reverts does not leave the others unheartbeated and slashable (the next round fences
+   * it if it ended). `sentAt` is the chain time the round began.
+   */
+  const heartbeat = async (due: LeaseRow[], sentAt: number): Promise<void> => {
+    if (!(await heartbeatBatch(due, sentAt)) && due.length > 1) {
+      for (const lease of due) await heartbeatBatch([lease], sentAt);
     }
   };
 
-  /** One heartbeat transaction for `due`; false if it failed. */
-  const heartbeatBatch = async (due: LeaseRow[]): Promise<boolean> => {
-    const ids = due.map((l) => l.leaseId);
-    const cids = due.map((l) => l.pendingCheckpointCid ?? "");
+  /** One heartbeat transaction for `due`, with their pending checkpoint CIDs; false if it failed. */
+  const heartbeatBatch = async (due: LeaseRow[], sentAt: number): Promise<boolean> => {
+    const pending = new Map(due.map((l) => [l.leaseId, store.pendingCheckpoints(l.leaseId, MAX_CIDS_PER_HEARTBEAT)]));
+    // A lease is listed once per CID it commits (the contract takes repeats and records each), or
+    // once with none.
+    const ids: bigint[] = [];
+    const cids: string[] = [];
+    for (const lease of due) {
+      const checkpoints = pending.get(lease.leaseId)!;
+      if (checkpoints.length === 0) {
+        ids.push(lease.leaseId);
+        cids.push("");
+      }
+      for (const { cid } of checkpoints) {
+        ids.push(lease.leaseId);
+        cids.push(cid);
+      }
+    }
     try {
       const took = metrics.chainHeartbeatSeconds.startTimer();
-      await writeContract(chain, {
-        ...leaseManager,
-        functionName: "heartbeat",
-        args: [ids, cids.some((c) => c) ? cids : []],
-      });
+      sent(
+        await writeContract(chain, {
+          ...leaseManager,
+          functionName: "heartbeat",
+          args: [ids, cids.some((c) => c) ? cids : []],
+        }),
+      );
       took();
-      const now = Math.floor(Date.now() / 1000);
-      for (const lease of due)
-        store.updateLease(lease.leaseId, { lastChainHeartbeat: now, pendingCheckpointCid: null });
+      for (const lease of due) {
+        // The period counts from when the heartbeat was sent: it waits up to a block to be mined,
+        // and counting from the receipt would add that wait to every gap between heartbeats.
+        store.updateLease(lease.leaseId, { lastChainHeartbeat: sentAt });
+        // Only the CIDs sent: any published while the transaction was pending go in the next one.
+        const last = pending.get(lease.leaseId)!.at(-1);
+        if (last) store.removePendingCheckpoints(lease.leaseId, last.seq);
+      }
       metrics.chainHeartbeats.inc({ outcome: "ok" });
-      metrics.chainHeartbeatLeases.inc(ids.length);
+      metrics.chainHeartbeatLeases.inc(due.length);
       return true;
     } catch (error) {
       metrics.chainHeartbeats.inc({ outcome: "failed" });
-      log.warn("on-chain heartbeat failed", { leases: ids, error });
+      log.warn("on-chain heartbeat failed", { leases: due.map((l) => l.leaseId), error });
       return false;
     }
   };
@@ -70,7 +135,7 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
   /** One claim transaction over `ids`; false if it failed. */
   const claim = async (ids: bigint[]): Promise<boolean> => {
     try {
-      const receipt = await writeContract(chain, { ...leaseManager, functionName: "claim", args: [ids] });
+      const receipt = sent(await writeContract(chain, { ...leaseManager, functionName: "claim", args: [ids] }));
       log.info("claimed earnings", { leases: ids.length, tx: receipt.transactionHash });
       metrics.claims.inc();
       return true;
@@ -84,23 +149,32 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     const resultCid =
       lease.resultCid ?? `baton-result:v1:exit=${lease.exitCode ?? "signal"}:${lease.reason ?? "exited"}`;
     try {
-      await writeContract(chain, { ...leaseManager, functionName: "finish", args: [lease.leaseId, resultCid] });
+      sent(await writeContract(chain, { ...leaseManager, functionName: "finish", args: [lease.leaseId, resultCid] }));
       store.updateLease(lease.leaseId, { state: "finished", resultCid });
       log.info("lease finished on chain", { leaseId: lease.leaseId, resultCid });
       metrics.leasesFinished.inc();
-      ended.add(lease.leaseId);
+      ended.set(lease.leaseId, 0n);
       await leases.release(lease.leaseId);
     } catch (error) {
       log.warn("finish failed; will retry", { leaseId: lease.leaseId, error });
     }
   };
 
+  /** Ends the lease's part in the duties: its pending CIDs can no longer be committed. */
+  const forget = (leaseId: bigint, earned: bigint): void => {
+    ended.set(leaseId, earned);
+    store.removePendingCheckpoints(leaseId);
+  };
+
   const round = async (): Promise<void> => {
     const now = await syncClock();
     // Failed starts too: their lease stays open until the tenant closes it, and the close needs our acknowledgement.
     const live = store.leases(["preparing", "running", "exited", "failed", "handed-back"]);
-    const due: LeaseRow[] = [];
+    /** Leases that could take a heartbeat this round, with the seconds since their last. */
+    const heartbeatable: { lease: LeaseRow; age: number; pending: boolean }[] = [];
     const deadlines = new Map<bigint, number>();
+    /** What each lease still active on chain has earned and not settled. */
+    const earned = new Map<bigint, bigint>();
     for (const lease of live) {
       const onChain = await chain.publicClient.readContract({
         ...leaseManager,
@@ -112,41 +186,48 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
       if (status === "Closing" && lease.state === "handed-back") {
         // The tenant took the hand-back: acknowledge its close (the lease then ends `Closed`, our
         // collateral freed). Until the acknowledgement lands it is tried again every round.
-        if (await heartbeatBatch([lease])) {
+        if (await heartbeatBatch([lease], now)) {
           store.updateLease(lease.leaseId, { state: "fenced" });
           log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
-          ended.add(lease.leaseId);
+          forget(lease.leaseId, 0n);
         }
         continue;
       }
       if (status === "Closing") {
         // The tenant left: acknowledge with one heartbeat (it frees our collateral), then stop the job.
-        await heartbeat([lease]);
+        await heartbeat([lease], now);
         await leases.fence(lease.leaseId, "closed by the tenant");
-        ended.add(lease.leaseId);
+        forget(lease.leaseId, 0n);
         continue;
       }
       if (status !== "Active" || onChain.expired || onChain.slashable) {
         const why = onChain.slashable ? "slashable" : onChain.expired ? "expired" : status.toLowerCase();
         await leases.fence(lease.leaseId, `lease ${why} on chain`);
-        ended.add(lease.leaseId);
+        forget(lease.leaseId, status === "Active" ? onChain.earned : 0n);
         continue;
       }
       if (lease.state === "failed") continue;
-      if (lease.state === "handed-back" && Date.now() - (lease.endedAt ?? 0) >= config.handBackTimeoutMs) {
-        // No close came (the tenant is gone, or its SDK does not hand off on a refusal): end the
-        // lease here, so that it does not turn slashable once this node has stopped.
+      const pending = store.pendingCheckpoints(lease.leaseId, 1).length > 0;
+      const ending =
+        lease.state === "exited" ||
+        // No close came for a handed-back lease (the tenant is gone, or its SDK does not hand off on
+        // a refusal): end it here, so that it does not turn slashable once this node has stopped.
+        (lease.state === "handed-back" && Date.now() - (lease.endedAt ?? 0) >= config.handBackTimeoutMs);
+      // A lease about to end commits its last checkpoints first: a finished lease takes no heartbeat.
+      if (ending && !pending) {
         await finish(lease);
         continue;
       }
-      if (lease.state === "exited") {
-        await finish(lease);
-        continue;
-      }
+      earned.set(lease.leaseId, onChain.earned);
       const last = lease.lastChainHeartbeat ?? Number(onChain.lastHeartbeat);
-      if (now - last >= lease.chainPeriodS || lease.pendingCheckpointCid) due.push(lease);
+      heartbeatable.push({ lease, age: now - last, pending });
     }
-    if (due.length > 0) await heartbeat(due);
+    // When one lease is due, those past half their period come along: leases opened at different
+    // times would otherwise each be due in a different round, and cost a transaction each.
+    const due = heartbeatable.some(({ lease, age, pending }) => pending || age >= lease.chainPeriodS)
+      ? heartbeatable.filter(({ lease, age, pending }) => pending || age >= lease.chainPeriodS / 2).map((h) => h.lease)
+      : [];
+    if (due.length > 0) await heartbeat(due, now);
 
     metrics.leasesActive.set(store.leases(["preparing", "running"]).length);
     metrics.setLeaseDeadlines(deadlines);
@@ -159,14 +240,19 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
         args: [account.address],
       });
       metrics.claimableWei.set(Number(claimable));
-      const ids = [...store.leases(["preparing", "running", "exited"]).map((l) => l.leaseId), ...ended];
-      // An ended lease is claimed once (the chain settled it when it ended; the claim only sweeps
-      // what was left), so one that cannot be settled never holds back the pay of the others.
-      ended.clear();
-      if (!(await claim(ids)) && ids.length > 1) {
-        for (const id of ids) await claim([id]);
+      const sum = (amounts: Iterable<bigint>): bigint => [...amounts].reduce((a, b) => a + b, 0n);
+      const owed = claimable + sum(earned.values()) + sum(ended.values());
+      if (owed > 0n && owed >= config.claimMinAmount) {
+        const ids = [...earned.keys(), ...ended.keys()];
+        // An ended lease is claimed once (the chain settled it when it ended, unless it expired: the
+        // claim settles that), so one that cannot be settled never holds back the pay of the others.
+        ended.clear();
+        if (!(await claim(ids)) && ids.length > 1) {
+          for (const id of ids) await claim([id]);
+        }
       }
     }
+    await checkGas();
   };
 
   const tick = (): Promise<void> => {

@@ -6,6 +6,7 @@ import { z } from "zod";
 
 import { UserError } from "../sdk/errors.ts";
 import { logLevels, type LogLevel } from "../sdk/logger.ts";
+import { heartbeatTimingProblem } from "../sdk/chain/block-time.ts";
 import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import {
   BID_RATE_LIMIT,
@@ -14,9 +15,11 @@ import {
   CHAIN_HEARTBEAT_TIMEOUT_S,
   CHAIN_POLL_MS,
   CLAIM_INTERVAL_MS,
+  CLAIM_MIN_AMOUNT,
   DRAIN_OUTPUT_LINGER_MS,
   DRAIN_TIMEOUT_MS,
   HAND_BACK_TIMEOUT_MS,
+  LOW_GAS_BALANCE_WEI,
   MAX_INPUT_BYTES,
   MAX_JOB_DISK_GIB,
   OFFER_REFRESH_MS,
@@ -102,6 +105,11 @@ export const nodeConfigSchema = z
     heartbeatMs: z.number().int().min(50).default(SESSION_HEARTBEAT_MS),
     chainHeartbeatPeriodS: z.number().int().positive().default(CHAIN_HEARTBEAT_PERIOD_S),
     chainHeartbeatTimeoutS: z.number().int().positive().default(CHAIN_HEARTBEAT_TIMEOUT_S),
+    /**
+     * The chain's block time in seconds; when absent, the node estimates it from recent blocks at
+     * start. Heartbeat settings that this block time makes unmeetable are refused.
+     */
+    blockTimeS: z.number().nonnegative().optional(),
     maxDurationS: z
       .number()
       .int()
@@ -113,6 +121,10 @@ export const nodeConfigSchema = z
     quoteTtlS: z.number().int().positive().default(QUOTE_TTL_S),
     chainPollMs: z.number().int().min(100).default(CHAIN_POLL_MS),
     claimIntervalMs: z.number().int().min(1_000).default(CLAIM_INTERVAL_MS),
+    /** Earnings owed (payment-token base units) below which no claim is sent; with nothing owed none is. */
+    claimMinAmount: wei.default(CLAIM_MIN_AMOUNT),
+    /** Gas balance (wei) below which the node warns in its log that it is running dry. */
+    lowGasBalance: wei.default(LOW_GAS_BALANCE_WEI),
     bidRateLimit: z
       .object({ count: z.number().int().positive(), windowMs: z.number().int().positive() })
       .default({ ...BID_RATE_LIMIT }),
@@ -158,6 +170,15 @@ export const nodeConfigSchema = z
   })
   .refine((c) => c.maxDurationS > c.chainHeartbeatTimeoutS, {
     message: "maxDurationS must exceed chainHeartbeatTimeoutS",
+  })
+  .superRefine((c, context) => {
+    if (c.blockTimeS === undefined) return;
+    const problem = heartbeatTimingProblem({
+      periodS: c.chainHeartbeatPeriodS,
+      timeoutS: c.chainHeartbeatTimeoutS,
+      blockTimeS: c.blockTimeS,
+    });
+    if (problem) context.addIssue({ code: "custom", message: `chainHeartbeatTimeoutS: ${problem}` });
   });
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>;
@@ -190,16 +211,18 @@ export async function loadNodeConfig(dataDir: string): Promise<NodeConfig> {
  */
 /** How the node talks to its chain, as `createChainClient` takes it (less the deployment and account). */
 export function chainClientOptions(
-  config: Pick<NodeConfig, "rpcUrl" | "maxLogRange" | "maxFeePerGasGwei" | "resendTxAfterS">,
+  config: Pick<NodeConfig, "rpcUrl" | "maxLogRange" | "maxFeePerGasGwei" | "resendTxAfterS" | "blockTimeS">,
 ): {
   rpcUrl: string | string[];
   pollingIntervalMs: number;
   maxLogRange: bigint;
   maxFeePerGas?: bigint;
   replaceAfterMs: number;
+  blockTimeS?: number;
 } {
   return {
     rpcUrl: config.rpcUrl,
+    ...(config.blockTimeS === undefined ? {} : { blockTimeS: config.blockTimeS }),
     pollingIntervalMs: 100,
     maxLogRange: BigInt(config.maxLogRange),
     ...(config.maxFeePerGasGwei === null ? {} : { maxFeePerGas: parseGwei(String(config.maxFeePerGasGwei)) }),

@@ -26,6 +26,20 @@ export const CHAIN_POLL_MS = 1_000;
 /** Earnings are claimed this often; claiming costs gas, so not more often than needed. */
 export const CLAIM_INTERVAL_MS = 10 * 60_000;
 
+/**
+ * Earnings owed (payment-token base units) below which no claim is sent: 0, any amount. The floor
+ * worth a claim's gas depends on the token's decimals and on gas prices, which only the operator
+ * knows. Either way a node with nothing owed (an idle one) sends no claim.
+ */
+export const CLAIM_MIN_AMOUNT = 0n;
+
+/**
+ * Gas balance (wei) below which the node warns in its log: 0.01 ETH. On an L2 at ~0.01 gwei that
+ * pays ~33,000 heartbeats of ~30k gas (11 days at the default 30 s period); on Ethereum at 10 gwei,
+ * ~33: raise it there. Run dry, the node cannot heartbeat and its leases turn slashable.
+ */
+export const LOW_GAS_BALANCE_WEI = 10n ** 16n;
+
 /** A peer may send this many bids per window before it gets `rate-limited` refusals. */
 export const BID_RATE_LIMIT = { count: 20, windowMs: 10_000 } as const;
 

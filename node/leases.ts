@@ -267,7 +267,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         log: log.child(`checkpoints.${row.leaseId}`),
         metrics,
         onPublished: (checkpoint) => {
-          store.updateLease(row.leaseId, { pendingCheckpointCid: checkpoint.cid });
+          store.addPendingCheckpoint(row.leaseId, checkpoint.cid);
           void emit(runtime, "checkpoint", {
             cid: checkpoint.cid,
             name: checkpoint.name,
@@ -632,7 +632,6 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       reason: null,
       chainPeriodS: config.chainHeartbeatPeriodS,
       lastChainHeartbeat: null,
-      pendingCheckpointCid: null,
       resultCid: null,
       jobKey: body.key ?? null,
     };

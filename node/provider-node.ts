@@ -2,6 +2,7 @@ import path from "node:path";
 
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 
+import { chainBlockTime, heartbeatTimingProblem } from "../sdk/chain/block-time.ts";
 import { checkChain, contracts, createChainClient } from "../sdk/chain/client.ts";
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
 import { peerBinding, verifyPeerProof } from "../sdk/chain/peer-proof.ts";
@@ -103,6 +104,20 @@ async function startLocked(
   });
   const chain = createChainClient({ ...chainClientOptions(config), deployment, account });
   await checkChain(chain);
+  const blockTimeS = await chainBlockTime(chain);
+  const timing = heartbeatTimingProblem({
+    periodS: config.chainHeartbeatPeriodS,
+    timeoutS: config.chainHeartbeatTimeoutS,
+    blockTimeS,
+  });
+  if (timing) {
+    throw new UserError(
+      `chainHeartbeatTimeoutS (${config.chainHeartbeatTimeoutS} s) is too short for this chain: ${timing}` +
+        (config.blockTimeS === undefined
+          ? " (block time estimated from recent blocks; set blockTimeS to state it)"
+          : ""),
+    );
+  }
 
   const peerKey = await loadOrCreatePeerKey(path.join(dataDir, DATA_FILES.peerKey));
   const peerId = peerIdFromPrivateKey(peerKey).toString();
@@ -210,6 +225,7 @@ async function startLocked(
     addresses: host.getMultiaddrs().map((a) => a.toString()),
     gpus: gpuList.map((g) => `${g.index}:${g.model}${g.fake ? " (fake)" : ""}`),
     metricsPort: metricsServer?.port,
+    blockTimeS,
   });
 
   let stopped = false;

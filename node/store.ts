@@ -47,10 +47,16 @@ export interface LeaseRow {
   reason: string | null;
   chainPeriodS: number;
   lastChainHeartbeat: number | null;
-  pendingCheckpointCid: string | null;
   resultCid: string | null;
   /** The job's checkpoint key (base64); kept so a restarted node can go on publishing checkpoints. */
   jobKey: string | null;
+}
+
+/** A checkpoint published for a lease whose CID no heartbeat has committed on chain yet. */
+export interface PendingCheckpoint {
+  /** Increases with every checkpoint the node publishes: the order they were published in. */
+  seq: number;
+  cid: string;
 }
 
 export interface QuoteRow {
@@ -103,6 +109,19 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 `,
+  // Every checkpoint's CID waits for a heartbeat, not only the latest: one published while a
+  // heartbeat transaction was pending used to be overwritten, or cleared with the one sent.
+  `
+CREATE TABLE pending_checkpoints (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  lease_id TEXT NOT NULL,
+  cid TEXT NOT NULL
+);
+CREATE INDEX pending_checkpoints_lease ON pending_checkpoints(lease_id, seq);
+INSERT INTO pending_checkpoints (lease_id, cid)
+  SELECT lease_id, pending_checkpoint_cid FROM leases WHERE pending_checkpoint_cid IS NOT NULL;
+ALTER TABLE leases DROP COLUMN pending_checkpoint_cid;
+`,
 ];
 
 /** The schema version this code reads and writes. */
@@ -152,7 +171,6 @@ interface LeaseRecord {
   reason: string | null;
   chain_period_s: number;
   last_chain_heartbeat: number | null;
-  pending_checkpoint_cid: string | null;
   result_cid: string | null;
   job_key: string | null;
 }
@@ -174,7 +192,6 @@ function toLease(r: LeaseRecord): LeaseRow {
     reason: r.reason,
     chainPeriodS: r.chain_period_s,
     lastChainHeartbeat: r.last_chain_heartbeat,
-    pendingCheckpointCid: r.pending_checkpoint_cid,
     resultCid: r.result_cid,
     jobKey: r.job_key,
   };
@@ -268,8 +285,8 @@ export class NodeStore {
     this.#db
       .prepare(
         `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
-           exit_code, reason, chain_period_s, last_chain_heartbeat, pending_checkpoint_cid, result_cid, job_key)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           exit_code, reason, chain_period_s, last_chain_heartbeat, result_cid, job_key)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         lease.leaseId.toString(),
@@ -287,7 +304,6 @@ export class NodeStore {
         lease.reason,
         lease.chainPeriodS,
         lease.lastChainHeartbeat,
-        lease.pendingCheckpointCid,
         lease.resultCid,
         lease.jobKey,
       );
@@ -325,7 +341,6 @@ export class NodeStore {
       reason: "reason",
       chainPeriodS: "chain_period_s",
       lastChainHeartbeat: "last_chain_heartbeat",
-      pendingCheckpointCid: "pending_checkpoint_cid",
       resultCid: "result_cid",
       jobKey: "job_key",
     };
@@ -336,5 +351,28 @@ export class NodeStore {
       key === "gpus" || key === "spec" ? JSON.stringify(value) : (value as string | number | null),
     );
     this.#db.prepare(`UPDATE leases SET ${sets} WHERE lease_id = ?`).run(...values, leaseId.toString());
+  }
+
+  /** Queues a published checkpoint's CID for the lease's next heartbeats to commit. */
+  addPendingCheckpoint(leaseId: bigint, cid: string): void {
+    this.#db.prepare("INSERT INTO pending_checkpoints (lease_id, cid) VALUES (?, ?)").run(leaseId.toString(), cid);
+  }
+
+  /** The lease's checkpoints not yet committed on chain, oldest first, at most `limit`. */
+  pendingCheckpoints(leaseId: bigint, limit = Number.MAX_SAFE_INTEGER): PendingCheckpoint[] {
+    const rows = this.#db
+      .prepare("SELECT seq, cid FROM pending_checkpoints WHERE lease_id = ? ORDER BY seq LIMIT ?")
+      .all(leaseId.toString(), limit) as unknown as PendingCheckpoint[];
+    return rows.map(({ seq, cid }) => ({ seq, cid }));
+  }
+
+  /**
+   * Forgets the lease's pending checkpoints up to and including `throughSeq` (those a mined heartbeat
+   * committed; any published since stay), or all of them.
+   */
+  removePendingCheckpoints(leaseId: bigint, throughSeq = Number.MAX_SAFE_INTEGER): void {
+    this.#db
+      .prepare("DELETE FROM pending_checkpoints WHERE lease_id = ? AND seq <= ?")
+      .run(leaseId.toString(), throughSeq);
   }
 }

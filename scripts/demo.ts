@@ -20,6 +20,7 @@ import { formatEther, parseEther } from "viem";
 import { printJob } from "../cli/audit-report.ts";
 import { showJob } from "../cli/job-display.ts";
 import { jsonReplacer, table } from "../cli/output.ts";
+import { blockTimeArg } from "../cli/program.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
 import { isAlive } from "../deploy/processes.ts";
 import {
@@ -27,10 +28,12 @@ import {
   BaseError,
   readJobFile,
   runJob,
+  type AuditJobReturnType,
   type BatonClient,
   type JobEvent,
   type JobSpec,
 } from "../sdk/index.ts";
+import { poll } from "../sdk/utils/retry.ts";
 
 const { values } = parseArgs({
   options: {
@@ -41,6 +44,7 @@ const { values } = parseArgs({
     "checkpoint-every": { type: "string" },
     steps: { type: "string" },
     "heartbeat-ms": { type: "string", default: "500" },
+    "block-time": { type: "string", default: "0" },
     json: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
@@ -55,6 +59,7 @@ if (values.help) {
   --checkpoint-every STEPS     the example job's checkpoint interval (TRAIN_CHECKPOINT_EVERY)
   --steps STEPS                the example job's length (TRAIN_STEPS)
   --heartbeat-ms MS            the providers' session heartbeat period (default 500)
+  --block-time S               seconds between blocks, as on a public chain (2, 12); 0 (default) mines at once
   --json                       events and the final summary as JSON lines`);
   process.exit(0);
 }
@@ -71,6 +76,12 @@ const failAfter = Number(values["fail-after-checkpoints"]);
 if (!Number.isInteger(failAfter) || failAfter < 1) fail("--fail-after-checkpoints must be a positive whole number");
 const heartbeatMs = Number(values["heartbeat-ms"]);
 if (!Number.isInteger(heartbeatMs) || heartbeatMs < 50) fail("--heartbeat-ms must be at least 50");
+let blockTimeS = 0;
+try {
+  blockTimeS = blockTimeArg()(values["block-time"]);
+} catch (error) {
+  fail((error as Error).message);
+}
 for (const name of ["checkpoint-every", "steps"] as const) {
   const value = values[name];
   if (value !== undefined && !/^[1-9]\d*$/.test(value)) fail(`--${name} must be a positive whole number`);
@@ -100,9 +111,12 @@ process.once("SIGTERM", () => void shutdown().then(() => process.exit(143)));
 const checks: { check: string; ok: boolean; detail: string }[] = [];
 let exitCode = 1;
 try {
-  say(`Baton demo: ${providerCount} providers, job ${spec.name}, failure: ${failure}\n`);
+  say(
+    `Baton demo: ${providerCount} providers, job ${spec.name}, failure: ${failure}, ${blockTimeS > 0 ? `a block every ${blockTimeS} s` : "blocks mined at once"}\n`,
+  );
   devnet = await startDevnet({
     providers: providerCount,
+    blockTimeS,
     config: { heartbeatMs },
     onStep: (message) => say(`  · ${message}`),
   });
@@ -197,7 +211,44 @@ try {
     detail: got === expected ? `output digest ${got?.slice(0, 16)}…` : `got ${got}, expected ${expected}`,
   });
 
-  const audit = await auditJob(client, { jobId: job.jobId, tenant: client.account.address });
+  // The audit is read once every lease has ended on chain: the last one's `finish`, sent by its
+  // provider after the result reached us, may still wait for a block.
+  const tenant = client.account.address;
+  const auditNow = (): Promise<AuditJobReturnType> => auditJob(client!, { jobId: job.jobId, tenant });
+  const unended = (audit: AuditJobReturnType): bigint[] =>
+    [...audit.lineage, ...audit.others]
+      .filter((lease) => lease.status === "active" || lease.status === "closing")
+      .map((lease) => lease.leaseId);
+  const audit =
+    (await poll(
+      async () => {
+        const read = await auditNow();
+        return unended(read).length === 0 ? { done: true, value: read } : { done: false };
+      },
+      { delayMs: 500, backoff: 1, timeoutMs: 30_000 + 10_000 * blockTimeS },
+    )) ?? (await auditNow());
+  checks.push({
+    check: "every lease ended on chain",
+    ok: unended(audit).length === 0,
+    detail: unended(audit).length === 0 ? "before the audit" : `still open: ${unended(audit).join(", ")}`,
+  });
+  // Only the lease the failure hit may be slashed: a slash of any other is an honest provider lost.
+  const failedLeases = new Set(
+    events.flatMap((e) => (e.type === "provider-failed" && e.provider === victim?.account.address ? [e.leaseId] : [])),
+  );
+  const wrongSlashes = [...audit.lineage, ...audit.others].filter(
+    (lease) => lease.status === "slashed" && !failedLeases.has(lease.leaseId),
+  );
+  checks.push({
+    check: "no live, honest provider slashed",
+    ok: wrongSlashes.length === 0,
+    detail:
+      wrongSlashes.length === 0
+        ? "none"
+        : wrongSlashes
+            .map((l) => `lease ${l.leaseId} (${names.get(l.provider.toLowerCase()) ?? l.provider})`)
+            .join(", "),
+  });
   if (!json) {
     console.log("\nAudit of the job, rebuilt from chain events alone (`baton audit job <id>`):\n");
     printJob(audit);

@@ -41,6 +41,11 @@ export interface CreateBatonClientParameters {
   maxFeePerGas?: bigint;
   /** Send a transaction again (12.5% more fee, within the cap) when not mined after this long. Default 30 s. */
   replaceAfterMs?: number;
+  /**
+   * The chain's block time in seconds, if known; otherwise estimated from recent blocks when first
+   * needed. Quotes whose heartbeat timeout the block time makes unmeetable are refused.
+   */
+  blockTimeS?: number;
   signal?: AbortSignal;
 }
 
@@ -96,6 +101,7 @@ export async function createBatonClient({
   maxLogRange,
   maxFeePerGas,
   replaceAfterMs,
+  blockTimeS,
   signal,
 }: CreateBatonClientParameters): Promise<BatonClient> {
   const resolved = typeof deployment === "string" ? await loadDeploymentFile(deployment) : deployment;
@@ -107,6 +113,7 @@ export async function createBatonClient({
     ...(maxLogRange ? { maxLogRange } : {}),
     ...(maxFeePerGas ? { maxFeePerGas } : {}),
     ...(replaceAfterMs ? { replaceAfterMs } : {}),
+    ...(blockTimeS === undefined ? {} : { blockTimeS }),
   });
   await checkChain(chain, signal);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });

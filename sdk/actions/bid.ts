@@ -2,6 +2,7 @@ import { peerIdFromString } from "@libp2p/peer-id";
 import { zeroHash, type Hex } from "viem";
 
 import type { BatonClient } from "../client.ts";
+import { chainBlockTime, heartbeatTimingProblem } from "../chain/block-time.ts";
 import { contracts } from "../chain/client.ts";
 import type { Quote } from "../chain/quote.ts";
 import { shortMessageOf, UserError } from "../errors.ts";
@@ -53,9 +54,11 @@ export interface BidReturnType {
  * Sends a bid to several matching providers at once and picks a quote (each checked to match the
  * bid, its image included: see `requestQuote`): the lowest price, then one that holds the job's
  * image (a cold pull can take minutes), then the better on-chain record (fewer slashes per
- * completed lease), then the faster answer.
+ * completed lease), then the faster answer. A quote whose heartbeat timeout the chain's block time
+ * makes unmeetable (see `heartbeatTimingProblem`) counts as a refusal: its provider would turn
+ * slashable while serving, and the job would move on for nothing.
  *
- * @throws {UserError} when every provider refused or stayed silent.
+ * @throws {UserError} when every provider refused, stayed silent or quoted an unmeetable timeout.
  * @example
  * const { chosen } = await bid(client, { jobId, offers, requirements: { gpus: 1 }, maxPricePerSecond, durationS: 3600 });
  */
@@ -74,6 +77,7 @@ export async function bid(
   }: BidParameters,
 ): Promise<BidReturnType> {
   const { leaseManager, registry } = contracts(client.chain.deployment);
+  const blockTimeS = await chainBlockTime(client.chain, signal ? { signal } : {});
   const asked = offers.slice(0, fanout);
   const refusals: BidReturnType["refusals"] = [];
   const answers = await Promise.all(
@@ -104,6 +108,15 @@ export async function bid(
         const latencyMs = performance.now() - started;
         if (response.kind === "refusal") {
           refusals.push({ peerId: offer.peerId, reason: `${response.reason}: ${response.message}` });
+          return undefined;
+        }
+        const timing = heartbeatTimingProblem({
+          periodS: Number(response.quote.heartbeatPeriod),
+          timeoutS: Number(response.quote.heartbeatTimeout),
+          blockTimeS,
+        });
+        if (timing) {
+          refusals.push({ peerId: offer.peerId, reason: `quote refused: ${timing}` });
           return undefined;
         }
         const record = await client.chain.publicClient.readContract({

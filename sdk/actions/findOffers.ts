@@ -1,4 +1,5 @@
 import type { BatonClient } from "../client.ts";
+import { chainBlockTime, heartbeatTimingProblem } from "../chain/block-time.ts";
 import { imageKey } from "../images/reference.ts";
 import type { JobImage } from "../job-spec.ts";
 import { offerPrice } from "../p2p/offers.ts";
@@ -81,6 +82,7 @@ export function compareOffers(a: FoundOffer, b: FoundOffer): number {
 /**
  * The verified offers that match `requirements`, in the order {@link compareOffers} gives (cheapest
  * first, those of `lastResort` providers after all others, holders of `image` first within each),
+ * leaving out offers whose on-chain heartbeat timeout the chain's block time makes unmeetable,
  * waiting up to `timeoutMs` for `minCount` of them (offers arrive by gossip every few seconds).
  *
  * @throws {UserError} when too few providers offer what is asked within the wait.
@@ -107,10 +109,19 @@ export async function findOffers(
   const excluded = listed(exclude);
   const late = listed(lastResort);
   const key = image === undefined ? undefined : imageKey(image);
+  const blockTimeS = await chainBlockTime(client.chain, signal ? { signal } : {});
+  // An offer whose on-chain heartbeat timeout this chain's blocks make unmeetable is no use: its
+  // provider would turn slashable while serving (and `bid` refuses such a quote anyway).
+  const unkeepable = (offer: Offer): boolean =>
+    heartbeatTimingProblem({
+      periodS: offer.chainHeartbeatPeriodS,
+      timeoutS: offer.chainHeartbeatTimeoutS,
+      blockTimeS,
+    }) !== undefined;
   const matching = (): FoundOffer[] =>
     client.offers
       .list()
-      .filter((offer) => !excluded(offer) && offerMatches(offer, requirements, maxPricePerSecond))
+      .filter((offer) => !excluded(offer) && !unkeepable(offer) && offerMatches(offer, requirements, maxPricePerSecond))
       .map((offer) => ({
         offer,
         pricePerSecond: offerPrice(offer, requirements.gpus),
@@ -131,7 +142,11 @@ export async function findOffers(
         (requirements.runtime && requirements.runtime !== "process" ? ` with the ${requirements.runtime} runtime` : "");
       throw new UserError(
         `found ${found.length} provider offer(s) for ${want}${maxPricePerSecond === undefined ? "" : ` at ≤ ${maxPricePerSecond}/s`} within ${timeoutMs} ms; needed ${minCount}`,
-        { details: `offers seen: ${client.offers.list().length}, excluded: ${new Set(exclude).size}` },
+        {
+          details:
+            `offers seen: ${client.offers.list().length}, excluded: ${new Set(exclude).size}, ` +
+            `with a heartbeat timeout too short for this chain's ${blockTimeS} s blocks: ${client.offers.list().filter(unkeepable).length}`,
+        },
       );
     }
     found = matching();

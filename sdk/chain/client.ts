@@ -39,6 +39,8 @@ export interface ChainClient {
   maxLogRange: bigint;
   /** The fee cap and resend interval of every transaction {@link writeContract} sends. */
   fees: FeePolicy;
+  /** The chain's block time in seconds, when known (see `chainBlockTime`, which estimates it otherwise). */
+  blockTimeS?: number;
 }
 
 export interface CreateChainClientParameters {
@@ -57,6 +59,8 @@ export interface CreateChainClientParameters {
   maxFeePerGas?: bigint;
   /** Send a transaction again (fees 12.5% higher, within the cap) when not mined after this long. Default 30 s. */
   replaceAfterMs?: number;
+  /** The chain's block time in seconds, when known; it is estimated from recent blocks otherwise. */
+  blockTimeS?: number;
 }
 
 /**
@@ -73,6 +77,7 @@ export function createChainClient({
   maxLogRange = DEFAULT_MAX_LOG_RANGE,
   maxFeePerGas,
   replaceAfterMs = 30_000,
+  blockTimeS,
 }: CreateChainClientParameters): ChainClient {
   if (maxLogRange < 1n) throw new UserError(`the largest log range must be at least 1 block, not ${maxLogRange}`);
   const urls = typeof rpcUrl === "string" ? [rpcUrl] : [...rpcUrl];
@@ -88,7 +93,15 @@ export function createChainClient({
   const walletClient = account
     ? createWalletClient({ chain, account, transport, pollingInterval: pollingIntervalMs })
     : undefined;
-  return { chain, deployment, publicClient, walletClient, maxLogRange, fees: { maxFeePerGas, replaceAfterMs } };
+  return {
+    chain,
+    deployment,
+    publicClient,
+    walletClient,
+    maxLogRange,
+    fees: { maxFeePerGas, replaceAfterMs },
+    ...(blockTimeS === undefined ? {} : { blockTimeS }),
+  };
 }
 
 /**

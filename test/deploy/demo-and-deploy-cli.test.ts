@@ -57,6 +57,8 @@ describe("npm run demo", () => {
       "a hand-off happened",
       "the dead lease was slashed",
       "result equals an uninterrupted run",
+      "every lease ended on chain",
+      "no live, honest provider slashed",
       "no process left behind",
     ]);
     expect(summary.handOffs).toBe(1);
@@ -212,6 +214,11 @@ describe("npm run deploy", () => {
         ["--unbonding-period", "10"],
         "error: unbondingPeriod (10 s) must exceed maxHeartbeatTimeout (3600 s), or unbonding stake could escape a slash\n",
       ],
+      [
+        ["--block-time", "12"],
+        "error: minHeartbeatTimeout (4 s) is too short for a chain with 12 s blocks: quotes could set timeouts that honest providers cannot keep; it must be at least 26 s (two gaps of a 1 s heartbeat period plus a block)\n",
+      ],
+      [["--block-time", "soon"], "error: --block-time must be a number of seconds from 0 to 60, not soon\n"],
     ];
     for (const [args, stderr] of cases) {
       const failed = run(process.execPath, ["deploy/main.ts", "--rpc-url", chain.rpcUrl, ...args], {

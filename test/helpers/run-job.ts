@@ -46,10 +46,13 @@ export interface RunJobFixture {
  */
 export function useRunJobMarket({
   chainHeartbeatTimeoutS = 6,
+  blockTimeS = 0,
   privateParent = false,
   configFor,
 }: {
   chainHeartbeatTimeoutS?: number;
+  /** Seconds between blocks; 0 mines each transaction at once. */
+  blockTimeS?: number;
   /**
    * Put the devnet (its providers' data dirs) under a 0700 directory, as a checkout in root's home
    * is: jobs, which run as nobody, cannot reach work dirs there, and the nodes must put them elsewhere.
@@ -64,6 +67,7 @@ export function useRunJobMarket({
     fixture.reference = await runToEnd(startExampleJob([process.execPath, SCRIPT], refDirs, TRAIN_ENV), refDirs);
     fixture.market = await startMarket({
       providers: 3,
+      blockTimeS,
       // mkdtemp makes fixture.dir 0700.
       ...(privateParent ? { dir: path.join(fixture.dir, "devnet") } : {}),
       config: {

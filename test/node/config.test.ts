@@ -64,3 +64,36 @@ describe("job disk quotas", () => {
     }
   });
 });
+
+describe("heartbeat settings against the chain's block time", () => {
+  it("refuses a timeout that blockTimeS makes unmeetable, naming the block time", () => {
+    const parsed = nodeConfigSchema.safeParse({
+      ...minimal,
+      blockTimeS: 12,
+      chainHeartbeatPeriodS: 2,
+      chainHeartbeatTimeoutS: 10,
+    });
+    expect(parsed.success).toBe(false);
+    expect(parsed.error?.issues.map((i) => i.message)).toEqual([
+      "chainHeartbeatTimeoutS: a heartbeat timeout of 10 s cannot be kept on a chain with 12 s blocks: with a 2 s period a heartbeat can land 14 s after the last, and the timeout must cover two such gaps (at least 28 s), or honest providers turn slashable",
+    ]);
+  });
+
+  it("takes the same settings on 2 s blocks, and the defaults (30 s, 120 s) on 12 s blocks", () => {
+    const fast = { ...minimal, chainHeartbeatPeriodS: 2, chainHeartbeatTimeoutS: 10 };
+    expect(nodeConfigSchema.safeParse({ ...fast, blockTimeS: 2 }).success).toBe(true);
+    expect(nodeConfigSchema.safeParse({ ...minimal, blockTimeS: 12 }).success).toBe(true);
+    // Without blockTimeS the node estimates the block time when it starts, and checks then.
+    expect(nodeConfigSchema.safeParse({ ...fast, chainHeartbeatTimeoutS: 4 }).success).toBe(true);
+  });
+});
+
+describe("claims and gas", () => {
+  it("claim any amount owed, and warn below 0.01 ETH of gas, unless configured", () => {
+    const config = nodeConfigSchema.parse(minimal);
+    expect(config.claimMinAmount).toBe(0n);
+    expect(config.lowGasBalance).toBe(10n ** 16n);
+    const set = nodeConfigSchema.parse({ ...minimal, claimMinAmount: "5000", lowGasBalance: 7 });
+    expect([set.claimMinAmount, set.lowGasBalance]).toEqual([5000n, 7n]);
+  });
+});

@@ -1,4 +1,4 @@
-import { keccak256, parseEther, toHex, zeroHash } from "viem";
+import { formatEther, keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts, writeContract } from "../../sdk/chain/client.ts";
@@ -18,8 +18,14 @@ let market: Market;
 let tenant: Tenant;
 const offers = new Map<string, Offer>();
 
+/** Provider 2 warns of a low gas balance below a million ETH: more than any dev account holds. */
+const LOW_GAS_BALANCE = parseEther("1000000");
+
 beforeAll(async () => {
-  market = await startMarket({ providers: 2 });
+  market = await startMarket({
+    providers: 2,
+    configFor: (index) => (index === 1 ? { lowGasBalance: LOW_GAS_BALANCE.toString() } : {}),
+  });
   tenant = await market.tenant(0);
   watchOffers({ host: tenant.host, chain: tenant.chain, onOffer: (offer) => offers.set(offer.peerId, offer) });
   await until(() => offers.size === 2, 30_000, "offers from both providers");
@@ -162,6 +168,19 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
       "a claim with earnings",
     );
     expect(isAlive(provider.process!.pid)).toBe(true);
+  });
+
+  it("warns in its log when its gas balance is below lowGasBalance, naming the account and the balance", async () => {
+    const [enough, low] = market.providers;
+    const line = await low!.process!.waitFor(/"msg":"gas balance low/, 20_000);
+    const balance = await market.admin.publicClient.getBalance({ address: low!.account.address });
+    expect(JSON.parse(line)).toMatchObject({
+      level: "warn",
+      address: low!.account.address,
+      balanceEth: formatEther(balance),
+      lowGasBalanceEth: "1000000",
+    });
+    expect(enough!.process!.lines.some((l) => l.includes("gas balance low"))).toBe(false);
   });
 
   it("kills the job at once when the chain says its lease was slashed", async () => {

@@ -32,7 +32,6 @@ const lease = (leaseId: bigint): LeaseRow => ({
   reason: null,
   chainPeriodS: 30,
   lastChainHeartbeat: null,
-  pendingCheckpointCid: null,
   resultCid: null,
   jobKey: null,
 });
@@ -55,6 +54,30 @@ describe("node store", () => {
     expect(reopened.getQuote(1n)?.gpus).toEqual([1]);
     reopened.pruneQuotes(11);
     expect(reopened.getQuote(1n)).toBeUndefined();
+    reopened.close();
+  });
+
+  it("queues every checkpoint CID in order, and forgets only those a heartbeat committed", () => {
+    const file = path.join(dir, "node.db");
+    const store = new NodeStore(file);
+    store.insertLease(lease(7n));
+    store.insertLease(lease(8n));
+    store.addPendingCheckpoint(7n, "bafy-a");
+    store.addPendingCheckpoint(8n, "bafy-other");
+    store.addPendingCheckpoint(7n, "bafy-b");
+    const sent = store.pendingCheckpoints(7n);
+    expect(sent.map((c) => c.cid)).toEqual(["bafy-a", "bafy-b"]);
+    expect(store.pendingCheckpoints(7n, 1).map((c) => c.cid)).toEqual(["bafy-a"]);
+    // Published while the heartbeat carrying a and b was pending: it waits for the next one.
+    store.addPendingCheckpoint(7n, "bafy-c");
+    store.removePendingCheckpoints(7n, sent.at(-1)!.seq);
+    store.close();
+
+    const reopened = new NodeStore(file);
+    expect(reopened.pendingCheckpoints(7n).map((c) => c.cid)).toEqual(["bafy-c"]);
+    expect(reopened.pendingCheckpoints(8n).map((c) => c.cid)).toEqual(["bafy-other"]);
+    reopened.removePendingCheckpoints(8n);
+    expect(reopened.pendingCheckpoints(8n)).toEqual([]);
     reopened.close();
   });
 
@@ -189,16 +212,17 @@ describe("node store schema versions", () => {
         reason: null,
         chainPeriodS: 30,
         lastChainHeartbeat: 1700000001,
-        pendingCheckpointCid: "bafycheckpoint",
         resultCid: null,
         jobKey: "a2V5",
       },
     ]);
+    // The one CID that waited for a heartbeat still does, now in the queue.
+    expect(store.pendingCheckpoints(9n)).toEqual([{ seq: 1, cid: "bafycheckpoint" }]);
     store.close();
 
     const upgraded = new DatabaseSync(file);
     expect(userVersion(upgraded)).toBe(SCHEMA_VERSION);
-    expect(tables(upgraded)).toEqual(["leases", "meta", "quotes"]);
+    expect(tables(upgraded)).toEqual(["leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
     upgraded.close();
   });
 
@@ -207,7 +231,7 @@ describe("node store schema versions", () => {
     new NodeStore(file).close();
     const db = new DatabaseSync(file);
     expect(userVersion(db)).toBe(SCHEMA_VERSION);
-    expect(tables(db)).toEqual(["leases", "meta", "quotes"]);
+    expect(tables(db)).toEqual(["leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
     db.close();
   });
 

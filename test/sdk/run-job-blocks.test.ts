@@ -1,0 +1,210 @@
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+
+import { parseEther } from "viem";
+import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
+
+import { auditJob } from "../../sdk/actions/auditJob.ts";
+import { bid } from "../../sdk/actions/bid.ts";
+import { findOffers } from "../../sdk/actions/findOffers.ts";
+import { runJob } from "../../sdk/actions/runJob.ts";
+import { estimateBlockTime } from "../../sdk/chain/block-time.ts";
+import { contracts } from "../../sdk/chain/client.ts";
+import type { BatonClient } from "../../sdk/client.ts";
+import { UserError } from "../../sdk/errors.ts";
+import { pollUntil } from "../../sdk/utils/retry.ts";
+import { devAccount } from "../../deploy/local-chain.ts";
+import { privateKeyOf } from "../helpers/market.ts";
+import { spawnScript } from "../helpers/processes.ts";
+import { recorder, SCRIPT, serving, totals, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
+
+// A chain that mines a block every 2 s, as most L2s do: every transaction waits for its block.
+const BLOCK_TIME_S = 2;
+/** Heartbeat period 1 s; the timeout 10 s, above the 6 s that 2 s blocks need (see minHeartbeatTimeout). */
+const TIMEOUT_S = 10;
+/**
+ * Provider 3 claims the chain mines at once, and quotes a 2 s period with a 6 s timeout: kept on
+ * such a chain, but not on 2 s blocks (it needs 8 s). Tenants must refuse its quotes.
+ */
+const MISCONFIGURED = 2;
+const fixture = useRunJobMarket({
+  blockTimeS: BLOCK_TIME_S,
+  chainHeartbeatTimeoutS: TIMEOUT_S,
+  configFor: (index) =>
+    index === MISCONFIGURED ? { blockTimeS: 0, chainHeartbeatPeriodS: 2, chainHeartbeatTimeoutS: 6 } : {},
+});
+
+describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
+  let client: BatonClient;
+
+  beforeAll(async () => {
+    client = await fixture.market.client(0, path.join(fixture.dir, "tenant"));
+  });
+
+  /** Every checkpoint CID committed on chain so far. */
+  const committed = async (): Promise<Set<string>> => {
+    const logs = await fixture.market.admin.publicClient.getContractEvents({
+      ...contracts(fixture.market.deployment).leaseManager,
+      eventName: "CheckpointCommitted",
+      fromBlock: 0n,
+    });
+    return new Set(logs.map((log) => log.args.cid!));
+  };
+
+  it("a tenant leaves out offers, and refuses quotes, whose heartbeat timeout the block time makes unmeetable", async () => {
+    const misconfigured = fixture.market.providers[MISCONFIGURED]!;
+    const known = () => client.offers.list().find((o) => o.peerId === misconfigured.peerId);
+    while (!known()) await client.offers.next(AbortSignal.timeout(30_000));
+    const offer = known()!;
+    const found = await findOffers(client, { requirements: { gpus: 0 }, minCount: 2 });
+    expect(found.map((o) => o.offer.peerId)).not.toContain(misconfigured.peerId);
+
+    // Asked anyway (an offer may say one thing and its quote another), its quote is refused.
+    const asking = bid(client, {
+      jobId: `0x${"0b".repeat(32)}`,
+      offers: [{ offer, pricePerSecond: 0n, lastResort: false, holdsImage: false }],
+      requirements: { gpus: 0 },
+      maxPricePerSecond: parseEther("0.001"),
+      durationS: 600,
+    });
+    await expect(asking).rejects.toThrow(UserError);
+    await expect(asking).rejects.toThrow(
+      "quote refused: a heartbeat timeout of 6 s cannot be kept on a chain with 2 s blocks: with a 2 s period a heartbeat can land 4 s after the last, and the timeout must cover two such gaps (at least 8 s)",
+    );
+  });
+
+  it("SIGKILL mid-job: the job completes elsewhere; only the dead lease is slashed; every safe checkpoint's CID is on chain", async () => {
+    const before = await totals(fixture.market);
+    // 60 ms steps: a checkpoint every 3 s, so that moments come when all of them are on chain.
+    const job = await runJob(client, trainSpec("60"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    const safe = (leaseId: bigint): string[] =>
+      events.flatMap((e) => (e.type === "checkpoint-safe" && e.leaseId === leaseId ? [e.cid] : []));
+    const first = await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    const victim = serving(fixture.market, job);
+    // A node can commit only what it sent before it died: kill it once its safe checkpoints so far
+    // are all on chain (with the old bug, those published while a heartbeat was pending never were).
+    let safeAtKill: string[] = [];
+    const onChainBeforeKill = await pollUntil(
+      async () => {
+        const onChain = await committed();
+        safeAtKill = safe(first.leaseId);
+        return safeAtKill.every((cid) => onChain.has(cid));
+      },
+      { delayMs: 250, backoff: 1, timeoutMs: 60_000 },
+    );
+    expect(onChainBeforeKill).toBe(true);
+    victim.process!.child.kill("SIGKILL");
+    onTestFinished(() => victim.start());
+
+    const failed = await when("provider-failed");
+    const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
+    const result = await job.result();
+    await job.settled();
+    expect(failed.leaseId).toBe(first.leaseId);
+    expect(restarted.resumed).toBe(true);
+    expect(result.handOffs).toBe(1);
+    expect(result.leases.map((l) => l.provider)).not.toContain(
+      fixture.market.providers[MISCONFIGURED]!.account.address,
+    );
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+
+    // The new provider's `finish` is mined a block or so after the result reached the tenant.
+    const audit = async () => auditJob(client, { jobId: job.jobId, tenant: client.account.address });
+    expect(
+      await pollUntil(async () => (await audit()).lineage.every((l) => l.status !== "active"), {
+        delayMs: 500,
+        backoff: 1,
+        timeoutMs: 60_000,
+      }),
+    ).toBe(true);
+    const { lineage, checkpoints } = await audit();
+    expect(lineage.map((l) => l.status)).toEqual(["slashed", "completed"]);
+    expect(events.filter((e) => e.type === "slashed").map((e) => e.type === "slashed" && e.leaseId)).toEqual([
+      failed.leaseId,
+    ]);
+    const onChain = checkpoints.map((c) => c.cid);
+    const handedTo = lineage[1]!.leaseId;
+    expect(safe(handedTo).length).toBeGreaterThan(3);
+    expect(onChain).toEqual(expect.arrayContaining([...safeAtKill, ...safe(handedTo)]));
+    expect(onChain).toContain(restarted.resumedFrom!.cid);
+
+    const after = await totals(fixture.market);
+    expect(after.payment).toBe(after.paymentSupply);
+    expect(after.staking).toBe(after.stakingSupply);
+    expect(after.paymentSupply).toBe(before.paymentSupply);
+  }, 300_000);
+
+  it("idle providers send no transaction: no heartbeat without a lease, no claim with nothing owed", async () => {
+    const { publicClient } = fixture.market.admin;
+    const { leaseManager } = contracts(fixture.market.deployment);
+    const providers = fixture.market.providers.map((p) => p.account.address);
+    // What the last job earned is claimed once (the market's claim interval is 3 s); then nothing is owed.
+    const owed = () =>
+      Promise.all(
+        providers.map((address) =>
+          publicClient.readContract({ ...leaseManager, functionName: "claimable", args: [address] }),
+        ),
+      );
+    expect(
+      await pollUntil(async () => (await owed()).every((amount) => amount === 0n), {
+        delayMs: 500,
+        backoff: 1,
+        timeoutMs: 60_000,
+      }),
+    ).toBe(true);
+    const sent = () =>
+      Promise.all(providers.map((address) => publicClient.getTransactionCount({ address, blockTag: "pending" })));
+    const before = await sent();
+    // Five blocks, 10 s: three claim intervals and ten heartbeat periods.
+    const from = await publicClient.getBlockNumber();
+    expect(
+      await pollUntil(async () => (await publicClient.getBlockNumber()) >= from + 5n, {
+        delayMs: 500,
+        backoff: 1,
+        timeoutMs: 60_000,
+      }),
+    ).toBe(true);
+    expect(await sent()).toEqual(before);
+  });
+
+  it("a node refuses heartbeat settings the chain's block time makes unmeetable, with the block time it estimated", async () => {
+    const { publicClient } = fixture.market.admin;
+    // The estimate reads the last 20 blocks: wait until they are all mined at the chain's pace
+    // (the devnet's setup before them was mined at once).
+    expect(
+      await pollUntil(async () => (await estimateBlockTime(publicClient)) === BLOCK_TIME_S, {
+        delayMs: 1_000,
+        backoff: 1,
+        timeoutMs: 90_000,
+      }),
+    ).toBe(true);
+    const dataDir = path.join(fixture.dir, "slow-node");
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    await writeFile(
+      path.join(dataDir, "config.yaml"),
+      [
+        `rpcUrl: ${fixture.market.chain.rpcUrl}`,
+        `deployment: ${fixture.market.deploymentFile}`,
+        "cpuJobs: true",
+        "sandbox: unsafe-none",
+        "price: { basePerSecond: '1', perGpuPerSecond: '1' }",
+        "collateralPerLease: '1'",
+        "chainHeartbeatPeriodS: 1",
+        "chainHeartbeatTimeoutS: 4",
+      ].join("\n"),
+    );
+    const node = spawnScript("cli/baton.ts", ["provider", "start", "--data-dir", dataDir], {
+      BATON_PROVIDER_KEY: privateKeyOf(devAccount(9)),
+    });
+    expect((await node.closed).code).toBe(1);
+    const said = node.stderr.join("\n");
+    expect(said).toContain(
+      "chainHeartbeatTimeoutS (4 s) is too short for this chain: a heartbeat timeout of 4 s cannot be kept on a chain with 2 s blocks",
+    );
+    expect(said).toContain("block time estimated from recent blocks; set blockTimeS to state it");
+  });
+});
