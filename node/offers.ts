@@ -1,5 +1,8 @@
+import { CODE_P2P } from "@multiformats/multiaddr";
+
 import { publishOffer } from "../sdk/p2p/offers.ts";
-import type { Offer } from "../sdk/wire/messages.ts";
+import { MAX_OFFER_ADDRESSES, type Offer } from "../sdk/wire/messages.ts";
+import { topics } from "../sdk/wire/protocols.ts";
 import type { NodeComponents } from "./components.ts";
 import { diskTooFull } from "./disk.ts";
 
@@ -15,6 +18,8 @@ export interface OfferPublisher {
 /**
  * Advertises the node on the offers topic: periodically, and at once (debounced) whenever its free
  * capacity changes. Sequence numbers are milliseconds, so they keep increasing across restarts.
+ * Each offer lists where the node listens now, and the node joins the topic itself so that it
+ * relays the offers of others (see `start`).
  */
 export function offerPublisher(components: NodeComponents): OfferPublisher {
   const { host, peerKey, config, gpus, chain, account, log, store } = components;
@@ -41,6 +46,10 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
       runtimes: components.containers ? ["process", "podman"] : ["process"],
       images: components.containers?.images.keys() ?? [],
       maxJobDiskGiB: config.maxJobDiskGiB,
+      addresses: host
+        .getMultiaddrs()
+        .slice(0, MAX_OFFER_ADDRESSES)
+        .map((address) => address.decapsulateCode(CODE_P2P).toString()),
       price: { basePerSecond: config.price.basePerSecond, perGpuPerSecond: config.price.perGpuPerSecond },
       collateralPerLease: config.collateralPerLease,
       heartbeatMs: config.heartbeatMs,
@@ -58,12 +67,17 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
 
   return {
     start() {
+      // Gossip travels only between peers that joined the topic: a provider that only published
+      // would reach the tenants connected to it and no one else, so a tenant would never hear of a
+      // provider it has no address for (one that joined later, or restarted on another port).
+      host.services.pubsub.subscribe(topics.offers);
       publish();
       timer = setInterval(publish, config.offerRefreshMs);
     },
     stop() {
       clearInterval(timer);
       clearTimeout(pending);
+      host.services.pubsub.unsubscribe(topics.offers);
     },
     refresh() {
       clearTimeout(pending);

@@ -1,3 +1,5 @@
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr } from "@multiformats/multiaddr";
 import type { Address } from "viem";
 
 import { contracts, type ChainClient } from "../chain/client.ts";
@@ -60,6 +62,8 @@ export interface WatchOffersParameters {
  * Subscribes to the offers topic and reports each verified offer: signed by the peer it names,
  * for this chain and lease manager, not expired, newer than the last one from that peer, and from a
  * peer the registry binds to the offer's address with enough stake. Everything else is dropped.
+ * The addresses a verified offer lists become the ones the host dials its provider at: the offer
+ * may have come relayed, from a provider this host has no address for, or a stale one.
  *
  * @returns a function that stops watching.
  * @example
@@ -68,6 +72,8 @@ export interface WatchOffersParameters {
 export function watchOffers({ host, chain, onOffer, onError }: WatchOffersParameters): () => void {
   const checkBinding = createBindingChecker(chain);
   const lastSeq = new Map<string, number>();
+  /** The addresses last written to the peer store, per peer: most offers repeat them. */
+  const lastAddresses = new Map<string, string>();
   const { leaseManager } = chain.deployment.contracts;
   const onMessage = (event: CustomEvent<{ topic: string; data: Uint8Array }>): void => {
     if (event.detail.topic !== topics.offers) return;
@@ -85,9 +91,24 @@ export function watchOffers({ host, chain, onOffer, onError }: WatchOffersParame
           details: `${offer.peerId} / ${offer.provider}`,
         });
       }
+      // Checked again: a newer offer of the same peer may have passed while this one waited.
+      if ((lastSeq.get(offer.peerId) ?? -1) >= offer.seq) return;
       lastSeq.set(offer.peerId, offer.seq);
+      await rememberAddresses(offer);
       onOffer(offer);
     })().catch((error: unknown) => onError?.(error as Error));
+  };
+  /**
+   * Replaces the peer store's addresses of the offer's peer with those it lists: its own, signed
+   * word of where it listens now.
+   */
+  const rememberAddresses = async (offer: Offer): Promise<void> => {
+    const key = offer.addresses.join(" ");
+    if (offer.addresses.length === 0 || lastAddresses.get(offer.peerId) === key) return;
+    await host.peerStore.patch(peerIdFromString(offer.peerId), {
+      multiaddrs: offer.addresses.map((address) => multiaddr(address)),
+    });
+    lastAddresses.set(offer.peerId, key);
   };
   host.services.pubsub.subscribe(topics.offers);
   host.services.pubsub.addEventListener("message", onMessage as never);

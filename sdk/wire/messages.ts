@@ -5,6 +5,7 @@ import {
   addressSchema,
   bytes32Schema,
   hexSchema,
+  multiaddrSchema,
   peerIdSchema,
   timestampMsSchema,
   uintSchema,
@@ -28,6 +29,9 @@ export const gpuInfoSchema = z.object({
  */
 export const jobRuntimes = ["process", "podman"] as const;
 export type JobRuntime = (typeof jobRuntimes)[number];
+
+/** The most addresses an offer lists (a node on every interface of a large host still fits). */
+export const MAX_OFFER_ADDRESSES = 16;
 
 /** A provider's signed advertisement, published on the offers topic. */
 export const offerSchema = z.object({
@@ -59,6 +63,13 @@ export const offerSchema = z.object({
   images: z.array(z.string().max(600)).max(64).default([]),
   /** The largest disk quota it gives a job (its `maxJobDiskGiB`); an offer from before quotas names none. */
   maxJobDiskGiB: z.number().positive().optional(),
+  /**
+   * Where it listens now (`/ip4/…/tcp/…`, without `/p2p/<peerId>`, as identify lists them). An
+   * offer can arrive relayed by another peer, from a provider the receiver never had an address
+   * for, or had one from before the provider restarted on another port: these are the addresses
+   * to dial it at. An offer from before they were added lists none.
+   */
+  addresses: z.array(multiaddrSchema).max(MAX_OFFER_ADDRESSES).default([]),
   expiresAt: timestampMsSchema,
 });
 export type Offer = z.output<typeof offerSchema>;

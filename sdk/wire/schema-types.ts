@@ -1,3 +1,4 @@
+import { multiaddr } from "@multiformats/multiaddr";
 import { getAddress, isAddress, isHex } from "viem";
 import { z } from "zod";
 
@@ -33,6 +34,19 @@ export const peerIdSchema = z
   .min(1)
   .max(128)
   .regex(/^[1-9A-HJ-NP-Za-km-z]+$/, "not a base58 peer id");
+
+/** A libp2p multiaddr in its string form, e.g. `/ip4/127.0.0.1/tcp/4001/p2p/12D3Koo…`. */
+export const multiaddrSchema = z
+  .string()
+  .max(512)
+  .refine((value) => {
+    try {
+      multiaddr(value);
+      return true;
+    } catch {
+      return false;
+    }
+  }, "not a multiaddr");
 
 /** Milliseconds since the epoch. */
 export const timestampMsSchema = z.number().int().nonnegative();

@@ -1,7 +1,14 @@
+import { gossipsub } from "@libp2p/gossipsub";
+import { identify } from "@libp2p/identify";
+import { noise } from "@libp2p/noise";
+import { tcp } from "@libp2p/tcp";
+import { yamux } from "@libp2p/yamux";
+import { createLibp2p } from "libp2p";
 import { formatEther, keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts, writeContract } from "../../sdk/chain/client.ts";
+import type { BatonHost } from "../../sdk/p2p/host.ts";
 import { watchOffers } from "../../sdk/p2p/offers.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
 import { openLeaseSession, requestQuote, type ProviderEvent } from "../../sdk/wire/clients.ts";
@@ -12,7 +19,7 @@ import path from "node:path";
 
 import { NodeStore } from "../../node/store.ts";
 import { isAlive, until } from "../helpers/processes.ts";
-import { startMarket, type Market, type Tenant } from "../helpers/market.ts";
+import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 
 let market: Market;
 let tenant: Tenant;
@@ -80,6 +87,42 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
       expect(offer.provider).toBe(provider.account.address);
       expect(offer.gpus).toEqual([{ index: 0, model: "FakeGPU", vramMiB: 24576, fake: true }]);
       expect(offer.gpusFree).toBe(1);
+    }
+  });
+
+  it("relays the offers of other providers, with where they listen: a peer joined through one provider finds and dials the other", async () => {
+    const [through, other] = market.providers as [ProviderHandle, ProviderHandle];
+    // Gossip and nothing else (no DHT, no bootstrap list): the only way this peer can hear of the
+    // other provider is an offer relayed by the one it dialled.
+    const peer = await createLibp2p({
+      addresses: { listen: ["/ip4/127.0.0.1/tcp/0"] },
+      transports: [tcp()],
+      connectionEncrypters: [noise()],
+      streamMuxers: [yamux()],
+      services: { identify: identify(), pubsub: gossipsub() },
+    });
+    try {
+      const heard = new Promise<Offer>((resolve) => {
+        const unwatch = watchOffers({
+          host: peer as unknown as BatonHost,
+          chain: tenant.chain,
+          onOffer: (offer) => {
+            if (offer.peerId !== other.peerId) return;
+            unwatch();
+            resolve(offer);
+          },
+        });
+      });
+      await peer.dial(multiaddr(through.address!));
+      const offer = await heard;
+      const otherId = peerIdFromString(other.peerId);
+      expect(peer.getConnections(otherId)).toHaveLength(0);
+      expect(offer.addresses).toContain(other.address!.split("/p2p/")[0]);
+      // Dialled by peer id alone: the addresses come from the offer.
+      await peer.dial(otherId, { signal: AbortSignal.timeout(10_000) });
+      expect(peer.getConnections(otherId).length).toBeGreaterThan(0);
+    } finally {
+      await peer.stop();
     }
   });
 
