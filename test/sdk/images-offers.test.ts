@@ -101,14 +101,17 @@ describe("offers: runtimes and images", () => {
   });
 });
 
-/** A client whose offer book holds `offers`, and gets no more: all findOffers reads of a client. */
+/**
+ * A client whose offer book holds `offers`, and gets no more, on a chain that mines at once: all
+ * findOffers reads of a client.
+ */
 function clientWith(offers: Offer[]): BatonClient {
   const book: OfferBook = {
     list: () => offers,
     next: (signal) =>
       new Promise((_, reject) => signal?.addEventListener("abort", () => reject(signal.reason as Error))),
   };
-  return { offers: book } as BatonClient;
+  return { offers: book, chain: { blockTimeS: 0 } } as unknown as BatonClient;
 }
 
 const order = (found: FoundOffer[]) => found.map((f) => f.offer.peerId);
