@@ -44,7 +44,7 @@ export async function request(
 
 export interface ServeOptions {
   maxBytes: number;
-  /** How long a peer may take to send its request. */
+  /** How long a peer may take to send its request, and then to take the reply. */
   timeoutMs: number;
   maxInboundStreams?: number;
   /**
@@ -86,8 +86,12 @@ export async function serve(
         return;
       }
       try {
-        await framed.write(await handler(message, connection.remotePeer), { signal });
-        await stream.close({ signal });
+        const reply = await handler(message, connection.remotePeer);
+        // The timeout bounds a peer that is slow to send or take data, not the handler: its own
+        // time (chain reads, on a loaded node seconds) must not reset the stream under its answer.
+        const sending = AbortSignal.timeout(timeoutMs);
+        await framed.write(reply, { signal: sending });
+        await stream.close({ signal: sending });
       } catch (error) {
         stream.abort(error as Error);
       }
