@@ -35,8 +35,6 @@ export interface SendParameters {
   to: `0x${string}`;
   data: Hex;
   signal?: AbortSignal | undefined;
-  /** Told each time the transaction is sent again, and why. */
-  onResend?: ((resend: { attempt: number; hash: Hash; maxFeePerGas: bigint; capped: boolean }) => void) | undefined;
 }
 
 interface Fees {
@@ -48,9 +46,6 @@ interface Fees {
 /** What a node must see to take a replacement: more than 10% on every fee (geth's rule). */
 const BUMP_NUMERATOR = 1125n;
 const BUMP_DENOMINATOR = 1000n;
-
-/** The fee that limits what a transaction pays per gas. */
-const feeOf = (fees: Fees): bigint => fees.maxFeePerGas ?? fees.gasPrice ?? 0n;
 
 /** The fees at most `cap` per gas. */
 function capped(fees: Fees, cap: bigint | undefined): Fees {
@@ -97,7 +92,7 @@ export async function sendUntilMined(
   publicClient: PublicClient<Transport, Chain>,
   wallet: WalletClient<Transport, Chain, Account>,
   fees: FeePolicy,
-  { to, data, signal, onResend }: SendParameters,
+  { to, data, signal }: SendParameters,
 ): Promise<TransactionReceipt> {
   const prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
   let current = capped(prepared as Fees, fees.maxFeePerGas);
@@ -122,13 +117,6 @@ export async function sendUntilMined(
       const receipt = await publicClient.getTransactionReceipt({ hash: earlier }).catch(() => undefined);
       if (receipt) return receipt;
     }
-    const next = bumped(current, fees.maxFeePerGas);
-    onResend?.({
-      attempt: attempt + 1,
-      hash,
-      maxFeePerGas: feeOf(next),
-      capped: feeOf(next) === feeOf(current),
-    });
-    current = next;
+    current = bumped(current, fees.maxFeePerGas);
   }
 }

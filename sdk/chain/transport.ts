@@ -1,7 +1,7 @@
 import { createTransport, http, shouldThrow, type EIP1193RequestFn, type Transport } from "viem";
 
 /** How long one endpoint of several may take to answer before the next is asked. */
-export const FALLBACK_TIMEOUT_MS = 3_000;
+const FALLBACK_TIMEOUT_MS = 3_000;
 
 /**
  * A transport over several JSON-RPC endpoints that sticks to the last one that answered. A request
