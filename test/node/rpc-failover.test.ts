@@ -9,6 +9,7 @@ import { startMarket, type Market } from "../../deploy/market.ts";
 import { auditLease } from "../../sdk/actions/auditLease.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import { providerDirs, runToEnd, startExampleJob, tempDir } from "../helpers/example-jobs.ts";
+import { until } from "../helpers/processes.ts";
 import { startRpcProxy, type RpcProxy } from "../helpers/rpc-proxy.ts";
 import { recorder, SCRIPT, TRAIN_ENV, trainSpec } from "../helpers/run-job.ts";
 
@@ -84,7 +85,10 @@ it("keeps its lease alive through a minute-long outage of one of its two RPCs, a
   expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(reference);
   expect(result.handOffs).toBe(0);
   expect(events.filter((e) => e.type === "provider-failed")).toEqual([]);
-  const lease = await auditLease(client, { leaseId: BigInt(result.leases[0]!.leaseId) });
+  // The provider's `finish` lands after the result reached the tenant (on a loaded machine, seconds later).
+  const leaseId = BigInt(result.leases[0]!.leaseId);
+  await until(async () => (await auditLease(client, { leaseId })).status !== "active", 60_000, "the lease's end");
+  const lease = await auditLease(client, { leaseId });
   expect(lease.status).toBe("completed");
   expect(lease.slash).toBeUndefined();
 });
