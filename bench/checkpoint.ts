@@ -72,6 +72,7 @@
  */
 import { createCipheriv, createHash, randomBytes, randomFillSync } from "node:crypto";
 import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { Session } from "node:inspector/promises";
 import { createServer, connect, type AddressInfo, type Server } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -108,6 +109,12 @@ const FETCH_TIMEOUT_MS = 600_000;
  * the size, and at 1 GiB it would add most of a minute to the run.
  */
 const LOCAL_RESTORE_MAX_MIB = 256;
+/**
+ * The same restore by bitswap alone (the fallback, and what any IPFS peer does) is timed up to
+ * this size: beside the block stream it shows what the stream gains, and at 1 GiB it would add
+ * minutes.
+ */
+const BITSWAP_MAX_MIB = 256;
 /** Failed fetches tolerated per size (each is reported) before the bench gives up. */
 const MAX_FETCH_FAILURES = 2;
 
@@ -135,6 +142,8 @@ interface TenantRequest {
   provider?: string;
   /** restore: then restore it again from the local store, timed on its own. */
   again?: boolean;
+  /** restore: how to fetch (see FetchOptions.via). */
+  via?: "stream" | "bitswap";
   /** tcp: where to connect. */
   port?: number;
 }
@@ -154,10 +163,12 @@ interface TenantReply {
 async function runTenant(dir: string): Promise<void> {
   let current: { host: BatonHost; ipfs: IpfsNode } | undefined;
   let stopping: Promise<void> | undefined;
+  const profile = process.env.BATON_BENCH_CPU_PROF ? await startCpuProfile() : undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       await current?.ipfs.stop();
       await current?.host.stop();
+      await profile?.(path.join(process.env.BATON_BENCH_CPU_PROF!, "tenant.cpuprofile"));
       process.exit(0);
     })());
   process.once("SIGTERM", () => void stop());
@@ -191,6 +202,7 @@ async function runTenant(dir: string): Promise<void> {
           maxBytes: request.maxBytes!,
           providers: [provider],
           signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+          ...(request.via ? { via: request.via } : {}),
         });
       const restored = await restore(path.join(store, "restored"));
       const ms = performance.now() - started;
@@ -222,6 +234,25 @@ async function runTenant(dir: string): Promise<void> {
   console.log(JSON.stringify({ ready: true }));
 }
 
+/**
+ * Starts V8's CPU profiler in this process (`--cpu-prof DIR`: `node --cpu-prof` is refused in
+ * NODE_OPTIONS, so the tenant process could not be profiled from outside); the function it returns
+ * stops it and writes the profile, to open in Chrome's DevTools or speedscope.
+ */
+async function startCpuProfile(): Promise<(file: string) => Promise<void>> {
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.setSamplingInterval", { interval: 500 });
+  await session.post("Profiler.start");
+  return async (file) => {
+    const { profile } = await session.post("Profiler.stop");
+    await mkdir(path.dirname(file), { recursive: true });
+    await writeFile(file, JSON.stringify(profile));
+    session.disconnect();
+  };
+}
+
 function cpuMsSince(start: NodeJS.CpuUsage): number {
   const { user, system } = process.cpuUsage(start);
   return (user + system) / 1000;
@@ -242,8 +273,12 @@ class Tenant {
   readonly #process: Spawned;
   #next = 1;
 
-  constructor(dir: string) {
-    this.#process = spawnScript("bench/checkpoint.ts", ["--tenant", dir]);
+  constructor(dir: string, cpuProfileDir: string | undefined) {
+    this.#process = spawnScript(
+      "bench/checkpoint.ts",
+      ["--tenant", dir],
+      cpuProfileDir === undefined ? {} : { BATON_BENCH_CPU_PROF: path.resolve(cpuProfileDir) },
+    );
   }
 
   ready(): Promise<string> {
@@ -465,8 +500,17 @@ interface SizeResult {
   sizeMiB: number;
   ciphertextBytes: number;
   ms: Record<string, number[]>;
-  /** CPU milliseconds per MiB fetched, for each fetch (and each restore from local blocks). */
-  cpuMsPerMiB: { provider: number[]; tenant: number[]; tenantLocalRestore: number[] };
+  /**
+   * CPU milliseconds per MiB fetched (all of a process's threads), for each fetch, each restore
+   * from local blocks, and each fetch by bitswap alone.
+   */
+  cpuMsPerMiB: {
+    provider: number[];
+    tenant: number[];
+    tenantLocalRestore: number[];
+    bitswapProvider: number[];
+    bitswapTenant: number[];
+  };
   /** Fetches that failed (and were tried again), with their errors. */
   fetchFailures: string[];
 }
@@ -481,8 +525,23 @@ async function measureSize(
   console.log(`${sizeMiB} MiB: writing the checkpoint …`);
   const files = await writeCheckpoint(dir, sizeMiB);
   const bytes = sizeMiB * MiB;
-  const ms: Record<string, number[]> = { sha256: [], aes: [], disk: [], publish: [], tcp: [], fetch: [], local: [] };
-  const cpuMsPerMiB = { provider: [] as number[], tenant: [] as number[], tenantLocalRestore: [] as number[] };
+  const ms: Record<string, number[]> = {
+    sha256: [],
+    aes: [],
+    disk: [],
+    publish: [],
+    tcp: [],
+    fetch: [],
+    local: [],
+    bitswap: [],
+  };
+  const cpuMsPerMiB: SizeResult["cpuMsPerMiB"] = {
+    provider: [],
+    tenant: [],
+    tenantLocalRestore: [],
+    bitswapProvider: [],
+    bitswapTenant: [],
+  };
 
   console.log(`${sizeMiB} MiB: raw SHA-256, AES-256-GCM, disk write …`);
   // One pass untimed: the first runs here were 2-10× slower (malloc's arena growing page by page).
@@ -522,7 +581,8 @@ async function measureSize(
   }
   const address = provider.host.getMultiaddrs()[0]!.toString();
   const fetchFailures: string[] = [];
-  while (ms.fetch!.length < REPEATS) {
+  /** One restore on the tenant; false if it failed (counted, reported, and run again). */
+  const fetchOnce = async (via: "stream" | "bitswap"): Promise<boolean> => {
     const cpu = process.cpuUsage();
     let reply: TenantReply;
     try {
@@ -533,22 +593,37 @@ async function measureSize(
         sha256: published!.plaintextSha256,
         maxBytes: 2 * bytes,
         provider: address,
-        again: sizeMiB <= LOCAL_RESTORE_MAX_MIB,
+        again: via === "stream" && sizeMiB <= LOCAL_RESTORE_MAX_MIB,
+        via,
       });
     } catch (error) {
       // Counted and reported, not hidden: a fetch that fails is a finding, but one failure
       // should not cost the whole run its figures.
-      fetchFailures.push((error as Error).message.split("\n")[0]!);
+      fetchFailures.push(`${via}: ${(error as Error).message.split("\n")[0]!}`);
       console.log(`${sizeMiB} MiB: fetch failed (${fetchFailures.length}): ${fetchFailures.at(-1)}`);
       if (fetchFailures.length > MAX_FETCH_FAILURES) throw error;
-      continue;
+      return false;
+    }
+    const mib = published!.size / MiB;
+    if (via === "bitswap") {
+      ms.bitswap!.push(reply.ms);
+      cpuMsPerMiB.bitswapProvider.push(cpuMsSince(cpu) / mib);
+      cpuMsPerMiB.bitswapTenant.push(reply.cpuMs / mib);
+      return true;
     }
     // The provider's CPU over the whole request; it has nothing to do but serve the fetch.
-    cpuMsPerMiB.provider.push(cpuMsSince(cpu) / (published!.size / MiB));
-    cpuMsPerMiB.tenant.push(reply.cpuMs / (published!.size / MiB));
+    cpuMsPerMiB.provider.push(cpuMsSince(cpu) / mib);
+    cpuMsPerMiB.tenant.push(reply.cpuMs / mib);
     ms.fetch!.push(reply.ms);
     if (reply.localMs !== undefined) ms.local!.push(reply.localMs);
-    if (reply.localCpuMs !== undefined) cpuMsPerMiB.tenantLocalRestore.push(reply.localCpuMs / (published!.size / MiB));
+    if (reply.localCpuMs !== undefined) cpuMsPerMiB.tenantLocalRestore.push(reply.localCpuMs / mib);
+    return true;
+  };
+  // Interleaved, so that a change in the machine's load falls on both alike.
+  const withBitswap = sizeMiB <= BITSWAP_MAX_MIB;
+  while (ms.fetch!.length < REPEATS || (withBitswap && ms.bitswap!.length < REPEATS)) {
+    if (ms.fetch!.length < REPEATS) await fetchOnce("stream");
+    if (withBitswap && ms.bitswap!.length < REPEATS) await fetchOnce("bitswap");
   }
   await provider.ipfs.unpin(published!.cid);
   await provider.ipfs.gc();
@@ -566,9 +641,12 @@ function sizeFigures(result: SizeResult): Figure[] {
   const tcp = rate("tcp", ciphertextBytes);
   const providerCpu = round(median(cpuMsPerMiB.provider));
   const tenantCpu = round(median(cpuMsPerMiB.tenant));
-  // If the two sides overlapped perfectly, each on its own core, the busier one would set the pace.
-  const ceiling = round(MiB / MB / (Math.max(providerCpu, tenantCpu) / 1000));
+  // Both processes share the machine's cores: with every thread of both busy all the time, the
+  // CPU they spend per MiB between them caps the rate (a bound, not a forecast).
+  const cores = os.cpus().length;
+  const ceiling = round(MiB / MB / ((providerCpu + tenantCpu) / cores / 1000));
   const label = `${sizeMiB} MiB:`;
+  const stream = rate("fetch", ciphertextBytes);
   return [
     { name: `${label} raw SHA-256 (read + hash)`, value: sha, unit: "MB/s" },
     { name: `${label} raw AES-256-GCM (read + encrypt)`, value: aes, unit: "MB/s" },
@@ -584,15 +662,29 @@ function sizeFigures(result: SizeResult): Figure[] {
     { name: `${label} raw loopback TCP`, value: tcp, unit: "MB/s" },
     {
       name: `${label} fetch provider → tenant (restore)`,
-      value: rate("fetch", ciphertextBytes),
+      value: stream,
       unit: "MB/s",
       reference: { value: tcp, label: "raw loopback TCP" },
       target: { value: HELIA_FETCH_MB_S, atMost: false },
       note:
-        `target: Helia's published node-to-node TCP figure, ${HELIA_FETCH_MB_S} MB/s; the CPU time below ` +
-        `caps it at ${ceiling} MB/s even with provider and tenant fully overlapped on two cores` +
+        `by the block stream (/baton/blocks/1.0.0); target: Helia's published node-to-node TCP figure, ` +
+        `${HELIA_FETCH_MB_S} MB/s; the CPU time below (provider + tenant, all threads) caps it at ` +
+        `${ceiling} MB/s on ${cores} cores` +
         (fetchFailures.length > 0 ? `; ${fetchFailures.length} fetch(es) FAILED and were run again` : ""),
     },
+    ...(ms.bitswap!.length === 0
+      ? []
+      : [
+          {
+            name: `${label} fetch by bitswap alone (restore)`,
+            value: rate("bitswap", ciphertextBytes),
+            unit: "MB/s",
+            reference: { value: stream, label: "block stream" },
+            note:
+              'the same restore with `via: "bitswap"`: the fallback, and what any IPFS peer does; CPU per MiB ' +
+              `provider ${round(median(cpuMsPerMiB.bitswapProvider))} ms, tenant ${round(median(cpuMsPerMiB.bitswapTenant))} ms`,
+          },
+        ]),
     ...(ms.local!.length === 0
       ? []
       : [
@@ -656,13 +748,17 @@ async function main(): Promise<void> {
       sizes: { type: "string", default: "16,256,1024" },
       quick: { type: "boolean", default: false },
       out: { type: "string" },
+      "cpu-prof": { type: "string" },
+      job: { type: "boolean", default: true },
     },
+    allowNegative: true,
   });
   const sizes = (values.quick ? "16" : values.sizes).split(",").map(Number);
   if (sizes.some((s) => !Number.isInteger(s) || s < 1))
     throw new Error(`--sizes wants MiB as integers: ${values.sizes}`);
   const train = values.quick ? TRAIN_QUICK : TRAIN_FULL;
 
+  const loadBefore = os.loadavg();
   const work = await mkdtemp(path.join(os.tmpdir(), "baton-bench-checkpoint-"));
   let host: BatonHost | undefined;
   let ipfs: IpfsNode | undefined;
@@ -689,32 +785,46 @@ async function main(): Promise<void> {
   process.once("SIGTERM", onSignal);
 
   try {
+    const profile = values["cpu-prof"] === undefined ? undefined : await startCpuProfile();
     host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
     ipfs = await createIpfsNode({ host, dir: path.join(work, "provider") });
-    tenant = new Tenant(path.join(work, "tenant"));
+    tenant = new Tenant(path.join(work, "tenant"), values["cpu-prof"]);
     await tenant.ready();
 
     const results: SizeResult[] = [];
     for (const size of sizes) results.push(await measureSize(work, size, { host, ipfs }, tenant));
+    await profile?.(path.join(values["cpu-prof"]!, "provider.cpuprofile"));
 
-    console.log(`example job: ${train.steps} steps, a checkpoint every ${train.checkpointEvery}, ×${train.rounds} …`);
     const runs = Object.fromEntries(VARIANTS.map((v) => [v, [] as JobRun[]])) as Record<Variant, JobRun[]>;
-    const key = generateJobKey();
-    let n = 0;
-    for (let r = 0; r < train.rounds; r++) {
-      for (const variant of VARIANTS)
-        runs[variant].push(await runJob(path.join(work, `job-${n++}`), variant, train, ipfs, key));
+    if (values.job) {
+      console.log(`example job: ${train.steps} steps, a checkpoint every ${train.checkpointEvery}, ×${train.rounds} …`);
+      const key = generateJobKey();
+      let n = 0;
+      for (let r = 0; r < train.rounds; r++) {
+        for (const variant of VARIANTS)
+          runs[variant].push(await runJob(path.join(work, `job-${n++}`), variant, train, ipfs, key));
+      }
     }
 
-    const figures = [...results.flatMap(sizeFigures), ...jobFigures(runs)];
+    const loadAfter = os.loadavg();
+    const figures = [...results.flatMap(sizeFigures), ...(values.job ? jobFigures(runs) : [])];
     printTable(`Checkpoint throughput and overhead (median of ${REPEATS}; 1 MB = 10^6 bytes)`, figures);
+    const loads = (l: number[]) => l.map((x) => x.toFixed(2)).join(", ");
+    console.log(`\nload average (1, 5, 15 min): ${loads(loadBefore)} at the start, ${loads(loadAfter)} at the end`);
     const data = {
       sizesMiB: sizes,
       repeats: REPEATS,
-      machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
+      machine: {
+        cpus: os.cpus().length,
+        cpu: os.cpus()[0]?.model,
+        node: process.version,
+        // 1, 5 and 15-minute load averages (as `uptime` prints them): other work on the machine
+        // lowers every figure here, the references with them.
+        loadAverage: { start: loadBefore.map((l) => round(l, 2)), end: loadAfter.map((l) => round(l, 2)) },
+      },
       figures,
       samples: results,
-      exampleJob: { ...train, runs },
+      ...(values.job ? { exampleJob: { ...train, runs } } : {}),
     };
     console.log(`\n${await save(values.out, data)}`);
   } finally {
