@@ -11,14 +11,16 @@
  * - publish: `publishCheckpoint` (pack, encrypt, add to the file-system blockstore, pin) on the
  *   provider's node, against min(SHA-256, AES, disk) — publishing does all three, so it can at
  *   best match the slowest; target ≥ 50 % of it;
- * - provider → tenant fetch: `restoreCheckpoint` (bitswap fetch, decrypt, verify, unpack) on a
- *   second host and IPFS node in its own process and data dir, over 127.0.0.1 TCP (the
- *   connection is dialled before the clock starts), beside raw loopback TCP between the same two
- *   processes (a plain socket pushing the same number of bytes); target ≥ 150 MB/s, Helia's
- *   published node-to-node TCP figure. Beside it: the CPU time each process spent per MiB
- *   fetched, and (up to 256 MiB) the same restore again once every block is in the tenant's
- *   store, which is the restore's own share (decrypt, verify, unpack) without bitswap. A fetch
- *   that fails is run again (twice at most per size) and reported in the fetch row's note;
+ * - provider → tenant fetch: `restoreCheckpoint` (fetch by the block stream, /baton/blocks/1.0.0;
+ *   decrypt, verify, unpack) on a second host and IPFS node in its own process and data dir,
+ *   over 127.0.0.1 TCP (the connection is dialled before the clock starts), beside raw loopback
+ *   TCP between the same two processes (a plain socket pushing the same number of bytes); target
+ *   ≥ 150 MB/s, Helia's published node-to-node TCP figure. Beside it: the CPU time each process
+ *   spent per MiB fetched (all its threads), up to 256 MiB the same restore by bitswap alone
+ *   (`via: "bitswap"`: the fallback, and what any IPFS peer does; interleaved with the stream's
+ *   runs), and the same restore again once every block is in the tenant's store, which is the
+ *   restore's own share (decrypt, verify, unpack) without the network. A fetch that fails is run
+ *   again (twice at most per size) and reported in the fetch row's note;
  * - the checkpoint overhead of the example job (examples/train/train.mjs) as a share of its wall
  *   time, against CheckFreq's 3.5 % bound. The job runs as a child process, round-robin, in three
  *   variants: (a) no checkpoints but the final one, (b) checkpoints every N steps into
@@ -32,43 +34,45 @@
  *   beside the job, on the other core, so this is an upper bound of what it could cost the job).
  *
  * Each throughput is the median of 3 runs. Units: 1 MB = 10^6 bytes, 1 MiB = 2^20 bytes; all
- * throughputs are in MB/s, sizes in MiB (150 MB/s = 143 MiB/s).
+ * throughputs are in MB/s, sizes in MiB (150 MB/s = 143 MiB/s). The machine's load averages at
+ * the start and the end go into the JSON (`machine.loadAverage`) and the printout: on a shared
+ * machine other work lowers every figure, the references with them, so compare ratios from one
+ * run. `--no-job` leaves the example job out; `--cpu-prof DIR` writes a V8 CPU profile of each
+ * process (provider.cpuprofile, tenant.cpuprofile) covering the throughput part.
  *
  * What limits the fetch: CPU per byte, in JavaScript, on both ends; not the network, the block
- * size or flow control. On the 2-vCPU VM this was written on (runs without other load; other
- * load lowers every figure and raises the CPU per MiB), loopback TCP between the same two
- * processes moved 0.5-2 GB/s while the fetch (256 MiB-1 GiB) ran at 28-47 MB/s, the tenant spending
- * ~19-26 ms of CPU per MiB and the provider ~15-22 ms. So even with the two sides fully
- * overlapped on their own cores the fetch could not pass ~40-55 MB/s (the fetch row's note works
- * this out from each run's CPU time); 150 MB/s needs under 7 ms per MiB on each side, a third to
- * a quarter of today's. Where it goes (--cpu-prof of both processes, bitswap debug logs):
- * - tenant, about two thirds: restoreCheckpoint itself (the "blocks already local" row runs at
- *   ~80-120 MB/s and ~13 ms/MiB): the exporter copies every block once more (it-to-buffer), then
- *   AES-GCM decryption, SHA-256 of the pack, file writes, GC of the 1 MiB buffers; the other third
- *   is bitswap receiving: Noise frames joined (uint8arraylist) and decrypted (ChaCha20-Poly1305),
- *   each message copied into one buffer to decode it, every block hashed (SHA-256) to check its
- *   CID and written as a file (temp file + rename);
- * - provider (@helia/bitswap serving): each block joined into one buffer, encoded in full once
- *   only to learn its encoded size (split-message's calculateEncodedBlockSize) and again into the
- *   message (protons), then Noise-encrypted in 64 KiB frames; GC of those short-lived 1-4 MiB
- *   buffers took a fifth to a third of its busy time.
- * Ruled out: a 16 MiB yamux stream window on both hosts (bitswap opens a stream per message, each
- * starting at 256 KiB) changed nothing. Block size: leaves are 1 MiB, the most Kubo takes without
- * allow-big-block and a quarter of bitswap's 4 MiB message limit; per-block costs (a stream, a
- * file) are small beside ~40 ms of CPU per MiB. Fixed in sdk/ipfs while writing this (A/B, 256
- * MiB, same machine: 22-32 → 46-47 MB/s, provider CPU 31 → 15 ms/MiB): FsBlockstore read a block
- * as 16 pieces that it-to-buffer joined by re-copying the buffer so far each time (~8.5 MiB copied
- * per 1 MiB block), now one readFile; and the UnixFS exporter wanted a whole DAG node's children
- * (up to 174 leaves) at once, which bitswap's sender reads and encodes entirely before sending a
- * byte (the tenant sat idle for seconds; at 1 GiB it tripped bitswap's 10 s stream timeouts and
- * once stalled for good), now at most FETCH_BLOCK_CONCURRENCY = 32. What is left is inside
- * @helia/bitswap, libp2p and our single-threaded restore.
+ * size or flow control. Bitswap (what "fetch by bitswap alone" still measures) cost the tenant
+ * ~19-26 ms of CPU per MiB and the provider ~12-22 ms: want-lists of 32 blocks, each block encoded
+ * twice by the sender to size its message, a stream per message, every message joined and copied
+ * to decode it. The fetch now goes by /baton/blocks/1.0.0 (sdk/ipfs/block-stream.ts): one stream,
+ * the blocks in the order the reader needs them, each hashed (in the thread pool) and compared
+ * with the CID the receiver expects next, stored, and decrypted and unpacked while the rest
+ * arrives. Measured on the 2 shared vCPUs this was written on (load average 10-30 from other
+ * sessions' tests, which inflates CPU per MiB too), per MiB:
+ * - the floor is libp2p itself: a bare stream between the same two hosts (Noise ChaCha20-Poly1305,
+ *   yamux, TCP; 1 MiB sends, nothing else done with the bytes) costs the sender ~2.5-3 ms and the
+ *   receiver ~3.5-5 ms of CPU;
+ * - provider serving the stream: ~4-8 ms (the floor, plus reading each block from its file);
+ * - tenant fetching into its store (`cat`): ~10-13 ms: the floor, the copy of each block out of
+ *   the Noise frames into a buffer of its own (a fresh 1 MiB buffer costs 0.3-0.6 ms of page
+ *   faults here), SHA-256 against the CID (~0.8 ms, thread pool), the block file (temp + rename,
+ *   ~1 ms); then the restore adds AES-GCM (thread pool), SHA-256 of the pack and the unpacked
+ *   files (the "blocks already local" row: ~5-6 ms, ~130-210 MB/s).
+ * On two cores shared by both processes, provider + tenant at ~20 ms per MiB cap the fetch near
+ * 100 MB/s even with every thread busy all the time (the fetch row's note works this out from each
+ * run); 150 MB/s needs ~13 ms per MiB for the pair, about what libp2p's own floor and the tenant's
+ * unavoidable work (verify, store, decrypt, hash, write) add up to. Earlier fixes, still in
+ * sdk/ipfs: FsBlockstore read a block as 16 pieces that it-to-buffer joined by re-copying the
+ * buffer so far each time (now one readFile); the UnixFS exporter's want-lists are bounded by
+ * FETCH_BLOCK_CONCURRENCY for the bitswap fallback.
  *
- * Publish (~90-135 MB/s, a fifth of the slowest raw reference) is one event loop doing, per byte:
- * a read into a fresh 1 MiB buffer, SHA-256 of the pack, AES-GCM in 1 MiB `update` calls (each a
- * fresh 1 MiB output: see rawAesGcm), a copy into 1 MiB leaves, SHA-256 of each leaf for its CID,
- * and a file per block written as temp file + rename; its profile (256 MiB) showed the loop busy
- * ~75 % of the time, GC ~20 % of all of it, and the rest waiting on the file system.
+ * Publish is, per byte: a read straight into the pack's piece (one encryption chunk, 1 MiB − 16),
+ * SHA-256 of the pack on the event loop, AES-GCM of the piece in the thread pool (WebCrypto, three
+ * chunks at once) giving exactly one 1 MiB leaf, the leaf's SHA-256 in the thread pool, and its
+ * block file. Nothing is re-cut or copied between the stages. It used to be all on the event loop
+ * (90-135 MB/s): a read into a fresh buffer, AES-GCM in 1 MiB `update` calls (each a fresh 1 MiB
+ * output: see rawAesGcm), a copy into 1 MiB leaves (the 44-byte header shifted every leaf), the
+ * leaf's SHA-256, the file; its profile showed the loop busy ~75 % of the time and GC ~20 %.
  */
 import { createCipheriv, createHash, randomBytes, randomFillSync } from "node:crypto";
 import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";

@@ -14,7 +14,7 @@ import type { Uint8ArrayList } from "uint8arraylist";
 import { BaseError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
-import { PROTOCOL_PREFIX } from "../wire/protocols.ts";
+import { protocols } from "../wire/protocols.ts";
 
 /**
  * `/baton/blocks/1.0.0`: a DAG's blocks over one libp2p stream, in the order a reader needs them,
@@ -41,7 +41,7 @@ import { PROTOCOL_PREFIX } from "../wire/protocols.ts";
  * store only once verified, so nothing unverified is ever written or resumed from.
  */
 
-export const BLOCKS_PROTOCOL = `${PROTOCOL_PREFIX}/blocks/1.0.0`;
+export const BLOCKS_PROTOCOL = protocols.blocks;
 
 /** The largest block either side handles: bitswap's message limit, so no block past it is fetchable anyway. */
 export const MAX_BLOCK_BYTES = 4 * 1024 * 1024;
@@ -261,9 +261,14 @@ class FrameReader {
   #body: Uint8Array | undefined;
   #filled = 0;
   readonly #onMessage = (event: StreamMessageEvent): void => this.#push(event.data);
-  readonly #onEnd = (event: Event): void => {
+  // "end", not "remoteCloseWrite": libp2p fires the latter as soon as the sender's FIN arrives,
+  // while data before it may still wait in the stream's buffer (always, while we have it paused),
+  // and ending then would drop the last blocks. "end" comes once all of it was handed to us.
+  readonly #onEnd = (): void => this.#end(true);
+  readonly #onClose = (event: Event): void => {
     const error = (event as Event & { error?: Error }).error;
-    this.#end(error ?? true);
+    if (error !== undefined) this.#end(error);
+    else setImmediate(() => this.#end(true)); // after any data still being handed over
   };
 
   constructor(stream: Stream, maxFrame: number, hash: boolean) {
@@ -271,15 +276,15 @@ class FrameReader {
     this.#maxFrame = maxFrame;
     this.#hash = hash;
     stream.addEventListener("message", this.#onMessage);
-    stream.addEventListener("close", this.#onEnd);
-    stream.addEventListener("remoteCloseWrite", this.#onEnd);
-    if (stream.remoteWriteStatus === "closed" || stream.status !== "open") setImmediate(() => this.#end(true));
+    stream.addEventListener("close", this.#onClose);
+    stream.addEventListener("end", this.#onEnd);
+    if (stream.readableEnded || stream.status !== "open") setImmediate(() => this.#end(true));
   }
 
   detach(): void {
     this.#stream.removeEventListener("message", this.#onMessage);
-    this.#stream.removeEventListener("close", this.#onEnd);
-    this.#stream.removeEventListener("remoteCloseWrite", this.#onEnd);
+    this.#stream.removeEventListener("close", this.#onClose);
+    this.#stream.removeEventListener("end", this.#onEnd);
   }
 
   #end(reason: Error | true): void {

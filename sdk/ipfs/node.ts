@@ -192,7 +192,24 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
 
     // All of it here already: read it from the store, no network.
     if (await hasLocalDag(helia, cid, signal)) {
-      yield* readUnixfsFile(cid, (block) => readLocal(block, signal), { maxBytes });
+      // A few blocks read ahead of the one in use, so that the disk is never waited on.
+      const ahead = new Map<string, Promise<Uint8Array>>();
+      const upcoming = (cids: CID[]): void => {
+        for (const next of cids) {
+          const key = next.toString();
+          if (ahead.has(key)) continue;
+          const reading = readLocal(next, signal);
+          reading.catch(() => undefined); // awaited when its turn comes
+          ahead.set(key, reading);
+        }
+      };
+      const getBlock = (block: CID): Promise<Uint8Array> => {
+        const key = block.toString();
+        const reading = ahead.get(key);
+        ahead.delete(key);
+        return reading ?? readLocal(block, signal);
+      };
+      yield* readUnixfsFile(cid, getBlock, { maxBytes, upcoming });
       return;
     }
 

@@ -19,7 +19,19 @@ import { CheckpointCorruptError, CheckpointTooLargeError } from "../errors.ts";
 export async function* readUnixfsFile(
   root: CID,
   getBlock: (cid: CID, first: boolean) => Promise<Uint8Array>,
-  { maxBytes }: { maxBytes?: number } = {},
+  {
+    maxBytes,
+    upcoming,
+    lookAhead = 4,
+  }: {
+    maxBytes?: number;
+    /**
+     * Told, before each block is asked for, which blocks come right after it (up to `lookAhead`
+     * of them, in order): a reader that can begin them early (the local store) does.
+     */
+    upcoming?: (cids: CID[]) => void;
+    lookAhead?: number;
+  } = {},
 ): AsyncGenerator<Uint8Array> {
   const seen = new Set<string>();
   const stack: Array<{ cid: CID; size: bigint | undefined }> = [{ cid: root, size: undefined }];
@@ -34,6 +46,14 @@ export async function* readUnixfsFile(
       const key = cid.toString();
       const first = !seen.has(key);
       seen.add(key);
+      if (upcoming !== undefined && stack.length > 0) {
+        upcoming(
+          stack
+            .slice(-lookAhead)
+            .reverse()
+            .map((next) => next.cid),
+        );
+      }
       bytes = await getBlock(cid, first);
     }
     if (cid.code === raw.code) {
