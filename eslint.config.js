@@ -26,6 +26,37 @@ export default tseslint.config(
       "no-console": "off",
     },
   },
+  {
+    // What users run speaks standard JSON-RPC only, so that it works on any EVM chain: the dev methods
+    // of local chains (`hardhat_*`, `anvil_*`, `evm_*`, and viem's test client that sends them) are
+    // for tests, the devnet and benchmarks, which live outside these folders.
+    files: ["sdk/**/*.ts", "node/**/*.ts", "cli/**/*.ts"],
+    rules: {
+      "no-restricted-syntax": [
+        "error",
+        {
+          selector: "Literal[value=/^(hardhat|anvil|evm)_\\w+$/]",
+          message: "a local chain's dev method: the SDK, node and CLI use standard JSON-RPC only",
+        },
+        {
+          selector: "TemplateElement[value.raw=/^(hardhat|anvil|evm)_\\w+$/]",
+          message: "a local chain's dev method: the SDK, node and CLI use standard JSON-RPC only",
+        },
+      ],
+      "no-restricted-imports": [
+        "error",
+        {
+          paths: [
+            {
+              name: "viem",
+              importNames: ["createTestClient", "testActions"],
+              message: "a local chain's dev methods: the SDK, node and CLI use standard JSON-RPC only",
+            },
+          ],
+        },
+      ],
+    },
+  },
   { files: ["eslint.config.js"], ...tseslint.configs.disableTypeChecked },
   {
     // Example jobs in plain JavaScript: they run in the sandbox with only the Node binary, outside the TS project.

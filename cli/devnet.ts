@@ -3,19 +3,31 @@ import path from "node:path";
 
 import type { Command } from "commander";
 
+import { LOCAL_CHAINS, type LocalChainKind } from "../deploy/local-chain-kinds.ts";
 import { UserError } from "../sdk/errors.ts";
 import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import { DEFAULT_NETWORK_FILE, networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
 import { printJson } from "./output.ts";
-import { addressArg, blockTimeArg, checkedAddress, examples, integerIn, tokenAmount } from "./program.ts";
+import { addressArg, blockTimeArg, checkedAddress, examples, integerIn, tokenAmount, UsageError } from "./program.ts";
 
 const DEFAULT_DIR = path.dirname(DEFAULT_NETWORK_FILE);
 
-/** The local chain's id (Hardhat's): `devnet fund` refuses any other, where dev account 0 is no one's faucet. */
+/**
+ * The local chain's id (Hardhat's and Anvil's): `devnet fund` refuses any other, where dev account 0
+ * is no one's faucet.
+ */
 const LOCAL_CHAIN_ID = 31337;
+
+function chainArg(text: string): LocalChainKind {
+  if (!(LOCAL_CHAINS as readonly string[]).includes(text)) {
+    throw new UsageError(`--chain must be ${LOCAL_CHAINS.join(" or ")}, not ${text}`);
+  }
+  return text as LocalChainKind;
+}
 
 interface StartOptions {
   providers: number;
+  chain: LocalChainKind;
   dir: string;
   heartbeatMs: number;
   blockTime: number;
@@ -29,16 +41,19 @@ interface StartOptions {
  * default. With `--json`, the progress goes to stderr and stdout gets the network, once, when ready.
  */
 async function start(options: StartOptions): Promise<void> {
-  const [{ privateKeyOf, startDevnet, DEVNET_KEYSTORE_PASSWORD }, { devAccount }, { parseEther }] = await Promise.all([
-    import("../deploy/devnet.ts"),
-    import("../deploy/local-chain.ts"),
-    import("viem"),
-  ]);
+  const [{ privateKeyOf, startDevnet, DEVNET_KEYSTORE_PASSWORD }, { checkBlockTime, devAccount }, { parseEther }] =
+    await Promise.all([import("../deploy/devnet.ts"), import("../deploy/local-chain.ts"), import("viem")]);
+  try {
+    checkBlockTime(options.chain, options.blockTime);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
   const dir = path.resolve(options.dir);
   await rm(dir, { recursive: true, force: true });
   const say = (text: string): boolean => (options.json ? process.stderr : process.stdout).write(`${text}\n`);
   const devnet = await startDevnet({
     providers: options.providers,
+    chain: options.chain,
     blockTimeS: options.blockTime,
     dir,
     config: { heartbeatMs: options.heartbeatMs },
@@ -60,6 +75,7 @@ async function start(options: StartOptions): Promise<void> {
   if (options.json) {
     printJson({
       rpcUrl: devnet.chain.rpcUrl,
+      chain: devnet.chain.kind,
       chainId: devnet.deployment.chainId,
       blockTimeS: devnet.blockTimeS,
       networkFile,
@@ -77,7 +93,7 @@ async function start(options: StartOptions): Promise<void> {
   } else {
     const first = devnet.providers[0]!;
     say(`
-devnet up: chain ${devnet.chain.rpcUrl} (chain id ${devnet.deployment.chainId}, ${devnet.blockTimeS > 0 ? `a block every ${devnet.blockTimeS} s` : "each transaction mined at once"}), ${options.providers} provider(s)
+devnet up: chain ${devnet.chain.rpcUrl} (${devnet.chain.kind === "anvil" ? "Anvil" : "Hardhat/EDR"}, chain id ${devnet.deployment.chainId}, ${devnet.blockTimeS > 0 ? `a block every ${devnet.blockTimeS} s` : "each transaction mined at once"}), ${options.providers} provider(s)
 ${devnet.providers.map((p) => `  ${p.name}  ${p.account.address}  pid ${p.process!.pid}  ${p.address}`).join("\n")}
 
 network file: ${networkFile}  ${isDefault ? "(every baton command reads it by default)" : "(give it to baton commands with --network, or BATON_NETWORK)"}
@@ -109,7 +125,9 @@ interface FundOptions extends NetworkOptions {
 
 /**
  * `baton devnet fund`: dev tokens (anyone may mint them) and ETH from the devnet's deployer, dev
- * account 0, whose key every Hardhat chain shares. Only on a local chain with dev tokens.
+ * account 0, whose key every Hardhat and Anvil chain shares: a plain transfer and plain contract
+ * calls, so no chain's own dev methods (`hardhat_setBalance`, `anvil_setBalance`) are needed. Only
+ * on a local chain with dev tokens.
  */
 async function fund(to: `0x${string}`, options: FundOptions): Promise<void> {
   const address = await checkedAddress(to);
@@ -167,6 +185,12 @@ export function devnetCommands(program: Command): void {
       .command("start", { isDefault: true })
       .description("start the devnet (what `baton devnet` alone does) and print how to use it")
       .option("--providers <n>", "provider nodes to start", integerIn("--providers", 1, 32), 3)
+      .option(
+        "--chain <evm>",
+        "the local chain: hardhat (Hardhat's EDR) or anvil (Foundry's Anvil)",
+        chainArg,
+        "hardhat",
+      )
       .option("--dir <dir>", "where everything lives (emptied first)", DEFAULT_DIR)
       .option(
         "--heartbeat-ms <ms>",
@@ -182,7 +206,12 @@ export function devnetCommands(program: Command): void {
       )
       .option("--logs", "show the providers' logs")
       .option("--json", "print the network as JSON once it is up (progress goes to stderr)"),
-    ["baton devnet", "baton devnet --providers 5 --dir /tmp/devnet --json", "baton devnet --block-time 2"],
+    [
+      "baton devnet",
+      "baton devnet --providers 5 --dir /tmp/devnet --json",
+      "baton devnet --block-time 2",
+      "baton devnet --chain anvil --block-time 12",
+    ],
   ).action(start);
   examples(
     networkOptions(

@@ -14,7 +14,8 @@ export const DEFAULT_NETWORK_FILE = path.join(".baton", "devnet", "network.json"
 const DEPLOYMENTS_DIR = "deployments";
 
 export const networkFileSchema = z.object({
-  rpcUrl: z.string().url(),
+  /** One JSON-RPC endpoint, or several to fail over between (the first answers while it can). */
+  rpcUrl: z.union([z.string().url(), z.array(z.string().url()).min(1)]),
   /** The deployment JSON, relative to the network file. */
   deployment: z.string(),
   bootstrap: z.array(z.string()),
@@ -26,14 +27,15 @@ export type NetworkFile = z.output<typeof networkFileSchema>;
 /** The network options as commander parses them. */
 export interface NetworkOptions {
   network?: string;
-  rpcUrl?: string;
+  rpcUrl?: string[];
   deployment?: string;
   bootstrap?: string[];
 }
 
 /** Where a command finds the chain, the contracts and the peers. */
 export interface Network {
-  rpcUrl: string;
+  /** The chain's JSON-RPC endpoint, or several in order of preference (the SDK fails over between them). */
+  rpcUrl: string | string[];
   /** The deployment file. */
   deployment: string;
   /** Peers to join the network through (may be empty: only commands that use libp2p need them). */
@@ -62,7 +64,11 @@ export function networkFileOption(): Option {
 export function networkOptions(command: Command, { bootstrap = true }: { bootstrap?: boolean } = {}): Command {
   command
     .addOption(networkFileOption())
-    .option("--rpc-url <url>", "the chain's JSON-RPC endpoint, instead of the network file's (or the devnet's)")
+    .option(
+      "--rpc-url <url>",
+      "the chain's JSON-RPC endpoint, instead of the network file's (or the devnet's); repeat it to fail over between several",
+      collect,
+    )
     .option(
       "--deployment <file>",
       `the contracts' deployment file, instead of the network file's (else ${DEPLOYMENTS_DIR}/<chain id>.json)`,
@@ -127,7 +133,8 @@ async function networkFileOf(options: NetworkOptions): Promise<NetworkFile | und
  */
 export async function resolveNetwork(options: NetworkOptions): Promise<Network> {
   const file = await networkFileOf(options);
-  const rpcUrl = options.rpcUrl ?? file?.rpcUrl;
+  const given = options.rpcUrl?.length === 1 ? options.rpcUrl[0] : options.rpcUrl;
+  const rpcUrl = given ?? file?.rpcUrl;
   if (rpcUrl === undefined) throw new UserError(NO_NETWORK);
   const deployment =
     options.deployment !== undefined
@@ -150,16 +157,21 @@ function namesOf(file: NetworkFile | undefined): Map<string, string> {
   return new Map(Object.entries(file?.names ?? {}).map(([address, name]) => [address.toLowerCase(), name]));
 }
 
-async function deploymentOfChain(rpcUrl: string): Promise<string> {
+/** `deployments/<chain id>.json` for the chain the first answering endpoint serves. */
+async function deploymentOfChain(rpcUrl: string | string[]): Promise<string> {
   const [{ createPublicClient, http }, { deploymentPath }] = await Promise.all([
     import("viem"),
     import("../sdk/chain/deployments.ts"),
   ]);
-  let chainId: number;
-  try {
-    chainId = await createPublicClient({ transport: http(rpcUrl, { retryCount: 0 }) }).getChainId();
-  } catch (cause) {
-    throw new ChainError(`no JSON-RPC node answers at ${rpcUrl}`, { cause });
+  const urls = typeof rpcUrl === "string" ? [rpcUrl] : rpcUrl;
+  let cause: unknown;
+  for (const url of urls) {
+    try {
+      const chainId = await createPublicClient({ transport: http(url, { retryCount: 0 }) }).getChainId();
+      return path.resolve(deploymentPath(DEPLOYMENTS_DIR, chainId));
+    } catch (error) {
+      cause = error;
+    }
   }
-  return path.resolve(deploymentPath(DEPLOYMENTS_DIR, chainId));
+  throw new ChainError(`no JSON-RPC node answers at ${urls.join(" or ")}`, { cause });
 }

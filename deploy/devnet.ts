@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
-import { createPublicClient, createTestClient, createWalletClient, http, parseEther } from "viem";
+import { createPublicClient, createWalletClient, http, parseEther } from "viem";
 import type { HDAccount } from "viem/accounts";
 import { hardhat } from "viem/chains";
 
@@ -30,7 +30,7 @@ import {
 import { silentLogger } from "../sdk/logger.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { defaultDeployParameters, deployBaton, writeDeployment } from "./deploy.ts";
-import { devAccount, startLocalChain, type LocalChain } from "./local-chain.ts";
+import { checkBlockTime, devAccount, startLocalChain, type LocalChain, type LocalChainKind } from "./local-chain.ts";
 import { spawnScript, type Spawned } from "./processes.ts";
 
 export interface DevnetProvider {
@@ -72,6 +72,8 @@ export interface Devnet {
 
 export interface StartDevnetParameters {
   providers: number;
+  /** The chain's EVM: Hardhat's EDR (the default) or Anvil. */
+  chain?: LocalChainKind;
   /**
    * Seconds between blocks, as on a public chain (2 on most L2s, 12 on Ethereum); 0, the default,
    * mines each transaction at once. The setup (deployment, registrations) is mined at once either
@@ -146,11 +148,11 @@ function devnetMinHeartbeatTimeout(blockTimeS: number): number {
 }
 
 /**
- * A whole Baton network on this machine: a local chain (Hardhat/EDR on 127.0.0.1), the contracts
- * deployed, and N registered providers, each a separate `baton provider start` process with its own
- * keys, ports, data dir and IPFS store. Providers use the machine's GPUs when `nvidia-smi` finds
- * them and fake (labelled) ones otherwise. Each provider is tied to us through its stdin, so it
- * stops when we do, however we die. Provider accounts are dev accounts 1…N.
+ * A whole Baton network on this machine: a local chain (Hardhat/EDR, or Anvil, on 127.0.0.1), the
+ * contracts deployed, and N registered providers, each a separate `baton provider start` process
+ * with its own keys, ports, data dir and IPFS store. Providers use the machine's GPUs when
+ * `nvidia-smi` finds them and fake (labelled) ones otherwise. Each provider is tied to us through
+ * its stdin, so it stops when we do, however we die. Provider accounts are dev accounts 1…N.
  *
  * @example
  * const devnet = await startDevnet({ providers: 3 });
@@ -158,6 +160,7 @@ function devnetMinHeartbeatTimeout(blockTimeS: number): number {
  */
 export async function startDevnet({
   providers: count,
+  chain: kind = "hardhat",
   blockTimeS = 0,
   dir: givenDir,
   config = {},
@@ -166,12 +169,14 @@ export async function startDevnet({
   onStep = () => {},
   signal,
 }: StartDevnetParameters): Promise<Devnet> {
+  // Before anything starts: `mineEvery` would refuse it only after the whole setup.
+  checkBlockTime(kind, blockTimeS);
   const dir = givenDir ?? (await mkdtemp(path.join(os.tmpdir(), "baton-devnet-")));
   await mkdir(dir, { recursive: true });
   // Provider jobs run as an unprivileged user: it must be able to pass through to their work dirs.
   await chmod(dir, 0o711);
-  onStep("starting the local chain");
-  const chain = await startLocalChain({ signal: signal ?? AbortSignal.timeout(60_000) });
+  onStep(`starting the local chain (${kind === "anvil" ? "Anvil" : "Hardhat/EDR"})`);
+  const chain = await startLocalChain({ chain: kind, signal: signal ?? AbortSignal.timeout(60_000) });
   const providers: DevnetProvider[] = [];
   try {
     const deployerClient = createWalletClient({
@@ -315,10 +320,8 @@ export async function startDevnet({
     }
     if (blockTimeS > 0) {
       onStep(`mining a block every ${blockTimeS} s from now on`);
-      // Hardhat's own methods (anvil has them too): the devnet is the only place that uses them.
-      const test = createTestClient({ mode: "hardhat", transport: http(chain.rpcUrl), chain: hardhat });
-      await test.setAutomine(false);
-      await test.setIntervalMining({ interval: blockTimeS });
+      // The chain's own dev methods: the devnet is the only place outside tests that uses them.
+      await chain.mineEvery(blockTimeS);
     }
     for (const provider of providers) {
       onStep(`starting ${provider.name}`);

@@ -9,7 +9,7 @@ import { createChainClient, type BatonClient, type ChainClient, type Logger } fr
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
 import { createBatonHost, keepConnected, type BatonHost } from "../sdk/p2p/host.ts";
 import { chainHeartbeatsFor, startDevnet, type Devnet, type DevnetProvider } from "./devnet.ts";
-import { devAccount } from "./local-chain.ts";
+import { devAccount, type LocalChainKind } from "./local-chain.ts";
 
 export type ProviderHandle = DevnetProvider;
 
@@ -23,6 +23,7 @@ export interface Tenant {
 }
 
 export interface Market extends Devnet {
+  /** The chain's dev methods (time travel, mining), in its own dialect: Hardhat's or Anvil's. */
   test: TestClient;
   /** A tenant with payment tokens and its own libp2p host, bootstrapped to the providers (and an IPFS store in `ipfsDir`). */
   tenant(index: number, options?: { ipfsDir?: string }): Promise<Tenant>;
@@ -35,6 +36,8 @@ export interface Market extends Devnet {
 
 export interface StartMarketOptions {
   providers: number;
+  /** The chain's EVM: Hardhat's EDR (the default) or Anvil. */
+  chain?: LocalChainKind;
   /** Seconds between blocks (interval mining); 0, the default, mines each transaction at once. */
   blockTimeS?: number;
   /** Where the devnet lives; a fresh temp dir by default. */
@@ -52,6 +55,7 @@ export interface StartMarketOptions {
  */
 export async function startMarket({
   providers,
+  chain,
   blockTimeS = 0,
   dir,
   config = {},
@@ -59,6 +63,7 @@ export async function startMarket({
 }: StartMarketOptions): Promise<Market> {
   const devnet = await startDevnet({
     providers,
+    ...(chain ? { chain } : {}),
     blockTimeS,
     ...(dir ? { dir } : {}),
     config: {
@@ -89,7 +94,7 @@ export async function startMarket({
   const bootstrap = (): string[] => devnet.providers.map((p) => p.address!).filter(Boolean);
   return {
     ...devnet,
-    test: createTestClient({ mode: "hardhat", transport: http(devnet.chain.rpcUrl), chain: hardhat }),
+    test: createTestClient({ mode: devnet.chain.kind, transport: http(devnet.chain.rpcUrl), chain: hardhat }),
     async tenant(index, options = {}) {
       const account = await fund(index);
       const chain = createChainClient({

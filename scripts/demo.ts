@@ -22,6 +22,7 @@ import { showJob } from "../cli/job-display.ts";
 import { jsonReplacer, table } from "../cli/output.ts";
 import { blockTimeArg } from "../cli/program.ts";
 import { startDevnet, type Devnet, type DevnetProvider } from "../deploy/devnet.ts";
+import { checkBlockTime, LOCAL_CHAINS, type LocalChainKind } from "../deploy/local-chain.ts";
 import { isAlive } from "../deploy/processes.ts";
 import {
   auditJob,
@@ -45,6 +46,7 @@ const { values } = parseArgs({
     steps: { type: "string" },
     "heartbeat-ms": { type: "string", default: "500" },
     "block-time": { type: "string", default: "0" },
+    chain: { type: "string", default: "hardhat" },
     json: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
@@ -60,6 +62,7 @@ if (values.help) {
   --steps STEPS                the example job's length (TRAIN_STEPS)
   --heartbeat-ms MS            the providers' session heartbeat period (default 500)
   --block-time S               seconds between blocks, as on a public chain (2, 12); 0 (default) mines at once
+  --chain hardhat|anvil        the local chain's EVM: Hardhat's EDR (default) or Foundry's Anvil
   --json                       events and the final summary as JSON lines`);
   process.exit(0);
 }
@@ -79,6 +82,13 @@ if (!Number.isInteger(heartbeatMs) || heartbeatMs < 50) fail("--heartbeat-ms mus
 let blockTimeS = 0;
 try {
   blockTimeS = blockTimeArg()(values["block-time"]);
+} catch (error) {
+  fail((error as Error).message);
+}
+const chain = values.chain as LocalChainKind;
+if (!LOCAL_CHAINS.includes(chain)) fail(`--chain must be ${LOCAL_CHAINS.join(" or ")}, not ${values.chain}`);
+try {
+  checkBlockTime(chain, blockTimeS);
 } catch (error) {
   fail((error as Error).message);
 }
@@ -112,16 +122,18 @@ const checks: { check: string; ok: boolean; detail: string }[] = [];
 let exitCode = 1;
 try {
   say(
-    `Baton demo: ${providerCount} providers, job ${spec.name}, failure: ${failure}, ${blockTimeS > 0 ? `a block every ${blockTimeS} s` : "blocks mined at once"}\n`,
+    `Baton demo: ${providerCount} providers, job ${spec.name}, failure: ${failure}, chain: ${chain}, ${blockTimeS > 0 ? `a block every ${blockTimeS} s` : "blocks mined at once"}\n`,
   );
   devnet = await startDevnet({
     providers: providerCount,
+    chain,
     blockTimeS,
     config: { heartbeatMs },
     onStep: (message) => say(`  · ${message}`),
   });
-  pids.push(devnet.chain.pid, ...devnet.providers.map((p) => p.process!.pid));
-  say(`  · network up: chain ${devnet.chain.rpcUrl}, ${providerCount} providers (pids ${pids.slice(1).join(", ")})\n`);
+  const providerPids = devnet.providers.map((p) => p.process!.pid);
+  pids.push(...devnet.chain.pids, ...providerPids);
+  say(`  · network up: chain ${devnet.chain.rpcUrl}, ${providerCount} providers (pids ${providerPids.join(", ")})\n`);
 
   client = await devnet.tenantClient({ dataDir: path.join(devnet.dir, "tenant") });
   const names = new Map(devnet.providers.map((p) => [p.account.address.toLowerCase(), p.name]));
@@ -261,6 +273,8 @@ try {
       : undefined;
   const summary = {
     jobId: job.jobId,
+    chain,
+    blockTimeS,
     outcome,
     handOffs: result?.handOffs ?? 0,
     detectMs,

@@ -5,6 +5,7 @@
  */
 import {
   BaseError as ViemBaseError,
+  FeeCapTooLowError,
   HttpRequestError,
   keccak256,
   NonceTooLowError,
@@ -84,6 +85,18 @@ const nonceTaken = (error: unknown): boolean =>
   ) !== undefined;
 
 /**
+ * Whether the node refused the transaction because its fee cap is below the current base fee. Geth
+ * and EDR take such a transaction and hold it until fees come down; Anvil refuses it outright. Either
+ * way it is sent again at the next round, with more fee while the cap allows: it waits out the spike.
+ */
+const belowBaseFee = (error: unknown): boolean =>
+  walk(
+    error,
+    (e) =>
+      e instanceof FeeCapTooLowError || (e instanceof ViemBaseError && FeeCapTooLowError.nodeMessage.test(e.details)),
+  ) !== undefined;
+
+/**
  * Signs and sends a transaction, and resends it (same nonce, fees 12.5% higher up to the cap) every
  * `replaceAfterMs` until one version is mined; resolves with that version's receipt. A send whose
  * connection failed counts as sent (the node may have it): it is sent again at the next round.
@@ -105,7 +118,7 @@ export async function sendUntilMined(
     try {
       await publicClient.sendRawTransaction({ serializedTransaction });
     } catch (error) {
-      if (!maybeSent(error) && !(attempt > 1 && nonceTaken(error))) throw error;
+      if (!maybeSent(error) && !(attempt > 1 && nonceTaken(error)) && !belowBaseFee(error)) throw error;
     }
     try {
       return await publicClient.waitForTransactionReceipt({ hash, timeout: fees.replaceAfterMs });

@@ -201,7 +201,7 @@ describe("audits through an RPC that caps log ranges", () => {
     expect(progress.length).toBeGreaterThan(10);
   });
 
-  it("baton audit provider pages by itself, takes --max-log-range, shows progress on a long scan, refuses a bad range", async () => {
+  it("baton audit provider pages by itself, takes --max-log-range, shows progress on a long scan, refuses a bad range, fails over between --rpc-urls", async () => {
     const audit = async (...extra: string[]) => {
       const run = spawnScript("cli/baton.ts", [
         "audit",
@@ -231,5 +231,26 @@ describe("audits through an RPC that caps log ranges", () => {
     const bad = await audit("--max-log-range", "0");
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/--max-log-range must be from 1/);
+
+    // Repeated, --rpc-url lists endpoints in order of preference, all of them used: a dead one
+    // first costs a failover, a dead one last is never needed.
+    const runs = [
+      ["http://127.0.0.1:1", chain.rpcUrl],
+      [chain.rpcUrl, "http://127.0.0.1:1"],
+    ].map((urls) =>
+      spawnScript("cli/baton.ts", [
+        "audit",
+        "provider",
+        provider.address,
+        ...urls.flatMap((url) => ["--rpc-url", url]),
+        "--deployment",
+        deploymentFile,
+        "--json",
+      ]),
+    );
+    for (const run of runs) {
+      expect((await run.closed).code, run.stderr.join("\n")).toBe(0);
+      expect(JSON.parse(run.stdout.join("\n"))).toMatchObject({ provider: provider.address });
+    }
   });
 });

@@ -3,7 +3,13 @@ import { hardhat } from "viem/chains";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { deployBaton } from "../../deploy/deploy.ts";
-import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import {
+  devAccount,
+  LOCAL_CHAINS,
+  startLocalChain,
+  type LocalChain,
+  type LocalChainKind,
+} from "../../deploy/local-chain.ts";
 import { createChainClient, writeContract } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
 import { devTokenAbi } from "../../sdk/generated/abis.ts";
@@ -11,29 +17,31 @@ import { until } from "../helpers/processes.ts";
 import { startRpcProxy, type RpcProxy } from "../helpers/rpc-proxy.ts";
 
 // Transactions on chains that do not mine every one at once: a send lost on the way, and fees that
-// rise past what a transaction offered. Each keeps its nonce until one version is mined.
+// rise past what a transaction offered. Each keeps its nonce until one version is mined. On both EVMs
+// a devnet runs: Anvil refuses a transaction whose fee cap is below the base fee, where EDR (as geth)
+// holds it until fees come down.
 const sender = devAccount(7);
 
 let chain: LocalChain;
 let proxy: RpcProxy;
 let deployment: Deployment;
 
-const testClient = () => createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
+const testClient = () => createTestClient({ chain: hardhat, mode: chain.kind, transport: http(chain.rpcUrl) });
 const publicClient = () => createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl) });
 
-beforeAll(async () => {
-  chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
+async function setUp(kind: LocalChainKind): Promise<void> {
+  chain = await startLocalChain({ chain: kind, signal: AbortSignal.timeout(60_000) });
   deployment = await deployBaton({
     walletClient: createWalletClient({ chain: hardhat, account: devAccount(0), transport: http(chain.rpcUrl) }),
     publicClient: publicClient(),
   });
   proxy = await startRpcProxy(chain.rpcUrl);
-}, 120_000);
+}
 
-afterAll(async () => {
+async function tearDown(): Promise<void> {
   await proxy?.stop();
   await chain?.stop();
-});
+}
 
 /** A mint through the proxy, by a client that resends after `replaceAfterMs`. */
 const mint = (options: { replaceAfterMs: number; maxFeePerGas?: bigint }) =>
@@ -74,7 +82,10 @@ function mineAt(next: () => { baseFee?: bigint } | undefined): () => Promise<voi
   };
 }
 
-describe("writeContract on a chain that does not take every transaction at once", () => {
+describe.each(LOCAL_CHAINS)("writeContract on %s, when the chain does not take every transaction at once", (kind) => {
+  beforeAll(() => setUp(kind), 120_000);
+  afterAll(tearDown);
+
   it("sends again a transaction whose send was lost on the way", async () => {
     const from = proxy.requests.length;
     proxy.fail("eth_sendRawTransaction", "drop");

@@ -175,6 +175,11 @@ describe("exit codes and one-line errors", () => {
         /--max-price must be an amount of tokens like 0.5, not cheap/,
       ],
       [["devnet", "--providers", "99"], /--providers must be from 1 to 32, not 99/],
+      [["devnet", "--chain", "geth"], /--chain must be hardhat or anvil, not geth/],
+      [
+        ["devnet", "--chain", "anvil", "--block-time", "0.5", "--dir", path.join(dir, "devnet-refused")],
+        /Anvil mines at intervals of whole seconds, not 0.5 s: a block time of a fraction of a second needs the hardhat chain/,
+      ],
       [["job", "watch", "0x1234"], /not a job id: 0x1234/],
       [["audit", "lease", "0"], /not a lease id: 0/],
       [["audit", "provider", "0x1234"], /not an address: 0x1234/],

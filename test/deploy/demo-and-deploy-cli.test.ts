@@ -4,10 +4,11 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 
-import { parseEther } from "viem";
+import { createPublicClient, http, parseEther } from "viem";
+import { hardhat } from "viem/chains";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import { devAccount, LOCAL_CHAINS, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { parseDeployment } from "../../sdk/chain/deployments.ts";
 import { isAlive, root, spawnScript, until } from "../helpers/processes.ts";
 
@@ -22,55 +23,63 @@ afterAll(async () => {
 });
 
 describe("npm run demo", () => {
-  it("runs the market, kills the serving provider mid-job, hands off, verifies the result, slashes, and leaves no process behind", async () => {
-    const { stdout } = await run(
-      process.execPath,
-      [
-        "--disable-warning=ExperimentalWarning",
-        "scripts/demo.ts",
-        "--json",
-        "--steps",
-        "600",
-        "--checkpoint-every",
-        "100",
-        "--fail-after-checkpoints",
-        "2",
-      ],
-      { cwd: root, timeout: 240_000, maxBuffer: 64 * 1024 * 1024 },
-    );
-    const last = stdout.trim().split("\n").at(-1)!;
-    const { summary } = JSON.parse(last) as {
-      summary: {
-        outcome: string;
-        handOffs: number;
-        detectMs: number;
-        killToRunningMs: number;
-        workLostSteps: number;
-        slashedCollateral: string;
-        compensationToTenant: string;
-        checks: { check: string; ok: boolean; detail: string }[];
+  // On both EVMs a devnet runs, one after the other.
+  it.each(LOCAL_CHAINS)(
+    "on %s: runs the market, kills the serving provider mid-job, hands off, verifies the result, slashes, and leaves no process behind",
+    async (chain) => {
+      const { stdout } = await run(
+        process.execPath,
+        [
+          "--disable-warning=ExperimentalWarning",
+          "scripts/demo.ts",
+          "--chain",
+          chain,
+          "--json",
+          "--steps",
+          "600",
+          "--checkpoint-every",
+          "100",
+          "--fail-after-checkpoints",
+          "2",
+        ],
+        { cwd: root, timeout: 240_000, maxBuffer: 64 * 1024 * 1024 },
+      );
+      const last = stdout.trim().split("\n").at(-1)!;
+      const { summary } = JSON.parse(last) as {
+        summary: {
+          chain: string;
+          outcome: string;
+          handOffs: number;
+          detectMs: number;
+          killToRunningMs: number;
+          workLostSteps: number;
+          slashedCollateral: string;
+          compensationToTenant: string;
+          checks: { check: string; ok: boolean; detail: string }[];
+        };
       };
-    };
-    expect(summary.checks.filter((c) => !c.ok)).toEqual([]);
-    expect(summary.checks.map((c) => c.check)).toEqual([
-      "job completed",
-      "a hand-off happened",
-      "the dead lease was slashed",
-      "result equals an uninterrupted run",
-      "every lease ended on chain",
-      "no live, honest provider slashed",
-      "no process left behind",
-    ]);
-    expect(summary.handOffs).toBe(1);
-    expect(summary.detectMs).toBeGreaterThanOrEqual(0);
-    expect(summary.killToRunningMs).toBeGreaterThan(summary.detectMs);
-    expect(summary.workLostSteps).toBeGreaterThan(0);
-    expect(BigInt(summary.compensationToTenant)).toBeGreaterThan(0n);
-    // Every event line before the summary is JSON too, for machines.
-    for (const line of stdout.trim().split("\n").slice(0, -1)) {
-      if (line.startsWith("{")) expect(() => JSON.parse(line)).not.toThrow();
-    }
-  });
+      expect(summary.chain).toBe(chain);
+      expect(summary.checks.filter((c) => !c.ok)).toEqual([]);
+      expect(summary.checks.map((c) => c.check)).toEqual([
+        "job completed",
+        "a hand-off happened",
+        "the dead lease was slashed",
+        "result equals an uninterrupted run",
+        "every lease ended on chain",
+        "no live, honest provider slashed",
+        "no process left behind",
+      ]);
+      expect(summary.handOffs).toBe(1);
+      expect(summary.detectMs).toBeGreaterThanOrEqual(0);
+      expect(summary.killToRunningMs).toBeGreaterThan(summary.detectMs);
+      expect(summary.workLostSteps).toBeGreaterThan(0);
+      expect(BigInt(summary.compensationToTenant)).toBeGreaterThan(0n);
+      // Every event line before the summary is JSON too, for machines.
+      for (const line of stdout.trim().split("\n").slice(0, -1)) {
+        if (line.startsWith("{")) expect(() => JSON.parse(line)).not.toThrow();
+      }
+    },
+  );
 });
 
 describe("baton devnet", () => {
@@ -81,15 +90,22 @@ describe("baton devnet", () => {
     return { code, stdout: run.stdout.join("\n"), output: run.lines.join("\n") };
   }
 
-  for (const how of ["SIGINT", "SIGKILL"] as const) {
-    // One run prints for people, the other prints the network as JSON.
+  // One run prints for people, on Hardhat; the other prints the network as JSON, on Anvil, whose
+  // binary runs under a server of ours that must take it along when the devnet is killed outright.
+  const runs = [
+    { how: "SIGINT", chain: "hardhat" },
+    { how: "SIGKILL", chain: "anvil" },
+  ] as const;
+  for (const { how, chain } of runs) {
     const json = how === "SIGKILL";
-    it(`starts a network${json ? " (--json)" : ""} and, on ${how}, leaves no chain or provider behind`, async () => {
+    it(`starts a network on ${chain}${json ? " (--json)" : ""} and, on ${how}, leaves no chain or provider behind`, async () => {
       const devnetDir = path.join(dir, `devnet-${how}`);
       const devnet = spawnScript("cli/baton.ts", [
         "devnet",
         "--providers",
         "2",
+        "--chain",
+        chain,
         "--dir",
         devnetDir,
         ...(json ? ["--json"] : []),
@@ -99,10 +115,12 @@ describe("baton devnet", () => {
         if (json) {
           await devnet.waitFor(/^}$/, 120_000);
           const printed = JSON.parse(devnet.stdout.join("\n")) as {
+            chain: string;
             networkFile: string;
             keystorePassword: string;
             providers: { name: string; pid: number; dataDir: string }[];
           };
+          expect(printed.chain).toBe(chain);
           expect(printed.networkFile).toBe(path.relative(root, path.join(devnetDir, "network.json")));
           expect(printed.keystorePassword).toBe("devnet");
           expect(printed.providers.map((p) => p.name)).toEqual(["provider-1", "provider-2"]);
@@ -114,8 +132,9 @@ describe("baton devnet", () => {
             return match ? [Number(match[1])] : [];
           });
           expect(devnet.lines).toContain('provider keystores: <provider dir>/key.json, password "devnet"');
-          await usableWithTheProviderCommands(devnetDir);
+          expect(devnet.lines.find((line) => line.startsWith("devnet up:"))).toContain("(Hardhat/EDR, chain id 31337");
         }
+        await usableWithTheProviderCommands(devnetDir);
         expect(pids).toHaveLength(2);
         const network = JSON.parse(await readFile(path.join(devnetDir, "network.json"), "utf8"));
         expect(network.bootstrap).toHaveLength(2);
@@ -139,7 +158,10 @@ describe("baton devnet", () => {
     });
   }
 
-  /** A devnet provider opens with the documented password; `devnet fund` pays from the network file. */
+  /**
+   * A devnet provider opens with the documented password; `devnet fund` pays from the network file,
+   * ETH too (a plain transfer from dev account 0: no chain's own `*_setBalance`).
+   */
   async function usableWithTheProviderCommands(devnetDir: string): Promise<void> {
     const network = path.join(devnetDir, "network.json");
     const status = await baton(["provider", "status", "--data-dir", path.join(devnetDir, "provider-1"), "--json"], {
@@ -151,9 +173,16 @@ describe("baton devnet", () => {
       provider: { registered: true, stake: parseEther("500").toString() },
     });
     const someone = devAccount(15).address;
-    const funded = await baton(["devnet", "fund", someone, "--network", network, "--eth", "0", "--json"]);
+    const funded = await baton(["devnet", "fund", someone, "--network", network, "--eth", "1", "--json"]);
     expect(funded.code, funded.output).toBe(0);
-    expect(JSON.parse(funded.stdout)).toMatchObject({ address: someone, paymentTokens: parseEther("1000").toString() });
+    expect(JSON.parse(funded.stdout)).toMatchObject({
+      address: someone,
+      paymentTokens: parseEther("1000").toString(),
+      eth: parseEther("1").toString(),
+    });
+    const { rpcUrl } = JSON.parse(await readFile(network, "utf8")) as { rpcUrl: string };
+    const balance = createPublicClient({ chain: hardhat, transport: http(rpcUrl) }).getBalance({ address: someone });
+    expect(await balance).toBe(parseEther("10001"));
   }
 });
 

@@ -46,11 +46,14 @@ export interface RunJobFixture {
  */
 export function useRunJobMarket({
   chainHeartbeatTimeoutS = 6,
+  chain,
   blockTimeS = 0,
   privateParent = false,
   configFor,
 }: {
   chainHeartbeatTimeoutS?: number;
+  /** The chain's EVM: Hardhat's EDR (the default) or Anvil. */
+  chain?: StartMarketOptions["chain"];
   /** Seconds between blocks; 0 mines each transaction at once. */
   blockTimeS?: number;
   /**
@@ -67,6 +70,7 @@ export function useRunJobMarket({
     fixture.reference = await runToEnd(startExampleJob([process.execPath, SCRIPT], refDirs, TRAIN_ENV), refDirs);
     fixture.market = await startMarket({
       providers: 3,
+      ...(chain ? { chain } : {}),
       blockTimeS,
       // mkdtemp makes fixture.dir 0700.
       ...(privateParent ? { dir: path.join(fixture.dir, "devnet") } : {}),

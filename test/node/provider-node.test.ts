@@ -46,21 +46,34 @@ async function openLease(providerIndex: number, jobName: string, durationS = 600
   const provider = market.providers[providerIndex]!;
   const jobId = keccak256(toHex(jobName));
   const { leaseManager, paymentToken } = contracts(market.deployment);
-  const response = await requestQuote(
-    tenant.host,
-    peerIdFromString(provider.peerId),
-    tenant.key,
-    {
-      chainId: market.deployment.chainId,
-      leaseManager: leaseManager.address,
-      jobId,
-      tenant: tenant.account.address,
-      requirements: { gpus: 1 },
-      image: zeroHash,
-      maxPricePerSecond: parseEther("0.001"),
-      durationS,
+  const bid = () =>
+    requestQuote(
+      tenant.host,
+      peerIdFromString(provider.peerId),
+      tenant.key,
+      {
+        chainId: market.deployment.chainId,
+        leaseManager: leaseManager.address,
+        jobId,
+        tenant: tenant.account.address,
+        requirements: { gpus: 1 },
+        image: zeroHash,
+        maxPricePerSecond: parseEther("0.001"),
+        durationS,
+      },
+      { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
+    );
+  // The provider's one GPU may still be held by the previous test's lease: the node frees it once
+  // that lease's work dir is gone, after its finish is mined (seconds on a loaded machine).
+  let response = await bid();
+  await until(
+    async () => {
+      if (response.kind === "quote" || response.reason !== "no-capacity") return true;
+      response = await bid();
+      return false;
     },
-    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
+    30_000,
+    `a free GPU on provider ${providerIndex}`,
   );
   if (response.kind !== "quote") throw new Error(`refused: ${response.reason}: ${response.message}`);
   const deposit = response.quote.pricePerSecond * BigInt(durationS);

@@ -152,14 +152,19 @@ async function claim(provider: Account, leaseIds: bigint[]): Promise<Transaction
   return send(w.writeContract({ address, abi: leaseManagerAbi, functionName: "claim", args: [leaseIds] }));
 }
 
-/** Runs `baton …` to completion and returns its exit code and output. */
+/**
+ * Runs `baton …` to completion and returns its exit code, its stdout (the audit itself), and its
+ * output with stderr but without the progress lines a scan prints there when it takes over a
+ * second (as it may on a loaded machine).
+ */
 async function baton(
   args: string[],
   env: Record<string, string> = {},
-): Promise<{ code: number | null; output: string }> {
+): Promise<{ code: number | null; stdout: string; output: string }> {
   const run = spawnScript("cli/baton.ts", args, env);
   const { code } = await run.closed;
-  return { code, output: run.lines.join("\n") };
+  const output = run.lines.filter((line) => !line.startsWith("reading events: ")).join("\n");
+  return { code, stdout: run.stdout.join("\n"), output };
 }
 
 /** What the main scenario did, as measured on chain outside the audit. */
@@ -505,9 +510,9 @@ describe("baton audit (CLI)", () => {
 
   it("prints the same job as auditJob with --json, bigints as decimal strings", async () => {
     const job = await auditJob(client, { jobId: JOB_ID });
-    const { code, output } = await baton(["audit", "job", JOB_ID, "--json", ...chainArgs()]);
+    const { code, stdout, output } = await baton(["audit", "job", JOB_ID, "--json", ...chainArgs()]);
     expect(code, output).toBe(0);
-    const printed = JSON.parse(output) as {
+    const printed = JSON.parse(stdout) as {
       lineage: { leaseId: string; provider: string; paidToProvider: string }[];
       handOffs: number;
       totals: Record<string, string>;
@@ -544,7 +549,7 @@ describe("baton audit (CLI)", () => {
     expect(lease.output).toContain(CID_A2);
     const provider = await baton(["audit", "provider", providerB.address, "--json", ...chainArgs()]);
     expect(provider.code, provider.output).toBe(0);
-    expect(JSON.parse(provider.output)).toMatchObject({
+    expect(JSON.parse(provider.stdout)).toMatchObject({
       outcomes: { completed: 1 },
       counters: { leasesCompleted: "1" },
     });
@@ -579,9 +584,9 @@ describe("baton audit (CLI)", () => {
       baton(["audit", "lease", String(facts.lease2), "--json"], { BATON_NETWORK: networkFile }),
     ]);
     expect(flag.code, flag.output).toBe(0);
-    expect(JSON.parse(flag.output)).toMatchObject({ jobId: JOB_ID, handOffs: 1 });
+    expect(JSON.parse(flag.stdout)).toMatchObject({ jobId: JOB_ID, handOffs: 1 });
     expect(env.code, env.output).toBe(0);
-    expect(JSON.parse(env.output)).toMatchObject({ leaseId: String(facts.lease2), resultCid: RESULT_CID });
+    expect(JSON.parse(env.stdout)).toMatchObject({ leaseId: String(facts.lease2), resultCid: RESULT_CID });
   });
 
   it("turns bad input into one line and exit code 2, what the chain refuses into one line and 1", async () => {
@@ -728,7 +733,7 @@ describe("an image job", () => {
 
     const json = await baton(["audit", "job", jobId, "--json", ...chainArgs()]);
     expect(json.code, json.output).toBe(0);
-    const printed = JSON.parse(json.output) as { lineage: { image?: string }[] };
+    const printed = JSON.parse(json.stdout) as { lineage: { image?: string }[] };
     expect(printed.lineage.map((lease) => lease.image)).toEqual([train, train]);
     const text = await baton(["audit", "job", jobId, ...chainArgs()]);
     expect(text.code, text.output).toBe(0);
@@ -738,7 +743,7 @@ describe("an image job", () => {
 
     // A process job's leases name no image: null in the JSON, said so in the text.
     const processJob = await baton(["audit", "job", JOB_ID, "--json", ...chainArgs()]);
-    const processPrinted = JSON.parse(processJob.output) as { lineage: { image?: string | null }[] };
+    const processPrinted = JSON.parse(processJob.stdout) as { lineage: { image?: string | null }[] };
     expect(processPrinted.lineage.map((lease) => lease.image)).toEqual([null, null]);
     const processText = await baton(["audit", "job", JOB_ID, ...chainArgs()]);
     expect(processText.output).toMatch(/^image\s+none \(a process job\) \(every lease\)$/m);
