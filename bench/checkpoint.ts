@@ -11,14 +11,16 @@
  * - publish: `publishCheckpoint` (pack, encrypt, add to the file-system blockstore, pin) on the
  *   provider's node, against min(SHA-256, AES, disk) — publishing does all three, so it can at
  *   best match the slowest; target ≥ 50 % of it;
- * - provider → tenant fetch: `restoreCheckpoint` (bitswap fetch, decrypt, verify, unpack) on a
- *   second host and IPFS node in its own process and data dir, over 127.0.0.1 TCP (the
- *   connection is dialled before the clock starts), beside raw loopback TCP between the same two
- *   processes (a plain socket pushing the same number of bytes); target ≥ 150 MB/s, Helia's
- *   published node-to-node TCP figure. Beside it: the CPU time each process spent per MiB
- *   fetched, and (up to 256 MiB) the same restore again once every block is in the tenant's
- *   store, which is the restore's own share (decrypt, verify, unpack) without bitswap. A fetch
- *   that fails is run again (twice at most per size) and reported in the fetch row's note;
+ * - provider → tenant fetch: `restoreCheckpoint` (fetch by the block stream, /baton/blocks/1.0.0;
+ *   decrypt, verify, unpack) on a second host and IPFS node in its own process and data dir,
+ *   over 127.0.0.1 TCP (the connection is dialled before the clock starts), beside raw loopback
+ *   TCP between the same two processes (a plain socket pushing the same number of bytes); target
+ *   ≥ 150 MB/s, Helia's published node-to-node TCP figure. Beside it: the CPU time each process
+ *   spent per MiB fetched (all its threads), up to 256 MiB the same restore by bitswap alone
+ *   (`via: "bitswap"`: the fallback, and what any IPFS peer does; interleaved with the stream's
+ *   runs), and the same restore again once every block is in the tenant's store, which is the
+ *   restore's own share (decrypt, verify, unpack) without the network. A fetch that fails is run
+ *   again (twice at most per size) and reported in the fetch row's note;
  * - the checkpoint overhead of the example job (examples/train/train.mjs) as a share of its wall
  *   time, against CheckFreq's 3.5 % bound. The job runs as a child process, round-robin, in three
  *   variants: (a) no checkpoints but the final one, (b) checkpoints every N steps into
@@ -32,46 +34,49 @@
  *   beside the job, on the other core, so this is an upper bound of what it could cost the job).
  *
  * Each throughput is the median of 3 runs. Units: 1 MB = 10^6 bytes, 1 MiB = 2^20 bytes; all
- * throughputs are in MB/s, sizes in MiB (150 MB/s = 143 MiB/s).
+ * throughputs are in MB/s, sizes in MiB (150 MB/s = 143 MiB/s). The machine's load averages at
+ * the start and the end go into the JSON (`machine.loadAverage`) and the printout: on a shared
+ * machine other work lowers every figure, the references with them, so compare ratios from one
+ * run. `--no-job` leaves the example job out; `--cpu-prof DIR` writes a V8 CPU profile of each
+ * process (provider.cpuprofile, tenant.cpuprofile) covering the throughput part.
  *
  * What limits the fetch: CPU per byte, in JavaScript, on both ends; not the network, the block
- * size or flow control. On the 2-vCPU VM this was written on (runs without other load; other
- * load lowers every figure and raises the CPU per MiB), loopback TCP between the same two
- * processes moved 0.5-2 GB/s while the fetch (256 MiB-1 GiB) ran at 28-47 MB/s, the tenant spending
- * ~19-26 ms of CPU per MiB and the provider ~15-22 ms. So even with the two sides fully
- * overlapped on their own cores the fetch could not pass ~40-55 MB/s (the fetch row's note works
- * this out from each run's CPU time); 150 MB/s needs under 7 ms per MiB on each side, a third to
- * a quarter of today's. Where it goes (--cpu-prof of both processes, bitswap debug logs):
- * - tenant, about two thirds: restoreCheckpoint itself (the "blocks already local" row runs at
- *   ~80-120 MB/s and ~13 ms/MiB): the exporter copies every block once more (it-to-buffer), then
- *   AES-GCM decryption, SHA-256 of the pack, file writes, GC of the 1 MiB buffers; the other third
- *   is bitswap receiving: Noise frames joined (uint8arraylist) and decrypted (ChaCha20-Poly1305),
- *   each message copied into one buffer to decode it, every block hashed (SHA-256) to check its
- *   CID and written as a file (temp file + rename);
- * - provider (@helia/bitswap serving): each block joined into one buffer, encoded in full once
- *   only to learn its encoded size (split-message's calculateEncodedBlockSize) and again into the
- *   message (protons), then Noise-encrypted in 64 KiB frames; GC of those short-lived 1-4 MiB
- *   buffers took a fifth to a third of its busy time.
- * Ruled out: a 16 MiB yamux stream window on both hosts (bitswap opens a stream per message, each
- * starting at 256 KiB) changed nothing. Block size: leaves are 1 MiB, the most Kubo takes without
- * allow-big-block and a quarter of bitswap's 4 MiB message limit; per-block costs (a stream, a
- * file) are small beside ~40 ms of CPU per MiB. Fixed in sdk/ipfs while writing this (A/B, 256
- * MiB, same machine: 22-32 → 46-47 MB/s, provider CPU 31 → 15 ms/MiB): FsBlockstore read a block
- * as 16 pieces that it-to-buffer joined by re-copying the buffer so far each time (~8.5 MiB copied
- * per 1 MiB block), now one readFile; and the UnixFS exporter wanted a whole DAG node's children
- * (up to 174 leaves) at once, which bitswap's sender reads and encodes entirely before sending a
- * byte (the tenant sat idle for seconds; at 1 GiB it tripped bitswap's 10 s stream timeouts and
- * once stalled for good), now at most FETCH_BLOCK_CONCURRENCY = 32. What is left is inside
- * @helia/bitswap, libp2p and our single-threaded restore.
+ * size or flow control. Bitswap (what "fetch by bitswap alone" still measures) cost the tenant
+ * ~19-26 ms of CPU per MiB and the provider ~12-22 ms: want-lists of 32 blocks, each block encoded
+ * twice by the sender to size its message, a stream per message, every message joined and copied
+ * to decode it. The fetch now goes by /baton/blocks/1.0.0 (sdk/ipfs/block-stream.ts): one stream,
+ * the blocks in the order the reader needs them, each hashed (in the thread pool) and compared
+ * with the CID the receiver expects next, stored, and decrypted and unpacked while the rest
+ * arrives. Measured on the 2 shared vCPUs this was written on (load average 10-30 from other
+ * sessions' tests, which inflates CPU per MiB too), per MiB:
+ * - the floor is libp2p itself: a bare stream between the same two hosts (Noise ChaCha20-Poly1305,
+ *   yamux, TCP; 1 MiB sends, nothing else done with the bytes) costs the sender ~2.5-3 ms and the
+ *   receiver ~3.5-5 ms of CPU;
+ * - provider serving the stream: ~4-8 ms (the floor, plus reading each block from its file);
+ * - tenant fetching into its store (`cat`): ~10-13 ms: the floor, the copy of each block out of
+ *   the Noise frames into a buffer of its own (a fresh 1 MiB buffer costs 0.3-0.6 ms of page
+ *   faults here), SHA-256 against the CID (~0.8 ms, thread pool), the block file (temp + rename,
+ *   ~1 ms); then the restore adds AES-GCM (thread pool), SHA-256 of the pack and the unpacked
+ *   files (the "blocks already local" row: ~5-6 ms, ~130-210 MB/s).
+ * On two cores shared by both processes, provider + tenant at ~20 ms per MiB cap the fetch near
+ * 100 MB/s even with every thread busy all the time (the fetch row's note works this out from each
+ * run); 150 MB/s needs ~13 ms per MiB for the pair, about what libp2p's own floor and the tenant's
+ * unavoidable work (verify, store, decrypt, hash, write) add up to. Earlier fixes, still in
+ * sdk/ipfs: FsBlockstore read a block as 16 pieces that it-to-buffer joined by re-copying the
+ * buffer so far each time (now one readFile); the UnixFS exporter's want-lists are bounded by
+ * FETCH_BLOCK_CONCURRENCY for the bitswap fallback.
  *
- * Publish (~90-135 MB/s, a fifth of the slowest raw reference) is one event loop doing, per byte:
- * a read into a fresh 1 MiB buffer, SHA-256 of the pack, AES-GCM in 1 MiB `update` calls (each a
- * fresh 1 MiB output: see rawAesGcm), a copy into 1 MiB leaves, SHA-256 of each leaf for its CID,
- * and a file per block written as temp file + rename; its profile (256 MiB) showed the loop busy
- * ~75 % of the time, GC ~20 % of all of it, and the rest waiting on the file system.
+ * Publish is, per byte: a read straight into the pack's piece (one encryption chunk, 1 MiB − 16),
+ * SHA-256 of the pack on the event loop, AES-GCM of the piece in the thread pool (WebCrypto, three
+ * chunks at once) giving exactly one 1 MiB leaf, the leaf's SHA-256 in the thread pool, and its
+ * block file. Nothing is re-cut or copied between the stages. It used to be all on the event loop
+ * (90-135 MB/s): a read into a fresh buffer, AES-GCM in 1 MiB `update` calls (each a fresh 1 MiB
+ * output: see rawAesGcm), a copy into 1 MiB leaves (the 44-byte header shifted every leaf), the
+ * leaf's SHA-256, the file; its profile showed the loop busy ~75 % of the time and GC ~20 %.
  */
 import { createCipheriv, createHash, randomBytes, randomFillSync } from "node:crypto";
 import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { Session } from "node:inspector/promises";
 import { createServer, connect, type AddressInfo, type Server } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -108,6 +113,12 @@ const FETCH_TIMEOUT_MS = 600_000;
  * the size, and at 1 GiB it would add most of a minute to the run.
  */
 const LOCAL_RESTORE_MAX_MIB = 256;
+/**
+ * The same restore by bitswap alone (the fallback, and what any IPFS peer does) is timed up to
+ * this size: beside the block stream it shows what the stream gains, and at 1 GiB it would add
+ * minutes.
+ */
+const BITSWAP_MAX_MIB = 256;
 /** Failed fetches tolerated per size (each is reported) before the bench gives up. */
 const MAX_FETCH_FAILURES = 2;
 
@@ -135,6 +146,8 @@ interface TenantRequest {
   provider?: string;
   /** restore: then restore it again from the local store, timed on its own. */
   again?: boolean;
+  /** restore: how to fetch (see FetchOptions.via). */
+  via?: "stream" | "bitswap";
   /** tcp: where to connect. */
   port?: number;
 }
@@ -154,10 +167,12 @@ interface TenantReply {
 async function runTenant(dir: string): Promise<void> {
   let current: { host: BatonHost; ipfs: IpfsNode } | undefined;
   let stopping: Promise<void> | undefined;
+  const profile = process.env.BATON_BENCH_CPU_PROF ? await startCpuProfile() : undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       await current?.ipfs.stop();
       await current?.host.stop();
+      await profile?.(path.join(process.env.BATON_BENCH_CPU_PROF!, "tenant.cpuprofile"));
       process.exit(0);
     })());
   process.once("SIGTERM", () => void stop());
@@ -191,6 +206,7 @@ async function runTenant(dir: string): Promise<void> {
           maxBytes: request.maxBytes!,
           providers: [provider],
           signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+          ...(request.via ? { via: request.via } : {}),
         });
       const restored = await restore(path.join(store, "restored"));
       const ms = performance.now() - started;
@@ -222,6 +238,25 @@ async function runTenant(dir: string): Promise<void> {
   console.log(JSON.stringify({ ready: true }));
 }
 
+/**
+ * Starts V8's CPU profiler in this process (`--cpu-prof DIR`: `node --cpu-prof` is refused in
+ * NODE_OPTIONS, so the tenant process could not be profiled from outside); the function it returns
+ * stops it and writes the profile, to open in Chrome's DevTools or speedscope.
+ */
+async function startCpuProfile(): Promise<(file: string) => Promise<void>> {
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.setSamplingInterval", { interval: 500 });
+  await session.post("Profiler.start");
+  return async (file) => {
+    const { profile } = await session.post("Profiler.stop");
+    await mkdir(path.dirname(file), { recursive: true });
+    await writeFile(file, JSON.stringify(profile));
+    session.disconnect();
+  };
+}
+
 function cpuMsSince(start: NodeJS.CpuUsage): number {
   const { user, system } = process.cpuUsage(start);
   return (user + system) / 1000;
@@ -242,8 +277,12 @@ class Tenant {
   readonly #process: Spawned;
   #next = 1;
 
-  constructor(dir: string) {
-    this.#process = spawnScript("bench/checkpoint.ts", ["--tenant", dir]);
+  constructor(dir: string, cpuProfileDir: string | undefined) {
+    this.#process = spawnScript(
+      "bench/checkpoint.ts",
+      ["--tenant", dir],
+      cpuProfileDir === undefined ? {} : { BATON_BENCH_CPU_PROF: path.resolve(cpuProfileDir) },
+    );
   }
 
   ready(): Promise<string> {
@@ -465,8 +504,17 @@ interface SizeResult {
   sizeMiB: number;
   ciphertextBytes: number;
   ms: Record<string, number[]>;
-  /** CPU milliseconds per MiB fetched, for each fetch (and each restore from local blocks). */
-  cpuMsPerMiB: { provider: number[]; tenant: number[]; tenantLocalRestore: number[] };
+  /**
+   * CPU milliseconds per MiB fetched (all of a process's threads), for each fetch, each restore
+   * from local blocks, and each fetch by bitswap alone.
+   */
+  cpuMsPerMiB: {
+    provider: number[];
+    tenant: number[];
+    tenantLocalRestore: number[];
+    bitswapProvider: number[];
+    bitswapTenant: number[];
+  };
   /** Fetches that failed (and were tried again), with their errors. */
   fetchFailures: string[];
 }
@@ -481,8 +529,23 @@ async function measureSize(
   console.log(`${sizeMiB} MiB: writing the checkpoint …`);
   const files = await writeCheckpoint(dir, sizeMiB);
   const bytes = sizeMiB * MiB;
-  const ms: Record<string, number[]> = { sha256: [], aes: [], disk: [], publish: [], tcp: [], fetch: [], local: [] };
-  const cpuMsPerMiB = { provider: [] as number[], tenant: [] as number[], tenantLocalRestore: [] as number[] };
+  const ms: Record<string, number[]> = {
+    sha256: [],
+    aes: [],
+    disk: [],
+    publish: [],
+    tcp: [],
+    fetch: [],
+    local: [],
+    bitswap: [],
+  };
+  const cpuMsPerMiB: SizeResult["cpuMsPerMiB"] = {
+    provider: [],
+    tenant: [],
+    tenantLocalRestore: [],
+    bitswapProvider: [],
+    bitswapTenant: [],
+  };
 
   console.log(`${sizeMiB} MiB: raw SHA-256, AES-256-GCM, disk write …`);
   // One pass untimed: the first runs here were 2-10× slower (malloc's arena growing page by page).
@@ -522,7 +585,8 @@ async function measureSize(
   }
   const address = provider.host.getMultiaddrs()[0]!.toString();
   const fetchFailures: string[] = [];
-  while (ms.fetch!.length < REPEATS) {
+  /** One restore on the tenant; false if it failed (counted, reported, and run again). */
+  const fetchOnce = async (via: "stream" | "bitswap"): Promise<boolean> => {
     const cpu = process.cpuUsage();
     let reply: TenantReply;
     try {
@@ -533,22 +597,37 @@ async function measureSize(
         sha256: published!.plaintextSha256,
         maxBytes: 2 * bytes,
         provider: address,
-        again: sizeMiB <= LOCAL_RESTORE_MAX_MIB,
+        again: via === "stream" && sizeMiB <= LOCAL_RESTORE_MAX_MIB,
+        via,
       });
     } catch (error) {
       // Counted and reported, not hidden: a fetch that fails is a finding, but one failure
       // should not cost the whole run its figures.
-      fetchFailures.push((error as Error).message.split("\n")[0]!);
+      fetchFailures.push(`${via}: ${(error as Error).message.split("\n")[0]!}`);
       console.log(`${sizeMiB} MiB: fetch failed (${fetchFailures.length}): ${fetchFailures.at(-1)}`);
       if (fetchFailures.length > MAX_FETCH_FAILURES) throw error;
-      continue;
+      return false;
+    }
+    const mib = published!.size / MiB;
+    if (via === "bitswap") {
+      ms.bitswap!.push(reply.ms);
+      cpuMsPerMiB.bitswapProvider.push(cpuMsSince(cpu) / mib);
+      cpuMsPerMiB.bitswapTenant.push(reply.cpuMs / mib);
+      return true;
     }
     // The provider's CPU over the whole request; it has nothing to do but serve the fetch.
-    cpuMsPerMiB.provider.push(cpuMsSince(cpu) / (published!.size / MiB));
-    cpuMsPerMiB.tenant.push(reply.cpuMs / (published!.size / MiB));
+    cpuMsPerMiB.provider.push(cpuMsSince(cpu) / mib);
+    cpuMsPerMiB.tenant.push(reply.cpuMs / mib);
     ms.fetch!.push(reply.ms);
     if (reply.localMs !== undefined) ms.local!.push(reply.localMs);
-    if (reply.localCpuMs !== undefined) cpuMsPerMiB.tenantLocalRestore.push(reply.localCpuMs / (published!.size / MiB));
+    if (reply.localCpuMs !== undefined) cpuMsPerMiB.tenantLocalRestore.push(reply.localCpuMs / mib);
+    return true;
+  };
+  // Interleaved, so that a change in the machine's load falls on both alike.
+  const withBitswap = sizeMiB <= BITSWAP_MAX_MIB;
+  while (ms.fetch!.length < REPEATS || (withBitswap && ms.bitswap!.length < REPEATS)) {
+    if (ms.fetch!.length < REPEATS) await fetchOnce("stream");
+    if (withBitswap && ms.bitswap!.length < REPEATS) await fetchOnce("bitswap");
   }
   await provider.ipfs.unpin(published!.cid);
   await provider.ipfs.gc();
@@ -566,9 +645,12 @@ function sizeFigures(result: SizeResult): Figure[] {
   const tcp = rate("tcp", ciphertextBytes);
   const providerCpu = round(median(cpuMsPerMiB.provider));
   const tenantCpu = round(median(cpuMsPerMiB.tenant));
-  // If the two sides overlapped perfectly, each on its own core, the busier one would set the pace.
-  const ceiling = round(MiB / MB / (Math.max(providerCpu, tenantCpu) / 1000));
+  // Both processes share the machine's cores: with every thread of both busy all the time, the
+  // CPU they spend per MiB between them caps the rate (a bound, not a forecast).
+  const cores = os.cpus().length;
+  const ceiling = round(MiB / MB / ((providerCpu + tenantCpu) / cores / 1000));
   const label = `${sizeMiB} MiB:`;
+  const stream = rate("fetch", ciphertextBytes);
   return [
     { name: `${label} raw SHA-256 (read + hash)`, value: sha, unit: "MB/s" },
     { name: `${label} raw AES-256-GCM (read + encrypt)`, value: aes, unit: "MB/s" },
@@ -584,15 +666,29 @@ function sizeFigures(result: SizeResult): Figure[] {
     { name: `${label} raw loopback TCP`, value: tcp, unit: "MB/s" },
     {
       name: `${label} fetch provider → tenant (restore)`,
-      value: rate("fetch", ciphertextBytes),
+      value: stream,
       unit: "MB/s",
       reference: { value: tcp, label: "raw loopback TCP" },
       target: { value: HELIA_FETCH_MB_S, atMost: false },
       note:
-        `target: Helia's published node-to-node TCP figure, ${HELIA_FETCH_MB_S} MB/s; the CPU time below ` +
-        `caps it at ${ceiling} MB/s even with provider and tenant fully overlapped on two cores` +
+        `by the block stream (/baton/blocks/1.0.0); target: Helia's published node-to-node TCP figure, ` +
+        `${HELIA_FETCH_MB_S} MB/s; the CPU time below (provider + tenant, all threads) caps it at ` +
+        `${ceiling} MB/s on ${cores} cores` +
         (fetchFailures.length > 0 ? `; ${fetchFailures.length} fetch(es) FAILED and were run again` : ""),
     },
+    ...(ms.bitswap!.length === 0
+      ? []
+      : [
+          {
+            name: `${label} fetch by bitswap alone (restore)`,
+            value: rate("bitswap", ciphertextBytes),
+            unit: "MB/s",
+            reference: { value: stream, label: "block stream" },
+            note:
+              'the same restore with `via: "bitswap"`: the fallback, and what any IPFS peer does; CPU per MiB ' +
+              `provider ${round(median(cpuMsPerMiB.bitswapProvider))} ms, tenant ${round(median(cpuMsPerMiB.bitswapTenant))} ms`,
+          },
+        ]),
     ...(ms.local!.length === 0
       ? []
       : [
@@ -656,13 +752,17 @@ async function main(): Promise<void> {
       sizes: { type: "string", default: "16,256,1024" },
       quick: { type: "boolean", default: false },
       out: { type: "string" },
+      "cpu-prof": { type: "string" },
+      job: { type: "boolean", default: true },
     },
+    allowNegative: true,
   });
   const sizes = (values.quick ? "16" : values.sizes).split(",").map(Number);
   if (sizes.some((s) => !Number.isInteger(s) || s < 1))
     throw new Error(`--sizes wants MiB as integers: ${values.sizes}`);
   const train = values.quick ? TRAIN_QUICK : TRAIN_FULL;
 
+  const loadBefore = os.loadavg();
   const work = await mkdtemp(path.join(os.tmpdir(), "baton-bench-checkpoint-"));
   let host: BatonHost | undefined;
   let ipfs: IpfsNode | undefined;
@@ -689,32 +789,46 @@ async function main(): Promise<void> {
   process.once("SIGTERM", onSignal);
 
   try {
+    const profile = values["cpu-prof"] === undefined ? undefined : await startCpuProfile();
     host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
     ipfs = await createIpfsNode({ host, dir: path.join(work, "provider") });
-    tenant = new Tenant(path.join(work, "tenant"));
+    tenant = new Tenant(path.join(work, "tenant"), values["cpu-prof"]);
     await tenant.ready();
 
     const results: SizeResult[] = [];
     for (const size of sizes) results.push(await measureSize(work, size, { host, ipfs }, tenant));
+    await profile?.(path.join(values["cpu-prof"]!, "provider.cpuprofile"));
 
-    console.log(`example job: ${train.steps} steps, a checkpoint every ${train.checkpointEvery}, ×${train.rounds} …`);
     const runs = Object.fromEntries(VARIANTS.map((v) => [v, [] as JobRun[]])) as Record<Variant, JobRun[]>;
-    const key = generateJobKey();
-    let n = 0;
-    for (let r = 0; r < train.rounds; r++) {
-      for (const variant of VARIANTS)
-        runs[variant].push(await runJob(path.join(work, `job-${n++}`), variant, train, ipfs, key));
+    if (values.job) {
+      console.log(`example job: ${train.steps} steps, a checkpoint every ${train.checkpointEvery}, ×${train.rounds} …`);
+      const key = generateJobKey();
+      let n = 0;
+      for (let r = 0; r < train.rounds; r++) {
+        for (const variant of VARIANTS)
+          runs[variant].push(await runJob(path.join(work, `job-${n++}`), variant, train, ipfs, key));
+      }
     }
 
-    const figures = [...results.flatMap(sizeFigures), ...jobFigures(runs)];
+    const loadAfter = os.loadavg();
+    const figures = [...results.flatMap(sizeFigures), ...(values.job ? jobFigures(runs) : [])];
     printTable(`Checkpoint throughput and overhead (median of ${REPEATS}; 1 MB = 10^6 bytes)`, figures);
+    const loads = (l: number[]) => l.map((x) => x.toFixed(2)).join(", ");
+    console.log(`\nload average (1, 5, 15 min): ${loads(loadBefore)} at the start, ${loads(loadAfter)} at the end`);
     const data = {
       sizesMiB: sizes,
       repeats: REPEATS,
-      machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
+      machine: {
+        cpus: os.cpus().length,
+        cpu: os.cpus()[0]?.model,
+        node: process.version,
+        // 1, 5 and 15-minute load averages (as `uptime` prints them): other work on the machine
+        // lowers every figure here, the references with them.
+        loadAverage: { start: loadBefore.map((l) => round(l, 2)), end: loadAfter.map((l) => round(l, 2)) },
+      },
       figures,
       samples: results,
-      exampleJob: { ...train, runs },
+      ...(values.job ? { exampleJob: { ...train, runs } } : {}),
     };
     console.log(`\n${await save(values.out, data)}`);
   } finally {

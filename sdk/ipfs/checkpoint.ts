@@ -7,8 +7,9 @@ import type { CID } from "multiformats/cid";
 
 import { CheckpointCorruptError, UserError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
+import { ENCRYPTION_CHUNK_SIZE } from "./constants.ts";
 import { decryptStream, encryptStream } from "./crypto.ts";
-import type { IpfsNode } from "./node.ts";
+import type { FetchOptions, IpfsNode } from "./node.ts";
 import { pack, unpack } from "./pack.ts";
 
 export interface PublishCheckpointParameters {
@@ -44,7 +45,9 @@ export async function publishCheckpoint(
   { maxBytes, maxFiles, signal, log = silentLogger }: PublishCheckpointParameters,
 ): Promise<PublishCheckpointReturnType> {
   const started = performance.now();
-  const packed = await pack(dir, { maxBytes, maxFiles, signal });
+  // Pieces of exactly one encryption chunk: the file data is read straight into them, each is
+  // sealed into exactly one 1 MiB leaf, and nothing is copied or re-cut on the way.
+  const packed = await pack(dir, { maxBytes, maxFiles, signal, pieceSize: ENCRYPTION_CHUNK_SIZE });
   let size = 0;
   const sealed = async function* (): AsyncGenerator<Uint8Array> {
     for await (const chunk of encryptStream(key, packed.stream)) {
@@ -52,7 +55,7 @@ export async function publishCheckpoint(
       yield chunk;
     }
   };
-  const cid = await ipfs.add(sealed(), { signal, pin: true });
+  const cid = await ipfs.add(sealed(), { signal, pin: true, leaves: "pieces" });
   const result = { cid, size, plaintextSha256: packed.sha256(), files: packed.files };
   log.info("checkpoint published", {
     cid: cid.toString(),
@@ -74,6 +77,8 @@ export interface RestoreCheckpointParameters {
   providers?: Array<Multiaddr | string>;
   /** The longest wait for the next block; see {@link FetchOptions}. */
   stallTimeoutMs?: number;
+  /** How to fetch what is not here; see {@link FetchOptions}. Default: the block stream, then bitswap. */
+  via?: FetchOptions["via"];
   /** Also pin the fetched checkpoint in the local store (once it verified). Default: false. */
   pin?: boolean;
   log?: Logger;
@@ -109,6 +114,7 @@ export async function restoreCheckpoint(
     signal,
     providers,
     stallTimeoutMs,
+    via,
     pin = false,
     log = silentLogger,
   }: RestoreCheckpointParameters,
@@ -121,7 +127,7 @@ export async function restoreCheckpoint(
     `.${path.basename(targetDir)}.partial-${randomBytes(6).toString("hex")}`,
   );
   const run = async (): Promise<RestoreCheckpointReturnType> => {
-    const fetched = ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes });
+    const fetched = ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes, ...(via ? { via } : {}) });
     const result = await unpack(decryptStream(key, fetched), partial, { maxBytes, maxFiles, signal });
     if (result.sha256 !== expectedSha256) {
       throw new CheckpointCorruptError(`checkpoint ${cid} does not match its announced digest`, {
@@ -169,9 +175,11 @@ export interface VerifyCheckpointParameters {
 }
 
 /**
- * Makes a checkpoint *safe* for its tenant: fetches it into the local store and pins it, then
- * checks that it decrypts with the job key (every chunk authenticated) to the announced plaintext
- * digest, without writing the plaintext anywhere. A checkpoint that fails is unpinned again.
+ * Makes a checkpoint *safe* for its tenant: fetches it into the local store, checking as it comes
+ * that it decrypts with the job key (every chunk authenticated) to the announced plaintext digest,
+ * without writing the plaintext anywhere, and pins it once it passed. One pass: the blocks are
+ * verified against their CIDs, stored and decrypted as they arrive. A checkpoint that fails is
+ * never pinned (its blocks go at the next gc).
  *
  * @throws {CheckpointCorruptError}, {CheckpointKeyError}, {CheckpointTooLargeError} or
  * {CheckpointUnavailableError}, by what went wrong.
@@ -184,19 +192,24 @@ export async function verifyCheckpoint(
   cid: CID,
   { expectedSha256, maxBytes, providers, stallTimeoutMs, signal }: VerifyCheckpointParameters,
 ): Promise<{ bytes: number }> {
-  const { bytes } = await ipfs.fetchAndPin(cid, { maxBytes, providers, stallTimeoutMs, signal });
-  try {
+  // Fetched, then pinned: keep gc away until the pin is in.
+  return ipfs.withGcPaused(async () => {
+    let bytes = 0;
+    const fetched = async function* (): AsyncGenerator<Uint8Array> {
+      for await (const chunk of ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes })) {
+        bytes += chunk.byteLength;
+        yield chunk;
+      }
+    };
     const hash = createHash("sha256");
-    for await (const chunk of decryptStream(key, ipfs.cat(cid, { signal, maxBytes }))) hash.update(chunk);
+    for await (const chunk of decryptStream(key, fetched())) hash.update(chunk);
     const sha256 = hash.digest("hex");
     if (sha256 !== expectedSha256) {
       throw new CheckpointCorruptError(`checkpoint ${cid} does not match its announced digest`, {
         details: `expected ${expectedSha256}, got ${sha256}`,
       });
     }
-  } catch (error) {
-    await ipfs.unpin(cid).catch(() => undefined);
-    throw error;
-  }
-  return { bytes };
+    await ipfs.pin(cid, { signal });
+    return { bytes };
+  });
 }

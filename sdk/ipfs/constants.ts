@@ -23,10 +23,14 @@ export const BLOCK_SIZE = MiB;
 export const FETCH_BLOCK_CONCURRENCY = 32;
 
 /**
- * Plaintext bytes per sealed chunk. 1 MiB keeps the overhead (16-byte tag) at 0.0015 % and bounds
- * the plaintext a reader buffers before it can check the chunk.
+ * Plaintext bytes per sealed chunk: 1 MiB less the 16-byte GCM tag, so that a sealed chunk is
+ * exactly one {@link BLOCK_SIZE} leaf (the 44-byte header is a leaf of its own). Publishing then
+ * never re-cuts the ciphertext into leaves, and a restore opens each leaf as it is, without
+ * joining pieces of two. The overhead (the tag) stays at 0.0015 %, and a reader buffers at most
+ * one chunk before it can check it. Readers take the chunk size from the header: checkpoints
+ * sealed with 1 MiB chunks (before this) open as before.
  */
-export const ENCRYPTION_CHUNK_SIZE = MiB;
+export const ENCRYPTION_CHUNK_SIZE = MiB - 16;
 
 /** The largest chunk size a reader accepts from a header: bounds its buffer, whatever a peer says. */
 export const MAX_ENCRYPTION_CHUNK_SIZE = 16 * MiB;

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
+import { hkdfSync, randomBytes, timingSafeEqual, webcrypto } from "node:crypto";
 
 import { CheckpointCorruptError, CheckpointKeyError, UserError } from "../errors.ts";
 import { ByteReader, type ByteSource } from "./bytes.ts";
@@ -39,7 +39,8 @@ const KEY_CHECK_BYTES = 16;
 const HEADER_BYTES = MAGIC.byteLength + 4 + SALT_BYTES + KEY_CHECK_BYTES;
 const TAG_BYTES = 16;
 const INFO = new TextEncoder().encode("baton checkpoint v1");
-const MAX_CHUNKS = 2 ** 48; // nonces never repeat: i is a u64, and Number stays exact below 2^53
+const MAX_CHUNKS = 2 ** 48;
+const { subtle } = webcrypto; // nonces never repeat: i is a u64, and Number stays exact below 2^53
 
 /** A fresh random job key (32 bytes). Keep it secret: never log it or put it in an error. */
 export function generateJobKey(): Uint8Array {
@@ -58,7 +59,49 @@ export interface EncryptOptions {
 }
 
 /**
- * Encrypts a byte stream with the job key.
+ * Chunks sealed or opened at once. WebCrypto runs each in libuv's thread pool (four threads), off
+ * the event loop, so both cores work while the loop reads, hashes and writes; three leaves a thread
+ * for the file-system calls that share the pool.
+ */
+const CRYPTO_CONCURRENCY = 3;
+
+/**
+ * Calls `start` again and again with up to `depth` of the results it began running at once,
+ * yielding them in order; `start` returns undefined once there is nothing more to begin. A result that fails is
+ * thrown when its turn comes; the ones after it are dropped (their failures too).
+ */
+async function* inOrder<T>(depth: number, start: () => Promise<{ result: Promise<T> } | undefined>): AsyncGenerator<T> {
+  const pending: Promise<T>[] = [];
+  let more = true;
+  try {
+    for (;;) {
+      while (more && pending.length < depth) {
+        let next: Promise<T> | undefined;
+        try {
+          next = (await start())?.result;
+        } catch (error) {
+          // A failure to start comes out in its turn too, after the results before it.
+          next = Promise.reject(error as Error);
+          more = false;
+        }
+        if (next === undefined) more = false;
+        else {
+          next.catch(() => undefined); // awaited below in its turn; never an unhandled rejection meanwhile
+          pending.push(next);
+        }
+      }
+      const head = pending.shift();
+      if (head === undefined) return;
+      yield await head;
+    }
+  } finally {
+    pending.length = 0;
+  }
+}
+
+/**
+ * Encrypts a byte stream with the job key. Yields the header, then each sealed chunk (ciphertext
+ * and tag) as one piece: with the default chunk size a piece is exactly one 1 MiB UnixFS leaf.
  *
  * @example
  * const key = generateJobKey();
@@ -79,22 +122,27 @@ export async function* encryptStream(
   header.set(randomBytes(SALT_BYTES), MAGIC.byteLength + 4);
   const keys = derive(key, header);
   header.set(keys.check, HEADER_BYTES - KEY_CHECK_BYTES);
+  const aes = await subtle.importKey("raw", keys.aes, "AES-GCM", false, ["encrypt"]);
   yield header;
 
   const reader = new ByteReader(source);
+  let index = 0;
+  let final = false;
   try {
-    for (let index = 0; ; index++) {
+    yield* inOrder(CRYPTO_CONCURRENCY, async () => {
+      if (final) return undefined;
       if (index >= MAX_CHUNKS) throw new UserError("the stream is too long to encrypt under one header");
       const plaintext = await reader.readUpTo(chunkSize);
-      const final = plaintext.byteLength < chunkSize || (await reader.atEnd());
-      const cipher = createCipheriv("aes-256-gcm", keys.aes, nonce(keys.prefix, index), { authTagLength: TAG_BYTES });
-      cipher.setAAD(chunkAad(header, index, final));
-      const sealed = cipher.update(plaintext);
-      cipher.final();
-      yield sealed;
-      yield cipher.getAuthTag();
-      if (final) return;
-    }
+      final = plaintext.byteLength < chunkSize || (await reader.atEnd());
+      const parameters = {
+        name: "AES-GCM",
+        iv: nonce(keys.prefix, index),
+        additionalData: chunkAad(header, index, final),
+      };
+      index++;
+      // The ciphertext followed by the 16-byte tag: the sealed chunk as the format lays it out.
+      return { result: subtle.encrypt(parameters, aes, plaintext).then((sealed) => new Uint8Array(sealed)) };
+    });
   } finally {
     await reader.close();
   }
@@ -132,31 +180,33 @@ export async function* decryptStream(key: Uint8Array, source: ByteSource): Async
         "the checkpoint was not encrypted with this job key (or its header was altered on the way)",
       );
     }
+    const aes = await subtle.importKey("raw", keys.aes, "AES-GCM", false, ["decrypt"]);
 
-    for (let index = 0; ; index++) {
+    let index = 0;
+    let final = false;
+    // WebCrypto returns a chunk's plaintext only once its tag verified, and the chunks come out in
+    // order: nothing after a chunk that failed is ever released.
+    const opened = inOrder(CRYPTO_CONCURRENCY, async () => {
+      if (final) return undefined;
       if (index >= MAX_CHUNKS) throw new CheckpointCorruptError("the encrypted checkpoint has too many chunks");
       const sealed = await reader.readUpTo(chunkSize + TAG_BYTES);
       if (sealed.byteLength < TAG_BYTES) throw truncated();
-      const final = sealed.byteLength < chunkSize + TAG_BYTES || (await reader.atEnd());
-      const ciphertext = sealed.subarray(0, sealed.byteLength - TAG_BYTES);
-      const decipher = createDecipheriv("aes-256-gcm", keys.aes, nonce(keys.prefix, index), {
-        authTagLength: TAG_BYTES,
-      });
-      decipher.setAAD(chunkAad(header, index, final));
-      decipher.setAuthTag(sealed.subarray(sealed.byteLength - TAG_BYTES));
-      const plaintext = decipher.update(ciphertext);
-      try {
-        decipher.final();
-      } catch (cause) {
-        throw new CheckpointCorruptError(
-          `chunk ${index} of the encrypted checkpoint failed authentication: ` +
-            "it was altered, truncated, reordered, appended to, or comes from another checkpoint",
-          { cause },
-        );
-      }
-      if (plaintext.byteLength > 0) yield plaintext;
-      if (final) return;
-    }
+      final = sealed.byteLength < chunkSize + TAG_BYTES || (await reader.atEnd());
+      const at = index++;
+      const parameters = { name: "AES-GCM", iv: nonce(keys.prefix, at), additionalData: chunkAad(header, at, final) };
+      const result = subtle.decrypt(parameters, aes, sealed).then(
+        (plaintext) => new Uint8Array(plaintext),
+        (cause: unknown) => {
+          throw new CheckpointCorruptError(
+            `chunk ${at} of the encrypted checkpoint failed authentication: ` +
+              "it was altered, truncated, reordered, appended to, or comes from another checkpoint",
+            { cause },
+          );
+        },
+      );
+      return { result };
+    });
+    for await (const plaintext of opened) if (plaintext.byteLength > 0) yield plaintext;
   } finally {
     await reader.close();
   }

@@ -9,6 +9,7 @@ import { NextToLast } from "blockstore-fs/sharding";
 import { FsDatastore } from "datastore-fs";
 import type { Helia, HeliaInit } from "helia";
 import type { CID } from "multiformats/cid";
+import { identity } from "multiformats/hashes/identity";
 
 import { bitswapResendFix } from "./bitswap-resend.ts";
 import { BaseError, CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
@@ -16,7 +17,10 @@ import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
 import { fixedSizeChunks, type ByteSource } from "./bytes.ts";
 import { BLOCK_SIZE, DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
+import { BlockStreamError, BlockStreamSession, serveBlocks, streamable } from "./block-stream.ts";
 import { hasLocalDag, leafSkippingWalker } from "./dag.ts";
+import { LEAF_WRITE_CONCURRENCY, pieceLeaves, readAhead, threadPoolBufferImporter } from "./importer.ts";
+import { readUnixfsFile } from "./unixfs-file.ts";
 
 export interface CreateIpfsNodeParameters {
   /** Our libp2p host: the IPFS node adds bitswap to it and leaves it running when it stops. */
@@ -37,6 +41,12 @@ export interface FetchOptions {
   stallTimeoutMs?: number;
   /** Refuse (CheckpointTooLargeError) a file that declares or delivers more bytes than this. */
   maxBytes?: number;
+  /**
+   * How to fetch what is not here: `"stream"` (the default) asks each of `providers` in turn for
+   * the whole DAG over `/baton/blocks/1.0.0` (block-stream.ts), then falls back to bitswap for what they did not
+   * deliver; `"bitswap"` uses bitswap alone, as any IPFS peer would.
+   */
+  via?: "stream" | "bitswap";
 }
 
 /** A file to import into a UnixFS directory: where it goes in the directory, and its bytes. */
@@ -51,9 +61,11 @@ export interface IpfsNode {
   readonly host: BatonHost;
   /**
    * Imports a byte stream as a UnixFS file (CIDv1, raw 1 MiB leaves) into the local store; with
-   * `pin`, also pins it before a {@link gc} can get in between.
+   * `pin`, also pins it before a {@link gc} can get in between. With `leaves: "pieces"` each piece
+   * of the source becomes one leaf as it is (at most 1 MiB; see {@link pieceLeaves}), for a
+   * producer that cuts its output into leaves itself (an encrypted checkpoint: a chunk a leaf).
    */
-  add(source: ByteSource, options?: { signal?: AbortSignal; pin?: boolean }): Promise<CID>;
+  add(source: ByteSource, options?: { signal?: AbortSignal; pin?: boolean; leaves?: "fixed" | "pieces" }): Promise<CID>;
   /**
    * Imports files as one UnixFS directory (each file chunked as {@link add} does; `path`s relative,
    * `/`-separated, parents made as needed) and returns the directory's CID; with `pin`, also pins
@@ -131,10 +143,11 @@ const heliaLight = Promise.all([
  */
 export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIpfsNodeParameters): Promise<IpfsNode> {
   const [{ Helia: HeliaLight, name, version }] = await Promise.all([heliaLight, bitswapResendFix]);
+  const blockstore = new WholeReadFsBlockstore(path.join(dir, "blocks"));
   const helia: Helia = new HeliaLight({
     name,
     version,
-    blockstore: new WholeReadFsBlockstore(path.join(dir, "blocks")),
+    blockstore,
     datastore: new FsDatastore(path.join(dir, "datastore")),
   });
   Object.defineProperty(helia, "libp2p", { value: host, enumerable: true, configurable: true });
@@ -158,13 +171,101 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
       },
     );
 
+  /** A block of the local store, whole; CheckpointUnavailableError if it is not there. */
+  const readLocal = async (cid: CID, signal?: AbortSignal): Promise<Uint8Array> => {
+    if (cid.multihash.code === identity.code) return cid.multihash.digest;
+    try {
+      return await blockstore.readWhole(cid, signal);
+    } catch (cause) {
+      signal?.throwIfAborted();
+      throw new CheckpointUnavailableError(`block ${cid} is not in the local store`, { cause });
+    }
+  };
+
+  const stopServing = await serveBlocks({ host, read: readLocal, log: log.child("blocks") });
+
   async function* cat(cid: CID, options: FetchOptions = {}): AsyncGenerator<Uint8Array> {
-    const { signal, maxBytes, stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS } = options;
+    const { signal, maxBytes, stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS, via = "stream" } = options;
     signal?.throwIfAborted();
     const providers = (options.providers ?? []).map((p) => (typeof p === "string" ? multiaddr(p) : p));
+    const started = performance.now();
+
+    // All of it here already: read it from the store, no network.
+    if (await hasLocalDag(helia, cid, signal)) {
+      // A few blocks read ahead of the one in use, so that the disk is never waited on.
+      const ahead = new Map<string, Promise<Uint8Array>>();
+      const upcoming = (cids: CID[]): void => {
+        for (const next of cids) {
+          const key = next.toString();
+          if (ahead.has(key)) continue;
+          const reading = readLocal(next, signal);
+          reading.catch(() => undefined); // awaited when its turn comes
+          ahead.set(key, reading);
+        }
+      };
+      const getBlock = (block: CID): Promise<Uint8Array> => {
+        const key = block.toString();
+        const reading = ahead.get(key);
+        ahead.delete(key);
+        return reading ?? readLocal(block, signal);
+      };
+      yield* readUnixfsFile(cid, getBlock, { maxBytes, upcoming });
+      return;
+    }
+
+    // Streamed from the holders in turn (block-stream.ts), each block verified before it is
+    // stored or used; what they could not deliver comes by bitswap from where they stopped.
+    let delivered = 0;
+    const holders = providers.filter((address) => address.getComponents().some((c) => c.name === "p2p"));
+    if (via === "stream" && holders.length > 0 && streamable(cid)) {
+      const session = new BlockStreamSession({ host, root: cid, peers: holders, stallTimeoutMs, signal, log });
+      const writes = new BlockWrites(helia);
+      const getBlock = async (block: CID, first: boolean): Promise<Uint8Array> => {
+        if (!first) return writes.read(block, () => readLocal(block, signal));
+        const bytes = await session.next(block);
+        await writes.put(block, bytes);
+        return bytes;
+      };
+      try {
+        for await (const piece of readUnixfsFile(cid, getBlock, { maxBytes })) {
+          delivered += piece.byteLength;
+          yield piece;
+        }
+        await writes.settle();
+        log.debug("fetched by block stream", {
+          cid: cid.toString(),
+          bytes: delivered,
+          from: session.asked,
+          ms: Math.round(performance.now() - started),
+        });
+        return;
+      } catch (error) {
+        // Whatever was verified stays (and the bitswap fetch below finds it here).
+        await writes.settle().catch(() => undefined);
+        if (!(error instanceof BlockStreamError)) throw error;
+        log.warn("no holder could stream the rest; fetching it by bitswap", {
+          cid: cid.toString(),
+          delivered,
+          reasons: session.failures,
+        });
+      } finally {
+        session.close();
+      }
+    }
+    yield* catByBitswap(cid, providers, delivered, options);
+  }
+
+  /** The UnixFS exporter over bitswap, from byte `offset` on. */
+  async function* catByBitswap(
+    cid: CID,
+    providers: Multiaddr[],
+    offset: number,
+    options: FetchOptions,
+  ): AsyncGenerator<Uint8Array> {
+    const { signal, maxBytes, stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS } = options;
     const guard = stallGuard(stallTimeoutMs, signal);
     const fetchOptions = { signal: guard.signal, providers };
-    let bytes = 0;
+    let bytes = offset;
     try {
       guard.arm();
       if (maxBytes !== undefined) {
@@ -179,6 +280,7 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
       // without declaring it; see FETCH_BLOCK_CONCURRENCY.
       const catOptions: CatOptions & { blockReadConcurrency: number } = {
         ...fetchOptions,
+        ...(offset > 0 ? { offset } : {}),
         blockReadConcurrency: FETCH_BLOCK_CONCURRENCY,
       };
       for await (const chunk of fs.cat(cid, catOptions)) {
@@ -201,14 +303,16 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
   const node: IpfsNode = {
     helia,
     host,
-    add(source, { signal, pin = false } = {}) {
+    add(source, { signal, pin = false, leaves = "fixed" } = {}) {
       return gate.shared(async () => {
         const started = performance.now();
         const cid = await fs.addByteStream(source, {
           signal,
           cidVersion: 1,
           rawLeaves: true,
-          chunker: (stream) => fixedSizeChunks(stream, BLOCK_SIZE),
+          chunker: leaves === "pieces" ? pieceLeaves : (stream) => readAhead(fixedSizeChunks(stream, BLOCK_SIZE)),
+          bufferImporter: threadPoolBufferImporter,
+          blockWriteConcurrency: LEAF_WRITE_CONCURRENCY,
         });
         log.debug("added", { cid: cid.toString(), ms: Math.round(performance.now() - started) });
         if (pin) await node.pin(cid, { signal });
@@ -223,7 +327,9 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
           signal,
           cidVersion: 1,
           rawLeaves: true,
-          chunker: (stream) => fixedSizeChunks(stream, BLOCK_SIZE),
+          chunker: (stream) => readAhead(fixedSizeChunks(stream, BLOCK_SIZE)),
+          bufferImporter: threadPoolBufferImporter,
+          blockWriteConcurrency: LEAF_WRITE_CONCURRENCY,
           wrapWithDirectory: true,
         });
         // The wrapping directory comes last, with the empty path.
@@ -296,7 +402,10 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
     },
     withGcPaused: (work) => gate.shared(work),
     stop() {
-      stopped ??= helia.stop().then(() => undefined);
+      stopped ??= stopServing()
+        .catch(() => undefined)
+        .then(() => helia.stop())
+        .then(() => undefined);
       return stopped;
     },
   };
@@ -321,6 +430,12 @@ class WholeReadFsBlockstore extends FsBlockstore {
     this.#sharding = sharding;
   }
 
+  /** The block's bytes in one read; throws (ENOENT) if it is not here. */
+  async readWhole(key: CID, signal?: AbortSignal): Promise<Uint8Array> {
+    const { dir, file } = this.#sharding.encode(key);
+    return readFile(path.join(this.path, dir, file), { signal });
+  }
+
   override async *get(key: CID, options?: { signal?: AbortSignal }): AsyncGenerator<Uint8Array> {
     const { dir, file } = this.#sharding.encode(key);
     let bytes: Uint8Array;
@@ -333,6 +448,46 @@ class WholeReadFsBlockstore extends FsBlockstore {
     yield bytes;
   }
 }
+
+/** Verified blocks written to the store while a fetch goes on: a few at once, in any order. */
+class BlockWrites {
+  readonly #helia: Helia;
+  readonly #pending = new Map<string, Promise<void>>();
+  #failed: unknown;
+
+  constructor(helia: Helia) {
+    this.#helia = helia;
+  }
+
+  /** Begins writing a (verified) block; waits only while {@link MAX_PENDING_WRITES} are under way. */
+  async put(cid: CID, bytes: Uint8Array): Promise<void> {
+    if (this.#failed !== undefined) throw this.#failed;
+    while (this.#pending.size >= MAX_PENDING_WRITES) await Promise.race(this.#pending.values());
+    const key = cid.toString();
+    const written = Promise.resolve(this.#helia.blockstore.put(cid, bytes))
+      .then(
+        () => undefined,
+        (error: unknown) => void (this.#failed ??= error),
+      )
+      .finally(() => this.#pending.delete(key));
+    this.#pending.set(key, written);
+  }
+
+  /** A block written before (a repeat in the DAG): once its write is done, by `read`. */
+  async read(cid: CID, read: () => Promise<Uint8Array>): Promise<Uint8Array> {
+    await this.#pending.get(cid.toString());
+    return read();
+  }
+
+  /** Waits for every write; throws if one failed. */
+  async settle(): Promise<void> {
+    await Promise.all(this.#pending.values());
+    if (this.#failed !== undefined) throw this.#failed;
+  }
+}
+
+/** Verified blocks a fetch writes at once. */
+const MAX_PENDING_WRITES = 8;
 
 /**
  * Keeps gc away from blocks that are fetched or added but not pinned yet: Helia's gc deletes every

@@ -48,6 +48,12 @@ export interface PackOptions {
   maxBytes: number;
   /** The most entries (files and directories). */
   maxFiles?: number;
+  /**
+   * The stream's pieces are exactly this long, but the last: file data is read straight into
+   * them at the right offset, so a consumer that reads in this size (the encryption's chunk size)
+   * never joins or copies anything.
+   */
+  pieceSize?: number;
   signal?: AbortSignal;
 }
 
@@ -79,8 +85,10 @@ const strictDecoder = new TextDecoder("utf-8", { fatal: true });
  */
 export async function pack(
   dir: string,
-  { maxBytes, maxFiles = DEFAULT_MAX_FILES, signal }: PackOptions,
+  { maxBytes, maxFiles = DEFAULT_MAX_FILES, pieceSize = FILE_READ_SIZE, signal }: PackOptions,
 ): Promise<Pack> {
+  if (!Number.isInteger(pieceSize) || pieceSize < 1)
+    throw new UserError("the pack's piece size must be a positive integer");
   const root = await lstat(dir).catch((cause: unknown) => {
     throw new CheckpointDirError(`cannot read the checkpoint directory ${dir}`, { cause });
   });
@@ -135,17 +143,14 @@ export async function pack(
   async function* stream(): AsyncGenerator<Uint8Array> {
     if (used) throw new UserError("a pack stream can be read only once");
     used = true;
-    const emit = (chunk: Uint8Array): Uint8Array => {
-      hash.update(chunk);
-      return chunk;
-    };
-    yield emit(MAGIC);
+    const out = new PieceWriter(pieceSize, hash);
+    yield* out.put(MAGIC);
     let total = 0;
     for (const entry of entries) {
       signal?.throwIfAborted();
-      yield emit(entryHeader(entry));
+      yield* out.put(entryHeader(entry));
       if (entry.kind === KIND_FILE) {
-        for await (const chunk of readFile(path.join(dir, entry.path), entry.size, signal)) yield emit(chunk);
+        yield* readFileInto(out, path.join(dir, entry.path), entry.size, signal);
         total += entry.size;
       }
     }
@@ -154,7 +159,8 @@ export async function pack(
     view.setUint8(0, KIND_END);
     view.setUint32(1, entries.length);
     view.setBigUint64(5, BigInt(total));
-    yield emit(end);
+    yield* out.put(end);
+    yield* out.flush();
     digest = hash.digest("hex");
   }
 
@@ -181,8 +187,66 @@ function entryHeader(entry: Entry): Uint8Array {
   return header;
 }
 
-/** Streams exactly `size` bytes of a regular file, refusing one that was swapped or resized. */
-async function* readFile(file: string, size: number, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+/**
+ * Cuts the pack into pieces of `size` bytes as it is written, hashing each piece once it is full.
+ * A piece is handed out only when full (or at the end), and a fresh one begins: the consumer may
+ * keep what it got.
+ */
+class PieceWriter {
+  readonly size: number;
+  readonly #hash: ReturnType<typeof createHash>;
+  #piece: Buffer;
+  #filled = 0;
+
+  constructor(size: number, hash: ReturnType<typeof createHash>) {
+    this.size = size;
+    this.#hash = hash;
+    this.#piece = Buffer.allocUnsafe(size);
+  }
+
+  /** Where the next bytes go: the current piece and how much room is left in it. */
+  get room(): { piece: Buffer; offset: number; length: number } {
+    return { piece: this.#piece, offset: this.#filled, length: this.size - this.#filled };
+  }
+
+  /** Counts `n` bytes written into {@link room}; yields the piece when it is full. */
+  *advance(n: number): Generator<Uint8Array> {
+    this.#filled += n;
+    if (this.#filled === this.size) yield* this.flush();
+  }
+
+  /** Copies `bytes` in. */
+  *put(bytes: Uint8Array): Generator<Uint8Array> {
+    for (let at = 0; at < bytes.byteLength;) {
+      const { piece, offset, length } = this.room;
+      const n = Math.min(length, bytes.byteLength - at);
+      piece.set(bytes.subarray(at, at + n), offset);
+      at += n;
+      yield* this.advance(n);
+    }
+  }
+
+  /** Hands out what the current piece holds, if anything. */
+  *flush(): Generator<Uint8Array> {
+    if (this.#filled === 0) return;
+    const full = this.#piece.subarray(0, this.#filled);
+    this.#hash.update(full);
+    this.#piece = Buffer.allocUnsafe(this.size);
+    this.#filled = 0;
+    yield full;
+  }
+}
+
+/**
+ * Reads exactly `size` bytes of a regular file into the pack's pieces, refusing one that was
+ * swapped or resized.
+ */
+async function* readFileInto(
+  out: PieceWriter,
+  file: string,
+  size: number,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<Uint8Array> {
   let handle: FileHandle;
   try {
     // O_NOFOLLOW: a file swapped for a symlink after the walk is refused, not followed.
@@ -196,11 +260,11 @@ async function* readFile(file: string, size: number, signal: AbortSignal | undef
     let left = size;
     while (left > 0) {
       signal?.throwIfAborted();
-      const buffer = new Uint8Array(Math.min(FILE_READ_SIZE, left));
-      const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, size - left);
+      const { piece, offset, length } = out.room;
+      const { bytesRead } = await handle.read(piece, offset, Math.min(length, left), size - left);
       if (bytesRead === 0) throw changed(file);
       left -= bytesRead;
-      yield buffer.subarray(0, bytesRead);
+      yield* out.advance(bytesRead);
     }
     const extra = await handle.read(new Uint8Array(1), 0, 1, size);
     if (extra.bytesRead !== 0) throw changed(file);
@@ -346,10 +410,22 @@ async function unpackInto(
       mode,
     );
     try {
-      for await (const piece of reader.pieces(size, FILE_READ_SIZE, truncated)) {
+      // Pieces as they arrive, written a MiB or so at a time (one writev), whatever their size.
+      let batch: Uint8Array[] = [];
+      let batched = 0;
+      const write = async (): Promise<void> => {
         signal?.throwIfAborted();
-        await handle.write(piece);
+        const { bytesWritten } = await handle.writev(batch);
+        if (bytesWritten !== batched) throw new UserError(`short write to ${destination} (is the disk full?)`);
+        batch = [];
+        batched = 0;
+      };
+      for await (const piece of reader.pieces(size, FILE_READ_SIZE, truncated)) {
+        batch.push(piece);
+        batched += piece.byteLength;
+        if (batched >= FILE_READ_SIZE || batch.length >= 64) await write();
       }
+      if (batched > 0) await write();
       await handle.chmod(mode);
     } finally {
       await handle.close();

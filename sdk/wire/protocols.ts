@@ -11,6 +11,8 @@ export const protocols = {
   lease: `${PROTOCOL_PREFIX}/lease/1.0.0`,
   /** One HTTP request and its response, between a tenant and the server job of its lease. */
   http: `${PROTOCOL_PREFIX}/http/1.0.0`,
+  /** A DAG's blocks in order on one stream, each checked against its CID (sdk/ipfs/block-stream.ts). */
+  blocks: `${PROTOCOL_PREFIX}/blocks/1.0.0`,
 } as const;
 
 export const topics = {

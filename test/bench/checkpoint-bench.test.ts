@@ -20,8 +20,12 @@ describe("bench:checkpoint --quick", () => {
       const result = JSON.parse(await readFile(`${out.dir}/checkpoint.json`, "utf8")) as {
         sizesMiB: number[];
         figures: Figure[];
+        machine: { loadAverage: { start: number[]; end: number[] } };
       };
       expect(result.sizesMiB).toEqual([16]);
+      // How loaded the machine was, beside the figures it lowered.
+      expect(result.machine.loadAverage.start).toHaveLength(3);
+      expect(result.machine.loadAverage.end).toHaveLength(3);
       const names = result.figures.map((f) => f.name);
       for (const expected of [
         "16 MiB: raw SHA-256",
@@ -30,6 +34,7 @@ describe("bench:checkpoint --quick", () => {
         "16 MiB: publish",
         "16 MiB: raw loopback TCP",
         "16 MiB: fetch provider → tenant",
+        "16 MiB: fetch by bitswap alone",
         "16 MiB: restore, blocks already local",
         "16 MiB: fetch CPU time, provider",
         "16 MiB: fetch CPU time, tenant",

@@ -52,6 +52,28 @@ function craft(
 }
 
 describe("pack and unpack", () => {
+  it("cuts the stream into pieces of exactly the piece size (the last shorter): same bytes, same digest", async () => {
+    const source = fresh("src");
+    const { files, dirs } = sampleTree(3);
+    await writeTree(source, files, dirs);
+    const reference = await pack(source, { maxBytes: GiB });
+    const expected = await collect(reference.stream);
+    for (const pieceSize of [4093, 2 ** 20 - 16, 2 ** 20 + 7]) {
+      const packed = await pack(source, { maxBytes: GiB, pieceSize });
+      const sizes: number[] = [];
+      const parts: Uint8Array[] = [];
+      for await (const piece of packed.stream) {
+        sizes.push(piece.byteLength);
+        parts.push(new Uint8Array(piece)); // a piece is the consumer's to keep: later ones never overwrite it
+      }
+      expect(sizes.slice(0, -1).every((size) => size === pieceSize)).toBe(true);
+      expect(sizes.at(-1)).toBeLessThanOrEqual(pieceSize);
+      expect(Buffer.compare(Buffer.concat(parts), expected)).toBe(0);
+      expect(packed.sha256()).toBe(reference.sha256());
+      expect(packed.bytes).toBe(expected.byteLength);
+    }
+  });
+
   it("round-trips a tree: names, nesting, empty files and dirs, modes normalised to 0644/0755", async () => {
     const source = fresh("src");
     const { files, dirs } = sampleTree(3);

@@ -1,0 +1,534 @@
+import { webcrypto } from "node:crypto";
+
+import * as dagPb from "@ipld/dag-pb";
+import type { PeerId, Stream, StreamMessageEvent } from "@libp2p/interface";
+import type { Multiaddr } from "@multiformats/multiaddr";
+import { encode as lpEncode } from "it-length-prefixed";
+import { varint } from "multiformats";
+import { CID } from "multiformats/cid";
+import * as raw from "multiformats/codecs/raw";
+import { identity } from "multiformats/hashes/identity";
+import { sha256 } from "multiformats/hashes/sha2";
+import type { Uint8ArrayList } from "uint8arraylist";
+
+import { BaseError } from "../errors.ts";
+import { silentLogger, type Logger } from "../logger.ts";
+import type { BatonHost } from "../p2p/host.ts";
+import { protocols } from "../wire/protocols.ts";
+
+/**
+ * `/baton/blocks/1.0.0`: a DAG's blocks over one libp2p stream, in the order a reader needs them,
+ * each checked against its CID as it arrives. Bitswap asks for blocks by want-lists, a few dozen
+ * at a time, and both ends spend most of their CPU on its messages (encoding every block twice to
+ * size a message, one stream per message); here the sender just writes the blocks one after
+ * another, the receiver hashes each and compares. It is the trustless gateways' CAR stream
+ * without the CIDs: the receiver already knows which CID comes next, so a peer cannot choose what
+ * it sends, only send it or fail.
+ *
+ * Request (one length-prefixed frame): `skip` (unsigned varint) then the root CID's bytes.
+ *
+ * Response: the blocks of the DAG under the root in *stream order*, each as a length-prefixed
+ * frame holding the block's bytes, leaving out the first `skip`; then the sender closes. Stream
+ * order is depth-first pre-order (a node, then its links in order), each block once (at its
+ * first occurrence; a repeated subtree is not sent again), identity CIDs never (their bytes are in
+ * the CID). A UnixFS file's leaves so come in file order, right after the node that links them.
+ * Only dag-pb and raw blocks hashed with sha2-256 are walked or accepted; a sender that lacks a
+ * block (or meets another codec) resets the stream there.
+ *
+ * A receiver that loses its sender (a stall, a reset, a truncated stream, a block that does not
+ * match its CID, a frame over {@link MAX_BLOCK_BYTES}) asks another holder with `skip` set to the
+ * blocks it already verified, and in the end falls back to bitswap (node.ts). Blocks go to the
+ * store only once verified, so nothing unverified is ever written or resumed from.
+ */
+
+export const BLOCKS_PROTOCOL = protocols.blocks;
+
+/** The largest block either side handles: bitswap's message limit, so no block past it is fetchable anyway. */
+export const MAX_BLOCK_BYTES = 4 * 1024 * 1024;
+
+const MAX_REQUEST_BYTES = 256;
+
+/** Streams one node serves at once: a fetch uses one, so this bounds the readers, not a reader. */
+const MAX_INBOUND_STREAMS = 8;
+
+/** Blocks the sender reads from its store ahead of the one it is sending. */
+const SEND_READ_AHEAD = 4;
+
+/**
+ * Verified-or-arriving bytes the receiver buffers before it pauses the stream (and so, through
+ * yamux flow control, the sender): a few blocks, so that hashing and writing overlap the network.
+ */
+const RECEIVE_HIGH_WATER = 8 * 1024 * 1024;
+const RECEIVE_LOW_WATER = 4 * 1024 * 1024;
+
+/**
+ * What a paused stream may still buffer: yamux's window (up to 16 MiB once it has grown) is
+ * already granted to the sender and still arrives after a pause. libp2p's default, 4 MiB, would
+ * reset the stream.
+ */
+const RECEIVE_MAX_BUFFER = 32 * 1024 * 1024;
+
+/** How long a sender waits for a receiver to take more before it gives up on it. */
+const SEND_STALL_MS = 60_000;
+
+/** How long the sender waits for the request. */
+const REQUEST_TIMEOUT_MS = 10_000;
+
+const { subtle } = webcrypto;
+
+/** Why a peer's stream was given up; the fetch goes on elsewhere. */
+export class BlockStreamError extends BaseError {
+  override name = "BlockStreamError";
+}
+
+/** The key stream order deduplicates by: the same on both ends. */
+const keyOf = (cid: CID): string => cid.toString();
+
+/** Whether stream order can walk and check `cid` (dag-pb or raw, sha2-256 or identity). */
+export function streamable(cid: CID): boolean {
+  return (
+    (cid.code === dagPb.code || cid.code === raw.code) &&
+    (cid.multihash.code === sha256.code || cid.multihash.code === identity.code)
+  );
+}
+
+/** The links of a block in stream order (none for a raw one). */
+export function linksOf(cid: CID, bytes: Uint8Array): CID[] {
+  if (cid.code === raw.code) return [];
+  return dagPb.decode(bytes).Links.map((link) => link.Hash);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending
+
+export interface BlockRequest {
+  root: CID;
+  skip: number;
+}
+
+/** Encodes a request (without its length prefix). */
+export function encodeRequest({ root, skip }: BlockRequest): Uint8Array {
+  const bytes = new Uint8Array(varint.encodingLength(skip) + root.bytes.byteLength);
+  varint.encodeTo(skip, bytes, 0);
+  bytes.set(root.bytes, varint.encodingLength(skip));
+  return bytes;
+}
+
+/** Decodes a request; throws on anything malformed. */
+export function decodeRequest(bytes: Uint8Array): BlockRequest {
+  const [skip, length] = varint.decode(bytes, 0);
+  if (!Number.isSafeInteger(skip) || skip < 0) throw new BlockStreamError("bad skip in a block request");
+  const root = CID.decode(bytes.subarray(length));
+  return { root, skip };
+}
+
+/**
+ * The blocks of the DAG under `root` in stream order, as `{ cid, bytes }` where `bytes` is read by
+ * `read` (ahead of the consumer, a few at once). Raw leaves among the first `skip` are never read.
+ */
+export async function* streamOrder(
+  root: CID,
+  read: (cid: CID) => Promise<Uint8Array>,
+  { skip = 0, readAhead = SEND_READ_AHEAD }: { skip?: number; readAhead?: number } = {},
+): AsyncGenerator<{ cid: CID; bytes: Uint8Array }> {
+  const seen = new Set<string>();
+  const stack = [root];
+  const pending: Array<{ cid: CID; bytes: Promise<Uint8Array> }> = [];
+  let index = 0;
+  const settle = async () => {
+    const head = pending.shift()!;
+    return { cid: head.cid, bytes: await head.bytes };
+  };
+  try {
+    for (let cid = stack.pop(); cid !== undefined; cid = stack.pop()) {
+      if (!streamable(cid)) throw new BlockStreamError(`cannot stream ${cid}: only dag-pb and raw blocks, sha2-256`);
+      if (cid.multihash.code === identity.code) continue;
+      const key = keyOf(cid);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const sent = index++ >= skip;
+      if (cid.code === raw.code) {
+        if (!sent) continue;
+        const bytes = read(cid);
+        bytes.catch(() => undefined); // awaited in its turn
+        pending.push({ cid, bytes });
+      } else {
+        const bytes = await read(cid);
+        stack.push(...linksOf(cid, bytes).reverse());
+        if (sent) pending.push({ cid, bytes: Promise.resolve(bytes) });
+      }
+      while (pending.length >= readAhead) yield await settle();
+    }
+    while (pending.length > 0) yield await settle();
+  } finally {
+    pending.length = 0;
+  }
+}
+
+export interface ServeBlocksInit {
+  host: BatonHost;
+  /** Reads a block from the local store only (never the network); throws if it is not there. */
+  read: (cid: CID, signal: AbortSignal) => Promise<Uint8Array>;
+  log?: Logger;
+}
+
+/**
+ * Serves {@link BLOCKS_PROTOCOL} from the local store. Like bitswap, it serves any block it has to
+ * any peer that asks by CID.
+ *
+ * @returns a function that stops serving.
+ */
+export async function serveBlocks({ host, read, log = silentLogger }: ServeBlocksInit): Promise<() => Promise<void>> {
+  await host.handle(BLOCKS_PROTOCOL, (stream, connection) => void sendDag(stream, connection.remotePeer, read, log), {
+    maxInboundStreams: MAX_INBOUND_STREAMS,
+    runOnLimitedConnection: false,
+  });
+  return () => host.unhandle(BLOCKS_PROTOCOL);
+}
+
+async function sendDag(stream: Stream, peer: PeerId, read: ServeBlocksInit["read"], log: Logger): Promise<void> {
+  const abort = new AbortController();
+  const started = performance.now();
+  let sent = 0;
+  let bytes = 0;
+  let request: BlockRequest | undefined;
+  try {
+    request = await readBlockRequest(stream);
+    for await (const block of streamOrder(request.root, (cid) => read(cid, abort.signal), { skip: request.skip })) {
+      // A signal only when the receiver makes us wait, not one per block.
+      if (!stream.send(lpEncode.single(block.bytes)))
+        await stream.onDrain({ signal: AbortSignal.timeout(SEND_STALL_MS) });
+      sent++;
+      bytes += block.bytes.byteLength;
+    }
+    await stream.close({ signal: AbortSignal.timeout(SEND_STALL_MS) });
+    log.debug("sent a DAG", {
+      peer: peer.toString(),
+      root: request.root.toString(),
+      skip: request.skip,
+      blocks: sent,
+      bytes,
+      ms: Math.round(performance.now() - started),
+    });
+  } catch (error) {
+    abort.abort();
+    stream.abort(error as Error);
+    log.debug("stopped sending a DAG", {
+      peer: peer.toString(),
+      root: request?.root.toString(),
+      blocks: sent,
+      error,
+    });
+  }
+}
+
+/** Reads and decodes the one request of an inbound stream (within {@link REQUEST_TIMEOUT_MS}). */
+export async function readBlockRequest(stream: Stream): Promise<BlockRequest> {
+  const frames = new FrameReader(stream, MAX_REQUEST_BYTES, false);
+  try {
+    const frame = await frames.next(undefined, REQUEST_TIMEOUT_MS);
+    if (frame === undefined) throw new BlockStreamError("the stream ended before its request");
+    return decodeRequest(frame);
+  } finally {
+    frames.detach();
+  }
+}
+
+/** Writes one frame, waiting while the stream asks us to (backpressure). */
+export async function sendFrame(stream: Stream, bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
+  if (!stream.send(lpEncode.single(bytes))) await stream.onDrain({ signal });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiving
+
+/**
+ * Splits a stream's bytes into length-prefixed frames as they arrive, copying each frame's body
+ * once into a buffer of its own, and pausing the stream while too much is buffered. With `hash`,
+ * each frame's SHA-256 is begun (in the thread pool) as soon as the frame is complete.
+ */
+class FrameReader {
+  readonly #stream: Stream;
+  readonly #maxFrame: number;
+  readonly #hash: boolean;
+  readonly #frames: Array<{ bytes: Uint8Array; digest: Promise<Uint8Array> | undefined }> = [];
+  #buffered = 0;
+  #paused = false;
+  #ended: Error | true | undefined;
+  #wake: (() => void) | undefined;
+  // The frame being read: its length prefix so far, then its body.
+  #prefix: number[] = [];
+  #body: Uint8Array | undefined;
+  #filled = 0;
+  readonly #onMessage = (event: StreamMessageEvent): void => this.#push(event.data);
+  // "end", not "remoteCloseWrite": libp2p fires the latter as soon as the sender's FIN arrives,
+  // while data before it may still wait in the stream's buffer (always, while we have it paused),
+  // and ending then would drop the last blocks. "end" comes once all of it was handed to us.
+  readonly #onEnd = (): void => this.#end(true);
+  readonly #onClose = (event: Event): void => {
+    const error = (event as Event & { error?: Error }).error;
+    if (error !== undefined) this.#end(error);
+    else setImmediate(() => this.#end(true)); // after any data still being handed over
+  };
+
+  constructor(stream: Stream, maxFrame: number, hash: boolean) {
+    this.#stream = stream;
+    this.#maxFrame = maxFrame;
+    this.#hash = hash;
+    stream.addEventListener("message", this.#onMessage);
+    stream.addEventListener("close", this.#onClose);
+    stream.addEventListener("end", this.#onEnd);
+    if (stream.readableEnded || stream.status !== "open") setImmediate(() => this.#end(true));
+  }
+
+  detach(): void {
+    this.#stream.removeEventListener("message", this.#onMessage);
+    this.#stream.removeEventListener("close", this.#onClose);
+    this.#stream.removeEventListener("end", this.#onEnd);
+  }
+
+  #end(reason: Error | true): void {
+    this.#ended ??= reason;
+    this.#wake?.();
+  }
+
+  #push(data: Uint8Array | Uint8ArrayList): void {
+    if (this.#ended !== undefined) return;
+    try {
+      const pieces = data instanceof Uint8Array ? [data] : [...data];
+      for (const piece of pieces) this.#parse(piece);
+    } catch (error) {
+      this.#end(error as Error);
+      return;
+    }
+    if (this.#buffered > RECEIVE_HIGH_WATER && !this.#paused && this.#stream.status === "open") {
+      this.#paused = true;
+      this.#stream.pause();
+    }
+    this.#wake?.();
+  }
+
+  #parse(piece: Uint8Array): void {
+    let at = 0;
+    while (at < piece.byteLength) {
+      if (this.#body === undefined) {
+        const byte = piece[at++]!;
+        this.#prefix.push(byte);
+        if (byte & 0x80) {
+          if (this.#prefix.length >= 8) throw new BlockStreamError("a frame's length prefix is malformed");
+          continue;
+        }
+        const [length] = varint.decode(Uint8Array.from(this.#prefix));
+        this.#prefix = [];
+        if (length > this.#maxFrame) {
+          throw new BlockStreamError(`a frame of ${length} bytes is over the limit of ${this.#maxFrame}`);
+        }
+        this.#body = Buffer.allocUnsafe(length);
+        this.#filled = 0;
+      } else {
+        const n = Math.min(piece.byteLength - at, this.#body.byteLength - this.#filled);
+        this.#body.set(piece.subarray(at, at + n), this.#filled);
+        this.#filled += n;
+        at += n;
+      }
+      if (this.#body !== undefined && this.#filled === this.#body.byteLength) {
+        const bytes = this.#body;
+        this.#body = undefined;
+        const digest = this.#hash ? subtle.digest("SHA-256", bytes).then((d) => new Uint8Array(d)) : undefined;
+        digest?.catch(() => undefined); // awaited when the frame is taken
+        this.#frames.push({ bytes, digest });
+        this.#buffered += bytes.byteLength;
+      }
+    }
+  }
+
+  /** The next frame's bytes, or undefined once the stream ended cleanly between frames. */
+  async next(signal?: AbortSignal, stallMs?: number): Promise<Uint8Array | undefined> {
+    return (await this.nextHashed(signal, stallMs))?.bytes;
+  }
+
+  /**
+   * The next frame with its SHA-256 (begun when it arrived), or undefined at a clean end. Throws
+   * {@link StallError} when no frame completes within `stallMs`. (A timer, not an
+   * `AbortSignal.timeout` per frame: those are weak references, and one per block kept the
+   * garbage collector busy.)
+   */
+  async nextHashed(
+    signal?: AbortSignal,
+    stallMs?: number,
+  ): Promise<{ bytes: Uint8Array; digest: Promise<Uint8Array> | undefined } | undefined> {
+    let deadline: number | undefined;
+    for (;;) {
+      const frame = this.#frames.shift();
+      if (frame !== undefined) {
+        this.#buffered -= frame.bytes.byteLength;
+        if (this.#paused && this.#buffered < RECEIVE_LOW_WATER && this.#stream.status === "open") {
+          this.#paused = false;
+          this.#stream.resume();
+        }
+        return frame;
+      }
+      if (this.#ended instanceof Error) throw this.#ended;
+      if (this.#ended === true) {
+        if (this.#body !== undefined || this.#prefix.length > 0)
+          throw new BlockStreamError("the stream ended inside a frame");
+        return undefined;
+      }
+      signal?.throwIfAborted();
+      if (stallMs !== undefined) deadline ??= performance.now() + stallMs;
+      await new Promise<void>((resolve, reject) => {
+        let timer: NodeJS.Timeout | undefined;
+        const onAbort = (): void => {
+          clearTimeout(timer);
+          this.#wake = undefined;
+          reject(signal!.reason as Error);
+        };
+        signal?.addEventListener("abort", onAbort, { once: true });
+        if (deadline !== undefined) {
+          timer = setTimeout(
+            () => {
+              signal?.removeEventListener("abort", onAbort);
+              this.#wake = undefined;
+              reject(new StallError(`no block for ${stallMs} ms`));
+            },
+            Math.max(0, deadline - performance.now()),
+          );
+        }
+        this.#wake = () => {
+          clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
+          this.#wake = undefined;
+          resolve();
+        };
+      });
+    }
+  }
+}
+
+/** A holder sent nothing for the stall timeout. */
+class StallError extends BlockStreamError {
+  override name = "StallError";
+}
+
+export interface BlockStreamSessionInit {
+  host: BatonHost;
+  root: CID;
+  /** Holders to ask, in order, each a multiaddr ending in `/p2p/<peer id>`. */
+  peers: Multiaddr[];
+  /** The longest wait for the next block from one holder before it is given up. */
+  stallTimeoutMs: number;
+  signal?: AbortSignal;
+  log?: Logger;
+}
+
+/**
+ * Fetches the blocks of one DAG in stream order: {@link next} returns the next block's bytes once
+ * they matched the CID the caller expects. A holder that fails is dropped and the next one asked,
+ * from where the last one stopped; when none is left, {@link next} throws BlockStreamError.
+ */
+export class BlockStreamSession {
+  readonly #init: BlockStreamSessionInit;
+  readonly #log: Logger;
+  readonly #peers: Multiaddr[];
+  #current: { peer: Multiaddr; stream: Stream; frames: FrameReader } | undefined;
+  /** Blocks verified so far: where the next holder starts. */
+  #verified = 0;
+  /** What went wrong with each holder dropped, for the final error. */
+  readonly failures: string[] = [];
+  /** The holders asked so far (a stream opened), in order. */
+  readonly asked: string[] = [];
+
+  constructor(init: BlockStreamSessionInit) {
+    this.#init = init;
+    this.#log = init.log ?? silentLogger;
+    this.#peers = [...init.peers];
+  }
+
+  /** Blocks verified so far. */
+  get verified(): number {
+    return this.#verified;
+  }
+
+  /**
+   * The next block in stream order, which must be `cid`: verified, never unverified. Skips
+   * identity CIDs' sending: their bytes are their digest.
+   */
+  async next(cid: CID): Promise<Uint8Array> {
+    if (cid.multihash.code === identity.code) return cid.multihash.digest;
+    for (;;) {
+      const current = this.#current ?? (await this.#open());
+      try {
+        const frame = await current.frames.nextHashed(this.#init.signal, this.#init.stallTimeoutMs);
+        if (frame === undefined) throw new BlockStreamError(`the stream ended before block ${cid}`);
+        const digest = await frame.digest!;
+        if (!equalBytes(digest, cid.multihash.digest)) {
+          throw new BlockStreamError(`the peer sent a block that does not match ${cid}`);
+        }
+        this.#verified++;
+        return frame.bytes;
+      } catch (error) {
+        this.#init.signal?.throwIfAborted();
+        this.#drop((error as Error).message ?? String(error));
+      }
+    }
+  }
+
+  #drop(reason: string): void {
+    const current = this.#current;
+    if (current === undefined) return;
+    this.#current = undefined;
+    this.failures.push(`${current.peer}: ${reason}`);
+    this.#log.warn("block stream failed, trying the next holder", {
+      peer: current.peer.toString(),
+      root: this.#init.root.toString(),
+      verified: this.#verified,
+      reason,
+    });
+    current.frames.detach();
+    current.stream.abort(new BlockStreamError(reason));
+  }
+
+  async #open(): Promise<{ peer: Multiaddr; stream: Stream; frames: FrameReader }> {
+    for (let peer = this.#peers.shift(); peer !== undefined; peer = this.#peers.shift()) {
+      const signal = AbortSignal.any([
+        AbortSignal.timeout(this.#init.stallTimeoutMs),
+        ...(this.#init.signal ? [this.#init.signal] : []),
+      ]);
+      let stream: Stream | undefined;
+      try {
+        stream = await this.#init.host.dialProtocol(peer, BLOCKS_PROTOCOL, { signal });
+        stream.maxReadBufferLength = RECEIVE_MAX_BUFFER;
+        const frames = new FrameReader(stream, MAX_BLOCK_BYTES, true);
+        await sendFrame(stream, encodeRequest({ root: this.#init.root, skip: this.#verified }), signal);
+        this.#current = { peer, stream, frames };
+        this.asked.push(peer.toString());
+        return this.#current;
+      } catch (error) {
+        this.#init.signal?.throwIfAborted();
+        stream?.abort(error as Error);
+        const reason = (error as Error).message ?? String(error);
+        this.failures.push(`${peer}: ${reason}`);
+        this.#log.debug("cannot open a block stream", { peer: peer.toString(), reason });
+      }
+    }
+    throw new BlockStreamError(`no holder streamed ${this.#init.root}`, {
+      details: this.failures.length > 0 ? this.failures.join("; ") : "no holders to ask",
+    });
+  }
+
+  /** Closes the stream in use, if any (the fetch is done, or goes on elsewhere). */
+  close(): void {
+    const current = this.#current;
+    this.#current = undefined;
+    if (current === undefined) return;
+    current.frames.detach();
+    // The sender closes once it sent the last block; a fetch that stopped early resets it.
+    if (current.stream.status === "open") current.stream.abort(new BlockStreamError("fetch finished"));
+  }
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.byteLength !== b.byteLength) return false;
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
