@@ -39,8 +39,8 @@ const KEY_CHECK_BYTES = 16;
 const HEADER_BYTES = MAGIC.byteLength + 4 + SALT_BYTES + KEY_CHECK_BYTES;
 const TAG_BYTES = 16;
 const INFO = new TextEncoder().encode("baton checkpoint v1");
-const MAX_CHUNKS = 2 ** 48;
-const { subtle } = webcrypto; // nonces never repeat: i is a u64, and Number stays exact below 2^53
+const MAX_CHUNKS = 2 ** 48; // nonces never repeat: i is a u64, and Number stays exact below 2^53
+const { subtle } = webcrypto;
 
 /** A fresh random job key (32 bytes). Keep it secret: never log it or put it in an error. */
 export function generateJobKey(): Uint8Array {
