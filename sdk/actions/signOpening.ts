@@ -1,0 +1,125 @@
+import type { Hex } from "viem";
+
+import { chainBlockTime } from "../chain/block-time.ts";
+import { contracts, leaseStatus, writeContract } from "../chain/client.ts";
+import { leaseIdOf, signOpening as signTypedOpening, type Opening } from "../chain/opening.ts";
+import type { Quote } from "../chain/quote.ts";
+import type { BatonClient } from "../client.ts";
+import { UserError } from "../errors.ts";
+import type { OpeningWire } from "../wire/messages.ts";
+import { poll } from "../utils/retry.ts";
+
+/**
+ * How long a signed opening gives its provider to get it mined: a few blocks of a 12-second chain
+ * and a resend, well within the 120 s a node accepts by default (`maxOpeningWindowS`). It is also
+ * how long the provider may run the job unpaid should the opening fail.
+ */
+export const OPENING_WINDOW_S = 60;
+
+export interface SignOpeningParameters {
+  quote: Quote;
+  /** The provider's signature of the quote, as its bid answer carried it. */
+  quoteSignature: Hex;
+  deposit: bigint;
+  /** The lease of the job this one continues (ended by the opening if still active), or 0n. */
+  predecessor?: bigint;
+  /** Seconds from the latest block to the opening's deadline. Default {@link OPENING_WINDOW_S}. */
+  windowS?: number;
+  signal?: AbortSignal;
+}
+
+export interface SignOpeningReturnType {
+  /** The id the lease gets once its provider submits the opening. */
+  leaseId: bigint;
+  /** What the provider is sent, on the lease session's `start`. */
+  opening: OpeningWire;
+}
+
+/**
+ * Signs a lease opening (EIP-712) for a provider to submit with `LeaseManager.openLeaseFor`: the hand-off
+ * that waits for no block. The provider checks it, starts the job at once and submits it; the lease's
+ * id is known now. The deposit is pulled from the tenant's allowance, which this tops up first when it
+ * falls short (that one transaction waits for a block; {@link ensureAllowance} ahead of time avoids it).
+ * Watch the opening land with {@link waitForOpening}.
+ *
+ * @throws {UserError} when the tenant does not hold the deposit.
+ * @example
+ * const { leaseId, opening } = await signOpening(client, { quote, quoteSignature, deposit, predecessor: 7n });
+ */
+export async function signOpening(
+  client: BatonClient,
+  { quote, quoteSignature, deposit, predecessor = 0n, windowS = OPENING_WINDOW_S, signal }: SignOpeningParameters,
+): Promise<SignOpeningReturnType> {
+  const { leaseManager } = contracts(client.chain.deployment);
+  const { chainId } = client.chain.deployment;
+  const [block] = await Promise.all([client.chain.publicClient.getBlock(), ensureAllowance(client, { amount: deposit, signal })]);
+  const opening: Opening = { quote, deposit, predecessor, deadline: block.timestamp + BigInt(windowS) };
+  const signature = await signTypedOpening(client.account, chainId, leaseManager.address, opening);
+  return {
+    leaseId: leaseIdOf(chainId, leaseManager.address, quote),
+    opening: { ...opening, quoteSignature, signature },
+  };
+}
+
+/**
+ * Makes the tenant's allowance to the lease manager at least `amount` (one `approve`, serialised with
+ * the tenant's other transactions, when it is less), so that a signed opening can pull its deposit.
+ *
+ * @throws {UserError} when the tenant holds less than `amount`.
+ * @example
+ * await ensureAllowance(client, { amount: deposit });
+ */
+export async function ensureAllowance(
+  client: BatonClient,
+  { amount, signal }: { amount: bigint; signal?: AbortSignal },
+): Promise<void> {
+  const { leaseManager, paymentToken } = contracts(client.chain.deployment);
+  const read = (functionName: "balanceOf" | "allowance") =>
+    client.chain.publicClient.readContract({
+      ...paymentToken,
+      functionName,
+      args: functionName === "balanceOf" ? [client.account.address] : [client.account.address, leaseManager.address],
+    } as never) as Promise<bigint>;
+  const [balance, allowance] = await Promise.all([read("balanceOf"), read("allowance")]);
+  if (balance < amount) throw new UserError(`the tenant holds ${balance} payment tokens; the deposit is ${amount}`);
+  if (allowance >= amount) return;
+  await client.transact(async () => {
+    // Read again in the queue: an approval queued before this one may have raised it already.
+    if ((await read("allowance")) >= amount) return;
+    await writeContract(client.chain, {
+      ...paymentToken,
+      functionName: "approve",
+      args: [leaseManager.address, amount],
+      ...(signal ? { signal } : {}),
+    });
+  });
+}
+
+/**
+ * Waits until a signed opening's lease exists on chain, or its deadline has passed in a block
+ * without it (no block can open it any more).
+ *
+ * @returns whether the lease opened.
+ * @example
+ * if (!(await waitForOpening(client, { leaseId, deadline: opening.deadline }))) console.log("not opened");
+ */
+export async function waitForOpening(
+  client: BatonClient,
+  { leaseId, deadline, signal }: { leaseId: bigint; deadline: bigint; signal?: AbortSignal },
+): Promise<boolean> {
+  const { leaseManager } = contracts(client.chain.deployment);
+  const { publicClient } = client.chain;
+  const blockTimeS = await chainBlockTime(client.chain, signal ? { signal } : {}).catch(() => 1);
+  const opened = await poll(
+    async () => {
+      // The block first: a lease read after it that is still missing was missing in that block too.
+      const block = await publicClient.getBlock();
+      const lease = await publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
+      if (leaseStatus[lease.status] !== "None") return { done: true, value: true };
+      if (block.timestamp > deadline) return { done: true, value: false };
+      return { done: false };
+    },
+    { delayMs: Math.min(2_000, Math.max(250, blockTimeS * 500)), backoff: 1, ...(signal ? { signal } : {}) },
+  );
+  return opened === true;
+}
