@@ -535,7 +535,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const row = await recordLease(body, spec, tenant, connection.remotePeer.toString(), opening.nonce);
     // The job starts now, before the opening is mined: it is submitted meanwhile, and the job
     // stopped if it fails.
-    if (body.opening) init.openings.submit(body.leaseId, body.opening, (reason) => void openingFailed(body.leaseId, reason));
+    if (body.opening)
+      init.openings.submit(body.leaseId, body.opening, (reason) => void openingFailed(body.leaseId, reason));
     try {
       await prepareAndLaunch(stream, connection, body, row, spec, opening.image);
     } catch (error) {
@@ -795,7 +796,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   const openingFailed = async (leaseId: bigint, reason: string): Promise<void> => {
     const runtime = runtimes.get(leaseId);
     if (runtime) {
-      const refusal = await sealMessage(peerKey, me, "refused", { reason: "lease-not-active", message: reason, leaseId });
+      const refusal = await sealMessage(peerKey, me, "refused", {
+        reason: "lease-not-active",
+        message: reason,
+        leaseId,
+      });
       await Promise.all([...runtime.sessions].map((stream) => send(stream, refusal)));
     }
     await fence(leaseId, reason);

@@ -93,7 +93,9 @@ export function openings(components: NodeComponents): Openings {
       const least = Math.max(2, Math.ceil(2 * blockTimeS));
       if (left < least) throw refusal(`the opening's deadline is ${left} s away; it needs ${least} s to be mined`);
       if (left > config.maxOpeningWindowS) {
-        throw refusal(`the opening's deadline is ${left} s away; this provider takes at most ${config.maxOpeningWindowS} s`);
+        throw refusal(
+          `the opening's deadline is ${left} s away; this provider takes at most ${config.maxOpeningWindowS} s`,
+        );
       }
       if (submitted.has(leaseId)) return;
       try {

@@ -33,9 +33,10 @@ interface ILeaseManager {
     //////////////////////////////////////////////////////////////*/
 
     /// @notice Emitted when a lease opens, with its quote: the provider and the job id as topics, the
-    /// tenant (the caller of {openLease}, the signer of {openLeaseFor}'s opening) once, and the rest of the quote as `terms`, among them `terms.image`, the
-    /// image the provider committed to run (the lease manager keeps it nowhere else). `predecessor` is
-    /// the failed lease of the same job it continues, or zero. It is also the record of the collateral
+    /// tenant (the caller of {openLease}, the signer of {openLeaseFor}'s opening) once, and the rest
+    /// of the quote as `terms`, among them `terms.image`, the image the provider committed to run (the
+    /// lease manager keeps it nowhere else). `predecessor` is the failed lease of the same job it
+    /// continues, or zero. It is also the record of the collateral
     /// locked in the registry (`terms.collateral`), for which the registry emits no event of its own.
     event LeaseOpened(
         uint256 indexed leaseId,

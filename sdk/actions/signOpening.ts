@@ -52,7 +52,10 @@ export async function signOpening(
 ): Promise<SignOpeningReturnType> {
   const { leaseManager } = contracts(client.chain.deployment);
   const { chainId } = client.chain.deployment;
-  const [block] = await Promise.all([client.chain.publicClient.getBlock(), ensureAllowance(client, { amount: deposit, signal })]);
+  const [block] = await Promise.all([
+    client.chain.publicClient.getBlock(),
+    ensureAllowance(client, { amount: deposit, signal }),
+  ]);
   const opening: Opening = { quote, deposit, predecessor, deadline: block.timestamp + BigInt(windowS) };
   const signature = await signTypedOpening(client.account, chainId, leaseManager.address, opening);
   return {

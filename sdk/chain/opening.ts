@@ -1,10 +1,4 @@
-import {
-  hashTypedData,
-  recoverTypedDataAddress,
-  type Address,
-  type Hex,
-  type LocalAccount,
-} from "viem";
+import { hashTypedData, recoverTypedDataAddress, type Address, type Hex, type LocalAccount } from "viem";
 
 import { hashQuote, quoteDomain, quoteTypes, type Quote } from "./quote.ts";
 
@@ -62,7 +56,12 @@ export function hashOpening(chainId: number, leaseManager: Address, opening: Ope
  * @example
  * const signature = await signOpening(account, 31337, deployment.contracts.leaseManager, opening);
  */
-export function signOpening(account: LocalAccount, chainId: number, leaseManager: Address, opening: Opening): Promise<Hex> {
+export function signOpening(
+  account: LocalAccount,
+  chainId: number,
+  leaseManager: Address,
+  opening: Opening,
+): Promise<Hex> {
   return account.signTypedData({
     domain: quoteDomain(chainId, leaseManager),
     types: openingTypes,
@@ -72,7 +71,12 @@ export function signOpening(account: LocalAccount, chainId: number, leaseManager
 }
 
 /** The address that signed `opening` (an ECDSA signature; a contract tenant's ERC-1271 one is not checked here). */
-export function openingSigner(chainId: number, leaseManager: Address, opening: Opening, signature: Hex): Promise<Address> {
+export function openingSigner(
+  chainId: number,
+  leaseManager: Address,
+  opening: Opening,
+  signature: Hex,
+): Promise<Address> {
   return recoverTypedDataAddress({
     domain: quoteDomain(chainId, leaseManager),
     types: openingTypes,

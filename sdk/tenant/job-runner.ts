@@ -9,17 +9,11 @@ import { BaseError, JobCancelledError, JobFailedError, oneLineOf, UserError } fr
 import type { Logger } from "../logger.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { CheckpointReplicator } from "./checkpoint-replicator.ts";
-import {
-  countHandOff,
-  isProviderRefusal,
-  leaseCost,
-  leaseDeposit,
-  refusalHandOffReason,
-} from "./hand-off-policy.ts";
+import { countHandOff, isProviderRefusal, leaseCost, leaseDeposit, refusalHandOffReason } from "./hand-off-policy.ts";
 import type { AttachOptions, JobHandle, JobState, JobStatus, RunJobOptions } from "./job-handle.ts";
 import { JobEvents, type JobEvent, type JobEventListener, type JobEventType, type JobResult } from "./job-events.ts";
 import { endOpenLeases, endRecordedLease, PendingSlashes, type OnSlash } from "./job-settlement.ts";
-import { storedResult, type CheckpointRecord, type JobRecord, type LeaseRecord } from "./job-store.ts";
+import { storedResult, type JobRecord, type LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
 import { followLease, type FollowLeaseParameters, type FollowOutcome, type JobProgress } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
