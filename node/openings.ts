@@ -1,6 +1,6 @@
 import type { Address } from "viem";
 
-import { chainBlockTime } from "../sdk/chain/block-time.ts";
+import { chainBlockTime, nextBlockTime } from "../sdk/chain/block-time.ts";
 import { contracts, leaseStatus, revertOf, writeContract } from "../sdk/chain/client.ts";
 import { leaseIdOf, openingSigner, quoteSigner, type Opening } from "../sdk/chain/opening.ts";
 import { RefusalError, shortMessageOf } from "../sdk/errors.ts";
@@ -19,7 +19,7 @@ export interface Openings {
   /**
    * Checks `opening` for lease `leaseId` from `tenant`: the node's own quote, signed by the tenant,
    * for the id it gets, with a deadline neither too close nor too far, and that would open the lease
-   * at the latest block (the tenant's balance and allowance cover the deposit, the quote's nonce is
+   * in the next block (the tenant's balance and allowance cover the deposit, the quote's nonce is
    * unused, the predecessor is the tenant's job's and not continued, the stake covers the collateral).
    *
    * @throws {RefusalError} `opening-refused` with the reason.
@@ -57,12 +57,12 @@ export function openings(components: NodeComponents): Openings {
   const blockTime = (): Promise<number> =>
     chain.blockTimeS !== undefined ? Promise.resolve(chain.blockTimeS) : chainBlockTime(chain).catch(() => 0);
 
-  /** Resolves once the latest block is past `deadline`: from then on no block can open the lease. */
+  /** Resolves once the next block comes after `deadline`: from then on no block can open the lease. */
   const pastDeadline = async (deadline: bigint, signal: AbortSignal): Promise<void> => {
     const pollMs = Math.max(250, ((await blockTime()) * 1000) / 2);
     for (;;) {
-      const block = await chain.publicClient.getBlock().catch(() => undefined);
-      if (block && block.timestamp > deadline) return;
+      const next = await nextBlockTime(chain).catch(() => undefined);
+      if (next !== undefined && next > deadline) return;
       await new Promise((resolve) => setTimeout(resolve, pollMs).unref());
       signal.throwIfAborted();
     }
@@ -87,8 +87,8 @@ export function openings(components: NodeComponents): Openings {
       if (quote.tenant !== tenant) throw refusal("the quote is for another tenant");
       const signer = await openingSigner(chainId, leaseManager.address, opening, wire.signature).catch(() => undefined);
       if (signer !== tenant) throw refusal("the opening is not signed by the quote's tenant");
-      const [block, blockTimeS] = await Promise.all([chain.publicClient.getBlock(), blockTime()]);
-      const left = Number(opening.deadline - block.timestamp);
+      const [now, blockTimeS] = await Promise.all([nextBlockTime(chain), blockTime()]);
+      const left = Number(opening.deadline - now);
       // Two blocks at least: one for the submission to reach, one to be mined in.
       const least = Math.max(2, Math.ceil(2 * blockTimeS));
       if (left < least) throw refusal(`the opening's deadline is ${left} s away; it needs ${least} s to be mined`);
@@ -104,6 +104,8 @@ export function openings(components: NodeComponents): Openings {
           ...leaseManager,
           functionName: "openLeaseFor",
           args: [opening, wire.signature],
+          // At the next block's time: the latest block's may be long past on a chain mining on demand.
+          blockTag: "pending",
         });
       } catch (error) {
         const revert = revertOf(error);
@@ -123,6 +125,7 @@ export function openings(components: NodeComponents): Openings {
         ...leaseManager,
         functionName: "openLeaseFor",
         args: [opening, wire.signature],
+        blockTag: "pending",
         signal,
       }).then(
         (receipt) => ({ ok: true as const, tx: receipt.transactionHash }),

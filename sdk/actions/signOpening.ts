@@ -1,6 +1,6 @@
 import type { Hex } from "viem";
 
-import { chainBlockTime } from "../chain/block-time.ts";
+import { chainBlockTime, nextBlockTime } from "../chain/block-time.ts";
 import { contracts, leaseStatus, writeContract } from "../chain/client.ts";
 import { leaseIdOf, signOpening as signTypedOpening, type Opening } from "../chain/opening.ts";
 import type { Quote } from "../chain/quote.ts";
@@ -23,7 +23,7 @@ export interface SignOpeningParameters {
   deposit: bigint;
   /** The lease of the job this one continues (ended by the opening if still active), or 0n. */
   predecessor?: bigint;
-  /** Seconds from the latest block to the opening's deadline. Default {@link OPENING_WINDOW_S}. */
+  /** Seconds from the next block's time to the opening's deadline. Default {@link OPENING_WINDOW_S}. */
   windowS?: number;
   signal?: AbortSignal;
 }
@@ -99,8 +99,8 @@ export async function ensureAllowance(
 }
 
 /**
- * Waits until a signed opening's lease exists on chain, or its deadline has passed in a block
- * without it (no block can open it any more).
+ * Waits until a signed opening's lease exists on chain, or the next block would come after its
+ * deadline without it (no block can open it any more).
  *
  * @returns whether the lease opened.
  * @example
@@ -115,11 +115,12 @@ export async function waitForOpening(
   const blockTimeS = await chainBlockTime(client.chain, signal ? { signal } : {}).catch(() => 1);
   const opened = await poll(
     async () => {
-      // The block first: a lease read after it that is still missing was missing in that block too.
-      const block = await publicClient.getBlock();
+      // The time first: once the next block comes after the deadline, no block to come can open the
+      // lease, and a read after that which still misses it settles it.
+      const next = await nextBlockTime(client.chain);
       const lease = await publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
       if (leaseStatus[lease.status] !== "None") return { done: true, value: true };
-      if (block.timestamp > deadline) return { done: true, value: false };
+      if (next > deadline) return { done: true, value: false };
       return { done: false };
     },
     { delayMs: Math.min(2_000, Math.max(250, blockTimeS * 500)), backoff: 1, ...(signal ? { signal } : {}) },

@@ -301,9 +301,9 @@ describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
     expect(refusal?.type === "refused" && refusal.body.message).toContain("its opening failed on chain");
     await provider.process!.waitFor(/signed opening failed; stopping its job/, 10_000);
     await provider.process!.waitFor(/lease ended on chain; job stopped/, 10_000);
-    expect((await publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] })).status).toBe(
-      0,
-    );
+    expect(
+      (await publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] })).status,
+    ).toBe(0);
   }, 120_000);
 
   it("idle providers send no transaction: no heartbeat without a lease, no claim with nothing owed", async () => {
