@@ -185,6 +185,10 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
         args: [lease.leaseId],
       });
       const status = leaseStatus[onChain.status] ?? "None";
+      // Not on chain yet, started on a signed opening that may still land (a node restarted while
+      // its opening was pending no longer watches it): the job runs on until the opening's window
+      // has passed, and is fenced then.
+      if (status === "None" && Date.now() - lease.startedAt < config.maxOpeningWindowS * 1000) continue;
       if (status === "Active" || status === "Closing") deadlines.set(lease.leaseId, Number(onChain.deadline));
       if (status === "Closing" && lease.state === "handed-back") {
         // The tenant took the hand-back: acknowledge its close (the lease then ends `Closed`, our

@@ -16,6 +16,32 @@ import { poll } from "../utils/retry.ts";
  */
 export const OPENING_WINDOW_S = 60;
 
+/**
+ * What a client's allowance to the lease manager is promised to: the deposits of its signed openings
+ * not yet landed (or failed), and what each of its jobs keeps for its next hand-off. Several jobs of
+ * one client hand off at once (a provider with three of them dies): each opening needs its own share
+ * of the allowance, or all but one fail on chain.
+ */
+interface AllowanceLedger {
+  /** Deposits of signed openings whose fate is not known yet, by lease id. */
+  promised: Map<bigint, bigint>;
+  /** What each job keeps for its next hand-off's deposit, by job id. */
+  reserved: Map<string, bigint>;
+}
+
+const ledgers = new WeakMap<BatonClient, AllowanceLedger>();
+
+function ledgerOf(client: BatonClient): AllowanceLedger {
+  let ledger = ledgers.get(client);
+  if (!ledger) {
+    ledger = { promised: new Map(), reserved: new Map() };
+    ledgers.set(client, ledger);
+  }
+  return ledger;
+}
+
+const sum = (amounts: Iterable<bigint>): bigint => [...amounts].reduce((a, b) => a + b, 0n);
+
 export interface SignOpeningParameters {
   quote: Quote;
   /** The provider's signature of the quote, as its bid answer carried it. */
@@ -52,21 +78,20 @@ export async function signOpening(
 ): Promise<SignOpeningReturnType> {
   const { leaseManager } = contracts(client.chain.deployment);
   const { chainId } = client.chain.deployment;
-  const [block] = await Promise.all([
-    client.chain.publicClient.getBlock(),
-    ensureAllowance(client, { amount: deposit, signal }),
-  ]);
-  const opening: Opening = { quote, deposit, predecessor, deadline: block.timestamp + BigInt(windowS) };
+  // From the next block's time: on a chain that mines on demand the latest block may be old.
+  const [now] = await Promise.all([nextBlockTime(client.chain), ensureAllowance(client, { amount: deposit, signal })]);
+  const opening: Opening = { quote, deposit, predecessor, deadline: now + BigInt(windowS) };
   const signature = await signTypedOpening(client.account, chainId, leaseManager.address, opening);
-  return {
-    leaseId: leaseIdOf(chainId, leaseManager.address, quote),
-    opening: { ...opening, quoteSignature, signature },
-  };
+  const leaseId = leaseIdOf(chainId, leaseManager.address, quote);
+  // Promised until the opening's fate is known ({@link waitForOpening}).
+  ledgerOf(client).promised.set(leaseId, deposit);
+  return { leaseId, opening: { ...opening, quoteSignature, signature } };
 }
 
 /**
- * Makes the tenant's allowance to the lease manager at least `amount` (one `approve`, serialised with
- * the tenant's other transactions, when it is less), so that a signed opening can pull its deposit.
+ * Makes the tenant's allowance to the lease manager cover `amount` on top of the deposits its signed
+ * openings in flight will pull (one `approve`, serialised with the tenant's other transactions, when
+ * it is less), so that a new signed opening can pull its deposit.
  *
  * @throws {UserError} when the tenant holds less than `amount`.
  * @example
@@ -75,6 +100,35 @@ export async function signOpening(
 export async function ensureAllowance(
   client: BatonClient,
   { amount, signal }: { amount: bigint; signal?: AbortSignal },
+): Promise<void> {
+  await raiseAllowance(client, () => amount + sum(ledgerOf(client).promised.values()), { needed: amount, signal });
+}
+
+/**
+ * Keeps `amount` of the tenant's allowance for job `jobId`'s next hand-off (`undefined`: none any
+ * more), so that its signed opening needs no `approve` first, a transaction that would wait for a
+ * block: the allowance is raised to what every job keeps plus what openings in flight will pull.
+ *
+ * @example
+ * await reserveAllowance(client, jobId, leaseDeposit(record, maxPricePerSecond));
+ */
+export async function reserveAllowance(client: BatonClient, jobId: string, amount: bigint | undefined): Promise<void> {
+  const ledger = ledgerOf(client);
+  if (amount === undefined) {
+    ledger.reserved.delete(jobId);
+    return;
+  }
+  ledger.reserved.set(jobId, amount);
+  await raiseAllowance(client, () => sum(ledger.reserved.values()) + sum(ledger.promised.values()), {
+    needed: amount,
+  });
+}
+
+/** Approves `target()` when the allowance is below it (having checked the balance covers `needed`). */
+async function raiseAllowance(
+  client: BatonClient,
+  target: () => bigint,
+  { needed: amount, signal }: { needed: bigint; signal?: AbortSignal | undefined },
 ): Promise<void> {
   const { leaseManager, paymentToken } = contracts(client.chain.deployment);
   const read = (functionName: "balanceOf" | "allowance") =>
@@ -85,14 +139,15 @@ export async function ensureAllowance(
     } as never) as Promise<bigint>;
   const [balance, allowance] = await Promise.all([read("balanceOf"), read("allowance")]);
   if (balance < amount) throw new UserError(`the tenant holds ${balance} payment tokens; the deposit is ${amount}`);
-  if (allowance >= amount) return;
+  if (allowance >= target()) return;
   await client.transact(async () => {
     // Read again in the queue: an approval queued before this one may have raised it already.
-    if ((await read("allowance")) >= amount) return;
+    const wanted = target();
+    if ((await read("allowance")) >= wanted) return;
     await writeContract(client.chain, {
       ...paymentToken,
       functionName: "approve",
-      args: [leaseManager.address, amount],
+      args: [leaseManager.address, wanted],
       ...(signal ? { signal } : {}),
     });
   });
@@ -125,5 +180,7 @@ export async function waitForOpening(
     },
     { delayMs: Math.min(2_000, Math.max(250, blockTimeS * 500)), backoff: 1, ...(signal ? { signal } : {}) },
   );
+  // Its deposit is pulled (landed) or never will be: no longer promised.
+  if (opened !== undefined) ledgerOf(client).promised.delete(leaseId);
   return opened === true;
 }

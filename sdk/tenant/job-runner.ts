@@ -2,7 +2,7 @@ import path from "node:path";
 
 import type { Address, Hex } from "viem";
 
-import { ensureAllowance, waitForOpening } from "../actions/signOpening.ts";
+import { reserveAllowance, waitForOpening } from "../actions/signOpening.ts";
 import { withdrawCredit } from "../actions/withdrawCredit.ts";
 import type { BatonClient } from "../client.ts";
 import { BaseError, JobCancelledError, JobFailedError, oneLineOf, UserError } from "../errors.ts";
@@ -194,6 +194,9 @@ class JobRunner implements JobHandle {
       const request = this.#stopRequest;
       if (request && request.kind !== "fail") return await this.#stopped(request.kind);
       return await this.#failed(error);
+    } finally {
+      // No more hand-offs for this job: the allowance it kept for one is free for the others.
+      void reserveAllowance(this.#client, this.jobId, undefined);
     }
   }
 
@@ -299,7 +302,7 @@ class JobRunner implements JobHandle {
   async #reserveAllowance(): Promise<void> {
     try {
       const reserve = leaseDeposit(this.#record, BigInt(this.#record.options.maxPricePerSecond!));
-      await ensureAllowance(this.#client, { amount: reserve });
+      await reserveAllowance(this.#client, this.jobId, reserve);
     } catch (error) {
       this.#log.debug("allowance for the next hand-off not reserved", { error });
     }
