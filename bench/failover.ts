@@ -200,7 +200,7 @@ function failoverFigures(measured: Trial[], blockTimeS: number): Figure[] {
       unit: "s",
       reference: { value: 350, label: "Kubernetes NotReady + eviction" },
       ...(target === undefined ? {} : { target: { value: target, atMost: true } }),
-      note: "close the lease, bid, open the new lease with a permit, fetch the checkpoint from the tenant, start",
+      note: "bid, sign the new lease's opening; the new provider checks it, starts (fetching the checkpoint from the tenant) and submits it, which ends the dead lease",
     },
     { name: `kill → running again p95${blocks}`, value: percentile(again, 95) / 1000, unit: "s" },
     {

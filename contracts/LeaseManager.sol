@@ -238,7 +238,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             IERC20Permit(address(paymentToken)).permit(
                 msg.sender,
                 address(this),
-                deposit,
+                permit.value,
                 permit.deadline,
                 permit.v,
                 permit.r,

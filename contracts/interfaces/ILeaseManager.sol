@@ -267,7 +267,8 @@ interface ILeaseManager {
         uint256 predecessor
     ) external returns (uint256 leaseId);
 
-    /// @notice {openLease}, approving the deposit with an ERC-2612 permit in the same transaction.
+    /// @notice {openLease}, approving `permit.value` (the deposit, or more: what is left stays an
+    /// allowance, for a later hand-off's signed opening) with an ERC-2612 permit in the same transaction.
     /// @dev A permit that fails (for example because someone front-ran it) is ignored; the deposit
     /// transfer then succeeds only if the allowance is already in place.
     function openLeaseWithPermit(

@@ -91,7 +91,10 @@ library Lease {
     }
 
     /// @notice An ERC-2612 permit for the deposit, passed to `openLeaseWithPermit`.
+    /// @param value The allowance it grants: the deposit, or more to leave an allowance for later
+    /// pulls (a hand-off's signed opening, which the tenant then need not approve first).
     struct Permit {
+        uint256 value;
         uint256 deadline;
         uint8 v;
         bytes32 r;

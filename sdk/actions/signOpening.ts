@@ -124,6 +124,18 @@ export async function reserveAllowance(client: BatonClient, jobId: string, amoun
   });
 }
 
+/**
+ * Notes `amount` as job `jobId`'s allowance for its next hand-off without approving it, and returns
+ * what the client's allowance should then be beyond a deposit being pulled now: for an `openLease`
+ * whose permit (or approval) grants the deposit plus this (`keepAllowance`), which sets the allowance
+ * in the same transaction as the open.
+ */
+export function allowanceToKeep(client: BatonClient, jobId: string, amount: bigint): bigint {
+  const ledger = ledgerOf(client);
+  ledger.reserved.set(jobId, amount);
+  return sum(ledger.reserved.values()) + sum(ledger.promised.values());
+}
+
 /** Approves `target()` when the allowance is below it (having checked the balance covers `needed`). */
 async function raiseAllowance(
   client: BatonClient,

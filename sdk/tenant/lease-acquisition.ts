@@ -3,7 +3,7 @@ import type { Address, Hex } from "viem";
 import { bid } from "../actions/bid.ts";
 import { findOffers, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
-import { signOpening } from "../actions/signOpening.ts";
+import { allowanceToKeep, signOpening } from "../actions/signOpening.ts";
 import type { BatonClient } from "../client.ts";
 import { imageDigestToBytes32, jobImageDigest } from "../images/digest.ts";
 import { jobDiskGiB } from "../job-spec.ts";
@@ -82,9 +82,18 @@ export async function acquireLease(
   const deposit = leaseDeposit(record, price);
   const predecessorId = predecessor ? BigInt(predecessor.leaseId) : 0n;
   const parameters = { quote: chosen.quote, deposit, predecessor: predecessorId, signal };
+  // The tenant's own open leaves the allowance the job's next hand-off will pull (in the same
+  // transaction: its permit grants both), so that hand-off's signed opening needs no approval first.
   const { leaseId, opening } = signed
     ? await signOpening(client, { ...parameters, quoteSignature: chosen.signature })
-    : { ...(await openLease(client, { ...parameters, signature: chosen.signature })), opening: undefined };
+    : {
+        ...(await openLease(client, {
+          ...parameters,
+          signature: chosen.signature,
+          keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
+        })),
+        opening: undefined,
+      };
   const known = await client.host.peerStore.get(chosen.offer.peerId as never).catch(() => undefined);
   const lease: LeaseRecord = {
     leaseId: leaseId.toString(),
@@ -123,6 +132,15 @@ export async function acquireLease(
     });
   }
   return { lease, opening };
+}
+
+/** The most a later lease of the job may deposit (none once the budget cannot pay one more second). */
+function nextDeposit(record: JobRecord, maxPricePerSecond: bigint): bigint {
+  try {
+    return leaseDeposit(record, maxPricePerSecond);
+  } catch {
+    return 0n;
+  }
 }
 
 /** A lease acquired: its record, and the signed opening to send its provider, if it was opened so. */
