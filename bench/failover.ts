@@ -158,8 +158,10 @@ async function measureFailover(
       job.on("started", resolve);
       job.result().then(() => reject(new Error("the job ended before it restarted")), reject);
     });
+    // The failure of the killed provider: the round may have moved on from another one before the
+    // kill (a provider restarted by the last round that could not fetch the job's inputs, say).
     const failed = events.find(
-      (e): e is Extract<JobEvent, { type: "provider-failed" }> => e.type === "provider-failed",
+      (e): e is Extract<JobEvent, { type: "provider-failed" }> => e.type === "provider-failed" && e.at >= killedAt,
     )!;
     const trial = {
       blockTimeS,
