@@ -44,6 +44,16 @@ const FUZZ_RUNS = 1000;
 const INVARIANT_RUNS = 256;
 const INVARIANT_DEPTH = 50;
 const invariant = (runs: number) => ({ runs, depth: INVARIANT_DEPTH, failOnRevert: false });
+/**
+ * Gas for one test call (setUp included): the invariant suite's setUp deploys two lease manager
+ * pairs and its handler, some 90 KB of unoptimised code at 200 gas a byte, past the default limit.
+ */
+const TEST_GAS_LIMIT = 100_000_000n;
+const testProfile = (runs: number, invariantRuns: number) => ({
+  gasLimit: TEST_GAS_LIMIT,
+  fuzz: { runs },
+  invariant: invariant(invariantRuns),
+});
 
 export default defineConfig({
   plugins: [hardhatViem],
@@ -71,10 +81,10 @@ export default defineConfig({
   test: {
     solidity: {
       profiles: {
-        default: { fuzz: { runs: FUZZ_RUNS }, invariant: invariant(INVARIANT_RUNS) },
-        full: { fuzz: { runs: FUZZ_RUNS }, invariant: invariant(INVARIANT_RUNS * 4) },
+        default: testProfile(FUZZ_RUNS, INVARIANT_RUNS),
+        full: testProfile(FUZZ_RUNS, INVARIANT_RUNS * 4),
         // More sequences, each as deep.
-        deep: { fuzz: { runs: FUZZ_RUNS * 10 }, invariant: invariant(INVARIANT_RUNS * 10) },
+        deep: testProfile(FUZZ_RUNS * 10, INVARIANT_RUNS * 10),
       },
     },
   },

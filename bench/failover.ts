@@ -158,8 +158,10 @@ async function measureFailover(
       job.on("started", resolve);
       job.result().then(() => reject(new Error("the job ended before it restarted")), reject);
     });
+    // The failure of the killed provider: the round may have moved on from another one before the
+    // kill (a provider restarted by the last round that could not fetch the job's inputs, say).
     const failed = events.find(
-      (e): e is Extract<JobEvent, { type: "provider-failed" }> => e.type === "provider-failed",
+      (e): e is Extract<JobEvent, { type: "provider-failed" }> => e.type === "provider-failed" && e.at >= killedAt,
     )!;
     const trial = {
       blockTimeS,
@@ -200,7 +202,7 @@ function failoverFigures(measured: Trial[], blockTimeS: number): Figure[] {
       unit: "s",
       reference: { value: 350, label: "Kubernetes NotReady + eviction" },
       ...(target === undefined ? {} : { target: { value: target, atMost: true } }),
-      note: "close the lease, bid, open the new lease with a permit, fetch the checkpoint from the tenant, start",
+      note: "bid, sign the new lease's opening; the new provider checks it, starts (fetching the checkpoint from the tenant) and submits it, which ends the dead lease",
     },
     { name: `kill → running again p95${blocks}`, value: percentile(again, 95) / 1000, unit: "s" },
     {

@@ -23,6 +23,7 @@ import { hardhat } from "viem/chains";
 import { deployBaton } from "../deploy/deploy.ts";
 import { devAccount, startLocalChain } from "../deploy/local-chain.ts";
 import { leaseIdFromReceipt, signPermit } from "../sdk/chain/permit.ts";
+import { signOpening } from "../sdk/chain/opening.ts";
 import { signQuote, type Quote } from "../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../sdk/generated/abis.ts";
 import { median, printTable, writeResults, type Figure } from "./report.ts";
@@ -32,6 +33,8 @@ const deployer = devAccount(0);
 const provider = devAccount(1);
 const tenant = devAccount(2);
 const keeper = devAccount(3);
+/** Submits tenants' signed openings (`openLeaseFor`): the provider a job is handed to. */
+const successor = devAccount(4);
 
 const chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
 try {
@@ -82,6 +85,31 @@ try {
         args: ["12D3KooWGasBench", "{}", parseEther("5000")],
       }),
     ),
+  );
+  // A second provider, to take hand-offs by signed openings.
+  await send(
+    wallet(deployer).writeContract({
+      address: stakingToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [successor.address, parseEther("10000")],
+    }),
+  );
+  await send(
+    wallet(successor).writeContract({
+      address: stakingToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [providerRegistry, parseEther("10000")],
+    }),
+  );
+  await send(
+    wallet(successor).writeContract({
+      address: providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "register",
+      args: ["12D3KooWGasBenchSuccessor", "{}", parseEther("5000")],
+    }),
   );
   const approveGas = gas(
     await send(
@@ -242,6 +270,35 @@ try {
     ),
   );
   const closeAck = await heartbeat([leases[20]!]);
+  let successorNonce = 0n;
+  /**
+   * The successor submits the tenant's signed opening of a lease of `job` continuing `predecessor`
+   * (0n: none), as a hand-off does: an active predecessor is ended in the same transaction.
+   */
+  const openFor = async (job: string, predecessor: bigint): Promise<number> => {
+    const block = await publicClient.getBlock();
+    const { quote: q } = await quote(job);
+    const signed = { ...q, provider: successor.address, nonce: successorNonce++ };
+    const opening = { quote: signed, deposit: parseEther("1"), predecessor, deadline: block.timestamp + 60n };
+    const signature = await signOpening(tenant, hardhat.id, leaseManager, opening);
+    return gas(
+      await send(
+        wallet(successor).writeContract({
+          address: leaseManager,
+          abi: leaseManagerAbi,
+          functionName: "openLeaseFor",
+          args: [opening, signature],
+        }),
+      ),
+    );
+  };
+  const openForFirst = await openFor("signed-0", 0n);
+  const openForPlain: number[] = [];
+  for (let i = 1; i <= 5; i++) openForPlain.push(await openFor(`signed-${i}`, 0n));
+  // Hand-offs from live leases (heartbeats in time): each is closed by the opening.
+  const openForClosing: number[] = [];
+  for (let i = 40; i < 45; i++) openForClosing.push(await openFor(`job-${i}`, leases[i]!));
+
   const finishes: number[] = [];
   for (const leaseId of leases.slice(21, 27)) {
     finishes.push(
@@ -275,6 +332,10 @@ try {
     );
   }
 
+  // Hand-offs from leases past their deadline: each is slashed by the opening.
+  const openForSlashing: number[] = [];
+  for (let i = 50; i < 55; i++) openForSlashing.push(await openFor(`job-${i}`, leases[i]!));
+
   const sablier = (value: number, label: string) => ({ value, label: `Sablier ${label}` });
   const figures: Figure[] = [
     { name: "register with stake (once)", value: registerGas, unit: "gas" },
@@ -305,6 +366,25 @@ try {
       reference: sablier(164_000, "createWithDurations max"),
       target: { value: 150_000, atMost: true },
       note: "the permit itself (signature check, nonce, allowance) is included",
+    },
+    {
+      name: "openLeaseFor, first (new nonce word)",
+      value: openForFirst,
+      unit: "gas",
+      note: "the provider submits the tenant's signed opening (a hand-off that waits for no block)",
+    },
+    { name: "openLeaseFor (median of 5)", value: median(openForPlain), unit: "gas", note: "no predecessor" },
+    {
+      name: "openLeaseFor closing its predecessor (median of 5)",
+      value: median(openForClosing),
+      unit: "gas",
+      note: "replaces the tenant's close and openLease: one transaction, paid by the provider",
+    },
+    {
+      name: "openLeaseFor slashing its predecessor (median of 5)",
+      value: median(openForSlashing),
+      unit: "gas",
+      note: "replaces the tenant's slashMissedHeartbeat and openLease; the caller's share goes to the submitter",
     },
     { name: "heartbeat, 1 lease", value: hb1, unit: "gas" },
     { name: "heartbeat, 16 leases (total)", value: hb16, unit: "gas" },

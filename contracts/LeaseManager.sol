@@ -27,6 +27,18 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             "uint64 maxDuration,uint64 expiry,uint256 nonce)"
         );
 
+    /// @dev The EIP-712 type of {Lease.Opening}, the quote nested; the SDK builds the same type.
+    bytes32 internal constant OPENING_TYPEHASH =
+        keccak256(
+            "Opening(Quote quote,uint256 deposit,uint256 predecessor,uint64 deadline)"
+            "Quote(address provider,address tenant,bytes32 jobId,bytes32 resources,bytes32 image,"
+            "uint256 pricePerSecond,uint256 collateral,uint64 heartbeatPeriod,uint64 heartbeatTimeout,"
+            "uint64 maxDuration,uint64 expiry,uint256 nonce)"
+        );
+
+    /// @dev Ids of {openLeaseFor}'s leases have this bit set: {openLease}'s count up from 1 and never reach it.
+    uint256 internal constant OPENED_FOR_ID_BIT = 1 << 63;
+
     /// @dev Tokens sent here are burned: most ERC-20s refuse transfers to the zero address.
     address internal constant BURN_ADDRESS = 0x000000000000000000000000000000000000dEaD;
 
@@ -182,6 +194,22 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         return _hashTypedDataV4(keccak256(abi.encode(QUOTE_TYPEHASH, quote)));
     }
 
+    /// @inheritdoc ILeaseManager
+    function hashOpening(Lease.Opening calldata opening) public view override returns (bytes32) {
+        bytes32 quoteHash = keccak256(abi.encode(QUOTE_TYPEHASH, opening.quote));
+        return
+            _hashTypedDataV4(
+                keccak256(
+                    abi.encode(OPENING_TYPEHASH, quoteHash, opening.deposit, opening.predecessor, opening.deadline)
+                )
+            );
+    }
+
+    /// @inheritdoc ILeaseManager
+    function leaseIdOf(Lease.Quote calldata quote) public view override returns (uint256) {
+        return uint256(uint64(bytes8(hashQuote(quote)))) | OPENED_FOR_ID_BIT;
+    }
+
     /*//////////////////////////////////////////////////////////////
                             TENANT FUNCTIONS
     //////////////////////////////////////////////////////////////*/
@@ -210,7 +238,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             IERC20Permit(address(paymentToken)).permit(
                 msg.sender,
                 address(this),
-                deposit,
+                permit.value,
                 permit.deadline,
                 permit.v,
                 permit.r,
@@ -218,6 +246,54 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             )
         {} catch {} // solhint-disable-line no-empty-blocks
         leaseId = _openLease(quote, signature, deposit, predecessor);
+    }
+
+    /// @inheritdoc ILeaseManager
+    function openLeaseFor(
+        Lease.Opening calldata opening,
+        bytes calldata tenantSignature
+    ) external override nonReentrant returns (uint256 leaseId) {
+        Lease.Quote calldata quote = opening.quote;
+        address tenant = quote.tenant;
+
+        // Check: the quote's provider submits, in time, an opening its tenant signed, on a live and
+        // well-formed quote (the caller's own: no quote signature needed).
+        if (msg.sender != quote.provider) revert LeaseManager_CallerNotQuoteProvider(quote.provider, msg.sender);
+        if (block.timestamp > opening.deadline) revert LeaseManager_OpeningExpired(opening.deadline, block.timestamp);
+        if (block.timestamp > quote.expiry) revert LeaseManager_QuoteExpired(quote.expiry, block.timestamp);
+        _checkQuote(quote, opening.deposit);
+        if (!_isValidSignature(tenant, hashOpening(opening), tenantSignature)) {
+            revert LeaseManager_InvalidTenantSignature(tenant);
+        }
+        leaseId = leaseIdOf(quote);
+        if (_leases[leaseId].status != Lease.Status.None) revert LeaseManager_LeaseIdTaken(leaseId);
+
+        // Check, effect and interaction: the predecessor is checked and, while still active, ended as
+        // its own call would have ended it just before this one.
+        uint256 predecessor = opening.predecessor;
+        if (predecessor != 0) {
+            Lease.Record storage p = _checkPredecessor(predecessor, tenant, quote.jobId);
+            if (p.status == Lease.Status.Active) _endForTenant(predecessor, p);
+        }
+
+        // Effect: burn the nonce and record the lease (and the job's one line of succession).
+        _useNonce(quote.provider, quote.nonce);
+        if (predecessor != 0) _successors[predecessor] = leaseId;
+        uint32 endsAt = _recordLease(leaseId, quote, tenant, opening.deposit);
+        emit LeaseOpened(
+            leaseId,
+            quote.jobId,
+            quote.provider,
+            tenant,
+            predecessor,
+            opening.deposit,
+            endsAt,
+            _termsOf(quote)
+        );
+
+        // Interaction: lock the collateral and pull the deposit from the tenant.
+        registry.lockCollateral(quote.provider, quote.collateral);
+        _pull(tenant, opening.deposit);
     }
 
     /// @inheritdoc ILeaseManager
@@ -246,7 +322,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         emit LeaseToppedUp(leaseId, amount, deposit, endsAt);
 
         // Interaction.
-        _pull(amount);
+        _pull(msg.sender, amount);
     }
 
     /// @inheritdoc ILeaseManager
@@ -257,6 +333,11 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         if (msg.sender != r.tenant) revert LeaseManager_CallerNotTenant(leaseId, msg.sender);
         if (r.status != Lease.Status.Active) revert LeaseManager_LeaseNotActive(leaseId, r.status);
         if (_isSlashable(r)) revert LeaseManager_LeaseSlashable(leaseId, _deadline(r));
+        _close(leaseId, r);
+    }
+
+    /// @dev Closes an active, unslashable lease for its tenant (settles it if it expired).
+    function _close(uint256 leaseId, Lease.Record storage r) internal {
         if (_isExpired(r)) {
             _settleExpired(leaseId, r);
             return;
@@ -419,7 +500,11 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
             revert LeaseManager_LeaseNotActive(leaseId, status);
         }
         if (!_isSlashable(r)) revert LeaseManager_HeartbeatNotMissed(leaseId, _deadline(r));
+        _slash(leaseId, r);
+    }
 
+    /// @dev Slashes a slashable lease, the caller taking the caller's share.
+    function _slash(uint256 leaseId, Lease.Record storage r) internal {
         // Effect: pay the provider to its last heartbeat and refund the tenant the rest (a closing
         // lease was settled already, so both are zero then).
         r.status = Lease.Status.Slashed;
@@ -481,24 +566,15 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
 
         // Check: a predecessor is an ended lease of the same tenant and job that nothing continues yet.
         if (predecessor != 0) {
-            Lease.Record storage p = _leases[predecessor];
-            if (
-                p.tenant != msg.sender ||
-                p.jobId != quote.jobId ||
-                p.status == Lease.Status.None ||
-                p.status == Lease.Status.Active
-            ) {
-                revert LeaseManager_InvalidPredecessor(predecessor);
-            }
-            uint256 successor = _successors[predecessor];
-            if (successor != 0) revert LeaseManager_PredecessorContinued(predecessor, successor);
+            Lease.Record storage p = _checkPredecessor(predecessor, msg.sender, quote.jobId);
+            if (p.status == Lease.Status.Active) revert LeaseManager_InvalidPredecessor(predecessor);
         }
 
         // Effect: burn the nonce and record the lease (and the job's one line of succession).
         _useNonce(quote.provider, quote.nonce);
         leaseId = ++leaseCount;
         if (predecessor != 0) _successors[predecessor] = leaseId;
-        uint32 endsAt = _recordLease(leaseId, quote, deposit);
+        uint32 endsAt = _recordLease(leaseId, quote, msg.sender, deposit);
         emit LeaseOpened(
             leaseId,
             quote.jobId,
@@ -512,16 +588,38 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
 
         // Interaction: lock the collateral (the registry checks the stake) and pull the deposit.
         registry.lockCollateral(quote.provider, quote.collateral);
-        _pull(deposit);
+        _pull(msg.sender, deposit);
     }
 
-    /// @dev Records lease `leaseId` of `msg.sender` on the terms of `quote`, starting now. A function
+    /// @dev Checks that `predecessor` is a lease of `tenant` for `jobId` that nothing continues yet.
+    function _checkPredecessor(
+        uint256 predecessor,
+        address tenant,
+        bytes32 jobId
+    ) internal view returns (Lease.Record storage p) {
+        p = _leases[predecessor];
+        if (p.tenant != tenant || p.jobId != jobId || p.status == Lease.Status.None) {
+            revert LeaseManager_InvalidPredecessor(predecessor);
+        }
+        uint256 successor = _successors[predecessor];
+        if (successor != 0) revert LeaseManager_PredecessorContinued(predecessor, successor);
+    }
+
+    /// @dev Ends an active lease its tenant leaves, as the tenant's own call would at this block: a
+    /// slash when its provider missed its deadline, a settlement when it expired, else a close.
+    function _endForTenant(uint256 leaseId, Lease.Record storage r) internal {
+        if (_isSlashable(r)) _slash(leaseId, r);
+        else _close(leaseId, r);
+    }
+
+    /// @dev Records lease `leaseId` of `tenant` on the terms of `quote`, starting now. A function
     /// of its own so that `_openLease` leaves stack room for the `LeaseOpened` emit under the legacy
     /// code generator (the `default` build profile); the production build inlines it (same code).
     /// @return endsAt When the deposit, or the maximum duration, runs out.
     function _recordLease(
         uint256 leaseId,
         Lease.Quote calldata quote,
+        address tenant,
         uint256 deposit
     ) internal returns (uint32 endsAt) {
         uint32 now_ = uint32(block.timestamp);
@@ -533,7 +631,7 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         r.endsAt = endsAt;
         r.heartbeatTimeout = uint24(quote.heartbeatTimeout);
         r.status = Lease.Status.Active;
-        r.tenant = msg.sender;
+        r.tenant = tenant;
         r.deposit = uint96(deposit);
         r.pricePerSecond = uint96(quote.pricePerSecond);
         r.collateral = uint96(quote.collateral);
@@ -604,11 +702,11 @@ contract LeaseManager is ILeaseManager, EIP712, ReentrancyGuardTransient {
         _refund(r.tenant, refund);
     }
 
-    /// @dev Pulls `amount` payment tokens from the caller, all of them: a token that takes a fee in
+    /// @dev Pulls `amount` payment tokens from `from`, all of them: a token that takes a fee in
     /// transit would leave the escrow promising more than it holds, and the last lease out unpaid.
-    function _pull(uint256 amount) internal {
+    function _pull(address from, uint256 amount) internal {
         uint256 balanceBefore = paymentToken.balanceOf(address(this));
-        paymentToken.safeTransferFrom(msg.sender, address(this), amount);
+        paymentToken.safeTransferFrom(from, address(this), amount);
         uint256 received = paymentToken.balanceOf(address(this)) - balanceBefore;
         if (received != amount) revert LeaseManager_UnsupportedToken(amount, received);
     }

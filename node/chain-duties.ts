@@ -3,6 +3,7 @@ import { formatEther, type TransactionReceipt } from "viem";
 import { contracts, leaseStatus, writeContract } from "../sdk/chain/client.ts";
 import type { NodeComponents } from "./components.ts";
 import type { Leases } from "./leases.ts";
+import type { Openings } from "./openings.ts";
 import type { LeaseRow } from "./store.ts";
 
 export interface ChainDuties {
@@ -27,7 +28,7 @@ const MAX_CIDS_PER_HEARTBEAT = 16;
  * live leases only, and a claim goes out only when earnings are owed (at least `claimMinAmount`).
  * After each transaction it checks its gas balance and warns once it falls below `lowGasBalance`.
  */
-export function chainDuties(components: NodeComponents, leases: Leases): ChainDuties {
+export function chainDuties(components: NodeComponents, leases: Leases, openings: Openings): ChainDuties {
   const { chain, store, log, metrics, account, config, chainClock } = components;
   const { leaseManager } = contracts(chain.deployment);
   let timer: NodeJS.Timeout | undefined;
@@ -176,12 +177,18 @@ export function chainDuties(components: NodeComponents, leases: Leases): ChainDu
     /** What each lease still active on chain has earned and not settled. */
     const earned = new Map<bigint, bigint>();
     for (const lease of live) {
+      // A lease whose signed opening is not mined yet is not on chain: its opening's watch decides.
+      if (openings.pending(lease.leaseId)) continue;
       const onChain = await chain.publicClient.readContract({
         ...leaseManager,
         functionName: "getLease",
         args: [lease.leaseId],
       });
       const status = leaseStatus[onChain.status] ?? "None";
+      // Not on chain yet, started on a signed opening that may still land (a node restarted while
+      // its opening was pending no longer watches it): the job runs on until the opening's window
+      // has passed, and is fenced then.
+      if (status === "None" && Date.now() - lease.startedAt < config.maxOpeningWindowS * 1000) continue;
       if (status === "Active" || status === "Closing") deadlines.set(lease.leaseId, Number(onChain.deadline));
       if (status === "Closing" && lease.state === "handed-back") {
         // The tenant took the hand-back: acknowledge its close (the lease then ends `Closed`, our

@@ -19,6 +19,7 @@ import {
   DRAIN_OUTPUT_LINGER_MS,
   DRAIN_TIMEOUT_MS,
   HAND_BACK_TIMEOUT_MS,
+  MAX_OPENING_WINDOW_S,
   LOW_GAS_BALANCE_WEI,
   MAX_INPUT_BYTES,
   MAX_JOB_DISK_GIB,
@@ -116,6 +117,11 @@ export const nodeConfigSchema = z
       .positive()
       .default(24 * 3600),
     maxLeases: z.number().int().positive().default(16),
+    /**
+     * The furthest deadline a tenant's signed opening may set: the node starts the job before the
+     * opening is mined, so this is the most compute it risks on one that fails on chain.
+     */
+    maxOpeningWindowS: z.number().int().positive().default(MAX_OPENING_WINDOW_S),
     offerRefreshMs: z.number().int().min(100).default(OFFER_REFRESH_MS),
     offerTtlMs: z.number().int().min(100).default(OFFER_TTL_MS),
     quoteTtlS: z.number().int().positive().default(QUOTE_TTL_S),

@@ -102,3 +102,11 @@ export const DISK_USAGE_INTERVAL_MS = 2_000;
  * of one thread on walking it.
  */
 export const DISK_USAGE_PAUSE_FACTOR = 10;
+
+/**
+ * The longest a tenant's signed opening may leave before its deadline: the node starts the job on it
+ * before it is mined, and stops the job if it is not mined by then, so this bounds the compute it
+ * risks on an opening that fails (a tenant that cannot pay after all). Two minutes covers a few
+ * 12-second blocks and a resend; the SDK asks for less (`OPENING_WINDOW_S`).
+ */
+export const MAX_OPENING_WINDOW_S = 120;

@@ -31,6 +31,7 @@ import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
 import { startContainerJob } from "./containers/container-job.ts";
 import { imageMismatch, ImageRefusedError, type HeldImage } from "./containers/images.ts";
 import { fetchInputs } from "./inputs.ts";
+import type { Openings } from "./openings.ts";
 import type { NodeComponents } from "./components.ts";
 import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
 import type { LeaseRow } from "./store.ts";
@@ -101,6 +102,8 @@ export interface Leases {
 }
 
 export interface LeasesInit {
+  /** Tenants' signed openings: checked, submitted and watched (see `openings.ts`). */
+  openings: Openings;
   /** Called when a job ends, with its exit; the chain duties finish the lease. */
   onExit: (leaseId: bigint, exit: JobExit) => void;
   /** Called when GPUs are taken or freed, so the offer is refreshed. */
@@ -476,14 +479,23 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
 
   /**
    * Who opens the session: the lease's tenant, by its signed proof, for a lease of ours that is
-   * active on chain; while the node drains, only for a job it runs. Returns the tenant's address.
+   * active on chain, or that its signed opening opens (checked, and to be submitted by this node);
+   * while the node drains, only for a job it runs. Returns the tenant's address.
    */
   const authorize = async (body: TenantMessage<"attach" | "start">, remote: string): Promise<Address> => {
     const tenant = await verifyTenantAuth(body.auth, body.leaseId, remote);
     if (components.draining.value && !runtimes.has(body.leaseId)) {
       throw sessionRefusal("draining", "the node is shutting down");
     }
-    await checkLease(body.leaseId, tenant);
+    if (init.openings.pending(body.leaseId)) {
+      // Its opening is on its way to the chain: only its tenant comes back to it.
+      if (store.getLease(body.leaseId)?.tenant !== tenant) {
+        throw sessionRefusal("not-your-lease", `lease ${body.leaseId} belongs to another tenant`);
+      }
+      return tenant;
+    }
+    if ("opening" in body && body.opening) await init.openings.check(body.leaseId, body.opening, tenant);
+    else await checkLease(body.leaseId, tenant);
     return tenant;
   };
 
@@ -512,12 +524,19 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         `the spec asks for a ${formatDiskQuota(diskQuotaBytes(jobDiskGiB(spec)))} disk quota; this provider gives a job at most ${config.maxJobDiskGiB} GiB`,
       );
     }
-    const opening = await leaseOpening(body.leaseId);
+    // A signed opening carries its quote; a lease opened on chain has it in its `LeaseOpened` event.
+    const opening = body.opening
+      ? { nonce: body.opening.quote.nonce, image: imageDigestFromBytes32(body.opening.quote.image) }
+      : await leaseOpening(body.leaseId);
     // The node signed for one image (or none): a spec that says otherwise is refused before
     // anything is reserved or fetched.
     const mismatch = imageMismatch(spec.image, opening.image);
     if (mismatch !== undefined) throw sessionRefusal("spec-mismatch", mismatch);
     const row = await recordLease(body, spec, tenant, connection.remotePeer.toString(), opening.nonce);
+    // The job starts now, before the opening is mined: it is submitted meanwhile, and the job
+    // stopped if it fails.
+    if (body.opening)
+      init.openings.submit(body.leaseId, body.opening, (reason) => void openingFailed(body.leaseId, reason));
     try {
       await prepareAndLaunch(stream, connection, body, row, spec, opening.image);
     } catch (error) {
@@ -770,6 +789,32 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
   };
 
+  /**
+   * Stops the lease's job because its signed opening failed on chain: no lease, no pay. Its tenant
+   * is told (`lease-not-active`), so that it hands the job on at once.
+   */
+  const openingFailed = async (leaseId: bigint, reason: string): Promise<void> => {
+    const runtime = runtimes.get(leaseId);
+    if (runtime) {
+      const refusal = await sealMessage(peerKey, me, "refused", {
+        reason: "lease-not-active",
+        message: reason,
+        leaseId,
+      });
+      await Promise.all([...runtime.sessions].map((stream) => send(stream, refusal)));
+    }
+    await fence(leaseId, reason);
+  };
+
+  const fence = async (leaseId: bigint, reason: string): Promise<void> => {
+    const row = store.getLease(leaseId);
+    if (!row || row.state === "fenced" || row.state === "finished") return;
+    store.updateLease(leaseId, { state: "fenced", reason, endedAt: Date.now() });
+    log.warn("lease ended on chain; job stopped", { leaseId, reason });
+    metrics.leasesFenced.inc();
+    await stopRuntime(leaseId, "killed");
+  };
+
   const stopRuntime = async (leaseId: bigint, reason: "killed" | "aborted"): Promise<void> => {
     const runtime = runtimes.get(leaseId);
     if (!runtime) return;
@@ -840,14 +885,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       }
       for (const row of store.leases(["exited"])) gpus.adopt(leaseHolder(row.leaseId), row.gpus);
     },
-    async fence(leaseId, reason) {
-      const row = store.getLease(leaseId);
-      if (!row || row.state === "fenced" || row.state === "finished") return;
-      store.updateLease(leaseId, { state: "fenced", reason, endedAt: Date.now() });
-      log.warn("lease ended on chain; job stopped", { leaseId, reason });
-      metrics.leasesFenced.inc();
-      await stopRuntime(leaseId, "killed");
-    },
+    fence,
     release: (leaseId) => stopRuntime(leaseId, "killed"),
     async handBack() {
       handingBack.abort();

@@ -59,6 +59,12 @@ export class Metrics {
     labelNames: ["relaunch"] as const,
     registers: [this.registry],
   });
+  readonly signedOpenings = new Counter({
+    name: "baton_signed_openings_total",
+    help: "Tenants' signed openings this node started a job on and submitted, by outcome (opened, failed)",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
   readonly leasesFenced = new Counter({
     name: "baton_leases_fenced_total",
     help: "Leases whose job was stopped because the chain ended them",

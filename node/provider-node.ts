@@ -24,6 +24,7 @@ import { Metrics, serveMetrics } from "./metrics.ts";
 import { setUpContainers } from "./containers/setup.ts";
 import { prepareJobsDir } from "./jobs-dir.ts";
 import { offerPublisher } from "./offers.ts";
+import { openings } from "./openings.ts";
 import { NOBODY_GID, NOBODY_UID } from "./sandbox/constants.ts";
 import { detectSandbox } from "./sandbox/detect.ts";
 import { NodeStore } from "./store.ts";
@@ -204,11 +205,13 @@ async function startLocked(
   onCapacityChange = () => offers.refresh();
   const bidService = bids(components, () => offers.refresh());
   // Jobs that end are finished on chain at the next duty round (within a second).
+  const signedOpenings = openings(components);
   const leaseService = leases(components, {
+    openings: signedOpenings,
     onExit: () => void duties.tick(),
     onCapacityChange: () => offers.refresh(),
   });
-  const duties = chainDuties(components, leaseService);
+  const duties = chainDuties(components, leaseService, signedOpenings);
   const proxy = httpProxy(components);
   const metricsServer = config.metricsPort === null ? undefined : await serveMetrics(metrics, config.metricsPort);
   metrics.gpus.set(gpuList.length);
@@ -238,6 +241,7 @@ async function startLocked(
     await leaseService.stop().catch(() => undefined);
     await proxy.stop().catch(() => undefined);
     await duties.stop();
+    signedOpenings.stop();
     await leaseService.killAll("node stopping");
     await containers?.close();
     await metricsServer?.close();

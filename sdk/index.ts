@@ -24,6 +24,16 @@ export {
 } from "./actions/findOffers.ts";
 export { bid, type BidParameters, type BidReturnType, type QuoteChoice } from "./actions/bid.ts";
 export { openLease, type OpenLeaseParameters, type OpenLeaseReturnType } from "./actions/openLease.ts";
+export {
+  ensureAllowance,
+  OPENING_WINDOW_S,
+  reserveAllowance,
+  signOpening,
+  waitForOpening,
+  type SignOpeningParameters,
+  type SignOpeningReturnType,
+} from "./actions/signOpening.ts";
+export { hashOpening, leaseIdOf, type Opening } from "./chain/opening.ts";
 export { watchLease, type LeaseWatch, type LeaseWatchEvent, type WatchLeaseParameters } from "./actions/watchLease.ts";
 export {
   runJob,

@@ -17,6 +17,12 @@ import {IProviderRegistry} from "./IProviderRegistry.sol";
 /// tenant to withdraw ({withdrawCredit}), so that a tenant whose address refuses tokens cannot block
 /// the provider's other leases or freeze its own lease's collateral.
 ///
+/// Hand-offs without waiting for a block: a tenant may instead sign an {Lease.Opening} (EIP-712) and
+/// send it to the provider, which checks it off-chain, starts the job at once and submits it with
+/// {openLeaseFor}, paying the gas. The lease's id is then known before it is mined ({leaseIdOf}), and
+/// the opening ends the job's still-active predecessor in the same transaction. The provider's risk
+/// is the compute it runs before the opening is mined or fails: its `deadline` (seconds away) bounds it.
+///
 /// Tokens: the payment token must be a plain ERC-20 (optionally with ERC-2612 permit, for
 /// {openLeaseWithPermit}). Tokens that take a fee in transit are refused when the deposit is
 /// pulled ({LeaseManager_UnsupportedToken}); rebasing tokens are not supported (the escrow's books
@@ -27,9 +33,10 @@ interface ILeaseManager {
     //////////////////////////////////////////////////////////////*/
 
     /// @notice Emitted when a lease opens, with its quote: the provider and the job id as topics, the
-    /// tenant (the caller) once, and the rest of the quote as `terms`, among them `terms.image`, the
-    /// image the provider committed to run (the lease manager keeps it nowhere else). `predecessor` is
-    /// the failed lease of the same job it continues, or zero. It is also the record of the collateral
+    /// tenant (the caller of {openLease}, the signer of {openLeaseFor}'s opening) once, and the rest
+    /// of the quote as `terms`, among them `terms.image`, the image the provider committed to run (the
+    /// lease manager keeps it nowhere else). `predecessor` is the failed lease of the same job it
+    /// continues, or zero. It is also the record of the collateral
     /// locked in the registry (`terms.collateral`), for which the registry emits no event of its own.
     event LeaseOpened(
         uint256 indexed leaseId,
@@ -154,6 +161,20 @@ interface ILeaseManager {
     error LeaseManager_LengthMismatch(uint256 leaseIds, uint256 checkpointCids);
     error LeaseManager_CidTooLong(uint256 length, uint256 maxLength);
     error LeaseManager_LeaseNotExpired(uint256 leaseId, uint64 endsAt);
+    /// @dev {openLeaseFor} was called by another account than the quote's provider.
+    /// @param provider The quote's provider.
+    /// @param caller The caller.
+    error LeaseManager_CallerNotQuoteProvider(address provider, address caller);
+    /// @dev A tenant's opening was mined after its deadline.
+    /// @param deadline The opening's deadline.
+    /// @param timestamp The block's time.
+    error LeaseManager_OpeningExpired(uint64 deadline, uint256 timestamp);
+    /// @dev The opening is not signed by the quote's tenant (ECDSA, or ERC-1271 for a contract).
+    /// @param tenant The quote's tenant.
+    error LeaseManager_InvalidTenantSignature(address tenant);
+    /// @dev The id {leaseIdOf} gives the opening's quote is taken (a 64-bit collision: ask for another quote).
+    /// @param leaseId The id.
+    error LeaseManager_LeaseIdTaken(uint256 leaseId);
 
     /*//////////////////////////////////////////////////////////////
                               VIEW FUNCTIONS
@@ -180,7 +201,9 @@ interface ILeaseManager {
     /// @notice Longest heartbeat timeout a quote may set; shorter than the registry's unbonding period.
     function maxHeartbeatTimeout() external view returns (uint64);
 
-    /// @notice Number of leases opened so far; lease ids run from 1 to this.
+    /// @notice Number of leases opened with {openLease} or {openLeaseWithPermit}; their ids run from 1
+    /// to this. A lease opened with {openLeaseFor} has the id {leaseIdOf} its quote, at least 2^63,
+    /// and is not counted here.
     function leaseCount() external view returns (uint256);
 
     /// @notice A lease with its derived fields: whether it has expired unsettled, whether it can be
@@ -204,6 +227,14 @@ interface ILeaseManager {
 
     /// @notice The EIP-712 digest a provider signs for `quote`.
     function hashQuote(Lease.Quote calldata quote) external view returns (bytes32);
+
+    /// @notice The EIP-712 digest a tenant signs for `opening`.
+    function hashOpening(Lease.Opening calldata opening) external view returns (bytes32);
+
+    /// @notice The id of the lease {openLeaseFor} opens on `quote`: the first 8 bytes of its EIP-712
+    /// digest with the top bit set (2^63 to 2^64 - 1, never one of {openLease}'s), so that the
+    /// provider and the tenant know it before it is mined.
+    function leaseIdOf(Lease.Quote calldata quote) external view returns (uint256);
 
     /*//////////////////////////////////////////////////////////////
                             TENANT FUNCTIONS
@@ -236,7 +267,8 @@ interface ILeaseManager {
         uint256 predecessor
     ) external returns (uint256 leaseId);
 
-    /// @notice {openLease}, approving the deposit with an ERC-2612 permit in the same transaction.
+    /// @notice {openLease}, approving `permit.value` (the deposit, or more: what is left stays an
+    /// allowance, for a later hand-off's signed opening) with an ERC-2612 permit in the same transaction.
     /// @dev A permit that fails (for example because someone front-ran it) is ignored; the deposit
     /// transfer then succeeds only if the allowance is already in place.
     function openLeaseWithPermit(
@@ -245,6 +277,41 @@ interface ILeaseManager {
         uint256 deposit,
         uint256 predecessor,
         Lease.Permit calldata permit
+    ) external returns (uint256 leaseId);
+
+    /// @notice Opens a lease on a tenant's signed {Lease.Opening}: the provider, having checked the
+    /// opening off-chain and started the job, submits it and pays the gas. The deposit is pulled from
+    /// the tenant (its allowance), the collateral locked from the caller's stake, and the lease gets
+    /// the id {leaseIdOf} its quote. A predecessor still `Active` is ended first, in the same
+    /// transaction and exactly as its own call would: slashed (the caller, here the new provider, takes
+    /// the caller's share) when slashable at this block, settled when expired, else closed; its refund
+    /// is credited to the tenant ({withdrawCredit}).
+    /// @dev The provider's risk: until this is mined it runs the job unpaid, and if it fails (the
+    /// tenant's balance or allowance fell short, the deadline passed) it was never paid. Providers
+    /// check the opening against the latest block first and stop the job when the opening fails or is
+    /// not mined by its deadline, which bounds that risk to seconds of compute. No quote signature is
+    /// checked: the caller is the quote's provider.
+    ///
+    /// Emits {LeaseOpened}; for an active predecessor, what its {close}, {settleExpired} or
+    /// {slashMissedHeartbeat} emits.
+    ///
+    /// Requirements:
+    /// - The caller is the quote's provider; block time is at most the opening's deadline and the
+    ///   quote's expiry, and the quote's nonce is unused.
+    /// - `tenantSignature` is the quote's tenant's EIP-712 signature of `opening` for this chain and
+    ///   contract (65 bytes, or ERC-1271 for a contract tenant).
+    /// - The quote and deposit pass {openLease}'s checks, the tenant's allowance and balance cover the
+    ///   deposit, and the provider's free stake the collateral.
+    /// - `opening.predecessor` is zero, or a lease of the tenant for the same job that no other lease
+    ///   continues yet (in any state but `None`).
+    /// - {leaseIdOf} the quote is free.
+    ///
+    /// @param opening The tenant's opening, with the quote.
+    /// @param tenantSignature The tenant's signature of the opening.
+    /// @return leaseId The new lease's id, {leaseIdOf} the quote.
+    function openLeaseFor(
+        Lease.Opening calldata opening,
+        bytes calldata tenantSignature
     ) external returns (uint256 leaseId);
 
     /// @notice Adds `amount` to a lease's deposit, extending how long it is funded.

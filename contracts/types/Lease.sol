@@ -12,6 +12,9 @@ library Lease {
     ///                        │  └──close (tenant) ──► Closing ──provider heartbeat──► Closed
     ///                        │                          └──slashMissedHeartbeat──► Slashed
     ///
+    /// (`openLeaseWithPermit` and `openLeaseFor`, the provider's submission of a tenant's signed
+    /// {Opening}, open a lease the same way.)
+    ///
     /// `Closing` exists because a tenant hands a job on as soon as it *suspects* its provider, long
     /// before the on-chain timeout: the tenant's money is settled at once, but the provider's
     /// collateral stays locked until the provider proves it was alive (one more heartbeat before its
@@ -70,8 +73,28 @@ library Lease {
         uint256 nonce;
     }
 
+    /// @notice A tenant's EIP-712 authorization to open a lease on a provider's quote, which the
+    /// provider submits itself with `openLeaseFor` (paying the gas) after starting the job on it: a
+    /// hand-off then waits for no block. Single-use through the quote's nonce.
+    /// @param quote The provider's quote the tenant accepts (its EIP-712 struct, so that the tenant
+    /// signs every term, and a wallet can show them).
+    /// @param deposit Payment tokens to pull from the tenant (its allowance) into the lease.
+    /// @param predecessor The lease of the same job this one continues, or zero; if it is still
+    /// `Active` it is ended in the same transaction (slashed when slashable then, else closed).
+    /// @param deadline Last timestamp at which the opening may be mined: what bounds the provider's
+    /// risk of running a job whose lease never opens.
+    struct Opening {
+        Quote quote;
+        uint256 deposit;
+        uint256 predecessor;
+        uint64 deadline;
+    }
+
     /// @notice An ERC-2612 permit for the deposit, passed to `openLeaseWithPermit`.
+    /// @param value The allowance it grants: the deposit, or more to leave an allowance for later
+    /// pulls (a hand-off's signed opening, which the tenant then need not approve first).
     struct Permit {
+        uint256 value;
         uint256 deadline;
         uint8 v;
         bytes32 r;

@@ -14,10 +14,16 @@ export interface OpenLeaseParameters {
   /** The lease of the same job this one continues (a hand-off), or 0n. */
   predecessor?: bigint;
   /**
-   * How the deposit is approved: `permit` signs an ERC-2612 permit and opens in one transaction
-   * (the faster hand-off); `approve` sends an approval first. Default `permit`.
+   * How the deposit is approved: `permit` signs an ERC-2612 permit and opens in one transaction;
+   * `approve` sends an approval first. Default `permit`.
    */
   approval?: "permit" | "approve";
+  /**
+   * Allowance to leave to the lease manager once the deposit is pulled (the permit or approval is for
+   * the deposit plus this), for later signed openings (`signOpening`) to pull without an approval.
+   * Default 0n.
+   */
+  keepAllowance?: bigint;
   signal?: AbortSignal;
 }
 
@@ -35,7 +41,7 @@ export interface OpenLeaseReturnType {
  */
 export async function openLease(
   client: BatonClient,
-  { quote, signature, deposit, predecessor = 0n, approval = "permit", signal }: OpenLeaseParameters,
+  { quote, signature, deposit, predecessor = 0n, approval = "permit", keepAllowance = 0n, signal }: OpenLeaseParameters,
 ): Promise<OpenLeaseReturnType> {
   const { leaseManager, paymentToken } = contracts(client.chain.deployment);
   const balance = await client.chain.publicClient.readContract({
@@ -52,7 +58,7 @@ export async function openLease(
       await writeContract(client.chain, {
         ...paymentToken,
         functionName: "approve",
-        args: [leaseManager.address, deposit],
+        args: [leaseManager.address, deposit + keepAllowance],
         ...(signal ? { signal } : {}),
       });
       return writeContract(client.chain, {
@@ -66,7 +72,7 @@ export async function openLease(
     const permit = await signPermit(client.chain, client.account, {
       token: paymentToken.address,
       spender: leaseManager.address,
-      value: deposit,
+      value: deposit + keepAllowance,
       deadline: block.timestamp + 600n,
     });
     return writeContract(client.chain, {

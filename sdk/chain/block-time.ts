@@ -36,6 +36,21 @@ export async function estimateBlockTime(
   return gaps[Math.floor((gaps.length - 1) / 4)]!;
 }
 
+/**
+ * The chain time the next block will most likely have: the pending block's, where the RPC serves
+ * one (EDR, anvil and geth do), else the later of the latest block's and the clock's. On a chain
+ * that mines on demand the latest block may be minutes old, and a deadline counted from it would
+ * have passed before the next block.
+ */
+export async function nextBlockTime(chain: Pick<ChainClient, "publicClient">): Promise<bigint> {
+  const { publicClient } = chain;
+  const pending = await publicClient.getBlock({ blockTag: "pending" }).catch(() => undefined);
+  if (pending) return pending.timestamp;
+  const latest = await publicClient.getBlock();
+  const clock = BigInt(Math.floor(Date.now() / 1000));
+  return latest.timestamp > clock ? latest.timestamp : clock;
+}
+
 const known = new WeakMap<ChainClient, Promise<number>>();
 
 /**

@@ -21,7 +21,7 @@ import { ChainError, UserError, walk } from "../errors.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import type { Deployment } from "./deployments.ts";
 import { DEFAULT_MAX_LOG_RANGE } from "./logs.ts";
-import { sendUntilMined, type FeePolicy } from "./send.ts";
+import { sendLock, sendUntilMined, type FeePolicy, type SendLock } from "./send.ts";
 import { stickyFallback } from "./transport.ts";
 
 /** Every custom error a Baton transaction can revert with, so reverts decode to their names. */
@@ -39,6 +39,8 @@ export interface ChainClient {
   maxLogRange: bigint;
   /** The fee cap and resend interval of every transaction {@link writeContract} sends. */
   fees: FeePolicy;
+  /** One send at a time for the account: concurrent writes take consecutive nonces. */
+  sendLock: SendLock;
   /** The chain's block time in seconds, when known (see `chainBlockTime`, which estimates it otherwise). */
   blockTimeS?: number;
 }
@@ -100,6 +102,7 @@ export function createChainClient({
     walletClient,
     maxLogRange,
     fees: { maxFeePerGas, replaceAfterMs },
+    sendLock: sendLock(),
     ...(blockTimeS === undefined ? {} : { blockTimeS }),
   };
 }
@@ -182,7 +185,13 @@ export async function writeContract<
     } as never);
     signal?.throwIfAborted();
     const data = encodeFunctionData({ abi: fullAbi, functionName, args } as never);
-    receipt = await sendUntilMined(client.publicClient, wallet, client.fees, { to: address, data, signal });
+    receipt = await sendUntilMined(
+      client.publicClient,
+      wallet,
+      client.fees,
+      { to: address, data, signal },
+      client.sendLock,
+    );
   } catch (cause) {
     const revert = revertOf(cause);
     const what = `${String(functionName)} failed`;

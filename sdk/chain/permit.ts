@@ -12,6 +12,8 @@ import { leaseManagerAbi } from "../generated/abis.ts";
 
 /** What `openLeaseWithPermit` takes after the quote: an ERC-2612 permit split into v, r, s. */
 export interface PermitSignature {
+  /** The allowance it grants: the deposit, or more to keep an allowance for a later signed opening. */
+  value: bigint;
   deadline: bigint;
   v: number;
   r: `0x${string}`;
@@ -60,7 +62,7 @@ export async function signPermit(
     message: { owner: owner.address, spender, value, nonce, deadline },
   });
   const { r, s, v, yParity } = parseSignature(signature);
-  return { deadline, v: Number(v ?? BigInt(yParity + 27)), r, s };
+  return { value, deadline, v: Number(v ?? BigInt(yParity + 27)), r, s };
 }
 
 /** The id of the lease a transaction opened, from its LeaseOpened event. */

@@ -38,6 +38,23 @@ export interface SendParameters {
   signal?: AbortSignal | undefined;
 }
 
+/** Runs one send at a time for an account (see {@link sendLock}). */
+export type SendLock = <T>(send: () => Promise<T>) => Promise<T>;
+
+/**
+ * A lock that lets one transaction of an account at a time take its nonce and reach the node: the
+ * next one then reads the pending nonce past it. Only the sending is serialised, not the wait for a
+ * block, so a provider's signed opening need not wait behind a heartbeat that waits to be mined.
+ */
+export function sendLock(): SendLock {
+  let last: Promise<unknown> = Promise.resolve();
+  return <T>(send: () => Promise<T>): Promise<T> => {
+    const next = last.then(send, send);
+    last = next.catch(() => undefined);
+    return next;
+  };
+}
+
 interface Fees {
   maxFeePerGas?: bigint;
   maxPriorityFeePerGas?: bigint;
@@ -106,13 +123,14 @@ export async function sendUntilMined(
   wallet: WalletClient<Transport, Chain, Account>,
   fees: FeePolicy,
   { to, data, signal }: SendParameters,
+  lock: SendLock = (send) => send(),
 ): Promise<TransactionReceipt> {
-  const prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
-  let current = capped(prepared as Fees, fees.maxFeePerGas);
+  let prepared: Awaited<ReturnType<typeof wallet.prepareTransactionRequest>>;
+  let current: Fees | undefined;
   const sent: Hash[] = [];
-  for (let attempt = 1; ; attempt++) {
-    signal?.throwIfAborted();
-    const serializedTransaction = await wallet.signTransaction({ ...prepared, ...current } as never);
+  /** Signs the current version and sends it; throws when it surely did not reach the node. */
+  const send = async (attempt: number): Promise<void> => {
+    const serializedTransaction = await wallet.signTransaction({ ...prepared, ...current! } as never);
     const hash = keccak256(serializedTransaction);
     if (!sent.includes(hash)) sent.push(hash);
     try {
@@ -120,6 +138,18 @@ export async function sendUntilMined(
     } catch (error) {
       if (!maybeSent(error) && !(attempt > 1 && nonceTaken(error)) && !belowBaseFee(error)) throw error;
     }
+  };
+  // The nonce is taken and the first version sent under the account's lock.
+  await lock(async () => {
+    prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
+    current = capped(prepared as Fees, fees.maxFeePerGas);
+    signal?.throwIfAborted();
+    await send(1);
+  });
+  for (let attempt = 1; ; attempt++) {
+    signal?.throwIfAborted();
+    if (attempt > 1) await send(attempt);
+    const hash = sent.at(-1)!;
     try {
       return await publicClient.waitForTransactionReceipt({ hash, timeout: fees.replaceAfterMs });
     } catch (error) {
@@ -130,6 +160,6 @@ export async function sendUntilMined(
       const receipt = await publicClient.getTransactionReceipt({ hash: earlier }).catch(() => undefined);
       if (receipt) return receipt;
     }
-    current = bumped(current, fees.maxFeePerGas);
+    current = bumped(current!, fees.maxFeePerGas);
   }
 }

@@ -32,6 +32,7 @@ export const refusalFault: Readonly<Record<SessionRefusalReason, "provider" | "t
   "not-our-lease": "tenant",
   "not-your-lease": "tenant",
   "lease-not-active": "provider",
+  "opening-refused": "provider",
   "spec-mismatch": "tenant",
   "no-capacity": "provider",
   "bad-request": "tenant",

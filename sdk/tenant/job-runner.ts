@@ -2,19 +2,20 @@ import path from "node:path";
 
 import type { Address, Hex } from "viem";
 
+import { reserveAllowance, waitForOpening } from "../actions/signOpening.ts";
 import { withdrawCredit } from "../actions/withdrawCredit.ts";
 import type { BatonClient } from "../client.ts";
 import { BaseError, JobCancelledError, JobFailedError, oneLineOf, UserError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { CheckpointReplicator } from "./checkpoint-replicator.ts";
-import { countHandOff, isProviderRefusal, leaseCost, refusalHandOffReason } from "./hand-off-policy.ts";
+import { countHandOff, isProviderRefusal, leaseCost, leaseDeposit, refusalHandOffReason } from "./hand-off-policy.ts";
 import type { AttachOptions, JobHandle, JobState, JobStatus, RunJobOptions } from "./job-handle.ts";
 import { JobEvents, type JobEvent, type JobEventListener, type JobEventType, type JobResult } from "./job-events.ts";
 import { endOpenLeases, endRecordedLease, PendingSlashes, type OnSlash } from "./job-settlement.ts";
-import { storedResult, type CheckpointRecord, type JobRecord, type LeaseRecord } from "./job-store.ts";
+import { storedResult, type JobRecord, type LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
-import { followLease, type FollowOutcome, type JobProgress } from "./lease-session.ts";
+import { followLease, type FollowLeaseParameters, type FollowOutcome, type JobProgress } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 
 /**
@@ -74,6 +75,13 @@ class JobRunner implements JobHandle {
   #stopRequest: StopRequest | undefined;
   /** The work on the lease followed now: aborted when the tenant leaves it. */
   #leaseWork: AbortController | undefined;
+  /**
+   * The lease whose provider failed, until the next lease's signed opening ends it on chain (or,
+   * when none lands, the tenant's own close or slash does: see {@link JobRunner.#endLeaving}).
+   */
+  #leaving: LeaseRecord | undefined;
+  /** Settles once the current lease's signed opening landed on chain or cannot any more. */
+  #opening: Promise<void> = Promise.resolve();
   #result!: Promise<JobResult>;
 
   constructor(client: BatonClient, record: JobRecord, options: RunJobOptions | AttachOptions) {
@@ -186,6 +194,9 @@ class JobRunner implements JobHandle {
       const request = this.#stopRequest;
       if (request && request.kind !== "fail") return await this.#stopped(request.kind);
       return await this.#failed(error);
+    } finally {
+      // No more hand-offs for this job: the allowance it kept for one is free for the others.
+      void reserveAllowance(this.#client, this.jobId, undefined);
     }
   }
 
@@ -193,23 +204,32 @@ class JobRunner implements JobHandle {
   async #run(): Promise<JobResult> {
     let lease = this.#current();
     for (;;) {
-      let start: { resume: CheckpointRecord | undefined } | undefined;
+      let start: FollowLeaseParameters["start"];
+      let notOpened: AbortSignal | undefined;
       if (!lease) {
-        const predecessor = this.#record.leases.at(-1);
+        // The last lease that exists on chain: one whose signed opening did not land never did.
+        const predecessor = this.#record.leases.findLast((l) => l.signedOpening?.landed !== false);
         const resume = this.#record.safe.at(-1);
         const avoid = "excludeProviders" in this.#options ? (this.#options.excludeProviders?.() ?? []) : [];
-        lease = await acquireLease(this.#client, {
+        // A hand-off waits for no block: the new provider starts on the tenant's signed opening
+        // and submits it, which ends the failed lease too. A job's first lease is opened by the
+        // tenant's own transaction, as the provider has nothing to start before it.
+        const acquired = await acquireLease(this.#client, {
           jobId: this.jobId,
           record: this.#record,
           events: this.#events,
           predecessor,
+          signed: predecessor !== undefined,
           resume,
           avoid,
           signal: this.#stop.signal,
         });
-        start = { resume };
+        lease = acquired.lease;
+        start = { resume, ...(acquired.opening ? { opening: acquired.opening } : {}) };
+        if (acquired.opening) notOpened = this.#watchOpening(lease, acquired.opening.deadline);
+        void this.#reserveAllowance();
       }
-      const outcome = await this.#follow(lease, start);
+      const outcome = await this.#follow(lease, start, notOpened);
       switch (outcome.kind) {
         case "result":
           return await this.#complete(lease, outcome.body);
@@ -229,8 +249,71 @@ class JobRunner implements JobHandle {
     }
   }
 
+  /**
+   * Watches the lease's signed opening land (in the background): once it has, the failed lease it
+   * ended waits for its slash as after any close; if it cannot land any more, the failed lease is
+   * ended by the tenant instead, the deposit counted back, and the returned signal aborted, which
+   * ends the following of the lease as its provider's failure.
+   */
+  #watchOpening(lease: LeaseRecord, deadline: bigint): AbortSignal {
+    const notOpened = new AbortController();
+    const leaving = this.#leaving;
+    this.#leaving = undefined;
+    this.#opening = (async () => {
+      let landed: boolean;
+      try {
+        landed = await waitForOpening(this.#client, { leaseId: BigInt(lease.leaseId), deadline });
+      } catch (error) {
+        // The chain cannot be read: the opening's fate is unknown, so it counts as landed, the
+        // failed lease's slash (or a close, if still active) then being tried as usual.
+        this.#log.warn("could not tell whether a signed opening landed", { leaseId: lease.leaseId, error });
+        landed = true;
+      }
+      lease.signedOpening = { deadline: deadline.toString(), landed };
+      if (!landed) {
+        this.#log.warn("the provider's signed opening did not land; it counts as failed", { leaseId: lease.leaseId });
+        this.#record.deposited = (BigInt(this.#record.deposited) - BigInt(lease.deposit)).toString();
+        notOpened.abort();
+      }
+      await this.#client.jobs.save(this.#record);
+      if (leaving) await (landed ? this.#slashes.add(leaving) : this.#endLeaving(leaving));
+    })();
+    this.#opening.catch((error: unknown) => this.#log.warn("signed opening not followed", { error }));
+    return notOpened.signal;
+  }
+
+  /**
+   * Ends a failed lease that no signed opening ended (none landed, or the job stops first) the way
+   * a hand-off always did: closed, or slashed when due, and its slash awaited.
+   */
+  async #endLeaving(leaving: LeaseRecord | undefined = this.#leaving): Promise<void> {
+    if (!leaving) return;
+    if (leaving === this.#leaving) this.#leaving = undefined;
+    await endRecordedLease(this.#client, this.#record, leaving, { onSlash: this.#onSlash });
+    await this.#client.jobs.save(this.#record);
+    if (!leaving.slash) this.#slashes.add(leaving);
+  }
+
+  /**
+   * Keeps the tenant's allowance to the lease manager at what the job's next lease could deposit,
+   * so that a hand-off's signed opening needs no approval first (a transaction that would wait for
+   * a block). In the background; a failure only makes the next hand-off approve first.
+   */
+  async #reserveAllowance(): Promise<void> {
+    try {
+      const reserve = leaseDeposit(this.#record, BigInt(this.#record.options.maxPricePerSecond!));
+      await reserveAllowance(this.#client, this.jobId, reserve);
+    } catch (error) {
+      this.#log.debug("allowance for the next hand-off not reserved", { error });
+    }
+  }
+
   /** → running: follows the lease's session (starting the job on it, with `start`). */
-  #follow(lease: LeaseRecord, start: { resume: CheckpointRecord | undefined } | undefined): Promise<FollowOutcome> {
+  #follow(
+    lease: LeaseRecord,
+    start: FollowLeaseParameters["start"],
+    notOpened: AbortSignal | undefined,
+  ): Promise<FollowOutcome> {
     this.#leaseWork = new AbortController();
     this.#enter("running");
     return followLease(this.#client, lease, {
@@ -244,6 +327,7 @@ class JobRunner implements JobHandle {
       start,
       stop: this.#stop.signal,
       leaseWork: this.#leaseWork.signal,
+      ...(notOpened ? { notOpened } : {}),
     });
   }
 
@@ -267,19 +351,24 @@ class JobRunner implements JobHandle {
     });
     // Cancelled from another process (`baton job cancel`) while we watched: do not re-lease.
     if ((await this.#client.jobs.get(this.jobId))?.state === "cancelled") {
+      if (lease.signedOpening?.landed !== false) this.#leaving = lease;
       this.#stopRequest = { kind: "cancel", reason: new JobCancelledError("the job was cancelled") };
       throw this.#stopRequest.reason;
     }
     const pastLimit = countHandOff(this.#record, reason);
-    await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
+    // Whether the lease exists on chain, if its provider was to open it: known by its deadline.
+    await this.#opening;
+    // The failed lease is ended by the next lease's opening, in the same transaction (or by the
+    // tenant, if the job stops first or no opening lands); one that never opened needs no end.
+    if (lease.signedOpening?.landed !== false) this.#leaving = lease;
     await this.#client.jobs.save(this.#record);
-    if (!lease.slash) this.#slashes.add(lease);
     if (pastLimit) throw pastLimit;
   }
 
   /** running → completed: the job exited 0 and its output is fetched and verified (any other exit fails it). */
   async #complete(lease: LeaseRecord, body: ProviderMessage<"result">): Promise<JobResult> {
     this.#leaseWork?.abort();
+    await this.#opening;
     await this.#replicator.drained();
     lease.state = "completed";
     lease.endedAt = Date.now();
@@ -316,6 +405,8 @@ class JobRunner implements JobHandle {
       this.#events.end();
       throw new JobCancelledError("detached from the job; it goes on running");
     }
+    await this.#opening;
+    await this.#endLeaving();
     const lease = this.#current();
     if (lease) {
       lease.state = "cancelled";
@@ -340,6 +431,8 @@ class JobRunner implements JobHandle {
     // The reason as people read it later (`baton job watch` of a failed job): with its details, which
     // for an error not of ours are all there is ("the job failed" alone says nothing).
     this.#record.error = oneLineOf(failure);
+    await this.#opening;
+    await this.#endLeaving().catch((cause: unknown) => this.#log.warn("failed lease not ended", { error: cause }));
     await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
     await this.#client.jobs.save(this.#record);
     this.#enter("failed");

@@ -11,7 +11,7 @@ import type { JobResult } from "./job-events.ts";
 const bigintString = z.string().regex(/^\d+$/);
 const hex32 = z.string().regex(/^0x[0-9a-f]{64}$/);
 
-const leaseRecordSchema = z.object({
+export const leaseRecordSchema = z.object({
   leaseId: bigintString,
   provider: z.string(),
   peerId: z.string(),
@@ -26,6 +26,12 @@ const leaseRecordSchema = z.object({
   lastSeq: z.number().int().nonnegative(),
   state: z.enum(["starting", "running", "failed", "completed", "cancelled"]),
   endedAt: z.number().optional(),
+  /**
+   * A lease its provider opens on the tenant's signed opening (a hand-off that waits for no block):
+   * the opening's deadline, and whether it landed on chain (unset while the tenant waits to see). A
+   * lease whose opening did not land never existed on chain: no later lease names it as predecessor.
+   */
+  signedOpening: z.object({ deadline: bigintString, landed: z.boolean().optional() }).optional(),
   /** Set once the lease is slashed (by us or anyone): what the tenant got back from the collateral. */
   slash: z.object({ compensation: bigintString, refund: bigintString, tx: z.string() }).optional(),
 });

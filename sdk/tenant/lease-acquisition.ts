@@ -3,12 +3,14 @@ import type { Address, Hex } from "viem";
 import { bid } from "../actions/bid.ts";
 import { findOffers, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
+import { allowanceToKeep, signOpening } from "../actions/signOpening.ts";
 import type { BatonClient } from "../client.ts";
 import { imageDigestToBytes32, jobImageDigest } from "../images/digest.ts";
 import { jobDiskGiB } from "../job-spec.ts";
 import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
+import type { OpeningWire } from "../wire/messages.ts";
 
 export interface AcquireLeaseParameters {
   jobId: Hex;
@@ -16,6 +18,11 @@ export interface AcquireLeaseParameters {
   events: JobEvents;
   /** The lease this one continues (its provider failed), if any. */
   predecessor: LeaseRecord | undefined;
+  /**
+   * Open the lease by a signed opening its provider submits (the hand-off that waits for no block),
+   * rather than by the tenant's own transaction.
+   */
+  signed: boolean;
   /** The safe checkpoint the job resumes from on the new lease, if any. */
   resume: CheckpointRecord | undefined;
   /** More providers to avoid, asked now (a service's other replicas). */
@@ -25,7 +32,9 @@ export interface AcquireLeaseParameters {
 
 /**
  * Finds offers for the job, bids, and opens a lease with the provider chosen, at a deposit the
- * hand-off policy sets; the lease joins the job's record (saved) as `starting`. Its quote names the
+ * hand-off policy sets: by the tenant's own transaction, or (`signed`) by signing an opening that
+ * the provider submits once it has started the job; the lease joins the job's record (saved) as
+ * `starting`. Its quote names the
  * job's image by its manifest digest, as every lease of the job does.
  *
  * @throws {UserError} when no provider offers or quotes what the job needs in time, or the job's
@@ -34,8 +43,8 @@ export interface AcquireLeaseParameters {
  */
 export async function acquireLease(
   client: BatonClient,
-  { jobId, record, events, predecessor, resume, avoid, signal }: AcquireLeaseParameters,
-): Promise<LeaseRecord> {
+  { jobId, record, events, predecessor, signed, resume, avoid, signal }: AcquireLeaseParameters,
+): Promise<AcquiredLease> {
   const { spec, options } = record;
   const requirements: Requirements = {
     gpus: spec.resources.gpus,
@@ -72,13 +81,19 @@ export async function acquireLease(
   const price = chosen.quote.pricePerSecond;
   const deposit = leaseDeposit(record, price);
   const predecessorId = predecessor ? BigInt(predecessor.leaseId) : 0n;
-  const { leaseId } = await openLease(client, {
-    quote: chosen.quote,
-    signature: chosen.signature,
-    deposit,
-    predecessor: predecessorId,
-    signal,
-  });
+  const parameters = { quote: chosen.quote, deposit, predecessor: predecessorId, signal };
+  // The tenant's own open leaves the allowance the job's next hand-off will pull (in the same
+  // transaction: its permit grants both), so that hand-off's signed opening needs no approval first.
+  const { leaseId, opening } = signed
+    ? await signOpening(client, { ...parameters, quoteSignature: chosen.signature })
+    : {
+        ...(await openLease(client, {
+          ...parameters,
+          signature: chosen.signature,
+          keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
+        })),
+        opening: undefined,
+      };
   const known = await client.host.peerStore.get(chosen.offer.peerId as never).catch(() => undefined);
   const lease: LeaseRecord = {
     leaseId: leaseId.toString(),
@@ -91,6 +106,7 @@ export async function acquireLease(
     lastSeq: 0,
     state: "starting",
     ...(resume ? { resumedFrom: resume.cid } : {}),
+    ...(opening ? { signedOpening: { deadline: opening.deadline.toString() } } : {}),
   };
   record.leases.push(lease);
   record.deposited = (BigInt(record.deposited) + deposit).toString();
@@ -115,5 +131,20 @@ export async function acquireLease(
       handOffs: record.handOffs,
     });
   }
-  return lease;
+  return { lease, opening };
+}
+
+/** The most a later lease of the job may deposit (none once the budget cannot pay one more second). */
+function nextDeposit(record: JobRecord, maxPricePerSecond: bigint): bigint {
+  try {
+    return leaseDeposit(record, maxPricePerSecond);
+  } catch {
+    return 0n;
+  }
+}
+
+/** A lease acquired: its record, and the signed opening to send its provider, if it was opened so. */
+export interface AcquiredLease {
+  lease: LeaseRecord;
+  opening: OpeningWire | undefined;
 }

@@ -2,7 +2,7 @@ import type { Address } from "viem";
 
 import { watchLease } from "../actions/watchLease.ts";
 import type { BatonClient } from "../client.ts";
-import type { ProviderMessage, SessionRefusalReason } from "../wire/messages.ts";
+import type { OpeningWire, ProviderMessage, SessionRefusalReason } from "../wire/messages.ts";
 import { SESSION_HEARTBEAT_MS } from "../wire/protocols.ts";
 import type { CheckpointReplicator } from "./checkpoint-replicator.ts";
 import type { JobEvents } from "./job-events.ts";
@@ -32,8 +32,13 @@ export interface FollowLeaseParameters {
   /** How soon a silent provider is suspect, and failed (see `monitorLiveness`). */
   heartbeatWindowMs: number | undefined;
   failAfterMs: number | undefined;
-  /** Starts the job on the lease (from `resume`, if any), rather than re-attaching to it. */
-  start: { resume: CheckpointRecord | undefined } | undefined;
+  /**
+   * Starts the job on the lease (from `resume`, if any), rather than re-attaching to it; with
+   * `opening`, on a signed opening the provider submits itself.
+   */
+  start: { resume: CheckpointRecord | undefined; opening?: OpeningWire } | undefined;
+  /** Aborted when the lease's signed opening did not land on chain: the provider counts as failed. */
+  notOpened?: AbortSignal;
   /** The job is stopping (cancel, detach, or a failure). */
   stop: AbortSignal;
   /** The tenant leaves this lease: its session and the replications of its checkpoints end. */
@@ -70,10 +75,11 @@ export async function followLease(
             spec: record.spec,
             key: record.key,
             ...(resume ? { resume: { cid: resume.cid, sha256: resume.sha256 } } : {}),
+            ...(start.opening ? { opening: start.opening } : {}),
           },
         }
       : {}),
-    signal: AbortSignal.any([stop, leaseWork]),
+    signal: AbortSignal.any([stop, leaseWork, ...(parameters.notOpened ? [parameters.notOpened] : [])]),
   });
   topUps.schedule(lease);
   try {
@@ -123,6 +129,9 @@ export async function followLease(
       }
     }
     if (stop.aborted) return { kind: "stopped" };
+    if (parameters.notOpened?.aborted) {
+      return { kind: "failed", reason: "its signed opening did not land on chain", lastSeenAt: Date.now() };
+    }
     return { kind: "failed", reason: "the session ended", lastSeenAt: Date.now() };
   } finally {
     topUps.stop();

@@ -8,6 +8,7 @@ import {
   type ChainClient,
   type ChainLeaseStatus,
 } from "../chain/client.ts";
+import { nextBlockTime } from "../chain/block-time.ts";
 import { findLastLog } from "../chain/logs.ts";
 import { ChainError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
@@ -95,19 +96,6 @@ export function endingCall({ deadline, endsAt }: LeaseTimes, now: bigint): Endin
 }
 
 /**
- * The chain time the next block will most likely have: the pending block's, where the RPC serves
- * one (EDR and geth do), else the later of the latest block's and the clock's.
- */
-async function nextBlockTime(client: SettlementClient): Promise<bigint> {
-  const { publicClient } = client.chain;
-  const pending = await publicClient.getBlock({ blockTag: "pending" }).catch(() => undefined);
-  if (pending) return pending.timestamp;
-  const latest = await publicClient.getBlock();
-  const clock = BigInt(Math.floor(Date.now() / 1000));
-  return latest.timestamp > clock ? latest.timestamp : clock;
-}
-
-/**
  * Ends a lease the tenant is leaving: `close` while it is active (its money settles; the provider
  * acknowledges, or is slashed once its deadline passes), `slashMissedHeartbeat` when its deadline
  * already passed, `settleExpired` when its deposit ran out. A lease no longer `Active` is left alone.
@@ -127,7 +115,7 @@ export async function endLease(
       const view = await readLease(client, leaseId);
       const status = leaseStatus[view.status] ?? "None";
       if (status !== "Active") return { call: undefined, status };
-      const call = instead ?? endingCall(view, await nextBlockTime(client));
+      const call = instead ?? endingCall(view, await nextBlockTime(client.chain));
       instead = undefined;
       if (call === "slashMissedHeartbeat") return { call, slash: await slash(client, leaseId) };
       await client.transact(() =>
@@ -197,7 +185,7 @@ async function trySlash(client: SettlementClient, leaseId: bigint, signal?: Abor
   const status = leaseStatus[view.status] ?? "None";
   if (status === "Slashed") return { done: await findSlash(client, leaseId) };
   if (status !== "Active" && status !== "Closing") return { done: undefined };
-  const now = await nextBlockTime(client);
+  const now = await nextBlockTime(client.chain);
   if (status === "Active" && endingCall(view, now) !== "slashMissedHeartbeat") {
     // Still active: its close failed earlier. End it now; a slash, if due, comes next.
     const ended = await endLease(client, { leaseId, ...(signal ? { signal } : {}) });

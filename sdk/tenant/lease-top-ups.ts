@@ -59,10 +59,16 @@ export class LeaseTopUps {
     try {
       const { leaseManager, paymentToken } = contracts(this.#client.chain.deployment);
       await this.#client.transact(async () => {
+        // On top of the allowance there is: what is reserved for a hand-off's signed opening stays.
+        const allowance = await this.#client.chain.publicClient.readContract({
+          ...paymentToken,
+          functionName: "allowance",
+          args: [this.#client.account.address, leaseManager.address],
+        });
         await writeContract(this.#client.chain, {
           ...paymentToken,
           functionName: "approve",
-          args: [leaseManager.address, amount],
+          args: [leaseManager.address, allowance + amount],
         });
         await writeContract(this.#client.chain, {
           ...leaseManager,

@@ -117,6 +117,24 @@ export const quoteWireSchema = z.object({
   nonce: uintSchema,
 });
 
+/**
+ * A tenant's signed lease opening (`sdk/chain/opening.ts`): the provider's quote with its
+ * signature, and the tenant's EIP-712 signature of the opening. The provider checks it, starts the
+ * job at once and submits it on chain (`LeaseManager.openLeaseFor`) itself.
+ */
+export const openingWireSchema = z.object({
+  quote: quoteWireSchema,
+  /** The provider's own signature of the quote: it submits only quotes it issued. */
+  quoteSignature: hexSchema,
+  deposit: uintSchema,
+  predecessor: uintSchema,
+  /** Last chain time (seconds) at which the opening may be mined. */
+  deadline: uintSchema,
+  /** The tenant's signature of the opening. */
+  signature: hexSchema,
+});
+export type OpeningWire = z.output<typeof openingWireSchema>;
+
 /** Why a provider refuses a bid. */
 export const bidRefusalReasons = [
   "no-capacity",
@@ -164,9 +182,13 @@ export function tenantAuthText(leaseId: bigint, peerId: string, at: number): str
 const leaseIdSchema = uintSchema;
 
 export const tenantMessageSchemas = {
-  /** Starts the job of a lease just opened on chain. */
+  /**
+   * Starts the job of a lease just opened on chain, or, with `opening`, of a lease the provider opens
+   * itself on the tenant's signed opening (`leaseId` is then the id that opening gets).
+   */
   start: z.object({
     leaseId: leaseIdSchema,
+    opening: openingWireSchema.optional(),
     auth: tenantAuthSchema,
     spec: jobSpecSchema,
     /**
@@ -217,8 +239,13 @@ export const sessionRefusalReasons = [
   "not-our-lease",
   /** The lease's tenant is another account. */
   "not-your-lease",
-  /** The lease ended, expired or turned slashable on chain. */
+  /** The lease ended, expired or turned slashable on chain; or its signed opening failed on chain. */
   "lease-not-active",
+  /**
+   * A signed opening this provider does not take: not its quote, badly signed, its deadline too close
+   * or too far, or it would fail on chain (the tenant cannot pay, the predecessor is not the job's).
+   */
+  "opening-refused",
   /**
    * The spec asks for other resources than the quote reserved, or for a larger disk quota than this
    * provider gives a job (`maxJobDiskGiB`), or its inputs and resume checkpoint do not fit in its

@@ -30,6 +30,7 @@ import {
 } from "../../deploy/local-chain.ts";
 import { loadDeployment, type Deployment } from "../../sdk/chain/deployments.ts";
 import { signPermit } from "../../sdk/chain/permit.ts";
+import { hashOpening, leaseIdOf, openingSigner, signOpening, type Opening } from "../../sdk/chain/opening.ts";
 import { hashQuote, signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 
@@ -173,6 +174,19 @@ describe.each(LOCAL_CHAINS)("a lease's life on %s, through viem", (kind) => {
       });
       expect(onChain).toBe(hashQuote(hardhat.id, deployment.contracts.leaseManager, quote));
     }
+  });
+
+  it("hashes signed openings, and gives their leases ids, exactly as the contract does", async () => {
+    const { leaseManager } = deployment.contracts;
+    const { quote } = await quoteFor(jobId, 98n);
+    const opening: Opening = { quote, deposit: parseEther("1"), predecessor: 7n, deadline: quote.expiry - 60n };
+    const read = <const name extends "hashOpening" | "leaseIdOf">(functionName: name, args: readonly unknown[]) =>
+      publicClient.readContract({ address: leaseManager, abi: leaseManagerAbi, functionName, args } as never);
+    expect(await read("hashOpening", [opening])).toBe(hashOpening(hardhat.id, leaseManager, opening));
+    expect(await read("leaseIdOf", [quote])).toBe(leaseIdOf(hardhat.id, leaseManager, quote));
+    // The tenant's signature recovers to the tenant, as the provider checks before it starts the job.
+    const signature = await signOpening(tenant, hardhat.id, leaseManager, opening);
+    expect(await openingSigner(hardhat.id, leaseManager, opening, signature)).toBe(tenant.address);
   });
 
   it("opens, heartbeats with a checkpoint, claims and finishes", async () => {

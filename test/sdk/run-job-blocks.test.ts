@@ -1,17 +1,20 @@
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 
-import { parseEther } from "viem";
+import { parseEther, parseEventLogs } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { auditJob } from "../../sdk/actions/auditJob.ts";
 import { bid } from "../../sdk/actions/bid.ts";
 import { findOffers } from "../../sdk/actions/findOffers.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
+import { ensureAllowance, signOpening } from "../../sdk/actions/signOpening.ts";
+import { watchLease, type LeaseWatchEvent } from "../../sdk/actions/watchLease.ts";
 import { estimateBlockTime } from "../../sdk/chain/block-time.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { UserError } from "../../sdk/errors.ts";
+import { parseJobSpec } from "../../sdk/job-spec.ts";
 import { pollUntil } from "../../sdk/utils/retry.ts";
 import { devAccount } from "../../deploy/local-chain.ts";
 import { privateKeyOf } from "../helpers/market.ts";
@@ -137,6 +140,171 @@ describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
     expect(after.staking).toBe(after.stakingSupply);
     expect(after.paymentSupply).toBe(before.paymentSupply);
   }, 300_000);
+
+  /** Stops the chain mining (its 2 s blocks) until the test ends or calls the returned function. */
+  const pauseMining = async (): Promise<() => Promise<void>> => {
+    const { test } = fixture.market;
+    await test.setIntervalMining({ interval: 0 });
+    let resumed = false;
+    const resume = async (): Promise<void> => {
+      if (resumed) return;
+      resumed = true;
+      await test.setIntervalMining({ interval: BLOCK_TIME_S });
+    };
+    onTestFinished(resume);
+    return resume;
+  };
+
+  it("a hand-off waits for no block: the new provider starts on the tenant's signed opening, whose transaction then ends the dead lease", async () => {
+    const { publicClient } = fixture.market.admin;
+    const { leaseManager } = contracts(fixture.market.deployment);
+    const getLease = (leaseId: bigint) =>
+      publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("60"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { when } = recorder(job);
+    const first = await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    const victim = serving(fixture.market, job);
+
+    // From the kill until the new provider runs the job, no block is mined: the hand-off (the
+    // failure detected, a provider found, the job started on it) cannot have waited for one.
+    const resumeMining = await pauseMining();
+    const frozenAt = await publicClient.getBlockNumber();
+    victim.process!.child.kill("SIGKILL");
+    onTestFinished(() => victim.start());
+    const failed = await when("provider-failed");
+    const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
+    expect(failed.leaseId).toBe(first.leaseId);
+    expect(restarted.resumed).toBe(true);
+    expect(await publicClient.getBlockNumber()).toBe(frozenAt);
+    expect((await getLease(restarted.leaseId)).status).toBe(0); // None: not on chain yet
+    expect((await getLease(failed.leaseId)).status).toBe(1); // Active: not ended yet
+    expect(restarted.leaseId >= 1n << 63n).toBe(true);
+    await resumeMining();
+
+    const result = await job.result();
+    await job.settled();
+    expect(result.handOffs).toBe(1);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+
+    // The provider's one transaction opened the new lease and ended the dead one (closed, or
+    // slashed if already due); the dead provider never acknowledged, so it ends slashed.
+    const [opened] = await publicClient.getContractEvents({
+      ...leaseManager,
+      eventName: "LeaseOpened",
+      args: { leaseId: restarted.leaseId },
+      fromBlock: frozenAt,
+    });
+    expect(opened!.args.predecessor).toBe(failed.leaseId);
+    expect(opened!.args.tenant).toBe(client.account.address);
+    const receipt = await publicClient.getTransactionReceipt({ hash: opened!.transactionHash });
+    expect(receipt.from.toLowerCase()).toBe(result.leases[1]!.provider.toLowerCase());
+    const endings = parseEventLogs({ abi: leaseManager.abi, logs: receipt.logs }).filter(
+      (log) =>
+        (log.eventName === "LeaseCloseRequested" || log.eventName === "LeaseSlashed") &&
+        log.args.leaseId === failed.leaseId,
+    );
+    expect(endings).toHaveLength(1);
+    expect(
+      await publicClient.readContract({ ...leaseManager, functionName: "successorOf", args: [failed.leaseId] }),
+    ).toBe(restarted.leaseId);
+    const audit = async () => auditJob(client, { jobId: job.jobId, tenant: client.account.address });
+    expect(
+      await pollUntil(async () => (await audit()).lineage.every((l) => l.status !== "active"), {
+        delayMs: 500,
+        backoff: 1,
+        timeoutMs: 60_000,
+      }),
+    ).toBe(true);
+    const { lineage, totals: paid } = await audit();
+    expect(lineage.map((l) => l.leaseId)).toEqual([failed.leaseId, restarted.leaseId]);
+    expect(lineage.map((l) => l.status)).toEqual(["slashed", "completed"]);
+    expect(paid.compensationToTenant).toBeGreaterThan(0n);
+    expect(paid.deposited).toBe(paid.paidToProviders + paid.refundedToTenant + paid.escrowed);
+
+    const after = await totals(fixture.market);
+    expect(after.payment).toBe(after.paymentSupply);
+    expect(after.staking).toBe(after.stakingSupply);
+    expect(after.paymentSupply).toBe(before.paymentSupply);
+  }, 300_000);
+
+  it("a provider stops the job it started on a signed opening that fails on chain (the tenant cannot pay)", async () => {
+    const { publicClient } = fixture.market.admin;
+    const { leaseManager, paymentToken } = contracts(fixture.market.deployment);
+    const jobId = `0x${"5e".repeat(32)}` as const;
+    const maxPricePerSecond = parseEther("0.001");
+    const offers = await findOffers(client, { requirements: { gpus: 0 }, minCount: 2 });
+    const { chosen } = await bid(client, {
+      jobId,
+      offers,
+      requirements: { gpus: 0 },
+      maxPricePerSecond,
+      durationS: 300,
+    });
+    const provider = fixture.market.providers.find((p) => p.account.address === chosen.quote.provider)!;
+    const deposit = chosen.quote.pricePerSecond * 300n;
+    await ensureAllowance(client, { amount: deposit });
+
+    const resumeMining = await pauseMining();
+    const { leaseId, opening } = await signOpening(client, {
+      quote: chosen.quote,
+      quoteSignature: chosen.signature,
+      deposit,
+    });
+    const watch = watchLease(client, {
+      leaseId,
+      peerId: chosen.offer.peerId,
+      liveness: { heartbeatMs: 500 },
+      start: {
+        spec: parseJobSpec({
+          name: "wait",
+          command: ["node", "-e", "setTimeout(() => {}, 120000)"],
+          resources: { gpus: 0, cpus: 1, memoryMiB: 256 },
+          maxDurationS: 300,
+        }),
+        opening,
+      },
+    });
+    onTestFinished(() => watch.stop());
+    const seen: LeaseWatchEvent[] = [];
+    const reading = (async () => {
+      for await (const event of watch) seen.push(event);
+    })();
+    // The provider started the job (the chain has mined nothing since) and sent its opening.
+    expect(await pollUntil(() => seen.some((e) => e.type === "accepted"), { delayMs: 50, timeoutMs: 30_000 })).toBe(
+      true,
+    );
+    const pendingOpen = async () =>
+      (await publicClient.getTransactionCount({ address: provider.account.address, blockTag: "pending" })) >
+      (await publicClient.getTransactionCount({ address: provider.account.address }));
+    expect(await pollUntil(pendingOpen, { delayMs: 50, timeoutMs: 10_000 })).toBe(true);
+
+    // The tenant withdraws its allowance ahead of the opening (a higher tip, so first in the block).
+    const { walletClient } = client.chain;
+    await walletClient!.writeContract({
+      ...paymentToken,
+      functionName: "approve",
+      args: [leaseManager.address, 0n],
+      maxPriorityFeePerGas: parseEther("0.00001"),
+      maxFeePerGas: parseEther("0.0001"),
+    });
+    await fixture.market.test.mine({ blocks: 1 });
+    await resumeMining();
+
+    // The opening reverted: no lease, and the provider stopped the job and told the tenant.
+    await reading;
+    const refusal = seen.find((e) => e.type === "refused");
+    expect(refusal?.type === "refused" && refusal.body.reason).toBe("lease-not-active");
+    expect(refusal?.type === "refused" && refusal.body.message).toContain("its opening failed on chain");
+    await provider.process!.waitFor(/signed opening failed; stopping its job/, 10_000);
+    await provider.process!.waitFor(/lease ended on chain; job stopped/, 10_000);
+    expect(
+      (await publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] })).status,
+    ).toBe(0);
+  }, 120_000);
 
   it("idle providers send no transaction: no heartbeat without a lease, no claim with nothing owed", async () => {
     const { publicClient } = fixture.market.admin;

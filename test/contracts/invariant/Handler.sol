@@ -11,6 +11,7 @@ import {Lease} from "../../../contracts/types/Lease.sol";
 import {Provider} from "../../../contracts/types/Provider.sol";
 
 import {Test} from "../utils/Test.sol";
+import {SignedOpens} from "./SignedOpens.sol";
 
 /// @notice Drives the lease manager and the provider registry through bounded, always-meaningful
 /// actions, and keeps the ghost books the invariants in {InvariantsTest} compare the contracts with.
@@ -95,7 +96,11 @@ contract Handler is Test {
     uint256 internal constant A_WARP = 12;
     uint256 internal constant A_WARP_TO_BOUNDARY = 13;
     uint256 internal constant A_WITHDRAW_CREDIT = 14;
-    uint256 internal constant ACTIONS = 15;
+    uint256 internal constant A_OPEN_FOR = 15;
+    uint256 internal constant ACTIONS = 16;
+
+    /// @dev Ids of leases opened with `openLeaseFor` start here; `openLease`'s count up from 1.
+    uint256 internal constant OPENED_FOR_ID_BIT = 1 << 63;
 
     /*//////////////////////////////////////////////////////////////
                                 CONSTANTS
@@ -138,6 +143,9 @@ contract Handler is Test {
     /// can fail there for one reason only: its signature.
     LeaseManager public immutable otherManager;
 
+    /// @notice Signs, submits and checks the signed openings of {openLeaseFor}.
+    SignedOpens public immutable signedOpens;
+
     uint256[] internal _providerKeys;
     address[] internal _providers;
     address[] internal _tenants;
@@ -152,7 +160,14 @@ contract Handler is Test {
     uint256 public ghostRefunded;
     uint256 public ghostClaimed;
 
+    /// Leases the handler saw open, of both kinds; `leaseIdAt(1..leaseCount)` lists their ids.
     uint256 public leaseCount;
+    /// Leases opened with `openLease` (ids 1 to this, as the manager's `leaseCount`).
+    uint256 public sequentialCount;
+    mapping(uint256 index => uint256 leaseId) internal _idAt;
+    /// Signed openings submitted a second time that succeeded, or failed for another reason than the id taken.
+    uint256 public signedReplaySuccesses;
+    uint256 public signedReplayWrongReasons;
     mapping(uint256 leaseId => LeaseGhost) internal _ghosts;
     mapping(uint256 leaseId => Lease.View) internal _snapshots;
     mapping(address provider => uint256[]) internal _leasesOfProvider;
@@ -207,6 +222,7 @@ contract Handler is Test {
         paymentToken = sut.paymentToken;
         otherManager = other.manager;
         treasury = treasury_;
+        signedOpens = new SignedOpens(sut.manager, sut.registry, sut.stakingToken, sut.paymentToken, treasury_);
 
         _providerKeys.push(0xA11CE);
         _providerKeys.push(0xB0B);
@@ -276,6 +292,91 @@ contract Handler is Test {
             true,
             predecessorSeed
         );
+    }
+
+    /// @notice A provider submits a tenant's signed opening (`openLeaseFor`): the tenant hands its
+    /// job on, naming any lease of the job that nothing continues (a live one is ended in the same
+    /// transaction). One time in four something is wrong on purpose: the opening is signed by
+    /// another tenant, submitted by another provider, or mined after its deadline. {SignedOpens}
+    /// signs, submits and checks the call (this contract is near the size the runner can identify);
+    /// the books are kept here.
+    function openLeaseFor(
+        uint256 parties,
+        uint256 priceSeed,
+        uint256 collateralSeed,
+        uint256 timingSeed,
+        uint256 depositSeed,
+        uint256 predecessorSeed
+    ) external tracked(A_OPEN_FOR) {
+        (OpenPlan memory plan, Lease.Quote memory q) = _plan(
+            parties,
+            priceSeed,
+            collateralSeed,
+            timingSeed,
+            depositSeed,
+            _sub(predecessorSeed, 77),
+            true
+        );
+        SignedOpens.Input memory input;
+        (input.predecessor, input.predecessorValid) = _pickAnyPredecessor(plan.tenant, q.jobId, predecessorSeed);
+        input.opening = Lease.Opening({
+            quote: q,
+            deposit: plan.deposit,
+            predecessor: input.predecessor,
+            deadline: uint64(block.timestamp + bound(_sub(timingSeed, 300), 1, 120))
+        });
+        input.fault = _sub(predecessorSeed, 5) % 16;
+        if (input.fault > 3) input.fault = 0;
+        input.signerKey = 0x7E4A47 + (input.fault == 1 ? (plan.tenantIndex + 1) % _tenants.length : plan.tenantIndex);
+        input.caller = input.fault == 2 ? _otherProvider(plan.provider) : plan.provider;
+        input.nonceAlreadySpent = plan.nonceAlreadySpent;
+        // The provider submits at once, or some seconds later; a late one after the deadline.
+        uint256 window = input.opening.deadline - block.timestamp;
+        uint256 delay = input.fault == 3
+            ? window + 1 + (_sub(timingSeed, 301) % 60)
+            : _sub(timingSeed, 302) % 3 == 0 ? _sub(timingSeed, 303) % (window + 1) : 0;
+        if (delay > 0) _warp(delay);
+
+        SignedOpens.Result memory r = signedOpens.submit(input, _registryCredits());
+        if (bytes(r.violation).length != 0) _violate(r.violation);
+        if (r.leaseId == 0) return;
+        ++successes[A_OPEN_FOR];
+        _recordOpen(r.leaseId, q, plan.deposit, bytes32(0));
+        if (input.predecessor != 0) {
+            if (++successorsOpened[input.predecessor] == 1) ghostSuccessor[input.predecessor] = r.leaseId;
+        }
+        if (r.slashed) {
+            ++_ghosts[input.predecessor].slashes;
+            _recordSlash(input.predecessor, input.caller, r.before, r.paidOut, r.registryBefore, r.oldStakeBefore);
+        }
+        signedReplaySuccesses += r.replaySucceeded ? 1 : 0;
+        signedReplayWrongReasons += r.replayWrongReason ? 1 : 0;
+    }
+
+    /// @dev A lease of the tenant's job that nothing continues, in any state (an `Active` one too),
+    /// or none; one time in eight an arbitrary one (someone else's, another job's, continued, or unknown).
+    function _pickAnyPredecessor(
+        address tenant,
+        bytes32 jobId,
+        uint256 seed
+    ) internal view returns (uint256 id, bool valid) {
+        if (seed % 8 == 0 && leaseCount > 0) {
+            id = _sub(seed, 3) % 3 == 0 ? sequentialCount + 1 + (_sub(seed, 8) % 3) : _idAt[_sub(seed, 8) % leaseCount + 1];
+            Lease.View memory v = manager.getLease(id);
+            valid = v.tenant == tenant && v.jobId == jobId && v.status != Lease.Status.None && manager.successorOf(id) == 0;
+            return (id, valid);
+        }
+        uint256[] storage own = _leasesOfJob[tenant][jobId];
+        uint256 open;
+        for (uint256 i = 0; i < own.length; ++i) if (manager.successorOf(own[i]) == 0) ++open;
+        if (open == 0) return (0, true);
+        uint256 k = _sub(seed, 8) % open;
+        for (uint256 i = 0; i < own.length; ++i) {
+            if (manager.successorOf(own[i]) == 0) {
+                if (k == 0) return (own[i], true);
+                --k;
+            }
+        }
     }
 
     /// @notice A provider heartbeats a batch of its leases, sometimes with checkpoint CIDs,
@@ -607,6 +708,11 @@ contract Handler is Test {
         all[_callers.length] = treasury;
     }
 
+    /// @notice The id of the `index`-th lease the handler saw open (1-based).
+    function leaseIdAt(uint256 index) external view returns (uint256) {
+        return _idAt[index];
+    }
+
     function ghost(uint256 leaseId) external view returns (LeaseGhost memory) {
         return _ghosts[leaseId];
     }
@@ -647,7 +753,8 @@ contract Handler is Test {
             "withdraw",
             "warp",
             "warpToBoundary",
-            "withdrawCredit"
+            "withdrawCredit",
+            "openLeaseFor"
         ];
         line = "calls (ok/total):";
         for (uint256 i = 0; i < ACTIONS; ++i) {
@@ -720,57 +827,15 @@ contract Handler is Test {
         bool followUp,
         uint256 predecessorSeed
     ) internal {
-        OpenPlan memory plan;
-        plan.predecessorValid = true; // no predecessor is always valid
-        plan.providerIndex = parties % _providers.length;
-        plan.tenantIndex = _sub(parties, 8) % _tenants.length;
-        plan.provider = _providers[plan.providerIndex];
-        plan.tenant = _tenants[plan.tenantIndex];
-        plan.jobIndex = _sub(parties, 16) % JOBS_PER_TENANT;
-
-        // Terms.
-        plan.price = bound(priceSeed, 1, MAX_PRICE);
-        plan.collateral = collateralSeed % 8 == 0 ? 0 : bound(_sub(collateralSeed, 3), 1, MAX_COLLATERAL);
-        uint256 timeoutKind = timingSeed % 5;
-        plan.timeout = timeoutKind == 0
-            ? uint64(bound(_sub(timingSeed, 8), 1 hours, manager.maxHeartbeatTimeout()))
-            : timeoutKind < 3
-                ? uint64(bound(_sub(timingSeed, 8), manager.minHeartbeatTimeout(), 5 minutes))
-                : uint64(bound(_sub(timingSeed, 8), 5 minutes, 1 hours));
-        plan.period = uint64(bound(_sub(timingSeed, 72), 1, plan.timeout / 2));
-        plan.duration = uint64(bound(_sub(timingSeed, 136), 1, _sub(timingSeed, 99) % 3 == 0 ? 2 hours : MAX_DURATION));
-        uint256 maxDeposit = plan.price * (uint256(plan.duration) + 600);
-        plan.deposit = depositSeed % 4 == 0 ? bound(depositSeed, plan.price, maxDeposit) : bound(_sub(depositSeed, 1), plan.price, maxDeposit);
-
-        // Nonce: usually fresh, sometimes one already spent, sometimes invalidated just before.
-        uint256 nonceMode = followUp ? nonceSeed % 32 : nonceSeed % 16;
-        if (nonceMode == 0 && _spentNonces[plan.provider].length > 0) {
-            uint256[] storage spent = _spentNonces[plan.provider];
-            plan.nonce = spent[_sub(nonceSeed, 8) % spent.length];
-        } else if (nonceMode < 6) {
-            plan.nonce = uint256(keccak256(abi.encode(nonceSeed, plan.provider, leaseCount))) >> 1; // sparse
-        } else {
-            plan.nonce = _nextNonce[plan.provider]++;
-        }
-        if (nonceMode == 1 && !nonceSpent[plan.provider][plan.nonce]) {
-            vm.prank(plan.provider);
-            manager.invalidateNonce(plan.nonce);
-            _spendNonce(plan.provider, plan.nonce);
-        }
-        plan.nonceAlreadySpent = nonceSpent[plan.provider][plan.nonce];
-
-        Lease.Quote memory q = _quote(
-            plan.providerIndex,
-            plan.tenantIndex,
-            plan.price,
-            plan.collateral,
-            plan.timeout,
-            plan.duration,
-            plan.jobIndex,
-            plan.nonce
+        (OpenPlan memory plan, Lease.Quote memory q) = _plan(
+            parties,
+            priceSeed,
+            collateralSeed,
+            timingSeed,
+            depositSeed,
+            nonceSeed,
+            followUp
         );
-        q.heartbeatPeriod = plan.period;
-        q.expiry = uint64(block.timestamp + bound(_sub(timingSeed, 200), 0, 1 hours));
 
         // Predecessor.
         if (followUp) (plan.predecessor, plan.predecessorValid) = _pickPredecessor(plan.tenant, q.jobId, predecessorSeed);
@@ -810,6 +875,68 @@ contract Handler is Test {
                 _violate("openLease rejected a correctly signed quote");
             }
         }
+    }
+
+    /// @dev Random parties, terms and nonce for an open (see {_openRandom}).
+    function _plan(
+        uint256 parties,
+        uint256 priceSeed,
+        uint256 collateralSeed,
+        uint256 timingSeed,
+        uint256 depositSeed,
+        uint256 nonceSeed,
+        bool followUp
+    ) internal returns (OpenPlan memory plan, Lease.Quote memory q) {
+        plan.predecessorValid = true; // no predecessor is always valid
+        plan.providerIndex = parties % _providers.length;
+        plan.tenantIndex = _sub(parties, 8) % _tenants.length;
+        plan.provider = _providers[plan.providerIndex];
+        plan.tenant = _tenants[plan.tenantIndex];
+        plan.jobIndex = _sub(parties, 16) % JOBS_PER_TENANT;
+
+        // Terms.
+        plan.price = bound(priceSeed, 1, MAX_PRICE);
+        plan.collateral = collateralSeed % 8 == 0 ? 0 : bound(_sub(collateralSeed, 3), 1, MAX_COLLATERAL);
+        uint256 timeoutKind = timingSeed % 5;
+        plan.timeout = timeoutKind == 0
+            ? uint64(bound(_sub(timingSeed, 8), 1 hours, manager.maxHeartbeatTimeout()))
+            : timeoutKind < 3
+                ? uint64(bound(_sub(timingSeed, 8), manager.minHeartbeatTimeout(), 5 minutes))
+                : uint64(bound(_sub(timingSeed, 8), 5 minutes, 1 hours));
+        plan.period = uint64(bound(_sub(timingSeed, 72), 1, plan.timeout / 2));
+        plan.duration = uint64(bound(_sub(timingSeed, 136), 1, _sub(timingSeed, 99) % 3 == 0 ? 2 hours : MAX_DURATION));
+        uint256 maxDeposit = plan.price * (uint256(plan.duration) + 600);
+        plan.deposit = depositSeed % 4 == 0 ? bound(depositSeed, plan.price, maxDeposit) : bound(_sub(depositSeed, 1), plan.price, maxDeposit);
+
+        // Nonce: usually fresh, sometimes one already spent, sometimes invalidated just before.
+        uint256 nonceMode = followUp ? nonceSeed % 32 : nonceSeed % 16;
+        if (nonceMode == 0 && _spentNonces[plan.provider].length > 0) {
+            uint256[] storage spent = _spentNonces[plan.provider];
+            plan.nonce = spent[_sub(nonceSeed, 8) % spent.length];
+        } else if (nonceMode < 6) {
+            plan.nonce = uint256(keccak256(abi.encode(nonceSeed, plan.provider, leaseCount))) >> 1; // sparse
+        } else {
+            plan.nonce = _nextNonce[plan.provider]++;
+        }
+        if (nonceMode == 1 && !nonceSpent[plan.provider][plan.nonce]) {
+            vm.prank(plan.provider);
+            manager.invalidateNonce(plan.nonce);
+            _spendNonce(plan.provider, plan.nonce);
+        }
+        plan.nonceAlreadySpent = nonceSpent[plan.provider][plan.nonce];
+
+        q = _quote(
+            plan.providerIndex,
+            plan.tenantIndex,
+            plan.price,
+            plan.collateral,
+            plan.timeout,
+            plan.duration,
+            plan.jobIndex,
+            plan.nonce
+        );
+        q.heartbeatPeriod = plan.period;
+        q.expiry = uint64(block.timestamp + bound(_sub(timingSeed, 200), 0, 1 hours));
     }
 
     /// @dev After a successful open, every way of using the same quote again must fail, and fail
@@ -894,8 +1021,13 @@ contract Handler is Test {
     }
 
     function _recordOpen(uint256 id, Lease.Quote memory q, uint256 deposit, bytes32 digest) internal {
-        if (id != leaseCount + 1) _violate("lease ids are not consecutive");
-        leaseCount = id;
+        if (id < OPENED_FOR_ID_BIT) {
+            if (id != sequentialCount + 1) _violate("lease ids are not consecutive");
+            sequentialCount = id;
+        } else if (id != manager.leaseIdOf(q)) {
+            _violate("openLeaseFor's lease id is not leaseIdOf its quote");
+        }
+        _idAt[++leaseCount] = id;
         LeaseGhost storage g = _ghosts[id];
         g.provider = q.provider;
         g.tenant = q.tenant;
@@ -931,8 +1063,8 @@ contract Handler is Test {
     ) internal view returns (uint256 id, bool valid) {
         if (seed % 8 == 0 && leaseCount > 0) {
             uint256 mode = _sub(seed, 3) % 3;
-            if (mode == 0) id = leaseCount + 1 + (_sub(seed, 8) % 3); // never opened
-            else id = _sub(seed, 8) % leaseCount + 1; // whatever it is
+            if (mode == 0) id = sequentialCount + 1 + (_sub(seed, 8) % 3); // never opened
+            else id = _idAt[_sub(seed, 8) % leaseCount + 1]; // whatever it is
             Lease.View memory v = manager.getLease(id);
             valid =
                 v.tenant == tenant &&
@@ -1165,9 +1297,10 @@ contract Handler is Test {
     }
 
     function _sync() internal {
-        uint256 n = manager.leaseCount();
-        if (n != leaseCount) _violate("the manager holds leases the handler did not see open");
-        for (uint256 id = 1; id <= n; ++id) {
+        if (manager.leaseCount() != sequentialCount) _violate("the manager holds leases the handler did not see open");
+        uint256 n = leaseCount;
+        for (uint256 i = 1; i <= n; ++i) {
+            uint256 id = _idAt[i];
             LeaseGhost storage g = _ghosts[id];
             if (g.snapped) continue;
             Lease.View memory v = manager.getLease(id);
@@ -1210,18 +1343,18 @@ contract Handler is Test {
         if (n == 0) return 0;
         if (seed % 4 != 0) {
             uint256 live;
-            for (uint256 id = 1; id <= n; ++id) if (_isLive(_ghosts[id].status)) ++live;
+            for (uint256 i = 1; i <= n; ++i) if (_isLive(_ghosts[_idAt[i]].status)) ++live;
             if (live > 0) {
                 uint256 k = _sub(seed, 8) % live;
-                for (uint256 id = 1; id <= n; ++id) {
-                    if (_isLive(_ghosts[id].status)) {
-                        if (k == 0) return id;
+                for (uint256 i = 1; i <= n; ++i) {
+                    if (_isLive(_ghosts[_idAt[i]].status)) {
+                        if (k == 0) return _idAt[i];
                         --k;
                     }
                 }
             }
         }
-        return (_sub(seed, 8) % n) + 1;
+        return _idAt[(_sub(seed, 8) % n) + 1];
     }
 
     /// @dev A random live lease that is slashable now (or, with `slashable` false, expired now), or zero.
@@ -1229,7 +1362,8 @@ contract Handler is Test {
         uint256 n = leaseCount;
         uint256[] memory pool = new uint256[](n);
         uint256 len;
-        for (uint256 id = 1; id <= n; ++id) {
+        for (uint256 i = 1; i <= n; ++i) {
+            uint256 id = _idAt[i];
             if (!_isLive(_ghosts[id].status)) continue;
             Lease.View memory v = manager.getLease(id);
             if (slashable ? v.slashable : v.expired) pool[len++] = id;

@@ -36,7 +36,7 @@ contract InvariantsTest is Base {
             TREASURY
         );
 
-        bytes4[] memory selectors = new bytes4[](15);
+        bytes4[] memory selectors = new bytes4[](16);
         selectors[0] = Handler.openLease.selector;
         selectors[1] = Handler.openFollowUp.selector;
         selectors[2] = Handler.heartbeat.selector;
@@ -52,6 +52,7 @@ contract InvariantsTest is Base {
         selectors[12] = Handler.warp.selector;
         selectors[13] = Handler.warpToBoundary.selector;
         selectors[14] = Handler.withdrawCredit.selector;
+        selectors[15] = Handler.openLeaseFor.selector;
         targetContract(address(handler));
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
     }
@@ -90,9 +91,9 @@ contract InvariantsTest is Base {
     /// credit unbacked, and no token is stranded.
     function _managerBalanceEqualsDepositsClaimableAndCredits() internal view {
         uint256 n = handler.leaseCount();
-        assertEq(manager.leaseCount(), n, "lease count");
+        assertEq(manager.leaseCount(), handler.sequentialCount(), "lease count");
         uint256 total;
-        for (uint256 id = 1; id <= n; ++id) total += manager.getLease(id).deposit;
+        for (uint256 i = 1; i <= n; ++i) total += manager.getLease(handler.leaseIdAt(i)).deposit;
         address[] memory providers = handler.providers();
         for (uint256 i = 0; i < providers.length; ++i) total += manager.claimable(providers[i]);
         total += _managerCredits();
@@ -114,8 +115,9 @@ contract InvariantsTest is Base {
     /// predecessor, and `successorOf` names that one.
     function _oneSuccessorPerLease() internal view {
         uint256 n = handler.leaseCount();
-        for (uint256 id = 1; id <= n; ++id) {
-            uint256 opened = handler.successorsOpened(id);
+        for (uint256 i = 1; i <= n; ++i) {
+            uint256 id = handler.leaseIdAt(i);
+uint256 opened = handler.successorsOpened(id);
             if (opened > 1) assertLe(opened, 1, string.concat("lease continued twice, lease ", Strings.toString(id)));
             uint256 successor = manager.successorOf(id);
             uint256 expected = handler.ghostSuccessor(id);
@@ -129,8 +131,9 @@ contract InvariantsTest is Base {
         address[] memory providers = handler.providers();
         uint256[] memory live = new uint256[](providers.length);
         uint256 n = handler.leaseCount();
-        for (uint256 id = 1; id <= n; ++id) {
-            Lease.View memory v = manager.getLease(id);
+        for (uint256 i = 1; i <= n; ++i) {
+            uint256 id = handler.leaseIdAt(i);
+Lease.View memory v = manager.getLease(id);
             if (v.status != Lease.Status.Active && v.status != Lease.Status.Closing) continue;
             for (uint256 i = 0; i < providers.length; ++i) if (providers[i] == v.provider) live[i] += v.collateral;
         }
@@ -162,8 +165,9 @@ contract InvariantsTest is Base {
     /// @notice A Completed, Closed, Expired or Slashed lease never changes again.
     function _endedLeasesNeverChange() internal view {
         uint256 n = handler.leaseCount();
-        for (uint256 id = 1; id <= n; ++id) {
-            if (!handler.ghost(id).snapped) continue;
+        for (uint256 i = 1; i <= n; ++i) {
+            uint256 id = handler.leaseIdAt(i);
+if (!handler.ghost(id).snapped) continue;
             _assertSameLease(manager.getLease(id), handler.snapshot(id), id);
         }
     }
@@ -174,8 +178,9 @@ contract InvariantsTest is Base {
     /// including the slashes of leases whose provider asked to unstake while they were live.
     function _unstakeCannotEscapeSlash() internal view {
         uint256 n = handler.leaseCount();
-        for (uint256 id = 1; id <= n; ++id) {
-            Lease.View memory v = manager.getLease(id);
+        for (uint256 i = 1; i <= n; ++i) {
+            uint256 id = handler.leaseIdAt(i);
+Lease.View memory v = manager.getLease(id);
             if (v.status != Lease.Status.Active && v.status != Lease.Status.Closing) continue;
             Provider.View memory p = registry.getProvider(v.provider);
             assertGe(p.locked, v.collateral, "live collateral not locked");
@@ -210,6 +215,8 @@ contract InvariantsTest is Base {
             assertEq(handler.replayAttempts(k), digests, "replays not attempted after every open");
         }
         assertEq(handler.quoteReuseSuccesses(), 0, "a used digest or spent nonce opened a lease");
+        assertEq(handler.signedReplaySuccesses(), 0, "a signed opening opened two leases");
+        assertEq(handler.signedReplayWrongReasons(), 0, "a signed opening's replay failed for another reason than its id taken");
     }
 
     /// @notice Payment tokens are conserved: all deposits are refunded to tenants, claimed by
@@ -229,8 +236,9 @@ contract InvariantsTest is Base {
         uint256 n = handler.leaseCount();
         uint256 refunds;
         uint256 earnings;
-        for (uint256 id = 1; id <= n; ++id) {
-            Lease.View memory v = manager.getLease(id);
+        for (uint256 i = 1; i <= n; ++i) {
+            uint256 id = handler.leaseIdAt(i);
+Lease.View memory v = manager.getLease(id);
             Handler.LeaseGhost memory g = handler.ghost(id);
             assertGe(v.settledUntil, g.openedAt, "settledUntil before opening");
             uint256 earned = (uint256(v.settledUntil) - g.openedAt) * v.pricePerSecond;

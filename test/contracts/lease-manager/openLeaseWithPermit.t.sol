@@ -46,7 +46,7 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
         );
         bytes32 digest = keccak256(abi.encodePacked("\x19\x01", paymentToken.DOMAIN_SEPARATOR(), structHash));
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(ownerKey, digest);
-        permit = Lease.Permit({deadline: deadline, v: v, r: r, s: s});
+        permit = Lease.Permit({value: value, deadline: deadline, v: v, r: r, s: s});
     }
 
     function _validPermit() internal view returns (Lease.Permit memory) {
@@ -54,7 +54,14 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
     }
 
     function _garbagePermit() internal pure returns (Lease.Permit memory) {
-        return Lease.Permit({deadline: PERMIT_DEADLINE, v: 27, r: bytes32(uint256(1)), s: bytes32(uint256(2))});
+        return
+            Lease.Permit({
+                value: DEPOSIT,
+                deadline: PERMIT_DEADLINE,
+                v: 27,
+                r: bytes32(uint256(1)),
+                s: bytes32(uint256(2))
+            });
     }
 
     function _permitQuote() internal returns (Lease.Quote memory) {
@@ -162,6 +169,25 @@ contract OpenLeaseWithPermit_Test is LeaseManagerTest {
         Lease.Quote memory q = _permitQuote();
         bytes memory sig = _sign(PROVIDER_KEY, q);
         Lease.Permit memory permit = _permit(PERMIT_TENANT_KEY, address(manager), DEPOSIT - 1, PERMIT_DEADLINE);
+        vm.prank(permitTenant);
+        _expectNoAllowance(DEPOSIT - 1);
+        manager.openLeaseWithPermit(q, sig, DEPOSIT, 0, permit);
+    }
+
+    /// @dev A permit for more than the deposit leaves the rest as an allowance: what a tenant keeps
+    /// for its next hand-off's signed opening.
+    function test_WhenPermitForMoreThanDeposit() external {
+        _openAndCheck(_permit(PERMIT_TENANT_KEY, address(manager), DEPOSIT * 3, PERMIT_DEADLINE));
+        assertEq(paymentToken.allowance(permitTenant, address(manager)), DEPOSIT * 2, "the rest is left approved");
+    }
+
+    /// @dev The permit's value is what it was signed for: another value in the struct fails the
+    /// permit (ignored), and the open then needs an allowance.
+    function test_RevertWhen_PermitValueAltered() external {
+        Lease.Quote memory q = _permitQuote();
+        bytes memory sig = _sign(PROVIDER_KEY, q);
+        Lease.Permit memory permit = _validPermit();
+        permit.value = DEPOSIT * 2;
         vm.prank(permitTenant);
         _expectNoAllowance(0);
         manager.openLeaseWithPermit(q, sig, DEPOSIT, 0, permit);
