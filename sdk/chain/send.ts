@@ -89,6 +89,9 @@ function bumped(fees: Fees, cap: bigint | undefined): Fees {
   );
 }
 
+/** Times a transaction's nonce is read before a node that keeps calling it taken is believed. */
+const STALE_NONCE_READS = 3;
+
 /** Whether a failed send may still have reached the node: the connection, not the node, failed. */
 const maybeSent = (error: unknown): boolean =>
   walk(error, (e) => e instanceof HttpRequestError || e instanceof TimeoutError) !== undefined;
@@ -139,12 +142,22 @@ export async function sendUntilMined(
       if (!maybeSent(error) && !(attempt > 1 && nonceTaken(error)) && !belowBaseFee(error)) throw error;
     }
   };
-  // The nonce is taken and the first version sent under the account's lock.
+  // The nonce is taken and the first version sent under the account's lock. A node that says the
+  // nonce is taken already answered the nonce read from a state it had not caught up with (a
+  // load-balanced RPC, or a local chain under load mining just then): read it again, a few times.
   await lock(async () => {
-    prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
-    current = capped(prepared as Fees, fees.maxFeePerGas);
-    signal?.throwIfAborted();
-    await send(1);
+    for (let read = 1; ; read++) {
+      prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
+      current = capped(prepared as Fees, fees.maxFeePerGas);
+      signal?.throwIfAborted();
+      try {
+        await send(1);
+        return;
+      } catch (error) {
+        if (read >= STALE_NONCE_READS || !nonceTaken(error)) throw error;
+        sent.length = 0;
+      }
+    }
   });
   for (let attempt = 1; ; attempt++) {
     signal?.throwIfAborted();
