@@ -172,7 +172,10 @@ export async function removeQuotaFileSystem(image: string, dir: string, log: Log
   }
   for (const loop of await loopDevices()) {
     if (loop.backingFile === image || loop.backingFile === `${image} (deleted)`) {
-      await tool("losetup", ["--detach", loop.device]);
+      // Detached meanwhile (the kernel frees an auto-cleared loop device once unmounted): done.
+      await tool("losetup", ["--detach", loop.device]).catch((error: unknown) => {
+        if (!/No such device/i.test((error as DiskQuotaError).details ?? "")) throw error;
+      });
     }
   }
   await rm(image, { force: true });
