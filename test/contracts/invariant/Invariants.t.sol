@@ -117,7 +117,7 @@ contract InvariantsTest is Base {
         uint256 n = handler.leaseCount();
         for (uint256 i = 1; i <= n; ++i) {
             uint256 id = handler.leaseIdAt(i);
-uint256 opened = handler.successorsOpened(id);
+            uint256 opened = handler.successorsOpened(id);
             if (opened > 1) assertLe(opened, 1, string.concat("lease continued twice, lease ", Strings.toString(id)));
             uint256 successor = manager.successorOf(id);
             uint256 expected = handler.ghostSuccessor(id);
@@ -131,9 +131,8 @@ uint256 opened = handler.successorsOpened(id);
         address[] memory providers = handler.providers();
         uint256[] memory live = new uint256[](providers.length);
         uint256 n = handler.leaseCount();
-        for (uint256 i = 1; i <= n; ++i) {
-            uint256 id = handler.leaseIdAt(i);
-Lease.View memory v = manager.getLease(id);
+        for (uint256 j = 1; j <= n; ++j) {
+            Lease.View memory v = manager.getLease(handler.leaseIdAt(j));
             if (v.status != Lease.Status.Active && v.status != Lease.Status.Closing) continue;
             for (uint256 i = 0; i < providers.length; ++i) if (providers[i] == v.provider) live[i] += v.collateral;
         }
@@ -167,7 +166,7 @@ Lease.View memory v = manager.getLease(id);
         uint256 n = handler.leaseCount();
         for (uint256 i = 1; i <= n; ++i) {
             uint256 id = handler.leaseIdAt(i);
-if (!handler.ghost(id).snapped) continue;
+            if (!handler.ghost(id).snapped) continue;
             _assertSameLease(manager.getLease(id), handler.snapshot(id), id);
         }
     }
@@ -180,7 +179,7 @@ if (!handler.ghost(id).snapped) continue;
         uint256 n = handler.leaseCount();
         for (uint256 i = 1; i <= n; ++i) {
             uint256 id = handler.leaseIdAt(i);
-Lease.View memory v = manager.getLease(id);
+            Lease.View memory v = manager.getLease(id);
             if (v.status != Lease.Status.Active && v.status != Lease.Status.Closing) continue;
             Provider.View memory p = registry.getProvider(v.provider);
             assertGe(p.locked, v.collateral, "live collateral not locked");
@@ -238,7 +237,7 @@ Lease.View memory v = manager.getLease(id);
         uint256 earnings;
         for (uint256 i = 1; i <= n; ++i) {
             uint256 id = handler.leaseIdAt(i);
-Lease.View memory v = manager.getLease(id);
+            Lease.View memory v = manager.getLease(id);
             Handler.LeaseGhost memory g = handler.ghost(id);
             assertGe(v.settledUntil, g.openedAt, "settledUntil before opening");
             uint256 earned = (uint256(v.settledUntil) - g.openedAt) * v.pricePerSecond;
