@@ -96,8 +96,9 @@ export interface WaitForConfirmationsParameters {
 /**
  * Follows a mined transaction until `confirmations` blocks are built on the block that holds it, and
  * resolves with its receipt from there; or with `vanished` once it is in no block and the RPC node
- * does not know it either (a reorg dropped it and nobody sent it again), or it was mined again after a
- * reorg and reverted there. A transaction back in the mempool after a reorg is waited for: it is
+ * does not know it either, at two heads in a row (a reorg dropped it and nobody sent it again), or
+ * it was mined again after a reorg and reverted there. A transaction back in the mempool after a
+ * reorg is waited for: it is
  * mined again, maybe in another block, and its depth counts from there. One look per new block, at
  * the client's polling interval; with 0 confirmations, one look in all. An RPC endpoint that fails
  * is asked again each second, for up to 10 minutes; then its error is thrown.
@@ -112,8 +113,11 @@ export async function waitForConfirmations(
 ): Promise<TransactionFate> {
   const { publicClient } = chain;
   let lastHead: bigint | undefined;
-  /** Looks in a row that found the transaction nowhere: one could be an RPC node behind its peers. */
-  let missing = 0;
+  /**
+   * The head at which the transaction was first found nowhere. It has vanished once it is still
+   * nowhere at a later head: right after a reorg, a node may not have put it back in its mempool yet.
+   */
+  let missingAt: bigint | undefined;
   const look = async (): Promise<Look<TransactionFate>> => {
     const head = await publicClient.getBlockNumber({ cacheTime: 0 });
     // Nothing can have changed on a chain that has not moved (a reorg brings a block too).
@@ -128,19 +132,17 @@ export async function waitForConfirmations(
         .catch((error: unknown) => (notFound(error) ? undefined : Promise.reject(error)));
       if (known) {
         // Pending again (a reorg put it back in the mempool): it will be mined again.
-        missing = 0;
+        missingAt = undefined;
         return { done: false };
       }
-      if (++missing < 2) {
-        lastHead = undefined;
-        return { done: false };
-      }
+      missingAt ??= head;
+      if (head === missingAt) return { done: false };
       return {
         done: true,
         value: { state: "vanished", reason: `transaction ${hash} is in no block and no mempool (a reorg dropped it)` },
       };
     }
-    missing = 0;
+    missingAt = undefined;
     if (head - receipt.blockNumber < BigInt(confirmations)) return { done: false };
     // The block at that height must still be the receipt's: a node behind a load balancer may
     // answer from a stale view.
