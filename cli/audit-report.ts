@@ -27,7 +27,9 @@ function duration(seconds: bigint): string {
         .join(" ");
 }
 
-const asOf = (snapshot: AuditSnapshot): string => `block ${snapshot.blockNumber}, ${time(snapshot.timestamp)}`;
+const asOf = (snapshot: AuditSnapshot): string =>
+  `block ${snapshot.blockNumber}, ${time(snapshot.timestamp)}` +
+  (snapshot.confirmations > 0 ? ` (${snapshot.confirmations} confirmations: younger blocks not read)` : "");
 
 /** A lease's image: its manifest digest, or that it ran none. */
 const imageOf = (lease: LeaseAudit): string => lease.image ?? "none (a process job)";

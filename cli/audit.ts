@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 
 import type { ChainClient } from "../sdk/chain/client.ts";
+import { MAX_CONFIRMATIONS } from "../sdk/chain/confirmations.ts";
 import type { LogScanProgress } from "../sdk/chain/logs.ts";
 import { networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
 import { printJson } from "./output.ts";
@@ -10,6 +11,7 @@ interface AuditOptions extends NetworkOptions {
   json?: boolean;
   tenant?: `0x${string}`;
   maxLogRange?: number;
+  confirmations?: number;
 }
 
 /** A read-only client for the network's deployment (see cli/network.ts), checked to be on its chain. */
@@ -23,6 +25,7 @@ async function connect(options: AuditOptions): Promise<{ chain: ChainClient }> {
     rpcUrl: network.rpcUrl,
     deployment: await loadDeploymentFile(network.deployment),
     ...(options.maxLogRange ? { maxLogRange: BigInt(options.maxLogRange) } : {}),
+    ...(options.confirmations === undefined ? {} : { confirmations: options.confirmations }),
   });
   await checkChain(chain);
   return { chain };
@@ -87,6 +90,11 @@ function auditOptions(command: Command): Command {
       "the widest block range one eth_getLogs asks for (default 10000; a public RPC may allow less)",
       integerIn("--max-log-range", 1, 1_000_000_000),
     )
+    .option(
+      "--confirmations <blocks>",
+      "read as of the block this many blocks below the head, so that no event a reorg that deep could undo is shown (default 0: the latest block)",
+      integerIn("--confirmations", 0, MAX_CONFIRMATIONS),
+    )
     .option("--json", "print the audit as JSON (amounts as decimal strings)");
 }
 
@@ -103,7 +111,11 @@ export function auditCommands(program: Command): void {
         .argument("<jobId>", "the job id (0x and 64 hex digits)", jobIdArg)
         .option("--tenant <address>", "whose job, when more than one tenant used the id", addressArg),
     ),
-    ["baton audit job 0x5f…", "baton audit job 0x5f… --network .baton/devnet/network.json --json"],
+    [
+      "baton audit job 0x5f…",
+      "baton audit job 0x5f… --network .baton/devnet/network.json --json",
+      "baton audit job 0x5f… --rpc-url https://… --confirmations 12",
+    ],
   ).action(job);
   examples(
     auditOptions(

@@ -92,6 +92,10 @@ export function describe(event: JobEvent, name: (address: string | undefined) =>
         `lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, ` +
         `deposit ${formatEther(event.deposit)}${event.predecessor ? ` (continues lease ${event.predecessor})` : ""}`
       );
+    case "lease-confirmed":
+      return `lease ${event.leaseId} confirmed (its opening in block ${event.blockNumber} is deep enough)`;
+    case "lease-vanished":
+      return `lease ${event.leaseId} VANISHED in a reorg (${event.reason}); the job moves to a new lease`;
     case "started":
       return event.resumed
         ? `lease ${event.leaseId}: job resumed from step ${event.resumedFrom?.step ?? "?"} (${event.resumedFrom?.cid.slice(0, 16)}…)`
@@ -153,7 +157,7 @@ export function summary(record: JobRecord, names: Map<string, string>): string {
     // The image as every lease ran it: pinned at submit, which the chain cannot show (it carries no spec).
     ...(record.spec.image === undefined ? [] : [`image ${imageKey(record.spec.image)}`]),
     table(rows),
-    `${handOffCount(record.leases)} hand-off(s), safe checkpoints held ${record.safe.length}, deposited ${formatEther(BigInt(record.deposited))}`,
+    `${handOffCount(record.leases.filter((lease) => lease.state !== "vanished"))} hand-off(s), safe checkpoints held ${record.safe.length}, deposited ${formatEther(BigInt(record.deposited))}`,
   ];
   if (record.result?.outputDir) lines.push(`output: ${record.result.outputDir}`);
   return lines.join("\n");

@@ -3,6 +3,7 @@ import path from "node:path";
 
 import type { Command } from "commander";
 
+import { MAX_CONFIRMATIONS } from "../sdk/chain/confirmations.ts";
 import { handOffCount } from "../sdk/hand-offs.ts";
 import type { BatonClient, JobHandle } from "../sdk/index.ts";
 import { UserError } from "../sdk/errors.ts";
@@ -21,6 +22,7 @@ export interface TenantOptions extends NetworkOptions, PasswordOptions {
   json?: boolean;
   logs?: boolean;
   verbose?: boolean;
+  confirmations?: number;
 }
 
 /** Adds the options of a command that acts as a tenant: its data dir, its key, the network, output. */
@@ -31,6 +33,11 @@ export function tenantOptions(command: Command): Command {
   passwordOption(command);
   networkOptions(command);
   return command
+    .option(
+      "--confirmations <blocks>",
+      "blocks that must lie on a lease's opening before the tenant believes it (default 0: the latest block; see the README for public chains)",
+      integerIn("--confirmations", 0, MAX_CONFIRMATIONS),
+    )
     .option("--json", "print events and results as JSON lines")
     .option("--logs", "show the job's own output")
     .option("--verbose", "log what the SDK does");
@@ -50,6 +57,7 @@ export async function connect(options: TenantOptions): Promise<{ client: BatonCl
     deployment: network.deployment,
     bootstrap: network.bootstrap,
     dataDir: options.dataDir,
+    ...(options.confirmations === undefined ? {} : { confirmations: options.confirmations }),
     log: createLogger("tenant", { level: options.verbose ? "info" : "warn" }),
   });
   return { client, names: network.names };
@@ -199,7 +207,7 @@ async function list(options: Pick<TenantOptions, "dataDir" | "json" | "network">
       record.spec.name,
       record.state,
       String(record.leases.length),
-      String(handOffCount(record.leases)),
+      String(handOffCount(record.leases.filter((lease) => lease.state !== "vanished"))),
       last ? (names.get(last.provider.toLowerCase()) ?? last.provider) : "-",
     ]);
   }

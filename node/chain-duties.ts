@@ -1,6 +1,7 @@
-import { formatEther, type TransactionReceipt } from "viem";
+import { formatEther, isAddressEqual, type TransactionReceipt } from "viem";
 
 import { contracts, leaseStatus, writeContract } from "../sdk/chain/client.ts";
+import { confirmedBlockNumber } from "../sdk/chain/confirmations.ts";
 import type { NodeComponents } from "./components.ts";
 import type { Leases } from "./leases.ts";
 import type { Openings } from "./openings.ts";
@@ -27,6 +28,12 @@ const MAX_CIDS_PER_HEARTBEAT = 16;
  * time, so the account's nonces never race. A node with no lease sends nothing: heartbeats are for
  * live leases only, and a claim goes out only when earnings are owed (at least `claimMinAmount`).
  * After each transaction it checks its gas balance and warns once it falls below `lowGasBalance`.
+ *
+ * With `confirmations` (config), what keeps a lease alive goes on the newest block, and what stops a
+ * job waits until it lies that deep: a lease's end (read at `head − confirmations`), the absence of
+ * a lease whose opening a reorg took (seen for that many blocks), the completion `finish` brought
+ * (the lease stays `exited`, and its finish is sent again should a reorg take it back). A close is
+ * acknowledged at once, and its job stopped once the close is that deep.
  */
 export function chainDuties(components: NodeComponents, leases: Leases, openings: Openings): ChainDuties {
   const { chain, store, log, metrics, account, config, chainClock } = components;
@@ -151,9 +158,10 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
       lease.resultCid ?? `baton-result:v1:exit=${lease.exitCode ?? "signal"}:${lease.reason ?? "exited"}`;
     try {
       sent(await writeContract(chain, { ...leaseManager, functionName: "finish", args: [lease.leaseId, resultCid] }));
-      store.updateLease(lease.leaseId, { state: "finished", resultCid });
-      log.info("lease finished on chain", { leaseId: lease.leaseId, resultCid });
-      metrics.leasesFinished.inc();
+      // With confirmations the lease stays `exited` until its completion lies deep enough: a finish
+      // that a reorg takes back is sent again, and the lease never goes unheartbeated meanwhile.
+      if (config.confirmations === 0) finished(lease.leaseId, resultCid);
+      else store.updateLease(lease.leaseId, { resultCid });
       ended.set(lease.leaseId, 0n);
       await leases.release(lease.leaseId);
     } catch (error) {
@@ -161,16 +169,63 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
     }
   };
 
+  const finished = (leaseId: bigint, resultCid: string | null): void => {
+    store.updateLease(leaseId, { state: "finished" });
+    log.info("lease finished on chain", { leaseId, resultCid });
+    metrics.leasesFinished.inc();
+  };
+
   /** Ends the lease's part in the duties: its pending CIDs can no longer be committed. */
   const forget = (leaseId: bigint, earned: bigint): void => {
     ended.set(leaseId, earned);
     store.removePendingCheckpoints(leaseId);
+    seenOnChain.delete(leaseId);
+    missingSince.delete(leaseId);
   };
+
+  /** A lease as the node may act on it: `None` also for an id that names another provider's lease (after a reorg). */
+  const readLease = async (leaseId: bigint, blockNumber?: bigint) => {
+    const view = await chain.publicClient.readContract({
+      ...leaseManager,
+      functionName: "getLease",
+      args: [leaseId],
+      ...(blockNumber === undefined ? {} : { blockNumber }),
+    });
+    const ours = isAddressEqual(view.provider, account.address);
+    return { view, status: ours ? (leaseStatus[view.status] ?? "None") : ("None" as const) };
+  };
+
+  /**
+   * Why a lease read at the node's confirmation depth has ended for good, if it has: a reorg no
+   * deeper than `confirmations` cannot bring it back, so its job may be stopped.
+   */
+  const endOf = ({ view, status }: Awaited<ReturnType<typeof readLease>>): string | undefined => {
+    if (status === "None") return undefined;
+    if (status === "Active" || status === "Closing") {
+      if (view.slashable) return "lease slashable on chain";
+      if (status === "Active" && view.expired) return "lease expired on chain";
+      return undefined;
+    }
+    return `lease ${status.toLowerCase()} on chain`;
+  };
+
+  const maxOf = (a: bigint, b: bigint): bigint => (a > b ? a : b);
+
+  /** Per lease, the head block at which the newest block was first seen without it (a reorg took its opening). */
+  const missingSince = new Map<bigint, bigint>();
+  /** Leases this node has read on chain since it started. */
+  const seenOnChain = new Set<bigint>();
 
   const round = async (): Promise<void> => {
     const now = await syncClock();
     // Failed starts too: their lease stays open until the tenant closes it, and the close needs our acknowledgement.
     const live = store.leases(["preparing", "running", "exited", "failed", "handed-back"]);
+    // What stops a job (a lease ended, or gone) counts only `confirmations` blocks deep; what keeps
+    // a lease alive (heartbeats, acknowledging a close, finish) goes on the newest block.
+    const depth = config.confirmations;
+    const head = depth > 0 && live.length > 0 ? await chain.publicClient.getBlockNumber({ cacheTime: 0 }) : 0n;
+    // No lease lies below the deployment (and no contract answers there).
+    const deepBlock = maxOf(confirmedBlockNumber(head, depth), chain.deployment.deployBlock);
     /** Leases that could take a heartbeat this round, with the seconds since their last. */
     const heartbeatable: { lease: LeaseRow; age: number; pending: boolean }[] = [];
     const deadlines = new Map<bigint, number>();
@@ -179,21 +234,21 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
     for (const lease of live) {
       // A lease whose signed opening is not mined yet is not on chain: its opening's watch decides.
       if (openings.pending(lease.leaseId)) continue;
-      const onChain = await chain.publicClient.readContract({
-        ...leaseManager,
-        functionName: "getLease",
-        args: [lease.leaseId],
-      });
-      const status = leaseStatus[onChain.status] ?? "None";
+      const newest = await readLease(lease.leaseId);
+      const { view: onChain, status } = newest;
       // Not on chain yet, started on a signed opening that may still land (a node restarted while
       // its opening was pending no longer watches it): the job runs on until the opening's window
-      // has passed, and is fenced then.
-      if (status === "None" && Date.now() - lease.startedAt < config.maxOpeningWindowS * 1000) continue;
+      // has passed, and is fenced then. A lease this node saw on chain and sees no more was taken
+      // by a reorg instead: see below.
+      if (status !== "None") seenOnChain.add(lease.leaseId);
+      else if (!seenOnChain.has(lease.leaseId) && Date.now() - lease.startedAt < config.maxOpeningWindowS * 1000) {
+        continue;
+      }
       if (status === "Active" || status === "Closing") deadlines.set(lease.leaseId, Number(onChain.deadline));
       if (status === "Closing" && lease.state === "handed-back") {
         // The tenant took the hand-back: acknowledge its close (the lease then ends `Closed`, our
         // collateral freed). Until the acknowledgement lands it is tried again every round.
-        if (await heartbeatBatch([lease], now)) {
+        if ((await heartbeatBatch([lease], now)) && depth === 0) {
           store.updateLease(lease.leaseId, { state: "fenced" });
           log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
           forget(lease.leaseId, 0n);
@@ -201,18 +256,41 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
         continue;
       }
       if (status === "Closing") {
-        // The tenant left: acknowledge with one heartbeat (it frees our collateral), then stop the job.
+        // The tenant left: acknowledge with one heartbeat (it frees our collateral), then stop the
+        // job, once the close lies deep enough (a close a reorg takes back leaves the lease running).
         await heartbeat([lease], now);
-        await leases.fence(lease.leaseId, "closed by the tenant");
-        forget(lease.leaseId, 0n);
+        if (depth === 0) {
+          await leases.fence(lease.leaseId, "closed by the tenant");
+          forget(lease.leaseId, 0n);
+        }
         continue;
       }
-      if (status !== "Active" || onChain.expired || onChain.slashable) {
-        const why = onChain.slashable ? "slashable" : onChain.expired ? "expired" : status.toLowerCase();
-        await leases.fence(lease.leaseId, `lease ${why} on chain`);
-        forget(lease.leaseId, status === "Active" ? onChain.earned : 0n);
+      const deep = depth === 0 ? newest : await readLease(lease.leaseId, deepBlock);
+      const end = endOf(deep);
+      if (end !== undefined) {
+        missingSince.delete(lease.leaseId);
+        if (deep.status === "Completed" && lease.state === "exited") finished(lease.leaseId, lease.resultCid);
+        else if (lease.state === "handed-back" && deep.status === "Closed") {
+          store.updateLease(lease.leaseId, { state: "fenced" });
+          log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
+        } else await leases.fence(lease.leaseId, end);
+        forget(lease.leaseId, deep.status === "Active" ? deep.view.earned : 0n);
         continue;
       }
+      if (status === "None") {
+        // Not on the newest block: a reorg took its opening (or gave its id to another provider's
+        // lease). Its job stops once that has held for `confirmations` blocks; the opening may come back.
+        const since = missingSince.get(lease.leaseId) ?? head;
+        missingSince.set(lease.leaseId, since);
+        if (head - since >= BigInt(depth)) {
+          await leases.fence(lease.leaseId, "lease gone from the chain (a reorg took its opening)");
+          forget(lease.leaseId, 0n);
+        }
+        continue;
+      }
+      missingSince.delete(lease.leaseId);
+      // Ended on the newest block but not yet as deep as `confirmations`: the job runs on meanwhile.
+      if (status !== "Active" || onChain.expired || onChain.slashable) continue;
       if (lease.state === "failed") continue;
       const pending = store.pendingCheckpoints(lease.leaseId, 1).length > 0;
       const ending =

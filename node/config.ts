@@ -7,6 +7,7 @@ import { z } from "zod";
 import { UserError } from "../sdk/errors.ts";
 import { logLevels, type LogLevel } from "../sdk/logger.ts";
 import { heartbeatTimingProblem } from "../sdk/chain/block-time.ts";
+import { DEFAULT_CONFIRMATIONS, MAX_CONFIRMATIONS } from "../sdk/chain/confirmations.ts";
 import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import {
   BID_RATE_LIMIT,
@@ -51,6 +52,13 @@ export const nodeConfigSchema = z
     maxFeePerGasGwei: z.number().positive().nullable().default(null),
     /** A transaction not mined after this long is sent again, with 12.5% more fee within the cap. */
     resendTxAfterS: z.number().positive().default(30),
+    /**
+     * Blocks that must lie on what the chain says before the node stops a job over it: a lease that
+     * ended (closed, slashed, expired, completed) or whose opening a reorg took. It starts jobs and
+     * keeps leases alive (heartbeats, acknowledgements, finish) on the newest block. 0 (the default,
+     * what a local chain needs) trusts the newest block; see the README for public chains.
+     */
+    confirmations: z.number().int().min(0).max(MAX_CONFIRMATIONS).default(DEFAULT_CONFIRMATIONS),
     /** The deployment file (`deployments/<chainId>.json`) of the contracts to use. */
     deployment: z.string().min(1),
     /** A v3 keystore file, relative to the data dir; BATON_PROVIDER_KEY overrides it in development. */
@@ -217,7 +225,10 @@ export async function loadNodeConfig(dataDir: string): Promise<NodeConfig> {
  */
 /** How the node talks to its chain, as `createChainClient` takes it (less the deployment and account). */
 export function chainClientOptions(
-  config: Pick<NodeConfig, "rpcUrl" | "maxLogRange" | "maxFeePerGasGwei" | "resendTxAfterS" | "blockTimeS">,
+  config: Pick<
+    NodeConfig,
+    "rpcUrl" | "maxLogRange" | "maxFeePerGasGwei" | "resendTxAfterS" | "blockTimeS" | "confirmations"
+  >,
 ): {
   rpcUrl: string | string[];
   pollingIntervalMs: number;
@@ -225,9 +236,11 @@ export function chainClientOptions(
   maxFeePerGas?: bigint;
   replaceAfterMs: number;
   blockTimeS?: number;
+  confirmations: number;
 } {
   return {
     rpcUrl: config.rpcUrl,
+    confirmations: config.confirmations,
     ...(config.blockTimeS === undefined ? {} : { blockTimeS: config.blockTimeS }),
     pollingIntervalMs: 100,
     maxLogRange: BigInt(config.maxLogRange),

@@ -406,7 +406,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       {
         what: `the opening of lease ${leaseId}`,
         fromBlock: chain.deployment.deployBlock,
-        toBlock: await chain.publicClient.getBlockNumber(),
+        // Uncached: viem keeps a block number for its polling interval, and a tenant starts its
+        // session the moment its opening is mined (a cached number missed that block, and the
+        // lease was refused as having no opening).
+        toBlock: await chain.publicClient.getBlockNumber({ cacheTime: 0 }),
         maxRange: chain.maxLogRange,
       },
     );

@@ -46,6 +46,13 @@ export interface CreateBatonClientParameters {
    * needed. Quotes whose heartbeat timeout the block time makes unmeetable are refused.
    */
   blockTimeS?: number;
+  /**
+   * Blocks that must lie on a block before the tenant believes what it holds (sdk/chain/confirmations.ts).
+   * A job starts on a lease at once, but the lease counts (the job's `lease-confirmed` event, slashes
+   * recorded, audits) only this deep, and a lease whose opening a reorg drops is left for a new one.
+   * Default 0: the latest block, what a local chain needs; see the README for public chains.
+   */
+  confirmations?: number;
   signal?: AbortSignal;
 }
 
@@ -102,6 +109,7 @@ export async function createBatonClient({
   maxFeePerGas,
   replaceAfterMs,
   blockTimeS,
+  confirmations,
   signal,
 }: CreateBatonClientParameters): Promise<BatonClient> {
   const resolved = typeof deployment === "string" ? await loadDeploymentFile(deployment) : deployment;
@@ -114,6 +122,7 @@ export async function createBatonClient({
     ...(maxFeePerGas ? { maxFeePerGas } : {}),
     ...(replaceAfterMs ? { replaceAfterMs } : {}),
     ...(blockTimeS === undefined ? {} : { blockTimeS }),
+    ...(confirmations === undefined ? {} : { confirmations }),
   });
   await checkChain(chain, signal);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });

@@ -71,6 +71,14 @@ export {
   type ChainLeaseStatus,
   type CreateChainClientParameters,
 } from "./chain/client.ts";
+export {
+  confirmedBlock,
+  confirmedBlockNumber,
+  waitForConfirmations,
+  type TransactionFate,
+  type WaitForConfirmationsParameters,
+} from "./chain/confirmations.ts";
+export { followOpening, type FollowOpeningParameters, type OpeningFate } from "./tenant/lease-confirmation.ts";
 export { loadDeployment, loadDeploymentFile, type Deployment } from "./chain/deployments.ts";
 export { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "./generated/abis.ts";
 export { handOffCount } from "./hand-offs.ts";

@@ -24,11 +24,16 @@ export interface CreateLoggerOptions {
   write?: (line: string) => void;
 }
 
+/** A field as JSON takes it: bigints as decimal strings (inside arrays and objects too), errors by name and message. */
 function serialise(value: unknown): unknown {
   if (typeof value === "bigint") return value.toString();
   if (value instanceof Error) return { name: value.name, message: value.message };
   return value;
 }
+
+/** JSON.stringify's replacer: a bigint anywhere (a list of lease ids) must not make a log line throw. */
+const bigintsAsStrings = (_key: string, value: unknown): unknown =>
+  typeof value === "bigint" ? value.toString() : value;
 
 export function createLogger(component: string, options: CreateLoggerOptions = {}): Logger {
   const threshold = ORDER[options.level ?? "info"];
@@ -39,7 +44,7 @@ export function createLogger(component: string, options: CreateLoggerOptions = {
       if (ORDER[level] < threshold) return;
       const entry: Record<string, unknown> = { t: new Date().toISOString(), level, component, msg: message };
       for (const [key, value] of Object.entries(fields)) entry[key] = serialise(value);
-      write(JSON.stringify(entry));
+      write(JSON.stringify(entry, bigintsAsStrings));
     };
   return {
     debug: log("debug"),

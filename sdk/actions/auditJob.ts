@@ -1,6 +1,7 @@
 import { isAddressEqual, isHex, size, type Address, type Hex } from "viem";
 
 import {
+  asOfText,
   auditLeases,
   byChainOrder,
   leaseTotals,
@@ -28,6 +29,11 @@ export interface AuditJobParameters {
   signal?: AbortSignal;
   /** Told after each page of blocks read: an audit of a long chain reads many (sdk/chain/logs.ts). */
   onProgress?: (progress: LogScanProgress) => void;
+  /**
+   * Read at the newest block this many blocks deep, so that nothing a reorg of up to that many
+   * blocks could undo is shown. Default: the client's (sdk/chain/confirmations.ts).
+   */
+  confirmations?: number;
 }
 
 export type JobCheckpoint = CheckpointCommit & { leaseId: bigint };
@@ -81,15 +87,15 @@ export interface AuditJobReturnType {
  */
 export async function auditJob(
   client: { chain: ChainClient },
-  { jobId, tenant, signal, onProgress }: AuditJobParameters,
+  { jobId, tenant, signal, onProgress, confirmations }: AuditJobParameters,
 ): Promise<AuditJobReturnType> {
   if (!isHex(jobId, { strict: true }) || size(jobId) !== 32) {
     throw new UserError(`not a job id: ${jobId} (0x and 64 hex digits)`);
   }
-  const scope = await openAuditScope(client.chain, signal, onProgress);
+  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations });
   const all = await auditLeases(scope, { jobId });
   const tenants = [...new Set(all.map((lease) => lease.tenant))];
-  if (all.length === 0) throw new UserError(`no lease carries job ${jobId} (as of block ${scope.asOf.blockNumber})`);
+  if (all.length === 0) throw new UserError(`no lease carries job ${jobId} (${asOfText(scope.asOf)})`);
   if (tenant === undefined && tenants.length > 1) {
     throw new UserError(
       `job ${jobId} is used by ${tenants.length} tenants (${tenants.join(", ")}): say whose job to audit`,
@@ -98,8 +104,7 @@ export async function auditJob(
   const owner = tenant ?? tenants[0]!;
   const leases = all.filter((lease) => isAddressEqual(lease.tenant, owner));
   const first = leases[0];
-  if (!first)
-    throw new UserError(`no lease of tenant ${owner} carries job ${jobId} (as of block ${scope.asOf.blockNumber})`);
+  if (!first) throw new UserError(`no lease of tenant ${owner} carries job ${jobId} (${asOfText(scope.asOf)})`);
 
   const byId = new Map(leases.map((lease) => [lease.leaseId, lease]));
   // Walking back from the final lease gives the job's one line of succession: each lease names one

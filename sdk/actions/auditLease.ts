@@ -1,6 +1,6 @@
 import { maxUint256 } from "viem";
 
-import { auditLeases, openAuditScope, type AuditSnapshot, type LeaseAudit } from "../chain/audit-events.ts";
+import { asOfText, auditLeases, openAuditScope, type AuditSnapshot, type LeaseAudit } from "../chain/audit-events.ts";
 import type { LogScanProgress } from "../chain/logs.ts";
 import type { ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
@@ -10,6 +10,11 @@ export interface AuditLeaseParameters {
   signal?: AbortSignal;
   /** Told after each page of blocks read: an audit of a long chain reads many (sdk/chain/logs.ts). */
   onProgress?: (progress: LogScanProgress) => void;
+  /**
+   * Read at the newest block this many blocks deep, so that nothing a reorg of up to that many
+   * blocks could undo is shown. Default: the client's (sdk/chain/confirmations.ts).
+   */
+  confirmations?: number;
 }
 
 export type AuditLeaseReturnType = LeaseAudit & {
@@ -29,15 +34,15 @@ export type AuditLeaseReturnType = LeaseAudit & {
  */
 export async function auditLease(
   client: { chain: ChainClient },
-  { leaseId, signal, onProgress }: AuditLeaseParameters,
+  { leaseId, signal, onProgress, confirmations }: AuditLeaseParameters,
 ): Promise<AuditLeaseReturnType> {
   if (leaseId < 1n || leaseId > maxUint256) {
     throw new UserError(`not a lease id: ${leaseId} (lease ids are uint256 values from 1)`);
   }
-  const scope = await openAuditScope(client.chain, signal, onProgress);
+  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations });
   const [lease] = await auditLeases(scope, { leaseId });
   if (!lease) {
-    throw new UserError(`no lease ${leaseId} in this deployment (as of block ${scope.asOf.blockNumber})`);
+    throw new UserError(`no lease ${leaseId} in this deployment (${asOfText(scope.asOf)})`);
   }
   return { ...lease, asOf: scope.asOf };
 }

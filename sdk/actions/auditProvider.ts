@@ -1,6 +1,7 @@
 import { getAddress, isAddress, type Address } from "viem";
 
 import {
+  asOfText,
   auditLeases,
   byChainOrder,
   countOutcomes,
@@ -27,6 +28,11 @@ export interface AuditProviderParameters {
   signal?: AbortSignal;
   /** Told after each page of blocks read: an audit of a long chain reads many (sdk/chain/logs.ts). */
   onProgress?: (progress: LogScanProgress) => void;
+  /**
+   * Read at the newest block this many blocks deep, so that nothing a reorg of up to that many
+   * blocks could undo is shown. Default: the client's (sdk/chain/confirmations.ts).
+   */
+  confirmations?: number;
 }
 
 /** A registration or profile update. */
@@ -117,11 +123,11 @@ export interface AuditProviderReturnType {
  */
 export async function auditProvider(
   client: { chain: ChainClient },
-  { provider: given, signal, onProgress }: AuditProviderParameters,
+  { provider: given, signal, onProgress, confirmations }: AuditProviderParameters,
 ): Promise<AuditProviderReturnType> {
   if (!isAddress(given)) throw new UserError(`not an address: ${given}`);
   const provider = getAddress(given);
-  const scope = await openAuditScope(client.chain, signal, onProgress);
+  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations });
   const { registry, leaseManager } = contracts(client.chain.deployment);
   const at = { blockNumber: scope.asOf.blockNumber };
 
@@ -132,7 +138,7 @@ export async function auditProvider(
     ...at,
   });
   if (!view.registered) {
-    throw new UserError(`${provider} is not a registered provider (as of block ${scope.asOf.blockNumber})`);
+    throw new UserError(`${provider} is not a registered provider (${asOfText(scope.asOf)})`);
   }
   signal?.throwIfAborted();
 

@@ -215,6 +215,10 @@ export async function serve(
       if (replica.state === "suspect") setState(replica, "ready");
     });
     job.on("provider-failed", () => cut("replacing"));
+    // A reorg took the lease it serves on (not an older one of the replica's): it moves to a new lease.
+    job.on("lease-vanished", (event) => {
+      if (job.status().leaseId === event.leaseId) cut("replacing");
+    });
     job.on("re-leased", () => setState(replica, "starting"));
     const ended = (): void => {
       cut("stopped");

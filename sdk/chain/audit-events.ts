@@ -5,11 +5,12 @@
  */
 import type { Address, ContractEventArgs, ContractEventName, GetContractEventsReturnType, Hex } from "viem";
 
-import { BaseError } from "../errors.ts";
+import { BaseError, UserError } from "../errors.ts";
 import type { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import { imageDigestFromBytes32 } from "../images/digest.ts";
 import type { ImageDigest } from "../images/reference.ts";
 import { contracts, leaseStatus, type ChainClient, type ChainLeaseStatus } from "./client.ts";
+import { checkConfirmations, confirmedBlock } from "./confirmations.ts";
 import { scanLogs, type LogScanProgress } from "./logs.ts";
 
 /** A lease's state, as `Lease.Status` names it (lower case); `None` never appears in an audit. */
@@ -22,6 +23,11 @@ export interface AuditSnapshot {
   blockNumber: bigint;
   /** Unix seconds. */
   timestamp: bigint;
+  /**
+   * How many blocks below the chain's head it lies: the audit's confirmation depth. Nothing younger
+   * than this many blocks is in the audit, so a reorg no deeper cannot change it.
+   */
+  confirmations: number;
 }
 
 /** Where and when an event was emitted. */
@@ -198,21 +204,46 @@ export type RegistryLogs<name extends RegistryEventName> = GetContractEventsRetu
 >;
 
 /**
- * Pins the audit to the chain's latest block.
+ * Pins the audit to the newest block `confirmations` deep (by default the client's: see
+ * sdk/chain/confirmations.ts): every event up to it, every view at it, nothing younger.
  *
  * @example
- * const scope = await openAuditScope(client.chain, signal);
+ * const scope = await openAuditScope(client.chain, { signal, confirmations: 12 });
  */
 export async function openAuditScope(
   chain: ChainClient,
-  signal?: AbortSignal,
-  onProgress?: (progress: LogScanProgress) => void,
+  {
+    signal,
+    onProgress,
+    confirmations = chain.confirmations,
+  }: {
+    signal?: AbortSignal | undefined;
+    onProgress?: ((progress: LogScanProgress) => void) | undefined;
+    confirmations?: number | undefined;
+  } = {},
 ): Promise<AuditScope> {
   signal?.throwIfAborted();
-  const head = await chain.publicClient.getBlock({ blockTag: "latest" });
+  const block = await confirmedBlock({
+    publicClient: chain.publicClient,
+    confirmations: checkConfirmations(confirmations),
+  });
   signal?.throwIfAborted();
-  const asOf = { blockNumber: head.number, timestamp: head.timestamp };
+  if (block.number < chain.deployment.deployBlock) {
+    throw new UserError(
+      `the deployment (block ${chain.deployment.deployBlock}) is not ${confirmations} block(s) deep yet: nothing to audit as of block ${block.number}`,
+    );
+  }
+  const asOf = { blockNumber: block.number, timestamp: block.timestamp, confirmations };
   return { chain, asOf, signal, blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]), onProgress };
+}
+
+/**
+ * Where an audit read, for its messages: `as of block 120`, and at a depth, that younger blocks were
+ * not read (`as of block 120, 12 blocks below the head: younger events are not shown`).
+ */
+export function asOfText(asOf: AuditSnapshot): string {
+  if (asOf.confirmations === 0) return `as of block ${asOf.blockNumber}`;
+  return `as of block ${asOf.blockNumber}, ${asOf.confirmations} block(s) below the head: younger events are not shown`;
 }
 
 /** Logs of one event of `contract`, from `fromBlock` (by default the deployment's) to the audit's block. */

@@ -20,6 +20,7 @@ import {
 import { ChainError, UserError, walk } from "../errors.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
 import type { Deployment } from "./deployments.ts";
+import { checkConfirmations, DEFAULT_CONFIRMATIONS } from "./confirmations.ts";
 import { DEFAULT_MAX_LOG_RANGE } from "./logs.ts";
 import { sendLock, sendUntilMined, type FeePolicy, type SendLock } from "./send.ts";
 import { stickyFallback } from "./transport.ts";
@@ -43,6 +44,11 @@ export interface ChainClient {
   sendLock: SendLock;
   /** The chain's block time in seconds, when known (see `chainBlockTime`, which estimates it otherwise). */
   blockTimeS?: number;
+  /**
+   * Blocks that must lie on a block before what it holds counts (sdk/chain/confirmations.ts): audits
+   * read at `latest − confirmations`, and a lease is believed once its opening is that deep.
+   */
+  confirmations: number;
 }
 
 export interface CreateChainClientParameters {
@@ -63,6 +69,11 @@ export interface CreateChainClientParameters {
   replaceAfterMs?: number;
   /** The chain's block time in seconds, when known; it is estimated from recent blocks otherwise. */
   blockTimeS?: number;
+  /**
+   * Blocks that must lie on a block before what it holds counts: 0 (the default) trusts the latest
+   * block, as a local chain allows; a public chain wants more (see the README's "Running on a public chain").
+   */
+  confirmations?: number;
 }
 
 /**
@@ -80,7 +91,9 @@ export function createChainClient({
   maxFeePerGas,
   replaceAfterMs = 30_000,
   blockTimeS,
+  confirmations = DEFAULT_CONFIRMATIONS,
 }: CreateChainClientParameters): ChainClient {
+  checkConfirmations(confirmations);
   if (maxLogRange < 1n) throw new UserError(`the largest log range must be at least 1 block, not ${maxLogRange}`);
   const urls = typeof rpcUrl === "string" ? [rpcUrl] : [...rpcUrl];
   if (urls.length === 0) throw new UserError("no RPC URL given");
@@ -103,6 +116,7 @@ export function createChainClient({
     maxLogRange,
     fees: { maxFeePerGas, replaceAfterMs },
     sendLock: sendLock(),
+    confirmations,
     ...(blockTimeS === undefined ? {} : { blockTimeS }),
   };
 }

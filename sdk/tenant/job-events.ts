@@ -23,6 +23,13 @@ export type JobEvent = EventBase &
         deposit: bigint;
         predecessor: bigint;
       }
+    /** The lease's opening lies as deep as the client's `confirmations`: the tenant believes the lease. */
+    | { type: "lease-confirmed"; leaseId: bigint; blockNumber: bigint }
+    /**
+     * A reorg took the lease's opening off the chain before it was confirmed (or mined it again under
+     * another id, a lease the tenant then closes): the job leaves it for a new lease.
+     */
+    | { type: "lease-vanished"; leaseId: bigint; provider: Address; reason: string }
     | { type: "started"; leaseId: bigint; resumed: boolean; resumedFrom?: { cid: string; step?: number | undefined } }
     | { type: "progress"; leaseId: bigint; step?: number | undefined; total?: number | undefined; message?: string }
     | { type: "log"; leaseId: bigint; stream: "stdout" | "stderr" | "node"; line: string }

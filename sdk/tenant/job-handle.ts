@@ -34,6 +34,8 @@ export interface JobHandle extends AsyncIterable<JobEvent> {
    * Resolves once every lease the job used is settled on chain: each failed provider's lease slashed
    * (once its timeout passed) or acknowledged by it, and every refund or compensation credited to
    * the tenant meanwhile withdrawn (`withdrawCredit`). Call after `result()` to see the compensation.
+   * With the client's `confirmations`, also once every lease's opening and every slash lies that deep
+   * (or was found taken by a reorg).
    */
   settled(): Promise<void>;
   /** Ends the job: closes its lease (unused deposit refunded) and stops watching. */

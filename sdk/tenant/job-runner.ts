@@ -1,9 +1,10 @@
 import path from "node:path";
 
-import type { Address, Hex } from "viem";
+import { isAddressEqual, type Address, type Hex } from "viem";
 
 import { reserveAllowance, waitForOpening } from "../actions/signOpening.ts";
 import { withdrawCredit } from "../actions/withdrawCredit.ts";
+import { contracts, leaseStatus } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
 import { BaseError, JobCancelledError, JobFailedError, oneLineOf, UserError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
@@ -15,6 +16,7 @@ import { JobEvents, type JobEvent, type JobEventListener, type JobEventType, typ
 import { endOpenLeases, endRecordedLease, PendingSlashes, type OnSlash } from "./job-settlement.ts";
 import { storedResult, type JobRecord, type LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
+import { followOpening, type OpeningFate } from "./lease-confirmation.ts";
 import { followLease, type FollowLeaseParameters, type FollowOutcome, type JobProgress } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 
@@ -33,6 +35,11 @@ import { LeaseTopUps } from "./lease-top-ups.ts";
  *   starting, running, handing-off ── retry limit, budget, exit ≠ 0, the tenant's refusal ──► failed
  *                                  └─ cancel(), here or from another process ──► cancelled
  *
+ * A lease whose opening a reorg takes off the chain before it is confirmed (the client's
+ * `confirmations`: see `lease-confirmation.ts`) is *lost*: it is left like a failed provider's, but
+ * blamelessly (no slash, no hand-off counted, its provider not avoided), and the job moves to a new
+ * lease from the last safe checkpoint: running → handing-off → running.
+ *
  * `detach()` leaves the machine where it is: the job goes on without this handle.
  */
 const transitions: Readonly<Record<JobState, readonly JobState[]>> = {
@@ -48,6 +55,12 @@ const transitions: Readonly<Record<JobState, readonly JobState[]>> = {
 export function driveJob(client: BatonClient, record: JobRecord, options: RunJobOptions | AttachOptions): JobHandle {
   return new JobRunner(client, record, options).begin();
 }
+
+/** A lease's opening that was not confirmed: it vanished, or is another lease now. */
+type LostOpening = Exclude<OpeningFate, { state: "confirmed" }>;
+
+/** How following a lease ended: its session's outcome, or the loss of its opening meanwhile. */
+type LeaseOutcome = FollowOutcome | { kind: "lost"; fate: LostOpening };
 
 /** How the job was asked to stop, and the error that says why. */
 interface StopRequest {
@@ -82,6 +95,18 @@ class JobRunner implements JobHandle {
   #leaving: LeaseRecord | undefined;
   /** Settles once the current lease's signed opening landed on chain or cannot any more. */
   #opening: Promise<void> = Promise.resolve();
+  /** The lease whose session is followed now, if any: the loss of its opening ends the following. */
+  #followed: LeaseRecord | undefined;
+  /** Each unconfirmed lease's opening, followed until it is confirmed or lost (with `confirmations` only). */
+  readonly #openings = new Map<LeaseRecord, Promise<OpeningFate | undefined>>();
+  /** The handling of each lost lease: once, whoever learns of the loss first. */
+  readonly #losses = new Map<LeaseRecord, Promise<void>>();
+  /** Aborted when this handle stops watching (detach): the followers of openings stop with it. */
+  readonly #watching = new AbortController();
+  /** A lease was lost since the last lease opened: the end of the one before it may have gone too. */
+  #lostSinceLastLease = false;
+  /** The lease whose signed opening {@link JobRunner.#watchOpening} watches now, if any. */
+  #openingLease: LeaseRecord | undefined;
   #result!: Promise<JobResult>;
 
   constructor(client: BatonClient, record: JobRecord, options: RunJobOptions | AttachOptions) {
@@ -135,7 +160,9 @@ class JobRunner implements JobHandle {
       safeCheckpoints: this.#record.safe.length,
       lastSafeStep: this.#record.safe.at(-1)?.step,
       handOffs: this.#record.handOffs,
-      costSoFar: this.#record.leases.reduce((sum, lease) => sum + leaseCost(lease), 0n),
+      costSoFar: this.#record.leases
+        .filter((lease) => lease.state !== "vanished")
+        .reduce((sum, lease) => sum + leaseCost(lease), 0n),
       deposited: BigInt(this.#record.deposited),
     };
   }
@@ -147,6 +174,9 @@ class JobRunner implements JobHandle {
   async settled(): Promise<void> {
     await this.#result.catch(() => undefined);
     try {
+      // Every opening confirmed or lost first: a lease mined again under another id may add a slash.
+      await Promise.all(this.#openings.values());
+      await Promise.all(this.#losses.values());
       await this.#slashes.settled();
     } finally {
       // A provider's finish and a keeper's slash credit the tenant's refunds instead of paying them
@@ -187,8 +217,10 @@ class JobRunner implements JobHandle {
       return storedResult(this.#record);
     }
     try {
-      // Leases that failed before a restart may still be waiting for their slash.
+      // Leases that failed before a restart may still be waiting for their slash, and any lease for
+      // its opening to be confirmed.
       for (const lease of this.#record.leases) if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
+      for (const lease of this.#record.leases) void this.#confirmation(lease);
       return await this.#run();
     } catch (error) {
       const request = this.#stopRequest;
@@ -207,8 +239,8 @@ class JobRunner implements JobHandle {
       let start: FollowLeaseParameters["start"];
       let notOpened: AbortSignal | undefined;
       if (!lease) {
-        // The last lease that exists on chain: one whose signed opening did not land never did.
-        const predecessor = this.#record.leases.findLast((l) => l.signedOpening?.landed !== false);
+        // The last lease that exists on chain (see #predecessor).
+        const predecessor = await this.#predecessor();
         const resume = this.#record.safe.at(-1);
         const avoid = "excludeProviders" in this.#options ? (this.#options.excludeProviders?.() ?? []) : [];
         // A hand-off waits for no block: the new provider starts on the tenant's signed opening
@@ -228,6 +260,7 @@ class JobRunner implements JobHandle {
         start = { resume, ...(acquired.opening ? { opening: acquired.opening } : {}) };
         if (acquired.opening) notOpened = this.#watchOpening(lease, acquired.opening.deadline);
         void this.#reserveAllowance();
+        this.#lostSinceLastLease = false;
       }
       const outcome = await this.#follow(lease, start, notOpened);
       switch (outcome.kind) {
@@ -244,6 +277,10 @@ class JobRunner implements JobHandle {
         case "failed":
           await this.#handOff(lease, outcome.reason, outcome.lastSeenAt);
           break;
+        case "lost":
+          this.#enter("handing-off");
+          await this.#lose(lease, outcome.fate);
+          break;
       }
       lease = undefined;
     }
@@ -259,6 +296,7 @@ class JobRunner implements JobHandle {
     const notOpened = new AbortController();
     const leaving = this.#leaving;
     this.#leaving = undefined;
+    this.#openingLease = lease;
     this.#opening = (async () => {
       let landed: boolean;
       try {
@@ -289,7 +327,12 @@ class JobRunner implements JobHandle {
   async #endLeaving(leaving: LeaseRecord | undefined = this.#leaving): Promise<void> {
     if (!leaving) return;
     if (leaving === this.#leaving) this.#leaving = undefined;
-    await endRecordedLease(this.#client, this.#record, leaving, { onSlash: this.#onSlash });
+    const ended = await endRecordedLease(this.#client, this.#record, leaving, { onSlash: this.#onSlash });
+    if (ended.call === undefined && ended.status === "None") {
+      // Not on chain: a reorg took its opening. Lost, unless the opening comes back: ended then.
+      if (!(await this.#stillThere(leaving))) return;
+      await endRecordedLease(this.#client, this.#record, leaving, { onSlash: this.#onSlash });
+    }
     await this.#client.jobs.save(this.#record);
     if (!leaving.slash) this.#slashes.add(leaving);
   }
@@ -308,14 +351,42 @@ class JobRunner implements JobHandle {
     }
   }
 
-  /** → running: follows the lease's session (starting the job on it, with `start`). */
-  #follow(
+  /**
+   * → running: follows the lease's session (starting the job on it, with `start`) until it ends, or
+   * until the lease's opening is lost, which leaves the session.
+   */
+  async #follow(
     lease: LeaseRecord,
     start: FollowLeaseParameters["start"],
     notOpened: AbortSignal | undefined,
-  ): Promise<FollowOutcome> {
+  ): Promise<LeaseOutcome> {
     this.#leaseWork = new AbortController();
     this.#enter("running");
+    const following = this.#followSession(lease, start, this.#leaseWork.signal, notOpened);
+    const confirmation = this.#confirmation(lease);
+    if (!confirmation) return following;
+    this.#followed = lease;
+    try {
+      const lost = confirmation.then((fate) =>
+        fate && fate.state !== "confirmed" ? { kind: "lost" as const, fate } : new Promise<never>(() => {}),
+      );
+      const outcome = await Promise.race([following, lost]);
+      if (outcome.kind === "lost") {
+        this.#leaseWork.abort();
+        await following.catch(() => undefined);
+      }
+      return outcome;
+    } finally {
+      this.#followed = undefined;
+    }
+  }
+
+  #followSession(
+    lease: LeaseRecord,
+    start: FollowLeaseParameters["start"],
+    leaseWork: AbortSignal,
+    notOpened: AbortSignal | undefined,
+  ): Promise<FollowOutcome> {
     return followLease(this.#client, lease, {
       record: this.#record,
       events: this.#events,
@@ -326,7 +397,7 @@ class JobRunner implements JobHandle {
       failAfterMs: this.#options.failAfterMs,
       start,
       stop: this.#stop.signal,
-      leaseWork: this.#leaseWork.signal,
+      leaseWork,
       ...(notOpened ? { notOpened } : {}),
     });
   }
@@ -363,6 +434,141 @@ class JobRunner implements JobHandle {
     if (lease.signedOpening?.landed !== false) this.#leaving = lease;
     await this.#client.jobs.save(this.#record);
     if (pastLimit) throw pastLimit;
+  }
+
+  /**
+   * The lease a new lease continues: the last the job ran on that the chain has (one whose signed
+   * opening did not land, or whose opening a reorg took, never did). While that lease is not
+   * confirmed, or after a lease was lost, it is read first: one that reads `None` is lost unless
+   * its opening comes back, and the one before it is tried.
+   */
+  async #predecessor(): Promise<LeaseRecord | undefined> {
+    for (;;) {
+      const last = this.#record.leases.findLast(
+        (lease) => lease.state !== "vanished" && lease.signedOpening?.landed !== false,
+      );
+      if (!last) return undefined;
+      if ((!this.#lostSinceLastLease && this.#confirmation(last) === undefined) || (await this.#stillThere(last))) {
+        this.#lostSinceLastLease = false;
+        return last;
+      }
+    }
+  }
+
+  /**
+   * Whether a lease the job had is on chain as the tenant's (one read). One that is not is a
+   * phantom unless its opening comes back: its fate decides, and a lost one is handled as such.
+   */
+  async #stillThere(lease: LeaseRecord): Promise<boolean> {
+    const { leaseManager } = contracts(this.#client.chain.deployment);
+    const view = await this.#client.chain.publicClient.readContract({
+      ...leaseManager,
+      functionName: "getLease",
+      args: [BigInt(lease.leaseId)],
+    });
+    if (leaseStatus[view.status] !== "None" && isAddressEqual(view.tenant, this.#client.account.address)) return true;
+    // Trusting the latest block (no confirmations), a lease that is not there is gone.
+    const fate = (await this.#confirmation(lease)) ?? {
+      state: "vanished" as const,
+      reason: `lease ${lease.leaseId} is not on chain`,
+    };
+    if (fate.state === "confirmed") return true;
+    await this.#lose(lease, fate);
+    return false;
+  }
+
+  /**
+   * Follows `lease`'s opening until it is confirmed (recorded, and told as `lease-confirmed`) or lost
+   * (see {@link #lose}: here for a lease the job no longer follows, by {@link #follow} for the one it
+   * does). `undefined` when there is nothing to follow: the client trusts the latest block, or the
+   * lease is confirmed, or vanished, already.
+   */
+  #confirmation(lease: LeaseRecord): Promise<OpeningFate | undefined> | undefined {
+    if (this.#client.chain.confirmations === 0 || lease.confirmedBlock !== undefined || lease.state === "vanished") {
+      return undefined;
+    }
+    // A signed opening that did not land opened nothing; one whose landing nobody watches (the
+    // tenant restarted meanwhile) is left to its provider's session to tell.
+    const { signedOpening } = lease;
+    if (signedOpening?.landed === false) return undefined;
+    if (signedOpening && signedOpening.landed === undefined && lease !== this.#openingLease) return undefined;
+    let following = this.#openings.get(lease);
+    if (!following) {
+      // A signed opening is followed once it landed: its provider sent it, found by its event.
+      const landed = signedOpening?.landed === undefined && lease === this.#openingLease ? this.#opening : undefined;
+      following = (landed ?? Promise.resolve())
+        .then(() =>
+          lease.signedOpening?.landed === false
+            ? undefined
+            : followOpening(this.#client.chain, {
+                leaseId: BigInt(lease.leaseId),
+                openingTx: lease.openingTx as Hex | undefined,
+                tenant: this.#client.account.address,
+                signal: this.#watching.signal,
+              }),
+        )
+        .then(
+          async (fate) => {
+            if (!fate) return undefined;
+            if (fate.state === "confirmed") await this.#confirmed(lease, fate.blockNumber);
+            else if (lease !== this.#followed) await this.#lose(lease, fate);
+            return fate;
+          },
+          (error: unknown) => {
+            if (!this.#watching.signal.aborted) {
+              this.#log.warn("a lease's opening could not be followed", { leaseId: lease.leaseId, error });
+            }
+            return undefined;
+          },
+        );
+      this.#openings.set(lease, following);
+    }
+    return following;
+  }
+
+  async #confirmed(lease: LeaseRecord, blockNumber: bigint): Promise<void> {
+    lease.confirmedBlock = blockNumber.toString();
+    await this.#client.jobs.save(this.#record);
+    this.#events.emit({ type: "lease-confirmed", leaseId: BigInt(lease.leaseId), blockNumber });
+  }
+
+  /**
+   * A lease whose opening was lost (see `lease-confirmation.ts`), handled once. One that vanished
+   * never was: it is marked `vanished`, its deposit is the budget's again, and no lease names it as a
+   * predecessor. One mined again under another id is that lease now: it takes the id and is ended at
+   * once (its job runs nowhere), closed or, for a failed provider's, slashed when due.
+   */
+  #lose(lease: LeaseRecord, fate: LostOpening): Promise<void> {
+    let handling = this.#losses.get(lease);
+    if (!handling) {
+      handling = this.#handleLoss(lease, fate).catch((error: unknown) =>
+        this.#log.warn("a lost lease was not settled", { leaseId: lease.leaseId, error }),
+      );
+      this.#losses.set(lease, handling);
+    }
+    return handling;
+  }
+
+  async #handleLoss(lease: LeaseRecord, fate: LostOpening): Promise<void> {
+    this.#lostSinceLastLease = true;
+    const leaseId = BigInt(lease.leaseId);
+    const held = lease.state === "starting" || lease.state === "running";
+    lease.endedAt ??= Date.now();
+    this.#log.warn("a reorg took a lease's opening", { leaseId: lease.leaseId, reason: fate.reason });
+    this.#events.emit({ type: "lease-vanished", leaseId, provider: lease.provider as Address, reason: fate.reason });
+    if (fate.state === "vanished") {
+      lease.state = "vanished";
+      this.#record.deposited = (BigInt(this.#record.deposited) - BigInt(lease.deposit)).toString();
+      await this.#client.jobs.save(this.#record);
+      return;
+    }
+    lease.leaseId = fate.leaseId.toString();
+    // The tenant leaves it for a new lease: its provider is not at fault.
+    if (held) lease.state = "cancelled";
+    await this.#client.jobs.save(this.#record);
+    await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
+    await this.#client.jobs.save(this.#record);
+    if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
   }
 
   /** running → completed: the job exited 0 and its output is fetched and verified (any other exit fails it). */
@@ -402,6 +608,7 @@ class JobRunner implements JobHandle {
   async #stopped(kind: "cancel" | "detach"): Promise<never> {
     this.#leaseWork?.abort();
     if (kind === "detach") {
+      this.#watching.abort();
       this.#events.end();
       throw new JobCancelledError("detached from the job; it goes on running");
     }
@@ -412,7 +619,7 @@ class JobRunner implements JobHandle {
       lease.state = "cancelled";
       lease.endedAt = Date.now();
     }
-    await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
+    await this.#endOpenLeases();
     this.#record.state = "cancelled";
     await this.#client.jobs.save(this.#record);
     this.#enter("cancelled");
@@ -433,12 +640,26 @@ class JobRunner implements JobHandle {
     this.#record.error = oneLineOf(failure);
     await this.#opening;
     await this.#endLeaving().catch((cause: unknown) => this.#log.warn("failed lease not ended", { error: cause }));
-    await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
+    await this.#endOpenLeases();
     await this.#client.jobs.save(this.#record);
     this.#enter("failed");
     this.#events.emit({ type: "failed", error: failure });
     this.#events.end();
     throw failure;
+  }
+
+  /**
+   * Ends every lease still open (the job failed or was cancelled). With `confirmations`, each close
+   * is then followed like a failed provider's lease: until the lease shows it ended that deep (its
+   * close taken by a reorg is sent again), or its provider, never acknowledging, is slashed.
+   */
+  async #endOpenLeases(): Promise<void> {
+    const open = this.#record.leases.filter(
+      (lease) => lease.state === "starting" || lease.state === "running" || lease.state === "cancelled",
+    );
+    await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
+    if (this.#client.chain.confirmations === 0) return;
+    for (const lease of open) if (!lease.slash && lease.state !== "vanished") this.#slashes.add(lease);
   }
 
   /** The lease the job runs on now, if any. */

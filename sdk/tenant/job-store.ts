@@ -24,7 +24,11 @@ export const leaseRecordSchema = z.object({
   resumedFrom: z.string().optional(),
   /** The last session message seen, to re-attach without replays. */
   lastSeq: z.number().int().nonnegative(),
-  state: z.enum(["starting", "running", "failed", "completed", "cancelled"]),
+  /**
+   * `vanished`: a reorg took the lease's opening off the chain before it was confirmed (or it reads
+   * `None`): the lease never existed, and the job went on without it.
+   */
+  state: z.enum(["starting", "running", "failed", "completed", "cancelled", "vanished"]),
   endedAt: z.number().optional(),
   /**
    * A lease its provider opens on the tenant's signed opening (a hand-off that waits for no block):
@@ -32,6 +36,13 @@ export const leaseRecordSchema = z.object({
    * lease whose opening did not land never existed on chain: no later lease names it as predecessor.
    */
   signedOpening: z.object({ deadline: bigintString, landed: z.boolean().optional() }).optional(),
+  /** The transaction that opened the lease: followed until it is confirmed (see `lease-confirmation.ts`). */
+  openingTx: z
+    .string()
+    .regex(/^0x[0-9a-f]{64}$/)
+    .optional(),
+  /** Set once the opening lies as deep as the client's `confirmations`: the block that holds it. */
+  confirmedBlock: bigintString.optional(),
   /** Set once the lease is slashed (by us or anyone): what the tenant got back from the collateral. */
   slash: z.object({ compensation: bigintString, refund: bigintString, tx: z.string() }).optional(),
 });

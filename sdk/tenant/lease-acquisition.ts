@@ -84,16 +84,13 @@ export async function acquireLease(
   const parameters = { quote: chosen.quote, deposit, predecessor: predecessorId, signal };
   // The tenant's own open leaves the allowance the job's next hand-off will pull (in the same
   // transaction: its permit grants both), so that hand-off's signed opening needs no approval first.
-  const { leaseId, opening } = signed
-    ? await signOpening(client, { ...parameters, quoteSignature: chosen.signature })
-    : {
-        ...(await openLease(client, {
-          ...parameters,
-          signature: chosen.signature,
-          keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
-        })),
-        opening: undefined,
-      };
+  const { leaseId, opening, openingTx } = signed
+    ? { ...(await signOpening(client, { ...parameters, quoteSignature: chosen.signature })), openingTx: undefined }
+    : await openLease(client, {
+        ...parameters,
+        signature: chosen.signature,
+        keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
+      }).then(({ leaseId, receipt }) => ({ leaseId, opening: undefined, openingTx: receipt.transactionHash }));
   const known = await client.host.peerStore.get(chosen.offer.peerId as never).catch(() => undefined);
   const lease: LeaseRecord = {
     leaseId: leaseId.toString(),
@@ -105,6 +102,7 @@ export async function acquireLease(
     openedAt: Date.now(),
     lastSeq: 0,
     state: "starting",
+    ...(openingTx ? { openingTx } : {}),
     ...(resume ? { resumedFrom: resume.cid } : {}),
     ...(opening ? { signedOpening: { deadline: opening.deadline.toString() } } : {}),
   };

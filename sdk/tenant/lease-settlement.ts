@@ -1,4 +1,4 @@
-import { BaseError as ViemBaseError, parseEventLogs, type Hex } from "viem";
+import { BaseError as ViemBaseError, isAddressEqual, parseEventLogs, type Address, type Hex } from "viem";
 
 import {
   contracts,
@@ -9,6 +9,7 @@ import {
   type ChainLeaseStatus,
 } from "../chain/client.ts";
 import { nextBlockTime } from "../chain/block-time.ts";
+import { confirmedBlockNumber, waitForConfirmations } from "../chain/confirmations.ts";
 import { findLastLog } from "../chain/logs.ts";
 import { ChainError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
@@ -113,7 +114,7 @@ export async function endLease(
   return withRetry(
     async () => {
       const view = await readLease(client, leaseId);
-      const status = leaseStatus[view.status] ?? "None";
+      const status = statusOf(client, view);
       if (status !== "Active") return { call: undefined, status };
       const call = instead ?? endingCall(view, await nextBlockTime(client.chain));
       instead = undefined;
@@ -144,6 +145,9 @@ export async function endLease(
  * it ends otherwise first (its provider acknowledges the close, or finishes). Waits on the chain's
  * time, not the clock's, and a slash the chain refuses as early is tried again, never dropped.
  *
+ * With `confirmations` (the client's), the slash counts once its transaction lies that deep, and an
+ * end without one once the lease shows it that deep: a slash a reorg takes back is made again.
+ *
  * @returns what the slash paid (ours or anyone's), or `undefined` when the lease ended unslashed.
  * @throws {ChainError} when the lease is still unslashed {@link SLASH_GIVE_UP_MS} past its deadline.
  */
@@ -163,7 +167,12 @@ export async function slashWhenDue(
         log.info("slash not done yet; trying again", { leaseId, error: error.shortMessage });
         step = { waitMs: RETRY_PAUSE_MS, error };
       }
-      if ("done" in step) return { done: true, value: step.done };
+      if ("done" in step) {
+        const confirmed = await confirmedEnd(client, leaseId, step.done, signal);
+        if (confirmed) return { done: true, value: confirmed.value };
+        // A slash that a reorg took back, or an end too young to count: look at the lease again.
+        return { done: false, waitMs: RETRY_PAUSE_MS };
+      }
       if (step.deadline !== undefined) giveUpAt = Math.max(giveUpAt, Number(step.deadline) * 1000 + SLASH_GIVE_UP_MS);
       lastError = step.error ?? lastError;
       if (Date.now() > giveUpAt) {
@@ -182,7 +191,7 @@ type SlashStep = { done: SlashRecord | undefined } | { waitMs: number; deadline?
 /** One look at a lease awaiting its slash: slash it if due, else say how long to wait. */
 async function trySlash(client: SettlementClient, leaseId: bigint, signal?: AbortSignal): Promise<SlashStep> {
   const view = await readLease(client, leaseId);
-  const status = leaseStatus[view.status] ?? "None";
+  const status = statusOf(client, view);
   if (status === "Slashed") return { done: await findSlash(client, leaseId) };
   if (status !== "Active" && status !== "Closing") return { done: undefined };
   const now = await nextBlockTime(client.chain);
@@ -206,6 +215,51 @@ async function trySlash(client: SettlementClient, leaseId: bigint, signal?: Abor
   }
 }
 
+/**
+ * What {@link trySlash} found, if it holds at the client's confirmation depth: a slash whose
+ * transaction lies that deep (what it paid read from there: mined again after a reorg, it may have
+ * paid otherwise), or an end without a slash that the lease shows that deep too. `undefined` when
+ * it does not hold, or not yet: the slash vanished, or the end is younger than the depth.
+ */
+async function confirmedEnd(
+  client: SettlementClient,
+  leaseId: bigint,
+  found: SlashRecord | undefined,
+  signal: AbortSignal | undefined,
+): Promise<{ value: SlashRecord | undefined } | undefined> {
+  const { chain } = client;
+  if (chain.confirmations === 0) return { value: found };
+  if (found) {
+    const fate = await waitForConfirmations(chain, { hash: found.tx, ...(signal ? { signal } : {}) });
+    if (fate.state === "vanished") return undefined;
+    const { leaseManager } = contracts(chain.deployment);
+    const event = parseEventLogs({ abi: leaseManager.abi, logs: fate.receipt.logs, eventName: "LeaseSlashed" }).find(
+      (log) => log.args.leaseId === leaseId,
+    );
+    if (!event) return undefined;
+    return {
+      value: { compensation: event.args.compensation, refund: event.args.refund, tx: fate.receipt.transactionHash },
+    };
+  }
+  const head = await chain.publicClient.getBlockNumber({ cacheTime: 0 });
+  const [deep, newest] = await Promise.all([
+    readLease(
+      client,
+      leaseId,
+      laterBlock(confirmedBlockNumber(head, chain.confirmations), chain.deployment.deployBlock),
+    ),
+    readLease(client, leaseId),
+  ]);
+  const status = statusOf(client, deep);
+  if (status === "Active" || status === "Closing") return undefined;
+  // Not there yet that deep, while the newest block has it: opened (and ended) less than the depth ago.
+  if (status === "None" && statusOf(client, newest) !== "None") return undefined;
+  return { value: undefined };
+}
+
+/** The later of two blocks: a read at a depth goes no lower than the deployment's block. */
+const laterBlock = (a: bigint, b: bigint): bigint => (a > b ? a : b);
+
 /** The `LeaseSlashed` event of a lease someone slashed, if the chain has one. */
 async function findSlash(client: SettlementClient, leaseId: bigint): Promise<SlashRecord | undefined> {
   const { leaseManager } = contracts(client.chain.deployment);
@@ -216,7 +270,7 @@ async function findSlash(client: SettlementClient, leaseId: bigint): Promise<Sla
     {
       what: `the slash of lease ${leaseId}`,
       fromBlock: deployment.deployBlock,
-      toBlock: await publicClient.getBlockNumber(),
+      toBlock: await publicClient.getBlockNumber({ cacheTime: 0 }),
       maxRange: maxLogRange,
     },
   );
@@ -244,7 +298,23 @@ function isChainFailure(error: unknown): error is ChainError | ViemBaseError {
   return error instanceof ChainError || error instanceof ViemBaseError;
 }
 
-function readLease(client: SettlementClient, leaseId: bigint) {
+function readLease(client: SettlementClient, leaseId: bigint, blockNumber?: bigint) {
   const { leaseManager } = contracts(client.chain.deployment);
-  return client.chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
+  return client.chain.publicClient.readContract({
+    ...leaseManager,
+    functionName: "getLease",
+    args: [leaseId],
+    ...(blockNumber === undefined ? {} : { blockNumber }),
+  });
+}
+
+/**
+ * A lease's status as this tenant may act on it: `None` for another tenant's lease too. After a
+ * reorg a lease id may name someone else's lease (ids count up across every tenant's openings), and
+ * no tenant ends or slashes a lease on the strength of an id that is no longer its own.
+ */
+function statusOf(client: SettlementClient, view: { status: number; tenant: Address }): ChainLeaseStatus {
+  const status = leaseStatus[view.status] ?? "None";
+  const tenant = client.chain.walletClient?.account.address;
+  return status !== "None" && tenant !== undefined && !isAddressEqual(view.tenant, tenant) ? "None" : status;
 }

@@ -1,0 +1,147 @@
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+
+import { createTestClient, http, parseEther, type Address } from "viem";
+import { hardhat } from "viem/chains";
+import { describe, expect, it, onTestFinished } from "vitest";
+
+import { devAccount } from "../../deploy/local-chain.ts";
+import { auditJob } from "../../sdk/actions/auditJob.ts";
+import { runJob } from "../../sdk/actions/runJob.ts";
+import { createBatonClient } from "../../sdk/client.ts";
+import { pollUntil } from "../../sdk/utils/retry.ts";
+import { reorg, snapshotChain, type ChainSnapshot } from "../helpers/reorg.ts";
+import { recorder, SCRIPT, serving, totals, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
+
+// A reorg on the devnet that takes a lease's opening: evm_snapshot just before the opening is sent,
+// and once the job runs on that lease, evm_revert and every other transaction of the dropped blocks
+// sent again (test/helpers/reorg.ts): the new branch has all but the opening, as if no node had kept
+// it. The tenant reads at 5 confirmations and the providers at 2, on a chain with 1 s blocks (so that
+// blocks keep coming to be confirmed); mining pauses from the opening until the reorg, so that the
+// lease holds a safe checkpoint before it could be confirmed however slow a loaded machine makes the
+// job's start. Test-only: nothing in sdk/ or node/ uses Hardhat's methods.
+const BLOCK_TIME_S = 1;
+const TENANT_CONFIRMATIONS = 5;
+const NODE_CONFIRMATIONS = 2;
+const fixture = useRunJobMarket({
+  blockTimeS: BLOCK_TIME_S,
+  // No honest provider turns slashable while the reorg is under way.
+  chainHeartbeatTimeoutS: 20,
+  configFor: () => ({ confirmations: NODE_CONFIRMATIONS }),
+});
+
+describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS} confirmations, providers at ${NODE_CONFIRMATIONS})`, () => {
+  it("the tenant never believes the lease, leaves it, and finishes the job on a new one; its provider stops the phantom's job; no money moves for it", async () => {
+    const { market } = fixture;
+    const account = devAccount(10);
+    await market.fund(account.address, parseEther("100"));
+    const client = await createBatonClient({
+      rpcUrl: market.chain.rpcUrl,
+      account,
+      deployment: market.deployment,
+      bootstrap: market.providers.map((p) => p.address!),
+      dataDir: path.join(fixture.dir, "tenant"),
+      blockTimeS: BLOCK_TIME_S,
+      confirmations: TENANT_CONFIRMATIONS,
+    });
+    onTestFinished(() => client.close());
+    const before = await totals(market);
+
+    // The snapshot is taken just before the tenant's first transaction: the lease's opening.
+    const test = createTestClient({ mode: "hardhat", transport: http(market.chain.rpcUrl), chain: hardhat });
+    let snapshot: ChainSnapshot | undefined;
+    const transact = client.transact.bind(client);
+    client.transact = async <T>(send: () => Promise<T>): Promise<T> => {
+      snapshot ??= await snapshotChain(market.chain.rpcUrl);
+      return transact(send);
+    };
+    let vanishedFrom: Address | undefined;
+    const job = await runJob(client, trainSpec("40"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+      // After the reorg the job goes to another provider, so that the first one's phantom job must stop.
+      excludeProviders: () => (vanishedFrom ? [vanishedFrom] : []),
+    });
+    const { events, when } = recorder(job);
+    job.on("lease-vanished", (event) => (vanishedFrom = event.provider));
+
+    // The opening is mined, the tenant saw it (the job started there) and holds a checkpoint of it.
+    const opened = await when("lease-opened");
+    // No block until the reorg (the providers' transactions wait): the opening stays young.
+    await test.setIntervalMining({ interval: 0 });
+    const firstSafe = await when("checkpoint-safe", (e) => e.leaseId === opened.leaseId);
+    const victim = serving(market, job);
+    const record = async () => (await client.jobs.get(job.jobId))!;
+    const phantom = (await record()).leases[0]!;
+    expect(phantom.confirmedBlock).toBeUndefined();
+    const openingBlock = (
+      await market.admin.publicClient.getTransactionReceipt({ hash: phantom.openingTx as `0x${string}` })
+    ).blockNumber;
+    const head = await market.admin.publicClient.getBlockNumber();
+    // Not yet as deep as the tenant's confirmations (else the test would reorg a confirmed lease).
+    expect(head - openingBlock).toBeLessThan(BigInt(TENANT_CONFIRMATIONS));
+
+    expect(snapshot!.blockNumber).toBeLessThan(openingBlock);
+    // The providers' heartbeats of those blocks (and of the mempool) come back; the opening does not.
+    await reorg(market.chain.rpcUrl, snapshot!, {
+      drop: [phantom.openingTx as `0x${string}`],
+      blockTimeS: BLOCK_TIME_S,
+    });
+
+    const vanished = await when("lease-vanished");
+    expect(vanished).toMatchObject({ leaseId: opened.leaseId, provider: victim.account.address });
+    expect(vanished.reason).toMatch(/its opening vanished: .*a reorg dropped it/);
+    // The new lease: another provider, no predecessor (the phantom continues nothing and is continued by nothing).
+    const reopened = await when("lease-opened", (e) => e !== opened);
+    expect(reopened.provider).not.toBe(victim.account.address);
+    expect(reopened.predecessor).toBe(0n);
+    const restarted = await when("started", (e) => e.at > vanished.at);
+    expect(restarted.resumed).toBe(true);
+    expect(restarted.resumedFrom?.cid).toBeDefined();
+
+    // The phantom's provider stops its job once the lease has been gone for its 2 blocks.
+    const fenced = await victim.process!.waitFor(/lease gone from the chain \(a reorg took its opening\)/, 60_000);
+    expect(fenced).toContain(`"leaseId":"${opened.leaseId}"`);
+
+    const result = await job.result();
+    await job.settled();
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+
+    // What the tenant believes: the phantom vanished (never confirmed, no deposit counted, not a
+    // hand-off); the lease that ran the job is confirmed.
+    const final = await record();
+    expect(final.leases.map((l) => l.state)).toEqual(["vanished", "completed"]);
+    expect(final.leases[0]!.confirmedBlock).toBeUndefined();
+    expect(final.leases[1]!.confirmedBlock).toBeDefined();
+    expect(final.handOffs).toBe(0);
+    expect(final.deposited).toBe(final.leases[1]!.deposit);
+    const confirmed = events.filter((e) => e.type === "lease-confirmed");
+    expect(confirmed.map((e) => e.type === "lease-confirmed" && e.leaseId)).toEqual([reopened.leaseId]);
+    expect(events.filter((e) => e.type === "slashed" || e.type === "provider-failed")).toEqual([]);
+    // It resumed from a checkpoint of the phantom's that the tenant held: work done there was not lost.
+    const heldFromPhantom = events.flatMap((e) =>
+      e.type === "checkpoint-safe" && e.leaseId === opened.leaseId && e.at < vanished.at ? [e.cid] : [],
+    );
+    expect(heldFromPhantom).toContain(firstSafe.cid);
+    expect(heldFromPhantom).toContain(restarted.resumedFrom!.cid);
+
+    // The chain agrees, read 5 blocks deep once the finish is that deep: one lease, the one that ran.
+    const audit = () => auditJob(client, { jobId: job.jobId, tenant: account.address });
+    expect(
+      await pollUntil(async () => (await audit()).lineage.every((l) => l.status === "completed"), {
+        delayMs: 500,
+        backoff: 1,
+        timeoutMs: 60_000,
+      }),
+    ).toBe(true);
+    const { lineage, others, asOf } = await audit();
+    expect(asOf.confirmations).toBe(TENANT_CONFIRMATIONS);
+    expect(lineage.map((l) => [l.leaseId, l.provider])).toEqual([[reopened.leaseId, reopened.provider]]);
+    expect(others).toEqual([]);
+
+    const after = await totals(market);
+    expect(after.payment).toBe(after.paymentSupply);
+    expect(after.staking).toBe(after.stakingSupply);
+    expect(after.paymentSupply).toBe(before.paymentSupply);
+  }, 300_000);
+});
