@@ -89,6 +89,13 @@ function bumped(fees: Fees, cap: bigint | undefined): Fees {
   );
 }
 
+/**
+ * Gas given over the node's estimate, in percent. An estimate holds only for the state it was made
+ * on: a claim or a heartbeat mined between the estimate and the transaction changes what a `finish`
+ * costs (a node under load saw one run out of gas by a few thousand). Unused gas is not paid for.
+ */
+const GAS_HEADROOM_PERCENT = 20n;
+
 /** Times a transaction's nonce is read before a node that keeps calling it taken is believed. */
 const STALE_NONCE_READS = 3;
 
@@ -148,6 +155,7 @@ export async function sendUntilMined(
   await lock(async () => {
     for (let read = 1; ; read++) {
       prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
+      prepared.gas = (prepared.gas * (100n + GAS_HEADROOM_PERCENT)) / 100n;
       current = capped(prepared as Fees, fees.maxFeePerGas);
       signal?.throwIfAborted();
       try {

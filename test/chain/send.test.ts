@@ -96,6 +96,22 @@ describe.each(LOCAL_CHAINS)("writeContract on %s, when the chain does not take e
     expect(sent[1]!.nonce).toBe(sent[0]!.nonce);
   });
 
+  it("gives a transaction 20% more gas than the node estimates, and pays only for what it used", async () => {
+    // Estimated on the state the mint is then sent on (automine: nothing else lands between).
+    const estimate = await publicClient().estimateContractGas({
+      address: deployment.contracts.paymentToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [sender.address, parseEther("1")],
+      account: sender,
+    });
+    const from = proxy.requests.length;
+    const receipt = await mint({ replaceAfterMs: 30_000 });
+    const [tx] = sends(from);
+    expect(tx!.gas).toBe((estimate * 120n) / 100n);
+    expect(receipt.gasUsed).toBeLessThan(tx!.gas!);
+  });
+
   it("replaces a transaction that fees outgrew, with 12.5% more each time, until one is mined", async () => {
     const { maxFeePerGas: offered } = await publicClient().estimateFeesPerGas();
     const high = offered * 3n;
