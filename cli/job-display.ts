@@ -87,6 +87,8 @@ export function describe(event: JobEvent, name: (address: string | undefined) =>
   switch (event.type) {
     case "offers-found":
       return `${event.count} matching offer(s)`;
+    case "no-provider":
+      return `no provider can take the job yet (${event.reason}); looking again in ${Math.round(event.retryInMs / 1000)} s`;
     case "lease-opened":
       return (
         `lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, ` +

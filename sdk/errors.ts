@@ -73,6 +73,15 @@ export class UserError extends BaseError {
   override name = "UserError";
 }
 
+/**
+ * No provider offers or quotes what the job needs just now: every one is busy, refused, stayed
+ * silent, or none offers at all. A job's first lease fails on it; a hand-off looks again for a
+ * while (`HAND_OFF_SEARCH_MS`), as providers free up and re-publish their offers.
+ */
+export class NoProviderError extends UserError {
+  override name = "NoProviderError";
+}
+
 /** Why an image reference could not be pinned to a digest. */
 export type ImageResolutionFailure = "not-found" | "unauthorized" | "unreachable" | "timeout" | "bad-response";
 

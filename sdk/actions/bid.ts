@@ -5,7 +5,7 @@ import type { BatonClient } from "../client.ts";
 import { chainBlockTime, heartbeatTimingProblem } from "../chain/block-time.ts";
 import { contracts } from "../chain/client.ts";
 import type { Quote } from "../chain/quote.ts";
-import { shortMessageOf, UserError } from "../errors.ts";
+import { NoProviderError, shortMessageOf } from "../errors.ts";
 import { requestQuote } from "../wire/clients.ts";
 import type { Offer } from "../wire/messages.ts";
 import type { FoundOffer, Requirements } from "./findOffers.ts";
@@ -58,7 +58,7 @@ export interface BidReturnType {
  * makes unmeetable (see `heartbeatTimingProblem`) counts as a refusal: its provider would turn
  * slashable while serving, and the job would move on for nothing.
  *
- * @throws {UserError} when every provider refused, stayed silent or quoted an unmeetable timeout.
+ * @throws {NoProviderError} when every provider refused, stayed silent or quoted an unmeetable timeout.
  * @example
  * const { chosen } = await bid(client, { jobId, offers, requirements: { gpus: 1 }, maxPricePerSecond, durationS: 3600 });
  */
@@ -145,7 +145,7 @@ export async function bid(
   const quotes = answers.filter((a): a is QuoteChoice => a !== undefined).sort(compareChoices);
   const chosen = quotes[0];
   if (!chosen) {
-    throw new UserError(`no provider quoted for this job (${asked.length} asked)`, {
+    throw new NoProviderError(`no provider quoted for this job (${asked.length} asked)`, {
       details: refusals.map((r) => `${r.peerId}: ${r.reason}`).join("; "),
     });
   }

@@ -4,7 +4,7 @@ import { imageKey } from "../images/reference.ts";
 import type { JobImage } from "../job-spec.ts";
 import { offerPrice } from "../p2p/offers.ts";
 import type { JobRuntime, Offer } from "../wire/messages.ts";
-import { UserError } from "../errors.ts";
+import { NoProviderError } from "../errors.ts";
 
 export interface Requirements {
   gpus: number;
@@ -85,7 +85,7 @@ export function compareOffers(a: FoundOffer, b: FoundOffer): number {
  * leaving out offers whose on-chain heartbeat timeout the chain's block time makes unmeetable,
  * waiting up to `timeoutMs` for `minCount` of them (offers arrive by gossip every few seconds).
  *
- * @throws {UserError} when too few providers offer what is asked within the wait.
+ * @throws {NoProviderError} when too few providers offer what is asked within the wait.
  * @example
  * const offers = await findOffers(client, { requirements: { gpus: 1 }, maxPricePerSecond: 10n ** 15n });
  */
@@ -140,7 +140,7 @@ export async function findOffers(
       const want =
         `${requirements.gpus} GPU(s)${requirements.gpuModel ? ` (${requirements.gpuModel})` : ""}` +
         (requirements.runtime && requirements.runtime !== "process" ? ` with the ${requirements.runtime} runtime` : "");
-      throw new UserError(
+      throw new NoProviderError(
         `found ${found.length} provider offer(s) for ${want}${maxPricePerSecond === undefined ? "" : ` at ≤ ${maxPricePerSecond}/s`} within ${timeoutMs} ms; needed ${minCount}`,
         {
           details:

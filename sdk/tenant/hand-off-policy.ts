@@ -15,6 +15,16 @@ export const DEFAULT_RETRY_LIMIT = 3;
 /** How long a new lease waits for a matching offer: providers re-publish theirs every few seconds. */
 export const OFFER_TIMEOUT_MS = 15_000;
 
+/**
+ * How long a hand-off keeps looking for a provider while none offers or quotes (all busy, or not
+ * re-published yet) before the job fails: it holds no lease meanwhile, so waiting costs nothing but
+ * time, and failing would throw away the job's progress.
+ */
+export const HAND_OFF_SEARCH_MS = 5 * 60_000;
+
+/** How soon a hand-off that found no provider looks again (offers are re-published every few seconds). */
+export const HAND_OFF_SEARCH_PAUSE_MS = 5_000;
+
 /** A lease is topped up this long before its deposit runs out. */
 export const TOP_UP_MARGIN_MS = 5_000;
 

@@ -14,6 +14,8 @@ interface EventBase {
 export type JobEvent = EventBase &
   (
     | { type: "offers-found"; count: number }
+    /** A hand-off found no provider to take the job (`reason`); it looks again in `retryInMs`. */
+    | { type: "no-provider"; reason: string; retryInMs: number }
     | {
         type: "lease-opened";
         leaseId: bigint;

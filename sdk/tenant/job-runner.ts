@@ -6,16 +6,25 @@ import { reserveAllowance, waitForOpening } from "../actions/signOpening.ts";
 import { withdrawCredit } from "../actions/withdrawCredit.ts";
 import { contracts, leaseStatus } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
-import { BaseError, JobCancelledError, JobFailedError, oneLineOf, UserError } from "../errors.ts";
+import { BaseError, JobCancelledError, JobFailedError, NoProviderError, oneLineOf, UserError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
+import { sleep } from "../utils/retry.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { CheckpointReplicator } from "./checkpoint-replicator.ts";
-import { countHandOff, isProviderRefusal, leaseCost, leaseDeposit, refusalHandOffReason } from "./hand-off-policy.ts";
+import {
+  countHandOff,
+  HAND_OFF_SEARCH_MS,
+  HAND_OFF_SEARCH_PAUSE_MS,
+  isProviderRefusal,
+  leaseCost,
+  leaseDeposit,
+  refusalHandOffReason,
+} from "./hand-off-policy.ts";
 import type { AttachOptions, JobHandle, JobState, JobStatus, RunJobOptions } from "./job-handle.ts";
 import { JobEvents, type JobEvent, type JobEventListener, type JobEventType, type JobResult } from "./job-events.ts";
 import { endOpenLeases, endRecordedLease, PendingSlashes, type OnSlash } from "./job-settlement.ts";
 import { storedResult, type JobRecord, type LeaseRecord } from "./job-store.ts";
-import { acquireLease } from "./lease-acquisition.ts";
+import { acquireLease, type AcquireLeaseParameters, type AcquiredLease } from "./lease-acquisition.ts";
 import { followOpening, type OpeningFate } from "./lease-confirmation.ts";
 import { followLease, type FollowLeaseParameters, type FollowOutcome, type JobProgress } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
@@ -246,7 +255,7 @@ class JobRunner implements JobHandle {
         // A hand-off waits for no block: the new provider starts on the tenant's signed opening
         // and submits it, which ends the failed lease too. A job's first lease is opened by the
         // tenant's own transaction, as the provider has nothing to start before it.
-        const acquired = await acquireLease(this.#client, {
+        const acquired = await this.#acquire({
           jobId: this.jobId,
           record: this.#record,
           events: this.#events,
@@ -434,6 +443,29 @@ class JobRunner implements JobHandle {
     if (lease.signedOpening?.landed !== false) this.#leaving = lease;
     await this.#client.jobs.save(this.#record);
     if (pastLimit) throw pastLimit;
+  }
+
+  /**
+   * Opens the job's next lease (see `acquireLease`). A hand-off that finds no provider (all busy, or
+   * their offers not re-published yet) looks again every {@link HAND_OFF_SEARCH_PAUSE_MS}, telling
+   * `no-provider`, for up to {@link HAND_OFF_SEARCH_MS}; a job's first lease fails at once, as a
+   * market with nobody in it is better told than waited on.
+   */
+  async #acquire(parameters: AcquireLeaseParameters): Promise<AcquiredLease> {
+    const giveUpAt = Date.now() + HAND_OFF_SEARCH_MS;
+    for (;;) {
+      try {
+        return await acquireLease(this.#client, parameters);
+      } catch (error) {
+        const handingOff = this.#record.leases.length > 0;
+        if (!(error instanceof NoProviderError) || !handingOff || Date.now() + HAND_OFF_SEARCH_PAUSE_MS > giveUpAt) {
+          throw error;
+        }
+        this.#log.warn("no provider can take the job yet; looking again", { error: oneLineOf(error) });
+        this.#events.emit({ type: "no-provider", reason: oneLineOf(error), retryInMs: HAND_OFF_SEARCH_PAUSE_MS });
+        await sleep(HAND_OFF_SEARCH_PAUSE_MS, { signal: parameters.signal });
+      }
+    }
   }
 
   /**

@@ -140,4 +140,43 @@ describe("runJob: hand-off to a new provider", () => {
     );
     await job.settled();
   });
+
+  it("(d) a hand-off that finds no provider free looks again until one is back, and the job completes there", async () => {
+    const job = await runJob(client, trainSpec("20"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    const victim = serving(fixture.market, job);
+    const others = fixture.market.providers.filter((p) => p !== victim);
+    // Every other provider down first: their offers are still in the tenant's book, but none answers a bid.
+    for (const other of others) {
+      other.process!.child.kill("SIGKILL");
+      await other.process!.exited;
+    }
+    victim.process!.child.kill("SIGKILL");
+    // Back for the next test even if this one fails.
+    const down = new Set([...others, victim]);
+    onTestFinished(() => Promise.all([...down].map((p) => p.start())).then(() => undefined));
+
+    const failed = await when("provider-failed");
+    const waiting = await when("no-provider");
+    expect(waiting.at).toBeGreaterThan(failed.at);
+    const [back] = others;
+    await back!.start();
+    down.delete(back!);
+    const moved = await when("re-leased");
+    const result = await job.result();
+    await job.settled();
+
+    expect(result.handOffs).toBe(1);
+    expect(result.leases.map((l) => l.provider)).toEqual([victim, back].map((p) => p!.account.address));
+    expect(moved.from).toBe(failed.leaseId);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(events.filter((e) => e.type === "started").map((e) => e.type === "started" && e.resumed)).toEqual([
+      false,
+      true,
+    ]);
+  });
 });
