@@ -269,8 +269,11 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
       const end = endOf(deep);
       if (end !== undefined) {
         missingSince.delete(lease.leaseId);
-        if (deep.status === "Completed" && lease.state === "exited") finished(lease.leaseId, lease.resultCid);
-        else if (lease.state === "handed-back" && deep.status === "Closed") {
+        if (deep.status === "Completed" && lease.state === "exited") {
+          finished(lease.leaseId, lease.resultCid);
+          // Its finish may have been mined while this node was down: nothing released its GPUs then.
+          await leases.release(lease.leaseId);
+        } else if (lease.state === "handed-back" && deep.status === "Closed") {
           store.updateLease(lease.leaseId, { state: "fenced" });
           log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
         } else await leases.fence(lease.leaseId, end);

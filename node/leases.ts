@@ -820,7 +820,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
 
   const stopRuntime = async (leaseId: bigint, reason: "killed" | "aborted"): Promise<void> => {
     const runtime = runtimes.get(leaseId);
-    if (!runtime) return;
+    if (!runtime) {
+      // A job that exited before the node restarted has no runtime, but its GPUs were adopted
+      // (recover): they stay held until its lease ends, and go now.
+      gpus.release(leaseHolder(leaseId));
+      return;
+    }
     clearInterval(runtime.heartbeatTimer);
     if (runtime.job && !runtime.exit) await runtime.job.kill(reason);
     // Its exit handled: the result sent (or not, for a lease that ended without it), the work dir removed.
