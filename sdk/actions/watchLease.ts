@@ -133,7 +133,10 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
     if (!finished) monitor.lost(reason);
   };
 
-  signal?.addEventListener("abort", finish, { once: true });
+  // A signal aborted already fires no event: such a watch is over before it starts (its session
+  // would otherwise be tried again every heartbeat, for good).
+  if (signal?.aborted) finish();
+  else signal?.addEventListener("abort", finish, { once: true });
   void connect();
 
   return {
