@@ -31,7 +31,10 @@ describe("liveness: the tenant's own stalls are not the provider's silence", () 
 
   it("a provider heartbeating throughout is not suspected across a 2 s stall of the tenant's event loop", async () => {
     const events: LivenessEvent[] = [];
-    const monitor = monitorLiveness(host, other.peerId, { heartbeatMs: 100 }, (event) => events.push(event));
+    // Suspect after 1.5 s of silence: shorter than the stall below, and longer than a loaded
+    // machine leaves the heartbeating process unscheduled (at 100 ms heartbeats, a run beside other
+    // test files saw 329 ms without one, which is real silence, not the stall's).
+    const monitor = monitorLiveness(host, other.peerId, { heartbeatMs: 500 }, (event) => events.push(event));
     // The provider's heartbeats, from another process as over the network: what it sent during the
     // stall waits in the pipe, and is read only after this process's timers have run.
     const provider = spawn(process.execPath, ["-e", "setInterval(() => process.stdout.write('h'), 100)"]);
