@@ -1,14 +1,16 @@
 import { mkdir, writeFile } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 
 import type { Command } from "commander";
 
 import type { SimulationReport } from "../sim/report.ts";
 import { printJson, table } from "./output.ts";
-import { examples } from "./program.ts";
+import { examples, integerIn } from "./program.ts";
 
 interface SimulateOptions {
   out: string;
+  threads: number;
   charts: boolean;
   json?: boolean;
   benchDir?: string;
@@ -71,36 +73,50 @@ export function formatReport(report: SimulationReport, charts: string[]): string
       }),
     ]),
   );
-  out.push(
-    "",
-    "Providers under Baton: net earnings per provider-hour (leases + outside work − power − gas − slashes)",
-    "",
-  );
-  out.push(
-    table([
-      ["failures/h", "honest", "walk-away", "hand-back", "honest slashes/day", "walk-away pays?", "hand-back pays?"],
-      ...report.rates.map((r) => {
-        const group = (kind: string) => r.providers.find((g) => g.kind === kind);
-        const verdict = (kind: string) => {
-          const v = r.dropping.find((d) => d.kind === kind);
-          if (!v) return "—";
-          if (!v.pays) return "no";
-          return v.breakEvenCollateralUsd === null
-            ? "YES (no collateral fixes it)"
-            : `YES (fixed at collateral ≥ $${v.breakEvenCollateralUsd.toFixed(2)})`;
-        };
-        return [
-          percent(r.failuresPerHour),
-          dollars(group("honest")?.net ?? NaN, 4),
-          dollars(group("walk-away")?.net ?? NaN, 4),
-          dollars(group("hand-back")?.net ?? NaN, 4),
-          ((group("honest")?.slashesPerHour ?? NaN) * 24).toFixed(3),
-          verdict("walk-away"),
-          verdict("hand-back"),
-        ];
-      }),
-    ]),
-  );
+  for (const [index, timeout] of [s.lease.heartbeatTimeoutS, ...s.lease.timeoutSweepS].entries()) {
+    out.push(
+      "",
+      `Providers under Baton, heartbeat timeout ${timeout} s, collateral $${s.lease.collateralUsd}: net $ per provider-hour ` +
+        "(leases + outside work − power − gas − slashes)",
+      "",
+    );
+    out.push(
+      table([
+        [
+          "failures/h",
+          "honest",
+          "walk-away",
+          "hand-back",
+          "honest slashes/day",
+          "honest earns up to",
+          "walk-away pays?",
+          "hand-back pays?",
+        ],
+        ...report.rates.map((r) => {
+          const outcome = r.providers[index]!;
+          const group = (kind: string) => outcome.groups.find((g) => g.kind === kind);
+          const verdict = (kind: string) => {
+            const v = outcome.dropping.find((d) => d.kind === kind);
+            if (!v) return "—";
+            const at = v.breakEvenCollateralUsd;
+            if (!v.pays) return at === null ? "no" : `no (would below $${at.toFixed(2)})`;
+            return at === null ? "YES, at any collateral" : `YES, unless collateral ≥ $${at.toFixed(2)}`;
+          };
+          const ceiling = outcome.honestBreakEvenCollateralUsd;
+          return [
+            percent(r.failuresPerHour),
+            dollars(group("honest")?.net ?? NaN, 4),
+            dollars(group("walk-away")?.net ?? NaN, 4),
+            dollars(group("hand-back")?.net ?? NaN, 4),
+            ((group("honest")?.slashesPerHour ?? NaN) * 24).toFixed(3),
+            ceiling === null ? "any collateral" : ceiling < 0 ? "loses at any" : `collateral $${ceiling.toFixed(2)}`,
+            verdict("walk-away"),
+            verdict("hand-back"),
+          ];
+        }),
+      ]),
+    );
+  }
   out.push("", "On-chain heartbeat gas per leased GPU-hour (one lease per heartbeat)", "");
   out.push(
     table([
@@ -126,10 +142,14 @@ async function simulateAction(file: string | undefined, options: SimulateOptions
   const { simulate } = await import("../sim/report.ts");
   const measured = await measuredDefaults(options.benchDir);
   const scenario = await loadScenario(file, measured);
-  const report = simulate(scenario, {
+  const report = await simulate(scenario, {
     defaults: measured.sources,
-    ...(options.json ? {} : { onProgress: (message: string) => process.stderr.write(`simulating: ${message}\n`) }),
+    threads: options.threads,
+    ...(options.json || !process.stderr.isTTY
+      ? {}
+      : { onProgress: (done: number, of: number) => process.stderr.write(`\rsimulating: ${done}/${of} market runs`) }),
   });
+  if (!options.json && process.stderr.isTTY) process.stderr.write("\n");
   const charts: string[] = [];
   if (options.charts) {
     const { chartSpecs, renderSvg } = await import("../sim/charts.ts");

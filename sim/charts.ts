@@ -18,14 +18,19 @@ const rateAxis = {
 function lines(title: string, yTitle: string, values: Record<string, unknown>[], logY = false): Spec {
   return {
     title,
-    width: 380,
+    width: 340,
     height: 240,
     data: { values },
     mark: { type: "line", point: true },
     encoding: {
       x: rateAxis,
       y: { field: "value", type: "quantitative", title: yTitle, ...(logY ? { scale: { type: "log" } } : {}) },
-      color: { field: "series", type: "nominal", title: null, legend: { orient: "bottom", columns: 2 } },
+      color: {
+        field: "series",
+        type: "nominal",
+        title: null,
+        legend: { orient: "bottom", direction: "vertical", labelLimit: 0 },
+      },
     },
   };
 }
@@ -42,10 +47,21 @@ export function chartSpecs(report: SimulationReport): { tenants: Spec; providers
     }
   }
   const earnings: Record<string, unknown>[] = [];
+  const byTimeout: Record<string, unknown>[] = [];
   const compensation: Record<string, unknown>[] = [];
   for (const rate of report.rates) {
-    for (const group of rate.providers) {
+    for (const group of rate.providers[0]!.groups) {
       earnings.push({ rate: rate.failuresPerHour, series: `${group.kind} provider`, value: group.net });
+    }
+    for (const outcome of rate.providers) {
+      const honest = outcome.groups.find((g) => g.kind === "honest");
+      if (honest) {
+        byTimeout.push({
+          rate: rate.failuresPerHour,
+          series: `timeout ${outcome.heartbeatTimeoutS} s`,
+          value: honest.net,
+        });
+      }
     }
     const jobs = rate.models.baton.jobs.finished || 1;
     compensation.push({
@@ -65,6 +81,7 @@ export function chartSpecs(report: SimulationReport): { tenants: Spec; providers
     tenants: {
       $schema: "https://vega.github.io/schema/vega-lite/v6.json",
       config,
+      resolve: { scale: { color: "shared" } },
       hconcat: [
         lines("Tenant: cost per useful GPU-hour ($)", "$ per useful GPU-hour", cost),
         lines("Tenant: completion time / job length, p95", "slowdown (p95)", slowdown, true),
@@ -73,13 +90,15 @@ export function chartSpecs(report: SimulationReport): { tenants: Spec; providers
     providers: {
       $schema: "https://vega.github.io/schema/vega-lite/v6.json",
       config,
+      resolve: { scale: { color: "independent" } },
       hconcat: [
         lines(
-          `Provider: net earnings per hour ($), collateral $${lease.collateralUsd}, timeout ${lease.heartbeatTimeoutS} s`,
+          `Provider net $/h: collateral $${lease.collateralUsd}, timeout ${lease.heartbeatTimeoutS} s`,
           "$ per provider-hour",
           earnings,
         ),
-        lines("Tenant, per job (Baton): compensation vs work lost ($)", "$ per job", compensation),
+        lines("Honest provider net $/h, by heartbeat timeout", "$ per provider-hour", byTimeout),
+        lines("Baton tenant: compensation vs work lost", "$ per job", compensation),
       ],
     },
   };

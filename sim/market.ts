@@ -22,6 +22,8 @@ export interface MarketRun {
   failuresPerHour: number;
   /** Providers that drop leases (the provider run), else every provider is honest. */
   droppers: boolean;
+  /** The on-chain heartbeat timeout, when not the scenario's (the provider run's sweep). */
+  heartbeatTimeoutS?: number;
 }
 
 /** What a provider does with a lease when a better offer comes: keep it, walk away, or hand it back. */
@@ -125,7 +127,8 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
   const notice = model === "level1" ? s.level1.noticeMinutes * 60 : s.level2.noticeMinutes * 60;
   const price = usd(s.prices.gpuUsdPerHour / HOUR);
   const collateral = usd(s.lease.collateralUsd);
-  const { heartbeatPeriodS: period, heartbeatTimeoutS: timeout } = s.lease;
+  const period = s.lease.heartbeatPeriodS;
+  const timeout = run.heartbeatTimeoutS ?? s.lease.heartbeatTimeoutS;
   const gasUsd = (gas: number): number => (gas + 21_000) * s.gas.priceGwei * 1e-9 * s.gas.ethUsd;
 
   const { arrivals, lengths } = drawJobs(s);

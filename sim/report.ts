@@ -1,4 +1,11 @@
-import { drawJobs, simulateMarket, type MarketResult, type Model, type ProviderGroup } from "./market.ts";
+import {
+  drawJobs,
+  simulateMarket,
+  type MarketResult,
+  type MarketRun,
+  type Model,
+  type ProviderGroup,
+} from "./market.ts";
 import type { DefaultSource, Scenario } from "./scenario.ts";
 
 /**
@@ -45,20 +52,32 @@ export interface DroppingVerdict {
   advantagePerHour: number;
   pays: boolean;
   /**
-   * The collateral at which dropping stops paying, from the extra slashes dropping costs; null when
-   * dropping costs no slash (no collateral can fix it) or already does not pay.
+   * The collateral at which dropping stops paying (it pays below, not above), from the slashes its
+   * drops cost; null when dropping costs no slash, so that no collateral changes it.
    */
   breakEvenCollateralUsd: number | null;
+}
+
+/** The provider run at one heartbeat timeout: honest providers against droppers. */
+export interface ProviderOutcome {
+  heartbeatTimeoutS: number;
+  groups: ProviderGroup[];
+  dropping: DroppingVerdict[];
+  /**
+   * The most collateral at which an honest provider still earns (net ≥ 0): below 0 it loses money at
+   * any collateral; null when it was never slashed, so the collateral does not matter to it.
+   */
+  honestBreakEvenCollateralUsd: number | null;
 }
 
 export interface RateResult {
   failuresPerHour: number;
   models: Record<ModelName, ModelSummary>;
-  providers: ProviderGroup[];
-  dropping: DroppingVerdict[];
+  /** The scenario's timeout first, then the sweep's. */
+  providers: ProviderOutcome[];
   /** Baton: what slashes paid tenants against what the work they lost had cost, in dollars. */
   compensation: { paidUsd: number; lostWorkUsd: number };
-  /** Problems the simulated escrow's conservation checks found, in the tenant run and the provider run. */
+  /** Problems the simulated escrow's conservation checks found in any Baton run (empty when money is conserved). */
   escrowProblems: string[];
 }
 
@@ -127,31 +146,108 @@ function verdicts(scenario: Scenario, groups: ProviderGroup[]): DroppingVerdict[
         advantagePerHour,
         pays,
         breakEvenCollateralUsd:
-          pays && g.dropSlashesPerHour > 0
-            ? scenario.lease.collateralUsd + advantagePerHour / g.dropSlashesPerHour
-            : null,
+          g.dropSlashesPerHour > 0 ? scenario.lease.collateralUsd + advantagePerHour / g.dropSlashesPerHour : null,
       };
     });
 }
 
-export interface SimulateOptions {
-  defaults?: DefaultSource[];
-  onProgress?: (message: string) => void;
+function providerOutcome(scenario: Scenario, result: MarketResult): ProviderOutcome {
+  const honest = result.providers.find((g) => g.kind === "honest");
+  return {
+    heartbeatTimeoutS: result.heartbeatTimeoutS ?? scenario.lease.heartbeatTimeoutS,
+    groups: result.providers,
+    dropping: verdicts(scenario, result.providers),
+    honestBreakEvenCollateralUsd:
+      honest && honest.slashesPerHour > 0 ? scenario.lease.collateralUsd + honest.net / honest.slashesPerHour : null,
+  };
 }
 
-export function simulate(scenario: Scenario, { defaults = [], onProgress }: SimulateOptions = {}): SimulationReport {
+/** Runs markets on up to `threads` worker threads (1: in this thread), results in the order of `runs`. */
+export async function runMarkets(
+  scenario: Scenario,
+  runs: MarketRun[],
+  threads: number,
+  onDone?: () => void,
+): Promise<MarketResult[]> {
+  if (threads <= 1 || runs.length <= 1) {
+    return runs.map((run) => {
+      const result = simulateMarket(scenario, run);
+      onDone?.();
+      return result;
+    });
+  }
+  const { Worker } = await import("node:worker_threads");
+  // Compiled to dist/, the worker is JavaScript too.
+  const file = new URL(import.meta.url.endsWith(".ts") ? "./worker.ts" : "./worker.js", import.meta.url);
+  const results: MarketResult[] = new Array<MarketResult>(runs.length);
+  let next = 0;
+  const workers = Array.from({ length: Math.min(threads, runs.length) }, () => new Worker(file));
+  try {
+    await Promise.all(
+      workers.map(
+        (worker) =>
+          new Promise<void>((resolve, reject) => {
+            const give = (): void => {
+              if (next >= runs.length) return resolve();
+              const id = next++;
+              worker.postMessage({ id, scenario, run: runs[id] });
+            };
+            worker.on("message", ({ id, result }: { id: number; result: MarketResult }) => {
+              results[id] = result;
+              onDone?.();
+              give();
+            });
+            worker.once("error", reject);
+            worker.once("exit", (code) => reject(new Error(`a simulation worker exited with code ${code}`)));
+            give();
+          }),
+      ),
+    );
+  } finally {
+    await Promise.all(workers.map((worker) => worker.terminate()));
+  }
+  return results;
+}
+
+export interface SimulateOptions {
+  defaults?: DefaultSource[];
+  /** Worker threads to run the markets on; 1 runs them in this thread. */
+  threads?: number;
+  onProgress?: (done: number, of: number) => void;
+}
+
+export async function simulate(
+  scenario: Scenario,
+  { defaults = [], threads = 1, onProgress }: SimulateOptions = {},
+): Promise<SimulationReport> {
   const started = performance.now();
   const lengthsHours = Float64Array.from(drawJobs(scenario).lengths, (l) => l / 3600).sort();
-  const rates: RateResult[] = [];
-  for (const failuresPerHour of scenario.failureRatesPerHour) {
-    onProgress?.(`failure rate ${(failuresPerHour * 100).toFixed(1)} %/h`);
-    const run = (model: Model, droppers = false) => simulateMarket(scenario, { model, failuresPerHour, droppers });
-    const baton = run("baton");
-    const level1 = run("level1");
-    const level2 = run("level2");
-    const providerRun = run("baton", true);
-    const price = scenario.prices.gpuUsdPerHour;
-    rates.push({
+  const timeouts = [scenario.lease.heartbeatTimeoutS, ...scenario.lease.timeoutSweepS];
+  const perRate: MarketRun[] = [
+    { model: "baton", failuresPerHour: 0, droppers: false },
+    { model: "level1", failuresPerHour: 0, droppers: false },
+    { model: "level2", failuresPerHour: 0, droppers: false },
+    ...timeouts.map((heartbeatTimeoutS) => ({
+      model: "baton" as const,
+      failuresPerHour: 0,
+      droppers: true,
+      heartbeatTimeoutS,
+    })),
+  ];
+  const runs = scenario.failureRatesPerHour.flatMap((failuresPerHour) =>
+    perRate.map((run) => ({ ...run, failuresPerHour })),
+  );
+  let done = 0;
+  const results = await runMarkets(scenario, runs, threads, () => onProgress?.(++done, runs.length));
+  const price = scenario.prices.gpuUsdPerHour;
+  const rates = scenario.failureRatesPerHour.map((failuresPerHour, i): RateResult => {
+    const [baton, level1, level2, ...providerRuns] = results.slice(i * perRate.length, (i + 1) * perRate.length) as [
+      MarketResult,
+      MarketResult,
+      MarketResult,
+      ...MarketResult[],
+    ];
+    return {
       failuresPerHour,
       models: {
         baton: summarise(baton),
@@ -159,12 +255,11 @@ export function simulate(scenario: Scenario, { defaults = [], onProgress }: Simu
         level2: summarise(level2),
         hyperscaler: hyperscaler(scenario, lengthsHours),
       },
-      providers: providerRun.providers,
-      dropping: verdicts(scenario, providerRun.providers),
+      providers: providerRuns.map((run) => providerOutcome(scenario, run)),
       compensation: { paidUsd: baton.tenant.compensation, lostWorkUsd: baton.lostHours * price },
-      escrowProblems: [...baton.escrowProblems, ...providerRun.escrowProblems],
-    });
-  }
+      escrowProblems: [baton, ...providerRuns].flatMap((run) => run.escrowProblems),
+    };
+  });
   const { gas, prices } = scenario;
   const heartbeatUsd = (gas.heartbeat + 21_000) * gas.priceGwei * 1e-9 * gas.ethUsd;
   const heartbeatCost = [30, 60, 300, 900, 3600].map((periodS) => {

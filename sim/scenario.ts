@@ -239,6 +239,8 @@ export function scenarioSchema(measured: MeasuredDefaults) {
           tenantShareBps: bps.default(5_000),
           callerShareBps: bps.default(1_000),
           claimIntervalMinutes: positive.default(10),
+          /** Other timeouts to run the provider run at: one past a crashed machine's reboot, one past a hang's. */
+          timeoutSweepS: z.array(positive).max(5).default([900, 3600]),
         })
         .strict()
         .refine((lease) => lease.tenantShareBps + lease.callerShareBps <= 10_000, {
@@ -248,6 +250,10 @@ export function scenarioSchema(measured: MeasuredDefaults) {
         .refine((lease) => lease.heartbeatPeriodS <= lease.heartbeatTimeoutS / 2, {
           message: "heartbeatPeriodS must be at most half of heartbeatTimeoutS (the contract's rule)",
           path: ["heartbeatPeriodS"],
+        })
+        .refine((lease) => lease.timeoutSweepS.every((t) => lease.heartbeatPeriodS <= t / 2), {
+          message: "every timeout swept must be at least twice heartbeatPeriodS (the contract's rule)",
+          path: ["timeoutSweepS"],
         })
         .prefault({}),
       gas: z
