@@ -43,7 +43,9 @@ export class Escrow {
   readonly #tenantShareBps: bigint;
   readonly #callerShareBps: bigint;
   readonly #leases: LeaseRecord[] = [];
-  readonly #balances = new Map<number, bigint>();
+  /** Balances of the fixed accounts (by −index) and of each provider's wallet: no map on the hot path. */
+  readonly #fixed = [0n, 0n, 0n, 0n, 0n, 0n];
+  readonly #wallets: bigint[];
   /** Stake each provider holds in the registry, and how much of it is locked as collateral. */
   readonly #stake: bigint[];
   readonly #locked: bigint[];
@@ -68,6 +70,7 @@ export class Escrow {
   }) {
     this.#tenantShareBps = BigInt(tenantShareBps);
     this.#callerShareBps = BigInt(callerShareBps);
+    this.#wallets = Array.from({ length: providers }, () => 0n);
     this.#stake = Array.from({ length: providers }, () => 0n);
     this.#locked = Array.from({ length: providers }, () => 0n);
     this.#claimable = Array.from({ length: providers }, () => 0n);
@@ -75,16 +78,25 @@ export class Escrow {
     this.slashed = Array.from({ length: providers }, () => 0n);
   }
 
+  #balance(account: number): bigint {
+    return account < 0 ? this.#fixed[-account]! : this.#wallets[account]!;
+  }
+
+  #add(account: number, amount: bigint): void {
+    if (account < 0) this.#fixed[-account]! += amount;
+    else this.#wallets[account]! += amount;
+  }
+
   #transfer(from: number, to: number, amount: bigint): void {
-    const balance = this.#balances.get(from) ?? 0n;
+    const balance = this.#balance(from);
     if (balance < amount) throw new Error(`simulated escrow: account ${from} holds ${balance}, not ${amount}`);
-    this.#balances.set(from, balance - amount);
-    this.#balances.set(to, (this.#balances.get(to) ?? 0n) + amount);
+    this.#add(from, -amount);
+    this.#add(to, amount);
   }
 
   #mint(to: number, amount: bigint): void {
     this.#minted += amount;
-    this.#balances.set(to, (this.#balances.get(to) ?? 0n) + amount);
+    this.#add(to, amount);
   }
 
   /** `ProviderRegistry.lockCollateral`: locks free stake; a provider short of it stakes more first (`stake`). */
@@ -197,21 +209,21 @@ export class Escrow {
   check(): string[] {
     const problems: string[] = [];
     let total = 0n;
-    for (const balance of this.#balances.values()) total += balance;
+    for (const balance of [...this.#fixed, ...this.#wallets]) total += balance;
     if (total !== this.#minted) problems.push(`the ledger holds ${total}, but ${this.#minted} was minted`);
     let owed = 0n;
     for (const r of this.#leases) owed += r.deposit;
     for (const c of this.#claimable) owed += c;
-    const escrow = this.#balances.get(ESCROW) ?? 0n;
+    const escrow = this.#balance(ESCROW);
     if (escrow !== owed) problems.push(`the escrow holds ${escrow} and owes ${owed}`);
     const staked = this.#stake.reduce((sum, s) => sum + s, 0n);
-    const registry = this.#balances.get(REGISTRY) ?? 0n;
+    const registry = this.#balance(REGISTRY);
     if (registry !== staked) problems.push(`the registry holds ${registry} and owes ${staked} of stake`);
     return problems;
   }
 
   /** What tenants spent through the escrow: deposits less refunds and slash payouts. */
   get tenantNet(): bigint {
-    return this.#mintedToTenants - (this.#balances.get(TENANTS) ?? 0n);
+    return this.#mintedToTenants - this.#balance(TENANTS);
   }
 }

@@ -18,6 +18,10 @@ interface Entry extends SimEvent {
 export class EventQueue {
   #heap: Entry[] = [];
   #pushed = 0;
+  /** Entries to reuse: millions of events, few allocations. */
+  #free: Entry[] = [];
+  /** The entry `pop` returned last, free once `pop` is called again. */
+  #returned: Entry | undefined;
 
   get size(): number {
     return this.#heap.length;
@@ -25,7 +29,12 @@ export class EventQueue {
 
   push(time: number, kind: number, subject: number, epoch = 0): void {
     const heap = this.#heap;
-    const entry: Entry = { time, kind, subject, epoch, order: this.#pushed++ };
+    const entry: Entry = this.#free.pop() ?? { time, kind, subject, epoch, order: 0 };
+    entry.time = time;
+    entry.kind = kind;
+    entry.subject = subject;
+    entry.epoch = epoch;
+    entry.order = this.#pushed++;
     let i = heap.length;
     heap.push(entry);
     while (i > 0) {
@@ -37,9 +46,12 @@ export class EventQueue {
     heap[i] = entry;
   }
 
-  pop(): SimEvent | undefined {
+  /** The earliest event; valid until the next `pop` (its object is then reused). */
+  pop(): Readonly<SimEvent> | undefined {
     const heap = this.#heap;
     const top = heap[0];
+    if (this.#returned) this.#free.push(this.#returned);
+    this.#returned = top;
     const last = heap.pop();
     if (top === undefined || last === undefined || heap.length === 0) return top;
     let i = 0;

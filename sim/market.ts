@@ -410,8 +410,16 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
     } else if (gaveUp[j]) gaveUpCount += 1;
     else unfinished += 1;
   }
-  const slowdowns = Float64Array.from(finishedJobs, (j) => (finishedAt[j]! - arrivals[j]!) / lengths[j]!).sort();
-  const completionHours = Float64Array.from(finishedJobs, (j) => (finishedAt[j]! - arrivals[j]!) / HOUR).sort();
+  // Filled by hand: Float64Array.from with a mapping function is ten times slower here.
+  const slowdowns = new Float64Array(finishedJobs.length);
+  const completionHours = new Float64Array(finishedJobs.length);
+  for (let i = 0; i < finishedJobs.length; i++) {
+    const j = finishedJobs[i]!;
+    slowdowns[i] = (finishedAt[j]! - arrivals[j]!) / lengths[j]!;
+    completionHours[i] = (finishedAt[j]! - arrivals[j]!) / HOUR;
+  }
+  slowdowns.sort();
+  completionHours.sort();
   const usefulHours = usefulSeconds / HOUR;
 
   const compute = model === "baton" ? toUsd(escrow.earned.reduce((sum, e) => sum + e, 0n)) : toUsd(computeUnits);
