@@ -24,6 +24,15 @@ export interface MarketRun {
   droppers: boolean;
   /** The on-chain heartbeat timeout, when not the scenario's (the provider run's sweep). */
   heartbeatTimeoutS?: number;
+  /** Given jobs and kills instead of random ones (a run to check against the real system). */
+  trace?: Trace;
+}
+
+/** Jobs and provider deaths given one by one: no random failures, no outside offers. */
+export interface Trace {
+  jobs: { arrivalS: number; lengthS: number }[];
+  /** The provider serving job `job` stops at `atS`, for `downS` seconds (Infinity: for good). */
+  kills: { job: number; atS: number; downS: number }[];
 }
 
 /** What a provider does with a lease when a better offer comes: keep it, walk away, or hand it back. */
@@ -67,6 +76,8 @@ export interface MarketResult extends MarketRun {
   escrowProblems: string[];
   /** Gas of heartbeats alone, in dollars per useful GPU-hour. */
   heartbeatGasPerUsefulHour: number;
+  /** With a trace: each job's completion time (arrival → result) and the seconds its leases were paid. */
+  perJob?: { completionS: number[]; paidS: number[] };
 }
 
 const ARRIVAL = 0;
@@ -76,6 +87,7 @@ const DONE = 3;
 const READY = 4;
 const OFFER = 5;
 const OUTSIDE_END = 6;
+const KILL = 7;
 
 const HOUR = 3600;
 
@@ -114,8 +126,10 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
   const { model, failuresPerHour } = run;
   const s = scenario;
   const P = s.providers;
-  const arrivalEnd = s.days * 24 * HOUR;
-  const horizon = 2 * arrivalEnd;
+  const { trace } = run;
+  const arrivalEnd = trace ? 0 : s.days * 24 * HOUR;
+  // A trace runs until its jobs are done (nothing random keeps the queue going).
+  const horizon = trace ? Infinity : 2 * arrivalEnd;
   const ckptBytes = s.checkpoint.sizeMiB * 1024 * 1024;
   const interval = s.checkpoint.intervalMinutes * 60;
   const lag =
@@ -131,7 +145,9 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
   const timeout = run.heartbeatTimeoutS ?? s.lease.heartbeatTimeoutS;
   const gasUsd = (gas: number): number => (gas + 21_000) * s.gas.priceGwei * 1e-9 * s.gas.ethUsd;
 
-  const { arrivals, lengths } = drawJobs(s);
+  const { arrivals, lengths } = trace
+    ? { arrivals: trace.jobs.map((j) => j.arrivalS), lengths: trace.jobs.map((j) => j.lengthS) }
+    : drawJobs(s);
   const J = arrivals.length;
   let resolved = 0;
   const progress = new Float64Array(J); // safe progress at the current segment's start (seconds of work)
@@ -143,6 +159,7 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
   const failuresOf = new Int32Array(J);
   const finishedAt = new Float64Array(J).fill(-1);
   const gaveUp = new Uint8Array(J);
+  const paidSeconds = new Float64Array(J);
 
   // Providers: a third stream each for failures and outside offers, the same in every model.
   const kinds = new Uint8Array(P);
@@ -208,21 +225,20 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
     jobEpoch[j]! += 1;
     onProvider[j] = p;
     jobOf[p] = j;
-    segStart[j] = t;
     const resuming = progress[j]! > 0;
-    let begins = t;
+    // A hand-off's bid and signed opening come before its lease; then, on the lease's time, the job
+    // starts and (when it resumes) fetches its checkpoint, from the tenant or from the volume.
+    const opens = model === "baton" && failuresOf[j]! > 0 ? t + s.baton.handOffS : t;
+    segStart[j] = opens;
+    let begins = opens + s.jobs.startS;
+    if (resuming && model !== "level1") begins += restore;
     if (model === "baton") {
-      // A hand-off's bid and opening, then the checkpoint's fetch, both on the new lease's time.
-      if (failuresOf[j]! > 0) begins += s.baton.handOffS;
-      if (resuming) begins += restore;
-      const remaining = lengths[j]! - progress[j]! + (begins - t);
+      const remaining = lengths[j]! - progress[j]! + (begins - opens);
       // The SDK deposits the job's whole maximum duration: here twice what is left and an hour.
       const deposit = price * BigInt(Math.ceil(2 * remaining + HOUR));
-      lease[j] = escrow.open(p, Math.floor(t), price, deposit, collateral);
+      lease[j] = escrow.open(p, Math.floor(opens), price, deposit, collateral);
       if (failuresOf[j] === 0) tenantGas += gasUsd(s.gas.openLease);
       else providerGas[p]! += gasUsd(s.gas.openLeaseFor);
-    } else if (model === "level2" && resuming) {
-      begins += restore;
     }
     runFrom[j] = begins;
     queue.push(begins + lengths[j]! - progress[j]!, DONE, j, jobEpoch[j]);
@@ -252,6 +268,7 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
     else {
       const paid = seconds(segStart[j]!, t);
       billedSeconds += paid;
+      paidSeconds[j]! += paid;
       computeUnits += BigInt(paid) * price;
       if (model === "level2") storageUsd += (t - segStart[j]!) * volumeUsdPerSecond;
     }
@@ -261,6 +278,7 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
     const p = onProvider[j]!;
     if (model === "baton") {
       billedSeconds += seconds(segStart[j]!, t);
+      paidSeconds[j]! += seconds(segStart[j]!, t);
       escrow.finish(lease[j]!, Math.floor(t));
       providerGas[p]! += gasUsd(s.gas.finish);
     }
@@ -276,7 +294,7 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
     failures += 1;
     failuresOf[j]! += 1;
     const done = progress[j]! + Math.max(0, t - runFrom[j]!);
-    const restorePaid = Math.min(t, runFrom[j]!) - segStart[j]!;
+    const restorePaid = Math.max(0, Math.min(t, runFrom[j]!) - segStart[j]!);
     let safe = progress[j]!;
     if (model !== "level1") {
       // The last checkpoint that was safe (held by the tenant, or on the volume) when the provider stopped.
@@ -293,6 +311,7 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
       readyAt = t + detect;
       const lastHeartbeat = Math.floor(segStart[j]!) + Math.floor((t - segStart[j]!) / period) * period;
       billedSeconds += seconds(segStart[j]!, lastHeartbeat);
+      paidSeconds[j]! += seconds(segStart[j]!, lastHeartbeat);
       // The new provider's openLeaseFor ends the lease as the tenant's own call would (`_endForTenant`).
       const closedAt = readyAt + s.baton.handOffS;
       const back = cause === "walk-away" ? Infinity : cause === "hand-back" ? t : downUntil[p]!;
@@ -325,8 +344,9 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
 
   // One arrival in the queue at a time keeps the heap as small as the market.
   if (J > 0) queue.push(arrivals[0]!, ARRIVAL, 0);
-  const failMean = failuresPerHour > 0 ? HOUR / failuresPerHour : 0;
-  const offerMean = s.dropping.outsideOffersPerHour > 0 ? HOUR / s.dropping.outsideOffersPerHour : 0;
+  const failMean = failuresPerHour > 0 && !trace ? HOUR / failuresPerHour : 0;
+  const offerMean = s.dropping.outsideOffersPerHour > 0 && !trace ? HOUR / s.dropping.outsideOffersPerHour : 0;
+  for (const [index, kill] of (trace?.kills ?? []).entries()) queue.push(kill.atS, KILL, index);
   for (let p = 0; p < P; p++) {
     pooled[p] = 1;
     pool.push(P - 1 - p);
@@ -393,6 +413,16 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
         offerPool(subject, now);
         dispatch(now);
         break;
+      case KILL: {
+        const kill = trace!.kills[subject]!;
+        const p = onProvider[kill.job]!;
+        if (p < 0) break;
+        downUntil[p] = now + kill.downS;
+        interrupt(kill.job, p, now, "crash");
+        if (Number.isFinite(kill.downS)) queue.push(now + kill.downS, RECOVER, p);
+        dispatch(now);
+        break;
+      }
     }
   }
 
@@ -472,5 +502,13 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
     providers,
     escrowProblems: model === "baton" ? escrow.check() : [],
     heartbeatGasPerUsefulHour: usefulHours > 0 ? heartbeatGas / usefulHours : 0,
+    ...(trace
+      ? {
+          perJob: {
+            completionS: arrivals.map((a, j) => (finishedAt[j]! >= 0 ? finishedAt[j]! - a : NaN)),
+            paidS: [...paidSeconds],
+          },
+        }
+      : {}),
   };
 }

@@ -179,6 +179,8 @@ export function scenarioSchema(measured: MeasuredDefaults) {
           sigma: z.number().min(0).max(3).default(1),
           minHours: positive.default(0.25),
           maxHours: positive.default(72),
+          /** From a lease's (or an instance's) start to its job running, paid, in every model. */
+          startS: z.number().min(0).default(0),
           /** A tenant gives a job up after this many failures (the SDK's `retryLimit`, set for long jobs). */
           giveUpAfterFailures: z.number().int().min(0).default(20),
         })
@@ -201,7 +203,7 @@ export function scenarioSchema(measured: MeasuredDefaults) {
           detectCrashS: z.number().min(0).default(measured.detectCrashS),
           /** A hung node answers nothing: failed after the liveness rule's 10 s of silence. */
           detectHangS: z.number().min(0).default(10),
-          /** Failed → the new provider runs the job (bid, signed opening, start), less the checkpoint's fetch. */
+          /** Failed → the new lease opens (bid, signed opening); then the job starts (jobs.startS) and fetches its checkpoint. */
           handOffS: z.number().min(0).default(measured.handOffS),
         })
         .strict()
