@@ -28,6 +28,8 @@ function lines(title: string, yTitle: string, values: Record<string, unknown>[],
       color: {
         field: "series",
         type: "nominal",
+        // In the order of the data (models as listed, timeouts shortest first), not alphabetical.
+        sort: null,
         title: null,
         legend: { orient: "bottom", direction: "vertical", labelLimit: 0 },
       },

@@ -107,6 +107,10 @@ function jobLength(scenario: Scenario, random: Random): number {
 
 /** The jobs of a scenario: arrival times and lengths in seconds, drawn up front from their own stream. */
 export function drawJobs(scenario: Scenario): { arrivals: number[]; lengths: number[] } {
+  // Every run of a report draws the same jobs: draw them once per thread.
+  const key = JSON.stringify([scenario.seed, scenario.days, scenario.providers, scenario.jobs]);
+  const cached = drawn.get(key);
+  if (cached) return cached;
   const random = randomStream(scenario.seed, "jobs");
   const arrivalEnd = scenario.days * 24 * HOUR;
   const arrivalMean = meanJobSeconds(scenario) / (scenario.jobs.load * scenario.providers);
@@ -116,8 +120,12 @@ export function drawJobs(scenario: Scenario): { arrivals: number[]; lengths: num
     arrivals.push(t);
     lengths.push(jobLength(scenario, random));
   }
+  drawn.clear();
+  drawn.set(key, { arrivals, lengths });
   return { arrivals, lengths };
 }
+
+const drawn = new Map<string, { arrivals: number[]; lengths: number[] }>();
 
 /** Whole seconds between two times, as the chain counts them (timestamps are whole seconds). */
 const seconds = (from: number, to: number): number => Math.max(0, Math.floor(to) - Math.floor(from));
