@@ -175,6 +175,12 @@ export function simulateCommands(program: Command): void {
       .option("--out <dir>", "where to write the charts (SVG)", "simulation")
       .option("--no-charts", "draw no charts")
       .option(
+        "--threads <n>",
+        "worker threads for the market runs (default: the machine's cores)",
+        integerIn("--threads", 1, 64),
+        os.availableParallelism(),
+      )
+      .option(
         "--bench-dir <dir>",
         "take measured defaults from this directory's bench results (default: bench/results)",
       )
@@ -182,7 +188,7 @@ export function simulateCommands(program: Command): void {
     [
       "baton simulate",
       "baton simulate examples/simulate/small.yaml --out /tmp/charts",
-      "baton simulate scenario.yaml --json --no-charts",
+      "baton simulate scenario.yaml --json --no-charts --threads 1",
     ],
   ).action(simulateAction);
 }

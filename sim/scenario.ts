@@ -241,8 +241,11 @@ export function scenarioSchema(measured: MeasuredDefaults) {
           tenantShareBps: bps.default(5_000),
           callerShareBps: bps.default(1_000),
           claimIntervalMinutes: positive.default(10),
-          /** Other timeouts to run the provider run at: one past a crashed machine's reboot, one past a hang's. */
-          timeoutSweepS: z.array(positive).max(5).default([900, 3600]),
+          /**
+           * Other timeouts to run the provider run at, e.g. [900, 3600]: one past a crashed machine's
+           * reboot, one past a hang's (each adds a market run per failure rate).
+           */
+          timeoutSweepS: z.array(positive).max(5).default([]),
         })
         .strict()
         .refine((lease) => lease.tenantShareBps + lease.callerShareBps <= 10_000, {
