@@ -14,25 +14,25 @@ import { startMarket, type Market } from "../helpers/market.ts";
 import { recorder, SCRIPT, serving, trainSpec } from "../helpers/run-job.ts";
 
 // The simulation against the real system: three short jobs on a devnet with five real provider
-// processes, two of them killed (SIGKILL) under a job at known steps, 95 steps past a checkpoint; then
-// the same jobs and kills in the simulation, whose inputs are what this run measured of the parts it
-// does not check: the uninterrupted job's length (started → result), each job's start (lease opened
-// → started, averaged), the trainer's checkpoint interval and size, and the detection and hand-off
-// (failed → the new lease opened) times, averaged over both kills. What
-// is checked is what the simulation predicts from them: each job's completion time, the seconds its
-// leases were paid, and the slashes' compensation (exactly).
+// processes, two of them killed (SIGKILL) under a job at known steps, half way between two
+// checkpoints (so that neither side's timing can put the kill past one); then the same jobs and
+// kills in the simulation, whose inputs are what this run measured of the parts it does not check:
+// the uninterrupted job's length (started → result), each job's start (lease opened → started,
+// averaged), the trainer's checkpoint interval and size, and the detection and hand-off (failed →
+// the new lease opened) times, averaged over both kills. What is checked is what the simulation
+// predicts from them: each job's completion time, the seconds its leases were paid, and the slashes'
+// compensation (exactly).
 //
 // The tolerance, and why: a killed job's own length differs from the uninterrupted one's with the
-// machine's load (three jobs share two cores): 10 % of it; each job's start, and each kill's detection
-// and hand-off, differ from their means: their spreads; chain time counts whole seconds, and a job starts a moment after its
-// lease opens: 1 s (per lease, for payments). A kill here costs its job about 4 s (the 95 steps since
-// the checkpoint, detection, the hand-off), more than the completion tolerance (about 3 s): a
-// simulation that left the failures out would fail this test. Measured on this 2-core machine at load
-// 8-15: within 1 s on every job, for both.
+// machine's load (three jobs share two cores): 10 % of it; each job's start, and each kill's
+// detection and hand-off, differ from their means: their spreads; chain time counts whole seconds,
+// and a job starts a moment after its lease opens: 1 s (per lease, for payments). A kill here costs
+// its job about 4 s (the 100 steps since the checkpoint, detection, the hand-off), more than the
+// completion tolerance (about 3 s): a simulation that left the failures out would fail this test.
 
 const STEP_MS = "25";
 const STEPS = 600;
-const EVERY = 100;
+const EVERY = 200;
 const PRICE_PER_SECOND = 1_000_000_000_000n;
 
 let market: Market;
@@ -87,10 +87,11 @@ it("predicts the completion times, payments and compensation of a real run with 
   }
   const jobs = started3.map((s) => s.job);
   const records = started3.map((s) => s.record);
-  // Job 0 loses its provider a third of the way in, job 1 two thirds; job 2 runs undisturbed.
+  // Job 0 loses its provider half way through its second checkpoint interval, job 1 through its
+  // third; job 2 runs undisturbed.
   const killedAt = await Promise.all([
-    killAt(jobs[0]!, records[0]!.when, 195),
-    killAt(jobs[1]!, records[1]!.when, 395),
+    killAt(jobs[0]!, records[0]!.when, 300),
+    killAt(jobs[1]!, records[1]!.when, 500),
   ]);
   await Promise.all(jobs.map((job) => job.result()));
   await Promise.all(jobs.map((job) => job.settled()));
