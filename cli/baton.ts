@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The `baton` command: `baton devnet`, `baton provider …`, `baton job …`, `baton image …`,
- * `baton serve`, `baton audit …`, `baton key …`. Thin over sdk/ and node/: it parses arguments,
+ * `baton serve`, `baton audit …`, `baton key …`, `baton simulate`. Thin over sdk/ and node/: it parses arguments,
  * calls them, and prints for people (or JSON with `--json`).
  *
  * The command line is parsed by commander: it has no dependencies, gives per-command help, typo
@@ -26,6 +26,7 @@ const { keyCommands } = await import("./key.ts");
 const { BatonCommand, examples, runProgram, UsageError } = await import("./program.ts");
 const { providerCommands } = await import("./provider.ts");
 const { serveCommands } = await import("./serve.ts");
+const { simulateCommands } = await import("./simulate.ts");
 
 // By the package's own name: from cli/ in a checkout and from dist/cli/ in the npm package alike.
 const { version } = module.createRequire(import.meta.url)("baton/package.json") as { version: string };
@@ -49,6 +50,7 @@ imageCommands(program);
 serveCommands(program);
 auditCommands(program);
 keyCommands(program);
+simulateCommands(program);
 
 examples(
   program

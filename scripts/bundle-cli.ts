@@ -61,6 +61,9 @@ export async function bundleCli(outfile = defaultBundlePath): Promise<string> {
     write: false,
     logLevel: "error",
     plugins: [keepSourceLocations],
+    // Only `baton simulate` draws charts: left out, Vega stays out of every other process's 2 MB
+    // more to parse, and loads from node_modules when a chart is drawn.
+    external: ["vega", "vega-lite"],
     // CommonJS dependencies bundled into an ES module still call `require` for Node's built-ins.
     banner: {
       js: 'import { createRequire as __batonRequire } from "node:module"; const require = __batonRequire(import.meta.url);',
