@@ -11,7 +11,7 @@ import { UserError } from "../sdk/errors.ts";
  * come from Baton's own measurements in `bench/results/*.json` where a bench wrote them (gas per
  * operation, failure detection and hand-off time, checkpoint publish and fetch throughput), else
  * from the figures the README publishes; the rest are stated assumptions, each with its reason.
- * Holders (issue 19) have not landed, so a checkpoint lives with the tenant and its provider only.
+ * Holders (issue 15, point 2) are not built yet, so a checkpoint lives with the tenant and its provider only.
  */
 
 /** Where `bench/*.ts` write their results in a checkout. */
