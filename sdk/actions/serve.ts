@@ -12,6 +12,7 @@ import {
   UserError,
 } from "../errors.ts";
 import { pinJobImage } from "../images/registry.ts";
+import { httpStreams } from "../p2p/http-streams.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
 import type { JobHandle } from "../tenant/job-handle.ts";
@@ -126,6 +127,8 @@ export async function serve(
   let closing = false;
   let nextIndex = 0;
   const log = client.log.child("serve");
+  // Requests and readiness probes reuse streams to the replicas' providers (keep-alive).
+  const streams = httpStreams(client.host);
   /** Fires "change" whenever a replica's state changes: what `ready()` and a waiting `fetch` wait for. */
   const changes = new EventTarget();
   // Every request waiting for a ready replica listens: no count of them is a leak.
@@ -161,6 +164,7 @@ export async function serve(
               leaseId,
               method: "GET",
               path: readinessPath,
+              streams,
               signal: AbortSignal.timeout(2_000),
             });
             for await (const piece of res.body) void piece;
@@ -276,6 +280,7 @@ export async function serve(
         path: request.path,
         headers: request.headers,
         ...(body ? { body } : {}),
+        streams,
         signal: AbortSignal.any([signal, replica.inFlight.signal]),
       });
       // Read the start of the body here: a small response is then whole before the caller sees
@@ -425,6 +430,7 @@ export async function serve(
     jobs: () => replicas.filter((r) => r.job).map((r) => r.job),
     async close() {
       closing = true;
+      streams.close();
       await Promise.all(
         replicas.map(async (r) => {
           setState(r, "stopped");
