@@ -10,11 +10,12 @@
  *   requests, and p99 latency in the window from the kill until the replacement is ready.
  *
  * Each phase: `--requests` GET requests (default 2,000) from `--concurrency` clients (default 8).
- * Target: gateway p50 ≤ 1.3 × direct p50; zero failed requests during the kill. `--block-time S`
- * runs the devnet's chain with a block every S seconds (default 0: mined at once).
+ * Every target is called by the same client (Node's HTTP, keep-alive), and CPU per request is given
+ * for each process. Target: gateway p50 ≤ 1.3 × direct p50; zero failed requests during the kill.
+ * `--block-time S` runs the devnet's chain with a block every S seconds (default 0: mined at once).
  */
 import { spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -83,14 +84,42 @@ const direct = spawn(process.execPath, [path.resolve(import.meta.dirname, "../ex
 });
 await new Promise<void>((resolve) => direct.stdout!.once("data", () => resolve()));
 const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-const callDirect = (i: number): Promise<boolean> =>
-  new Promise((resolve, reject) => {
-    const req = http.get({ socketPath: socket, path: `/predict?text=hello%20${i}`, agent }, (res) => {
-      res.resume();
-      res.once("end", () => resolve(res.statusCode === 200));
+/** The one client of every target: a GET over HTTP/1.1 keep-alive, `CONCURRENCY` connections. */
+const call =
+  (target: { socketPath: string } | { host: string; port: number }) =>
+  (i: number): Promise<boolean> =>
+    new Promise((resolve, reject) => {
+      const req = http.get({ ...target, path: `/predict?text=hello%20${i}`, agent }, (res) => {
+        res.resume();
+        res.once("end", () => resolve(res.statusCode === 200));
+      });
+      req.once("error", reject);
     });
-    req.once("error", reject);
-  });
+const callDirect = call({ socketPath: socket });
+
+/** CPU seconds used so far by a process and, apart, by all its descendants (Linux /proc). */
+async function cpuOfTree(pid: number): Promise<{ self: number; children: number }> {
+  const ticks = 100; // USER_HZ: 100 on every Linux architecture Node runs on
+  const stats = new Map<number, { ppid: number; cpu: number }>();
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const text = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
+    // Fields after the command name (which may hold spaces): state ppid … utime(14) stime(15).
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    if (fields.length < 13) continue;
+    stats.set(Number(entry), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / ticks });
+  }
+  let children = 0;
+  const below = (parent: number): void => {
+    for (const [child, stat] of stats) {
+      if (stat.ppid !== parent) continue;
+      children += stat.cpu;
+      below(child);
+    }
+  };
+  below(pid);
+  return { self: stats.get(pid)?.cpu ?? 0, children };
+}
 
 const devnet = await startDevnet({
   providers: 4,
@@ -109,18 +138,41 @@ try {
   });
   await service.ready(3, 120_000);
   const gateway = await startGateway(service, 0);
-  const base = `http://127.0.0.1:${(gateway.address() as { port: number }).port}`;
-  const callGateway = async (i: number): Promise<boolean> => {
-    const res = await fetch(`${base}/predict?text=hello%20${i}`);
-    await res.arrayBuffer();
-    return res.status === 200;
+  const callGateway = call({ host: "127.0.0.1", port: (gateway.address() as { port: number }).port });
+
+  /**
+   * CPU ms used while `run` runs: by this process (the clients, and the gateway + SDK), the
+   * provider nodes, and their jobs. The nodes' and jobs' figures include what they do when idle
+   * (heartbeats, gossip): the direct run, which sends them nothing, measures that.
+   */
+  const cpuDuring = async (run: () => Promise<{ samples: Sample[]; seconds: number }>) => {
+    const pids = devnet.providers.flatMap((p) => p.process?.child.pid ?? []);
+    const trees = () => Promise.all([...pids, direct.pid!].map(cpuOfTree));
+    const before = await trees();
+    const own = process.cpuUsage();
+    const result = await run();
+    const ownUsage = process.cpuUsage(own);
+    const after = await trees();
+    const used = (pick: (x: { self: number; children: number }) => number, xs: typeof before) =>
+      xs.slice(0, pids.length).reduce((total, x) => total + pick(x), 0) * 1000;
+    return {
+      result,
+      ms: {
+        bench: (ownUsage.user + ownUsage.system) / 1000,
+        nodes: used((x) => x.self, after) - used((x) => x.self, before),
+        jobs: used((x) => x.children, after) - used((x) => x.children, before),
+        direct: (after.at(-1)!.self - before.at(-1)!.self) * 1000,
+      },
+    };
   };
 
   // Warm both paths (connections, JIT), then measure.
   await drive(callDirect, 200);
   await drive(callGateway, 200);
-  const d = await drive(callDirect, REQUESTS);
-  const g = await drive(callGateway, REQUESTS);
+  const { result: d, ms: dCpu } = await cpuDuring(() => drive(callDirect, REQUESTS));
+  const { result: g, ms: gCpu } = await cpuDuring(() => drive(callGateway, REQUESTS));
+  /** CPU ms per gateway request of a process group, less what it used idle in as long a time. */
+  const serving = (group: "nodes" | "jobs") => (gCpu[group] - (dCpu[group] * g.seconds) / d.seconds) / REQUESTS;
   const dMs = d.samples.map((s) => s.ms);
   const gMs = g.samples.map((s) => s.ms);
 
@@ -151,7 +203,7 @@ try {
       unit: "ms",
       reference: { value: median(dMs), label: "direct p50" },
       target: { value: 1.3 * median(dMs), atMost: true },
-      note: "3 replicas; a new libp2p stream per request (multistream-select), JSON head, two extra hops",
+      note: "3 replicas; HTTP → gateway → libp2p stream (kept open) → provider node → the job's socket, and back",
     },
     {
       name: "gateway p99",
@@ -165,6 +217,26 @@ try {
       unit: "req/s",
       reference: { value: REQUESTS / d.seconds, label: "direct" },
     },
+    {
+      name: "CPU per request: the clients",
+      value: dCpu.bench / REQUESTS,
+      unit: "ms",
+      note: "the bench process in the direct run: the load generator, taken off the gateway's figure",
+    },
+    { name: "CPU per request: the job, direct", value: dCpu.direct / REQUESTS, unit: "ms" },
+    {
+      name: "CPU per request: gateway + SDK",
+      value: (gCpu.bench - dCpu.bench) / REQUESTS,
+      unit: "ms",
+      note: "the bench process in the gateway run, less the clients",
+    },
+    {
+      name: "CPU per request: provider nodes",
+      value: serving("nodes"),
+      unit: "ms",
+      note: `all nodes, less their idle CPU (${(dCpu.nodes / d.seconds / 10).toFixed(1)} % of a core)`,
+    },
+    { name: "CPU per request: replica jobs", value: serving("jobs"), unit: "ms", note: "sandbox and job processes" },
     {
       name: "failed requests during a replica kill",
       value: failed,

@@ -1,8 +1,19 @@
+import { once } from "node:events";
 import http from "node:http";
-import { Readable } from "node:stream";
 
 import { NoReplicaError, RequestNotRetriedError, shortMessageOf, type Service } from "../sdk/index.ts";
 import { jsonReplacer } from "./output.ts";
+
+/** Headers about the client's connection to the gateway, not the request: never forwarded. */
+const CONNECTION_HEADERS = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
 
 /** The gateway's own pages live under this prefix; everything else goes to the service. */
 export const STATUS_PATH = "/_baton/status";
@@ -19,24 +30,29 @@ export function startGateway(
   const server = http.createServer((req, res) => {
     void (async () => {
       if (req.url === STATUS_PATH || req.url === `${STATUS_PATH}.json`) return status(req, res);
-      const hasBody = req.method !== "GET" && req.method !== "HEAD";
-      const request = new Request(`http://service${req.url ?? "/"}`, {
-        method: req.method ?? "GET",
-        headers: Object.entries(req.headers).flatMap(([k, v]) =>
-          v === undefined
-            ? []
-            : Array.isArray(v)
-              ? v.map((x): [string, string] => [k, x])
-              : [[k, v] as [string, string]],
-        ),
-        ...(hasBody ? { body: Readable.toWeb(req) as ReadableStream, duplex: "half" } : {}),
-      } as RequestInit);
+      const method = req.method ?? "GET";
+      const headers: [string, string][] = [];
+      for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+        const name = req.rawHeaders[i]!;
+        if (!CONNECTION_HEADERS.has(name.toLowerCase())) headers.push([name, req.rawHeaders[i + 1]!]);
+      }
+      const hasBody = method !== "GET" && method !== "HEAD";
       const retryable = req.headers["x-baton-retryable"] === "1";
+      // A client that goes away cancels its request: the stream to the replica is let go.
+      const gone = new AbortController();
+      res.once("close", () => {
+        if (!res.writableFinished) gone.abort(new Error("the client went away"));
+      });
       try {
-        const response = await service.fetch(request, { retryable });
-        res.writeHead(response.status, Object.fromEntries(response.headers.entries()));
-        if (response.body)
-          for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) res.write(chunk);
+        const response = await service.forward(
+          { method, path: req.url ?? "/", headers, ...(hasBody ? { body: req } : {}) },
+          { retryable, signal: gone.signal },
+        );
+        res.writeHead(response.status, response.headers.flat());
+        // Backpressure: a slow client slows the read from the replica, nothing piles up here.
+        for await (const chunk of response.body) {
+          if (!res.write(chunk)) await once(res, "drain", { signal: gone.signal });
+        }
         res.end();
       } catch (error) {
         const status = error instanceof RequestNotRetriedError ? 502 : error instanceof NoReplicaError ? 503 : 502;

@@ -68,7 +68,7 @@ export function httpProxy(components: Pick<NodeComponents, "host" | "store" | "l
     const started = performance.now();
     let status = 0;
     try {
-      const row = store.getLease(BigInt(head.leaseId));
+      const row = store.httpRoute(BigInt(head.leaseId));
       if (!row || row.tenantPeer !== connection.remotePeer.toString()) {
         status = 403;
         await reply(stream, 403, `lease ${head.leaseId} is not this peer's lease on this node`);
