@@ -1,7 +1,13 @@
 import { once } from "node:events";
 import http from "node:http";
 
-import { NoReplicaError, RequestNotRetriedError, shortMessageOf, type Service } from "../sdk/index.ts";
+import {
+  NoReplicaError,
+  RequestNotRetriedError,
+  ServiceBusyError,
+  shortMessageOf,
+  type Service,
+} from "../sdk/index.ts";
 import { jsonReplacer } from "./output.ts";
 
 /** Headers about the client's connection to the gateway, not the request: never forwarded. */
@@ -18,16 +24,71 @@ const CONNECTION_HEADERS = new Set([
 /** The gateway's own pages live under this prefix; everything else goes to the service. */
 export const STATUS_PATH = "/_baton/status";
 
+/** The largest request body the gateway takes by default: the provider node's own limit. */
+export const MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024;
+
+export interface GatewayOptions {
+  /** Largest request body; a larger one is answered 413 and never reaches a replica. Default 64 MiB. */
+  maxRequestBodyBytes?: number;
+  /** Where each request's access-log line goes (one JSON object per line); none by default. */
+  accessLog?: (line: string) => void;
+}
+
+/** Why the gateway answers an error itself: the status and a name the client can act on. */
+class GatewayRefusal extends Error {
+  readonly status: number;
+  override readonly name: string;
+
+  constructor(status: number, name: string, message: string) {
+    super(message);
+    this.status = status;
+    this.name = name;
+  }
+}
+
+/** Yields `body`, refusing (413) once it passes `max` bytes. */
+async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncGenerator<Uint8Array> {
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.byteLength;
+    if (size > max) throw new GatewayRefusal(413, "RequestTooLarge", `the request body is over ${max} bytes`);
+    yield chunk;
+  }
+}
+
 /**
  * Serves HTTP on 127.0.0.1:`port` in front of a service: every request goes to a healthy replica;
- * `/_baton/status` shows the replicas (HTML, or JSON with `Accept: application/json`).
+ * `/_baton/status` shows the replicas (HTML, or JSON with `Accept: application/json`). A body over
+ * the size limit is answered 413; a service whose replicas and queue are all full, 503 with
+ * `retry-after`; each request is logged as a JSON line when `accessLog` is given.
  */
 export function startGateway(
   service: Service,
   port: number,
   names: Map<string, string> = new Map(),
+  { maxRequestBodyBytes = MAX_REQUEST_BODY_BYTES, accessLog }: GatewayOptions = {},
 ): Promise<http.Server> {
   const server = http.createServer((req, res) => {
+    const started = performance.now();
+    let bytes = 0;
+    /** The `x-baton-error` the gateway answered with, if it answered an error itself. */
+    let refused: string | undefined;
+    if (accessLog) {
+      res.once("close", () =>
+        accessLog(
+          JSON.stringify({
+            time: new Date().toISOString(),
+            method: req.method,
+            path: req.url,
+            status: res.statusCode,
+            ms: Number((performance.now() - started).toFixed(2)),
+            bytes,
+            ...(res.writableFinished ? {} : { aborted: true }),
+            ...(refused ? { error: refused } : {}),
+          }),
+        ),
+      );
+    }
     void (async () => {
       if (req.url === STATUS_PATH || req.url === `${STATUS_PATH}.json`) return status(req, res);
       const method = req.method ?? "GET";
@@ -37,6 +98,17 @@ export function startGateway(
         if (!CONNECTION_HEADERS.has(name.toLowerCase())) headers.push([name, req.rawHeaders[i + 1]!]);
       }
       const hasBody = method !== "GET" && method !== "HEAD";
+      const declared = Number(req.headers["content-length"] ?? 0);
+      if (declared > maxRequestBodyBytes) {
+        refused = "RequestTooLarge";
+        res.writeHead(413, {
+          "content-type": "application/json",
+          "x-baton-error": "RequestTooLarge",
+          connection: "close",
+        });
+        res.end(JSON.stringify({ error: `the request body is over ${maxRequestBodyBytes} bytes` }));
+        return;
+      }
       const retryable = req.headers["x-baton-retryable"] === "1";
       // A client that goes away cancels its request: the stream to the replica is let go.
       const gone = new AbortController();
@@ -45,28 +117,40 @@ export function startGateway(
       });
       try {
         const response = await service.forward(
-          { method, path: req.url ?? "/", headers, ...(hasBody ? { body: req } : {}) },
+          { method, path: req.url ?? "/", headers, ...(hasBody ? { body: limited(req, maxRequestBodyBytes) } : {}) },
           { retryable, signal: gone.signal },
         );
         res.writeHead(response.status, response.headers.flat());
         // Backpressure: a slow client slows the read from the replica, nothing piles up here.
         for await (const chunk of response.body) {
+          bytes += chunk.byteLength;
           if (!res.write(chunk)) await once(res, "drain", { signal: gone.signal });
         }
         res.end();
       } catch (error) {
-        const status = error instanceof RequestNotRetriedError ? 502 : error instanceof NoReplicaError ? 503 : 502;
-        const message = shortMessageOf(error);
+        const refusal = error instanceof GatewayRefusal ? error : refusalOf(error);
+        refused = refusal.name;
         if (!res.headersSent) {
-          res.writeHead(status, {
+          res.writeHead(refusal.status, {
             "content-type": "application/json",
-            "x-baton-error": error instanceof Error ? error.name : "Error",
+            "x-baton-error": refusal.name,
+            ...(refusal.status === 503 ? { "retry-after": "1" } : {}),
+            // The rest of a refused body is not read: the connection cannot carry another request.
+            ...(refusal.status === 413 ? { connection: "close" } : {}),
           });
-          res.end(JSON.stringify({ error: message }));
+          res.end(JSON.stringify({ error: refusal.message }));
         } else res.destroy(error as Error);
       }
     })();
   });
+  /** What the gateway answers for an error of the service. */
+  const refusalOf = (error: unknown): GatewayRefusal => {
+    // A body refused on its way to the replica comes back wrapped in the request's failure.
+    for (let e: unknown = error; e instanceof Error; e = e.cause) if (e instanceof GatewayRefusal) return e;
+    const name = error instanceof Error ? error.name : "Error";
+    const status = error instanceof NoReplicaError || error instanceof ServiceBusyError ? 503 : 502;
+    return new GatewayRefusal(status, name, shortMessageOf(error));
+  };
   const status = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const replicas = service.replicas();
     if (req.url?.endsWith(".json") || req.headers.accept?.includes("application/json")) {

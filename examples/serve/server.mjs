@@ -72,7 +72,8 @@ const send = (res, status, body) => {
   res.end(JSON.stringify(body));
 };
 
-const server = http.createServer(async (req, res) => {
+/** Answers one request; throws when the client goes away mid-body (see below). */
+async function handle(req, res) {
   const url = new URL(req.url ?? "/", "http://job");
   const delay = Math.min(10_000, Math.max(0, Number(url.searchParams.get("delay") ?? 0) || 0));
   if (url.pathname === "/health") return send(res, 200, { ok: true });
@@ -99,6 +100,15 @@ const server = http.createServer(async (req, res) => {
     await sleep(delay);
   }
   send(res, 200, predict(text));
+}
+
+// A request whose client went away mid-body (a proxy cut it: too large, client gone) ends here,
+// not in an unhandled rejection that would take every other request down with the process.
+const server = http.createServer((req, res) => {
+  handle(req, res).catch((error) => {
+    console.log(`request ${req.method} ${req.url} broke off: ${error.message}`);
+    res.destroy();
+  });
 });
 
 const socket = process.env.BATON_HTTP_SOCKET;

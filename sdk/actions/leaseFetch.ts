@@ -62,12 +62,17 @@ export async function leaseFetch(
   const abort = (): void => stream.abort(new BaseError("request aborted"));
   signal?.addEventListener("abort", abort, { once: true });
   const stop = (): void => signal?.removeEventListener("abort", abort);
+  /** Why the request body could not be sent, when that is what broke the request (too large, client gone). */
+  let bodyError: unknown;
   try {
     const writing = writeHttpMessage(stream, { leaseId: leaseId.toString(), method, path, headers }, body, {
       maxBodyBytes,
       ...(signal ? { signal } : {}),
     });
-    writing.catch(() => stream.abort(new BaseError("request body failed")));
+    writing.catch((error: unknown) => {
+      bodyError = error;
+      stream.abort(new BaseError("request body failed"));
+    });
     const response = await reader.next(httpResponseHeadSchema, { maxBodyBytes });
     if (!response) throw new ProtocolError("the stream ended before an HTTP head");
     await writing;
@@ -100,8 +105,8 @@ export async function leaseFetch(
     streams.release(channel, false);
     if (signal?.aborted) throw signal.reason;
     throw new ProviderFaultError(`the request to lease ${leaseId} broke off`, {
-      cause: error,
-      details: shortMessageOf(error),
+      cause: bodyError ?? error,
+      details: shortMessageOf(bodyError ?? error),
     });
   }
 }

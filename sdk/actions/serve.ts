@@ -9,6 +9,7 @@ import {
   ProviderFaultError,
   RequestNotRetriedError,
   RequestNotSentError,
+  ServiceBusyError,
   UserError,
 } from "../errors.ts";
 import { pinJobImage } from "../images/registry.ts";
@@ -34,6 +35,16 @@ export interface ServeOptions {
   readinessTimeoutMs?: number;
   /** Send an idempotent request to a second replica when the first has not answered in this long. */
   hedgeAfterMs?: number;
+  /**
+   * Most requests in flight on one replica (default 64): a server job has a fixed number of
+   * workers, and requests past that only queue inside it, out of sight of the routing.
+   */
+  maxConcurrentPerReplica?: number;
+  /**
+   * Most requests waiting for a replica with room (default 1,024); past that, `fetch` fails at
+   * once with {@link ServiceBusyError} (a gateway answers 503) rather than letting waits pile up.
+   */
+  maxQueued?: number;
   /**
    * Closes the service when it aborts (as `close()`). While `serve` is still starting its replicas,
    * it stops there, closes what it started and rejects with the signal's reason.
@@ -270,8 +281,37 @@ export async function serve(
     return replica;
   };
 
+  const maxConcurrent = options.maxConcurrentPerReplica ?? 64;
+  const maxQueued = options.maxQueued ?? 1_024;
+  /** Requests waiting for a replica with room, oldest first: each slot freed wakes the oldest. */
+  const queue: (() => void)[] = [];
+  const freed = (): void => queue.shift()?.();
+  /**
+   * Resolves when a slot frees, a replica changes state, or `wait` aborts (the caller checks its
+   * deadline); rejects with {@link ServiceBusyError} when the queue is full.
+   */
+  const room = (wait: AbortSignal): Promise<void> => {
+    if (queue.length >= maxQueued) {
+      return Promise.reject(
+        new ServiceBusyError(`every replica has ${maxConcurrent} requests in flight and ${maxQueued} wait`),
+      );
+    }
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        const at = queue.indexOf(done);
+        if (at >= 0) queue.splice(at, 1);
+        changes.removeEventListener("change", done);
+        wait.removeEventListener("abort", done);
+        resolve();
+      };
+      queue.push(done);
+      changes.addEventListener("change", done);
+      wait.addEventListener("abort", done);
+    });
+  };
+
   const pick = (tried: Set<Replica>): Replica | undefined => {
-    const ready = replicas.filter((r) => r.state === "ready");
+    const ready = replicas.filter((r) => r.state === "ready" && r.outstanding < maxConcurrent);
     const fresh = ready.filter((r) => !tried.has(r));
     const pool = fresh.length > 0 ? fresh : ready;
     return pool.sort((a, b) => a.outstanding - b.outstanding || (a.latencyMs ?? 0) - (b.latencyMs ?? 0))[0];
@@ -333,6 +373,7 @@ export async function serve(
       throw error;
     } finally {
       replica.outstanding--;
+      freed();
     }
   };
 
@@ -378,6 +419,7 @@ export async function serve(
       }
       const head = { method, path: request.path, headers: request.headers, body: kept };
       const tried = new Set<Replica>();
+      let rounds = 0;
       let lastError: unknown;
       for (;;) {
         if (deadline.aborted) {
@@ -388,9 +430,24 @@ export async function serve(
         }
         const first = pick(tried);
         if (!first) {
-          // No replica is ready: wait for one to become so (the deadline is checked above).
-          await nextChange(deadline).catch(() => undefined);
+          if (replicas.some((r) => r.state === "ready")) {
+            // Every ready replica is full: wait in the queue for a slot (or fail now if it is full too).
+            await room(deadline);
+          } else {
+            // No replica is ready: wait for one to become so (the deadline is checked above).
+            await nextChange(deadline).catch(() => undefined);
+          }
           continue;
+        }
+        if (tried.has(first)) {
+          // Every ready replica failed this request once: try again after a pause that doubles
+          // (or at a change of replicas), not in a loop as fast as refusals come back.
+          rounds++;
+          await Promise.race([
+            nextChange(deadline),
+            new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 25 * 2 ** rounds))),
+          ]).catch(() => undefined);
+          if (first.state !== "ready") continue;
         }
         tried.add(first);
         const attempts = [attempt(first, head, stream, deadline)];
