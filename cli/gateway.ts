@@ -1,13 +1,7 @@
 import { once } from "node:events";
 import http from "node:http";
 
-import {
-  NoReplicaError,
-  RequestNotRetriedError,
-  ServiceBusyError,
-  shortMessageOf,
-  type Service,
-} from "../sdk/index.ts";
+import { NoReplicaError, ServiceBusyError, shortMessageOf, type Service } from "../sdk/index.ts";
 import { jsonReplacer } from "./output.ts";
 
 /** Headers about the client's connection to the gateway, not the request: never forwarded. */
