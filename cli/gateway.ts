@@ -1,6 +1,8 @@
 import { once } from "node:events";
 import http from "node:http";
 
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
 import { NoReplicaError, ServiceBusyError, shortMessageOf, type Service } from "../sdk/index.ts";
 import { jsonReplacer } from "./output.ts";
 
@@ -17,6 +19,73 @@ const CONNECTION_HEADERS = new Set([
 
 /** The gateway's own pages live under this prefix; everything else goes to the service. */
 export const STATUS_PATH = "/_baton/status";
+
+/** Prometheus metrics of the gateway, in text format (`text/plain; version=0.0.4`). */
+export const METRICS_PATH = "/_baton/metrics";
+
+/**
+ * The gateway's Prometheus series: requests and their latency as clients saw them, the service's
+ * retries, hedges and refusals, and each replica's state and load, read at scrape time.
+ */
+function gatewayMetrics(service: Service): { registry: Registry; requests: Counter; latency: Histogram } {
+  const registry = new Registry();
+  const requests = new Counter({
+    name: "baton_gateway_requests_total",
+    help: "Requests answered by the gateway, by method and status",
+    labelNames: ["method", "status"] as const,
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: "baton_gateway_request_duration_seconds",
+    help: "Time from a request's arrival to the end of its response",
+    labelNames: ["method"] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [registry],
+  });
+  const counted = (name: string, help: string, key: "retries" | "hedges" | "busy") =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(service.stats()[key]);
+      },
+    });
+  counted("baton_service_retries_total", "Attempts sent again after a replica failed a request", "retries");
+  counted("baton_service_hedges_total", "Second attempts sent because the first was slow", "hedges");
+  counted("baton_service_busy_total", "Requests refused because every replica and the queue were full", "busy");
+  new Gauge({
+    name: "baton_replica_state",
+    help: "1 for each replica's current state",
+    labelNames: ["replica", "state"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of service.replicas()) this.set({ replica: String(r.index), state: r.state }, 1);
+    },
+  });
+  new Gauge({
+    name: "baton_replica_in_flight",
+    help: "Requests in flight on each replica",
+    labelNames: ["replica"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of service.replicas()) this.set({ replica: String(r.index) }, r.outstanding);
+    },
+  });
+  new Gauge({
+    name: "baton_replica_failed_total",
+    help: "Attempts that failed on each replica",
+    labelNames: ["replica"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of service.replicas()) this.set({ replica: String(r.index) }, r.failed);
+    },
+  });
+  return { registry, requests, latency };
+}
 
 /** The largest request body the gateway takes by default: the provider node's own limit. */
 export const MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024;
@@ -52,7 +121,8 @@ async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncGene
 
 /**
  * Serves HTTP on 127.0.0.1:`port` in front of a service: every request goes to a healthy replica;
- * `/_baton/status` shows the replicas (HTML, or JSON with `Accept: application/json`). A body over
+ * `/_baton/status` shows the replicas (HTML, or JSON with `Accept: application/json`),
+ * `/_baton/metrics` the Prometheus metrics (requests, latency, retries, replica health). A body over
  * the size limit is answered 413; a service whose replicas and queue are all full, 503 with
  * `retry-after`; each request is logged as a JSON line when `accessLog` is given.
  */
@@ -62,8 +132,14 @@ export function startGateway(
   names: Map<string, string> = new Map(),
   { maxRequestBodyBytes = MAX_REQUEST_BODY_BYTES, accessLog }: GatewayOptions = {},
 ): Promise<http.Server> {
+  const metrics = gatewayMetrics(service);
   const server = http.createServer((req, res) => {
     const started = performance.now();
+    res.once("close", () => {
+      const method = req.method ?? "GET";
+      metrics.requests.inc({ method, status: String(res.statusCode) });
+      metrics.latency.observe({ method }, (performance.now() - started) / 1000);
+    });
     let bytes = 0;
     /** The `x-baton-error` the gateway answered with, if it answered an error itself. */
     let refused: string | undefined;
@@ -85,6 +161,11 @@ export function startGateway(
     }
     void (async () => {
       if (req.url === STATUS_PATH || req.url === `${STATUS_PATH}.json`) return status(req, res);
+      if (req.url === METRICS_PATH) {
+        res.writeHead(200, { "content-type": metrics.registry.contentType });
+        res.end(await metrics.registry.metrics());
+        return;
+      }
       const method = req.method ?? "GET";
       const headers: [string, string][] = [];
       for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {

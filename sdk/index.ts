@@ -55,6 +55,7 @@ export {
   type ServiceFetchOptions,
   type ServiceRequest,
   type ServiceResponse,
+  type ServiceStats,
 } from "./actions/serve.ts";
 export { leaseFetch, type LeaseFetchParameters, type LeaseFetchResponse } from "./actions/leaseFetch.ts";
 export { httpStreams, type HttpStreams, type HttpStreamsInit } from "./p2p/http-streams.ts";

@@ -76,6 +76,15 @@ export interface ServiceResponse {
   body: AsyncGenerator<Uint8Array>;
 }
 
+export interface ServiceStats {
+  /** Attempts sent again after a replica failed a request (not counting hedges). */
+  retries: number;
+  /** Second attempts sent because the first was slow (`hedgeAfterMs`). */
+  hedges: number;
+  /** Requests refused with {@link ServiceBusyError}. */
+  busy: number;
+}
+
 export type ReplicaState = "starting" | "ready" | "suspect" | "replacing" | "stopped";
 
 export interface ReplicaStatus {
@@ -102,6 +111,8 @@ export interface Service {
    */
   forward(request: ServiceRequest, options?: ServiceFetchOptions): Promise<ServiceResponse>;
   replicas(): ReplicaStatus[];
+  /** Counts since the service started, for a gateway's metrics. */
+  stats(): ServiceStats;
   /** Resolves once `count` replicas are ready (or rejects after `timeoutMs`). */
   ready(count?: number, timeoutMs?: number): Promise<void>;
   /** Changes the number of replicas: new ones are leased, surplus ones cancelled. */
@@ -281,6 +292,7 @@ export async function serve(
     return replica;
   };
 
+  const stats: ServiceStats = { retries: 0, hedges: 0, busy: 0 };
   const maxConcurrent = options.maxConcurrentPerReplica ?? 64;
   const maxQueued = options.maxQueued ?? 1_024;
   /** Requests waiting for a replica with room, oldest first: each slot freed wakes the oldest. */
@@ -292,6 +304,7 @@ export async function serve(
    */
   const room = (wait: AbortSignal): Promise<void> => {
     if (queue.length >= maxQueued) {
+      stats.busy++;
       return Promise.reject(
         new ServiceBusyError(`every replica has ${maxConcurrent} requests in flight and ${maxQueued} wait`),
       );
@@ -449,6 +462,7 @@ export async function serve(
           ]).catch(() => undefined);
           if (first.state !== "ready") continue;
         }
+        if (tried.size > 0) stats.retries++;
         tried.add(first);
         const attempts = [attempt(first, head, stream, deadline)];
         let hedge: NodeJS.Timeout | undefined;
@@ -458,6 +472,7 @@ export async function serve(
               hedge = setTimeout(() => {
                 const second = pick(tried);
                 if (!second) return reject(new RequestNotSentError("no second replica to hedge on"));
+                stats.hedges++;
                 tried.add(second);
                 attempt(second, head, undefined, deadline).then(resolve, reject);
               }, options.hedgeAfterMs);
@@ -480,6 +495,7 @@ export async function serve(
         }
       }
     },
+    stats: () => ({ ...stats }),
     replicas: () =>
       replicas
         .filter((r) => r.job)

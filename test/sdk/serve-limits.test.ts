@@ -117,4 +117,16 @@ describe("serve: the gateway's limits", () => {
     }
     expect(accessLog).toContainEqual(expect.objectContaining({ status: 503, error: "ServiceBusyError" }));
   });
+
+  it("exposes Prometheus metrics: requests by status, latency, refusals, replica state", async () => {
+    const res = await fetch(`${base}/_baton/metrics`);
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text).toMatch(/^baton_gateway_requests_total\{method="GET",status="503"\} 1$/m);
+    expect(text).toMatch(/^baton_gateway_requests_total\{method="POST",status="413"\} 2$/m);
+    expect(text).toMatch(/^baton_gateway_request_duration_seconds_count\{method="GET"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^baton_service_busy_total 1$/m);
+    expect(text).toMatch(/^baton_replica_state\{replica="0",state="ready"\} 1$/m);
+    expect(text).toMatch(/^baton_replica_in_flight\{replica="0"\} 0$/m);
+  });
 });
