@@ -143,6 +143,8 @@ export function startGateway(
     let bytes = 0;
     /** The `x-baton-error` the gateway answered with, if it answered an error itself. */
     let refused: string | undefined;
+    /** The content type of the replica's response, once its head went out. */
+    let sentType: string | undefined;
     if (accessLog) {
       res.once("close", () =>
         accessLog(
@@ -195,6 +197,7 @@ export function startGateway(
           { method, path: req.url ?? "/", headers, ...(hasBody ? { body: limited(req, maxRequestBodyBytes) } : {}) },
           { retryable, signal: gone.signal },
         );
+        sentType = response.headers.find(([name]) => name.toLowerCase() === "content-type")?.[1];
         res.writeHead(response.status, response.headers.flat());
         // Backpressure: a slow client slows the read from the replica, nothing piles up here.
         for await (const chunk of response.body) {
@@ -214,6 +217,10 @@ export function startGateway(
             ...(refusal.status === 413 ? { connection: "close" } : {}),
           });
           res.end(JSON.stringify({ error: refusal.message }));
+        } else if (sentType?.startsWith("text/event-stream")) {
+          // An event stream cut by its replica's failure ends with an event that says so, which a
+          // client can act on (reconnect: the next request goes to a live replica).
+          res.end(`event: baton-error\ndata: ${JSON.stringify({ error: refusal.name, message: refusal.message })}\n\n`);
         } else res.destroy(error as Error);
       }
     })();

@@ -359,12 +359,16 @@ export async function serve(
         signal: AbortSignal.any([signal, replica.inFlight.signal]),
       });
       // Read the start of the body here: a small response is then whole before the caller sees
-      // it, so a replica dying mid-answer is still a retry, not a cut response.
+      // it, so a replica dying mid-answer is still a retry, not a cut response. Not an event
+      // stream's: its events must reach the client as they come (its end is the client's to handle).
+      const streaming = response.headers.some(
+        ([name, value]) => name.toLowerCase() === "content-type" && value.startsWith("text/event-stream"),
+      );
       const buffered: Uint8Array[] = [];
       let size = 0;
       let done = false;
       const iterator = response.body[Symbol.asyncIterator]();
-      while (size < PREFETCH_BYTES) {
+      while (!streaming && size < PREFETCH_BYTES) {
         const next = await iterator.next();
         if (next.done) {
           done = true;

@@ -63,7 +63,9 @@ export async function writeHttpMessage(
   body: AsyncIterable<Uint8Array> | undefined,
   { maxBodyBytes, signal }: { maxBodyBytes: number; signal?: AbortSignal },
 ): Promise<void> {
-  // Small messages go out together (head, body pieces, end), flushed every BODY_PIECE_BYTES or so.
+  // What is at hand goes out together (head, body pieces, end), at most about BODY_PIECE_BYTES at
+  // a time: one frame for a small message. What is not at hand is not waited for: a body that comes
+  // slowly (server-sent events, tokens as a model makes them) goes out piece by piece as it comes.
   let pending: Uint8Array[] = [new TextEncoder().encode(JSON.stringify(head))];
   let pendingBytes = 0;
   const flush = async (): Promise<void> => {
@@ -73,20 +75,41 @@ export async function writeHttpMessage(
   };
   let total = 0;
   if (body) {
-    for await (const chunk of body) {
-      total += chunk.byteLength;
-      if (total > maxBodyBytes) throw new ProtocolError(`body larger than ${maxBodyBytes} bytes`);
-      for (let offset = 0; offset < chunk.byteLength; offset += BODY_PIECE_BYTES) {
-        const piece = chunk.subarray(offset, offset + BODY_PIECE_BYTES);
-        pending.push(piece);
-        pendingBytes += piece.byteLength;
-        if (pendingBytes >= BODY_PIECE_BYTES) await flush();
+    const iterator = body[Symbol.asyncIterator]();
+    let ended = false;
+    try {
+      for (;;) {
+        const next = iterator.next();
+        let result = await Promise.race([next, nextTurn()]);
+        if (result === NOT_YET) {
+          await flush();
+          result = await next;
+        }
+        if (result.done) break;
+        const chunk = result.value;
+        total += chunk.byteLength;
+        if (total > maxBodyBytes) throw new ProtocolError(`body larger than ${maxBodyBytes} bytes`);
+        for (let offset = 0; offset < chunk.byteLength; offset += BODY_PIECE_BYTES) {
+          const piece = chunk.subarray(offset, offset + BODY_PIECE_BYTES);
+          pending.push(piece);
+          pendingBytes += piece.byteLength;
+          if (pendingBytes >= BODY_PIECE_BYTES) await flush();
+        }
       }
+      ended = true;
+    } finally {
+      // Given up half-way (too large, the stream broke): the source is told, as `for await` would,
+      // without waiting on it (a read it has pending may never end).
+      if (!ended) void Promise.resolve(iterator.return?.()).catch(() => undefined);
     }
   }
   pending.push(new Uint8Array(0));
   await flush();
 }
+
+const NOT_YET = Symbol("not yet");
+/** Resolves after the I/O already received has been handled: what a body has at hand is in by then. */
+const nextTurn = (): Promise<typeof NOT_YET> => new Promise((resolve) => setImmediate(() => resolve(NOT_YET)));
 
 export interface HttpMessage<Head> {
   head: Head;

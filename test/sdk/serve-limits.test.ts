@@ -129,4 +129,28 @@ describe("serve: the gateway's limits", () => {
     expect(text).toMatch(/^baton_replica_state\{replica="0",state="ready"\} 1$/m);
     expect(text).toMatch(/^baton_replica_in_flight\{replica="0"\} 0$/m);
   });
+
+  // Last: it kills the only provider.
+  it("passes server-sent events through as they come, and ends the stream with an error event when the replica dies", async () => {
+    const res = await fetch(`${base}/stream?text=tokens&n=10000&every=500`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("text/event-stream");
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    const events = () => text.split("\n\n").filter((e) => e.startsWith("data: "));
+    // Three events (1.5 s) of a stream that would take minutes to fill the 64 KiB read-ahead: they
+    // came through as they were sent.
+    while (events().length < 3) text += (await reader.read()).value ?? "";
+    const leases = new Set(events().map((e) => (JSON.parse(e.slice(6)) as { lease: string }).lease));
+    expect(leases.size).toBe(1);
+    market.providers[0]!.process!.child.kill("SIGKILL");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    const last = text.trimEnd().split("\n\n").at(-1)!;
+    expect(last).toMatch(/^event: baton-error\ndata: \{"error":"\w+","message":".+"\}$/);
+    expect(events().length).toBeLessThan(10_000);
+  });
 });
