@@ -10,11 +10,16 @@
  *   requests, and p99 latency in the window from the kill until the replacement is ready.
  *
  * Each phase: `--requests` GET requests (default 2,000) from `--concurrency` clients (default 8).
- * Target: gateway p50 ≤ 1.3 × direct p50; zero failed requests during the kill. `--block-time S`
- * runs the devnet's chain with a block every S seconds (default 0: mined at once).
+ * - nginx (when installed): the reverse proxy users would otherwise deploy, as two hops in front of
+ *   the direct job: client → nginx → nginx over TLS → the job's socket (bench/nginx.ts).
+ *
+ * Every target is called by the same client (Node's HTTP, keep-alive), and CPU per request is given
+ * for each process. Targets: gateway p50 ≤ 1.5 × nginx p50, throughput ≥ 0.5 × nginx's, zero failed
+ * requests during the kill, p99 in the failover window ≤ 2 × steady p99.
+ * `--block-time S` runs the devnet's chain with a block every S seconds (default 0: mined at once).
  */
 import { spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -26,6 +31,7 @@ import { startGateway } from "../cli/gateway.ts";
 import { blockTimeArg } from "../cli/program.ts";
 import { chainHeartbeatsFor, startDevnet } from "../deploy/devnet.ts";
 import { readJobFile, serve } from "../sdk/index.ts";
+import { nginxBinary, startNginxPair, type NginxPair } from "./nginx.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
 const { values } = parseArgs({
@@ -83,14 +89,48 @@ const direct = spawn(process.execPath, [path.resolve(import.meta.dirname, "../ex
 });
 await new Promise<void>((resolve) => direct.stdout!.once("data", () => resolve()));
 const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-const callDirect = (i: number): Promise<boolean> =>
-  new Promise((resolve, reject) => {
-    const req = http.get({ socketPath: socket, path: `/predict?text=hello%20${i}`, agent }, (res) => {
-      res.resume();
-      res.once("end", () => resolve(res.statusCode === 200));
+/** The one client of every target: a GET over HTTP/1.1 keep-alive, `CONCURRENCY` connections. */
+const call =
+  (target: { socketPath: string } | { host: string; port: number }) =>
+  (i: number): Promise<boolean> =>
+    new Promise((resolve, reject) => {
+      const req = http.get({ ...target, path: `/predict?text=hello%20${i}`, agent }, (res) => {
+        res.resume();
+        res.once("end", () => resolve(res.statusCode === 200));
+      });
+      req.once("error", reject);
     });
-    req.once("error", reject);
-  });
+const callDirect = call({ socketPath: socket });
+
+/** CPU seconds used so far by a process and, apart, by all its descendants (Linux /proc). */
+async function cpuOfTree(pid: number): Promise<{ self: number; children: number }> {
+  const ticks = 100; // USER_HZ: 100 on every Linux architecture Node runs on
+  const stats = new Map<number, { ppid: number; cpu: number }>();
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const text = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
+    // Fields after the command name (which may hold spaces): state ppid … utime(14) stime(15).
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    if (fields.length < 13) continue;
+    stats.set(Number(entry), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / ticks });
+  }
+  let children = 0;
+  const below = (parent: number): void => {
+    for (const [child, stat] of stats) {
+      if (stat.ppid !== parent) continue;
+      children += stat.cpu;
+      below(child);
+    }
+  };
+  below(pid);
+  return { self: stats.get(pid)?.cpu ?? 0, children };
+}
+
+const nginxAt = await nginxBinary();
+if (!nginxAt) console.log("  · nginx not found: no nginx reference (apt-get install nginx)");
+const nginx: NginxPair | undefined = nginxAt
+  ? await startNginxPair(nginxAt, socket, path.join(tmp, "nginx"))
+  : undefined;
 
 const devnet = await startDevnet({
   providers: 4,
@@ -109,18 +149,60 @@ try {
   });
   await service.ready(3, 120_000);
   const gateway = await startGateway(service, 0);
-  const base = `http://127.0.0.1:${(gateway.address() as { port: number }).port}`;
-  const callGateway = async (i: number): Promise<boolean> => {
-    const res = await fetch(`${base}/predict?text=hello%20${i}`);
-    await res.arrayBuffer();
-    return res.status === 200;
+  const callGateway = call({ host: "127.0.0.1", port: (gateway.address() as { port: number }).port });
+
+  /**
+   * CPU ms used while `run` runs: by this process (the clients, and the gateway + SDK), the
+   * provider nodes and their jobs, the direct job, and nginx.
+   */
+  const cpuDuring = async (run: () => Promise<{ samples: Sample[]; seconds: number }>) => {
+    const pids = devnet.providers.flatMap((p) => p.process?.child.pid ?? []);
+    const others = [direct.pid!, ...(nginx?.pids ?? [])];
+    const trees = () => Promise.all([...pids, ...others].map(cpuOfTree));
+    const before = await trees();
+    const own = process.cpuUsage();
+    const result = await run();
+    const ownUsage = process.cpuUsage(own);
+    const after = await trees();
+    const used = (pick: (x: { self: number; children: number }) => number, xs: typeof before) =>
+      xs.slice(0, pids.length).reduce((total, x) => total + pick(x), 0) * 1000;
+    return {
+      result,
+      ms: {
+        bench: (ownUsage.user + ownUsage.system) / 1000,
+        nodes: used((x) => x.self, after) - used((x) => x.self, before),
+        jobs: used((x) => x.children, after) - used((x) => x.children, before),
+        direct: (after[pids.length]!.self - before[pids.length]!.self) * 1000,
+        nginx:
+          after
+            .slice(pids.length + 1)
+            .reduce(
+              (total, x, i) =>
+                total + x.self + x.children - before[pids.length + 1 + i]!.self - before[pids.length + 1 + i]!.children,
+              0,
+            ) * 1000,
+      },
+    };
   };
 
-  // Warm both paths (connections, JIT), then measure.
+  const callNginx = nginx ? call({ host: "127.0.0.1", port: nginx.port }) : undefined;
+
+  // Warm every path (connections, TLS sessions, JIT), then measure.
   await drive(callDirect, 200);
+  if (callNginx) await drive(callNginx, 200);
   await drive(callGateway, 200);
-  const d = await drive(callDirect, REQUESTS);
-  const g = await drive(callGateway, REQUESTS);
+  // The nodes and jobs work when idle too (heartbeats, gossip, chain reads): 5 s with no traffic measure it.
+  const idleS = 5;
+  const idle = await cpuDuring(async () => {
+    await new Promise((resolve) => setTimeout(resolve, idleS * 1000));
+    return { samples: [], seconds: idleS };
+  });
+  const { result: d, ms: dCpu } = await cpuDuring(() => drive(callDirect, REQUESTS));
+  const n = callNginx ? await cpuDuring(() => drive(callNginx, REQUESTS)) : undefined;
+  const nMs = n?.result.samples.map((s) => s.ms) ?? [];
+  const { result: g, ms: gCpu } = await cpuDuring(() => drive(callGateway, REQUESTS));
+  /** CPU ms per gateway request of a process group, less what it used idle in as long a time. */
+  const serving = (group: "nodes" | "jobs") => (gCpu[group] - (idle.ms[group] * g.seconds) / idleS) / REQUESTS;
   const dMs = d.samples.map((s) => s.ms);
   const gMs = g.samples.map((s) => s.ms);
 
@@ -145,25 +227,84 @@ try {
     { name: "direct p50", value: median(dMs), unit: "ms", note: "the job alone, HTTP keep-alive on its Unix socket" },
     { name: "direct p99", value: percentile(dMs, 99), unit: "ms" },
     { name: "direct throughput", value: REQUESTS / d.seconds, unit: "req/s" },
+    ...(n
+      ? [
+          {
+            name: "nginx p50",
+            value: median(nMs),
+            unit: "ms",
+            reference: { value: median(dMs), label: "direct p50" },
+            note: "client → nginx → nginx over TLS → the job's socket, keep-alive on every hop, one worker each",
+          },
+          { name: "nginx p99", value: percentile(nMs, 99), unit: "ms" },
+          { name: "nginx throughput", value: REQUESTS / n.result.seconds, unit: "req/s" },
+        ]
+      : []),
     {
       name: "gateway p50",
       value: median(gMs),
       unit: "ms",
-      reference: { value: median(dMs), label: "direct p50" },
-      target: { value: 1.3 * median(dMs), atMost: true },
-      note: "3 replicas; a new libp2p stream per request (multistream-select), JSON head, two extra hops",
+      ...(n
+        ? {
+            reference: { value: median(nMs), label: "nginx p50" },
+            target: { value: 1.5 * median(nMs), atMost: true },
+          }
+        : { reference: { value: median(dMs), label: "direct p50" } }),
+      note: "3 replicas; HTTP → gateway → libp2p stream (kept open) → provider node → the job's socket, and back",
     },
     {
       name: "gateway p99",
       value: percentile(gMs, 99),
       unit: "ms",
-      reference: { value: percentile(dMs, 99), label: "direct p99" },
+      reference: n
+        ? { value: percentile(nMs, 99), label: "nginx p99" }
+        : { value: percentile(dMs, 99), label: "direct p99" },
     },
     {
       name: "gateway throughput",
       value: REQUESTS / g.seconds,
       unit: "req/s",
-      reference: { value: REQUESTS / d.seconds, label: "direct" },
+      ...(n
+        ? {
+            reference: { value: REQUESTS / n.result.seconds, label: "nginx" },
+            target: { value: (0.5 * REQUESTS) / n.result.seconds, atMost: false },
+          }
+        : { reference: { value: REQUESTS / d.seconds, label: "direct" } }),
+    },
+    {
+      name: "CPU per request: the clients",
+      value: dCpu.bench / REQUESTS,
+      unit: "ms",
+      note: "the bench process in the direct run: the load generator, taken off the gateway's figure",
+    },
+    { name: "CPU per request: the job, direct", value: dCpu.direct / REQUESTS, unit: "ms" },
+    ...(n
+      ? [
+          {
+            name: "CPU per request: nginx",
+            value: n.ms.nginx / REQUESTS,
+            unit: "ms",
+            note: "both hops, masters and workers",
+          },
+        ]
+      : []),
+    {
+      name: "CPU per request: gateway + SDK",
+      value: (gCpu.bench - dCpu.bench) / REQUESTS,
+      unit: "ms",
+      note: "the bench process in the gateway run, less the clients",
+    },
+    {
+      name: "CPU per request: provider nodes",
+      value: serving("nodes"),
+      unit: "ms",
+      note: `all nodes, less their idle CPU (${(idle.ms.nodes / idleS / 10).toFixed(1)} % of a core)`,
+    },
+    {
+      name: "CPU per request: replica jobs",
+      value: serving("jobs"),
+      unit: "ms",
+      note: `sandbox and job processes, less their idle CPU (${(idle.ms.jobs / idleS / 10).toFixed(1)} % of a core)`,
     },
     {
       name: "failed requests during a replica kill",
@@ -177,6 +318,7 @@ try {
       value: inWindow.length > 0 ? percentile(inWindow, 99) : 0,
       unit: "ms",
       reference: { value: percentile(gMs, 99), label: "steady p99" },
+      target: { value: 2 * percentile(gMs, 99), atMost: true },
       note: `${inWindow.length} requests between the kill and the replacement being ready`,
     },
   );
@@ -188,6 +330,7 @@ try {
   await client.close();
   await devnet.stop();
   direct.kill("SIGTERM");
+  await nginx?.stop();
   agent.destroy();
   await rm(tmp, { recursive: true, force: true });
 }

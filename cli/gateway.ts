@@ -1,56 +1,238 @@
+import { once } from "node:events";
 import http from "node:http";
-import { Readable } from "node:stream";
 
-import { NoReplicaError, RequestNotRetriedError, shortMessageOf, type Service } from "../sdk/index.ts";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+import { NoReplicaError, ServiceBusyError, shortMessageOf, type Service } from "../sdk/index.ts";
 import { jsonReplacer } from "./output.ts";
+
+/** Headers about the client's connection to the gateway, not the request: never forwarded. */
+const CONNECTION_HEADERS = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
 
 /** The gateway's own pages live under this prefix; everything else goes to the service. */
 export const STATUS_PATH = "/_baton/status";
 
+/** Prometheus metrics of the gateway, in text format (`text/plain; version=0.0.4`). */
+export const METRICS_PATH = "/_baton/metrics";
+
+/**
+ * The gateway's Prometheus series: requests and their latency as clients saw them, the service's
+ * retries, hedges and refusals, and each replica's state and load, read at scrape time.
+ */
+function gatewayMetrics(service: Service): { registry: Registry; requests: Counter; latency: Histogram } {
+  const registry = new Registry();
+  const requests = new Counter({
+    name: "baton_gateway_requests_total",
+    help: "Requests answered by the gateway, by method and status",
+    labelNames: ["method", "status"] as const,
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: "baton_gateway_request_duration_seconds",
+    help: "Time from a request's arrival to the end of its response",
+    labelNames: ["method"] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [registry],
+  });
+  const counted = (name: string, help: string, key: "retries" | "hedges" | "busy") =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(service.stats()[key]);
+      },
+    });
+  counted("baton_service_retries_total", "Attempts sent again after a replica failed a request", "retries");
+  counted("baton_service_hedges_total", "Second attempts sent because the first was slow", "hedges");
+  counted("baton_service_busy_total", "Requests refused because every replica and the queue were full", "busy");
+  new Gauge({
+    name: "baton_replica_state",
+    help: "1 for each replica's current state",
+    labelNames: ["replica", "state"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of service.replicas()) this.set({ replica: String(r.index), state: r.state }, 1);
+    },
+  });
+  new Gauge({
+    name: "baton_replica_in_flight",
+    help: "Requests in flight on each replica",
+    labelNames: ["replica"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of service.replicas()) this.set({ replica: String(r.index) }, r.outstanding);
+    },
+  });
+  new Gauge({
+    name: "baton_replica_failed_total",
+    help: "Attempts that failed on each replica",
+    labelNames: ["replica"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of service.replicas()) this.set({ replica: String(r.index) }, r.failed);
+    },
+  });
+  return { registry, requests, latency };
+}
+
+/** The largest request body the gateway takes by default: the provider node's own limit. */
+export const MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024;
+
+export interface GatewayOptions {
+  /** Largest request body; a larger one is answered 413 and never reaches a replica. Default 64 MiB. */
+  maxRequestBodyBytes?: number;
+  /** Where each request's access-log line goes (one JSON object per line); none by default. */
+  accessLog?: (line: string) => void;
+}
+
+/** Why the gateway answers an error itself: the status and a name the client can act on. */
+class GatewayRefusal extends Error {
+  readonly status: number;
+  override readonly name: string;
+
+  constructor(status: number, name: string, message: string) {
+    super(message);
+    this.status = status;
+    this.name = name;
+  }
+}
+
+/** Yields `body`, refusing (413) once it passes `max` bytes. */
+async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncGenerator<Uint8Array> {
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.byteLength;
+    if (size > max) throw new GatewayRefusal(413, "RequestTooLarge", `the request body is over ${max} bytes`);
+    yield chunk;
+  }
+}
+
 /**
  * Serves HTTP on 127.0.0.1:`port` in front of a service: every request goes to a healthy replica;
- * `/_baton/status` shows the replicas (HTML, or JSON with `Accept: application/json`).
+ * `/_baton/status` shows the replicas (HTML, or JSON with `Accept: application/json`),
+ * `/_baton/metrics` the Prometheus metrics (requests, latency, retries, replica health). A body over
+ * the size limit is answered 413; a service whose replicas and queue are all full, 503 with
+ * `retry-after`; each request is logged as a JSON line when `accessLog` is given.
  */
 export function startGateway(
   service: Service,
   port: number,
   names: Map<string, string> = new Map(),
+  { maxRequestBodyBytes = MAX_REQUEST_BODY_BYTES, accessLog }: GatewayOptions = {},
 ): Promise<http.Server> {
+  const metrics = gatewayMetrics(service);
   const server = http.createServer((req, res) => {
+    const started = performance.now();
+    res.once("close", () => {
+      const method = req.method ?? "GET";
+      metrics.requests.inc({ method, status: String(res.statusCode) });
+      metrics.latency.observe({ method }, (performance.now() - started) / 1000);
+    });
+    let bytes = 0;
+    /** The `x-baton-error` the gateway answered with, if it answered an error itself. */
+    let refused: string | undefined;
+    /** The content type of the replica's response, once its head went out. */
+    let sentType: string | undefined;
+    if (accessLog) {
+      res.once("close", () =>
+        accessLog(
+          JSON.stringify({
+            time: new Date().toISOString(),
+            method: req.method,
+            path: req.url,
+            status: res.statusCode,
+            ms: Number((performance.now() - started).toFixed(2)),
+            bytes,
+            ...(res.writableFinished ? {} : { aborted: true }),
+            ...(refused ? { error: refused } : {}),
+          }),
+        ),
+      );
+    }
     void (async () => {
       if (req.url === STATUS_PATH || req.url === `${STATUS_PATH}.json`) return status(req, res);
-      const hasBody = req.method !== "GET" && req.method !== "HEAD";
-      const request = new Request(`http://service${req.url ?? "/"}`, {
-        method: req.method ?? "GET",
-        headers: Object.entries(req.headers).flatMap(([k, v]) =>
-          v === undefined
-            ? []
-            : Array.isArray(v)
-              ? v.map((x): [string, string] => [k, x])
-              : [[k, v] as [string, string]],
-        ),
-        ...(hasBody ? { body: Readable.toWeb(req) as ReadableStream, duplex: "half" } : {}),
-      } as RequestInit);
+      if (req.url === METRICS_PATH) {
+        res.writeHead(200, { "content-type": metrics.registry.contentType });
+        res.end(await metrics.registry.metrics());
+        return;
+      }
+      const method = req.method ?? "GET";
+      const headers: [string, string][] = [];
+      for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+        const name = req.rawHeaders[i]!;
+        if (!CONNECTION_HEADERS.has(name.toLowerCase())) headers.push([name, req.rawHeaders[i + 1]!]);
+      }
+      const hasBody = method !== "GET" && method !== "HEAD";
+      const declared = Number(req.headers["content-length"] ?? 0);
+      if (declared > maxRequestBodyBytes) {
+        refused = "RequestTooLarge";
+        res.writeHead(413, {
+          "content-type": "application/json",
+          "x-baton-error": "RequestTooLarge",
+          connection: "close",
+        });
+        res.end(JSON.stringify({ error: `the request body is over ${maxRequestBodyBytes} bytes` }));
+        return;
+      }
       const retryable = req.headers["x-baton-retryable"] === "1";
+      // A client that goes away cancels its request: the stream to the replica is let go.
+      const gone = new AbortController();
+      res.once("close", () => {
+        if (!res.writableFinished) gone.abort(new Error("the client went away"));
+      });
       try {
-        const response = await service.fetch(request, { retryable });
-        res.writeHead(response.status, Object.fromEntries(response.headers.entries()));
-        if (response.body)
-          for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) res.write(chunk);
+        const response = await service.forward(
+          { method, path: req.url ?? "/", headers, ...(hasBody ? { body: limited(req, maxRequestBodyBytes) } : {}) },
+          { retryable, signal: gone.signal },
+        );
+        sentType = response.headers.find(([name]) => name.toLowerCase() === "content-type")?.[1];
+        res.writeHead(response.status, response.headers.flat());
+        // Backpressure: a slow client slows the read from the replica, nothing piles up here.
+        for await (const chunk of response.body) {
+          bytes += chunk.byteLength;
+          if (!res.write(chunk)) await once(res, "drain", { signal: gone.signal });
+        }
         res.end();
       } catch (error) {
-        const status = error instanceof RequestNotRetriedError ? 502 : error instanceof NoReplicaError ? 503 : 502;
-        const message = shortMessageOf(error);
+        const refusal = error instanceof GatewayRefusal ? error : refusalOf(error);
+        refused = refusal.name;
         if (!res.headersSent) {
-          res.writeHead(status, {
+          res.writeHead(refusal.status, {
             "content-type": "application/json",
-            "x-baton-error": error instanceof Error ? error.name : "Error",
+            "x-baton-error": refusal.name,
+            ...(refusal.status === 503 ? { "retry-after": "1" } : {}),
+            // The rest of a refused body is not read: the connection cannot carry another request.
+            ...(refusal.status === 413 ? { connection: "close" } : {}),
           });
-          res.end(JSON.stringify({ error: message }));
+          res.end(JSON.stringify({ error: refusal.message }));
+        } else if (sentType?.startsWith("text/event-stream")) {
+          // An event stream cut by its replica's failure ends with an event that says so, which a
+          // client can act on (reconnect: the next request goes to a live replica).
+          res.end(`event: baton-error\ndata: ${JSON.stringify({ error: refusal.name, message: refusal.message })}\n\n`);
         } else res.destroy(error as Error);
       }
     })();
   });
+  /** What the gateway answers for an error of the service. */
+  const refusalOf = (error: unknown): GatewayRefusal => {
+    // A body refused on its way to the replica comes back wrapped in the request's failure.
+    for (let e: unknown = error; e instanceof Error; e = e.cause) if (e instanceof GatewayRefusal) return e;
+    const name = error instanceof Error ? error.name : "Error";
+    const status = error instanceof NoReplicaError || error instanceof ServiceBusyError ? 503 : 502;
+    return new GatewayRefusal(status, name, shortMessageOf(error));
+  };
   const status = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const replicas = service.replicas();
     if (req.url?.endsWith(".json") || req.headers.accept?.includes("application/json")) {

@@ -1,3 +1,5 @@
+import { createWriteStream } from "node:fs";
+
 import type { Command } from "commander";
 
 import { connect, tenantOptions, type TenantOptions } from "./job.ts";
@@ -9,6 +11,10 @@ interface ServeOptions extends TenantOptions {
   port: number;
   maxPrice: string;
   budget?: string;
+  maxBody: number;
+  maxConcurrent: number;
+  maxQueued: number;
+  accessLog?: string;
 }
 
 /** `baton serve`: N replicas of a server job behind a local HTTP gateway, until Ctrl-C. */
@@ -28,6 +34,8 @@ async function serveCommand(file: string, options: ServeOptions): Promise<void> 
     maxPricePerSecond: parseEther(options.maxPrice),
     ...(options.budget === undefined ? {} : { budgetPerReplica: parseEther(options.budget) }),
     files,
+    maxConcurrentPerReplica: options.maxConcurrent,
+    maxQueued: options.maxQueued,
   });
   for (const job of service.jobs()) {
     job.on("re-leased", (e) =>
@@ -37,7 +45,11 @@ async function serveCommand(file: string, options: ServeOptions): Promise<void> 
   }
   if (!options.json) console.log(`leasing ${options.replicas} replica(s) …`);
   await service.ready();
-  const server = await startGateway(service, options.port, names);
+  const log = options.accessLog === undefined ? undefined : createWriteStream(options.accessLog, { flags: "a" });
+  const server = await startGateway(service, options.port, names, {
+    maxRequestBodyBytes: options.maxBody,
+    ...(log ? { accessLog: (line: string) => log.write(`${line}\n`) } : {}),
+  });
   const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   say(`gateway on ${url}  (status: ${url}${STATUS_PATH})`, {
     type: "ready",
@@ -53,6 +65,7 @@ async function serveCommand(file: string, options: ServeOptions): Promise<void> 
   server.close();
   await service.close();
   await client.close();
+  log?.end();
 }
 
 export function serveCommands(program: Command): void {
@@ -74,7 +87,26 @@ export function serveCommands(program: Command): void {
           integerIn("--port", 0, 65_535),
           8080,
         )
-        .option("--budget <tokens>", "the most to spend per replica", tokenAmount("--budget")),
+        .option("--budget <tokens>", "the most to spend per replica", tokenAmount("--budget"))
+        .option(
+          "--max-body <bytes>",
+          "the largest request body the gateway takes (413 past it)",
+          integerIn("--max-body", 0, 64 * 1024 * 1024),
+          64 * 1024 * 1024,
+        )
+        .option(
+          "--max-concurrent <n>",
+          "requests in flight per replica; more wait in a queue",
+          integerIn("--max-concurrent", 1, 100_000),
+          64,
+        )
+        .option(
+          "--max-queued <n>",
+          "requests waiting for a replica; past that the gateway answers 503",
+          integerIn("--max-queued", 0, 1_000_000),
+          1_024,
+        )
+        .option("--access-log <file>", "append one JSON line per request to this file"),
     ),
     [
       "baton serve examples/serve/serve.yaml --replicas 3 --port 8080 --max-price 0.001",

@@ -8,10 +8,12 @@ import { shortMessageOf } from "../sdk/errors.ts";
 import { protocols } from "../sdk/wire/protocols.ts";
 import {
   forwardable,
+  httpReader,
   httpRequestHeadSchema,
   PROXY_HEADER,
-  readHttpMessage,
   writeHttpMessage,
+  type HttpMessage,
+  type HttpRequestHead,
 } from "../sdk/wire/http.ts";
 import type { NodeComponents } from "./components.ts";
 import { HTTP_SOCKET_NAME } from "./sandbox/runner.ts";
@@ -25,12 +27,13 @@ export interface HttpProxy {
 }
 
 /**
- * Serves `/baton/http/1.0.0`: a lease's tenant sends HTTP requests to the server job of its lease,
- * which listens on `$BATON_HTTP_SOCKET` in its work dir; requests and responses stream through.
+ * Serves `/baton/http/1.1.0`: a lease's tenant sends HTTP requests to the server job of its lease,
+ * which listens on `$BATON_HTTP_SOCKET` in its work dir; requests and responses stream through,
+ * one after another on a stream, each checked on its own (a stream may serve several leases).
  * Only the libp2p peer that started the lease may use it (the Noise handshake proves who it is),
  * and only while the job runs.
  */
-export function httpProxy(components: NodeComponents): HttpProxy {
+export function httpProxy(components: Pick<NodeComponents, "host" | "store" | "log" | "metrics">): HttpProxy {
   const { host, store, log, metrics } = components;
   // Connections to the jobs' sockets are reused across requests, as a reverse proxy does.
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -53,21 +56,28 @@ export function httpProxy(components: NodeComponents): HttpProxy {
     );
   };
 
-  const handle = async (stream: Stream, connection: Connection): Promise<void> => {
+  /**
+   * One exchange: the request to the job, its response back. False when the stream cannot go on
+   * (a response cut half-way: the stream is reset then, for the tenant to see the cut).
+   */
+  const exchange = async (
+    stream: Stream,
+    connection: Connection,
+    { head, body }: HttpMessage<HttpRequestHead>,
+  ): Promise<boolean> => {
     const started = performance.now();
     let status = 0;
     try {
-      const { head, body } = await readHttpMessage(stream, httpRequestHeadSchema, {
-        maxBodyBytes: MAX_HTTP_BODY_BYTES,
-      });
-      const row = store.getLease(BigInt(head.leaseId));
+      const row = store.httpRoute(BigInt(head.leaseId));
       if (!row || row.tenantPeer !== connection.remotePeer.toString()) {
         status = 403;
-        return await reply(stream, 403, `lease ${head.leaseId} is not this peer's lease on this node`);
+        await reply(stream, 403, `lease ${head.leaseId} is not this peer's lease on this node`);
+        return true;
       }
       if (row.state !== "running") {
         status = 503;
-        return await reply(stream, 503, `lease ${head.leaseId} has no running job (${row.state})`);
+        await reply(stream, 503, `lease ${head.leaseId} has no running job (${row.state})`);
+        return true;
       }
       const response = await new Promise<http.IncomingMessage>((resolve, reject) => {
         const request = http.request({
@@ -91,6 +101,7 @@ export function httpProxy(components: NodeComponents): HttpProxy {
       await writeHttpMessage(stream, { status, headers: forwardable(headers) }, response, {
         maxBodyBytes: MAX_HTTP_BODY_BYTES,
       });
+      return true;
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       const reason = shortMessageOf(error);
@@ -99,26 +110,56 @@ export function httpProxy(components: NodeComponents): HttpProxy {
         status = code === "ENOENT" || code === "ECONNREFUSED" ? 503 : 502;
         const message =
           status === 503 ? "the job's server is not listening (yet)" : `the job's server failed: ${reason}`;
-        await reply(stream, status, message, status !== 503).catch(() => undefined);
-      } else {
-        log.debug("http response cut", { error });
-        stream.abort(error as Error);
-        return;
+        return await reply(stream, status, message, status !== 503).then(
+          () => true,
+          () => false,
+        );
       }
+      log.debug("http response cut", { error });
+      stream.abort(error as Error);
+      return false;
     } finally {
       metrics.httpRequests.inc({ status: String(status) });
       log.debug("http request", { status, ms: Math.round(performance.now() - started) });
+    }
+  };
+
+  /** Answers the requests on a stream one after another, until the tenant closes it. */
+  const handle = async (stream: Stream, connection: Connection): Promise<void> => {
+    const reader = httpReader(stream);
+    for (;;) {
+      let message: HttpMessage<HttpRequestHead> | undefined;
+      try {
+        message = await reader.next(httpRequestHeadSchema, { maxBodyBytes: MAX_HTTP_BODY_BYTES });
+      } catch (error) {
+        if (stream.status !== "open") return;
+        metrics.httpRequests.inc({ status: "400" });
+        await reply(stream, 400, `unreadable request: ${shortMessageOf(error)}`).catch(() => undefined);
+        break;
+      }
+      if (!message) break;
+      if (!(await exchange(stream, connection, message))) return;
+      // The job may answer before reading the whole request body: what is left of it goes, so that
+      // the next request's head comes next; a body that cannot be read to its end ends the stream.
+      if (
+        !(await reader.skipBody().then(
+          () => true,
+          () => false,
+        ))
+      )
+        break;
     }
     await stream.close().catch(() => undefined);
   };
 
   return {
+    // 1.0.0's tenants send one request and close: the same handler serves them.
     start: () =>
-      host.handle(protocols.http, (stream, connection) => void handle(stream, connection), {
+      host.handle([protocols.http, protocols.httpOneShot], (stream, connection) => void handle(stream, connection), {
         maxInboundStreams: 1_024,
       }),
     async stop() {
-      await host.unhandle(protocols.http);
+      await host.unhandle([protocols.http, protocols.httpOneShot]);
       agent.destroy();
     },
   };

@@ -1,6 +1,6 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { DatabaseSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 
 import { UserError } from "../sdk/errors.ts";
 
@@ -202,6 +202,7 @@ export const LIVE_STATES: readonly LeaseState[] = ["preparing", "running", "exit
 
 export class NodeStore {
   readonly #db: DatabaseSync;
+  #httpRoute: StatementSync | undefined;
 
   constructor(file: string) {
     if (file !== ":memory:") mkdirSync(path.dirname(file), { recursive: true });
@@ -313,6 +314,17 @@ export class NodeStore {
     const r = this.#db.prepare("SELECT * FROM leases WHERE lease_id = ?").get(leaseId.toString()) as
       LeaseRecord | undefined;
     return r ? toLease(r) : undefined;
+  }
+
+  /**
+   * What the HTTP proxy checks on every request (whose lease, its state, where its socket is),
+   * read by one statement prepared once: `getLease` compiles its query and parses the spec each time.
+   */
+  httpRoute(leaseId: bigint): Pick<LeaseRow, "tenantPeer" | "state" | "workDir"> | undefined {
+    this.#httpRoute ??= this.#db.prepare("SELECT tenant_peer, state, work_dir FROM leases WHERE lease_id = ?");
+    const r = this.#httpRoute.get(leaseId.toString()) as
+      Pick<LeaseRecord, "tenant_peer" | "state" | "work_dir"> | undefined;
+    return r ? { tenantPeer: r.tenant_peer, state: r.state, workDir: r.work_dir } : undefined;
   }
 
   /** Leases in the given states, oldest first. */

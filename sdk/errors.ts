@@ -203,3 +203,8 @@ export class RequestNotRetriedError extends BaseError {
 export class NoReplicaError extends BaseError {
   override name = "NoReplicaError";
 }
+
+/** Every ready replica has its most requests in flight and the queue for a free one is full: try again shortly. */
+export class ServiceBusyError extends BaseError {
+  override name = "ServiceBusyError";
+}

@@ -53,8 +53,12 @@ export {
   type ServeOptions,
   type Service,
   type ServiceFetchOptions,
+  type ServiceRequest,
+  type ServiceResponse,
+  type ServiceStats,
 } from "./actions/serve.ts";
 export { leaseFetch, type LeaseFetchParameters, type LeaseFetchResponse } from "./actions/leaseFetch.ts";
+export { httpStreams, type HttpStreams, type HttpStreamsInit } from "./p2p/http-streams.ts";
 export { withdrawCredit, type WithdrawCreditReturnType } from "./actions/withdrawCredit.ts";
 export { auditJob, type AuditJobParameters, type AuditJobReturnType } from "./actions/auditJob.ts";
 export { auditLease, type AuditLeaseParameters, type AuditLeaseReturnType } from "./actions/auditLease.ts";

@@ -10,6 +10,8 @@
  *   GET  /predict?text=…          {"label","scores","model"}
  *   POST /predict {"text": "…"}   the same, for longer inputs
  *   ?delay=MS on either           waits MS ms before answering (≤ 10 s), to keep a request in flight
+ *   GET  /stream?text=…&n=N&every=MS   server-sent events: N predictions (≤ 10,000), one every MS ms,
+ *                                 as a model streams its tokens
  *
  * Every answer carries `x-baton-lease` (the lease of the replica that served it).
  */
@@ -72,10 +74,30 @@ const send = (res, status, body) => {
   res.end(JSON.stringify(body));
 };
 
-const server = http.createServer(async (req, res) => {
+/** Server-sent events: one prediction per event, each on a longer prefix of the text. */
+async function stream(url, res) {
+  const text = url.searchParams.get("text") ?? "";
+  const n = Math.min(10_000, Math.max(1, Number(url.searchParams.get("n") ?? 10) || 10));
+  const every = Math.min(10_000, Math.max(0, Number(url.searchParams.get("every") ?? 100) || 0));
+  res.writeHead(200, {
+    "content-type": "text/event-stream",
+    "cache-control": "no-cache",
+    "x-baton-lease": process.env.BATON_LEASE_ID ?? "local",
+  });
+  for (let i = 0; i < n && !res.destroyed; i++) {
+    const lease = process.env.BATON_LEASE_ID ?? "local";
+    res.write(`data: ${JSON.stringify({ i, lease, ...predict(`${text} ${i}`) })}\n\n`);
+    if (every > 0) await sleep(every);
+  }
+  res.end();
+}
+
+/** Answers one request; throws when the client goes away mid-body (see below). */
+async function handle(req, res) {
   const url = new URL(req.url ?? "/", "http://job");
   const delay = Math.min(10_000, Math.max(0, Number(url.searchParams.get("delay") ?? 0) || 0));
   if (url.pathname === "/health") return send(res, 200, { ok: true });
+  if (url.pathname === "/stream") return stream(url, res);
   if (url.pathname !== "/predict") return send(res, 404, { error: "not found" });
   let text;
   if (req.method === "GET") text = url.searchParams.get("text") ?? "";
@@ -99,6 +121,15 @@ const server = http.createServer(async (req, res) => {
     await sleep(delay);
   }
   send(res, 200, predict(text));
+}
+
+// A request whose client went away mid-body (a proxy cut it: too large, client gone) ends here,
+// not in an unhandled rejection that would take every other request down with the process.
+const server = http.createServer((req, res) => {
+  handle(req, res).catch((error) => {
+    console.log(`request ${req.method} ${req.url} broke off: ${error.message}`);
+    res.destroy();
+  });
 });
 
 const socket = process.env.BATON_HTTP_SOCKET;

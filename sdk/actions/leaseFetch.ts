@@ -1,9 +1,9 @@
 import { peerIdFromString } from "@libp2p/peer-id";
 
 import type { BatonClient } from "../client.ts";
-import { BaseError, ProviderFaultError, RequestNotSentError, shortMessageOf } from "../errors.ts";
-import { httpResponseHeadSchema, PROXY_HEADER, readHttpMessage, writeHttpMessage } from "../wire/http.ts";
-import { protocols } from "../wire/protocols.ts";
+import { BaseError, ProtocolError, ProviderFaultError, RequestNotSentError, shortMessageOf } from "../errors.ts";
+import { httpStreams, type HttpChannel, type HttpStreams } from "../p2p/http-streams.ts";
+import { httpResponseHeadSchema, PROXY_HEADER, writeHttpMessage } from "../wire/http.ts";
 
 export interface LeaseFetchParameters {
   peerId: string;
@@ -15,6 +15,11 @@ export interface LeaseFetchParameters {
   body?: AsyncIterable<Uint8Array>;
   /** Largest body accepted either way. Default 64 MiB. */
   maxBodyBytes?: number;
+  /**
+   * Streams to reuse (see {@link httpStreams}): a service keeps one pool for all its requests.
+   * Default: a stream of its own, closed after the response.
+   */
+  streams?: HttpStreams;
   signal?: AbortSignal;
 }
 
@@ -26,7 +31,7 @@ export interface LeaseFetchResponse {
 
 /**
  * Sends one HTTP request to the server job of a lease, through its provider node
- * (`/baton/http/1.0.0`), streaming the body both ways.
+ * (`/baton/http/1.1.0`), streaming the body both ways, on a stream of `streams` when given.
  *
  * @throws {RequestNotSentError} when the request never reached the job (no stream to the provider,
  * no job running there); a {ProviderFaultError} when it broke after the request went out.
@@ -34,58 +39,74 @@ export interface LeaseFetchResponse {
  * const res = await leaseFetch(client, { peerId, leaseId, method: "GET", path: "/health" });
  */
 export async function leaseFetch(
-  client: BatonClient,
-  { peerId, leaseId, method, path, headers = [], body, maxBodyBytes = 64 * 1024 * 1024, signal }: LeaseFetchParameters,
+  client: Pick<BatonClient, "host">,
+  {
+    peerId,
+    leaseId,
+    method,
+    path,
+    headers = [],
+    body,
+    maxBodyBytes = 64 * 1024 * 1024,
+    signal,
+    streams = httpStreams(client.host, { maxIdlePerPeer: 0 }),
+  }: LeaseFetchParameters,
 ): Promise<LeaseFetchResponse> {
-  let stream;
+  let channel: HttpChannel;
   try {
-    // negotiateFully: false sends the protocol id with the request head: one round trip less per request.
-    stream = await client.host.dialProtocol(peerIdFromString(peerId), protocols.http, {
-      negotiateFully: false,
-      ...(signal ? { signal } : {}),
-    });
+    channel = await streams.acquire(peerIdFromString(peerId), signal ? { signal } : {});
   } catch (cause) {
     throw new RequestNotSentError(`cannot reach the provider ${peerId}`, { cause });
   }
-  const opened = stream;
-  const abort = (): void => opened.abort(new BaseError("request aborted"));
+  const { stream, reader } = channel;
+  const abort = (): void => stream.abort(new BaseError("request aborted"));
   signal?.addEventListener("abort", abort, { once: true });
+  const stop = (): void => signal?.removeEventListener("abort", abort);
+  /** Why the request body could not be sent, when that is what broke the request (too large, client gone). */
+  let bodyError: unknown;
   try {
-    const writing = writeHttpMessage(opened, { leaseId: leaseId.toString(), method, path, headers }, body, {
+    const writing = writeHttpMessage(stream, { leaseId: leaseId.toString(), method, path, headers }, body, {
       maxBodyBytes,
       ...(signal ? { signal } : {}),
     });
-    writing.catch(() => opened.abort(new BaseError("request body failed")));
-    const response = await readHttpMessage(opened, httpResponseHeadSchema, { maxBodyBytes });
+    writing.catch((error: unknown) => {
+      bodyError = error;
+      stream.abort(new BaseError("request body failed"));
+    });
+    const response = await reader.next(httpResponseHeadSchema, { maxBodyBytes });
+    if (!response) throw new ProtocolError("the stream ended before an HTTP head");
     await writing;
     const proxied = response.head.headers.find(([name]) => name.toLowerCase() === PROXY_HEADER)?.[1];
     if (proxied) {
       const text: string[] = [];
       for await (const piece of response.body) text.push(new TextDecoder().decode(piece));
+      stop();
+      streams.release(channel, true);
       const message = `the provider answered ${response.head.status} for lease ${leaseId}: ${text.join("")}`;
       throw proxied === "not-delivered" ? new RequestNotSentError(message) : new ProviderFaultError(message);
     }
-    const stop = (): void => signal?.removeEventListener("abort", abort);
     return {
       status: response.head.status,
       headers: response.head.headers,
       body: (async function* () {
+        let whole = false;
         try {
           yield* response.body;
+          whole = true;
         } finally {
           stop();
-          await opened.close().catch(() => undefined);
+          streams.release(channel, whole);
         }
       })(),
     };
   } catch (error) {
-    signal?.removeEventListener("abort", abort);
-    opened.abort(new BaseError("request failed"));
-    if (signal?.aborted) throw signal.reason;
+    stop();
     if (error instanceof ProviderFaultError) throw error;
+    streams.release(channel, false);
+    if (signal?.aborted) throw signal.reason;
     throw new ProviderFaultError(`the request to lease ${leaseId} broke off`, {
-      cause: error,
-      details: shortMessageOf(error),
+      cause: bodyError ?? error,
+      details: shortMessageOf(bodyError ?? error),
     });
   }
 }

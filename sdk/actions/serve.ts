@@ -9,9 +9,11 @@ import {
   ProviderFaultError,
   RequestNotRetriedError,
   RequestNotSentError,
+  ServiceBusyError,
   UserError,
 } from "../errors.ts";
 import { pinJobImage } from "../images/registry.ts";
+import { httpStreams } from "../p2p/http-streams.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
 import type { JobHandle } from "../tenant/job-handle.ts";
@@ -34,6 +36,16 @@ export interface ServeOptions {
   /** Send an idempotent request to a second replica when the first has not answered in this long. */
   hedgeAfterMs?: number;
   /**
+   * Most requests in flight on one replica (default 64): a server job has a fixed number of
+   * workers, and requests past that only queue inside it, out of sight of the routing.
+   */
+  maxConcurrentPerReplica?: number;
+  /**
+   * Most requests waiting for a replica with room (default 1,024); past that, `fetch` fails at
+   * once with {@link ServiceBusyError} (a gateway answers 503) rather than letting waits pile up.
+   */
+  maxQueued?: number;
+  /**
    * Closes the service when it aborts (as `close()`). While `serve` is still starting its replicas,
    * it stops there, closes what it started and rejects with the signal's reason.
    */
@@ -46,6 +58,31 @@ export interface ServiceFetchOptions {
   /** The whole request, retries included, must finish within this. Default 30 s. */
   deadlineMs?: number;
   signal?: AbortSignal;
+}
+
+/** A request as a gateway holds it: what {@link Service.forward} takes, without WHATWG objects. */
+export interface ServiceRequest {
+  method: string;
+  /** Path and query, e.g. `/predict?text=hi`. */
+  path: string;
+  headers: [string, string][];
+  body?: AsyncIterable<Uint8Array>;
+}
+
+/** The answer of {@link Service.forward}: the job's status, its headers as sent, its body as it streams. */
+export interface ServiceResponse {
+  status: number;
+  headers: [string, string][];
+  body: AsyncGenerator<Uint8Array>;
+}
+
+export interface ServiceStats {
+  /** Attempts sent again after a replica failed a request (not counting hedges). */
+  retries: number;
+  /** Second attempts sent because the first was slow (`hedgeAfterMs`). */
+  hedges: number;
+  /** Requests refused with {@link ServiceBusyError}. */
+  busy: number;
 }
 
 export type ReplicaState = "starting" | "ready" | "suspect" | "replacing" | "stopped";
@@ -67,7 +104,15 @@ export interface ReplicaStatus {
 export interface Service {
   /** Sends a request to a healthy replica; see {@link ServiceFetchOptions} for retries. */
   fetch(request: Request, options?: ServiceFetchOptions): Promise<Response>;
+  /**
+   * `fetch` for gateways: the same routing, retries, hedging and deadline, on plain values. A
+   * gateway forwarding each request through WHATWG `Request`/`Response` objects and web streams
+   * spends more CPU on them than on the hop to the replica.
+   */
+  forward(request: ServiceRequest, options?: ServiceFetchOptions): Promise<ServiceResponse>;
   replicas(): ReplicaStatus[];
+  /** Counts since the service started, for a gateway's metrics. */
+  stats(): ServiceStats;
   /** Resolves once `count` replicas are ready (or rejects after `timeoutMs`). */
   ready(count?: number, timeoutMs?: number): Promise<void>;
   /** Changes the number of replicas: new ones are leased, surplus ones cancelled. */
@@ -126,6 +171,8 @@ export async function serve(
   let closing = false;
   let nextIndex = 0;
   const log = client.log.child("serve");
+  // Requests and readiness probes reuse streams to the replicas' providers (keep-alive).
+  const streams = httpStreams(client.host);
   /** Fires "change" whenever a replica's state changes: what `ready()` and a waiting `fetch` wait for. */
   const changes = new EventTarget();
   // Every request waiting for a ready replica listens: no count of them is a leak.
@@ -161,6 +208,7 @@ export async function serve(
               leaseId,
               method: "GET",
               path: readinessPath,
+              streams,
               signal: AbortSignal.timeout(2_000),
             });
             for await (const piece of res.body) void piece;
@@ -244,8 +292,39 @@ export async function serve(
     return replica;
   };
 
+  const stats: ServiceStats = { retries: 0, hedges: 0, busy: 0 };
+  const maxConcurrent = options.maxConcurrentPerReplica ?? 64;
+  const maxQueued = options.maxQueued ?? 1_024;
+  /** Requests waiting for a replica with room, oldest first: each slot freed wakes the oldest. */
+  const queue: (() => void)[] = [];
+  const freed = (): void => queue.shift()?.();
+  /**
+   * Resolves when a slot frees, a replica changes state, or `wait` aborts (the caller checks its
+   * deadline); rejects with {@link ServiceBusyError} when the queue is full.
+   */
+  const room = (wait: AbortSignal): Promise<void> => {
+    if (queue.length >= maxQueued) {
+      stats.busy++;
+      return Promise.reject(
+        new ServiceBusyError(`every replica has ${maxConcurrent} requests in flight and ${maxQueued} wait`),
+      );
+    }
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        const at = queue.indexOf(done);
+        if (at >= 0) queue.splice(at, 1);
+        changes.removeEventListener("change", done);
+        wait.removeEventListener("abort", done);
+        resolve();
+      };
+      queue.push(done);
+      changes.addEventListener("change", done);
+      wait.addEventListener("abort", done);
+    });
+  };
+
   const pick = (tried: Set<Replica>): Replica | undefined => {
-    const ready = replicas.filter((r) => r.state === "ready");
+    const ready = replicas.filter((r) => r.state === "ready" && r.outstanding < maxConcurrent);
     const fresh = ready.filter((r) => !tried.has(r));
     const pool = fresh.length > 0 ? fresh : ready;
     return pool.sort((a, b) => a.outstanding - b.outstanding || (a.latencyMs ?? 0) - (b.latencyMs ?? 0))[0];
@@ -276,15 +355,20 @@ export async function serve(
         path: request.path,
         headers: request.headers,
         ...(body ? { body } : {}),
+        streams,
         signal: AbortSignal.any([signal, replica.inFlight.signal]),
       });
       // Read the start of the body here: a small response is then whole before the caller sees
-      // it, so a replica dying mid-answer is still a retry, not a cut response.
+      // it, so a replica dying mid-answer is still a retry, not a cut response. Not an event
+      // stream's: its events must reach the client as they come (its end is the client's to handle).
+      const streaming = response.headers.some(
+        ([name, value]) => name.toLowerCase() === "content-type" && value.startsWith("text/event-stream"),
+      );
       const buffered: Uint8Array[] = [];
       let size = 0;
       let done = false;
       const iterator = response.body[Symbol.asyncIterator]();
-      while (size < PREFETCH_BYTES) {
+      while (!streaming && size < PREFETCH_BYTES) {
         const next = await iterator.next();
         if (next.done) {
           done = true;
@@ -306,49 +390,83 @@ export async function serve(
       throw error;
     } finally {
       replica.outstanding--;
+      freed();
     }
   };
 
   const service: Service = {
     async fetch(request, fetchOptions = {}) {
+      const url = new URL(request.url);
+      const response = await service.forward(
+        {
+          method: request.method,
+          path: `${url.pathname}${url.search}`,
+          headers: [...request.headers.entries()],
+          ...(request.body ? { body: request.body as unknown as AsyncIterable<Uint8Array> } : {}),
+        },
+        fetchOptions,
+      );
+      return toResponse(response);
+    },
+    async forward(request, fetchOptions = {}) {
       const deadline = AbortSignal.any([
         AbortSignal.timeout(fetchOptions.deadlineMs ?? 30_000),
         ...(fetchOptions.signal ? [fetchOptions.signal] : []),
       ]);
-      const url = new URL(request.url);
       const method = request.method.toUpperCase();
+      const pathname = request.path.split("?")[0];
       const retryable = IDEMPOTENT.has(method) || fetchOptions.retryable === true;
-      const headers = [...request.headers.entries()];
       // A body is kept for retries only when a retry may happen, and only up to a bound.
       let kept: Uint8Array[] | undefined;
       let stream: AsyncIterable<Uint8Array> | undefined;
       if (request.body) {
         if (retryable) {
-          const bytes = new Uint8Array(await request.arrayBuffer());
-          if (bytes.byteLength > MAX_RETRY_BODY_BYTES) {
-            throw new UserError(`a retryable request body may be at most ${MAX_RETRY_BODY_BYTES} bytes`);
+          kept = [];
+          let size = 0;
+          for await (const chunk of request.body) {
+            size += chunk.byteLength;
+            if (size > MAX_RETRY_BODY_BYTES) {
+              throw new UserError(`a retryable request body may be at most ${MAX_RETRY_BODY_BYTES} bytes`);
+            }
+            kept.push(chunk);
           }
-          kept = [bytes];
         } else {
-          stream = request.body as unknown as AsyncIterable<Uint8Array>;
+          stream = request.body;
         }
       }
-      const head = { method, path: `${url.pathname}${url.search}`, headers, body: kept };
+      const head = { method, path: request.path, headers: request.headers, body: kept };
       const tried = new Set<Replica>();
+      let rounds = 0;
       let lastError: unknown;
       for (;;) {
         if (deadline.aborted) {
-          throw new NoReplicaError(`no replica answered ${method} ${url.pathname} within the deadline`, {
+          throw new NoReplicaError(`no replica answered ${method} ${pathname} within the deadline`, {
             cause: lastError,
             details: lastError instanceof BaseError ? lastError.shortMessage : undefined,
           });
         }
         const first = pick(tried);
         if (!first) {
-          // No replica is ready: wait for one to become so (the deadline is checked above).
-          await nextChange(deadline).catch(() => undefined);
+          if (replicas.some((r) => r.state === "ready")) {
+            // Every ready replica is full: wait in the queue for a slot (or fail now if it is full too).
+            await room(deadline);
+          } else {
+            // No replica is ready: wait for one to become so (the deadline is checked above).
+            await nextChange(deadline).catch(() => undefined);
+          }
           continue;
         }
+        if (tried.has(first)) {
+          // Every ready replica failed this request once: try again after a pause that doubles
+          // (or at a change of replicas), not in a loop as fast as refusals come back.
+          rounds++;
+          await Promise.race([
+            nextChange(deadline),
+            new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 25 * 2 ** rounds))),
+          ]).catch(() => undefined);
+          if (first.state !== "ready") continue;
+        }
+        if (tried.size > 0) stats.retries++;
         tried.add(first);
         const attempts = [attempt(first, head, stream, deadline)];
         let hedge: NodeJS.Timeout | undefined;
@@ -358,6 +476,7 @@ export async function serve(
               hedge = setTimeout(() => {
                 const second = pick(tried);
                 if (!second) return reject(new RequestNotSentError("no second replica to hedge on"));
+                stats.hedges++;
                 tried.add(second);
                 attempt(second, head, undefined, deadline).then(resolve, reject);
               }, options.hedgeAfterMs);
@@ -365,14 +484,13 @@ export async function serve(
           );
         }
         try {
-          const response = await Promise.any(attempts);
-          return toResponse(response);
+          return await Promise.any(attempts);
         } catch (error) {
           lastError = error instanceof AggregateError ? error.errors[0] : error;
           const notSent = attempts.length === 1 && lastError instanceof RequestNotSentError;
           if (!retryable && !notSent) {
             throw new RequestNotRetriedError(
-              `${method} ${url.pathname} failed on replica ${first.index} after it was sent, and was not retried: ${method} is not idempotent (mark it retryable to allow a retry)`,
+              `${method} ${pathname} failed on replica ${first.index} after it was sent, and was not retried: ${method} is not idempotent (mark it retryable to allow a retry)`,
               { cause: lastError },
             );
           }
@@ -381,6 +499,7 @@ export async function serve(
         }
       }
     },
+    stats: () => ({ ...stats }),
     replicas: () =>
       replicas
         .filter((r) => r.job)
@@ -425,6 +544,7 @@ export async function serve(
     jobs: () => replicas.filter((r) => r.job).map((r) => r.job),
     async close() {
       closing = true;
+      streams.close();
       await Promise.all(
         replicas.map(async (r) => {
           setState(r, "stopped");
@@ -447,7 +567,7 @@ export async function serve(
   return service;
 }
 
-function toResponse(response: LeaseFetchResponse): Response {
+function toResponse(response: ServiceResponse): Response {
   const iterator = response.body[Symbol.asyncIterator]();
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {

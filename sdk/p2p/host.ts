@@ -16,6 +16,7 @@ import { createLibp2p } from "libp2p";
 
 import { UserError } from "../errors.ts";
 import { PROTOCOL_PREFIX } from "../wire/protocols.ts";
+import { sendWindowUpdatesAtHalf } from "./yamux-window.ts";
 
 export type BatonServices = {
   identify: Identify;
@@ -56,6 +57,7 @@ export async function createBatonHost({
   dhtAddresses = "all",
 }: CreateBatonHostOptions): Promise<BatonHost> {
   for (const address of bootstrapList) parseBootstrapAddress(address);
+  sendWindowUpdatesAtHalf();
   return createLibp2p({
     privateKey,
     addresses: { listen },

@@ -6,9 +6,12 @@ import { readMessages, writeMessages } from "./framing.ts";
 import { maxMessageBytes } from "./protocols.ts";
 
 /**
- * HTTP over a libp2p stream (`/baton/http/1.0.0`), both ways the same: a JSON head, then the body in
+ * HTTP over a libp2p stream (`/baton/http/1.1.0`), both ways the same: a JSON head, then the body in
  * pieces of at most {@link BODY_PIECE_BYTES}, then an empty message. Bodies stream: neither side
- * holds a whole body, and each stops a body past its configured maximum.
+ * holds a whole body, and each stops a body past its configured maximum. A stream carries one
+ * exchange after another (request, then its whole response, then the next request), as an HTTP/1.1
+ * keep-alive connection does: opening a stream costs a muxer round and protocol negotiation, which
+ * was most of a small request's time.
  */
 
 const BODY_PIECE_BYTES = 32 * 1024;
@@ -60,7 +63,9 @@ export async function writeHttpMessage(
   body: AsyncIterable<Uint8Array> | undefined,
   { maxBodyBytes, signal }: { maxBodyBytes: number; signal?: AbortSignal },
 ): Promise<void> {
-  // Small messages go out together (head, body pieces, end), flushed every BODY_PIECE_BYTES or so.
+  // What is at hand goes out together (head, body pieces, end), at most about BODY_PIECE_BYTES at
+  // a time: one frame for a small message. What is not at hand is not waited for: a body that comes
+  // slowly (server-sent events, tokens as a model makes them) goes out piece by piece as it comes.
   let pending: Uint8Array[] = [new TextEncoder().encode(JSON.stringify(head))];
   let pendingBytes = 0;
   const flush = async (): Promise<void> => {
@@ -70,48 +75,132 @@ export async function writeHttpMessage(
   };
   let total = 0;
   if (body) {
-    for await (const chunk of body) {
-      total += chunk.byteLength;
-      if (total > maxBodyBytes) throw new ProtocolError(`body larger than ${maxBodyBytes} bytes`);
-      for (let offset = 0; offset < chunk.byteLength; offset += BODY_PIECE_BYTES) {
-        const piece = chunk.subarray(offset, offset + BODY_PIECE_BYTES);
-        pending.push(piece);
-        pendingBytes += piece.byteLength;
-        if (pendingBytes >= BODY_PIECE_BYTES) await flush();
+    const iterator = body[Symbol.asyncIterator]();
+    let ended = false;
+    try {
+      for (;;) {
+        const next = iterator.next();
+        let result = await Promise.race([next, nextTurn()]);
+        if (result === NOT_YET) {
+          await flush();
+          result = await next;
+        }
+        if (result.done) break;
+        const chunk = result.value;
+        total += chunk.byteLength;
+        if (total > maxBodyBytes) throw new ProtocolError(`body larger than ${maxBodyBytes} bytes`);
+        for (let offset = 0; offset < chunk.byteLength; offset += BODY_PIECE_BYTES) {
+          const piece = chunk.subarray(offset, offset + BODY_PIECE_BYTES);
+          pending.push(piece);
+          pendingBytes += piece.byteLength;
+          if (pendingBytes >= BODY_PIECE_BYTES) await flush();
+        }
       }
+      ended = true;
+    } finally {
+      // Given up half-way (too large, the stream broke): the source is told, as `for await` would,
+      // without waiting on it (a read it has pending may never end).
+      if (!ended) void Promise.resolve(iterator.return?.()).catch(() => undefined);
     }
   }
   pending.push(new Uint8Array(0));
   await flush();
 }
 
+const NOT_YET = Symbol("not yet");
+/** Resolves after the I/O already received has been handled: what a body has at hand is in by then. */
+const nextTurn = (): Promise<typeof NOT_YET> => new Promise((resolve) => setImmediate(() => resolve(NOT_YET)));
+
+export interface HttpMessage<Head> {
+  head: Head;
+  body: AsyncGenerator<Uint8Array>;
+}
+
 /**
- * Reads a head (checked against `schema`) and returns it with the body as a stream that ends at the
- * end marker, refusing more than `maxBodyBytes`, or a stream that ends without the marker.
+ * Reads HTTP messages one after another from a stream that carries many (keep-alive): one reader
+ * for the stream's whole life, since libp2p hands a stream's data to whoever listens at the time
+ * and a reader started afresh for each message could miss the start of the next one.
  */
-export async function readHttpMessage<T extends z.ZodType>(
-  stream: Stream,
-  schema: T,
-  { maxBodyBytes }: { maxBodyBytes: number },
-): Promise<{ head: z.output<T>; body: AsyncGenerator<Uint8Array> }> {
+export interface HttpReader {
+  /**
+   * The next message: its head (checked against `schema`) and its body as a stream that ends at
+   * the end marker, refusing more than `maxBodyBytes`, or a stream that ends without the marker.
+   * `undefined` when the stream ends cleanly between messages. The previous body must be over
+   * (read to its end, or {@link HttpReader.skipBody}).
+   */
+  next<T extends z.ZodType>(
+    schema: T,
+    options: { maxBodyBytes: number },
+  ): Promise<HttpMessage<z.output<T>> | undefined>;
+  /** Reads and drops what is left of the current body, so that the stream can carry another message. */
+  skipBody(): Promise<void>;
+  /** True between messages: the last body was read to its end marker and nothing failed. */
+  readonly idle: boolean;
+}
+
+export function httpReader(stream: Stream): HttpReader {
   const messages = readMessages(stream, maxMessageBytes.http);
-  const first = await messages.next();
-  if (first.done) throw new ProtocolError("the stream ended before an HTTP head");
-  let head: z.output<T>;
-  try {
-    head = schema.parse(JSON.parse(new TextDecoder().decode(first.value)));
-  } catch (cause) {
-    throw new ProtocolError("malformed HTTP head", { cause });
-  }
-  async function* body(): AsyncGenerator<Uint8Array> {
-    let total = 0;
-    for await (const piece of messages) {
-      if (piece.byteLength === 0) return;
-      total += piece.byteLength;
-      if (total > maxBodyBytes) throw new ProtocolError(`body larger than ${maxBodyBytes} bytes`);
-      yield piece;
-    }
-    throw new ProtocolError("the stream ended in the middle of a body");
-  }
-  return { head, body: body() };
+  let inBody = false;
+  let broken = false;
+  let total = 0;
+  let limit = 0;
+  // Body reads go one at a time (the body's consumer and `skipBody` may both ask), and none reads
+  // past the end marker: what follows it is the next message's head.
+  let queue: Promise<unknown> = Promise.resolve();
+  const piece = (): Promise<Uint8Array | undefined> => {
+    const read = queue.then(async () => {
+      if (!inBody) return undefined;
+      try {
+        const next = await messages.next();
+        if (next.done) throw new ProtocolError("the stream ended in the middle of a body");
+        if (next.value.byteLength === 0) {
+          inBody = false;
+          return undefined;
+        }
+        total += next.value.byteLength;
+        if (total > limit) throw new ProtocolError(`body larger than ${limit} bytes`);
+        return next.value;
+      } catch (error) {
+        broken = true;
+        throw error;
+      }
+    });
+    queue = read.catch(() => undefined);
+    return read;
+  };
+  return {
+    get idle() {
+      return !inBody && !broken;
+    },
+    async next(schema, { maxBodyBytes }) {
+      if (inBody || broken) throw new ProtocolError("the previous HTTP message is not over");
+      const first = await messages.next().catch((error: unknown) => {
+        broken = true;
+        throw error;
+      });
+      if (first.done) return undefined;
+      let head;
+      try {
+        head = schema.parse(JSON.parse(new TextDecoder().decode(first.value)));
+      } catch (cause) {
+        broken = true;
+        throw new ProtocolError("malformed HTTP head", { cause });
+      }
+      inBody = true;
+      total = 0;
+      limit = maxBodyBytes;
+      async function* body(): AsyncGenerator<Uint8Array> {
+        for (;;) {
+          const next = await piece();
+          if (!next) return;
+          yield next;
+        }
+      }
+      return { head, body: body() };
+    },
+    async skipBody() {
+      while (await piece());
+      if (broken) throw new ProtocolError("the HTTP message could not be read to its end");
+    },
+  };
 }

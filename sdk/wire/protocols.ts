@@ -9,8 +9,12 @@ export const protocols = {
   bid: `${PROTOCOL_PREFIX}/bid/1.0.0`,
   /** Long-lived stream: a lease's job spec in, heartbeats, logs, checkpoints and the result out. */
   lease: `${PROTOCOL_PREFIX}/lease/1.0.0`,
-  /** One HTTP request and its response, between a tenant and the server job of its lease. */
-  http: `${PROTOCOL_PREFIX}/http/1.0.0`,
+  /**
+   * HTTP requests and their responses, one after another on a stream, between a tenant and the
+   * server jobs of its leases (1.0.0 carried one request per stream; a node still answers it).
+   */
+  http: `${PROTOCOL_PREFIX}/http/1.1.0`,
+  httpOneShot: `${PROTOCOL_PREFIX}/http/1.0.0`,
   /** A DAG's blocks in order on one stream, each checked against its CID (sdk/ipfs/block-stream.ts). */
   blocks: `${PROTOCOL_PREFIX}/blocks/1.0.0`,
 } as const;

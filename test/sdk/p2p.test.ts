@@ -135,4 +135,32 @@ describe("Baton libp2p host", () => {
     const rtt = await client.services.ping.ping(server.peerId, { signal: AbortSignal.timeout(5_000) });
     expect(rtt).toBeGreaterThanOrEqual(0);
   });
+
+  it("sends a yamux window update once half the window is used, not after every message, and large data still flows", async () => {
+    const server = await host();
+    const client = await host();
+    // Echoes each message's length back, then takes a large message and acknowledges it.
+    await server.handle("/baton/window/1.0.0", async (stream) => {
+      const messages = readMessages(stream, 4 * 1024 * 1024);
+      for await (const message of messages) {
+        await writeMessage(stream, new TextEncoder().encode(String(message.byteLength)));
+      }
+      await stream.close();
+    });
+    const stream = await client.dialProtocol(server.getMultiaddrs()[0]!, "/baton/window/1.0.0");
+    const replies = readMessages(stream, 64);
+    const window = stream as unknown as { sendWindowCapacity: number };
+    const echo = async (bytes: number): Promise<string> => {
+      await writeMessage(stream, new Uint8Array(bytes));
+      return new TextDecoder().decode((await replies.next()).value!);
+    };
+    expect(await echo(1_000)).toBe("1000");
+    const afterFirst = window.sendWindowCapacity;
+    // A window update the server sent on receipt would have come before its reply, on the same connection.
+    expect(await echo(1_000)).toBe("1000");
+    expect(window.sendWindowCapacity).toBeLessThan(afterFirst);
+    // 3 MiB is many times the initial 256 KiB window: it flows only if updates come when due.
+    expect(await echo(3 * 1024 * 1024)).toBe(String(3 * 1024 * 1024));
+    await stream.close();
+  });
 });

@@ -1,0 +1,156 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import type { Server } from "node:http";
+import os from "node:os";
+import path from "node:path";
+
+import { parseEther } from "viem";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { startGateway } from "../../cli/gateway.ts";
+import { serve, type Service } from "../../sdk/actions/serve.ts";
+import { readJobFile } from "../../sdk/job-spec.ts";
+import { startMarket, type Market } from "../helpers/market.ts";
+import { root, until } from "../helpers/processes.ts";
+
+/** The gateway's limits, on one replica of the example server on a real provider. */
+let market: Market;
+let dir: string;
+let service: Service;
+let gateway: Server;
+let base: string;
+const accessLog: Record<string, unknown>[] = [];
+const MAX_BODY = 64 * 1024;
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), "baton-serve-limits-"));
+  market = await startMarket({
+    providers: 1,
+    config: {
+      cpuJobs: true,
+      price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
+      chainHeartbeatPeriodS: 1,
+      chainHeartbeatTimeoutS: 6,
+    },
+  });
+  const client = await market.client(0, path.join(dir, "tenant"));
+  const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
+  service = await serve(client, spec, {
+    replicas: 1,
+    maxPricePerSecond: parseEther("0.001"),
+    files,
+    maxConcurrentPerReplica: 2,
+    maxQueued: 1,
+  });
+  await service.ready(1, 120_000);
+  gateway = await startGateway(service, 0, new Map(), {
+    maxRequestBodyBytes: MAX_BODY,
+    accessLog: (line) => accessLog.push(JSON.parse(line) as Record<string, unknown>),
+  });
+  base = `http://127.0.0.1:${(gateway.address() as { port: number }).port}`;
+}, 300_000);
+
+afterAll(async () => {
+  gateway?.close();
+  await service?.close().catch(() => undefined);
+  await market?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+const predict = (text: string) => JSON.stringify({ text });
+
+describe("serve: the gateway's limits", () => {
+  it("answers 413 to a body over the limit, by its content-length, and never sends it to the replica", async () => {
+    const served = service.replicas()[0]!.served;
+    const res = await fetch(`${base}/predict`, { method: "POST", body: predict("x".repeat(MAX_BODY)) });
+    expect(res.status).toBe(413);
+    expect(res.headers.get("x-baton-error")).toBe("RequestTooLarge");
+    expect(service.replicas()[0]!.served).toBe(served);
+    // Under the limit, the same request goes through.
+    const ok = await fetch(`${base}/predict`, { method: "POST", body: predict("a short one") });
+    expect(ok.status).toBe(200);
+  });
+
+  it("answers 413 to a streamed body (no content-length) once it passes the limit", async () => {
+    const chunk = new TextEncoder().encode("y".repeat(16 * 1024));
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent >= 2 * MAX_BODY) return controller.close();
+        sent += chunk.byteLength;
+        controller.enqueue(chunk);
+      },
+    });
+    const res = await fetch(`${base}/predict`, { method: "POST", body, duplex: "half" } as RequestInit);
+    expect(res.status).toBe(413);
+    expect(res.headers.get("x-baton-error")).toBe("RequestTooLarge");
+  });
+
+  it("queues requests past the replica's limit, and answers 503 with retry-after once the queue is full", async () => {
+    const slow = async (i: number) => {
+      const res = await fetch(`${base}/predict?text=${i}&delay=3000`);
+      await res.arrayBuffer();
+      return {
+        status: res.status,
+        error: res.headers.get("x-baton-error"),
+        retryAfter: res.headers.get("retry-after"),
+      };
+    };
+    const first = [slow(1), slow(2)];
+    await until(() => service.replicas()[0]!.outstanding === 2, 20_000, "two requests in flight");
+    // The replica is full: of two more, one waits in the queue (of 1) and the other is refused.
+    const answers = await Promise.all([...first, slow(3), slow(4)]);
+    expect(answers.map((a) => a.status).sort()).toEqual([200, 200, 200, 503]);
+    expect(answers.find((a) => a.status === 503)).toEqual({ status: 503, error: "ServiceBusyError", retryAfter: "1" });
+  });
+
+  it("logs every request as one JSON line", async () => {
+    await until(() => accessLog.some((l) => l.status === 503), 5_000, "the 503 logged");
+    for (const status of [200, 413, 503]) {
+      expect(accessLog).toContainEqual(
+        expect.objectContaining({
+          method: expect.any(String),
+          path: expect.any(String),
+          status,
+          ms: expect.any(Number),
+        }),
+      );
+    }
+    expect(accessLog).toContainEqual(expect.objectContaining({ status: 503, error: "ServiceBusyError" }));
+  });
+
+  it("exposes Prometheus metrics: requests by status, latency, refusals, replica state", async () => {
+    const res = await fetch(`${base}/_baton/metrics`);
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text).toMatch(/^baton_gateway_requests_total\{method="GET",status="503"\} 1$/m);
+    expect(text).toMatch(/^baton_gateway_requests_total\{method="POST",status="413"\} 2$/m);
+    expect(text).toMatch(/^baton_gateway_request_duration_seconds_count\{method="GET"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^baton_service_busy_total 1$/m);
+    expect(text).toMatch(/^baton_replica_state\{replica="0",state="ready"\} 1$/m);
+    expect(text).toMatch(/^baton_replica_in_flight\{replica="0"\} 0$/m);
+  });
+
+  // Last: it kills the only provider.
+  it("passes server-sent events through as they come, and ends the stream with an error event when the replica dies", async () => {
+    const res = await fetch(`${base}/stream?text=tokens&n=10000&every=500`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("text/event-stream");
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    const events = () => text.split("\n\n").filter((e) => e.startsWith("data: "));
+    // Three events (1.5 s) of a stream that would take minutes to fill the 64 KiB read-ahead: they
+    // came through as they were sent.
+    while (events().length < 3) text += (await reader.read()).value ?? "";
+    const leases = new Set(events().map((e) => (JSON.parse(e.slice(6)) as { lease: string }).lease));
+    expect(leases.size).toBe(1);
+    market.providers[0]!.process!.child.kill("SIGKILL");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    const last = text.trimEnd().split("\n\n").at(-1)!;
+    expect(last).toMatch(/^event: baton-error\ndata: \{"error":"\w+","message":".+"\}$/);
+    expect(events().length).toBeLessThan(10_000);
+  });
+});
