@@ -31,7 +31,10 @@ export interface ServeOptions {
   retryLimit?: number;
   heartbeatWindowMs?: number;
   failAfterMs?: number;
-  /** How long a new replica may take to pass its readiness probe. Default 60 s. */
+  /**
+   * How long a replica on a new lease may take to pass its readiness probe; one that does not is
+   * given up (its lease closed) and replaced by a fresh replica. Default 60 s.
+   */
   readinessTimeoutMs?: number;
   /** Send an idempotent request to a second replica when the first has not answered in this long. */
   hedgeAfterMs?: number;
@@ -164,6 +167,7 @@ export async function serve(
   if (!spec.service) throw new UserError("a served job needs `service` in its spec (at least `service: {}`)");
   if (!Number.isInteger(options.replicas) || options.replicas < 1) throw new UserError("replicas must be 1 or more");
   const readinessPath = spec.service.readinessPath;
+  const readinessTimeoutMs = options.readinessTimeoutMs ?? 60_000;
   const { signal } = options;
   // Once for the service: a replica added or replaced later runs the image the first ones run.
   if (spec.image !== undefined) spec.image = await pinJobImage(spec.image, { signal });
@@ -195,7 +199,7 @@ export async function serve(
    * Probes a replica's readiness path until it answers 200 (the replica is ready then), its lease
    * changes, the service closes or the readiness timeout passes.
    */
-  const probe = async (replica: Replica): Promise<void> => {
+  const probe = async (replica: Replica): Promise<"ready" | "moved" | "timeout"> => {
     const leaseId = replica.job.status().leaseId;
     const ready = await poll(
       async (): Promise<Look<boolean>> => {
@@ -219,12 +223,14 @@ export async function serve(
         }
         return { done: false };
       },
-      { delayMs: 200, backoff: 1, timeoutMs: options.readinessTimeoutMs ?? 60_000 },
+      { delayMs: 200, backoff: 1, timeoutMs: readinessTimeoutMs },
     );
     if (ready) {
       setState(replica, "ready");
       log.info("replica ready", { index: replica.index, leaseId });
+      return "ready";
     }
+    return ready === false ? "moved" : "timeout";
   };
 
   const add = async (): Promise<Replica> => {
@@ -255,7 +261,23 @@ export async function serve(
       replica.inFlight.abort(new ProviderFaultError(`replica ${index} is ${state}`));
       replica.inFlight = new AbortController();
     };
-    job.on("started", () => void probe(replica));
+    job.on("started", () => {
+      void probe(replica).then((outcome) => {
+        if (outcome !== "timeout" || closing || !replicas.includes(replica)) return;
+        // Never ready on its lease (a server that hangs before it listens, or cannot answer its
+        // readiness path): it would stay `starting` for good. It is given up, its lease closed, and
+        // a fresh replica takes its place, as for one that failed.
+        log.warn("replica not ready within the readiness timeout; replacing it", {
+          index,
+          leaseId: job.status().leaseId,
+          timeoutMs: readinessTimeoutMs,
+        });
+        replicas.splice(replicas.indexOf(replica), 1);
+        cut("stopped");
+        void job.cancel().catch((error: unknown) => log.warn("unready replica not cancelled", { error }));
+        void add().catch((error: unknown) => log.warn("replacement replica failed to start", { error }));
+      });
+    });
     job.on("provider-suspect", () => {
       if (replica.state === "ready") cut("suspect");
     });

@@ -154,3 +154,34 @@ describe("serve: the gateway's limits", () => {
     expect(events().length).toBeLessThan(10_000);
   });
 });
+
+describe("a replica that never passes its readiness probe", () => {
+  it("is given up after the readiness timeout, its job cancelled, and a fresh replica takes its place", async () => {
+    // The test before killed the market's one provider.
+    await market.providers[0]!.start();
+    const client = await market.client(1, path.join(dir, "tenant-unready"));
+    const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
+    const unready = await serve(
+      client,
+      { ...spec, service: { ...spec.service!, readinessPath: "/never-ready" } },
+      { replicas: 1, maxPricePerSecond: parseEther("0.001"), files, readinessTimeoutMs: 3_000 },
+    );
+    try {
+      const first = unready.replicas()[0]!.jobId;
+      // Replaced: a replica with another job in its place (the fresh one, unready too, is replaced in turn).
+      await until(
+        () => unready.replicas().some((replica) => replica.jobId !== first),
+        60_000,
+        "a fresh replica in place of the unready one",
+      );
+      expect(unready.replicas().map((replica) => replica.jobId)).not.toContain(first);
+      await until(
+        async () => (await client.jobs.get(first))?.state === "cancelled",
+        30_000,
+        "the unready replica's job cancelled",
+      );
+    } finally {
+      await unready.close();
+    }
+  });
+});
