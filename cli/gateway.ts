@@ -1,5 +1,6 @@
 import { once } from "node:events";
 import http from "node:http";
+import https from "node:https";
 
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 
@@ -90,11 +91,37 @@ function gatewayMetrics(service: Service): { registry: Registry; requests: Count
 /** The largest request body the gateway takes by default: the provider node's own limit. */
 export const MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024;
 
+/** How long a request may take, retries and its response body included, unless a route says otherwise. */
+export const DEFAULT_ROUTE_TIMEOUT_MS = 30_000;
+
+/** A deadline for the requests whose path starts with `prefix`. */
+export interface RouteTimeout {
+  prefix: string;
+  ms: number;
+}
+
 export interface GatewayOptions {
   /** Largest request body; a larger one is answered 413 and never reaches a replica. Default 64 MiB. */
   maxRequestBodyBytes?: number;
   /** Where each request's access-log line goes (one JSON object per line); none by default. */
   accessLog?: (line: string) => void;
+  /**
+   * Deadlines by path prefix, the longest matching prefix winning (a streaming route wants more than
+   * {@link DEFAULT_ROUTE_TIMEOUT_MS}, a health check less). Past its deadline a request is answered
+   * 504, or its response cut if it had begun.
+   */
+  routeTimeouts?: readonly RouteTimeout[];
+  /** A certificate chain and its private key (PEM): the gateway serves HTTPS instead of HTTP. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+}
+
+/** The deadline of a request to `path`: its longest matching route's, else the default. */
+export function routeTimeout(routes: readonly RouteTimeout[], path: string): number {
+  let best: RouteTimeout | undefined;
+  for (const route of routes) {
+    if (path.startsWith(route.prefix) && (!best || route.prefix.length > best.prefix.length)) best = route;
+  }
+  return best?.ms ?? DEFAULT_ROUTE_TIMEOUT_MS;
 }
 
 /** Why the gateway answers an error itself: the status and a name the client can act on. */
@@ -120,7 +147,7 @@ async function* limited(body: AsyncIterable<Uint8Array>, max: number): AsyncGene
 }
 
 /**
- * Serves HTTP on 127.0.0.1:`port` in front of a service: every request goes to a healthy replica;
+ * Serves HTTP (HTTPS when given `tls`) on 127.0.0.1:`port` in front of a service: every request goes to a healthy replica, within its route's deadline;
  * `/_baton/status` shows the replicas (HTML, or JSON with `Accept: application/json`),
  * `/_baton/metrics` the Prometheus metrics (requests, latency, retries, replica health). A body over
  * the size limit is answered 413; a service whose replicas and queue are all full, 503 with
@@ -130,11 +157,12 @@ export function startGateway(
   service: Service,
   port: number,
   names: Map<string, string> = new Map(),
-  { maxRequestBodyBytes = MAX_REQUEST_BODY_BYTES, accessLog }: GatewayOptions = {},
+  { maxRequestBodyBytes = MAX_REQUEST_BODY_BYTES, accessLog, routeTimeouts = [], tls }: GatewayOptions = {},
 ): Promise<http.Server> {
   const metrics = gatewayMetrics(service);
-  const server = http.createServer((req, res) => {
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const started = performance.now();
+    const deadlineMs = routeTimeout(routeTimeouts, req.url ?? "/");
     res.once("close", () => {
       const method = req.method ?? "GET";
       metrics.requests.inc({ method, status: String(res.statusCode) });
@@ -195,7 +223,7 @@ export function startGateway(
       try {
         const response = await service.forward(
           { method, path: req.url ?? "/", headers, ...(hasBody ? { body: limited(req, maxRequestBodyBytes) } : {}) },
-          { retryable, signal: gone.signal },
+          { retryable, deadlineMs, signal: gone.signal },
         );
         sentType = response.headers.find(([name]) => name.toLowerCase() === "content-type")?.[1];
         res.writeHead(response.status, response.headers.flat());
@@ -206,7 +234,12 @@ export function startGateway(
         }
         res.end();
       } catch (error) {
-        const refusal = error instanceof GatewayRefusal ? error : refusalOf(error);
+        const refusal =
+          error instanceof GatewayRefusal
+            ? error
+            : performance.now() - started >= deadlineMs && !gone.signal.aborted
+              ? new GatewayRefusal(504, "GatewayTimeout", `no answer within the route's ${deadlineMs} ms`)
+              : refusalOf(error);
         refused = refusal.name;
         if (!res.headersSent) {
           res.writeHead(refusal.status, {
@@ -224,7 +257,8 @@ export function startGateway(
         } else res.destroy(error as Error);
       }
     })();
-  });
+  };
+  const server = tls ? https.createServer(tls, handle) : http.createServer(handle);
   /** What the gateway answers for an error of the service. */
   const refusalOf = (error: unknown): GatewayRefusal => {
     // A body refused on its way to the replica comes back wrapped in the request's failure.

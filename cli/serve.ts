@@ -1,10 +1,11 @@
 import { createWriteStream } from "node:fs";
+import { readFile } from "node:fs/promises";
 
 import type { Command } from "commander";
 
 import { connect, tenantOptions, type TenantOptions } from "./job.ts";
 import { jsonLine } from "./output.ts";
-import { examples, integerIn, tokenAmount } from "./program.ts";
+import { collect, examples, integerIn, tokenAmount, UsageError } from "./program.ts";
 
 interface ServeOptions extends TenantOptions {
   replicas: number;
@@ -15,6 +16,25 @@ interface ServeOptions extends TenantOptions {
   maxConcurrent: number;
   maxQueued: number;
   accessLog?: string;
+  routeTimeout?: string[];
+  tlsCert?: string;
+  tlsKey?: string;
+}
+
+/** The longest deadline a route may have: a day (a stream of tokens may run long, not for ever). */
+const MAX_ROUTE_TIMEOUT_MS = 86_400_000;
+
+/** `--route-timeout /prefix=ms` values, checked: a path prefix and a whole number of milliseconds. */
+export function parseRouteTimeouts(values: readonly string[]): { prefix: string; ms: number }[] {
+  const ms = integerIn("--route-timeout", 1, MAX_ROUTE_TIMEOUT_MS);
+  return values.map((value) => {
+    const at = value.lastIndexOf("=");
+    const prefix = value.slice(0, at);
+    if (at < 0 || !prefix.startsWith("/")) {
+      throw new UsageError(`--route-timeout takes /path-prefix=milliseconds, not ${value}`);
+    }
+    return { prefix, ms: ms(value.slice(at + 1)) };
+  });
 }
 
 /** `baton serve`: N replicas of a server job behind a local HTTP gateway, until Ctrl-C. */
@@ -24,6 +44,15 @@ async function serveCommand(file: string, options: ServeOptions): Promise<void> 
     import("viem"),
     import("./gateway.ts"),
   ]);
+  // Bad gateway options are refused before anything is leased.
+  const routeTimeouts = parseRouteTimeouts(options.routeTimeout ?? []);
+  if ((options.tlsCert === undefined) !== (options.tlsKey === undefined)) {
+    throw new UsageError("--tls-cert and --tls-key go together");
+  }
+  const tls =
+    options.tlsCert === undefined
+      ? undefined
+      : { cert: await readFile(options.tlsCert), key: await readFile(options.tlsKey!) };
   const { spec, files } = await readJobFile(file);
   const { client, names } = await connect(options);
   const say = (text: string, event: object): void => {
@@ -48,9 +77,11 @@ async function serveCommand(file: string, options: ServeOptions): Promise<void> 
   const log = options.accessLog === undefined ? undefined : createWriteStream(options.accessLog, { flags: "a" });
   const server = await startGateway(service, options.port, names, {
     maxRequestBodyBytes: options.maxBody,
+    routeTimeouts,
+    ...(tls ? { tls } : {}),
     ...(log ? { accessLog: (line: string) => log.write(`${line}\n`) } : {}),
   });
-  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const url = `${tls ? "https" : "http"}://127.0.0.1:${(server.address() as { port: number }).port}`;
   say(`gateway on ${url}  (status: ${url}${STATUS_PATH})`, {
     type: "ready",
     url,
@@ -106,7 +137,14 @@ export function serveCommands(program: Command): void {
           integerIn("--max-queued", 0, 1_000_000),
           1_024,
         )
-        .option("--access-log <file>", "append one JSON line per request to this file"),
+        .option("--access-log <file>", "append one JSON line per request to this file")
+        .option(
+          "--route-timeout <prefix=ms>",
+          "the deadline of requests whose path starts with prefix (default 30000 ms; repeatable, the longest prefix wins; 504 past it)",
+          collect,
+        )
+        .option("--tls-cert <file>", "serve HTTPS with this certificate chain (PEM); needs --tls-key")
+        .option("--tls-key <file>", "the certificate's private key (PEM)"),
     ),
     [
       "baton serve examples/serve/serve.yaml --replicas 3 --port 8080 --max-price 0.001",

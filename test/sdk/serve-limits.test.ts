@@ -1,12 +1,16 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import type { Server } from "node:http";
+import https from "node:https";
 import os from "node:os";
 import path from "node:path";
+import { promisify } from "node:util";
 
 import { parseEther } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { startGateway } from "../../cli/gateway.ts";
+import { DEFAULT_ROUTE_TIMEOUT_MS, routeTimeout, startGateway } from "../../cli/gateway.ts";
+import { parseRouteTimeouts } from "../../cli/serve.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
 import { startMarket, type Market } from "../helpers/market.ts";
@@ -130,6 +134,73 @@ describe("serve: the gateway's limits", () => {
     expect(text).toMatch(/^baton_replica_in_flight\{replica="0"\} 0$/m);
   });
 
+  it("answers 504 past a route's deadline, before the replica answers; other routes keep theirs", async () => {
+    const timed = await startGateway(service, 0, new Map(), {
+      routeTimeouts: [
+        { prefix: "/predict", ms: 1_000 },
+        { prefix: "/predict-slowly", ms: 60_000 },
+      ],
+    });
+    try {
+      const url = `http://127.0.0.1:${(timed.address() as { port: number }).port}`;
+      const sentAt = Date.now();
+      const late = await fetch(`${url}/predict?text=slow&delay=10000`);
+      expect(late.status).toBe(504);
+      expect(late.headers.get("x-baton-error")).toBe("GatewayTimeout");
+      expect(await late.text()).toMatch(/within the route's 1000 ms/);
+      // Answered by the deadline, not by the replica, which holds the request for 10 s.
+      expect(Date.now() - sentAt).toBeLessThan(9_000);
+      expect((await fetch(`${url}/health`)).status).toBe(200);
+    } finally {
+      timed.close();
+    }
+  });
+
+  it("serves HTTPS when given a certificate and its key", async () => {
+    const certFile = path.join(dir, "cert.pem");
+    const keyFile = path.join(dir, "key.pem");
+    await promisify(execFile)("openssl", [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-addext",
+      "subjectAltName=IP:127.0.0.1",
+      "-keyout",
+      keyFile,
+      "-out",
+      certFile,
+    ]);
+    const cert = await readFile(certFile);
+    const secure = await startGateway(service, 0, new Map(), { tls: { cert, key: await readFile(keyFile) } });
+    try {
+      const { port } = secure.address() as { port: number };
+      const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        https
+          .get(`https://127.0.0.1:${port}/predict?text=secure`, { ca: cert }, (res) => {
+            let body = "";
+            res.setEncoding("utf8");
+            res.on("data", (chunk: string) => (body += chunk));
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+          })
+          .on("error", reject);
+      });
+      expect(answer.status).toBe(200);
+      expect(JSON.parse(answer.body)).toMatchObject({ label: expect.any(String), model: expect.any(String) });
+      // Plain HTTP to the HTTPS port gets no answer from the service.
+      await expect(fetch(`http://127.0.0.1:${port}/predict?text=plain`)).rejects.toThrow();
+    } finally {
+      secure.close();
+    }
+  });
+
   // Last: it kills the only provider.
   it("passes server-sent events through as they come, and ends the stream with an error event when the replica dies", async () => {
     const res = await fetch(`${base}/stream?text=tokens&n=10000&every=500`);
@@ -183,5 +254,30 @@ describe("a replica that never passes its readiness probe", () => {
     } finally {
       await unready.close();
     }
+  });
+});
+
+describe("the gateway's options", () => {
+  it("takes the longest matching route's deadline, else the default", () => {
+    const routes = [
+      { prefix: "/v1", ms: 5_000 },
+      { prefix: "/v1/stream", ms: 600_000 },
+    ];
+    expect(routeTimeout(routes, "/v1/stream?n=3")).toBe(600_000);
+    expect(routeTimeout(routes, "/v1/predict")).toBe(5_000);
+    expect(routeTimeout(routes, "/health")).toBe(DEFAULT_ROUTE_TIMEOUT_MS);
+  });
+
+  it("parses --route-timeout, and refuses what is not /prefix=milliseconds", () => {
+    expect(parseRouteTimeouts(["/stream=600000", "/a=b=5"])).toEqual([
+      { prefix: "/stream", ms: 600_000 },
+      { prefix: "/a=b", ms: 5 },
+    ]);
+    expect(() => parseRouteTimeouts(["stream=5"])).toThrow(
+      "--route-timeout takes /path-prefix=milliseconds, not stream=5",
+    );
+    expect(() => parseRouteTimeouts(["/stream"])).toThrow("--route-timeout takes /path-prefix=milliseconds");
+    expect(() => parseRouteTimeouts(["/stream=0"])).toThrow(/--route-timeout must be from 1 to 86400000/);
+    expect(() => parseRouteTimeouts(["/stream=soon"])).toThrow(/--route-timeout/);
   });
 });
