@@ -112,17 +112,19 @@ export async function waitForConfirmations(
   { hash, confirmations = chain.confirmations, signal }: WaitForConfirmationsParameters,
 ): Promise<TransactionFate> {
   const { publicClient } = chain;
-  let lastHead: bigint | undefined;
+  /** The head block at the last look, by hash: a reorg may replace it with another of the same height. */
+  let lastHead: Hex | undefined;
   /**
    * The head at which the transaction was first found nowhere. It has vanished once it is still
    * nowhere at a later head: right after a reorg, a node may not have put it back in its mempool yet.
    */
   let missingAt: bigint | undefined;
   const look = async (): Promise<Look<TransactionFate>> => {
-    const head = await publicClient.getBlockNumber({ cacheTime: 0 });
-    // Nothing can have changed on a chain that has not moved (a reorg brings a block too).
-    if (head === lastHead) return { done: false };
-    lastHead = head;
+    const latest = await publicClient.getBlock({ blockTag: "latest" });
+    const head = latest.number;
+    // Nothing can have changed on a chain whose head is the same block (a reorg brings another).
+    if (latest.hash === lastHead) return { done: false };
+    lastHead = latest.hash;
     const receipt = await publicClient
       .getTransactionReceipt({ hash })
       .catch((error: unknown) => (notFound(error) ? undefined : Promise.reject(error)));

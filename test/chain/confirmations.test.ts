@@ -134,14 +134,18 @@ const mine = (blocks = 1) => testClient().mine({ blocks });
 
 /**
  * Resolves once a reader polling through the proxy has looked at the chain since `mark` (a request
- * index) with `method`, and then began its next look (an `eth_blockNumber`): what it saw, it acted on.
+ * index) with `method`, and then began its next look (a read of the head): what it saw, it acted on.
  */
+/** A read of the chain's head: the latest block (waitForConfirmations), or its number (the other readers). */
+const startsALook = (r: { method: string; params: unknown[] }): boolean =>
+  r.method === "eth_blockNumber" || (r.method === "eth_getBlockByNumber" && r.params[0] === "latest");
+
 async function lookedAgain(mark: number, method: string): Promise<void> {
   await until(
     () => {
       const since = proxy.requests.slice(mark);
       const at = since.findIndex((r) => r.method === method);
-      return at >= 0 && since.slice(at + 1).some((r) => r.method === "eth_blockNumber");
+      return at >= 0 && since.slice(at + 1).some(startsALook);
     },
     30_000,
     `a look with ${method}`,
@@ -301,13 +305,17 @@ describe.each(LOCAL_CHAINS)("on a local %s chain", (kind) => {
       });
       const settled = settledState(opening);
       await test.setAutomine(false);
+      // The follower sees no new head until the transaction is back in a mempool: on a loaded
+      // machine it could otherwise look at two heads without it, and rightly call it vanished.
+      proxy.fail("eth_getBlockByNumber", "blackhole", 1_000);
       try {
         await test.revert({ id: snapshot });
         // The new branch has a block without it first; then it is back in a mempool (a node that
         // saw the reorg keeps it there): pending, and waited for.
         await mine();
-        const mark = proxy.requests.length;
         await publicClient().sendRawTransaction({ serializedTransaction: raw });
+        const mark = proxy.requests.length;
+        proxy.heal();
         await lookedAgain(mark, "eth_getTransactionByHash");
         expect(settled()).toBe(false);
         await mine();
@@ -320,6 +328,7 @@ describe.each(LOCAL_CHAINS)("on a local %s chain", (kind) => {
         await mine();
         expect(await opening).toEqual({ state: "confirmed", blockNumber: again.blockNumber });
       } finally {
+        proxy.heal();
         await test.setAutomine(true);
       }
     });
