@@ -90,11 +90,20 @@ function bumped(fees: Fees, cap: bigint | undefined): Fees {
 }
 
 /**
- * Gas given over the node's estimate, in percent. An estimate holds only for the state it was made
- * on: a claim or a heartbeat mined between the estimate and the transaction changes what a `finish`
- * costs (a node under load saw one run out of gas by a few thousand). Unused gas is not paid for.
+ * Gas given over the node's estimate: 20 %, and at least 30,000. An estimate holds only for the state
+ * it was made on: a claim or a heartbeat mined between the estimate and the transaction changes what
+ * a `finish` or a `close` costs, by a whole storage write from zero (20,000 gas) when a claim has just
+ * emptied the balance it adds to. Seen under load: a node's `finish` and a tenant's `close` ran out of
+ * gas. Unused gas is not paid for.
  */
 const GAS_HEADROOM_PERCENT = 20n;
+const GAS_HEADROOM_MIN = 30_000n;
+
+/** The gas limit for a transaction the node estimated at `estimate`. */
+export function withGasHeadroom(estimate: bigint): bigint {
+  const percent = (estimate * GAS_HEADROOM_PERCENT) / 100n;
+  return estimate + (percent > GAS_HEADROOM_MIN ? percent : GAS_HEADROOM_MIN);
+}
 
 /** Times a transaction's nonce is read before a node that keeps calling it taken is believed. */
 const STALE_NONCE_READS = 3;
@@ -155,7 +164,7 @@ export async function sendUntilMined(
   await lock(async () => {
     for (let read = 1; ; read++) {
       prepared = await wallet.prepareTransactionRequest({ account: wallet.account, chain: wallet.chain, to, data });
-      prepared.gas = (prepared.gas * (100n + GAS_HEADROOM_PERCENT)) / 100n;
+      prepared.gas = withGasHeadroom(prepared.gas);
       current = capped(prepared as Fees, fees.maxFeePerGas);
       signal?.throwIfAborted();
       try {
