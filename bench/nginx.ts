@@ -10,6 +10,8 @@ import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 
+import { selfSignedCertificate } from "../deploy/certificate.ts";
+
 export interface NginxPair {
   /** The outer hop's port on 127.0.0.1 (plain HTTP). */
   port: number;
@@ -91,25 +93,7 @@ http {
 /** Starts the two hops in front of `socket`, with a fresh self-signed certificate for the inner one. */
 export async function startNginxPair(binary: string, socket: string, dir: string): Promise<NginxPair> {
   await mkdir(dir, { recursive: true });
-  const cert = path.join(dir, "cert.pem");
-  const key = path.join(dir, "key.pem");
-  await promisify(execFile)("openssl", [
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:prime256v1",
-    "-nodes",
-    "-days",
-    "1",
-    "-subj",
-    "/CN=localhost",
-    "-keyout",
-    key,
-    "-out",
-    cert,
-  ]);
+  const { certFile: cert, keyFile: key } = await selfSignedCertificate(dir);
   const [outerPort, innerPort] = [await freePort(), await freePort()];
   const inner = config(
     dir,

@@ -9,8 +9,6 @@ export interface HttpChannel {
   peer: string;
   stream: Stream;
   reader: HttpReader;
-  /** Whether it carried an exchange before this one. */
-  reused: boolean;
 }
 
 export interface HttpStreams {
@@ -68,7 +66,7 @@ export function httpStreams(host: BatonHost, { maxIdlePerPeer = 64 }: HttpStream
         negotiateFully: false,
         ...(signal ? { signal } : {}),
       });
-      const channel: HttpChannel = { peer: peer.toString(), stream, reader: httpReader(stream), reused: false };
+      const channel: HttpChannel = { peer: peer.toString(), stream, reader: httpReader(stream) };
       // Its connection died, or the node ended it: it leaves the pool, if it was there.
       stream.addEventListener("close", () => remove(channel), { once: true });
       return channel;
@@ -82,7 +80,6 @@ export function httpStreams(host: BatonHost, { maxIdlePerPeer = 64 }: HttpStream
         else stream.abort(new Error("HTTP stream not reusable"));
         return;
       }
-      channel.reused = true;
       pool.push(channel);
       pools.set(channel.peer, pool);
     },

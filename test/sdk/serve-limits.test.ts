@@ -1,16 +1,15 @@
-import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import type { Server } from "node:http";
 import https from "node:https";
 import os from "node:os";
 import path from "node:path";
-import { promisify } from "node:util";
 
 import { parseEther } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { DEFAULT_ROUTE_TIMEOUT_MS, routeTimeout, startGateway } from "../../cli/gateway.ts";
 import { parseRouteTimeouts } from "../../cli/serve.ts";
+import { selfSignedCertificate } from "../../deploy/certificate.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
 import { startMarket, type Market } from "../helpers/market.ts";
@@ -157,27 +156,7 @@ describe("serve: the gateway's limits", () => {
   });
 
   it("serves HTTPS when given a certificate and its key", async () => {
-    const certFile = path.join(dir, "cert.pem");
-    const keyFile = path.join(dir, "key.pem");
-    await promisify(execFile)("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=127.0.0.1",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-      "-keyout",
-      keyFile,
-      "-out",
-      certFile,
-    ]);
+    const { certFile, keyFile } = await selfSignedCertificate(dir);
     const cert = await readFile(certFile);
     const secure = await startGateway(service, 0, new Map(), { tls: { cert, key: await readFile(keyFile) } });
     try {
