@@ -112,12 +112,18 @@ const STALE_NONCE_READS = 3;
 const maybeSent = (error: unknown): boolean =>
   walk(error, (e) => e instanceof HttpRequestError || e instanceof TimeoutError) !== undefined;
 
-/** Whether the node already has this nonce: an earlier version of ours is pending or mined. */
+/**
+ * Whether the node already has this nonce: an earlier version of ours is pending or mined. A raw
+ * send's refusal is a plain RPC error (EDR: `InvalidInputRpcError`), not viem's `NonceTooLowError`,
+ * so its message is matched too.
+ */
 const nonceTaken = (error: unknown): boolean =>
-  walk(error, (e) => e instanceof NonceTooLowError) !== undefined ||
   walk(
     error,
-    (e) => e instanceof ViemBaseError && /already known|replacement transaction underpriced/i.test(e.message),
+    (e) =>
+      e instanceof NonceTooLowError ||
+      (e instanceof ViemBaseError &&
+        /nonce too low|already known|already imported|replacement transaction underpriced/i.test(e.message)),
   ) !== undefined;
 
 /**

@@ -44,15 +44,22 @@ async function tearDown(): Promise<void> {
   await chain?.stop();
 }
 
-/** A mint through the proxy, by a client that resends after `replaceAfterMs`. */
-const mint = (options: { replaceAfterMs: number; maxFeePerGas?: bigint }) =>
+/** A mint through the proxy (of 1 token unless told), by a client that resends after `replaceAfterMs`. */
+const mint = ({
+  amount = parseEther("1"),
+  ...options
+}: {
+  replaceAfterMs: number;
+  maxFeePerGas?: bigint;
+  amount?: bigint;
+}) =>
   writeContract(
     createChainClient({ rpcUrl: proxy.url, deployment, account: sender, pollingIntervalMs: 50, ...options }),
     {
       address: deployment.contracts.paymentToken,
       abi: devTokenAbi,
       functionName: "mint",
-      args: [sender.address, parseEther("1")],
+      args: [sender.address, amount],
     },
   );
 
@@ -103,6 +110,20 @@ describe.each(LOCAL_CHAINS)("writeContract on %s, when the chain does not take e
     const sent = sends(from);
     expect(sent).toHaveLength(2);
     expect(sent[1]!.nonce).toBe(sent[0]!.nonce);
+  });
+
+  it("reads the nonce again when the node calls it taken: the read came from a node behind the chain", async () => {
+    // Another mint just before, so the transaction signed on the stale nonce is not the one mined.
+    await mint({ replaceAfterMs: 30_000, amount: 2n });
+    const from = proxy.requests.length;
+    // viem reads the nonce with eth_fillTransaction where the node has it (Anvil), else eth_getTransactionCount.
+    proxy.fail("eth_fillTransaction", "behind");
+    proxy.fail("eth_getTransactionCount", "behind");
+    const receipt = await mint({ replaceAfterMs: 30_000 }).finally(() => proxy.heal());
+    expect(receipt.status).toBe("success");
+    const sent = sends(from);
+    expect(sent).toHaveLength(2);
+    expect(sent[1]!.nonce).toBe(sent[0]!.nonce + 1);
   });
 
   it("gives a transaction 20% more gas than the node estimates (30,000 at least), and pays only for what it used", async () => {

@@ -14,7 +14,12 @@ export type RpcFault =
   /** Closes the connection without an answer. */
   | "drop"
   /** Never answers (until the proxy stops). */
-  | "blackhole";
+  | "blackhole"
+  /**
+   * Answers as a node one transaction behind does: the nonce `eth_getTransactionCount` and
+   * `eth_fillTransaction` give is one less than the chain's.
+   */
+  | "behind";
 
 export interface RpcProxy {
   url: string;
@@ -108,6 +113,24 @@ export async function startRpcProxy(target = "", options: RpcProxyOptions = {}):
               ? { jsonrpc: "2.0", id: call.id, error: { code: -32005, message: refusals[i] } }
               : (JSON.parse(await forward(JSON.stringify(call))) as unknown),
           ),
+        ),
+      );
+    } else if (fault === "behind") {
+      answer = JSON.stringify(
+        await Promise.all(
+          calls.map(async (call) => {
+            const reply = JSON.parse(await forward(JSON.stringify(call))) as {
+              result?: string | { tx: { nonce: string } };
+            };
+            const before = (nonce: string) => `0x${(BigInt(nonce) - 1n).toString(16)}`;
+            if (call.method === "eth_getTransactionCount" && typeof reply.result === "string") {
+              reply.result = before(reply.result);
+            }
+            if (call.method === "eth_fillTransaction" && typeof reply.result === "object") {
+              reply.result.tx.nonce = before(reply.result.tx.nonce);
+            }
+            return reply;
+          }),
         ),
       );
     } else {
