@@ -123,7 +123,7 @@ describe.each(LOCAL_CHAINS)("writeContract on %s, when the chain does not take e
     expect(receipt.status).toBe("success");
     const sent = sends(from);
     expect(sent).toHaveLength(2);
-    expect(sent[1]!.nonce).toBe(sent[0]!.nonce + 1);
+    expect(sent[1]!.nonce).toBe(sent[0]!.nonce! + 1);
   });
 
   it("gives a transaction 20% more gas than the node estimates (30,000 at least), and pays only for what it used", async () => {
