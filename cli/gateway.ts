@@ -1,11 +1,13 @@
 import { once } from "node:events";
 import http from "node:http";
 import https from "node:https";
+import type { Duplex } from "node:stream";
 
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 
 import { NoReplicaError, ServiceBusyError, shortMessageOf, type Service } from "../sdk/index.ts";
 import { jsonReplacer } from "./output.ts";
+import { closeFrame, frameBoundaries, SERVICE_RESTART } from "./websocket-frames.ts";
 
 /** Headers about the client's connection to the gateway, not the request: never forwarded. */
 const CONNECTION_HEADERS = new Set([
@@ -17,6 +19,28 @@ const CONNECTION_HEADERS = new Set([
   "transfer-encoding",
   "upgrade",
 ]);
+
+/**
+ * Headers of an upgrade request never forwarded: those of the client's connection that do not ask
+ * for the upgrade (`Connection` and `Upgrade` do), and `Host`.
+ */
+const UPGRADE_DROPPED_HEADERS = new Set([
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "host",
+]);
+
+/** What the gateway records of a request that ended. */
+interface RequestRecord {
+  started: number;
+  status: number;
+  bytes: number;
+  aborted: boolean;
+  refused: string | undefined;
+}
 
 /** The gateway's own pages live under this prefix; everything else goes to the service. */
 export const STATUS_PATH = "/_baton/status";
@@ -160,35 +184,47 @@ export function startGateway(
   { maxRequestBodyBytes = MAX_REQUEST_BODY_BYTES, accessLog, routeTimeouts = [], tls }: GatewayOptions = {},
 ): Promise<http.Server> {
   const metrics = gatewayMetrics(service);
+  /** Counts a request that ended, and logs it. `refused`: the `x-baton-error` the gateway answered with. */
+  const record = (req: http.IncomingMessage, { started, status, bytes, aborted, refused }: RequestRecord): void => {
+    const method = req.method ?? "GET";
+    metrics.requests.inc({ method, status: String(status) });
+    metrics.latency.observe({ method }, (performance.now() - started) / 1000);
+    accessLog?.(
+      JSON.stringify({
+        time: new Date().toISOString(),
+        method: req.method,
+        path: req.url,
+        status,
+        ms: Number((performance.now() - started).toFixed(2)),
+        bytes,
+        ...(req.headers.upgrade ? { upgrade: req.headers.upgrade } : {}),
+        ...(aborted ? { aborted: true } : {}),
+        ...(refused ? { error: refused } : {}),
+      }),
+    );
+  };
+  /** What the gateway answers for a request that failed: past its deadline (`timedOut` ms) 504, else by its error. */
+  const refusalFor = (error: unknown, timedOut: number | undefined): GatewayRefusal => {
+    // A body refused on its way to the replica comes back wrapped in the request's failure.
+    for (let e: unknown = error; e instanceof Error; e = e.cause) if (e instanceof GatewayRefusal) return e;
+    if (timedOut !== undefined) {
+      return new GatewayRefusal(504, "GatewayTimeout", `no answer within the route's ${timedOut} ms`);
+    }
+    const name = error instanceof Error ? error.name : "Error";
+    const status = error instanceof NoReplicaError || error instanceof ServiceBusyError ? 503 : 502;
+    return new GatewayRefusal(status, name, shortMessageOf(error));
+  };
   const handle = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const started = performance.now();
     const deadlineMs = routeTimeout(routeTimeouts, req.url ?? "/");
-    res.once("close", () => {
-      const method = req.method ?? "GET";
-      metrics.requests.inc({ method, status: String(res.statusCode) });
-      metrics.latency.observe({ method }, (performance.now() - started) / 1000);
-    });
     let bytes = 0;
     /** The `x-baton-error` the gateway answered with, if it answered an error itself. */
     let refused: string | undefined;
     /** The content type of the replica's response, once its head went out. */
     let sentType: string | undefined;
-    if (accessLog) {
-      res.once("close", () =>
-        accessLog(
-          JSON.stringify({
-            time: new Date().toISOString(),
-            method: req.method,
-            path: req.url,
-            status: res.statusCode,
-            ms: Number((performance.now() - started).toFixed(2)),
-            bytes,
-            ...(res.writableFinished ? {} : { aborted: true }),
-            ...(refused ? { error: refused } : {}),
-          }),
-        ),
-      );
-    }
+    res.once("close", () =>
+      record(req, { started, status: res.statusCode, bytes, aborted: !res.writableFinished, refused }),
+    );
     void (async () => {
       if (req.url === STATUS_PATH || req.url === `${STATUS_PATH}.json`) return status(req, res);
       if (req.url === METRICS_PATH) {
@@ -234,12 +270,10 @@ export function startGateway(
         }
         res.end();
       } catch (error) {
-        const refusal =
-          error instanceof GatewayRefusal
-            ? error
-            : performance.now() - started >= deadlineMs && !gone.signal.aborted
-              ? new GatewayRefusal(504, "GatewayTimeout", `no answer within the route's ${deadlineMs} ms`)
-              : refusalOf(error);
+        const refusal = refusalFor(
+          error,
+          performance.now() - started >= deadlineMs && !gone.signal.aborted ? deadlineMs : undefined,
+        );
         refused = refusal.name;
         if (!res.headersSent) {
           res.writeHead(refusal.status, {
@@ -258,15 +292,75 @@ export function startGateway(
       }
     })();
   };
-  const server = tls ? https.createServer(tls, handle) : http.createServer(handle);
-  /** What the gateway answers for an error of the service. */
-  const refusalOf = (error: unknown): GatewayRefusal => {
-    // A body refused on its way to the replica comes back wrapped in the request's failure.
-    for (let e: unknown = error; e instanceof Error; e = e.cause) if (e instanceof GatewayRefusal) return e;
-    const name = error instanceof Error ? error.name : "Error";
-    const status = error instanceof NoReplicaError || error instanceof ServiceBusyError ? 503 : 502;
-    return new GatewayRefusal(status, name, shortMessageOf(error));
+  /**
+   * A WebSocket (or another protocol upgrade) through to a replica: the handshake within the
+   * route's deadline, then the bytes both ways until either side ends the connection. A replica
+   * lost mid-connection ends a WebSocket with a close frame 1012 (service restart), for the client
+   * to connect again, when the replica's last frame was whole; otherwise the connection is cut.
+   */
+  const upgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const started = performance.now();
+    const deadlineMs = routeTimeout(routeTimeouts, req.url ?? "/");
+    const headers: [string, string][] = [];
+    for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+      const name = req.rawHeaders[i]!;
+      if (!UPGRADE_DROPPED_HEADERS.has(name.toLowerCase())) headers.push([name, req.rawHeaders[i + 1]!]);
+    }
+    const gone = new AbortController();
+    socket.once("close", () => gone.abort(new Error("the client went away")));
+    // A client's reset ends the connection through "close"; the error itself says nothing more.
+    socket.on("error", () => undefined);
+    const fromClient = (async function* () {
+      if (head.byteLength > 0) yield head;
+      for await (const chunk of socket) yield chunk as Buffer;
+    })();
+    const frames = req.headers.upgrade?.toLowerCase() === "websocket" ? frameBoundaries() : undefined;
+    let status = 0;
+    let bytes = 0;
+    let refused: string | undefined;
+    void (async () => {
+      try {
+        const response = await service.upgrade(
+          { method: req.method ?? "GET", path: req.url ?? "/", headers, body: fromClient },
+          { deadlineMs, signal: gone.signal },
+        );
+        status = response.status;
+        // Names and values come from the provider: a line break in one would forge a header.
+        const lines = response.headers
+          .filter(([name, value]) => !/[\r\n]/.test(name + value))
+          .map(([name, value]) => `${name}: ${value}`);
+        if (status !== 101) lines.push("connection: close");
+        socket.write(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ""}\r\n${lines.join("\r\n")}\r\n\r\n`);
+        for await (const chunk of response.body) {
+          bytes += chunk.byteLength;
+          if (status === 101) frames?.feed(chunk);
+          if (!socket.write(chunk)) await once(socket, "drain", { signal: gone.signal });
+        }
+        socket.end();
+      } catch (error) {
+        const refusal = refusalFor(
+          error,
+          status === 0 && performance.now() - started >= deadlineMs && !gone.signal.aborted ? deadlineMs : undefined,
+        );
+        refused = refusal.name;
+        if (status === 0) {
+          status = refusal.status;
+          const body = JSON.stringify({ error: refusal.message });
+          socket.end(
+            `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ""}\r\ncontent-type: application/json\r\n` +
+              `x-baton-error: ${refusal.name}\r\n${status === 503 ? "retry-after: 1\r\n" : ""}` +
+              `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+          );
+        } else if (status === 101 && frames?.atBoundary && !gone.signal.aborted) {
+          socket.end(closeFrame(SERVICE_RESTART, `${refusal.name}: the replica was lost; connect again`));
+        } else socket.destroy();
+      } finally {
+        record(req, { started, status, bytes, aborted: gone.signal.aborted, refused });
+      }
+    })();
   };
+  const server = tls ? https.createServer(tls, handle) : http.createServer(handle);
+  server.on("upgrade", upgrade);
   const status = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const replicas = service.replicas();
     if (req.url?.endsWith(".json") || req.headers.accept?.includes("application/json")) {

@@ -1,6 +1,7 @@
+import { once } from "node:events";
 import http from "node:http";
 import path from "node:path";
-import { Readable } from "node:stream";
+import { Readable, type Duplex } from "node:stream";
 
 import type { Connection, Stream } from "@libp2p/interface";
 
@@ -10,7 +11,9 @@ import {
   forwardable,
   httpReader,
   httpRequestHeadSchema,
+  isUpgrade,
   PROXY_HEADER,
+  UPGRADED_BODY_BYTES,
   writeHttpMessage,
   type HttpMessage,
   type HttpRequestHead,
@@ -58,7 +61,8 @@ export function httpProxy(components: Pick<NodeComponents, "host" | "store" | "l
 
   /**
    * One exchange: the request to the job, its response back. False when the stream cannot go on
-   * (a response cut half-way: the stream is reset then, for the tenant to see the cut).
+   * (a response cut half-way: the stream is reset then, for the tenant to see the cut; an upgrade,
+   * whose stream ends with it).
    */
   const exchange = async (
     stream: Stream,
@@ -78,6 +82,10 @@ export function httpProxy(components: Pick<NodeComponents, "host" | "store" | "l
         status = 503;
         await reply(stream, 503, `lease ${head.leaseId} has no running job (${row.state})`);
         return true;
+      }
+      if (isUpgrade(head)) {
+        status = await tunnel(stream, path.join(row.workDir, HTTP_SOCKET_NAME), { head, body });
+        return false;
       }
       const response = await new Promise<http.IncomingMessage>((resolve, reject) => {
         const request = http.request({
@@ -124,13 +132,75 @@ export function httpProxy(components: Pick<NodeComponents, "host" | "store" | "l
     }
   };
 
+  /**
+   * An upgrade (a WebSocket handshake): the request goes to the job on a connection of its own; on
+   * a 101 the stream carries the upgraded connection both ways until either side ends it, and then
+   * ends itself. Any other answer is passed on as a response and ends the stream (the tenant is
+   * still sending what it meant for the upgraded connection). Resolves with the job's status.
+   */
+  const tunnel = async (
+    stream: Stream,
+    socketPath: string,
+    { head, body }: HttpMessage<HttpRequestHead>,
+  ): Promise<number> => {
+    const answer = await new Promise<{ response: http.IncomingMessage; socket?: Duplex; rest?: Buffer }>(
+      (resolve, reject) => {
+        const request = http.request({
+          agent: false,
+          socketPath,
+          method: head.method,
+          path: head.path,
+          headers: Object.fromEntries(head.headers),
+        });
+        request.once("upgrade", (response, socket, rest) => resolve({ response, socket, rest }));
+        request.once("response", (response) => resolve({ response }));
+        request.once("error", reject);
+        request.end();
+      },
+    );
+    const { response, socket, rest } = answer;
+    const status = response.statusCode ?? 502;
+    const headers: [string, string][] = [];
+    for (let i = 0; i + 1 < response.rawHeaders.length; i += 2) {
+      headers.push([response.rawHeaders[i]!, response.rawHeaders[i + 1]!]);
+    }
+    if (!socket) {
+      await writeHttpMessage(stream, { status, headers: forwardable(headers) }, response, {
+        maxBodyBytes: MAX_HTTP_BODY_BYTES,
+      });
+      await stream.close().catch(() => undefined);
+      return status;
+    }
+    // The 101's own headers (Upgrade, Connection, Sec-WebSocket-Accept) are the handshake: all go.
+    const fromJob = (async function* () {
+      if (rest && rest.byteLength > 0) yield rest;
+      for await (const chunk of socket) yield chunk as Buffer;
+    })();
+    const toJob = (async () => {
+      for await (const piece of body) if (!socket.write(piece)) await once(socket, "drain");
+      socket.end();
+    })().catch(() => socket.destroy());
+    try {
+      await writeHttpMessage(stream, { status, headers }, fromJob, { maxBodyBytes: UPGRADED_BODY_BYTES });
+      await stream.close().catch(() => undefined);
+    } catch (error) {
+      stream.abort(error as Error);
+    } finally {
+      socket.destroy();
+      await toJob;
+    }
+    return status;
+  };
+
   /** Answers the requests on a stream one after another, until the tenant closes it. */
   const handle = async (stream: Stream, connection: Connection): Promise<void> => {
     const reader = httpReader(stream);
     for (;;) {
       let message: HttpMessage<HttpRequestHead> | undefined;
       try {
-        message = await reader.next(httpRequestHeadSchema, { maxBodyBytes: MAX_HTTP_BODY_BYTES });
+        message = await reader.next(httpRequestHeadSchema, {
+          maxBodyBytes: (head) => (isUpgrade(head) ? UPGRADED_BODY_BYTES : MAX_HTTP_BODY_BYTES),
+        });
       } catch (error) {
         if (stream.status !== "open") return;
         metrics.httpRequests.inc({ status: "400" });

@@ -12,11 +12,15 @@
  *   ?delay=MS on either           waits MS ms before answering (≤ 10 s), to keep a request in flight
  *   GET  /stream?text=…&n=N&every=MS   server-sent events: N predictions (≤ 10,000), one every MS ms,
  *                                 as a model streams its tokens
+ *   GET  /ws?every=MS             a WebSocket: each text message is answered with its prediction;
+ *                                 with `every`, also {"tick": i} every MS ms, as a server that pushes
  *
  * Every answer carries `x-baton-lease` (the lease of the replica that served it).
  */
+import { createHash } from "node:crypto";
 import { rmSync } from "node:fs";
 import http from "node:http";
+import { clearInterval, setInterval } from "node:timers";
 import { setTimeout as sleep } from "node:timers/promises";
 import { URL } from "node:url";
 
@@ -131,6 +135,75 @@ const server = http.createServer((req, res) => {
     res.destroy();
   });
 });
+server.on("upgrade", webSocket);
+
+/** A server's text frame (unmasked, unfragmented). */
+function textFrame(text) {
+  const payload = Buffer.from(text);
+  const n = payload.length;
+  const header =
+    n < 126
+      ? Buffer.from([0x81, n])
+      : n < 65536
+        ? Buffer.from([0x81, 126, n >> 8, n & 0xff])
+        : Buffer.concat([Buffer.from([0x81, 127]), Buffer.from(new BigUint64Array([BigInt(n)]).buffer).reverse()]);
+  return Buffer.concat([header, payload]);
+}
+
+/**
+ * A WebSocket at /ws (RFC 6455), written out here so that the job needs no package: the handshake,
+ * then each client frame (masked) unmasked and answered. Messages fit one frame each (as browsers
+ * and Node send short text).
+ */
+function webSocket(req, socket) {
+  const url = new URL(req.url ?? "/", "http://job");
+  const key = req.headers["sec-websocket-key"];
+  if (url.pathname !== "/ws" || req.headers.upgrade?.toLowerCase() !== "websocket" || !key) {
+    socket.end("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    return;
+  }
+  const lease = process.env.BATON_LEASE_ID ?? "local";
+  const accept = createHash("sha1").update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest("base64");
+  socket.write(
+    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
+      `sec-websocket-accept: ${accept}\r\nx-baton-lease: ${lease}\r\n\r\n`,
+  );
+  const every = Math.min(10_000, Math.max(0, Number(url.searchParams.get("every") ?? 0) || 0));
+  let tick = 0;
+  const ticker =
+    every > 0 ? setInterval(() => socket.write(textFrame(JSON.stringify({ tick: tick++, lease }))), every) : undefined;
+  socket.on("close", () => clearInterval(ticker));
+  socket.on("error", () => socket.destroy());
+  let buffered = Buffer.alloc(0);
+  socket.on("data", (chunk) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    for (;;) {
+      if (buffered.length < 2) return;
+      const opcode = buffered[0] & 0x0f;
+      let length = buffered[1] & 0x7f;
+      let at = 2;
+      if (length === 126) {
+        if (buffered.length < 4) return;
+        length = buffered.readUInt16BE(2);
+        at = 4;
+      } else if (length === 127) {
+        if (buffered.length < 10) return;
+        length = Number(buffered.readBigUInt64BE(2));
+        at = 10;
+      }
+      if (buffered.length < at + 4 + length) return;
+      const mask = buffered.subarray(at, at + 4);
+      const payload = Buffer.from(buffered.subarray(at + 4, at + 4 + length)).map((byte, i) => byte ^ mask[i % 4]);
+      buffered = buffered.subarray(at + 4 + length);
+      if (opcode === 0x1) socket.write(textFrame(JSON.stringify({ lease, ...predict(payload.toString("utf8")) })));
+      else if (opcode === 0x9) socket.write(Buffer.concat([Buffer.from([0x8a, payload.length]), payload]));
+      else if (opcode === 0x8) {
+        socket.end(Buffer.concat([Buffer.from([0x88, payload.length]), payload]));
+        return;
+      }
+    }
+  });
+}
 
 const socket = process.env.BATON_HTTP_SOCKET;
 if (socket) {

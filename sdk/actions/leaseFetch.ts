@@ -3,7 +3,13 @@ import { peerIdFromString } from "@libp2p/peer-id";
 import type { BatonClient } from "../client.ts";
 import { BaseError, ProtocolError, ProviderFaultError, RequestNotSentError, shortMessageOf } from "../errors.ts";
 import { httpStreams, type HttpChannel, type HttpStreams } from "../p2p/http-streams.ts";
-import { httpResponseHeadSchema, PROXY_HEADER, writeHttpMessage } from "../wire/http.ts";
+import {
+  httpResponseHeadSchema,
+  isUpgrade,
+  PROXY_HEADER,
+  UPGRADED_BODY_BYTES,
+  writeHttpMessage,
+} from "../wire/http.ts";
 
 export interface LeaseFetchParameters {
   peerId: string;
@@ -33,6 +39,10 @@ export interface LeaseFetchResponse {
  * Sends one HTTP request to the server job of a lease, through its provider node
  * (`/baton/http/1.1.0`), streaming the body both ways, on a stream of `streams` when given.
  *
+ * A request with an `Upgrade` header (a WebSocket handshake) resolves at the job's answer: on a
+ * 101, `body` is what the job sends over the upgraded connection and the request's `body` what
+ * the client sends, each until its side ends, with no size limit; the stream is not reused.
+ *
  * @throws {RequestNotSentError} when the request never reached the job (no stream to the provider,
  * no job running there); a {ProviderFaultError} when it broke after the request went out.
  * @example
@@ -59,6 +69,7 @@ export async function leaseFetch(
     throw new RequestNotSentError(`cannot reach the provider ${peerId}`, { cause });
   }
   const { stream, reader } = channel;
+  const upgrading = isUpgrade({ headers });
   const abort = (): void => stream.abort(new BaseError("request aborted"));
   signal?.addEventListener("abort", abort, { once: true });
   const stop = (): void => signal?.removeEventListener("abort", abort);
@@ -66,22 +77,25 @@ export async function leaseFetch(
   let bodyError: unknown;
   try {
     const writing = writeHttpMessage(stream, { leaseId: leaseId.toString(), method, path, headers }, body, {
-      maxBodyBytes,
+      maxBodyBytes: upgrading ? UPGRADED_BODY_BYTES : maxBodyBytes,
       ...(signal ? { signal } : {}),
     });
     writing.catch((error: unknown) => {
       bodyError = error;
       stream.abort(new BaseError("request body failed"));
     });
-    const response = await reader.next(httpResponseHeadSchema, { maxBodyBytes });
+    const response = await reader.next(httpResponseHeadSchema, {
+      maxBodyBytes: upgrading ? UPGRADED_BODY_BYTES : maxBodyBytes,
+    });
     if (!response) throw new ProtocolError("the stream ended before an HTTP head");
-    await writing;
+    // An upgrade's request body is the client's side of the connection: it goes on after the head.
+    if (!upgrading) await writing;
     const proxied = response.head.headers.find(([name]) => name.toLowerCase() === PROXY_HEADER)?.[1];
     if (proxied) {
       const text: string[] = [];
       for await (const piece of response.body) text.push(new TextDecoder().decode(piece));
       stop();
-      streams.release(channel, true);
+      streams.release(channel, !upgrading);
       const message = `the provider answered ${response.head.status} for lease ${leaseId}: ${text.join("")}`;
       throw proxied === "not-delivered" ? new RequestNotSentError(message) : new ProviderFaultError(message);
     }
@@ -95,7 +109,7 @@ export async function leaseFetch(
           whole = true;
         } finally {
           stop();
-          streams.release(channel, whole);
+          streams.release(channel, whole && !upgrading);
         }
       })(),
     };

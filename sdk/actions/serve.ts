@@ -113,6 +113,17 @@ export interface Service {
    * spends more CPU on them than on the hop to the replica.
    */
   forward(request: ServiceRequest, options?: ServiceFetchOptions): Promise<ServiceResponse>;
+  /**
+   * Opens an upgraded connection (a WebSocket) on the least loaded ready replica: `request` has
+   * the `Upgrade` header, and its body is what the client sends after the handshake. On a 101,
+   * the response's body is what the replica sends, until either side ends the connection; it
+   * breaks off (a {@link ProviderFaultError}) when the replica is lost, for the client to connect
+   * again. Never retried: the client has the handshake's answer or an error within `deadlineMs`.
+   */
+  upgrade(
+    request: ServiceRequest,
+    options?: Pick<ServiceFetchOptions, "deadlineMs" | "signal">,
+  ): Promise<ServiceResponse>;
   replicas(): ReplicaStatus[];
   /** Counts since the service started, for a gateway's metrics. */
   stats(): ServiceStats;
@@ -519,6 +530,43 @@ export async function serve(
         } finally {
           clearTimeout(hedge);
         }
+      }
+    },
+    async upgrade(request, { deadlineMs = 30_000, signal: connection } = {}) {
+      const method = request.method.toUpperCase();
+      const pathname = request.path.split("?")[0];
+      const deadline = AbortSignal.any([AbortSignal.timeout(deadlineMs), ...(connection ? [connection] : [])]);
+      let replica = pick(new Set());
+      while (!replica) {
+        if (deadline.aborted)
+          throw new NoReplicaError(`no replica was ready for ${method} ${pathname} within the deadline`);
+        await nextChange(deadline).catch(() => undefined);
+        replica = pick(new Set());
+      }
+      const { leaseId, peerId } = replica.job.status();
+      if (leaseId === undefined || !peerId) throw new NoReplicaError("the replica has no lease");
+      // The deadline is for the handshake's answer; the connection lasts while both sides keep it
+      // and the replica stays (a replica lost or replaced aborts its in-flight signal).
+      const handshake = new AbortController();
+      const timer = setTimeout(() => handshake.abort(deadline.reason), Math.max(0, deadlineMs));
+      try {
+        const response = await leaseFetch(client, {
+          peerId,
+          leaseId,
+          method,
+          path: request.path,
+          headers: request.headers,
+          ...(request.body ? { body: request.body } : {}),
+          streams,
+          signal: AbortSignal.any([handshake.signal, replica.inFlight.signal, ...(connection ? [connection] : [])]),
+        });
+        replica.served++;
+        return response;
+      } catch (error) {
+        replica.failed++;
+        throw error;
+      } finally {
+        clearTimeout(timer);
       }
     },
     stats: () => ({ ...stats }),

@@ -56,6 +56,18 @@ export function forwardable(headers: Iterable<[string, string]>): [string, strin
   return [...headers].filter(([name]) => !HOP_BY_HOP.has(name.toLowerCase()));
 }
 
+/**
+ * Whether a request asks to switch protocols (`Upgrade`, e.g. a WebSocket handshake). Its
+ * exchange then carries the upgraded connection: the request's body is what the client sends
+ * after the handshake, the 101 response's body what the server sends, each until its side ends,
+ * with no size limit; the stream carries nothing after it.
+ */
+export const isUpgrade = (head: { headers: [string, string][] }): boolean =>
+  head.headers.some(([name]) => name.toLowerCase() === "upgrade");
+
+/** The body limit of an upgraded connection's two directions: none a session could reach. */
+export const UPGRADED_BODY_BYTES = Number.MAX_SAFE_INTEGER;
+
 /** Writes a head, then the body (if any), then the end marker. */
 export async function writeHttpMessage(
   stream: Stream,
@@ -124,13 +136,14 @@ export interface HttpMessage<Head> {
 export interface HttpReader {
   /**
    * The next message: its head (checked against `schema`) and its body as a stream that ends at
-   * the end marker, refusing more than `maxBodyBytes`, or a stream that ends without the marker.
+   * the end marker, refusing more than `maxBodyBytes` (given, or told by the head), or a stream
+   * that ends without the marker.
    * `undefined` when the stream ends cleanly between messages. The previous body must be over
    * (read to its end, or {@link HttpReader.skipBody}).
    */
   next<T extends z.ZodType>(
     schema: T,
-    options: { maxBodyBytes: number },
+    options: { maxBodyBytes: number | ((head: z.output<T>) => number) },
   ): Promise<HttpMessage<z.output<T>> | undefined>;
   /** Reads and drops what is left of the current body, so that the stream can carry another message. */
   skipBody(): Promise<void>;
@@ -188,7 +201,7 @@ export function httpReader(stream: Stream): HttpReader {
       }
       inBody = true;
       total = 0;
-      limit = maxBodyBytes;
+      limit = typeof maxBodyBytes === "number" ? maxBodyBytes : maxBodyBytes(head);
       async function* body(): AsyncGenerator<Uint8Array> {
         for (;;) {
           const next = await piece();

@@ -61,6 +61,29 @@ afterAll(async () => {
 
 const predict = (text: string) => JSON.stringify({ text });
 
+/** A WebSocket to the gateway at `path`, open: its messages parsed one by one, and how it closed. */
+async function webSocket(path: string) {
+  const ws = new WebSocket(`${base.replace("http", "ws")}${path}`);
+  const messages: unknown[] = [];
+  const waiting: ((message: unknown) => void)[] = [];
+  ws.addEventListener("message", (event) => {
+    const message = JSON.parse(String(event.data)) as unknown;
+    const waiter = waiting.shift();
+    if (waiter) waiter(message);
+    else messages.push(message);
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.addEventListener("close", (event) => resolve({ code: event.code, reason: event.reason })),
+  );
+  await new Promise((resolve, reject) => {
+    ws.addEventListener("open", resolve);
+    ws.addEventListener("error", () => reject(new Error(`the WebSocket to ${path} failed`)));
+  });
+  const next = (): Promise<unknown> =>
+    messages.length > 0 ? Promise.resolve(messages.shift()) : new Promise((resolve) => waiting.push(resolve));
+  return { ws, next, closed };
+}
+
 describe("serve: the gateway's limits", () => {
   it("answers 413 to a body over the limit, by its content-length, and never sends it to the replica", async () => {
     const served = service.replicas()[0]!.served;
@@ -180,8 +203,50 @@ describe("serve: the gateway's limits", () => {
     }
   });
 
+  it("passes a WebSocket through: the handshake, messages both ways and pushed ones, and the close", async () => {
+    const socket = await webSocket("/ws?every=300");
+    const first = (await socket.next()) as { tick: number; lease: string };
+    expect(first).toEqual({ tick: 0, lease: service.replicas()[0]!.leaseId!.toString() });
+    socket.ws.send("what a lovely day");
+    const direct = (await (
+      await fetch(`${base}/predict?text=${encodeURIComponent("what a lovely day")}`)
+    ).json()) as object;
+    let answer: Record<string, unknown>;
+    do answer = (await socket.next()) as Record<string, unknown>;
+    while ("tick" in answer);
+    expect(answer).toEqual({ lease: first.lease, ...direct });
+    socket.ws.close(1000, "done");
+    expect(await socket.closed).toMatchObject({ code: 1000, reason: "done" });
+    await until(
+      () => accessLog.some((line) => line.upgrade === "websocket"),
+      10_000,
+      "the WebSocket's access-log line",
+    );
+    expect(accessLog.find((line) => line.upgrade === "websocket")).toMatchObject({
+      path: "/ws?every=300",
+      status: 101,
+    });
+  });
+
+  it("passes on a refused handshake: the client's WebSocket fails, the replica's answer in the log", async () => {
+    const socket = new WebSocket(`${base.replace("http", "ws")}/not-a-socket`);
+    // Node's WebSocket fires "error" on a refused handshake (and, as of Node 22.23, no "close").
+    const failed = await new Promise<string>((resolve) => {
+      socket.addEventListener("error", () => resolve("error"));
+      socket.addEventListener("open", () => resolve("open"));
+    });
+    expect(failed).toBe("error");
+    await until(() => accessLog.some((line) => line.path === "/not-a-socket"), 10_000, "the refusal's access-log line");
+    expect(accessLog.find((line) => line.path === "/not-a-socket")).toMatchObject({
+      status: 400,
+      upgrade: "websocket",
+    });
+  });
+
   // Last: it kills the only provider.
-  it("passes server-sent events through as they come, and ends the stream with an error event when the replica dies", async () => {
+  it("ends server-sent events with an error event, and a WebSocket with close code 1012, when the replica dies", async () => {
+    const socket = await webSocket("/ws?every=200");
+    await socket.next();
     const res = await fetch(`${base}/stream?text=tokens&n=10000&every=500`);
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toBe("text/event-stream");
@@ -202,6 +267,8 @@ describe("serve: the gateway's limits", () => {
     const last = text.trimEnd().split("\n\n").at(-1)!;
     expect(last).toMatch(/^event: baton-error\ndata: \{"error":"\w+","message":".+"\}$/);
     expect(events().length).toBeLessThan(10_000);
+    // Service restart: the client may connect again (to a live replica).
+    expect(await socket.closed).toMatchObject({ code: 1012, reason: expect.stringMatching(/connect again/) });
   });
 });
 
