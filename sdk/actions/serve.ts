@@ -411,8 +411,13 @@ export async function serve(
         size += next.value.byteLength;
       }
       response.body = (async function* () {
-        yield* buffered;
-        if (!done) yield* { [Symbol.asyncIterator]: () => iterator };
+        try {
+          yield* buffered;
+          if (!done) yield* { [Symbol.asyncIterator]: () => iterator };
+        } finally {
+          // Let go before its end (a client gone, a hedge's loser): the stream is released.
+          if (!done) await iterator.return?.(undefined);
+        }
       })();
       const ms = performance.now() - started;
       replica.latencyMs = replica.latencyMs === undefined ? ms : 0.8 * replica.latencyMs + 0.2 * ms;
@@ -517,7 +522,15 @@ export async function serve(
           );
         }
         try {
-          return await Promise.any(attempts);
+          const winner = await Promise.any(attempts);
+          // A hedge's loser that answers too has a response nobody reads: its stream is let go.
+          for (const other of attempts) {
+            void other.then(
+              (response) => (response === winner ? undefined : discard(response)),
+              () => undefined,
+            );
+          }
+          return winner;
         } catch (error) {
           lastError = error instanceof AggregateError ? error.errors[0] : error;
           const notSent = attempts.length === 1 && lastError instanceof RequestNotSentError;
@@ -635,6 +648,12 @@ export async function serve(
   await stopIfAborted();
   signal?.addEventListener("abort", () => void service.close(), { once: true });
   return service;
+}
+
+/** Drops a response unread: its body is started (so that its clean-up runs) and ended. */
+async function discard(response: ServiceResponse): Promise<void> {
+  await response.body.next().catch(() => undefined);
+  await response.body.return(undefined).catch(() => undefined);
 }
 
 function toResponse(response: ServiceResponse): Response {
