@@ -60,6 +60,8 @@ export interface ServiceFetchOptions {
   retryable?: boolean;
   /** The whole request, retries included, must finish within this. Default 30 s. */
   deadlineMs?: number;
+  /** This request's hedge (see {@link ServeOptions.hedgeAfterMs}), instead of the service's. */
+  hedgeAfterMs?: number;
   signal?: AbortSignal;
 }
 
@@ -508,7 +510,8 @@ export async function serve(
         tried.add(first);
         const attempts = [attempt(first, head, stream, deadline)];
         let hedge: NodeJS.Timeout | undefined;
-        if (retryable && options.hedgeAfterMs !== undefined) {
+        const hedgeAfterMs = fetchOptions.hedgeAfterMs ?? options.hedgeAfterMs;
+        if (retryable && hedgeAfterMs !== undefined) {
           attempts.push(
             new Promise<LeaseFetchResponse>((resolve, reject) => {
               hedge = setTimeout(() => {
@@ -517,7 +520,7 @@ export async function serve(
                 stats.hedges++;
                 tried.add(second);
                 attempt(second, head, undefined, deadline).then(resolve, reject);
-              }, options.hedgeAfterMs);
+              }, hedgeAfterMs);
             }),
           );
         }

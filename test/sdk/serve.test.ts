@@ -9,6 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startGateway } from "../../cli/gateway.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
+import type { BatonHost } from "../../sdk/p2p/host.ts";
+import { protocols } from "../../sdk/wire/protocols.ts";
 import { startMarket, type Market, type ProviderHandle } from "../helpers/market.ts";
 import { root, until } from "../helpers/processes.ts";
 
@@ -17,6 +19,8 @@ let dir: string;
 let service: Service;
 let gateway: Server;
 let base: string;
+/** The tenant's libp2p host, whose streams the hedging test counts. */
+let client: BatonHost;
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "baton-serve-test-"));
@@ -29,9 +33,10 @@ beforeAll(async () => {
       chainHeartbeatTimeoutS: 6,
     },
   });
-  const client = await market.client(0, path.join(dir, "tenant"));
+  const tenant = await market.client(0, path.join(dir, "tenant"));
+  client = tenant.host;
   const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
-  service = await serve(client, spec, {
+  service = await serve(tenant, spec, {
     replicas: 3,
     maxPricePerSecond: parseEther("0.001"),
     files,
@@ -101,6 +106,36 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     expect(status.replicas).toHaveLength(3);
     expect(new Set(status.replicas.map((r) => r.provider)).size).toBe(3);
     expect(status.replicas.every((r) => r.state === "ready")).toBe(true);
+  });
+
+  it("hedges a request on a second replica (hedgeAfterMs), and lets go of the loser's stream once the first answers", async () => {
+    // Open /baton/http/1.1.0 streams from the tenant, idle in its pool or in use.
+    const openStreams = () =>
+      client
+        .getConnections()
+        .flatMap((connection) => connection.streams)
+        .filter((stream) => stream.protocol === protocols.http && stream.status === "open").length;
+    // Warm: every replica has idle streams in the pool, so both attempts below take one of those.
+    await Promise.all(
+      Array.from({ length: 6 }, (_, i) => fetch(`${base}/predict?text=warm ${i}`).then((r) => r.text())),
+    );
+    const before = openStreams();
+    const hedges = service.stats().hedges;
+    // An event stream is handed on as it comes (no read-ahead): the loser's is left unread.
+    const response = await service.forward(
+      { method: "GET", path: "/stream?text=hedged&n=20&every=20", headers: [] },
+      { hedgeAfterMs: 0 },
+    );
+    expect(service.stats().hedges).toBe(hedges + 1);
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of response.body) chunks.push(chunk);
+    expect(
+      Buffer.concat(chunks)
+        .toString()
+        .match(/^data: /gm),
+    ).toHaveLength(20);
+    // The winner's stream went back to the pool, the loser's was reset.
+    await until(() => openStreams() === before - 1, 10_000, "the hedge loser's stream reset");
   });
 
   it("SIGKILL of a replica under steady load: zero failed requests, the replica replaced, its lease slashed", async () => {
