@@ -70,6 +70,12 @@ export interface Devnet {
   stop(options?: { keep?: boolean }): Promise<void>;
 }
 
+/** What a provider's config may depend on: the chain, and the peer ids of the providers before it. */
+export interface DevnetSoFar {
+  rpcUrl: string;
+  peerIds: string[];
+}
+
 export interface StartDevnetParameters {
   providers: number;
   /** The chain's EVM: Hardhat's EDR (the default) or Anvil. */
@@ -82,9 +88,9 @@ export interface StartDevnetParameters {
   blockTimeS?: number;
   /** Where everything lives; a fresh temp dir by default. */
   dir?: string;
-  /** Node config for every provider (e.g. fast heartbeats), and per provider (told the chain's URL). */
+  /** Node config for every provider (e.g. fast heartbeats), and per provider (told the chain's URL and the peer ids before it). */
   config?: Partial<NodeConfigInput>;
-  configFor?: (index: number, chain: { rpcUrl: string }) => Partial<NodeConfigInput>;
+  configFor?: (index: number, devnet: DevnetSoFar) => Partial<NodeConfigInput>;
   /** Receives every provider's output lines, tagged with its name. */
   onProviderLine?: (name: string, line: string) => void;
   /** Progress while starting, for people. */
@@ -250,7 +256,7 @@ export async function startDevnet({
         }),
         blockTimeS,
         ...config,
-        ...configFor?.(index, { rpcUrl: chain.rpcUrl }),
+        ...configFor?.(index, { rpcUrl: chain.rpcUrl, peerIds: providers.map((p) => p.peerId) }),
       });
       onStep(`registering ${name} (${account.address}) with a stake of 500`);
       const client = createChainClient({
@@ -303,7 +309,10 @@ export async function startDevnet({
           // peers that bootstrapped from that address (clients, other providers) dial it again. Only
           // when the port was taken meanwhile does it take a new one; clients that read the network
           // file then find it there.
-          const previous = handle.address?.replace(/\/p2p\/.*$/, "");
+          // One that listens through a relay listens there again, as its config says.
+          const previous = handle.address?.includes("/p2p-circuit")
+            ? undefined
+            : handle.address?.replace(/\/p2p\/.*$/, "");
           let proc = launch(previous);
           handle.process = proc;
           const line = await proc.waitFor(/provider node listening on /, 60_000).catch(async (error: unknown) => {

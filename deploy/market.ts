@@ -8,7 +8,7 @@ import type { NodeConfigInput } from "../node/config.ts";
 import { createChainClient, type BatonClient, type ChainClient, type Logger } from "../sdk/index.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
 import { createBatonHost, keepConnected, type BatonHost } from "../sdk/p2p/host.ts";
-import { chainHeartbeatsFor, startDevnet, type Devnet, type DevnetProvider } from "./devnet.ts";
+import { chainHeartbeatsFor, startDevnet, type Devnet, type DevnetProvider, type DevnetSoFar } from "./devnet.ts";
 import { devAccount, type LocalChainKind } from "./local-chain.ts";
 
 export type ProviderHandle = DevnetProvider;
@@ -45,7 +45,7 @@ export interface StartMarketOptions {
   /** Node config overrides, e.g. fast heartbeats for tests. */
   config?: Partial<NodeConfigInput>;
   /** Config overrides for one provider. */
-  configFor?: (index: number, chain: { rpcUrl: string }) => Partial<NodeConfigInput>;
+  configFor?: (index: number, devnet: DevnetSoFar) => Partial<NodeConfigInput>;
 }
 
 /**

@@ -63,7 +63,12 @@ export const nodeConfigSchema = z
     deployment: z.string().min(1),
     /** A v3 keystore file, relative to the data dir; BATON_PROVIDER_KEY overrides it in development. */
     keystore: z.string().default("key.json"),
+    /** Multiaddrs to listen on; `/p2p-circuit` listens through a relay (a node nobody can dial: see the README). */
     listen: z.array(z.string()).default(["/ip4/127.0.0.1/tcp/0"]),
+    /** Addresses announced instead of the listening ones (a router's public address and forwarded port). */
+    announce: z.array(z.string()).default([]),
+    /** Relay for up to this many peers that listen through this node; 0 (the default) relays for none. */
+    relayReservations: z.number().int().min(0).max(1_024).default(0),
     bootstrap: z.array(z.string()).default([]),
     /** "all" keeps loopback/private addresses in the DHT (local networks); "public" for the internet. */
     dhtAddresses: z.enum(["all", "public"]).default("all"),

@@ -178,7 +178,13 @@ async function startLocked(
   });
   // Bootstrap peers are dialled only once the IPFS node is on the host: bitswap ignores peers that
   // were connected before it registered (seen with Helia 7.1.15).
-  const host = await createBatonHost({ privateKey: peerKey, listen: config.listen, dhtAddresses: config.dhtAddresses });
+  const host = await createBatonHost({
+    privateKey: peerKey,
+    listen: config.listen,
+    announce: config.announce,
+    ...(config.relayReservations > 0 ? { relay: { maxReservations: config.relayReservations } } : {}),
+    dhtAddresses: config.dhtAddresses,
+  });
   const ipfs = await createIpfsNode({ host, dir: path.join(dataDir, DATA_FILES.ipfs), log: log.child("ipfs") });
   const stopDialling = keepConnected(host, config.bootstrap);
   const containers = await setUpContainers(config, { dataDir, ipfs, node: host.peerId.toString(), log });

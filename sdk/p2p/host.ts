@@ -1,6 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 
 import { bootstrap } from "@libp2p/bootstrap";
+import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from "@libp2p/circuit-relay-v2";
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
 import { gossipsub, type GossipSub } from "@libp2p/gossipsub";
 import { identify, type Identify } from "@libp2p/identify";
@@ -23,6 +24,8 @@ export type BatonServices = {
   ping: Ping;
   pubsub: GossipSub;
   dht: KadDHT;
+  /** Present on a host that relays for peers that cannot be dialled (see {@link CreateBatonHostOptions.relay}). */
+  relay?: CircuitRelayService;
 };
 
 export type BatonHost = Libp2p<BatonServices>;
@@ -30,8 +33,23 @@ export type BatonHost = Libp2p<BatonServices>;
 export interface CreateBatonHostOptions {
   /** The peer's identity; see {@link loadOrCreatePeerKey}. */
   privateKey: PrivateKey;
-  /** Where to listen; loopback with a free port unless told otherwise. */
+  /**
+   * Where to listen; loopback with a free port unless told otherwise. `<relay's multiaddr>/p2p-circuit`
+   * listens through that relay (a reservation on it, kept while connected): how a peer that cannot
+   * be dialled (behind a NAT, no port forwarded) is reached. The relay must be up when the host starts.
+   */
   listen?: string[];
+  /**
+   * The addresses to tell peers instead of the listening ones: a router's public address and
+   * forwarded port, or a DNS name.
+   */
+  announce?: string[];
+  /**
+   * Relays connections for up to `maxReservations` peers that listen through it, with no limit on
+   * their time or bytes (libp2p's default, 2 minutes and 128 KiB, would cut a job's session). A
+   * relay carries every byte twice: offered by providers that choose to.
+   */
+  relay?: { maxReservations: number };
   /** Full `/ip4/…/tcp/…/p2p/<id>` multiaddrs of peers to join through. */
   bootstrap?: string[];
   /**
@@ -53,15 +71,20 @@ export interface CreateBatonHostOptions {
 export async function createBatonHost({
   privateKey,
   listen = ["/ip4/127.0.0.1/tcp/0"],
+  announce = [],
+  relay,
   bootstrap: bootstrapList = [],
   dhtAddresses = "all",
 }: CreateBatonHostOptions): Promise<BatonHost> {
   for (const address of bootstrapList) parseBootstrapAddress(address);
+  for (const address of [...listen, ...announce]) parseAddress(address);
   sendWindowUpdatesAtHalf();
   return createLibp2p({
     privateKey,
-    addresses: { listen },
-    transports: [tcp()],
+    addresses: { listen, ...(announce.length > 0 ? { announce } : {}) },
+    // Every host dials relayed addresses (`…/p2p-circuit/p2p/<id>`); one that listens on
+    // `/p2p-circuit` also keeps a reservation on a relay it is connected to.
+    transports: [tcp(), circuitRelayTransport()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     // An empty list makes @libp2p/bootstrap throw; it also dials only once, hence `keepConnected`.
@@ -78,8 +101,29 @@ export async function createBatonHost({
         peerInfoMapper: dhtAddresses === "all" ? passthroughMapper : removePrivateAddressesMapper,
         allowQueryWithZeroPeers: true,
       }),
+      ...(relay
+        ? {
+            relay: circuitRelayServer({
+              reservations: { maxReservations: relay.maxReservations, applyDefaultLimit: false },
+            }),
+          }
+        : {}),
     },
   });
+}
+
+/** Parses a listen or announce multiaddr. */
+function parseAddress(address: string): void {
+  try {
+    multiaddr(address);
+  } catch (cause) {
+    throw new UserError(`not a multiaddr: ${address}`, { cause });
+  }
+  // A bare /p2p-circuit searches for relays with a DHT random walk, which libp2p runs in a loop
+  // that never yields while the DHT is empty, as it is at start: the host hangs.
+  if (address === "/p2p-circuit") {
+    throw new UserError("/p2p-circuit must name its relay: <relay's multiaddr, …/p2p/<id>>/p2p-circuit");
+  }
 }
 
 /** Parses a bootstrap multiaddr, which must name the peer (`…/p2p/<id>`). */

@@ -1,13 +1,11 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { once } from "node:events";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 
 import { withRetry } from "../../sdk/utils/retry.ts";
-import { until } from "./processes.ts";
+import { freePort, until } from "./processes.ts";
 
 /** Whether a command is on the PATH (`command -v`). */
 export function installed(command: string): boolean {
@@ -52,16 +50,6 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const { port } = server.address() as net.AddressInfo;
-  server.close();
-  await once(server, "close");
-  return port;
 }
 
 async function startOnce(dir: string, { storage, auth }: StartRegistryOptions): Promise<Registry> {

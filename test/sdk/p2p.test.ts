@@ -1,13 +1,13 @@
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { mkdtemp, rm, stat } from "node:fs/promises";
-import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 
 import { createBatonHost, keepConnected, loadOrCreatePeerKey, type BatonHost } from "../../sdk/p2p/host.ts";
 import { readMessages, request, serve, writeMessage } from "../../sdk/wire/framing.ts";
+import { freePort, until } from "../helpers/processes.ts";
 
 const hosts: BatonHost[] = [];
 const stops: (() => void)[] = [];
@@ -21,22 +21,6 @@ async function host(options: Partial<Parameters<typeof createBatonHost>[0]> = {}
   hosts.push(h);
   return h;
 }
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-const until = async (condition: () => boolean, timeoutMs: number): Promise<void> => {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 25));
-  }
-};
 
 describe("Baton libp2p host", () => {
   it("listens on loopback only, and keeps its peer id across restarts", async () => {
@@ -54,6 +38,16 @@ describe("Baton libp2p host", () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it("refuses a listen or announce address that is not a multiaddr, and a relay it is not told", async () => {
+    await expect(host({ announce: ["not-an-address"] })).rejects.toThrow("not a multiaddr: not-an-address");
+    await expect(host({ listen: ["/p2p-circuit"] })).rejects.toThrow(/\/p2p-circuit must name its relay/);
+  });
+
+  it("announces the addresses it is told instead of those it listens on", async () => {
+    const a = await host({ announce: ["/ip4/203.0.113.7/tcp/4001"] });
+    expect(a.getMultiaddrs().map((m) => m.toString())).toEqual([`/ip4/203.0.113.7/tcp/4001/p2p/${a.peerId}`]);
   });
 
   it("finds a bootstrap peer that came up after it did", async () => {
