@@ -136,6 +136,23 @@ export function parseTasks(text: string, spec: JobSpec, options: { source: strin
 }
 
 /**
+ * Checks, before any lease opens, that a batch's budget can pay for one task: at the most it offers
+ * per second, for as long as the spec lets one task run (`maxDurationS`). A lease is funded for a
+ * task's longest run before the task starts, so a budget below that would open a lease and then stop
+ * the batch on its first task.
+ *
+ * @throws {UserError} saying what one task may cost, when `budget` is below it.
+ */
+export function checkBatchBudget(spec: Pick<JobSpec, "maxDurationS">, maxPricePerSecond: bigint, budget: bigint): void {
+  const oneTask = maxPricePerSecond * BigInt(spec.maxDurationS);
+  if (budget < oneTask) {
+    throw new UserError(`the budget of ${budget} cannot cover one task`, {
+      details: `a task may run ${spec.maxDurationS} s (the spec's maxDurationS) at up to ${maxPricePerSecond} per second: ${oneTask}; raise the budget or lower maxDurationS`,
+    });
+  }
+}
+
+/**
  * Checks that every local file the tasks name is a readable regular file, before any lease opens.
  *
  * @throws {UserError} naming the first task whose file is missing or not a file.

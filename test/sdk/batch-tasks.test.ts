@@ -6,7 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { UserError } from "../../sdk/errors.ts";
 import { parseJobSpec } from "../../sdk/job-spec.ts";
-import { checkTaskFiles, MAX_TASK_LINE_BYTES, parseTasks, taskSpec } from "../../sdk/tenant/batch-tasks.ts";
+import {
+  checkBatchBudget,
+  checkTaskFiles,
+  MAX_TASK_LINE_BYTES,
+  parseTasks,
+  taskSpec,
+} from "../../sdk/tenant/batch-tasks.ts";
 
 const spec = parseJobSpec({
   command: ["node", "task.mjs"],
@@ -121,5 +127,19 @@ describe("checkTaskFiles", () => {
     await expect(checkTaskFiles(directory, "t")).rejects.toThrow(
       `t:1: input s: ${path.join(dir, "sub")} is not a file`,
     );
+  });
+});
+
+describe("checkBatchBudget", () => {
+  const short = parseJobSpec({ command: ["true"], maxDurationS: 60 });
+
+  it("accepts a budget that pays one task's longest run", () => {
+    expect(() => checkBatchBudget(short, 10n, 600n)).not.toThrow();
+  });
+
+  it("refuses one that does not, saying what one task may cost", () => {
+    const error = refusal(() => checkBatchBudget(short, 10n, 599n));
+    expect(error.shortMessage).toBe("the budget of 599 cannot cover one task");
+    expect(error.details).toContain("at up to 10 per second: 600");
   });
 });
