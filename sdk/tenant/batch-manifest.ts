@@ -97,7 +97,11 @@ export async function openBatchManifest(file: string): Promise<BatchManifest> {
     file,
     results,
     record(result) {
-      const parsed = taskResultSchema.parse(result);
+      const checked = taskResultSchema.safeParse(result);
+      if (!checked.success) {
+        return Promise.reject(new UserError("not a task result", { details: z.prettifyError(checked.error) }));
+      }
+      const parsed = checked.data;
       // Claimed before the write: a second result for the task, arriving while this one is being
       // written, must already see it.
       if (results.has(parsed.taskId)) return Promise.resolve(false);

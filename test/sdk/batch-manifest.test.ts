@@ -48,6 +48,14 @@ describe("batch manifest", () => {
     ]);
   });
 
+  it("refuses a result that is not one, writing nothing", async () => {
+    const manifest = await openBatchManifest(file);
+    await expect(manifest.record({ ...result("a"), attempts: 0 })).rejects.toThrow("not a task result");
+    expect(await manifest.record(result("a"))).toBe(true);
+    await manifest.close();
+    expect((await readFile(file, "utf8")).trimEnd().split("\n")).toHaveLength(1);
+  });
+
   it("reopens with the results recorded, and still refuses their duplicates", async () => {
     const first = await openBatchManifest(file);
     await first.record(result("a"));
