@@ -6,6 +6,7 @@ import { z } from "zod";
 
 import { UserError } from "../errors.ts";
 import { jobSpecSchema, type JobSpec } from "../job-spec.ts";
+import { taskIdSchema } from "../wire/messages.ts";
 
 /**
  * One line of a task file larger than this is refused: a task carries at most a job spec's worth of
@@ -15,12 +16,6 @@ export const MAX_TASK_LINE_BYTES = 64 * 1024;
 
 /** The most tasks one batch takes: its manifest and queue are held in memory. */
 export const MAX_BATCH_TASKS = 1_000_000;
-
-const taskIdSchema = z
-  .string()
-  .min(1)
-  .max(128)
-  .regex(/^[A-Za-z0-9._:-]+$/, "task ids are letters, digits and . _ : -");
 
 const taskLineSchema = z
   .object({
