@@ -172,7 +172,7 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
         afterSeq: 1_000_000,
       },
     });
-    await again.send("task", { leaseId, taskId: "t4", spec: taskSpec("echo started; sleep 30") });
+    await again.send("task", { leaseId, taskId: "t4", spec: taskSpec("echo started; sleep 8") });
     await readUntil(again, (e) => e.type === "log" && e.body.line === "started");
     await again.send("task", { leaseId, taskId: "t5", spec: taskSpec("true") });
     const busy = await readUntil(again, (e) => e.type === "refused");
@@ -181,5 +181,39 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
       message: `lease ${leaseId} is still running task t4`,
     });
     expect(await chainStatus()).toBe("Active");
+    // The running task is not disturbed by the refusal: it ends with its result.
+    const resumed = await open({
+      type: "attach",
+      body: {
+        leaseId,
+        auth: await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString()),
+        afterSeq: 0,
+      },
+    });
+    expect((await readUntil(resumed, resultOf("t4"))).at(-1)!.body).toMatchObject({ exitCode: 0 });
+    await resumed.close();
+  });
+
+  it("keeps an idle batch lease across a SIGKILL and restart of the node, and takes its next task", async () => {
+    const old = provider.process!;
+    old.child.kill("SIGKILL");
+    await old.exited;
+    await provider.start();
+    const session = await open({
+      type: "attach",
+      body: {
+        leaseId,
+        auth: await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString()),
+        afterSeq: 0,
+      },
+    });
+    await session.send("task", { leaseId, taskId: "t6", spec: taskSpec("echo after restart") });
+    const events = await readUntil(session, resultOf("t6"));
+    // Nothing was relaunched: the lease was idle.
+    expect(events.some((e) => e.type === "log" && /relaunched/.test(e.body.line))).toBe(false);
+    expect(lines(events)).toEqual(["after restart"]);
+    expect(events.at(-1)!.body).toMatchObject({ taskId: "t6", exitCode: 0 });
+    expect(await chainStatus()).toBe("Active");
+    await session.close();
   });
 });
