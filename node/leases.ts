@@ -693,6 +693,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       await workDirs.remove(leaseId);
       throw (await quotaTooSmall(workDir, error)) ?? error;
     }
+    if (handingBack.signal.aborted) {
+      runtime.image?.release();
+      await workDirs.remove(leaseId);
+      throw startHandedBack(leaseId);
+    }
     await emit(runtime, "accepted", { startedAt: Date.now(), resumed: body.resume !== undefined, taskId: body.taskId });
     await launch(runtime, next, spec, workDir, false);
   };
@@ -845,7 +850,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         from: remote,
       });
       if (message.type === "task") {
-        await startTask(connection, parseBody(tenantMessageSchemas.task, message), leaseId);
+        // Tracked like a lease's first start: a hand-back waits until it has launched or failed.
+        await track(startTask(connection, parseBody(tenantMessageSchemas.task, message), leaseId));
         continue;
       }
       const ack = parseBody(tenantMessageSchemas["checkpoint-ack"], message);
