@@ -74,6 +74,13 @@ class LeaseRuntime {
   checkpoints: CheckpointWatcher | undefined;
   /** An image job's image, held in the cache while the job runs. */
   image: HeldImage | undefined;
+  /** The image the lease's quote named (none for a process job): each task of a batch lease is checked against it. */
+  leaseImage: ImageDigest | undefined;
+  /**
+   * On a batch lease: the task being prepared or run, cleared once its result is sent (the lease is
+   * then idle, and takes the next `task`).
+   */
+  task: string | undefined;
 
   constructor(leaseId: bigint) {
     this.leaseId = leaseId;
@@ -308,11 +315,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     runtime.exit = exit;
     runtime.state = "exited";
     runtime.image?.release();
-    clearInterval(runtime.heartbeatTimer);
+    const current = store.getLease(row.leaseId);
+    const taskId = current?.taskId ?? null;
+    // A batch lease goes on after its task: its session heartbeats too, until the lease ends.
+    if (taskId === null) clearInterval(runtime.heartbeatTimer);
     // The job is over: a checkpoint still publishing is dropped, never delaying the result (a
     // large one takes seconds, and no tenant resumes a job that ended from it).
     await runtime.checkpoints?.stop();
-    const current = store.getLease(row.leaseId);
     // Stopped because the chain ended the lease, or because the node handed it back: no result.
     if (current?.state === "fenced" || current?.state === "handed-back") return;
     log.info("job exited", {
@@ -324,6 +333,23 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     });
     // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
     const output = await publishOutput(row, workDir);
+    // The tenant is told which limit a `disk` exit went over: `disk: the job used more than its 1 GiB disk quota`.
+    const reason = exit.detail ? `${exit.reason}: ${exit.detail}` : exit.reason;
+    if (taskId !== null) {
+      // A batch's task: the lease stays `running`, idle, until the tenant's next task or its close.
+      store.updateLease(row.leaseId, { pid: null, exitCode: exit.code, reason: exit.reason });
+      // Idle before the result goes out: the tenant may answer it with the next task at once.
+      runtime.task = undefined;
+      await emit(runtime, "result", {
+        taskId,
+        exitCode: exit.code,
+        signal: exit.signal,
+        reason,
+        ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
+        finishedAt: Date.now(),
+      });
+      return;
+    }
     store.updateLease(row.leaseId, {
       state: "exited",
       pid: null,
@@ -335,8 +361,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     await emit(runtime, "result", {
       exitCode: exit.code,
       signal: exit.signal,
-      // The tenant is told which limit a `disk` exit went over: `disk: the job used more than its 1 GiB disk quota`.
-      reason: exit.detail ? `${exit.reason}: ${exit.detail}` : exit.reason,
+      reason,
       ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
       finishedAt: Date.now(),
     });
@@ -562,10 +587,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     leaseImage: ImageDigest | undefined,
   ): Promise<void> => {
     const workDir = await makeWorkDir(row, spec);
-    // The tenant dialled us, so the connection's remote address is an ephemeral port: ask for the
-    // listen addresses it announced (identify), which bitswap can dial.
-    const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
-    const tenantAddresses = (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
+    const tenantAddresses = await tenantAddressesOf(connection, row);
     // The image is pulled while the inputs and the checkpoint arrive: a cold pull takes seconds to
     // minutes, and a hand-off waits on the slowest of the three, not on their sum.
     const pulling = acquireImage(row, spec, leaseImage, tenantAddresses);
@@ -588,10 +610,96 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // Only now, with inputs, checkpoint and image in place, does the lease get a runtime (and session heartbeats).
     const runtime = runtimeFor(body.leaseId);
     runtime.image = image;
+    runtime.leaseImage = leaseImage;
+    runtime.task = body.taskId;
     init.onCapacityChange();
     await attach(runtime, stream, 0);
-    await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: body.resume !== undefined });
+    await emit(runtime, "accepted", {
+      startedAt: row.startedAt,
+      resumed: body.resume !== undefined,
+      ...(body.taskId === undefined ? {} : { taskId: body.taskId }),
+    });
     await launch(runtime, row, spec, workDir, false);
+  };
+
+  /**
+   * The tenant's addresses for fetching from it. The tenant dialled us, so the connection's remote
+   * address is an ephemeral port: ask for the listen addresses it announced (identify), which bitswap
+   * can dial.
+   */
+  const tenantAddressesOf = async (connection: Connection, row: LeaseRow): Promise<Multiaddr[]> => {
+    const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
+    return (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
+  };
+
+  /**
+   * A batch lease's next task, once the previous one's result is sent: checked to run with the
+   * lease's resources and image, recorded (`preparing`, so that a node restarted meanwhile fails it
+   * rather than relaunching it half fetched), then prepared and launched in a fresh work dir like a
+   * lease's first job. Refused, ending the session, when the lease runs no batch, is busy, or ended.
+   */
+  const startTask = async (connection: Connection, body: TenantMessage<"task">, leaseId: bigint): Promise<void> => {
+    const runtime = runtimes.get(leaseId);
+    const row = store.getLease(leaseId);
+    if (body.leaseId !== leaseId || !runtime || !row || row.taskId === null) {
+      throw sessionRefusal("bad-request", `lease ${body.leaseId} runs no batch on this session`);
+    }
+    if (runtime.task !== undefined) {
+      throw sessionRefusal("bad-request", `lease ${leaseId} is still running task ${runtime.task}`);
+    }
+    if (row.state !== "running") throw sessionRefusal("lease-not-active", `lease ${leaseId} is ${row.state}`);
+    const spec = parseJobSpec(body.spec, "task spec");
+    const leaseSpec = parseJobSpec(row.spec, `stored spec of lease ${leaseId}`);
+    // The lease's GPUs, quota and image were reserved and checked for its first spec: a task keeps them.
+    if (
+      JSON.stringify(spec.resources) !== JSON.stringify(leaseSpec.resources) ||
+      JSON.stringify(spec.image) !== JSON.stringify(leaseSpec.image)
+    ) {
+      throw sessionRefusal("spec-mismatch", "a task runs with its lease's resources and image");
+    }
+    if (body.resume && !row.jobKey) throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
+    runtime.task = body.taskId;
+    // The previous task's exit fully handled: its work dir is gone, so the new one can be made.
+    await runtime.ended;
+    Object.assign(runtime, { job: undefined, exit: undefined, ended: undefined, progress: undefined });
+    runtime.state = "starting";
+    const next: LeaseRow = {
+      ...row,
+      state: "preparing",
+      spec,
+      taskId: body.taskId,
+      pid: null,
+      exitCode: null,
+      reason: null,
+    };
+    store.updateLease(leaseId, {
+      state: "preparing",
+      spec,
+      taskId: body.taskId,
+      pid: null,
+      exitCode: null,
+      reason: null,
+    });
+    const workDir = await makeWorkDir(next, spec);
+    const tenantAddresses = await tenantAddressesOf(connection, next);
+    const pulling = acquireImage(next, spec, runtime.leaseImage, tenantAddresses);
+    pulling.catch(() => undefined);
+    try {
+      await fetchJobInputs(next, spec, workDir, tenantAddresses);
+      if (body.resume) await restoreResume(next, body.resume, workDir, tenantAddresses);
+      runtime.image = await pulling;
+    } catch (error) {
+      (await pulling.catch(() => undefined))?.release();
+      await workDirs.remove(leaseId);
+      throw (await quotaTooSmall(workDir, error)) ?? error;
+    }
+    if (handingBack.signal.aborted) {
+      runtime.image?.release();
+      await workDirs.remove(leaseId);
+      throw startHandedBack(leaseId);
+    }
+    await emit(runtime, "accepted", { startedAt: Date.now(), resumed: body.resume !== undefined, taskId: body.taskId });
+    await launch(runtime, next, spec, workDir, false);
   };
 
   /** The lease's work dir, with the spec's disk quota; a start refused (`internal`) when it cannot be made. */
@@ -656,6 +764,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       lastChainHeartbeat: null,
       resultCid: null,
       jobKey: body.key ?? null,
+      taskId: body.taskId ?? null,
     };
     if (body.resume && !body.key) throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
     if (store.getLease(row.leaseId)) store.updateLease(row.leaseId, { ...row });
@@ -724,14 +833,27 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
   };
 
-  /** Reads the tenant's further messages (checkpoint acknowledgements) until the session ends. */
-  const readAcks = async (messages: AsyncIterable<Uint8Array>, remote: string, leaseId: bigint): Promise<void> => {
+  /**
+   * Reads the tenant's further messages until the session ends: checkpoint acknowledgements, and on a
+   * batch lease its next tasks.
+   */
+  const readAcks = async (
+    messages: AsyncIterable<Uint8Array>,
+    connection: Connection,
+    leaseId: bigint,
+  ): Promise<void> => {
+    const remote = connection.remotePeer.toString();
     for await (const bytes of messages) {
       const message = await openMessage(bytes, {
         maxBytes: maxMessageBytes.lease,
-        types: ["checkpoint-ack"],
+        types: ["checkpoint-ack", "task"],
         from: remote,
       });
+      if (message.type === "task") {
+        // Tracked like a lease's first start: a hand-back waits until it has launched or failed.
+        await track(startTask(connection, parseBody(tenantMessageSchemas.task, message), leaseId));
+        continue;
+      }
       const ack = parseBody(tenantMessageSchemas["checkpoint-ack"], message);
       // The tenant holds it: what came before it can go from this node's disk. Only for the lease
       // this session was authorized for: no one else's acknowledgement prunes a lease.
@@ -776,7 +898,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       if (opening.type === "attach") await reattach(stream, remote, leaseId, opening.body.afterSeq);
       else if (runtimes.has(leaseId)) await reattach(stream, remote, leaseId, 0);
       else await track(startSession(stream, connection, opening.body, tenant));
-      await readAcks(messages, remote, leaseId);
+      await readAcks(messages, connection, leaseId);
     } catch (error) {
       await refuse(stream, remote, error, leaseId);
     }
@@ -864,6 +986,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         gpus.adopt(leaseHolder(row.leaseId), row.gpus);
         const runtime = runtimeFor(row.leaseId);
         const spec = parseJobSpec(row.spec, `stored spec of lease ${row.leaseId}`);
+        // A batch lease between tasks: nothing to relaunch; it waits, heartbeating, for its tenant's next task.
+        if (row.taskId !== null && row.state === "running" && row.pid === null) continue;
+        runtime.task = row.taskId ?? undefined;
         await emit(runtime, "log", {
           at: Date.now(),
           stream: "node",
@@ -874,7 +999,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         // it is checked against the lease's image again, as at every start.
         if (spec.image !== undefined) {
           try {
-            runtime.image = await acquireImage(row, spec, (await leaseOpening(row.leaseId)).image, []);
+            runtime.leaseImage = (await leaseOpening(row.leaseId)).image;
+            runtime.image = await acquireImage(row, spec, runtime.leaseImage, []);
           } catch (error) {
             log.error("job not relaunched: its image is gone or not the lease's", { leaseId: row.leaseId, error });
             await workDirs.remove(row.leaseId);
@@ -898,8 +1024,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     async handBack() {
       handingBack.abort();
       await Promise.allSettled([...starting]);
-      // A job that already exited keeps its result: the chain duties finish its lease with it.
-      const rows = store.leases(["preparing", "running"]).filter((row) => !runtimes.get(row.leaseId)?.exit);
+      // A job that already exited keeps its result: the chain duties finish its lease with it. A batch
+      // lease has no result of its own: it is handed back, idle or not.
+      const rows = store
+        .leases(["preparing", "running"])
+        .filter((row) => row.taskId !== null || !runtimes.get(row.leaseId)?.exit);
       await Promise.all(
         rows.map(async ({ leaseId }) => {
           // Recorded first: the job's exit, which the stop below brings, then sends no result.

@@ -50,6 +50,11 @@ export interface LeaseRow {
   resultCid: string | null;
   /** The job's checkpoint key (base64); kept so a restarted node can go on publishing checkpoints. */
   jobKey: string | null;
+  /**
+   * On a batch lease (one that runs tasks one after another, see the `start` message): the task it
+   * runs, or ran last (its `spec` is that task's). Null for a lease that runs one job.
+   */
+  taskId: string | null;
 }
 
 /** A checkpoint published for a lease whose CID no heartbeat has committed on chain yet. */
@@ -122,6 +127,10 @@ INSERT INTO pending_checkpoints (lease_id, cid)
   SELECT lease_id, pending_checkpoint_cid FROM leases WHERE pending_checkpoint_cid IS NOT NULL;
 ALTER TABLE leases DROP COLUMN pending_checkpoint_cid;
 `,
+  // Batch leases: the task a lease runs (or ran last), null for a lease that runs one job.
+  `
+ALTER TABLE leases ADD COLUMN task_id TEXT;
+`,
 ];
 
 /** The schema version this code reads and writes. */
@@ -173,6 +182,7 @@ interface LeaseRecord {
   last_chain_heartbeat: number | null;
   result_cid: string | null;
   job_key: string | null;
+  task_id: string | null;
 }
 
 function toLease(r: LeaseRecord): LeaseRow {
@@ -194,6 +204,7 @@ function toLease(r: LeaseRecord): LeaseRow {
     lastChainHeartbeat: r.last_chain_heartbeat,
     resultCid: r.result_cid,
     jobKey: r.job_key,
+    taskId: r.task_id,
   };
 }
 
@@ -286,8 +297,8 @@ export class NodeStore {
     this.#db
       .prepare(
         `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
-           exit_code, reason, chain_period_s, last_chain_heartbeat, result_cid, job_key)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           exit_code, reason, chain_period_s, last_chain_heartbeat, result_cid, job_key, task_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         lease.leaseId.toString(),
@@ -307,6 +318,7 @@ export class NodeStore {
         lease.lastChainHeartbeat,
         lease.resultCid,
         lease.jobKey,
+        lease.taskId,
       );
   }
 
@@ -355,6 +367,7 @@ export class NodeStore {
       lastChainHeartbeat: "last_chain_heartbeat",
       resultCid: "result_cid",
       jobKey: "job_key",
+      taskId: "task_id",
     };
     const entries = Object.entries(patch).filter(([key]) => key in columns);
     if (entries.length === 0) return;

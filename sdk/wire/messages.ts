@@ -181,6 +181,16 @@ export function tenantAuthText(leaseId: bigint, peerId: string, at: number): str
 
 const leaseIdSchema = uintSchema;
 
+/** A batch task's id: how the tenant's manifest names the task (its `id`, or its line in the task file). */
+export const taskIdSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9._:-]+$/, "task ids are letters, digits and . _ : -");
+
+/** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
+const resumeSchema = z.object({ cid: z.string().min(1).max(256), sha256: z.string().regex(/^[0-9a-f]{64}$/) });
+
 export const tenantMessageSchemas = {
   /**
    * Starts the job of a lease just opened on chain, or, with `opening`, of a lease the provider opens
@@ -200,7 +210,24 @@ export const tenantMessageSchemas = {
       .regex(/^[A-Za-z0-9+/]{43}=$/, "a 32-byte key in base64")
       .optional(),
     /** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
-    resume: z.object({ cid: z.string().min(1).max(256), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).optional(),
+    resume: resumeSchema.optional(),
+    /**
+     * Makes the lease a batch's, its job the batch's first task, so named. A task's exit ends the
+     * task, not the lease: the node sends its result (with this id) and waits for the next `task`;
+     * the lease runs, heartbeated and paid, until the tenant closes it.
+     */
+    taskId: taskIdSchema.optional(),
+  }),
+  /**
+   * Starts a batch lease's next task, once the node has sent the previous task's result: a spec with
+   * the lease's resources and image and the task's own command, inputs and env, run in a fresh work
+   * dir, from `resume` if given.
+   */
+  task: z.object({
+    leaseId: leaseIdSchema,
+    taskId: taskIdSchema,
+    spec: jobSpecSchema,
+    resume: resumeSchema.optional(),
   }),
   /** Re-attaches to a running lease, e.g. after the tenant restarted. */
   attach: z.object({ leaseId: leaseIdSchema, auth: tenantAuthSchema, afterSeq: z.number().int().nonnegative() }),
@@ -281,6 +308,8 @@ export const providerMessageSchemas = {
     seq: z.number().int().nonnegative(),
     startedAt: timestampMsSchema,
     resumed: z.boolean(),
+    /** On a batch lease: the task that starts. */
+    taskId: taskIdSchema.optional(),
   }),
   refused: z.object({
     leaseId: leaseIdSchema.optional(),
@@ -313,6 +342,8 @@ export const providerMessageSchemas = {
   result: z.object({
     leaseId: leaseIdSchema,
     seq: z.number().int().nonnegative(),
+    /** On a batch lease: the task that ended (the lease goes on). */
+    taskId: taskIdSchema.optional(),
     exitCode: z.number().int().nullable(),
     signal: z.string().max(16).nullable(),
     reason: z.string().max(64),

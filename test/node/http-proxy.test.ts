@@ -60,6 +60,7 @@ beforeAll(async () => {
     lastChainHeartbeat: null,
     resultCid: null,
     jobKey: null,
+    taskId: null,
   });
   proxy = httpProxy({ host: provider, store, log: silentLogger, metrics: new Metrics() });
   await proxy.start();

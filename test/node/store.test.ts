@@ -34,6 +34,7 @@ const lease = (leaseId: bigint): LeaseRow => ({
   lastChainHeartbeat: null,
   resultCid: null,
   jobKey: null,
+  taskId: null,
 });
 
 describe("node store", () => {
@@ -214,6 +215,7 @@ describe("node store schema versions", () => {
         lastChainHeartbeat: 1700000001,
         resultCid: null,
         jobKey: "a2V5",
+        taskId: null,
       },
     ]);
     // The one CID that waited for a heartbeat still does, now in the queue.

@@ -1,0 +1,202 @@
+/**
+ * A batch's bookkeeping, in the manner of the hand-off policy: which task a lease runs next, what a
+ * task's exit means (done, tried again elsewhere, failed for good), which tasks go back to the queue
+ * when a provider is lost, and which providers are excluded for the rest of the batch. Pure state:
+ * the batch runner asks it and records what it answers, and nothing here talks to the network, the
+ * chain or the disk. Results are recorded once by the manifest (`batch-manifest.ts`); this queue
+ * makes sure that only the attempt a lease was given can count.
+ */
+
+/**
+ * A provider whose tasks fail this many times in a row by their own fault (non-zero exit) is
+ * excluded. Counted in a row, reset by any task it completes: a task that fails everywhere (a bad
+ * task, not a bad provider) adds one failure to each of the few providers it is tried on, and an
+ * honest provider completes other tasks in between.
+ */
+export const PROVIDER_FAILURE_LIMIT = 3;
+
+/** A checkpoint a task committed, to resume it from when it runs again elsewhere. */
+export interface TaskCheckpoint {
+  cid: string;
+  sha256: string;
+}
+
+/** What a lease is given to run. */
+export interface TaskAssignment {
+  taskId: string;
+  /** 1 for the first attempt; attempts cut short by a lost provider are not counted. */
+  attempt: number;
+  resume?: TaskCheckpoint;
+}
+
+/** What a task's exit on a lease means for the batch. */
+export type TaskExitOutcome =
+  /** It exited 0: record its result. */
+  | { kind: "done"; attempts: number }
+  /** It failed by its own fault with retries left: it is queued again, for other providers. */
+  | { kind: "retry"; attempts: number }
+  /** It failed by its own fault once more than the batch retries: record it as failed. */
+  | { kind: "failed"; attempts: number }
+  /**
+   * The lease was not running this task (it was taken from the lease, e.g. a fenced provider that
+   * finishes late): discard it, record and pay nothing for it.
+   */
+  | { kind: "stale" };
+
+export interface BatchQueueInit {
+  /** Every task id of the batch, in the order they should run. */
+  tasks: readonly string[];
+  /** Tasks whose result the manifest holds already (a batch resumed after a restart): never run. */
+  recorded: ReadonlySet<string>;
+  /** How many times a task that fails by its own fault is run again (on other providers). */
+  retries: number;
+  /** Providers excluded from the start (the user's list). */
+  exclude?: readonly string[];
+}
+
+interface TaskState {
+  attempts: number;
+  /** Providers it failed on by its own fault: it is not given to them again. */
+  failedOn: Set<string>;
+  checkpoint: TaskCheckpoint | undefined;
+  /** The lease running it, if any. */
+  lease: string | undefined;
+}
+
+export interface BatchCounts {
+  /** Recorded as done or failed (this run or before a restart). */
+  done: number;
+  failed: number;
+  running: number;
+  queued: number;
+}
+
+/** A batch's queue; see the module comment. Leases and providers are named by any stable string. */
+export class BatchQueue {
+  readonly #tasks = new Map<string, TaskState>();
+  /** Task ids waiting, in order; a task that goes back to the queue goes to its front. */
+  readonly #queue: string[] = [];
+  /** Lease → its provider and the task it runs. */
+  readonly #leases = new Map<string, { provider: string; task: string | undefined }>();
+  readonly #failuresInARow = new Map<string, number>();
+  readonly #excluded = new Set<string>();
+  readonly #retries: number;
+  #done = 0;
+  #failed = 0;
+
+  constructor(init: BatchQueueInit) {
+    if (!Number.isInteger(init.retries) || init.retries < 0) throw new RangeError("retries must be a whole number ≥ 0");
+    this.#retries = init.retries;
+    for (const provider of init.exclude ?? []) this.#excluded.add(provider);
+    for (const id of init.tasks) {
+      if (this.#tasks.has(id)) throw new RangeError(`task ${id} is listed twice`);
+      this.#tasks.set(id, { attempts: 0, failedOn: new Set(), checkpoint: undefined, lease: undefined });
+      if (init.recorded.has(id)) this.#done += 1;
+      else this.#queue.push(id);
+    }
+  }
+
+  /** Providers no lease of this batch may use. */
+  get excluded(): ReadonlySet<string> {
+    return this.#excluded;
+  }
+
+  /** Whether every task has a result (done or failed) and none runs. */
+  get finished(): boolean {
+    return this.#queue.length === 0 && [...this.#leases.values()].every((l) => l.task === undefined);
+  }
+
+  counts(): BatchCounts {
+    const running = [...this.#leases.values()].filter((l) => l.task !== undefined).length;
+    return { done: this.#done, failed: this.#failed, running, queued: this.#queue.length };
+  }
+
+  /**
+   * The next task for `lease` (of `provider`), which must be idle: the first queued task that has
+   * not failed on this provider. `undefined` when there is none for it, or the provider is excluded:
+   * the lease can be closed.
+   */
+  next(lease: string, provider: string): TaskAssignment | undefined {
+    const held = this.#leases.get(lease);
+    if (held?.task !== undefined) throw new Error(`lease ${lease} is still running task ${held.task}`);
+    if (held && held.provider !== provider) throw new Error(`lease ${lease} is of ${held.provider}`);
+    if (this.#excluded.has(provider)) return undefined;
+    const index = this.#queue.findIndex((id) => !this.#state(id).failedOn.has(provider));
+    if (index === -1) return undefined;
+    const [taskId] = this.#queue.splice(index, 1) as [string];
+    const state = this.#state(taskId);
+    state.lease = lease;
+    this.#leases.set(lease, { provider, task: taskId });
+    return {
+      taskId,
+      attempt: state.attempts + 1,
+      ...(state.checkpoint === undefined ? {} : { resume: state.checkpoint }),
+    };
+  }
+
+  /** A task running on `lease` committed a checkpoint: a later attempt resumes from it. Ignored from any other lease. */
+  checkpointed(taskId: string, lease: string, checkpoint: TaskCheckpoint): void {
+    const state = this.#state(taskId);
+    if (state.lease === lease) state.checkpoint = checkpoint;
+  }
+
+  /**
+   * The task on `lease` exited with `exitCode` (`null`: killed by a signal, which the node only does
+   * for the task's own doing: a limit it went over). A result from a lease not running that task is
+   * {@link TaskExitOutcome stale}.
+   */
+  exited(taskId: string, lease: string, exitCode: number | null): TaskExitOutcome {
+    const state = this.#state(taskId);
+    const held = this.#leases.get(lease);
+    if (state.lease !== lease || held?.task !== taskId) return { kind: "stale" };
+    state.lease = undefined;
+    held.task = undefined;
+    state.attempts += 1;
+    if (exitCode === 0) {
+      this.#failuresInARow.delete(held.provider);
+      this.#done += 1;
+      return { kind: "done", attempts: state.attempts };
+    }
+    state.failedOn.add(held.provider);
+    const failures = (this.#failuresInARow.get(held.provider) ?? 0) + 1;
+    this.#failuresInARow.set(held.provider, failures);
+    if (failures >= PROVIDER_FAILURE_LIMIT) this.#excluded.add(held.provider);
+    if (state.attempts > this.#retries) {
+      this.#failed += 1;
+      return { kind: "failed", attempts: state.attempts };
+    }
+    this.#queue.unshift(taskId);
+    return { kind: "retry", attempts: state.attempts };
+  }
+
+  /**
+   * The lease is gone (its provider failed, was fenced or was dropped): its task, if any, goes back to
+   * the front of the queue, to resume from its checkpoint elsewhere; the attempt is not counted
+   * against the task. Whatever the lease reports later is {@link TaskExitOutcome stale}.
+   *
+   * @returns the task that went back, if any.
+   */
+  leaseLost(lease: string): string | undefined {
+    const held = this.#leases.get(lease);
+    this.#leases.delete(lease);
+    if (held?.task === undefined) return undefined;
+    this.#state(held.task).lease = undefined;
+    this.#queue.unshift(held.task);
+    return held.task;
+  }
+
+  /**
+   * Excludes `provider` for the rest of the batch (it was lost, or returned an output that did not
+   * verify): its leases get no further task. Their running tasks are the caller's to end with
+   * {@link leaseLost}.
+   */
+  exclude(provider: string): void {
+    this.#excluded.add(provider);
+  }
+
+  #state(taskId: string): TaskState {
+    const state = this.#tasks.get(taskId);
+    if (!state) throw new Error(`no task ${taskId} in this batch`);
+    return state;
+  }
+}

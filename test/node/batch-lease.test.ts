@@ -1,0 +1,219 @@
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr } from "@multiformats/multiaddr";
+import { keccak256, parseEther, toHex, zeroHash } from "viem";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { contracts, leaseStatus, writeContract } from "../../sdk/chain/client.ts";
+import type { JobSpec } from "../../sdk/job-spec.ts";
+import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
+import type { ProviderMessage, TenantMessage } from "../../sdk/wire/messages.ts";
+import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
+import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
+
+/*
+ * A batch lease on a real provider node process, real chain, loopback libp2p: a lease started with a
+ * task id runs one task after another on the same lease, each reported by its own result, and the
+ * lease stays active on chain between them; a task that does not fit the lease, or comes while one
+ * runs, is refused.
+ */
+
+const LEASE_S = 600;
+
+let market: Market;
+let provider: ProviderHandle;
+let tenant: Tenant;
+let leaseId: bigint;
+
+const addressOf = (p: ProviderHandle) => multiaddr(p.address!);
+
+function taskSpec(script: string, env: Record<string, string> = {}): JobSpec {
+  return {
+    name: "batch-task",
+    command: ["sh", "-c", script],
+    env,
+    inputs: [],
+    resources: { gpus: 0, cpus: 1, memoryMiB: 256 },
+    network: false,
+    maxDurationS: 120,
+  };
+}
+
+async function openLease(): Promise<bigint> {
+  const { leaseManager, paymentToken } = contracts(market.deployment);
+  const response = await requestQuote(
+    tenant.host,
+    peerIdFromString(provider.peerId),
+    tenant.key,
+    {
+      chainId: market.deployment.chainId,
+      leaseManager: leaseManager.address,
+      jobId: keccak256(toHex("batch-lease")),
+      tenant: tenant.account.address,
+      requirements: { gpus: 0 },
+      image: zeroHash,
+      maxPricePerSecond: parseEther("0.001"),
+      durationS: LEASE_S,
+    },
+    { address: addressOf(provider), signal: AbortSignal.timeout(30_000) },
+  );
+  if (response.kind !== "quote") throw new Error(`refused: ${response.reason}: ${response.message}`);
+  const deposit = response.quote.pricePerSecond * BigInt(LEASE_S);
+  await writeContract(tenant.chain, {
+    ...paymentToken,
+    functionName: "approve",
+    args: [leaseManager.address, deposit],
+  });
+  const receipt = await writeContract(tenant.chain, {
+    ...leaseManager,
+    functionName: "openLease",
+    args: [response.quote, response.signature, deposit, 0n],
+  });
+  return BigInt(receipt.logs.find((l) => l.address.toLowerCase() === leaseManager.address.toLowerCase())!.topics[1]!);
+}
+
+async function open(
+  first: { type: "start"; body: TenantMessage<"start"> } | { type: "attach"; body: TenantMessage<"attach"> },
+): Promise<LeaseSession> {
+  return openLeaseSession(tenant.host, peerIdFromString(provider.peerId), tenant.key, first, {
+    address: addressOf(provider),
+    signal: AbortSignal.timeout(30_000),
+  });
+}
+
+/** Reads the session until `done` accepts a message (returned with all before it), or 60 s pass. */
+async function readUntil(session: LeaseSession, done: (e: ProviderEvent) => boolean): Promise<ProviderEvent[]> {
+  const seen: ProviderEvent[] = [];
+  const deadline = AbortSignal.timeout(60_000);
+  for (;;) {
+    const next = await Promise.race([
+      session.messages.next(),
+      new Promise<never>((_, reject) =>
+        deadline.addEventListener(
+          "abort",
+          () => reject(new Error(`no such message; saw ${JSON.stringify(seen.map((e) => e.type))}`)),
+          { once: true },
+        ),
+      ),
+    ]);
+    if (next.done) throw new Error(`session ended; saw ${JSON.stringify(seen.map((e) => e.type))}`);
+    seen.push(next.value);
+    if (done(next.value)) return seen;
+  }
+}
+
+const resultOf = (taskId: string) => (e: ProviderEvent) => e.type === "result" && e.body.taskId === taskId;
+const lines = (events: ProviderEvent[]) =>
+  events.flatMap((e) => (e.type === "log" && e.body.stream === "stdout" ? [e.body.line] : []));
+
+async function chainStatus(): Promise<string> {
+  const { leaseManager } = contracts(market.deployment);
+  const lease = await market.admin.publicClient.readContract({
+    ...leaseManager,
+    functionName: "getLease",
+    args: [leaseId],
+  });
+  return leaseStatus[lease.status] ?? "unknown";
+}
+
+beforeAll(async () => {
+  market = await startMarket({
+    providers: 1,
+    configFor: () => ({ cpuJobs: true, price: { basePerSecond: "1000000000", perGpuPerSecond: "1000000000000" } }),
+  });
+  provider = market.providers[0]!;
+  tenant = await market.tenant(0);
+  leaseId = await openLease();
+});
+
+afterAll(async () => {
+  await market?.stop();
+}, 60_000);
+
+describe("a batch lease (real node process, real chain, loopback libp2p)", () => {
+  it("runs tasks one after another on one lease, each with its own result, the lease active throughout", async () => {
+    const auth = await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
+    const session = await open({
+      type: "start",
+      body: { leaseId, auth, spec: taskSpec('touch left-by-t1; echo "task $N"', { N: "1" }), taskId: "t1" },
+    });
+    const first = await readUntil(session, resultOf("t1"));
+    expect(first.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "t1", resumed: false });
+    expect(lines(first)).toEqual(["task 1"]);
+    expect(first.at(-1)!.body).toMatchObject({ taskId: "t1", exitCode: 0 });
+
+    // The work dir is the task's own: what the first task left is gone.
+    await session.send("task", { leaseId, taskId: "t2", spec: taskSpec('ls; echo "task $N"; exit 3', { N: "2" }) });
+    const second = await readUntil(session, resultOf("t2"));
+    expect(second.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "t2" });
+    expect(lines(second)).toContain("task 2");
+    expect(lines(second)).not.toContain("left-by-t1");
+    expect(second.at(-1)!.body).toMatchObject({ taskId: "t2", exitCode: 3 } satisfies Partial<
+      ProviderMessage<"result">
+    >);
+    // Between tasks the session keeps heartbeating and the lease stays active on chain.
+    await readUntil(session, (e) => e.type === "heartbeat");
+    expect(await chainStatus()).toBe("Active");
+
+    // A task with other resources than the lease's is refused, and ends the session.
+    await session.send("task", {
+      leaseId,
+      taskId: "t3",
+      spec: { ...taskSpec("true"), resources: { gpus: 0, cpus: 2, memoryMiB: 256 } },
+    });
+    const refused = await readUntil(session, (e) => e.type === "refused");
+    expect(refused.at(-1)!.body).toMatchObject({ reason: "spec-mismatch" });
+
+    // Re-attached, the lease takes the next task; one sent while it runs is refused.
+    const again = await open({
+      type: "attach",
+      body: {
+        leaseId,
+        auth: await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString()),
+        afterSeq: 1_000_000,
+      },
+    });
+    await again.send("task", { leaseId, taskId: "t4", spec: taskSpec("echo started; sleep 8") });
+    await readUntil(again, (e) => e.type === "log" && e.body.line === "started");
+    await again.send("task", { leaseId, taskId: "t5", spec: taskSpec("true") });
+    const busy = await readUntil(again, (e) => e.type === "refused");
+    expect(busy.at(-1)!.body).toMatchObject({
+      reason: "bad-request",
+      message: `lease ${leaseId} is still running task t4`,
+    });
+    expect(await chainStatus()).toBe("Active");
+    // The running task is not disturbed by the refusal: it ends with its result.
+    const resumed = await open({
+      type: "attach",
+      body: {
+        leaseId,
+        auth: await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString()),
+        afterSeq: 0,
+      },
+    });
+    expect((await readUntil(resumed, resultOf("t4"))).at(-1)!.body).toMatchObject({ exitCode: 0 });
+    await resumed.close();
+  });
+
+  it("keeps an idle batch lease across a SIGKILL and restart of the node, and takes its next task", async () => {
+    const old = provider.process!;
+    old.child.kill("SIGKILL");
+    await old.exited;
+    await provider.start();
+    const session = await open({
+      type: "attach",
+      body: {
+        leaseId,
+        auth: await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString()),
+        afterSeq: 0,
+      },
+    });
+    await session.send("task", { leaseId, taskId: "t6", spec: taskSpec("echo after restart") });
+    const events = await readUntil(session, resultOf("t6"));
+    // Nothing was relaunched: the lease was idle.
+    expect(events.some((e) => e.type === "log" && /relaunched/.test(e.body.line))).toBe(false);
+    expect(lines(events)).toEqual(["after restart"]);
+    expect(events.at(-1)!.body).toMatchObject({ taskId: "t6", exitCode: 0 });
+    expect(await chainStatus()).toBe("Active");
+    await session.close();
+  });
+});

@@ -1,0 +1,92 @@
+import { describe, expect, it } from "vitest";
+
+import { BatchQueue, PROVIDER_FAILURE_LIMIT } from "../../sdk/tenant/batch-queue.ts";
+
+/** A queue of tasks t1…tn, none recorded, with `retries`. */
+function queue(n: number, retries = 2, recorded: string[] = []): BatchQueue {
+  const tasks = Array.from({ length: n }, (_, i) => `t${i + 1}`);
+  return new BatchQueue({ tasks, recorded: new Set(recorded), retries });
+}
+
+describe("BatchQueue", () => {
+  it("serves one lease many tasks in turn, in order, until the batch is finished", () => {
+    const q = queue(3);
+    const ran: string[] = [];
+    for (let task = q.next("L1", "P1"); task; task = q.next("L1", "P1")) {
+      expect(task.attempt).toBe(1);
+      expect(q.exited(task.taskId, "L1", 0)).toEqual({ kind: "done", attempts: 1 });
+      ran.push(task.taskId);
+    }
+    expect(ran).toEqual(["t1", "t2", "t3"]);
+    expect(q.finished).toBe(true);
+    expect(q.counts()).toEqual({ done: 3, failed: 0, running: 0, queued: 0 });
+  });
+
+  it("never runs a task the manifest already holds (a batch resumed after a restart)", () => {
+    const q = queue(3, 2, ["t1", "t3"]);
+    expect(q.counts()).toEqual({ done: 2, failed: 0, running: 0, queued: 1 });
+    expect(q.next("L1", "P1")?.taskId).toBe("t2");
+    expect(q.next("L2", "P2")).toBeUndefined();
+  });
+
+  it("retries a failing task on other providers only, then reports it failed", () => {
+    const q = queue(2, 1);
+    expect(q.next("L1", "P1")?.taskId).toBe("t1");
+    expect(q.exited("t1", "L1", 7)).toEqual({ kind: "retry", attempts: 1 });
+    // P1 failed t1: it gets t2 instead, and t1 waits for another provider.
+    expect(q.next("L1", "P1")?.taskId).toBe("t2");
+    const again = q.next("L2", "P2");
+    expect(again).toEqual({ taskId: "t1", attempt: 2 });
+    expect(q.exited("t1", "L2", null)).toEqual({ kind: "failed", attempts: 2 });
+    expect(q.exited("t2", "L1", 0)).toEqual({ kind: "done", attempts: 1 });
+    expect(q.finished).toBe(true);
+    expect(q.counts()).toEqual({ done: 1, failed: 1, running: 0, queued: 0 });
+  });
+
+  it("puts a lost lease's task back at the front, resuming from its checkpoint, without counting the attempt", () => {
+    const q = queue(3);
+    expect(q.next("L1", "P1")?.taskId).toBe("t1");
+    q.checkpointed("t1", "L1", { cid: "c1", sha256: "a".repeat(64) });
+    // A checkpoint from a lease that does not run the task changes nothing.
+    q.checkpointed("t1", "L9", { cid: "forged", sha256: "b".repeat(64) });
+    expect(q.leaseLost("L1")).toBe("t1");
+    q.exclude("P1");
+    expect(q.next("L3", "P1")).toBeUndefined();
+    expect(q.next("L2", "P2")).toEqual({ taskId: "t1", attempt: 1, resume: { cid: "c1", sha256: "a".repeat(64) } });
+  });
+
+  it("discards a late completion from a lease that lost its task, so it is counted once", () => {
+    const q = queue(1);
+    q.next("L1", "P1");
+    q.leaseLost("L1");
+    q.next("L2", "P2");
+    expect(q.exited("t1", "L1", 0)).toEqual({ kind: "stale" });
+    expect(q.counts()).toEqual({ done: 0, failed: 0, running: 1, queued: 0 });
+    expect(q.exited("t1", "L2", 0)).toEqual({ kind: "done", attempts: 1 });
+    expect(q.exited("t1", "L2", 0)).toEqual({ kind: "stale" });
+    expect(q.counts().done).toBe(1);
+  });
+
+  it(`excludes a provider after ${PROVIDER_FAILURE_LIMIT} failures in a row, not after failures between successes`, () => {
+    const q = queue(10, 5);
+    const fail = (): void => {
+      const task = q.next("L1", "P1");
+      expect(task).toBeDefined();
+      q.exited(task!.taskId, "L1", 1);
+    };
+    for (let i = 1; i < PROVIDER_FAILURE_LIMIT; i += 1) fail();
+    const ok = q.next("L1", "P1")!;
+    q.exited(ok.taskId, "L1", 0);
+    for (let i = 1; i < PROVIDER_FAILURE_LIMIT; i += 1) fail();
+    expect(q.excluded.has("P1")).toBe(false);
+    fail();
+    expect(q.excluded.has("P1")).toBe(true);
+    expect(q.next("L1", "P1")).toBeUndefined();
+  });
+
+  it("refuses to give a busy lease a second task", () => {
+    const q = queue(2);
+    q.next("L1", "P1");
+    expect(() => q.next("L1", "P1")).toThrow("lease L1 is still running task t1");
+  });
+});
