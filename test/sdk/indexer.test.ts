@@ -1,0 +1,316 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+import {
+  createPublicClient,
+  createTestClient,
+  createWalletClient,
+  http,
+  keccak256,
+  parseEther,
+  toHex,
+  zeroHash,
+  type Hex,
+  type PublicClient,
+  type TransactionReceipt,
+} from "viem";
+import { hardhat } from "viem/chains";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { deployBaton } from "../../deploy/deploy.ts";
+import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import { leaseStatus } from "../../sdk/chain/client.ts";
+import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
+import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
+import { createIndexer } from "../../sdk/indexer/indexer.ts";
+import type { IndexedEvent } from "../../sdk/indexer/store.ts";
+import { reorg, snapshotChain } from "../helpers/reorg.ts";
+
+const deployer = devAccount(0);
+const providerA = devAccount(1);
+const providerB = devAccount(2);
+const tenant = devAccount(3);
+const keeper = devAccount(4);
+type Account = typeof deployer;
+
+const STAKE = parseEther("500");
+const JOB_ID = keccak256(toHex("job-indexer"));
+
+let chain: LocalChain;
+let dir: string;
+let deployment: Deployment;
+let publicClient: PublicClient;
+let nonce = 0n;
+
+const wallet = (account: Account) => createWalletClient({ chain: hardhat, account, transport: http(chain.rpcUrl) });
+
+async function send(hash: Promise<Hex>): Promise<TransactionReceipt> {
+  const receipt = await publicClient.waitForTransactionReceipt({ hash: await hash });
+  expect(receipt.status).toBe("success");
+  return receipt;
+}
+
+const lm = (account: Account) => ({
+  w: wallet(account),
+  address: deployment.contracts.leaseManager,
+  abi: leaseManagerAbi,
+});
+
+async function openLease(provider: Account, predecessor: bigint): Promise<bigint> {
+  const block = await publicClient.getBlock();
+  const quote: Quote = {
+    provider: provider.address,
+    tenant: tenant.address,
+    jobId: JOB_ID,
+    resources: keccak256(toHex("gpu:1xfake")),
+    image: zeroHash,
+    pricePerSecond: parseEther("0.001"),
+    collateral: parseEther("50"),
+    heartbeatPeriod: 10n,
+    heartbeatTimeout: 60n,
+    maxDuration: 3600n,
+    expiry: block.timestamp + 300n,
+    nonce: nonce++,
+  };
+  const signature = await signQuote(provider, hardhat.id, deployment.contracts.leaseManager, quote);
+  const { w, address, abi } = lm(tenant);
+  await send(
+    w.writeContract({
+      address,
+      abi,
+      functionName: "openLease",
+      args: [quote, signature, parseEther("1"), predecessor],
+    }),
+  );
+  return publicClient.readContract({ address, abi, functionName: "leaseCount" });
+}
+
+function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
+  const { w, address, abi } = lm(provider);
+  return send(
+    w.writeContract({ address, abi, functionName: "heartbeat", args: [[leaseId], cid === undefined ? [] : [cid]] }),
+  );
+}
+
+/** Every event of both contracts, as the chain has them now: what a full index must equal. */
+async function chainEvents(): Promise<string[]> {
+  const toBlock = await publicClient.getBlockNumber();
+  const read = async (address: Hex, abi: typeof leaseManagerAbi | typeof providerRegistryAbi) =>
+    (await publicClient.getContractEvents({ address, abi, fromBlock: deployment.deployBlock, toBlock })).map(
+      (log) => `${log.blockNumber}:${log.logIndex}:${log.eventName}:${log.transactionHash}`,
+    );
+  const all = [
+    ...(await read(deployment.contracts.providerRegistry, providerRegistryAbi)),
+    ...(await read(deployment.contracts.leaseManager, leaseManagerAbi)),
+  ];
+  return all.sort(byPosition);
+}
+
+const byPosition = (a: string, b: string): number => {
+  const [ab, al] = a.split(":").map(Number);
+  const [bb, bl] = b.split(":").map(Number);
+  return ab! - bb! || al! - bl!;
+};
+
+const keyOf = (e: IndexedEvent): string => `${e.blockNumber}:${e.logIndex}:${e.name}:${e.txHash}`;
+
+let lease1: bigint;
+let lease2: bigint;
+
+beforeAll(async () => {
+  chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
+  dir = await mkdtemp(path.join(os.tmpdir(), "baton-indexer-"));
+  publicClient = createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl), pollingInterval: 50 });
+  deployment = await deployBaton({ walletClient: wallet(deployer), publicClient });
+  const { stakingToken, paymentToken, providerRegistry, leaseManager } = deployment.contracts;
+  for (const [i, provider] of [providerA, providerB].entries()) {
+    await send(
+      wallet(deployer).writeContract({
+        address: stakingToken,
+        abi: devTokenAbi,
+        functionName: "mint",
+        args: [provider.address, STAKE],
+      }),
+    );
+    await send(
+      wallet(provider).writeContract({
+        address: stakingToken,
+        abi: devTokenAbi,
+        functionName: "approve",
+        args: [providerRegistry, STAKE],
+      }),
+    );
+    await send(
+      wallet(provider).writeContract({
+        address: providerRegistry,
+        abi: providerRegistryAbi,
+        functionName: "register",
+        args: [`12D3KooWIndexerProvider${i}`, "{}", STAKE],
+      }),
+    );
+  }
+  await send(
+    wallet(deployer).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [tenant.address, parseEther("100")],
+    }),
+  );
+  await send(
+    wallet(tenant).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [leaseManager, parseEther("100")],
+    }),
+  );
+
+  // The demo's story in miniature: a lease that checkpoints and is slashed after its provider goes
+  // silent, and its successor on another provider that resumes from the checkpoint and finishes.
+  lease1 = await openLease(providerA, 0n);
+  await heartbeat(providerA, lease1);
+  await heartbeat(providerA, lease1, "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi");
+  const test = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
+  await test.increaseTime({ seconds: 120 });
+  await test.mine({ blocks: 1 });
+  const { w: keeperWallet, address, abi } = lm(keeper);
+  await send(keeperWallet.writeContract({ address, abi, functionName: "slashMissedHeartbeat", args: [lease1] }));
+  lease2 = await openLease(providerB, lease1);
+  await heartbeat(providerB, lease2);
+  const { w: bWallet } = lm(providerB);
+  await send(
+    bWallet.writeContract({
+      address,
+      abi,
+      functionName: "finish",
+      args: [lease2, "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"],
+    }),
+  );
+}, 180_000);
+
+afterAll(async () => {
+  await chain?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("indexer", () => {
+  it("indexes every event of both contracts, and its views agree with the chain's own counters", async () => {
+    const indexer = createIndexer({ publicClient, deployment, file: path.join(dir, "full.db") });
+    try {
+      const result = await indexer.sync();
+      expect(result.blockNumber).toBe(await publicClient.getBlockNumber());
+      expect(indexer.store.events().map(keyOf)).toEqual(await chainEvents());
+
+      const leases = indexer.store.db.prepare("SELECT * FROM leases ORDER BY lease_id").all() as {
+        lease_id: number;
+        status: string;
+        predecessor: number;
+        heartbeats: number;
+        checkpoints: number;
+      }[];
+      expect(leases.map((l) => [l.lease_id, l.predecessor, l.heartbeats, l.checkpoints])).toEqual([
+        [Number(lease1), 0, 2, 1],
+        [Number(lease2), Number(lease1), 1, 0],
+      ]);
+      for (const lease of leases) {
+        const view = await publicClient.readContract({
+          address: deployment.contracts.leaseManager,
+          abi: leaseManagerAbi,
+          functionName: "getLease",
+          args: [BigInt(lease.lease_id)],
+        });
+        expect(lease.status).toBe(leaseStatus[view.status]!.toLowerCase());
+      }
+
+      const slashes = indexer.store.db.prepare("SELECT * FROM slashes").all() as {
+        lease_id: number;
+        caller: string;
+      }[];
+      expect(slashes.map((s) => [s.lease_id, s.caller])).toEqual([[Number(lease1), keeper.address.toLowerCase()]]);
+
+      for (const provider of [providerA, providerB]) {
+        const onChain = await publicClient.readContract({
+          address: deployment.contracts.providerRegistry,
+          abi: providerRegistryAbi,
+          functionName: "getProvider",
+          args: [provider.address],
+        });
+        const row = indexer.store.db
+          .prepare("SELECT leases, completed, slashed FROM providers WHERE provider = ?")
+          .get(provider.address.toLowerCase()) as { leases: number; completed: number; slashed: number };
+        expect([row.leases, row.completed, row.slashed]).toEqual([
+          Number(onChain.leasesOpened),
+          Number(onChain.leasesCompleted),
+          Number(onChain.leasesSlashed),
+        ]);
+      }
+    } finally {
+      indexer.close();
+    }
+  });
+
+  it("resumes after a restart mid-sync with nothing lost and nothing counted twice", async () => {
+    const file = path.join(dir, "restart.db");
+    const stopped = new AbortController();
+    const first = createIndexer({ publicClient, deployment, file, maxRange: 3n });
+    let pages = 0;
+    await expect(
+      first.sync({
+        signal: stopped.signal,
+        onPage: () => {
+          if (++pages === 4) stopped.abort(new Error("stopped mid-sync"));
+        },
+      }),
+    ).rejects.toThrow("stopped mid-sync");
+    const partial = first.store.events().length;
+    const cursor = first.store.cursor();
+    first.close();
+    expect(cursor?.blockNumber).toBe(Number(deployment.deployBlock) + 4 * 3 - 1);
+    expect(partial).toBeLessThan((await chainEvents()).length);
+
+    const second = createIndexer({ publicClient, deployment, file, maxRange: 3n });
+    try {
+      const result = await second.sync();
+      expect(result.rolledBack).toBe(0);
+      expect(result.events).toBe((await chainEvents()).length - partial);
+      expect(second.store.events().map(keyOf)).toEqual(await chainEvents());
+      // Indexing again reads nothing new.
+      expect((await second.sync()).events).toBe(0);
+    } finally {
+      second.close();
+    }
+  });
+
+  it("undoes a reorg: an event whose transaction the new branch dropped leaves the index", async () => {
+    const indexer = createIndexer({ publicClient, deployment, file: path.join(dir, "reorg.db") });
+    try {
+      await indexer.sync();
+      const snapshot = await snapshotChain(chain.rpcUrl);
+      // A heartbeat is gone from the new branch; a claim by provider B survives, in another block.
+      const { address, abi } = lm(tenant);
+      const heartbeatLease = await openLease(providerA, 0n);
+      const beat = await heartbeat(providerA, heartbeatLease);
+      const { w: bWallet } = lm(providerB);
+      const claim = await send(bWallet.writeContract({ address, abi, functionName: "claim", args: [[lease2]] }));
+      await indexer.sync();
+      expect(indexer.store.events().some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(true);
+
+      await reorg(chain.rpcUrl, snapshot, { drop: [beat.transactionHash], blockTimeS: 0 });
+      const result = await indexer.sync();
+      expect(result.rolledBack).toBeGreaterThan(0);
+      const events = indexer.store.events();
+      expect(events.some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(false);
+      expect(events.some((e) => e.txHash === claim.transactionHash.toLowerCase())).toBe(true);
+      expect(events.map(keyOf)).toEqual(await chainEvents());
+      const row = indexer.store.db
+        .prepare("SELECT heartbeats FROM leases WHERE lease_id = ?")
+        .get(Number(heartbeatLease)) as { heartbeats: number };
+      expect(row.heartbeats).toBe(0);
+    } finally {
+      indexer.close();
+    }
+  });
+});
