@@ -83,8 +83,7 @@ export function createIndexer({
   confirmations = 0,
   maxRange = DEFAULT_MAX_LOG_RANGE,
 }: CreateIndexerParameters): Indexer {
-  const store = new IndexStore(file);
-  store.bind(`${deployment.chainId}:${deployment.contracts.leaseManager.toLowerCase()}`);
+  const store = IndexStore.open(file, deployment);
   const sources: { contract: Contract; address: Address; abi: typeof leaseManagerAbi | typeof providerRegistryAbi }[] =
     [
       { contract: "ProviderRegistry", address: deployment.contracts.providerRegistry, abi: providerRegistryAbi },
@@ -144,7 +143,8 @@ export function createIndexer({
     let rolledBack = 0;
     const before = store.cursor();
     if (before !== undefined) rolledBack = await undoReorg(before);
-    const head = await publicClient.getBlockNumber();
+    // Uncached: a head remembered from before a reorg to a shorter chain names blocks that are gone.
+    const head = await publicClient.getBlockNumber({ cacheTime: 0 });
     const target = confirmedBlockNumber(head, confirmations);
     const start = store.cursor();
     let next = start === undefined ? deployment.deployBlock : BigInt(start.blockNumber) + 1n;
@@ -215,6 +215,8 @@ function toIndexed(contract: Contract, log: DecodedLog, timestamp: number): Inde
     provider: typeof provider === "string" ? provider.toLowerCase() : null,
     jobId: typeof jobId === "string" ? (jobId as Hex).toLowerCase() : null,
     args,
+    topics: log.topics,
+    data: log.data,
   };
 }
 

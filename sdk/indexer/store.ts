@@ -12,7 +12,11 @@
  * Token amounts stay decimal strings in the views: a sum of 18-decimal amounts overflows SQL's
  * 64-bit integers past 9.2 tokens, so amounts are added up in TypeScript with bigint.
  */
+import { existsSync } from "node:fs";
 import { DatabaseSync } from "node:sqlite";
+
+import type { Deployment } from "../chain/deployments.ts";
+import { UserError } from "../errors.ts";
 
 /** One decoded event as stored. Amounts and ids in `args` are decimal strings (JSON has no bigint). */
 export interface IndexedEvent {
@@ -28,6 +32,9 @@ export interface IndexedEvent {
   provider: string | null;
   jobId: string | null;
   args: Record<string, unknown>;
+  /** The raw log, decoded again by readers that need viem's exact values (an audit: bigints, checksummed addresses). */
+  topics: string[];
+  data: string;
 }
 
 /** The last block the index holds everything up to, and its hash when it was read. */
@@ -51,6 +58,8 @@ CREATE TABLE IF NOT EXISTS events (
   provider TEXT,
   job_id TEXT,
   args TEXT NOT NULL,
+  topics TEXT NOT NULL,
+  data TEXT NOT NULL,
   PRIMARY KEY (block_number, log_index)
 );
 CREATE INDEX IF NOT EXISTS events_by_lease ON events (lease_id, block_number, log_index);
@@ -88,15 +97,54 @@ FROM events r WHERE r.name = 'ProviderRegistered';
 `;
 
 const SELECT_EVENT = `SELECT block_number AS blockNumber, log_index AS logIndex, block_hash AS blockHash,
-  tx_hash AS txHash, timestamp, contract, name, lease_id AS leaseId, provider, job_id AS jobId, args FROM events`;
+  tx_hash AS txHash, timestamp, contract, name, lease_id AS leaseId, provider, job_id AS jobId, args, topics, data
+  FROM events`;
 
-type EventRow = Omit<IndexedEvent, "args"> & { args: string };
+type EventRow = Omit<IndexedEvent, "args" | "topics"> & { args: string; topics: string };
+
+/** Which events {@link IndexStore.logs} returns. */
+export interface LogQuery {
+  contract: IndexedEvent["contract"];
+  name: string;
+  fromBlock: bigint;
+  toBlock: bigint;
+  /** Only events whose lease id, job id or provider is one of `values`. */
+  where?: { column: "lease_id" | "job_id" | "provider"; values: readonly (string | number)[] };
+}
+
+const parseRow = (row: EventRow): IndexedEvent => ({
+  ...row,
+  args: JSON.parse(row.args) as Record<string, unknown>,
+  topics: JSON.parse(row.topics) as string[],
+});
+
+/** What an index is of: one deployment on one chain. */
+const identityOf = (deployment: Deployment): string =>
+  `${deployment.chainId}:${deployment.contracts.leaseManager.toLowerCase()}`;
 
 /** The embedded index: one SQLite file. */
 export class IndexStore {
   readonly db: DatabaseSync;
 
-  constructor(file: string) {
+  /**
+   * Opens the index of `deployment` in `file`, creating it unless `mustExist` (a reader such as an
+   * audit, which an empty new file would only mislead).
+   *
+   * @throws {UserError} when the file is missing and must exist, or holds another deployment's index.
+   */
+  static open(file: string, deployment: Deployment, { mustExist = false }: { mustExist?: boolean } = {}): IndexStore {
+    if (mustExist && !existsSync(file)) throw new UserError(`no index at ${file}: start \`baton explorer\` first`);
+    const store = new IndexStore(file);
+    try {
+      store.#bind(identityOf(deployment));
+    } catch (error) {
+      store.close();
+      throw error;
+    }
+    return store;
+  }
+
+  private constructor(file: string) {
     this.db = new DatabaseSync(file);
     // WAL: readers (an API serving pages) never wait on the indexer's page writes.
     this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
@@ -107,10 +155,12 @@ export class IndexStore {
    * The chain and contract the index was built for; set on first use and checked after, so that
    * one file never mixes two deployments' events.
    */
-  bind(identity: string): void {
+  #bind(identity: string): void {
     const found = this.#meta("identity");
     if (found === undefined) this.db.prepare("INSERT INTO meta (key, value) VALUES ('identity', ?)").run(identity);
-    else if (found !== identity) throw new Error(`the index holds ${found}, not ${identity}`);
+    else if (found !== identity) {
+      throw new UserError(`the index holds the events of deployment ${found} (chain:lease manager), not ${identity}`);
+    }
   }
 
   cursor(): Cursor | undefined {
@@ -123,7 +173,7 @@ export class IndexStore {
     this.#transaction(() => {
       const insertEvent = this.db.prepare(
         `INSERT OR REPLACE INTO events (block_number, log_index, block_hash, tx_hash, timestamp, contract, name,
-          lease_id, provider, job_id, args) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          lease_id, provider, job_id, args, topics, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       );
       for (const e of events) {
         insertEvent.run(
@@ -138,6 +188,8 @@ export class IndexStore {
           e.provider,
           e.jobId,
           JSON.stringify(e.args),
+          JSON.stringify(e.topics),
+          e.data,
         );
       }
       const insertBlock = this.db.prepare("INSERT OR REPLACE INTO blocks (number, hash) VALUES (?, ?)");
@@ -185,7 +237,25 @@ export class IndexStore {
               : ["", undefined];
     const statement = this.db.prepare(`${SELECT_EVENT} ${clause} ORDER BY block_number, log_index`);
     const rows = (value === undefined ? statement.all() : statement.all(value)) as EventRow[];
-    return rows.map((row) => ({ ...row, args: JSON.parse(row.args) as Record<string, unknown> }));
+    return rows.map(parseRow);
+  }
+
+  /** One event type's events in a block range, in chain order: what an audit reads instead of `eth_getLogs`. */
+  logs({ contract, name, fromBlock, toBlock, where }: LogQuery): IndexedEvent[] {
+    const params: (string | number)[] = [contract, name, Number(fromBlock), Number(toBlock)];
+    let clause = "";
+    if (where !== undefined) {
+      if (where.values.length === 0) return [];
+      clause = ` AND ${where.column} IN (${where.values.map(() => "?").join(", ")})`;
+      params.push(...where.values);
+    }
+    const rows = this.db
+      .prepare(
+        `${SELECT_EVENT} WHERE contract = ? AND name = ? AND block_number BETWEEN ? AND ?${clause}
+          ORDER BY block_number, log_index`,
+      )
+      .all(...params) as EventRow[];
+    return rows.map(parseRow);
   }
 
   close(): void {

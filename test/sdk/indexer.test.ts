@@ -18,14 +18,18 @@ import {
 import { hardhat } from "viem/chains";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { deployBaton } from "../../deploy/deploy.ts";
+import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
-import { leaseStatus } from "../../sdk/chain/client.ts";
+import { auditJob } from "../../sdk/actions/auditJob.ts";
+import { auditLease } from "../../sdk/actions/auditLease.ts";
+import { auditProvider } from "../../sdk/actions/auditProvider.ts";
+import { createChainClient, leaseStatus } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
 import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 import { createIndexer } from "../../sdk/indexer/indexer.ts";
 import type { IndexedEvent } from "../../sdk/indexer/store.ts";
+import { spawnScript, stopAll } from "../helpers/processes.ts";
 import { reorg, snapshotChain } from "../helpers/reorg.ts";
 
 const deployer = devAccount(0);
@@ -41,6 +45,7 @@ const JOB_ID = keccak256(toHex("job-indexer"));
 let chain: LocalChain;
 let dir: string;
 let deployment: Deployment;
+let deploymentFile: string;
 let publicClient: PublicClient;
 let nonce = 0n;
 
@@ -124,6 +129,7 @@ beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "baton-indexer-"));
   publicClient = createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl), pollingInterval: 50 });
   deployment = await deployBaton({ walletClient: wallet(deployer), publicClient });
+  deploymentFile = await writeDeployment(path.join(dir, "deployments"), deployment);
   const { stakingToken, paymentToken, providerRegistry, leaseManager } = deployment.contracts;
   for (const [i, provider] of [providerA, providerB].entries()) {
     await send(
@@ -192,6 +198,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
+  await stopAll();
   await chain?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
@@ -250,6 +257,57 @@ describe("indexer", () => {
     } finally {
       indexer.close();
     }
+  });
+
+  it("gives audits the same figures as the chain's logs do, in the SDK and with `baton audit --indexer`", async () => {
+    const file = path.join(dir, "audit.db");
+    const indexer = createIndexer({ publicClient, deployment, file });
+    const chainClient = createChainClient({ rpcUrl: chain.rpcUrl, deployment, pollingIntervalMs: 50 });
+    try {
+      await indexer.sync();
+      const fromChain = { chain: chainClient };
+      const fromIndex = { chain: chainClient, events: indexer.store };
+      expect(await auditJob(fromIndex, { jobId: JOB_ID })).toEqual(await auditJob(fromChain, { jobId: JOB_ID }));
+      for (const leaseId of [lease1, lease2]) {
+        expect(await auditLease(fromIndex, { leaseId })).toEqual(await auditLease(fromChain, { leaseId }));
+      }
+      for (const { address: provider } of [providerA, providerB]) {
+        expect(await auditProvider(fromIndex, { provider })).toEqual(await auditProvider(fromChain, { provider }));
+      }
+    } finally {
+      indexer.close();
+    }
+
+    const cli = async (args: string[]): Promise<string> => {
+      const run = spawnScript("cli/baton.ts", [...args, "--rpc-url", chain.rpcUrl, "--deployment", deploymentFile]);
+      const { code } = await run.closed;
+      expect(code, run.lines.join("\n")).toBe(0);
+      return run.stdout.join("\n");
+    };
+    for (const args of [
+      ["audit", "job", JOB_ID],
+      ["audit", "lease", String(lease1), "--json"],
+      ["audit", "provider", providerA.address],
+    ]) {
+      expect(await cli([...args, "--indexer", file])).toBe(await cli(args));
+    }
+  });
+
+  it("refuses an audit from an index that is not there", async () => {
+    const run = spawnScript("cli/baton.ts", [
+      "audit",
+      "job",
+      JOB_ID,
+      "--indexer",
+      path.join(dir, "missing.db"),
+      "--rpc-url",
+      chain.rpcUrl,
+      "--deployment",
+      deploymentFile,
+    ]);
+    const { code } = await run.closed;
+    expect(code).not.toBe(0);
+    expect(run.lines.join("\n")).toContain("no index at");
   });
 
   it("resumes after a restart mid-sync with nothing lost and nothing counted twice", async () => {
