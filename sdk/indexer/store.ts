@@ -66,6 +66,7 @@ CREATE INDEX IF NOT EXISTS events_by_lease ON events (lease_id, block_number, lo
 CREATE INDEX IF NOT EXISTS events_by_provider ON events (provider, block_number, log_index);
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, block_number, log_index);
 CREATE INDEX IF NOT EXISTS events_by_name ON events (name, block_number, log_index);
+CREATE INDEX IF NOT EXISTS events_by_tx ON events (tx_hash);
 
 CREATE VIEW IF NOT EXISTS leases AS
 SELECT o.lease_id, o.job_id, o.provider, json_extract(o.args, '$.tenant') AS tenant,
@@ -224,17 +225,25 @@ export class IndexStore {
   }
 
   /** Events in chain order, all of them or those matching one column. */
-  events(where?: { leaseId?: number; provider?: string; jobId?: string; name?: string }): IndexedEvent[] {
+  events(where?: {
+    leaseId?: number;
+    provider?: string;
+    jobId?: string;
+    name?: string;
+    txHash?: string;
+  }): IndexedEvent[] {
     const [clause, value] =
-      where?.leaseId !== undefined
-        ? ["WHERE lease_id = ?", where.leaseId]
-        : where?.provider !== undefined
-          ? ["WHERE provider = ?", where.provider.toLowerCase()]
-          : where?.jobId !== undefined
-            ? ["WHERE job_id = ?", where.jobId.toLowerCase()]
-            : where?.name !== undefined
-              ? ["WHERE name = ?", where.name]
-              : ["", undefined];
+      where?.txHash !== undefined
+        ? ["WHERE tx_hash = ?", where.txHash.toLowerCase()]
+        : where?.leaseId !== undefined
+          ? ["WHERE lease_id = ?", where.leaseId]
+          : where?.provider !== undefined
+            ? ["WHERE provider = ?", where.provider.toLowerCase()]
+            : where?.jobId !== undefined
+              ? ["WHERE job_id = ?", where.jobId.toLowerCase()]
+              : where?.name !== undefined
+                ? ["WHERE name = ?", where.name]
+                : ["", undefined];
     const statement = this.db.prepare(`${SELECT_EVENT} ${clause} ORDER BY block_number, log_index`);
     const rows = (value === undefined ? statement.all() : statement.all(value)) as EventRow[];
     return rows.map(parseRow);
