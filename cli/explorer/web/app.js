@@ -228,6 +228,7 @@ function describe(e) {
 
 /** The lanes of a lease's timeline chart, one per kind of event. */
 const LANES = ["LeaseOpened", "HeartbeatRecorded", "CheckpointCommitted", "EarningsSettled", "end"];
+const LANE_NAMES = ["opened", "heartbeat", "checkpoint", "payment", "close / finish / slash"];
 const ENDS = new Set(["LeaseCloseRequested", "LeaseClosed", "LeaseCompleted", "LeaseExpired", "LeaseSlashed"]);
 
 function leaseChart(timeline) {
@@ -246,14 +247,21 @@ function leaseChart(timeline) {
       height: 200,
       series: [
         {},
-        ...LANES.map((name, i) => ({
-          label: name === "end" ? "close / finish / slash" : name,
+        ...LANES.map((_, i) => ({
+          label: LANE_NAMES[i],
           stroke: colours[i],
           width: 0,
           points: { show: true, size: 9, fill: colours[i] },
         })),
       ],
-      axes: [{}, { values: (_, ticks) => ticks.map((t) => LANES[t] ?? "") }],
+      axes: [
+        {},
+        {
+          size: 150,
+          splits: () => LANES.map((_, i) => i),
+          values: (_, ticks) => ticks.map((t) => LANE_NAMES[t] ?? ""),
+        },
+      ],
       scales: { y: { range: [-0.5, LANES.length - 0.5] } },
     },
     data,

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
@@ -16,6 +16,7 @@ import {
   type TransactionReceipt,
 } from "viem";
 import { hardhat } from "viem/chains";
+import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
@@ -29,7 +30,7 @@ import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 import { createIndexer } from "../../sdk/indexer/indexer.ts";
 import type { IndexedEvent } from "../../sdk/indexer/store.ts";
-import { spawnScript, stopAll } from "../helpers/processes.ts";
+import { root, spawnScript, stopAll, type Spawned, until } from "../helpers/processes.ts";
 import { reorg, snapshotChain } from "../helpers/reorg.ts";
 
 const deployer = devAccount(0);
@@ -63,12 +64,12 @@ const lm = (account: Account) => ({
   abi: leaseManagerAbi,
 });
 
-async function openLease(provider: Account, predecessor: bigint): Promise<bigint> {
+async function openLease(provider: Account, predecessor: bigint, jobId: Hex = JOB_ID): Promise<bigint> {
   const block = await publicClient.getBlock();
   const quote: Quote = {
     provider: provider.address,
     tenant: tenant.address,
-    jobId: JOB_ID,
+    jobId,
     resources: keccak256(toHex("gpu:1xfake")),
     image: zeroHash,
     pricePerSecond: parseEther("0.001"),
@@ -349,7 +350,7 @@ describe("indexer", () => {
       const snapshot = await snapshotChain(chain.rpcUrl);
       // A heartbeat is gone from the new branch; a claim by provider B survives, in another block.
       const { address, abi } = lm(tenant);
-      const heartbeatLease = await openLease(providerA, 0n);
+      const heartbeatLease = await openLease(providerA, 0n, keccak256(toHex("job-reorged")));
       const beat = await heartbeat(providerA, heartbeatLease);
       const { w: bWallet } = lm(providerB);
       const claim = await send(bWallet.writeContract({ address, abi, functionName: "claim", args: [[lease2]] }));
@@ -370,5 +371,119 @@ describe("indexer", () => {
     } finally {
       indexer.close();
     }
+  });
+});
+
+describe("explorer pages, in Debian's chromium", () => {
+  /** Screenshots of each page, kept as the run's artifacts. */
+  const shots = path.join(root, ".baton", "test-artifacts", "explorer");
+  let explorer: Spawned;
+  let url: string;
+  let browser: Browser;
+
+  const providerView = (address: Hex) =>
+    publicClient.readContract({
+      address: deployment.contracts.providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "getProvider",
+      args: [address],
+    });
+
+  /** Waits until the explorer's index holds the chain's head. */
+  async function caughtUp(): Promise<void> {
+    const head = Number(await publicClient.getBlockNumber({ cacheTime: 0 }));
+    await until(
+      async () => ((await (await fetch(`${url}/api/network`)).json()) as { asOf: number | null }).asOf! >= head,
+      60_000,
+      `the explorer indexing block ${head}`,
+    );
+  }
+
+  async function open(pathname: string): Promise<Page> {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    await page.goto(`${url}${pathname}`);
+    await page.waitForSelector("body[data-ready]", { timeout: 60_000 });
+    return page;
+  }
+
+  beforeAll(async () => {
+    await mkdir(shots, { recursive: true });
+    explorer = spawnScript("cli/baton.ts", [
+      "explorer",
+      "--port",
+      "0",
+      "--poll-ms",
+      "200",
+      "--db",
+      path.join(dir, "pages.db"),
+      "--rpc-url",
+      chain.rpcUrl,
+      "--deployment",
+      deploymentFile,
+    ]);
+    url = /(http:\/\/\S+)/.exec(await explorer.waitFor(/^explorer: http/, 60_000))![1]!;
+    browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+    await caughtUp();
+  }, 120_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await explorer?.stop();
+  });
+
+  it("draws the network at a glance", async () => {
+    const page = await open("/");
+    expect(await page.locator("[data-figure=providers]").textContent()).toBe("2");
+    expect(await page.locator("[data-figure=slashes]").textContent()).toBe("1");
+    await page.locator(".uplot").first().waitFor();
+    await page.screenshot({ path: path.join(shots, "network.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("shows a job's two leases linked by the hand-off, the checkpoint resumed from, and the slash", async () => {
+    const page = await open(`/job/${JOB_ID}`);
+    expect(await page.locator("[data-lease]").count()).toBe(2);
+    const handOff = page.locator(`[data-hand-off="${lease1}-${lease2}"]`);
+    expect(await handOff.textContent()).toContain("resumed from");
+    expect(await page.locator(`[data-lease="${lease1}"] .status-slashed`).textContent()).toBe("slashed");
+    expect(await page.locator("[data-figure=slashes]").textContent()).toBe("1");
+    await page.screenshot({ path: path.join(shots, "job.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("shows a provider's counters equal to the registry's", async () => {
+    for (const provider of [providerA, providerB]) {
+      const onChain = await providerView(provider.address);
+      const page = await open(`/provider/${provider.address}`);
+      expect(await page.locator("[data-figure=leases-opened]").textContent()).toBe(String(onChain.leasesOpened));
+      expect(await page.locator("[data-figure=leases-completed]").textContent()).toBe(String(onChain.leasesCompleted));
+      expect(await page.locator("[data-figure=leases-slashed]").textContent()).toBe(String(onChain.leasesSlashed));
+      if (provider === providerA) await page.screenshot({ path: path.join(shots, "provider.png"), fullPage: true });
+      await page.close();
+    }
+  });
+
+  it("shows a new heartbeat on a lease's page without a reload", async () => {
+    const leaseId = await openLease(providerB, 0n, keccak256(toHex("job-live")));
+    await caughtUp();
+    const page = await open(`/lease/${leaseId}`);
+    const beats = page.locator("li[data-event=HeartbeatRecorded]");
+    expect(await beats.count()).toBe(0);
+    await page.evaluate('document.body.setAttribute("data-same-document", "yes")');
+    await heartbeat(providerB, leaseId, "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku");
+    await beats.first().waitFor({ timeout: 60_000 });
+    expect(await beats.count()).toBe(1);
+    // The same document: the page redrew itself, nobody reloaded it.
+    expect(await page.evaluate('document.body.getAttribute("data-same-document")')).toBe("yes");
+    await page.screenshot({ path: path.join(shots, "lease.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("says clearly that an unknown lease is not found", async () => {
+    const page = await open("/lease/999999");
+    expect(await page.locator("h1").textContent()).toBe("Lease 999999 not found");
+    expect(await page.locator("[role=alert]").textContent()).toContain("no lease 999999");
+    await page.screenshot({ path: path.join(shots, "not-found.png") });
+    await page.close();
   });
 });
