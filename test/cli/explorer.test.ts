@@ -479,6 +479,27 @@ describe("explorer pages, in Debian's chromium", () => {
     await page.close();
   });
 
+  it("fits a phone's width, every link named for a screen reader", async () => {
+    for (const [name, pathname] of [
+      ["network", "/"],
+      ["job", `/job/${JOB_ID}`],
+      ["provider", `/provider/${providerA.address}`],
+      ["lease", `/lease/${lease1}`],
+    ] as const) {
+      const page = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
+      await page.goto(`${url}${pathname}`);
+      await page.waitForSelector("body[data-ready]", { timeout: 60_000 });
+      expect(await page.evaluate("document.documentElement.scrollWidth"), name).toBeLessThanOrEqual(390);
+      expect(await page.locator("h1").count(), name).toBe(1);
+      const unnamed = await page.evaluate(
+        "[...document.querySelectorAll('a')].filter((a) => a.textContent.trim() === '').length",
+      );
+      expect(unnamed, name).toBe(0);
+      await page.screenshot({ path: path.join(shots, `phone-${name}.png`), fullPage: true });
+      await page.close();
+    }
+  });
+
   it("says clearly that an unknown lease is not found", async () => {
     const page = await open("/lease/999999");
     expect(await page.locator("h1").textContent()).toBe("Lease 999999 not found");

@@ -2,7 +2,6 @@
 // job's lineage is laid out by dagre; both are served by `baton explorer` itself (no CDN). Every
 // figure links to the transaction it came from, whose page names its block. The page redraws
 // itself when the server says the index moved (server-sent events), so it follows the chain live.
-/* global uPlot, dagre */
 
 const main = document.getElementById("main");
 const asOf = document.getElementById("as-of");
