@@ -62,9 +62,11 @@ CREATE TABLE IF NOT EXISTS events (
   data TEXT NOT NULL,
   PRIMARY KEY (block_number, log_index)
 );
-CREATE INDEX IF NOT EXISTS events_by_lease ON events (lease_id, block_number, log_index);
-CREATE INDEX IF NOT EXISTS events_by_provider ON events (provider, block_number, log_index);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, block_number, log_index);
+-- The event name is in each index so that a lease's, job's or provider's events of one kind are one
+-- range of it: with the name alone, SQLite walks every heartbeat of the chain to count one lease's.
+CREATE INDEX IF NOT EXISTS events_by_lease ON events (lease_id, name, block_number, log_index);
+CREATE INDEX IF NOT EXISTS events_by_provider ON events (provider, name, block_number, log_index);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, name, block_number, log_index);
 CREATE INDEX IF NOT EXISTS events_by_name ON events (name, block_number, log_index);
 CREATE INDEX IF NOT EXISTS events_by_tx ON events (tx_hash);
 

@@ -353,7 +353,8 @@ function lineageGraph(job) {
       ),
     );
   }
-  return container;
+  // The graph keeps its laid-out size and scrolls sideways inside a narrow screen, not the page.
+  return h("div", { class: "lineage-scroll" }, container);
 }
 
 async function jobPage(id) {
