@@ -67,4 +67,22 @@ export default tseslint.config(
       globals: { process: "readonly", console: "readonly", Buffer: "readonly" },
     },
   },
+  {
+    // The explorer's pages: plain JavaScript run by the browser, outside the TS project.
+    files: ["cli/explorer/web/**/*.js"],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      sourceType: "module",
+      globals: {
+        document: "readonly",
+        location: "readonly",
+        fetch: "readonly",
+        EventSource: "readonly",
+        Node: "readonly",
+        uPlot: "readonly",
+        dagre: "readonly",
+      },
+    },
+  },
 );

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 
+import type { AuditEventSource } from "../sdk/chain/audit-events.ts";
 import type { ChainClient } from "../sdk/chain/client.ts";
 import { MAX_CONFIRMATIONS } from "../sdk/chain/confirmations.ts";
 import type { LogScanProgress } from "../sdk/chain/logs.ts";
@@ -12,10 +13,14 @@ interface AuditOptions extends NetworkOptions {
   tenant?: `0x${string}`;
   maxLogRange?: number;
   confirmations?: number;
+  indexer?: string;
 }
 
-/** A read-only client for the network's deployment (see cli/network.ts), checked to be on its chain. */
-async function connect(options: AuditOptions): Promise<{ chain: ChainClient }> {
+/**
+ * A read-only client for the network's deployment (see cli/network.ts), checked to be on its chain,
+ * with the explorer's index to read events from when `--indexer` names one.
+ */
+async function connect(options: AuditOptions): Promise<{ chain: ChainClient; events?: AuditEventSource }> {
   const network = await resolveNetwork(options);
   const [{ checkChain, createChainClient }, { loadDeploymentFile }] = await Promise.all([
     import("../sdk/chain/client.ts"),
@@ -28,7 +33,9 @@ async function connect(options: AuditOptions): Promise<{ chain: ChainClient }> {
     ...(options.confirmations === undefined ? {} : { confirmations: options.confirmations }),
   });
   await checkChain(chain);
-  return { chain };
+  if (options.indexer === undefined) return { chain };
+  const { IndexStore } = await import("../sdk/indexer/store.ts");
+  return { chain, events: IndexStore.open(options.indexer, chain.deployment, { mustExist: true }) };
 }
 
 /**
@@ -94,6 +101,10 @@ function auditOptions(command: Command): Command {
       "--confirmations <blocks>",
       "read as of the block this many blocks below the head, so that no event a reorg that deep could undo is shown (default 0: the latest block)",
       integerIn("--confirmations", 0, MAX_CONFIRMATIONS),
+    )
+    .option(
+      "--indexer <file>",
+      "read events from the explorer's index (its SQLite file) instead of the chain's logs: the same figures, as of the block the index holds everything up to",
     )
     .option("--json", "print the audit as JSON (amounts as decimal strings)");
 }

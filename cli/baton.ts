@@ -20,6 +20,7 @@ module.enableCompileCache();
 // Imported once the cache is on: static imports would all be loaded before it.
 const { auditCommands } = await import("./audit.ts");
 const { devnetCommands } = await import("./devnet.ts");
+const { explorerCommands } = await import("./explorer.ts");
 const { imageCommands } = await import("./image.ts");
 const { jobCommands } = await import("./job.ts");
 const { keyCommands } = await import("./key.ts");
@@ -49,6 +50,7 @@ jobCommands(program);
 imageCommands(program);
 serveCommands(program);
 auditCommands(program);
+explorerCommands(program);
 keyCommands(program);
 simulateCommands(program);
 

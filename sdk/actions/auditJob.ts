@@ -11,6 +11,7 @@ import {
   type EventTime,
   type LeaseAudit,
   type LeaseTotals,
+  type AuditEventSource,
 } from "../chain/audit-events.ts";
 import type { LogScanProgress } from "../chain/logs.ts";
 import type { ChainClient } from "../chain/client.ts";
@@ -86,13 +87,13 @@ export interface AuditJobReturnType {
  * console.log(`${job.handOffs} hand-offs, paid ${job.totals.paidToProviders}`);
  */
 export async function auditJob(
-  client: { chain: ChainClient },
+  client: { chain: ChainClient; events?: AuditEventSource },
   { jobId, tenant, signal, onProgress, confirmations }: AuditJobParameters,
 ): Promise<AuditJobReturnType> {
   if (!isHex(jobId, { strict: true }) || size(jobId) !== 32) {
     throw new UserError(`not a job id: ${jobId} (0x and 64 hex digits)`);
   }
-  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations });
+  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations, events: client.events });
   const all = await auditLeases(scope, { jobId });
   const tenants = [...new Set(all.map((lease) => lease.tenant))];
   if (all.length === 0) throw new UserError(`no lease carries job ${jobId} (${asOfText(scope.asOf)})`);

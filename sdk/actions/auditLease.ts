@@ -1,6 +1,13 @@
 import { maxUint256 } from "viem";
 
-import { asOfText, auditLeases, openAuditScope, type AuditSnapshot, type LeaseAudit } from "../chain/audit-events.ts";
+import {
+  asOfText,
+  auditLeases,
+  openAuditScope,
+  type AuditEventSource,
+  type AuditSnapshot,
+  type LeaseAudit,
+} from "../chain/audit-events.ts";
 import type { LogScanProgress } from "../chain/logs.ts";
 import type { ChainClient } from "../chain/client.ts";
 import { UserError } from "../errors.ts";
@@ -33,13 +40,13 @@ export type AuditLeaseReturnType = LeaseAudit & {
  * console.log(lease.status, lease.paidToProvider, lease.checkpoints.map((c) => c.cid));
  */
 export async function auditLease(
-  client: { chain: ChainClient },
+  client: { chain: ChainClient; events?: AuditEventSource },
   { leaseId, signal, onProgress, confirmations }: AuditLeaseParameters,
 ): Promise<AuditLeaseReturnType> {
   if (leaseId < 1n || leaseId > maxUint256) {
     throw new UserError(`not a lease id: ${leaseId} (lease ids are uint256 values from 1)`);
   }
-  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations });
+  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations, events: client.events });
   const [lease] = await auditLeases(scope, { leaseId });
   if (!lease) {
     throw new UserError(`no lease ${leaseId} in this deployment (${asOfText(scope.asOf)})`);

@@ -18,6 +18,7 @@ import {
   type LeaseSlash,
   type LeaseStatus,
   type LeaseTotals,
+  type AuditEventSource,
 } from "../chain/audit-events.ts";
 import type { LogScanProgress } from "../chain/logs.ts";
 import { contracts, type ChainClient } from "../chain/client.ts";
@@ -122,12 +123,12 @@ export interface AuditProviderReturnType {
  * console.log(record.outcomes.completed, record.outcomes.slashed, record.earnings.claimed);
  */
 export async function auditProvider(
-  client: { chain: ChainClient },
+  client: { chain: ChainClient; events?: AuditEventSource },
   { provider: given, signal, onProgress, confirmations }: AuditProviderParameters,
 ): Promise<AuditProviderReturnType> {
   if (!isAddress(given)) throw new UserError(`not an address: ${given}`);
   const provider = getAddress(given);
-  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations });
+  const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations, events: client.events });
   const { registry, leaseManager } = contracts(client.chain.deployment);
   const at = { blockNumber: scope.asOf.blockNumber };
 

@@ -3,7 +3,14 @@
  * `auditProvider`). Everything here is rebuilt from the contracts' logs and views alone, read
  * at one pinned block so that every event type and view describes the same moment.
  */
-import type { Address, ContractEventArgs, ContractEventName, GetContractEventsReturnType, Hex } from "viem";
+import {
+  decodeEventLog,
+  type Address,
+  type ContractEventArgs,
+  type ContractEventName,
+  type GetContractEventsReturnType,
+  type Hex,
+} from "viem";
 
 import { BaseError, UserError } from "../errors.ts";
 import type { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
@@ -156,6 +163,31 @@ export interface LeaseTotals {
   toTreasury: bigint;
 }
 
+/**
+ * Where an audit may read events instead of the chain's logs: an index of them (the explorer's,
+ * sdk/indexer/store.ts). Declared here so that the SDK's audit loads no database code.
+ */
+export interface AuditEventSource {
+  /** The block the index holds every event up to, and its hash when indexed; undefined before its first page. */
+  cursor(): { blockNumber: number; blockHash: string } | undefined;
+  /** One event type's raw logs in a block range, in chain order, optionally only those of some leases, jobs or providers. */
+  logs(query: {
+    contract: "LeaseManager" | "ProviderRegistry";
+    name: string;
+    fromBlock: bigint;
+    toBlock: bigint;
+    where?: { column: "lease_id" | "job_id" | "provider"; values: readonly (string | number)[] };
+  }): {
+    blockNumber: number;
+    logIndex: number;
+    blockHash: string;
+    txHash: string;
+    timestamp: number;
+    topics: string[];
+    data: string;
+  }[];
+}
+
 /** Reads shared by the steps of one audit: the pinned block, and block times fetched once each. */
 export interface AuditScope {
   chain: ChainClient;
@@ -165,6 +197,8 @@ export interface AuditScope {
   blockTimes: Map<bigint, bigint>;
   /** Told after each page of blocks an event scan reads (a scan of a long chain takes many). */
   onProgress: ((progress: LogScanProgress) => void) | undefined;
+  /** The index events are read from instead of the chain's logs, if any. */
+  events: AuditEventSource | undefined;
 }
 
 /** Which leases to audit: indexed topics of `LeaseOpened`, so the node filters them. */
@@ -216,25 +250,106 @@ export async function openAuditScope(
     signal,
     onProgress,
     confirmations = chain.confirmations,
+    events,
   }: {
     signal?: AbortSignal | undefined;
     onProgress?: ((progress: LogScanProgress) => void) | undefined;
     confirmations?: number | undefined;
+    events?: AuditEventSource | undefined;
   } = {},
 ): Promise<AuditScope> {
   signal?.throwIfAborted();
-  const block = await confirmedBlock({
+  let block = await confirmedBlock({
     publicClient: chain.publicClient,
     confirmations: checkConfirmations(confirmations),
   });
   signal?.throwIfAborted();
+  if (events !== undefined) block = await indexedBlock(chain, events, block);
   if (block.number < chain.deployment.deployBlock) {
     throw new UserError(
       `the deployment (block ${chain.deployment.deployBlock}) is not ${confirmations} block(s) deep yet: nothing to audit as of block ${block.number}`,
     );
   }
   const asOf = { blockNumber: block.number, timestamp: block.timestamp, confirmations };
-  return { chain, asOf, signal, blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]), onProgress };
+  return { chain, asOf, signal, blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]), onProgress, events };
+}
+
+/**
+ * The block an audit from an index reads at: the confirmed block, or the index's cursor if the
+ * index lags behind it (events above the cursor are not in the index yet). The cursor's block must
+ * still be the chain's: an index a reorg went under would audit events the chain no longer has.
+ */
+async function indexedBlock(
+  chain: ChainClient,
+  events: AuditEventSource,
+  confirmed: { number: bigint; hash: Hex; timestamp: bigint },
+): Promise<{ number: bigint; hash: Hex; timestamp: bigint }> {
+  const cursor = events.cursor();
+  if (cursor === undefined) throw new UserError("the index holds no block yet: let the explorer index first");
+  if (BigInt(cursor.blockNumber) >= confirmed.number) return confirmed;
+  const block = await chain.publicClient.getBlock({ blockNumber: BigInt(cursor.blockNumber) });
+  if (block.hash.toLowerCase() !== cursor.blockHash) {
+    throw new UserError(
+      `the index's block ${cursor.blockNumber} is no longer the chain's (a reorg): let the explorer index again`,
+    );
+  }
+  return block;
+}
+
+/** Which column of an index a filter on an event's indexed argument reads. */
+const INDEXED_COLUMNS = { leaseId: "lease_id", jobId: "job_id", provider: "provider" } as const;
+
+/**
+ * Logs of one event from the scope's index, decoded as `getContractEvents` decodes them, with their
+ * blocks' times remembered (the index has them).
+ */
+function indexedEvents(
+  scope: AuditScope & { events: AuditEventSource },
+  contract: "leaseManager" | "registry",
+  eventName: string,
+  args: unknown,
+  fromBlock: bigint,
+): unknown[] {
+  const filters = Object.entries((args ?? {}) as Record<string, unknown>);
+  if (filters.length > 1) throw new BaseError(`an index filters ${eventName} on one argument, not ${filters.length}`);
+  let where: { column: "lease_id" | "job_id" | "provider"; values: (string | number)[] } | undefined;
+  const [filter] = filters;
+  if (filter !== undefined) {
+    const [name, value] = filter;
+    const column = INDEXED_COLUMNS[name as keyof typeof INDEXED_COLUMNS] as
+      (typeof INDEXED_COLUMNS)[keyof typeof INDEXED_COLUMNS] | undefined;
+    if (column === undefined) throw new BaseError(`an index cannot filter ${eventName} on ${name}`);
+    const values = (Array.isArray(value) ? value : [value]) as (bigint | string)[];
+    where = {
+      column,
+      values: values.map((v) => (typeof v === "bigint" ? Number(v) : v.toLowerCase())),
+    };
+  }
+  const { abi, address } = contracts(scope.chain.deployment)[contract];
+  const rows = scope.events.logs({
+    contract: contract === "leaseManager" ? "LeaseManager" : "ProviderRegistry",
+    name: eventName,
+    fromBlock,
+    toBlock: scope.asOf.blockNumber,
+    ...(where ? { where } : {}),
+  });
+  return rows.map((row) => {
+    const blockNumber = BigInt(row.blockNumber);
+    scope.blockTimes.set(blockNumber, BigInt(row.timestamp));
+    const topics = row.topics as [Hex, ...Hex[]];
+    const decoded = decodeEventLog({ abi, topics, data: row.data as Hex, strict: true });
+    return {
+      ...decoded,
+      address,
+      topics,
+      data: row.data,
+      blockNumber,
+      blockHash: row.blockHash,
+      logIndex: row.logIndex,
+      transactionHash: row.txHash,
+      removed: false,
+    };
+  });
 }
 
 /**
@@ -254,6 +369,9 @@ async function contractEvents(
   args: unknown,
   fromBlock = scope.chain.deployment.deployBlock,
 ): Promise<unknown> {
+  if (scope.events !== undefined) {
+    return indexedEvents({ ...scope, events: scope.events }, contract, eventName, args, fromBlock);
+  }
   // Typed by the two wrappers below: viem cannot resolve an event name generic over two ABIs.
   return scanLogs(
     (range) =>

@@ -46,11 +46,13 @@ const RANGE_REFUSAL =
 
 /**
  * Whether an RPC error says the range (or the number of results) was too large: words public nodes
- * use, or JSON-RPC error -32005 ("limit exceeded") unless it is about the rate of requests, which a
- * pause cures and smaller pages would make worse.
+ * use, JSON-RPC error -32005 ("limit exceeded") unless it is about the rate of requests, which a
+ * pause cures and smaller pages would make worse, or a response over viem's size limit (10 MB: a
+ * node that caps neither range nor results, e.g. a local chain, answers a busy range with more).
  */
 export function isLogRangeError(error: unknown): boolean {
   if (walk(error, (e) => e instanceof Error && RANGE_REFUSAL.test(e.message)) !== undefined) return true;
+  if (walk(error, (e) => e instanceof Error && e.name === "ResponseBodyTooLargeError") !== undefined) return true;
   const limited = walk(error, (e) => e instanceof ViemBaseError && (e as { code?: unknown }).code === -32005);
   return limited instanceof Error && !/rate|request/i.test(limited.message);
 }

@@ -2,7 +2,15 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
-import { createPublicClient, createTestClient, createWalletClient, http, parseEther, type Hex } from "viem";
+import {
+  createPublicClient,
+  createTestClient,
+  createWalletClient,
+  http,
+  parseEther,
+  ResponseBodyTooLargeError,
+  type Hex,
+} from "viem";
 import { hardhat } from "viem/chains";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -11,6 +19,7 @@ import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local
 import { auditProvider } from "../../sdk/actions/auditProvider.ts";
 import { createChainClient } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { ChainError } from "../../sdk/errors.ts";
 import { findLastLog, isLogRangeError, scanLogs, type BlockRange, type LogScanProgress } from "../../sdk/chain/logs.ts";
 import { devTokenAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 import { spawnScript, stopAll } from "../helpers/processes.ts";
@@ -144,6 +153,12 @@ describe("scanLogs", () => {
       [...progress.map((p) => p.scanned)].sort((a, b) => (a < b ? -1 : 1)),
     );
     expect(progress.at(-1)).toMatchObject({ what: "mints", scanned: total, total });
+  });
+
+  it("counts an answer over viem's response size limit as a page too large (a local chain caps neither range nor results)", () => {
+    const tooLarge = new ResponseBodyTooLargeError({ maxSize: 10_485_760, size: 14_601_229 });
+    expect(isLogRangeError(tooLarge)).toBe(true);
+    expect(isLogRangeError(new ChainError("reading events failed", { cause: tooLarge }))).toBe(true);
   });
 
   it("retries a page the node failed and goes on from there, not from the start", async () => {

@@ -1,0 +1,210 @@
+/**
+ * What the explorer's pages show, read from the index (sdk/indexer/store.ts): the network, a
+ * provider, a lease, a job. Every figure comes with the transaction and block it came from, so
+ * that a page can link each one to its source. Amounts are decimal strings of the token's smallest
+ * unit (JSON has no bigint), added up here with bigint.
+ */
+import type { IndexStore, IndexedEvent } from "../../sdk/indexer/store.ts";
+
+/** Where a figure came from. */
+export interface Source {
+  blockNumber: number;
+  txHash: string;
+  /** Unix seconds. */
+  timestamp: number;
+}
+
+/** One event, as pages list it. */
+export interface EventItem extends Source {
+  name: string;
+  leaseId: number | null;
+  args: Record<string, unknown>;
+}
+
+interface LeaseRow {
+  lease_id: number;
+  job_id: string;
+  provider: string;
+  tenant: string;
+  predecessor: number;
+  deposit: string;
+  opened_block: number;
+  opened_tx: string;
+  opened_at: number;
+  status: string;
+  heartbeats: number;
+  checkpoints: number;
+}
+
+interface ProviderRow {
+  provider: string;
+  peer_id: string;
+  registered_block: number;
+  leases: number;
+  completed: number;
+  slashed: number;
+}
+
+const source = (e: IndexedEvent): Source => ({ blockNumber: e.blockNumber, txHash: e.txHash, timestamp: e.timestamp });
+const item = (e: IndexedEvent): EventItem => ({ ...source(e), name: e.name, leaseId: e.leaseId, args: e.args });
+const amount = (e: IndexedEvent, key: string): bigint => BigInt(e.args[key] as string);
+const sum = (events: readonly IndexedEvent[], key: string): string =>
+  events.reduce((total, e) => total + amount(e, key), 0n).toString();
+
+const lease = (row: LeaseRow) => ({
+  leaseId: row.lease_id,
+  jobId: row.job_id,
+  provider: row.provider,
+  tenant: row.tenant,
+  predecessor: row.predecessor,
+  deposit: row.deposit,
+  status: row.status,
+  heartbeats: row.heartbeats,
+  checkpoints: row.checkpoints,
+  opened: { blockNumber: row.opened_block, txHash: row.opened_tx, timestamp: row.opened_at },
+});
+
+/** The block the index holds everything up to: what every answer is as of. */
+function asOf(store: IndexStore): number | null {
+  return store.cursor()?.blockNumber ?? null;
+}
+
+/** Bonded stake from the registry's events: staked, less what started unbonding, less what was slashed. */
+function bondedStake(store: IndexStore, provider: string): { stake: string; events: IndexedEvent[] } {
+  const events = store
+    .events({ provider })
+    .filter((e) => e.name === "Staked" || e.name === "UnstakeRequested" || e.name === "CollateralSlashed");
+  let stake = 0n;
+  for (const e of events) stake += e.name === "Staked" ? amount(e, "amount") : -amount(e, "amount");
+  return { stake: stake.toString(), events };
+}
+
+/** The network at a glance: providers, stake, leases by state, slashes and openings over time. */
+export function networkView(store: IndexStore) {
+  const providers = store.db
+    .prepare("SELECT * FROM providers ORDER BY registered_block")
+    .all() as unknown as ProviderRow[];
+  const byStatus = Object.fromEntries(
+    (
+      store.db.prepare("SELECT status, COUNT(*) AS n FROM leases GROUP BY status").all() as {
+        status: string;
+        n: number;
+      }[]
+    ).map((r) => [r.status, r.n]),
+  );
+  const slashes = store.events({ name: "LeaseSlashed" }).map(item);
+  const openings = store.events({ name: "LeaseOpened" }).map(source);
+  const withStake = providers.map((p) => ({ ...providerSummary(p), stake: bondedStake(store, p.provider).stake }));
+  return {
+    asOf: asOf(store),
+    providers: withStake,
+    totalStake: withStake.reduce((total, p) => total + BigInt(p.stake), 0n).toString(),
+    leases: { total: Object.values(byStatus).reduce((a, b) => a + b, 0), byStatus },
+    liveLeases: (byStatus.active ?? 0) + (byStatus.closing ?? 0),
+    slashes,
+    openings,
+  };
+}
+
+const providerSummary = (p: ProviderRow) => ({
+  provider: p.provider,
+  peerId: p.peer_id,
+  registeredBlock: p.registered_block,
+  counters: { leasesOpened: p.leases, leasesCompleted: p.completed, leasesSlashed: p.slashed },
+});
+
+/** A provider's counters, history, uptime, earnings and slash record; undefined when it never registered. */
+export function providerView(store: IndexStore, address: string) {
+  const provider = address.toLowerCase();
+  const row = store.db.prepare("SELECT * FROM providers WHERE provider = ?").get(provider) as ProviderRow | undefined;
+  if (row === undefined) return undefined;
+  const history = store.events({ provider });
+  const leases = store.db
+    .prepare("SELECT * FROM leases WHERE provider = ? ORDER BY lease_id")
+    .all(provider) as unknown as LeaseRow[];
+  const settled = history.filter((e) => e.name === "EarningsSettled");
+  const claimed = history.filter((e) => e.name === "EarningsClaimed");
+  const slashes = store.db
+    .prepare("SELECT * FROM slashes WHERE provider = ? ORDER BY block_number")
+    .all(provider) as unknown as Record<string, unknown>[];
+  const { stake } = bondedStake(store, provider);
+  const ended = leases.filter((l) => l.status !== "active" && l.status !== "closing");
+  return {
+    asOf: asOf(store),
+    ...providerSummary(row),
+    stake,
+    // Uptime as the share of ended leases the provider saw through without a slash.
+    uptime: ended.length === 0 ? null : ended.filter((l) => l.status !== "slashed").length / ended.length,
+    earnings: { settled: sum(settled, "amount"), claimed: sum(claimed, "amount"), settlements: settled.map(item) },
+    leases: leases.map(lease),
+    slashes,
+    history: history.map(item),
+  };
+}
+
+/** A lease's state machine as a timeline of its events, with payments; undefined when no such lease. */
+export function leaseView(store: IndexStore, leaseId: number) {
+  const row = store.db.prepare("SELECT * FROM leases WHERE lease_id = ?").get(leaseId) as LeaseRow | undefined;
+  if (row === undefined) return undefined;
+  const events = store.events({ leaseId });
+  const settled = events.filter((e) => e.name === "EarningsSettled");
+  const successor = store.db.prepare("SELECT lease_id FROM leases WHERE predecessor = ?").get(leaseId) as
+    { lease_id: number } | undefined;
+  return {
+    asOf: asOf(store),
+    ...lease(row),
+    successor: successor?.lease_id ?? null,
+    paidToProvider: sum(settled, "amount"),
+    timeline: events.filter((e) => e.contract === "LeaseManager").map(item),
+  };
+}
+
+/**
+ * A job's leases and its lineage: each hand-off from a lease to the one that names it as
+ * predecessor, with the checkpoint the successor resumed from (the last one its predecessor
+ * committed before the successor opened). Undefined when no lease carries the job id.
+ */
+export function jobView(store: IndexStore, jobId: string) {
+  const rows = store.db
+    .prepare("SELECT * FROM leases WHERE job_id = ? ORDER BY lease_id")
+    .all(jobId.toLowerCase()) as unknown as LeaseRow[];
+  if (rows.length === 0) return undefined;
+  const checkpoints = new Map(
+    rows.map((r) => [
+      r.lease_id,
+      store.events({ leaseId: r.lease_id }).filter((e) => e.name === "CheckpointCommitted"),
+    ]),
+  );
+  const handOffs = rows
+    .filter((r) => r.predecessor !== 0 && checkpoints.has(r.predecessor))
+    .map((r) => {
+      const resumed = checkpoints
+        .get(r.predecessor)!
+        .filter((c) => c.blockNumber <= r.opened_block)
+        .at(-1);
+      return {
+        from: r.predecessor,
+        to: r.lease_id,
+        opened: { blockNumber: r.opened_block, txHash: r.opened_tx, timestamp: r.opened_at },
+        checkpoint: resumed === undefined ? null : { cid: resumed.args.cid as string, ...source(resumed) },
+      };
+    });
+  const slashes = store.db
+    .prepare("SELECT * FROM slashes WHERE job_id = ? ORDER BY block_number")
+    .all(jobId.toLowerCase()) as unknown as Record<string, unknown>[];
+  return {
+    asOf: asOf(store),
+    jobId: jobId.toLowerCase(),
+    leases: rows.map((r) => ({ ...lease(r), checkpoints: checkpoints.get(r.lease_id)!.map(item) })),
+    handOffs,
+    slashes,
+  };
+}
+
+/** The events of one transaction: where a figure's link leads. */
+export function transactionView(store: IndexStore, txHash: string) {
+  const events = store.events({ txHash });
+  const first = events[0];
+  if (first === undefined) return undefined;
+  return { txHash: first.txHash, blockNumber: first.blockNumber, timestamp: first.timestamp, events: events.map(item) };
+}

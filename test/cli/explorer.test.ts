@@ -1,0 +1,510 @@
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+import {
+  createPublicClient,
+  createTestClient,
+  createWalletClient,
+  http,
+  keccak256,
+  parseEther,
+  toHex,
+  zeroHash,
+  type Hex,
+  type PublicClient,
+  type TransactionReceipt,
+} from "viem";
+import { hardhat } from "viem/chains";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
+import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
+import { auditJob } from "../../sdk/actions/auditJob.ts";
+import { auditLease } from "../../sdk/actions/auditLease.ts";
+import { auditProvider } from "../../sdk/actions/auditProvider.ts";
+import { createChainClient, leaseStatus } from "../../sdk/chain/client.ts";
+import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
+import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
+import { createIndexer } from "../../sdk/indexer/indexer.ts";
+import type { IndexedEvent } from "../../sdk/indexer/store.ts";
+import { root, spawnScript, stopAll, type Spawned, until } from "../helpers/processes.ts";
+import { reorg, snapshotChain } from "../helpers/reorg.ts";
+
+const deployer = devAccount(0);
+const providerA = devAccount(1);
+const providerB = devAccount(2);
+const tenant = devAccount(3);
+const keeper = devAccount(4);
+type Account = typeof deployer;
+
+const STAKE = parseEther("500");
+const JOB_ID = keccak256(toHex("job-indexer"));
+
+let chain: LocalChain;
+let dir: string;
+let deployment: Deployment;
+let deploymentFile: string;
+let publicClient: PublicClient;
+let nonce = 0n;
+
+const wallet = (account: Account) => createWalletClient({ chain: hardhat, account, transport: http(chain.rpcUrl) });
+
+async function send(hash: Promise<Hex>): Promise<TransactionReceipt> {
+  const receipt = await publicClient.waitForTransactionReceipt({ hash: await hash });
+  expect(receipt.status).toBe("success");
+  return receipt;
+}
+
+const lm = (account: Account) => ({
+  w: wallet(account),
+  address: deployment.contracts.leaseManager,
+  abi: leaseManagerAbi,
+});
+
+async function openLease(provider: Account, predecessor: bigint, jobId: Hex = JOB_ID): Promise<bigint> {
+  const block = await publicClient.getBlock();
+  const quote: Quote = {
+    provider: provider.address,
+    tenant: tenant.address,
+    jobId,
+    resources: keccak256(toHex("gpu:1xfake")),
+    image: zeroHash,
+    pricePerSecond: parseEther("0.001"),
+    collateral: parseEther("50"),
+    heartbeatPeriod: 10n,
+    heartbeatTimeout: 60n,
+    maxDuration: 3600n,
+    expiry: block.timestamp + 300n,
+    nonce: nonce++,
+  };
+  const signature = await signQuote(provider, hardhat.id, deployment.contracts.leaseManager, quote);
+  const { w, address, abi } = lm(tenant);
+  await send(
+    w.writeContract({
+      address,
+      abi,
+      functionName: "openLease",
+      args: [quote, signature, parseEther("1"), predecessor],
+    }),
+  );
+  return publicClient.readContract({ address, abi, functionName: "leaseCount" });
+}
+
+function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
+  const { w, address, abi } = lm(provider);
+  return send(
+    w.writeContract({ address, abi, functionName: "heartbeat", args: [[leaseId], cid === undefined ? [] : [cid]] }),
+  );
+}
+
+/** Every event of both contracts, as the chain has them now: what a full index must equal. */
+async function chainEvents(): Promise<string[]> {
+  const toBlock = await publicClient.getBlockNumber();
+  const read = async (address: Hex, abi: typeof leaseManagerAbi | typeof providerRegistryAbi) =>
+    (await publicClient.getContractEvents({ address, abi, fromBlock: deployment.deployBlock, toBlock })).map(
+      (log) => `${log.blockNumber}:${log.logIndex}:${log.eventName}:${log.transactionHash}`,
+    );
+  const all = [
+    ...(await read(deployment.contracts.providerRegistry, providerRegistryAbi)),
+    ...(await read(deployment.contracts.leaseManager, leaseManagerAbi)),
+  ];
+  return all.sort(byPosition);
+}
+
+const byPosition = (a: string, b: string): number => {
+  const [ab, al] = a.split(":").map(Number);
+  const [bb, bl] = b.split(":").map(Number);
+  return ab! - bb! || al! - bl!;
+};
+
+const keyOf = (e: IndexedEvent): string => `${e.blockNumber}:${e.logIndex}:${e.name}:${e.txHash}`;
+
+let lease1: bigint;
+let lease2: bigint;
+
+beforeAll(async () => {
+  chain = await startLocalChain({ signal: AbortSignal.timeout(60_000) });
+  dir = await mkdtemp(path.join(os.tmpdir(), "baton-indexer-"));
+  publicClient = createPublicClient({ chain: hardhat, transport: http(chain.rpcUrl), pollingInterval: 50 });
+  deployment = await deployBaton({ walletClient: wallet(deployer), publicClient });
+  deploymentFile = await writeDeployment(path.join(dir, "deployments"), deployment);
+  const { stakingToken, paymentToken, providerRegistry, leaseManager } = deployment.contracts;
+  for (const [i, provider] of [providerA, providerB].entries()) {
+    await send(
+      wallet(deployer).writeContract({
+        address: stakingToken,
+        abi: devTokenAbi,
+        functionName: "mint",
+        args: [provider.address, STAKE],
+      }),
+    );
+    await send(
+      wallet(provider).writeContract({
+        address: stakingToken,
+        abi: devTokenAbi,
+        functionName: "approve",
+        args: [providerRegistry, STAKE],
+      }),
+    );
+    await send(
+      wallet(provider).writeContract({
+        address: providerRegistry,
+        abi: providerRegistryAbi,
+        functionName: "register",
+        args: [`12D3KooWIndexerProvider${i}`, "{}", STAKE],
+      }),
+    );
+  }
+  await send(
+    wallet(deployer).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "mint",
+      args: [tenant.address, parseEther("100")],
+    }),
+  );
+  await send(
+    wallet(tenant).writeContract({
+      address: paymentToken,
+      abi: devTokenAbi,
+      functionName: "approve",
+      args: [leaseManager, parseEther("100")],
+    }),
+  );
+
+  // The demo's story in miniature: a lease that checkpoints and is slashed after its provider goes
+  // silent, and its successor on another provider that resumes from the checkpoint and finishes.
+  lease1 = await openLease(providerA, 0n);
+  await heartbeat(providerA, lease1);
+  await heartbeat(providerA, lease1, "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi");
+  const test = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
+  await test.increaseTime({ seconds: 120 });
+  await test.mine({ blocks: 1 });
+  const { w: keeperWallet, address, abi } = lm(keeper);
+  await send(keeperWallet.writeContract({ address, abi, functionName: "slashMissedHeartbeat", args: [lease1] }));
+  lease2 = await openLease(providerB, lease1);
+  await heartbeat(providerB, lease2);
+  const { w: bWallet } = lm(providerB);
+  await send(
+    bWallet.writeContract({
+      address,
+      abi,
+      functionName: "finish",
+      args: [lease2, "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"],
+    }),
+  );
+}, 180_000);
+
+afterAll(async () => {
+  await stopAll();
+  await chain?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("indexer", () => {
+  it("indexes every event of both contracts, and its views agree with the chain's own counters", async () => {
+    const indexer = createIndexer({ publicClient, deployment, file: path.join(dir, "full.db") });
+    try {
+      const result = await indexer.sync();
+      expect(result.blockNumber).toBe(await publicClient.getBlockNumber());
+      expect(indexer.store.events().map(keyOf)).toEqual(await chainEvents());
+
+      const leases = indexer.store.db.prepare("SELECT * FROM leases ORDER BY lease_id").all() as {
+        lease_id: number;
+        status: string;
+        predecessor: number;
+        heartbeats: number;
+        checkpoints: number;
+      }[];
+      expect(leases.map((l) => [l.lease_id, l.predecessor, l.heartbeats, l.checkpoints])).toEqual([
+        [Number(lease1), 0, 2, 1],
+        [Number(lease2), Number(lease1), 1, 0],
+      ]);
+      for (const lease of leases) {
+        const view = await publicClient.readContract({
+          address: deployment.contracts.leaseManager,
+          abi: leaseManagerAbi,
+          functionName: "getLease",
+          args: [BigInt(lease.lease_id)],
+        });
+        expect(lease.status).toBe(leaseStatus[view.status]!.toLowerCase());
+      }
+
+      const slashes = indexer.store.db.prepare("SELECT * FROM slashes").all() as {
+        lease_id: number;
+        caller: string;
+      }[];
+      expect(slashes.map((s) => [s.lease_id, s.caller])).toEqual([[Number(lease1), keeper.address.toLowerCase()]]);
+
+      for (const provider of [providerA, providerB]) {
+        const onChain = await publicClient.readContract({
+          address: deployment.contracts.providerRegistry,
+          abi: providerRegistryAbi,
+          functionName: "getProvider",
+          args: [provider.address],
+        });
+        const row = indexer.store.db
+          .prepare("SELECT leases, completed, slashed FROM providers WHERE provider = ?")
+          .get(provider.address.toLowerCase()) as { leases: number; completed: number; slashed: number };
+        expect([row.leases, row.completed, row.slashed]).toEqual([
+          Number(onChain.leasesOpened),
+          Number(onChain.leasesCompleted),
+          Number(onChain.leasesSlashed),
+        ]);
+      }
+    } finally {
+      indexer.close();
+    }
+  });
+
+  it("gives audits the same figures as the chain's logs do, in the SDK and with `baton audit --indexer`", async () => {
+    const file = path.join(dir, "audit.db");
+    const indexer = createIndexer({ publicClient, deployment, file });
+    const chainClient = createChainClient({ rpcUrl: chain.rpcUrl, deployment, pollingIntervalMs: 50 });
+    try {
+      await indexer.sync();
+      const fromChain = { chain: chainClient };
+      const fromIndex = { chain: chainClient, events: indexer.store };
+      expect(await auditJob(fromIndex, { jobId: JOB_ID })).toEqual(await auditJob(fromChain, { jobId: JOB_ID }));
+      for (const leaseId of [lease1, lease2]) {
+        expect(await auditLease(fromIndex, { leaseId })).toEqual(await auditLease(fromChain, { leaseId }));
+      }
+      for (const { address: provider } of [providerA, providerB]) {
+        expect(await auditProvider(fromIndex, { provider })).toEqual(await auditProvider(fromChain, { provider }));
+      }
+    } finally {
+      indexer.close();
+    }
+
+    const cli = async (args: string[]): Promise<string> => {
+      const run = spawnScript("cli/baton.ts", [...args, "--rpc-url", chain.rpcUrl, "--deployment", deploymentFile]);
+      const { code } = await run.closed;
+      expect(code, run.lines.join("\n")).toBe(0);
+      return run.stdout.join("\n");
+    };
+    for (const args of [
+      ["audit", "job", JOB_ID],
+      ["audit", "lease", String(lease1), "--json"],
+      ["audit", "provider", providerA.address],
+    ]) {
+      expect(await cli([...args, "--indexer", file])).toBe(await cli(args));
+    }
+  });
+
+  it("refuses an audit from an index that is not there", async () => {
+    const run = spawnScript("cli/baton.ts", [
+      "audit",
+      "job",
+      JOB_ID,
+      "--indexer",
+      path.join(dir, "missing.db"),
+      "--rpc-url",
+      chain.rpcUrl,
+      "--deployment",
+      deploymentFile,
+    ]);
+    const { code } = await run.closed;
+    expect(code).not.toBe(0);
+    expect(run.lines.join("\n")).toContain("no index at");
+  });
+
+  it("resumes after a restart mid-sync with nothing lost and nothing counted twice", async () => {
+    const file = path.join(dir, "restart.db");
+    const stopped = new AbortController();
+    const first = createIndexer({ publicClient, deployment, file, maxRange: 3n });
+    let pages = 0;
+    await expect(
+      first.sync({
+        signal: stopped.signal,
+        onPage: () => {
+          if (++pages === 4) stopped.abort(new Error("stopped mid-sync"));
+        },
+      }),
+    ).rejects.toThrow("stopped mid-sync");
+    const partial = first.store.events().length;
+    const cursor = first.store.cursor();
+    first.close();
+    expect(cursor?.blockNumber).toBe(Number(deployment.deployBlock) + 4 * 3 - 1);
+    expect(partial).toBeLessThan((await chainEvents()).length);
+
+    const second = createIndexer({ publicClient, deployment, file, maxRange: 3n });
+    try {
+      const result = await second.sync();
+      expect(result.rolledBack).toBe(0);
+      expect(result.events).toBe((await chainEvents()).length - partial);
+      expect(second.store.events().map(keyOf)).toEqual(await chainEvents());
+      // Indexing again reads nothing new.
+      expect((await second.sync()).events).toBe(0);
+    } finally {
+      second.close();
+    }
+  });
+
+  it("undoes a reorg: an event whose transaction the new branch dropped leaves the index", async () => {
+    const indexer = createIndexer({ publicClient, deployment, file: path.join(dir, "reorg.db") });
+    try {
+      await indexer.sync();
+      const snapshot = await snapshotChain(chain.rpcUrl);
+      // A heartbeat is gone from the new branch; a claim by provider B survives, in another block.
+      const { address, abi } = lm(tenant);
+      const heartbeatLease = await openLease(providerA, 0n, keccak256(toHex("job-reorged")));
+      const beat = await heartbeat(providerA, heartbeatLease);
+      const { w: bWallet } = lm(providerB);
+      const claim = await send(bWallet.writeContract({ address, abi, functionName: "claim", args: [[lease2]] }));
+      await indexer.sync();
+      expect(indexer.store.events().some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(true);
+
+      await reorg(chain.rpcUrl, snapshot, { drop: [beat.transactionHash], blockTimeS: 0 });
+      const result = await indexer.sync();
+      expect(result.rolledBack).toBeGreaterThan(0);
+      const events = indexer.store.events();
+      expect(events.some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(false);
+      expect(events.some((e) => e.txHash === claim.transactionHash.toLowerCase())).toBe(true);
+      expect(events.map(keyOf)).toEqual(await chainEvents());
+      const row = indexer.store.db
+        .prepare("SELECT heartbeats FROM leases WHERE lease_id = ?")
+        .get(Number(heartbeatLease)) as { heartbeats: number };
+      expect(row.heartbeats).toBe(0);
+    } finally {
+      indexer.close();
+    }
+  });
+});
+
+describe("explorer pages, in Debian's chromium", () => {
+  /** Screenshots of each page, kept as the run's artifacts. */
+  const shots = path.join(root, ".baton", "test-artifacts", "explorer");
+  let explorer: Spawned;
+  let url: string;
+  let browser: Browser;
+
+  const providerView = (address: Hex) =>
+    publicClient.readContract({
+      address: deployment.contracts.providerRegistry,
+      abi: providerRegistryAbi,
+      functionName: "getProvider",
+      args: [address],
+    });
+
+  /** Waits until the explorer's index holds the chain's head. */
+  async function caughtUp(): Promise<void> {
+    const head = Number(await publicClient.getBlockNumber({ cacheTime: 0 }));
+    await until(
+      async () => ((await (await fetch(`${url}/api/network`)).json()) as { asOf: number | null }).asOf! >= head,
+      60_000,
+      `the explorer indexing block ${head}`,
+    );
+  }
+
+  async function open(pathname: string): Promise<Page> {
+    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+    await page.goto(`${url}${pathname}`);
+    await page.waitForSelector("body[data-ready]", { timeout: 60_000 });
+    return page;
+  }
+
+  beforeAll(async () => {
+    await mkdir(shots, { recursive: true });
+    explorer = spawnScript("cli/baton.ts", [
+      "explorer",
+      "--port",
+      "0",
+      "--poll-ms",
+      "200",
+      "--db",
+      path.join(dir, "pages.db"),
+      "--rpc-url",
+      chain.rpcUrl,
+      "--deployment",
+      deploymentFile,
+    ]);
+    url = /(http:\/\/\S+)/.exec(await explorer.waitFor(/^explorer: http/, 60_000))![1]!;
+    browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+    await caughtUp();
+  }, 120_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await explorer?.stop();
+  });
+
+  it("draws the network at a glance", async () => {
+    const page = await open("/");
+    expect(await page.locator("[data-figure=providers]").textContent()).toBe("2");
+    expect(await page.locator("[data-figure=slashes]").textContent()).toBe("1");
+    await page.locator(".uplot").first().waitFor();
+    await page.screenshot({ path: path.join(shots, "network.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("shows a job's two leases linked by the hand-off, the checkpoint resumed from, and the slash", async () => {
+    const page = await open(`/job/${JOB_ID}`);
+    expect(await page.locator("[data-lease]").count()).toBe(2);
+    const handOff = page.locator(`[data-hand-off="${lease1}-${lease2}"]`);
+    expect(await handOff.textContent()).toContain("resumed from");
+    expect(await page.locator(`[data-lease="${lease1}"] .status-slashed`).textContent()).toBe("slashed");
+    expect(await page.locator("[data-figure=slashes]").textContent()).toBe("1");
+    await page.screenshot({ path: path.join(shots, "job.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("shows a provider's counters equal to the registry's", async () => {
+    for (const provider of [providerA, providerB]) {
+      const onChain = await providerView(provider.address);
+      const page = await open(`/provider/${provider.address}`);
+      expect(await page.locator("[data-figure=leases-opened]").textContent()).toBe(String(onChain.leasesOpened));
+      expect(await page.locator("[data-figure=leases-completed]").textContent()).toBe(String(onChain.leasesCompleted));
+      expect(await page.locator("[data-figure=leases-slashed]").textContent()).toBe(String(onChain.leasesSlashed));
+      if (provider === providerA) await page.screenshot({ path: path.join(shots, "provider.png"), fullPage: true });
+      await page.close();
+    }
+  });
+
+  it("shows a new heartbeat on a lease's page without a reload", async () => {
+    const leaseId = await openLease(providerB, 0n, keccak256(toHex("job-live")));
+    await caughtUp();
+    const page = await open(`/lease/${leaseId}`);
+    const beats = page.locator("li[data-event=HeartbeatRecorded]");
+    expect(await beats.count()).toBe(0);
+    await page.evaluate('document.body.setAttribute("data-same-document", "yes")');
+    await heartbeat(providerB, leaseId, "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku");
+    await beats.first().waitFor({ timeout: 60_000 });
+    expect(await beats.count()).toBe(1);
+    // The same document: the page redrew itself, nobody reloaded it.
+    expect(await page.evaluate('document.body.getAttribute("data-same-document")')).toBe("yes");
+    await page.screenshot({ path: path.join(shots, "lease.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("fits a phone's width, every link named for a screen reader", async () => {
+    for (const [name, pathname] of [
+      ["network", "/"],
+      ["job", `/job/${JOB_ID}`],
+      ["provider", `/provider/${providerA.address}`],
+      ["lease", `/lease/${lease1}`],
+    ] as const) {
+      const page = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
+      await page.goto(`${url}${pathname}`);
+      await page.waitForSelector("body[data-ready]", { timeout: 60_000 });
+      expect(await page.evaluate("document.documentElement.scrollWidth"), name).toBeLessThanOrEqual(390);
+      expect(await page.locator("h1").count(), name).toBe(1);
+      const unnamed = await page.evaluate(
+        "[...document.querySelectorAll('a')].filter((a) => a.textContent.trim() === '').length",
+      );
+      expect(unnamed, name).toBe(0);
+      await page.screenshot({ path: path.join(shots, `phone-${name}.png`), fullPage: true });
+      await page.close();
+    }
+  });
+
+  it("says clearly that an unknown lease is not found", async () => {
+    const page = await open("/lease/999999");
+    expect(await page.locator("h1").textContent()).toBe("Lease 999999 not found");
+    expect(await page.locator("[role=alert]").textContent()).toContain("no lease 999999");
+    await page.screenshot({ path: path.join(shots, "not-found.png") });
+    await page.close();
+  });
+});
