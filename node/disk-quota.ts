@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import { open, readdir, readFile, rm, rmdir, statfs } from "node:fs/promises";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 
 import { ProviderFaultError } from "../sdk/errors.ts";
@@ -29,6 +30,10 @@ const MAX_SIZE_ATTEMPTS = 4;
 
 /** Longest a mkfs, mount or umount may take: a few ms normally, seconds on a loaded disk. */
 const TOOL_TIMEOUT_MS = 60_000;
+
+/** How long a loop device may take to be freed after its umount, and how often that is checked. */
+const LOOP_FREE_TIMEOUT_MS = 30_000;
+const LOOP_POLL_MS = 50;
 
 /**
  * Options of the file system: no blocks reserved for root (the job is never root, so a reserve
@@ -139,6 +144,7 @@ export async function mountQuotaFileSystem(image: string, dir: string, quotaByte
     }
     if (free >= quotaBytes) break;
     await tool("umount", [dir]);
+    await detachLoops(image, LOOP_FREE_TIMEOUT_MS);
     if (attempt === MAX_SIZE_ATTEMPTS) {
       throw new DiskQuotaError(`no image size gives a file system with ${quotaBytes} bytes free`, {
         details: `the last, ${size} bytes, left ${free}`,
@@ -170,13 +176,36 @@ export async function removeQuotaFileSystem(image: string, dir: string, log: Log
       await tool("umount", ["--lazy", dir]);
     }
   }
-  for (const loop of await loopDevices()) {
-    if (loop.backingFile === image || loop.backingFile === `${image} (deleted)`) {
+  await detachLoops(image, 0);
+  await rm(image, { force: true });
+}
+
+/**
+ * Detaches the loop devices backed by `image`, and waits up to `waitMs` until none is left. The
+ * kernel frees an auto-cleared loop device some time after its umount, not at once, and a detach
+ * asked while the device is still open only marks it to clear itself: a file system made again in
+ * the image and mounted meanwhile went through the old device, at the image's old size, and the
+ * mount was refused (a start failed so under load).
+ */
+async function detachLoops(image: string, waitMs: number): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const held = (await loopDevices()).filter(
+      (loop) => loop.backingFile === image || loop.backingFile === `${image} (deleted)`,
+    );
+    if (held.length === 0) return;
+    for (const loop of held) {
       // Detached meanwhile (the kernel frees an auto-cleared loop device once unmounted): done.
       await tool("losetup", ["--detach", loop.device]).catch((error: unknown) => {
         if (!/No such device/i.test((error as DiskQuotaError).details ?? "")) throw error;
       });
     }
+    if (waitMs === 0) return;
+    if (Date.now() >= deadline) {
+      throw new DiskQuotaError(`the loop device of ${image} was not freed in ${waitMs / 1000} s`, {
+        details: held.map((loop) => loop.device).join(", "),
+      });
+    }
+    await sleep(LOOP_POLL_MS);
   }
-  await rm(image, { force: true });
 }

@@ -740,7 +740,11 @@ describe("bad lease sessions (real node processes, real chain, loopback libp2p)"
     await session.close();
     expect(result.error).toBeUndefined();
     const types = result.events.map((e) => e.type);
-    expect(types[0]).toBe("accepted");
+    // A refusal names its cause only in the node's log: the assertion shows it.
+    const why = logEntries(cpuNode)
+      .filter((e) => e.msg === "session failed")
+      .map((e) => JSON.stringify(e));
+    expect(types[0], `refused; the node logged ${why.join("\n") || "no failure"}`).toBe("accepted");
     expect(types.at(-1)).toBe("result");
     expect(result.events.flatMap((e) => (e.type === "log" ? [e.body.line] : []))).toEqual([`ok from ${bLeaseId}`]);
     const last = result.events.at(-1)!;

@@ -7,7 +7,15 @@ import { promisify } from "node:util";
 
 import { afterEach, describe, expect, it } from "vitest";
 
-import { DISK_IMAGE, loopDevices, mountPoints, nextImageSize, parseMountPoints } from "../../node/disk-quota.ts";
+import {
+  DISK_IMAGE,
+  freeBytes,
+  loopDevices,
+  mountPoints,
+  mountQuotaFileSystem,
+  nextImageSize,
+  parseMountPoints,
+} from "../../node/disk-quota.ts";
 import { diskUsage } from "../../node/disk-usage.ts";
 import { nodeRuntimeBind, startJob } from "../../node/sandbox/runner.ts";
 import {
@@ -201,6 +209,22 @@ describe.skipIf(!canMount)("work dirs with a file system of their own (root, loo
     expect(await leftOf(dir, 4n)).toEqual({ mounts: 1, loops: 1, image: true, work: true });
     await workDirs.remove(4n);
     expect(await leftOf(dir, 4n)).toEqual(NOTHING);
+  });
+
+  it("makes its file system again through a new loop device when the kernel has not yet freed the last mount's", async () => {
+    const dir = await jobsDir();
+    const image = path.join(dir, DISK_IMAGE);
+    const work = path.join(dir, "work");
+    await mkdir(work);
+    // The loop device an umount leaves until the kernel frees it, at the first try's size, here for
+    // the whole call (mount reuses a device already backed by the file): the second try, in a larger
+    // image, was mounted through it and refused. Freed with the dir's file systems after the test.
+    await writeFile(image, "");
+    await truncate(image, QUOTA);
+    await run("losetup", ["--find", image]);
+    await mountQuotaFileSystem(image, work, QUOTA);
+    expect(await freeBytes(work)).toBeGreaterThanOrEqual(QUOTA);
+    expect((await loopDevices()).filter((loop) => loop.backingFile === image)).toHaveLength(1);
   });
 
   it("after a crash, removes the file systems of leases that ended and keeps those relaunched, mounted again after a reboot", async () => {
