@@ -33,7 +33,7 @@ import {
   leaseCost,
 } from "./hand-off-policy.ts";
 import { JobEvents } from "./job-events.ts";
-import { endOpenLeases, endRecordedLease, PendingSlashes, type OnSlash } from "./job-settlement.ts";
+import { endOpenLeases, endRecordedLease, PendingSlashes, slashedEvent, type OnSlash } from "./job-settlement.ts";
 import type { JobRecord, JobStore, LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
 import { leaseLiveness } from "./lease-session.ts";
@@ -130,6 +130,7 @@ export class BatchRunner {
   readonly #active = new Map<string, LeaseRecord>();
   /** Each task's cost over its attempts so far. */
   readonly #taskCost = new Map<string, bigint>();
+  readonly #tasks: ReadonlyMap<string, BatchTask>;
   /** CIDs of local input files added to IPFS, by file. */
   readonly #files = new Map<string, Promise<string>>();
   #record!: JobRecord;
@@ -147,6 +148,7 @@ export class BatchRunner {
     this.#client = { ...client, jobs: init.store };
     this.#log = client.log.child("batch");
     this.#events = new JobEvents(this.#log);
+    this.#tasks = new Map(init.tasks.map((task) => [task.id, task]));
     const recorded = new Set([...init.manifest.results.keys()]);
     this.#queue = new BatchQueue({
       tasks: init.tasks.map((task) => task.id),
@@ -225,15 +227,7 @@ export class BatchRunner {
     this.#record.options.maxPricePerSecond = this.#init.maxPricePerSecond.toString();
     const parts = { client: this.#client, record: this.#record, events: this.#events, log: this.#log };
     this.#replicator = new CheckpointReplicator(parts);
-    this.#onSlash = ({ leaseId, provider }, { compensation, refund, tx }) =>
-      this.#emit({
-        type: "slashed",
-        leaseId: BigInt(leaseId),
-        provider: provider as Address,
-        compensation,
-        refund,
-        tx,
-      });
+    this.#onSlash = (lease, slash) => this.#emit(slashedEvent(lease, slash));
     this.#slashes = new PendingSlashes(this.#client, this.#record, this.#log, this.#onSlash);
     for (const lease of this.#record.leases) {
       if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
@@ -498,7 +492,7 @@ export class BatchRunner {
 
   /** The spec a task runs, its local files added to IPFS (once each). */
   async #specOf(taskId: string): Promise<JobSpec> {
-    const task = this.#init.tasks.find((t) => t.id === taskId)!;
+    const task = this.#tasks.get(taskId)!;
     const inputs = [...task.inputs];
     for (const [target, file] of Object.entries(task.files)) {
       let cid = this.#files.get(file);

@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 import { parseEther, type Address } from "viem";
@@ -9,12 +9,16 @@ import type { BatonClient } from "../../sdk/client.ts";
 import { JobCancelledError } from "../../sdk/errors.ts";
 import { parseJobSpec } from "../../sdk/job-spec.ts";
 import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
+import { devAccount } from "../../deploy/local-chain.ts";
+import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
+import { privateKeyOf } from "../helpers/market.ts";
+import { spawnScript } from "../helpers/processes.ts";
 import { totals, useRunJobMarket } from "../helpers/run-job.ts";
 
 /*
  * runBatch on a real devnet with three real provider node processes: a batch over two leases, one
  * of whose providers is SIGKILLed mid-batch, and a batch stopped mid-way and run again on its
- * manifest. Each task writes the square of its N into its output: the result a serial run gives.
+ * manifest, and `baton batch run` SIGKILLed mid-batch and run again. Each task writes the square of its N into its output: the result a serial run gives.
  */
 const fixture = useRunJobMarket();
 
@@ -89,10 +93,10 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     const batch = runBatch(client, { ...base(), tasks, manifest, onEvent });
     batch.catch(() => undefined);
 
-    // Both leases have run tasks; kill the provider of a lease while it runs its next one.
-    await when((e) => e.type === "task-recorded" && e.progress.done >= 6);
-    const started = events.findLast((e) => e.type === "task-started");
-    if (started?.type !== "task-started") throw new Error("no task started");
+    // Both leases have run tasks; kill the provider of a lease just given its next task (at once: no
+    // I/O runs between the event and the kill, so the task cannot have ended).
+    const started = await when((e) => e.type === "task-started" && e.progress.done >= 6);
+    if (started.type !== "task-started") throw new Error("unreachable");
     const victim = fixture.market.providers.find((p) => p.account.address === started.provider)!;
     victim.process!.child.kill("SIGKILL");
     onTestFinished(() => victim.start());
@@ -110,10 +114,8 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     expect(new Set(ids)).toEqual(new Set(tasks.map((t) => t.id)));
     await expectSquares(result.outputDir, ids);
     // The task the dead provider ran went back to the queue and was done elsewhere.
-    if (lost.requeued !== undefined) {
-      const done = result.results.find((r) => r.taskId === lost.requeued)!;
-      expect(done.provider).not.toBe(victim.account.address);
-    }
+    expect(lost.requeued).toBe(started.taskId);
+    expect(result.results.find((r) => r.taskId === started.taskId)!.provider).not.toBe(victim.account.address);
     // A replacement was leased on the third provider, and no task ran on the dead one after.
     const opened = events.filter((e) => e.type === "lease-opened");
     expect(opened.length).toBeGreaterThanOrEqual(3);
@@ -163,5 +165,78 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     expect(result.leases.every((l) => l.state !== "starting" && l.state !== "running")).toBe(true);
     const leaseOwners = new Set<Address>(result.leases.map((l) => l.provider as Address));
     expect(leaseOwners.size).toBeGreaterThanOrEqual(2);
+  }, 300_000);
+
+  it("`baton batch run` SIGKILLed mid-batch and run again: the rest runs, the killed run's leases are ended", async () => {
+    const dataDir = path.join(fixture.dir, "tenant-cli");
+    // Funds the CLI's account (the market's tenant 2 is dev account 12).
+    await fixture.market.client(2, path.join(fixture.dir, "tenant-fund"));
+    const specFile = path.join(fixture.dir, "square.json");
+    await writeFile(specFile, JSON.stringify(spec));
+    const tasksFile = path.join(fixture.dir, "cli-tasks.jsonl");
+    await writeFile(
+      tasksFile,
+      Array.from({ length: 20 }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join("\n"),
+    );
+    const manifest = path.join(dataDir, "batches", "cli-tasks.jsonl");
+    const args = [
+      "batch",
+      "run",
+      specFile,
+      "--tasks",
+      tasksFile,
+      "--max-price",
+      "0.001",
+      "--parallelism",
+      "2",
+      "--data-dir",
+      dataDir,
+      "--rpc-url",
+      fixture.market.chain.rpcUrl,
+      "--deployment",
+      fixture.market.deploymentFile,
+      ...fixture.market.providers.flatMap((p) => ["--bootstrap", p.address!]),
+    ];
+    const env = { BATON_TENANT_KEY: privateKeyOf(devAccount(12)) };
+    const first = spawnScript("cli/baton.ts", args, env);
+    onTestFinished(() => void first.child.kill("SIGKILL"));
+    // Two results recorded at once print the same count: any count from 5 on.
+    await first.waitFor(/^([5-9]|1\d)\/20 done/, 120_000);
+    first.child.kill("SIGKILL");
+    await first.exited;
+    const recordedBefore = await manifestIds(manifest);
+    expect(recordedBefore.length).toBeGreaterThanOrEqual(5);
+
+    const second = spawnScript("cli/baton.ts", args, env);
+    onTestFinished(() => void second.child.kill("SIGKILL"));
+    const exit = await second.exited;
+    expect(exit.code, second.lines.slice(-20).join("\n")).toBe(0);
+    expect(second.lines.join("\n")).toMatch(/^20 done, 0 failed, of 20 recorded$/m);
+    const ids = await manifestIds(manifest);
+    expect(ids).toHaveLength(20);
+    expect(new Set(ids).size).toBe(20);
+    await expectSquares(`${manifest}.outputs`, ids);
+
+    const results = spawnScript("cli/baton.ts", ["batch", "results", manifest, "--json"]);
+    expect((await results.closed).code, results.lines.join("\n")).toBe(0);
+    expect(JSON.parse(results.stdout.join("\n"))).toHaveLength(20);
+    // Every lease either run opened (as the batch's lease record lists them) has ended on chain: the
+    // killed run's were ended by the second.
+    const store = `${manifest}.leases`;
+    const [recordFile] = (await readdir(store)).filter((name) => name.endsWith(".json"));
+    const record = JSON.parse(await readFile(path.join(store, recordFile!), "utf8")) as {
+      leases: { leaseId: string }[];
+    };
+    const leaseIds = record.leases.map((l) => l.leaseId);
+    expect(leaseIds.length).toBeGreaterThanOrEqual(3);
+    const { leaseManager } = contracts(fixture.market.deployment);
+    for (const leaseId of leaseIds) {
+      const lease = await fixture.market.admin.publicClient.readContract({
+        ...leaseManager,
+        functionName: "getLease",
+        args: [BigInt(leaseId)],
+      });
+      expect(leaseStatus[lease.status]).not.toBe("Active");
+    }
   }, 300_000);
 });
