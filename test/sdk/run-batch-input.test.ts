@@ -1,4 +1,4 @@
-import { access, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { access, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runBatch, type RunBatchParameters } from "../../sdk/actions/runBatch.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { UserError } from "../../sdk/errors.ts";
-import { parseJobSpec } from "../../sdk/job-spec.ts";
+import { parseJobSpec, readJobFile } from "../../sdk/job-spec.ts";
 import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
-import { spawnScript } from "../helpers/processes.ts";
+import { root, spawnScript } from "../helpers/processes.ts";
 
 /*
  * runBatch's and `baton batch run`'s refusals of bad input: each before any lease opens. The client
@@ -130,5 +130,14 @@ describe("baton batch run refuses a bad task file before it connects", () => {
     const exit = await cli.closed;
     expect(exit.code).toBe(1);
     expect(cli.stderr.join("\n")).toMatch(/empty\.jsonl has no tasks/);
+  });
+});
+
+describe("examples/batch", () => {
+  it("is a valid spec and task file: twelve tasks, each with its own N", async () => {
+    const { spec: example } = await readJobFile(path.join(root, "examples/batch/square.yaml"));
+    const file = path.join(root, "examples/batch/tasks.jsonl");
+    const tasks = parseTasks(await readFile(file, "utf8"), example, { source: file, baseDir: path.dirname(file) });
+    expect(tasks.map((t) => t.env.N)).toEqual(Array.from({ length: 12 }, (_, i) => String(i + 1)));
   });
 });
