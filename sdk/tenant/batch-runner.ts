@@ -160,9 +160,9 @@ export class BatchRunner {
     this.#events.on("lease-opened", (e) =>
       this.#emit({ type: "lease-opened", leaseId: e.leaseId, provider: e.provider, pricePerSecond: e.pricePerSecond }),
     );
-    init.signal?.addEventListener("abort", () => this.#fail(new JobCancelledError("the batch was stopped")), {
-      once: true,
-    });
+    const stopped = (): void => this.#fail(new JobCancelledError("the batch was stopped"));
+    if (init.signal?.aborted) stopped();
+    else init.signal?.addEventListener("abort", stopped, { once: true });
   }
 
   /** Runs the batch to its end, every lease ended and every slash made. */
@@ -177,6 +177,9 @@ export class BatchRunner {
     } finally {
       for (const lease of this.#active.values()) lease.state = "cancelled";
       await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
+      const failure = this.#failure;
+      this.#record.state = !failure ? "completed" : failure instanceof JobCancelledError ? "cancelled" : "failed";
+      if (failure) this.#record.error = oneLineOf(failure);
       await this.#client.jobs.save(this.#record);
       try {
         await this.#slashes.settled();
@@ -222,9 +225,13 @@ export class BatchRunner {
       deposited: "0",
       handOffs: 0,
     };
-    // This run's spec and prices: a restart may change them (a higher price, a longer task time).
+    // This run's spec, price and budget: a run again may change them (a higher price, a longer task time).
+    this.#record.state = "running";
+    delete this.#record.error;
     this.#record.spec = this.#init.spec;
     this.#record.options.maxPricePerSecond = this.#init.maxPricePerSecond.toString();
+    if (this.#init.budget === undefined) delete this.#record.options.budget;
+    else this.#record.options.budget = this.#init.budget.toString();
     const parts = { client: this.#client, record: this.#record, events: this.#events, log: this.#log };
     this.#replicator = new CheckpointReplicator(parts);
     this.#onSlash = (lease, slash) => this.#emit(slashedEvent(lease, slash));

@@ -83,53 +83,39 @@ describe("runBatch refuses bad input before any lease opens", () => {
   });
 });
 
+/** `baton batch run` on a task file of `text`; no network is given: it must not get that far. */
+async function batchRunOn(name: string, text: string) {
+  const specFile = path.join(dir, "spec.json");
+  const tasksFile = path.join(dir, name);
+  await writeFile(specFile, JSON.stringify(spec));
+  await writeFile(tasksFile, text);
+  const dataDir = path.join(dir, "tenant");
+  const cli = spawnScript("cli/baton.ts", [
+    "batch",
+    "run",
+    specFile,
+    "--tasks",
+    tasksFile,
+    "--max-price",
+    "0.001",
+    "--data-dir",
+    dataDir,
+  ]);
+  const exit = await cli.closed;
+  return { code: exit.code, stderr: cli.stderr.join("\n") };
+}
+
 describe("baton batch run refuses a bad task file before it connects", () => {
   it("names the file and line of a malformed task, and exits 1", async () => {
-    const specFile = path.join(dir, "spec.json");
-    const tasksFile = path.join(dir, "bad.jsonl");
-    await writeFile(specFile, JSON.stringify(spec));
-    await writeFile(tasksFile, '{"id":"a"}\n{"id": oops}\n');
-    const cli = spawnScript("cli/baton.ts", [
-      "batch",
-      "run",
-      specFile,
-      "--tasks",
-      tasksFile,
-      "--max-price",
-      "0.001",
-      "--data-dir",
-      path.join(dir, "tenant"),
-      "--rpc-url",
-      "http://127.0.0.1:9",
-      "--deployment",
-      path.join(dir, "none.json"),
-      "--bootstrap",
-      "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWGmLHZ4ZaK8KJpkjgUDUTmF9N4DVnt6YSwUcwNy8bqGBE",
-    ]);
-    const exit = await cli.closed;
-    expect(exit.code).toBe(1);
-    expect(cli.stderr.join("\n")).toMatch(/bad\.jsonl:2: not valid JSON/);
+    const { code, stderr } = await batchRunOn("bad.jsonl", '{"id":"a"}\n{"id": oops}\n');
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/bad\.jsonl:2: not valid JSON/);
   });
 
   it("says so when the task file is empty", async () => {
-    const specFile = path.join(dir, "spec.json");
-    const tasksFile = path.join(dir, "empty.jsonl");
-    await writeFile(specFile, JSON.stringify(spec));
-    await writeFile(tasksFile, "\n\n");
-    const cli = spawnScript("cli/baton.ts", [
-      "batch",
-      "run",
-      specFile,
-      "--tasks",
-      tasksFile,
-      "--max-price",
-      "0.001",
-      "--data-dir",
-      path.join(dir, "tenant"),
-    ]);
-    const exit = await cli.closed;
-    expect(exit.code).toBe(1);
-    expect(cli.stderr.join("\n")).toMatch(/empty\.jsonl has no tasks/);
+    const { code, stderr } = await batchRunOn("empty.jsonl", "\n\n");
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/empty\.jsonl has no tasks/);
   });
 });
 

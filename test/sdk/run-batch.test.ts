@@ -13,7 +13,7 @@ import { devAccount } from "../../deploy/local-chain.ts";
 import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import { privateKeyOf } from "../helpers/market.ts";
 import { spawnScript } from "../helpers/processes.ts";
-import { totals, useRunJobMarket } from "../helpers/run-job.ts";
+import { tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
 
 /*
  * runBatch on a real devnet with three real provider node processes: a batch over two leases, one
@@ -179,24 +179,8 @@ describe("runBatch (real devnet, real provider node processes)", () => {
       Array.from({ length: 20 }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join("\n"),
     );
     const manifest = path.join(dataDir, "batches", "cli-tasks.jsonl");
-    const args = [
-      "batch",
-      "run",
-      specFile,
-      "--tasks",
-      tasksFile,
-      "--max-price",
-      "0.001",
-      "--parallelism",
-      "2",
-      "--data-dir",
-      dataDir,
-      "--rpc-url",
-      fixture.market.chain.rpcUrl,
-      "--deployment",
-      fixture.market.deploymentFile,
-      ...fixture.market.providers.flatMap((p) => ["--bootstrap", p.address!]),
-    ];
+    const args = ["batch", "run", specFile, "--tasks", tasksFile, "--max-price", "0.001", "--parallelism", "2"];
+    args.push(...tenantCliArgs(fixture.market, dataDir));
     const env = { BATON_TENANT_KEY: privateKeyOf(devAccount(12)) };
     const first = spawnScript("cli/baton.ts", args, env);
     onTestFinished(() => void first.child.kill("SIGKILL"));
