@@ -128,6 +128,11 @@ export class BatchRunner {
   readonly #events: JobEvents;
   readonly #stop = new AbortController();
   readonly #active = new Map<string, LeaseRecord>();
+  /**
+   * Providers whose new lease the queue had no task for (every queued task failed on them): not
+   * leased again until a task comes back to the queue, else a slot would open lease after lease there.
+   */
+  readonly #idle = new Set<string>();
   /** Each task's cost over its attempts so far. */
   readonly #taskCost = new Map<string, bigint>();
   readonly #tasks: ReadonlyMap<string, BatchTask>;
@@ -279,7 +284,7 @@ export class BatchRunner {
             predecessor: undefined,
             signed: false,
             resume: undefined,
-            avoid: [...[...this.#active.values()].map((l) => l.provider), ...this.#queue.excluded],
+            avoid: [...[...this.#active.values()].map((l) => l.provider), ...this.#queue.excluded, ...this.#idle],
             durationS: this.#init.leaseDurationS,
             signal: this.#stop.signal,
           });
@@ -312,7 +317,10 @@ export class BatchRunner {
     const leaseId = BigInt(lease.leaseId);
     let running: Running | undefined;
     const first = this.#queue.next(lease.leaseId, provider);
-    if (!first) return this.#close(lease);
+    if (!first) {
+      this.#idle.add(provider);
+      return this.#close(lease);
+    }
     const topUps = new LeaseTopUps({
       client: this.#client,
       record: this.#record,
@@ -415,6 +423,7 @@ export class BatchRunner {
     if (outcome.kind === "stale") {
       this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the lease is not running this task" });
     } else if (outcome.kind === "retry") {
+      this.#idle.clear();
       this.#emit({
         type: "task-retry",
         taskId,
@@ -453,6 +462,7 @@ export class BatchRunner {
     const provider = lease.provider as Address;
     if (running) this.#addCost(running.assignment.taskId, lease, Date.now() - running.startedAt);
     const requeued = this.#queue.leaseLost(lease.leaseId);
+    if (requeued !== undefined) this.#idle.clear();
     this.#queue.exclude(provider);
     this.#active.delete(lease.leaseId);
     lease.state = "failed";

@@ -24,7 +24,12 @@ const fixture = useRunJobMarket();
 
 const spec = parseJobSpec({
   name: "square",
-  command: ["sh", "-c", 'sleep 0.3; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"'],
+  // A task given FAIL fails by its own fault, saying so on stderr.
+  command: [
+    "sh",
+    "-c",
+    'sleep 0.3; if [ -n "$FAIL" ]; then echo "task $N fails" >&2; exit 3; fi; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"',
+  ],
   resources: { gpus: 0, cpus: 1, memoryMiB: 128 },
   maxDurationS: 60,
 });
@@ -165,6 +170,30 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     expect(result.leases.every((l) => l.state !== "starting" && l.state !== "running")).toBe(true);
     const leaseOwners = new Set<Address>(result.leases.map((l) => l.provider as Address));
     expect(leaseOwners.size).toBeGreaterThanOrEqual(2);
+  }, 300_000);
+
+  it("a task that fails by its own fault is tried on another provider, then recorded once as failed with its logs", async () => {
+    const text = Array.from({ length: 6 }, (_, i) =>
+      JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1), ...(i === 2 ? { FAIL: "1" } : {}) } }),
+    ).join("\n");
+    const tasks = parseTasks(text, spec, { source: "tasks.jsonl", baseDir: "." });
+    const manifest = path.join(fixture.dir, "failing.jsonl");
+    const { events, onEvent } = recorder();
+    const result = await runBatch(client, { ...base(), tasks, manifest, retries: 1, onEvent });
+
+    expect(result.done).toBe(5);
+    expect(result.failed).toBe(1);
+    const failed = result.results.find((r) => r.taskId === "n3")!;
+    expect(failed).toMatchObject({ state: "failed", exitCode: 3, attempts: 2 });
+    expect(failed.logs).toContain("task 3 fails");
+    const retry = events.find((e) => e.type === "task-retry");
+    expect(retry).toMatchObject({ taskId: "n3", exitCode: 3, attempts: 1 });
+    if (retry?.type === "task-retry") expect(failed.provider).not.toBe(retry.provider);
+    expect(await manifestIds(manifest)).toHaveLength(6);
+    await expectSquares(
+      result.outputDir,
+      result.results.filter((r) => r.state === "done").map((r) => r.taskId),
+    );
   }, 300_000);
 
   it("`baton batch run` SIGKILLed mid-batch and run again: the rest runs, the killed run's leases are ended", async () => {
