@@ -147,6 +147,7 @@ export class BatchRunner {
   /** Resolved (and replaced) whenever the queue changes: idle slots wait on it. */
   #changed = wakeUp();
   #failure: BaseError | undefined;
+  #stopping: Promise<void> | undefined;
 
   constructor(client: BatonClient, init: BatchRunInit) {
     this.#init = init;
@@ -546,11 +547,12 @@ export class BatchRunner {
     this.#notify();
   }
 
+  /** Resolves once the batch stops: one listener for the batch, however often idle slots wait on it. */
   #stopped(): Promise<void> {
-    const { signal } = this.#stop;
-    return new Promise((resolve) =>
-      signal.aborted ? resolve() : signal.addEventListener("abort", () => resolve(), { once: true }),
+    this.#stopping ??= new Promise((resolve) =>
+      this.#stop.signal.addEventListener("abort", () => resolve(), { once: true }),
     );
+    return this.#stopping;
   }
 }
 
