@@ -549,8 +549,9 @@ export class BatchRunner {
 
   /** Resolves once the batch stops: one listener for the batch, however often idle slots wait on it. */
   #stopped(): Promise<void> {
+    const { signal } = this.#stop;
     this.#stopping ??= new Promise((resolve) =>
-      this.#stop.signal.addEventListener("abort", () => resolve(), { once: true }),
+      signal.aborted ? resolve() : signal.addEventListener("abort", () => resolve(), { once: true }),
     );
     return this.#stopping;
   }
