@@ -22,6 +22,7 @@ const { auditCommands } = await import("./audit.ts");
 const { devnetCommands } = await import("./devnet.ts");
 const { explorerCommands } = await import("./explorer.ts");
 const { imageCommands } = await import("./image.ts");
+const { batchCommands } = await import("./batch.ts");
 const { jobCommands } = await import("./job.ts");
 const { keyCommands } = await import("./key.ts");
 const { BatonCommand, examples, runProgram, UsageError } = await import("./program.ts");
@@ -47,6 +48,7 @@ Commands that report take --json. Exit codes: 0 ok, 1 failure, 2 usage error.`,
 devnetCommands(program);
 providerCommands(program);
 jobCommands(program);
+batchCommands(program);
 imageCommands(program);
 serveCommands(program);
 auditCommands(program);

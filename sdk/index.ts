@@ -45,6 +45,18 @@ export {
   type RunJobOptions,
 } from "./actions/runJob.ts";
 export { attachJob, type AttachOptions } from "./actions/attachJob.ts";
+export {
+  DEFAULT_BATCH_RETRIES,
+  runBatch,
+  type BatchEvent,
+  type BatchProgress,
+  type BatchTask,
+  type RunBatchParameters,
+  type RunBatchReturnType,
+  type TaskResult,
+} from "./actions/runBatch.ts";
+export { parseTasks } from "./tenant/batch-tasks.ts";
+export { openBatchManifest } from "./tenant/batch-manifest.ts";
 export { cancelJob } from "./actions/cancelJob.ts";
 export {
   serve,

@@ -25,6 +25,11 @@ export interface WatchLeaseParameters {
   liveness: LivenessOptions;
   /** How long starting may take before the first message (inputs and checkpoint are fetched first). */
   startTimeoutMs?: number;
+  /**
+   * A batch lease: a task's `result` (one with a task id) ends the task, not the watch, which goes on
+   * until a refusal, the provider's failure or a stop. See `runBatch`.
+   */
+  batch?: boolean;
   signal?: AbortSignal;
 }
 
@@ -39,8 +44,8 @@ export interface LeaseWatch extends AsyncIterable<LeaseWatchEvent> {
  * Opens a lease session (starting the job, or re-attaching to it), and yields the provider's
  * verified messages together with liveness changes: `suspect` on missed heartbeats or a lost
  * session (it then re-attaches if the provider still answers), `failed` when the provider is
- * unreachable or stays silent past the window. The iterator ends after a `result`, a `refused`, or
- * `failed`.
+ * unreachable or stays silent past the window. The iterator ends after a `result` (a job's, not a
+ * batch task's), a `refused`, or `failed`.
  *
  * @example
  * for await (const event of watchLease(client, { leaseId, peerId, liveness: { heartbeatMs: 500 } })) {
@@ -121,7 +126,8 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
           lastSeq = Math.max(lastSeq, event.body.seq);
         }
         queue.push(event);
-        if (event.type === "result" || event.type === "refused") {
+        const taskEnded = parameters.batch === true && event.type === "result" && event.body.taskId !== undefined;
+        if ((event.type === "result" && !taskEnded) || event.type === "refused") {
           finish();
           return;
         }

@@ -22,7 +22,7 @@ import {
 } from "./hand-off-policy.ts";
 import type { AttachOptions, JobHandle, JobState, JobStatus, RunJobOptions } from "./job-handle.ts";
 import { JobEvents, type JobEvent, type JobEventListener, type JobEventType, type JobResult } from "./job-events.ts";
-import { endOpenLeases, endRecordedLease, PendingSlashes, type OnSlash } from "./job-settlement.ts";
+import { endOpenLeases, endRecordedLease, PendingSlashes, slashedEvent, type OnSlash } from "./job-settlement.ts";
 import { storedResult, type JobRecord, type LeaseRecord } from "./job-store.ts";
 import { acquireLease, type AcquireLeaseParameters, type AcquiredLease } from "./lease-acquisition.ts";
 import { followOpening, type OpeningFate } from "./lease-confirmation.ts";
@@ -128,15 +128,7 @@ class JobRunner implements JobHandle {
     const parts = { client, record, events: this.#events, log: this.#log };
     this.#replicator = new CheckpointReplicator(parts);
     this.#topUps = new LeaseTopUps({ ...parts, onBudgetSpent: (error) => this.#askStop("fail", error) });
-    this.#onSlash = ({ leaseId, provider }, { compensation, refund, tx }) =>
-      this.#events.emit({
-        type: "slashed",
-        leaseId: BigInt(leaseId),
-        provider: provider as Address,
-        compensation,
-        refund,
-        tx,
-      });
+    this.#onSlash = (lease, slash) => this.#events.emit(slashedEvent(lease, slash));
     this.#slashes = new PendingSlashes(client, record, this.#log, this.#onSlash);
     options.signal?.addEventListener("abort", () => void this.detach(), { once: true });
   }

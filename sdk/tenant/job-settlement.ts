@@ -1,3 +1,5 @@
+import type { Address } from "viem";
+
 import { ChainError, shortMessageOf } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { recordedSlash, type JobRecord, type JobStore, type LeaseRecord } from "./job-store.ts";
@@ -18,6 +20,18 @@ import {
 /** What settling a job's leases needs of a tenant's client: settlement, and its job records. */
 export interface RecordingClient extends SettlementClient {
   jobs: JobStore;
+}
+
+/** A slash of a lease as the `slashed` event of a job, or of a batch, tells it. */
+export function slashedEvent(lease: LeaseRecord, { compensation, refund, tx }: SlashRecord) {
+  return {
+    type: "slashed" as const,
+    leaseId: BigInt(lease.leaseId),
+    provider: lease.provider as Address,
+    compensation,
+    refund,
+    tx,
+  };
 }
 
 /** Told of a slash of one of the job's leases, once it is in the job's record. */

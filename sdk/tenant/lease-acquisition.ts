@@ -27,6 +27,11 @@ export interface AcquireLeaseParameters {
   resume: CheckpointRecord | undefined;
   /** More providers to avoid, asked now (a service's other replicas). */
   avoid: readonly string[];
+  /**
+   * The lease's longest life (its quote's max duration), when longer than one run of the spec: a
+   * batch lease runs task after task, each within the spec's `maxDurationS`. Default: that.
+   */
+  durationS?: number;
   signal: AbortSignal;
 }
 
@@ -43,7 +48,7 @@ export interface AcquireLeaseParameters {
  */
 export async function acquireLease(
   client: BatonClient,
-  { jobId, record, events, predecessor, signed, resume, avoid, signal }: AcquireLeaseParameters,
+  { jobId, record, events, predecessor, signed, resume, avoid, durationS, signal }: AcquireLeaseParameters,
 ): Promise<AcquiredLease> {
   const { spec, options } = record;
   const requirements: Requirements = {
@@ -75,7 +80,7 @@ export async function acquireLease(
     requirements,
     image,
     maxPricePerSecond,
-    durationS: spec.maxDurationS,
+    durationS: durationS ?? spec.maxDurationS,
     signal,
   });
   const price = chosen.quote.pricePerSecond;

@@ -8,6 +8,7 @@ import type { CheckpointReplicator } from "./checkpoint-replicator.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
 import type { LeaseTopUps } from "./lease-top-ups.ts";
+import type { LivenessOptions } from "./liveness.ts";
 
 /** How following a lease's session ended. */
 export type FollowOutcome =
@@ -46,6 +47,22 @@ export interface FollowLeaseParameters {
 }
 
 /**
+ * How a lease's provider is watched: at the session heartbeat its offer announced, with the tenant's
+ * windows for suspect and failed where it set them.
+ */
+export function leaseLiveness(
+  client: BatonClient,
+  lease: Pick<LeaseRecord, "peerId">,
+  { heartbeatWindowMs, failAfterMs }: Pick<FollowLeaseParameters, "heartbeatWindowMs" | "failAfterMs">,
+): LivenessOptions {
+  return {
+    heartbeatMs: client.offers.list().find((o) => o.peerId === lease.peerId)?.heartbeatMs ?? SESSION_HEARTBEAT_MS,
+    ...(heartbeatWindowMs ? { suspectAfterMs: heartbeatWindowMs } : {}),
+    ...(failAfterMs ? { failAfterMs } : {}),
+  };
+}
+
+/**
  * Follows one lease's session until the job's result, a refusal, its provider's failure, or a stop:
  * job events out of the provider's messages, each checkpoint handed to the replicator, the lease's
  * progress saved in the job's record, and the lease kept funded meanwhile.
@@ -64,11 +81,7 @@ export async function followLease(
     peerId: lease.peerId,
     addresses: lease.addresses,
     afterSeq: lease.lastSeq,
-    liveness: {
-      heartbeatMs: client.offers.list().find((o) => o.peerId === lease.peerId)?.heartbeatMs ?? SESSION_HEARTBEAT_MS,
-      ...(parameters.heartbeatWindowMs ? { suspectAfterMs: parameters.heartbeatWindowMs } : {}),
-      ...(parameters.failAfterMs ? { failAfterMs: parameters.failAfterMs } : {}),
-    },
+    liveness: leaseLiveness(client, lease, parameters),
     ...(start
       ? {
           start: {

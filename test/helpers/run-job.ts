@@ -129,6 +129,19 @@ export async function totals(
   };
 }
 
+/** The options that point a tenant command of the `baton` CLI at the market, with its data dir. */
+export function tenantCliArgs(market: Market, dataDir: string): string[] {
+  return [
+    "--data-dir",
+    dataDir,
+    "--rpc-url",
+    market.chain.rpcUrl,
+    "--deployment",
+    market.deploymentFile,
+    ...market.providers.flatMap((p) => ["--bootstrap", p.address!]),
+  ];
+}
+
 /** The market's provider that serves the job now. */
 export function serving(market: Market, job: JobHandle): ProviderHandle {
   const { provider, state } = job.status();

@@ -8,7 +8,7 @@ import { devAccount } from "../../deploy/local-chain.ts";
 import { fallbackJobsDir } from "../../node/jobs-dir.ts";
 import { privateKeyOf } from "../helpers/market.ts";
 import { spawnScript } from "../helpers/processes.ts";
-import { SCRIPT, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
+import { SCRIPT, tenantCliArgs, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
 
 // The tenant side from outside the SDK: the CLI across a tenant restart, and the README example.
 // No test here waits for a slash, and (d) expects no hand-off: room for a loaded machine. The devnet
@@ -21,15 +21,7 @@ describe("tenant restart", () => {
     await fixture.market.client(1, path.join(fixture.dir, "tenant-fund"));
     const specFile = path.join(fixture.dir, "train.yaml");
     await writeFile(specFile, JSON.stringify({ ...trainSpec("20"), inputs: [{ file: SCRIPT, path: "train.mjs" }] }));
-    const network = [
-      "--data-dir",
-      dataDir,
-      "--rpc-url",
-      fixture.market.chain.rpcUrl,
-      "--deployment",
-      fixture.market.deploymentFile,
-      ...fixture.market.providers.flatMap((p) => ["--bootstrap", p.address!]),
-    ];
+    const network = tenantCliArgs(fixture.market, dataDir);
     const env = { BATON_TENANT_KEY: privateKeyOf(devAccount(11)) };
     const first = spawnScript(
       "cli/baton.ts",

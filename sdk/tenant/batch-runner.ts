@@ -1,0 +1,565 @@
+import { randomBytes } from "node:crypto";
+import { createReadStream } from "node:fs";
+import path from "node:path";
+
+import { toHex, type Address, type Hex } from "viem";
+
+import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
+import { withdrawCredit } from "../actions/withdrawCredit.ts";
+import type { BatonClient } from "../client.ts";
+import {
+  BaseError,
+  BudgetExhaustedError,
+  JobCancelledError,
+  NoProviderError,
+  oneLineOf,
+  RefusalError,
+  shortMessageOf,
+} from "../errors.ts";
+import { generateJobKey } from "../ipfs/crypto.ts";
+import type { JobSpec } from "../job-spec.ts";
+import type { Logger } from "../logger.ts";
+import { sleep } from "../utils/retry.ts";
+import type { ProviderMessage } from "../wire/messages.ts";
+import type { BatchManifest, TaskResult } from "./batch-manifest.ts";
+import { BatchQueue, type BatchCounts, type TaskAssignment } from "./batch-queue.ts";
+import { taskSpec, type BatchTask } from "./batch-tasks.ts";
+import { CheckpointReplicator, DEFAULT_KEEP_CHECKPOINTS } from "./checkpoint-replicator.ts";
+import {
+  DEFAULT_RETRY_LIMIT,
+  HAND_OFF_SEARCH_MS,
+  HAND_OFF_SEARCH_PAUSE_MS,
+  isProviderRefusal,
+  leaseCost,
+} from "./hand-off-policy.ts";
+import { JobEvents } from "./job-events.ts";
+import { endOpenLeases, endRecordedLease, PendingSlashes, slashedEvent, type OnSlash } from "./job-settlement.ts";
+import type { JobRecord, JobStore, LeaseRecord } from "./job-store.ts";
+import { acquireLease } from "./lease-acquisition.ts";
+import { leaseLiveness } from "./lease-session.ts";
+import { LeaseTopUps } from "./lease-top-ups.ts";
+
+/**
+ * How long a batch lease may live (its quote's max duration), unless the caller says otherwise: it
+ * serves task after task, so it outlives any one task's `maxDurationS`; an hour keeps the collateral a
+ * provider locks for it, and the time a lost provider's lease waits for nothing, bounded. A batch
+ * that runs longer opens new leases as the old ones end.
+ */
+export const DEFAULT_BATCH_LEASE_S = 3600;
+
+/** A failed task's last log lines kept in the manifest: enough to see why, small enough per line. */
+const FAILED_TASK_LOG_LINES = 20;
+
+/** Where a batch stands, as every event reports it. */
+export interface BatchProgress extends BatchCounts {
+  total: number;
+  /** Leases serving the batch now. */
+  leases: number;
+  /** What the batch's leases have cost so far (each second of each lease at its price). */
+  costSoFar: bigint;
+}
+
+/** What a batch reports as it runs, in order. */
+export type BatchEvent = { at: number; progress: BatchProgress } & (
+  | { type: "lease-opened"; leaseId: bigint; provider: Address; pricePerSecond: bigint }
+  | { type: "task-started"; taskId: string; leaseId: bigint; provider: Address; attempt: number }
+  /** A task's result, recorded in the manifest: `done`, or `failed` once its retries are spent. */
+  | { type: "task-recorded"; result: TaskResult }
+  /** A task failed by its own fault and goes back to the queue, for another provider. */
+  | {
+      type: "task-retry";
+      taskId: string;
+      leaseId: bigint;
+      provider: Address;
+      exitCode: number | null;
+      attempts: number;
+    }
+  /** A result that does not count: from a lease no longer running the task, or a second completion. */
+  | { type: "task-discarded"; taskId: string; leaseId: bigint; reason: string }
+  /** The lease's provider failed or refused: its task, if any, is queued again; it is excluded. */
+  | { type: "provider-lost"; leaseId: bigint; provider: Address; reason: string; requeued: string | undefined }
+  | { type: "lease-closed"; leaseId: bigint; provider: Address }
+  | { type: "slashed"; leaseId: bigint; provider: Address; compensation: bigint; refund: bigint; tx: Hex }
+  /** No provider takes a lease now; the batch looks again in `retryInMs` (none of its leases runs). */
+  | { type: "no-provider"; reason: string; retryInMs: number }
+);
+
+type NewBatchEvent = BatchEvent extends infer E ? (E extends unknown ? Omit<E, "at" | "progress"> : never) : never;
+
+export interface BatchRunInit {
+  spec: JobSpec;
+  tasks: readonly BatchTask[];
+  parallelism: number;
+  maxPricePerSecond: bigint;
+  budget: bigint | undefined;
+  retries: number;
+  exclude: readonly string[];
+  leaseDurationS: number;
+  manifest: BatchManifest;
+  /** The batch's own lease records (`batchStore`), next to its manifest. */
+  store: JobStore;
+  /** Where each done task's output dir is restored: `<outputDir>/<taskId>`. */
+  outputDir: string;
+  heartbeatWindowMs: number | undefined;
+  failAfterMs: number | undefined;
+  onEvent: ((event: BatchEvent) => void) | undefined;
+  signal: AbortSignal | undefined;
+}
+
+/** A task on a lease: what it was given, and what it logged. */
+interface Running {
+  assignment: TaskAssignment;
+  startedAt: number;
+  logs: string[];
+}
+
+/**
+ * Runs a batch (see `runBatch`): up to `parallelism` lease slots, each opening a lease on a provider
+ * no other slot uses and feeding it tasks from the {@link BatchQueue} over its session until the
+ * queue has nothing for it; then the lease is closed and the slot waits for tasks that come back
+ * (a lost provider's) or ends. The batch's leases are kept in a job record of its own, so that a
+ * restarted tenant ends those a killed process left open.
+ */
+export class BatchRunner {
+  readonly #client: BatonClient;
+  readonly #init: BatchRunInit;
+  readonly #log: Logger;
+  readonly #queue: BatchQueue;
+  readonly #events: JobEvents;
+  readonly #stop = new AbortController();
+  readonly #active = new Map<string, LeaseRecord>();
+  /**
+   * Providers whose new lease the queue had no task for (every queued task failed on them): not
+   * leased again until a task comes back to the queue, else a slot would open lease after lease there.
+   */
+  readonly #idle = new Set<string>();
+  /** Each task's cost over its attempts so far. */
+  readonly #taskCost = new Map<string, bigint>();
+  readonly #tasks: ReadonlyMap<string, BatchTask>;
+  /** CIDs of local input files added to IPFS, by file. */
+  readonly #files = new Map<string, Promise<string>>();
+  #record!: JobRecord;
+  #slashes!: PendingSlashes;
+  #replicator!: CheckpointReplicator;
+  #onSlash!: OnSlash;
+  /** Leases are acquired one at a time: a second bid must see the first one's provider as taken. */
+  #acquiring: Promise<unknown> = Promise.resolve();
+  /** Resolved (and replaced) whenever the queue changes: idle slots wait on it. */
+  #changed = wakeUp();
+  #failure: BaseError | undefined;
+  #stopping: Promise<void> | undefined;
+
+  constructor(client: BatonClient, init: BatchRunInit) {
+    this.#init = init;
+    this.#client = { ...client, jobs: init.store };
+    this.#log = client.log.child("batch");
+    this.#events = new JobEvents(this.#log);
+    this.#tasks = new Map(init.tasks.map((task) => [task.id, task]));
+    const recorded = new Set([...init.manifest.results.keys()]);
+    this.#queue = new BatchQueue({
+      tasks: init.tasks.map((task) => task.id),
+      recorded,
+      retries: init.retries,
+      exclude: init.exclude,
+    });
+    for (const result of init.manifest.results.values()) this.#taskCost.set(result.taskId, BigInt(result.cost));
+    this.#events.on("lease-opened", (e) =>
+      this.#emit({ type: "lease-opened", leaseId: e.leaseId, provider: e.provider, pricePerSecond: e.pricePerSecond }),
+    );
+    const stopped = (): void => this.#fail(new JobCancelledError("the batch was stopped"));
+    if (init.signal?.aborted) stopped();
+    else init.signal?.addEventListener("abort", stopped, { once: true });
+  }
+
+  /** Runs the batch to its end, every lease ended and every slash made. */
+  async run(): Promise<void> {
+    await this.#open();
+    try {
+      // A slot that throws stops the others: the batch fails as a whole, its leases closed.
+      const slots = Array.from({ length: this.#init.parallelism }, () =>
+        this.#slot().catch((error: unknown) => this.#fail(error)),
+      );
+      await Promise.all(slots);
+    } finally {
+      for (const lease of this.#active.values()) lease.state = "cancelled";
+      await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
+      const failure = this.#failure;
+      this.#record.state = !failure ? "completed" : failure instanceof JobCancelledError ? "cancelled" : "failed";
+      if (failure) this.#record.error = oneLineOf(failure);
+      await this.#client.jobs.save(this.#record);
+      try {
+        await this.#slashes.settled();
+      } finally {
+        await withdrawCredit(this.#client);
+      }
+    }
+    if (this.#failure) throw this.#failure;
+  }
+
+  progress(): BatchProgress {
+    return {
+      ...this.#queue.counts(),
+      total: this.#init.tasks.length,
+      leases: this.#active.size,
+      costSoFar: this.#record.leases.reduce((sum, lease) => sum + leaseCost(lease), 0n),
+    };
+  }
+
+  get leases(): readonly LeaseRecord[] {
+    return this.#record.leases;
+  }
+
+  /** Loads the batch's lease record (or starts one) and ends the leases a killed run left open. */
+  async #open(): Promise<void> {
+    const [previous] = await this.#init.store.list();
+    this.#record = previous ?? {
+      version: 1,
+      jobId: toHex(randomBytes(32)),
+      spec: this.#init.spec,
+      key: Buffer.from(generateJobKey()).toString("base64"),
+      createdAt: Date.now(),
+      state: "running",
+      options: {
+        maxPricePerSecond: this.#init.maxPricePerSecond.toString(),
+        ...(this.#init.budget === undefined ? {} : { budget: this.#init.budget.toString() }),
+        retryLimit: DEFAULT_RETRY_LIMIT,
+        keepCheckpoints: DEFAULT_KEEP_CHECKPOINTS,
+        exclude: [...this.#init.exclude],
+      },
+      leases: [],
+      safe: [],
+      deposited: "0",
+      handOffs: 0,
+    };
+    // This run's spec, price and budget: a run again may change them (a higher price, a longer task time).
+    this.#record.state = "running";
+    delete this.#record.error;
+    this.#record.spec = this.#init.spec;
+    this.#record.options.maxPricePerSecond = this.#init.maxPricePerSecond.toString();
+    if (this.#init.budget === undefined) delete this.#record.options.budget;
+    else this.#record.options.budget = this.#init.budget.toString();
+    const parts = { client: this.#client, record: this.#record, events: this.#events, log: this.#log };
+    this.#replicator = new CheckpointReplicator(parts);
+    this.#onSlash = (lease, slash) => this.#emit(slashedEvent(lease, slash));
+    this.#slashes = new PendingSlashes(this.#client, this.#record, this.#log, this.#onSlash);
+    for (const lease of this.#record.leases) {
+      if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
+      // Left open by a run that was killed: its task runs again here.
+      if (lease.state === "starting" || lease.state === "running") lease.state = "cancelled";
+    }
+    await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
+    await this.#client.jobs.save(this.#record);
+  }
+
+  /** One lease slot: lease after lease while the queue has tasks. */
+  async #slot(): Promise<void> {
+    while (!this.#stop.signal.aborted) {
+      const { queued } = this.#queue.counts();
+      if (queued === 0) {
+        if (this.#queue.finished) return;
+        // Tasks run elsewhere; one may come back when its provider is lost.
+        await Promise.race([this.#changed.promise, this.#stopped()]);
+        continue;
+      }
+      const lease = await this.#acquire();
+      if (!lease) return;
+      await this.#serve(lease);
+    }
+  }
+
+  /**
+   * Opens a lease on a provider no lease of the batch uses or has excluded. `undefined` when none
+   * takes it (or the budget cannot pay one) while other leases serve the batch: they finish it. With
+   * none serving, a batch that ran before looks again for {@link HAND_OFF_SEARCH_MS}.
+   */
+  #acquire(): Promise<LeaseRecord | undefined> {
+    const next = this.#acquiring.then(async () => {
+      const giveUpAt = Date.now() + HAND_OFF_SEARCH_MS;
+      for (;;) {
+        if (this.#stop.signal.aborted || this.#queue.counts().queued === 0) return undefined;
+        try {
+          const { lease } = await acquireLease(this.#client, {
+            jobId: this.#record.jobId as Hex,
+            record: this.#record,
+            events: this.#events,
+            predecessor: undefined,
+            signed: false,
+            resume: undefined,
+            avoid: [...[...this.#active.values()].map((l) => l.provider), ...this.#queue.excluded, ...this.#idle],
+            durationS: this.#init.leaseDurationS,
+            signal: this.#stop.signal,
+          });
+          this.#active.set(lease.leaseId, lease);
+          return lease;
+        } catch (error) {
+          const noProvider = error instanceof NoProviderError || error instanceof BudgetExhaustedError;
+          if (!noProvider || this.#stop.signal.aborted) throw error;
+          if (this.#active.size > 0) {
+            this.#log.info("no further lease for the batch now", { error: shortMessageOf(error) });
+            return undefined;
+          }
+          const retry =
+            error instanceof NoProviderError &&
+            this.#record.leases.length > 0 &&
+            Date.now() + HAND_OFF_SEARCH_PAUSE_MS <= giveUpAt;
+          if (!retry) throw error;
+          this.#emit({ type: "no-provider", reason: oneLineOf(error), retryInMs: HAND_OFF_SEARCH_PAUSE_MS });
+          await sleep(HAND_OFF_SEARCH_PAUSE_MS, { signal: this.#stop.signal });
+        }
+      }
+    });
+    this.#acquiring = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Feeds `lease` task after task over its session until the queue has none for it, or it is lost. */
+  async #serve(lease: LeaseRecord): Promise<void> {
+    const provider = lease.provider as Address;
+    const leaseId = BigInt(lease.leaseId);
+    let running: Running | undefined;
+    const first = this.#queue.next(lease.leaseId, provider);
+    if (!first) {
+      this.#idle.add(provider);
+      return this.#close(lease);
+    }
+    const topUps = new LeaseTopUps({
+      client: this.#client,
+      record: this.#record,
+      events: this.#events,
+      log: this.#log,
+      onBudgetSpent: (error) => this.#fail(error),
+    });
+    let watch: LeaseWatch | undefined;
+    try {
+      running = { assignment: first, startedAt: Date.now(), logs: [] };
+      watch = watchLease(this.#client, {
+        leaseId,
+        peerId: lease.peerId,
+        addresses: lease.addresses,
+        batch: true,
+        liveness: leaseLiveness(this.#client, lease, this.#init),
+        start: { spec: await this.#specOf(first.taskId), key: this.#record.key, taskId: first.taskId },
+        signal: this.#stop.signal,
+      });
+      this.#taskStarted(lease, first);
+      topUps.schedule(lease);
+      for await (const event of watch) {
+        switch (event.type) {
+          case "accepted":
+            lease.state = "running";
+            lease.lastSeq = Math.max(lease.lastSeq, event.body.seq);
+            break;
+          case "log":
+            if (running && event.body.stream !== "node") {
+              running.logs.push(event.body.line);
+              running.logs.splice(0, running.logs.length - FAILED_TASK_LOG_LINES);
+            }
+            break;
+          case "result": {
+            const taskId = event.body.taskId;
+            if (taskId === undefined) break;
+            if (running?.assignment.taskId !== taskId) {
+              this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the lease is not running this task" });
+              break;
+            }
+            const kept = await this.#taskEnded(lease, running, event.body);
+            running = undefined;
+            if (!kept) return await this.#lost(lease, undefined, "its task's output did not verify");
+            const next = this.#queue.next(lease.leaseId, provider);
+            if (!next) return await this.#close(lease);
+            running = { assignment: next, startedAt: Date.now(), logs: [] };
+            const spec = await this.#specOf(next.taskId);
+            try {
+              await watch.send("task", { leaseId, taskId: next.taskId, spec });
+            } catch (error) {
+              return await this.#lost(lease, running, `the next task could not be sent: ${shortMessageOf(error)}`);
+            }
+            this.#taskStarted(lease, next);
+            break;
+          }
+          case "refused":
+            // The tenant's own doing (a task the lease cannot run as asked): it runs nowhere.
+            if (!isProviderRefusal(event.body.reason)) {
+              throw new RefusalError(event.body.reason, `a provider refused a task: ${event.body.message}`);
+            }
+            return await this.#lost(lease, running, `refused: ${event.body.message}`);
+          case "liveness":
+            if (event.body.state === "failed") return await this.#lost(lease, running, event.body.reason);
+            break;
+          case "heartbeat":
+          case "checkpoint":
+            break;
+        }
+      }
+      if (!this.#stop.signal.aborted) await this.#lost(lease, running, "the session ended");
+    } finally {
+      topUps.stop();
+      await watch?.stop();
+    }
+  }
+
+  /**
+   * A task's result on the lease running it: its output fetched and verified (an exit 0 with an
+   * output), then what the queue makes of its exit, recorded once. `false` when the output did not
+   * verify: the provider is to be dropped and the task runs again elsewhere.
+   */
+  async #taskEnded(lease: LeaseRecord, running: Running, body: ProviderMessage<"result">): Promise<boolean> {
+    const { taskId } = running.assignment;
+    const durationMs = Math.max(0, body.finishedAt - running.startedAt);
+    this.#addCost(taskId, lease, Date.now() - running.startedAt);
+    if (body.exitCode === 0 && body.outputCid && body.outputSha256) {
+      try {
+        await this.#replicator.fetchOutput(
+          lease,
+          { cid: body.outputCid, sha256: body.outputSha256 },
+          path.join(this.#init.outputDir, taskId),
+        );
+      } catch (error) {
+        this.#log.warn("a task's output did not verify", { taskId, leaseId: lease.leaseId, error });
+        return false;
+      }
+    }
+    const outcome = this.#queue.exited(taskId, lease.leaseId, body.exitCode);
+    const leaseId = BigInt(lease.leaseId);
+    if (outcome.kind === "stale") {
+      this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the lease is not running this task" });
+    } else if (outcome.kind === "retry") {
+      this.#idle.clear();
+      this.#emit({
+        type: "task-retry",
+        taskId,
+        leaseId,
+        provider: lease.provider as Address,
+        exitCode: body.exitCode,
+        attempts: outcome.attempts,
+      });
+    } else {
+      const result: TaskResult = {
+        taskId,
+        state: outcome.kind,
+        exitCode: body.exitCode,
+        ...(body.outputCid ? { outputCid: body.outputCid } : {}),
+        provider: lease.provider,
+        leaseId: lease.leaseId,
+        durationMs,
+        cost: (this.#taskCost.get(taskId) ?? 0n).toString(),
+        attempts: outcome.attempts,
+        ...(outcome.kind === "failed" ? { logs: running.logs } : {}),
+        at: Date.now(),
+      };
+      if (await this.#init.manifest.record(result)) this.#emit({ type: "task-recorded", result });
+      else this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the task's result is recorded already" });
+    }
+    this.#notify();
+    return true;
+  }
+
+  /**
+   * The lease's provider is lost (failed, refused, or sent an output that does not verify): its task
+   * goes back to the queue, it gets no further task of this batch, and its lease is ended (closed, and
+   * slashed once due if its provider never acknowledges).
+   */
+  async #lost(lease: LeaseRecord, running: Running | undefined, reason: string): Promise<void> {
+    const provider = lease.provider as Address;
+    if (running) this.#addCost(running.assignment.taskId, lease, Date.now() - running.startedAt);
+    const requeued = this.#queue.leaseLost(lease.leaseId);
+    if (requeued !== undefined) this.#idle.clear();
+    this.#queue.exclude(provider);
+    this.#active.delete(lease.leaseId);
+    lease.state = "failed";
+    lease.endedAt = Date.now();
+    this.#log.warn("a provider of the batch is lost", { leaseId: lease.leaseId, provider, reason });
+    this.#emit({ type: "provider-lost", leaseId: BigInt(lease.leaseId), provider, reason, requeued });
+    this.#notify();
+    try {
+      await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
+    } catch (error) {
+      this.#log.warn("a lost lease was not ended; its slash is waited for", { leaseId: lease.leaseId, error });
+    }
+    await this.#client.jobs.save(this.#record);
+    if (!lease.slash) this.#slashes.add(lease);
+  }
+
+  /** The queue has nothing for the lease: it is closed, its unused deposit back to the tenant. */
+  async #close(lease: LeaseRecord): Promise<void> {
+    this.#active.delete(lease.leaseId);
+    lease.state = "completed";
+    lease.endedAt = Date.now();
+    this.#queue.leaseLost(lease.leaseId);
+    await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
+    await this.#client.jobs.save(this.#record);
+    this.#emit({ type: "lease-closed", leaseId: BigInt(lease.leaseId), provider: lease.provider as Address });
+    this.#notify();
+  }
+
+  #taskStarted(lease: LeaseRecord, assignment: TaskAssignment): void {
+    this.#emit({
+      type: "task-started",
+      taskId: assignment.taskId,
+      leaseId: BigInt(lease.leaseId),
+      provider: lease.provider as Address,
+      attempt: assignment.attempt,
+    });
+  }
+
+  /** A task's share of its lease's price: its whole seconds on the lease, rounded up. */
+  #addCost(taskId: string, lease: LeaseRecord, ms: number): void {
+    const cost = (BigInt(lease.pricePerSecond) * BigInt(Math.ceil(Math.max(0, ms)))) / 1000n;
+    this.#taskCost.set(taskId, (this.#taskCost.get(taskId) ?? 0n) + cost);
+  }
+
+  /** The spec a task runs, its local files added to IPFS (once each). */
+  async #specOf(taskId: string): Promise<JobSpec> {
+    const task = this.#tasks.get(taskId)!;
+    const inputs = [...task.inputs];
+    for (const [target, file] of Object.entries(task.files)) {
+      let cid = this.#files.get(file);
+      if (!cid) {
+        cid = this.#client.ipfs
+          .add(createReadStream(file), { pin: true, signal: this.#stop.signal })
+          .then((c) => c.toString());
+        this.#files.set(file, cid);
+      }
+      inputs.push({ cid: await cid, path: target });
+    }
+    return taskSpec(this.#init.spec, { ...task, inputs });
+  }
+
+  #emit(event: NewBatchEvent): void {
+    const full = { ...event, at: Date.now(), progress: this.progress() } as BatchEvent;
+    try {
+      this.#init.onEvent?.(full);
+    } catch (error) {
+      this.#log.warn("a batch event listener threw", { type: full.type, error });
+    }
+  }
+
+  #notify(): void {
+    this.#changed.resolve();
+    this.#changed = wakeUp();
+  }
+
+  /** Stops the batch with `error` (the first one counts): every slot ends and every lease is closed. */
+  #fail(error: unknown): void {
+    this.#failure ??=
+      error instanceof BaseError ? error : new BaseError("the batch failed", { cause: error, details: String(error) });
+    this.#stop.abort(this.#failure);
+    this.#notify();
+  }
+
+  /** Resolves once the batch stops: one listener for the batch, however often idle slots wait on it. */
+  #stopped(): Promise<void> {
+    const { signal } = this.#stop;
+    this.#stopping ??= new Promise((resolve) =>
+      signal.aborted ? resolve() : signal.addEventListener("abort", () => resolve(), { once: true }),
+    );
+    return this.#stopping;
+  }
+}
+
+/** A promise and the function that resolves it: what idle slots wait on until the queue changes. */
+function wakeUp(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((done) => (resolve = done));
+  return { promise, resolve };
+}

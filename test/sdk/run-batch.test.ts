@@ -1,0 +1,255 @@
+import { readdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+
+import { parseEther, type Address } from "viem";
+import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
+
+import { runBatch, type BatchEvent, type RunBatchParameters } from "../../sdk/actions/runBatch.ts";
+import type { BatonClient } from "../../sdk/client.ts";
+import { JobCancelledError } from "../../sdk/errors.ts";
+import { parseJobSpec } from "../../sdk/job-spec.ts";
+import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
+import { devAccount } from "../../deploy/local-chain.ts";
+import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
+import { privateKeyOf } from "../helpers/market.ts";
+import { spawnScript } from "../helpers/processes.ts";
+import { tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
+
+/*
+ * runBatch on a real devnet with three real provider node processes: a batch over two leases, one
+ * of whose providers is SIGKILLed mid-batch, and a batch stopped mid-way and run again on its
+ * manifest, and `baton batch run` SIGKILLed mid-batch and run again. Each task writes the square of its N into its output: the result a serial run gives.
+ */
+const fixture = useRunJobMarket();
+
+const spec = parseJobSpec({
+  name: "square",
+  // A task given FAIL fails by its own fault, saying so on stderr.
+  command: [
+    "sh",
+    "-c",
+    'sleep 0.3; if [ -n "$FAIL" ]; then echo "task $N fails" >&2; exit 3; fi; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"',
+  ],
+  resources: { gpus: 0, cpus: 1, memoryMiB: 128 },
+  maxDurationS: 60,
+});
+
+const tasksOf = (count: number) =>
+  parseTasks(
+    Array.from({ length: count }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join("\n"),
+    spec,
+    { source: "tasks.jsonl", baseDir: "." },
+  );
+
+/** Collects a batch's events; `when` resolves at the first that matches (seen already or to come). */
+function recorder() {
+  const events: BatchEvent[] = [];
+  const waiters: { match: (e: BatchEvent) => boolean; resolve: (e: BatchEvent) => void }[] = [];
+  const onEvent = (event: BatchEvent): void => {
+    events.push(event);
+    for (const waiter of [...waiters]) {
+      if (!waiter.match(event)) continue;
+      waiters.splice(waiters.indexOf(waiter), 1);
+      waiter.resolve(event);
+    }
+  };
+  const when = (match: (e: BatchEvent) => boolean): Promise<BatchEvent> => {
+    const seen = events.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve) => waiters.push({ match, resolve }));
+  };
+  return { events, onEvent, when };
+}
+
+/** Task ids as the manifest on disk lists them, one per line. */
+async function manifestIds(file: string): Promise<string[]> {
+  const text = await readFile(file, "utf8");
+  return text
+    .split("\n")
+    .filter(Boolean)
+    .map((line) => (JSON.parse(line) as { taskId: string }).taskId);
+}
+
+async function expectSquares(outputDir: string, ids: readonly string[]): Promise<void> {
+  for (const id of ids) {
+    const n = Number(id.slice(1));
+    expect(await readFile(path.join(outputDir, id, "square"), "utf8")).toBe(`${n * n}\n`);
+  }
+}
+
+describe("runBatch (real devnet, real provider node processes)", () => {
+  let client: BatonClient;
+  const base = (): Omit<RunBatchParameters, "tasks" | "manifest" | "onEvent"> => ({
+    spec,
+    source: "tasks.jsonl",
+    parallelism: 2,
+    maxPricePerSecond: parseEther("0.001"),
+  });
+
+  beforeAll(async () => {
+    client = await fixture.market.client(0, path.join(fixture.dir, "tenant"));
+  });
+
+  it("SIGKILL of a provider mid-batch: every task once in the manifest with its serial result, the task requeued and a replacement leased, the dead lease slashed, tokens conserved", async () => {
+    const before = await totals(fixture.market);
+    const tasks = tasksOf(40);
+    const manifest = path.join(fixture.dir, "killed.jsonl");
+    const { events, onEvent, when } = recorder();
+    const batch = runBatch(client, { ...base(), tasks, manifest, onEvent });
+    batch.catch(() => undefined);
+
+    // Both leases have run tasks; kill the provider of a lease just given its next task (at once: no
+    // I/O runs between the event and the kill, so the task cannot have ended).
+    const started = await when((e) => e.type === "task-started" && e.progress.done >= 6);
+    if (started.type !== "task-started") throw new Error("unreachable");
+    const victim = fixture.market.providers.find((p) => p.account.address === started.provider)!;
+    victim.process!.child.kill("SIGKILL");
+    onTestFinished(() => victim.start());
+
+    const lost = await when((e) => e.type === "provider-lost");
+    const result = await batch;
+
+    if (lost.type !== "provider-lost") throw new Error("unreachable");
+    expect(lost.provider).toBe(victim.account.address);
+    // Every task exactly once, done, with the result a serial run gives.
+    expect(result.results).toHaveLength(40);
+    expect(result.results.every((r) => r.state === "done" && r.exitCode === 0)).toBe(true);
+    const ids = await manifestIds(manifest);
+    expect(ids).toHaveLength(40);
+    expect(new Set(ids)).toEqual(new Set(tasks.map((t) => t.id)));
+    await expectSquares(result.outputDir, ids);
+    // The task the dead provider ran went back to the queue and was done elsewhere.
+    expect(lost.requeued).toBe(started.taskId);
+    expect(result.results.find((r) => r.taskId === started.taskId)!.provider).not.toBe(victim.account.address);
+    // A replacement was leased on the third provider, and no task ran on the dead one after.
+    const opened = events.filter((e) => e.type === "lease-opened");
+    expect(opened.length).toBeGreaterThanOrEqual(3);
+    const providers = new Set(opened.map((e) => (e.type === "lease-opened" ? e.provider : undefined)));
+    expect(providers.size).toBe(3);
+    const afterLoss = events.slice(events.indexOf(lost));
+    expect(afterLoss.some((e) => e.type === "task-started" && e.provider === victim.account.address)).toBe(false);
+
+    // The dead lease is slashed; every lease has ended.
+    const slashed = events.find((e) => e.type === "slashed");
+    expect(slashed).toMatchObject({ leaseId: lost.leaseId, provider: victim.account.address });
+    if (slashed?.type === "slashed") expect(slashed.compensation).toBeGreaterThan(0n);
+    expect(result.leases.every((l) => l.state === "completed" || l.state === "failed")).toBe(true);
+
+    const after = await totals(fixture.market);
+    expect(after.payment).toBe(after.paymentSupply);
+    expect(after.staking).toBe(after.stakingSupply);
+    expect(after.paymentSupply).toBe(before.paymentSupply);
+  }, 300_000);
+
+  it("a tenant stopped mid-batch and run again on its manifest runs only the tasks without a result", async () => {
+    const tasks = tasksOf(20);
+    const manifest = path.join(fixture.dir, "restarted.jsonl");
+    const first = recorder();
+    const stop = new AbortController();
+    const interrupted = runBatch(client, { ...base(), tasks, manifest, onEvent: first.onEvent, signal: stop.signal });
+    interrupted.catch(() => undefined);
+    await first.when((e) => e.type === "task-recorded" && e.progress.done >= 5);
+    stop.abort();
+    await expect(interrupted).rejects.toBeInstanceOf(JobCancelledError);
+    const recordedBefore = await manifestIds(manifest);
+    expect(recordedBefore.length).toBeGreaterThanOrEqual(5);
+    expect(recordedBefore.length).toBeLessThan(20);
+
+    const second = recorder();
+    const result = await runBatch(client, { ...base(), tasks, manifest, onEvent: second.onEvent });
+    const startedAgain = second.events.flatMap((e) => (e.type === "task-started" ? [e.taskId] : []));
+    expect(startedAgain.filter((id) => recordedBefore.includes(id))).toEqual([]);
+    expect(new Set(startedAgain).size).toBe(20 - recordedBefore.length);
+
+    const ids = await manifestIds(manifest);
+    expect(ids).toHaveLength(20);
+    expect(new Set(ids)).toEqual(new Set(tasks.map((t) => t.id)));
+    expect(result.done).toBe(20);
+    await expectSquares(result.outputDir, ids);
+    // The first run's leases were all ended when it stopped: none is left open on chain.
+    expect(result.leases.every((l) => l.state !== "starting" && l.state !== "running")).toBe(true);
+    const leaseOwners = new Set<Address>(result.leases.map((l) => l.provider as Address));
+    expect(leaseOwners.size).toBeGreaterThanOrEqual(2);
+  }, 300_000);
+
+  it("a task that fails by its own fault is tried on another provider, then recorded once as failed with its logs", async () => {
+    const text = Array.from({ length: 6 }, (_, i) =>
+      JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1), ...(i === 2 ? { FAIL: "1" } : {}) } }),
+    ).join("\n");
+    const tasks = parseTasks(text, spec, { source: "tasks.jsonl", baseDir: "." });
+    const manifest = path.join(fixture.dir, "failing.jsonl");
+    const { events, onEvent } = recorder();
+    const result = await runBatch(client, { ...base(), tasks, manifest, retries: 1, onEvent });
+
+    expect(result.done).toBe(5);
+    expect(result.failed).toBe(1);
+    const failed = result.results.find((r) => r.taskId === "n3")!;
+    expect(failed).toMatchObject({ state: "failed", exitCode: 3, attempts: 2 });
+    expect(failed.logs).toContain("task 3 fails");
+    const retry = events.find((e) => e.type === "task-retry");
+    expect(retry).toMatchObject({ taskId: "n3", exitCode: 3, attempts: 1 });
+    if (retry?.type === "task-retry") expect(failed.provider).not.toBe(retry.provider);
+    expect(await manifestIds(manifest)).toHaveLength(6);
+    await expectSquares(
+      result.outputDir,
+      result.results.filter((r) => r.state === "done").map((r) => r.taskId),
+    );
+  }, 300_000);
+
+  it("`baton batch run` SIGKILLed mid-batch and run again: the rest runs, the killed run's leases are ended", async () => {
+    const dataDir = path.join(fixture.dir, "tenant-cli");
+    // Funds the CLI's account (the market's tenant 2 is dev account 12).
+    await fixture.market.client(2, path.join(fixture.dir, "tenant-fund"));
+    const specFile = path.join(fixture.dir, "square.json");
+    await writeFile(specFile, JSON.stringify(spec));
+    const tasksFile = path.join(fixture.dir, "cli-tasks.jsonl");
+    await writeFile(
+      tasksFile,
+      Array.from({ length: 20 }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join("\n"),
+    );
+    const manifest = path.join(dataDir, "batches", "cli-tasks.jsonl");
+    const args = ["batch", "run", specFile, "--tasks", tasksFile, "--max-price", "0.001", "--parallelism", "2"];
+    args.push(...tenantCliArgs(fixture.market, dataDir));
+    const env = { BATON_TENANT_KEY: privateKeyOf(devAccount(12)) };
+    const first = spawnScript("cli/baton.ts", args, env);
+    onTestFinished(() => void first.child.kill("SIGKILL"));
+    // Two results recorded at once print the same count: any count from 5 on.
+    await first.waitFor(/^([5-9]|1\d)\/20 done/, 120_000);
+    first.child.kill("SIGKILL");
+    await first.exited;
+    const recordedBefore = await manifestIds(manifest);
+    expect(recordedBefore.length).toBeGreaterThanOrEqual(5);
+
+    const second = spawnScript("cli/baton.ts", args, env);
+    onTestFinished(() => void second.child.kill("SIGKILL"));
+    const exit = await second.exited;
+    expect(exit.code, second.lines.slice(-20).join("\n")).toBe(0);
+    expect(second.lines.join("\n")).toMatch(/^20 done, 0 failed, of 20 recorded$/m);
+    const ids = await manifestIds(manifest);
+    expect(ids).toHaveLength(20);
+    expect(new Set(ids).size).toBe(20);
+    await expectSquares(`${manifest}.outputs`, ids);
+
+    const results = spawnScript("cli/baton.ts", ["batch", "results", manifest, "--json"]);
+    expect((await results.closed).code, results.lines.join("\n")).toBe(0);
+    expect(JSON.parse(results.stdout.join("\n"))).toHaveLength(20);
+    // Every lease either run opened (as the batch's lease record lists them) has ended on chain: the
+    // killed run's were ended by the second.
+    const store = `${manifest}.leases`;
+    const [recordFile] = (await readdir(store)).filter((name) => name.endsWith(".json"));
+    const record = JSON.parse(await readFile(path.join(store, recordFile!), "utf8")) as {
+      leases: { leaseId: string }[];
+    };
+    const leaseIds = record.leases.map((l) => l.leaseId);
+    expect(leaseIds.length).toBeGreaterThanOrEqual(3);
+    const { leaseManager } = contracts(fixture.market.deployment);
+    for (const leaseId of leaseIds) {
+      const lease = await fixture.market.admin.publicClient.readContract({
+        ...leaseManager,
+        functionName: "getLease",
+        args: [BigInt(leaseId)],
+      });
+      expect(leaseStatus[lease.status]).not.toBe("Active");
+    }
+  }, 300_000);
+});
