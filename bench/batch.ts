@@ -24,11 +24,11 @@
  * after; `watch` measures the work dir instead). The bench exits 1 when a task is lost or done
  * twice (a correctness failure), never for slowness.
  *
- * Defaults: 300 tasks, not the issue's 1,000 (issue 19): with each task's work dir a loop-mounted
- * file system (a root node's default), a task costs ≈ 1 s of round trip on the project's 2 shared
- * cores (a quick run's figure), so 1,000 tasks would take two runs of several minutes each; 300
- * keeps the whole bench near 10 minutes there and still gives each lease ≈ 75 tasks. `--tasks 1000` is the issue's figure;
- * `--tasks 100 --providers 2` is a quick run.
+ * Defaults: 300 tasks, not the issue's 1,000 (issue 19): on the project's 2 shared cores a task's
+ * round trip is over a second (1.5 s p50 in a quick run at load average 10, 5 s at 25-30), so 1,000
+ * tasks would take two runs of 10 minutes or more each. At 300 each lease still gets ≈ 75 tasks;
+ * the whole bench took 14 minutes at load average 25-30 (the quick run, `--tasks 100 --providers 2`,
+ * 4 minutes at 10). `--tasks 1000` gives the issue's figure.
  */
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
