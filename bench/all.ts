@@ -5,8 +5,8 @@
  * nothing here fails for being slow.
  *
  * `--block-time S` goes to every benchmark that runs a market on a chain (node, failover, serve,
- * image): their chain mines a block every S seconds. Gas per operation does not depend on it, and
- * the checkpoint benchmark uses no chain.
+ * image, batch): their chain mines a block every S seconds. Gas per operation does not depend on
+ * it, and the checkpoint benchmark uses no chain.
  */
 import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
@@ -26,6 +26,7 @@ const benches = [
   { name: "failover", script: "bench/failover.ts", args: ["--block-time", blockTime] },
   { name: "serve", script: "bench/serve.ts", args: ["--block-time", blockTime] },
   { name: "image", script: "bench/image.ts", args: ["--block-time", blockTime] },
+  { name: "batch", script: "bench/batch.ts", args: ["--block-time", blockTime] },
 ];
 
 const outcomes: { bench: string; exitCode: number | null; seconds: number }[] = [];
