@@ -201,8 +201,12 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     // Sent once: only the killed replica saw it.
     const attempts = service.replicas().reduce((sum, r) => sum + r.outstanding, 0);
     expect(attempts).toBe(0);
-    await service.ready(3, 60_000);
+    // Back before the replica is replaced, so the replacement does not depend on the one other
+    // free provider: the one the SIGSTOP test froze, whose lease can run past its 6 s on-chain
+    // timeout under load and end (slashed, its job fenced). Two loaded CI runs waited 60 s here for
+    // a provider, and the scale test after them failed for want of the victim, never restarted.
     await victim.start();
+    await service.ready(3, 60_000);
   });
 
   it("scales down and up on request, on distinct providers", async () => {
