@@ -6,7 +6,7 @@ import { keccak256, parseEther, toHex, zeroHash, type Address } from "viem";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { BID_RATE_LIMIT, MAX_JOB_DISK_GIB, SESSION_OPEN_TIMEOUT_MS } from "../../node/constants.ts";
-import { contracts, writeContract } from "../../sdk/chain/client.ts";
+import { contracts } from "../../sdk/chain/client.ts";
 import type { JobSpec } from "../../sdk/job-spec.ts";
 import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
 import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
@@ -22,6 +22,7 @@ import {
 } from "../../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../../sdk/wire/protocols.ts";
 import { signTenantAuth, type TenantAuth } from "../../sdk/wire/tenant-auth.ts";
+import { openQuotedLease } from "../helpers/leases.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 import { isAlive, until } from "../helpers/processes.ts";
 
@@ -116,7 +117,6 @@ function jobSpec(script: string, gpus: number, maxDurationS = 120): JobSpec {
 }
 
 async function openLease(tenant: Tenant, provider: ProviderHandle, gpus: number, jobName: string): Promise<bigint> {
-  const { leaseManager, paymentToken } = contracts(market.deployment);
   const response = await requestQuote(
     tenant.host,
     peerIdFromString(provider.peerId),
@@ -124,19 +124,7 @@ async function openLease(tenant: Tenant, provider: ProviderHandle, gpus: number,
     bidFor(tenant.account.address, { jobId: keccak256(toHex(jobName)), requirements: { gpus } }),
     { address: addressOf(provider), signal: AbortSignal.timeout(30_000) },
   );
-  if (response.kind !== "quote") throw new Error(`refused: ${response.reason}: ${response.message}`);
-  const deposit = response.quote.pricePerSecond * BigInt(LEASE_S);
-  await writeContract(tenant.chain, {
-    ...paymentToken,
-    functionName: "approve",
-    args: [leaseManager.address, deposit],
-  });
-  const receipt = await writeContract(tenant.chain, {
-    ...leaseManager,
-    functionName: "openLease",
-    args: [response.quote, response.signature, deposit, 0n],
-  });
-  return BigInt(receipt.logs.find((l) => l.address.toLowerCase() === leaseManager.address.toLowerCase())!.topics[1]!);
+  return openQuotedLease(tenant, market.deployment, response, LEASE_S);
 }
 
 async function getLease(leaseId: bigint) {

@@ -3,11 +3,12 @@ import { multiaddr } from "@multiformats/multiaddr";
 import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { contracts, leaseStatus, writeContract } from "../../sdk/chain/client.ts";
+import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import type { JobSpec } from "../../sdk/job-spec.ts";
 import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
 import type { ProviderMessage, TenantMessage } from "../../sdk/wire/messages.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
+import { openQuotedLease } from "../helpers/leases.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 
 /*
@@ -39,7 +40,7 @@ function taskSpec(script: string, env: Record<string, string> = {}): JobSpec {
 }
 
 async function openLease(): Promise<bigint> {
-  const { leaseManager, paymentToken } = contracts(market.deployment);
+  const { leaseManager } = contracts(market.deployment);
   const response = await requestQuote(
     tenant.host,
     peerIdFromString(provider.peerId),
@@ -56,19 +57,7 @@ async function openLease(): Promise<bigint> {
     },
     { address: addressOf(provider), signal: AbortSignal.timeout(30_000) },
   );
-  if (response.kind !== "quote") throw new Error(`refused: ${response.reason}: ${response.message}`);
-  const deposit = response.quote.pricePerSecond * BigInt(LEASE_S);
-  await writeContract(tenant.chain, {
-    ...paymentToken,
-    functionName: "approve",
-    args: [leaseManager.address, deposit],
-  });
-  const receipt = await writeContract(tenant.chain, {
-    ...leaseManager,
-    functionName: "openLease",
-    args: [response.quote, response.signature, deposit, 0n],
-  });
-  return BigInt(receipt.logs.find((l) => l.address.toLowerCase() === leaseManager.address.toLowerCase())!.topics[1]!);
+  return openQuotedLease(tenant, market.deployment, response, LEASE_S);
 }
 
 async function open(

@@ -20,6 +20,7 @@ import { JobFailedError } from "../../sdk/errors.ts";
 import { parseJobSpec, type JobSpecInput } from "../../sdk/job-spec.ts";
 import { openLeaseSession, requestQuote, type ProviderEvent } from "../../sdk/wire/clients.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
+import { openQuotedLease } from "../helpers/leases.ts";
 import { startMarket, type Market, type Tenant } from "../helpers/market.ts";
 import { until } from "../helpers/processes.ts";
 
@@ -90,7 +91,7 @@ async function waitUntilGone(workDir: string): Promise<void> {
 /** Opens a lease on the provider for a CPU job with a small quota, as the SDK would. */
 async function openLease(jobName: string) {
   const jobId = keccak256(toHex(jobName));
-  const { leaseManager, paymentToken } = contracts(market.deployment);
+  const { leaseManager } = contracts(market.deployment);
   const durationS = 600;
   const response = await requestQuote(
     tenant.host,
@@ -108,19 +109,7 @@ async function openLease(jobName: string) {
     },
     { address: multiaddr(provider().address!), signal: AbortSignal.timeout(10_000) },
   );
-  if (response.kind !== "quote") throw new Error(`refused: ${response.reason}: ${response.message}`);
-  const deposit = response.quote.pricePerSecond * BigInt(durationS);
-  await writeContract(tenant.chain, {
-    ...paymentToken,
-    functionName: "approve",
-    args: [leaseManager.address, deposit],
-  });
-  const receipt = await writeContract(tenant.chain, {
-    ...leaseManager,
-    functionName: "openLease",
-    args: [response.quote, response.signature, deposit, 0n],
-  });
-  return BigInt(receipt.logs.find((l) => l.address.toLowerCase() === leaseManager.address.toLowerCase())!.topics[1]!);
+  return openQuotedLease(tenant, market.deployment, response, durationS);
 }
 
 async function startSession(leaseId: bigint, spec: JobSpecInput) {

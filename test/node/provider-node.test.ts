@@ -18,6 +18,7 @@ import { multiaddr } from "@multiformats/multiaddr";
 import path from "node:path";
 
 import { NodeStore } from "../../node/store.ts";
+import { openQuotedLease } from "../helpers/leases.ts";
 import { isAlive, until } from "../helpers/processes.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 
@@ -45,7 +46,7 @@ afterAll(async () => {
 async function openLease(providerIndex: number, jobName: string, durationS = 600) {
   const provider = market.providers[providerIndex]!;
   const jobId = keccak256(toHex(jobName));
-  const { leaseManager, paymentToken } = contracts(market.deployment);
+  const { leaseManager } = contracts(market.deployment);
   const bid = () =>
     requestQuote(
       tenant.host,
@@ -76,20 +77,7 @@ async function openLease(providerIndex: number, jobName: string, durationS = 600
     `a free GPU on provider ${providerIndex}`,
   );
   if (response.kind !== "quote") throw new Error(`refused: ${response.reason}: ${response.message}`);
-  const deposit = response.quote.pricePerSecond * BigInt(durationS);
-  await writeContract(tenant.chain, {
-    ...paymentToken,
-    functionName: "approve",
-    args: [leaseManager.address, deposit],
-  });
-  const receipt = await writeContract(tenant.chain, {
-    ...leaseManager,
-    functionName: "openLease",
-    args: [response.quote, response.signature, deposit, 0n],
-  });
-  const leaseId = BigInt(
-    receipt.logs.find((l) => l.address.toLowerCase() === leaseManager.address.toLowerCase())!.topics[1]!,
-  );
+  const leaseId = await openQuotedLease(tenant, market.deployment, response, durationS);
   return { leaseId, provider, quote: response.quote };
 }
 
