@@ -10,7 +10,7 @@ import { fallbackJobsDir } from "../../node/jobs-dir.ts";
 import type { JobEvent, JobHandle } from "../../sdk/actions/runJob.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { JobSpecInput } from "../../sdk/job-spec.ts";
-import { providerDirs, runToEnd, startExampleJob, tempDir } from "./example-jobs.ts";
+import { providerDirs, runToEnd, startExampleJob } from "./example-jobs.ts";
 import { startMarket, type Market, type ProviderHandle, type StartMarketOptions } from "./market.ts";
 import { root } from "./processes.ts";
 
@@ -66,7 +66,7 @@ export function useRunJobMarket({
   const fixture = {} as RunJobFixture;
   beforeAll(async () => {
     fixture.dir = await mkdtemp(path.join(os.tmpdir(), "baton-runjob-test-"));
-    const refDirs = await providerDirs(await tempDir("baton-ref-"), "ref");
+    const refDirs = await providerDirs(fixture.dir, "ref");
     fixture.reference = await runToEnd(startExampleJob([process.execPath, SCRIPT], refDirs, TRAIN_ENV), refDirs);
     fixture.market = await startMarket({
       providers: 3,

@@ -17,7 +17,7 @@ import { createBatonHost } from "../../sdk/p2p/host.ts";
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import { openLeaseSession, requestQuote, type LeaseSession } from "../../sdk/wire/clients.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
-import { providerDirs, runToEnd, startExampleJob, tempDir } from "../helpers/example-jobs.ts";
+import { providerDirs, runToEnd, startExampleJob } from "../helpers/example-jobs.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 import { root } from "../helpers/processes.ts";
 
@@ -39,7 +39,7 @@ const safe: { cid: string; sha256: string; step: number }[] = [];
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "baton-ckpt-test-"));
   // The uninterrupted run, outside Baton: what the handed-off job must reproduce bit for bit.
-  const refDirs = await providerDirs(await tempDir("baton-ref-"), "ref");
+  const refDirs = await providerDirs(dir, "ref");
   reference = await runToEnd(
     startExampleJob([process.execPath, path.join(root, "examples/train/train.mjs")], refDirs, TRAIN_ENV),
     refDirs,

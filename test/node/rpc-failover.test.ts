@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { startMarket, type Market } from "../../deploy/market.ts";
 import { auditLease } from "../../sdk/actions/auditLease.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
-import { providerDirs, runToEnd, startExampleJob, tempDir } from "../helpers/example-jobs.ts";
+import { providerDirs, runToEnd, startExampleJob } from "../helpers/example-jobs.ts";
 import { until } from "../helpers/processes.ts";
 import { startRpcProxy, type RpcProxy } from "../helpers/rpc-proxy.ts";
 import { recorder, SCRIPT, TRAIN_ENV, trainSpec } from "../helpers/run-job.ts";
@@ -27,7 +27,7 @@ let reference: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "baton-rpc-failover-"));
-  const refDirs = await providerDirs(await tempDir("baton-ref-"), "ref");
+  const refDirs = await providerDirs(dir, "ref");
   reference = await runToEnd(startExampleJob([process.execPath, SCRIPT], refDirs, TRAIN_ENV), refDirs);
   first = await startRpcProxy();
   second = await startRpcProxy();
