@@ -1,9 +1,11 @@
+import { mkdir } from "node:fs/promises";
 import path from "node:path";
 
 import type { BatonClient } from "../client.ts";
 import { UserError } from "../errors.ts";
 import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
 import { openBatchManifest, type TaskResult } from "../tenant/batch-manifest.ts";
+import { claimBatchRun } from "../tenant/batch-run-file.ts";
 import { BatchRunner, DEFAULT_BATCH_LEASE_S, type BatchEvent } from "../tenant/batch-runner.ts";
 import { checkBatchBudget, checkTaskFiles, type BatchTask } from "../tenant/batch-tasks.ts";
 import { openJobStore, type LeaseRecord } from "../tenant/job-store.ts";
@@ -41,7 +43,10 @@ export interface RunBatchParameters {
   failAfterMs?: number;
   /** Called with every event of the batch, in order. */
   onEvent?: (event: BatchEvent) => void;
-  /** Stops the batch: its leases are closed, and what was recorded stays (run it again to go on). */
+  /**
+   * Stops the batch: its leases are closed, and what was recorded stays (run it again to go on).
+   * `baton batch cancel` (a `<manifest>.cancel` file) stops it the same way.
+   */
   signal?: AbortSignal;
 }
 
@@ -66,10 +71,12 @@ export interface RunBatchReturnType {
  * its last log lines; a provider whose tasks keep failing is dropped; a late or second result is
  * discarded. Every lease is closed when the queue is empty, and its money settled, before this
  * resolves. Run again on the same manifest (after a crash, or a stop), it runs only the tasks
- * without a result, and first ends the leases the earlier run left open.
+ * without a result, and first ends the leases the earlier run left open. One process at a time runs
+ * a manifest: the run claims `<manifest>.run.json` (its pid and progress, which `baton batch status`
+ * shows) and removes it when it ends.
  *
  * @throws {UserError} before any lease opens: bad spec or options, a budget below one task, a task
- * input file that is missing. Later: when no provider takes the batch, a provider refuses a task
+ * input file that is missing, another live process running the same manifest. Later: when no provider takes the batch, a provider refuses a task
  * for the tenant's own doing, the budget runs out, or the batch is stopped (`JobCancelledError`).
  * @example
  * const spec = await readJobFile("spec.yaml");
@@ -96,7 +103,13 @@ export async function runBatch(client: BatonClient, parameters: RunBatchParamete
   if (budget !== undefined) checkBatchBudget(spec, maxPricePerSecond, budget);
   await checkTaskFiles(tasks, source);
   const outputDir = parameters.outputDir ?? `${file}.outputs`;
-  const manifest = await openBatchManifest(file);
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const claim = await claimBatchRun(file, { source, total: tasks.length });
+  const signal = parameters.signal ? AbortSignal.any([parameters.signal, claim.cancelled]) : claim.cancelled;
+  const manifest = await openBatchManifest(file).catch(async (error: unknown) => {
+    await claim.release();
+    throw error;
+  });
   try {
     const store = await openJobStore(path.join(path.dirname(file), `${path.basename(file)}.leases`));
     const runner = new BatchRunner(client, {
@@ -113,8 +126,11 @@ export async function runBatch(client: BatonClient, parameters: RunBatchParamete
       outputDir,
       heartbeatWindowMs: parameters.heartbeatWindowMs,
       failAfterMs: parameters.failAfterMs,
-      onEvent: parameters.onEvent,
-      signal: parameters.signal,
+      onEvent: (event) => {
+        claim.update(event.progress);
+        parameters.onEvent?.(event);
+      },
+      signal,
     });
     await runner.run();
     const results = tasks.flatMap((task) => {
@@ -132,5 +148,6 @@ export async function runBatch(client: BatonClient, parameters: RunBatchParamete
     };
   } finally {
     await manifest.close();
+    await claim.release();
   }
 }

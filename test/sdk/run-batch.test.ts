@@ -1,4 +1,4 @@
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 import { parseEther, type Address } from "viem";
@@ -18,7 +18,8 @@ import { tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
 /*
  * runBatch on a real devnet with three real provider node processes: a batch over two leases, one
  * of whose providers is SIGKILLed mid-batch, and a batch stopped mid-way and run again on its
- * manifest, and `baton batch run` SIGKILLed mid-batch and run again. Each task writes the square of its N into its output: the result a serial run gives.
+ * manifest, and `baton batch run` SIGKILLed mid-batch, run again, cancelled by `baton batch cancel`
+ * and run again, with `baton batch status` and `baton audit job` reading it. Each task writes the square of its N into its output: the result a serial run gives.
  */
 const fixture = useRunJobMarket();
 
@@ -68,6 +69,14 @@ async function manifestIds(file: string): Promise<string[]> {
     .split("\n")
     .filter(Boolean)
     .map((line) => (JSON.parse(line) as { taskId: string }).taskId);
+}
+
+/** What `baton batch status --json` prints. */
+interface BatchStatus {
+  run: { pid: number; live: boolean; total: number } | null;
+  recorded: { done: number; failed: number };
+  jobId: string | null;
+  leases: { leaseId: string; state: string }[];
 }
 
 async function expectSquares(outputDir: string, ids: readonly string[]): Promise<void> {
@@ -196,51 +205,101 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     );
   }, 300_000);
 
-  it("`baton batch run` SIGKILLed mid-batch and run again: the rest runs, the killed run's leases are ended", async () => {
+  it("`baton batch run` SIGKILLed mid-batch and run again: the rest runs, the killed run's leases are ended; `batch status` shows each run, a second run at once is refused, `batch cancel` stops one", async () => {
     const dataDir = path.join(fixture.dir, "tenant-cli");
     // Funds the CLI's account (the market's tenant 2 is dev account 12).
     await fixture.market.client(2, path.join(fixture.dir, "tenant-fund"));
     const specFile = path.join(fixture.dir, "square.json");
     await writeFile(specFile, JSON.stringify(spec));
     const tasksFile = path.join(fixture.dir, "cli-tasks.jsonl");
+    const total = 30;
     await writeFile(
       tasksFile,
-      Array.from({ length: 20 }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join("\n"),
+      Array.from({ length: total }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join(
+        "\n",
+      ),
     );
     const manifest = path.join(dataDir, "batches", "cli-tasks.jsonl");
     const args = ["batch", "run", specFile, "--tasks", tasksFile, "--max-price", "0.001", "--parallelism", "2"];
     args.push(...tenantCliArgs(fixture.market, dataDir));
     const env = { BATON_TENANT_KEY: privateKeyOf(devAccount(12)) };
+    const status = async (): Promise<BatchStatus> => {
+      const shown = spawnScript("cli/baton.ts", ["batch", "status", manifest, "--json"]);
+      expect((await shown.closed).code, shown.lines.join("\n")).toBe(0);
+      return JSON.parse(shown.stdout.join("\n")) as BatchStatus;
+    };
+
     const first = spawnScript("cli/baton.ts", args, env);
     onTestFinished(() => void first.child.kill("SIGKILL"));
     // Two results recorded at once print the same count: any count from 5 on.
-    await first.waitFor(/^([5-9]|1\d)\/20 done/, 120_000);
+    await first.waitFor(/^([5-9]|[12]\d)\/30 done/, 120_000);
+    const running = await status();
+    expect(running.run).toMatchObject({ pid: first.child.pid, live: true, total });
+    expect(running.recorded.done).toBeGreaterThanOrEqual(5);
+    expect(running.leases.length).toBeGreaterThanOrEqual(1);
     first.child.kill("SIGKILL");
     await first.exited;
     const recordedBefore = await manifestIds(manifest);
     expect(recordedBefore.length).toBeGreaterThanOrEqual(5);
+    expect((await status()).run).toMatchObject({ pid: first.child.pid, live: false });
 
+    // The second run ends the first's leases and goes on; while it runs, a third is refused.
     const second = spawnScript("cli/baton.ts", args, env);
     onTestFinished(() => void second.child.kill("SIGKILL"));
-    const exit = await second.exited;
-    expect(exit.code, second.lines.slice(-20).join("\n")).toBe(0);
-    expect(second.lines.join("\n")).toMatch(/^20 done, 0 failed, of 20 recorded$/m);
+    await second.waitFor(new RegExp(`^(${recordedBefore.length + 1}|${recordedBefore.length + 2})/30 done`), 120_000);
+    const refused = spawnScript("cli/baton.ts", args, env);
+    const refusedExit = await refused.closed;
+    expect(refusedExit.code).not.toBe(0);
+    expect(refused.lines.join("\n")).toContain(`is being run by process ${second.child.pid}`);
+    const cancel = spawnScript("cli/baton.ts", ["batch", "cancel", manifest]);
+    expect((await cancel.closed).code, cancel.lines.join("\n")).toBe(0);
+    expect(cancel.stdout.join("\n")).toMatch(/^stopped: \d+ done, 0 failed recorded/);
+    // The cancelled run has stopped, by itself, with every lease it had closed.
+    const cancelledExit = await second.exited;
+    expect(cancelledExit.code, second.lines.slice(-20).join("\n")).not.toBe(0);
+    const cancelled = await status();
+    expect(cancelled.run).toBeNull();
+    expect(cancelled.leases.every((l) => l.state !== "starting" && l.state !== "running")).toBe(true);
+    const recordedCancelled = await manifestIds(manifest);
+    expect(recordedCancelled.length).toBeLessThan(total);
+
+    const third = spawnScript("cli/baton.ts", args, env);
+    onTestFinished(() => void third.child.kill("SIGKILL"));
+    const exit = await third.exited;
+    expect(exit.code, third.lines.slice(-20).join("\n")).toBe(0);
+    expect(third.lines.join("\n")).toMatch(/^30 done, 0 failed, of 30 recorded$/m);
     const ids = await manifestIds(manifest);
-    expect(ids).toHaveLength(20);
-    expect(new Set(ids).size).toBe(20);
+    expect(ids).toHaveLength(total);
+    expect(new Set(ids).size).toBe(total);
     await expectSquares(`${manifest}.outputs`, ids);
+    const finished = await status();
+    expect(finished).toMatchObject({ run: null, recorded: { done: total, failed: 0 } });
+    // The audit, from the chain alone, finds every lease of the batch by its job id.
+    const audit = spawnScript("cli/baton.ts", [
+      "audit",
+      "job",
+      finished.jobId!,
+      "--json",
+      "--rpc-url",
+      fixture.market.chain.rpcUrl,
+      "--deployment",
+      fixture.market.deploymentFile,
+    ]);
+    expect((await audit.closed).code, audit.lines.join("\n")).toBe(0);
+    const audited = JSON.parse(audit.stdout.join("\n")) as Record<"lineage" | "others", { leaseId: string }[]>;
+    expect([...audited.lineage, ...audited.others].map((l) => l.leaseId).sort()).toEqual(
+      finished.leases
+        .filter((l) => l.state !== "vanished")
+        .map((l) => l.leaseId)
+        .sort(),
+    );
 
     const results = spawnScript("cli/baton.ts", ["batch", "results", manifest, "--json"]);
     expect((await results.closed).code, results.lines.join("\n")).toBe(0);
-    expect(JSON.parse(results.stdout.join("\n"))).toHaveLength(20);
+    expect(JSON.parse(results.stdout.join("\n"))).toHaveLength(total);
     // Every lease either run opened (as the batch's lease record lists them) has ended on chain: the
     // killed run's were ended by the second.
-    const store = `${manifest}.leases`;
-    const [recordFile] = (await readdir(store)).filter((name) => name.endsWith(".json"));
-    const record = JSON.parse(await readFile(path.join(store, recordFile!), "utf8")) as {
-      leases: { leaseId: string }[];
-    };
-    const leaseIds = record.leases.map((l) => l.leaseId);
+    const leaseIds = finished.leases.map((l) => l.leaseId);
     expect(leaseIds.length).toBeGreaterThanOrEqual(3);
     const { leaseManager } = contracts(fixture.market.deployment);
     for (const leaseId of leaseIds) {
