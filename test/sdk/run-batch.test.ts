@@ -17,7 +17,7 @@ import { tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
 
 /*
  * runBatch on a real devnet with three real provider node processes: a batch over two leases, one
- * of whose providers is SIGKILLed mid-batch, and a batch stopped mid-way and run again on its
+ * of whose providers is SIGKILLed mid-batch, one whose provider is SIGSTOPped until replaced, a batch stopped mid-way and run again on its
  * manifest, and `baton batch run` SIGKILLed mid-batch, run again, cancelled by `baton batch cancel`
  * and run again, with `baton batch status` and `baton audit job` reading it. Each task writes the square of its N into its output: the result a serial run gives.
  */
@@ -142,6 +142,62 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     const slashed = events.find((e) => e.type === "slashed");
     expect(slashed).toMatchObject({ leaseId: lost.leaseId, provider: victim.account.address });
     if (slashed?.type === "slashed") expect(slashed.compensation).toBeGreaterThan(0n);
+    expect(result.leases.every((l) => l.state === "completed" || l.state === "failed")).toBe(true);
+
+    const after = await totals(fixture.market);
+    expect(after.payment).toBe(after.paymentSupply);
+    expect(after.staking).toBe(after.stakingSupply);
+    expect(after.paymentSupply).toBe(before.paymentSupply);
+  }, 300_000);
+
+  it("SIGSTOP of a provider mid-batch, SIGCONT once it is replaced: its task is done once elsewhere, nothing it sends late is recorded, its lease ends, tokens conserved", async () => {
+    const before = await totals(fixture.market);
+    const tasks = tasksOf(24);
+    const manifest = path.join(fixture.dir, "stopped.jsonl");
+    const { events, onEvent, when } = recorder();
+    const batch = runBatch(client, { ...base(), tasks, manifest, onEvent });
+    batch.catch(() => undefined);
+
+    const started = await when((e) => e.type === "task-started" && e.progress.done >= 4);
+    if (started.type !== "task-started") throw new Error("unreachable");
+    const victim = fixture.market.providers.find((p) => p.account.address === started.provider)!;
+    victim.process!.child.kill("SIGSTOP");
+    onTestFinished(() => void victim.process?.child.kill("SIGCONT"));
+
+    // Silent, it is dropped and its task queued again; a lease on the third provider takes its slot.
+    const lost = await when((e) => e.type === "provider-lost" && e.provider === victim.account.address);
+    if (lost.type !== "provider-lost") throw new Error("unreachable");
+    expect(lost.requeued).toBe(started.taskId);
+    await when((e) => e.type === "lease-opened" && events.indexOf(e) > events.indexOf(lost));
+    // Woken, it may finish the task it held and send the result: too late to count.
+    victim.process!.child.kill("SIGCONT");
+    const result = await batch;
+
+    expect(result.results).toHaveLength(24);
+    expect(result.results.every((r) => r.state === "done" && r.exitCode === 0)).toBe(true);
+    const ids = await manifestIds(manifest);
+    expect(ids).toHaveLength(24);
+    expect(new Set(ids)).toEqual(new Set(tasks.map((t) => t.id)));
+    await expectSquares(result.outputDir, ids);
+    const redone = result.results.find((r) => r.taskId === started.taskId)!;
+    expect(redone.provider).not.toBe(victim.account.address);
+    const afterLoss = events.slice(events.indexOf(lost));
+    expect(
+      afterLoss.some(
+        (e) =>
+          (e.type === "task-started" || e.type === "task-recorded") &&
+          (e.type === "task-started" ? e.provider : e.result.provider) === victim.account.address,
+      ),
+    ).toBe(false);
+
+    // The frozen provider's lease has ended on chain (closed, or slashed if its timeout passed first).
+    const { leaseManager } = contracts(fixture.market.deployment);
+    const lease = await fixture.market.admin.publicClient.readContract({
+      ...leaseManager,
+      functionName: "getLease",
+      args: [lost.leaseId],
+    });
+    expect(leaseStatus[lease.status]).not.toBe("Active");
     expect(result.leases.every((l) => l.state === "completed" || l.state === "failed")).toBe(true);
 
     const after = await totals(fixture.market);
