@@ -17,9 +17,10 @@ import { tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
 
 /*
  * runBatch on a real devnet with three real provider node processes: a batch over two leases, one
- * of whose providers is SIGKILLed mid-batch, one whose provider is SIGSTOPped until replaced, a batch stopped mid-way and run again on its
- * manifest, and `baton batch run` SIGKILLed mid-batch, run again, cancelled by `baton batch cancel`
- * and run again, with `baton batch status` and `baton audit job` reading it. Each task writes the square of its N into its output: the result a serial run gives.
+ * of whose providers is SIGKILLed mid-batch; one whose provider is SIGSTOPped until replaced; a
+ * batch stopped mid-way and run again on its manifest; and `baton batch run` SIGKILLed mid-batch, run
+ * again, cancelled by `baton batch cancel` and run again, with `baton batch status` and `baton audit
+ * job` reading it. Each task writes the square of its N into its output: the result a serial run gives.
  */
 const fixture = useRunJobMarket();
 
