@@ -3,7 +3,7 @@ import os from "node:os";
 import path from "node:path";
 
 import type { Address } from "viem";
-import { afterAll, beforeAll } from "vitest";
+import { afterAll, beforeAll, expect } from "vitest";
 
 import { devAccount } from "../../deploy/local-chain.ts";
 import { fallbackJobsDir } from "../../node/jobs-dir.ts";
@@ -127,6 +127,17 @@ export async function totals(
     paymentSupply: await supply(paymentToken),
     stakingSupply: await supply(stakingToken),
   };
+}
+
+/**
+ * Asserts that no token was minted or lost since `before` (a {@link totals} reading): every token is
+ * held by someone, and neither supply moved.
+ */
+export async function expectTokensConserved(market: Market, before: Awaited<ReturnType<typeof totals>>): Promise<void> {
+  const after = await totals(market);
+  expect(after.payment).toBe(after.paymentSupply);
+  expect(after.staking).toBe(after.stakingSupply);
+  expect(after.paymentSupply).toBe(before.paymentSupply);
 }
 
 /** The options that point a tenant command of the `baton` CLI at the market, with its data dir. */

@@ -13,7 +13,7 @@ import { devAccount } from "../../deploy/local-chain.ts";
 import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import { privateKeyOf } from "../helpers/market.ts";
 import { spawnScript } from "../helpers/processes.ts";
-import { tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
+import { expectTokensConserved, tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
 
 /*
  * runBatch on a real devnet with three real provider node processes: a batch over two leases, one
@@ -145,10 +145,7 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     if (slashed?.type === "slashed") expect(slashed.compensation).toBeGreaterThan(0n);
     expect(result.leases.every((l) => l.state === "completed" || l.state === "failed")).toBe(true);
 
-    const after = await totals(fixture.market);
-    expect(after.payment).toBe(after.paymentSupply);
-    expect(after.staking).toBe(after.stakingSupply);
-    expect(after.paymentSupply).toBe(before.paymentSupply);
+    await expectTokensConserved(fixture.market, before);
   }, 300_000);
 
   it("SIGSTOP of a provider mid-batch, SIGCONT once it is replaced: its task is done once elsewhere, nothing it sends late is recorded, its lease ends, tokens conserved", async () => {
@@ -201,10 +198,7 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     expect(leaseStatus[lease.status]).not.toBe("Active");
     expect(result.leases.every((l) => l.state === "completed" || l.state === "failed")).toBe(true);
 
-    const after = await totals(fixture.market);
-    expect(after.payment).toBe(after.paymentSupply);
-    expect(after.staking).toBe(after.stakingSupply);
-    expect(after.paymentSupply).toBe(before.paymentSupply);
+    await expectTokensConserved(fixture.market, before);
   }, 300_000);
 
   it("a tenant stopped mid-batch and run again on its manifest runs only the tasks without a result", async () => {

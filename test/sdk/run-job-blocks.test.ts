@@ -19,7 +19,15 @@ import { pollUntil } from "../../sdk/utils/retry.ts";
 import { devAccount } from "../../deploy/local-chain.ts";
 import { privateKeyOf } from "../helpers/market.ts";
 import { spawnScript } from "../helpers/processes.ts";
-import { recorder, SCRIPT, serving, totals, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
+import {
+  expectTokensConserved,
+  recorder,
+  SCRIPT,
+  serving,
+  totals,
+  trainSpec,
+  useRunJobMarket,
+} from "../helpers/run-job.ts";
 
 // A chain that mines a block every 2 s, as most L2s do: every transaction waits for its block.
 const BLOCK_TIME_S = 2;
@@ -135,10 +143,7 @@ describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
     expect(onChain).toEqual(expect.arrayContaining([...safeAtKill, ...safe(handedTo)]));
     expect(onChain).toContain(restarted.resumedFrom!.cid);
 
-    const after = await totals(fixture.market);
-    expect(after.payment).toBe(after.paymentSupply);
-    expect(after.staking).toBe(after.stakingSupply);
-    expect(after.paymentSupply).toBe(before.paymentSupply);
+    await expectTokensConserved(fixture.market, before);
   }, 300_000);
 
   /** Stops the chain mining (its 2 s blocks) until the test ends or calls the returned function. */
@@ -225,10 +230,7 @@ describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
     expect(paid.compensationToTenant).toBeGreaterThan(0n);
     expect(paid.deposited).toBe(paid.paidToProviders + paid.refundedToTenant + paid.escrowed);
 
-    const after = await totals(fixture.market);
-    expect(after.payment).toBe(after.paymentSupply);
-    expect(after.staking).toBe(after.stakingSupply);
-    expect(after.paymentSupply).toBe(before.paymentSupply);
+    await expectTokensConserved(fixture.market, before);
   }, 300_000);
 
   it("a provider stops the job it started on a signed opening that fails on chain (the tenant cannot pay)", async () => {

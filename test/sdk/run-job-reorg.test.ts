@@ -11,7 +11,15 @@ import { runJob } from "../../sdk/actions/runJob.ts";
 import { createBatonClient } from "../../sdk/client.ts";
 import { pollUntil } from "../../sdk/utils/retry.ts";
 import { reorg, snapshotChain, type ChainSnapshot } from "../helpers/reorg.ts";
-import { recorder, SCRIPT, serving, totals, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
+import {
+  expectTokensConserved,
+  recorder,
+  SCRIPT,
+  serving,
+  totals,
+  trainSpec,
+  useRunJobMarket,
+} from "../helpers/run-job.ts";
 
 // A reorg on the devnet that takes a lease's opening: evm_snapshot just before the opening is sent,
 // and once the job runs on that lease, evm_revert and every other transaction of the dropped blocks
@@ -139,9 +147,6 @@ describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS
     expect(lineage.map((l) => [l.leaseId, l.provider])).toEqual([[reopened.leaseId, reopened.provider]]);
     expect(others).toEqual([]);
 
-    const after = await totals(market);
-    expect(after.payment).toBe(after.paymentSupply);
-    expect(after.staking).toBe(after.stakingSupply);
-    expect(after.paymentSupply).toBe(before.paymentSupply);
+    await expectTokensConserved(market, before);
   }, 300_000);
 });

@@ -7,7 +7,15 @@ import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { contracts } from "../../sdk/chain/client.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
-import { recorder, SCRIPT, serving, totals, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
+import {
+  expectTokensConserved,
+  recorder,
+  SCRIPT,
+  serving,
+  totals,
+  trainSpec,
+  useRunJobMarket,
+} from "../helpers/run-job.ts";
 
 // Hand-offs: a provider killed or frozen under a running job.
 const fixture = useRunJobMarket();
@@ -58,11 +66,7 @@ describe("runJob: hand-off to a new provider", () => {
     expect(slashed).toMatchObject({ leaseId: failed.leaseId, provider: victim.account.address });
     if (slashed?.type === "slashed") expect(slashed.compensation).toBeGreaterThan(0n);
 
-    const after = await totals(fixture.market);
-    // Nothing minted or lost: every token is held by someone, and the treasury's share burned is the only supply change.
-    expect(after.payment).toBe(after.paymentSupply);
-    expect(after.staking).toBe(after.stakingSupply);
-    expect(after.paymentSupply).toBe(before.paymentSupply);
+    await expectTokensConserved(fixture.market, before);
   });
 
   it("(b) SIGKILL the replacement, and its replacement: three hand-offs, the last back to the first provider, restarted", async () => {
