@@ -184,6 +184,7 @@ async function startLocked(
     announce: config.announce,
     ...(config.relayReservations > 0 ? { relay: { maxReservations: config.relayReservations } } : {}),
     dhtAddresses: config.dhtAddresses,
+    log: log.child("p2p"),
   });
   const ipfs = await createIpfsNode({ host, dir: path.join(dataDir, DATA_FILES.ipfs), log: log.child("ipfs") });
   const stopDialling = keepConnected(host, config.bootstrap);

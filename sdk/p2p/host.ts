@@ -16,7 +16,9 @@ import { multiaddr } from "@multiformats/multiaddr";
 import { createLibp2p } from "libp2p";
 
 import { UserError } from "../errors.ts";
+import { silentLogger, type Logger } from "../logger.ts";
 import { PROTOCOL_PREFIX } from "../wire/protocols.ts";
+import { isRelayListenAddress, keepRelayReservations } from "./relay-reservations.ts";
 import { sendWindowUpdatesAtHalf } from "./yamux-window.ts";
 
 export type BatonServices = {
@@ -35,8 +37,9 @@ export interface CreateBatonHostOptions {
   privateKey: PrivateKey;
   /**
    * Where to listen; loopback with a free port unless told otherwise. `<relay's multiaddr>/p2p-circuit`
-   * listens through that relay (a reservation on it, kept while connected): how a peer that cannot
-   * be dialled (behind a NAT, no port forwarded) is reached. The relay must be up when the host starts.
+   * listens through that relay (a reservation on it): how a peer that cannot be dialled (behind a
+   * NAT, no port forwarded) is reached. The reservation is made again whenever it is lost, and the
+   * host starts while the relay is down (see {@link keepRelayReservations}).
    */
   listen?: string[];
   /**
@@ -58,6 +61,8 @@ export interface CreateBatonHostOptions {
    * open internet.
    */
   dhtAddresses?: "all" | "public";
+  /** Where the host says what it cannot do by itself (a relay it has no reservation on). */
+  log?: Logger;
 }
 
 /**
@@ -75,13 +80,18 @@ export async function createBatonHost({
   relay,
   bootstrap: bootstrapList = [],
   dhtAddresses = "all",
+  log = silentLogger,
 }: CreateBatonHostOptions): Promise<BatonHost> {
   for (const address of bootstrapList) parseBootstrapAddress(address);
   for (const address of [...listen, ...announce]) parseAddress(address);
   sendWindowUpdatesAtHalf();
-  return createLibp2p({
+  const throughRelays = listen.filter(isRelayListenAddress);
+  const host = await createLibp2p({
     privateKey,
-    addresses: { listen, ...(announce.length > 0 ? { announce } : {}) },
+    addresses: {
+      listen: listen.filter((address) => !isRelayListenAddress(address)),
+      ...(announce.length > 0 ? { announce } : {}),
+    },
     // Every host dials relayed addresses (`…/p2p-circuit/p2p/<id>`); one that listens on
     // `/p2p-circuit` also keeps a reservation on a relay it is connected to.
     transports: [tcp(), circuitRelayTransport()],
@@ -110,6 +120,8 @@ export async function createBatonHost({
         : {}),
     },
   });
+  await keepRelayReservations(host, throughRelays, log.child("relay"));
+  return host;
 }
 
 /** Parses a listen or announce multiaddr. */

@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr } from "@multiformats/multiaddr";
 import { parseEther } from "viem";
 import { describe, expect, it, onTestFinished } from "vitest";
 
@@ -57,6 +58,39 @@ describe("providers reached through a relay", () => {
     expect(relayed).toContain(second);
     expect(second).not.toBe(first);
     // The checkpoint it resumed from came through the relay too; the result is the uninterrupted run's.
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+  });
+
+  it("make their reservations again when the relay restarts, and a new job runs through it", async () => {
+    const [relay, ...relayed] = fixture.market.providers;
+    relay!.process!.child.kill("SIGKILL");
+    await relay!.process!.exited;
+    await relay!.start();
+    // libp2p alone drops a named relay's reservation for good when the relay goes away: the
+    // providers would stay unreachable. Each one is reached through the restarted relay again.
+    const client = await fixture.market.client(0, path.join(fixture.dir, "tenant-relay-restart"));
+    for (const provider of relayed) {
+      const through = multiaddr(
+        `/ip4/127.0.0.1/tcp/${relayPort}/p2p/${relay!.peerId}/p2p-circuit/p2p/${provider.peerId}`,
+      );
+      await expect
+        .poll(
+          () =>
+            client.host.services.ping.ping(through).then(
+              () => true,
+              () => false,
+            ),
+          { timeout: 60_000, interval: 1000 },
+        )
+        .toBe(true);
+    }
+    const job = await runJob(client, trainSpec("20"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const result = await job.result();
+    const served = fixture.market.providers.find((p) => p.account.address === result.leases.at(-1)!.provider);
+    expect(relayed).toContain(served);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
   });
 });
