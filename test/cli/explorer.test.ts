@@ -392,6 +392,43 @@ describe.each(backends)("indexer, $name", (backend) => {
   });
 
   if (backend.postgres) {
+    it("answers a page from one snapshot: a page written meanwhile is not seen halfway", async () => {
+      await withStore(await index("snapshot"), async (store) => {
+        await createIndexer({ publicClient, deployment, store }).sync();
+        const before = await store.cursor();
+        const seen = await store.snapshot(async (reader) => {
+          const first = await reader.cursor();
+          // The indexer commits a page (on another connection) while the answer is being read.
+          await store.writePage([], new Map(), { blockNumber: before!.blockNumber + 1, blockHash: "0x01" });
+          return [first, await reader.cursor()];
+        });
+        expect(seen).toEqual([before, before]);
+        expect((await store.cursor())?.blockNumber).toBe(before!.blockNumber + 1);
+      });
+    });
+
+    it("refuses a database it cannot use, saying what to do", async () => {
+      const { port } = new URL(postgres!.url);
+      const refusals: [string, RegExp][] = [
+        [
+          // Port 1: nothing listens there.
+          `postgres://baton:secret@127.0.0.1:1/explorer`,
+          /cannot reach Postgres at postgres:\/\/baton:\*\*\*@127\.0\.0\.1:1\/explorer: is the server running/,
+        ],
+        [`postgres://postgres@127.0.0.1:${port}/absent`, /database "absent" does not exist .*: create it first/],
+        [`postgres://nobody@127.0.0.1:${port}/postgres`, /refused the login .*: check the user and its password/],
+      ];
+      for (const [url, message] of refusals) {
+        await expect(openIndexStore({ databaseUrl: url }, deployment), url).rejects.toThrow(message);
+      }
+      const url = await index("other-deployment");
+      await (await openIndexStore({ databaseUrl: url }, deployment)).close();
+      const other = { ...deployment, chainId: deployment.chainId + 1 };
+      await expect(openIndexStore({ databaseUrl: url }, other)).rejects.toThrow(
+        /holds the events of deployment .*, not /,
+      );
+    });
+
     it("serves from `baton explorer --database-url` the same pages' data as from the embedded index", async () => {
       const url = await index("served");
       const explorer = spawnScript("cli/baton.ts", [
