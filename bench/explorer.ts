@@ -3,12 +3,18 @@
  * leases (default 10,000) across 8 providers, sends HEARTBEATS heartbeat rounds (default 3, each
  * a batch of 100 leases per transaction) and finishes every tenth lease, then measures:
  *
- * - indexing from scratch into the embedded index (events per second);
+ * - `auditJob` chain-only (eth_getLogs): the reference;
+ *
+ * and then for each backend, the embedded index (SQLite) and Postgres (a server the bench starts,
+ * as the tests do: test/helpers/postgres.ts):
+ *
+ * - indexing from scratch (events per second);
  * - time to first page: from starting the explorer on that index to its first API answer;
  * - p50/p99 latency of the job and provider page APIs (200 requests each, over HTTP);
- * - `auditJob` chain-only (eth_getLogs) against `auditJob` from the index: the reference.
+ * - `auditJob` from the index, against the chain-only one.
  *
  * Prints the figures and writes bench/results/explorer.json. Usage: npm run bench:explorer
+ * (smaller: LEASES=1000 HEARTBEATS=2 npm run bench:explorer)
  */
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -35,6 +41,8 @@ import { createChainClient } from "../sdk/chain/client.ts";
 import { signQuote, type Quote } from "../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../sdk/generated/abis.ts";
 import { createIndexer } from "../sdk/indexer/indexer.ts";
+import { openIndexStore, type IndexLocation } from "../sdk/indexer/store.ts";
+import { startPostgres } from "../test/helpers/postgres.ts";
 
 const LEASES = Number(process.env.LEASES ?? 10_000);
 const HEARTBEATS = Number(process.env.HEARTBEATS ?? 3);
@@ -45,6 +53,17 @@ const BATCH = 100;
 const REQUESTS = 200;
 /** Gas given to each transaction, so that none waits on an estimate. */
 const GAS = 3_000_000n;
+
+/** The median time of `times` runs of `run`, in ms. */
+async function median(run: () => Promise<unknown>, times: number): Promise<number> {
+  const all: number[] = [];
+  for (let i = 0; i < times; i++) {
+    const t = performance.now();
+    await run();
+    all.push(performance.now() - t);
+  }
+  return all.sort((a, b) => a - b)[Math.floor(times / 2)]!;
+}
 
 const percentile = (sorted: number[], p: number): number =>
   sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
@@ -194,85 +213,100 @@ async function main(): Promise<void> {
     const generated = (performance.now() - generating) / 1000;
     console.log(`generated ${LEASES} leases with ${HEARTBEATS} heartbeat rounds in ${round(generated)} s`);
 
-    // Indexing from scratch, embedded.
-    const file = path.join(dir, "explorer.db");
-    const indexer = createIndexer({ publicClient, deployment, file });
-    const indexing = performance.now();
-    const synced = await indexer.sync();
-    const indexSeconds = (performance.now() - indexing) / 1000;
-    const eventsPerSecond = synced.events / indexSeconds;
-    console.log(
-      `indexed ${synced.events} events in ${round(indexSeconds)} s: ${Math.round(eventsPerSecond)} events/s (embedded)`,
-    );
-
-    // Time to first page: the explorer started on the built index, until its first answer.
-    const starting = performance.now();
-    const explorer = await startExplorer({
-      indexer,
-      host: "127.0.0.1",
-      port: 0,
-      onError: (error) => console.error(error),
-    });
-    const first = await fetch(`${explorer.url}/api/network`);
-    await first.json();
-    const firstPageMs = performance.now() - starting;
-    console.log(`time to first page: ${round(firstPageMs)} ms`);
-
-    const latency = async (paths: string[]) => {
-      const times: number[] = [];
-      for (let i = 0; i < REQUESTS; i++) {
-        const t = performance.now();
-        const response = await fetch(`${explorer.url}${paths[i % paths.length]}`);
-        if (!response.ok) throw new Error(`${paths[i % paths.length]}: HTTP ${response.status}`);
-        await response.arrayBuffer();
-        times.push(performance.now() - t);
-      }
-      times.sort((a, b) => a - b);
-      return { p50Ms: round(percentile(times, 0.5), 2), p99Ms: round(percentile(times, 0.99), 2) };
-    };
-    const jobPage = await latency(jobs.map((job) => `/api/job/${job}`));
-    const providerPage = await latency(
-      Array.from({ length: PROVIDERS }, (_, p) => `/api/provider/${devAccount(1 + p).address}`),
-    );
-    console.log(`job page API: p50 ${jobPage.p50Ms} ms, p99 ${jobPage.p99Ms} ms`);
-    console.log(
-      `provider page API (${perProvider} leases each): p50 ${providerPage.p50Ms} ms, p99 ${providerPage.p99Ms} ms`,
-    );
-    await explorer.close();
-
-    // The reference: one job's audit from the chain's logs, and from the index.
+    // The reference: one job's audit from the chain's logs.
     const chainClient = createChainClient({ rpcUrl: chain.rpcUrl, deployment, pollingIntervalMs: 50 });
     const jobId = jobs[0]!;
-    const timed = async (run: () => Promise<unknown>, times: number) => {
-      const all: number[] = [];
-      for (let i = 0; i < times; i++) {
-        const t = performance.now();
-        await run();
-        all.push(performance.now() - t);
+    const chainAuditMs = await median(() => auditJob({ chain: chainClient }, { jobId }), 3);
+    console.log(`auditJob, chain-only: ${round(chainAuditMs)} ms`);
+
+    /** Indexes from scratch into `location`, then serves pages and audits from it. */
+    const measure = async (backend: string, location: IndexLocation) => {
+      const store = await openIndexStore(location, deployment);
+      try {
+        const indexer = createIndexer({ publicClient, deployment, store });
+        const indexing = performance.now();
+        const synced = await indexer.sync();
+        const indexSeconds = (performance.now() - indexing) / 1000;
+        const eventsPerSecond = synced.events / indexSeconds;
+        console.log(
+          `${backend}: indexed ${synced.events} events in ${round(indexSeconds)} s: ${Math.round(eventsPerSecond)} events/s`,
+        );
+
+        // Time to first page: the explorer started on the built index, until its first answer.
+        const starting = performance.now();
+        const explorer = await startExplorer({
+          indexer,
+          host: "127.0.0.1",
+          port: 0,
+          onError: (error) => console.error(error),
+        });
+        const first = await fetch(`${explorer.url}/api/network`);
+        await first.json();
+        const firstPageMs = performance.now() - starting;
+        console.log(`${backend}: time to first page: ${round(firstPageMs)} ms`);
+
+        const latency = async (paths: string[]) => {
+          const times: number[] = [];
+          for (let i = 0; i < REQUESTS; i++) {
+            const t = performance.now();
+            const response = await fetch(`${explorer.url}${paths[i % paths.length]}`);
+            if (!response.ok) throw new Error(`${paths[i % paths.length]}: HTTP ${response.status}`);
+            await response.arrayBuffer();
+            times.push(performance.now() - t);
+          }
+          times.sort((a, b) => a - b);
+          return { p50Ms: round(percentile(times, 0.5), 2), p99Ms: round(percentile(times, 0.99), 2) };
+        };
+        const jobPage = await latency(jobs.map((job) => `/api/job/${job}`));
+        const providerPage = await latency(
+          Array.from({ length: PROVIDERS }, (_, p) => `/api/provider/${devAccount(1 + p).address}`),
+        );
+        console.log(`${backend}: job page API: p50 ${jobPage.p50Ms} ms, p99 ${jobPage.p99Ms} ms`);
+        console.log(
+          `${backend}: provider page API (${perProvider} leases each): p50 ${providerPage.p50Ms} ms, p99 ${providerPage.p99Ms} ms`,
+        );
+        await explorer.close();
+
+        const indexedAuditMs = await median(() => auditJob({ chain: chainClient, events: store }, { jobId }), 5);
+        console.log(
+          `${backend}: auditJob from the index ${round(indexedAuditMs, 2)} ms (${round(chainAuditMs / indexedAuditMs)}× faster than chain-only)`,
+        );
+        return {
+          synced,
+          figures: {
+            indexSeconds: round(indexSeconds, 2),
+            eventsPerSecond: Math.round(eventsPerSecond),
+            firstPageMs: round(firstPageMs),
+            jobPage,
+            providerPage,
+            auditJobMs: round(indexedAuditMs, 2),
+            auditSpeedup: round(chainAuditMs / indexedAuditMs),
+          },
+        };
+      } finally {
+        await store.close();
       }
-      return all.sort((a, b) => a - b)[Math.floor(times / 2)]!;
     };
-    const chainAuditMs = await timed(() => auditJob({ chain: chainClient }, { jobId }), 3);
-    const indexedAuditMs = await timed(() => auditJob({ chain: chainClient, events: indexer.store }, { jobId }), 5);
-    console.log(
-      `auditJob: chain-only ${round(chainAuditMs)} ms, from the index ${round(indexedAuditMs, 2)} ms (${round(chainAuditMs / indexedAuditMs)}× faster)`,
-    );
-    indexer.close();
+
+    const embedded = await measure("embedded", { file: path.join(dir, "explorer.db") });
+    // A Postgres server of the bench's own, with Postgres' default settings (fsync on, as the
+    // embedded index's synchronous=FULL), on the same machine: what a one-host deployment gets.
+    const server = await startPostgres();
+    let postgres: Awaited<ReturnType<typeof measure>>;
+    try {
+      postgres = await measure("Postgres", { databaseUrl: await server.createDatabase("explorer") });
+    } finally {
+      await server.stop();
+    }
 
     const results = {
       leases: LEASES,
       heartbeatRounds: HEARTBEATS,
-      events: synced.events,
-      blocks: Number(synced.blockNumber - deployment.deployBlock + 1n),
-      embedded: { indexSeconds: round(indexSeconds, 2), eventsPerSecond: Math.round(eventsPerSecond) },
-      firstPageMs: round(firstPageMs),
-      jobPage,
-      providerPage,
-      auditJob: {
-        chainOnlyMs: round(chainAuditMs),
-        indexedMs: round(indexedAuditMs, 2),
-        speedup: round(chainAuditMs / indexedAuditMs),
-      },
+      events: embedded.synced.events,
+      blocks: Number(embedded.synced.blockNumber - deployment.deployBlock + 1n),
+      auditJobChainOnlyMs: round(chainAuditMs),
+      embedded: embedded.figures,
+      postgres: postgres.figures,
     };
     await mkdir(path.join(import.meta.dirname, "results"), { recursive: true });
     await writeFile(

@@ -17,10 +17,14 @@ interface AuditOptions extends NetworkOptions {
 }
 
 /**
- * A read-only client for the network's deployment (see cli/network.ts), checked to be on its chain,
- * with the explorer's index to read events from when `--indexer` names one.
+ * Runs `audit` with a read-only client for the network's deployment (see cli/network.ts), checked
+ * to be on its chain, and with the explorer's index to read events from when `--indexer` names
+ * one, closed when `audit` ends (an open Postgres pool would keep the process alive).
  */
-async function connect(options: AuditOptions): Promise<{ chain: ChainClient; events?: AuditEventSource }> {
+async function connected<T>(
+  options: AuditOptions,
+  audit: (client: { chain: ChainClient; events?: AuditEventSource }) => Promise<T>,
+): Promise<T> {
   const network = await resolveNetwork(options);
   const [{ checkChain, createChainClient }, { loadDeploymentFile }] = await Promise.all([
     import("../sdk/chain/client.ts"),
@@ -33,9 +37,14 @@ async function connect(options: AuditOptions): Promise<{ chain: ChainClient; eve
     ...(options.confirmations === undefined ? {} : { confirmations: options.confirmations }),
   });
   await checkChain(chain);
-  if (options.indexer === undefined) return { chain };
-  const { IndexStore } = await import("../sdk/indexer/store.ts");
-  return { chain, events: IndexStore.open(options.indexer, chain.deployment, { mustExist: true }) };
+  if (options.indexer === undefined) return audit({ chain });
+  const { indexLocation, openIndexStore } = await import("../sdk/indexer/store.ts");
+  const events = await openIndexStore(indexLocation(options.indexer), chain.deployment, { mustExist: true });
+  try {
+    return await audit({ chain, events });
+  } finally {
+    await events.close();
+  }
 }
 
 /**
@@ -65,18 +74,16 @@ function showProgress(): (progress: LogScanProgress) => void {
 async function job(jobId: `0x${string}`, options: AuditOptions): Promise<void> {
   const tenant = options.tenant === undefined ? undefined : await checkedAddress(options.tenant);
   const { auditJob } = await import("../sdk/actions/auditJob.ts");
-  const result = await auditJob(await connect(options), {
-    jobId,
-    ...(tenant ? { tenant } : {}),
-    onProgress: showProgress(),
-  });
+  const result = await connected(options, (client) =>
+    auditJob(client, { jobId, ...(tenant ? { tenant } : {}), onProgress: showProgress() }),
+  );
   if (options.json) return printJson(result);
   (await import("./audit-report.ts")).printJob(result);
 }
 
 async function lease(leaseId: bigint, options: AuditOptions): Promise<void> {
   const { auditLease } = await import("../sdk/actions/auditLease.ts");
-  const result = await auditLease(await connect(options), { leaseId, onProgress: showProgress() });
+  const result = await connected(options, (client) => auditLease(client, { leaseId, onProgress: showProgress() }));
   if (options.json) return printJson(result);
   (await import("./audit-report.ts")).printLease(result);
 }
@@ -84,7 +91,9 @@ async function lease(leaseId: bigint, options: AuditOptions): Promise<void> {
 async function provider(address: `0x${string}`, options: AuditOptions): Promise<void> {
   const checked = await checkedAddress(address);
   const { auditProvider } = await import("../sdk/actions/auditProvider.ts");
-  const result = await auditProvider(await connect(options), { provider: checked, onProgress: showProgress() });
+  const result = await connected(options, (client) =>
+    auditProvider(client, { provider: checked, onProgress: showProgress() }),
+  );
   if (options.json) return printJson(result);
   (await import("./audit-report.ts")).printProvider(result);
 }
@@ -103,8 +112,8 @@ function auditOptions(command: Command): Command {
       integerIn("--confirmations", 0, MAX_CONFIRMATIONS),
     )
     .option(
-      "--indexer <file>",
-      "read events from the explorer's index (its SQLite file) instead of the chain's logs: the same figures, as of the block the index holds everything up to",
+      "--indexer <file|url>",
+      "read events from the explorer's index instead of the chain's logs (its SQLite file, or the postgres:// URL given to `baton explorer --database-url`): the same figures, as of the block the index holds everything up to",
     )
     .option("--json", "print the audit as JSON (amounts as decimal strings)");
 }
@@ -126,6 +135,8 @@ export function auditCommands(program: Command): void {
       "baton audit job 0x5f…",
       "baton audit job 0x5f… --network .baton/devnet/network.json --json",
       "baton audit job 0x5f… --rpc-url https://… --confirmations 12",
+      "baton audit job 0x5f… --indexer explorer.db",
+      "baton audit job 0x5f… --indexer postgres://baton@127.0.0.1:5432/explorer",
     ],
   ).action(job);
   examples(

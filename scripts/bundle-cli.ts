@@ -63,7 +63,9 @@ export async function bundleCli(outfile = defaultBundlePath): Promise<string> {
     plugins: [keepSourceLocations],
     // Only `baton simulate` draws charts: left out, Vega stays out of every other process's 2 MB
     // more to parse, and loads from node_modules when a chart is drawn.
-    external: ["vega", "vega-lite"],
+    // Likewise Postgres's client, for `--database-url` alone; bundled, it would also look for its
+    // optional native binding (pg-native), which is not installed.
+    external: ["vega", "vega-lite", "pg"],
     // CommonJS dependencies bundled into an ES module still call `require` for Node's built-ins.
     banner: {
       js: 'import { createRequire as __batonRequire } from "node:module"; const require = __batonRequire(import.meta.url);',

@@ -1,10 +1,11 @@
 /**
- * What the explorer's pages show, read from the index (sdk/indexer/store.ts): the network, a
- * provider, a lease, a job. Every figure comes with the transaction and block it came from, so
- * that a page can link each one to its source. Amounts are decimal strings of the token's smallest
- * unit (JSON has no bigint), added up here with bigint.
+ * What the explorer's pages show, read from the index (sdk/indexer/store.ts, either backend): the
+ * network, a provider, a lease, a job. Every figure comes with the transaction and block it came
+ * from, so that a page can link each one to its source. Amounts are decimal strings of the token's
+ * smallest unit (JSON has no bigint), added up here with bigint. The server reads each view from
+ * one snapshot of the index (`IndexStore.snapshot`), so that its figures are all as of one cursor.
  */
-import type { IndexStore, IndexedEvent } from "../../sdk/indexer/store.ts";
+import type { IndexedEvent, IndexReader, LeaseRow, ProviderRow } from "../../sdk/indexer/store.ts";
 
 /** Where a figure came from. */
 export interface Source {
@@ -19,30 +20,6 @@ export interface EventItem extends Source {
   name: string;
   leaseId: number | null;
   args: Record<string, unknown>;
-}
-
-interface LeaseRow {
-  lease_id: number;
-  job_id: string;
-  provider: string;
-  tenant: string;
-  predecessor: number;
-  deposit: string;
-  opened_block: number;
-  opened_tx: string;
-  opened_at: number;
-  status: string;
-  heartbeats: number;
-  checkpoints: number;
-}
-
-interface ProviderRow {
-  provider: string;
-  peer_id: string;
-  registered_block: number;
-  leases: number;
-  completed: number;
-  slashed: number;
 }
 
 const source = (e: IndexedEvent): Source => ({ blockNumber: e.blockNumber, txHash: e.txHash, timestamp: e.timestamp });
@@ -65,38 +42,32 @@ const lease = (row: LeaseRow) => ({
 });
 
 /** The block the index holds everything up to: what every answer is as of. */
-function asOf(store: IndexStore): number | null {
-  return store.cursor()?.blockNumber ?? null;
+async function asOf(store: IndexReader): Promise<number | null> {
+  return (await store.cursor())?.blockNumber ?? null;
 }
 
 /** Bonded stake from the registry's events: staked, less what started unbonding, less what was slashed. */
-function bondedStake(store: IndexStore, provider: string): { stake: string; events: IndexedEvent[] } {
-  const events = store
-    .events({ provider })
-    .filter((e) => e.name === "Staked" || e.name === "UnstakeRequested" || e.name === "CollateralSlashed");
+async function bondedStake(store: IndexReader, provider: string): Promise<{ stake: string; events: IndexedEvent[] }> {
+  const events = (await store.events({ provider })).filter(
+    (e) => e.name === "Staked" || e.name === "UnstakeRequested" || e.name === "CollateralSlashed",
+  );
   let stake = 0n;
   for (const e of events) stake += e.name === "Staked" ? amount(e, "amount") : -amount(e, "amount");
   return { stake: stake.toString(), events };
 }
 
 /** The network at a glance: providers, stake, leases by state, slashes and openings over time. */
-export function networkView(store: IndexStore) {
-  const providers = store.db
-    .prepare("SELECT * FROM providers ORDER BY registered_block")
-    .all() as unknown as ProviderRow[];
-  const byStatus = Object.fromEntries(
-    (
-      store.db.prepare("SELECT status, COUNT(*) AS n FROM leases GROUP BY status").all() as {
-        status: string;
-        n: number;
-      }[]
-    ).map((r) => [r.status, r.n]),
-  );
-  const slashes = store.events({ name: "LeaseSlashed" }).map(item);
-  const openings = store.events({ name: "LeaseOpened" }).map(source);
-  const withStake = providers.map((p) => ({ ...providerSummary(p), stake: bondedStake(store, p.provider).stake }));
+export async function networkView(store: IndexReader) {
+  const providers = await store.providers();
+  const byStatus = await store.leaseCounts();
+  const slashes = (await store.events({ name: "LeaseSlashed" })).map(item);
+  const openings = (await store.events({ name: "LeaseOpened" })).map(source);
+  const withStake: (ReturnType<typeof providerSummary> & { stake: string })[] = [];
+  for (const p of providers) {
+    withStake.push({ ...providerSummary(p), stake: (await bondedStake(store, p.provider)).stake });
+  }
   return {
-    asOf: asOf(store),
+    asOf: await asOf(store),
     providers: withStake,
     totalStake: withStake.reduce((total, p) => total + BigInt(p.stake), 0n).toString(),
     leases: { total: Object.values(byStatus).reduce((a, b) => a + b, 0), byStatus },
@@ -114,23 +85,19 @@ const providerSummary = (p: ProviderRow) => ({
 });
 
 /** A provider's counters, history, uptime, earnings and slash record; undefined when it never registered. */
-export function providerView(store: IndexStore, address: string) {
+export async function providerView(store: IndexReader, address: string) {
   const provider = address.toLowerCase();
-  const row = store.db.prepare("SELECT * FROM providers WHERE provider = ?").get(provider) as ProviderRow | undefined;
+  const [row] = await store.providers({ provider });
   if (row === undefined) return undefined;
-  const history = store.events({ provider });
-  const leases = store.db
-    .prepare("SELECT * FROM leases WHERE provider = ? ORDER BY lease_id")
-    .all(provider) as unknown as LeaseRow[];
+  const history = await store.events({ provider });
+  const leases = await store.leases({ provider });
   const settled = history.filter((e) => e.name === "EarningsSettled");
   const claimed = history.filter((e) => e.name === "EarningsClaimed");
-  const slashes = store.db
-    .prepare("SELECT * FROM slashes WHERE provider = ? ORDER BY block_number")
-    .all(provider) as unknown as Record<string, unknown>[];
-  const { stake } = bondedStake(store, provider);
+  const slashes = await store.slashes({ provider });
+  const { stake } = await bondedStake(store, provider);
   const ended = leases.filter((l) => l.status !== "active" && l.status !== "closing");
   return {
-    asOf: asOf(store),
+    asOf: await asOf(store),
     ...providerSummary(row),
     stake,
     // Uptime as the share of ended leases the provider saw through without a slash.
@@ -143,15 +110,14 @@ export function providerView(store: IndexStore, address: string) {
 }
 
 /** A lease's state machine as a timeline of its events, with payments; undefined when no such lease. */
-export function leaseView(store: IndexStore, leaseId: number) {
-  const row = store.db.prepare("SELECT * FROM leases WHERE lease_id = ?").get(leaseId) as LeaseRow | undefined;
+export async function leaseView(store: IndexReader, leaseId: number) {
+  const [row] = await store.leases({ leaseId });
   if (row === undefined) return undefined;
-  const events = store.events({ leaseId });
+  const events = await store.events({ leaseId });
   const settled = events.filter((e) => e.name === "EarningsSettled");
-  const successor = store.db.prepare("SELECT lease_id FROM leases WHERE predecessor = ?").get(leaseId) as
-    { lease_id: number } | undefined;
+  const [successor] = await store.leases({ predecessor: leaseId });
   return {
-    asOf: asOf(store),
+    asOf: await asOf(store),
     ...lease(row),
     successor: successor?.lease_id ?? null,
     paidToProvider: sum(settled, "amount"),
@@ -164,17 +130,16 @@ export function leaseView(store: IndexStore, leaseId: number) {
  * predecessor, with the checkpoint the successor resumed from (the last one its predecessor
  * committed before the successor opened). Undefined when no lease carries the job id.
  */
-export function jobView(store: IndexStore, jobId: string) {
-  const rows = store.db
-    .prepare("SELECT * FROM leases WHERE job_id = ? ORDER BY lease_id")
-    .all(jobId.toLowerCase()) as unknown as LeaseRow[];
+export async function jobView(store: IndexReader, jobId: string) {
+  const rows = await store.leases({ jobId });
   if (rows.length === 0) return undefined;
-  const checkpoints = new Map(
-    rows.map((r) => [
+  const checkpoints = new Map<number, IndexedEvent[]>();
+  for (const r of rows) {
+    checkpoints.set(
       r.lease_id,
-      store.events({ leaseId: r.lease_id }).filter((e) => e.name === "CheckpointCommitted"),
-    ]),
-  );
+      (await store.events({ leaseId: r.lease_id })).filter((e) => e.name === "CheckpointCommitted"),
+    );
+  }
   const handOffs = rows
     .filter((r) => r.predecessor !== 0 && checkpoints.has(r.predecessor))
     .map((r) => {
@@ -189,11 +154,9 @@ export function jobView(store: IndexStore, jobId: string) {
         checkpoint: resumed === undefined ? null : { cid: resumed.args.cid as string, ...source(resumed) },
       };
     });
-  const slashes = store.db
-    .prepare("SELECT * FROM slashes WHERE job_id = ? ORDER BY block_number")
-    .all(jobId.toLowerCase()) as unknown as Record<string, unknown>[];
+  const slashes = await store.slashes({ jobId });
   return {
-    asOf: asOf(store),
+    asOf: await asOf(store),
     jobId: jobId.toLowerCase(),
     leases: rows.map((r) => ({ ...lease(r), checkpoints: checkpoints.get(r.lease_id)!.map(item) })),
     handOffs,
@@ -202,8 +165,8 @@ export function jobView(store: IndexStore, jobId: string) {
 }
 
 /** The events of one transaction: where a figure's link leads. */
-export function transactionView(store: IndexStore, txHash: string) {
-  const events = store.events({ txHash });
+export async function transactionView(store: IndexReader, txHash: string) {
+  const events = await store.events({ txHash });
   const first = events[0];
   if (first === undefined) return undefined;
   return { txHash: first.txHash, blockNumber: first.blockNumber, timestamp: first.timestamp, events: events.map(item) };

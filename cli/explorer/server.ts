@@ -128,8 +128,7 @@ async function handle(
   const api = /^\/api\/(network|provider|lease|job|tx)(?:\/([^/]+))?$/.exec(pathname);
   if (api !== null) {
     const [, kind, id = ""] = api;
-    const store = indexer.store;
-    const found =
+    const found = await indexer.store.snapshot(async (store) =>
       kind === "network"
         ? networkView(store)
         : kind === "provider" && /^0x[0-9a-fA-F]{40}$/.test(id)
@@ -140,7 +139,8 @@ async function handle(
               ? jobView(store, id)
               : kind === "tx" && /^0x[0-9a-fA-F]{64}$/.test(id)
                 ? transactionView(store, id)
-                : undefined;
+                : undefined,
+    );
     if (found === undefined) return send(response, 404, { error: `no ${kind} ${id} in the index` });
     return send(response, 200, found);
   }

@@ -169,7 +169,7 @@ export interface LeaseTotals {
  */
 export interface AuditEventSource {
   /** The block the index holds every event up to, and its hash when indexed; undefined before its first page. */
-  cursor(): { blockNumber: number; blockHash: string } | undefined;
+  cursor(): Promise<{ blockNumber: number; blockHash: string } | undefined>;
   /** One event type's raw logs in a block range, in chain order, optionally only those of some leases, jobs or providers. */
   logs(query: {
     contract: "LeaseManager" | "ProviderRegistry";
@@ -177,15 +177,17 @@ export interface AuditEventSource {
     fromBlock: bigint;
     toBlock: bigint;
     where?: { column: "lease_id" | "job_id" | "provider"; values: readonly (string | number)[] };
-  }): {
-    blockNumber: number;
-    logIndex: number;
-    blockHash: string;
-    txHash: string;
-    timestamp: number;
-    topics: string[];
-    data: string;
-  }[];
+  }): Promise<
+    {
+      blockNumber: number;
+      logIndex: number;
+      blockHash: string;
+      txHash: string;
+      timestamp: number;
+      topics: string[];
+      data: string;
+    }[]
+  >;
 }
 
 /** Reads shared by the steps of one audit: the pinned block, and block times fetched once each. */
@@ -284,7 +286,7 @@ async function indexedBlock(
   events: AuditEventSource,
   confirmed: { number: bigint; hash: Hex; timestamp: bigint },
 ): Promise<{ number: bigint; hash: Hex; timestamp: bigint }> {
-  const cursor = events.cursor();
+  const cursor = await events.cursor();
   if (cursor === undefined) throw new UserError("the index holds no block yet: let the explorer index first");
   if (BigInt(cursor.blockNumber) >= confirmed.number) return confirmed;
   const block = await chain.publicClient.getBlock({ blockNumber: BigInt(cursor.blockNumber) });
@@ -303,13 +305,13 @@ const INDEXED_COLUMNS = { leaseId: "lease_id", jobId: "job_id", provider: "provi
  * Logs of one event from the scope's index, decoded as `getContractEvents` decodes them, with their
  * blocks' times remembered (the index has them).
  */
-function indexedEvents(
+async function indexedEvents(
   scope: AuditScope & { events: AuditEventSource },
   contract: "leaseManager" | "registry",
   eventName: string,
   args: unknown,
   fromBlock: bigint,
-): unknown[] {
+): Promise<unknown[]> {
   const filters = Object.entries((args ?? {}) as Record<string, unknown>);
   if (filters.length > 1) throw new BaseError(`an index filters ${eventName} on one argument, not ${filters.length}`);
   let where: { column: "lease_id" | "job_id" | "provider"; values: (string | number)[] } | undefined;
@@ -326,7 +328,7 @@ function indexedEvents(
     };
   }
   const { abi, address } = contracts(scope.chain.deployment)[contract];
-  const rows = scope.events.logs({
+  const rows = await scope.events.logs({
     contract: contract === "leaseManager" ? "LeaseManager" : "ProviderRegistry",
     name: eventName,
     fromBlock,

@@ -1,6 +1,7 @@
 /**
  * The explorer's indexer: it follows a Baton deployment's chain and keeps every event of its
- * ProviderRegistry and LeaseManager in SQL (sdk/indexer/store.ts).
+ * ProviderRegistry and LeaseManager in SQL (sdk/indexer/store.ts: an embedded SQLite file or a
+ * Postgres database; the indexer is the same over both).
  *
  * - It reads at a confirmation depth: blocks younger than `confirmations` are not indexed yet, so a
  *   reorg no deeper than that never reaches the index.
@@ -17,7 +18,7 @@ import { DEFAULT_MAX_LOG_RANGE, scanLogs } from "../chain/logs.ts";
 import { confirmedBlockNumber } from "../chain/confirmations.ts";
 import type { Deployment } from "../chain/deployments.ts";
 import { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts";
-import { IndexStore, type Cursor, type IndexedEvent } from "./store.ts";
+import type { Cursor, IndexedEvent, IndexStore } from "./store.ts";
 
 /** How often a watching indexer looks for new blocks: about a block time of a fast L2. */
 export const DEFAULT_POLL_INTERVAL_MS = 1_000;
@@ -27,8 +28,8 @@ const BLOCK_FETCH_CONCURRENCY = 8;
 export interface CreateIndexerParameters {
   publicClient: PublicClient;
   deployment: Deployment;
-  /** The SQLite file of the index (created if absent). */
-  file: string;
+  /** The index to write to (see `openIndexStore`); its opener closes it. */
+  store: IndexStore;
   /** Blocks below the head before a block is indexed. Default 0 (a local chain). */
   confirmations?: number;
   /** The widest block range one event read asks for. Default {@link DEFAULT_MAX_LOG_RANGE}. */
@@ -63,27 +64,26 @@ export interface Indexer {
   sync(options?: SyncOptions): Promise<SyncResult>;
   /** Syncs now and then every `pollIntervalMs`; returns the function that stops it. */
   watch(options: WatchOptions): () => void;
-  close(): void;
 }
 
 type Contract = IndexedEvent["contract"];
 type DecodedLog = Log<bigint, number, false> & { eventName: string; args: Record<string, unknown> };
 
 /**
- * Opens (or creates) an index of `deployment`'s events in `file`.
+ * An indexer of `deployment`'s events into `store`.
  *
  * @example
- * const indexer = createIndexer({ publicClient, deployment, file: "explorer.db", confirmations: 12 });
+ * const store = await openIndexStore({ file: "explorer.db" }, deployment);
+ * const indexer = createIndexer({ publicClient, deployment, store, confirmations: 12 });
  * const unwatch = indexer.watch({ onError: console.error });
  */
 export function createIndexer({
   publicClient,
   deployment,
-  file,
+  store,
   confirmations = 0,
   maxRange = DEFAULT_MAX_LOG_RANGE,
 }: CreateIndexerParameters): Indexer {
-  const store = IndexStore.open(file, deployment);
   const sources: { contract: Contract; address: Address; abi: typeof leaseManagerAbi | typeof providerRegistryAbi }[] =
     [
       { contract: "ProviderRegistry", address: deployment.contracts.providerRegistry, abi: providerRegistryAbi },
@@ -93,13 +93,13 @@ export function createIndexer({
   /** Undoes a reorg under the cursor, if any; returns how many blocks were forgotten. */
   async function undoReorg(cursor: Cursor): Promise<number> {
     if ((await blockHash(cursor.blockNumber)) === cursor.blockHash) return 0;
-    for (const { number, hash } of store.rememberedBlocks()) {
+    for (const { number, hash } of await store.rememberedBlocks()) {
       if ((await blockHash(number)) === hash) {
-        store.rollBack({ blockNumber: number, blockHash: hash });
+        await store.rollBack({ blockNumber: number, blockHash: hash });
         return cursor.blockNumber - number;
       }
     }
-    store.reset();
+    await store.reset();
     return cursor.blockNumber - Number(deployment.deployBlock) + 1;
   }
 
@@ -141,12 +141,12 @@ export function createIndexer({
 
   async function sync({ signal, onPage }: SyncOptions = {}): Promise<SyncResult> {
     let rolledBack = 0;
-    const before = store.cursor();
+    const before = await store.cursor();
     if (before !== undefined) rolledBack = await undoReorg(before);
     // Uncached: a head remembered from before a reorg to a shorter chain names blocks that are gone.
     const head = await publicClient.getBlockNumber({ cacheTime: 0 });
     const target = confirmedBlockNumber(head, confirmations);
-    const start = store.cursor();
+    const start = await store.cursor();
     let next = start === undefined ? deployment.deployBlock : BigInt(start.blockNumber) + 1n;
     let written = 0;
     while (next <= target) {
@@ -155,12 +155,12 @@ export function createIndexer({
       const events = await readPage(next, toBlock, signal);
       const end = await publicClient.getBlock({ blockNumber: toBlock });
       const blocks = new Map(events.map((e) => [e.blockNumber, e.blockHash]));
-      store.writePage(events, blocks, { blockNumber: Number(toBlock), blockHash: end.hash.toLowerCase() });
+      await store.writePage(events, blocks, { blockNumber: Number(toBlock), blockHash: end.hash.toLowerCase() });
       written += events.length;
       onPage?.({ toBlock, events });
       next = toBlock + 1n;
     }
-    const cursor = store.cursor();
+    const cursor = await store.cursor();
     return {
       blockNumber: cursor === undefined ? deployment.deployBlock - 1n : BigInt(cursor.blockNumber),
       events: written,
@@ -194,7 +194,7 @@ export function createIndexer({
     return () => stop.abort();
   }
 
-  return { store, sync, watch, close: () => store.close() };
+  return { store, sync, watch };
 }
 
 /** A decoded log as a row: bigints as decimal strings, addresses and hashes lower case. */

@@ -19,6 +19,7 @@ import { hardhat } from "viem/chains";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import { jobView, leaseView, networkView, providerView, transactionView } from "../../cli/explorer/api.ts";
 import { deployBaton, writeDeployment } from "../../deploy/deploy.ts";
 import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local-chain.ts";
 import { auditJob } from "../../sdk/actions/auditJob.ts";
@@ -29,8 +30,9 @@ import type { Deployment } from "../../sdk/chain/deployments.ts";
 import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 import { createIndexer } from "../../sdk/indexer/indexer.ts";
-import type { IndexedEvent } from "../../sdk/indexer/store.ts";
+import { indexLocation, openIndexStore, type IndexedEvent, type IndexStore } from "../../sdk/indexer/store.ts";
 import { root, spawnScript, stopAll, type Spawned, until } from "../helpers/processes.ts";
+import { startPostgres, type ThrowawayPostgres } from "../helpers/postgres.ts";
 import { reorg, snapshotChain } from "../helpers/reorg.ts";
 
 const deployer = devAccount(0);
@@ -204,26 +206,55 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-describe("indexer", () => {
-  it("indexes every event of both contracts, and its views agree with the chain's own counters", async () => {
-    const indexer = createIndexer({ publicClient, deployment, file: path.join(dir, "full.db") });
+/**
+ * The backends every indexer test runs on: each test's index is a new SQLite file, or a new
+ * database of a Postgres server started for these tests. `index` gives where, as the command line
+ * names it (`--indexer`).
+ */
+const backends = [
+  { name: "embedded (SQLite)", postgres: false },
+  { name: "Postgres", postgres: true },
+];
+
+describe.each(backends)("indexer, $name", (backend) => {
+  let postgres: ThrowawayPostgres | undefined;
+
+  if (backend.postgres) {
+    beforeAll(async () => {
+      postgres = await startPostgres();
+    });
+    afterAll(async () => {
+      await postgres?.stop();
+    });
+  }
+
+  const index = async (name: string): Promise<string> =>
+    postgres === undefined ? path.join(dir, `${name}.db`) : postgres.createDatabase(name);
+
+  /** Runs `test` on a store of a new index named `name`, closing it even when the test fails. */
+  async function withStore(location: string, test: (store: IndexStore) => Promise<void>): Promise<void> {
+    const store = await openIndexStore(indexLocation(location), deployment);
     try {
+      await test(store);
+    } finally {
+      await store.close();
+    }
+  }
+
+  it("indexes every event of both contracts, and its views agree with the chain's own counters", async () => {
+    await withStore(await index("full"), async (store) => {
+      const indexer = createIndexer({ publicClient, deployment, store });
       const result = await indexer.sync();
       expect(result.blockNumber).toBe(await publicClient.getBlockNumber());
-      expect(indexer.store.events().map(keyOf)).toEqual(await chainEvents());
+      expect((await store.events()).map(keyOf)).toEqual(await chainEvents());
 
-      const leases = indexer.store.db.prepare("SELECT * FROM leases ORDER BY lease_id").all() as {
-        lease_id: number;
-        status: string;
-        predecessor: number;
-        heartbeats: number;
-        checkpoints: number;
-      }[];
+      // The job's two leases (the other backend's reorg test, run before, opened one more of another job).
+      const leases = await store.leases({ jobId: JOB_ID });
       expect(leases.map((l) => [l.lease_id, l.predecessor, l.heartbeats, l.checkpoints])).toEqual([
         [Number(lease1), 0, 2, 1],
         [Number(lease2), Number(lease1), 1, 0],
       ]);
-      for (const lease of leases) {
+      for (const lease of await store.leases()) {
         const view = await publicClient.readContract({
           address: deployment.contracts.leaseManager,
           abi: leaseManagerAbi,
@@ -233,10 +264,7 @@ describe("indexer", () => {
         expect(lease.status).toBe(leaseStatus[view.status]!.toLowerCase());
       }
 
-      const slashes = indexer.store.db.prepare("SELECT * FROM slashes").all() as {
-        lease_id: number;
-        caller: string;
-      }[];
+      const slashes = await store.slashes();
       expect(slashes.map((s) => [s.lease_id, s.caller])).toEqual([[Number(lease1), keeper.address.toLowerCase()]]);
 
       for (const provider of [providerA, providerB]) {
@@ -246,28 +274,23 @@ describe("indexer", () => {
           functionName: "getProvider",
           args: [provider.address],
         });
-        const row = indexer.store.db
-          .prepare("SELECT leases, completed, slashed FROM providers WHERE provider = ?")
-          .get(provider.address.toLowerCase()) as { leases: number; completed: number; slashed: number };
-        expect([row.leases, row.completed, row.slashed]).toEqual([
+        const [row] = await store.providers({ provider: provider.address });
+        expect([row!.leases, row!.completed, row!.slashed]).toEqual([
           Number(onChain.leasesOpened),
           Number(onChain.leasesCompleted),
           Number(onChain.leasesSlashed),
         ]);
       }
-    } finally {
-      indexer.close();
-    }
+    });
   });
 
   it("gives audits the same figures as the chain's logs do, in the SDK and with `baton audit --indexer`", async () => {
-    const file = path.join(dir, "audit.db");
-    const indexer = createIndexer({ publicClient, deployment, file });
+    const location = await index("audit");
     const chainClient = createChainClient({ rpcUrl: chain.rpcUrl, deployment, pollingIntervalMs: 50 });
-    try {
-      await indexer.sync();
+    await withStore(location, async (store) => {
+      await createIndexer({ publicClient, deployment, store }).sync();
       const fromChain = { chain: chainClient };
-      const fromIndex = { chain: chainClient, events: indexer.store };
+      const fromIndex = { chain: chainClient, events: store };
       expect(await auditJob(fromIndex, { jobId: JOB_ID })).toEqual(await auditJob(fromChain, { jobId: JOB_ID }));
       for (const leaseId of [lease1, lease2]) {
         expect(await auditLease(fromIndex, { leaseId })).toEqual(await auditLease(fromChain, { leaseId }));
@@ -275,9 +298,7 @@ describe("indexer", () => {
       for (const { address: provider } of [providerA, providerB]) {
         expect(await auditProvider(fromIndex, { provider })).toEqual(await auditProvider(fromChain, { provider }));
       }
-    } finally {
-      indexer.close();
-    }
+    });
 
     const cli = async (args: string[]): Promise<string> => {
       const run = spawnScript("cli/baton.ts", [...args, "--rpc-url", chain.rpcUrl, "--deployment", deploymentFile]);
@@ -290,17 +311,19 @@ describe("indexer", () => {
       ["audit", "lease", String(lease1), "--json"],
       ["audit", "provider", providerA.address],
     ]) {
-      expect(await cli([...args, "--indexer", file])).toBe(await cli(args));
+      expect(await cli([...args, "--indexer", location])).toBe(await cli(args));
     }
   });
 
   it("refuses an audit from an index that is not there", async () => {
+    // A file nobody made; a database that exists but that no explorer indexed into.
+    const location = postgres === undefined ? path.join(dir, "missing.db") : await index("missing");
     const run = spawnScript("cli/baton.ts", [
       "audit",
       "job",
       JOB_ID,
       "--indexer",
-      path.join(dir, "missing.db"),
+      location,
       "--rpc-url",
       chain.rpcUrl,
       "--deployment",
@@ -308,44 +331,43 @@ describe("indexer", () => {
     ]);
     const { code } = await run.closed;
     expect(code).not.toBe(0);
-    expect(run.lines.join("\n")).toContain("no index at");
+    expect(run.lines.join("\n")).toMatch(/no index (at|in the database) .*: start `baton explorer/);
   });
 
   it("resumes after a restart mid-sync with nothing lost and nothing counted twice", async () => {
-    const file = path.join(dir, "restart.db");
+    const location = await index("restart");
     const stopped = new AbortController();
-    const first = createIndexer({ publicClient, deployment, file, maxRange: 3n });
-    let pages = 0;
-    await expect(
-      first.sync({
-        signal: stopped.signal,
-        onPage: () => {
-          if (++pages === 4) stopped.abort(new Error("stopped mid-sync"));
-        },
-      }),
-    ).rejects.toThrow("stopped mid-sync");
-    const partial = first.store.events().length;
-    const cursor = first.store.cursor();
-    first.close();
-    expect(cursor?.blockNumber).toBe(Number(deployment.deployBlock) + 4 * 3 - 1);
-    expect(partial).toBeLessThan((await chainEvents()).length);
+    let partial = 0;
+    await withStore(location, async (store) => {
+      const first = createIndexer({ publicClient, deployment, store, maxRange: 3n });
+      let pages = 0;
+      await expect(
+        first.sync({
+          signal: stopped.signal,
+          onPage: () => {
+            if (++pages === 4) stopped.abort(new Error("stopped mid-sync"));
+          },
+        }),
+      ).rejects.toThrow("stopped mid-sync");
+      partial = (await store.events()).length;
+      expect((await store.cursor())?.blockNumber).toBe(Number(deployment.deployBlock) + 4 * 3 - 1);
+      expect(partial).toBeLessThan((await chainEvents()).length);
+    });
 
-    const second = createIndexer({ publicClient, deployment, file, maxRange: 3n });
-    try {
+    await withStore(location, async (store) => {
+      const second = createIndexer({ publicClient, deployment, store, maxRange: 3n });
       const result = await second.sync();
       expect(result.rolledBack).toBe(0);
       expect(result.events).toBe((await chainEvents()).length - partial);
-      expect(second.store.events().map(keyOf)).toEqual(await chainEvents());
+      expect((await store.events()).map(keyOf)).toEqual(await chainEvents());
       // Indexing again reads nothing new.
       expect((await second.sync()).events).toBe(0);
-    } finally {
-      second.close();
-    }
+    });
   });
 
   it("undoes a reorg: an event whose transaction the new branch dropped leaves the index", async () => {
-    const indexer = createIndexer({ publicClient, deployment, file: path.join(dir, "reorg.db") });
-    try {
+    await withStore(await index("reorg"), async (store) => {
+      const indexer = createIndexer({ publicClient, deployment, store });
       await indexer.sync();
       const snapshot = await snapshotChain(chain.rpcUrl);
       // A heartbeat is gone from the new branch; a claim by provider B survives, in another block.
@@ -355,23 +377,102 @@ describe("indexer", () => {
       const { w: bWallet } = lm(providerB);
       const claim = await send(bWallet.writeContract({ address, abi, functionName: "claim", args: [[lease2]] }));
       await indexer.sync();
-      expect(indexer.store.events().some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(true);
+      expect((await store.events()).some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(true);
 
       await reorg(chain.rpcUrl, snapshot, { drop: [beat.transactionHash], blockTimeS: 0 });
       const result = await indexer.sync();
       expect(result.rolledBack).toBeGreaterThan(0);
-      const events = indexer.store.events();
+      const events = await store.events();
       expect(events.some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(false);
       expect(events.some((e) => e.txHash === claim.transactionHash.toLowerCase())).toBe(true);
       expect(events.map(keyOf)).toEqual(await chainEvents());
-      const row = indexer.store.db
-        .prepare("SELECT heartbeats FROM leases WHERE lease_id = ?")
-        .get(Number(heartbeatLease)) as { heartbeats: number };
-      expect(row.heartbeats).toBe(0);
-    } finally {
-      indexer.close();
-    }
+      const [row] = await store.leases({ leaseId: Number(heartbeatLease) });
+      expect(row!.heartbeats).toBe(0);
+    });
   });
+
+  if (backend.postgres) {
+    it("answers a page from one snapshot: a page written meanwhile is not seen halfway", async () => {
+      await withStore(await index("snapshot"), async (store) => {
+        await createIndexer({ publicClient, deployment, store }).sync();
+        const before = await store.cursor();
+        const seen = await store.snapshot(async (reader) => {
+          const first = await reader.cursor();
+          // The indexer commits a page (on another connection) while the answer is being read.
+          await store.writePage([], new Map(), { blockNumber: before!.blockNumber + 1, blockHash: "0x01" });
+          return [first, await reader.cursor()];
+        });
+        expect(seen).toEqual([before, before]);
+        expect((await store.cursor())?.blockNumber).toBe(before!.blockNumber + 1);
+      });
+    });
+
+    it("refuses a database it cannot use, saying what to do", async () => {
+      const { port } = new URL(postgres!.url);
+      const refusals: [string, RegExp][] = [
+        [
+          // Port 1: nothing listens there.
+          `postgres://baton:secret@127.0.0.1:1/explorer`,
+          /cannot reach Postgres at postgres:\/\/baton:\*\*\*@127\.0\.0\.1:1\/explorer: is the server running/,
+        ],
+        [`postgres://postgres@127.0.0.1:${port}/absent`, /database "absent" does not exist .*: create it first/],
+        [`postgres://nobody@127.0.0.1:${port}/postgres`, /refused the login .*: check the user and its password/],
+      ];
+      for (const [url, message] of refusals) {
+        await expect(openIndexStore({ databaseUrl: url }, deployment), url).rejects.toThrow(message);
+      }
+      const url = await index("other-deployment");
+      await (await openIndexStore({ databaseUrl: url }, deployment)).close();
+      const other = { ...deployment, chainId: deployment.chainId + 1 };
+      await expect(openIndexStore({ databaseUrl: url }, other)).rejects.toThrow(
+        /holds the events of deployment .*, not /,
+      );
+    });
+
+    it("serves from `baton explorer --database-url` the same pages' data as from the embedded index", async () => {
+      const url = await index("served");
+      const explorer = spawnScript("cli/baton.ts", [
+        "explorer",
+        "--port",
+        "0",
+        "--poll-ms",
+        "200",
+        "--database-url",
+        url,
+        "--rpc-url",
+        chain.rpcUrl,
+        "--deployment",
+        deploymentFile,
+      ]);
+      try {
+        const line = await explorer.waitFor(/^explorer: http/, 60_000);
+        expect(line).toContain(`(index ${url})`);
+        const served = /(http:\/\/\S+)/.exec(line)![1]!;
+        const api = async (pathname: string): Promise<unknown> => (await fetch(`${served}${pathname}`)).json();
+        const head = Number(await publicClient.getBlockNumber({ cacheTime: 0 }));
+        await until(
+          async () => ((await api("/api/network")) as { asOf: number | null }).asOf === head,
+          60_000,
+          `the explorer indexing block ${head}`,
+        );
+        await withStore(path.join(dir, "served.db"), async (embedded) => {
+          await createIndexer({ publicClient, deployment, store: embedded }).sync();
+          const slash = (await embedded.slashes())[0]!;
+          for (const [pathname, view] of [
+            ["/api/network", () => networkView(embedded)],
+            [`/api/provider/${providerA.address}`, () => providerView(embedded, providerA.address)],
+            [`/api/lease/${lease1}`, () => leaseView(embedded, Number(lease1))],
+            [`/api/job/${JOB_ID}`, () => jobView(embedded, JOB_ID)],
+            [`/api/tx/${slash.tx_hash}`, () => transactionView(embedded, slash.tx_hash)],
+          ] as const) {
+            expect(await api(pathname), pathname).toEqual(JSON.parse(JSON.stringify(await view())));
+          }
+        });
+      } finally {
+        await explorer.stop();
+      }
+    });
+  }
 });
 
 describe("explorer pages, in Debian's chromium", () => {
