@@ -4,11 +4,12 @@ import os from "node:os";
 import path from "node:path";
 
 import { parseEther } from "viem";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { startGateway } from "../../cli/gateway.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
+import { createLogger } from "../../sdk/logger.ts";
 import type { BatonHost } from "../../sdk/p2p/host.ts";
 import { protocols } from "../../sdk/wire/protocols.ts";
 import { startMarket, type Market, type ProviderHandle } from "../helpers/market.ts";
@@ -21,6 +22,12 @@ let gateway: Server;
 let base: string;
 /** The tenant's libp2p host, whose streams the hedging test counts. */
 let client: BatonHost;
+/**
+ * The tenant's last log lines (its replicas' leases, losses and replacements): printed when a test
+ * fails, since a failure here is mostly a replica that did not come back, and only this log says why.
+ */
+const tenantLog: string[] = [];
+const TENANT_LOG_LINES = 3000;
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "baton-serve-test-"));
@@ -33,7 +40,15 @@ beforeAll(async () => {
       chainHeartbeatTimeoutS: 6,
     },
   });
-  const tenant = await market.client(0, path.join(dir, "tenant"));
+  const tenant = await market.client(0, path.join(dir, "tenant"), {
+    log: createLogger("tenant", {
+      level: "debug",
+      write: (line) => {
+        tenantLog.push(line);
+        if (tenantLog.length > TENANT_LOG_LINES) tenantLog.shift();
+      },
+    }),
+  });
   client = tenant.host;
   const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
   service = await serve(tenant, spec, {
@@ -45,6 +60,12 @@ beforeAll(async () => {
   gateway = await startGateway(service, 0);
   base = `http://127.0.0.1:${(gateway.address() as { port: number }).port}`;
 }, 300_000);
+
+afterEach((context) => {
+  if (context.task.result?.state === "fail") {
+    process.stderr.write(`the tenant's last log lines:\n${tenantLog.slice(-300).join("\n")}\n`);
+  }
+});
 
 afterAll(async () => {
   gateway?.close();
