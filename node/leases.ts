@@ -301,8 +301,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       .supervise(job, workDir)
       .then(async (exit) => {
         await jobEnded(runtime, row, workDir, exit);
-        // Nothing reads the work dir any more: the output is published, the checkpoint watcher stopped.
-        await workDirs.remove(row.leaseId);
+        // A batch lease keeps its work dir for its next task (see `WorkDirs.renew`), until the lease
+        // ends (`stopRuntime`). Otherwise nothing reads it any more: the output is published, the
+        // checkpoint watcher stopped.
+        if (row.taskId === null) await workDirs.remove(row.leaseId);
       })
       .catch((error: unknown) => log.error("a job's exit was not handled", { leaseId: row.leaseId, error }));
   };
@@ -635,8 +637,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   /**
    * A batch lease's next task, once the previous one's result is sent: checked to run with the
    * lease's resources and image, recorded (`preparing`, so that a node restarted meanwhile fails it
-   * rather than relaunching it half fetched), then prepared and launched in a fresh work dir like a
-   * lease's first job. Refused, ending the session, when the lease runs no batch, is busy, or ended.
+   * rather than relaunching it half fetched), then prepared and launched like a lease's first job,
+   * in the lease's work dir emptied (its file system is made once per lease: `WorkDirs.renew`).
+   * Refused, ending the session, when the lease runs no batch, is busy, or ended.
    */
   const startTask = async (connection: Connection, body: TenantMessage<"task">, leaseId: bigint): Promise<void> => {
     const runtime = runtimes.get(leaseId);
@@ -659,7 +662,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
     if (body.resume && !row.jobKey) throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
     runtime.task = body.taskId;
-    // The previous task's exit fully handled: its work dir is gone, so the new one can be made.
+    // The previous task's exit fully handled (its output published): its work dir can be emptied.
     await runtime.ended;
     Object.assign(runtime, { job: undefined, exit: undefined, ended: undefined, progress: undefined });
     runtime.state = "starting";
@@ -680,7 +683,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       exitCode: null,
       reason: null,
     });
-    const workDir = await makeWorkDir(next, spec);
+    const workDir = await makeWorkDir(next, spec, "renew");
     const tenantAddresses = await tenantAddressesOf(connection, next);
     const pulling = acquireImage(next, spec, runtime.leaseImage, tenantAddresses);
     pulling.catch(() => undefined);
@@ -702,10 +705,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     await launch(runtime, next, spec, workDir, false);
   };
 
-  /** The lease's work dir, with the spec's disk quota; a start refused (`internal`) when it cannot be made. */
-  const makeWorkDir = async (row: LeaseRow, spec: JobSpec): Promise<WorkDir> => {
+  /**
+   * The lease's work dir, with the spec's disk quota: made (`create`), or for a batch lease's next
+   * task its last one's emptied (`renew`); a start refused (`internal`) when it cannot be made.
+   */
+  const makeWorkDir = async (row: LeaseRow, spec: JobSpec, how: "create" | "renew" = "create"): Promise<WorkDir> => {
     try {
-      return await workDirs.create(row.leaseId, diskQuotaBytes(jobDiskGiB(spec)));
+      return await workDirs[how](row.leaseId, diskQuotaBytes(jobDiskGiB(spec)));
     } catch (error) {
       gpus.release(leaseHolder(row.leaseId));
       store.updateLease(row.leaseId, { state: "failed", reason: "work dir not made", endedAt: Date.now() });
@@ -950,8 +956,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
     clearInterval(runtime.heartbeatTimer);
     if (runtime.job && !runtime.exit) await runtime.job.kill(reason);
-    // Its exit handled: the result sent (or not, for a lease that ended without it), the work dir removed.
+    // Its exit handled: the result sent (or not, for a lease that ended without it).
     await runtime.ended;
+    // A job's work dir went with its exit; a batch lease's stays for its next task until now.
+    await workDirs.remove(leaseId);
     await runtime.checkpoints?.stop();
     for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
     runtimes.delete(leaseId);

@@ -123,6 +123,22 @@ async function startSession(leaseId: bigint, spec: JobSpecInput) {
   );
 }
 
+/** Reads a session until the result of task `taskId`; returns it with the task's stdout lines. */
+async function taskResult(messages: AsyncGenerator<ProviderEvent>, taskId: string) {
+  const lines: string[] = [];
+  for (;;) {
+    const next = await Promise.race([
+      messages.next(),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no result of ${taskId} in time`)), 30_000)),
+    ]);
+    if (next.done) throw new Error(`session ended before the result of ${taskId}`);
+    const event = next.value;
+    if (event.type === "refused") throw new Error(`refused: ${event.body.reason} ${event.body.message}`);
+    if (event.type === "log" && event.body.stream === "stdout") lines.push(event.body.line);
+    if (event.type === "result" && event.body.taskId === taskId) return { result: event.body, lines };
+  }
+}
+
 async function attach(leaseId: bigint) {
   const auth = await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
   return openLeaseSession(
@@ -210,6 +226,62 @@ describe("job disk quotas on a provider node", () => {
     await killAndRestart();
     await waitUntilGone(workDir);
     expect(leaseRow((r) => r.leaseId === leaseId)?.state).toBe("failed");
+  });
+
+  it("runs a batch lease's tasks on one file system, each in an empty work dir within its quota, removed when the lease closes", async () => {
+    const leaseId = await openLease("batch");
+    const auth = await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
+    const fileSystem = 'stat -f -c "fs %i" .';
+    const session = await openLeaseSession(
+      tenant.host,
+      peerIdFromString(provider().peerId),
+      tenant.key,
+      {
+        type: "start",
+        body: {
+          leaseId,
+          auth,
+          taskId: "t1",
+          spec: parseJobSpec(cpuJob("batch", `mkdir deep && touch left deep/left output/left .left; ${fileSystem}`)),
+        },
+      },
+      { address: multiaddr(provider().address!), signal: AbortSignal.timeout(10_000) },
+    );
+    const first = await taskResult(session.messages, "t1");
+    expect(first.result.exitCode).toBe(0);
+    const { workDir } = leaseRow((r) => r.leaseId === leaseId)!;
+    // Between tasks the work dir stays, on its file system: the next task needs no mkfs or mount.
+    expect(await leftOf(workDir)).toEqual(LIVE);
+
+    const fill = `find . -mindepth 1 | sort; ${fileSystem}; dd if=/dev/zero of=big bs=1M count=100`;
+    await session.send("task", { leaseId, taskId: "t2", spec: parseJobSpec(cpuJob("batch", fill)) });
+    const second = await taskResult(session.messages, "t2");
+    // None of the first task's files, only the dirs every work dir has; the same file system (as
+    // root: a new one would have a new id), its quota enforced.
+    expect(second.lines.filter((line) => line.startsWith("./"))).toEqual([
+      "./checkpoints",
+      "./output",
+      "./resume",
+      "./tmp",
+    ]);
+    expect(second.lines.find((line) => line.startsWith("fs "))).toBe(
+      first.lines.find((line) => line.startsWith("fs ")),
+    );
+    expect(second.result).toMatchObject({ reason: "disk: the job used more than its 64 MiB disk quota" });
+    expect(second.result.exitCode).not.toBe(0);
+
+    // What the full disk held is gone: the next task has its whole quota again.
+    const fits = "test ! -e big && dd if=/dev/zero of=some bs=1M count=48 2>/dev/null && echo fits";
+    await session.send("task", { leaseId, taskId: "t3", spec: parseJobSpec(cpuJob("batch", fits)) });
+    const third = await taskResult(session.messages, "t3");
+    expect(third.result.exitCode).toBe(0);
+    expect(third.lines).toEqual(["fits"]);
+    await session.close();
+
+    const { leaseManager } = contracts(market.deployment);
+    await writeContract(tenant.chain, { ...leaseManager, functionName: "close", args: [leaseId] });
+    await waitUntilGone(workDir);
+    expect(leaseRow((r) => r.leaseId === leaseId)?.state).toBe("fenced");
   });
 
   it("relaunches a job killed with its node on the same file system, and removes it when the tenant closes the lease", async () => {

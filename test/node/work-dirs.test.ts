@@ -88,6 +88,12 @@ async function shellJob(dir: WorkDir, script: string) {
   return { job, lines };
 }
 
+/** The UUID mkfs gave the file system in `image`: a new one each time it is made. */
+async function fileSystemId(image: string): Promise<string> {
+  const { stdout } = await run("tune2fs", ["-l", image]);
+  return /^Filesystem UUID:\s*(\S+)$/m.exec(stdout)![1]!;
+}
+
 /** Writes 100 MiB into the work dir, past a 64 MiB quota. */
 const WRITE_100_MIB = "dd if=/dev/zero of=big bs=1M count=100";
 
@@ -209,6 +215,49 @@ describe.skipIf(!canMount)("work dirs with a file system of their own (root, loo
     expect(await leftOf(dir, 4n)).toEqual({ mounts: 1, loops: 1, image: true, work: true });
     await workDirs.remove(4n);
     expect(await leftOf(dir, 4n)).toEqual(NOTHING);
+  });
+
+  it("gives a batch lease's next task the same file system, emptied, with its whole quota; a new one when it cannot", async () => {
+    const { dir, workDirs } = await open();
+    const image = path.join(dir, "7", DISK_IMAGE);
+    const first = await workDirs.create(7n, QUOTA);
+    const made = await fileSystemId(image);
+    const task = await shellJob(first, "mkdir -p deep/er output && touch .hidden deep/er/file output/result");
+    expect(await workDirs.supervise(task.job, first)).toMatchObject({ code: 0 });
+
+    const next = await workDirs.renew(7n, QUOTA);
+    expect(next).toEqual(first);
+    // No mkfs: the same file system, still the only mount and loop device, and nothing of the last task in it.
+    expect(await fileSystemId(image)).toBe(made);
+    expect(await leftOf(dir, 7n)).toEqual({ mounts: 1, loops: 1, image: true, work: true });
+    const seen = await shellJob(next, `find . -mindepth 1 | sort; ${WRITE_100_MIB}`);
+    // Its quota holds as on a new one.
+    expect(await workDirs.supervise(seen.job, next)).toMatchObject({ reason: "disk" });
+    // Only the dirs the runner makes in every work dir, empty.
+    expect(seen.lines.filter((line) => line.startsWith("./"))).toEqual([
+      "./checkpoints",
+      "./output",
+      "./resume",
+      "./tmp",
+    ]);
+
+    // Its file system gone (unmounted behind the node's back): the task would write to the node's
+    // own disk, past any quota, so a new one is made.
+    await run("umount", [next.path]);
+    const fresh = await workDirs.renew(7n, QUOTA);
+    expect(await fileSystemId(image)).not.toBe(made);
+    expect(await mountPoints()).toContain(fresh.path);
+    expect(await freeBytes(fresh.path)).toBeGreaterThanOrEqual(QUOTA);
+    // Another quota, or a node that did not make it (restarted): a new one too.
+    const renewed = await fileSystemId(image);
+    await workDirs.renew(7n, 2 * QUOTA);
+    expect(await fileSystemId(image)).not.toBe(renewed);
+    const restarted = await openWorkDirs({ jobsDir: dir, diskQuota: "mount", log: silentLogger });
+    const bigger = await fileSystemId(image);
+    await restarted.renew(7n, 2 * QUOTA);
+    expect(await fileSystemId(image)).not.toBe(bigger);
+    await restarted.remove(7n);
+    expect(await leftOf(dir, 7n)).toEqual(NOTHING);
   });
 
   it("makes its file system again through a new loop device when the kernel has not yet freed the last mount's", async () => {
