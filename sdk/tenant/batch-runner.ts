@@ -31,6 +31,7 @@ import {
   HAND_OFF_SEARCH_PAUSE_MS,
   isProviderRefusal,
   leaseCost,
+  type Funding,
 } from "./hand-off-policy.ts";
 import { JobEvents } from "./job-events.ts";
 import { endOpenLeases, endRecordedLease, PendingSlashes, slashedEvent, type OnSlash } from "./job-settlement.ts";
@@ -46,6 +47,17 @@ import { LeaseTopUps } from "./lease-top-ups.ts";
  * that runs longer opens new leases as the old ones end.
  */
 export const DEFAULT_BATCH_LEASE_S = 3600;
+
+/**
+ * How long each deposit and top-up of a batch lease pays for (at most the lease's life). Funded one
+ * task's `maxDurationS` at a time, as a job's lease is, a batch lease of short tasks sent a top-up and
+ * its `approve` every minute or so (24 of each in a 400 s `bench:batch` run of 300 tasks); funded ten
+ * minutes at a time, a lease running tasks of a second runs hundreds of them per top-up. What a lease
+ * has not used comes back to the tenant when it is closed or slashed; the cost is that much more of
+ * the tenant's tokens in escrow while the batch runs, and drawn from its budget, of which each lease
+ * then gets a share (see `Funding`).
+ */
+export const DEFAULT_BATCH_FUND_S = 600;
 
 /** A failed task's last log lines kept in the manifest: enough to see why, small enough per line. */
 const FAILED_TASK_LOG_LINES = 20;
@@ -136,6 +148,8 @@ export class BatchRunner {
   /** Each task's cost over its attempts so far. */
   readonly #taskCost = new Map<string, bigint>();
   readonly #tasks: ReadonlyMap<string, BatchTask>;
+  /** What each deposit and top-up of the batch's leases pays for (see {@link DEFAULT_BATCH_FUND_S}). */
+  readonly #funding: Funding;
   /** CIDs of local input files added to IPFS, by file. */
   readonly #files = new Map<string, Promise<string>>();
   #record!: JobRecord;
@@ -155,6 +169,10 @@ export class BatchRunner {
     this.#log = client.log.child("batch");
     this.#events = new JobEvents(this.#log);
     this.#tasks = new Map(init.tasks.map((task) => [task.id, task]));
+    this.#funding = {
+      seconds: Math.min(init.leaseDurationS, Math.max(init.spec.maxDurationS, DEFAULT_BATCH_FUND_S)),
+      shares: init.parallelism,
+    };
     const recorded = new Set([...init.manifest.results.keys()]);
     this.#queue = new BatchQueue({
       tasks: init.tasks.map((task) => task.id),
@@ -287,6 +305,7 @@ export class BatchRunner {
             resume: undefined,
             avoid: [...[...this.#active.values()].map((l) => l.provider), ...this.#queue.excluded, ...this.#idle],
             durationS: this.#init.leaseDurationS,
+            funding: this.#funding,
             signal: this.#stop.signal,
           });
           this.#active.set(lease.leaseId, lease);
@@ -328,6 +347,7 @@ export class BatchRunner {
       events: this.#events,
       log: this.#log,
       onBudgetSpent: (error) => this.#fail(error),
+      funding: this.#funding,
     });
     let watch: LeaseWatch | undefined;
     try {

@@ -101,33 +101,56 @@ export function countHandOff(
 type BudgetView = Pick<JobRecord, "options" | "spec" | "deposited">;
 
 /**
- * The deposit of a new lease at `price` per second: the job's whole maximum duration, or what is left
- * of its budget when that is less.
- *
- * @throws {BudgetExhaustedError} when what is left of the budget does not pay one second.
+ * How much each deposit or top-up of a lease pays for. A job's lease: its `maxDurationS` (the
+ * default). A batch lease, which runs task after task: longer (see `DEFAULT_BATCH_FUND_S`), so that
+ * it is not topped up every few tasks; since what a lease is given counts against the budget whether
+ * or not it is used, each of the `shares` leases that run at once is then given at most its share of
+ * what is left, but never less than one `maxDurationS` (what one task may need).
  */
-export function leaseDeposit(record: BudgetView, price: bigint): bigint {
+export interface Funding {
+  seconds: number;
+  shares: number;
+}
+
+/** What to give a lease at `price` now: see {@link Funding}; at most what is left of the budget. */
+function fundingAmount(record: BudgetView, price: bigint, funding: Funding | undefined): bigint {
+  const oneRun = price * BigInt(record.spec.maxDurationS);
+  const whole = funding === undefined ? oneRun : price * BigInt(funding.seconds);
   const { budget } = record.options;
-  const deposit = price * BigInt(record.spec.maxDurationS);
-  if (budget === undefined) return deposit;
+  if (budget === undefined) return whole;
   const left = BigInt(budget) - BigInt(record.deposited);
-  if (left < price)
-    throw new BudgetExhaustedError(`the budget of ${budget} is spent; a new lease needs at least ${price}`);
-  return left < deposit ? left : deposit;
+  const share = left / BigInt(funding?.shares ?? 1);
+  let amount = whole;
+  if (amount > share) amount = share > oneRun ? share : oneRun;
+  return amount > left ? left : amount;
 }
 
 /**
- * A top-up of a running lease: another whole maximum duration at its price, or what is left of the
- * budget when that is less; `undefined` when that does not pay one second (the job fails then).
+ * The deposit of a new lease at `price` per second: the job's whole maximum duration (or what
+ * `funding` says), or what is left of its budget when that is less.
+ *
+ * @throws {BudgetExhaustedError} when what is left of the budget does not pay one second.
  */
-export function topUpAmount(record: BudgetView, lease: Pick<LeaseRecord, "pricePerSecond">): bigint | undefined {
+export function leaseDeposit(record: BudgetView, price: bigint, funding?: Funding): bigint {
   const { budget } = record.options;
-  const price = BigInt(lease.pricePerSecond);
-  let amount = price * BigInt(record.spec.maxDurationS);
-  if (budget !== undefined) {
-    const left = BigInt(budget) - BigInt(record.deposited);
-    if (left < amount) amount = left;
+  if (budget !== undefined && BigInt(budget) - BigInt(record.deposited) < price) {
+    throw new BudgetExhaustedError(`the budget of ${budget} is spent; a new lease needs at least ${price}`);
   }
+  return fundingAmount(record, price, funding);
+}
+
+/**
+ * A top-up of a running lease: another whole maximum duration at its price (or what `funding`
+ * says), or what is left of the budget when that is less; `undefined` when that does not pay one
+ * second (the job fails then).
+ */
+export function topUpAmount(
+  record: BudgetView,
+  lease: Pick<LeaseRecord, "pricePerSecond">,
+  funding?: Funding,
+): bigint | undefined {
+  const price = BigInt(lease.pricePerSecond);
+  const amount = fundingAmount(record, price, funding);
   return amount < price ? undefined : amount;
 }
 

@@ -7,7 +7,7 @@ import { allowanceToKeep, signOpening } from "../actions/signOpening.ts";
 import type { BatonClient } from "../client.ts";
 import { imageDigestToBytes32, jobImageDigest } from "../images/digest.ts";
 import { jobDiskGiB } from "../job-spec.ts";
-import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid } from "./hand-off-policy.ts";
+import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid, type Funding } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
 import type { OpeningWire } from "../wire/messages.ts";
@@ -32,6 +32,8 @@ export interface AcquireLeaseParameters {
    * batch lease runs task after task, each within the spec's `maxDurationS`. Default: that.
    */
   durationS?: number;
+  /** How much the deposit pays for; a job's `maxDurationS` by default (see {@link Funding}). */
+  funding?: Funding;
   signal: AbortSignal;
 }
 
@@ -48,7 +50,7 @@ export interface AcquireLeaseParameters {
  */
 export async function acquireLease(
   client: BatonClient,
-  { jobId, record, events, predecessor, signed, resume, avoid, durationS, signal }: AcquireLeaseParameters,
+  { jobId, record, events, predecessor, signed, resume, avoid, durationS, funding, signal }: AcquireLeaseParameters,
 ): Promise<AcquiredLease> {
   const { spec, options } = record;
   const requirements: Requirements = {
@@ -84,7 +86,7 @@ export async function acquireLease(
     signal,
   });
   const price = chosen.quote.pricePerSecond;
-  const deposit = leaseDeposit(record, price);
+  const deposit = leaseDeposit(record, price, funding);
   const predecessorId = predecessor ? BigInt(predecessor.leaseId) : 0n;
   const parameters = { quote: chosen.quote, deposit, predecessor: predecessorId, signal };
   // The tenant's own open leaves the allowance the job's next hand-off will pull (in the same

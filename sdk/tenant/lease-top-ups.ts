@@ -2,7 +2,7 @@ import { contracts, writeContract } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
 import { BudgetExhaustedError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
-import { TOP_UP_MARGIN_MS, TOP_UP_RETRY_MS, topUpAmount, topUpAt } from "./hand-off-policy.ts";
+import { TOP_UP_MARGIN_MS, TOP_UP_RETRY_MS, topUpAmount, topUpAt, type Funding } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { JobRecord, LeaseRecord } from "./job-store.ts";
 
@@ -13,6 +13,8 @@ export interface LeaseTopUpsInit {
   log: Logger;
   /** The budget cannot pay another second of the lease: the job must fail with this. */
   onBudgetSpent: (error: BudgetExhaustedError) => void;
+  /** How much each top-up pays for; a job's `maxDurationS` by default (see {@link Funding}). */
+  funding?: Funding;
 }
 
 /**
@@ -26,9 +28,11 @@ export class LeaseTopUps {
   readonly #events: JobEvents;
   readonly #log: Logger;
   readonly #onBudgetSpent: (error: BudgetExhaustedError) => void;
+  readonly #funding: Funding | undefined;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor({ client, record, events, log, onBudgetSpent }: LeaseTopUpsInit) {
+  constructor({ client, record, events, log, onBudgetSpent, funding }: LeaseTopUpsInit) {
+    this.#funding = funding;
     this.#client = client;
     this.#record = record;
     this.#events = events;
@@ -48,7 +52,7 @@ export class LeaseTopUps {
   }
 
   async #topUp(lease: LeaseRecord): Promise<void> {
-    const amount = topUpAmount(this.#record, lease);
+    const amount = topUpAmount(this.#record, lease, this.#funding);
     if (amount === undefined) {
       const { budget } = this.#record.options;
       this.#onBudgetSpent(

@@ -130,6 +130,23 @@ describe("deposits and the budget", () => {
     expect(topUpAmount(jobRecord(1_000n, 994n), { pricePerSecond: "7" })).toBeUndefined();
   });
 
+  it("funds a batch lease for longer, giving each lease that runs at once its share of the budget, never under one run", () => {
+    const batch = { seconds: 600, shares: 4 };
+    // No budget, or one whose share covers it: the whole 600 s.
+    expect(leaseDeposit(jobRecord(), 7n, batch)).toBe(4_200n);
+    expect(topUpAmount(jobRecord(), { pricePerSecond: "7" }, batch)).toBe(4_200n);
+    expect(leaseDeposit(jobRecord(100_000n, 0n), 7n, batch)).toBe(4_200n);
+    // A quarter of what is left, where that is less, so that the other three leases get theirs too.
+    expect(leaseDeposit(jobRecord(10_000n, 0n), 7n, batch)).toBe(2_500n);
+    expect(topUpAmount(jobRecord(10_000n, 2_000n), { pricePerSecond: "7" }, batch)).toBe(2_000n);
+    // But at least one maxDurationS (100 s here), as a job's lease, while the budget has it…
+    expect(leaseDeposit(jobRecord(10_000n, 8_000n), 7n, batch)).toBe(700n);
+    // …then what is left, then nothing.
+    expect(topUpAmount(jobRecord(10_000n, 9_600n), { pricePerSecond: "7" }, batch)).toBe(400n);
+    expect(topUpAmount(jobRecord(10_000n, 9_994n), { pricePerSecond: "7" }, batch)).toBeUndefined();
+    expect(() => leaseDeposit(jobRecord(10_000n, 9_994n), 7n, batch)).toThrow(BudgetExhaustedError);
+  });
+
   it("tops a lease up a margin before its deposit runs out", () => {
     const lease = { deposit: "700", pricePerSecond: "7", openedAt: 1_000_000 };
     expect(topUpAt(lease)).toBe(1_000_000 + 100_000 - TOP_UP_MARGIN_MS);
