@@ -33,6 +33,8 @@ export function eventLine(event: BatchEvent): string | undefined {
       );
     case "task-retry":
       return `task ${event.taskId} exited ${event.exitCode ?? "by a signal"}; trying again elsewhere (attempt ${event.attempts + 1})`;
+    case "task-requeued":
+      return `task ${event.taskId}: its output did not come from ${event.provider} (${event.reason}); queued again`;
     case "task-recorded":
       return event.result.state === "failed"
         ? `task ${event.result.taskId} failed after ${event.result.attempts} attempts`

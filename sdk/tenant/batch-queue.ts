@@ -33,6 +33,12 @@ export interface TaskAssignment {
 export type TaskExitOutcome =
   /** It exited 0: record its result. */
   | { kind: "done"; attempts: number }
+  /**
+   * It exited 0 with an output to fetch and verify first: the lease is free for its next task
+   * meanwhile, and the task is done once {@link BatchQueue.verified}, or queued again if
+   * {@link BatchQueue.unverified}.
+   */
+  | { kind: "verify"; attempts: number }
   /** It failed by its own fault with retries left: it is queued again, for other providers. */
   | { kind: "retry"; attempts: number }
   /** It failed by its own fault once more than the batch retries: record it as failed. */
@@ -61,6 +67,8 @@ interface TaskState {
   checkpoint: TaskCheckpoint | undefined;
   /** The lease running it, if any. */
   lease: string | undefined;
+  /** The provider it exited 0 on, while its output is fetched and verified. */
+  verifying: string | undefined;
 }
 
 export interface BatchCounts {
@@ -81,6 +89,8 @@ export class BatchQueue {
   readonly #failuresInARow = new Map<string, number>();
   readonly #excluded = new Set<string>();
   readonly #retries: number;
+  /** Tasks that exited 0 and whose output is being verified. */
+  #verifying = 0;
   #done = 0;
   #failed = 0;
 
@@ -90,7 +100,13 @@ export class BatchQueue {
     for (const provider of init.exclude ?? []) this.#excluded.add(provider);
     for (const id of init.tasks) {
       if (this.#tasks.has(id)) throw new RangeError(`task ${id} is listed twice`);
-      this.#tasks.set(id, { attempts: 0, failedOn: new Set(), checkpoint: undefined, lease: undefined });
+      this.#tasks.set(id, {
+        attempts: 0,
+        failedOn: new Set(),
+        checkpoint: undefined,
+        lease: undefined,
+        verifying: undefined,
+      });
       if (init.recorded.has(id)) this.#done += 1;
       else this.#queue.push(id);
     }
@@ -101,13 +117,18 @@ export class BatchQueue {
     return this.#excluded;
   }
 
-  /** Whether every task has a result (done or failed) and none runs. */
+  /** Whether every task has a result (done or failed): none runs, and no output is being verified. */
   get finished(): boolean {
-    return this.#queue.length === 0 && [...this.#leases.values()].every((l) => l.task === undefined);
+    return (
+      this.#queue.length === 0 &&
+      this.#verifying === 0 &&
+      [...this.#leases.values()].every((l) => l.task === undefined)
+    );
   }
 
+  /** `running` counts the tasks whose output is being verified: they have no result yet either. */
   counts(): BatchCounts {
-    const running = [...this.#leases.values()].filter((l) => l.task !== undefined).length;
+    const running = [...this.#leases.values()].filter((l) => l.task !== undefined).length + this.#verifying;
     return { done: this.#done, failed: this.#failed, running, queued: this.#queue.length };
   }
 
@@ -142,16 +163,22 @@ export class BatchQueue {
 
   /**
    * The task on `lease` exited with `exitCode` (`null`: killed by a signal, which the node only does
-   * for the task's own doing: a limit it went over). A result from a lease not running that task is
-   * {@link TaskExitOutcome stale}.
+   * for the task's own doing: a limit it went over). With `verify`, an exit 0 is not done yet but
+   * {@link TaskExitOutcome verify}: its output is to be fetched and verified while the lease runs its
+   * next task. A result from a lease not running that task is {@link TaskExitOutcome stale}.
    */
-  exited(taskId: string, lease: string, exitCode: number | null): TaskExitOutcome {
+  exited(taskId: string, lease: string, exitCode: number | null, { verify = false } = {}): TaskExitOutcome {
     const state = this.#state(taskId);
     const held = this.#leases.get(lease);
     if (state.lease !== lease || held?.task !== taskId) return { kind: "stale" };
     state.lease = undefined;
     held.task = undefined;
     state.attempts += 1;
+    if (exitCode === 0 && verify) {
+      state.verifying = held.provider;
+      this.#verifying += 1;
+      return { kind: "verify", attempts: state.attempts };
+    }
     if (exitCode === 0) {
       this.#failuresInARow.delete(held.provider);
       this.#done += 1;
@@ -167,6 +194,27 @@ export class BatchQueue {
     }
     this.#queue.unshift(taskId);
     return { kind: "retry", attempts: state.attempts };
+  }
+
+  /** The output of a task that exited 0 (`verify`) was fetched and verified: it is done. */
+  verified(taskId: string): Extract<TaskExitOutcome, { kind: "done" }> {
+    const state = this.#state(taskId);
+    const provider = this.#stopVerifying(taskId, state);
+    this.#failuresInARow.delete(provider);
+    this.#done += 1;
+    return { kind: "done", attempts: state.attempts };
+  }
+
+  /**
+   * The output of a task that exited 0 (`verify`) could not be fetched, or did not verify: the
+   * provider's fault, as a lost lease's task is, so the task goes back to the front of the queue and
+   * the attempt is not counted. Excluding the provider is the caller's call ({@link exclude}).
+   */
+  unverified(taskId: string): void {
+    const state = this.#state(taskId);
+    this.#stopVerifying(taskId, state);
+    state.attempts -= 1;
+    this.#queue.unshift(taskId);
   }
 
   /**
@@ -192,6 +240,14 @@ export class BatchQueue {
    */
   exclude(provider: string): void {
     this.#excluded.add(provider);
+  }
+
+  #stopVerifying(taskId: string, state: TaskState): string {
+    const provider = state.verifying;
+    if (provider === undefined) throw new Error(`task ${taskId} has no output being verified`);
+    state.verifying = undefined;
+    this.#verifying -= 1;
+    return provider;
   }
 
   #state(taskId: string): TaskState {

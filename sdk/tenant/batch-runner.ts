@@ -62,6 +62,16 @@ export const DEFAULT_BATCH_FUND_S = 600;
 /** A failed task's last log lines kept in the manifest: enough to see why, small enough per line. */
 const FAILED_TASK_LOG_LINES = 20;
 
+/**
+ * Outputs of one lease's tasks fetched and verified at once while the lease runs its next task.
+ * A lease gets its next task as soon as a result comes, rather than after a round trip for the
+ * output; a fetch (≈ 0.1 s for a small output on loopback) usually ends before the next task does,
+ * so one or two are in flight. The bound is the work at risk: a task whose output is not yet
+ * verified runs again elsewhere if its provider is lost, so a lease never runs more than this many
+ * tasks ahead of what the tenant holds.
+ */
+const OUTPUT_FETCHES_PER_LEASE = 4;
+
 /** Where a batch stands, as every event reports it. */
 export interface BatchProgress extends BatchCounts {
   total: number;
@@ -88,6 +98,11 @@ export type BatchEvent = { at: number; progress: BatchProgress } & (
     }
   /** A result that does not count: from a lease no longer running the task, or a second completion. */
   | { type: "task-discarded"; taskId: string; leaseId: bigint; reason: string }
+  /**
+   * A task exited 0 but its output could not be fetched, or did not verify: it goes back to the
+   * queue (the attempt not counted), and its provider is dropped.
+   */
+  | { type: "task-requeued"; taskId: string; leaseId: bigint; provider: Address; reason: string }
   /** The lease's provider failed or refused: its task, if any, is queued again; it is excluded. */
   | { type: "provider-lost"; leaseId: bigint; provider: Address; reason: string; requeued: string | undefined }
   | { type: "lease-closed"; leaseId: bigint; provider: Address }
@@ -116,6 +131,16 @@ export interface BatchRunInit {
   failAfterMs: number | undefined;
   onEvent: ((event: BatchEvent) => void) | undefined;
   signal: AbortSignal | undefined;
+}
+
+/** The outputs a lease's tasks left, being fetched while it runs on (see `BatchRunner.#serve`). */
+interface OutputFetches {
+  pending: Set<Promise<void>>;
+  stop: AbortController;
+  /** Why the lease is to be dropped: an output that failed. */
+  dropped: string | undefined;
+  /** Drops the lease: its watch ends, and the lease is lost for `reason`. */
+  drop(reason: string): void;
 }
 
 /** A task on a lease: what it was given, and what it logged. */
@@ -150,6 +175,8 @@ export class BatchRunner {
   readonly #tasks: ReadonlyMap<string, BatchTask>;
   /** What each deposit and top-up of the batch's leases pays for (see {@link DEFAULT_BATCH_FUND_S}). */
   readonly #funding: Funding;
+  /** Every lease's output fetches under way: the batch ends once they have. */
+  readonly #fetching = new Set<Promise<void>>();
   /** CIDs of local input files added to IPFS, by file. */
   readonly #files = new Map<string, Promise<string>>();
   #record!: JobRecord;
@@ -199,6 +226,9 @@ export class BatchRunner {
       );
       await Promise.all(slots);
     } finally {
+      // Outputs still being fetched (a batch stopped, or a lease lost, aborts them): each ends with
+      // its task recorded or queued again before the batch counts as over.
+      await Promise.allSettled(this.#fetching);
       for (const lease of this.#active.values()) lease.state = "cancelled";
       await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
       const failure = this.#failure;
@@ -331,7 +361,11 @@ export class BatchRunner {
     return next;
   }
 
-  /** Feeds `lease` task after task over its session until the queue has none for it, or it is lost. */
+  /**
+   * Feeds `lease` task after task over its session until the queue has none for it, or it is lost.
+   * Each task's output is fetched and verified in the background (see {@link OUTPUT_FETCHES_PER_LEASE})
+   * while the lease runs the next; one that fails drops the lease, and its task runs again elsewhere.
+   */
   async #serve(lease: LeaseRecord): Promise<void> {
     const provider = lease.provider as Address;
     const leaseId = BigInt(lease.leaseId);
@@ -350,6 +384,16 @@ export class BatchRunner {
       funding: this.#funding,
     });
     let watch: LeaseWatch | undefined;
+    const fetches: OutputFetches = {
+      pending: new Set(),
+      // Aborted once the lease is left: a lost provider's outputs are nowhere else, and would stall.
+      stop: new AbortController(),
+      dropped: undefined,
+      drop: (reason) => {
+        fetches.dropped ??= reason;
+        void watch?.stop();
+      },
+    };
     try {
       running = { assignment: first, startedAt: Date.now(), logs: [] };
       watch = watchLease(this.#client, {
@@ -382,10 +426,20 @@ export class BatchRunner {
               this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the lease is not running this task" });
               break;
             }
-            const kept = await this.#taskEnded(lease, running, event.body);
+            const ended = running;
             running = undefined;
-            if (!kept) return await this.#lost(lease, undefined, "its task's output did not verify");
-            const next = this.#queue.next(lease.leaseId, provider);
+            await this.#taskEnded(lease, ended, event.body, fetches);
+            while (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE && !fetches.dropped) {
+              await Promise.race(fetches.pending);
+            }
+            let next = fetches.dropped ? undefined : this.#queue.next(lease.leaseId, provider);
+            // Nothing queued for it: the lease is closed once its outputs are in, unless one of them
+            // failed (the lease is lost then) or another lease's did (its task is queued again).
+            while (!next && !fetches.dropped && fetches.pending.size > 0) {
+              await Promise.allSettled(fetches.pending);
+              next = fetches.dropped ? undefined : this.#queue.next(lease.leaseId, provider);
+            }
+            if (fetches.dropped) return await this.#lost(lease, undefined, fetches.dropped);
             if (!next) return await this.#close(lease);
             running = { assignment: next, startedAt: Date.now(), logs: [] };
             const spec = await this.#specOf(next.taskId);
@@ -411,35 +465,32 @@ export class BatchRunner {
             break;
         }
       }
-      if (!this.#stop.signal.aborted) await this.#lost(lease, running, "the session ended");
+      if (!this.#stop.signal.aborted) await this.#lost(lease, running, fetches.dropped ?? "the session ended");
     } finally {
       topUps.stop();
       await watch?.stop();
+      fetches.stop.abort();
     }
   }
 
   /**
-   * A task's result on the lease running it: its output fetched and verified (an exit 0 with an
-   * output), then what the queue makes of its exit, recorded once. `false` when the output did not
-   * verify: the provider is to be dropped and the task runs again elsewhere.
+   * A task's result on the lease running it: what the queue makes of its exit, recorded once. An
+   * exit 0 with an output is recorded only once that output is fetched and verified, which runs in
+   * the background (in `fetches`), so that the lease can be given its next task meanwhile.
    */
-  async #taskEnded(lease: LeaseRecord, running: Running, body: ProviderMessage<"result">): Promise<boolean> {
+  async #taskEnded(
+    lease: LeaseRecord,
+    running: Running,
+    body: ProviderMessage<"result">,
+    fetches: OutputFetches,
+  ): Promise<void> {
     const { taskId } = running.assignment;
-    const durationMs = Math.max(0, body.finishedAt - running.startedAt);
     this.#addCost(taskId, lease, Date.now() - running.startedAt);
-    if (body.exitCode === 0 && body.outputCid && body.outputSha256) {
-      try {
-        await this.#replicator.fetchOutput(
-          lease,
-          { cid: body.outputCid, sha256: body.outputSha256 },
-          path.join(this.#init.outputDir, taskId),
-        );
-      } catch (error) {
-        this.#log.warn("a task's output did not verify", { taskId, leaseId: lease.leaseId, error });
-        return false;
-      }
-    }
-    const outcome = this.#queue.exited(taskId, lease.leaseId, body.exitCode);
+    const output =
+      body.exitCode === 0 && body.outputCid && body.outputSha256
+        ? { cid: body.outputCid, sha256: body.outputSha256 }
+        : undefined;
+    const outcome = this.#queue.exited(taskId, lease.leaseId, body.exitCode, { verify: output !== undefined });
     const leaseId = BigInt(lease.leaseId);
     if (outcome.kind === "stale") {
       this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the lease is not running this task" });
@@ -453,25 +504,82 @@ export class BatchRunner {
         exitCode: body.exitCode,
         attempts: outcome.attempts,
       });
+    } else if (outcome.kind === "verify") {
+      const fetched = this.#fetchOutput(lease, running, body, output!, fetches)
+        // A manifest that cannot be written stops the batch, as it would have in line.
+        .catch((error: unknown) => this.#fail(error))
+        .finally(() => fetches.pending.delete(fetched));
+      fetches.pending.add(fetched);
+      this.#fetching.add(fetched);
+      void fetched.finally(() => this.#fetching.delete(fetched));
     } else {
-      const result: TaskResult = {
-        taskId,
-        state: outcome.kind,
-        exitCode: body.exitCode,
-        ...(body.outputCid ? { outputCid: body.outputCid } : {}),
-        provider: lease.provider,
-        leaseId: lease.leaseId,
-        durationMs,
-        cost: (this.#taskCost.get(taskId) ?? 0n).toString(),
-        attempts: outcome.attempts,
-        ...(outcome.kind === "failed" ? { logs: running.logs } : {}),
-        at: Date.now(),
-      };
-      if (await this.#init.manifest.record(result)) this.#emit({ type: "task-recorded", result });
-      else this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the task's result is recorded already" });
+      await this.#recordResult(lease, running, body, outcome);
     }
     this.#notify();
-    return true;
+  }
+
+  /**
+   * Fetches and verifies a task's output, then records the task done; an output that does not come
+   * or does not verify puts the task back in the queue and drops the lease's provider.
+   */
+  async #fetchOutput(
+    lease: LeaseRecord,
+    running: Running,
+    body: ProviderMessage<"result">,
+    output: { cid: string; sha256: string },
+    fetches: OutputFetches,
+  ): Promise<void> {
+    const { taskId } = running.assignment;
+    try {
+      await this.#replicator.fetchOutput(lease, output, path.join(this.#init.outputDir, taskId), {
+        signal: fetches.stop.signal,
+      });
+    } catch (error) {
+      const reason = fetches.stop.signal.aborted
+        ? "the lease was left before its output was fetched"
+        : "its task's output did not verify";
+      this.#log.warn("a task's output was not fetched; it is queued again", {
+        taskId,
+        leaseId: lease.leaseId,
+        error,
+      });
+      this.#queue.unverified(taskId);
+      this.#queue.exclude(lease.provider);
+      this.#idle.clear();
+      const provider = lease.provider as Address;
+      this.#emit({ type: "task-requeued", taskId, leaseId: BigInt(lease.leaseId), provider, reason });
+      fetches.drop(reason);
+      this.#notify();
+      return;
+    }
+    await this.#recordResult(lease, running, body, this.#queue.verified(taskId));
+    this.#notify();
+  }
+
+  /** Records a task's result (done, or failed for good) in the manifest, unless one is there already. */
+  async #recordResult(
+    lease: LeaseRecord,
+    running: Running,
+    body: ProviderMessage<"result">,
+    outcome: { kind: "done" | "failed"; attempts: number },
+  ): Promise<void> {
+    const { taskId } = running.assignment;
+    const result: TaskResult = {
+      taskId,
+      state: outcome.kind,
+      exitCode: body.exitCode,
+      ...(body.outputCid ? { outputCid: body.outputCid } : {}),
+      provider: lease.provider,
+      leaseId: lease.leaseId,
+      durationMs: Math.max(0, body.finishedAt - running.startedAt),
+      cost: (this.#taskCost.get(taskId) ?? 0n).toString(),
+      attempts: outcome.attempts,
+      ...(outcome.kind === "failed" ? { logs: running.logs } : {}),
+      at: Date.now(),
+    };
+    const leaseId = BigInt(lease.leaseId);
+    if (await this.#init.manifest.record(result)) this.#emit({ type: "task-recorded", result });
+    else this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the task's result is recorded already" });
   }
 
   /**

@@ -96,7 +96,12 @@ export class CheckpointReplicator {
    * Fetches the job's output, announced in its result, into `outputDir` (replacing what is there),
    * verified against its digest and pinned.
    */
-  async fetchOutput(lease: LeaseRecord, output: { cid: string; sha256: string }, outputDir: string): Promise<void> {
+  async fetchOutput(
+    lease: LeaseRecord,
+    output: { cid: string; sha256: string },
+    outputDir: string,
+    { signal }: { signal?: AbortSignal } = {},
+  ): Promise<void> {
     await rm(outputDir, { recursive: true, force: true });
     await mkdir(path.dirname(outputDir), { recursive: true });
     await restoreCheckpoint(this.#client.ipfs, this.#key, CID.parse(output.cid), outputDir, {
@@ -105,6 +110,7 @@ export class CheckpointReplicator {
       providers: providerAddresses(lease),
       stallTimeoutMs: CHECKPOINT_STALL_MS,
       pin: true,
+      signal,
     });
   }
 

@@ -84,6 +84,34 @@ describe("BatchQueue", () => {
     expect(q.next("L1", "P1")).toBeUndefined();
   });
 
+  it("frees a lease for its next task while the last one's output is verified, and counts that task once verified", () => {
+    const q = queue(2);
+    expect(q.next("L1", "P1")?.taskId).toBe("t1");
+    expect(q.exited("t1", "L1", 0, { verify: true })).toEqual({ kind: "verify", attempts: 1 });
+    // The lease takes t2 at once; t1 counts as running, not done, and the batch is not finished.
+    expect(q.next("L1", "P1")?.taskId).toBe("t2");
+    expect(q.counts()).toEqual({ done: 0, failed: 0, running: 2, queued: 0 });
+    expect(q.exited("t2", "L1", 0, { verify: true })).toEqual({ kind: "verify", attempts: 1 });
+    expect(q.finished).toBe(false);
+    expect(q.verified("t1")).toEqual({ kind: "done", attempts: 1 });
+    expect(q.verified("t2")).toEqual({ kind: "done", attempts: 1 });
+    expect(q.counts()).toEqual({ done: 2, failed: 0, running: 0, queued: 0 });
+    expect(q.finished).toBe(true);
+    expect(() => q.verified("t1")).toThrow("task t1 has no output being verified");
+  });
+
+  it("queues a task whose output did not verify again, first, without counting the attempt", () => {
+    const q = queue(3);
+    q.next("L1", "P1");
+    q.exited("t1", "L1", 0, { verify: true });
+    expect(q.next("L1", "P1")?.taskId).toBe("t2");
+    q.unverified("t1");
+    q.exclude("P1");
+    expect(q.counts()).toEqual({ done: 0, failed: 0, running: 1, queued: 2 });
+    expect(q.next("L2", "P2")).toEqual({ taskId: "t1", attempt: 1 });
+    expect(q.exited("t1", "L2", 0)).toEqual({ kind: "done", attempts: 1 });
+  });
+
   it("refuses to give a busy lease a second task", () => {
     const q = queue(2);
     q.next("L1", "P1");

@@ -201,6 +201,63 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     await expectTokensConserved(fixture.market, before);
   }, 300_000);
 
+  it("a lease gets its next task before the last one's output is in; its provider SIGKILLed meanwhile, that task is queued again and done once elsewhere; leases funded 600 s, the rest refunded", async () => {
+    // 16 MiB of output per task: fetching it takes far longer than sending the lease its next task.
+    const padded = parseJobSpec({
+      ...spec,
+      command: [
+        "sh",
+        "-c",
+        'head -c 16777216 /dev/urandom > "$BATON_OUTPUT_DIR/pad"; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"',
+      ],
+    });
+    const tasks = parseTasks(
+      Array.from({ length: 6 }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join("\n"),
+      padded,
+      { source: "tasks.jsonl", baseDir: "." },
+    );
+    const manifest = path.join(fixture.dir, "pipelined.jsonl");
+    const { paymentToken } = contracts(fixture.market.deployment);
+    const balance = () =>
+      client.chain.publicClient.readContract({
+        ...paymentToken,
+        functionName: "balanceOf",
+        args: [client.account.address],
+      });
+    const before = await balance();
+    const { events, onEvent, when } = recorder();
+    const batch = runBatch(client, { ...base(), spec: padded, parallelism: 1, tasks, manifest, onEvent });
+    batch.catch(() => undefined);
+
+    // The lease's second task starts while the first is not recorded yet: its output is being
+    // fetched. Its provider is killed then (at once, from the event).
+    const second = await when((e) => e.type === "task-started" && e.taskId === "n2");
+    if (second.type !== "task-started") throw new Error("unreachable");
+    const victim = fixture.market.providers.find((p) => p.account.address === second.provider)!;
+    victim.process!.child.kill("SIGKILL");
+    onTestFinished(() => victim.start());
+    expect(events.some((e) => e.type === "task-recorded")).toBe(false);
+
+    const result = await batch;
+    // n1 finished on the dead provider but its output never came: queued again, not lost, and done
+    // once elsewhere, as n2 (which it was running) is.
+    const requeued = events.find((e) => e.type === "task-requeued");
+    expect(requeued).toMatchObject({ taskId: "n1", provider: victim.account.address, leaseId: second.leaseId });
+    expect(events.find((e) => e.type === "provider-lost")).toMatchObject({ leaseId: second.leaseId, requeued: "n2" });
+    const ids = await manifestIds(manifest);
+    expect(ids).toHaveLength(6);
+    expect(new Set(ids)).toEqual(new Set(tasks.map((t) => t.id)));
+    expect(result.results.every((r) => r.state === "done" && r.provider !== victim.account.address)).toBe(true);
+    expect(result.results.find((r) => r.taskId === "n1")!.attempts).toBe(1);
+    await expectSquares(result.outputDir, ids);
+
+    // Each lease was given 600 s at its price (not one task's 60 s); it ran a few seconds, and the
+    // rest came back to the tenant (closed, or slashed and withdrawn).
+    for (const lease of result.leases) expect(BigInt(lease.deposit)).toBe(BigInt(lease.pricePerSecond) * 600n);
+    const deposited = result.leases.reduce((sum, lease) => sum + BigInt(lease.deposit), 0n);
+    expect(before - (await balance())).toBeLessThan(deposited / 10n);
+  }, 300_000);
+
   it("a tenant stopped mid-batch and run again on its manifest runs only the tasks without a result", async () => {
     const tasks = tasksOf(20);
     const manifest = path.join(fixture.dir, "restarted.jsonl");
