@@ -29,7 +29,10 @@ export interface RunBatchParameters {
   /** Leases at once, each on its own provider. Default: 1. */
   parallelism?: number;
   maxPricePerSecond: bigint;
-  /** The most all the batch's leases may be given in deposits and top-ups together. */
+  /**
+   * The most all the batch's leases may be given in deposits and top-ups together (each lease is
+   * funded ten minutes at a time, at most its share of what is left: see `DEFAULT_BATCH_FUND_S`).
+   */
   budget?: bigint;
   /** Runs of a task that failed by its own fault, on other providers, before it counts as failed. */
   retries?: number;
@@ -64,8 +67,9 @@ export interface RunBatchReturnType {
 
 /**
  * Runs many short tasks on few leases: up to `parallelism` leases on distinct providers, each
- * running task after task over its session, so that gas and start-up are paid per lease. Each
- * task's result is recorded exactly once in the manifest. A task whose provider is lost runs again
+ * running task after task over its session, so that gas and start-up are paid per lease. A lease
+ * is sent its next task as soon as a result comes, the last task's output fetched and verified
+ * meanwhile. Each task's result is recorded exactly once in the manifest, once its output is in. A task whose provider is lost runs again
  * elsewhere (the provider is dropped, a new one leased, its lease slashed once due); a task that
  * exits non-zero runs again on other providers up to `retries` times, then is recorded as failed with
  * its last log lines; a provider whose tasks keep failing is dropped; a late or second result is

@@ -120,9 +120,7 @@ export class BatchQueue {
   /** Whether every task has a result (done or failed): none runs, and no output is being verified. */
   get finished(): boolean {
     return (
-      this.#queue.length === 0 &&
-      this.#verifying === 0 &&
-      [...this.#leases.values()].every((l) => l.task === undefined)
+      this.#queue.length === 0 && this.#verifying === 0 && [...this.#leases.values()].every((l) => l.task === undefined)
     );
   }
 
