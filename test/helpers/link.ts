@@ -117,7 +117,7 @@ export async function startLink(
       }
       if (this.#queue.length > 0) {
         this.#timer = setTimeout(() => this.pump(), this.#queue[0]!.at - now);
-      } else if (this.#ended) {
+      } else if (this.#ended && !this.to.writableEnded) {
         this.to.end();
       }
     }

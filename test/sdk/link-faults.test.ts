@@ -77,6 +77,13 @@ describe("runJob on a shaped tenant↔provider link", () => {
     return STATUS[lease.status]!;
   };
 
+  /** The lease's end as its provider sees it: `Active` until the provider's `finish` lands, which `settled()` does not wait for. */
+  const endedStatus = (leaseId: string): Promise<(typeof STATUS)[number]> =>
+    waitFor(async () => {
+      const status = await leaseStatus(leaseId);
+      return status === "Active" ? undefined : status;
+    });
+
   it("provider-1 announces only the link's address, and the tenant reaches it only through the link", async () => {
     expect(shaped.address).toBe(`${link.multiaddr}/p2p/${shaped.peerId}`);
     const offer = await waitFor(() => client.offers.list().find((o) => o.peerId === shaped.peerId));
@@ -110,7 +117,7 @@ describe("runJob on a shaped tenant↔provider link", () => {
     // 100 ms each way is far inside the 1.5 s (three heartbeats) that makes a provider suspect; a
     // suspicion here comes from a loaded machine's stalls, and must clear without a failure.
     expectEverySuspicionCleared(events);
-    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Completed");
+    expect(await endedStatus(result.leases[0]!.leaseId)).toBe("Completed");
     await expectTokensConserved(fixture.market, before);
   });
 
@@ -135,7 +142,7 @@ describe("runJob on a shaped tenant↔provider link", () => {
     const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
     expect(restarted.resumed).toBe(true);
     // No split brain: provider-1 sees the tenant's close on chain, acknowledges it and stops its job.
-    await shaped.process!.waitFor(/lease ended on chain; job stopped.*closed by the tenant/, 30_000);
+    await shaped.process!.waitFor(stoppedOnClose(failed.leaseId), 30_000);
     const result = await job.result();
     await job.settled();
 
@@ -147,7 +154,7 @@ describe("runJob on a shaped tenant↔provider link", () => {
     expect(events.filter((e) => e.type === "completed")).toHaveLength(1);
     // Honest and still on the chain: its close acknowledged (Closed), not slashed.
     expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
-    expect(await leaseStatus(result.leases[1]!.leaseId)).toBe("Completed");
+    expect(await endedStatus(result.leases[1]!.leaseId)).toBe("Completed");
     expect(events.filter((e) => e.type === "slashed")).toEqual([]);
     await expectTokensConserved(fixture.market, before);
 
@@ -163,6 +170,56 @@ describe("runJob on a shaped tenant↔provider link", () => {
     for (let heard = 0; heard < 2;) {
       if ((await client.offers.next(signal)).peerId === shaped.peerId) heard += 1;
     }
+    expect(shaped.process!.lines.filter((l) => l.includes("job started")).length).toBe(startsBefore);
+    expect(events.length).toBe(eventsBefore);
+    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
+  });
+
+  // The job runs 30 s, so that provider-1, which runs on through the silence, is still at it when
+  // the hand-off ends its lease (~12 s after the stall): a shorter job finished there first, its
+  // lease `Completed` and paid while the tenant ran the rest again elsewhere.
+  it("(b') a silent partition (nothing answers, nothing resets): hand-off once suspicion outlasts failAfterMs; provider-1 closed unslashed and stopped; nothing resumes after heal", async () => {
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("50"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    const stalledAt = Date.now();
+    link.stall();
+    onTestFinished(() => link.heal());
+
+    const failed = await when("provider-failed");
+    expect(failed.provider).toBe(shaped.account.address);
+    // Suspect after 1.5 s of silence, failed after 10 s more (pings time out, which says nothing):
+    // never before that, and not much after it but on a loaded machine.
+    expect(failed.at - stalledAt).toBeGreaterThanOrEqual(10_000);
+    expect(failed.at - stalledAt).toBeLessThan(25_000);
+    await when("started", (e) => e.leaseId !== failed.leaseId);
+    await shaped.process!.waitFor(stoppedOnClose(failed.leaseId), 30_000);
+    const result = await job.result();
+    await job.settled();
+
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(result.handOffs).toBe(1);
+    expect(result.leases[0]!.provider).toBe(shaped.account.address);
+    expect(result.leases[1]!.provider).not.toBe(shaped.account.address);
+    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
+    expect(await endedStatus(result.leases[1]!.leaseId)).toBe("Completed");
+    expect(events.filter((e) => e.type === "slashed")).toEqual([]);
+    await expectTokensConserved(fixture.market, before);
+
+    // Heal: what each side sent into the silence arrives now, late; provider-1 must not take it up.
+    const startsBefore = shaped.process!.lines.filter((l) => l.includes("job started")).length;
+    const eventsBefore = events.length;
+    link.heal();
+    const signal = AbortSignal.timeout(15_000);
+    for (let heard = 0; heard < 2;) {
+      if ((await client.offers.next(signal)).peerId === shaped.peerId) heard += 1;
+    }
+    expectOnlyThroughLink();
     expect(shaped.process!.lines.filter((l) => l.includes("job started")).length).toBe(startsBefore);
     expect(events.length).toBe(eventsBefore);
     expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
@@ -201,10 +258,14 @@ describe("runJob on a shaped tenant↔provider link", () => {
     // Each silence was noticed, and each cleared when the link came back.
     expect(suspicions).toEqual([1, 2, 3]);
     expectEverySuspicionCleared(events);
-    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Completed");
+    expect(await endedStatus(result.leases[0]!.leaseId)).toBe("Completed");
     await expectTokensConserved(fixture.market, before);
   });
 });
+
+/** provider-1's log line for stopping `leaseId`'s job on the tenant's close. */
+const stoppedOnClose = (leaseId: bigint): RegExp =>
+  new RegExp(`"msg":"lease ended on chain; job stopped","leaseId":"${leaseId}","reason":"closed by the tenant"`);
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -221,13 +282,13 @@ function expectEverySuspicionCleared(events: JobEvent[]): void {
   expect([...open]).toEqual([]);
 }
 
-/** Polls `look` every 100 ms until it returns a value; fails after `timeoutMs`. */
-async function waitFor<T>(look: () => T | undefined, timeoutMs = 20_000): Promise<T> {
+/** Polls `look` every 100 ms until it gives a value; fails after `timeoutMs`. */
+async function waitFor<T>(look: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = look();
+    const value = await look();
     if (value !== undefined && value !== false) return value;
     if (Date.now() > deadline) throw new Error(`not so within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await sleep(100);
   }
 }
