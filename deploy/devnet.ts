@@ -65,9 +65,19 @@ export interface Devnet {
    * An SDK client for tenant dev account `10 + index`, funded with 100 payment tokens, bootstrapped
    * to every provider, its state in `dataDir` (default `<dir>/tenant-<index>`).
    */
-  tenantClient(options?: { index?: number; dataDir?: string; log?: Logger }): Promise<BatonClient>;
+  tenantClient(options?: TenantClientOptions): Promise<BatonClient>;
   /** Stops every provider and the chain; with `keep`, leaves `dir` behind. */
   stop(options?: { keep?: boolean }): Promise<void>;
+}
+
+export interface TenantClientOptions {
+  index?: number;
+  dataDir?: string;
+  log?: Logger;
+  /** Where the tenant listens; loopback by default, `[]` for a tenant nobody can dial (one behind a NAT). */
+  listen?: string[];
+  /** The peers it joins through; every provider's address by default. */
+  bootstrap?: string[];
 }
 
 /** What a provider's config may depend on: the chain, and the peer ids of the providers before it. */
@@ -352,7 +362,13 @@ export async function startDevnet({
       async fund(address, amount) {
         await writeContract(admin, { ...paymentToken, functionName: "mint", args: [address, amount] });
       },
-      async tenantClient({ index = 0, dataDir = path.join(dir, `tenant-${index}`), log } = {}) {
+      async tenantClient({
+        index = 0,
+        dataDir = path.join(dir, `tenant-${index}`),
+        log,
+        listen,
+        bootstrap = providers.map((p) => p.address!),
+      } = {}) {
         const account = devAccount(10 + index);
         await writeContract(admin, {
           ...paymentToken,
@@ -363,10 +379,11 @@ export async function startDevnet({
           rpcUrl: chain.rpcUrl,
           account,
           deployment,
-          bootstrap: providers.map((p) => p.address!),
+          bootstrap,
           dataDir,
           blockTimeS,
           ...(log ? { log } : {}),
+          ...(listen ? { listen } : {}),
         });
       },
       stop({ keep = false } = {}) {

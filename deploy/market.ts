@@ -5,10 +5,17 @@ import type { HDAccount } from "viem/accounts";
 import { hardhat } from "viem/chains";
 
 import type { NodeConfigInput } from "../node/config.ts";
-import { createChainClient, type BatonClient, type ChainClient, type Logger } from "../sdk/index.ts";
+import { createChainClient, type BatonClient, type ChainClient } from "../sdk/index.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
 import { createBatonHost, keepConnected, type BatonHost } from "../sdk/p2p/host.ts";
-import { chainHeartbeatsFor, startDevnet, type Devnet, type DevnetProvider, type DevnetSoFar } from "./devnet.ts";
+import {
+  chainHeartbeatsFor,
+  startDevnet,
+  type Devnet,
+  type DevnetProvider,
+  type DevnetSoFar,
+  type TenantClientOptions,
+} from "./devnet.ts";
 import { devAccount, type LocalChainKind } from "./local-chain.ts";
 
 export type ProviderHandle = DevnetProvider;
@@ -31,7 +38,11 @@ export interface Market extends Devnet {
    * `devnet.tenantClient` for tenant `index` (dev account 10 + index), its state in `dataDir`. The
    * market stops it, unless the test closed it first.
    */
-  client(index: number, dataDir: string, options?: { log?: Logger }): Promise<BatonClient>;
+  client(
+    index: number,
+    dataDir: string,
+    options?: Omit<TenantClientOptions, "index" | "dataDir">,
+  ): Promise<BatonClient>;
 }
 
 export interface StartMarketOptions {
@@ -114,7 +125,7 @@ export async function startMarket({
       return { account, chain, host, key, ipfs };
     },
     async client(index, dataDir, options = {}) {
-      const client = await devnet.tenantClient({ index, dataDir, ...(options.log ? { log: options.log } : {}) });
+      const client = await devnet.tenantClient({ ...options, index, dataDir });
       clients.push(client);
       return client;
     },

@@ -45,7 +45,7 @@ export interface LivenessMonitor {
  * Two-stage failure detection for one provider. *Suspect* on missed heartbeats or a lost session;
  * then it pings: an answer keeps the provider suspect but not failed (a slow machine is not a dead
  * one), a refused dial or missing route marks it *failed* at once (the process or the machine is
- * gone), and a suspect that lasts `failAfterMs` without a message fails too. A message clears it.
+ * gone; a ping whose connection merely closed under it is sent again first), and a suspect that lasts `failAfterMs` without a message fails too. A message clears it.
  */
 export function monitorLiveness(
   host: BatonHost,
@@ -73,6 +73,27 @@ export function monitorLiveness(
     if (next === "failed") stop();
   };
 
+  /**
+   * Why the peer cannot be reached, if a ping shows it. A timeout says nothing (a stopped or
+   * overloaded machine, a silent link). Any other error may only be the connection the ping ran on
+   * closing under it: libp2p's connection monitor, on either side, aborts a connection whose ping
+   * went unanswered for 5 s, so a link silent that long loses its connection, and the ping on it
+   * fails at once, 5 s before `failAfterMs`. So a second ping is sent, on a fresh dial: only when it
+   * fails too, and not by a timeout, is there no way to the peer (a refused or reset dial, no address).
+   */
+  const pingRefused = async (): Promise<string | undefined> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await host.services.ping.ping(peer, { signal: AbortSignal.timeout(pingTimeoutMs) });
+        return undefined;
+      } catch (error) {
+        const name = (error as Error).name;
+        if (name === "TimeoutError" || name === "AbortError") return undefined;
+        if (attempt === 2 || stopped) return (error as Error).message;
+      }
+    }
+  };
+
   const probe = async (): Promise<void> => {
     if (pinging) return;
     pinging = true;
@@ -80,16 +101,10 @@ export function monitorLiveness(
       await poll(async (): Promise<Look<void>> => {
         if (stopped || state !== "suspect") return { done: true, value: undefined };
         const started = Date.now();
-        try {
-          await host.services.ping.ping(peer, { signal: AbortSignal.timeout(pingTimeoutMs) });
-        } catch (error) {
-          // A timeout says nothing (a stopped or overloaded machine); anything else means there is
-          // no way to reach the peer: a refused or reset connection, or no address to dial.
-          const name = (error as Error).name;
-          if (name !== "TimeoutError" && name !== "AbortError") {
-            set("failed", `unreachable: ${(error as Error).message}`);
-            return { done: true, value: undefined };
-          }
+        const unreachable = await pingRefused();
+        if (unreachable !== undefined) {
+          set("failed", `unreachable: ${unreachable}`);
+          return { done: true, value: undefined };
         }
         if (silenceCounts() && Date.now() - suspectSince >= failAfterMs) {
           set("failed", `no message for ${Date.now() - lastSeenAt} ms`);

@@ -2,10 +2,12 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 
 import { generateKeyPair } from "@libp2p/crypto/keys";
+import { multiaddr } from "@multiformats/multiaddr";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
 import { monitorLiveness, type LivenessEvent } from "../../sdk/tenant/liveness.ts";
+import { freePort, startLink, type LinkShaper } from "../helpers/link.ts";
 
 /** Keeps this process's event loop busy for `ms`, as decrypting a large checkpoint does. */
 function stall(ms: number): void {
@@ -67,6 +69,72 @@ describe("liveness: the tenant's own stalls are not the provider's silence", () 
       expect(events[0]!.reason).toMatch(/no heartbeat for \d+ ms/);
     } finally {
       monitor.stop();
+    }
+  });
+});
+
+describe("liveness: a silent link whose connection is dropped meanwhile", () => {
+  let tenant: BatonHost;
+  let provider: BatonHost;
+  let link: LinkShaper;
+
+  beforeAll(async () => {
+    const port = await freePort();
+    link = await startLink(port);
+    // The provider announces only the link, so no dial goes around it.
+    [tenant, provider] = await Promise.all([
+      createBatonHost({ privateKey: await generateKeyPair("Ed25519"), listen: [] }),
+      createBatonHost({
+        privateKey: await generateKeyPair("Ed25519"),
+        listen: [`/ip4/127.0.0.1/tcp/${port}`],
+        announce: [link.multiaddr],
+      }),
+    ]);
+    await tenant.dial(multiaddr(`${link.multiaddr}/p2p/${provider.peerId}`));
+  });
+
+  afterAll(async () => {
+    await Promise.all([tenant?.stop(), provider?.stop()]);
+    await link?.close();
+  });
+
+  it("a connection aborted under a ping on a silent link is not a refusal: failed only after failAfterMs", async () => {
+    const events: LivenessEvent[] = [];
+    const failAfterMs = 3_000;
+    const monitor = monitorLiveness(tenant, provider.peerId, { heartbeatMs: 200, failAfterMs }, (event) =>
+      events.push(event),
+    );
+    try {
+      link.stall();
+      await expect.poll(() => events[0]?.state, { timeout: 5_000, interval: 20 }).toBe("suspect");
+      const suspectAt = Date.now();
+      // What libp2p's connection monitor does to a connection whose ping went unanswered for 5 s,
+      // while the monitor's own pings (2 s timeout) are in flight on it.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const connection of tenant.getConnections(provider.peerId)) connection.abort(new Error("ping timed out"));
+      await expect.poll(() => events.at(-1)?.state, { timeout: 10_000, interval: 20 }).toBe("failed");
+      expect(events.at(-1)!.reason).toMatch(/^no message for \d+ ms/);
+      expect(Date.now() - suspectAt).toBeGreaterThanOrEqual(failAfterMs - 100);
+    } finally {
+      monitor.stop();
+      link.heal();
+    }
+  });
+
+  it("a peer that refuses the fresh dial too is failed at once", async () => {
+    const events: LivenessEvent[] = [];
+    const monitor = monitorLiveness(tenant, provider.peerId, { heartbeatMs: 200, failAfterMs: 30_000 }, (event) =>
+      events.push(event),
+    );
+    try {
+      await expect.poll(() => tenant.getConnections(provider.peerId).length, { timeout: 10_000 }).toBeGreaterThan(0);
+      link.cut();
+      monitor.lost("session reset");
+      await expect.poll(() => events.at(-1)?.state, { timeout: 10_000, interval: 20 }).toBe("failed");
+      expect(events.at(-1)!.reason).toMatch(/^unreachable: /);
+    } finally {
+      monitor.stop();
+      link.heal();
     }
   });
 });

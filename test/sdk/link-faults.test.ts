@@ -1,0 +1,297 @@
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+
+import { peerIdFromString } from "@libp2p/peer-id";
+import { parseEther } from "viem";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+
+import { runJob, type JobEvent } from "../../sdk/actions/runJob.ts";
+import { contracts } from "../../sdk/chain/client.ts";
+import type { BatonClient } from "../../sdk/client.ts";
+import { freePort, startLink, type LinkShaper } from "../helpers/link.ts";
+import type { ProviderHandle } from "../helpers/market.ts";
+import {
+  expectTokensConserved,
+  recorder,
+  SCRIPT,
+  serving,
+  totals,
+  trainSpec,
+  useRunJobMarket,
+} from "../helpers/run-job.ts";
+
+// Faults on the tenant↔provider link. provider-1 listens on a port only the link shaper knows and
+// announces the shaper's address, so its peers reach it through the shaper; it keeps its own path
+// to the chain. It is the cheapest provider, so a job's first lease lands on it. The tenant listens
+// nowhere (as one behind a NAT), so provider-1 cannot dial it around the shaper either.
+let link: LinkShaper;
+let shapedPort: number;
+beforeAll(async () => {
+  shapedPort = await freePort();
+  link = await startLink(shapedPort);
+});
+// Hooks after a file run in reverse: the link closes after the market stops.
+afterAll(() => link?.close());
+
+const fixture = useRunJobMarket({
+  // Every test here waits on the tenant's detection, not the chain's, and one asserts that the
+  // cut-off provider is not slashed: its heartbeat transactions get a loaded machine's slack.
+  chainHeartbeatTimeoutS: 20,
+  configFor: (index) =>
+    index === 0
+      ? {
+          listen: [`/ip4/127.0.0.1/tcp/${shapedPort}`],
+          announce: [link.multiaddr],
+          price: { basePerSecond: "900000000000", perGpuPerSecond: "1000000000000" },
+        }
+      : {},
+});
+
+const STATUS = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
+
+describe("runJob on a shaped tenant↔provider link", () => {
+  let client: BatonClient;
+  let shaped: ProviderHandle;
+
+  beforeAll(async () => {
+    shaped = fixture.market.providers[0]!;
+    client = await fixture.market.client(0, path.join(fixture.dir, "tenant-a"), { listen: [] });
+  });
+
+  /** Every connection between the tenant and provider-1 is one the tenant dialled through the link. */
+  const expectOnlyThroughLink = (): void => {
+    const connections = client.host.getConnections(peerIdFromString(shaped.peerId));
+    for (const connection of connections) {
+      expect(connection.direction).toBe("outbound");
+      expect(connection.remoteAddr.toString()).toMatch(new RegExp(`^${link.multiaddr}/p2p/`));
+    }
+  };
+
+  const leaseStatus = async (leaseId: string): Promise<(typeof STATUS)[number]> => {
+    const { leaseManager } = contracts(fixture.market.deployment);
+    const lease = await fixture.market.admin.publicClient.readContract({
+      ...leaseManager,
+      functionName: "getLease",
+      args: [BigInt(leaseId)],
+    });
+    return STATUS[lease.status]!;
+  };
+
+  /** The lease's end as its provider sees it: `Active` until the provider's `finish` lands, which `settled()` does not wait for. */
+  const endedStatus = (leaseId: string): Promise<(typeof STATUS)[number]> =>
+    waitFor(async () => {
+      const status = await leaseStatus(leaseId);
+      return status === "Active" ? undefined : status;
+    });
+
+  it("provider-1 announces only the link's address, and the tenant reaches it only through the link", async () => {
+    expect(shaped.address).toBe(`${link.multiaddr}/p2p/${shaped.peerId}`);
+    const offer = await waitFor(() => client.offers.list().find((o) => o.peerId === shaped.peerId));
+    expect(offer.addresses).toEqual([link.multiaddr]);
+    await waitFor(() => client.host.getConnections(peerIdFromString(shaped.peerId)).length > 0 || undefined);
+    expectOnlyThroughLink();
+    expect(link.accepted).toBeGreaterThan(0);
+  });
+
+  it("(a) 200 ms RTT with jitter: the job runs to its end on provider-1, and liveness stays quiet", async () => {
+    link.delay({ upMs: 100, downMs: 100, jitterMs: 20 });
+    onTestFinished(() => link.delay({ upMs: 0, downMs: 0 }));
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("20"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("started");
+    expect(serving(fixture.market, job)).toBe(shaped);
+    expectOnlyThroughLink();
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 300);
+    expectOnlyThroughLink();
+    const result = await job.result();
+    await job.settled();
+
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(result.handOffs).toBe(0);
+    expect(result.leases.map((l) => l.provider)).toEqual([shaped.account.address]);
+    expect(events.filter((e) => ["provider-failed", "re-leased", "slashed"].includes(e.type))).toEqual([]);
+    // 100 ms each way is far inside the 1.5 s (three heartbeats) that makes a provider suspect; a
+    // suspicion here comes from a loaded machine's stalls, and must clear without a failure.
+    expectEverySuspicionCleared(events);
+    expect(await endedStatus(result.leases[0]!.leaseId)).toBe("Completed");
+    await expectTokensConserved(fixture.market, before);
+  });
+
+  it("(b) partition tenant↔provider-1, which still reaches the chain: hand-off, provider-1 closed unslashed and stopped; after heal it stays stopped", async () => {
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("20"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    expectOnlyThroughLink();
+    const cutAt = Date.now();
+    link.cut();
+    onTestFinished(() => link.heal());
+
+    const failed = await when("provider-failed");
+    expect(failed.provider).toBe(shaped.account.address);
+    // A reset link is refused at the first ping: no waiting out the silence.
+    expect(failed.at - cutAt).toBeLessThan(5_000);
+    const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
+    expect(restarted.resumed).toBe(true);
+    // No split brain: provider-1 sees the tenant's close on chain, acknowledges it and stops its job.
+    await shaped.process!.waitFor(stoppedOnClose(failed.leaseId), 30_000);
+    const result = await job.result();
+    await job.settled();
+
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(result.handOffs).toBe(1);
+    expect(result.leases).toHaveLength(2);
+    expect(result.leases[0]!.provider).toBe(shaped.account.address);
+    expect(result.leases[1]!.provider).not.toBe(shaped.account.address);
+    expect(events.filter((e) => e.type === "completed")).toHaveLength(1);
+    // Honest and still on the chain: its close acknowledged (Closed), not slashed.
+    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
+    expect(await endedStatus(result.leases[1]!.leaseId)).toBe("Completed");
+    expect(events.filter((e) => e.type === "slashed")).toEqual([]);
+    await expectTokensConserved(fixture.market, before);
+
+    // Heal: the tenant comes back to provider-1 through the link, and provider-1 offers again,
+    // with the old job still stopped and its lease still closed.
+    const startsBefore = shaped.process!.lines.filter((l) => l.includes("job started")).length;
+    const eventsBefore = events.length;
+    link.heal();
+    await waitFor(() => client.host.getConnections(peerIdFromString(shaped.peerId)).length > 0 || undefined);
+    expectOnlyThroughLink();
+    // Two of its offers later, provider-1 has been heard from, and has had time to misbehave.
+    const signal = AbortSignal.timeout(15_000);
+    for (let heard = 0; heard < 2;) {
+      if ((await client.offers.next(signal)).peerId === shaped.peerId) heard += 1;
+    }
+    expect(shaped.process!.lines.filter((l) => l.includes("job started")).length).toBe(startsBefore);
+    expect(events.length).toBe(eventsBefore);
+    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
+  });
+
+  // The job runs 30 s, so that provider-1, which runs on through the silence, is still at it when
+  // the hand-off ends its lease (~12 s after the stall): a shorter job finished there first, its
+  // lease `Completed` and paid while the tenant ran the rest again elsewhere.
+  it("(b') a silent partition (nothing answers, nothing resets): hand-off once suspicion outlasts failAfterMs; provider-1 closed unslashed and stopped; nothing resumes after heal", async () => {
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("50"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    const stalledAt = Date.now();
+    link.stall();
+    onTestFinished(() => link.heal());
+
+    const failed = await when("provider-failed");
+    expect(failed.provider).toBe(shaped.account.address);
+    // Suspect after 1.5 s of silence, failed after 10 s more (pings time out, which says nothing):
+    // never before that, and not much after it but on a loaded machine.
+    expect(failed.at - stalledAt).toBeGreaterThanOrEqual(10_000);
+    expect(failed.at - stalledAt).toBeLessThan(25_000);
+    await when("started", (e) => e.leaseId !== failed.leaseId);
+    await shaped.process!.waitFor(stoppedOnClose(failed.leaseId), 30_000);
+    const result = await job.result();
+    await job.settled();
+
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(result.handOffs).toBe(1);
+    expect(result.leases[0]!.provider).toBe(shaped.account.address);
+    expect(result.leases[1]!.provider).not.toBe(shaped.account.address);
+    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
+    expect(await endedStatus(result.leases[1]!.leaseId)).toBe("Completed");
+    expect(events.filter((e) => e.type === "slashed")).toEqual([]);
+    await expectTokensConserved(fixture.market, before);
+
+    // Heal: what each side sent into the silence arrives now, late; provider-1 must not take it up.
+    const startsBefore = shaped.process!.lines.filter((l) => l.includes("job started")).length;
+    const eventsBefore = events.length;
+    link.heal();
+    const signal = AbortSignal.timeout(15_000);
+    for (let heard = 0; heard < 2;) {
+      if ((await client.offers.next(signal)).peerId === shaped.peerId) heard += 1;
+    }
+    expectOnlyThroughLink();
+    expect(shaped.process!.lines.filter((l) => l.includes("job started")).length).toBe(startsBefore);
+    expect(events.length).toBe(eventsBefore);
+    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
+  });
+
+  it("(c) a flapping link (silent 3 s, forwarding 3 s, three times): no hand-off, each suspicion clears, provider-1 finishes", async () => {
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("40"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+      // Pinned to provider-1: just after (b') it is not always the first pick again (one run put
+      // this job on provider-3). A false failure still shows, as `provider-failed`.
+      exclude: fixture.market.providers.filter((p) => p !== shaped).map((p) => p.account.address),
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    onTestFinished(() => link.heal());
+    // The fault is a schedule in time, so it is slept out; what the test asserts waits on events.
+    const suspicions: number[] = [];
+    for (let cycle = 0; cycle < 3; cycle++) {
+      link.stall();
+      await sleep(3_000);
+      link.heal();
+      suspicions.push(events.filter((e) => e.type === "provider-suspect").length);
+      await sleep(3_000);
+    }
+    expect(job.status().state).toBe("running");
+    const result = await job.result();
+    await job.settled();
+
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    // 3 s of silence makes provider-1 suspect (no heartbeat for 1.5 s) but not failed: that takes
+    // 10 s of suspicion (`failAfterMs`), and pings that time out say nothing. So the SDK hands off
+    // nothing at all, where a hand-off per flap would be a storm.
+    expect(result.handOffs).toBe(0);
+    expect(result.leases.map((l) => l.provider)).toEqual([shaped.account.address]);
+    expect(events.filter((e) => ["provider-failed", "re-leased", "slashed"].includes(e.type))).toEqual([]);
+    // Each silence was noticed, and each cleared when the link came back.
+    expect(suspicions).toEqual([1, 2, 3]);
+    expectEverySuspicionCleared(events);
+    expect(await endedStatus(result.leases[0]!.leaseId)).toBe("Completed");
+    await expectTokensConserved(fixture.market, before);
+  });
+});
+
+/** provider-1's log line for stopping `leaseId`'s job on the tenant's close. */
+const stoppedOnClose = (leaseId: bigint): RegExp =>
+  new RegExp(`"msg":"lease ended on chain; job stopped","leaseId":"${leaseId}","reason":"closed by the tenant"`);
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Every `provider-suspect` is followed by a `provider-recovered` of the same lease: the suspicion
+ * cleared by itself, and no failure or hand-off came of it.
+ */
+function expectEverySuspicionCleared(events: JobEvent[]): void {
+  const open = new Set<bigint>();
+  for (const event of events) {
+    if (event.type === "provider-suspect") open.add(event.leaseId);
+    if (event.type === "provider-recovered") open.delete(event.leaseId);
+  }
+  expect([...open]).toEqual([]);
+}
+
+/** Polls `look` every 100 ms until it gives a value; fails after `timeoutMs`. */
+async function waitFor<T>(look: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await look();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`not so within ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
