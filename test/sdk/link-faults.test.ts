@@ -121,6 +121,46 @@ describe("runJob on a shaped tenant↔provider link", () => {
     await expectTokensConserved(fixture.market, before);
   });
 
+  it("(c) a flapping link (silent 3 s, forwarding 3 s, three times): no hand-off, each suspicion clears, provider-1 finishes", async () => {
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("40"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+      // Pinned to provider-1: just after (b') it is not always the first pick again (one run put
+      // this job on provider-3). A false failure still shows, as `provider-failed`.
+      exclude: fixture.market.providers.filter((p) => p !== shaped).map((p) => p.account.address),
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    onTestFinished(() => link.heal());
+    // The fault is a schedule in time, so it is slept out; what the test asserts waits on events.
+    const suspicions: number[] = [];
+    for (let cycle = 0; cycle < 3; cycle++) {
+      link.stall();
+      await sleep(3_000);
+      link.heal();
+      suspicions.push(events.filter((e) => e.type === "provider-suspect").length);
+      await sleep(3_000);
+    }
+    expect(job.status().state).toBe("running");
+    const result = await job.result();
+    await job.settled();
+
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    // 3 s of silence makes provider-1 suspect (no heartbeat for 1.5 s) but not failed: that takes
+    // 10 s of suspicion (`failAfterMs`), and pings that time out say nothing. So the SDK hands off
+    // nothing at all, where a hand-off per flap would be a storm.
+    expect(result.handOffs).toBe(0);
+    expect(result.leases.map((l) => l.provider)).toEqual([shaped.account.address]);
+    expect(events.filter((e) => ["provider-failed", "re-leased", "slashed"].includes(e.type))).toEqual([]);
+    // Each silence was noticed, and each cleared when the link came back.
+    expect(suspicions).toEqual([1, 2, 3]);
+    expectEverySuspicionCleared(events);
+    expect(await endedStatus(result.leases[0]!.leaseId)).toBe("Completed");
+    await expectTokensConserved(fixture.market, before);
+  });
+
   it("(b) partition tenant↔provider-1, which still reaches the chain: hand-off, provider-1 closed unslashed and stopped; after heal it stays stopped", async () => {
     const before = await totals(fixture.market);
     const job = await runJob(client, trainSpec("20"), {
@@ -223,46 +263,6 @@ describe("runJob on a shaped tenant↔provider link", () => {
     expect(shaped.process!.lines.filter((l) => l.includes("job started")).length).toBe(startsBefore);
     expect(events.length).toBe(eventsBefore);
     expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
-  });
-
-  it("(c) a flapping link (silent 3 s, forwarding 3 s, three times): no hand-off, each suspicion clears, provider-1 finishes", async () => {
-    const before = await totals(fixture.market);
-    const job = await runJob(client, trainSpec("40"), {
-      maxPricePerSecond: parseEther("0.001"),
-      files: { "train.mjs": SCRIPT },
-      // Pinned to provider-1: just after (b') it is not always the first pick again (one run put
-      // this job on provider-3). A false failure still shows, as `provider-failed`.
-      exclude: fixture.market.providers.filter((p) => p !== shaped).map((p) => p.account.address),
-    });
-    const { events, when } = recorder(job);
-    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
-    expect(serving(fixture.market, job)).toBe(shaped);
-    onTestFinished(() => link.heal());
-    // The fault is a schedule in time, so it is slept out; what the test asserts waits on events.
-    const suspicions: number[] = [];
-    for (let cycle = 0; cycle < 3; cycle++) {
-      link.stall();
-      await sleep(3_000);
-      link.heal();
-      suspicions.push(events.filter((e) => e.type === "provider-suspect").length);
-      await sleep(3_000);
-    }
-    expect(job.status().state).toBe("running");
-    const result = await job.result();
-    await job.settled();
-
-    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
-    // 3 s of silence makes provider-1 suspect (no heartbeat for 1.5 s) but not failed: that takes
-    // 10 s of suspicion (`failAfterMs`), and pings that time out say nothing. So the SDK hands off
-    // nothing at all, where a hand-off per flap would be a storm.
-    expect(result.handOffs).toBe(0);
-    expect(result.leases.map((l) => l.provider)).toEqual([shaped.account.address]);
-    expect(events.filter((e) => ["provider-failed", "re-leased", "slashed"].includes(e.type))).toEqual([]);
-    // Each silence was noticed, and each cleared when the link came back.
-    expect(suspicions).toEqual([1, 2, 3]);
-    expectEverySuspicionCleared(events);
-    expect(await endedStatus(result.leases[0]!.leaseId)).toBe("Completed");
-    await expectTokensConserved(fixture.market, before);
   });
 });
 
