@@ -126,8 +126,8 @@ describe("runJob on a shaped tenant↔provider link", () => {
     const job = await runJob(client, trainSpec("40"), {
       maxPricePerSecond: parseEther("0.001"),
       files: { "train.mjs": SCRIPT },
-      // Pinned to provider-1: just after (b') it is not always the first pick again (one run put
-      // this job on provider-3). A false failure still shows, as `provider-failed`.
+      // Pinned to provider-1: after a partition test it was not always the first pick again (one
+      // run put this job on provider-3). A false failure still shows, as `provider-failed`.
       exclude: fixture.market.providers.filter((p) => p !== shaped).map((p) => p.account.address),
     });
     const { events, when } = recorder(job);
@@ -218,52 +218,6 @@ describe("runJob on a shaped tenant↔provider link", () => {
   // The job runs 30 s, so that provider-1, which runs on through the silence, is still at it when
   // the hand-off ends its lease (~12 s after the stall): a shorter job finished there first, its
   // lease `Completed` and paid while the tenant ran the rest again elsewhere.
-  it("(b') a silent partition (nothing answers, nothing resets): hand-off once suspicion outlasts failAfterMs; provider-1 closed unslashed and stopped; nothing resumes after heal", async () => {
-    const before = await totals(fixture.market);
-    const job = await runJob(client, trainSpec("50"), {
-      maxPricePerSecond: parseEther("0.001"),
-      files: { "train.mjs": SCRIPT },
-    });
-    const { events, when } = recorder(job);
-    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
-    expect(serving(fixture.market, job)).toBe(shaped);
-    const stalledAt = Date.now();
-    link.stall();
-    onTestFinished(() => link.heal());
-
-    const failed = await when("provider-failed");
-    expect(failed.provider).toBe(shaped.account.address);
-    // Suspect after 1.5 s of silence, failed after 10 s more (pings time out, which says nothing):
-    // never before that, and not much after it but on a loaded machine.
-    expect(failed.at - stalledAt).toBeGreaterThanOrEqual(10_000);
-    expect(failed.at - stalledAt).toBeLessThan(25_000);
-    await when("started", (e) => e.leaseId !== failed.leaseId);
-    await shaped.process!.waitFor(stoppedOnClose(failed.leaseId), 30_000);
-    const result = await job.result();
-    await job.settled();
-
-    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
-    expect(result.handOffs).toBe(1);
-    expect(result.leases[0]!.provider).toBe(shaped.account.address);
-    expect(result.leases[1]!.provider).not.toBe(shaped.account.address);
-    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
-    expect(await endedStatus(result.leases[1]!.leaseId)).toBe("Completed");
-    expect(events.filter((e) => e.type === "slashed")).toEqual([]);
-    await expectTokensConserved(fixture.market, before);
-
-    // Heal: what each side sent into the silence arrives now, late; provider-1 must not take it up.
-    const startsBefore = shaped.process!.lines.filter((l) => l.includes("job started")).length;
-    const eventsBefore = events.length;
-    link.heal();
-    const signal = AbortSignal.timeout(15_000);
-    for (let heard = 0; heard < 2;) {
-      if ((await client.offers.next(signal)).peerId === shaped.peerId) heard += 1;
-    }
-    expectOnlyThroughLink();
-    expect(shaped.process!.lines.filter((l) => l.includes("job started")).length).toBe(startsBefore);
-    expect(events.length).toBe(eventsBefore);
-    expect(await leaseStatus(result.leases[0]!.leaseId)).toBe("Closed");
-  });
 });
 
 /** provider-1's log line for stopping `leaseId`'s job on the tenant's close. */
