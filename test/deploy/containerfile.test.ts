@@ -283,7 +283,7 @@ describe.skipIf(skip !== undefined)("deploy/Containerfile", () => {
     expect(help).toMatch(/^ {2}start \[options\]/m);
     const user = await podman(["run", "--rm", ...PODMAN_ULIMITS, "--entrypoint", "id", IMAGE, "-un"], 60_000);
     expect(user.trim()).toBe("baton");
-    // No development tools (pruned) and no React Native (.npmrc's omit=peer, copied before `npm ci`).
+    // No development tools (pruned) and no React Native (package.json's overrides keep helia's WebRTC tree out).
     const modules = (
       await podman(["run", "--rm", ...PODMAN_ULIMITS, "--entrypoint", "ls", IMAGE, "node_modules"], 60_000)
     ).split("\n");
