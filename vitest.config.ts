@@ -1,11 +1,57 @@
 import { configDefaults, defineConfig } from "vitest/config";
 
+/**
+ * The long suites: each file takes more than ~10 s (most of them minutes) on CI's two cores, because
+ * it starts chains, provider nodes and whole markets and waits on heartbeats, timeouts, blocks and
+ * jobs. `npm test` runs the quick project (everything else, about a minute) so that a change is
+ * checked in the time a developer waits; `npm run test:long` runs these, and CI runs both. A new
+ * file that takes more than ~10 s belongs here.
+ */
+const LONG_SUITES = [
+  "test/bench/checkpoint-bench.test.ts",
+  "test/chain/confirmations.test.ts",
+  "test/chain/logs.test.ts",
+  "test/chain/send.test.ts",
+  "test/cli/baton-cli.test.ts",
+  "test/cli/explorer.test.ts",
+  "test/cli/image-cli.test.ts",
+  "test/deploy/demo-and-deploy-cli.test.ts",
+  "test/examples/images.test.ts",
+  "test/examples/train.test.ts",
+  "test/ipfs/block-stream.test.ts",
+  "test/node/bad-input.test.ts",
+  "test/node/batch-lease.test.ts",
+  "test/node/checkpoints.test.ts",
+  "test/node/containers.test.ts",
+  "test/node/job-disk-quota.test.ts",
+  "test/node/provider-cli.test.ts",
+  "test/node/provider-node.test.ts",
+  "test/node/rpc-failover.test.ts",
+  "test/sdk/audit.test.ts",
+  "test/sdk/link-faults.test.ts",
+  "test/sdk/relay.test.ts",
+  "test/sdk/run-batch.test.ts",
+  "test/sdk/run-image-job.test.ts",
+  "test/sdk/run-job-blocks.test.ts",
+  "test/sdk/run-job-cli.test.ts",
+  "test/sdk/run-job-drain.test.ts",
+  "test/sdk/run-job-market.test.ts",
+  "test/sdk/run-job-reorg.test.ts",
+  "test/sdk/run-job.test.ts",
+  "test/sdk/serve-limits.test.ts",
+  "test/sdk/serve.test.ts",
+  "test/sim/simulate.test.ts",
+  "test/sim/validation.test.ts",
+];
+
+/**
+ * The npm package's test packs and installs Baton, and the container image's builds it (minutes
+ * each): `npm run test:package` and `npm run test:deploy`, which CI runs.
+ */
+const OWN_CONFIG = [...configDefaults.exclude, "test/package/**", "test/deploy/containerfile.test.ts"];
+
 export default defineConfig({
   test: {
-    include: ["test/**/*.test.ts"],
-    // The npm package's test packs and installs Baton, and the container image's builds it (minutes
-    // each): `npm run test:package` and `npm run test:deploy`, which CI runs.
-    exclude: [...configDefaults.exclude, "test/package/**", "test/deploy/containerfile.test.ts"],
     // Tests start real chains, nodes and IPFS stores: give them time, and never retry a failure.
     testTimeout: 120_000,
     hookTimeout: 120_000,
@@ -15,5 +61,16 @@ export default defineConfig({
     // (one file at a time keeps the cores ~40% busy), and every test must pass on a loaded machine.
     maxWorkers: 4,
     reporters: ["default"],
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: "quick",
+          include: ["test/**/*.test.ts"],
+          exclude: [...OWN_CONFIG, ...LONG_SUITES],
+        },
+      },
+      { extends: true, test: { name: "long", include: LONG_SUITES } },
+    ],
   },
 });

@@ -5,5 +5,6 @@ import base from "./vitest.config.ts";
 /** `npm run test:package`: only the npm package's test (see test/package/package.test.ts). */
 export default defineConfig({
   ...base,
-  test: { ...base.test, include: ["test/package/**/*.test.ts"], exclude: configDefaults.exclude },
+  // Its own file only: not the main config's projects (quick and long), which list the rest.
+  test: { ...base.test, projects: undefined, include: ["test/package/**/*.test.ts"], exclude: configDefaults.exclude },
 });
