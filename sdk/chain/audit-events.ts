@@ -5,6 +5,7 @@
  */
 import {
   decodeEventLog,
+  type Abi,
   type Address,
   type ContractEventArgs,
   type ContractEventName,
@@ -328,6 +329,9 @@ async function indexedEvents(
     };
   }
   const { abi, address } = contracts(scope.chain.deployment)[contract];
+  // Only this event's ABI item: given the whole ABI, decodeEventLog hashes every event's signature
+  // for each log to find the one that matches, which was most of an indexed audit's time.
+  const eventAbi = (abi as Abi).filter((item) => item.type === "event" && item.name === eventName);
   const rows = await scope.events.logs({
     contract: contract === "leaseManager" ? "LeaseManager" : "ProviderRegistry",
     name: eventName,
@@ -339,7 +343,7 @@ async function indexedEvents(
     const blockNumber = BigInt(row.blockNumber);
     scope.blockTimes.set(blockNumber, BigInt(row.timestamp));
     const topics = row.topics as [Hex, ...Hex[]];
-    const decoded = decodeEventLog({ abi, topics, data: row.data as Hex, strict: true });
+    const decoded = decodeEventLog({ abi: eventAbi, topics, data: row.data as Hex, strict: true });
     return {
       ...decoded,
       address,
