@@ -2,6 +2,7 @@ import type { Command } from "commander";
 
 import type { AuditEventSource } from "../sdk/chain/audit-events.ts";
 import type { ChainClient } from "../sdk/chain/client.ts";
+import type { Deployment } from "../sdk/chain/deployments.ts";
 import { MAX_CONFIRMATIONS } from "../sdk/chain/confirmations.ts";
 import type { LogScanProgress } from "../sdk/chain/logs.ts";
 import { networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
@@ -16,6 +17,15 @@ interface AuditOptions extends NetworkOptions {
   indexer?: string;
 }
 
+/** The index `--indexer` names, checked (a file, or a Postgres URL) but not opened yet. */
+async function indexNamed(text: string) {
+  const { indexLocation, openIndexStore } = await import("../sdk/indexer/store.ts");
+  const location = indexLocation(text);
+  return {
+    open: (deployment: Deployment) => openIndexStore(location, deployment, { mustExist: true }),
+  };
+}
+
 /**
  * Runs `audit` with a read-only client for the network's deployment (see cli/network.ts), checked
  * to be on its chain, and with the explorer's index to read events from when `--indexer` names
@@ -25,6 +35,8 @@ async function connected<T>(
   options: AuditOptions,
   audit: (client: { chain: ChainClient; events?: AuditEventSource }) => Promise<T>,
 ): Promise<T> {
+  // A bad `--indexer` is said before anything connects to the chain.
+  const index = options.indexer === undefined ? undefined : await indexNamed(options.indexer);
   const network = await resolveNetwork(options);
   const [{ checkChain, createChainClient }, { loadDeploymentFile }] = await Promise.all([
     import("../sdk/chain/client.ts"),
@@ -37,9 +49,8 @@ async function connected<T>(
     ...(options.confirmations === undefined ? {} : { confirmations: options.confirmations }),
   });
   await checkChain(chain);
-  if (options.indexer === undefined) return audit({ chain });
-  const { indexLocation, openIndexStore } = await import("../sdk/indexer/store.ts");
-  const events = await openIndexStore(indexLocation(options.indexer), chain.deployment, { mustExist: true });
+  if (index === undefined) return audit({ chain });
+  const events = await index.open(chain.deployment);
   try {
     return await audit({ chain, events });
   } finally {

@@ -31,6 +31,10 @@ export function eventLine(event: BatchEvent): string | undefined {
         `provider ${event.provider} lost (${event.reason}): lease ${event.leaseId} ended` +
         (event.requeued ? `, task ${event.requeued} queued again` : "")
       );
+    case "task-started":
+      return event.resume
+        ? `task ${event.taskId} resumes from checkpoint ${event.resume} on ${event.provider}`
+        : undefined;
     case "task-retry":
       return `task ${event.taskId} exited ${event.exitCode ?? "by a signal"}; trying again elsewhere (attempt ${event.attempts + 1})`;
     case "task-requeued":

@@ -153,10 +153,15 @@ export class BatchQueue {
     };
   }
 
-  /** A task running on `lease` committed a checkpoint: a later attempt resumes from it. Ignored from any other lease. */
-  checkpointed(taskId: string, lease: string, checkpoint: TaskCheckpoint): void {
+  /**
+   * A task running on `lease` committed a checkpoint: a later attempt resumes from it. Ignored (false)
+   * from any other lease: one that no longer runs the task.
+   */
+  checkpointed(taskId: string, lease: string, checkpoint: TaskCheckpoint): boolean {
     const state = this.#state(taskId);
-    if (state.lease === lease) state.checkpoint = checkpoint;
+    if (state.lease !== lease) return false;
+    state.checkpoint = checkpoint;
+    return true;
   }
 
   /**

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import path from "node:path";
 
+import { CID } from "multiformats/cid";
 import { toHex, type Address, type Hex } from "viem";
 
 import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
@@ -84,7 +85,10 @@ export interface BatchProgress extends BatchCounts {
 /** What a batch reports as it runs, in order. */
 export type BatchEvent = { at: number; progress: BatchProgress } & (
   | { type: "lease-opened"; leaseId: bigint; provider: Address; pricePerSecond: bigint }
-  | { type: "task-started"; taskId: string; leaseId: bigint; provider: Address; attempt: number }
+  /** `resume`: the checkpoint (CID) it resumes from, one an earlier attempt committed. */
+  | { type: "task-started"; taskId: string; leaseId: bigint; provider: Address; attempt: number; resume?: string }
+  /** A running task's checkpoint is safe (copied to the tenant): if its provider is lost, it resumes from it. */
+  | { type: "task-checkpointed"; taskId: string; leaseId: bigint; cid: string; step?: number | undefined }
   /** A task's result, recorded in the manifest: `done`, or `failed` once its retries are spent. */
   | { type: "task-recorded"; result: TaskResult }
   /** A task failed by its own fault and goes back to the queue, for another provider. */
@@ -179,6 +183,11 @@ export class BatchRunner {
   readonly #fetching = new Set<Promise<void>>();
   /** CIDs of local input files added to IPFS, by file. */
   readonly #files = new Map<string, Promise<string>>();
+  /**
+   * Each running task's newest safe checkpoint (its CID), pinned in the tenant's store until the task
+   * has a result: a later attempt elsewhere resumes from it.
+   */
+  readonly #checkpoints = new Map<string, string>();
   #record!: JobRecord;
   #slashes!: PendingSlashes;
   #replicator!: CheckpointReplicator;
@@ -229,6 +238,9 @@ export class BatchRunner {
       // Outputs still being fetched (a batch stopped, or a lease lost, aborts them): each ends with
       // its task recorded or queued again before the batch counts as over.
       await Promise.allSettled(this.#fetching);
+      // A run again starts its unfinished tasks afresh: their checkpoints are not kept for it.
+      await this.#replicator.drained();
+      for (const cid of this.#checkpoints.values()) await this.#unpin(cid);
       for (const lease of this.#active.values()) lease.state = "cancelled";
       await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
       const failure = this.#failure;
@@ -402,7 +414,12 @@ export class BatchRunner {
         addresses: lease.addresses,
         batch: true,
         liveness: leaseLiveness(this.#client, lease, this.#init),
-        start: { spec: await this.#specOf(first.taskId), key: this.#record.key, taskId: first.taskId },
+        start: {
+          spec: await this.#specOf(first.taskId),
+          key: this.#record.key,
+          taskId: first.taskId,
+          ...(first.resume ? { resume: first.resume } : {}),
+        },
         signal: this.#stop.signal,
       });
       this.#taskStarted(lease, first);
@@ -444,7 +461,12 @@ export class BatchRunner {
             running = { assignment: next, startedAt: Date.now(), logs: [] };
             const spec = await this.#specOf(next.taskId);
             try {
-              await watch.send("task", { leaseId, taskId: next.taskId, spec });
+              await watch.send("task", {
+                leaseId,
+                taskId: next.taskId,
+                spec,
+                ...(next.resume ? { resume: next.resume } : {}),
+              });
             } catch (error) {
               return await this.#lost(lease, running, `the next task could not be sent: ${shortMessageOf(error)}`);
             }
@@ -460,8 +482,15 @@ export class BatchRunner {
           case "liveness":
             if (event.body.state === "failed") return await this.#lost(lease, running, event.body.reason);
             break;
+          case "checkpoint": {
+            const taskId = running?.assignment.taskId;
+            if (taskId === undefined) break;
+            this.#replicator.replicate(lease, event.body, watch, fetches.stop.signal, (held, body) =>
+              this.#holdCheckpoint(taskId, held, body),
+            );
+            break;
+          }
           case "heartbeat":
-          case "checkpoint":
             break;
         }
       }
@@ -556,6 +585,35 @@ export class BatchRunner {
     this.#notify();
   }
 
+  /**
+   * A task's checkpoint, verified and pinned in the tenant's store: the one its next attempt resumes
+   * from, if the lease still runs the task (else it is let go). The task's previous one is unpinned.
+   */
+  async #holdCheckpoint(taskId: string, lease: LeaseRecord, body: ProviderMessage<"checkpoint">): Promise<number> {
+    lease.lastSeq = Math.max(lease.lastSeq, body.seq);
+    if (!this.#queue.checkpointed(taskId, lease.leaseId, { cid: body.cid, sha256: body.sha256 })) {
+      await this.#unpin(body.cid);
+      return 0;
+    }
+    const previous = this.#checkpoints.get(taskId);
+    this.#checkpoints.set(taskId, body.cid);
+    if (previous !== undefined && previous !== body.cid) await this.#unpin(previous);
+    this.#emit({
+      type: "task-checkpointed",
+      taskId,
+      leaseId: BigInt(lease.leaseId),
+      cid: body.cid,
+      ...(body.step === undefined ? {} : { step: body.step }),
+    });
+    return 1;
+  }
+
+  /** Unpinned, not deleted: the store collects it at its next gc. */
+  async #unpin(cid: string): Promise<void> {
+    await this.#client.ipfs.unpin(CID.parse(cid)).catch(() => undefined);
+    this.#client.ipfs.gcSoon();
+  }
+
   /** Records a task's result (done, or failed for good) in the manifest, unless one is there already. */
   async #recordResult(
     lease: LeaseRecord,
@@ -580,6 +638,10 @@ export class BatchRunner {
     const leaseId = BigInt(lease.leaseId);
     if (await this.#init.manifest.record(result)) this.#emit({ type: "task-recorded", result });
     else this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the task's result is recorded already" });
+    // With a result, no attempt resumes from its checkpoint any more.
+    const checkpoint = this.#checkpoints.get(taskId);
+    this.#checkpoints.delete(taskId);
+    if (checkpoint !== undefined) await this.#unpin(checkpoint);
   }
 
   /**
@@ -627,6 +689,7 @@ export class BatchRunner {
       leaseId: BigInt(lease.leaseId),
       provider: lease.provider as Address,
       attempt: assignment.attempt,
+      ...(assignment.resume ? { resume: assignment.resume.cid } : {}),
     });
   }
 

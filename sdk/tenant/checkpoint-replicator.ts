@@ -27,6 +27,13 @@ export interface CheckpointReplicatorInit {
 }
 
 /**
+ * What makes a verified checkpoint safe, once it is pinned in the tenant's store: by default it is
+ * recorded as the job's newest (and the oldest beyond `keepCheckpoints` unpinned); a batch holds one
+ * per task instead. Resolves with how many checkpoints are held.
+ */
+export type CheckpointHold = (lease: LeaseRecord, body: ProviderMessage<"checkpoint">) => Promise<number>;
+
+/**
  * Copies a job's checkpoints off its provider as they are announced: each is fetched into the
  * tenant's own IPFS store, verified against its announced digest (which decrypts it with the job's
  * key) and pinned; then it is *safe*: recorded, acknowledged to the provider, and what a hand-off
@@ -58,7 +65,13 @@ export class CheckpointReplicator {
    * Makes an announced checkpoint safe, after those announced before it; `signal` abandons it (the
    * tenant left the lease). A checkpoint that cannot be made safe is reported and skipped.
    */
-  replicate(lease: LeaseRecord, body: ProviderMessage<"checkpoint">, watch: LeaseWatch, signal: AbortSignal): void {
+  replicate(
+    lease: LeaseRecord,
+    body: ProviderMessage<"checkpoint">,
+    watch: LeaseWatch,
+    signal: AbortSignal,
+    hold: CheckpointHold = (held, announced) => this.#hold(held, announced),
+  ): void {
     const leaseId = BigInt(lease.leaseId);
     this.#newest.set(lease.leaseId, Math.max(this.#newest.get(lease.leaseId) ?? 0, body.seq));
     this.#queue = this.#queue.then(async () => {
@@ -76,7 +89,7 @@ export class CheckpointReplicator {
           stallTimeoutMs: CHECKPOINT_STALL_MS,
           signal,
         });
-        const held = await this.#hold(lease, body);
+        const held = await hold(lease, body);
         await watch.send("checkpoint-ack", { leaseId, cid: body.cid }).catch(() => undefined);
         this.#events.emit({ type: "checkpoint-safe", leaseId, cid: body.cid, step: body.step, size: body.size, held });
       } catch (error) {

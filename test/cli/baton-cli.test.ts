@@ -192,7 +192,7 @@ describe("exit codes and one-line errors", () => {
   it("fails with exit code 1 and one plain line, or the stack with --debug or BATON_DEBUG=1", async () => {
     const unknownJob = `0x${"c".repeat(64)}`;
     const args = ["job", "watch", unknownJob, "--data-dir", path.join(dir, "tenant")];
-    const [plain, debug, debugEnv, noNetworkFile, noNetwork, noPassword] = await Promise.all([
+    const [plain, debug, debugEnv, noNetworkFile, noNetwork, noPassword, badIndex] = await Promise.all([
       baton(args),
       baton([...args, "--debug"]),
       baton(args, { env: { BATON_DEBUG: "1" } }),
@@ -200,6 +200,8 @@ describe("exit codes and one-line errors", () => {
       // No --network and no devnet in the working directory.
       baton(["audit", "lease", "1"], { cwd: dir }),
       baton(["key", "new", "--out", path.join(dir, "no-password.json")], { env: { BATON_KEYSTORE_PASSWORD: "" } }),
+      // A bad index is said first, before the network is looked for (or the chain connected to).
+      baton(["audit", "lease", "1", "--indexer", "postgres://[bad", "--network", path.join(dir, "nowhere.json")]),
     ]);
     expectOneLine(plain, 1, new RegExp(`no job ${unknownJob} in .*tenant`));
     for (const result of [debug, debugEnv]) {
@@ -210,6 +212,7 @@ describe("exit codes and one-line errors", () => {
     expectOneLine(noNetworkFile, 1, /no network file at .*nowhere\.json/);
     expectOneLine(noNetwork, 1, /no network: start one with `baton devnet`.*--network FILE \(or BATON_NETWORK\)/);
     expectOneLine(noPassword, 1, /the password for .*no-password\.json is empty/);
+    expectOneLine(badIndex, 1, /the database URL does not parse/);
   });
 });
 

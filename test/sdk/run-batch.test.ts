@@ -1,6 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 
+import { CID } from "multiformats/cid";
 import { parseEther, type Address } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
@@ -256,6 +257,60 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     for (const lease of result.leases) expect(BigInt(lease.deposit)).toBe(BigInt(lease.pricePerSecond) * 600n);
     const deposited = result.leases.reduce((sum, lease) => sum + BigInt(lease.deposit), 0n);
     expect(before - (await balance())).toBeLessThan(deposited / 10n);
+  }, 300_000);
+
+  it("a task's checkpoint is copied off its provider as it runs; that provider SIGKILLed, the task resumes from it on another, and the checkpoint is let go once the task is recorded", async () => {
+    const before = await totals(fixture.market);
+    // Started fresh, the task commits a checkpoint holding its N, then works on: long enough to be
+    // killed, and to say "fresh" if it never was. Resumed, it says from what.
+    const resumable = parseJobSpec({
+      ...spec,
+      command: [
+        "sh",
+        "-c",
+        [
+          'if [ -f "$BATON_RESUME_DIR/progress" ]; then',
+          '  echo "resumed from $(cat "$BATON_RESUME_DIR/progress")" > "$BATON_OUTPUT_DIR/how"; exit 0',
+          "fi",
+          'mkdir "$BATON_CHECKPOINT_DIR/.step-1" && echo "$N" > "$BATON_CHECKPOINT_DIR/.step-1/progress"',
+          'mv "$BATON_CHECKPOINT_DIR/.step-1" "$BATON_CHECKPOINT_DIR/step-1"',
+          'sleep 30; echo fresh > "$BATON_OUTPUT_DIR/how"',
+        ].join("\n"),
+      ],
+    });
+    const tasks = parseTasks(JSON.stringify({ id: "r1", env: { N: "7" } }), resumable, {
+      source: "tasks.jsonl",
+      baseDir: ".",
+    });
+    const manifest = path.join(fixture.dir, "resumed.jsonl");
+    const { events, onEvent, when } = recorder();
+    const batch = runBatch(client, { ...base(), spec: resumable, parallelism: 1, tasks, manifest, onEvent });
+    batch.catch(() => undefined);
+
+    // The checkpoint is safe (in the tenant's store): the provider running the task is killed.
+    const checkpointed = await Promise.race([
+      when((e) => e.type === "task-checkpointed"),
+      batch.then(() => {
+        throw new Error("the batch ended with no checkpoint of its task made safe");
+      }),
+    ]);
+    if (checkpointed.type !== "task-checkpointed") throw new Error("unreachable");
+    const opened = events.find((e) => e.type === "lease-opened" && e.leaseId === checkpointed.leaseId);
+    if (opened?.type !== "lease-opened") throw new Error("the checkpointed lease was not opened by this batch");
+    const victim = fixture.market.providers.find((p) => p.account.address === opened.provider)!;
+    victim.process!.child.kill("SIGKILL");
+    onTestFinished(() => victim.start());
+
+    const result = await batch;
+    expect(checkpointed).toMatchObject({ taskId: "r1", step: 1 });
+    expect(result.results).toEqual([expect.objectContaining({ taskId: "r1", state: "done", attempts: 1 })]);
+    expect(result.results[0]!.provider).not.toBe(victim.account.address);
+    expect(await readFile(path.join(result.outputDir, "r1", "how"), "utf8")).toBe("resumed from 7\n");
+    const resumed = events.filter((e) => e.type === "task-started" && e.resume !== undefined);
+    expect(resumed).toEqual([expect.objectContaining({ taskId: "r1", resume: checkpointed.cid })]);
+    // Recorded, the task needs its checkpoint no more: the tenant's store lets it go.
+    expect(await client.ipfs.isPinned(CID.parse(checkpointed.cid))).toBe(false);
+    await expectTokensConserved(fixture.market, before);
   }, 300_000);
 
   it("a tenant stopped mid-batch and run again on its manifest runs only the tasks without a result", async () => {
