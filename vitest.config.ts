@@ -30,6 +30,7 @@ const LONG_SUITES = [
   "test/sdk/audit.test.ts",
   "test/sdk/link-faults.test.ts",
   "test/sdk/relay.test.ts",
+  "test/sdk/run-batch-chaos.test.ts",
   "test/sdk/run-batch.test.ts",
   "test/sdk/run-image-job.test.ts",
   "test/sdk/run-job-blocks.test.ts",

@@ -45,6 +45,7 @@ export interface RunJobFixture {
  * heartbeat transactions can fall 6 s behind, and its lease then rightly turns slashable.
  */
 export function useRunJobMarket({
+  providers = 3,
   chainHeartbeatTimeoutS = 6,
   chain,
   blockTimeS = 0,
@@ -62,6 +63,8 @@ export function useRunJobMarket({
    */
   privateParent?: boolean;
   configFor?: StartMarketOptions["configFor"];
+  /** Provider node processes in the market (3 by default). */
+  providers?: number;
 } = {}): RunJobFixture {
   const fixture = {} as RunJobFixture;
   beforeAll(async () => {
@@ -69,7 +72,7 @@ export function useRunJobMarket({
     const refDirs = await providerDirs(fixture.dir, "ref");
     fixture.reference = await runToEnd(startExampleJob([process.execPath, SCRIPT], refDirs, TRAIN_ENV), refDirs);
     fixture.market = await startMarket({
-      providers: 3,
+      providers,
       ...(chain ? { chain } : {}),
       blockTimeS,
       // mkdtemp makes fixture.dir 0700.
