@@ -81,7 +81,9 @@ export async function startExplorer({
   return {
     url: `http://${host.includes(":") ? `[${host}]` : host}:${bound}`,
     async close() {
-      unwatch();
+      // A page being written when the explorer stops is committed (or abandoned) before the caller
+      // closes the store under it.
+      await unwatch();
       for (const stream of streams) stream.end();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -62,8 +62,11 @@ export interface Indexer {
   readonly store: IndexStore;
   /** Indexes up to the confirmed head, undoing a reorg first if the chain changed under the index. */
   sync(options?: SyncOptions): Promise<SyncResult>;
-  /** Syncs now and then every `pollIntervalMs`; returns the function that stops it. */
-  watch(options: WatchOptions): () => void;
+  /**
+   * Syncs now and then every `pollIntervalMs`; returns the function that stops it, which resolves
+   * once a sync under way has ended (its page committed or abandoned): the store can be closed then.
+   */
+  watch(options: WatchOptions): () => Promise<void>;
 }
 
 type Contract = IndexedEvent["contract"];
@@ -171,7 +174,7 @@ export function createIndexer({
   function watch({ pollIntervalMs = DEFAULT_POLL_INTERVAL_MS, onSynced, onError, signal, onPage }: WatchOptions) {
     const stop = new AbortController();
     const combined = signal === undefined ? stop.signal : AbortSignal.any([signal, stop.signal]);
-    void (async () => {
+    const loop = (async () => {
       while (!combined.aborted) {
         try {
           onSynced?.(await sync({ signal: combined, onPage }));
@@ -191,7 +194,10 @@ export function createIndexer({
         });
       }
     })();
-    return () => stop.abort();
+    return () => {
+      stop.abort();
+      return loop;
+    };
   }
 
   return { store, sync, watch };
