@@ -177,7 +177,9 @@ export function createIndexer({
     const loop = (async () => {
       while (!combined.aborted) {
         try {
-          onSynced?.(await sync({ signal: combined, onPage }));
+          // Not `onSynced?.(await sync(…))`: without an `onSynced`, that skips the sync itself.
+          const result = await sync({ signal: combined, onPage });
+          onSynced?.(result);
         } catch (error) {
           if (!combined.aborted) onError(error);
         }

@@ -365,6 +365,57 @@ describe.each(backends)("indexer, $name", (backend) => {
     });
   });
 
+  it("a watch with no onSynced indexes, and once its stop resolves nothing touches the store", async () => {
+    await withStore(await index("stopped-watch"), async (store) => {
+      // The store as the indexer sees it, noting every call made after the watch's stop resolved.
+      let stopped = false;
+      const late: string[] = [];
+      const noted = new Proxy(store, {
+        get(target, property) {
+          // Read on the store itself: its getters use private fields, which a proxy does not have.
+          const value: unknown = Reflect.get(target, property);
+          if (typeof value !== "function") return value;
+          return (...args: unknown[]) => {
+            if (stopped) late.push(String(property));
+            return (value as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      });
+      const indexer = createIndexer({ publicClient, deployment, store: noted, maxRange: 3n });
+      let pageWritten!: () => void;
+      let failed!: (error: unknown) => void;
+      const firstPage = new Promise<void>((resolve, reject) => {
+        pageWritten = resolve;
+        failed = reject;
+      });
+      const errors: unknown[] = [];
+      // No onSynced: the watch called it with the sync's result as `onSynced?.(await sync())`, which
+      // without one skipped the sync itself, and such a watch never indexed anything.
+      const unwatch = indexer.watch({
+        onError: (error) => {
+          errors.push(error);
+          failed(error);
+        },
+        onPage: () => pageWritten(),
+      });
+      const noPage = setTimeout(() => failed(new Error("the watch wrote no page in 30 s")), 30_000);
+      try {
+        await firstPage;
+      } finally {
+        clearTimeout(noPage);
+      }
+      // Stopped with the next page's reads under way.
+      await unwatch();
+      stopped = true;
+      // What a watch still running would do next (its page's reads end, then it writes) takes a
+      // few milliseconds on loopback: half a second is ample to see it.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(late).toEqual([]);
+      expect(errors).toEqual([]);
+      expect((await store.cursor())?.blockNumber).toBeGreaterThanOrEqual(Number(deployment.deployBlock) + 2);
+    });
+  });
+
   it("undoes a reorg: an event whose transaction the new branch dropped leaves the index", async () => {
     await withStore(await index("reorg"), async (store) => {
       const indexer = createIndexer({ publicClient, deployment, store });
