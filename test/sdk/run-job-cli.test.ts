@@ -30,7 +30,9 @@ describe("tenant restart", () => {
     );
     const idLine = await first.waitFor(/^job 0x[0-9a-f]{64}$/, 60_000);
     const jobId = idLine.split(" ")[1]!;
-    await first.waitFor(/checkpoint step 100 safe/, 60_000);
+    // Any step from 100 on: the replicator skips a checkpoint a newer one overtook (under load,
+    // step 100 itself may never be made safe, and the job then ran to its end unkilled).
+    await first.waitFor(/checkpoint step [1-9]\d{2,} safe/, 60_000);
     first.child.kill("SIGKILL");
     await first.exited;
 
