@@ -155,8 +155,9 @@ describe("runJob: many jobs, budgets, busy cores", () => {
       });
       const { events } = recorder(job);
       const result = await job.result();
-      expect(result.handOffs).toBe(0);
+      // The failures first: a hand-off's cause (its liveness reason) is then what a failure shows.
       expect(events.filter((e) => e.type === "provider-failed")).toEqual([]);
+      expect(result.handOffs).toBe(0);
       expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
 
       // Attached afterwards, the completed job gives its stored result at once and ends its events.
