@@ -4,9 +4,11 @@
  * phase beside the targets, the size of `node_modules` and the tests each suite ran.
  *
  * `npm ci` is run as its two halves (`npm ci --ignore-scripts`, then `npm run prepare`, which is
- * what `npm ci` runs after installing) and `npm test` as the scripts it chains, so each is timed on
- * its own; the Solidity tests' compile is timed apart from their run. Commit first: uncommitted
- * changes are not in the clone. Nothing here fails for being slow.
+ * what `npm ci` runs after installing) and `npm test` as the parts it chains, so each is timed on
+ * its own; a part that runs scripts side by side (`scripts/side-by-side.ts`) is timed whole, and
+ * the time of each of its steps is read from its output. The Solidity tests' compile, which
+ * `test:sol` does beside the lint, is then timed alone: the build is removed and redone cold.
+ * Commit first: uncommitted changes are not in the clone. Nothing here fails for being slow.
  *
  * Usage: npm run bench:setup [-- --keep]   (--keep leaves the clone for a look)
  */
@@ -67,14 +69,21 @@ async function phase(name: string, command: string, args: string[], cwd = clone)
   return { name, seconds, output };
 }
 
-/** Tests a suite reported: mocha-style "N passing" (Solidity) or vitest's "Tests N passed". */
-function counted(output: string): string {
+/** Tests a suite reported: mocha-style "N passing" (test:sol) or vitest's "Tests N passed". */
+function counted(output: string, suite: string): string {
   const text = stripVTControlCharacters(output);
-  const sol = /(\d+) passing/.exec(text);
-  const solFailed = /(\d+) failing/.exec(text);
-  if (sol) return `${sol[1]} passed, ${solFailed?.[1] ?? 0} failed`;
-  const ts = /^\s*Tests\s+(.*)$/m.exec(text);
-  return ts ? ts[1]!.trim() : "";
+  if (suite === "test:sol") {
+    const passing = /(\d+) passing/.exec(text)?.[1];
+    return passing ? `${passing} passed, ${/(\d+) failing/.exec(text)?.[1] ?? 0} failed` : "";
+  }
+  return /^\s*Tests\s+(.*)$/m.exec(text)?.[1]?.trim() ?? "";
+}
+
+/** The steps a side-by-side run printed as each ended (`── <name> passed (<s> s)`), nested ones included. */
+function sideBySideSteps(output: string): Figure[] {
+  return [...stripVTControlCharacters(output).matchAll(/^── (.+) (?:passed|failed.*) \(([\d.]+) s\)$/gm)].map(
+    ([, step, time]) => ({ name: `  of which ${step}`, value: Math.round(Number(time)), unit: "s" }),
+  );
 }
 
 const phases: Phase[] = [];
@@ -88,29 +97,46 @@ try {
   const pkg = JSON.parse(await readFile(path.join(clone, "package.json"), "utf8")) as {
     scripts: Record<string, string>;
   };
-  const testScripts = pkg.scripts.test!.split("&&").map((part) => {
-    const match = /^\s*npm run ([\w:-]+)\s*$/.exec(part);
-    if (!match) throw new Error(`cannot time the test script's part "${part.trim()}": expected "npm run <script>"`);
-    return match[1]!;
-  });
   const suites: { name: string; tests: string }[] = [];
-  for (const script of testScripts) {
-    if (script === "test:sol") {
-      phases.push(await phase("npm test: Solidity test build", "npx", ["hardhat", "build", "--quiet"]));
+  const steps = new Map<Phase, Figure[]>();
+  for (const part of pkg.scripts.test!.split("&&").map((p) => p.trim())) {
+    const script = /^npm run ([\w:-]+)$/.exec(part)?.[1];
+    const together = /^node scripts\/side-by-side\.ts ([\w: -]+)$/.exec(part)?.[1]?.split(" ");
+    if (script) {
+      const ran = await phase(`npm test: ${script}`, "npm", ["run", script]);
+      phases.push(ran);
+      if (script.startsWith("test:")) suites.push({ name: script, tests: counted(ran.output, script) });
+    } else if (together) {
+      const ran = await phase(`npm test: ${together.join(" + ")}, side by side`, "npm", [
+        "exec",
+        "--",
+        ...part.split(" "),
+      ]);
+      phases.push(ran);
+      steps.set(ran, sideBySideSteps(ran.output));
+      for (const suite of together.filter((name) => name.startsWith("test:"))) {
+        suites.push({ name: suite, tests: counted(ran.output, suite) });
+      }
+    } else {
+      throw new Error(`cannot time the test script's part "${part}": expected "npm run <script>" or a side-by-side`);
     }
-    const ran = await phase(`npm test: ${script}`, "npm", ["run", script]);
-    phases.push(ran);
-    if (script.startsWith("test:")) suites.push({ name: script, tests: counted(ran.output) });
   }
+  // The Solidity tests' compile on its own, as cold as in the test run above, which did it beside the
+  // lint: the build is removed, the production contracts that prepare built are rebuilt, and then
+  // the development build of contracts and tests is timed.
+  await rm(path.join(clone, "artifacts"), { recursive: true, force: true });
+  await rm(path.join(clone, "cache"), { recursive: true, force: true });
+  await phase("production contracts again", "npx", ["hardhat", "--build-profile", "production", "build", "--no-tests"]);
+  phases.push(await phase("Solidity test build, alone", "npx", ["hardhat", "build", "--quiet"]));
 
   const seconds = (prefix: string): number =>
     Math.round(phases.filter((p) => p.name.startsWith(prefix)).reduce((sum, p) => sum + p.seconds, 0));
   const figures: Figure[] = [
-    ...phases.map((p) => ({ name: p.name, value: Math.round(p.seconds), unit: "s" })),
+    ...phases.flatMap((p) => [{ name: p.name, value: Math.round(p.seconds), unit: "s" }, ...(steps.get(p) ?? [])]),
     { name: "npm ci (both halves)", value: seconds("npm ci"), unit: "s", target: { value: 90, atMost: true } },
     {
       name: "cold build: contracts + Solidity tests",
-      value: seconds("npm ci: prepare") + seconds("npm test: Solidity test build"),
+      value: seconds("npm ci: prepare") + seconds("Solidity test build"),
       unit: "s",
       target: { value: 60, atMost: true },
       note: "the production contracts that prepare builds, plus the dev-profile build of contracts and tests",
