@@ -152,12 +152,12 @@ async function simulateAction(file: string | undefined, options: SimulateOptions
   if (!options.json && process.stderr.isTTY) process.stderr.write("\n");
   const charts: string[] = [];
   if (options.charts) {
-    const { chartSpecs, renderSvg } = await import("../sim/charts.ts");
+    const { simulationCharts, renderSvg } = await import("../sim/charts.ts");
     await mkdir(options.out, { recursive: true });
-    for (const [name, spec] of Object.entries(chartSpecs(report))) {
-      const chart = path.join(options.out, `${name}.svg`);
-      await writeFile(chart, await renderSvg(spec));
-      charts.push(chart);
+    for (const [name, chart] of Object.entries(simulationCharts(report))) {
+      const file = path.join(options.out, `${name}.svg`);
+      await writeFile(file, renderSvg(chart));
+      charts.push(file);
     }
   }
   if (options.json) printJson({ ...report, charts });

@@ -61,11 +61,9 @@ export async function bundleCli(outfile = defaultBundlePath): Promise<string> {
     write: false,
     logLevel: "error",
     plugins: [keepSourceLocations],
-    // Only `baton simulate` draws charts: left out, Vega stays out of every other process's 2 MB
-    // more to parse, and loads from node_modules when a chart is drawn.
-    // Likewise Postgres's client, for `--database-url` alone; bundled, it would also look for its
-    // optional native binding (pg-native), which is not installed.
-    external: ["vega", "vega-lite", "pg"],
+    // Postgres's client, for `--database-url` alone, loads from node_modules when used: bundled, it
+    // would also look for its optional native binding (pg-native), which is not installed.
+    external: ["pg"],
     // CommonJS dependencies bundled into an ES module still call `require` for Node's built-ins.
     banner: {
       js: 'import { createRequire as __batonRequire } from "node:module"; const require = __batonRequire(import.meta.url);',

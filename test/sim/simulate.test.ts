@@ -5,7 +5,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { UserError } from "../../sdk/errors.ts";
-import { chartSpecs, renderSvg } from "../../sim/charts.ts";
+import { renderSvg, simulationCharts } from "../../sim/charts.ts";
 import { Escrow, KEEPER } from "../../sim/escrow.ts";
 import { simulateMarket } from "../../sim/market.ts";
 import { simulate } from "../../sim/report.ts";
@@ -230,7 +230,7 @@ describe("baton simulate", () => {
 
   it("renders a chart whose SVG carries its titles and every model", async () => {
     const report = await simulate(small({ failureRatesPerHour: [0.01, 0.1] }));
-    const svg = await renderSvg(chartSpecs(report).tenants);
+    const svg = renderSvg(simulationCharts(report).tenants);
     expect(svg).toMatch(/^<svg/);
     expect(svg).toContain("cost per useful GPU-hour");
     for (const label of ["Baton (Level 3)", "Level 1", "Level 2", "hyperscaler"]) expect(svg).toContain(label);
