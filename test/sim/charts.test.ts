@@ -3,6 +3,9 @@ import { describe, expect, it } from "vitest";
 import { renderSvg, type Chart } from "../../sim/charts.ts";
 
 const labels = (svg: string): string[] => [...svg.matchAll(/<text [^>]*>([^<]*)<\/text>/g)].map((m) => m[1]!);
+/** The y axis's tick labels: the texts anchored at their end. */
+const yLabels = (svg: string): string[] =>
+  [...svg.matchAll(/<text [^>]*text-anchor="end"[^>]*>([^<]*)<\/text>/g)].map((m) => m[1]!);
 
 describe("simulation charts", () => {
   it("labels a linear axis across zero in round numbers", () => {
@@ -25,9 +28,15 @@ describe("simulation charts", () => {
         },
       ],
     };
-    const text = labels(renderSvg(chart));
-    expect(text).toEqual(expect.arrayContaining(["0.1%", "1%", "10%", "0.1", "0", "-0.1", "-0.2", "-0.3"]));
-    expect(text.filter((t) => /e-|\d{5,}/.test(t))).toEqual([]);
+    const svg = renderSvg(chart);
+    expect(labels(svg).filter((t) => t.endsWith("%"))).toEqual(["0.1%", "0.2%", "1%", "2%", "10%"]);
+    const y = yLabels(svg).map((t) => Number(t.replace("−", "-")));
+    expect(y).toContain(0);
+    expect(Math.min(...y)).toBeLessThanOrEqual(-0.29);
+    expect(Math.max(...y)).toBeGreaterThanOrEqual(0.06);
+    // Round steps: every label a whole number of the first step.
+    const step = Math.abs(y[1]! - y[0]!);
+    for (const value of y) expect(Math.abs(value / step - Math.round(value / step))).toBeLessThan(1e-9);
   });
 
   it("leaves out of a log axis the points it cannot show, and draws the rest", () => {
