@@ -101,20 +101,17 @@ try {
   const steps = new Map<Phase, Figure[]>();
   for (const part of pkg.scripts.test!.split("&&").map((p) => p.trim())) {
     const script = /^npm run ([\w:-]+)$/.exec(part)?.[1];
-    const together = /^node scripts\/side-by-side\.ts ([\w: -]+)$/.exec(part)?.[1]?.split(" ");
+    const lanes = /^node scripts\/side-by-side\.ts ([\w:, -]+)$/.exec(part)?.[1]?.split(" ");
     if (script) {
       const ran = await phase(`npm test: ${script}`, "npm", ["run", script]);
       phases.push(ran);
       if (script.startsWith("test:")) suites.push({ name: script, tests: counted(ran.output, script) });
-    } else if (together) {
-      const ran = await phase(`npm test: ${together.join(" + ")}, side by side`, "npm", [
-        "exec",
-        "--",
-        ...part.split(" "),
-      ]);
+    } else if (lanes) {
+      const name = `npm test: ${lanes.map((lane) => lane.replaceAll(",", " then ")).join(", beside ")}`;
+      const ran = await phase(name, "npm", ["exec", "--", ...part.split(" ")]);
       phases.push(ran);
       steps.set(ran, sideBySideSteps(ran.output));
-      for (const suite of together.filter((name) => name.startsWith("test:"))) {
+      for (const suite of lanes.flatMap((lane) => lane.split(",")).filter((name) => name.startsWith("test:"))) {
         suites.push({ name: suite, tests: counted(ran.output, suite) });
       }
     } else {
