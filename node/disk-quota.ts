@@ -162,11 +162,14 @@ export async function remountQuotaFileSystem(image: string, dir: string): Promis
 
 /**
  * Unmounts the quota file system on `dir` (its loop device goes with it: mount(8) sets it to clear
- * itself) and detaches any loop device still backed by `image` (a mount killed half-way leaves one),
- * then deletes `image`. A file system still busy is unmounted lazily, said in the log: it leaves the
- * tree at once, and the kernel frees it, and its loop device, once the last file on it is closed.
+ * itself), detaches any loop device still backed by `image` (a mount killed half-way leaves one) and
+ * waits until the kernel has freed them, then deletes `image`: once it resolves, nothing of the file
+ * system is left. A file system still busy is unmounted lazily, said in the log: it leaves the tree
+ * at once, and the kernel frees it, and its loop device, once the last file on it is closed, which
+ * is not waited for.
  */
 export async function removeQuotaFileSystem(image: string, dir: string, log: Logger): Promise<void> {
+  let lazily = false;
   if ((await mountPoints()).includes(dir)) {
     try {
       await tool("umount", [dir]);
@@ -174,9 +177,10 @@ export async function removeQuotaFileSystem(image: string, dir: string, log: Log
       if (!/busy/i.test((error as DiskQuotaError).details ?? "")) throw error;
       log.warn("a work dir's file system is busy: unmounted lazily", { dir });
       await tool("umount", ["--lazy", dir]);
+      lazily = true;
     }
   }
-  await detachLoops(image, 0);
+  await detachLoops(image, lazily ? 0 : LOOP_FREE_TIMEOUT_MS);
   await rm(image, { force: true });
 }
 
