@@ -145,7 +145,9 @@ export function simulateMarket(scenario: Scenario, run: MarketRun): MarketResult
       ? ckptBytes / (s.checkpoint.publishMBps * 1e6) + ckptBytes / (s.checkpoint.fetchMBps * 1e6)
       : ckptBytes / (s.level2.volumeMBps * 1e6);
   const restore =
-    model === "baton" ? ckptBytes / (s.checkpoint.fetchMBps * 1e6) : ckptBytes / (s.level2.volumeMBps * 1e6);
+    model === "baton"
+      ? s.checkpoint.restoreS + ckptBytes / (s.checkpoint.fetchMBps * 1e6)
+      : ckptBytes / (s.level2.volumeMBps * 1e6);
   const notice = model === "level1" ? s.level1.noticeMinutes * 60 : s.level2.noticeMinutes * 60;
   const price = usd(s.prices.gpuUsdPerHour / HOUR);
   const collateral = usd(s.lease.collateralUsd);

@@ -194,6 +194,12 @@ export function scenarioSchema(measured: MeasuredDefaults) {
           publishMBps: positive.default(measured.publishMBps),
           /** Provider → tenant, and tenant → the next provider on a hand-off. */
           fetchMBps: positive.default(measured.fetchMBps),
+          /**
+           * A resume's cost besides the transfer, in seconds: the new provider's fetch round trips
+           * and unpacking before the job runs again. The simulation's restore is this plus the
+           * checkpoint's size at fetchMBps.
+           */
+          restoreS: z.number().min(0).default(0),
         })
         .strict()
         .prefault({}),

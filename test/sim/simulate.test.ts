@@ -61,6 +61,20 @@ describe("invariants", () => {
     expect(level1.slowdowns).toEqual(baton.slowdowns);
   });
 
+  it("adds a resume's fixed restore time (checkpoint.restoreS) to a hand-off", () => {
+    const completion = (restoreS: number) =>
+      simulateMarket(small({ checkpoint: { intervalMinutes: 1, sizeMiB: 1, restoreS } }), {
+        model: "baton",
+        failuresPerHour: 0,
+        droppers: false,
+        trace: {
+          jobs: [{ arrivalS: 0, lengthS: 600 }],
+          kills: [{ job: 0, atS: 90, downS: Infinity }],
+        },
+      }).perJob!.completionS[0]!;
+    expect(completion(5) - completion(0)).toBeCloseTo(5, 6);
+  });
+
   it("Baton costs the tenant no more than Level 1 at any churn: its compute, and in all with the default collateral", () => {
     for (const seed of [1, 2, 3]) {
       for (const failuresPerHour of [0.001, 0.01, 0.1]) {
