@@ -18,7 +18,7 @@ import type { leaseManagerAbi, providerRegistryAbi } from "../generated/abis.ts"
 import { imageDigestFromBytes32 } from "../images/digest.ts";
 import type { ImageDigest } from "../images/reference.ts";
 import { contracts, leaseStatus, type ChainClient, type ChainLeaseStatus } from "./client.ts";
-import { checkConfirmations, confirmedBlock } from "./confirmations.ts";
+import { checkConfirmations, confirmedBlock, confirmedBlockNumber } from "./confirmations.ts";
 import { scanLogs, type LogScanProgress } from "./logs.ts";
 
 /** A lease's state, as `Lease.Status` names it (lower case); `None` never appears in an audit. */
@@ -262,12 +262,12 @@ export async function openAuditScope(
   } = {},
 ): Promise<AuditScope> {
   signal?.throwIfAborted();
-  let block = await confirmedBlock({
-    publicClient: chain.publicClient,
-    confirmations: checkConfirmations(confirmations),
-  });
+  const depth = checkConfirmations(confirmations);
+  const block =
+    events === undefined
+      ? await confirmedBlock({ publicClient: chain.publicClient, confirmations: depth })
+      : await indexedBlock(chain, events, depth);
   signal?.throwIfAborted();
-  if (events !== undefined) block = await indexedBlock(chain, events, block);
   if (block.number < chain.deployment.deployBlock) {
     throw new UserError(
       `the deployment (block ${chain.deployment.deployBlock}) is not ${confirmations} block(s) deep yet: nothing to audit as of block ${block.number}`,
@@ -277,26 +277,59 @@ export async function openAuditScope(
   return { chain, asOf, signal, blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]), onProgress, events };
 }
 
+/** A block of the chain, as an audit pins it. */
+type PinnedBlock = { number: bigint; hash: Hex; timestamp: bigint };
+
 /**
- * The block an audit from an index reads at: the confirmed block, or the index's cursor if the
- * index lags behind it (events above the cursor are not in the index yet). The cursor's block must
- * still be the chain's: an index a reorg went under would audit events the chain no longer has.
+ * The last index cursor each chain client checked against its chain, with how deep it lay then.
+ * Once a block is as deep as an audit's confirmations, that audit assumes no reorg can replace it:
+ * the next audit at the same cursor, at no more confirmations, need not ask the chain again.
  */
-async function indexedBlock(
-  chain: ChainClient,
-  events: AuditEventSource,
-  confirmed: { number: bigint; hash: Hex; timestamp: bigint },
-): Promise<{ number: bigint; hash: Hex; timestamp: bigint }> {
+const checkedCursors = new WeakMap<ChainClient["publicClient"], PinnedBlock & { depth: bigint }>();
+
+/**
+ * The block an audit from an index reads at: the index's cursor, or the confirmed block if the
+ * index holds younger blocks than the audit trusts. A cursor at or below the confirmed block must
+ * still be the chain's: an index a reorg went under would audit events the chain no longer has.
+ * That is checked once per cursor and client (see `checkedCursors`); with 0 confirmations an audit
+ * trusts no depth, so it checks every time.
+ */
+async function indexedBlock(chain: ChainClient, events: AuditEventSource, confirmations: number): Promise<PinnedBlock> {
   const cursor = await events.cursor();
   if (cursor === undefined) throw new UserError("the index holds no block yet: let the explorer index first");
-  if (BigInt(cursor.blockNumber) >= confirmed.number) return confirmed;
-  const block = await chain.publicClient.getBlock({ blockNumber: BigInt(cursor.blockNumber) });
+  const number = BigInt(cursor.blockNumber);
+  const checked = checkedCursors.get(chain.publicClient);
+  if (
+    confirmations > 0 &&
+    checked?.number === number &&
+    checked.hash === cursor.blockHash &&
+    checked.depth >= BigInt(confirmations)
+  ) {
+    return checked;
+  }
+  // Both at once; the cursor's block is needed only if it is confirmed, and may not exist if it is not.
+  const [head, read] = await Promise.all([
+    chain.publicClient.getBlockNumber({ cacheTime: 0 }),
+    chain.publicClient.getBlock({ blockNumber: number }).then(
+      (block) => ({ block }),
+      (error: unknown) => ({ error }),
+    ),
+  ]);
+  const confirmed = confirmedBlockNumber(head, confirmations);
+  if (number > confirmed) {
+    const at = await chain.publicClient.getBlock({ blockNumber: confirmed });
+    return { number: at.number, hash: at.hash, timestamp: at.timestamp };
+  }
+  if ("error" in read) throw read.error;
+  const { block } = read;
   if (block.hash.toLowerCase() !== cursor.blockHash) {
     throw new UserError(
       `the index's block ${cursor.blockNumber} is no longer the chain's (a reorg): let the explorer index again`,
     );
   }
-  return block;
+  const pinned = { number: block.number, hash: cursor.blockHash as Hex, timestamp: block.timestamp };
+  checkedCursors.set(chain.publicClient, { ...pinned, depth: head - number });
+  return pinned;
 }
 
 /** Which column of an index a filter on an event's indexed argument reads. */

@@ -34,6 +34,7 @@ import { indexLocation, openIndexStore, type IndexedEvent, type IndexStore } fro
 import { root, spawnScript, stopAll, type Spawned, until } from "../helpers/processes.ts";
 import { startPostgres, type ThrowawayPostgres } from "../helpers/postgres.ts";
 import { reorg, snapshotChain } from "../helpers/reorg.ts";
+import { startRpcProxy } from "../helpers/rpc-proxy.ts";
 
 const deployer = devAccount(0);
 const providerA = devAccount(1);
@@ -312,6 +313,51 @@ describe.each(backends)("indexer, $name", (backend) => {
       ["audit", "provider", providerA.address],
     ]) {
       expect(await cli([...args, "--indexer", location])).toBe(await cli(args));
+    }
+  });
+
+  it("checks the index's block against the chain: once per block at a confirmation depth, every time at none", async () => {
+    const proxy = await startRpcProxy(chain.rpcUrl);
+    try {
+      await withStore(await index("checked"), async (store) => {
+        // Two blocks of plain transfers (no Baton event), so that the index's cursor, one block deep,
+        // holds the first; the reorg below drops it, so the new branch's block there differs.
+        const snapshot = await snapshotChain(chain.rpcUrl);
+        const dropped = await send(wallet(keeper).sendTransaction({ to: keeper.address, value: 1n }));
+        await send(wallet(deployer).sendTransaction({ to: deployer.address, value: 1n }));
+        const indexer = createIndexer({ publicClient, deployment, store, confirmations: 1 });
+        await indexer.sync();
+        expect((await store.cursor())?.blockNumber).toBe(Number(dropped.blockNumber));
+
+        const client = (confirmations: number) =>
+          createChainClient({ rpcUrl: proxy.url, deployment, pollingIntervalMs: 50, confirmations });
+        const deep = { chain: client(1), events: store };
+        const shallow = { chain: client(0), events: store };
+        const blockReads = () =>
+          proxy.requests.filter((r) => r.method === "eth_blockNumber" || r.method === "eth_getBlockByNumber").length;
+
+        expect(await auditJob(deep, { jobId: JOB_ID })).toEqual(
+          await auditJob({ chain: client(1) }, { jobId: JOB_ID }),
+        );
+        let before = blockReads();
+        await auditJob(deep, { jobId: JOB_ID });
+        expect(blockReads(), "a second audit at the same cursor, one block deep").toBe(before);
+        before = blockReads();
+        await auditJob(shallow, { jobId: JOB_ID });
+        await auditJob(shallow, { jobId: JOB_ID });
+        expect(blockReads() - before, "two audits at 0 confirmations").toBe(4);
+
+        await reorg(chain.rpcUrl, snapshot, { drop: [dropped.transactionHash], blockTimeS: 0 });
+        await expect(auditJob(shallow, { jobId: JOB_ID })).rejects.toThrow(
+          `the index's block ${dropped.blockNumber} is no longer the chain's (a reorg)`,
+        );
+        expect((await indexer.sync()).rolledBack).toBeGreaterThan(0);
+        expect(await auditJob(deep, { jobId: JOB_ID })).toEqual(
+          await auditJob({ chain: client(1) }, { jobId: JOB_ID }),
+        );
+      });
+    } finally {
+      await proxy.stop();
     }
   });
 
