@@ -18,7 +18,7 @@ export interface Source {
 /** One event, as pages list it. */
 export interface EventItem extends Source {
   name: string;
-  leaseId: number | null;
+  leaseId: string | null;
   args: Record<string, unknown>;
 }
 
@@ -110,7 +110,7 @@ export async function providerView(store: IndexReader, address: string) {
 }
 
 /** A lease's state machine as a timeline of its events, with payments; undefined when no such lease. */
-export async function leaseView(store: IndexReader, leaseId: number) {
+export async function leaseView(store: IndexReader, leaseId: string) {
   const [row] = await store.leases({ leaseId });
   if (row === undefined) return undefined;
   const events = await store.events({ leaseId });
@@ -133,7 +133,7 @@ export async function leaseView(store: IndexReader, leaseId: number) {
 export async function jobView(store: IndexReader, jobId: string) {
   const rows = await store.leases({ jobId });
   if (rows.length === 0) return undefined;
-  const checkpoints = new Map<number, IndexedEvent[]>();
+  const checkpoints = new Map<string, IndexedEvent[]>();
   for (const r of rows) {
     checkpoints.set(
       r.lease_id,
@@ -141,7 +141,7 @@ export async function jobView(store: IndexReader, jobId: string) {
     );
   }
   const handOffs = rows
-    .filter((r) => r.predecessor !== 0 && checkpoints.has(r.predecessor))
+    .filter((r) => r.predecessor !== "0" && checkpoints.has(r.predecessor))
     .map((r) => {
       const resumed = checkpoints
         .get(r.predecessor)!

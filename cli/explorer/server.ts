@@ -29,6 +29,9 @@ const ASSETS: Record<string, { file: string; type: string }> = {
   },
 };
 
+/** A lease id in an API path: a uint256 in decimal (`openLeaseFor`'s ids have 19 or 20 digits). */
+const LEASE_ID = /^\d{1,78}$/;
+
 /** Page paths the shell answers; the script reads the path and draws the page. */
 const PAGES = /^\/(?:$|provider\/0x[0-9a-fA-F]{40}$|lease\/\d+$|job\/0x[0-9a-fA-F]{64}$|tx\/0x[0-9a-fA-F]{64}$)/;
 
@@ -135,8 +138,8 @@ async function handle(
         ? networkView(store)
         : kind === "provider" && /^0x[0-9a-fA-F]{40}$/.test(id)
           ? providerView(store, id)
-          : kind === "lease" && /^\d{1,15}$/.test(id)
-            ? leaseView(store, Number(id))
+          : kind === "lease" && LEASE_ID.test(id)
+            ? leaseView(store, BigInt(id).toString())
             : kind === "job" && /^0x[0-9a-fA-F]{64}$/.test(id)
               ? jobView(store, id)
               : kind === "tx" && /^0x[0-9a-fA-F]{64}$/.test(id)

@@ -348,7 +348,7 @@ async function indexedEvents(
 ): Promise<unknown[]> {
   const filters = Object.entries((args ?? {}) as Record<string, unknown>);
   if (filters.length > 1) throw new BaseError(`an index filters ${eventName} on one argument, not ${filters.length}`);
-  let where: { column: "lease_id" | "job_id" | "provider"; values: (string | number)[] } | undefined;
+  let where: { column: "lease_id" | "job_id" | "provider"; values: string[] } | undefined;
   const [filter] = filters;
   if (filter !== undefined) {
     const [name, value] = filter;
@@ -358,7 +358,7 @@ async function indexedEvents(
     const values = (Array.isArray(value) ? value : [value]) as (bigint | string)[];
     where = {
       column,
-      values: values.map((v) => (typeof v === "bigint" ? Number(v) : v.toLowerCase())),
+      values: values.map((v) => (typeof v === "bigint" ? v.toString() : v.toLowerCase())),
     };
   }
   const { abi, address } = contracts(scope.chain.deployment)[contract];

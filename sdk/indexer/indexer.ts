@@ -219,7 +219,7 @@ function toIndexed(contract: Contract, log: DecodedLog, timestamp: number): Inde
     timestamp,
     contract,
     name: log.eventName,
-    leaseId: typeof leaseId === "bigint" ? Number(leaseId) : null,
+    leaseId: typeof leaseId === "bigint" ? leaseId.toString() : null,
     provider: typeof provider === "string" ? provider.toLowerCase() : null,
     jobId: typeof jobId === "string" ? (jobId as Hex).toLowerCase() : null,
     args,

@@ -15,12 +15,15 @@ import { DatabaseError, Pool, types, type PoolClient } from "pg";
 import type { Deployment } from "../chain/deployments.ts";
 import { UserError } from "../errors.ts";
 import {
+  DROP_TABLES,
   EVENT_COLUMNS,
   eventFilterColumn,
   identityOf,
   leaseFilterColumn,
   otherDeploymentError,
+  outdatedIndexError,
   redactedUrl,
+  SCHEMA_VERSION,
   type Cursor,
   type EventFilter,
   type IndexedEvent,
@@ -44,7 +47,7 @@ CREATE TABLE IF NOT EXISTS events (
   "timestamp" bigint NOT NULL,
   contract text NOT NULL,
   name text NOT NULL,
-  lease_id bigint,
+  lease_id text,
   provider text,
   job_id text,
   args jsonb NOT NULL,
@@ -62,7 +65,7 @@ CREATE INDEX IF NOT EXISTS events_by_tx ON events (tx_hash);
 
 CREATE OR REPLACE VIEW leases AS
 SELECT o.lease_id, o.job_id, o.provider, o.args->>'tenant' AS tenant,
-  (o.args->>'predecessor')::bigint AS predecessor,
+  o.args->>'predecessor' AS predecessor,
   o.args->>'deposit' AS deposit,
   o.block_number AS opened_block, o.tx_hash AS opened_tx, o."timestamp" AS opened_at,
   COALESCE((SELECT CASE s.name WHEN 'LeaseCloseRequested' THEN 'closing' WHEN 'LeaseClosed' THEN 'closed'
@@ -101,7 +104,7 @@ const INT8_OID = 20;
 
 /**
  * `bigint` as a JavaScript number (`pg` reads it as a string, since it may not fit): every bigint
- * here is a block number, a lease id, a time or a count, all far below 2^53.
+ * here is a block number, a time or a count, all far below 2^53 (lease ids are text).
  */
 function parseInt8(text: string): number {
   const value = Number(text);
@@ -146,7 +149,7 @@ class PostgresReader implements IndexReader {
     if (where !== undefined) {
       if (where.values.length === 0) return [];
       // One array parameter, whatever the number of values: `= ANY` is Postgres' `IN (…)` over an array.
-      clause = ` AND ${where.column} = ANY($5::${where.column === "lease_id" ? "bigint" : "text"}[])`;
+      clause = ` AND ${where.column} = ANY($5::text[])`;
       params.push(where.values);
     }
     const { rows } = await this.#db.query<IndexedEvent>(
@@ -158,7 +161,7 @@ class PostgresReader implements IndexReader {
   }
 
   async leases(where?: LeaseFilter): Promise<LeaseRow[]> {
-    return this.#select<LeaseRow>("leases", leaseFilterColumn(where), "lease_id");
+    return this.#select<LeaseRow>("leases", leaseFilterColumn(where), "opened_block, lease_id");
   }
 
   async leaseCounts(): Promise<Record<string, number>> {
@@ -232,10 +235,22 @@ export class PostgresIndexStore extends PostgresReader implements IndexStore {
         }
         const found = await meta(pool, "identity");
         if (found !== identity) throw otherDeploymentError(found ?? "none", identity);
+        if ((await meta(pool, "schema")) !== SCHEMA_VERSION) throw outdatedIndexError(location);
       } else {
         await transaction(pool, async (client) => {
           await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK]);
+          const { rows } = await client.query<{ found: boolean }>("SELECT to_regclass('events') IS NOT NULL AS found");
+          if (rows[0]!.found) {
+            // Another deployment's index is refused before anything of it is dropped.
+            const found = await meta(client, "identity");
+            if (found !== undefined && found !== identity) throw otherDeploymentError(found, identity);
+            if ((await meta(client, "schema")) !== SCHEMA_VERSION) await client.query(DROP_TABLES);
+          }
           await client.query(SCHEMA);
+          await client.query(
+            "INSERT INTO meta (key, value) VALUES ('schema', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [SCHEMA_VERSION],
+          );
           const found = await meta(client, "identity");
           if (found === undefined) {
             await client.query("INSERT INTO meta (key, value) VALUES ('identity', $1)", [identity]);
@@ -280,7 +295,7 @@ export class PostgresIndexStore extends PostgresReader implements IndexStore {
             provider, job_id, args, topics, data)
           SELECT b, l, bh, tx, ts, c, n, lid, p, j, a::jsonb, t::jsonb, d
             FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[],
-              $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
               AS page (b, l, bh, tx, ts, c, n, lid, p, j, a, t, d)
           ON CONFLICT (block_number, log_index) DO UPDATE SET block_hash = excluded.block_hash,
             tx_hash = excluded.tx_hash, "timestamp" = excluded."timestamp", contract = excluded.contract,

@@ -4,16 +4,19 @@
  * the store's interface, which Postgres' asynchronous client sets.
  */
 import { existsSync } from "node:fs";
-import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 
 import type { Deployment } from "../chain/deployments.ts";
 import { UserError } from "../errors.ts";
 import {
+  DROP_TABLES,
   EVENT_COLUMNS,
   eventFilterColumn,
   identityOf,
   leaseFilterColumn,
   otherDeploymentError,
+  outdatedIndexError,
+  SCHEMA_VERSION,
   type Cursor,
   type EventFilter,
   type IndexedEvent,
@@ -37,7 +40,7 @@ CREATE TABLE IF NOT EXISTS events (
   timestamp INTEGER NOT NULL,
   contract TEXT NOT NULL,
   name TEXT NOT NULL,
-  lease_id INTEGER,
+  lease_id TEXT,
   provider TEXT,
   job_id TEXT,
   args TEXT NOT NULL,
@@ -55,7 +58,7 @@ CREATE INDEX IF NOT EXISTS events_by_tx ON events (tx_hash);
 
 CREATE VIEW IF NOT EXISTS leases AS
 SELECT o.lease_id, o.job_id, o.provider, json_extract(o.args, '$.tenant') AS tenant,
-  CAST(json_extract(o.args, '$.predecessor') AS INTEGER) AS predecessor,
+  json_extract(o.args, '$.predecessor') AS predecessor,
   json_extract(o.args, '$.deposit') AS deposit,
   o.block_number AS opened_block, o.tx_hash AS opened_tx, o.timestamp AS opened_at,
   COALESCE((SELECT CASE s.name WHEN 'LeaseCloseRequested' THEN 'closing' WHEN 'LeaseClosed' THEN 'closed'
@@ -90,21 +93,27 @@ const parseRow = (row: EventRow): IndexedEvent => ({
   topics: JSON.parse(row.topics) as string[],
 });
 
+/** Compiled statements a store keeps (see `#prepare`). */
+const STATEMENTS_KEPT = 200;
+
 /** The embedded index: one SQLite file. */
 export class SqliteIndexStore implements IndexStore {
   readonly location: string;
   readonly #db: DatabaseSync;
+  /** Statements by SQL text: compiling one costs more than running most of the audits' queries. */
+  readonly #statements = new Map<string, StatementSync>();
 
   /**
    * Opens the index of `deployment` in `file`, creating it unless `mustExist`.
    *
-   * @throws {UserError} when the file is missing and must exist, or holds another deployment's index.
+   * @throws {UserError} when the file is missing and must exist, holds another deployment's index,
+   * or (to a reader) an index in an older format.
    */
   static open(file: string, deployment: Deployment, { mustExist = false }: { mustExist?: boolean } = {}): IndexStore {
     if (mustExist && !existsSync(file)) throw new UserError(`no index at ${file}: start \`baton explorer\` first`);
     const store = new SqliteIndexStore(file);
     try {
-      store.#bind(identityOf(deployment));
+      store.#prepareTables(identityOf(deployment), mustExist);
     } catch (error) {
       store.#db.close();
       throw error;
@@ -117,17 +126,29 @@ export class SqliteIndexStore implements IndexStore {
     this.#db = new DatabaseSync(file);
     // WAL: readers (an API serving pages) never wait on the indexer's page writes.
     this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
-    this.#db.exec(SCHEMA);
   }
 
   /**
-   * The chain and contract the index was built for; set on first use and checked after, so that
-   * one file never mixes two deployments' events.
+   * Creates the tables, first dropping those of an older format (a reader refuses them instead),
+   * and binds the file to the chain and contract it indexes: set on first use and checked after, so
+   * that one file never mixes two deployments' events.
    */
-  #bind(identity: string): void {
+  #prepareTables(identity: string, reader: boolean): void {
+    if (this.#prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").get() !== undefined) {
+      const found = this.#meta("identity");
+      if (found !== undefined && found !== identity) throw otherDeploymentError(found, identity);
+      if (this.#meta("schema") !== SCHEMA_VERSION) {
+        if (reader) throw outdatedIndexError(this.location);
+        this.#transaction(() => this.#db.exec(DROP_TABLES));
+      }
+    }
+    this.#db.exec(SCHEMA);
     const found = this.#meta("identity");
-    if (found === undefined) this.#db.prepare("INSERT INTO meta (key, value) VALUES ('identity', ?)").run(identity);
+    if (found === undefined) this.#prepare("INSERT INTO meta (key, value) VALUES ('identity', ?)").run(identity);
     else if (found !== identity) throw otherDeploymentError(found, identity);
+    this.#prepare(
+      "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    ).run(SCHEMA_VERSION);
   }
 
   /**
@@ -146,7 +167,7 @@ export class SqliteIndexStore implements IndexStore {
 
   async writePage(events: readonly IndexedEvent[], blocks: ReadonlyMap<number, string>, cursor: Cursor): Promise<void> {
     this.#transaction(() => {
-      const insertEvent = this.#db.prepare(
+      const insertEvent = this.#prepare(
         `INSERT OR REPLACE INTO events (block_number, log_index, block_hash, tx_hash, timestamp, contract, name,
           lease_id, provider, job_id, args, topics, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       );
@@ -167,7 +188,7 @@ export class SqliteIndexStore implements IndexStore {
           e.data,
         );
       }
-      const insertBlock = this.#db.prepare("INSERT OR REPLACE INTO blocks (number, hash) VALUES (?, ?)");
+      const insertBlock = this.#prepare("INSERT OR REPLACE INTO blocks (number, hash) VALUES (?, ?)");
       for (const [number, hash] of blocks) insertBlock.run(number, hash);
       insertBlock.run(cursor.blockNumber, cursor.blockHash);
       this.#setCursor(cursor);
@@ -175,7 +196,7 @@ export class SqliteIndexStore implements IndexStore {
   }
 
   async rememberedBlocks(): Promise<{ number: number; hash: string }[]> {
-    return this.#db.prepare("SELECT number, hash FROM blocks ORDER BY number DESC").all() as {
+    return this.#prepare("SELECT number, hash FROM blocks ORDER BY number DESC").all() as {
       number: number;
       hash: string;
     }[];
@@ -183,8 +204,8 @@ export class SqliteIndexStore implements IndexStore {
 
   async rollBack(cursor: Cursor): Promise<void> {
     this.#transaction(() => {
-      this.#db.prepare("DELETE FROM events WHERE block_number > ?").run(cursor.blockNumber);
-      this.#db.prepare("DELETE FROM blocks WHERE number > ?").run(cursor.blockNumber);
+      this.#prepare("DELETE FROM events WHERE block_number > ?").run(cursor.blockNumber);
+      this.#prepare("DELETE FROM blocks WHERE number > ?").run(cursor.blockNumber);
       this.#setCursor(cursor);
     });
   }
@@ -198,9 +219,7 @@ export class SqliteIndexStore implements IndexStore {
   async events(where?: EventFilter): Promise<IndexedEvent[]> {
     const filter = eventFilterColumn(where);
     const clause = filter === undefined ? "" : `WHERE ${filter[0]} = ?`;
-    const statement = this.#db.prepare(
-      `SELECT ${EVENT_COLUMNS} FROM events ${clause} ORDER BY block_number, log_index`,
-    );
+    const statement = this.#prepare(`SELECT ${EVENT_COLUMNS} FROM events ${clause} ORDER BY block_number, log_index`);
     const rows = (filter === undefined ? statement.all() : statement.all(filter[1])) as EventRow[];
     return rows.map(parseRow);
   }
@@ -213,22 +232,20 @@ export class SqliteIndexStore implements IndexStore {
       clause = ` AND ${where.column} IN (${where.values.map(() => "?").join(", ")})`;
       params.push(...where.values);
     }
-    const rows = this.#db
-      .prepare(
-        `SELECT ${EVENT_COLUMNS} FROM events WHERE contract = ? AND name = ? AND block_number BETWEEN ? AND ?${clause}
+    const rows = this.#prepare(
+      `SELECT ${EVENT_COLUMNS} FROM events WHERE contract = ? AND name = ? AND block_number BETWEEN ? AND ?${clause}
           ORDER BY block_number, log_index`,
-      )
-      .all(...params) as EventRow[];
+    ).all(...params) as EventRow[];
     return rows.map(parseRow);
   }
 
   async leases(where?: LeaseFilter): Promise<LeaseRow[]> {
     const filter = leaseFilterColumn(where);
-    return this.#select<LeaseRow>("leases", filter, "lease_id");
+    return this.#select<LeaseRow>("leases", filter, "opened_block, lease_id");
   }
 
   async leaseCounts(): Promise<Record<string, number>> {
-    const rows = this.#db.prepare("SELECT status, COUNT(*) AS n FROM leases GROUP BY status").all() as {
+    const rows = this.#prepare("SELECT status, COUNT(*) AS n FROM leases GROUP BY status").all() as {
       status: string;
       n: number;
     }[];
@@ -257,20 +274,32 @@ export class SqliteIndexStore implements IndexStore {
   /** Rows of a view, all or those with one column equal to a value, ordered by `order`. */
   #select<Row>(view: string, filter: readonly [string, SQLInputValue] | undefined, order: string): Row[] {
     const clause = filter === undefined ? "" : `WHERE ${filter[0]} = ?`;
-    const statement = this.#db.prepare(`SELECT * FROM ${view} ${clause} ORDER BY ${order}`);
+    const statement = this.#prepare(`SELECT * FROM ${view} ${clause} ORDER BY ${order}`);
     return (filter === undefined ? statement.all() : statement.all(filter[1])) as Row[];
   }
 
+  /**
+   * `sql` compiled once. A lease list's `IN (?, …)` makes one text per list length, so the cache is
+   * emptied when it grows past STATEMENTS_KEPT.
+   */
+  #prepare(sql: string): StatementSync {
+    let statement = this.#statements.get(sql);
+    if (statement === undefined) {
+      if (this.#statements.size >= STATEMENTS_KEPT) this.#statements.clear();
+      statement = this.#db.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
+
   #meta(key: string): string | undefined {
-    return (this.#db.prepare("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined)?.value;
+    return (this.#prepare("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined)?.value;
   }
 
   #setCursor(cursor: Cursor): void {
-    this.#db
-      .prepare(
-        "INSERT INTO meta (key, value) VALUES ('cursor', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-      )
-      .run(JSON.stringify(cursor));
+    this.#prepare(
+      "INSERT INTO meta (key, value) VALUES ('cursor', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    ).run(JSON.stringify(cursor));
   }
 
   #transaction(write: () => void): void {

@@ -22,7 +22,11 @@
 import type { Deployment } from "../chain/deployments.ts";
 import { UserError } from "../errors.ts";
 
-/** One decoded event as stored. Amounts and ids in `args` are decimal strings (JSON has no bigint). */
+/**
+ * One decoded event as stored. Amounts and ids in `args` are decimal strings (JSON has no bigint), and
+ * so are lease ids everywhere: `openLeaseFor`'s have bit 63 set, past both a JS number's 2^53 and a
+ * signed 64-bit column's 2^63.
+ */
 export interface IndexedEvent {
   blockNumber: number;
   logIndex: number;
@@ -32,7 +36,7 @@ export interface IndexedEvent {
   timestamp: number;
   contract: "LeaseManager" | "ProviderRegistry";
   name: string;
-  leaseId: number | null;
+  leaseId: string | null;
   provider: string | null;
   jobId: string | null;
   args: Record<string, unknown>;
@@ -49,7 +53,7 @@ export interface Cursor {
 
 /** Which events {@link IndexReader.events} returns: all of them, or those matching one column. */
 export interface EventFilter {
-  leaseId?: number;
+  leaseId?: string;
   provider?: string;
   jobId?: string;
   name?: string;
@@ -63,16 +67,17 @@ export interface LogQuery {
   fromBlock: bigint;
   toBlock: bigint;
   /** Only events whose lease id, job id or provider is one of `values`. */
-  where?: { column: "lease_id" | "job_id" | "provider"; values: readonly (string | number)[] };
+  where?: { column: "lease_id" | "job_id" | "provider"; values: readonly string[] };
 }
 
 /** A row of the `leases` view: one per `LeaseOpened`, with its latest status and counts. */
 export interface LeaseRow {
-  lease_id: number;
+  lease_id: string;
   job_id: string;
   provider: string;
   tenant: string;
-  predecessor: number;
+  /** "0" for none. */
+  predecessor: string;
   deposit: string;
   opened_block: number;
   opened_tx: string;
@@ -94,7 +99,7 @@ export interface ProviderRow {
 
 /** A row of the `slashes` view: one per `LeaseSlashed`, with where its collateral went (decimal strings). */
 export interface SlashRow {
-  lease_id: number;
+  lease_id: string;
   provider: string;
   job_id: string;
   caller: string;
@@ -108,7 +113,7 @@ export interface SlashRow {
 }
 
 /** Which leases {@link IndexReader.leases} returns: all, or those matching one column. */
-export type LeaseFilter = { leaseId: number } | { provider: string } | { jobId: string } | { predecessor: number };
+export type LeaseFilter = { leaseId: string } | { provider: string } | { jobId: string } | { predecessor: string };
 
 /** What pages and audits read from an index. */
 export interface IndexReader {
@@ -118,7 +123,7 @@ export interface IndexReader {
   events(where?: EventFilter): Promise<IndexedEvent[]>;
   /** One event type's events in a block range, in chain order: what an audit reads instead of `eth_getLogs`. */
   logs(query: LogQuery): Promise<IndexedEvent[]>;
-  /** Leases by id. */
+  /** Leases in order of opening. */
   leases(where?: LeaseFilter): Promise<LeaseRow[]>;
   /** How many leases stand in each status. */
   leaseCounts(): Promise<Record<string, number>>;
@@ -160,9 +165,7 @@ export const EVENT_COLUMNS = `block_number AS "blockNumber", log_index AS "logIn
   tx_hash AS "txHash", "timestamp", contract, name, lease_id AS "leaseId", provider, job_id AS "jobId", args, topics, data`;
 
 /** The column and value an {@link EventFilter} selects on, if any: one column, as each index covers one. */
-export function eventFilterColumn(
-  where: EventFilter | undefined,
-): [column: string, value: string | number] | undefined {
+export function eventFilterColumn(where: EventFilter | undefined): [column: string, value: string] | undefined {
   if (where?.txHash !== undefined) return ["tx_hash", where.txHash.toLowerCase()];
   if (where?.leaseId !== undefined) return ["lease_id", where.leaseId];
   if (where?.provider !== undefined) return ["provider", where.provider.toLowerCase()];
@@ -172,15 +175,30 @@ export function eventFilterColumn(
 }
 
 /** The column and value a {@link LeaseFilter} selects on, if any. */
-export function leaseFilterColumn(
-  where: LeaseFilter | undefined,
-): [column: string, value: string | number] | undefined {
+export function leaseFilterColumn(where: LeaseFilter | undefined): [column: string, value: string] | undefined {
   if (where === undefined) return undefined;
   if ("leaseId" in where) return ["lease_id", where.leaseId];
   if ("provider" in where) return ["provider", where.provider.toLowerCase()];
   if ("jobId" in where) return ["job_id", where.jobId.toLowerCase()];
   return ["predecessor", where.predecessor];
 }
+
+/**
+ * The tables' format, kept in the index's `meta`. An index of another format (before 2: lease ids as
+ * 64-bit integers, which `openLeaseFor`'s ids overflow) is rebuilt from the chain by the explorer,
+ * and refused by readers until then.
+ */
+export const SCHEMA_VERSION = "2";
+
+/** What drops an index's tables and views (not `meta`, which keeps its identity), so that they are made anew. */
+export const DROP_TABLES = `DROP VIEW IF EXISTS providers; DROP VIEW IF EXISTS slashes; DROP VIEW IF EXISTS leases;
+DROP TABLE IF EXISTS events; DROP TABLE IF EXISTS blocks; DELETE FROM meta WHERE key IN ('cursor', 'schema');`;
+
+/** The refusal of an index in an older format, to a reader. */
+export const outdatedIndexError = (location: string): UserError =>
+  new UserError(
+    `the index at ${location} is in an older format: start \`baton explorer\` on it once, which rebuilds it from the chain`,
+  );
 
 /** What an index is of: one deployment on one chain. */
 export const identityOf = (deployment: Deployment): string =>

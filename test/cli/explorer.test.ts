@@ -1,6 +1,7 @@
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { DatabaseSync } from "node:sqlite";
 
 import {
   createPublicClient,
@@ -15,8 +16,8 @@ import {
   type PublicClient,
   type TransactionReceipt,
 } from "viem";
+import pg from "pg";
 import { hardhat } from "viem/chains";
-import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { jobView, leaseView, networkView, providerView, transactionView } from "../../cli/explorer/api.ts";
@@ -27,12 +28,14 @@ import { auditLease } from "../../sdk/actions/auditLease.ts";
 import { auditProvider } from "../../sdk/actions/auditProvider.ts";
 import { createChainClient, leaseStatus } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { leaseIdOf, signOpening, type Opening } from "../../sdk/chain/opening.ts";
 import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
 import { createIndexer } from "../../sdk/indexer/indexer.ts";
 import { indexLocation, openIndexStore, type IndexedEvent, type IndexStore } from "../../sdk/indexer/store.ts";
-import { root, spawnScript, stopAll, type Spawned, until } from "../helpers/processes.ts";
+import { root, spawnScript, stopAll, until } from "../helpers/processes.ts";
 import { startPostgres, type ThrowawayPostgres } from "../helpers/postgres.ts";
+import { startExplorerUnderTest, type ExplorerUnderTest } from "../helpers/explorer.ts";
 import { reorg, snapshotChain } from "../helpers/reorg.ts";
 import { startRpcProxy } from "../helpers/rpc-proxy.ts";
 
@@ -67,9 +70,10 @@ const lm = (account: Account) => ({
   abi: leaseManagerAbi,
 });
 
-async function openLease(provider: Account, predecessor: bigint, jobId: Hex = JOB_ID): Promise<bigint> {
+/** A quote of `provider` for the tenant's job `jobId`, valid for 5 minutes of chain time. */
+async function quoteOf(provider: Account, jobId: Hex): Promise<Quote> {
   const block = await publicClient.getBlock();
-  const quote: Quote = {
+  return {
     provider: provider.address,
     tenant: tenant.address,
     jobId,
@@ -83,6 +87,10 @@ async function openLease(provider: Account, predecessor: bigint, jobId: Hex = JO
     expiry: block.timestamp + 300n,
     nonce: nonce++,
   };
+}
+
+async function openLease(provider: Account, predecessor: bigint, jobId: Hex = JOB_ID): Promise<bigint> {
+  const quote = await quoteOf(provider, jobId);
   const signature = await signQuote(provider, hardhat.id, deployment.contracts.leaseManager, quote);
   const { w, address, abi } = lm(tenant);
   await send(
@@ -94,6 +102,21 @@ async function openLease(provider: Account, predecessor: bigint, jobId: Hex = JO
     }),
   );
   return publicClient.readContract({ address, abi, functionName: "leaseCount" });
+}
+
+/**
+ * Opens a lease as the SDK's hand-offs do: the provider submits the tenant's signed opening
+ * (`openLeaseFor`), so the lease's id has bit 63 set, past a JS number's and a signed 64-bit column's range.
+ */
+async function openLeaseFor(provider: Account, predecessor: bigint): Promise<bigint> {
+  const block = await publicClient.getBlock();
+  const quote = await quoteOf(provider, JOB_ID);
+  const opening: Opening = { quote, deposit: parseEther("1"), predecessor, deadline: block.timestamp + 300n };
+  const { leaseManager } = deployment.contracts;
+  const signature = await signOpening(tenant, hardhat.id, leaseManager, opening);
+  const { w, address, abi } = lm(provider);
+  await send(w.writeContract({ address, abi, functionName: "openLeaseFor", args: [opening, signature] }));
+  return leaseIdOf(hardhat.id, leaseManager, quote);
 }
 
 function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
@@ -180,7 +203,8 @@ beforeAll(async () => {
 
   // The demo's story in miniature: a lease that checkpoints and is slashed after its provider goes
   // silent, and its successor on another provider that resumes from the checkpoint and finishes.
-  lease1 = await openLease(providerA, 0n);
+  // Both opened as the SDK opens them (openLeaseFor), with ids past 2^63.
+  lease1 = await openLeaseFor(providerA, 0n);
   await heartbeat(providerA, lease1);
   await heartbeat(providerA, lease1, "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi");
   const test = createTestClient({ chain: hardhat, mode: "hardhat", transport: http(chain.rpcUrl) });
@@ -188,7 +212,7 @@ beforeAll(async () => {
   await test.mine({ blocks: 1 });
   const { w: keeperWallet, address, abi } = lm(keeper);
   await send(keeperWallet.writeContract({ address, abi, functionName: "slashMissedHeartbeat", args: [lease1] }));
-  lease2 = await openLease(providerB, lease1);
+  lease2 = await openLeaseFor(providerB, lease1);
   await heartbeat(providerB, lease2);
   const { w: bWallet } = lm(providerB);
   await send(
@@ -252,8 +276,8 @@ describe.each(backends)("indexer, $name", (backend) => {
       // The job's two leases (the other backend's reorg test, run before, opened one more of another job).
       const leases = await store.leases({ jobId: JOB_ID });
       expect(leases.map((l) => [l.lease_id, l.predecessor, l.heartbeats, l.checkpoints])).toEqual([
-        [Number(lease1), 0, 2, 1],
-        [Number(lease2), Number(lease1), 1, 0],
+        [String(lease1), "0", 2, 1],
+        [String(lease2), String(lease1), 1, 0],
       ]);
       for (const lease of await store.leases()) {
         const view = await publicClient.readContract({
@@ -266,7 +290,7 @@ describe.each(backends)("indexer, $name", (backend) => {
       }
 
       const slashes = await store.slashes();
-      expect(slashes.map((s) => [s.lease_id, s.caller])).toEqual([[Number(lease1), keeper.address.toLowerCase()]]);
+      expect(slashes.map((s) => [s.lease_id, s.caller])).toEqual([[String(lease1), keeper.address.toLowerCase()]]);
 
       for (const provider of [providerA, providerB]) {
         const onChain = await publicClient.readContract({
@@ -359,6 +383,33 @@ describe.each(backends)("indexer, $name", (backend) => {
     } finally {
       await proxy.stop();
     }
+  });
+
+  it("rebuilds an index of an older format from the chain, and refuses it to a reader until then", async () => {
+    const location = await index("outdated");
+    await withStore(location, async (store) => {
+      await createIndexer({ publicClient, deployment, store }).sync();
+    });
+    // An index made before the format was recorded (lease ids as 64-bit integers) has no `schema`.
+    const forget = "DELETE FROM meta WHERE key = 'schema'";
+    if (postgres === undefined) {
+      const db = new DatabaseSync(location);
+      db.exec(forget);
+      db.close();
+    } else {
+      const client = new pg.Client({ connectionString: location });
+      await client.connect();
+      await client.query(forget);
+      await client.end();
+    }
+    await expect(openIndexStore(indexLocation(location), deployment, { mustExist: true })).rejects.toThrow(
+      "is in an older format: start `baton explorer` on it once",
+    );
+    await withStore(location, async (store) => {
+      expect(await store.cursor()).toBeUndefined();
+      await createIndexer({ publicClient, deployment, store }).sync();
+      expect((await store.events()).map(keyOf)).toEqual(await chainEvents());
+    });
   });
 
   it("refuses an audit from an index that is not there", async () => {
@@ -483,7 +534,7 @@ describe.each(backends)("indexer, $name", (backend) => {
       expect(events.some((e) => e.txHash === beat.transactionHash.toLowerCase())).toBe(false);
       expect(events.some((e) => e.txHash === claim.transactionHash.toLowerCase())).toBe(true);
       expect(events.map(keyOf)).toEqual(await chainEvents());
-      const [row] = await store.leases({ leaseId: Number(heartbeatLease) });
+      const [row] = await store.leases({ leaseId: String(heartbeatLease) });
       expect(row!.heartbeats).toBe(0);
     });
   });
@@ -558,7 +609,7 @@ describe.each(backends)("indexer, $name", (backend) => {
           for (const [pathname, view] of [
             ["/api/network", () => networkView(embedded)],
             [`/api/provider/${providerA.address}`, () => providerView(embedded, providerA.address)],
-            [`/api/lease/${lease1}`, () => leaseView(embedded, Number(lease1))],
+            [`/api/lease/${lease1}`, () => leaseView(embedded, String(lease1))],
             [`/api/job/${JOB_ID}`, () => jobView(embedded, JOB_ID)],
             [`/api/tx/${slash.tx_hash}`, () => transactionView(embedded, slash.tx_hash)],
           ] as const) {
@@ -575,9 +626,7 @@ describe.each(backends)("indexer, $name", (backend) => {
 describe("explorer pages, in Debian's chromium", () => {
   /** Screenshots of each page, kept as the run's artifacts. */
   const shots = path.join(root, ".baton", "test-artifacts", "explorer");
-  let explorer: Spawned;
-  let url: string;
-  let browser: Browser;
+  let explorer: ExplorerUnderTest;
 
   const providerView = (address: Hex) =>
     publicClient.readContract({
@@ -588,44 +637,20 @@ describe("explorer pages, in Debian's chromium", () => {
     });
 
   /** Waits until the explorer's index holds the chain's head. */
-  async function caughtUp(): Promise<void> {
-    const head = Number(await publicClient.getBlockNumber({ cacheTime: 0 }));
-    await until(
-      async () => ((await (await fetch(`${url}/api/network`)).json()) as { asOf: number | null }).asOf! >= head,
-      60_000,
-      `the explorer indexing block ${head}`,
-    );
-  }
-
-  async function open(pathname: string): Promise<Page> {
-    const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
-    await page.goto(`${url}${pathname}`);
-    await page.waitForSelector("body[data-ready]", { timeout: 60_000 });
-    return page;
-  }
+  const caughtUp = async () => explorer.caughtUp(await publicClient.getBlockNumber({ cacheTime: 0 }));
+  const open = (pathname: string) => explorer.open(pathname);
 
   beforeAll(async () => {
     await mkdir(shots, { recursive: true });
-    explorer = spawnScript("cli/baton.ts", [
-      "explorer",
-      "--port",
-      "0",
-      "--poll-ms",
-      "200",
-      "--db",
-      path.join(dir, "pages.db"),
-      "--rpc-url",
-      chain.rpcUrl,
-      "--deployment",
+    explorer = await startExplorerUnderTest({
+      rpcUrl: chain.rpcUrl,
       deploymentFile,
-    ]);
-    url = /(http:\/\/\S+)/.exec(await explorer.waitFor(/^explorer: http/, 60_000))![1]!;
-    browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+      db: path.join(dir, "pages.db"),
+    });
     await caughtUp();
   }, 120_000);
 
   afterAll(async () => {
-    await browser?.close();
     await explorer?.stop();
   });
 
@@ -684,9 +709,7 @@ describe("explorer pages, in Debian's chromium", () => {
       ["provider", `/provider/${providerA.address}`],
       ["lease", `/lease/${lease1}`],
     ] as const) {
-      const page = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
-      await page.goto(`${url}${pathname}`);
-      await page.waitForSelector("body[data-ready]", { timeout: 60_000 });
+      const page = await explorer.open(pathname, { width: 390, height: 844, isMobile: true });
       expect(await page.evaluate("document.documentElement.scrollWidth"), name).toBeLessThanOrEqual(390);
       expect(await page.locator("h1").count(), name).toBe(1);
       const unnamed = await page.evaluate(

@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { parseEther } from "viem";
@@ -7,6 +7,8 @@ import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { contracts } from "../../sdk/chain/client.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
+import { startExplorerUnderTest } from "../helpers/explorer.ts";
+import { root } from "../helpers/processes.ts";
 import {
   expectTokensConserved,
   recorder,
@@ -67,6 +69,24 @@ describe("runJob: hand-off to a new provider", () => {
     if (slashed?.type === "slashed") expect(slashed.compensation).toBeGreaterThan(0n);
 
     await expectTokensConserved(fixture.market, before);
+
+    // The explorer on this devnet, where a kill, a hand-off and a slash just happened: the job's page
+    // links its two leases by the hand-off, from the checkpoint resumed, and shows the slash.
+    const explorer = await startExplorerUnderTest({
+      rpcUrl: fixture.market.chain.rpcUrl,
+      deploymentFile: fixture.market.deploymentFile,
+      db: path.join(fixture.dir, "explorer.db"),
+    });
+    onTestFinished(() => explorer.stop());
+    await explorer.caughtUp(await fixture.market.admin.publicClient.getBlockNumber({ cacheTime: 0 }));
+    const page = await explorer.open(`/job/${job.jobId}`);
+    const [dead, next] = result.leases.map((lease) => lease.leaseId);
+    expect(await page.locator("[data-lease]").count()).toBe(2);
+    expect(await page.locator(`[data-hand-off="${dead}-${next}"]`).textContent()).toContain("resumed from");
+    expect(await page.locator(`[data-lease="${dead}"] .status-slashed`).textContent()).toBe("slashed");
+    const shots = path.join(root, ".baton", "test-artifacts", "explorer");
+    await mkdir(shots, { recursive: true });
+    await page.screenshot({ path: path.join(shots, "job-after-a-kill.png"), fullPage: true });
   });
 
   it("(b) SIGKILL the replacement, and its replacement: three hand-offs, the last back to the first provider, restarted", async () => {

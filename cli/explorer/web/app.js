@@ -285,7 +285,7 @@ async function leasePage(id) {
       stat("Checkpoints", l.checkpoints, "checkpoints"),
       stat("Deposit", sourceLink(l.opened, tokens(l.deposit)), "deposit"),
       stat("Paid to provider", tokens(l.paidToProvider), "paid"),
-      stat("Predecessor", l.predecessor === 0 ? "none" : leaseLink(l.predecessor), "predecessor"),
+      stat("Predecessor", l.predecessor === "0" ? "none" : leaseLink(l.predecessor), "predecessor"),
       stat("Successor", l.successor === null ? "none" : leaseLink(l.successor), "successor"),
     ),
     leaseChart(l.timeline),
