@@ -171,24 +171,74 @@ export interface LeaseTotals {
 export interface AuditEventSource {
   /** The block the index holds every event up to, and its hash when indexed; undefined before its first page. */
   cursor(): Promise<{ blockNumber: number; blockHash: string } | undefined>;
-  /** One event type's raw logs in a block range, in chain order, optionally only those of some leases, jobs or providers. */
-  logs(query: {
-    contract: "LeaseManager" | "ProviderRegistry";
-    name: string;
-    fromBlock: bigint;
-    toBlock: bigint;
-    where?: { column: "lease_id" | "job_id" | "provider"; values: readonly (string | number)[] };
-  }): Promise<
-    {
-      blockNumber: number;
-      logIndex: number;
-      blockHash: string;
-      txHash: string;
-      timestamp: number;
-      topics: string[];
-      data: string;
-    }[]
-  >;
+  /** Raw logs of some event types in a block range, in chain order, optionally only those of some leases, jobs or providers. */
+  logs(query: IndexLogQuery): Promise<AuditLogRow[]>;
+}
+
+/** What {@link AuditEventSource.logs} reads. */
+export interface IndexLogQuery {
+  contract: "LeaseManager" | "ProviderRegistry";
+  names: readonly string[];
+  fromBlock: bigint;
+  toBlock: bigint;
+  where?: { column: "lease_id" | "job_id" | "provider"; values: readonly string[] };
+}
+
+/** A log as an index keeps it. */
+export interface AuditLogRow {
+  blockNumber: number;
+  logIndex: number;
+  blockHash: string;
+  txHash: string;
+  timestamp: number;
+  name: string;
+  topics: string[];
+  data: string;
+}
+
+/**
+ * `source` with the reads made in one turn of the event loop coalesced: reads that differ only in
+ * their event types become one read of all those types. An audit asks for a lease's nine kinds of
+ * event at once, and one query instead of nine is most of the difference between a sub-millisecond
+ * indexed audit and a millisecond one: each query's fixed cost outweighs its rows.
+ */
+function coalescing(source: AuditEventSource): AuditEventSource {
+  type Waiting = { names: readonly string[]; resolve: (rows: AuditLogRow[]) => void; reject: (error: unknown) => void };
+  let pending: Map<string, { query: IndexLogQuery; waiting: Waiting[] }> | undefined;
+  const flush = (batch: NonNullable<typeof pending>) => {
+    for (const { query, waiting } of batch.values()) {
+      const names = [...new Set(waiting.flatMap((w) => w.names))];
+      source.logs({ ...query, names }).then(
+        (rows) => {
+          for (const w of waiting) w.resolve(rows.filter((row) => w.names.includes(row.name)));
+        },
+        (error: unknown) => {
+          for (const w of waiting) w.reject(error);
+        },
+      );
+    }
+  };
+  return {
+    cursor: () => source.cursor(),
+    logs(query) {
+      return new Promise((resolve, reject) => {
+        let batch = pending;
+        if (batch === undefined) {
+          const started = new Map<string, { query: IndexLogQuery; waiting: Waiting[] }>();
+          batch = pending = started;
+          queueMicrotask(() => {
+            pending = undefined;
+            flush(started);
+          });
+        }
+        const { contract, fromBlock, toBlock, where } = query;
+        const key = JSON.stringify([contract, String(fromBlock), String(toBlock), where ?? null]);
+        let group = batch.get(key);
+        if (group === undefined) batch.set(key, (group = { query, waiting: [] }));
+        group.waiting.push({ names: query.names, resolve, reject });
+      });
+    },
+  };
 }
 
 /** Reads shared by the steps of one audit: the pinned block, and block times fetched once each. */
@@ -274,7 +324,14 @@ export async function openAuditScope(
     );
   }
   const asOf = { blockNumber: block.number, timestamp: block.timestamp, confirmations };
-  return { chain, asOf, signal, blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]), onProgress, events };
+  return {
+    chain,
+    asOf,
+    signal,
+    blockTimes: new Map([[asOf.blockNumber, asOf.timestamp]]),
+    onProgress,
+    events: events === undefined ? undefined : coalescing(events),
+  };
 }
 
 /** A block of the chain, as an audit pins it. */
@@ -348,7 +405,7 @@ async function indexedEvents(
 ): Promise<unknown[]> {
   const filters = Object.entries((args ?? {}) as Record<string, unknown>);
   if (filters.length > 1) throw new BaseError(`an index filters ${eventName} on one argument, not ${filters.length}`);
-  let where: { column: "lease_id" | "job_id" | "provider"; values: string[] } | undefined;
+  let where: IndexLogQuery["where"];
   const [filter] = filters;
   if (filter !== undefined) {
     const [name, value] = filter;
@@ -367,7 +424,7 @@ async function indexedEvents(
   const eventAbi = (abi as Abi).filter((item) => item.type === "event" && item.name === eventName);
   const rows = await scope.events.logs({
     contract: contract === "leaseManager" ? "LeaseManager" : "ProviderRegistry",
-    name: eventName,
+    names: [eventName],
     fromBlock,
     toBlock: scope.asOf.blockNumber,
     ...(where ? { where } : {}),

@@ -20,6 +20,7 @@ import {
   eventFilterColumn,
   identityOf,
   leaseFilterColumn,
+  LOG_COLUMNS,
   otherDeploymentError,
   outdatedIndexError,
   redactedUrl,
@@ -27,6 +28,7 @@ import {
   type Cursor,
   type EventFilter,
   type IndexedEvent,
+  type IndexedLog,
   type IndexReader,
   type IndexStore,
   type LeaseFilter,
@@ -143,17 +145,17 @@ class PostgresReader implements IndexReader {
     return rows;
   }
 
-  async logs({ contract, name, fromBlock, toBlock, where }: LogQuery): Promise<IndexedEvent[]> {
+  async logs({ contract, names, fromBlock, toBlock, where }: LogQuery): Promise<IndexedLog[]> {
     let clause = "";
-    const params: unknown[] = [contract, name, Number(fromBlock), Number(toBlock)];
+    const params: unknown[] = [contract, names, Number(fromBlock), Number(toBlock)];
     if (where !== undefined) {
       if (where.values.length === 0) return [];
       // One array parameter, whatever the number of values: `= ANY` is Postgres' `IN (…)` over an array.
       clause = ` AND ${where.column} = ANY($5::text[])`;
       params.push(where.values);
     }
-    const { rows } = await this.#db.query<IndexedEvent>(
-      `SELECT ${EVENT_COLUMNS} FROM events WHERE contract = $1 AND name = $2 AND block_number BETWEEN $3 AND $4${clause}
+    const { rows } = await this.#db.query<IndexedLog>(
+      `SELECT ${LOG_COLUMNS} FROM events WHERE contract = $1 AND name = ANY($2::text[]) AND block_number BETWEEN $3 AND $4${clause}
         ORDER BY block_number, log_index`,
       params,
     );

@@ -14,12 +14,14 @@ import {
   eventFilterColumn,
   identityOf,
   leaseFilterColumn,
+  LOG_COLUMNS,
   otherDeploymentError,
   outdatedIndexError,
   SCHEMA_VERSION,
   type Cursor,
   type EventFilter,
   type IndexedEvent,
+  type IndexedLog,
   type IndexReader,
   type IndexStore,
   type LeaseFilter,
@@ -224,8 +226,9 @@ export class SqliteIndexStore implements IndexStore {
     return rows.map(parseRow);
   }
 
-  async logs({ contract, name, fromBlock, toBlock, where }: LogQuery): Promise<IndexedEvent[]> {
-    const params: (string | number)[] = [contract, name, Number(fromBlock), Number(toBlock)];
+  async logs({ contract, names, fromBlock, toBlock, where }: LogQuery): Promise<IndexedLog[]> {
+    if (names.length === 0) return [];
+    const params: (string | number)[] = [contract, ...names, Number(fromBlock), Number(toBlock)];
     let clause = "";
     if (where !== undefined) {
       if (where.values.length === 0) return [];
@@ -233,10 +236,10 @@ export class SqliteIndexStore implements IndexStore {
       params.push(...where.values);
     }
     const rows = this.#prepare(
-      `SELECT ${EVENT_COLUMNS} FROM events WHERE contract = ? AND name = ? AND block_number BETWEEN ? AND ?${clause}
+      `SELECT ${LOG_COLUMNS} FROM events WHERE contract = ? AND name IN (${names.map(() => "?").join(", ")}) AND block_number BETWEEN ? AND ?${clause}
           ORDER BY block_number, log_index`,
-    ).all(...params) as EventRow[];
-    return rows.map(parseRow);
+    ).all(...params) as (Omit<IndexedLog, "topics"> & { topics: string })[];
+    return rows.map((row) => ({ ...row, topics: JSON.parse(row.topics) as string[] }));
   }
 
   async leases(where?: LeaseFilter): Promise<LeaseRow[]> {

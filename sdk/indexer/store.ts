@@ -45,6 +45,9 @@ export interface IndexedEvent {
   data: string;
 }
 
+/** An event without its decoded `args`, as {@link IndexReader.logs} returns it. */
+export type IndexedLog = Omit<IndexedEvent, "args">;
+
 /** The last block the index holds everything up to, and its hash when it was read. */
 export interface Cursor {
   blockNumber: number;
@@ -63,7 +66,8 @@ export interface EventFilter {
 /** Which events {@link IndexReader.logs} returns. */
 export interface LogQuery {
   contract: IndexedEvent["contract"];
-  name: string;
+  /** Event types, one or more (an audit reads a lease's nine kinds of event in one query). */
+  names: readonly string[];
   fromBlock: bigint;
   toBlock: bigint;
   /** Only events whose lease id, job id or provider is one of `values`. */
@@ -121,8 +125,8 @@ export interface IndexReader {
   cursor(): Promise<Cursor | undefined>;
   /** Events in chain order, all of them or those matching one column. */
   events(where?: EventFilter): Promise<IndexedEvent[]>;
-  /** One event type's events in a block range, in chain order: what an audit reads instead of `eth_getLogs`. */
-  logs(query: LogQuery): Promise<IndexedEvent[]>;
+  /** Events of some types in a block range, in chain order: what an audit reads instead of `eth_getLogs`. */
+  logs(query: LogQuery): Promise<IndexedLog[]>;
   /** Leases in order of opening. */
   leases(where?: LeaseFilter): Promise<LeaseRow[]>;
   /** How many leases stand in each status. */
@@ -163,6 +167,9 @@ export type IndexLocation = { file: string } | { databaseUrl: string };
  */
 export const EVENT_COLUMNS = `block_number AS "blockNumber", log_index AS "logIndex", block_hash AS "blockHash",
   tx_hash AS "txHash", "timestamp", contract, name, lease_id AS "leaseId", provider, job_id AS "jobId", args, topics, data`;
+
+/** {@link EVENT_COLUMNS} but `args`: what an audit reads (it decodes the raw log instead). */
+export const LOG_COLUMNS = EVENT_COLUMNS.replace(" args,", "");
 
 /** The column and value an {@link EventFilter} selects on, if any: one column, as each index covers one. */
 export function eventFilterColumn(where: EventFilter | undefined): [column: string, value: string] | undefined {

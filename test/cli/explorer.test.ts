@@ -26,6 +26,7 @@ import { devAccount, startLocalChain, type LocalChain } from "../../deploy/local
 import { auditJob } from "../../sdk/actions/auditJob.ts";
 import { auditLease } from "../../sdk/actions/auditLease.ts";
 import { auditProvider } from "../../sdk/actions/auditProvider.ts";
+import type { AuditEventSource } from "../../sdk/chain/audit-events.ts";
 import { createChainClient, leaseStatus } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
 import { leaseIdOf, signOpening, type Opening } from "../../sdk/chain/opening.ts";
@@ -317,6 +318,17 @@ describe.each(backends)("indexer, $name", (backend) => {
       const fromChain = { chain: chainClient };
       const fromIndex = { chain: chainClient, events: store };
       expect(await auditJob(fromIndex, { jobId: JOB_ID })).toEqual(await auditJob(fromChain, { jobId: JOB_ID }));
+      // Two reads of the index: the job's openings, then its leases' nine kinds of event in one query.
+      const reads: (readonly string[])[] = [];
+      const counted: AuditEventSource = {
+        cursor: () => store.cursor(),
+        logs: (query) => {
+          reads.push(query.names);
+          return store.logs(query);
+        },
+      };
+      await auditJob({ chain: chainClient, events: counted }, { jobId: JOB_ID });
+      expect(reads.map((names) => names.length)).toEqual([1, 9]);
       for (const leaseId of [lease1, lease2]) {
         expect(await auditLease(fromIndex, { leaseId })).toEqual(await auditLease(fromChain, { leaseId }));
       }
