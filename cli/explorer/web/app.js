@@ -33,6 +33,15 @@ const sourceLink = (source, text) =>
 const blockOf = (source) => h("span", {}, " (", sourceLink(source, `block ${source.blockNumber}`), ")");
 const providerLink = (address) => h("a", { href: `/provider/${address}` }, short(address));
 const leaseLink = (id) => h("a", { href: `/lease/${id}` }, `lease ${id}`);
+/** A lease link that fits a lineage graph's box: an id of `openLeaseFor` (19–20 digits) shortened, named whole for screen readers. */
+const briefLeaseLink = (id) =>
+  id.length > 12
+    ? h(
+        "a",
+        { href: `/lease/${id}`, title: `lease ${id}`, "aria-label": `lease ${id}` },
+        `lease ${id.slice(0, 6)}…${id.slice(-4)}`,
+      )
+    : leaseLink(id);
 const jobLink = (id) => h("a", { href: `/job/${id}` }, short(id));
 const stat = (label, value, id) => h("div", {}, h("dt", {}, label), h("dd", { "data-figure": id }, value));
 const table = (caption, head, rows) =>
@@ -345,7 +354,7 @@ function lineageGraph(job) {
           style: `left:${node.x - node.width / 2}px;top:${node.y - node.height / 2}px;width:${node.width}px;height:${node.height}px`,
           "data-lease": l.leaseId,
         },
-        leaseLink(l.leaseId),
+        briefLeaseLink(l.leaseId),
         h("br"),
         providerLink(l.provider),
         h("br"),
