@@ -1,3 +1,4 @@
+import type { PeerId } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { zeroHash, type Hex } from "viem";
 
@@ -5,7 +6,7 @@ import type { BatonClient } from "../client.ts";
 import { chainBlockTime, heartbeatTimingProblem } from "../chain/block-time.ts";
 import { contracts } from "../chain/client.ts";
 import type { Quote } from "../chain/quote.ts";
-import { NoProviderError, shortMessageOf } from "../errors.ts";
+import { BaseError, NoProviderError, shortMessageOf } from "../errors.ts";
 import { requestQuote } from "../wire/clients.ts";
 import type { Offer } from "../wire/messages.ts";
 import type { FoundOffer, Requirements } from "./findOffers.ts";
@@ -84,10 +85,9 @@ export async function bid(
     asked.map(async ({ offer, holdsImage }): Promise<QuoteChoice | undefined> => {
       const started = performance.now();
       try {
-        const response = await requestQuote(
-          client.host,
+        const response = await requestQuoteRetried(
+          client,
           peerIdFromString(offer.peerId),
-          client.peerKey,
           {
             chainId: client.chain.deployment.chainId,
             leaseManager: leaseManager.address,
@@ -103,7 +103,7 @@ export async function bid(
             maxPricePerSecond,
             durationS,
           },
-          { signal: AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]) },
+          AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]),
         );
         const latencyMs = performance.now() - started;
         if (response.kind === "refusal") {
@@ -150,6 +150,27 @@ export async function bid(
     });
   }
   return { chosen, quotes, refusals };
+}
+
+/**
+ * Asks `peer` for a quote, and once more on a new connection if the first try failed on its
+ * connection (reset, closed, a handshake cut short): after a partition heals, the connection a
+ * tenant still holds may carry nothing, and only a fresh one says whether the provider is there. A
+ * quote that does not check, or the deadline, is not tried again.
+ */
+async function requestQuoteRetried(
+  client: BatonClient,
+  peer: PeerId,
+  body: Parameters<typeof requestQuote>[3],
+  signal: AbortSignal,
+): Promise<Awaited<ReturnType<typeof requestQuote>>> {
+  try {
+    return await requestQuote(client.host, peer, client.peerKey, body, { signal });
+  } catch (error) {
+    if (signal.aborted || error instanceof BaseError) throw error;
+    // A new connection beside the old one: other streams (another job's session) may still use it.
+    return await requestQuote(client.host, peer, client.peerKey, body, { signal, freshConnection: true });
+  }
 }
 
 /** Slashes per completed lease, scaled to compare without fractions; a new provider counts as clean. */

@@ -31,12 +31,13 @@ export async function requestQuote(
   peer: PeerId,
   key: PrivateKey,
   bid: Bid,
-  options: { signal?: AbortSignal; address?: Multiaddr } = {},
+  options: { signal?: AbortSignal; address?: Multiaddr; freshConnection?: boolean } = {},
 ): Promise<BidResponse> {
   const bytes = await sealMessage(key, host.peerId.toString(), "bid", bid);
   const reply = await request(host, options.address ?? peer, protocols.bid, bytes, {
     maxBytes: maxMessageBytes.quote,
     ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.freshConnection ? { freshConnection: true } : {}),
   });
   const opened = await openMessage(reply, {
     maxBytes: maxMessageBytes.quote,

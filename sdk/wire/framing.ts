@@ -16,6 +16,8 @@ import type { BatonHost } from "../p2p/host.ts";
 export interface RequestOptions {
   maxBytes: number;
   signal?: AbortSignal;
+  /** Over a new connection, even if one to the peer is open (which other streams keep using). */
+  freshConnection?: boolean;
 }
 
 /**
@@ -27,9 +29,9 @@ export async function request(
   peer: PeerId | Multiaddr,
   protocol: string,
   message: Uint8Array,
-  { maxBytes, signal }: RequestOptions,
+  { maxBytes, signal, freshConnection }: RequestOptions,
 ): Promise<Uint8Array> {
-  const stream = await host.dialProtocol(peer, protocol, { signal });
+  const stream = await host.dialProtocol(peer, protocol, { signal, ...(freshConnection ? { force: true } : {}) });
   try {
     const framed = lpStream(stream, { maxDataLength: maxBytes });
     await framed.write(message, { signal });

@@ -37,6 +37,11 @@ export interface LinkShaper {
   cut(): void;
   /** Forwards again (held bytes first, in order); delays stay as set. */
   heal(): void;
+  /**
+   * The next `count` connections are accepted and then reset at their first bytes, as a link that
+   * drops a flow mid-handshake does (a connection the dialler made, not one refused).
+   */
+  resetNext(count: number): void;
   /** Resets every connection and stops listening. */
   close(): Promise<void>;
 }
@@ -62,6 +67,7 @@ export async function startLink(
   let delay = { jitterMs: 0, ...initial };
   let mode: Mode = "forward";
   let accepted = 0;
+  let toReset = 0;
   const pipes = new Set<Pipe>();
   /** Every open socket, both ends; `clients` are the accepted ones. */
   const sockets = new Set<Socket>();
@@ -137,6 +143,12 @@ export async function startLink(
   const server = createServer({ allowHalfOpen: true }, (client) => {
     accepted += 1;
     if (mode === "cut") return reset(client);
+    if (toReset > 0) {
+      toReset -= 1;
+      client.on("error", () => {});
+      client.once("data", () => reset(client));
+      return;
+    }
     const up = new Pipe(client, () => delay.upMs);
     let down: Pipe | undefined;
     const ends = [client];
@@ -210,6 +222,9 @@ export async function startLink(
       for (const socket of sockets) reset(socket);
       sockets.clear();
       clients.clear();
+    },
+    resetNext(count) {
+      toReset = count;
     },
     heal() {
       mode = "forward";

@@ -2,9 +2,11 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { peerIdFromString } from "@libp2p/peer-id";
-import { parseEther } from "viem";
+import { keccak256, parseEther, toHex } from "viem";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
+import { bid } from "../../sdk/actions/bid.ts";
+import { findOffers } from "../../sdk/actions/findOffers.ts";
 import { runJob, type JobEvent } from "../../sdk/actions/runJob.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { BatonClient } from "../../sdk/client.ts";
@@ -111,6 +113,32 @@ describe("runJob on a shaped tenant↔provider link", () => {
     await waitFor(() => client.host.getConnections(peerIdFromString(shaped.peerId)).length > 0 || undefined);
     expectOnlyThroughLink();
     expect(link.accepted).toBeGreaterThan(0);
+  });
+
+  it("a bid whose connection is reset mid-handshake is sent again on a fresh one, and provider-1 quotes", async () => {
+    const requirements = { gpus: 1 };
+    const maxPricePerSecond = parseEther("0.001");
+    await waitFor(() => client.offers.list().find((o) => o.peerId === shaped.peerId));
+    const offers = (
+      await findOffers(client, { requirements, maxPricePerSecond, minCount: fixture.market.providers.length })
+    ).filter((found) => found.offer.peerId === shaped.peerId);
+    expect(offers).toHaveLength(1);
+    // No connection to reuse: the bid dials, through the link, which resets that connection.
+    await client.host.hangUp(peerIdFromString(shaped.peerId));
+    const accepted = link.accepted;
+    link.resetNext(1);
+    const { chosen, refusals } = await bid(client, {
+      jobId: keccak256(toHex("link-faults: a bid after a reset")),
+      offers,
+      requirements,
+      maxPricePerSecond,
+      durationS: 60,
+    });
+    expect(refusals).toEqual([]);
+    expect(chosen.quote.provider).toBe(shaped.account.address);
+    // The reset connection, and the one the second try made.
+    expect(link.accepted - accepted).toBe(2);
+    expectOnlyThroughLink();
   });
 
   it("(a) 200 ms RTT with jitter: the job runs to its end on provider-1, and liveness stays quiet", async () => {
