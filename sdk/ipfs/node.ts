@@ -264,7 +264,16 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
   ): AsyncGenerator<Uint8Array> {
     const { signal, maxBytes, stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS } = options;
     const guard = stallGuard(stallTimeoutMs, signal);
-    const fetchOptions = { signal: guard.signal, providers };
+    // Progress is any block that arrives, not only the next chunk in order: with
+    // FETCH_BLOCK_CONCURRENCY leaves in flight, the first of them can take longer than the stall
+    // timeout on a slow or loaded link while the others keep arriving.
+    const fetchOptions = {
+      signal: guard.signal,
+      providers,
+      onProgress: (event: { type: string }) => {
+        if (event.type === "blocks:get:blockstore:put") guard.progressed();
+      },
+    };
     let bytes = offset;
     try {
       guard.arm();
@@ -534,16 +543,25 @@ function stallGuard(ms: number, outer: AbortSignal | undefined) {
   const done = new AbortController();
   const signal = AbortSignal.any([stall.signal, done.signal, ...(outer ? [outer] : [])]);
   let timer: NodeJS.Timeout | undefined;
+  let armed = false;
+  const arm = (): void => {
+    clearTimeout(timer);
+    armed = true;
+    timer = setTimeout(() => stall.abort(new BaseError("stalled")), ms);
+  };
   return {
     signal,
-    arm() {
-      clearTimeout(timer);
-      timer = setTimeout(() => stall.abort(new BaseError("stalled")), ms);
+    arm,
+    /** Something arrived: the wait starts over, if one is under way (not while the consumer holds a chunk). */
+    progressed() {
+      if (armed) arm();
     },
     disarm() {
+      armed = false;
       clearTimeout(timer);
     },
     release() {
+      armed = false;
       clearTimeout(timer);
       done.abort(new BaseError("fetch finished"));
     },
