@@ -178,9 +178,11 @@ export interface AuditEventSource {
 /** What {@link AuditEventSource.logs} reads. */
 export interface IndexLogQuery {
   contract: "LeaseManager" | "ProviderRegistry";
+  /** Event types, one or more (an audit reads a lease's nine kinds of event in one query). */
   names: readonly string[];
   fromBlock: bigint;
   toBlock: bigint;
+  /** Only events whose lease id, job id or provider is one of `values`. */
   where?: { column: "lease_id" | "job_id" | "provider"; values: readonly string[] };
 }
 

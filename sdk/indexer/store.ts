@@ -19,6 +19,7 @@
  * The store is asynchronous because Postgres is; the SQLite store answers synchronously under the
  * same promises.
  */
+import type { IndexLogQuery } from "../chain/audit-events.ts";
 import type { Deployment } from "../chain/deployments.ts";
 import { UserError } from "../errors.ts";
 
@@ -63,16 +64,8 @@ export interface EventFilter {
   txHash?: string;
 }
 
-/** Which events {@link IndexReader.logs} returns. */
-export interface LogQuery {
-  contract: IndexedEvent["contract"];
-  /** Event types, one or more (an audit reads a lease's nine kinds of event in one query). */
-  names: readonly string[];
-  fromBlock: bigint;
-  toBlock: bigint;
-  /** Only events whose lease id, job id or provider is one of `values`. */
-  where?: { column: "lease_id" | "job_id" | "provider"; values: readonly string[] };
-}
+/** Which events {@link IndexReader.logs} returns: what an audit asks of its event source. */
+export type LogQuery = IndexLogQuery;
 
 /** A row of the `leases` view: one per `LeaseOpened`, with its latest status and counts. */
 export interface LeaseRow {
