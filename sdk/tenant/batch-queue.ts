@@ -54,6 +54,11 @@ export interface BatchQueueInit {
   tasks: readonly string[];
   /** Tasks whose result the manifest holds already (a batch resumed after a restart): never run. */
   recorded: ReadonlySet<string>;
+  /**
+   * Checkpoints tasks without a result committed in an earlier run (a batch resumed after a
+   * restart): their first attempt here resumes from them.
+   */
+  checkpoints?: ReadonlyMap<string, TaskCheckpoint>;
   /** How many times a task that fails by its own fault is run again (on other providers). */
   retries: number;
   /** Providers excluded from the start (the user's list). */
@@ -103,7 +108,7 @@ export class BatchQueue {
       this.#tasks.set(id, {
         attempts: 0,
         failedOn: new Set(),
-        checkpoint: undefined,
+        checkpoint: init.recorded.has(id) ? undefined : init.checkpoints?.get(id),
         lease: undefined,
         verifying: undefined,
       });

@@ -23,7 +23,7 @@ import type { Logger } from "../logger.ts";
 import { sleep } from "../utils/retry.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import type { BatchManifest, TaskResult } from "./batch-manifest.ts";
-import { BatchQueue, type BatchCounts, type TaskAssignment } from "./batch-queue.ts";
+import { BatchQueue, type BatchCounts, type TaskAssignment, type TaskCheckpoint } from "./batch-queue.ts";
 import { taskSpec, type BatchTask } from "./batch-tasks.ts";
 import { CheckpointReplicator, DEFAULT_KEEP_CHECKPOINTS } from "./checkpoint-replicator.ts";
 import {
@@ -165,7 +165,6 @@ export class BatchRunner {
   readonly #client: BatonClient;
   readonly #init: BatchRunInit;
   readonly #log: Logger;
-  readonly #queue: BatchQueue;
   readonly #events: JobEvents;
   readonly #stop = new AbortController();
   readonly #active = new Map<string, LeaseRecord>();
@@ -184,11 +183,13 @@ export class BatchRunner {
   /** CIDs of local input files added to IPFS, by file. */
   readonly #files = new Map<string, Promise<string>>();
   /**
-   * Each running task's newest safe checkpoint (its CID), pinned in the tenant's store until the task
-   * has a result: a later attempt elsewhere resumes from it.
+   * Each task's newest safe checkpoint, pinned in the tenant's store until the task has a result: a
+   * later attempt elsewhere resumes from it, and so does a run again after this one stops (the batch
+   * record keeps them: see {@link BatchRunner.#saveCheckpoints}).
    */
-  readonly #checkpoints = new Map<string, string>();
+  readonly #checkpoints = new Map<string, TaskCheckpoint>();
   #record!: JobRecord;
+  #queue!: BatchQueue;
   #slashes!: PendingSlashes;
   #replicator!: CheckpointReplicator;
   #onSlash!: OnSlash;
@@ -209,13 +210,6 @@ export class BatchRunner {
       seconds: Math.min(init.leaseDurationS, Math.max(init.spec.maxDurationS, DEFAULT_BATCH_FUND_S)),
       shares: init.parallelism,
     };
-    const recorded = new Set([...init.manifest.results.keys()]);
-    this.#queue = new BatchQueue({
-      tasks: init.tasks.map((task) => task.id),
-      recorded,
-      retries: init.retries,
-      exclude: init.exclude,
-    });
     for (const result of init.manifest.results.values()) this.#taskCost.set(result.taskId, BigInt(result.cost));
     this.#events.on("lease-opened", (e) =>
       this.#emit({ type: "lease-opened", leaseId: e.leaseId, provider: e.provider, pricePerSecond: e.pricePerSecond }),
@@ -238,9 +232,8 @@ export class BatchRunner {
       // Outputs still being fetched (a batch stopped, or a lease lost, aborts them): each ends with
       // its task recorded or queued again before the batch counts as over.
       await Promise.allSettled(this.#fetching);
-      // A run again starts its unfinished tasks afresh: their checkpoints are not kept for it.
+      // Checkpoints of tasks without a result stay pinned, and in the record, for a run again.
       await this.#replicator.drained();
-      for (const cid of this.#checkpoints.values()) await this.#unpin(cid);
       for (const lease of this.#active.values()) lease.state = "cancelled";
       await endOpenLeases(this.#client, this.#record, { log: this.#log, onSlash: this.#onSlash });
       const failure = this.#failure;
@@ -298,6 +291,22 @@ export class BatchRunner {
     this.#record.options.maxPricePerSecond = this.#init.maxPricePerSecond.toString();
     if (this.#init.budget === undefined) delete this.#record.options.budget;
     else this.#record.options.budget = this.#init.budget.toString();
+    // A run again resumes each task without a result from the checkpoint an earlier run held for it.
+    const { results } = this.#init.manifest;
+    const done: string[] = [];
+    for (const [taskId, checkpoint] of Object.entries(this.#record.taskCheckpoints ?? {})) {
+      if (results.has(taskId) || !this.#tasks.has(taskId)) done.push(checkpoint.cid);
+      else this.#checkpoints.set(taskId, checkpoint);
+    }
+    this.#queue = new BatchQueue({
+      tasks: this.#init.tasks.map((task) => task.id),
+      recorded: new Set(results.keys()),
+      checkpoints: this.#checkpoints,
+      retries: this.#init.retries,
+      exclude: this.#init.exclude,
+    });
+    await this.#saveCheckpoints();
+    for (const cid of done) await this.#unpin(cid);
     const parts = { client: this.#client, record: this.#record, events: this.#events, log: this.#log };
     this.#replicator = new CheckpointReplicator(parts);
     this.#onSlash = (lease, slash) => this.#emit(slashedEvent(lease, slash));
@@ -596,8 +605,9 @@ export class BatchRunner {
       return 0;
     }
     const previous = this.#checkpoints.get(taskId);
-    this.#checkpoints.set(taskId, body.cid);
-    if (previous !== undefined && previous !== body.cid) await this.#unpin(previous);
+    this.#checkpoints.set(taskId, { cid: body.cid, sha256: body.sha256 });
+    await this.#saveCheckpoints();
+    if (previous !== undefined && previous.cid !== body.cid) await this.#unpin(previous.cid);
     this.#emit({
       type: "task-checkpointed",
       taskId,
@@ -640,8 +650,20 @@ export class BatchRunner {
     else this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the task's result is recorded already" });
     // With a result, no attempt resumes from its checkpoint any more.
     const checkpoint = this.#checkpoints.get(taskId);
+    if (checkpoint === undefined) return;
     this.#checkpoints.delete(taskId);
-    if (checkpoint !== undefined) await this.#unpin(checkpoint);
+    await this.#saveCheckpoints();
+    await this.#unpin(checkpoint.cid);
+  }
+
+  /**
+   * The tasks' checkpoints into the batch record, saved before any of them is unpinned: a run killed
+   * at any moment leaves a record that names only checkpoints its store still holds.
+   */
+  async #saveCheckpoints(): Promise<void> {
+    if (this.#checkpoints.size > 0) this.#record.taskCheckpoints = Object.fromEntries(this.#checkpoints);
+    else delete this.#record.taskCheckpoints;
+    await this.#client.jobs.save(this.#record);
   }
 
   /**

@@ -75,6 +75,13 @@ export const jobRecordSchema = z.object({
   leases: z.array(leaseRecordSchema),
   /** Checkpoints the tenant holds (fetched, verified, pinned), oldest first. */
   safe: z.array(checkpointRecordSchema),
+  /**
+   * A batch's record only: each task without a result that holds a safe checkpoint (pinned in the
+   * tenant's store), by task id. A run again resumes those tasks from it.
+   */
+  taskCheckpoints: z
+    .record(z.string(), z.object({ cid: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/) }))
+    .optional(),
   /** Payment tokens deposited into leases so far (refunds not subtracted). */
   deposited: bigintString,
   handOffs: z.number().int().nonnegative(),

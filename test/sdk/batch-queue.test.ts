@@ -55,6 +55,18 @@ describe("BatchQueue", () => {
     expect(q.next("L2", "P2")).toEqual({ taskId: "t1", attempt: 1, resume: { cid: "c1", sha256: "a".repeat(64) } });
   });
 
+  it("resumes a task from the checkpoint an earlier run held for it, and ignores one of a task already recorded", () => {
+    const held = { cid: "c2", sha256: "c".repeat(64) };
+    const checkpoints = new Map([
+      ["t1", { cid: "c1", sha256: "a".repeat(64) }],
+      ["t2", held],
+    ]);
+    const q = new BatchQueue({ tasks: ["t1", "t2", "t3"], recorded: new Set(["t1"]), checkpoints, retries: 2 });
+    expect(q.next("L1", "P1")).toEqual({ taskId: "t2", attempt: 1, resume: held });
+    expect(q.exited("t2", "L1", 0)).toEqual({ kind: "done", attempts: 1 });
+    expect(q.next("L1", "P1")).toEqual({ taskId: "t3", attempt: 1 });
+  });
+
   it("discards a late completion from a lease that lost its task, so it is counted once", () => {
     const q = queue(1);
     q.next("L1", "P1");

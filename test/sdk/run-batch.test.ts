@@ -44,6 +44,26 @@ const tasksOf = (count: number) =>
     { source: "tasks.jsonl", baseDir: "." },
   );
 
+/**
+ * Started fresh, a task commits a checkpoint holding its N, then works on: long enough to be killed
+ * or stopped, and to say "fresh" if it never was. Resumed, it says from what.
+ */
+const resumable = parseJobSpec({
+  ...spec,
+  command: [
+    "sh",
+    "-c",
+    [
+      'if [ -f "$BATON_RESUME_DIR/progress" ]; then',
+      '  echo "resumed from $(cat "$BATON_RESUME_DIR/progress")" > "$BATON_OUTPUT_DIR/how"; exit 0',
+      "fi",
+      'mkdir "$BATON_CHECKPOINT_DIR/.step-1" && echo "$N" > "$BATON_CHECKPOINT_DIR/.step-1/progress"',
+      'mv "$BATON_CHECKPOINT_DIR/.step-1" "$BATON_CHECKPOINT_DIR/step-1"',
+      'sleep 30; echo fresh > "$BATON_OUTPUT_DIR/how"',
+    ].join("\n"),
+  ],
+});
+
 /** Collects a batch's events; `when` resolves at the first that matches (seen already or to come). */
 function recorder() {
   const events: BatchEvent[] = [];
@@ -261,23 +281,6 @@ describe("runBatch (real devnet, real provider node processes)", () => {
 
   it("a task's checkpoint is copied off its provider as it runs; that provider SIGKILLed, the task resumes from it on another, and the checkpoint is let go once the task is recorded", async () => {
     const before = await totals(fixture.market);
-    // Started fresh, the task commits a checkpoint holding its N, then works on: long enough to be
-    // killed, and to say "fresh" if it never was. Resumed, it says from what.
-    const resumable = parseJobSpec({
-      ...spec,
-      command: [
-        "sh",
-        "-c",
-        [
-          'if [ -f "$BATON_RESUME_DIR/progress" ]; then',
-          '  echo "resumed from $(cat "$BATON_RESUME_DIR/progress")" > "$BATON_OUTPUT_DIR/how"; exit 0',
-          "fi",
-          'mkdir "$BATON_CHECKPOINT_DIR/.step-1" && echo "$N" > "$BATON_CHECKPOINT_DIR/.step-1/progress"',
-          'mv "$BATON_CHECKPOINT_DIR/.step-1" "$BATON_CHECKPOINT_DIR/step-1"',
-          'sleep 30; echo fresh > "$BATON_OUTPUT_DIR/how"',
-        ].join("\n"),
-      ],
-    });
     const tasks = parseTasks(JSON.stringify({ id: "r1", env: { N: "7" } }), resumable, {
       source: "tasks.jsonl",
       baseDir: ".",
@@ -311,6 +314,38 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     // Recorded, the task needs its checkpoint no more: the tenant's store lets it go.
     expect(await client.ipfs.isPinned(CID.parse(checkpointed.cid))).toBe(false);
     await expectTokensConserved(fixture.market, before);
+  }, 300_000);
+
+  it("a batch stopped while its task holds a safe checkpoint, run again on its manifest: the task resumes from that checkpoint, kept pinned between the runs and let go once recorded", async () => {
+    const tasks = parseTasks(JSON.stringify({ id: "r2", env: { N: "9" } }), resumable, {
+      source: "tasks.jsonl",
+      baseDir: ".",
+    });
+    const manifest = path.join(fixture.dir, "resumed-after-restart.jsonl");
+    const parameters = { ...base(), spec: resumable, parallelism: 1, tasks, manifest };
+    const first = recorder();
+    const stop = new AbortController();
+    const interrupted = runBatch(client, { ...parameters, onEvent: first.onEvent, signal: stop.signal });
+    interrupted.catch(() => undefined);
+    const checkpointed = await Promise.race([
+      first.when((e) => e.type === "task-checkpointed"),
+      interrupted.then(() => {
+        throw new Error("the batch ended with no checkpoint of its task made safe");
+      }),
+    ]);
+    if (checkpointed.type !== "task-checkpointed") throw new Error("unreachable");
+    stop.abort();
+    await expect(interrupted).rejects.toBeInstanceOf(JobCancelledError);
+    // Between the runs the tenant's store keeps it: nothing else holds it once the lease is closed.
+    expect(await client.ipfs.isPinned(CID.parse(checkpointed.cid))).toBe(true);
+
+    const second = recorder();
+    const result = await runBatch(client, { ...parameters, onEvent: second.onEvent });
+    expect(result.results).toEqual([expect.objectContaining({ taskId: "r2", state: "done" })]);
+    expect(await readFile(path.join(result.outputDir, "r2", "how"), "utf8")).toBe("resumed from 9\n");
+    const started = second.events.filter((e) => e.type === "task-started");
+    expect(started).toEqual([expect.objectContaining({ taskId: "r2", resume: checkpointed.cid })]);
+    expect(await client.ipfs.isPinned(CID.parse(checkpointed.cid))).toBe(false);
   }, 300_000);
 
   it("a tenant stopped mid-batch and run again on its manifest runs only the tasks without a result", async () => {
