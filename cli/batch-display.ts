@@ -31,6 +31,13 @@ export function eventLine(event: BatchEvent): string | undefined {
         `provider ${event.provider} lost (${event.reason}): lease ${event.leaseId} ended` +
         (event.requeued ? `, task ${event.requeued} queued again` : "")
       );
+    case "lease-confirmed":
+      return `lease ${event.leaseId} confirmed (its opening in block ${event.blockNumber} is deep enough)`;
+    case "lease-vanished":
+      return (
+        `lease ${event.leaseId} VANISHED in a reorg (${event.reason})` +
+        (event.requeued ? `; task ${event.requeued} queued again` : "")
+      );
     case "task-started":
       return event.resume
         ? `task ${event.taskId} resumes from checkpoint ${event.resume} on ${event.provider}`

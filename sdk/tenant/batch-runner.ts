@@ -38,6 +38,7 @@ import { JobEvents } from "./job-events.ts";
 import { endOpenLeases, endRecordedLease, PendingSlashes, slashedEvent, type OnSlash } from "./job-settlement.ts";
 import type { JobRecord, JobStore, LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
+import { followOpening, type OpeningFate } from "./lease-confirmation.ts";
 import { leaseLiveness } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 
@@ -107,6 +108,14 @@ export type BatchEvent = { at: number; progress: BatchProgress } & (
    * queue (the attempt not counted), and its provider is dropped.
    */
   | { type: "task-requeued"; taskId: string; leaseId: bigint; provider: Address; reason: string }
+  /** Its opening lies as deep as the client's `confirmations` (with `confirmations` only). */
+  | { type: "lease-confirmed"; leaseId: bigint; blockNumber: bigint }
+  /**
+   * A reorg took its opening before it was confirmed: the lease never was (`vanished`), or is another
+   * id now and is closed at once. Its provider is not at fault: its task, if any, is queued again
+   * (the attempt not counted) and it is not excluded; nothing is slashed.
+   */
+  | { type: "lease-vanished"; leaseId: bigint; provider: Address; reason: string; requeued: string | undefined }
   /** The lease's provider failed or refused: its task, if any, is queued again; it is excluded. */
   | { type: "provider-lost"; leaseId: bigint; provider: Address; reason: string; requeued: string | undefined }
   | { type: "lease-closed"; leaseId: bigint; provider: Address }
@@ -146,6 +155,9 @@ interface OutputFetches {
   /** Drops the lease: its watch ends, and the lease is lost for `reason`. */
   drop(reason: string): void;
 }
+
+/** A lease's opening that was not confirmed: it vanished, or is another lease now. */
+type LostOpening = Exclude<OpeningFate, { state: "confirmed" }>;
 
 /** A task on a lease: what it was given, and what it logged. */
 interface Running {
@@ -188,6 +200,14 @@ export class BatchRunner {
    * record keeps them: see {@link BatchRunner.#saveCheckpoints}).
    */
   readonly #checkpoints = new Map<string, TaskCheckpoint>();
+  /**
+   * Each lease's opening followed to the client's depth (with `confirmations` only), until it is
+   * confirmed or lost; stopped when the batch ends.
+   */
+  readonly #openings = new Set<Promise<void>>();
+  readonly #following = new AbortController();
+  /** Leases being served, each with what leaves it when its opening is lost meanwhile. */
+  readonly #serving = new Map<LeaseRecord, (fate: LostOpening) => void>();
   #record!: JobRecord;
   #queue!: BatchQueue;
   #slashes!: PendingSlashes;
@@ -232,6 +252,9 @@ export class BatchRunner {
       // Outputs still being fetched (a batch stopped, or a lease lost, aborts them): each ends with
       // its task recorded or queued again before the batch counts as over.
       await Promise.allSettled(this.#fetching);
+      // An opening still young when the batch ends is followed no further: its lease is closed.
+      this.#following.abort();
+      await Promise.allSettled(this.#openings);
       // Checkpoints of tasks without a result stay pinned, and in the record, for a run again.
       await this.#replicator.drained();
       for (const lease of this.#active.values()) lease.state = "cancelled";
@@ -360,6 +383,7 @@ export class BatchRunner {
             signal: this.#stop.signal,
           });
           this.#active.set(lease.leaseId, lease);
+          this.#followOpening(lease);
           return lease;
         } catch (error) {
           const noProvider = error instanceof NoProviderError || error instanceof BudgetExhaustedError;
@@ -415,6 +439,12 @@ export class BatchRunner {
         void watch?.stop();
       },
     };
+    // Set when a reorg takes the lease's opening: the lease is left, blamelessly, at the next step.
+    let lostOpening: LostOpening | undefined;
+    this.#serving.set(lease, (fate) => {
+      lostOpening = fate;
+      void watch?.stop();
+    });
     try {
       running = { assignment: first, startedAt: Date.now(), logs: [] };
       watch = watchLease(this.#client, {
@@ -434,6 +464,7 @@ export class BatchRunner {
       this.#taskStarted(lease, first);
       topUps.schedule(lease);
       for await (const event of watch) {
+        if (lostOpening) break;
         switch (event.type) {
           case "accepted":
             lease.state = "running";
@@ -458,13 +489,15 @@ export class BatchRunner {
             while (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE && !fetches.dropped) {
               await Promise.race(fetches.pending);
             }
-            let next = fetches.dropped ? undefined : this.#queue.next(lease.leaseId, provider);
+            const left = (): boolean => fetches.dropped !== undefined || lostOpening !== undefined;
+            let next = left() ? undefined : this.#queue.next(lease.leaseId, provider);
             // Nothing queued for it: the lease is closed once its outputs are in, unless one of them
             // failed (the lease is lost then) or another lease's did (its task is queued again).
-            while (!next && !fetches.dropped && fetches.pending.size > 0) {
+            while (!next && !left() && fetches.pending.size > 0) {
               await Promise.allSettled(fetches.pending);
-              next = fetches.dropped ? undefined : this.#queue.next(lease.leaseId, provider);
+              next = left() ? undefined : this.#queue.next(lease.leaseId, provider);
             }
+            if (lostOpening) return await this.#leaveLost(lease, lostOpening, fetches);
             if (fetches.dropped) return await this.#lost(lease, undefined, fetches.dropped);
             if (!next) return await this.#close(lease);
             running = { assignment: next, startedAt: Date.now(), logs: [] };
@@ -503,8 +536,10 @@ export class BatchRunner {
             break;
         }
       }
-      if (!this.#stop.signal.aborted) await this.#lost(lease, running, fetches.dropped ?? "the session ended");
+      if (lostOpening) await this.#leaveLost(lease, lostOpening, fetches);
+      else if (!this.#stop.signal.aborted) await this.#lost(lease, running, fetches.dropped ?? "the session ended");
     } finally {
+      this.#serving.delete(lease);
       topUps.stop();
       await watch?.stop();
       fetches.stop.abort();
@@ -702,6 +737,84 @@ export class BatchRunner {
     await this.#client.jobs.save(this.#record);
     this.#emit({ type: "lease-closed", leaseId: BigInt(lease.leaseId), provider: lease.provider as Address });
     this.#notify();
+  }
+
+  /**
+   * Follows a new lease's opening to the client's depth: once confirmed it is recorded so; once lost,
+   * the lease is left if it is served still (see {@link #leaveLost}), else settled at once.
+   */
+  #followOpening(lease: LeaseRecord): void {
+    if (this.#client.chain.confirmations === 0) return;
+    const followed = followOpening(this.#client.chain, {
+      leaseId: BigInt(lease.leaseId),
+      openingTx: lease.openingTx as Hex | undefined,
+      tenant: this.#client.account.address,
+      signal: this.#following.signal,
+    })
+      .then(async (fate) => {
+        if (fate.state === "confirmed") {
+          lease.confirmedBlock = fate.blockNumber.toString();
+          await this.#client.jobs.save(this.#record);
+          this.#emit({ type: "lease-confirmed", leaseId: BigInt(lease.leaseId), blockNumber: fate.blockNumber });
+          return;
+        }
+        const leave = this.#serving.get(lease);
+        if (leave) leave(fate);
+        else await this.#openingLost(lease, fate, undefined);
+      })
+      .catch((error: unknown) => {
+        if (!this.#following.signal.aborted) {
+          this.#log.warn("a lease's opening could not be followed", { leaseId: lease.leaseId, error });
+        }
+      })
+      .finally(() => this.#openings.delete(followed));
+    this.#openings.add(followed);
+  }
+
+  /**
+   * A served lease whose opening a reorg took: its task goes back to the queue (the attempt not
+   * counted) and the slot leases again; its provider, not at fault, is not excluded. Outputs of its
+   * tasks still being fetched are waited for first: the provider still has them (leaving would abort
+   * those fetches, and count them against it).
+   */
+  async #leaveLost(lease: LeaseRecord, fate: LostOpening, fetches: OutputFetches): Promise<void> {
+    await Promise.allSettled(fetches.pending);
+    const requeued = this.#queue.leaseLost(lease.leaseId);
+    if (requeued !== undefined) this.#idle.clear();
+    this.#active.delete(lease.leaseId);
+    await this.#openingLost(lease, fate, requeued);
+  }
+
+  /**
+   * A lease whose opening was lost, settled. One that vanished never was: it is marked `vanished`
+   * and its deposit is the budget's again. One mined again under another id is that lease now: it
+   * takes the id and is ended at once (closed, or slashed when due if its provider had failed). The
+   * results its tasks had are kept: their outputs were verified, whichever lease ran them.
+   */
+  async #openingLost(lease: LeaseRecord, fate: LostOpening, requeued: string | undefined): Promise<void> {
+    const leaseId = BigInt(lease.leaseId);
+    const provider = lease.provider as Address;
+    lease.endedAt ??= Date.now();
+    this.#log.warn("a reorg took a batch lease's opening", { leaseId: lease.leaseId, reason: fate.reason });
+    this.#emit({ type: "lease-vanished", leaseId, provider, reason: fate.reason, requeued });
+    this.#notify();
+    if (fate.state === "vanished") {
+      lease.state = "vanished";
+      this.#record.deposited = (BigInt(this.#record.deposited) - BigInt(lease.deposit)).toString();
+      await this.#client.jobs.save(this.#record);
+      return;
+    }
+    lease.leaseId = fate.leaseId.toString();
+    if (lease.state === "starting" || lease.state === "running") lease.state = "cancelled";
+    await this.#client.jobs.save(this.#record);
+    try {
+      await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
+    } catch (error) {
+      this.#log.warn("a moved lease was not ended", { leaseId: lease.leaseId, error });
+    }
+    if (lease.state === "cancelled") lease.state = "completed";
+    await this.#client.jobs.save(this.#record);
+    if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
   }
 
   #taskStarted(lease: LeaseRecord, assignment: TaskAssignment): void {

@@ -7,8 +7,12 @@ import { describe, expect, it, onTestFinished } from "vitest";
 
 import { devAccount } from "../../deploy/local-chain.ts";
 import { auditJob } from "../../sdk/actions/auditJob.ts";
+import { runBatch, type BatchEvent } from "../../sdk/actions/runBatch.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import { createBatonClient } from "../../sdk/client.ts";
+import { parseJobSpec } from "../../sdk/job-spec.ts";
+import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
+import { openJobStore } from "../../sdk/tenant/job-store.ts";
 import { pollUntil } from "../../sdk/utils/retry.ts";
 import { reorg, snapshotChain, type ChainSnapshot } from "../helpers/reorg.ts";
 import {
@@ -147,6 +151,110 @@ describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS
     expect(lineage.map((l) => [l.leaseId, l.provider])).toEqual([[reopened.leaseId, reopened.provider]]);
     expect(others).toEqual([]);
 
+    await expectTokensConserved(market, before);
+  }, 300_000);
+
+  it("a batch: the lease whose opening vanished is left blamelessly, its running task queued again and done once elsewhere, results it had kept; nothing is slashed and no money moves for it", async () => {
+    const { market } = fixture;
+    const account = devAccount(11);
+    await market.fund(account.address, parseEther("100"));
+    const client = await createBatonClient({
+      rpcUrl: market.chain.rpcUrl,
+      account,
+      deployment: market.deployment,
+      bootstrap: market.providers.map((p) => p.address!),
+      dataDir: path.join(fixture.dir, "batch-tenant"),
+      blockTimeS: BLOCK_TIME_S,
+      confirmations: TENANT_CONFIRMATIONS,
+    });
+    onTestFinished(() => client.close());
+    const before = await totals(market);
+    const test = createTestClient({ mode: "hardhat", transport: http(market.chain.rpcUrl), chain: hardhat });
+    let snapshot: ChainSnapshot | undefined;
+    const transact = client.transact.bind(client);
+    client.transact = async <T>(send: () => Promise<T>): Promise<T> => {
+      snapshot ??= await snapshotChain(market.chain.rpcUrl);
+      return transact(send);
+    };
+
+    const spec = parseJobSpec({
+      name: "square",
+      command: ["sh", "-c", 'sleep 1; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"'],
+      resources: { gpus: 0, cpus: 1, memoryMiB: 128 },
+      maxDurationS: 60,
+    });
+    const lines = Array.from({ length: 6 }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } }));
+    const tasks = parseTasks(lines.join("\n"), spec, { source: "tasks.jsonl", baseDir: "." });
+    const manifest = path.join(fixture.dir, "reorged-batch.jsonl");
+    const events: BatchEvent[] = [];
+    const waiters: { match: (e: BatchEvent) => boolean; resolve: (e: BatchEvent) => void }[] = [];
+    const when = (match: (e: BatchEvent) => boolean): Promise<BatchEvent> =>
+      new Promise((resolve) => {
+        const seen = events.find(match);
+        if (seen) resolve(seen);
+        else waiters.push({ match, resolve });
+      });
+    const batch = runBatch(client, {
+      spec,
+      tasks,
+      source: "tasks.jsonl",
+      manifest,
+      parallelism: 1,
+      maxPricePerSecond: parseEther("0.001"),
+      onEvent: (event) => {
+        events.push(event);
+        for (const waiter of waiters.filter((w) => w.match(event))) {
+          waiters.splice(waiters.indexOf(waiter), 1);
+          waiter.resolve(event);
+        }
+      },
+    });
+    batch.catch(() => undefined);
+
+    const opened = await when((e) => e.type === "lease-opened");
+    if (opened.type !== "lease-opened") throw new Error("unreachable");
+    // No block until the reorg: the opening stays young while the lease records a task and starts the next.
+    await test.setIntervalMining({ interval: 0 });
+    await when((e) => e.type === "task-started" && e.progress.done >= 1);
+    const victim = market.providers.find((p) => p.account.address === opened.provider)!;
+    // The batch's lease records, next to its manifest.
+    const [batchRecord] = await (await openJobStore(`${manifest}.leases`)).list();
+    const phantom = batchRecord!.leases[0]!;
+    expect(phantom.confirmedBlock).toBeUndefined();
+    await reorg(market.chain.rpcUrl, snapshot!, {
+      drop: [phantom.openingTx as `0x${string}`],
+      blockTimeS: BLOCK_TIME_S,
+    });
+
+    const vanished = await when((e) => e.type === "lease-vanished");
+    if (vanished.type !== "lease-vanished") throw new Error("unreachable");
+    expect(vanished).toMatchObject({ leaseId: opened.leaseId, provider: victim.account.address });
+    // The task it ran then (the one started above, or a later one) goes back to the queue.
+    const requeued = vanished.requeued!;
+    expect(events.some((e) => e.type === "task-started" && e.taskId === requeued && e.leaseId === opened.leaseId)).toBe(
+      true,
+    );
+    // Its provider is not excluded, and its next lease may even get the phantom's id (the reorg freed
+    // it): how a provider fences a phantom is the job's test above.
+    const result = await batch;
+
+    // Every task once, with its square; the task the phantom ran when it vanished, on a later lease.
+    expect(result.results.map((r) => r.taskId).sort()).toEqual(tasks.map((t) => t.id).sort());
+    for (const r of result.results) {
+      const n = Number(r.taskId.slice(1));
+      expect(await readFile(path.join(result.outputDir, r.taskId, "square"), "utf8")).toBe(`${n * n}\n`);
+    }
+    // (Its new lease may have the phantom's id: the reorg freed it for the next opening.)
+    expect(events.some((e) => e.type === "task-started" && e.taskId === requeued && e.at >= vanished.at)).toBe(true);
+    // Blameless: no provider lost, nothing slashed; the phantom vanished, every other lease closed.
+    expect(events.filter((e) => ["provider-lost", "task-requeued", "slashed"].includes(e.type))).toEqual([]);
+    expect(result.leases[0]!.state).toBe("vanished");
+    expect(result.leases.slice(1).map((l) => l.state)).toEqual(result.leases.slice(1).map(() => "completed"));
+    // A lease is confirmed only once its opening lies 5 deep: never the phantom.
+    expect(result.leases[0]!.confirmedBlock).toBeUndefined();
+    expect(events.some((e) => e.type === "lease-confirmed" && e.leaseId === opened.leaseId && e.at < vanished.at)).toBe(
+      false,
+    );
     await expectTokensConserved(market, before);
   }, 300_000);
 });
