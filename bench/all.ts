@@ -6,7 +6,8 @@
  *
  * `--block-time S` goes to every benchmark that runs a market on a chain (node, failover, serve,
  * image, batch): their chain mines a block every S seconds. Gas per operation does not depend on
- * it, and the checkpoint benchmark uses no chain.
+ * it, the checkpoint benchmark uses no chain, and the network one measures the tenant↔provider
+ * link, which no block time touches.
  */
 import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
@@ -27,6 +28,7 @@ const benches = [
   { name: "serve", script: "bench/serve.ts", args: ["--block-time", blockTime] },
   { name: "image", script: "bench/image.ts", args: ["--block-time", blockTime] },
   { name: "batch", script: "bench/batch.ts", args: ["--block-time", blockTime] },
+  { name: "network", script: "bench/network.ts", args: [] },
 ];
 
 const outcomes: { bench: string; exitCode: number | null; seconds: number }[] = [];

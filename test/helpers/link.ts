@@ -13,6 +13,19 @@ export interface LinkDelay {
   downMs: number;
   /** Up to this much more, at random per chunk, each way; bytes still arrive in order. */
   jitterMs?: number;
+  /**
+   * Chunks lost, in percent, each way. TCP delivers a lost segment once it is sent again and holds
+   * back what follows it meanwhile, so a lost chunk arrives one retransmission later: Linux's
+   * minimum retransmission timeout (200 ms) plus a round trip ({@link retransmitDelayMs}), with
+   * every chunk behind it. A chunk is what one read returned (a few segments at most for small
+   * messages such as heartbeats), so the loss of bulk transfers is understated.
+   */
+  lossPercent?: number;
+}
+
+/** How much later a lost chunk arrives on a link with these delays: see {@link LinkDelay.lossPercent}. */
+export function retransmitDelayMs({ upMs, downMs }: LinkDelay): number {
+  return 200 + upMs + downMs;
 }
 
 export interface LinkShaper {
@@ -64,7 +77,7 @@ export async function startLink(
   initial: LinkDelay = { upMs: 0, downMs: 0 },
   { port = 0 }: { port?: number } = {},
 ): Promise<LinkShaper> {
-  let delay = { jitterMs: 0, ...initial };
+  let delay = { jitterMs: 0, lossPercent: 0, ...initial };
   let mode: Mode = "forward";
   let accepted = 0;
   let toReset = 0;
@@ -89,7 +102,11 @@ export async function startLink(
       this.from = from;
       this.delayOf = delayOf;
       from.on("data", (bytes: Buffer) => {
-        const at = Math.max(this.#lastAt, Date.now() + this.delayOf() + Math.random() * delay.jitterMs);
+        const lost = Math.random() * 100 < delay.lossPercent;
+        const at = Math.max(
+          this.#lastAt,
+          Date.now() + this.delayOf() + Math.random() * delay.jitterMs + (lost ? retransmitDelayMs(delay) : 0),
+        );
         this.#lastAt = at;
         this.#queue.push({ bytes, at });
         this.#queued += bytes.length;
@@ -209,7 +226,7 @@ export async function startLink(
       return clients.size;
     },
     delay(next) {
-      delay = { jitterMs: 0, ...next };
+      delay = { jitterMs: 0, lossPercent: 0, ...next };
     },
     stall() {
       if (mode === "forward") mode = "stalled";

@@ -3,7 +3,7 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
-import { startLink, type LinkShaper } from "../helpers/link.ts";
+import { retransmitDelayMs, startLink, type LinkShaper } from "../helpers/link.ts";
 
 // The link shaper the link-fault tests put between a tenant and a provider, against an echo server.
 let echo: Server;
@@ -71,6 +71,19 @@ describe("link shaper", () => {
     expect(rtt).toBeGreaterThanOrEqual(99);
     // Slack for a loaded machine; a link that ignored the delay answers in a millisecond.
     expect(rtt).toBeLessThan(1_000);
+  });
+
+  it("loss: a lost chunk arrives one retransmission later, whole and in order, each way", async () => {
+    const delays = { upMs: 10, downMs: 10 };
+    // Every chunk lost: the echo is held back once on the way up and once on the way down.
+    const shaper = await link({ ...delays, lossPercent: 100 });
+    const socket = await dial(shaper);
+    const started = performance.now();
+    socket.write("ping");
+    expect((await read(socket, 4)).toString()).toBe("ping");
+    const rtt = performance.now() - started;
+    expect(rtt).toBeGreaterThanOrEqual(2 * retransmitDelayMs(delays) + 19);
+    expect(rtt).toBeLessThan(2_000);
   });
 
   it("keeps byte order under jitter larger than the gap between writes", async () => {
