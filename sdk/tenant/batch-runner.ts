@@ -35,10 +35,17 @@ import {
   type Funding,
 } from "./hand-off-policy.ts";
 import { JobEvents } from "./job-events.ts";
-import { endOpenLeases, endRecordedLease, PendingSlashes, slashedEvent, type OnSlash } from "./job-settlement.ts";
+import {
+  endOpenLeases,
+  endRecordedLease,
+  PendingSlashes,
+  settleLostOpening,
+  slashedEvent,
+  type OnSlash,
+} from "./job-settlement.ts";
 import type { JobRecord, JobStore, LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
-import { followOpening, type OpeningFate } from "./lease-confirmation.ts";
+import { followOpening, type LostOpening } from "./lease-confirmation.ts";
 import { leaseLiveness } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 
@@ -155,9 +162,6 @@ interface OutputFetches {
   /** Drops the lease: its watch ends, and the lease is lost for `reason`. */
   drop(reason: string): void;
 }
-
-/** A lease's opening that was not confirmed: it vanished, or is another lease now. */
-type LostOpening = Exclude<OpeningFate, { state: "confirmed" }>;
 
 /** A task on a lease: what it was given, and what it logged. */
 interface Running {
@@ -786,35 +790,21 @@ export class BatchRunner {
   }
 
   /**
-   * A lease whose opening was lost, settled. One that vanished never was: it is marked `vanished`
-   * and its deposit is the budget's again. One mined again under another id is that lease now: it
-   * takes the id and is ended at once (closed, or slashed when due if its provider had failed). The
-   * results its tasks had are kept: their outputs were verified, whichever lease ran them.
+   * A lease whose opening was lost, told and settled (`settleLostOpening`: vanished, or ended under
+   * its new id). The results its tasks had are kept: their outputs were verified, whichever lease
+   * ran them.
    */
   async #openingLost(lease: LeaseRecord, fate: LostOpening, requeued: string | undefined): Promise<void> {
     const leaseId = BigInt(lease.leaseId);
     const provider = lease.provider as Address;
-    lease.endedAt ??= Date.now();
     this.#log.warn("a reorg took a batch lease's opening", { leaseId: lease.leaseId, reason: fate.reason });
     this.#emit({ type: "lease-vanished", leaseId, provider, reason: fate.reason, requeued });
     this.#notify();
-    if (fate.state === "vanished") {
-      lease.state = "vanished";
-      this.#record.deposited = (BigInt(this.#record.deposited) - BigInt(lease.deposit)).toString();
-      await this.#client.jobs.save(this.#record);
-      return;
-    }
-    lease.leaseId = fate.leaseId.toString();
-    if (lease.state === "starting" || lease.state === "running") lease.state = "cancelled";
-    await this.#client.jobs.save(this.#record);
-    try {
-      await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
-    } catch (error) {
-      this.#log.warn("a moved lease was not ended", { leaseId: lease.leaseId, error });
-    }
-    if (lease.state === "cancelled") lease.state = "completed";
-    await this.#client.jobs.save(this.#record);
-    if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
+    // Not ended now (a moved lease's close failed): the batch's end tries again (`endOpenLeases`).
+    await settleLostOpening(this.#client, this.#record, lease, fate, {
+      onSlash: this.#onSlash,
+      slashes: this.#slashes,
+    }).catch((error: unknown) => this.#log.warn("a lost lease was not settled", { leaseId: lease.leaseId, error }));
   }
 
   #taskStarted(lease: LeaseRecord, assignment: TaskAssignment): void {

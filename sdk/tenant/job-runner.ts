@@ -22,10 +22,17 @@ import {
 } from "./hand-off-policy.ts";
 import type { AttachOptions, JobHandle, JobState, JobStatus, RunJobOptions } from "./job-handle.ts";
 import { JobEvents, type JobEvent, type JobEventListener, type JobEventType, type JobResult } from "./job-events.ts";
-import { endOpenLeases, endRecordedLease, PendingSlashes, slashedEvent, type OnSlash } from "./job-settlement.ts";
+import {
+  endOpenLeases,
+  endRecordedLease,
+  PendingSlashes,
+  settleLostOpening,
+  slashedEvent,
+  type OnSlash,
+} from "./job-settlement.ts";
 import { storedResult, type JobRecord, type LeaseRecord } from "./job-store.ts";
 import { acquireLease, type AcquireLeaseParameters, type AcquiredLease } from "./lease-acquisition.ts";
-import { followOpening, type OpeningFate } from "./lease-confirmation.ts";
+import { followOpening, type LostOpening, type OpeningFate } from "./lease-confirmation.ts";
 import { followLease, type FollowLeaseParameters, type FollowOutcome, type JobProgress } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 
@@ -64,9 +71,6 @@ const transitions: Readonly<Record<JobState, readonly JobState[]>> = {
 export function driveJob(client: BatonClient, record: JobRecord, options: RunJobOptions | AttachOptions): JobHandle {
   return new JobRunner(client, record, options).begin();
 }
-
-/** A lease's opening that was not confirmed: it vanished, or is another lease now. */
-type LostOpening = Exclude<OpeningFate, { state: "confirmed" }>;
 
 /** How following a lease ended: its session's outcome, or the loss of its opening meanwhile. */
 type LeaseOutcome = FollowOutcome | { kind: "lost"; fate: LostOpening };
@@ -576,23 +580,12 @@ class JobRunner implements JobHandle {
   async #handleLoss(lease: LeaseRecord, fate: LostOpening): Promise<void> {
     this.#lostSinceLastLease = true;
     const leaseId = BigInt(lease.leaseId);
-    const held = lease.state === "starting" || lease.state === "running";
-    lease.endedAt ??= Date.now();
     this.#log.warn("a reorg took a lease's opening", { leaseId: lease.leaseId, reason: fate.reason });
     this.#events.emit({ type: "lease-vanished", leaseId, provider: lease.provider as Address, reason: fate.reason });
-    if (fate.state === "vanished") {
-      lease.state = "vanished";
-      this.#record.deposited = (BigInt(this.#record.deposited) - BigInt(lease.deposit)).toString();
-      await this.#client.jobs.save(this.#record);
-      return;
-    }
-    lease.leaseId = fate.leaseId.toString();
-    // The tenant leaves it for a new lease: its provider is not at fault.
-    if (held) lease.state = "cancelled";
-    await this.#client.jobs.save(this.#record);
-    await endRecordedLease(this.#client, this.#record, lease, { onSlash: this.#onSlash });
-    await this.#client.jobs.save(this.#record);
-    if (lease.state === "failed" && !lease.slash) this.#slashes.add(lease);
+    await settleLostOpening(this.#client, this.#record, lease, fate, {
+      onSlash: this.#onSlash,
+      slashes: this.#slashes,
+    });
   }
 
   /** running → completed: the job exited 0 and its output is fetched and verified (any other exit fails it). */

@@ -3,6 +3,7 @@ import type { Address } from "viem";
 import { ChainError, shortMessageOf } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { recordedSlash, type JobRecord, type JobStore, type LeaseRecord } from "./job-store.ts";
+import type { LostOpening } from "./lease-confirmation.ts";
 import {
   endLease,
   slashWhenDue,
@@ -64,6 +65,35 @@ async function recordSlash(
   lease.slash = recordedSlash(slash);
   await client.jobs.save(record);
   onSlash?.(lease, slash);
+}
+
+/**
+ * A lease whose opening a reorg took (see `lease-confirmation.ts`), settled in the record. One that
+ * vanished never was: it is marked `vanished`, and its deposit no longer counts as deposited. One
+ * mined again under another id is that lease now: it takes the id and is ended at once (its work runs
+ * nowhere; `cancelled` if it was held, its provider not at fault), closed or, for a failed
+ * provider's, slashed when due: `slashes` waits for that.
+ */
+export async function settleLostOpening(
+  client: RecordingClient,
+  record: JobRecord,
+  lease: LeaseRecord,
+  fate: LostOpening,
+  { onSlash, slashes }: { onSlash: OnSlash; slashes: PendingSlashes },
+): Promise<void> {
+  lease.endedAt ??= Date.now();
+  if (fate.state === "vanished") {
+    lease.state = "vanished";
+    record.deposited = (BigInt(record.deposited) - BigInt(lease.deposit)).toString();
+    await client.jobs.save(record);
+    return;
+  }
+  lease.leaseId = fate.leaseId.toString();
+  if (lease.state === "starting" || lease.state === "running") lease.state = "cancelled";
+  await client.jobs.save(record);
+  await endRecordedLease(client, record, lease, { onSlash });
+  await client.jobs.save(record);
+  if (lease.state === "failed" && !lease.slash) slashes.add(lease);
 }
 
 /**

@@ -25,6 +25,9 @@ export type OpeningFate =
    */
   | { state: "moved"; leaseId: bigint; reason: string };
 
+/** A lease's opening that was not confirmed: it vanished, or is another lease now. */
+export type LostOpening = Exclude<OpeningFate, { state: "confirmed" }>;
+
 export interface FollowOpeningParameters {
   leaseId: bigint;
   /** The transaction that opened it, if known; else it is found by the lease's `LeaseOpened` event. */

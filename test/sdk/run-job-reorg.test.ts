@@ -9,7 +9,7 @@ import { devAccount } from "../../deploy/local-chain.ts";
 import { auditJob } from "../../sdk/actions/auditJob.ts";
 import { runBatch, type BatchEvent } from "../../sdk/actions/runBatch.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
-import { createBatonClient } from "../../sdk/client.ts";
+import { createBatonClient, type BatonClient } from "../../sdk/client.ts";
 import { parseJobSpec } from "../../sdk/job-spec.ts";
 import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
 import { openJobStore } from "../../sdk/tenant/job-store.ts";
@@ -42,31 +42,43 @@ const fixture = useRunJobMarket({
   configFor: () => ({ confirmations: NODE_CONFIRMATIONS }),
 });
 
+/**
+ * A tenant (dev account `account`, funded) reading at the tenant's confirmations, and the snapshot
+ * taken just before its first transaction (the lease's opening), once it is sent.
+ */
+async function reorgTenant(
+  account: number,
+  dirName: string,
+): Promise<{ client: BatonClient; snapshot: () => ChainSnapshot | undefined }> {
+  const { market } = fixture;
+  const tenant = devAccount(account);
+  await market.fund(tenant.address, parseEther("100"));
+  const client = await createBatonClient({
+    rpcUrl: market.chain.rpcUrl,
+    account: tenant,
+    deployment: market.deployment,
+    bootstrap: market.providers.map((p) => p.address!),
+    dataDir: path.join(fixture.dir, dirName),
+    blockTimeS: BLOCK_TIME_S,
+    confirmations: TENANT_CONFIRMATIONS,
+  });
+  onTestFinished(() => client.close());
+  let snapshot: ChainSnapshot | undefined;
+  const transact = client.transact.bind(client);
+  client.transact = async <T>(send: () => Promise<T>): Promise<T> => {
+    snapshot ??= await snapshotChain(market.chain.rpcUrl);
+    return transact(send);
+  };
+  return { client, snapshot: () => snapshot };
+}
+
 describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS} confirmations, providers at ${NODE_CONFIRMATIONS})`, () => {
   it("the tenant never believes the lease, leaves it, and finishes the job on a new one; its provider stops the phantom's job; no money moves for it", async () => {
     const { market } = fixture;
-    const account = devAccount(10);
-    await market.fund(account.address, parseEther("100"));
-    const client = await createBatonClient({
-      rpcUrl: market.chain.rpcUrl,
-      account,
-      deployment: market.deployment,
-      bootstrap: market.providers.map((p) => p.address!),
-      dataDir: path.join(fixture.dir, "tenant"),
-      blockTimeS: BLOCK_TIME_S,
-      confirmations: TENANT_CONFIRMATIONS,
-    });
-    onTestFinished(() => client.close());
+    const { client, snapshot } = await reorgTenant(10, "tenant");
     const before = await totals(market);
 
-    // The snapshot is taken just before the tenant's first transaction: the lease's opening.
     const test = createTestClient({ mode: "hardhat", transport: http(market.chain.rpcUrl), chain: hardhat });
-    let snapshot: ChainSnapshot | undefined;
-    const transact = client.transact.bind(client);
-    client.transact = async <T>(send: () => Promise<T>): Promise<T> => {
-      snapshot ??= await snapshotChain(market.chain.rpcUrl);
-      return transact(send);
-    };
     let vanishedFrom: Address | undefined;
     const job = await runJob(client, trainSpec("40"), {
       maxPricePerSecond: parseEther("0.001"),
@@ -93,9 +105,9 @@ describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS
     // Not yet as deep as the tenant's confirmations (else the test would reorg a confirmed lease).
     expect(head - openingBlock).toBeLessThan(BigInt(TENANT_CONFIRMATIONS));
 
-    expect(snapshot!.blockNumber).toBeLessThan(openingBlock);
+    expect(snapshot()!.blockNumber).toBeLessThan(openingBlock);
     // The providers' heartbeats of those blocks (and of the mempool) come back; the opening does not.
-    await reorg(market.chain.rpcUrl, snapshot!, {
+    await reorg(market.chain.rpcUrl, snapshot()!, {
       drop: [phantom.openingTx as `0x${string}`],
       blockTimeS: BLOCK_TIME_S,
     });
@@ -138,7 +150,7 @@ describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS
     expect(heldFromPhantom).toContain(restarted.resumedFrom!.cid);
 
     // The chain agrees, read 5 blocks deep once the finish is that deep: one lease, the one that ran.
-    const audit = () => auditJob(client, { jobId: job.jobId, tenant: account.address });
+    const audit = () => auditJob(client, { jobId: job.jobId, tenant: client.account.address });
     expect(
       await pollUntil(async () => (await audit()).lineage.every((l) => l.status === "completed"), {
         delayMs: 500,
@@ -156,26 +168,9 @@ describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS
 
   it("a batch: the lease whose opening vanished is left blamelessly, its running task queued again and done once elsewhere, results it had kept; nothing is slashed and no money moves for it", async () => {
     const { market } = fixture;
-    const account = devAccount(11);
-    await market.fund(account.address, parseEther("100"));
-    const client = await createBatonClient({
-      rpcUrl: market.chain.rpcUrl,
-      account,
-      deployment: market.deployment,
-      bootstrap: market.providers.map((p) => p.address!),
-      dataDir: path.join(fixture.dir, "batch-tenant"),
-      blockTimeS: BLOCK_TIME_S,
-      confirmations: TENANT_CONFIRMATIONS,
-    });
-    onTestFinished(() => client.close());
+    const { client, snapshot } = await reorgTenant(11, "batch-tenant");
     const before = await totals(market);
     const test = createTestClient({ mode: "hardhat", transport: http(market.chain.rpcUrl), chain: hardhat });
-    let snapshot: ChainSnapshot | undefined;
-    const transact = client.transact.bind(client);
-    client.transact = async <T>(send: () => Promise<T>): Promise<T> => {
-      snapshot ??= await snapshotChain(market.chain.rpcUrl);
-      return transact(send);
-    };
 
     const spec = parseJobSpec({
       name: "square",
@@ -221,7 +216,7 @@ describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS
     const [batchRecord] = await (await openJobStore(`${manifest}.leases`)).list();
     const phantom = batchRecord!.leases[0]!;
     expect(phantom.confirmedBlock).toBeUndefined();
-    await reorg(market.chain.rpcUrl, snapshot!, {
+    await reorg(market.chain.rpcUrl, snapshot()!, {
       drop: [phantom.openingTx as `0x${string}`],
       blockTimeS: BLOCK_TIME_S,
     });
