@@ -108,6 +108,7 @@ describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
       { delayMs: 250, backoff: 1, timeoutMs: 60_000 },
     );
     expect(onChainBeforeKill).toBe(true);
+    const killedAt = Date.now();
     victim.process!.child.kill("SIGKILL");
     onTestFinished(() => victim.start());
 
@@ -141,7 +142,15 @@ describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
     const handedTo = lineage[1]!.leaseId;
     expect(safe(handedTo).length).toBeGreaterThan(3);
     expect(onChain).toEqual(expect.arrayContaining([...safeAtKill, ...safe(handedTo)]));
-    expect(onChain).toContain(restarted.resumedFrom!.cid);
+    // The checkpoint it resumed from is on chain when it was safe before the kill. One whose bytes had
+    // all come before the kill is made safe just after it, and resumed from, but the dead provider
+    // never committed it (a CI run here saw that once).
+    const resumedFrom = restarted.resumedFrom!.cid;
+    if (safeAtKill.includes(resumedFrom)) expect(onChain).toContain(resumedFrom);
+    else {
+      const madeSafe = events.find((e) => e.type === "checkpoint-safe" && e.cid === resumedFrom);
+      expect(madeSafe!.at).toBeGreaterThanOrEqual(killedAt);
+    }
 
     await expectTokensConserved(fixture.market, before);
   }, 300_000);
