@@ -93,10 +93,10 @@ if (RELAY_KILLS > 0) figures.push(...(await relayFailover()));
 printTable(`Network (${PROVIDERS} providers, each behind a link of ${link}; loopback)`, figures);
 console.log(`\nwrote ${await writeResults("network", { figures, ...results })}`);
 
-/** Starts the job on the provider `only` (by index) when given, else on any that `avoid` leaves. */
-async function startJob(client: BatonClient, pick: (address: string) => boolean): Promise<JobHandle> {
+/** Starts the job on a provider that `pick` accepts (by its address). */
+function startJob(client: BatonClient, pick: (address: string) => boolean): Promise<JobHandle> {
   let first = true;
-  const job = await runJob(client, spec, {
+  return runJob(client, spec, {
     maxPricePerSecond: parseEther("0.001"),
     files,
     // Only the first lease is steered: a hand-off may go anywhere.
@@ -109,7 +109,6 @@ async function startJob(client: BatonClient, pick: (address: string) => boolean)
         .filter((p) => !pick(p));
     },
   });
-  return job;
 }
 
 /** Resolves with the job's first event of `type` that `match` accepts; rejects if the job ends first. */
