@@ -25,6 +25,7 @@ import type { ProviderMessage } from "../wire/messages.ts";
 import type { BatchManifest, TaskResult } from "./batch-manifest.ts";
 import { BatchQueue, type BatchCounts, type TaskAssignment, type TaskCheckpoint } from "./batch-queue.ts";
 import { taskSpec, type BatchTask } from "./batch-tasks.ts";
+import { watchChainDeadline } from "./chain-deadline.ts";
 import { CheckpointReplicator, DEFAULT_KEEP_CHECKPOINTS } from "./checkpoint-replicator.ts";
 import {
   DEFAULT_RETRY_LIMIT,
@@ -157,7 +158,7 @@ export interface BatchRunInit {
 interface OutputFetches {
   pending: Set<Promise<void>>;
   stop: AbortController;
-  /** Why the lease is to be dropped: an output that failed. */
+  /** Why the lease is to be dropped: an output that failed, or its provider's heartbeats stopping on chain. */
   dropped: string | undefined;
   /** Drops the lease: its watch ends, and the lease is lost for `reason`. */
   drop(reason: string): void;
@@ -467,6 +468,13 @@ export class BatchRunner {
       });
       this.#taskStarted(lease, first);
       topUps.schedule(lease);
+      // A provider whose heartbeats stop on chain is left before its lease turns slashable, though
+      // its session still answers (see `chain-deadline.ts`).
+      watchChainDeadline(this.#client, { leaseId, signal: AbortSignal.any([fetches.stop.signal, this.#stop.signal]) })
+        .then((reason) => {
+          if (reason !== undefined) fetches.drop(reason);
+        })
+        .catch((error: unknown) => this.#log.warn("a lease's deadline is not watched", { leaseId, error }));
       for await (const event of watch) {
         if (lostOpening) break;
         switch (event.type) {

@@ -10,6 +10,7 @@ import { BaseError, JobCancelledError, JobFailedError, NoProviderError, oneLineO
 import type { Logger } from "../logger.ts";
 import { sleep } from "../utils/retry.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
+import { watchChainDeadline } from "./chain-deadline.ts";
 import { CheckpointReplicator } from "./checkpoint-replicator.ts";
 import {
   countHandOff,
@@ -72,8 +73,11 @@ export function driveJob(client: BatonClient, record: JobRecord, options: RunJob
   return new JobRunner(client, record, options).begin();
 }
 
-/** How following a lease ended: its session's outcome, or the loss of its opening meanwhile. */
-type LeaseOutcome = FollowOutcome | { kind: "lost"; fate: LostOpening };
+/**
+ * How following a lease ended: its session's outcome, the loss of its opening meanwhile, or its
+ * provider's heartbeats stopping on chain while its session went on.
+ */
+type LeaseOutcome = FollowOutcome | { kind: "lost"; fate: LostOpening } | { kind: "overdue"; reason: string };
 
 /** How the job was asked to stop, and the error that says why. */
 interface StopRequest {
@@ -282,6 +286,9 @@ class JobRunner implements JobHandle {
         case "failed":
           await this.#handOff(lease, outcome.reason, outcome.lastSeenAt);
           break;
+        case "overdue":
+          await this.#handOff(lease, outcome.reason, Date.now());
+          break;
         case "lost":
           this.#enter("handing-off");
           await this.#lose(lease, outcome.fate);
@@ -365,25 +372,43 @@ class JobRunner implements JobHandle {
     start: FollowLeaseParameters["start"],
     notOpened: AbortSignal | undefined,
   ): Promise<LeaseOutcome> {
-    this.#leaseWork = new AbortController();
+    const leaseWork = new AbortController();
+    this.#leaseWork = leaseWork;
     this.#enter("running");
-    const following = this.#followSession(lease, start, this.#leaseWork.signal, notOpened);
+    const following = this.#followSession(lease, start, leaseWork.signal, notOpened);
+    const overdue = this.#overdue(lease, leaseWork.signal);
     const confirmation = this.#confirmation(lease);
-    if (!confirmation) return following;
-    this.#followed = lease;
+    const lost = confirmation?.then((fate) =>
+      fate && fate.state !== "confirmed" ? { kind: "lost" as const, fate } : new Promise<never>(() => {}),
+    );
+    if (lost) this.#followed = lease;
     try {
-      const lost = confirmation.then((fate) =>
-        fate && fate.state !== "confirmed" ? { kind: "lost" as const, fate } : new Promise<never>(() => {}),
-      );
-      const outcome = await Promise.race([following, lost]);
-      if (outcome.kind === "lost") {
-        this.#leaseWork.abort();
+      const outcome = await Promise.race([following, overdue, ...(lost ? [lost] : [])]);
+      if (outcome.kind === "lost" || outcome.kind === "overdue") {
+        leaseWork.abort();
         await following.catch(() => undefined);
       }
       return outcome;
     } finally {
+      // The watch of the chain's deadline ends with the lease's following.
+      leaseWork.abort();
       this.#followed = undefined;
     }
+  }
+
+  /**
+   * The lease's provider, by the chain: failed once its lease is about to turn slashable (see
+   * `chain-deadline.ts`), though its session may still answer. Never settles otherwise.
+   */
+  async #overdue(lease: LeaseRecord, leaseWork: AbortSignal): Promise<LeaseOutcome> {
+    // A signed opening is watched once it landed: until then the lease is not on chain.
+    await this.#opening;
+    const reason = leaseWork.aborted
+      ? undefined
+      : await watchChainDeadline(this.#client, { leaseId: BigInt(lease.leaseId), signal: leaseWork });
+    if (reason === undefined) return new Promise<never>(() => {});
+    this.#log.warn("the provider's heartbeats stopped on chain; leaving its lease", { leaseId: lease.leaseId, reason });
+    return { kind: "overdue", reason };
   }
 
   #followSession(

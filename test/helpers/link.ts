@@ -73,7 +73,8 @@ type Mode = "forward" | "stalled" | "cut";
  * try { ... link.cut(); ... link.heal(); } finally { await link.close(); }
  */
 export async function startLink(
-  targetPort: number,
+  /** Or where to find it at each connection: for a target started after the link (a devnet's chain). */
+  targetPort: number | (() => number),
   initial: LinkDelay = { upMs: 0, downMs: 0 },
   { port = 0 }: { port?: number } = {},
 ): Promise<LinkShaper> {
@@ -193,7 +194,11 @@ export async function startLink(
     // reaches nobody until it heals, as a SYN lost on the way would.
     const dial = (): void => {
       if (client.destroyed) return;
-      const target = connect({ host: "127.0.0.1", port: targetPort, allowHalfOpen: true });
+      const target = connect({
+        host: "127.0.0.1",
+        port: typeof targetPort === "number" ? targetPort : targetPort(),
+        allowHalfOpen: true,
+      });
       ends.push(target);
       sockets.add(target);
       up.to = target;

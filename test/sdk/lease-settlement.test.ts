@@ -9,6 +9,7 @@ import type { Deployment } from "../../sdk/chain/deployments.ts";
 import { leaseIdFromReceipt } from "../../sdk/chain/permit.ts";
 import { signQuote } from "../../sdk/chain/quote.ts";
 import { silentLogger } from "../../sdk/logger.ts";
+import { deadlineMarginS, watchChainDeadline } from "../../sdk/tenant/chain-deadline.ts";
 import { endingCall, endLease, slashWhenDue, type SettlementClient } from "../../sdk/tenant/lease-settlement.ts";
 import { until } from "../helpers/processes.ts";
 
@@ -189,5 +190,60 @@ describe("slashWhenDue", () => {
 
     expect(slash).toBeDefined();
     expect(leaseStatus[(await viewOf(leaseId)).status]).toBe("Slashed");
+  });
+});
+
+describe("watchChainDeadline", () => {
+  // The clients exist once the file's `beforeAll` ran.
+  const watcher = () => ({ chain: tenantChain, account: tenant, log: silentLogger });
+  const heartbeat = async (leaseId: bigint): Promise<void> => {
+    const { leaseManager } = contracts(deployment);
+    await writeContract(providerChain, { ...leaseManager, functionName: "heartbeat", args: [[leaseId], [""]] });
+  };
+
+  it("stays quiet while the provider heartbeats, and speaks up a margin before the lease turns slashable", async () => {
+    const leaseId = await openTestLease(5);
+    let said: string | undefined;
+    const watch = watchChainDeadline(watcher(), { leaseId, signal: AbortSignal.timeout(60_000) }).then(
+      (reason) => (said = reason ?? "nothing"),
+    );
+    // Heartbeats 1 s apart for 6 s: past the first deadline, each moving the next (4 s of slack
+    // each for a loaded machine).
+    const first = await viewOf(leaseId);
+    for (let i = 0; i < 6; i++) {
+      await heartbeat(leaseId);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+    }
+    expect(said).toBeUndefined();
+    const { lastHeartbeat, deadline } = await viewOf(leaseId);
+    expect(deadline).toBeGreaterThan(first.deadline);
+
+    const reason = await watch;
+    // 5 s of timeout, a 1 s margin: told 4 s after the last heartbeat, 1 s before the deadline.
+    expect(reason).toMatch(/^no heartbeat on chain for [45] s: its lease turns slashable in [01] s$/);
+    expect(deadlineMarginS(5n)).toBe(1n);
+    expect(deadlineMarginS(120n)).toBe(12n);
+    expect((await viewOf(leaseId)).lastHeartbeat).toBe(lastHeartbeat);
+  });
+
+  it("says a lease already past its deadline is slashable", async () => {
+    const leaseId = await openTestLease(4);
+    await pastDeadline(leaseId);
+    const reason = await watchChainDeadline(watcher(), { leaseId, signal: AbortSignal.timeout(60_000) });
+    expect(reason).toMatch(/^its lease is slashable: no heartbeat on chain for \d+ s \(timeout 4 s\)$/);
+  });
+
+  it("ends without a word for a lease no longer active, and when its signal aborts", async () => {
+    const closed = await openTestLease(600);
+    await endLease(client, { leaseId: closed });
+    expect(
+      await watchChainDeadline(watcher(), { leaseId: closed, signal: AbortSignal.timeout(60_000) }),
+    ).toBeUndefined();
+
+    const open = await openTestLease(600);
+    const stop = new AbortController();
+    const watch = watchChainDeadline(watcher(), { leaseId: open, signal: stop.signal });
+    stop.abort();
+    expect(await watch).toBeUndefined();
   });
 });

@@ -28,25 +28,34 @@ import {
 // nowhere (as one behind a NAT), so provider-1 cannot dial it around the shaper either.
 let link: LinkShaper;
 let shapedPort: number;
+// provider-1's path to the chain: its RPC URL names this link, in front of the devnet's chain.
+let chainLink: LinkShaper;
+let chainPort: number | undefined;
 beforeAll(async () => {
   shapedPort = await freePort();
   link = await startLink(shapedPort);
+  chainLink = await startLink(() => {
+    if (chainPort === undefined) throw new Error("the chain link was dialled before the devnet's chain started");
+    return chainPort;
+  });
 });
-// Hooks after a file run in reverse: the link closes after the market stops.
-afterAll(() => link?.close());
+// Hooks after a file run in reverse: the links close after the market stops.
+afterAll(() => Promise.all([link?.close(), chainLink?.close()]));
 
 const fixture = useRunJobMarket({
   // Every test here waits on the tenant's detection, not the chain's, and one asserts that the
   // cut-off provider is not slashed: its heartbeat transactions get a loaded machine's slack.
   chainHeartbeatTimeoutS: 20,
-  configFor: (index) =>
-    index === 0
-      ? {
-          listen: [`/ip4/127.0.0.1/tcp/${shapedPort}`],
-          announce: [link.multiaddr],
-          price: { basePerSecond: "900000000000", perGpuPerSecond: "1000000000000" },
-        }
-      : {},
+  configFor: (index, devnet) => {
+    if (index !== 0) return {};
+    chainPort = Number(new URL(devnet.rpcUrl).port);
+    return {
+      listen: [`/ip4/127.0.0.1/tcp/${shapedPort}`],
+      announce: [link.multiaddr],
+      rpcUrl: `http://127.0.0.1:${chainLink.port}`,
+      price: { basePerSecond: "900000000000", perGpuPerSecond: "1000000000000" },
+    };
+  },
 });
 
 const STATUS = ["None", "Active", "Closing", "Completed", "Closed", "Expired", "Slashed"] as const;
@@ -189,6 +198,48 @@ describe("runJob on a shaped tenant↔provider link", () => {
     await expectUndisturbed(job, events, before);
     // Each silence was noticed, and each cleared when the link came back.
     expect(suspicions).toEqual([1, 2, 3]);
+  });
+
+  it("(d) provider-1 cut off from the chain, not from the tenant: the tenant leaves its lease before it turns slashable, the job resumes elsewhere, and provider-1 stops once it reaches the chain again", async () => {
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("60"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    const cutOff = job.status().leaseId!;
+    onTestFinished(() => chainLink.heal());
+    // Silent: provider-1's RPC requests hang, its heartbeat transactions never reach the chain,
+    // and its session with the tenant goes on as before.
+    chainLink.stall();
+    const failed = await when("provider-failed");
+    expect(failed.leaseId).toBe(cutOff);
+    // The chain told the tenant to leave, before anyone could slash the lease: its session with
+    // provider-1 never failed (every byte of it still flows).
+    expect(failed.reason).toMatch(/^no heartbeat on chain for \d+ s: its lease turns slashable in \d+ s$/);
+    const resumed = await when("started", (e) => e.leaseId !== cutOff);
+    expect(resumed.resumed).toBe(true);
+    expect(serving(fixture.market, job)).not.toBe(shaped);
+    chainLink.heal();
+    // The successor's opening ended the lease: closed while its deadline had not passed (provider-1
+    // then has a whole timeout from the close to acknowledge it, which it does once it reaches the
+    // chain again), else slashed by that same transaction, the tenant taking the slash's share.
+    // Either way provider-1 stops the job once it reads the chain.
+    await shaped.process!.waitFor(
+      new RegExp(`"msg":"lease ended on chain; job stopped","leaseId":"${cutOff}"`),
+      60_000,
+    );
+    const result = await job.result();
+    await job.settled();
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(result.handOffs).toBe(1);
+    const slashed = events.flatMap((e) => (e.type === "slashed" ? [e.leaseId] : []));
+    const ended = await leaseStatus(cutOff.toString());
+    expect(["Closed", "Slashed"]).toContain(ended);
+    expect(slashed).toEqual(ended === "Closed" ? [] : [cutOff]);
+    await expectTokensConserved(fixture.market, before);
   });
 });
 

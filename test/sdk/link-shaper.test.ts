@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 async function link(
-  ...args: Parameters<typeof startLink> extends [number, ...infer R] ? R : never
+  ...args: Parameters<typeof startLink> extends [unknown, ...infer R] ? R : never
 ): Promise<LinkShaper> {
   const shaper = await startLink(echoPort, ...args);
   onTestFinished(() => shaper.close());
