@@ -169,6 +169,45 @@ describe("runJob on a shaped tenant↔provider link", () => {
     await expectUndisturbed(job, events, before);
   });
 
+  it("(b) tenant and provider-1 partitioned without a word, provider-1 still on the chain: the tenant hands off, provider-1 acknowledges the close and stops before the link heals, unslashed, and there is one result", async () => {
+    const before = await totals(fixture.market);
+    // Long enough (36 s of steps) that provider-1 cannot finish the job in the ~12 s before the
+    // hand-off, which would be paid while the tenant runs the rest again elsewhere.
+    const job = await runJob(client, trainSpec("60"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    const cutOff = job.status().leaseId!;
+    onTestFinished(() => link.heal());
+    link.stall();
+    const failed = await when("provider-failed");
+    expect(failed.leaseId).toBe(cutOff);
+    // The session's liveness saw it, not the chain: provider-1's heartbeats still land there.
+    expect(failed.reason).not.toMatch(/on chain/);
+    const resumed = await when("started", (e) => e.leaseId !== cutOff);
+    expect(resumed.resumed).toBe(true);
+    expect(serving(fixture.market, job)).not.toBe(shaped);
+    // No split brain: provider-1 learns of the close from the chain alone, acknowledges it (its
+    // collateral freed) and stops the job, while the tenant is still out of its reach.
+    await shaped.process!.waitFor(
+      new RegExp(`"msg":"lease ended on chain; job stopped","leaseId":"${cutOff}","reason":"closed by the tenant"`),
+      60_000,
+    );
+    link.heal();
+    const result = await job.result();
+    await job.settled();
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(result.handOffs).toBe(1);
+    expect(events.filter((e) => e.type === "completed")).toHaveLength(1);
+    // The honest party is paid to its last heartbeat and not slashed.
+    expect(await leaseStatus(cutOff.toString())).toBe("Closed");
+    expect(events.filter((e) => e.type === "slashed")).toEqual([]);
+    await expectTokensConserved(fixture.market, before);
+  });
+
   it("(c) a flapping link (silent 3 s, forwarding 3 s, three times): no hand-off, each suspicion clears, provider-1 finishes", async () => {
     const before = await totals(fixture.market);
     const job = await runJob(client, trainSpec("40"), {
