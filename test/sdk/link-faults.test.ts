@@ -7,9 +7,12 @@ import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vites
 
 import { bid } from "../../sdk/actions/bid.ts";
 import { findOffers } from "../../sdk/actions/findOffers.ts";
+import { runBatch, type BatchEvent } from "../../sdk/actions/runBatch.ts";
 import { runJob, type JobEvent } from "../../sdk/actions/runJob.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { BatonClient } from "../../sdk/client.ts";
+import { parseJobSpec } from "../../sdk/job-spec.ts";
+import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
 import { freePort, startLink, type LinkShaper } from "../helpers/link.ts";
 import type { ProviderHandle } from "../helpers/market.ts";
 import {
@@ -278,6 +281,55 @@ describe("runJob on a shaped tenant↔provider link", () => {
     const ended = await leaseStatus(cutOff.toString());
     expect(["Closed", "Slashed"]).toContain(ended);
     expect(slashed).toEqual(ended === "Closed" ? [] : [cutOff]);
+    await expectTokensConserved(fixture.market, before);
+  });
+
+  it("(e) a batch whose lease is on provider-1 when provider-1 is cut off from the chain: the lease is dropped before it turns slashable, its task runs again elsewhere, and every task is recorded once with its result", async () => {
+    const before = await totals(fixture.market);
+    const spec = parseJobSpec({
+      name: "square",
+      command: ["sh", "-c", 'sleep 2; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"'],
+      resources: { gpus: 0, cpus: 1, memoryMiB: 128 },
+      maxDurationS: 60,
+    });
+    const ids = Array.from({ length: 16 }, (_, i) => `n${i + 1}`);
+    const tasks = parseTasks(ids.map((id) => JSON.stringify({ id, env: { N: id.slice(1) } })).join("\n"), spec, {
+      source: "tasks.jsonl",
+      baseDir: ".",
+    });
+    const events: BatchEvent[] = [];
+    const onEvent = (event: BatchEvent): void => void events.push(event);
+    const seen = <T extends BatchEvent["type"]>(type: T) =>
+      waitFor(() => events.find((e): e is Extract<BatchEvent, { type: T }> => e.type === type), 60_000);
+    const batch = runBatch(client, {
+      spec,
+      tasks,
+      source: "tasks.jsonl",
+      parallelism: 1,
+      maxPricePerSecond: parseEther("0.001"),
+      manifest: path.join(fixture.dir, "chain-cut.jsonl"),
+      onEvent,
+    });
+    batch.catch(() => undefined);
+    const first = await seen("task-started");
+    expect(first.provider).toBe(shaped.account.address);
+    onTestFinished(() => chainLink.heal());
+    chainLink.stall();
+    const lost = await seen("provider-lost");
+    expect(lost.leaseId).toBe(first.leaseId);
+    expect(lost.reason).toMatch(/^no heartbeat on chain for \d+ s: its lease turns slashable in \d+ s$/);
+    chainLink.heal();
+    const result = await batch;
+    expect(result.results.map((r) => r.taskId).sort()).toEqual([...ids].sort());
+    for (const id of ids) {
+      const n = Number(id.slice(1));
+      expect(await readFile(path.join(result.outputDir, id, "square"), "utf8")).toBe(`${n * n}\n`);
+    }
+    expect(result.results.filter((r) => r.provider === shaped.account.address).length).toBeLessThan(ids.length);
+    await shaped.process!.waitFor(
+      new RegExp(`"msg":"lease ended on chain; job stopped","leaseId":"${first.leaseId}"`),
+      60_000,
+    );
     await expectTokensConserved(fixture.market, before);
   });
 });
