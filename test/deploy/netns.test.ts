@@ -1,0 +1,121 @@
+import { execFile, spawn } from "node:child_process";
+import { once } from "node:events";
+import { promisify } from "node:util";
+
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+
+import { removeStaleNamespaces, startNetwork, type Host, type NetworkOfHosts } from "../../deploy/netns.ts";
+
+const run = promisify(execFile);
+
+// Real namespaces, veth pairs, a bridge and iptables' NAT: root only (CI runs as root).
+const root = process.getuid?.() === 0;
+
+/** `ip netns list`'s names. */
+async function namespaces(): Promise<string[]> {
+  const { stdout } = await run("ip", ["netns", "list"]);
+  return stdout
+    .split("\n")
+    .map((line) => line.split(" ")[0]!)
+    .filter(Boolean);
+}
+
+/**
+ * A TCP server in `host`'s namespace (a child Node process) that answers each connection with the
+ * address it came from, then closes it.
+ */
+async function startEchoAddress(host: Host, port: number): Promise<void> {
+  const script = `require("node:net").createServer((s) => s.end(s.remoteAddress)).listen(${port}, "0.0.0.0", () => console.log("up"))`;
+  const [command, ...args] = host.command([process.execPath, "-e", script]);
+  const child = spawn(command!, args, { stdio: ["ignore", "pipe", "inherit"] });
+  onTestFinished(() => void child.kill("SIGKILL"));
+  const [chunk] = (await once(child.stdout, "data")) as [Buffer];
+  expect(chunk.toString()).toBe("up\n");
+}
+
+/** What `from` reads from `address:port` (a connection made inside its namespace), or the error's code. */
+async function dial(from: Host, address: string, port: number): Promise<string> {
+  const script = `const s = require("node:net").connect(${port}, "${address}"); let got = ""; s.on("data", (d) => (got += d)); s.on("end", () => console.log(got)); s.on("error", (e) => console.log(e.code)); s.setTimeout(2000, () => { console.log("TIMEOUT"); s.destroy(); })`;
+  const [command, ...args] = from.command([process.execPath, "-e", script]);
+  const { stdout } = await run(command!, args);
+  return stdout.trim();
+}
+
+describe.skipIf(!root)("startNetwork: hosts in network namespaces, one behind a NAT", () => {
+  let net: NetworkOfHosts;
+  let chain: Host;
+  let tenant: Host;
+  let home: Host;
+
+  beforeAll(async () => {
+    net = await startNetwork([{ name: "chain" }, { name: "tenant" }, { name: "home", behindNat: true }]);
+    chain = net.hosts.get("chain")!;
+    tenant = net.hosts.get("tenant")!;
+    home = net.hosts.get("home")!;
+  });
+  afterAll(() => net?.close());
+
+  it("gives public hosts their own internet address and a NATed one a LAN address behind its router's", () => {
+    expect(chain.address).toBe(chain.publicAddress);
+    expect(chain.address).toMatch(/^11\.77\.0\.\d+$/);
+    expect(home.address).toMatch(/^10\.\d+\.0\.2$/);
+    expect(home.publicAddress).toMatch(/^11\.77\.0\.\d+$/);
+    expect(new Set([chain.address, tenant.address, home.publicAddress]).size).toBe(3);
+  });
+
+  it("public hosts reach each other directly; the NATed host reaches them from its router's address", async () => {
+    await startEchoAddress(chain, 8545);
+    expect(await dial(tenant, chain.address, 8545)).toBe(tenant.address);
+    expect(await dial(home, chain.address, 8545)).toBe(home.publicAddress);
+  });
+
+  it("nobody opens a connection to the NATed host: not to its LAN address, not through its router", async () => {
+    await startEchoAddress(home, 4001);
+    expect(await dial(home, "127.0.0.1", 4001)).toBe("127.0.0.1");
+    expect(await dial(tenant, home.address, 4001)).toMatch(/^(ENETUNREACH|EHOSTUNREACH|TIMEOUT)$/);
+    expect(await dial(tenant, home.publicAddress, 4001)).toMatch(/^(ECONNREFUSED|TIMEOUT)$/);
+  });
+
+  it("no host reaches the machine's own loopback services", async () => {
+    // Its own loopback only: nothing listens on 9 in a fresh namespace.
+    expect(await dial(tenant, "127.0.0.1", 9)).toBe("ECONNREFUSED");
+  });
+
+  it("close removes every namespace it made, routers and the internet's included", async () => {
+    const other = await startNetwork([{ name: "a" }, { name: "b", behindNat: true }]);
+    expect(other.namespaces).toHaveLength(4);
+    expect(await namespaces()).toEqual(expect.arrayContaining([...other.namespaces]));
+    await other.close();
+    const left = await namespaces();
+    expect(other.namespaces.filter((name) => left.includes(name))).toEqual([]);
+    // This network's are untouched.
+    expect(left).toEqual(expect.arrayContaining([...net.namespaces]));
+  });
+
+  it("the namespaces of a process killed before its close are removed by the next start", async () => {
+    const script = [
+      `import("${new URL("../../deploy/netns.ts", import.meta.url).pathname}")`,
+      `.then(({ startNetwork }) => startNetwork([{ name: "gone" }]))`,
+      `.then((n) => { console.log(JSON.stringify(n.namespaces)); setInterval(() => {}, 1000); })`,
+    ].join("");
+    const child = spawn(process.execPath, ["--experimental-strip-types", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    onTestFinished(() => void child.kill("SIGKILL"));
+    const [chunk] = (await once(child.stdout, "data")) as [Buffer];
+    const left = JSON.parse(chunk.toString()) as string[];
+    child.kill("SIGKILL");
+    await once(child, "exit");
+    expect(await namespaces()).toEqual(expect.arrayContaining(left));
+    expect((await removeStaleNamespaces()).sort()).toEqual([...left].sort());
+    const after = await namespaces();
+    expect(left.filter((name) => after.includes(name))).toEqual([]);
+    expect(after).toEqual(expect.arrayContaining([...net.namespaces]));
+  });
+});
+
+describe.skipIf(root)("startNetwork without root", () => {
+  it("says what it needs", async () => {
+    await expect(startNetwork([{ name: "a" }])).rejects.toThrow("network namespaces need root");
+  });
+});
