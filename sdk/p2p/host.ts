@@ -3,6 +3,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { bootstrap } from "@libp2p/bootstrap";
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from "@libp2p/circuit-relay-v2";
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
+import { dcutr } from "@libp2p/dcutr";
 import { gossipsub, type GossipSub } from "@libp2p/gossipsub";
 import { identify, type Identify } from "@libp2p/identify";
 import type { Libp2p, PeerId, PrivateKey } from "@libp2p/interface";
@@ -101,6 +102,10 @@ export async function createBatonHost({
     peerDiscovery: bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList, timeout: 100 })] : [],
     services: {
       identify: identify(),
+      // A connection through a relay is moved to a direct one where a path exists: the peer that
+      // received it (one behind a NAT) dials the other's public addresses, or both dial at once
+      // (a hole punch). Private addresses are never tried, so on one machine's loopback it does nothing.
+      dcutr: dcutr(),
       // kad-dht checks contacts with the same service, so one outbound ping stream is not enough.
       ping: ping({ maxOutboundStreams: 4 }),
       pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),

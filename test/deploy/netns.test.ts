@@ -1,10 +1,12 @@
-import { execFile, spawn } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
+import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { removeStaleNamespaces, startNetwork, type Host, type NetworkOfHosts } from "../../deploy/netns.ts";
+import type { PeerRole } from "../helpers/netns-peer.ts";
 
 const run = promisify(execFile);
 
@@ -117,5 +119,77 @@ describe.skipIf(!root)("startNetwork: hosts in network namespaces, one behind a 
 describe.skipIf(root)("startNetwork without root", () => {
   it("says what it needs", async () => {
     await expect(startNetwork([{ name: "a" }])).rejects.toThrow("network namespaces need root");
+  });
+});
+
+/** A `test/helpers/netns-peer.ts` process in `host`'s namespace; resolves once it printed `ready`. */
+async function startPeer(host: Host, role: PeerRole): Promise<{ child: ChildProcess; ready: Ready; lines: string[] }> {
+  const script = new URL("../helpers/netns-peer.ts", import.meta.url).pathname;
+  const [command, ...args] = host.command([
+    process.execPath,
+    "--disable-warning=ExperimentalWarning",
+    script,
+    JSON.stringify(role),
+  ]);
+  const child = spawn(command!, args, { stdio: ["ignore", "pipe", "inherit"] });
+  onTestFinished(() => void child.kill("SIGKILL"));
+  const lines: string[] = [];
+  const ready = await new Promise<Ready>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      lines.push(line);
+      if (line.startsWith("ready ")) resolve(JSON.parse(line.slice("ready ".length)) as Ready);
+    });
+    child.once("exit", (code) =>
+      reject(new Error(`${role.role} exited ${code} before it was ready: ${lines.join("\n")}`)),
+    );
+  });
+  return { child, ready, lines };
+}
+
+interface Ready {
+  peerId: string;
+  addresses: string[];
+}
+
+describe.skipIf(!root)("a peer behind a NAT, reached through a relay and then directly", () => {
+  let net: NetworkOfHosts;
+  beforeAll(async () => {
+    net = await startNetwork([{ name: "relay" }, { name: "tenant" }, { name: "home", behindNat: true }]);
+  });
+  afterAll(() => net?.close());
+
+  it("the dialler's first connection goes through the relay; the NATed peer then dials it directly (DCUtR), and new streams take that connection", async () => {
+    const relayHost = net.hosts.get("relay")!;
+    const home = net.hosts.get("home")!;
+    const tenant = net.hosts.get("tenant")!;
+    const relay = await startPeer(relayHost, { role: "relay", listen: ["/ip4/0.0.0.0/tcp/4001"] });
+    const relayAddress = `/ip4/${relayHost.address}/tcp/4001/p2p/${relay.ready.peerId}`;
+    const listener = await startPeer(home, {
+      role: "listener",
+      listen: ["/ip4/0.0.0.0/tcp/4001", `${relayAddress}/p2p-circuit`],
+    });
+    const target = `${relayAddress}/p2p-circuit/p2p/${listener.ready.peerId}`;
+    const dialler = await startPeer(tenant, {
+      role: "dialler",
+      // A public address is announced, not found: libp2p tells peers the public addresses of its
+      // interfaces only once something (AutoNAT) confirmed them.
+      listen: ["/ip4/0.0.0.0/tcp/4001"],
+      announce: [`/ip4/${tenant.address}/tcp/4001`],
+      target,
+      waitMs: 20_000,
+    });
+    const [code] = (await once(dialler.child, "exit")) as [number | null];
+    expect(code).toBe(0);
+    const outcome = JSON.parse(dialler.lines.at(-1)!) as {
+      relayed: string;
+      direct: string | null;
+      echoConnection: string;
+    };
+    expect(outcome.relayed).toBe(target);
+    // Direct, from the NAT's public address (the port is the router's mapping).
+    expect(outcome.direct).toMatch(
+      new RegExp(`^/ip4/${home.publicAddress.replaceAll(".", "\\.")}/tcp/\\d+/p2p/${listener.ready.peerId}$`),
+    );
+    expect(outcome.echoConnection).toBe(outcome.direct);
   });
 });
