@@ -158,7 +158,8 @@ export async function startNetwork(hosts: readonly HostSpec[]): Promise<NetworkO
         await ip("-n", ns, "addr", "add", `${address}/24`, "dev", "eth0");
         await ip("-n", ns, "link", "set", "eth0", "up");
         await ip("-n", ns, "route", "add", "default", "via", `${lan}.1`);
-        await run("ip", ["netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // Forwarding is per namespace; /proc/sys/net shows the namespace of the process reading it.
+        await run("ip", ["netns", "exec", router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         const iptables = (...args: string[]) => run("ip", ["netns", "exec", router, "iptables", ...args]);
         await iptables("-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE");
         // In from the internet only what answers a connection from inside (a hole punch's SYN
