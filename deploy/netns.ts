@@ -56,7 +56,7 @@ async function ip(...args: string[]): Promise<void> {
 }
 
 /** `ip netns list`'s names (it prints `name (id: n)` for namespaces with an id). */
-async function listNamespaces(): Promise<string[]> {
+export async function listNamespaces(): Promise<string[]> {
   const { stdout } = await run("ip", ["netns", "list"]);
   return stdout
     .split("\n")

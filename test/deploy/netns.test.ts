@@ -5,22 +5,19 @@ import { promisify } from "node:util";
 
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
-import { removeStaleNamespaces, startNetwork, type Host, type NetworkOfHosts } from "../../deploy/netns.ts";
+import {
+  listNamespaces,
+  removeStaleNamespaces,
+  startNetwork,
+  type Host,
+  type NetworkOfHosts,
+} from "../../deploy/netns.ts";
 import type { PeerRole } from "../helpers/netns-peer.ts";
 
 const run = promisify(execFile);
 
 // Real namespaces, veth pairs, a bridge and iptables' NAT: root only (CI runs as root).
 const root = process.getuid?.() === 0;
-
-/** `ip netns list`'s names. */
-async function namespaces(): Promise<string[]> {
-  const { stdout } = await run("ip", ["netns", "list"]);
-  return stdout
-    .split("\n")
-    .map((line) => line.split(" ")[0]!)
-    .filter(Boolean);
-}
 
 /**
  * A TCP server in `host`'s namespace (a child Node process) that answers each connection with the
@@ -86,9 +83,9 @@ describe.skipIf(!root)("startNetwork: hosts in network namespaces, one behind a 
   it("close removes every namespace it made, routers and the internet's included", async () => {
     const other = await startNetwork([{ name: "a" }, { name: "b", behindNat: true }]);
     expect(other.namespaces).toHaveLength(4);
-    expect(await namespaces()).toEqual(expect.arrayContaining([...other.namespaces]));
+    expect(await listNamespaces()).toEqual(expect.arrayContaining([...other.namespaces]));
     await other.close();
-    const left = await namespaces();
+    const left = await listNamespaces();
     expect(other.namespaces.filter((name) => left.includes(name))).toEqual([]);
     // This network's are untouched.
     expect(left).toEqual(expect.arrayContaining([...net.namespaces]));
@@ -108,9 +105,9 @@ describe.skipIf(!root)("startNetwork: hosts in network namespaces, one behind a 
     const left = JSON.parse(chunk.toString()) as string[];
     child.kill("SIGKILL");
     await once(child, "exit");
-    expect(await namespaces()).toEqual(expect.arrayContaining(left));
+    expect(await listNamespaces()).toEqual(expect.arrayContaining(left));
     expect((await removeStaleNamespaces()).sort()).toEqual([...left].sort());
-    const after = await namespaces();
+    const after = await listNamespaces();
     expect(left.filter((name) => after.includes(name))).toEqual([]);
     expect(after).toEqual(expect.arrayContaining([...net.namespaces]));
   });

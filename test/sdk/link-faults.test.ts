@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vites
 import { bid } from "../../sdk/actions/bid.ts";
 import { findOffers } from "../../sdk/actions/findOffers.ts";
 import { runBatch, type BatchEvent } from "../../sdk/actions/runBatch.ts";
-import { runJob, type JobEvent } from "../../sdk/actions/runJob.ts";
+import { runJob, type JobEvent, type JobHandle } from "../../sdk/actions/runJob.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { parseJobSpec } from "../../sdk/job-spec.ts";
@@ -118,6 +118,46 @@ describe("runJob on a shaped tenant↔provider link", () => {
     await expectTokensConserved(fixture.market, before);
   };
 
+  /**
+   * A 36 s job on provider-1, once it has a safe checkpoint: long enough that it cannot end there in
+   * the ~12 s a silent partition takes to be seen (a job that did would be paid there while the
+   * tenant, which never got the result, ran the rest again elsewhere). `cutOff` is its lease.
+   */
+  const longJobOnProvider1 = async () => {
+    const before = await totals(fixture.market);
+    const job = await runJob(client, trainSpec("60"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
+    expect(serving(fixture.market, job)).toBe(shaped);
+    return { before, job, events, when, cutOff: job.status().leaseId! };
+  };
+
+  /** The job left provider-1's lease `cutOff` and resumed on another provider; why it left. */
+  const handedOff = async (
+    job: JobHandle,
+    when: ReturnType<typeof recorder>["when"],
+    cutOff: bigint,
+  ): Promise<string> => {
+    const failed = await when("provider-failed");
+    expect(failed.leaseId).toBe(cutOff);
+    const resumed = await when("started", (e) => e.leaseId !== cutOff);
+    expect(resumed.resumed).toBe(true);
+    expect(serving(fixture.market, job)).not.toBe(shaped);
+    return failed.reason;
+  };
+
+  /** The job completed once, after one hand-off, with the reference result. */
+  const expectOneResult = async (job: JobHandle, events: JobEvent[]): Promise<void> => {
+    const result = await job.result();
+    await job.settled();
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    expect(result.handOffs).toBe(1);
+    expect(events.filter((e) => e.type === "completed")).toHaveLength(1);
+  };
+
   it("provider-1 announces only the link's address, and the tenant reaches it only through the link", async () => {
     expect(shaped.address).toBe(`${link.multiaddr}/p2p/${shaped.peerId}`);
     const offer = await waitFor(() => client.offers.list().find((o) => o.peerId === shaped.peerId));
@@ -173,26 +213,11 @@ describe("runJob on a shaped tenant↔provider link", () => {
   });
 
   it("(b) tenant and provider-1 partitioned without a word, provider-1 still on the chain: the tenant hands off, provider-1 acknowledges the close and stops before the link heals, unslashed, and there is one result", async () => {
-    const before = await totals(fixture.market);
-    // Long enough (36 s of steps) that provider-1 cannot finish the job in the ~12 s before the
-    // hand-off, which would be paid while the tenant runs the rest again elsewhere.
-    const job = await runJob(client, trainSpec("60"), {
-      maxPricePerSecond: parseEther("0.001"),
-      files: { "train.mjs": SCRIPT },
-    });
-    const { events, when } = recorder(job);
-    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
-    expect(serving(fixture.market, job)).toBe(shaped);
-    const cutOff = job.status().leaseId!;
+    const { before, job, events, when, cutOff } = await longJobOnProvider1();
     onTestFinished(() => link.heal());
     link.stall();
-    const failed = await when("provider-failed");
-    expect(failed.leaseId).toBe(cutOff);
     // The session's liveness saw it, not the chain: provider-1's heartbeats still land there.
-    expect(failed.reason).not.toMatch(/on chain/);
-    const resumed = await when("started", (e) => e.leaseId !== cutOff);
-    expect(resumed.resumed).toBe(true);
-    expect(serving(fixture.market, job)).not.toBe(shaped);
+    expect(await handedOff(job, when, cutOff)).not.toMatch(/on chain/);
     // No split brain: provider-1 learns of the close from the chain alone, acknowledges it (its
     // collateral freed) and stops the job, while the tenant is still out of its reach.
     await shaped.process!.waitFor(
@@ -200,11 +225,7 @@ describe("runJob on a shaped tenant↔provider link", () => {
       60_000,
     );
     link.heal();
-    const result = await job.result();
-    await job.settled();
-    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
-    expect(result.handOffs).toBe(1);
-    expect(events.filter((e) => e.type === "completed")).toHaveLength(1);
+    await expectOneResult(job, events);
     // The honest party is paid to its last heartbeat and not slashed.
     expect(await leaseStatus(cutOff.toString())).toBe("Closed");
     expect(events.filter((e) => e.type === "slashed")).toEqual([]);
@@ -243,27 +264,16 @@ describe("runJob on a shaped tenant↔provider link", () => {
   });
 
   it("(d) provider-1 cut off from the chain, not from the tenant: the tenant leaves its lease before it turns slashable, the job resumes elsewhere, and provider-1 stops once it reaches the chain again", async () => {
-    const before = await totals(fixture.market);
-    const job = await runJob(client, trainSpec("60"), {
-      maxPricePerSecond: parseEther("0.001"),
-      files: { "train.mjs": SCRIPT },
-    });
-    const { events, when } = recorder(job);
-    await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
-    expect(serving(fixture.market, job)).toBe(shaped);
-    const cutOff = job.status().leaseId!;
+    const { before, job, events, when, cutOff } = await longJobOnProvider1();
     onTestFinished(() => chainLink.heal());
     // Silent: provider-1's RPC requests hang, its heartbeat transactions never reach the chain,
     // and its session with the tenant goes on as before.
     chainLink.stall();
-    const failed = await when("provider-failed");
-    expect(failed.leaseId).toBe(cutOff);
     // The chain told the tenant to leave, before anyone could slash the lease: its session with
     // provider-1 never failed (every byte of it still flows).
-    expect(failed.reason).toMatch(/^no heartbeat on chain for \d+ s: its lease turns slashable in \d+ s$/);
-    const resumed = await when("started", (e) => e.leaseId !== cutOff);
-    expect(resumed.resumed).toBe(true);
-    expect(serving(fixture.market, job)).not.toBe(shaped);
+    expect(await handedOff(job, when, cutOff)).toMatch(
+      /^no heartbeat on chain for \d+ s: its lease turns slashable in \d+ s$/,
+    );
     chainLink.heal();
     // The successor's opening ended the lease: closed while its deadline had not passed (provider-1
     // then has a whole timeout from the close to acknowledge it, which it does once it reaches the
@@ -273,10 +283,7 @@ describe("runJob on a shaped tenant↔provider link", () => {
       new RegExp(`"msg":"lease ended on chain; job stopped","leaseId":"${cutOff}"`),
       60_000,
     );
-    const result = await job.result();
-    await job.settled();
-    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
-    expect(result.handOffs).toBe(1);
+    await expectOneResult(job, events);
     const slashed = events.flatMap((e) => (e.type === "slashed" ? [e.leaseId] : []));
     const ended = await leaseStatus(cutOff.toString());
     expect(["Closed", "Slashed"]).toContain(ended);
@@ -313,6 +320,9 @@ describe("runJob on a shaped tenant↔provider link", () => {
     batch.catch(() => undefined);
     const first = await seen("task-started");
     expect(first.provider).toBe(shaped.account.address);
+    // A task done there first: cut off before it read the lease's opening, provider-1 would never
+    // start the lease's session at all.
+    await seen("task-recorded");
     onTestFinished(() => chainLink.heal());
     chainLink.stall();
     const lost = await seen("provider-lost");
