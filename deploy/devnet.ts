@@ -101,6 +101,11 @@ export interface StartDevnetParameters {
   /** Node config for every provider (e.g. fast heartbeats), and per provider (told the chain's URL and the peer ids before it). */
   config?: Partial<NodeConfigInput>;
   configFor?: (index: number, devnet: DevnetSoFar) => Partial<NodeConfigInput>;
+  /**
+   * What runs provider `index`'s node process instead of itself: `ip netns exec <ns> …` puts it on
+   * a host of its own (see `netns.ts`; its config must then name an RPC URL it can reach).
+   */
+  wrapProvider?: (index: number) => ((argv: string[]) => string[]) | undefined;
   /** Receives every provider's output lines, tagged with its name. */
   onProviderLine?: (name: string, line: string) => void;
   /** Progress while starting, for people. */
@@ -181,6 +186,7 @@ export async function startDevnet({
   dir: givenDir,
   config = {},
   configFor,
+  wrapProvider,
   onProviderLine,
   onStep = () => {},
   signal,
@@ -308,11 +314,15 @@ export async function startDevnet({
               ...(listen ? ["--listen", listen] : []),
               ...bootstrap.flatMap((b) => ["--bootstrap", b]),
             ];
+            const wrap = wrapProvider?.(index);
             return spawnScript(
               "cli/baton.ts",
               args,
               { BATON_PROVIDER_KEY: privateKeyOf(account) },
-              onProviderLine ? { onLine: (line) => onProviderLine(name, line) } : {},
+              {
+                ...(onProviderLine ? { onLine: (line: string) => onProviderLine(name, line) } : {}),
+                ...(wrap ? { wrap } : {}),
+              },
             );
           };
           // A restart listens where the node listened before, as a real provider's fixed port does:

@@ -14,6 +14,7 @@ import {
   type Devnet,
   type DevnetProvider,
   type DevnetSoFar,
+  type StartDevnetParameters,
   type TenantClientOptions,
 } from "./devnet.ts";
 import { devAccount, type LocalChainKind } from "./local-chain.ts";
@@ -57,6 +58,8 @@ export interface StartMarketOptions {
   config?: Partial<NodeConfigInput>;
   /** Config overrides for one provider. */
   configFor?: (index: number, devnet: DevnetSoFar) => Partial<NodeConfigInput>;
+  /** See `StartDevnetParameters.wrapProvider`. */
+  wrapProvider?: StartDevnetParameters["wrapProvider"];
 }
 
 /**
@@ -71,6 +74,7 @@ export async function startMarket({
   dir,
   config = {},
   configFor,
+  wrapProvider,
 }: StartMarketOptions): Promise<Market> {
   const devnet = await startDevnet({
     providers,
@@ -88,6 +92,7 @@ export async function startMarket({
       ...config,
     },
     ...(configFor ? { configFor } : {}),
+    ...(wrapProvider ? { wrapProvider } : {}),
   });
   const hosts: BatonHost[] = [];
   const ipfsNodes: IpfsNode[] = [];

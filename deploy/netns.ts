@@ -1,4 +1,7 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { once } from "node:events";
+import { rm } from "node:fs/promises";
+import { connect, createServer, type Socket } from "node:net";
 import { promisify } from "node:util";
 
 const run = promisify(execFile);
@@ -193,4 +196,58 @@ export async function startNetwork(hosts: readonly HostSpec[]): Promise<NetworkO
     await close().catch(() => undefined);
     throw error;
   }
+}
+
+/** Pipes two sockets both ways; either one's end or error ends both. */
+function splice(a: Socket, b: Socket): void {
+  a.pipe(b);
+  b.pipe(a);
+  a.on("error", () => b.destroy());
+  b.on("error", () => a.destroy());
+  a.on("close", () => b.destroy());
+  b.on("close", () => a.destroy());
+}
+
+/**
+ * Makes `127.0.0.1:<port>` inside `host`'s namespace reach `127.0.0.1:<target>` of this process's
+ * namespace (a service the test runs there, such as the devnet's chain), without touching this
+ * namespace's network: a process in the host's namespace forwards each connection to a Unix socket
+ * at `socket` (file systems are shared across network namespaces), which this process forwards on.
+ * `target` may be a function, read at each connection, for a service started later. The forwarder
+ * in the namespace exits with this process (its stdin closes).
+ */
+export async function forwardFromHost(
+  host: Pick<Host, "command">,
+  { port, target, socket }: { port: number; target: number | (() => number); socket: string },
+): Promise<{ close(): Promise<void> }> {
+  await rm(socket, { force: true });
+  const server = createServer((inbound) =>
+    splice(inbound, connect(typeof target === "number" ? target : target(), "127.0.0.1")),
+  );
+  server.listen(socket);
+  await once(server, "listening");
+  const script = [
+    'const net = require("node:net");',
+    `net.createServer((s) => { const o = net.connect(${JSON.stringify(socket)});`,
+    "s.pipe(o); o.pipe(s); s.on('error', () => o.destroy()); o.on('error', () => s.destroy());",
+    "s.on('close', () => o.destroy()); o.on('close', () => s.destroy()); })",
+    `.listen(${port}, "127.0.0.1", () => console.log("up"));`,
+    'process.stdin.on("end", () => process.exit()).resume();',
+  ].join(" ");
+  const [command, ...args] = host.command([process.execPath, "-e", script]);
+  const child = spawn(command!, args, { stdio: ["pipe", "pipe", "inherit"] });
+  const [chunk] = (await Promise.race([
+    once(child.stdout!, "data"),
+    once(child, "exit").then(() => {
+      throw new Error(`the forwarder to port ${port} exited before it listened`);
+    }),
+  ])) as [Buffer];
+  if (chunk.toString().trim() !== "up") throw new Error(`the forwarder to port ${port} said ${chunk.toString()}`);
+  return {
+    async close() {
+      child.kill("SIGKILL");
+      server.close();
+      await rm(socket, { force: true });
+    },
+  };
 }

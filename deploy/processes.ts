@@ -33,11 +33,18 @@ export function spawnScript(
   script: string,
   args: string[],
   env: Record<string, string> = {},
-  options: { onLine?: (line: string) => void; cwd?: string } = {},
+  options: {
+    onLine?: (line: string) => void;
+    cwd?: string;
+    /** What runs the command instead of itself (`ip netns exec <ns> …`: a host of its own, see `netns.ts`). */
+    wrap?: (argv: string[]) => string[];
+  } = {},
 ): Spawned {
   const bundle = script === "cli/baton.ts" ? process.env.BATON_CLI_BUNDLE : undefined;
   const entry = bundle ?? path.join(root, script);
-  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", entry, ...args], {
+  const argv = [process.execPath, "--disable-warning=ExperimentalWarning", entry, ...args];
+  const [command, ...commandArgs] = options.wrap ? options.wrap(argv) : argv;
+  const child = spawn(command!, commandArgs, {
     cwd: options.cwd ?? root,
     env: { ...process.env, ...env },
     stdio: ["pipe", "pipe", "pipe"],

@@ -32,6 +32,11 @@ export interface CreateBatonClientParameters {
   dataDir: string;
   /** Where the tenant's libp2p host listens (providers fetch checkpoints from it); loopback by default. */
   listen?: string[];
+  /**
+   * The addresses to tell peers instead of the listening ones: a public address. A provider behind a
+   * NAT that this tenant reaches through a relay dials it there directly (DCUtR; see the README).
+   */
+  announce?: string[];
   log?: Logger;
   /** How often to poll the chain for receipts; loopback chains answer in a few ms. */
   pollingIntervalMs?: number;
@@ -103,6 +108,7 @@ export async function createBatonClient({
   bootstrap = [],
   dataDir,
   listen = ["/ip4/127.0.0.1/tcp/0"],
+  announce = [],
   log = silentLogger,
   pollingIntervalMs = 100,
   maxLogRange,
@@ -128,7 +134,7 @@ export async function createBatonClient({
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const jobs = await openJobStore(path.join(dataDir, "jobs"));
   const peerKey = await loadOrCreatePeerKey(path.join(dataDir, "peer.key"));
-  const host = await createBatonHost({ privateKey: peerKey, listen });
+  const host = await createBatonHost({ privateKey: peerKey, listen, announce });
   let ipfs: IpfsNode;
   try {
     // Before any dial: bitswap ignores peers that connected before it registered.

@@ -1,0 +1,77 @@
+/**
+ * A tenant that runs one job, for the network-namespace tests: its own process inside a host's
+ * namespace (`ip netns exec`), since a test's own process stays in the machine's namespace. Its
+ * argument is a JSON {@link TenantRun}. It prints each job event as a line of JSON (`event …`),
+ * then `connections …`: the connections its libp2p host has to the provider that ran the job last
+ * (relayed or direct), `opened …`: the remote address of every connection to that provider, in the
+ * order they opened, and `result …`; it exits 0 once the job completed (1 if it failed).
+ */
+import { peerIdFromString } from "@libp2p/peer-id";
+import type { Hex } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+
+import { createBatonClient } from "../../sdk/client.ts";
+import { runJob } from "../../sdk/actions/runJob.ts";
+import type { JobSpecInput } from "../../sdk/job-spec.ts";
+
+export interface TenantRun {
+  rpcUrl: string;
+  deploymentFile: string;
+  dataDir: string;
+  privateKey: Hex;
+  bootstrap: string[];
+  listen: string[];
+  announce: string[];
+  spec: JobSpecInput;
+  files: Record<string, string>;
+  /** Wei per second, as a decimal string. */
+  maxPricePerSecond: string;
+}
+
+const run = JSON.parse(process.argv[2]!) as TenantRun;
+const json = (value: unknown): string =>
+  JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
+
+const client = await createBatonClient({
+  rpcUrl: run.rpcUrl,
+  account: privateKeyToAccount(run.privateKey),
+  deployment: run.deploymentFile,
+  bootstrap: run.bootstrap,
+  dataDir: run.dataDir,
+  listen: run.listen,
+  announce: run.announce,
+});
+// Every connection the tenant's host opened or accepted, in order: the relayed first, then the direct one.
+const opened: { peer: string; remoteAddr: string }[] = [];
+client.host.addEventListener("connection:open", ({ detail }) =>
+  opened.push({ peer: detail.remotePeer.toString(), remoteAddr: detail.remoteAddr.toString() }),
+);
+let code = 1;
+try {
+  // The offers first: a job bids only to the providers the tenant heard of.
+  while (client.offers.list().length === 0) await client.offers.next(AbortSignal.timeout(60_000));
+  const job = await runJob(client, run.spec, {
+    maxPricePerSecond: BigInt(run.maxPricePerSecond),
+    files: run.files,
+  });
+  job.on("*", (event) => console.log(`event ${json(event)}`));
+  const result = await job.result();
+  await job.settled();
+  const peerId = client.offers.list().find((o) => o.provider === result.leases.at(-1)!.provider)?.peerId;
+  const connections = peerId
+    ? client.host.getConnections(peerIdFromString(peerId)).map((c) => ({
+        remoteAddr: c.remoteAddr.toString(),
+        direction: c.direction,
+        limited: c.limits !== undefined,
+      }))
+    : [];
+  console.log(`connections ${json(connections)}`);
+  console.log(`opened ${json(opened.filter((o) => o.peer === peerId).map((o) => o.remoteAddr))}`);
+  console.log(`result ${json(result)}`);
+  code = 0;
+} catch (error) {
+  console.log(`error ${String(error)}`);
+} finally {
+  await client.close();
+  process.exit(code);
+}
