@@ -78,17 +78,27 @@ function isAlive(pid: number): boolean {
 }
 
 /**
- * Removes the namespaces of networks whose process is gone (killed before its `close`).
+ * Removes the namespaces of networks whose process is gone (killed before its `close`). Several
+ * processes may do so at once: one that finds a namespace gone when it comes to it leaves it be.
  *
- * @returns the names removed.
+ * @returns the names this call removed.
  */
 export async function removeStaleNamespaces(): Promise<string[]> {
   const stale = (await listNamespaces()).filter((name) => {
     const pid = OURS.exec(name)?.[1];
     return pid !== undefined && Number(pid) !== process.pid && !isAlive(Number(pid));
   });
-  for (const name of stale) await ip("netns", "delete", name);
-  return stale;
+  const removed: string[] = [];
+  for (const name of stale) {
+    try {
+      await ip("netns", "delete", name);
+      removed.push(name);
+    } catch (error) {
+      // Another process's start removed it first.
+      if ((await listNamespaces()).includes(name)) throw error;
+    }
+  }
+  return removed;
 }
 
 /**
