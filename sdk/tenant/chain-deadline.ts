@@ -26,13 +26,17 @@ const MAX_POLL_MS = 15_000;
 /** The shortest: whole-second deadlines, and no busier than the pings that watch the session. */
 const MIN_POLL_MS = 500;
 
+/** How often a lease set to run out before its deadline is read: a top-up may change that any moment. */
+const UNFUNDED_POLL_MS = 2_000;
+
 /**
  * Watches `leaseId`'s on-chain heartbeat deadline until it is {@link deadlineMarginS} away (by the
  * next block's time) or past, and says so in words. Reads are timed by the deadline: one at most
- * every {@link MAX_POLL_MS}, sooner only as the deadline nears. A lease that is no longer `Active` (or
- * not this tenant's: a reorg can give its id to another), or one set to run out before its deadline
- * (which cannot be slashed), ends the watch with `undefined`, as does `signal`. A read that fails is
- * tried again: a tenant that cannot read the chain takes no action on it.
+ * every {@link MAX_POLL_MS}, sooner only as the deadline nears. A lease set to run out before its
+ * deadline cannot be slashed and is only watched, until a top-up changes that. A lease that is no
+ * longer `Active` (or not this tenant's: a reorg can give its id to another) ends the watch with
+ * `undefined`, as does `signal`. A read that fails is tried again: a tenant that cannot read the
+ * chain takes no action on it.
  *
  * @example
  * const reason = await watchChainDeadline(client, { leaseId: 7n, signal });
@@ -58,8 +62,10 @@ export async function watchChainDeadline(
     if (leaseStatus[view.status] !== "Active" || !isAddressEqual(view.tenant, client.account.address)) {
       return { done: true, value: undefined };
     }
-    if (view.deadline >= view.endsAt) return { done: true, value: undefined };
     const leaveAt = view.deadline - deadlineMarginS(BigInt(view.heartbeatTimeout));
+    // A lease whose deposit runs out before its deadline expires cleanly, unslashable, until a
+    // top-up (due a few seconds before its end) moves its end past the deadline: looked at again soon.
+    if (view.deadline >= view.endsAt) return { done: false, waitMs: UNFUNDED_POLL_MS };
     if (now >= leaveAt) {
       const silentS = now - BigInt(view.lastHeartbeat);
       const reason =

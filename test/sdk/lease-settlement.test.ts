@@ -76,8 +76,8 @@ afterAll(async () => {
   await chain?.stop();
 });
 
-/** Opens a lease of the provider's that times out `timeoutS` after opening. */
-async function openTestLease(timeoutS: number): Promise<bigint> {
+/** Opens a lease of the provider's that times out `timeoutS` after opening, funded for `fundedS` (10,000 s by default). */
+async function openTestLease(timeoutS: number, fundedS = 10_000): Promise<bigint> {
   const { leaseManager } = contracts(deployment);
   const block = await tenantChain.publicClient.getBlock();
   const quote = {
@@ -98,7 +98,7 @@ async function openTestLease(timeoutS: number): Promise<bigint> {
   const receipt = await writeContract(tenantChain, {
     ...leaseManager,
     functionName: "openLease",
-    args: [quote, signature, parseEther("1"), 0n],
+    args: [quote, signature, quote.pricePerSecond * BigInt(fundedS), 0n],
   });
   return leaseIdFromReceipt(receipt, leaseManager.address);
 }
@@ -231,6 +231,19 @@ describe("watchChainDeadline", () => {
     await pastDeadline(leaseId);
     const reason = await watchChainDeadline(watcher(), { leaseId, signal: AbortSignal.timeout(60_000) });
     expect(reason).toMatch(/^its lease is slashable: no heartbeat on chain for \d+ s \(timeout 4 s\)$/);
+  });
+
+  it("keeps watching a lease set to run out before its deadline (unslashable until a top-up)", async () => {
+    const leaseId = await openTestLease(600, 3);
+    const view = await viewOf(leaseId);
+    expect(view.deadline).toBeGreaterThanOrEqual(view.endsAt);
+    const stop = new AbortController();
+    let ended = false;
+    const watch = watchChainDeadline(watcher(), { leaseId, signal: stop.signal }).finally(() => (ended = true));
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    expect(ended).toBe(false);
+    stop.abort();
+    expect(await watch).toBeUndefined();
   });
 
   it("ends without a word for a lease no longer active, and when its signal aborts", async () => {

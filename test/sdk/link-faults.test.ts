@@ -124,6 +124,8 @@ describe("runJob on a shaped tenant↔provider link", () => {
    * tenant, which never got the result, ran the rest again elsewhere). `cutOff` is its lease.
    */
   const longJobOnProvider1 = async () => {
+    // Its offer known first: the tenant bids only to providers it heard of.
+    await waitFor(() => client.offers.list().find((o) => o.peerId === shaped.peerId));
     const before = await totals(fixture.market);
     const job = await runJob(client, trainSpec("60"), {
       maxPricePerSecond: parseEther("0.001"),
@@ -304,6 +306,7 @@ describe("runJob on a shaped tenant↔provider link", () => {
       source: "tasks.jsonl",
       baseDir: ".",
     });
+    await waitFor(() => client.offers.list().find((o) => o.peerId === shaped.peerId));
     const events: BatchEvent[] = [];
     const onEvent = (event: BatchEvent): void => void events.push(event);
     const seen = <T extends BatchEvent["type"]>(type: T) =>
