@@ -10,6 +10,7 @@ import { peerIdFromString } from "@libp2p/peer-id";
 import type { Hex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 
+import { jsonLine } from "../../cli/output.ts";
 import { createBatonClient } from "../../sdk/client.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { JobSpecInput } from "../../sdk/job-spec.ts";
@@ -29,8 +30,7 @@ export interface TenantRun {
 }
 
 const run = JSON.parse(process.argv[2]!) as TenantRun;
-const json = (value: unknown): string =>
-  JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
+const json = (value: unknown): string => jsonLine(value).trimEnd();
 
 const client = await createBatonClient({
   rpcUrl: run.rpcUrl,
