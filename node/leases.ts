@@ -104,7 +104,7 @@ export interface Leases {
    * tenant's close, or finish the lease (see `handed-back` in `store.ts`).
    */
   handBack(): Promise<void>;
-  /** Kills every job (shutdown). */
+  /** Kills every job (shutdown), and waits until every work dir being removed is gone. */
   killAll(reason: string): Promise<void>;
 }
 
@@ -130,6 +130,19 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   const starting = new Set<Promise<void>>();
   /** Aborted by the hand-back: downloads under way stop, and their starts are refused as `draining`. */
   const handingBack = new AbortController();
+  /** Work dirs of ended jobs being removed: the node's stop waits for them. */
+  const removals = new Set<Promise<void>>();
+  /**
+   * Removes a lease's work dir without anyone waiting: freeing its file system's loop device can
+   * take the kernel many seconds (30 s and more while another mount namespace still holds a copy of
+   * the mount), and the chain duties end leases through here. Awaited, one such removal held up a
+   * round of heartbeats for a minute, and another lease of the node was slashed.
+   */
+  const removeWorkDir = (leaseId: bigint): void => {
+    const removal = workDirs.remove(leaseId);
+    removals.add(removal);
+    void removal.finally(() => removals.delete(removal));
+  };
   const me = host.peerId.toString();
   const { leaseManager } = contracts(chain.deployment);
 
@@ -304,7 +317,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         // A batch lease keeps its work dir for its next task (see `WorkDirs.renew`), until the lease
         // ends (`stopRuntime`). Otherwise nothing reads it any more: the output is published, the
         // checkpoint watcher stopped.
-        if (row.taskId === null) await workDirs.remove(row.leaseId);
+        if (row.taskId === null) removeWorkDir(row.leaseId);
       })
       .catch((error: unknown) => log.error("a job's exit was not handled", { leaseId: row.leaseId, error }));
   };
@@ -959,7 +972,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // Its exit handled: the result sent (or not, for a lease that ended without it).
     await runtime.ended;
     // A job's work dir went with its exit; a batch lease's stays for its next task until now.
-    await workDirs.remove(leaseId);
+    removeWorkDir(leaseId);
     await runtime.checkpoints?.stop();
     for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
     runtimes.delete(leaseId);
@@ -1056,6 +1069,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     async killAll(reason) {
       log.info("stopping all jobs", { reason });
       await Promise.all([...runtimes.keys()].map((id) => stopRuntime(id, "aborted")));
+      await Promise.all(removals);
     },
   };
 }

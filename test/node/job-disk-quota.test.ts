@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
@@ -9,7 +10,7 @@ import { CID } from "multiformats/cid";
 import * as raw from "multiformats/codecs/raw";
 import { sha256 } from "multiformats/hashes/sha2";
 import { keccak256, parseEther, toHex, zeroHash } from "viem";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { DISK_IMAGE, loopDevices, mountPoints } from "../../node/disk-quota.ts";
 import { NodeStore, type LeaseRow, type LeaseState } from "../../node/store.ts";
@@ -309,4 +310,46 @@ describe("job disk quotas on a provider node", () => {
     await waitUntilGone(workDir);
     expect(leaseRow((r) => r.leaseId === leaseId)?.state).toBe("fenced");
   });
+
+  // A mount namespace made while a work dir is mounted keeps a copy of that mount, which never sees
+  // its unmount where mounts are private (no systemd, as on CI): the loop device stays busy until
+  // whatever holds the copy ends. `ip netns exec` made such copies in the namespace tests, and a
+  // node waited 30 s for one, twice, with its heartbeats behind it: its other lease was slashed.
+  it.skipIf(!mounted)(
+    "keeps heartbeating its other leases while the loop device of an ended job's work dir stays busy",
+    async () => {
+      const { leaseManager } = contracts(market.deployment);
+      const lease = (leaseId: bigint) =>
+        tenant.chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] });
+      const beating = await openLease("beating");
+      const beatingSession = await startSession(
+        beating,
+        cpuJob("beating", "while true; do echo tick; sleep 0.3; done"),
+      );
+      await firstLog(beatingSession.messages, /^tick/);
+      await beatingSession.close();
+      const held = await openLease("held");
+      const heldSession = await startSession(held, cpuJob("held", "echo tick; sleep 2"));
+      await firstLog(heldSession.messages, /^tick/);
+      await heldSession.close();
+      const { workDir } = leaseRow((r) => r.leaseId === held)!;
+      const holder = spawn("unshare", ["--mount", "--propagation", "private", "sleep", "300"], { stdio: "ignore" });
+      onTestFinished(() => void holder.kill("SIGKILL"));
+
+      await until(() => leaseRow((r) => r.leaseId === held)?.state === "finished", 30_000, "the held lease finished");
+      const finishedAt = (await tenant.chain.publicClient.getBlock()).timestamp;
+      await until(
+        async () => (await lease(beating)).lastHeartbeat > finishedAt,
+        20_000,
+        "a heartbeat after the finish",
+      );
+      // Still busy: the heartbeat did not wait for it.
+      expect((await leftOf(workDir)).loops).toBe(1);
+      holder.kill("SIGKILL");
+      await waitUntilGone(workDir);
+
+      await writeContract(tenant.chain, { ...leaseManager, functionName: "close", args: [beating] });
+      await waitUntilGone(leaseRow((r) => r.leaseId === beating)!.workDir);
+    },
+  );
 });
