@@ -33,13 +33,13 @@ export interface HostSpec {
 
 export interface Host {
   name: string;
-  /** Its network namespace (for `ip netns exec`). */
+  /** Its network namespace (`/run/netns/<netns>`). */
   netns: string;
   /** The address it has on its own interface: on the internet, or on its NAT's LAN. */
   address: string;
   /** The address the internet sees its connections come from: its own, or its NAT's. */
   publicAddress: string;
-  /** `argv` run inside the host's namespace: what to spawn instead of `argv`. */
+  /** `argv` run inside the host's network namespace: what to spawn instead of `argv` (see {@link inNamespace}). */
   command(argv: readonly string[]): string[];
 }
 
@@ -56,6 +56,23 @@ const OURS = /^baton-(\d+)-/;
 
 async function ip(...args: string[]): Promise<void> {
   await run("ip", args);
+}
+
+/**
+ * `argv` run in network namespace `ns` and nothing else: `nsenter --net`. Not `ip netns exec`,
+ * which also gives the process a mount namespace of its own (to mount the namespace's /sys): a copy
+ * of every mount of the moment, which on a machine whose mounts are private (no systemd) never sees
+ * their unmounts. A provider's job work dir unmounted meanwhile then stays alive in that copy, its
+ * loop device held until the process exits: a provider node waited 30 s for it, twice, in CI.
+ */
+export function inNamespace(ns: string, argv: readonly string[]): string[] {
+  return ["nsenter", `--net=/run/netns/${ns}`, "--", ...argv];
+}
+
+/** Runs `argv` in network namespace `ns` to its end. */
+async function runIn(ns: string, argv: readonly string[]): Promise<void> {
+  const [command, ...args] = inNamespace(ns, argv);
+  await run(command!, args);
 }
 
 /** `ip netns list`'s names (it prints `name (id: n)` for namespaces with an id). */
@@ -172,8 +189,8 @@ export async function startNetwork(hosts: readonly HostSpec[]): Promise<NetworkO
         await ip("-n", ns, "link", "set", "eth0", "up");
         await ip("-n", ns, "route", "add", "default", "via", `${lan}.1`);
         // Forwarding is per namespace; /proc/sys/net shows the namespace of the process reading it.
-        await run("ip", ["netns", "exec", router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-        const iptables = (...args: string[]) => run("ip", ["netns", "exec", router, "iptables", ...args]);
+        await runIn(router, ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        const iptables = (...args: string[]) => runIn(router, ["iptables", ...args]);
         await iptables("-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE");
         // In from the internet only what answers a connection from inside (a hole punch's SYN
         // included: it matches the mapping the host's own SYN made).
@@ -198,7 +215,7 @@ export async function startNetwork(hosts: readonly HostSpec[]): Promise<NetworkO
         netns: ns,
         address,
         publicAddress,
-        command: (argv) => ["ip", "netns", "exec", ns, ...argv],
+        command: (argv) => inNamespace(ns, argv),
       });
     }
     return { hosts: result, namespaces: made, close };

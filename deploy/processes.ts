@@ -36,7 +36,7 @@ export function spawnScript(
   options: {
     onLine?: (line: string) => void;
     cwd?: string;
-    /** What runs the command instead of itself (`ip netns exec <ns> …`: a host of its own, see `netns.ts`). */
+    /** What runs the command instead of itself (`nsenter --net=… …`: a host of its own, see `netns.ts`). */
     wrap?: (argv: string[]) => string[];
   } = {},
 ): Spawned {

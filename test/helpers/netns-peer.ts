@@ -1,6 +1,6 @@
 /**
  * One Baton libp2p host (`createBatonHost`, as every peer runs it) for the network-namespace tests,
- * run as its own process inside a host's namespace (`ip netns exec`). Its argument is a JSON
+ * run as its own process inside a host's namespace (`nsenter --net`). Its argument is a JSON
  * {@link PeerRole}; it prints `ready {"peerId", "addresses"}` once listening, and lines of JSON as
  * it goes:
  *
