@@ -1,19 +1,23 @@
 import { readFile, writeFile } from "node:fs/promises";
+import { setTimeout } from "node:timers/promises";
 
+import { autoNATv2 } from "@libp2p/autonat-v2";
 import { bootstrap } from "@libp2p/bootstrap";
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from "@libp2p/circuit-relay-v2";
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
 import { dcutr } from "@libp2p/dcutr";
 import { gossipsub, type GossipSub } from "@libp2p/gossipsub";
-import { identify, type Identify } from "@libp2p/identify";
+import { identify, identifyPush, type Identify } from "@libp2p/identify";
 import type { Libp2p, PeerId, PrivateKey } from "@libp2p/interface";
 import { kadDHT, passthroughMapper, removePrivateAddressesMapper, type KadDHT } from "@libp2p/kad-dht";
 import { noise } from "@libp2p/noise";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { ping, type Ping } from "@libp2p/ping";
+import { isPrivate } from "@libp2p/utils";
 import { tcp } from "@libp2p/tcp";
 import { yamux } from "@libp2p/yamux";
 import { multiaddr } from "@multiformats/multiaddr";
+import { Circuit } from "@multiformats/multiaddr-matcher";
 import { createLibp2p } from "libp2p";
 
 import { UserError } from "../errors.ts";
@@ -102,6 +106,12 @@ export async function createBatonHost({
     peerDiscovery: bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList, timeout: 100 })] : [],
     services: {
       identify: identify(),
+      // Tells connected peers when the host's addresses change: one AutoNAT confirmed later, say.
+      identifyPush: identifyPush(),
+      // Confirms the host's public addresses (those of its interfaces, and those peers saw it at) by
+      // asking peers to dial them back; libp2p tells peers only confirmed ones, so a host with a
+      // public address needs no `announce`, and one behind a NAT announces none it cannot be reached at.
+      autoNAT: autoNATv2(),
       // A connection through a relay is moved to a direct one where a path exists: the peer that
       // received it (one behind a NAT) dials the other's public addresses, or both dial at once
       // (a hole punch). Private addresses are never tried, so on one machine's loopback it does nothing.
@@ -109,13 +119,15 @@ export async function createBatonHost({
       // kad-dht checks contacts with the same service, so one outbound ping stream is not enough.
       ping: ping({ maxOutboundStreams: 4 }),
       pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),
-      dht: kadDHT({
-        protocol: `${PROTOCOL_PREFIX}/kad/1.0.0`,
-        // Serve the DHT from the start: client mode waits for a public address that a local network never sees.
-        clientMode: false,
-        peerInfoMapper: dhtAddresses === "all" ? passthroughMapper : removePrivateAddressesMapper,
-        allowQueryWithZeroPeers: true,
-      }),
+      dht: pauseAfterEmptyWalks(
+        kadDHT({
+          protocol: `${PROTOCOL_PREFIX}/kad/1.0.0`,
+          // Serve the DHT from the start: client mode waits for a public address that a local network never sees.
+          clientMode: false,
+          peerInfoMapper: dhtAddresses === "all" ? passthroughMapper : removePrivateAddressesMapper,
+          allowQueryWithZeroPeers: true,
+        }),
+      ),
       ...(relay
         ? {
             relay: circuitRelayServer({
@@ -126,7 +138,53 @@ export async function createBatonHost({
     },
   });
   await keepRelayReservations(host, throughRelays, log.child("relay"));
+  dialDirectlyOnceReachable(host);
   return host;
+}
+
+/**
+ * Moves a peer reached only through a relay to a direct connection as soon as it tells of a public
+ * address. DCUtR tries once, as the relayed connection opens: a peer whose public address AutoNAT
+ * confirmed only afterwards (a tenant that dialled a NATed provider at its start) would stay relayed
+ * for good. Dialled from behind a NAT, the connection goes out through it. The relayed connection is
+ * left as it is: streams under way on it go on (libp2p opens new ones on the direct one).
+ */
+function dialDirectlyOnceReachable(host: Libp2p): void {
+  host.addEventListener("peer:identify", ({ detail: { peerId, listenAddrs } }) => {
+    const connections = host.getConnections(peerId);
+    if (connections.length === 0 || connections.some((c) => c.limits === undefined)) return;
+    const reachable = listenAddrs.filter((address) => !Circuit.matches(address) && !isPrivate(address));
+    if (reachable.length === 0) return;
+    void host.dial(reachable.map((address) => address.encapsulate(`/p2p/${peerId.toString()}`))).catch(() => undefined);
+  });
+}
+
+/** How long a DHT search for closest peers waits after one that found none. */
+const EMPTY_WALK_PAUSE_MS = 1_000;
+
+/**
+ * With an empty routing table, kad-dht answers a search for the closest peers at once, without
+ * giving timers a turn. libp2p's random walk (AutoNAT looking for peers to confirm an address, every
+ * minute while one is unconfirmed) runs such searches in a loop that only a timer ends: a host with
+ * a public address and no peers would hang for good. After a search that found nobody, the next one
+ * waits a second first.
+ */
+function pauseAfterEmptyWalks<C>(factory: (components: C) => KadDHT): (components: C) => KadDHT {
+  return (components) => {
+    const dht = factory(components);
+    const search = dht.getClosestPeers.bind(dht);
+    let foundNone = false;
+    dht.getClosestPeers = async function* (key, options) {
+      if (foundNone) await setTimeout(EMPTY_WALK_PAUSE_MS, undefined, { signal: options?.signal });
+      let found = false;
+      for await (const event of search(key, options)) {
+        found ||= event.name === "FINAL_PEER";
+        yield event;
+      }
+      foundNone = !found;
+    };
+    return dht;
+  };
 }
 
 /** Parses a listen or announce multiaddr. */

@@ -50,6 +50,20 @@ describe("Baton libp2p host", () => {
     expect(a.getMultiaddrs().map((m) => m.toString())).toEqual([`/ip4/203.0.113.7/tcp/4001/p2p/${a.peerId}`]);
   });
 
+  it("gives timers a turn between searches of an empty DHT (AutoNAT's random walk loops on them until a timer stops it)", async () => {
+    const lone = await host();
+    let timerRan = false;
+    setTimeout(() => (timerRan = true), 50);
+    let searches = 0;
+    // Unpaused, every search ends at once in microtasks: twenty of them run before any timer.
+    while (!timerRan && searches < 20) {
+      for await (const peer of lone.peerRouting.getClosestPeers(new Uint8Array(32))) expect.fail(`found ${peer.id}`);
+      searches++;
+    }
+    expect(timerRan).toBe(true);
+    expect(searches).toBeLessThan(20);
+  });
+
   it("finds a bootstrap peer that came up after it did", async () => {
     const keyA = await generateKeyPair("Ed25519");
     const port = await freePort();
