@@ -4,6 +4,7 @@ import path from "node:path";
 import type { Command } from "commander";
 
 import { LOCAL_CHAINS, type LocalChainKind } from "../deploy/local-chain-kinds.ts";
+import { inNamespace } from "../deploy/netns.ts";
 import { UserError } from "../sdk/errors.ts";
 import { SESSION_HEARTBEAT_MS } from "../sdk/wire/protocols.ts";
 import { DEFAULT_NETWORK_FILE, networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
@@ -31,6 +32,8 @@ interface StartOptions {
   dir: string;
   heartbeatMs: number;
   blockTime: number;
+  netns?: boolean;
+  behindNat?: number;
   logs?: boolean;
   json?: boolean;
 }
@@ -48,6 +51,14 @@ async function start(options: StartOptions): Promise<void> {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+  if (options.behindNat !== undefined && !options.netns) throw new UsageError("--behind-nat needs --netns");
+  const behindNat = options.behindNat ?? 0;
+  if (behindNat >= options.providers) {
+    throw new UsageError(`--behind-nat must be below --providers (${options.providers}): provider-1 relays for them`);
+  }
+  if (options.netns && process.getuid?.() !== 0) {
+    throw new UserError("--netns makes network namespaces, which needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN)");
+  }
   const dir = path.resolve(options.dir);
   await rm(dir, { recursive: true, force: true });
   const say = (text: string): boolean => (options.json ? process.stderr : process.stdout).write(`${text}\n`);
@@ -57,6 +68,7 @@ async function start(options: StartOptions): Promise<void> {
     blockTimeS: options.blockTime,
     dir,
     config: { heartbeatMs: options.heartbeatMs },
+    ...(options.netns ? { netns: { behindNat } } : {}),
     onStep: (message) => say(`  · ${message}`),
     ...(options.logs ? { onProviderLine: (name: string, line: string) => say(`[${name}] ${line}`) } : {}),
   });
@@ -72,6 +84,16 @@ async function start(options: StartOptions): Promise<void> {
   const networkFile = relative(devnet.networkFile);
   const isDefault = path.resolve(DEFAULT_NETWORK_FILE) === devnet.networkFile;
   const networkFlag = isDefault ? "" : ` --network ${networkFile}`;
+  const { hosts } = devnet;
+  const hostOf = (index: number) => {
+    const host = hosts!.provider(index);
+    return {
+      netns: host.netns,
+      address: host.address,
+      publicAddress: host.publicAddress,
+      behindNat: hosts!.behindNat(index),
+    };
+  };
   if (options.json) {
     printJson({
       rpcUrl: devnet.chain.rpcUrl,
@@ -87,26 +109,39 @@ async function start(options: StartOptions): Promise<void> {
         pid: p.process!.pid,
         multiaddr: p.address,
         dataDir: relative(p.dataDir),
+        ...(hosts ? { host: hostOf(p.index) } : {}),
       })),
-      tenant: { address: tenant.address, privateKey: privateKeyOf(tenant) },
+      tenant: {
+        address: tenant.address,
+        privateKey: privateKeyOf(tenant),
+        ...(hosts ? { host: { netns: hosts.tenant.netns, address: hosts.tenant.address, rpcUrl: hosts.rpcUrl } } : {}),
+      },
     });
   } else {
     const first = devnet.providers[0]!;
+    // On separate hosts, every command runs on the one it is about: tenants' on the tenant host.
+    const on = (host: { netns: string } | undefined): string =>
+      host ? `${inNamespace(host.netns, []).join(" ")} ` : "";
+    const hostLine = (index: number): string => {
+      if (!hosts) return "";
+      const host = hostOf(index);
+      return `\n      host ${host.netns}, ${host.behindNat ? `${host.address} behind a NAT (${host.publicAddress})` : host.address}`;
+    };
     say(`
-devnet up: chain ${devnet.chain.rpcUrl} (${devnet.chain.kind === "anvil" ? "Anvil" : "Hardhat/EDR"}, chain id ${devnet.deployment.chainId}, ${devnet.blockTimeS > 0 ? `a block every ${devnet.blockTimeS} s` : "each transaction mined at once"}), ${options.providers} provider(s)
-${devnet.providers.map((p) => `  ${p.name}  ${p.account.address}  pid ${p.process!.pid}  ${p.address}`).join("\n")}
+devnet up: chain ${devnet.chain.rpcUrl} (${devnet.chain.kind === "anvil" ? "Anvil" : "Hardhat/EDR"}, chain id ${devnet.deployment.chainId}, ${devnet.blockTimeS > 0 ? `a block every ${devnet.blockTimeS} s` : "each transaction mined at once"}), ${options.providers} provider(s)${hosts ? `, each on a host of its own; tenants on ${hosts.tenant.netns} (${hosts.tenant.address}), every host's chain at ${hosts.rpcUrl}` : ""}
+${devnet.providers.map((p) => `  ${p.name}  ${p.account.address}  pid ${p.process!.pid}  ${p.address}${hostLine(p.index)}`).join("\n")}
 
 network file: ${networkFile}  ${isDefault ? "(every baton command reads it by default)" : "(give it to baton commands with --network, or BATON_NETWORK)"}
 provider keystores: <provider dir>/key.json, password "${DEVNET_KEYSTORE_PASSWORD}"
 tenant account ${tenant.address}, funded with 1000 payment tokens. In another terminal:
 
   export BATON_TENANT_KEY=${privateKeyOf(tenant)}
-  npm run baton -- job run examples/train/train.yaml --max-price 0.001 --watch${networkFlag}
-  npm run baton -- audit job <job id>${networkFlag}
-  BATON_KEYSTORE_PASSWORD=${DEVNET_KEYSTORE_PASSWORD} npm run baton -- provider status --data-dir ${relative(first.dataDir)}
-  npm run baton -- devnet fund <address>${networkFlag}      # payment and staking tokens, and ETH
+  ${on(hosts?.tenant)}npm run baton -- job run examples/train/train.yaml --max-price 0.001 --watch${networkFlag}
+  ${on(hosts?.tenant)}npm run baton -- audit job <job id>${networkFlag}
+  BATON_KEYSTORE_PASSWORD=${DEVNET_KEYSTORE_PASSWORD} ${on(hosts?.provider(0))}npm run baton -- provider status --data-dir ${relative(first.dataDir)}
+  ${on(hosts?.tenant)}npm run baton -- devnet fund <address>${networkFlag}      # payment and staking tokens, and ETH
 
-From a script: createBatonClient({ rpcUrl: "${devnet.chain.rpcUrl}", deployment: "${relative(devnet.deploymentFile)}", bootstrap: <the addresses above>, account, dataDir })
+From a script${hosts ? " on the tenant host" : ""}: createBatonClient({ rpcUrl: "${hosts?.rpcUrl ?? devnet.chain.rpcUrl}", deployment: "${relative(devnet.deploymentFile)}", bootstrap: <the addresses above>, account, dataDir })
 (see examples/sdk/run-job.ts). Ctrl-C stops everything this started.`);
   }
 
@@ -204,6 +239,15 @@ export function devnetCommands(program: Command): void {
         blockTimeArg(),
         0,
       )
+      .option(
+        "--netns",
+        "each provider on a host of its own, tenants on one more: Linux network namespaces on one internet (needs root)",
+      )
+      .option(
+        "--behind-nat <n>",
+        "with --netns: the last n providers behind home NATs, reached through provider-1's relay",
+        integerIn("--behind-nat", 0, 31),
+      )
       .option("--logs", "show the providers' logs")
       .option("--json", "print the network as JSON once it is up (progress goes to stderr)"),
     [
@@ -211,6 +255,7 @@ export function devnetCommands(program: Command): void {
       "baton devnet --providers 5 --dir /tmp/devnet --json",
       "baton devnet --block-time 2",
       "baton devnet --chain anvil --block-time 12",
+      "sudo baton devnet --netns --providers 3 --behind-nat 2",
     ],
   ).action(start);
   examples(

@@ -56,6 +56,7 @@ export async function connect(options: TenantOptions): Promise<{ client: BatonCl
     account,
     deployment: network.deployment,
     bootstrap: network.bootstrap,
+    ...(network.listen ? { listen: network.listen } : {}),
     dataDir: options.dataDir,
     ...(options.confirmations === undefined ? {} : { confirmations: options.confirmations }),
     log: createLogger("tenant", { level: options.verbose ? "info" : "warn" }),

@@ -19,6 +19,11 @@ export const networkFileSchema = z.object({
   /** The deployment JSON, relative to the network file. */
   deployment: z.string(),
   bootstrap: z.array(z.string()),
+  /**
+   * Where a tenant's host listens, when not on loopback: `/ip4/0.0.0.0/tcp/0` on a host with a public
+   * address, where providers behind NATs can then dial it directly (AutoNAT confirms the address).
+   */
+  listen: z.array(z.string()).optional(),
   /** Provider address → a name for displays. */
   names: z.record(z.string(), z.string()).default({}),
 });
@@ -40,6 +45,8 @@ export interface Network {
   deployment: string;
   /** Peers to join the network through (may be empty: only commands that use libp2p need them). */
   bootstrap: string[];
+  /** Where a tenant's host listens; loopback when not given. */
+  listen: string[] | undefined;
   /** Provider address (lower case) → a name for displays ("provider-2" on a devnet). */
   names: Map<string, string>;
 }
@@ -144,6 +151,7 @@ export async function resolveNetwork(options: NetworkOptions): Promise<Network> 
     rpcUrl,
     deployment,
     bootstrap: options.bootstrap ?? file?.bootstrap ?? [],
+    listen: file?.listen,
     names: namesOf(file),
   };
 }

@@ -31,6 +31,7 @@ import { silentLogger } from "../sdk/logger.ts";
 import { loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
 import { defaultDeployParameters, deployBaton, writeDeployment } from "./deploy.ts";
 import { checkBlockTime, devAccount, startLocalChain, type LocalChain, type LocalChainKind } from "./local-chain.ts";
+import { startDevnetHosts, type DevnetHosts } from "./devnet-hosts.ts";
 import { spawnScript, type Spawned } from "./processes.ts";
 
 export interface DevnetProvider {
@@ -59,6 +60,8 @@ export interface Devnet {
   providers: DevnetProvider[];
   /** Where the CLI finds this network (`baton job … --network <file>`). */
   networkFile: string;
+  /** With `netns`: the hosts, the tenant's among them. */
+  hosts: DevnetHosts | undefined;
   /** Mints payment tokens to `address` (dev tokens: anyone may mint). */
   fund(address: `0x${string}`, amount: bigint): Promise<void>;
   /**
@@ -102,10 +105,17 @@ export interface StartDevnetParameters {
   config?: Partial<NodeConfigInput>;
   configFor?: (index: number, devnet: DevnetSoFar) => Partial<NodeConfigInput>;
   /**
-   * What runs provider `index`'s node process instead of itself: `ip netns exec <ns> …` puts it on
+   * What runs provider `index`'s node process instead of itself: `nsenter --net=… …` puts it on
    * a host of its own (see `netns.ts`; its config must then name an RPC URL it can reach).
    */
   wrapProvider?: (index: number) => ((argv: string[]) => string[]) | undefined;
+  /**
+   * Puts each provider on a host of its own, and tenants on one more, instead of all on this
+   * machine's loopback (see `devnet-hosts.ts`; needs root): the last `behindNat` providers behind
+   * NATs, reached through provider 1. The network file is then for the tenant host: run tenants
+   * with `devnet.hosts.tenant.command(argv)` (`nsenter --net=… …`).
+   */
+  netns?: { behindNat?: number };
   /** Receives every provider's output lines, tagged with its name. */
   onProviderLine?: (name: string, line: string) => void;
   /** Progress while starting, for people. */
@@ -187,6 +197,7 @@ export async function startDevnet({
   config = {},
   configFor,
   wrapProvider,
+  netns,
   onProviderLine,
   onStep = () => {},
   signal,
@@ -200,7 +211,17 @@ export async function startDevnet({
   onStep(`starting the local chain (${kind === "anvil" ? "Anvil" : "Hardhat/EDR"})`);
   const chain = await startLocalChain({ chain: kind, signal: signal ?? AbortSignal.timeout(60_000) });
   const providers: DevnetProvider[] = [];
+  let hosts: DevnetHosts | undefined;
   try {
+    if (netns) {
+      onStep("making a host for each provider and one for tenants (network namespaces)");
+      hosts = await startDevnetHosts({
+        providers: count,
+        behindNat: netns.behindNat ?? 0,
+        dir,
+        chainPort: Number(new URL(chain.rpcUrl).port),
+      });
+    }
     const deployerClient = createWalletClient({
       account: devAccount(0),
       transport: http(chain.rpcUrl),
@@ -235,9 +256,10 @@ export async function startDevnet({
         networkFile,
         JSON.stringify(
           {
-            rpcUrl: chain.rpcUrl,
+            rpcUrl: hosts?.rpcUrl ?? chain.rpcUrl,
             deployment: path.relative(dir, deploymentFile),
             bootstrap: providers.filter((p) => p.address).map((p) => p.address!),
+            ...(hosts ? { listen: [`/ip4/0.0.0.0/tcp/0`] } : {}),
             names: Object.fromEntries(providers.map((p) => [p.account.address, p.name])),
           },
           null,
@@ -272,6 +294,7 @@ export async function startDevnet({
         }),
         blockTimeS,
         ...config,
+        ...hosts?.configFor(index, [...providers.map((p) => p.peerId), peerId]),
         ...configFor?.(index, { rpcUrl: chain.rpcUrl, peerIds: providers.map((p) => p.peerId) }),
       });
       onStep(`registering ${name} (${account.address}) with a stake of 500`);
@@ -314,7 +337,7 @@ export async function startDevnet({
               ...(listen ? ["--listen", listen] : []),
               ...bootstrap.flatMap((b) => ["--bootstrap", b]),
             ];
-            const wrap = wrapProvider?.(index);
+            const wrap = wrapProvider?.(index) ?? hosts?.provider(index).command;
             return spawnScript(
               "cli/baton.ts",
               args,
@@ -330,9 +353,9 @@ export async function startDevnet({
           // when the port was taken meanwhile does it take a new one; clients that read the network
           // file then find it there.
           // One that listens through a relay listens there again, as its config says.
-          const previous = handle.address?.includes("/p2p-circuit")
-            ? undefined
-            : handle.address?.replace(/\/p2p\/.*$/, "");
+          // One on a host of its own listens at a fixed port, as its config says.
+          const previous =
+            hosts || handle.address?.includes("/p2p-circuit") ? undefined : handle.address?.replace(/\/p2p\/.*$/, "");
           let proc = launch(previous);
           handle.process = proc;
           const line = await proc.waitFor(/provider node listening on /, 60_000).catch(async (error: unknown) => {
@@ -341,7 +364,10 @@ export async function startDevnet({
             handle.process = proc;
             return proc.waitFor(/provider node listening on /, 60_000);
           });
-          handle.address = line.split("provider node listening on ")[1]!.split(",")[0]!.trim();
+          // On a host of its own it prints its addresses there (its LAN's, loopback): not the ones others dial.
+          handle.address =
+            hosts?.addressOf(index, [...providers.map((p) => p.peerId)]) ??
+            line.split("provider node listening on ")[1]!.split(",")[0]!.trim();
           if (networkWritten) await writeNetwork();
         },
       };
@@ -369,6 +395,7 @@ export async function startDevnet({
       admin,
       providers,
       networkFile,
+      hosts,
       async fund(address, amount) {
         await writeContract(admin, { ...paymentToken, functionName: "mint", args: [address, amount] });
       },
@@ -379,6 +406,7 @@ export async function startDevnet({
         listen,
         bootstrap = providers.map((p) => p.address!),
       } = {}) {
+        if (hosts) throw new Error("a devnet of separate hosts: run tenants on its tenant host (devnet.hosts.tenant)");
         const account = devAccount(10 + index);
         await writeContract(admin, {
           ...paymentToken,
@@ -409,6 +437,7 @@ export async function startDevnet({
             }
           }
           await chain.stop();
+          await hosts?.close();
           if (!keep && !givenDir) await rm(dir, { recursive: true, force: true });
         })();
         return stopped;
@@ -417,6 +446,7 @@ export async function startDevnet({
   } catch (error) {
     await Promise.all(providers.map((p) => p.process?.stop()));
     await chain.stop();
+    await hosts?.close();
     throw error;
   }
 }

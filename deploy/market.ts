@@ -60,6 +60,8 @@ export interface StartMarketOptions {
   configFor?: (index: number, devnet: DevnetSoFar) => Partial<NodeConfigInput>;
   /** See `StartDevnetParameters.wrapProvider`. */
   wrapProvider?: StartDevnetParameters["wrapProvider"];
+  /** See `StartDevnetParameters.netns`: tenants then run on `market.hosts.tenant`, not in this process. */
+  netns?: StartDevnetParameters["netns"];
 }
 
 /**
@@ -75,6 +77,7 @@ export async function startMarket({
   config = {},
   configFor,
   wrapProvider,
+  netns,
 }: StartMarketOptions): Promise<Market> {
   const devnet = await startDevnet({
     providers,
@@ -93,6 +96,7 @@ export async function startMarket({
     },
     ...(configFor ? { configFor } : {}),
     ...(wrapProvider ? { wrapProvider } : {}),
+    ...(netns ? { netns } : {}),
   });
   const hosts: BatonHost[] = [];
   const ipfsNodes: IpfsNode[] = [];

@@ -1,10 +1,10 @@
 /**
  * A tenant that runs one job, for the network-namespace tests: its own process inside a host's
- * namespace (`ip netns exec`), since a test's own process stays in the machine's namespace. Its
+ * namespace (`nsenter --net`), since a test's own process stays in the machine's namespace. Its
  * argument is a JSON {@link TenantRun}. It prints each job event as a line of JSON (`event …`),
  * then `connections …`: the connections its libp2p host has to the provider that ran the job last
  * (relayed or direct), `opened …`: the remote address of every connection to that provider, in the
- * order they opened, and `result …`; it exits 0 once the job completed (1 if it failed).
+ * order they opened, `addresses …`: its own addresses, as peers learn them, and `result …`; it exits 0 once the job completed (1 if it failed).
  */
 import { peerIdFromString } from "@libp2p/peer-id";
 import type { Hex } from "viem";
@@ -22,7 +22,6 @@ export interface TenantRun {
   privateKey: Hex;
   bootstrap: string[];
   listen: string[];
-  announce: string[];
   spec: JobSpecInput;
   files: Record<string, string>;
   /** Wei per second, as a decimal string. */
@@ -39,7 +38,6 @@ const client = await createBatonClient({
   bootstrap: run.bootstrap,
   dataDir: run.dataDir,
   listen: run.listen,
-  announce: run.announce,
 });
 // Every connection the tenant's host opened or accepted, in order: the relayed first, then the direct one.
 const opened: { peer: string; remoteAddr: string }[] = [];
@@ -67,6 +65,7 @@ try {
     : [];
   console.log(`connections ${json(connections)}`);
   console.log(`opened ${json(opened.filter((o) => o.peer === peerId).map((o) => o.remoteAddr))}`);
+  console.log(`addresses ${json(client.host.getMultiaddrs().map(String))}`);
   console.log(`result ${json(result)}`);
   code = 0;
 } catch (error) {
