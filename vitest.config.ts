@@ -13,6 +13,7 @@ const LONG_SUITES = [
   "test/chain/logs.test.ts",
   "test/chain/send.test.ts",
   "test/cli/baton-cli.test.ts",
+  "test/cli/devnet-netns.test.ts",
   "test/cli/explorer.test.ts",
   "test/cli/image-cli.test.ts",
   "test/deploy/demo-and-deploy-cli.test.ts",

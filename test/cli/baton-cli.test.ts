@@ -176,6 +176,11 @@ describe("exit codes and one-line errors", () => {
       ],
       [["devnet", "--providers", "99"], /--providers must be from 1 to 32, not 99/],
       [["devnet", "--chain", "geth"], /--chain must be hardhat or anvil, not geth/],
+      [["devnet", "--behind-nat", "1", "--dir", path.join(dir, "devnet-refused")], /--behind-nat needs --netns/],
+      [
+        ["devnet", "--netns", "--providers", "2", "--behind-nat", "2", "--dir", path.join(dir, "devnet-refused")],
+        /--behind-nat must be below --providers \(2\): provider-1 relays for them/,
+      ],
       [
         ["devnet", "--chain", "anvil", "--block-time", "0.5", "--dir", path.join(dir, "devnet-refused")],
         /Anvil mines at intervals of whole seconds, not 0.5 s: a block time of a fraction of a second needs the hardhat chain/,
