@@ -27,7 +27,7 @@
  * 4. Kill → running again through NATs (as root): a devnet of separate hosts (`baton devnet
  *    --netns`), its providers behind NATs of their own but provider-1 (the relay, too dear to be
  *    leased), the tenant on a public address, as a process on the tenant host. Its connections to
- *    the NATed providers start relayed and turn direct (DCUtR: the provider dials out through its
+ *    the NATed providers start relayed and turn direct (the provider dials out through its
  *    NAT). `--relay-kills` times, the job's provider is SIGKILLed after a safe checkpoint; time to
  *    `started` on the next lease. Each NATed provider's router counts the bytes it forwards to the
  *    relay's host and to the tenant. The relayed bytes share one TCP connection with provider-1's
@@ -422,7 +422,7 @@ async function throughNats(): Promise<Figure[]> {
       value: median(times) / 1000,
       unit: "s",
       target: { value: 3, atMost: true },
-      note: `${times.length} SIGKILLs; providers behind NATs, relayed first, then direct (DCUtR)`,
+      note: `${times.length} SIGKILLs; providers behind NATs, relayed first, then direct`,
     },
     {
       name: "NATed providers' bytes to the relay's host, share",

@@ -34,7 +34,7 @@ export interface CreateBatonClientParameters {
   listen?: string[];
   /**
    * The addresses to tell peers instead of the listening ones: a public address. A provider behind a
-   * NAT that this tenant reaches through a relay dials it there directly (DCUtR; see the README).
+   * NAT that this tenant reaches through a relay dials it there directly (see the README).
    */
   announce?: string[];
   log?: Logger;

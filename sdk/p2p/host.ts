@@ -5,7 +5,6 @@ import { autoNATv2 } from "@libp2p/autonat-v2";
 import { bootstrap } from "@libp2p/bootstrap";
 import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from "@libp2p/circuit-relay-v2";
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from "@libp2p/crypto/keys";
-import { dcutr } from "@libp2p/dcutr";
 import { gossipsub, type GossipSub } from "@libp2p/gossipsub";
 import { identify, identifyPush, type Identify } from "@libp2p/identify";
 import type { Libp2p, PeerId, PrivateKey } from "@libp2p/interface";
@@ -112,10 +111,6 @@ export async function createBatonHost({
       // asking peers to dial them back; libp2p tells peers only confirmed ones, so a host with a
       // public address needs no `announce`, and one behind a NAT announces none it cannot be reached at.
       autoNAT: autoNATv2(),
-      // A connection through a relay is moved to a direct one where a path exists: the peer that
-      // received it (one behind a NAT) dials the other's public addresses, or both dial at once
-      // (a hole punch). Private addresses are never tried, so on one machine's loopback it does nothing.
-      dcutr: dcutr(),
       // kad-dht checks contacts with the same service, so one outbound ping stream is not enough.
       ping: ping({ maxOutboundStreams: 4 }),
       pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),
@@ -143,16 +138,18 @@ export async function createBatonHost({
 }
 
 /**
- * Moves a peer reached only through a relay to a direct connection as soon as it tells of a public
- * address. DCUtR tries once, as the relayed connection opens: a peer whose public address AutoNAT
- * confirmed only afterwards (a tenant that dialled a NATed provider at its start) would stay relayed
- * for good. Dialled from behind a NAT, the connection goes out through it. The relayed connection is
- * left as it is: streams under way on it go on (libp2p opens new ones on the direct one).
+ * Moves a peer reached only through a relay to a direct connection once it tells of a public address
+ * (identify, when the relayed connection opens, and identify push, when AutoNAT confirms an address
+ * later): dialled from behind a NAT, the connection goes out through it. This is DCUtR's unilateral
+ * upgrade without what `@libp2p/dcutr` does next, closing the relayed connection: a lease's start
+ * under way on it was cut so (the provider never got the job, and the tenant handed it off). The
+ * relayed connection stays; libp2p opens new streams on the direct one. DCUtR's other half, a hole
+ * punch between two NATed peers, cannot work over Node's TCP (see the README).
  */
 function dialDirectlyOnceReachable(host: Libp2p): void {
   host.addEventListener("peer:identify", ({ detail: { peerId, listenAddrs } }) => {
     const connections = host.getConnections(peerId);
-    if (connections.length === 0 || connections.some((c) => c.limits === undefined)) return;
+    if (connections.length === 0 || connections.some((c) => !Circuit.matches(c.remoteAddr))) return;
     const reachable = listenAddrs.filter((address) => !Circuit.matches(address) && !isPrivate(address));
     if (reachable.length === 0) return;
     void host.dial(reachable.map((address) => address.encapsulate(`/p2p/${peerId.toString()}`))).catch(() => undefined);

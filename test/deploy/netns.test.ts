@@ -157,7 +157,7 @@ describe.skipIf(!root)("a peer behind a NAT, reached through a relay and then di
   });
   afterAll(() => net?.close());
 
-  it("the dialler's first connection goes through the relay; the NATed peer then dials it directly (DCUtR), and new streams take that connection", async () => {
+  it("the dialler's first connection goes through the relay; the NATed peer then dials it directly, and new streams take that connection", async () => {
     const relayHost = net.hosts.get("relay")!;
     const home = net.hosts.get("home")!;
     const tenant = net.hosts.get("tenant")!;

@@ -43,7 +43,7 @@ await host.handle(
 /** Sends `text` on a new echo stream to `peer` and reads it back; says which connection carried it. */
 async function echo(peer: ReturnType<typeof peerIdFromString>, text: string, limited: boolean): Promise<string> {
   const stream = await host.dialProtocol(peer, ECHO, { runOnLimitedConnection: limited });
-  const connection = host.getConnections(peer).find((c) => c.streams.some((s) => s.id === stream.id));
+  const connection = host.getConnections(peer).find((c) => c.streams.includes(stream));
   const reading = (async () => {
     let back = "";
     for await (const chunk of stream) back += new TextDecoder().decode(chunk.subarray());

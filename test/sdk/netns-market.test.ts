@@ -3,7 +3,7 @@ import os from "node:os";
 import path from "node:path";
 
 import { parseEther } from "viem";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { HOST_P2P_PORT, type DevnetHosts } from "../../deploy/devnet-hosts.ts";
 import { devAccount } from "../../deploy/local-chain.ts";
@@ -76,7 +76,14 @@ describe.skipIf(!root)("a provider behind a NAT, on a devnet of separate hosts",
       {},
       { wrap: hosts.tenant.command },
     );
-    const { code } = await tenant.closed;
+    onTestFinished(() => tenant.stop());
+    // Within the test's time, so that a job that never ends shows what the tenant printed.
+    const { code } = await Promise.race([
+      tenant.closed,
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error(`the tenant did not end:\n${tenant.lines.slice(-40).join("\n")}`)), 150_000),
+      ),
+    ]);
     const line = (prefix: string): string | undefined =>
       tenant.lines.find((l) => l.startsWith(`${prefix} `))?.slice(prefix.length + 1);
     expect(code, tenant.lines.slice(-30).join("\n")).toBe(0);
@@ -101,5 +108,5 @@ describe.skipIf(!root)("a provider behind a NAT, on a devnet of separate hosts",
         new RegExp(`^/ip4/${hosts.provider(1).publicAddress.replaceAll(".", "\\.")}/tcp/\\d+/p2p/`),
       ),
     ]);
-  });
+  }, 180_000);
 });
