@@ -34,16 +34,15 @@
  *    own protocols, so this is an upper bound of the relayed share, not the share of checkpoint
  *    bytes (target 0 once direct), which needs counting inside libp2p: not measured.
  */
-import { execFile } from "node:child_process";
 import path from "node:path";
-import { parseArgs, promisify } from "node:util";
+import { parseArgs } from "node:util";
 
 import { parseEther } from "viem";
 
 import { privateKeyOf, startDevnet } from "../deploy/devnet.ts";
 import { HOST_P2P_PORT } from "../deploy/devnet-hosts.ts";
 import { devAccount } from "../deploy/local-chain.ts";
-import { inNamespace } from "../deploy/netns.ts";
+import { runIn } from "../deploy/netns.ts";
 import { spawnScript } from "../deploy/processes.ts";
 import { readJobFile, runJob, type BatonClient, type JobEvent, type JobHandle } from "../sdk/index.ts";
 import { freePort, startLink, type LinkDelay, type LinkShaper } from "../test/helpers/link.ts";
@@ -72,8 +71,6 @@ if (!Number.isInteger(PARTITIONS) || PARTITIONS < 1) throw new Error("--partitio
 if (!(RTT_MS >= 0)) throw new Error("--rtt-ms must be a number of ms ≥ 0");
 if (!(LOSS >= 0 && LOSS < 100)) throw new Error("--loss must be a percentage below 100");
 if (!Number.isInteger(RELAY_KILLS) || RELAY_KILLS < 0) throw new Error("--relay-kills must be a whole number ≥ 0");
-
-const run = promisify(execFile);
 
 /** A job event as the tenant process prints it (`jsonLine`: bigints as decimal strings). */
 interface JobEventLine {
@@ -329,10 +326,7 @@ async function throughNats(): Promise<Figure[]> {
     const host = hosts.provider(p.index);
     return hosts.network.namespaces.find((ns) => ns.endsWith(`-${host.name}-nat`))!;
   });
-  const iptables = (ns: string, ...args: string[]) => {
-    const [command, ...rest] = inNamespace(ns, ["iptables", ...args]);
-    return run(command!, rest);
-  };
+  const iptables = (ns: string, ...args: string[]) => runIn(ns, ["iptables", ...args]);
   for (const router of routers) {
     for (const to of [relayAddress, tenantAddress]) await iptables(router, "-I", "FORWARD", "-i", "lan", "-d", to);
   }
@@ -399,7 +393,7 @@ async function throughNats(): Promise<Figure[]> {
       await victim.start();
     }
     for (const router of routers) {
-      const { stdout } = await iptables(router, "-L", "FORWARD", "-n", "-v", "-x");
+      const stdout = await iptables(router, "-L", "FORWARD", "-n", "-v", "-x");
       // `pkts bytes [target] prot opt in out source destination`: the counting rules have no target.
       for (const line of stdout.split("\n")) {
         const fields = line.trim().split(/\s+/);

@@ -82,15 +82,16 @@ export async function startDevnetHosts({
   const direct = (index: number, peerId: string): string =>
     `/ip4/${provider(index).address}/tcp/${HOST_P2P_PORT}/p2p/${peerId}`;
   const relayListen = (peerIds: readonly string[]): string => `${direct(0, peerIds[0]!)}/p2p-circuit`;
+  const rpcUrl = `http://127.0.0.1:${HOST_RPC_PORT}`;
   return {
     network,
     tenant: network.hosts.get("tenant")!,
-    rpcUrl: `http://127.0.0.1:${HOST_RPC_PORT}`,
+    rpcUrl,
     provider,
     behindNat: natted,
     configFor(index, peerIds) {
       const listen = [`/ip4/0.0.0.0/tcp/${HOST_P2P_PORT}`];
-      const base = { rpcUrl: `http://127.0.0.1:${HOST_RPC_PORT}`, dhtAddresses: "all" as const };
+      const base = { rpcUrl, dhtAddresses: "all" as const };
       if (natted(index)) return { ...base, listen: [...listen, relayListen(peerIds)] };
       // No `announce`: AutoNAT confirms the public address once a peer has dialled it back.
       return { ...base, listen, ...(index === 0 && behindNat > 0 ? { relayReservations: 4 * behindNat } : {}) };

@@ -366,8 +366,10 @@ export async function startDevnet({
           });
           // On a host of its own it prints its addresses there (its LAN's, loopback): not the ones others dial.
           handle.address =
-            hosts?.addressOf(index, [...providers.map((p) => p.peerId)]) ??
-            line.split("provider node listening on ")[1]!.split(",")[0]!.trim();
+            hosts?.addressOf(
+              index,
+              providers.map((p) => p.peerId),
+            ) ?? line.split("provider node listening on ")[1]!.split(",")[0]!.trim();
           if (networkWritten) await writeNetwork();
         },
       };

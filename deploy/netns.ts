@@ -69,10 +69,10 @@ export function inNamespace(ns: string, argv: readonly string[]): string[] {
   return ["nsenter", `--net=/run/netns/${ns}`, "--", ...argv];
 }
 
-/** Runs `argv` in network namespace `ns` to its end. */
-async function runIn(ns: string, argv: readonly string[]): Promise<void> {
+/** Runs `argv` in network namespace `ns` to its end; resolves with what it printed. */
+export async function runIn(ns: string, argv: readonly string[]): Promise<string> {
   const [command, ...args] = inNamespace(ns, argv);
-  await run(command!, args);
+  return (await run(command!, args)).stdout;
 }
 
 /** `ip netns list`'s names (it prints `name (id: n)` for namespaces with an id). */
