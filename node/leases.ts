@@ -642,9 +642,18 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
    * address is an ephemeral port: ask for the listen addresses it announced (identify), which bitswap
    * can dial.
    */
+  /**
+   * Where the tenant serves blocks (inputs, the checkpoint to resume from): the addresses it listens
+   * on, or, for a tenant that listens nowhere, the connection it opened, which a block stream can
+   * take as any new stream does. Without an address the fetch would fall to bitswap alone.
+   */
   const tenantAddressesOf = async (connection: Connection, row: LeaseRow): Promise<Multiaddr[]> => {
     const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
-    return (known?.addresses ?? []).map((a) => a.multiaddr.encapsulate(`/p2p/${row.tenantPeer}`));
+    const listening = (known?.addresses ?? []).map((a) => a.multiaddr);
+    // A relayed connection's address ends in the tenant's id already; a listen address does not.
+    return (listening.length > 0 ? listening : [connection.remoteAddr]).map((a) =>
+      a.getComponents().at(-1)?.name === "p2p" ? a : a.encapsulate(`/p2p/${row.tenantPeer}`),
+    );
   };
 
   /**

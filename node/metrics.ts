@@ -124,6 +124,12 @@ export class Metrics {
     help: "Bytes of checkpoints published",
     registers: [this.registry],
   });
+  readonly blockBytesSent = new Counter({
+    name: "baton_block_stream_bytes_sent_total",
+    help: "Block bytes sent over block streams (checkpoints, outputs), by connection: direct or through a relay",
+    labelNames: ["path"] as const,
+    registers: [this.registry],
+  });
   readonly checkpointsRejected = new Counter({
     name: "baton_checkpoints_rejected_total",
     help: "Committed checkpoints that could not be published",

@@ -186,7 +186,12 @@ async function startLocked(
     dhtAddresses: config.dhtAddresses,
     log: log.child("p2p"),
   });
-  const ipfs = await createIpfsNode({ host, dir: path.join(dataDir, DATA_FILES.ipfs), log: log.child("ipfs") });
+  const ipfs = await createIpfsNode({
+    host,
+    dir: path.join(dataDir, DATA_FILES.ipfs),
+    log: log.child("ipfs"),
+    onBlocksSent: ({ bytes, relayed }) => metrics.blockBytesSent.inc({ path: relayed ? "relayed" : "direct" }, bytes),
+  });
   const stopDialling = keepConnected(host, config.bootstrap);
   const containers = await setUpContainers(config, { dataDir, ipfs, node: host.peerId.toString(), log });
   const components: NodeComponents = {

@@ -1,7 +1,7 @@
 import { webcrypto } from "node:crypto";
 
 import * as dagPb from "@ipld/dag-pb";
-import type { PeerId, Stream, StreamMessageEvent } from "@libp2p/interface";
+import type { Connection, PeerId, Stream, StreamMessageEvent } from "@libp2p/interface";
 import type { Multiaddr } from "@multiformats/multiaddr";
 import { encode as lpEncode } from "it-length-prefixed";
 import { varint } from "multiformats";
@@ -170,6 +170,15 @@ export interface ServeBlocksInit {
   /** Reads a block from the local store only (never the network); throws if it is not there. */
   read: (cid: CID, signal: AbortSignal) => Promise<Uint8Array>;
   log?: Logger;
+  /** Told of the block bytes each stream sent, whole or cut short, and whether it went through a relay. */
+  onSent?: (sent: BlocksSent) => void;
+}
+
+export interface BlocksSent {
+  peer: PeerId;
+  bytes: number;
+  /** Over a relayed connection (a circuit through a third peer), not a direct one. */
+  relayed: boolean;
 }
 
 /**
@@ -178,15 +187,26 @@ export interface ServeBlocksInit {
  *
  * @returns a function that stops serving.
  */
-export async function serveBlocks({ host, read, log = silentLogger }: ServeBlocksInit): Promise<() => Promise<void>> {
-  await host.handle(BLOCKS_PROTOCOL, (stream, connection) => void sendDag(stream, connection.remotePeer, read, log), {
+export async function serveBlocks({
+  host,
+  read,
+  log = silentLogger,
+  onSent,
+}: ServeBlocksInit): Promise<() => Promise<void>> {
+  await host.handle(BLOCKS_PROTOCOL, (stream, connection) => void sendDag(stream, connection, read, log, onSent), {
     maxInboundStreams: MAX_INBOUND_STREAMS,
     runOnLimitedConnection: false,
   });
   return () => host.unhandle(BLOCKS_PROTOCOL);
 }
 
-async function sendDag(stream: Stream, peer: PeerId, read: ServeBlocksInit["read"], log: Logger): Promise<void> {
+async function sendDag(
+  stream: Stream,
+  { remotePeer: peer, direct }: Connection,
+  read: ServeBlocksInit["read"],
+  log: Logger,
+  onSent: ServeBlocksInit["onSent"],
+): Promise<void> {
   const abort = new AbortController();
   const started = performance.now();
   let sent = 0;
@@ -219,6 +239,8 @@ async function sendDag(stream: Stream, peer: PeerId, read: ServeBlocksInit["read
       blocks: sent,
       error,
     });
+  } finally {
+    onSent?.({ peer, bytes, relayed: !direct });
   }
 }
 

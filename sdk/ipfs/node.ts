@@ -17,7 +17,7 @@ import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
 import { fixedSizeChunks, type ByteSource } from "./bytes.ts";
 import { BLOCK_SIZE, DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
-import { BlockStreamError, BlockStreamSession, serveBlocks, streamable } from "./block-stream.ts";
+import { BlockStreamError, BlockStreamSession, serveBlocks, streamable, type BlocksSent } from "./block-stream.ts";
 import { hasLocalDag, leafSkippingWalker } from "./dag.ts";
 import { LEAF_WRITE_CONCURRENCY, pieceLeaves, readAhead, threadPoolBufferImporter } from "./importer.ts";
 import { readUnixfsFile } from "./unixfs-file.ts";
@@ -28,6 +28,8 @@ export interface CreateIpfsNodeParameters {
   /** Where blocks (`blocks/`) and pins and other records (`datastore/`) live. One process per dir. */
   dir: string;
   log?: Logger;
+  /** Told of the bytes each block stream this node served sent (see {@link serveBlocks}). */
+  onBlocksSent?: (sent: BlocksSent) => void;
 }
 
 export interface FetchOptions {
@@ -141,7 +143,12 @@ const heliaLight = Promise.all([
  * const ipfs = await createIpfsNode({ host, dir: "data/ipfs" });
  * try { const cid = await ipfs.add(stream, { pin: true }); } finally { await ipfs.stop(); }
  */
-export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIpfsNodeParameters): Promise<IpfsNode> {
+export async function createIpfsNode({
+  host,
+  dir,
+  log = silentLogger,
+  onBlocksSent,
+}: CreateIpfsNodeParameters): Promise<IpfsNode> {
   const [{ Helia: HeliaLight, name, version }] = await Promise.all([heliaLight, bitswapResendFix]);
   const blockstore = new WholeReadFsBlockstore(path.join(dir, "blocks"));
   const helia: Helia = new HeliaLight({
@@ -182,7 +189,7 @@ export async function createIpfsNode({ host, dir, log = silentLogger }: CreateIp
     }
   };
 
-  const stopServing = await serveBlocks({ host, read: readLocal, log: log.child("blocks") });
+  const stopServing = await serveBlocks({ host, read: readLocal, log: log.child("blocks"), onSent: onBlocksSent });
 
   async function* cat(cid: CID, options: FetchOptions = {}): AsyncGenerator<Uint8Array> {
     const { signal, maxBytes, stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS, via = "stream" } = options;

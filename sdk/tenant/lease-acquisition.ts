@@ -1,3 +1,4 @@
+import { peerIdFromString } from "@libp2p/peer-id";
 import type { Address, Hex } from "viem";
 
 import { bid } from "../actions/bid.ts";
@@ -98,7 +99,9 @@ export async function acquireLease(
         signature: chosen.signature,
         keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
       }).then(({ leaseId, receipt }) => ({ leaseId, opening: undefined, openingTx: receipt.transactionHash }));
-  const known = await client.host.peerStore.get(chosen.offer.peerId as never).catch(() => undefined);
+  // Where the provider serves blocks (checkpoints, outputs) and is found again after a restart: the
+  // addresses its offers list, kept in the peer store with those learned since.
+  const known = await client.host.peerStore.get(peerIdFromString(chosen.offer.peerId)).catch(() => undefined);
   const lease: LeaseRecord = {
     leaseId: leaseId.toString(),
     provider: chosen.quote.provider,

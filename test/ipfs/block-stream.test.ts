@@ -13,12 +13,14 @@ import {
   sendFrame,
   streamOrder,
   type BlockRequest,
+  type BlocksSent,
 } from "../../sdk/ipfs/block-stream.ts";
 import { publishCheckpoint, restoreCheckpoint, type PublishCheckpointReturnType } from "../../sdk/ipfs/checkpoint.ts";
 import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { Logger } from "../../sdk/logger.ts";
-import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
+import { createBatonHost, type BatonHost, type CreateBatonHostOptions } from "../../sdk/p2p/host.ts";
+import { pollUntil } from "../../sdk/utils/retry.ts";
 import { describeTree, tempDir, writeTree } from "./helpers.ts";
 
 /**
@@ -47,6 +49,8 @@ interface Peer {
   logs: LogEntry[];
   /** The requests this peer's block server received (when it was replaced by {@link serveWith}). */
   requests: BlockRequest[];
+  /** What its block server said it sent, stream by stream. */
+  sent: BlocksSent[];
 }
 
 let work: Awaited<ReturnType<typeof tempDir>>;
@@ -68,11 +72,17 @@ function recordingLogger(logs: LogEntry[]): Logger {
   return logger;
 }
 
-async function startPeer(): Promise<Peer> {
-  const host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
+async function startPeer(options: Pick<CreateBatonHostOptions, "listen" | "relay"> = {}): Promise<Peer> {
+  const host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519"), ...options });
   const logs: LogEntry[] = [];
-  const ipfs = await createIpfsNode({ host, dir: path.join(work.dir, `peer-${next++}`), log: recordingLogger(logs) });
-  const peer = { host, ipfs, address: `${host.getMultiaddrs()[0]!.toString()}`, logs, requests: [] };
+  const sent: BlocksSent[] = [];
+  const ipfs = await createIpfsNode({
+    host,
+    dir: path.join(work.dir, `peer-${next++}`),
+    log: recordingLogger(logs),
+    onBlocksSent: (s) => sent.push(s),
+  });
+  const peer = { host, ipfs, address: `${host.getMultiaddrs()[0]?.toString()}`, logs, requests: [], sent };
   peers.push(peer);
   return peer;
 }
@@ -184,6 +194,27 @@ describe("the block stream protocol", () => {
     const tenant = await restoreOnFreshTenant([holder]);
     expect(tenant.logs.some((entry) => entry.message === "fetched by block stream")).toBe(true);
     expect(warnings(tenant, /./)).toEqual([]);
+  });
+
+  it("tells what each stream sent, and whether it went through a relay", async () => {
+    const direct = await restoreOnFreshTenant([holder]);
+    const total = (sent: BlocksSent[]) => sent.reduce((sum, s) => sum + s.bytes, 0);
+    const toDirect = holder.sent.filter((s) => s.peer.equals(direct.host.peerId));
+    expect(toDirect.map((s) => s.relayed)).toEqual([false]);
+    // Every block of the DAG: more than the file's bytes (the header leaf, the root, encryption's tags).
+    expect(total(toDirect)).toBeGreaterThan(published.size);
+
+    const relay = await startPeer({ relay: { maxReservations: 1 } });
+    const relayed = await startPeer({ listen: [`${relay.address}/p2p-circuit`] });
+    const circuit = () => relayed.host.getMultiaddrs().find((a) => a.toString().includes("/p2p-circuit"));
+    expect(await pollUntil(() => circuit() !== undefined, { timeoutMs: 20_000 }), "a reservation on the relay").toBe(
+      true,
+    );
+    await relayed.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
+    relayed.address = circuit()!.toString();
+    const tenant = await restoreOnFreshTenant([relayed]);
+    expect(relayed.sent.map((s) => [s.peer.toString(), s.relayed])).toEqual([[tenant.host.peerId.toString(), true]]);
+    expect(total(relayed.sent)).toBe(total(toDirect));
   });
 
   it("leaves the checkpoint fetchable by CID with plain bitswap, as any IPFS peer would", async () => {
