@@ -12,6 +12,7 @@ import type { JobResult } from "../../sdk/tenant/job-events.ts";
 import { providerDirs, runToEnd, startExampleJob } from "../helpers/example-jobs.ts";
 import { privateKeyOf, startMarket, type Market } from "../helpers/market.ts";
 import type { TenantRun } from "../helpers/netns-tenant.ts";
+import { blockBytesSent } from "../helpers/node-metrics.ts";
 import { SCRIPT, TRAIN_ENV, trainSpec } from "../helpers/run-job.ts";
 
 /*
@@ -52,7 +53,7 @@ describe.skipIf(!root)("a provider behind a NAT, on a devnet of separate hosts",
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  it("a tenant reaches the NATed provider through the relay, the provider dials it back directly, and the job runs there to the reference result", async () => {
+  it("a tenant reaches the NATed provider through the relay, the provider dials it back directly, the job runs there to the reference result, and its checkpoints come directly", async () => {
     const [relay, home] = market.providers;
     const tenantAccount = devAccount(10);
     await market.fund(tenantAccount.address, parseEther("100"));
@@ -108,5 +109,9 @@ describe.skipIf(!root)("a provider behind a NAT, on a devnet of separate hosts",
         new RegExp(`^/ip4/${hosts.provider(1).publicAddress.replaceAll(".", "\\.")}/tcp/\\d+/p2p/`),
       ),
     ]);
+    // The checkpoints and the output came over the direct connection: none through the relay.
+    const sent = await blockBytesSent(home!.process!, hosts.provider(1));
+    expect(sent.relayed).toBe(0);
+    expect(sent.direct).toBeGreaterThan(0);
   }, 180_000);
 });
