@@ -11,8 +11,8 @@ export const HOST_RPC_PORT = 8545;
 /**
  * A devnet's providers and tenants on separate hosts (issue 21): `p1`…`pN` for the providers, the
  * last `behindNat` of them behind NATs of their own, and `tenant` for tenants, all on one internet
- * (see {@link startNetwork}). Provider 1 is public and relays for the NATed ones, which listen only
- * through it. The chain stays in this machine's namespace; each host reaches it at
+ * (see {@link startNetwork}). Provider 1 is public and relays for the NATed ones, which find it
+ * among their bootstrap peers and listen through it (a bare `/p2p-circuit`). The chain stays in this machine's namespace; each host reaches it at
  * `http://127.0.0.1:8545`.
  */
 export interface DevnetHosts {
@@ -23,8 +23,8 @@ export interface DevnetHosts {
   rpcUrl: string;
   provider(index: number): Host;
   behindNat(index: number): boolean;
-  /** The node config that puts provider `index` on its host; `peerIds` are those before it. */
-  configFor(index: number, peerIds: readonly string[]): Partial<NodeConfigInput>;
+  /** The node config that puts provider `index` on its host. */
+  configFor(index: number): Partial<NodeConfigInput>;
   /** Provider `index`'s address as the other hosts dial it. */
   addressOf(index: number, peerIds: readonly string[]): string;
   /** Stops the chain forwarders and removes every namespace. Safe to call twice. */
@@ -81,6 +81,7 @@ export async function startDevnetHosts({
   const provider = (index: number): Host => network.hosts.get(names[index]!)!;
   const direct = (index: number, peerId: string): string =>
     `/ip4/${provider(index).address}/tcp/${HOST_P2P_PORT}/p2p/${peerId}`;
+  // Provider 1 is the one relay: where a NATed provider's reservation is.
   const relayListen = (peerIds: readonly string[]): string => `${direct(0, peerIds[0]!)}/p2p-circuit`;
   const rpcUrl = `http://127.0.0.1:${HOST_RPC_PORT}`;
   return {
@@ -89,10 +90,11 @@ export async function startDevnetHosts({
     rpcUrl,
     provider,
     behindNat: natted,
-    configFor(index, peerIds) {
+    configFor(index) {
       const listen = [`/ip4/0.0.0.0/tcp/${HOST_P2P_PORT}`];
       const base = { rpcUrl, dhtAddresses: "all" as const };
-      if (natted(index)) return { ...base, listen: [...listen, relayListen(peerIds)] };
+      // As a provider at home does: through whichever relay it finds among its peers (provider 1).
+      if (natted(index)) return { ...base, listen: [...listen, "/p2p-circuit"] };
       // No `announce`: AutoNAT confirms the public address once a peer has dialled it back.
       return { ...base, listen, ...(index === 0 && behindNat > 0 ? { relayReservations: 4 * behindNat } : {}) };
     },

@@ -294,7 +294,7 @@ export async function startDevnet({
         }),
         blockTimeS,
         ...config,
-        ...hosts?.configFor(index, [...providers.map((p) => p.peerId), peerId]),
+        ...hosts?.configFor(index),
         ...configFor?.(index, { rpcUrl: chain.rpcUrl, peerIds: providers.map((p) => p.peerId) }),
       });
       onStep(`registering ${name} (${account.address}) with a stake of 500`);

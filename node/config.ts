@@ -63,7 +63,10 @@ export const nodeConfigSchema = z
     deployment: z.string().min(1),
     /** A v3 keystore file, relative to the data dir; BATON_PROVIDER_KEY overrides it in development. */
     keystore: z.string().default("key.json"),
-    /** Multiaddrs to listen on; `/p2p-circuit` listens through a relay (a node nobody can dial: see the README). */
+    /**
+     * Multiaddrs to listen on. `<relay's multiaddr>/p2p-circuit` listens through that relay, a bare
+     * `/p2p-circuit` through one found among the node's peers: for a node nobody can dial (see the README).
+     */
     listen: z.array(z.string()).default(["/ip4/127.0.0.1/tcp/0"]),
     /** Addresses announced instead of the listening ones (a router's public address and forwarded port). */
     announce: z.array(z.string()).default([]),

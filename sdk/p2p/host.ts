@@ -43,7 +43,9 @@ export interface CreateBatonHostOptions {
    * Where to listen; loopback with a free port unless told otherwise. `<relay's multiaddr>/p2p-circuit`
    * listens through that relay (a reservation on it): how a peer that cannot be dialled (behind a
    * NAT, no port forwarded) is reached. The reservation is made again whenever it is lost, and the
-   * host starts while the relay is down (see {@link keepRelayReservations}).
+   * host starts while the relay is down (see {@link keepRelayReservations}). A bare `/p2p-circuit`
+   * listens through a relay the host finds among its peers, those that relay (bootstrap peers that
+   * do, say), and through another, or the same one back, when it goes.
    */
   listen?: string[];
   /**
@@ -133,6 +135,7 @@ export async function createBatonHost({
     },
   });
   await keepRelayReservations(host, throughRelays, log.child("relay"));
+  if (listen.includes(ANY_RELAY) && bootstrapList.length > 0) await relayFound(host, log);
   dialDirectlyOnceReachable(host);
   return host;
 }
@@ -154,6 +157,38 @@ function dialDirectlyOnceReachable(host: Libp2p): void {
     if (reachable.length === 0) return;
     void host.dial(reachable.map((address) => address.encapsulate(`/p2p/${peerId.toString()}`))).catch(() => undefined);
   });
+}
+
+/** A listen address for a relay found among the host's peers, whichever it is. */
+const ANY_RELAY = "/p2p-circuit";
+
+/** How long a host that listens through any relay waits at start for one among its bootstrap peers. */
+const RELAY_SEARCH_MS = 10_000;
+
+/**
+ * Waits (at most {@link RELAY_SEARCH_MS}) until the host listens through a relay: libp2p reserves a
+ * slot on a connected peer that speaks the relay protocol, usually within a second of the bootstrap
+ * dial. A node that started without one would offer no address anyone can dial. Without one by then
+ * it goes on and says so; libp2p keeps looking as peers connect.
+ */
+async function relayFound(host: Libp2p, log: Logger): Promise<void> {
+  const relayed = (): boolean => host.getMultiaddrs().some((address) => Circuit.matches(address));
+  if (relayed()) return;
+  const found = await new Promise<boolean>((resolve) => {
+    const timeout = AbortSignal.timeout(RELAY_SEARCH_MS);
+    const done = (value: boolean): void => {
+      timeout.removeEventListener("abort", onTimeout);
+      host.removeEventListener("self:peer:update", onUpdate);
+      resolve(value);
+    };
+    const onUpdate = (): void => {
+      if (relayed()) done(true);
+    };
+    const onTimeout = (): void => done(false);
+    timeout.addEventListener("abort", onTimeout);
+    host.addEventListener("self:peer:update", onUpdate);
+  });
+  if (!found) log.warn("no relay among the peers yet: unreachable behind a NAT until one is found", {});
 }
 
 /** How long a DHT search for closest peers waits after one that found none. */
@@ -190,11 +225,6 @@ function parseAddress(address: string): void {
     multiaddr(address);
   } catch (cause) {
     throw new UserError(`not a multiaddr: ${address}`, { cause });
-  }
-  // A bare /p2p-circuit searches for relays with a DHT random walk, which libp2p runs in a loop
-  // that never yields while the DHT is empty, as it is at start: the host hangs.
-  if (address === "/p2p-circuit") {
-    throw new UserError("/p2p-circuit must name its relay: <relay's multiaddr, …/p2p/<id>>/p2p-circuit");
   }
 }
 
