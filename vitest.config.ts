@@ -30,6 +30,7 @@ const LONG_SUITES = [
   "test/node/rpc-failover.test.ts",
   "test/sdk/audit.test.ts",
   "test/sdk/link-faults.test.ts",
+  "test/sdk/lossy-links.test.ts",
   "test/sdk/netns-market.test.ts",
   "test/sdk/relay.test.ts",
   "test/sdk/run-batch-chaos.test.ts",

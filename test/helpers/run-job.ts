@@ -187,3 +187,13 @@ export function recorder(job: JobHandle) {
     });
   return { events, when };
 }
+
+/** Every `provider-suspect` among `events` was followed by its lease's `provider-recovered`. */
+export function expectEverySuspicionCleared(events: JobEvent[]): void {
+  const open = new Set<bigint>();
+  for (const event of events) {
+    if (event.type === "provider-suspect") open.add(event.leaseId);
+    if (event.type === "provider-recovered") open.delete(event.leaseId);
+  }
+  expect([...open]).toEqual([]);
+}

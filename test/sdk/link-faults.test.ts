@@ -16,6 +16,7 @@ import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
 import { freePort, startLink, type LinkShaper } from "../helpers/link.ts";
 import type { ProviderHandle } from "../helpers/market.ts";
 import {
+  expectEverySuspicionCleared,
   expectTokensConserved,
   recorder,
   SCRIPT,
@@ -348,19 +349,6 @@ describe("runJob on a shaped tenant↔provider link", () => {
 });
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/**
- * Every `provider-suspect` is followed by a `provider-recovered` of the same lease: the suspicion
- * cleared by itself, and no failure or hand-off came of it.
- */
-function expectEverySuspicionCleared(events: JobEvent[]): void {
-  const open = new Set<bigint>();
-  for (const event of events) {
-    if (event.type === "provider-suspect") open.add(event.leaseId);
-    if (event.type === "provider-recovered") open.delete(event.leaseId);
-  }
-  expect([...open]).toEqual([]);
-}
 
 /** Polls `look` every 100 ms until it gives a value; fails after `timeoutMs`. */
 async function waitFor<T>(look: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
