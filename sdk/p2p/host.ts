@@ -102,7 +102,10 @@ export async function createBatonHost({
     // `/p2p-circuit` also keeps a reservation on a relay it is connected to.
     transports: [tcp(), circuitRelayTransport()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    // Streams a peer opens before this side's upgrade has attached its stream handler are held
+    // ("early"); past yamux's default of 10 it aborts the whole connection. A tenant's burst of
+    // bids, or a flood, on a fresh connection to a loaded node did just that (bad-input.test).
+    streamMuxers: [yamux({ maxEarlyStreams: MAX_EARLY_STREAMS })],
     // An empty list makes @libp2p/bootstrap throw; it also dials only once, hence `keepConnected`.
     peerDiscovery: bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList, timeout: 100 })] : [],
     services: {
@@ -158,6 +161,9 @@ function dialDirectlyOnceReachable(host: Libp2p): void {
     void host.dial(reachable.map((address) => address.encapsulate(`/p2p/${peerId.toString()}`))).catch(() => undefined);
   });
 }
+
+/** Streams held until a new connection's handler is attached: more than any protocol lets in at once. */
+const MAX_EARLY_STREAMS = 256;
 
 /** A listen address for a relay found among the host's peers, whichever it is. */
 const ANY_RELAY = "/p2p-circuit";

@@ -149,6 +149,28 @@ describe("Baton libp2p host", () => {
     expect(found.multiaddrs.map((m) => m.toString())).toContain(b.getMultiaddrs()[0]!.toString().split("/p2p/")[0]);
   });
 
+  it("answers a burst of requests on a fresh connection (more than yamux's 10 early streams aborted it)", async () => {
+    const server = await host();
+    await serve(server, "/baton/test/burst/1.0.0", async (message) => message, { maxBytes: 1024, timeoutMs: 10_000 });
+    const address = server.getMultiaddrs()[0]!;
+    // The streams open while the server may still be attaching its stream handler: yamux holds them
+    // as early streams, and past its limit aborted the whole connection, every stream with it.
+    for (let round = 0; round < 5; round++) {
+      const client = await host();
+      await client.dial(address);
+      const replies = await Promise.all(
+        Array.from({ length: 40 }, (_, i) =>
+          request(client, address, "/baton/test/burst/1.0.0", new Uint8Array([i]), {
+            maxBytes: 1024,
+            signal: AbortSignal.timeout(20_000),
+          }),
+        ),
+      );
+      expect(replies.map((r) => r[0])).toEqual(Array.from({ length: 40 }, (_, i) => i));
+      await client.stop();
+    }
+  });
+
   it("answers framed requests and resets streams that exceed the size limit", async () => {
     const server = await host();
     const client = await host();
