@@ -37,6 +37,24 @@ describe("runJob: hand-off to a new provider", () => {
     });
     const { events, when } = recorder(job);
     await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
+    // The explorer's page below shows the hand-off resumed from the last checkpoint the dead lease
+    // committed on chain, which its provider does in the heartbeat after the tenant's ack: with
+    // checkpoints copied quickly, a kill at once could come before any (a CI run saw that).
+    const leaseId = BigInt(job.status().leaseId!);
+    await expect
+      .poll(
+        async () =>
+          (
+            await fixture.market.admin.publicClient.getContractEvents({
+              ...contracts(fixture.market.deployment).leaseManager,
+              eventName: "CheckpointCommitted",
+              args: { leaseId },
+              fromBlock: 0n,
+            })
+          ).length,
+        { timeout: 20_000 },
+      )
+      .toBeGreaterThan(0);
     const victim = serving(fixture.market, job);
     const killedAt = Date.now();
     victim.process!.child.kill("SIGKILL");
