@@ -29,6 +29,7 @@ import { auditProvider } from "../../sdk/actions/auditProvider.ts";
 import type { AuditEventSource } from "../../sdk/chain/audit-events.ts";
 import { createChainClient, leaseStatus } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
+import { withGasHeadroom } from "../../sdk/chain/send.ts";
 import { leaseIdOf, signOpening, type Opening } from "../../sdk/chain/opening.ts";
 import { signQuote, type Quote } from "../../sdk/chain/quote.ts";
 import { devTokenAbi, leaseManagerAbi, providerRegistryAbi } from "../../sdk/generated/abis.ts";
@@ -120,11 +121,13 @@ async function openLeaseFor(provider: Account, predecessor: bigint): Promise<big
   return leaseIdOf(hardhat.id, leaseManager, quote);
 }
 
-function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
+async function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
   const { w, address, abi } = lm(provider);
-  return send(
-    w.writeContract({ address, abi, functionName: "heartbeat", args: [[leaseId], cid === undefined ? [] : [cid]] }),
-  );
+  const call = { address, abi, functionName: "heartbeat", args: [[leaseId], cid === undefined ? [] : [cid]] } as const;
+  // With the node's headroom: what a heartbeat settles depends on the block's time, and an estimate
+  // made on the last block ran out of gas when mined in the next (a CI run's Postgres reorg test).
+  const gas = withGasHeadroom(await publicClient.estimateContractGas({ ...call, account: provider }));
+  return send(w.writeContract({ ...call, gas }));
 }
 
 /** Every event of both contracts, as the chain has them now: what a full index must equal. */
