@@ -12,8 +12,8 @@ export const HOST_RPC_PORT = 8545;
  * A devnet's providers and tenants on separate hosts (issue 21): `p1`…`pN` for the providers, the
  * last `behindNat` of them behind NATs of their own, and `tenant` for tenants, all on one internet
  * (see {@link startNetwork}). Provider 1 is public and relays for the NATed ones, which find it
- * among their bootstrap peers and listen through it (a bare `/p2p-circuit`). The chain stays in this machine's namespace; each host reaches it at
- * `http://127.0.0.1:8545`.
+ * among their bootstrap peers and listen through it (a bare `/p2p-circuit`). The chain stays in this
+ * machine's namespace; each host reaches it at `http://127.0.0.1:8545`.
  */
 export interface DevnetHosts {
   network: NetworkOfHosts;

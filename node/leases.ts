@@ -638,14 +638,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /**
-   * The tenant's addresses for fetching from it. The tenant dialled us, so the connection's remote
-   * address is an ephemeral port: ask for the listen addresses it announced (identify), which bitswap
-   * can dial.
-   */
-  /**
-   * Where the tenant serves blocks (inputs, the checkpoint to resume from): the addresses it listens
-   * on, or, for a tenant that listens nowhere, the connection it opened, which a block stream can
-   * take as any new stream does. Without an address the fetch would fall to bitswap alone.
+   * Where the tenant serves blocks (inputs, the checkpoint to resume from). It dialled us, so the
+   * connection's remote address is an ephemeral port: the listen addresses it announced (identify);
+   * or, for a tenant that listens nowhere, that connection itself, which a block stream takes as any
+   * new stream does. Without an address the fetch would fall to bitswap alone.
    */
   const tenantAddressesOf = async (connection: Connection, row: LeaseRow): Promise<Multiaddr[]> => {
     const known = await host.peerStore.get(connection.remotePeer).catch(() => undefined);

@@ -11,6 +11,7 @@ import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { requestQuote } from "../../sdk/wire/clients.ts";
 import type { ProviderHandle } from "../helpers/market.ts";
+import { nodeMetrics, sample } from "../helpers/node-metrics.ts";
 import { recorder, SCRIPT, serving, trainSpec, useRunJobMarket } from "../helpers/run-job.ts";
 
 // A provider drained by SIGTERM, as systemd stops it: provider 0 has a long grace, in which its job
@@ -22,18 +23,6 @@ const fixture = useRunJobMarket({
   chainHeartbeatTimeoutS: 20,
   configFor: (index) => ({ drainTimeoutMs: index === 0 ? PATIENT_GRACE_MS : SHORT_GRACE_MS }),
 });
-
-/** The provider's metrics, as Prometheus scrapes them. */
-async function scrape(provider: ProviderHandle): Promise<string> {
-  const line = await provider.process!.waitFor(/metrics on http:\/\/127\.0\.0\.1:\d+\/metrics/);
-  return (await fetch(/(http:\S+)/.exec(line)![1]!)).text();
-}
-
-/** One sample's value in a scrape (`series` with its labels, exactly as exposed). */
-function sample(metrics: string, series: string): number {
-  const line = metrics.split("\n").find((l) => l.startsWith(`${series} `));
-  return Number(line?.slice(series.length + 1));
-}
 
 /** Where the chain says a lease is. */
 async function chainStatus(leaseId: string): Promise<string | undefined> {
@@ -117,7 +106,7 @@ describe("runJob: a provider drained by SIGTERM", () => {
     const leaseId = job.status().leaseId!;
 
     // A node serving a lease, as an operator's dashboard sees it.
-    const metrics = await scrape(victim);
+    const metrics = await nodeMetrics(victim.process!);
     const untilTimeout = sample(metrics, `baton_lease_heartbeat_timeout_seconds{lease="${leaseId}"}`);
     expect(untilTimeout).toBeGreaterThan(0);
     expect(untilTimeout).toBeLessThanOrEqual(20);
