@@ -179,7 +179,7 @@ figures.push(
     name: "of which task sent → provider finished, p50",
     value: median(steady.providerMs),
     unit: "ms",
-    note: `the message, the task's work dir (${quotaMode}: the lease's, emptied), the sandbox's start, the work, its output added to the provider's IPFS`,
+    note: `the message, the task's dir (${quotaMode}: in the lease's work dir, emptied after its last task), its sandbox (set up while the last task ran) given the command, the work, its output added to the provider's IPFS`,
   },
   {
     name: "of which provider finished → result recorded, p50",

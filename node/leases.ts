@@ -1,3 +1,4 @@
+import { mkdir, rmdir } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
@@ -33,7 +34,14 @@ import { imageMismatch, ImageRefusedError, type HeldImage } from "./containers/i
 import { fetchInputs } from "./inputs.ts";
 import type { Openings } from "./openings.ts";
 import type { NodeComponents } from "./components.ts";
-import { nodeRuntimeBind, startJob, type JobExit, type JobProcess } from "./sandbox/runner.ts";
+import {
+  nodeRuntimeBind,
+  prepareSandbox,
+  startJob,
+  type JobExit,
+  type JobProcess,
+  type PreparedSandbox,
+} from "./sandbox/runner.ts";
 import type { LeaseRow } from "./store.ts";
 import type { WorkDir } from "./work-dirs.ts";
 
@@ -81,6 +89,12 @@ class LeaseRuntime {
    * then idle, and takes the next `task`).
    */
   task: string | undefined;
+  /** On a batch lease: the task dir its last task ran in (see `WorkDirs.taskDir`). */
+  taskDir: WorkDir | undefined;
+  /** On a batch lease: the last task's dir being emptied, once its output was published. */
+  emptying: Promise<void> | undefined;
+  /** On a batch lease: a sandbox set up in its other task dir while its task runs, for the next task. */
+  next: Promise<PreparedSandbox | undefined> | undefined;
 
   constructor(leaseId: bigint) {
     this.leaseId = leaseId;
@@ -197,29 +211,37 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     return { gpus: real.map((g) => g!.index), gpuUuids: real.map((g) => g!.uuid) };
   };
 
-  /** Starts the job: in a container of its image (held in `runtime.image`), or in the sandbox. */
+  /** What a job of the lease runs with, in `workDir`, but its command and env. */
+  const jobOptions = (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec, workDir: WorkDir) => ({
+    leaseId: row.leaseId.toString(),
+    workDir: workDir.path,
+    // The log beside the lease's work dir, where its tasks' dirs (in it) would otherwise put it.
+    logPath: path.join(path.dirname(workDir.root), `${row.leaseId}.log`),
+    // Fake GPUs have no device to bind; real ones are named by UUID, which CUDA resolves
+    // whatever numbering the sandbox's device nodes give them.
+    ...realGpus(row.gpus),
+    network: spec.network,
+    limits: {
+      cpuCores: Math.min(spec.resources.cpus, config.jobLimits.cpus),
+      memoryBytes: Math.min(spec.resources.memoryMiB, config.jobLimits.memoryMiB) * 1024 * 1024,
+      wallTimeMs: spec.maxDurationS * 1000,
+    },
+    logger: log.child(`job.${row.leaseId}`),
+    onLine: (stream: "stdout" | "stderr", line: string) => onLine(runtime, stream, line),
+  });
+
+  /**
+   * Starts the job: in a container of its image (held in `runtime.image`), in the sandbox `prepared`
+   * for it, or in a new sandbox.
+   */
   const startRuntimeJob = (
     runtime: LeaseRuntime,
     row: LeaseRow,
     spec: JobSpec,
     workDir: WorkDir,
+    prepared: PreparedSandbox | undefined,
   ): Promise<JobProcess> => {
-    const common = {
-      leaseId: row.leaseId.toString(),
-      env: spec.env,
-      workDir: workDir.path,
-      // Fake GPUs have no device to bind; real ones are named by UUID, which CUDA resolves
-      // whatever numbering the sandbox's device nodes give them.
-      ...realGpus(row.gpus),
-      network: spec.network,
-      limits: {
-        cpuCores: Math.min(spec.resources.cpus, config.jobLimits.cpus),
-        memoryBytes: Math.min(spec.resources.memoryMiB, config.jobLimits.memoryMiB) * 1024 * 1024,
-        wallTimeMs: spec.maxDurationS * 1000,
-      },
-      logger: log.child(`job.${row.leaseId}`),
-      onLine: (stream: "stdout" | "stderr", line: string) => onLine(runtime, stream, line),
-    };
+    const common = { ...jobOptions(runtime, row, spec, workDir), env: spec.env };
     if (spec.image !== undefined) {
       if (!runtime.image || !components.containers) throw new BaseError("an image job was launched without its image");
       return startContainerJob({
@@ -231,7 +253,50 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
       });
     }
+    if (prepared) {
+      return Promise.resolve(
+        prepared.run({ command: spec.command!, env: spec.env, wallTimeMs: spec.maxDurationS * 1000 }),
+      );
+    }
     return startJob({ ...common, command: spec.command!, runtimeBinds: [nodeRuntimeBind()], sandbox: config.sandbox });
+  };
+
+  /**
+   * A batch lease's task launched: a sandbox is set up in its other task dir for the next task, which
+   * then starts without waiting on bubblewrap. Only for process jobs; a failure to set one up only
+   * means that the next task starts in a new sandbox.
+   */
+  const prepareNextTask = (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec, taskDir: WorkDir): void => {
+    if (spec.image !== undefined || runtimes.get(row.leaseId) !== runtime) return;
+    const dir = otherTaskDir(taskDir);
+    const next: Promise<PreparedSandbox | undefined> = prepareSandbox({
+      ...jobOptions(runtime, row, spec, dir),
+      runtimeBinds: [nodeRuntimeBind()],
+      sandbox: config.sandbox,
+    }).then(
+      async (sandbox) => {
+        // The lease stopped meanwhile (`stopRuntime` took what was there before): nobody takes it.
+        if (runtimes.get(row.leaseId) === runtime && runtime.next === next) return sandbox;
+        await sandbox.discard();
+        return undefined;
+      },
+      (error: unknown) => {
+        log.warn("no sandbox set up ahead for the lease's next task", { leaseId: row.leaseId, error });
+        return undefined;
+      },
+    );
+    runtime.next = next;
+  };
+
+  /** The task dir a batch lease's next task takes: the one its last task did not run in. */
+  const otherTaskDir = (taskDir: WorkDir): WorkDir =>
+    workDirs.taskDir(taskDir, taskDir.path === workDirs.taskDir(taskDir, 0).path ? 1 : 0);
+
+  /** The sandbox set up for the lease's next task, taken (undefined when there is none). */
+  const takeNextTask = async (runtime: LeaseRuntime): Promise<PreparedSandbox | undefined> => {
+    const next = await runtime.next;
+    runtime.next = undefined;
+    return next;
   };
 
   /**
@@ -271,12 +336,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     spec: JobSpec,
     workDir: WorkDir,
     relaunch: boolean,
+    prepared?: PreparedSandbox,
   ): Promise<void> => {
     let job: JobProcess;
     try {
-      job = await startRuntimeJob(runtime, row, spec, workDir);
+      job = await startRuntimeJob(runtime, row, spec, workDir, prepared);
     } catch (error) {
       runtime.image?.release();
+      await prepared?.discard();
       throw error;
     }
     runtime.job = job;
@@ -307,9 +374,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           }),
       });
     }
-    store.updateLease(row.leaseId, { state: "running", pid: job.pid });
+    // A batch lease's task dir is recorded: a node restarted meanwhile relaunches the task there.
+    store.updateLease(row.leaseId, { state: "running", pid: job.pid, workDir: workDir.path });
     metrics.jobsStarted.inc({ relaunch: String(relaunch) });
-    log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch });
+    log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch, prepared: !!prepared });
+    if (row.taskId !== null) {
+      runtime.taskDir = workDir;
+      prepareNextTask(runtime, row, spec, workDir);
+    }
     runtime.ended = workDirs
       .supervise(job, workDir)
       .then(async (exit) => {
@@ -348,6 +420,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     });
     // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
     const output = await publishOutput(row, workDir);
+    // Nothing reads a task's dir once its output is published: emptied now, while its result goes
+    // out and the next task comes, it leaves the next task the whole quota.
+    if (taskId !== null) runtime.emptying = workDirs.emptyTaskDir(workDir);
     // The tenant is told which limit a `disk` exit went over: `disk: the job used more than its 1 GiB disk quota`.
     const reason = exit.detail ? `${exit.reason}: ${exit.detail}` : exit.reason;
     if (taskId !== null) {
@@ -601,7 +676,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     spec: JobSpec,
     leaseImage: ImageDigest | undefined,
   ): Promise<void> => {
-    const workDir = await makeWorkDir(row, spec);
+    const leaseDir = await makeWorkDir(row, spec);
+    // A batch lease's tasks take turns in two dirs of its work dir (see `WorkDirs.taskDir`).
+    const workDir = row.taskId === null ? leaseDir : await firstTaskDir(leaseDir);
     const tenantAddresses = await tenantAddressesOf(connection, row);
     // The image is pulled while the inputs and the checkpoint arrive: a cold pull takes seconds to
     // minutes, and a hand-off waits on the slowest of the three, not on their sum.
@@ -680,8 +757,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
     if (body.resume && !row.jobKey) throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
     runtime.task = body.taskId;
-    // The previous task's exit fully handled (its output published): its work dir can be emptied.
+    // The previous task's exit fully handled: its output published, its dir being emptied.
     await runtime.ended;
+    await runtime.emptying;
     Object.assign(runtime, { job: undefined, exit: undefined, ended: undefined, progress: undefined });
     runtime.state = "starting";
     const next: LeaseRow = {
@@ -701,26 +779,59 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       exitCode: null,
       reason: null,
     });
-    const workDir = await makeWorkDir(next, spec, "renew");
+    const { workDir, prepared } = await nextTaskDir(runtime, next, spec, leaseSpec);
     const tenantAddresses = await tenantAddressesOf(connection, next);
     const pulling = acquireImage(next, spec, runtime.leaseImage, tenantAddresses);
     pulling.catch(() => undefined);
     try {
       await fetchJobInputs(next, spec, workDir, tenantAddresses);
-      if (body.resume) await restoreResume(next, body.resume, workDir, tenantAddresses);
+      if (body.resume) {
+        // The sandbox set up ahead made the task dir's `resume/`, empty: the checkpoint takes its place.
+        if (prepared) await rmdir(path.join(workDir.path, "resume"));
+        await restoreResume(next, body.resume, workDir, tenantAddresses);
+        await prepared?.ownWorkDir();
+      }
       runtime.image = await pulling;
     } catch (error) {
       (await pulling.catch(() => undefined))?.release();
+      await prepared?.discard();
       await workDirs.remove(leaseId);
       throw (await quotaTooSmall(workDir, error)) ?? error;
     }
     if (handingBack.signal.aborted) {
       runtime.image?.release();
+      await prepared?.discard();
       await workDirs.remove(leaseId);
       throw startHandedBack(leaseId);
     }
     await emit(runtime, "accepted", { startedAt: Date.now(), resumed: body.resume !== undefined, taskId: body.taskId });
-    await launch(runtime, next, spec, workDir, false);
+    await launch(runtime, next, spec, workDir, false, prepared);
+  };
+
+  /**
+   * A batch lease's next task's dir, with the sandbox set up there while the last task ran when it
+   * suits this task (the same network; its resources are the lease's); otherwise the lease's work dir
+   * renewed (emptied, its file system kept) and a task dir in it.
+   */
+  const nextTaskDir = async (
+    runtime: LeaseRuntime,
+    row: LeaseRow,
+    spec: JobSpec,
+    lastSpec: JobSpec,
+  ): Promise<{ workDir: WorkDir; prepared?: PreparedSandbox }> => {
+    const prepared = await takeNextTask(runtime);
+    if (prepared?.ready && runtime.taskDir && spec.network === lastSpec.network) {
+      return { workDir: otherTaskDir(runtime.taskDir), prepared };
+    }
+    await prepared?.discard();
+    return { workDir: await firstTaskDir(await makeWorkDir(row, spec, "renew")) };
+  };
+
+  /** A batch lease's first task dir in its work dir, made: its inputs and resume checkpoint go there before its sandbox does. */
+  const firstTaskDir = async (leaseDir: WorkDir): Promise<WorkDir> => {
+    const dir = workDirs.taskDir(leaseDir, 0);
+    await mkdir(dir.path, { recursive: true, mode: 0o700 });
+    return dir;
   };
 
   /**
@@ -974,6 +1085,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
     clearInterval(runtime.heartbeatTimer);
     if (runtime.job && !runtime.exit) await runtime.job.kill(reason);
+    // Its next task's sandbox holds a task dir: gone before the work dir is removed.
+    await (await takeNextTask(runtime))?.discard();
     // Its exit handled: the result sent (or not, for a lease that ended without it).
     await runtime.ended;
     // A job's work dir went with its exit; a batch lease's stays for its next task until now.
@@ -1036,6 +1149,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         let workDir: WorkDir;
         try {
           workDir = await workDirs.reopen(row.leaseId, diskQuotaBytes(jobDiskGiB(spec)));
+          // A batch lease's task goes on in its task dir.
+          if (row.workDir.startsWith(`${workDir.root}${path.sep}`)) workDir = { ...workDir, path: row.workDir };
         } catch (error) {
           log.error("job not relaunched: its work dir cannot be mounted again", { leaseId: row.leaseId, error });
           runtime.image?.release();

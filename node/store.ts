@@ -39,6 +39,7 @@ export interface LeaseRow {
   state: LeaseState;
   gpus: number[];
   spec: unknown;
+  /** The dir the job runs in: the lease's work dir, or on a batch lease its task's dir in it (`WorkDirs.taskDir`). */
   workDir: string;
   pid: number | null;
   startedAt: number;

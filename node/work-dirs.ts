@@ -29,7 +29,10 @@ export type DiskQuotaEnforcement = "mount" | "watch";
 
 /** A lease's work dir, and how its quota holds. */
 export interface WorkDir {
+  /** The job's dir: `root`, or on a batch lease one of its task dirs ({@link WorkDirs.taskDir}). */
   path: string;
+  /** The lease's work dir, which the quota covers: the file system mounted on it, or the dir watched. */
+  root: string;
   quotaBytes: number;
   enforcement: DiskQuotaEnforcement;
 }
@@ -70,6 +73,15 @@ export interface WorkDirs {
    * that watched its quotas) is watched.
    */
   reopen(leaseId: bigint, quotaBytes: number): Promise<WorkDir>;
+  /**
+   * A batch lease's task dir `index` (0 or 1) in its work dir: its tasks take turns in the two, so
+   * that the next task's sandbox is set up in one while the last task runs in the other (see
+   * `prepareSandbox`). Both count against the lease's one quota; each is emptied
+   * ({@link WorkDirs.emptyTaskDir}) once its task's output is published.
+   */
+  taskDir(dir: WorkDir, index: number): WorkDir;
+  /** Empties a task dir whose task is over. Never rejects: what could not be removed is logged, and goes with the lease's work dir. */
+  emptyTaskDir(dir: WorkDir): Promise<void>;
   /** Whether the work dir went over its quota: its file system is full, or its usage is over. */
   overQuota(dir: WorkDir): Promise<QuotaExcess | undefined>;
   /**
@@ -166,8 +178,8 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
 
   const overQuota = async (dir: WorkDir): Promise<QuotaExcess | undefined> =>
     dir.enforcement === "mount"
-      ? fileSystemFull(dir.path)
-      : (await diskUsage(dir.path)) > dir.quotaBytes
+      ? fileSystemFull(dir.root)
+      : (await diskUsage(dir.root)) > dir.quotaBytes
         ? "bytes"
         : undefined;
 
@@ -184,9 +196,14 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
         throw error;
       }
     }
-    const dir: WorkDir = { path: work, quotaBytes, enforcement };
+    const dir: WorkDir = { path: work, root: work, quotaBytes, enforcement };
     made.set(leaseId, dir);
     return dir;
+  };
+
+  /** Removes what is in `dir`, leaving `dir`. */
+  const emptyDir = async (dir: string): Promise<void> => {
+    for (const name of await readdir(dir)) await rm(path.join(dir, name), { recursive: true, force: true });
   };
 
   /**
@@ -197,9 +214,9 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
   const emptied = async (dir: WorkDir): Promise<boolean> => {
     try {
       // Nothing runs in it any more (the last task's sandbox is gone): no entry can change meanwhile.
-      for (const name of await readdir(dir.path)) await rm(path.join(dir.path, name), { recursive: true, force: true });
+      await emptyDir(dir.root);
       if (dir.enforcement === "watch") return true;
-      return (await mountPoints()).includes(dir.path) && (await freeBytes(dir.path)) >= dir.quotaBytes;
+      return (await mountPoints()).includes(dir.root) && (await freeBytes(dir.root)) >= dir.quotaBytes;
     } catch (error) {
       log.warn("work dir not emptied: it is made again", { dir: dir.path, error });
       return false;
@@ -219,20 +236,26 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
     reopen: (leaseId, quotaBytes) =>
       serialized(leaseId, async () => {
         const { work, image } = paths(leaseId);
-        if ((await mountPoints()).includes(work)) return { path: work, quotaBytes, enforcement: "mount" };
+        if ((await mountPoints()).includes(work)) return { path: work, root: work, quotaBytes, enforcement: "mount" };
         if (enforcement === "mount" && existsSync(image)) {
           await remountQuotaFileSystem(image, work);
-          return { path: work, quotaBytes, enforcement: "mount" };
+          return { path: work, root: work, quotaBytes, enforcement: "mount" };
         }
         await mkdir(work, { recursive: true });
-        return { path: work, quotaBytes, enforcement: "watch" };
+        return { path: work, root: work, quotaBytes, enforcement: "watch" };
+      }),
+    taskDir: (dir, index) => ({ ...dir, path: path.join(dir.root, `task-${index}`) }),
+    emptyTaskDir: (dir) =>
+      emptyDir(dir.path).catch((error: unknown) => {
+        if ((error as NodeJS.ErrnoException).code !== "ENOENT")
+          log.warn("task dir not emptied", { dir: dir.path, error });
       }),
     overQuota,
     async supervise(job, dir) {
       const unwatch =
         dir.enforcement === "watch"
           ? watchDiskUsage({
-              dir: dir.path,
+              dir: dir.root,
               quotaBytes: dir.quotaBytes,
               onOver: (usage) => {
                 log.info("job over its disk quota: stopping it", {

@@ -339,7 +339,6 @@ async function awaitStarted(
   } catch (error) {
     await podman.run(["rm", "--force", "--ignore", "--time", "0", name]).catch(() => {});
     await end.exit;
-    output.closeLog();
     throw error;
   }
 }

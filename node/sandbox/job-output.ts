@@ -36,7 +36,9 @@ export class JobOutput {
   readonly #leaseId: string;
   readonly #logger: Logger;
   readonly #onLine: JobOutputInit["onLine"];
-  readonly #log: BoundedLog;
+  readonly #logInit: { path: string; maxBytes: number };
+  /** Opened once the job runs: a sandbox prepared ahead must not hold (or rotate) the log its lease's running job writes. */
+  #log: BoundedLog | undefined;
   readonly #splitters: Record<StreamName, LineSplitter>;
   readonly #held: { stream: StreamName; line: string }[] = [];
   readonly #stderrTail: string[] = [];
@@ -48,7 +50,7 @@ export class JobOutput {
     this.#leaseId = leaseId;
     this.#logger = logger;
     this.#onLine = onLine;
-    this.#log = new BoundedLog(logPath, logMaxBytes);
+    this.#logInit = { path: logPath, maxBytes: logMaxBytes };
     this.#splitters = {
       stdout: new LineSplitter(lineMaxBytes, (line) => this.#line("stdout", line)),
       stderr: new LineSplitter(lineMaxBytes, (line) => this.#line("stderr", line)),
@@ -69,6 +71,11 @@ export class JobOutput {
 
   /** The job runs: what was held goes out, and every line from now on. */
   run(): void {
+    try {
+      this.#log = new BoundedLog(this.#logInit.path, this.#logInit.maxBytes);
+    } catch (error) {
+      this.#logError(error);
+    }
     this.#running = true;
     for (const { stream, line } of this.#held.splice(0)) this.#deliver(stream, line);
     this.#flush();
@@ -100,15 +107,10 @@ export class JobOutput {
       this.#splitters[stream].end();
     }
     try {
-      this.#log.close();
+      this.#log?.close();
     } catch (error) {
       this.#logger.error("cannot write the job's log", { leaseId: this.#leaseId, error });
     }
-  }
-
-  /** Closes the log of a job that never ran. */
-  closeLog(): void {
-    this.#log.close();
   }
 
   #line(stream: StreamName, line: string): void {
@@ -122,7 +124,7 @@ export class JobOutput {
 
   #deliver(stream: StreamName, line: string): void {
     try {
-      this.#log.append(`${new Date().toISOString()} ${stream} ${line}\n`);
+      this.#log?.append(`${new Date().toISOString()} ${stream} ${line}\n`);
     } catch (error) {
       this.#logError(error);
     }
@@ -138,7 +140,7 @@ export class JobOutput {
 
   #flush(): void {
     try {
-      this.#log.flush();
+      this.#log?.flush();
     } catch (error) {
       this.#logError(error);
     }

@@ -7,7 +7,15 @@ import { pollUntil } from "../../sdk/utils/retry.ts";
 import { OUTPUT_DRAIN_MS, SANDBOX_START_TIMEOUT_MS, SANDBOX_TEARDOWN_MS } from "./constants.ts";
 import { SandboxSetupError } from "./errors.ts";
 import type { JobOutput } from "./job-output.ts";
-import { descendants, groupMembers, processTable, stillRunning, trySignal, type ProcessEntry } from "./process-tree.ts";
+import {
+  childrenOf,
+  descendants,
+  groupMembers,
+  processTable,
+  stillRunning,
+  trySignal,
+  type ProcessEntry,
+} from "./process-tree.ts";
 import type { ExitReason, JobExit, JobProcess, KillReason, SandboxKind } from "./runner.ts";
 
 /** How the sandbox's first process ended, and when its output was all read. */
@@ -71,7 +79,7 @@ export async function awaitSandboxStart(
         started = true;
         const { pid } = child;
         done();
-        resolve(sandbox === "bwrap" && pid !== undefined ? processTable().filter((entry) => entry.ppid === pid) : []);
+        resolve(sandbox === "bwrap" && pid !== undefined ? childrenOf(pid) : []);
       });
       child.once("error", (cause) => {
         done();
@@ -89,7 +97,6 @@ export async function awaitSandboxStart(
     // Leave nothing behind: the sandbox is killed and reaped before the error is thrown.
     if (child.pid !== undefined && end.exitedAt === undefined) killTree(child.pid);
     await within(end.exit, 5_000);
-    output.closeLog();
     throw error;
   }
 }
@@ -234,7 +241,7 @@ export class RunningJob implements JobProcess {
 }
 
 /** SIGKILL to the job's process group, its leader and every process below it. */
-function killTree(pid: number): void {
+export function killTree(pid: number): void {
   // The group leader first, so that it dies of the SIGKILL rather than exit on seeing its
   // children die; the processes below it are listed before, while they are still its descendants.
   const below = descendants(pid);

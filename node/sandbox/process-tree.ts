@@ -11,31 +11,51 @@ export interface ProcessEntry {
   startTime: number;
 }
 
+/** One process from its `/proc/<pid>/stat`, or undefined when it is gone. */
+function processEntry(pid: number): ProcessEntry | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return undefined;
+  }
+  // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return {
+    pid,
+    ppid: Number(fields[1]),
+    pgid: Number(fields[2]),
+    state: fields[0] ?? "",
+    startTime: Number(fields[19]),
+  };
+}
+
 /**
  * A snapshot of every process this one can see, from `/proc`. Processes that exit while it is
  * read are skipped. Linux only, like the rest of the sandbox.
  */
 export function processTable(): ProcessEntry[] {
-  const entries: ProcessEntry[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${name}/stat`, "utf8");
-    } catch {
-      continue;
-    }
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    entries.push({
-      pid: Number(name),
-      ppid: Number(fields[1]),
-      pgid: Number(fields[2]),
-      state: fields[0] ?? "",
-      startTime: Number(fields[19]),
-    });
+  return readdirSync("/proc")
+    .filter((name) => /^\d+$/.test(name))
+    .flatMap((name) => processEntry(Number(name)) ?? []);
+}
+
+/**
+ * The children of `pid` (from the kernel's own list, `/proc/<pid>/task/<pid>/children`, without
+ * reading the whole table: a job's start asks for them, on a node that may run hundreds of processes).
+ */
+export function childrenOf(pid: number): ProcessEntry[] {
+  let list: string;
+  try {
+    list = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8");
+  } catch {
+    // A kernel built without CONFIG_PROC_CHILDREN.
+    return processTable().filter((entry) => entry.ppid === pid);
   }
-  return entries;
+  return list
+    .split(" ")
+    .filter((word) => word !== "")
+    .flatMap((child) => processEntry(Number(child)) ?? []);
 }
 
 /** Pids of every process below `root` (its children, their children, …), not `root` itself. */
@@ -60,8 +80,8 @@ export function descendants(root: number, table: ProcessEntry[] = processTable()
  * Whether the process `pid` that started at `startTime` still runs: false once it is a zombie or
  * gone (and its pid possibly reused).
  */
-export function stillRunning(pid: number, startTime: number, table: ProcessEntry[] = processTable()): boolean {
-  const entry = table.find((e) => e.pid === pid);
+export function stillRunning(pid: number, startTime: number): boolean {
+  const entry = processEntry(pid);
   return entry !== undefined && entry.startTime === startTime && entry.state !== "Z";
 }
 

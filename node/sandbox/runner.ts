@@ -46,7 +46,8 @@ import {
   SandboxToolMissingError,
 } from "./errors.ts";
 import { JobOutput } from "./job-output.ts";
-import { awaitSandboxStart, ChildEnd, RunningJob } from "./job-process.ts";
+import { awaitSandboxStart, ChildEnd, killTree, RunningJob } from "./job-process.ts";
+import type { ProcessEntry } from "./process-tree.ts";
 
 /**
  * `bwrap`: the job runs in a bubblewrap sandbox. `unsafe-none`: it runs as a plain process (same
@@ -138,6 +139,9 @@ export interface StartJobOptions {
 /** What every job runner takes: all of {@link StartJobOptions} but how the job is run. */
 export type JobBasicsOptions = Omit<StartJobOptions, "command" | "sandbox" | "runtimeBinds" | "bwrapPath">;
 
+/** A sandbox set up before its job is known: all of {@link StartJobOptions} but the job's command and env. */
+export type PrepareSandboxOptions = Omit<StartJobOptions, "command" | "env">;
+
 export interface JobProcess {
   readonly leaseId: string;
   /**
@@ -188,12 +192,36 @@ const LEASE_ID = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/;
 /** The minimum memory limit: below it bubblewrap itself cannot set up the sandbox. */
 const MIN_MEMORY_BYTES = 32 * 1024 * 1024;
 
+/** The fd the start shim reads its script from: after bubblewrap's options and data files (4-7), or after fd 3. */
+const BWRAP_GO_FD = 8;
+const UNSANDBOXED_GO_FD = 4;
+
 /**
  * The sandbox's first process: says "started" on fd 3 (so the runner can tell a sandbox that
- * failed to set up from a job that failed), closes the runner's fds and becomes the job. `exec`
- * looks the command up on the job's PATH; a missing command exits 127 like in any shell.
+ * failed to set up from a job that failed), closes the runner's fds, reads on `goFd` the script the
+ * runner writes once it has the job's command ({@link PreparedSandbox.run}), and runs it. The
+ * sandbox can so be set up while the job's inputs, or the job itself, are not there yet. The fd is
+ * a socket (Node's stdio pipes are), which `sh` can `read` but not open as `/dev/fd/N`.
  */
-const START_SHIM = 'printf R >&3 && exec 3>&- 4>&- 5>&- 6>&- 7>&- && exec "$@"';
+function startShim(goFd: number, otherFds: number[]): string {
+  const close = [3, ...otherFds].map((fd) => `${fd}>&-`).join(" ");
+  return `printf R >&3 && exec ${close} && s= && while IFS= read -r l; do s="$s$l\n"; done <&${goFd}; exec ${goFd}<&- && eval "$s"`;
+}
+
+/** A word for `sh`, whatever it holds (no NUL: checked before). */
+function shellQuote(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * What the start shim runs: exports the job's env and execs its command (looked up on the job's
+ * PATH: a missing one exits 127, as in any shell). Each line ends with a newline, which the shim's
+ * `read` needs.
+ */
+function goScript(command: readonly string[], env: Record<string, string>): string {
+  const exports = Object.entries(env).map(([name, value]) => `export ${name}=${shellQuote(value)}\n`);
+  return `${exports.join("")}exec ${command.map(shellQuote).join(" ")}\n`;
+}
 
 /** Whether `file` can be read and run by any user: world-executable file, world-searchable parents. */
 function reachableByAnyone(file: string): boolean {
@@ -305,13 +333,12 @@ export function checkCommand(command: readonly string[]): void {
   command.forEach((arg, i) => checkPlainString(arg, `command[${i}]`));
 }
 
-/** Validates options and fills in defaults; throws before anything is created. */
-function resolveOptions(options: StartJobOptions) {
-  const { command, sandbox } = options;
+/** Validates a sandbox's options and fills in defaults; throws before anything is created. */
+function resolveOptions(options: PrepareSandboxOptions) {
+  const { sandbox } = options;
   if (sandbox !== "bwrap" && sandbox !== "unsafe-none") {
     throw new InvalidJobOptionsError(`sandbox must be "bwrap" or "unsafe-none", got "${String(sandbox)}"`);
   }
-  checkCommand(command);
   const basics = resolveJobBasics(options);
   const runtimeBinds = (options.runtimeBinds ?? []).map((bind) => {
     checkPlainString(bind.hostPath, "runtimeBinds.hostPath");
@@ -338,7 +365,6 @@ function resolveOptions(options: StartJobOptions) {
 
   return {
     ...basics,
-    command,
     sandbox,
     runtimeBinds,
     bwrapPath: options.bwrapPath ?? "bwrap",
@@ -516,13 +542,19 @@ function detectOnce(bwrapPath: string): Promise<DetectedSandbox> {
   return found;
 }
 
+/** Tools found, by name: found once (a lookup on PATH is a stat per dir, for each job). A missing one is looked up again. */
+const toolCache = new Map<string, string>();
+
 async function requireTool(name: string): Promise<string> {
+  const cached = toolCache.get(name);
+  if (cached !== undefined) return cached;
   const found = await resolveExecutable(name);
   if (found === undefined) {
     throw new SandboxToolMissingError(`${name} is not installed`, {
       details: `the job runner needs ${name} (util-linux or coreutils) on PATH`,
     });
   }
+  toolCache.set(name, found);
   return found;
 }
 
@@ -584,18 +616,122 @@ async function requireTool(name: string): Promise<string> {
  * const { code, reason } = await job.exited;
  */
 export async function startJob(options: StartJobOptions): Promise<JobProcess> {
+  checkCommand(options.command);
+  validateJobEnv(options.env ?? {});
+  const sandbox = await prepareSandbox(options);
+  return sandbox.run({ command: options.command, env: options.env ?? {} });
+}
+
+/**
+ * A sandbox set up as {@link startJob} sets one up, whose job is given later
+ * ({@link PreparedSandbox.run}): a batch lease's next task starts in one made while the task before
+ * it ran, without bubblewrap's ≈ 25-50 ms of set-up in its way. Until then it holds its work dir
+ * (bound at /work, so it cannot be unmounted) and runs nothing but the start shim, waiting.
+ *
+ * @throws as {@link startJob}, but for the command and env.
+ */
+export async function prepareSandbox(options: PrepareSandboxOptions): Promise<PreparedSandbox> {
   options.signal?.throwIfAborted();
   const resolved = resolveOptions(options);
   const tools = await findTools(resolved);
   await prepareWorkDir(resolved.workDir, resolved.user, resolved.switchUser);
   const command = sandboxCommand(resolved, tools);
   const output = new JobOutput(resolved);
-  const startedAt = Date.now();
-  const child = spawnSandbox(tools.taskset, command, resolved, output);
+  const child = spawnSandbox(tools.taskset, command, resolved);
   output.read(child);
   const end = new ChildEnd(child);
   const sandboxInits = await awaitSandboxStart(child, resolved, output, end);
-  return new RunningJob(child, resolved, { output, end, sandboxInits, env: command.env, startedAt });
+  return new PreparedSandbox(child, resolved, { output, end, sandboxInits, goFd: command.goFd });
+}
+
+/** What a prepared sandbox's job takes over: its output, its end, its pid 1, and the fd its script goes to. */
+interface PreparedParts {
+  output: JobOutput;
+  end: ChildEnd;
+  sandboxInits: ProcessEntry[];
+  goFd: number;
+}
+
+/** A sandbox set up and waiting for its job (see {@link prepareSandbox}). */
+export class PreparedSandbox {
+  /** Host pid of the process-group leader, as {@link JobProcess.pid}. */
+  readonly pid: number;
+  readonly #child: ChildProcess;
+  readonly #resolved: ResolvedJobOptions;
+  readonly #parts: PreparedParts;
+  #taken = false;
+
+  constructor(child: ChildProcess, resolved: ResolvedJobOptions, parts: PreparedParts) {
+    this.pid = child.pid!;
+    this.#child = child;
+    this.#resolved = resolved;
+    this.#parts = parts;
+  }
+
+  /** Whether it can still take a job: not taken, not discarded, and not dead meanwhile. */
+  get ready(): boolean {
+    return !this.#taken && this.#parts.end.exitedAt === undefined;
+  }
+
+  /**
+   * Runs the job: `env` is the job's own, as {@link StartJobOptions.env}; `wallTimeMs` overrides the
+   * sandbox's limit; the job's duration counts from now.
+   *
+   * @throws {InvalidJobOptionsError} a bad command or env; the sandbox stays ready.
+   * @throws {SandboxSetupError} it was taken, discarded, or died meanwhile.
+   */
+  run({
+    command,
+    env,
+    wallTimeMs,
+  }: {
+    command: string[];
+    env: Record<string, string>;
+    wallTimeMs?: number;
+  }): JobProcess {
+    checkCommand(command);
+    validateJobEnv(env);
+    if (wallTimeMs !== undefined && !(wallTimeMs > 0 && Number.isFinite(wallTimeMs))) {
+      throw new InvalidJobOptionsError("wallTimeMs must be positive");
+    }
+    if (!this.ready) throw new SandboxSetupError("the prepared sandbox is gone");
+    this.#taken = true;
+    const { output, end, sandboxInits, goFd } = this.#parts;
+    const resolved = { ...this.#resolved, env, ...(wallTimeMs === undefined ? {} : { wallTimeMs }) };
+    const go = this.#child.stdio[goFd] as NodeJS.WritableStream & { on(event: "error", cb: () => void): void };
+    go.on("error", () => {});
+    go.end(goScript(command, env));
+    const userName = resolved.user.uid === NOBODY_UID ? "nobody" : "baton";
+    const where =
+      resolved.sandbox === "bwrap"
+        ? { workDir: SANDBOX_WORK_DIR, path: SANDBOX_PATH }
+        : { workDir: resolved.workDir, path: unsandboxedPath(resolved) };
+    return new RunningJob(this.#child, resolved, {
+      output,
+      end,
+      sandboxInits,
+      env: jobEnv(resolved, where, userName),
+      startedAt: Date.now(),
+    });
+  }
+
+  /**
+   * Gives the job's user its work dir's dirs again, as a start does after the inputs and the resume
+   * checkpoint are in: a restored checkpoint is renamed into place of the `resume/` the set-up made.
+   */
+  async ownWorkDir(): Promise<void> {
+    await prepareWorkDir(this.#resolved.workDir, this.#resolved.user, this.#resolved.switchUser);
+  }
+
+  /** Ends it unused, its log closed; resolves once nothing of it runs. A sandbox that took its job is left to that job. */
+  async discard(): Promise<void> {
+    if (this.#taken) return;
+    this.#taken = true;
+    const { output, end } = this.#parts;
+    if (end.exitedAt === undefined) killTree(this.pid);
+    await end.exit;
+    output.finish(this.#child);
+  }
 }
 
 /** The host tools a job starts with; in `bwrap` mode, bubblewrap and the options its version has. */
@@ -633,11 +769,13 @@ interface SandboxCommand {
   env: Record<string, string>;
   argv: string[];
   feeds: { fd: number; data: string }[];
+  /** The fd the start shim reads its script from: the last of the child's stdio. */
+  goFd: number;
 }
 
 function sandboxCommand(resolved: ResolvedJobOptions, tools: SandboxTools): SandboxCommand {
   const userName = resolved.user.uid === NOBODY_UID ? "nobody" : "baton";
-  const { env, chain, feeds } = tools.bwrap
+  const { env, chain, feeds, goFd } = tools.bwrap
     ? bwrapCommand(resolved, tools.bwrap, userName)
     : unsandboxedCommand(resolved, tools.sh, userName);
   const argv = [
@@ -652,7 +790,7 @@ function sandboxCommand(resolved: ResolvedJobOptions, tools: SandboxTools): Sand
     "--",
     ...chain,
   ];
-  return { env, argv, feeds };
+  return { env, argv, feeds, goFd };
 }
 
 /** The job under bubblewrap: every sandbox flag comes from `bwrapArgs`, read by bubblewrap on fd 4. */
@@ -687,7 +825,8 @@ function bwrapCommand(
   });
   return {
     env,
-    chain: [bwrap.path, "--args", "4", "--", "/bin/sh", "-c", START_SHIM, "baton-job", ...resolved.command],
+    chain: [bwrap.path, "--args", "4", "--", "/bin/sh", "-c", startShim(BWRAP_GO_FD, [4, 5, 6, 7]), "baton-job"],
+    goFd: BWRAP_GO_FD,
     feeds: [
       { fd: 4, data: args.map((arg) => `${arg}\0`).join("") },
       ...dataFiles.map(({ fd, file }) => ({ fd, data: file.content })),
@@ -706,13 +845,16 @@ function unsandboxedCommand(
       "see every GPU and use the network. Never do this with a tenant's job; install bubblewrap instead.",
     { leaseId: resolved.leaseId },
   );
-  // Runtime binds cannot be mounted here: their host dirs go first on PATH instead.
+  const env = jobEnv(resolved, { workDir: resolved.workDir, path: unsandboxedPath(resolved) }, userName);
+  return { env, chain: [sh, "-c", startShim(UNSANDBOXED_GO_FD, []), "baton-job"], feeds: [], goFd: UNSANDBOXED_GO_FD };
+}
+
+/** An unsandboxed job's PATH: runtime binds cannot be mounted, so their host dirs go first instead. */
+function unsandboxedPath(resolved: ResolvedJobOptions): string {
   const binDirs = resolved.runtimeBinds
     .filter((bind) => path.posix.dirname(bind.sandboxPath) === SANDBOX_BIN_DIR)
     .map((bind) => path.dirname(bind.hostPath));
-  const hostPath = [...new Set(binDirs), ...SANDBOX_PATH.split(":").slice(1)].join(":");
-  const env = jobEnv(resolved, { workDir: resolved.workDir, path: hostPath }, userName);
-  return { env, chain: [sh, "-c", START_SHIM, "baton-job", ...resolved.command], feeds: [] };
+  return [...new Set(binDirs), ...SANDBOX_PATH.split(":").slice(1)].join(":");
 }
 
 /**
@@ -721,9 +863,8 @@ function unsandboxedCommand(
  */
 function spawnSandbox(
   taskset: string,
-  { env, argv, feeds }: SandboxCommand,
+  { env, argv, feeds, goFd }: SandboxCommand,
   resolved: ResolvedJobOptions,
-  output: JobOutput,
 ): ChildProcess {
   const bwrap = resolved.sandbox === "bwrap";
   let child: ChildProcess;
@@ -733,13 +874,11 @@ function spawnSandbox(
       env: bwrap ? { PATH: "/usr/bin:/bin" } : env,
       // A new session, hence a new process group led by the child: the group is what gets signalled.
       detached: true,
-      stdio: ["ignore", "pipe", "pipe", "pipe", ...(bwrap ? ["pipe", "pipe", "pipe", "pipe"] : [])] as (
-        "ignore" | "pipe"
-      )[],
+      // 0-2, the start marker (3), bubblewrap's options and data files (4-7), the start shim's script.
+      stdio: ["ignore", ...Array<"pipe">(goFd).fill("pipe")],
       ...(resolved.switchUser ? { uid: resolved.user.uid, gid: resolved.user.gid } : {}),
     });
   } catch (cause) {
-    output.closeLog();
     throw new SandboxSetupError("could not spawn the job", { cause });
   }
   // Ignore EPIPE: bubblewrap may die before it reads them.

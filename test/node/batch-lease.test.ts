@@ -4,6 +4,7 @@ import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
+import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import type { JobSpec } from "../../sdk/job-spec.ts";
 import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
 import type { ProviderMessage, TenantMessage } from "../../sdk/wire/messages.ts";
@@ -181,6 +182,37 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     });
     expect((await readUntil(resumed, resultOf("t4"))).at(-1)!.body).toMatchObject({ exitCode: 0 });
     await resumed.close();
+  });
+
+  it("resumes a task from a checkpoint in the sandbox set up for it while the last task ran", async () => {
+    const resumable = await openLease();
+    const key = Buffer.from(generateJobKey()).toString("base64");
+    const auth = await signTenantAuth(tenant.account, resumable, tenant.host.peerId.toString());
+    const checkpointing =
+      'mkdir "$BATON_CHECKPOINT_DIR/.s" && echo "$N" > "$BATON_CHECKPOINT_DIR/.s/progress" && ' +
+      'mv "$BATON_CHECKPOINT_DIR/.s" "$BATON_CHECKPOINT_DIR/step-1" && sleep 3';
+    const session = await open({
+      type: "start",
+      body: { leaseId: resumable, auth, key, taskId: "c1", spec: taskSpec(checkpointing, { N: "41" }) },
+    });
+    const first = await readUntil(session, resultOf("c1"));
+    const checkpoint = first.find((e) => e.type === "checkpoint");
+    if (checkpoint?.type !== "checkpoint")
+      throw new Error(`no checkpoint; saw ${JSON.stringify(first.map((e) => e.type))}`);
+
+    // The next task's sandbox was set up (its `resume/` with it) while c1 ran: the checkpoint takes
+    // the place of that `resume/`, and the task's user owns it as in a sandbox set up after it.
+    await session.send("task", {
+      leaseId: resumable,
+      taskId: "c2",
+      resume: { cid: checkpoint.body.cid, sha256: checkpoint.body.sha256 },
+      spec: taskSpec('cat "$BATON_RESUME_DIR/progress"; touch "$BATON_RESUME_DIR/mine" && echo owned'),
+    });
+    const second = await readUntil(session, resultOf("c2"));
+    expect(second.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "c2", resumed: true });
+    expect(lines(second)).toEqual(["41", "owned"]);
+    expect(second.at(-1)!.body).toMatchObject({ taskId: "c2", exitCode: 0 });
+    await session.close();
   });
 
   it("keeps an idle batch lease across a SIGKILL and restart of the node, and takes its next task", async () => {

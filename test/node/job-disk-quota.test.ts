@@ -250,7 +250,8 @@ describe("job disk quotas on a provider node", () => {
     );
     const first = await taskResult(session.messages, "t1");
     expect(first.result.exitCode).toBe(0);
-    const { workDir } = leaseRow((r) => r.leaseId === leaseId)!;
+    // A batch lease's task runs in a dir of the lease's work dir (its tasks take turns in two).
+    const workDir = path.dirname(leaseRow((r) => r.leaseId === leaseId)!.workDir);
     // Between tasks the work dir stays, on its file system: the next task needs no mkfs or mount.
     expect(await leftOf(workDir)).toEqual(LIVE);
 

@@ -3,15 +3,16 @@ import { access, chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "no
 import { createServer, type Server } from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 
 import { gpuDeviceBinds } from "../../node/sandbox/bwrap-args.ts";
 import { detectSandbox } from "../../node/sandbox/detect.ts";
 import { BubblewrapMissingError, InvalidJobOptionsError, SandboxSetupError } from "../../node/sandbox/errors.ts";
-import { descendants, groupMembers } from "../../node/sandbox/process-tree.ts";
+import { descendants, groupMembers, processTable } from "../../node/sandbox/process-tree.ts";
 import {
   chooseCpus,
   nodeRuntimeBind,
+  prepareSandbox,
   startJob,
   type JobProcess,
   type SandboxKind,
@@ -461,6 +462,74 @@ describe("startJob", () => {
     });
     await expect(start).rejects.toBeInstanceOf(SandboxSetupError);
     await expect(start).rejects.toThrow(/searchable by the job's user/);
+  });
+});
+
+describe.each<SandboxKind>(["bwrap", "unsafe-none"])("prepareSandbox (%s)", (sandbox) => {
+  /** A sandbox set up in a fresh work dir, discarded after the test. */
+  async function prepare(onLine?: (line: string) => void) {
+    const base = await tempDir("prepared");
+    const workDir = path.join(base, "work");
+    const prepared = await prepareSandbox({
+      leaseId: "lease-2",
+      workDir,
+      sandbox,
+      runtimeBinds: [nodeRuntimeBind()],
+      logger: silentLogger,
+      onLine: (_stream, line) => onLine?.(line),
+    });
+    cleanups.push(() => prepared.discard());
+    return { prepared, workDir, logPath: path.join(base, "lease-2.log") };
+  }
+
+  it(
+    "runs nothing until given a job, then that job with its env and wall time, its files put in meanwhile",
+    { timeout: 20_000 },
+    async () => {
+      const lines: string[] = [];
+      const { prepared, workDir, logPath } = await prepare((line) => lines.push(line));
+      expect(prepared.ready).toBe(true);
+      // Set up, waiting: no log yet, the shim (a shell) the only process of it.
+      await expect(access(logPath)).rejects.toThrow();
+      await writeFile(path.join(workDir, "input.txt"), "fetched after the set-up\n");
+      const quoted = 'it\'s "quoted"\n$HOME `x` \\ end';
+      const job = prepared.run({
+        command: ["sh", "-c", 'cat input.txt; printf "%s" "$QUOTED" > "$BATON_OUTPUT_DIR/quoted"; sleep 30', "arg0"],
+        env: { QUOTED: quoted },
+        wallTimeMs: 500,
+      });
+      expect(prepared.ready).toBe(false);
+      expect(job.env).toMatchObject({ QUOTED: quoted, BATON_LEASE_ID: "lease-2" });
+      expect(await job.exited).toMatchObject({ reason: "wall-time" });
+      expect(lines).toEqual(["fetched after the set-up"]);
+      expect(await readFile(path.join(workDir, "output", "quoted"), "utf8")).toBe(quoted);
+      expect(await readFile(logPath, "utf8")).toMatch(/stdout fetched after the set-up\n$/);
+    },
+  );
+
+  it("refuses a bad command or env and stays ready; cannot be run twice", { timeout: 20_000 }, async () => {
+    const { prepared } = await prepare();
+    expect(() => prepared.run({ command: [], env: {} })).toThrow(InvalidJobOptionsError);
+    expect(() => prepared.run({ command: ["true"], env: { PATH: "/x" } })).toThrow(InvalidJobOptionsError);
+    expect(prepared.ready).toBe(true);
+    const job = prepared.run({ command: ["sh", "-c", "exit 3"], env: {} });
+    expect(() => prepared.run({ command: ["true"], env: {} })).toThrow(SandboxSetupError);
+    expect(await job.exited).toMatchObject({ code: 3, reason: "exited" });
+  });
+
+  it("discarded, leaves no process and no log; one that died meanwhile is not ready", { timeout: 20_000 }, async () => {
+    const { prepared, logPath } = await prepare();
+    const { pid } = prepared;
+    await prepared.discard();
+    expect(prepared.ready).toBe(false);
+    expect(processTable().some((entry) => entry.pid === pid && entry.state !== "Z")).toBe(false);
+    await expect(access(logPath)).rejects.toThrow();
+    expect(() => prepared.run({ command: ["true"], env: {} })).toThrow(SandboxSetupError);
+
+    const other = await prepare();
+    process.kill(-other.prepared.pid, "SIGKILL");
+    await vi.waitFor(() => expect(other.prepared.ready).toBe(false), { timeout: 5_000 });
+    expect(() => other.prepared.run({ command: ["true"], env: {} })).toThrow(SandboxSetupError);
   });
 });
 
