@@ -12,7 +12,11 @@
  *    ((makespan × parallelism − work) / tasks) and from the events (task sent → result recorded,
  *    less the work: the round trip a task costs on a lease); transactions per task (every
  *    transaction the tenant and the providers sent from the call until the batch settled, read from
- *    the chain's blocks; target ≤ 0.02, i.e. ≥ 50 tasks per lease) and tasks per lease.
+ *    the chain's blocks; target ≤ 0.02, i.e. ≥ 50 tasks per lease) and tasks per lease; the CPU a
+ *    task costs the whole machine (every core, every process, from the call to the last task
+ *    recorded), split by this process (the tenant), the provider nodes, what they reaped (their
+ *    sandboxes) and the chain, and the cores busy meanwhile: all the processes share this machine's
+ *    cores, so when they are busy the makespan is that CPU, not the scheduling.
  * 2. Killed: the same batch on a fresh manifest, the provider of a lease SIGKILLed just after it was
  *    given a task once `--kill-at` of the tasks are done (default 0.4). The spare provider is there
  *    so that the batch can lease a replacement, as it would in a market. Tasks lost (no result in
@@ -20,8 +24,8 @@
  *    discarded, or a second manifest line), and the makespan's increase over run 1.
  *
  * `--disk-quota auto|mount|watch` is the providers' `diskQuota` (default `auto`: a root node with
- * loop devices mounts a file system of the quota's size on each batch lease's work dir, empties it
- * between tasks and removes it with the lease; `watch` measures the work dir instead). The bench exits 1 when a task is lost or done
+ * loop devices mounts a file system of the quota's size on each batch lease's work dir, its tasks
+ * taking turns in two dirs of it, and removes it with the lease; `watch` measures the work dir instead). The bench exits 1 when a task is lost or done
  * twice (a correctness failure), never for slowness.
  *
  * Defaults: 300 tasks, not the issue's 1,000 (issue 19): on the project's 2 shared cores a task's
@@ -30,6 +34,7 @@
  * the whole bench took 14 minutes at load average 25-30 (the quick run, `--tasks 100 --providers 2`,
  * 4 minutes at 10). `--tasks 1000` gives the issue's figure.
  */
+import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -104,6 +109,47 @@ interface Run {
   requeued: number;
   killedAtMs?: number;
   detectMs?: number;
+  /** CPU time the whole machine spent from the call to the last task recorded (every core, every process). */
+  cpuMs: number;
+  /** Of it, in ms: the tenant (this process), the provider nodes themselves, what they started and reaped (the sandboxes), the chain. */
+  cpuByPart: { tenant: number; providers: number; sandboxes: number; chain: number };
+}
+
+/** A process's CPU in ms, its own and that of the children it reaped (`/proc/<pid>/stat`); zeros once it is gone. */
+function processCpuMs(pid: number): { own: number; reaped: number } {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return { own: 0, reaped: 0 };
+  }
+  const fields = stat
+    .slice(stat.lastIndexOf(")") + 2)
+    .split(" ")
+    .map(Number);
+  // utime, stime, cutime, cstime: fields 14-17 of stat(5), counted from the state (field 3) here.
+  const [utime, stime, cutime, cstime] = fields.slice(11, 15) as [number, number, number, number];
+  return { own: ((utime + stime) * 1000) / CLOCK_TICKS, reaped: ((cutime + cstime) * 1000) / CLOCK_TICKS };
+}
+
+/** `sysconf(_SC_CLK_TCK)`: 100 on every Linux that Node runs on. */
+const CLOCK_TICKS = 100;
+
+/** The CPU of each part of the devnet so far, in ms (see {@link Run.cpuByPart}). */
+function partsCpuMs(devnet: Devnet): Run["cpuByPart"] {
+  const own = process.cpuUsage();
+  const providers = devnet.providers.flatMap((p) => (p.process ? [processCpuMs(p.process.pid)] : []));
+  return {
+    tenant: (own.user + own.system) / 1000,
+    providers: providers.reduce((sum, cpu) => sum + cpu.own, 0),
+    sandboxes: providers.reduce((sum, cpu) => sum + cpu.reaped, 0),
+    chain: devnet.chain.pids.reduce((sum, pid) => sum + processCpuMs(pid).own, 0),
+  };
+}
+
+/** CPU time this machine has spent, all cores together, in ms (idle and I/O wait left out). */
+function machineCpuMs(): number {
+  return os.cpus().reduce((sum, { times }) => sum + times.user + times.nice + times.sys + times.irq, 0);
 }
 
 const spec: JobSpec = parseJobSpec({
@@ -203,6 +249,23 @@ figures.push(
   },
   { name: "tasks per lease", value: TASKS / steady.leases, unit: "tasks", target: { value: 50, atMost: false } },
   {
+    name: "CPU per task, the whole machine",
+    value: steady.cpuMs / TASKS,
+    unit: "ms",
+    note: "every process's CPU from the call to the last task recorded (chain, provider nodes, sandboxes, the tenant), per task: what the makespan is made of when the cores are all busy",
+  },
+  ...(["tenant", "providers", "sandboxes", "chain"] as const).map((part) => ({
+    name: `  of which ${part === "providers" ? "the provider nodes" : part === "sandboxes" ? "what the nodes reaped (sandboxes)" : part === "tenant" ? "the tenant (this process)" : "the chain"}`,
+    value: steady.cpuByPart[part] / TASKS,
+    unit: "ms",
+  })),
+  {
+    name: "cores busy during the batch",
+    value: steady.cpuMs / steady.makespanMs,
+    unit: "cores",
+    reference: { value: os.cpus().length, label: "cores of this machine" },
+  },
+  {
     name: "killed: tasks lost",
     value: killed.lost.length,
     unit: "tasks",
@@ -259,6 +322,10 @@ async function measure(client: BatonClient, devnet: Devnet, name: string, kill: 
   const fromBlock = (await publicClient.getBlockNumber({ cacheTime: 0 })) + 1n;
   let killedAt: number | undefined;
   let shown = 0;
+  const cpuBefore = machineCpuMs();
+  let cpuAtLast = cpuBefore;
+  const partsBefore = partsCpuMs(devnet);
+  let partsAtLast = partsBefore;
   const started = Date.now();
   await runBatch(client, {
     spec,
@@ -269,6 +336,10 @@ async function measure(client: BatonClient, devnet: Devnet, name: string, kill: 
     maxPricePerSecond: parseEther("0.001"),
     onEvent: (event) => {
       events.push(event);
+      if (event.type === "task-recorded") {
+        cpuAtLast = machineCpuMs();
+        partsAtLast = partsCpuMs(devnet);
+      }
       const { done } = event.progress;
       if (done >= shown + TASKS / 10) {
         shown = done;
@@ -314,6 +385,13 @@ async function measure(client: BatonClient, devnet: Devnet, name: string, kill: 
     requeued:
       events.filter((e) => e.type === "provider-lost" && e.requeued !== undefined).length +
       events.filter((e) => e.type === "task-requeued").length,
+    cpuMs: cpuAtLast - cpuBefore,
+    cpuByPart: {
+      tenant: partsAtLast.tenant - partsBefore.tenant,
+      providers: partsAtLast.providers - partsBefore.providers,
+      sandboxes: partsAtLast.sandboxes - partsBefore.sandboxes,
+      chain: partsAtLast.chain - partsBefore.chain,
+    },
     ...(killedAt === undefined ? {} : { killedAtMs: killedAt - started }),
     ...(killedAt !== undefined && lost ? { detectMs: lost.at - killedAt } : {}),
   };
