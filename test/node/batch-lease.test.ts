@@ -184,7 +184,7 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     await resumed.close();
   });
 
-  it("resumes a task from a checkpoint in the sandbox set up for it while the last task ran", async () => {
+  it("resumes a task from a checkpoint in the sandbox set up for it while the last task ran, and gives a task another network in a new one", async () => {
     const resumable = await openLease();
     const key = Buffer.from(generateJobKey()).toString("base64");
     const auth = await signTenantAuth(tenant.account, resumable, tenant.host.peerId.toString());
@@ -212,6 +212,17 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     expect(second.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "c2", resumed: true });
     expect(lines(second)).toEqual(["41", "owned"]);
     expect(second.at(-1)!.body).toMatchObject({ taskId: "c2", exitCode: 0 });
+
+    // The sandbox set up while c2 ran has no network, as c2 had none: a task that asks for the
+    // host's network runs in a new one that has it (the host's interfaces: loopback and more), and
+    // the next without network in one without (its own loopback only).
+    const interfaces = "echo $(($(wc -l < /proc/net/dev) - 2))";
+    const count = async (taskId: string, network: boolean): Promise<number> => {
+      await session.send("task", { leaseId: resumable, taskId, spec: { ...taskSpec(interfaces), network } });
+      return Number(lines(await readUntil(session, resultOf(taskId)))[0]);
+    };
+    expect(await count("c3", true)).toBeGreaterThan(1);
+    expect(await count("c4", false)).toBe(1);
     await session.close();
   });
 
