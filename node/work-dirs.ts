@@ -59,7 +59,8 @@ export interface WorkDirs {
    */
   create(leaseId: bigint, quotaBytes: number): Promise<WorkDir>;
   /**
-   * A batch lease's work dir for its next task: the one this node made for the lease (by
+   * A batch lease's work dir for its next task when no sandbox was set up for it ahead (see
+   * {@link WorkDirs.taskDir}): the one this node made for the lease (by
    * {@link WorkDirs.create}) at this quota, emptied, its file system kept; made afresh as by
    * `create` when there is none, it is no longer mounted, or emptying it did not give the whole
    * quota back (a file its last task left open keeps its blocks). The next task sees none of the

@@ -641,15 +641,22 @@ export async function prepareSandbox(options: PrepareSandboxOptions): Promise<Pr
   output.read(child);
   const end = new ChildEnd(child);
   const sandboxInits = await awaitSandboxStart(child, resolved, output, end);
-  return new PreparedSandbox(child, resolved, { output, end, sandboxInits, goFd: command.goFd });
+  return new PreparedSandbox(child, resolved, {
+    output,
+    end,
+    sandboxInits,
+    goFd: command.goFd,
+    runnerEnv: command.env,
+  });
 }
 
-/** What a prepared sandbox's job takes over: its output, its end, its pid 1, and the fd its script goes to. */
+/** What a prepared sandbox's job takes over: its output, its end, its pid 1, the fd its script goes to, and the env the runner set. */
 interface PreparedParts {
   output: JobOutput;
   end: ChildEnd;
   sandboxInits: ProcessEntry[];
   goFd: number;
+  runnerEnv: Record<string, string>;
 }
 
 /** A sandbox set up and waiting for its job (see {@link prepareSandbox}). */
@@ -696,21 +703,17 @@ export class PreparedSandbox {
     }
     if (!this.ready) throw new SandboxSetupError("the prepared sandbox is gone");
     this.#taken = true;
-    const { output, end, sandboxInits, goFd } = this.#parts;
+    const { output, end, sandboxInits, goFd, runnerEnv } = this.#parts;
     const resolved = { ...this.#resolved, env, ...(wallTimeMs === undefined ? {} : { wallTimeMs }) };
     const go = this.#child.stdio[goFd] as NodeJS.WritableStream & { on(event: "error", cb: () => void): void };
     go.on("error", () => {});
     go.end(goScript(command, env));
-    const userName = resolved.user.uid === NOBODY_UID ? "nobody" : "baton";
-    const where =
-      resolved.sandbox === "bwrap"
-        ? { workDir: SANDBOX_WORK_DIR, path: SANDBOX_PATH }
-        : { workDir: resolved.workDir, path: unsandboxedPath(resolved) };
+    // The job's own env under the runner's, as `jobEnv` makes it (the job's names never clash: validated).
     return new RunningJob(this.#child, resolved, {
       output,
       end,
       sandboxInits,
-      env: jobEnv(resolved, where, userName),
+      env: { ...env, ...runnerEnv },
       startedAt: Date.now(),
     });
   }
@@ -723,7 +726,7 @@ export class PreparedSandbox {
     await prepareWorkDir(this.#resolved.workDir, this.#resolved.user, this.#resolved.switchUser);
   }
 
-  /** Ends it unused, its log closed; resolves once nothing of it runs. A sandbox that took its job is left to that job. */
+  /** Ends it unused, its output streams closed (its log was never opened); resolves once nothing of it runs. A sandbox that took its job is left to that job. */
   async discard(): Promise<void> {
     if (this.#taken) return;
     this.#taken = true;
