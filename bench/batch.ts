@@ -34,7 +34,6 @@
  * the whole bench took 14 minutes at load average 25-30 (the quick run, `--tasks 100 --providers 2`,
  * 4 minutes at 10). `--tasks 1000` gives the issue's figure.
  */
-import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -44,6 +43,7 @@ import { decodeFunctionData, parseEther, type Abi, type Address, type Hex } from
 
 import { blockTimeArg } from "../cli/program.ts";
 import { startDevnet, type Devnet } from "../deploy/devnet.ts";
+import { processEntry } from "../node/sandbox/process-tree.ts";
 import {
   contracts,
   parseJobSpec,
@@ -115,21 +115,10 @@ interface Run {
   cpuByPart: { tenant: number; providers: number; sandboxes: number; chain: number };
 }
 
-/** A process's CPU in ms, its own and that of the children it reaped (`/proc/<pid>/stat`); zeros once it is gone. */
+/** A process's CPU in ms, its own and that of the children it reaped; zeros once it is gone. */
 function processCpuMs(pid: number): { own: number; reaped: number } {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  } catch {
-    return { own: 0, reaped: 0 };
-  }
-  const fields = stat
-    .slice(stat.lastIndexOf(")") + 2)
-    .split(" ")
-    .map(Number);
-  // utime, stime, cutime, cstime: fields 14-17 of stat(5), counted from the state (field 3) here.
-  const [utime, stime, cutime, cstime] = fields.slice(11, 15) as [number, number, number, number];
-  return { own: ((utime + stime) * 1000) / CLOCK_TICKS, reaped: ((cutime + cstime) * 1000) / CLOCK_TICKS };
+  const ticks = processEntry(pid)?.cpuTicks ?? { own: 0, reaped: 0 };
+  return { own: (ticks.own * 1000) / CLOCK_TICKS, reaped: (ticks.reaped * 1000) / CLOCK_TICKS };
 }
 
 /** `sysconf(_SC_CLK_TCK)`: 100 on every Linux that Node runs on. */

@@ -9,10 +9,12 @@ export interface ProcessEntry {
   state: string;
   /** Clock ticks after boot when it started: with the pid, names one process even after pid reuse. */
   startTime: number;
+  /** CPU so far in clock ticks: its own (user + system), and that of the children it reaped. */
+  cpuTicks: { own: number; reaped: number };
 }
 
 /** One process from its `/proc/<pid>/stat`, or undefined when it is gone. */
-function processEntry(pid: number): ProcessEntry | undefined {
+export function processEntry(pid: number): ProcessEntry | undefined {
   let stat: string;
   try {
     stat = readFileSync(`/proc/${pid}/stat`, "utf8");
@@ -20,13 +22,16 @@ function processEntry(pid: number): ProcessEntry | undefined {
     return undefined;
   }
   // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
+  // Field N of stat(5) is at N - 3 here: the state (field 3) comes first.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const number = (field: number): number => Number(fields[field - 3]);
   return {
     pid,
-    ppid: Number(fields[1]),
-    pgid: Number(fields[2]),
+    ppid: number(4),
+    pgid: number(5),
     state: fields[0] ?? "",
-    startTime: Number(fields[19]),
+    startTime: number(22),
+    cpuTicks: { own: number(14) + number(15), reaped: number(16) + number(17) },
   };
 }
 
