@@ -206,6 +206,9 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
       if (status === "Active" && view.expired) return "lease expired on chain";
       return undefined;
     }
+    // Only a tenant's close, acknowledged, ends `Closed`: by the acknowledgement the round sends on
+    // seeing `Closing`, or by a regular heartbeat that landed after a close the round had not read.
+    if (status === "Closed") return "closed by the tenant";
     return `lease ${status.toLowerCase()} on chain`;
   };
 

@@ -132,6 +132,8 @@ describe("runJob on a shaped tenant↔provider link", () => {
       maxPricePerSecond: parseEther("0.001"),
       files: { "train.mjs": SCRIPT },
     });
+    // A test that fails mid-way leaves no job running into the next one.
+    onTestFinished(() => job.cancel());
     const { events, when } = recorder(job);
     await when("checkpoint-safe", (e) => (e.step ?? 0) >= 50);
     expect(serving(fixture.market, job)).toBe(shaped);

@@ -27,11 +27,11 @@ const fixture = useRunJobMarket();
 
 const spec = parseJobSpec({
   name: "square",
-  // A task given FAIL fails by its own fault, saying so on stderr.
+  // A task given FAIL fails by its own fault, saying so on stderr; one given SLEEP works that long.
   command: [
     "sh",
     "-c",
-    'sleep 0.3; if [ -n "$FAIL" ]; then echo "task $N fails" >&2; exit 3; fi; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"',
+    'sleep "${SLEEP:-0.3}"; if [ -n "$FAIL" ]; then echo "task $N fails" >&2; exit 3; fi; echo $((N * N)) > "$BATON_OUTPUT_DIR/square"',
   ],
   resources: { gpus: 0, cpus: 1, memoryMiB: 128 },
   maxDurationS: 60,
@@ -411,11 +411,14 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     await writeFile(specFile, JSON.stringify(spec));
     const tasksFile = path.join(fixture.dir, "cli-tasks.jsonl");
     const total = 30;
+    // 1.5 s a task: the second run, one task at a time, must outlast the two CLI calls made while it
+    // runs (a refused run and a cancel, seconds each on a loaded machine). At 0.3 s a task it once
+    // finished first, and the cancel found no run in progress.
     await writeFile(
       tasksFile,
-      Array.from({ length: total }, (_, i) => JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1) } })).join(
-        "\n",
-      ),
+      Array.from({ length: total }, (_, i) =>
+        JSON.stringify({ id: `n${i + 1}`, env: { N: String(i + 1), SLEEP: "1.5" } }),
+      ).join("\n"),
     );
     const manifest = path.join(dataDir, "batches", "cli-tasks.jsonl");
     const args = ["batch", "run", specFile, "--tasks", tasksFile, "--max-price", "0.001", "--parallelism", "2"];
@@ -442,7 +445,7 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     expect((await status()).run).toMatchObject({ pid: first.child.pid, live: false });
 
     // The second run ends the first's leases and goes on; while it runs, a third is refused.
-    const second = spawnScript("cli/baton.ts", args, env);
+    const second = spawnScript("cli/baton.ts", [...args, "--parallelism", "1"], env);
     onTestFinished(() => void second.child.kill("SIGKILL"));
     await second.waitFor(new RegExp(`^(${recordedBefore.length + 1}|${recordedBefore.length + 2})/30 done`), 120_000);
     const refused = spawnScript("cli/baton.ts", args, env);

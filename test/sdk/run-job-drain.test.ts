@@ -141,7 +141,7 @@ describe("runJob: a provider drained by SIGTERM", () => {
     // it holds 300 s of a job that runs well under that, and a close after its end leaves it Expired.)
     expect(log).toMatch(
       new RegExp(
-        `"msg":"(hand-back acknowledged: the tenant closed the lease","leaseId":"${leaseId}"|lease ended on chain; job stopped","leaseId":"${leaseId}","reason":"lease closed on chain")`,
+        `"msg":"(hand-back acknowledged: the tenant closed the lease","leaseId":"${leaseId}"|lease ended on chain; job stopped","leaseId":"${leaseId}","reason":"closed by the tenant")`,
       ),
     );
 
