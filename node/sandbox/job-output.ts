@@ -43,6 +43,21 @@ export class JobOutput {
   readonly #held: { stream: StreamName; line: string }[] = [];
   readonly #stderrTail: string[] = [];
   #running = false;
+  /**
+   * The running job's end marker, in a reusable sandbox: per stream, whether it came, and whether an
+   * empty line is held back (the newline the shim prints before the marker, if the marker is next).
+   */
+  #task:
+    | {
+        marker: string;
+        seen: Record<StreamName, boolean>;
+        emptyHeld: Record<StreamName, boolean>;
+        over: Promise<void>;
+        allSeen: () => void;
+      }
+    | undefined;
+  /** A reusable sandbox's job ended: until the next one runs, what comes is dropped. */
+  #betweenJobs = false;
   #onLineFailed = false;
   #logFailed = false;
 
@@ -69,14 +84,24 @@ export class JobOutput {
     }
   }
 
-  /** The job runs: what was held goes out, and every line from now on. */
-  run(): void {
+  /**
+   * The job runs: what was held goes out, and every line from now on. In a reusable sandbox its
+   * output ends at `marker` (see {@link taskOutputDone}).
+   */
+  run(marker?: string): void {
     try {
       this.#log = new BoundedLog(this.#logInit.path, this.#logInit.maxBytes);
     } catch (error) {
       this.#logError(error);
     }
     this.#running = true;
+    this.#betweenJobs = false;
+    if (marker !== undefined) {
+      let allSeen = (): void => {};
+      const over = new Promise<void>((resolve) => (allSeen = resolve));
+      const both = { stdout: false, stderr: false };
+      this.#task = { marker, seen: { ...both }, emptyHeld: { ...both }, over, allSeen };
+    }
     for (const { stream, line } of this.#held.splice(0)) this.#deliver(stream, line);
     this.#flush();
   }
@@ -100,12 +125,39 @@ export class JobOutput {
     return pattern.test(this.#stderrTail.join("\n"));
   }
 
+  /** Whether the job's marker came on both streams within `ms`: all it printed is delivered. */
+  async taskOutputDone(ms: number): Promise<boolean> {
+    const task = this.#task;
+    if (!task) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+    try {
+      return await Promise.race([task.over.then(() => true), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** A reusable sandbox's job is over: its log closed, its stderr forgotten; the streams stay open for the next job. */
+  endJob(): void {
+    this.#task = undefined;
+    this.#running = false;
+    this.#betweenJobs = true;
+    this.#stderrTail.length = 0;
+    this.#closeLog();
+    this.#log = undefined;
+  }
+
   /** Ends reading: the streams are destroyed and their last partial lines delivered; the log is closed. */
   finish(child: ChildProcess): void {
     for (const stream of ["stdout", "stderr"] as const) {
       (child[stream] as Readable).destroy();
       this.#splitters[stream].end();
     }
+    this.#closeLog();
+  }
+
+  #closeLog(): void {
     try {
       this.#log?.close();
     } catch (error) {
@@ -114,6 +166,30 @@ export class JobOutput {
   }
 
   #line(stream: StreamName, line: string): void {
+    const task = this.#task;
+    if (task && !task.seen[stream]) {
+      if (line === task.marker) {
+        task.seen[stream] = true;
+        task.emptyHeld[stream] = false;
+        if (task.seen.stdout && task.seen.stderr) task.allSeen();
+        return;
+      }
+      if (task.emptyHeld[stream]) {
+        task.emptyHeld[stream] = false;
+        this.#take(stream, "");
+      }
+      if (line === "") {
+        task.emptyHeld[stream] = true;
+        return;
+      }
+    } else if (task || this.#betweenJobs) {
+      // After its marker, or between two jobs: the last bytes of a process the shim killed.
+      return;
+    }
+    this.#take(stream, line);
+  }
+
+  #take(stream: StreamName, line: string): void {
     if (stream === "stderr") {
       this.#stderrTail.push(line);
       if (this.#stderrTail.length > STDERR_TAIL_LINES) this.#stderrTail.shift();

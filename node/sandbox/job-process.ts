@@ -115,6 +115,17 @@ function setupFailure(exit: number | string | null, said: string): SandboxSetupE
 }
 
 /**
+ * A job of a reusable sandbox (see `PrepareSandboxOptions.reusable`): its output ends at `marker`,
+ * its exit status is `status` (as a shell gives it), and `over` says whether the sandbox may take the
+ * next job (`clean`: the job exited by itself and its output all came).
+ */
+export interface SandboxTask {
+  marker: string;
+  status: Promise<number>;
+  over(clean: boolean): void;
+}
+
+/**
  * A job that runs: stopped by `kill()`, its wall time or its signal, and over (`exited`) once
  * nothing of it runs any more and its output is in the log.
  */
@@ -134,7 +145,10 @@ export class RunningJob implements JobProcess {
   readonly #startedAt: number;
   readonly #wallTimer: NodeJS.Timeout;
   readonly #onAbort = (): void => void this.kill("aborted");
+  readonly #task: SandboxTask | undefined;
   #killReason: KillReason | undefined;
+  /** A reusable sandbox's job exited by itself: a kill has nothing left to stop. */
+  #over = false;
   #graceTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -146,6 +160,7 @@ export class RunningJob implements JobProcess {
       sandboxInits: ProcessEntry[];
       env: Record<string, string>;
       startedAt: number;
+      task?: SandboxTask;
     },
   ) {
     this.leaseId = options.leaseId;
@@ -159,7 +174,8 @@ export class RunningJob implements JobProcess {
     this.#end = parts.end;
     this.#sandboxInits = parts.sandboxInits;
     this.#startedAt = parts.startedAt;
-    this.#output.run();
+    this.#task = parts.task;
+    this.#output.run(parts.task?.marker);
     this.#wallTimer = setTimeout(() => void this.kill("wall-time"), options.wallTimeMs);
     this.exited = this.#reportExit();
     options.signal?.addEventListener("abort", this.#onAbort, { once: true });
@@ -171,7 +187,7 @@ export class RunningJob implements JobProcess {
    * period. The first reason given wins. Resolves like `exited`.
    */
   kill(reason: KillReason = "killed"): Promise<JobExit> {
-    if (this.#end.exitedAt === undefined && this.#killReason === undefined) {
+    if (!this.#over && this.#end.exitedAt === undefined && this.#killReason === undefined) {
       this.#killReason = reason;
       this.#terminate();
       this.#graceTimer = setTimeout(() => this.#killAll(), this.#options.killGraceMs);
@@ -204,20 +220,51 @@ export class RunningJob implements JobProcess {
   }
 
   async #reportExit(): Promise<JobExit> {
-    let { code, signal } = await this.#end.exit;
-    clearTimeout(this.#wallTimer);
-    clearTimeout(this.#graceTimer);
-    this.#options.signal?.removeEventListener("abort", this.#onAbort);
+    if (this.#task) {
+      const status = await Promise.race([this.#task.status, this.#end.exit.then(() => undefined)]);
+      if (status !== undefined && this.#killReason === undefined) return this.#taskExit(this.#task, status);
+    }
+    const exit = await this.#end.exit;
+    this.#stopWatching();
     await this.#awaitTeardown();
     await within(this.#end.closed, OUTPUT_DRAIN_MS);
     this.#output.finish(this.#child);
+    return this.#exit(exit, this.#killReason ?? "exited", (this.#end.exitedAt ?? Date.now()) - this.#startedAt);
+  }
+
+  /**
+   * A reusable sandbox's job exited by itself: nothing of it runs (the shim killed what it left) once
+   * its output came; the sandbox goes on, for the next job, if it all came in time.
+   */
+  async #taskExit(task: SandboxTask, status: number): Promise<JobExit> {
+    const durationMs = Date.now() - this.#startedAt;
+    this.#over = true;
+    this.#stopWatching();
+    const clean = await this.#output.taskOutputDone(OUTPUT_DRAIN_MS);
+    const exit = this.#exit({ code: status, signal: null }, "exited", durationMs);
+    this.#output.endJob();
+    task.over(clean);
+    return exit;
+  }
+
+  #stopWatching(): void {
+    clearTimeout(this.#wallTimer);
+    clearTimeout(this.#graceTimer);
+    this.#options.signal?.removeEventListener("abort", this.#onAbort);
+  }
+
+  /** The exit as reported: bubblewrap's (or the shim's) 128+N read as signal N; "memory" when stderr says so. */
+  #exit(
+    { code, signal }: { code: number | null; signal: NodeJS.Signals | null },
+    reason: ExitReason,
+    durationMs: number,
+  ): JobExit {
     if (this.sandbox === "bwrap" && signal === null && code !== null && code > 128 && signalName(code - 128) !== null) {
       signal = signalName(code - 128);
       code = null;
     }
-    let reason: ExitReason = this.#killReason ?? "exited";
-    if (reason === "exited" && code !== 0 && this.#output.saysOutOfMemory()) reason = "memory";
-    return { code, signal, reason, durationMs: (this.#end.exitedAt ?? Date.now()) - this.#startedAt };
+    const outOfMemory = reason === "exited" && code !== 0 && this.#output.saysOutOfMemory();
+    return { code, signal, reason: outOfMemory ? "memory" : reason, durationMs };
   }
 
   /**

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import {
   chmodSync,
   copyFileSync,
@@ -12,6 +13,7 @@ import {
 import { chmod, lchown, lstat, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import type { Readable } from "node:stream";
 
 import { createLogger, type Logger } from "../../sdk/logger.ts";
 import {
@@ -47,6 +49,7 @@ import {
 } from "./errors.ts";
 import { JobOutput } from "./job-output.ts";
 import { awaitSandboxStart, ChildEnd, killTree, RunningJob } from "./job-process.ts";
+import { LineSplitter } from "./output.ts";
 import type { ProcessEntry } from "./process-tree.ts";
 
 /**
@@ -140,7 +143,14 @@ export interface StartJobOptions {
 export type JobBasicsOptions = Omit<StartJobOptions, "command" | "sandbox" | "runtimeBinds" | "bwrapPath">;
 
 /** A sandbox set up before its job is known: all of {@link StartJobOptions} but the job's command and env. */
-export type PrepareSandboxOptions = Omit<StartJobOptions, "command" | "env">;
+export type PrepareSandboxOptions = Omit<StartJobOptions, "command" | "env"> & {
+  /**
+   * Runs one job after another (`bwrap` only), each in the same work dir: a batch lease's tasks, so
+   * that a task costs no spawn, no bubblewrap set-up and no namespaces made and torn down (see
+   * {@link PreparedSandbox.run}).
+   */
+  reusable?: boolean;
+};
 
 export interface JobProcess {
   readonly leaseId: string;
@@ -206,6 +216,28 @@ const UNSANDBOXED_GO_FD = 4;
 function startShim(goFd: number, otherFds: number[]): string {
   const close = [3, ...otherFds].map((fd) => `${fd}>&-`).join(" ");
   return `printf R >&3 && exec ${close} && s= && while IFS= read -r l; do s="$s$l\n"; done <&${goFd}; exec ${goFd}<&- && eval "$s"`;
+}
+
+/**
+ * The first process of a reusable sandbox: says "started" on fd 3 like {@link startShim}, then runs
+ * job after job. Each comes on `goFd` as its script's line count, a marker, and the script, and runs
+ * in a subshell without the shim's fds. Once it exits, what it left running is SIGKILLed (`kill -1`:
+ * every process of the sandbox's pid namespace but its pid 1 and the shim), /dev/shm is emptied, the
+ * marker is printed on stdout and stderr (the job's output ends there), and the job's exit status
+ * goes on fd 3. A job that is stopped from outside takes the sandbox with it.
+ */
+function taskLoopShim(goFd: number, otherFds: number[]): string {
+  const close = otherFds.map((fd) => `${fd}>&-`).join(" ");
+  return [
+    // The shim's own stderr goes nowhere (it would say "Terminated" of a job killed by a signal); the job's is fd 9's.
+    `printf R >&3 && exec ${close} 9>&2 2>/dev/null && while IFS= read -r n <&${goFd} && IFS= read -r m <&${goFd}; do`,
+    `s= && i=0 && while [ "$i" -lt "$n" ] && IFS= read -r l <&${goFd}; do s="$s$l\n" && i=$((i + 1)); done`,
+    `(exec 2>&9 9>&- 3>&- ${goFd}<&- && eval "$s"); c=$?`,
+    "kill -9 -1",
+    'for f in /dev/shm/* /dev/shm/.[!.]*; do [ -e "$f" ] && rm -rf -- "$f"; done',
+    `printf '\\n%s\\n' "$m" && printf '\\n%s\\n' "$m" >&9 && printf '%s\\n' "$c" >&3`,
+    "done",
+  ].join("\n");
 }
 
 /** A word for `sh`, whatever it holds (no NUL: checked before). */
@@ -633,9 +665,14 @@ export async function startJob(options: StartJobOptions): Promise<JobProcess> {
 export async function prepareSandbox(options: PrepareSandboxOptions): Promise<PreparedSandbox> {
   options.signal?.throwIfAborted();
   const resolved = resolveOptions(options);
+  const reusable = options.reusable === true;
+  // Without a pid namespace, the shim's `kill -1` would reach every process of the job's user.
+  if (reusable && resolved.sandbox !== "bwrap") {
+    throw new InvalidJobOptionsError("only a bwrap sandbox runs one job after another");
+  }
   const tools = await findTools(resolved);
   await prepareWorkDir(resolved.workDir, resolved.user, resolved.switchUser);
-  const command = sandboxCommand(resolved, tools);
+  const command = sandboxCommand(resolved, tools, reusable);
   const output = new JobOutput(resolved);
   const child = spawnSandbox(tools.taskset, command, resolved);
   output.read(child);
@@ -647,6 +684,7 @@ export async function prepareSandbox(options: PrepareSandboxOptions): Promise<Pr
     sandboxInits,
     goFd: command.goFd,
     runnerEnv: command.env,
+    reusable,
   });
 }
 
@@ -657,6 +695,8 @@ interface PreparedParts {
   sandboxInits: ProcessEntry[];
   goFd: number;
   runnerEnv: Record<string, string>;
+  /** Runs job after job ({@link PrepareSandboxOptions.reusable}). */
+  reusable: boolean;
 }
 
 /** A sandbox set up and waiting for its job (see {@link prepareSandbox}). */
@@ -666,26 +706,46 @@ export class PreparedSandbox {
   readonly #child: ChildProcess;
   readonly #resolved: ResolvedJobOptions;
   readonly #parts: PreparedParts;
+  /** A job runs in it, or ran (one that is not reusable takes one job), or it was discarded. */
   #taken = false;
+  /** Its end once it is being ended unused, or after a job whose output did not all come. */
+  #gone: Promise<void> | undefined;
+  /** Takes the exit status the running job's shim reports on fd 3 (reusable only). */
+  #onStatus: ((status: number) => void) | undefined;
 
   constructor(child: ChildProcess, resolved: ResolvedJobOptions, parts: PreparedParts) {
     this.pid = child.pid!;
     this.#child = child;
     this.#resolved = resolved;
     this.#parts = parts;
+    // Ignore EPIPE: the sandbox may die before it reads its script.
+    (child.stdio[parts.goFd] as NodeJS.WritableStream & { on(event: "error", cb: () => void): void }).on(
+      "error",
+      () => {},
+    );
+    if (parts.reusable) {
+      const statuses = new LineSplitter(64, (line) => {
+        const onStatus = this.#onStatus;
+        this.#onStatus = undefined;
+        onStatus?.(Number(line));
+      });
+      (child.stdio[3] as Readable).on("data", (chunk: Buffer) => statuses.push(chunk));
+    }
   }
 
-  /** Whether it can still take a job: not taken, not discarded, and not dead meanwhile. */
+  /** Whether it can take a job now: none runs in it, it was not discarded, and it did not die meanwhile. */
   get ready(): boolean {
     return !this.#taken && this.#parts.end.exitedAt === undefined;
   }
 
   /**
    * Runs the job: `env` is the job's own, as {@link StartJobOptions.env}; `wallTimeMs` overrides the
-   * sandbox's limit; the job's duration counts from now.
+   * sandbox's limit; the job's duration counts from now. A reusable sandbox is ready for the next job
+   * once this one exited by itself and its output all came; a job that is killed, for its wall time
+   * or otherwise, takes the sandbox with it.
    *
    * @throws {InvalidJobOptionsError} a bad command or env; the sandbox stays ready.
-   * @throws {SandboxSetupError} it was taken, discarded, or died meanwhile.
+   * @throws {SandboxSetupError} a job runs in it, or it was taken, discarded, or died meanwhile.
    */
   run({
     command,
@@ -703,33 +763,54 @@ export class PreparedSandbox {
     }
     if (!this.ready) throw new SandboxSetupError("the prepared sandbox is gone");
     this.#taken = true;
-    const { output, end, sandboxInits, goFd, runnerEnv } = this.#parts;
+    const { output, end, sandboxInits, goFd, runnerEnv, reusable } = this.#parts;
     const resolved = { ...this.#resolved, env, ...(wallTimeMs === undefined ? {} : { wallTimeMs }) };
-    const go = this.#child.stdio[goFd] as NodeJS.WritableStream & { on(event: "error", cb: () => void): void };
-    go.on("error", () => {});
-    go.end(goScript(command, env));
+    const go = this.#child.stdio[goFd] as NodeJS.WritableStream;
+    const script = goScript(command, env);
     // The job's own env under the runner's, as `jobEnv` makes it (the job's names never clash: validated).
+    const parts = { output, end, sandboxInits, env: { ...env, ...runnerEnv }, startedAt: Date.now() };
+    if (!reusable) {
+      go.end(script);
+      return new RunningJob(this.#child, resolved, parts);
+    }
+    // A marker no job can guess: a job that printed it would only cut its own output short.
+    const marker = `baton-job-end-${randomBytes(16).toString("hex")}`;
+    const status = new Promise<number>((resolve) => (this.#onStatus = resolve));
+    go.write(`${script.split("\n").length - 1}\n${marker}\n${script}`);
     return new RunningJob(this.#child, resolved, {
-      output,
-      end,
-      sandboxInits,
-      env: { ...env, ...runnerEnv },
-      startedAt: Date.now(),
+      ...parts,
+      task: {
+        marker,
+        status,
+        over: (clean) => {
+          if (clean && end.exitedAt === undefined) this.#taken = false;
+          else this.#gone = this.#end();
+        },
+      },
     });
   }
 
   /**
    * Gives the job's user its work dir's dirs again, as a start does after the inputs and the resume
-   * checkpoint are in: a restored checkpoint is renamed into place of the `resume/` the set-up made.
+   * checkpoint are in: a restored checkpoint is renamed into place of the `resume/` the set-up made,
+   * and a reusable sandbox's work dir was emptied since its last job.
    */
   async ownWorkDir(): Promise<void> {
     await prepareWorkDir(this.#resolved.workDir, this.#resolved.user, this.#resolved.switchUser);
   }
 
-  /** Ends it unused, its output streams closed (its log was never opened); resolves once nothing of it runs. A sandbox that took its job is left to that job. */
+  /**
+   * Ends it unused (or, reusable, between two jobs), its output streams closed; resolves once nothing
+   * of it runs. A sandbox whose job runs is left to that job.
+   */
   async discard(): Promise<void> {
-    if (this.#taken) return;
+    if (this.#taken && this.#gone === undefined) return;
     this.#taken = true;
+    this.#gone ??= this.#end();
+    await this.#gone;
+  }
+
+  async #end(): Promise<void> {
     const { output, end } = this.#parts;
     if (end.exitedAt === undefined) killTree(this.pid);
     await end.exit;
@@ -776,10 +857,10 @@ interface SandboxCommand {
   goFd: number;
 }
 
-function sandboxCommand(resolved: ResolvedJobOptions, tools: SandboxTools): SandboxCommand {
+function sandboxCommand(resolved: ResolvedJobOptions, tools: SandboxTools, reusable: boolean): SandboxCommand {
   const userName = resolved.user.uid === NOBODY_UID ? "nobody" : "baton";
   const { env, chain, feeds, goFd } = tools.bwrap
-    ? bwrapCommand(resolved, tools.bwrap, userName)
+    ? bwrapCommand(resolved, tools.bwrap, userName, reusable)
     : unsandboxedCommand(resolved, tools.sh, userName);
   const argv = [
     "-c",
@@ -801,6 +882,7 @@ function bwrapCommand(
   resolved: ResolvedJobOptions,
   bwrap: NonNullable<SandboxTools["bwrap"]>,
   userName: string,
+  reusable: boolean,
 ): Omit<SandboxCommand, "argv"> & { chain: string[] } {
   // The devices of GPUs the node leased but this machine does not have (fake GPUs) are skipped.
   const devices = gpuDeviceBinds(resolved.gpus);
@@ -812,6 +894,7 @@ function bwrapCommand(
     });
   }
   const env = jobEnv(resolved, { workDir: SANDBOX_WORK_DIR, path: SANDBOX_PATH }, userName);
+  const shim = reusable ? taskLoopShim : startShim;
   const dataFiles = identityFiles(resolved.user, userName).map((file, i) => ({ fd: 5 + i, file }));
   const args = bwrapArgs({
     workDir: resolved.workDir,
@@ -828,7 +911,7 @@ function bwrapCommand(
   });
   return {
     env,
-    chain: [bwrap.path, "--args", "4", "--", "/bin/sh", "-c", startShim(BWRAP_GO_FD, [4, 5, 6, 7]), "baton-job"],
+    chain: [bwrap.path, "--args", "4", "--", "/bin/sh", "-c", shim(BWRAP_GO_FD, [4, 5, 6, 7]), "baton-job"],
     goFd: BWRAP_GO_FD,
     feeds: [
       { fd: 4, data: args.map((arg) => `${arg}\0`).join("") },

@@ -533,6 +533,93 @@ describe.each<SandboxKind>(["bwrap", "unsafe-none"])("prepareSandbox (%s)", (san
   });
 });
 
+describe("prepareSandbox, reusable (bwrap)", () => {
+  /** A reusable sandbox in a fresh work dir, discarded after the test; each line it delivers, by stream. */
+  async function prepareReusable() {
+    const base = await tempDir("reusable");
+    const workDir = path.join(base, "work");
+    const lines: { stream: "stdout" | "stderr"; line: string }[] = [];
+    const prepared = await prepareSandbox({
+      leaseId: "lease-3",
+      workDir,
+      sandbox: "bwrap",
+      reusable: true,
+      runtimeBinds: [nodeRuntimeBind()],
+      logger: silentLogger,
+      onLine: (stream, line) => lines.push({ stream, line }),
+    });
+    cleanups.push(() => prepared.discard());
+    return { prepared, workDir, lines, logPath: path.join(base, "lease-3.log") };
+  }
+
+  it(
+    "runs one job after another in the same sandbox: each with its own env, exit status, output and log; what a job left running is killed and its /dev/shm emptied before the next",
+    { timeout: 30_000 },
+    async () => {
+      const { prepared, lines, logPath } = await prepareReusable();
+      const first = prepared.run({
+        command: sh(
+          // Output with and without a last newline, an empty line, a daemon that would print later, and a file in /dev/shm.
+          'echo "one $N"; echo; printf "no newline"; printf "err" >&2; (sleep 0.3; echo "late") & echo "$$" > /dev/shm/pid; exit 4',
+        ),
+        env: { N: "1" },
+      });
+      expect(prepared.ready).toBe(false);
+      expect(await first.exited).toMatchObject({ code: 4, signal: null, reason: "exited" });
+      expect(prepared.ready).toBe(true);
+      expect(lines).toEqual([
+        { stream: "stdout", line: "one 1" },
+        { stream: "stdout", line: "" },
+        { stream: "stdout", line: "no newline" },
+        { stream: "stderr", line: "err" },
+      ]);
+      expect(await readFile(logPath, "utf8")).toMatch(/stdout one 1\n.* stdout \n.* stdout no newline\n.* stderr err\n$/);
+      const firstPid = first.pid;
+
+      lines.length = 0;
+      const second = prepared.run({
+        command: sh('sleep 0.6; echo "two ${N:-unset} $(ls -A /dev/shm | wc -l)"; kill -TERM $$'),
+        env: {},
+      });
+      expect(second.pid).toBe(firstPid);
+      // The first job's env is gone, its daemon never printed, its /dev/shm file is gone; a job that
+      // kills itself by signal reads as that signal.
+      expect(await second.exited).toMatchObject({ code: null, signal: "SIGTERM", reason: "exited" });
+      expect(lines).toEqual([{ stream: "stdout", line: "two unset 0" }]);
+      expect(await readFile(logPath, "utf8")).not.toContain("late");
+      expect(prepared.ready).toBe(true);
+    },
+  );
+
+  it("a job killed (here by its wall time) takes the sandbox with it, leaving no process", { timeout: 20_000 }, async () => {
+    const { prepared } = await prepareReusable();
+    const { pid } = prepared;
+    expect(await prepared.run({ command: ["true"], env: {} }).exited).toMatchObject({ code: 0, reason: "exited" });
+    const job = prepared.run({ command: sh("sleep 30"), env: {}, wallTimeMs: 300 });
+    expect(await job.exited).toMatchObject({ reason: "wall-time" });
+    expect(prepared.ready).toBe(false);
+    expect(() => prepared.run({ command: ["true"], env: {} })).toThrow(SandboxSetupError);
+    expect(processTable().some((entry) => entry.pid === pid && entry.state !== "Z")).toBe(false);
+    await prepared.discard();
+  });
+
+  it("discarded between two jobs, leaves no process", { timeout: 20_000 }, async () => {
+    const { prepared } = await prepareReusable();
+    const { pid } = prepared;
+    await prepared.run({ command: ["true"], env: {} }).exited;
+    await prepared.discard();
+    expect(prepared.ready).toBe(false);
+    expect(processTable().some((entry) => entry.pid === pid && entry.state !== "Z")).toBe(false);
+  });
+
+  it("is refused without bubblewrap's pid namespace", async () => {
+    const base = await tempDir("reusable-none");
+    await expect(
+      prepareSandbox({ leaseId: "lease-4", workDir: path.join(base, "work"), sandbox: "unsafe-none", reusable: true }),
+    ).rejects.toThrow(InvalidJobOptionsError);
+  });
+});
+
 describe("gpuDeviceBinds", () => {
   it("binds the leased GPUs' nodes and the control nodes that exist, nothing else", async () => {
     const dev = await tempDir("dev");
