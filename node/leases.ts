@@ -1,4 +1,4 @@
-import { mkdir, rmdir } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
@@ -89,12 +89,12 @@ class LeaseRuntime {
    * then idle, and takes the next `task`).
    */
   task: string | undefined;
-  /** On a batch lease: the task dir its last task ran in (see `WorkDirs.taskDir`). */
+  /** On a batch lease: the dir its tasks run in (see `WorkDirs.taskDir`). */
   taskDir: WorkDir | undefined;
   /** On a batch lease: the last task's dir being emptied, once its output was published. */
   emptying: Promise<void> | undefined;
-  /** On a batch lease: a sandbox set up in its other task dir while its task runs, for the next task. */
-  next: Promise<PreparedSandbox | undefined> | undefined;
+  /** On a batch lease of process jobs: the sandbox its tasks run in, one after another (`reusable`). */
+  sandbox: PreparedSandbox | undefined;
 
   constructor(leaseId: bigint) {
     this.leaseId = leaseId;
@@ -232,9 +232,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
 
   /**
    * Starts the job: in a container of its image (held in `runtime.image`), in the sandbox `prepared`
-   * for it, or in a new sandbox.
+   * for it (its batch lease's last task ran there), or in a new sandbox: a batch lease's in `bwrap`
+   * mode is reusable, and kept in `runtime.sandbox` for the lease's next task.
    */
-  const startRuntimeJob = (
+  const startRuntimeJob = async (
     runtime: LeaseRuntime,
     row: LeaseRow,
     spec: JobSpec,
@@ -253,50 +254,18 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         ...(spec.workdir ? { workdir: spec.workdir } : {}),
       });
     }
-    if (prepared) {
-      return Promise.resolve(
-        prepared.run({ command: spec.command!, env: spec.env, wallTimeMs: spec.maxDurationS * 1000 }),
-      );
+    const sandboxOptions = { ...common, runtimeBinds: [nodeRuntimeBind()], sandbox: config.sandbox };
+    if (row.taskId === null || config.sandbox !== "bwrap")
+      return startJob({ ...sandboxOptions, command: spec.command! });
+    const sandbox = prepared ?? (await prepareSandbox({ ...sandboxOptions, reusable: true }));
+    runtime.sandbox = sandbox;
+    try {
+      return sandbox.run({ command: spec.command!, env: spec.env, wallTimeMs: spec.maxDurationS * 1000 });
+    } catch (error) {
+      runtime.sandbox = undefined;
+      await sandbox.discard();
+      throw error;
     }
-    return startJob({ ...common, command: spec.command!, runtimeBinds: [nodeRuntimeBind()], sandbox: config.sandbox });
-  };
-
-  /**
-   * A batch lease's task launched: a sandbox is set up in its other task dir for the next task, which
-   * then starts without waiting on bubblewrap. Only for process jobs; a failure to set one up only
-   * means that the next task starts in a new sandbox.
-   */
-  const prepareNextTask = (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec, taskDir: WorkDir): void => {
-    if (spec.image !== undefined || runtimes.get(row.leaseId) !== runtime) return;
-    const dir = otherTaskDir(taskDir);
-    const next: Promise<PreparedSandbox | undefined> = prepareSandbox({
-      ...jobOptions(runtime, row, spec, dir),
-      runtimeBinds: [nodeRuntimeBind()],
-      sandbox: config.sandbox,
-    }).then(
-      async (sandbox) => {
-        // The lease stopped meanwhile (`stopRuntime` took what was there before): nobody takes it.
-        if (runtimes.get(row.leaseId) === runtime && runtime.next === next) return sandbox;
-        await sandbox.discard();
-        return undefined;
-      },
-      (error: unknown) => {
-        log.warn("no sandbox set up ahead for the lease's next task", { leaseId: row.leaseId, error });
-        return undefined;
-      },
-    );
-    runtime.next = next;
-  };
-
-  /** The task dir a batch lease's next task takes: the one its last task did not run in. */
-  const otherTaskDir = (taskDir: WorkDir): WorkDir =>
-    workDirs.taskDir(taskDir, taskDir.path === workDirs.taskDir(taskDir, 0).path ? 1 : 0);
-
-  /** The sandbox set up for the lease's next task, taken (undefined when there is none). */
-  const takeNextTask = async (runtime: LeaseRuntime): Promise<PreparedSandbox | undefined> => {
-    const next = await runtime.next;
-    runtime.next = undefined;
-    return next;
   };
 
   /**
@@ -378,10 +347,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     store.updateLease(row.leaseId, { state: "running", pid: job.pid, workDir: workDir.path });
     metrics.jobsStarted.inc({ relaunch: String(relaunch) });
     log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch, prepared: !!prepared });
-    if (row.taskId !== null) {
-      runtime.taskDir = workDir;
-      prepareNextTask(runtime, row, spec, workDir);
-    }
+    if (row.taskId !== null) runtime.taskDir = workDir;
     runtime.ended = workDirs
       .supervise(job, workDir)
       .then(async (exit) => {
@@ -677,7 +643,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     leaseImage: ImageDigest | undefined,
   ): Promise<void> => {
     const leaseDir = await makeWorkDir(row, spec);
-    // A batch lease's tasks take turns in two dirs of its work dir (see `WorkDirs.taskDir`).
+    // A batch lease's tasks run in a dir of its work dir (see `WorkDirs.taskDir`).
     const workDir = row.taskId === null ? leaseDir : await firstTaskDir(leaseDir);
     const tenantAddresses = await tenantAddressesOf(connection, row);
     // The image is pulled while the inputs and the checkpoint arrive: a cold pull takes seconds to
@@ -786,12 +752,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     pulling.catch(() => undefined);
     try {
       await fetchJobInputs(next, spec, workDir, tenantAddresses);
-      if (body.resume) {
-        // The sandbox set up ahead made the task dir's `resume/`, empty: the checkpoint takes its place.
-        if (prepared) await rmdir(path.join(workDir.path, "resume"));
-        await restoreResume(next, body.resume, workDir, tenantAddresses);
-        await prepared?.ownWorkDir();
-      }
+      if (body.resume) await restoreResume(next, body.resume, workDir, tenantAddresses);
+      // The last task's sandbox: its dir was emptied since, the job's dirs go back (around a restored `resume/`).
+      await prepared?.ownWorkDir();
       runtime.image = await pulling;
     } catch (error) {
       (await pulling.catch(() => undefined))?.release();
@@ -810,9 +773,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /**
-   * A batch lease's next task's dir, with the sandbox set up there while the last task ran when it
-   * suits this task (the same network; its resources are the lease's); otherwise the lease's work dir
-   * renewed (emptied, its file system kept) and a task dir in it.
+   * A batch lease's next task's dir, with the sandbox its last task ran in when that suits this task
+   * (alive, and the same network; its resources are the lease's): the task dir, emptied since.
+   * Otherwise that sandbox is ended, and the lease's work dir renewed (emptied, its file system kept)
+   * with a task dir in it.
    */
   const nextTaskDir = async (
     runtime: LeaseRuntime,
@@ -820,17 +784,17 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     spec: JobSpec,
     lastSpec: JobSpec,
   ): Promise<{ workDir: WorkDir; prepared?: PreparedSandbox }> => {
-    const prepared = await takeNextTask(runtime);
-    if (prepared?.ready && runtime.taskDir && spec.network === lastSpec.network) {
-      return { workDir: otherTaskDir(runtime.taskDir), prepared };
-    }
-    await prepared?.discard();
+    const { sandbox, taskDir } = runtime;
+    // Kept in `runtime.sandbox` meanwhile: a lease stopped while the task's inputs come ends it.
+    if (sandbox?.ready && taskDir && spec.network === lastSpec.network) return { workDir: taskDir, prepared: sandbox };
+    runtime.sandbox = undefined;
+    await sandbox?.discard();
     return { workDir: await firstTaskDir(await makeWorkDir(row, spec, "renew")) };
   };
 
-  /** A batch lease's first task dir in its work dir, made: its inputs and resume checkpoint go there before its sandbox does. */
+  /** A batch lease's task dir in its work dir, made: its inputs and resume checkpoint go there before its sandbox does. */
   const firstTaskDir = async (leaseDir: WorkDir): Promise<WorkDir> => {
-    const dir = workDirs.taskDir(leaseDir, 0);
+    const dir = workDirs.taskDir(leaseDir);
     await mkdir(dir.path, { recursive: true, mode: 0o700 });
     return dir;
   };
@@ -1086,8 +1050,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
     clearInterval(runtime.heartbeatTimer);
     if (runtime.job && !runtime.exit) await runtime.job.kill(reason);
-    // Its next task's sandbox holds a task dir: gone before the work dir is removed.
-    await (await takeNextTask(runtime))?.discard();
+    // Its tasks' sandbox binds the task dir: gone before the work dir is removed.
+    await runtime.sandbox?.discard();
+    runtime.sandbox = undefined;
     // Its exit handled: the result sent (or not, for a lease that ended without it).
     await runtime.ended;
     // A job's work dir went with its exit; a batch lease's stays for its next task until now.

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdir, readdir, realpath, rm } from "node:fs/promises";
+import { lstat, mkdir, readdir, realpath, rm } from "node:fs/promises";
 import path from "node:path";
 
 import { UserError } from "../sdk/errors.ts";
@@ -29,7 +29,7 @@ export type DiskQuotaEnforcement = "mount" | "watch";
 
 /** A lease's work dir, and how its quota holds. */
 export interface WorkDir {
-  /** The job's dir: `root`, or on a batch lease one of its task dirs ({@link WorkDirs.taskDir}). */
+  /** The job's dir: `root`, or on a batch lease its task dir ({@link WorkDirs.taskDir}). */
   path: string;
   /** The lease's work dir, which the quota covers: the file system mounted on it, or the dir watched. */
   root: string;
@@ -75,13 +75,16 @@ export interface WorkDirs {
    */
   reopen(leaseId: bigint, quotaBytes: number): Promise<WorkDir>;
   /**
-   * A batch lease's task dir `index` (0 or 1) in its work dir: its tasks take turns in the two, so
-   * that the next task's sandbox is set up in one while the last task runs in the other (see
-   * `prepareSandbox`). Both count against the lease's one quota; each is emptied
-   * ({@link WorkDirs.emptyTaskDir}) once its task's output is published.
+   * A batch lease's task dir in its work dir, where its tasks run one after another (in one
+   * sandbox, see `PrepareSandboxOptions.reusable`), emptied ({@link WorkDirs.emptyTaskDir}) once a
+   * task's output is published. Inside the lease's quota, beside nothing else the node keeps there.
    */
-  taskDir(dir: WorkDir, index: number): WorkDir;
-  /** Empties a task dir whose task is over. Never rejects: what could not be removed is logged, and goes with the lease's work dir. */
+  taskDir(dir: WorkDir): WorkDir;
+  /**
+   * Empties a task dir whose task is over, but for its `tmp/`, itself emptied: a sandbox that binds
+   * it at /tmp keeps it for the next task. Never rejects: what could not be removed is logged, and
+   * goes with the lease's work dir.
+   */
   emptyTaskDir(dir: WorkDir): Promise<void>;
   /** Whether the work dir went over its quota: its file system is full, or its usage is over. */
   overQuota(dir: WorkDir): Promise<QuotaExcess | undefined>;
@@ -202,9 +205,16 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
     return dir;
   };
 
-  /** Removes what is in `dir`, leaving `dir`. */
-  const emptyDir = async (dir: string): Promise<void> => {
-    for (const name of await readdir(dir)) await rm(path.join(dir, name), { recursive: true, force: true });
+  /**
+   * Removes what is in `dir`, leaving `dir`; of `keep` (names in it), those that are dirs are emptied
+   * instead (a job's symlink of that name is removed, never followed).
+   */
+  const emptyDir = async (dir: string, keep: readonly string[] = []): Promise<void> => {
+    for (const name of await readdir(dir)) {
+      const entry = path.join(dir, name);
+      if (keep.includes(name) && (await lstat(entry)).isDirectory()) await emptyDir(entry);
+      else await rm(entry, { recursive: true, force: true });
+    }
   };
 
   /**
@@ -245,9 +255,9 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
         await mkdir(work, { recursive: true });
         return { path: work, root: work, quotaBytes, enforcement: "watch" };
       }),
-    taskDir: (dir, index) => ({ ...dir, path: path.join(dir.root, `task-${index}`) }),
+    taskDir: (dir) => ({ ...dir, path: path.join(dir.root, "task") }),
     emptyTaskDir: (dir) =>
-      emptyDir(dir.path).catch((error: unknown) => {
+      emptyDir(dir.path, ["tmp"]).catch((error: unknown) => {
         if ((error as NodeJS.ErrnoException).code !== "ENOENT")
           log.warn("task dir not emptied", { dir: dir.path, error });
       }),

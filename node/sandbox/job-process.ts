@@ -114,14 +114,20 @@ function setupFailure(exit: number | string | null, said: string): SandboxSetupE
   });
 }
 
+/** What a reusable sandbox's shim says of its job: its exit status (as a shell gives it), and whether the sandbox ends with it. */
+export interface TaskStatus {
+  code: number;
+  last: boolean;
+}
+
 /**
  * A job of a reusable sandbox (see `PrepareSandboxOptions.reusable`): its output ends at `marker`,
- * its exit status is `status` (as a shell gives it), and `over` says whether the sandbox may take the
- * next job (`clean`: the job exited by itself and its output all came).
+ * its exit is `status`, and `over` says whether the sandbox may take the next job (`clean`: the job
+ * exited by itself, its output all came, and the sandbox goes on).
  */
 export interface SandboxTask {
   marker: string;
-  status: Promise<number>;
+  status: Promise<TaskStatus>;
   over(clean: boolean): void;
 }
 
@@ -221,7 +227,9 @@ export class RunningJob implements JobProcess {
 
   async #reportExit(): Promise<JobExit> {
     if (this.#task) {
-      const status = await Promise.race([this.#task.status, this.#end.exit.then(() => undefined)]);
+      // A sandbox that ends with its job's status ("last") may exit before that status is read.
+      const gone = this.#end.exit.then(() => within(this.#end.closed, OUTPUT_DRAIN_MS)).then(() => undefined);
+      const status = await Promise.race([this.#task.status, gone]);
       if (status !== undefined && this.#killReason === undefined) return this.#taskExit(this.#task, status);
     }
     const exit = await this.#end.exit;
@@ -236,14 +244,14 @@ export class RunningJob implements JobProcess {
    * A reusable sandbox's job exited by itself: nothing of it runs (the shim killed what it left) once
    * its output came; the sandbox goes on, for the next job, if it all came in time.
    */
-  async #taskExit(task: SandboxTask, status: number): Promise<JobExit> {
+  async #taskExit(task: SandboxTask, status: TaskStatus): Promise<JobExit> {
     const durationMs = Date.now() - this.#startedAt;
     this.#over = true;
     this.#stopWatching();
-    const clean = await this.#output.taskOutputDone(OUTPUT_DRAIN_MS);
-    const exit = this.#exit({ code: status, signal: null }, "exited", durationMs);
+    const allCame = await this.#output.taskOutputDone(OUTPUT_DRAIN_MS);
+    const exit = this.#exit({ code: status.code, signal: null }, "exited", durationMs);
     this.#output.endJob();
-    task.over(clean);
+    task.over(allCame && !status.last);
     return exit;
   }
 

@@ -48,7 +48,7 @@ import {
   SandboxToolMissingError,
 } from "./errors.ts";
 import { JobOutput } from "./job-output.ts";
-import { awaitSandboxStart, ChildEnd, killTree, RunningJob } from "./job-process.ts";
+import { awaitSandboxStart, ChildEnd, killTree, RunningJob, type TaskStatus } from "./job-process.ts";
 import { LineSplitter } from "./output.ts";
 import type { ProcessEntry } from "./process-tree.ts";
 
@@ -222,9 +222,11 @@ function startShim(goFd: number, otherFds: number[]): string {
  * The first process of a reusable sandbox: says "started" on fd 3 like {@link startShim}, then runs
  * job after job. Each comes on `goFd` as its script's line count, a marker, and the script, and runs
  * in a subshell without the shim's fds. Once it exits, what it left running is SIGKILLed (`kill -1`:
- * every process of the sandbox's pid namespace but its pid 1 and the shim), /dev/shm is emptied, the
+ * every process of the sandbox's pid namespace but its pid 1 and the shim), /dev/shm and its SysV IPC
+ * objects are removed, the
  * marker is printed on stdout and stderr (the job's output ends there), and the job's exit status
- * goes on fd 3. A job that is stopped from outside takes the sandbox with it.
+ * goes on fd 3, followed by " last" when the sandbox ends there. A job that is stopped from outside
+ * takes the sandbox with it.
  */
 function taskLoopShim(goFd: number, otherFds: number[]): string {
   const close = otherFds.map((fd) => `${fd}>&-`).join(" ");
@@ -235,7 +237,11 @@ function taskLoopShim(goFd: number, otherFds: number[]): string {
     `(exec 2>&9 9>&- 3>&- ${goFd}<&- && eval "$s"); c=$?`,
     "kill -9 -1",
     'for f in /dev/shm/* /dev/shm/.[!.]*; do [ -e "$f" ] && rm -rf -- "$f"; done',
-    `printf '\\n%s\\n' "$m" && printf '\\n%s\\n' "$m" >&9 && printf '%s\\n' "$c" >&3`,
+    // SysV IPC objects outlive their processes (the sandbox has its own IPC namespace): removed if there are any.
+    "for q in shm msg sem; do { read -r h && read -r o; } </proc/sysvipc/$q && { ipcrm -a; break; }; done",
+    // A job that removed or replaced its work dir's tmp/ left /tmp bound to a dir nobody empties: its sandbox ends.
+    `[ /tmp -ef ${SANDBOX_WORK_DIR}/tmp ] && e= || e=" last"`,
+    `printf '\\n%s\\n' "$m" && printf '\\n%s\\n' "$m" >&9 && printf '%s%s\\n' "$c" "$e" >&3 && [ -z "$e" ] || exit 0`,
     "done",
   ].join("\n");
 }
@@ -711,7 +717,7 @@ export class PreparedSandbox {
   /** Its end once it is being ended unused, or after a job whose output did not all come. */
   #gone: Promise<void> | undefined;
   /** Takes the exit status the running job's shim reports on fd 3 (reusable only). */
-  #onStatus: ((status: number) => void) | undefined;
+  #onStatus: ((status: TaskStatus) => void) | undefined;
 
   constructor(child: ChildProcess, resolved: ResolvedJobOptions, parts: PreparedParts) {
     this.pid = child.pid!;
@@ -727,7 +733,7 @@ export class PreparedSandbox {
       const statuses = new LineSplitter(64, (line) => {
         const onStatus = this.#onStatus;
         this.#onStatus = undefined;
-        onStatus?.(Number(line));
+        onStatus?.({ code: Number.parseInt(line, 10), last: line.endsWith(" last") });
       });
       (child.stdio[3] as Readable).on("data", (chunk: Buffer) => statuses.push(chunk));
     }
@@ -775,7 +781,7 @@ export class PreparedSandbox {
     }
     // A marker no job can guess: a job that printed it would only cut its own output short.
     const marker = `baton-job-end-${randomBytes(16).toString("hex")}`;
-    const status = new Promise<number>((resolve) => (this.#onStatus = resolve));
+    const status = new Promise<TaskStatus>((resolve) => (this.#onStatus = resolve));
     go.write(`${script.split("\n").length - 1}\n${marker}\n${script}`);
     return new RunningJob(this.#child, resolved, {
       ...parts,

@@ -124,19 +124,33 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     const auth = await signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
     const session = await open({
       type: "start",
-      body: { leaseId, auth, spec: taskSpec('touch left-by-t1; echo "task $N"', { N: "1" }), taskId: "t1" },
+      body: {
+        leaseId,
+        auth,
+        spec: taskSpec('touch left-by-t1 /tmp/left-by-t1; echo "task $N"', { N: "1" }),
+        taskId: "t1",
+      },
     });
     const first = await readUntil(session, resultOf("t1"));
     expect(first.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "t1", resumed: false });
     expect(lines(first)).toEqual(["task 1"]);
     expect(first.at(-1)!.body).toMatchObject({ taskId: "t1", exitCode: 0 });
 
-    // The work dir is the task's own: what the first task left is gone.
-    await session.send("task", { leaseId, taskId: "t2", spec: taskSpec('ls; echo "task $N"; exit 3', { N: "2" }) });
+    // The next task runs in the same sandbox, its dirs its own: what the first task left is gone.
+    await session.send("task", {
+      leaseId,
+      taskId: "t2",
+      spec: taskSpec('ls -A . /tmp; echo "task $N"; exit 3', { N: "2" }),
+    });
     const second = await readUntil(session, resultOf("t2"));
     expect(second.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "t2" });
     expect(lines(second)).toContain("task 2");
     expect(lines(second)).not.toContain("left-by-t1");
+    const starts = provider
+      .process!.lines.filter((line) => line.includes('"msg":"job started"') && line.includes(`"leaseId":"${leaseId}"`))
+      .map((line) => JSON.parse(line) as { pid: number; prepared: boolean });
+    expect(starts).toHaveLength(2);
+    expect(starts[1]).toEqual(expect.objectContaining({ pid: starts[0]!.pid, prepared: true }));
     expect(second.at(-1)!.body).toMatchObject({ taskId: "t2", exitCode: 3 } satisfies Partial<
       ProviderMessage<"result">
     >);
@@ -184,7 +198,7 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     await resumed.close();
   });
 
-  it("resumes a task from a checkpoint in the sandbox set up for it while the last task ran, and gives a task another network in a new one", async () => {
+  it("resumes a task from a checkpoint in the sandbox its last task ran in, and gives a task another network in a new one", async () => {
     const resumable = await openLease();
     const key = Buffer.from(generateJobKey()).toString("base64");
     const auth = await signTenantAuth(tenant.account, resumable, tenant.host.peerId.toString());
@@ -200,8 +214,8 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     if (checkpoint?.type !== "checkpoint")
       throw new Error(`no checkpoint; saw ${JSON.stringify(first.map((e) => e.type))}`);
 
-    // The next task's sandbox was set up (its `resume/` with it) while c1 ran: the checkpoint takes
-    // the place of that `resume/`, and the task's user owns it as in a sandbox set up after it.
+    // c2 runs in c1's sandbox, in its emptied dir: the checkpoint becomes its `resume/`, and the
+    // task's user owns it as in a sandbox set up after it.
     await session.send("task", {
       leaseId: resumable,
       taskId: "c2",
@@ -213,9 +227,9 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     expect(lines(second)).toEqual(["41", "owned"]);
     expect(second.at(-1)!.body).toMatchObject({ taskId: "c2", exitCode: 0 });
 
-    // The sandbox set up while c2 ran has no network, as c2 had none: a task that asks for the
-    // host's network runs in a new one that has it (the host's interfaces: loopback and more), and
-    // the next without network in one without (its own loopback only).
+    // c2's sandbox has no network, as c2 had none: a task that asks for the host's network runs in
+    // a new one that has it (the host's interfaces: loopback and more), and the next without
+    // network in one without (its own loopback only).
     const interfaces = "echo $(($(wc -l < /proc/net/dev) - 2))";
     const count = async (taskId: string, network: boolean): Promise<number> => {
       await session.send("task", { leaseId: resumable, taskId, spec: { ...taskSpec(interfaces), network } });

@@ -553,14 +553,14 @@ describe("prepareSandbox, reusable (bwrap)", () => {
   }
 
   it(
-    "runs one job after another in the same sandbox: each with its own env, exit status, output and log; what a job left running is killed and its /dev/shm emptied before the next",
+    "runs one job after another in the same sandbox: each with its own env, exit status, output and log; what a job left running is killed, its /dev/shm and SysV IPC removed, before the next",
     { timeout: 30_000 },
     async () => {
       const { prepared, lines, logPath } = await prepareReusable();
       const first = prepared.run({
         command: sh(
-          // Output with and without a last newline, an empty line, a daemon that would print later, and a file in /dev/shm.
-          'echo "one $N"; echo; printf "no newline"; printf "err" >&2; (sleep 0.3; echo "late") & echo "$$" > /dev/shm/pid; exit 4',
+          // Output with and without a last newline, an empty line, a daemon that would print later, a file in /dev/shm, a SysV segment.
+          'echo "one $N"; echo; printf "no newline"; printf "err" >&2; (sleep 0.3; echo "late") & echo "$$" > /dev/shm/pid; ipcmk -M 4096 > /dev/null; exit 4',
         ),
         env: { N: "1" },
       });
@@ -573,35 +573,57 @@ describe("prepareSandbox, reusable (bwrap)", () => {
         { stream: "stdout", line: "no newline" },
         { stream: "stderr", line: "err" },
       ]);
-      expect(await readFile(logPath, "utf8")).toMatch(/stdout one 1\n.* stdout \n.* stdout no newline\n.* stderr err\n$/);
+      expect(await readFile(logPath, "utf8")).toMatch(
+        /stdout one 1\n.* stdout \n.* stdout no newline\n.* stderr err\n$/,
+      );
       const firstPid = first.pid;
 
       lines.length = 0;
       const second = prepared.run({
-        command: sh('sleep 0.6; echo "two ${N:-unset} $(ls -A /dev/shm | wc -l)"; kill -TERM $$'),
+        command: sh(
+          'sleep 0.6; echo "two ${N:-unset} $(ls -A /dev/shm | wc -l) $(ipcs -m | grep -c 0x)"; kill -TERM $$',
+        ),
         env: {},
       });
       expect(second.pid).toBe(firstPid);
       // The first job's env is gone, its daemon never printed, its /dev/shm file is gone; a job that
       // kills itself by signal reads as that signal.
       expect(await second.exited).toMatchObject({ code: null, signal: "SIGTERM", reason: "exited" });
-      expect(lines).toEqual([{ stream: "stdout", line: "two unset 0" }]);
+      expect(lines).toEqual([{ stream: "stdout", line: "two unset 0 0" }]);
       expect(await readFile(logPath, "utf8")).not.toContain("late");
       expect(prepared.ready).toBe(true);
     },
   );
 
-  it("a job killed (here by its wall time) takes the sandbox with it, leaving no process", { timeout: 20_000 }, async () => {
-    const { prepared } = await prepareReusable();
-    const { pid } = prepared;
-    expect(await prepared.run({ command: ["true"], env: {} }).exited).toMatchObject({ code: 0, reason: "exited" });
-    const job = prepared.run({ command: sh("sleep 30"), env: {}, wallTimeMs: 300 });
-    expect(await job.exited).toMatchObject({ reason: "wall-time" });
-    expect(prepared.ready).toBe(false);
-    expect(() => prepared.run({ command: ["true"], env: {} })).toThrow(SandboxSetupError);
-    expect(processTable().some((entry) => entry.pid === pid && entry.state !== "Z")).toBe(false);
-    await prepared.discard();
-  });
+  it(
+    "a job killed (here by its wall time) takes the sandbox with it, leaving no process",
+    { timeout: 20_000 },
+    async () => {
+      const { prepared } = await prepareReusable();
+      const { pid } = prepared;
+      expect(await prepared.run({ command: ["true"], env: {} }).exited).toMatchObject({ code: 0, reason: "exited" });
+      const job = prepared.run({ command: sh("sleep 30"), env: {}, wallTimeMs: 300 });
+      expect(await job.exited).toMatchObject({ reason: "wall-time" });
+      expect(prepared.ready).toBe(false);
+      expect(() => prepared.run({ command: ["true"], env: {} })).toThrow(SandboxSetupError);
+      expect(processTable().some((entry) => entry.pid === pid && entry.state !== "Z")).toBe(false);
+      await prepared.discard();
+    },
+  );
+
+  it(
+    "ends after a job that removed its work dir's tmp/ (which /tmp stays bound to), reporting that job's exit",
+    { timeout: 20_000 },
+    async () => {
+      const { prepared } = await prepareReusable();
+      const { pid } = prepared;
+      const job = prepared.run({ command: sh("rm -rf /work/tmp; echo gone; exit 5"), env: {} });
+      expect(await job.exited).toMatchObject({ code: 5, reason: "exited" });
+      expect(prepared.ready).toBe(false);
+      await prepared.discard();
+      expect(processTable().some((entry) => entry.pid === pid && entry.state !== "Z")).toBe(false);
+    },
+  );
 
   it("discarded between two jobs, leaves no process", { timeout: 20_000 }, async () => {
     const { prepared } = await prepareReusable();
