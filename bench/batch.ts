@@ -43,7 +43,7 @@ import { decodeFunctionData, parseEther, type Abi, type Address, type Hex } from
 
 import { blockTimeArg } from "../cli/program.ts";
 import { startDevnet, type Devnet } from "../deploy/devnet.ts";
-import { processEntry } from "../node/sandbox/process-tree.ts";
+import { descendants, processEntry, processTable } from "../node/sandbox/process-tree.ts";
 import {
   contracts,
   parseJobSpec,
@@ -111,27 +111,37 @@ interface Run {
   detectMs?: number;
   /** CPU time the whole machine spent from the call to the last task recorded (every core, every process). */
   cpuMs: number;
-  /** Of it, in ms: the tenant (this process), the provider nodes themselves, what they started and reaped (the sandboxes), the chain. */
+  /** Of it, in ms: the tenant (this process), the provider nodes themselves, what runs or ran below them (the sandboxes), the chain. */
   cpuByPart: { tenant: number; providers: number; sandboxes: number; chain: number };
 }
 
 /** A process's CPU in ms, its own and that of the children it reaped; zeros once it is gone. */
-function processCpuMs(pid: number): { own: number; reaped: number } {
-  const ticks = processEntry(pid)?.cpuTicks ?? { own: 0, reaped: 0 };
+function processCpuMs(pid: number, entry = processEntry(pid)): { own: number; reaped: number } {
+  const ticks = entry?.cpuTicks ?? { own: 0, reaped: 0 };
   return { own: (ticks.own * 1000) / CLOCK_TICKS, reaped: (ticks.reaped * 1000) / CLOCK_TICKS };
 }
 
 /** `sysconf(_SC_CLK_TCK)`: 100 on every Linux that Node runs on. */
 const CLOCK_TICKS = 100;
 
-/** The CPU of each part of the devnet so far, in ms (see {@link Run.cpuByPart}). */
+/**
+ * The CPU of each part of the devnet so far, in ms (see {@link Run.cpuByPart}). A batch lease's
+ * sandbox lives as long as the lease: what runs below a provider counts with what it reaped.
+ */
 function partsCpuMs(devnet: Devnet): Run["cpuByPart"] {
   const own = process.cpuUsage();
-  const providers = devnet.providers.flatMap((p) => (p.process ? [processCpuMs(p.process.pid)] : []));
+  const table = processTable();
+  const byPid = new Map(table.map((entry) => [entry.pid, entry]));
+  const providers = devnet.providers.flatMap((p) => {
+    if (!p.process) return [];
+    const live = descendants(p.process.pid, table).map((pid) => processCpuMs(pid, byPid.get(pid)));
+    const cpu = processCpuMs(p.process.pid);
+    return [{ own: cpu.own, below: cpu.reaped + live.reduce((sum, d) => sum + d.own + d.reaped, 0) }];
+  });
   return {
     tenant: (own.user + own.system) / 1000,
     providers: providers.reduce((sum, cpu) => sum + cpu.own, 0),
-    sandboxes: providers.reduce((sum, cpu) => sum + cpu.reaped, 0),
+    sandboxes: providers.reduce((sum, cpu) => sum + cpu.below, 0),
     chain: devnet.chain.pids.reduce((sum, pid) => sum + processCpuMs(pid).own, 0),
   };
 }
@@ -214,7 +224,7 @@ figures.push(
     name: "of which task sent → provider finished, p50",
     value: median(steady.providerMs),
     unit: "ms",
-    note: `the message, the task's dir (${quotaMode}: in the lease's work dir, emptied after its last task), its sandbox (set up while the last task ran) given the command, the work, its output added to the provider's IPFS`,
+    note: `the message, the task's dir (${quotaMode}: in the lease's work dir, emptied after its last task), the command given to the lease's sandbox (the one its last task ran in), the work, its output added to the provider's IPFS`,
   },
   {
     name: "of which provider finished → result recorded, p50",
@@ -244,7 +254,7 @@ figures.push(
     note: "every process's CPU from the call to the last task recorded (chain, provider nodes, sandboxes, the tenant), per task: what the makespan is made of when the cores are all busy",
   },
   ...(["tenant", "providers", "sandboxes", "chain"] as const).map((part) => ({
-    name: `  of which ${part === "providers" ? "the provider nodes" : part === "sandboxes" ? "what the nodes reaped (sandboxes)" : part === "tenant" ? "the tenant (this process)" : "the chain"}`,
+    name: `  of which ${part === "providers" ? "the provider nodes" : part === "sandboxes" ? "the sandboxes below them" : part === "tenant" ? "the tenant (this process)" : "the chain"}`,
     value: steady.cpuByPart[part] / TASKS,
     unit: "ms",
   })),
