@@ -122,12 +122,13 @@ export interface TaskStatus {
 
 /**
  * A job of a reusable sandbox (see `PrepareSandboxOptions.reusable`): its output ends at `marker`,
- * its exit is `status`, and `over` says whether the sandbox may take the next job (`clean`: the job
- * exited by itself, its output all came, and the sandbox goes on).
+ * its exit is `status` (undefined when the sandbox ended without saying it), and `over` says whether
+ * the sandbox may take the next job (`clean`: the job exited by itself, its output all came, and the
+ * sandbox goes on).
  */
 export interface SandboxTask {
   marker: string;
-  status: Promise<TaskStatus>;
+  status: Promise<TaskStatus | undefined>;
   over(clean: boolean): void;
 }
 
@@ -227,9 +228,7 @@ export class RunningJob implements JobProcess {
 
   async #reportExit(): Promise<JobExit> {
     if (this.#task) {
-      // A sandbox that ends with its job's status ("last") may exit before that status is read.
-      const gone = this.#end.exit.then(() => within(this.#end.closed, OUTPUT_DRAIN_MS)).then(() => undefined);
-      const status = await Promise.race([this.#task.status, gone]);
+      const status = await this.#task.status;
       if (status !== undefined && this.#killReason === undefined) return this.#taskExit(this.#task, status);
     }
     const exit = await this.#end.exit;

@@ -35,6 +35,7 @@ import {
   LOG_MAX_BYTES,
   NOBODY_GID,
   NOBODY_UID,
+  OUTPUT_DRAIN_MS,
   SANDBOX_BIN_DIR,
   SANDBOX_HOSTNAME,
   SANDBOX_PATH,
@@ -48,7 +49,7 @@ import {
   SandboxToolMissingError,
 } from "./errors.ts";
 import { JobOutput } from "./job-output.ts";
-import { awaitSandboxStart, ChildEnd, killTree, RunningJob, type TaskStatus } from "./job-process.ts";
+import { awaitSandboxStart, ChildEnd, killTree, RunningJob, within, type TaskStatus } from "./job-process.ts";
 import { LineSplitter } from "./output.ts";
 import type { ProcessEntry } from "./process-tree.ts";
 
@@ -717,7 +718,7 @@ export class PreparedSandbox {
   /** Its end once it is being ended unused, or after a job whose output did not all come. */
   #gone: Promise<void> | undefined;
   /** Takes the exit status the running job's shim reports on fd 3 (reusable only). */
-  #onStatus: ((status: TaskStatus) => void) | undefined;
+  #onStatus: ((status: TaskStatus | undefined) => void) | undefined;
 
   constructor(child: ChildProcess, resolved: ResolvedJobOptions, parts: PreparedParts) {
     this.pid = child.pid!;
@@ -730,13 +731,21 @@ export class PreparedSandbox {
       () => {},
     );
     if (parts.reusable) {
-      const statuses = new LineSplitter(64, (line) => {
-        const onStatus = this.#onStatus;
-        this.#onStatus = undefined;
-        onStatus?.({ code: Number.parseInt(line, 10), last: line.endsWith(" last") });
-      });
+      const statuses = new LineSplitter(64, (line) =>
+        this.#status({ code: Number.parseInt(line, 10), last: line.endsWith(" last") }),
+      );
       (child.stdio[3] as Readable).on("data", (chunk: Buffer) => statuses.push(chunk));
+      // Ended without a word on its job (killed): no status comes. Its output is all read first, as
+      // one that ends with its job's status ("last") may exit before that status is read.
+      void parts.end.exit.then(() => within(parts.end.closed, OUTPUT_DRAIN_MS)).then(() => this.#status(undefined));
     }
+  }
+
+  /** Gives the running job its status (undefined: the sandbox ended without one). */
+  #status(status: TaskStatus | undefined): void {
+    const onStatus = this.#onStatus;
+    this.#onStatus = undefined;
+    onStatus?.(status);
   }
 
   /** Whether it can take a job now: none runs in it, it was not discarded, and it did not die meanwhile. */
@@ -781,7 +790,7 @@ export class PreparedSandbox {
     }
     // A marker no job can guess: a job that printed it would only cut its own output short.
     const marker = `baton-job-end-${randomBytes(16).toString("hex")}`;
-    const status = new Promise<TaskStatus>((resolve) => (this.#onStatus = resolve));
+    const status = new Promise<TaskStatus | undefined>((resolve) => (this.#onStatus = resolve));
     go.write(`${script.split("\n").length - 1}\n${marker}\n${script}`);
     return new RunningJob(this.#child, resolved, {
       ...parts,
