@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { link, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 
@@ -128,7 +129,9 @@ export async function claimBatchRun(
     source,
     total,
   };
-  const temp = `${file}.${process.pid}.tmp`;
+  // Its own name per claim: two claims of one process sharing it, one's clean-up took the other's
+  // file away before its link (ENOENT instead of "being run by").
+  const temp = `${file}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
   const write = async (): Promise<void> => {
     run.updatedAt = Date.now();
     await writeFile(temp, JSON.stringify(run), { mode: 0o600 });
