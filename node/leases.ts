@@ -1,4 +1,4 @@
-import { mkdir } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
@@ -91,8 +91,8 @@ class LeaseRuntime {
   task: string | undefined;
   /** On a batch lease: the dir its tasks run in (see `WorkDirs.taskDir`). */
   taskDir: WorkDir | undefined;
-  /** On a batch lease: the last task's dir being emptied, once its output was published. */
-  emptying: Promise<void> | undefined;
+  /** On a batch lease: the last task's dir being emptied, once its output was published; whether its job's dirs are kept. */
+  emptying: Promise<boolean> | undefined;
   /** On a batch lease of process jobs: the sandbox its tasks run in, one after another (`reusable`). */
   sandbox: PreparedSandbox | undefined;
 
@@ -726,7 +726,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     runtime.task = body.taskId;
     // The previous task's exit fully handled: its output published, its dir being emptied.
     await runtime.ended;
-    await runtime.emptying;
+    const jobDirsKept = (await runtime.emptying) === true;
     Object.assign(runtime, { job: undefined, exit: undefined, ended: undefined, progress: undefined });
     runtime.state = "starting";
     const next: LeaseRow = {
@@ -752,9 +752,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     pulling.catch(() => undefined);
     try {
       await fetchJobInputs(next, spec, workDir, tenantAddresses);
-      if (body.resume) await restoreResume(next, body.resume, workDir, tenantAddresses);
-      // The last task's sandbox: its dir was emptied since, the job's dirs go back (around a restored `resume/`).
-      await prepared?.ownWorkDir();
+      if (body.resume) {
+        // The last task's `resume/`, kept (empty) in the task dir: the checkpoint takes its place.
+        await rm(path.join(workDir.path, "resume"), { recursive: true, force: true });
+        await restoreResume(next, body.resume, workDir, tenantAddresses);
+      }
+      // In the last task's sandbox, the job's dirs were kept as they were made, unless that task
+      // changed them or a checkpoint was restored: then they are made again.
+      if (!jobDirsKept || body.resume) await prepared?.ownWorkDir();
       runtime.image = await pulling;
     } catch (error) {
       (await pulling.catch(() => undefined))?.release();

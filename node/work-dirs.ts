@@ -17,7 +17,7 @@ import {
 } from "./disk-quota.ts";
 import { diskUsage, watchDiskUsage } from "./disk-usage.ts";
 import { resolveExecutable } from "./sandbox/detect.ts";
-import type { JobExit, JobProcess } from "./sandbox/runner.ts";
+import { WORK_SUBDIRS, type JobExit, type JobProcess } from "./sandbox/runner.ts";
 
 /**
  * How a job's disk quota holds. `mount`: its work dir is a file system of the quota's size (see
@@ -81,11 +81,12 @@ export interface WorkDirs {
    */
   taskDir(dir: WorkDir): WorkDir;
   /**
-   * Empties a task dir whose task is over, but for its `tmp/`, itself emptied: a sandbox that binds
-   * it at /tmp keeps it for the next task. Never rejects: what could not be removed is logged, and
-   * goes with the lease's work dir.
+   * Empties a task dir whose task is over, but for the job's dirs (`checkpoints/`, `resume/`,
+   * `output/`, `tmp/`), themselves emptied: a sandbox binds `tmp/` at /tmp, and the next task needs
+   * them all. Resolves to whether they are as the runner made them (else the next task's are made
+   * again). Never rejects: what could not be removed is logged, and goes with the lease's work dir.
    */
-  emptyTaskDir(dir: WorkDir): Promise<void>;
+  emptyTaskDir(dir: WorkDir): Promise<boolean>;
   /** Whether the work dir went over its quota: its file system is full, or its usage is over. */
   overQuota(dir: WorkDir): Promise<QuotaExcess | undefined>;
   /**
@@ -136,6 +137,9 @@ export async function quotaEnforcement(asked: OpenWorkDirsParameters["diskQuota"
       "a quota file system is loop-mounted on each work dir: run the node as root with e2fsprogs and util-linux, or set diskQuota: watch",
   });
 }
+
+/** The dirs the runner makes in a job's work dir (see `prepareWorkDir`). */
+const JOB_DIRS = [...Object.keys(WORK_SUBDIRS), "tmp"];
 
 /** Lease directories under the jobs dir are named by lease id. */
 const LEASE_DIR = /^\d+$/;
@@ -256,11 +260,22 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
         return { path: work, root: work, quotaBytes, enforcement: "watch" };
       }),
     taskDir: (dir) => ({ ...dir, path: path.join(dir.root, "task") }),
-    emptyTaskDir: (dir) =>
-      emptyDir(dir.path, ["tmp"]).catch((error: unknown) => {
+    async emptyTaskDir(dir) {
+      try {
+        await emptyDir(dir.path, JOB_DIRS);
+        // Each as the runner made it: a dir of the task dir's owner (the job's user), for it alone.
+        const owner = await lstat(dir.path);
+        const kept = await Promise.all(JOB_DIRS.map((name) => lstat(path.join(dir.path, name)).catch(() => undefined)));
+        return kept.every(
+          (stat) =>
+            stat?.isDirectory() && stat.uid === owner.uid && stat.gid === owner.gid && (stat.mode & 0o7777) === 0o700,
+        );
+      } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== "ENOENT")
           log.warn("task dir not emptied", { dir: dir.path, error });
-      }),
+        return false;
+      }
+    },
     overQuota,
     async supervise(job, dir) {
       const unwatch =

@@ -127,7 +127,9 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
       body: {
         leaseId,
         auth,
-        spec: taskSpec('touch left-by-t1 /tmp/left-by-t1; echo "task $N"', { N: "1" }),
+        spec: taskSpec('touch left-by-t1 /tmp/left-by-t1; chmod 755 "$BATON_CHECKPOINT_DIR"; echo "task $N"', {
+          N: "1",
+        }),
         taskId: "t1",
       },
     });
@@ -140,12 +142,16 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     await session.send("task", {
       leaseId,
       taskId: "t2",
-      spec: taskSpec('ls -A . /tmp; echo "task $N"; exit 3', { N: "2" }),
+      spec: taskSpec('ls -A . /tmp; stat -c "checkpoints %a" "$BATON_CHECKPOINT_DIR"; echo "task $N"; exit 3', {
+        N: "2",
+      }),
     });
     const second = await readUntil(session, resultOf("t2"));
     expect(second.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "t2" });
     expect(lines(second)).toContain("task 2");
     expect(lines(second)).not.toContain("left-by-t1");
+    // A dir of the job's that the last task changed is made again as the runner makes it.
+    expect(lines(second)).toContain("checkpoints 700");
     const starts = provider
       .process!.lines.filter((line) => line.includes('"msg":"job started"') && line.includes(`"leaseId":"${leaseId}"`))
       .map((line) => JSON.parse(line) as { pid: number; prepared: boolean });
