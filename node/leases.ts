@@ -699,7 +699,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
    * A batch lease's next task, once the previous one's result is sent: checked to run with the
    * lease's resources and image, recorded (`preparing`, so that a node restarted meanwhile fails it
    * rather than relaunching it half fetched), then prepared and launched like a lease's first job,
-   * in the sandbox set up for it while the last task ran (`nextTaskDir`; the lease's file system is
+   * in the sandbox its last task ran in when it suits (`nextTaskDir`; the lease's file system is
    * made once per lease).
    * Refused, ending the session, when the lease runs no batch, is busy, or ended.
    */

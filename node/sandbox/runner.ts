@@ -663,9 +663,9 @@ export async function startJob(options: StartJobOptions): Promise<JobProcess> {
 
 /**
  * A sandbox set up as {@link startJob} sets one up, whose job is given later
- * ({@link PreparedSandbox.run}): a batch lease's next task starts in one made while the task before
- * it ran, without bubblewrap's ≈ 25-50 ms of set-up in its way. Until then it holds its work dir
- * (bound at /work, so it cannot be unmounted) and runs nothing but the start shim, waiting.
+ * ({@link PreparedSandbox.run}); a reusable one takes job after job (a batch lease's tasks). While
+ * it waits it holds its work dir (bound at /work, so it cannot be unmounted) and runs nothing but the
+ * start shim.
  *
  * @throws as {@link startJob}, but for the command and env.
  */
