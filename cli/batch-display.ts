@@ -21,6 +21,12 @@ export function progressLine(event: BatchEvent, startedAt: number): string {
   );
 }
 
+/** `, tasks a, b queued again`, or nothing when no task went back. */
+function requeuedWords(separator: string, requeued: readonly string[]): string {
+  if (requeued.length === 0) return "";
+  return `${separator}${requeued.length === 1 ? "task" : "tasks"} ${requeued.join(", ")} queued again`;
+}
+
 /** The events worth a line of their own (the rest only move the progress line). */
 export function eventLine(event: BatchEvent): string | undefined {
   switch (event.type) {
@@ -29,15 +35,12 @@ export function eventLine(event: BatchEvent): string | undefined {
     case "provider-lost":
       return (
         `provider ${event.provider} lost (${event.reason}): lease ${event.leaseId} ended` +
-        (event.requeued ? `, task ${event.requeued} queued again` : "")
+        requeuedWords(", ", event.requeued)
       );
     case "lease-confirmed":
       return `lease ${event.leaseId} confirmed (its opening in block ${event.blockNumber} is deep enough)`;
     case "lease-vanished":
-      return (
-        `lease ${event.leaseId} VANISHED in a reorg (${event.reason})` +
-        (event.requeued ? `; task ${event.requeued} queued again` : "")
-      );
+      return `lease ${event.leaseId} VANISHED in a reorg (${event.reason})` + requeuedWords("; ", event.requeued);
     case "task-started":
       return event.resume
         ? `task ${event.taskId} resumes from checkpoint ${event.resume} on ${event.provider}`

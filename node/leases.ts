@@ -1,4 +1,4 @@
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
@@ -85,19 +85,47 @@ class LeaseRuntime {
   /** The image the lease's quote named (none for a process job): each task of a batch lease is checked against it. */
   leaseImage: ImageDigest | undefined;
   /**
-   * On a batch lease: the task being prepared or run, cleared once its result is sent (the lease is
-   * then idle, and takes the next `task`).
+   * On a batch lease: the task being prepared or run, cleared once it exited (the lease is then idle,
+   * and starts its queued task, if any, at once; the exited task's result goes out meanwhile).
    */
   task: string | undefined;
+  /**
+   * On a batch lease: the task the tenant sent while another was in hand, waiting for its turn. One at
+   * most: the next task is at hand the moment a task exits, with no round trip between.
+   */
+  queued: string | undefined;
+  /** Starts waiting for the task in hand to be done with (see {@link LeaseRuntime.untilFree}). */
+  readonly #free: (() => void)[] = [];
   /** On a batch lease: the dir its tasks run in (see `WorkDirs.taskDir`). */
   taskDir: WorkDir | undefined;
-  /** On a batch lease: the last task's dir being emptied, once its output was published; whether its job's dirs are kept. */
+  /** On a batch lease: the last task's dir being emptied, once it exited; whether its job's dirs are kept. */
   emptying: Promise<boolean> | undefined;
   /** On a batch lease of process jobs: the sandbox its tasks run in, one after another (`reusable`). */
   sandbox: PreparedSandbox | undefined;
+  /** On a batch lease: settles once the results of the tasks that ended are sent, in order (see `taskEnded`). */
+  results: Promise<void> = Promise.resolve();
+  /** On a batch lease: how many task outputs were moved aside to be published (each gets its own name). */
+  outputs = 0;
+  /**
+   * The nonce of the quote its lease was opened with (unknown for a job relaunched after a restart):
+   * a start with another is for another lease, one that took the id after a reorg dropped this one's
+   * opening (see `reusedLeaseId`).
+   */
+  nonce: bigint | undefined;
 
   constructor(leaseId: bigint) {
     this.leaseId = leaseId;
+  }
+
+  /** Settles once no task is in hand: it exited, its start failed, or the lease stopped. */
+  untilFree(): Promise<void> {
+    return this.task === undefined ? Promise.resolve() : new Promise((resolve) => this.#free.push(resolve));
+  }
+
+  /** The task in hand is done with: a start waiting for its turn goes on. */
+  taskDone(): void {
+    this.task = undefined;
+    for (const resume of this.#free.splice(0)) resume();
   }
 }
 
@@ -203,7 +231,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         // Not a valid progress report: pass it on as an ordinary line.
       }
     }
-    void emit(runtime, "log", { at: Date.now(), stream, line: line.slice(0, 4096) });
+    void emit(runtime, "log", {
+      at: Date.now(),
+      stream,
+      line: line.slice(0, 4096),
+      // A batch lease's tasks share a sandbox, and its output: a line is the task's in hand.
+      ...(runtime.task === undefined ? {} : { taskId: runtime.task }),
+    });
   };
 
   const realGpus = (indices: number[]): { gpus: number[]; gpuUuids: string[] } => {
@@ -328,6 +362,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         onPublished: (checkpoint) => {
           store.addPendingCheckpoint(row.leaseId, checkpoint.cid);
           void emit(runtime, "checkpoint", {
+            ...(row.taskId === null ? {} : { taskId: row.taskId }),
             cid: checkpoint.cid,
             name: checkpoint.name,
             ...(checkpoint.step === undefined ? {} : { step: checkpoint.step }),
@@ -384,28 +419,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       reason: exit.reason,
       ...(exit.detail ? { detail: exit.detail } : {}),
     });
-    // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
-    const output = await publishOutput(row, workDir);
-    // Nothing reads a task's dir once its output is published: emptied now, while its result goes
-    // out and the next task comes, it leaves the next task the whole quota.
-    if (taskId !== null) runtime.emptying = workDirs.emptyTaskDir(workDir);
     // The tenant is told which limit a `disk` exit went over: `disk: the job used more than its 1 GiB disk quota`.
     const reason = exit.detail ? `${exit.reason}: ${exit.detail}` : exit.reason;
-    if (taskId !== null) {
-      // A batch's task: the lease stays `running`, idle, until the tenant's next task or its close.
-      store.updateLease(row.leaseId, { pid: null, exitCode: exit.code, reason: exit.reason });
-      // Idle before the result goes out: the tenant may answer it with the next task at once.
-      runtime.task = undefined;
-      await emit(runtime, "result", {
-        taskId,
-        exitCode: exit.code,
-        signal: exit.signal,
-        reason,
-        ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
-        finishedAt: Date.now(),
-      });
-      return;
-    }
+    if (taskId !== null) return taskEnded(runtime, row, workDir, taskId, exit, reason);
+    // Publish the output first: `exited` is what tells the chain duties to finish with its CID.
+    const output = await publishOutput(row, path.join(workDir.path, "output"));
     store.updateLease(row.leaseId, {
       state: "exited",
       pid: null,
@@ -424,26 +442,70 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     init.onExit(row.leaseId, exit);
   };
 
-  /** Packs, encrypts and adds the job's output dir, so the tenant can fetch it by CID. */
-  const publishOutput = async (
-    row: LeaseRow,
-    workDir: WorkDir,
-  ): Promise<{ cid: string; sha256: string } | undefined> => {
+  /**
+   * Packs, encrypts and adds the job's output dir (its `output/`, at `dir`), so the tenant can fetch
+   * it by CID; none without a job key, or when it cannot be.
+   */
+  const publishOutput = async (row: LeaseRow, dir: string): Promise<{ cid: string; sha256: string } | undefined> => {
     if (!row.jobKey) return undefined;
     try {
-      const published = await publishCheckpoint(
-        components.ipfs,
-        Buffer.from(row.jobKey, "base64"),
-        path.join(workDir.path, "output"),
-        {
-          maxBytes: MAX_CHECKPOINT_BYTES,
-        },
-      );
+      const key = Buffer.from(row.jobKey, "base64");
+      const published = await publishCheckpoint(components.ipfs, key, dir, { maxBytes: MAX_CHECKPOINT_BYTES });
       return { cid: published.cid.toString(), sha256: published.plaintextSha256 };
     } catch (error) {
       log.warn("output not published", { leaseId: row.leaseId, error });
       return undefined;
     }
+  };
+
+  /**
+   * A batch task exited: the lease is free for its next task at once, while the task's output is
+   * published and its result sent. The output is moved beside the task dir (a rename), the task dir
+   * emptied for the next task, and the task's result goes out once its output is published and the
+   * results of the tasks before it went out (`runtime.results`), so that they come in the order the
+   * tasks ran. Until it is published and removed, an output counts against the lease's disk quota.
+   */
+  const taskEnded = async (
+    runtime: LeaseRuntime,
+    row: LeaseRow,
+    taskDir: WorkDir,
+    taskId: string,
+    exit: JobExit,
+    reason: string,
+  ): Promise<void> => {
+    const finishedAt = Date.now();
+    // The lease stays `running`, idle, until the tenant's next task or its close; a task queued
+    // records itself (`preparing`) at once, and this write would only cost a sync to disk.
+    if (runtime.queued === undefined)
+      store.updateLease(row.leaseId, { pid: null, exitCode: exit.code, reason: exit.reason });
+    const aside = path.join(taskDir.root, `output.${++runtime.outputs}`);
+    const moved = await rename(path.join(taskDir.path, "output"), aside).then(
+      () => true,
+      (error: unknown) => {
+        log.warn("output not published", { leaseId: row.leaseId, taskId, error });
+        return false;
+      },
+    );
+    runtime.emptying = workDirs.emptyTaskDir(taskDir);
+    const before = runtime.results;
+    runtime.results = (async () => {
+      const output = moved ? await publishOutput(row, aside) : undefined;
+      await rm(aside, { recursive: true, force: true });
+      await before;
+      // A lease that ended meanwhile (fenced, handed back) sends no more results.
+      const state = store.getLease(row.leaseId)?.state;
+      if (state === undefined || state === "fenced" || state === "handed-back") return;
+      await emit(runtime, "result", {
+        taskId,
+        exitCode: exit.code,
+        signal: exit.signal,
+        reason,
+        ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
+        finishedAt,
+      });
+    })().catch((error: unknown) => log.error("a task's result was not sent", { leaseId: row.leaseId, taskId, error }));
+    // The queued task starts, or the tenant's next one finds the lease free.
+    runtime.taskDone();
   };
 
   const runtimeFor = (leaseId: bigint): LeaseRuntime => {
@@ -622,7 +684,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     if (body.opening)
       init.openings.submit(body.leaseId, body.opening, (reason) => void openingFailed(body.leaseId, reason));
     try {
-      await prepareAndLaunch(stream, connection, body, row, spec, opening.image);
+      await prepareAndLaunch(stream, connection, body, row, spec, opening);
     } catch (error) {
       // The job never ran: nothing needs its work dir.
       if (runtimes.get(body.leaseId)?.job === undefined) await workDirs.remove(body.leaseId);
@@ -640,8 +702,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     body: TenantMessage<"start">,
     row: LeaseRow,
     spec: JobSpec,
-    leaseImage: ImageDigest | undefined,
+    opening: { nonce: bigint; image: ImageDigest | undefined },
   ): Promise<void> => {
+    const leaseImage = opening.image;
     const leaseDir = await makeWorkDir(row, spec);
     // A batch lease's tasks run in a dir of its work dir (see `WorkDirs.taskDir`).
     const workDir = row.taskId === null ? leaseDir : await firstTaskDir(leaseDir);
@@ -667,6 +730,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
     // Only now, with inputs, checkpoint and image in place, does the lease get a runtime (and session heartbeats).
     const runtime = runtimeFor(body.leaseId);
+    runtime.nonce = opening.nonce;
     runtime.image = image;
     runtime.leaseImage = leaseImage;
     runtime.task = body.taskId;
@@ -696,19 +760,45 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /**
-   * A batch lease's next task, once the previous one's result is sent: checked to run with the
+   * A batch lease's next task, once the previous one exited: checked to run with the
    * lease's resources and image, recorded (`preparing`, so that a node restarted meanwhile fails it
    * rather than relaunching it half fetched), then prepared and launched like a lease's first job,
    * in the sandbox its last task ran in when it suits (`nextTaskDir`; the lease's file system is
    * made once per lease).
-   * Refused, ending the session, when the lease runs no batch, is busy, or ended.
+   * A task sent while another is in hand is queued, and starts once that one exited. Refused, ending
+   * the session, when the lease runs no batch, has a task queued already, or ended.
    */
   const startTask = async (connection: Connection, body: TenantMessage<"task">, leaseId: bigint): Promise<void> => {
     const runtime = runtimes.get(leaseId);
-    const row = store.getLease(leaseId);
-    if (body.leaseId !== leaseId || !runtime || !row || row.taskId === null) {
+    if (body.leaseId !== leaseId || !runtime || (store.getLease(leaseId)?.taskId ?? null) === null) {
       throw sessionRefusal("bad-request", `lease ${body.leaseId} runs no batch on this session`);
     }
+    if (runtime.task !== undefined) {
+      if (runtime.queued !== undefined) {
+        throw sessionRefusal("bad-request", `lease ${leaseId} has task ${runtime.queued} queued already`);
+      }
+      // Waiting is no start under way: a hand-back stops the task in hand, and this one is refused.
+      runtime.queued = body.taskId;
+      try {
+        await runtime.untilFree();
+      } finally {
+        runtime.queued = undefined;
+      }
+      if (handingBack.signal.aborted) throw sessionRefusal("draining", HAND_BACK_MESSAGE);
+    }
+    try {
+      await track(launchTask(connection, body, leaseId));
+    } catch (error) {
+      if (runtime.task === body.taskId) runtime.taskDone();
+      throw error;
+    }
+  };
+
+  /** A batch lease's next task, its turn come (see {@link startTask}). */
+  const launchTask = async (connection: Connection, body: TenantMessage<"task">, leaseId: bigint): Promise<void> => {
+    const runtime = runtimes.get(leaseId);
+    const row = store.getLease(leaseId);
+    if (!runtime || !row) throw sessionRefusal("lease-not-active", `lease ${leaseId} ended`);
     if (runtime.task !== undefined) {
       throw sessionRefusal("bad-request", `lease ${leaseId} is still running task ${runtime.task}`);
     }
@@ -724,7 +814,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
     if (body.resume && !row.jobKey) throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
     runtime.task = body.taskId;
-    // The previous task's exit fully handled: its output published, its dir being emptied.
+    // The previous task's exit handled: its output moved aside (to be published meanwhile), its dir being emptied.
     await runtime.ended;
     const jobDirsKept = (await runtime.emptying) === true;
     Object.assign(runtime, { job: undefined, exit: undefined, ended: undefined, progress: undefined });
@@ -794,6 +884,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     if (sandbox?.ready && taskDir && spec.network === lastSpec.network) return { workDir: taskDir, prepared: sandbox };
     runtime.sandbox = undefined;
     await sandbox?.discard();
+    // Renewing empties the whole work dir: the outputs set aside there are published first.
+    await runtime.results;
     return { workDir: await firstTaskDir(await makeWorkDir(row, spec, "renew")) };
   };
 
@@ -943,6 +1035,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
    * batch lease its next tasks.
    */
   const readAcks = async (
+    stream: Stream,
     messages: AsyncIterable<Uint8Array>,
     connection: Connection,
     leaseId: bigint,
@@ -955,8 +1048,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         from: remote,
       });
       if (message.type === "task") {
-        // Tracked like a lease's first start: a hand-back waits until it has launched or failed.
-        await track(startTask(connection, parseBody(tenantMessageSchemas.task, message), leaseId));
+        // Not awaited: a task queued behind the one in hand waits for its turn while acks are read on.
+        void startTask(connection, parseBody(tenantMessageSchemas.task, message), leaseId).catch((error: unknown) =>
+          refuse(stream, remote, error, leaseId),
+        );
         continue;
       }
       const ack = parseBody(tenantMessageSchemas["checkpoint-ack"], message);
@@ -1001,12 +1096,27 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       leaseId = opening.body.leaseId;
       const tenant = await authorize(opening.body, remote);
       if (opening.type === "attach") await reattach(stream, remote, leaseId, opening.body.afterSeq);
-      else if (runtimes.has(leaseId)) await reattach(stream, remote, leaseId, 0);
+      else if (runtimes.has(leaseId) && !(await reusedLeaseId(opening.body)))
+        await reattach(stream, remote, leaseId, 0);
       else await track(startSession(stream, connection, opening.body, tenant));
-      await readAcks(messages, connection, leaseId);
+      await readAcks(stream, messages, connection, leaseId);
     } catch (error) {
       await refuse(stream, remote, error, leaseId);
     }
+  };
+
+  /**
+   * Whether a start is for a lease that took the id of one this node runs, whose opening a reorg
+   * dropped (its quote is another): that one is stopped first, as the chain duties would once they
+   * see it gone. A start with the same quote is its tenant's again (it lost the first answer).
+   */
+  const reusedLeaseId = async (body: TenantMessage<"start">): Promise<boolean> => {
+    const known = runtimes.get(body.leaseId)?.nonce;
+    if (known === undefined) return false;
+    const nonce = body.opening ? body.opening.quote.nonce : (await leaseOpening(body.leaseId)).nonce;
+    if (nonce === known) return false;
+    await fence(body.leaseId, "its lease id was taken by another opening: its own was dropped in a reorg");
+    return true;
   };
 
   /** Keeps `start` among the starts under way until it settles. */
@@ -1058,13 +1168,17 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // Its tasks' sandbox binds the task dir: gone before the work dir is removed.
     await runtime.sandbox?.discard();
     runtime.sandbox = undefined;
-    // Its exit handled: the result sent (or not, for a lease that ended without it).
+    // Its exit handled: the result sent (or not, for a lease that ended without it); a batch lease's
+    // outputs published, read no more.
     await runtime.ended;
+    await runtime.results;
     // A job's work dir went with its exit; a batch lease's stays for its next task until now.
     removeWorkDir(leaseId);
     await runtime.checkpoints?.stop();
     for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
     runtimes.delete(leaseId);
+    // A task queued on the lease is refused now that the lease is gone.
+    runtime.taskDone();
     gpus.release(leaseHolder(leaseId));
     init.onCapacityChange();
   };

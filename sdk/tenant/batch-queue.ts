@@ -89,8 +89,8 @@ export class BatchQueue {
   readonly #tasks = new Map<string, TaskState>();
   /** Task ids waiting, in order; a task that goes back to the queue goes to its front. */
   readonly #queue: string[] = [];
-  /** Lease → its provider and the task it runs. */
-  readonly #leases = new Map<string, { provider: string; task: string | undefined }>();
+  /** Lease → its provider and the tasks it was given, in order: the one it runs, then those queued on it. */
+  readonly #leases = new Map<string, { provider: string; tasks: string[] }>();
   readonly #failuresInARow = new Map<string, number>();
   readonly #excluded = new Set<string>();
   readonly #retries: number;
@@ -125,24 +125,26 @@ export class BatchQueue {
   /** Whether every task has a result (done or failed): none runs, and no output is being verified. */
   get finished(): boolean {
     return (
-      this.#queue.length === 0 && this.#verifying === 0 && [...this.#leases.values()].every((l) => l.task === undefined)
+      this.#queue.length === 0 && this.#verifying === 0 && [...this.#leases.values()].every((l) => l.tasks.length === 0)
     );
   }
 
-  /** `running` counts the tasks whose output is being verified: they have no result yet either. */
+  /**
+   * `running` counts the tasks given to leases (queued on one behind its running task included) and
+   * those whose output is being verified: they have no result yet either.
+   */
   counts(): BatchCounts {
-    const running = [...this.#leases.values()].filter((l) => l.task !== undefined).length + this.#verifying;
+    const running = [...this.#leases.values()].reduce((sum, l) => sum + l.tasks.length, 0) + this.#verifying;
     return { done: this.#done, failed: this.#failed, running, queued: this.#queue.length };
   }
 
   /**
-   * The next task for `lease` (of `provider`), which must be idle: the first queued task that has
-   * not failed on this provider. `undefined` when there is none for it, or the provider is excluded:
-   * the lease can be closed.
+   * The next task for `lease` (of `provider`), to run after the tasks it was given already: the first
+   * queued task that has not failed on this provider. `undefined` when there is none for it, or the
+   * provider is excluded: an idle lease can be closed.
    */
   next(lease: string, provider: string): TaskAssignment | undefined {
     const held = this.#leases.get(lease);
-    if (held?.task !== undefined) throw new Error(`lease ${lease} is still running task ${held.task}`);
     if (held && held.provider !== provider) throw new Error(`lease ${lease} is of ${held.provider}`);
     if (this.#excluded.has(provider)) return undefined;
     const index = this.#queue.findIndex((id) => !this.#state(id).failedOn.has(provider));
@@ -150,7 +152,8 @@ export class BatchQueue {
     const [taskId] = this.#queue.splice(index, 1) as [string];
     const state = this.#state(taskId);
     state.lease = lease;
-    this.#leases.set(lease, { provider, task: taskId });
+    if (held) held.tasks.push(taskId);
+    else this.#leases.set(lease, { provider, tasks: [taskId] });
     return {
       taskId,
       attempt: state.attempts + 1,
@@ -173,14 +176,15 @@ export class BatchQueue {
    * The task on `lease` exited with `exitCode` (`null`: killed by a signal, which the node only does
    * for the task's own doing: a limit it went over). With `verify`, an exit 0 is not done yet but
    * {@link TaskExitOutcome verify}: its output is to be fetched and verified while the lease runs its
-   * next task. A result from a lease not running that task is {@link TaskExitOutcome stale}.
+   * next task. A result from a lease not running that task (the first it was given and holds) is
+   * {@link TaskExitOutcome stale}.
    */
   exited(taskId: string, lease: string, exitCode: number | null, { verify = false } = {}): TaskExitOutcome {
     const state = this.#state(taskId);
     const held = this.#leases.get(lease);
-    if (state.lease !== lease || held?.task !== taskId) return { kind: "stale" };
+    if (state.lease !== lease || held?.tasks[0] !== taskId) return { kind: "stale" };
     state.lease = undefined;
-    held.task = undefined;
+    held.tasks.shift();
     state.attempts += 1;
     if (exitCode === 0 && verify) {
       state.verifying = held.provider;
@@ -226,19 +230,19 @@ export class BatchQueue {
   }
 
   /**
-   * The lease is gone (its provider failed, was fenced or was dropped): its task, if any, goes back to
-   * the front of the queue, to resume from its checkpoint elsewhere; the attempt is not counted
-   * against the task. Whatever the lease reports later is {@link TaskExitOutcome stale}.
+   * The lease is gone (its provider failed, was fenced or was dropped): the tasks it was given go
+   * back to the front of the queue, in their order, the running one to resume from its checkpoint
+   * elsewhere; the attempt is not counted against them. Whatever the lease reports later is
+   * {@link TaskExitOutcome stale}.
    *
-   * @returns the task that went back, if any.
+   * @returns the tasks that went back, the running one first.
    */
-  leaseLost(lease: string): string | undefined {
-    const held = this.#leases.get(lease);
+  leaseLost(lease: string): string[] {
+    const tasks = this.#leases.get(lease)?.tasks ?? [];
     this.#leases.delete(lease);
-    if (held?.task === undefined) return undefined;
-    this.#state(held.task).lease = undefined;
-    this.#queue.unshift(held.task);
-    return held.task;
+    for (const taskId of tasks) this.#state(taskId).lease = undefined;
+    this.#queue.unshift(...tasks);
+    return tasks;
   }
 
   /**

@@ -120,12 +120,16 @@ export type BatchEvent = { at: number; progress: BatchProgress } & (
   | { type: "lease-confirmed"; leaseId: bigint; blockNumber: bigint }
   /**
    * A reorg took its opening before it was confirmed: the lease never was (`vanished`), or is another
-   * id now and is closed at once. Its provider is not at fault: its task, if any, is queued again
-   * (the attempt not counted) and it is not excluded; nothing is slashed.
+   * id now and is closed at once. Its provider is not at fault: the tasks it was given (`requeued`, the
+   * running one first) are queued again (the attempt not counted) and it is not excluded; nothing is
+   * slashed.
    */
-  | { type: "lease-vanished"; leaseId: bigint; provider: Address; reason: string; requeued: string | undefined }
-  /** The lease's provider failed or refused: its task, if any, is queued again; it is excluded. */
-  | { type: "provider-lost"; leaseId: bigint; provider: Address; reason: string; requeued: string | undefined }
+  | { type: "lease-vanished"; leaseId: bigint; provider: Address; reason: string; requeued: string[] }
+  /**
+   * The lease's provider failed or refused: the tasks it was given (`requeued`: the one it ran, then
+   * the one queued behind it) are queued again; it is excluded.
+   */
+  | { type: "provider-lost"; leaseId: bigint; provider: Address; reason: string; requeued: string[] }
   | { type: "lease-closed"; leaseId: bigint; provider: Address }
   | { type: "slashed"; leaseId: bigint; provider: Address; compensation: bigint; refund: bigint; tx: Hex }
   /** No provider takes a lease now; the batch looks again in `retryInMs` (none of its leases runs). */
@@ -167,8 +171,13 @@ interface OutputFetches {
 /** A task on a lease: what it was given, and what it logged. */
 interface Running {
   assignment: TaskAssignment;
+  /** When it was sent, then when the lease said it starts (`accepted`): its cost counts from then. */
   startedAt: number;
   logs: string[];
+  /** The lease said it starts; a task queued behind another may start before that one's result comes. */
+  accepted: boolean;
+  /** `task-started` was told: once it runs and every task before it on the lease has its result. */
+  told: boolean;
 }
 
 /**
@@ -413,13 +422,16 @@ export class BatchRunner {
 
   /**
    * Feeds `lease` task after task over its session until the queue has none for it, or it is lost.
-   * Each task's output is fetched and verified in the background (see {@link OUTPUT_FETCHES_PER_LEASE})
-   * while the lease runs the next; one that fails drops the lease, and its task runs again elsewhere.
+   * Once a task runs, the next is sent to wait on the lease behind it, so that the provider starts it
+   * the moment it sends the result, with no round trip between. Each task's output is fetched and
+   * verified in the background (see {@link OUTPUT_FETCHES_PER_LEASE}) while the lease runs the next;
+   * one that fails drops the lease, and its tasks run again elsewhere.
    */
   async #serve(lease: LeaseRecord): Promise<void> {
     const provider = lease.provider as Address;
     const leaseId = BigInt(lease.leaseId);
-    let running: Running | undefined;
+    // The tasks given to the lease, in order: the one it runs, then the one queued behind it.
+    const given: Running[] = [];
     const first = this.#queue.next(lease.leaseId, provider);
     if (!first) {
       this.#idle.add(provider);
@@ -450,8 +462,46 @@ export class BatchRunner {
       lostOpening = fate;
       void watch?.stop();
     });
+    const left = (): boolean => fetches.dropped !== undefined || lostOpening !== undefined;
+    /** Sends the lease `next` to run after what it has; a session that takes no message loses the lease. */
+    const give = async (next: TaskAssignment): Promise<boolean> => {
+      given.push({ assignment: next, startedAt: Date.now(), logs: [], accepted: false, told: false });
+      const spec = await this.#specOf(next.taskId);
+      try {
+        await watch!.send("task", {
+          leaseId,
+          taskId: next.taskId,
+          spec,
+          ...(next.resume ? { resume: next.resume } : {}),
+        });
+        return true;
+      } catch (error) {
+        await this.#lost(lease, given[0], `the next task could not be sent: ${shortMessageOf(error)}`);
+        return false;
+      }
+    };
+    /** The task the lease's message names, else the one it runs: a batch node names the task (see `log`). */
+    const named = (taskId: string | undefined): Running | undefined =>
+      taskId === undefined ? given[0] : given.find((g) => g.assignment.taskId === taskId);
+    /** `task-started` for the task the lease runs now, once it started and the one before it has its result. */
+    const tellStarted = (): void => {
+      const running = given[0];
+      if (!running?.accepted || running.told) return;
+      running.told = true;
+      this.#taskStarted(lease, running.assignment);
+    };
+    /**
+     * The next task sent to wait behind the one the lease runs, unless the outputs of its tasks are
+     * behind (see the result). False when the lease was lost on the way.
+     */
+    const queueNext = async (): Promise<boolean> => {
+      if (given.length !== 1 || !given[0]!.accepted || left()) return true;
+      if (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE) return true;
+      const next = this.#queue.next(lease.leaseId, provider);
+      return next === undefined || (await give(next));
+    };
     try {
-      running = { assignment: first, startedAt: Date.now(), logs: [] };
+      given.push({ assignment: first, startedAt: Date.now(), logs: [], accepted: false, told: true });
       watch = watchLease(this.#client, {
         leaseId,
         peerId: lease.peerId,
@@ -478,30 +528,45 @@ export class BatchRunner {
       for await (const event of watch) {
         if (lostOpening) break;
         switch (event.type) {
-          case "accepted":
+          case "accepted": {
             lease.state = "running";
             lease.lastSeq = Math.max(lease.lastSeq, event.body.seq);
+            const started = named(event.body.taskId);
+            if (started && !started.accepted) {
+              started.accepted = true;
+              // One sent to wait behind another costs from its start; one sent to an idle lease, from then.
+              if (!started.told) started.startedAt = Date.now();
+            }
+            tellStarted();
+            if (!(await queueNext())) return;
             break;
-          case "log":
+          }
+          case "log": {
+            const running = named(event.body.taskId);
             if (running && event.body.stream !== "node") {
               running.logs.push(event.body.line);
               running.logs.splice(0, running.logs.length - FAILED_TASK_LOG_LINES);
             }
             break;
+          }
           case "result": {
             const taskId = event.body.taskId;
             if (taskId === undefined) break;
-            if (running?.assignment.taskId !== taskId) {
+            if (given[0]?.assignment.taskId !== taskId) {
               this.#emit({ type: "task-discarded", taskId, leaseId, reason: "the lease is not running this task" });
               break;
             }
-            const ended = running;
-            running = undefined;
+            const ended = given.shift()!;
+            tellStarted();
             await this.#taskEnded(lease, ended, event.body, fetches);
+            // The task queued behind it runs already (or starts now): the next is queued behind that.
+            if (given.length > 0) {
+              if (!(await queueNext())) return;
+              break;
+            }
             while (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE && !fetches.dropped) {
               await Promise.race(fetches.pending);
             }
-            const left = (): boolean => fetches.dropped !== undefined || lostOpening !== undefined;
             let next = left() ? undefined : this.#queue.next(lease.leaseId, provider);
             // Nothing queued for it: the lease is closed once its outputs are in, unless one of them
             // failed (the lease is lost then) or another lease's did (its task is queued again).
@@ -512,18 +577,8 @@ export class BatchRunner {
             if (lostOpening) return await this.#leaveLost(lease, lostOpening, fetches);
             if (fetches.dropped) return await this.#lost(lease, undefined, fetches.dropped);
             if (!next) return await this.#close(lease);
-            running = { assignment: next, startedAt: Date.now(), logs: [] };
-            const spec = await this.#specOf(next.taskId);
-            try {
-              await watch.send("task", {
-                leaseId,
-                taskId: next.taskId,
-                spec,
-                ...(next.resume ? { resume: next.resume } : {}),
-              });
-            } catch (error) {
-              return await this.#lost(lease, running, `the next task could not be sent: ${shortMessageOf(error)}`);
-            }
+            if (!(await give(next))) return;
+            given[0]!.told = true;
             this.#taskStarted(lease, next);
             break;
           }
@@ -532,12 +587,12 @@ export class BatchRunner {
             if (!isProviderRefusal(event.body.reason)) {
               throw new RefusalError(event.body.reason, `a provider refused a task: ${event.body.message}`);
             }
-            return await this.#lost(lease, running, `refused: ${event.body.message}`);
+            return await this.#lost(lease, given[0], `refused: ${event.body.message}`);
           case "liveness":
-            if (event.body.state === "failed") return await this.#lost(lease, running, event.body.reason);
+            if (event.body.state === "failed") return await this.#lost(lease, given[0], event.body.reason);
             break;
           case "checkpoint": {
-            const taskId = running?.assignment.taskId;
+            const taskId = named(event.body.taskId)?.assignment.taskId;
             if (taskId === undefined) break;
             this.#replicator.replicate(lease, event.body, watch, fetches.stop.signal, (held, body) =>
               this.#holdCheckpoint(taskId, held, body),
@@ -549,7 +604,7 @@ export class BatchRunner {
         }
       }
       if (lostOpening) await this.#leaveLost(lease, lostOpening, fetches);
-      else if (!this.#stop.signal.aborted) await this.#lost(lease, running, fetches.dropped ?? "the session ended");
+      else if (!this.#stop.signal.aborted) await this.#lost(lease, given[0], fetches.dropped ?? "the session ended");
     } finally {
       this.#serving.delete(lease);
       topUps.stop();
@@ -722,7 +777,7 @@ export class BatchRunner {
     const provider = lease.provider as Address;
     if (running) this.#addCost(running.assignment.taskId, lease, Date.now() - running.startedAt);
     const requeued = this.#queue.leaseLost(lease.leaseId);
-    if (requeued !== undefined) this.#idle.clear();
+    if (requeued.length > 0) this.#idle.clear();
     this.#queue.exclude(provider);
     this.#active.delete(lease.leaseId);
     lease.state = "failed";
@@ -772,7 +827,7 @@ export class BatchRunner {
         }
         const leave = this.#serving.get(lease);
         if (leave) leave(fate);
-        else await this.#openingLost(lease, fate, undefined);
+        else await this.#openingLost(lease, fate, []);
       })
       .catch((error: unknown) => {
         if (!this.#following.signal.aborted) {
@@ -792,7 +847,7 @@ export class BatchRunner {
   async #leaveLost(lease: LeaseRecord, fate: LostOpening, fetches: OutputFetches): Promise<void> {
     await Promise.allSettled(fetches.pending);
     const requeued = this.#queue.leaseLost(lease.leaseId);
-    if (requeued !== undefined) this.#idle.clear();
+    if (requeued.length > 0) this.#idle.clear();
     this.#active.delete(lease.leaseId);
     await this.#openingLost(lease, fate, requeued);
   }
@@ -802,7 +857,7 @@ export class BatchRunner {
    * its new id). The results its tasks had are kept: their outputs were verified, whichever lease
    * ran them.
    */
-  async #openingLost(lease: LeaseRecord, fate: LostOpening, requeued: string | undefined): Promise<void> {
+  async #openingLost(lease: LeaseRecord, fate: LostOpening, requeued: string[]): Promise<void> {
     const leaseId = BigInt(lease.leaseId);
     const provider = lease.provider as Address;
     this.#log.warn("a reorg took a batch lease's opening", { leaseId: lease.leaseId, reason: fate.reason });

@@ -329,6 +329,8 @@ export const providerMessageSchemas = {
     at: timestampMsSchema,
     stream: z.enum(["stdout", "stderr", "node"]),
     line: z.string().max(4096),
+    /** On a batch lease: the task whose line it is (the next task starts before the last one's result goes out). */
+    taskId: taskIdSchema.optional(),
   }),
   checkpoint: z.object({
     leaseId: leaseIdSchema,
@@ -338,6 +340,8 @@ export const providerMessageSchemas = {
     step: z.number().int().nonnegative().optional(),
     size: z.number().int().nonnegative(),
     sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    /** On a batch lease: the task that committed it. */
+    taskId: taskIdSchema.optional(),
   }),
   result: z.object({
     leaseId: leaseIdSchema,

@@ -30,15 +30,18 @@ describe("batch display", () => {
       leaseId: 7n,
       provider,
       reason: "its opening vanished: a reorg dropped it",
-      requeued: "n3",
+      requeued: ["n3"],
       at,
       progress,
     };
     expect(eventLine(vanished)).toBe(
       "lease 7 VANISHED in a reorg (its opening vanished: a reorg dropped it); task n3 queued again",
     );
-    expect(eventLine({ ...vanished, requeued: undefined })).toBe(
+    expect(eventLine({ ...vanished, requeued: [] })).toBe(
       "lease 7 VANISHED in a reorg (its opening vanished: a reorg dropped it)",
+    );
+    expect(eventLine({ ...vanished, type: "provider-lost", reason: "SIGKILL", requeued: ["n3", "n4"] })).toBe(
+      `provider ${provider} lost (SIGKILL): lease 7 ended, tasks n3, n4 queued again`,
     );
     expect(eventLine({ type: "lease-confirmed", leaseId: 7n, blockNumber: 42n, at, progress })).toBe(
       "lease 7 confirmed (its opening in block 42 is deep enough)",

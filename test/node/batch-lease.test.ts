@@ -173,7 +173,8 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     const refused = await readUntil(session, (e) => e.type === "refused");
     expect(refused.at(-1)!.body).toMatchObject({ reason: "spec-mismatch" });
 
-    // Re-attached, the lease takes the next task; one sent while it runs is refused.
+    // Re-attached, the lease takes the next task; one sent while it runs waits behind it, and a third
+    // (a second one waiting) is refused.
     const again = await open({
       type: "attach",
       body: {
@@ -184,14 +185,17 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     });
     await again.send("task", { leaseId, taskId: "t4", spec: taskSpec("echo started; sleep 8") });
     await readUntil(again, (e) => e.type === "log" && e.body.line === "started");
-    await again.send("task", { leaseId, taskId: "t5", spec: taskSpec("true") });
+    await again.send("task", { leaseId, taskId: "t5", spec: taskSpec("echo t5 ran after t4") });
+    await again.send("task", { leaseId, taskId: "t6", spec: taskSpec("true") });
     const busy = await readUntil(again, (e) => e.type === "refused");
     expect(busy.at(-1)!.body).toMatchObject({
       reason: "bad-request",
-      message: `lease ${leaseId} is still running task t4`,
+      message: `lease ${leaseId} has task t5 queued already`,
     });
+    expect(busy.some((e) => e.type === "result")).toBe(false);
     expect(await chainStatus()).toBe("Active");
-    // The running task is not disturbed by the refusal: it ends with its result.
+    // Neither the running task nor the queued one is disturbed by the refusal: t4 ends with its
+    // result, and t5 starts then and ends with its own.
     const resumed = await open({
       type: "attach",
       body: {
@@ -200,7 +204,15 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
         afterSeq: 0,
       },
     });
-    expect((await readUntil(resumed, resultOf("t4"))).at(-1)!.body).toMatchObject({ exitCode: 0 });
+    const both = await readUntil(resumed, resultOf("t5"));
+    const t4 = both.findIndex(resultOf("t4"));
+    expect(both[t4]!.body).toMatchObject({ exitCode: 0 });
+    expect(both.at(-1)!.body).toMatchObject({ exitCode: 0 });
+    // t5 starts as t4 exits, maybe before t4's result goes out: its messages name it.
+    expect(both.some((e) => e.type === "accepted" && e.body.taskId === "t5")).toBe(true);
+    const t5Lines = both.filter((e) => e.type === "log" && e.body.taskId === "t5");
+    expect(lines(t5Lines)).toEqual(["t5 ran after t4"]);
+    expect(lines(both.filter((e) => e.type === "log" && e.body.taskId === "t4"))).toEqual(["started"]);
     await resumed.close();
   });
 

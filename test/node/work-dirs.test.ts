@@ -1,6 +1,19 @@
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { chmod, link, mkdir, mkdtemp, readFile, rm, stat, symlink, truncate, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  link,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  symlink,
+  truncate,
+  writeFile,
+} from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -334,5 +347,29 @@ describe("work dirs whose usage is watched (a node that is not root)", () => {
     const workDir = await workDirs.create(2n, QUOTA);
     const { job } = await shellJob(workDir, "dd if=/dev/zero of=some bs=1M count=8 2>/dev/null; exit 4");
     expect(await workDirs.supervise(job, workDir)).toMatchObject({ code: 4, reason: "exited" });
+  });
+  it("empties a batch lease's task dir for its next task, its job's dirs kept, and an output/ moved away made again", async () => {
+    const { workDirs } = await open();
+    const taskDir = workDirs.taskDir(await workDirs.create(3n, QUOTA));
+    await mkdir(taskDir.path, { mode: 0o700 });
+    for (const name of ["checkpoints", "resume", "output", "tmp"]) {
+      await mkdir(path.join(taskDir.path, name), { mode: 0o700 });
+      await writeFile(path.join(taskDir.path, name, "left"), name);
+    }
+    await writeFile(path.join(taskDir.path, "stray"), "");
+    // The last task's output is moved beside the task dir, to be published while the next task runs.
+    await rename(path.join(taskDir.path, "output"), path.join(taskDir.root, "output.1"));
+
+    expect(await workDirs.emptyTaskDir(taskDir)).toBe(true);
+    expect((await readdir(taskDir.path)).sort()).toEqual(["checkpoints", "output", "resume", "tmp"]);
+    for (const name of ["checkpoints", "resume", "output", "tmp"]) {
+      expect(await readdir(path.join(taskDir.path, name))).toEqual([]);
+      expect((await stat(path.join(taskDir.path, name))).mode & 0o7777).toBe(0o700);
+    }
+    expect(await readFile(path.join(taskDir.root, "output.1", "left"), "utf8")).toBe("output");
+
+    // A dir the task changed is not as the runner made it: the next task's are made again.
+    await chmod(path.join(taskDir.path, "checkpoints"), 0o755);
+    expect(await workDirs.emptyTaskDir(taskDir)).toBe(false);
   });
 });

@@ -49,7 +49,7 @@ describe("BatchQueue", () => {
     q.checkpointed("t1", "L1", { cid: "c1", sha256: "a".repeat(64) });
     // A checkpoint from a lease that does not run the task changes nothing.
     q.checkpointed("t1", "L9", { cid: "forged", sha256: "b".repeat(64) });
-    expect(q.leaseLost("L1")).toBe("t1");
+    expect(q.leaseLost("L1")).toEqual(["t1"]);
     q.exclude("P1");
     expect(q.next("L3", "P1")).toBeUndefined();
     expect(q.next("L2", "P2")).toEqual({ taskId: "t1", attempt: 1, resume: { cid: "c1", sha256: "a".repeat(64) } });
@@ -124,9 +124,20 @@ describe("BatchQueue", () => {
     expect(q.exited("t1", "L2", 0)).toEqual({ kind: "done", attempts: 1 });
   });
 
-  it("refuses to give a busy lease a second task", () => {
-    const q = queue(2);
-    q.next("L1", "P1");
-    expect(() => q.next("L1", "P1")).toThrow("lease L1 is still running task t1");
+  it("queues a task on a busy lease behind its running one, takes results in that order, and puts both back when the lease is lost", () => {
+    const q = queue(3);
+    expect(q.next("L1", "P1")?.taskId).toBe("t1");
+    expect(q.next("L1", "P1")?.taskId).toBe("t2");
+    expect(q.counts()).toEqual({ done: 0, failed: 0, running: 2, queued: 1 });
+    // The queued task has not run: a result for it before the running one's is not the lease's to give.
+    expect(q.exited("t2", "L1", 0)).toEqual({ kind: "stale" });
+    expect(q.exited("t1", "L1", 0)).toEqual({ kind: "done", attempts: 1 });
+    expect(q.next("L1", "P1")?.taskId).toBe("t3");
+    expect(q.leaseLost("L1")).toEqual(["t2", "t3"]);
+    expect(q.next("L2", "P2")).toEqual({ taskId: "t2", attempt: 1 });
+    expect(q.next("L2", "P2")).toEqual({ taskId: "t3", attempt: 1 });
+    expect(q.exited("t2", "L2", 0)).toEqual({ kind: "done", attempts: 1 });
+    expect(q.exited("t3", "L2", 0)).toEqual({ kind: "done", attempts: 1 });
+    expect(q.finished).toBe(true);
   });
 });

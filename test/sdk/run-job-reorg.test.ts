@@ -224,8 +224,9 @@ describe(`a reorg that takes a lease's opening (tenant at ${TENANT_CONFIRMATIONS
     const vanished = await when((e) => e.type === "lease-vanished");
     if (vanished.type !== "lease-vanished") throw new Error("unreachable");
     expect(vanished).toMatchObject({ leaseId: opened.leaseId, provider: victim.account.address });
-    // The task it ran then (the one started above, or a later one) goes back to the queue.
-    const requeued = vanished.requeued!;
+    // The task it ran then (the one started above, or a later one) goes back to the queue, first of
+    // those it was given.
+    const requeued = vanished.requeued[0]!;
     expect(events.some((e) => e.type === "task-started" && e.taskId === requeued && e.leaseId === opened.leaseId)).toBe(
       true,
     );
