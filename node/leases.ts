@@ -59,6 +59,9 @@ export const PROGRESS_PREFIX = "BATON_PROGRESS ";
 
 const leaseHolder = (leaseId: bigint): string => `lease:${leaseId}`;
 
+/** How many tasks a batch lease takes waiting behind its running one (`LeaseRuntime.queued`), as `accepted` says. */
+const TASK_QUEUE = 1;
+
 /** A refusal of a session, with a reason the tenant can act on: only session reasons are thrown while a session opens. */
 const sessionRefusal = (reason: SessionRefusalReason, message: string): RefusalError<SessionRefusalReason> =>
   new RefusalError(reason, message);
@@ -739,7 +742,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     await emit(runtime, "accepted", {
       startedAt: row.startedAt,
       resumed: body.resume !== undefined,
-      ...(body.taskId === undefined ? {} : { taskId: body.taskId }),
+      ...(body.taskId === undefined ? {} : { taskId: body.taskId, taskQueue: TASK_QUEUE }),
     });
     await launch(runtime, row, spec, workDir, false);
   };
@@ -863,7 +866,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       await workDirs.remove(leaseId);
       throw startHandedBack(leaseId);
     }
-    await emit(runtime, "accepted", { startedAt: Date.now(), resumed: body.resume !== undefined, taskId: body.taskId });
+    await emit(runtime, "accepted", {
+      startedAt: Date.now(),
+      resumed: body.resume !== undefined,
+      taskId: body.taskId,
+      taskQueue: TASK_QUEUE,
+    });
     await launch(runtime, next, spec, workDir, false, prepared);
   };
 

@@ -432,6 +432,9 @@ export class BatchRunner {
     const leaseId = BigInt(lease.leaseId);
     // The tasks given to the lease, in order: the one it runs, then the one queued behind it.
     const given: Running[] = [];
+    // How many tasks the lease takes waiting behind its running one, as its `accepted` said (none
+    // from a node that predates the queue: it refuses a task sent while one runs).
+    let taskQueue = 0;
     const first = this.#queue.next(lease.leaseId, provider);
     if (!first) {
       this.#idle.add(provider);
@@ -495,7 +498,7 @@ export class BatchRunner {
      * behind (see the result). False when the lease was lost on the way.
      */
     const queueNext = async (): Promise<boolean> => {
-      if (given.length !== 1 || !given[0]!.accepted || left()) return true;
+      if (taskQueue < 1 || given.length !== 1 || !given[0]!.accepted || left()) return true;
       if (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE) return true;
       const next = this.#queue.next(lease.leaseId, provider);
       return next === undefined || (await give(next));
@@ -531,6 +534,7 @@ export class BatchRunner {
           case "accepted": {
             lease.state = "running";
             lease.lastSeq = Math.max(lease.lastSeq, event.body.seq);
+            taskQueue = event.body.taskQueue ?? 0;
             const started = named(event.body.taskId);
             if (started && !started.accepted) {
               started.accepted = true;

@@ -310,6 +310,12 @@ export const providerMessageSchemas = {
     resumed: z.boolean(),
     /** On a batch lease: the task that starts. */
     taskId: taskIdSchema.optional(),
+    /**
+     * On a batch lease: how many tasks the node takes waiting behind the running one, each started
+     * the moment the one before it exits. Absent (a node before this): none, the next task is sent
+     * only once the last one's result came.
+     */
+    taskQueue: z.number().int().nonnegative().max(16).optional(),
   }),
   refused: z.object({
     leaseId: leaseIdSchema.optional(),

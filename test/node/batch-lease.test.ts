@@ -134,7 +134,12 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
       },
     });
     const first = await readUntil(session, resultOf("t1"));
-    expect(first.find((e) => e.type === "accepted")?.body).toMatchObject({ taskId: "t1", resumed: false });
+    // It says it takes a next task waiting behind the running one.
+    expect(first.find((e) => e.type === "accepted")?.body).toMatchObject({
+      taskId: "t1",
+      resumed: false,
+      taskQueue: 1,
+    });
     expect(lines(first)).toEqual(["task 1"]);
     expect(first.at(-1)!.body).toMatchObject({ taskId: "t1", exitCode: 0 });
 
