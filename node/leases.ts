@@ -59,6 +59,13 @@ export const PROGRESS_PREFIX = "BATON_PROGRESS ";
 
 const leaseHolder = (leaseId: bigint): string => `lease:${leaseId}`;
 
+/**
+ * Where a lease's message numbers start again after the node restarted: the time in µs, past any
+ * number the node gave before (fewer than a thousand messages a millisecond), and a safe integer
+ * until the year 2255.
+ */
+const restartedSeq = (): number => Date.now() * 1000;
+
 /** How many tasks a batch lease takes waiting behind its running one (`LeaseRuntime.queued`), as `accepted` says. */
 const TASK_QUEUE = 1;
 
@@ -1217,6 +1224,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         // in the same work dir, where it finds whatever it saved, and tell the tenant what happened.
         gpus.adopt(leaseHolder(row.leaseId), row.gpus);
         const runtime = runtimeFor(row.leaseId);
+        // Numbered past whatever this node sent before it restarted, which it does not remember: a
+        // tenant re-attaches past the last message it saw, and takes any numbered below as seen.
+        runtime.seq = restartedSeq();
         const spec = parseJobSpec(row.spec, `stored spec of lease ${row.leaseId}`);
         // A batch lease between tasks: nothing to relaunch; it waits, heartbeating, for its tenant's next task.
         if (row.taskId !== null && row.state === "running" && row.pid === null) continue;

@@ -12,7 +12,7 @@ import type { BatonHost } from "../../sdk/p2p/host.ts";
 import { watchOffers } from "../../sdk/p2p/offers.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
 import { openLeaseSession, requestQuote, type ProviderEvent } from "../../sdk/wire/clients.ts";
-import type { Offer } from "../../sdk/wire/messages.ts";
+import type { Offer, ProviderMessage } from "../../sdk/wire/messages.ts";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import path from "node:path";
@@ -256,7 +256,7 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
   it("keeps its lease and its duties across SIGKILL and restart, and lets the tenant re-attach", async () => {
     const { leaseId, provider } = await openLease(1, "job-restart");
     const session = await startJob(provider, leaseId, LONG_JOB);
-    await firstLog(session.messages, /^tick/);
+    const seen = await firstLog(session.messages, /^tick/);
     await session.close();
 
     const old = provider.process!;
@@ -270,10 +270,14 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
       tenant.host,
       peerIdFromString(provider.peerId),
       tenant.key,
-      { type: "attach", body: { leaseId, auth, afterSeq: 0 } },
+      // As a tenant re-attaches: past what it saw. The restarted node numbers its messages past
+      // anything it sent before, which it does not remember, so none of them reads as seen.
+      { type: "attach", body: { leaseId, auth, afterSeq: seen.seq } },
       { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
     );
-    await firstLog(again.messages, /the provider node restarted; the job was relaunched/);
+    expect((await firstLog(again.messages, /the provider node restarted; the job was relaunched/)).seq).toBeGreaterThan(
+      seen.seq,
+    );
     await firstLog(again.messages, /^tick/);
     await again.close();
 
@@ -364,7 +368,7 @@ async function startJob(provider: Market["providers"][number], leaseId: bigint, 
 }
 
 /** Reads a session until a log line matches (a refusal or the end fails the test). */
-async function firstLog(messages: AsyncGenerator<ProviderEvent>, pattern: RegExp): Promise<string> {
+async function firstLog(messages: AsyncGenerator<ProviderEvent>, pattern: RegExp): Promise<ProviderMessage<"log">> {
   for (;;) {
     const next = await Promise.race([
       messages.next(),
@@ -372,6 +376,6 @@ async function firstLog(messages: AsyncGenerator<ProviderEvent>, pattern: RegExp
     ]);
     if (next.done) throw new Error(`session ended before a log line ${pattern}`);
     if (next.value.type === "refused") throw new Error(`refused: ${next.value.body.reason} ${next.value.body.message}`);
-    if (next.value.type === "log" && pattern.test(next.value.body.line)) return next.value.body.line;
+    if (next.value.type === "log" && pattern.test(next.value.body.line)) return next.value.body;
   }
 }
