@@ -171,7 +171,7 @@ interface OutputFetches {
 /** A task on a lease: what it was given, and what it logged. */
 interface Running {
   assignment: TaskAssignment;
-  /** When it was sent, then when the lease said it starts (`accepted`): its cost counts from then. */
+  /** When it was sent (to an idle lease), or when the lease said it starts one sent to wait: its cost counts from then. */
   startedAt: number;
   logs: string[];
   /** The lease said it starts; a task queued behind another may start before that one's result comes. */
@@ -423,7 +423,7 @@ export class BatchRunner {
   /**
    * Feeds `lease` task after task over its session until the queue has none for it, or it is lost.
    * Once a task runs, the next is sent to wait on the lease behind it, so that the provider starts it
-   * the moment it sends the result, with no round trip between. Each task's output is fetched and
+   * the moment the one before exits, with no round trip between. Each task's output is fetched and
    * verified in the background (see {@link OUTPUT_FETCHES_PER_LEASE}) while the lease runs the next;
    * one that fails drops the lease, and its tasks run again elsewhere.
    */
