@@ -17,7 +17,7 @@ import {
 } from "./disk-quota.ts";
 import { diskUsage, watchDiskUsage } from "./disk-usage.ts";
 import { resolveExecutable } from "./sandbox/detect.ts";
-import { WORK_SUBDIRS, type JobExit, type JobProcess } from "./sandbox/runner.ts";
+import { JOB_DIRS, type JobExit, type JobProcess } from "./sandbox/runner.ts";
 
 /**
  * How a job's disk quota holds. `mount`: its work dir is a file system of the quota's size (see
@@ -138,9 +138,6 @@ export async function quotaEnforcement(asked: OpenWorkDirsParameters["diskQuota"
       "a quota file system is loop-mounted on each work dir: run the node as root with e2fsprogs and util-linux, or set diskQuota: watch",
   });
 }
-
-/** The dirs the runner makes in a job's work dir (see `prepareWorkDir`). */
-const JOB_DIRS = [...Object.keys(WORK_SUBDIRS), "tmp"];
 
 /** Lease directories under the jobs dir are named by lease id. */
 const LEASE_DIR = /^\d+$/;

@@ -185,6 +185,9 @@ export const WORK_SUBDIRS = {
   output: "BATON_OUTPUT_DIR",
 } as const;
 
+/** Every dir the runner makes in a job's work dir (`prepareWorkDir`): those above, and `tmp/` (the sandbox's /tmp). */
+export const JOB_DIRS: readonly string[] = [...Object.keys(WORK_SUBDIRS), "tmp"];
+
 /** Env names the runner sets itself; a job may not override them. Any `BATON_*` is refused too. */
 export const RESERVED_ENV = new Set([
   "PATH",
@@ -495,7 +498,7 @@ export async function prepareWorkDir(
   chown: boolean,
 ): Promise<void> {
   await mkdir(workDir, { recursive: true, mode: 0o700 });
-  for (const dir of [workDir, ...[...Object.keys(WORK_SUBDIRS), "tmp"].map((sub) => path.join(workDir, sub))]) {
+  for (const dir of [workDir, ...JOB_DIRS.map((sub) => path.join(workDir, sub))]) {
     try {
       await mkdir(dir, { mode: 0o700 });
     } catch (error) {
