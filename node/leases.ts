@@ -69,6 +69,12 @@ const restartedSeq = (): number => Date.now() * 1000;
 /** How many tasks a batch lease takes waiting behind its running one (`LeaseRuntime.queued`), as `accepted` says. */
 const TASK_QUEUE = 1;
 
+/**
+ * How many exited tasks a batch lease remembers (`LeaseRuntime.exited`): a tenant holds the task
+ * running and the one queued until their results come, and both may have exited by then.
+ */
+const EXITED_TASKS_KEPT = TASK_QUEUE + 1;
+
 /** A refusal of a session, with a reason the tenant can act on: only session reasons are thrown while a session opens. */
 const sessionRefusal = (reason: SessionRefusalReason, message: string): RefusalError<SessionRefusalReason> =>
   new RefusalError(reason, message);
@@ -104,6 +110,11 @@ class LeaseRuntime {
    * most: the next task is at hand the moment a task exits, with no round trip between.
    */
   queued: string | undefined;
+  /**
+   * On a batch lease: the tasks that exited last, newest last, their results sent or on the way. With
+   * the task in hand and the one queued, they are what a tenant that re-attached may send again.
+   */
+  readonly exited: string[] = [];
   /** Starts waiting for the task in hand to be done with (see {@link LeaseRuntime.untilFree}). */
   readonly #free: (() => void)[] = [];
   /** On a batch lease: the dir its tasks run in (see `WorkDirs.taskDir`). */
@@ -514,6 +525,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         finishedAt,
       });
     })().catch((error: unknown) => log.error("a task's result was not sent", { leaseId: row.leaseId, taskId, error }));
+    runtime.exited.push(taskId);
+    runtime.exited.splice(0, runtime.exited.length - EXITED_TASKS_KEPT);
     // The queued task starts, or the tenant's next one finds the lease free.
     runtime.taskDone();
   };
@@ -782,6 +795,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const runtime = runtimes.get(leaseId);
     if (body.leaseId !== leaseId || !runtime || (store.getLease(leaseId)?.taskId ?? null) === null) {
       throw sessionRefusal("bad-request", `lease ${body.leaseId} runs no batch on this session`);
+    }
+    // A tenant that re-attached sends again the tasks it gave the lease, not knowing which a restart
+    // of this node lost: one the lease has in hand, queued or exited lately is no new task.
+    if (body.taskId === runtime.task || body.taskId === runtime.queued || runtime.exited.includes(body.taskId)) {
+      log.info("task sent again, already had", { leaseId, taskId: body.taskId });
+      return;
     }
     if (runtime.task !== undefined) {
       if (runtime.queued !== undefined) {

@@ -11,7 +11,14 @@ import { signTenantAuth } from "../wire/tenant-auth.ts";
 import { withRetry } from "../utils/retry.ts";
 
 export type LeaseWatchEvent =
-  ProviderEvent | { type: "liveness"; body: { state: LivenessState; reason: string; lastSeenAt: number } };
+  | ProviderEvent
+  | { type: "liveness"; body: { state: LivenessState; reason: string; lastSeenAt: number } }
+  /**
+   * The session was opened again after it was lost, past the message numbered `afterSeq`: what the
+   * provider sends now follows. A provider node that restarted meanwhile relaunched the job, and
+   * knows nothing that was sent to it on the lost session.
+   */
+  | { type: "reattached"; body: { afterSeq: number } };
 
 export interface WatchLeaseParameters {
   leaseId: bigint;
@@ -96,10 +103,12 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
   };
   const open = async (attempt: number): Promise<void> => {
     if (attempt > 1 && (finished || monitor.state === "failed" || session)) return;
+    const afterSeq = lastSeq;
+    const reattaching = started;
     try {
       const auth = await signTenantAuth(client.account, leaseId, client.host.peerId.toString());
-      const first = started
-        ? { type: "attach" as const, body: { leaseId, auth, afterSeq: lastSeq } }
+      const first = reattaching
+        ? { type: "attach" as const, body: { leaseId, auth, afterSeq } }
         : { type: "start" as const, body: { leaseId, auth, ...start! } };
       session = await openLeaseSession(client.host, peer, client.peerKey, first, {
         signal: AbortSignal.any([AbortSignal.timeout(10_000), ...(signal ? [signal] : [])]),
@@ -109,6 +118,7 @@ export function watchLease(client: BatonClient, parameters: WatchLeaseParameters
       monitor.lost(`cannot open a session: ${shortMessageOf(error)}`);
       throw error;
     }
+    if (reattaching) queue.push({ type: "reattached", body: { afterSeq } });
     started = true;
     monitor.heard();
     void read(session);

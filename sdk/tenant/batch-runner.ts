@@ -178,6 +178,8 @@ interface Running {
   accepted: boolean;
   /** `task-started` was told: once it runs and every task before it on the lease has its result. */
   told: boolean;
+  /** The lease's first task goes with its `start`; every later one in a `task` message. */
+  sentWith: "start" | "task";
 }
 
 /**
@@ -466,22 +468,23 @@ export class BatchRunner {
       void watch?.stop();
     });
     const left = (): boolean => fetches.dropped !== undefined || lostOpening !== undefined;
-    /** Sends the lease `next` to run after what it has; a session that takes no message loses the lease. */
-    const give = async (next: TaskAssignment): Promise<boolean> => {
-      given.push({ assignment: next, startedAt: Date.now(), logs: [], accepted: false, told: false });
-      const spec = await this.#specOf(next.taskId);
-      try {
-        await watch!.send("task", {
-          leaseId,
-          taskId: next.taskId,
-          spec,
-          ...(next.resume ? { resume: next.resume } : {}),
-        });
-        return true;
-      } catch (error) {
-        await this.#lost(lease, given[0], `the next task could not be sent: ${shortMessageOf(error)}`);
-        return false;
-      }
+    /** Gives the lease `next` to run after what it has. */
+    const give = async (next: TaskAssignment): Promise<void> => {
+      given.push({ assignment: next, startedAt: Date.now(), logs: [], accepted: false, told: false, sentWith: "task" });
+      await send(next);
+    };
+    /**
+     * Sends a task the lease holds. A session lost under it loses no task: the watch re-attaches and
+     * the lease's tasks are sent again (see `reattached`), or the provider is found gone and they are
+     * queued again.
+     */
+    const send = async (task: TaskAssignment): Promise<void> => {
+      const spec = await this.#specOf(task.taskId);
+      await watch!
+        .send("task", { leaseId, taskId: task.taskId, spec, ...(task.resume ? { resume: task.resume } : {}) })
+        .catch((error: unknown) =>
+          this.#log.debug("a task waits for the session to come back", { leaseId, taskId: task.taskId, error }),
+        );
     };
     /** The task the lease's message names, else the one it runs: a batch node names the task (see `log`). */
     const named = (taskId: string | undefined): Running | undefined =>
@@ -493,18 +496,22 @@ export class BatchRunner {
       running.told = true;
       this.#taskStarted(lease, running.assignment);
     };
-    /**
-     * The next task sent to wait behind the one the lease runs, unless the outputs of its tasks are
-     * behind (see the result). False when the lease was lost on the way.
-     */
-    const queueNext = async (): Promise<boolean> => {
-      if (taskQueue < 1 || given.length !== 1 || !given[0]!.accepted || left()) return true;
-      if (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE) return true;
+    /** The next task sent to wait behind the one the lease runs, unless the outputs of its tasks are behind (see the result). */
+    const queueNext = async (): Promise<void> => {
+      if (taskQueue < 1 || given.length !== 1 || !given[0]!.accepted || left()) return;
+      if (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE) return;
       const next = this.#queue.next(lease.leaseId, provider);
-      return next === undefined || (await give(next));
+      if (next) await give(next);
     };
     try {
-      given.push({ assignment: first, startedAt: Date.now(), logs: [], accepted: false, told: true });
+      given.push({
+        assignment: first,
+        startedAt: Date.now(),
+        logs: [],
+        accepted: false,
+        told: true,
+        sentWith: "start",
+      });
       watch = watchLease(this.#client, {
         leaseId,
         peerId: lease.peerId,
@@ -542,7 +549,7 @@ export class BatchRunner {
               if (!started.told) started.startedAt = Date.now();
             }
             tellStarted();
-            if (!(await queueNext())) return;
+            await queueNext();
             break;
           }
           case "log": {
@@ -565,7 +572,7 @@ export class BatchRunner {
             await this.#taskEnded(lease, ended, event.body, fetches);
             // The task queued behind it runs already (or starts now): the next is queued behind that.
             if (given.length > 0) {
-              if (!(await queueNext())) return;
+              await queueNext();
               break;
             }
             while (fetches.pending.size >= OUTPUT_FETCHES_PER_LEASE && !fetches.dropped) {
@@ -581,7 +588,7 @@ export class BatchRunner {
             if (lostOpening) return await this.#leaveLost(lease, lostOpening, fetches);
             if (fetches.dropped) return await this.#lost(lease, undefined, fetches.dropped);
             if (!next) return await this.#close(lease);
-            if (!(await give(next))) return;
+            await give(next);
             given[0]!.told = true;
             this.#taskStarted(lease, next);
             break;
@@ -603,6 +610,13 @@ export class BatchRunner {
             );
             break;
           }
+          case "reattached":
+            // A node that restarted meanwhile lost the task queued on it, and maybe a task's result
+            // not yet sent: the tasks the lease holds are sent again, and the node passes over those
+            // it has (see `startTask` in node/leases.ts). A first task not yet accepted went with the
+            // `start`, which the node recorded before anything else, or the re-attach was refused.
+            for (const held of [...given]) if (held.sentWith === "task" || held.accepted) await send(held.assignment);
+            break;
           case "heartbeat":
             break;
         }

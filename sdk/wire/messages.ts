@@ -219,9 +219,10 @@ export const tenantMessageSchemas = {
     taskId: taskIdSchema.optional(),
   }),
   /**
-   * Starts a batch lease's next task, once the node has sent the previous task's result: a spec with
-   * the lease's resources and image and the task's own command, inputs and env, run in a fresh work
-   * dir, from `resume` if given.
+   * Starts a batch lease's next task: a spec with the lease's resources and image and the task's own
+   * command, inputs and env, run in a fresh work dir, from `resume` if given. Sent while a task runs,
+   * it waits behind that one (as many as `accepted.taskQueue` says). A task the lease has in hand,
+   * queued or exited lately, sent again by a tenant that re-attached, is passed over.
    */
   task: z.object({
     leaseId: leaseIdSchema,

@@ -209,7 +209,12 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
         afterSeq: 0,
       },
     });
+    // A tenant that re-attached sends again what it gave the lease: the node has both, and passes over them.
+    await resumed.send("task", { leaseId, taskId: "t4", spec: taskSpec("echo started; sleep 8") });
+    await resumed.send("task", { leaseId, taskId: "t5", spec: taskSpec("echo t5 ran after t4") });
     const both = await readUntil(resumed, resultOf("t5"));
+    expect(both.some((e) => e.type === "refused")).toBe(false);
+    expect(both.filter((e) => e.type === "accepted" && e.body.taskId === "t5")).toHaveLength(1);
     const t4 = both.findIndex(resultOf("t4"));
     expect(both[t4]!.body).toMatchObject({ exitCode: 0 });
     expect(both.at(-1)!.body).toMatchObject({ exitCode: 0 });
@@ -218,6 +223,11 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     const t5Lines = both.filter((e) => e.type === "log" && e.body.taskId === "t5");
     expect(lines(t5Lines)).toEqual(["t5 ran after t4"]);
     expect(lines(both.filter((e) => e.type === "log" && e.body.taskId === "t4"))).toEqual(["started"]);
+    // Sent again once its result is out, a task does not run again either.
+    await resumed.send("task", { leaseId, taskId: "t5", spec: taskSpec("echo t5 ran after t4") });
+    let beats = 0;
+    const after = await readUntil(resumed, (e) => e.type === "heartbeat" && ++beats === 2);
+    expect(after.filter((e) => e.type !== "heartbeat")).toEqual([]);
     await resumed.close();
   });
 
@@ -284,5 +294,34 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
     expect(events.at(-1)!.body).toMatchObject({ taskId: "t6", exitCode: 0 });
     expect(await chainStatus()).toBe("Active");
     await session.close();
+  });
+
+  it("relaunches a running task after a SIGKILL and restart of the node, and takes the task that was queued behind it when the tenant sends it again", async () => {
+    const auth = async () => signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
+    const session = await open({ type: "attach", body: { leaseId, auth: await auth(), afterSeq: 0 } });
+    const t7 = taskSpec('echo "t7 started"; sleep 4; echo "t7 done"');
+    const t8 = taskSpec('echo "t8 ran"');
+    await session.send("task", { leaseId, taskId: "t7", spec: t7 });
+    const before = await readUntil(session, (e) => e.type === "log" && e.body.line === "t7 started");
+    await session.send("task", { leaseId, taskId: "t8", spec: t8 });
+    // t8 waits behind t7 in the node's memory, which the SIGKILL takes.
+    const old = provider.process!;
+    old.child.kill("SIGKILL");
+    await old.exited;
+    await session.close();
+    await provider.start();
+    const lastSeen = Math.max(...before.flatMap((e) => ("seq" in e.body ? [e.body.seq] : [])));
+    const again = await open({ type: "attach", body: { leaseId, auth: await auth(), afterSeq: lastSeen } });
+    await again.send("task", { leaseId, taskId: "t7", spec: t7 });
+    await again.send("task", { leaseId, taskId: "t8", spec: t8 });
+    const events = await readUntil(again, resultOf("t8"));
+    expect(events.some((e) => e.type === "refused")).toBe(false);
+    // t7 was relaunched (not started a second time by its resend), and t8 ran after it.
+    expect(events.some((e) => e.type === "log" && /relaunched/.test(e.body.line))).toBe(true);
+    expect(lines(events)).toEqual(["t7 started", "t7 done", "t8 ran"]);
+    expect(events.find(resultOf("t7"))!.body).toMatchObject({ exitCode: 0 });
+    expect(events.at(-1)!.body).toMatchObject({ taskId: "t8", exitCode: 0 });
+    expect(await chainStatus()).toBe("Active");
+    await again.close();
   });
 });

@@ -1,6 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 
+import { peerIdFromString } from "@libp2p/peer-id";
 import { CID } from "multiformats/cid";
 import { parseEther, type Address } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
@@ -297,6 +298,37 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     for (const lease of result.leases) expect(BigInt(lease.deposit)).toBe(BigInt(lease.pricePerSecond) * 600n);
     const deposited = result.leases.reduce((sum, lease) => sum + BigInt(lease.deposit), 0n);
     expect(before - (await balance())).toBeLessThan(deposited / 10n);
+  }, 300_000);
+
+  it("a lease's connection cut mid-batch: the tenant re-attaches and sends its tasks again, which its provider has and runs once; every task once in the manifest", async () => {
+    const tasks = tasksOf(10);
+    const manifest = path.join(fixture.dir, "reattached.jsonl");
+    const { events, onEvent, when } = recorder();
+    const batch = runBatch(client, { ...base(), parallelism: 1, tasks, manifest, onEvent });
+    batch.catch(() => undefined);
+
+    // n4 runs, and n5 waits behind it on the provider once the lease accepted n4: the cut comes then.
+    const started = await when((e) => e.type === "task-started" && e.taskId === "n4");
+    if (started.type !== "task-started") throw new Error("unreachable");
+    const provider = fixture.market.providers.find((p) => p.account.address === started.provider)!;
+    const resent = () =>
+      provider.process!.lines.filter((line) => line.includes('"msg":"task sent again, already had"'));
+    const resentBefore = resent().length;
+    await client.host.hangUp(peerIdFromString(provider.peerId));
+
+    const result = await batch;
+    expect(events.filter((e) => e.type === "provider-lost" || e.type === "task-discarded")).toEqual([]);
+    expect(resent().length).toBeGreaterThan(resentBefore);
+    const ids = await manifestIds(manifest);
+    expect(ids).toHaveLength(10);
+    expect(new Set(ids)).toEqual(new Set(tasks.map((t) => t.id)));
+    expect(result.results.every((r) => r.state === "done" && r.provider === provider.account.address)).toBe(true);
+    // Each task started once on the provider: the tasks sent again were passed over.
+    const starts = provider.process!.lines.filter(
+      (line) => line.includes('"msg":"job started"') && line.includes(`"leaseId":"${started.leaseId}"`),
+    );
+    expect(starts).toHaveLength(10);
+    await expectSquares(result.outputDir, ids);
   }, 300_000);
 
   it("a task's checkpoint is copied off its provider as it runs; that provider SIGKILLed, the task resumes from it on another, and the checkpoint is let go once the task is recorded", async () => {
