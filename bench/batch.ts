@@ -220,7 +220,7 @@ figures.push(
     name: "task round trip less its work, p50",
     value: median(steady.cycleMs) - TASK_MS,
     unit: "ms",
-    note: "task-started (a task queued on its lease behind another: once that one has its result) → its result recorded (the work, its output added to the provider's IPFS while the lease runs its next task, the result message, the tenant fetching and verifying the output, manifest fsync), less the work",
+    note: "task-started (a task queued on its lease behind another: once that one has its result) → its result recorded (the work, its output packed and sealed while the lease runs its next task, the result message with the output in it (at most 16 KiB, else added to the provider's IPFS and fetched), the tenant checking and unpacking it, manifest fsync), less the work",
   },
   { name: "task round trip less its work, p95", value: percentile(steady.cycleMs, 95) - TASK_MS, unit: "ms" },
   {

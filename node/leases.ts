@@ -17,6 +17,7 @@ import { diskQuotaBytes, formatDiskQuota, jobDiskGiB, parseJobSpec, type JobSpec
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
 import { readMessages, writeMessage } from "../sdk/wire/framing.ts";
 import {
+  MAX_INLINE_OUTPUT_BYTES,
   progressSchema,
   tenantMessageSchemas,
   type Progress,
@@ -125,6 +126,8 @@ class LeaseRuntime {
   sandbox: PreparedSandbox | undefined;
   /** On a batch lease: settles once the results of the tasks that ended are sent, in order (see `taskEnded`). */
   results: Promise<void> = Promise.resolve();
+  /** On a batch lease: its tenant takes a small output inside the task's result (`start.inlineOutputs`). */
+  inlineOutputs = false;
   /** On a batch lease: how many task outputs were moved aside to be published (each gets its own name). */
   outputs = 0;
   /**
@@ -467,12 +470,23 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
    * Packs, encrypts and adds the job's output dir (its `output/`, at `dir`), so the tenant can fetch
    * it by CID; none without a job key, or when it cannot be.
    */
-  const publishOutput = async (row: LeaseRow, dir: string): Promise<{ cid: string; sha256: string } | undefined> => {
+  const publishOutput = async (
+    row: LeaseRow,
+    dir: string,
+    inline = false,
+  ): Promise<{ cid: string; sha256: string; inline?: Uint8Array[] } | undefined> => {
     if (!row.jobKey) return undefined;
     try {
       const key = Buffer.from(row.jobKey, "base64");
-      const published = await publishCheckpoint(components.ipfs, key, dir, { maxBytes: MAX_CHECKPOINT_BYTES });
-      return { cid: published.cid.toString(), sha256: published.plaintextSha256 };
+      const published = await publishCheckpoint(components.ipfs, key, dir, {
+        maxBytes: MAX_CHECKPOINT_BYTES,
+        ...(inline ? { inlineUpTo: MAX_INLINE_OUTPUT_BYTES } : {}),
+      });
+      return {
+        cid: published.cid.toString(),
+        sha256: published.plaintextSha256,
+        ...(published.inline ? { inline: published.inline } : {}),
+      };
     } catch (error) {
       log.warn("output not published", { leaseId: row.leaseId, error });
       return undefined;
@@ -510,7 +524,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     runtime.emptying = workDirs.emptyTaskDir(taskDir);
     const before = runtime.results;
     runtime.results = (async () => {
-      const output = moved ? await publishOutput(row, aside) : undefined;
+      // A small output goes in the result to a tenant that takes it so: nothing added, pinned or served.
+      const output = moved ? await publishOutput(row, aside, runtime.inlineOutputs) : undefined;
       await rm(aside, { recursive: true, force: true });
       await before;
       // A lease that ended meanwhile (fenced, handed back) sends no more results.
@@ -522,6 +537,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         signal: exit.signal,
         reason,
         ...(output ? { outputCid: output.cid, outputSha256: output.sha256 } : {}),
+        ...(output?.inline
+          ? { outputInline: output.inline.map((piece) => Buffer.from(piece).toString("base64")) }
+          : {}),
         finishedAt,
       });
     })().catch((error: unknown) => log.error("a task's result was not sent", { leaseId: row.leaseId, taskId, error }));
@@ -754,6 +772,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // Only now, with inputs, checkpoint and image in place, does the lease get a runtime (and session heartbeats).
     const runtime = runtimeFor(body.leaseId);
     runtime.nonce = opening.nonce;
+    runtime.inlineOutputs = body.inlineOutputs === true;
     runtime.image = image;
     runtime.leaseImage = leaseImage;
     runtime.task = body.taskId;

@@ -9,6 +9,7 @@ import { CheckpointCorruptError, UserError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import { ENCRYPTION_CHUNK_SIZE } from "./constants.ts";
 import { decryptStream, encryptStream } from "./crypto.ts";
+import { cidOfPieces } from "./importer.ts";
 import type { FetchOptions, IpfsNode } from "./node.ts";
 import { pack, unpack } from "./pack.ts";
 
@@ -17,6 +18,11 @@ export interface PublishCheckpointParameters {
   maxBytes: number;
   /** The most files and directories. */
   maxFiles?: number;
+  /**
+   * A checkpoint whose ciphertext comes to at most this many bytes is not added to the store: its
+   * pieces come back (`inline`), with the CID that adding them would give, to travel in a message.
+   */
+  inlineUpTo?: number;
   signal?: AbortSignal;
   log?: Logger;
 }
@@ -29,6 +35,8 @@ export interface PublishCheckpointReturnType {
   plaintextSha256: string;
   /** Regular files in the checkpoint. */
   files: number;
+  /** Its ciphertext, piece by piece, when it was small enough not to be added (see `inlineUpTo`). */
+  inline?: Uint8Array[];
 }
 
 /**
@@ -42,22 +50,36 @@ export async function publishCheckpoint(
   ipfs: IpfsNode,
   key: Uint8Array,
   dir: string,
-  { maxBytes, maxFiles, signal, log = silentLogger }: PublishCheckpointParameters,
+  { maxBytes, maxFiles, inlineUpTo, signal, log = silentLogger }: PublishCheckpointParameters,
 ): Promise<PublishCheckpointReturnType> {
   const started = performance.now();
   // Pieces of exactly one encryption chunk: the file data is read straight into them, each is
   // sealed into exactly one 1 MiB leaf, and nothing is copied or re-cut on the way.
   const packed = await pack(dir, { maxBytes, maxFiles, signal, pieceSize: ENCRYPTION_CHUNK_SIZE });
+  const sealed = encryptStream(key, packed.stream)[Symbol.asyncIterator]();
+  // Read up to `inlineUpTo` bytes ahead: a checkpoint that ends within them is not added.
+  const head: Uint8Array[] = [];
   let size = 0;
-  const sealed = async function* (): AsyncGenerator<Uint8Array> {
-    for await (const chunk of encryptStream(key, packed.stream)) {
-      size += chunk.byteLength;
-      yield chunk;
+  let ended = false;
+  while (inlineUpTo !== undefined && size <= inlineUpTo && !ended) {
+    const next = await sealed.next();
+    if (next.done) ended = true;
+    else {
+      head.push(next.value);
+      size += next.value.byteLength;
+    }
+  }
+  const pieces = async function* (): AsyncGenerator<Uint8Array> {
+    yield* head;
+    for (let next = await sealed.next(); !next.done; next = await sealed.next()) {
+      size += next.value.byteLength;
+      yield next.value;
     }
   };
-  const cid = await ipfs.add(sealed(), { signal, pin: true, leaves: "pieces" });
-  const result = { cid, size, plaintextSha256: packed.sha256(), files: packed.files };
-  log.info("checkpoint published", {
+  const inline = ended ? head : undefined;
+  const cid = inline ? await cidOfPieces(inline) : await ipfs.add(pieces(), { signal, pin: true, leaves: "pieces" });
+  const result = { cid, size, plaintextSha256: packed.sha256(), files: packed.files, ...(inline ? { inline } : {}) };
+  log.info(inline ? "checkpoint sealed to send inline" : "checkpoint published", {
     cid: cid.toString(),
     size,
     files: packed.files,
@@ -81,6 +103,11 @@ export interface RestoreCheckpointParameters {
   via?: FetchOptions["via"];
   /** Also pin the fetched checkpoint in the local store (once it verified). Default: false. */
   pin?: boolean;
+  /**
+   * Its ciphertext at hand, piece by piece (one sent inline, see `PublishCheckpointParameters.inlineUpTo`):
+   * checked against the CID and unpacked, with nothing fetched or stored.
+   */
+  pieces?: readonly Uint8Array[];
   log?: Logger;
 }
 
@@ -116,10 +143,12 @@ export async function restoreCheckpoint(
     stallTimeoutMs,
     via,
     pin = false,
+    pieces,
     log = silentLogger,
   }: RestoreCheckpointParameters,
 ): Promise<RestoreCheckpointReturnType> {
   if (!/^[0-9a-f]{64}$/.test(expectedSha256)) throw new UserError("expectedSha256 must be 64 lowercase hex digits");
+  if (pin && pieces) throw new UserError("pieces at hand are not stored, so cannot be pinned");
   if (await exists(targetDir)) throw new UserError(`the restore target already exists: ${targetDir}`);
   const started = performance.now();
   const partial = path.join(
@@ -127,7 +156,13 @@ export async function restoreCheckpoint(
     `.${path.basename(targetDir)}.partial-${randomBytes(6).toString("hex")}`,
   );
   const run = async (): Promise<RestoreCheckpointReturnType> => {
-    const fetched = ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes, ...(via ? { via } : {}) });
+    if (pieces) {
+      const named = await cidOfPieces(pieces);
+      if (!named.equals(cid)) {
+        throw new CheckpointCorruptError(`the bytes sent for ${cid} are not it`, { details: `they make ${named}` });
+      }
+    }
+    const fetched = pieces ?? ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes, ...(via ? { via } : {}) });
     const result = await unpack(decryptStream(key, fetched), partial, { maxBytes, maxFiles, signal });
     if (result.sha256 !== expectedSha256) {
       throw new CheckpointCorruptError(`checkpoint ${cid} does not match its announced digest`, {

@@ -1,13 +1,13 @@
 import { webcrypto } from "node:crypto";
 
-import type { AddOptions } from "@helia/unixfs";
+import { unixfs, type AddOptions } from "@helia/unixfs";
 import { CID } from "multiformats/cid";
 import * as raw from "multiformats/codecs/raw";
 import * as Digest from "multiformats/hashes/digest";
 import { sha256 } from "multiformats/hashes/sha2";
 
 import { UserError } from "../errors.ts";
-import type { ByteSource } from "./bytes.ts";
+import { fixedSizeChunks, type ByteSource } from "./bytes.ts";
 import { BLOCK_SIZE } from "./constants.ts";
 
 /**
@@ -93,4 +93,34 @@ export async function* pieceLeaves(source: ByteSource): AsyncGenerator<Uint8Arra
 
 async function* toAsync<T>(source: AsyncIterable<T> | Iterable<T>): AsyncGenerator<T> {
   yield* source;
+}
+
+/**
+ * How `IpfsNode.add` imports a source: raw leaves under CIDv1, cut into fixed 1 MiB leaves, or with
+ * each piece of the source a leaf as it is (`pieces`, for a producer that cuts its output itself).
+ */
+export function importOptions(leaves: "fixed" | "pieces"): AddOptions {
+  return {
+    cidVersion: 1,
+    rawLeaves: true,
+    chunker: leaves === "pieces" ? pieceLeaves : (stream) => readAhead(fixedSizeChunks(stream, BLOCK_SIZE)),
+    bufferImporter: threadPoolBufferImporter,
+    blockWriteConcurrency: LEAF_WRITE_CONCURRENCY,
+  };
+}
+
+/**
+ * The CID that `IpfsNode.add(pieces, { leaves: "pieces" })` gives, reckoned without storing a block:
+ * what names an output small enough to travel in its task's result instead of through IPFS, and
+ * what its tenant checks it against.
+ */
+export async function cidOfPieces(pieces: readonly Uint8Array[]): Promise<CID> {
+  const nowhere = {
+    put: async (cid: CID) => cid,
+    get: () => {
+      throw new UserError("nothing is stored while reckoning a CID");
+    },
+    has: async () => false,
+  };
+  return unixfs({ blockstore: nowhere }).addByteStream(toAsync(pieces), importOptions("pieces"));
 }

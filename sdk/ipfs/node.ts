@@ -15,11 +15,11 @@ import { bitswapResendFix } from "./bitswap-resend.ts";
 import { BaseError, CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
-import { fixedSizeChunks, type ByteSource } from "./bytes.ts";
-import { BLOCK_SIZE, DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
+import type { ByteSource } from "./bytes.ts";
+import { DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
 import { BlockStreamError, BlockStreamSession, serveBlocks, streamable, type BlocksSent } from "./block-stream.ts";
 import { hasLocalDag, leafSkippingWalker } from "./dag.ts";
-import { LEAF_WRITE_CONCURRENCY, pieceLeaves, readAhead, threadPoolBufferImporter } from "./importer.ts";
+import { importOptions } from "./importer.ts";
 import { readUnixfsFile } from "./unixfs-file.ts";
 
 export interface CreateIpfsNodeParameters {
@@ -322,14 +322,7 @@ export async function createIpfsNode({
     add(source, { signal, pin = false, leaves = "fixed" } = {}) {
       return gate.shared(async () => {
         const started = performance.now();
-        const cid = await fs.addByteStream(source, {
-          signal,
-          cidVersion: 1,
-          rawLeaves: true,
-          chunker: leaves === "pieces" ? pieceLeaves : (stream) => readAhead(fixedSizeChunks(stream, BLOCK_SIZE)),
-          bufferImporter: threadPoolBufferImporter,
-          blockWriteConcurrency: LEAF_WRITE_CONCURRENCY,
-        });
+        const cid = await fs.addByteStream(source, { signal, ...importOptions(leaves) });
         log.debug("added", { cid: cid.toString(), ms: Math.round(performance.now() - started) });
         if (pin) await node.pin(cid, { signal });
         return cid;
@@ -339,15 +332,7 @@ export async function createIpfsNode({
       return gate.shared(async () => {
         const started = performance.now();
         let root: CID | undefined;
-        const entries = fs.addAll(files, {
-          signal,
-          cidVersion: 1,
-          rawLeaves: true,
-          chunker: (stream) => readAhead(fixedSizeChunks(stream, BLOCK_SIZE)),
-          bufferImporter: threadPoolBufferImporter,
-          blockWriteConcurrency: LEAF_WRITE_CONCURRENCY,
-          wrapWithDirectory: true,
-        });
+        const entries = fs.addAll(files, { signal, ...importOptions("fixed"), wrapWithDirectory: true });
         // The wrapping directory comes last, with the empty path.
         for await (const entry of entries) if (entry.path === "") root = entry.cid;
         if (!root) throw new BaseError("the UnixFS importer made no directory");

@@ -47,6 +47,7 @@ import {
 import type { JobRecord, JobStore, LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
 import { followOpening, type LostOpening } from "./lease-confirmation.ts";
+import type { OutputAnnounced } from "./checkpoint-replicator.ts";
 import { leaseLiveness } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 
@@ -521,6 +522,7 @@ export class BatchRunner {
         start: {
           spec: await this.#specOf(first.taskId),
           key: this.#record.key,
+          inlineOutputs: true,
           taskId: first.taskId,
           ...(first.resume ? { resume: first.resume } : {}),
         },
@@ -646,7 +648,7 @@ export class BatchRunner {
     this.#addCost(taskId, lease, Date.now() - running.startedAt);
     const output =
       body.exitCode === 0 && body.outputCid && body.outputSha256
-        ? { cid: body.outputCid, sha256: body.outputSha256 }
+        ? { cid: body.outputCid, sha256: body.outputSha256, inline: body.outputInline }
         : undefined;
     const outcome = this.#queue.exited(taskId, lease.leaseId, body.exitCode, { verify: output !== undefined });
     const leaseId = BigInt(lease.leaseId);
@@ -684,7 +686,7 @@ export class BatchRunner {
     lease: LeaseRecord,
     running: Running,
     body: ProviderMessage<"result">,
-    output: { cid: string; sha256: string },
+    output: OutputAnnounced,
     fetches: OutputFetches,
   ): Promise<void> {
     const { taskId } = running.assignment;

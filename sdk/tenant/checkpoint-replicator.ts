@@ -31,6 +31,13 @@ export interface CheckpointReplicatorInit {
  * recorded as the job's newest (and the oldest beyond `keepCheckpoints` unpinned); a batch holds one
  * per task instead. Resolves with how many checkpoints are held.
  */
+/** A job's or task's output as its result announces it: by CID and plaintext digest, or also inline (base64 pieces). */
+export interface OutputAnnounced {
+  cid: string;
+  sha256: string;
+  inline?: readonly string[] | undefined;
+}
+
 export type CheckpointHold = (lease: LeaseRecord, body: ProviderMessage<"checkpoint">) => Promise<number>;
 
 /**
@@ -107,11 +114,12 @@ export class CheckpointReplicator {
 
   /**
    * Fetches the job's output, announced in its result, into `outputDir` (replacing what is there),
-   * verified against its digest and pinned.
+   * verified against its digest and pinned; one sent inline is checked against its CID and digest
+   * and unpacked, and nothing is fetched or stored.
    */
   async fetchOutput(
     lease: LeaseRecord,
-    output: { cid: string; sha256: string },
+    output: OutputAnnounced,
     outputDir: string,
     { signal }: { signal?: AbortSignal } = {},
   ): Promise<void> {
@@ -120,9 +128,9 @@ export class CheckpointReplicator {
     await restoreCheckpoint(this.#client.ipfs, this.#key, CID.parse(output.cid), outputDir, {
       expectedSha256: output.sha256,
       maxBytes: MAX_CHECKPOINT_BYTES,
-      providers: providerAddresses(lease),
-      stallTimeoutMs: CHECKPOINT_STALL_MS,
-      pin: true,
+      ...(output.inline
+        ? { pieces: output.inline.map((piece) => Buffer.from(piece, "base64")) }
+        : { providers: providerAddresses(lease), stallTimeoutMs: CHECKPOINT_STALL_MS, pin: true }),
       signal,
     });
   }

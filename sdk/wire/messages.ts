@@ -189,6 +189,13 @@ export const taskIdSchema = z
   .regex(/^[A-Za-z0-9._:-]+$/, "task ids are letters, digits and . _ : -");
 
 /** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
+/**
+ * The largest task output (its ciphertext) a node sends inside the task's result, to a tenant that
+ * takes outputs so (`start.inlineOutputs`), instead of adding it to IPFS for the tenant to fetch:
+ * well within a lease message (64 KiB) once in base64.
+ */
+export const MAX_INLINE_OUTPUT_BYTES = 16 * 1024;
+
 const resumeSchema = z.object({ cid: z.string().min(1).max(256), sha256: z.string().regex(/^[0-9a-f]{64}$/) });
 
 export const tenantMessageSchemas = {
@@ -217,6 +224,11 @@ export const tenantMessageSchemas = {
      * the lease runs, heartbeated and paid, until the tenant closes it.
      */
     taskId: taskIdSchema.optional(),
+    /**
+     * On a batch lease: the tenant takes a task's output of at most {@link MAX_INLINE_OUTPUT_BYTES}
+     * inside its result (`outputInline`). A node from before this field adds every output to IPFS.
+     */
+    inlineOutputs: z.boolean().optional(),
   }),
   /**
    * Starts a batch lease's next task: a spec with the lease's resources and image and the task's own
@@ -363,6 +375,20 @@ export const providerMessageSchemas = {
     outputSha256: z
       .string()
       .regex(/^[0-9a-f]{64}$/)
+      .optional(),
+    /**
+     * A small output itself, when the tenant takes it so (`start.inlineOutputs`): its ciphertext's
+     * pieces, in base64, as the node would have added them to IPFS; `outputCid` names them, and the
+     * node did not add them anywhere.
+     */
+    outputInline: z
+      .array(
+        z
+          .string()
+          .regex(/^[A-Za-z0-9+/]*={0,2}$/)
+          .max(Math.ceil(MAX_INLINE_OUTPUT_BYTES / 3) * 4),
+      )
+      .max(4)
       .optional(),
     finishedAt: timestampMsSchema,
   }),

@@ -265,3 +265,44 @@ describe("checkpoints over IPFS between two nodes", () => {
     await expect(b.ipfs.pin(published.cid)).rejects.toBeInstanceOf(CheckpointUnavailableError);
   });
 });
+
+describe("a small checkpoint sent inline (a batch task's output in its result)", () => {
+  it("comes back as its pieces, named by the CID that adding them gives, with nothing stored; restored from them and checked against that CID", async () => {
+    const c = await startPeer("c");
+    const small = path.join(work.dir, "small");
+    await writeTree(small, [{ path: "square", content: new TextEncoder().encode("49\n") }]);
+    const sealed = await publishCheckpoint(c.ipfs, key, small, { maxBytes: GiB, inlineUpTo: 16 * 1024 });
+    const pieces = sealed.inline!;
+    expect(pieces.length).toBeGreaterThan(0);
+    expect(sealed.size).toBe(pieces.reduce((sum, piece) => sum + piece.byteLength, 0));
+    expect(await c.ipfs.has(sealed.cid)).toBe(false);
+    expect(await c.ipfs.isPinned(sealed.cid)).toBe(false);
+    // Added as they are, the same pieces make the same CID.
+    expect((await c.ipfs.add(pieces, { leaves: "pieces" })).equals(sealed.cid)).toBe(true);
+
+    const options = { expectedSha256: sealed.plaintextSha256, maxBytes: GiB };
+    const target = path.join(work.dir, "small-restored");
+    await restoreCheckpoint(b.ipfs, key, sealed.cid, target, { ...options, pieces });
+    expect(await describeTree(target)).toEqual(await describeTree(small));
+    expect(await b.ipfs.has(sealed.cid)).toBe(false);
+    // A piece changed, or pieces sent under another CID: refused before anything is unpacked.
+    const changed = pieces.map((piece) => Uint8Array.from(piece));
+    changed.at(-1)![0]! ^= 1;
+    const refused = path.join(work.dir, "small-refused");
+    await expect(
+      restoreCheckpoint(b.ipfs, key, sealed.cid, refused, { ...options, pieces: changed }),
+    ).rejects.toBeInstanceOf(CheckpointCorruptError);
+    await expect(restoreCheckpoint(b.ipfs, key, published.cid, refused, { ...options, pieces })).rejects.toBeInstanceOf(
+      CheckpointCorruptError,
+    );
+    await expect(
+      restoreCheckpoint(b.ipfs, key, sealed.cid, refused, { ...options, pieces, pin: true }),
+    ).rejects.toBeInstanceOf(UserError);
+    expect(await exists(refused)).toBe(false);
+
+    // One byte over the limit, it is added and pinned as any checkpoint.
+    const added = await publishCheckpoint(c.ipfs, key, small, { maxBytes: GiB, inlineUpTo: sealed.size - 1 });
+    expect(added.inline).toBeUndefined();
+    expect(await c.ipfs.isPinned(added.cid)).toBe(true);
+  });
+});

@@ -1,9 +1,15 @@
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
+import { CID } from "multiformats/cid";
 import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
+import { restoreCheckpoint } from "../../sdk/ipfs/checkpoint.ts";
 import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import type { JobSpec } from "../../sdk/job-spec.ts";
 import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
@@ -24,6 +30,7 @@ const LEASE_S = 600;
 let market: Market;
 let provider: ProviderHandle;
 let tenant: Tenant;
+let tenantDir: string | undefined;
 let leaseId: bigint;
 
 const addressOf = (p: ProviderHandle) => multiaddr(p.address!);
@@ -111,12 +118,14 @@ beforeAll(async () => {
     configFor: () => ({ cpuJobs: true, price: { basePerSecond: "1000000000", perGpuPerSecond: "1000000000000" } }),
   });
   provider = market.providers[0]!;
-  tenant = await market.tenant(0);
+  tenantDir = await mkdtemp(path.join(os.tmpdir(), "baton-batch-lease-"));
+  tenant = await market.tenant(0, { ipfsDir: path.join(tenantDir, "ipfs") });
   leaseId = await openLease();
 });
 
 afterAll(async () => {
   await market?.stop();
+  if (tenantDir) await rm(tenantDir, { recursive: true, force: true });
 }, 60_000);
 
 describe("a batch lease (real node process, real chain, loopback libp2p)", () => {
@@ -240,9 +249,29 @@ describe("a batch lease (real node process, real chain, loopback libp2p)", () =>
       'mv "$BATON_CHECKPOINT_DIR/.s" "$BATON_CHECKPOINT_DIR/step-1" && sleep 3';
     const session = await open({
       type: "start",
-      body: { leaseId: resumable, auth, key, taskId: "c1", spec: taskSpec(checkpointing, { N: "41" }) },
+      body: {
+        leaseId: resumable,
+        auth,
+        key,
+        taskId: "c1",
+        spec: taskSpec(`${checkpointing}; echo "$N" > "$BATON_OUTPUT_DIR/n"`, { N: "41" }),
+        inlineOutputs: true,
+      },
     });
     const first = await readUntil(session, resultOf("c1"));
+    // Its output is small: it comes in the result, named by its CID, and the node added it nowhere.
+    const result = first.at(-1)!;
+    if (result.type !== "result" || !result.body.outputCid || !result.body.outputInline) {
+      throw new Error(`no output inline: ${JSON.stringify(result.body)}`);
+    }
+    const restored = path.join(tenantDir!, "c1-output");
+    await restoreCheckpoint(tenant.ipfs!, Buffer.from(key, "base64"), CID.parse(result.body.outputCid), restored, {
+      expectedSha256: result.body.outputSha256!,
+      maxBytes: 2 ** 20,
+      pieces: result.body.outputInline.map((piece) => Buffer.from(piece, "base64")),
+    });
+    expect(await readFile(path.join(restored, "n"), "utf8")).toBe("41\n");
+    expect(await tenant.ipfs!.has(CID.parse(result.body.outputCid))).toBe(false);
     const checkpoint = first.find((e) => e.type === "checkpoint");
     if (checkpoint?.type !== "checkpoint")
       throw new Error(`no checkpoint; saw ${JSON.stringify(first.map((e) => e.type))}`);
