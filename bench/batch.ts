@@ -8,7 +8,9 @@
  * load on the work) that writes a small output, with parallelism `--providers` (default 4):
  *
  * 1. Steady: makespan (the call to the last task recorded, and to the batch settled), beside the
- *    ideal (tasks × task time / parallelism; target ≤ 1.3×); overhead per task, from the makespan
+ *    ideal (tasks × task time / parallelism; target ≤ 1.3×) and beside the same with the task's time
+ *    measured (its command run back to back by `sh` outside Baton: the work plus this machine's
+ *    process start-up, which a `sleep` in a shell pays too); overhead per task, from the makespan
  *    ((makespan × parallelism − work) / tasks) and from the events (task sent → result recorded,
  *    less the work: the round trip a task costs on a lease); transactions per task (every
  *    transaction the tenant and the providers sent from the call until the batch settled, read from
@@ -34,10 +36,11 @@
  * the whole bench took 14 minutes at load average 25-30 (the quick run, `--tasks 100 --providers 2`,
  * 4 minutes at 10). `--tasks 1000` gives the issue's figure.
  */
+import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { parseArgs } from "node:util";
+import { parseArgs, promisify } from "node:util";
 
 import { decodeFunctionData, parseEther, type Abi, type Address, type Hex } from "viem";
 
@@ -168,6 +171,8 @@ const tasks = parseTasks(
 );
 
 const tmp = await mkdtemp(path.join(os.tmpdir(), "baton-bench-batch-"));
+const DIRECT_RUNS = 20;
+const directMs = await directTaskMs(DIRECT_RUNS);
 console.log(
   `batch of ${TASKS} tasks of ${TASK_MS} ms over ${PARALLELISM} providers (+${SPARES} spare), ${blockTimeS > 0 ? `a block every ${blockTimeS} s` : "blocks mined at once"}`,
 );
@@ -209,6 +214,13 @@ figures.push(
     reference: { value: ideal / 1000, label: "ideal: work / parallelism" },
     target: { value: (1.3 * ideal) / 1000, atMost: true },
     note: `${TASKS} tasks × ${TASK_MS} ms over ${PARALLELISM} leases; the batch settled (leases closed, deposits back) after ${(steady.settledMs / 1000).toFixed(1)} s`,
+  },
+  {
+    name: "the same, beside the task run directly",
+    value: steady.makespanMs / 1000,
+    unit: "s",
+    reference: { value: (TASKS * directMs) / PARALLELISM / 1000, label: "tasks × task run directly / parallelism" },
+    note: `a task's command takes ${directMs.toFixed(1)} ms run by sh outside Baton (${DIRECT_RUNS} runs back to back, each in a subshell as a lease's sandbox runs it): its ${TASK_MS} ms of work, and this machine starting its processes`,
   },
   {
     name: "overhead per task (from the makespan)",
@@ -456,4 +468,20 @@ function summary(run: Run): Record<string, unknown> {
   const { cycleMs, providerMs, ...rest } = run;
   const spread = (ms: number[]) => ({ p50: median(ms), p95: percentile(ms, 95), max: Math.max(...ms) });
   return { ...rest, cycleMs: spread(cycleMs), providerMs: spread(providerMs) };
+}
+
+/**
+ * The task's command run `runs` times back to back by `sh` outside Baton, each in a subshell that
+ * execs it (as a lease's sandbox runs a task): ms per run. What a task takes on this machine with
+ * no batch around it, its processes' start included.
+ */
+async function directTaskMs(runs: number): Promise<number> {
+  const outputDir = await mkdtemp(path.join(tmp, "direct-"));
+  const quoted = spec.command!.map((word) => `'${word.replaceAll("'", `'\\''`)}'`).join(" ");
+  const script = `i=0; while [ "$i" -lt ${runs} ]; do (exec ${quoted}) || exit 1; i=$((i + 1)); done`;
+  const started = performance.now();
+  await promisify(execFile)("sh", ["-c", script], {
+    env: { ...process.env, ...spec.env, N: "1", BATON_OUTPUT_DIR: outputDir },
+  });
+  return (performance.now() - started) / runs;
 }
