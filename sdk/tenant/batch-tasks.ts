@@ -6,13 +6,25 @@ import { z } from "zod";
 
 import { UserError } from "../errors.ts";
 import { jobSpecSchema, type JobSpec } from "../job-spec.ts";
+import { toJson } from "../wire/envelope.ts";
 import { taskIdSchema } from "../wire/messages.ts";
+import { maxMessageBytes } from "../wire/protocols.ts";
 
 /**
  * One line of a task file larger than this is refused: a task carries at most a job spec's worth of
  * inputs and env, and the whole job spec travels in one 64 KiB session message.
  */
 export const MAX_TASK_LINE_BYTES = 64 * 1024;
+
+/**
+ * The largest spec a task may make, as it travels: JSON in the body of a lease message, itself a
+ * string in the message's JSON. The rest of a `start` or `task` (ids, the tenant's proof, the job
+ * key, a resume, the signature) takes well under the 4 KiB left of the message.
+ */
+export const MAX_TASK_SPEC_BYTES = maxMessageBytes.lease - 4 * 1024;
+
+/** A file input's CID, made up, as long as a real one (CIDv1, sha2-256, base32): the spec is sized with it. */
+const CID_STAND_IN = `bafk${"a".repeat(55)}`;
 
 /** The most tasks one batch takes: its manifest and queue are held in memory. */
 export const MAX_BATCH_TASKS = 1_000_000;
@@ -118,11 +130,20 @@ export function parseTasks(text: string, spec: JobSpec, options: { source: strin
     }
     const task: BatchTask = { id, line, inputs, files, env: parsed.data.env };
     // File inputs are checked as CID inputs would be (their path rules), with a CID standing in.
-    const placeholders = Object.keys(files).map((target) => ({ cid: "placeholder", path: target }));
+    const placeholders = Object.keys(files).map((target) => ({ cid: CID_STAND_IN, path: target }));
+    let made: JobSpec | undefined;
     try {
-      taskSpec(spec, { ...task, inputs: [...inputs, ...placeholders] });
+      made = taskSpec(spec, { ...task, inputs: [...inputs, ...placeholders] });
     } catch (error) {
       refuse(line, "makes an invalid job spec", (error as UserError).details);
+    }
+    // A spec too large for its message would close every session it is sent on.
+    const bytes = Buffer.byteLength(JSON.stringify(toJson(made)));
+    if (bytes > MAX_TASK_SPEC_BYTES) {
+      refuse(
+        line,
+        `makes a job spec of ${bytes} bytes as sent, over the ${MAX_TASK_SPEC_BYTES} a lease message has room for`,
+      );
     }
     tasks.push(task);
   });

@@ -10,6 +10,7 @@ import {
   checkBatchBudget,
   checkTaskFiles,
   MAX_TASK_LINE_BYTES,
+  MAX_TASK_SPEC_BYTES,
   parseTasks,
   taskSpec,
 } from "../../sdk/tenant/batch-tasks.ts";
@@ -95,6 +96,20 @@ describe("parseTasks", () => {
     const long = JSON.stringify({ env: { PAD: "x".repeat(MAX_TASK_LINE_BYTES) } });
     expect(refusal(() => parseTasks(long, spec, where)).shortMessage).toBe(
       `tasks.jsonl:1: longer than ${MAX_TASK_LINE_BYTES} bytes`,
+    );
+  });
+});
+
+describe("parseTasks, sizes", () => {
+  it("refuses a task whose spec, with the batch spec's, is too large for the message that sends it", () => {
+    // Each line is within its limit; the spec's own env and the task's together are not.
+    const padded = parseJobSpec({ ...spec, env: { ...spec.env, BIG: "x".repeat(8000) } });
+    const env = Object.fromEntries(Array.from({ length: 7 }, (_, i) => [`PAD_${i}`, "y".repeat(8000)]));
+    const line = JSON.stringify({ env });
+    expect(Buffer.byteLength(line)).toBeLessThan(MAX_TASK_LINE_BYTES);
+    expect(parseTasks(line, spec, where)).toHaveLength(1);
+    expect(refusal(() => parseTasks(`{}\n${line}`, padded, where)).shortMessage).toMatch(
+      new RegExp(`^tasks.jsonl:2: makes a job spec of \\d+ bytes as sent, over the ${MAX_TASK_SPEC_BYTES}`),
     );
   });
 });
