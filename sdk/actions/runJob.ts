@@ -13,6 +13,7 @@ import { DEFAULT_RETRY_LIMIT } from "../tenant/hand-off-policy.ts";
 import type { JobHandle, RunJobOptions } from "../tenant/job-handle.ts";
 import { driveJob } from "../tenant/job-runner.ts";
 import type { JobRecord } from "../tenant/job-store.ts";
+import { MAX_SPEC_MESSAGE_BYTES, specMessageBytes } from "../wire/messages.ts";
 
 export type { JobEvent, JobEventType, JobResult } from "../tenant/job-events.ts";
 export type { JobHandle, JobStatus, RunJobOptions } from "../tenant/job-handle.ts";
@@ -39,6 +40,8 @@ export async function runJob(
   options: RunJobOptions,
 ): Promise<JobHandle> {
   const spec = parseJobSpec(specInput);
+  // Before anything is added or leased; again once its files are in, whose CIDs make it longer.
+  checkSpecSize(spec);
   if (options.checkpointIntervalS !== undefined) spec.checkpointIntervalS = options.checkpointIntervalS;
   if (options.maxPricePerSecond <= 0n) throw new UserError("maxPricePerSecond must be positive");
   if (options.budget !== undefined && options.budget <= 0n) throw new UserError("budget must be positive");
@@ -54,6 +57,7 @@ export async function runJob(
     spec.inputs.push({ cid: cid.toString(), path: target });
   }
   parseJobSpec(spec);
+  checkSpecSize(spec);
   const record: JobRecord = {
     version: 1,
     jobId,
@@ -75,4 +79,14 @@ export async function runJob(
   };
   await client.jobs.save(record);
   return driveJob(client, record, options);
+}
+
+/** Refuses a spec too large for the lease message that starts its job: the provider would close the session. */
+function checkSpecSize(spec: JobSpec): void {
+  const bytes = specMessageBytes(spec);
+  if (bytes > MAX_SPEC_MESSAGE_BYTES) {
+    throw new UserError(
+      `the job spec takes ${bytes} bytes as sent, over the ${MAX_SPEC_MESSAGE_BYTES} a lease message has room for`,
+    );
+  }
 }

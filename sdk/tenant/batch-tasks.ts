@@ -6,22 +6,13 @@ import { z } from "zod";
 
 import { UserError } from "../errors.ts";
 import { jobSpecSchema, type JobSpec } from "../job-spec.ts";
-import { toJson } from "../wire/envelope.ts";
-import { taskIdSchema } from "../wire/messages.ts";
-import { maxMessageBytes } from "../wire/protocols.ts";
+import { MAX_SPEC_MESSAGE_BYTES, specMessageBytes, taskIdSchema } from "../wire/messages.ts";
 
 /**
  * One line of a task file larger than this is refused: a task carries at most a job spec's worth of
  * inputs and env, and the whole job spec travels in one 64 KiB session message.
  */
 export const MAX_TASK_LINE_BYTES = 64 * 1024;
-
-/**
- * The largest spec a task may make, as it travels: JSON in the body of a lease message, itself a
- * string in the message's JSON. The rest of a `start` or `task` (ids, the tenant's proof, the job
- * key, a resume, the signature) takes well under the 4 KiB left of the message.
- */
-export const MAX_TASK_SPEC_BYTES = maxMessageBytes.lease - 4 * 1024;
 
 /** A file input's CID, made up, as long as a real one (CIDv1, sha2-256, base32): the spec is sized with it. */
 const CID_STAND_IN = `bafk${"a".repeat(55)}`;
@@ -138,11 +129,11 @@ export function parseTasks(text: string, spec: JobSpec, options: { source: strin
       refuse(line, "makes an invalid job spec", (error as UserError).details);
     }
     // A spec too large for its message would close every session it is sent on.
-    const bytes = Buffer.byteLength(JSON.stringify(toJson(made)));
-    if (bytes > MAX_TASK_SPEC_BYTES) {
+    const bytes = specMessageBytes(made);
+    if (bytes > MAX_SPEC_MESSAGE_BYTES) {
       refuse(
         line,
-        `makes a job spec of ${bytes} bytes as sent, over the ${MAX_TASK_SPEC_BYTES} a lease message has room for`,
+        `makes a job spec of ${bytes} bytes as sent, over the ${MAX_SPEC_MESSAGE_BYTES} a lease message has room for`,
       );
     }
     tasks.push(task);

@@ -1,6 +1,8 @@
 import { z } from "zod";
 
 import { jobSpecSchema } from "../job-spec.ts";
+import { toJson } from "./envelope.ts";
+import { maxMessageBytes } from "./protocols.ts";
 import {
   addressSchema,
   bytes32Schema,
@@ -189,6 +191,18 @@ export const taskIdSchema = z
   .regex(/^[A-Za-z0-9._:-]+$/, "task ids are letters, digits and . _ : -");
 
 /** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
+/**
+ * The largest job spec a lease session's `start` or `task` message carries, counted as it travels
+ * (JSON, escaped again as the string the message's body is): the rest of the message (ids, the
+ * tenant's proof, the job key, a resume, the signature) takes well under the 4 KiB left.
+ */
+export const MAX_SPEC_MESSAGE_BYTES = maxMessageBytes.lease - 4 * 1024;
+
+/** A job spec's bytes in a lease message (see {@link MAX_SPEC_MESSAGE_BYTES}). */
+export function specMessageBytes(spec: unknown): number {
+  return Buffer.byteLength(JSON.stringify(toJson(spec)));
+}
+
 /**
  * The largest task output (its ciphertext) a node sends inside the task's result, to a tenant that
  * takes outputs so (`start.inlineOutputs`), instead of adding it to IPFS for the tenant to fetch:

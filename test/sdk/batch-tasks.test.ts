@@ -10,10 +10,10 @@ import {
   checkBatchBudget,
   checkTaskFiles,
   MAX_TASK_LINE_BYTES,
-  MAX_TASK_SPEC_BYTES,
   parseTasks,
   taskSpec,
 } from "../../sdk/tenant/batch-tasks.ts";
+import { MAX_SPEC_MESSAGE_BYTES } from "../../sdk/wire/messages.ts";
 
 const spec = parseJobSpec({
   command: ["node", "task.mjs"],
@@ -109,7 +109,7 @@ describe("parseTasks, sizes", () => {
     expect(Buffer.byteLength(line)).toBeLessThan(MAX_TASK_LINE_BYTES);
     expect(parseTasks(line, spec, where)).toHaveLength(1);
     expect(refusal(() => parseTasks(`{}\n${line}`, padded, where)).shortMessage).toMatch(
-      new RegExp(`^tasks.jsonl:2: makes a job spec of \\d+ bytes as sent, over the ${MAX_TASK_SPEC_BYTES}`),
+      new RegExp(`^tasks.jsonl:2: makes a job spec of \\d+ bytes as sent, over the ${MAX_SPEC_MESSAGE_BYTES}`),
     );
   });
 });

@@ -1,0 +1,31 @@
+import { describe, expect, it } from "vitest";
+
+import { runJob } from "../../sdk/actions/runJob.ts";
+import type { BatonClient } from "../../sdk/client.ts";
+import { UserError } from "../../sdk/errors.ts";
+import { MAX_SPEC_MESSAGE_BYTES } from "../../sdk/wire/messages.ts";
+
+/*
+ * runJob's refusals of bad input, before the client is used at all: the client given throws on any
+ * use, so a refusal that reached the store, IPFS or the chain would show as that throw instead.
+ */
+
+const untouchable = new Proxy({} as BatonClient, {
+  get(_target, property) {
+    throw new Error(`the client was used (${String(property)}) before the input was checked`);
+  },
+});
+
+describe("runJob refuses bad input before it does anything", () => {
+  it("refuses a spec too large for the lease message that starts its job", async () => {
+    // Each value within the schema's 8 KiB; together, and escaped as they travel, over the message.
+    const env = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`PAD_${i}`, '"'.repeat(8000)]));
+    const error = await runJob(untouchable, { command: ["true"], env }, { maxPricePerSecond: 1n }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(UserError);
+    expect((error as UserError).message).toMatch(
+      new RegExp(`^the job spec takes \\d+ bytes as sent, over the ${MAX_SPEC_MESSAGE_BYTES} `),
+    );
+  });
+});
