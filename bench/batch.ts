@@ -47,6 +47,7 @@ import { decodeFunctionData, parseEther, type Abi, type Address, type Hex } from
 import { blockTimeArg } from "../cli/program.ts";
 import { startDevnet, type Devnet } from "../deploy/devnet.ts";
 import { descendants, processEntry, processTable } from "../node/sandbox/process-tree.ts";
+import { shellQuote } from "../node/sandbox/runner.ts";
 import {
   contracts,
   parseJobSpec,
@@ -477,7 +478,7 @@ function summary(run: Run): Record<string, unknown> {
  */
 async function directTaskMs(runs: number): Promise<number> {
   const outputDir = await mkdtemp(path.join(tmp, "direct-"));
-  const quoted = spec.command!.map((word) => `'${word.replaceAll("'", `'\\''`)}'`).join(" ");
+  const quoted = spec.command!.map(shellQuote).join(" ");
   const script = `i=0; while [ "$i" -lt ${runs} ]; do (exec ${quoted}) || exit 1; i=$((i + 1)); done`;
   const started = performance.now();
   await promisify(execFile)("sh", ["-c", script], {

@@ -251,7 +251,7 @@ function taskLoopShim(goFd: number, otherFds: number[]): string {
 }
 
 /** A word for `sh`, whatever it holds (no NUL: checked before). */
-function shellQuote(word: string): string {
+export function shellQuote(word: string): string {
   return `'${word.replaceAll("'", `'\\''`)}'`;
 }
 

@@ -26,7 +26,7 @@ import type { BatchManifest, TaskResult } from "./batch-manifest.ts";
 import { BatchQueue, type BatchCounts, type TaskAssignment, type TaskCheckpoint } from "./batch-queue.ts";
 import { taskSpec, type BatchTask } from "./batch-tasks.ts";
 import { watchChainDeadline } from "./chain-deadline.ts";
-import { CheckpointReplicator, DEFAULT_KEEP_CHECKPOINTS } from "./checkpoint-replicator.ts";
+import { CheckpointReplicator, DEFAULT_KEEP_CHECKPOINTS, type OutputAnnounced } from "./checkpoint-replicator.ts";
 import {
   DEFAULT_RETRY_LIMIT,
   HAND_OFF_SEARCH_MS,
@@ -47,7 +47,6 @@ import {
 import type { JobRecord, JobStore, LeaseRecord } from "./job-store.ts";
 import { acquireLease } from "./lease-acquisition.ts";
 import { followOpening, type LostOpening } from "./lease-confirmation.ts";
-import type { OutputAnnounced } from "./checkpoint-replicator.ts";
 import { leaseLiveness } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 

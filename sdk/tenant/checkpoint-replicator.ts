@@ -26,11 +26,6 @@ export interface CheckpointReplicatorInit {
   log: Logger;
 }
 
-/**
- * What makes a verified checkpoint safe, once it is pinned in the tenant's store: by default it is
- * recorded as the job's newest (and the oldest beyond `keepCheckpoints` unpinned); a batch holds one
- * per task instead. Resolves with how many checkpoints are held.
- */
 /** A job's or task's output as its result announces it: by CID and plaintext digest, or also inline (base64 pieces). */
 export interface OutputAnnounced {
   cid: string;
@@ -38,6 +33,11 @@ export interface OutputAnnounced {
   inline?: readonly string[] | undefined;
 }
 
+/**
+ * What makes a verified checkpoint safe, once it is pinned in the tenant's store: by default it is
+ * recorded as the job's newest (and the oldest beyond `keepCheckpoints` unpinned); a batch holds one
+ * per task instead. Resolves with how many checkpoints are held.
+ */
 export type CheckpointHold = (lease: LeaseRecord, body: ProviderMessage<"checkpoint">) => Promise<number>;
 
 /**

@@ -190,7 +190,6 @@ export const taskIdSchema = z
   .max(128)
   .regex(/^[A-Za-z0-9._:-]+$/, "task ids are letters, digits and . _ : -");
 
-/** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
 /**
  * The largest job spec a lease session's `start` or `task` message carries, counted as it travels
  * (JSON, escaped again as the string the message's body is): the rest of the message (ids, the
@@ -210,6 +209,7 @@ export function specMessageBytes(spec: unknown): number {
  */
 export const MAX_INLINE_OUTPUT_BYTES = 16 * 1024;
 
+/** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
 const resumeSchema = z.object({ cid: z.string().min(1).max(256), sha256: z.string().regex(/^[0-9a-f]{64}$/) });
 
 export const tenantMessageSchemas = {
