@@ -22,6 +22,7 @@ const LONG_SUITES = [
   "test/ipfs/block-stream.test.ts",
   "test/node/bad-input.test.ts",
   "test/node/batch-lease.test.ts",
+  "test/node/hold-lease.test.ts",
   "test/node/checkpoints.test.ts",
   "test/node/containers.test.ts",
   "test/node/job-disk-quota.test.ts",

@@ -32,6 +32,7 @@ import { quoteHolder } from "./bids.ts";
 import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
 import { startContainerJob } from "./containers/container-job.ts";
 import { imageMismatch, ImageRefusedError, type HeldImage } from "./containers/images.ts";
+import { HoldQueue } from "./holds.ts";
 import { fetchInputs } from "./inputs.ts";
 import type { Openings } from "./openings.ts";
 import type { NodeComponents } from "./components.ts";
@@ -136,6 +137,8 @@ class LeaseRuntime {
    * opening (see `reusedLeaseId`).
    */
   nonce: bigint | undefined;
+  /** On a holder's lease (`start.hold`): the checkpoints it pins, in place of a job. */
+  holds: HoldQueue | undefined;
 
   constructor(leaseId: bigint) {
     this.leaseId = leaseId;
@@ -719,11 +722,16 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // anything is reserved or fetched.
     const mismatch = imageMismatch(spec.image, opening.image);
     if (mismatch !== undefined) throw sessionRefusal("spec-mismatch", mismatch);
+    if (body.hold) checkHoldStart(body, spec);
     const row = await recordLease(body, spec, tenant, connection.remotePeer.toString(), opening.nonce);
     // The job starts now, before the opening is mined: it is submitted meanwhile, and the job
     // stopped if it fails.
     if (body.opening)
       init.openings.submit(body.leaseId, body.opening, (reason) => void openingFailed(body.leaseId, reason));
+    if (row.holdKeep !== null) {
+      await startHolding(stream, row, spec, opening.nonce);
+      return;
+    }
     try {
       await prepareAndLaunch(stream, connection, body, row, spec, opening);
     } catch (error) {
@@ -731,6 +739,43 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       if (runtimes.get(body.leaseId)?.job === undefined) await workDirs.remove(body.leaseId);
       throw error;
     }
+  };
+
+  /** A holder's lease runs no job: it takes no GPUs, names no image, and has no task or checkpoint to start from. */
+  const checkHoldStart = (body: TenantMessage<"start">, spec: JobSpec): void => {
+    if (spec.resources.gpus !== 0) {
+      throw sessionRefusal("spec-mismatch", "a holder's lease runs no job: it takes no GPUs");
+    }
+    if (spec.image !== undefined) throw sessionRefusal("spec-mismatch", "a holder's lease runs no image");
+    if (body.taskId !== undefined || body.resume !== undefined) {
+      throw sessionRefusal("bad-request", "a holder's lease has no task and resumes nothing");
+    }
+  };
+
+  /** The pins a holder's lease keeps, in its quota (the spec's disk quota), reported on its sessions. */
+  const holdQueueFor = (runtime: LeaseRuntime, keep: number, spec: JobSpec): HoldQueue =>
+    new HoldQueue({
+      leaseId: runtime.leaseId,
+      keep,
+      quotaBytes: diskQuotaBytes(jobDiskGiB(spec)),
+      timeoutMs: config.resumeFetchTimeoutMs,
+      ipfs: components.ipfs,
+      store,
+      log,
+      report: (held) => emit(runtime, "held", held),
+    });
+
+  /** A holder's lease recorded: it runs at once, heartbeated, pinning what its tenant names (`hold`). */
+  const startHolding = async (stream: Stream, row: LeaseRow, spec: JobSpec, nonce: bigint): Promise<void> => {
+    const runtime = runtimeFor(row.leaseId);
+    runtime.nonce = nonce;
+    runtime.state = "running";
+    runtime.holds = holdQueueFor(runtime, row.holdKeep!, spec);
+    store.updateLease(row.leaseId, { state: "running" });
+    init.onCapacityChange();
+    await attach(runtime, stream, 0);
+    await emit(runtime, "accepted", { startedAt: row.startedAt, resumed: false });
+    log.info("holding checkpoints", { leaseId: row.leaseId, keep: row.holdKeep });
   };
 
   /**
@@ -1015,6 +1060,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       resultCid: null,
       jobKey: body.key ?? null,
       taskId: body.taskId ?? null,
+      holdKeep: body.hold?.keep ?? null,
     };
     if (body.resume && !body.key) throw sessionRefusal("bad-request", "a resume checkpoint needs the job key");
     if (store.getLease(row.leaseId)) store.updateLease(row.leaseId, { ...row });
@@ -1097,9 +1143,17 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     for await (const bytes of messages) {
       const message = await openMessage(bytes, {
         maxBytes: maxMessageBytes.lease,
-        types: ["checkpoint-ack", "task"],
+        types: ["checkpoint-ack", "task", "hold"],
         from: remote,
       });
+      if (message.type === "hold") {
+        const body = parseBody(tenantMessageSchemas.hold, message);
+        const holds = body.leaseId === leaseId ? runtimes.get(leaseId)?.holds : undefined;
+        if (!holds)
+          throw sessionRefusal("bad-request", `lease ${body.leaseId} is not a holder's lease of this session`);
+        holds.hold(body);
+        continue;
+      }
       if (message.type === "task") {
         // Not awaited: a task queued behind the one in hand waits for its turn while acks are read on.
         void startTask(connection, parseBody(tenantMessageSchemas.task, message), leaseId).catch((error: unknown) =>
@@ -1228,6 +1282,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // A job's work dir went with its exit; a batch lease's stays for its next task until now.
     removeWorkDir(leaseId);
     await runtime.checkpoints?.stop();
+    // A holder's lease that ended holds nothing more.
+    await runtime.holds?.release();
     for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
     runtimes.delete(leaseId);
     // A task queued on the lease is refused now that the lease is gone.
@@ -1266,6 +1322,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         // tenant re-attaches past the last message it saw, and takes any numbered below as seen.
         runtime.seq = restartedSeq();
         const spec = parseJobSpec(row.spec, `stored spec of lease ${row.leaseId}`);
+        // A holder's lease runs no job: it holds on, its pins in the store, for its tenant's next hold.
+        if (row.holdKeep !== null) {
+          runtime.state = "running";
+          runtime.holds = holdQueueFor(runtime, row.holdKeep, spec);
+          continue;
+        }
         // A batch lease between tasks: nothing to relaunch; it waits, heartbeating, for its tenant's next task.
         if (row.taskId !== null && row.state === "running" && row.pid === null) continue;
         runtime.task = row.taskId ?? undefined;

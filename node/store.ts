@@ -56,6 +56,18 @@ export interface LeaseRow {
    * runs, or ran last (its `spec` is that task's). Null for a lease that runs one job.
    */
   taskId: string | null;
+  /**
+   * On a holder's lease (one that runs no job and pins checkpoints, see `start.hold`): how many it
+   * keeps. Null for a lease that runs a job.
+   */
+  holdKeep: number | null;
+}
+
+/** A checkpoint a holder's lease pins. */
+export interface HeldCheckpoint {
+  cid: string;
+  /** Its size as fetched. */
+  bytes: number;
 }
 
 /** A checkpoint published for a lease whose CID no heartbeat has committed on chain yet. */
@@ -132,6 +144,17 @@ ALTER TABLE leases DROP COLUMN pending_checkpoint_cid;
   `
 ALTER TABLE leases ADD COLUMN task_id TEXT;
 `,
+  // Holders' leases: how many checkpoints one keeps (null for a lease that runs a job), and those it holds.
+  `
+ALTER TABLE leases ADD COLUMN hold_keep INTEGER;
+CREATE TABLE held (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  lease_id TEXT NOT NULL,
+  cid TEXT NOT NULL,
+  bytes INTEGER NOT NULL
+);
+CREATE INDEX held_lease ON held(lease_id, seq);
+`,
 ];
 
 /** The schema version this code reads and writes. */
@@ -184,6 +207,7 @@ interface LeaseRecord {
   result_cid: string | null;
   job_key: string | null;
   task_id: string | null;
+  hold_keep: number | null;
 }
 
 function toLease(r: LeaseRecord): LeaseRow {
@@ -206,6 +230,7 @@ function toLease(r: LeaseRecord): LeaseRow {
     resultCid: r.result_cid,
     jobKey: r.job_key,
     taskId: r.task_id,
+    holdKeep: r.hold_keep,
   };
 }
 
@@ -298,8 +323,8 @@ export class NodeStore {
     this.#db
       .prepare(
         `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
-           exit_code, reason, chain_period_s, last_chain_heartbeat, result_cid, job_key, task_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           exit_code, reason, chain_period_s, last_chain_heartbeat, result_cid, job_key, task_id, hold_keep)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         lease.leaseId.toString(),
@@ -320,6 +345,7 @@ export class NodeStore {
         lease.resultCid,
         lease.jobKey,
         lease.taskId,
+        lease.holdKeep,
       );
   }
 
@@ -369,6 +395,7 @@ export class NodeStore {
       resultCid: "result_cid",
       jobKey: "job_key",
       taskId: "task_id",
+      holdKeep: "hold_keep",
     };
     const entries = Object.entries(patch).filter(([key]) => key in columns);
     if (entries.length === 0) return;
@@ -377,6 +404,39 @@ export class NodeStore {
       key === "gpus" || key === "spec" ? JSON.stringify(value) : (value as string | number | null),
     );
     this.#db.prepare(`UPDATE leases SET ${sets} WHERE lease_id = ?`).run(...values, leaseId.toString());
+  }
+
+  /** Records a checkpoint the holder's lease now pins, as its newest. */
+  addHeld(leaseId: bigint, held: HeldCheckpoint): void {
+    this.#db
+      .prepare("INSERT INTO held (lease_id, cid, bytes) VALUES (?, ?, ?)")
+      .run(leaseId.toString(), held.cid, held.bytes);
+  }
+
+  /** The checkpoints the holder's lease pins, oldest first. */
+  held(leaseId: bigint): HeldCheckpoint[] {
+    const rows = this.#db
+      .prepare("SELECT cid, bytes FROM held WHERE lease_id = ? ORDER BY seq")
+      .all(leaseId.toString()) as unknown as HeldCheckpoint[];
+    return rows.map(({ cid, bytes }) => ({ cid, bytes }));
+  }
+
+  /** Forgets that the holder's lease pins these checkpoints (all of them without `cids`); one statement per CID. */
+  removeHeld(leaseId: bigint, cids?: readonly string[]): void {
+    if (cids === undefined) {
+      this.#db.prepare("DELETE FROM held WHERE lease_id = ?").run(leaseId.toString());
+      return;
+    }
+    const remove = this.#db.prepare("DELETE FROM held WHERE lease_id = ? AND cid = ?");
+    for (const cid of cids) remove.run(leaseId.toString(), cid);
+  }
+
+  /** Whether a lease other than `leaseId` holds the checkpoint (a holder's lease, still recorded as holding it). */
+  heldElsewhere(cid: string, leaseId: bigint): boolean {
+    return (
+      this.#db.prepare("SELECT 1 FROM held WHERE cid = ? AND lease_id != ? LIMIT 1").get(cid, leaseId.toString()) !==
+      undefined
+    );
   }
 
   /** Queues a published checkpoint's CID for the lease's next heartbeats to commit. */

@@ -209,6 +209,12 @@ export function specMessageBytes(spec: unknown): number {
  */
 export const MAX_INLINE_OUTPUT_BYTES = 16 * 1024;
 
+/** The most checkpoints a holder's lease keeps (`start.hold.keep`). */
+export const HOLD_KEEP_MAX = 16;
+
+/** The most peers a `hold` names to fetch from. */
+export const MAX_HOLD_PROVIDERS = 16;
+
 /** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
 const resumeSchema = z.object({ cid: z.string().min(1).max(256), sha256: z.string().regex(/^[0-9a-f]{64}$/) });
 
@@ -243,6 +249,25 @@ export const tenantMessageSchemas = {
      * inside its result (`outputInline`). A node from before this field adds every output to IPFS.
      */
     inlineOutputs: z.boolean().optional(),
+    /**
+     * Makes the lease a holder's: the node runs no job. It pins the checkpoints the tenant names in
+     * `hold` messages, fetched from the peers named there, keeps the newest `keep` of them, and
+     * acknowledges each (`held`). The spec gives the lease's resources
+     * (no GPUs, no image) and its disk quota, which bounds the bytes it holds at once; its command
+     * never runs.
+     */
+    hold: z.object({ keep: z.number().int().min(1).max(HOLD_KEEP_MAX) }).optional(),
+  }),
+  /**
+   * On a holder's lease: a checkpoint to pin (its ciphertext: a holder never has the job's key),
+   * fetched from `providers` (the serving provider, other holders), then acknowledged by `held`.
+   * Holds are taken one at a time in the order sent; one still waiting when a newer one comes is
+   * passed over (`held` with `error`). A checkpoint held already is acknowledged again at once.
+   */
+  hold: z.object({
+    leaseId: leaseIdSchema,
+    cid: z.string().min(1).max(256),
+    providers: z.array(multiaddrSchema).max(MAX_HOLD_PROVIDERS),
   }),
   /**
    * Starts a batch lease's next task: a spec with the lease's resources and image and the task's own
@@ -405,6 +430,19 @@ export const providerMessageSchemas = {
       .max(4)
       .optional(),
     finishedAt: timestampMsSchema,
+  }),
+  /**
+   * On a holder's lease: a `hold` done. With `bytes`, the checkpoint is pinned on this node (its
+   * size as fetched), and `released` lists the older ones it unpinned to keep the newest `keep`;
+   * with `error`, it is not held (fetch failed, over the lease's disk quota, superseded).
+   */
+  held: z.object({
+    leaseId: leaseIdSchema,
+    seq: z.number().int().nonnegative(),
+    cid: z.string().min(1).max(256),
+    bytes: z.number().int().nonnegative().optional(),
+    released: z.array(z.string().min(1).max(256)).max(HOLD_KEEP_MAX).optional(),
+    error: z.string().max(512).optional(),
   }),
 } as const;
 

@@ -61,6 +61,7 @@ beforeAll(async () => {
     resultCid: null,
     jobKey: null,
     taskId: null,
+    holdKeep: null,
   });
   proxy = httpProxy({ host: provider, store, log: silentLogger, metrics: new Metrics() });
   await proxy.start();

@@ -35,6 +35,7 @@ const lease = (leaseId: bigint): LeaseRow => ({
   resultCid: null,
   jobKey: null,
   taskId: null,
+  holdKeep: null,
 });
 
 describe("node store", () => {
@@ -79,6 +80,32 @@ describe("node store", () => {
     expect(reopened.pendingCheckpoints(8n).map((c) => c.cid)).toEqual(["bafy-other"]);
     reopened.removePendingCheckpoints(8n);
     expect(reopened.pendingCheckpoints(8n)).toEqual([]);
+    reopened.close();
+  });
+
+  it("keeps what a holder's lease holds, in order, across reopen, and who else holds it", () => {
+    const file = path.join(dir, "node.db");
+    const store = new NodeStore(file);
+    store.insertLease({ ...lease(7n), gpus: [], holdKeep: 2 });
+    store.insertLease({ ...lease(8n), gpus: [], holdKeep: 3 });
+    store.addHeld(7n, { cid: "bafy-a", bytes: 10 });
+    store.addHeld(8n, { cid: "bafy-b", bytes: 20 });
+    store.addHeld(7n, { cid: "bafy-b", bytes: 20 });
+    store.close();
+
+    const reopened = new NodeStore(file);
+    expect(reopened.getLease(7n)?.holdKeep).toBe(2);
+    expect(reopened.held(7n)).toEqual([
+      { cid: "bafy-a", bytes: 10 },
+      { cid: "bafy-b", bytes: 20 },
+    ]);
+    expect(reopened.heldElsewhere("bafy-b", 7n)).toBe(true);
+    expect(reopened.heldElsewhere("bafy-a", 7n)).toBe(false);
+    reopened.removeHeld(7n, ["bafy-a"]);
+    expect(reopened.held(7n)).toEqual([{ cid: "bafy-b", bytes: 20 }]);
+    reopened.removeHeld(8n);
+    expect(reopened.held(8n)).toEqual([]);
+    expect(reopened.heldElsewhere("bafy-b", 7n)).toBe(false);
     reopened.close();
   });
 
@@ -216,6 +243,7 @@ describe("node store schema versions", () => {
         resultCid: null,
         jobKey: "a2V5",
         taskId: null,
+        holdKeep: null,
       },
     ]);
     // The one CID that waited for a heartbeat still does, now in the queue.
@@ -224,7 +252,7 @@ describe("node store schema versions", () => {
 
     const upgraded = new DatabaseSync(file);
     expect(userVersion(upgraded)).toBe(SCHEMA_VERSION);
-    expect(tables(upgraded)).toEqual(["leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
+    expect(tables(upgraded)).toEqual(["held", "leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
     upgraded.close();
   });
 
@@ -233,7 +261,7 @@ describe("node store schema versions", () => {
     new NodeStore(file).close();
     const db = new DatabaseSync(file);
     expect(userVersion(db)).toBe(SCHEMA_VERSION);
-    expect(tables(db)).toEqual(["leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
+    expect(tables(db)).toEqual(["held", "leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
     db.close();
   });
 

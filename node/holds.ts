@@ -1,0 +1,119 @@
+import { CID } from "multiformats/cid";
+
+import { CheckpointTooLargeError, shortMessageOf } from "../sdk/errors.ts";
+import type { IpfsNode } from "../sdk/ipfs/node.ts";
+import type { Logger } from "../sdk/logger.ts";
+import type { ProviderMessage, TenantMessage } from "../sdk/wire/messages.ts";
+import type { NodeStore } from "./store.ts";
+
+/** How long a hold waits for the next block of its checkpoint before it gives up (`held` with an error). */
+const HOLD_STALL_MS = 30_000;
+
+/** What a holder's lease tells its tenant of a hold (the body of `held`, less what every message has). */
+export type HeldReport = Omit<ProviderMessage<"held">, "leaseId" | "seq">;
+
+export interface HoldQueueInit {
+  leaseId: bigint;
+  /** How many checkpoints the lease keeps (`start.hold.keep`). */
+  keep: number;
+  /** The lease's disk quota: the bytes it holds at once, the one being fetched included. */
+  quotaBytes: number;
+  /** The longest a hold may take, fetch and pin. */
+  timeoutMs: number;
+  ipfs: IpfsNode;
+  store: NodeStore;
+  log: Logger;
+  /** Tells the tenant how a hold went (a `held` message on the lease's sessions). */
+  report: (held: HeldReport) => Promise<void>;
+}
+
+/**
+ * A holder's lease at work: it pins the checkpoints its tenant names, one at a time in the order
+ * named, each fetched from the peers the `hold` lists (verified block by block against the CID, as
+ * every fetch is), and keeps the newest `keep`, unpinning the older ones. What it holds is recorded
+ * in the node's store, so a restarted node still holds it and releases it at the lease's end. A
+ * holder never has the job's key: it holds ciphertext, and the tenant checks what matters (the
+ * digest) when the checkpoint is resumed from.
+ */
+export class HoldQueue {
+  readonly #init: HoldQueueInit;
+  #queue: Promise<void> = Promise.resolve();
+  /** Holds named so far; a hold still waiting when a newer one is named is passed over. */
+  #named = 0;
+  readonly #stopped = new AbortController();
+
+  constructor(init: HoldQueueInit) {
+    this.#init = init;
+  }
+
+  /** Takes a `hold`: done after those named before it, and reported by `held` either way. */
+  hold(body: TenantMessage<"hold">): void {
+    const turn = ++this.#named;
+    this.#queue = this.#queue.then(async () => {
+      if (this.#stopped.signal.aborted) return;
+      const report = await this.#take(body, turn).catch((error: unknown) => ({
+        cid: body.cid,
+        error: shortMessageOf(error),
+      }));
+      if (!this.#stopped.signal.aborted) await this.#init.report(report);
+    });
+  }
+
+  async #take({ cid, providers }: TenantMessage<"hold">, turn: number): Promise<HeldReport> {
+    const { leaseId, keep, quotaBytes, timeoutMs, ipfs, store, log } = this.#init;
+    if (turn < this.#named) return { cid, error: "a newer checkpoint was named before this one was fetched" };
+    const held = store.held(leaseId);
+    const had = held.find((h) => h.cid === cid);
+    if (had) return { cid, bytes: had.bytes };
+    // The newest keep - 1 stay beside this one; their bytes and its own share the lease's quota.
+    const staying = held.slice(Math.max(0, held.length - (keep - 1)));
+    const room = quotaBytes - staying.reduce((sum, h) => sum + h.bytes, 0);
+    let bytes: number;
+    try {
+      ({ bytes } = await ipfs.fetchAndPin(CID.parse(cid), {
+        providers,
+        maxBytes: Math.max(0, room),
+        stallTimeoutMs: HOLD_STALL_MS,
+        signal: AbortSignal.any([this.#stopped.signal, AbortSignal.timeout(timeoutMs)]),
+      }));
+    } catch (error) {
+      // Whatever arrived before the refusal is unpinned: the next collection takes it.
+      ipfs.gcSoon();
+      if (error instanceof CheckpointTooLargeError) {
+        return { cid, error: `over the lease's disk quota: ${room} bytes left beside the checkpoints kept` };
+      }
+      throw error;
+    }
+    const released = held.slice(0, held.length - staying.length).map((h) => h.cid);
+    store.transaction(() => {
+      store.addHeld(leaseId, { cid, bytes });
+      store.removeHeld(leaseId, released);
+    });
+    await this.#unpin(released);
+    log.info("checkpoint held", { leaseId, cid, bytes, released });
+    return { cid, bytes, released };
+  }
+
+  /** Unpins checkpoints this lease no longer holds, unless another lease of the node holds them too. */
+  async #unpin(cids: readonly string[]): Promise<void> {
+    const { leaseId, ipfs, store } = this.#init;
+    const unheld = cids.filter((cid) => !store.heldElsewhere(cid, leaseId));
+    for (const cid of unheld) await ipfs.unpin(CID.parse(cid)).catch(() => undefined);
+    // Unpinned is not deleted: the store collects them, or a holder's disk fills up.
+    if (unheld.length > 0) ipfs.gcSoon();
+  }
+
+  /**
+   * The lease ended: a hold under way is abandoned, and everything the lease holds is unpinned and
+   * forgotten. Holds named later are ignored.
+   */
+  async release(): Promise<void> {
+    this.#stopped.abort();
+    await this.#queue;
+    const { leaseId, store, log } = this.#init;
+    const cids = store.held(leaseId).map((h) => h.cid);
+    await this.#unpin(cids);
+    store.removeHeld(leaseId);
+    if (cids.length > 0) log.info("holds released", { leaseId, cids });
+  }
+}
