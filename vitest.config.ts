@@ -23,6 +23,7 @@ const LONG_SUITES = [
   "test/node/bad-input.test.ts",
   "test/node/batch-lease.test.ts",
   "test/node/hold-lease.test.ts",
+  "test/sdk/run-job-holders.test.ts",
   "test/node/checkpoints.test.ts",
   "test/node/containers.test.ts",
   "test/node/job-disk-quota.test.ts",

@@ -103,9 +103,15 @@ export function describe(event: JobEvent, name: (address: string | undefined) =>
         ? `lease ${event.leaseId}: job resumed from step ${event.resumedFrom?.step ?? "?"} (${event.resumedFrom?.cid.slice(0, 16)}…)`
         : `lease ${event.leaseId}: job started`;
     case "checkpoint-safe":
-      return `checkpoint step ${event.step ?? "?"} safe: fetched, verified, pinned (${formatBytes(event.size)}, ${event.held} held)`;
+      return event.holders === 0
+        ? `checkpoint step ${event.step ?? "?"} safe: fetched, verified, pinned (${formatBytes(event.size)}, ${event.held} held)`
+        : `checkpoint step ${event.step ?? "?"} safe: pinned by ${event.holders} holder(s) (${formatBytes(event.size)}, ${event.held} held)`;
     case "checkpoint-rejected":
       return `checkpoint ${event.cid.slice(0, 16)}… rejected: ${event.reason}`;
+    case "holder-leased":
+      return `holder lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, deposit ${formatEther(event.deposit)}`;
+    case "holder-lost":
+      return `holder ${name(event.provider)} LOST (${event.reason}); lease ${event.leaseId} ended, another is leased`;
     case "provider-suspect":
       return `${name(event.provider)} suspect: ${event.reason}`;
     case "provider-recovered":
@@ -142,12 +148,14 @@ export function summary(record: JobRecord, names: Map<string, string>): string {
   const rows: (string | number | bigint)[][] = [
     ["lease", "provider", "state", "ran", "price/s", "deposit", "compensation"],
   ];
-  for (const lease of record.leases) {
+  const holders = record.holders ?? [];
+  for (const lease of [...record.leases, ...holders]) {
     const ran = ((lease.endedAt ?? Date.now()) - lease.openedAt) / 1000;
     rows.push([
       lease.leaseId,
       names.get(lease.provider.toLowerCase()) ?? lease.provider,
-      lease.state,
+      // A holder's lease pins the job's checkpoints; it runs no part of the job.
+      holders.includes(lease) ? `holder, ${lease.state}` : lease.state,
       `${ran.toFixed(1)} s`,
       formatEther(BigInt(lease.pricePerSecond)),
       formatEther(BigInt(lease.deposit)),

@@ -7,13 +7,13 @@ import type { BatonClient } from "../client.ts";
 import { UserError } from "../errors.ts";
 import { pinJobImage } from "../images/registry.ts";
 import { generateJobKey } from "../ipfs/crypto.ts";
-import { parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
+import { MAX_JOB_DISK_GIB, MIN_JOB_DISK_GIB, parseJobSpec, type JobSpec, type JobSpecInput } from "../job-spec.ts";
 import { DEFAULT_KEEP_CHECKPOINTS } from "../tenant/checkpoint-replicator.ts";
 import { DEFAULT_RETRY_LIMIT } from "../tenant/hand-off-policy.ts";
 import type { JobHandle, RunJobOptions } from "../tenant/job-handle.ts";
 import { driveJob } from "../tenant/job-runner.ts";
-import type { JobRecord } from "../tenant/job-store.ts";
-import { MAX_SPEC_MESSAGE_BYTES, specMessageBytes } from "../wire/messages.ts";
+import { MAX_HOLDERS, type JobRecord } from "../tenant/job-store.ts";
+import { HOLD_KEEP_MAX, MAX_SPEC_MESSAGE_BYTES, specMessageBytes } from "../wire/messages.ts";
 
 export type { JobEvent, JobEventType, JobResult } from "../tenant/job-events.ts";
 export type { JobHandle, JobStatus, RunJobOptions } from "../tenant/job-handle.ts";
@@ -45,6 +45,7 @@ export async function runJob(
   if (options.checkpointIntervalS !== undefined) spec.checkpointIntervalS = options.checkpointIntervalS;
   if (options.maxPricePerSecond <= 0n) throw new UserError("maxPricePerSecond must be positive");
   if (options.budget !== undefined && options.budget <= 0n) throw new UserError("budget must be positive");
+  const replication = replicationOf(options);
   const jobId = options.jobId ?? toHex(randomBytes(32));
   if (await client.jobs.get(jobId)) throw new UserError(`job ${jobId} already exists; attach to it instead`);
   // Before anything is added or leased: the record, and with it every lease, runs this digest.
@@ -71,6 +72,7 @@ export async function runJob(
       retryLimit: options.retryLimit ?? DEFAULT_RETRY_LIMIT,
       keepCheckpoints: options.keepCheckpoints ?? DEFAULT_KEEP_CHECKPOINTS,
       exclude: options.exclude ?? [],
+      ...(replication ? { replication } : {}),
     },
     leases: [],
     safe: [],
@@ -79,6 +81,32 @@ export async function runJob(
   };
   await client.jobs.save(record);
   return driveJob(client, record, options);
+}
+
+/**
+ * The job's replication as its record keeps it, checked: none without holders and with the tenant's
+ * own copy (the default).
+ *
+ * @throws {UserError} for a count out of range, no copy at all, a disk quota out of range, or more
+ * checkpoints to keep than a holder keeps.
+ */
+function replicationOf({ replication, keepCheckpoints }: RunJobOptions): JobRecord["options"]["replication"] {
+  if (replication === undefined) return undefined;
+  const { holders, tenantCopy = "full", diskGiB } = replication;
+  if (!Number.isInteger(holders) || holders < 0 || holders > MAX_HOLDERS) {
+    throw new UserError(`replication.holders must be a whole number from 0 to ${MAX_HOLDERS}`);
+  }
+  if (holders === 0 && tenantCopy === "none") {
+    throw new UserError("replication.tenantCopy none needs at least one holder: the checkpoints would live nowhere");
+  }
+  if (diskGiB !== undefined && !(diskGiB >= MIN_JOB_DISK_GIB && diskGiB <= MAX_JOB_DISK_GIB)) {
+    throw new UserError(`replication.diskGiB must be from ${MIN_JOB_DISK_GIB} to ${MAX_JOB_DISK_GIB}`);
+  }
+  if (holders > 0 && (keepCheckpoints ?? DEFAULT_KEEP_CHECKPOINTS) > HOLD_KEEP_MAX) {
+    throw new UserError(`a holder keeps at most ${HOLD_KEEP_MAX} checkpoints: keepCheckpoints is over that`);
+  }
+  if (holders === 0 && tenantCopy === "full") return undefined;
+  return { holders, tenantCopy, ...(diskGiB === undefined ? {} : { diskGiB }) };
 }
 
 /** Refuses a spec too large for the lease message that starts its job: the provider would close the session. */

@@ -136,6 +136,16 @@ export function allowanceToKeep(client: BatonClient, jobId: string, amount: bigi
   return sum(ledger.reserved.values()) + sum(ledger.promised.values());
 }
 
+/**
+ * What the client's allowance should stay at beyond a deposit being pulled now, for an `openLease`
+ * that no hand-off waits on (a holder's lease): what every job keeps plus what openings in flight
+ * will pull, unchanged.
+ */
+export function allowanceKept(client: BatonClient): bigint {
+  const ledger = ledgerOf(client);
+  return sum(ledger.reserved.values()) + sum(ledger.promised.values());
+}
+
 /** Approves `target()` when the allowance is below it (having checked the balance covers `needed`). */
 async function raiseAllowance(
   client: BatonClient,

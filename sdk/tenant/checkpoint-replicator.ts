@@ -10,6 +10,7 @@ import { restoreCheckpoint, verifyCheckpoint } from "../ipfs/checkpoint.ts";
 import { MAX_CHECKPOINT_BYTES } from "../ipfs/constants.ts";
 import type { Logger } from "../logger.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
+import { leaseAddresses, type CheckpointHolders } from "./holders.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
 
@@ -24,6 +25,8 @@ export interface CheckpointReplicatorInit {
   record: JobRecord;
   events: JobEvents;
   log: Logger;
+  /** The job's holders, if it has any: each checkpoint is safe only once they pin it too. */
+  holders?: CheckpointHolders;
 }
 
 /** A job's or task's output as its result announces it: by CID and plaintext digest, or also inline (base64 pieces). */
@@ -43,8 +46,9 @@ export type CheckpointHold = (lease: LeaseRecord, body: ProviderMessage<"checkpo
 /**
  * Copies a job's checkpoints off its provider as they are announced: each is fetched into the
  * tenant's own IPFS store, verified against its announced digest (which decrypts it with the job's
- * key) and pinned; then it is *safe*: recorded, acknowledged to the provider, and what a hand-off
- * resumes from. Only the newest `keepCheckpoints` stay pinned. One checkpoint at a time, in the
+ * key) and pinned, and pinned by every holder the job has (see `holders.ts`), or by the holders
+ * alone when the tenant keeps no copy (`replication.tenantCopy: "none"`); then it is *safe*:
+ * recorded, acknowledged to the provider, and what a hand-off resumes from. Only the newest `keepCheckpoints` stay pinned. One checkpoint at a time, in the
  * order announced; one still waiting when a newer one is announced is skipped. The job's output
  * comes the same way, once, at its end.
  */
@@ -53,6 +57,7 @@ export class CheckpointReplicator {
   readonly #record: JobRecord;
   readonly #events: JobEvents;
   readonly #log: Logger;
+  readonly #holders: CheckpointHolders | undefined;
   /** The job's checkpoint key. */
   readonly #key: Uint8Array;
   /** The replications started so far, one after another. */
@@ -60,11 +65,12 @@ export class CheckpointReplicator {
   /** Per lease, the sequence number of the newest checkpoint announced. */
   readonly #newest = new Map<string, number>();
 
-  constructor({ client, record, events, log }: CheckpointReplicatorInit) {
+  constructor({ client, record, events, log, holders }: CheckpointReplicatorInit) {
     this.#client = client;
     this.#record = record;
     this.#events = events;
     this.#log = log;
+    this.#holders = holders;
     this.#key = Buffer.from(record.key, "base64");
   }
 
@@ -89,16 +95,29 @@ export class CheckpointReplicator {
         return;
       }
       try {
-        await verifyCheckpoint(this.#client.ipfs, this.#key, CID.parse(body.cid), {
-          expectedSha256: body.sha256,
-          maxBytes: MAX_CHECKPOINT_BYTES,
-          providers: providerAddresses(lease),
-          stallTimeoutMs: CHECKPOINT_STALL_MS,
-          signal,
-        });
+        const [holders] = await Promise.all([
+          this.#holders && this.#holders.wanted > 0 ? this.#holders.hold(body.cid, leaseAddresses(lease), signal) : 0,
+          this.#record.options.replication?.tenantCopy === "none"
+            ? undefined
+            : verifyCheckpoint(this.#client.ipfs, this.#key, CID.parse(body.cid), {
+                expectedSha256: body.sha256,
+                maxBytes: MAX_CHECKPOINT_BYTES,
+                providers: leaseAddresses(lease),
+                stallTimeoutMs: CHECKPOINT_STALL_MS,
+                signal,
+              }),
+        ]);
         const held = await hold(lease, body);
         await watch.send("checkpoint-ack", { leaseId, cid: body.cid }).catch(() => undefined);
-        this.#events.emit({ type: "checkpoint-safe", leaseId, cid: body.cid, step: body.step, size: body.size, held });
+        this.#events.emit({
+          type: "checkpoint-safe",
+          leaseId,
+          cid: body.cid,
+          step: body.step,
+          size: body.size,
+          held,
+          holders,
+        });
       } catch (error) {
         if (signal.aborted) return;
         this.#log.warn("checkpoint not safe", { leaseId, cid: body.cid, error });
@@ -130,7 +149,7 @@ export class CheckpointReplicator {
       maxBytes: MAX_CHECKPOINT_BYTES,
       ...(output.inline
         ? { pieces: output.inline.map((piece) => Buffer.from(piece, "base64")) }
-        : { providers: providerAddresses(lease), stallTimeoutMs: CHECKPOINT_STALL_MS, pin: true }),
+        : { providers: leaseAddresses(lease), stallTimeoutMs: CHECKPOINT_STALL_MS, pin: true }),
       signal,
     });
   }
@@ -156,9 +175,4 @@ export class CheckpointReplicator {
     if (dropped.length > 0) this.#client.ipfs.gcSoon();
     return this.#record.safe.length;
   }
-}
-
-/** Where a lease's provider serves blocks: its listen addresses, as dialable multiaddrs. */
-function providerAddresses(lease: LeaseRecord): string[] {
-  return lease.addresses.map((address) => `${address}/p2p/${lease.peerId}`);
 }

@@ -35,8 +35,22 @@ export type JobEvent = EventBase &
     | { type: "started"; leaseId: bigint; resumed: boolean; resumedFrom?: { cid: string; step?: number | undefined } }
     | { type: "progress"; leaseId: bigint; step?: number | undefined; total?: number | undefined; message?: string }
     | { type: "log"; leaseId: bigint; stream: "stdout" | "stderr" | "node"; line: string }
-    | { type: "checkpoint-safe"; leaseId: bigint; cid: string; step?: number | undefined; size: number; held: number }
+    | {
+        type: "checkpoint-safe";
+        leaseId: bigint;
+        cid: string;
+        step?: number | undefined;
+        size: number;
+        /** How many safe checkpoints the job keeps now. */
+        held: number;
+        /** How many holders pinned it (none unless the job has holders). */
+        holders: number;
+      }
     | { type: "checkpoint-rejected"; leaseId: bigint; cid: string; reason: string }
+    /** A holder's lease opened (see `RunJobOptions.replication`): it pins the job's checkpoints from now on. */
+    | { type: "holder-leased"; leaseId: bigint; provider: Address; pricePerSecond: bigint; deposit: bigint }
+    /** A holder failed or refused: its lease is ended, and another is leased in its place. */
+    | { type: "holder-lost"; leaseId: bigint; provider: Address; reason: string }
     | { type: "provider-suspect"; leaseId: bigint; provider: Address; reason: string }
     | { type: "provider-recovered"; leaseId: bigint; provider: Address }
     | {

@@ -65,6 +65,15 @@ export interface RunJobOptions {
   excludeProviders?: () => readonly string[];
   /** Safe checkpoints to keep pinned; older ones are unpinned. Default 3. */
   keepCheckpoints?: number;
+  /**
+   * Where the job's checkpoints live besides its provider. `holders`: how many other providers pin
+   * each one, each through a lease of its own (no GPUs, paid from the job's budget), fetching it
+   * straight from the provider that serves the job; a hand-off resumes from them. `tenantCopy`:
+   * `"full"` (the default) also fetches each into this client's own store, `"none"` leaves them to
+   * the holders (at least one then). A checkpoint is safe once every copy asked for is made.
+   * `diskGiB`: each holder's disk quota, the job's by default; it keeps `keepCheckpoints` of them.
+   */
+  replication?: { holders: number; tenantCopy?: "full" | "none"; diskGiB?: number };
   /** Where the output goes. Default `<dataDir>/jobs/<jobId>/output`. */
   outputDir?: string;
   /** Job id (bytes32); random by default. */

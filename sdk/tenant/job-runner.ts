@@ -12,6 +12,7 @@ import { sleep } from "../utils/retry.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
 import { watchChainDeadline } from "./chain-deadline.ts";
 import { CheckpointReplicator } from "./checkpoint-replicator.ts";
+import { CheckpointHolders } from "./holders.ts";
 import {
   countHandOff,
   HAND_OFF_SEARCH_MS,
@@ -94,6 +95,8 @@ class JobRunner implements JobHandle {
   readonly #log: Logger;
   readonly #events: JobEvents;
   readonly #replicator: CheckpointReplicator;
+  /** The job's holders (none unless its options ask for them). */
+  readonly #holders: CheckpointHolders;
   readonly #topUps: LeaseTopUps;
   readonly #slashes: PendingSlashes;
   /** Reports a slash of one of the job's leases, once it is recorded. */
@@ -134,10 +137,15 @@ class JobRunner implements JobHandle {
     this.#log = client.log.child(`job.${this.jobId.slice(0, 10)}`);
     this.#events = new JobEvents(this.#log);
     const parts = { client, record, events: this.#events, log: this.#log };
-    this.#replicator = new CheckpointReplicator(parts);
-    this.#topUps = new LeaseTopUps({ ...parts, onBudgetSpent: (error) => this.#askStop("fail", error) });
     this.#onSlash = (lease, slash) => this.#events.emit(slashedEvent(lease, slash));
     this.#slashes = new PendingSlashes(client, record, this.#log, this.#onSlash);
+    this.#holders = new CheckpointHolders({
+      ...parts,
+      onSlash: this.#onSlash,
+      onLost: (lease) => this.#slashes.add(lease),
+    });
+    this.#replicator = new CheckpointReplicator({ ...parts, holders: this.#holders });
+    this.#topUps = new LeaseTopUps({ ...parts, onBudgetSpent: (error) => this.#askStop("fail", error) });
     options.signal?.addEventListener("abort", () => void this.detach(), { once: true });
   }
 
@@ -169,7 +177,7 @@ class JobRunner implements JobHandle {
       safeCheckpoints: this.#record.safe.length,
       lastSafeStep: this.#record.safe.at(-1)?.step,
       handOffs: this.#record.handOffs,
-      costSoFar: this.#record.leases
+      costSoFar: [...this.#record.leases, ...(this.#record.holders ?? [])]
         .filter((lease) => lease.state !== "vanished")
         .reduce((sum, lease) => sum + leaseCost(lease), 0n),
       deposited: BigInt(this.#record.deposited),
@@ -251,7 +259,11 @@ class JobRunner implements JobHandle {
         // The last lease that exists on chain (see #predecessor).
         const predecessor = await this.#predecessor();
         const resume = this.#record.safe.at(-1);
-        const avoid = "excludeProviders" in this.#options ? (this.#options.excludeProviders?.() ?? []) : [];
+        // A holder's provider holds for the job, and would hold nothing more once it ran it too.
+        const avoid = [
+          ...("excludeProviders" in this.#options ? (this.#options.excludeProviders?.() ?? []) : []),
+          ...this.#holders.providers(),
+        ];
         // A hand-off waits for no block: the new provider starts on the tenant's signed opening
         // and submits it, which ends the failed lease too. A job's first lease is opened by the
         // tenant's own transaction, as the provider has nothing to start before it.
@@ -266,11 +278,17 @@ class JobRunner implements JobHandle {
           signal: this.#stop.signal,
         });
         lease = acquired.lease;
-        start = { resume, ...(acquired.opening ? { opening: acquired.opening } : {}) };
+        start = {
+          resume,
+          resumeFrom: this.#holders.addresses(),
+          ...(acquired.opening ? { opening: acquired.opening } : {}),
+        };
         if (acquired.opening) notOpened = this.#watchOpening(lease, acquired.opening.deadline);
         void this.#reserveAllowance();
         this.#lostSinceLastLease = false;
       }
+      // Leased once the job's provider is known, so that none of them is the job's provider.
+      this.#holders.start();
       const outcome = await this.#follow(lease, start, notOpened);
       switch (outcome.kind) {
         case "result":
@@ -630,6 +648,7 @@ class JobRunner implements JobHandle {
       outputDir = this.#options.outputDir ?? path.join(this.#client.jobs.dir, this.jobId, "output");
       await this.#replicator.fetchOutput(lease, { cid: body.outputCid, sha256: body.outputSha256 }, outputDir);
     }
+    await this.#holders.close();
     this.#record.state = "completed";
     this.#record.result = {
       exitCode: body.exitCode,
@@ -650,6 +669,7 @@ class JobRunner implements JobHandle {
   async #stopped(kind: "cancel" | "detach"): Promise<never> {
     this.#leaseWork?.abort();
     if (kind === "detach") {
+      await this.#holders.detach();
       this.#watching.abort();
       this.#events.end();
       throw new JobCancelledError("detached from the job; it goes on running");
@@ -662,6 +682,7 @@ class JobRunner implements JobHandle {
       lease.endedAt = Date.now();
     }
     await this.#endOpenLeases();
+    await this.#holders.close();
     this.#record.state = "cancelled";
     await this.#client.jobs.save(this.#record);
     this.#enter("cancelled");
@@ -683,6 +704,7 @@ class JobRunner implements JobHandle {
     await this.#opening;
     await this.#endLeaving().catch((cause: unknown) => this.#log.warn("failed lease not ended", { error: cause }));
     await this.#endOpenLeases();
+    await this.#holders.close();
     await this.#client.jobs.save(this.#record);
     this.#enter("failed");
     this.#events.emit({ type: "failed", error: failure });

@@ -9,6 +9,9 @@ import { jobSpecSchema } from "../job-spec.ts";
 import type { JobResult } from "./job-events.ts";
 
 const bigintString = z.string().regex(/^\d+$/);
+
+/** The most holders a job may ask for. */
+export const MAX_HOLDERS = 8;
 const hex32 = z.string().regex(/^0x[0-9a-f]{64}$/);
 
 export const leaseRecordSchema = z.object({
@@ -71,8 +74,18 @@ export const jobRecordSchema = z.object({
     retryLimit: z.number().int().nonnegative(),
     keepCheckpoints: z.number().int().positive(),
     exclude: z.array(z.string()),
+    /** Where the job's checkpoints live besides its provider (see `RunJobOptions.replication`). */
+    replication: z
+      .object({
+        holders: z.number().int().min(0).max(MAX_HOLDERS),
+        tenantCopy: z.enum(["full", "none"]),
+        diskGiB: z.number().positive().optional(),
+      })
+      .optional(),
   }),
   leases: z.array(leaseRecordSchema),
+  /** The leases of the job's holders (see `holders.ts`), ended ones included, oldest first. */
+  holders: z.array(leaseRecordSchema).optional(),
   /** Checkpoints the tenant holds (fetched, verified, pinned), oldest first. */
   safe: z.array(checkpointRecordSchema),
   /**

@@ -1,7 +1,7 @@
 import { peerIdFromString } from "@libp2p/peer-id";
 import type { Address, Hex } from "viem";
 
-import { bid } from "../actions/bid.ts";
+import { bid, type QuoteChoice } from "../actions/bid.ts";
 import { findOffers, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import { allowanceToKeep, signOpening } from "../actions/signOpening.ts";
@@ -99,19 +99,8 @@ export async function acquireLease(
         signature: chosen.signature,
         keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
       }).then(({ leaseId, receipt }) => ({ leaseId, opening: undefined, openingTx: receipt.transactionHash }));
-  // Where the provider serves blocks (checkpoints, outputs) and is found again after a restart: the
-  // addresses its offers list, kept in the peer store with those learned since.
-  const known = await client.host.peerStore.get(peerIdFromString(chosen.offer.peerId)).catch(() => undefined);
   const lease: LeaseRecord = {
-    leaseId: leaseId.toString(),
-    provider: chosen.quote.provider,
-    peerId: chosen.offer.peerId,
-    addresses: (known?.addresses ?? []).map((a) => a.multiaddr.toString()),
-    pricePerSecond: price.toString(),
-    deposit: deposit.toString(),
-    openedAt: Date.now(),
-    lastSeq: 0,
-    state: "starting",
+    ...(await openedLease(client, chosen, leaseId, deposit)),
     ...(openingTx ? { openingTx } : {}),
     ...(resume ? { resumedFrom: resume.cid } : {}),
     ...(opening ? { signedOpening: { deadline: opening.deadline.toString() } } : {}),
@@ -140,6 +129,29 @@ export async function acquireLease(
     });
   }
   return { lease, opening };
+}
+
+/** The record of a lease just opened on `chosen`'s quote, `starting`. */
+export async function openedLease(
+  client: BatonClient,
+  chosen: Pick<QuoteChoice, "offer" | "quote">,
+  leaseId: bigint,
+  deposit: bigint,
+): Promise<LeaseRecord> {
+  // Where the provider serves blocks (checkpoints, outputs) and is found again after a restart: the
+  // addresses its offers list, kept in the peer store with those learned since.
+  const known = await client.host.peerStore.get(peerIdFromString(chosen.offer.peerId)).catch(() => undefined);
+  return {
+    leaseId: leaseId.toString(),
+    provider: chosen.quote.provider,
+    peerId: chosen.offer.peerId,
+    addresses: (known?.addresses ?? []).map((a) => a.multiaddr.toString()),
+    pricePerSecond: chosen.quote.pricePerSecond.toString(),
+    deposit: deposit.toString(),
+    openedAt: Date.now(),
+    lastSeq: 0,
+    state: "starting",
+  };
 }
 
 /** The most a later lease of the job may deposit (none once the budget cannot pay one more second). */

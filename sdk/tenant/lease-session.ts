@@ -37,7 +37,14 @@ export interface FollowLeaseParameters {
    * Starts the job on the lease (from `resume`, if any), rather than re-attaching to it; with
    * `opening`, on a signed opening the provider submits itself.
    */
-  start: { resume: CheckpointRecord | undefined; opening?: OpeningWire } | undefined;
+  start:
+    | {
+        resume: CheckpointRecord | undefined;
+        /** More peers that hold `resume` (the job's holders), for the provider to fetch it from first. */
+        resumeFrom?: readonly string[];
+        opening?: OpeningWire;
+      }
+    | undefined;
   /** Aborted when the lease's signed opening did not land on chain: the provider counts as failed. */
   notOpened?: AbortSignal;
   /** The job is stopping (cancel, detach, or a failure). */
@@ -87,7 +94,15 @@ export async function followLease(
           start: {
             spec: record.spec,
             key: record.key,
-            ...(resume ? { resume: { cid: resume.cid, sha256: resume.sha256 } } : {}),
+            ...(resume
+              ? {
+                  resume: {
+                    cid: resume.cid,
+                    sha256: resume.sha256,
+                    ...(start.resumeFrom?.length ? { providers: [...start.resumeFrom] } : {}),
+                  },
+                }
+              : {}),
             ...(start.opening ? { opening: start.opening } : {}),
           },
         }

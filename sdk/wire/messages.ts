@@ -215,8 +215,15 @@ export const HOLD_KEEP_MAX = 16;
 /** The most peers a `hold` names to fetch from. */
 export const MAX_HOLD_PROVIDERS = 16;
 
-/** A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced. */
-const resumeSchema = z.object({ cid: z.string().min(1).max(256), sha256: z.string().regex(/^[0-9a-f]{64}$/) });
+/**
+ * A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced; and peers that
+ * hold it (the job's holders), asked for it before the tenant.
+ */
+const resumeSchema = z.object({
+  cid: z.string().min(1).max(256),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  providers: z.array(multiaddrSchema).max(MAX_HOLD_PROVIDERS).optional(),
+});
 
 export const tenantMessageSchemas = {
   /**

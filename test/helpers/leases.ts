@@ -1,7 +1,12 @@
-import { contracts, writeContract } from "../../sdk/chain/client.ts";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { multiaddr } from "@multiformats/multiaddr";
+import { keccak256, parseEther, toHex, zeroHash } from "viem";
+
+import { contracts, leaseStatus, writeContract } from "../../sdk/chain/client.ts";
 import type { Deployment } from "../../sdk/chain/deployments.ts";
-import type { BidResponse } from "../../sdk/wire/messages.ts";
-import type { Tenant } from "./market.ts";
+import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
+import type { Bid, BidResponse, TenantMessage } from "../../sdk/wire/messages.ts";
+import type { Market, ProviderHandle, Tenant } from "./market.ts";
 
 /**
  * Opens a lease on chain from a provider's quote, as a tenant outside the SDK does: approves a
@@ -28,4 +33,78 @@ export async function openQuotedLease(
     args: [response.quote, response.signature, deposit, 0n],
   });
   return BigInt(receipt.logs.find((l) => l.address.toLowerCase() === leaseManager.address.toLowerCase())!.topics[1]!);
+}
+
+/**
+ * Asks `provider` for a quote and opens a lease on it (see {@link openQuotedLease}), as a tenant
+ * outside the SDK does: a bid for job `jobName` with `requirements`, at up to 0.001 tokens a second.
+ */
+export async function quoteAndOpenLease(
+  tenant: Tenant,
+  deployment: Deployment,
+  provider: Pick<ProviderHandle, "peerId" | "address">,
+  { jobName, requirements, durationS }: { jobName: string; requirements: Bid["requirements"]; durationS: number },
+): Promise<bigint> {
+  const { leaseManager } = contracts(deployment);
+  const response = await requestQuote(
+    tenant.host,
+    peerIdFromString(provider.peerId),
+    tenant.key,
+    {
+      chainId: deployment.chainId,
+      leaseManager: leaseManager.address,
+      jobId: keccak256(toHex(jobName)),
+      tenant: tenant.account.address,
+      requirements,
+      image: zeroHash,
+      maxPricePerSecond: parseEther("0.001"),
+      durationS,
+    },
+    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(30_000) },
+  );
+  return openQuotedLease(tenant, deployment, response, durationS);
+}
+
+/** Opens a lease session with `provider` by its first message, `start` or `attach`, as a tenant outside the SDK does. */
+export function openSession(
+  tenant: Tenant,
+  provider: Pick<ProviderHandle, "peerId" | "address">,
+  first: { type: "start"; body: TenantMessage<"start"> } | { type: "attach"; body: TenantMessage<"attach"> },
+): Promise<LeaseSession> {
+  return openLeaseSession(tenant.host, peerIdFromString(provider.peerId), tenant.key, first, {
+    address: multiaddr(provider.address!),
+    signal: AbortSignal.timeout(30_000),
+  });
+}
+
+/** Reads a lease session until `done` accepts a message (returned with all before it), or 60 s pass. */
+export async function readUntil(session: LeaseSession, done: (e: ProviderEvent) => boolean): Promise<ProviderEvent[]> {
+  const seen: ProviderEvent[] = [];
+  const deadline = AbortSignal.timeout(60_000);
+  for (;;) {
+    const next = await Promise.race([
+      session.messages.next(),
+      new Promise<never>((_, reject) =>
+        deadline.addEventListener(
+          "abort",
+          () => reject(new Error(`no such message; saw ${JSON.stringify(seen.map((e) => e.type))}`)),
+          { once: true },
+        ),
+      ),
+    ]);
+    if (next.done) throw new Error(`session ended; saw ${JSON.stringify(seen.map((e) => e.type))}`);
+    seen.push(next.value);
+    if (done(next.value)) return seen;
+  }
+}
+
+/** A lease's status on chain, by name. */
+export async function chainStatusOf(market: Pick<Market, "admin" | "deployment">, leaseId: bigint): Promise<string> {
+  const { leaseManager } = contracts(market.deployment);
+  const lease = await market.admin.publicClient.readContract({
+    ...leaseManager,
+    functionName: "getLease",
+    args: [leaseId],
+  });
+  return leaseStatus[lease.status] ?? "unknown";
 }

@@ -2,20 +2,16 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
-import { peerIdFromString } from "@libp2p/peer-id";
-import { multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
-import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import { restoreCheckpoint } from "../../sdk/ipfs/checkpoint.ts";
 import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import type { JobSpec } from "../../sdk/job-spec.ts";
-import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
+import type { LeaseSession, ProviderEvent } from "../../sdk/wire/clients.ts";
 import type { ProviderMessage, TenantMessage } from "../../sdk/wire/messages.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
-import { openQuotedLease } from "../helpers/leases.ts";
+import { chainStatusOf, openSession, quoteAndOpenLease, readUntil } from "../helpers/leases.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 
 /*
@@ -33,8 +29,6 @@ let tenant: Tenant;
 let tenantDir: string | undefined;
 let leaseId: bigint;
 
-const addressOf = (p: ProviderHandle) => multiaddr(p.address!);
-
 function taskSpec(script: string, env: Record<string, string> = {}): JobSpec {
   return {
     name: "batch-task",
@@ -47,70 +41,22 @@ function taskSpec(script: string, env: Record<string, string> = {}): JobSpec {
   };
 }
 
-async function openLease(): Promise<bigint> {
-  const { leaseManager } = contracts(market.deployment);
-  const response = await requestQuote(
-    tenant.host,
-    peerIdFromString(provider.peerId),
-    tenant.key,
-    {
-      chainId: market.deployment.chainId,
-      leaseManager: leaseManager.address,
-      jobId: keccak256(toHex("batch-lease")),
-      tenant: tenant.account.address,
-      requirements: { gpus: 0 },
-      image: zeroHash,
-      maxPricePerSecond: parseEther("0.001"),
-      durationS: LEASE_S,
-    },
-    { address: addressOf(provider), signal: AbortSignal.timeout(30_000) },
-  );
-  return openQuotedLease(tenant, market.deployment, response, LEASE_S);
-}
-
-async function open(
-  first: { type: "start"; body: TenantMessage<"start"> } | { type: "attach"; body: TenantMessage<"attach"> },
-): Promise<LeaseSession> {
-  return openLeaseSession(tenant.host, peerIdFromString(provider.peerId), tenant.key, first, {
-    address: addressOf(provider),
-    signal: AbortSignal.timeout(30_000),
+const openLease = (): Promise<bigint> =>
+  quoteAndOpenLease(tenant, market.deployment, provider, {
+    jobName: "batch-lease",
+    requirements: { gpus: 0 },
+    durationS: LEASE_S,
   });
-}
 
-/** Reads the session until `done` accepts a message (returned with all before it), or 60 s pass. */
-async function readUntil(session: LeaseSession, done: (e: ProviderEvent) => boolean): Promise<ProviderEvent[]> {
-  const seen: ProviderEvent[] = [];
-  const deadline = AbortSignal.timeout(60_000);
-  for (;;) {
-    const next = await Promise.race([
-      session.messages.next(),
-      new Promise<never>((_, reject) =>
-        deadline.addEventListener(
-          "abort",
-          () => reject(new Error(`no such message; saw ${JSON.stringify(seen.map((e) => e.type))}`)),
-          { once: true },
-        ),
-      ),
-    ]);
-    if (next.done) throw new Error(`session ended; saw ${JSON.stringify(seen.map((e) => e.type))}`);
-    seen.push(next.value);
-    if (done(next.value)) return seen;
-  }
-}
+const open = (
+  first: { type: "start"; body: TenantMessage<"start"> } | { type: "attach"; body: TenantMessage<"attach"> },
+): Promise<LeaseSession> => openSession(tenant, provider, first);
 
 const resultOf = (taskId: string) => (e: ProviderEvent) => e.type === "result" && e.body.taskId === taskId;
 const lines = (events: ProviderEvent[]) =>
   events.flatMap((e) => (e.type === "log" && e.body.stream === "stdout" ? [e.body.line] : []));
 
-async function chainStatus(): Promise<string> {
-  const { leaseManager } = contracts(market.deployment);
-  const lease = await market.admin.publicClient.readContract({
-    ...leaseManager,
-    functionName: "getLease",
-    args: [leaseId],
-  });
-  return leaseStatus[lease.status] ?? "unknown";
-}
+const chainStatus = (): Promise<string> => chainStatusOf(market, leaseId);
 
 beforeAll(async () => {
   market = await startMarket({

@@ -3,19 +3,16 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
-import { peerIdFromString } from "@libp2p/peer-id";
-import { multiaddr } from "@multiformats/multiaddr";
 import type { CID } from "multiformats/cid";
-import { keccak256, parseEther, toHex, zeroHash } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { contracts, leaseStatus, writeContract } from "../../sdk/chain/client.ts";
+import { contracts, writeContract } from "../../sdk/chain/client.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import { MIN_JOB_DISK_GIB, type JobSpec } from "../../sdk/job-spec.ts";
-import { openLeaseSession, requestQuote, type LeaseSession, type ProviderEvent } from "../../sdk/wire/clients.ts";
+import type { LeaseSession } from "../../sdk/wire/clients.ts";
 import type { ProviderMessage, TenantMessage } from "../../sdk/wire/messages.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
-import { openQuotedLease } from "../helpers/leases.ts";
+import { chainStatusOf, openSession, quoteAndOpenLease, readUntil } from "../helpers/leases.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 
 /*
@@ -48,56 +45,9 @@ const holdSpec: JobSpec = {
   maxDurationS: LEASE_S,
 };
 
-async function openLease(): Promise<bigint> {
-  const { leaseManager } = contracts(market.deployment);
-  const response = await requestQuote(
-    tenant.host,
-    peerIdFromString(holder.peerId),
-    tenant.key,
-    {
-      chainId: market.deployment.chainId,
-      leaseManager: leaseManager.address,
-      jobId: keccak256(toHex("hold-lease")),
-      tenant: tenant.account.address,
-      requirements: { gpus: 0, diskGiB: holdSpec.resources.diskGiB },
-      image: zeroHash,
-      maxPricePerSecond: parseEther("0.001"),
-      durationS: LEASE_S,
-    },
-    { address: multiaddr(holder.address!), signal: AbortSignal.timeout(30_000) },
-  );
-  return openQuotedLease(tenant, market.deployment, response, LEASE_S);
-}
-
-async function open(
+const open = (
   first: { type: "start"; body: TenantMessage<"start"> } | { type: "attach"; body: TenantMessage<"attach"> },
-): Promise<LeaseSession> {
-  return openLeaseSession(tenant.host, peerIdFromString(holder.peerId), tenant.key, first, {
-    address: multiaddr(holder.address!),
-    signal: AbortSignal.timeout(30_000),
-  });
-}
-
-/** Reads the session until `done` accepts a message (returned with all before it), or 60 s pass. */
-async function readUntil(s: LeaseSession, done: (e: ProviderEvent) => boolean): Promise<ProviderEvent[]> {
-  const seen: ProviderEvent[] = [];
-  const deadline = AbortSignal.timeout(60_000);
-  for (;;) {
-    const next = await Promise.race([
-      s.messages.next(),
-      new Promise<never>((_, reject) =>
-        deadline.addEventListener(
-          "abort",
-          () => reject(new Error(`no such message; saw ${JSON.stringify(seen.map((e) => e.type))}`)),
-          { once: true },
-        ),
-      ),
-    ]);
-    if (next.done) throw new Error(`session ended; saw ${JSON.stringify(seen.map((e) => e.type))}`);
-    seen.push(next.value);
-    if (done(next.value)) return seen;
-  }
-}
+): Promise<LeaseSession> => openSession(tenant, holder, first);
 
 /** A checkpoint's ciphertext as a holder sees it: `mib` MiB of random bytes, added and pinned in the tenant's store. */
 async function checkpointOf(mib: number): Promise<{ cid: CID; bytes: Buffer }> {
@@ -122,15 +72,7 @@ async function dropTenantCopy(cid: CID): Promise<void> {
   expect(await ipfs.has(cid)).toBe(false);
 }
 
-async function chainStatus(): Promise<string> {
-  const { leaseManager } = contracts(market.deployment);
-  const lease = await market.admin.publicClient.readContract({
-    ...leaseManager,
-    functionName: "getLease",
-    args: [leaseId],
-  });
-  return leaseStatus[lease.status] ?? "unknown";
-}
+const chainStatus = (): Promise<string> => chainStatusOf(market, leaseId);
 
 const auth = () => signTenantAuth(tenant.account, leaseId, tenant.host.peerId.toString());
 
@@ -143,7 +85,11 @@ beforeAll(async () => {
   tenantDir = await mkdtemp(path.join(os.tmpdir(), "baton-hold-lease-"));
   tenant = await market.tenant(0, { ipfsDir: path.join(tenantDir, "ipfs") });
   ipfs = tenant.ipfs!;
-  leaseId = await openLease();
+  leaseId = await quoteAndOpenLease(tenant, market.deployment, holder, {
+    jobName: "hold-lease",
+    requirements: { gpus: 0, diskGiB: holdSpec.resources.diskGiB },
+    durationS: LEASE_S,
+  });
 });
 
 afterAll(async () => {

@@ -1,0 +1,353 @@
+import { encodePacked, keccak256, zeroHash, type Address, type Hex } from "viem";
+
+import { bid } from "../actions/bid.ts";
+import { findOffers, type Requirements } from "../actions/findOffers.ts";
+import { openLease } from "../actions/openLease.ts";
+import { allowanceKept } from "../actions/signOpening.ts";
+import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
+import type { BatonClient } from "../client.ts";
+import { ProviderFaultError, shortMessageOf } from "../errors.ts";
+import { jobDiskGiB, parseJobSpec, type JobSpec } from "../job-spec.ts";
+import type { Logger } from "../logger.ts";
+import { sleep } from "../utils/retry.ts";
+import { MAX_HOLD_PROVIDERS } from "../wire/messages.ts";
+import { HAND_OFF_SEARCH_PAUSE_MS, leaseDeposit, OFFER_TIMEOUT_MS } from "./hand-off-policy.ts";
+import type { JobEvents } from "./job-events.ts";
+import { endRecordedLease, type OnSlash } from "./job-settlement.ts";
+import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
+import { openedLease } from "./lease-acquisition.ts";
+import { leaseLiveness } from "./lease-session.ts";
+
+/**
+ * How long a checkpoint waits for the job's holders to be leased (at its start, or after one was
+ * lost) before it is held by those there are, and so not safe if they are fewer than asked for.
+ */
+const HOLDERS_WAIT_MS = 60_000;
+
+/** The job id a job's holders' leases are opened under: derived from the job's, so an auditor finds them. */
+export function holdJobId(jobId: Hex): Hex {
+  return keccak256(encodePacked(["bytes32", "string"], [jobId, "baton:hold"]));
+}
+
+/** A holder's lease spec: no GPUs, no image, the job's disk quota (or `diskGiB`); its command never runs. */
+export function holdSpec(spec: JobSpec, diskGiB = jobDiskGiB(spec)): JobSpec {
+  return parseJobSpec({
+    name: "hold",
+    command: ["hold"],
+    resources: { gpus: 0, cpus: 1, memoryMiB: 64, diskGiB },
+    maxDurationS: spec.maxDurationS,
+  });
+}
+
+/** Where a lease's provider serves blocks: its listen addresses, as dialable multiaddrs. */
+export function leaseAddresses(lease: Pick<LeaseRecord, "addresses" | "peerId">): string[] {
+  return lease.addresses.map((address) => `${address}/p2p/${lease.peerId}`);
+}
+
+export interface CheckpointHoldersInit {
+  client: BatonClient;
+  record: JobRecord;
+  events: JobEvents;
+  log: Logger;
+  onSlash: OnSlash;
+  /** A holder lost: its lease was ended, and it waits for its slash if its provider does not acknowledge. */
+  onLost: (lease: LeaseRecord) => void;
+}
+
+/** One holder as the tenant follows it: its lease, its session, and the holds it has not answered yet. */
+interface Holder {
+  lease: LeaseRecord;
+  watch: LeaseWatch;
+  /** Settles once the holder accepted its lease (or was lost first). */
+  accepted: Promise<void>;
+  waiting: Map<string, { resolve: () => void; reject: (error: Error) => void }>;
+}
+
+/**
+ * A job's holders (`replication.holders`): other providers, each paid through a lease of its own (no
+ * GPUs, the node's built-in hold job, the job's escrow, heartbeats and slashing), that pin every
+ * checkpoint straight from the provider serving the job. A holder lost (failed, refused) is ended and
+ * replaced, and the newest safe checkpoint is pinned on its replacement. Their leases are in the job's
+ * record (`holders`), so a tenant that restarts follows them again.
+ */
+export class CheckpointHolders {
+  readonly #init: CheckpointHoldersInit;
+  readonly #holders = new Map<string, Holder>();
+  readonly #stop = new AbortController();
+  /** The opening of missing holders under way, if any. */
+  #filling: Promise<void> | undefined;
+  #started = false;
+
+  constructor(init: CheckpointHoldersInit) {
+    this.#init = init;
+  }
+
+  /** How many holders the job asks for. */
+  get wanted(): number {
+    return this.#init.record.options.replication?.holders ?? 0;
+  }
+
+  /** Follows the holders the record has running (after a restart), and leases the missing ones; once. */
+  start(): void {
+    if (this.wanted === 0 || this.#started) return;
+    this.#started = true;
+    for (const lease of this.#init.record.holders ?? []) {
+      if (lease.state === "starting" || lease.state === "running") this.#follow(lease, false);
+    }
+    this.#fill();
+  }
+
+  /** The holders' providers (addresses): a lease of the job goes elsewhere. */
+  providers(): string[] {
+    return [...this.#holders.values()].map((h) => h.lease.provider);
+  }
+
+  /** Where the holders serve blocks: for a provider that resumes the job, or another holder, to fetch from. */
+  addresses(): string[] {
+    return [...this.#holders.values()].flatMap((h) => leaseAddresses(h.lease));
+  }
+
+  /**
+   * Pins a checkpoint on every holder, each fetching it from `from` (the provider that serves it)
+   * and from the other holders. Waits (up to a minute) for missing holders to be leased first.
+   *
+   * @returns how many holders acknowledged it: all of those asked.
+   * @throws {ProviderFaultError} when fewer than {@link wanted} acknowledged it.
+   */
+  async hold(cid: string, from: readonly string[], signal: AbortSignal): Promise<number> {
+    if (this.#filling) {
+      await Promise.race([
+        this.#filling,
+        sleep(HOLDERS_WAIT_MS, { signal: AbortSignal.any([signal, this.#stop.signal]) }),
+      ]);
+    }
+    const holders = [...this.#holders.values()];
+    const outcomes = await Promise.allSettled(holders.map((holder) => this.#holdOn(holder, cid, from, signal)));
+    const failures = outcomes.flatMap((o) => (o.status === "rejected" ? [shortMessageOf(o.reason)] : []));
+    const acknowledged = holders.length - failures.length;
+    if (acknowledged < this.wanted) {
+      throw new ProviderFaultError(`${acknowledged} of ${this.wanted} holder(s) hold it`, {
+        details: failures.join("; ") || "no holder is leased",
+      });
+    }
+    return acknowledged;
+  }
+
+  /** Ends every holder's lease (the job ended): closed, its unused deposit refunded. */
+  async close(): Promise<void> {
+    this.#stop.abort();
+    await this.#filling;
+    const { client, record, log, onSlash } = this.#init;
+    for (const holder of this.#holders.values()) {
+      await holder.watch.stop();
+      try {
+        await endRecordedLease(client, record, holder.lease, { onSlash });
+        holder.lease.state = "completed";
+        holder.lease.endedAt = Date.now();
+      } catch (error) {
+        log.warn("holder's lease not settled", { leaseId: holder.lease.leaseId, error });
+      }
+    }
+    this.#holders.clear();
+    await client.jobs.save(record);
+  }
+
+  /** Stops following the holders without ending their leases (the tenant detached: the job goes on). */
+  async detach(): Promise<void> {
+    this.#stop.abort();
+    await this.#filling;
+    for (const holder of this.#holders.values()) await holder.watch.stop();
+    this.#holders.clear();
+  }
+
+  async #holdOn(holder: Holder, cid: string, from: readonly string[], signal: AbortSignal): Promise<void> {
+    await holder.accepted;
+    if (!this.#holders.has(holder.lease.leaseId)) throw new ProviderFaultError("the holder was lost");
+    const others = [...this.#holders.values()].filter((h) => h !== holder).flatMap((h) => leaseAddresses(h.lease));
+    const acknowledged = new Promise<void>((resolve, reject) => holder.waiting.set(cid, { resolve, reject }));
+    const aborted = () => holder.waiting.get(cid)?.reject(new ProviderFaultError("the hold was abandoned"));
+    signal.addEventListener("abort", aborted, { once: true });
+    try {
+      await holder.watch.send("hold", {
+        leaseId: BigInt(holder.lease.leaseId),
+        cid,
+        providers: [...from, ...others].slice(0, MAX_HOLD_PROVIDERS),
+      });
+      await acknowledged;
+    } finally {
+      signal.removeEventListener("abort", aborted);
+      holder.waiting.delete(cid);
+    }
+  }
+
+  /** Opens holders' leases until as many run as asked for, in the background; one try after another until stopped. */
+  #fill(): void {
+    if (this.#filling) return;
+    this.#filling = (async () => {
+      while (this.#holders.size < this.wanted && !this.#stop.signal.aborted) {
+        try {
+          await this.#open();
+        } catch (error) {
+          if (this.#stop.signal.aborted) break;
+          this.#init.log.warn("no holder leased; trying again", { error });
+          await sleep(HAND_OFF_SEARCH_PAUSE_MS, { signal: this.#stop.signal }).catch(() => undefined);
+        }
+      }
+    })().finally(() => {
+      this.#filling = undefined;
+    });
+  }
+
+  /** Leases one holder on a provider that neither serves the job nor holds for it already. */
+  async #open(): Promise<void> {
+    const { client, record, events } = this.#init;
+    const replication = record.options.replication!;
+    const spec = holdSpec(record.spec, replication.diskGiB);
+    const requirements: Requirements = { gpus: 0, diskGiB: jobDiskGiB(spec), runtime: "process" };
+    const maxPricePerSecond = BigInt(record.options.maxPricePerSecond!);
+    const jobId = holdJobId(record.jobId as Hex);
+    const signal = this.#stop.signal;
+    const busy = [
+      ...record.leases.filter((l) => l.state === "starting" || l.state === "running").map((l) => l.provider),
+      ...[...this.#holders.values()].map((h) => h.lease.provider),
+    ];
+    const offers = await findOffers(client, {
+      requirements,
+      maxPricePerSecond,
+      exclude: [...record.options.exclude, ...busy],
+      timeoutMs: OFFER_TIMEOUT_MS,
+      signal,
+    });
+    const { chosen } = await bid(client, {
+      jobId,
+      offers,
+      requirements,
+      image: zeroHash,
+      maxPricePerSecond,
+      durationS: spec.maxDurationS,
+      signal,
+    });
+    const price = chosen.quote.pricePerSecond;
+    const deposit = leaseDeposit(record, price);
+    const { leaseId, receipt } = await openLease(client, {
+      quote: chosen.quote,
+      signature: chosen.signature,
+      deposit,
+      keepAllowance: allowanceKept(client),
+      signal,
+    });
+    const lease: LeaseRecord = {
+      ...(await openedLease(client, chosen, leaseId, deposit)),
+      openingTx: receipt.transactionHash,
+    };
+    (record.holders ??= []).push(lease);
+    record.deposited = (BigInt(record.deposited) + deposit).toString();
+    await client.jobs.save(record);
+    events.emit({ type: "holder-leased", leaseId, provider: chosen.quote.provider, pricePerSecond: price, deposit });
+    const holder = this.#follow(lease, true);
+    await holder.accepted;
+    // A replacement, or a holder leased after the job's first checkpoints: it holds the newest safe one too.
+    const newest = record.safe.at(-1);
+    if (newest && this.#holders.has(lease.leaseId)) void this.#catchUp(holder, newest);
+  }
+
+  /** Pins the job's newest safe checkpoint on a holder that came late, from the other holders and the job's provider. */
+  async #catchUp(holder: Holder, checkpoint: CheckpointRecord): Promise<void> {
+    const serving = this.#init.record.leases.filter((l) => l.state === "running").flatMap(leaseAddresses);
+    try {
+      await this.#holdOn(holder, checkpoint.cid, serving, this.#stop.signal);
+    } catch (error) {
+      this.#init.log.warn("a new holder did not take the newest safe checkpoint", {
+        leaseId: holder.lease.leaseId,
+        cid: checkpoint.cid,
+        error,
+      });
+    }
+  }
+
+  /** Follows a holder's session (starting its hold, or re-attaching): its acknowledgements, and its loss. */
+  #follow(lease: LeaseRecord, start: boolean): Holder {
+    const { client, record } = this.#init;
+    const watch = watchLease(client, {
+      leaseId: BigInt(lease.leaseId),
+      peerId: lease.peerId,
+      addresses: lease.addresses,
+      afterSeq: lease.lastSeq,
+      liveness: leaseLiveness(client, lease, { heartbeatWindowMs: undefined, failAfterMs: undefined }),
+      ...(start
+        ? {
+            start: {
+              spec: holdSpec(record.spec, record.options.replication?.diskGiB),
+              hold: { keep: record.options.keepCheckpoints },
+            },
+          }
+        : {}),
+      signal: this.#stop.signal,
+    });
+    let accept!: () => void;
+    const holder: Holder = {
+      lease,
+      watch,
+      accepted: new Promise<void>((resolve) => (accept = resolve)),
+      waiting: new Map(),
+    };
+    if (!start) accept();
+    this.#holders.set(lease.leaseId, holder);
+    void this.#read(holder, accept);
+    return holder;
+  }
+
+  async #read(holder: Holder, accept: () => void): Promise<void> {
+    const { lease } = holder;
+    let lost = "its session ended";
+    try {
+      for await (const event of holder.watch) {
+        if (event.type === "accepted") {
+          lease.state = "running";
+          lease.lastSeq = Math.max(lease.lastSeq, event.body.seq);
+          await this.#init.client.jobs.save(this.#init.record);
+          accept();
+        } else if (event.type === "heartbeat") {
+          lease.lastSeq = Math.max(lease.lastSeq, event.body.seq);
+        } else if (event.type === "held") {
+          const waiter = holder.waiting.get(event.body.cid);
+          if (event.body.error === undefined) waiter?.resolve();
+          else waiter?.reject(new ProviderFaultError(`holder ${lease.provider}: ${event.body.error}`));
+        } else if (event.type === "refused") {
+          lost = `it refused: ${event.body.reason}: ${event.body.message}`;
+          break;
+        } else if (event.type === "liveness" && event.body.state === "failed") {
+          lost = event.body.reason;
+          break;
+        }
+      }
+    } catch (error) {
+      lost = shortMessageOf(error);
+    }
+    accept();
+    if (this.#stop.signal.aborted || this.#holders.get(lease.leaseId) !== holder) return;
+    await this.#lose(holder, lost);
+  }
+
+  /** A holder failed or refused: its lease ended (slashed later if its provider never acknowledges), and a replacement leased. */
+  async #lose(holder: Holder, reason: string): Promise<void> {
+    const { client, record, events, log, onSlash, onLost } = this.#init;
+    const { lease } = holder;
+    this.#holders.delete(lease.leaseId);
+    for (const waiter of holder.waiting.values())
+      waiter.reject(new ProviderFaultError(`the holder was lost: ${reason}`));
+    await holder.watch.stop();
+    lease.state = "failed";
+    lease.endedAt = Date.now();
+    log.warn("holder lost", { leaseId: lease.leaseId, provider: lease.provider, reason });
+    events.emit({ type: "holder-lost", leaseId: BigInt(lease.leaseId), provider: lease.provider as Address, reason });
+    try {
+      await endRecordedLease(client, record, lease, { onSlash });
+    } catch (error) {
+      log.warn("lost holder's lease not ended", { leaseId: lease.leaseId, error });
+    }
+    await client.jobs.save(record);
+    onLost(lease);
+    this.#fill();
+  }
+}
