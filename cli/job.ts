@@ -1,13 +1,13 @@
 import { access } from "node:fs/promises";
 import path from "node:path";
 
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 
 import { MAX_CONFIRMATIONS } from "../sdk/chain/confirmations.ts";
 import { handOffCount } from "../sdk/hand-offs.ts";
 import type { BatonClient, JobHandle } from "../sdk/index.ts";
 import { UserError } from "../sdk/errors.ts";
-import type { JobRecord, JobStore } from "../sdk/tenant/job-store.ts";
+import { MAX_HOLDERS, type JobRecord, type JobStore } from "../sdk/tenant/job-store.ts";
 import { openAccount, passwordOption, type PasswordOptions } from "./key.ts";
 import { networkFileOption, networkNames, networkOptions, resolveNetwork, type NetworkOptions } from "./network.ts";
 import { jsonLine, printJson, table } from "./output.ts";
@@ -114,6 +114,8 @@ interface RunOptions extends TenantOptions {
   budget?: string;
   watch?: boolean;
   retryLimit: number;
+  holders: number;
+  tenantCopy: "full" | "none";
 }
 
 async function run(file: string, options: RunOptions): Promise<void> {
@@ -127,6 +129,9 @@ async function run(file: string, options: RunOptions): Promise<void> {
       ...(options.budget === undefined ? {} : { budget: parseEther(options.budget) }),
       files,
       retryLimit: options.retryLimit,
+      ...(options.holders > 0 || options.tenantCopy === "none"
+        ? { replication: { holders: options.holders, tenantCopy: options.tenantCopy } }
+        : {}),
     });
   } catch (error) {
     await client.close();
@@ -237,10 +242,25 @@ export function jobCommands(program: Command): void {
           "how many providers may fail the job before it fails",
           integerIn("--retry-limit", 0, 1000),
           3,
+        )
+        .option(
+          "--holders <n>",
+          "how many other providers pin each checkpoint (each a lease of its own, paid from the budget)",
+          integerIn("--holders", 0, MAX_HOLDERS),
+          0,
+        )
+        .addOption(
+          new Option(
+            "--tenant-copy <copy>",
+            "whether this machine keeps a copy of each checkpoint too (none: holders only)",
+          )
+            .choices(["full", "none"])
+            .default("full"),
         ),
     ),
     [
       "baton job run examples/train/train.yaml --max-price 0.001 --watch",
+      "baton job run train.yaml --max-price 0.001 --holders 2 --tenant-copy none --watch",
       "baton job run train.yaml --max-price 0.001 --budget 1 --keystore tenant.json --network net.json",
     ],
   ).action(run);

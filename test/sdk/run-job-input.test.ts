@@ -28,4 +28,26 @@ describe("runJob refuses bad input before it does anything", () => {
       new RegExp(`^the job spec takes \\d+ bytes as sent, over the ${MAX_SPEC_MESSAGE_BYTES} `),
     );
   });
+
+  it.each([
+    [{ holders: 9 }, /replication.holders must be a whole number from 0 to 8/],
+    [{ holders: 1.5 }, /replication.holders must be a whole number/],
+    [{ holders: 0, tenantCopy: "none" as const }, /needs at least one holder/],
+    [{ holders: 1, diskGiB: 0.01 }, /replication.diskGiB must be from 0.0625/],
+  ])("refuses replication %j", async (replication, message) => {
+    const error = await runJob(untouchable, { command: ["true"] }, { maxPricePerSecond: 1n, replication }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(UserError);
+    expect((error as UserError).message).toMatch(message);
+  });
+
+  it("refuses more checkpoints to keep than a holder keeps", async () => {
+    const error = await runJob(
+      untouchable,
+      { command: ["true"] },
+      { maxPricePerSecond: 1n, keepCheckpoints: 17, replication: { holders: 1 } },
+    ).catch((e: unknown) => e);
+    expect((error as UserError).message).toMatch(/a holder keeps at most 16 checkpoints/);
+  });
 });
