@@ -110,6 +110,8 @@ export function describe(event: JobEvent, name: (address: string | undefined) =>
       return `checkpoint ${event.cid.slice(0, 16)}… rejected: ${event.reason}`;
     case "holder-leased":
       return `holder lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, deposit ${formatEther(event.deposit)}`;
+    case "holder-retired":
+      return `holder ${name(event.provider)} runs the job now (a warm standby); its hold lease ${event.leaseId} is closed, another is leased`;
     case "holder-lost":
       return `holder ${name(event.provider)} LOST (${event.reason}); lease ${event.leaseId} ended, another is leased`;
     case "provider-suspect":

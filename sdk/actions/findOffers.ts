@@ -26,6 +26,11 @@ export interface FindOffersParameters {
   lastResort?: readonly string[];
   /** The job's image: offers of providers that hold it already come before the others of their rank. */
   image?: JobImage | undefined;
+  /**
+   * Provider addresses or peer ids that hold the checkpoint the job resumes from (its holders): warm
+   * standbys, whose offers come first within their rank, since a hand-off to one needs no transfer.
+   */
+  standby?: readonly string[];
   /** Wait until at least this many offers match. Default 1. */
   minCount?: number;
   /** Longest wait for `minCount` matching offers. Default 10 s. */
@@ -41,6 +46,8 @@ export interface FoundOffer {
   lastResort: boolean;
   /** Whether the provider holds the job's image already (false for a job without one). */
   holdsImage: boolean;
+  /** Whether the provider was on the `standby` list. */
+  standby: boolean;
 }
 
 /** Whether an offer can take a job with these requirements now, within the price. */
@@ -67,13 +74,14 @@ export function offerMatches(offer: Offer, requirements: Requirements, maxPriceP
 }
 
 /**
- * The order offers are tried in: `lastResort` providers after all others; within each, those that
- * hold the job's image first (a pull of a large image can take longer than the job's first
- * checkpoint interval); then the cheapest.
+ * The order offers are tried in: `lastResort` providers after all others; within each, warm
+ * standbys first (they hold the checkpoint to resume from), then those that hold the job's image (a
+ * pull of a large image can take longer than the job's first checkpoint interval); then the cheapest.
  */
 export function compareOffers(a: FoundOffer, b: FoundOffer): number {
   return (
     Number(a.lastResort) - Number(b.lastResort) ||
+    Number(b.standby) - Number(a.standby) ||
     Number(b.holdsImage) - Number(a.holdsImage) ||
     (a.pricePerSecond < b.pricePerSecond ? -1 : a.pricePerSecond > b.pricePerSecond ? 1 : 0)
   );
@@ -97,6 +105,7 @@ export async function findOffers(
     exclude = [],
     lastResort = [],
     image,
+    standby = [],
     minCount = 1,
     timeoutMs = 10_000,
     signal,
@@ -108,6 +117,7 @@ export async function findOffers(
   };
   const excluded = listed(exclude);
   const late = listed(lastResort);
+  const warm = listed(standby);
   const key = image === undefined ? undefined : imageKey(image);
   const blockTimeS = await chainBlockTime(client.chain, signal ? { signal } : {});
   // An offer whose on-chain heartbeat timeout this chain's blocks make unmeetable is no use: its
@@ -127,6 +137,7 @@ export async function findOffers(
         pricePerSecond: offerPrice(offer, requirements.gpus),
         lastResort: late(offer),
         holdsImage: key !== undefined && offer.images.includes(key),
+        standby: warm(offer),
       }))
       .sort(compareOffers);
   const deadline = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]);

@@ -133,23 +133,52 @@ export class CheckpointHolders {
     return acknowledged;
   }
 
+  /**
+   * The job's new lease went to a holder's provider (a warm standby: it resumes from what it holds).
+   * Once the job started there, that holder's lease is closed (it holds nothing for another) and a
+   * holder leased elsewhere in its place; until then it goes on holding the checkpoint resumed from.
+   */
+  standbyTaken(lease: LeaseRecord): void {
+    const holder = [...this.#holders.values()].find((h) => h.lease.provider === lease.provider);
+    if (!holder) return;
+    const off = this.#init.events.on("started", (event) => {
+      if (event.leaseId !== BigInt(lease.leaseId)) return;
+      off();
+      void this.#retire(holder);
+    });
+  }
+
+  async #retire(holder: Holder): Promise<void> {
+    const { client, record, events } = this.#init;
+    const { lease } = holder;
+    if (this.#holders.get(lease.leaseId) !== holder) return;
+    this.#holders.delete(lease.leaseId);
+    await this.#end(holder);
+    await client.jobs.save(record);
+    events.emit({ type: "holder-retired", leaseId: BigInt(lease.leaseId), provider: lease.provider as Address });
+    this.#fill();
+  }
+
   /** Ends every holder's lease (the job ended): closed, its unused deposit refunded. */
   async close(): Promise<void> {
     this.#stop.abort();
     await this.#filling;
-    const { client, record, log, onSlash } = this.#init;
-    for (const holder of this.#holders.values()) {
-      await holder.watch.stop();
-      try {
-        await endRecordedLease(client, record, holder.lease, { onSlash });
-        holder.lease.state = "completed";
-        holder.lease.endedAt = Date.now();
-      } catch (error) {
-        log.warn("holder's lease not settled", { leaseId: holder.lease.leaseId, error });
-      }
-    }
+    for (const holder of this.#holders.values()) await this.#end(holder);
     this.#holders.clear();
-    await client.jobs.save(record);
+    await this.#init.client.jobs.save(this.#init.record);
+  }
+
+  /** Stops following a holder and closes its lease, which served as asked: `completed`. */
+  async #end(holder: Holder): Promise<void> {
+    const { client, record, log, onSlash } = this.#init;
+    await holder.watch.stop();
+    try {
+      await endRecordedLease(client, record, holder.lease, { onSlash });
+      holder.lease.state = "completed";
+      holder.lease.endedAt = Date.now();
+    } catch (error) {
+      log.warn("holder's lease not settled", { leaseId: holder.lease.leaseId, error });
+    }
   }
 
   /** Stops following the holders without ending their leases (the tenant detached: the job goes on). */

@@ -51,6 +51,8 @@ export type JobEvent = EventBase &
     | { type: "holder-leased"; leaseId: bigint; provider: Address; pricePerSecond: bigint; deposit: bigint }
     /** A holder failed or refused: its lease is ended, and another is leased in its place. */
     | { type: "holder-lost"; leaseId: bigint; provider: Address; reason: string }
+    /** A holder's provider runs the job now (a warm standby took the hand-off): its hold lease is closed, and another is leased. */
+    | { type: "holder-retired"; leaseId: bigint; provider: Address }
     | { type: "provider-suspect"; leaseId: bigint; provider: Address; reason: string }
     | { type: "provider-recovered"; leaseId: bigint; provider: Address }
     | {

@@ -259,11 +259,7 @@ class JobRunner implements JobHandle {
         // The last lease that exists on chain (see #predecessor).
         const predecessor = await this.#predecessor();
         const resume = this.#record.safe.at(-1);
-        // A holder's provider holds for the job, and would hold nothing more once it ran it too.
-        const avoid = [
-          ...("excludeProviders" in this.#options ? (this.#options.excludeProviders?.() ?? []) : []),
-          ...this.#holders.providers(),
-        ];
+        const avoid = "excludeProviders" in this.#options ? (this.#options.excludeProviders?.() ?? []) : [];
         // A hand-off waits for no block: the new provider starts on the tenant's signed opening
         // and submits it, which ends the failed lease too. A job's first lease is opened by the
         // tenant's own transaction, as the provider has nothing to start before it.
@@ -275,12 +271,16 @@ class JobRunner implements JobHandle {
           signed: predecessor !== undefined,
           resume,
           avoid,
+          // The job's holders have its checkpoint: one that can run the job takes it with no transfer.
+          ...(resume ? { standby: this.#holders.providers() } : {}),
           signal: this.#stop.signal,
         });
         lease = acquired.lease;
+        this.#holders.standbyTaken(lease);
         start = {
           resume,
-          resumeFrom: this.#holders.addresses(),
+          // Not the new provider's own: a warm standby has the checkpoint at hand.
+          resumeFrom: this.#holders.addresses().filter((address) => !address.endsWith(`/p2p/${lease!.peerId}`)),
           ...(acquired.opening ? { opening: acquired.opening } : {}),
         };
         if (acquired.opening) notOpened = this.#watchOpening(lease, acquired.opening.deadline);

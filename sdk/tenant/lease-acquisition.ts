@@ -28,6 +28,8 @@ export interface AcquireLeaseParameters {
   resume: CheckpointRecord | undefined;
   /** More providers to avoid, asked now (a service's other replicas). */
   avoid: readonly string[];
+  /** Providers that hold `resume` already (the job's holders): asked first, as a hand-off to one needs no transfer. */
+  standby?: readonly string[];
   /**
    * The lease's longest life (its quote's max duration), when longer than one run of the spec: a
    * batch lease runs task after task, each within the spec's `maxDurationS`. Default: that.
@@ -51,7 +53,19 @@ export interface AcquireLeaseParameters {
  */
 export async function acquireLease(
   client: BatonClient,
-  { jobId, record, events, predecessor, signed, resume, avoid, durationS, funding, signal }: AcquireLeaseParameters,
+  {
+    jobId,
+    record,
+    events,
+    predecessor,
+    signed,
+    resume,
+    avoid,
+    standby,
+    durationS,
+    funding,
+    signal,
+  }: AcquireLeaseParameters,
 ): Promise<AcquiredLease> {
   const { spec, options } = record;
   const requirements: Requirements = {
@@ -69,6 +83,7 @@ export async function acquireLease(
     maxPricePerSecond,
     image: spec.image,
     ...providersToAvoid(record, avoid),
+    ...(standby ? { standby } : {}),
     timeoutMs: OFFER_TIMEOUT_MS,
     signal,
   });

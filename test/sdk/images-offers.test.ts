@@ -137,6 +137,17 @@ describe("findOffers: holders of the job's image first", () => {
     expect(found.map((f) => f.holdsImage)).toEqual([true, false, false, false, true]);
   });
 
+  it("warm standbys (the job's holders) come before image holders and cheaper offers of their rank; last resorts stay last", async () => {
+    const found = await findOffers(client, {
+      requirements,
+      image: IMAGE,
+      lastResort: ["12D3KooWPeer5"],
+      standby: ["12D3KooWPeer2", "12D3KooWPeer5"],
+    });
+    expect(order(found)).toEqual(["12D3KooWPeer2", "12D3KooWPeer3", "12D3KooWPeer1", "12D3KooWPeer4", "12D3KooWPeer5"]);
+    expect(found.map((f) => f.standby)).toEqual([true, false, false, false, true]);
+  });
+
   it("the image is compared by its key: Docker Hub's short form and a layout's CID", async () => {
     const hub = clientWith([
       offer(1, { ...podman, price: { basePerSecond: "0", perGpuPerSecond: "1" } }),

@@ -73,7 +73,7 @@ describe(`runJob on a chain with ${BLOCK_TIME_S} s blocks`, () => {
     // Asked anyway (an offer may say one thing and its quote another), its quote is refused.
     const asking = bid(client, {
       jobId: `0x${"0b".repeat(32)}`,
-      offers: [{ offer, pricePerSecond: 0n, lastResort: false, holdsImage: false }],
+      offers: [{ offer, pricePerSecond: 0n, lastResort: false, holdsImage: false, standby: false }],
       requirements: { gpus: 0 },
       maxPricePerSecond: parseEther("0.001"),
       durationS: 600,

@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import { contracts } from "../../sdk/chain/client.ts";
 import type { BatonClient } from "../../sdk/client.ts";
+import type { JobSpecInput } from "../../sdk/job-spec.ts";
 import { holdJobId } from "../../sdk/tenant/holders.ts";
 import { chainStatusOf } from "../helpers/leases.ts";
 import {
@@ -23,9 +24,18 @@ import {
 /*
  * Holders (issue 15, point 2) on a real devnet with three provider node processes: the job's
  * checkpoints are pinned by a holder, another provider paid through a lease of its own, and a
- * hand-off resumes from it, the tenant keeping no copy; a holder lost is replaced and slashed.
+ * hand-off resumes there (a warm standby) or from it (on a third provider), the tenant keeping no
+ * copy; a holder lost is replaced and slashed.
  */
-const fixture = useRunJobMarket();
+// provider-3 is the cheapest (so a CPU job starts there, and a GPU job's holder goes there) and has
+// no GPU of the model the GPU job asks for (so it cannot be that job's warm standby). The others
+// have two GPUs each: a quote the job's first bid got and did not use holds one for a minute.
+const fixture = useRunJobMarket({
+  configFor: (index) =>
+    index === 2
+      ? { gpus: { fake: "1xOtherGPU" }, price: { basePerSecond: "500000000000", perGpuPerSecond: "1000000000000" } }
+      : { gpus: { fake: "2xFakeGPU" } },
+});
 
 describe("runJob with holders", () => {
   let client: BatonClient;
@@ -34,9 +44,12 @@ describe("runJob with holders", () => {
     client = await fixture.market.client(0, path.join(fixture.dir, "tenant"));
   });
 
-  it("(a) the tenant keeps no copy: a SIGKILLed provider's job resumes from its holder, and the holder's lease is closed at the end", async () => {
-    const before = await totals(fixture.market);
-    const job = await runJob(client, trainSpec("20"), {
+  /**
+   * Runs `spec` with one holder and no tenant copy, and SIGKILLs its provider (started again after
+   * the test) once a checkpoint from step 100 on is safe on the holder.
+   */
+  async function killedOnceHeld(spec: JobSpecInput) {
+    const job = await runJob(client, spec, {
       maxPricePerSecond: parseEther("0.001"),
       files: { "train.mjs": SCRIPT },
       replication: { holders: 1, tenantCopy: "none", diskGiB: 1 },
@@ -45,44 +58,31 @@ describe("runJob with holders", () => {
     const leased = await when("holder-leased");
     const safe = await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
     expect(safe.holders).toBe(1);
-    // Safe without the tenant: its own store never had it.
-    expect(await client.ipfs.has(CID.parse(safe.cid))).toBe(false);
-    const holder = fixture.market.providers.find((p) => p.account.address === leased.provider)!;
     const victim = serving(fixture.market, job);
-    expect(victim).not.toBe(holder);
     victim.process!.child.kill("SIGKILL");
     onTestFinished(() => victim.start());
+    return { job, events, when, leased, safe, victim };
+  }
+
+  it("(a) the tenant keeps no copy: a SIGKILLed provider's job resumes on its holder's provider (a warm standby), where the checkpoint is already, and a holder is leased elsewhere in its place", async () => {
+    const before = await totals(fixture.market);
+    const { job, events, when, leased, victim } = await killedOnceHeld(trainSpec("20"));
 
     const failed = await when("provider-failed");
     const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
-    const released = holder.process!.waitFor(/holds released/, 60_000);
+    // The checkpoint was nowhere else: the provider that died had it, the tenant never did.
+    expect(job.status().provider).toBe(leased.provider);
+    expect(restarted.resumed).toBe(true);
+    const retired = await when("holder-retired");
+    const replacement = await when("holder-leased", (e) => e.leaseId !== leased.leaseId);
     const result = await job.result();
     await job.settled();
 
-    expect(restarted.resumed).toBe(true);
-    const lastSafe = events
-      .slice(0, events.indexOf(failed))
-      .flatMap((e) => (e.type === "checkpoint-safe" ? [e.cid] : []))
-      .at(-1);
-    expect(restarted.resumedFrom?.cid).toBe(lastSafe);
-    // The resumed checkpoint came from the holder: the tenant never held it.
-    expect(await client.ipfs.has(CID.parse(lastSafe!))).toBe(false);
+    expect(retired).toMatchObject({ leaseId: leased.leaseId, provider: leased.provider });
+    expect([victim.account.address, leased.provider]).not.toContain(replacement.provider);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
-
     const record = (await client.jobs.get(job.jobId))!;
-    expect(record.holders).toHaveLength(1);
-    expect(record.holders![0]).toMatchObject({ leaseId: leased.leaseId.toString(), state: "completed" });
-    // The holder acknowledges the close, and lets its checkpoints go.
-    expect(await released).toContain(`"leaseId":"${leased.leaseId}"`);
-    await expect.poll(() => chainStatusOf(fixture.market, leased.leaseId), { timeout: 30_000 }).toBe("Closed");
-    // Opened under the job's hold id, which an auditor derives from the job's.
-    const opened = await fixture.market.admin.publicClient.getContractEvents({
-      ...contracts(fixture.market.deployment).leaseManager,
-      eventName: "LeaseOpened",
-      args: { leaseId: leased.leaseId },
-      fromBlock: 0n,
-    });
-    expect(opened[0]!.args.jobId).toBe(holdJobId(job.jobId as Hex));
+    expect(record.holders!.map((h) => h.state)).toEqual(["completed", "completed"]);
     expect(events.some((e) => e.type === "slashed" && e.leaseId === failed.leaseId)).toBe(true);
     await expectTokensConserved(fixture.market, before);
   });
@@ -117,6 +117,56 @@ describe("runJob with holders", () => {
     expect(events.find((e) => e.type === "slashed")).toMatchObject({ leaseId: first.leaseId });
     const record = (await client.jobs.get(job.jobId))!;
     expect(record.holders!.map((h) => h.state)).toEqual(["failed", "completed"]);
+    await expectTokensConserved(fixture.market, before);
+  });
+  it("(c) the tenant keeps no copy: a SIGKILLed provider's job resumes on a third provider, fetched from its holder, whose lease is closed at the end", async () => {
+    const before = await totals(fixture.market);
+    // A GPU job of a model provider-3 lacks: its holder (provider-3, the cheapest) is no standby.
+    const spec = trainSpec("20");
+    const { job, events, when, leased, safe, victim } = await killedOnceHeld({
+      ...spec,
+      resources: { ...spec.resources, gpus: 1, gpuModel: "FakeGPU" },
+    });
+    // Safe without the tenant: its own store never had it.
+    expect(await client.ipfs.has(CID.parse(safe.cid))).toBe(false);
+    const holder = fixture.market.providers.find((p) => p.account.address === leased.provider)!;
+    expect(victim).not.toBe(holder);
+
+    const failed = await when("provider-failed");
+    const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
+    expect(job.status().provider).not.toBe(holder.account.address);
+    const released = holder.process!.waitFor(
+      new RegExp(`"msg":"holds released","leaseId":"${leased.leaseId}"`),
+      60_000,
+    );
+    const result = await job.result();
+    await job.settled();
+
+    expect(restarted.resumed).toBe(true);
+    const lastSafe = events
+      .slice(0, events.indexOf(failed))
+      .flatMap((e) => (e.type === "checkpoint-safe" ? [e.cid] : []))
+      .at(-1);
+    expect(restarted.resumedFrom?.cid).toBe(lastSafe);
+    // The resumed checkpoint came from the holder: the tenant never held it.
+    expect(await client.ipfs.has(CID.parse(lastSafe!))).toBe(false);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+
+    const record = (await client.jobs.get(job.jobId))!;
+    expect(record.holders).toHaveLength(1);
+    expect(record.holders![0]).toMatchObject({ leaseId: leased.leaseId.toString(), state: "completed" });
+    // The holder acknowledges the close, and lets its checkpoints go.
+    await released;
+    await expect.poll(() => chainStatusOf(fixture.market, leased.leaseId), { timeout: 30_000 }).toBe("Closed");
+    // Opened under the job's hold id, which an auditor derives from the job's.
+    const opened = await fixture.market.admin.publicClient.getContractEvents({
+      ...contracts(fixture.market.deployment).leaseManager,
+      eventName: "LeaseOpened",
+      args: { leaseId: leased.leaseId },
+      fromBlock: 0n,
+    });
+    expect(opened[0]!.args.jobId).toBe(holdJobId(job.jobId as Hex));
+    expect(events.some((e) => e.type === "slashed" && e.leaseId === failed.leaseId)).toBe(true);
     await expectTokensConserved(fixture.market, before);
   });
 });
