@@ -41,6 +41,8 @@ export interface QuoteChoice {
   reputation: { completed: bigint; slashed: bigint };
   /** Whether its offer lists the job's image: it starts without pulling it. */
   holdsImage: boolean;
+  /** Whether it holds the checkpoint the job resumes from (a warm standby: see `findOffers`' `standby`). */
+  standby: boolean;
 }
 
 export interface BidReturnType {
@@ -53,9 +55,10 @@ export interface BidReturnType {
 
 /**
  * Sends a bid to several matching providers at once and picks a quote (each checked to match the
- * bid, its image included: see `requestQuote`): the lowest price, then one that holds the job's
- * image (a cold pull can take minutes), then the better on-chain record (fewer slashes per
- * completed lease), then the faster answer. A quote whose heartbeat timeout the chain's block time
+ * bid, its image included: see `requestQuote`): a warm standby (it holds the checkpoint the job
+ * resumes from: no transfer, where a large checkpoint takes minutes), then the lowest price, then
+ * one that holds the job's image (a cold pull can take minutes), then the better on-chain record
+ * (fewer slashes per completed lease), then the faster answer. A quote whose heartbeat timeout the chain's block time
  * makes unmeetable (see `heartbeatTimingProblem`) counts as a refusal: its provider would turn
  * slashable while serving, and the job would move on for nothing.
  *
@@ -82,7 +85,7 @@ export async function bid(
   const asked = offers.slice(0, fanout);
   const refusals: BidReturnType["refusals"] = [];
   const answers = await Promise.all(
-    asked.map(async ({ offer, holdsImage }): Promise<QuoteChoice | undefined> => {
+    asked.map(async ({ offer, holdsImage, standby }): Promise<QuoteChoice | undefined> => {
       const started = performance.now();
       try {
         const response = await requestQuoteRetried(
@@ -131,6 +134,7 @@ export async function bid(
           latencyMs,
           reputation: { completed: record.leasesCompleted, slashed: record.leasesSlashed },
           holdsImage,
+          standby,
         };
       } catch (error) {
         signal?.throwIfAborted();
@@ -179,6 +183,7 @@ function slashRate({ completed, slashed }: QuoteChoice["reputation"]): bigint {
 }
 
 function compareChoices(a: QuoteChoice, b: QuoteChoice): number {
+  if (a.standby !== b.standby) return a.standby ? -1 : 1;
   if (a.quote.pricePerSecond !== b.quote.pricePerSecond)
     return a.quote.pricePerSecond < b.quote.pricePerSecond ? -1 : 1;
   if (a.holdsImage !== b.holdsImage) return a.holdsImage ? -1 : 1;
