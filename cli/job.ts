@@ -115,7 +115,7 @@ interface RunOptions extends TenantOptions {
   watch?: boolean;
   retryLimit: number;
   holders: number;
-  tenantCopy: "full" | "none";
+  tenantCopy: "full" | "sample" | "none";
 }
 
 async function run(file: string, options: RunOptions): Promise<void> {
@@ -129,7 +129,7 @@ async function run(file: string, options: RunOptions): Promise<void> {
       ...(options.budget === undefined ? {} : { budget: parseEther(options.budget) }),
       files,
       retryLimit: options.retryLimit,
-      ...(options.holders > 0 || options.tenantCopy === "none"
+      ...(options.holders > 0 || options.tenantCopy !== "full"
         ? { replication: { holders: options.holders, tenantCopy: options.tenantCopy } }
         : {}),
     });
@@ -252,9 +252,9 @@ export function jobCommands(program: Command): void {
         .addOption(
           new Option(
             "--tenant-copy <copy>",
-            "whether this machine keeps a copy of each checkpoint too (none: holders only)",
+            "whether this machine keeps a copy of each checkpoint too (sample: checks the holders by a few random blocks instead; none: holders only)",
           )
-            .choices(["full", "none"])
+            .choices(["full", "sample", "none"])
             .default("full"),
         ),
     ),

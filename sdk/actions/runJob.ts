@@ -96,8 +96,10 @@ function replicationOf({ replication, keepCheckpoints }: RunJobOptions): JobReco
   if (!Number.isInteger(holders) || holders < 0 || holders > MAX_HOLDERS) {
     throw new UserError(`replication.holders must be a whole number from 0 to ${MAX_HOLDERS}`);
   }
-  if (holders === 0 && tenantCopy === "none") {
-    throw new UserError("replication.tenantCopy none needs at least one holder: the checkpoints would live nowhere");
+  if (holders === 0 && tenantCopy !== "full") {
+    throw new UserError(
+      `replication.tenantCopy ${tenantCopy} needs at least one holder: the checkpoints would live nowhere`,
+    );
   }
   if (diskGiB !== undefined && !(diskGiB >= MIN_JOB_DISK_GIB && diskGiB <= MAX_JOB_DISK_GIB)) {
     throw new UserError(`replication.diskGiB must be from ${MIN_JOB_DISK_GIB} to ${MAX_JOB_DISK_GIB}`);

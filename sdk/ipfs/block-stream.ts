@@ -439,6 +439,8 @@ export interface BlockStreamSessionInit {
   peers: Multiaddr[];
   /** The longest wait for the next block from one holder before it is given up. */
   stallTimeoutMs: number;
+  /** Where in stream order to start: the blocks before it are not sent (default 0, the root). */
+  start?: number;
   signal?: AbortSignal;
   log?: Logger;
 }
@@ -453,8 +455,8 @@ export class BlockStreamSession {
   readonly #log: Logger;
   readonly #peers: Multiaddr[];
   #current: { peer: Multiaddr; stream: Stream; frames: FrameReader } | undefined;
-  /** Blocks verified so far: where the next holder starts. */
-  #verified = 0;
+  /** Where the next holder starts: the blocks verified so far, counted from `start`. */
+  #verified: number;
   /** What went wrong with each holder dropped, for the final error. */
   readonly failures: string[] = [];
   /** The holders asked so far (a stream opened), in order. */
@@ -464,6 +466,7 @@ export class BlockStreamSession {
     this.#init = init;
     this.#log = init.log ?? silentLogger;
     this.#peers = [...init.peers];
+    this.#verified = init.start ?? 0;
   }
 
   /** Blocks verified so far. */
@@ -547,6 +550,83 @@ export class BlockStreamSession {
     // The sender closes once it sent the last block; a fetch that stopped early resets it.
     if (current.stream.status === "open") current.stream.abort(new BlockStreamError("fetch finished"));
   }
+}
+
+export interface SampleBlocksParameters {
+  host: BatonHost;
+  root: CID;
+  /** The holder to check, a multiaddr ending in `/p2p/<peer id>`. */
+  peer: Multiaddr;
+  /** How many leaves to fetch, picked at random (all of them when there are fewer). */
+  samples: number;
+  stallTimeoutMs: number;
+  /** Picks the leaves: `Math.random` by default. */
+  random?: () => number;
+  signal?: AbortSignal;
+}
+
+/**
+ * A cheap proof that `peer` holds the DAG under `root` (a proof of retrievability): its root and
+ * inner nodes, which say where each leaf is, then `samples` leaves picked at random, each asked for
+ * alone (a block stream from its place in stream order) and checked against its CID. A holder that
+ * dropped blocks cannot send them; one that sends others is caught by the hash. Nothing is stored.
+ *
+ * @returns how many leaves the DAG has and how many were checked, and the bytes received.
+ * @throws {BlockStreamError} when the peer does not send a block asked for, or sends a wrong one.
+ */
+export async function sampleBlocks({
+  host,
+  root,
+  peer,
+  samples,
+  stallTimeoutMs,
+  random = Math.random,
+  signal,
+}: SampleBlocksParameters): Promise<{ leaves: number; sampled: number; bytes: number }> {
+  const blockAt = async (start: number, cid: CID): Promise<Uint8Array> => {
+    const session = new BlockStreamSession({
+      host,
+      root,
+      peers: [peer],
+      stallTimeoutMs,
+      start,
+      ...(signal ? { signal } : {}),
+    });
+    try {
+      return await session.next(cid);
+    } catch (error) {
+      throw new BlockStreamError(`${peer} did not send block ${start} (${cid}) of ${root}`, {
+        cause: error,
+        details: session.failures.join("; "),
+      });
+    } finally {
+      session.close();
+    }
+  };
+  // Stream order, as the sender walks it (see streamOrder): depth first, each block once.
+  const leaves: Array<{ cid: CID; at: number }> = [];
+  const seen = new Set<string>();
+  const stack = [root];
+  let index = 0;
+  let bytes = 0;
+  for (let cid = stack.pop(); cid !== undefined; cid = stack.pop()) {
+    if (cid.multihash.code === identity.code) continue;
+    const key = keyOf(cid);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const at = index++;
+    if (cid.code === raw.code) {
+      leaves.push({ cid, at });
+      continue;
+    }
+    const block = await blockAt(at, cid);
+    bytes += block.byteLength;
+    stack.push(...linksOf(cid, block).reverse());
+  }
+  const picked = new Set<number>();
+  while (picked.size < Math.min(samples, leaves.length)) picked.add(Math.floor(random() * leaves.length));
+  for (const i of picked) bytes += (await blockAt(leaves[i]!.at, leaves[i]!.cid)).byteLength;
+  return { leaves: leaves.length, sampled: picked.size, bytes };
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

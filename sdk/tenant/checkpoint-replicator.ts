@@ -47,7 +47,8 @@ export type CheckpointHold = (lease: LeaseRecord, body: ProviderMessage<"checkpo
  * Copies a job's checkpoints off its provider as they are announced: each is fetched into the
  * tenant's own IPFS store, verified against its announced digest (which decrypts it with the job's
  * key) and pinned, and pinned by every holder the job has (see `holders.ts`), or by the holders
- * alone when the tenant keeps no copy (`replication.tenantCopy: "none"`); then it is *safe*:
+ * alone when the tenant keeps no copy (`replication.tenantCopy`: `"none"`, or `"sample"`, which
+ * checks each holder by a few of its blocks instead); then it is *safe*:
  * recorded, acknowledged to the provider, and what a hand-off resumes from. Only the newest `keepCheckpoints` stay pinned. One checkpoint at a time, in the
  * order announced; one still waiting when a newer one is announced is skipped. The job's output
  * comes the same way, once, at its end.
@@ -95,9 +96,12 @@ export class CheckpointReplicator {
         return;
       }
       try {
-        const [holders] = await Promise.all([
-          this.#holders && this.#holders.wanted > 0 ? this.#holders.hold(body.cid, leaseAddresses(lease), signal) : 0,
-          this.#record.options.replication?.tenantCopy === "none"
+        const tenantCopy = this.#record.options.replication?.tenantCopy ?? "full";
+        const [{ holders, sampledBytes }] = await Promise.all([
+          this.#holders && this.#holders.wanted > 0
+            ? this.#holders.hold(body.cid, leaseAddresses(lease), signal, { sample: tenantCopy === "sample" })
+            : { holders: 0, sampledBytes: 0 },
+          tenantCopy !== "full"
             ? undefined
             : verifyCheckpoint(this.#client.ipfs, this.#key, CID.parse(body.cid), {
                 expectedSha256: body.sha256,
@@ -117,6 +121,7 @@ export class CheckpointReplicator {
           size: body.size,
           held,
           holders,
+          ...(tenantCopy === "sample" ? { sampledBytes } : {}),
         });
       } catch (error) {
         if (signal.aborted) return;

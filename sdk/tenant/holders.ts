@@ -1,3 +1,5 @@
+import { multiaddr } from "@multiformats/multiaddr";
+import { CID } from "multiformats/cid";
 import { encodePacked, keccak256, zeroHash, type Address, type Hex } from "viem";
 
 import { bid } from "../actions/bid.ts";
@@ -7,6 +9,7 @@ import { allowanceKept } from "../actions/signOpening.ts";
 import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
 import type { BatonClient } from "../client.ts";
 import { ProviderFaultError, shortMessageOf } from "../errors.ts";
+import { sampleBlocks } from "../ipfs/block-stream.ts";
 import { jobDiskGiB, parseJobSpec, type JobSpec } from "../job-spec.ts";
 import type { Logger } from "../logger.ts";
 import { sleep } from "../utils/retry.ts";
@@ -23,6 +26,12 @@ import { leaseLiveness } from "./lease-session.ts";
  * lost) before it is held by those there are, and so not safe if they are fewer than asked for.
  */
 const HOLDERS_WAIT_MS = 60_000;
+
+/** How many leaves of each checkpoint `tenantCopy: "sample"` fetches from each holder to check it. */
+const SAMPLED_LEAVES = 4;
+
+/** How long a sampled block may take to come before its holder counts as not having it. */
+const SAMPLE_STALL_MS = 30_000;
 
 /** The job id a job's holders' leases are opened under: derived from the job's, so an auditor finds them. */
 export function holdJobId(jobId: Hex): Hex {
@@ -109,12 +118,20 @@ export class CheckpointHolders {
 
   /**
    * Pins a checkpoint on every holder, each fetching it from `from` (the provider that serves it)
-   * and from the other holders. Waits (up to a minute) for missing holders to be leased first.
+   * and from the other holders. Waits (up to a minute) for missing holders to be leased first. With
+   * `sample`, each holder that acknowledged it is then checked by a few of its blocks (see
+   * `sampleBlocks`); one that fails that is lost (replaced) and does not count.
    *
-   * @returns how many holders acknowledged it: all of those asked.
-   * @throws {ProviderFaultError} when fewer than {@link wanted} acknowledged it.
+   * @returns how many holders acknowledged it (and passed the check): all of those asked; and the
+   * bytes the checks fetched.
+   * @throws {ProviderFaultError} when fewer than {@link wanted} did.
    */
-  async hold(cid: string, from: readonly string[], signal: AbortSignal): Promise<number> {
+  async hold(
+    cid: string,
+    from: readonly string[],
+    signal: AbortSignal,
+    { sample = false }: { sample?: boolean } = {},
+  ): Promise<{ holders: number; sampledBytes: number }> {
     if (this.#filling) {
       await Promise.race([
         this.#filling,
@@ -122,7 +139,13 @@ export class CheckpointHolders {
       ]);
     }
     const holders = [...this.#holders.values()];
-    const outcomes = await Promise.allSettled(holders.map((holder) => this.#holdOn(holder, cid, from, signal)));
+    let sampledBytes = 0;
+    const outcomes = await Promise.allSettled(
+      holders.map(async (holder) => {
+        await this.#holdOn(holder, cid, from, signal);
+        if (sample) sampledBytes += await this.#sample(holder, cid, signal);
+      }),
+    );
     const failures = outcomes.flatMap((o) => (o.status === "rejected" ? [shortMessageOf(o.reason)] : []));
     const acknowledged = holders.length - failures.length;
     if (acknowledged < this.wanted) {
@@ -130,7 +153,7 @@ export class CheckpointHolders {
         details: failures.join("; ") || "no holder is leased",
       });
     }
-    return acknowledged;
+    return { holders: acknowledged, sampledBytes };
   }
 
   /**
@@ -206,6 +229,32 @@ export class CheckpointHolders {
     } finally {
       signal.removeEventListener("abort", aborted);
       holder.waiting.delete(cid);
+    }
+  }
+
+  /**
+   * Checks that a holder has the checkpoint, by a few of its blocks picked at random; one that fails
+   * is lost. Returns the bytes fetched.
+   */
+  async #sample(holder: Holder, cid: string, signal: AbortSignal): Promise<number> {
+    const [address] = leaseAddresses(holder.lease);
+    try {
+      if (address === undefined) throw new ProviderFaultError("its offer listed no address to fetch from");
+      const checked = await sampleBlocks({
+        host: this.#init.client.host,
+        root: CID.parse(cid),
+        peer: multiaddr(address),
+        samples: SAMPLED_LEAVES,
+        stallTimeoutMs: SAMPLE_STALL_MS,
+        signal,
+      });
+      this.#init.log.debug("holder sampled", { leaseId: holder.lease.leaseId, cid, ...checked });
+      return checked.bytes;
+    } catch (error) {
+      signal.throwIfAborted();
+      const reason = `it failed a check of what it holds: ${shortMessageOf(error)}`;
+      if (this.#holders.get(holder.lease.leaseId) === holder) await this.#lose(holder, reason);
+      throw new ProviderFaultError(reason);
     }
   }
 

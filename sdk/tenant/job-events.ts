@@ -45,6 +45,8 @@ export type JobEvent = EventBase &
         held: number;
         /** How many holders pinned it (none unless the job has holders). */
         holders: number;
+        /** With `tenantCopy: "sample"`: the bytes the tenant fetched to check its holders have it. */
+        sampledBytes?: number;
       }
     | { type: "checkpoint-rejected"; leaseId: bigint; cid: string; reason: string }
     /** A holder's lease opened (see `RunJobOptions.replication`): it pins the job's checkpoints from now on. */

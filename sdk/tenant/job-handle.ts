@@ -69,11 +69,13 @@ export interface RunJobOptions {
    * Where the job's checkpoints live besides its provider. `holders`: how many other providers pin
    * each one, each through a lease of its own (no GPUs, paid from the job's budget), fetching it
    * straight from the provider that serves the job; a hand-off resumes from them. `tenantCopy`:
-   * `"full"` (the default) also fetches each into this client's own store, `"none"` leaves them to
-   * the holders (at least one then). A checkpoint is safe once every copy asked for is made.
+   * `"full"` (the default) also fetches each into this client's own store; `"sample"` fetches none,
+   * but checks each holder for each checkpoint by a few of its blocks picked at random (a proof of
+   * retrievability: a holder that fails it is replaced); `"none"` leaves them to the holders. Without
+   * a full copy, at least one holder. A checkpoint is safe once every copy asked for is made.
    * `diskGiB`: each holder's disk quota, the job's by default; it keeps `keepCheckpoints` of them.
    */
-  replication?: { holders: number; tenantCopy?: "full" | "none"; diskGiB?: number };
+  replication?: { holders: number; tenantCopy?: "full" | "sample" | "none"; diskGiB?: number };
   /** Where the output goes. Default `<dataDir>/jobs/<jobId>/output`. */
   outputDir?: string;
   /** Job id (bytes32); random by default. */

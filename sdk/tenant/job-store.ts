@@ -78,7 +78,7 @@ export const jobRecordSchema = z.object({
     replication: z
       .object({
         holders: z.number().int().min(0).max(MAX_HOLDERS),
-        tenantCopy: z.enum(["full", "none"]),
+        tenantCopy: z.enum(["full", "sample", "none"]),
         diskGiB: z.number().positive().optional(),
       })
       .optional(),

@@ -3,6 +3,7 @@ import path from "node:path";
 
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import type { Stream } from "@libp2p/interface";
+import { multiaddr } from "@multiformats/multiaddr";
 import { encode as lpEncode } from "it-length-prefixed";
 import type { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   BLOCKS_PROTOCOL,
   readBlockRequest,
+  sampleBlocks,
   sendFrame,
   streamOrder,
   type BlockRequest,
@@ -266,5 +268,57 @@ describe("the block stream protocol", () => {
       expect(fallback).toHaveLength(1);
       expect(fallback[0]!.fields.delivered).toBeGreaterThan(0);
     });
+  });
+});
+
+/** How many blocks the peer's store holds (none before its first write made the blocks dir). */
+async function storedBlocks(peer: Peer): Promise<number> {
+  let blocks = 0;
+  try {
+    for await (const { cid } of peer.ipfs.helia.blockstore.getAll()) if (cid) blocks++;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+  return blocks;
+}
+
+describe("sampling a holder (a proof of retrievability)", () => {
+  const sample = (peer: Peer, samples: number, host: BatonHost) =>
+    sampleBlocks({
+      host,
+      root: published.cid,
+      peer: multiaddr(peer.address),
+      samples,
+      stallTimeoutMs: STALL_MS,
+      signal: AbortSignal.timeout(60_000),
+    });
+
+  it("checks the root and a few random leaves of an honest holder, and stores nothing", async () => {
+    const honest = await startPeer();
+    await honest.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
+    const tenant = await startPeer();
+    const checked = await sample(honest, 3, tenant.host);
+    // The header leaf and seven 1 MiB leaves; three of them fetched, beside the root.
+    expect(checked).toMatchObject({ leaves: 8, sampled: 3 });
+    expect(checked.bytes).toBeGreaterThan(2 * 2 ** 20);
+    expect(checked.bytes).toBeLessThan(3 * 2 ** 20 + 64 * 1024);
+    expect(await storedBlocks(tenant)).toBe(0);
+  });
+
+  it("catches a holder that sends a wrong leaf, and one that dropped a leaf", async () => {
+    const tenant = await startPeer();
+    const lying = await faultyHolder((index, bytes) => (index === 5 ? new Uint8Array(bytes.byteLength) : "send"));
+    await expect(sample(lying, 8, tenant.host)).rejects.toThrow(/did not send block 5 /);
+
+    const dropped = await startPeer();
+    await dropped.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
+    const order: CID[] = [];
+    for await (const { cid } of streamOrder(published.cid, (cid) => readBlock(dropped.ipfs, cid))) order.push(cid);
+    // Unpinned first (a pinned block cannot be deleted); the rest stays in its store, and is served.
+    await dropped.ipfs.unpin(published.cid);
+    await dropped.ipfs.helia.blockstore.delete(order[6]!);
+    // Its server refuses a DAG it no longer holds whole: the first leaf asked for does not come.
+    await expect(sample(dropped, 1, tenant.host)).rejects.toThrow(/did not send block [1-8] /);
+    expect(await storedBlocks(tenant)).toBe(0);
   });
 });

@@ -169,4 +169,23 @@ describe("runJob with holders", () => {
     expect(events.some((e) => e.type === "slashed" && e.leaseId === failed.leaseId)).toBe(true);
     await expectTokensConserved(fixture.market, before);
   });
+
+  it("(d) the tenant samples its holders instead of keeping a copy: every checkpoint safe on the holder, checked, none in the tenant's store", async () => {
+    const job = await runJob(client, trainSpec("5"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+      replication: { holders: 1, tenantCopy: "sample", diskGiB: 1 },
+    });
+    const { events } = recorder(job);
+    const result = await job.result();
+    await job.settled();
+    const safe = events.flatMap((e) => (e.type === "checkpoint-safe" ? [e] : []));
+    expect(safe.length).toBeGreaterThan(0);
+    expect(safe.every((e) => e.holders === 1)).toBe(true);
+    // Each checked by what it sampled of the holder's copy: its root and one leaf (the checkpoint is small).
+    expect(safe.every((e) => (e.sampledBytes ?? 0) > 0 && e.sampledBytes! < e.size + 4096)).toBe(true);
+    for (const { cid } of safe) expect(await client.ipfs.has(CID.parse(cid))).toBe(false);
+    expect(events.some((e) => e.type === "holder-lost")).toBe(false);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+  });
 });
