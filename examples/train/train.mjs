@@ -18,6 +18,9 @@
  *   TRAIN_SEED              seed of data, initial weights and batch order, 0 … 2^32−1 (default 1)
  *   TRAIN_STEP_DELAY_MS     sleep after each step, to make a run slow enough to kill (default 0)
  *   TRAIN_CHECKPOINT_PAUSE_MS  sleep in the middle of each checkpoint write, for tests (default 0)
+ *   TRAIN_CHECKPOINT_PAD_MIB   MiB of padding in each checkpoint (`pad.bin`, default 0), to stand in
+ *                           for a real model's size: deterministic bytes (AES-256-CTR keyed by the
+ *                           seed and step), checked on resume; they do not change the result
  *   BATON_CHECKPOINT_DIR, BATON_RESUME_DIR, BATON_OUTPUT_DIR  set by the provider node; when unset,
  *                           `checkpoints/`, `resume/` and `output/` under the current directory
  *                           (the node's work-dir layout), so `node train.mjs` runs anywhere.
@@ -25,7 +28,8 @@
  *
  * Checkpoint protocol (see examples/README.md):
  * - Every TRAIN_CHECKPOINT_EVERY steps, and after the last step, the state is written into
- *   `$BATON_CHECKPOINT_DIR/.tmp-step-NNNNNN/` (`state.json`, then `SHA256SUMS`), each file and the
+ *   `$BATON_CHECKPOINT_DIR/.tmp-step-NNNNNN/` (`state.json`, `pad.bin` if asked for, then
+ *   `SHA256SUMS`, which lists them), each file and the
  *   dir fsynced, then renamed to `step-NNNNNN` and the parent fsynced. A name that starts with "."
  *   is a checkpoint in progress; a `step-*` dir is complete. Only the newest 3 are kept.
  * - `$BATON_RESUME_DIR` is one checkpoint: it holds the contents of a `step-*` dir (not the dir
@@ -39,7 +43,7 @@
  *
  * Exit codes: 0 done; 2 invalid TRAIN_* setting; 3 unusable checkpoint; 1 anything else.
  */
-import { createHash } from "node:crypto";
+import { createCipheriv, createHash } from "node:crypto";
 import {
   closeSync,
   fsyncSync,
@@ -48,6 +52,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  readSync,
   renameSync,
   rmSync,
   writeSync,
@@ -79,6 +84,7 @@ const KEEP_CHECKPOINTS = 3;
 const MAX_STATE_BYTES = 16 * 1024 * 1024;
 const STATE_FILE = "state.json";
 const SUMS_FILE = "SHA256SUMS";
+const PAD_FILE = "pad.bin";
 const CHECKPOINT_NAME = /^step-(\d{6,})$/;
 const TMP_PREFIX = ".tmp-";
 
@@ -136,6 +142,7 @@ function readConfig() {
     seed: intFromEnv("TRAIN_SEED", 1, 0, 2 ** 32 - 1),
     stepDelayMs: intFromEnv("TRAIN_STEP_DELAY_MS", 0, 0, 60_000),
     checkpointPauseMs: intFromEnv("TRAIN_CHECKPOINT_PAUSE_MS", 0, 0, 600_000),
+    checkpointPadMiB: intFromEnv("TRAIN_CHECKPOINT_PAD_MIB", 0, 0, 16_384),
     checkpointDir: dirFromEnv("BATON_CHECKPOINT_DIR", "checkpoints"),
     resumeDir: dirFromEnv("BATON_RESUME_DIR", "resume"),
     outputDir: dirFromEnv("BATON_OUTPUT_DIR", "output"),
@@ -341,14 +348,55 @@ function runIdentity(/** @type {{ steps: number, seed: number }} */ config) {
 }
 
 /** Writes a file and flushes it to disk before returning. */
-function writeFileDurable(/** @type {string} */ file, /** @type {string} */ text) {
+function writeFileDurable(/** @type {string} */ file, /** @type {string | Buffer} */ data) {
   const fd = openSync(file, "wx", 0o600);
   try {
-    writeSync(fd, text);
+    writeSync(fd, data);
     fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * Writes `mib` MiB of padding for the checkpoint of `step` (AES-256-CTR over zeros, keyed by the
+ * run's seed and the step: the same bytes wherever it runs, unlike any other step's), flushed to
+ * disk, 1 MiB at a time. Returns its SHA-256.
+ * @param {string} file @param {number} mib @param {number} seed @param {number} step
+ */
+function writePadding(file, mib, seed, step) {
+  const cipher = createCipheriv(
+    "aes-256-ctr",
+    createHash("sha256").update(`pad ${seed} ${step}`).digest(),
+    Buffer.alloc(16),
+  );
+  const hash = createHash("sha256");
+  const zeros = Buffer.alloc(2 ** 20);
+  const fd = openSync(file, "wx", 0o600);
+  try {
+    for (let i = 0; i < mib; i++) {
+      const chunk = cipher.update(zeros);
+      hash.update(chunk);
+      writeSync(fd, chunk);
+    }
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
+}
+
+/** The SHA-256 of a file, read 1 MiB at a time (padding can be gigabytes). */
+function sha256OfFile(/** @type {string} */ file) {
+  const hash = createHash("sha256");
+  const buffer = Buffer.alloc(2 ** 20);
+  const fd = openSync(file, "r");
+  try {
+    for (let read = readSync(fd, buffer); read > 0; read = readSync(fd, buffer)) hash.update(buffer.subarray(0, read));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
 }
 
 /** Flushes a directory's entries (a rename into it, a file created in it) to disk. */
@@ -402,8 +450,12 @@ async function saveCheckpoint(state, config) {
     console.log(`checkpoint ${name} half-written`);
     await sleep(config.checkpointPauseMs);
   }
+  const pad =
+    config.checkpointPadMiB > 0
+      ? `${writePadding(path.join(tmp, PAD_FILE), config.checkpointPadMiB, config.seed, state.step)}  ${PAD_FILE}\n`
+      : "";
   // `sha256sum -c SHA256SUMS` checks it by hand.
-  writeFileDurable(path.join(tmp, SUMS_FILE), `${sha256(text)}  ${STATE_FILE}\n`);
+  writeFileDurable(path.join(tmp, SUMS_FILE), `${sha256(text)}  ${STATE_FILE}\n${pad}`);
   fsyncDir(tmp);
   renameSync(tmp, final);
   fsyncDir(config.checkpointDir);
@@ -432,8 +484,20 @@ function loadCheckpoint(dir, config) {
     if (stat.size > MAX_STATE_BYTES) throw checkpointError(`${where}: ${path.basename(file)} is too large`);
   }
   const sums = readFileSync(sumsPath, "utf8");
-  const listed = /^([0-9a-f]{64}) {2}state\.json\n$/.exec(sums);
+  const listed = /^([0-9a-f]{64}) {2}state\.json\n(?:([0-9a-f]{64}) {2}pad\.bin\n)?$/.exec(sums);
   if (!listed) throw checkpointError(`${where}: ${SUMS_FILE} is malformed`);
+  // Padding stands in for a model's weights: checked like them, though nothing reads it.
+  if (listed[2] !== undefined) {
+    let padSha256;
+    try {
+      padSha256 = sha256OfFile(path.join(dir, PAD_FILE));
+    } catch {
+      throw checkpointError(`${where} is incomplete: ${PAD_FILE} is missing`);
+    }
+    if (padSha256 !== listed[2]) {
+      throw checkpointError(`${where}: ${PAD_FILE} does not match its checksum in ${SUMS_FILE} (corrupt or truncated)`);
+    }
+  }
   const bytes = readFileSync(statePath);
   if (sha256(bytes) !== listed[1]) {
     throw checkpointError(`${where}: ${STATE_FILE} does not match its checksum in ${SUMS_FILE} (corrupt or truncated)`);

@@ -230,6 +230,34 @@ describe("examples/train/train.mjs", () => {
     ],
   ];
 
+  it("pads each checkpoint with deterministic bytes when asked, checks them on resume, and gives the same result (g)", async () => {
+    const reference = await straightResult(SHORT_RUN);
+    const PADDED = { ...SHORT_RUN, TRAIN_CHECKPOINT_PAD_MIB: "3" };
+    const checkpoint = await someCheckpoint({ TRAIN_CHECKPOINT_PAD_MIB: "3" }, 200);
+    expect((await readdir(checkpoint)).sort()).toEqual(["SHA256SUMS", "pad.bin", "state.json"]);
+    const pad = await readFile(path.join(checkpoint, "pad.bin"));
+    expect(pad.byteLength).toBe(3 * 2 ** 20);
+    expect(await readFile(path.join(checkpoint, "SHA256SUMS"), "utf8")).toMatch(
+      new RegExp(`\n${createHash("sha256").update(pad).digest("hex")}  pad\.bin\n$`),
+    );
+    // The same step's padding anywhere; another step's differs.
+    const again = await someCheckpoint({ TRAIN_CHECKPOINT_PAD_MIB: "3" }, 200);
+    expect((await readFile(path.join(again, "pad.bin"))).equals(pad)).toBe(true);
+    const other = await readFile(path.join(path.dirname(again), "step-000100", "pad.bin"));
+    expect(other.equals(pad)).toBe(false);
+
+    const base = await tempDir("train-padded");
+    const resumed = await providerResumingFrom(base, "resumed", checkpoint);
+    expect(await runToEnd(startTrain(resumed, PADDED), resumed)).toBe(reference);
+
+    const corrupt = await providerResumingFrom(base, "corrupt", again);
+    const file = path.join(corrupt.resumeDir, "pad.bin");
+    await writeFile(file, Buffer.concat([pad.subarray(0, 1000), Buffer.from([pad[1000]! ^ 1]), pad.subarray(1001)]));
+    const refused = startTrain(corrupt, PADDED);
+    expect(await refused.exited).toMatchObject({ code: 3 });
+    expect(refused.stderr.join("\n")).toMatch(/pad\.bin does not match its checksum in SHA256SUMS/);
+  });
+
   it.each(corruptions)("fails loudly, with exit code 3, on a resume dir that %s (d)", async (_, corrupt, message) => {
     const checkpoint = await someCheckpoint({}, 200);
     const dirs = await providerResumingFrom(await tempDir("train-corrupt"), "provider", checkpoint);
