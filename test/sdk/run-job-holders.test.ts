@@ -45,14 +45,14 @@ describe("runJob with holders", () => {
   });
 
   /**
-   * Runs `spec` with one holder and no tenant copy, and SIGKILLs its provider (started again after
-   * the test) once a checkpoint from step 100 on is safe on the holder.
+   * Runs `spec` with one holder and no tenant copy (or a sampled one), and SIGKILLs its provider
+   * (started again after the test) once a checkpoint from step 100 on is safe on the holder.
    */
-  async function killedOnceHeld(spec: JobSpecInput) {
+  async function killedOnceHeld(spec: JobSpecInput, tenantCopy: "none" | "sample" = "none") {
     const job = await runJob(client, spec, {
       maxPricePerSecond: parseEther("0.001"),
       files: { "train.mjs": SCRIPT },
-      replication: { holders: 1, tenantCopy: "none", diskGiB: 1 },
+      replication: { holders: 1, tenantCopy, diskGiB: 1 },
     });
     const { events, when } = recorder(job);
     const leased = await when("holder-leased");
@@ -187,5 +187,29 @@ describe("runJob with holders", () => {
     for (const { cid } of safe) expect(await client.ipfs.has(CID.parse(cid))).toBe(false);
     expect(events.some((e) => e.type === "holder-lost")).toBe(false);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+  });
+
+  it("(e) 64 MiB checkpoints, sampled: a SIGKILLed provider's job resumes on its holder with no transfer, the tenant having fetched a few MiB of each", async () => {
+    const spec = trainSpec("20");
+    const { job, events, when, leased } = await killedOnceHeld(
+      { ...spec, env: { ...spec.env, TRAIN_CHECKPOINT_EVERY: "200", TRAIN_CHECKPOINT_PAD_MIB: "64" } },
+      "sample",
+    );
+    const failed = await when("provider-failed");
+    const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
+    const result = await job.result();
+    await job.settled();
+
+    // The checkpoint was on the holder's disk alone: the dead provider had it, the tenant never did.
+    expect(restarted.resumed).toBe(true);
+    expect(result.leases[1]!.provider).toBe(leased.provider);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    const safe = events.flatMap((e) => (e.type === "checkpoint-safe" ? [e] : []));
+    for (const e of safe) {
+      expect(e.size).toBeGreaterThan(64 * 2 ** 20);
+      // The root and 4 leaves of 1 MiB: about 6 % of 64 MiB (0.4 % of 1 GiB).
+      expect(e.sampledBytes).toBeLessThan(e.size / 10);
+      expect(await client.ipfs.has(CID.parse(e.cid))).toBe(false);
+    }
   });
 });
