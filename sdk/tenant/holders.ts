@@ -106,7 +106,7 @@ export class CheckpointHolders {
     this.#fill();
   }
 
-  /** The holders' providers (addresses): a lease of the job goes elsewhere. */
+  /** The holders' providers (Ethereum addresses): warm standbys for a hand-off (see `findOffers`' `standby`). */
   providers(): string[] {
     return [...this.#holders.values()].map((h) => h.lease.provider);
   }
