@@ -250,7 +250,7 @@ function failoverFigures(measured: Trial[], blockTimeS: number, copies: Copies):
       unit: "s",
       reference: { value: 350, label: "Kubernetes NotReady + eviction" },
       ...(target === undefined ? {} : { target: { value: target, atMost: true } }),
-      note: "bid, sign the new lease's opening; the new provider checks it, starts (fetching the checkpoint from the tenant) and submits it, which ends the dead lease",
+      note: `bid, sign the new lease's opening; the new provider checks it, starts (${copies === "holder" ? "on the holder: the checkpoint on its disk" : "fetching the checkpoint from the tenant"}) and submits it, which ends the dead lease`,
     },
     { name: `kill → running again p95${blocks}`, value: percentile(again, 95) / 1000, unit: "s" },
     ...largeCheckpointFigures(measured, blocks, copies),
