@@ -93,6 +93,19 @@ export function printJob(job: AuditJobReturnType): void {
     console.log("");
     console.log(table([["lease", "image"], ...leases.map((lease) => [String(lease.leaseId), imageOf(lease)])]));
   }
+  if (job.holders.length > 0) {
+    const h = job.holderTotals;
+    console.log("");
+    console.log(
+      `holders (leases that pinned the job's checkpoints; paid ${tokens(h.paidToProviders)}, refunded ${tokens(h.refundedToTenant)}):`,
+    );
+    console.log(
+      table([
+        leaseHeader("holder"),
+        ...job.holders.map((lease) => leaseRow(lease, job.asOf.timestamp, lease.provider)),
+      ]),
+    );
+  }
   const t = job.totals;
   const burned = job.lineage.concat(job.others).some((lease) => lease.slash?.burned);
   console.log("");

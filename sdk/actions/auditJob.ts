@@ -15,6 +15,7 @@ import {
 } from "../chain/audit-events.ts";
 import type { LogScanProgress } from "../chain/logs.ts";
 import type { ChainClient } from "../chain/client.ts";
+import { holdJobId } from "../chain/job-ids.ts";
 import { UserError } from "../errors.ts";
 import { handOffCount } from "../hand-offs.ts";
 
@@ -69,6 +70,12 @@ export interface AuditJobReturnType {
   totals: LeaseTotals;
   /** Every checkpoint committed for the job, in chain order. */
   checkpoints: JobCheckpoint[];
+  /**
+   * The leases of the job's holders (other providers that pinned its checkpoints, see `holdJobId`),
+   * the tenant's own, in chain order; their money is in `holderTotals`, not `totals`.
+   */
+  holders: LeaseAudit[];
+  holderTotals: LeaseTotals;
   /** The final lease's result, if it completed. */
   resultCid: string | undefined;
 }
@@ -94,7 +101,10 @@ export async function auditJob(
     throw new UserError(`not a job id: ${jobId} (0x and 64 hex digits)`);
   }
   const scope = await openAuditScope(client.chain, { signal, onProgress, confirmations, events: client.events });
-  const all = await auditLeases(scope, { jobId });
+  const [all, held] = await Promise.all([
+    auditLeases(scope, { jobId }),
+    auditLeases(scope, { jobId: holdJobId(jobId) }),
+  ]);
   const tenants = [...new Set(all.map((lease) => lease.tenant))];
   if (all.length === 0) throw new UserError(`no lease carries job ${jobId} (${asOfText(scope.asOf)})`);
   if (tenant === undefined && tenants.length > 1) {
@@ -117,6 +127,7 @@ export async function auditJob(
   }
   const onLineage = new Set(lineage.map((lease) => lease.leaseId));
 
+  const holders = held.filter((lease) => isAddressEqual(lease.tenant, owner));
   const endedAt = final.endedAt;
   const checkpoints = leases
     .flatMap((lease) => lease.checkpoints.map((commit) => ({ ...commit, leaseId: lease.leaseId })))
@@ -134,6 +145,8 @@ export async function auditJob(
     wallSeconds: (endedAt ?? scope.asOf.timestamp) - first.opened.timestamp,
     totals: leaseTotals(leases),
     checkpoints,
+    holders,
+    holderTotals: leaseTotals(holders),
     resultCid: final.resultCid,
   };
 }

@@ -1,12 +1,13 @@
 import { multiaddr } from "@multiformats/multiaddr";
 import { CID } from "multiformats/cid";
-import { encodePacked, keccak256, zeroHash, type Address, type Hex } from "viem";
+import { zeroHash, type Address, type Hex } from "viem";
 
 import { bid } from "../actions/bid.ts";
 import { findOffers, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import { allowanceKept } from "../actions/signOpening.ts";
 import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
+import { holdJobId } from "../chain/job-ids.ts";
 import type { BatonClient } from "../client.ts";
 import { ProviderFaultError, shortMessageOf } from "../errors.ts";
 import { sampleBlocks } from "../ipfs/block-stream.ts";
@@ -32,11 +33,6 @@ const SAMPLED_LEAVES = 4;
 
 /** How long a sampled block may take to come before its holder counts as not having it. */
 const SAMPLE_STALL_MS = 30_000;
-
-/** The job id a job's holders' leases are opened under: derived from the job's, so an auditor finds them. */
-export function holdJobId(jobId: Hex): Hex {
-  return keccak256(encodePacked(["bytes32", "string"], [jobId, "baton:hold"]));
-}
 
 /** A holder's lease spec: no GPUs, no image, the job's disk quota (or `diskGiB`); its command never runs. */
 export function holdSpec(spec: JobSpec, diskGiB = jobDiskGiB(spec)): JobSpec {

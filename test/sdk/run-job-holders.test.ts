@@ -2,14 +2,14 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { CID } from "multiformats/cid";
-import { parseEther, type Hex } from "viem";
+import { parseEther } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
+import { auditJob } from "../../sdk/actions/auditJob.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
-import { contracts } from "../../sdk/chain/client.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import type { JobSpecInput } from "../../sdk/job-spec.ts";
-import { holdJobId } from "../../sdk/tenant/holders.ts";
+import { holdJobId } from "../../sdk/chain/job-ids.ts";
 import { chainStatusOf } from "../helpers/leases.ts";
 import {
   expectTokensConserved,
@@ -158,14 +158,12 @@ describe("runJob with holders", () => {
     // The holder acknowledges the close, and lets its checkpoints go.
     await released;
     await expect.poll(() => chainStatusOf(fixture.market, leased.leaseId), { timeout: 30_000 }).toBe("Closed");
-    // Opened under the job's hold id, which an auditor derives from the job's.
-    const opened = await fixture.market.admin.publicClient.getContractEvents({
-      ...contracts(fixture.market.deployment).leaseManager,
-      eventName: "LeaseOpened",
-      args: { leaseId: leased.leaseId },
-      fromBlock: 0n,
-    });
-    expect(opened[0]!.args.jobId).toBe(holdJobId(job.jobId as Hex));
+    // From the chain alone: the job's two leases, and its holder's lease under the job's hold id.
+    const audit = await auditJob(client, { jobId: job.jobId });
+    expect(audit.lineage.map((lease) => lease.leaseId)).toEqual(result.leases.map((lease) => BigInt(lease.leaseId)));
+    expect(audit.holders.map((lease) => [lease.leaseId, lease.status])).toEqual([[leased.leaseId, "closed"]]);
+    expect(audit.holders[0]!.jobId).toBe(holdJobId(job.jobId));
+    expect(audit.holderTotals.paidToProviders).toBeGreaterThan(0n);
     expect(events.some((e) => e.type === "slashed" && e.leaseId === failed.leaseId)).toBe(true);
     await expectTokensConserved(fixture.market, before);
   });
