@@ -5,6 +5,7 @@ import { CID } from "multiformats/cid";
 import { parseEther } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
+import { attachJob } from "../../sdk/actions/attachJob.ts";
 import { auditJob } from "../../sdk/actions/auditJob.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
@@ -209,5 +210,29 @@ describe("runJob with holders", () => {
       expect(e.sampledBytes).toBeLessThan(e.size / 10);
       expect(await client.ipfs.has(CID.parse(e.cid))).toBe(false);
     }
+  });
+
+  it("(f) a tenant that detached and attached again follows the same holder: later checkpoints are held there, and its lease is closed at the end", async () => {
+    const first = await runJob(client, trainSpec("30"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+      replication: { holders: 1, diskGiB: 1 },
+    });
+    const { when } = recorder(first);
+    const leased = await when("holder-leased");
+    const held = await when("checkpoint-safe", (e) => e.holders === 1);
+    await first.detach();
+
+    const job = await attachJob(client, first.jobId);
+    const { events, when: whenAgain } = recorder(job);
+    await whenAgain("checkpoint-safe", (e) => e.holders === 1 && (e.step ?? 0) > (held.step ?? 0));
+    const result = await job.result();
+    await job.settled();
+
+    expect(events.some((e) => e.type === "holder-leased" || e.type === "holder-lost")).toBe(false);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    const record = (await client.jobs.get(job.jobId))!;
+    expect(record.holders!.map((h) => [h.leaseId, h.state])).toEqual([[leased.leaseId.toString(), "completed"]]);
+    await expect.poll(() => chainStatusOf(fixture.market, leased.leaseId), { timeout: 30_000 }).toBe("Closed");
   });
 });
