@@ -238,7 +238,7 @@ describe("examples/train/train.mjs", () => {
     const pad = await readFile(path.join(checkpoint, "pad.bin"));
     expect(pad.byteLength).toBe(3 * 2 ** 20);
     expect(await readFile(path.join(checkpoint, "SHA256SUMS"), "utf8")).toMatch(
-      new RegExp(`\n${createHash("sha256").update(pad).digest("hex")}  pad\.bin\n$`),
+      new RegExp(`\n${createHash("sha256").update(pad).digest("hex")}  pad\\.bin\n$`),
     );
     // The same step's padding anywhere; another step's differs.
     const again = await someCheckpoint({ TRAIN_CHECKPOINT_PAD_MIB: "3" }, 200);
