@@ -38,8 +38,10 @@ export interface HoldQueueInit {
 export class HoldQueue {
   readonly #init: HoldQueueInit;
   #queue: Promise<void> = Promise.resolve();
-  /** Holds named so far; a hold still waiting when a newer one is named is passed over. */
+  /** Holds named so far; a hold still waiting when a newer one (of another checkpoint) is named is passed over. */
   #named = 0;
+  /** The checkpoint the newest hold names: the same one named again (a tenant that re-attached) supersedes nothing. */
+  #newest: string | undefined;
   readonly #stopped = new AbortController();
 
   constructor(init: HoldQueueInit) {
@@ -49,6 +51,7 @@ export class HoldQueue {
   /** Takes a `hold`: done after those named before it, and reported by `held` either way. */
   hold(body: TenantMessage<"hold">): void {
     const turn = ++this.#named;
+    this.#newest = body.cid;
     this.#queue = this.#queue.then(async () => {
       if (this.#stopped.signal.aborted) return;
       const report = await this.#take(body, turn).catch((error: unknown) => ({
@@ -61,7 +64,9 @@ export class HoldQueue {
 
   async #take({ cid, providers }: TenantMessage<"hold">, turn: number): Promise<HeldReport> {
     const { leaseId, keep, quotaBytes, timeoutMs, ipfs, store, log } = this.#init;
-    if (turn < this.#named) return { cid, error: "a newer checkpoint was named before this one was fetched" };
+    if (turn < this.#named && this.#newest !== cid) {
+      return { cid, error: "a newer checkpoint was named before this one was fetched" };
+    }
     const held = store.held(leaseId);
     const had = held.find((h) => h.cid === cid);
     if (had) return { cid, bytes: had.bytes };

@@ -14,7 +14,7 @@ import { sampleBlocks } from "../ipfs/block-stream.ts";
 import { jobDiskGiB, parseJobSpec, type JobSpec } from "../job-spec.ts";
 import type { Logger } from "../logger.ts";
 import { sleep } from "../utils/retry.ts";
-import { MAX_HOLD_PROVIDERS } from "../wire/messages.ts";
+import { MAX_HOLD_PROVIDERS, type TenantMessage } from "../wire/messages.ts";
 import { HAND_OFF_SEARCH_PAUSE_MS, leaseDeposit, OFFER_TIMEOUT_MS } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
 import { endRecordedLease, type OnSlash } from "./job-settlement.ts";
@@ -65,7 +65,8 @@ interface Holder {
   watch: LeaseWatch;
   /** Settles once the holder accepted its lease (or was lost first). */
   accepted: Promise<void>;
-  waiting: Map<string, { resolve: () => void; reject: (error: Error) => void }>;
+  /** The holds sent and not yet answered, by CID, each with the message that asked for it. */
+  waiting: Map<string, { hold: TenantMessage<"hold">; resolve: () => void; reject: (error: Error) => void }>;
 }
 
 /**
@@ -212,15 +213,16 @@ export class CheckpointHolders {
     await holder.accepted;
     if (!this.#holders.has(holder.lease.leaseId)) throw new ProviderFaultError("the holder was lost");
     const others = [...this.#holders.values()].filter((h) => h !== holder).flatMap((h) => leaseAddresses(h.lease));
-    const acknowledged = new Promise<void>((resolve, reject) => holder.waiting.set(cid, { resolve, reject }));
+    const hold = {
+      leaseId: BigInt(holder.lease.leaseId),
+      cid,
+      providers: [...from, ...others].slice(0, MAX_HOLD_PROVIDERS),
+    };
+    const acknowledged = new Promise<void>((resolve, reject) => holder.waiting.set(cid, { hold, resolve, reject }));
     const aborted = () => holder.waiting.get(cid)?.reject(new ProviderFaultError("the hold was abandoned"));
     signal.addEventListener("abort", aborted, { once: true });
     try {
-      await holder.watch.send("hold", {
-        leaseId: BigInt(holder.lease.leaseId),
-        cid,
-        providers: [...from, ...others].slice(0, MAX_HOLD_PROVIDERS),
-      });
+      await this.#send(holder, hold);
       await acknowledged;
     } finally {
       signal.removeEventListener("abort", aborted);
@@ -252,6 +254,19 @@ export class CheckpointHolders {
       if (this.#holders.get(holder.lease.leaseId) === holder) await this.#lose(holder, reason);
       throw new ProviderFaultError(reason);
     }
+  }
+
+  /**
+   * Sends a hold on the holder's session. One that cannot be sent (the session was lost) is not
+   * lost: it is sent again once the session is opened again (`reattached`), or its waiter rejected
+   * with the holder's loss.
+   */
+  async #send(holder: Holder, hold: TenantMessage<"hold">): Promise<void> {
+    await holder.watch
+      .send("hold", hold)
+      .catch((error: unknown) =>
+        this.#init.log.debug("a hold waits for its holder's session", { leaseId: holder.lease.leaseId, error }),
+      );
   }
 
   /** Opens holders' leases until as many run as asked for, in the background; one try after another until stopped. */
@@ -383,6 +398,10 @@ export class CheckpointHolders {
           accept();
         } else if (event.type === "heartbeat") {
           lease.lastSeq = Math.max(lease.lastSeq, event.body.seq);
+        } else if (event.type === "reattached") {
+          // A hold sent on the lost session may never have arrived: sent again (one the node has
+          // already is answered at once, one it is fetching is answered twice).
+          for (const { hold } of holder.waiting.values()) void this.#send(holder, hold);
         } else if (event.type === "held") {
           const waiter = holder.waiting.get(event.body.cid);
           if (event.body.error === undefined) waiter?.resolve();

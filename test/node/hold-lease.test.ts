@@ -168,6 +168,20 @@ describe("a holder's lease (real node process, real chain, loopback libp2p)", ()
     await ipfs.unpin(c.cid).catch(() => undefined);
   });
 
+  it("answers the same hold sent twice (a tenant that re-attached sends its holds again) twice, neither passed over", async () => {
+    const e = await checkpointOf(1);
+    const body = { leaseId, cid: e.cid.toString(), providers: tenantAddresses() };
+    await session.send("hold", body);
+    await session.send("hold", body);
+    let answers = 0;
+    const events = await readUntil(session, (ev) => ev.type === "held" && ev.body.cid === body.cid && ++answers === 2);
+    const held = events.flatMap((ev) => (ev.type === "held" && ev.body.cid === body.cid ? [ev.body] : []));
+    expect(held.map((h) => [h.bytes, h.error])).toEqual([
+      [MiB, undefined],
+      [MiB, undefined],
+    ]);
+  });
+
   it("refuses a hold on a lease that is not a holder's", async () => {
     const body = { leaseId: leaseId + 1000n, cid: a.cid.toString(), providers: [] };
     await session.send("hold", body);
