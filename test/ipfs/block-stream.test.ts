@@ -283,13 +283,14 @@ async function storedBlocks(peer: Peer): Promise<number> {
 }
 
 describe("sampling a holder (a proof of retrievability)", () => {
-  const sample = (peer: Peer, samples: number, host: BatonHost) =>
+  const sample = (peer: Peer, samples: number, host: BatonHost, picks: number[] = []) =>
     sampleBlocks({
       host,
       root: published.cid,
       peer: multiaddr(peer.address),
       samples,
       stallTimeoutMs: STALL_MS,
+      random: () => picks.shift() ?? Math.random(),
       signal: AbortSignal.timeout(60_000),
     });
 
@@ -297,10 +298,10 @@ describe("sampling a holder (a proof of retrievability)", () => {
     const honest = await startPeer();
     await honest.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
     const tenant = await startPeer();
-    const checked = await sample(honest, 3, tenant.host);
-    // The header leaf and seven 1 MiB leaves; three of them fetched, beside the root.
+    // The header leaf, six 1 MiB leaves and a partial one: leaves 2, 4 and 5 (full ones) picked.
+    const checked = await sample(honest, 3, tenant.host, [2 / 8, 4 / 8, 5 / 8]);
     expect(checked).toMatchObject({ leaves: 8, sampled: 3 });
-    expect(checked.bytes).toBeGreaterThan(2 * 2 ** 20);
+    expect(checked.bytes).toBeGreaterThan(3 * 2 ** 20);
     expect(checked.bytes).toBeLessThan(3 * 2 ** 20 + 64 * 1024);
     expect(await storedBlocks(tenant)).toBe(0);
   });

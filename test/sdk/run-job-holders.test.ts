@@ -59,6 +59,8 @@ describe("runJob with holders", () => {
     const leased = await when("holder-leased");
     const safe = await when("checkpoint-safe", (e) => (e.step ?? 0) >= 100);
     expect(safe.holders).toBe(1);
+    // Killed mid-job, or the test would wait for a failure that never comes.
+    expect(job.status().state).toBe("running");
     const victim = serving(fixture.market, job);
     victim.process!.child.kill("SIGKILL");
     onTestFinished(() => victim.start());
@@ -188,10 +190,11 @@ describe("runJob with holders", () => {
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
   });
 
-  // 64 MiB published, copied and sampled per checkpoint: a CI run beside three other test files on
-  // two cores took over 120 s.
+  // 64 MiB published, copied and sampled per checkpoint. Slow steps (150 ms, 90 s in all): in CI,
+  // beside three other test files on two cores, the first checkpoint was safe only after the job's
+  // 20 ms steps had all run, and the kill then came too late.
   it("(e) 64 MiB checkpoints, sampled: a SIGKILLed provider's job resumes on its holder with no transfer, the tenant having fetched a few MiB of each", async () => {
-    const spec = trainSpec("20");
+    const spec = trainSpec("150");
     const { job, events, when, leased } = await killedOnceHeld(
       { ...spec, env: { ...spec.env, TRAIN_CHECKPOINT_EVERY: "200", TRAIN_CHECKPOINT_PAD_MIB: "64" } },
       "sample",
