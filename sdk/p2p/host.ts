@@ -118,7 +118,14 @@ export async function createBatonHost({
       autoNAT: autoNATv2(),
       // kad-dht checks contacts with the same service, so one outbound ping stream is not enough.
       ping: ping({ maxOutboundStreams: 4 }),
-      pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),
+      pubsub: gossipsub({
+        allowPublishToZeroTopicPeers: true,
+        // Gossipsub's default marks down every peer past the tenth seen from one IP within the hour
+        // (a peer with no positive score is remembered that long): tenants behind one NAT, or every
+        // tenant of a local test network on 127.0.0.1, so the fourteenth got no offers at all.
+        // Offers are signed, so peers crowding a mesh can withhold them but never forge one.
+        scoreParams: { IPColocationFactorWeight: 0 },
+      }),
       dht: pauseAfterEmptyWalks(
         kadDHT({
           protocol: `${PROTOCOL_PREFIX}/kad/1.0.0`,

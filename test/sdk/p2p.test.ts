@@ -1,4 +1,5 @@
 import { generateKeyPair } from "@libp2p/crypto/keys";
+import type { PeerId } from "@libp2p/interface";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import os from "node:os";
@@ -147,6 +148,36 @@ describe("Baton libp2p host", () => {
 
     const found = await c.peerRouting.findPeer(b.peerId, { signal: AbortSignal.timeout(10_000) });
     expect(found.multiaddrs.map((m) => m.toString())).toContain(b.getMultiaddrs()[0]!.toString().split("/p2p/")[0]);
+  });
+
+  it("sends gossip to a peer that comes after many others from the same IP (tenants behind one NAT, or all on loopback)", async () => {
+    const topic = "/baton/test/1.0.0";
+    const a = await host();
+    const address = a.getMultiaddrs()[0]!;
+    type Pubsub = typeof a.services.pubsub & { getPeers(): PeerId[] };
+    const pubsub = a.services.pubsub as Pubsub;
+    // Gossipsub keeps a departed peer's IP for an hour: fourteen gone make the next one the fifteenth.
+    const earlier = await Promise.all(Array.from({ length: 14 }, () => host()));
+    // Spaced: libp2p resets a sixth new connection within a second from one IP.
+    for (const h of earlier) {
+      await h.dial(address);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    await until(() => earlier.every((h) => pubsub.getPeers().some((p) => p.equals(h.peerId))), 30_000);
+    await Promise.all(earlier.map((h) => h.stop()));
+    const late = await host();
+    await late.dial(address);
+    late.services.pubsub.subscribe(topic);
+    const received: string[] = [];
+    late.services.pubsub.addEventListener("message", (event) =>
+      received.push(new TextDecoder().decode(event.detail.data)),
+    );
+    // By fanout once `a` knows the subscription; with gossipsub's default scores `a` ignored it.
+    await until(async () => {
+      await a.services.pubsub.publish(topic, new TextEncoder().encode("offer")).catch(() => undefined);
+      return received.includes("offer");
+    }, 20_000);
+    expect(pubsub.getScore(late.peerId.toString())).toBeGreaterThanOrEqual(0);
   });
 
   it("answers a burst of requests on a fresh connection (more than yamux's 10 early streams aborted it)", async () => {
