@@ -75,11 +75,22 @@ export class UserError extends BaseError {
 
 /**
  * No provider offers or quotes what the job needs just now: every one is busy, refused, stayed
- * silent, or none offers at all. A job's first lease fails on it; a hand-off looks again for a
- * while (`HAND_OFF_SEARCH_MS`), as providers free up and re-publish their offers.
+ * silent, or none offers at all. A job's first lease fails on it, unless it is {@link unreachable};
+ * a hand-off looks again for a while (`HAND_OFF_SEARCH_MS`), as providers free up and re-publish
+ * their offers.
  */
 export class NoProviderError extends UserError {
   override name = "NoProviderError";
+  /**
+   * Providers offered, and none refused, but none could be reached (a dial that failed, a stream
+   * reset, no answer in time): a passing fault more often than an empty market, worth another look.
+   */
+  readonly unreachable: boolean;
+
+  constructor(shortMessage: string, options: BaseErrorOptions & { unreachable?: boolean } = {}) {
+    super(shortMessage, options);
+    this.unreachable = options.unreachable ?? false;
+  }
 }
 
 /** Why an image reference could not be pinned to a digest. */

@@ -62,7 +62,8 @@ export interface BidReturnType {
  * makes unmeetable (see `heartbeatTimingProblem`) counts as a refusal: its provider would turn
  * slashable while serving, and the job would move on for nothing.
  *
- * @throws {NoProviderError} when every provider refused, stayed silent or quoted an unmeetable timeout.
+ * @throws {NoProviderError} when every provider refused, stayed silent or quoted an unmeetable timeout
+ *   ({@link NoProviderError.unreachable} when none was reached at all).
  * @example
  * const { chosen } = await bid(client, { jobId, offers, requirements: { gpus: 1 }, maxPricePerSecond, durationS: 3600 });
  */
@@ -84,6 +85,8 @@ export async function bid(
   const blockTimeS = await chainBlockTime(client.chain, signal ? { signal } : {});
   const asked = offers.slice(0, fanout);
   const refusals: BidReturnType["refusals"] = [];
+  // Asked providers that failed on the way (connection, stream, deadline), not by what they said.
+  let unreachable = 0;
   const answers = await Promise.all(
     asked.map(async ({ offer, holdsImage, standby }): Promise<QuoteChoice | undefined> => {
       const started = performance.now();
@@ -138,6 +141,7 @@ export async function bid(
         };
       } catch (error) {
         signal?.throwIfAborted();
+        if (!(error instanceof BaseError)) unreachable++;
         refusals.push({
           peerId: offer.peerId,
           reason: shortMessageOf(error),
@@ -151,6 +155,7 @@ export async function bid(
   if (!chosen) {
     throw new NoProviderError(`no provider quoted for this job (${asked.length} asked)`, {
       details: refusals.map((r) => `${r.peerId}: ${r.reason}`).join("; "),
+      unreachable: asked.length > 0 && unreachable === asked.length,
     });
   }
   return { chosen, quotes, refusals };

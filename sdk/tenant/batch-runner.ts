@@ -378,7 +378,8 @@ export class BatchRunner {
   /**
    * Opens a lease on a provider no lease of the batch uses or has excluded. `undefined` when none
    * takes it (or the budget cannot pay one) while other leases serve the batch: they finish it. With
-   * none serving, a batch that ran before looks again for {@link HAND_OFF_SEARCH_MS}.
+   * none serving, a batch that ran before, or whose providers offered but could not be reached
+   * ({@link NoProviderError.unreachable}), looks again for {@link HAND_OFF_SEARCH_MS}.
    */
   #acquire(): Promise<LeaseRecord | undefined> {
     const next = this.#acquiring.then(async () => {
@@ -410,7 +411,7 @@ export class BatchRunner {
           }
           const retry =
             error instanceof NoProviderError &&
-            this.#record.leases.length > 0 &&
+            (this.#record.leases.length > 0 || error.unreachable) &&
             Date.now() + HAND_OFF_SEARCH_PAUSE_MS <= giveUpAt;
           if (!retry) throw error;
           this.#emit({ type: "no-provider", reason: oneLineOf(error), retryInMs: HAND_OFF_SEARCH_PAUSE_MS });

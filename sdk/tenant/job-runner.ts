@@ -488,7 +488,9 @@ class JobRunner implements JobHandle {
    * Opens the job's next lease (see `acquireLease`). A hand-off that finds no provider (all busy, or
    * their offers not re-published yet) looks again every {@link HAND_OFF_SEARCH_PAUSE_MS}, telling
    * `no-provider`, for up to {@link HAND_OFF_SEARCH_MS}; a job's first lease fails at once, as a
-   * market with nobody in it is better told than waited on.
+   * market with nobody in it is better told than waited on, unless providers offered and none could
+   * be reached ({@link NoProviderError.unreachable}: a reset stream, a stalled peer), which it waits
+   * out the same way.
    */
   async #acquire(parameters: AcquireLeaseParameters): Promise<AcquiredLease> {
     const giveUpAt = Date.now() + HAND_OFF_SEARCH_MS;
@@ -497,7 +499,11 @@ class JobRunner implements JobHandle {
         return await acquireLease(this.#client, parameters);
       } catch (error) {
         const handingOff = this.#record.leases.length > 0;
-        if (!(error instanceof NoProviderError) || !handingOff || Date.now() + HAND_OFF_SEARCH_PAUSE_MS > giveUpAt) {
+        if (
+          !(error instanceof NoProviderError) ||
+          !(handingOff || error.unreachable) ||
+          Date.now() + HAND_OFF_SEARCH_PAUSE_MS > giveUpAt
+        ) {
           throw error;
         }
         this.#log.warn("no provider can take the job yet; looking again", { error: oneLineOf(error) });

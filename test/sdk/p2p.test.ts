@@ -154,7 +154,7 @@ describe("Baton libp2p host", () => {
     const topic = "/baton/test/1.0.0";
     const a = await host();
     const address = a.getMultiaddrs()[0]!;
-    type Pubsub = typeof a.services.pubsub & { getPeers(): PeerId[] };
+    type Pubsub = typeof a.services.pubsub & { getPeers(): PeerId[]; getScore(peer: string): number };
     const pubsub = a.services.pubsub as Pubsub;
     // Gossipsub keeps a departed peer's IP for an hour: fourteen gone make the next one the fifteenth.
     const earlier = await Promise.all(Array.from({ length: 14 }, () => host()));

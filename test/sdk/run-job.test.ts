@@ -8,7 +8,7 @@ import { contracts } from "../../sdk/chain/client.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { startExplorerUnderTest } from "../helpers/explorer.ts";
-import { root } from "../helpers/processes.ts";
+import { root, until } from "../helpers/processes.ts";
 import {
   expectTokensConserved,
   recorder,
@@ -220,5 +220,32 @@ describe("runJob: hand-off to a new provider", () => {
       false,
       true,
     ]);
+  });
+  it("(e) a first lease waits out providers that offer but cannot answer (all frozen), and the job runs once they answer", async () => {
+    const { providers } = fixture.market;
+    const offered = (p: (typeof providers)[number]): boolean =>
+      client.offers.list().some((o) => o.provider.toLowerCase() === p.account.address.toLowerCase());
+    // (d) restarted them: their offers are in the tenant's book again before they freeze.
+    await until(() => providers.every(offered), 30_000, "every provider's offer");
+    const frozen = new Set(providers);
+    const thaw = (): void => {
+      for (const p of frozen) p.process!.child.kill("SIGCONT");
+      frozen.clear();
+    };
+    onTestFinished(thaw);
+    for (const p of providers) p.process!.child.kill("SIGSTOP");
+    const job = await runJob(client, trainSpec("5"), {
+      maxPricePerSecond: parseEther("0.001"),
+      files: { "train.mjs": SCRIPT },
+    });
+    const { events, when } = recorder(job);
+    const waiting = await when("no-provider");
+    expect(waiting.reason).toMatch(/no provider quoted for this job/);
+    thaw();
+    const result = await job.result();
+    await job.settled();
+    expect(result.handOffs).toBe(0);
+    expect(events.filter((e) => e.type === "offers-found").length).toBeGreaterThanOrEqual(2);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
   });
 });
