@@ -7,7 +7,13 @@ import { DEFAULT_JOB_DISK_GIB, diskQuotaBytes, formatDiskQuota } from "../sdk/jo
 import { offerPrice } from "../sdk/p2p/offers.ts";
 import { openMessage, parseBody, sealMessage } from "../sdk/wire/envelope.ts";
 import { serve } from "../sdk/wire/framing.ts";
-import { bidSchema, type Bid, type BidResponse, type BidRefusalReason } from "../sdk/wire/messages.ts";
+import {
+  bidSchema,
+  quoteReleaseSchema,
+  type Bid,
+  type BidResponse,
+  type BidRefusalReason,
+} from "../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
 import { diskTooFull } from "./disk.ts";
@@ -33,11 +39,14 @@ export interface Bids {
  * Answers bids on `/baton/bid/1.0.0` with a signed EIP-712 quote that `LeaseManager.openLease`
  * accepts (fresh nonce, short expiry, GPUs reserved until it expires, the bid's image) or a
  * reasoned refusal. Every refusal is one log line; a peer that floods gets `rate-limited` and costs
- * nothing else.
+ * nothing else. On `/baton/quote-release/1.0.0` the peer that bid for a quote may give it back,
+ * freeing its GPUs before it expires.
  */
 export function bids(components: NodeComponents, onCapacityChange: () => void): Bids {
   const { host, config, store, gpus, account, chain, log, metrics, peerKey } = components;
   const recent = new Map<string, number[]>();
+  /** The peer that bid for each quote not yet expired: only it may release the quote. */
+  const bidders = new Map<bigint, { peer: string; expiresAt: number }>();
 
   /** How far over the limit a peer is in the current window: 0 within it, 1 for the first bid over. */
   const overLimit = (peer: PeerId): number => {
@@ -50,7 +59,7 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     return Math.max(0, times.length - config.bidRateLimit.count);
   };
 
-  const quoteFor = async (bid: Bid): Promise<BidResponse> => {
+  const quoteFor = async (bid: Bid, bidder: string): Promise<BidResponse> => {
     if (components.draining.value) throw bidRefusal("draining", "the node is shutting down");
     const { chainId, contracts } = chain.deployment;
     if (bid.chainId !== chainId || bid.leaseManager !== contracts.leaseManager) {
@@ -96,6 +105,9 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     const expiry = chainNow(components) + config.quoteTtlS;
     const reserved = gpus.reserve(quoteHolder(nonce), requirements, Date.now() + config.quoteTtlS * 1000);
     if (!reserved) throw bidRefusal("no-capacity", "no matching GPU is free");
+    const now = Date.now();
+    for (const [held, { expiresAt }] of bidders) if (expiresAt <= now) bidders.delete(held);
+    bidders.set(nonce, { peer: bidder, expiresAt: now + config.quoteTtlS * 1000 });
     const models = reserved.map((index) => gpus.all.find((g) => g.index === index)!.model);
     const quote: Quote = {
       provider: account.address,
@@ -130,7 +142,7 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
         types: ["bid"],
         from: remotePeer.toString(),
       });
-      response = await quoteFor(parseBody(bidSchema, opened));
+      response = await quoteFor(parseBody(bidSchema, opened), remotePeer.toString());
       metrics.bids.inc({ outcome: "quoted" });
       log.info("quoted", {
         peer: remotePeer.toString(),
@@ -164,13 +176,43 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     return sealMessage(peerKey, host.peerId.toString(), "bid-response", refusal);
   };
 
+  /** Frees the GPUs of the quotes the release names that its sender bid for; answers which. */
+  const release = async (message: Uint8Array, remotePeer: PeerId): Promise<Uint8Array> => {
+    const peer = remotePeer.toString();
+    let released: bigint[] = [];
+    try {
+      const opened = await openMessage(message, {
+        maxBytes: maxMessageBytes.quoteRelease,
+        types: ["quote-release"],
+        from: peer,
+      });
+      const { nonces } = parseBody(quoteReleaseSchema, opened);
+      released = nonces.filter((nonce) => {
+        if (bidders.get(nonce)?.peer !== peer) return false;
+        bidders.delete(nonce);
+        // False for a quote a lease has taken over since: its GPUs are the lease's now.
+        return gpus.release(quoteHolder(nonce));
+      });
+    } catch (error) {
+      const text = error instanceof ProtocolError ? error.shortMessage : (error as Error).message;
+      log.info("quote release refused", { peer, message: text });
+    }
+    if (released.length > 0) log.info("quotes released", { peer, nonces: released.map(String) });
+    return sealMessage(peerKey, host.peerId.toString(), "quote-released", { released });
+  };
+
   return {
-    start: () =>
-      serve(host, protocols.bid, handle, {
+    start: async () => {
+      await serve(host, protocols.bid, handle, {
         maxBytes: maxMessageBytes.bid,
         timeoutMs: config.bidReadTimeoutMs,
         onUnreadable: unreadable,
-      }),
-    stop: () => host.unhandle(protocols.bid),
+      });
+      await serve(host, protocols.quoteRelease, release, {
+        maxBytes: maxMessageBytes.quoteRelease,
+        timeoutMs: config.bidReadTimeoutMs,
+      });
+    },
+    stop: () => host.unhandle([protocols.bid, protocols.quoteRelease]),
   };
 }

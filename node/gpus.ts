@@ -178,7 +178,10 @@ export class GpuAllocator {
     this.#onChange?.();
   }
 
-  release(holder: string): void {
-    if (this.#holders.delete(holder)) this.#onChange?.();
+  /** Frees what `holder` holds; whether it held anything. */
+  release(holder: string): boolean {
+    const held = this.#holders.delete(holder);
+    if (held) this.#onChange?.();
+    return held;
   }
 }

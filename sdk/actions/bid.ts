@@ -7,7 +7,7 @@ import { chainBlockTime, heartbeatTimingProblem } from "../chain/block-time.ts";
 import { contracts } from "../chain/client.ts";
 import type { Quote } from "../chain/quote.ts";
 import { BaseError, NoProviderError, shortMessageOf } from "../errors.ts";
-import { requestQuote } from "../wire/clients.ts";
+import { releaseQuotes, requestQuote } from "../wire/clients.ts";
 import type { Offer } from "../wire/messages.ts";
 import type { FoundOffer, Requirements } from "./findOffers.ts";
 
@@ -47,7 +47,7 @@ export interface QuoteChoice {
 
 export interface BidReturnType {
   chosen: QuoteChoice;
-  /** Every quote received, best first. */
+  /** Every quote received, best first; all but `chosen` are given back to their providers (released). */
   quotes: QuoteChoice[];
   /** Providers that refused or did not answer, with why. */
   refusals: { peerId: string; reason: string }[];
@@ -60,7 +60,8 @@ export interface BidReturnType {
  * one that holds the job's image (a cold pull can take minutes), then the better on-chain record
  * (fewer slashes per completed lease), then the faster answer. A quote whose heartbeat timeout the chain's block time
  * makes unmeetable (see `heartbeatTimingProblem`) counts as a refusal: its provider would turn
- * slashable while serving, and the job would move on for nothing.
+ * slashable while serving, and the job would move on for nothing. Every quote but the chosen one is
+ * released (`releaseQuotes`), so that its provider's GPUs are free again at once.
  *
  * @throws {NoProviderError} when every provider refused, stayed silent or quoted an unmeetable timeout
  *   ({@link NoProviderError.unreachable} when none was reached at all).
@@ -87,6 +88,8 @@ export async function bid(
   const refusals: BidReturnType["refusals"] = [];
   // Asked providers that failed on the way (connection, stream, deadline), not by what they said.
   let unreachable = 0;
+  // Quotes this bid will not open: their providers hold GPUs for them until they expire.
+  const unused: { peerId: string; nonce: bigint }[] = [];
   const answers = await Promise.all(
     asked.map(async ({ offer, holdsImage, standby }): Promise<QuoteChoice | undefined> => {
       const started = performance.now();
@@ -122,6 +125,7 @@ export async function bid(
           blockTimeS,
         });
         if (timing) {
+          unused.push({ peerId: offer.peerId, nonce: response.quote.nonce });
           refusals.push({ peerId: offer.peerId, reason: `quote refused: ${timing}` });
           return undefined;
         }
@@ -152,6 +156,8 @@ export async function bid(
   );
   const quotes = answers.filter((a): a is QuoteChoice => a !== undefined).sort(compareChoices);
   const chosen = quotes[0];
+  unused.push(...quotes.slice(1).map(({ offer, quote }) => ({ peerId: offer.peerId, nonce: quote.nonce })));
+  releaseUnused(client, unused, timeoutMs);
   if (!chosen) {
     throw new NoProviderError(`no provider quoted for this job (${asked.length} asked)`, {
       details: refusals.map((r) => `${r.peerId}: ${r.reason}`).join("; "),
@@ -179,6 +185,25 @@ async function requestQuoteRetried(
     if (signal.aborted || error instanceof BaseError) throw error;
     // A new connection beside the old one: other streams (another job's session) may still use it.
     return await requestQuote(client.host, peer, client.peerKey, body, { signal, freshConnection: true });
+  }
+}
+
+/**
+ * Gives the quotes back to their providers, in the background: their GPUs are free for other
+ * tenants (and this job's next hand-off) at once, not a minute later when the quotes expire. A
+ * release that fails costs nothing but that minute.
+ */
+function releaseUnused(
+  client: BatonClient,
+  unused: readonly { peerId: string; nonce: bigint }[],
+  timeoutMs: number,
+): void {
+  for (const { peerId, nonce } of unused) {
+    releaseQuotes(client.host, peerIdFromString(peerId), client.peerKey, [nonce], {
+      signal: AbortSignal.timeout(timeoutMs),
+    }).catch((error: unknown) =>
+      client.log.debug("quote not released", { peerId, nonce: nonce.toString(), error: shortMessageOf(error) }),
+    );
   }
 }
 

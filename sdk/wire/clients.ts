@@ -10,6 +10,7 @@ import { readMessages, request, writeMessage } from "./framing.ts";
 import {
   bidResponseSchema,
   providerMessageSchemas,
+  quoteReleasedSchema,
   type Bid,
   type BidResponse,
   type ProviderMessage,
@@ -66,6 +67,32 @@ export async function requestQuote(
     if (signer !== quote.provider) throw new ProtocolError("quote not signed by its provider", { details: signer });
   }
   return response;
+}
+
+/**
+ * Gives back quotes of `peer` that the tenant will not open (see `quoteReleaseSchema`); returns the
+ * nonces the provider freed.
+ *
+ * @throws {ProtocolError} when the answer is malformed or not signed by `peer`.
+ */
+export async function releaseQuotes(
+  host: BatonHost,
+  peer: PeerId,
+  key: PrivateKey,
+  nonces: readonly bigint[],
+  options: { signal?: AbortSignal } = {},
+): Promise<bigint[]> {
+  const bytes = await sealMessage(key, host.peerId.toString(), "quote-release", { nonces });
+  const reply = await request(host, peer, protocols.quoteRelease, bytes, {
+    maxBytes: maxMessageBytes.quoteRelease,
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  const opened = await openMessage(reply, {
+    maxBytes: maxMessageBytes.quoteRelease,
+    types: ["quote-released"],
+    from: peer.toString(),
+  });
+  return parseBody(quoteReleasedSchema, opened).released;
 }
 
 export type ProviderEvent = {

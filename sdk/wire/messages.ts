@@ -162,6 +162,25 @@ export const bidResponseSchema = z.discriminatedUnion("kind", [
 ]);
 export type BidResponse = z.output<typeof bidResponseSchema>;
 
+/** The most quotes one release names: a bid asks a few providers, each for one quote. */
+export const MAX_RELEASED_QUOTES = 16;
+
+/**
+ * A tenant's release of quotes it will not open, by nonce. The provider frees the GPUs each held
+ * (only for the peer that bid for it); a lease opened on a released quote later is served if GPUs
+ * are free then, as after the quote's reservation lapsed.
+ */
+export const quoteReleaseSchema = z.object({
+  nonces: z.array(uintSchema).min(1).max(MAX_RELEASED_QUOTES),
+});
+export type QuoteRelease = z.output<typeof quoteReleaseSchema>;
+
+/** The provider's answer: the nonces whose GPUs it freed (a quote already opened, lapsed or another peer's is not). */
+export const quoteReleasedSchema = z.object({
+  released: z.array(uintSchema).max(MAX_RELEASED_QUOTES),
+});
+export type QuoteReleased = z.output<typeof quoteReleasedSchema>;
+
 /*//////////////////////////////////////////////////////////////
                           LEASE SESSION
 //////////////////////////////////////////////////////////////*/

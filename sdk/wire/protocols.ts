@@ -7,6 +7,11 @@ export const PROTOCOL_PREFIX = "/baton";
 export const protocols = {
   /** Request/response: a tenant's bid, answered by a signed quote or a reasoned refusal. */
   bid: `${PROTOCOL_PREFIX}/bid/1.0.0`,
+  /**
+   * Request/response: a tenant giving back quotes it will not open, so that their GPUs are free at
+   * once rather than when the quotes expire.
+   */
+  quoteRelease: `${PROTOCOL_PREFIX}/quote-release/1.0.0`,
   /** Long-lived stream: a lease's job spec in, heartbeats, logs, checkpoints and the result out. */
   lease: `${PROTOCOL_PREFIX}/lease/1.0.0`,
   /**
@@ -33,6 +38,8 @@ export const maxMessageBytes = {
   offer: 64 * 1024,
   bid: 16 * 1024,
   quote: 8 * 1024,
+  /** A release of quotes, or its answer: at most 16 nonces (`MAX_RELEASED_QUOTES`). */
+  quoteRelease: 2 * 1024,
   lease: 64 * 1024,
   /** An HTTP head (method, path, headers), or one piece of a body. */
   http: 64 * 1024,

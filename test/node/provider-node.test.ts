@@ -11,7 +11,7 @@ import { contracts, writeContract } from "../../sdk/chain/client.ts";
 import type { BatonHost } from "../../sdk/p2p/host.ts";
 import { watchOffers } from "../../sdk/p2p/offers.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
-import { openLeaseSession, requestQuote, type ProviderEvent } from "../../sdk/wire/clients.ts";
+import { openLeaseSession, releaseQuotes, requestQuote, type ProviderEvent } from "../../sdk/wire/clients.ts";
 import type { Offer, ProviderMessage } from "../../sdk/wire/messages.ts";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
@@ -43,27 +43,30 @@ afterAll(async () => {
   await market?.stop();
 });
 
+/** `who`'s bid to `provider` for one GPU, for the job `jobName`. */
+function bidFor(who: Tenant, provider: ProviderHandle, jobName: string, durationS = 600) {
+  const { leaseManager } = contracts(market.deployment);
+  return requestQuote(
+    who.host,
+    peerIdFromString(provider.peerId),
+    who.key,
+    {
+      chainId: market.deployment.chainId,
+      leaseManager: leaseManager.address,
+      jobId: keccak256(toHex(jobName)),
+      tenant: who.account.address,
+      requirements: { gpus: 1 },
+      image: zeroHash,
+      maxPricePerSecond: parseEther("0.001"),
+      durationS,
+    },
+    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
+  );
+}
+
 async function openLease(providerIndex: number, jobName: string, durationS = 600) {
   const provider = market.providers[providerIndex]!;
-  const jobId = keccak256(toHex(jobName));
-  const { leaseManager } = contracts(market.deployment);
-  const bid = () =>
-    requestQuote(
-      tenant.host,
-      peerIdFromString(provider.peerId),
-      tenant.key,
-      {
-        chainId: market.deployment.chainId,
-        leaseManager: leaseManager.address,
-        jobId,
-        tenant: tenant.account.address,
-        requirements: { gpus: 1 },
-        image: zeroHash,
-        maxPricePerSecond: parseEther("0.001"),
-        durationS,
-      },
-      { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
-    );
+  const bid = () => bidFor(tenant, provider, jobName, durationS);
   // The provider's one GPU may still be held by the previous test's lease: the node frees it once
   // that lease's work dir is gone, after its finish is mined (seconds on a loaded machine).
   let response = await bid();
@@ -251,6 +254,36 @@ describe("provider node (two processes, real chain, loopback libp2p)", () => {
     await until(() => !isAlive(pid), 15_000, "job process gone");
     store.close();
     await session.close();
+  });
+
+  it("frees a quote's GPU when the peer that bid for it gives it back, and for no other peer", async () => {
+    const provider = market.providers[1]!;
+    const peer = peerIdFromString(provider.peerId);
+    const other = await market.tenant(1);
+    const bidFrom = (who: Tenant, jobName: string) => bidFor(who, provider, jobName);
+    // Before provider 1 runs the next test's lease; its one GPU may still be held by a quote.
+    let first = await bidFrom(tenant, "release-a");
+    await until(
+      async () => {
+        if (first.kind === "quote") return true;
+        first = await bidFrom(tenant, "release-a");
+        return false;
+      },
+      30_000,
+      "a free GPU on provider 1",
+    );
+    if (first.kind !== "quote") throw new Error(`refused: ${first.reason}`);
+    const { nonce } = first.quote;
+    expect(await bidFrom(other, "release-b")).toMatchObject({ kind: "refusal", reason: "no-capacity" });
+    expect(await releaseQuotes(other.host, peer, other.key, [nonce])).toEqual([]);
+    expect(await bidFrom(other, "release-b")).toMatchObject({ kind: "refusal", reason: "no-capacity" });
+
+    expect(await releaseQuotes(tenant.host, peer, tenant.key, [nonce])).toEqual([nonce]);
+    const second = await bidFrom(other, "release-b");
+    if (second.kind !== "quote") throw new Error(`refused after the release: ${second.reason}`);
+    expect(await releaseQuotes(tenant.host, peer, tenant.key, [nonce])).toEqual([]);
+    expect(await releaseQuotes(other.host, peer, other.key, [second.quote.nonce])).toEqual([second.quote.nonce]);
+    await provider.process!.waitFor(/quotes released/, 10_000);
   });
 
   it("keeps its lease and its duties across SIGKILL and restart, and lets the tenant re-attach", async () => {

@@ -1,12 +1,16 @@
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 
-import { parseEther } from "viem";
+import { peerIdFromString } from "@libp2p/peer-id";
+import { parseEther, type Hex } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { contracts } from "../../sdk/chain/client.ts";
+import { bid } from "../../sdk/actions/bid.ts";
+import { findOffers, type FoundOffer } from "../../sdk/actions/findOffers.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
+import { releaseQuotes } from "../../sdk/wire/clients.ts";
 import { startExplorerUnderTest } from "../helpers/explorer.ts";
 import { root, until } from "../helpers/processes.ts";
 import {
@@ -247,5 +251,25 @@ describe("runJob: hand-off to a new provider", () => {
     expect(result.handOffs).toBe(0);
     expect(events.filter((e) => e.type === "offers-found").length).toBeGreaterThanOrEqual(2);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+  });
+  it("(f) a bid gives back the quotes it does not open: the other providers' one GPU each quotes again at once", async () => {
+    const maxPricePerSecond = parseEther("0.001");
+    const requirements = { gpus: 1 };
+    const ask = (jobId: Hex, offers: FoundOffer[]) =>
+      bid(client, { jobId, offers, requirements, maxPricePerSecond, durationS: 300 });
+    const offers = await findOffers(client, { requirements, maxPricePerSecond, minCount: 3 });
+    const first = await ask(`0x${"f1".repeat(32)}`, offers);
+    expect(first.quotes).toHaveLength(3);
+    const others = fixture.market.providers.filter((p) => p.account.address !== first.chosen.quote.provider);
+    await Promise.all(others.map((p) => p.process!.waitFor(/"msg":"quotes released"/, 10_000)));
+    // Without the release each of them would refuse this with no-capacity for a minute.
+    const second = await ask(
+      `0x${"f2".repeat(32)}`,
+      offers.filter((o) => o.offer.peerId !== first.chosen.offer.peerId),
+    );
+    expect(second.quotes.map((q) => q.quote.provider).sort()).toEqual(others.map((p) => p.account.address).sort());
+    for (const { offer, quote } of [first.chosen, second.chosen]) {
+      await releaseQuotes(client.host, peerIdFromString(offer.peerId), client.peerKey, [quote.nonce]);
+    }
   });
 });
