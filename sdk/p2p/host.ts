@@ -101,6 +101,10 @@ export async function createBatonHost({
     // Every host dials relayed addresses (`…/p2p-circuit/p2p/<id>`); one that listens on
     // `/p2p-circuit` also keeps a reservation on a relay it is connected to.
     transports: [tcp(), circuitRelayTransport()],
+    // libp2p refuses a sixth new connection within a second from one IP, and more than a few
+    // pending at once: limits on remote hosts that would otherwise also throttle every peer of a
+    // devnet or test market (all on 127.0.0.1). A process on this machine can flood it anyway.
+    connectionManager: { allow: ["/ip4/127.0.0.0/ipcidr/8", "/ip6/::1/ipcidr/128"] },
     connectionEncrypters: [noise()],
     // Streams a peer opens before this side's upgrade has attached its stream handler are held
     // ("early"); past yamux's default of 10 it aborts the whole connection. A tenant's burst of
