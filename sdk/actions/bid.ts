@@ -93,6 +93,7 @@ export async function bid(
   const answers = await Promise.all(
     asked.map(async ({ offer, holdsImage, standby }): Promise<QuoteChoice | undefined> => {
       const started = performance.now();
+      let answered = false;
       try {
         const response = await requestQuoteRetried(
           client,
@@ -114,6 +115,7 @@ export async function bid(
           },
           AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]),
         );
+        answered = true;
         const latencyMs = performance.now() - started;
         if (response.kind === "refusal") {
           refusals.push({ peerId: offer.peerId, reason: `${response.reason}: ${response.message}` });
@@ -145,7 +147,8 @@ export async function bid(
         };
       } catch (error) {
         signal?.throwIfAborted();
-        if (!(error instanceof BaseError)) unreachable++;
+        // A chain read that failed after the answer is no sign of the provider's reach.
+        if (!answered && !(error instanceof BaseError)) unreachable++;
         refusals.push({
           peerId: offer.peerId,
           reason: shortMessageOf(error),
