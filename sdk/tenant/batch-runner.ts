@@ -31,6 +31,7 @@ import {
   DEFAULT_RETRY_LIMIT,
   HAND_OFF_SEARCH_MS,
   HAND_OFF_SEARCH_PAUSE_MS,
+  searchesAgain,
   isProviderRefusal,
   leaseCost,
   type Funding,
@@ -378,8 +379,7 @@ export class BatchRunner {
   /**
    * Opens a lease on a provider no lease of the batch uses or has excluded. `undefined` when none
    * takes it (or the budget cannot pay one) while other leases serve the batch: they finish it. With
-   * none serving, a batch that ran before, or whose providers offered but could not be reached
-   * ({@link NoProviderError.unreachable}), looks again for {@link HAND_OFF_SEARCH_MS}.
+   * none serving, it looks again for {@link HAND_OFF_SEARCH_MS} where {@link searchesAgain} says so.
    */
   #acquire(): Promise<LeaseRecord | undefined> {
     const next = this.#acquiring.then(async () => {
@@ -410,9 +410,7 @@ export class BatchRunner {
             return undefined;
           }
           const retry =
-            error instanceof NoProviderError &&
-            (this.#record.leases.length > 0 || error.unreachable) &&
-            Date.now() + HAND_OFF_SEARCH_PAUSE_MS <= giveUpAt;
+            searchesAgain(error, this.#record.leases.length > 0) && Date.now() + HAND_OFF_SEARCH_PAUSE_MS <= giveUpAt;
           if (!retry) throw error;
           this.#emit({ type: "no-provider", reason: oneLineOf(error), retryInMs: HAND_OFF_SEARCH_PAUSE_MS });
           await sleep(HAND_OFF_SEARCH_PAUSE_MS, { signal: this.#stop.signal });

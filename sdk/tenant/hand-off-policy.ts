@@ -1,4 +1,4 @@
-import { BudgetExhaustedError, JobFailedError } from "../errors.ts";
+import { BudgetExhaustedError, JobFailedError, NoProviderError } from "../errors.ts";
 import type { SessionRefusalReason } from "../wire/messages.ts";
 import type { JobRecord, LeaseRecord } from "./job-store.ts";
 
@@ -24,6 +24,16 @@ export const HAND_OFF_SEARCH_MS = 5 * 60_000;
 
 /** How soon a hand-off that found no provider looks again (offers are re-published every few seconds). */
 export const HAND_OFF_SEARCH_PAUSE_MS = 5_000;
+
+/**
+ * Whether a search that found no provider looks again (after {@link HAND_OFF_SEARCH_PAUSE_MS}): a
+ * job or batch that has had a lease does, as providers free up; a first lease does only when
+ * providers offered and none could be reached ({@link NoProviderError.unreachable}), since a market
+ * with nobody in it is better told than waited on.
+ */
+export function searchesAgain(error: unknown, hadLease: boolean): error is NoProviderError {
+  return error instanceof NoProviderError && (hadLease || error.unreachable);
+}
 
 /** A lease is topped up this long before its deposit runs out. */
 export const TOP_UP_MARGIN_MS = 5_000;

@@ -6,7 +6,7 @@ import { reserveAllowance, waitForOpening } from "../actions/signOpening.ts";
 import { withdrawCredit } from "../actions/withdrawCredit.ts";
 import { contracts, leaseStatus } from "../chain/client.ts";
 import type { BatonClient } from "../client.ts";
-import { BaseError, JobCancelledError, JobFailedError, NoProviderError, oneLineOf, UserError } from "../errors.ts";
+import { BaseError, JobCancelledError, JobFailedError, oneLineOf, UserError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { sleep } from "../utils/retry.ts";
 import type { ProviderMessage } from "../wire/messages.ts";
@@ -17,6 +17,7 @@ import {
   countHandOff,
   HAND_OFF_SEARCH_MS,
   HAND_OFF_SEARCH_PAUSE_MS,
+  searchesAgain,
   isProviderRefusal,
   leaseCost,
   leaseDeposit,
@@ -487,10 +488,8 @@ class JobRunner implements JobHandle {
   /**
    * Opens the job's next lease (see `acquireLease`). A hand-off that finds no provider (all busy, or
    * their offers not re-published yet) looks again every {@link HAND_OFF_SEARCH_PAUSE_MS}, telling
-   * `no-provider`, for up to {@link HAND_OFF_SEARCH_MS}; a job's first lease fails at once, as a
-   * market with nobody in it is better told than waited on, unless providers offered and none could
-   * be reached ({@link NoProviderError.unreachable}: a reset stream, a stalled peer), which it waits
-   * out the same way.
+   * `no-provider`, for up to {@link HAND_OFF_SEARCH_MS}; a job's first lease only when none of the
+   * providers that offered could be reached (see {@link searchesAgain}).
    */
   async #acquire(parameters: AcquireLeaseParameters): Promise<AcquiredLease> {
     const giveUpAt = Date.now() + HAND_OFF_SEARCH_MS;
@@ -498,12 +497,7 @@ class JobRunner implements JobHandle {
       try {
         return await acquireLease(this.#client, parameters);
       } catch (error) {
-        const handingOff = this.#record.leases.length > 0;
-        if (
-          !(error instanceof NoProviderError) ||
-          !(handingOff || error.unreachable) ||
-          Date.now() + HAND_OFF_SEARCH_PAUSE_MS > giveUpAt
-        ) {
+        if (!searchesAgain(error, this.#record.leases.length > 0) || Date.now() + HAND_OFF_SEARCH_PAUSE_MS > giveUpAt) {
           throw error;
         }
         this.#log.warn("no provider can take the job yet; looking again", { error: oneLineOf(error) });
