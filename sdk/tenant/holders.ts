@@ -21,6 +21,7 @@ import { endRecordedLease, type OnSlash } from "./job-settlement.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
 import { openedLease } from "./lease-acquisition.ts";
 import { leaseLiveness } from "./lease-session.ts";
+import { LeaseTopUps } from "./lease-top-ups.ts";
 
 /**
  * How long a checkpoint waits for the job's holders to be leased (at its start, or after one was
@@ -33,6 +34,14 @@ const SAMPLED_LEAVES = 4;
 
 /** How long a sampled block may take to come before its holder counts as not having it. */
 const SAMPLE_STALL_MS = 30_000;
+
+/**
+ * The longest a holder's lease is asked to run. The chain ends a lease at its quote's duration
+ * whatever its deposit, and a job may span several leases of its `maxDurationS`: a holder's lease
+ * asks for this much (or the least any offer allows, if less), is given one `maxDurationS` at a
+ * time, and is topped up as the job goes on. A job that runs longer has its holder replaced.
+ */
+const HOLDER_LEASE_S = 24 * 3600;
 
 /** A holder's lease spec: no GPUs, no image, the job's disk quota (or `diskGiB`); its command never runs. */
 export function holdSpec(spec: JobSpec, diskGiB = jobDiskGiB(spec)): JobSpec {
@@ -63,6 +72,8 @@ export interface CheckpointHoldersInit {
 interface Holder {
   lease: LeaseRecord;
   watch: LeaseWatch;
+  /** Keeps its lease funded while the job runs, as the job's own lease is (the job may span several leases). */
+  topUps: LeaseTopUps;
   /** Settles once the holder accepted its lease (or was lost first). */
   accepted: Promise<void>;
   /** The holds sent and not yet answered, by CID, each with the message that asked for it. */
@@ -191,7 +202,7 @@ export class CheckpointHolders {
   /** Stops following a holder and closes its lease, which served as asked: `completed`. */
   async #end(holder: Holder): Promise<void> {
     const { client, record, log, onSlash } = this.#init;
-    await holder.watch.stop();
+    await unfollow(holder);
     try {
       await endRecordedLease(client, record, holder.lease, { onSlash });
       holder.lease.state = "completed";
@@ -205,7 +216,7 @@ export class CheckpointHolders {
   async detach(): Promise<void> {
     this.#stop.abort();
     await this.#filling;
-    for (const holder of this.#holders.values()) await holder.watch.stop();
+    for (const holder of this.#holders.values()) await unfollow(holder);
     this.#holders.clear();
   }
 
@@ -313,7 +324,7 @@ export class CheckpointHolders {
       requirements,
       image: zeroHash,
       maxPricePerSecond,
-      durationS: spec.maxDurationS,
+      durationS: Math.max(spec.maxDurationS, Math.min(HOLDER_LEASE_S, ...offers.map((o) => o.offer.maxDurationS))),
       signal,
     });
     const price = chosen.quote.pricePerSecond;
@@ -356,7 +367,7 @@ export class CheckpointHolders {
 
   /** Follows a holder's session (starting its hold, or re-attaching): its acknowledgements, and its loss. */
   #follow(lease: LeaseRecord, start: boolean): Holder {
-    const { client, record } = this.#init;
+    const { client, record, events, log } = this.#init;
     const watch = watchLease(client, {
       leaseId: BigInt(lease.leaseId),
       peerId: lease.peerId,
@@ -374,9 +385,19 @@ export class CheckpointHolders {
       signal: this.#stop.signal,
     });
     let accept!: () => void;
+    const topUps = new LeaseTopUps({
+      client,
+      record,
+      events,
+      log,
+      // The job goes on without it: the holder's lease runs out, and a replacement finds no budget either.
+      onBudgetSpent: (error) => log.warn("a holder's lease is not topped up", { leaseId: lease.leaseId, error }),
+    });
+    topUps.schedule(lease);
     const holder: Holder = {
       lease,
       watch,
+      topUps,
       accepted: new Promise<void>((resolve) => (accept = resolve)),
       waiting: new Map(),
     };
@@ -429,7 +450,7 @@ export class CheckpointHolders {
     this.#holders.delete(lease.leaseId);
     for (const waiter of holder.waiting.values())
       waiter.reject(new ProviderFaultError(`the holder was lost: ${reason}`));
-    await holder.watch.stop();
+    await unfollow(holder);
     lease.state = "failed";
     lease.endedAt = Date.now();
     log.warn("holder lost", { leaseId: lease.leaseId, provider: lease.provider, reason });
@@ -443,4 +464,10 @@ export class CheckpointHolders {
     onLost(lease);
     this.#fill();
   }
+}
+
+/** Stops following a holder: its session, and its top-ups. */
+async function unfollow(holder: Holder): Promise<void> {
+  holder.topUps.stop();
+  await holder.watch.stop();
 }

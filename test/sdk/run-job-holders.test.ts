@@ -240,4 +240,45 @@ describe("runJob with holders", () => {
     expect(record.holders!.map((h) => [h.leaseId, h.state])).toEqual([[leased.leaseId.toString(), "completed"]]);
     await expect.poll(() => chainStatusOf(fixture.market, leased.leaseId), { timeout: 30_000 }).toBe("Closed");
   });
+
+  // 600 steps of 40 ms (24 s) over two leases of at most 20 s each: the holder, leased at the job's
+  // start for 20 s, is due a top-up 15 s in, long before the job ends. Killed at step 300, so that
+  // each lease has 8 s of slack under load before the sandbox's 20 s limit.
+  it("(g) a job that outlives its holder's first deposit over two leases keeps the same holder, topped up, to the end", async () => {
+    const before = await totals(fixture.market);
+    const spec = trainSpec("40");
+    const job = await runJob(
+      client,
+      { ...spec, maxDurationS: 20, resources: { ...spec.resources, gpus: 1, gpuModel: "FakeGPU" } },
+      {
+        maxPricePerSecond: parseEther("0.001"),
+        files: { "train.mjs": SCRIPT },
+        replication: { holders: 1, diskGiB: 1 },
+      },
+    );
+    const { events, when } = recorder(job);
+    const leased = await when("holder-leased");
+    await when("checkpoint-safe", (e) => e.holders === 1 && (e.step ?? 0) >= 300);
+    const victim = serving(fixture.market, job);
+    victim.process!.child.kill("SIGKILL");
+    onTestFinished(() => victim.start());
+    const result = await job.result();
+    await job.settled();
+
+    expect(result.handOffs).toBe(1);
+    const topUps = events.flatMap((e) => (e.type === "top-up" && e.leaseId === leased.leaseId ? [e.amount] : []));
+    // One top-up each 15 s the job goes on: more on a slow machine.
+    expect(topUps.length).toBeGreaterThan(0);
+    expect(topUps.every((amount) => amount === leased.deposit)).toBe(true);
+    const holderEvents = events.flatMap((e) =>
+      e.type.startsWith("holder-") && "leaseId" in e ? [[e.type, e.leaseId]] : [],
+    );
+    expect(holderEvents).toEqual([["holder-leased", leased.leaseId]]);
+    expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
+    const record = (await client.jobs.get(job.jobId))!;
+    expect(record.holders!.map((h) => [h.leaseId, h.state])).toEqual([[leased.leaseId.toString(), "completed"]]);
+    expect(BigInt(record.holders![0]!.deposit)).toBe(BigInt(topUps.length + 1) * leased.deposit);
+    await expect.poll(() => chainStatusOf(fixture.market, leased.leaseId), { timeout: 30_000 }).toBe("Closed");
+    await expectTokensConserved(fixture.market, before);
+  }, 180_000);
 });
