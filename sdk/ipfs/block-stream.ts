@@ -25,10 +25,12 @@ import { protocols } from "../wire/protocols.ts";
  * without the CIDs: the receiver already knows which CID comes next, so a peer cannot choose what
  * it sends, only send it or fail.
  *
- * Request (one length-prefixed frame): `skip` (unsigned varint) then the root CID's bytes.
+ * Request (one length-prefixed frame): `skip` (unsigned varint), the root CID's bytes, and
+ * optionally `count` (unsigned varint, at least 1).
  *
  * Response: the blocks of the DAG under the root in *stream order*, each as a length-prefixed
- * frame holding the block's bytes, leaving out the first `skip`; then the sender closes. Stream
+ * frame holding the block's bytes, leaving out the first `skip` and stopping after `count` (at the
+ * DAG's end without it); then the sender closes. Stream
  * order is depth-first pre-order (a node, then its links in order), each block once (at its
  * first occurrence; a repeated subtree is not sent again), identity CIDs never (their bytes are in
  * the CID). A UnixFS file's leaves so come in file order, right after the node that links them.
@@ -38,7 +40,9 @@ import { protocols } from "../wire/protocols.ts";
  * A receiver that loses its sender (a stall, a reset, a truncated stream, a block that does not
  * match its CID, a frame over {@link MAX_BLOCK_BYTES}) asks another holder with `skip` set to the
  * blocks it already verified, and in the end falls back to bitswap (node.ts). Blocks go to the
- * store only once verified, so nothing unverified is ever written or resumed from.
+ * store only once verified, so nothing unverified is ever written or resumed from. With several
+ * holders, a receiver fetches from all of them at once, each a stripe of the stream (`skip` and
+ * `count`: see {@link StripedFetch}).
  */
 
 export const BLOCKS_PROTOCOL = protocols.blocks;
@@ -104,13 +108,18 @@ export function linksOf(cid: CID, bytes: Uint8Array): CID[] {
 export interface BlockRequest {
   root: CID;
   skip: number;
+  /** How many blocks to send at most; all to the DAG's end when absent. */
+  count?: number | undefined;
 }
 
 /** Encodes a request (without its length prefix). */
-export function encodeRequest({ root, skip }: BlockRequest): Uint8Array {
-  const bytes = new Uint8Array(varint.encodingLength(skip) + root.bytes.byteLength);
+export function encodeRequest({ root, skip, count }: BlockRequest): Uint8Array {
+  const skipLength = varint.encodingLength(skip);
+  const countLength = count === undefined ? 0 : varint.encodingLength(count);
+  const bytes = new Uint8Array(skipLength + root.bytes.byteLength + countLength);
   varint.encodeTo(skip, bytes, 0);
-  bytes.set(root.bytes, varint.encodingLength(skip));
+  bytes.set(root.bytes, skipLength);
+  if (count !== undefined) varint.encodeTo(count, bytes, skipLength + root.bytes.byteLength);
   return bytes;
 }
 
@@ -118,8 +127,13 @@ export function encodeRequest({ root, skip }: BlockRequest): Uint8Array {
 export function decodeRequest(bytes: Uint8Array): BlockRequest {
   const [skip, length] = varint.decode(bytes, 0);
   if (!Number.isSafeInteger(skip) || skip < 0) throw new BlockStreamError("bad skip in a block request");
-  const root = CID.decode(bytes.subarray(length));
-  return { root, skip };
+  const [root, rest] = CID.decodeFirst(bytes.subarray(length));
+  if (rest.byteLength === 0) return { root, skip };
+  const [count, countLength] = varint.decode(rest, 0);
+  if (!Number.isSafeInteger(count) || count < 1 || countLength !== rest.byteLength) {
+    throw new BlockStreamError("bad count in a block request");
+  }
+  return { root, skip, count };
 }
 
 /**
@@ -214,18 +228,21 @@ async function sendDag(
   let request: BlockRequest | undefined;
   try {
     request = await readBlockRequest(stream);
-    for await (const block of streamOrder(request.root, (cid) => read(cid, abort.signal), { skip: request.skip })) {
+    const { root, skip, count = Infinity } = request;
+    for await (const block of streamOrder(root, (cid) => read(cid, abort.signal), { skip })) {
       // A signal only when the receiver makes us wait, not one per block.
       if (!stream.send(lpEncode.single(block.bytes)))
         await stream.onDrain({ signal: AbortSignal.timeout(SEND_STALL_MS) });
       sent++;
       bytes += block.bytes.byteLength;
+      if (sent >= count) break;
     }
     await stream.close({ signal: AbortSignal.timeout(SEND_STALL_MS) });
     log.debug("sent a DAG", {
       peer: peer.toString(),
       root: request.root.toString(),
-      skip: request.skip,
+      skip,
+      count: request.count,
       blocks: sent,
       bytes,
       ms: Math.round(performance.now() - started),
@@ -441,6 +458,8 @@ export interface BlockStreamSessionInit {
   stallTimeoutMs: number;
   /** Where in stream order to start: the blocks before it are not sent (default 0, the root). */
   start?: number;
+  /** Where in stream order to stop (that block is not sent); the DAG's end by default. */
+  end?: number;
   signal?: AbortSignal;
   log?: Logger;
 }
@@ -461,9 +480,15 @@ export class BlockStreamSession {
   readonly failures: string[] = [];
   /** The holders asked so far (a stream opened), in order. */
   readonly asked: string[] = [];
+  /**
+   * Where in stream order to stop, as the next holder asked is told (`init.end`). Moved closer by a
+   * striped fetch when another stripe takes the rest; a holder asked before sends past it.
+   */
+  end: number | undefined;
 
   constructor(init: BlockStreamSessionInit) {
     this.#init = init;
+    this.end = init.end;
     this.#log = init.log ?? silentLogger;
     this.#peers = [...init.peers];
     this.#verified = init.start ?? 0;
@@ -524,7 +549,8 @@ export class BlockStreamSession {
         stream = await this.#init.host.dialProtocol(peer, BLOCKS_PROTOCOL, { signal });
         stream.maxReadBufferLength = RECEIVE_MAX_BUFFER;
         const frames = new FrameReader(stream, MAX_BLOCK_BYTES, true);
-        await sendFrame(stream, encodeRequest({ root: this.#init.root, skip: this.#verified }), signal);
+        const count = this.end === undefined ? undefined : this.end - this.#verified;
+        await sendFrame(stream, encodeRequest({ root: this.#init.root, skip: this.#verified, count }), signal);
         this.#current = { peer, stream, frames };
         this.asked.push(peer.toString());
         return this.#current;
@@ -590,6 +616,7 @@ export async function sampleBlocks({
       peers: [peer],
       stallTimeoutMs,
       start,
+      end: start + 1,
       ...(signal ? { signal } : {}),
     });
     try {
@@ -603,30 +630,214 @@ export async function sampleBlocks({
       session.close();
     }
   };
-  // Stream order, as the sender walks it (see streamOrder): depth first, each block once.
-  const leaves: Array<{ cid: CID; at: number }> = [];
-  const seen = new Set<string>();
-  const stack = [root];
-  let index = 0;
   let bytes = 0;
-  for (let cid = stack.pop(); cid !== undefined; cid = stack.pop()) {
-    if (cid.multihash.code === identity.code) continue;
-    const key = keyOf(cid);
-    if (seen.has(key)) continue;
-    seen.add(key);
-    const at = index++;
-    if (cid.code === raw.code) {
-      leaves.push({ cid, at });
-      continue;
-    }
+  const placed = await placeBlocks(root, async (cid, at) => {
     const block = await blockAt(at, cid);
     bytes += block.byteLength;
-    stack.push(...linksOf(cid, block).reverse());
-  }
+    return block;
+  });
+  const leaves = placed.filter(({ cid }) => cid.code === raw.code);
   const picked = new Set<number>();
   while (picked.size < Math.min(samples, leaves.length)) picked.add(Math.floor(random() * leaves.length));
   for (const i of picked) bytes += (await blockAt(leaves[i]!.at, leaves[i]!.cid)).byteLength;
   return { leaves: leaves.length, sampled: picked.size, bytes };
+}
+
+/** A block of a DAG, and its place in stream order. */
+export interface PlacedBlock {
+  cid: CID;
+  at: number;
+}
+
+/**
+ * Every block of the DAG under `root` in stream order, as {@link streamOrder} sends them (depth
+ * first, each block once, identity CIDs never), each with its place: the inner (dag-pb) nodes are
+ * read by `inner(cid, at)` for their links, raw leaves are not read at all.
+ */
+export async function placeBlocks(
+  root: CID,
+  inner: (cid: CID, at: number) => Promise<Uint8Array>,
+): Promise<PlacedBlock[]> {
+  const placed: PlacedBlock[] = [];
+  const seen = new Set<string>();
+  const stack = [root];
+  for (let cid = stack.pop(); cid !== undefined; cid = stack.pop()) {
+    if (!streamable(cid)) throw new BlockStreamError(`cannot stream ${cid}: only dag-pb and raw blocks, sha2-256`);
+    if (cid.multihash.code === identity.code) continue;
+    const key = keyOf(cid);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const at = placed.length;
+    placed.push({ cid, at });
+    if (cid.code !== raw.code) stack.push(...linksOf(cid, await inner(cid, at)).reverse());
+  }
+  return placed;
+}
+
+/** Holders one fetch streams from at once, at most. */
+const MAX_STRIPES = 4;
+
+/** The fewest blocks a stripe has: a small DAG is fetched from fewer holders (one, under twice this). */
+const MIN_STRIPE_BLOCKS = 4;
+
+export interface StripedFetchInit extends Omit<BlockStreamSessionInit, "start" | "end"> {
+  /** Stores a verified block; the stripes wait on it, so it paces them. */
+  store: (cid: CID, bytes: Uint8Array) => Promise<void>;
+}
+
+/**
+ * Fetches one DAG from several holders at once. The root comes first, alone, so that the reader
+ * can refuse it (by its declared size) before anything else is fetched. Once the reader asks for
+ * the next block, the inner nodes are fetched one by one, which places every leaf in stream order
+ * ({@link placeBlocks}); then the rest of the stream is cut into one stripe per holder (contiguous,
+ * about equal, at most {@link MAX_STRIPES}), each a {@link BlockStreamSession} from its start to
+ * its end (`skip` and `count`) that begins at a holder of its own and goes on from the others',
+ * where it stopped, if that one fails. A stripe that is done takes the back half of the stripe
+ * with the most left, so that a slow holder (a tenant's home uplink) holds the fetch up by a few
+ * blocks, not by its share. Every block is verified against its CID before it is stored; the
+ * reader reads them back from the store in order ({@link ready}).
+ */
+export class StripedFetch {
+  readonly #init: StripedFetchInit;
+  readonly #abort = new AbortController();
+  readonly #signal: AbortSignal;
+  /** Each block's stored-or-failed promise, by CID, once placed. */
+  readonly #stored = new Map<string, Promise<void>>();
+  /** The leaves not stored yet, by place. */
+  readonly #waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>();
+  /** The stripes under way: each fetches `[session's next block, session.end)`. */
+  readonly #stripes = new Set<{ session: BlockStreamSession; at: number }>();
+  readonly #sessions: BlockStreamSession[] = [];
+  #root: Uint8Array | undefined;
+  #placed: Promise<void> | undefined;
+
+  constructor(init: StripedFetchInit) {
+    this.#init = init;
+    this.#signal = AbortSignal.any([this.#abort.signal, ...(init.signal ? [init.signal] : [])]);
+  }
+
+  /** The holders asked so far (a stream opened), in order, by every stripe. */
+  get asked(): string[] {
+    return this.#sessions.flatMap((session) => session.asked);
+  }
+
+  /** What went wrong with each holder a stripe dropped. */
+  get failures(): string[] {
+    return this.#sessions.flatMap((session) => session.failures);
+  }
+
+  /**
+   * Waits until `cid`, the next block the reader needs in stream order (the root first), is
+   * verified and stored. Throws BlockStreamError when no holder could deliver it.
+   */
+  async ready(cid: CID): Promise<void> {
+    if (this.#root === undefined) {
+      if (!cid.equals(this.#init.root)) throw new BlockStreamError(`the root ${this.#init.root} comes first`);
+      this.#root = await this.#one(cid, 0);
+      return;
+    }
+    this.#placed ??= this.#place();
+    await this.#placed;
+    const stored = this.#stored.get(keyOf(cid));
+    if (stored === undefined) throw new BlockStreamError(`${cid} is not in the stream of ${this.#init.root}`);
+    await stored;
+  }
+
+  /** Stops every stripe (the fetch is done, or goes on elsewhere). */
+  close(): void {
+    this.#abort.abort(new BlockStreamError("fetch finished"));
+    for (const session of this.#sessions) session.close();
+  }
+
+  #session(start: number, end: number, peers: Multiaddr[]): BlockStreamSession {
+    const session = new BlockStreamSession({ ...this.#init, peers, start, end, signal: this.#signal });
+    this.#sessions.push(session);
+    return session;
+  }
+
+  /** One block at its place, from any holder, stored. */
+  async #one(cid: CID, at: number): Promise<Uint8Array> {
+    const session = this.#session(at, at + 1, this.#init.peers);
+    try {
+      const bytes = await session.next(cid);
+      await this.#init.store(cid, bytes);
+      return bytes;
+    } finally {
+      session.close();
+    }
+  }
+
+  async #place(): Promise<void> {
+    const root = this.#root!;
+    const placed = await placeBlocks(this.#init.root, (cid, at) =>
+      at === 0 ? Promise.resolve(root) : this.#one(cid, at),
+    );
+    for (const { cid, at } of placed) {
+      if (cid.code !== raw.code) {
+        this.#stored.set(keyOf(cid), Promise.resolve());
+        continue;
+      }
+      const stored = new Promise<void>((resolve, reject) => this.#waiting.set(at, { resolve, reject }));
+      stored.catch(() => undefined); // awaited when the reader comes to it, if it does
+      this.#stored.set(keyOf(cid), stored);
+    }
+    const rest = placed.length - 1;
+    const { peers } = this.#init;
+    const holders = holdersOf(peers);
+    const stripes = Math.max(1, Math.min(holders.length, MAX_STRIPES, Math.floor(rest / MIN_STRIPE_BLOCKS)));
+    for (let i = 0; i < stripes; i++) {
+      const start = 1 + Math.floor((i * rest) / stripes);
+      const end = 1 + Math.floor(((i + 1) * rest) / stripes);
+      const own = holders[i]!;
+      void this.#stripe(placed, start, end, [...own, ...peers.filter((peer) => !own.includes(peer))]);
+    }
+  }
+
+  /**
+   * Fetches `placed[start, end)` from `peers` (the first, then the others) and stores its leaves;
+   * then takes over the back half of the stripe with the most left, if that is worth a stream.
+   */
+  async #stripe(placed: PlacedBlock[], start: number, end: number, peers: Multiaddr[]): Promise<void> {
+    const stripe = { session: this.#session(start, end, peers), at: start };
+    this.#stripes.add(stripe);
+    try {
+      for (; stripe.at < stripe.session.end!; stripe.at++) {
+        const { cid } = placed[stripe.at]!;
+        const bytes = await stripe.session.next(cid);
+        const waiter = this.#waiting.get(stripe.at);
+        if (waiter === undefined) continue; // an inner node, stored already
+        this.#waiting.delete(stripe.at);
+        await this.#init.store(cid, bytes);
+        waiter.resolve();
+      }
+    } catch (error) {
+      for (let at = stripe.at; at < stripe.session.end!; at++) this.#waiting.get(at)?.reject(error);
+      return;
+    } finally {
+      this.#stripes.delete(stripe);
+      // A stripe cut short by another's taking its back half stops its holder sending past it.
+      stripe.session.close();
+    }
+    let most: { session: BlockStreamSession; at: number } | undefined;
+    for (const other of this.#stripes) {
+      if (most === undefined || other.session.end! - other.at > most.session.end! - most.at) most = other;
+    }
+    if (most === undefined || most.session.end! - most.at < 2 * MIN_STRIPE_BLOCKS) return;
+    const from = most.at + Math.ceil((most.session.end! - most.at) / 2);
+    const to = most.session.end!;
+    most.session.end = from;
+    await this.#stripe(placed, from, to, peers);
+  }
+}
+
+/** Holders' addresses grouped by holder (the peer id each ends in, after any relay's), in the order first listed. */
+export function holdersOf(peers: readonly Multiaddr[]): Multiaddr[][] {
+  const groups = new Map<string, Multiaddr[]>();
+  for (const peer of peers) {
+    const id = peer.getComponents().findLast((c) => c.name === "p2p")?.value ?? peer.toString();
+    groups.set(id, [...(groups.get(id) ?? []), peer]);
+  }
+  return [...groups.values()];
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -17,7 +17,15 @@ import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
 import type { ByteSource } from "./bytes.ts";
 import { DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
-import { BlockStreamError, BlockStreamSession, serveBlocks, streamable, type BlocksSent } from "./block-stream.ts";
+import {
+  BlockStreamError,
+  BlockStreamSession,
+  holdersOf,
+  serveBlocks,
+  streamable,
+  StripedFetch,
+  type BlocksSent,
+} from "./block-stream.ts";
 import { hasLocalDag, leafSkippingWalker } from "./dag.ts";
 import { importOptions } from "./importer.ts";
 import { readUnixfsFile } from "./unixfs-file.ts";
@@ -220,18 +228,26 @@ export async function createIpfsNode({
       return;
     }
 
-    // Streamed from the holders in turn (block-stream.ts), each block verified before it is
-    // stored or used; what they could not deliver comes by bitswap from where they stopped.
+    // Streamed from the holders (block-stream.ts): from one in one stream, from several at once
+    // in stripes, each block verified before it is stored or used; what they could not deliver
+    // comes by bitswap from where they stopped.
     let delivered = 0;
     const holders = providers.filter((address) => address.getComponents().some((c) => c.name === "p2p"));
     if (via === "stream" && holders.length > 0 && streamable(cid)) {
-      const session = new BlockStreamSession({ host, root: cid, peers: holders, stallTimeoutMs, signal, log });
+      const init = { host, root: cid, peers: holders, stallTimeoutMs, signal, log };
       const writes = new BlockWrites(helia);
+      const store = (block: CID, bytes: Uint8Array): Promise<void> => writes.put(block, bytes);
+      const session =
+        holdersOf(holders).length > 1 ? new StripedFetch({ ...init, store }) : new BlockStreamSession(init);
       const getBlock = async (block: CID, first: boolean): Promise<Uint8Array> => {
-        if (!first) return writes.read(block, () => readLocal(block, signal));
-        const bytes = await session.next(block);
-        await writes.put(block, bytes);
-        return bytes;
+        if (first && session instanceof BlockStreamSession) {
+          const bytes = await session.next(block);
+          await store(block, bytes);
+          return bytes;
+        }
+        // From several holders at once, the stripes store what they fetch ahead of the reader.
+        if (first && session instanceof StripedFetch) await session.ready(block);
+        return writes.read(block, () => readLocal(block, signal));
       };
       try {
         for await (const piece of readUnixfsFile(cid, getBlock, { maxBytes })) {

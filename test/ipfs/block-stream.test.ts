@@ -22,7 +22,7 @@ import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { Logger } from "../../sdk/logger.ts";
 import { createBatonHost, type BatonHost, type CreateBatonHostOptions } from "../../sdk/p2p/host.ts";
-import { pollUntil } from "../../sdk/utils/retry.ts";
+import { pollUntil, sleep } from "../../sdk/utils/retry.ts";
 import { describeTree, tempDir, writeTree } from "./helpers.ts";
 
 /**
@@ -96,23 +96,24 @@ async function readBlock(ipfs: IpfsNode, cid: CID): Promise<Uint8Array> {
 }
 
 type Action = "send" | "close" | "stall" | "cut" | Uint8Array;
+type Fault = (index: number, bytes: Uint8Array) => Action | Promise<Action>;
 
 /**
  * Replaces a peer's block server with one that walks the DAG as the real one does but asks
  * `fault(index, bytes)` what to do with each block: send it, send other bytes instead, close the
  * stream cleanly there, cut the frame off half-way and close, or stop sending without closing.
  */
-async function serveWith(peer: Peer, fault: (index: number, bytes: Uint8Array) => Action): Promise<void> {
+async function serveWith(peer: Peer, fault: Fault): Promise<void> {
   await peer.host.unhandle(BLOCKS_PROTOCOL);
   await peer.host.handle(BLOCKS_PROTOCOL, (stream: Stream) => {
     void (async () => {
       const request = await readBlockRequest(stream);
       peer.requests.push(request);
-      let index = request.skip;
-      for await (const { bytes } of streamOrder(request.root, (cid) => readBlock(peer.ipfs, cid), {
-        skip: request.skip,
-      })) {
-        const action = fault(index++, bytes);
+      const { root, skip, count = Infinity } = request;
+      let index = skip;
+      for await (const { bytes } of streamOrder(root, (cid) => readBlock(peer.ipfs, cid), { skip })) {
+        if (index === skip + count) break;
+        const action = await fault(index++, bytes);
         if (action === "stall") return; // open, silent
         if (action === "close") return void (await stream.close());
         if (action === "cut") {
@@ -163,7 +164,7 @@ async function restoreOnFreshTenant(providers: Peer[]): Promise<Peer> {
 }
 
 /** A peer that holds the checkpoint (fetched from the holder) and serves it with `fault`. */
-async function faultyHolder(fault: (index: number, bytes: Uint8Array) => Action): Promise<Peer> {
+async function faultyHolder(fault: Fault): Promise<Peer> {
   const peer = await startPeer();
   await peer.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
   await serveWith(peer, fault);
@@ -219,6 +220,55 @@ describe("the block stream protocol", () => {
     expect(total(relayed.sent)).toBe(total(toDirect));
   });
 
+  it("streams from several holders at once, a stripe from each, every block once", async () => {
+    const second = await startPeer();
+    await second.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
+    const tenant = await restoreOnFreshTenant([holder, second]);
+    expect(warnings(tenant, /./)).toEqual([]);
+    const sentTo = (peer: Peer) =>
+      peer.sent.filter((s) => s.peer.equals(tenant.host.peerId)).reduce((sum, s) => sum + s.bytes, 0);
+    // The root from the first alone, then blocks 1-4 from it and 5-8 from the second.
+    expect(holder.sent.filter((s) => s.peer.equals(tenant.host.peerId))).toHaveLength(2);
+    expect(sentTo(second)).toBeGreaterThan(3 * 2 ** 20);
+    expect(sentTo(holder)).toBeGreaterThan(3 * 2 ** 20);
+    let stored = 0;
+    for await (const { cid } of tenant.ipfs.helia.blockstore.getAll())
+      stored += (await readBlock(tenant.ipfs, cid)).byteLength;
+    expect(sentTo(holder) + sentTo(second)).toBe(stored);
+  });
+
+  it("takes the back half of a slow holder's stripe once its own is done", async () => {
+    const source = path.join(work.dir, "larger");
+    await writeTree(source, [{ path: "model.bin", size: 24 * 2 ** 20 }]);
+    const larger = await publishCheckpoint(holder.ipfs, key, source, { maxBytes: GiB });
+    const slow = await startPeer();
+    await slow.ipfs.fetchAndPin(larger.cid, { maxBytes: GiB, providers: [holder.address] });
+    // A second a block: its 13 would take 13 s; the holder's stripe takes well under one here.
+    await serveWith(slow, async (): Promise<Action> => {
+      await sleep(1000);
+      return "send";
+    });
+    const tenant = await startPeer();
+    const { bytes } = await tenant.ipfs.fetchAndPin(larger.cid, {
+      maxBytes: GiB,
+      providers: [slow.address, holder.address],
+      stallTimeoutMs: STALL_MS,
+      signal: AbortSignal.timeout(60_000),
+    });
+    expect(bytes).toBe(larger.size);
+    expect(await expectOnlyVerifiedBlocks(tenant)).toBe(27);
+    // The root, then blocks 1-13 asked of the slow holder and 14-26 of the other, which then took
+    // the back half of what the slow one had left.
+    expect(slow.requests.map((r) => [r.skip, r.count])).toEqual([
+      [0, 1],
+      [1, 13],
+    ]);
+    const toTenant = holder.sent.filter((s) => s.peer.equals(tenant.host.peerId));
+    expect(toTenant).toHaveLength(2);
+    expect(toTenant[1]!.bytes).toBeGreaterThan(2 ** 20);
+    expect(warnings(tenant, /./)).toEqual([]);
+  });
+
   it("leaves the checkpoint fetchable by CID with plain bitswap, as any IPFS peer would", async () => {
     const peer = await startPeer();
     const { bytes } = await peer.ipfs.fetchAndPin(published.cid, {
@@ -254,9 +304,21 @@ describe("the block stream protocol", () => {
       const failed = warnings(tenant, /block stream failed/);
       expect(failed).toHaveLength(1);
       expect(String(failed[0]!.fields.reason)).toMatch(reason);
-      // The root, the header leaf and the first two 1 MiB leaves came from the faulty holder.
+      // Two stripes of the 8 blocks after the root (which came from the faulty holder, alone): the
+      // faulty holder's, blocks 1-4, of which it sent 1-3; the honest holder's, blocks 5-8, and the
+      // rest of the faulty one's.
       expect(failed[0]!.fields.verified).toBe(4);
-      expect(holder.requests).toEqual([{ root: published.cid, skip: 4 }]);
+      expect(faulty.requests).toEqual([
+        { root: published.cid, skip: 0, count: 1 },
+        { root: published.cid, skip: 1, count: 4 },
+      ]);
+      expect(holder.requests).toHaveLength(2);
+      expect(holder.requests).toEqual(
+        expect.arrayContaining([
+          { root: published.cid, skip: 5, count: 4 },
+          { root: published.cid, skip: 4, count: 1 },
+        ]),
+      );
       expect(warnings(tenant, /by bitswap/)).toEqual([]);
     });
 
@@ -318,9 +380,9 @@ describe("sampling a holder (a proof of retrievability)", () => {
     // Unpinned first (a pinned block cannot be deleted); the rest stays in its store, and is served.
     await dropped.ipfs.unpin(published.cid);
     await dropped.ipfs.helia.blockstore.delete(order[6]!);
-    // Every leaf asked for, the dropped one among them: a stream that reaches it fails (a sample of
-    // fewer leaves catches it only when it falls on or just before it, as sampling goes).
-    await expect(sample(dropped, 8, tenant.host)).rejects.toThrow(/did not send block [1-8] /);
+    // Every leaf asked for, the dropped one among them, each alone (a sample of fewer leaves
+    // catches it when it falls on it, as sampling goes).
+    await expect(sample(dropped, 8, tenant.host)).rejects.toThrow(/did not send block 6 /);
     expect(await storedBlocks(tenant)).toBe(0);
   });
 });
