@@ -1117,7 +1117,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         {
           expectedSha256: resume.sha256,
           maxBytes: MAX_CHECKPOINT_BYTES,
-          // The job's holders first: the tenant may keep no copy, and its uplink is often the slowest.
+          // All at once, a stripe each, the job's holders first (the root comes from the first): the
+          // tenant may keep no copy, and its uplink is often the slowest.
           providers: [...(resume.providers ?? []), ...tenantAddresses],
           signal: AbortSignal.any([AbortSignal.timeout(config.resumeFetchTimeoutMs), handingBack.signal]),
           pin: true,
