@@ -14,6 +14,7 @@ import type { Uint8ArrayList } from "uint8arraylist";
 import { BaseError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
+import { openStream, peerIdOf } from "../p2p/open-stream.ts";
 import { protocols } from "../wire/protocols.ts";
 
 /**
@@ -546,7 +547,7 @@ export class BlockStreamSession {
       ]);
       let stream: Stream | undefined;
       try {
-        stream = await this.#init.host.dialProtocol(peer, BLOCKS_PROTOCOL, { signal });
+        stream = await openStream(this.#init.host, peer, BLOCKS_PROTOCOL, { signal });
         stream.maxReadBufferLength = RECEIVE_MAX_BUFFER;
         const frames = new FrameReader(stream, MAX_BLOCK_BYTES, true);
         const count = this.end === undefined ? undefined : this.end - this.#verified;
@@ -834,7 +835,7 @@ export class StripedFetch {
 export function holdersOf(peers: readonly Multiaddr[]): Multiaddr[][] {
   const groups = new Map<string, Multiaddr[]>();
   for (const peer of peers) {
-    const id = peer.getComponents().findLast((c) => c.name === "p2p")?.value ?? peer.toString();
+    const id = peerIdOf(peer)?.toString() ?? peer.toString();
     groups.set(id, [...(groups.get(id) ?? []), peer]);
   }
   return [...groups.values()];

@@ -3,6 +3,7 @@ import type { PeerId, Stream } from "@libp2p/interface";
 import { httpReader, type HttpReader } from "../wire/http.ts";
 import { protocols } from "../wire/protocols.ts";
 import type { BatonHost } from "./host.ts";
+import { openStream } from "./open-stream.ts";
 
 /** A stream of `/baton/http/1.1.0` with its reader, carrying one exchange at a time. */
 export interface HttpChannel {
@@ -62,7 +63,7 @@ export function httpStreams(host: BatonHost, { maxIdlePerPeer = 64 }: HttpStream
         channel.stream.abort(new Error("stale HTTP stream"));
       }
       // negotiateFully: false sends the protocol id with the first request head: one round trip less.
-      const stream = await host.dialProtocol(peer, protocols.http, {
+      const stream = await openStream(host, peer, protocols.http, {
         negotiateFully: false,
         ...(signal ? { signal } : {}),
       });

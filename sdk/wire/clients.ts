@@ -5,6 +5,7 @@ import { recoverTypedDataAddress } from "viem";
 import { quoteDomain, quoteTypes } from "../chain/quote.ts";
 import { BaseError, ProtocolError } from "../errors.ts";
 import type { BatonHost } from "../p2p/host.ts";
+import { openStream } from "../p2p/open-stream.ts";
 import { openMessage, parseBody, sealMessage } from "./envelope.ts";
 import { readMessages, request, writeMessage } from "./framing.ts";
 import {
@@ -120,7 +121,8 @@ export async function openLeaseSession<T extends "start" | "attach">(
   first: { type: T; body: TenantMessage<T> },
   options: { signal?: AbortSignal; address?: Multiaddr } = {},
 ): Promise<LeaseSession> {
-  const stream = await host.dialProtocol(
+  const stream = await openStream(
+    host,
     options.address ?? peer,
     protocols.lease,
     options.signal ? { signal: options.signal } : {},

@@ -7,6 +7,7 @@ import { Uint8ArrayList } from "uint8arraylist";
 
 import { ProtocolError } from "../errors.ts";
 import type { BatonHost } from "../p2p/host.ts";
+import { openStream } from "../p2p/open-stream.ts";
 
 /**
  * Length-prefixed framing of Baton messages on libp2p 3 streams, with a size limit on every read.
@@ -31,7 +32,9 @@ export async function request(
   message: Uint8Array,
   { maxBytes, signal, freshConnection }: RequestOptions,
 ): Promise<Uint8Array> {
-  const stream = await host.dialProtocol(peer, protocol, { signal, ...(freshConnection ? { force: true } : {}) });
+  const stream = freshConnection
+    ? await host.dialProtocol(peer, protocol, { signal, force: true })
+    : await openStream(host, peer, protocol, { signal });
   try {
     const framed = lpStream(stream, { maxDataLength: maxBytes });
     await framed.write(message, { signal });

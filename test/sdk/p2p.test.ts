@@ -1,13 +1,15 @@
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import type { PeerId } from "@libp2p/interface";
+import { lpStream } from "@libp2p/utils";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { multiaddr } from "@multiformats/multiaddr";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, onTestFinished } from "vitest";
 
 import { createBatonHost, keepConnected, loadOrCreatePeerKey, type BatonHost } from "../../sdk/p2p/host.ts";
+import { openStream } from "../../sdk/p2p/open-stream.ts";
 import { readMessages, request, serve, writeMessage } from "../../sdk/wire/framing.ts";
 import { freePort, until } from "../helpers/processes.ts";
 
@@ -197,6 +199,47 @@ describe("Baton libp2p host", () => {
       expect(replies.map((r) => r[0])).toEqual(Array.from({ length: 40 }, (_, i) => i));
       await client.stop();
     }
+  });
+
+  it("opens streams on the connection that lasts, not on a newer one its peer dialled back on (as AutoNAT v2 does, closing it a moment later)", async () => {
+    const server = await host();
+    const client = await host();
+    await serve(server, "/baton/echo/1.0.0", async (message) => message, { maxBytes: 1024, timeoutMs: 5_000 });
+    const first = await client.dial(server.getMultiaddrs()[0]!);
+    const back = await server.dial(client.getMultiaddrs()[0]!, { force: true });
+    await until(() => client.getConnections(server.peerId).length === 2, 5_000, "the dial-back connection");
+    const dialledBack = client.getConnections(server.peerId).find((c) => c !== first)!;
+
+    const lasting = await openStream(client, server.peerId, "/baton/echo/1.0.0");
+    expect(first.streams).toContain(lasting);
+    // What libp2p does by itself, and why: the newest direct connection.
+    const doomed = await client.dialProtocol(server.peerId, "/baton/echo/1.0.0");
+    expect(dialledBack.streams).toContain(doomed);
+
+    await back.close();
+    await until(() => doomed.status !== "open", 5_000, "the stream on the closed connection to end");
+    const framed = lpStream(lasting, { maxDataLength: 1024 });
+    await framed.write(new Uint8Array([1, 2, 3]), { signal: AbortSignal.timeout(5_000) });
+    expect([...(await framed.read({ signal: AbortSignal.timeout(5_000) })).subarray()]).toEqual([1, 2, 3]);
+  });
+
+  it("opens no stream on a connection that carries an AutoNAT dial-back, however old", async () => {
+    const server = await host();
+    const client = await host();
+    await serve(server, "/baton/echo/1.0.0", async (message) => message, { maxBytes: 1024, timeoutMs: 5_000 });
+    const back = await server.dial(client.getMultiaddrs()[0]!);
+    // Its nonce never sent: the client's AutoNAT waits for it, the stream open.
+    const dialBack = await back.newStream("/libp2p/autonat/2/dial-back");
+    onTestFinished(() => dialBack.abort(new Error("test over")));
+    const later = await client.dial(server.getMultiaddrs()[0]!, { force: true });
+    const older = () => client.getConnections(server.peerId).find((c) => c !== later);
+    await until(
+      () => older()?.streams.some((s) => s.protocol === "/libp2p/autonat/2/dial-back") ?? false,
+      5_000,
+      "the dial-back stream on the older connection",
+    );
+    const stream = await openStream(client, server.peerId, "/baton/echo/1.0.0");
+    expect(later.streams).toContain(stream);
   });
 
   it("answers framed requests and resets streams that exceed the size limit", async () => {
