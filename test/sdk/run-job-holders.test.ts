@@ -241,15 +241,15 @@ describe("runJob with holders", () => {
     await expect.poll(() => chainStatusOf(fixture.market, leased.leaseId), { timeout: 30_000 }).toBe("Closed");
   });
 
-  // 600 steps of 40 ms (24 s) over two leases of at most 20 s each: the holder, leased at the job's
-  // start for 20 s, is due a top-up 15 s in, long before the job ends. Killed at step 300, so that
-  // each lease has 8 s of slack under load before the sandbox's 20 s limit.
+  // 600 steps of 60 ms (36 s) over two leases of at most 30 s each: the holder, leased at the job's
+  // start for 30 s, is due a top-up 25 s in, long before the job ends. Killed at step 300, so that
+  // each lease has 12 s of slack under load before the sandbox's 30 s limit.
   it("(g) a job that outlives its holder's first deposit over two leases keeps the same holder, topped up, to the end", async () => {
     const before = await totals(fixture.market);
-    const spec = trainSpec("40");
+    const spec = trainSpec("60");
     const job = await runJob(
       client,
-      { ...spec, maxDurationS: 20, resources: { ...spec.resources, gpus: 1, gpuModel: "FakeGPU" } },
+      { ...spec, maxDurationS: 30, resources: { ...spec.resources, gpus: 1, gpuModel: "FakeGPU" } },
       {
         maxPricePerSecond: parseEther("0.001"),
         files: { "train.mjs": SCRIPT },
@@ -267,7 +267,7 @@ describe("runJob with holders", () => {
 
     expect(result.handOffs).toBe(1);
     const topUps = events.flatMap((e) => (e.type === "top-up" && e.leaseId === leased.leaseId ? [e.amount] : []));
-    // One top-up each 15 s the job goes on: more on a slow machine.
+    // One top-up each 30 s the job goes on: more on a slow machine.
     expect(topUps.length).toBeGreaterThan(0);
     expect(topUps.every((amount) => amount === leased.deposit)).toBe(true);
     const holderEvents = events.flatMap((e) =>
