@@ -36,17 +36,18 @@ export async function openQuotedLease(
 }
 
 /**
- * Asks `provider` for a quote and opens a lease on it (see {@link openQuotedLease}), as a tenant
- * outside the SDK does: a bid for job `jobName` with `requirements`, at up to 0.001 tokens a second.
+ * `tenant`'s bid to `provider` for job `jobName` with `requirements`, at up to 0.001 tokens a second,
+ * as a tenant outside the SDK sends it.
  */
-export async function quoteAndOpenLease(
+export function bidTo(
   tenant: Tenant,
   deployment: Deployment,
   provider: Pick<ProviderHandle, "peerId" | "address">,
   { jobName, requirements, durationS }: { jobName: string; requirements: Bid["requirements"]; durationS: number },
-): Promise<bigint> {
+  timeoutMs = 30_000,
+): ReturnType<typeof requestQuote> {
   const { leaseManager } = contracts(deployment);
-  const response = await requestQuote(
+  return requestQuote(
     tenant.host,
     peerIdFromString(provider.peerId),
     tenant.key,
@@ -60,9 +61,19 @@ export async function quoteAndOpenLease(
       maxPricePerSecond: parseEther("0.001"),
       durationS,
     },
-    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(30_000) },
+    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(timeoutMs) },
   );
-  return openQuotedLease(tenant, deployment, response, durationS);
+}
+
+/** Asks `provider` for a quote ({@link bidTo}) and opens a lease on it (see {@link openQuotedLease}). */
+export async function quoteAndOpenLease(
+  tenant: Tenant,
+  deployment: Deployment,
+  provider: Pick<ProviderHandle, "peerId" | "address">,
+  bid: { jobName: string; requirements: Bid["requirements"]; durationS: number },
+): Promise<bigint> {
+  const response = await bidTo(tenant, deployment, provider, bid);
+  return openQuotedLease(tenant, deployment, response, bid.durationS);
 }
 
 /** Opens a lease session with `provider` by its first message, `start` or `attach`, as a tenant outside the SDK does. */

@@ -4,21 +4,21 @@ import { noise } from "@libp2p/noise";
 import { tcp } from "@libp2p/tcp";
 import { yamux } from "@libp2p/yamux";
 import { createLibp2p } from "libp2p";
-import { formatEther, keccak256, parseEther, toHex, zeroHash } from "viem";
+import { formatEther, parseEther } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { contracts, writeContract } from "../../sdk/chain/client.ts";
 import type { BatonHost } from "../../sdk/p2p/host.ts";
 import { watchOffers } from "../../sdk/p2p/offers.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
-import { openLeaseSession, releaseQuotes, requestQuote, type ProviderEvent } from "../../sdk/wire/clients.ts";
+import { openLeaseSession, releaseQuotes, type ProviderEvent } from "../../sdk/wire/clients.ts";
 import type { Offer, ProviderMessage } from "../../sdk/wire/messages.ts";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { multiaddr } from "@multiformats/multiaddr";
 import path from "node:path";
 
 import { NodeStore } from "../../node/store.ts";
-import { openQuotedLease } from "../helpers/leases.ts";
+import { bidTo, openQuotedLease } from "../helpers/leases.ts";
 import { isAlive, until } from "../helpers/processes.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 
@@ -44,25 +44,8 @@ afterAll(async () => {
 });
 
 /** `who`'s bid to `provider` for one GPU, for the job `jobName`. */
-function bidFor(who: Tenant, provider: ProviderHandle, jobName: string, durationS = 600) {
-  const { leaseManager } = contracts(market.deployment);
-  return requestQuote(
-    who.host,
-    peerIdFromString(provider.peerId),
-    who.key,
-    {
-      chainId: market.deployment.chainId,
-      leaseManager: leaseManager.address,
-      jobId: keccak256(toHex(jobName)),
-      tenant: who.account.address,
-      requirements: { gpus: 1 },
-      image: zeroHash,
-      maxPricePerSecond: parseEther("0.001"),
-      durationS,
-    },
-    { address: multiaddr(provider.address!), signal: AbortSignal.timeout(10_000) },
-  );
-}
+const bidFor = (who: Tenant, provider: ProviderHandle, jobName: string, durationS = 600) =>
+  bidTo(who, market.deployment, provider, { jobName, requirements: { gpus: 1 }, durationS }, 10_000);
 
 async function openLease(providerIndex: number, jobName: string, durationS = 600) {
   const provider = market.providers[providerIndex]!;
