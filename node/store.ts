@@ -239,7 +239,12 @@ export const LIVE_STATES: readonly LeaseState[] = ["preparing", "running", "exit
 
 export class NodeStore {
   readonly #db: DatabaseSync;
-  #httpRoute: StatementSync | undefined;
+  /**
+   * Statements by their SQL, each prepared once: compiling one costs more than running it, and a
+   * batch lease reads and writes its row several times per task. The SQL strings are the code's own
+   * (an update's columns come from a fixed list), so there are few of them.
+   */
+  readonly #statements = new Map<string, StatementSync>();
 
   constructor(file: string) {
     if (file !== ":memory:") mkdirSync(path.dirname(file), { recursive: true });
@@ -255,6 +260,15 @@ export class NodeStore {
 
   close(): void {
     this.#db.close();
+  }
+
+  #prepare(sql: string): StatementSync {
+    let statement = this.#statements.get(sql);
+    if (!statement) {
+      statement = this.#db.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
   }
 
   /** Runs `fn` in one transaction: all of its writes land, or none. */
@@ -273,36 +287,38 @@ export class NodeStore {
   /** The next quote nonce: strictly increasing across restarts, so no nonce is ever signed twice. */
   nextNonce(): bigint {
     return this.transaction(() => {
-      const row = this.#db.prepare("SELECT value FROM meta WHERE key = 'next_nonce'").get() as
+      const row = this.#prepare("SELECT value FROM meta WHERE key = 'next_nonce'").get() as
         { value: string } | undefined;
       const nonce = row ? BigInt(row.value) : 0n;
-      this.#db
-        .prepare(
-          "INSERT INTO meta (key, value) VALUES ('next_nonce', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )
-        .run((nonce + 1n).toString());
+      this.#prepare(
+        "INSERT INTO meta (key, value) VALUES ('next_nonce', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+      ).run((nonce + 1n).toString());
       return nonce;
     });
   }
 
   getMeta(key: string): string | undefined {
-    return (this.#db.prepare("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined)?.value;
+    return (this.#prepare("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | undefined)?.value;
   }
 
   setMeta(key: string, value: string): void {
-    this.#db
-      .prepare("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-      .run(key, value);
+    this.#prepare(
+      "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    ).run(key, value);
   }
 
   saveQuote(quote: QuoteRow): void {
-    this.#db
-      .prepare("INSERT INTO quotes (nonce, job_id, tenant, gpus, expires_at) VALUES (?, ?, ?, ?, ?)")
-      .run(quote.nonce.toString(), quote.jobId, quote.tenant, JSON.stringify(quote.gpus), quote.expiresAt);
+    this.#prepare("INSERT INTO quotes (nonce, job_id, tenant, gpus, expires_at) VALUES (?, ?, ?, ?, ?)").run(
+      quote.nonce.toString(),
+      quote.jobId,
+      quote.tenant,
+      JSON.stringify(quote.gpus),
+      quote.expiresAt,
+    );
   }
 
   getQuote(nonce: bigint): QuoteRow | undefined {
-    const r = this.#db.prepare("SELECT * FROM quotes WHERE nonce = ?").get(nonce.toString()) as
+    const r = this.#prepare("SELECT * FROM quotes WHERE nonce = ?").get(nonce.toString()) as
       { nonce: string; job_id: string; tenant: string; gpus: string; expires_at: number } | undefined;
     if (!r) return undefined;
     return {
@@ -316,62 +332,60 @@ export class NodeStore {
 
   /** Forgets quotes that expired before `now` (ms). */
   pruneQuotes(now: number): void {
-    this.#db.prepare("DELETE FROM quotes WHERE expires_at < ?").run(now);
+    this.#prepare("DELETE FROM quotes WHERE expires_at < ?").run(now);
   }
 
   insertLease(lease: LeaseRow): void {
-    this.#db
-      .prepare(
-        `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
+    this.#prepare(
+      `INSERT INTO leases (lease_id, job_id, tenant, tenant_peer, state, gpus, spec, work_dir, pid, started_at, ended_at,
            exit_code, reason, chain_period_s, last_chain_heartbeat, result_cid, job_key, task_id, hold_keep)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        lease.leaseId.toString(),
-        lease.jobId,
-        lease.tenant,
-        lease.tenantPeer,
-        lease.state,
-        JSON.stringify(lease.gpus),
-        JSON.stringify(lease.spec),
-        lease.workDir,
-        lease.pid,
-        lease.startedAt,
-        lease.endedAt,
-        lease.exitCode,
-        lease.reason,
-        lease.chainPeriodS,
-        lease.lastChainHeartbeat,
-        lease.resultCid,
-        lease.jobKey,
-        lease.taskId,
-        lease.holdKeep,
-      );
+    ).run(
+      lease.leaseId.toString(),
+      lease.jobId,
+      lease.tenant,
+      lease.tenantPeer,
+      lease.state,
+      JSON.stringify(lease.gpus),
+      JSON.stringify(lease.spec),
+      lease.workDir,
+      lease.pid,
+      lease.startedAt,
+      lease.endedAt,
+      lease.exitCode,
+      lease.reason,
+      lease.chainPeriodS,
+      lease.lastChainHeartbeat,
+      lease.resultCid,
+      lease.jobKey,
+      lease.taskId,
+      lease.holdKeep,
+    );
   }
 
   getLease(leaseId: bigint): LeaseRow | undefined {
-    const r = this.#db.prepare("SELECT * FROM leases WHERE lease_id = ?").get(leaseId.toString()) as
+    const r = this.#prepare("SELECT * FROM leases WHERE lease_id = ?").get(leaseId.toString()) as
       LeaseRecord | undefined;
     return r ? toLease(r) : undefined;
   }
 
   /**
    * What the HTTP proxy checks on every request (whose lease, its state, where its socket is),
-   * read by one statement prepared once: `getLease` compiles its query and parses the spec each time.
+   * without `getLease`'s parsing of the spec.
    */
   httpRoute(leaseId: bigint): Pick<LeaseRow, "tenantPeer" | "state" | "workDir"> | undefined {
-    this.#httpRoute ??= this.#db.prepare("SELECT tenant_peer, state, work_dir FROM leases WHERE lease_id = ?");
-    const r = this.#httpRoute.get(leaseId.toString()) as
-      Pick<LeaseRecord, "tenant_peer" | "state" | "work_dir"> | undefined;
+    const r = this.#prepare("SELECT tenant_peer, state, work_dir FROM leases WHERE lease_id = ?").get(
+      leaseId.toString(),
+    ) as Pick<LeaseRecord, "tenant_peer" | "state" | "work_dir"> | undefined;
     return r ? { tenantPeer: r.tenant_peer, state: r.state, workDir: r.work_dir } : undefined;
   }
 
   /** Leases in the given states, oldest first. */
   leases(states: readonly LeaseState[] = LIVE_STATES): LeaseRow[] {
     const placeholders = states.map(() => "?").join(", ");
-    const rows = this.#db
-      .prepare(`SELECT * FROM leases WHERE state IN (${placeholders}) ORDER BY started_at`)
-      .all(...states) as unknown as LeaseRecord[];
+    const rows = this.#prepare(`SELECT * FROM leases WHERE state IN (${placeholders}) ORDER BY started_at`).all(
+      ...states,
+    ) as unknown as LeaseRecord[];
     return rows.map(toLease);
   }
 
@@ -403,52 +417,55 @@ export class NodeStore {
     const values = entries.map(([key, value]) =>
       key === "gpus" || key === "spec" ? JSON.stringify(value) : (value as string | number | null),
     );
-    this.#db.prepare(`UPDATE leases SET ${sets} WHERE lease_id = ?`).run(...values, leaseId.toString());
+    this.#prepare(`UPDATE leases SET ${sets} WHERE lease_id = ?`).run(...values, leaseId.toString());
   }
 
   /** Records a checkpoint the holder's lease now pins, as its newest. */
   addHeld(leaseId: bigint, held: HeldCheckpoint): void {
-    this.#db
-      .prepare("INSERT INTO held (lease_id, cid, bytes) VALUES (?, ?, ?)")
-      .run(leaseId.toString(), held.cid, held.bytes);
+    this.#prepare("INSERT INTO held (lease_id, cid, bytes) VALUES (?, ?, ?)").run(
+      leaseId.toString(),
+      held.cid,
+      held.bytes,
+    );
   }
 
   /** The checkpoints the holder's lease pins, oldest first. */
   held(leaseId: bigint): HeldCheckpoint[] {
-    const rows = this.#db
-      .prepare("SELECT cid, bytes FROM held WHERE lease_id = ? ORDER BY seq")
-      .all(leaseId.toString()) as unknown as HeldCheckpoint[];
+    const rows = this.#prepare("SELECT cid, bytes FROM held WHERE lease_id = ? ORDER BY seq").all(
+      leaseId.toString(),
+    ) as unknown as HeldCheckpoint[];
     return rows.map(({ cid, bytes }) => ({ cid, bytes }));
   }
 
   /** Forgets that the holder's lease pins these checkpoints (all of them without `cids`); one statement per CID. */
   removeHeld(leaseId: bigint, cids?: readonly string[]): void {
     if (cids === undefined) {
-      this.#db.prepare("DELETE FROM held WHERE lease_id = ?").run(leaseId.toString());
+      this.#prepare("DELETE FROM held WHERE lease_id = ?").run(leaseId.toString());
       return;
     }
-    const remove = this.#db.prepare("DELETE FROM held WHERE lease_id = ? AND cid = ?");
+    const remove = this.#prepare("DELETE FROM held WHERE lease_id = ? AND cid = ?");
     for (const cid of cids) remove.run(leaseId.toString(), cid);
   }
 
   /** Whether a lease other than `leaseId` holds the checkpoint (a holder's lease, still recorded as holding it). */
   heldElsewhere(cid: string, leaseId: bigint): boolean {
     return (
-      this.#db.prepare("SELECT 1 FROM held WHERE cid = ? AND lease_id != ? LIMIT 1").get(cid, leaseId.toString()) !==
+      this.#prepare("SELECT 1 FROM held WHERE cid = ? AND lease_id != ? LIMIT 1").get(cid, leaseId.toString()) !==
       undefined
     );
   }
 
   /** Queues a published checkpoint's CID for the lease's next heartbeats to commit. */
   addPendingCheckpoint(leaseId: bigint, cid: string): void {
-    this.#db.prepare("INSERT INTO pending_checkpoints (lease_id, cid) VALUES (?, ?)").run(leaseId.toString(), cid);
+    this.#prepare("INSERT INTO pending_checkpoints (lease_id, cid) VALUES (?, ?)").run(leaseId.toString(), cid);
   }
 
   /** The lease's checkpoints not yet committed on chain, oldest first, at most `limit`. */
   pendingCheckpoints(leaseId: bigint, limit = Number.MAX_SAFE_INTEGER): PendingCheckpoint[] {
-    const rows = this.#db
-      .prepare("SELECT seq, cid FROM pending_checkpoints WHERE lease_id = ? ORDER BY seq LIMIT ?")
-      .all(leaseId.toString(), limit) as unknown as PendingCheckpoint[];
+    const rows = this.#prepare("SELECT seq, cid FROM pending_checkpoints WHERE lease_id = ? ORDER BY seq LIMIT ?").all(
+      leaseId.toString(),
+      limit,
+    ) as unknown as PendingCheckpoint[];
     return rows.map(({ seq, cid }) => ({ seq, cid }));
   }
 
@@ -457,8 +474,9 @@ export class NodeStore {
    * committed; any published since stay), or all of them.
    */
   removePendingCheckpoints(leaseId: bigint, throughSeq = Number.MAX_SAFE_INTEGER): void {
-    this.#db
-      .prepare("DELETE FROM pending_checkpoints WHERE lease_id = ? AND seq <= ?")
-      .run(leaseId.toString(), throughSeq);
+    this.#prepare("DELETE FROM pending_checkpoints WHERE lease_id = ? AND seq <= ?").run(
+      leaseId.toString(),
+      throughSeq,
+    );
   }
 }

@@ -274,6 +274,8 @@ function reachableByAnyone(file: string): boolean {
   return true;
 }
 
+let nodeBinary: { real: string; reachable: boolean } | undefined;
+
 /**
  * Binds this process's Node binary at /opt/baton/bin/node, so that a JS job can run `node`. The
  * job's user (nobody) must be able to reach the binary, which it cannot inside a private checkout
@@ -281,8 +283,13 @@ function reachableByAnyone(file: string): boolean {
  */
 export function nodeRuntimeBind(): SandboxBind {
   const sandboxPath = `${SANDBOX_BIN_DIR}/node`;
-  const real = realpathSync(process.execPath);
-  if (reachableByAnyone(real)) return { hostPath: real, sandboxPath };
+  // Looked up once per process, not per job: a batch lease starts one every few tens of ms.
+  if (!nodeBinary) {
+    const real = realpathSync(process.execPath);
+    nodeBinary = { real, reachable: reachableByAnyone(real) };
+  }
+  const { real, reachable } = nodeBinary;
+  if (reachable) return { hostPath: real, sandboxPath };
   const dir = path.join(tmpdir(), `baton-runtime-${process.getuid?.() ?? 0}`);
   const copy = path.join(dir, `node-${process.version}`);
   if (!existsSync(copy)) {

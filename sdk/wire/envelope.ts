@@ -1,8 +1,10 @@
-import type { PrivateKey, PublicKey } from "@libp2p/interface";
+import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
+
+import type { PrivateKey } from "@libp2p/interface";
 import { peerIdFromString } from "@libp2p/peer-id";
 import { z } from "zod";
 
-import { ProtocolError } from "../errors.ts";
+import { BaseError, ProtocolError } from "../errors.ts";
 
 /**
  * Every Baton message travels in a signed envelope. The body is carried as the exact JSON string
@@ -49,29 +51,67 @@ export function toJson(value: unknown): string {
  */
 export async function sealMessage(key: PrivateKey, from: string, type: string, body: unknown): Promise<Uint8Array> {
   const b = toJson(body);
-  const signature = await key.sign(signingInput(type, b));
+  const signature = await signerOf(key)(signingInput(type, b));
   return encoder.encode(JSON.stringify({ v: 1, t: type, f: from, b, s: Buffer.from(signature).toString("base64") }));
 }
 
-const publicKeys = new Map<string, PublicKey>();
+/*
+ * Envelopes are signed with Ed25519 keys only (their signatures are the 64 bytes `openMessage`
+ * checks for). Each key is made into a Node key object once, here, and used by Node's crypto
+ * directly: libp2p's own `sign` and `verify` import the key from a JWK on every call, which costs
+ * more than the signature, on every message a lease sends or receives.
+ */
+type Signer = (data: Uint8Array) => Uint8Array;
+type Verifier = (data: Uint8Array, signature: Uint8Array) => boolean;
+
+const signers = new WeakMap<PrivateKey, Signer>();
+
+function signerOf(key: PrivateKey): Signer {
+  let signer = signers.get(key);
+  if (signer) return signer;
+  if (key.type !== "Ed25519") throw new BaseError(`messages are signed with Ed25519 keys, not ${key.type}`);
+  // libp2p's raw Ed25519 private key is the 32-byte seed followed by the public key.
+  const object = createPrivateKey({
+    format: "jwk",
+    key: {
+      kty: "OKP",
+      crv: "Ed25519",
+      d: Buffer.from(key.raw.subarray(0, 32)).toString("base64url"),
+      x: Buffer.from(key.raw.subarray(32)).toString("base64url"),
+    },
+  });
+  signer = (data) => sign(null, data, object);
+  signers.set(key, signer);
+  return signer;
+}
+
+const verifiers = new Map<string, Verifier>();
 const MAX_CACHED_KEYS = 4096;
 
-function publicKeyOf(peerId: string): PublicKey {
-  let key = publicKeys.get(peerId);
-  if (key) return key;
+function verifierOf(peerId: string): Verifier {
+  let verifier = verifiers.get(peerId);
+  if (verifier) return verifier;
   let parsed;
   try {
     parsed = peerIdFromString(peerId);
   } catch (cause) {
     throw new ProtocolError("message sender is not a valid peer id", { details: peerId, cause });
   }
-  if (!parsed.publicKey) {
+  const key = parsed.publicKey;
+  if (!key) {
     throw new ProtocolError("message sender's peer id does not embed its public key", { details: peerId });
   }
-  key = parsed.publicKey;
-  if (publicKeys.size >= MAX_CACHED_KEYS) publicKeys.delete(publicKeys.keys().next().value!);
-  publicKeys.set(peerId, key);
-  return key;
+  if (key.type !== "Ed25519") {
+    throw new ProtocolError(`message sender's key is ${key.type}, not Ed25519`, { details: peerId });
+  }
+  const object: KeyObject = createPublicKey({
+    format: "jwk",
+    key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(key.raw).toString("base64url") },
+  });
+  verifier = (data, signature) => verify(null, data, object, signature);
+  if (verifiers.size >= MAX_CACHED_KEYS) verifiers.delete(verifiers.keys().next().value!);
+  verifiers.set(peerId, verifier);
+  return verifier;
 }
 
 export interface OpenMessageOptions {
@@ -108,15 +148,16 @@ export async function openMessage(bytes: Uint8Array, options: OpenMessageOptions
     });
   }
   const signature = Buffer.from(envelope.s, "base64");
-  // Ed25519 signatures are 64 bytes; the verifier throws on other lengths instead of saying no.
-  const valid =
-    signature.byteLength === 64 &&
-    (await Promise.resolve()
-      .then(() => publicKeyOf(envelope.f).verify(signingInput(envelope.t, envelope.b), signature))
-      .catch((error: unknown) => {
-        if (error instanceof ProtocolError) throw error;
-        return false;
-      }));
+  const verifier = verifierOf(envelope.f);
+  let valid = false;
+  // Ed25519 signatures are 64 bytes; Node's verify may throw on other input instead of saying no.
+  if (signature.byteLength === 64) {
+    try {
+      valid = verifier(signingInput(envelope.t, envelope.b), signature);
+    } catch {
+      valid = false;
+    }
+  }
   if (!valid) throw new ProtocolError("bad message signature", { details: `${envelope.t} from ${envelope.f}` });
   let body: unknown;
   try {

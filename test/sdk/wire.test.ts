@@ -22,6 +22,30 @@ describe("signed envelopes", () => {
     expect(parseBody(providerMessageSchemas.heartbeat, opened)).toEqual(heartbeat);
   });
 
+  it("signs and verifies as libp2p's Ed25519 keys do, and refuses other key types", async () => {
+    const signingInput = (envelope: { t: string; b: string }): Uint8Array =>
+      new TextEncoder().encode(`baton/1\0${envelope.t}\0${envelope.b}`);
+    const sealed = JSON.parse(new TextDecoder().decode(await sealMessage(key, peer, "heartbeat", heartbeat)));
+    // What this side signed, libp2p's own verification accepts.
+    expect(await key.publicKey.verify(signingInput(sealed), Buffer.from(sealed.s, "base64"))).toBe(true);
+    // What libp2p's own signing made, this side opens.
+    const signed = { ...sealed, s: Buffer.from(await key.sign(signingInput(sealed))).toString("base64") };
+    const opened = await openMessage(new TextEncoder().encode(JSON.stringify(signed)), { maxBytes: 1024, from: peer });
+    expect(parseBody(providerMessageSchemas.heartbeat, opened)).toEqual(heartbeat);
+
+    const secp = await generateKeyPair("secp256k1");
+    const secpPeer = peerIdFromPrivateKey(secp).toString();
+    await expect(sealMessage(secp, secpPeer, "heartbeat", heartbeat)).rejects.toThrow("not secp256k1");
+    const claimed = {
+      ...sealed,
+      f: secpPeer,
+      s: Buffer.from(await secp.sign(signingInput(sealed))).toString("base64"),
+    };
+    await expect(openMessage(new TextEncoder().encode(JSON.stringify(claimed)), { maxBytes: 1024 })).rejects.toThrow(
+      "key is secp256k1, not Ed25519",
+    );
+  });
+
   it("refuses oversized, malformed, unexpected, misattributed and tampered messages", async () => {
     const bytes = await sealMessage(key, peer, "heartbeat", heartbeat);
     await expect(openMessage(bytes, { maxBytes: 10 })).rejects.toThrow("message too large");
