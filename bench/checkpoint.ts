@@ -33,6 +33,13 @@
  *   publish time over the job's wall time, which is positive by construction (the publishing runs
  *   beside the job, on the other core, so this is an upper bound of what it could cost the job).
  *
+ * - holders behind links of their own (`--holders-mib N`, default 64, 16 with `--quick`, 0 to leave
+ *   it out): a checkpoint fetched and pinned by 4 holder processes, each reachable only through a
+ *   userspace link capped at `--holder-mb-s` (default 8 MB/s, a 64 Mbit/s uplink), restored from
+ *   1, 2 and 4 of them at once, and from 4 of which one has a quarter of the bandwidth, beside what
+ *   their links carry together: what fetching a stripe from each holder gains when the holders'
+ *   uplinks, not the CPU, are the limit.
+ *
  * Each throughput is the median of 3 runs. Units: 1 MB = 10^6 bytes, 1 MiB = 2^20 bytes; all
  * throughputs are in MB/s, sizes in MiB (150 MB/s = 143 MiB/s). The machine's load averages at
  * the start and the end go into the JSON (`machine.loadAverage`) and the printout: on a shared
@@ -95,6 +102,8 @@ import { generateJobKey } from "../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
 import { silentLogger, type Logger } from "../sdk/logger.ts";
 import { createBatonHost, type BatonHost } from "../sdk/p2p/host.ts";
+import { peerIdOf } from "../sdk/p2p/open-stream.ts";
+import { startLink, type LinkDelay, type LinkShaper } from "../test/helpers/link.ts";
 import { median, printTable, writeResults, type Figure } from "./report.ts";
 
 const MiB = 2 ** 20;
@@ -137,13 +146,14 @@ const mbPerS = (bytes: number, ms: number): number => bytes / MB / (ms / 1000);
 
 interface TenantRequest {
   id: number;
-  op: "restore" | "tcp";
-  /** restore: the checkpoint and where it is. */
+  /** `hold`: fetch and pin the checkpoint, then serve it for as long as this process runs. */
+  op: "restore" | "tcp" | "hold";
+  /** restore, hold: the checkpoint and where it is (restore: from all of them at once). */
   cid?: string;
   keyHex?: string;
   sha256?: string;
   maxBytes?: number;
-  provider?: string;
+  providers?: string[];
   /** restore: then restore it again from the local store, timed on its own. */
   again?: boolean;
   /** restore: how to fetch (see FetchOptions.via). */
@@ -161,17 +171,23 @@ interface TenantReply {
   /** restore: the same restore again, now with every block in the local store, and its CPU time. */
   localMs?: number;
   localCpuMs?: number;
+  /** hold: where the holder listens (with its peer id). */
+  address?: string;
   error?: string;
 }
 
 async function runTenant(dir: string): Promise<void> {
   let current: { host: BatonHost; ipfs: IpfsNode } | undefined;
+  /** What `hold` requests made: serving until this process ends. */
+  const holding: { host: BatonHost; ipfs: IpfsNode }[] = [];
   let stopping: Promise<void> | undefined;
   const profile = process.env.BATON_BENCH_CPU_PROF ? await startCpuProfile() : undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
-      await current?.ipfs.stop();
-      await current?.host.stop();
+      for (const node of [...holding, ...(current ? [current] : [])]) {
+        await node.ipfs.stop();
+        await node.host.stop();
+      }
       await profile?.(path.join(process.env.BATON_BENCH_CPU_PROF!, "tenant.cpuprofile"));
       process.exit(0);
     })());
@@ -194,17 +210,34 @@ async function runTenant(dir: string): Promise<void> {
     const store = path.join(dir, `tenant-${request.id}`);
     const host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
     const ipfs = await createIpfsNode({ host, dir: path.join(store, "ipfs") });
+    const providers = request.providers!.map((address) => multiaddr(address));
+    if (request.op === "hold") {
+      holding.push({ host, ipfs });
+      for (const provider of providers) await host.dial(provider);
+      const cpu = process.cpuUsage();
+      const started = performance.now();
+      const { bytes } = await ipfs.fetchAndPin(CID.parse(request.cid!), {
+        providers,
+        maxBytes: request.maxBytes!,
+        signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+      });
+      return {
+        ms: performance.now() - started,
+        cpuMs: cpuMsSince(cpu),
+        bytes,
+        address: host.getMultiaddrs()[0]!.toString(),
+      };
+    }
     current = { host, ipfs };
     try {
-      const provider = multiaddr(request.provider!);
-      await host.dial(provider);
+      for (const provider of providers) await host.dial(provider);
       const cpu = process.cpuUsage();
       const started = performance.now();
       const restore = (target: string) =>
         restoreCheckpoint(ipfs, new Uint8Array(Buffer.from(request.keyHex!, "hex")), CID.parse(request.cid!), target, {
           expectedSha256: request.sha256!,
           maxBytes: request.maxBytes!,
-          providers: [provider],
+          providers,
           signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
           ...(request.via ? { via: request.via } : {}),
         });
@@ -596,7 +629,7 @@ async function measureSize(
         keyHex: Buffer.from(key).toString("hex"),
         sha256: published!.plaintextSha256,
         maxBytes: 2 * bytes,
-        provider: address,
+        providers: [address],
         again: via === "stream" && sizeMiB <= LOCAL_RESTORE_MAX_MIB,
         via,
       });
@@ -632,6 +665,114 @@ async function measureSize(
   await provider.ipfs.unpin(published!.cid);
   await provider.ipfs.gc();
   return { sizeMiB, ciphertextBytes: published!.size, ms, cpuMsPerMiB, fetchFailures };
+}
+
+/** How many holders a fetch takes from at once, in the holders' part. */
+const HOLDER_COUNTS = [1, 2, 4];
+
+interface HoldersResult {
+  sizeMiB: number;
+  ciphertextBytes: number;
+  /** Each holder's link, MB/s. */
+  capMBps: number;
+  /** Restore times (ms) by run: `1`, `2`, `4` holders, and `4, one slow` (its link at a quarter). */
+  ms: Record<string, number[]>;
+}
+
+/**
+ * Holders behind links of their own: a checkpoint of `sizeMiB` published here, fetched and pinned
+ * by holder processes (each its own host and IPFS node), each reachable only through a link capped
+ * at `capMBps` (test/helpers/link.ts), as a provider's uplink would be. The tenant restores it from
+ * 1, 2 and 4 of them at once, and from 4 of which one has a quarter of the bandwidth: what striping
+ * gains when the holders' links, not the CPU, are the limit.
+ */
+async function measureHolders(
+  work: string,
+  sizeMiB: number,
+  capMBps: number,
+  provider: { host: BatonHost; ipfs: IpfsNode },
+  tenant: Tenant,
+): Promise<HoldersResult> {
+  const count = Math.max(...HOLDER_COUNTS);
+  const dir = path.join(work, "checkpoint-holders");
+  console.log(`holders: ${sizeMiB} MiB on ${count} holders, each behind a link of ${capMBps} MB/s …`);
+  await writeCheckpoint(dir, sizeMiB);
+  const key = generateJobKey();
+  const published = await publishCheckpoint(provider.ipfs, key, dir, { maxBytes: 2 * sizeMiB * MiB });
+  await rm(dir, { recursive: true, force: true });
+  const checkpoint = {
+    cid: published.cid.toString(),
+    keyHex: Buffer.from(key).toString("hex"),
+    sha256: published.plaintextSha256,
+    maxBytes: 2 * sizeMiB * MiB,
+  };
+  const holders = Array.from({ length: count }, (_, i) => new Tenant(path.join(work, `holder-${i}`), undefined));
+  const links: LinkShaper[] = [];
+  const capped = (mbPerSecond: number): LinkDelay => ({ upMs: 0, downMs: 0, downBytesPerS: mbPerSecond * MB });
+  const ms: Record<string, number[]> = {};
+  try {
+    await Promise.all(holders.map((holder) => holder.ready()));
+    const addresses: string[] = [];
+    for (const holder of holders) {
+      const held = await holder.request({
+        op: "hold",
+        ...checkpoint,
+        providers: [provider.host.getMultiaddrs()[0]!.toString()],
+      });
+      const address = multiaddr(held.address!);
+      const port = Number(address.getComponents().find((c) => c.name === "tcp")!.value);
+      const link = await startLink(port, capped(capMBps));
+      links.push(link);
+      addresses.push(`${link.multiaddr}/p2p/${peerIdOf(address)!.toString()}`);
+    }
+    const runs = [
+      ...HOLDER_COUNTS.map((holdersAtOnce) => ({ name: `${holdersAtOnce}`, holdersAtOnce, slow: false })),
+      { name: `${count}, one slow`, holdersAtOnce: count, slow: true },
+    ];
+    // Interleaved, so that a change in the machine's load falls on every run alike.
+    for (let i = 0; i < REPEATS; i++) {
+      for (const run of runs) {
+        links.at(-1)!.delay(capped(run.slow ? capMBps / 4 : capMBps));
+        const reply = await tenant.request({
+          op: "restore",
+          ...checkpoint,
+          providers: addresses.slice(0, run.holdersAtOnce),
+        });
+        (ms[run.name] ??= []).push(reply.ms);
+        console.log(`holders: ${run.name}: ${round(mbPerS(published.size, reply.ms))} MB/s`);
+      }
+    }
+  } finally {
+    for (const link of links) await link.close();
+    for (const holder of holders) await holder.stop();
+  }
+  await provider.ipfs.unpin(published.cid);
+  await provider.ipfs.gc();
+  return { sizeMiB, ciphertextBytes: published.size, capMBps, ms };
+}
+
+function holdersFigures({ sizeMiB, ciphertextBytes, capMBps, ms }: HoldersResult): Figure[] {
+  const count = Math.max(...HOLDER_COUNTS);
+  const rate = (name: string): number => round(mbPerS(ciphertextBytes, median(ms[name]!)));
+  return [
+    ...HOLDER_COUNTS.map((holdersAtOnce) => ({
+      name: `${sizeMiB} MiB from ${holdersAtOnce} holder${holdersAtOnce > 1 ? "s at once" : ""}, ${capMBps} MB/s links`,
+      value: rate(`${holdersAtOnce}`),
+      unit: "MB/s",
+      reference: { value: holdersAtOnce * capMBps, label: holdersAtOnce > 1 ? "their links together" : "its link" },
+      note:
+        holdersAtOnce > 1
+          ? "restoreCheckpoint given every holder: a stripe of the blocks from each (StripedFetch)"
+          : "restoreCheckpoint from one holder, through its capped link",
+    })),
+    {
+      name: `${sizeMiB} MiB from ${count} holders, one of them at ${capMBps / 4} MB/s`,
+      value: rate(`${count}, one slow`),
+      unit: "MB/s",
+      reference: { value: (count - 1 + 1 / 4) * capMBps, label: "their links together" },
+      note: "a stripe that is done takes over the back of the one with the most time left, at the pace each kept: the slow holder costs a block or so, not its share",
+    },
+  ];
 }
 
 function sizeFigures(result: SizeResult): Figure[] {
@@ -754,6 +895,8 @@ async function main(): Promise<void> {
       out: { type: "string" },
       "cpu-prof": { type: "string" },
       job: { type: "boolean", default: true },
+      "holders-mib": { type: "string" },
+      "holder-mb-s": { type: "string", default: "8" },
     },
     allowNegative: true,
   });
@@ -761,6 +904,11 @@ async function main(): Promise<void> {
   if (sizes.some((s) => !Number.isInteger(s) || s < 1))
     throw new Error(`--sizes wants MiB as integers: ${values.sizes}`);
   const train = values.quick ? TRAIN_QUICK : TRAIN_FULL;
+  const holdersMiB = Number(values["holders-mib"] ?? (values.quick ? 16 : 64));
+  const holderMBps = Number(values["holder-mb-s"]);
+  if (!Number.isInteger(holdersMiB) || holdersMiB < 0)
+    throw new Error(`--holders-mib wants MiB as an integer (0: no holders): ${values["holders-mib"]}`);
+  if (!(holderMBps > 0)) throw new Error(`--holder-mb-s wants a rate above 0: ${values["holder-mb-s"]}`);
 
   const loadBefore = os.loadavg();
   const work = await mkdtemp(path.join(os.tmpdir(), "baton-bench-checkpoint-"));
@@ -798,6 +946,8 @@ async function main(): Promise<void> {
     const results: SizeResult[] = [];
     for (const size of sizes) results.push(await measureSize(work, size, { host, ipfs }, tenant));
     await profile?.(path.join(values["cpu-prof"]!, "provider.cpuprofile"));
+    const holders =
+      holdersMiB > 0 ? await measureHolders(work, holdersMiB, holderMBps, { host, ipfs }, tenant) : undefined;
 
     const runs = Object.fromEntries(VARIANTS.map((v) => [v, [] as JobRun[]])) as Record<Variant, JobRun[]>;
     if (values.job) {
@@ -811,7 +961,11 @@ async function main(): Promise<void> {
     }
 
     const loadAfter = os.loadavg();
-    const figures = [...results.flatMap(sizeFigures), ...(values.job ? jobFigures(runs) : [])];
+    const figures = [
+      ...results.flatMap(sizeFigures),
+      ...(holders ? holdersFigures(holders) : []),
+      ...(values.job ? jobFigures(runs) : []),
+    ];
     printTable(`Checkpoint throughput and overhead (median of ${REPEATS}; 1 MB = 10^6 bytes)`, figures);
     const loads = (l: number[]) => l.map((x) => x.toFixed(2)).join(", ");
     console.log(`\nload average (1, 5, 15 min): ${loads(loadBefore)} at the start, ${loads(loadAfter)} at the end`);
@@ -828,6 +982,7 @@ async function main(): Promise<void> {
       },
       figures,
       samples: results,
+      ...(holders ? { holders } : {}),
       ...(values.job ? { exampleJob: { ...train, runs } } : {}),
     };
     console.log(`\n${await save(values.out, data)}`);

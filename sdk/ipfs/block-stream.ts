@@ -693,10 +693,11 @@ export interface StripedFetchInit extends Omit<BlockStreamSessionInit, "start" |
  * ({@link placeBlocks}); then the rest of the stream is cut into one stripe per holder (contiguous,
  * about equal, at most {@link MAX_STRIPES}), each a {@link BlockStreamSession} from its start to
  * its end (`skip` and `count`) that begins at a holder of its own and goes on from the others',
- * where it stopped, if that one fails. A stripe that is done takes the back half of the stripe
- * with the most left, so that a slow holder (a tenant's home uplink) holds the fetch up by a few
- * blocks, not by its share. Every block is verified against its CID before it is stored; the
- * reader reads them back from the store in order ({@link ready}).
+ * where it stopped, if that one fails. A stripe that is done takes over the back of the stripe
+ * with the most time left, as much of it as makes both end together at the pace each kept so far,
+ * so that a slow holder (a tenant's home uplink) holds the fetch up by a block or so, not by its
+ * share. Every block is verified against its CID before it is stored; the reader reads them back
+ * from the store in order ({@link ready}).
  */
 export class StripedFetch {
   readonly #init: StripedFetchInit;
@@ -706,8 +707,8 @@ export class StripedFetch {
   readonly #stored = new Map<string, Promise<void>>();
   /** The leaves not stored yet, by place. */
   readonly #waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>();
-  /** The stripes under way: each fetches `[session's next block, session.end)`. */
-  readonly #stripes = new Set<{ session: BlockStreamSession; at: number }>();
+  /** The stripes under way: each fetches `[at, session.end)`, and began at `begin` at time `startedAt`. */
+  readonly #stripes = new Set<Stripe>();
   readonly #sessions: BlockStreamSession[] = [];
   #root: Uint8Array | undefined;
   #placed: Promise<void> | undefined;
@@ -796,10 +797,10 @@ export class StripedFetch {
 
   /**
    * Fetches `placed[start, end)` from `peers` (the first, then the others) and stores its leaves;
-   * then takes over the back half of the stripe with the most left, if that is worth a stream.
+   * then takes over the back of the stripe with the most time left ({@link takeOver}).
    */
   async #stripe(placed: PlacedBlock[], start: number, end: number, peers: Multiaddr[]): Promise<void> {
-    const stripe = { session: this.#session(start, end, peers), at: start };
+    const stripe: Stripe = { session: this.#session(start, end, peers), at: start, begin: start, startedAt: now() };
     this.#stripes.add(stripe);
     try {
       for (; stripe.at < stripe.session.end!; stripe.at++) {
@@ -819,16 +820,60 @@ export class StripedFetch {
       // A stripe cut short by another's taking its back half stops its holder sending past it.
       stripe.session.close();
     }
-    let most: { session: BlockStreamSession; at: number } | undefined;
-    for (const other of this.#stripes) {
-      if (most === undefined || other.session.end! - other.at > most.session.end! - most.at) most = other;
-    }
-    if (most === undefined || most.session.end! - most.at < 2 * MIN_STRIPE_BLOCKS) return;
-    const from = most.at + Math.ceil((most.session.end! - most.at) / 2);
-    const to = most.session.end!;
-    most.session.end = from;
-    await this.#stripe(placed, from, to, peers);
+    const taken = takeOver(stripe, this.#stripes, now());
+    if (taken === undefined) return;
+    const to = taken.stripe.session.end!;
+    taken.stripe.session.end = taken.from;
+    await this.#stripe(placed, taken.from, to, peers);
   }
+}
+
+/** Where a stripe is: what {@link takeOver} weighs. */
+export interface StripeProgress {
+  /** The next block it waits for (on its way, or about to be). */
+  at: number;
+  /** The block it began at, and when (`performance.now()`). */
+  begin: number;
+  startedAt: number;
+  /** It fetches up to `session.end`, exclusive. */
+  session: { end?: number };
+}
+
+interface Stripe extends StripeProgress {
+  session: BlockStreamSession;
+}
+
+const now = (): number => performance.now();
+
+/**
+ * What a stripe that is `done` takes over from the others at time `at`: the back of the one with
+ * the most time left, at the pace it kept so far (ms per block since it began), cut so that it and
+ * `done`, at `done`'s pace, end together. The block it waits for stays with it: that one is on its
+ * way already. A stripe with no block yet is left alone (its pace is not known: its holder may
+ * still be opening the stream), as is one with fewer than {@link MIN_STRIPE_BLOCKS} left (what its
+ * holder sent past a cut would be wasted); and nothing is taken that would not save at least one
+ * of `done`'s blocks' time (its new stream costs about that).
+ */
+export function takeOver<S extends StripeProgress>(
+  done: StripeProgress,
+  stripes: Iterable<S>,
+  at: number,
+): { stripe: S; from: number } | undefined {
+  const pace = (stripe: StripeProgress): number => (at - stripe.startedAt) / (stripe.at - stripe.begin);
+  const mine = pace(done);
+  let slowest: { stripe: S; left: number; msLeft: number } | undefined;
+  for (const stripe of stripes) {
+    const left = stripe.session.end! - stripe.at;
+    if (left < MIN_STRIPE_BLOCKS || stripe.at === stripe.begin) continue;
+    const msLeft = left * pace(stripe);
+    if (slowest === undefined || msLeft > slowest.msLeft) slowest = { stripe, left, msLeft };
+  }
+  if (slowest === undefined) return undefined;
+  const theirs = slowest.msLeft / slowest.left;
+  const keep = Math.max(1, Math.ceil((slowest.left * mine) / (theirs + mine)));
+  const taken = slowest.left - keep;
+  if (taken < 1 || slowest.msLeft - Math.max(keep * theirs, taken * mine) < mine) return undefined;
+  return { stripe: slowest.stripe, from: slowest.stripe.at + keep };
 }
 
 /** Holders' addresses grouped by holder (the peer id each ends in, after any relay's), in the order first listed. */

@@ -21,6 +21,13 @@ export interface LinkDelay {
    * messages such as heartbeats), so the loss of bulk transfers is understated.
    */
   lossPercent?: number;
+  /**
+   * The link's bandwidth each way, in bytes per second, shared by all its connections as a host's
+   * uplink is: each chunk leaves after the ones before it, in any connection, have had their time
+   * on the wire. Unlimited when absent.
+   */
+  upBytesPerS?: number;
+  downBytesPerS?: number;
 }
 
 /** How much later a lost chunk arrives on a link with these delays: see {@link LinkDelay.lossPercent}. */
@@ -62,8 +69,8 @@ export interface LinkShaper {
 type Mode = "forward" | "stalled" | "cut";
 
 /**
- * A TCP proxy on 127.0.0.1 in front of `targetPort` that adds a one-way delay per direction and
- * fails the link on demand, in userspace: this kernel has no netem. Each chunk is released at
+ * A TCP proxy on 127.0.0.1 in front of `targetPort` that adds a one-way delay per direction, caps
+ * its bandwidth if asked, and fails the link on demand, in userspace: this kernel has no netem. Each chunk is released at
  * `max(previous release, arrival + delay + jitter)`, so order is kept and the delay is latency,
  * not a bandwidth cap; a direction holding {@link MAX_QUEUED_BYTES} pauses its sender, and one
  * whose receiver is full waits for it to drain, as TCP would.
@@ -86,6 +93,8 @@ export async function startLink(
   /** Every open socket, both ends; `clients` are the accepted ones. */
   const sockets = new Set<Socket>();
   const clients = new Set<Socket>();
+  /** When each direction's wire is free again, for a capped one (see {@link LinkDelay.upBytesPerS}). */
+  const wireFreeAt = { up: 0, down: 0 };
 
   /** One direction of one connection. */
   class Pipe {
@@ -97,17 +106,23 @@ export async function startLink(
     #ended = false;
     to: Socket | undefined;
     readonly from: Socket;
-    readonly delayOf: () => number;
+    readonly direction: "up" | "down";
 
-    constructor(from: Socket, delayOf: () => number) {
+    constructor(from: Socket, direction: "up" | "down") {
       this.from = from;
-      this.delayOf = delayOf;
+      this.direction = direction;
       from.on("data", (bytes: Buffer) => {
         const lost = Math.random() * 100 < delay.lossPercent;
-        const at = Math.max(
+        const oneWayMs = this.direction === "up" ? delay.upMs : delay.downMs;
+        let at = Math.max(
           this.#lastAt,
-          Date.now() + this.delayOf() + Math.random() * delay.jitterMs + (lost ? retransmitDelayMs(delay) : 0),
+          Date.now() + oneWayMs + Math.random() * delay.jitterMs + (lost ? retransmitDelayMs(delay) : 0),
         );
+        const bytesPerS = this.direction === "up" ? delay.upBytesPerS : delay.downBytesPerS;
+        if (bytesPerS !== undefined) {
+          at = Math.max(at, wireFreeAt[this.direction]) + (bytes.length / bytesPerS) * 1000;
+          wireFreeAt[this.direction] = at;
+        }
         this.#lastAt = at;
         this.#queue.push({ bytes, at });
         this.#queued += bytes.length;
@@ -167,7 +182,7 @@ export async function startLink(
       client.once("data", () => reset(client));
       return;
     }
-    const up = new Pipe(client, () => delay.upMs);
+    const up = new Pipe(client, "up");
     let down: Pipe | undefined;
     const ends = [client];
     const forget = (): void => {
@@ -202,7 +217,7 @@ export async function startLink(
       ends.push(target);
       sockets.add(target);
       up.to = target;
-      down = new Pipe(target, () => delay.downMs);
+      down = new Pipe(target, "down");
       down.to = client;
       pipes.add(down);
       target.on("connect", () => up.pump());

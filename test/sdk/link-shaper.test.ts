@@ -108,6 +108,23 @@ describe("link shaper", () => {
     expect((await reading).equals(sent)).toBe(true);
   });
 
+  it("caps its bandwidth, shared by its connections as an uplink is", async () => {
+    const bytesPerS = 4 * 1024 * 1024;
+    const shaper = await link({ upMs: 0, downMs: 0, downBytesPerS: bytesPerS });
+    const sockets = await Promise.all([dial(shaper), dial(shaper)]);
+    const sent = sockets.map((_, n) => Buffer.alloc(2 * 1024 * 1024, n + 1));
+    const started = performance.now();
+    const reading = sockets.map((socket, n) => read(socket, sent[n]!.length));
+    sockets.forEach((socket, n) => socket.write(sent[n]!));
+    const received = await Promise.all(reading);
+    const elapsedS = (performance.now() - started) / 1000;
+    received.forEach((bytes, n) => expect(bytes.equals(sent[n]!)).toBe(true));
+    // Both echoes' 4 MiB went down one 4 MiB/s wire: a second at least (half that if each
+    // connection had a wire of its own, a few ms uncapped); slack above for a loaded machine.
+    expect(elapsedS).toBeGreaterThanOrEqual(0.95);
+    expect(elapsedS).toBeLessThan(10);
+  });
+
   it("stall: nothing comes through, the connection stays open, and heal delivers what was held, in order", async () => {
     const shaper = await link();
     const socket = await dial(shaper);
