@@ -800,7 +800,12 @@ export class StripedFetch {
    * then takes over the back of the stripe with the most time left ({@link takeOver}).
    */
   async #stripe(placed: PlacedBlock[], start: number, end: number, peers: Multiaddr[]): Promise<void> {
-    const stripe: Stripe = { session: this.#session(start, end, peers), at: start, begin: start, startedAt: now() };
+    const stripe: Stripe = {
+      session: this.#session(start, end, peers),
+      at: start,
+      begin: start,
+      startedAt: performance.now(),
+    };
     this.#stripes.add(stripe);
     try {
       for (; stripe.at < stripe.session.end!; stripe.at++) {
@@ -817,10 +822,10 @@ export class StripedFetch {
       return;
     } finally {
       this.#stripes.delete(stripe);
-      // A stripe cut short by another's taking its back half stops its holder sending past it.
+      // A stripe cut short by another's taking over its back stops its holder sending past it.
       stripe.session.close();
     }
-    const taken = takeOver(stripe, this.#stripes, now());
+    const taken = takeOver(stripe, this.#stripes, performance.now());
     if (taken === undefined) return;
     const to = taken.stripe.session.end!;
     taken.stripe.session.end = taken.from;
@@ -842,8 +847,6 @@ export interface StripeProgress {
 interface Stripe extends StripeProgress {
   session: BlockStreamSession;
 }
-
-const now = (): number => performance.now();
 
 /**
  * What a stripe that is `done` takes over from the others at time `at`: the back of the one with

@@ -51,7 +51,7 @@ export function toJson(value: unknown): string {
  */
 export async function sealMessage(key: PrivateKey, from: string, type: string, body: unknown): Promise<Uint8Array> {
   const b = toJson(body);
-  const signature = await signerOf(key)(signingInput(type, b));
+  const signature = sign(null, signingInput(type, b), signingKeyOf(key));
   return encoder.encode(JSON.stringify({ v: 1, t: type, f: from, b, s: Buffer.from(signature).toString("base64") }));
 }
 
@@ -61,17 +61,14 @@ export async function sealMessage(key: PrivateKey, from: string, type: string, b
  * directly: libp2p's own `sign` and `verify` import the key from a JWK on every call, which costs
  * more than the signature, on every message a lease sends or receives.
  */
-type Signer = (data: Uint8Array) => Uint8Array;
-type Verifier = (data: Uint8Array, signature: Uint8Array) => boolean;
+const signingKeys = new WeakMap<PrivateKey, KeyObject>();
 
-const signers = new WeakMap<PrivateKey, Signer>();
-
-function signerOf(key: PrivateKey): Signer {
-  let signer = signers.get(key);
-  if (signer) return signer;
+function signingKeyOf(key: PrivateKey): KeyObject {
+  let object = signingKeys.get(key);
+  if (object) return object;
   if (key.type !== "Ed25519") throw new BaseError(`messages are signed with Ed25519 keys, not ${key.type}`);
   // libp2p's raw Ed25519 private key is the 32-byte seed followed by the public key.
-  const object = createPrivateKey({
+  object = createPrivateKey({
     format: "jwk",
     key: {
       kty: "OKP",
@@ -80,17 +77,16 @@ function signerOf(key: PrivateKey): Signer {
       x: Buffer.from(key.raw.subarray(32)).toString("base64url"),
     },
   });
-  signer = (data) => sign(null, data, object);
-  signers.set(key, signer);
-  return signer;
+  signingKeys.set(key, object);
+  return object;
 }
 
-const verifiers = new Map<string, Verifier>();
+const verifyingKeys = new Map<string, KeyObject>();
 const MAX_CACHED_KEYS = 4096;
 
-function verifierOf(peerId: string): Verifier {
-  let verifier = verifiers.get(peerId);
-  if (verifier) return verifier;
+function verifyingKeyOf(peerId: string): KeyObject {
+  let object = verifyingKeys.get(peerId);
+  if (object) return object;
   let parsed;
   try {
     parsed = peerIdFromString(peerId);
@@ -104,14 +100,13 @@ function verifierOf(peerId: string): Verifier {
   if (key.type !== "Ed25519") {
     throw new ProtocolError(`message sender's key is ${key.type}, not Ed25519`, { details: peerId });
   }
-  const object: KeyObject = createPublicKey({
+  object = createPublicKey({
     format: "jwk",
     key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(key.raw).toString("base64url") },
   });
-  verifier = (data, signature) => verify(null, data, object, signature);
-  if (verifiers.size >= MAX_CACHED_KEYS) verifiers.delete(verifiers.keys().next().value!);
-  verifiers.set(peerId, verifier);
-  return verifier;
+  if (verifyingKeys.size >= MAX_CACHED_KEYS) verifyingKeys.delete(verifyingKeys.keys().next().value!);
+  verifyingKeys.set(peerId, object);
+  return object;
 }
 
 export interface OpenMessageOptions {
@@ -148,14 +143,14 @@ export async function openMessage(bytes: Uint8Array, options: OpenMessageOptions
     });
   }
   const signature = Buffer.from(envelope.s, "base64");
-  const verifier = verifierOf(envelope.f);
-  let valid = false;
+  const key = verifyingKeyOf(envelope.f);
   // Ed25519 signatures are 64 bytes; Node's verify may throw on other input instead of saying no.
+  let valid = false;
   if (signature.byteLength === 64) {
     try {
-      valid = verifier(signingInput(envelope.t, envelope.b), signature);
+      valid = verify(null, signingInput(envelope.t, envelope.b), key, signature);
     } catch {
-      valid = false;
+      // not a signature: `valid` stays false
     }
   }
   if (!valid) throw new ProtocolError("bad message signature", { details: `${envelope.t} from ${envelope.f}` });

@@ -70,10 +70,11 @@ type Mode = "forward" | "stalled" | "cut";
 
 /**
  * A TCP proxy on 127.0.0.1 in front of `targetPort` that adds a one-way delay per direction, caps
- * its bandwidth if asked, and fails the link on demand, in userspace: this kernel has no netem. Each chunk is released at
- * `max(previous release, arrival + delay + jitter)`, so order is kept and the delay is latency,
- * not a bandwidth cap; a direction holding {@link MAX_QUEUED_BYTES} pauses its sender, and one
- * whose receiver is full waits for it to drain, as TCP would.
+ * its bandwidth if asked, and fails the link on demand, in userspace: this kernel has no netem.
+ * Each chunk is released at `max(previous release, arrival + delay + jitter)`, so order is kept
+ * and the delay is latency; a capped direction also holds it until the wire is free, plus its own
+ * time on it. A direction holding {@link MAX_QUEUED_BYTES} pauses its sender, and one whose
+ * receiver is full waits for it to drain, as TCP would.
  *
  * @example
  * const link = await startLink(providerPort, { upMs: 100, downMs: 100, jitterMs: 10 });
