@@ -22,7 +22,7 @@ import { createLibp2p } from "libp2p";
 import { UserError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import { PROTOCOL_PREFIX } from "../wire/protocols.ts";
-import { isRelayListenAddress, keepRelayReservations } from "./relay-reservations.ts";
+import { isRelayListenAddress, keepLookingForRelays, keepRelayReservations } from "./relay-reservations.ts";
 import { sendWindowUpdatesAtHalf } from "./yamux-window.ts";
 
 export type BatonServices = {
@@ -45,7 +45,8 @@ export interface CreateBatonHostOptions {
    * NAT, no port forwarded) is reached. The reservation is made again whenever it is lost, and the
    * host starts while the relay is down (see {@link keepRelayReservations}). A bare `/p2p-circuit`
    * listens through a relay the host finds among its peers, those that relay (bootstrap peers that
-   * do, say), and through another, or the same one back, when it goes.
+   * do, say), and through another, or the same one back, when it goes; a relay that refused it a
+   * slot is asked again (see {@link keepLookingForRelays}).
    */
   listen?: string[];
   /**
@@ -149,7 +150,10 @@ export async function createBatonHost({
     },
   });
   await keepRelayReservations(host, throughRelays, log.child("relay"));
-  if (listen.includes(ANY_RELAY) && bootstrapList.length > 0) await relayFound(host, log);
+  if (listen.includes(ANY_RELAY)) {
+    keepLookingForRelays(host, log.child("relay"));
+    if (bootstrapList.length > 0) await relayFound(host, log);
+  }
   dialDirectlyOnceReachable(host);
   return host;
 }

@@ -91,6 +91,30 @@ describe("Baton libp2p host", () => {
     expect(new TextDecoder().decode(await echo(AbortSignal.timeout(10_000)))).toBe("hi");
   });
 
+  it("listens through a relay that refused it once it has room, without reconnecting (a bare /p2p-circuit)", async () => {
+    // libp2p asks a relay for a slot once per connection: refused (full, or too slow to answer
+    // under load), the host would stay unreachable for as long as that connection lasts.
+    const relay = await host({ relay: { maxReservations: 1 } });
+    const relayAddress = relay.getMultiaddrs()[0]!.toString();
+    const first = await host({ listen: ["/p2p-circuit"], bootstrap: [relayAddress] });
+    expect(first.getMultiaddrs()).toHaveLength(1);
+    const hidden = await host({ listen: ["/p2p-circuit"] });
+    await hidden.dial(multiaddr(relayAddress));
+    // Its request for a slot follows identify at once; time for it to be refused.
+    await until(async () => (await hidden.peerStore.get(relay.peerId)).protocols.length > 0, 10_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(hidden.getMultiaddrs()).toEqual([]);
+
+    // The first host goes and its slot is freed, as when its reservation expires.
+    await first.stop();
+    (relay.services.relay as unknown as { reservationStore: { clear(): void } }).reservationStore.clear();
+    await until(() => hidden.getMultiaddrs().length > 0, 10_000);
+    expect(hidden.getMultiaddrs().map((a) => a.toString())).toEqual([
+      `${relayAddress}/p2p-circuit/p2p/${hidden.peerId}`,
+    ]);
+    expect(hidden.getConnections(relay.peerId)).toHaveLength(1);
+  });
+
   it("announces the addresses it is told instead of those it listens on", async () => {
     const a = await host({ announce: ["/ip4/203.0.113.7/tcp/4001"] });
     expect(a.getMultiaddrs().map((m) => m.toString())).toEqual([`/ip4/203.0.113.7/tcp/4001/p2p/${a.peerId}`]);
