@@ -96,7 +96,9 @@ import { CID } from "multiformats/cid";
 
 import { spawnScript, stopAll, type Spawned } from "../deploy/processes.ts";
 import { watchCheckpoints } from "../node/checkpoints.ts";
+import { leasePins } from "../node/lease-pins.ts";
 import { Metrics } from "../node/metrics.ts";
+import { NodeStore } from "../node/store.ts";
 import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { generateJobKey } from "../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
@@ -495,19 +497,21 @@ async function runJob(
   let published = 0;
   let publishMs = 0;
   const rejected: string[] = [];
-  const watcher =
-    variant === "checkpoints + watcher"
-      ? watchCheckpoints({
-          dir: checkpointDir,
-          key,
-          ipfs,
-          maxBytes: 64 * MiB,
-          log: publishTimer((ms) => (publishMs += ms)),
-          metrics: new Metrics(),
-          onPublished: () => published++,
-          onRejected: (name, reason) => rejected.push(`${name}: ${reason}`),
-        })
-      : undefined;
+  // The provider's record of what a lease pins, as the watcher keeps it on a node.
+  const store = variant === "checkpoints + watcher" ? new NodeStore(path.join(dir, "node.db")) : undefined;
+  const watcher = store
+    ? watchCheckpoints({
+        dir: checkpointDir,
+        key,
+        ipfs,
+        maxBytes: 64 * MiB,
+        log: publishTimer((ms) => (publishMs += ms)),
+        metrics: new Metrics(),
+        onPublished: () => published++,
+        onRejected: (name, reason) => rejected.push(`${name}: ${reason}`),
+        pins: leasePins({ store, ipfs }, 1n),
+      })
+    : undefined;
   try {
     const started = performance.now();
     const job = spawnScript("examples/train/train.mjs", [], {
@@ -527,6 +531,7 @@ async function runJob(
     return { wallMs, published, publishMs };
   } finally {
     await watcher?.stop();
+    store?.close();
   }
 }
 

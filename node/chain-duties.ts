@@ -255,6 +255,7 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
           store.updateLease(lease.leaseId, { state: "fenced" });
           log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
           forget(lease.leaseId, 0n);
+          await leases.releaseEndedPins();
         }
         continue;
       }
@@ -279,6 +280,7 @@ export function chainDuties(components: NodeComponents, leases: Leases, openings
         } else if (lease.state === "handed-back" && deep.status === "Closed") {
           store.updateLease(lease.leaseId, { state: "fenced" });
           log.info("hand-back acknowledged: the tenant closed the lease", { leaseId: lease.leaseId });
+          await leases.releaseEndedPins();
         } else await leases.fence(lease.leaseId, end);
         forget(lease.leaseId, deep.status === "Active" ? deep.view.earned : 0n);
         continue;

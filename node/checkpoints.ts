@@ -2,12 +2,11 @@ import { existsSync, watch, type FSWatcher } from "node:fs";
 import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 
-import { CID } from "multiformats/cid";
-
 import { shortMessageOf } from "../sdk/errors.ts";
 import { publishCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import type { IpfsNode } from "../sdk/ipfs/node.ts";
 import type { Logger } from "../sdk/logger.ts";
+import type { LeasePins } from "./lease-pins.ts";
 import type { Metrics } from "./metrics.ts";
 
 /** A checkpoint the node published: what the lease session announces. */
@@ -32,6 +31,13 @@ export interface WatchCheckpointsInit {
   onRejected: (name: string, reason: string) => void;
   /** How many published checkpoints stay pinned here; older ones are unpinned. */
   keep?: number;
+  /** The lease's record of its pins: each published checkpoint goes in, each dropped one out. */
+  pins: LeasePins;
+  /**
+   * Checkpoints the lease pinned already, oldest first (the one its job resumed from, those published
+   * before the node restarted): let go as published ones are, once a newer one is safe.
+   */
+  pinned?: readonly string[];
 }
 
 export interface CheckpointWatcher {
@@ -60,10 +66,10 @@ export function stepOf(name: string): number | undefined {
  * in name order) is published. In-progress (`.`-named) directories are never touched.
  */
 export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher {
-  const { dir, key, ipfs, maxBytes, log, metrics, onPublished, onRejected, keep = 3 } = init;
+  const { dir, key, ipfs, maxBytes, log, metrics, onPublished, onRejected, keep = 3, pins } = init;
   const seen = new Set<string>();
-  /** Published and still pinned here, oldest first. */
-  const pinned: { cid: string; name: string }[] = [];
+  /** Pinned here, oldest first; those this watcher published have a name in the checkpoint dir. */
+  const pinned: { cid: string; name?: string }[] = (init.pinned ?? []).map((cid) => ({ cid }));
   let watcher: FSWatcher | undefined;
   let scanning: Promise<void> = Promise.resolve();
   let again = false;
@@ -78,6 +84,7 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
       took();
       metrics.checkpointsPublished.inc();
       metrics.checkpointBytes.inc(result.size);
+      pins.add(cid);
       onPublished({ cid, name, step: stepOf(name), size: result.size, sha256: result.plaintextSha256 });
       pinned.push({ cid, name });
       if (pinned.length > keep) await drop(pinned.splice(0, pinned.length - keep));
@@ -92,13 +99,12 @@ export function watchCheckpoints(init: WatchCheckpointsInit): CheckpointWatcher 
     }
   };
 
-  /** Unpins checkpoints, deletes their dirs from the job's checkpoint dir, and has the store collect them. */
-  const drop = async (checkpoints: { cid: string; name: string }[]): Promise<void> => {
-    for (const { cid, name } of checkpoints) {
-      await ipfs.unpin(CID.parse(cid)).catch(() => undefined);
-      await rm(path.join(dir, name), { recursive: true, force: true }).catch(() => undefined);
+  /** Lets checkpoints go (the store collects them) and deletes their dirs from the job's checkpoint dir. */
+  const drop = async (checkpoints: { cid: string; name?: string }[]): Promise<void> => {
+    await pins.release(checkpoints.map(({ cid }) => cid));
+    for (const { name } of checkpoints) {
+      if (name !== undefined) await rm(path.join(dir, name), { recursive: true, force: true }).catch(() => undefined);
     }
-    if (checkpoints.length > 0) ipfs.gcSoon();
   };
 
   const scan = async (): Promise<void> => {

@@ -99,10 +99,10 @@ export class HoldQueue {
     return { cid, bytes, released };
   }
 
-  /** Unpins checkpoints this lease no longer holds, unless another lease of the node holds them too. */
+  /** Unpins checkpoints this lease no longer holds, unless another lease of the node pins them too. */
   async #unpin(cids: readonly string[]): Promise<void> {
     const { leaseId, ipfs, store } = this.#init;
-    const unheld = cids.filter((cid) => !store.heldElsewhere(cid, leaseId));
+    const unheld = cids.filter((cid) => !store.pinnedElsewhere(cid, leaseId));
     for (const cid of unheld) await ipfs.unpin(CID.parse(cid)).catch(() => undefined);
     // Unpinned is not deleted: the store collects them, or a holder's disk fills up.
     if (unheld.length > 0) ipfs.gcSoon();

@@ -44,7 +44,8 @@ import {
   type JobProcess,
   type PreparedSandbox,
 } from "./sandbox/runner.ts";
-import type { LeaseRow } from "./store.ts";
+import { leasePins, releaseLeasePins } from "./lease-pins.ts";
+import { LIVE_STATES, type LeaseRow } from "./store.ts";
 import type { WorkDir } from "./work-dirs.ts";
 
 /** What a tenant is told when its lease is handed back at the end of a drain's grace. */
@@ -166,6 +167,8 @@ export interface Leases {
   fence(leaseId: bigint, reason: string): Promise<void>;
   /** Frees a finished lease's GPUs and closes its sessions. */
   release(leaseId: bigint): Promise<void>;
+  /** Unpins what the jobs of leases that ended pinned (a lease handed back ends on chain later). */
+  releaseEndedPins(): Promise<void>;
   /**
    * Gives every lease whose job has not ended back to its tenant (the end of a drain's grace): the
    * starts under way are refused, each tenant is told on its session (a `draining` refusal, so that
@@ -386,6 +389,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         maxBytes: MAX_CHECKPOINT_BYTES,
         log: log.child(`checkpoints.${row.leaseId}`),
         metrics,
+        pins: leasePins({ store, ipfs: components.ipfs }, row.leaseId),
+        pinned: store.leasePins(row.leaseId),
         onPublished: (checkpoint) => {
           store.addPendingCheckpoint(row.leaseId, checkpoint.cid);
           void emit(runtime, "checkpoint", {
@@ -1124,6 +1129,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
           pin: true,
         },
       );
+      store.addLeasePin(row.leaseId, resume.cid);
     } catch (error) {
       if (handingBack.signal.aborted) throw startHandedBack(row.leaseId);
       startFailed(row.leaseId, "resume-failed");
@@ -1264,12 +1270,28 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     await stopRuntime(leaseId, "killed");
   };
 
+  /**
+   * Lets go of the checkpoints that the jobs of ended leases pinned: the one each resumed from, and
+   * those it published and kept (the newest safe one and any after it). Their tenants keep them, and
+   * their holders: a lease that ended is resumed from nowhere but there. At a restart, also those of
+   * leases that ended while the node was down.
+   */
+  const releaseEndedPins = async (): Promise<void> => {
+    for (const leaseId of store.leasesWithPins()) {
+      const state = store.getLease(leaseId)?.state;
+      if (state !== undefined && LIVE_STATES.includes(state)) continue;
+      const cids = await releaseLeasePins({ store, ipfs: components.ipfs }, leaseId);
+      if (cids.length > 0) log.info("checkpoints released", { leaseId, cids });
+    }
+  };
+
   const stopRuntime = async (leaseId: bigint, reason: "killed" | "aborted"): Promise<void> => {
     const runtime = runtimes.get(leaseId);
     if (!runtime) {
       // A job that exited before the node restarted has no runtime, but its GPUs were adopted
       // (recover): they stay held until its lease ends, and go now.
       gpus.release(leaseHolder(leaseId));
+      await releaseEndedPins();
       return;
     }
     clearInterval(runtime.heartbeatTimer);
@@ -1284,8 +1306,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     // A job's work dir went with its exit; a batch lease's stays for its next task until now.
     removeWorkDir(leaseId);
     await runtime.checkpoints?.stop();
-    // A holder's lease that ended holds nothing more.
+    // A holder's lease that ended holds nothing more; nor does a job's.
     await runtime.holds?.release();
+    await releaseEndedPins();
     for (const stream of runtime.sessions) await stream.close().catch(() => undefined);
     runtimes.delete(leaseId);
     // A task queued on the lease is refused now that the lease is gone.
@@ -1364,7 +1387,9 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         await launch(runtime, row, spec, workDir, true);
       }
       for (const row of store.leases(["exited"])) gpus.adopt(leaseHolder(row.leaseId), row.gpus);
+      await releaseEndedPins();
     },
+    releaseEndedPins,
     fence,
     release: (leaseId) => stopRuntime(leaseId, "killed"),
     async handBack() {

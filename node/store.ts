@@ -155,6 +155,15 @@ CREATE TABLE held (
 );
 CREATE INDEX held_lease ON held(lease_id, seq);
 `,
+  // The checkpoints a lease that runs a job pins (those it published and kept, the one it resumed
+  // from): let go when the lease ends, also when the node was down then.
+  `
+CREATE TABLE lease_pins (
+  lease_id TEXT NOT NULL,
+  cid TEXT NOT NULL,
+  PRIMARY KEY (lease_id, cid)
+);
+`,
 ];
 
 /** The schema version this code reads and writes. */
@@ -447,12 +456,46 @@ export class NodeStore {
     for (const cid of cids) remove.run(leaseId.toString(), cid);
   }
 
-  /** Whether a lease other than `leaseId` holds the checkpoint (a holder's lease, still recorded as holding it). */
-  heldElsewhere(cid: string, leaseId: bigint): boolean {
+  /**
+   * Whether a lease other than `leaseId` pins the checkpoint: a holder's lease that holds it, or a
+   * lease whose job published it or resumed from it (a warm standby resumes from what it holds).
+   */
+  pinnedElsewhere(cid: string, leaseId: bigint): boolean {
+    const id = leaseId.toString();
     return (
-      this.#prepare("SELECT 1 FROM held WHERE cid = ? AND lease_id != ? LIMIT 1").get(cid, leaseId.toString()) !==
-      undefined
+      this.#prepare(
+        "SELECT 1 FROM held WHERE cid = ? AND lease_id != ? UNION ALL SELECT 1 FROM lease_pins WHERE cid = ? AND lease_id != ? LIMIT 1",
+      ).get(cid, id, cid, id) !== undefined
     );
+  }
+
+  /** Records that the lease's job pins the checkpoint (published, or resumed from). */
+  addLeasePin(leaseId: bigint, cid: string): void {
+    this.#prepare("INSERT OR IGNORE INTO lease_pins (lease_id, cid) VALUES (?, ?)").run(leaseId.toString(), cid);
+  }
+
+  /** Forgets that the lease's job pins these checkpoints (all of them without `cids`). */
+  removeLeasePins(leaseId: bigint, cids?: readonly string[]): void {
+    if (cids === undefined) {
+      this.#prepare("DELETE FROM lease_pins WHERE lease_id = ?").run(leaseId.toString());
+      return;
+    }
+    const remove = this.#prepare("DELETE FROM lease_pins WHERE lease_id = ? AND cid = ?");
+    for (const cid of cids) remove.run(leaseId.toString(), cid);
+  }
+
+  /** The checkpoints the lease's job pins, oldest first. */
+  leasePins(leaseId: bigint): string[] {
+    const rows = this.#prepare("SELECT cid FROM lease_pins WHERE lease_id = ? ORDER BY rowid").all(
+      leaseId.toString(),
+    ) as unknown as { cid: string }[];
+    return rows.map(({ cid }) => cid);
+  }
+
+  /** The leases, ended or not, whose jobs still pin checkpoints. */
+  leasesWithPins(): bigint[] {
+    const rows = this.#prepare("SELECT DISTINCT lease_id FROM lease_pins").all() as unknown as { lease_id: string }[];
+    return rows.map((r) => BigInt(r.lease_id));
   }
 
   /** Queues a published checkpoint's CID for the lease's next heartbeats to commit. */

@@ -7,7 +7,9 @@ import { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { watchCheckpoints, type PublishedCheckpoint } from "../../node/checkpoints.ts";
+import { leasePins } from "../../node/lease-pins.ts";
 import { Metrics } from "../../node/metrics.ts";
+import { NodeStore } from "../../node/store.ts";
 import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import { silentLogger } from "../../sdk/logger.ts";
@@ -17,21 +19,32 @@ describe("the checkpoint watcher under a backlog", () => {
   let dir: string;
   let host: BatonHost;
   let ipfs: IpfsNode;
+  let store: NodeStore;
+  let nextLease = 1n;
 
   beforeAll(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), "baton-watcher-test-"));
     host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
     ipfs = await createIpfsNode({ host, dir: path.join(dir, "ipfs") });
+    store = new NodeStore(path.join(dir, "node.db"));
   });
 
   afterAll(async () => {
+    store?.close();
     await ipfs?.stop();
     await host?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
-  /** A watcher as the node starts one for a job, reporting what it publishes into `published`. */
-  const watch = (checkpoints: string, published: PublishedCheckpoint[]) =>
+  /**
+   * A watcher as the node starts one for a job of lease `leaseId`, reporting what it publishes into
+   * `published`; `pinned`: what the lease pinned before (the checkpoint its job resumed from).
+   */
+  const watch = (
+    checkpoints: string,
+    published: PublishedCheckpoint[],
+    { leaseId = nextLease++, pinned = [] }: { leaseId?: bigint; pinned?: string[] } = {},
+  ) =>
     watchCheckpoints({
       dir: checkpoints,
       key: generateJobKey(),
@@ -43,6 +56,8 @@ describe("the checkpoint watcher under a backlog", () => {
       onRejected: (name, reason) => {
         throw new Error(`${name} rejected: ${reason}`);
       },
+      pins: leasePins({ store, ipfs }, leaseId),
+      pinned,
     });
 
   /** Commits a checkpoint as the contract says: written aside, then renamed into place. */
@@ -69,23 +84,52 @@ describe("the checkpoint watcher under a backlog", () => {
     }
   });
 
-  it("once the tenant holds a checkpoint, those before it leave the node's store and the job's dir", async () => {
+  it("once the tenant holds a checkpoint, those before it leave the node's store and the job's dir, the one resumed from too", async () => {
     const checkpoints = path.join(dir, "acknowledged");
     await mkdir(checkpoints);
+    const resumedFrom = await ipfs.add([new TextEncoder().encode("the checkpoint resumed from")], { pin: true });
+    const leaseId = nextLease++;
+    store.addLeasePin(leaseId, resumedFrom.toString());
     const published: PublishedCheckpoint[] = [];
-    const watcher = watch(checkpoints, published);
+    const watcher = watch(checkpoints, published, { leaseId, pinned: [resumedFrom.toString()] });
     try {
-      for (const step of [1, 2, 3]) {
+      await commit(checkpoints, "step-000001");
+      await expect.poll(() => published.length, { timeout: 10_000 }).toBe(1);
+      // Past `keep` (3) with the one resumed from: that one goes first.
+      for (const step of [2, 3]) {
         await commit(checkpoints, `step-00000${step}`);
         await expect.poll(() => published.length, { timeout: 10_000 }).toBe(step);
       }
+      await expect.poll(() => ipfs.isPinned(resumedFrom), { timeout: 10_000 }).toBe(false);
       const [first, second, third] = published.map((c) => CID.parse(c.cid));
+      expect(store.leasePins(leaseId)).toEqual(published.map((c) => c.cid));
       watcher.acknowledged(published[1]!.cid);
       await expect.poll(() => ipfs.has(first!), { timeout: 10_000 }).toBe(false);
       expect(await ipfs.isPinned(first!)).toBe(false);
       expect(await ipfs.isPinned(second!)).toBe(true);
       expect(await ipfs.isPinned(third!)).toBe(true);
+      expect(store.leasePins(leaseId)).toEqual([second!.toString(), third!.toString()]);
       expect((await readdir(checkpoints)).sort()).toEqual(["step-000002", "step-000003"]);
+    } finally {
+      await watcher.stop();
+    }
+  });
+
+  it("keeps a checkpoint it lets go of pinned while another lease of the node pins it (a holder's, on a warm standby)", async () => {
+    const checkpoints = path.join(dir, "standby");
+    await mkdir(checkpoints);
+    const resumedFrom = await ipfs.add([new TextEncoder().encode("held here, resumed from here")], { pin: true });
+    const [holderLease, jobLease] = [nextLease++, nextLease++];
+    store.addHeld(holderLease, { cid: resumedFrom.toString(), bytes: 28 });
+    store.addLeasePin(jobLease, resumedFrom.toString());
+    const published: PublishedCheckpoint[] = [];
+    const watcher = watch(checkpoints, published, { leaseId: jobLease, pinned: [resumedFrom.toString()] });
+    try {
+      await commit(checkpoints, "step-000001");
+      await expect.poll(() => published.length, { timeout: 10_000 }).toBe(1);
+      watcher.acknowledged(published[0]!.cid);
+      await expect.poll(() => store.leasePins(jobLease), { timeout: 10_000 }).toEqual([published[0]!.cid]);
+      expect(await ipfs.isPinned(resumedFrom)).toBe(true);
     } finally {
       await watcher.stop();
     }

@@ -162,8 +162,10 @@ describe("checkpoints that outlive their provider", () => {
     let resumed = false;
     let firstStep: number | undefined;
     let output: { cid: string; sha256: string } | undefined;
+    const publishedB = new Set<string>();
     for await (const event of sessionB.messages) {
       if (event.type === "refused") throw new Error(`refused: ${event.body.message}`);
+      if (event.type === "checkpoint") publishedB.add(event.body.cid);
       if (event.type === "accepted") resumed = event.body.resumed;
       if (event.type === "heartbeat" && firstStep === undefined && event.body.progress?.step !== undefined) {
         firstStep = event.body.progress.step;
@@ -178,6 +180,18 @@ describe("checkpoints that outlive their provider", () => {
     expect(resumed).toBe(true);
     if (firstStep !== undefined) expect(firstStep).toBeGreaterThanOrEqual(last.step);
 
+    // Its lease finished, b lets go of what its job still pinned: its newest checkpoints (the one
+    // it resumed from went once it had published `keep` newer ones, or goes now).
+    const releasedB = JSON.parse(await b.process!.waitFor(/"checkpoints released"/, 60_000));
+    expect(releasedB).toMatchObject({ leaseId: second.toString() });
+    expect(releasedB.cids.length).toBeGreaterThan(0);
+    for (const cid of releasedB.cids) expect([...publishedB, last.cid]).toContain(cid);
+    // a, restarted after its lease was closed, lets go of what it published and still kept.
+    await a.start();
+    const releasedA = JSON.parse(await a.process!.waitFor(/"checkpoints released"/, 60_000));
+    expect(releasedA).toMatchObject({ leaseId: first.toString() });
+    expect(releasedA.cids).toContain(last.cid);
+
     await restoreCheckpoint(ipfs, key, CID.parse(output!.cid), path.join(dir, "output"), {
       expectedSha256: output!.sha256,
       maxBytes: MAX_BYTES,
@@ -185,17 +199,6 @@ describe("checkpoints that outlive their provider", () => {
       signal: AbortSignal.timeout(30_000),
     });
     expect(await readFile(path.join(dir, "output", "result.json"), "utf8")).toBe(reference);
-
-    // A restarted tenant still holds its pinned checkpoints: a fresh IPFS node over the same store.
-    await ipfs.stop();
-    const host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
-    const reopened = await createIpfsNode({ host, dir: path.join(dir, "tenant-ipfs") });
-    try {
-      for (const checkpoint of safe) expect(await reopened.isPinned(CID.parse(checkpoint.cid))).toBe(true);
-    } finally {
-      await reopened.stop();
-      await host.stop();
-    }
   });
 
   it("never resumes from a checkpoint that does not verify: wrong digest or wrong key is refused", async () => {
@@ -246,5 +249,18 @@ describe("checkpoints that outlive their provider", () => {
       expect(event.body.message).toMatch(attempt.expect);
     }
     await writeContract(tenant.chain, { ...leaseManager, functionName: "close", args: [leaseId] });
+  });
+
+  it("still holds the safe checkpoints in a restarted tenant's store", async () => {
+    // A fresh IPFS node over the same store, as a restarted tenant opens it.
+    await ipfs.stop();
+    const host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
+    const reopened = await createIpfsNode({ host, dir: path.join(dir, "tenant-ipfs") });
+    try {
+      for (const checkpoint of safe) expect(await reopened.isPinned(CID.parse(checkpoint.cid))).toBe(true);
+    } finally {
+      await reopened.stop();
+      await host.stop();
+    }
   });
 });

@@ -99,13 +99,37 @@ describe("node store", () => {
       { cid: "bafy-a", bytes: 10 },
       { cid: "bafy-b", bytes: 20 },
     ]);
-    expect(reopened.heldElsewhere("bafy-b", 7n)).toBe(true);
-    expect(reopened.heldElsewhere("bafy-a", 7n)).toBe(false);
+    expect(reopened.pinnedElsewhere("bafy-b", 7n)).toBe(true);
+    expect(reopened.pinnedElsewhere("bafy-a", 7n)).toBe(false);
     reopened.removeHeld(7n, ["bafy-a"]);
     expect(reopened.held(7n)).toEqual([{ cid: "bafy-b", bytes: 20 }]);
     reopened.removeHeld(8n);
     expect(reopened.held(8n)).toEqual([]);
-    expect(reopened.heldElsewhere("bafy-b", 7n)).toBe(false);
+    expect(reopened.pinnedElsewhere("bafy-b", 7n)).toBe(false);
+    reopened.close();
+  });
+
+  it("keeps what a job's lease pins across reopen, and counts it as pinned beside a holder's", () => {
+    const file = path.join(dir, "node.db");
+    const store = new NodeStore(file);
+    store.addLeasePin(5n, "bafy-resume");
+    store.addLeasePin(5n, "bafy-resume");
+    store.addLeasePin(5n, "bafy-step-10");
+    store.addHeld(6n, { cid: "bafy-resume", bytes: 10 });
+    store.close();
+
+    const reopened = new NodeStore(file);
+    expect(reopened.leasePins(5n)).toEqual(["bafy-resume", "bafy-step-10"]);
+    expect(reopened.leasesWithPins()).toEqual([5n]);
+    // A holder's lease and a job's lease on one node (a warm standby) each see the other's pin.
+    expect(reopened.pinnedElsewhere("bafy-resume", 6n)).toBe(true);
+    expect(reopened.pinnedElsewhere("bafy-resume", 5n)).toBe(true);
+    expect(reopened.pinnedElsewhere("bafy-step-10", 5n)).toBe(false);
+    reopened.removeLeasePins(5n, ["bafy-resume"]);
+    expect(reopened.pinnedElsewhere("bafy-resume", 6n)).toBe(false);
+    reopened.removeLeasePins(5n);
+    expect(reopened.leasePins(5n)).toEqual([]);
+    expect(reopened.leasesWithPins()).toEqual([]);
     reopened.close();
   });
 
@@ -252,7 +276,15 @@ describe("node store schema versions", () => {
 
     const upgraded = new DatabaseSync(file);
     expect(userVersion(upgraded)).toBe(SCHEMA_VERSION);
-    expect(tables(upgraded)).toEqual(["held", "leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
+    expect(tables(upgraded)).toEqual([
+      "held",
+      "lease_pins",
+      "leases",
+      "meta",
+      "pending_checkpoints",
+      "quotes",
+      "sqlite_sequence",
+    ]);
     upgraded.close();
   });
 
@@ -261,7 +293,15 @@ describe("node store schema versions", () => {
     new NodeStore(file).close();
     const db = new DatabaseSync(file);
     expect(userVersion(db)).toBe(SCHEMA_VERSION);
-    expect(tables(db)).toEqual(["held", "leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"]);
+    expect(tables(db)).toEqual([
+      "held",
+      "lease_pins",
+      "leases",
+      "meta",
+      "pending_checkpoints",
+      "quotes",
+      "sqlite_sequence",
+    ]);
     db.close();
   });
 

@@ -1,0 +1,47 @@
+import { CID } from "multiformats/cid";
+
+import type { IpfsNode } from "../sdk/ipfs/node.ts";
+import type { NodeStore } from "./store.ts";
+
+/**
+ * The checkpoints one lease's job pins on this node: those it published and still keeps, and the
+ * one it resumed from. Recorded in the store, so that they are let go when the lease ends, even
+ * when the node was down then; and shared with the node's other leases (a warm standby's job
+ * resumes from what its holder's lease holds), so that neither unpins what the other still needs.
+ */
+export interface LeasePins {
+  /** Records a checkpoint the lease's job pinned. */
+  add(cid: string): void;
+  /** The lease no longer needs these: each is unpinned unless another lease of the node pins it. */
+  release(cids: readonly string[]): Promise<void>;
+}
+
+export interface LeasePinsInit {
+  store: NodeStore;
+  ipfs: IpfsNode;
+}
+
+export function leasePins(init: LeasePinsInit, leaseId: bigint): LeasePins {
+  return {
+    add: (cid) => init.store.addLeasePin(leaseId, cid),
+    release: (cids) => releasePins(init, leaseId, cids),
+  };
+}
+
+/** Lets go of every checkpoint the lease's job pinned (its lease ended); resolves with their CIDs. */
+export async function releaseLeasePins(init: LeasePinsInit, leaseId: bigint): Promise<string[]> {
+  const cids = init.store.leasePins(leaseId);
+  await releasePins(init, leaseId, cids);
+  return cids;
+}
+
+async function releasePins({ store, ipfs }: LeasePinsInit, leaseId: bigint, cids: readonly string[]): Promise<void> {
+  // Forgotten and sorted in one synchronous step: two leases letting go of one CID at once then
+  // never both see the other's record and both keep it. A node killed before the unpins below
+  // leaks those pins (no lease names them any more), as a holder's does between pin and record.
+  const unpinned = cids.filter((cid) => !store.pinnedElsewhere(cid, leaseId));
+  store.removeLeasePins(leaseId, cids);
+  for (const cid of unpinned) await ipfs.unpin(CID.parse(cid)).catch(() => undefined);
+  // Unpinned is not deleted: the store collects them.
+  if (unpinned.length > 0) ipfs.gcSoon();
+}
