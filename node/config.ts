@@ -159,6 +159,15 @@ export const nodeConfigSchema = z
     handBackTimeoutMs: z.number().int().positive().default(HAND_BACK_TIMEOUT_MS),
     /** After a drain in which jobs ended, how long their outputs stay served before the node stops. */
     drainOutputLingerMs: z.number().int().nonnegative().default(DRAIN_OUTPUT_LINGER_MS),
+    /**
+     * How long a job's output stays pinned after it was published, for its tenant to fetch (one that
+     * was away when its job ended fetches it when it re-attaches); then it is unpinned and collected.
+     */
+    outputRetentionS: z
+      .number()
+      .int()
+      .positive()
+      .default(24 * 3600),
     /** The least severe log lines written; the BATON_LOG_LEVEL environment variable overrides it. */
     logLevel: z.enum(logLevels).default("info"),
     resumeFetchTimeoutMs: z.number().int().positive().default(RESUME_FETCH_TIMEOUT_MS),

@@ -5,12 +5,15 @@ import type { NodeStore } from "./store.ts";
 
 /**
  * The checkpoints one lease's job pins on this node: those it published and still keeps, and the
- * one it resumed from. Recorded in the store, so that they are let go when the lease ends, even
+ * one it resumed from (its outputs are recorded too, and go by age: {@link releaseExpiredOutputs}). Recorded in the store, so that they are let go when the lease ends, even
  * when the node was down then; and shared with the node's other leases (a warm standby's job
  * resumes from what its holder's lease holds), so that neither unpins what the other still needs.
  */
 export interface LeasePins {
-  /** Records a checkpoint the lease's job pinned. */
+  /**
+   * Records a checkpoint the lease's job pinned, once the pin is in (a node killed in between leaks
+   * that one pin, as a holder's does between its pin and its record).
+   */
   add(cid: string): void;
   /** The lease no longer needs these: each is unpinned unless another lease of the node pins it. */
   release(cids: readonly string[]): Promise<void>;
@@ -35,10 +38,24 @@ export async function releaseLeasePins(init: LeasePinsInit, leaseId: bigint): Pr
   return cids;
 }
 
+/**
+ * Lets go of the outputs published more than `retentionMs` ago (their tenants had that long to
+ * fetch them); resolves with those let go.
+ */
+export async function releaseExpiredOutputs(
+  init: LeasePinsInit,
+  retentionMs: number,
+  now = Date.now(),
+): Promise<{ leaseId: bigint; cid: string }[]> {
+  const expired = init.store.outputsPinnedBefore(now - retentionMs);
+  for (const { leaseId, cid } of expired) await releasePins(init, leaseId, [cid]);
+  return expired;
+}
+
 async function releasePins({ store, ipfs }: LeasePinsInit, leaseId: bigint, cids: readonly string[]): Promise<void> {
-  // Forgotten and sorted in one synchronous step: two leases letting go of one CID at once then
+  // Sorted and forgotten in one synchronous step: two leases letting go of one CID at once then
   // never both see the other's record and both keep it. A node killed before the unpins below
-  // leaks those pins (no lease names them any more), as a holder's does between pin and record.
+  // leaks those pins (no lease names them any more).
   const unpinned = cids.filter((cid) => !store.pinnedElsewhere(cid, leaseId));
   store.removeLeasePins(leaseId, cids);
   for (const cid of unpinned) await ipfs.unpin(CID.parse(cid)).catch(() => undefined);

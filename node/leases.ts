@@ -44,7 +44,7 @@ import {
   type JobProcess,
   type PreparedSandbox,
 } from "./sandbox/runner.ts";
-import { leasePins, releaseLeasePins } from "./lease-pins.ts";
+import { leasePins, releaseExpiredOutputs, releaseLeasePins } from "./lease-pins.ts";
 import { LIVE_STATES, type LeaseRow } from "./store.ts";
 import type { WorkDir } from "./work-dirs.ts";
 
@@ -61,6 +61,9 @@ const HANDED_BACK = { reason: "provider draining", resultCid: "baton-result:v1:h
 export const PROGRESS_PREFIX = "BATON_PROGRESS ";
 
 const leaseHolder = (leaseId: bigint): string => `lease:${leaseId}`;
+
+/** The longest between two looks for outputs past their retention. */
+const OUTPUT_SWEEP_MAX_MS = 10 * 60_000;
 
 /**
  * Where a lease's message numbers start again after the node restarted: the time in µs, past any
@@ -490,6 +493,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         maxBytes: MAX_CHECKPOINT_BYTES,
         ...(inline ? { inlineUpTo: MAX_INLINE_OUTPUT_BYTES } : {}),
       });
+      // Pinned for its tenant to fetch, for `outputRetentionS` (one sent inline is not stored).
+      if (!published.inline) store.addLeasePin(row.leaseId, published.cid.toString(), "output");
       return {
         cid: published.cid.toString(),
         sha256: published.plaintextSha256,
@@ -1285,6 +1290,13 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     }
   };
 
+  /** Lets go of the outputs published more than `outputRetentionS` ago. */
+  const releaseOldOutputs = async (): Promise<void> => {
+    const released = await releaseExpiredOutputs({ store, ipfs: components.ipfs }, config.outputRetentionS * 1000);
+    for (const { leaseId, cid } of released) log.info("output released", { leaseId, cid });
+  };
+  let outputsTimer: NodeJS.Timeout | undefined;
+
   const stopRuntime = async (leaseId: bigint, reason: "killed" | "aborted"): Promise<void> => {
     const runtime = runtimes.get(leaseId);
     if (!runtime) {
@@ -1318,11 +1330,22 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   return {
-    start: () =>
-      host.handle(protocols.lease, (stream, connection) => void handleSession(stream, connection), {
+    async start() {
+      // Looked at every half retention (at most every 10 minutes): an output goes at most that late.
+      const everyMs = Math.min(config.outputRetentionS * 500, OUTPUT_SWEEP_MAX_MS);
+      outputsTimer = setInterval(
+        () => void releaseOldOutputs().catch((error: unknown) => log.warn("outputs not released", { error })),
+        everyMs,
+      );
+      outputsTimer.unref();
+      await host.handle(protocols.lease, (stream, connection) => void handleSession(stream, connection), {
         maxInboundStreams: 256,
-      }),
-    stop: () => host.unhandle(protocols.lease),
+      });
+    },
+    async stop() {
+      clearInterval(outputsTimer);
+      await host.unhandle(protocols.lease);
+    },
     async recover() {
       for (const row of store.leases(["preparing"])) {
         if (row.pid !== null) continue;
@@ -1388,6 +1411,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       }
       for (const row of store.leases(["exited"])) gpus.adopt(leaseHolder(row.leaseId), row.gpus);
       await releaseEndedPins();
+      await releaseOldOutputs();
     },
     releaseEndedPins,
     fence,

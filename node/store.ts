@@ -31,6 +31,9 @@ export type LeaseState =
    */
   | "handed-back";
 
+/** What a lease's pin is: a checkpoint of its job, or its job's (or a task's) output. */
+export type LeasePinKind = "checkpoint" | "output";
+
 export interface LeaseRow {
   leaseId: bigint;
   jobId: string;
@@ -155,14 +158,18 @@ CREATE TABLE held (
 );
 CREATE INDEX held_lease ON held(lease_id, seq);
 `,
-  // The checkpoints a lease that runs a job pins (those it published and kept, the one it resumed
-  // from): let go when the lease ends, also when the node was down then.
+  // What a lease that runs a job pins: checkpoints (those it published and kept, the one it resumed
+  // from), let go when the lease ends, also when the node was down then; outputs, let go once they
+  // are `outputRetentionS` old.
   `
 CREATE TABLE lease_pins (
   lease_id TEXT NOT NULL,
   cid TEXT NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('checkpoint', 'output')),
+  pinned_at INTEGER NOT NULL,
   PRIMARY KEY (lease_id, cid)
 );
+CREATE INDEX lease_pins_outputs ON lease_pins(kind, pinned_at);
 `,
 ];
 
@@ -469,15 +476,20 @@ export class NodeStore {
     );
   }
 
-  /** Records that the lease's job pins the checkpoint (published, or resumed from). */
-  addLeasePin(leaseId: bigint, cid: string): void {
-    this.#prepare("INSERT OR IGNORE INTO lease_pins (lease_id, cid) VALUES (?, ?)").run(leaseId.toString(), cid);
+  /** Records that the lease's job pins `cid`: a checkpoint (published, or resumed from) or an output. */
+  addLeasePin(leaseId: bigint, cid: string, kind: LeasePinKind = "checkpoint", pinnedAt = Date.now()): void {
+    this.#prepare("INSERT OR IGNORE INTO lease_pins (lease_id, cid, kind, pinned_at) VALUES (?, ?, ?, ?)").run(
+      leaseId.toString(),
+      cid,
+      kind,
+      pinnedAt,
+    );
   }
 
-  /** Forgets that the lease's job pins these checkpoints (all of them without `cids`). */
+  /** Forgets that the lease's job pins these (all its checkpoints without `cids`). */
   removeLeasePins(leaseId: bigint, cids?: readonly string[]): void {
     if (cids === undefined) {
-      this.#prepare("DELETE FROM lease_pins WHERE lease_id = ?").run(leaseId.toString());
+      this.#prepare("DELETE FROM lease_pins WHERE lease_id = ? AND kind = 'checkpoint'").run(leaseId.toString());
       return;
     }
     const remove = this.#prepare("DELETE FROM lease_pins WHERE lease_id = ? AND cid = ?");
@@ -486,16 +498,28 @@ export class NodeStore {
 
   /** The checkpoints the lease's job pins, oldest first. */
   leasePins(leaseId: bigint): string[] {
-    const rows = this.#prepare("SELECT cid FROM lease_pins WHERE lease_id = ? ORDER BY rowid").all(
-      leaseId.toString(),
-    ) as unknown as { cid: string }[];
+    const rows = this.#prepare(
+      "SELECT cid FROM lease_pins WHERE lease_id = ? AND kind = 'checkpoint' ORDER BY rowid",
+    ).all(leaseId.toString()) as unknown as { cid: string }[];
     return rows.map(({ cid }) => cid);
   }
 
   /** The leases, ended or not, whose jobs still pin checkpoints. */
   leasesWithPins(): bigint[] {
-    const rows = this.#prepare("SELECT DISTINCT lease_id FROM lease_pins").all() as unknown as { lease_id: string }[];
+    const rows = this.#prepare(
+      "SELECT DISTINCT lease_id FROM lease_pins WHERE kind = 'checkpoint'",
+    ).all() as unknown as {
+      lease_id: string;
+    }[];
     return rows.map((r) => BigInt(r.lease_id));
+  }
+
+  /** The outputs pinned before `time` (ms since the epoch), oldest first. */
+  outputsPinnedBefore(time: number): { leaseId: bigint; cid: string }[] {
+    const rows = this.#prepare(
+      "SELECT lease_id, cid FROM lease_pins WHERE kind = 'output' AND pinned_at < ? ORDER BY pinned_at",
+    ).all(time) as unknown as { lease_id: string; cid: string }[];
+    return rows.map((r) => ({ leaseId: BigInt(r.lease_id), cid: r.cid }));
   }
 
   /** Queues a published checkpoint's CID for the lease's next heartbeats to commit. */

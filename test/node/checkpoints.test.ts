@@ -35,6 +35,9 @@ const keyBase64 = Buffer.from(key).toString("base64");
 const jobId = keccak256(toHex("checkpointed-training"));
 /** The checkpoints the tenant holds, from the hand-off test. */
 const safe: { cid: string; sha256: string; step: number }[] = [];
+/** The job's output, published by the provider it resumed on. */
+let outputB: { cid: string; published: number } | undefined;
+const OUTPUT_RETENTION_S = 30;
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "baton-ckpt-test-"));
@@ -47,7 +50,12 @@ beforeAll(async () => {
 
   market = await startMarket({
     providers: 2,
-    config: { cpuJobs: true, price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" } },
+    config: {
+      cpuJobs: true,
+      price: { basePerSecond: "1000000000000", perGpuPerSecond: "1000000000000" },
+      // Long enough for the tenant to fetch b's output, short enough to see b let go of it.
+      outputRetentionS: OUTPUT_RETENTION_S,
+    },
   });
   tenant = await market.tenant(0, { ipfsDir: path.join(dir, "tenant-ipfs") });
   ipfs = tenant.ipfs!;
@@ -173,12 +181,21 @@ describe("checkpoints that outlive their provider", () => {
       if (event.type === "result") {
         expect(event.body.exitCode).toBe(0);
         output = { cid: event.body.outputCid!, sha256: event.body.outputSha256! };
+        outputB = { cid: output.cid, published: Date.now() };
         break;
       }
     }
     await sessionB.close();
     expect(resumed).toBe(true);
     if (firstStep !== undefined) expect(firstStep).toBeGreaterThanOrEqual(last.step);
+
+    await restoreCheckpoint(ipfs, key, CID.parse(output!.cid), path.join(dir, "output"), {
+      expectedSha256: output!.sha256,
+      maxBytes: MAX_BYTES,
+      providers: [b.address!],
+      signal: AbortSignal.timeout(30_000),
+    });
+    expect(await readFile(path.join(dir, "output", "result.json"), "utf8")).toBe(reference);
 
     // Its lease finished, b lets go of what its job still pinned: its newest checkpoints (the one
     // it resumed from went once it had published `keep` newer ones, or goes now).
@@ -191,14 +208,6 @@ describe("checkpoints that outlive their provider", () => {
     const releasedA = JSON.parse(await a.process!.waitFor(/"checkpoints released"/, 60_000));
     expect(releasedA).toMatchObject({ leaseId: first.toString() });
     expect(releasedA.cids).toContain(last.cid);
-
-    await restoreCheckpoint(ipfs, key, CID.parse(output!.cid), path.join(dir, "output"), {
-      expectedSha256: output!.sha256,
-      maxBytes: MAX_BYTES,
-      providers: [b.address!],
-      signal: AbortSignal.timeout(30_000),
-    });
-    expect(await readFile(path.join(dir, "output", "result.json"), "utf8")).toBe(reference);
   });
 
   it("never resumes from a checkpoint that does not verify: wrong digest or wrong key is refused", async () => {
@@ -249,6 +258,14 @@ describe("checkpoints that outlive their provider", () => {
       expect(event.body.message).toMatch(attempt.expect);
     }
     await writeContract(tenant.chain, { ...leaseManager, functionName: "close", args: [leaseId] });
+  });
+
+  it("lets go of an output once it is outputRetentionS old", async () => {
+    const b = market.providers[1]!;
+    const released = await b.process!.waitFor(new RegExp(`"output released".*"cid":"${outputB!.cid}"`), 120_000);
+    expect(Date.parse(JSON.parse(released).t)).toBeGreaterThanOrEqual(
+      outputB!.published + OUTPUT_RETENTION_S * 1000 - 1000,
+    );
   });
 
   it("still holds the safe checkpoints in a restarted tenant's store", async () => {

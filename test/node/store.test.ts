@@ -109,13 +109,15 @@ describe("node store", () => {
     reopened.close();
   });
 
-  it("keeps what a job's lease pins across reopen, and counts it as pinned beside a holder's", () => {
+  it("keeps what a job's lease pins across reopen, counts it as pinned beside a holder's, and finds old outputs", () => {
     const file = path.join(dir, "node.db");
     const store = new NodeStore(file);
     store.addLeasePin(5n, "bafy-resume");
     store.addLeasePin(5n, "bafy-resume");
     store.addLeasePin(5n, "bafy-step-10");
     store.addHeld(6n, { cid: "bafy-resume", bytes: 10 });
+    store.addLeasePin(5n, "bafy-output", "output", 1_000);
+    store.addLeasePin(4n, "bafy-older-output", "output", 500);
     store.close();
 
     const reopened = new NodeStore(file);
@@ -127,9 +129,15 @@ describe("node store", () => {
     expect(reopened.pinnedElsewhere("bafy-step-10", 5n)).toBe(false);
     reopened.removeLeasePins(5n, ["bafy-resume"]);
     expect(reopened.pinnedElsewhere("bafy-resume", 6n)).toBe(false);
+    // Outputs go by age, not with the lease's checkpoints.
+    expect(reopened.outputsPinnedBefore(1_000)).toEqual([{ leaseId: 4n, cid: "bafy-older-output" }]);
     reopened.removeLeasePins(5n);
     expect(reopened.leasePins(5n)).toEqual([]);
     expect(reopened.leasesWithPins()).toEqual([]);
+    expect(reopened.outputsPinnedBefore(1_001)).toEqual([
+      { leaseId: 4n, cid: "bafy-older-output" },
+      { leaseId: 5n, cid: "bafy-output" },
+    ]);
     reopened.close();
   });
 
@@ -214,6 +222,9 @@ CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 const userVersion = (db: DatabaseSync): number =>
   (db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version;
 
+/** The tables of a node.db at SCHEMA_VERSION. */
+const CURRENT_TABLES = ["held", "lease_pins", "leases", "meta", "pending_checkpoints", "quotes", "sqlite_sequence"];
+
 const tables = (db: DatabaseSync): string[] =>
   (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map(
     (r) => r.name,
@@ -276,15 +287,7 @@ describe("node store schema versions", () => {
 
     const upgraded = new DatabaseSync(file);
     expect(userVersion(upgraded)).toBe(SCHEMA_VERSION);
-    expect(tables(upgraded)).toEqual([
-      "held",
-      "lease_pins",
-      "leases",
-      "meta",
-      "pending_checkpoints",
-      "quotes",
-      "sqlite_sequence",
-    ]);
+    expect(tables(upgraded)).toEqual(CURRENT_TABLES);
     upgraded.close();
   });
 
@@ -293,15 +296,7 @@ describe("node store schema versions", () => {
     new NodeStore(file).close();
     const db = new DatabaseSync(file);
     expect(userVersion(db)).toBe(SCHEMA_VERSION);
-    expect(tables(db)).toEqual([
-      "held",
-      "lease_pins",
-      "leases",
-      "meta",
-      "pending_checkpoints",
-      "quotes",
-      "sqlite_sequence",
-    ]);
+    expect(tables(db)).toEqual(CURRENT_TABLES);
     db.close();
   });
 
