@@ -16,6 +16,7 @@ import {
 } from "../sdk/wire/messages.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import { chainNow, type NodeComponents } from "./components.ts";
+import { takesHolds } from "./config.ts";
 import { diskTooFull } from "./disk.ts";
 
 /** The GPU reservation of a quote, named by its nonce, until the lease takes it over. */
@@ -69,7 +70,10 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
     if (bid.image !== zeroHash && !components.containers) {
       throw bidRefusal("requirements-not-met", "this node runs no image jobs (no Podman)");
     }
-    if (requirements.gpus === 0 && !config.cpuJobs)
+    if (requirements.hold) {
+      if (!takesHolds(config)) throw bidRefusal("requirements-not-met", "this node takes no holders' leases");
+      if (requirements.gpus > 0) throw bidRefusal("bad-request", "a holder's lease asks for no GPUs");
+    } else if (requirements.gpus === 0 && !config.cpuJobs)
       throw bidRefusal("requirements-not-met", "this node takes GPU jobs only");
     if (!gpus.canEverSatisfy(requirements)) {
       throw bidRefusal(
@@ -96,7 +100,13 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
         `the job asks for a ${formatDiskQuota(diskQuotaBytes(diskGiB))} disk quota; this node gives a job at most ${config.maxJobDiskGiB} GiB`,
       );
     }
-    if (store.leases().length >= config.maxLeases)
+    // Holders' leases and the others count apart: a GPU node that holds a job's checkpoints can
+    // still take the job itself (a warm standby), however few leases it runs.
+    const holding = store.leases().filter((row) => row.holdKeep !== null).length;
+    if (requirements.hold && holding >= config.maxHolds) {
+      throw bidRefusal("no-capacity", "the node holds for its maximum of holders' leases");
+    }
+    if (!requirements.hold && store.leases().length - holding >= config.maxLeases)
       throw bidRefusal("no-capacity", "the node runs its maximum of leases");
     const disk = diskTooFull(components, diskQuotaBytes(diskGiB));
     if (disk !== undefined) throw bidRefusal("no-capacity", disk);
@@ -125,7 +135,14 @@ export function bids(components: NodeComponents, onCapacityChange: () => void): 
       expiry: BigInt(expiry),
       nonce,
     };
-    store.saveQuote({ nonce, jobId: bid.jobId, tenant: bid.tenant, gpus: reserved, expiresAt: (expiry + 60) * 1000 });
+    store.saveQuote({
+      nonce,
+      jobId: bid.jobId,
+      tenant: bid.tenant,
+      gpus: reserved,
+      expiresAt: (expiry + 60) * 1000,
+      hold: requirements.hold === true,
+    });
     onCapacityChange();
     const signature = await signQuote(account, chainId, contracts.leaseManager, quote);
     return { kind: "quote", quote, signature, gpus: reserved };

@@ -81,6 +81,14 @@ export const nodeConfigSchema = z
     /** Serve jobs that need no GPU (also what lets a GPU-less machine start). */
     cpuJobs: z.boolean().default(false),
     /**
+     * Take holders' leases: pin other jobs' checkpoints for pay (`price.basePerSecond`; a node with
+     * none holds nothing, the lease manager refusing a zero price), running nothing, whether or not
+     * it takes CPU jobs. A GPU node that holds a job's checkpoints is its warm standby.
+     */
+    holds: z.boolean().default(true),
+    /** The most holders' leases at once; they count apart from `maxLeases`. */
+    maxHolds: z.number().int().positive().default(16),
+    /**
      * Where job work dirs live. Default: `<dataDir>/jobs`, or a directory under /var/lib/baton/jobs
      * when the job user (nobody, for a node running as root) cannot pass through a directory above the
      * data dir, such as a 0700 home.
@@ -214,6 +222,10 @@ export const nodeConfigSchema = z
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>;
 export type NodeConfigInput = z.input<typeof nodeConfigSchema>;
+
+/** Whether the node takes holders' leases: told to, and with a price for them. */
+export const takesHolds = (config: Pick<NodeConfig, "holds" | "price">): boolean =>
+  config.holds && config.price.basePerSecond > 0n;
 
 export const CONFIG_FILE = "config.yaml";
 

@@ -615,9 +615,18 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     return { nonce: opened.args.terms.nonce, image: imageDigestFromBytes32(opened.args.terms.image) };
   };
 
-  /** The GPUs the lease's quote (by its nonce) reserved, taken over by the lease. */
-  const reservedGpus = (leaseId: bigint, nonce: bigint, spec: JobSpec): number[] => {
+  /**
+   * The GPUs the lease's quote (by its nonce) reserved, taken over by the lease. A start must be a
+   * holder's (`hold`) exactly when its quote was: holders' leases count apart from job leases.
+   */
+  const reservedGpus = (leaseId: bigint, nonce: bigint, spec: JobSpec, hold: boolean): number[] => {
     const quote = store.getQuote(nonce);
+    if (quote && quote.hold !== hold) {
+      throw sessionRefusal(
+        "spec-mismatch",
+        quote.hold ? "the quote was for a holder's lease: start a hold" : "the quote was not for a holder's lease",
+      );
+    }
     const wanted = spec.resources.gpus;
     // Check before taking the quote's GPUs over, so a wrong spec leaves the reservation for a retry.
     if (quote && quote.gpus.length !== wanted) {
@@ -1049,7 +1058,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     tenantPeer: string,
     nonce: bigint,
   ): Promise<LeaseRow> => {
-    const indices = reservedGpus(body.leaseId, nonce, spec);
+    const indices = reservedGpus(body.leaseId, nonce, spec, body.hold !== undefined);
     const row: LeaseRow = {
       leaseId: body.leaseId,
       jobId: "",

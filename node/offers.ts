@@ -4,6 +4,7 @@ import { publishOffer } from "../sdk/p2p/offers.ts";
 import { MAX_OFFER_ADDRESSES, type Offer } from "../sdk/wire/messages.ts";
 import { topics } from "../sdk/wire/protocols.ts";
 import type { NodeComponents } from "./components.ts";
+import { takesHolds } from "./config.ts";
 import { diskTooFull } from "./disk.ts";
 
 export interface OfferPublisher {
@@ -30,10 +31,10 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
   const current = (): Offer => {
     const seq = Math.max(Date.now(), lastSeq + 1);
     lastSeq = seq;
-    const full =
-      components.draining.value ||
-      store.leases(["preparing", "running"]).length >= config.maxLeases ||
-      diskTooFull(components) !== undefined;
+    const running = store.leases(["preparing", "running"]);
+    const holding = running.filter((row) => row.holdKeep !== null).length;
+    const closed = components.draining.value || diskTooFull(components) !== undefined;
+    const full = closed || running.length - holding >= config.maxLeases;
     return {
       chainId: chain.deployment.chainId,
       leaseManager: chain.deployment.contracts.leaseManager,
@@ -43,6 +44,7 @@ export function offerPublisher(components: NodeComponents): OfferPublisher {
       gpus: gpus.all.map(({ index, model, vramMiB, fake }) => ({ index, model, vramMiB, fake })),
       gpusFree: full ? 0 : gpus.free().length,
       cpuJobs: config.cpuJobs && !full,
+      holds: takesHolds(config) && !closed && holding < config.maxHolds,
       runtimes: components.containers ? ["process", "podman"] : ["process"],
       images: components.containers?.images.keys() ?? [],
       maxJobDiskGiB: config.maxJobDiskGiB,

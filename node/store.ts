@@ -86,6 +86,8 @@ export interface QuoteRow {
   tenant: string;
   gpus: number[];
   expiresAt: number;
+  /** Quoted for a holder's lease (the bid's `requirements.hold`). */
+  hold: boolean;
 }
 
 /**
@@ -160,8 +162,9 @@ CREATE INDEX held_lease ON held(lease_id, seq);
 `,
   // What a lease that runs a job pins: checkpoints (those it published and kept, the one it resumed
   // from), let go when the lease ends, also when the node was down then; outputs, let go once they
-  // are `outputRetentionS` old.
+  // are `outputRetentionS` old. And which quotes were for holders' leases (counted apart).
   `
+ALTER TABLE quotes ADD COLUMN hold INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE lease_pins (
   lease_id TEXT NOT NULL,
   cid TEXT NOT NULL,
@@ -324,18 +327,19 @@ export class NodeStore {
   }
 
   saveQuote(quote: QuoteRow): void {
-    this.#prepare("INSERT INTO quotes (nonce, job_id, tenant, gpus, expires_at) VALUES (?, ?, ?, ?, ?)").run(
+    this.#prepare("INSERT INTO quotes (nonce, job_id, tenant, gpus, expires_at, hold) VALUES (?, ?, ?, ?, ?, ?)").run(
       quote.nonce.toString(),
       quote.jobId,
       quote.tenant,
       JSON.stringify(quote.gpus),
       quote.expiresAt,
+      quote.hold ? 1 : 0,
     );
   }
 
   getQuote(nonce: bigint): QuoteRow | undefined {
     const r = this.#prepare("SELECT * FROM quotes WHERE nonce = ?").get(nonce.toString()) as
-      { nonce: string; job_id: string; tenant: string; gpus: string; expires_at: number } | undefined;
+      { nonce: string; job_id: string; tenant: string; gpus: string; expires_at: number; hold: number } | undefined;
     if (!r) return undefined;
     return {
       nonce: BigInt(r.nonce),
@@ -343,6 +347,7 @@ export class NodeStore {
       tenant: r.tenant,
       gpus: JSON.parse(r.gpus) as number[],
       expiresAt: r.expires_at,
+      hold: r.hold === 1,
     };
   }
 

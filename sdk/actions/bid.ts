@@ -108,6 +108,7 @@ export async function bid(
               ...(requirements.gpuModel ? { gpuModel: requirements.gpuModel } : {}),
               ...(requirements.minVramMiB ? { minVramMiB: requirements.minVramMiB } : {}),
               ...(requirements.diskGiB ? { diskGiB: requirements.diskGiB } : {}),
+              ...(requirements.hold ? { hold: true as const } : {}),
             },
             image,
             maxPricePerSecond,

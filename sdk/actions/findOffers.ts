@@ -14,6 +14,8 @@ export interface Requirements {
   diskGiB?: number | undefined;
   /** How the job runs: `podman` for a job with an image. Default `process`. */
   runtime?: JobRuntime | undefined;
+  /** A holder's lease (see the bid's `requirements.hold`): only offers that hold match. */
+  hold?: boolean | undefined;
 }
 
 export interface FindOffersParameters {
@@ -53,7 +55,9 @@ export interface FoundOffer {
 /** Whether an offer can take a job with these requirements now, within the price. */
 export function offerMatches(offer: Offer, requirements: Requirements, maxPricePerSecond?: bigint): boolean {
   if (!offer.runtimes.includes(requirements.runtime ?? "process")) return false;
-  if (requirements.gpus === 0 ? !offer.cpuJobs : offer.gpusFree < requirements.gpus) return false;
+  if (requirements.hold) {
+    if (!(offer.holds ?? offer.cpuJobs)) return false;
+  } else if (requirements.gpus === 0 ? !offer.cpuJobs : offer.gpusFree < requirements.gpus) return false;
   if (maxPricePerSecond !== undefined && offerPrice(offer, requirements.gpus) > maxPricePerSecond) return false;
   if (
     requirements.diskGiB !== undefined &&

@@ -303,7 +303,7 @@ export class CheckpointHolders {
     const { client, record, events } = this.#init;
     const replication = record.options.replication!;
     const spec = holdSpec(record.spec, replication.diskGiB);
-    const requirements: Requirements = { gpus: 0, diskGiB: jobDiskGiB(spec), runtime: "process" };
+    const requirements: Requirements = { gpus: 0, diskGiB: jobDiskGiB(spec), runtime: "process", hold: true };
     const maxPricePerSecond = BigInt(record.options.maxPricePerSecond!);
     const jobId = holdJobId(record.jobId as Hex);
     const signal = this.#stop.signal;

@@ -47,6 +47,11 @@ export const offerSchema = z.object({
   gpusFree: z.number().int().nonnegative(),
   /** Whether it takes jobs that ask for no GPU. */
   cpuJobs: z.boolean(),
+  /**
+   * Whether it takes holders' leases (pins another job's checkpoints, runs nothing), whether or not
+   * it takes CPU jobs; an offer from before this was added holds when it takes CPU jobs.
+   */
+  holds: z.boolean().optional(),
   /** Price per second of a lease: `base + perGpu × gpus`, in payment-token base units. */
   price: z.object({ basePerSecond: uintSchema, perGpuPerSecond: uintSchema }),
   collateralPerLease: uintSchema,
@@ -86,6 +91,12 @@ export const requirementsSchema = z.object({
   minVramMiB: z.number().int().positive().optional(),
   /** The job's disk quota (`resources.diskGiB`); a bid from before quotas names none, and gets the spec's default. */
   diskGiB: z.number().positive().optional(),
+  /**
+   * A holder's lease (no GPUs, no job: it pins the job's checkpoints): quoted by a node that holds,
+   * whether or not it takes CPU jobs, and counted apart from its job leases. Its session must start
+   * a hold, and only such a quote's may.
+   */
+  hold: z.literal(true).optional(),
 });
 
 export const bidSchema = z.object({

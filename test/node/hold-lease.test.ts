@@ -12,7 +12,7 @@ import { MIN_JOB_DISK_GIB, type JobSpec } from "../../sdk/job-spec.ts";
 import type { LeaseSession } from "../../sdk/wire/clients.ts";
 import type { ProviderMessage, TenantMessage } from "../../sdk/wire/messages.ts";
 import { signTenantAuth } from "../../sdk/wire/tenant-auth.ts";
-import { chainStatusOf, openSession, quoteAndOpenLease, readUntil } from "../helpers/leases.ts";
+import { bidTo, chainStatusOf, openSession, quoteAndOpenLease, readUntil } from "../helpers/leases.ts";
 import { startMarket, type Market, type ProviderHandle, type Tenant } from "../helpers/market.ts";
 
 /*
@@ -79,7 +79,12 @@ const auth = () => signTenantAuth(tenant.account, leaseId, tenant.host.peerId.to
 beforeAll(async () => {
   market = await startMarket({
     providers: 1,
-    configFor: () => ({ cpuJobs: true, price: { basePerSecond: "1000000000", perGpuPerSecond: "1000000000000" } }),
+    // A GPU node with one lease slot that takes no CPU jobs: it holds all the same, apart from its slot.
+    configFor: () => ({
+      cpuJobs: false,
+      maxLeases: 1,
+      price: { basePerSecond: "1000000000", perGpuPerSecond: "1000000000000" },
+    }),
   });
   holder = market.providers[0]!;
   tenantDir = await mkdtemp(path.join(os.tmpdir(), "baton-hold-lease-"));
@@ -87,7 +92,7 @@ beforeAll(async () => {
   ipfs = tenant.ipfs!;
   leaseId = await quoteAndOpenLease(tenant, market.deployment, holder, {
     jobName: "hold-lease",
-    requirements: { gpus: 0, diskGiB: holdSpec.resources.diskGiB },
+    requirements: { gpus: 0, diskGiB: holdSpec.resources.diskGiB, hold: true },
     durationS: LEASE_S,
   });
 });
@@ -112,6 +117,9 @@ describe("a holder's lease (real node process, real chain, loopback libp2p)", ()
     expect(await refusal(withGpu)).toMatchObject({ reason: "spec-mismatch", message: /takes no GPUs/ });
     const withTask = await start({ taskId: "t1" });
     expect(await refusal(withTask)).toMatchObject({ reason: "bad-request", message: /no task/ });
+    // Quoted for a holder: it runs no job instead, nor would a job's quote start a hold.
+    const job = await open({ type: "start", body: { leaseId, auth: await auth(), spec: holdSpec } });
+    expect(await refusal(job)).toMatchObject({ reason: "spec-mismatch", message: /quote was for a holder's lease/ });
 
     session = await start({});
     const events = await readUntil(session, (e) => e.type === "heartbeat");
@@ -122,6 +130,15 @@ describe("a holder's lease (real node process, real chain, loopback libp2p)", ()
       holder.process!.lines.some((l) => /job started|launch/i.test(l) && l.includes(`"leaseId":"${leaseId}"`)),
     ).toBe(false);
     expect(await chainStatus()).toBe("Active");
+  });
+
+  it("quotes a GPU job beside the holder's lease in its one lease slot, another holder's too, and no CPU job", async () => {
+    const bid = (requirements: Parameters<typeof bidTo>[3]["requirements"]) =>
+      bidTo(tenant, market.deployment, holder, { jobName: "beside-hold", requirements, durationS: LEASE_S });
+    expect(await bid({ gpus: 1 })).toMatchObject({ kind: "quote" });
+    expect(await bid({ gpus: 0, hold: true })).toMatchObject({ kind: "quote" });
+    expect(await bid({ gpus: 0 })).toMatchObject({ kind: "refusal", reason: "requirements-not-met" });
+    expect(await bid({ gpus: 1, hold: true })).toMatchObject({ kind: "refusal", reason: "bad-request" });
   });
 
   it("pins each checkpoint named, keeps the newest two, and serves them once the tenant's copies are gone", async () => {

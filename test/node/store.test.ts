@@ -46,14 +46,16 @@ describe("node store", () => {
     store.insertLease(lease(7n));
     store.insertLease(lease(8n));
     store.updateLease(8n, { state: "fenced", pid: null, reason: "slashed" });
-    store.saveQuote({ nonce: 1n, jobId: "0x01", tenant: "0x02", gpus: [1], expiresAt: 10 });
+    store.saveQuote({ nonce: 1n, jobId: "0x01", tenant: "0x02", gpus: [1], expiresAt: 10, hold: false });
+    store.saveQuote({ nonce: 2n, jobId: "0x01", tenant: "0x02", gpus: [], expiresAt: 10, hold: true });
     store.close();
 
     const reopened = new NodeStore(file);
     expect(reopened.nextNonce()).toBe(2n);
     expect(reopened.leases().map((l) => l.leaseId)).toEqual([7n]);
     expect(reopened.getLease(8n)).toMatchObject({ state: "fenced", pid: null, reason: "slashed", gpus: [0, 1] });
-    expect(reopened.getQuote(1n)?.gpus).toEqual([1]);
+    expect(reopened.getQuote(1n)).toMatchObject({ gpus: [1], hold: false });
+    expect(reopened.getQuote(2n)).toMatchObject({ gpus: [], hold: true });
     reopened.pruneQuotes(11);
     expect(reopened.getQuote(1n)).toBeUndefined();
     reopened.close();
@@ -257,6 +259,7 @@ describe("node store schema versions", () => {
       tenant: "0x02",
       gpus: [0],
       expiresAt: 1700000000000,
+      hold: false,
     });
     expect(store.leases()).toEqual([
       {
