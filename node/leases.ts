@@ -616,17 +616,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /**
-   * The GPUs the lease's quote (by its nonce) reserved, taken over by the lease. A start must be a
-   * holder's (`hold`) exactly when its quote was: holders' leases count apart from job leases.
+   * The GPUs the lease's quote (by its nonce) reserved, taken over by the lease. A holder's quote
+   * starts a hold and nothing else: holders' leases count apart from job leases, so a job started on
+   * one would run past `maxLeases`. (A hold on a job's quote took a job's slot: a tenant from before
+   * bids said `hold` asks so.)
    */
   const reservedGpus = (leaseId: bigint, nonce: bigint, spec: JobSpec, hold: boolean): number[] => {
     const quote = store.getQuote(nonce);
-    if (quote && quote.hold !== hold) {
-      throw sessionRefusal(
-        "spec-mismatch",
-        quote.hold ? "the quote was for a holder's lease: start a hold" : "the quote was not for a holder's lease",
-      );
-    }
+    if (quote?.hold && !hold) throw sessionRefusal("spec-mismatch", "the quote was for a holder's lease: start a hold");
     const wanted = spec.resources.gpus;
     // Check before taking the quote's GPUs over, so a wrong spec leaves the reservation for a retry.
     if (quote && quote.gpus.length !== wanted) {

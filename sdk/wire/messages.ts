@@ -94,7 +94,7 @@ export const requirementsSchema = z.object({
   /**
    * A holder's lease (no GPUs, no job: it pins the job's checkpoints): quoted by a node that holds,
    * whether or not it takes CPU jobs, and counted apart from its job leases. Its session must start
-   * a hold, and only such a quote's may.
+   * a hold.
    */
   hold: z.literal(true).optional(),
 });
