@@ -7,7 +7,7 @@ import { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { watchCheckpoints, type PublishedCheckpoint } from "../../node/checkpoints.ts";
-import { leasePins } from "../../node/lease-pins.ts";
+import { leasePins, releaseExpiredOutputs, releaseLeasePins } from "../../node/lease-pins.ts";
 import { Metrics } from "../../node/metrics.ts";
 import { NodeStore } from "../../node/store.ts";
 import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
@@ -15,27 +15,28 @@ import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import { silentLogger } from "../../sdk/logger.ts";
 import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
 
+/* What a provider node does with its jobs' checkpoints, on a real IPFS store and node database. */
+let dir: string;
+let host: BatonHost;
+let ipfs: IpfsNode;
+let store: NodeStore;
+let nextLease = 1n;
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), "baton-watcher-test-"));
+  host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
+  ipfs = await createIpfsNode({ host, dir: path.join(dir, "ipfs") });
+  store = new NodeStore(path.join(dir, "node.db"));
+});
+
+afterAll(async () => {
+  store?.close();
+  await ipfs?.stop();
+  await host?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
 describe("the checkpoint watcher under a backlog", () => {
-  let dir: string;
-  let host: BatonHost;
-  let ipfs: IpfsNode;
-  let store: NodeStore;
-  let nextLease = 1n;
-
-  beforeAll(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), "baton-watcher-test-"));
-    host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
-    ipfs = await createIpfsNode({ host, dir: path.join(dir, "ipfs") });
-    store = new NodeStore(path.join(dir, "node.db"));
-  });
-
-  afterAll(async () => {
-    store?.close();
-    await ipfs?.stop();
-    await host?.stop();
-    await rm(dir, { recursive: true, force: true });
-  });
-
   /**
    * A watcher as the node starts one for a job of lease `leaseId`, reporting what it publishes into
    * `published`; `pinned`: what the lease pinned before (the checkpoint its job resumed from).
@@ -133,5 +134,44 @@ describe("the checkpoint watcher under a backlog", () => {
     } finally {
       await watcher.stop();
     }
+  });
+});
+
+describe("lease pins", () => {
+  const pinned = (text: string) => ipfs.add([new TextEncoder().encode(text)], { pin: true });
+
+  it("lets go of an ended lease's checkpoints, but not one another lease of the node pins", async () => {
+    const [own, shared] = [await pinned("published, kept"), await pinned("held here, resumed from")];
+    const [leaseId, holderLease] = [nextLease++, nextLease++];
+    const pins = leasePins({ store, ipfs }, leaseId);
+    pins.add(own.toString());
+    pins.add(shared.toString());
+    store.addHeld(holderLease, { cid: shared.toString(), bytes: 22 });
+
+    expect(await releaseLeasePins({ store, ipfs }, leaseId)).toEqual([own.toString(), shared.toString()]);
+    expect(await ipfs.isPinned(own)).toBe(false);
+    expect(await ipfs.isPinned(shared)).toBe(true);
+    expect(store.leasePins(leaseId)).toEqual([]);
+    // The collection that follows deletes what nobody pins any more.
+    await expect.poll(() => ipfs.has(own), { timeout: 10_000 }).toBe(false);
+    expect(await ipfs.has(shared)).toBe(true);
+  });
+
+  it("lets go of outputs once they are older than the retention, and keeps the newer ones", async () => {
+    const [old, recent] = [await pinned("an output of yesterday"), await pinned("an output of now")];
+    const now = Date.now();
+    const [oldLease, recentLease] = [nextLease++, nextLease++];
+    store.addLeasePin(oldLease, old.toString(), "output", now - 25 * 3_600_000);
+    store.addLeasePin(recentLease, recent.toString(), "output", now - 60_000);
+
+    expect(await releaseExpiredOutputs({ store, ipfs }, 24 * 3_600_000, now)).toEqual([
+      { leaseId: oldLease, cid: old.toString() },
+    ]);
+    expect(await ipfs.isPinned(old)).toBe(false);
+    expect(await ipfs.isPinned(recent)).toBe(true);
+    // An ended lease's checkpoints go without its outputs.
+    expect(await releaseLeasePins({ store, ipfs }, recentLease)).toEqual([]);
+    expect(await ipfs.isPinned(recent)).toBe(true);
+    expect(await releaseExpiredOutputs({ store, ipfs }, 24 * 3_600_000, now)).toEqual([]);
   });
 });
