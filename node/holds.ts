@@ -4,6 +4,7 @@ import { CheckpointTooLargeError, shortMessageOf } from "../sdk/errors.ts";
 import type { IpfsNode } from "../sdk/ipfs/node.ts";
 import type { Logger } from "../sdk/logger.ts";
 import type { ProviderMessage, TenantMessage } from "../sdk/wire/messages.ts";
+import { unpinUnlessPinnedElsewhere } from "./lease-pins.ts";
 import type { NodeStore } from "./store.ts";
 
 /** How long a hold waits for the next block of its checkpoint before it gives up (`held` with an error). */
@@ -94,18 +95,9 @@ export class HoldQueue {
       store.addHeld(leaseId, { cid, bytes });
       store.removeHeld(leaseId, released);
     });
-    await this.#unpin(released);
+    await unpinUnlessPinnedElsewhere(this.#init, leaseId, released);
     log.info("checkpoint held", { leaseId, cid, bytes, released });
     return { cid, bytes, released };
-  }
-
-  /** Unpins checkpoints this lease no longer holds, unless another lease of the node pins them too. */
-  async #unpin(cids: readonly string[]): Promise<void> {
-    const { leaseId, ipfs, store } = this.#init;
-    const unheld = cids.filter((cid) => !store.pinnedElsewhere(cid, leaseId));
-    for (const cid of unheld) await ipfs.unpin(CID.parse(cid)).catch(() => undefined);
-    // Unpinned is not deleted: the store collects them, or a holder's disk fills up.
-    if (unheld.length > 0) ipfs.gcSoon();
   }
 
   /**
@@ -117,8 +109,8 @@ export class HoldQueue {
     await this.#queue;
     const { leaseId, store, log } = this.#init;
     const cids = store.held(leaseId).map((h) => h.cid);
-    await this.#unpin(cids);
     store.removeHeld(leaseId);
+    await unpinUnlessPinnedElsewhere(this.#init, leaseId, cids);
     if (cids.length > 0) log.info("holds released", { leaseId, cids });
   }
 }

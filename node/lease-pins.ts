@@ -5,8 +5,9 @@ import type { NodeStore } from "./store.ts";
 
 /**
  * The checkpoints one lease's job pins on this node: those it published and still keeps, and the
- * one it resumed from (its outputs are recorded too, and go by age: {@link releaseExpiredOutputs}). Recorded in the store, so that they are let go when the lease ends, even
- * when the node was down then; and shared with the node's other leases (a warm standby's job
+ * one it resumed from (its outputs are recorded too, and go by age: {@link releaseExpiredOutputs}).
+ * Recorded in the store, so that they are let go when the lease ends, even when the node was down
+ * then; and shared with the node's other leases (a warm standby's job
  * resumes from what its holder's lease holds), so that neither unpins what the other still needs.
  */
 export interface LeasePins {
@@ -52,13 +53,24 @@ export async function releaseExpiredOutputs(
   return expired;
 }
 
-async function releasePins({ store, ipfs }: LeasePinsInit, leaseId: bigint, cids: readonly string[]): Promise<void> {
-  // Sorted and forgotten in one synchronous step: two leases letting go of one CID at once then
-  // never both see the other's record and both keep it. A node killed before the unpins below
-  // leaks those pins (no lease names them any more).
+async function releasePins(init: LeasePinsInit, leaseId: bigint, cids: readonly string[]): Promise<void> {
+  init.store.removeLeasePins(leaseId, cids);
+  await unpinUnlessPinnedElsewhere(init, leaseId, cids);
+}
+
+/**
+ * Unpins those of `cids` that no lease of the node but `leaseId` pins (a holder's or a job's), and has
+ * the store collect them. Called right after the lease's own record of them is forgotten, with no
+ * await between: two leases letting go of one CID at once then never both see the other's record and
+ * both keep it. A node killed before the unpins leaks those pins (no lease names them any more).
+ */
+export async function unpinUnlessPinnedElsewhere(
+  { store, ipfs }: LeasePinsInit,
+  leaseId: bigint,
+  cids: readonly string[],
+): Promise<void> {
   const unpinned = cids.filter((cid) => !store.pinnedElsewhere(cid, leaseId));
-  store.removeLeasePins(leaseId, cids);
   for (const cid of unpinned) await ipfs.unpin(CID.parse(cid)).catch(() => undefined);
-  // Unpinned is not deleted: the store collects them.
+  // Unpinned is not deleted: the store collects them, or the disk fills up.
   if (unpinned.length > 0) ipfs.gcSoon();
 }
