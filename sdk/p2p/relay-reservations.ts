@@ -123,7 +123,7 @@ export function keepLookingForRelays(host: Libp2p, log: Logger): void {
       const peer = await host.peerStore.get(connection.remotePeer).catch(() => undefined);
       if (!peer?.protocols.includes(HOP_PROTOCOL)) continue;
       asked = true;
-      // Refused again, or one enough already: the next round asks again while there is no address.
+      // Refused again, or enough relays already: the next round asks again while there is no address.
       void store.addRelay(connection.remotePeer, "discovered").catch(() => undefined);
     }
   };
