@@ -75,6 +75,12 @@ export const nodeConfigSchema = z
     bootstrap: z.array(z.string()).default([]),
     /** "all" keeps loopback/private addresses in the DHT (local networks); "public" for the internet. */
     dhtAddresses: z.enum(["all", "public"]).default("all"),
+    /**
+     * Port of the HTTP lanes (TLS straight to a server job's socket; the tenant's gateway then skips
+     * the libp2p hop), on the host of the first TCP `listen` address; 0 picks a free port, null
+     * serves tenants' HTTP over libp2p only. A node behind a router forwards this port as well.
+     */
+    httpLanePort: z.number().int().min(0).max(65_535).nullable().default(0),
     /** Prometheus metrics on 127.0.0.1:<port>; 0 picks a free port, null turns them off. */
     metricsPort: z.number().int().min(0).max(65_535).nullable().default(0),
     gpus: z.union([z.literal("auto"), z.object({ fake: z.string() }).strict()]).default("auto"),

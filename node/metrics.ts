@@ -42,6 +42,12 @@ export class Metrics {
     labelNames: ["status"] as const,
     registers: [this.registry],
   });
+  readonly httpLanes = new Counter({
+    name: "baton_http_lanes_total",
+    help: "Lanes (TLS connections straight to a server job's socket) opened by tenants, by outcome",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
   readonly sessionHeartbeats = new Counter({
     name: "baton_session_heartbeats_total",
     help: "Off-chain heartbeats sent on lease sessions",

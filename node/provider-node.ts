@@ -17,6 +17,7 @@ import { chainNow, type NodeComponents } from "./components.ts";
 import { chainClientOptions, DATA_FILES, loadNodeConfig, nodeLogLevel, type NodeConfig } from "./config.ts";
 import { detectGpus, fakeGpus, GpuAllocator, type Gpu } from "./gpus.ts";
 import { loadAccount } from "./keystore.ts";
+import { httpLanes } from "./http-lanes.ts";
 import { httpProxy } from "./http-proxy.ts";
 import { leases } from "./leases.ts";
 import { lockDataDir } from "./lock.ts";
@@ -225,6 +226,7 @@ async function startLocked(
   });
   const duties = chainDuties(components, leaseService, signedOpenings);
   const proxy = httpProxy(components);
+  const lanes = httpLanes(components);
   const metricsServer = config.metricsPort === null ? undefined : await serveMetrics(metrics, config.metricsPort);
   metrics.gpus.set(gpuList.length);
 
@@ -232,6 +234,7 @@ async function startLocked(
   await bidService.start();
   await leaseService.start();
   await proxy.start();
+  await lanes.start();
   duties.start();
   offers.start();
   log.info("provider node started", {
@@ -240,6 +243,7 @@ async function startLocked(
     addresses: host.getMultiaddrs().map((a) => a.toString()),
     gpus: gpuList.map((g) => `${g.index}:${g.model}${g.fake ? " (fake)" : ""}`),
     metricsPort: metricsServer?.port,
+    httpLanePort: lanes.address()?.port,
     blockTimeS,
   });
 
@@ -252,6 +256,7 @@ async function startLocked(
     await bidService.stop().catch(() => undefined);
     await leaseService.stop().catch(() => undefined);
     await proxy.stop().catch(() => undefined);
+    await lanes.stop().catch(() => undefined);
     await duties.stop();
     signedOpenings.stop();
     await leaseService.killAll("node stopping");

@@ -13,6 +13,7 @@ import {
   UserError,
 } from "../errors.ts";
 import { pinJobImage } from "../images/registry.ts";
+import { httpLanes } from "../p2p/http-lanes.ts";
 import { httpStreams } from "../p2p/http-streams.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
@@ -142,6 +143,8 @@ export interface Service {
 const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"]);
 /** A response body is read this far before it is handed on (see `attempt`). */
 const PREFETCH_BYTES = 64 * 1024;
+/** The largest request or response body, either way (the node's own limit on its libp2p path). */
+const MAX_BODY_BYTES = 64 * 1024 * 1024;
 /** The most request body kept for a retry; a larger idempotent request is sent once. */
 const MAX_RETRY_BODY_BYTES = 8 * 1024 * 1024;
 
@@ -190,6 +193,18 @@ export async function serve(
   const log = client.log.child("serve");
   // Requests and readiness probes reuse streams to the replicas' providers (keep-alive).
   const streams = httpStreams(client.host);
+  // And go straight to the jobs, on lanes, where their nodes serve them (then a request costs a
+  // node a copy of its bytes, not a libp2p exchange); over the streams where not.
+  const lanes = httpLanes(client.host, log);
+  /** One exchange with the server job of a lease, on its lane or else over a stream. */
+  const exchange = async (
+    peerId: string,
+    leaseId: bigint,
+    request: { method: string; path: string; headers: [string, string][]; body?: AsyncIterable<Uint8Array> },
+    signal: AbortSignal,
+  ): Promise<LeaseFetchResponse> =>
+    (await lanes.fetch(peerId, leaseId, { ...request, maxBodyBytes: MAX_BODY_BYTES, signal })) ??
+    (await leaseFetch(client, { peerId, leaseId, ...request, maxBodyBytes: MAX_BODY_BYTES, streams, signal }));
   /** Fires "change" whenever a replica's state changes: what `ready()` and a waiting `fetch` wait for. */
   const changes = new EventTarget();
   // Every request waiting for a ready replica listens: no count of them is a leak.
@@ -220,14 +235,12 @@ export async function serve(
         const { peerId } = replica.job.status();
         if (peerId && leaseId !== undefined) {
           try {
-            const res = await leaseFetch(client, {
+            const res = await exchange(
               peerId,
               leaseId,
-              method: "GET",
-              path: readinessPath,
-              streams,
-              signal: AbortSignal.timeout(2_000),
-            });
+              { method: "GET", path: readinessPath, headers: [] },
+              AbortSignal.timeout(2_000),
+            );
             for await (const piece of res.body) void piece;
             if (res.status === 200) return { done: true, value: true };
           } catch (error) {
@@ -383,16 +396,12 @@ export async function serve(
               yield* request.body!;
             })()
           : undefined);
-      const response = await leaseFetch(client, {
+      const response = await exchange(
         peerId,
         leaseId,
-        method: request.method,
-        path: request.path,
-        headers: request.headers,
-        ...(body ? { body } : {}),
-        streams,
-        signal: AbortSignal.any([signal, replica.inFlight.signal]),
-      });
+        { method: request.method, path: request.path, headers: request.headers, ...(body ? { body } : {}) },
+        AbortSignal.any([signal, replica.inFlight.signal]),
+      );
       // Read the start of the body here: a small response is then whole before the caller sees
       // it, so a replica dying mid-answer is still a retry, not a cut response. Not an event
       // stream's: its events must reach the client as they come (its end is the client's to handle).
@@ -631,6 +640,7 @@ export async function serve(
     async close() {
       closing = true;
       streams.close();
+      lanes.close();
       await Promise.all(
         replicas.map(async (r) => {
           setState(r, "stopped");

@@ -32,6 +32,34 @@ export const httpResponseHeadSchema = z.object({
 });
 export type HttpResponseHead = z.output<typeof httpResponseHeadSchema>;
 
+/** A tenant's request for a lane to the server job of its lease (`protocols.httpLane`). */
+export const httpLaneRequestSchema = z.object({ leaseId: z.string().regex(/^\d{1,78}$/) }).strict();
+export type HttpLaneRequest = z.output<typeof httpLaneRequestSchema>;
+
+/**
+ * The node's answer: a lane is a TLS 1.2 connection to `port` on the address the tenant reached the
+ * node at, with the pre-shared key `key` (hex, 32 bytes) under `identity`. Both ends prove they hold
+ * the key, which only the node and the lease's tenant know (it came over the Noise session); the
+ * node then joins the connection to the job's socket, bytes as they are.
+ */
+export const httpLaneSchema = z.discriminatedUnion("kind", [
+  z
+    .object({
+      kind: z.literal("lane"),
+      port: z.number().int().min(1).max(65_535),
+      identity: z.string().regex(/^[0-9a-f]{32}$/),
+      key: z.string().regex(/^[0-9a-f]{64}$/),
+    })
+    .strict(),
+  z
+    .object({ kind: z.literal("refusal"), status: z.number().int().min(400).max(599), message: z.string().max(512) })
+    .strict(),
+]);
+export type HttpLane = z.output<typeof httpLaneSchema>;
+
+/** The TLS suite of a lane: ECDHE for forward secrecy, the pre-shared key for authentication both ways. */
+export const HTTP_LANE_CIPHERS = "ECDHE-PSK-CHACHA20-POLY1305";
+
 /**
  * Set on a response the provider node wrote itself (no job, job not listening, job's server
  * failed), never on the job's own: `not-delivered` means the job never saw the request, so it may

@@ -20,6 +20,11 @@ export const protocols = {
    */
   http: `${PROTOCOL_PREFIX}/http/1.1.0`,
   httpOneShot: `${PROTOCOL_PREFIX}/http/1.0.0`,
+  /**
+   * Request/response: a tenant asking for a lane to the server job of its lease, a TLS connection
+   * straight to the job's socket, keyed by a secret given here (sdk/p2p/http-lanes.ts).
+   */
+  httpLane: `${PROTOCOL_PREFIX}/http-lane/1.0.0`,
   /** A DAG's blocks in order on one stream, each checked against its CID (sdk/ipfs/block-stream.ts). */
   blocks: `${PROTOCOL_PREFIX}/blocks/1.0.0`,
 } as const;
@@ -43,6 +48,8 @@ export const maxMessageBytes = {
   lease: 64 * 1024,
   /** An HTTP head (method, path, headers), or one piece of a body. */
   http: 64 * 1024,
+  /** A lane's request or its answer (a port and a key). */
+  httpLane: 1024,
 } as const;
 
 /**
