@@ -5,7 +5,8 @@
  * - Direct: the example server job (examples/serve/server.mjs) run as a plain process on a Unix
  *   socket, called over HTTP keep-alive: the floor.
  * - Gateway: the same job as 3 replicas on a devnet's providers, called through `baton serve`'s
- *   gateway (HTTP → SDK routing → libp2p stream → provider node → the job's socket, and back).
+ *   gateway (HTTP → SDK routing → a lane: TLS keep-alive to the provider node, which copies the bytes
+ *   to the job's socket, and back; see sdk/p2p/http-lanes.ts).
  * - Failover: the gateway under the same load while one replica's provider is SIGKILLed; failed
  *   requests, and p99 latency in the window from the kill until the replacement is ready.
  *
@@ -250,7 +251,7 @@ try {
             target: { value: 1.5 * median(nMs), atMost: true },
           }
         : { reference: { value: median(dMs), label: "direct p50" } }),
-      note: "3 replicas; HTTP → gateway → libp2p stream (kept open) → provider node → the job's socket, and back",
+      note: "3 replicas; HTTP → gateway → lane (TLS keep-alive) → provider node, copying bytes → the job's socket, and back",
     },
     {
       name: "gateway p99",

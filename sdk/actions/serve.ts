@@ -89,6 +89,8 @@ export interface ServiceStats {
   hedges: number;
   /** Requests refused with {@link ServiceBusyError}. */
   busy: number;
+  /** Connections on lanes to the replicas: open now (carrying a request, or idle), and closed mid-response. */
+  lanes: { active: number; idle: number; cut: number };
 }
 
 export type ReplicaState = "starting" | "ready" | "suspect" | "replacing" | "stopped";
@@ -340,7 +342,7 @@ export async function serve(
     return replica;
   };
 
-  const stats: ServiceStats = { retries: 0, hedges: 0, busy: 0 };
+  const stats: Omit<ServiceStats, "lanes"> = { retries: 0, hedges: 0, busy: 0 };
   const maxConcurrent = options.maxConcurrentPerReplica ?? 64;
   const maxQueued = options.maxQueued ?? 1_024;
   /** Requests waiting for a replica with room, oldest first: each slot freed wakes the oldest. */
@@ -594,7 +596,7 @@ export async function serve(
         clearTimeout(timer);
       }
     },
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...stats, lanes: lanes.connections() }),
     replicas: () =>
       replicas
         .filter((r) => r.job)

@@ -37,6 +37,11 @@ export interface HttpLanes {
    * when the job never saw the request, {@link ProviderFaultError} when it may have.
    */
   fetch(peer: string, leaseId: bigint, request: LaneRequest): Promise<LaneResponse | undefined>;
+  /**
+   * Connections open on lanes, carrying a request or idle (kept alive for the next), and how many
+   * were closed under a response that was let go before its end (a client gone, a hedge's loser).
+   */
+  connections(): { active: number; idle: number; cut: number };
   /** Closes every lane. */
   close(): void;
 }
@@ -64,6 +69,9 @@ interface Lane {
  */
 export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
   const lanes = new Map<string, Promise<Lane | undefined>>();
+  /** The lanes opened, for counting their connections without waiting. */
+  const opened = new Set<Lane>();
+  let cut = 0;
   let closed = false;
 
   const directHost = (peer: PeerId): string | undefined => {
@@ -107,7 +115,9 @@ export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
         // No certificate: the key proves the node, as it proves the tenant.
         checkServerIdentity: () => undefined,
       });
-      return { host: address, port: lane.port, agent };
+      const opening = { host: address, port: lane.port, agent };
+      opened.add(opening);
+      return opening;
     } catch (error) {
       // A node from before lanes does not speak the protocol: its requests go over libp2p.
       log.debug("lane not opened", { peer: peer.toString(), leaseId, error: shortMessageOf(error) });
@@ -125,6 +135,7 @@ export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
     void lanes.get(key)?.then((current) => {
       if (current === lane) lanes.delete(key);
     });
+    opened.delete(lane);
     lane.agent.destroy();
   };
 
@@ -139,18 +150,38 @@ export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
       }
       const lane = await pending;
       if (!lane) return undefined;
-      return send(lane, req, () => drop(key, lane));
+      return send(
+        lane,
+        req,
+        () => drop(key, lane),
+        () => cut++,
+      );
+    },
+    connections() {
+      const count = (sockets: NodeJS.ReadOnlyDict<unknown[]>): number =>
+        Object.values(sockets).reduce((total, list) => total + (list?.length ?? 0), 0);
+      let active = 0;
+      let idle = 0;
+      for (const { agent } of opened) {
+        active += count(agent.sockets);
+        idle += count(agent.freeSockets);
+      }
+      return { active, idle, cut };
     },
     close() {
       closed = true;
+      opened.clear();
       for (const pending of lanes.values()) void pending.then((lane) => lane?.agent.destroy());
       lanes.clear();
     },
   };
 }
 
-/** One exchange on a lane; `broken` is called when the lane itself failed (it is not used again). */
-async function send(lane: Lane, req: LaneRequest, broken: () => void): Promise<LaneResponse> {
+/**
+ * One exchange on a lane; `broken` is called when the lane itself failed (it is not used again),
+ * `cut` when the response was let go before its end (its connection closed).
+ */
+async function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () => void): Promise<LaneResponse> {
   const { signal, maxBodyBytes } = req;
   // As the node's own proxy sends it: the job listens on a socket, it has no name.
   const raw: string[] = ["host", "localhost"];
@@ -229,7 +260,10 @@ async function send(lane: Lane, req: LaneRequest, broken: () => void): Promise<L
         });
       } finally {
         // Let go before its end (a client gone, a hedge's loser): the connection is not reused.
-        if (!response.complete) response.destroy();
+        if (!response.complete) {
+          response.destroy();
+          cut();
+        }
       }
     })(),
   };

@@ -1,7 +1,12 @@
+import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
 import type { Server } from "node:http";
 import os from "node:os";
 import path from "node:path";
+import tls from "node:tls";
+
+import { generateKeyPair } from "@libp2p/crypto/keys";
+import { peerIdFromString } from "@libp2p/peer-id";
 
 import { parseEther } from "viem";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -10,7 +15,9 @@ import { startGateway } from "../../cli/gateway.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
 import { createLogger } from "../../sdk/logger.ts";
-import type { BatonHost } from "../../sdk/p2p/host.ts";
+import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
+import { request } from "../../sdk/wire/framing.ts";
+import { HTTP_LANE_CIPHERS, httpLaneSchema, type HttpLane } from "../../sdk/wire/http.ts";
 import { protocols } from "../../sdk/wire/protocols.ts";
 import { startMarket, type Market, type ProviderHandle } from "../helpers/market.ts";
 import { root, until } from "../helpers/processes.ts";
@@ -129,18 +136,18 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     expect(status.replicas.every((r) => r.state === "ready")).toBe(true);
   });
 
-  it("hedges a request on a second replica (hedgeAfterMs), and lets go of the loser's stream once the first answers", async () => {
-    // Open /baton/http/1.1.0 streams from the tenant, idle in its pool or in use.
-    const openStreams = () =>
+  it("hedges a request on a second replica (hedgeAfterMs), and lets go of the loser's lane connection once the first answers", async () => {
+    // Requests go on lanes, not on /baton/http streams.
+    const httpStreams = () =>
       client
         .getConnections()
         .flatMap((connection) => connection.streams)
         .filter((stream) => stream.protocol === protocols.http && stream.status === "open").length;
-    // Warm: every replica has idle streams in the pool, so both attempts below take one of those.
     await Promise.all(
       Array.from({ length: 6 }, (_, i) => fetch(`${base}/predict?text=warm ${i}`).then((r) => r.text())),
     );
-    const before = openStreams();
+    const { cut } = service.stats().lanes;
+    const streamsBefore = httpStreams();
     const hedges = service.stats().hedges;
     // An event stream is handed on as it comes (no read-ahead): the loser's is left unread.
     const response = await service.forward(
@@ -155,8 +162,64 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
         .toString()
         .match(/^data: /gm),
     ).toHaveLength(20);
-    // The winner's stream went back to the pool, the loser's was reset.
-    await until(() => openStreams() === before - 1, 10_000, "the hedge loser's stream reset");
+    // The winner's connection went back to idle, the loser's was closed under its answer.
+    await until(
+      () => service.stats().lanes.active === 0 && service.stats().lanes.cut === cut + 1,
+      10_000,
+      "the hedge loser's connection closed",
+    );
+    expect(httpStreams()).toBe(streamsBefore);
+  });
+
+  it("gives a lane only to the lease's tenant, and lets in only a connection that holds its key", async () => {
+    const { peerId, leaseId } = service.jobs()[0]!.status();
+    const provider = peerIdFromString(peerId!);
+    const address = client.getConnections(provider)[0]!.remoteAddr;
+    const askLane = async (host: BatonHost, lease: bigint): Promise<HttpLane> =>
+      httpLaneSchema.parse(
+        JSON.parse(
+          new TextDecoder().decode(
+            await request(
+              host,
+              address,
+              protocols.httpLane,
+              new TextEncoder().encode(JSON.stringify({ leaseId: lease.toString() })),
+              { maxBytes: 1024 },
+            ),
+          ),
+        ),
+      );
+    const stranger = await createBatonHost({ privateKey: await generateKeyPair("Ed25519"), listen: [] });
+    try {
+      expect(await askLane(stranger, leaseId!)).toMatchObject({ kind: "refusal", status: 403 });
+    } finally {
+      await stranger.stop();
+    }
+    expect(await askLane(client, 10n ** 30n)).toMatchObject({ kind: "refusal", status: 403 });
+    const lane = await askLane(client, leaseId!);
+    if (lane.kind !== "lane") throw new Error(`refused: ${lane.message}`);
+    const host = /^\/ip4\/([^/]+)\//.exec(address.toString())![1]!;
+    const connect = (key: string) =>
+      tls.connect({
+        host,
+        port: lane.port,
+        ciphers: HTTP_LANE_CIPHERS,
+        maxVersion: "TLSv1.2",
+        pskCallback: () => ({ psk: Buffer.from(key, "hex"), identity: lane.identity }),
+        checkServerIdentity: () => undefined,
+      });
+    // A wrong key fails the handshake: nothing reaches the job.
+    const wrong = connect("00".repeat(32));
+    const [error] = (await once(wrong, "error")) as [Error];
+    expect(error.message).toMatch(/alert|handshake|decrypt|bad record/i);
+    // The right key reaches the job's socket, HTTP as the job speaks it.
+    const right = connect(lane.key);
+    await once(right, "secureConnect");
+    // Written, not ended: the job answers, then closes (`connection: close`).
+    right.write("GET /health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    const chunks: Buffer[] = [];
+    for await (const chunk of right) chunks.push(chunk as Buffer);
+    expect(Buffer.concat(chunks).toString()).toMatch(/^HTTP\/1\.1 200 /);
   });
 
   it("SIGKILL of a replica under steady load: zero failed requests, the replica replaced, its lease slashed", async () => {
