@@ -97,12 +97,20 @@ export function httpLanes(
     }
     const job = net.connect(path.join(allowed.workDir, HTTP_SOCKET_NAME));
     let joined = false;
-    job.once("error", (error: NodeJS.ErrnoException) => {
-      if (!joined) {
-        metrics.httpLanes.inc({ outcome: "not-listening" });
-        log.debug("lane's job not listening", { leaseId: ticket.leaseId, error: shortMessageOf(error) });
-        refuse(lane, 503, "the job's server is not listening (yet)");
-      } else lane.destroy();
+    // Either end closing closes the other (a tenant gone mid-connect leaves nothing open); a job
+    // socket that never connected leaves the lane to carry the refusal.
+    lane.once("close", () => {
+      open.delete(lane);
+      job.destroy();
+    });
+    job.once("close", () => {
+      if (joined) lane.destroy();
+    });
+    job.on("error", (error: NodeJS.ErrnoException) => {
+      if (joined) return void lane.destroy();
+      metrics.httpLanes.inc({ outcome: "not-listening" });
+      log.debug("lane's job not listening", { leaseId: ticket.leaseId, error: shortMessageOf(error) });
+      refuse(lane, 503, "the job's server is not listening (yet)");
     });
     job.once("connect", () => {
       joined = true;
@@ -110,11 +118,6 @@ export function httpLanes(
       open.set(lane, ticket.leaseId);
       lane.pipe(job);
       job.pipe(lane);
-      lane.once("close", () => {
-        open.delete(lane);
-        job.destroy();
-      });
-      job.once("close", () => lane.destroy());
     });
   };
 

@@ -229,6 +229,17 @@ async function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () =>
       details: shortMessageOf(bodyError ?? error),
     });
   }
+  // The request's body failed (too large, its client gone) and the lane was cut under it: whatever
+  // the job made of the cut request is not the answer; the failure is, as on the libp2p path.
+  const bodyFailed = (): ProviderFaultError =>
+    new ProviderFaultError("the request body failed on its lane", {
+      cause: bodyError,
+      details: shortMessageOf(bodyError),
+    });
+  if (bodyError !== undefined) {
+    response.destroy();
+    throw bodyFailed();
+  }
   const headers: [string, string][] = [];
   for (let i = 0; i + 1 < response.rawHeaders.length; i += 2) {
     headers.push([response.rawHeaders[i]!, response.rawHeaders[i + 1]!]);
@@ -252,6 +263,7 @@ async function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () =>
           yield chunk as Buffer;
         }
         await writing;
+        if (bodyError !== undefined) throw bodyFailed();
       } catch (error) {
         if (error instanceof BaseError) throw error;
         throw new ProviderFaultError("the response broke off on its lane", {

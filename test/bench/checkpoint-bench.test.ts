@@ -8,6 +8,8 @@ import { tempDir } from "../ipfs/helpers.ts";
 // `bench/checkpoint.ts --quick` end to end: a 16 MiB checkpoint (from its provider, and from holders
 // behind capped links) and a short example job, real processes and IPFS stores. It checks that every
 // figure came out, not how fast anything was.
+const BENCH_GIVEN_UP_MS = 280_000;
+
 describe("bench:checkpoint --quick", () => {
   afterAll(stopAll);
 
@@ -15,8 +17,19 @@ describe("bench:checkpoint --quick", () => {
     const out = await tempDir("bench-checkpoint-test");
     try {
       const bench = spawnScript("bench/checkpoint.ts", ["--quick", "--out", out.dir]);
-      const { code } = await bench.exited;
-      expect(code, bench.lines.slice(-40).join("\n")).toBe(0);
+      // Given up a little before the test's own timeout, so that a bench that hangs says where.
+      let timer: NodeJS.Timeout | undefined;
+      const exited = await Promise.race([
+        bench.exited,
+        new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), BENCH_GIVEN_UP_MS))),
+      ]).finally(() => clearTimeout(timer));
+      if (!exited) {
+        await bench.stop();
+        throw new Error(
+          `bench:checkpoint --quick still running after ${BENCH_GIVEN_UP_MS / 1000} s; its last lines:\n${bench.lines.slice(-60).join("\n")}`,
+        );
+      }
+      expect(exited.code, bench.lines.slice(-40).join("\n")).toBe(0);
 
       const result = JSON.parse(await readFile(`${out.dir}/checkpoint.json`, "utf8")) as {
         sizesMiB: number[];

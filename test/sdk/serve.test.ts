@@ -136,7 +136,7 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     expect(status.replicas.every((r) => r.state === "ready")).toBe(true);
   });
 
-  it("hedges a request on a second replica (hedgeAfterMs), and lets go of the loser's lane connection once the first answers", async () => {
+  it("hedges a request on a second replica (hedgeAfterMs), on lanes, and lets go of the loser once the first answers", async () => {
     // Requests go on lanes, not on /baton/http streams.
     const httpStreams = () =>
       client
@@ -146,29 +146,38 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     await Promise.all(
       Array.from({ length: 6 }, (_, i) => fetch(`${base}/predict?text=warm ${i}`).then((r) => r.text())),
     );
-    const { cut } = service.stats().lanes;
     const streamsBefore = httpStreams();
     const hedges = service.stats().hedges;
-    // An event stream is handed on as it comes (no read-ahead): the loser's is left unread.
+    // An event stream is handed on as it comes (no read-ahead): the loser's is left unread. Both
+    // streams last 2 s, so while the winner's is read the loser's would still be open.
     const response = await service.forward(
-      { method: "GET", path: "/stream?text=hedged&n=20&every=20", headers: [] },
+      { method: "GET", path: "/stream?text=hedged&n=100&every=20", headers: [] },
       { hedgeAfterMs: 0 },
     );
     expect(service.stats().hedges).toBe(hedges + 1);
     const chunks: Uint8Array[] = [];
-    for await (const chunk of response.body) chunks.push(chunk);
+    let lettingGo: Promise<void> | undefined;
+    for await (const chunk of response.body) {
+      chunks.push(chunk);
+      // Mid-stream: only the winner's connection carries anything; the loser's was let go.
+      if (!lettingGo) {
+        lettingGo = until(
+          () => service.stats().lanes.active === 1 && httpStreams() <= streamsBefore,
+          1_500,
+          "only the winner's connection open",
+        );
+        lettingGo.catch(() => undefined); // awaited below, once the stream is read
+      }
+    }
+    await lettingGo;
     expect(
       Buffer.concat(chunks)
         .toString()
         .match(/^data: /gm),
-    ).toHaveLength(20);
-    // The winner's connection went back to idle, the loser's was closed under its answer.
-    await until(
-      () => service.stats().lanes.active === 0 && service.stats().lanes.cut === cut + 1,
-      10_000,
-      "the hedge loser's connection closed",
-    );
-    expect(httpStreams()).toBe(streamsBefore);
+    ).toHaveLength(100);
+    await until(() => service.stats().lanes.active === 0, 10_000, "the winner's connection idle");
+    // None opened (an idle one from the readiness probes may have closed meanwhile).
+    expect(httpStreams()).toBeLessThanOrEqual(streamsBefore);
   });
 
   it("gives a lane only to the lease's tenant, and lets in only a connection that holds its key", async () => {
