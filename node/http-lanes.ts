@@ -5,6 +5,7 @@ import path from "node:path";
 import tls from "node:tls";
 
 import { shortMessageOf } from "../sdk/errors.ts";
+import { tcpHostOf } from "../sdk/p2p/http-lanes.ts";
 import { serve } from "../sdk/wire/framing.ts";
 import { HTTP_LANE_CIPHERS, httpLaneRequestSchema, PROXY_HEADER, type HttpLane } from "../sdk/wire/http.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
@@ -47,7 +48,7 @@ export function httpLanes(
   /** Identity of each lane's connection, set in the PSK callback, read once the handshake is done. */
   const identities = new WeakMap<tls.TLSSocket, string>();
   const open = new Map<tls.TLSSocket, bigint>();
-  const listenHost = config.listen.map((address) => /^\/ip[46]\/([^/]+)\/tcp\/\d+$/.exec(address)?.[1]).find(Boolean);
+  const listenHost = config.listen.map(tcpHostOf).find((at) => at !== undefined);
   let server: tls.Server | undefined;
   let sweep: NodeJS.Timeout | undefined;
 

@@ -9,6 +9,7 @@ import { shortMessageOf } from "../sdk/errors.ts";
 import { protocols } from "../sdk/wire/protocols.ts";
 import {
   forwardable,
+  headerPairs,
   httpReader,
   httpRequestHeadSchema,
   isUpgrade,
@@ -102,10 +103,7 @@ export function httpProxy(components: Pick<NodeComponents, "host" | "store" | "l
           .pipe(request);
       });
       status = response.statusCode ?? 502;
-      const headers: [string, string][] = [];
-      for (let i = 0; i + 1 < response.rawHeaders.length; i += 2) {
-        headers.push([response.rawHeaders[i]!, response.rawHeaders[i + 1]!]);
-      }
+      const headers = headerPairs(response.rawHeaders);
       await writeHttpMessage(stream, { status, headers: forwardable(headers) }, response, {
         maxBodyBytes: MAX_HTTP_BODY_BYTES,
       });
@@ -160,10 +158,7 @@ export function httpProxy(components: Pick<NodeComponents, "host" | "store" | "l
     );
     const { response, socket, rest } = answer;
     const status = response.statusCode ?? 502;
-    const headers: [string, string][] = [];
-    for (let i = 0; i + 1 < response.rawHeaders.length; i += 2) {
-      headers.push([response.rawHeaders[i]!, response.rawHeaders[i + 1]!]);
-    }
+    const headers = headerPairs(response.rawHeaders);
     if (!socket) {
       await writeHttpMessage(stream, { status, headers: forwardable(headers) }, response, {
         maxBodyBytes: MAX_HTTP_BODY_BYTES,

@@ -8,7 +8,7 @@ import { peerIdFromString } from "@libp2p/peer-id";
 import { BaseError, ProtocolError, ProviderFaultError, RequestNotSentError, shortMessageOf } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { request } from "../wire/framing.ts";
-import { forwardable, HTTP_LANE_CIPHERS, httpLaneSchema, PROXY_HEADER } from "../wire/http.ts";
+import { forwardable, headerPairs, HTTP_LANE_CIPHERS, httpLaneSchema, PROXY_HEADER } from "../wire/http.ts";
 import { maxMessageBytes, protocols } from "../wire/protocols.ts";
 import type { BatonHost } from "./host.ts";
 
@@ -62,6 +62,11 @@ interface Lane {
   agent: https.Agent;
 }
 
+/** The IP of a direct TCP multiaddr (`/ip4/…/tcp/…`, `/ip6/…`, with or without `/p2p/…`); else undefined. */
+export function tcpHostOf(address: string): string | undefined {
+  return /^\/ip[46]\/([^/]+)\/tcp\/\d+(\/p2p\/[^/]+)?$/.exec(address)?.[1];
+}
+
 /**
  * The tenant's lanes to its server jobs (see node/http-lanes.ts): one per lease, asked for over
  * libp2p once, then HTTP/1.1 keep-alive over TLS with the lease's pre-shared key, straight to the
@@ -77,8 +82,8 @@ export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
   const directHost = (peer: PeerId): string | undefined => {
     for (const connection of host.getConnections(peer)) {
       if (connection.status !== "open") continue;
-      const at = /^\/(ip4|ip6)\/([^/]+)\/tcp\/\d+(\/p2p\/[^/]+)?$/.exec(connection.remoteAddr.toString());
-      if (at) return at[2];
+      const at = tcpHostOf(connection.remoteAddr.toString());
+      if (at !== undefined) return at;
     }
     return undefined;
   };
@@ -240,10 +245,7 @@ async function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () =>
     response.destroy();
     throw bodyFailed();
   }
-  const headers: [string, string][] = [];
-  for (let i = 0; i + 1 < response.rawHeaders.length; i += 2) {
-    headers.push([response.rawHeaders[i]!, response.rawHeaders[i + 1]!]);
-  }
+  const headers = headerPairs(response.rawHeaders);
   const proxied = headers.find(([name]) => name.toLowerCase() === PROXY_HEADER)?.[1];
   if (proxied) {
     const text: string[] = [];

@@ -80,6 +80,13 @@ export const HOP_BY_HOP = new Set([
   "content-length",
 ]);
 
+/** A Node message's `rawHeaders` (name, value, name, value, …) as pairs, as sent. */
+export function headerPairs(rawHeaders: readonly string[]): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) pairs.push([rawHeaders[i]!, rawHeaders[i + 1]!]);
+  return pairs;
+}
+
 export function forwardable(headers: Iterable<[string, string]>): [string, string][] {
   return [...headers].filter(([name]) => !HOP_BY_HOP.has(name.toLowerCase()));
 }
