@@ -4,9 +4,9 @@
  *
  * - Direct: the example server job (examples/serve/server.mjs) run as a plain process on a Unix
  *   socket, called over HTTP keep-alive: the floor.
- * - Gateway: the same job as 3 replicas on a devnet's providers, called through `baton serve`'s
- *   gateway (HTTP → SDK routing → a lane: TLS keep-alive to the provider node, which copies the bytes
- *   to the job's socket, and back; see sdk/p2p/http-lanes.ts).
+ * - Gateway: the same job as 3 replicas on a devnet's providers, called through `baton serve`, run
+ *   as users run it: a process of its own (HTTP → SDK routing → a lane: TLS keep-alive to the
+ *   provider node, which copies the bytes to the job's socket, and back; see sdk/p2p/http-lanes.ts).
  * - Failover: the gateway under the same load while one replica's provider is SIGKILLed; failed
  *   requests, and p99 latency in the window from the kill until the replacement is ready.
  *
@@ -28,10 +28,12 @@ import { parseArgs } from "node:util";
 
 import { parseEther } from "viem";
 
-import { startGateway } from "../cli/gateway.ts";
+import { STATUS_PATH } from "../cli/gateway.ts";
 import { blockTimeArg } from "../cli/program.ts";
-import { chainHeartbeatsFor, startDevnet } from "../deploy/devnet.ts";
-import { readJobFile, serve } from "../sdk/index.ts";
+import { chainHeartbeatsFor, privateKeyOf, startDevnet } from "../deploy/devnet.ts";
+import { devAccount } from "../deploy/local-chain.ts";
+import { spawnScript, type Spawned } from "../deploy/processes.ts";
+import type { ReplicaStatus } from "../sdk/index.ts";
 import { nginxBinary, startNginxPair, type NginxPair } from "./nginx.ts";
 import { median, percentile, printTable, writeResults, type Figure } from "./report.ts";
 
@@ -139,26 +141,44 @@ const devnet = await startDevnet({
   config: chainHeartbeatsFor(blockTimeS, { periodS: 1, timeoutS: 6 }),
   onStep: (m) => console.log(`  · ${m}`),
 });
-const client = await devnet.tenantClient();
+let gateway: Spawned | undefined;
 try {
-  const { spec, files } = await readJobFile(path.resolve(import.meta.dirname, "../examples/serve/serve.yaml"));
-  const service = await serve(client, spec, {
-    replicas: 3,
-    maxPricePerSecond: parseEther("0.001"),
-    files,
-    failAfterMs: 3_000,
-  });
-  await service.ready(3, 120_000);
-  const gateway = await startGateway(service, 0);
-  const callGateway = call({ host: "127.0.0.1", port: (gateway.address() as { port: number }).port });
+  const tenant = devAccount(10);
+  await devnet.fund(tenant.address, parseEther("100"));
+  gateway = spawnScript(
+    "cli/baton.ts",
+    [
+      "serve",
+      "examples/serve/serve.yaml",
+      "--replicas",
+      "3",
+      "--port",
+      "0",
+      "--max-price",
+      "0.001",
+      "--network",
+      devnet.networkFile,
+      "--data-dir",
+      path.join(tmp, "tenant"),
+      "--json",
+    ],
+    { BATON_TENANT_KEY: privateKeyOf(tenant) },
+  );
+  const { url } = JSON.parse(await gateway.waitFor(/"type":"ready"/, 180_000)) as { url: string };
+  const { port } = new URL(url);
+  const callGateway = call({ host: "127.0.0.1", port: Number(port) });
+  const replicas = async (): Promise<ReplicaStatus[]> => {
+    const res = await fetch(`${url}${STATUS_PATH}.json`);
+    return ((await res.json()) as { replicas: ReplicaStatus[] }).replicas;
+  };
 
   /**
-   * CPU ms used while `run` runs: by this process (the clients, and the gateway + SDK), the
+   * CPU ms used while `run` runs: by this process (the clients), the gateway (`baton serve`), the
    * provider nodes and their jobs, the direct job, and nginx.
    */
   const cpuDuring = async (run: () => Promise<{ samples: Sample[]; seconds: number }>) => {
     const pids = devnet.providers.flatMap((p) => p.process?.child.pid ?? []);
-    const others = [direct.pid!, ...(nginx?.pids ?? [])];
+    const others = [direct.pid!, gateway!.pid, ...(nginx?.pids ?? [])];
     const trees = () => Promise.all([...pids, ...others].map(cpuOfTree));
     const before = await trees();
     const own = process.cpuUsage();
@@ -174,12 +194,13 @@ try {
         nodes: used((x) => x.self, after) - used((x) => x.self, before),
         jobs: used((x) => x.children, after) - used((x) => x.children, before),
         direct: (after[pids.length]!.self - before[pids.length]!.self) * 1000,
+        gateway: (after[pids.length + 1]!.self - before[pids.length + 1]!.self) * 1000,
         nginx:
           after
-            .slice(pids.length + 1)
+            .slice(pids.length + 2)
             .reduce(
               (total, x, i) =>
-                total + x.self + x.children - before[pids.length + 1 + i]!.self - before[pids.length + 1 + i]!.children,
+                total + x.self + x.children - before[pids.length + 2 + i]!.self - before[pids.length + 2 + i]!.children,
               0,
             ) * 1000,
       },
@@ -203,12 +224,14 @@ try {
   const nMs = n?.result.samples.map((s) => s.ms) ?? [];
   const { result: g, ms: gCpu } = await cpuDuring(() => drive(callGateway, REQUESTS));
   /** CPU ms per gateway request of a process group, less what it used idle in as long a time. */
-  const serving = (group: "nodes" | "jobs") => (gCpu[group] - (idle.ms[group] * g.seconds) / idleS) / REQUESTS;
+  const serving = (group: "nodes" | "jobs" | "gateway") =>
+    (gCpu[group] - (idle.ms[group] * g.seconds) / idleS) / REQUESTS;
   const dMs = d.samples.map((s) => s.ms);
   const gMs = g.samples.map((s) => s.ms);
 
   // Failover: steady load, a replica's provider killed after 2 s, load until the replacement is ready + 2 s.
-  const victim = devnet.providers.find((p) => p.account.address === service.replicas()[0]!.provider)!;
+  const victimAddress = (await replicas())[0]!.provider;
+  const victim = devnet.providers.find((p) => p.account.address === victimAddress)!;
   let killedAt = 0;
   let readyAt = 0;
   const window = (async () => {
@@ -216,7 +239,11 @@ try {
     killedAt = Date.now();
     victim.process!.child.kill("SIGKILL");
     await new Promise((resolve) => setTimeout(resolve, 500));
-    await service.ready(3, 60_000);
+    const deadline = Date.now() + 60_000;
+    while ((await replicas()).filter((r) => r.state === "ready").length < 3) {
+      if (Date.now() > deadline) throw new Error("no replacement replica ready 60 s after the kill");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     readyAt = Date.now();
     await new Promise((resolve) => setTimeout(resolve, 2_000));
   })();
@@ -276,7 +303,7 @@ try {
       name: "CPU per request: the clients",
       value: dCpu.bench / REQUESTS,
       unit: "ms",
-      note: "the bench process in the direct run: the load generator, taken off the gateway's figure",
+      note: "the bench process in the direct run: the load generator",
     },
     { name: "CPU per request: the job, direct", value: dCpu.direct / REQUESTS, unit: "ms" },
     ...(n
@@ -291,9 +318,9 @@ try {
       : []),
     {
       name: "CPU per request: gateway + SDK",
-      value: (gCpu.bench - dCpu.bench) / REQUESTS,
+      value: serving("gateway"),
       unit: "ms",
-      note: "the bench process in the gateway run, less the clients",
+      note: `the baton serve process, less its idle CPU (${(idle.ms.gateway / idleS / 10).toFixed(1)} % of a core)`,
     },
     {
       name: "CPU per request: provider nodes",
@@ -325,10 +352,9 @@ try {
   );
   printTable(`Serving (${REQUESTS} requests, ${CONCURRENCY} clients, loopback)`, figures);
   console.log(`\nwrote ${await writeResults("serve", { figures, requests: REQUESTS, concurrency: CONCURRENCY })}`);
-  gateway.close();
-  await service.close();
 } finally {
-  await client.close();
+  // SIGTERM first: the gateway closes every replica's lease before it exits.
+  await gateway?.stop(30_000);
   await devnet.stop();
   direct.kill("SIGTERM");
   await nginx?.stop();

@@ -222,9 +222,12 @@ export function startGateway(
     let refused: string | undefined;
     /** The content type of the replica's response, once its head went out. */
     let sentType: string | undefined;
-    res.once("close", () =>
-      record(req, { started, status: res.statusCode, bytes, aborted: !res.writableFinished, refused }),
-    );
+    // A client that goes away cancels its request: the stream to the replica is let go.
+    const gone = new AbortController();
+    res.once("close", () => {
+      if (!res.writableFinished) gone.abort(new Error("the client went away"));
+      record(req, { started, status: res.statusCode, bytes, aborted: !res.writableFinished, refused });
+    });
     void (async () => {
       if (req.url === STATUS_PATH || req.url === `${STATUS_PATH}.json`) return status(req, res);
       if (req.url === METRICS_PATH) {
@@ -251,11 +254,6 @@ export function startGateway(
         return;
       }
       const retryable = req.headers["x-baton-retryable"] === "1";
-      // A client that goes away cancels its request: the stream to the replica is let go.
-      const gone = new AbortController();
-      res.once("close", () => {
-        if (!res.writableFinished) gone.abort(new Error("the client went away"));
-      });
       try {
         const response = await service.forward(
           { method, path: req.url ?? "/", headers, ...(hasBody ? { body: limited(req, maxRequestBodyBytes) } : {}) },

@@ -18,6 +18,7 @@ import { httpStreams } from "../p2p/http-streams.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
 import type { JobHandle } from "../tenant/job-handle.ts";
+import { linkedSignal } from "../utils/linked-signal.ts";
 import { poll, type Look } from "../utils/retry.ts";
 import { leaseFetch, type LeaseFetchResponse } from "./leaseFetch.ts";
 import { runJob } from "./runJob.ts";
@@ -390,6 +391,7 @@ export async function serve(
     if (leaseId === undefined || !peerId) throw new RequestNotSentError("the replica has no lease");
     const started = performance.now();
     replica.outstanding++;
+    const linked = linkedSignal([signal, replica.inFlight.signal]);
     try {
       const body =
         stream ??
@@ -402,7 +404,7 @@ export async function serve(
         peerId,
         leaseId,
         { method: request.method, path: request.path, headers: request.headers, ...(body ? { body } : {}) },
-        AbortSignal.any([signal, replica.inFlight.signal]),
+        linked.signal,
       );
       // Read the start of the body here: a small response is then whole before the caller sees
       // it, so a replica dying mid-answer is still a retry, not a cut response. Not an event
@@ -430,6 +432,7 @@ export async function serve(
         } finally {
           // Let go before its end (a client gone, a hedge's loser): the stream is released.
           if (!done) await iterator.return?.(undefined);
+          linked.release();
         }
       })();
       const ms = performance.now() - started;
@@ -437,11 +440,114 @@ export async function serve(
       replica.served++;
       return response;
     } catch (error) {
+      linked.release();
       replica.failed++;
       throw error;
     } finally {
       replica.outstanding--;
       freed();
+    }
+  };
+
+  /** One request to the service, within `deadline`: see {@link Service.forward}. */
+  const forwardWithin = async (
+    request: ServiceRequest,
+    fetchOptions: ServiceFetchOptions,
+    deadline: AbortSignal,
+  ): Promise<ServiceResponse> => {
+    const method = request.method.toUpperCase();
+    const pathname = request.path.split("?")[0];
+    const retryable = IDEMPOTENT.has(method) || fetchOptions.retryable === true;
+    // A body is kept for retries only when a retry may happen, and only up to a bound.
+    let kept: Uint8Array[] | undefined;
+    let stream: AsyncIterable<Uint8Array> | undefined;
+    if (request.body) {
+      if (retryable) {
+        kept = [];
+        let size = 0;
+        for await (const chunk of request.body) {
+          size += chunk.byteLength;
+          if (size > MAX_RETRY_BODY_BYTES) {
+            throw new UserError(`a retryable request body may be at most ${MAX_RETRY_BODY_BYTES} bytes`);
+          }
+          kept.push(chunk);
+        }
+      } else {
+        stream = request.body;
+      }
+    }
+    const head = { method, path: request.path, headers: request.headers, body: kept };
+    const tried = new Set<Replica>();
+    let rounds = 0;
+    let lastError: unknown;
+    for (;;) {
+      if (deadline.aborted) {
+        throw new NoReplicaError(`no replica answered ${method} ${pathname} within the deadline`, {
+          cause: lastError,
+          details: lastError instanceof BaseError ? lastError.shortMessage : undefined,
+        });
+      }
+      const first = pick(tried);
+      if (!first) {
+        if (replicas.some((r) => r.state === "ready")) {
+          // Every ready replica is full: wait in the queue for a slot (or fail now if it is full too).
+          await room(deadline);
+        } else {
+          // No replica is ready: wait for one to become so (the deadline is checked above).
+          await nextChange(deadline).catch(() => undefined);
+        }
+        continue;
+      }
+      if (tried.has(first)) {
+        // Every ready replica failed this request once: try again after a pause that doubles
+        // (or at a change of replicas), not in a loop as fast as refusals come back.
+        rounds++;
+        await Promise.race([
+          nextChange(deadline),
+          new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 25 * 2 ** rounds))),
+        ]).catch(() => undefined);
+        if (first.state !== "ready") continue;
+      }
+      if (tried.size > 0) stats.retries++;
+      tried.add(first);
+      const attempts = [attempt(first, head, stream, deadline)];
+      let hedge: NodeJS.Timeout | undefined;
+      const hedgeAfterMs = fetchOptions.hedgeAfterMs ?? options.hedgeAfterMs;
+      if (retryable && hedgeAfterMs !== undefined) {
+        attempts.push(
+          new Promise<LeaseFetchResponse>((resolve, reject) => {
+            hedge = setTimeout(() => {
+              const second = pick(tried);
+              if (!second) return reject(new RequestNotSentError("no second replica to hedge on"));
+              stats.hedges++;
+              tried.add(second);
+              attempt(second, head, undefined, deadline).then(resolve, reject);
+            }, hedgeAfterMs);
+          }),
+        );
+      }
+      try {
+        const winner = await Promise.any(attempts);
+        // A hedge's loser that answers too has a response nobody reads: its stream is let go.
+        for (const other of attempts) {
+          void other.then(
+            (response) => (response === winner ? undefined : discard(response)),
+            () => undefined,
+          );
+        }
+        return winner;
+      } catch (error) {
+        lastError = error instanceof AggregateError ? error.errors[0] : error;
+        const notSent = attempts.length === 1 && lastError instanceof RequestNotSentError;
+        if (!retryable && !notSent) {
+          throw new RequestNotRetriedError(
+            `${method} ${pathname} failed on replica ${first.index} after it was sent, and was not retried: ${method} is not idempotent (mark it retryable to allow a retry)`,
+            { cause: lastError },
+          );
+        }
+      } finally {
+        clearTimeout(hedge);
+      }
     }
   };
 
@@ -460,103 +566,25 @@ export async function serve(
       return toResponse(response);
     },
     async forward(request, fetchOptions = {}) {
-      const deadline = AbortSignal.any([
-        AbortSignal.timeout(fetchOptions.deadlineMs ?? 30_000),
-        ...(fetchOptions.signal ? [fetchOptions.signal] : []),
-      ]);
-      const method = request.method.toUpperCase();
-      const pathname = request.path.split("?")[0];
-      const retryable = IDEMPOTENT.has(method) || fetchOptions.retryable === true;
-      // A body is kept for retries only when a retry may happen, and only up to a bound.
-      let kept: Uint8Array[] | undefined;
-      let stream: AsyncIterable<Uint8Array> | undefined;
-      if (request.body) {
-        if (retryable) {
-          kept = [];
-          let size = 0;
-          for await (const chunk of request.body) {
-            size += chunk.byteLength;
-            if (size > MAX_RETRY_BODY_BYTES) {
-              throw new UserError(`a retryable request body may be at most ${MAX_RETRY_BODY_BYTES} bytes`);
-            }
-            kept.push(chunk);
+      const deadline = linkedSignal(
+        fetchOptions.signal ? [fetchOptions.signal] : [],
+        fetchOptions.deadlineMs ?? 30_000,
+      );
+      try {
+        const response = await forwardWithin(request, fetchOptions, deadline.signal);
+        // The deadline and the caller's signal hold until the response's end, not its head's.
+        const body = response.body;
+        response.body = (async function* () {
+          try {
+            yield* body;
+          } finally {
+            deadline.release();
           }
-        } else {
-          stream = request.body;
-        }
-      }
-      const head = { method, path: request.path, headers: request.headers, body: kept };
-      const tried = new Set<Replica>();
-      let rounds = 0;
-      let lastError: unknown;
-      for (;;) {
-        if (deadline.aborted) {
-          throw new NoReplicaError(`no replica answered ${method} ${pathname} within the deadline`, {
-            cause: lastError,
-            details: lastError instanceof BaseError ? lastError.shortMessage : undefined,
-          });
-        }
-        const first = pick(tried);
-        if (!first) {
-          if (replicas.some((r) => r.state === "ready")) {
-            // Every ready replica is full: wait in the queue for a slot (or fail now if it is full too).
-            await room(deadline);
-          } else {
-            // No replica is ready: wait for one to become so (the deadline is checked above).
-            await nextChange(deadline).catch(() => undefined);
-          }
-          continue;
-        }
-        if (tried.has(first)) {
-          // Every ready replica failed this request once: try again after a pause that doubles
-          // (or at a change of replicas), not in a loop as fast as refusals come back.
-          rounds++;
-          await Promise.race([
-            nextChange(deadline),
-            new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 25 * 2 ** rounds))),
-          ]).catch(() => undefined);
-          if (first.state !== "ready") continue;
-        }
-        if (tried.size > 0) stats.retries++;
-        tried.add(first);
-        const attempts = [attempt(first, head, stream, deadline)];
-        let hedge: NodeJS.Timeout | undefined;
-        const hedgeAfterMs = fetchOptions.hedgeAfterMs ?? options.hedgeAfterMs;
-        if (retryable && hedgeAfterMs !== undefined) {
-          attempts.push(
-            new Promise<LeaseFetchResponse>((resolve, reject) => {
-              hedge = setTimeout(() => {
-                const second = pick(tried);
-                if (!second) return reject(new RequestNotSentError("no second replica to hedge on"));
-                stats.hedges++;
-                tried.add(second);
-                attempt(second, head, undefined, deadline).then(resolve, reject);
-              }, hedgeAfterMs);
-            }),
-          );
-        }
-        try {
-          const winner = await Promise.any(attempts);
-          // A hedge's loser that answers too has a response nobody reads: its stream is let go.
-          for (const other of attempts) {
-            void other.then(
-              (response) => (response === winner ? undefined : discard(response)),
-              () => undefined,
-            );
-          }
-          return winner;
-        } catch (error) {
-          lastError = error instanceof AggregateError ? error.errors[0] : error;
-          const notSent = attempts.length === 1 && lastError instanceof RequestNotSentError;
-          if (!retryable && !notSent) {
-            throw new RequestNotRetriedError(
-              `${method} ${pathname} failed on replica ${first.index} after it was sent, and was not retried: ${method} is not idempotent (mark it retryable to allow a retry)`,
-              { cause: lastError },
-            );
-          }
-        } finally {
-          clearTimeout(hedge);
-        }
+        })();
+        return response;
+      } catch (error) {
+        deadline.release();
+        throw error;
       }
     },
     async upgrade(request, { deadlineMs = 30_000, signal: connection } = {}) {
