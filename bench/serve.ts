@@ -47,6 +47,7 @@ const { values } = parseArgs({
 const blockTimeS = blockTimeArg()(values["block-time"]);
 const REQUESTS = Number(values.requests);
 const CONCURRENCY = Number(values.concurrency);
+const REPLICAS = 3;
 
 interface Sample {
   ms: number;
@@ -151,7 +152,7 @@ try {
       "serve",
       "examples/serve/serve.yaml",
       "--replicas",
-      "3",
+      String(REPLICAS),
       "--port",
       "0",
       "--max-price",
@@ -209,10 +210,11 @@ try {
 
   const callNginx = nginx ? call({ host: "127.0.0.1", port: nginx.port }) : undefined;
 
-  // Warm every path (connections, TLS sessions, JIT), then measure.
+  // Warm every path (connections, TLS sessions, JIT), then measure. The gateway's path has a job
+  // per replica: each gets its 200 requests, as the direct job does.
   await drive(callDirect, 200);
   if (callNginx) await drive(callNginx, 200);
-  await drive(callGateway, 200);
+  await drive(callGateway, 200 * REPLICAS);
   // The nodes and jobs work when idle too (heartbeats, gossip, chain reads): 5 s with no traffic measure it.
   const idleS = 5;
   const idle = await cpuDuring(async () => {
@@ -240,7 +242,7 @@ try {
     victim.process!.child.kill("SIGKILL");
     await new Promise((resolve) => setTimeout(resolve, 500));
     const deadline = Date.now() + 60_000;
-    while ((await replicas()).filter((r) => r.state === "ready").length < 3) {
+    while ((await replicas()).filter((r) => r.state === "ready").length < REPLICAS) {
       if (Date.now() > deadline) throw new Error("no replacement replica ready 60 s after the kill");
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
@@ -278,7 +280,7 @@ try {
             target: { value: 1.5 * median(nMs), atMost: true },
           }
         : { reference: { value: median(dMs), label: "direct p50" } }),
-      note: "3 replicas; HTTP → gateway → lane (TLS keep-alive) → provider node, copying bytes → the job's socket, and back",
+      note: `${REPLICAS} replicas; HTTP → gateway → lane (TLS keep-alive) → provider node, copying bytes → the job's socket, and back`,
     },
     {
       name: "gateway p99",

@@ -318,8 +318,13 @@ export async function serve(
     job.on("lease-vanished", (event) => {
       if (job.status().leaseId === event.leaseId) cut("replacing");
     });
-    job.on("re-leased", () => setState(replica, "starting"));
+    job.on("re-leased", (event) => {
+      lanes.forget(event.from);
+      setState(replica, "starting");
+    });
     const ended = (): void => {
+      const { leaseId } = job.status();
+      if (leaseId !== undefined) lanes.forget(leaseId);
       cut("stopped");
       // A replica that gave up (retry limit, budget) is replaced by a fresh one: the count holds.
       if (!closing && replicas.includes(replica)) {

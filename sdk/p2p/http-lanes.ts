@@ -42,6 +42,8 @@ export interface HttpLanes {
    * were closed under a response that was let go before its end (a client gone, a hedge's loser).
    */
   connections(): { active: number; idle: number; cut: number };
+  /** Closes the lanes of a lease the tenant left (its replica moved or ended). */
+  forget(leaseId: bigint): void;
   /** Closes every lane. */
   close(): void;
 }
@@ -204,6 +206,17 @@ export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
       }
       return { active, idle, cut };
     },
+    forget(leaseId) {
+      for (const [key, pending] of lanes) {
+        if (!key.endsWith(`/${leaseId}`)) continue;
+        lanes.delete(key);
+        void pending.then((lane) => {
+          if (!lane) return;
+          opened.delete(lane);
+          void lane.pool.destroy();
+        });
+      }
+    },
     close() {
       closed = true;
       opened.clear();
@@ -337,7 +350,8 @@ function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () => void)
           }
           chunks.push(chunk);
           buffered += chunk.byteLength;
-          if (buffered > READ_AHEAD_BYTES) c.pause();
+          // Only a reader resumes it: a node's own answer (proxied) is read whole, and is small.
+          if (answered && buffered > READ_AHEAD_BYTES) c.pause();
           woken();
         },
         onResponseEnd() {
