@@ -10,7 +10,9 @@
  * - Failover: the gateway under the same load while one replica's provider is SIGKILLed; failed
  *   requests, and p99 latency in the window from the kill until the replacement is ready.
  *
- * Each phase: `--requests` GET requests (default 2,000) from `--concurrency` clients (default 8).
+ * Each phase: `--requests` GET requests (default 2,000) from `--concurrency` clients (default 8),
+ * the direct job, nginx and the gateway taking turns `--rounds` times (default 5): latencies are
+ * of every round's requests, throughput the median of the rounds', CPU per request over all.
  * - nginx (when installed): the reverse proxy users would otherwise deploy, as two hops in front of
  *   the direct job: client → nginx → nginx over TLS → the job's socket (bench/nginx.ts).
  *
@@ -41,6 +43,7 @@ const { values } = parseArgs({
   options: {
     requests: { type: "string", default: "2000" },
     concurrency: { type: "string", default: "8" },
+    rounds: { type: "string", default: "5" },
     "block-time": { type: "string", default: "0" },
   },
 });
@@ -48,6 +51,8 @@ const blockTimeS = blockTimeArg()(values["block-time"]);
 const REQUESTS = Number(values.requests);
 const CONCURRENCY = Number(values.concurrency);
 const REPLICAS = 3;
+const ROUNDS = Number(values.rounds);
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1) throw new Error(`--rounds wants a whole number from 1: ${values.rounds}`);
 
 interface Sample {
   ms: number;
@@ -221,15 +226,30 @@ try {
     await new Promise((resolve) => setTimeout(resolve, idleS * 1000));
     return { samples: [], seconds: idleS };
   });
-  const { result: d, ms: dCpu } = await cpuDuring(() => drive(callDirect, REQUESTS));
-  const n = callNginx ? await cpuDuring(() => drive(callNginx, REQUESTS)) : undefined;
-  const nMs = n?.result.samples.map((s) => s.ms) ?? [];
-  const { result: g, ms: gCpu } = await cpuDuring(() => drive(callGateway, REQUESTS));
+  // The targets take turns, `ROUNDS` times: a slow spell of this shared machine falls on each alike.
+  type Phase = Awaited<ReturnType<typeof cpuDuring>>;
+  const directRuns: Phase[] = [];
+  const nginxRuns: Phase[] = [];
+  const gatewayRuns: Phase[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    directRuns.push(await cpuDuring(() => drive(callDirect, REQUESTS)));
+    if (callNginx) nginxRuns.push(await cpuDuring(() => drive(callNginx, REQUESTS)));
+    gatewayRuns.push(await cpuDuring(() => drive(callGateway, REQUESTS)));
+  }
+  const latencies = (phases: Phase[]): number[] => phases.flatMap((p) => p.result.samples.map((s) => s.ms));
+  /** The median of the rounds' requests per second. */
+  const rate = (phases: Phase[]): number => median(phases.map((p) => REQUESTS / p.result.seconds));
+  /** CPU ms per request of a process group over every round. */
+  const perRequest = (phases: Phase[], group: keyof Phase["ms"]): number =>
+    phases.reduce((total, p) => total + p.ms[group], 0) / (REQUESTS * phases.length);
+  const gatewaySeconds = gatewayRuns.reduce((total, p) => total + p.result.seconds, 0);
   /** CPU ms per gateway request of a process group, less what it used idle in as long a time. */
   const serving = (group: "nodes" | "jobs" | "gateway") =>
-    (gCpu[group] - (idle.ms[group] * g.seconds) / idleS) / REQUESTS;
-  const dMs = d.samples.map((s) => s.ms);
-  const gMs = g.samples.map((s) => s.ms);
+    perRequest(gatewayRuns, group) - (idle.ms[group] * gatewaySeconds) / idleS / (REQUESTS * ROUNDS);
+  const dMs = latencies(directRuns);
+  const nMs = latencies(nginxRuns);
+  const gMs = latencies(gatewayRuns);
+  const n = nginxRuns.length > 0;
 
   // Failover: steady load, a replica's provider killed after 2 s, load until the replacement is ready + 2 s.
   const victimAddress = (await replicas())[0]!.provider;
@@ -256,7 +276,7 @@ try {
   figures.push(
     { name: "direct p50", value: median(dMs), unit: "ms", note: "the job alone, HTTP keep-alive on its Unix socket" },
     { name: "direct p99", value: percentile(dMs, 99), unit: "ms" },
-    { name: "direct throughput", value: REQUESTS / d.seconds, unit: "req/s" },
+    { name: "direct throughput", value: rate(directRuns), unit: "req/s" },
     ...(n
       ? [
           {
@@ -267,7 +287,7 @@ try {
             note: "client → nginx → nginx over TLS → the job's socket, keep-alive on every hop, one worker each",
           },
           { name: "nginx p99", value: percentile(nMs, 99), unit: "ms" },
-          { name: "nginx throughput", value: REQUESTS / n.result.seconds, unit: "req/s" },
+          { name: "nginx throughput", value: rate(nginxRuns), unit: "req/s" },
         ]
       : []),
     {
@@ -292,27 +312,27 @@ try {
     },
     {
       name: "gateway throughput",
-      value: REQUESTS / g.seconds,
+      value: rate(gatewayRuns),
       unit: "req/s",
       ...(n
         ? {
-            reference: { value: REQUESTS / n.result.seconds, label: "nginx" },
-            target: { value: (0.5 * REQUESTS) / n.result.seconds, atMost: false },
+            reference: { value: rate(nginxRuns), label: "nginx" },
+            target: { value: 0.5 * rate(nginxRuns), atMost: false },
           }
-        : { reference: { value: REQUESTS / d.seconds, label: "direct" } }),
+        : { reference: { value: rate(directRuns), label: "direct" } }),
     },
     {
       name: "CPU per request: the clients",
-      value: dCpu.bench / REQUESTS,
+      value: perRequest(directRuns, "bench"),
       unit: "ms",
       note: "the bench process in the direct run: the load generator",
     },
-    { name: "CPU per request: the job, direct", value: dCpu.direct / REQUESTS, unit: "ms" },
+    { name: "CPU per request: the job, direct", value: perRequest(directRuns, "direct"), unit: "ms" },
     ...(n
       ? [
           {
             name: "CPU per request: nginx",
-            value: n.ms.nginx / REQUESTS,
+            value: perRequest(nginxRuns, "nginx"),
             unit: "ms",
             note: "both hops, masters and workers",
           },
@@ -352,8 +372,13 @@ try {
       note: `${inWindow.length} requests between the kill and the replacement being ready`,
     },
   );
-  printTable(`Serving (${REQUESTS} requests, ${CONCURRENCY} clients, loopback)`, figures);
-  console.log(`\nwrote ${await writeResults("serve", { figures, requests: REQUESTS, concurrency: CONCURRENCY })}`);
+  printTable(
+    `Serving (${ROUNDS} rounds of ${REQUESTS} requests per target, ${CONCURRENCY} clients, loopback)`,
+    figures,
+  );
+  console.log(
+    `\nwrote ${await writeResults("serve", { figures, requests: REQUESTS, rounds: ROUNDS, concurrency: CONCURRENCY })}`,
+  );
 } finally {
   // SIGTERM first: the gateway closes every replica's lease before it exits.
   await gateway?.stop(30_000);

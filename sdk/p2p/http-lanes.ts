@@ -276,7 +276,10 @@ function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () => void)
     if (signal.aborted) return signal.reason as Error;
     if (bodyError !== undefined) return bodyFailed();
     if (error instanceof BaseError) return error;
-    return new ProviderFaultError("the response broke off on its lane", { cause: error, details: shortMessageOf(error) });
+    return new ProviderFaultError("the response broke off on its lane", {
+      cause: error,
+      details: shortMessageOf(error),
+    });
   };
 
   return new Promise<LaneResponse>((resolve, reject) => {
@@ -376,7 +379,10 @@ function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () => void)
             reject(new RequestNotSentError(`cannot open the lane to ${lane.address}`, { cause: error }));
           } else if (!signal.aborted && bodyError === undefined && !(error instanceof BaseError)) {
             reject(
-              new ProviderFaultError("the request broke off on its lane", { cause: error, details: shortMessageOf(error) }),
+              new ProviderFaultError("the request broke off on its lane", {
+                cause: error,
+                details: shortMessageOf(error),
+              }),
             );
           } else reject(brokeOff(error));
         },
