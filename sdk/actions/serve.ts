@@ -90,8 +90,11 @@ export interface ServiceStats {
   hedges: number;
   /** Requests refused with {@link ServiceBusyError}. */
   busy: number;
-  /** Connections on lanes to the replicas: open now (carrying a request, or idle), and closed mid-response. */
-  lanes: { active: number; idle: number; cut: number };
+  /**
+   * Connections on lanes to the replicas: open now (carrying a request, or idle), closed
+   * mid-response, and the leases that have a lane.
+   */
+  lanes: { active: number; idle: number; cut: number; leases: number };
 }
 
 export type ReplicaState = "starting" | "ready" | "suspect" | "replacing" | "stopped";
@@ -667,6 +670,8 @@ export async function serve(
       while (replicas.length < count) await add();
       while (replicas.length > count) {
         const surplus = replicas.pop()!;
+        const { leaseId } = surplus.job.status();
+        if (leaseId !== undefined) lanes.forget(leaseId);
         setState(surplus, "stopped");
         await surplus.job.cancel();
       }

@@ -302,9 +302,20 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     await service.ready(3, 60_000);
   });
 
-  it("scales down and up on request, on distinct providers", async () => {
+  it("scales down and up on request, on distinct providers, and closes the lane of a replica let go", async () => {
+    // Requests in parallel spread over the replicas (the least busy first) until each lease has a lane.
+    await until(
+      async () => {
+        const spread = Array.from({ length: 6 }, () => fetch(`${base}/predict?text=spread&delay=100`));
+        for (const res of await Promise.all(spread)) await res.text();
+        return service.stats().lanes.leases === 3;
+      },
+      30_000,
+      "a lane to every replica",
+    );
     await service.scale(2);
     expect(service.replicas()).toHaveLength(2);
+    expect(service.stats().lanes.leases).toBe(2);
     const res = await fetch(`${base}/predict?text=two`);
     expect(res.status).toBe(200);
     await service.scale(3);
