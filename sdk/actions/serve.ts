@@ -433,6 +433,9 @@ export async function serve(
         buffered.push(next.value);
         size += next.value.byteLength;
       }
+      // A whole response has nothing left to cancel: its listener on the replica's signal goes now,
+      // not when (or if) its reader reaches the end.
+      if (done) linked.release();
       response.body = (async function* () {
         try {
           yield* buffered;
