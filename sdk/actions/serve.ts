@@ -352,6 +352,8 @@ export async function serve(
   };
 
   const stats: Omit<ServiceStats, "lanes"> = { retries: 0, hedges: 0, busy: 0 };
+  /** Responses read whole by their attempt: nothing is left to time out or cancel. */
+  const whole = new WeakSet<ServiceResponse>();
   const maxConcurrent = options.maxConcurrentPerReplica ?? 64;
   const maxQueued = options.maxQueued ?? 1_024;
   /** Requests waiting for a replica with room, oldest first: each slot freed wakes the oldest. */
@@ -433,19 +435,26 @@ export async function serve(
         buffered.push(next.value);
         size += next.value.byteLength;
       }
-      // A whole response has nothing left to cancel: its listener on the replica's signal goes now,
-      // not when (or if) its reader reaches the end.
-      if (done) linked.release();
-      response.body = (async function* () {
-        try {
+      if (done) {
+        // A whole response has nothing left to cancel: its listener on the replica's signal goes
+        // now, not when (or if) its reader reaches the end, and its body is the bytes read.
+        linked.release();
+        response.body = (async function* () {
           yield* buffered;
-          if (!done) yield* { [Symbol.asyncIterator]: () => iterator };
-        } finally {
-          // Let go before its end (a client gone, a hedge's loser): the stream is released.
-          if (!done) await iterator.return?.(undefined);
-          linked.release();
-        }
-      })();
+        })();
+        whole.add(response);
+      } else {
+        response.body = (async function* () {
+          try {
+            yield* buffered;
+            yield* { [Symbol.asyncIterator]: () => iterator };
+          } finally {
+            // Let go before its end (a client gone, a hedge's loser): the stream is released.
+            await iterator.return?.(undefined);
+            linked.release();
+          }
+        })();
+      }
       const ms = performance.now() - started;
       replica.latencyMs = replica.latencyMs === undefined ? ms : 0.8 * replica.latencyMs + 0.2 * ms;
       replica.served++;
@@ -460,12 +469,15 @@ export async function serve(
     }
   };
 
-  /** One request to the service, within `deadline`: see {@link Service.forward}. */
+  /**
+   * One request to the service, within `deadline`: see {@link Service.forward}. `settled`, when a
+   * hedge sent it twice, resolves once the other attempt is over too (answered, failed or aborted).
+   */
   const forwardWithin = async (
     request: ServiceRequest,
     fetchOptions: ServiceFetchOptions,
     deadline: AbortSignal,
-  ): Promise<ServiceResponse> => {
+  ): Promise<{ response: ServiceResponse; settled?: Promise<unknown> }> => {
     const method = request.method.toUpperCase();
     const pathname = request.path.split("?")[0];
     const retryable = IDEMPOTENT.has(method) || fetchOptions.retryable === true;
@@ -546,7 +558,7 @@ export async function serve(
             () => undefined,
           );
         }
-        return winner;
+        return { response: winner, ...(attempts.length > 1 ? { settled: Promise.allSettled(attempts) } : {}) };
       } catch (error) {
         lastError = error instanceof AggregateError ? error.errors[0] : error;
         const notSent = attempts.length === 1 && lastError instanceof RequestNotSentError;
@@ -582,14 +594,20 @@ export async function serve(
         fetchOptions.deadlineMs ?? 30_000,
       );
       try {
-        const response = await forwardWithin(request, fetchOptions, deadline.signal);
+        const { response, settled } = await forwardWithin(request, fetchOptions, deadline.signal);
+        // A hedge's other attempt may still wait for its answer: the deadline holds until it is over.
+        const release = settled ? () => void settled.then(deadline.release) : deadline.release;
+        if (whole.has(response)) {
+          release();
+          return response;
+        }
         // The deadline and the caller's signal hold until the response's end, not its head's.
         const body = response.body;
         response.body = (async function* () {
           try {
             yield* body;
           } finally {
-            deadline.release();
+            release();
           }
         })();
         return response;
