@@ -115,6 +115,8 @@ export function httpLanes(
     });
     job.once("connect", () => {
       joined = true;
+      // Each answer goes out at once: a lane carries small requests and answers, one at a time.
+      lane.setNoDelay(true);
       metrics.httpLanes.inc({ outcome: "joined" });
       open.set(lane, ticket.leaseId);
       lane.pipe(job);

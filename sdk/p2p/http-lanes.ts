@@ -152,6 +152,8 @@ export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
             settled = true;
             socket.setTimeout(0);
             socket.off("error", fail);
+            // As undici's own connector does: a small request goes out at once, not after Nagle's wait.
+            socket.setNoDelay(true);
             done(null, socket);
           });
         },
