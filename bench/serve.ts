@@ -172,7 +172,12 @@ try {
     ],
     { BATON_TENANT_KEY: privateKeyOf(tenant) },
   );
-  const { url } = JSON.parse(await gateway.waitFor(/"type":"ready"/, 180_000)) as { url: string };
+  const ready = await gateway.waitFor(/"type":"ready"/, 180_000).catch((error: unknown) => {
+    throw new Error(
+      `baton serve did not get ready (${String(error)}); its last lines:\n${gateway!.lines.slice(-20).join("\n")}`,
+    );
+  });
+  const { url } = JSON.parse(ready) as { url: string };
   const { port } = new URL(url);
   const callGateway = call({ host: "127.0.0.1", port: Number(port) });
   const replicas = async (): Promise<ReplicaStatus[]> => {
