@@ -13,6 +13,7 @@ import { selfSignedCertificate } from "../../deploy/certificate.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
 import { startMarket, type Market } from "../helpers/market.ts";
+import { nodeMetrics, sample } from "../helpers/node-metrics.ts";
 import { root, until } from "../helpers/processes.ts";
 
 /** The gateway's limits, on one replica of the example server on a real provider. */
@@ -299,6 +300,35 @@ describe("a replica that never passes its readiness probe", () => {
       );
     } finally {
       await unready.close();
+    }
+  });
+});
+
+describe("a replica whose server listens late", () => {
+  it("is probed on its lane, which the node answers 503 not-delivered until the job listens, then serves", async () => {
+    const provider = market.providers[0]!;
+    const lanes = async (outcome: string): Promise<number> =>
+      sample(await nodeMetrics(provider.process!), `baton_http_lanes_total{outcome="${outcome}"}`) || 0;
+    const notListening = await lanes("not-listening");
+    const client = await market.client(2, path.join(dir, "tenant-late"));
+    const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
+    // The job runs 5 s before its server listens: the probes in that time reach a running lease.
+    const late = await serve(
+      client,
+      { ...spec, command: ["sh", "-c", "sleep 5; exec node server.mjs"] },
+      { replicas: 1, maxPricePerSecond: parseEther("0.001"), files },
+    );
+    try {
+      await late.ready(1, 120_000);
+      // Each probe before the job listened was a lane the node joined to nothing, and refused as
+      // not delivered (so the SDK may send it again); the one that passed went on a lane too.
+      expect(await lanes("not-listening")).toBeGreaterThan(notListening);
+      expect(late.stats().lanes.leases).toBe(1);
+      const res = await late.fetch(new Request("http://service/predict?text=late"));
+      expect(res.status).toBe(200);
+      expect(await res.json()).toMatchObject({ model: "mlp-trigram-seed1" });
+    } finally {
+      await late.close();
     }
   });
 });
