@@ -275,11 +275,12 @@ function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () => void)
       cause: bodyError,
       details: shortMessageOf(bodyError),
     });
-  const brokeOff = (error: Error): Error => {
+  /** What a lane's failure is to the caller: its own abort, a failed body, or the provider's fault. */
+  const brokeOff = (error: Error, part: "request" | "response"): Error => {
     if (signal.aborted) return signal.reason as Error;
     if (bodyError !== undefined) return bodyFailed();
     if (error instanceof BaseError) return error;
-    return new ProviderFaultError("the response broke off on its lane", {
+    return new ProviderFaultError(`the ${part} broke off on its lane`, {
       cause: error,
       details: shortMessageOf(error),
     });
@@ -313,7 +314,7 @@ function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () => void)
             buffered -= chunk.byteLength;
             if (buffered === 0) controller?.resume();
             yield chunk;
-          } else if (failure) throw brokeOff(failure);
+          } else if (failure) throw brokeOff(failure, "response");
           else if (ended) return;
           else await new Promise<void>((resolve) => (wake = resolve));
         }
@@ -380,14 +381,7 @@ function send(lane: Lane, req: LaneRequest, broken: () => void, cut: () => void)
           if (lane.connectErrors.has(error) && !signal.aborted) {
             broken();
             reject(new RequestNotSentError(`cannot open the lane to ${lane.address}`, { cause: error }));
-          } else if (!signal.aborted && bodyError === undefined && !(error instanceof BaseError)) {
-            reject(
-              new ProviderFaultError("the request broke off on its lane", {
-                cause: error,
-                details: shortMessageOf(error),
-              }),
-            );
-          } else reject(brokeOff(error));
+          } else reject(brokeOff(error, "request"));
         },
       },
     );
