@@ -547,6 +547,8 @@ interface SizeResult {
    * from local blocks, and each fetch by bitswap alone.
    */
   cpuMsPerMiB: {
+    /** The provider's, publishing (per MiB of checkpoint). */
+    publish: number[];
     provider: number[];
     tenant: number[];
     tenantLocalRestore: number[];
@@ -578,6 +580,7 @@ async function measureSize(
     bitswap: [],
   };
   const cpuMsPerMiB: SizeResult["cpuMsPerMiB"] = {
+    publish: [],
     provider: [],
     tenant: [],
     tenantLocalRestore: [],
@@ -605,8 +608,10 @@ async function measureSize(
       await provider.ipfs.gc();
     }
     const started = performance.now();
+    const cpu = process.cpuUsage();
     published = await publishCheckpoint(provider.ipfs, key, dir, { maxBytes: 2 * bytes });
     ms.publish!.push(performance.now() - started);
+    cpuMsPerMiB.publish.push(cpuMsSince(cpu) / sizeMiB);
   }
   await rm(dir, { recursive: true, force: true });
 
@@ -809,6 +814,7 @@ function sizeFigures(result: SizeResult): Figure[] {
       target: { value: round(slowest / 2), atMost: false },
       note: "target: 50 % of the slowest raw reference",
     },
+    { name: `${label} publish CPU time`, value: round(median(cpuMsPerMiB.publish)), unit: "ms per MiB" },
     { name: `${label} raw loopback TCP`, value: tcp, unit: "MB/s" },
     {
       name: `${label} fetch provider → tenant (restore)`,

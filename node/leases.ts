@@ -1,4 +1,5 @@
-import { mkdir, rename, rm } from "node:fs/promises";
+import { renameSync } from "node:fs";
+import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 
 import type { Connection, Stream } from "@libp2p/interface";
@@ -527,13 +528,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     if (runtime.queued === undefined)
       store.updateLease(row.leaseId, { pid: null, exitCode: exit.code, reason: exit.reason });
     const aside = path.join(taskDir.root, `output.${++runtime.outputs}`);
-    const moved = await rename(path.join(taskDir.path, "output"), aside).then(
-      () => true,
-      (error: unknown) => {
-        log.warn("output not published", { leaseId: row.leaseId, taskId, error });
-        return false;
-      },
-    );
+    // One call, synchronous: the lease's next task waits on it, and the event loop may be busy.
+    let moved = true;
+    try {
+      renameSync(path.join(taskDir.path, "output"), aside);
+    } catch (error) {
+      log.warn("output not published", { leaseId: row.leaseId, taskId, error });
+      moved = false;
+    }
     runtime.emptying = workDirs.emptyTaskDir(taskDir);
     const before = runtime.results;
     runtime.results = (async () => {

@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, type Stats } from "node:fs";
 import { lchown, lstat, mkdir, readdir, realpath, rm } from "node:fs/promises";
 import path from "node:path";
 
@@ -264,6 +264,8 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
     taskDir: (dir) => ({ ...dir, path: path.join(dir.root, "task") }),
     async emptyTaskDir(dir) {
       try {
+        const untouched = leftEmpty(dir.path);
+        if (untouched !== undefined) return untouched;
         const [owner] = await Promise.all([lstat(dir.path), emptyDir(dir.path, JOB_DIRS)]);
         const output = path.join(dir.path, "output");
         if (
@@ -273,12 +275,8 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
           )
         )
           await lchown(output, owner.uid, owner.gid);
-        // Each as the runner made it: a dir of the task dir's owner (the job's user), for it alone.
         const kept = await Promise.all(JOB_DIRS.map((name) => lstat(path.join(dir.path, name)).catch(() => undefined)));
-        return kept.every(
-          (stat) =>
-            stat?.isDirectory() && stat.uid === owner.uid && stat.gid === owner.gid && (stat.mode & 0o7777) === 0o700,
-        );
+        return kept.every((stat) => ownedJobDir(stat, owner));
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== "ENOENT")
           log.warn("task dir not emptied", { dir: dir.path, error });
@@ -347,4 +345,36 @@ export async function releaseQuotaFileSystems(dir: string, log: Logger): Promise
     await removeQuotaFileSystem(path.join(path.dirname(work), DISK_IMAGE), work, log);
   }
   for (const image of images) await removeQuotaFileSystem(image, path.join(path.dirname(image), "work"), log);
+}
+
+/** A job dir as the runner made it: a dir of the task dir's owner (the job's user), for it alone. */
+const ownedJobDir = (stat: Stats | undefined, owner: Stats): boolean =>
+  stat !== undefined &&
+  stat.isDirectory() &&
+  stat.uid === owner.uid &&
+  stat.gid === owner.gid &&
+  (stat.mode & 0o7777) === 0o700;
+
+/**
+ * `emptyTaskDir` in a few synchronous calls for a task that left nothing to remove: only its job
+ * dirs, all empty (its output was moved aside), which is how most tasks of a batch leave it. Each
+ * of the general way's round trips to the thread pool waits its turn on the node's event loop, and
+ * between two tasks they took 2.5 ms (p50) to 10 ms (p90) of the lease's time. `undefined` when
+ * there is anything to remove: the general way does it.
+ */
+function leftEmpty(taskDir: string): boolean | undefined {
+  const names = readdirSync(taskDir);
+  if (names.some((name) => !JOB_DIRS.includes(name))) return undefined;
+  const owner = lstatSync(taskDir);
+  const stats = new Map(names.map((name) => [name, lstatSync(path.join(taskDir, name))]));
+  for (const [name, stat] of stats) {
+    if (!stat.isDirectory() || readdirSync(path.join(taskDir, name)).length > 0) return undefined;
+  }
+  if (!stats.has("output")) {
+    const output = path.join(taskDir, "output");
+    mkdirSync(output, { mode: 0o700 });
+    lchownSync(output, owner.uid, owner.gid);
+    stats.set("output", lstatSync(output));
+  }
+  return JOB_DIRS.every((name) => ownedJobDir(stats.get(name), owner));
 }

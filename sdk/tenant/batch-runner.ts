@@ -230,8 +230,14 @@ export class BatchRunner {
   #slashes!: PendingSlashes;
   #replicator!: CheckpointReplicator;
   #onSlash!: OnSlash;
-  /** Leases are acquired one at a time: a second bid must see the first one's provider as taken. */
+  /**
+   * Providers are chosen one at a time: a second bid must see the first one's provider as taken.
+   * Resolved once the acquisition in turn has chosen its provider (its lease then opens beside the
+   * next one's bidding), or has ended.
+   */
   #acquiring: Promise<unknown> = Promise.resolve();
+  /** Providers chosen by an acquisition whose lease is not open yet. */
+  #choosing = new Set<string>();
   /** Resolved (and replaced) whenever the queue changes: idle slots wait on it. */
   #changed = wakeUp();
   #failure: BaseError | undefined;
@@ -382,6 +388,16 @@ export class BatchRunner {
    * none serving, it looks again for {@link HAND_OFF_SEARCH_MS} where {@link searchesAgain} says so.
    */
   #acquire(): Promise<LeaseRecord | undefined> {
+    let chosen: string | undefined;
+    let onChosen!: (provider: string) => void;
+    const turnOver = new Promise<void>((resolve) => {
+      onChosen = (provider) => {
+        if (chosen !== undefined) this.#choosing.delete(chosen);
+        chosen = provider;
+        this.#choosing.add(provider);
+        resolve();
+      };
+    });
     const next = this.#acquiring.then(async () => {
       const giveUpAt = Date.now() + HAND_OFF_SEARCH_MS;
       for (;;) {
@@ -394,9 +410,15 @@ export class BatchRunner {
             predecessor: undefined,
             signed: false,
             resume: undefined,
-            avoid: [...[...this.#active.values()].map((l) => l.provider), ...this.#queue.excluded, ...this.#idle],
+            avoid: [
+              ...[...this.#active.values()].map((l) => l.provider),
+              ...this.#choosing,
+              ...this.#queue.excluded,
+              ...this.#idle,
+            ],
             durationS: this.#init.leaseDurationS,
             funding: this.#funding,
+            onChosen,
             signal: this.#stop.signal,
           });
           this.#active.set(lease.leaseId, lease);
@@ -405,7 +427,7 @@ export class BatchRunner {
         } catch (error) {
           const noProvider = error instanceof NoProviderError || error instanceof BudgetExhaustedError;
           if (!noProvider || this.#stop.signal.aborted) throw error;
-          if (this.#active.size > 0) {
+          if (this.#active.size > 0 || this.#choosing.size > 0) {
             this.#log.info("no further lease for the batch now", { error: shortMessageOf(error) });
             return undefined;
           }
@@ -417,7 +439,12 @@ export class BatchRunner {
         }
       }
     });
-    this.#acquiring = next.catch(() => undefined);
+    const ended = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    void ended.then(() => chosen !== undefined && this.#choosing.delete(chosen));
+    this.#acquiring = Promise.race([turnOver, ended]);
     return next;
   }
 

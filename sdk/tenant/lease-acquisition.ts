@@ -37,6 +37,12 @@ export interface AcquireLeaseParameters {
   durationS?: number;
   /** How much the deposit pays for; a job's `maxDurationS` by default (see {@link Funding}). */
   funding?: Funding;
+  /**
+   * Called once the provider is chosen and the deposit counted in `record.deposited`, before the
+   * lease is opened: from then on another acquisition for the same record may run beside this one,
+   * avoiding `provider`.
+   */
+  onChosen?: (provider: Address) => void;
   signal: AbortSignal;
 }
 
@@ -64,6 +70,7 @@ export async function acquireLease(
     standby,
     durationS,
     funding,
+    onChosen,
     signal,
   }: AcquireLeaseParameters,
 ): Promise<AcquiredLease> {
@@ -103,27 +110,39 @@ export async function acquireLease(
   });
   const price = chosen.quote.pricePerSecond;
   const deposit = leaseDeposit(record, price, funding);
+  const provider: Address = chosen.quote.provider;
   const predecessorId = predecessor ? BigInt(predecessor.leaseId) : 0n;
   const parameters = { quote: chosen.quote, deposit, predecessor: predecessorId, signal };
-  // The tenant's own open leaves the allowance the job's next hand-off will pull (in the same
-  // transaction: its permit grants both), so that hand-off's signed opening needs no approval first.
-  const { leaseId, opening, openingTx } = signed
-    ? { ...(await signOpening(client, { ...parameters, quoteSignature: chosen.signature })), openingTx: undefined }
-    : await openLease(client, {
-        ...parameters,
-        signature: chosen.signature,
-        keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
-      }).then(({ leaseId, receipt }) => ({ leaseId, opening: undefined, openingTx: receipt.transactionHash }));
-  const lease: LeaseRecord = {
-    ...(await openedLease(client, chosen, leaseId, deposit)),
-    ...(openingTx ? { openingTx } : {}),
-    ...(resume ? { resumedFrom: resume.cid } : {}),
-    ...(opening ? { signedOpening: { deadline: opening.deadline.toString() } } : {}),
-  };
-  record.leases.push(lease);
+  // Counted before the lease opens, and taken back if it does not: an acquisition that runs beside
+  // this one (`onChosen`) sees it against the budget.
   record.deposited = (BigInt(record.deposited) + deposit).toString();
+  let lease: LeaseRecord;
+  let opening: OpeningWire | undefined;
+  try {
+    onChosen?.(provider);
+    // The tenant's own open leaves the allowance the job's next hand-off will pull (in the same
+    // transaction: its permit grants both), so that hand-off's signed opening needs no approval first.
+    const opened = signed
+      ? { ...(await signOpening(client, { ...parameters, quoteSignature: chosen.signature })), openingTx: undefined }
+      : await openLease(client, {
+          ...parameters,
+          signature: chosen.signature,
+          keepAllowance: allowanceToKeep(client, jobId, nextDeposit(record, maxPricePerSecond)),
+        }).then(({ leaseId, receipt }) => ({ leaseId, opening: undefined, openingTx: receipt.transactionHash }));
+    opening = opened.opening;
+    lease = {
+      ...(await openedLease(client, chosen, opened.leaseId, deposit)),
+      ...(opened.openingTx ? { openingTx: opened.openingTx } : {}),
+      ...(resume ? { resumedFrom: resume.cid } : {}),
+      ...(opening ? { signedOpening: { deadline: opening.deadline.toString() } } : {}),
+    };
+  } catch (error) {
+    record.deposited = (BigInt(record.deposited) - deposit).toString();
+    throw error;
+  }
+  const leaseId = BigInt(lease.leaseId);
+  record.leases.push(lease);
   await client.jobs.save(record);
-  const provider: Address = chosen.quote.provider;
   events.emit({
     type: "lease-opened",
     leaseId,

@@ -368,6 +368,14 @@ describe("work dirs whose usage is watched (a node that is not root)", () => {
     }
     expect(await readFile(path.join(taskDir.root, "output.1", "left"), "utf8")).toBe("output");
 
+    // A task that left nothing but its output (moved away) and its empty dirs: the same, the quick way.
+    await writeFile(path.join(taskDir.path, "output", "result"), "2");
+    await rename(path.join(taskDir.path, "output"), path.join(taskDir.root, "output.2"));
+    expect(await workDirs.emptyTaskDir(taskDir)).toBe(true);
+    expect((await readdir(taskDir.path)).sort()).toEqual(["checkpoints", "output", "resume", "tmp"]);
+    expect(await readdir(path.join(taskDir.path, "output"))).toEqual([]);
+    expect((await stat(path.join(taskDir.path, "output"))).mode & 0o7777).toBe(0o700);
+
     // A dir the task changed is not as the runner made it: the next task's are made again.
     await chmod(path.join(taskDir.path, "checkpoints"), 0o755);
     expect(await workDirs.emptyTaskDir(taskDir)).toBe(false);
