@@ -535,11 +535,17 @@ export async function serve(
       tried.add(first);
       const attempts = [attempt(first, head, stream, deadline)];
       let hedge: NodeJS.Timeout | undefined;
+      // A hedge not sent by the time the first attempt is over is settled as not sent: otherwise
+      // `settled` below would never come, and the request's deadline and listeners would be held
+      // until the deadline's end.
+      let unsent: (() => void) | undefined;
       const hedgeAfterMs = fetchOptions.hedgeAfterMs ?? options.hedgeAfterMs;
       if (retryable && hedgeAfterMs !== undefined) {
         attempts.push(
           new Promise<LeaseFetchResponse>((resolve, reject) => {
+            unsent = () => reject(new RequestNotSentError("the first attempt was over before the hedge was due"));
             hedge = setTimeout(() => {
+              unsent = undefined;
               const second = pick(tried);
               if (!second) return reject(new RequestNotSentError("no second replica to hedge on"));
               stats.hedges++;
@@ -570,6 +576,7 @@ export async function serve(
         }
       } finally {
         clearTimeout(hedge);
+        unsent?.();
       }
     }
   };

@@ -1,4 +1,4 @@
-import { once } from "node:events";
+import { getEventListeners, once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
 import type { Server } from "node:http";
 import os from "node:os";
@@ -178,6 +178,22 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     await until(() => service.stats().lanes.active === 0, 10_000, "the winner's connection idle");
     // None opened (an idle one from the readiness probes may have closed meanwhile).
     expect(httpStreams()).toBeLessThanOrEqual(streamsBefore);
+  });
+
+  it("lets go of a request's deadline and of the caller's signal once it is answered before its hedge is due", async () => {
+    const caller = new AbortController();
+    const hedges = service.stats().hedges;
+    const response = await service.forward(
+      { method: "GET", path: "/predict?text=unhedged", headers: [] },
+      { hedgeAfterMs: 60_000, signal: caller.signal },
+    );
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of response.body) chunks.push(chunk);
+    expect(response.status).toBe(200);
+    expect(JSON.parse(Buffer.concat(chunks).toString())).toHaveProperty("label");
+    expect(service.stats().hedges).toBe(hedges);
+    // Held until the deadline's end (30 s) when the hedge that was never sent kept the request open.
+    await until(() => getEventListeners(caller.signal, "abort").length === 0, 2_000, "the caller's signal let go");
   });
 
   it("gives a lane only to the lease's tenant, and lets in only a connection that holds its key", async () => {
