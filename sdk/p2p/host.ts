@@ -125,6 +125,11 @@ export async function createBatonHost({
       ping: ping({ maxOutboundStreams: 4 }),
       pubsub: gossipsub({
         allowPublishToZeroTopicPeers: true,
+        // Offers, the one topic, are signed envelopes of their own (checked by whoever reads one):
+        // gossipsub's signature on each message said the same again, and signing and checking it
+        // (libp2p imports the key from a JWK at every call) cost every peer more than the rest of
+        // handling an offer. Peers of one topic must agree on this; hence the topic's version 2.
+        globalSignaturePolicy: "StrictNoSign",
         // Gossipsub's default marks down every peer past the tenth seen from one IP within the hour
         // (a peer with no positive score is remembered that long): tenants behind one NAT, or every
         // tenant of a local test network on 127.0.0.1, so the fourteenth got no offers at all.

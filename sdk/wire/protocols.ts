@@ -30,8 +30,11 @@ export const protocols = {
 } as const;
 
 export const topics = {
-  /** Gossipsub: providers' signed offers. */
-  offers: `${PROTOCOL_PREFIX}/offers/1.0.0`,
+  /**
+   * Gossipsub: providers' signed offers, in messages gossipsub does not sign itself (its
+   * `StrictNoSign` policy; version 1 was gossiped with `StrictSign`).
+   */
+  offers: `${PROTOCOL_PREFIX}/offers/2.0.0`,
 } as const;
 
 /**
