@@ -14,7 +14,7 @@ import { parseTasks } from "../../sdk/tenant/batch-tasks.ts";
 import { devAccount } from "../../deploy/local-chain.ts";
 import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import { privateKeyOf } from "../helpers/market.ts";
-import { spawnScript } from "../helpers/processes.ts";
+import { spawnScript, until } from "../helpers/processes.ts";
 import { expectTokensConserved, tenantCliArgs, totals, useRunJobMarket } from "../helpers/run-job.ts";
 
 /*
@@ -65,10 +65,19 @@ const resumable = parseJobSpec({
   ],
 });
 
-/** Collects a batch's events; `when` resolves at the first that matches (seen already or to come). */
+/**
+ * Collects a batch's events; `when` resolves at the first that matches (seen already or to come).
+ * Once the batch given to `follow` is over, a wait for an event not seen fails with how the batch
+ * ended, instead of waiting for the test's timeout for an event that can no longer come.
+ */
 function recorder() {
   const events: BatchEvent[] = [];
-  const waiters: { match: (e: BatchEvent) => boolean; resolve: (e: BatchEvent) => void }[] = [];
+  const waiters: {
+    match: (e: BatchEvent) => boolean;
+    resolve: (e: BatchEvent) => void;
+    reject: (error: Error) => void;
+  }[] = [];
+  let over: Error | undefined;
   const onEvent = (event: BatchEvent): void => {
     events.push(event);
     for (const waiter of [...waiters]) {
@@ -80,9 +89,22 @@ function recorder() {
   const when = (match: (e: BatchEvent) => boolean): Promise<BatchEvent> => {
     const seen = events.find(match);
     if (seen) return Promise.resolve(seen);
-    return new Promise((resolve) => waiters.push({ match, resolve }));
+    if (over) return Promise.reject(over);
+    return new Promise((resolve, reject) => waiters.push({ match, resolve, reject }));
   };
-  return { events, onEvent, when };
+  /** Returns `batch`, its rejection handled here (the test awaits it itself, or not). */
+  const follow = <T>(batch: Promise<T>): Promise<T> => {
+    const end = (error: Error): void => {
+      over = error;
+      for (const waiter of waiters.splice(0)) waiter.reject(error);
+    };
+    batch.then(
+      () => end(new Error("the batch ended before the event awaited")),
+      (cause: unknown) => end(new Error(`the batch failed before the event awaited: ${String(cause)}`, { cause })),
+    );
+    return batch;
+  };
+  return { events, onEvent, when, follow };
 }
 
 /**
@@ -132,13 +154,28 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     client = await fixture.market.client(0, path.join(fixture.dir, "tenant"));
   });
 
+  /**
+   * Starts a killed provider again once its test is over, and waits until the tenant has heard its
+   * offer from where it listens now: the tests after it lease from all three providers, and the dead
+   * process's last offer names addresses nobody listens at.
+   */
+  const restartAfter = (victim: { start(): Promise<void>; peerId: string; name: string }): void =>
+    onTestFinished(async () => {
+      const restarted = Date.now();
+      await victim.start();
+      await until(
+        () => client.offers.list().some((offer) => offer.peerId === victim.peerId && offer.seq >= restarted),
+        60_000,
+        `an offer of ${victim.name} since its restart`,
+      );
+    });
+
   it("SIGKILL of a provider mid-batch: every task once in the manifest with its serial result, the task requeued and a replacement leased, the dead lease slashed, tokens conserved", async () => {
     const before = await totals(fixture.market);
     const tasks = tasksOf(40);
     const manifest = path.join(fixture.dir, "killed.jsonl");
-    const { events, onEvent, when } = recorder();
-    const batch = runBatch(client, { ...base(), tasks, manifest, onEvent });
-    batch.catch(() => undefined);
+    const { events, onEvent, when, follow } = recorder();
+    const batch = follow(runBatch(client, { ...base(), tasks, manifest, onEvent }));
 
     // Both leases have run tasks; kill the provider of a lease that just started a task (at once, from
     // the event; that task may have ended already, the next one queued behind it running).
@@ -146,7 +183,7 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     if (started.type !== "task-started") throw new Error("unreachable");
     const victim = fixture.market.providers.find((p) => p.account.address === started.provider)!;
     victim.process!.child.kill("SIGKILL");
-    onTestFinished(() => victim.start());
+    restartAfter(victim);
 
     const lost = await when((e) => e.type === "provider-lost");
     const result = await batch;
@@ -188,9 +225,8 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     const before = await totals(fixture.market);
     const tasks = tasksOf(24);
     const manifest = path.join(fixture.dir, "stopped.jsonl");
-    const { events, onEvent, when } = recorder();
-    const batch = runBatch(client, { ...base(), tasks, manifest, onEvent });
-    batch.catch(() => undefined);
+    const { events, onEvent, when, follow } = recorder();
+    const batch = follow(runBatch(client, { ...base(), tasks, manifest, onEvent }));
 
     const started = await when((e) => e.type === "task-started" && e.progress.done >= 4);
     if (started.type !== "task-started") throw new Error("unreachable");
@@ -263,9 +299,8 @@ describe("runBatch (real devnet, real provider node processes)", () => {
         args: [client.account.address],
       });
     const before = await balance();
-    const { events, onEvent, when } = recorder();
-    const batch = runBatch(client, { ...base(), spec: padded, parallelism: 1, tasks, manifest, onEvent });
-    batch.catch(() => undefined);
+    const { events, onEvent, when, follow } = recorder();
+    const batch = follow(runBatch(client, { ...base(), spec: padded, parallelism: 1, tasks, manifest, onEvent }));
 
     // The lease's second task starts while the first is not recorded yet: its output is being
     // fetched. Its provider is killed then (at once, from the event).
@@ -273,7 +308,7 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     if (second.type !== "task-started") throw new Error("unreachable");
     const victim = fixture.market.providers.find((p) => p.account.address === second.provider)!;
     victim.process!.child.kill("SIGKILL");
-    onTestFinished(() => victim.start());
+    restartAfter(victim);
     expect(events.some((e) => e.type === "task-recorded")).toBe(false);
 
     const result = await batch;
@@ -303,9 +338,8 @@ describe("runBatch (real devnet, real provider node processes)", () => {
   it("a lease's connection cut mid-batch: the tenant re-attaches and sends its tasks again, which its provider has and runs once; every task once in the manifest", async () => {
     const tasks = tasksOf(10);
     const manifest = path.join(fixture.dir, "reattached.jsonl");
-    const { events, onEvent, when } = recorder();
-    const batch = runBatch(client, { ...base(), parallelism: 1, tasks, manifest, onEvent });
-    batch.catch(() => undefined);
+    const { events, onEvent, when, follow } = recorder();
+    const batch = follow(runBatch(client, { ...base(), parallelism: 1, tasks, manifest, onEvent }));
 
     // n4 runs, and n5 waits behind it on the provider once the lease accepted n4: the cut comes then.
     const started = await when((e) => e.type === "task-started" && e.taskId === "n4");
@@ -338,9 +372,8 @@ describe("runBatch (real devnet, real provider node processes)", () => {
       baseDir: ".",
     });
     const manifest = path.join(fixture.dir, "resumed.jsonl");
-    const { events, onEvent, when } = recorder();
-    const batch = runBatch(client, { ...base(), spec: resumable, parallelism: 1, tasks, manifest, onEvent });
-    batch.catch(() => undefined);
+    const { events, onEvent, when, follow } = recorder();
+    const batch = follow(runBatch(client, { ...base(), spec: resumable, parallelism: 1, tasks, manifest, onEvent }));
 
     // The checkpoint is safe (in the tenant's store): the provider running the task is killed.
     const checkpointed = await Promise.race([
@@ -354,7 +387,7 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     if (opened?.type !== "lease-opened") throw new Error("the checkpointed lease was not opened by this batch");
     const victim = fixture.market.providers.find((p) => p.account.address === opened.provider)!;
     victim.process!.child.kill("SIGKILL");
-    onTestFinished(() => victim.start());
+    restartAfter(victim);
 
     const result = await batch;
     expect(checkpointed).toMatchObject({ taskId: "r1", step: 1 });
@@ -377,14 +410,8 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     const parameters = { ...base(), spec: resumable, parallelism: 1, tasks, manifest };
     const first = recorder();
     const stop = new AbortController();
-    const interrupted = runBatch(client, { ...parameters, onEvent: first.onEvent, signal: stop.signal });
-    interrupted.catch(() => undefined);
-    const checkpointed = await Promise.race([
-      first.when((e) => e.type === "task-checkpointed"),
-      interrupted.then(() => {
-        throw new Error("the batch ended with no checkpoint of its task made safe");
-      }),
-    ]);
+    const interrupted = first.follow(runBatch(client, { ...parameters, onEvent: first.onEvent, signal: stop.signal }));
+    const checkpointed = await first.when((e) => e.type === "task-checkpointed");
     if (checkpointed.type !== "task-checkpointed") throw new Error("unreachable");
     stop.abort();
     await expect(interrupted).rejects.toBeInstanceOf(JobCancelledError);
@@ -405,8 +432,9 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     const manifest = path.join(fixture.dir, "restarted.jsonl");
     const first = recorder();
     const stop = new AbortController();
-    const interrupted = runBatch(client, { ...base(), tasks, manifest, onEvent: first.onEvent, signal: stop.signal });
-    interrupted.catch(() => undefined);
+    const interrupted = first.follow(
+      runBatch(client, { ...base(), tasks, manifest, onEvent: first.onEvent, signal: stop.signal }),
+    );
     await first.when((e) => e.type === "task-recorded" && e.progress.done >= 5);
     stop.abort();
     await expect(interrupted).rejects.toBeInstanceOf(JobCancelledError);
