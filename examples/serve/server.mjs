@@ -9,9 +9,9 @@
  *   GET  /health                  200 once the model is loaded
  *   GET  /predict?text=…          {"label","scores","model"}
  *   POST /predict {"text": "…"}   the same, for longer inputs
- *   ?delay=MS on either           waits MS ms before answering (≤ 10 s), to keep a request in flight
  *   GET  /stream?text=…&n=N&every=MS   server-sent events: N predictions (≤ 10,000), one every MS ms,
  *                                 as a model streams its tokens
+ *   ?delay=MS on any of these     waits MS ms before answering (≤ 10 s), to keep a request in flight
  *   GET  /ws?every=MS             a WebSocket: each text message is answered with its prediction;
  *                                 with `every`, also {"tick": i} every MS ms, as a server that pushes
  *
@@ -101,7 +101,10 @@ async function handle(req, res) {
   const url = new URL(req.url ?? "/", "http://job");
   const delay = Math.min(10_000, Math.max(0, Number(url.searchParams.get("delay") ?? 0) || 0));
   if (url.pathname === "/health") return send(res, 200, { ok: true });
-  if (url.pathname === "/stream") return stream(url, res);
+  if (url.pathname === "/stream") {
+    if (delay > 0) await sleep(delay);
+    return stream(url, res);
+  }
   if (url.pathname !== "/predict") return send(res, 404, { error: "not found" });
   let text;
   if (req.method === "GET") text = url.searchParams.get("text") ?? "";

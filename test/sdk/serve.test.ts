@@ -149,9 +149,11 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     const streamsBefore = httpStreams();
     const hedges = service.stats().hedges;
     // An event stream is handed on as it comes (no read-ahead): the loser's is left unread. Both
-    // streams last 2 s, so while the winner's is read the loser's would still be open.
+    // streams last 2 s, so while the winner's is read the loser's would still be open. Each waits
+    // 200 ms before its head: the hedge, due at once, is sent before the first attempt can answer
+    // (on an idle loopback the first came back within the hedge timer's millisecond once in CI).
     const response = await service.forward(
-      { method: "GET", path: "/stream?text=hedged&n=100&every=20", headers: [] },
+      { method: "GET", path: "/stream?text=hedged&n=100&every=20&delay=200", headers: [] },
       { hedgeAfterMs: 0 },
     );
     expect(service.stats().hedges).toBe(hedges + 1);
