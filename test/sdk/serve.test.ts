@@ -290,6 +290,29 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
   });
 
   it("a POST in flight on a killed replica fails with a clear error, not silently twice", async () => {
+    // Each step has a bound of its own, shorter than the test's, and a failure says which step it was
+    // and when each before it ended: CI keeps only the failure's message (it once timed out here).
+    const started = Date.now();
+    const steps: string[] = [];
+    const step = async <T>(what: string, ms: number, work: Promise<T>): Promise<T> => {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        return await Promise.race([
+          work,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`not within ${ms} ms`)), ms);
+          }),
+        ]);
+      } catch (error) {
+        const replicas = service.replicas().map((r) => `${r.index}:${r.state}:${r.provider?.slice(0, 8) ?? "none"}`);
+        throw new Error(
+          `${what} failed: ${(error as Error).message} (steps: ${steps.join(", ") || "none"}; replicas ${replicas.join(" ")})`,
+        );
+      } finally {
+        clearTimeout(timer);
+        steps.push(`${what} ${Date.now() - started} ms`);
+      }
+    };
     // The replica whose job has the POST: its job says so. (The gateway counts a request outstanding
     // before the replica has it; on a loaded machine the kill could land before delivery, and an
     // undelivered POST is rightly sent elsewhere.)
@@ -301,11 +324,15 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
       }
     });
     const pending = fetch(`${base}/predict?delay=4000`, { method: "POST", body: JSON.stringify({ text: "once" }) });
-    const leaseId = await holding;
+    // An answer before any replica holds the POST is a failure of its own, not a wait for the timeout.
+    const answeredFirst = pending.then((res) => {
+      throw new Error(`the POST was answered first: ${res.status} (${res.headers.get("x-baton-error") ?? "no error"})`);
+    });
+    const leaseId = await step("a replica holding the POST", 30_000, Promise.race([holding, answeredFirst]));
     const busy = service.replicas().findIndex((r) => r.leaseId === leaseId);
     const victim = providerOf(busy);
     victim.process!.child.kill("SIGKILL");
-    const res = await pending;
+    const res = await step("the POST's answer", 40_000, pending);
     expect(res.status).toBe(502);
     expect(res.headers.get("x-baton-error")).toBe("RequestNotRetriedError");
     expect(await res.text()).toMatch(/not retried: POST is not idempotent/);
@@ -316,9 +343,9 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     // free provider: the one the SIGSTOP test froze, whose lease can run past its 6 s on-chain
     // timeout under load and end (slashed, its job fenced). Two loaded CI runs waited 60 s here for
     // a provider, and the scale test after them failed for want of the victim, never restarted.
-    await victim.start();
-    await service.ready(3, 60_000);
-  });
+    await step("the victim's restart", 130_000, victim.start());
+    await step("three replicas ready", 60_000, service.ready(3, 60_000));
+  }, 300_000);
 
   it("scales down and up on request, on distinct providers, and closes the lane of a replica let go", async () => {
     // Requests in parallel spread over the replicas (the least busy first) until each lease has a lane.
