@@ -415,7 +415,12 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       });
     }
     // A batch lease's task dir is recorded: a node restarted meanwhile relaunches the task there.
-    store.updateLease(row.leaseId, { state: "running", pid: job.pid, workDir: workDir.path });
+    // A batch task's launch is its own bookkeeping, not synced: see `NodeStore.updateLease`.
+    store.updateLease(
+      row.leaseId,
+      { state: "running", pid: job.pid, workDir: workDir.path },
+      { synced: row.taskId === null },
+    );
     metrics.jobsStarted.inc({ relaunch: String(relaunch) });
     log.info("job started", { leaseId: row.leaseId, pid: job.pid, gpus: row.gpus, relaunch, prepared: !!prepared });
     if (row.taskId !== null) runtime.taskDir = workDir;
@@ -523,10 +528,10 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     reason: string,
   ): Promise<void> => {
     const finishedAt = Date.now();
-    // The lease stays `running`, idle, until the tenant's next task or its close; a task queued
-    // records itself (`preparing`) at once, and this write would only cost a sync to disk.
-    if (runtime.queued === undefined)
-      store.updateLease(row.leaseId, { pid: null, exitCode: exit.code, reason: exit.reason });
+    // The lease stays `running`, idle, until the tenant's next task or its close. Written even with a
+    // task queued, which records itself at once: a node killed in between then relaunches nothing on
+    // its restart, where it would run the exited task again (its tenant sends the queued one again).
+    store.updateLease(row.leaseId, { pid: null, exitCode: exit.code, reason: exit.reason }, { synced: false });
     const aside = path.join(taskDir.root, `output.${++runtime.outputs}`);
     // One call, synchronous: the lease's next task waits on it, and the event loop may be busy.
     let moved = true;
@@ -939,14 +944,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       exitCode: null,
       reason: null,
     };
-    store.updateLease(leaseId, {
-      state: "preparing",
-      spec,
-      taskId: body.taskId,
-      pid: null,
-      exitCode: null,
-      reason: null,
-    });
+    store.updateLease(
+      leaseId,
+      { state: "preparing", spec, taskId: body.taskId, pid: null, exitCode: null, reason: null },
+      { synced: false },
+    );
     const { workDir, prepared } = await nextTaskDir(runtime, next, spec, leaseSpec);
     const tenantAddresses = await tenantAddressesOf(connection, next);
     const pulling = acquireImage(next, spec, runtime.leaseImage, tenantAddresses);

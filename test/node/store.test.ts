@@ -186,6 +186,46 @@ describe("node store", () => {
     expect(next).toBeGreaterThan(seen[seen.length - 1]!);
     store.close();
   });
+  it("keeps a batch task's unsynced update through a SIGKILL of the writer: whole, and the last one made", async () => {
+    const file = path.join(dir, "node.db");
+    const store = new NodeStore(file);
+    store.insertLease(lease(1n));
+    store.close();
+    const script = `
+      import { NodeStore } from ${JSON.stringify(path.resolve("node/store.ts"))};
+      const store = new NodeStore(${JSON.stringify(file)});
+      for (let i = 0; ; i++) {
+        store.updateLease(1n, { state: "preparing", taskId: "task-" + i, pid: i }, { synced: false });
+        process.stdout.write(i + "\\n");
+      }
+    `;
+    const child = spawn(process.execPath, [
+      "--disable-warning=ExperimentalWarning",
+      "--input-type=module",
+      "-e",
+      script,
+    ]);
+    let last = -1;
+    let buffer = "";
+    await new Promise<void>((resolve) => {
+      child.stdout.on("data", (chunk: Buffer) => {
+        buffer += chunk.toString();
+        const lines = buffer.split("\n");
+        buffer = lines.pop()!;
+        for (const line of lines) last = Number(line);
+        if (last >= 500 && child.exitCode === null) child.kill("SIGKILL");
+      });
+      child.once("exit", () => resolve());
+    });
+    expect(last).toBeGreaterThanOrEqual(500);
+    const reopened = new NodeStore(file);
+    const row = reopened.getLease(1n)!;
+    // The last update said, or one made after it that had no time to say so; never half of one.
+    const n = Number(row.taskId!.slice("task-".length));
+    expect(n).toBeGreaterThanOrEqual(last);
+    expect(row).toMatchObject({ state: "preparing", pid: n });
+    reopened.close();
+  });
 });
 
 /** node.db's layout before schema versions were recorded (user_version 0), word for word as that node wrote it. */
