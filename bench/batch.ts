@@ -406,6 +406,16 @@ async function measure(client: BatonClient, devnet: Devnet, name: string, kill: 
     ...(killedAt === undefined ? {} : { killedAtMs: killedAt - started }),
     ...(killedAt !== undefined && lost ? { detectMs: lost.at - killedAt } : {}),
   };
+  // The start-up: when each lease opened (its first task went with its start), and its first result.
+  const secondsIn = (at: number): string => ((at - started) / 1000).toFixed(2);
+  const firstResult = new Map<string, number>();
+  for (const e of recorded)
+    if (e.type === "task-recorded")
+      firstResult.set(e.result.leaseId, Math.min(firstResult.get(e.result.leaseId) ?? Infinity, e.at));
+  const opened = events.flatMap((e) => (e.type === "lease-opened" ? [e] : []));
+  console.log(
+    `  leases opened after ${opened.map((e) => secondsIn(e.at)).join(", ")} s, their first results after ${opened.map((e) => (firstResult.has(String(e.leaseId)) ? secondsIn(firstResult.get(String(e.leaseId))!) : "–")).join(", ")} s`,
+  );
   console.log(
     `  makespan ${(run.makespanMs / 1000).toFixed(1)} s (settled at ${(run.settledMs / 1000).toFixed(1)} s), ${run.leases} leases, ${run.tenantTransactions + run.providerTransactions} transactions, ${run.lost.length} lost, ${run.twice.length} twice`,
   );
