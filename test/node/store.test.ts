@@ -38,6 +38,32 @@ const lease = (leaseId: bigint): LeaseRow => ({
   holdKeep: null,
 });
 
+/**
+ * Runs `loop` (a statement over `store`, a NodeStore on `file`, that writes one line per write it
+ * made) in a child process, and SIGKILLs it once it said `count` lines: the lines it said.
+ */
+async function writeUntilKilled(file: string, loop: string, count: number): Promise<string[]> {
+  const script = `
+    import { NodeStore } from ${JSON.stringify(path.resolve("node/store.ts"))};
+    const store = new NodeStore(${JSON.stringify(file)});
+    ${loop}
+  `;
+  const child = spawn(process.execPath, ["--disable-warning=ExperimentalWarning", "--input-type=module", "-e", script]);
+  const said: string[] = [];
+  let buffer = "";
+  await new Promise<void>((resolve) => {
+    child.stdout.on("data", (chunk: Buffer) => {
+      buffer += chunk.toString();
+      const lines = buffer.split("\n");
+      buffer = lines.pop()!;
+      said.push(...lines);
+      if (said.length >= count && child.exitCode === null) child.kill("SIGKILL");
+    });
+    child.once("exit", () => resolve());
+  });
+  return said;
+}
+
 describe("node store", () => {
   it("keeps leases, quotes and nonces across reopen", () => {
     const file = path.join(dir, "node.db");
@@ -157,67 +183,31 @@ describe("node store", () => {
 
   it("never hands out a nonce twice, even when the writer is SIGKILLed mid-stream", async () => {
     const file = path.join(dir, "node.db");
-    const script = `
-      import { NodeStore } from ${JSON.stringify(path.resolve("node/store.ts"))};
-      const store = new NodeStore(${JSON.stringify(file)});
-      for (;;) { const n = store.nextNonce(); process.stdout.write(n + "\\n"); }
-    `;
-    const child = spawn(process.execPath, [
-      "--disable-warning=ExperimentalWarning",
-      "--input-type=module",
-      "-e",
-      script,
-    ]);
-    const seen: bigint[] = [];
-    let buffer = "";
-    await new Promise<void>((resolve) => {
-      child.stdout.on("data", (chunk: Buffer) => {
-        buffer += chunk.toString();
-        const lines = buffer.split("\n");
-        buffer = lines.pop()!;
-        for (const line of lines) seen.push(BigInt(line));
-        if (seen.length >= 200 && child.exitCode === null) child.kill("SIGKILL");
-      });
-      child.once("exit", () => resolve());
-    });
+    const seen = (
+      await writeUntilKilled(file, 'for (;;) { const n = store.nextNonce(); process.stdout.write(n + "\\n"); }', 200)
+    ).map(BigInt);
     expect(seen.length).toBeGreaterThanOrEqual(200);
     const store = new NodeStore(file);
     const next = store.nextNonce();
     expect(next).toBeGreaterThan(seen[seen.length - 1]!);
     store.close();
   });
+
   it("keeps a batch task's unsynced update through a SIGKILL of the writer: whole, and the last one made", async () => {
     const file = path.join(dir, "node.db");
     const store = new NodeStore(file);
     store.insertLease(lease(1n));
     store.close();
-    const script = `
-      import { NodeStore } from ${JSON.stringify(path.resolve("node/store.ts"))};
-      const store = new NodeStore(${JSON.stringify(file)});
-      for (let i = 0; ; i++) {
+    const said = await writeUntilKilled(
+      file,
+      `for (let i = 0; ; i++) {
         store.updateLease(1n, { state: "preparing", taskId: "task-" + i, pid: i }, { synced: false });
         process.stdout.write(i + "\\n");
-      }
-    `;
-    const child = spawn(process.execPath, [
-      "--disable-warning=ExperimentalWarning",
-      "--input-type=module",
-      "-e",
-      script,
-    ]);
-    let last = -1;
-    let buffer = "";
-    await new Promise<void>((resolve) => {
-      child.stdout.on("data", (chunk: Buffer) => {
-        buffer += chunk.toString();
-        const lines = buffer.split("\n");
-        buffer = lines.pop()!;
-        for (const line of lines) last = Number(line);
-        if (last >= 500 && child.exitCode === null) child.kill("SIGKILL");
-      });
-      child.once("exit", () => resolve());
-    });
-    expect(last).toBeGreaterThanOrEqual(500);
+      }`,
+      500,
+    );
+    expect(said.length).toBeGreaterThanOrEqual(500);
+    const last = Number(said.at(-1));
     const reopened = new NodeStore(file);
     const row = reopened.getLease(1n)!;
     // The last update said, or one made after it that had no time to say so; never half of one.
