@@ -234,10 +234,12 @@ describe("runBatch (real devnet, real provider node processes)", () => {
     victim.process!.child.kill("SIGSTOP");
     onTestFinished(() => void victim.process?.child.kill("SIGCONT"));
 
-    // Silent, it is dropped and its task queued again; a lease on the third provider takes its slot.
+    // Silent, it is dropped and its task queued again; a lease on the third provider takes its slot,
+    // unless the other lease has done every other task by then and takes the dropped ones itself (on a
+    // loaded machine the silence is noticed late: a run beside 3 CPU hogs had the batch over first).
     const lost = await when((e) => e.type === "provider-lost" && e.provider === victim.account.address);
     if (lost.type !== "provider-lost") throw new Error("unreachable");
-    await when((e) => e.type === "lease-opened" && events.indexOf(e) > events.indexOf(lost));
+    await when((e) => e.type === "lease-opened" && events.indexOf(e) > events.indexOf(lost)).catch(() => undefined);
     // Woken, it may finish the task it held and send the result: too late to count.
     victim.process!.child.kill("SIGCONT");
     const result = await batch;
