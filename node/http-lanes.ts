@@ -21,6 +21,16 @@ export interface HttpLanes {
 
 /** How often open lanes are checked against their leases: one that ended is cut within this. */
 const SWEEP_MS = 1_000;
+/**
+ * A job that closes its connection this long after its last bytes, with no request on it, closed
+ * an idle connection; one that closes sooner may be ending its answer that way.
+ */
+const IDLE_GAP_MS = 100;
+/**
+ * How long a lane whose job closed its connection waits for its tenant to close it (the SDK closes
+ * an idle one after 4 s) before it is cut: meanwhile any request on it is answered `not-delivered`.
+ */
+const LANE_CLOSE_MS = 30_000;
 
 interface Ticket {
   leaseId: bigint;
@@ -98,29 +108,73 @@ export function httpLanes(
     }
     const job = net.connect(path.join(allowed.workDir, HTTP_SOCKET_NAME));
     let joined = false;
-    // Either end closing closes the other (a tenant gone mid-connect leaves nothing open); a job
-    // socket that never connected leaves the lane to carry the refusal.
+    /** Bytes went to the job since its last answer: a request it has, or part of one. */
+    let sent = false;
+    /** When the job last sent bytes (or the lane joined it). */
+    let answeredAt = 0;
+    /** The job closed the connection while it had no request (its keep-alive ran out). */
+    let idle = false;
+    /** The job's socket refused a request's bytes: the job had closed it before they came. */
+    let unread = false;
+    let backstop: NodeJS.Timeout | undefined;
+    // The tenant may send a request on a connection just as the job's server closes it (a server's
+    // keep-alive runs out after a few seconds, often before the tenant's). Such a request never
+    // reached the job: it is answered 503 `not-delivered`, which the tenant may send elsewhere even
+    // when it is a POST, where a cut lane would fail it as maybe delivered. So a lane whose job closed
+    // while idle stays open, answering its next request so, until its tenant closes it (the SDK does
+    // after 4 s idle); and so is a request the job's socket refused (EPIPE: closed before it came).
+    // A request the job's socket took and the job closed on unanswered may have been read: its lane
+    // is ended, and the tenant does not send it again unless it may. A job that closes right after
+    // its answer ends the lane too: that may be how its answer ends. A tenant gone closes the job's
+    // connection; a job socket that never connected leaves the lane to carry the refusal.
     lane.once("close", () => {
       open.delete(lane);
+      clearTimeout(backstop);
       job.destroy();
     });
-    job.once("close", () => {
-      if (joined) lane.destroy();
+    job.once("end", () => {
+      idle = !sent && performance.now() - answeredAt >= IDLE_GAP_MS;
     });
     job.on("error", (error: NodeJS.ErrnoException) => {
-      if (joined) return void lane.destroy();
+      if (joined) {
+        unread = sent && error.code === "EPIPE";
+        return;
+      }
       metrics.httpLanes.inc({ outcome: "not-listening" });
       log.debug("lane's job not listening", { leaseId: ticket.leaseId, error: shortMessageOf(error) });
       refuse(lane, 503, "the job's server is not listening (yet)");
     });
+    job.once("close", () => {
+      if (!joined) return;
+      if (unread) refuse(lane, 503, "the job's server closed the connection before it read the request");
+      else if (!idle) lane.end();
+      // The tenant closes its end once it has ours; one that does not is cut.
+      backstop = setTimeout(() => lane.destroy(), LANE_CLOSE_MS);
+      backstop.unref();
+    });
     job.once("connect", () => {
       joined = true;
+      answeredAt = performance.now();
       // Each answer goes out at once: a lane carries small requests and answers, one at a time.
       lane.setNoDelay(true);
       metrics.httpLanes.inc({ outcome: "joined" });
       open.set(lane, ticket.leaseId);
-      lane.pipe(job);
-      job.pipe(lane);
+      lane.on("data", (chunk: Buffer) => {
+        if (job.readableEnded || job.destroyed) {
+          if (!lane.writableEnded) refuse(lane, 503, "the job's server closed this connection");
+          return;
+        }
+        sent = true;
+        if (!job.write(chunk)) lane.pause();
+      });
+      job.on("drain", () => lane.resume());
+      lane.once("end", () => job.end());
+      job.on("data", () => {
+        sent = false;
+        answeredAt = performance.now();
+      });
+      // The job's end of the connection is passed on once it closed (above), not always as the lane's end.
+      job.pipe(lane, { end: false });
     });
   };
 

@@ -12,6 +12,7 @@
  *   GET  /stream?text=…&n=N&every=MS   server-sent events: N predictions (≤ 10,000), one every MS ms,
  *                                 as a model streams its tokens
  *   ?delay=MS on any of these     waits MS ms before answering (≤ 10 s), to keep a request in flight
+ *   SERVE_IDLE_CLOSE_MS=MS        closes a connection idle MS ms, unannounced (as some servers do)
  *   GET  /ws?every=MS             a WebSocket: each text message is answered with its prediction;
  *                                 with `every`, also {"tick": i} every MS ms, as a server that pushes
  *
@@ -139,6 +140,13 @@ const server = http.createServer((req, res) => {
   });
 });
 server.on("upgrade", webSocket);
+// SERVE_IDLE_CLOSE_MS: a connection idle this long is closed unannounced (no Keep-Alive header says
+// when), as some servers close theirs (gunicorn after 2 s), often before their client would.
+const idleCloseMs = Number(process.env.SERVE_IDLE_CLOSE_MS ?? 0);
+if (idleCloseMs > 0) {
+  server.keepAliveTimeout = 0;
+  server.on("connection", (connection) => connection.setTimeout(idleCloseMs, () => connection.destroy()));
+}
 
 /** A server's text frame (unmasked, unfragmented). */
 function textFrame(text) {

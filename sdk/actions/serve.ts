@@ -483,7 +483,8 @@ export async function serve(
     const retryable = IDEMPOTENT.has(method) || fetchOptions.retryable === true;
     // A body is kept for retries only when a retry may happen, and only up to a bound.
     let kept: Uint8Array[] | undefined;
-    let stream: AsyncIterable<Uint8Array> | undefined;
+    /** A body streamed as it comes (not kept whole): each attempt's, replaying what one before read. */
+    let stream: (() => AsyncIterable<Uint8Array> | undefined) | undefined;
     if (request.body) {
       if (retryable) {
         kept = [];
@@ -496,7 +497,7 @@ export async function serve(
           kept.push(chunk);
         }
       } else {
-        stream = request.body;
+        stream = replayable(request.body, MAX_RETRY_BODY_BYTES);
       }
     }
     const head = { method, path: request.path, headers: request.headers, body: kept };
@@ -533,7 +534,16 @@ export async function serve(
       }
       if (tried.size > 0) stats.retries++;
       tried.add(first);
-      const attempts = [attempt(first, head, stream, deadline)];
+      // A request not sent may go again (even a POST), but only with its whole body: a body that
+      // streamed past the bound is no longer all here, and its request fails as not retried.
+      const body = stream?.();
+      if (stream && !body) {
+        throw new RequestNotRetriedError(
+          `${method} ${pathname} was not delivered, and its body (over ${MAX_RETRY_BODY_BYTES} bytes, streamed) cannot be sent again`,
+          { cause: lastError },
+        );
+      }
+      const attempts = [attempt(first, head, body, deadline)];
       let hedge: NodeJS.Timeout | undefined;
       // A hedge not sent by the time the first attempt is over is settled as not sent: otherwise
       // `settled` below would never come, and the request's deadline and listeners would be held
@@ -755,4 +765,41 @@ function toResponse(response: ServiceResponse): Response {
   });
   const noBody = response.status === 204 || response.status === 304;
   return new Response(noBody ? null : body, { status: response.status, headers: response.headers });
+}
+
+/**
+ * A body streamed once but sent maybe more than once: each call gives an iterable that yields the
+ * chunks read so far, then reads on. A read one attempt began and gave up on lands before the next
+ * attempt reads, so no chunk is lost to it. Undefined once more than `max` bytes were read: from
+ * then on each chunk is let go once yielded.
+ */
+function replayable(source: AsyncIterable<Uint8Array>, max: number): () => AsyncIterable<Uint8Array> | undefined {
+  const iterator = source[Symbol.asyncIterator]();
+  const read: (Uint8Array | undefined)[] = [];
+  let size = 0;
+  let done = false;
+  let reading: Promise<void> = Promise.resolve();
+  return () => {
+    if (size > max) return undefined;
+    return (async function* () {
+      for (let at = 0; ; at++) {
+        await reading;
+        if (at === read.length) {
+          if (done) return;
+          reading = iterator.next().then((next) => {
+            if (next.done) done = true;
+            else {
+              size += next.value.byteLength;
+              read.push(next.value);
+            }
+          });
+          await reading;
+          if (at === read.length) return;
+        }
+        const chunk = read[at]!;
+        if (size > max) read[at] = undefined;
+        yield chunk;
+      }
+    })();
+  };
 }

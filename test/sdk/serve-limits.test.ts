@@ -333,6 +333,66 @@ describe("a replica whose server listens late", () => {
   });
 });
 
+describe("a replica whose server closes idle connections early, unannounced", () => {
+  it("fails no POST sent on a connection as its server closes it: the node answers it not delivered, the SDK sends it again, the job gets it once", async () => {
+    const provider = market.providers[0]!;
+    const client = await market.client(3, path.join(dir, "tenant-idle-close"));
+    const { spec, files } = await readJobFile(path.join(root, "examples/serve/serve.yaml"));
+    // The server closes a connection idle for 200 ms, unannounced: the SDK would keep it for 4 s.
+    const closing = await serve(
+      client,
+      { ...spec, env: { ...spec.env, SERVE_IDLE_CLOSE_MS: "200" } },
+      { replicas: 1, maxPricePerSecond: parseEther("0.001"), files },
+    );
+    try {
+      await closing.ready(1, 120_000);
+      const held: string[] = [];
+      for (const job of closing.jobs()) {
+        job.on("log", (event) => {
+          if (event.line.startsWith("holding POST")) held.push(event.line);
+        });
+      }
+      const post = async (text: string) => {
+        const res = await closing.fetch(
+          new Request("http://service/predict?delay=1", { method: "POST", body: predict(text) }),
+        );
+        return { status: res.status, body: await res.text() };
+      };
+      // Requests go on the replica's lane once it has one (the first ones may go over libp2p).
+      await until(
+        async () => {
+          await (await closing.fetch(new Request("http://service/health"))).text();
+          return closing.stats().lanes.leases === 1;
+        },
+        30_000,
+        "a lane to the replica",
+      );
+      expect((await post("first")).status).toBe(200);
+      const retries = closing.stats().retries;
+      // The node stopped while the server closes the connection the first POST went on, and the
+      // next POST is sent on it: the node takes the server's close and the POST in one go, as when
+      // a request crosses the close on the wire. (Cut under the POST, the lane failed it, maybe
+      // delivered: RequestNotRetriedError.)
+      provider.process!.child.kill("SIGSTOP");
+      let second: Promise<{ status: number; body: string }>;
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        second = post("second");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      } finally {
+        provider.process!.child.kill("SIGCONT");
+      }
+      expect(await second).toMatchObject({ status: 200 });
+      expect(closing.stats().retries).toBe(retries + 1);
+      // Each POST reached the job once: the second was not sent again after the job had it.
+      await until(() => held.length >= 2, 10_000, "both POSTs held by the job");
+      expect(held).toHaveLength(2);
+    } finally {
+      await closing.close();
+    }
+  });
+});
+
 describe("the gateway's options", () => {
   it("takes the longest matching route's deadline, else the default", () => {
     const routes = [
