@@ -771,7 +771,7 @@ function toResponse(response: ServiceResponse): Response {
  * A body streamed once but sent maybe more than once: each call gives an iterable that yields the
  * chunks read so far, then reads on. A read one attempt began and gave up on lands before the next
  * attempt reads, so no chunk is lost to it. Undefined once more than `max` bytes were read: from
- * then on each chunk is let go once yielded.
+ * then on no chunk is kept once yielded.
  */
 function replayable(source: AsyncIterable<Uint8Array>, max: number): () => AsyncIterable<Uint8Array> | undefined {
   const iterator = source[Symbol.asyncIterator]();
@@ -797,7 +797,8 @@ function replayable(source: AsyncIterable<Uint8Array>, max: number): () => Async
           if (at === read.length) return;
         }
         const chunk = read[at]!;
-        if (size > max) read[at] = undefined;
+        // Past the bound no attempt can be given the body again: what was kept goes.
+        if (size > max) read.fill(undefined, 0, at + 1);
         yield chunk;
       }
     })();
