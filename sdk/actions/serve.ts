@@ -17,6 +17,7 @@ import { httpLanes } from "../p2p/http-lanes.ts";
 import { httpStreams } from "../p2p/http-streams.ts";
 import type { JobSpec, JobSpecInput } from "../job-spec.ts";
 import { parseJobSpec } from "../job-spec.ts";
+import { chainHeartbeatsCurrent } from "../tenant/chain-deadline.ts";
 import type { JobHandle } from "../tenant/job-handle.ts";
 import { linkedSignal } from "../utils/linked-signal.ts";
 import { poll, type Look } from "../utils/retry.ts";
@@ -153,6 +154,8 @@ const PREFETCH_BYTES = 64 * 1024;
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
 /** The most request body kept for a retry; a larger idempotent request is sent once. */
 const MAX_RETRY_BODY_BYTES = 8 * 1024 * 1024;
+/** How often a recovered replica held back is looked at again: about a provider's heartbeat period. */
+const RECOVERY_POLL_MS = 1_000;
 
 interface Replica {
   index: number;
@@ -265,6 +268,48 @@ export async function serve(
     return ready === false ? "moved" : "timeout";
   };
 
+  /**
+   * A suspect replica whose provider answers again is ready once its lease's heartbeats on chain
+   * are current (chain-deadline.ts). A provider frozen past that point answers before its next
+   * heartbeat transaction lands, and the tenant leaves its lease a moment later, cutting every
+   * request sent there meanwhile: a POST among them would fail. A chain that cannot be read holds
+   * nothing back, as it makes the tenant leave no lease.
+   */
+  const recovering = new Set<Replica>();
+  const recovered = async (replica: Replica): Promise<void> => {
+    const { leaseId } = replica.job.status();
+    // Once at a time: suspect again and recovered again while held back changes nothing.
+    if (leaseId === undefined || recovering.has(replica)) return;
+    recovering.add(replica);
+    const waiting = (): boolean => !closing && replica.state === "suspect" && replica.job.status().leaseId === leaseId;
+    let heldBack = false;
+    await poll(
+      async (): Promise<Look<undefined>> => {
+        if (!waiting()) return { done: true, value: undefined };
+        const current = await chainHeartbeatsCurrent(client, leaseId).catch((error: unknown) => {
+          log.debug("lease deadline not read; the replica is ready", { index: replica.index, leaseId, error });
+          return true;
+        });
+        if (!waiting()) return { done: true, value: undefined };
+        if (current) {
+          setState(replica, "ready");
+          if (heldBack)
+            log.info("replica's heartbeats current on chain again: ready", { index: replica.index, leaseId });
+          return { done: true, value: undefined };
+        }
+        if (!heldBack) {
+          log.info("replica answers again but its heartbeats on chain are behind: held back", {
+            index: replica.index,
+            leaseId,
+          });
+        }
+        heldBack = true;
+        return { done: false };
+      },
+      { delayMs: RECOVERY_POLL_MS, backoff: 1, unref: true },
+    ).finally(() => recovering.delete(replica));
+  };
+
   const add = async (): Promise<Replica> => {
     const index = nextIndex++;
     const placeholder = { state: "starting" } as Replica;
@@ -314,7 +359,7 @@ export async function serve(
       if (replica.state === "ready") cut("suspect");
     });
     job.on("provider-recovered", () => {
-      if (replica.state === "suspect") setState(replica, "ready");
+      if (replica.state === "suspect") void recovered(replica);
     });
     job.on("provider-failed", () => cut("replacing"));
     // A reorg took the lease it serves on (not an older one of the replica's): it moves to a new lease.

@@ -46,32 +46,26 @@ export async function watchChainDeadline(
   client: Pick<BatonClient, "chain" | "account" | "log">,
   { leaseId, signal }: { leaseId: bigint; signal: AbortSignal },
 ): Promise<string | undefined> {
-  const { leaseManager } = contracts(client.chain.deployment);
   const look = async (): Promise<Look<string | undefined>> => {
-    let view, now;
+    let view;
     try {
-      [view, now] = await Promise.all([
-        client.chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] }),
-        nextBlockTime(client.chain),
-      ]);
+      view = await readDeadline(client, leaseId);
     } catch (error) {
       if (signal.aborted) throw error;
       client.log.debug("lease deadline not read; trying again", { leaseId, error });
       return { done: false, waitMs: MIN_POLL_MS * 2 };
     }
-    if (leaseStatus[view.status] !== "Active" || !isAddressEqual(view.tenant, client.account.address)) {
-      return { done: true, value: undefined };
-    }
-    const leaveAt = view.deadline - deadlineMarginS(BigInt(view.heartbeatTimeout));
+    if (view.kind === "ended") return { done: true, value: undefined };
     // A lease whose deposit runs out before its deadline expires cleanly, unslashable, until a
     // top-up (due a few seconds before its end) moves its end past the deadline: looked at again soon.
-    if (view.deadline >= view.endsAt) return { done: false, waitMs: UNFUNDED_POLL_MS };
+    if (view.kind === "unfunded") return { done: false, waitMs: UNFUNDED_POLL_MS };
+    const { now, leaveAt, deadline, lastHeartbeat, heartbeatTimeout } = view;
     if (now >= leaveAt) {
-      const silentS = now - BigInt(view.lastHeartbeat);
+      const silentS = now - lastHeartbeat;
       const reason =
-        now > view.deadline
-          ? `its lease is slashable: no heartbeat on chain for ${silentS} s (timeout ${view.heartbeatTimeout} s)`
-          : `no heartbeat on chain for ${silentS} s: its lease turns slashable in ${view.deadline - now} s`;
+        now > deadline
+          ? `its lease is slashable: no heartbeat on chain for ${silentS} s (timeout ${heartbeatTimeout} s)`
+          : `no heartbeat on chain for ${silentS} s: its lease turns slashable in ${deadline - now} s`;
       return { done: true, value: reason };
     }
     return { done: false, waitMs: Math.max(MIN_POLL_MS, Math.min(MAX_POLL_MS, Number(leaveAt - now) * 1000)) };
@@ -82,4 +76,51 @@ export async function watchChainDeadline(
     if (signal.aborted) return undefined;
     throw error;
   }
+}
+
+/**
+ * Whether the heartbeats of `leaseId`'s provider are current on chain: its lease is `Active`, this
+ * tenant's, and {@link watchChainDeadline} would leave it no sooner than a margin from now (or it
+ * runs out unslashable before its deadline). A provider frozen past that point answers its session
+ * again before its next heartbeat transaction lands, and its tenant then leaves the lease a moment
+ * later, cutting whatever it sent there meanwhile. Throws when the chain cannot be read.
+ */
+export async function chainHeartbeatsCurrent(
+  client: Pick<BatonClient, "chain" | "account">,
+  leaseId: bigint,
+): Promise<boolean> {
+  const view = await readDeadline(client, leaseId);
+  if (view.kind !== "active") return view.kind === "unfunded";
+  return view.now + deadlineMarginS(view.heartbeatTimeout) < view.leaveAt;
+}
+
+type DeadlineView =
+  | { kind: "ended" }
+  | { kind: "unfunded" }
+  | { kind: "active"; now: bigint; leaveAt: bigint; deadline: bigint; lastHeartbeat: bigint; heartbeatTimeout: bigint };
+
+/**
+ * `leaseId` by its deadline, read at the next block's time: `ended` once it is no longer `Active` or
+ * not this tenant's (a reorg can give its id to another), `unfunded` while its deposit runs out
+ * before its deadline, else when the tenant leaves it ({@link deadlineMarginS} before the deadline).
+ */
+async function readDeadline(client: Pick<BatonClient, "chain" | "account">, leaseId: bigint): Promise<DeadlineView> {
+  const { leaseManager } = contracts(client.chain.deployment);
+  const [view, now] = await Promise.all([
+    client.chain.publicClient.readContract({ ...leaseManager, functionName: "getLease", args: [leaseId] }),
+    nextBlockTime(client.chain),
+  ]);
+  if (leaseStatus[view.status] !== "Active" || !isAddressEqual(view.tenant, client.account.address)) {
+    return { kind: "ended" };
+  }
+  if (view.deadline >= view.endsAt) return { kind: "unfunded" };
+  const heartbeatTimeout = BigInt(view.heartbeatTimeout);
+  return {
+    kind: "active",
+    now,
+    leaveAt: view.deadline - deadlineMarginS(heartbeatTimeout),
+    deadline: view.deadline,
+    lastHeartbeat: BigInt(view.lastHeartbeat),
+    heartbeatTimeout,
+  };
 }

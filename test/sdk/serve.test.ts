@@ -12,6 +12,7 @@ import { parseEther } from "viem";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import { startGateway } from "../../cli/gateway.ts";
+import { nextBlockTime } from "../../sdk/chain/block-time.ts";
 import { contracts, leaseStatus } from "../../sdk/chain/client.ts";
 import { serve, type Service } from "../../sdk/actions/serve.ts";
 import { readJobFile } from "../../sdk/job-spec.ts";
@@ -110,6 +111,45 @@ function load(workers = 4) {
       await Promise.all(loops);
     },
   };
+}
+
+function getLease(leaseId: bigint) {
+  return market.admin.publicClient.readContract({
+    ...contracts(market.deployment).leaseManager,
+    functionName: "getLease",
+    args: [leaseId],
+  });
+}
+
+/** A dev method of the devnet's chain (EDR). */
+async function rpc(method: string, params: unknown[]): Promise<void> {
+  const res = await fetch(market.chain.rpcUrl, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }),
+  });
+  const reply = (await res.json()) as { error?: { message: string } };
+  if (reply.error) throw new Error(`${method}: ${reply.error.message}`);
+}
+
+/**
+ * Settled before the next test, after replica `index`'s provider was frozen. Woken, it may be ready
+ * again while its lease is past its on-chain deadline (6 s): then it is slashed a moment later and
+ * the replica moved, and a request sent to it meanwhile fails (in CI on 962c24f, the next test's POST
+ * did so). So the lease has either heartbeated again (its deadline ahead) or ended, its replica moved.
+ */
+async function settled(index: number, frozenLease: bigint): Promise<void> {
+  await until(
+    async () => {
+      const lease = await getLease(frozenLease);
+      if (leaseStatus[lease.status] !== "Active") return service.replicas()[index]!.leaseId !== frozenLease;
+      const { timestamp } = await market.admin.publicClient.getBlock({ blockTag: "latest" });
+      return BigInt(lease.deadline) > timestamp + 3n;
+    },
+    60_000,
+    "the frozen replica's lease heartbeating again, or ended and its replica moved",
+  );
+  await service.ready(3, 60_000);
 }
 
 function providerOf(index: number): ProviderHandle {
@@ -287,27 +327,51 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
     // Nothing answered by the frozen replica after it was suspected (3 heartbeats, then a margin).
     const late = traffic.results.filter((r) => r.lease === frozenLease && r.at > stoppedAt + 2_500);
     expect(late).toEqual([]);
-    // Settled before the next test. Woken, the frozen replica is ready again, but its lease may be
-    // past its on-chain deadline (6 s): it is then slashed a moment later and the replica moved, and
-    // a request sent to it meanwhile fails (in CI on 962c24f, the next test's POST did so). So the
-    // lease has either heartbeated again (its deadline ahead) or ended, its replica moved.
-    const { leaseManager } = contracts(market.deployment);
-    const { publicClient } = market.admin;
-    await until(
-      async () => {
-        const lease = await publicClient.readContract({
-          ...leaseManager,
-          functionName: "getLease",
-          args: [BigInt(frozenLease)],
-        });
-        if (leaseStatus[lease.status] !== "Active") return String(service.replicas()[1]!.leaseId) !== frozenLease;
-        const { timestamp } = await publicClient.getBlock({ blockTag: "latest" });
-        return BigInt(lease.deadline) > timestamp + 3n;
-      },
-      60_000,
-      "the frozen replica's lease heartbeating again, or ended and its replica moved",
-    );
-    await service.ready(3, 60_000);
+    await settled(1, BigInt(frozenLease));
+  });
+
+  it("holds back a replica woken just before its tenant leaves its lease, until a heartbeat lands on chain", async () => {
+    const frozen = providerOf(1);
+    const frozenLease = service.replicas()[1]!.leaseId!;
+    /** Seconds from the next block to the frozen lease's deadline. */
+    const ahead = async (): Promise<bigint> =>
+      (await getLease(frozenLease)).deadline - (await nextBlockTime(market.admin));
+    const heldBack = (): boolean =>
+      tenantLog.some((line) => line.includes("held back") && line.includes(`"leaseId":"${frozenLease}"`));
+    frozen.process!.child.kill("SIGSTOP");
+    let mining = true;
+    try {
+      await until(() => service.replicas()[1]!.state === "suspect", 30_000, "the frozen replica suspect");
+      // Its deadline (6 s after its last heartbeat) 2 s ahead or less: the tenant holds it back from
+      // then (a margin of 1 s before it would leave the lease, at 1 s ahead). No block is mined from
+      // here, so that no heartbeat of its can land before the tenant hears from it again.
+      await until(async () => (await ahead()) <= 2n, 30_000, "the frozen lease's deadline 2 s ahead");
+      await rpc("evm_setAutomine", [false]);
+      mining = false;
+    } finally {
+      frozen.process!.child.kill("SIGCONT");
+    }
+    try {
+      await until(
+        () => {
+          const replica = service.replicas()[1]!;
+          if (replica.leaseId === frozenLease && replica.state === "ready") {
+            throw new Error("the woken replica is ready while no heartbeat of its could land on chain");
+          }
+          // Held back; or, on a loaded machine, the tenant left the lease before it heard from it.
+          return heldBack() || replica.leaseId !== frozenLease || replica.state === "replacing";
+        },
+        30_000,
+        "the woken replica held back or moved",
+      );
+    } finally {
+      if (!mining) {
+        await rpc("evm_setAutomine", [true]);
+        // Automining again mines only the next transaction sent: the ones waiting go now.
+        await rpc("evm_mine", []);
+      }
+    }
+    await settled(1, frozenLease);
   });
 
   it("a POST in flight on a killed replica fails with a clear error, not silently twice", async () => {
