@@ -950,7 +950,7 @@ async function main(): Promise<void> {
   try {
     const profile = values["cpu-prof"] === undefined ? undefined : await startCpuProfile();
     host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
-    ipfs = await createIpfsNode({ host, dir: path.join(work, "provider") });
+    ipfs = await createIpfsNode({ host, dir: path.join(work, "provider"), blockLane: { host: "127.0.0.1", port: 0 } });
     tenant = new Tenant(path.join(work, "tenant"), values["cpu-prof"]);
     await tenant.ready();
 

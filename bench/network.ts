@@ -94,7 +94,12 @@ try {
   for (const port of ports) links.push(await startLink(port, delay));
   const devnet = await startDevnet({
     providers: PROVIDERS,
-    configFor: (index) => ({ listen: [`/ip4/127.0.0.1/tcp/${ports[index]!}`], announce: [links[index]!.multiaddr] }),
+    // No block lanes: a lane beside the link would carry checkpoints around it.
+    configFor: (index) => ({
+      listen: [`/ip4/127.0.0.1/tcp/${ports[index]!}`],
+      announce: [links[index]!.multiaddr],
+      blockLanePort: null,
+    }),
     onStep: (m) => console.log(`  · ${m}`),
   });
   const client = await devnet.tenantClient({ listen: [] });

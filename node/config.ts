@@ -81,6 +81,12 @@ export const nodeConfigSchema = z
      * serves tenants' HTTP over libp2p only. A node behind a router forwards this port as well.
      */
     httpLanePort: z.number().int().min(0).max(65_535).nullable().default(0),
+    /**
+     * Port of the block lanes (checkpoints and outputs sent on TLS beside libp2p, a third of its CPU
+     * per byte: sdk/ipfs/block-lanes.ts), on the host of the first TCP `listen` address; 0 picks a
+     * free port, null sends blocks over libp2p only. A node behind a router forwards it as well.
+     */
+    blockLanePort: z.number().int().min(0).max(65_535).nullable().default(0),
     /** Prometheus metrics on 127.0.0.1:<port>; 0 picks a free port, null turns them off. */
     metricsPort: z.number().int().min(0).max(65_535).nullable().default(0),
     gpus: z.union([z.literal("auto"), z.object({ fake: z.string() }).strict()]).default("auto"),

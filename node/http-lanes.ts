@@ -1,4 +1,4 @@
-import { constants, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -7,7 +7,7 @@ import tls from "node:tls";
 import { shortMessageOf } from "../sdk/errors.ts";
 import { tcpHostOf } from "../sdk/p2p/http-lanes.ts";
 import { serve } from "../sdk/wire/framing.ts";
-import { HTTP_LANE_CIPHERS, httpLaneRequestSchema, PROXY_HEADER, type HttpLane } from "../sdk/wire/http.ts";
+import { httpLaneRequestSchema, laneServerOptions, PROXY_HEADER, type HttpLane } from "../sdk/wire/http.ts";
 import { maxMessageBytes, protocols } from "../sdk/wire/protocols.ts";
 import type { NodeComponents } from "./components.ts";
 import { HTTP_SOCKET_NAME } from "./sandbox/runner.ts";
@@ -182,19 +182,12 @@ export function httpLanes(
     async start() {
       if (config.httpLanePort === null || listenHost === undefined) return;
       server = tls.createServer(
-        {
-          ciphers: HTTP_LANE_CIPHERS,
-          minVersion: "TLSv1.2",
-          maxVersion: "TLSv1.2",
-          // A resumed session skips the key callback, so it would name no lease: every lane shakes hands in full.
-          secureOptions: constants.SSL_OP_NO_TICKET,
-          pskCallback: (socket, identity) => {
-            const ticket = tickets.get(identity);
-            if (!ticket) return null;
-            identities.set(socket, identity);
-            return ticket.key;
-          },
-        },
+        laneServerOptions((socket, identity) => {
+          const ticket = tickets.get(identity);
+          if (!ticket) return null;
+          identities.set(socket, identity);
+          return ticket.key;
+        }),
         join,
       );
       server.on("tlsClientError", (error) => {

@@ -132,7 +132,7 @@ export class Metrics {
   });
   readonly blockBytesSent = new Counter({
     name: "baton_block_stream_bytes_sent_total",
-    help: "Block bytes sent over block streams (checkpoints, outputs), by connection: direct or through a relay",
+    help: "Block bytes sent over block streams (checkpoints, outputs), by path: a block lane, a direct libp2p connection, or a relay",
     labelNames: ["path"] as const,
     registers: [this.registry],
   });

@@ -7,6 +7,7 @@ import { checkChain, contracts, createChainClient } from "../sdk/chain/client.ts
 import { loadDeploymentFile } from "../sdk/chain/deployments.ts";
 import { peerBinding, verifyPeerProof } from "../sdk/chain/peer-proof.ts";
 import { UserError } from "../sdk/errors.ts";
+import { blockLaneOf } from "../sdk/ipfs/block-lanes.ts";
 import { createIpfsNode } from "../sdk/ipfs/node.ts";
 import { createLogger, type Logger } from "../sdk/logger.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey } from "../sdk/p2p/host.ts";
@@ -187,11 +188,14 @@ async function startLocked(
     dhtAddresses: config.dhtAddresses,
     log: log.child("p2p"),
   });
+  const blockLane = blockLaneOf(config.listen, config.blockLanePort);
   const ipfs = await createIpfsNode({
     host,
     dir: path.join(dataDir, DATA_FILES.ipfs),
     log: log.child("ipfs"),
-    onBlocksSent: ({ bytes, relayed }) => metrics.blockBytesSent.inc({ path: relayed ? "relayed" : "direct" }, bytes),
+    onBlocksSent: ({ bytes, relayed, lane }) =>
+      metrics.blockBytesSent.inc({ path: lane ? "lane" : relayed ? "relayed" : "direct" }, bytes),
+    ...(blockLane ? { blockLane } : {}),
   });
   const stopDialling = keepConnected(host, config.bootstrap);
   const containers = await setUpContainers(config, { dataDir, ipfs, node: host.peerId.toString(), log });
@@ -244,6 +248,7 @@ async function startLocked(
     gpus: gpuList.map((g) => `${g.index}:${g.model}${g.fake ? " (fake)" : ""}`),
     metricsPort: metricsServer?.port,
     httpLanePort: lanes.address()?.port,
+    blockLanePort: ipfs.blockLanePort,
     blockTimeS,
   });
 

@@ -6,6 +6,7 @@ import type { LocalAccount } from "viem";
 
 import { checkChain, createChainClient, type ChainClient } from "./chain/client.ts";
 import { loadDeploymentFile, type Deployment } from "./chain/deployments.ts";
+import { blockLaneOf } from "./ipfs/block-lanes.ts";
 import { createIpfsNode, type IpfsNode } from "./ipfs/node.ts";
 import { silentLogger, type Logger } from "./logger.ts";
 import { createBatonHost, keepConnected, loadOrCreatePeerKey, type BatonHost } from "./p2p/host.ts";
@@ -37,6 +38,12 @@ export interface CreateBatonClientParameters {
    * NAT that this tenant reaches through a relay dials it there directly (see the README).
    */
   announce?: string[];
+  /**
+   * Port of the tenant's block lanes (its checkpoints sent to providers on TLS beside libp2p: see
+   * sdk/ipfs/block-lanes.ts), on the host of the first TCP `listen` address; 0 (the default) picks a
+   * free port, null sends them over libp2p only. Behind a router, forward it too.
+   */
+  blockLanePort?: number | null;
   log?: Logger;
   /** How often to poll the chain for receipts; loopback chains answer in a few ms. */
   pollingIntervalMs?: number;
@@ -109,6 +116,7 @@ export async function createBatonClient({
   dataDir,
   listen = ["/ip4/127.0.0.1/tcp/0"],
   announce = [],
+  blockLanePort = 0,
   log = silentLogger,
   pollingIntervalMs = 100,
   maxLogRange,
@@ -138,7 +146,13 @@ export async function createBatonClient({
   let ipfs: IpfsNode;
   try {
     // Before any dial: bitswap ignores peers that connected before it registered.
-    ipfs = await createIpfsNode({ host, dir: path.join(dataDir, TENANT_IPFS_DIR), log: log.child("ipfs") });
+    const blockLane = blockLaneOf(listen, blockLanePort);
+    ipfs = await createIpfsNode({
+      host,
+      dir: path.join(dataDir, TENANT_IPFS_DIR),
+      log: log.child("ipfs"),
+      ...(blockLane ? { blockLane } : {}),
+    });
   } catch (error) {
     await host.stop();
     throw error;

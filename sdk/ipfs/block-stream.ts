@@ -1,7 +1,8 @@
 import { webcrypto } from "node:crypto";
+import type { TLSSocket } from "node:tls";
 
 import * as dagPb from "@ipld/dag-pb";
-import type { Connection, PeerId, Stream, StreamMessageEvent } from "@libp2p/interface";
+import type { PeerId, Stream, StreamMessageEvent } from "@libp2p/interface";
 import type { Multiaddr } from "@multiformats/multiaddr";
 import { encode as lpEncode } from "it-length-prefixed";
 import { varint } from "multiformats";
@@ -16,6 +17,7 @@ import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
 import { openStream, peerIdOf } from "../p2p/open-stream.ts";
 import { protocols } from "../wire/protocols.ts";
+import { serveBlockLanes, type BlockLanes } from "./block-lanes.ts";
 
 /**
  * `/baton/blocks/1.0.0`: a DAG's blocks over one libp2p stream, in the order a reader needs them,
@@ -184,6 +186,11 @@ export interface ServeBlocksInit {
   host: BatonHost;
   /** Reads a block from the local store only (never the network); throws if it is not there. */
   read: (cid: CID, signal: AbortSignal) => Promise<Uint8Array>;
+  /**
+   * Also serves block lanes (block-lanes.ts) on this IP and port (0: a free one): where the host's
+   * libp2p listens, so that peers reach it at the address they reached libp2p at. None without it.
+   */
+  lane?: { host: string; port: number };
   log?: Logger;
   /** Told of the block bytes each stream sent, whole or cut short, and whether it went through a relay. */
   onSent?: (sent: BlocksSent) => void;
@@ -194,30 +201,51 @@ export interface BlocksSent {
   bytes: number;
   /** Over a relayed connection (a circuit through a third peer), not a direct one. */
   relayed: boolean;
+  /** On a block lane (block-lanes.ts), not a libp2p stream. */
+  lane: boolean;
 }
 
 /**
- * Serves {@link BLOCKS_PROTOCOL} from the local store. Like bitswap, it serves any block it has to
- * any peer that asks by CID.
+ * Serves {@link BLOCKS_PROTOCOL} from the local store, over libp2p and on block lanes. Like
+ * bitswap, it serves any block it has to any peer that asks by CID.
  *
- * @returns a function that stops serving.
+ * @returns the block lanes' port (where it serves them), and a function that stops serving.
  */
 export async function serveBlocks({
   host,
   read,
+  lane,
   log = silentLogger,
   onSent,
-}: ServeBlocksInit): Promise<() => Promise<void>> {
-  await host.handle(BLOCKS_PROTOCOL, (stream, connection) => void sendDag(stream, connection, read, log, onSent), {
-    maxInboundStreams: MAX_INBOUND_STREAMS,
-    runOnLimitedConnection: false,
-  });
-  return () => host.unhandle(BLOCKS_PROTOCOL);
+}: ServeBlocksInit): Promise<{ lanePort: number | undefined; stop: () => Promise<void> }> {
+  await host.handle(
+    BLOCKS_PROTOCOL,
+    (stream, { remotePeer, direct }) => void sendDag(streamPipe(stream), remotePeer, !direct, read, log, onSent),
+    { maxInboundStreams: MAX_INBOUND_STREAMS, runOnLimitedConnection: false },
+  );
+  const lanes =
+    lane === undefined
+      ? undefined
+      : await serveBlockLanes({
+          host,
+          listenHost: lane.host,
+          port: lane.port,
+          onConnection: (socket, peer) => void sendDag(socketPipe(socket), peer, false, read, log, onSent),
+          log,
+        });
+  return {
+    lanePort: lanes?.port,
+    async stop() {
+      await host.unhandle(BLOCKS_PROTOCOL);
+      await lanes?.stop();
+    },
+  };
 }
 
 async function sendDag(
-  stream: Stream,
-  { remotePeer: peer, direct }: Connection,
+  pipe: BlockPipe,
+  peer: PeerId,
+  relayed: boolean,
   read: ServeBlocksInit["read"],
   log: Logger,
   onSent: ServeBlocksInit["onSent"],
@@ -228,19 +256,19 @@ async function sendDag(
   let bytes = 0;
   let request: BlockRequest | undefined;
   try {
-    request = await readBlockRequest(stream);
+    request = await readBlockRequest(pipe);
     const { root, skip, count = Infinity } = request;
     for await (const block of streamOrder(root, (cid) => read(cid, abort.signal), { skip })) {
       // A signal only when the receiver makes us wait, not one per block.
-      if (!stream.send(lpEncode.single(block.bytes)))
-        await stream.onDrain({ signal: AbortSignal.timeout(SEND_STALL_MS) });
+      if (!pipe.send(block.bytes)) await pipe.drained(AbortSignal.timeout(SEND_STALL_MS));
       sent++;
       bytes += block.bytes.byteLength;
       if (sent >= count) break;
     }
-    await stream.close({ signal: AbortSignal.timeout(SEND_STALL_MS) });
+    await pipe.close(AbortSignal.timeout(SEND_STALL_MS));
     log.debug("sent a DAG", {
       peer: peer.toString(),
+      lane: pipe.lane,
       root: request.root.toString(),
       skip,
       count: request.count,
@@ -250,21 +278,22 @@ async function sendDag(
     });
   } catch (error) {
     abort.abort();
-    stream.abort(error as Error);
+    pipe.abort(error as Error);
     log.debug("stopped sending a DAG", {
       peer: peer.toString(),
+      lane: pipe.lane,
       root: request?.root.toString(),
       blocks: sent,
       error,
     });
   } finally {
-    onSent?.({ peer, bytes, relayed: !direct });
+    onSent?.({ peer, bytes, relayed, lane: pipe.lane });
   }
 }
 
 /** Reads and decodes the one request of an inbound stream (within {@link REQUEST_TIMEOUT_MS}). */
-export async function readBlockRequest(stream: Stream): Promise<BlockRequest> {
-  const frames = new FrameReader(stream, MAX_REQUEST_BYTES, false);
+export async function readBlockRequest(pipe: BlockPipe): Promise<BlockRequest> {
+  const frames = new FrameReader(pipe, MAX_REQUEST_BYTES, false);
   try {
     const frame = await frames.next(undefined, REQUEST_TIMEOUT_MS);
     if (frame === undefined) throw new BlockStreamError("the stream ended before its request");
@@ -274,9 +303,132 @@ export async function readBlockRequest(stream: Stream): Promise<BlockRequest> {
   }
 }
 
-/** Writes one frame, waiting while the stream asks us to (backpressure). */
-export async function sendFrame(stream: Stream, bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
-  if (!stream.send(lpEncode.single(bytes))) await stream.onDrain({ signal });
+/**
+ * What a block stream runs on: a libp2p stream, or a block lane's TLS connection (block-lanes.ts).
+ * Frames are length-prefixed (an unsigned varint) either way.
+ */
+export interface BlockPipe {
+  /** On a block lane, not a libp2p stream. */
+  readonly lane: boolean;
+  /**
+   * Hands over the bytes as they come, then the end: clean once every byte was handed over, else
+   * with the error that broke it. Returns a function that stops listening.
+   */
+  listen(data: (chunk: Uint8Array | Uint8ArrayList) => void, end: (error?: Error) => void): () => void;
+  pause(): void;
+  resume(): void;
+  /** Neither closed nor cut yet. */
+  readonly open: boolean;
+  /** Sends one frame; false when the other side makes us wait (see {@link drained}). */
+  send(frame: Uint8Array): boolean;
+  drained(signal: AbortSignal): Promise<void>;
+  /** Ends our side once everything sent went out. */
+  close(signal: AbortSignal): Promise<void>;
+  /** Cuts it off, both ways. */
+  abort(error: Error): void;
+}
+
+/** A libp2p stream as a {@link BlockPipe}. */
+export function streamPipe(stream: Stream): BlockPipe {
+  return {
+    lane: false,
+    listen(data, end) {
+      const onMessage = (event: StreamMessageEvent): void => data(event.data);
+      // "end", not "remoteCloseWrite": libp2p fires the latter as soon as the sender's FIN arrives,
+      // while data before it may still wait in the stream's buffer (always, while we have it paused),
+      // and ending then would drop the last blocks. "end" comes once all of it was handed to us.
+      const onEnd = (): void => end();
+      const onClose = (event: Event): void => {
+        const error = (event as Event & { error?: Error }).error;
+        if (error !== undefined) end(error);
+        else setImmediate(() => end()); // after any data still being handed over
+      };
+      stream.addEventListener("message", onMessage);
+      stream.addEventListener("close", onClose);
+      stream.addEventListener("end", onEnd);
+      if (stream.readableEnded || stream.status !== "open") setImmediate(() => end());
+      return () => {
+        stream.removeEventListener("message", onMessage);
+        stream.removeEventListener("close", onClose);
+        stream.removeEventListener("end", onEnd);
+      };
+    },
+    pause: () => stream.pause(),
+    resume: () => stream.resume(),
+    get open() {
+      return stream.status === "open";
+    },
+    send: (frame) => stream.send(lpEncode.single(frame)),
+    drained: (signal) => stream.onDrain({ signal }),
+    close: (signal) => stream.close({ signal }),
+    abort: (error) => stream.abort(error),
+  };
+}
+
+/** A block lane's connection as a {@link BlockPipe}. */
+export function socketPipe(socket: TLSSocket): BlockPipe {
+  // Errors come to `listen`'s `end` (or to a send waiting on `drained`); never unhandled.
+  socket.on("error", () => undefined);
+  const closed = (): BlockStreamError => new BlockStreamError("the block lane's connection closed");
+  return {
+    lane: true,
+    listen(data, end) {
+      const onEnd = (): void => end();
+      const onError = (error: Error): void => end(error);
+      const onClose = (): void => end(closed());
+      socket.on("data", data);
+      socket.on("end", onEnd);
+      socket.on("error", onError);
+      socket.on("close", onClose);
+      return () => {
+        socket.off("data", data);
+        socket.off("end", onEnd);
+        socket.off("error", onError);
+        socket.off("close", onClose);
+      };
+    },
+    pause: () => socket.pause(),
+    resume: () => socket.resume(),
+    get open() {
+      return !socket.destroyed;
+    },
+    send(frame) {
+      socket.cork();
+      socket.write(varint.encodeTo(frame.byteLength, new Uint8Array(varint.encodingLength(frame.byteLength))));
+      const more = socket.write(frame);
+      socket.uncork();
+      return more;
+    },
+    drained: (signal) =>
+      new Promise<void>((resolve, reject) => {
+        const settle = (error?: Error): void => {
+          socket.off("drain", onDrain);
+          socket.off("close", onClose);
+          signal.removeEventListener("abort", onAbort);
+          if (error) reject(error);
+          else resolve();
+        };
+        const onDrain = (): void => settle();
+        const onClose = (): void => settle(closed());
+        const onAbort = (): void => settle(signal.reason as Error);
+        socket.once("drain", onDrain);
+        socket.once("close", onClose);
+        signal.addEventListener("abort", onAbort, { once: true });
+      }),
+    close: (signal) =>
+      new Promise<void>((resolve, reject) => {
+        const onAbort = (): void => {
+          socket.destroy();
+          reject(signal.reason as Error);
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        socket.end(() => {
+          signal.removeEventListener("abort", onAbort);
+          resolve();
+        });
+      }),
+    abort: () => socket.destroy(),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,7 +440,7 @@ export async function sendFrame(stream: Stream, bytes: Uint8Array, signal?: Abor
  * each frame's SHA-256 is begun (in the thread pool) as soon as the frame is complete.
  */
 class FrameReader {
-  readonly #stream: Stream;
+  readonly #pipe: BlockPipe;
   readonly #maxFrame: number;
   readonly #hash: boolean;
   readonly #frames: Array<{ bytes: Uint8Array; digest: Promise<Uint8Array> | undefined }> = [];
@@ -300,31 +452,20 @@ class FrameReader {
   #prefix: number[] = [];
   #body: Uint8Array | undefined;
   #filled = 0;
-  readonly #onMessage = (event: StreamMessageEvent): void => this.#push(event.data);
-  // "end", not "remoteCloseWrite": libp2p fires the latter as soon as the sender's FIN arrives,
-  // while data before it may still wait in the stream's buffer (always, while we have it paused),
-  // and ending then would drop the last blocks. "end" comes once all of it was handed to us.
-  readonly #onEnd = (): void => this.#end(true);
-  readonly #onClose = (event: Event): void => {
-    const error = (event as Event & { error?: Error }).error;
-    if (error !== undefined) this.#end(error);
-    else setImmediate(() => this.#end(true)); // after any data still being handed over
-  };
+  readonly #stop: () => void;
 
-  constructor(stream: Stream, maxFrame: number, hash: boolean) {
-    this.#stream = stream;
+  constructor(pipe: BlockPipe, maxFrame: number, hash: boolean) {
+    this.#pipe = pipe;
     this.#maxFrame = maxFrame;
     this.#hash = hash;
-    stream.addEventListener("message", this.#onMessage);
-    stream.addEventListener("close", this.#onClose);
-    stream.addEventListener("end", this.#onEnd);
-    if (stream.readableEnded || stream.status !== "open") setImmediate(() => this.#end(true));
+    this.#stop = pipe.listen(
+      (chunk) => this.#push(chunk),
+      (error) => this.#end(error ?? true),
+    );
   }
 
   detach(): void {
-    this.#stream.removeEventListener("message", this.#onMessage);
-    this.#stream.removeEventListener("close", this.#onClose);
-    this.#stream.removeEventListener("end", this.#onEnd);
+    this.#stop();
   }
 
   #end(reason: Error | true): void {
@@ -341,9 +482,9 @@ class FrameReader {
       this.#end(error as Error);
       return;
     }
-    if (this.#buffered > RECEIVE_HIGH_WATER && !this.#paused && this.#stream.status === "open") {
+    if (this.#buffered > RECEIVE_HIGH_WATER && !this.#paused && this.#pipe.open) {
       this.#paused = true;
-      this.#stream.pause();
+      this.#pipe.pause();
     }
     this.#wake?.();
   }
@@ -402,9 +543,9 @@ class FrameReader {
       const frame = this.#frames.shift();
       if (frame !== undefined) {
         this.#buffered -= frame.bytes.byteLength;
-        if (this.#paused && this.#buffered < RECEIVE_LOW_WATER && this.#stream.status === "open") {
+        if (this.#paused && this.#buffered < RECEIVE_LOW_WATER && this.#pipe.open) {
           this.#paused = false;
-          this.#stream.resume();
+          this.#pipe.resume();
         }
         return frame;
       }
@@ -461,6 +602,8 @@ export interface BlockStreamSessionInit {
   start?: number;
   /** Where in stream order to stop (that block is not sent); the DAG's end by default. */
   end?: number;
+  /** Block lanes to try first (block-lanes.ts); libp2p streams only without. */
+  lanes?: BlockLanes;
   signal?: AbortSignal;
   log?: Logger;
 }
@@ -474,7 +617,7 @@ export class BlockStreamSession {
   readonly #init: BlockStreamSessionInit;
   readonly #log: Logger;
   readonly #peers: Multiaddr[];
-  #current: { peer: Multiaddr; stream: Stream; frames: FrameReader } | undefined;
+  #current: { peer: Multiaddr; pipe: BlockPipe; frames: FrameReader } | undefined;
   /** Where the next holder starts: the blocks verified so far, counted from `start`. */
   #verified: number;
   /** What went wrong with each holder dropped, for the final error. */
@@ -536,28 +679,28 @@ export class BlockStreamSession {
       reason,
     });
     current.frames.detach();
-    current.stream.abort(new BlockStreamError(reason));
+    current.pipe.abort(new BlockStreamError(reason));
   }
 
-  async #open(): Promise<{ peer: Multiaddr; stream: Stream; frames: FrameReader }> {
+  async #open(): Promise<{ peer: Multiaddr; pipe: BlockPipe; frames: FrameReader }> {
     for (let peer = this.#peers.shift(); peer !== undefined; peer = this.#peers.shift()) {
       const signal = AbortSignal.any([
         AbortSignal.timeout(this.#init.stallTimeoutMs),
         ...(this.#init.signal ? [this.#init.signal] : []),
       ]);
-      let stream: Stream | undefined;
+      let pipe: BlockPipe | undefined;
       try {
-        stream = await openStream(this.#init.host, peer, BLOCKS_PROTOCOL, { signal });
-        stream.maxReadBufferLength = RECEIVE_MAX_BUFFER;
-        const frames = new FrameReader(stream, MAX_BLOCK_BYTES, true);
+        pipe = await this.#pipeTo(peer, signal);
+        const frames = new FrameReader(pipe, MAX_BLOCK_BYTES, true);
         const count = this.end === undefined ? undefined : this.end - this.#verified;
-        await sendFrame(stream, encodeRequest({ root: this.#init.root, skip: this.#verified, count }), signal);
-        this.#current = { peer, stream, frames };
+        if (!pipe.send(encodeRequest({ root: this.#init.root, skip: this.#verified, count })))
+          await pipe.drained(signal);
+        this.#current = { peer, pipe, frames };
         this.asked.push(peer.toString());
         return this.#current;
       } catch (error) {
         this.#init.signal?.throwIfAborted();
-        stream?.abort(error as Error);
+        pipe?.abort(error as Error);
         const reason = (error as Error).message ?? String(error);
         this.failures.push(`${peer}: ${reason}`);
         this.#log.debug("cannot open a block stream", { peer: peer.toString(), reason });
@@ -575,7 +718,21 @@ export class BlockStreamSession {
     if (current === undefined) return;
     current.frames.detach();
     // The sender closes once it sent the last block; a fetch that stopped early resets it.
-    if (current.stream.status === "open") current.stream.abort(new BlockStreamError("fetch finished"));
+    if (current.pipe.open) current.pipe.abort(new BlockStreamError("fetch finished"));
+  }
+
+  /** A block lane to `peer` where it has one this side can reach, else a libp2p stream. */
+  async #pipeTo(peer: Multiaddr, signal: AbortSignal): Promise<BlockPipe> {
+    const { host, lanes } = this.#init;
+    const id = peerIdOf(peer);
+    if (lanes !== undefined && id !== undefined) {
+      await host.dial(peer, { signal });
+      const socket = await lanes.connect(id, signal);
+      if (socket !== undefined) return socketPipe(socket);
+    }
+    const stream = await openStream(host, peer, BLOCKS_PROTOCOL, { signal });
+    stream.maxReadBufferLength = RECEIVE_MAX_BUFFER;
+    return streamPipe(stream);
   }
 }
 

@@ -12,6 +12,7 @@ import type { CID } from "multiformats/cid";
 import { identity } from "multiformats/hashes/identity";
 
 import { bitswapResendFix } from "./bitswap-resend.ts";
+import { BlockLanes } from "./block-lanes.ts";
 import { BaseError, CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
@@ -38,6 +39,11 @@ export interface CreateIpfsNodeParameters {
   log?: Logger;
   /** Told of the bytes each block stream this node served sent (see {@link serveBlocks}). */
   onBlocksSent?: (sent: BlocksSent) => void;
+  /**
+   * Serves block lanes (block-lanes.ts) on this IP and port (0: a free one): where the host's
+   * libp2p listens. None without it (the node still streams from other peers' lanes).
+   */
+  blockLane?: { host: string; port: number };
 }
 
 export interface FetchOptions {
@@ -69,6 +75,8 @@ export interface IpfsNode {
   /** The Helia node underneath, for what this interface does not cover. */
   readonly helia: Helia;
   readonly host: BatonHost;
+  /** The port of its block lanes (block-lanes.ts), where it serves them. */
+  readonly blockLanePort: number | undefined;
   /**
    * Imports a byte stream as a UnixFS file (CIDv1, raw 1 MiB leaves) into the local store; with
    * `pin`, also pins it before a {@link gc} can get in between. With `leaves: "pieces"` each piece
@@ -156,6 +164,7 @@ export async function createIpfsNode({
   dir,
   log = silentLogger,
   onBlocksSent,
+  blockLane,
 }: CreateIpfsNodeParameters): Promise<IpfsNode> {
   const [{ Helia: HeliaLight, name, version }] = await Promise.all([heliaLight, bitswapResendFix]);
   const blockstore = new WholeReadFsBlockstore(path.join(dir, "blocks"));
@@ -197,7 +206,14 @@ export async function createIpfsNode({
     }
   };
 
-  const stopServing = await serveBlocks({ host, read: readLocal, log: log.child("blocks"), onSent: onBlocksSent });
+  const serving = await serveBlocks({
+    host,
+    read: readLocal,
+    ...(blockLane ? { lane: blockLane } : {}),
+    log: log.child("blocks"),
+    onSent: onBlocksSent,
+  });
+  const lanes = new BlockLanes(host, log.child("lanes"));
 
   async function* cat(cid: CID, options: FetchOptions = {}): AsyncGenerator<Uint8Array> {
     const { signal, maxBytes, stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS, via = "stream" } = options;
@@ -234,7 +250,7 @@ export async function createIpfsNode({
     let delivered = 0;
     const holders = providers.filter((address) => address.getComponents().some((c) => c.name === "p2p"));
     if (via === "stream" && holders.length > 0 && streamable(cid)) {
-      const init = { host, root: cid, peers: holders, stallTimeoutMs, signal, log };
+      const init = { host, root: cid, peers: holders, lanes, stallTimeoutMs, signal, log };
       const writes = new BlockWrites(helia);
       const store = (block: CID, bytes: Uint8Array): Promise<void> => writes.put(block, bytes);
       const session =
@@ -335,6 +351,7 @@ export async function createIpfsNode({
   const node: IpfsNode = {
     helia,
     host,
+    blockLanePort: serving.lanePort,
     add(source, { signal, pin = false, leaves = "fixed" } = {}) {
       return gate.shared(async () => {
         const started = performance.now();
@@ -419,7 +436,8 @@ export async function createIpfsNode({
     },
     withGcPaused: (work) => gate.shared(work),
     stop() {
-      stopped ??= stopServing()
+      stopped ??= serving
+        .stop()
         .catch(() => undefined)
         .then(() => helia.stop())
         .then(() => undefined);

@@ -8,7 +8,7 @@ import { Pool, type Dispatcher } from "undici";
 import { BaseError, ProtocolError, ProviderFaultError, RequestNotSentError, shortMessageOf } from "../errors.ts";
 import type { Logger } from "../logger.ts";
 import { request } from "../wire/framing.ts";
-import { forwardable, headerPairs, HTTP_LANE_CIPHERS, httpLaneSchema, PROXY_HEADER } from "../wire/http.ts";
+import { forwardable, headerPairs, httpLaneSchema, laneClientOptions, PROXY_HEADER } from "../wire/http.ts";
 import { maxMessageBytes, protocols } from "../wire/protocols.ts";
 import type { BatonHost } from "./host.ts";
 
@@ -127,16 +127,8 @@ export function httpLanes(host: BatonHost, log: Logger): HttpLanes {
         headersTimeout: 0,
         bodyTimeout: 0,
         connect: (_options, done) => {
-          const socket = tls.connect({
-            host: address,
-            port: lane.port,
-            ciphers: HTTP_LANE_CIPHERS,
-            minVersion: "TLSv1.2",
-            maxVersion: "TLSv1.2",
-            pskCallback: () => ({ psk, identity: lane.identity }),
-            // No certificate: the key proves the node, as it proves the tenant.
-            checkServerIdentity: () => undefined,
-          });
+          // No certificate: the key proves the node, as it proves the tenant.
+          const socket = tls.connect({ host: address, port: lane.port, ...laneClientOptions(psk, lane.identity) });
           let settled = false;
           const fail = (error: Error): void => {
             if (settled) return;

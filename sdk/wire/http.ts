@@ -1,3 +1,6 @@
+import { constants } from "node:crypto";
+import type { ConnectionOptions, TLSSocket, TlsOptions } from "node:tls";
+
 import type { Stream } from "@libp2p/interface";
 import { z } from "zod";
 
@@ -57,8 +60,37 @@ export const httpLaneSchema = z.discriminatedUnion("kind", [
 ]);
 export type HttpLane = z.output<typeof httpLaneSchema>;
 
+/** A lane granted: where, and with which key (HTTP lanes, and block lanes: sdk/ipfs/block-lanes.ts). */
+export const laneGrantSchema = httpLaneSchema.options[0];
+
 /** The TLS suite of a lane: ECDHE for forward secrecy, the pre-shared key for authentication both ways. */
 export const HTTP_LANE_CIPHERS = "ECDHE-PSK-CHACHA20-POLY1305";
+
+/**
+ * A lane server's TLS options (HTTP lanes and block lanes): TLS 1.2 with {@link HTTP_LANE_CIPHERS},
+ * the key of each connection from `keyOf` (null refuses it).
+ */
+export function laneServerOptions(keyOf: (socket: TLSSocket, identity: string) => Buffer | null): TlsOptions {
+  return {
+    ciphers: HTTP_LANE_CIPHERS,
+    minVersion: "TLSv1.2",
+    maxVersion: "TLSv1.2",
+    // A resumed session skips the key callback, so it would name no key's holder: every lane shakes hands in full.
+    secureOptions: constants.SSL_OP_NO_TICKET,
+    pskCallback: keyOf,
+  };
+}
+
+/** A lane client's TLS options: the key `key` under `identity`, and no certificate (the key proves the server). */
+export function laneClientOptions(key: Buffer, identity: string): ConnectionOptions {
+  return {
+    ciphers: HTTP_LANE_CIPHERS,
+    minVersion: "TLSv1.2",
+    maxVersion: "TLSv1.2",
+    pskCallback: () => ({ psk: key, identity }),
+    checkServerIdentity: () => undefined,
+  };
+}
 
 /**
  * Set on a response the provider node wrote itself (no job, job not listening, job's server

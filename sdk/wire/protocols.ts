@@ -27,6 +27,11 @@ export const protocols = {
   httpLane: `${PROTOCOL_PREFIX}/http-lane/1.0.0`,
   /** A DAG's blocks in order on one stream, each checked against its CID (sdk/ipfs/block-stream.ts). */
   blocks: `${PROTOCOL_PREFIX}/blocks/1.0.0`,
+  /**
+   * Request/response: a peer asking a holder for a block lane, `/baton/blocks/1.0.0` on a TLS
+   * connection beside libp2p, keyed by a secret given here (sdk/ipfs/block-lanes.ts).
+   */
+  blocksLane: `${PROTOCOL_PREFIX}/blocks-lane/1.0.0`,
 } as const;
 
 export const topics = {
@@ -53,6 +58,8 @@ export const maxMessageBytes = {
   http: 64 * 1024,
   /** A lane's request or its answer (a port and a key). */
   httpLane: 1024,
+  /** A block lane's request (empty) or its answer (a port and a key). */
+  blocksLane: 1024,
 } as const;
 
 /**

@@ -23,10 +23,16 @@ export function sample(metrics: string, series: string): number {
   return Number(line?.slice(series.length + 1));
 }
 
-/** The block-stream bytes a node has sent since it started, by connection: through a relay, or direct. */
-export async function blockBytesSent(node: Spawned, host?: Host): Promise<{ relayed: number; direct: number }> {
+/**
+ * The block-stream bytes a node has sent since it started, by path: through a relay, or direct (on a
+ * direct libp2p connection or a block lane), and of those on a block lane.
+ */
+export async function blockBytesSent(
+  node: Spawned,
+  host?: Host,
+): Promise<{ relayed: number; direct: number; lane: number }> {
   const metrics = await nodeMetrics(node, host);
   // A counter with labels has no sample until its first increment.
   const sent = (path: string): number => sample(metrics, `baton_block_stream_bytes_sent_total{path="${path}"}`) || 0;
-  return { relayed: sent("relayed"), direct: sent("direct") };
+  return { relayed: sent("relayed"), direct: sent("direct") + sent("lane"), lane: sent("lane") };
 }

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import path from "node:path";
+import tls from "node:tls";
 
 import { generateKeyPair } from "@libp2p/crypto/keys";
 import type { Stream } from "@libp2p/interface";
@@ -8,12 +9,15 @@ import { encode as lpEncode } from "it-length-prefixed";
 import type { CID } from "multiformats/cid";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import { blockLaneSchema, serveBlockLanes } from "../../sdk/ipfs/block-lanes.ts";
 import {
   BLOCKS_PROTOCOL,
   readBlockRequest,
   sampleBlocks,
-  sendFrame,
+  socketPipe,
   streamOrder,
+  streamPipe,
+  type BlockPipe,
   type BlockRequest,
   type BlocksSent,
 } from "../../sdk/ipfs/block-stream.ts";
@@ -23,6 +27,9 @@ import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { Logger } from "../../sdk/logger.ts";
 import { createBatonHost, type BatonHost, type CreateBatonHostOptions } from "../../sdk/p2p/host.ts";
 import { pollUntil } from "../../sdk/utils/retry.ts";
+import { request } from "../../sdk/wire/framing.ts";
+import { HTTP_LANE_CIPHERS } from "../../sdk/wire/http.ts";
+import { maxMessageBytes, protocols } from "../../sdk/wire/protocols.ts";
 import { until } from "../helpers/processes.ts";
 import { describeTree, tempDir, writeTree } from "./helpers.ts";
 
@@ -78,8 +85,11 @@ function recordingLogger(logs: LogEntry[]): Logger {
   return logger;
 }
 
-async function startPeer(options: Pick<CreateBatonHostOptions, "listen" | "relay"> = {}): Promise<Peer> {
-  const host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519"), ...options });
+async function startPeer(
+  options: Pick<CreateBatonHostOptions, "listen" | "relay"> & { lanes?: boolean } = {},
+): Promise<Peer> {
+  const { lanes, ...hostOptions } = options;
+  const host = await createBatonHost({ privateKey: await generateKeyPair("Ed25519"), ...hostOptions });
   const logs: LogEntry[] = [];
   const sent: BlocksSent[] = [];
   const ipfs = await createIpfsNode({
@@ -87,6 +97,7 @@ async function startPeer(options: Pick<CreateBatonHostOptions, "listen" | "relay
     dir: path.join(work.dir, `peer-${next++}`),
     log: recordingLogger(logs),
     onBlocksSent: (s) => sent.push(s),
+    ...(lanes ? { blockLane: { host: "127.0.0.1", port: 0 } } : {}),
   });
   const peer = { host, ipfs, address: `${host.getMultiaddrs()[0]?.toString()}`, logs, requests: [], sent };
   peers.push(peer);
@@ -102,32 +113,54 @@ async function readBlock(ipfs: IpfsNode, cid: CID): Promise<Uint8Array> {
 type Action = "send" | "close" | "stall" | "cut" | Uint8Array;
 type Fault = (index: number, bytes: Uint8Array) => Action | Promise<Action>;
 
+/** How a test peer's faulty block server is reached: over libp2p, or on a block lane of its own. */
+type Transport = "stream" | "lane";
+
 /**
  * Replaces a peer's block server with one that walks the DAG as the real one does but asks
  * `fault(index, bytes)` what to do with each block: send it, send other bytes instead, close the
- * stream cleanly there, cut the frame off half-way and close, or stop sending without closing.
+ * stream cleanly there, cut the frame off half-way and close, or stop sending without closing. On
+ * `lane`, the peer also serves block lanes (which it must not already do) with that server.
  */
-async function serveWith(peer: Peer, fault: Fault): Promise<void> {
+async function serveWith(peer: Peer, fault: Fault, transport: Transport = "stream"): Promise<void> {
+  const walk = async (pipe: BlockPipe, writeRaw: (bytes: Uint8Array) => void): Promise<void> => {
+    const request = await readBlockRequest(pipe);
+    peer.requests.push(request);
+    const { root, skip, count = Infinity } = request;
+    let index = skip;
+    for await (const { bytes } of streamOrder(root, (cid) => readBlock(peer.ipfs, cid), { skip })) {
+      if (index === skip + count) break;
+      const action = await fault(index++, bytes);
+      if (action === "stall") return; // open, silent
+      if (action === "close") return void (await pipe.close(AbortSignal.timeout(10_000)));
+      if (action === "cut") {
+        writeRaw(
+          lpEncode
+            .single(bytes)
+            .sublist(0, 1000 + bytes.byteLength / 2)
+            .subarray(),
+        );
+        return void (await pipe.close(AbortSignal.timeout(10_000)));
+      }
+      if (!pipe.send(action === "send" ? bytes : action)) await pipe.drained(AbortSignal.timeout(10_000));
+    }
+    await pipe.close(AbortSignal.timeout(10_000));
+  };
+  if (transport === "lane") {
+    await serveBlockLanes({
+      host: peer.host,
+      listenHost: "127.0.0.1",
+      onConnection: (socket) => {
+        const pipe = socketPipe(socket);
+        void walk(pipe, (bytes) => socket.write(bytes)).catch((error: Error) => pipe.abort(error));
+      },
+    });
+    return;
+  }
   await peer.host.unhandle(BLOCKS_PROTOCOL);
   await peer.host.handle(BLOCKS_PROTOCOL, (stream: Stream) => {
-    void (async () => {
-      const request = await readBlockRequest(stream);
-      peer.requests.push(request);
-      const { root, skip, count = Infinity } = request;
-      let index = skip;
-      for await (const { bytes } of streamOrder(root, (cid) => readBlock(peer.ipfs, cid), { skip })) {
-        if (index === skip + count) break;
-        const action = await fault(index++, bytes);
-        if (action === "stall") return; // open, silent
-        if (action === "close") return void (await stream.close());
-        if (action === "cut") {
-          stream.send(lpEncode.single(bytes).sublist(0, 1000 + bytes.byteLength / 2));
-          return void (await stream.close());
-        }
-        await sendFrame(stream, action === "send" ? bytes : action);
-      }
-      await stream.close();
-    })().catch((error: Error) => stream.abort(error));
+    const pipe = streamPipe(stream);
+    void walk(pipe, (bytes) => stream.send(bytes)).catch((error: Error) => pipe.abort(error));
   });
 }
 
@@ -168,10 +201,10 @@ async function restoreOnFreshTenant(providers: Peer[], stallTimeoutMs = STALL_MS
 }
 
 /** A peer that holds the checkpoint (fetched from the holder) and serves it with `fault`. */
-async function faultyHolder(fault: Fault): Promise<Peer> {
+async function faultyHolder(fault: Fault, transport: Transport = "stream"): Promise<Peer> {
   const peer = await startPeer();
   await peer.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
-  await serveWith(peer, fault);
+  await serveWith(peer, fault, transport);
   return peer;
 }
 
@@ -207,7 +240,7 @@ describe("the block stream protocol", () => {
     const direct = await restoreOnFreshTenant([holder]);
     const total = (sent: BlocksSent[]) => sent.reduce((sum, s) => sum + s.bytes, 0);
     const toDirect = holder.sent.filter((s) => s.peer.equals(direct.host.peerId));
-    expect(toDirect.map((s) => s.relayed)).toEqual([false]);
+    expect(toDirect.map((s) => [s.relayed, s.lane])).toEqual([[false, false]]);
     // Every block of the DAG: more than the file's bytes (the header leaf, the root, encryption's tags).
     expect(total(toDirect)).toBeGreaterThan(published.size);
 
@@ -292,6 +325,60 @@ describe("the block stream protocol", () => {
     expect(await expectOnlyVerifiedBlocks(peer)).toBe(9);
   });
 
+  it("streams on a holder's block lane where it serves one, and over libp2p where it does not", async () => {
+    const laned = await startPeer({ lanes: true });
+    await laned.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
+    const tenant = await restoreOnFreshTenant([laned]);
+    expect(warnings(tenant, /./)).toEqual([]);
+    const toTenant = laned.sent.filter((s) => s.peer.equals(tenant.host.peerId));
+    expect(toTenant.map((s) => [s.relayed, s.lane])).toEqual([[false, true]]);
+    expect(toTenant[0]!.bytes).toBeGreaterThan(published.size);
+    // Its lane is asked for once per peer, then each block stream opens a connection on it.
+    const second = await startPeer();
+    await second.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
+    const striped = await restoreOnFreshTenant([laned, second]);
+    expect(laned.sent.filter((s) => s.peer.equals(striped.host.peerId)).map((s) => s.lane)).toEqual([true, true]);
+    expect(second.sent.filter((s) => s.peer.equals(striped.host.peerId)).map((s) => s.lane)).toEqual([false]);
+  });
+
+  it("lets onto a block lane only a connection that holds a key it gave out", async () => {
+    const laned = await startPeer({ lanes: true });
+    const asker = await startPeer();
+    await asker.host.dial(multiaddr(laned.address));
+    const reply = await request(asker.host, laned.host.peerId, protocols.blocksLane, new Uint8Array(), {
+      maxBytes: maxMessageBytes.blocksLane,
+      signal: AbortSignal.timeout(10_000),
+    });
+    const lane = blockLaneSchema.parse(JSON.parse(new TextDecoder().decode(reply)));
+    if (lane.kind !== "lane") throw new Error(`refused: ${lane.message}`);
+    const connect = (identity: string, key: string) =>
+      new Promise<void>((resolve, reject) => {
+        const socket = tls.connect({
+          host: "127.0.0.1",
+          port: lane.port,
+          ciphers: HTTP_LANE_CIPHERS,
+          minVersion: "TLSv1.2",
+          maxVersion: "TLSv1.2",
+          pskCallback: () => ({ psk: Buffer.from(key, "hex"), identity }),
+          checkServerIdentity: () => undefined,
+        });
+        socket.once("secureConnect", () => {
+          socket.destroy();
+          resolve();
+        });
+        socket.once("error", reject);
+      });
+    await connect(lane.identity, lane.key);
+    await expect(connect(lane.identity, "11".repeat(32))).rejects.toThrow();
+    await expect(connect("00".repeat(16), lane.key)).rejects.toThrow();
+    // The same lane again for the same peer.
+    const again = await request(asker.host, laned.host.peerId, protocols.blocksLane, new Uint8Array(), {
+      maxBytes: maxMessageBytes.blocksLane,
+      signal: AbortSignal.timeout(10_000),
+    });
+    expect(JSON.parse(new TextDecoder().decode(again))).toEqual(lane);
+  });
+
   describe.each<[string, (index: number, bytes: Uint8Array) => Action, RegExp, number?]>([
     [
       "serves a corrupted block",
@@ -312,40 +399,46 @@ describe("the block stream protocol", () => {
       FAULT_STALL_MS,
     ],
   ])("a holder that %s", (_, fault, reason, stallTimeoutMs) => {
-    it("is detected, and the next holder goes on from the block where it stopped", async () => {
-      const faulty = await faultyHolder(fault);
-      await serveWith(holder, () => "send"); // the real server's walk, counting requests
-      holder.requests.length = 0;
-      const tenant = await restoreOnFreshTenant([faulty, holder], stallTimeoutMs);
-      const failed = warnings(tenant, /block stream failed/);
-      expect(failed).toHaveLength(1);
-      expect(String(failed[0]!.fields.reason)).toMatch(reason);
-      // Two stripes of the 8 blocks after the root (which came from the faulty holder, alone): the
-      // faulty holder's, blocks 1-4, of which it sent 1-3; the honest holder's, blocks 5-8, and the
-      // rest of the faulty one's.
-      expect(failed[0]!.fields.verified).toBe(4);
-      expect(faulty.requests).toEqual([
-        { root: published.cid, skip: 0, count: 1 },
-        { root: published.cid, skip: 1, count: 4 },
-      ]);
-      expect(holder.requests).toHaveLength(2);
-      expect(holder.requests).toEqual(
-        expect.arrayContaining([
-          { root: published.cid, skip: 5, count: 4 },
-          { root: published.cid, skip: 4, count: 1 },
-        ]),
-      );
-      expect(warnings(tenant, /by bitswap/)).toEqual([]);
-    });
+    it.each<Transport>(["stream", "lane"])(
+      "is detected (%s), and the next holder goes on from the block where it stopped",
+      async (transport) => {
+        const faulty = await faultyHolder(fault, transport);
+        await serveWith(holder, () => "send"); // the real server's walk, counting requests
+        holder.requests.length = 0;
+        const tenant = await restoreOnFreshTenant([faulty, holder], stallTimeoutMs);
+        const failed = warnings(tenant, /block stream failed/);
+        expect(failed).toHaveLength(1);
+        expect(String(failed[0]!.fields.reason)).toMatch(reason);
+        // Two stripes of the 8 blocks after the root (which came from the faulty holder, alone): the
+        // faulty holder's, blocks 1-4, of which it sent 1-3; the honest holder's, blocks 5-8, and the
+        // rest of the faulty one's.
+        expect(failed[0]!.fields.verified).toBe(4);
+        expect(faulty.requests).toEqual([
+          { root: published.cid, skip: 0, count: 1 },
+          { root: published.cid, skip: 1, count: 4 },
+        ]);
+        expect(holder.requests).toHaveLength(2);
+        expect(holder.requests).toEqual(
+          expect.arrayContaining([
+            { root: published.cid, skip: 5, count: 4 },
+            { root: published.cid, skip: 4, count: 1 },
+          ]),
+        );
+        expect(warnings(tenant, /by bitswap/)).toEqual([]);
+      },
+    );
 
-    it("alone, is detected and the rest comes by bitswap", async () => {
-      const faulty = await faultyHolder(fault);
-      const tenant = await restoreOnFreshTenant([faulty], stallTimeoutMs);
-      expect(warnings(tenant, /block stream failed/)).toHaveLength(1);
-      const fallback = warnings(tenant, /by bitswap/);
-      expect(fallback).toHaveLength(1);
-      expect(fallback[0]!.fields.delivered).toBeGreaterThan(0);
-    });
+    it.each<Transport>(["stream", "lane"])(
+      "alone, is detected (%s) and the rest comes by bitswap",
+      async (transport) => {
+        const faulty = await faultyHolder(fault, transport);
+        const tenant = await restoreOnFreshTenant([faulty], stallTimeoutMs);
+        expect(warnings(tenant, /block stream failed/)).toHaveLength(1);
+        const fallback = warnings(tenant, /by bitswap/);
+        expect(fallback).toHaveLength(1);
+        expect(fallback[0]!.fields.delivered).toBeGreaterThan(0);
+      },
+    );
   });
 });
 

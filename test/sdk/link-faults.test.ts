@@ -56,6 +56,8 @@ const fixture = useRunJobMarket({
     return {
       listen: [`/ip4/127.0.0.1/tcp/${shapedPort}`],
       announce: [link.multiaddr],
+      // No block lanes: a lane beside the link would carry checkpoints around it.
+      blockLanePort: null,
       rpcUrl: `http://127.0.0.1:${chainLink.port}`,
       price: { basePerSecond: "900000000000", perGpuPerSecond: "1000000000000" },
     };

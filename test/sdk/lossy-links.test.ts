@@ -43,7 +43,12 @@ const fixture = useRunJobMarket({
   providers: PROVIDERS,
   // The tenant's liveness is what is under test; on-chain heartbeats get a loaded machine's slack.
   chainHeartbeatTimeoutS: 20,
-  configFor: (index) => ({ listen: [`/ip4/127.0.0.1/tcp/${ports[index]!}`], announce: [links[index]!.multiaddr] }),
+  // No block lanes: a lane beside the link would carry checkpoints around it.
+  configFor: (index) => ({
+    listen: [`/ip4/127.0.0.1/tcp/${ports[index]!}`],
+    announce: [links[index]!.multiaddr],
+    blockLanePort: null,
+  }),
 });
 
 describe("four jobs on four providers behind 200 ms, 2 % lossy links", () => {

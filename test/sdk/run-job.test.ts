@@ -12,6 +12,7 @@ import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
 import { releaseQuotes } from "../../sdk/wire/clients.ts";
 import { startExplorerUnderTest } from "../helpers/explorer.ts";
+import { blockBytesSent } from "../helpers/node-metrics.ts";
 import { root, until } from "../helpers/processes.ts";
 import {
   expectTokensConserved,
@@ -91,6 +92,9 @@ describe("runJob: hand-off to a new provider", () => {
     if (slashed?.type === "slashed") expect(slashed.compensation).toBeGreaterThan(0n);
 
     await expectTokensConserved(fixture.market, before);
+    // The replacement sent its checkpoints and the output to the tenant on a block lane.
+    const replacement = fixture.market.providers.find((p) => p.account.address === result.leases[1]!.provider)!;
+    expect((await blockBytesSent(replacement.process!)).lane).toBeGreaterThan(0);
 
     // The explorer on this devnet, where a kill, a hand-off and a slash just happened: the job's page
     // links its two leases by the hand-off, from the checkpoint resumed, and shows the slash.
