@@ -11,8 +11,9 @@
  * - publish: `publishCheckpoint` (pack, encrypt, add to the file-system blockstore, pin) on the
  *   provider's node, against min(SHA-256, AES, disk) — publishing does all three, so it can at
  *   best match the slowest; target ≥ 50 % of it;
- * - provider → tenant fetch: `restoreCheckpoint` (fetch by the block stream, /baton/blocks/1.0.0;
- *   decrypt, verify, unpack) on a second host and IPFS node in its own process and data dir,
+ * - provider → tenant fetch: `restoreCheckpoint` (fetch by the block stream, /baton/blocks/1.0.0, on
+ *   the provider's block lane: sdk/ipfs/block-lanes.ts; decrypt, verify, unpack) on a second host
+ *   and IPFS node in its own process and data dir,
  *   over 127.0.0.1 TCP (the connection is dialled before the clock starts), beside raw loopback
  *   TCP between the same two processes (a plain socket pushing the same number of bytes); target
  *   ≥ 150 MB/s, Helia's published node-to-node TCP figure. Beside it: the CPU time each process
@@ -56,19 +57,27 @@
  * with the CID the receiver expects next, stored, and decrypted and unpacked while the rest
  * arrives. Measured on the 2 shared vCPUs this was written on (load average 10-30 from other
  * sessions' tests, which inflates CPU per MiB too), per MiB:
- * - the floor is libp2p itself: a bare stream between the same two hosts (Noise ChaCha20-Poly1305,
- *   yamux, TCP; 1 MiB sends, nothing else done with the bytes) costs the sender ~2.5-3 ms and the
- *   receiver ~3.5-5 ms of CPU;
- * - provider serving the stream: ~4-8 ms (the floor, plus reading each block from its file);
- * - tenant fetching into its store (`cat`): ~10-13 ms: the floor, the copy of each block out of
- *   the Noise frames into a buffer of its own (a fresh 1 MiB buffer costs 0.3-0.6 ms of page
+ * - the floor was libp2p itself: a bare stream between the same two hosts (Noise ChaCha20-Poly1305,
+ *   yamux, TCP; 1 MiB sends, nothing else done with the bytes) costs the sender ~2-3 ms and the
+ *   receiver ~3.5-5 ms of CPU (quiet: 1.9-2.1 and 4.6-4.9, at most 229 MB/s). The stream now runs
+ *   on a block lane where the holder serves one (sdk/ipfs/block-lanes.ts: Node's TLS beside
+ *   libp2p, ECDHE-PSK-CHACHA20-POLY1305), whose floor is 0.85 ms for the sender and 1.6 for the
+ *   receiver (680 MB/s);
+ * - provider serving the stream: ~4-8 ms on libp2p, ~4-4.5 on a lane (256 MiB and 1 GiB; 7.5 at
+ *   16 MiB, where the lane's setup and the first blocks weigh more): the floor, plus reading each
+ *   block from its file;
+ * - tenant fetching into its store (`cat`): ~10-13 ms on libp2p: the floor, the copy of each block
+ *   out of the frames into a buffer of its own (a fresh 1 MiB buffer costs 0.3-0.6 ms of page
  *   faults here), SHA-256 against the CID (~0.8 ms, thread pool), the block file (temp + rename,
- *   ~1 ms); then the restore adds AES-GCM (thread pool), SHA-256 of the pack and the unpacked
- *   files (the "blocks already local" row: ~5-6 ms, ~130-210 MB/s).
- * On two cores shared by both processes, provider + tenant at ~20 ms per MiB cap the fetch near
- * 100 MB/s even with every thread busy all the time (the fetch row's note works this out from each
- * run); 150 MB/s needs ~13 ms per MiB for the pair, about what libp2p's own floor and the tenant's
- * unavoidable work (verify, store, decrypt, hash, write) add up to. Earlier fixes, still in
+ *   ~1 ms, and 1-1.6 ms of the kernel's to create a file in /tmp here); then the restore adds
+ *   AES-GCM (thread pool), SHA-256 of the pack and the unpacked files (the "blocks already local"
+ *   row: ~5-6 ms, ~130-210 MB/s). On a lane the whole restore costs the tenant 12-15 ms, of which
+ *   ~3 ms the kernel's.
+ * On two cores shared by both processes, provider + tenant at ~16-20 ms per MiB cap the fetch near
+ * 100-125 MB/s even with every thread busy all the time (the fetch row's note works this out from
+ * each run); 150 MB/s needs ~13 ms per MiB for the pair. What is left is mostly the tenant's: a
+ * file per 1 MiB block (and, where it pins, a datastore file per block for Helia's pin records),
+ * and its own work (verify, decrypt, hash, write). Earlier fixes, still in
  * sdk/ipfs: FsBlockstore read a block as 16 pieces that it-to-buffer joined by re-copying the
  * buffer so far each time (now one readFile); the UnixFS exporter's want-lists are bounded by
  * FETCH_BLOCK_CONCURRENCY for the bitswap fallback.
@@ -823,7 +832,7 @@ function sizeFigures(result: SizeResult): Figure[] {
       reference: { value: tcp, label: "raw loopback TCP" },
       target: { value: HELIA_FETCH_MB_S, atMost: false },
       note:
-        `by the block stream (/baton/blocks/1.0.0); target: Helia's published node-to-node TCP figure, ` +
+        `by the block stream (/baton/blocks/1.0.0) on a block lane; target: Helia's published node-to-node TCP figure, ` +
         `${HELIA_FETCH_MB_S} MB/s; the CPU time below (provider + tenant, all threads) caps it at ` +
         `${ceiling} MB/s on ${cores} cores` +
         (fetchFailures.length > 0 ? `; ${fetchFailures.length} fetch(es) FAILED and were run again` : ""),
