@@ -171,6 +171,8 @@ export class BlockLanes {
   readonly #host: BatonHost;
   readonly #log: Logger;
   readonly #lanes = new Map<string, Promise<Lane | undefined>>();
+  /** Peers whose lane, as last given, could not be connected to: asked once more, then left a while. */
+  readonly #failedOnce = new Set<string>();
 
   constructor(host: BatonHost, log: Logger = silentLogger) {
     this.#host = host;
@@ -186,22 +188,32 @@ export class BlockLanes {
     const id = peer.toString();
     let pending = this.#lanes.get(id);
     if (pending === undefined) {
-      pending = this.#ask(peer, signal);
+      // Not the caller's signal: the answer serves every block stream to this peer.
+      pending = this.#ask(peer);
       this.#lanes.set(id, pending);
     }
     const lane = await pending;
     if (lane === undefined) return undefined;
     try {
-      return await dial(lane, signal);
+      const socket = await dial(lane, signal);
+      this.#failedOnce.delete(id);
+      return socket;
     } catch (error) {
       signal?.throwIfAborted();
       this.#log.debug("block lane not connected; streaming over libp2p", { peer: id, error: shortMessageOf(error) });
-      this.#forget(id, pending);
+      // The peer may have restarted, with a lane of another port and key: it is asked again once.
+      if (this.#failedOnce.has(id)) {
+        this.#failedOnce.delete(id);
+        this.#forget(id, pending);
+      } else {
+        this.#failedOnce.add(id);
+        if (this.#lanes.get(id) === pending) this.#lanes.delete(id);
+      }
       return undefined;
     }
   }
 
-  async #ask(peer: PeerId, signal: AbortSignal | undefined): Promise<Lane | undefined> {
+  async #ask(peer: PeerId): Promise<Lane | undefined> {
     const id = peer.toString();
     const at = directHost(this.#host, peer);
     if (at === undefined) {
@@ -211,7 +223,7 @@ export class BlockLanes {
     try {
       const reply = await request(this.#host, peer, protocols.blocksLane, new Uint8Array(), {
         maxBytes: maxMessageBytes.blocksLane,
-        signal: AbortSignal.any([AbortSignal.timeout(ASK_MS), ...(signal ? [signal] : [])]),
+        signal: AbortSignal.timeout(ASK_MS),
       });
       const lane = blockLaneSchema.parse(JSON.parse(new TextDecoder().decode(reply)) as unknown);
       if (lane.kind === "refusal") throw new Error(lane.message);

@@ -7,9 +7,9 @@ import type { Stream } from "@libp2p/interface";
 import { multiaddr } from "@multiformats/multiaddr";
 import { encode as lpEncode } from "it-length-prefixed";
 import type { CID } from "multiformats/cid";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
-import { blockLaneSchema, serveBlockLanes } from "../../sdk/ipfs/block-lanes.ts";
+import { BlockLanes, blockLaneSchema, serveBlockLanes } from "../../sdk/ipfs/block-lanes.ts";
 import {
   BLOCKS_PROTOCOL,
   readBlockRequest,
@@ -339,6 +339,49 @@ describe("the block stream protocol", () => {
     const striped = await restoreOnFreshTenant([laned, second]);
     expect(laned.sent.filter((s) => s.peer.equals(striped.host.peerId)).map((s) => s.lane)).toEqual([true, true]);
     expect(second.sent.filter((s) => s.peer.equals(striped.host.peerId)).map((s) => s.lane)).toEqual([false]);
+  });
+
+  it("asks a holder whose lane could not be connected to once more (it may have restarted), then leaves it a while", async () => {
+    const holderHost = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
+    const asker = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
+    onTestFinished(async () => {
+      await Promise.all([holderHost.stop(), asker.stop()]);
+    });
+    const connections: number[] = [];
+    const start = () =>
+      serveBlockLanes({
+        host: holderHost,
+        listenHost: "127.0.0.1",
+        onConnection: (socket) => {
+          connections.push(socket.localPort!);
+          // Closed by the asker, once it has the connection.
+          socket.on("error", () => undefined).resume();
+        },
+      });
+    let serving = await start();
+    await asker.dial(holderHost.getMultiaddrs()[0]!);
+    const lanes = new BlockLanes(asker);
+    const connect = async (): Promise<boolean> => {
+      const socket = await lanes.connect(holderHost.peerId);
+      socket?.destroy();
+      return socket !== undefined;
+    };
+    expect(await connect()).toBe(true);
+    // Restarted: another port, another key. The lane as given fails once, and is asked for again.
+    await serving.stop();
+    serving = await start();
+    onTestFinished(() => serving.stop());
+    expect(await connect()).toBe(false);
+    expect(await connect()).toBe(true);
+    await until(() => connections.length === 2, 10_000, "both lane connections served");
+    expect(new Set(connections).size).toBe(2);
+    // Gone for good: it fails, is asked for again and fails again, then is not asked for a while.
+    await serving.stop();
+    expect(await connect()).toBe(false);
+    expect(await connect()).toBe(false);
+    const asked = Date.now();
+    expect(await connect()).toBe(false);
+    expect(Date.now() - asked).toBeLessThan(1_000);
   });
 
   it("lets onto a block lane only a connection that holds a key it gave out", async () => {
