@@ -50,10 +50,10 @@ const MAX_CONNECTIONS_PER_PEER = 8;
 /** How long a peer's lane that failed (refused, unreachable) is not asked for again. */
 const NO_LANE_MS = 60_000;
 /**
- * A lane connection not made within this is given up, and the block stream goes over libp2p: short,
- * as a port that drops what comes (a firewall) costs the fetch this.
+ * A lane connection not made within this is given up, and the block stream goes over libp2p: not
+ * long, as a port that drops what comes (a firewall) costs the fetch this, twice a minute at most.
  */
-const CONNECT_MS = 2_000;
+const CONNECT_MS = 5_000;
 /** The longest a lane's ask over libp2p may take, and a lane connection's handshake on the serving side. */
 const ASK_MS = 5_000;
 
@@ -269,9 +269,17 @@ function dial(lane: Lane, signal: AbortSignal | undefined): Promise<tls.TLSSocke
       port: lane.port,
       ...laneClientOptions(lane.key, lane.identity),
     });
-    const timer = setTimeout(() => fail(new Error(`no lane connection in ${CONNECT_MS} ms`)), CONNECT_MS);
+    // Checked after the I/O the loop has waiting: on a loaded machine the timer can come due while
+    // the loop is busy elsewhere, and would fire before the handshake's own events are handled.
+    const timer = setTimeout(
+      () => setImmediate(() => fail(new Error(`no lane connection in ${CONNECT_MS} ms`))),
+      CONNECT_MS,
+    );
+    let settled = false;
     const onAbort = (): void => fail(signal!.reason as Error);
     const fail = (error: Error): void => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       socket.destroy();
@@ -280,6 +288,8 @@ function dial(lane: Lane, signal: AbortSignal | undefined): Promise<tls.TLSSocke
     signal?.addEventListener("abort", onAbort, { once: true });
     socket.once("error", fail);
     socket.once("secureConnect", () => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       socket.off("error", fail);

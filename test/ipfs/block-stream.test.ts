@@ -155,8 +155,9 @@ async function serveWith(peer: Peer, fault: Fault, transport: Transport = "strea
         void walk(pipe, (bytes) => socket.write(bytes)).catch((error: Error) => pipe.abort(error));
       },
     });
-    return;
   }
+  // Over libp2p too: a lane not connected in time (a loaded machine) leaves the fetch there, and the
+  // fault must be met either way.
   await peer.host.unhandle(BLOCKS_PROTOCOL);
   await peer.host.handle(BLOCKS_PROTOCOL, (stream: Stream) => {
     const pipe = streamPipe(stream);
