@@ -190,7 +190,8 @@ export class BlockLanes {
     if (pending === undefined) {
       // Not the caller's signal: the answer serves every block stream to this peer.
       pending = this.#ask(peer);
-      this.#lanes.set(id, pending);
+      // Unless the ask already left the peer on libp2p (it has no direct connection of ours).
+      if (!this.#lanes.has(id)) this.#lanes.set(id, pending);
     }
     const lane = await pending;
     if (lane === undefined) return undefined;
@@ -204,7 +205,7 @@ export class BlockLanes {
       // The peer may have restarted, with a lane of another port and key: it is asked again once.
       if (this.#failedOnce.has(id)) {
         this.#failedOnce.delete(id);
-        this.#forget(id, pending);
+        this.#forget(id);
       } else {
         this.#failedOnce.add(id);
         if (this.#lanes.get(id) === pending) this.#lanes.delete(id);
@@ -217,7 +218,7 @@ export class BlockLanes {
     const id = peer.toString();
     const at = directHost(this.#host, peer);
     if (at === undefined) {
-      this.#forget(id, undefined);
+      this.#forget(id);
       return undefined;
     }
     try {
@@ -231,19 +232,17 @@ export class BlockLanes {
     } catch (error) {
       // A peer from before lanes, or serving none, does not speak the protocol.
       this.#log.debug("no block lane", { peer: id, error: shortMessageOf(error) });
-      this.#forget(id, undefined);
+      this.#forget(id);
       return undefined;
     }
   }
 
-  /** Asks `id` again for a lane only after {@link NO_LANE_MS}. */
-  #forget(id: string, lane: Promise<Lane | undefined> | undefined): void {
-    if (lane !== undefined && this.#lanes.get(id) === lane) this.#lanes.set(id, Promise.resolve(undefined));
+  /** Leaves `id` on libp2p: its lane is asked for again only after {@link NO_LANE_MS}. */
+  #forget(id: string): void {
+    const none = Promise.resolve(undefined);
+    this.#lanes.set(id, none);
     setTimeout(() => {
-      const current = this.#lanes.get(id);
-      void current?.then((found) => {
-        if (found === undefined && this.#lanes.get(id) === current) this.#lanes.delete(id);
-      });
+      if (this.#lanes.get(id) === none) this.#lanes.delete(id);
     }, NO_LANE_MS).unref();
   }
 }
