@@ -18,7 +18,7 @@ import { maxMessageBytes, protocols } from "../wire/protocols.ts";
  * the receiver 4.6-4.9 ms of CPU per MiB and the sender 1.9-2.1 (229 MB/s at most), where Node's
  * TLS costs 1.6 and 0.85 (680 MB/s). A peer asks a holder for a lane over libp2p once (a port and a
  * pre-shared key, as for an HTTP lane: sdk/p2p/http-lanes.ts), then opens a TLS connection to that
- * port at the address its libp2p connection reached, one per block stream, and speaks the same
+ * port at the holder's IP (`directHost`), one per block stream, and speaks the same
  * protocol on it: the same request, the same frames, each block verified against its CID as it
  * arrives. A holder that serves no lanes, cannot be reached at that address (a NAT, a relay), or
  * refuses, is streamed from over libp2p as before.
@@ -190,7 +190,7 @@ export class BlockLanes {
     if (pending === undefined) {
       // Not the caller's signal: the answer serves every block stream to this peer.
       pending = this.#ask(peer);
-      // Unless the ask already left the peer on libp2p (it has no direct connection of ours).
+      // Unless the ask already left the peer on libp2p (no direct address of it).
       if (!this.#lanes.has(id)) this.#lanes.set(id, pending);
     }
     const lane = await pending;
@@ -216,7 +216,7 @@ export class BlockLanes {
 
   async #ask(peer: PeerId): Promise<Lane | undefined> {
     const id = peer.toString();
-    const at = directHost(this.#host, peer);
+    const at = await directHost(this.#host, peer);
     if (at === undefined) {
       this.#forget(id);
       return undefined;
@@ -248,16 +248,26 @@ export class BlockLanes {
 }
 
 /**
- * The IP of an open direct TCP connection this side dialled to `peer`, if any: the peer is reachable
- * there. (One it dialled to us may come from behind a NAT.)
+ * The IP where `peer` can be reached directly, if any: that of an open direct TCP connection this
+ * side dialled to it, or else that of one it dialled to us, when it also listens at that IP (as its
+ * identify told us). The second is how a new provider restoring a checkpoint from its tenant, which
+ * dialled it, reaches the tenant's lane. An IP the peer dialled from but does not listen at may be a
+ * NAT's, where a lane connection would only time out.
  */
-function directHost(host: BatonHost, peer: PeerId): string | undefined {
-  for (const connection of host.getConnections(peer)) {
-    if (connection.status !== "open" || connection.direction !== "outbound") continue;
-    const at = tcpHostOf(connection.remoteAddr.toString());
+async function directHost(host: BatonHost, peer: PeerId): Promise<string | undefined> {
+  const open = host.getConnections(peer).filter((connection) => connection.status === "open");
+  for (const connection of open) {
+    const at = connection.direction === "outbound" ? tcpHostOf(connection.remoteAddr.toString()) : undefined;
     if (at !== undefined) return at;
   }
-  return undefined;
+  const dialledFrom = new Set(
+    open.map((connection) => tcpHostOf(connection.remoteAddr.toString())).filter((at) => at !== undefined),
+  );
+  if (dialledFrom.size === 0) return undefined;
+  const known = await host.peerStore.get(peer).catch(() => undefined);
+  return known?.addresses
+    .map((address) => tcpHostOf(address.multiaddr.toString()))
+    .find((at) => at !== undefined && dialledFrom.has(at));
 }
 
 function dial(lane: Lane, signal: AbortSignal | undefined): Promise<tls.TLSSocket> {

@@ -342,6 +342,30 @@ describe("the block stream protocol", () => {
     expect(second.sent.filter((s) => s.peer.equals(striped.host.peerId)).map((s) => s.lane)).toEqual([false]);
   });
 
+  it("streams on the lane of a holder that dialled us and listens where it dialled from, not of one that listens elsewhere (a NAT's address)", async () => {
+    // As a new provider restoring from its tenant finds it: the tenant dialled the provider.
+    const fetchFromDialler = async (options: Parameters<typeof startPeer>[0]): Promise<boolean[]> => {
+      const dialler = await startPeer({ ...options, lanes: true });
+      await dialler.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [holder.address] });
+      const fetcher = await startPeer();
+      await dialler.host.dial(multiaddr(fetcher.address));
+      await until(
+        async () =>
+          ((await fetcher.host.peerStore.get(dialler.host.peerId).catch(() => undefined))?.addresses.length ?? 0) > 0,
+        10_000,
+        "the dialler's listen addresses, by identify",
+      );
+      const { bytes } = await fetcher.ipfs.fetchAndPin(published.cid, { maxBytes: GiB, providers: [dialler.address] });
+      expect(bytes).toBe(published.size);
+      expect(fetcher.host.getConnections(dialler.host.peerId).map((c) => c.direction)).toEqual(["inbound"]);
+      return dialler.sent.filter((s) => s.peer.equals(fetcher.host.peerId)).map((s) => s.lane);
+    };
+    expect(await fetchFromDialler({})).toEqual([true]);
+    // Its libp2p listens at 127.0.0.2, and it dials from 127.0.0.1, where its lane is served: that
+    // lane would connect, but an IP a peer does not listen at is not tried.
+    expect(await fetchFromDialler({ listen: ["/ip4/127.0.0.2/tcp/0"] })).toEqual([false]);
+  });
+
   it("asks a holder whose lane could not be connected to once more (it may have restarted), then leaves it a while", async () => {
     const holderHost = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });
     const asker = await createBatonHost({ privateKey: await generateKeyPair("Ed25519") });

@@ -10,6 +10,7 @@ import { bid } from "../../sdk/actions/bid.ts";
 import { findOffers, type FoundOffer } from "../../sdk/actions/findOffers.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
 import type { BatonClient } from "../../sdk/client.ts";
+import { createLogger } from "../../sdk/logger.ts";
 import { releaseQuotes } from "../../sdk/wire/clients.ts";
 import { startExplorerUnderTest } from "../helpers/explorer.ts";
 import { blockBytesSent } from "../helpers/node-metrics.ts";
@@ -27,11 +28,25 @@ import {
 // Hand-offs: a provider killed or frozen under a running job.
 const fixture = useRunJobMarket();
 
+/** The tenant's log line for a DAG its block server sent (sdk/ipfs/block-stream.ts). */
+interface SentDag {
+  peer: string;
+  lane: boolean;
+}
+
 describe("runJob: hand-off to a new provider", () => {
   let client: BatonClient;
+  const sentDags: SentDag[] = [];
 
   beforeAll(async () => {
-    client = await fixture.market.client(0, path.join(fixture.dir, "tenant-a"));
+    client = await fixture.market.client(0, path.join(fixture.dir, "tenant-a"), {
+      log: createLogger("tenant", {
+        level: "debug",
+        write: (line) => {
+          if (line.includes('"sent a DAG"')) sentDags.push(JSON.parse(line) as SentDag);
+        },
+      }),
+    });
   });
 
   it("(a) SIGKILL mid-job: the job completes elsewhere with the uninterrupted result; the dead lease is slashed; tokens are conserved", async () => {
@@ -95,6 +110,11 @@ describe("runJob: hand-off to a new provider", () => {
     // The replacement sent its checkpoints and the output to the tenant on a block lane.
     const replacement = fixture.market.providers.find((p) => p.account.address === result.leases[1]!.provider)!;
     expect((await blockBytesSent(replacement.process!)).lane).toBeGreaterThan(0);
+    // It fetched the job's files and the checkpoint from the tenant on the tenant's lane, though
+    // the tenant dialled it.
+    const toReplacement = sentDags.filter((sent) => sent.peer === replacement.peerId).map((sent) => sent.lane);
+    expect(toReplacement.length).toBeGreaterThan(0);
+    expect(toReplacement).not.toContain(false);
 
     // The explorer on this devnet, where a kill, a hand-off and a slash just happened: the job's page
     // links its two leases by the hand-off, from the checkpoint resumed, and shows the slash.
