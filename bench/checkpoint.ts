@@ -76,8 +76,8 @@
  * On two cores shared by both processes, provider + tenant at ~16-20 ms per MiB cap the fetch near
  * 100-125 MB/s even with every thread busy all the time (the fetch row's note works this out from
  * each run); 150 MB/s needs ~13 ms per MiB for the pair. What is left is mostly the tenant's: a
- * file per 1 MiB block (and, where it pins, a datastore file per block for Helia's pin records),
- * and its own work (verify, decrypt, hash, write). Earlier fixes, still in
+ * file per 1 MiB block (Helia's pin records, a file per block too until they moved into SQLite:
+ * sdk/ipfs/datastore.ts), and its own work (verify, decrypt, hash, write). Earlier fixes, still in
  * sdk/ipfs: FsBlockstore read a block as 16 pieces that it-to-buffer joined by re-copying the
  * buffer so far each time (now one readFile); the UnixFS exporter's want-lists are bounded by
  * FETCH_BLOCK_CONCURRENCY for the bitswap fallback.

@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { withBitswap } from "@helia/bitswap";
@@ -6,7 +6,6 @@ import { unixfs, type CatOptions } from "@helia/unixfs";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import { FsBlockstore } from "blockstore-fs";
 import { NextToLast } from "blockstore-fs/sharding";
-import { FsDatastore } from "datastore-fs";
 import type { Helia, HeliaInit } from "helia";
 import type { CID } from "multiformats/cid";
 import { identity } from "multiformats/hashes/identity";
@@ -28,13 +27,14 @@ import {
   type BlocksSent,
 } from "./block-stream.ts";
 import { hasLocalDag, leafSkippingWalker } from "./dag.ts";
+import { SqliteDatastore } from "./datastore.ts";
 import { importOptions } from "./importer.ts";
 import { readUnixfsFile } from "./unixfs-file.ts";
 
 export interface CreateIpfsNodeParameters {
   /** Our libp2p host: the IPFS node adds bitswap to it and leaves it running when it stops. */
   host: BatonHost;
-  /** Where blocks (`blocks/`) and pins and other records (`datastore/`) live. One process per dir. */
+  /** Where blocks (`blocks/`) and pins and other records (`datastore.sqlite`) live. One process per dir. */
   dir: string;
   log?: Logger;
   /** Told of the bytes each block stream this node served sent (see {@link serveBlocks}). */
@@ -168,17 +168,25 @@ export async function createIpfsNode({
 }: CreateIpfsNodeParameters): Promise<IpfsNode> {
   const [{ Helia: HeliaLight, name, version }] = await Promise.all([heliaLight, bitswapResendFix]);
   const blockstore = new WholeReadFsBlockstore(path.join(dir, "blocks"));
+  await mkdir(dir, { recursive: true });
+  // Where an older version kept its records (FsDatastore): moved in on the first start.
+  const datastore = await SqliteDatastore.open(path.join(dir, "datastore.sqlite"), path.join(dir, "datastore"));
   const helia: Helia = new HeliaLight({
     name,
     version,
     blockstore,
-    datastore: new FsDatastore(path.join(dir, "datastore")),
+    datastore,
   });
   Object.defineProperty(helia, "libp2p", { value: host, enumerable: true, configurable: true });
   // Marks the host as ours: Helia neither starts nor stops it.
   helia.addMixin({ name: "existing-libp2p" });
   withBitswap(helia as Helia & { libp2p: BatonHost });
-  await helia.start();
+  try {
+    await helia.start();
+  } catch (error) {
+    datastore.close();
+    throw error;
+  }
   const fs = unixfs(helia);
   const gate = gcGate();
   let stopped: Promise<void> | undefined;
