@@ -20,8 +20,11 @@
  *   spent per MiB fetched (all its threads), up to 256 MiB the same restore by bitswap alone
  *   (`via: "bitswap"`: the fallback, and what any IPFS peer does; interleaved with the stream's
  *   runs), and the same restore again once every block is in the tenant's store, which is the
- *   restore's own share (decrypt, verify, unpack) without the network. A fetch that fails is run
- *   again (twice at most per size) and reported in the fetch row's note;
+ *   restore's own share (decrypt, verify, unpack) without the network; and, interleaved with them,
+ *   what a tenant does with each checkpoint it copies (`verifyCheckpoint`: the same fetch into its
+ *   store, decrypted and hashed against the announced digest, pinned, nothing unpacked). The
+ *   restore is a new provider's path on a hand-off, the verify a tenant's on every checkpoint. A
+ *   fetch that fails is run again (twice at most per size) and reported in the fetch row's note;
  * - the checkpoint overhead of the example job (examples/train/train.mjs) as a share of its wall
  *   time, against CheckFreq's 3.5 % bound. The job runs as a child process, round-robin, in three
  *   variants: (a) no checkpoints but the final one, (b) checkpoints every N steps into
@@ -108,7 +111,7 @@ import { watchCheckpoints } from "../node/checkpoints.ts";
 import { leasePins } from "../node/lease-pins.ts";
 import { Metrics } from "../node/metrics.ts";
 import { NodeStore } from "../node/store.ts";
-import { publishCheckpoint, restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
+import { publishCheckpoint, restoreCheckpoint, verifyCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import { generateJobKey } from "../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../sdk/ipfs/node.ts";
 import { silentLogger, type Logger } from "../sdk/logger.ts";
@@ -158,8 +161,8 @@ const mbPerS = (bytes: number, ms: number): number => bytes / MB / (ms / 1000);
 interface TenantRequest {
   id: number;
   /** `hold`: fetch and pin the checkpoint, then serve it for as long as this process runs. */
-  op: "restore" | "tcp" | "hold";
-  /** restore, hold: the checkpoint and where it is (restore: from all of them at once). */
+  op: "restore" | "verify" | "tcp" | "hold";
+  /** restore, verify, hold: the checkpoint and where it is (restore: from all of them at once). */
   cid?: string;
   keyHex?: string;
   sha256?: string;
@@ -244,6 +247,20 @@ async function runTenant(dir: string): Promise<void> {
       for (const provider of providers) await host.dial(provider);
       const cpu = process.cpuUsage();
       const started = performance.now();
+      if (request.op === "verify") {
+        const { bytes } = await verifyCheckpoint(
+          ipfs,
+          new Uint8Array(Buffer.from(request.keyHex!, "hex")),
+          CID.parse(request.cid!),
+          {
+            expectedSha256: request.sha256!,
+            maxBytes: request.maxBytes!,
+            providers,
+            signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+          },
+        );
+        return { ms: performance.now() - started, cpuMs: cpuMsSince(cpu), bytes };
+      }
       const restore = (target: string) =>
         restoreCheckpoint(ipfs, new Uint8Array(Buffer.from(request.keyHex!, "hex")), CID.parse(request.cid!), target, {
           expectedSha256: request.sha256!,
@@ -563,6 +580,8 @@ interface SizeResult {
     tenantLocalRestore: number[];
     bitswapProvider: number[];
     bitswapTenant: number[];
+    verifyProvider: number[];
+    verifyTenant: number[];
   };
   /** Fetches that failed (and were tried again), with their errors. */
   fetchFailures: string[];
@@ -587,6 +606,7 @@ async function measureSize(
     fetch: [],
     local: [],
     bitswap: [],
+    verify: [],
   };
   const cpuMsPerMiB: SizeResult["cpuMsPerMiB"] = {
     publish: [],
@@ -595,6 +615,8 @@ async function measureSize(
     tenantLocalRestore: [],
     bitswapProvider: [],
     bitswapTenant: [],
+    verifyProvider: [],
+    verifyTenant: [],
   };
 
   console.log(`${sizeMiB} MiB: raw SHA-256, AES-256-GCM, disk write …`);
@@ -637,20 +659,23 @@ async function measureSize(
   }
   const address = provider.host.getMultiaddrs()[0]!.toString();
   const fetchFailures: string[] = [];
-  /** One restore on the tenant; false if it failed (counted, reported, and run again). */
-  const fetchOnce = async (via: "stream" | "bitswap"): Promise<boolean> => {
+  /**
+   * One restore on the tenant, or (`verify`) one fetch as a tenant copies each checkpoint: false if
+   * it failed (counted, reported, and run again).
+   */
+  const fetchOnce = async (via: "stream" | "bitswap" | "verify"): Promise<boolean> => {
     const cpu = process.cpuUsage();
     let reply: TenantReply;
     try {
       reply = await tenant.request({
-        op: "restore",
+        op: via === "verify" ? "verify" : "restore",
         cid: published!.cid.toString(),
         keyHex: Buffer.from(key).toString("hex"),
         sha256: published!.plaintextSha256,
         maxBytes: 2 * bytes,
         providers: [address],
         again: via === "stream" && sizeMiB <= LOCAL_RESTORE_MAX_MIB,
-        via,
+        ...(via === "verify" ? {} : { via }),
       });
     } catch (error) {
       // Counted and reported, not hidden: a fetch that fails is a finding, but one failure
@@ -667,6 +692,12 @@ async function measureSize(
       cpuMsPerMiB.bitswapTenant.push(reply.cpuMs / mib);
       return true;
     }
+    if (via === "verify") {
+      ms.verify!.push(reply.ms);
+      cpuMsPerMiB.verifyProvider.push(cpuMsSince(cpu) / mib);
+      cpuMsPerMiB.verifyTenant.push(reply.cpuMs / mib);
+      return true;
+    }
     // The provider's CPU over the whole request; it has nothing to do but serve the fetch.
     cpuMsPerMiB.provider.push(cpuMsSince(cpu) / mib);
     cpuMsPerMiB.tenant.push(reply.cpuMs / mib);
@@ -677,8 +708,9 @@ async function measureSize(
   };
   // Interleaved, so that a change in the machine's load falls on both alike.
   const withBitswap = sizeMiB <= BITSWAP_MAX_MIB;
-  while (ms.fetch!.length < REPEATS || (withBitswap && ms.bitswap!.length < REPEATS)) {
+  while (ms.fetch!.length < REPEATS || ms.verify!.length < REPEATS || (withBitswap && ms.bitswap!.length < REPEATS)) {
     if (ms.fetch!.length < REPEATS) await fetchOnce("stream");
+    if (ms.verify!.length < REPEATS) await fetchOnce("verify");
     if (withBitswap && ms.bitswap!.length < REPEATS) await fetchOnce("bitswap");
   }
   await provider.ipfs.unpin(published!.cid);
@@ -808,7 +840,10 @@ function sizeFigures(result: SizeResult): Figure[] {
   // Both processes share the machine's cores: with every thread of both busy all the time, the
   // CPU they spend per MiB between them caps the rate (a bound, not a forecast).
   const cores = os.cpus().length;
-  const ceiling = round(MiB / MB / ((providerCpu + tenantCpu) / cores / 1000));
+  const ceilingOf = (cpuMs: number): number => round(MiB / MB / (cpuMs / cores / 1000));
+  const ceiling = ceilingOf(providerCpu + tenantCpu);
+  const verifyProviderCpu = round(median(cpuMsPerMiB.verifyProvider));
+  const verifyTenantCpu = round(median(cpuMsPerMiB.verifyTenant));
   const label = `${sizeMiB} MiB:`;
   const stream = rate("fetch", ciphertextBytes);
   return [
@@ -832,10 +867,23 @@ function sizeFigures(result: SizeResult): Figure[] {
       reference: { value: tcp, label: "raw loopback TCP" },
       target: { value: HELIA_FETCH_MB_S, atMost: false },
       note:
-        `by the block stream (/baton/blocks/1.0.0) on a block lane; target: Helia's published node-to-node TCP figure, ` +
+        `what a new provider does on a hand-off: by the block stream (/baton/blocks/1.0.0) on a block lane, ` +
+        `decrypted, verified and unpacked into files; target: Helia's published node-to-node TCP figure, ` +
         `${HELIA_FETCH_MB_S} MB/s; the CPU time below (provider + tenant, all threads) caps it at ` +
         `${ceiling} MB/s on ${cores} cores` +
         (fetchFailures.length > 0 ? `; ${fetchFailures.length} fetch(es) FAILED and were run again` : ""),
+    },
+    {
+      name: `${label} fetch provider → tenant (verify + pin)`,
+      value: rate("verify", ciphertextBytes),
+      unit: "MB/s",
+      reference: { value: tcp, label: "raw loopback TCP" },
+      target: { value: HELIA_FETCH_MB_S, atMost: false },
+      note:
+        `what a tenant does with each checkpoint (tenantCopy "full": verifyCheckpoint): the same stream into its ` +
+        `store, decrypted and hashed against the announced digest, pinned, nothing unpacked; CPU per MiB provider ` +
+        `${verifyProviderCpu} ms, tenant ${verifyTenantCpu} ms, which cap it at ` +
+        `${ceilingOf(verifyProviderCpu + verifyTenantCpu)} MB/s on ${cores} cores`,
     },
     ...(ms.bitswap!.length === 0
       ? []
