@@ -14,8 +14,8 @@ interface AbortOptions {
  * Helia's records (its pins above all) in one SQLite file, not a file each. Helia writes a record
  * per block it pins (`/pinned-block/…`, its pin count) and reads one per block it unpins or
  * collects. In `FsDatastore` each was a file of its own, written to a temp file and renamed: pinning
- * a 256 MiB checkpoint wrote 256 of them, 1.1-1.5 ms per MiB of the publish's wall time here (a
- * fifth of it), most of it the kernel's creating files. Here a record is a row, written in WAL mode
+ * a 256 MiB checkpoint wrote 256 of them and took 430-510 ms here (a fifth of the publish), most of
+ * it the kernel's creating files; 65-75 ms with this store. Here a record is a row, written in WAL mode
  * with `synchronous=NORMAL`: whole or absent after a crash, as a renamed file was, and, as with
  * those unsynced files, a power loss may take back the last few.
  */

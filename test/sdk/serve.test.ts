@@ -152,6 +152,32 @@ async function settled(index: number, frozenLease: bigint): Promise<void> {
   await service.ready(3, 60_000);
 }
 
+/** Asks `provider` for a lane to `leaseId` as `host`, as the SDK does (sdk/p2p/http-lanes.ts). */
+async function askLane(host: BatonHost, provider: string, leaseId: bigint): Promise<HttpLane> {
+  const address = client.getConnections(peerIdFromString(provider))[0]!.remoteAddr;
+  const reply = await request(
+    host,
+    address,
+    protocols.httpLane,
+    new TextEncoder().encode(JSON.stringify({ leaseId: leaseId.toString() })),
+    { maxBytes: 1024 },
+  );
+  return httpLaneSchema.parse(JSON.parse(new TextDecoder().decode(reply)));
+}
+
+/** A TLS connection to `provider`'s lane port with `lane`'s identity and key. */
+function connectLane(provider: string, lane: Extract<HttpLane, { kind: "lane" }>): tls.TLSSocket {
+  const address = client.getConnections(peerIdFromString(provider))[0]!.remoteAddr;
+  return tls.connect({
+    host: /^\/ip4\/([^/]+)\//.exec(address.toString())![1]!,
+    port: lane.port,
+    ciphers: HTTP_LANE_CIPHERS,
+    maxVersion: "TLSv1.2",
+    pskCallback: () => ({ psk: Buffer.from(lane.key, "hex"), identity: lane.identity }),
+    checkServerIdentity: () => undefined,
+  });
+}
+
 function providerOf(index: number): ProviderHandle {
   const replica = service.replicas()[index]!;
   return market.providers.find((p) => p.account.address === replica.provider)!;
@@ -241,41 +267,16 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
 
   it("gives a lane only to the lease's tenant, and lets in only a connection that holds its key", async () => {
     const { peerId, leaseId } = service.jobs()[0]!.status();
-    const provider = peerIdFromString(peerId!);
-    const address = client.getConnections(provider)[0]!.remoteAddr;
-    const askLane = async (host: BatonHost, lease: bigint): Promise<HttpLane> =>
-      httpLaneSchema.parse(
-        JSON.parse(
-          new TextDecoder().decode(
-            await request(
-              host,
-              address,
-              protocols.httpLane,
-              new TextEncoder().encode(JSON.stringify({ leaseId: lease.toString() })),
-              { maxBytes: 1024 },
-            ),
-          ),
-        ),
-      );
     const stranger = await createBatonHost({ privateKey: await generateKeyPair("Ed25519"), listen: [] });
     try {
-      expect(await askLane(stranger, leaseId!)).toMatchObject({ kind: "refusal", status: 403 });
+      expect(await askLane(stranger, peerId!, leaseId!)).toMatchObject({ kind: "refusal", status: 403 });
     } finally {
       await stranger.stop();
     }
-    expect(await askLane(client, 10n ** 30n)).toMatchObject({ kind: "refusal", status: 403 });
-    const lane = await askLane(client, leaseId!);
+    expect(await askLane(client, peerId!, 10n ** 30n)).toMatchObject({ kind: "refusal", status: 403 });
+    const lane = await askLane(client, peerId!, leaseId!);
     if (lane.kind !== "lane") throw new Error(`refused: ${lane.message}`);
-    const host = /^\/ip4\/([^/]+)\//.exec(address.toString())![1]!;
-    const connect = (key: string) =>
-      tls.connect({
-        host,
-        port: lane.port,
-        ciphers: HTTP_LANE_CIPHERS,
-        maxVersion: "TLSv1.2",
-        pskCallback: () => ({ psk: Buffer.from(key, "hex"), identity: lane.identity }),
-        checkServerIdentity: () => undefined,
-      });
+    const connect = (key: string) => connectLane(peerId!, { ...lane, key });
     // A wrong key fails the handshake: nothing reaches the job.
     const wrong = connect("00".repeat(32));
     const [error] = (await once(wrong, "error")) as [Error];
@@ -443,9 +444,25 @@ describe("serve: replicas on distinct providers behind the gateway", () => {
       30_000,
       "a lane to every replica",
     );
+    // A lane of the replica to be let go, held open by someone other than the SDK: its node cuts it
+    // once the lease stops running, and gives that lease no lane again.
+    const surplus = service.jobs().at(-1)!.status();
+    const lane = await askLane(client, surplus.peerId!, surplus.leaseId!);
+    if (lane.kind !== "lane") throw new Error(`refused: ${lane.message}`);
+    const held = connectLane(surplus.peerId!, lane);
+    held.on("error", () => undefined);
+    await once(held, "secureConnect");
+    held.write("GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    const [answer] = (await once(held, "data")) as [Buffer];
+    expect(answer.toString()).toMatch(/^HTTP\/1\.1 200 /);
+    let cut = false;
+    held.once("close", () => (cut = true));
     await service.scale(2);
     expect(service.replicas()).toHaveLength(2);
     expect(service.stats().lanes.leases).toBe(2);
+    // The sweep checks open lanes every second; the job's socket closing may end it sooner.
+    await until(() => cut, 15_000, "the let-go replica's lane cut by its node");
+    await expect(askLane(client, surplus.peerId!, surplus.leaseId!)).resolves.toMatchObject({ kind: "refusal" });
     const res = await fetch(`${base}/predict?text=two`);
     expect(res.status).toBe(200);
     await service.scale(3);
