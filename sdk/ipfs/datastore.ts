@@ -17,7 +17,8 @@ interface AbortOptions {
  * a 256 MiB checkpoint wrote 256 of them and took 430-510 ms here (a fifth of the publish), most of
  * it the kernel's creating files; 65-75 ms with this store. Here a record is a row, written in WAL mode
  * with `synchronous=NORMAL`: whole or absent after a crash, as a renamed file was, and, as with
- * those unsynced files, a power loss may take back the last few.
+ * those unsynced files, a power loss may take back the last few. Two processes on one store (two
+ * tenant commands on one data dir) take turns writing: each waits up to 5 s for the other's write.
  */
 export class SqliteDatastore extends BaseDatastore {
   readonly #db: DatabaseSync;
@@ -53,6 +54,7 @@ export class SqliteDatastore extends BaseDatastore {
     this.#db.exec(`
       PRAGMA journal_mode = WAL;
       PRAGMA synchronous = NORMAL;
+      PRAGMA busy_timeout = 5000;
       CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
     `);
     this.#put = this.#db.prepare("INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)");
