@@ -6,6 +6,8 @@ import { FsDatastore } from "datastore-fs";
 import { Key, type Pair, type Query, type KeyQuery } from "interface-datastore";
 import { NotFoundError } from "interface-store";
 
+import { BaseError, shortMessageOf } from "../errors.ts";
+
 interface AbortOptions {
   signal?: AbortSignal;
 }
@@ -37,7 +39,12 @@ export class SqliteDatastore extends BaseDatastore {
     const store = new SqliteDatastore(file);
     try {
       if (legacyDir !== undefined && (await stat(legacyDir).catch(() => undefined))?.isDirectory()) {
-        await store.#import(new FsDatastore(legacyDir));
+        await store.#import(new FsDatastore(legacyDir)).catch((cause: unknown) => {
+          throw new BaseError(`cannot move the IPFS store's records from ${legacyDir} into ${file}`, {
+            details: `${shortMessageOf(cause)}; ${legacyDir} is left as it was`,
+            cause,
+          });
+        });
         // Only once they are committed here: a crash before this imports them again, the same records.
         await rm(legacyDir, { recursive: true, force: true });
       }
