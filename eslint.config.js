@@ -52,6 +52,12 @@ export default tseslint.config(
               importNames: ["createTestClient", "testActions"],
               message: "a local chain's dev methods: the SDK, node and CLI use standard JSON-RPC only",
             },
+            {
+              name: "node:sqlite",
+              allowTypeImports: true,
+              message:
+                "take DatabaseSync from sdk/utils/sqlite.ts: it loads node:sqlite without Node's ExperimentalWarning",
+            },
           ],
         },
       ],

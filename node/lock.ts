@@ -1,6 +1,6 @@
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { DatabaseSync } from "node:sqlite";
+import { DatabaseSync } from "../sdk/utils/sqlite.ts";
 
 import { DataDirInUseError } from "../sdk/errors.ts";
 

@@ -1,6 +1,6 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "../sdk/utils/sqlite.ts";
 
 import { UserError } from "../sdk/errors.ts";
 

@@ -4,7 +4,7 @@
  * the store's interface, which Postgres' asynchronous client sets.
  */
 import { existsSync } from "node:fs";
-import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "../utils/sqlite.ts";
 
 import type { Deployment } from "../chain/deployments.ts";
 import { UserError } from "../errors.ts";

@@ -1,5 +1,5 @@
 import { rm, stat } from "node:fs/promises";
-import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "../utils/sqlite.ts";
 
 import { BaseDatastore } from "datastore-core";
 import { FsDatastore } from "datastore-fs";

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 
@@ -11,6 +12,7 @@ import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import { SqliteDatastore } from "../../sdk/ipfs/datastore.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import { createBatonHost, type BatonHost } from "../../sdk/p2p/host.ts";
+import { root } from "../helpers/processes.ts";
 import { exists, sampleTree, tempDir, writeTree } from "./helpers.ts";
 
 const GiB = 2 ** 30;
@@ -64,6 +66,17 @@ describe("SqliteDatastore", () => {
     expect(await all(store.queryKeys({ prefix: "/pin" }))).toHaveLength(4);
     await expect(all(store.query({}, { signal: AbortSignal.abort() }))).rejects.toThrow();
     store.close();
+  });
+
+  it("loads node:sqlite without its ExperimentalWarning, and lets other warnings through", () => {
+    // A tenant's script run by plain `node` imports this with the SDK.
+    const script =
+      `await import(${JSON.stringify(path.join(root, "sdk/ipfs/datastore.ts"))});` +
+      `process.emitWarning("still shown", "ExperimentalWarning");`;
+    const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8" });
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stderr).toContain("ExperimentalWarning: still shown");
+    expect(run.stderr).not.toContain("SQLite");
   });
 
   it("moves in an older version's records (FsDatastore), pins included: gc keeps what they pin", async () => {
