@@ -188,10 +188,10 @@ export class BlockLanes {
     const id = peer.toString();
     let pending = this.#lanes.get(id);
     if (pending === undefined) {
-      // Not the caller's signal: the answer serves every block stream to this peer.
+      // Not the caller's signal: the answer serves every block stream to this peer. An ask that
+      // leaves the peer on libp2p replaces this entry itself (it awaits before it can).
       pending = this.#ask(peer);
-      // Unless the ask already left the peer on libp2p (no direct address of it).
-      if (!this.#lanes.has(id)) this.#lanes.set(id, pending);
+      this.#lanes.set(id, pending);
     }
     const lane = await pending;
     if (lane === undefined) return undefined;

@@ -1,5 +1,4 @@
 import { rm, stat } from "node:fs/promises";
-import { DatabaseSync, type StatementSync } from "../utils/sqlite.ts";
 
 import { BaseDatastore } from "datastore-core";
 import { FsDatastore } from "datastore-fs";
@@ -7,6 +6,7 @@ import { Key, type Pair, type Query, type KeyQuery } from "interface-datastore";
 import { NotFoundError } from "interface-store";
 
 import { BaseError, shortMessageOf } from "../errors.ts";
+import { DatabaseSync, type StatementSync } from "../utils/sqlite.ts";
 
 interface AbortOptions {
   signal?: AbortSignal;
