@@ -109,7 +109,7 @@ export function describe(event: JobEvent, name: (address: string | undefined) =>
     case "checkpoint-rejected":
       return `checkpoint ${event.cid.slice(0, 16)}… rejected: ${event.reason}`;
     case "holder-leased":
-      return `holder lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, deposit ${formatEther(event.deposit)}`;
+      return `holder lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, deposit ${formatEther(event.deposit)}${event.unpacks ? "; it has the job's key and unpacks each checkpoint ahead" : ""}`;
     case "holder-retired":
       return `holder ${name(event.provider)} runs the job now (a warm standby); its hold lease ${event.leaseId} is closed, another is leased`;
     case "holder-lost":

@@ -116,6 +116,7 @@ interface RunOptions extends TenantOptions {
   retryLimit: number;
   holders: number;
   tenantCopy: "full" | "sample" | "none";
+  unpack?: boolean;
 }
 
 async function run(file: string, options: RunOptions): Promise<void> {
@@ -130,7 +131,13 @@ async function run(file: string, options: RunOptions): Promise<void> {
       files,
       retryLimit: options.retryLimit,
       ...(options.holders > 0 || options.tenantCopy !== "full"
-        ? { replication: { holders: options.holders, tenantCopy: options.tenantCopy } }
+        ? {
+            replication: {
+              holders: options.holders,
+              tenantCopy: options.tenantCopy,
+              ...(options.unpack ? { unpack: true } : {}),
+            },
+          }
         : {}),
     });
   } catch (error) {
@@ -256,6 +263,10 @@ export function jobCommands(program: Command): void {
           )
             .choices(["full", "sample", "none"])
             .default("full"),
+        )
+        .option(
+          "--unpack",
+          "give holders that could run the job its key, to unpack each checkpoint ahead: a hand-off to one resumes at once, whatever the size (they can read the checkpoints)",
         ),
     ),
     [

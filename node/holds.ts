@@ -1,11 +1,13 @@
 import { CID } from "multiformats/cid";
 
 import { CheckpointTooLargeError, shortMessageOf } from "../sdk/errors.ts";
+import { restoreCheckpoint } from "../sdk/ipfs/checkpoint.ts";
 import type { IpfsNode } from "../sdk/ipfs/node.ts";
 import type { Logger } from "../sdk/logger.ts";
 import type { ProviderMessage, TenantMessage } from "../sdk/wire/messages.ts";
 import { unpinUnlessPinnedElsewhere } from "./lease-pins.ts";
 import type { NodeStore } from "./store.ts";
+import type { UnpackedCheckpoints } from "./unpacked-checkpoints.ts";
 
 /** How long a hold waits for the next block of its checkpoint before it gives up (`held` with an error). */
 const HOLD_STALL_MS = 30_000;
@@ -26,6 +28,12 @@ export interface HoldQueueInit {
   log: Logger;
   /** Tells the tenant how a hold went (a `held` message on the lease's sessions). */
   report: (held: HeldReport) => Promise<void>;
+  /**
+   * The job's key, when its tenant gave it (`replication.unpack`): then the newest checkpoint held
+   * is also kept decrypted and unpacked in `unpacked`, for a job resumed on this node to take.
+   */
+  key?: Uint8Array | undefined;
+  unpacked: UnpackedCheckpoints;
 }
 
 /**
@@ -33,8 +41,9 @@ export interface HoldQueueInit {
  * named, each fetched from the peers the `hold` lists (verified block by block against the CID, as
  * every fetch is), and keeps the newest `keep`, unpinning the older ones. What it holds is recorded
  * in the node's store, so a restarted node still holds it and releases it at the lease's end. A
- * holder never has the job's key: it holds ciphertext, and the tenant checks what matters (the
- * digest) when the checkpoint is resumed from.
+ * holder holds ciphertext, and the tenant checks what matters (the digest) when the checkpoint is
+ * resumed from. One given the job's key also unpacks the newest checkpoint once it acknowledged it,
+ * checking its digest then; a job resumed here takes those files as they are (a warm standby).
  */
 export class HoldQueue {
   readonly #init: HoldQueueInit;
@@ -59,8 +68,37 @@ export class HoldQueue {
         cid: body.cid,
         error: shortMessageOf(error),
       }));
-      if (!this.#stopped.signal.aborted) await this.#init.report(report);
+      if (this.#stopped.signal.aborted) return;
+      // Unpacked beside the acknowledgement: the checkpoint is safe once held; unpacking it only
+      // makes a resume here faster (one that comes meanwhile waits for it).
+      const unpacking =
+        report.error === undefined && body.sha256 !== undefined && turn === this.#named
+          ? this.#unpack(body.cid, body.sha256)
+          : undefined;
+      await this.#init.report(report);
+      await unpacking;
     });
+  }
+
+  /** Unpacks a checkpoint held, in what is left of the lease's quota beside what it holds; a failure is only logged. */
+  async #unpack(cid: string, sha256: string): Promise<void> {
+    const { leaseId, key, quotaBytes, ipfs, store, log, unpacked } = this.#init;
+    if (!key) return;
+    const started = performance.now();
+    // What this lease had unpacked goes first (see `UnpackedCheckpoints.add`): its room is part of what is left.
+    const room = quotaBytes - store.held(leaseId).reduce((sum, h) => sum + h.bytes, 0);
+    try {
+      await unpacked.add(leaseId, cid, sha256, (dir) =>
+        restoreCheckpoint(ipfs, key, CID.parse(cid), dir, {
+          expectedSha256: sha256,
+          maxBytes: Math.max(0, room),
+          signal: this.#stopped.signal,
+        }).then(() => undefined),
+      );
+      log.info("checkpoint unpacked ahead", { leaseId, cid, ms: Math.round(performance.now() - started) });
+    } catch (error) {
+      if (!this.#stopped.signal.aborted) log.warn("checkpoint not unpacked ahead", { leaseId, cid, error });
+    }
   }
 
   async #take({ cid, providers }: TenantMessage<"hold">, turn: number): Promise<HeldReport> {
@@ -107,7 +145,8 @@ export class HoldQueue {
   async release(): Promise<void> {
     this.#stopped.abort();
     await this.#queue;
-    const { leaseId, store, log } = this.#init;
+    const { leaseId, store, log, unpacked } = this.#init;
+    await unpacked.release(leaseId);
     const cids = store.held(leaseId).map((h) => h.cid);
     store.removeHeld(leaseId);
     await unpinUnlessPinnedElsewhere(this.#init, leaseId, cids);

@@ -34,6 +34,7 @@ import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
 import { startContainerJob } from "./containers/container-job.ts";
 import { imageMismatch, ImageRefusedError, type HeldImage } from "./containers/images.ts";
 import { HoldQueue } from "./holds.ts";
+import { UnpackedCheckpoints } from "./unpacked-checkpoints.ts";
 import { fetchInputs } from "./inputs.ts";
 import type { Openings } from "./openings.ts";
 import type { NodeComponents } from "./components.ts";
@@ -221,6 +222,8 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
   const me = host.peerId.toString();
   const { leaseManager } = contracts(chain.deployment);
+  /** Checkpoints holders' leases keep unpacked (beside the work dirs, so a resume takes one with a rename). */
+  const unpacked = new UnpackedCheckpoints(path.join(components.jobsDir, "unpacked"), log);
 
   const send = async (stream: Stream, bytes: Uint8Array): Promise<void> => {
     try {
@@ -776,16 +779,18 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /** The pins a holder's lease keeps, in its quota (the spec's disk quota), reported on its sessions. */
-  const holdQueueFor = (runtime: LeaseRuntime, keep: number, spec: JobSpec): HoldQueue =>
+  const holdQueueFor = (runtime: LeaseRuntime, row: LeaseRow, spec: JobSpec): HoldQueue =>
     new HoldQueue({
       leaseId: runtime.leaseId,
-      keep,
+      keep: row.holdKeep!,
       quotaBytes: diskQuotaBytes(jobDiskGiB(spec)),
       timeoutMs: config.resumeFetchTimeoutMs,
       ipfs: components.ipfs,
       store,
       log,
       report: (held) => emit(runtime, "held", held),
+      key: row.jobKey === null ? undefined : Buffer.from(row.jobKey, "base64"),
+      unpacked,
     });
 
   /** A holder's lease recorded: it runs at once, heartbeated, pinning what its tenant names (`hold`). */
@@ -793,7 +798,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const runtime = runtimeFor(row.leaseId);
     runtime.nonce = nonce;
     runtime.state = "running";
-    runtime.holds = holdQueueFor(runtime, row.holdKeep!, spec);
+    runtime.holds = holdQueueFor(runtime, row, spec);
     store.updateLease(row.leaseId, { state: "running" });
     init.onCapacityChange();
     await attach(runtime, stream, 0);
@@ -1128,22 +1133,24 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     workDir: WorkDir,
     tenantAddresses: Multiaddr[],
   ): Promise<void> => {
+    const target = path.join(workDir.path, "resume");
     try {
-      await restoreCheckpoint(
-        components.ipfs,
-        Buffer.from(row.jobKey!, "base64"),
-        CID.parse(resume.cid),
-        path.join(workDir.path, "resume"),
-        {
-          expectedSha256: resume.sha256,
-          maxBytes: MAX_CHECKPOINT_BYTES,
-          // All at once, a stripe each, the job's holders first (the root comes from the first): the
-          // tenant may keep no copy, and its uplink is often the slowest.
-          providers: [...(resume.providers ?? []), ...tenantAddresses],
-          signal: AbortSignal.any([AbortSignal.timeout(config.resumeFetchTimeoutMs), handingBack.signal]),
-          pin: true,
-        },
-      );
+      // A holder's lease of this node that unpacked it ahead (a warm standby) saves the decryption and unpacking.
+      if (await unpacked.take(resume.cid, resume.sha256, target)) {
+        await components.ipfs.pin(CID.parse(resume.cid));
+        store.addLeasePin(row.leaseId, resume.cid);
+        log.info("checkpoint taken unpacked", { leaseId: row.leaseId, cid: resume.cid });
+        return;
+      }
+      await restoreCheckpoint(components.ipfs, Buffer.from(row.jobKey!, "base64"), CID.parse(resume.cid), target, {
+        expectedSha256: resume.sha256,
+        maxBytes: MAX_CHECKPOINT_BYTES,
+        // All at once, a stripe each, the job's holders first (the root comes from the first): the
+        // tenant may keep no copy, and its uplink is often the slowest.
+        providers: [...(resume.providers ?? []), ...tenantAddresses],
+        signal: AbortSignal.any([AbortSignal.timeout(config.resumeFetchTimeoutMs), handingBack.signal]),
+        pin: true,
+      });
       store.addLeasePin(row.leaseId, resume.cid);
     } catch (error) {
       if (handingBack.signal.aborted) throw startHandedBack(row.leaseId);
@@ -1357,6 +1364,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
       await host.unhandle(protocols.lease);
     },
     async recover() {
+      await unpacked.open();
       for (const row of store.leases(["preparing"])) {
         if (row.pid !== null) continue;
         // It died while fetching the job's inputs: the tenant re-leases elsewhere when it finds no job here.
@@ -1383,7 +1391,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         // A holder's lease runs no job: it holds on, its pins in the store, for its tenant's next hold.
         if (row.holdKeep !== null) {
           runtime.state = "running";
-          runtime.holds = holdQueueFor(runtime, row.holdKeep, spec);
+          runtime.holds = holdQueueFor(runtime, row, spec);
           continue;
         }
         // A batch lease between tasks: nothing to relaunch; it waits, heartbeating, for its tenant's next task.

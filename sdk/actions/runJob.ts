@@ -87,12 +87,12 @@ export async function runJob(
  * The job's replication as its record keeps it, checked: none without holders and with the tenant's
  * own copy (the default).
  *
- * @throws {UserError} for a count out of range, no copy at all, a disk quota out of range, or more
- * checkpoints to keep than a holder keeps.
+ * @throws {UserError} for a count out of range, no copy at all, a disk quota out of range, more
+ * checkpoints to keep than a holder keeps, or `unpack` without holders.
  */
 function replicationOf({ replication, keepCheckpoints }: RunJobOptions): JobRecord["options"]["replication"] {
   if (replication === undefined) return undefined;
-  const { holders, tenantCopy = "full", diskGiB } = replication;
+  const { holders, tenantCopy = "full", diskGiB, unpack = false } = replication;
   if (!Number.isInteger(holders) || holders < 0 || holders > MAX_HOLDERS) {
     throw new UserError(`replication.holders must be a whole number from 0 to ${MAX_HOLDERS}`);
   }
@@ -104,11 +104,12 @@ function replicationOf({ replication, keepCheckpoints }: RunJobOptions): JobReco
   if (diskGiB !== undefined && !(diskGiB >= MIN_JOB_DISK_GIB && diskGiB <= MAX_JOB_DISK_GIB)) {
     throw new UserError(`replication.diskGiB must be from ${MIN_JOB_DISK_GIB} to ${MAX_JOB_DISK_GIB}`);
   }
+  if (unpack && holders === 0) throw new UserError("replication.unpack needs at least one holder to unpack");
   if (holders > 0 && (keepCheckpoints ?? DEFAULT_KEEP_CHECKPOINTS) > HOLD_KEEP_MAX) {
     throw new UserError(`a holder keeps at most ${HOLD_KEEP_MAX} checkpoints: keepCheckpoints is over that`);
   }
   if (holders === 0 && tenantCopy === "full") return undefined;
-  return { holders, tenantCopy, ...(diskGiB === undefined ? {} : { diskGiB }) };
+  return { holders, tenantCopy, ...(diskGiB === undefined ? {} : { diskGiB }), ...(unpack ? { unpack } : {}) };
 }
 
 /** Refuses a spec too large for the lease message that starts its job: the provider would close the session. */

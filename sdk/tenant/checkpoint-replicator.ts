@@ -99,7 +99,7 @@ export class CheckpointReplicator {
         const tenantCopy = this.#record.options.replication?.tenantCopy ?? "full";
         const [{ holders, sampledBytes }] = await Promise.all([
           this.#holders && this.#holders.wanted > 0
-            ? this.#holders.hold(body.cid, leaseAddresses(lease), signal, { sample: tenantCopy === "sample" })
+            ? this.#holders.hold(body, leaseAddresses(lease), signal, { sample: tenantCopy === "sample" })
             : { holders: 0, sampledBytes: 0 },
           tenantCopy !== "full"
             ? undefined

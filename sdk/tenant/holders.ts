@@ -3,7 +3,7 @@ import { CID } from "multiformats/cid";
 import { zeroHash, type Address, type Hex } from "viem";
 
 import { bid } from "../actions/bid.ts";
-import { findOffers, type Requirements } from "../actions/findOffers.ts";
+import { findOffers, offerMatches, type Requirements } from "../actions/findOffers.ts";
 import { openLease } from "../actions/openLease.ts";
 import { allowanceKept } from "../actions/signOpening.ts";
 import { watchLease, type LeaseWatch } from "../actions/watchLease.ts";
@@ -19,7 +19,7 @@ import { HAND_OFF_SEARCH_PAUSE_MS, leaseDeposit, OFFER_TIMEOUT_MS } from "./hand
 import type { JobEvents } from "./job-events.ts";
 import { endRecordedLease, type OnSlash } from "./job-settlement.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
-import { openedLease } from "./lease-acquisition.ts";
+import { jobRequirements, openedLease } from "./lease-acquisition.ts";
 import { leaseLiveness } from "./lease-session.ts";
 import { LeaseTopUps } from "./lease-top-ups.ts";
 
@@ -135,7 +135,7 @@ export class CheckpointHolders {
    * @throws {ProviderFaultError} when fewer than {@link wanted} did.
    */
   async hold(
-    cid: string,
+    { cid, sha256 }: Pick<CheckpointRecord, "cid" | "sha256">,
     from: readonly string[],
     signal: AbortSignal,
     { sample = false }: { sample?: boolean } = {},
@@ -150,7 +150,7 @@ export class CheckpointHolders {
     let sampledBytes = 0;
     const outcomes = await Promise.allSettled(
       holders.map(async (holder) => {
-        await this.#holdOn(holder, cid, from, signal);
+        await this.#holdOn(holder, { cid, sha256 }, from, signal);
         if (sample) sampledBytes += await this.#sample(holder, cid, signal);
       }),
     );
@@ -220,7 +220,12 @@ export class CheckpointHolders {
     this.#holders.clear();
   }
 
-  async #holdOn(holder: Holder, cid: string, from: readonly string[], signal: AbortSignal): Promise<void> {
+  async #holdOn(
+    holder: Holder,
+    { cid, sha256 }: Pick<CheckpointRecord, "cid" | "sha256">,
+    from: readonly string[],
+    signal: AbortSignal,
+  ): Promise<void> {
     await holder.accepted;
     if (!this.#holders.has(holder.lease.leaseId)) throw new ProviderFaultError("the holder was lost");
     const others = [...this.#holders.values()].filter((h) => h !== holder).flatMap((h) => leaseAddresses(h.lease));
@@ -228,6 +233,8 @@ export class CheckpointHolders {
       leaseId: BigInt(holder.lease.leaseId),
       cid,
       providers: [...from, ...others].slice(0, MAX_HOLD_PROVIDERS),
+      // A holder given the key unpacks it, checked against this; one without it ignores it.
+      ...(this.#init.record.options.replication?.unpack ? { sha256 } : {}),
     };
     const acknowledged = new Promise<void>((resolve, reject) => holder.waiting.set(cid, { hold, resolve, reject }));
     const aborted = () => holder.waiting.get(cid)?.reject(new ProviderFaultError("the hold was abandoned"));
@@ -343,8 +350,18 @@ export class CheckpointHolders {
     (record.holders ??= []).push(lease);
     record.deposited = (BigInt(record.deposited) + deposit).toString();
     await client.jobs.save(record);
-    events.emit({ type: "holder-leased", leaseId, provider: chosen.quote.provider, pricePerSecond: price, deposit });
-    const holder = this.#follow(lease, true);
+    // Only a holder that could run the job gets its key: the one a hand-off may go to (a warm standby).
+    const unpacks =
+      replication.unpack === true && offerMatches(chosen.offer, jobRequirements(record.spec), maxPricePerSecond);
+    events.emit({
+      type: "holder-leased",
+      leaseId,
+      provider: chosen.quote.provider,
+      pricePerSecond: price,
+      deposit,
+      unpacks,
+    });
+    const holder = this.#follow(lease, unpacks ? "with-key" : "start");
     await holder.accepted;
     // A replacement, or a holder leased after the job's first checkpoints: it holds the newest safe one too.
     const newest = record.safe.at(-1);
@@ -355,7 +372,7 @@ export class CheckpointHolders {
   async #catchUp(holder: Holder, checkpoint: CheckpointRecord): Promise<void> {
     const serving = this.#init.record.leases.filter((l) => l.state === "running").flatMap(leaseAddresses);
     try {
-      await this.#holdOn(holder, checkpoint.cid, serving, this.#stop.signal);
+      await this.#holdOn(holder, checkpoint, serving, this.#stop.signal);
     } catch (error) {
       this.#init.log.warn("a new holder did not take the newest safe checkpoint", {
         leaseId: holder.lease.leaseId,
@@ -366,7 +383,7 @@ export class CheckpointHolders {
   }
 
   /** Follows a holder's session (starting its hold, or re-attaching): its acknowledgements, and its loss. */
-  #follow(lease: LeaseRecord, start: boolean): Holder {
+  #follow(lease: LeaseRecord, start: "start" | "with-key" | false): Holder {
     const { client, record, events, log } = this.#init;
     const watch = watchLease(client, {
       leaseId: BigInt(lease.leaseId),
@@ -379,6 +396,7 @@ export class CheckpointHolders {
             start: {
               spec: holdSpec(record.spec, record.options.replication?.diskGiB),
               hold: { keep: record.options.keepCheckpoints },
+              ...(start === "with-key" ? { key: record.key } : {}),
             },
           }
         : {}),

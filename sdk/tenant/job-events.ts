@@ -49,8 +49,18 @@ export type JobEvent = EventBase &
         sampledBytes?: number;
       }
     | { type: "checkpoint-rejected"; leaseId: bigint; cid: string; reason: string }
-    /** A holder's lease opened (see `RunJobOptions.replication`): it pins the job's checkpoints from now on. */
-    | { type: "holder-leased"; leaseId: bigint; provider: Address; pricePerSecond: bigint; deposit: bigint }
+    /**
+     * A holder's lease opened (see `RunJobOptions.replication`): it pins the job's checkpoints from
+     * now on. `unpacks`: it was given the job's key, and unpacks each checkpoint ahead (`unpack`).
+     */
+    | {
+        type: "holder-leased";
+        leaseId: bigint;
+        provider: Address;
+        pricePerSecond: bigint;
+        deposit: bigint;
+        unpacks: boolean;
+      }
     /** A holder failed or refused: its lease is ended, and another is leased in its place. */
     | { type: "holder-lost"; leaseId: bigint; provider: Address; reason: string }
     /** A holder's provider runs the job now (a warm standby took the hand-off): its hold lease is closed, and another is leased. */

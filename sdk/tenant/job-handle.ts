@@ -74,8 +74,12 @@ export interface RunJobOptions {
    * retrievability: a holder that fails it is replaced); `"none"` leaves them to the holders. Without
    * a full copy, at least one holder. A checkpoint is safe once every copy asked for is made.
    * `diskGiB`: each holder's disk quota, the job's by default; it keeps `keepCheckpoints` of them.
+   * `unpack`: each holder whose offer could run the job (a warm standby for a hand-off) is given the
+   * job's key and keeps the newest checkpoint it holds decrypted and unpacked, within its disk
+   * quota, so a hand-off to it resumes with no decryption or unpacking, whatever the checkpoint's
+   * size. Such a holder can read the checkpoints, as the provider that runs the job can. Default false.
    */
-  replication?: { holders: number; tenantCopy?: "full" | "sample" | "none"; diskGiB?: number };
+  replication?: { holders: number; tenantCopy?: "full" | "sample" | "none"; diskGiB?: number; unpack?: boolean };
   /** Where the output goes. Default `<dataDir>/jobs/<jobId>/output`. */
   outputDir?: string;
   /** Job id (bytes32); random by default. */

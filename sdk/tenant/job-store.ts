@@ -80,6 +80,7 @@ export const jobRecordSchema = z.object({
         holders: z.number().int().min(0).max(MAX_HOLDERS),
         tenantCopy: z.enum(["full", "sample", "none"]),
         diskGiB: z.number().positive().optional(),
+        unpack: z.boolean().optional(),
       })
       .optional(),
   }),

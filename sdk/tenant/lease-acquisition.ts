@@ -7,7 +7,7 @@ import { openLease } from "../actions/openLease.ts";
 import { allowanceToKeep, signOpening } from "../actions/signOpening.ts";
 import type { BatonClient } from "../client.ts";
 import { imageDigestToBytes32, jobImageDigest } from "../images/digest.ts";
-import { jobDiskGiB } from "../job-spec.ts";
+import { jobDiskGiB, type JobSpec } from "../job-spec.ts";
 import { leaseDeposit, OFFER_TIMEOUT_MS, providersToAvoid, type Funding } from "./hand-off-policy.ts";
 import type { JobEvents } from "./job-events.ts";
 import type { CheckpointRecord, JobRecord, LeaseRecord } from "./job-store.ts";
@@ -46,6 +46,17 @@ export interface AcquireLeaseParameters {
   signal: AbortSignal;
 }
 
+/** What an offer must give to run `spec`. */
+export function jobRequirements(spec: JobSpec): Requirements {
+  return {
+    gpus: spec.resources.gpus,
+    gpuModel: spec.resources.gpuModel,
+    minVramMiB: spec.resources.minVramMiB,
+    diskGiB: jobDiskGiB(spec),
+    runtime: spec.image === undefined ? "process" : "podman",
+  };
+}
+
 /**
  * Finds offers for the job, bids, and opens a lease with the provider chosen, at a deposit the
  * hand-off policy sets: by the tenant's own transaction, or (`signed`) by signing an opening that
@@ -75,13 +86,7 @@ export async function acquireLease(
   }: AcquireLeaseParameters,
 ): Promise<AcquiredLease> {
   const { spec, options } = record;
-  const requirements: Requirements = {
-    gpus: spec.resources.gpus,
-    gpuModel: spec.resources.gpuModel,
-    minVramMiB: spec.resources.minVramMiB,
-    diskGiB: jobDiskGiB(spec),
-    runtime: spec.image === undefined ? "process" : "podman",
-  };
+  const requirements = jobRequirements(spec);
   const maxPricePerSecond = BigInt(options.maxPricePerSecond!);
   // Every lease of the job names the same manifest, so every provider signs for the same image.
   const image = imageDigestToBytes32(await jobImageDigest(client, spec.image, { signal }));

@@ -1,12 +1,14 @@
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 
 import type { CID } from "multiformats/cid";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
 import { contracts, writeContract } from "../../sdk/chain/client.ts";
+import { publishCheckpoint } from "../../sdk/ipfs/checkpoint.ts";
+import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import type { IpfsNode } from "../../sdk/ipfs/node.ts";
 import { MIN_JOB_DISK_GIB, type JobSpec } from "../../sdk/job-spec.ts";
 import type { LeaseSession } from "../../sdk/wire/clients.ts";
@@ -207,9 +209,59 @@ describe("a holder's lease (real node process, real chain, loopback libp2p)", ()
     session = await open({ type: "attach", body: { leaseId, auth: await auth(), afterSeq: 0 } });
   });
 
+  it("a lease given the job's key unpacks the newest checkpoint it holds once it acknowledged it, and nothing that fails its digest", async () => {
+    const jobKey = generateJobKey();
+    const keyed = await quoteAndOpenLease(tenant, market.deployment, holder, {
+      jobName: "hold-lease-unpack",
+      requirements: { gpus: 0, diskGiB: holdSpec.resources.diskGiB, hold: true },
+      durationS: LEASE_S,
+    });
+    const on = await openSession(tenant, holder, {
+      type: "start",
+      body: {
+        leaseId: keyed,
+        auth: await signTenantAuth(tenant.account, keyed, tenant.host.peerId.toString()),
+        spec: holdSpec,
+        hold: { keep: 1 },
+        key: Buffer.from(jobKey).toString("base64"),
+      },
+    });
+    onTestFinished(() => on.close().catch(() => undefined));
+    await readUntil(on, (e) => e.type === "accepted");
+    const dir = await mkdtemp(path.join(os.tmpdir(), "baton-unpack-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    await writeFile(path.join(dir, "state.json"), JSON.stringify({ step: 7 }));
+    const published = await publishCheckpoint(ipfs, jobKey, dir, { maxBytes: MiB });
+    const holdOn = async (sha256: string): Promise<ProviderMessage<"held">> => {
+      const cid = published.cid.toString();
+      await on.send("hold", { leaseId: keyed, cid, providers: tenantAddresses(), sha256 });
+      return (await readUntil(on, (e) => e.type === "held" && e.body.cid === cid)).at(-1)!
+        .body as ProviderMessage<"held">;
+    };
+    const line = (pattern: RegExp) => holder.process!.waitFor(pattern, 30_000);
+    const bad = line(/checkpoint not unpacked ahead/);
+    // A digest that is not the plaintext's: held (the ciphertext is what it is), never unpacked.
+    expect(await holdOn("0".repeat(64))).toMatchObject({ cid: published.cid.toString() });
+    expect(await bad).toMatch(/does not match its announced digest/);
+    const good = line(new RegExp(`checkpoint unpacked ahead.*"leaseId":"${keyed}"`));
+    expect((await holdOn(published.plaintextSha256)).error).toBeUndefined();
+    await good;
+    // The lease without the key never unpacks.
+    expect(
+      holder.process!.lines.some((l) => /checkpoint unpacked ahead/.test(l) && l.includes(`"leaseId":"${leaseId}"`)),
+    ).toBe(false);
+    const released = line(new RegExp(`holds released.*"leaseId":"${keyed}"`));
+    await writeContract(tenant.chain, {
+      ...contracts(market.deployment).leaseManager,
+      functionName: "close",
+      args: [keyed],
+    });
+    await released;
+  });
+
   it("lets everything go once the tenant closes the lease", async () => {
     const { leaseManager } = contracts(market.deployment);
-    const released = holder.process!.waitFor(/holds released/, 60_000);
+    const released = holder.process!.waitFor(new RegExp(`holds released.*"leaseId":"${leaseId}"`), 60_000);
     await writeContract(tenant.chain, { ...leaseManager, functionName: "close", args: [leaseId] });
     expect(await released).toContain(`"leaseId":"${leaseId}"`);
     expect(await chainStatus()).toBe("Closed");

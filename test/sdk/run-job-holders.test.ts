@@ -49,11 +49,11 @@ describe("runJob with holders", () => {
    * Runs `spec` with one holder and no tenant copy (or a sampled one), and SIGKILLs its provider
    * (started again after the test) once a checkpoint from step 100 on is safe on the holder.
    */
-  async function killedOnceHeld(spec: JobSpecInput, tenantCopy: "none" | "sample" = "none") {
+  async function killedOnceHeld(spec: JobSpecInput, tenantCopy: "none" | "sample" = "none", unpack = false) {
     const job = await runJob(client, spec, {
       maxPricePerSecond: parseEther("0.001"),
       files: { "train.mjs": SCRIPT },
-      replication: { holders: 1, tenantCopy, diskGiB: 1 },
+      replication: { holders: 1, tenantCopy, diskGiB: 1, ...(unpack ? { unpack } : {}) },
     });
     const { events, when } = recorder(job);
     const leased = await when("holder-leased");
@@ -82,6 +82,8 @@ describe("runJob with holders", () => {
     await job.settled();
 
     expect(retired).toMatchObject({ leaseId: leased.leaseId, provider: leased.provider });
+    // Not asked to unpack: the holder never had the key, and the job's new provider unpacked it.
+    expect(leased.unpacks).toBe(false);
     expect([victim.account.address, leased.provider]).not.toContain(replacement.provider);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
     const record = (await client.jobs.get(job.jobId))!;
@@ -193,11 +195,12 @@ describe("runJob with holders", () => {
   // 64 MiB published, copied and sampled per checkpoint. Slow steps (150 ms, 90 s in all): in CI,
   // beside three other test files on two cores, the first checkpoint was safe only after the job's
   // 20 ms steps had all run, and the kill then came too late.
-  it("(e) 64 MiB checkpoints, sampled: a SIGKILLed provider's job resumes on its holder with no transfer, the tenant having fetched a few MiB of each", async () => {
+  it("(e) 64 MiB checkpoints, sampled, unpacked ahead: a SIGKILLed provider's job resumes on its holder with no transfer and no unpacking, the tenant having fetched a few MiB of each", async () => {
     const spec = trainSpec("150");
     const { job, events, when, leased } = await killedOnceHeld(
       { ...spec, env: { ...spec.env, TRAIN_CHECKPOINT_EVERY: "200", TRAIN_CHECKPOINT_PAD_MIB: "64" } },
       "sample",
+      true,
     );
     const failed = await when("provider-failed");
     const restarted = await when("started", (e) => e.leaseId !== failed.leaseId);
@@ -207,6 +210,14 @@ describe("runJob with holders", () => {
     // The checkpoint was on the holder's disk alone: the dead provider had it, the tenant never did.
     expect(restarted.resumed).toBe(true);
     expect(result.leases[1]!.provider).toBe(leased.provider);
+    // The holder could run the job, so it had the key, and the job took the files it had unpacked.
+    expect(leased.unpacks).toBe(true);
+    const standby = fixture.market.providers.find((p) => p.account.address === leased.provider)!;
+    expect(
+      standby.process!.lines.filter(
+        (l) => /checkpoint taken unpacked/.test(l) && l.includes(`"leaseId":"${restarted.leaseId}"`),
+      ),
+    ).toHaveLength(1);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
     const safe = events.flatMap((e) => (e.type === "checkpoint-safe" ? [e] : []));
     for (const e of safe) {

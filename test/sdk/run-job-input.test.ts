@@ -34,6 +34,7 @@ describe("runJob refuses bad input before it does anything", () => {
     [{ holders: 1.5 }, /replication.holders must be a whole number/],
     [{ holders: 0, tenantCopy: "none" as const }, /needs at least one holder/],
     [{ holders: 1, diskGiB: 0.01 }, /replication.diskGiB must be from 0.0625/],
+    [{ holders: 0, unpack: true }, /replication.unpack needs at least one holder/],
   ])("refuses replication %j", async (replication, message) => {
     const error = await runJob(untouchable, { command: ["true"] }, { maxPricePerSecond: 1n, replication }).catch(
       (e: unknown) => e,
