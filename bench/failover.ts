@@ -18,9 +18,11 @@
  * 3. Large checkpoints: with `--checkpoint-mib N` each checkpoint carries N MiB (the trainer's
  *    padding, steps slowed so that a checkpoint can be published and copied within an interval),
  *    and each round runs twice: the tenant holding a full copy (no holders; the new provider
- *    fetches from the tenant), and one holder with `tenantCopy: "sample"` (the hand-off goes to
- *    the holder, a warm standby, and fetches nothing); with the tenant's bytes fetched per
- *    checkpoint to check its holder.
+ *    fetches from the tenant), one holder with `tenantCopy: "sample"` (the hand-off goes to
+ *    the holder, a warm standby, and fetches nothing), and one holder that also unpacks each
+ *    checkpoint ahead (`replication.unpack`: at the hand-off the files are there already); with the
+ *    tenant's bytes fetched per checkpoint to check its holder. `--copies` picks some of these
+ *    (`tenant,holder,unpacking`).
  *
  * References: Ray's GCS health check marks a node dead after ≈ 15 s at best (period 3 s ×
  * threshold 5); Kubernetes marks a node NotReady after ≈ 50 s (40 s grace + 10 s monitor period)
@@ -51,6 +53,7 @@ const { values } = parseArgs({
     leases: { type: "string", default: "100,500,1000" },
     "block-time": { type: "string", default: "0" },
     "checkpoint-mib": { type: "string", default: "0" },
+    copies: { type: "string", default: "tenant,holder,unpacking" },
   },
 });
 const checkpointMiB = Number(values["checkpoint-mib"]);
@@ -78,8 +81,11 @@ const STEP_DELAY_MS = 10 + Math.ceil(checkpointMiB / 8);
  */
 const RUNNING_AGAIN_TARGET_S: Record<number, number> = { 0: 3, 2: 1, 12: 1.5 };
 
-/** How a round keeps its checkpoints: the tenant's own copy (the default), or a holder the tenant samples. */
-type Copies = "tenant" | "holder";
+/**
+ * How a round keeps its checkpoints: the tenant's own copy (the default), a holder the tenant
+ * samples, or one that also unpacks each checkpoint ahead (`replication.unpack`).
+ */
+type Copies = "tenant" | "holder" | "unpacking";
 
 type Trial = {
   blockTimeS: number;
@@ -92,6 +98,16 @@ type Trial = {
   onHolder?: boolean;
   /** With a holder: the tenant's bytes fetched per checkpoint to check it, over the checkpoint's size. */
   sampledShare?: number;
+  /** With a holder unpacking ahead: whether the job took the files it had unpacked. */
+  tookUnpacked?: boolean;
+};
+
+const HOLDER_LABELS = { holder: "a holder", unpacking: "a holder unpacking ahead" } as const;
+const RESUMED_FROM: Record<Copies, string> = {
+  tenant: "fetching the checkpoint from the tenant",
+  holder: "on the holder: the checkpoint on its disk, decrypted and unpacked there",
+  unpacking:
+    "on the holder, killed once it unpacked the newest safe checkpoint: those files moved into the work dir (copied where that is a file system of its own)",
 };
 
 const { spec, files } = await readJobFile("examples/train/train.yaml");
@@ -102,8 +118,8 @@ spec.env = {
   TRAIN_STEP_DELAY_MS: String(STEP_DELAY_MS),
   ...(checkpointMiB > 0 ? { TRAIN_CHECKPOINT_PAD_MIB: String(checkpointMiB) } : {}),
 };
-/** Large checkpoints: each round without holders, then with one. */
-const variants: Copies[] = checkpointMiB > 0 ? ["tenant", "holder"] : ["tenant"];
+/** Large checkpoints: each round without holders, then with one, then with one that unpacks ahead (`--copies`). */
+const variants = checkpointMiB > 0 ? copiesArg(values.copies) : ["tenant" as const];
 
 const figures: Figure[] = [];
 const trials: Trial[] = [];
@@ -165,7 +181,9 @@ async function measureFailover(
     const job = await runJob(client, jobSpec, {
       maxPricePerSecond: parseEther("0.001"),
       files: inputs,
-      ...(copies === "holder" ? { replication: { holders: 1, tenantCopy: "sample" as const } } : {}),
+      ...(copies === "tenant"
+        ? {}
+        : { replication: { holders: 1, tenantCopy: "sample" as const, unpack: copies === "unpacking" } }),
     });
     const events: JobEvent[] = [];
     job.on("*", (event) => events.push(event));
@@ -186,6 +204,10 @@ async function measureFailover(
       });
       job.result().then(() => reject(new Error("the job ended before the kill")), reject);
     });
+    // A holder unpacking ahead is killed beside once it unpacked the newest safe checkpoint: its state
+    // between checkpoints minutes apart (here they come back to back, and one still being unpacked
+    // at the kill is waited for).
+    if (copies === "unpacking") await unpackedAhead(events, providerOf);
     const victim = providerOf(job.status().provider!);
     const killedAt = Date.now();
     victim.process!.child.kill("SIGKILL");
@@ -211,10 +233,23 @@ async function measureFailover(
       stepMs: median(stepTimes),
       ...(holder?.type === "holder-leased" ? { onHolder: job.status().provider === holder.provider } : {}),
       ...(sampled.length > 0 ? { sampledShare: median(sampled) } : {}),
+      ...(copies === "unpacking" && holder?.type === "holder-leased"
+        ? {
+            tookUnpacked: providerOf(holder.provider).process!.lines.some(
+              (line) => /checkpoint taken unpacked/.test(line) && line.includes(`"leaseId":"${started.leaseId}"`),
+            ),
+          }
+        : {}),
     };
     measured.push(trial);
+    if (copies === "unpacking" && holder?.type === "holder-leased") {
+      for (const line of providerOf(holder.provider)
+        .process!.lines.filter((l) => /unpacked/.test(l))
+        .slice(-4))
+        console.log(`    holder: ${line}`);
+    }
     console.log(
-      `  round ${round}/${kills}${copies === "holder" ? " (a holder)" : ""}: detected in ${trial.detectMs} ms, running again after ${trial.runningAgainMs} ms${trial.onHolder === undefined ? "" : trial.onHolder ? " on the holder" : " NOT on the holder"}, ${trial.lostSteps} steps lost`,
+      `  round ${round}/${kills}${copies === "tenant" ? "" : ` (${HOLDER_LABELS[copies]})`}: detected in ${trial.detectMs} ms, running again after ${trial.runningAgainMs} ms${trial.onHolder === undefined ? "" : trial.onHolder ? " on the holder" : " NOT on the holder"}${trial.tookUnpacked === undefined ? "" : trial.tookUnpacked ? ", unpacked already" : ", NOT unpacked already"}, ${trial.lostSteps} steps lost`,
     );
     await job.cancel();
     await victim.start();
@@ -222,14 +257,23 @@ async function measureFailover(
   return measured;
 }
 
+/** Waits until the job's holder logged the newest safe checkpoint as unpacked, and no newer one is safe. */
+async function unpackedAhead(events: JobEvent[], providerOf: (address: string) => DevnetProvider): Promise<void> {
+  const holder = events.find((e) => e.type === "holder-leased");
+  if (holder?.type !== "holder-leased") throw new Error("the job has no holder");
+  const newestSafe = () => events.findLast((e) => e.type === "checkpoint-safe");
+  for (;;) {
+    const newest = newestSafe();
+    if (newest?.type !== "checkpoint-safe") throw new Error("no checkpoint is safe yet");
+    await providerOf(holder.provider).process!.waitFor(new RegExp(`checkpoint unpacked ahead.*${newest.cid}`), 120_000);
+    if (newestSafe() === newest) return;
+  }
+}
+
 function failoverFigures(measured: Trial[], blockTimeS: number, copies: Copies): Figure[] {
   const blocks =
     (blockTimeS > 0 ? ` (${blockTimeS} s blocks)` : "") +
-    (checkpointMiB === 0
-      ? ""
-      : copies === "holder"
-        ? `, ${checkpointMiB} MiB, a holder`
-        : `, ${checkpointMiB} MiB, no holder`);
+    (checkpointMiB === 0 ? "" : `, ${checkpointMiB} MiB, ${copies === "tenant" ? "no holder" : HOLDER_LABELS[copies]}`);
   const detect = measured.map((t) => t.detectMs);
   const again = measured.map((t) => t.runningAgainMs);
   const lost = measured.map((t) => t.lostSteps);
@@ -250,7 +294,7 @@ function failoverFigures(measured: Trial[], blockTimeS: number, copies: Copies):
       unit: "s",
       reference: { value: 350, label: "Kubernetes NotReady + eviction" },
       ...(target === undefined ? {} : { target: { value: target, atMost: true } }),
-      note: `bid, sign the new lease's opening; the new provider checks it, starts (${copies === "holder" ? "on the holder: the checkpoint on its disk" : "fetching the checkpoint from the tenant"}) and submits it, which ends the dead lease`,
+      note: `bid, sign the new lease's opening; the new provider checks it, starts (${RESUMED_FROM[copies]}) and submits it, which ends the dead lease`,
     },
     { name: `kill → running again p95${blocks}`, value: percentile(again, 95) / 1000, unit: "s" },
     ...largeCheckpointFigures(measured, blocks, copies),
@@ -353,4 +397,15 @@ async function measureWatchCapacity(client: BatonClient): Promise<Figure[]> {
     await source.stop();
   }
   return measured;
+}
+
+/** `--copies`: a comma-separated list of the rounds' kinds, checked. */
+function copiesArg(list: string): Copies[] {
+  const kinds: readonly string[] = ["tenant", "holder", "unpacking"] satisfies Copies[];
+  const chosen = list.split(",").filter((kind) => kind !== "");
+  const unknown = chosen.filter((kind) => !kinds.includes(kind));
+  if (chosen.length === 0 || unknown.length > 0) {
+    throw new Error(`--copies lists some of ${kinds.join(", ")}: ${unknown.join(", ") || "none given"}`);
+  }
+  return chosen as Copies[];
 }

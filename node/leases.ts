@@ -1136,10 +1136,15 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     const target = path.join(workDir.path, "resume");
     try {
       // A holder's lease of this node that unpacked it ahead (a warm standby) saves the decryption and unpacking.
+      const started = performance.now();
       if (await unpacked.take(resume.cid, resume.sha256, target)) {
         await components.ipfs.pin(CID.parse(resume.cid));
         store.addLeasePin(row.leaseId, resume.cid);
-        log.info("checkpoint taken unpacked", { leaseId: row.leaseId, cid: resume.cid });
+        log.info("checkpoint taken unpacked", {
+          leaseId: row.leaseId,
+          cid: resume.cid,
+          ms: Math.round(performance.now() - started),
+        });
         return;
       }
       await restoreCheckpoint(components.ipfs, Buffer.from(row.jobKey!, "base64"), CID.parse(resume.cid), target, {
