@@ -243,9 +243,9 @@ async function measureFailover(
     };
     measured.push(trial);
     if (copies === "unpacking" && holder?.type === "holder-leased") {
-      for (const line of providerOf(holder.provider)
-        .process!.lines.filter((l) => /unpacked/.test(l))
-        .slice(-4))
+      const cids = events.flatMap((e) => (e.type === "checkpoint-safe" ? [e.cid] : []));
+      const lines = providerOf(holder.provider).process!.lines;
+      for (const line of lines.filter((l) => /unpacked/.test(l) && cids.some((cid) => l.includes(cid))).slice(-3))
         console.log(`    holder: ${line}`);
     }
     console.log(

@@ -93,7 +93,7 @@ export class HoldQueue {
           expectedSha256: sha256,
           maxBytes: Math.max(0, room),
           signal: this.#stopped.signal,
-        }).then(() => undefined),
+        }),
       );
       log.info("checkpoint unpacked ahead", { leaseId, cid, ms: Math.round(performance.now() - started) });
     } catch (error) {
@@ -109,9 +109,10 @@ export class HoldQueue {
     const held = store.held(leaseId);
     const had = held.find((h) => h.cid === cid);
     if (had) return { cid, bytes: had.bytes };
-    // The newest keep - 1 stay beside this one; their bytes and its own share the lease's quota.
+    // The newest keep - 1 stay beside this one; their bytes, the checkpoint it keeps unpacked (until
+    // this one is) and its own share the lease's quota.
     const staying = held.slice(Math.max(0, held.length - (keep - 1)));
-    const room = quotaBytes - staying.reduce((sum, h) => sum + h.bytes, 0);
+    const room = quotaBytes - staying.reduce((sum, h) => sum + h.bytes, 0) - this.#init.unpacked.bytes(leaseId);
     let bytes: number;
     try {
       ({ bytes } = await ipfs.fetchAndPin(CID.parse(cid), {

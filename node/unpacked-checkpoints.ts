@@ -9,6 +9,8 @@ interface Unpacked {
   dir: string;
   /** Its unpacking. */
   done: Promise<void>;
+  /** Its plaintext bytes, once unpacked. */
+  bytes: number;
   /** Whether it was unpacked: false once its unpacking failed (it is forgotten then). */
   ready: Promise<boolean>;
 }
@@ -46,30 +48,37 @@ export class UnpackedCheckpoints {
    * resume of `cid` that comes meanwhile waits for it. Rejects as `unpack` does. The one the lease
    * has unpacked (or is unpacking) already is not unpacked again (a hold named twice).
    */
-  add(leaseId: bigint, cid: string, sha256: string, unpack: (dir: string) => Promise<void>): Promise<void> {
+  add(
+    leaseId: bigint,
+    cid: string,
+    sha256: string,
+    unpack: (dir: string) => Promise<{ bytes: number }>,
+  ): Promise<void> {
     const previous = this.#byLease.get(leaseId);
     if (previous?.cid === cid && previous.sha256 === sha256) return previous.done;
     const dir = path.join(this.#root, `${leaseId}-${++this.#counter}`);
-    const done = (async () => {
+    const unpacking = (async () => {
       if (previous) await this.#remove(previous);
       await mkdir(this.#root, { recursive: true, mode: 0o700 });
-      await unpack(dir);
+      return (await unpack(dir)).bytes;
     })();
     const entry: Unpacked = {
       cid,
       sha256,
       dir,
-      done,
-      ready: done.then(
+      bytes: 0,
+      done: unpacking.then(() => undefined),
+      ready: unpacking.then(
         () => true,
         () => false,
       ),
     };
-    void entry.ready.then((ready) => {
-      if (!ready && this.#byLease.get(leaseId) === entry) this.#byLease.delete(leaseId);
-    });
+    void unpacking.then(
+      (bytes) => (entry.bytes = bytes),
+      () => this.#byLease.get(leaseId) === entry && this.#byLease.delete(leaseId),
+    );
     this.#byLease.set(leaseId, entry);
-    return done;
+    return entry.done;
   }
 
   /**
@@ -91,6 +100,11 @@ export class UnpackedCheckpoints {
     } finally {
       await rm(entry.dir, { recursive: true, force: true });
     }
+  }
+
+  /** The bytes `leaseId` has unpacked (0 while none is, or it is still unpacking). */
+  bytes(leaseId: bigint): number {
+    return this.#byLease.get(leaseId)?.bytes ?? 0;
   }
 
   /** Removes what `leaseId` has unpacked (its lease ended), once its unpacking under way ended. */

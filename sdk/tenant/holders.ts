@@ -109,7 +109,7 @@ export class CheckpointHolders {
     if (this.wanted === 0 || this.#started) return;
     this.#started = true;
     for (const lease of this.#init.record.holders ?? []) {
-      if (lease.state === "starting" || lease.state === "running") this.#follow(lease, false);
+      if (lease.state === "starting" || lease.state === "running") this.#follow(lease, undefined);
     }
     this.#fill();
   }
@@ -361,7 +361,7 @@ export class CheckpointHolders {
       deposit,
       unpacks,
     });
-    const holder = this.#follow(lease, unpacks ? "with-key" : "start");
+    const holder = this.#follow(lease, { key: unpacks ? record.key : undefined });
     await holder.accepted;
     // A replacement, or a holder leased after the job's first checkpoints: it holds the newest safe one too.
     const newest = record.safe.at(-1);
@@ -382,8 +382,11 @@ export class CheckpointHolders {
     }
   }
 
-  /** Follows a holder's session (starting its hold, or re-attaching): its acknowledgements, and its loss. */
-  #follow(lease: LeaseRecord, start: "start" | "with-key" | false): Holder {
+  /**
+   * Follows a holder's session (starting its hold, given the job's `key` if it unpacks ahead; or
+   * re-attaching): its acknowledgements, and its loss.
+   */
+  #follow(lease: LeaseRecord, start: { key: string | undefined } | undefined): Holder {
     const { client, record, events, log } = this.#init;
     const watch = watchLease(client, {
       leaseId: BigInt(lease.leaseId),
@@ -396,7 +399,7 @@ export class CheckpointHolders {
             start: {
               spec: holdSpec(record.spec, record.options.replication?.diskGiB),
               hold: { keep: record.options.keepCheckpoints },
-              ...(start === "with-key" ? { key: record.key } : {}),
+              ...(start.key === undefined ? {} : { key: start.key }),
             },
           }
         : {}),

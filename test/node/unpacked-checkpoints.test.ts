@@ -20,10 +20,11 @@ describe("UnpackedCheckpoints", () => {
   /** An unpack that writes `content` into `state.json` once `gate` resolves. */
   const writing =
     (content: string, gate: Promise<void> = Promise.resolve()) =>
-    async (to: string): Promise<void> => {
+    async (to: string): Promise<{ bytes: number }> => {
       await gate;
       await mkdir(to);
       await writeFile(path.join(to, "state.json"), content);
+      return { bytes: content.length };
     };
 
   beforeEach(async () => {
@@ -47,11 +48,13 @@ describe("UnpackedCheckpoints", () => {
 
   it("keeps one per lease: a newer one replaces it, and the lease's end removes it", async () => {
     await unpacked.add(1n, "cid-a", SHA, writing("a"));
-    await unpacked.add(1n, "cid-b", SHA, writing("b"));
+    await unpacked.add(1n, "cid-b", SHA, writing("bb"));
     await unpacked.add(2n, "cid-c", SHA, writing("c"));
+    expect(unpacked.bytes(1n)).toBe(2);
     expect(await readdir(root)).toHaveLength(2);
     expect(await unpacked.take("cid-a", SHA, path.join(dir, "a"))).toBe(false);
     await unpacked.release(2n);
+    expect(unpacked.bytes(2n)).toBe(0);
     expect(await readdir(root)).toHaveLength(1);
     expect(await unpacked.take("cid-c", SHA, path.join(dir, "c"))).toBe(false);
     expect(await unpacked.take("cid-b", SHA, path.join(dir, "b"))).toBe(true);
@@ -77,7 +80,7 @@ describe("UnpackedCheckpoints", () => {
     let runs = 0;
     const counted = async (to: string) => {
       runs++;
-      await writing("a")(to);
+      return writing("a")(to);
     };
     await Promise.all([unpacked.add(1n, "cid-a", SHA, counted), unpacked.add(1n, "cid-a", SHA, counted)]);
     expect(runs).toBe(1);
