@@ -53,6 +53,8 @@ export class HoldQueue {
   /** The checkpoint the newest hold names: the same one named again (a tenant that re-attached) supersedes nothing. */
   #newest: string | undefined;
   readonly #stopped = new AbortController();
+  /** The newest checkpoint's unpacking (with the job's key), beside the holds after it. */
+  #unpacking: Promise<void> = Promise.resolve();
 
   constructor(init: HoldQueueInit) {
     this.#init = init;
@@ -64,40 +66,48 @@ export class HoldQueue {
     this.#newest = body.cid;
     this.#queue = this.#queue.then(async () => {
       if (this.#stopped.signal.aborted) return;
-      const report = await this.#take(body, turn).catch((error: unknown) => ({
+      const report = await this.#take(body, turn).catch((error: unknown): HeldReport => ({
         cid: body.cid,
         error: shortMessageOf(error),
       }));
       if (this.#stopped.signal.aborted) return;
-      // Unpacked beside the acknowledgement: the checkpoint is safe once held; unpacking it only
-      // makes a resume here faster (one that comes meanwhile waits for it).
-      const unpacking =
-        report.error === undefined && body.sha256 !== undefined && turn === this.#named
-          ? this.#unpack(body.cid, body.sha256)
-          : undefined;
+      // Unpacked beside the acknowledgement and the holds after it: the checkpoint is safe once
+      // held, and unpacking it only makes a resume here faster. Begun before the acknowledgement
+      // goes, so that a resume it leads to finds it (and waits for it); only the newest held, so that
+      // a hold sent again (a tenant that re-attached) replaces nothing newer.
+      const { store, leaseId } = this.#init;
+      if (report.error === undefined && body.sha256 !== undefined && store.held(leaseId).at(-1)?.cid === body.cid) {
+        this.#unpacking = this.#unpack(body.cid, body.sha256, report.bytes ?? 0);
+      }
       await this.#init.report(report);
-      await unpacking;
     });
   }
 
-  /** Unpacks a checkpoint held, in what is left of the lease's quota beside what it holds; a failure is only logged. */
-  async #unpack(cid: string, sha256: string): Promise<void> {
+  /**
+   * Unpacks a checkpoint held, in what is left of the lease's quota beside what it holds, stopping
+   * the one under way (see `UnpackedCheckpoints.add`); a failure is only logged.
+   */
+  async #unpack(cid: string, sha256: string, expectedBytes: number): Promise<void> {
     const { leaseId, key, quotaBytes, ipfs, store, log, unpacked } = this.#init;
     if (!key) return;
     const started = performance.now();
-    // What this lease had unpacked goes first (see `UnpackedCheckpoints.add`): its room is part of what is left.
+    // What this lease had unpacked goes first: its room is part of what is left.
     const room = quotaBytes - store.held(leaseId).reduce((sum, h) => sum + h.bytes, 0);
+    let replaced: AbortSignal | undefined;
     try {
-      await unpacked.add(leaseId, cid, sha256, (dir) =>
-        restoreCheckpoint(ipfs, key, CID.parse(cid), dir, {
+      await unpacked.add(leaseId, { cid, sha256, expectedBytes }, (dir, signal) => {
+        replaced = signal;
+        return restoreCheckpoint(ipfs, key, CID.parse(cid), dir, {
           expectedSha256: sha256,
           maxBytes: Math.max(0, room),
-          signal: this.#stopped.signal,
-        }),
-      );
+          signal: AbortSignal.any([this.#stopped.signal, signal]),
+        });
+      });
       log.info("checkpoint unpacked ahead", { leaseId, cid, ms: Math.round(performance.now() - started) });
     } catch (error) {
-      if (!this.#stopped.signal.aborted) log.warn("checkpoint not unpacked ahead", { leaseId, cid, error });
+      if (this.#stopped.signal.aborted) return;
+      if (replaced?.aborted) log.info("checkpoint's unpacking stopped: a newer one is held", { leaseId, cid });
+      else log.warn("checkpoint not unpacked ahead", { leaseId, cid, error });
     }
   }
 
@@ -148,6 +158,7 @@ export class HoldQueue {
     await this.#queue;
     const { leaseId, store, log, unpacked } = this.#init;
     await unpacked.release(leaseId);
+    await this.#unpacking;
     const cids = store.held(leaseId).map((h) => h.cid);
     store.removeHeld(leaseId);
     await unpinUnlessPinnedElsewhere(this.#init, leaseId, cids);

@@ -9,8 +9,10 @@ interface Unpacked {
   dir: string;
   /** Its unpacking. */
   done: Promise<void>;
-  /** Its plaintext bytes, once unpacked. */
+  /** Its plaintext bytes once unpacked; until then, what it is expected to take. */
   bytes: number;
+  /** Stops its unpacking (a newer one replaces it, or its lease ended). */
+  stop: AbortController;
   /** Whether it was unpacked: false once its unpacking failed (it is forgotten then). */
   ready: Promise<boolean>;
 }
@@ -43,30 +45,35 @@ export class UnpackedCheckpoints {
   }
 
   /**
-   * Unpacks `cid` for `leaseId` with `unpack` (given a directory that must not exist yet), in place
-   * of what the lease had unpacked before, which goes first: a lease has one unpacked at a time. A
-   * resume of `cid` that comes meanwhile waits for it. Rejects as `unpack` does. The one the lease
-   * has unpacked (or is unpacking) already is not unpacked again (a hold named twice).
+   * Unpacks `cid` for `leaseId` with `unpack` (given a directory that must not exist yet, and a
+   * signal that says to stop), in place of what the lease had unpacked before: a lease has one at a
+   * time, so an unpacking under way for it is stopped, and what it had goes first. A resume of `cid`
+   * that comes meanwhile waits for it. Rejects as `unpack` does. The one the lease has unpacked (or
+   * is unpacking) already is not unpacked again (a hold named twice). `expectedBytes` counts as its
+   * size (see {@link bytes}) until it is unpacked.
    */
   add(
     leaseId: bigint,
-    cid: string,
-    sha256: string,
-    unpack: (dir: string) => Promise<{ bytes: number }>,
+    { cid, sha256, expectedBytes }: { cid: string; sha256: string; expectedBytes: number },
+    unpack: (dir: string, signal: AbortSignal) => Promise<{ bytes: number }>,
   ): Promise<void> {
     const previous = this.#byLease.get(leaseId);
     if (previous?.cid === cid && previous.sha256 === sha256) return previous.done;
+    previous?.stop.abort();
     const dir = path.join(this.#root, `${leaseId}-${++this.#counter}`);
+    const stop = new AbortController();
     const unpacking = (async () => {
       if (previous) await this.#remove(previous);
       await mkdir(this.#root, { recursive: true, mode: 0o700 });
-      return (await unpack(dir)).bytes;
+      stop.signal.throwIfAborted();
+      return (await unpack(dir, stop.signal)).bytes;
     })();
     const entry: Unpacked = {
       cid,
       sha256,
       dir,
-      bytes: 0,
+      bytes: expectedBytes,
+      stop,
       done: unpacking.then(() => undefined),
       ready: unpacking.then(
         () => true,
@@ -102,16 +109,17 @@ export class UnpackedCheckpoints {
     }
   }
 
-  /** The bytes `leaseId` has unpacked (0 while none is, or it is still unpacking). */
+  /** The bytes `leaseId` has unpacked, or is unpacking (as expected); 0 while it has none. */
   bytes(leaseId: bigint): number {
     return this.#byLease.get(leaseId)?.bytes ?? 0;
   }
 
-  /** Removes what `leaseId` has unpacked (its lease ended), once its unpacking under way ended. */
+  /** Removes what `leaseId` has unpacked (its lease ended), its unpacking under way stopped first. */
   async release(leaseId: bigint): Promise<void> {
     const entry = this.#byLease.get(leaseId);
     if (!entry) return;
     this.#byLease.delete(leaseId);
+    entry.stop.abort();
     await this.#remove(entry);
   }
 

@@ -36,7 +36,7 @@ describe("UnpackedCheckpoints", () => {
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
   it("moves a checkpoint unpacked into the resume dir once, for its CID and digest only", async () => {
-    await unpacked.add(1n, "cid-a", SHA, writing("a"));
+    await unpacked.add(1n, { cid: "cid-a", sha256: SHA, expectedBytes: 1 }, writing("a"));
     expect(await unpacked.take("cid-a", "b".repeat(64), path.join(dir, "wrong-digest"))).toBe(false);
     expect(await unpacked.take("cid-b", SHA, path.join(dir, "wrong-cid"))).toBe(false);
     const target = path.join(dir, "resume");
@@ -47,9 +47,9 @@ describe("UnpackedCheckpoints", () => {
   });
 
   it("keeps one per lease: a newer one replaces it, and the lease's end removes it", async () => {
-    await unpacked.add(1n, "cid-a", SHA, writing("a"));
-    await unpacked.add(1n, "cid-b", SHA, writing("bb"));
-    await unpacked.add(2n, "cid-c", SHA, writing("c"));
+    await unpacked.add(1n, { cid: "cid-a", sha256: SHA, expectedBytes: 1 }, writing("a"));
+    await unpacked.add(1n, { cid: "cid-b", sha256: SHA, expectedBytes: 1 }, writing("bb"));
+    await unpacked.add(2n, { cid: "cid-c", sha256: SHA, expectedBytes: 1 }, writing("c"));
     expect(unpacked.bytes(1n)).toBe(2);
     expect(await readdir(root)).toHaveLength(2);
     expect(await unpacked.take("cid-a", SHA, path.join(dir, "a"))).toBe(false);
@@ -62,7 +62,11 @@ describe("UnpackedCheckpoints", () => {
 
   it("has a resume that comes while its checkpoint is being unpacked wait for it; one whose unpacking fails gets nothing", async () => {
     let open!: () => void;
-    const adding = unpacked.add(1n, "cid-a", SHA, writing("a", new Promise((resolve) => (open = resolve))));
+    const adding = unpacked.add(
+      1n,
+      { cid: "cid-a", sha256: SHA, expectedBytes: 1 },
+      writing("a", new Promise((resolve) => (open = resolve))),
+    );
     const target = path.join(dir, "resume");
     const taking = unpacked.take("cid-a", SHA, target);
     open();
@@ -70,10 +74,38 @@ describe("UnpackedCheckpoints", () => {
     expect(await taking).toBe(true);
     expect(await readFile(path.join(target, "state.json"), "utf8")).toBe("a");
 
-    const failing = unpacked.add(1n, "cid-b", SHA, () => Promise.reject(new Error("digest")));
+    const failing = unpacked.add(1n, { cid: "cid-b", sha256: SHA, expectedBytes: 1 }, () =>
+      Promise.reject(new Error("digest")),
+    );
     const waiting = unpacked.take("cid-b", SHA, path.join(dir, "b"));
     await expect(failing).rejects.toThrow("digest");
     expect(await waiting).toBe(false);
+  });
+
+  it("stops an unpacking under way that a newer checkpoint replaces, or whose lease ends; one under way counts as its expected size", async () => {
+    /** An unpack that ends only when it is told to stop. */
+    const endless = (_to: string, signal: AbortSignal) =>
+      new Promise<{ bytes: number }>((_resolve, reject) =>
+        signal.addEventListener("abort", () => reject(new Error("stopped")), { once: true }),
+      );
+    /** Stopped before it began, or while it ran. */
+    const stopped = /stopped|aborted/;
+    const first = unpacked.add(1n, { cid: "cid-a", sha256: SHA, expectedBytes: 5 }, endless);
+    expect(unpacked.bytes(1n)).toBe(5);
+    const waiting = unpacked.take("cid-a", SHA, path.join(dir, "a"));
+    const second = unpacked.add(1n, { cid: "cid-b", sha256: SHA, expectedBytes: 7 }, writing("bb"));
+    expect(unpacked.bytes(1n)).toBe(7);
+    await expect(first).rejects.toThrow(stopped);
+    await second;
+    expect(unpacked.bytes(1n)).toBe(2);
+    expect(await waiting).toBe(false);
+    expect(await unpacked.take("cid-b", SHA, path.join(dir, "b"))).toBe(true);
+
+    const third = unpacked.add(2n, { cid: "cid-c", sha256: SHA, expectedBytes: 1 }, endless);
+    const thirdStopped = expect(third).rejects.toThrow(stopped);
+    await unpacked.release(2n);
+    await thirdStopped;
+    expect(await readdir(root)).toEqual([]);
   });
 
   it("unpacks a hold named twice once", async () => {
@@ -82,12 +114,15 @@ describe("UnpackedCheckpoints", () => {
       runs++;
       return writing("a")(to);
     };
-    await Promise.all([unpacked.add(1n, "cid-a", SHA, counted), unpacked.add(1n, "cid-a", SHA, counted)]);
+    await Promise.all([
+      unpacked.add(1n, { cid: "cid-a", sha256: SHA, expectedBytes: 1 }, counted),
+      unpacked.add(1n, { cid: "cid-a", sha256: SHA, expectedBytes: 1 }, counted),
+    ]);
     expect(runs).toBe(1);
   });
 
   it("empties what a previous run of the node left when it opens", async () => {
-    await unpacked.add(1n, "cid-a", SHA, writing("a"));
+    await unpacked.add(1n, { cid: "cid-a", sha256: SHA, expectedBytes: 1 }, writing("a"));
     const restarted = new UnpackedCheckpoints(root, silentLogger);
     await restarted.open();
     expect(await readdir(root)).toEqual([]);
