@@ -34,7 +34,6 @@ import { watchCheckpoints, type CheckpointWatcher } from "./checkpoints.ts";
 import { startContainerJob } from "./containers/container-job.ts";
 import { imageMismatch, ImageRefusedError, type HeldImage } from "./containers/images.ts";
 import { HoldQueue } from "./holds.ts";
-import { UnpackedCheckpoints } from "./unpacked-checkpoints.ts";
 import { fetchInputs } from "./inputs.ts";
 import type { Openings } from "./openings.ts";
 import type { NodeComponents } from "./components.ts";
@@ -48,6 +47,7 @@ import {
 } from "./sandbox/runner.ts";
 import { leasePins, releaseExpiredOutputs, releaseLeasePins } from "./lease-pins.ts";
 import { LIVE_STATES, type LeaseRow } from "./store.ts";
+import { UnpackedCheckpoints } from "./unpacked-checkpoints.ts";
 import type { WorkDir } from "./work-dirs.ts";
 
 /** What a tenant is told when its lease is handed back at the end of a drain's grace. */
