@@ -106,8 +106,10 @@ export class HoldQueue {
       log.info("checkpoint unpacked ahead", { leaseId, cid, ms: Math.round(performance.now() - started) });
     } catch (error) {
       if (this.#stopped.signal.aborted) return;
-      if (replaced?.aborted) log.info("checkpoint's unpacking stopped: a newer one is held", { leaseId, cid });
-      else log.warn("checkpoint not unpacked ahead", { leaseId, cid, error });
+      // Stopped by a newer one while it ran, or before it began.
+      if (replaced?.aborted || (error as Error).name === "AbortError") {
+        log.info("checkpoint's unpacking stopped: a newer one is held", { leaseId, cid });
+      } else log.warn("checkpoint not unpacked ahead", { leaseId, cid, error });
     }
   }
 
