@@ -266,7 +266,7 @@ export function jobCommands(program: Command): void {
         )
         .option(
           "--unpack",
-          "give holders that could run the job its key, to unpack each checkpoint ahead: a hand-off to one resumes at once, whatever the size (they can read the checkpoints)",
+          "give holders that could run the job its key, to unpack each checkpoint ahead: a hand-off to one resumes with no decryption or unpacking (they can read the checkpoints)",
         ),
     ),
     [
