@@ -245,13 +245,16 @@ export const HOLD_KEEP_MAX = 16;
 /** The most peers a `hold` names to fetch from. */
 export const MAX_HOLD_PROVIDERS = 16;
 
+/** A SHA-256 digest in lowercase hex (a checkpoint's or an output's plaintext). */
+const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/);
+
 /**
  * A checkpoint to resume from: its CID and the SHA-256 of its plaintext, as announced; and peers that
  * hold it (the job's holders), asked for it before the tenant.
  */
 const resumeSchema = z.object({
   cid: z.string().min(1).max(256),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  sha256: sha256Schema,
   providers: z.array(multiaddrSchema).max(MAX_HOLD_PROVIDERS).optional(),
 });
 
@@ -308,10 +311,7 @@ export const tenantMessageSchemas = {
     leaseId: leaseIdSchema,
     cid: z.string().min(1).max(256),
     providers: z.array(multiaddrSchema).max(MAX_HOLD_PROVIDERS),
-    sha256: z
-      .string()
-      .regex(/^[0-9a-f]{64}$/)
-      .optional(),
+    sha256: sha256Schema.optional(),
   }),
   /**
    * Starts a batch lease's next task: a spec with the lease's resources and image and the task's own
@@ -441,7 +441,7 @@ export const providerMessageSchemas = {
     name: z.string().max(256),
     step: z.number().int().nonnegative().optional(),
     size: z.number().int().nonnegative(),
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    sha256: sha256Schema,
     /** On a batch lease: the task that committed it. */
     taskId: taskIdSchema.optional(),
   }),
@@ -455,10 +455,7 @@ export const providerMessageSchemas = {
     reason: z.string().max(64),
     /** The job's output dir, packed and encrypted with the job key like a checkpoint. */
     outputCid: z.string().max(256).optional(),
-    outputSha256: z
-      .string()
-      .regex(/^[0-9a-f]{64}$/)
-      .optional(),
+    outputSha256: sha256Schema.optional(),
     /**
      * A small output itself, when the tenant takes it so (`start.inlineOutputs`): its ciphertext's
      * pieces, in base64, as the node would have added them to IPFS; `outputCid` names them, and the
