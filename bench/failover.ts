@@ -107,7 +107,7 @@ const RESUMED_FROM: Record<Copies, string> = {
   tenant: "fetching the checkpoint from the tenant",
   holder: "on the holder: the checkpoint on its disk, decrypted and unpacked there",
   unpacking:
-    "on the holder, killed once it unpacked the newest safe checkpoint: those files moved into the work dir (copied where that is a file system of its own)",
+    "on the holder, killed once it unpacked the newest safe checkpoint: those files become the job's (their file system its work dir where quotas are file systems of their own, and the holder's quota is the job's)",
 };
 
 const { spec, files } = await readJobFile("examples/train/train.yaml");

@@ -42,6 +42,15 @@ const LOOP_POLL_MS = 50;
  */
 const MKFS_OPTIONS = ["-q", "-F", "-m", "0"];
 const MOUNT_OPTIONS = "loop,nosuid,nodev,noatime";
+/** The same, for one bound elsewhere (see {@link moveQuotaFileSystem}). */
+const BIND_OPTIONS = "nosuid,nodev,noatime";
+
+/** A quota file system: `image` mounted on `dir`, with `quotaBytes` free when it was made. */
+export interface QuotaFileSystem {
+  image: string;
+  dir: string;
+  quotaBytes: number;
+}
 
 /** The quota file system could not be made, mounted or removed. */
 export class DiskQuotaError extends ProviderFaultError {
@@ -158,6 +167,24 @@ export async function mountQuotaFileSystem(image: string, dir: string, quotaByte
 /** Mounts an existing quota file system `image` on `dir` again (after the machine restarted). */
 export async function remountQuotaFileSystem(image: string, dir: string): Promise<void> {
   await tool("mount", ["-t", "ext4", "-o", MOUNT_OPTIONS, image, dir]);
+}
+
+/**
+ * Moves the quota file system mounted on `from` to `to` (an empty directory): bound on `to`, then
+ * unmounted from `from`, in a few ms, with nothing written back (a umount and a mount again would
+ * first write out all it holds that is not on disk yet). Not `mount --move`, which is refused where
+ * the mount above `from` is shared, as systemd makes `/`. Its image stays where it is.
+ *
+ * @throws {DiskQuotaError} when a tool fails; the file system is still mounted on `from` then.
+ */
+export async function moveQuotaFileSystem(from: string, to: string): Promise<void> {
+  await tool("mount", ["--bind", "-o", BIND_OPTIONS, from, to]);
+  try {
+    await tool("umount", [from]);
+  } catch (error) {
+    await tool("umount", [to]).catch(() => undefined);
+    throw error;
+  }
 }
 
 /**

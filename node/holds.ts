@@ -95,7 +95,7 @@ export class HoldQueue {
     const room = quotaBytes - store.held(leaseId).reduce((sum, h) => sum + h.bytes, 0);
     let replaced: AbortSignal | undefined;
     try {
-      await unpacked.add(leaseId, { cid, sha256, expectedBytes }, (dir, signal) => {
+      await unpacked.add(leaseId, { cid, sha256, expectedBytes, quotaBytes }, (dir, signal) => {
         replaced = signal;
         return restoreCheckpoint(ipfs, key, CID.parse(cid), dir, {
           expectedSha256: sha256,

@@ -47,7 +47,7 @@ import {
 } from "./sandbox/runner.ts";
 import { leasePins, releaseExpiredOutputs, releaseLeasePins } from "./lease-pins.ts";
 import { LIVE_STATES, type LeaseRow } from "./store.ts";
-import { UnpackedCheckpoints } from "./unpacked-checkpoints.ts";
+import { UnpackedCheckpoints, type ClaimedCheckpoint } from "./unpacked-checkpoints.ts";
 import type { WorkDir } from "./work-dirs.ts";
 
 /** What a tenant is told when its lease is handed back at the end of a drain's grace. */
@@ -222,8 +222,11 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
   const me = host.peerId.toString();
   const { leaseManager } = contracts(chain.deployment);
-  /** Checkpoints holders' leases keep unpacked (beside the work dirs, so a resume takes one with a rename). */
-  const unpacked = new UnpackedCheckpoints(path.join(components.jobsDir, "unpacked"), log);
+  /**
+   * Checkpoints holders' leases keep unpacked, beside the work dirs: a resume takes one with a
+   * rename, or, where work dirs are quota file systems, takes its file system as the work dir.
+   */
+  const unpacked = new UnpackedCheckpoints(path.join(components.jobsDir, "unpacked"), workDirs.enforcement, log);
 
   const send = async (stream: Stream, bytes: Uint8Array): Promise<void> => {
     try {
@@ -819,10 +822,19 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     opening: { nonce: bigint; image: ImageDigest | undefined },
   ): Promise<void> => {
     const leaseImage = opening.image;
-    const leaseDir = await makeWorkDir(row, spec);
-    // A batch lease's tasks run in a dir of its work dir (see `WorkDirs.taskDir`).
-    const workDir = row.taskId === null ? leaseDir : await firstTaskDir(leaseDir);
-    const tenantAddresses = await tenantAddressesOf(connection, row);
+    // A warm standby's checkpoint, unpacked ahead on this node: waited for if it is being unpacked.
+    const claimed = body.resume ? await unpacked.claim(body.resume.cid, body.resume.sha256) : undefined;
+    const { workDir, tenantAddresses } = await (async () => {
+      const leaseDir = await takeOrMakeWorkDir(row, spec, claimed);
+      return {
+        // A batch lease's tasks run in a dir of its work dir (see `WorkDirs.taskDir`).
+        workDir: row.taskId === null ? leaseDir : await firstTaskDir(leaseDir),
+        tenantAddresses: await tenantAddressesOf(connection, row),
+      };
+    })().catch(async (error: unknown) => {
+      await claimed?.discard();
+      throw error;
+    });
     // The image is pulled while the inputs and the checkpoint arrive: a cold pull takes seconds to
     // minutes, and a hand-off waits on the slowest of the three, not on their sum.
     const pulling = acquireImage(row, spec, leaseImage, tenantAddresses);
@@ -830,12 +842,14 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     pulling.catch(() => undefined);
     try {
       await fetchJobInputs(row, spec, workDir, tenantAddresses);
-      if (body.resume) await restoreResume(row, body.resume, workDir, tenantAddresses);
+      if (body.resume) await restoreResume(row, body.resume, workDir, tenantAddresses, claimed);
     } catch (error) {
       // The fetch's failure is what the tenant is told (unless it ran out of the job's quota); the
       // image, had or not, is let go.
       (await pulling.catch(() => undefined))?.release();
       throw (await quotaTooSmall(workDir, error)) ?? error;
+    } finally {
+      await claimed?.discard();
     }
     const image = await pulling;
     if (handingBack.signal.aborted) {
@@ -1034,6 +1048,30 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
   };
 
   /**
+   * The lease's work dir: the file system a checkpoint it resumes from was unpacked in ahead, when
+   * that was made at the job's quota (see `WorkDirs.adopt`); otherwise made (a failure to take it
+   * only logged: its files are copied in then).
+   */
+  const takeOrMakeWorkDir = async (row: LeaseRow, spec: JobSpec, claimed: ClaimedCheckpoint | undefined) => {
+    const fileSystem = claimed?.fileSystem;
+    if (claimed && fileSystem?.quotaBytes === diskQuotaBytes(jobDiskGiB(spec))) {
+      const started = performance.now();
+      try {
+        const dir = await workDirs.adopt(row.leaseId, fileSystem);
+        claimed.movedTo(dir.root);
+        log.info("work dir taken from an unpacked checkpoint", {
+          leaseId: row.leaseId,
+          ms: Math.round(performance.now() - started),
+        });
+        return dir;
+      } catch (error) {
+        log.warn("unpacked checkpoint's file system not taken as the work dir", { leaseId: row.leaseId, error });
+      }
+    }
+    return makeWorkDir(row, spec);
+  };
+
+  /**
    * A refusal saying that the job's inputs and resume checkpoint do not fit in its disk quota, when
    * that is why they could not be fetched: the same spec fails so on every provider, so the job fails
    * (`spec-mismatch`) rather than moving on.
@@ -1132,12 +1170,22 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
     resume: NonNullable<TenantMessage<"start">["resume"]>,
     workDir: WorkDir,
     tenantAddresses: Multiaddr[],
+    claimed?: ClaimedCheckpoint,
   ): Promise<void> => {
     const target = path.join(workDir.path, "resume");
     try {
       // A holder's lease of this node that unpacked it ahead (a warm standby) saves the decryption and unpacking.
       const started = performance.now();
-      if (await unpacked.take(resume.cid, resume.sha256, target)) {
+      const taking = claimed ?? (await unpacked.claim(resume.cid, resume.sha256));
+      let taken = false;
+      if (taking) {
+        try {
+          taken = await taking.moveTo(target);
+        } finally {
+          await taking.discard();
+        }
+      }
+      if (taken) {
         await components.ipfs.pin(CID.parse(resume.cid));
         store.addLeasePin(row.leaseId, resume.cid);
         log.info("checkpoint taken unpacked", {

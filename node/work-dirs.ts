@@ -1,5 +1,5 @@
 import { existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, type Stats } from "node:fs";
-import { lchown, lstat, mkdir, readdir, realpath, rm } from "node:fs/promises";
+import { lchown, lstat, mkdir, readdir, realpath, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
 import { UserError } from "../sdk/errors.ts";
@@ -12,8 +12,10 @@ import {
   loopDevices,
   mountPoints,
   mountQuotaFileSystem,
+  moveQuotaFileSystem,
   remountQuotaFileSystem,
   removeQuotaFileSystem,
+  type QuotaFileSystem,
 } from "./disk-quota.ts";
 import { diskUsage, watchDiskUsage } from "./disk-usage.ts";
 import { resolveExecutable } from "./sandbox/detect.ts";
@@ -58,6 +60,16 @@ export interface WorkDirs {
    * file system of its own is mounted on it. What an earlier start of the lease left is removed first.
    */
   create(leaseId: bigint, quotaBytes: number): Promise<WorkDir>;
+  /**
+   * Makes a lease's work dir of a quota file system made at its quota (a checkpoint unpacked in it
+   * ahead, see `UnpackedCheckpoints`; `mount` mode): moved onto the work dir with what it holds, its
+   * image beside it, as `create` would have put them, so a resume from it copies nothing. What an
+   * earlier start of the lease left is removed first.
+   *
+   * @throws {DiskQuotaError} when it cannot be moved: it is still where it was then, unless it was
+   *   moved and its image was not (then it is gone, as the work dir is).
+   */
+  adopt(leaseId: bigint, fileSystem: QuotaFileSystem): Promise<WorkDir>;
   /**
    * A batch lease's work dir for its next task when no sandbox was set up for it ahead (see
    * {@link WorkDirs.taskDir}): the one this node made for the lease (by
@@ -244,6 +256,22 @@ export async function openWorkDirs({ jobsDir, diskQuota, log }: OpenWorkDirsPara
     enforcement,
     pathOf: (leaseId) => paths(leaseId).work,
     create: (leaseId, quotaBytes) => serialized(leaseId, () => createNow(leaseId, quotaBytes)),
+    adopt: (leaseId, from) =>
+      serialized(leaseId, async () => {
+        const { work, image } = paths(leaseId);
+        await removeNow(leaseId);
+        await mkdir(work, { recursive: true });
+        await moveQuotaFileSystem(from.dir, work);
+        try {
+          await rename(from.image, image);
+        } catch (error) {
+          await removeNow(leaseId).catch(() => undefined);
+          throw error;
+        }
+        const dir: WorkDir = { path: work, root: work, quotaBytes: from.quotaBytes, enforcement: "mount" };
+        made.set(leaseId, dir);
+        return dir;
+      }),
     renew: (leaseId, quotaBytes) =>
       serialized(leaseId, async () => {
         const dir = made.get(leaseId);
@@ -334,7 +362,8 @@ export async function releaseQuotaFileSystems(dir: string, log: Logger): Promise
   const root = await realpath(dir).catch(() => undefined);
   if (root === undefined) return;
   const under = (file: string): boolean => file.startsWith(`${root}${path.sep}`);
-  // Only lease work dirs: Podman's own mounts under a provider's data dir are Podman's to undo.
+  // Only lease work dirs, and the file systems holders' leases unpack checkpoints in, named alike
+  // (`unpacked/<n>/work`): Podman's own mounts under a provider's data dir are Podman's to undo.
   const workDir = (mountPoint: string): boolean =>
     path.basename(mountPoint) === "work" && LEASE_DIR.test(path.basename(path.dirname(mountPoint)));
   const mounted = (await mountPoints()).filter((mountPoint) => under(mountPoint) && workDir(mountPoint));

@@ -5,6 +5,7 @@ import { CID } from "multiformats/cid";
 import { parseEther } from "viem";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 
+import { quotaEnforcement } from "../../node/work-dirs.ts";
 import { attachJob } from "../../sdk/actions/attachJob.ts";
 import { auditJob } from "../../sdk/actions/auditJob.ts";
 import { runJob } from "../../sdk/actions/runJob.ts";
@@ -198,7 +199,13 @@ describe("runJob with holders", () => {
   it("(e) 64 MiB checkpoints, sampled, unpacked ahead: a SIGKILLed provider's job resumes on its holder with no transfer and no unpacking, the tenant having fetched a few MiB of each", async () => {
     const spec = trainSpec("150");
     const { job, events, when, leased } = await killedOnceHeld(
-      { ...spec, env: { ...spec.env, TRAIN_CHECKPOINT_EVERY: "200", TRAIN_CHECKPOINT_PAD_MIB: "64" } },
+      {
+        ...spec,
+        // The holder's quota (`replication.diskGiB`): where work dirs are file systems of their
+        // quota, the one it unpacked in becomes the job's work dir.
+        resources: { ...spec.resources, diskGiB: 1 },
+        env: { ...spec.env, TRAIN_CHECKPOINT_EVERY: "200", TRAIN_CHECKPOINT_PAD_MIB: "64" },
+      },
       "sample",
       true,
     );
@@ -213,11 +220,12 @@ describe("runJob with holders", () => {
     // The holder could run the job, so it had the key, and the job took the files it had unpacked.
     expect(leased.unpacks).toBe(true);
     const standby = fixture.market.providers.find((p) => p.account.address === leased.provider)!;
-    expect(
-      standby.process!.lines.filter(
-        (l) => /checkpoint taken unpacked/.test(l) && l.includes(`"leaseId":"${restarted.leaseId}"`),
-      ),
-    ).toHaveLength(1);
+    const logged = (pattern: RegExp) =>
+      standby.process!.lines.filter((l) => pattern.test(l) && l.includes(`"leaseId":"${restarted.leaseId}"`));
+    expect(logged(/checkpoint taken unpacked/)).toHaveLength(1);
+    // The providers' quotas are `auto`: file systems where this machine can make them.
+    const mounts = (await quotaEnforcement("auto")) === "mount";
+    expect(logged(/work dir taken from an unpacked checkpoint/)).toHaveLength(mounts ? 1 : 0);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
     const safe = events.flatMap((e) => (e.type === "checkpoint-safe" ? [e] : []));
     for (const e of safe) {
