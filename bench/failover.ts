@@ -20,9 +20,13 @@
  *    and each round runs twice: the tenant holding a full copy (no holders; the new provider
  *    fetches from the tenant), one holder with `tenantCopy: "sample"` (the hand-off goes to
  *    the holder, a warm standby, and fetches nothing), and one holder that also unpacks each
- *    checkpoint ahead (`replication.unpack`: at the hand-off the files are there already); with the
- *    tenant's bytes fetched per checkpoint to check its holder. `--copies` picks some of these
- *    (`tenant,holder,unpacking`).
+ *    checkpoint ahead (`replication.unpack`: at the hand-off the files are there already), and one
+ *    holder that cannot run the job (`cold`: a GPU job, the holder on the one provider whose GPU is
+ *    of another model, the cheapest, so it is the one leased to hold), so the hand-off goes to a
+ *    third provider that fetches the checkpoint from the holder, the tenant keeping no copy; with
+ *    the tenant's bytes fetched per checkpoint to check its holder. `--copies` picks some of these
+ *    (`tenant,holder,unpacking`, the default), or `cold` alone (its devnet has one provider that
+ *    holds).
  *
  * References: Ray's GCS health check marks a node dead after ≈ 15 s at best (period 3 s ×
  * threshold 5); Kubernetes marks a node NotReady after ≈ 50 s (40 s grace + 10 s monitor period)
@@ -83,9 +87,10 @@ const RUNNING_AGAIN_TARGET_S: Record<number, number> = { 0: 3, 2: 1, 12: 1.5 };
 
 /**
  * How a round keeps its checkpoints: the tenant's own copy (the default), a holder the tenant
- * samples, or one that also unpacks each checkpoint ahead (`replication.unpack`).
+ * samples, one that also unpacks each checkpoint ahead (`replication.unpack`), or a holder alone
+ * that cannot run the job (the hand-off fetches from it).
  */
-type Copies = "tenant" | "holder" | "unpacking";
+type Copies = "tenant" | "holder" | "unpacking" | "cold";
 
 type Trial = {
   blockTimeS: number;
@@ -102,9 +107,14 @@ type Trial = {
   tookUnpacked?: boolean;
 };
 
-const HOLDER_LABELS = { holder: "a holder", unpacking: "a holder unpacking ahead" } as const;
+const HOLDER_LABELS = {
+  holder: "a holder",
+  unpacking: "a holder unpacking ahead",
+  cold: "a holder that cannot run the job",
+} as const;
 const RESUMED_FROM: Record<Copies, string> = {
   tenant: "fetching the checkpoint from the tenant",
+  cold: "on a third provider, fetching the checkpoint from the holder; the tenant keeps none",
   holder: "on the holder: the checkpoint on its disk, decrypted and unpacked there",
   unpacking:
     "on the holder, killed once it unpacked the newest safe checkpoint: those files become the job's (their file system its work dir where quotas are file systems of their own, and the holder's quota is the job's)",
@@ -132,6 +142,11 @@ for (const [index, blockTimeS] of blockTimes.entries()) {
     providers: 4,
     blockTimeS,
     config: { heartbeatMs: 500 },
+    // For `cold` rounds: a GPU job whose only possible holder (provider-4, the one that holds) cannot
+    // run it, its one GPU of another model than the others' (`FakeGPU`, which the job asks for).
+    ...(variants.includes("cold")
+      ? { configFor: (index: number) => (index === 3 ? { gpus: { fake: "1xOtherGPU" } } : { holds: false }) }
+      : {}),
     onStep: (m) => console.log(`  · ${m}`),
   });
   const client = await devnet.tenantClient();
@@ -178,12 +193,16 @@ async function measureFailover(
 ): Promise<Trial[]> {
   const measured: Trial[] = [];
   for (let round = 1; round <= kills; round++) {
-    const job = await runJob(client, jobSpec, {
+    const spec: JobSpec =
+      copies === "cold" ? { ...jobSpec, resources: { ...jobSpec.resources, gpus: 1, gpuModel: "FakeGPU" } } : jobSpec;
+    const job = await runJob(client, spec, {
       maxPricePerSecond: parseEther("0.001"),
       files: inputs,
       ...(copies === "tenant"
         ? {}
-        : { replication: { holders: 1, tenantCopy: "sample" as const, unpack: copies === "unpacking" } }),
+        : copies === "cold"
+          ? { replication: { holders: 1, tenantCopy: "none" as const } }
+          : { replication: { holders: 1, tenantCopy: "sample" as const, unpack: copies === "unpacking" } }),
     });
     const events: JobEvent[] = [];
     job.on("*", (event) => events.push(event));
@@ -242,6 +261,13 @@ async function measureFailover(
         : {}),
     };
     measured.push(trial);
+    // How long the new provider's restore took (fetched, decrypted and unpacked there).
+    if (copies !== "unpacking") {
+      const restored = providerOf(job.status().provider!)
+        .process!.lines.filter((l) => /checkpoint restored/.test(l) && l.includes(started.resumedFrom?.cid ?? "-"))
+        .at(-1);
+      if (restored) console.log(`    new provider: ${restored}`);
+    }
     if (copies === "unpacking" && holder?.type === "holder-leased") {
       const cids = events.flatMap((e) => (e.type === "checkpoint-safe" ? [e.cid] : []));
       const lines = providerOf(holder.provider).process!.lines;
@@ -249,7 +275,7 @@ async function measureFailover(
         console.log(`    holder: ${line}`);
     }
     console.log(
-      `  round ${round}/${kills}${copies === "tenant" ? "" : ` (${HOLDER_LABELS[copies]})`}: detected in ${trial.detectMs} ms, running again after ${trial.runningAgainMs} ms${trial.onHolder === undefined ? "" : trial.onHolder ? " on the holder" : " NOT on the holder"}${trial.tookUnpacked === undefined ? "" : trial.tookUnpacked ? ", unpacked already" : ", NOT unpacked already"}, ${trial.lostSteps} steps lost`,
+      `  round ${round}/${kills}${copies === "tenant" ? "" : ` (${HOLDER_LABELS[copies]})`}: detected in ${trial.detectMs} ms, running again after ${trial.runningAgainMs} ms${trial.onHolder === undefined ? "" : trial.onHolder ? " on the holder" : copies === "cold" ? " on a third provider" : " NOT on the holder"}${trial.tookUnpacked === undefined ? "" : trial.tookUnpacked ? ", unpacked already" : ", NOT unpacked already"}, ${trial.lostSteps} steps lost`,
     );
     await job.cancel();
     await victim.start();
@@ -312,7 +338,7 @@ function failoverFigures(measured: Trial[], blockTimeS: number, copies: Copies):
 /** With `--checkpoint-mib`: the cold fetch's reference, and with a holder where the job went and what the tenant fetched. */
 function largeCheckpointFigures(measured: Trial[], blocks: string, copies: Copies): Figure[] {
   if (checkpointMiB === 0) return [];
-  if (copies === "tenant") {
+  if (copies === "tenant" || copies === "cold") {
     return [
       {
         name: `kill → running again beside a line-rate fetch${blocks}`,
@@ -401,11 +427,13 @@ async function measureWatchCapacity(client: BatonClient): Promise<Figure[]> {
 
 /** `--copies`: a comma-separated list of the rounds' kinds, checked. */
 function copiesArg(list: string): Copies[] {
-  const kinds: readonly string[] = ["tenant", "holder", "unpacking"] satisfies Copies[];
+  const kinds: readonly string[] = ["tenant", "holder", "unpacking", "cold"] satisfies Copies[];
   const chosen = list.split(",").filter((kind) => kind !== "");
   const unknown = chosen.filter((kind) => !kinds.includes(kind));
   if (chosen.length === 0 || unknown.length > 0) {
     throw new Error(`--copies lists some of ${kinds.join(", ")}: ${unknown.join(", ") || "none given"}`);
   }
+  // Its devnet has one provider that holds, which the other kinds' jobs may be leased on.
+  if (chosen.includes("cold") && chosen.length > 1) throw new Error("--copies cold runs alone");
   return chosen as Copies[];
 }

@@ -1203,6 +1203,7 @@ export function leases(components: NodeComponents, init: LeasesInit): Leases {
         providers: [...(resume.providers ?? []), ...tenantAddresses],
         signal: AbortSignal.any([AbortSignal.timeout(config.resumeFetchTimeoutMs), handingBack.signal]),
         pin: true,
+        log,
       });
       store.addLeasePin(row.leaseId, resume.cid);
     } catch (error) {
