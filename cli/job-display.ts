@@ -110,6 +110,8 @@ export function describe(event: JobEvent, name: (address: string | undefined) =>
       return `checkpoint ${event.cid.slice(0, 16)}… rejected: ${event.reason}`;
     case "holder-leased":
       return `holder lease ${event.leaseId} opened with ${name(event.provider)} at ${formatEther(event.pricePerSecond)}/s, deposit ${formatEther(event.deposit)}${event.unpacks ? "; it has the job's key and unpacks each checkpoint ahead" : ""}`;
+    case "holder-unpacked":
+      return `holder ${name(event.provider)} unpacked checkpoint ${event.cid.slice(0, 16)}… ahead: a hand-off to it takes those files as they are`;
     case "holder-retired":
       return `holder ${name(event.provider)} runs the job now (a warm standby); its hold lease ${event.leaseId} is closed, another is leased`;
     case "holder-lost":

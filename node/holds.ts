@@ -103,14 +103,17 @@ export class HoldQueue {
           signal: AbortSignal.any([this.#stopped.signal, signal]),
         });
       });
-      log.info("checkpoint unpacked ahead", { leaseId, cid, ms: Math.round(performance.now() - started) });
     } catch (error) {
       if (this.#stopped.signal.aborted) return;
       // Stopped by a newer one while it ran, or before it began.
       if (replaced?.aborted || (error as Error).name === "AbortError") {
         log.info("checkpoint's unpacking stopped: a newer one is held", { leaseId, cid });
       } else log.warn("checkpoint not unpacked ahead", { leaseId, cid, error });
+      return;
     }
+    log.info("checkpoint unpacked ahead", { leaseId, cid, ms: Math.round(performance.now() - started) });
+    // The tenant is told: a hand-off here now takes its files as they are.
+    if (!this.#stopped.signal.aborted) await this.#init.report({ cid, unpacked: true });
   }
 
   async #take({ cid, providers }: TenantMessage<"hold">, turn: number): Promise<HeldReport> {

@@ -444,6 +444,13 @@ export class CheckpointHolders {
           // A hold sent on the lost session may never have arrived: sent again (one the node has
           // already is answered at once, one it is fetching is answered twice).
           for (const { hold } of holder.waiting.values()) void this.#send(holder, hold);
+        } else if (event.type === "held" && event.body.unpacked) {
+          this.#init.events.emit({
+            type: "holder-unpacked",
+            leaseId: BigInt(lease.leaseId),
+            provider: lease.provider as Address,
+            cid: event.body.cid,
+          });
         } else if (event.type === "held") {
           const waiter = holder.waiting.get(event.body.cid);
           if (event.body.error === undefined) waiter?.resolve();

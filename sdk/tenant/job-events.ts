@@ -61,6 +61,11 @@ export type JobEvent = EventBase &
         deposit: bigint;
         unpacks: boolean;
       }
+    /**
+     * A holder given the job's key (`unpacks`) has unpacked checkpoint `cid` ahead: a hand-off to
+     * its provider from that checkpoint takes the files as they are (a warm standby).
+     */
+    | { type: "holder-unpacked"; leaseId: bigint; provider: Address; cid: string }
     /** A holder failed or refused: its lease is ended, and another is leased in its place. */
     | { type: "holder-lost"; leaseId: bigint; provider: Address; reason: string }
     /** A holder's provider runs the job now (a warm standby took the hand-off): its hold lease is closed, and another is leased. */

@@ -475,7 +475,9 @@ export const providerMessageSchemas = {
   /**
    * On a holder's lease: a `hold` done. With `bytes`, the checkpoint is pinned on this node (its
    * size as fetched), and `released` lists the older ones it unpinned to keep the newest `keep`;
-   * with `error`, it is not held (fetch failed, over the lease's disk quota, superseded).
+   * with `error`, it is not held (fetch failed, over the lease's disk quota, superseded). On a lease
+   * given the job's key, a second `held` with `unpacked` follows once the checkpoint held is also
+   * unpacked ahead: a hand-off to this node now takes its files as they are (a warm standby).
    */
   held: z.object({
     leaseId: leaseIdSchema,
@@ -484,6 +486,7 @@ export const providerMessageSchemas = {
     bytes: z.number().int().nonnegative().optional(),
     released: z.array(z.string().min(1).max(256)).max(HOLD_KEEP_MAX).optional(),
     error: z.string().max(512).optional(),
+    unpacked: z.literal(true).optional(),
   }),
 } as const;
 

@@ -110,7 +110,10 @@ describe("the checkpoint watcher under a backlog", () => {
       expect(await ipfs.isPinned(second!)).toBe(true);
       expect(await ipfs.isPinned(third!)).toBe(true);
       expect(store.leasePins(leaseId)).toEqual([second!.toString(), third!.toString()]);
-      expect((await readdir(checkpoints)).sort()).toEqual(["step-000002", "step-000003"]);
+      // Its dir goes after its blocks (the pins are released first): a moment later under load.
+      await expect
+        .poll(async () => (await readdir(checkpoints)).sort(), { timeout: 10_000 })
+        .toEqual(["step-000002", "step-000003"]);
     } finally {
       await watcher.stop();
     }

@@ -244,8 +244,13 @@ describe("a holder's lease (real node process, real chain, loopback libp2p)", ()
     expect(await holdOn("0".repeat(64))).toMatchObject({ cid: published.cid.toString() });
     expect(await bad).toMatch(/does not match its announced digest/);
     const good = line(new RegExp(`checkpoint unpacked ahead.*"leaseId":"${keyed}"`));
-    expect((await holdOn(published.plaintextSha256)).error).toBeUndefined();
+    const acked = await holdOn(published.plaintextSha256);
+    expect(acked.error).toBeUndefined();
+    expect(acked.unpacked).toBeUndefined();
     await good;
+    // Then the tenant is told: a hand-off to this node now takes the files as they are.
+    const warm = (await readUntil(on, (e) => e.type === "held" && e.body.unpacked === true)).at(-1)!;
+    expect(warm.body).toMatchObject({ cid: published.cid.toString(), unpacked: true });
     // The lease without the key never unpacks.
     expect(
       holder.process!.lines.some((l) => /checkpoint unpacked ahead/.test(l) && l.includes(`"leaseId":"${leaseId}"`)),

@@ -85,6 +85,7 @@ describe("runJob with holders", () => {
     expect(retired).toMatchObject({ leaseId: leased.leaseId, provider: leased.provider });
     // Not asked to unpack: the holder never had the key, and the job's new provider unpacked it.
     expect(leased.unpacks).toBe(false);
+    expect(events.some((e) => e.type === "holder-unpacked")).toBe(false);
     expect([victim.account.address, leased.provider]).not.toContain(replacement.provider);
     expect(await readFile(path.join(result.outputDir!, "result.json"), "utf8")).toBe(fixture.reference);
     const record = (await client.jobs.get(job.jobId))!;
@@ -217,8 +218,10 @@ describe("runJob with holders", () => {
     // The checkpoint was on the holder's disk alone: the dead provider had it, the tenant never did.
     expect(restarted.resumed).toBe(true);
     expect(result.leases[1]!.provider).toBe(leased.provider);
-    // The holder could run the job, so it had the key, and the job took the files it had unpacked.
+    // The holder could run the job, so it had the key, said when it had unpacked a checkpoint, and
+    // the job took the files it had unpacked.
     expect(leased.unpacks).toBe(true);
+    expect(events.some((e) => e.type === "holder-unpacked" && e.leaseId === leased.leaseId)).toBe(true);
     const standby = fixture.market.providers.find((p) => p.account.address === leased.provider)!;
     const logged = (pattern: RegExp) =>
       standby.process!.lines.filter((l) => pattern.test(l) && l.includes(`"leaseId":"${restarted.leaseId}"`));
