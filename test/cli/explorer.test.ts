@@ -7,6 +7,7 @@ import {
   createPublicClient,
   createTestClient,
   createWalletClient,
+  encodeFunctionData,
   http,
   keccak256,
   parseEther,
@@ -122,12 +123,20 @@ async function openLeaseFor(provider: Account, predecessor: bigint): Promise<big
 }
 
 async function heartbeat(provider: Account, leaseId: bigint, cid?: string): Promise<TransactionReceipt> {
-  const { w, address, abi } = lm(provider);
-  const call = { address, abi, functionName: "heartbeat", args: [[leaseId], cid === undefined ? [] : [cid]] } as const;
-  // With the node's headroom: what a heartbeat settles depends on the block's time, and an estimate
-  // made on the last block ran out of gas when mined in the next (a CI run's Postgres reorg test).
-  const gas = withGasHeadroom(await publicClient.estimateContractGas({ ...call, account: provider }));
-  return send(w.writeContract({ ...call, gas }));
+  const args = [[leaseId], cid === undefined ? [] : [cid]] as const;
+  return settling(provider, encodeFunctionData({ abi: leaseManagerAbi, functionName: "heartbeat", args }));
+}
+
+/**
+ * A provider's LeaseManager call (`data`) that settles the lease's earnings, sent with the node's
+ * gas headroom: what it settles depends on the block's time, and an estimate made in the second of
+ * the last settlement (nothing to settle) ran out of gas when mined a second later (CI runs: the
+ * Postgres reorg test's heartbeat, the setup's finish).
+ */
+async function settling(provider: Account, data: Hex): Promise<TransactionReceipt> {
+  const to = deployment.contracts.leaseManager;
+  const gas = withGasHeadroom(await publicClient.estimateGas({ account: provider, to, data }));
+  return send(wallet(provider).sendTransaction({ to, data, gas }));
 }
 
 /** Every event of both contracts, as the chain has them now: what a full index must equal. */
@@ -218,14 +227,10 @@ beforeAll(async () => {
   await send(keeperWallet.writeContract({ address, abi, functionName: "slashMissedHeartbeat", args: [lease1] }));
   lease2 = await openLeaseFor(providerB, lease1);
   await heartbeat(providerB, lease2);
-  const { w: bWallet } = lm(providerB);
-  await send(
-    bWallet.writeContract({
-      address,
-      abi,
-      functionName: "finish",
-      args: [lease2, "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"],
-    }),
+  const result = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+  await settling(
+    providerB,
+    encodeFunctionData({ abi: leaseManagerAbi, functionName: "finish", args: [lease2, result] }),
   );
 }, 180_000);
 
