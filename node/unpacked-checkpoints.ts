@@ -1,16 +1,9 @@
-import { cp, mkdir, readdir, realpath, rename, rm } from "node:fs/promises";
+import { cp, mkdir, realpath, rename, rm } from "node:fs/promises";
 import path from "node:path";
 
 import type { Logger } from "../sdk/logger.ts";
-import {
-  DISK_IMAGE,
-  loopDevices,
-  mountPoints,
-  mountQuotaFileSystem,
-  removeQuotaFileSystem,
-  type QuotaFileSystem,
-} from "./disk-quota.ts";
-import type { DiskQuotaEnforcement } from "./work-dirs.ts";
+import { DISK_IMAGE, mountQuotaFileSystem, removeQuotaFileSystem, type QuotaFileSystem } from "./disk-quota.ts";
+import { releaseQuotaFileSystems, type DiskQuotaEnforcement } from "./work-dirs.ts";
 
 /** A checkpoint unpacked ahead, given up for a resume (see {@link UnpackedCheckpoints.claim}). */
 export interface ClaimedCheckpoint {
@@ -48,7 +41,10 @@ interface Unpacked {
   ready: Promise<boolean>;
 }
 
-/** What an unpacked checkpoint's file system is mounted on, beside its image in its directory. */
+/**
+ * What an unpacked checkpoint's file system is mounted on, beside its image (`DISK_IMAGE`) in its
+ * numbered directory: named as a lease's work dir is, so `releaseQuotaFileSystems` finds it.
+ */
 const MOUNT_POINT = "work";
 
 /**
@@ -84,17 +80,8 @@ export class UnpackedCheckpoints {
     await mkdir(this.#root, { recursive: true, mode: 0o700 });
     // Mount points are compared with the kernel's mount table, which has the real path.
     this.#root = await realpath(this.#root);
-    const mounted = new Set(await mountPoints());
-    const images = new Set(
-      (await loopDevices()).map((loop) => path.dirname(loop.backingFile.replace(/ \(deleted\)$/, ""))),
-    );
-    for (const name of await readdir(this.#root)) {
-      const dir = path.join(this.#root, name);
-      const mountPoint = path.join(dir, MOUNT_POINT);
-      if (mounted.has(mountPoint) || images.has(dir)) {
-        await removeQuotaFileSystem(path.join(dir, DISK_IMAGE), mountPoint, this.#log);
-      }
-    }
+    // Its file systems are named as lease work dirs are (`<n>/work`, `<n>/disk.ext4`).
+    await releaseQuotaFileSystems(this.#root, this.#log);
     await rm(this.#root, { recursive: true, force: true });
     await mkdir(this.#root, { recursive: true, mode: 0o700 });
   }
