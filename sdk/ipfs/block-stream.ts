@@ -18,6 +18,8 @@ import type { BatonHost } from "../p2p/host.ts";
 import { openStream, peerIdOf } from "../p2p/open-stream.ts";
 import { protocols } from "../wire/protocols.ts";
 import { serveBlockLanes, type BlockLanes } from "./block-lanes.ts";
+import { BufferPool } from "./bytes.ts";
+import { BLOCK_SIZE } from "./constants.ts";
 
 /**
  * `/baton/blocks/1.0.0`: a DAG's blocks over one libp2p stream, in the order a reader needs them,
@@ -60,6 +62,9 @@ const MAX_INBOUND_STREAMS = 8;
 
 /** Blocks the sender reads from its store ahead of the one it is sending. */
 const SEND_READ_AHEAD = 4;
+
+/** Free send buffers a block lane keeps: the read-ahead and what its socket has not taken yet. */
+const SEND_POOL_BUFFERS = 8;
 
 /**
  * Verified-or-arriving bytes the receiver buffers before it pauses the stream (and so, through
@@ -184,8 +189,11 @@ export async function* streamOrder(
 
 export interface ServeBlocksInit {
   host: BatonHost;
-  /** Reads a block from the local store only (never the network); throws if it is not there. */
-  read: (cid: CID, signal: AbortSignal) => Promise<Uint8Array>;
+  /**
+   * Reads a block from the local store only (never the network); throws if it is not there. With
+   * `pool`, a block of the pool's size is read into one of its buffers.
+   */
+  read: (cid: CID, signal: AbortSignal, pool?: BufferPool) => Promise<Uint8Array>;
   /**
    * Also serves block lanes (block-lanes.ts) on this IP and port (0: a free one): where the host's
    * libp2p listens, so that peers reach it at the address they reached libp2p at. None without it.
@@ -255,12 +263,18 @@ async function sendDag(
   let sent = 0;
   let bytes = 0;
   let request: BlockRequest | undefined;
+  // On a lane, leaves are read into a few buffers reused once TLS took them (inner nodes never:
+  // their decoded links point into their bytes).
+  const pool = pipe.lane ? new BufferPool(BLOCK_SIZE, SEND_POOL_BUFFERS) : undefined;
+  const readBlock = (cid: CID): Promise<Uint8Array> =>
+    read(cid, abort.signal, cid.code === raw.code ? pool : undefined);
   try {
     request = await readBlockRequest(pipe);
     const { root, skip, count = Infinity } = request;
-    for await (const block of streamOrder(root, (cid) => read(cid, abort.signal), { skip })) {
+    for await (const block of streamOrder(root, readBlock, { skip })) {
+      const given = pool?.owns(block.bytes) ? () => pool.give(block.bytes) : undefined;
       // A signal only when the receiver makes us wait, not one per block.
-      if (!pipe.send(block.bytes)) await pipe.drained(AbortSignal.timeout(SEND_STALL_MS));
+      if (!pipe.send(block.bytes, given)) await pipe.drained(AbortSignal.timeout(SEND_STALL_MS));
       sent++;
       bytes += block.bytes.byteLength;
       if (sent >= count) break;
@@ -319,8 +333,11 @@ export interface BlockPipe {
   resume(): void;
   /** Neither closed nor cut yet. */
   readonly open: boolean;
-  /** Sends one frame; false when the other side makes us wait (see {@link drained}). */
-  send(frame: Uint8Array): boolean;
+  /**
+   * Sends one frame; false when the other side makes us wait (see {@link drained}). `sent` runs
+   * once the pipe no longer reads `frame`, where it can tell (a block lane); else never.
+   */
+  send(frame: Uint8Array, sent?: () => void): boolean;
   drained(signal: AbortSignal): Promise<void>;
   /** Ends our side once everything sent went out. */
   close(signal: AbortSignal): Promise<void>;
@@ -392,10 +409,11 @@ export function socketPipe(socket: TLSSocket): BlockPipe {
     get open() {
       return !socket.destroyed;
     },
-    send(frame) {
+    send(frame, sent) {
       socket.cork();
       socket.write(varint.encodeTo(frame.byteLength, new Uint8Array(varint.encodingLength(frame.byteLength))));
-      const more = socket.write(frame);
+      // The callback comes once TLS encrypted the frame (or the socket was destroyed).
+      const more = socket.write(frame, sent === undefined ? undefined : () => sent());
       socket.uncork();
       return more;
     },
@@ -436,13 +454,15 @@ export function socketPipe(socket: TLSSocket): BlockPipe {
 
 /**
  * Splits a stream's bytes into length-prefixed frames as they arrive, copying each frame's body
- * once into a buffer of its own, and pausing the stream while too much is buffered. With `hash`,
- * each frame's SHA-256 is begun (in the thread pool) as soon as the frame is complete.
+ * once into a buffer of its own (from `pool` when it is the pool's size), and pausing the stream
+ * while too much is buffered. With `hash`, each frame's SHA-256 is begun (in the thread pool) as
+ * soon as the frame is complete.
  */
 class FrameReader {
   readonly #pipe: BlockPipe;
   readonly #maxFrame: number;
   readonly #hash: boolean;
+  readonly #pool: BufferPool | undefined;
   readonly #frames: Array<{ bytes: Uint8Array; digest: Promise<Uint8Array> | undefined }> = [];
   #buffered = 0;
   #paused = false;
@@ -454,10 +474,11 @@ class FrameReader {
   #filled = 0;
   readonly #stop: () => void;
 
-  constructor(pipe: BlockPipe, maxFrame: number, hash: boolean) {
+  constructor(pipe: BlockPipe, maxFrame: number, hash: boolean, pool?: BufferPool) {
     this.#pipe = pipe;
     this.#maxFrame = maxFrame;
     this.#hash = hash;
+    this.#pool = pool;
     this.#stop = pipe.listen(
       (chunk) => this.#push(chunk),
       (error) => this.#end(error ?? true),
@@ -504,7 +525,7 @@ class FrameReader {
         if (length > this.#maxFrame) {
           throw new BlockStreamError(`a frame of ${length} bytes is over the limit of ${this.#maxFrame}`);
         }
-        this.#body = Buffer.allocUnsafe(length);
+        this.#body = length === this.#pool?.size ? this.#pool.take() : Buffer.allocUnsafe(length);
         this.#filled = 0;
       } else {
         const n = Math.min(piece.byteLength - at, this.#body.byteLength - this.#filled);
@@ -515,6 +536,7 @@ class FrameReader {
       if (this.#body !== undefined && this.#filled === this.#body.byteLength) {
         const bytes = this.#body;
         this.#body = undefined;
+        // WebCrypto copies its input before it returns: the frame may be reused once taken.
         const digest = this.#hash ? subtle.digest("SHA-256", bytes).then((d) => new Uint8Array(d)) : undefined;
         digest?.catch(() => undefined); // awaited when the frame is taken
         this.#frames.push({ bytes, digest });
@@ -604,6 +626,11 @@ export interface BlockStreamSessionInit {
   end?: number;
   /** Block lanes to try first (block-lanes.ts); libp2p streams only without. */
   lanes?: BlockLanes;
+  /**
+   * Where blocks of its size are received into: {@link BlockStreamSession.next} then returns the
+   * pool's buffers, which the caller gives back once done with them, or leaves to the GC.
+   */
+  pool?: BufferPool;
   signal?: AbortSignal;
   log?: Logger;
 }
@@ -691,7 +718,7 @@ export class BlockStreamSession {
       let pipe: BlockPipe | undefined;
       try {
         pipe = await this.#pipeTo(peer, signal);
-        const frames = new FrameReader(pipe, MAX_BLOCK_BYTES, true);
+        const frames = new FrameReader(pipe, MAX_BLOCK_BYTES, true, this.#init.pool);
         const count = this.end === undefined ? undefined : this.end - this.#verified;
         if (!pipe.send(encodeRequest({ root: this.#init.root, skip: this.#verified, count })))
           await pipe.drained(signal);

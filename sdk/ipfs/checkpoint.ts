@@ -7,6 +7,7 @@ import type { CID } from "multiformats/cid";
 
 import { CheckpointCorruptError, UserError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
+import { Lending } from "./bytes.ts";
 import { ENCRYPTION_CHUNK_SIZE } from "./constants.ts";
 import { decryptStream, encryptStream } from "./crypto.ts";
 import { cidOfPieces } from "./importer.ts";
@@ -162,8 +163,10 @@ export async function restoreCheckpoint(
         throw new CheckpointCorruptError(`the bytes sent for ${cid} are not it`, { details: `they make ${named}` });
       }
     }
-    const fetched = pieces ?? ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes, ...(via ? { via } : {}) });
-    const result = await unpack(decryptStream(key, fetched), partial, { maxBytes, maxFiles, signal });
+    const lending = new Lending();
+    const fetched =
+      pieces ?? ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes, lending, ...(via ? { via } : {}) });
+    const result = await unpack(decryptStream(key, fetched, { lending }), partial, { maxBytes, maxFiles, signal });
     if (result.sha256 !== expectedSha256) {
       throw new CheckpointCorruptError(`checkpoint ${cid} does not match its announced digest`, {
         details: `expected ${expectedSha256}, got ${result.sha256}`,
@@ -230,14 +233,15 @@ export async function verifyCheckpoint(
   // Fetched, then pinned: keep gc away until the pin is in.
   return ipfs.withGcPaused(async () => {
     let bytes = 0;
+    const lending = new Lending();
     const fetched = async function* (): AsyncGenerator<Uint8Array> {
-      for await (const chunk of ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes })) {
+      for await (const chunk of ipfs.cat(cid, { signal, providers, stallTimeoutMs, maxBytes, lending })) {
         bytes += chunk.byteLength;
         yield chunk;
       }
     };
     const hash = createHash("sha256");
-    for await (const chunk of decryptStream(key, fetched())) hash.update(chunk);
+    for await (const chunk of decryptStream(key, fetched(), { lending })) hash.update(chunk);
     const sha256 = hash.digest("hex");
     if (sha256 !== expectedSha256) {
       throw new CheckpointCorruptError(`checkpoint ${cid} does not match its announced digest`, {

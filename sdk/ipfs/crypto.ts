@@ -1,7 +1,7 @@
 import { hkdfSync, randomBytes, timingSafeEqual, webcrypto } from "node:crypto";
 
 import { CheckpointCorruptError, CheckpointKeyError, UserError } from "../errors.ts";
-import { ByteReader, type ByteSource } from "./bytes.ts";
+import { ByteReader, type ByteSource, type Lending } from "./bytes.ts";
 import { ENCRYPTION_CHUNK_SIZE, MAX_ENCRYPTION_CHUNK_SIZE } from "./constants.ts";
 
 /**
@@ -153,12 +153,18 @@ const truncated = (): CheckpointCorruptError =>
 
 /**
  * Decrypts and checks a stream made by {@link encryptStream}. Throws CheckpointKeyError for another
- * key, CheckpointCorruptError for anything tampered, truncated, reordered or appended.
+ * key, CheckpointCorruptError for anything tampered, truncated, reordered or appended. With
+ * `lending` (a source that lends its pieces, as `IpfsNode.cat` does given the same one), it tells
+ * the source as each chunk's bytes are no longer needed.
  *
  * @example
  * for await (const bytes of decryptStream(key, ipfs.cat(cid, { signal }))) sink(bytes);
  */
-export async function* decryptStream(key: Uint8Array, source: ByteSource): AsyncGenerator<Uint8Array> {
+export async function* decryptStream(
+  key: Uint8Array,
+  source: ByteSource,
+  { lending }: { lending?: Lending } = {},
+): AsyncGenerator<Uint8Array> {
   checkKey(key);
   const reader = new ByteReader(source);
   try {
@@ -194,7 +200,10 @@ export async function* decryptStream(key: Uint8Array, source: ByteSource): Async
       final = sealed.byteLength < chunkSize + TAG_BYTES || (await reader.atEnd());
       const at = index++;
       const parameters = { name: "AES-GCM", iv: nonce(keys.prefix, at), additionalData: chunkAad(header, at, final) };
-      const result = subtle.decrypt(parameters, aes, sealed).then(
+      const decrypted = subtle.decrypt(parameters, aes, sealed);
+      // WebCrypto copied the chunk before it returned: every byte read so far is done with.
+      lending?.done(reader.position);
+      const result = decrypted.then(
         (plaintext) => new Uint8Array(plaintext),
         (cause: unknown) => {
           throw new CheckpointCorruptError(

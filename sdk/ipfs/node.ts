@@ -1,4 +1,4 @@
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir, open, readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { withBitswap } from "@helia/bitswap";
@@ -8,6 +8,7 @@ import { FsBlockstore } from "blockstore-fs";
 import { NextToLast } from "blockstore-fs/sharding";
 import type { Helia, HeliaInit } from "helia";
 import type { CID } from "multiformats/cid";
+import * as raw from "multiformats/codecs/raw";
 import { identity } from "multiformats/hashes/identity";
 
 import { bitswapResendFix } from "./bitswap-resend.ts";
@@ -15,8 +16,8 @@ import { BlockLanes } from "./block-lanes.ts";
 import { BaseError, CheckpointCorruptError, CheckpointTooLargeError, CheckpointUnavailableError } from "../errors.ts";
 import { silentLogger, type Logger } from "../logger.ts";
 import type { BatonHost } from "../p2p/host.ts";
-import type { ByteSource } from "./bytes.ts";
-import { DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
+import { BufferPool, Lending, type ByteSource } from "./bytes.ts";
+import { BLOCK_SIZE, DEFAULT_STALL_TIMEOUT_MS, FETCH_BLOCK_CONCURRENCY } from "./constants.ts";
 import {
   BlockStreamError,
   BlockStreamSession,
@@ -63,6 +64,12 @@ export interface FetchOptions {
    * deliver; `"bitswap"` uses bitswap alone, as any IPFS peer would.
    */
   via?: "stream" | "bitswap";
+  /**
+   * Lets the fetch lend its pieces: a piece fetched by block stream is then received into a buffer
+   * that is reused once the reader told `lending` it is done with the piece's bytes (and the block
+   * is written). A reader that keeps a piece, or a part of one, past saying so must copy it.
+   */
+  lending?: Lending;
 }
 
 /** A file to import into a UnixFS directory: where it goes in the directory, and its bytes. */
@@ -113,7 +120,7 @@ export interface IpfsNode {
    * Fetches the whole file into the local store, refusing it past `maxBytes`, then pins it; a
    * {@link gc} waits until it is done, so it cannot delete fetched blocks before the pin.
    */
-  fetchAndPin(cid: CID, options: FetchOptions & { maxBytes: number }): Promise<{ bytes: number }>;
+  fetchAndPin(cid: CID, options: Omit<FetchOptions, "lending"> & { maxBytes: number }): Promise<{ bytes: number }>;
   /**
    * Deletes every unpinned block, fetched ones included. It waits for running `add({ pin })`,
    * `fetchAndPin` and {@link withGcPaused} work, and holds off new work until it is done.
@@ -204,10 +211,10 @@ export async function createIpfsNode({
     );
 
   /** A block of the local store, whole; CheckpointUnavailableError if it is not there. */
-  const readLocal = async (cid: CID, signal?: AbortSignal): Promise<Uint8Array> => {
+  const readLocal = async (cid: CID, signal?: AbortSignal, pool?: BufferPool): Promise<Uint8Array> => {
     if (cid.multihash.code === identity.code) return cid.multihash.digest;
     try {
-      return await blockstore.readWhole(cid, signal);
+      return await blockstore.readWhole(cid, signal, pool);
     } catch (cause) {
       signal?.throwIfAborted();
       throw new CheckpointUnavailableError(`block ${cid} is not in the local store`, { cause });
@@ -258,15 +265,26 @@ export async function createIpfsNode({
     let delivered = 0;
     const holders = providers.filter((address) => address.getComponents().some((c) => c.name === "p2p"));
     if (via === "stream" && holders.length > 0 && streamable(cid)) {
-      const init = { host, root: cid, peers: holders, lanes, stallTimeoutMs, signal, log };
+      // Leaves are received into reused buffers: each goes back once written and, where it is
+      // also handed to the reader (one holder), once the reader is done with it. Inner nodes are
+      // never given back: their decoded links point into their bytes.
+      const pool = options.lending === undefined ? undefined : new BufferPool(BLOCK_SIZE, RECEIVE_POOL_BUFFERS);
+      const lent = new Map<Uint8Array, () => void>();
+      const init = { host, root: cid, peers: holders, lanes, stallTimeoutMs, signal, log, ...(pool ? { pool } : {}) };
       const writes = new BlockWrites(helia);
-      const store = (block: CID, bytes: Uint8Array): Promise<void> => writes.put(block, bytes);
+      const store = (block: CID, bytes: Uint8Array): Promise<void> =>
+        writes.put(block, bytes, pool?.owns(bytes) && block.code === raw.code ? () => pool.give(bytes) : undefined);
       const session =
         holdersOf(holders).length > 1 ? new StripedFetch({ ...init, store }) : new BlockStreamSession(init);
       const getBlock = async (block: CID, first: boolean): Promise<Uint8Array> => {
         if (first && session instanceof BlockStreamSession) {
           const bytes = await session.next(block);
-          await store(block, bytes);
+          if (pool?.owns(bytes) && block.code === raw.code) {
+            let holders = 2;
+            const release = (): void => void (--holders === 0 && pool.give(bytes));
+            lent.set(bytes, release);
+            await writes.put(block, bytes, release);
+          } else await writes.put(block, bytes);
           return bytes;
         }
         // From several holders at once, the stripes store what they fetch ahead of the reader.
@@ -276,6 +294,11 @@ export async function createIpfsNode({
       try {
         for await (const piece of readUnixfsFile(cid, getBlock, { maxBytes })) {
           delivered += piece.byteLength;
+          const release = lent.get(piece);
+          if (release !== undefined) {
+            lent.delete(piece);
+            options.lending!.lend(delivered, release);
+          }
           yield piece;
         }
         await writes.settle();
@@ -412,7 +435,11 @@ export async function createIpfsNode({
       return gate.shared(async () => {
         const started = performance.now();
         let bytes = 0;
-        for await (const chunk of cat(cid, options)) bytes += chunk.byteLength;
+        const lending = new Lending();
+        for await (const chunk of cat(cid, { ...options, lending })) {
+          bytes += chunk.byteLength;
+          lending.done(bytes);
+        }
         await node.pin(cid, { signal: options.signal });
         log.info("fetched and pinned", { cid: cid.toString(), bytes, ms: Math.round(performance.now() - started) });
         return { bytes };
@@ -473,10 +500,26 @@ class WholeReadFsBlockstore extends FsBlockstore {
     this.#sharding = sharding;
   }
 
-  /** The block's bytes in one read; throws (ENOENT) if it is not here. */
-  async readWhole(key: CID, signal?: AbortSignal): Promise<Uint8Array> {
+  /**
+   * The block's bytes in one read; throws (ENOENT) if it is not here. With `pool`, a block of the
+   * pool's size is read into one of its buffers.
+   */
+  async readWhole(key: CID, signal?: AbortSignal, pool?: BufferPool): Promise<Uint8Array> {
     const { dir, file } = this.#sharding.encode(key);
-    return readFile(path.join(this.path, dir, file), { signal });
+    const where = path.join(this.path, dir, file);
+    if (pool === undefined) return readFile(where, { signal });
+    signal?.throwIfAborted();
+    const handle = await open(where, "r");
+    try {
+      const { size } = await handle.stat();
+      if (size !== pool.size) return await handle.readFile({ signal });
+      const buffer = pool.take();
+      const { bytesRead } = await handle.read(buffer, 0, size, 0);
+      if (bytesRead !== size) throw new BaseError(`block ${key} was cut short while it was read`);
+      return buffer;
+    } finally {
+      await handle.close();
+    }
   }
 
   override async *get(key: CID, options?: { signal?: AbortSignal }): AsyncGenerator<Uint8Array> {
@@ -502,8 +545,11 @@ class BlockWrites {
     this.#helia = helia;
   }
 
-  /** Begins writing a (verified) block; waits only while {@link MAX_PENDING_WRITES} are under way. */
-  async put(cid: CID, bytes: Uint8Array): Promise<void> {
+  /**
+   * Begins writing a (verified) block; waits only while {@link MAX_PENDING_WRITES} are under way.
+   * `done` runs once the write no longer reads `bytes`, whether it succeeded or not.
+   */
+  async put(cid: CID, bytes: Uint8Array, done?: () => void): Promise<void> {
     if (this.#failed !== undefined) throw this.#failed;
     while (this.#pending.size >= MAX_PENDING_WRITES) await Promise.race(this.#pending.values());
     const key = cid.toString();
@@ -512,7 +558,10 @@ class BlockWrites {
         () => undefined,
         (error: unknown) => void (this.#failed ??= error),
       )
-      .finally(() => this.#pending.delete(key));
+      .finally(() => {
+        this.#pending.delete(key);
+        done?.();
+      });
     this.#pending.set(key, written);
   }
 
@@ -531,6 +580,12 @@ class BlockWrites {
 
 /** Verified blocks a fetch writes at once. */
 const MAX_PENDING_WRITES = 8;
+
+/**
+ * Free receive buffers a lending fetch keeps: about what is in flight at once (the receive
+ * window, the writes, the reader's decryption), so that a steady fetch allocates none.
+ */
+const RECEIVE_POOL_BUFFERS = 24;
 
 /**
  * Keeps gc away from blocks that are fetched or added but not pinned yet: Helia's gc deletes every

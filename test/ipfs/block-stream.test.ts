@@ -21,7 +21,12 @@ import {
   type BlockRequest,
   type BlocksSent,
 } from "../../sdk/ipfs/block-stream.ts";
-import { publishCheckpoint, restoreCheckpoint, type PublishCheckpointReturnType } from "../../sdk/ipfs/checkpoint.ts";
+import {
+  publishCheckpoint,
+  restoreCheckpoint,
+  verifyCheckpoint,
+  type PublishCheckpointReturnType,
+} from "../../sdk/ipfs/checkpoint.ts";
 import { generateJobKey } from "../../sdk/ipfs/crypto.ts";
 import { createIpfsNode, type IpfsNode } from "../../sdk/ipfs/node.ts";
 import type { Logger } from "../../sdk/logger.ts";
@@ -312,6 +317,37 @@ describe("the block stream protocol", () => {
     expect(toTenant()[1]!.bytes).toBeGreaterThan(11 * (2 ** 20 - 1024));
     expect(toTenant()[1]!.bytes).toBeLessThan(12 * 2 ** 20 + 1024);
     expect(warnings(tenant, /./)).toEqual([]);
+  });
+
+  it("reuses its buffers through a long fetch, on a lane and over libp2p, from one holder or two, and every byte comes through", async () => {
+    // 48 leaves: more than either side's pool keeps, so each buffer is received or read into again
+    // and again while the reader decrypts and the store writes the blocks before it.
+    const source = path.join(work.dir, "long-checkpoint");
+    await writeTree(source, [{ path: "weights.bin", size: 48 * 2 ** 20 }]);
+    const tree = await describeTree(source);
+    const long = await publishCheckpoint(holder.ipfs, key, source, { maxBytes: GiB });
+    const laned = await startPeer({ lanes: true });
+    // A holder's copy: fetchAndPin lends its pieces too.
+    await laned.ipfs.fetchAndPin(long.cid, { maxBytes: GiB, providers: [holder.address] });
+    expect(await expectOnlyVerifiedBlocks(laned)).toBeGreaterThan(48);
+    for (const from of [[laned], [holder], [laned, holder]]) {
+      const tenant = await startPeer();
+      const target = path.join(work.dir, `restored-${next++}`);
+      const options = {
+        maxBytes: GiB,
+        providers: from.map((p) => p.address),
+        stallTimeoutMs: STALL_MS,
+        signal: AbortSignal.timeout(100_000),
+      };
+      await restoreCheckpoint(tenant.ipfs, key, long.cid, target, { ...options, expectedSha256: long.plaintextSha256 });
+      expect(await describeTree(target)).toEqual(tree);
+      expect(await expectOnlyVerifiedBlocks(tenant)).toBeGreaterThan(48);
+      const copy = await startPeer();
+      await verifyCheckpoint(copy.ipfs, key, long.cid, { ...options, expectedSha256: long.plaintextSha256 });
+      expect(await copy.ipfs.isPinned(long.cid)).toBe(true);
+      expect(await expectOnlyVerifiedBlocks(copy)).toBeGreaterThan(48);
+      expect(warnings(tenant, /./).concat(warnings(copy, /./))).toEqual([]);
+    }
   });
 
   it("leaves the checkpoint fetchable by CID with plain bitswap, as any IPFS peer would", async () => {
