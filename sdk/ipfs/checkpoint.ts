@@ -55,9 +55,11 @@ export async function publishCheckpoint(
 ): Promise<PublishCheckpointReturnType> {
   const started = performance.now();
   // Pieces of exactly one encryption chunk: the file data is read straight into them, each is
-  // sealed into exactly one 1 MiB leaf, and nothing is copied or re-cut on the way.
-  const packed = await pack(dir, { maxBytes, maxFiles, signal, pieceSize: ENCRYPTION_CHUNK_SIZE });
-  const sealed = encryptStream(key, packed.stream)[Symbol.asyncIterator]();
+  // sealed into exactly one 1 MiB leaf, and nothing is copied or re-cut on the way. The pieces are
+  // lent to the encryption, so that a few buffers carry the whole checkpoint.
+  const lending = new Lending();
+  const packed = await pack(dir, { maxBytes, maxFiles, signal, pieceSize: ENCRYPTION_CHUNK_SIZE, lending });
+  const sealed = encryptStream(key, packed.stream, { lending })[Symbol.asyncIterator]();
   // Read up to `inlineUpTo` bytes ahead: a checkpoint that ends within them is not added.
   const head: Uint8Array[] = [];
   let size = 0;

@@ -56,6 +56,8 @@ export function sealedLength(plaintextBytes: number, chunkSize = ENCRYPTION_CHUN
 export interface EncryptOptions {
   /** Plaintext bytes per chunk. */
   chunkSize?: number;
+  /** Where the source lends its pieces (as `pack` does given the same one): told as each is sealed. */
+  lending?: Lending;
 }
 
 /**
@@ -110,7 +112,7 @@ async function* inOrder<T>(depth: number, start: () => Promise<{ result: Promise
 export async function* encryptStream(
   key: Uint8Array,
   source: ByteSource,
-  { chunkSize = ENCRYPTION_CHUNK_SIZE }: EncryptOptions = {},
+  { chunkSize = ENCRYPTION_CHUNK_SIZE, lending }: EncryptOptions = {},
 ): AsyncGenerator<Uint8Array> {
   checkKey(key);
   if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > MAX_ENCRYPTION_CHUNK_SIZE) {
@@ -141,7 +143,10 @@ export async function* encryptStream(
       };
       index++;
       // The ciphertext followed by the 16-byte tag: the sealed chunk as the format lays it out.
-      return { result: subtle.encrypt(parameters, aes, plaintext).then((sealed) => new Uint8Array(sealed)) };
+      const sealed = subtle.encrypt(parameters, aes, plaintext);
+      // WebCrypto copied the chunk before it returned: every byte read so far is done with.
+      lending?.done(reader.position);
+      return { result: sealed.then((bytes) => new Uint8Array(bytes)) };
     });
   } finally {
     await reader.close();

@@ -4,7 +4,7 @@ import { lstat, mkdir, open, readdir, rm, type FileHandle } from "node:fs/promis
 import path from "node:path";
 
 import { CheckpointCorruptError, CheckpointDirError, CheckpointTooLargeError, UserError } from "../errors.ts";
-import { ByteReader, type ByteSource } from "./bytes.ts";
+import { BufferPool, ByteReader, type ByteSource, type Lending } from "./bytes.ts";
 import { DEFAULT_MAX_FILES, FILE_READ_SIZE, MAX_NAME_BYTES, MAX_PATH_BYTES } from "./constants.ts";
 
 /**
@@ -33,6 +33,8 @@ const KIND_FILE = 2;
 const DIR_MODE = 0o755;
 const EXEC_MODE = 0o755;
 const FILE_MODE = 0o644;
+/** Free pieces a lending pack keeps: what its reader (the encryption) has in hand at once. */
+const PACK_POOL_BUFFERS = 8;
 
 interface Entry {
   kind: typeof KIND_DIR | typeof KIND_FILE;
@@ -54,6 +56,11 @@ export interface PackOptions {
    * never joins or copies anything.
    */
   pieceSize?: number;
+  /**
+   * Lends the stream's pieces: they are then read into a few buffers, each reused once the reader
+   * told `lending` it is done with its bytes. A reader that keeps a piece past that must copy it.
+   */
+  lending?: Lending;
   signal?: AbortSignal;
 }
 
@@ -85,7 +92,7 @@ const strictDecoder = new TextDecoder("utf-8", { fatal: true });
  */
 export async function pack(
   dir: string,
-  { maxBytes, maxFiles = DEFAULT_MAX_FILES, pieceSize = FILE_READ_SIZE, signal }: PackOptions,
+  { maxBytes, maxFiles = DEFAULT_MAX_FILES, pieceSize = FILE_READ_SIZE, lending, signal }: PackOptions,
 ): Promise<Pack> {
   if (!Number.isInteger(pieceSize) || pieceSize < 1)
     throw new UserError("the pack's piece size must be a positive integer");
@@ -143,7 +150,7 @@ export async function pack(
   async function* stream(): AsyncGenerator<Uint8Array> {
     if (used) throw new UserError("a pack stream can be read only once");
     used = true;
-    const out = new PieceWriter(pieceSize, hash);
+    const out = new PieceWriter(pieceSize, hash, lending);
     yield* out.put(MAGIC);
     let total = 0;
     for (const entry of entries) {
@@ -189,19 +196,30 @@ function entryHeader(entry: Entry): Uint8Array {
 
 /**
  * Cuts the pack into pieces of `size` bytes as it is written, hashing each piece once it is full.
- * A piece is handed out only when full (or at the end), and a fresh one begins: the consumer may
- * keep what it got.
+ * A piece is handed out only when full (or at the end), and another one begins: a fresh one, which
+ * the consumer may keep, or with `lending`, one from a pool, each piece lent until the consumer
+ * is done with it.
  */
 class PieceWriter {
   readonly size: number;
   readonly #hash: ReturnType<typeof createHash>;
+  readonly #lending: Lending | undefined;
+  readonly #pool: BufferPool | undefined;
   #piece: Buffer;
   #filled = 0;
+  /** Bytes handed out so far. */
+  #position = 0;
 
-  constructor(size: number, hash: ReturnType<typeof createHash>) {
+  constructor(size: number, hash: ReturnType<typeof createHash>, lending: Lending | undefined) {
     this.size = size;
     this.#hash = hash;
-    this.#piece = Buffer.allocUnsafe(size);
+    this.#lending = lending;
+    this.#pool = lending === undefined ? undefined : new BufferPool(size, PACK_POOL_BUFFERS);
+    this.#piece = this.#fresh();
+  }
+
+  #fresh(): Buffer {
+    return this.#pool?.take() ?? Buffer.allocUnsafe(this.size);
   }
 
   /** Where the next bytes go: the current piece and how much room is left in it. */
@@ -229,9 +247,13 @@ class PieceWriter {
   /** Hands out what the current piece holds, if anything. */
   *flush(): Generator<Uint8Array> {
     if (this.#filled === 0) return;
-    const full = this.#piece.subarray(0, this.#filled);
+    const piece = this.#piece;
+    const full = piece.subarray(0, this.#filled);
     this.#hash.update(full);
-    this.#piece = Buffer.allocUnsafe(this.size);
+    this.#position += this.#filled;
+    const pool = this.#pool;
+    if (pool !== undefined) this.#lending!.lend(this.#position, () => pool.give(piece));
+    this.#piece = this.#fresh();
     this.#filled = 0;
     yield full;
   }

@@ -5,6 +5,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { CheckpointCorruptError, CheckpointDirError, CheckpointTooLargeError, UserError } from "../../sdk/errors.ts";
+import { Lending } from "../../sdk/ipfs/bytes.ts";
 import { pack, unpack } from "../../sdk/ipfs/pack.ts";
 import { collect, describeTree, exists, pieces, sampleTree, tempDir, writeTree } from "./helpers.ts";
 
@@ -72,6 +73,35 @@ describe("pack and unpack", () => {
       expect(packed.sha256()).toBe(reference.sha256());
       expect(packed.bytes).toBe(expected.byteLength);
     }
+  });
+
+  it("with lending, reads into a few buffers, each reused only once the reader said it is done with it", async () => {
+    const source = fresh("lent");
+    const { files, dirs } = sampleTree(3);
+    await writeTree(source, files, dirs);
+    const reference = await pack(source, { maxBytes: GiB });
+    const expected = await collect(reference.stream);
+    const lending = new Lending();
+    const packed = await pack(source, { maxBytes: GiB, pieceSize: 4093, lending });
+    const copies: Uint8Array[] = [];
+    const buffers = new Set<ArrayBufferLike>();
+    let held: Uint8Array | undefined;
+    let position = 0;
+    for await (const piece of packed.stream) {
+      // The reader still holds the piece before this one: it must be as it came.
+      if (held !== undefined) {
+        expect(Buffer.compare(held, copies.at(-1)!)).toBe(0);
+        lending.done(position);
+      }
+      copies.push(new Uint8Array(piece));
+      buffers.add(piece.buffer);
+      held = piece;
+      position += piece.byteLength;
+    }
+    expect(Buffer.compare(Buffer.concat(copies), expected)).toBe(0);
+    expect(packed.sha256()).toBe(reference.sha256());
+    expect(copies.length).toBeGreaterThan(700);
+    expect(buffers.size).toBeLessThanOrEqual(3);
   });
 
   it("round-trips a tree: names, nesting, empty files and dirs, modes normalised to 0644/0755", async () => {
