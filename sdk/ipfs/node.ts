@@ -235,6 +235,13 @@ export async function createIpfsNode({
     signal?.throwIfAborted();
     const providers = (options.providers ?? []).map((p) => (typeof p === "string" ? multiaddr(p) : p));
     const started = performance.now();
+    // With `lending`, leaves are read or received into reused buffers and lent to the reader. Inner
+    // nodes never are: their decoded links point into their bytes.
+    const { lending } = options;
+    const pool = lending === undefined ? undefined : new BufferPool(BLOCK_SIZE, RECEIVE_POOL_BUFFERS);
+    const poolFor = (block: CID): BufferPool | undefined => (block.code === raw.code ? pool : undefined);
+    /** Whether `bytes`, the block `block`, may go back to the pool once nobody reads it. */
+    const reusable = (block: CID, bytes: Uint8Array): boolean => poolFor(block)?.owns(bytes) === true;
 
     // All of it here already: read it from the store, no network.
     if (await hasLocalDag(helia, cid, signal)) {
@@ -244,7 +251,7 @@ export async function createIpfsNode({
         for (const next of cids) {
           const key = next.toString();
           if (ahead.has(key)) continue;
-          const reading = readLocal(next, signal);
+          const reading = readLocal(next, signal, poolFor(next));
           reading.catch(() => undefined); // awaited when its turn comes
           ahead.set(key, reading);
         }
@@ -253,9 +260,14 @@ export async function createIpfsNode({
         const key = block.toString();
         const reading = ahead.get(key);
         ahead.delete(key);
-        return reading ?? readLocal(block, signal);
+        return reading ?? readLocal(block, signal, poolFor(block));
       };
-      yield* readUnixfsFile(cid, getBlock, { maxBytes, upcoming });
+      let position = 0;
+      for await (const piece of readUnixfsFile(cid, getBlock, { maxBytes, upcoming })) {
+        position += piece.byteLength;
+        if (pool?.owns(piece)) lending!.lend(position, () => pool.give(piece));
+        yield piece;
+      }
       return;
     }
 
@@ -265,23 +277,21 @@ export async function createIpfsNode({
     let delivered = 0;
     const holders = providers.filter((address) => address.getComponents().some((c) => c.name === "p2p"));
     if (via === "stream" && holders.length > 0 && streamable(cid)) {
-      // Leaves are received into reused buffers: each goes back once written and, where it is
-      // also handed to the reader (one holder), once the reader is done with it. Inner nodes are
-      // never given back: their decoded links point into their bytes.
-      const pool = options.lending === undefined ? undefined : new BufferPool(BLOCK_SIZE, RECEIVE_POOL_BUFFERS);
+      // A leaf in the pool's buffers (received, or read back from the store) goes back once written
+      // (if received) and once the reader is done with it (if handed to the reader).
       const lent = new Map<Uint8Array, () => void>();
       const init = { host, root: cid, peers: holders, lanes, stallTimeoutMs, signal, log, ...(pool ? { pool } : {}) };
       const writes = new BlockWrites(helia);
       const store = (block: CID, bytes: Uint8Array): Promise<void> =>
-        writes.put(block, bytes, pool?.owns(bytes) && block.code === raw.code ? () => pool.give(bytes) : undefined);
+        writes.put(block, bytes, reusable(block, bytes) ? () => pool!.give(bytes) : undefined);
       const session =
         holdersOf(holders).length > 1 ? new StripedFetch({ ...init, store }) : new BlockStreamSession(init);
       const getBlock = async (block: CID, first: boolean): Promise<Uint8Array> => {
         if (first && session instanceof BlockStreamSession) {
           const bytes = await session.next(block);
-          if (pool?.owns(bytes) && block.code === raw.code) {
+          if (reusable(block, bytes)) {
             let holders = 2;
-            const release = (): void => void (--holders === 0 && pool.give(bytes));
+            const release = (): void => void (--holders === 0 && pool!.give(bytes));
             lent.set(bytes, release);
             await writes.put(block, bytes, release);
           } else await writes.put(block, bytes);
@@ -289,7 +299,9 @@ export async function createIpfsNode({
         }
         // From several holders at once, the stripes store what they fetch ahead of the reader.
         if (first && session instanceof StripedFetch) await session.ready(block);
-        return writes.read(block, () => readLocal(block, signal));
+        const bytes = await writes.read(block, () => readLocal(block, signal, poolFor(block)));
+        if (reusable(block, bytes)) lent.set(bytes, () => pool!.give(bytes));
+        return bytes;
       };
       try {
         for await (const piece of readUnixfsFile(cid, getBlock, { maxBytes })) {
@@ -297,7 +309,7 @@ export async function createIpfsNode({
           const release = lent.get(piece);
           if (release !== undefined) {
             lent.delete(piece);
-            options.lending!.lend(delivered, release);
+            lending!.lend(delivered, release);
           }
           yield piece;
         }

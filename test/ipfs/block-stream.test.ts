@@ -319,7 +319,7 @@ describe("the block stream protocol", () => {
     expect(warnings(tenant, /./)).toEqual([]);
   });
 
-  it("reuses its buffers through a long fetch, on a lane and over libp2p, from one holder or two, and every byte comes through", async () => {
+  it("reuses its buffers through a long fetch, on a lane and over libp2p, from one holder or two or its own store, and every byte comes through", async () => {
     // 48 leaves: more than either side's pool keeps, so each buffer is received or read into again
     // and again while the reader decrypts and the store writes the blocks before it.
     const source = path.join(work.dir, "long-checkpoint");
@@ -342,6 +342,10 @@ describe("the block stream protocol", () => {
       await restoreCheckpoint(tenant.ipfs, key, long.cid, target, { ...options, expectedSha256: long.plaintextSha256 });
       expect(await describeTree(target)).toEqual(tree);
       expect(await expectOnlyVerifiedBlocks(tenant)).toBeGreaterThan(48);
+      // Again, now from its own store: read ahead into reused buffers too.
+      const again = path.join(work.dir, `restored-${next++}`);
+      await restoreCheckpoint(tenant.ipfs, key, long.cid, again, { ...options, expectedSha256: long.plaintextSha256 });
+      expect(await describeTree(again)).toEqual(tree);
       const copy = await startPeer();
       await verifyCheckpoint(copy.ipfs, key, long.cid, { ...options, expectedSha256: long.plaintextSha256 });
       expect(await copy.ipfs.isPinned(long.cid)).toBe(true);
