@@ -76,14 +76,19 @@
  *   AES-GCM (thread pool), SHA-256 of the pack and the unpacked files (the "blocks already local"
  *   row: ~5-6 ms, ~130-210 MB/s). On a lane the whole restore costs the tenant 12-15 ms, of which
  *   ~3 ms the kernel's.
- * On two cores shared by both processes, provider + tenant at ~16-20 ms per MiB cap the fetch near
- * 100-125 MB/s even with every thread busy all the time (the fetch row's note works this out from
- * each run); 150 MB/s needs ~13 ms per MiB for the pair. What is left is mostly the tenant's: a
- * file per 1 MiB block (Helia's pin records, a file per block too until they moved into SQLite:
- * sdk/ipfs/datastore.ts), and its own work (verify, decrypt, hash, write). Earlier fixes, still in
- * sdk/ipfs: FsBlockstore read a block as 16 pieces that it-to-buffer joined by re-copying the
- * buffer so far each time (now one readFile); the UnixFS exporter's want-lists are bounded by
- * FETCH_BLOCK_CONCURRENCY for the bitswap fallback.
+ * On two cores shared by both processes, provider + tenant at ~16-20 ms per MiB capped the fetch
+ * near 100-125 MB/s even with every thread busy all the time (the fetch row's note works this out
+ * from each run). A third of that was V8's full GCs (perf: concurrent marking and sweeping): a
+ * fresh 1 MiB buffer per block, received, read back or read from a file, waited a few ms in a queue
+ * or a write, long enough to be promoted, and a promoted buffer goes only in a full GC, which marks
+ * the whole heap (164 of them on the tenant in six 256 MiB fetches). Blocks now go through a few
+ * reused buffers (BufferPool and Lending in sdk/ipfs/bytes.ts: a fetch's receive buffers go back
+ * once written and decrypted, a lane's send buffers once TLS took them, a publish's pieces once
+ * encrypted): 19-44 full GCs in the same fetches, the tenant at 7-9 ms per MiB, the provider at
+ * 1.1-1.9 ms, 150-230 MB/s. Earlier fixes, still in sdk/ipfs: pin records in SQLite
+ * (sdk/ipfs/datastore.ts) instead of a file per block; FsBlockstore read a block as 16 pieces that
+ * it-to-buffer joined by re-copying the buffer so far each time (now one read); the UnixFS
+ * exporter's want-lists are bounded by FETCH_BLOCK_CONCURRENCY for the bitswap fallback.
  *
  * Publish is, per byte: a read straight into the pack's piece (one encryption chunk, 1 MiB − 16),
  * SHA-256 of the pack on the event loop, AES-GCM of the piece in the thread pool (WebCrypto, three
@@ -91,7 +96,9 @@
  * block file. Nothing is re-cut or copied between the stages. It used to be all on the event loop
  * (90-135 MB/s): a read into a fresh buffer, AES-GCM in 1 MiB `update` calls (each a fresh 1 MiB
  * output: see rawAesGcm), a copy into 1 MiB leaves (the 44-byte header shifted every leaf), the
- * leaf's SHA-256, the file; its profile showed the loop busy ~75 % of the time and GC ~20 %.
+ * leaf's SHA-256, the file; its profile showed the loop busy ~75 % of the time and GC ~20 %. A
+ * fresh piece per chunk still brought a full GC every ~15 MiB (7.5 ms of CPU per MiB); pieces lent
+ * to the encryption from a pool brought it to ~4 ms, about the sum of the raw work.
  */
 import { createCipheriv, createHash, randomBytes, randomFillSync } from "node:crypto";
 import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
 /**
  * The `baton` command: `baton devnet`, `baton provider …`, `baton job …`, `baton image …`,
  * `baton serve`, `baton audit …`, `baton key …`, `baton simulate`. Thin over sdk/ and node/: it parses arguments,
