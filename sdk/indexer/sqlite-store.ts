@@ -127,7 +127,8 @@ export class SqliteIndexStore implements IndexStore {
     this.location = file;
     this.#db = new DatabaseSync(file);
     // WAL: readers (an API serving pages) never wait on the indexer's page writes.
-    this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
+    // The busy timeout first: switching a fresh file to WAL takes a lock another opener may hold.
+    this.#db.exec("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;");
   }
 
   /**

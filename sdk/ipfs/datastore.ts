@@ -58,10 +58,12 @@ export class SqliteDatastore extends BaseDatastore {
   private constructor(file: string) {
     super();
     this.#db = new DatabaseSync(file);
+    // The busy timeout first: switching a fresh file to WAL takes a lock, and processes that open
+    // one data dir at once (three `baton image add`s in a test) got "database is locked" at once.
     this.#db.exec(`
+      PRAGMA busy_timeout = 5000;
       PRAGMA journal_mode = WAL;
       PRAGMA synchronous = NORMAL;
-      PRAGMA busy_timeout = 5000;
       CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
     `);
     this.#put = this.#db.prepare("INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)");

@@ -65,9 +65,10 @@ export interface FetchOptions {
    */
   via?: "stream" | "bitswap";
   /**
-   * Lets the fetch lend its pieces: a piece fetched by block stream is then received into a buffer
-   * that is reused once the reader told `lending` it is done with the piece's bytes (and the block
-   * is written). A reader that keeps a piece, or a part of one, past saying so must copy it.
+   * Lets the fetch lend its pieces: a piece fetched by block stream, or read from the local store,
+   * is then in a buffer that is reused once the reader told `lending` it is done with the piece's
+   * bytes (and the block is written). A reader that keeps a piece, or a part of one, past saying
+   * so must copy it.
    */
   lending?: Lending;
 }
@@ -526,8 +527,11 @@ class WholeReadFsBlockstore extends FsBlockstore {
       const { size } = await handle.stat();
       if (size !== pool.size) return await handle.readFile({ signal });
       const buffer = pool.take();
-      const { bytesRead } = await handle.read(buffer, 0, size, 0);
-      if (bytesRead !== size) throw new BaseError(`block ${key} was cut short while it was read`);
+      for (let filled = 0; filled < size;) {
+        const { bytesRead } = await handle.read(buffer, filled, size - filled, filled);
+        if (bytesRead === 0) throw new BaseError(`block ${key} was cut short while it was read`);
+        filled += bytesRead;
+      }
       return buffer;
     } finally {
       await handle.close();

@@ -515,7 +515,7 @@ describe("the block stream protocol", () => {
         holder.requests.length = 0;
         const tenant = await restoreOnFreshTenant([faulty, holder], stallTimeoutMs);
         const failed = warnings(tenant, /block stream failed/);
-        expect(failed).toHaveLength(1);
+        expect(failed, JSON.stringify(failed)).toHaveLength(1);
         expect(String(failed[0]!.fields.reason)).toMatch(reason);
         // Two stripes of the 8 blocks after the root (which came from the faulty holder, alone): the
         // faulty holder's, blocks 1-4, of which it sent 1-3; the honest holder's, blocks 5-8, and the
@@ -541,7 +541,8 @@ describe("the block stream protocol", () => {
       async (transport) => {
         const faulty = await faultyHolder(fault, transport);
         const tenant = await restoreOnFreshTenant([faulty], stallTimeoutMs);
-        expect(warnings(tenant, /block stream failed/)).toHaveLength(1);
+        const failed = warnings(tenant, /block stream failed/);
+        expect(failed, JSON.stringify(failed)).toHaveLength(1);
         const fallback = warnings(tenant, /by bitswap/);
         expect(fallback).toHaveLength(1);
         expect(fallback[0]!.fields.delivered).toBeGreaterThan(0);
