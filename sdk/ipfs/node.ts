@@ -291,8 +291,9 @@ export async function createIpfsNode({
         if (first && session instanceof BlockStreamSession) {
           const bytes = await session.next(block);
           if (reusable(block, bytes)) {
-            let holders = 2;
-            const release = (): void => void (--holders === 0 && pool!.give(bytes));
+            // Two readers of the buffer: the block's write and the fetch's reader.
+            let readers = 2;
+            const release = (): void => void (--readers === 0 && pool!.give(bytes));
             lent.set(bytes, release);
             await writes.put(block, bytes, release);
           } else await writes.put(block, bytes);
